@@ -1,0 +1,158 @@
+"""The ``dosepred`` command line: a thin typer shell over the API.
+
+Heavy imports (torch, matplotlib, pydicom) stay inside the commands so ``--help`` is instant.
+User mistakes end with one clear line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="dosepred: 3D dose prediction for head-and-neck radiotherapy with clinical DVH "
+                       "metric losses.", no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False)
+data_app = typer.Typer(help="Import, export, synthesise and inspect datasets.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (print a table, --json FILE writes the numbers).",
+                        no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def _err(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+
+
+def friendly(fn):
+    """Turn expected user errors into one clear message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .io.cache import CacheError
+        from .metrics import MetricError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, CacheError, MetricError, FileNotFoundError, ValueError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            _err(str(msg))
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _progress(no_progress: bool) -> None:
+    from . import progress
+
+    progress.set_enabled(False if no_progress else None)
+
+
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="Do not show progress bars.")]
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+# ============================================================================================ data
+
+@data_app.command("import-openkbp")
+@friendly
+def data_import_openkbp(
+    src: Annotated[Path, typer.Argument(help="Folder of OpenKBP pt_* patient folders (e.g. .../train-pats).")],
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    no_progress: NoProgress = False,
+) -> None:
+    """Read OpenKBP CSV patients into a compact cache (one .npz per patient + dataset.json)."""
+    import warnings
+
+    from .io import cache, openkbp
+
+    _progress(no_progress)
+    folders = openkbp.patient_folders(src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = cache.write_cache(openkbp.read_folder(src), out, source=str(Path(src).resolve()),
+                              progress=True)
+    for w in caught:
+        _err(f"warning: {w.message}")
+    src_bytes = sum(f.stat().st_size for d in folders for f in d.glob("*.csv"))
+    missing = {p["id"]: p["missing_rois"] for p in c.info["patients"] if p["missing_rois"]}
+    con = console()
+    con.print(f"wrote {len(c)} patients to {out}: {c.nbytes() / 1e6:.1f} MB "
+              f"(source CSV {src_bytes / 1e6:.1f} MB, ratio {src_bytes / max(c.nbytes(), 1):.1f}x)")
+    for pid, rois in missing.items():
+        con.print(f"  {pid}: missing ROIs {', '.join(rois)}")
+
+
+@data_app.command("export-openkbp")
+@friendly
+def data_export_openkbp(
+    cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (pt_* folders are written inside).")],
+    no_progress: NoProgress = False,
+) -> None:
+    """Write a cache back in the native OpenKBP layout."""
+    from .io import cache, openkbp
+    from .progress import track
+
+    _progress(no_progress)
+    c = cache.Cache.open(cache_dir)
+    for p in track(c, description="exporting", total=len(c)):
+        openkbp.write_patient(p, out)
+    console().print(f"wrote {len(c)} patients to {out}")
+
+
+@data_app.command("inspect")
+@friendly
+def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+    """Print a table of the cache's patients, ROIs present and sizes."""
+    from rich.table import Table
+
+    from .io import cache
+
+    c = cache.Cache.open(cache_dir)
+    rs = c.roi_set
+    t = Table(title=f"{cache_dir}: {len(c)} patients, {len(rs)} ROIs, {c.nbytes() / 1e6:.1f} MB")
+    t.add_column("patient")
+    t.add_column("shape")
+    t.add_column("spacing (mm)")
+    t.add_column("ROIs")
+    t.add_column("missing")
+    t.add_column("dose")
+    t.add_column("MB", justify="right")
+    for e in c.info["patients"]:
+        miss = e.get("missing_rois", [])
+        t.add_row(e["id"], "x".join(map(str, e["shape"])), " x ".join(f"{s:.3g}" for s in e["spacing"]),
+                  f"{len(rs) - len(miss)}/{len(rs)}", ", ".join(miss) or "-", "yes" if e.get("has_dose") else "no",
+                  f"{(c.root / e['file']).stat().st_size / 1e6:.2f}")
+    con = console()
+    con.print(t)
+    con.print("ROI set (bit: name kind Rx): " + "; ".join(
+        f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}" for k, r in enumerate(rs)))
+
+
+# ==================================================================================== entry point
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Read and write the native OpenKBP layout (sparse CSV per array, one folder per patient).
+
+Format (REFERENCE.md section 2): each CSV has the header ``,data`` and rows ``flat_index,value``
+(value empty for masks); flat indices are C order on a 128^3 grid. ``ct.csv`` holds HU + 1024;
+dosepred stores HU (int16) and adds 1024 back on export. ``dose.csv`` uses the possible-dose mask's
+indices and may hold explicit zeros; ``voxel_dimensions.csv`` holds three floats (mm).
+
+Parsing uses pandas' C reader, so reading is dominated by disk and tokenising, not Python loops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..patient import Patient, RoiSet
+
+GRID = (128, 128, 128)
+CT_OFFSET = 1024  # OpenKBP CT values are HU + 1024
+REQUIRED = ("ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")
+_ARRAY_FILES = {"ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"}
+
+
+class OpenKBPFormatError(ValueError):
+    """A file of an OpenKBP patient folder does not follow the format."""
+
+
+class UnknownRoiWarning(UserWarning):
+    pass
+
+
+def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
+                 pid: str = "?") -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (flat indices int64, values float64 or None) of one sparse OpenKBP CSV."""
+    import pandas as pd
+
+    size = int(np.prod(grid))
+    try:
+        df = pd.read_csv(path, header=0, index_col=None, dtype={0: "float64"},
+                         engine="c", float_precision="round_trip")
+    except pd.errors.EmptyDataError:
+        raise OpenKBPFormatError(f"patient {pid}: {path} is empty (expected header ',data' and "
+                                 "rows 'flat_index,value')") from None
+    except (ValueError, pd.errors.ParserError) as e:
+        raise OpenKBPFormatError(f"patient {pid}: {path} is not a valid OpenKBP sparse CSV "
+                                 f"(rows 'flat_index,value'): {e}") from None
+    if df.shape[1] != 2:
+        raise OpenKBPFormatError(f"patient {pid}: {path} has {df.shape[1]} columns, expected 2 "
+                                 "(flat_index,value)")
+    idx_col = df.iloc[:, 0].to_numpy()
+    if len(idx_col) and (np.isnan(idx_col).any() or (idx_col != np.floor(idx_col)).any()):
+        bad = int(np.flatnonzero(np.isnan(idx_col) | (idx_col != np.floor(idx_col)))[0])
+        raise OpenKBPFormatError(f"patient {pid}: {path} row {bad + 2}: flat index is not an integer")
+    idx = idx_col.astype(np.int64)
+    if len(idx) and (idx.min() < 0 or idx.max() >= size):
+        bad = int(np.flatnonzero((idx < 0) | (idx >= size))[0])
+        raise OpenKBPFormatError(f"patient {pid}: {path} row {bad + 2}: flat index {idx[bad]} is out of "
+                                 f"range for a {'x'.join(map(str, grid))} grid (0..{size - 1})")
+    if not with_values:
+        return idx, None
+    col = df.iloc[:, 1]
+    if col.dtype == object or not np.issubdtype(col.dtype, np.number):
+        vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+        bad_rows = np.flatnonzero(np.isnan(vals) & col.notna().to_numpy())
+        if len(bad_rows):
+            r = int(bad_rows[0])
+            raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {col.iloc[r]!r} is not a number")
+    else:
+        vals = col.to_numpy(dtype=np.float64)
+    if np.isnan(vals).any():
+        r = int(np.flatnonzero(np.isnan(vals))[0])
+        raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value is missing (truncated file?)")
+    return idx, vals
+
+
+def _read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
+    if not path.is_file():
+        raise OpenKBPFormatError(f"patient {pid}: {path} is missing (expected three voxel sizes in mm)")
+    try:
+        v = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    except ValueError as e:
+        raise OpenKBPFormatError(f"patient {pid}: {path}: expected three voxel sizes in mm ({e})") from None
+    if v.shape != (3,) or not np.all(v > 0):
+        raise OpenKBPFormatError(f"patient {pid}: {path}: expected three positive voxel sizes in mm, got {v.tolist()}")
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
+                 require_dose: bool = True) -> Patient:
+    """Read one OpenKBP patient folder (``.../pt_N``).
+
+    Missing ROI files are recorded in ``Patient.missing_rois`` (and not fatal); an unknown ROI file
+    raises a warning naming it and is ignored; an empty ROI file is an error.
+    """
+    folder = Path(folder)
+    pid = folder.name
+    roi_set = roi_set or RoiSet.openkbp()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"patient folder {folder} does not exist")
+    need = [f for f in REQUIRED if (f != "dose.csv" or require_dose)]
+    missing_files = [f for f in need if not (folder / f).is_file()]
+    if missing_files:
+        raise OpenKBPFormatError(f"patient {pid}: {folder} lacks {', '.join(missing_files)}")
+    spacing = _read_spacing(folder / "voxel_dimensions.csv", pid)
+    size = int(np.prod(GRID))
+
+    idx, vals = _read_sparse(folder / "ct.csv", True, pid=pid)
+    ct_flat = np.zeros(size, dtype=np.float64)
+    ct_flat[idx] = vals
+    if (ct_flat != np.rint(ct_flat)).any():
+        raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} holds non-integer CT values")
+    ct = (ct_flat - CT_OFFSET).astype(np.int16).reshape(GRID)
+
+    midx, _ = _read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
+    mask = np.zeros(size, dtype=bool)
+    mask[midx] = True
+
+    dose = None
+    if (folder / "dose.csv").is_file():
+        didx, dvals = _read_sparse(folder / "dose.csv", True, pid=pid)
+        assert dvals is not None
+        if (dvals < 0).any():
+            raise OpenKBPFormatError(f"patient {pid}: {folder / 'dose.csv'} holds negative doses")
+        d = np.zeros(size, dtype=np.float32)
+        d[didx] = dvals
+        dose = d.reshape(GRID)
+
+    masks: dict[str, np.ndarray] = {}
+    for f in sorted(folder.glob("*.csv")):
+        if f.name in _ARRAY_FILES:
+            continue
+        name = f.stem
+        if name not in roi_set:
+            warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored",
+                          UnknownRoiWarning, stacklevel=2)
+            continue
+        ridx, _ = _read_sparse(f, False, pid=pid)
+        if len(ridx) == 0:
+            raise OpenKBPFormatError(f"patient {pid}: ROI file {f} is empty (no voxels); delete it if the "
+                                     "ROI was not contoured")
+        m = np.zeros(size, dtype=bool)
+        m[ridx] = True
+        masks[name] = m.reshape(GRID)
+    return Patient.from_masks(pid, ct, masks, roi_set, spacing, mask.reshape(GRID), dose,
+                              meta={"source": str(folder.resolve()), "format": "openkbp"})
+
+
+def _pt_key(p: Path) -> tuple[int, str]:
+    m = re.search(r"(\d+)$", p.name)
+    return (int(m.group(1)) if m else 1 << 30, p.name)
+
+
+def patient_folders(src: str | os.PathLike) -> list[Path]:
+    """The ``pt_*`` folders under ``src`` (or ``src`` itself if it is one), in numeric order."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"OpenKBP folder {src} does not exist")
+    if (src / "ct.csv").is_file():
+        return [src]
+    folders = sorted((p for p in src.iterdir() if p.is_dir() and p.name.startswith("pt_")), key=_pt_key)
+    if not folders:
+        raise FileNotFoundError(f"{src} holds no OpenKBP patient folders (pt_*)")
+    return folders
+
+
+def read_folder(src: str | os.PathLike, roi_set: RoiSet | None = None,
+                require_dose: bool = True) -> Iterator[Patient]:
+    """Yield each patient of a folder of ``pt_*`` patient folders."""
+    for f in patient_folders(src):
+        yield read_patient(f, roi_set, require_dose)
+
+
+def is_openkbp_folder(src: str | os.PathLike) -> bool:
+    src = Path(src)
+    if (src / "ct.csv").is_file():
+        return True
+    return src.is_dir() and any(p.name.startswith("pt_") and p.is_dir() for p in src.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+def _fmt(values: np.ndarray) -> list[str]:
+    """Shortest text that parses back to the same float32 value (e.g. 19.835, 759.0)."""
+    v = values.astype(np.float32)
+    return [np.format_float_positional(x, unique=True, trim="0") for x in v]
+
+
+def _write_sparse(path: Path, idx: np.ndarray, values: list[str] | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if values is None:
+        body = "".join(f"{i},\n" for i in idx.tolist())
+    else:
+        body = "".join(f"{i},{v}\n" for i, v in zip(idx.tolist(), values, strict=True))
+    with open(tmp, "w", newline="") as fh:
+        fh.write(",data\n")
+        fh.write(body)
+    os.replace(tmp, path)
+
+
+def write_dose_csv(path: str | os.PathLike, dose: np.ndarray, mask: np.ndarray | None = None) -> None:
+    """Write a dose in the OpenKBP prediction format (``pt_N.csv``): rows at the mask's indices
+    (all non-zero voxels when no mask is given), plus any non-zero dose outside the mask."""
+    dose = np.asarray(dose, dtype=np.float32).ravel()
+    sel = dose != 0
+    if mask is not None:
+        sel |= np.asarray(mask, dtype=bool).ravel()
+    idx = np.flatnonzero(sel)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_sparse(path, idx, _fmt(dose[idx]))
+
+
+def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
+    """Write a patient in the native OpenKBP layout ``out_dir/<id>/`` (written atomically)."""
+    import shutil
+
+    if p.shape != GRID:
+        raise ValueError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
+    out_dir = Path(out_dir)
+    final = out_dir / p.id
+    tmp = out_dir / f".{p.id}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    ct = p.ct.astype(np.int32).ravel() + CT_OFFSET
+    idx = np.flatnonzero(ct)
+    _write_sparse(tmp / "ct.csv", idx, [f"{v}.0" for v in ct[idx].tolist()])
+    assert p.possible_dose_mask is not None
+    mask = p.possible_dose_mask.ravel()
+    _write_sparse(tmp / "possible_dose_mask.csv", np.flatnonzero(mask), None)
+    if p.dose is not None:
+        write_dose_csv(tmp / "dose.csv", p.dose, p.possible_dose_mask)
+    np.savetxt(tmp / "voxel_dimensions.csv", np.asarray(p.spacing, dtype=np.float64))
+    for name in p.present_rois:
+        _write_sparse(tmp / f"{name}.csv", np.flatnonzero(p.mask(name).ravel()), None)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def read_dose_csv(path: str | os.PathLike, grid: tuple[int, ...] = GRID) -> np.ndarray:
+    """Read a prediction ``pt_N.csv`` into a dense float32 dose."""
+    path = Path(path)
+    idx, vals = _read_sparse(path, True, grid=grid, pid=path.stem)
+    assert vals is not None
+    d = np.zeros(int(np.prod(grid)), dtype=np.float32)
+    d[idx] = vals
+    return d.reshape(grid)

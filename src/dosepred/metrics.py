@@ -1,0 +1,139 @@
+"""Clinical DVH metric strings, parsed in one place, and their exact values on a dose array.
+
+Grammar (case-insensitive, spaces ignored):
+
+- ``Dmean``, ``Dmax``, ``Dmin``                     dose statistics (Gy)
+- ``D<x>%`` e.g. ``D95%``, ``D99``                  dose received by at least x % of the ROI (Gy)
+- ``D<x>cc`` e.g. ``D0.1cc``, ``D2cc``              dose received by the hottest x cc (Gy)
+- ``V<x>Gy`` e.g. ``V30Gy``                          % of the ROI receiving at least x Gy
+- ``V<x>%`` e.g. ``V95%``                            % of the ROI receiving at least x % of its Rx
+
+D-metrics follow OpenKBP's evaluator exactly: ``D<x>%`` is ``np.percentile(dose_in_roi, 100 - x)``
+(linear interpolation) and ``D<x>cc`` is the percentile at ``100 - n / N * 100`` with
+``n = max(1, round(x * 1000 / voxel_volume_mm3))`` hottest voxels out of ``N``. The same
+:func:`percentile_q` is used by the differentiable versions in :mod:`dosepred.losses.cdm`, so the
+two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+MetricKind = Literal["Dmean", "Dmax", "Dmin", "D", "V"]
+Unit = Literal["%", "cc", "Gy", "%Rx", ""]
+
+_RE_D = re.compile(r"^D(\d+(?:\.\d+)?)(%|CC)?$")
+_RE_V = re.compile(r"^V(\d+(?:\.\d+)?)(GY|%)$")
+
+
+class MetricError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A parsed metric. ``kind`` D with unit % or cc; V with unit Gy or % (of prescription)."""
+
+    kind: MetricKind
+    value: float | None = None
+    unit: Unit = ""
+
+    @property
+    def is_dose(self) -> bool:
+        """True when the metric's value is a dose in Gy (D-metrics, mean, max, min)."""
+        return self.kind != "V"
+
+    @property
+    def needs_prescription(self) -> bool:
+        return self.kind == "V" and self.unit == "%"
+
+    def __str__(self) -> str:
+        if self.kind in ("Dmean", "Dmax", "Dmin"):
+            return self.kind
+        v = f"{self.value:g}"
+        return f"{self.kind}{v}{self.unit}"
+
+
+def parse_metric(text: str) -> Metric:
+    """Parse a metric string such as ``D95%``, ``D0.1cc``, ``Dmean``, ``V30Gy``, ``V95%``."""
+    if not isinstance(text, str):
+        raise MetricError(f"metric must be a string, got {text!r}")
+    s = text.replace(" ", "").replace("_", "")
+    u = s.upper()
+    for k in ("DMEAN", "DMAX", "DMIN"):
+        if u == k:
+            return Metric("D" + k[1:].lower(), None, "")  # type: ignore[arg-type]
+    if u in ("MEAN",):
+        return Metric("Dmean")
+    if u in ("MAX",):
+        return Metric("Dmax")
+    m = _RE_D.match(u)
+    if m:
+        x = float(m.group(1))
+        unit = "cc" if m.group(2) == "CC" else "%"
+        if unit == "%" and not 0 <= x <= 100:
+            raise MetricError(f"metric {text!r}: D<x>% needs 0 <= x <= 100")
+        if unit == "cc" and not x > 0:
+            raise MetricError(f"metric {text!r}: D<x>cc needs x > 0")
+        return Metric("D", x, unit)  # type: ignore[arg-type]
+    m = _RE_V.match(u)
+    if m:
+        x = float(m.group(1))
+        return Metric("V", x, "Gy" if m.group(2) == "GY" else "%")
+    raise MetricError(
+        f"unknown metric {text!r}: expected Dmean, Dmax, Dmin, D<x>% (D95%), D<x>cc (D0.1cc), "
+        "V<x>Gy (V30Gy) or V<x>% (V95%, percent of the prescription)")
+
+
+def hot_voxel_count(volume_cc: float, voxel_volume_mm3: float) -> int:
+    """n of OpenKBP's D_0.1cc: max(1, round(volume in mm^3 / voxel volume))."""
+    # Python's round() is banker's rounding like numpy's, which OpenKBP's evaluator uses.
+    return max(1, int(round(volume_cc * 1000.0 / voxel_volume_mm3)))
+
+
+def percentile_q(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> float:
+    """Percentile (0-100) whose linear-interpolation value is D-metric ``metric`` of an ROI of
+    ``n_voxels`` voxels. Dmax -> 100, Dmin -> 0."""
+    if metric.kind == "Dmax":
+        return 100.0
+    if metric.kind == "Dmin":
+        return 0.0
+    if metric.kind != "D":
+        raise MetricError(f"{metric} is not a percentile metric")
+    assert metric.value is not None
+    if metric.unit == "%":
+        return 100.0 - metric.value
+    n = hot_voxel_count(metric.value, voxel_volume_mm3)
+    return max(0.0, 100.0 - n / n_voxels * 100.0)
+
+
+def v_threshold(metric: Metric, prescription: float | None) -> float:
+    """Dose threshold (Gy) of a V-metric; V<x>% needs the ROI's prescription."""
+    assert metric.kind == "V" and metric.value is not None
+    if metric.unit == "Gy":
+        return metric.value
+    if prescription is None:
+        raise MetricError(f"{metric} is relative to the prescription, but the ROI has none")
+    return metric.value / 100.0 * prescription
+
+
+def compute(metric: Metric | str, doses: np.ndarray, voxel_volume_mm3: float,
+            prescription: float | None = None) -> float:
+    """Exact value of ``metric`` on the doses (Gy) of one ROI's voxels (a 1-D array).
+
+    Returns NaN for an empty ROI. V-metrics are percentages of the ROI volume (0-100).
+    """
+    m = parse_metric(metric) if isinstance(metric, str) else metric
+    d = np.asarray(doses, dtype=np.float64).ravel()
+    if d.size == 0:
+        return math.nan
+    if m.kind == "Dmean":
+        return float(d.mean())
+    if m.kind == "V":
+        return float((d >= v_threshold(m, prescription)).mean() * 100.0)
+    return float(np.percentile(d, percentile_q(m, d.size, voxel_volume_mm3)))

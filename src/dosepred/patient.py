@@ -1,0 +1,230 @@
+"""The one record type every stage speaks: :class:`Patient`, and the dataset's :class:`RoiSet`.
+
+A Patient holds CT (HU, int16), an optional dose (Gy, float32), the possible-dose mask (bool), the
+bit-mask ROI codes (bit k = ROI k of the RoiSet), voxel spacing (mm per array axis), and the ROI
+names, kinds and prescriptions through its RoiSet. Consistency is checked on construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from . import roi as _roi
+
+RoiKind = Literal["target", "oar", "other"]
+
+#: The ten OpenKBP structures in the bit order dosepred uses for OpenKBP data.
+OPENKBP_OARS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
+OPENKBP_TARGETS = ("PTV56", "PTV63", "PTV70")
+OPENKBP_RX = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
+
+
+@dataclass(frozen=True)
+class Roi:
+    name: str
+    kind: RoiKind = "oar"
+    prescription: float | None = None  # Gy, targets only
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.prescription is not None:
+            d["prescription"] = self.prescription
+        return d
+
+
+@dataclass(frozen=True)
+class RoiSet:
+    """Ordered ROI names <-> bit positions, with kinds and prescriptions (Gy) of targets."""
+
+    rois: tuple[Roi, ...]
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rois]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"ROI names must be unique, duplicated: {', '.join(dup)}")
+        if len(self.rois) > _roi.MAX_ROIS:
+            raise ValueError(f"{len(self.rois)} ROIs exceed the bit-mask limit of {_roi.MAX_ROIS}")
+        for r in self.rois:
+            if not r.name:
+                raise ValueError("ROI names must be non-empty")
+            if r.kind not in ("target", "oar", "other"):
+                raise ValueError(f"ROI {r.name}: kind must be target/oar/other, got {r.kind!r}")
+            if r.prescription is not None:
+                if r.kind != "target":
+                    raise ValueError(f"ROI {r.name}: only targets carry a prescription (kind is {r.kind})")
+                if not r.prescription > 0:
+                    raise ValueError(f"ROI {r.name}: prescription must be > 0 Gy, got {r.prescription}")
+
+    # construction --------------------------------------------------------------------------
+    @classmethod
+    def openkbp(cls) -> RoiSet:
+        return cls(tuple(Roi(n, "oar") for n in OPENKBP_OARS)
+                   + tuple(Roi(n, "target", OPENKBP_RX[n]) for n in OPENKBP_TARGETS))
+
+    @classmethod
+    def from_dicts(cls, items: Iterable[dict[str, Any]]) -> RoiSet:
+        return cls(tuple(Roi(d["name"], d.get("kind", "oar"), d.get("prescription")) for d in items))
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.rois]
+
+    # queries -------------------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.rois)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.rois if r.kind == "target")
+
+    @property
+    def oars(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.rois if r.kind == "oar")
+
+    def __len__(self) -> int:
+        return len(self.rois)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __iter__(self):
+        return iter(self.rois)
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"ROI {name!r} is not in the ROI set ({', '.join(self.names)})") from None
+
+    def __getitem__(self, name: str) -> Roi:
+        return self.rois[self.index(name)]
+
+    def prescription(self, name: str) -> float | None:
+        return self[name].prescription
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _roi.code_dtype(len(self.rois))
+
+
+@dataclass
+class Patient:
+    """One patient on one voxel grid. Arrays share the same shape and the source's axis order."""
+
+    id: str
+    ct: np.ndarray  # int16, HU
+    roi_codes: np.ndarray  # unsigned int, bit k = roi_set.rois[k]
+    roi_set: RoiSet
+    spacing: tuple[float, float, float]  # mm per array axis
+    possible_dose_mask: np.ndarray | None = None  # bool; defaults to all True
+    dose: np.ndarray | None = None  # float32, Gy
+    missing_rois: tuple[str, ...] = ()  # ROIs of the set that this patient has no contour for
+    meta: dict[str, Any] = field(default_factory=dict)  # provenance (source folder, study date, ...)
+
+    def __post_init__(self) -> None:
+        pid = self.id
+        self.ct = np.asarray(self.ct)
+        shape = self.ct.shape
+        if self.ct.ndim != 3:
+            raise ValueError(f"patient {pid}: CT must be 3-D, got shape {shape}")
+        if self.ct.dtype != np.int16:
+            if np.issubdtype(self.ct.dtype, np.floating) and not np.all(np.isfinite(self.ct)):
+                raise ValueError(f"patient {pid}: CT contains NaN/inf")
+            self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
+        sp = tuple(float(s) for s in self.spacing)
+        if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+            raise ValueError(f"patient {pid}: spacing must be three positive mm values, got {self.spacing}")
+        self.spacing = sp  # type: ignore[assignment]
+        codes = np.asarray(self.roi_codes)
+        if codes.shape != shape:
+            raise ValueError(f"patient {pid}: ROI codes shape {codes.shape} != CT shape {shape}")
+        want = self.roi_set.dtype
+        if codes.dtype.kind != "u":
+            raise ValueError(f"patient {pid}: ROI codes must be unsigned integers, got {codes.dtype}")
+        n = len(self.roi_set)
+        if n < codes.dtype.itemsize * 8 and codes.size and int(codes.max()) >> n:
+            raise ValueError(f"patient {pid}: ROI codes have bits set beyond the {n} ROIs of the set")
+        if codes.dtype != want:
+            codes = codes.astype(want)
+        self.roi_codes = codes
+        if self.possible_dose_mask is None:
+            self.possible_dose_mask = np.ones(shape, dtype=bool)
+        self.possible_dose_mask = np.asarray(self.possible_dose_mask).astype(bool, copy=False)
+        if self.possible_dose_mask.shape != shape:
+            raise ValueError(f"patient {pid}: possible-dose mask shape {self.possible_dose_mask.shape}"
+                             f" != CT shape {shape}")
+        if self.dose is not None:
+            d = np.asarray(self.dose, dtype=np.float32)
+            if d.shape != shape:
+                raise ValueError(f"patient {pid}: dose shape {d.shape} != CT shape {shape}")
+            if not np.all(np.isfinite(d)):
+                raise ValueError(f"patient {pid}: dose contains NaN/inf")
+            if d.size and d.min() < 0:
+                raise ValueError(f"patient {pid}: dose must be >= 0 Gy, min is {d.min():.4g}")
+            self.dose = d
+        unknown = [m for m in self.missing_rois if m not in self.roi_set]
+        if unknown:
+            raise ValueError(f"patient {pid}: missing ROIs {unknown} are not in the ROI set")
+        self.missing_rois = tuple(self.missing_rois)
+
+    # geometry ------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.ct.shape  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
+    @property
+    def voxel_volume_cc(self) -> float:
+        return self.voxel_volume_mm3 / 1000.0
+
+    # ROIs ----------------------------------------------------------------------------------
+    @property
+    def present_rois(self) -> tuple[str, ...]:
+        return tuple(n for n in self.roi_set.names if n not in self.missing_rois)
+
+    def mask(self, name: str) -> np.ndarray:
+        """Boolean mask of ROI ``name`` (all False when the ROI is missing)."""
+        return _roi.decode(self.roi_codes, self.roi_set.index(name))
+
+    def masks(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = self.roi_set.names if names is None else names
+        return {n: self.mask(n) for n in names}
+
+    def prescription_map(self) -> np.ndarray:
+        """Each voxel the highest prescription (Gy) of the targets containing it, else 0."""
+        rx = np.zeros(self.shape, dtype=np.float32)
+        for r in self.roi_set:
+            if r.kind == "target" and r.prescription is not None and r.name not in self.missing_rois:
+                m = self.mask(r.name)
+                np.maximum(rx, np.where(m, np.float32(r.prescription), np.float32(0)), out=rx)
+        return rx
+
+    def with_dose(self, dose: np.ndarray | None) -> Patient:
+        """A copy sharing every array but the dose."""
+        return Patient(self.id, self.ct, self.roi_codes, self.roi_set, self.spacing,
+                       self.possible_dose_mask, dose, self.missing_rois, dict(self.meta))
+
+    @classmethod
+    def from_masks(cls, id: str, ct: np.ndarray, masks: dict[str, np.ndarray], roi_set: RoiSet,
+                   spacing: Sequence[float], possible_dose_mask: np.ndarray | None = None,
+                   dose: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> Patient:
+        """Build from a name -> mask dict; ROIs of the set absent from ``masks`` are recorded missing."""
+        extra = [n for n in masks if n not in roi_set]
+        if extra:
+            raise ValueError(f"patient {id}: ROIs {extra} are not in the ROI set ({', '.join(roi_set.names)})")
+        shape = np.shape(ct)
+        ordered = [masks[n] if n in masks else np.zeros(shape, bool) for n in roi_set.names]
+        codes = _roi.encode(ordered, shape=shape)
+        if codes.dtype != roi_set.dtype:
+            codes = codes.astype(roi_set.dtype)
+        missing = tuple(n for n in roi_set.names if n not in masks)
+        return cls(id, ct, codes, roi_set, tuple(spacing), possible_dose_mask, dose, missing,  # type: ignore
+                   dict(meta or {}))

@@ -1,0 +1,158 @@
+"""Lossless bit-mask encoding of many overlapping ROIs in one integer volume.
+
+Bit ``k`` of a voxel's code is set exactly when the voxel belongs to ROI ``k``. The dtype is the
+smallest unsigned integer that holds the ROI count (uint8 / uint16 / uint32 / uint64), so up to 64
+ROIs fit. Torch has no unsigned 16/32/64-bit arithmetic on every device, so torch codes are carried
+as the signed integer of the same width (int16 / int32 / int64); bit ``k`` is read the same way
+(``(codes >> k) & 1``) and the sign bit is simply bit 15/31/63.
+
+This module does not know ROI names; :class:`dosepred.patient.RoiSet` maps names to bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+MAX_ROIS = 64
+
+_NUMPY_DTYPES = ((8, np.uint8), (16, np.uint16), (32, np.uint32), (64, np.uint64))
+
+
+def code_dtype(n_rois: int) -> np.dtype:
+    """Smallest unsigned dtype holding ``n_rois`` bits (uint8 for 0..8 ROIs)."""
+    if n_rois < 0:
+        raise ValueError(f"ROI count must be >= 0, got {n_rois}")
+    for bits, dt in _NUMPY_DTYPES:
+        if n_rois <= bits:
+            return np.dtype(dt)
+    raise ValueError(
+        f"{n_rois} ROIs cannot be bit-mask encoded: at most {MAX_ROIS} ROIs fit in one uint64 volume"
+    )
+
+
+def encode(masks: Sequence[np.ndarray] | np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Encode boolean masks (a sequence, or an array of shape (K, *spatial)) into one code volume.
+
+    ``shape`` is required when there are no masks.
+    """
+    masks = list(masks) if not isinstance(masks, np.ndarray) else list(masks)
+    n = len(masks)
+    dt = code_dtype(n)
+    if n == 0:
+        if shape is None:
+            raise ValueError("encode() with no masks needs the spatial shape")
+        return np.zeros(shape, dtype=dt)
+    shape0 = np.shape(masks[0])
+    if shape is not None and tuple(shape) != tuple(shape0):
+        raise ValueError(f"mask 0 has shape {shape0}, expected {tuple(shape)}")
+    codes = np.zeros(shape0, dtype=dt)
+    for k, m in enumerate(masks):
+        m = np.asarray(m)
+        if m.shape != shape0:
+            raise ValueError(f"mask {k} has shape {m.shape}, expected {shape0} like mask 0")
+        codes |= m.astype(bool).astype(dt) << dt.type(k)
+    return codes
+
+
+def decode(codes: np.ndarray, k: int | Sequence[int] | None = None) -> np.ndarray:
+    """Decode ROI ``k`` (bool volume), several ROIs (bool (K, *spatial)) or all bits (k=None).
+
+    With ``k=None`` the number of decoded channels is the dtype's bit width; pass ``n_rois`` via
+    :func:`decode_all` to get exactly the ROIs of a RoiSet.
+    """
+    codes = np.asarray(codes)
+    if codes.dtype.kind != "u":
+        raise TypeError(f"ROI codes must be an unsigned integer array, got {codes.dtype}")
+    bits = codes.dtype.itemsize * 8
+    if k is None:
+        return decode_all(codes, bits)
+    if isinstance(k, (int, np.integer)):
+        _check_bit(int(k), bits)
+        return ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
+    ks = [int(i) for i in k]
+    for i in ks:
+        _check_bit(i, bits)
+    out = np.empty((len(ks),) + codes.shape, dtype=bool)
+    for j, i in enumerate(ks):
+        out[j] = (codes >> codes.dtype.type(i)) & codes.dtype.type(1)
+    return out
+
+
+def decode_all(codes: np.ndarray, n_rois: int) -> np.ndarray:
+    """All ``n_rois`` masks as a bool array (n_rois, *spatial)."""
+    return decode(codes, range(n_rois)) if n_rois else np.zeros((0,) + np.shape(codes), dtype=bool)
+
+
+def _check_bit(k: int, bits: int) -> None:
+    if not 0 <= k < bits:
+        raise IndexError(f"ROI bit {k} out of range for {bits}-bit codes")
+
+
+# --------------------------------------------------------------------------------------------- torch
+
+_TORCH_SIGNED = {np.dtype(np.uint8): "uint8", np.dtype(np.uint16): "int16",
+                 np.dtype(np.uint32): "int32", np.dtype(np.uint64): "int64"}
+
+
+def to_torch(codes: np.ndarray, device: Any = None) -> torch.Tensor:
+    """Numpy codes -> torch tensor of the same width (bit pattern preserved, see module doc)."""
+    import torch
+
+    codes = np.ascontiguousarray(codes)
+    name = _TORCH_SIGNED.get(codes.dtype)
+    if name is None:
+        raise TypeError(f"ROI codes must be uint8/16/32/64, got {codes.dtype}")
+    if name != "uint8":
+        codes = codes.view(np.dtype(name))
+    return torch.from_numpy(codes).to(device) if device is not None else torch.from_numpy(codes)
+
+
+def decode_torch(codes: torch.Tensor, k: int | Sequence[int], dtype: Any = None) -> torch.Tensor:
+    """Decode ROI bit ``k`` (or bits ``[k0, k1, ...]`` stacked on a new dim right after any
+    leading dims, i.e. (..., K, *spatial) when codes are (..., *spatial) and ``k`` is a list... )
+    on the tensor's own device.
+
+    For a single int ``k`` the result has the codes' shape. For a sequence the ROI axis is
+    inserted at position ``codes.dim() - 3`` when codes are at least 3-D (so (B, D, H, W) codes give
+    (B, K, D, H, W) channels) and at 0 otherwise. ``dtype`` defaults to torch.bool.
+    """
+    import torch
+
+    if codes.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
+        raise TypeError(f"ROI codes must be an integer tensor, got {codes.dtype}")
+    bits = codes.element_size() * 8
+    dtype = torch.bool if dtype is None else dtype
+    if isinstance(k, (int, np.integer)):
+        _check_bit(int(k), bits)
+        return ((codes >> int(k)) & 1).to(dtype)
+    ks = [int(i) for i in k]
+    for i in ks:
+        _check_bit(i, bits)
+    axis = codes.dim() - 3 if codes.dim() >= 3 else 0
+    if not ks:
+        shape = list(codes.shape)
+        shape.insert(axis, 0)
+        return torch.zeros(shape, dtype=dtype, device=codes.device)
+    shifts = torch.tensor(ks, device=codes.device, dtype=codes.dtype)
+    view = [1] * (codes.dim() + 1)
+    view[axis] = len(ks)
+    return ((codes.unsqueeze(axis) >> shifts.view(view)) & 1).to(dtype)
+
+
+def encode_torch(masks: torch.Tensor) -> torch.Tensor:
+    """(K, *spatial) bool tensor -> code tensor (inverse of :func:`decode_torch`)."""
+    import torch
+
+    n = masks.shape[0]
+    np_dt = code_dtype(n)
+    tdt = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[np_dt.itemsize]
+    codes = torch.zeros(masks.shape[1:], dtype=tdt, device=masks.device)
+    for k in range(n):
+        codes |= masks[k].to(tdt) << k
+    return codes
