@@ -86,15 +86,20 @@ def data_import_openkbp(
         warnings.simplefilter("always")
         c = cache.write_cache(openkbp.read_folder(src), out, source=str(Path(src).resolve()),
                               progress=True)
-    for w in caught:
-        _err(f"warning: {w.message}")
+    for msg in dict.fromkeys(str(w.message) for w in caught):
+        _err(f"warning: {msg}")
     src_bytes = sum(f.stat().st_size for d in folders for f in d.glob("*.csv"))
     missing = {p["id"]: p["missing_rois"] for p in c.info["patients"] if p["missing_rois"]}
     con = console()
     con.print(f"wrote {len(c)} patients to {out}: {c.nbytes() / 1e6:.1f} MB "
               f"(source CSV {src_bytes / 1e6:.1f} MB, ratio {src_bytes / max(c.nbytes(), 1):.1f}x)")
-    for pid, rois in missing.items():
-        con.print(f"  {pid}: missing ROIs {', '.join(rois)}")
+    if missing:
+        counts: dict[str, int] = {}
+        for rois in missing.values():
+            for r in rois:
+                counts[r] = counts.get(r, 0) + 1
+        con.print(f"{len(missing)} patients lack some ROIs (not contoured; `dosepred data inspect` lists "
+                  "them): " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda x: -x[1])))
 
 
 @data_app.command("export-openkbp")

@@ -42,7 +42,7 @@ def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     size = int(np.prod(grid))
     try:
         df = pd.read_csv(path, header=0, index_col=None, dtype={0: "float64"},
-                         engine="c", float_precision="round_trip")
+                         engine="c")
     except pd.errors.EmptyDataError:
         raise OpenKBPFormatError(f"patient {pid}: {path} is empty (expected header ',data' and "
                                  "rows 'flat_index,value')") from None
