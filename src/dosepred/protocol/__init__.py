@@ -1,0 +1,197 @@
+"""Clinical protocols: JSON plan-evaluation templates that drive both evaluation and the CDM loss.
+
+::
+
+    from dosepred.protocol import load_protocol
+    proto = load_protocol("openkbp-clinical", roi_set)   # or "openkbp", or a path to a JSON file
+    for c in proto.criteria:
+        print(c.name, c.parsed, c.limit_value(proto.prescription(c.roi, roi_set)), c.weight)
+
+Built-ins (``src/dosepred/protocol/builtin/*.json``):
+
+- ``openkbp``: exactly the metrics of the OpenKBP DVH score (OARs: D0.1cc and Dmean; PTV56/63/70:
+  D99%, D95%, D1%), without limits.
+- ``openkbp-clinical``: H&N criteria for a 70/63/56 Gy SIB (REFERENCE.md section 5).
+
+The JSON schema is documented in :mod:`dosepred.protocol.schema` and ``docs/protocols.md``.
+:func:`from_portpy` converts a PortPy ``clinical_criteria`` JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from .schema import Criterion, Direction, LimitUnit, Protocol, ProtocolError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..patient import RoiSet
+
+__all__ = ["BUILTIN", "Criterion", "Direction", "LimitUnit", "Protocol", "ProtocolError",
+           "builtin_names", "from_portpy", "load_protocol", "parse_protocol"]
+
+BUILTIN = ("openkbp", "openkbp-clinical")
+
+
+def builtin_names() -> tuple[str, ...]:
+    return BUILTIN
+
+
+def _format_errors(e: ValidationError, raw: Any, source: str) -> str:
+    """One line per problem, naming the criterion (number, ROI and metric) it is about."""
+    lines = []
+    for err in e.errors():
+        loc = err.get("loc", ())
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        where = ".".join(str(x) for x in loc) or "protocol"
+        if len(loc) >= 2 and loc[0] == "criteria" and isinstance(loc[1], int):
+            i = loc[1]
+            crit = raw.get("criteria", [])[i] if isinstance(raw, dict) else None
+            desc = ""
+            if isinstance(crit, dict):
+                desc = f" ({crit.get('roi', '?')} {crit.get('metric', '?')})"
+            field = ".".join(str(x) for x in loc[2:])
+            where = f"criterion {i + 1}{desc}" + (f", field {field!r}" if field else "")
+            if err.get("type") == "extra_forbidden":
+                msg = f"unknown key {field!r} (allowed: {', '.join(Criterion.model_fields)})"
+        elif err.get("type") == "extra_forbidden":
+            msg = f"unknown key (allowed: {', '.join(Protocol.model_fields)})"
+        lines.append(f"{where}: {msg}")
+    return f"invalid protocol {source}: " + "; ".join(lines)
+
+
+def parse_protocol(data: dict[str, Any], roi_set: RoiSet | None = None, source: str = "") -> Protocol:
+    """Validate a protocol given as a dict (the parsed JSON); see :func:`load_protocol`."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"invalid protocol {source}: expected a JSON object with 'name' and 'criteria'")
+    try:
+        proto = Protocol.model_validate(data)
+    except ValidationError as e:
+        raise ProtocolError(_format_errors(e, data, source or repr(data.get("name", "")))) from None
+    if roi_set is not None:
+        proto.validate_for(roi_set)
+    return proto
+
+
+def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | None = None) -> Protocol:
+    """Load a built-in protocol (``openkbp``, ``openkbp-clinical``) or a user JSON file.
+
+    With ``roi_set`` the protocol is checked against the dataset: an ROI it does not know, or a
+    criterion relative to a prescription that no one gives, raises :class:`ProtocolError` naming
+    the criterion. A :class:`Protocol` passed in is returned (validated against ``roi_set``).
+    """
+    if isinstance(name_or_path, Protocol):
+        return name_or_path.validate_for(roi_set) if roi_set is not None else name_or_path
+    s = str(name_or_path)
+    if s in BUILTIN:
+        text = resources.files(__package__).joinpath("builtin", f"{s}.json").read_text()
+        source = f"built-in {s!r}"
+    else:
+        path = Path(s)
+        if not path.is_file():
+            raise ProtocolError(f"protocol {s!r} is neither a built-in ({', '.join(BUILTIN)}) nor an "
+                                "existing JSON file")
+        text = path.read_text()
+        source = str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"protocol {source} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and "criteria" in data and data["criteria"] and isinstance(
+            data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
+        return from_portpy(data, roi_set)
+    return parse_protocol(data, roi_set, source)
+
+
+# ----------------------------------------------------------------------------------- PortPy import
+
+_PORTPY_DOSE_KEYS = {"dose_gy": "Gy", "dose_perc": "%Rx"}
+
+
+def _constraint(cons: dict[str, Any], kind: str) -> tuple[float | None, float | None, str | None]:
+    """(limit, goal, unit) from PortPy constraints such as ``limit_dose_gy`` / ``goal_volume_perc``."""
+    limit = goal = None
+    unit = None
+    for key, v in cons.items():
+        for prefix in ("limit_", "goal_"):
+            if key.startswith(prefix):
+                rest = key[len(prefix):]
+                if kind == "dose":
+                    u = {"dose_gy": "Gy", "dose_perc": "%Rx"}.get(rest)
+                else:
+                    u = {"volume_perc": "%"}.get(rest)
+                if u is None:
+                    raise ProtocolError(f"PortPy constraint {key!r} is not supported")
+                unit = u
+                if prefix == "limit_":
+                    limit = float(v)
+                else:
+                    goal = float(v)
+    return limit, goal, unit
+
+
+def from_portpy(data: dict[str, Any] | str | os.PathLike, roi_set: RoiSet | None = None) -> Protocol:
+    """Convert a PortPy ``clinical_criteria`` JSON (dict or file) into a :class:`Protocol`.
+
+    Supported types: ``max_dose`` (Dmax), ``mean_dose`` (Dmean), ``min_dose`` (Dmin, ``>=``),
+    ``dose_volume_D`` (``volume_perc`` / ``volume_cc``) and ``dose_volume_V`` (``dose_gy`` /
+    ``dose_perc``, volume limits in %). PortPy's limits are upper limits, so the direction is
+    ``<=`` except for ``min_dose``. ``*_perc`` doses are % of the prescription, which is
+    ``pres_per_fraction_gy * num_of_fractions`` for every structure listed in ``prescriptions``
+    (an optional extension) or given by the RoiSet. Absolute volume limits (cc) are not supported.
+    """
+    if not isinstance(data, dict):
+        data = json.loads(Path(data).read_text())
+    name = str(data.get("protocol_name") or data.get("name") or "portpy")
+    crits: list[dict[str, Any]] = []
+    for i, c in enumerate(data.get("criteria", []), 1):
+        typ = c.get("type")
+        par = c.get("parameters", {})
+        roi = par.get("structure_name")
+        where = f"PortPy criterion {i} ({roi} {typ})"
+        direction = "<="
+        if typ in ("max_dose", "mean_dose", "min_dose"):
+            metric = {"max_dose": "Dmax", "mean_dose": "Dmean", "min_dose": "Dmin"}[typ]
+            kind = "dose"
+            direction = ">=" if typ == "min_dose" else "<="
+        elif typ == "dose_volume_D":
+            if "volume_perc" in par:
+                metric = f"D{par['volume_perc']:g}%"
+            elif "volume_cc" in par:
+                metric = f"D{par['volume_cc']:g}cc"
+            else:
+                raise ProtocolError(f"{where}: needs parameters volume_perc or volume_cc")
+            kind = "dose"
+        elif typ == "dose_volume_V":
+            if "dose_gy" in par:
+                metric = f"V{par['dose_gy']:g}Gy"
+            elif "dose_perc" in par:
+                metric = f"V{par['dose_perc']:g}%"
+            else:
+                raise ProtocolError(f"{where}: needs parameters dose_gy or dose_perc")
+            kind = "volume"
+        else:
+            raise ProtocolError(f"{where}: type {typ!r} is not supported (max_dose, mean_dose, min_dose, "
+                                "dose_volume_D, dose_volume_V)")
+        try:
+            limit, goal, unit = _constraint(c.get("constraints", {}), kind)
+        except ProtocolError as e:
+            raise ProtocolError(f"{where}: {e}") from None
+        item: dict[str, Any] = {"roi": roi, "metric": metric, "limit": limit, "goal": goal}
+        if limit is not None or goal is not None:
+            item["direction"] = direction
+            item["limit_unit"] = unit
+        crits.append(item)
+    rx: dict[str, float] = {}
+    if "pres_per_fraction_gy" in data and "num_of_fractions" in data:
+        total = float(data["pres_per_fraction_gy"]) * float(data["num_of_fractions"])
+        for s in data.get("prescriptions", []) or []:
+            rx[s] = total
+    out = {"name": name, "description": str(data.get("description", f"imported from PortPy ({name})")),
+           "prescriptions": rx, "criteria": crits}
+    return parse_protocol(out, roi_set, f"PortPy {name!r}")

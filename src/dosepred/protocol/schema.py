@@ -1,0 +1,193 @@
+"""Pydantic models of a clinical protocol: :class:`Protocol` and its :class:`Criterion` list.
+
+JSON schema (one object per file)::
+
+    {
+      "name": "my-hn-protocol",                 # required, free text
+      "description": "what it is for",          # optional
+      "prescriptions": {"PTV70": 70.0},         # optional, Gy per target; overrides the RoiSet's
+      "criteria": [                             # required, evaluated in this order
+        {"roi": "PTV70", "metric": "D99%",      # ROI name of the dataset, metric string
+         "limit": 95, "limit_unit": "%Rx",      # optional limit: "Gy" | "%" | "%Rx"
+         "direction": ">=",                     # ">=" or "<=", required with a limit or goal
+         "goal": 100,                           # optional, same unit as the limit
+         "priority": 1,                         # optional, 1 = required, larger = less important
+         "weight": 1.0}                         # optional, weight in the CDM loss
+      ]
+    }
+
+Metric strings are those of :func:`dosepred.metrics.parse_metric` (``Dmean``, ``Dmax``,
+``D95%``, ``D0.1cc``, ``V20Gy``, ``V110%``). ``limit_unit`` defaults to ``Gy`` for dose metrics
+(D-metrics, mean, max, min) and to ``%`` (of the ROI volume) for V-metrics. A dose limit may be
+written as a percentage of the ROI's prescription with ``"%Rx"`` (e.g. ``D99% >= 95 %Rx``); it is
+resolved with :meth:`Criterion.limit_value`. A criterion without limit is only measured (the
+``openkbp`` protocol is a list of such metrics). Unknown keys are rejected so typos are caught.
+
+This module only describes and validates; values are computed by :mod:`dosepred.evaluation`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..metrics import Metric, parse_metric
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..patient import RoiSet
+
+Direction = Literal[">=", "<="]
+LimitUnit = Literal["Gy", "%", "%Rx"]
+
+
+class ProtocolError(ValueError):
+    """A protocol is invalid, or does not fit a dataset's ROIs."""
+
+
+class Criterion(BaseModel):
+    """One line of a clinical protocol: ``roi metric direction limit`` (e.g. PTV70 D95% >= 66.5 Gy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roi: str = Field(min_length=1)
+    metric: str
+    limit: float | None = None
+    direction: Direction | None = None
+    limit_unit: LimitUnit | None = None  # resolved to Gy / % in the validator below
+    goal: float | None = None
+    priority: int = Field(default=1, ge=1)
+    weight: float = Field(default=1.0, ge=0.0)
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, v: str) -> str:
+        return str(parse_metric(v))  # canonical spelling; raises MetricError (a ValueError)
+
+    @model_validator(mode="after")
+    def _check(self) -> Criterion:
+        m = self.parsed
+        unit = self.limit_unit or ("Gy" if m.is_dose else "%")
+        if m.is_dose and unit == "%":
+            raise ValueError(f"{self.roi} {self.metric}: a dose limit is in Gy or %Rx (percent of the "
+                             "prescription), not '%'")
+        if not m.is_dose and unit != "%":
+            raise ValueError(f"{self.roi} {self.metric}: a V-metric limit is a percentage of the ROI "
+                             f"volume (limit_unit '%'), not {unit!r}")
+        object.__setattr__(self, "limit_unit", unit)
+        if (self.limit is not None or self.goal is not None) and self.direction is None:
+            raise ValueError(f"{self.roi} {self.metric}: a limit or goal needs a direction ('>=' or '<=')")
+        for label, v in (("limit", self.limit), ("goal", self.goal)):
+            if v is not None and v < 0:
+                raise ValueError(f"{self.roi} {self.metric}: {label} must be >= 0, got {v}")
+        return self
+
+    # ------------------------------------------------------------------------------- queries
+    @property
+    def parsed(self) -> Metric:
+        return parse_metric(self.metric)
+
+    @property
+    def needs_prescription(self) -> bool:
+        """True when the metric (V<x>%) or the limit/goal (%Rx) is relative to the prescription."""
+        rel = self.limit_unit == "%Rx" and (self.limit is not None or self.goal is not None)
+        return self.parsed.needs_prescription or rel
+
+    @property
+    def unit(self) -> str:
+        """Unit of the metric's value: Gy for dose metrics, % for V-metrics."""
+        return "Gy" if self.parsed.is_dose else "%"
+
+    def _resolve(self, v: float | None, rx: float | None) -> float | None:
+        if v is None:
+            return None
+        if self.limit_unit == "%Rx":
+            if rx is None:
+                raise ProtocolError(f"criterion {self.name}: the limit is in % of the prescription, "
+                                    f"but {self.roi} has no prescription")
+            return v / 100.0 * rx
+        return float(v)
+
+    def limit_value(self, rx: float | None = None) -> float | None:
+        """The limit in the metric's unit (Gy or %), resolving %Rx with prescription ``rx`` (Gy)."""
+        return self._resolve(self.limit, rx)
+
+    def goal_value(self, rx: float | None = None) -> float | None:
+        return self._resolve(self.goal, rx)
+
+    def check(self, value: float, rx: float | None = None, goal: bool = False) -> bool | None:
+        """Does ``value`` satisfy the limit (or the goal)? None when there is none or value is NaN."""
+        lim = self.goal_value(rx) if goal else self.limit_value(rx)
+        if lim is None or value != value:
+            return None
+        return value >= lim if self.direction == ">=" else value <= lim
+
+    @property
+    def name(self) -> str:
+        """Readable form, e.g. ``PTV70 D99% >= 95 %Rx`` or ``SpinalCord D0.1cc <= 45 Gy``."""
+        s = f"{self.roi} {self.metric}"
+        if self.limit is not None:
+            s += f" {self.direction} {self.limit:g} {self.limit_unit}"
+        elif self.goal is not None:
+            s += f" {self.direction} {self.goal:g} {self.limit_unit} (goal)"
+        return s
+
+    def resolved_name(self, rx: float | None) -> str:
+        """Like :attr:`name` with a %Rx limit also given in Gy (``PTV70 D99% >= 66.5 Gy``)."""
+        if self.limit_unit != "%Rx" or rx is None or (self.limit is None and self.goal is None):
+            return self.name
+        v = self.limit_value(rx) if self.limit is not None else self.goal_value(rx)
+        tail = "" if self.limit is not None else " (goal)"
+        return f"{self.roi} {self.metric} {self.direction} {v:.4g} Gy{tail}"
+
+
+class Protocol(BaseModel):
+    """A clinical plan-evaluation template: criteria over ROIs, plus optional prescriptions (Gy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    prescriptions: dict[str, float] = Field(default_factory=dict)
+    criteria: list[Criterion] = Field(min_length=1)
+
+    @field_validator("prescriptions")
+    @classmethod
+    def _check_rx(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not x > 0}
+        if bad:
+            raise ValueError(f"prescriptions must be > 0 Gy, got {bad}")
+        return v
+
+    @property
+    def rois(self) -> list[str]:
+        """ROI names used by the criteria, in first-use order."""
+        return list(dict.fromkeys(c.roi for c in self.criteria))
+
+    def prescription(self, roi: str, roi_set: RoiSet | None = None) -> float | None:
+        """Prescription (Gy) of ``roi``: the protocol's, else the RoiSet's, else None."""
+        if roi in self.prescriptions:
+            return float(self.prescriptions[roi])
+        if roi_set is not None and roi in roi_set:
+            return roi_set.prescription(roi)
+        return None
+
+    def criteria_for(self, roi: str) -> list[Criterion]:
+        return [c for c in self.criteria if c.roi == roi]
+
+    def validate_for(self, roi_set: RoiSet) -> Protocol:
+        """Check every criterion against a dataset's ROIs; raise :class:`ProtocolError` naming the
+        first offending criterion. Returns self."""
+        for i, c in enumerate(self.criteria, 1):
+            if c.roi not in roi_set:
+                raise ProtocolError(f"protocol {self.name!r}, criterion {i} ({c.name}): ROI {c.roi!r} is "
+                                    f"not in the dataset's ROIs ({', '.join(roi_set.names)})")
+            if c.needs_prescription and self.prescription(c.roi, roi_set) is None:
+                raise ProtocolError(f"protocol {self.name!r}, criterion {i} ({c.name}): needs the "
+                                    f"prescription of {c.roi}, which is neither in the protocol's "
+                                    "'prescriptions' nor in the dataset")
+        return self
+
+    def kinds(self, roi_set: RoiSet) -> dict[str, str]:
+        """ROI name -> 'target' / 'oar' / 'other' as the dataset declares it."""
+        return {r: roi_set[r].kind for r in self.rois if r in roi_set}

@@ -1,0 +1,122 @@
+import json
+
+import pytest
+
+from dosepred import Roi, RoiSet
+from dosepred.protocol import Criterion, Protocol, ProtocolError, from_portpy, load_protocol
+
+OPENKBP_OARS = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]
+
+
+def _write(tmp_path, obj, name="p.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def test_builtin_openkbp_is_exactly_the_dvh_score_metrics():
+    p = load_protocol("openkbp", RoiSet.openkbp())
+    got = {(c.roi, c.metric) for c in p.criteria}
+    want = {(o, m) for o in OPENKBP_OARS for m in ("D0.1cc", "Dmean")}
+    want |= {(t, m) for t in ("PTV56", "PTV63", "PTV70") for m in ("D99%", "D95%", "D1%")}
+    assert got == want and len(p.criteria) == len(want)
+    assert all(c.limit is None for c in p.criteria)
+
+
+def test_builtin_clinical_limits_resolved():
+    rs = RoiSet.openkbp()
+    p = load_protocol("openkbp-clinical", rs)
+    by = {(c.roi, c.metric): c for c in p.criteria}
+    d99 = by[("PTV63", "D99%")]
+    assert d99.limit_value(p.prescription("PTV63", rs)) == pytest.approx(59.85)
+    assert d99.direction == ">=" and d99.limit_unit == "%Rx"
+    assert by[("SpinalCord", "D0.1cc")].limit_value() == 45 and by[("SpinalCord", "D0.1cc")].direction == "<="
+    assert by[("Mandible", "D0.1cc")].limit_value() == 73.5
+    assert by[("LeftParotid", "Dmean")].limit_value() == 26
+    v110 = by[("PTV70", "V110%")]
+    assert v110.limit_unit == "%" and v110.limit_value(70) == 20 and v110.needs_prescription
+    assert by[("PTV70", "D95%")].goal_value(70) == pytest.approx(70) and by[("PTV70", "D95%")].limit is None
+    assert by[("PTV70", "D99%")].resolved_name(70) == "PTV70 D99% >= 66.5 Gy"
+
+
+def test_criterion_defaults_and_checks():
+    c = Criterion(roi="PTV70", metric="d 95 %", limit=66.5, direction=">=")
+    assert c.metric == "D95%" and c.limit_unit == "Gy" and c.weight == 1.0 and c.priority == 1
+    assert c.name == "PTV70 D95% >= 66.5 Gy"
+    assert c.parsed.kind == "D" and c.parsed.value == 95
+    assert c.check(67) is True and c.check(66) is False and c.check(float("nan")) is None
+    v = Criterion(roi="Larynx", metric="V50Gy", limit=30, direction="<=")
+    assert v.limit_unit == "%" and v.check(10) is True
+    assert Criterion(roi="Larynx", metric="Dmean").check(10) is None
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"roi": "PTV70", "metric": "D95x"}, ["criterion 1", "PTV70", "unknown metric"]),
+    ({"roi": "PTV70", "metric": "D95%", "limit": 60}, ["criterion 1", "PTV70 D95%", "direction"]),
+    ({"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">", }, ["criterion 1", "direction"]),
+    ({"roi": "PTV70", "metric": "V20Gy", "limit": 60, "direction": "<=", "limit_unit": "Gy"},
+     ["criterion 1", "V-metric"]),
+    ({"roi": "PTV70", "metric": "Dmean", "limt": 60}, ["criterion 1", "unknown key 'limt'"]),
+])
+def test_bad_criteria_name_the_criterion(tmp_path, bad, words):
+    path = _write(tmp_path, {"name": "x", "criteria": [bad]})
+    with pytest.raises(ProtocolError) as ei:
+        load_protocol(path)
+    for w in words:
+        assert w in str(ei.value)
+
+
+def test_unknown_roi_and_missing_prescription(tmp_path):
+    rs = RoiSet((Roi("PTV", "target"), Roi("Cord", "oar")))
+    p1 = _write(tmp_path, {"name": "a", "criteria": [{"roi": "Cord", "metric": "Dmax"},
+                                                      {"roi": "Brainstem", "metric": "Dmax"}]})
+    with pytest.raises(ProtocolError, match=r"criterion 2 \(Brainstem Dmax\).*'Brainstem' is not"):
+        load_protocol(p1, rs)
+    p2 = _write(tmp_path, {"name": "b", "criteria": [
+        {"roi": "PTV", "metric": "D99%", "limit": 95, "limit_unit": "%Rx", "direction": ">="}]})
+    with pytest.raises(ProtocolError, match=r"criterion 1 \(PTV D99% >= 95 %Rx\).*prescription"):
+        load_protocol(p2, rs)
+    p3 = _write(tmp_path, {"name": "c", "criteria": [{"roi": "PTV", "metric": "V95%"}]})
+    with pytest.raises(ProtocolError, match="prescription"):
+        load_protocol(p3, rs)
+    # the protocol's own prescription fixes it
+    ok = load_protocol(_write(tmp_path, {"name": "d", "prescriptions": {"PTV": 60},
+                                         "criteria": [{"roi": "PTV", "metric": "V95%"}]}), rs)
+    assert ok.prescription("PTV", rs) == 60
+    assert load_protocol("openkbp-clinical").prescription("PTV70") == 70
+
+
+def test_not_a_protocol(tmp_path):
+    with pytest.raises(ProtocolError, match="neither a built-in"):
+        load_protocol(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        load_protocol(bad)
+
+
+def test_roundtrip_json():
+    p = load_protocol("openkbp-clinical")
+    again = Protocol.model_validate_json(p.model_dump_json())
+    assert again == p
+
+
+def test_from_portpy(tmp_path):
+    data = {"protocol_name": "HN", "pres_per_fraction_gy": 2, "num_of_fractions": 35,
+            "prescriptions": ["PTV70"],
+            "criteria": [
+                {"type": "max_dose", "parameters": {"structure_name": "SpinalCord"},
+                 "constraints": {"limit_dose_gy": 45}},
+                {"type": "mean_dose", "parameters": {"structure_name": "LeftParotid"},
+                 "constraints": {"limit_dose_gy": 26, "goal_dose_gy": 20}},
+                {"type": "dose_volume_V", "parameters": {"structure_name": "PTV70", "dose_perc": 110},
+                 "constraints": {"limit_volume_perc": 20}},
+                {"type": "max_dose", "parameters": {"structure_name": "PTV70"},
+                 "constraints": {"limit_dose_perc": 115}},
+            ]}
+    p = from_portpy(data, RoiSet.openkbp())
+    assert [c.name for c in p.criteria] == ["SpinalCord Dmax <= 45 Gy", "LeftParotid Dmean <= 26 Gy",
+                                           "PTV70 V110% <= 20 %", "PTV70 Dmax <= 115 %Rx"]
+    assert p.criteria[3].limit_value(p.prescription("PTV70")) == pytest.approx(80.5)
+    # load_protocol recognises the PortPy layout
+    assert load_protocol(_write(tmp_path, data)).criteria == p.criteria
