@@ -149,6 +149,29 @@ def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")
         f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}" for k, r in enumerate(rs)))
 
 
+# ======================================================================================= baseline
+
+@app.command("baseline")
+@friendly
+def baseline_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Cache or OpenKBP folder of pt_* patients.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the OpenKBP pt_N.csv predictions.")],
+    falloff: Annotated[float, typer.Option(help="Fall-off length in mm outside each target.")] = 15.0,
+    no_progress: NoProgress = False,
+) -> None:
+    """No-learning reference: prescription x exp(-distance to target / falloff), in the possible-dose mask."""
+    from .baseline import distance_falloff
+    from .io import cache, openkbp
+    from .progress import track
+
+    _progress(no_progress)
+    n = 0
+    for p in track(cache.load_patients(data, require_dose=False), description="baseline"):
+        openkbp.write_dose_csv(out / f"{p.id}.csv", distance_falloff(p, falloff), p.possible_dose_mask)
+        n += 1
+    console().print(f"wrote {n} no-learning predictions to {out}")
+
+
 # ==================================================================================== entry point
 
 def main() -> None:
