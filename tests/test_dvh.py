@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dosepred import Patient, Roi, RoiSet
+from dosepred.dvh import DVH, roi_metric, roi_metrics, roi_voxel_indices
+from dosepred.metrics import compute
+
+
+@pytest.mark.parametrize("doses, vox, metric, want", [
+    ([1, 2, 3, 4, 5], 1000.0, "Dmean", 3.0),
+    ([1, 2, 3, 4, 5], 1000.0, "Dmax", 5.0),
+    ([1, 2, 3, 4, 5], 1000.0, "Dmin", 1.0),
+    ([1, 2, 3, 4, 5], 1000.0, "D50%", 3.0),          # percentile 50
+    ([1, 2, 3, 4, 5], 1000.0, "D75%", 2.0),          # percentile 25 -> index 1
+    ([1, 2, 3, 4, 5], 1000.0, "D90%", 1.4),          # percentile 10 -> index 0.4
+    ([0, 10], 1000.0, "D99%", 0.1),                  # percentile 1 of two voxels
+    # D0.1cc with 100 mm^3 voxels: n = 1 hottest of N=5 -> percentile 80 -> index 3.2
+    ([1, 2, 3, 4, 5], 100.0, "D0.1cc", 4.2),
+    # 25 mm^3 voxels: n = 4 -> percentile 100 - 4/5*100 = 20 -> index 0.8
+    ([1, 2, 3, 4, 5], 25.0, "D0.1cc", 1.8),
+    # huge voxels: n = max(1, round(0.1)) = 1
+    ([1, 2, 3, 4, 5], 2000.0, "D0.1cc", 4.2),
+    ([1, 2, 3, 4, 5], 1000.0, "V3Gy", 60.0),
+    ([1, 2, 3, 4, 5], 1000.0, "V3.5Gy", 40.0),
+])
+def test_hand_computed(doses, vox, metric, want):
+    d = DVH(np.array(doses, float), vox)
+    assert d.metric(metric) == pytest.approx(want)
+    assert roi_metrics(np.array(doses, float), [metric], vox)[0] == pytest.approx(want)
+
+
+def test_v_percent_of_rx():
+    d = DVH(np.array([60, 70, 77, 78, 80], float), 1.0, prescription=70)
+    assert d.metric("V110%") == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="prescription"):
+        DVH(np.ones(3), 1.0).metric("V95%")
+
+
+def test_uniform_dose_is_a_step():
+    d = DVH(np.full(1000, 50.0), 8.0, bin_width=0.5)
+    cum = d.cumulative("%")
+    e = d.edges
+    assert np.all(cum[e <= 50.0] == 100.0) and np.all(cum[e > 50.0] == 0.0)
+    assert d.volume_at_dose(50.0) == 100.0 and d.volume_at_dose(50.01) == 0.0
+    for m in ("D99%", "D1%", "D0.1cc", "Dmean"):
+        assert d.metric(m) == 50.0
+    assert d.cumulative("cc")[0] == pytest.approx(8.0)
+
+
+def test_differential_cumulative_roundtrip_and_units():
+    rng = np.random.default_rng(0)
+    doses = rng.uniform(0, 70, 5000)
+    d = DVH(doses, 4 * 4 * 2.5, bin_width=0.2)
+    diff = d.differential("cc")
+    cum = d.cumulative("cc")
+    assert diff.sum() == pytest.approx(d.volume_cc)
+    assert np.allclose(-np.diff(cum), diff)
+    assert np.allclose(d.cumulative("%"), cum / d.volume_cc * 100)
+    # volume_at_dose at bin edges equals the binned cumulative curve
+    for i in (0, 10, 100, 300):
+        assert d.volume_at_dose(d.edges[i], "cc") == pytest.approx(cum[i])
+    assert d.dose_at_volume(95) == pytest.approx(np.percentile(doses, 5))
+    assert d.dose_at_volume(0.1, "cc") == pytest.approx(compute("D0.1cc", doses, 40.0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 80, allow_nan=False), min_size=1, max_size=300),
+       st.floats(1.0, 200.0))
+def test_invariants(values, vox):
+    doses = np.array(values)
+    d = DVH(doses, vox)
+    d99, d95, d1, dmax, dmin, dmean = (d.metric(m) for m in ("D99%", "D95%", "D1%", "Dmax", "Dmin", "Dmean"))
+    eps = 1e-9
+    assert dmin - eps <= d99 <= d95 + eps <= d1 + 2 * eps <= dmax + 3 * eps
+    assert dmin - eps <= dmean <= dmax + eps
+    assert d.metric("D0.1cc") <= dmax + eps
+    ms = ["D99%", "D95%", "D1%", "D0.1cc", "Dmean", "Dmax", "V20Gy"]
+    assert roi_metrics(doses, ms, vox) == [compute(m, doses, vox) for m in ms]
+
+
+def test_np_percentile_directly():
+    rng = np.random.default_rng(1)
+    doses = rng.gamma(5, 10, 777)
+    for pct_metric, q in (("D99%", 1), ("D95%", 5), ("D1%", 99), ("D50%", 50)):
+        assert DVH(doses, 10.0).metric(pct_metric) == np.percentile(doses, q)
+    n = max(1, round(100 / 10.0))
+    assert DVH(doses, 10.0).metric("D0.1cc") == np.percentile(doses, 100 - n / 777 * 100)
+
+
+def test_empty_and_bad():
+    d = DVH(np.array([]), 1.0)
+    assert np.isnan(d.mean) and np.isnan(d.metric("D95%")) and np.isnan(d.volume_at_dose(1))
+    with pytest.raises(ValueError, match="voxel volume"):
+        DVH(np.ones(3), 0.0)
+    with pytest.raises(ValueError, match="0..100"):
+        DVH(np.ones(3), 1.0).dose_at_volume(101)
+
+
+def test_roi_metric_patient_and_arrays():
+    rs = RoiSet((Roi("A", "oar"), Roi("T", "target", 60.0), Roi("B", "oar")))
+    rng = np.random.default_rng(2)
+    shape = (6, 7, 8)
+    ma = rng.random(shape) < 0.3
+    mt = rng.random(shape) < 0.2
+    dose = rng.uniform(0, 70, shape).astype(np.float32)
+    p = Patient.from_masks("p1", np.zeros(shape), {"A": ma, "T": mt}, rs, (2.0, 2.0, 3.0), dose=dose)
+    assert roi_metric(p, "A", "D95%") == pytest.approx(np.percentile(dose[ma].astype(float), 5))
+    assert roi_metric(p, "T", "V95%") == pytest.approx((dose[mt] >= 57).mean() * 100)
+    assert roi_metric(dose, ma, "Dmean", spacing=(2, 2, 3)) == pytest.approx(dose[ma].astype(float).mean())
+    with pytest.raises(ValueError, match="spacing"):
+        roi_metric(dose, ma, "Dmean")
+    idx = roi_voxel_indices(p)
+    assert set(idx) == {"A", "T"}
+    assert np.array_equal(idx["A"], np.flatnonzero(ma)) and np.array_equal(idx["T"], np.flatnonzero(mt))
