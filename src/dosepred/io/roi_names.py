@@ -1,0 +1,276 @@
+"""ROI name canonicalisation for clinical imports (DICOM RTSTRUCT, NIfTI label files).
+
+Clinics spell the same structure many ways ("Parotid_L", "L Parotid", "Lt Parotid", "parotid left").
+:func:`canonical` maps a name to dosepred's canonical spelling (the OpenKBP names where one exists,
+TG-263-like CamelCase otherwise) and recognises targets with their prescription from the name
+("PTV_70", "PTV 70Gy", "PTV7000" -> PTV70, 70 Gy). A user map (JSON) is applied first and wins.
+
+:func:`union_roi_set` builds the RoiSet of one import (OpenKBP names first, then the others sorted).
+
+This module only knows names; it reads no files except the user's map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Roi, RoiSet
+
+#: Canonical name of the body / external outline (used as the possible-dose mask, not as an ROI).
+BODY = "Body"
+
+# organ (side-less) -> canonical stem; sided organs get "Left"/"Right" prepended.
+_SIDED = {
+    "parotid": "Parotid", "parotid gland": "Parotid", "glnd parotid": "Parotid",
+    "submandibular": "Submandibular", "submand": "Submandibular", "glnd submand": "Submandibular",
+    "submandibular gland": "Submandibular",
+    "cochlea": "Cochlea", "eye": "Eye", "globe": "Eye", "lens": "Lens",
+    "optic nerve": "OpticNerve", "opticnrv": "OpticNerve", "opticnerve": "OpticNerve",
+    "brachial plexus": "BrachialPlexus", "brachialplex": "BrachialPlexus",
+    "lung": "Lung", "kidney": "Kidney", "femur": "Femur",
+}
+# side-less organs -> canonical name
+_SINGLE: dict[str, str] = {
+    "brainstem": "Brainstem", "brain stem": "Brainstem",
+    "spinalcord": "SpinalCord", "spinal cord": "SpinalCord", "cord": "SpinalCord",
+    "esophagus": "Esophagus", "oesophagus": "Esophagus", "esoph": "Esophagus",
+    "larynx": "Larynx", "larynx glottic": "Larynx",
+    "mandible": "Mandible", "bone mandible": "Mandible", "jaw": "Mandible",
+    "oral cavity": "OralCavity", "cavity oral": "OralCavity", "oralcavity": "OralCavity",
+    "chiasm": "Chiasm", "optic chiasm": "Chiasm", "opticchiasm": "Chiasm",
+    "brain": "Brain", "pharynx": "Pharynx", "lips": "Lips", "thyroid": "Thyroid",
+    "body": BODY, "external": BODY, "skin": BODY, "outline": BODY, "body contour": BODY,
+    "ext": BODY,
+}
+# spelling-insensitive lookups: words glued together ("spinal cord" == "spinalcord")
+_SIDED_J = {k.replace(" ", ""): v for k, v in _SIDED.items()}
+_SINGLE_J = {k.replace(" ", ""): v for k, v in _SINGLE.items()}
+_LEFT = {"l", "lt", "left", "lft", "sin", "links"}
+_RIGHT = {"r", "rt", "right", "rgt", "dex", "rechts"}
+
+_PTV = re.compile(r"^ptv\s*(\d+(?:\.\d+)?)\s*(gy|cgy)?$")
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """Result of name canonicalisation. ``matched`` is False when the name was kept as it is."""
+
+    name: str
+    kind: str  # target / oar / other
+    prescription: float | None = None
+    matched: bool = True
+
+    @property
+    def is_body(self) -> bool:
+        return self.name == BODY
+
+
+def _normalise(name: str) -> str:
+    s = re.sub(r"([a-z])([A-Z])", r"\1 \2", name.strip())  # CamelCase -> words
+    s = s.lower().replace("~", " ")
+    s = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", s)  # keep the dot of "59.4"
+    s = re.sub(r"[_\-,/()\[\]]+", " ", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def _fmt_gy(v: float) -> str:
+    return f"{v:g}"
+
+
+def target_from_name(name: str) -> tuple[str, float] | None:
+    """``(canonical name, Rx Gy)`` for PTV names carrying a dose: PTV70, PTV_70, PTV 70Gy, PTV7000,
+    PTV 7000cGy, PTV_59.4 (values above 100 are read as cGy)."""
+    s = _normalise(name).replace(" ", "")
+    m = _PTV.match(s)
+    if not m:
+        return None
+    v = float(m.group(1))
+    if m.group(2) == "cgy" or (m.group(2) is None and v > 100):
+        v /= 100.0
+    if not 0 < v <= 100:
+        return None
+    return f"PTV{_fmt_gy(v)}", v
+
+
+def canonical(name: str) -> Canonical:
+    """Canonical name, kind and prescription of a clinical ROI name (see the module docstring).
+
+    Unrecognised names come back unchanged with ``matched=False`` and kind ``"other"`` (callers
+    refine the kind from the RTROIInterpretedType).
+    """
+    t = target_from_name(name)
+    if t:
+        return Canonical(t[0], "target", t[1])
+    s = _normalise(name)
+    words = s.split(" ")
+    side = None
+    rest = []
+    for w in words:
+        if w in _LEFT and side is None:
+            side = "Left"
+        elif w in _RIGHT and side is None:
+            side = "Right"
+        else:
+            rest.append(w)
+    organ = "".join(rest)
+    if side is None and organ not in _SIDED_J:
+        # glued sides: "parotidl", "lparotid"
+        for stem in _SIDED_J:
+            if organ in (stem + "l", "l" + stem):
+                side, organ = "Left", stem
+            elif organ in (stem + "r", "r" + stem):
+                side, organ = "Right", stem
+    if side is not None and organ in _SIDED_J:
+        return Canonical(side + _SIDED_J[organ], "oar")
+    if side is None and organ in _SINGLE_J:
+        c = _SINGLE_J[organ]
+        return Canonical(c, "other" if c == BODY else "oar")
+    return Canonical(name, "other", None, False)
+
+
+# ------------------------------------------------------------------------------------ user maps
+
+@dataclass
+class RoiMap:
+    """A user's ROI map: clinical name -> canonical name (None: ignore the ROI), plus optional kinds
+    and prescriptions (Gy) keyed by canonical name.
+
+    JSON forms accepted::
+
+        {"Parotid Lt": "LeftParotid", "PTV_high": "PTV70", "Couch": null}
+        {"names": {"CTV_hi": "CTV70"}, "kinds": {"CTV70": "target"}, "prescriptions": {"CTV70": 70}}
+        {"PTV_high": {"name": "PTV70", "kind": "target", "prescription": 70}}
+    """
+
+    names: dict[str, str | None]
+    kinds: dict[str, str]
+    prescriptions: dict[str, float]
+    source: str = ""
+
+    @classmethod
+    def empty(cls) -> RoiMap:
+        return cls({}, {}, {})
+
+    @classmethod
+    def from_obj(cls, obj: Any, source: str = "<map>") -> RoiMap:
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"ROI map {source}: expected a JSON object (name -> canonical name)")
+        names: dict[str, str | None] = {}
+        kinds: dict[str, str] = {}
+        rx: dict[str, float] = {}
+        structured = isinstance(obj.get("names"), Mapping)
+        if structured:
+            extra = set(obj) - {"names", "kinds", "prescriptions"}
+            if extra:
+                raise ValueError(f"ROI map {source}: unknown keys {sorted(extra)} (expected names, kinds, "
+                                 "prescriptions)")
+            items = obj["names"].items()
+            kinds.update({str(k): str(v) for k, v in (obj.get("kinds") or {}).items()})
+            rx.update({str(k): float(v) for k, v in (obj.get("prescriptions") or {}).items()})
+        else:
+            items = obj.items()
+        for k, v in items:
+            if v is None or isinstance(v, str):
+                names[str(k)] = v or None
+            elif isinstance(v, Mapping) and not structured:
+                if "name" not in v:
+                    raise ValueError(f"ROI map {source}: entry {k!r} lacks 'name'")
+                cn = v["name"]
+                names[str(k)] = cn
+                if cn and "kind" in v:
+                    kinds[cn] = str(v["kind"])
+                if cn and v.get("prescription") is not None:
+                    rx[cn] = float(v["prescription"])
+            else:
+                raise ValueError(f"ROI map {source}: entry {k!r} must map to a name, null or an object, "
+                                 f"got {v!r}")
+        for n, kd in kinds.items():
+            if kd not in ("target", "oar", "other"):
+                raise ValueError(f"ROI map {source}: kind of {n!r} must be target/oar/other, got {kd!r}")
+        for n, v in rx.items():
+            if not v > 0:
+                raise ValueError(f"ROI map {source}: prescription of {n!r} must be > 0 Gy, got {v}")
+            kinds.setdefault(n, "target")
+        return cls(names, kinds, rx, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None) -> RoiMap:
+        if path is None:
+            return cls.empty()
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"ROI map {p} does not exist")
+        try:
+            obj = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"ROI map {p} is not valid JSON: {e}") from None
+        return cls.from_obj(obj, str(p))
+
+    def lookup(self, name: str) -> tuple[bool, str | None]:
+        """(found, canonical-or-None) for a clinical name: exact, then case/spacing-insensitive."""
+        if name in self.names:
+            return True, self.names[name]
+        key = _normalise(name).replace(" ", "")
+        for k, v in self.names.items():
+            if _normalise(k).replace(" ", "") == key:
+                return True, v
+        return False, None
+
+    def resolve(self, name: str, interpreted_type: str = "") -> Canonical | None:
+        """Canonical form of a clinical name (None: the map says to ignore it)."""
+        found, mapped = self.lookup(name)
+        if found and mapped is None:
+            return None
+        if found:
+            assert mapped is not None
+            c = canonical(mapped)
+            c = Canonical(mapped, c.kind if c.matched else "oar", c.prescription, True)
+        else:
+            c = canonical(name)
+            if not c.matched:
+                c = Canonical(name, _kind_from_type(interpreted_type), None, False)
+        kind = self.kinds.get(c.name, c.kind)
+        rx = self.prescriptions.get(c.name, c.prescription if kind == "target" else None)
+        return Canonical(c.name, kind, rx, c.matched)
+
+
+def _kind_from_type(interpreted_type: str) -> str:
+    """Kind of an unmapped ROI: ``oar`` for ORGAN/AVOIDANCE, else ``other`` (targets without a
+    prescription in the name or the map are ``other`` too: dosepred targets need an Rx)."""
+    t = (interpreted_type or "").upper()
+    return "oar" if t in ("ORGAN", "AVOIDANCE", "OAR") else "other"
+
+
+# --------------------------------------------------------------------------------- ROI set union
+
+def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]]) -> RoiSet:
+    """RoiSet of one import: the union of canonical names, OpenKBP names first (in OpenKBP bit
+    order) when present, then the others sorted case-insensitively. Conflicting kinds/prescriptions
+    of one name across patients are an error."""
+    seen: dict[str, Canonical] = {}
+    for rois in per_patient:
+        for name, c in rois.items():
+            if c.is_body:
+                continue
+            prev = seen.get(name)
+            if prev is not None and (prev.kind, prev.prescription) != (c.kind, c.prescription):
+                raise ValueError(f"ROI {name}: kind/prescription differ between patients "
+                                 f"({prev.kind} {prev.prescription} vs {c.kind} {c.prescription}); "
+                                 "fix it with --roi-map")
+            seen[name] = c
+    openkbp = [n for n in (*OPENKBP_OARS, *OPENKBP_TARGETS) if n in seen]
+    others = sorted((n for n in seen if n not in openkbp), key=lambda n: (n.lower(), n))
+    rois = []
+    for n in openkbp + others:
+        c = seen[n]
+        rx = c.prescription if c.kind == "target" else None
+        if n in OPENKBP_RX and c.kind == "target" and rx is None:
+            rx = OPENKBP_RX[n]
+        rois.append(Roi(n, c.kind, rx))  # type: ignore[arg-type]
+    return RoiSet(tuple(rois))
