@@ -1,0 +1,356 @@
+"""Evaluation of predicted doses against reference plans: scores and protocol criteria.
+
+::
+
+    from dosepred.evaluation import evaluate_patient, evaluate_cohort
+    r = evaluate_patient(ref_patient, pred_dose, "openkbp-clinical")   # one patient
+    c = evaluate_cohort([(ref, pred), ...], "openkbp-clinical")        # a cohort
+    c.dose_score, c.dvh_score, c.ptv_score, c.oar_score, c.criteria_pass_rate
+    c.to_json()   # {"patients", "dose_score", "dvh_score", "ptv_score", "oar_score",
+                  #  "criteria_pass_rate", "per_patient", ...}
+
+Definitions (REFERENCE.md sections 2 and 4):
+
+- **dose score** (OpenKBP): per patient ``sum over ALL voxels |ref - pred| / count(possible-dose
+  mask)`` (the numerator is not masked); cohort = mean over patients.
+- **DVH score** (OpenKBP): mean over all (patient, ROI, metric) of ``|M_ref - M_pred|`` over the
+  ``openkbp`` protocol's metrics (OAR D0.1cc, Dmean; target D99%, D95%, D1%), whatever protocol is
+  evaluated; ROIs the reference patient lacks are skipped.
+- **PTV score** / **OAR score**: the same mean over the *evaluated protocol's* dose metrics (Gy)
+  of target / OAR ROIs (V-metrics, in %, are left out).
+- **criteria**: each criterion with a limit is checked on the prediction and on the reference;
+  ``criteria_pass_rate`` is the % of checked (patient, criterion) pairs the prediction passes,
+  ``criteria_agreement`` the % where prediction and reference give the same verdict.
+
+Metrics use OpenKBP's exact definitions (:mod:`dosepred.metrics`). ROI masks are decoded once per
+patient from the bit-mask codes (:func:`dosepred.dvh.roi_voxel_indices`), so evaluating a patient
+costs a few tens of ms. ``pred_dose`` may be a numpy array or a torch tensor with the reference's
+spatial shape (leading singleton batch/channel axes are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dvh import roi_metrics, roi_voxel_indices
+from .metrics import parse_metric
+from .patient import Patient
+from .protocol import Protocol, load_protocol
+
+
+@dataclass
+class MetricValue:
+    """One metric of one ROI on the reference and on the prediction (Gy, or % for V-metrics)."""
+
+    roi: str
+    metric: str
+    kind: str  # target / oar / other
+    ref: float
+    pred: float
+
+    @property
+    def error(self) -> float:
+        return abs(self.pred - self.ref)
+
+
+@dataclass
+class CriterionResult:
+    """A protocol criterion on one patient. ``*_pass`` is None when the criterion has no limit."""
+
+    name: str  # with %Rx limits resolved to Gy, e.g. "PTV70 D99% >= 66.5 Gy"
+    roi: str
+    metric: str
+    direction: str | None
+    limit: float | None  # in the metric's unit (Gy or %)
+    goal: float | None
+    unit: str
+    priority: int
+    ref: float
+    pred: float
+    ref_pass: bool | None
+    pred_pass: bool | None
+    ref_goal: bool | None = None
+    pred_goal: bool | None = None
+
+    @property
+    def checked(self) -> bool:
+        return self.pred_pass is not None and self.ref_pass is not None
+
+    @property
+    def agree(self) -> bool | None:
+        return None if not self.checked else self.pred_pass == self.ref_pass
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN -> None, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if x != x else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+@dataclass
+class PatientResult:
+    """Scores, metric values and criteria of one patient."""
+
+    id: str
+    dose_score: float
+    metrics: list[MetricValue]
+    dvh_errors: list[float]  # |ref - pred| of the openkbp metrics
+    ptv_errors: list[float]  # |ref - pred| of the protocol's target dose metrics
+    oar_errors: list[float]  # |ref - pred| of the protocol's OAR dose metrics
+    criteria: list[CriterionResult]
+    missing_rois: tuple[str, ...] = ()
+
+    @property
+    def dvh_score(self) -> float:
+        return _mean(self.dvh_errors)
+
+    @property
+    def ptv_score(self) -> float:
+        return _mean(self.ptv_errors)
+
+    @property
+    def oar_score(self) -> float:
+        return _mean(self.oar_errors)
+
+    @property
+    def checked(self) -> list[CriterionResult]:
+        return [c for c in self.criteria if c.checked]
+
+    @property
+    def pass_rate(self) -> float:
+        """% of the checked criteria that the prediction passes (NaN when none has a limit)."""
+        ch = self.checked
+        return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
+
+    def value(self, roi: str, metric: str) -> MetricValue | None:
+        m = str(parse_metric(metric))
+        return next((v for v in self.metrics if v.roi == roi and v.metric == m), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        rois: dict[str, dict[str, Any]] = {}
+        for v in self.metrics:
+            rois.setdefault(v.roi, {"kind": v.kind, "metrics": {}})["metrics"][v.metric] = {
+                "ref": v.ref, "pred": v.pred}
+        return _clean({
+            "id": self.id, "dose_score": self.dose_score, "dvh_score": self.dvh_score,
+            "ptv_score": self.ptv_score, "oar_score": self.oar_score,
+            "criteria_pass_rate": self.pass_rate, "missing_rois": list(self.missing_rois),
+            "rois": rois, "criteria": [asdict(c) for c in self.criteria]})
+
+
+@dataclass
+class CohortResult:
+    """Per-patient results and the cohort scores (pooled as OpenKBP does)."""
+
+    protocol: str
+    patients: list[PatientResult] = field(default_factory=list)
+
+    @property
+    def dose_score(self) -> float:
+        return _mean(p.dose_score for p in self.patients)
+
+    @property
+    def dvh_score(self) -> float:
+        return _mean(e for p in self.patients for e in p.dvh_errors)
+
+    @property
+    def ptv_score(self) -> float:
+        return _mean(e for p in self.patients for e in p.ptv_errors)
+
+    @property
+    def oar_score(self) -> float:
+        return _mean(e for p in self.patients for e in p.oar_errors)
+
+    def _checked(self) -> list[CriterionResult]:
+        return [c for p in self.patients for c in p.checked]
+
+    @property
+    def criteria_pass_rate(self) -> float:
+        ch = self._checked()
+        return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
+
+    @property
+    def reference_pass_rate(self) -> float:
+        ch = self._checked()
+        return 100.0 * sum(bool(c.ref_pass) for c in ch) / len(ch) if ch else math.nan
+
+    @property
+    def criteria_agreement(self) -> float:
+        ch = self._checked()
+        return 100.0 * sum(bool(c.agree) for c in ch) / len(ch) if ch else math.nan
+
+    def summary(self) -> dict[str, float]:
+        """The cohort numbers (NaN where undefined)."""
+        return {"dose_score": self.dose_score, "dvh_score": self.dvh_score, "ptv_score": self.ptv_score,
+                "oar_score": self.oar_score, "criteria_pass_rate": self.criteria_pass_rate,
+                "reference_pass_rate": self.reference_pass_rate,
+                "criteria_agreement": self.criteria_agreement}
+
+    def criteria_table(self) -> list[dict[str, Any]]:
+        """Per criterion (in protocol order): patients checked, pass counts of pred and ref."""
+        rows: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        for p in self.patients:
+            for c in p.criteria:
+                if not c.checked:
+                    continue
+                key = (c.roi, c.metric, c.direction)
+                r = rows.setdefault(key, {"roi": c.roi, "metric": c.metric, "criterion": c.name,
+                                          "n": 0, "pred_pass": 0, "ref_pass": 0, "agree": 0})
+                r["n"] += 1
+                r["pred_pass"] += bool(c.pred_pass)
+                r["ref_pass"] += bool(c.ref_pass)
+                r["agree"] += bool(c.agree)
+        return list(rows.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable dict (NaN as null) with keys ``patients, dose_score, dvh_score,
+        ptv_score, oar_score, criteria_pass_rate, per_patient`` plus ``protocol``,
+        ``reference_pass_rate``, ``criteria_agreement``."""
+        out: dict[str, Any] = {"protocol": self.protocol, "patients": [p.id for p in self.patients]}
+        out.update(self.summary())
+        out["per_patient"] = [p.to_dict() for p in self.patients]
+        return _clean(out)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_json` atomically (temporary name, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+_OPENKBP: Protocol | None = None
+
+
+def _openkbp() -> Protocol:
+    global _OPENKBP
+    if _OPENKBP is None:
+        _OPENKBP = load_protocol("openkbp")
+    return _OPENKBP
+
+
+def as_dose_array(pred: Any, shape: tuple[int, ...], pid: str = "?") -> np.ndarray:
+    """A prediction (numpy array or torch tensor, optionally with leading singleton axes) as a
+    float array of ``shape``; raises ValueError naming the patient on a grid mismatch."""
+    if hasattr(pred, "detach"):  # torch tensor, maybe on the GPU
+        pred = pred.detach().float().cpu().numpy()
+    a = np.asarray(pred)
+    while a.ndim > len(shape) and a.shape[0] == 1:
+        a = a[0]
+    if a.shape != tuple(shape):
+        raise ValueError(f"patient {pid}: predicted dose has shape {np.shape(pred)}, but the reference grid "
+                         f"is {tuple(shape)}")
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+    return a
+
+
+def _needed(protocol: Protocol) -> dict[str, list[str]]:
+    """ROI -> metric strings to compute: the openkbp metrics plus the protocol's, deduplicated."""
+    out: dict[str, list[str]] = {}
+    for c in list(_openkbp().criteria) + list(protocol.criteria):
+        ms = out.setdefault(c.roi, [])
+        if c.metric not in ms:
+            ms.append(c.metric)
+    return out
+
+
+def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "openkbp") -> PatientResult:
+    """Evaluate one predicted dose against the reference patient's dose.
+
+    ``protocol``: a :class:`Protocol` or a name/path for :func:`load_protocol`. It is checked
+    against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
+    """
+    if ref.dose is None:
+        raise ValueError(f"patient {ref.id}: the reference has no dose to compare with")
+    protocol = load_protocol(protocol, ref.roi_set)
+    pred = as_dose_array(pred_dose, ref.shape, ref.id)
+    rs = ref.roi_set
+    refd = ref.dose.ravel()
+    predd = pred.ravel()
+    n_mask = int(np.count_nonzero(ref.possible_dose_mask))
+    if n_mask == 0:
+        raise ValueError(f"patient {ref.id}: the possible-dose mask is empty")
+    dose_score = float(np.abs(np.subtract(refd, predd, dtype=np.float64)).sum() / n_mask)
+
+    needed = _needed(protocol)
+    openkbp_names = {(c.roi, c.metric) for c in _openkbp().criteria}
+    idx = roi_voxel_indices(ref, [r for r in needed if r in rs])
+    vox = ref.voxel_volume_mm3
+    values: dict[tuple[str, str], MetricValue] = {}
+    missing: list[str] = []
+    for roi, ms in needed.items():
+        if roi not in idx:
+            if roi in rs:
+                missing.append(roi)
+            continue  # openkbp ROIs absent from a non-OpenKBP RoiSet are simply not evaluated
+        rx = protocol.prescription(roi, rs)
+        computable = [m for m in ms if not (parse_metric(m).needs_prescription and rx is None)]
+        r_vals = roi_metrics(refd[idx[roi]], computable, vox, rx)
+        p_vals = roi_metrics(predd[idx[roi]], computable, vox, rx)
+        for m, rv, pv in zip(computable, r_vals, p_vals, strict=True):
+            values[(roi, m)] = MetricValue(roi, m, rs[roi].kind, rv, pv)
+
+    dvh_errors = [v.error for k, v in values.items() if k in openkbp_names]
+    ptv_errors: list[float] = []
+    oar_errors: list[float] = []
+    seen: set[tuple[str, str]] = set()
+    criteria: list[CriterionResult] = []
+    for c in protocol.criteria:
+        v = values.get((c.roi, c.metric))
+        if v is None:
+            continue
+        if c.parsed.is_dose and (c.roi, c.metric) not in seen:
+            seen.add((c.roi, c.metric))
+            if v.kind == "target":
+                ptv_errors.append(v.error)
+            elif v.kind == "oar":
+                oar_errors.append(v.error)
+        rx = protocol.prescription(c.roi, rs)
+        criteria.append(CriterionResult(
+            name=c.resolved_name(rx), roi=c.roi, metric=c.metric, direction=c.direction,
+            limit=c.limit_value(rx), goal=c.goal_value(rx), unit=c.unit, priority=c.priority,
+            ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref, rx), pred_pass=c.check(v.pred, rx),
+            ref_goal=c.check(v.ref, rx, goal=True), pred_goal=c.check(v.pred, rx, goal=True)))
+    return PatientResult(ref.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
+                         criteria, tuple(missing))
+
+
+def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | str = "openkbp",
+                    progress: bool = False) -> CohortResult:
+    """Evaluate ``(reference patient, predicted dose)`` pairs; the iterable may be lazy so only one
+    patient is in memory at a time."""
+    proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+    it: Iterable[tuple[Patient, Any]] = pairs
+    if progress:
+        from .progress import track
+        it = track(pairs, description="evaluating")
+    out = CohortResult(proto.name)
+    for ref, pred in it:
+        out.patients.append(evaluate_patient(ref, pred, proto))
+    return out

@@ -1,0 +1,137 @@
+"""Evaluation on the OpenKBP sample patients, checked against an independent plain-numpy scorer."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dosepred import Patient, Roi, RoiSet
+from dosepred.evaluation import evaluate_cohort, evaluate_patient
+from dosepred.io.cache import load_patients
+from dosepred.protocol import ProtocolError, load_protocol
+
+OARS = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]
+PTVS = ["PTV56", "PTV63", "PTV70"]
+
+
+@pytest.fixture(scope="module")
+def cohort(sample_dir):
+    pats = list(load_patients(sample_dir))
+    rng = np.random.default_rng(7)
+    preds = []
+    for p in pats:
+        noise = rng.normal(0.0, 1.5, p.shape).astype(np.float32)
+        preds.append(np.clip(p.dose * 0.97 + noise * p.possible_dose_mask, 0, None))
+    return pats, preds
+
+
+def _independent(p: Patient, pred: np.ndarray):
+    """OpenKBP's evaluator, re-written from its definition with plain numpy on dense masks."""
+    ref = p.dose.astype(np.float64)
+    pr = pred.astype(np.float64)
+    dose_score = np.sum(np.abs(ref - pr)) / np.sum(p.possible_dose_mask)
+    vox = float(np.prod(p.spacing))
+    dvh, ptv, oar = [], [], []
+    for roi in OARS + PTVS:
+        m = ((p.roi_codes >> p.roi_set.index(roi)) & 1).astype(bool)
+        if not m.any():
+            continue
+        a, b = ref[m], pr[m]
+        if roi in OARS:
+            n = max(1, round(100 / vox))
+            q = 100 - n / m.sum() * 100
+            errs = [abs(np.percentile(a, q) - np.percentile(b, q)), abs(a.mean() - b.mean())]
+            oar += errs
+        else:
+            errs = [abs(np.percentile(a, q) - np.percentile(b, q)) for q in (1, 5, 99)]
+            ptv += errs
+        dvh += errs
+    return dose_score, dvh, ptv, oar
+
+
+def test_scores_match_independent_numpy(cohort):
+    pats, preds = cohort
+    res = evaluate_cohort(zip(pats, preds, strict=True), "openkbp")
+    ind = [_independent(p, d) for p, d in zip(pats, preds, strict=True)]
+    assert res.dose_score == pytest.approx(np.mean([i[0] for i in ind]), abs=1e-6)
+    assert res.dvh_score == pytest.approx(np.mean([e for i in ind for e in i[1]]), abs=1e-6)
+    # with the openkbp protocol the PTV/OAR scores are the halves of the DVH score
+    assert res.ptv_score == pytest.approx(np.mean([e for i in ind for e in i[2]]), abs=1e-6)
+    assert res.oar_score == pytest.approx(np.mean([e for i in ind for e in i[3]]), abs=1e-6)
+    for r, i in zip(res.patients, ind, strict=True):
+        assert r.dose_score == pytest.approx(i[0], abs=1e-6)
+        assert len(r.dvh_errors) == len(i[1])
+    assert np.isnan(res.criteria_pass_rate)  # openkbp has no limits
+
+
+def test_missing_roi_is_skipped(cohort):
+    pats, preds = cohort
+    p = next(p for p in pats if p.missing_rois)
+    r = evaluate_patient(p, preds[pats.index(p)], "openkbp")
+    assert set(r.missing_rois) == set(p.missing_rois)
+    assert all(v.roi not in p.missing_rois for v in r.metrics)
+
+
+def test_identical_prediction_scores_zero_and_criteria(cohort):
+    pats, _ = cohort
+    res = evaluate_cohort(((p, p.dose) for p in pats), "openkbp-clinical")
+    s = res.summary()
+    assert s["dose_score"] == 0 and s["dvh_score"] == 0 and s["ptv_score"] == 0 and s["oar_score"] == 0
+    assert s["criteria_agreement"] == 100.0
+    assert s["criteria_pass_rate"] == s["reference_pass_rate"]
+
+
+def test_clinical_criteria_values(cohort):
+    pats, preds = cohort
+    p, d = pats[0], preds[0]
+    r = evaluate_patient(p, d, "openkbp-clinical")
+    c = next(c for c in r.criteria if c.roi == "PTV70" and c.metric == "D99%")
+    m = p.mask("PTV70")
+    assert c.limit == pytest.approx(66.5) and c.name == "PTV70 D99% >= 66.5 Gy"
+    assert c.pred == pytest.approx(np.percentile(d[m].astype(float), 1))
+    assert c.pred_pass == (c.pred >= 66.5) and c.ref_pass == (c.ref >= 66.5)
+    v = next(c for c in r.criteria if c.metric == "V110%")
+    assert v.pred == pytest.approx((d[m] >= 77.0).mean() * 100)
+    # PTV score of the clinical protocol: its target dose metrics (D99, D98, D95 per PTV)
+    tgt = [x for x in r.metrics if x.kind == "target" and x.metric in ("D99%", "D98%", "D95%")]
+    assert r.ptv_score == pytest.approx(np.mean([x.error for x in tgt]))
+
+
+def test_json_keys(cohort, tmp_path):
+    pats, preds = cohort
+    res = evaluate_cohort(zip(pats, preds, strict=True), "openkbp-clinical")
+    res.write_json(tmp_path / "r.json")
+    js = json.loads((tmp_path / "r.json").read_text())
+    for k in ("patients", "dose_score", "dvh_score", "ptv_score", "oar_score", "criteria_pass_rate",
+              "per_patient"):
+        assert k in js
+    assert js["patients"] == [p.id for p in pats]
+    pp = js["per_patient"][0]
+    assert pp["rois"]["PTV70"]["metrics"]["D95%"].keys() == {"ref", "pred"}
+    assert {"name", "pred_pass", "ref_pass"} <= pp["criteria"][0].keys()
+
+
+def test_errors(cohort):
+    pats, preds = cohort
+    with pytest.raises(ValueError, match=r"pt_\d+: predicted dose has shape \(64, 64, 64\)"):
+        evaluate_patient(pats[0], np.zeros((64, 64, 64)), "openkbp")
+    # leading singleton axes (B, C) and torch tensors are accepted
+    import torch
+    r = evaluate_patient(pats[0], torch.from_numpy(preds[0])[None, None], "openkbp")
+    assert r.dose_score == pytest.approx(evaluate_patient(pats[0], preds[0]).dose_score)
+    small = RoiSet((Roi("PTV", "target"), Roi("Cord")))
+    p = Patient.from_masks("x", np.zeros((4, 4, 4)), {"PTV": np.ones((4, 4, 4), bool)}, small, (1, 1, 1),
+                           dose=np.ones((4, 4, 4)))
+    with pytest.raises(ProtocolError, match="PTV70"):
+        evaluate_patient(p, np.ones((4, 4, 4)), "openkbp-clinical")
+    # a protocol on a custom RoiSet works; openkbp ROIs not in the set are ignored
+    proto = load_protocol(_tmp_proto(), small)
+    r = evaluate_patient(p, np.full((4, 4, 4), 0.5), proto)
+    assert r.criteria[0].pred_pass is False and r.criteria[0].ref_pass is True
+    assert r.ptv_score == pytest.approx(0.5)
+
+
+def _tmp_proto():
+    from dosepred.protocol import parse_protocol
+    return parse_protocol({"name": "t", "prescriptions": {"PTV": 1.0}, "criteria": [
+        {"roi": "PTV", "metric": "D95%", "limit": 100, "limit_unit": "%Rx", "direction": ">="}]})
