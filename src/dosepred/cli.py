@@ -149,6 +149,81 @@ def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")
         f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}" for k, r in enumerate(rs)))
 
 
+@data_app.command("synth")
+@friendly
+def data_synth(
+    patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")],
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    seed: Annotated[int, typer.Option("--seed", help="Cohort seed (same seed, same data).")] = 0,
+    size: Annotated[int, typer.Option("--size", min=8, help="Grid size (size^3 voxels).")] = 64,
+    extra_rois: Annotated[int, typer.Option("--extra-rois", min=0,
+                                            help="Add K rings/PRVs to the 10 OpenKBP ROIs (max 54).")] = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Write a seeded synthetic H&N cohort (OpenKBP ROI names, plausible dose) as a cache."""
+    from . import synth
+    from .io import cache
+
+    _progress(no_progress)
+    synth.extra_roi_defs(extra_rois)  # validate before any work
+    c = cache.write_cache(synth.iter_cohort(patients, seed, size, extra_rois), out,
+                          source=f"synth seed={seed} size={size} extra_rois={extra_rois}",
+                          roi_set=synth.roi_set(extra_rois), progress=True)
+    console().print(f"wrote {len(c)} synthetic patients ({size}^3, {len(c.roi_set)} ROIs, seed {seed}) "
+                    f"to {out}: {c.nbytes() / 1e6:.1f} MB")
+
+
+@data_app.command("split")
+@friendly
+def data_split(
+    cache_dir: Annotated[Path, typer.Argument(help="Cache (or OpenKBP folder) whose patients to split.")],
+    out: Annotated[Path, typer.Option("--out", help="Split JSON to write.")],
+    random: Annotated[bool, typer.Option("--random", help="Seeded random split by --fractions.")] = False,
+    ids: Annotated[list[str] | None, typer.Option(
+        "--ids", help="User lists: name=pt_1,pt_2 (repeatable) or a JSON/text file.")] = None,
+    temporal: Annotated[bool, typer.Option("--temporal", help="Earliest dates to the first split.")] = False,
+    fractions: Annotated[str | None, typer.Option(
+        "--fractions", help="Fractions or counts, e.g. 0.7,0.15,0.15 or 137,37.")] = None,
+    names: Annotated[str | None, typer.Option("--names", help="Split names, e.g. train,val,test.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --random.")] = 0,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="CSV: an id and a date column.")] = None,
+    date_column: Annotated[str, typer.Option("--date-column", help="Date column of --manifest.")] = "date",
+) -> None:
+    """Split a dataset's patients into named lists (train/val/test) and write them as JSON."""
+    from . import split
+    from .io import cache, openkbp
+
+    if sum([random, bool(ids), temporal]) != 1:
+        raise UserError("choose exactly one of --random, --ids, --temporal")
+    if cache.is_cache(cache_dir):
+        known = cache.Cache.open(cache_dir).ids
+    elif openkbp.is_openkbp_folder(cache_dir):
+        known = [f.name for f in openkbp.patient_folders(cache_dir)]
+    else:
+        raise UserError(f"{cache_dir} is neither a dosepred cache nor an OpenKBP folder")
+    if random:
+        obj = split.random_split(known, fractions or "0.7,0.15,0.15", names, seed)
+    elif ids:
+        obj = split.ids_split(split.read_id_lists(ids), known)
+    else:
+        if manifest is not None:
+            dates = split.dates_from_manifest(manifest, date_column)
+            split._check_known({"manifest": list(dates)}, known, "the data", manifest)
+            lacking = [i for i in known if i not in dates]
+            if lacking:
+                raise UserError(f"manifest {manifest} has no date for {', '.join(lacking[:5])}"
+                                f"{' ...' if len(lacking) > 5 else ''}")
+        elif cache.is_cache(cache_dir):
+            dates = split.dates_from_cache(cache_dir)
+        else:
+            raise UserError("--temporal on an OpenKBP folder needs --manifest FILE --date-column COL")
+        obj = split.temporal_split(dates, fractions or "0.8,0.2", names)
+    obj["source"] = str(Path(cache_dir).resolve())
+    split.write_split(obj, out)
+    console().print(f"wrote {out} ({obj['method']}): " + ", ".join(
+        f"{k} {len(v)}" for k, v in obj["splits"].items()))
+
+
 # ======================================================================================= baseline
 
 @app.command("baseline")

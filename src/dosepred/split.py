@@ -1,0 +1,336 @@
+"""Data splits: named lists of patient ids (train / val / test) stored in one JSON file.
+
+File format::
+
+    {"splits": {"train": ["pt_1", ...], "val": [...], "test": [...]},
+     "method": "random" | "ids" | "temporal", "seed": 0 | null, ...}
+
+Three ways to make one:
+
+- :func:`random_split`   seeded shuffle cut by fractions (``0.7,0.15,0.15``) or counts (``137,37``);
+- :func:`ids_split`      lists given by the user (``{"train": [...], "val": [...]}``);
+- :func:`temporal_split` by a date per patient (earliest to the first split, latest to the last),
+  read from a manifest CSV (an ``id`` column and a date column) or from ``meta["study_date"]``
+  (``YYYYMMDD``, as DICOM StudyDate) in the cache.
+
+Consumers (train / predict / evaluate) accept ``--split FILE:NAME`` or ``--splits FILE --split NAME``
+and call :func:`load_split` (or :func:`parse_split_arg` for the ``FILE:NAME`` form)::
+
+    from dosepred.split import load_split
+    ids = load_split("splits.json", "train", cache_ids=cache.ids)   # -> ["pt_1", ...]
+
+This module only manipulates ids; it never reads images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_NAMES = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """A split file or split request is invalid."""
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+def parse_fractions(text: str | Sequence[float]) -> list[float]:
+    """``"0.7,0.15,0.15"`` -> [0.7, 0.15, 0.15]; counts like ``"137,37"`` are returned as given."""
+    if isinstance(text, str):
+        try:
+            vals = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise SplitError(f"fractions must be comma-separated numbers, got {text!r}") from None
+    else:
+        vals = [float(v) for v in text]
+    if not vals or any(v < 0 or not np.isfinite(v) for v in vals):
+        raise SplitError(f"fractions must be non-negative numbers, got {text!r}")
+    return vals
+
+
+def _sizes(n: int, parts: Sequence[float]) -> list[int]:
+    """Split sizes for ``n`` ids: fractions summing to 1, or integer counts summing to <= n."""
+    parts = list(parts)
+    if all(float(p).is_integer() for p in parts) and sum(parts) > 1:
+        counts = [int(p) for p in parts]
+        if sum(counts) != n:
+            raise SplitError(f"split counts {counts} add up to {sum(counts)} but there are {n} patients")
+        return counts
+    total = sum(parts)
+    if abs(total - 1.0) > 1e-6:
+        raise SplitError(f"fractions must add up to 1 (or be integer counts), got {parts} (sum {total:g})")
+    # largest-remainder rounding so sizes add up to n exactly
+    raw = [p * n for p in parts]
+    counts = [int(np.floor(r)) for r in raw]
+    order = sorted(range(len(parts)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _names(names: str | Sequence[str] | None, k: int) -> list[str]:
+    if names is None:
+        if k > len(DEFAULT_NAMES):
+            raise SplitError(f"{k} fractions given: name the splits (e.g. --names a,b,c,d)")
+        return list(DEFAULT_NAMES[:k])
+    out = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    if len(out) != k:
+        raise SplitError(f"{len(out)} split names ({', '.join(out)}) for {k} fractions")
+    if len(set(out)) != len(out) or not all(out):
+        raise SplitError(f"split names must be unique and non-empty, got {out}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- makers
+
+def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.15, 0.15),
+                 names: str | Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Seeded random split; the same ids, fractions and seed give the same lists."""
+    ids = _unique(ids)
+    fr = parse_fractions(fractions)
+    nm = _names(names, len(fr))
+    sizes = _sizes(len(ids), fr)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    shuffled = [ids[i] for i in perm]
+    splits, start = {}, 0
+    for name, k in zip(nm, sizes, strict=True):
+        splits[name] = sorted(shuffled[start:start + k], key=_natural)
+        start += k
+    return {"splits": splits, "method": "random", "seed": int(seed), "fractions": fr}
+
+
+def ids_split(lists: Mapping[str, Sequence[str]], known_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Splits given by the user; checks that no id is in two splits and (if given) that ids exist."""
+    splits = {str(k): [str(i) for i in v] for k, v in lists.items()}
+    if not splits:
+        raise SplitError("no split lists given")
+    seen: dict[str, str] = {}
+    for name, lst in splits.items():
+        for i in lst:
+            if i in seen and seen[i] != name:
+                raise SplitError(f"patient {i} is in both split {seen[i]!r} and split {name!r}")
+            seen[i] = name
+        if len(set(lst)) != len(lst):
+            raise SplitError(f"split {name!r} lists a patient twice")
+    if known_ids is not None:
+        _check_known(splits, known_ids, "the cache")
+    return {"splits": splits, "method": "ids", "seed": None}
+
+
+def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = (0.8, 0.2),
+                   names: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """Earliest patients to the first split, latest to the last; ``dates`` maps id -> date.
+
+    Two fractions default to the names ``train, test`` (the paper's 137 / 37 split), three to
+    ``train, val, test``.
+    Dates are ``YYYYMMDD`` or ISO ``YYYY-MM-DD`` (time of day ignored); ties keep id order.
+    """
+    if not dates:
+        raise SplitError("no dates given for a temporal split")
+    parsed = {pid: _parse_date(d, pid) for pid, d in dates.items()}
+    order = sorted(parsed, key=lambda pid: (parsed[pid], _natural(pid)))
+    fr = parse_fractions(fractions)
+    nm = _names(names if names is not None or len(fr) != 2 else ("train", "test"), len(fr))
+    sizes = _sizes(len(order), fr)
+    splits, start = {}, 0
+    for name, k in zip(nm, sizes, strict=True):
+        splits[name] = order[start:start + k]
+        start += k
+    ranges = {n: [parsed[v[0]], parsed[v[-1]]] for n, v in splits.items() if v}
+    return {"splits": splits, "method": "temporal", "seed": None, "fractions": fr, "date_ranges": ranges}
+
+
+def dates_from_manifest(path: str | os.PathLike, date_column: str, id_column: str = "id") -> dict[str, str]:
+    """id -> date from a CSV manifest with an ``id`` column and ``date_column``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"manifest {path} does not exist")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise SplitError(f"manifest {path} is not a readable CSV: {e}") from None
+    for col in (id_column, date_column):
+        if col not in df.columns:
+            raise SplitError(f"manifest {path} has no column {col!r} (columns: {', '.join(df.columns)})")
+    out: dict[str, str] = {}
+    for row, (pid, d) in enumerate(zip(df[id_column], df[date_column], strict=True), start=2):
+        if not pid:
+            raise SplitError(f"manifest {path} row {row}: empty {id_column!r}")
+        if pid in out:
+            raise SplitError(f"manifest {path} row {row}: patient {pid} appears twice")
+        if not d:
+            raise SplitError(f"manifest {path} row {row}: patient {pid} has no {date_column!r}")
+        out[pid] = d
+    return out
+
+
+def dates_from_cache(cache_dir: str | os.PathLike, key: str = "study_date") -> dict[str, str]:
+    """id -> ``meta[key]`` of every patient of a cache (no image is loaded)."""
+    from .io.cache import Cache
+
+    c = Cache.open(cache_dir)
+    out, lacking = {}, []
+    for e in c.info["patients"]:
+        d = (e.get("meta") or {}).get(key)
+        if d in (None, ""):
+            lacking.append(e["id"])
+        else:
+            out[e["id"]] = str(d)
+    if lacking:
+        more = f" (and {len(lacking) - 5} more)" if len(lacking) > 5 else ""
+        raise SplitError(f"cache {cache_dir}: patients {', '.join(lacking[:5])}{more} have no meta[{key!r}]; "
+                         "give --manifest FILE --date-column COL instead")
+    return out
+
+
+def read_id_lists(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``--ids`` values: ``name=pt_1,pt_2`` pairs, or one file (JSON ``{"name": [ids]}`` or a split
+    file, or text lines ``name: id id ...`` / ``name=id,id``)."""
+    lists: dict[str, list[str]] = {}
+
+    def add(name: str, ids: Sequence[str]) -> None:
+        name = name.strip()
+        if not name:
+            raise SplitError("empty split name in --ids")
+        lists.setdefault(name, []).extend(i.strip() for i in ids if i.strip())
+
+    for spec in specs:
+        if "=" not in spec and Path(spec).is_file():
+            text = Path(spec).read_text()
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                obj = obj.get("splits", obj)
+                for k, v in obj.items():
+                    if not isinstance(v, list):
+                        raise SplitError(f"{spec}: split {k!r} must be a list of patient ids")
+                    add(k, [str(i) for i in v])
+                continue
+            for ln, line in enumerate(text.splitlines(), start=1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                sep = ":" if ":" in line else "=" if "=" in line else None
+                if sep is None:
+                    raise SplitError(f"{spec} line {ln}: expected 'name: id id ...' or 'name=id,id'")
+                name, rest = line.split(sep, 1)
+                add(name, rest.replace(",", " ").split())
+        elif "=" in spec:
+            name, rest = spec.split("=", 1)
+            add(name, rest.split(","))
+        else:
+            raise SplitError(f"--ids {spec!r}: expected name=id1,id2 or an existing file")
+    return lists
+
+
+# ------------------------------------------------------------------------------------------- file I/O
+
+def write_split(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a split JSON atomically (temporary name, then rename)."""
+    from .io.cache import write_json_atomic
+
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, dict(obj))
+    return path
+
+
+def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    """All splits of a split file: name -> ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"split file {path} does not exist")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SplitError(f"split file {path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("splits"), dict):
+        raise SplitError(f"split file {path} lacks a 'splits' object ({{\"splits\": {{\"train\": [...]}}}})")
+    out = {}
+    for k, v in obj["splits"].items():
+        if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
+            raise SplitError(f"split file {path}: split {k!r} must be a list of patient id strings")
+        out[k] = list(v)
+    return out
+
+
+def load_split(path: str | os.PathLike, name: str, cache_ids: Sequence[str] | None = None) -> list[str]:
+    """The patient ids of split ``name`` in the split file ``path``.
+
+    Raises :class:`SplitError` (a ValueError) naming the file when the split does not exist (listing
+    the ones that do) or, when ``cache_ids`` is given (e.g. ``Cache.open(dir).ids``), when some ids
+    of the split are not in it. Used by train / predict / evaluate for ``--splits FILE --split NAME``
+    and, through :func:`parse_split_arg`, for ``--split FILE:NAME``.
+    """
+    splits = read_split(path)
+    if name not in splits:
+        raise SplitError(f"split file {path} has no split {name!r} (it has: {', '.join(splits) or 'none'})")
+    ids = splits[name]
+    if cache_ids is not None:
+        _check_known({name: ids}, cache_ids, "the data", path)
+    return ids
+
+
+def parse_split_arg(arg: str, splits_file: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """``FILE:NAME`` -> (FILE, NAME); a bare ``NAME`` needs ``splits_file`` (from ``--splits FILE``)."""
+    if ":" in arg:
+        f, name = arg.rsplit(":", 1)
+        if f and name:
+            return Path(f), name
+    if splits_file is None:
+        raise SplitError(f"--split {arg!r}: give FILE:NAME, or --splits FILE together with --split NAME")
+    return Path(splits_file), arg
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise SplitError(f"patient ids are not unique: {', '.join(dup)}")
+    if not ids:
+        raise SplitError("no patients to split")
+    return ids
+
+
+def _check_known(splits: Mapping[str, Sequence[str]], known: Sequence[str], what: str,
+                 path: str | os.PathLike | None = None) -> None:
+    known_set = set(known)
+    for name, lst in splits.items():
+        bad = [i for i in lst if i not in known_set]
+        if bad:
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            where = f"split file {path}: " if path else ""
+            raise SplitError(f"{where}split {name!r} names patients not in {what}: "
+                             f"{', '.join(bad[:5])}{more}")
+
+
+def _natural(pid: str) -> tuple:
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", pid))
+
+
+def _parse_date(d: str, pid: str) -> str:
+    """Normalise to ``YYYYMMDD`` (sortable)."""
+    s = str(d).strip()
+    digits = s.replace("-", "").replace("/", "").replace(".", "")[:8] if len(s) >= 8 else s
+    if len(digits) != 8 or not digits.isdigit():
+        raise SplitError(f"patient {pid}: date {d!r} is not YYYYMMDD or YYYY-MM-DD")
+    m, dd = int(digits[4:6]), int(digits[6:])
+    if not (1 <= m <= 12 and 1 <= dd <= 31):
+        raise SplitError(f"patient {pid}: date {d!r} is not a valid date")
+    return digits
