@@ -171,6 +171,13 @@ class Patient:
         if unknown:
             raise ValueError(f"patient {pid}: missing ROIs {unknown} are not in the ROI set")
         self.missing_rois = tuple(self.missing_rois)
+        if self.missing_rois and codes.size:
+            present_bits = int(np.bitwise_or.reduce(codes, axis=None))
+            for m in self.missing_rois:
+                k = self.roi_set.index(m)
+                if present_bits >> k & 1:
+                    nvox = int(_roi.decode(codes, k).sum())
+                    raise ValueError(f"patient {pid}: ROI {m} is recorded missing but has {nvox} voxel(s)")
 
     # geometry ------------------------------------------------------------------------------
     @property
@@ -219,8 +226,12 @@ class Patient:
         """Build from a name -> mask dict; ROIs of the set absent from ``masks`` are recorded missing."""
         extra = [n for n in masks if n not in roi_set]
         if extra:
-            raise ValueError(f"patient {id}: ROIs {extra} are not in the ROI set ({', '.join(roi_set.names)})")
+            raise ValueError(f"patient {id}: ROIs {extra} are not in the ROI set "
+                             f"({', '.join(roi_set.names)})")
         shape = np.shape(ct)
+        for n, m in masks.items():
+            if np.shape(m) != shape:
+                raise ValueError(f"patient {id}: ROI {n} mask shape {np.shape(m)} != CT shape {shape}")
         ordered = [masks[n] if n in masks else np.zeros(shape, bool) for n in roi_set.names]
         codes = _roi.encode(ordered, shape=shape)
         if codes.dtype != roi_set.dtype:

@@ -1,0 +1,123 @@
+"""Patient / RoiSet: validation messages name the patient or ROI; masks, Rx map and copies."""
+
+import numpy as np
+import pytest
+
+from dosepred import Patient, Roi, RoiSet
+from dosepred import roi as roi_mod
+
+SHAPE = (4, 5, 6)
+
+
+def _rs() -> RoiSet:
+    return RoiSet((Roi("Cord", "oar"), Roi("PTV70", "target", 70.0), Roi("PTV56", "target", 56.0)))
+
+
+def _patient(**kw) -> Patient:
+    masks = {"Cord": np.zeros(SHAPE, bool), "PTV70": np.zeros(SHAPE, bool)}
+    masks["Cord"][0, 0, :] = True
+    masks["PTV70"][1:3, 1:3, 1:3] = True
+    args = dict(id="pt_7", ct=np.zeros(SHAPE, np.int16), masks=masks, roi_set=_rs(), spacing=(1, 2, 3))
+    args.update(kw)
+    return Patient.from_masks(**args)
+
+
+def test_from_masks_records_missing_and_decodes():
+    p = _patient()
+    assert p.missing_rois == ("PTV56",)
+    assert p.present_rois == ("Cord", "PTV70")
+    assert p.mask("PTV70").sum() == 8 and not p.mask("PTV56").any()
+    assert p.roi_codes.dtype == np.uint8
+    assert p.voxel_volume_mm3 == 6.0 and p.voxel_volume_cc == pytest.approx(0.006)
+    assert p.possible_dose_mask.all() and p.possible_dose_mask.dtype == bool
+
+
+def test_prescription_map_takes_highest_target():
+    masks = {"Cord": np.zeros(SHAPE, bool), "PTV70": np.zeros(SHAPE, bool), "PTV56": np.zeros(SHAPE, bool)}
+    masks["PTV70"][0, 0, 0] = True
+    masks["PTV56"][0, 0, :2] = True  # overlaps PTV70 at one voxel
+    p = _patient(masks=masks)
+    rx = p.prescription_map()
+    assert rx[0, 0, 0] == 70 and rx[0, 0, 1] == 56 and rx[1, 1, 1] == 0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(ct=np.zeros((4, 5, 7), np.int16)), r"pt_7: ROI Cord mask shape \(4, 5, 6\) != CT shape"),
+    (dict(spacing=(1, 0, 3)), "pt_7: spacing must be three positive"),
+    (dict(spacing=(1, -2, 3)), "pt_7: spacing"),
+    (dict(spacing=(1, 2)), "pt_7: spacing"),
+    (dict(dose=np.zeros((4, 5, 7), np.float32)), r"pt_7: dose shape \(4, 5, 7\) != CT shape \(4, 5, 6\)"),
+    (dict(dose=np.full(SHAPE, -1.0)), "pt_7: dose must be >= 0"),
+    (dict(dose=np.full(SHAPE, np.nan)), "pt_7: dose contains NaN"),
+    (dict(possible_dose_mask=np.ones((4, 5, 7), bool)), "pt_7: possible-dose mask shape"),
+])
+def test_validation_names_the_patient(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _patient(**kw)
+
+
+def test_roi_code_validation_names_the_patient():
+    rs = _rs()
+    with pytest.raises(ValueError, match="pt_9: CT must be 3-D"):
+        Patient("pt_9", np.zeros((4, 5), np.int16), np.zeros((4, 5), np.uint8), rs, (1, 1, 1))
+    with pytest.raises(ValueError, match=r"pt_9: ROI codes shape \(4, 5, 5\)"):
+        Patient("pt_9", np.zeros(SHAPE, np.int16), np.zeros((4, 5, 5), np.uint8), rs, (1, 1, 1))
+    with pytest.raises(ValueError, match="pt_9: ROI codes must be unsigned"):
+        Patient("pt_9", np.zeros(SHAPE, np.int16), np.zeros(SHAPE, np.int8), rs, (1, 1, 1))
+    with pytest.raises(ValueError, match="pt_9: ROI codes have bits set beyond the 3 ROIs"):
+        Patient("pt_9", np.zeros(SHAPE, np.int16), np.full(SHAPE, 8, np.uint8), rs, (1, 1, 1))
+    with pytest.raises(ValueError, match=r"pt_9: missing ROIs \['Nope'\]"):
+        Patient("pt_9", np.zeros(SHAPE, np.int16), np.zeros(SHAPE, np.uint8), rs, (1, 1, 1),
+                missing_rois=("Nope",))
+    with pytest.raises(ValueError, match=r"pt_9: ROIs \['Parotid'\] are not in the ROI set"):
+        Patient.from_masks("pt_9", np.zeros(SHAPE), {"Parotid": np.zeros(SHAPE, bool)}, rs, (1, 1, 1))
+
+
+def test_missing_roi_with_voxels_is_rejected():
+    codes = np.zeros(SHAPE, np.uint8)
+    codes[0, 0, 0] = 1 << 2  # PTV56 has a voxel but is declared missing
+    with pytest.raises(ValueError, match="pt_9: ROI PTV56 is recorded missing but has 1 voxel"):
+        Patient("pt_9", np.zeros(SHAPE, np.int16), codes, _rs(), (1, 1, 1), missing_rois=("PTV56",))
+
+
+def test_wider_codes_are_narrowed_to_the_roi_set_dtype():
+    codes = roi_mod.encode(np.zeros((3, *SHAPE), bool)).astype(np.uint64)
+    p = Patient("pt_1", np.zeros(SHAPE, np.int16), codes, _rs(), (1, 1, 1))
+    assert p.roi_codes.dtype == np.uint8
+
+
+def test_float_ct_is_rounded_to_int16():
+    p = _patient(ct=np.full(SHAPE, 40.6))
+    assert p.ct.dtype == np.int16 and int(p.ct[0, 0, 0]) == 41
+    with pytest.raises(ValueError, match="pt_7: CT contains NaN"):
+        _patient(ct=np.full(SHAPE, np.nan))
+
+
+@pytest.mark.parametrize("rois, match", [
+    ((Roi("A"), Roi("B"), Roi("A")), "duplicated: A"),
+    ((Roi("Cord", "oar", 45.0),), "ROI Cord: only targets carry a prescription"),
+    ((Roi("PTV", "target", 0.0),), "ROI PTV: prescription must be > 0"),
+    ((Roi(""),), "non-empty"),
+    ((Roi("X", "organ"),), "ROI X: kind must be"),  # type: ignore[arg-type]
+    (tuple(Roi(f"R{i}") for i in range(65)), "65 ROIs exceed"),
+])
+def test_roiset_validation(rois, match):
+    with pytest.raises(ValueError, match=match):
+        RoiSet(rois)
+
+
+def test_roiset_openkbp_and_dicts_roundtrip():
+    rs = RoiSet.openkbp()
+    assert rs.names[-3:] == ("PTV56", "PTV63", "PTV70")
+    assert rs.prescription("PTV63") == 63.0 and rs.prescription("Brainstem") is None
+    assert rs.targets == ("PTV56", "PTV63", "PTV70") and len(rs.oars) == 7
+    assert RoiSet.from_dicts(rs.to_dicts()) == rs
+    with pytest.raises(KeyError, match="'Cochlea' is not in the ROI set"):
+        rs.index("Cochlea")
+    assert RoiSet(tuple(Roi(f"R{i}") for i in range(64))).dtype == np.uint64
+
+
+def test_with_dose_shares_arrays():
+    p = _patient()
+    q = p.with_dose(np.ones(SHAPE, np.float32))
+    assert q.ct is p.ct and q.roi_codes is p.roi_codes and q.dose is not None and p.dose is None

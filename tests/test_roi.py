@@ -1,0 +1,139 @@
+"""Bit-mask ROI codes: lossless encode/decode in numpy and torch, dtype choice, limits."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from dosepred import roi
+
+
+def _masks(n: int, shape=(4, 3, 5), seed: int = 0, p: float = 0.5) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *shape)) < p
+
+
+# -------------------------------------------------------------------------------- hand-made cases
+
+def test_hand_made_overlapping_masks():
+    a = np.array([[[1, 1, 0]]], bool)
+    b = np.array([[[0, 1, 1]]], bool)
+    c = np.array([[[0, 0, 0]]], bool)
+    codes = roi.encode([a, b, c])
+    assert codes.dtype == np.uint8
+    assert codes.tolist() == [[[0b001, 0b011, 0b010]]]
+    assert roi.decode(codes, 1).tolist() == [[[False, True, True]]]
+    assert not roi.decode(codes, 2).any()
+
+
+def test_bit_63_is_the_top_bit_of_uint64():
+    masks = np.zeros((64, 1, 1, 2), bool)
+    masks[63, 0, 0, 0] = True
+    masks[0, 0, 0, 1] = True
+    codes = roi.encode(masks)
+    assert codes.dtype == np.uint64
+    assert int(codes[0, 0, 0]) == 1 << 63 and int(codes[0, 0, 1]) == 1
+    t = roi.to_torch(codes)
+    assert t.dtype == torch.int64
+    assert roi.decode_torch(t, 63).tolist() == [[[True, False]]]
+    assert roi.decode_torch(t, 0).tolist() == [[[False, True]]]
+
+
+@pytest.mark.parametrize("n, dtype", [(0, np.uint8), (1, np.uint8), (8, np.uint8), (9, np.uint16),
+                                      (16, np.uint16), (17, np.uint32), (32, np.uint32), (33, np.uint64),
+                                      (63, np.uint64), (64, np.uint64)])
+def test_dtype_choice_and_roundtrip(n, dtype):
+    assert roi.code_dtype(n) == np.dtype(dtype)
+    masks = _masks(n, seed=n)
+    codes = roi.encode(masks, shape=(4, 3, 5))
+    assert codes.dtype == np.dtype(dtype) and codes.shape == (4, 3, 5)
+    np.testing.assert_array_equal(roi.decode_all(codes, n), masks)
+    t = roi.to_torch(codes)
+    assert t.element_size() == np.dtype(dtype).itemsize
+    np.testing.assert_array_equal(roi.decode_torch(t, list(range(n))).numpy(), masks)
+    back = roi.encode_torch(torch.from_numpy(masks))
+    assert back.dtype == t.dtype
+    assert torch.equal(back, t)
+
+
+def test_65_rois_is_a_clear_error():
+    with pytest.raises(ValueError, match="65 ROIs.*at most 64"):
+        roi.code_dtype(65)
+    with pytest.raises(ValueError, match="65 ROIs"):
+        roi.encode(_masks(65))
+    with pytest.raises(ValueError, match="65 ROIs"):
+        roi.encode_torch(torch.from_numpy(_masks(65)))
+
+
+def test_zero_rois_needs_shape():
+    assert roi.encode([], shape=(2, 2, 2)).shape == (2, 2, 2)
+    with pytest.raises(ValueError, match="shape"):
+        roi.encode([])
+    assert roi.decode_all(np.zeros((2, 2, 2), np.uint8), 0).shape == (0, 2, 2, 2)
+    t = roi.decode_torch(torch.zeros((2, 2, 2), dtype=torch.uint8), [])
+    assert t.shape == (0, 2, 2, 2)
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_one_voxel_and_all_voxels(fill):
+    one = np.zeros((1, 1, 1), bool)
+    one[0, 0, 0] = fill
+    codes = roi.encode([one, ~one])
+    assert roi.decode(codes, 0)[0, 0, 0] == fill and roi.decode(codes, 1)[0, 0, 0] == (not fill)
+    full = np.ones((3, 4, 5), bool)
+    masks = np.stack([full] * 17)
+    codes = roi.encode(masks)
+    assert int(codes.min()) == (1 << 17) - 1
+    np.testing.assert_array_equal(roi.decode_all(codes, 17), masks)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="mask 1 has shape"):
+        roi.encode([np.zeros((2, 2, 2)), np.zeros((2, 2, 3))])
+    with pytest.raises(TypeError, match="unsigned"):
+        roi.decode(np.zeros((2, 2, 2), np.int32), 0)
+    with pytest.raises(IndexError, match="bit 8"):
+        roi.decode(np.zeros((2, 2, 2), np.uint8), 8)
+    with pytest.raises(IndexError, match="bit 16"):
+        roi.decode_torch(torch.zeros((2, 2, 2), dtype=torch.int16), 16)
+    with pytest.raises(TypeError):
+        roi.to_torch(np.zeros((2, 2, 2), np.int32))
+
+
+def test_decode_torch_batched_channel_axis():
+    masks = _masks(5, shape=(3, 4, 5), seed=1)
+    codes = roi.to_torch(roi.encode(masks))
+    batch = torch.stack([codes, codes])  # (B, *spatial)
+    out = roi.decode_torch(batch, [4, 0, 2], dtype=torch.float32)
+    assert out.shape == (2, 3, 3, 4, 5) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out[1, 0].numpy(), masks[4])
+    np.testing.assert_array_equal(out[0, 2].numpy(), masks[2])
+
+
+# ------------------------------------------------------------------------------------- properties
+
+@st.composite
+def mask_stacks(draw):
+    n = draw(st.integers(0, 64))
+    shape = draw(st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)))
+    masks = draw(arrays(np.bool_, (n, *shape)))
+    return masks, shape
+
+
+@settings(max_examples=60, deadline=None)
+@given(mask_stacks())
+def test_property_numpy_and_torch_lossless(ms):
+    masks, shape = ms
+    n = masks.shape[0]
+    codes = roi.encode(masks, shape=shape)
+    assert codes.dtype == roi.code_dtype(n)
+    np.testing.assert_array_equal(roi.decode_all(codes, n), masks)
+    for k in range(n):
+        np.testing.assert_array_equal(roi.decode(codes, k), masks[k])
+    t = roi.to_torch(codes)
+    np.testing.assert_array_equal(roi.decode_torch(t, list(range(n))).numpy(), masks)
+    assert torch.equal(roi.encode_torch(torch.from_numpy(masks)), t)
+    # unused high bits stay clear
+    if 0 < n < codes.dtype.itemsize * 8:
+        assert int(codes.max()) >> n == 0
