@@ -354,3 +354,98 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | s
     for ref, pred in it:
         out.patients.append(evaluate_patient(ref, pred, proto))
     return out
+
+
+# ------------------------------------------------------------------------------ prediction files
+
+#: File names tried for a patient's prediction in a prediction folder, in order. ``{id}`` is the
+#: reference patient id. To support a new format, add a pattern here and a reader in
+#: :data:`PREDICTION_READERS` keyed by the file-name suffix.
+PREDICTION_PATTERNS = ("{id}.csv", "{id}.nii.gz", "{id}.nii")
+
+
+def _read_csv(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    from .io.openkbp import read_dose_csv
+
+    return read_dose_csv(path, grid=shape)
+
+
+def _read_nifti(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        from .io import nifti  # written by the NIfTI reader; optional until it lands
+        reader = nifti.read_dose
+    except (ImportError, AttributeError):
+        raise ValueError(f"{path}: NIfTI predictions need dosepred.io.nifti.read_dose, which is not "
+                         "available in this version; write predictions as OpenKBP pt_N.csv") from None
+    return np.asarray(reader(path), dtype=np.float32)
+
+
+PREDICTION_READERS = {".csv": _read_csv, ".nii.gz": _read_nifti, ".nii": _read_nifti}
+
+
+def find_prediction(pred_dir: str | os.PathLike, pid: str) -> Path | None:
+    """The prediction file of patient ``pid`` in ``pred_dir`` (``pt_N.csv``, ``pt_N.nii.gz``), or None."""
+    d = Path(pred_dir)
+    for pat in PREDICTION_PATTERNS:
+        f = d / pat.format(id=pid)
+        if f.is_file():
+            return f
+    return None
+
+
+def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
+    """Read one predicted dose file (format chosen by suffix) on a grid of ``shape``."""
+    path = Path(path)
+    for suffix, reader in PREDICTION_READERS.items():
+        if path.name.endswith(suffix):
+            return reader(path, shape)
+    raise ValueError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
+
+
+def reference_ids(src: str | os.PathLike) -> list[str]:
+    """Patient ids of a reference source (cache or OpenKBP folder), without loading arrays."""
+    from .io import cache, openkbp
+
+    if cache.is_cache(src):
+        return cache.Cache.open(src).ids
+    if openkbp.is_openkbp_folder(src):
+        return [f.name for f in openkbp.patient_folders(src)]
+    raise ValueError(f"{src} is neither a dosepred cache (dataset.json) nor an OpenKBP folder (pt_*)")
+
+
+def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLike
+                      ) -> tuple[list[tuple[str, Path | None]], list[str]]:
+    """Pair reference ids with prediction files: ([(id, file or None for a cache)], missing ids).
+
+    ``prediction`` is a folder of per-patient files or a dosepred cache holding doses.
+    """
+    from .io import cache
+
+    ids = reference_ids(reference)
+    pred = Path(prediction)
+    if not pred.is_dir():
+        raise FileNotFoundError(f"prediction folder {pred} does not exist")
+    if cache.is_cache(pred):
+        have = set(cache.Cache.open(pred).ids)
+        return [(i, None) for i in ids if i in have], [i for i in ids if i not in have]
+    found = [(i, find_prediction(pred, i)) for i in ids]
+    return [(i, f) for i, f in found if f is not None], [i for i, f in found if f is None]
+
+
+def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str]
+               ) -> Iterable[tuple[Patient, np.ndarray]]:
+    """Lazily yield (reference patient, predicted dose) for ``ids``; one patient in memory at a time."""
+    from .io import cache
+    from .io.cache import load_patients
+
+    pred_cache = cache.Cache.open(prediction) if cache.is_cache(prediction) else None
+    for ref in load_patients(reference, ids=ids):
+        if pred_cache is not None:
+            d = pred_cache.load(ref.id).dose
+            if d is None:
+                raise ValueError(f"patient {ref.id}: the prediction cache {prediction} holds no dose")
+        else:
+            f = find_prediction(prediction, ref.id)
+            assert f is not None
+            d = read_prediction(f, ref.shape)
+        yield ref, as_dose_array(d, ref.shape, ref.id)

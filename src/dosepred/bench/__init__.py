@@ -1,0 +1,1 @@
+"""Benchmarks behind `dosepred bench` (each a ``run(...) -> dict`` plus a CLI command)."""

@@ -1,0 +1,223 @@
+"""HTML assembly of a report; see :mod:`dosepred.report`."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..patient import Patient
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..evaluation import CohortResult, PatientResult
+    from ..protocol import Protocol
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}
+h3{font-size:15px;margin:18px 0 6px} .meta{color:#666;font-size:12px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #d0d0d0;padding:3px 8px;text-align:right} th{background:#f2f2f2}
+td.l,th.l{text-align:left} td.pass{background:#d9f2d9;color:#135c13} td.fail{background:#f8d7d7;color:#8a1010}
+td.na{color:#999} .imgs img{max-width:100%;margin:4px 0;border:1px solid #eee}
+.patient{margin-bottom:30px}
+"""
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None or x != x else f"{x:.{nd}f}"
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s))
+
+
+class ReportWriter:
+    """Build a report while patients stream past (no volumes are kept).
+
+    ``add_patient(ref, {"name": dose, ...})`` renders that patient's DVH and slice images;
+    ``finish({"name": cohort_result, ...})`` writes ``report.html`` and returns its path.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, title: str = "dosepred evaluation",
+                 protocol: Protocol | None = None) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.title = title
+        self.protocol = protocol
+        self.images: dict[str, list[str]] = {}
+        self.order: list[str] = []
+
+    def add_patient(self, ref: Patient, preds: dict[str, np.ndarray]) -> None:
+        from .plots import plot_dvh, plot_slice
+
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ref.id)
+        dvh_png, sl_png = f"{safe}_dvh.png", f"{safe}_slice.png"
+        plot_dvh(self.out / dvh_png, ref, preds)
+        plot_slice(self.out / sl_png, ref, preds)
+        self.images[ref.id] = [dvh_png, sl_png]
+        self.order.append(ref.id)
+
+    def tap(self, pairs: Iterable[tuple[Patient, np.ndarray]], name: str = "prediction"
+            ) -> Iterator[tuple[Patient, np.ndarray]]:
+        """Pass (reference, prediction) pairs through, rendering each patient on the way."""
+        for ref, pred in pairs:
+            self.add_patient(ref, {name: pred})
+            yield ref, pred
+
+    # ------------------------------------------------------------------------------------ html
+    def finish(self, cohorts: dict[str, CohortResult] | CohortResult,
+               extra_tables: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+        from ..evaluation import CohortResult
+
+        if isinstance(cohorts, CohortResult):
+            cohorts = {"prediction": cohorts}
+        names = list(cohorts)
+        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(self.title)}</title>"
+                 f"<style>{CSS}</style></head><body>",
+                 f"<h1>{_e(self.title)}</h1>",
+                 f"<div class='meta'>protocol {_e(next(iter(cohorts.values())).protocol)} &middot; "
+                 f"{len(next(iter(cohorts.values())).patients)} patients &middot; generated "
+                 f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
+        parts.append("<h2>Cohort</h2>" + self._cohort_table(cohorts))
+        parts.append("<p class='meta'>Dose score: mean |ref - pred| over all voxels / possible-dose "
+                     "voxels (Gy). DVH score: mean |&Delta;| of the OpenKBP metrics (Gy). PTV / OAR "
+                     "score: mean |&Delta;| of the protocol's target / OAR dose metrics (Gy). Pass rate: "
+                     "% of (patient, criterion) checks the prediction passes; agreement: % where "
+                     "prediction and reference give the same verdict.</p>")
+        crit = self._criteria_summary(cohorts)
+        if crit:
+            parts.append("<h2>Criteria (patients passing)</h2>" + crit)
+        for title, rows in (extra_tables or {}).items():
+            parts.append(f"<h2>{_e(title)}</h2>" + self._dict_table(rows))
+        parts.append("<h2>Patients</h2>")
+        by_id = {n: {p.id: p for p in c.patients} for n, c in cohorts.items()}
+        ids = self.order or [p.id for p in next(iter(cohorts.values())).patients]
+        for pid in ids:
+            results = {n: by_id[n][pid] for n in names if pid in by_id[n]}
+            parts.append(self._patient(pid, results))
+        parts.append("</body></html>")
+        path = self.out / "report.html"
+        tmp = self.out / ".report.html.tmp"
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def _cohort_table(cohorts: dict[str, CohortResult]) -> str:
+        head = ["prediction", "patients", "dose score", "DVH score", "PTV score", "OAR score",
+                "criteria pass rate (%)", "reference pass rate (%)", "agreement (%)"]
+        rows = []
+        for n, c in cohorts.items():
+            s = c.summary()
+            rows.append(f"<tr><td class='l'>{_e(n)}</td><td>{len(c.patients)}</td>"
+                        f"<td>{_f(s['dose_score'], 3)}</td><td>{_f(s['dvh_score'], 3)}</td>"
+                        f"<td>{_f(s['ptv_score'], 3)}</td><td>{_f(s['oar_score'], 3)}</td>"
+                        f"<td>{_f(s['criteria_pass_rate'], 1)}</td><td>{_f(s['reference_pass_rate'], 1)}</td>"
+                        f"<td>{_f(s['criteria_agreement'], 1)}</td></tr>")
+        return ("<table><tr>" + "".join(f"<th{' class=l' if i == 0 else ''}>{h}</th>"
+                                        for i, h in enumerate(head)) + "</tr>" + "".join(rows) + "</table>")
+
+    @staticmethod
+    def _criteria_summary(cohorts: dict[str, CohortResult]) -> str:
+        tables = {n: {r["criterion"]: r for r in c.criteria_table()} for n, c in cohorts.items()}
+        crits: list[str] = []
+        for t in tables.values():
+            crits += [k for k in t if k not in crits]
+        if not crits:
+            return ""
+        head = "<tr><th class='l'>criterion</th><th>reference</th>" + "".join(
+            f"<th>{_e(n)}</th>" for n in cohorts) + "</tr>"
+        rows = []
+        for k in crits:
+            first = next(t[k] for t in tables.values() if k in t)
+            cells = [f"<td class='l'>{_e(k)}</td>", f"<td>{first['ref_pass']}/{first['n']}</td>"]
+            for t in tables.values():
+                r = t.get(k)
+                if r is None:
+                    cells.append("<td class='na'>-</td>")
+                    continue
+                cls = "pass" if r["pred_pass"] >= r["ref_pass"] else "fail"
+                cells.append(f"<td class='{cls}'>{r['pred_pass']}/{r['n']}</td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        return "<table>" + head + "".join(rows) + "</table>"
+
+    @staticmethod
+    def _dict_table(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "<p>-</p>"
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        out = "<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
+        for r in rows:
+            out += "<tr>" + "".join(
+                f"<td>{_f(v, 3) if isinstance(v, float) else _e(v if v is not None else '-')}</td>"
+                for v in (r.get(c) for c in cols)) + "</tr>"
+        return out + "</table>"
+
+    def _patient(self, pid: str, results: dict[str, PatientResult]) -> str:
+        names = list(results)
+        first = next(iter(results.values())) if results else None
+        out = [f"<div class='patient'><h3>{_e(pid)}</h3>"]
+        if first is not None:
+            out.append("<table><tr><th class='l'>prediction</th><th>dose score</th><th>DVH score</th>"
+                       "<th>PTV score</th><th>OAR score</th><th>criteria passed</th></tr>")
+            for n, r in results.items():
+                ch = r.checked
+                out.append(f"<tr><td class='l'>{_e(n)}</td><td>{_f(r.dose_score, 3)}</td>"
+                           f"<td>{_f(r.dvh_score, 3)}</td><td>{_f(r.ptv_score, 3)}</td>"
+                           f"<td>{_f(r.oar_score, 3)}</td><td>{sum(bool(c.pred_pass) for c in ch)}/{len(ch)}"
+                           "</td></tr>")
+            out.append("</table>")
+            if first.missing_rois:
+                out.append(f"<div class='meta'>not contoured: {_e(', '.join(first.missing_rois))}</div>")
+            if first.criteria:
+                out.append("<table><tr><th class='l'>criterion</th><th>reference</th>" +
+                           "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>")
+                for i, c in enumerate(first.criteria):
+                    cells = [f"<td class='l'>{_e(c.name)}</td>", self._cell(c.ref, c.ref_pass, c.unit)]
+                    for n in names:
+                        cc = results[n].criteria[i] if i < len(results[n].criteria) else None
+                        cells.append(self._cell(cc.pred, cc.pred_pass, cc.unit) if cc else "<td>-</td>")
+                    out.append("<tr>" + "".join(cells) + "</tr>")
+                out.append("</table>")
+        imgs = self.images.get(pid, [])
+        if imgs:
+            out.append("<div class='imgs'>" + "".join(f"<img src='{_e(i)}' alt='{_e(i)}'><br>" for i in imgs)
+                       + "</div>")
+        out.append("</div>")
+        return "".join(out)
+
+    @staticmethod
+    def _cell(v: float, ok: bool | None, unit: str) -> str:
+        cls = "na" if ok is None else ("pass" if ok else "fail")
+        return f"<td class='{cls}'>{_f(v)} {_e(unit)}</td>"
+
+
+def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[str, CohortResult],
+                 patients: Sequence[Patient] | Iterable[Patient],
+                 pred_doses: Sequence[np.ndarray] | dict[str, Sequence[np.ndarray]],
+                 title: str = "dosepred evaluation",
+                 extra_tables: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+    """Write ``out_dir/report.html`` and its PNGs; returns the path of report.html.
+
+    ``cohort_result`` and ``pred_doses`` are either one prediction (a CohortResult and a sequence of
+    doses in the order of ``patients``) or several named ones ({"MAE": result, "MAE+CDM": result}
+    and {"MAE": doses, "MAE+CDM": doses}). ``extra_tables``: title -> list of row dicts, shown
+    after the cohort table (e.g. training times).
+    """
+    from ..evaluation import CohortResult
+
+    if isinstance(cohort_result, CohortResult):
+        cohort_result = {"prediction": cohort_result}
+    if not isinstance(pred_doses, dict):
+        pred_doses = {next(iter(cohort_result)): pred_doses}
+    w = ReportWriter(out_dir, title)
+    seqs = {k: iter(v) for k, v in pred_doses.items()}
+    for p in patients:
+        w.add_patient(p, {k: np.asarray(next(it)) for k, it in seqs.items()})
+    return w.finish(cohort_result, extra_tables)
