@@ -247,6 +247,135 @@ def baseline_cmd(
     console().print(f"wrote {n} no-learning predictions to {out}")
 
 
+# ======================================================================================= evaluate
+
+def _fmt_num(x: float, nd: int = 3) -> str:
+    return "-" if x != x else f"{x:.{nd}f}"
+
+
+@app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    reference: Annotated[Path, typer.Option("--reference", help="Reference plans: a cache or an OpenKBP "
+                                            "folder of pt_* patients (with dose).")],
+    prediction: Annotated[Path, typer.Option("--prediction", help="Folder of predicted doses (OpenKBP "
+                                             "pt_N.csv per patient) or a cache holding doses.")],
+    protocol: Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol "
+                                          "JSON file.")] = "openkbp",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
+                                                  "file.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report (report.html + "
+                                                "PNGs) into this folder.")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
+                                                "have a prediction; list the others.")] = False,
+    no_progress: NoProgress = False,
+) -> None:
+    """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
+    protocol criteria)."""
+    from rich.table import Table
+
+    from . import evaluation as ev
+    from .protocol import load_protocol
+
+    _progress(no_progress)
+    pairs, missing = ev.match_predictions(reference, prediction)
+    if missing and not allow_missing:
+        raise UserError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
+                        f"{', '.join(missing)} (use --allow-missing to evaluate the others)")
+    if missing:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold yellow]warning:[/] no prediction for {len(missing)} patient(s), skipped: "
+            f"{', '.join(missing)}")
+    if not pairs:
+        raise UserError(f"no reference patient of {reference} has a prediction in {prediction}")
+    proto = load_protocol(protocol)
+    ids = [i for i, _ in pairs]
+    it = ev.iter_pairs(reference, prediction, ids)
+    writer = None
+    if report is not None:
+        from .report import ReportWriter
+        writer = ReportWriter(report, title=f"dosepred evaluation: {prediction}", protocol=proto)
+        it = writer.tap(it)
+    res = ev.evaluate_cohort(it, proto, progress=True)
+
+    con = console()
+    t = Table(title=f"{len(res.patients)} patients, protocol {proto.name}")
+    for col in ("patient", "dose score", "DVH score", "PTV score", "OAR score", "criteria passed"):
+        t.add_column(col, justify="left" if col == "patient" else "right")
+    for p in res.patients:
+        t.add_row(p.id, _fmt_num(p.dose_score), _fmt_num(p.dvh_score), _fmt_num(p.ptv_score),
+                  _fmt_num(p.oar_score), "-" if not p.checked else
+                  f"{sum(bool(c.pred_pass) for c in p.checked)}/{len(p.checked)}")
+    t.add_section()
+    t.add_row("[bold]cohort[/]", _fmt_num(res.dose_score), _fmt_num(res.dvh_score), _fmt_num(res.ptv_score),
+              _fmt_num(res.oar_score), _fmt_num(res.criteria_pass_rate, 1) + " %")
+    con.print(t)
+    rows = res.criteria_table()
+    if rows:
+        ct = Table(title="criteria (patients passing)")
+        for col in ("criterion", "prediction", "reference", "agree"):
+            ct.add_column(col, justify="left" if col == "criterion" else "right")
+        for r in rows:
+            n = r["n"]
+            worse = r["pred_pass"] < r["ref_pass"]
+            style = "green" if r["pred_pass"] == n else ("red" if worse else "yellow")
+            ct.add_row(r["criterion"],
+                       f"[{style}]{r['pred_pass']}/{n}[/]", f"{r['ref_pass']}/{n}", f"{r['agree']}/{n}")
+        con.print(ct)
+        con.print(f"criteria pass rate: prediction {_fmt_num(res.criteria_pass_rate, 1)} %, reference "
+                  f"{_fmt_num(res.reference_pass_rate, 1)} %, "
+                  f"agreement {_fmt_num(res.criteria_agreement, 1)} %")
+    if missing:
+        con.print(f"not evaluated (no prediction): {', '.join(missing)}")
+    if json_out is not None:
+        js = res.to_json()
+        js["missing_predictions"] = missing
+        from .io.cache import write_json_atomic
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_out, js)
+        con.print(f"wrote {json_out}")
+    if writer is not None:
+        path = writer.finish({"prediction": res})
+        con.print(f"wrote {path}")
+
+
+@bench_app.command("evaluate")
+@friendly
+def bench_evaluate(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
+                                                  "file.")] = None,
+    data: Annotated[Path, typer.Option("--data", help="OpenKBP folder of pt_* patients.")] = Path(
+        "/work/data/openkbp/provided-data/validation-pats"),
+    patients: Annotated[int, typer.Option("--patients", help="Number of patients (0: all).")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option("--cache", help="Existing cache of the same patients "
+                                                   "(else one is written to a temporary folder).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 1,
+) -> None:
+    """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
+    from rich.table import Table
+
+    from .bench.evaluate import run
+    from .io.cache import write_json_atomic
+
+    if not data.is_dir():
+        raise UserError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
+    res = run(data, patients or None, cache_dir, repeats)
+    t = Table(title=f"evaluation throughput, {res['patients']} patients (OpenKBP dose + DVH scores)")
+    t.add_column("path")
+    t.add_column("seconds", justify="right")
+    t.add_column("patients/s", justify="right")
+    t.add_column("vs naive", justify="right")
+    for r in res["rows"]:
+        t.add_row(r["path"], f"{r['seconds']:.2f}", f"{r['patients_per_s']:.2f}",
+                  f"{r['speedup_vs_naive']:.1f}x")
+    console().print(t)
+    if json_out is not None:
+        write_json_atomic(json_out, res)
+
+
 # ==================================================================================== entry point
 
 def main() -> None:
