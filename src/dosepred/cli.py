@@ -71,7 +71,7 @@ def console():
 @data_app.command("import-openkbp")
 @friendly
 def data_import_openkbp(
-    src: Annotated[Path, typer.Argument(help="Folder of OpenKBP pt_* patient folders (e.g. .../train-pats).")],
+    src: Annotated[Path, typer.Argument(help="Folder of OpenKBP pt_* folders (e.g. .../train-pats).")],
     out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
     no_progress: NoProgress = False,
 ) -> None:
@@ -84,10 +84,12 @@ def data_import_openkbp(
     folders = openkbp.patient_folders(src)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        c = cache.write_cache(openkbp.read_folder(src), out, source=str(Path(src).resolve()),
-                              progress=True)
-    for msg in dict.fromkeys(str(w.message) for w in caught):
-        _err(f"warning: {msg}")
+        try:  # all or nothing: a bad file aborts the import and leaves no cache behind
+            c = cache.write_cache(openkbp.read_folder(src), out, source=str(Path(src).resolve()),
+                                  progress=True)
+        finally:  # warnings seen before a failure are still worth showing
+            for msg in dict.fromkeys(str(w.message) for w in caught):
+                _err(f"warning: {msg}")
     src_bytes = sum(f.stat().st_size for d in folders for f in d.glob("*.csv"))
     missing = {p["id"]: p["missing_rois"] for p in c.info["patients"] if p["missing_rois"]}
     con = console()
@@ -141,12 +143,14 @@ def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")
     for e in c.info["patients"]:
         miss = e.get("missing_rois", [])
         t.add_row(e["id"], "x".join(map(str, e["shape"])), " x ".join(f"{s:.3g}" for s in e["spacing"]),
-                  f"{len(rs) - len(miss)}/{len(rs)}", ", ".join(miss) or "-", "yes" if e.get("has_dose") else "no",
+                  f"{len(rs) - len(miss)}/{len(rs)}", ", ".join(miss) or "-",
+                  "yes" if e.get("has_dose") else "no",
                   f"{(c.root / e['file']).stat().st_size / 1e6:.2f}")
     con = console()
     con.print(t)
     con.print("ROI set (bit: name kind Rx): " + "; ".join(
-        f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}" for k, r in enumerate(rs)))
+        f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}"
+        for k, r in enumerate(rs)))
 
 
 @data_app.command("synth")

@@ -3,7 +3,8 @@
 ``dataset.json`` holds the RoiSet (names, kinds, prescriptions; bit order), and per patient its
 file, shape, spacing, missing ROIs and provenance. The npz holds ``ct`` (int16 HU), ``roi_codes``
 (bit mask), ``possible_dose_mask`` (bool) and ``dose`` (float32 Gy) when known. Files are written
-to a temporary name and renamed, so an interrupted import leaves no partial patient behind.
+to temporary names and renamed only when the whole import succeeded, so a failed or interrupted
+import leaves no partial patient file and no ``dataset.json`` that lists absent patients.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ class Cache:
 
     @property
     def roi_set(self) -> RoiSet:
-        return RoiSet.from_dicts(self.info["rois"])
+        try:
+            return RoiSet.from_dicts(self.info["rois"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CacheError(f"{self.root / DATASET_JSON}: invalid ROI list: {e}") from None
 
     @property
     def ids(self) -> list[str]:
@@ -104,6 +108,9 @@ class Cache:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError) as err:
             raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
+        lacking = [k for k in ("ct", "roi_codes", "possible_dose_mask") if k not in arrays]
+        if lacking:
+            raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
         return Patient(pid, arrays["ct"], arrays["roi_codes"], roi_set or self.roi_set,
                        tuple(e["spacing"]), arrays["possible_dose_mask"], arrays.get("dose"),
                        tuple(e.get("missing_rois", ())), dict(e.get("meta", {})))
@@ -126,8 +133,10 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
                 roi_set: RoiSet | None = None, progress: bool = False) -> Cache:
     """Write patients to a cache folder (creating it). Every patient must share the RoiSet.
 
-    ``dataset.json`` is rewritten after each patient so an interrupted import is still a valid
-    cache of the patients written so far.
+    All or nothing: patient files are written under temporary names (``.<id>.npz.part``) and only
+    renamed, followed by ``dataset.json``, once every patient has been read and written. If reading
+    or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
+    left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,27 +144,36 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     info: dict[str, Any] = {"format": "dosepred-cache", "version": FORMAT_VERSION, "source": source,
                             "rois": roi_set.to_dicts() if roi_set else None, "patients": entries}
     seen: set[str] = set()
+    staged: list[tuple[Path, Path]] = []
     it: Iterable[Patient] = patients
     if progress:
         from ..progress import track
         it = track(patients, description="writing cache")
-    for p in it:
-        if info["rois"] is None:
-            info["rois"] = p.roi_set.to_dicts()
-            roi_set = p.roi_set
-        elif p.roi_set != roi_set:
-            raise CacheError(f"patient {p.id}: ROI set {p.roi_set.names} differs from the cache's "
-                             f"{roi_set.names if roi_set else None}")
-        if p.id in seen:
-            raise CacheError(f"patient id {p.id} appears twice")
-        seen.add(p.id)
-        fname = f"{p.id}.npz"
-        save_patient(p, out / fname)
-        entries.append(_entry(p, fname))
+    try:
+        for p in it:
+            if info["rois"] is None:
+                info["rois"] = p.roi_set.to_dicts()
+                roi_set = p.roi_set
+            elif p.roi_set != roi_set:
+                raise CacheError(f"patient {p.id}: ROI set {p.roi_set.names} differs from the cache's "
+                                 f"{roi_set.names if roi_set else None}")
+            if p.id in seen:
+                raise CacheError(f"patient id {p.id} appears twice")
+            seen.add(p.id)
+            fname = f"{p.id}.npz"
+            part = out / f".{fname}.part"
+            staged.append((part, out / fname))
+            save_patient(p, part)
+            entries.append(_entry(p, fname))
+        if not entries:
+            raise CacheError(f"no patients to write to {out}")
+        for part, final in staged:
+            os.replace(part, final)
+        staged = []
         write_json_atomic(out / DATASET_JSON, info)
-    if info["rois"] is None:
-        raise CacheError(f"no patients to write to {out}")
-    write_json_atomic(out / DATASET_JSON, info)
+    finally:
+        for part, _ in staged:
+            part.unlink(missing_ok=True)
     return Cache.open(out)
 
 

@@ -64,12 +64,13 @@ def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     if not with_values:
         return idx, None
     col = df.iloc[:, 1]
-    if col.dtype == object or not np.issubdtype(col.dtype, np.number):
+    if not pd.api.types.is_numeric_dtype(col.dtype):  # text (object or pandas StringDtype)
         vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
         bad_rows = np.flatnonzero(np.isnan(vals) & col.notna().to_numpy())
         if len(bad_rows):
             r = int(bad_rows[0])
-            raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {col.iloc[r]!r} is not a number")
+            raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {col.iloc[r]!r} "
+                                     "is not a number")
     else:
         vals = col.to_numpy(dtype=np.float64)
     if np.isnan(vals).any():
@@ -86,7 +87,8 @@ def _read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
     except ValueError as e:
         raise OpenKBPFormatError(f"patient {pid}: {path}: expected three voxel sizes in mm ({e})") from None
     if v.shape != (3,) or not np.all(v > 0):
-        raise OpenKBPFormatError(f"patient {pid}: {path}: expected three positive voxel sizes in mm, got {v.tolist()}")
+        raise OpenKBPFormatError(f"patient {pid}: {path}: expected three positive voxel sizes in mm, "
+                                 f"got {v.tolist()}")
     return (float(v[0]), float(v[1]), float(v[2]))
 
 
@@ -109,12 +111,17 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     spacing = _read_spacing(folder / "voxel_dimensions.csv", pid)
     size = int(np.prod(GRID))
 
+    # Arrays are filled at the listed (sparse) indices only: dense passes over the 2M-voxel grid cost
+    # as much as parsing, so checks run on the parsed values and ROI bits are set in place.
     idx, vals = _read_sparse(folder / "ct.csv", True, pid=pid)
-    ct_flat = np.zeros(size, dtype=np.float64)
-    ct_flat[idx] = vals
-    if (ct_flat != np.rint(ct_flat)).any():
+    assert vals is not None
+    if (vals != np.rint(vals)).any():
         raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} holds non-integer CT values")
-    ct = (ct_flat - CT_OFFSET).astype(np.int16).reshape(GRID)
+    if len(vals) and (vals.min() < -32768 + CT_OFFSET or vals.max() > 32767 + CT_OFFSET):
+        raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} holds CT values outside int16 range")
+    ct = np.full(size, -CT_OFFSET, dtype=np.int16)
+    ct[idx] = vals - CT_OFFSET
+    ct = ct.reshape(GRID)
 
     midx, _ = _read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
     mask = np.zeros(size, dtype=bool)
@@ -130,7 +137,8 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
         d[didx] = dvals
         dose = d.reshape(GRID)
 
-    masks: dict[str, np.ndarray] = {}
+    codes = np.zeros(size, dtype=roi_set.dtype)
+    present: set[str] = set()
     for f in sorted(folder.glob("*.csv")):
         if f.name in _ARRAY_FILES:
             continue
@@ -143,11 +151,11 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
         if len(ridx) == 0:
             raise OpenKBPFormatError(f"patient {pid}: ROI file {f} is empty (no voxels); delete it if the "
                                      "ROI was not contoured")
-        m = np.zeros(size, dtype=bool)
-        m[ridx] = True
-        masks[name] = m.reshape(GRID)
-    return Patient.from_masks(pid, ct, masks, roi_set, spacing, mask.reshape(GRID), dose,
-                              meta={"source": str(folder.resolve()), "format": "openkbp"})
+        codes[ridx] |= codes.dtype.type(1) << codes.dtype.type(roi_set.index(name))
+        present.add(name)
+    missing = tuple(n for n in roi_set.names if n not in present)
+    return Patient(pid, ct, codes.reshape(GRID), roi_set, spacing, mask.reshape(GRID), dose, missing,
+                   {"source": str(folder.resolve()), "format": "openkbp"})
 
 
 def _pt_key(p: Path) -> tuple[int, str]:

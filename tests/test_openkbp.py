@@ -1,0 +1,220 @@
+"""OpenKBP CSV reader/writer: exact round trip on the sample patients, clear errors on bad files."""
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dosepred.io import cache, openkbp
+
+
+def _parse(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    df = pd.read_csv(path, header=0)
+    return df.iloc[:, 0].to_numpy(), df.iloc[:, 1].to_numpy(dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def roundtrip(sample_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rt")
+    c = cache.write_cache(openkbp.read_folder(sample_dir), tmp / "cache")
+    for p in cache.Cache.open(tmp / "cache"):
+        openkbp.write_patient(p, tmp / "export")
+    return c, tmp / "export"
+
+
+def test_roundtrip_files_are_value_identical(sample_dir, roundtrip):
+    c, export = roundtrip
+    assert c.ids == ["pt_66", "pt_187", "pt_196"]  # numeric order
+    for src in openkbp.patient_folders(sample_dir):
+        out = export / src.name
+        src_files = sorted(f.name for f in src.glob("*.csv"))
+        assert sorted(f.name for f in out.glob("*.csv")) == src_files
+        for name in src_files:
+            if name == "voxel_dimensions.csv":
+                np.testing.assert_array_equal(np.loadtxt(src / name), np.loadtxt(out / name))
+                continue
+            i0, v0 = _parse(src / name)
+            i1, v1 = _parse(out / name)
+            np.testing.assert_array_equal(i0, i1, err_msg=f"{src.name}/{name} indices")
+            if name in ("ct.csv", "dose.csv"):
+                np.testing.assert_array_equal(v0.astype(np.float32), v1.astype(np.float32),
+                                              err_msg=f"{src.name}/{name} values")
+            else:
+                assert np.isnan(v0).all() and np.isnan(v1).all()
+
+
+def test_roundtrip_arrays_exact(sample_dir, roundtrip):
+    _, export = roundtrip
+    for src in openkbp.patient_folders(sample_dir):
+        a, b = openkbp.read_patient(src), openkbp.read_patient(export / src.name)
+        np.testing.assert_array_equal(a.ct, b.ct)
+        np.testing.assert_array_equal(a.dose, b.dose)
+        np.testing.assert_array_equal(a.roi_codes, b.roi_codes)
+        np.testing.assert_array_equal(a.possible_dose_mask, b.possible_dose_mask)
+        assert a.spacing == b.spacing and a.missing_rois == b.missing_rois
+
+
+def test_explicit_zero_doses_are_kept(sample_dir, roundtrip):
+    _, export = roundtrip
+    found = 0
+    for src in openkbp.patient_folders(sample_dir):
+        i0, v0 = _parse(src / "dose.csv")
+        zeros = set(i0[v0 == 0].tolist())
+        found += len(zeros)
+        i1, v1 = _parse(export / src.name / "dose.csv")
+        assert zeros == set(i1[v1 == 0].tolist())
+        # the dose rows are exactly the possible-dose mask's indices
+        np.testing.assert_array_equal(i0, _parse(src / "possible_dose_mask.csv")[0])
+    assert found > 0, "the sample should contain explicit zeros in dose.csv"
+
+
+def test_missing_roi_is_recorded(sample_dir, roundtrip):
+    c, export = roundtrip
+    assert c.entry("pt_196")["missing_rois"] == ["Esophagus"]
+    p = c.load("pt_196")
+    assert p.missing_rois == ("Esophagus",) and not p.mask("Esophagus").any()
+    assert not (export / "pt_196" / "Esophagus.csv").exists()
+    assert c.load("pt_66").missing_rois == ()
+
+
+def test_ct_values_are_hu(sample_dir):
+    p = openkbp.read_patient(sample_dir / "pt_66")
+    assert p.ct.dtype == np.int16 and p.ct.min() >= -1024
+    assert p.ct[0, 0, 0] == -1024  # unlisted voxels are 0 in the file, i.e. air
+    assert p.spacing[0] > 0 and p.shape == (128, 128, 128)
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+def _tiny_patient(folder: Path) -> Path:
+    """A valid OpenKBP folder with a handful of voxels (fast to read)."""
+    folder.mkdir(parents=True)
+    (folder / "ct.csv").write_text(",data\n10,1000.0\n11,1050.0\n12,24.0\n")
+    (folder / "possible_dose_mask.csv").write_text(",data\n10,\n11,\n12,\n")
+    (folder / "dose.csv").write_text(",data\n10,70.5\n11,0.0\n12,3.25\n")
+    (folder / "voxel_dimensions.csv").write_text("3.906\n3.906\n2.5\n")
+    (folder / "PTV70.csv").write_text(",data\n10,\n11,\n")
+    (folder / "SpinalCord.csv").write_text(",data\n12,\n")
+    return folder
+
+
+def test_tiny_patient_reads(tmp_path):
+    p = openkbp.read_patient(_tiny_patient(tmp_path / "pt_1"))
+    flat = p.dose.ravel()
+    assert flat[10] == np.float32(70.5) and flat[12] == np.float32(3.25)
+    assert p.ct.ravel()[10] == 1000 - 1024
+    assert p.mask("PTV70").sum() == 2 and "Brainstem" in p.missing_rois
+
+
+@pytest.mark.parametrize("fname, content, match", [
+    ("dose.csv", ",data\n10,70.5\n11,0.0\n12", r"dose\.csv row 4: value is missing \(truncated"),
+    ("dose.csv", ",data\n10,70.5\n11,abc\n12,3\n", r"dose\.csv row 3: value 'abc' is not a number"),
+    ("dose.csv", ",data\n10,70.5\n2097152,1\n", r"dose\.csv row 3: flat index 2097152 is out of range"),
+    ("dose.csv", ",data\n10,-1\n", r"dose\.csv holds negative doses"),
+    ("ct.csv", ",data\n10,1000.5\n", r"ct\.csv holds non-integer CT values"),
+    ("ct.csv", "", r"ct\.csv is empty"),
+    ("PTV70.csv", ",data\n", r"ROI file .*PTV70\.csv is empty"),
+    ("SpinalCord.csv", ",data\n-1,\n", r"SpinalCord\.csv row 2: flat index -1 is out of range"),
+    ("voxel_dimensions.csv", "3.9\n3.9\n", r"voxel_dimensions\.csv: expected three positive voxel sizes"),
+])
+def test_bad_file_gives_one_clear_error(tmp_path, fname, content, match):
+    folder = _tiny_patient(tmp_path / "pt_5")
+    (folder / fname).write_text(content)
+    with pytest.raises(openkbp.OpenKBPFormatError, match=match) as e:
+        openkbp.read_patient(folder)
+    assert "patient pt_5" in str(e.value) and str(folder) in str(e.value)
+
+
+def test_missing_required_file(tmp_path):
+    folder = _tiny_patient(tmp_path / "pt_5")
+    (folder / "voxel_dimensions.csv").unlink()
+    with pytest.raises(openkbp.OpenKBPFormatError, match="pt_5: .* lacks voxel_dimensions.csv"):
+        openkbp.read_patient(folder)
+
+
+def test_unknown_roi_file_warns_and_is_ignored(tmp_path):
+    folder = _tiny_patient(tmp_path / "pt_5")
+    (folder / "Cochlea_L.csv").write_text(",data\n10,\n")
+    with pytest.warns(openkbp.UnknownRoiWarning, match=r"pt_5: .*Cochlea_L\.csv is not a known ROI"):
+        p = openkbp.read_patient(folder)
+    assert "Cochlea_L" not in p.roi_set
+
+
+def _failing_source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    _tiny_patient(src / "pt_1")
+    _tiny_patient(src / "pt_2")
+    bad = _tiny_patient(src / "pt_3")
+    (bad / "dose.csv").write_text(",data\n10,1\n11,oops\n")
+    return src
+
+
+def test_failed_import_leaves_nothing_behind(tmp_path):
+    src = _failing_source(tmp_path)
+    out = tmp_path / "cache"
+    with pytest.raises(openkbp.OpenKBPFormatError, match="pt_3"):
+        cache.write_cache(openkbp.read_folder(src), out)
+    assert list(out.iterdir()) == []  # no npz, no .part, no dataset.json
+
+
+def test_failed_import_keeps_a_previous_cache_intact(tmp_path):
+    src = tmp_path / "good"
+    _tiny_patient(src / "pt_1")
+    out = tmp_path / "cache"
+    cache.write_cache(openkbp.read_folder(src), out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(openkbp.OpenKBPFormatError):
+        cache.write_cache(openkbp.read_folder(_failing_source(tmp_path)), out)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert cache.Cache.open(out).ids == ["pt_1"]
+
+
+def test_cli_import_failure_exit_code_and_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    src = _failing_source(tmp_path)
+    (src / "pt_1" / "Cochlea_L.csv").write_text(",data\n10,\n")
+    out = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = CliRunner().invoke(app, ["data", "import-openkbp", str(src), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())  # rich may wrap long lines
+    assert "error:" in text and "dose.csv" in text and "'oops' is not a number" in text
+    assert "Cochlea_L.csv is not a known ROI" in text
+    assert "Traceback" not in text
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_write_patient_needs_128_grid(tmp_path):
+    from dosepred import synth
+
+    with pytest.raises(ValueError, match="needs a"):
+        openkbp.write_patient(synth.make_patient(0, size=16), tmp_path)
+
+
+def test_dose_csv_prediction_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    dose = np.zeros(openkbp.GRID, np.float32)
+    dose[60:64, 60:64, 60:64] = rng.uniform(0, 75, (4, 4, 4)).astype(np.float32)
+    mask = np.zeros(openkbp.GRID, bool)
+    mask[59:65, 59:65, 59:65] = True
+    openkbp.write_dose_csv(tmp_path / "pt_1.csv", dose, mask)
+    np.testing.assert_array_equal(openkbp.read_dose_csv(tmp_path / "pt_1.csv"), dose)
+    idx, _ = _parse(tmp_path / "pt_1.csv")
+    assert len(idx) == mask.sum()  # zeros inside the mask are written explicitly
+
+
+def test_folder_helpers(tmp_path, sample_dir):
+    assert openkbp.is_openkbp_folder(sample_dir) and openkbp.is_openkbp_folder(sample_dir / "pt_66")
+    assert openkbp.patient_folders(sample_dir / "pt_66") == [sample_dir / "pt_66"]
+    with pytest.raises(FileNotFoundError, match="no OpenKBP patient folders"):
+        openkbp.patient_folders(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        openkbp.patient_folders(tmp_path / "nope")
+    shutil.rmtree(tmp_path, ignore_errors=True)
