@@ -121,10 +121,12 @@ def _geometry_from_affine(aff: np.ndarray, spacing: Sequence[float]) -> Geometry
     """NIfTI (RAS) affine of a (k, r, c) array -> Geometry, when axis 0 runs along +row x col."""
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
     cols = lps[:3, :3] / np.asarray(spacing, dtype=np.float64)
+    cols = np.round(cols, 6) + 0.0  # NIfTI stores float32: drop its noise (and -0.0)
     n, cy, rx = cols[:, 0], cols[:, 1], cols[:, 2]
     if not np.allclose(np.cross(rx, cy), n, atol=1e-4):
         return None
-    return Geometry(lps[:3, 3].copy(), rx, cy, tuple(float(s) for s in spacing))  # type: ignore[arg-type]
+    origin = np.array([float(str(np.float32(v))) for v in lps[:3, 3]])
+    return Geometry(origin, rx, cy, tuple(float(s) for s in spacing))  # type: ignore[arg-type]
 
 
 def affine_of(g: Geometry) -> np.ndarray:
