@@ -296,7 +296,7 @@ def evaluate_cmd(
         raise UserError(f"no reference patient of {reference} has a prediction in {prediction}")
     proto = load_protocol(protocol)
     ids = [i for i, _ in pairs]
-    it = ev.iter_pairs(reference, prediction, ids)
+    it = ev.iter_pairs(reference, prediction, ids, with_ct=report is not None)
     writer = None
     if report is not None:
         from .report import ReportWriter
