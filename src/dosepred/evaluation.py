@@ -432,16 +432,79 @@ def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLik
     return [(i, f) for i, f in found if f is not None], [i for i, f in found if f is None]
 
 
-def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str]
-               ) -> Iterable[tuple[Patient, np.ndarray]]:
-    """Lazily yield (reference patient, predicted dose) for ``ids``; one patient in memory at a time."""
-    from .io import cache
+def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_ct: bool = False
+                    ) -> Iterable[Patient]:
+    """Reference patients for evaluation from a cache or an OpenKBP folder.
+
+    Evaluation needs no CT, so unless ``with_ct`` it is not read (the CT is a zero volume and
+    ``meta["ct_loaded"]`` is False): the biggest CSV file and the biggest cache array are skipped.
+    """
+    from .io import cache, openkbp
     from .io.cache import load_patients
 
+    if with_ct:
+        yield from load_patients(src, ids=ids)
+        return
+    if cache.is_cache(src):
+        c = cache.Cache.open(src)
+        rs = c.roi_set
+        for pid in ids if ids is not None else c.ids:
+            e = c.entry(pid)
+            path = c.root / e["file"]
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    codes, mask = z["roi_codes"], z["possible_dose_mask"]
+                    dose = z["dose"] if "dose" in z.files else None
+            except (OSError, ValueError, KeyError) as err:
+                raise ValueError(f"patient {pid}: cannot read {path}: {err}") from None
+            yield Patient(pid, np.zeros(codes.shape, np.int16), codes, rs, tuple(e["spacing"]), mask, dose,
+                          tuple(e.get("missing_rois", ())), {**e.get("meta", {}), "ct_loaded": False})
+        return
+    if not openkbp.is_openkbp_folder(src):
+        raise ValueError(f"{src} is neither a dosepred cache (dataset.json) nor an OpenKBP folder (pt_*)")
+    rs = openkbp.RoiSet.openkbp()
+    size = int(np.prod(openkbp.GRID))
+    want = set(ids) if ids is not None else None
+    for f in openkbp.patient_folders(src):
+        if want is not None and f.name not in want:
+            continue
+        pid = f.name
+        for req in ("dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"):
+            if not (f / req).is_file():
+                raise ValueError(f"patient {pid}: {f} lacks {req}")
+        spacing = openkbp._read_spacing(f / "voxel_dimensions.csv", pid)
+        midx, _ = openkbp._read_sparse(f / "possible_dose_mask.csv", False, pid=pid)
+        mask = np.zeros(size, bool)
+        mask[midx] = True
+        didx, dvals = openkbp._read_sparse(f / "dose.csv", True, pid=pid)
+        dose = np.zeros(size, np.float32)
+        dose[didx] = dvals
+        codes = np.zeros(size, rs.dtype)
+        missing = []
+        for k, name in enumerate(rs.names):
+            rf = f / f"{name}.csv"
+            if not rf.is_file():
+                missing.append(name)
+                continue
+            ridx, _ = openkbp._read_sparse(rf, False, pid=pid)
+            codes[ridx] |= rs.dtype.type(1 << k)
+        yield Patient(pid, np.zeros(openkbp.GRID, np.int16), codes.reshape(openkbp.GRID), rs, spacing,
+                      mask.reshape(openkbp.GRID), dose.reshape(openkbp.GRID), tuple(missing),
+                      {"source": str(f), "format": "openkbp", "ct_loaded": False})
+
+
+def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
+               with_ct: bool = False) -> Iterable[tuple[Patient, np.ndarray]]:
+    """Lazily yield (reference patient, predicted dose) for ``ids``; one patient in memory at a time.
+    The reference CT is read only ``with_ct`` (the report's dose slices need it)."""
+    from .io import cache
+
     pred_cache = cache.Cache.open(prediction) if cache.is_cache(prediction) else None
-    for ref in load_patients(reference, ids=ids):
+    for ref in load_references(reference, ids, with_ct):
         if pred_cache is not None:
-            d = pred_cache.load(ref.id).dose
+            e = pred_cache.entry(ref.id)
+            with np.load(pred_cache.root / e["file"], allow_pickle=False) as z:
+                d = z["dose"] if "dose" in z.files else None
             if d is None:
                 raise ValueError(f"patient {ref.id}: the prediction cache {prediction} holds no dose")
         else:

@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.evaluation import evaluate_cohort
+from dosepred.io.cache import load_patients
+from dosepred.io.openkbp import write_dose_csv
+from dosepred.report import write_report
+
+
+@pytest.fixture(scope="module")
+def preds(sample_dir, tmp_path_factory):
+    """Perturbed reference doses written as OpenKBP pt_N.csv (the last patient has none)."""
+    out = tmp_path_factory.mktemp("pred")
+    pats = list(load_patients(sample_dir))
+    rng = np.random.default_rng(3)
+    for p in pats[:-1]:
+        noise = rng.normal(0, 1, p.shape).astype(np.float32) * p.possible_dose_mask
+        d = np.clip(p.dose * 0.98 + noise, 0, None)
+        write_dose_csv(out / f"{p.id}.csv", d, p.possible_dose_mask)
+    return out, [p.id for p in pats]
+
+
+def test_write_report_two_models(sample_dir, tmp_path):
+    pats = list(load_patients(sample_dir))[:1]
+    a = [p.dose * 0.9 for p in pats]
+    b = [p.dose * 1.02 for p in pats]
+    ra = evaluate_cohort(zip(pats, a, strict=True), "openkbp-clinical")
+    rb = evaluate_cohort(zip(pats, b, strict=True), "openkbp-clinical")
+    path = write_report(tmp_path, {"MAE": ra, "MAE+CDM": rb}, pats, {"MAE": a, "MAE+CDM": b}, title="t",
+                        extra_tables={"training": [{"model": "MAE", "minutes": 1.0}]})
+    html = path.read_text()
+    assert path.name == "report.html" and "MAE+CDM" in html and "training" in html
+    assert "class='fail'" in html and "class='pass'" in html
+    for img in (f"{pats[0].id}_dvh.png", f"{pats[0].id}_slice.png"):
+        assert (tmp_path / img).stat().st_size > 1000 and img in html
+
+
+def test_cli_missing_prediction_is_an_error(sample_dir, preds):
+    out, ids = preds
+    r = CliRunner().invoke(app, ["evaluate", "--reference", str(sample_dir), "--prediction", str(out)])
+    assert r.exit_code == 2
+    assert ids[-1] in r.output and "Traceback" not in r.output
+
+
+def test_cli_allow_missing_json_and_report(sample_dir, preds, tmp_path):
+    out, ids = preds
+    js = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["evaluate", "--reference", str(sample_dir), "--prediction", str(out),
+                                 "--allow-missing", "--protocol", "openkbp-clinical", "--json", str(js),
+                                 "--report", str(tmp_path / "rep"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert ids[-1] in r.output and "cohort" in r.output
+    data = json.loads(js.read_text())
+    for k in ("patients", "dose_score", "dvh_score", "ptv_score", "oar_score", "criteria_pass_rate",
+              "per_patient"):
+        assert k in data
+    assert data["patients"] == ids[:-1] and data["missing_predictions"] == [ids[-1]]
+    assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_cli_user_errors(sample_dir, preds, tmp_path):
+    out, _ = preds
+    r = CliRunner().invoke(app, ["evaluate", "--reference", str(sample_dir), "--prediction", str(out),
+                                 "--allow-missing", "--protocol", str(tmp_path / "nope.json")])
+    assert r.exit_code == 2 and "neither a built-in" in r.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pt_66.csv").write_text(",data\n999999999,1.0\n")
+    for p in ("pt_187", "pt_196"):
+        (bad / f"{p}.csv").write_text(",data\n0,1.0\n")
+    r = CliRunner().invoke(app, ["evaluate", "--reference", str(sample_dir), "--prediction", str(bad)])
+    assert r.exit_code == 2 and "out of range" in r.output and "Traceback" not in r.output
