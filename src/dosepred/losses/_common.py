@@ -1,0 +1,91 @@
+"""Shared tensor helpers of the loss family: input validation and lazy per-ROI voxel gathering.
+
+Not public API. Every loss takes the same five tensors (see :mod:`dosepred.losses`); these helpers
+check them once and hand each loss the voxels of one ROI of one patient at a time, decoded from the
+bit-mask codes on the tensor's own device, so no one-hot tensor of all ROIs is ever built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..roi import decode_torch
+
+#: Default dose scale (Gy) that makes dose differences dimensionless (the highest OpenKBP Rx).
+DEFAULT_DOSE_SCALE = 70.0
+
+
+def check_inputs(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None, spacing: Any = None) -> tuple[
+                     torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Validate shapes; return (roi_codes (B, *S), mask (B, *S) bool or None, spacing (B, 3) or None).
+
+    ``pred`` and ``ref`` are (B, 1, *S); ``roi_codes`` may be (B, *S) or (B, 1, *S); ``mask``
+    (B, 1, *S) or (B, *S), bool or float (non-zero = inside); ``spacing`` (B, 3) or (3,) in mm.
+    """
+    if not isinstance(pred, torch.Tensor) or not isinstance(ref, torch.Tensor):
+        raise TypeError("pred and ref must be torch tensors")
+    if pred.dim() < 3 or pred.shape[1] != 1:
+        raise ValueError(f"pred must be (B, 1, *spatial), got shape {tuple(pred.shape)}")
+    if ref.shape != pred.shape:
+        raise ValueError(f"ref shape {tuple(ref.shape)} != pred shape {tuple(pred.shape)}")
+    b, spatial = pred.shape[0], tuple(pred.shape[2:])
+    codes = None
+    if roi_codes is not None:
+        codes = roi_codes
+        if codes.dim() == pred.dim() and codes.shape[1] == 1:
+            codes = codes[:, 0]
+        if tuple(codes.shape) != (b, *spatial):
+            raise ValueError(f"roi_codes must be (B, *spatial) = {(b, *spatial)}, "
+                             f"got {tuple(roi_codes.shape)}")
+        if codes.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
+            raise TypeError(f"roi_codes must be an integer tensor (dosepred.roi.to_torch), got {codes.dtype}")
+    m = None
+    if mask is not None:
+        m = mask
+        if m.dim() == pred.dim() and m.shape[1] == 1:
+            m = m[:, 0]
+        if tuple(m.shape) != (b, *spatial):
+            raise ValueError(f"mask must be (B, 1, *spatial) = {(b, 1, *spatial)}, got {tuple(mask.shape)}")
+        m = m if m.dtype == torch.bool else m != 0
+    sp = None
+    if spacing is not None:
+        sp = torch.as_tensor(spacing, dtype=torch.float64).detach().cpu()
+        if sp.dim() == 1:
+            sp = sp.expand(b, -1)
+        if tuple(sp.shape) != (b, 3):
+            raise ValueError(f"spacing must be (B, 3) mm per axis, got shape {tuple(sp.shape)}")
+        if not bool(torch.all(sp > 0)):
+            raise ValueError(f"spacing must be positive mm values, got {sp.tolist()}")
+    return codes, m, sp
+
+
+def voxel_volumes(spacing: torch.Tensor | None, batch: int) -> list[float | None]:
+    """Voxel volume (mm^3) per patient, None where spacing is unknown."""
+    if spacing is None:
+        return [None] * batch
+    return [float(v) for v in spacing.prod(dim=1).tolist()]
+
+
+def iter_roi_voxels(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor,
+                    bits: Sequence[int]) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Yield (b, bit, pred_voxels, ref_voxels) for each patient and each ROI bit present in it.
+
+    ROI voxels are gathered with a boolean index (1-D tensors); ``ref`` voxels are detached. ROIs
+    with no voxel in a patient's volume are skipped, so an absent ROI contributes nothing.
+    """
+    for b in range(pred.shape[0]):
+        cb = codes[b]
+        for k in bits:
+            sel = decode_torch(cb, int(k))
+            if not bool(sel.any()):
+                continue
+            yield b, int(k), pred[b, 0][sel], ref[b, 0][sel].detach()
+
+
+def zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
+    """A zero scalar that still depends on ``pred`` (so backward() works when no term applies)."""
+    return 0.0 * pred.sum()

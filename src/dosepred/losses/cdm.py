@@ -1,0 +1,326 @@
+"""Clinical DVH metric (CDM) loss: the protocol's own metrics, made differentiable.
+
+For each criterion of a :class:`dosepred.protocol.Protocol` (ROI + metric string, optional limit):
+
+- **D-metrics** (``D95%``, ``D0.1cc``, ``Dmax``, ``Dmin``): the linear-interpolation percentile of
+  the ROI's voxel doses at ``q = dosepred.metrics.percentile_q(metric, n_voxels, voxel_volume)``,
+  computed from one sort of the ROI's doses. Its forward value equals ``np.percentile`` and so
+  :func:`dosepred.metrics.compute` (OpenKBP's definition) exactly; its gradient reaches the two
+  bracketing voxels. ``spread=k`` (percent) averages the percentiles over ``q - k .. q + k`` to
+  spread gradients over more voxels (the value is then no longer exact; default 0 = exact).
+- **Dmean**: the mean of the ROI's doses.
+- **V-metrics** (``V20Gy``, ``V95%``): the surrogate ``100 * mean(sigmoid((D - x) / tau))``, with
+  ``x = dosepred.metrics.v_threshold(metric, rx)`` and temperature ``tau`` (Gy).
+
+Two terms per criterion, each multiplied by ``criterion.weight`` and by the target or OAR weight:
+
+- *matching* ``|M(pred) - M(ref)|`` (on by default);
+- *constraint* ``max(0, M(pred) - limit)`` for ``<=`` (mirrored for ``>=``), only for criteria with a
+  limit; off by default.
+
+Dose-metric differences are divided by ``dose_scale`` (Gy; default the highest prescription, else
+70 Gy) and V-metric differences by 100 so that every term is a fraction, comparable with MAE /
+dose_scale. The loss is the mean over the (patient, criterion) pairs whose ROI is present; an ROI
+absent from a patient's volume contributes nothing; with nothing to evaluate the loss is
+``0 * pred.sum()`` (zero, with a gradient path).
+
+ROIs are decoded one at a time from the bit-mask codes with :func:`dosepred.roi.decode_torch` on the
+tensor's device; no one-hot of all ROIs is built. This module does not evaluate plans (see
+:mod:`dosepred.evaluation`); it only makes the same metrics differentiable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..metrics import Metric, MetricError, parse_metric, percentile_q, v_threshold
+from ..roi import decode_torch
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, voxel_volumes, zero_like_graph
+
+_SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
+
+
+@dataclass(frozen=True)
+class CdmTerm:
+    """One protocol criterion resolved against a RoiSet: everything the loss needs, as plain values."""
+
+    roi: str
+    bit: int
+    metric: Metric
+    is_target: bool
+    weight: float  # criterion weight x target/OAR weight
+    limit: float | None = None  # Gy for dose metrics, % for V-metrics
+    direction: str | None = None  # ">=" / "<=" / None
+    threshold: float | None = None  # Gy, V-metrics only
+
+    @property
+    def label(self) -> str:
+        return f"{self.roi} {self.metric}"
+
+
+# ------------------------------------------------------------------------------ metric functions
+
+def sorted_percentile(sorted_doses: torch.Tensor, q: float | Sequence[float]) -> torch.Tensor:
+    """Linear-interpolation percentile(s) ``q`` (0-100) of an ascending 1-D tensor.
+
+    Same definition as ``np.percentile`` / ``torch.quantile`` (virtual index ``q / 100 * (n - 1)``),
+    the index computed in float64 on the host so float32 doses lose nothing. Gradients reach the
+    two order statistics around each index. Returns a scalar for a float ``q``, else a 1-D tensor.
+    """
+    n = sorted_doses.shape[0]
+    if n == 0:
+        raise ValueError("percentile of an empty ROI")
+    scalar = isinstance(q, (int, float))
+    qs = [float(q)] if scalar else [float(x) for x in q]
+    lo, hi, frac = [], [], []
+    for x in qs:
+        if not 0.0 <= x <= 100.0:
+            raise ValueError(f"percentile must be in 0..100, got {x}")
+        pos = x / 100.0 * (n - 1)
+        i = min(int(math.floor(pos)), n - 1)
+        lo.append(i)
+        hi.append(min(i + 1, n - 1))
+        frac.append(pos - i)
+    dev = sorted_doses.device
+    a = sorted_doses[torch.tensor(lo, device=dev)]
+    b = sorted_doses[torch.tensor(hi, device=dev)]
+    t = torch.tensor(frac, device=dev, dtype=sorted_doses.dtype)
+    out = a + (b - a) * t
+    return out[0] if scalar else out
+
+
+def _band(q: float, spread: float) -> list[float]:
+    if spread <= 0:
+        return [q]
+    return [min(100.0, max(0.0, q + spread * (2.0 * j / (_SPREAD_POINTS - 1) - 1.0)))
+            for j in range(_SPREAD_POINTS)]
+
+
+def d_metric(doses: torch.Tensor, metric: Metric | str, voxel_volume_mm3: float | None = None,
+             spread: float = 0.0, sorted_doses: torch.Tensor | None = None) -> torch.Tensor:
+    """Differentiable D-metric (Dmean, Dmax, Dmin, D<x>%, D<x>cc) of one ROI's 1-D voxel doses (Gy).
+
+    With ``spread=0`` the value equals :func:`dosepred.metrics.compute`. ``D<x>cc`` needs the voxel
+    volume. ``sorted_doses`` (ascending, same voxels) may be passed to share one sort between metrics.
+    """
+    m = parse_metric(metric) if isinstance(metric, str) else metric
+    if doses.dim() != 1 or doses.numel() == 0:
+        raise ValueError("doses must be a non-empty 1-D tensor of ROI voxel doses, "
+                         f"got shape {tuple(doses.shape)}")
+    if m.kind == "Dmean":
+        return doses.mean()
+    if m.kind == "V":
+        raise MetricError(f"{m} is a V-metric; use v_metric()")
+    if m.kind == "D" and m.unit == "cc" and voxel_volume_mm3 is None:
+        raise ValueError(f"{m} needs the voxel volume (pass spacing)")
+    q = percentile_q(m, doses.numel(), voxel_volume_mm3 if voxel_volume_mm3 is not None else 1.0)
+    s = sorted_doses if sorted_doses is not None else torch.sort(doses).values
+    band = _band(q, spread)
+    vals = sorted_percentile(s, band)
+    return vals.mean()
+
+
+def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.Tensor:
+    """Sigmoid surrogate of a V-metric: % of the ROI's voxels at or above ``threshold`` Gy.
+
+    ``100 * mean(sigmoid((D - threshold) / tau))``; tends to the exact value as ``tau -> 0``.
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0 Gy, got {tau}")
+    if doses.numel() == 0:
+        raise ValueError("V-metric of an empty ROI")
+    return torch.sigmoid((doses - threshold) / tau).mean() * 100.0
+
+
+def roi_metrics(doses: torch.Tensor, terms: Sequence[CdmTerm], voxel_volume_mm3: float | None,
+                tau: float = 1.0, spread: float = 0.0) -> torch.Tensor:
+    """Values of ``terms`` (all of one ROI) on its 1-D voxel doses, one sort shared by the D-metrics."""
+    needs_sort = any(t.metric.kind in ("D", "Dmax", "Dmin") for t in terms)
+    s = torch.sort(doses).values if needs_sort else None
+    out = []
+    for t in terms:
+        if t.metric.kind == "V":
+            assert t.threshold is not None
+            out.append(v_metric(doses, t.threshold, tau))
+        else:
+            out.append(d_metric(doses, t.metric, voxel_volume_mm3, spread, sorted_doses=s))
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------------------ terms from a protocol
+
+def resolve_terms(protocol: Any, roi_set: Any, target_weight: float = 1.0,
+                  oar_weight: float = 1.0) -> list[CdmTerm]:
+    """Turn a protocol's criteria into :class:`CdmTerm` s for a dataset's RoiSet.
+
+    ``protocol`` is a :class:`dosepred.protocol.Protocol` or any object with the same ``criteria``
+    (and optionally ``prescription(roi, roi_set)``). Raises ValueError naming the criterion when its
+    ROI is not in the RoiSet or a needed prescription is missing.
+    """
+    terms = []
+    for i, c in enumerate(protocol.criteria, 1):
+        if c.roi not in roi_set:
+            raise ValueError(f"CDM loss: criterion {i} ({c.roi} {c.metric}) names ROI {c.roi!r}, which is "
+                             f"not in the dataset's ROIs ({', '.join(roi_set.names)})")
+        m = c.parsed if hasattr(c, "parsed") else parse_metric(c.metric)
+        if hasattr(protocol, "prescription"):
+            rx = protocol.prescription(c.roi, roi_set)
+        else:
+            rx = roi_set.prescription(c.roi)
+        try:
+            thr = v_threshold(m, rx) if m.kind == "V" else None
+            limit = c.limit_value(rx) if getattr(c, "limit", None) is not None else None
+        except ValueError as e:
+            raise ValueError(f"CDM loss: criterion {i} ({c.roi} {c.metric}): {e}") from None
+        is_target = roi_set[c.roi].kind == "target"
+        w = float(getattr(c, "weight", 1.0)) * (target_weight if is_target else oar_weight)
+        terms.append(CdmTerm(c.roi, roi_set.index(c.roi), m, is_target, w, limit,
+                             getattr(c, "direction", None) if limit is not None else None, thr))
+    return terms
+
+
+def default_dose_scale(protocol: Any, roi_set: Any) -> float:
+    """The highest prescription (Gy) known to the protocol or the RoiSet, else 70 Gy."""
+    rx = [r.prescription for r in roi_set if getattr(r, "prescription", None)]
+    if protocol is not None and hasattr(protocol, "prescription"):
+        rx += [protocol.prescription(r, roi_set) or 0.0 for r in roi_set.names]
+    rx = [x for x in rx if x]
+    return float(max(rx)) if rx else DEFAULT_DOSE_SCALE
+
+
+# ------------------------------------------------------------------------------ the loss
+
+def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spacing: Any,
+             terms: Sequence[CdmTerm], *, tau: float = 1.0, spread: float = 0.0,
+             dose_scale: float = DEFAULT_DOSE_SCALE, match: bool = True, constraint: bool = False,
+             constraint_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CDM loss of a batch. pred, ref (B, 1, *S) Gy; roi_codes (B, *S); spacing (B, 3) mm or None.
+
+    Returns (loss, parts); parts (detached): ``cdm_match``, ``cdm_constraint`` (weighted means as in
+    the loss), ``cdm_target_gy`` / ``cdm_oar_gy`` (mean |M_pred - M_ref| in Gy over target / OAR
+    dose metrics: the batch's PTV and OAR scores) and ``cdm_v_pct`` (same for V-metrics, %).
+    """
+    codes, _, sp = check_inputs(pred, ref, roi_codes, None, spacing)
+    if codes is None:
+        raise ValueError("the CDM loss needs roi_codes")
+    if spread < 0:
+        raise ValueError(f"spread must be >= 0 percent, got {spread}")
+    vols = voxel_volumes(sp, pred.shape[0])
+    by_bit: dict[int, list[CdmTerm]] = {}
+    for t in terms:
+        by_bit.setdefault(t.bit, []).append(t)
+    match_sum = zero_like_graph(pred)
+    cons_sum = zero_like_graph(pred)
+    n_pairs = 0
+    gy = {True: [], False: []}
+    vpct: list[torch.Tensor] = []
+    for b in range(pred.shape[0]):
+        for bit, ts in by_bit.items():
+            sel = decode_torch(codes[b], bit)
+            if not bool(sel.any()):
+                continue
+            dp = pred[b, 0][sel]
+            with torch.no_grad():
+                mr = roi_metrics(ref[b, 0][sel].detach(), ts, vols[b], tau, spread)
+            mp = roi_metrics(dp, ts, vols[b], tau, spread)
+            scale = torch.tensor([dose_scale if t.metric.is_dose else 100.0 for t in ts],
+                                 dtype=pred.dtype, device=pred.device)
+            w = torch.tensor([t.weight for t in ts], dtype=pred.dtype, device=pred.device)
+            n_pairs += len(ts)
+            if match:
+                match_sum = match_sum + (w * (mp - mr).abs() / scale).sum()
+            if constraint:
+                for j, t in enumerate(ts):
+                    if t.limit is None:
+                        continue
+                    viol = mp[j] - t.limit if t.direction == "<=" else t.limit - mp[j]
+                    cons_sum = cons_sum + w[j] * torch.relu(viol) / scale[j]
+            with torch.no_grad():
+                diff = (mp.detach() - mr).abs()
+                for j, t in enumerate(ts):
+                    (gy[t.is_target] if t.metric.is_dose else vpct).append(diff[j])
+    if n_pairs == 0:
+        z = zero_like_graph(pred)
+        return z, {"cdm_match": z.detach(), "cdm_constraint": z.detach()}
+    match_term = match_sum / n_pairs
+    cons_term = cons_sum / n_pairs
+    total = match_term + constraint_weight * cons_term
+    parts = {"cdm_match": match_term.detach(), "cdm_constraint": cons_term.detach()}
+    for key, vals in (("cdm_target_gy", gy[True]), ("cdm_oar_gy", gy[False]), ("cdm_v_pct", vpct)):
+        if vals:
+            parts[key] = torch.stack(vals).mean()
+    return total, parts
+
+
+class CDMLoss(nn.Module):
+    """CDM loss built from a clinical protocol (see the module docstring).
+
+    Args:
+        protocol: a :class:`dosepred.protocol.Protocol`, a built-in name or JSON path for
+            :func:`dosepred.protocol.load_protocol`, or None for ``"openkbp"`` (the DVH-score metrics).
+        roi_set: the dataset's :class:`dosepred.patient.RoiSet` (bit k = ``roi_set.rois[k]``).
+        tau: V-metric sigmoid temperature (Gy).
+        spread: D-metric gradient spreading band (percent); 0 = exact metric values.
+        dose_scale: Gy dividing dose-metric differences; None = highest prescription, else 70.
+        target_weight, oar_weight: multiply the criteria of target / OAR (and other) ROIs.
+        match: include the matching term |M(pred) - M(ref)|.
+        constraint: include the hinge on the protocol limits; ``constraint_weight`` scales it.
+    """
+
+    name = "cdm"
+
+    def __init__(self, protocol: Any = None, roi_set: Any = None, tau: float = 1.0, spread: float = 0.0,
+                 dose_scale: float | None = None, target_weight: float = 1.0, oar_weight: float = 1.0,
+                 match: bool = True, constraint: bool = False, constraint_weight: float = 1.0) -> None:
+        super().__init__()
+        if roi_set is None:
+            raise ValueError("the CDM loss needs the dataset's roi_set")
+        if protocol is None or isinstance(protocol, str) or hasattr(protocol, "__fspath__"):
+            from ..protocol import load_protocol
+
+            protocol = load_protocol("openkbp" if protocol is None else protocol, roi_set)
+        elif hasattr(protocol, "validate_for"):
+            protocol.validate_for(roi_set)
+        if not tau > 0:
+            raise ValueError(f"cdm tau must be > 0 Gy, got {tau}")
+        for label, v in (("constraint_weight", constraint_weight), ("target_weight", target_weight),
+                         ("oar_weight", oar_weight)):
+            if not v >= 0:
+                raise ValueError(f"cdm {label} must be >= 0, got {v}")
+        if spread < 0:
+            raise ValueError(f"cdm spread must be >= 0 percent, got {spread}")
+        if not (match or constraint):
+            raise ValueError("the CDM loss needs match=True or constraint=True (both are off)")
+        self.protocol = protocol
+        self.terms = resolve_terms(protocol, roi_set, target_weight, oar_weight)
+        self.tau = float(tau)
+        self.spread = float(spread)
+        if dose_scale is None:
+            dose_scale = default_dose_scale(protocol, roi_set)
+        self.dose_scale = float(dose_scale)
+        if not self.dose_scale > 0:
+            raise ValueError(f"cdm dose_scale must be > 0 Gy, got {dose_scale}")
+        self.match = bool(match)
+        self.constraint = bool(constraint)
+        self.constraint_weight = float(constraint_weight)
+        self.target_weight = float(target_weight)
+        self.oar_weight = float(oar_weight)
+
+    def forward_with_parts(self, pred, ref, roi_codes, mask=None, spacing=None):
+        return cdm_loss(pred, ref, roi_codes, spacing, self.terms, tau=self.tau, spread=self.spread,
+                        dose_scale=self.dose_scale, match=self.match, constraint=self.constraint,
+                        constraint_weight=self.constraint_weight)
+
+    def forward(self, pred, ref, roi_codes, mask=None, spacing=None) -> torch.Tensor:
+        return self.forward_with_parts(pred, ref, roi_codes, mask, spacing)[0]
+
+    def extra_repr(self) -> str:
+        return (f"criteria={len(self.terms)}, tau={self.tau:g}, spread={self.spread:g}, "
+                f"dose_scale={self.dose_scale:g}, target_weight={self.target_weight:g}, "
+                f"oar_weight={self.oar_weight:g}, match={self.match}, constraint={self.constraint}")

@@ -1,0 +1,80 @@
+"""Moment loss (Jhanwar et al., PMB 2022): generalised means of each ROI's doses.
+
+``M_p(s) = (mean_{i in s} x_i^p)^(1/p)`` with ``x = max(D, 0) / dose_scale`` (dose_scale 70 Gy by
+default, so moments are O(1) fractions and p = 10 does not overflow float16/32); p in {1, 2, 10}
+for OARs (mean .. near-max) and {2, 4, 6} for targets. Loss = mean over the (patient, ROI) pairs
+present of the mean over p of ``(M_p(pred) - M_p(ref))^2``. A small ``eps`` inside the root keeps
+the gradient finite on all-zero doses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, iter_roi_voxels, zero_like_graph
+
+OAR_POWERS = (1.0, 2.0, 10.0)
+TARGET_POWERS = (2.0, 4.0, 6.0)
+
+
+def moments(doses: torch.Tensor, powers: Sequence[float], dose_scale: float = DEFAULT_DOSE_SCALE,
+            eps: float = 1e-12) -> torch.Tensor:
+    """Generalised means (in units of dose_scale) of one ROI's 1-D voxel doses, one per power."""
+    x = doses.clamp_min(0.0) / dose_scale
+    return torch.stack([(x.pow(p).mean() + eps) ** (1.0 / p) for p in powers])
+
+
+def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
+                powers_by_bit: dict[int, Sequence[float]], *, dose_scale: float = DEFAULT_DOSE_SCALE,
+                eps: float = 1e-12) -> torch.Tensor:
+    """Moment loss of a batch; ``powers_by_bit`` maps each ROI bit to its powers."""
+    codes, _, _ = check_inputs(pred, ref, roi_codes)
+    if codes is None:
+        raise ValueError("the moment loss needs roi_codes")
+    total = zero_like_graph(pred)
+    n = 0
+    for _, k, dp, dr in iter_roi_voxels(pred, ref, codes, list(powers_by_bit)):
+        ps = powers_by_bit[k]
+        mp = moments(dp, ps, dose_scale, eps)
+        with torch.no_grad():
+            mr = moments(dr, ps, dose_scale, eps)
+        total = total + ((mp - mr) ** 2).mean()
+        n += 1
+    return total / max(n, 1)
+
+
+class MomentLoss(nn.Module):
+    """Moment loss over the ROIs of ``roi_set``: ``oar_powers`` for OARs (and 'other'),
+    ``target_powers`` for targets; ``dose_scale`` (Gy) normalises the doses."""
+
+    name = "moment"
+
+    def __init__(self, roi_set: Any, oar_powers: Sequence[float] = OAR_POWERS,
+                 target_powers: Sequence[float] = TARGET_POWERS, dose_scale: float = DEFAULT_DOSE_SCALE,
+                 eps: float = 1e-12) -> None:
+        super().__init__()
+        if roi_set is None:
+            raise ValueError("the moment loss needs the dataset's roi_set")
+        for p in (*oar_powers, *target_powers):
+            if not p > 0:
+                raise ValueError(f"moment powers must be > 0, got {p}")
+        if not dose_scale > 0:
+            raise ValueError(f"moment dose_scale must be > 0 Gy, got {dose_scale}")
+        self.powers_by_bit = {
+            k: tuple(float(p) for p in (target_powers if r.kind == "target" else oar_powers))
+            for k, r in enumerate(roi_set.rois)}
+        self.dose_scale, self.eps = float(dose_scale), float(eps)
+
+    def forward_with_parts(self, pred, ref, roi_codes, mask=None, spacing=None):
+        return moment_loss(pred, ref, roi_codes, self.powers_by_bit, dose_scale=self.dose_scale,
+                           eps=self.eps), {}
+
+    def forward(self, pred, ref, roi_codes, mask=None, spacing=None) -> torch.Tensor:
+        return self.forward_with_parts(pred, ref, roi_codes, mask, spacing)[0]
+
+    def extra_repr(self) -> str:
+        return f"rois={len(self.powers_by_bit)}, dose_scale={self.dose_scale:g}"

@@ -1,0 +1,259 @@
+"""Loss library: spec parsing, exact forward values of the CDM metrics, gradients, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dosepred import metrics, roi
+from dosepred.losses import (
+    CDMLoss,
+    CdmTerm,
+    build_loss,
+    cdm_loss,
+    d_metric,
+    dvh_curve_loss,
+    mae,
+    moment_loss,
+    mse,
+    parse_spec,
+    sorted_percentile,
+    v_metric,
+)
+from dosepred.metrics import parse_metric
+from dosepred.patient import Roi, RoiSet
+
+RS = RoiSet.openkbp()
+D_METRICS = ["D99%", "D95%", "D50%", "D1%", "D0.1cc", "D2cc", "Dmax", "Dmin", "Dmean"]
+
+
+def _batch(shape=(8, 8, 8), b=2, seed=0, dtype=torch.float64, n_rois=10, p=0.3):
+    rng = np.random.default_rng(seed)
+    ref = torch.as_tensor(rng.random((b, 1, *shape)) * 70, dtype=dtype)
+    pred = (ref + torch.as_tensor(rng.normal(size=(b, 1, *shape)) * 2, dtype=dtype)).clamp_min(0)
+    codes = torch.stack([roi.to_torch(roi.encode(rng.random((n_rois, *shape)) < p)) for _ in range(b)])
+    mask = torch.ones(b, 1, *shape, dtype=torch.bool)
+    spacing = torch.tensor([[3.9, 3.9, 2.5]] * b, dtype=torch.float64)
+    return pred, ref, codes, mask, spacing
+
+
+# ------------------------------------------------------------------------------------ spec parsing
+
+@pytest.mark.parametrize("spec,expected", [
+    ("mae", [("mae", 1.0)]),
+    ("mae+cdm", [("mae", 1.0), ("cdm", 1.0)]),
+    ("mae + 0.5*dvh", [("mae", 1.0), ("dvh", 0.5)]),
+    ("MAE+1e-1*moment", [("mae", 1.0), ("moment", 0.1)]),
+    ("2*mse", [("mse", 2.0)]),
+])
+def test_parse_spec(spec, expected):
+    assert [(t.name, t.weight) for t in parse_spec(spec)] == expected
+
+
+@pytest.mark.parametrize("spec,needle", [("maee", "mae"), ("mae+cmd", "cdm"), ("mae+dvhh", "dvh"),
+                                         ("momnet", "moment")])
+def test_parse_spec_suggests(spec, needle):
+    with pytest.raises(ValueError, match=f"did you mean '{needle}'"):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize("spec", ["", "mae+", "mae+mae", "x*mae", "mae*0.5"])
+def test_parse_spec_rejects(spec):
+    with pytest.raises(ValueError):
+        parse_spec(spec)
+
+
+def test_build_loss_options():
+    f = build_loss("mae+cdm", roi_set=RS, cdm_tau=0.5, cdm_constraint=True, tau=2.0, dvh_bin_width=0.2)
+    assert f.terms["cdm"].tau == 0.5 and f.terms["cdm"].constraint
+    assert f.terms["mae"].dose_scale == 70.0 and f.terms["cdm"].dose_scale == 70.0
+    with pytest.raises(ValueError, match="did you mean 'cdm_tau'"):
+        build_loss("mae+cdm", roi_set=RS, cdm_tua=1.0)
+    f = build_loss("mae+0.5*dvh", roi_set=RS, bin_width=2.0)
+    assert f.terms["dvh"].bin_width == 2.0 and f.weights["dvh"] == 0.5
+
+
+def test_build_loss_returns_total_and_parts():
+    pred, ref, codes, mask, sp = _batch(dtype=torch.float32)
+    pred.requires_grad_()
+    for spec in ("mae", "mse", "mae+cdm", "mae+0.5*dvh", "mae+0.1*moment"):
+        total, parts = build_loss(spec, roi_set=RS)(pred, ref, codes, mask, sp)
+        assert total.dim() == 0 and torch.isfinite(total)
+        assert "total" in parts and all(torch.isfinite(v) for v in parts.values())
+        total.backward()
+        assert torch.isfinite(pred.grad).all()
+        pred.grad = None
+
+
+# ------------------------------------------------------------------------------------ voxel losses
+
+def test_mae_mse_masked_per_patient():
+    pred = torch.zeros(2, 1, 2, 2, 1)
+    ref = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2, 1).repeat(2, 1, 1, 1, 1)
+    mask = torch.zeros(2, 1, 2, 2, 1, dtype=torch.bool)
+    mask[0, 0, 0, 0, 0] = True  # patient 0: one voxel, error 1
+    mask[1] = True  # patient 1: all voxels, mean error 2.5
+    assert float(mae(pred, ref, mask)) == pytest.approx((1.0 + 2.5) / 2)
+    assert float(mse(pred, ref, mask)) == pytest.approx((1.0 + 7.5) / 2)
+    assert float(mae(pred, ref)) == pytest.approx(2.5)
+
+
+# ------------------------------------------------------------------------------------ exact D-metrics
+
+@pytest.mark.parametrize("n", [1, 2, 7, 100, 1001])
+def test_sorted_percentile_equals_numpy_and_torch(n):
+    x = torch.as_tensor(np.random.default_rng(n).random(n) * 70)
+    s = torch.sort(x).values
+    for q in (0.0, 1.0, 5.0, 37.3, 95.0, 99.0, 100.0):
+        v = float(sorted_percentile(s, q))
+        assert v == pytest.approx(np.percentile(x.numpy(), q), abs=1e-9)
+        assert v == pytest.approx(float(torch.quantile(x, q / 100)), abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n", [1, 3, 50, 5000])
+def test_d_metric_equals_metrics_compute(dtype, tol, n):
+    rng = np.random.default_rng(n)
+    x = (rng.random(n) * 70).astype(np.float32)
+    for name in D_METRICS:
+        for vv in (1.0, 38.1):
+            want = metrics.compute(name, x, vv)
+            got = float(d_metric(torch.as_tensor(x, dtype=dtype), name, vv))
+            assert got == pytest.approx(want, abs=tol * max(1.0, abs(want))), (name, n, vv)
+
+
+def test_cdm_forward_equals_metrics_compute_on_batch():
+    pred, ref, codes, mask, sp = _batch(shape=(10, 9, 8), b=2, dtype=torch.float32)
+    terms = [CdmTerm(r.name, k, parse_metric(m), r.kind == "target", 1.0)
+             for k, r in enumerate(RS.rois) for m in ("D99%", "D95%", "D1%", "D0.1cc", "Dmean")]
+    vv = float(sp[0].prod())
+    for b in range(2):
+        for t in terms:
+            sel = roi.decode_torch(codes[b], t.bit)
+            got = float(d_metric(pred[b, 0][sel], t.metric, vv))
+            assert got == pytest.approx(metrics.compute(t.metric, pred[b, 0][sel].numpy(), vv), abs=1e-5)
+    # the loss itself: mean |M_pred - M_ref| / scale over all pairs, checked against numpy
+    loss, parts = cdm_loss(pred, ref, codes, sp, terms, dose_scale=70.0)
+    diffs = []
+    for b in range(2):
+        for t in terms:
+            sel = roi.decode_torch(codes[b], t.bit).numpy()
+            diffs.append(abs(metrics.compute(t.metric, pred[b, 0].numpy()[sel], vv)
+                             - metrics.compute(t.metric, ref[b, 0].numpy()[sel], vv)))
+    assert float(loss) == pytest.approx(np.mean(diffs) / 70.0, rel=1e-5)
+
+
+def test_v_metric_surrogate_tends_to_exact():
+    x = torch.as_tensor(np.random.default_rng(1).random(2000) * 70)
+    exact = metrics.compute("V30Gy", x.numpy(), 1.0)
+    assert float(v_metric(x, 30.0, tau=0.01)) == pytest.approx(exact, abs=0.2)
+    assert abs(float(v_metric(x, 30.0, tau=1.0)) - exact) < 2.0
+
+
+# ------------------------------------------------------------------------------------ gradients
+
+def _no_tie_batch(shape=(5, 5, 5), seed=3):
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    ref = torch.as_tensor(rng.permutation(n).reshape(1, 1, *shape) * (70.0 / n) + 0.1)
+    pred = torch.as_tensor(rng.permutation(n).reshape(1, 1, *shape) * (70.0 / n) + 0.05)
+    rs = RoiSet((Roi("Cord", "oar"), Roi("PTV", "target", 60.0)))
+    m0 = np.zeros(shape, bool)
+    m0[:3] = True
+    m1 = np.zeros(shape, bool)
+    m1[2:] = True
+    codes = roi.to_torch(roi.encode([m0, m1]))[None]
+    sp = torch.tensor([[2.0, 2.0, 2.5]], dtype=torch.float64)
+    return pred, ref, codes, torch.ones_like(pred, dtype=torch.bool), sp, rs
+
+
+class _Crit:
+    def __init__(self, roi, metric, limit=None, direction=None, weight=1.0):
+        self.roi, self.metric, self.limit, self.direction, self.weight = roi, metric, limit, direction, weight
+
+    @property
+    def parsed(self):
+        return parse_metric(self.metric)
+
+    def limit_value(self, rx=None):
+        return self.limit
+
+
+class _Proto:
+    """Duck-typed stand-in for dosepred.protocol.Protocol."""
+
+    def __init__(self, criteria):
+        self.criteria = criteria
+
+    def prescription(self, roi, roi_set):
+        return roi_set.prescription(roi)
+
+
+def _stand_in_protocol():
+    return _Proto([_Crit("PTV", "D95%", 57.0, ">="), _Crit("PTV", "D99%"), _Crit("PTV", "D2%"),
+                   _Crit("PTV", "V95%", 95.0, ">="), _Crit("Cord", "D0.1cc", 45.0, "<="),
+                   _Crit("Cord", "Dmean", 20.0, "<="), _Crit("Cord", "Dmax"),
+                   _Crit("Cord", "V30Gy", 50, "<=")])
+
+
+@pytest.mark.parametrize("spec,opts", [
+    ("mae", {}), ("mse", {}), ("dvh", {"dvh_bin_width": 5.0, "dvh_max_elements": 64}),
+    ("moment", {}), ("cdm", {"cdm_constraint": True}), ("cdm", {"cdm_spread": 3.0}),
+    ("mae+cdm+0.5*dvh+0.1*moment", {"dvh_bin_width": 7.0}),
+])
+def test_gradcheck(spec, opts):
+    pred, ref, codes, mask, sp, rs = _no_tie_batch()
+    f = build_loss(spec, roi_set=rs, protocol=_stand_in_protocol(), **opts)
+    pred = pred.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: f(p, ref, codes, mask, sp)[0], (pred,), eps=1e-6, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ edge cases
+
+@pytest.mark.parametrize("case", ["empty", "single", "constant", "zeros"])
+@pytest.mark.parametrize("spec", ["mae", "mse", "dvh", "moment", "cdm"])
+def test_edge_cases_finite(case, spec):
+    pred, ref, codes, mask, sp, rs = _no_tie_batch()
+    if case == "empty":
+        codes = torch.zeros_like(codes)
+    elif case == "single":
+        codes = torch.zeros_like(codes)
+        codes[0, 1, 1, 1] = 3  # one voxel in both ROIs
+    elif case == "constant":
+        pred = torch.full_like(pred, 40.0)
+        ref = torch.full_like(ref, 40.0)
+    else:
+        pred = torch.zeros_like(pred)
+        ref = torch.zeros_like(ref)
+    f = build_loss(spec, roi_set=rs, protocol=_stand_in_protocol(), cdm_constraint=True)
+    pred = pred.clone().requires_grad_()
+    total, parts = f(pred, ref, codes, mask, sp)
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(pred.grad).all()
+    if case == "empty" and spec != "mae" and spec != "mse":
+        assert float(total.detach()) == 0.0
+
+
+def test_absent_roi_in_one_patient_contributes_nothing():
+    pred, ref, codes, mask, sp, rs = _no_tie_batch()
+    f = CDMLoss(_stand_in_protocol(), rs)
+    one = f(pred, ref, codes, mask, sp)
+    two = f(torch.cat([pred, pred]), torch.cat([ref, ref]), torch.cat([codes, torch.zeros_like(codes)]),
+            torch.cat([mask, mask]), torch.cat([sp, sp]))
+    assert float(two) == pytest.approx(float(one))
+
+
+def test_cdm_validates_rois_and_spacing():
+    with pytest.raises(ValueError, match="not in the dataset's ROIs"):
+        CDMLoss(_Proto([_Crit("Parotid", "Dmean")]), RS)
+    pred, ref, codes, mask, sp, rs = _no_tie_batch()
+    with pytest.raises(ValueError, match="voxel volume"):
+        CDMLoss(_stand_in_protocol(), rs)(pred, ref, codes, mask, None)
+
+
+def test_dvh_and_moment_zero_when_equal():
+    pred, ref, codes, mask, sp, rs = _no_tie_batch()
+    assert float(dvh_curve_loss(ref, ref, codes, [0, 1])) == 0.0
+    assert float(moment_loss(ref, ref, codes, {0: (1, 2, 10), 1: (2, 4, 6)})) == 0.0
+    assert float(dvh_curve_loss(pred, ref, codes, [0, 1])) > 0.0
