@@ -153,6 +153,105 @@ def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")
         for k, r in enumerate(rs)))
 
 
+def _print_warnings(caught) -> None:
+    for w in caught:
+        _err(f"warning: {w.message}")
+
+
+@data_app.command("import-dicom")
+@friendly
+def data_import_dicom(
+    src: Annotated[Path, typer.Argument(help="Folder with CT series, RTSTRUCT and RTDOSE files (searched "
+                                             "recursively; one patient per folder or mixed).")],
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    roi_map: Annotated[Path | None, typer.Option(
+        "--roi-map", help="JSON: clinical ROI name -> canonical name (null ignores it); optional "
+        "kinds/prescriptions.")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Import DICOM RT (CT + RTSTRUCT + RTDOSE) into a cache; ROI names are mapped to canonical ones."""
+    import warnings
+
+    from .io import cache, dicom
+
+    _progress(no_progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rs, ids, it = dicom.iter_dicom_folder(src, roi_map)
+        c = cache.write_cache(it, out, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+    _print_warnings(caught)
+    con = console()
+    con.print(f"wrote {len(c)} patients to {out}: ROIs "
+              + ", ".join(f"{r.name} ({r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''})"
+                          for r in rs))
+    for e in c.info["patients"]:
+        m = e["meta"]
+        con.print(f"  {e['id']}: {'x'.join(map(str, e['shape']))}, dose {'yes' if e['has_dose'] else 'no'}, "
+                  f"possible-dose mask from {m.get('possible_dose_mask')}"
+                  + (f", missing {', '.join(e['missing_rois'])}" if e["missing_rois"] else ""))
+
+
+@data_app.command("export-dicom")
+@friendly
+def data_export_dicom(
+    cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")],
+    no_progress: NoProgress = False,
+) -> None:
+    """Write each patient as a CT series + RTSTRUCT (+ RTDOSE when it has a dose)."""
+    from .io import cache, dicom
+    from .progress import track
+
+    _progress(no_progress)
+    c = cache.Cache.open(cache_dir)
+    for p in track(c, description="exporting", total=len(c)):
+        dicom.write_dicom(p, out)
+    console().print(f"wrote {len(c)} patients to {out}")
+
+
+@data_app.command("import-nifti")
+@friendly
+def data_import_nifti(
+    src: Annotated[Path, typer.Argument(help="A NIfTI patient folder (ct.nii.gz, ...) or a folder of them.")],
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    no_progress: NoProgress = False,
+) -> None:
+    """Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json)."""
+    import warnings
+
+    from .io import cache, nifti
+
+    _progress(no_progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rs, it = nifti.iter_nifti_folder(src)
+        c = cache.write_cache(it, out, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+    _print_warnings(caught)
+    console().print(f"wrote {len(c)} patients to {out}: ROIs {', '.join(rs.names)}")
+
+
+@data_app.command("export-nifti")
+@friendly
+def data_export_nifti(
+    cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")],
+    roi_format: Annotated[str, typer.Option("--roi-format", help="labels (rois/<name>.nii.gz) or codes "
+                                            "(roi_codes.nii.gz + rois.json).")] = "labels",
+    no_progress: NoProgress = False,
+) -> None:
+    """Write each patient as NIfTI files with the affine carrying spacing, orientation and origin."""
+    from .io import cache, nifti
+    from .progress import track
+
+    if roi_format not in ("labels", "codes"):
+        raise UserError(f"--roi-format must be labels or codes, got {roi_format!r}")
+    _progress(no_progress)
+    c = cache.Cache.open(cache_dir)
+    for p in track(c, description="exporting", total=len(c)):
+        nifti.write_patient(p, out, roi_format)
+    console().print(f"wrote {len(c)} patients to {out}")
+
+
 @data_app.command("synth")
 @friendly
 def data_synth(
