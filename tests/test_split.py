@@ -1,0 +1,123 @@
+"""Splits: random / ids / temporal, the JSON file, load_split and its errors."""
+
+import json
+
+import pytest
+
+from dosepred import split
+from dosepred.split import SplitError
+
+IDS = [f"pt_{i}" for i in range(1, 21)]
+
+
+def test_random_split_is_seeded_and_partitions():
+    a = split.random_split(IDS, "0.7,0.15,0.15", seed=1)
+    assert a == split.random_split(IDS, [0.7, 0.15, 0.15], seed=1)
+    assert a != split.random_split(IDS, "0.7,0.15,0.15", seed=2)
+    s = a["splits"]
+    assert list(s) == ["train", "val", "test"] and [len(v) for v in s.values()] == [14, 3, 3]
+    assert sorted(sum(s.values(), []), key=lambda x: int(x[3:])) == IDS
+    assert a["method"] == "random" and a["seed"] == 1
+
+
+@pytest.mark.parametrize("fr, sizes", [("0.5,0.5", [10, 10]), ("0.34,0.33,0.33", [7, 7, 6]),
+                                       ("15,5", [15, 5]), ("1", [20])])
+def test_sizes(fr, sizes):
+    s = split.random_split(IDS, fr, names=[f"s{i}" for i in range(len(sizes))])["splits"]
+    assert [len(v) for v in s.values()] == sizes
+
+
+@pytest.mark.parametrize("fr, match", [("0.5,0.4", "add up to 1"), ("15,6", "add up to 21 but there are 20"),
+                                       ("a,b", "comma-separated"), ("-0.5,1.5", "non-negative")])
+def test_bad_fractions(fr, match):
+    with pytest.raises(SplitError, match=match):
+        split.random_split(IDS, fr)
+
+
+def test_names_must_match():
+    with pytest.raises(SplitError, match="2 split names"):
+        split.random_split(IDS, "0.5,0.25,0.25", names="a,b")
+    with pytest.raises(SplitError, match="unique"):
+        split.random_split(IDS, "0.5,0.5", names="a,a")
+    with pytest.raises(SplitError, match="not unique: pt_1"):
+        split.random_split(["pt_1", "pt_1"], "1")
+
+
+def test_ids_split_checks():
+    obj = split.ids_split({"train": ["pt_1", "pt_2"], "val": ["pt_3"]}, known_ids=IDS)
+    assert obj["method"] == "ids" and obj["splits"]["val"] == ["pt_3"]
+    with pytest.raises(SplitError, match="pt_1 is in both split 'train' and split 'val'"):
+        split.ids_split({"train": ["pt_1"], "val": ["pt_1"]})
+    with pytest.raises(SplitError, match="split 'val' names patients not in the cache: pt_99"):
+        split.ids_split({"train": ["pt_1"], "val": ["pt_99"]}, known_ids=IDS)
+
+
+def test_read_id_lists(tmp_path):
+    assert split.read_id_lists(["train=pt_1,pt_2", "val=pt_3", "train=pt_4"]) == {
+        "train": ["pt_1", "pt_2", "pt_4"], "val": ["pt_3"]}
+    js = tmp_path / "lists.json"
+    js.write_text(json.dumps({"train": ["pt_1"], "test": ["pt_2"]}))
+    assert split.read_id_lists([str(js)]) == {"train": ["pt_1"], "test": ["pt_2"]}
+    txt = tmp_path / "lists.txt"
+    txt.write_text("# my split\ntrain: pt_1 pt_2\nval=pt_3,pt_4\n")
+    assert split.read_id_lists([str(txt)]) == {"train": ["pt_1", "pt_2"], "val": ["pt_3", "pt_4"]}
+    txt.write_text("pt_1 pt_2\n")
+    with pytest.raises(SplitError, match="line 1"):
+        split.read_id_lists([str(txt)])
+    with pytest.raises(SplitError, match="expected name=id1,id2"):
+        split.read_id_lists(["nofile"])
+
+
+def test_temporal_split_orders_by_date():
+    dates = {"pt_3": "20200105", "pt_1": "2019-03-01", "pt_2": "20210710", "pt_4": "20180101"}
+    obj = split.temporal_split(dates, "3,1")
+    assert obj["splits"] == {"train": ["pt_4", "pt_1", "pt_3"], "test": ["pt_2"]}
+    assert obj["date_ranges"]["test"] == ["20210710", "20210710"]
+    obj = split.temporal_split(dates, "0.5,0.25,0.25")
+    assert list(obj["splits"]) == ["train", "val", "test"]
+    with pytest.raises(SplitError, match="pt_9: date '2020-13-01'"):
+        split.temporal_split({"pt_9": "2020-13-01"}, "1")
+    with pytest.raises(SplitError, match="pt_9: date 'yesterday'"):
+        split.temporal_split({"pt_9": "yesterday"}, "1")
+
+
+def test_temporal_137_37():
+    dates = {f"pt_{i}": f"{2010 + i // 20}{1 + i % 12:02d}01" for i in range(174)}
+    s = split.temporal_split(dates, "137,37")["splits"]
+    assert len(s["train"]) == 137 and len(s["test"]) == 37
+    assert max(dates[i] for i in s["train"]) <= min(dates[i] for i in s["test"])
+
+
+def test_manifest(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("id,date\npt_1,20200101\npt_2,20190101\n")
+    assert split.dates_from_manifest(m, "date") == {"pt_1": "20200101", "pt_2": "20190101"}
+    with pytest.raises(SplitError, match="no column 'when'"):
+        split.dates_from_manifest(m, "when")
+    m.write_text("id,date\npt_1,20200101\npt_1,20190101\n")
+    with pytest.raises(SplitError, match="row 3: patient pt_1 appears twice"):
+        split.dates_from_manifest(m, "date")
+
+
+def test_file_roundtrip_and_load_split(tmp_path):
+    f = split.write_split(split.random_split(IDS, "0.8,0.2", seed=0), tmp_path / "sub" / "splits.json")
+    ids = split.load_split(f, "val", cache_ids=IDS)
+    assert len(ids) == 4 and set(ids) <= set(IDS)
+    assert split.read_split(f)["train"] + ids != []
+    with pytest.raises(SplitError, match=r"has no split 'test' \(it has: train, val\)"):
+        split.load_split(f, "test")
+    with pytest.raises(SplitError, match="split file .*names patients not in the data"):
+        split.load_split(f, "train", cache_ids=["pt_1"])
+    with pytest.raises(SplitError, match="does not exist"):
+        split.load_split(tmp_path / "none.json", "train")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": []}')
+    with pytest.raises(SplitError, match="lacks a 'splits' object"):
+        split.load_split(bad, "train")
+
+
+def test_parse_split_arg():
+    assert split.parse_split_arg("s.json:train") == (split.Path("s.json"), "train")
+    assert split.parse_split_arg("train", "s.json") == (split.Path("s.json"), "train")
+    with pytest.raises(SplitError, match="FILE:NAME"):
+        split.parse_split_arg("train")
