@@ -479,6 +479,135 @@ def bench_evaluate(
         write_json_atomic(json_out, res)
 
 
+# ========================================================================== train / predict / demo
+
+def _parse_opts(items: list[str] | None) -> dict:
+    """``key=value`` strings -> dict, values parsed as JSON when possible (numbers, true/false, lists)."""
+    import json
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UserError(f"--loss-opt {it!r}: expected key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run folder (config, checkpoints, metrics.csv, tb/).")],
+    data: Annotated[Path | None, typer.Option("--data", help="Training cache (optional with "
+                                               "--resume).")] = None,
+    val: Annotated[Path | None, typer.Option("--val", help="Validation cache (whole-grid scores pick "
+                                             "best.pt).")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Loss spec, e.g. mae, mae+cdm, "
+                                             "mae+0.5*dvh.")] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help="Protocol for the CDM loss and "
+                                                 "validation: openkbp, openkbp-clinical or a JSON "
+                                                 "file.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Number of epochs [100].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN from checkpoints/last.pt.")] = False,
+    init: Annotated[Path | None, typer.Option("--init", help="Start from these weights (run, model "
+                                              "folder or .pt; fresh optimiser).")] = None,
+    patch: Annotated[int | None, typer.Option("--patch", help="Crop / window size [64].")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Crops per step (per process) [2].")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate [3e-4].")] = None,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="cosine | constant | step.")] = None,
+    base: Annotated[int | None, typer.Option("--base", help="U-Net base channels [16].")] = None,
+    levels: Annotated[int | None, typer.Option("--levels", help="U-Net levels [4].")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", help="Steps per epoch "
+                                                        "[one crop per training patient].")] = None,
+    val_patients: Annotated[int | None, typer.Option("--val-patients", help="Validate on the first N "
+                                                     "validation patients.")] = None,
+    val_every: Annotated[int | None, typer.Option("--val-every", help="Validate every N epochs [5].")] = None,
+    select: Annotated[str | None, typer.Option("--select", help="best.pt by: dvh | dose | ptv | oar | "
+                                               "dose+dvh [dvh].")] = None,
+    loss_opt: Annotated[list[str] | None, typer.Option("--loss-opt", help="Loss option key=value "
+                                                       "(repeatable), e.g. cdm_tau=0.5.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: train on these ids "
+                                              "of --data.")] = None,
+    val_split: Annotated[str | None, typer.Option("--val-split", help="FILE:NAME: validate on these "
+                                                  "ids.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of weights and crop sampling [0].")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA [on].")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes [0].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
+    from .training import TrainConfig, train
+
+    _progress(no_progress)
+    overrides = dict(data=str(data) if data else None, val=str(val) if val else None, loss=loss,
+                     protocol=protocol, epochs=epochs, init=str(init) if init else None,
+                     patch=(patch,) * 3 if patch else None, batch=batch, lr=lr, schedule=schedule, base=base,
+                     levels=levels, steps_per_epoch=steps_per_epoch, val_patients=val_patients,
+                     val_every=val_every, select=select, train_split=split, val_split=val_split, seed=seed,
+                     device=device, amp=amp, workers=workers, threads=threads, out=str(out))
+    if loss_opt:
+        overrides["loss_options"] = _parse_opts(loss_opt)
+    stored = out / "config.json"
+    if resume and stored.is_file():
+        cfg = TrainConfig.load(stored).merged(overrides)
+    else:
+        if data is None:
+            raise UserError("give --data CACHE (or --resume an existing run)")
+        cfg = TrainConfig().merged(overrides)
+    con = console()
+    res = train(cfg, resume=resume, log=con.print)
+    best = res.get("best")
+    con.print(f"done: {res['global_step']} steps in {out}"
+              + (f"; best epoch {best['epoch']} ({best['select']} {best['value']:.3f})"
+                 if best and "value" in best else ""))
+
+
+@app.command("predict")
+@friendly
+def predict_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder or checkpoint.")],
+    data: Annotated[Path, typer.Option("--data", help="Cache or OpenKBP folder of pt_* patients.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="openkbp (pt_N.csv) | nifti | dicom.")] = "openkbp",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Predict whole-grid doses (sliding windows of the training patch) and write them."""
+    from .predict import predict_to
+
+    _progress(no_progress)
+    ids = None
+    if split:
+        from .split import load_split, parse_split_arg
+
+        f, name = parse_split_arg(split)
+        ids = load_split(f, name)
+    n = predict_to(model, data, out, fmt=fmt, device=device, ids=ids)
+    console().print(f"wrote {n} predicted doses ({fmt}) to {out}")
+
+
+@app.command("export-model")
+@friendly
+def export_model_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder or checkpoint to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.pt, "
+                                    "config.json, README.md).")],
+    fp32: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default fp16, "
+                                      "half the size).")] = False,
+) -> None:
+    """Write a small released model folder usable by `dosepred predict --model`."""
+    from .predict import export_model
+
+    export_model(run, out, half=not fp32)
+    console().print(f"wrote {out / 'model.pt'} ({(out / 'model.pt').stat().st_size / 1e6:.1f} MB)")
+
+
 # ==================================================================================== entry point
 
 def main() -> None:

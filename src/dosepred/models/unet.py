@@ -1,0 +1,157 @@
+"""3D U-Net dose model with input assembly from bit-mask ROI codes.
+
+The network is MONAI's :class:`monai.networks.nets.UNet`: it is the standard encoder-decoder with
+skip connections, its width (``base`` channels, doubled per level) and depth (``levels``) are plain
+arguments, and its residual units and normalisation are well tested. ``BasicUNet`` was not used
+because its depth is fixed at five levels.
+
+Input channels, assembled on the model's device from what a batch carries (see :meth:`assemble`):
+
+- CT: HU clipped to [-1000, 2000], divided by 1000;
+- prescription map / 70 Gy: each voxel the highest prescription of the targets containing it;
+- one channel per OAR of the RoiSet, decoded from the codes with :func:`dosepred.roi.decode_torch`
+  (no one-hot volume ever leaves the device);
+- the possible-dose mask.
+
+Output: dose in Gy, ``dose_scale * softplus(raw)`` (non-negative, smooth at zero), multiplied by the
+possible-dose mask (the mask is the last input channel, so windows of the assembled input carry it).
+
+Normalisation: instance norm (MONAI's default) computes statistics over the field of view, so a
+network trained on crops must be run on windows of the crop size (``sliding_window_inference``);
+:func:`dosepred.predict.predict_dose` does so. ``norm="batch"`` is available for large batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..patient import RoiSet
+from ..roi import decode_torch
+
+ARCH = "dosepred-unet3d"
+HU_MIN, HU_MAX, HU_SCALE = -1000.0, 2000.0, 1000.0
+RX_SCALE = 70.0
+
+
+class ModelError(ValueError):
+    """A checkpoint or model configuration that cannot be used."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in every checkpoint (plain JSON types)."""
+
+    rois: list[dict[str, Any]] = field(default_factory=lambda: RoiSet.openkbp().to_dicts())
+    base: int = 16  # channels of the first level, doubled per level
+    levels: int = 4  # resolution levels (levels - 1 down-samplings)
+    res_units: int = 2  # residual units per level (0: plain convolutions)
+    norm: str = "instance"  # instance | batch
+    dropout: float = 0.0
+    patch: tuple[int, int, int] = (64, 64, 64)  # training crop = inference window
+    dose_scale: float = 70.0  # Gy, output = dose_scale * softplus(raw)
+    flip_axis: int = 1  # left-right axis of the data (OpenKBP axis 1 is right->left)
+    arch: str = ARCH
+
+    def __post_init__(self) -> None:
+        self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ModelError(f"patch must be three positive sizes, got {self.patch}")
+        if self.levels < 2:
+            raise ModelError(f"levels must be >= 2, got {self.levels}")
+        if self.base < 1:
+            raise ModelError(f"base channels must be >= 1, got {self.base}")
+        div = 2 ** (self.levels - 1)
+        bad = [p for p in self.patch if p % div]
+        if bad:
+            raise ModelError(f"patch {self.patch} must be divisible by 2^(levels-1) = {div} "
+                             f"for a {self.levels}-level U-Net")
+        if self.norm not in ("instance", "batch"):
+            raise ModelError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
+        self.rois = [dict(r) for r in self.rois]
+
+    @property
+    def roi_set(self) -> RoiSet:
+        return RoiSet.from_dicts(self.rois)
+
+    @property
+    def in_channels(self) -> int:
+        return 3 + len(self.roi_set.oars)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if d.get("arch", ARCH) != ARCH:
+            raise ModelError(f"model architecture {d.get('arch')!r} is not {ARCH!r}; "
+                             "this dosepred cannot load it")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelError(f"model config has unknown keys {unknown} (made by a newer dosepred?)")
+        return cls(**d)
+
+
+class DoseUNet(nn.Module):
+    """(ct, codes, mask) -> dose (Gy). Shapes: ct (B, 1, *S) HU, codes (B, *S) int, mask (B, 1, *S)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.config = config
+        rs = config.roi_set
+        self.oar_bits = [rs.index(n) for n in rs.oars]
+        self.targets = [(rs.index(r.name), float(r.prescription)) for r in rs
+                        if r.kind == "target" and r.prescription is not None]
+        channels = [config.base * 2 ** i for i in range(config.levels)]
+        self.net = UNet(spatial_dims=3, in_channels=config.in_channels, out_channels=1,
+                        channels=channels, strides=[2] * (config.levels - 1),
+                        num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
+
+    def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Input channels (B, C, *S) float32 on the tensors' device."""
+        if ct.dim() != 5 or ct.shape[1] != 1:
+            raise ValueError(f"ct must be (B, 1, D, H, W), got {tuple(ct.shape)}")
+        if codes.shape != ct.shape[:1] + ct.shape[2:]:
+            raise ValueError(f"codes must be (B, D, H, W) = {tuple(ct.shape[:1] + ct.shape[2:])}, "
+                             f"got {tuple(codes.shape)}")
+        x_ct = (ct.float().clamp(HU_MIN, HU_MAX) / HU_SCALE)
+        rx = torch.zeros_like(x_ct)
+        for bit, pres in self.targets:
+            rx = torch.maximum(rx, decode_torch(codes, bit, torch.float32).unsqueeze(1) * (pres / RX_SCALE))
+        oars = decode_torch(codes, self.oar_bits, torch.float32)
+        return torch.cat([x_ct, rx, oars, mask.float()], dim=1)
+
+    def from_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Dose (B, 1, *S) from assembled input channels (the mask is the last channel)."""
+        raw = self.net(x)
+        return self.config.dose_scale * F.softplus(raw.float()) * x[:, -1:].float()
+
+    def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.from_input(self.assemble(ct, codes, mask))
+
+
+def build_model(config: ModelConfig | dict[str, Any]) -> DoseUNet:
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return DoseUNet(config)
+
+
+def check_roi_set(config: ModelConfig, roi_set: RoiSet, where: str) -> None:
+    """Raise a clear error when data's RoiSet differs from the model's (bit order matters)."""
+    mine = config.roi_set
+    if mine.names != roi_set.names or [r.kind for r in mine] != [r.kind for r in roi_set]:
+        raise ModelError(f"{where} has ROIs {list(roi_set.names)} but the model was trained on "
+                         f"{list(mine.names)} (same names, kinds and bit order are required)")
+    rx_m = [r.prescription for r in mine]
+    rx_d = [r.prescription for r in roi_set]
+    if rx_m != rx_d:
+        raise ModelError(f"{where} prescriptions {rx_d} differ from the model's {rx_m}")

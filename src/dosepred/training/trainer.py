@@ -1,0 +1,545 @@
+"""The training loop: crops -> U-Net -> loss, with AMP, checkpoints, exact resume, fine-tuning and DDP.
+
+Run folder (written by rank 0 only)::
+
+    RUN/config.json          resolved TrainConfig
+    RUN/dataset.json         copy of the training cache's dataset.json
+    RUN/protocol.json        the protocol used by the loss and validation scores
+    RUN/version.json         dosepred version, git commit, torch/monai versions
+    RUN/metrics.csv          one row per epoch (train loss parts, lr, validation scores, timing)
+    RUN/tb/                  TensorBoard events (when tensorboard is importable)
+    RUN/checkpoints/last.pt  after every epoch (written atomically)
+    RUN/checkpoints/best.pt  the epoch with the lowest validation score (``select``)
+
+Exact resume: crops are a pure function of (seed, epoch, index) (see :mod:`.dataset`), the learning
+rate a pure function of the step, and a checkpoint holds model, optimiser, AMP scaler and torch RNG
+states; ``resume=True`` therefore continues bit-for-bit on the same device and thread count.
+
+DDP: launch with ``torchrun --nproc_per_node N -m dosepred.cli train ...``; each rank takes disjoint
+crops of the same global sequence (:class:`.dataset.RankSampler`); rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import ModelConfig, ModelError, build_model, check_roi_set
+from ..predict import CHECKPOINT_FORMAT, load_checkpoint, predict_dose, resolve_device
+from .config import TrainConfig
+from .dataset import CropDataset, RankSampler, load_arrays
+
+Log = Callable[[str], None]
+VAL_KEYS = ("dose_score", "dvh_score", "ptv_score", "oar_score", "criteria_pass_rate", "sec")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                           timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def version_info() -> dict[str, Any]:
+    import monai
+
+    import dosepred
+
+    return {"dosepred": dosepred.__version__, "git_commit": git_commit(), "torch": str(torch.__version__),
+            "monai": str(monai.__version__)}
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): a pure function, so resume is exact."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** (step // (cfg.step_every_epochs * steps_per_epoch))
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    floor = cfg.min_lr_fraction
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def local_mae_loss(pred, ref, roi_codes, mask, spacing):
+    """Fallback when :mod:`dosepred.losses` is unavailable: MAE over the mask / 70 Gy."""
+    m = mask.float()
+    v = ((pred - ref).abs() * m).sum() / m.sum().clamp_min(1) / 70.0
+    return v, {"mae": v.detach(), "total": v.detach()}
+
+
+def make_loss(cfg: TrainConfig, roi_set, protocol):
+    try:
+        from ..losses import build_loss
+    except ImportError:
+        if cfg.loss.strip().lower() != "mae":
+            raise ValueError(f"loss {cfg.loss!r} needs dosepred.losses, which is not available") from None
+        return local_mae_loss
+    return build_loss(cfg.loss, roi_set=roi_set, protocol=protocol, **cfg.loss_options)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _select_value(summary: dict[str, float], select: str) -> float:
+    if select == "dose+dvh":
+        return summary["dose_score"] + summary["dvh_score"]
+    return summary[f"{select}_score"]
+
+
+def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
+             progress: bool = False) -> dict[str, float]:
+    """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation."""
+    from ..evaluation import evaluate_cohort
+
+    def pairs():
+        for p in patients:
+            yield p, predict_dose(model, p, device, cfg.sw_overlap, cfg.sw_mode,
+                                  amp=cfg.amp and device.type == "cuda")
+
+    res = evaluate_cohort(pairs(), protocol if protocol is not None else "openkbp", progress=progress)
+    s = {"dose_score": res.dose_score, "dvh_score": res.dvh_score, "ptv_score": res.ptv_score,
+         "oar_score": res.oar_score}
+    try:
+        s["criteria_pass_rate"] = res.criteria_pass_rate
+    except (ZeroDivisionError, ValueError):
+        pass
+    return {k: float(v) for k, v in s.items()}
+
+
+class _CsvLog:
+    """metrics.csv with a header fixed by the first row; resume keeps rows up to the resumed epoch."""
+
+    def __init__(self, path: Path, resume_epoch: int | None) -> None:
+        self.path = path
+        self.header: list[str] | None = None
+        if resume_epoch is not None and path.is_file():
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if rows:
+                self.header = list(rows[0].keys())
+                keep = [r for r in rows if int(r["epoch"]) <= resume_epoch]
+                self._write_all(keep)
+        elif path.exists():
+            path.unlink()
+
+    def _write_all(self, rows: list[dict[str, Any]]) -> None:
+        assert self.header is not None
+        tmp = self.path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = self.header is None
+        if new:
+            self.header = list(row.keys())
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+class Trainer:
+    """Build everything from a :class:`TrainConfig`; :meth:`fit` trains. Methods are small so a
+    subclass can override one stage (loss, data, validation) without copying the loop."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Log | None = None,
+                 progress: bool | None = None) -> None:
+        from ..progress import enabled
+
+        cfg.validate()
+        self.cfg = cfg
+        self.resume = resume
+        self.rank, self.world, self.local_rank = _dist_info()
+        self.is_main = self.rank == 0
+        self._log = log
+        self.progress = enabled() if progress is None else progress
+        self.progress = self.progress and self.is_main
+        self.run = Path(cfg.out)
+        self.ckpt_dir = self.run / "checkpoints"
+
+    def log(self, msg: str) -> None:
+        if self._log is not None and self.is_main:
+            self._log(msg)
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup_device(self) -> None:
+        cfg = self.cfg
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+                backend = "nccl"
+            else:
+                self.device = torch.device("cpu")
+                backend = "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+        else:
+            self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            n = cfg.threads or max(1, (os.cpu_count() or 1) // self.world)
+            torch.set_num_threads(n)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    def setup_data(self) -> None:
+        from ..io.cache import Cache
+
+        cfg = self.cfg
+        self.cache = Cache.open(cfg.data)
+        self.roi_set = self.cache.roi_set
+        ids = self.cache.ids
+        if cfg.train_split:
+            from ..split import load_split, parse_split_arg
+
+            f, name = parse_split_arg(cfg.train_split)
+            ids = load_split(f, name, cache_ids=self.cache.ids)
+        if not ids:
+            raise ValueError(f"training cache {cfg.data} holds no patients")
+        want = set(ids)
+        no_dose = [e["id"] for e in self.cache.info["patients"]
+                   if e["id"] in want and not e.get("has_dose", True)]
+        if no_dose:
+            raise ValueError(f"training cache {cfg.data}: patients without dose cannot train: "
+                             f"{', '.join(no_dose[:5])}")
+        self.train_ids = ids
+        self.val_cache = None
+        self.val_ids: list[str] = []
+        if cfg.val:
+            vc = Cache.open(cfg.val)
+            if vc.roi_set != self.roi_set:
+                raise ValueError(f"validation cache {cfg.val} has ROIs {list(vc.roi_set.names)} but the "
+                                 f"training cache has {list(self.roi_set.names)}")
+            vids = vc.ids
+            if cfg.val_split:
+                from ..split import load_split, parse_split_arg
+
+                f, name = parse_split_arg(cfg.val_split)
+                vids = load_split(f, name, cache_ids=vc.ids)
+            if cfg.val_patients:
+                vids = vids[: cfg.val_patients]
+            self.val_cache, self.val_ids = vc, vids
+
+    def setup_model(self) -> None:
+        cfg = self.cfg
+        self.init_ckpt = None
+        arch: dict[str, Any] = {}
+        if cfg.init:
+            self.init_ckpt = load_checkpoint(cfg.init)
+            arch = {k: self.init_ckpt["model_config"][k] for k in ("base", "levels", "res_units", "norm")}
+        defaults = ModelConfig()
+        for k in ("base", "levels", "res_units", "norm"):
+            v = getattr(cfg, k)
+            if v is None:
+                v = arch.get(k, getattr(defaults, k))
+            elif k in arch and arch[k] != v:
+                raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
+            setattr(cfg, k, v)
+        self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
+                                        res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
+                                        flip_axis=cfg.flip_axis)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.model_config)
+        if self.init_ckpt is not None:
+            mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
+            check_roi_set(mc, self.roi_set, f"training cache {cfg.data}")
+            state = {k: v.float() if v.is_floating_point() else v for k, v in self.init_ckpt["model"].items()}
+            try:
+                self.model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ModelError(f"--init {cfg.init}: weights do not fit "
+                                 f"({str(e).splitlines()[0]})") from None
+        self.model.to(self.device)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+
+    def setup_loss(self) -> None:
+        cfg = self.cfg
+        self.protocol = None
+        proto_name = cfg.protocol or ("openkbp" if "cdm" in cfg.loss.lower() or cfg.val else None)
+        if proto_name is not None:
+            from ..protocol import load_protocol
+
+            self.protocol = load_protocol(proto_name, self.roi_set)
+        self.loss_fn = make_loss(cfg, self.roi_set, self.protocol)
+        if isinstance(self.loss_fn, torch.nn.Module):
+            self.loss_fn.to(self.device)
+
+    def write_run_info(self) -> None:
+        if not self.is_main:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        from ..io.cache import DATASET_JSON, write_json_atomic
+
+        write_json_atomic(self.run / "config.json", self.cfg.to_dict())
+        shutil.copyfile(Path(self.cfg.data) / DATASET_JSON, self.run / "dataset.json")
+        if self.protocol is not None:
+            write_json_atomic(self.run / "protocol.json", self.protocol.model_dump(mode="json"))
+        write_json_atomic(self.run / "version.json", version_info())
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"format": CHECKPOINT_FORMAT, "version": 1,
+                "model_config": self.model_config.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": epoch, "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
+                "train_config": self.cfg.to_dict(), "rng": rng, "best": self.best,
+                "world_size": self.world, "version_info": self.version}
+
+    def save(self, epoch: int, is_best: bool) -> None:
+        if not self.is_main:
+            return
+        st = self.state(epoch)
+        save_atomic(st, self.ckpt_dir / "last.pt")
+        if is_best:
+            save_atomic(st, self.ckpt_dir / "best.pt")
+        if self.cfg.save_every and epoch % self.cfg.save_every == 0:
+            save_atomic(st, self.ckpt_dir / f"epoch_{epoch}.pt")
+
+    def restore(self) -> int:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in {self.run})")
+        ck = load_checkpoint(path, map_location=self.device)
+        mc = ck["model_config"]
+        if mc != self.model_config.to_dict():
+            diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
+            raise ModelError(f"--resume: {path} was trained with a different model ({diff})")
+        old = ck.get("train_config", {})
+        for k in ("seed", "batch", "loss", "data"):
+            same_data = k == "data" and old.get(k) and Path(old[k]).resolve() == Path(self.cfg.data).resolve()
+            if old.get(k) != getattr(self.cfg, k) and not same_data:
+                raise ValueError(f"--resume: {k} was {old.get(k)!r} in {path}, now {getattr(self.cfg, k)!r}")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        if "cuda" in ck["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu(), self.device)
+        self.global_step = int(ck["global_step"])
+        self.best = ck.get("best")
+        return int(ck["epoch"])
+
+    # ---- loop -------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+        dev = self.device
+        nb = dev.type == "cuda"
+        ct = batch["ct"].to(dev, non_blocking=nb)
+        dose = batch["dose"].to(dev, non_blocking=nb)
+        mask = batch["mask"].to(dev, non_blocking=nb)
+        codes = batch["codes"].to(dev, non_blocking=nb)
+        spacing = batch["spacing"].to(dev)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
+            pred = self.net(ct, codes, mask)
+        total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        out = {k: float(v) for k, v in parts.items()}
+        out["total"] = float(total.detach())
+        return out
+
+    def loader(self, epoch: int, start_step: int = 0):
+        self.dataset.set_epoch(epoch)
+        sampler = RankSampler(self.steps_per_epoch, self.cfg.batch, self.rank, self.world, start_step)
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch, sampler=sampler,
+                                           num_workers=self.cfg.workers,
+                                           pin_memory=self.device.type == "cuda", drop_last=False)
+
+    def _reduce(self, sums: dict[str, float], n: int) -> dict[str, float]:
+        keys = sorted(sums)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64)
+            dist.all_reduce(t)
+            vals, n = t[:-1].tolist(), int(t[-1].item())
+            sums = dict(zip(keys, vals, strict=True))
+        return {k: sums[k] / max(1, n) for k in keys}
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.setup_device()
+        self.setup_data()
+        self.setup_model()
+        self.setup_loss()
+        self.version = version_info()
+        t0 = time.time()
+        train_patients = load_arrays(self.cache.patients(self.train_ids), cfg.patch, progress=self.progress)
+        self.val_patients = (list(self.val_cache.patients(self.val_ids))
+                             if self.val_cache and self.is_main else [])
+        self.log(f"loaded {len(train_patients)} training / {len(self.val_ids)} validation patients in "
+                 f"{time.time() - t0:.1f} s ({sum(p.nbytes for p in train_patients) / 1e9:.2f} GB in memory)")
+        self.steps_per_epoch = cfg.steps_per_epoch or max(
+            1, math.ceil(len(train_patients) / (cfg.batch * self.world)))
+        self.dataset = CropDataset(train_patients, self.roi_set, cfg.patch,
+                                   self.steps_per_epoch * cfg.batch * self.world, seed=cfg.seed,
+                                   target_fraction=cfg.target_fraction, flip_axis=cfg.flip_axis,
+                                   flip=cfg.flip)
+        self.global_step = 0
+        self.best: dict[str, Any] | None = None
+        start_epoch = 0
+        if self.resume:
+            start_epoch = self.restore()
+            self.log(f"resumed {self.run} at epoch {start_epoch} (step {self.global_step})")
+        elif self.is_main and (self.ckpt_dir / "last.pt").exists():
+            raise ValueError(f"{self.run} already holds a training run; use --resume to continue it or "
+                             "choose another --out")
+        self.write_run_info()
+        metrics = (_CsvLog(self.run / "metrics.csv", start_epoch if self.resume else None)
+                   if self.is_main else None)
+        tb = self._tensorboard()
+        self.log(f"training {cfg.loss} on {self.device}{' (AMP)' if self.amp else ''}: "
+                 f"epochs {start_epoch + 1}"
+                 f"..{cfg.epochs}, {self.steps_per_epoch} steps x batch {cfg.batch}"
+                 f"{f' x {self.world} processes' if self.world > 1 else ''}, patch {list(cfg.patch)}")
+        prog = self._progress_bar(start_epoch)
+        last_summary: dict[str, Any] = {}
+        try:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                self.net.train()
+                sums: dict[str, float] = {}
+                n = 0
+                te = time.time()
+                for batch in self.loader(epoch):
+                    lr = lr_at(cfg, self.global_step, self.steps_per_epoch)
+                    parts = self.train_step(batch, lr)
+                    self.global_step += 1
+                    n += 1
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if prog is not None:
+                        prog[0].update(prog[1], advance=1,
+                                       info=f"epoch {epoch} loss {sums['total'] / n:.4f}")
+                train_time = time.time() - te
+                means = self._reduce(sums, n)
+                row: dict[str, Any] = {"epoch": epoch, "step": self.global_step, "lr": lr,
+                                       "train_loss": means.get("total", float("nan"))}
+                row.update({f"train_{k}": v for k, v in means.items() if k != "total"})
+                row["sec_per_step"] = train_time / max(1, n)
+                is_best = False
+                if self.val_ids:  # fixed CSV columns even for epochs without validation
+                    row.update({f"val_{k}": "" for k in VAL_KEYS})
+                if self.val_ids and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                    if self.is_main:
+                        tv = time.time()
+                        scores = validate(self.model, self.val_patients, self.protocol, cfg, self.device)
+                        row.update({f"val_{k}": v for k, v in scores.items()})
+                        row["val_sec"] = time.time() - tv
+                        value = _select_value(scores, cfg.select)
+                        if self.best is None or value < self.best["value"]:
+                            self.best = {"epoch": epoch, "select": cfg.select, "value": value, **scores}
+                            is_best = True
+                elif not self.val_ids:
+                    is_best = True  # no validation: best = last
+                row["time_s"] = time.time() - t0
+                self.save(epoch, is_best)
+                if self.is_main:
+                    metrics.append(row)
+                    if tb is not None:
+                        for k, v in row.items():
+                            if k != "epoch" and isinstance(v, (int, float)):
+                                tb.add_scalar(k, v, self.global_step)
+                        tb.flush()
+                    self.log(self._epoch_line(row, is_best))
+                last_summary = row
+                if self.world > 1:
+                    import torch.distributed as dist
+
+                    dist.barrier()
+        finally:
+            if prog is not None:
+                prog[0].stop()
+            if tb is not None:
+                tb.close()
+        return {"run": str(self.run), "epochs": cfg.epochs, "global_step": self.global_step,
+                "best": self.best, "last": last_summary}
+
+    def _epoch_line(self, row: dict[str, Any], is_best: bool) -> str:
+        s = (f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  "
+             f"{row['sec_per_step']:.2f} s/step")
+        validated = row.get("val_dose_score", "") != ""
+        if validated:
+            s += (f"  val dose {row['val_dose_score']:.3f} DVH {row['val_dvh_score']:.3f} "
+                  f"PTV {row['val_ptv_score']:.3f} OAR {row['val_oar_score']:.3f}")
+        return s + ("  *best*" if is_best and validated else "")
+
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run / "tb"))
+
+    def _progress_bar(self, start_epoch: int):
+        if not self.progress:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+        task = p.add_task("train", total=self.cfg.epochs * self.steps_per_epoch,
+                          completed=start_epoch * self.steps_per_epoch, info="")
+        p.start()
+        return p, task
+
+
+def train(cfg: TrainConfig, resume: bool = False, log: Log | None = None, progress: bool | None = None
+          ) -> dict[str, Any]:
+    """Train per ``cfg``; returns a summary (run folder, steps, best validation)."""
+    return Trainer(cfg, resume=resume, log=log, progress=progress).fit()
