@@ -1,0 +1,139 @@
+"""NIfTI patient folders: exact round trips, affine geometry, clinical label names, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dosepred.io import dicom, nifti
+from dosepred.patient import Patient, Roi, RoiSet
+from test_dicom import make_patient
+
+
+def assert_same(p: Patient, q: Patient) -> None:
+    assert q.id == p.id
+    assert q.shape == p.shape and q.spacing == p.spacing
+    np.testing.assert_array_equal(q.ct, p.ct)
+    assert q.ct.dtype == np.int16
+    np.testing.assert_array_equal(q.dose, p.dose)
+    np.testing.assert_array_equal(q.possible_dose_mask, p.possible_dose_mask)
+    assert q.roi_set == p.roi_set
+    np.testing.assert_array_equal(q.roi_codes, p.roi_codes)
+    assert q.missing_rois == p.missing_rois
+
+
+@pytest.mark.parametrize("fmt", ["labels", "codes"])
+def test_round_trip_exact(tmp_path, fmt):
+    p = make_patient(spacing=(3.9, 1.17, 1.17))
+    # a missing ROI and a non-OpenKBP order must survive too
+    rs = RoiSet((Roi("Ring", "other"), Roi("PTV70", "target", 70.0), Roi("LeftParotid", "oar"),
+                 Roi("SpinalCord", "oar")))
+    p = Patient.from_masks(p.id, p.ct, {n: p.mask(n) for n in ("Ring", "PTV70", "LeftParotid")}, rs,
+                           p.spacing, p.possible_dose_mask, p.dose, meta={"study_date": "20240131"})
+    folder = nifti.write_patient(p, tmp_path, fmt)
+    names = sorted(f.name for f in folder.iterdir())
+    if fmt == "codes":
+        assert "roi_codes.nii.gz" in names and "rois" not in names
+    else:
+        assert sorted(f.name for f in (folder / "rois").iterdir()) == [
+            "LeftParotid.nii.gz", "PTV70.nii.gz", "Ring.nii.gz"]
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert_same(p, q)
+    assert q.meta["study_date"] == "20240131"
+    img = nib.load(folder / "ct.nii.gz")
+    np.testing.assert_allclose(np.abs(np.diag(img.affine))[:3], (3.9, 1.17, 1.17), rtol=1e-6)
+
+
+def test_affine_of_dicom_patient(tmp_path):
+    """A patient read from DICOM: the NIfTI affine maps voxel (k, r, c) to the DICOM position (RAS)."""
+    p = make_patient()
+    (q,) = dicom.read_dicom_folder(dicom.write_dicom(p, tmp_path / "dcm"))
+    folder = nifti.write_patient(q, tmp_path / "nii")
+    aff = nib.load(folder / "ct.nii.gz").affine
+    g = dicom.Geometry.of_patient(q)
+    for idx in ([0, 0, 0], [3, 5, 7], [31, 2, 30]):
+        lps = g.to_patient(np.array(idx, dtype=float))
+        ras = aff @ np.array([*idx, 1.0])
+        np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
+    (r,) = nifti.read_nifti_folder(tmp_path / "nii")
+    assert_same(q, r)
+    g2 = dicom.Geometry.of_patient(r)  # the DICOM geometry is kept in meta and from the affine
+    np.testing.assert_allclose(g2.origin, g.origin, atol=1e-4)
+
+
+def test_dose_files(tmp_path):
+    p = make_patient()
+    path = nifti.write_dose(p, p.dose * 0.5, tmp_path / "pred")
+    assert path == tmp_path / "pred" / "pt_a.nii.gz"
+    d = nifti.read_dose(path)
+    assert d.dtype == np.float32
+    np.testing.assert_array_equal(d, (p.dose * 0.5).astype(np.float32))
+    assert nifti.write_dose(p, p.dose, tmp_path / "x.nii.gz") == tmp_path / "x.nii.gz"
+    with pytest.raises(ValueError, match="dose shape"):
+        nifti.write_dose(p, p.dose[1:], tmp_path / "y.nii.gz")
+    with pytest.raises(FileNotFoundError):
+        nifti.read_dose(tmp_path / "missing.nii.gz")
+
+
+def test_clinical_label_files_without_json(tmp_path):
+    p = make_patient()
+    folder = tmp_path / "case1"
+    (folder / "rois").mkdir(parents=True)
+    aff = np.diag([*p.spacing, 1.0])
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    rois = folder / "rois"
+    nib.save(nib.Nifti1Image(p.mask("LeftParotid").astype(np.uint8) * 3, aff), rois / "Parotid_L.nii.gz")
+    nib.save(nib.Nifti1Image(p.mask("PTV70").astype(np.uint8), aff), folder / "rois" / "PTV_7000.nii.gz")
+    nib.save(nib.Nifti1Image(p.possible_dose_mask.astype(np.uint8), aff), folder / "rois" / "BODY.nii.gz")
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert q.id == "case1" and q.dose is None
+    assert q.roi_set.names == ("LeftParotid", "PTV70")
+    assert q.roi_set["PTV70"].prescription == 70.0
+    np.testing.assert_array_equal(q.mask("LeftParotid"), p.mask("LeftParotid"))
+    np.testing.assert_array_equal(q.possible_dose_mask, p.possible_dose_mask)
+
+
+def test_shape_mismatch_names_file(tmp_path):
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), folder / "dose.nii.gz")
+    with pytest.raises(nifti.NiftiFormatError, match=r"pt_a: .*dose.nii.gz has shape \(4, 4, 4\)"):
+        nifti.read_nifti_folder(tmp_path)
+
+
+def test_two_patients_union(tmp_path):
+    a = make_patient("pt_a")
+    b = Patient.from_masks("pt_b", a.ct, {"SpinalCord": a.mask("LeftParotid")},
+                           RoiSet((Roi("SpinalCord", "oar"),)), a.spacing)
+    nifti.write_patient(a, tmp_path)
+    nifti.write_patient(b, tmp_path, "codes")
+    pats = {p.id: p for p in nifti.read_nifti_folder(tmp_path)}
+    assert pats["pt_a"].roi_set.names == ("SpinalCord", "LeftParotid", "PTV70", "Ring")
+    assert pats["pt_b"].missing_rois == ("LeftParotid", "PTV70", "Ring")
+    np.testing.assert_array_equal(pats["pt_b"].mask("SpinalCord"), a.mask("LeftParotid"))
+
+
+def test_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io.cache import Cache, write_cache
+
+    p = make_patient()
+    write_cache([p], tmp_path / "c")
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "export-nifti", str(tmp_path / "c"), "--out", str(tmp_path / "n"),
+                              "--roi-format", "codes", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "n" / "pt_a" / "rois.json").read_text())
+    assert info["roi_format"] == "codes" and [r["name"] for r in info["rois"]] == list(p.roi_set.names)
+    res = runner.invoke(app, ["data", "import-nifti", str(tmp_path / "n"), "--out", str(tmp_path / "c2"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert_same(p, next(iter(Cache.open(tmp_path / "c2"))))
+    res = runner.invoke(app, ["data", "export-nifti", str(tmp_path / "c"), "--out", str(tmp_path / "n"),
+                              "--roi-format", "onehot"])
+    assert res.exit_code == 2 and "labels or codes" in res.output
