@@ -74,16 +74,23 @@ def iter_roi_voxels(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor,
                     bits: Sequence[int]) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """Yield (b, bit, pred_voxels, ref_voxels) for each patient and each ROI bit present in it.
 
-    ROI voxels are gathered with a boolean index (1-D tensors); ``ref`` voxels are detached. ROIs
-    with no voxel in a patient's volume are skipped, so an absent ROI contributes nothing.
+    Per patient, the voxels inside any ROI are gathered once (one pass over the volume forward, one
+    scatter backward); each ROI's bit is then decoded lazily on that small subset. ``ref`` voxels are
+    detached. ROIs with no voxel in a patient's volume are skipped: they contribute nothing.
     """
     for b in range(pred.shape[0]):
-        cb = codes[b]
+        flat = codes[b].reshape(-1)
+        idx = torch.nonzero(flat != 0).squeeze(1)
+        if idx.numel() == 0:
+            continue
+        sub = flat[idx]
+        p_sub = pred[b, 0].reshape(-1)[idx]
+        r_sub = ref[b, 0].detach().reshape(-1)[idx]
         for k in bits:
-            sel = decode_torch(cb, int(k))
+            sel = decode_torch(sub, int(k))
             if not bool(sel.any()):
                 continue
-            yield b, int(k), pred[b, 0][sel], ref[b, 0][sel].detach()
+            yield b, int(k), p_sub[sel], r_sub[sel]
 
 
 def zero_like_graph(pred: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,7 @@ import torch
 from torch import nn
 
 from ..metrics import Metric, MetricError, parse_metric, percentile_q, v_threshold
-from ..roi import decode_torch
-from ._common import DEFAULT_DOSE_SCALE, check_inputs, voxel_volumes, zero_like_graph
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, iter_roi_voxels, voxel_volumes, zero_like_graph
 
 _SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
 
@@ -215,42 +214,40 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
     by_bit: dict[int, list[CdmTerm]] = {}
     for t in terms:
         by_bit.setdefault(t.bit, []).append(t)
-    match_sum = zero_like_graph(pred)
-    cons_sum = zero_like_graph(pred)
+    match_terms: list[torch.Tensor] = []
+    cons_terms: list[torch.Tensor] = []
     n_pairs = 0
-    gy = {True: [], False: []}
+    gy: dict[bool, list[torch.Tensor]] = {True: [], False: []}
     vpct: list[torch.Tensor] = []
-    for b in range(pred.shape[0]):
-        for bit, ts in by_bit.items():
-            sel = decode_torch(codes[b], bit)
-            if not bool(sel.any()):
-                continue
-            dp = pred[b, 0][sel]
-            with torch.no_grad():
-                mr = roi_metrics(ref[b, 0][sel].detach(), ts, vols[b], tau, spread)
-            mp = roi_metrics(dp, ts, vols[b], tau, spread)
-            scale = torch.tensor([dose_scale if t.metric.is_dose else 100.0 for t in ts],
-                                 dtype=pred.dtype, device=pred.device)
-            w = torch.tensor([t.weight for t in ts], dtype=pred.dtype, device=pred.device)
-            n_pairs += len(ts)
-            if match:
-                match_sum = match_sum + (w * (mp - mr).abs() / scale).sum()
-            if constraint:
-                for j, t in enumerate(ts):
-                    if t.limit is None:
-                        continue
-                    viol = mp[j] - t.limit if t.direction == "<=" else t.limit - mp[j]
-                    cons_sum = cons_sum + w[j] * torch.relu(viol) / scale[j]
-            with torch.no_grad():
-                diff = (mp.detach() - mr).abs()
-                for j, t in enumerate(ts):
-                    (gy[t.is_target] if t.metric.is_dose else vpct).append(diff[j])
+    for b, bit, dp, dr in iter_roi_voxels(pred, ref, codes, list(by_bit)):
+        ts = by_bit[bit]
+        with torch.no_grad():
+            mr = roi_metrics(dr, ts, vols[b], tau, spread)
+        mp = roi_metrics(dp, ts, vols[b], tau, spread)
+        scale = torch.tensor([dose_scale if t.metric.is_dose else 100.0 for t in ts],
+                             dtype=pred.dtype, device=pred.device)
+        w = torch.tensor([t.weight for t in ts], dtype=pred.dtype, device=pred.device)
+        n_pairs += len(ts)
+        if match:
+            match_terms.append((w * (mp - mr).abs() / scale).sum())
+        if constraint:
+            for j, t in enumerate(ts):
+                if t.limit is None:
+                    continue
+                viol = mp[j] - t.limit if t.direction == "<=" else t.limit - mp[j]
+                cons_terms.append(w[j] * torch.relu(viol) / scale[j])
+        diff = (mp.detach() - mr).abs()
+        for j, t in enumerate(ts):
+            (gy[t.is_target] if t.metric.is_dose else vpct).append(diff[j])
     if n_pairs == 0:
         z = zero_like_graph(pred)
         return z, {"cdm_match": z.detach(), "cdm_constraint": z.detach()}
-    match_term = match_sum / n_pairs
-    cons_term = cons_sum / n_pairs
-    total = match_term + constraint_weight * cons_term
+    zero = pred.new_zeros(())
+    match_term = torch.stack(match_terms).sum() / n_pairs if match_terms else zero
+    cons_term = torch.stack(cons_terms).sum() / n_pairs if cons_terms else zero
+    total = match_term + constraint_weight * cons_term if constraint else match_term
+    if not match and not cons_terms:  # constraint only, and no criterion has a limit here
+        total = total + zero_like_graph(pred)
     parts = {"cdm_match": match_term.detach(), "cdm_constraint": cons_term.detach()}
     for key, vals in (("cdm_target_gy", gy[True]), ("cdm_oar_gy", gy[False]), ("cdm_v_pct", vpct)):
         if vals:

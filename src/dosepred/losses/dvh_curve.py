@@ -71,15 +71,13 @@ def dvh_curve_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tenso
     top = float(ref.detach().max()) if max_dose is None else float(max_dose)
     n_bins = max(1, int(math.floor(top / bin_width)) + 1)
     t = torch.arange(n_bins, dtype=pred.dtype, device=pred.device) * bin_width
-    total = zero_like_graph(pred)
-    n = 0
+    terms: list[torch.Tensor] = []
     for _, _, dp, dr in iter_roi_voxels(pred, ref, codes, bits):
         vp = soft_dvh(dp, t, bin_width, steepness, max_elements)
         with torch.no_grad():
             vr = soft_dvh(dr, t, bin_width, steepness, max_elements)
-        total = total + ((vp - vr) ** 2).mean()
-        n += 1
-    return total / max(n, 1)
+        terms.append(((vp - vr) ** 2).mean())
+    return torch.stack(terms).mean() if terms else zero_like_graph(pred)
 
 
 class DVHCurveLoss(nn.Module):

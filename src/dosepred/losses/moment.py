@@ -35,16 +35,14 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
     codes, _, _ = check_inputs(pred, ref, roi_codes)
     if codes is None:
         raise ValueError("the moment loss needs roi_codes")
-    total = zero_like_graph(pred)
-    n = 0
+    terms: list[torch.Tensor] = []
     for _, k, dp, dr in iter_roi_voxels(pred, ref, codes, list(powers_by_bit)):
         ps = powers_by_bit[k]
         mp = moments(dp, ps, dose_scale, eps)
         with torch.no_grad():
             mr = moments(dr, ps, dose_scale, eps)
-        total = total + ((mp - mr) ** 2).mean()
-        n += 1
-    return total / max(n, 1)
+        terms.append(((mp - mr) ** 2).mean())
+    return torch.stack(terms).mean() if terms else zero_like_graph(pred)
 
 
 class MomentLoss(nn.Module):
