@@ -479,6 +479,61 @@ def bench_evaluate(
         write_json_atomic(json_out, res)
 
 
+@bench_app.command("losses")
+@friendly
+def bench_losses(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
+                                                  "file.")] = None,
+    sizes: Annotated[str, typer.Option("--sizes", help="Volume sizes (voxels per axis), comma-separated; "
+                                       "the largest OpenKBP size is the full grid, smaller ones "
+                                       "crops centred on the targets.")] = "64,128",
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per loss (median).")] = 3,
+    data: Annotated[Path, typer.Option("--data", help="OpenKBP patient folder (pt_N) or folder of "
+                                       "them; synthetic spheres when absent.")] = Path(
+        "/work/shared/data/openkbp/sample/train-pats"),
+    losses: Annotated[str, typer.Option("--losses", help="Comma-separated subset of mae, mse, dvh, "
+                                        "dvh-0.2gy, moment, cdm, cdm-clinical+constraint "
+                                        "(empty: all).")] = "",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or all (cpu, and cuda when "
+                                        "available).")] = "all",
+    unet: Annotated[bool, typer.Option("--unet/--no-unet", help="Also time a U-Net training step.")] = True,
+    no_progress: NoProgress = False,
+) -> None:
+    """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
+    from .bench.losses import markdown, run, table
+    from .io.cache import write_json_atomic
+    from .progress import enabled
+
+    _progress(no_progress)
+    try:
+        sz = tuple(int(x) for x in sizes.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--sizes {sizes!r}: expected comma-separated integers such as 64,128") from None
+    if device not in ("cpu", "cuda", "all"):
+        raise UserError(f"--device must be cpu, cuda or all, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+    con = console()
+    log = (lambda m: con.print(f"[dim]{m}[/]")) if enabled() else None
+    res = run(sz, repeats, None if device == "all" else [device], data if data.exists() else None,
+              [x.strip() for x in losses.split(",") if x.strip()] or None, unet, log)
+    con.print(table(res))
+    m = res["machine"]
+    con.print(f"model: {res['model']}; {m['cpu_count']} CPU cores, {m['torch_threads']} torch threads, "
+              f"{m.get('cuda_device', 'no GPU')}; load average {m.get('load_average', '?')}; "
+              f"{res['seconds']:.0f} s")
+    tg = res["target"]
+    if tg["values"]:
+        mark = "[green]met[/]" if tg["met"] else "[red]not met[/]"
+        con.print(f"{tg['what']}: " + ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items()) + f" {mark}")
+    if json_out is not None:
+        res["markdown"] = markdown(res)
+        write_json_atomic(json_out, res)
+
+
 # ========================================================================== train / predict / demo
 
 def _parse_opts(items: list[str] | None) -> dict:
