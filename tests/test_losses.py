@@ -257,3 +257,13 @@ def test_dvh_and_moment_zero_when_equal():
     assert float(dvh_curve_loss(ref, ref, codes, [0, 1])) == 0.0
     assert float(moment_loss(ref, ref, codes, {0: (1, 2, 10), 1: (2, 4, 6)})) == 0.0
     assert float(dvh_curve_loss(pred, ref, codes, [0, 1])) > 0.0
+
+
+def test_half_precision_prediction_is_upcast():
+    pred, ref, codes, mask, sp = _batch(shape=(6, 6, 6), b=1, dtype=torch.float32)
+    full, _ = build_loss("mae+cdm+dvh+moment", roi_set=RS)(pred, ref, codes, mask, sp)
+    half = pred.half().requires_grad_()
+    total, _ = build_loss("mae+cdm+dvh+moment", roi_set=RS)(half, ref, codes, mask, sp)
+    total.backward()
+    assert total.dtype == torch.float32 and torch.isfinite(half.grad).all()
+    assert float(total.detach()) == pytest.approx(float(full), rel=1e-2)

@@ -63,6 +63,15 @@ def check_inputs(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor 
     return codes, m, sp
 
 
+def upcast(pred: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half-precision doses (AMP) -> float32: sums over millions of voxels overflow float16."""
+    if pred.dtype in (torch.float16, torch.bfloat16):
+        pred = pred.float()
+    if ref.dtype != pred.dtype:
+        ref = ref.to(pred.dtype)
+    return pred, ref
+
+
 def voxel_volumes(spacing: torch.Tensor | None, batch: int) -> list[float | None]:
     """Voxel volume (mm^3) per patient, None where spacing is unknown."""
     if spacing is None:

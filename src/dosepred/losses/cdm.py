@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..metrics import Metric, MetricError, parse_metric, percentile_q, v_threshold
-from ._common import DEFAULT_DOSE_SCALE, check_inputs, iter_roi_voxels, voxel_volumes, zero_like_graph
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, iter_roi_voxels, upcast, voxel_volumes, zero_like_graph
 
 _SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
 
@@ -206,6 +206,7 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
     dose metrics: the batch's PTV and OAR scores) and ``cdm_v_pct`` (same for V-metrics, %).
     """
     codes, _, sp = check_inputs(pred, ref, roi_codes, None, spacing)
+    pred, ref = upcast(pred, ref)
     if codes is None:
         raise ValueError("the CDM loss needs roi_codes")
     if spread < 0:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import check_inputs, iter_roi_voxels, zero_like_graph
+from ._common import check_inputs, iter_roi_voxels, upcast, zero_like_graph
 
 
 class _SoftCumulativeDvh(torch.autograd.Function):
@@ -64,6 +64,7 @@ def dvh_curve_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tenso
     ``bin_width`` Gy.
     """
     codes, _, _ = check_inputs(pred, ref, roi_codes)
+    pred, ref = upcast(pred, ref)
     if codes is None:
         raise ValueError("the DVH-curve loss needs roi_codes")
     if not bin_width > 0 or not steepness > 0:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import DEFAULT_DOSE_SCALE, check_inputs, iter_roi_voxels, zero_like_graph
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, iter_roi_voxels, upcast, zero_like_graph
 
 OAR_POWERS = (1.0, 2.0, 10.0)
 TARGET_POWERS = (2.0, 4.0, 6.0)
@@ -33,6 +33,7 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
                 eps: float = 1e-12) -> torch.Tensor:
     """Moment loss of a batch; ``powers_by_bit`` maps each ROI bit to its powers."""
     codes, _, _ = check_inputs(pred, ref, roi_codes)
+    pred, ref = upcast(pred, ref)
     if codes is None:
         raise ValueError("the moment loss needs roi_codes")
     terms: list[torch.Tensor] = []

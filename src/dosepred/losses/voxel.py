@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import DEFAULT_DOSE_SCALE, check_inputs
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, upcast
 
 
 def _masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -26,12 +26,14 @@ def _masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def mae(pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute error (Gy) over the possible-dose mask. pred, ref: (B, 1, *S); mask (B, 1, *S)."""
     _, m, _ = check_inputs(pred, ref, mask=mask)
+    pred, ref = upcast(pred, ref)
     return _masked_mean((pred - ref.detach()).abs()[:, 0], m)
 
 
 def mse(pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error (Gy^2) over the possible-dose mask."""
     _, m, _ = check_inputs(pred, ref, mask=mask)
+    pred, ref = upcast(pred, ref)
     return _masked_mean(((pred - ref.detach()) ** 2)[:, 0], m)
 
 

@@ -1,0 +1,31 @@
+"""`dosepred bench losses` on a tiny synthetic case (no U-Net, one repeat)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from dosepred.bench.losses import markdown, run
+from dosepred.cli import app
+
+
+def test_bench_losses_api_synthetic():
+    res = run(sizes=(16,), repeats=1, devices=["cpu"], patient_dir=None, losses=["mae", "cdm", "dvh"],
+              unet=False)
+    assert [r["loss"] for r in res["rows"]] == ["mae", "cdm", "dvh"]
+    assert all(r["seconds"] > 0 and r["vs_mae"] > 0 for r in res["rows"])
+    assert res["rows"][0]["vs_mae"] == 1.0 and "synthetic" in res["rows"][0]["source"]
+    assert "| 16^3 | cpu | cdm |" in markdown(res)
+
+
+def test_bench_losses_cli(tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bench", "losses", "--sizes", "16", "--repeats", "1",
+                                 "--losses", "mae,moment", "--no-unet", "--device", "cpu",
+                                 "--data", str(tmp_path / "none"),
+                                 "--json", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert {row["loss"] for row in json.loads(out.read_text())["rows"]} == {"mae", "moment"}
+    bad = CliRunner().invoke(app, ["bench", "losses", "--losses", "nope", "--no-unet", "--sizes", "16"])
+    assert bad.exit_code == 2 and "unknown loss case" in bad.output
