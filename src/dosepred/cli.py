@@ -575,6 +575,8 @@ def train_cmd(
     schedule: Annotated[str | None, typer.Option("--schedule", help="cosine | constant | step.")] = None,
     base: Annotated[int | None, typer.Option("--base", help="U-Net base channels [16].")] = None,
     levels: Annotated[int | None, typer.Option("--levels", help="U-Net levels [4].")] = None,
+    res_units: Annotated[int | None, typer.Option("--res-units", help="Residual units per U-Net level "
+                                                  "(0: plain convolutions) [2].")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", help="Steps per epoch "
                                                         "[one crop per training patient].")] = None,
     val_patients: Annotated[int | None, typer.Option("--val-patients", help="Validate on the first N "
@@ -593,6 +595,8 @@ def train_cmd(
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA [on].")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes [0].")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
+    stop_after: Annotated[int | None, typer.Option("--stop-after", help="End after this epoch (a job "
+                                                   "slice); --resume continues exactly.")] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
@@ -602,9 +606,11 @@ def train_cmd(
     overrides = dict(data=str(data) if data else None, val=str(val) if val else None, loss=loss,
                      protocol=protocol, epochs=epochs, init=str(init) if init else None,
                      patch=(patch,) * 3 if patch else None, batch=batch, lr=lr, schedule=schedule, base=base,
-                     levels=levels, steps_per_epoch=steps_per_epoch, val_patients=val_patients,
+                     levels=levels, res_units=res_units, steps_per_epoch=steps_per_epoch,
+                     val_patients=val_patients,
                      val_every=val_every, select=select, train_split=split, val_split=val_split, seed=seed,
-                     device=device, amp=amp, workers=workers, threads=threads, out=str(out))
+                     device=device, amp=amp, workers=workers, threads=threads, out=str(out),
+                     stop_after=stop_after)
     if loss_opt:
         overrides["loss_options"] = _parse_opts(loss_opt)
     stored = out / "config.json"
@@ -661,6 +667,33 @@ def export_model_cmd(
 
     export_model(run, out, half=not fp32)
     console().print(f"wrote {out / 'model.pt'} ({(out / 'model.pt').stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command("demo")
+@friendly
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (data, runs, report.html).")
+                   ] = Path("demo-out"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and training.")] = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Synthetic end to end: train MAE and MAE+CDM with the same budget, evaluate, compare, report."""
+    from rich.table import Table
+
+    from .demo import run_demo, summary_rows
+
+    _progress(no_progress)
+    con = console()
+    res = run_demo(out, seed=seed, log=con.print)
+    t = Table(title="held-out synthetic patients, protocol openkbp-clinical "
+                    "(lower is better, except pass rate)")
+    t.add_column("metric")
+    for label in res["results"]:
+        t.add_column(label, justify="right")
+    for title, vals in summary_rows(res["results"]):
+        t.add_row(title, *vals)
+    con.print(t)
+    con.print(f"wrote {res['report']}")
 
 
 # ==================================================================================== entry point

@@ -36,6 +36,7 @@ from ..roi import decode_torch
 ARCH = "dosepred-unet3d"
 HU_MIN, HU_MAX, HU_SCALE = -1000.0, 2000.0, 1000.0
 RX_SCALE = 70.0
+INIT_BIAS = -1.05  # softplus(-1.05) ~= 0.3
 
 
 class ModelError(ValueError):
@@ -115,6 +116,10 @@ class DoseUNet(nn.Module):
         self.net = UNet(spatial_dims=3, in_channels=config.in_channels, out_channels=1,
                         channels=channels, strides=[2] * (config.levels - 1),
                         num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
+        # start near a typical mean dose inside the mask (~30 % of dose_scale), not softplus(0) = 69 %
+        last = [m for m in self.net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))][-1]
+        if last.bias is not None:
+            nn.init.constant_(last.bias, INIT_BIAS)
 
     def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input channels (B, C, *S) float32 on the tensors' device."""

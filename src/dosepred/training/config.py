@@ -58,6 +58,7 @@ class TrainConfig:
     select: str = "dvh"  # validation score that picks best.pt (lower is better)
     sw_overlap: float = 0.5
     sw_mode: str = "gaussian"  # gaussian | constant
+    stop_after: int | None = None  # end this process after that epoch (a job slice); --resume continues
     save_every: int = 0  # also keep checkpoints/epoch_K.pt every K epochs (0: never)
 
     def __post_init__(self) -> None:

@@ -496,6 +496,9 @@ class Trainer:
                         tb.flush()
                     self.log(self._epoch_line(row, is_best))
                 last_summary = row
+                if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.epochs:
+                    self.log(f"stopping after epoch {epoch} (--stop-after); continue with --resume")
+                    break
                 if self.world > 1:
                     import torch.distributed as dist
 

@@ -1,0 +1,132 @@
+"""Training: learning on synthetic data, exact resume, fine-tuning, DDP, and clear errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dosepred.io.cache import write_cache
+from dosepred.models import ModelError
+from dosepred.patient import Patient, Roi, RoiSet
+from dosepred.synth import make_cohort
+from dosepred.training import TrainConfig, train
+
+TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=1, batch=2, threads=2)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caches")
+    cohort = make_cohort(10, seed=5, size=24)
+    write_cache(cohort[:7], root / "train")
+    write_cache(cohort[7:], root / "val")
+    return root
+
+
+def _weights(run: Path, name="last.pt"):
+    return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
+
+
+def test_training_beats_a_constant_dose(caches, tmp_path):
+    from dosepred.evaluation import evaluate_cohort
+    from dosepred.io.cache import Cache
+    from dosepred.predict import load_model, predict_dose
+
+    cfg = TrainConfig(data=str(caches / "train"), val=str(caches / "val"), out=str(tmp_path / "run"),
+                      loss="mae",
+                      epochs=4, steps_per_epoch=15, lr=1e-2, seed=0, val_every=2,
+                      **TINY)
+    res = train(cfg)
+    val = list(Cache.open(caches / "val"))
+    train_p = list(Cache.open(caches / "train"))
+    mean_in_mask = float(np.mean([p.dose[p.possible_dose_mask].mean() for p in train_p]))
+    const = evaluate_cohort([(p, mean_in_mask * p.possible_dose_mask) for p in val]).dose_score
+    model = load_model(tmp_path / "run")
+    learned = evaluate_cohort([(p, predict_dose(model, p)) for p in val]).dose_score
+    assert learned < 0.8 * const, (learned, const)
+    assert res["best"]["epoch"] in (2, 4)
+    run = tmp_path / "run"
+    for f in ("config.json", "dataset.json", "protocol.json", "version.json", "metrics.csv",
+              "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / f).is_file(), f
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and "val_dose_score" in rows[0]
+
+
+def test_resume_is_exact(caches, tmp_path):
+    common = dict(data=str(caches / "train"), loss="mae", epochs=2, steps_per_epoch=3, seed=1, **TINY)
+    train(TrainConfig(out=str(tmp_path / "a"), **common))
+    train(TrainConfig(out=str(tmp_path / "b"), stop_after=1, **common))  # as if interrupted
+    with pytest.raises(ValueError, match="--resume"):
+        train(TrainConfig(out=str(tmp_path / "b"), **common))
+    train(TrainConfig(out=str(tmp_path / "b"), **common), resume=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+
+
+def test_init_fine_tunes_from_weights(caches, tmp_path):
+    common = dict(data=str(caches / "train"), epochs=1, steps_per_epoch=2, **TINY)
+    train(TrainConfig(out=str(tmp_path / "warm"), loss="mae", **common))
+    cfg = TrainConfig(out=str(tmp_path / "ft"), loss="mae+cdm", init=str(tmp_path / "warm"),
+                      **{**common, "base": None, "levels": None, "res_units": None})
+    train(cfg)
+    ck = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["model_config"]["base"] == 4 and ck["global_step"] == 2
+    with pytest.raises(ModelError, match="base"):
+        train(TrainConfig(out=str(tmp_path / "ft2"), loss="mae", init=str(tmp_path / "warm"),
+                          **{**common, "base": 8}))
+
+
+def test_bad_inputs_are_clear(caches, tmp_path):
+    # a cache whose RoiSet differs from the --init model's
+    rs = RoiSet((Roi("Cord"), Roi("PTV", "target", 60.0)))
+    shape = (16, 16, 16)
+    m = np.zeros(shape, bool)
+    m[4:12, 4:12, 4:12] = True
+    p = Patient.from_masks("x1", np.zeros(shape, np.int16), {"PTV": m}, rs, (2, 2, 2), dose=m * 60.0)
+    write_cache([p], tmp_path / "other")
+    common = dict(epochs=1, steps_per_epoch=1, **TINY)
+    train(TrainConfig(data=str(caches / "train"), out=str(tmp_path / "r"), **common))
+    with pytest.raises(ModelError, match="trained on"):
+        train(TrainConfig(data=str(tmp_path / "other"), out=str(tmp_path / "r2"), init=str(tmp_path / "r"),
+                          **{**common, "base": None}))
+    with pytest.raises(ValueError, match="validation cache"):
+        train(TrainConfig(data=str(caches / "train"), val=str(tmp_path / "other"), out=str(tmp_path / "r3"),
+                          **common))
+    # a checkpoint of another architecture
+    ck = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    ck["model_config"]["arch"] = "other-net"
+    torch.save(ck, tmp_path / "foreign.pt")
+    with pytest.raises(ModelError, match="architecture"):
+        train(TrainConfig(data=str(caches / "train"), out=str(tmp_path / "r4"),
+                          init=str(tmp_path / "foreign.pt"), **common))
+    torch.save({"state_dict": {}}, tmp_path / "plain.pt")
+    from dosepred.predict import load_model
+
+    with pytest.raises(ModelError, match="not a dosepred checkpoint"):
+        load_model(tmp_path / "plain.pt")
+    with pytest.raises(FileNotFoundError, match="resume"):
+        train(TrainConfig(data=str(caches / "train"), out=str(tmp_path / "none"), **common), resume=True)
+
+
+@pytest.mark.skipif(not hasattr(torch, "distributed") or not torch.distributed.is_available(),
+                    reason="torch.distributed unavailable")
+def test_ddp_two_processes_gloo(caches, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "DOSEPRED_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "dosepred.cli", "train", "--data", str(caches / "train"), "--out", str(run), "--loss", "mae",
+           "--epochs", "2", "--steps-per-epoch", "2", "--patch", "16", "--base", "4", "--levels", "2",
+           "--device", "cpu", "--threads", "1", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["world_size"] == 2 and ck["global_step"] == 4 and ck["epoch"] == 2
+    assert sorted(os.listdir(run / "checkpoints")) == ["best.pt", "last.pt"]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
