@@ -1,0 +1,75 @@
+"""predict / export-model end to end from the CLI, on the OpenKBP sample patients."""
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.io.cache import write_cache
+from dosepred.synth import make_cohort
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pred")
+    write_cache(make_cohort(4, seed=2, size=32), root / "train")
+    r = runner.invoke(app, ["train", "--data", str(root / "train"), "--out", str(root / "run"),
+                            "--loss", "mae",
+                            "--epochs", "1", "--steps-per-epoch", "2", "--patch", "32", "--base", "4",
+                            "--levels", "3", "--res-units", "0", "--threads", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_patient(sample_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("src")
+    first = sorted(p for p in sample_dir.iterdir() if p.name.startswith("pt_"))[0]
+    os.symlink(first, d / first.name)
+    return d
+
+
+def test_predict_then_evaluate_openkbp(run_dir, one_patient, tmp_path):
+    out = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(one_patient),
+                            "--out", str(out),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    files = sorted(f.name for f in out.iterdir())
+    assert files == [f"{p.name}.csv" for p in one_patient.iterdir()]
+    r = runner.invoke(app, ["evaluate", "--reference", str(one_patient), "--prediction", str(out),
+                            "--json", str(tmp_path / "s.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    js = json.loads((tmp_path / "s.json").read_text())
+    assert len(js["patients"]) == 1 and 0 < js["dose_score"] < 70
+
+
+def test_export_model_folder_predicts(run_dir, one_patient, tmp_path):
+    model = tmp_path / "models" / "tiny"
+    r = runner.invoke(app, ["export-model", str(run_dir / "run"), "--out", str(model)])
+    assert r.exit_code == 0, r.output
+    assert {"model.pt", "config.json", "README.md"} <= {f.name for f in model.iterdir()}
+    assert (model / "model.pt").stat().st_size < (run_dir / "run" / "checkpoints" / "last.pt").stat().st_size
+    r = runner.invoke(app, ["predict", "--model", str(model), "--data", str(run_dir / "train"),
+                            "--out", str(tmp_path / "nii"), "--format", "nifti", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "nii").glob("*.nii.gz"))) == 4
+
+
+def test_predict_errors_are_clear(run_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "empty"),
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "neither a dosepred cache" in r.output
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "empty"), "--data", str(run_dir / "train"),
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "holds no model" in r.output
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(run_dir / "train"),
+                            "--out", str(tmp_path / "o"), "--format", "png"])
+    assert r.exit_code == 2 and "unknown format" in r.output
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "not a dosepred cache" in r.output
