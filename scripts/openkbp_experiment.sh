@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The OpenKBP experiment of docs/results.md: one shared MAE warm-up, then each objective fine-tuned
+# from it for the same number of steps, evaluated on the validation split.
+# Every step is skipped when its output exists, so the script resumes after an interruption
+# (a half-finished training continues with `dosepred train --out RUN --resume`).
+#
+# usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/work/exp}
+stage=${STAGE:-all}
+shared=${SHARED:-$here/../shared}
+mkdir -p "$work"
+
+raw=$work/openkbp/provided-data
+cache=$work/cache
+runs=$work/runs
+pred=$work/pred
+evald=$work/eval
+
+# ---- budget (the same for every objective) --------------------------------------------------
+ARCH=(--patch 64 --batch 2 --base 16 --levels 4 --res-units 0)
+WARMUP=(--loss mae --epochs 12 --steps-per-epoch 150 --lr 1e-3 --schedule constant --seed 0)
+FINETUNE=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
+
+declare -A LOSS=(
+  [mae]="mae"
+  [mae-dvh]="mae+dvh"
+  [mae-moment]="mae+moment"
+  [mae-cdm]="mae+cdm"
+  [mae-cdm-t2]="mae+cdm"
+)
+declare -A OPTS=(
+  [mae]=""
+  [mae-dvh]=""
+  [mae-moment]=""
+  [mae-cdm]=""
+  [mae-cdm-t2]="--loss-opt cdm_target_weight=2 --loss-opt cdm_oar_weight=0.5 --loss-opt cdm_spread=1"
+)
+MODELS=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
+
+run() { echo "+ $*" >&2; "$@"; }
+
+if [[ $stage == import || $stage == all ]]; then
+  [[ -d $raw/train-pats ]] || run bash "$shared/data/openkbp/extract.sh" "$work/openkbp" train validation
+  [[ -f $cache/train/dataset.json ]] || run dosepred data import-openkbp "$raw/train-pats" --out "$cache/train" --no-progress
+  [[ -f $cache/val/dataset.json ]] || run dosepred data import-openkbp "$raw/validation-pats" --out "$cache/val" --no-progress
+  [[ -d $pred/baseline ]] || run dosepred baseline --data "$cache/val" --out "$pred/baseline" --no-progress
+fi
+
+if [[ $stage == warmup || $stage == all ]]; then
+  if [[ ! -f $runs/warmup/checkpoints/last.pt ]]; then
+    run dosepred train --data "$cache/train" --val "$cache/val" --val-patients 6 --val-every 100 \
+      --out "$runs/warmup" "${ARCH[@]}" "${WARMUP[@]}" --no-progress
+  fi
+fi
+
+if [[ $stage == finetune || $stage == all ]]; then
+  # all objectives at once, one thread each: the same wall time and the same steps for each
+  pids=()
+  for m in "${MODELS[@]}"; do
+    [[ -f $runs/$m/checkpoints/last.pt ]] && continue
+    # shellcheck disable=SC2086
+    run dosepred train --data "$cache/train" --out "$runs/$m" --init "$runs/warmup/checkpoints/last.pt" \
+      --loss "${LOSS[$m]}" ${OPTS[$m]} "${FINETUNE[@]}" --no-progress > "$runs/$m.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+fi
+
+if [[ $stage == predict || $stage == all ]]; then
+  for m in "${MODELS[@]}"; do
+    [[ -f $pred/$m/.done ]] && continue
+    run dosepred predict --model "$runs/$m" --data "$cache/val" --out "$pred/$m" --no-progress
+    touch "$pred/$m/.done"
+  done
+fi
+
+if [[ $stage == evaluate || $stage == all ]]; then
+  mkdir -p "$evald"
+  for m in baseline "${MODELS[@]}"; do
+    for proto in openkbp openkbp-clinical; do
+      run dosepred evaluate --reference "$cache/val" --prediction "$pred/$m" --protocol "$proto" \
+        --json "$evald/$m.$proto.json" --no-progress > "$evald/$m.$proto.txt"
+    done
+  done
+fi
