@@ -479,6 +479,62 @@ def bench_evaluate(
         write_json_atomic(json_out, res)
 
 
+@bench_app.command("bitmask")
+@friendly
+def bench_bitmask(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
+                                                  "file.")] = None,
+    rois: Annotated[str, typer.Option("--rois", help="ROI counts to compare, comma-separated "
+                                      "(10 = OpenKBP; more adds synthetic rings/PRVs).")] = "10,40",
+    size: Annotated[int, typer.Option("--size", help="Synthetic volume size (voxels per axis).")] = 64,
+    patch: Annotated[int, typer.Option("--patch", help="Training crop size (voxels per axis).")] = 48,
+    steps: Annotated[int, typer.Option("--steps", help="Timed training steps per run.")] = 4,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps before them.")] = 1,
+    repeats: Annotated[int, typer.Option("--repeats", help="Runs per pipeline (alternating; medians).")] = 3,
+    patients: Annotated[int, typer.Option("--patients", help="Synthetic patients.")] = 8,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    model: Annotated[str, typer.Option("--model", help="unet (dosepred's U-Net) or basicunet "
+                                       "(MONAI BasicUNet, ~5x the compute).")] = "unet",
+    pipelines: Annotated[str, typer.Option("--pipelines", help="Comma-separated subset of bitmask, "
+                                           "onehot-npz, onehot-npy.")] = "bitmask,onehot-npz",
+    threads: Annotated[int, typer.Option("--threads", help="torch threads per run (0: torch's default; "
+                                         "1 keeps timings stable on a shared CPU).")] = 1,
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each run in a fresh "
+                                          "subprocess (clean peak RSS).")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Cohort and crop seed.")] = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
+    from .bench.bitmask import BenchConfig, run, table
+    from .io.cache import write_json_atomic
+    from .progress import enabled
+
+    _progress(no_progress)
+    try:
+        ks = tuple(int(x) for x in rois.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--rois {rois!r}: expected comma-separated integers such as 10,40") from None
+    cfg = BenchConfig(rois=ks, size=size, patch=patch, steps=steps, warmup=warmup, repeats=repeats,
+                      patients=patients, batch=batch, device=device, workers=workers, model=model,
+                      pipelines=tuple(p.strip() for p in pipelines.split(",") if p.strip()),
+                      isolate=isolate, seed=seed, threads=threads)
+    con = console()
+    log = (lambda m: con.print(f"[dim]{m}[/]")) if enabled() else None
+    res = run(cfg, log=log)
+    con.print(table(res))
+    m = res["machine"]
+    con.print(f"model: {res['model']}; loss: {res['loss']}; {m['cpu_count']} CPU cores, "
+              f"{res['torch_threads']} torch threads per run, {m.get('cuda_device', 'no GPU used')}; "
+              f"{res['seconds']:.0f} s")
+    for tg in res["targets"]:
+        mark = "[green]met[/]" if tg["met"] else "[red]not met[/]"
+        con.print(f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x {mark}")
+    if json_out is not None:
+        write_json_atomic(json_out, res)
+
+
 @bench_app.command("losses")
 @friendly
 def bench_losses(
