@@ -167,6 +167,62 @@ def roi_metrics(doses: np.ndarray, metrics: Sequence[str | Metric], voxel_volume
     return out
 
 
+def _linear_percentiles(x: np.ndarray, qs: Sequence[float]) -> list[tuple[float, float]]:
+    """``np.percentile(row, q)`` (method "linear") of both rows of a (2, n) float64 array for each q,
+    partitioning ``x`` in place along its contiguous rows once. numpy's own arithmetic (virtual
+    index ``(n - 1) * (q / 100)``, its floor and fraction, the two-sided lerp) in Python floats, so
+    values are identical, without numpy's axis moves and per-call overhead."""
+    n = x.shape[1]
+    spots = []
+    for q in qs:
+        v = (n - 1) * (float(q) / 100)
+        lo = min(math.floor(v), n - 1)
+        spots.append((lo, min(lo + 1, n - 1), v - lo))
+    x.partition(sorted({i for lo, hi, _ in spots for i in (lo, hi)}), axis=1)
+    out = []
+    for lo, hi, g in spots:
+        pair = []
+        for r in (0, 1):
+            a, b = float(x[r, lo]), float(x[r, hi])
+            d = b - a
+            pair.append(b - d * (1 - g) if g >= 0.5 else a + d * g)
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def roi_metrics_pair(ref: np.ndarray, pred: np.ndarray, metrics: Sequence[str | Metric],
+                     voxel_volume_mm3: float, prescription: float | None = None
+                     ) -> tuple[list[float], list[float]]:
+    """:func:`roi_metrics` of two dose arrays over the same ROI voxels (reference and prediction) at
+    once: one ``np.percentile`` call serves every percentile metric of both. Same values."""
+    ms = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
+    ref, pred = np.ravel(ref), np.ravel(pred)
+    if ref.size != pred.size:
+        raise ValueError(f"reference and prediction have {ref.size} and {pred.size} ROI voxels")
+    if ref.size == 0:
+        return [math.nan] * len(ms), [math.nan] * len(ms)
+    x = np.empty((2, ref.size), dtype=np.float64)
+    x[0], x[1] = ref, pred
+    a, b = x
+    ra, rb = [math.nan] * len(ms), [math.nan] * len(ms)
+    for i, m in enumerate(ms):  # before the percentiles, which reorder x in place
+        if m.kind == "Dmean":
+            ra[i], rb[i] = float(a.mean()), float(b.mean())
+        elif m.kind == "V":
+            t = v_threshold(m, prescription)
+            ra[i], rb[i] = float((a >= t).mean() * 100.0), float((b >= t).mean() * 100.0)
+    pct = [(i, percentile_q(m, a.size, voxel_volume_mm3))
+           for i, m in enumerate(ms) if m.kind in ("D", "Dmax", "Dmin")]
+    if pct:
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):  # NaN/inf: numpy's own handling
+            vals = np.percentile(x, [q for _, q in pct], axis=1)
+        else:
+            vals = _linear_percentiles(x, [q for _, q in pct])  # (len(pct), 2)
+        for (i, _), (va, vb) in zip(pct, vals, strict=True):
+            ra[i], rb[i] = float(va), float(vb)
+    return ra, rb
+
+
 def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, metric: str | Metric,
                spacing: Sequence[float] | None = None, prescription: float | None = None) -> float:
     """Exact metric of one ROI.
@@ -202,23 +258,31 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
         raise ValueError(f"cannot compute {metric}: {e}") from None
 
 
-def roi_voxel_indices(patient: Patient, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def roi_voxel_indices(patient: Patient, names: Sequence[str] | None = None,
+                      box: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
     """Flat (C order) voxel indices of each present ROI of ``patient``, decoded in one pass.
 
     Only voxels with a non-zero code are read, so the cost is that of the ROIs, not of the grid.
-    Missing ROIs (no contour) are left out.
+    Missing ROIs (no contour) are left out. With ``box`` (slices per axis, holding every ROI voxel)
+    the indices are into the C-order flattening of ``roi_codes[box]``.
     """
     names = names if names is not None else patient.roi_set.names
     names = [n for n in names if n not in patient.missing_rois]
-    codes = patient.roi_codes.ravel()
-    nz = np.flatnonzero(codes)
-    c = codes[nz]
+    codes = patient.roi_codes if box is None else patient.roi_codes[box]
+    return codes_voxel_indices(codes, [patient.roi_set.index(n) for n in names], names)
+
+
+def codes_voxel_indices(codes: np.ndarray, bits: Sequence[int],
+                        names: Sequence[str]) -> dict[str, np.ndarray]:
+    """name -> flat indices of the voxels of ``codes`` with bit ``bits[i]`` set (empty ROIs left out)."""
+    flat = codes.ravel()
+    nz = np.flatnonzero(flat != 0)  # a bool volume first: ~7x faster than nonzero on uint16 codes
+    c = flat[nz]
     one = c.dtype.type(1)
     out: dict[str, np.ndarray] = {}
-    for n in names:
-        k = patient.roi_set.index(n)
+    for n, k in zip(names, bits, strict=True):
         sel = (c >> c.dtype.type(k)) & one
-        idx = nz[sel.astype(bool)]
+        idx = nz[sel.view(bool) if sel.dtype.itemsize == 1 else sel.astype(bool)]
         if idx.size:
             out[n] = idx
     return out

@@ -22,10 +22,13 @@ Definitions (REFERENCE.md sections 2 and 4):
   ``criteria_pass_rate`` is the % of checked (patient, criterion) pairs the prediction passes,
   ``criteria_agreement`` the % where prediction and reference give the same verdict.
 
-Metrics use OpenKBP's exact definitions (:mod:`dosepred.metrics`). ROI masks are decoded once per
-patient from the bit-mask codes (:func:`dosepred.dvh.roi_voxel_indices`), so evaluating a patient
-costs a few tens of ms. ``pred_dose`` may be a numpy array or a torch tensor with the reference's
-spatial shape (leading singleton batch/channel axes are dropped).
+Metrics use OpenKBP's exact definitions (:mod:`dosepred.metrics`). When the reference knows the box
+outside which its dose, mask and ROIs are zero (:meth:`Patient.support_box`, set by the cache and
+the CSV reader of :func:`load_references`), scores are computed on that box (about a quarter of an
+OpenKBP grid) plus the prediction's dose outside it; ROI masks are decoded once per patient from the
+bit-mask codes (:func:`dosepred.dvh.roi_voxel_indices`), so evaluating a patient costs a few ms.
+``pred_dose`` may be a numpy array or a torch tensor with the reference's spatial shape (leading
+singleton batch/channel axes are dropped).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .dvh import roi_metrics, roi_voxel_indices
+from .dvh import roi_metrics_pair, roi_voxel_indices
 from .metrics import parse_metric
 from .patient import Patient
 from .protocol import Protocol, load_protocol
@@ -280,6 +283,24 @@ def _needed(protocol: Protocol) -> dict[str, list[str]]:
     return out
 
 
+def _abs_diff_sum(a: np.ndarray, b: np.ndarray) -> float:
+    """sum |a - b| accumulated in float64 (float32 inputs are subtracted in float32: exact to ~1e-7
+    relative per voxel, which moves a dose score by far less than 1e-6 Gy)."""
+    if np.result_type(a, b) == np.float32:
+        d = np.subtract(a, b)
+    else:
+        d = np.subtract(a, b, dtype=np.float64)
+    np.abs(d, out=d)
+    return float(d.sum(dtype=np.float64))
+
+
+def _abs_sum_outside(a: np.ndarray, box: tuple[slice, ...]) -> float:
+    """sum |a| over the voxels of a 3-D ``a`` outside ``box``, as six slabs (no mask volume)."""
+    (z0, z1), (y0, y1), (x0, x1) = ((s.start, s.stop) for s in box)
+    slabs = (a[:z0], a[z1:], a[z0:z1, :y0], a[z0:z1, y1:], a[z0:z1, y0:y1, :x0], a[z0:z1, y0:y1, x1:])
+    return float(sum(np.abs(s).sum(dtype=np.float64) for s in slabs if s.size))
+
+
 def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "openkbp") -> PatientResult:
     """Evaluate one predicted dose against the reference patient's dose.
 
@@ -291,16 +312,27 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
     protocol = load_protocol(protocol, ref.roi_set)
     pred = as_dose_array(pred_dose, ref.shape, ref.id)
     rs = ref.roi_set
-    refd = ref.dose.ravel()
-    predd = pred.ravel()
-    n_mask = int(np.count_nonzero(ref.possible_dose_mask))
+    # Work inside the box outside which the reference dose, mask and ROIs are zero (known from the
+    # cache or the CSV reader; else the whole grid). The dose score's numerator is over ALL voxels,
+    # so the prediction's dose outside the box is added separately.
+    box = ref.support_box()
+    full = box is None or all(s.start == 0 and s.stop == n for s, n in zip(box, ref.shape, strict=True))
+    if full:
+        box = tuple(slice(0, n) for n in ref.shape)
+    assert ref.possible_dose_mask is not None and box is not None
+    n_mask = int(np.count_nonzero(ref.possible_dose_mask[box]))
     if n_mask == 0:
         raise ValueError(f"patient {ref.id}: the possible-dose mask is empty")
-    dose_score = float(np.abs(np.subtract(refd, predd, dtype=np.float64)).sum() / n_mask)
+    refc = ref.dose[box]
+    predc = pred[box]
+    total = _abs_diff_sum(refc, predc) + (0.0 if full else _abs_sum_outside(pred, box))
+    dose_score = float(total / n_mask)
+    refd = np.ascontiguousarray(refc).ravel()
+    predd = np.ascontiguousarray(predc).ravel()
 
     needed = _needed(protocol)
     openkbp_names = {(c.roi, c.metric) for c in _openkbp().criteria}
-    idx = roi_voxel_indices(ref, [r for r in needed if r in rs])
+    idx = roi_voxel_indices(ref, [r for r in needed if r in rs], box)
     vox = ref.voxel_volume_mm3
     values: dict[tuple[str, str], MetricValue] = {}
     missing: list[str] = []
@@ -311,8 +343,7 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
             continue  # openkbp ROIs absent from a non-OpenKBP RoiSet are simply not evaluated
         rx = protocol.prescription(roi, rs)
         computable = [m for m in ms if not (parse_metric(m).needs_prescription and rx is None)]
-        r_vals = roi_metrics(refd[idx[roi]], computable, vox, rx)
-        p_vals = roi_metrics(predd[idx[roi]], computable, vox, rx)
+        r_vals, p_vals = roi_metrics_pair(refd[idx[roi]], predd[idx[roi]], computable, vox, rx)
         for m, rv, pv in zip(computable, r_vals, p_vals, strict=True):
             values[(roi, m)] = MetricValue(roi, m, rs[roi].kind, rv, pv)
 
@@ -438,8 +469,9 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
 
     Evaluation needs no CT, so unless ``with_ct`` it is not read (the CT is a zero volume and
     ``meta["ct_loaded"]`` is False): the biggest CSV file and the biggest cache array are skipped.
+    Without the CT, the patients carry their support box (:meth:`Patient.support_box`).
     """
-    from .io import cache, openkbp
+    from .io import cache
     from .io.cache import load_patients
 
     if with_ct:
@@ -449,21 +481,100 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
         c = cache.Cache.open(src)
         rs = c.roi_set
         for pid in ids if ids is not None else c.ids:
-            e = c.entry(pid)
-            path = c.root / e["file"]
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    codes, mask = z["roi_codes"], z["possible_dose_mask"]
-                    dose = z["dose"] if "dose" in z.files else None
-            except (OSError, ValueError, KeyError) as err:
-                raise ValueError(f"patient {pid}: cannot read {path}: {err}") from None
-            yield Patient(pid, np.zeros(codes.shape, np.int16), codes, rs, tuple(e["spacing"]), mask, dose,
-                          tuple(e.get("missing_rois", ())), {**e.get("meta", {}), "ct_loaded": False})
+                yield c.load(pid, rs, with_ct=False)
+            except cache.CacheError as err:
+                raise ValueError(str(err)) from None
         return
+    for r in _csv_references(src, ids):
+        full = tuple(slice(0, n) for n in r.shape)
+        p = r.patient(full)
+        if r.box is not None:
+            p.set_support_box(r.box)
+        yield p
+
+
+Box = tuple[slice, ...]
+
+
+def _box_of_coords(coords: list[tuple[np.ndarray, ...]]) -> Box | None:
+    """Bounding box (slices) of voxel coordinates (tuples of per-axis index arrays); None if empty."""
+    lo: list[int] = []
+    hi: list[int] = []
+    for c in coords:
+        if c[0].size == 0:
+            continue
+        mins = [int(x.min()) for x in c]
+        maxs = [int(x.max()) for x in c]
+        lo = mins if not lo else [min(u, v) for u, v in zip(lo, mins, strict=True)]
+        hi = maxs if not hi else [max(u, v) for u, v in zip(hi, maxs, strict=True)]
+    if not lo:
+        return None
+    return tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+
+
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def _bshape(box: Box) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)
+
+
+def _local(coords: tuple[np.ndarray, ...], box: Box) -> np.ndarray:
+    """C-order flat indices inside ``box`` of voxel coordinates that lie in it."""
+    return np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, box, strict=True)), _bshape(box))
+
+
+def _embed(a: np.ndarray, box: Box, outer: Box) -> np.ndarray:
+    """``a`` (the values on ``box``) on the larger ``outer`` box, zero elsewhere."""
+    if box == outer:
+        return a
+    out = np.zeros(_bshape(outer), dtype=a.dtype)
+    out[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer, strict=True))] = a
+    return out
+
+
+@dataclass
+class _SparseRef:
+    """One OpenKBP reference read as sparse voxel lists (coordinates), before any dense array."""
+
+    id: str
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
+    roi_set: Any
+    mask: tuple[np.ndarray, ...]
+    dose: tuple[np.ndarray, ...]
+    dose_values: np.ndarray
+    rois: list[tuple[int, tuple[np.ndarray, ...]]]
+    missing: tuple[str, ...]
+    meta: dict[str, Any]
+    box: Box | None
+
+    def patient(self, box: Box) -> Patient:
+        """The reference on ``box`` (which must hold its support box), CT not loaded."""
+        bs = _bshape(box)
+        rs = self.roi_set
+        mask = np.zeros(int(np.prod(bs)), bool)
+        mask[_local(self.mask, box)] = True
+        dose = np.zeros(mask.size, np.float32)
+        dose[_local(self.dose, box)] = self.dose_values
+        codes = np.zeros(mask.size, rs.dtype)
+        for k, c in self.rois:
+            codes[_local(c, box)] |= rs.dtype.type(1 << k)
+        return Patient(self.id, np.zeros(bs, np.int16), codes.reshape(bs), rs, self.spacing, mask.reshape(bs),
+                       dose.reshape(bs), self.missing, dict(self.meta))
+
+
+def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_SparseRef]:
+    from .io import openkbp
+
     if not openkbp.is_openkbp_folder(src):
         raise ValueError(f"{src} is neither a dosepred cache (dataset.json) nor an OpenKBP folder (pt_*)")
     rs = openkbp.RoiSet.openkbp()
-    size = int(np.prod(openkbp.GRID))
+    grid = openkbp.GRID
     want = set(ids) if ids is not None else None
     for f in openkbp.patient_folders(src):
         if want is not None and f.name not in want:
@@ -474,12 +585,12 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
                 raise ValueError(f"patient {pid}: {f} lacks {req}")
         spacing = openkbp._read_spacing(f / "voxel_dimensions.csv", pid)
         midx, _ = openkbp._read_sparse(f / "possible_dose_mask.csv", False, pid=pid)
-        mask = np.zeros(size, bool)
-        mask[midx] = True
         didx, dvals = openkbp._read_sparse(f / "dose.csv", True, pid=pid)
-        dose = np.zeros(size, np.float32)
-        dose[didx] = dvals
-        codes = np.zeros(size, rs.dtype)
+        assert dvals is not None
+        mask = np.unravel_index(midx, grid)
+        dose = np.unravel_index(didx, grid)
+        nonzero = dvals != 0
+        rois = []
         missing = []
         for k, name in enumerate(rs.names):
             rf = f / f"{name}.csv"
@@ -487,28 +598,114 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
                 missing.append(name)
                 continue
             ridx, _ = openkbp._read_sparse(rf, False, pid=pid)
-            codes[ridx] |= rs.dtype.type(1 << k)
-        yield Patient(pid, np.zeros(openkbp.GRID, np.int16), codes.reshape(openkbp.GRID), rs, spacing,
-                      mask.reshape(openkbp.GRID), dose.reshape(openkbp.GRID), tuple(missing),
-                      {"source": str(f), "format": "openkbp", "ct_loaded": False})
+            rois.append((k, np.unravel_index(ridx, grid)))
+        box = _box_of_coords([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
+        yield _SparseRef(pid, grid, spacing, rs, mask, dose, dvals.astype(np.float32), rois, tuple(missing),
+                         {"source": str(f), "format": "openkbp", "ct_loaded": False}, box)
+
+
+def _prediction_crop(prediction: str | os.PathLike, pred_cache: Any, pid: str, shape: tuple[int, ...]
+                     ) -> tuple[np.ndarray, Box | None]:
+    """A predicted dose as (values on a box, the box) such that it is zero outside the box; the box
+    is None for an all-zero dose. Only the prediction's own non-zero extent is made dense."""
+    from .io import cache, openkbp
+
+    full = tuple(slice(0, n) for n in shape)
+    if pred_cache is not None:
+        e = pred_cache.entry(pid)
+        try:
+            arrays, box = cache.read_arrays(pred_cache.root / e["file"], ("dose",), pid, crop=True)
+        except cache.CacheError as err:
+            raise ValueError(str(err)) from None
+        d = arrays["dose"]
+        if d is None:
+            raise ValueError(f"patient {pid}: the prediction cache {prediction} holds no dose")
+        if box is None:
+            box = full
+        if tuple(e["shape"]) != tuple(shape) or d.shape != _bshape(box):
+            raise ValueError(f"patient {pid}: predicted dose has shape {tuple(e['shape'])}, but the "
+                             f"reference grid is {tuple(shape)}")
+        return d, box
+    f = find_prediction(prediction, pid)
+    assert f is not None
+    if f.name.endswith(".csv"):
+        idx, vals = openkbp._read_sparse(f, True, grid=shape, pid=f.stem)
+        assert vals is not None
+        keep = vals != 0
+        coords = tuple(c[keep] for c in np.unravel_index(idx, shape))
+        box = _box_of_coords([coords])
+        if box is None:
+            return np.zeros((0, 0, 0), np.float32), None
+        d = np.zeros(int(np.prod(_bshape(box))), np.float32)
+        d[_local(coords, box)] = vals[keep]
+        return d.reshape(_bshape(box)), box
+    return as_dose_array(read_prediction(f, shape), shape, pid), full
 
 
 def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
-               with_ct: bool = False) -> Iterable[tuple[Patient, np.ndarray]]:
+               with_ct: bool = False, crop: bool | None = None) -> Iterable[tuple[Patient, np.ndarray]]:
     """Lazily yield (reference patient, predicted dose) for ``ids``; one patient in memory at a time.
-    The reference CT is read only ``with_ct`` (the report's dose slices need it)."""
+    The reference CT is read only ``with_ct`` (the report's dose slices need it).
+
+    ``crop`` (default: ``not with_ct``): yield each pair on the smallest box that holds every non-zero
+    voxel of the reference dose, possible-dose mask, ROIs and the predicted dose (``meta["crop_box"]``,
+    ``[[start, stop]] * 3`` on the original grid), never building full-grid arrays. All scores are
+    unchanged, since both doses are zero outside that box; without ``crop`` arrays are full-grid.
+    """
     from .io import cache
 
+    crop = (not with_ct) if crop is None else crop
     pred_cache = cache.Cache.open(prediction) if cache.is_cache(prediction) else None
-    for ref in load_references(reference, ids, with_ct):
-        if pred_cache is not None:
-            e = pred_cache.entry(ref.id)
-            with np.load(pred_cache.root / e["file"], allow_pickle=False) as z:
-                d = z["dose"] if "dose" in z.files else None
-            if d is None:
-                raise ValueError(f"patient {ref.id}: the prediction cache {prediction} holds no dose")
-        else:
-            f = find_prediction(prediction, ref.id)
-            assert f is not None
-            d = read_prediction(f, ref.shape)
-        yield ref, as_dose_array(d, ref.shape, ref.id)
+    if not crop:
+        for ref in load_references(reference, ids, with_ct):
+            if pred_cache is not None:
+                try:
+                    d = pred_cache.load_dose(ref.id)
+                except cache.CacheError as err:
+                    raise ValueError(str(err)) from None
+                if d is None:
+                    raise ValueError(f"patient {ref.id}: the prediction cache {prediction} holds no dose")
+            else:
+                f = find_prediction(prediction, ref.id)
+                assert f is not None
+                d = read_prediction(f, ref.shape)
+            yield ref, as_dose_array(d, ref.shape, ref.id)
+        return
+    for pid, shape, ref_box, make_ref in _reference_crops(reference, ids):
+        pd, pbox = _prediction_crop(prediction, pred_cache, pid, shape)
+        box = _union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
+        ref = make_ref(box)
+        ref.meta["crop_box"] = [[s.start, s.stop] for s in box]
+        pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(_bshape(box), np.float32)
+        yield ref, pred
+
+
+def _reference_crops(src: str | os.PathLike, ids: list[str] | None) -> Iterable[tuple[str, tuple[int, ...],
+                                                                                      Box | None, Any]]:
+    """(id, grid shape, support box, box -> reference Patient on that box) per reference patient."""
+    from .io import cache
+
+    if cache.is_cache(src):
+        c = cache.Cache.open(src)
+        rs = c.roi_set
+        for pid in ids if ids is not None else c.ids:
+            e = c.entry(pid)
+            try:
+                arrays, box = cache.read_arrays(c.root / e["file"], cache._EVAL_FIELDS, pid, crop=True)
+            except cache.CacheError as err:
+                raise ValueError(str(err)) from None
+            shape = tuple(e["shape"])
+            if box is None:  # version-1 file: full-grid arrays
+                box = tuple(slice(0, n) for n in shape)
+
+            def make(outer: Box, pid=pid, e=e, arrays=arrays, box=box) -> Patient:
+                dose = arrays["dose"]
+                codes = _embed(arrays["roi_codes"], box, outer)
+                return Patient(pid, np.zeros(_bshape(outer), np.int16), codes,
+                               rs, tuple(e["spacing"]), _embed(arrays["possible_dose_mask"], box, outer),
+                               None if dose is None else _embed(dose, box, outer),
+                               tuple(e.get("missing_rois", ())), {**e.get("meta", {}), "ct_loaded": False})
+            yield pid, shape, box, make
+        return
+    for r in _csv_references(src, ids):
+        yield r.id, r.shape, r.box, r.patient

@@ -17,6 +17,7 @@ two cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ def parse_metric(text: str) -> Metric:
     """Parse a metric string such as ``D95%``, ``D0.1cc``, ``Dmean``, ``V30Gy``, ``V95%``."""
     if not isinstance(text, str):
         raise MetricError(f"metric must be a string, got {text!r}")
+    return _parse_metric(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_metric(text: str) -> Metric:  # cached: evaluation parses the same few strings per ROI
     s = text.replace(" ", "").replace("_", "")
     u = s.upper()
     for k in ("DMEAN", "DMAX", "DMIN"):

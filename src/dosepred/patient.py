@@ -7,6 +7,7 @@ names, kinds and prescriptions through its RoiSet. Consistency is checked on con
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -74,8 +75,8 @@ class RoiSet:
         return [r.to_dict() for r in self.rois]
 
     # queries -------------------------------------------------------------------------------
-    @property
-    def names(self) -> tuple[str, ...]:
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:  # cached: looked up per ROI and metric during evaluation
         return tuple(r.name for r in self.rois)
 
     @property
@@ -154,7 +155,9 @@ class Patient:
         self.roi_codes = codes
         if self.possible_dose_mask is None:
             self.possible_dose_mask = np.ones(shape, dtype=bool)
-        self.possible_dose_mask = np.asarray(self.possible_dose_mask).astype(bool, copy=False)
+        self.possible_dose_mask = np.asarray(self.possible_dose_mask)
+        if self.possible_dose_mask.dtype != bool:
+            self.possible_dose_mask = self.possible_dose_mask.astype(bool)
         if self.possible_dose_mask.shape != shape:
             raise ValueError(f"patient {pid}: possible-dose mask shape {self.possible_dose_mask.shape}"
                              f" != CT shape {shape}")
@@ -162,10 +165,12 @@ class Patient:
             d = np.asarray(self.dose, dtype=np.float32)
             if d.shape != shape:
                 raise ValueError(f"patient {pid}: dose shape {d.shape} != CT shape {shape}")
-            if not np.all(np.isfinite(d)):
-                raise ValueError(f"patient {pid}: dose contains NaN/inf")
-            if d.size and d.min() < 0:
-                raise ValueError(f"patient {pid}: dose must be >= 0 Gy, min is {d.min():.4g}")
+            if d.size:  # min and max see any NaN/inf without a temporary bool volume
+                lo, hi = d.min(), d.max()
+                if not (np.isfinite(lo) and np.isfinite(hi)):
+                    raise ValueError(f"patient {pid}: dose contains NaN/inf")
+                if lo < 0:
+                    raise ValueError(f"patient {pid}: dose must be >= 0 Gy, min is {lo:.4g}")
             self.dose = d
         unknown = [m for m in self.missing_rois if m not in self.roi_set]
         if unknown:
@@ -178,6 +183,21 @@ class Patient:
                 if present_bits >> k & 1:
                     nvox = int(_roi.decode(codes, k).sum())
                     raise ValueError(f"patient {pid}: ROI {m} is recorded missing but has {nvox} voxel(s)")
+
+    # support -------------------------------------------------------------------------------
+    def set_support_box(self, box: tuple[slice, ...]) -> None:
+        """Record that dose, possible-dose mask and ROI codes are all zero outside ``box`` (slices per
+        axis); readers that know it (the cache, the OpenKBP reader) set it so evaluation can crop.
+        The hint is tied to the current arrays: replacing any of them discards it."""
+        self._support = (tuple(box), self.dose, self.possible_dose_mask, self.roi_codes)
+
+    def support_box(self) -> tuple[slice, ...] | None:
+        """The box set by :meth:`set_support_box` while the arrays are unchanged, else None."""
+        s = getattr(self, "_support", None)
+        if (s is None or s[1] is not self.dose or s[2] is not self.possible_dose_mask
+                or s[3] is not self.roi_codes):
+            return None
+        return s[0]
 
     # geometry ------------------------------------------------------------------------------
     @property

@@ -3,7 +3,11 @@ against a straightforward per-file pandas + numpy evaluator written here as the 
 
 Every path scores the same predictions (the reference dose perturbed with seeded noise, written as
 OpenKBP ``pt_N.csv`` files) with OpenKBP's dose and DVH scores, and the scores are checked to agree.
-Timings include reading the reference and the prediction from disk.
+Timings include reading the reference and the prediction from disk. The dosepred paths use
+:func:`dosepred.evaluation.iter_pairs`, which evaluates each pair on the box holding all non-zero data;
+a version-1 ``--cache`` is read whole (full-grid arrays), so pass a version-2 cache (the format
+``data import-openkbp`` writes now) to time the cache as it is meant to be used. The result records
+the cache's ``cache_version``.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
             ("dosepred, reference cache, prediction cache", t_cc),
         ]
         return {"patients": n, "data": str(data), "cache": str(cdir) if not need_cache else "temporary",
+                "cache_version": cache.Cache.open(cdir).info.get("version", 1),
                 "repeats": repeats, "dose_score": r_csv.dose_score, "dvh_score": r_csv.dvh_score,
                 "rows": [{"path": name, "seconds": t, "patients_per_s": n / t,
                           "speedup_vs_naive": t_naive / t} for name, t in rows]}

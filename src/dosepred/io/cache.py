@@ -1,16 +1,38 @@
-"""The cache: one compressed ``<id>.npz`` per patient plus ``dataset.json``.
+"""The cache: one ``<id>.npz`` per patient plus ``dataset.json``.
 
 ``dataset.json`` holds the RoiSet (names, kinds, prescriptions; bit order), and per patient its
-file, shape, spacing, missing ROIs and provenance. The npz holds ``ct`` (int16 HU), ``roi_codes``
-(bit mask), ``possible_dose_mask`` (bool) and ``dose`` (float32 Gy) when known. Files are written
-to temporary names and renamed only when the whole import succeeded, so a failed or interrupted
-import leaves no partial patient file and no ``dataset.json`` that lists absent patients.
+file, shape, spacing, missing ROIs and provenance. Files are written to temporary names and renamed
+only when the whole import succeeded, so a failed or interrupted import leaves no partial patient
+file and no ``dataset.json`` that lists absent patients.
+
+Format version 2 (written now) stores each patient compactly *and* cheap to read (members are read
+lazily, so evaluation never touches the CT):
+
+- ``boxes`` (int64 (3, 3, 2): three boxes, each [start, stop) per axis): the full grid, the *data
+  box* and the CT box. The data box bounds possible-dose mask | ROI voxels | non-zero dose; outside
+  it dose is 0, the mask False and the codes 0, so the arrays below are stored for that box only.
+- ``possible_dose_mask``: ``np.packbits`` of the box's mask (C order).
+- ``dose`` (float32, only when known): the values at the box voxels that are in the mask or have a
+  non-zero dose (C order); ``dose_support`` (packbits) lists those voxels when they are not exactly
+  the mask's (non-zero dose outside the mask).
+- ``roi_index`` (uint32 flat index in the box) and ``roi_codes`` (bit mask): the voxels with a
+  non-zero code.
+- ``ct`` (int16 HU) over the CT box, the box of voxels differing from ``ct_fill`` (the corner
+  value, e.g. -1024 HU of air), the only member compressed (zlib level 1; evaluation never reads it).
+
+Version 1 (still read): full-grid ``ct``, ``roi_codes``, ``possible_dose_mask``, ``dose`` in a
+``np.savez_compressed`` file. Both round-trip losslessly.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import struct
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +43,9 @@ import numpy as np
 from ..patient import Patient, RoiSet
 
 DATASET_JSON = "dataset.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+_EVAL_FIELDS = ("dose", "roi_codes", "possible_dose_mask")
 
 
 class CacheError(ValueError):
@@ -44,12 +68,233 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     _atomic_write_bytes(path, lambda fh: fh.write(json.dumps(obj, indent=2).encode()))
 
 
-def save_patient(p: Patient, path: Path) -> None:
-    arrays: dict[str, np.ndarray] = {"ct": p.ct, "roi_codes": p.roi_codes,
-                                     "possible_dose_mask": np.asarray(p.possible_dose_mask)}
+def _box_of(sel: np.ndarray) -> np.ndarray:
+    """[start, stop) per axis of the True voxels of ``sel`` (an empty box at 0 when none)."""
+    out = np.zeros((sel.ndim, 2), dtype=np.int64)
+    for ax in range(sel.ndim):
+        hit = np.flatnonzero(sel.any(axis=tuple(a for a in range(sel.ndim) if a != ax)))
+        if hit.size:
+            out[ax] = (hit[0], hit[-1] + 1)
+    return out
+
+
+def _slices(box: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(b)) for a, b in box)
+
+
+def _write_npz(fh, arrays: dict[str, np.ndarray], deflate: tuple[str, ...] = ()) -> None:
+    """An npz (readable by ``np.load``) whose members in ``deflate`` are zlib level 1, the rest stored."""
+    with zipfile.ZipFile(fh, "w", allowZip64=True) as zf:
+        for k, a in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+            if k in deflate:
+                zf.writestr(f"{k}.npy", buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+            else:
+                zf.writestr(f"{k}.npy", buf.getvalue(), compress_type=zipfile.ZIP_STORED)
+
+
+def _v2_arrays(p: Patient) -> dict[str, np.ndarray]:
+    assert p.possible_dose_mask is not None
+    mask = p.possible_dose_mask
+    sel = mask | (p.roi_codes != 0)
     if p.dose is not None:
-        arrays["dose"] = p.dose
-    _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
+        sel |= p.dose != 0
+    box = _box_of(sel)
+    b = _slices(box)
+    mc = mask[b]
+    fill = p.ct.flat[0] if p.ct.size else np.int16(0)
+    ct_box = _box_of(p.ct != fill)
+    grid = np.stack([np.zeros(3, np.int64), np.asarray(p.shape, np.int64)], axis=1)
+    arrays: dict[str, np.ndarray] = {"boxes": np.stack([grid, box, ct_box]),
+                                     "possible_dose_mask": np.packbits(mc, axis=None)}
+    if p.dose is not None:
+        dc = p.dose[b]
+        support = mc | (dc != 0)
+        if (support != mc).any():
+            arrays["dose_support"] = np.packbits(support, axis=None)
+        arrays["dose"] = dc[support]
+    cc = p.roi_codes[b].ravel()
+    nz = np.flatnonzero(cc)
+    arrays["roi_index"] = nz.astype(np.uint32)
+    arrays["roi_codes"] = cc[nz]
+    arrays.update(ct=p.ct[_slices(ct_box)], ct_fill=np.asarray(fill, dtype=np.int16))
+    return arrays
+
+
+def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
+    """Write one patient file in cache format ``version`` (2: cropped, see the module docstring)."""
+    if version == 1:
+        arrays: dict[str, np.ndarray] = {"ct": p.ct, "roi_codes": p.roi_codes,
+                                         "possible_dose_mask": np.asarray(p.possible_dose_mask)}
+        if p.dose is not None:
+            arrays["dose"] = p.dose
+        _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
+        return
+    if version != 2:
+        raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
+    v2 = _v2_arrays(p)
+    _atomic_write_bytes(path, lambda fh: _write_npz(fh, v2, deflate=("ct",)))
+
+
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, "
+                         r"'shape': \(((?:\d+, ?)*\d*)\), \}\s*")
+
+
+class _Npz:
+    """Lazy reader of one npz file, like ``np.load`` but cheaper for the stored (uncompressed)
+    members of version 2: each is one seek and one read into a writable buffer, its CRC checked,
+    its .npy header parsed without ``ast``. Compressed members go through ``zipfile`` as usual."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "rb")
+        try:
+            self.zf = zipfile.ZipFile(self.fh)
+        except BaseException:
+            self.fh.close()
+            raise
+        self.infos = {i.filename[:-4]: i for i in self.zf.infolist() if i.filename.endswith(".npy")}
+        self.files = list(self.infos)
+
+    def __enter__(self) -> _Npz:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.zf.close()
+        self.fh.close()
+
+    def _stored(self, info: zipfile.ZipInfo) -> bool:
+        return info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.read([key])[key]
+
+    def read(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The members ``keys``; the stored ones with one read of the file span that holds them."""
+        infos = [self.infos[k] for k in keys]
+        out: dict[str, np.ndarray] = {}
+        stored = [i for i in infos if self._stored(i)]
+        if stored:
+            starts = sorted({i.header_offset for i in self.zf.infolist()} | {self.zf.start_dir})
+            lo = min(i.header_offset for i in stored)
+            hi = max(starts[starts.index(i.header_offset) + 1] for i in stored)
+            buf = bytearray(hi - lo)
+            self.fh.seek(lo)
+            if self.fh.readinto(buf) != len(buf):
+                raise ValueError("file is truncated")
+            mv = memoryview(buf)
+            for i in stored:
+                out[i.filename[:-4]] = self._parse(mv, i.header_offset - lo, i)
+        for i in infos:
+            if not self._stored(i):
+                with self.zf.open(i) as f:
+                    out[i.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+        return out
+
+    @staticmethod
+    def _parse(mv: memoryview, at: int, info: zipfile.ZipInfo) -> np.ndarray:
+        local = bytes(mv[at:at + 30])
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {info.filename}: bad zip local header")
+        n_name, n_extra = struct.unpack("<HH", local[26:30])
+        start = at + 30 + n_name + n_extra
+        data = mv[start:start + info.file_size]
+        if len(data) != info.file_size:
+            raise ValueError(f"member {info.filename} is truncated")
+        if zlib.crc32(data) != info.CRC:
+            raise ValueError(f"member {info.filename}: CRC mismatch (corrupt file)")
+        if bytes(data[:6]) != b"\x93NUMPY":
+            raise ValueError(f"member {info.filename} is not a .npy array")
+        if data[6] == 1:
+            (hlen,), hstart = struct.unpack("<H", data[8:10]), 10
+        else:
+            (hlen,), hstart = struct.unpack("<I", data[8:12]), 12
+        m = _NPY_HEADER.fullmatch(bytes(data[hstart:hstart + hlen]).decode("latin1"))
+        if m is None:  # anything unusual (Fortran order, structured dtype): numpy's own parser
+            return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+        dtype = np.dtype(m.group(1))
+        shape = tuple(int(x) for x in m.group(2).replace(" ", "").split(",") if x)
+        count = int(np.prod(shape)) if shape else 1
+        return np.frombuffer(data, dtype=dtype, count=count, offset=hstart + hlen).reshape(shape)
+
+
+def _unbits(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))
+    return np.unpackbits(bits, count=n).view(bool).reshape(shape)
+
+
+def _paste(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, dtype=crop.dtype)
+    out[box] = crop
+    return out
+
+
+def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_FIELDS), pid: str = "?",
+                crop: bool = False) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
+    """Arrays ``fields`` (of ct, dose, roi_codes, possible_dose_mask) of one cache file of either
+    version, reading only the members they need, and the box outside which dose, mask and codes are
+    zero (None for a version-1 file). ``dose`` is None when the file holds none.
+
+    Arrays are full-grid, except with ``crop`` for a version-2 file: then dose, mask and codes are
+    the box's (``arrays[k]`` equals ``full[k][box]``; the CT stays full-grid).
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray | None] = {}
+    try:
+        with _Npz(path) as z:
+            names = set(z.files)
+            if "boxes" not in names:  # version 1
+                lacking = [k for k in fields if k != "dose" and k not in names]
+                if lacking:
+                    raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
+                return {k: (z[k] if k in names else None) for k in fields}, None
+            lacking = [k for k in ("possible_dose_mask", "roi_index", "roi_codes", "ct", "ct_fill")
+                       if k not in names]
+            if lacking:
+                raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
+            want = ["boxes"]
+            if "possible_dose_mask" in fields or ("dose" in fields and "dose" in names):
+                want.append("possible_dose_mask")
+            if "dose" in fields and "dose" in names:
+                want += ["dose_support", "dose"] if "dose_support" in names else ["dose"]
+            if "roi_codes" in fields:
+                want += ["roi_index", "roi_codes"]
+            if "ct" in fields:
+                want += ["ct", "ct_fill"]
+            m = z.read(want)
+            boxes = m["boxes"]
+            shape = tuple(int(x) for x in boxes[0, :, 1])
+            box = _slices(boxes[1])
+            bshape = tuple(s.stop - s.start for s in box)
+            mc = None
+            if "possible_dose_mask" in fields or ("dose" in fields and "dose" in names):
+                mc = _unbits(m["possible_dose_mask"], bshape)
+            if "possible_dose_mask" in fields:
+                assert mc is not None
+                out["possible_dose_mask"] = mc if crop else _paste(mc, box, shape)
+            if "dose" in fields:
+                if "dose" in names:
+                    support = _unbits(m["dose_support"], bshape) if "dose_support" in names else mc
+                    dc = np.zeros(bshape, dtype=np.float32)
+                    dc[support] = m["dose"]
+                    out["dose"] = dc if crop else _paste(dc, box, shape)
+                else:
+                    out["dose"] = None
+            if "roi_codes" in fields:
+                vals = m["roi_codes"]
+                cc = np.zeros(int(np.prod(bshape)), dtype=vals.dtype)
+                cc[m["roi_index"]] = vals
+                cc = cc.reshape(bshape)
+                out["roi_codes"] = cc if crop else _paste(cc, box, shape)
+            if "ct" in fields:
+                ct = np.full(shape, m["ct_fill"], dtype=np.int16)
+                ct[_slices(boxes[2])] = m["ct"]
+                out["ct"] = ct
+            return out, box
+    except CacheError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
+        raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
 
 
 def _entry(p: Patient, file: str) -> dict[str, Any]:
@@ -78,6 +323,9 @@ class Cache:
         for key in ("rois", "patients"):
             if key not in info:
                 raise CacheError(f"{js} lacks the key {key!r}")
+        if info.get("version", 1) not in READ_VERSIONS:
+            raise CacheError(f"{js}: cache format version {info.get('version')} is not supported by this "
+                             f"dosepred (reads {', '.join(map(str, READ_VERSIONS))}); upgrade dosepred")
         return cls(root, info)
 
     @property
@@ -100,20 +348,30 @@ class Cache:
     def __len__(self) -> int:
         return len(self.info["patients"])
 
-    def load(self, pid: str, roi_set: RoiSet | None = None) -> Patient:
+    def load(self, pid: str, roi_set: RoiSet | None = None, with_ct: bool = True) -> Patient:
+        """Patient ``pid`` with full-grid arrays. ``with_ct=False`` skips reading the CT (the Patient's
+        CT is then a zero volume and ``meta["ct_loaded"]`` is False), which is all evaluation needs."""
         e = self.entry(pid)
         path = self.root / e["file"]
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as err:
-            raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
-        lacking = [k for k in ("ct", "roi_codes", "possible_dose_mask") if k not in arrays]
-        if lacking:
-            raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
-        return Patient(pid, arrays["ct"], arrays["roi_codes"], roi_set or self.roi_set,
-                       tuple(e["spacing"]), arrays["possible_dose_mask"], arrays.get("dose"),
-                       tuple(e.get("missing_rois", ())), dict(e.get("meta", {})))
+        fields = ("ct", *_EVAL_FIELDS) if with_ct else _EVAL_FIELDS
+        arrays, box = read_arrays(path, fields, pid)
+        codes = arrays["roi_codes"]
+        assert codes is not None
+        ct = arrays["ct"] if with_ct else np.zeros(codes.shape, np.int16)
+        meta = dict(e.get("meta", {}))
+        if not with_ct:
+            meta["ct_loaded"] = False
+        p = Patient(pid, ct, codes, roi_set or self.roi_set, tuple(e["spacing"]),
+                    arrays["possible_dose_mask"], arrays.get("dose"), tuple(e.get("missing_rois", ())), meta)
+        if box is not None:
+            p.set_support_box(box)
+        return p
+
+    def load_dose(self, pid: str) -> np.ndarray | None:
+        """Only the dose of patient ``pid`` (full grid, float32), or None when the cache holds none."""
+        e = self.entry(pid)
+        arrays, _ = read_arrays(self.root / e["file"], ("dose",), pid)
+        return arrays["dose"]
 
     def __iter__(self) -> Iterator[Patient]:
         rs = self.roi_set
@@ -130,18 +388,22 @@ class Cache:
 
 
 def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str = "",
-                roi_set: RoiSet | None = None, progress: bool = False) -> Cache:
+                roi_set: RoiSet | None = None, progress: bool = False,
+                version: int = FORMAT_VERSION) -> Cache:
     """Write patients to a cache folder (creating it). Every patient must share the RoiSet.
 
     All or nothing: patient files are written under temporary names (``.<id>.npz.part``) and only
     renamed, followed by ``dataset.json``, once every patient has been read and written. If reading
     or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
     left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
+    ``version``: cache format to write (2, the default, or 1 for readers that predate version 2).
     """
+    if version not in READ_VERSIONS:
+        raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
-    info: dict[str, Any] = {"format": "dosepred-cache", "version": FORMAT_VERSION, "source": source,
+    info: dict[str, Any] = {"format": "dosepred-cache", "version": version, "source": source,
                             "rois": roi_set.to_dicts() if roi_set else None, "patients": entries}
     seen: set[str] = set()
     staged: list[tuple[Path, Path]] = []
@@ -163,7 +425,7 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
             fname = f"{p.id}.npz"
             part = out / f".{fname}.part"
             staged.append((part, out / fname))
-            save_patient(p, part)
+            save_patient(p, part, version)
             entries.append(_entry(p, fname))
         if not entries:
             raise CacheError(f"no patients to write to {out}")

@@ -34,12 +34,60 @@ class UnknownRoiWarning(UserWarning):
     pass
 
 
+def _parse_index_only(data: bytes) -> np.ndarray | None:
+    """Flat indices of an index-only sparse CSV (``,data`` then rows ``<digits>,``, LF endings),
+    parsed with a few vectorised numpy passes (about 2x faster than pandas on mask files); None
+    when the text deviates in any way from that layout (the caller then uses the general parser)."""
+    head = data.find(b"\n")
+    if head < 0 or data[:head].rstrip(b"\r") != b",data":
+        return None
+    b = np.frombuffer(data, dtype=np.uint8)[head + 1:]
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b[-1] != 10:
+        return None
+    nl = np.flatnonzero(b == 10)
+    comma = nl - 1
+    starts = np.empty_like(nl)
+    starts[0] = 0
+    starts[1:] = nl[:-1] + 1
+    length = comma - starts
+    if length.min() < 1 or length.max() > 18 or (b[comma] != 44).any():
+        return None
+    dig = b - np.uint8(48)
+    if int(np.count_nonzero(dig < 10)) != b.size - 2 * nl.size:  # anything but digits, ',' and LF
+        return None
+    out = np.zeros(nl.size, dtype=np.int64)
+    pos = starts.copy()
+    for k in range(int(length.max())):
+        live = length > k
+        if live.all():
+            out *= 10
+            out += dig[pos]
+        else:
+            out[live] = out[live] * 10 + dig[pos[live]]
+        pos += 1
+    return out
+
+
 def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
                  pid: str = "?") -> tuple[np.ndarray, np.ndarray | None]:
     """Return (flat indices int64, values float64 or None) of one sparse OpenKBP CSV."""
     import pandas as pd
 
     size = int(np.prod(grid))
+    if not with_values:  # mask and ROI files: a strict numpy fast path, pandas for anything else
+        try:
+            fast = _parse_index_only(path.read_bytes())
+        except OSError:
+            fast = None
+        if fast is not None:
+            if len(fast) and fast.max() >= size:
+                bad = int(np.flatnonzero(fast >= size)[0])
+                g = "x".join(map(str, grid))
+                raise OpenKBPFormatError(f"patient {pid}: {path} row {bad + 2}: flat index {fast[bad]} "
+                                         f"is out of range for a {g} grid (0..{size - 1})")
+            return fast, None
     try:
         df = pd.read_csv(path, header=0, index_col=None, dtype={0: "float64"},
                          engine="c")

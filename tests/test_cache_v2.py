@@ -1,0 +1,169 @@
+"""Cache format 2 (cropped, lazily read) and the cropped evaluation path: exact, and the same
+results as the full-grid path, including dose predicted outside every box."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from dosepred import synth
+from dosepred.evaluation import evaluate_cohort, evaluate_patient, iter_pairs, load_references
+from dosepred.io import cache, openkbp
+from dosepred.io.cache import CacheError
+
+FIELDS = ("ct", "dose", "roi_codes", "possible_dose_mask")
+
+
+@pytest.fixture(scope="module")
+def patients():
+    pats = synth.make_cohort(3, seed=3, size=24, extra_rois=2)
+    p = pats[1]
+    dose = p.dose.copy()
+    outside = ~p.possible_dose_mask & (p.roi_codes == 0)
+    dose[np.argwhere(outside)[0].tolist()] = 1.5  # non-zero dose outside mask and ROIs
+    pats[1] = p.with_dose(dose)
+    ct = pats[2].ct.copy()
+    ct[0, 0, 0] = 5  # a corner that is not the fill value
+    pats[2].ct = ct
+    return pats
+
+
+def _equal(p, q):
+    for k in FIELDS:
+        a, b = getattr(p, k), getattr(q, k)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_versions_roundtrip_exactly(tmp_path, patients, version):
+    c = cache.write_cache(patients, tmp_path / "c", version=version)
+    assert json.loads((tmp_path / "c" / "dataset.json").read_text())["version"] == version
+    for p in patients:
+        q = c.load(p.id)
+        _equal(p, q)
+        assert (q.support_box() is None) == (version == 1)
+        r = c.load(p.id, with_ct=False)
+        assert not r.ct.any() and r.meta["ct_loaded"] is False
+        np.testing.assert_array_equal(c.load_dose(p.id), p.dose)
+
+
+def test_v2_members_and_support_box(tmp_path, patients):
+    c = cache.write_cache(patients, tmp_path / "c")
+    with zipfile.ZipFile(tmp_path / "c" / f"{patients[1].id}.npz") as z:
+        kinds = {i.filename: i.compress_type for i in z.infolist()}
+    assert kinds["ct.npy"] == zipfile.ZIP_DEFLATED and kinds["dose.npy"] == zipfile.ZIP_STORED
+    assert "dose_support.npy" in kinds  # the dose outside the mask is kept
+    p = c.load(patients[1].id)
+    box = p.support_box()
+    outside = np.ones(p.shape, bool)
+    outside[box] = False
+    assert not p.dose[outside].any() and not p.possible_dose_mask[outside].any()
+    assert not p.roi_codes[outside].any()
+    assert p.with_dose(p.dose).support_box() is None  # new arrays drop the hint
+    p.dose = p.dose.copy()
+    assert p.support_box() is None
+
+
+def test_read_errors(tmp_path, patients):
+    c = cache.write_cache(patients[:1], tmp_path / "c")
+    f = tmp_path / "c" / f"{patients[0].id}.npz"
+    raw = bytearray(f.read_bytes())
+    i = raw.find(b"\x93NUMPY", raw.find(b"dose.npy"))
+    raw[i + 200] ^= 0xFF  # corrupt a stored byte of the dose
+    f.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="CRC mismatch"):
+        c.load(patients[0].id)
+    info = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    info["version"] = 99
+    (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(CacheError, match="version 99 is not supported"):
+        cache.Cache.open(tmp_path / "c")
+    with pytest.raises(CacheError, match="unknown cache format version 7"):
+        cache.write_cache(patients, tmp_path / "d", version=7)
+
+
+def _preds(patients):
+    rng = np.random.default_rng(5)
+    out = []
+    for p in patients:
+        d = np.clip(p.dose * 0.95 + rng.normal(0, 1.0, p.shape).astype(np.float32) * p.possible_dose_mask, 0,
+                    None)
+        d[-1, -1, -3:] = 2.0  # predicted dose far outside the reference's box still counts
+        out.append(d)
+    return out
+
+
+def _same(a, b):
+    assert [p.id for p in a.patients] == [p.id for p in b.patients]
+    for x, y in zip(a.patients, b.patients, strict=True):
+        assert x.dose_score == pytest.approx(y.dose_score, abs=1e-9)
+        assert x.dvh_errors == pytest.approx(y.dvh_errors, abs=1e-9)
+        assert [(m.roi, m.metric) for m in x.metrics] == [(m.roi, m.metric) for m in y.metrics]
+        for m, n in zip(x.metrics, y.metrics, strict=True):
+            assert m.ref == pytest.approx(n.ref, abs=1e-9) and m.pred == pytest.approx(n.pred, abs=1e-9)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_cropped_evaluation_equals_full_grid(tmp_path, patients, version):
+    preds = _preds(patients)
+    ref = cache.write_cache(patients, tmp_path / "ref", version=version)
+    cache.write_cache([p.with_dose(d) for p, d in zip(patients, preds, strict=True)], tmp_path / "pred",
+                      version=version)
+    ids = ref.ids
+    direct = evaluate_cohort(zip(patients, preds, strict=True), "openkbp-clinical")
+    # the direct evaluation is the plain full-grid numpy definition of the dose score
+    for r, p, d in zip(direct.patients, patients, preds, strict=True):
+        want = np.abs(p.dose.astype(np.float64) - d).sum() / p.possible_dose_mask.sum()
+        assert r.dose_score == pytest.approx(want, abs=1e-6)
+    cropped = list(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids))
+    assert all("crop_box" in p.meta and p.shape == d.shape for p, d in cropped)
+    _same(direct, evaluate_cohort(iter(cropped), "openkbp-clinical"))
+    _same(direct, evaluate_cohort(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids, crop=False),
+                                  "openkbp-clinical"))
+    # reference from the cache with its support box, full-grid prediction array
+    refs = list(load_references(tmp_path / "ref", ids))
+    _same(direct, evaluate_cohort(zip(refs, preds, strict=True), "openkbp-clinical"))
+
+
+def test_cropped_evaluation_from_openkbp_csv(tmp_path, sample_dir):
+    pats = list(openkbp.read_folder(sample_dir))
+    rng = np.random.default_rng(9)
+    for p in pats:
+        d = np.clip(p.dose * 0.97 + rng.normal(0, 1.0, p.shape).astype(np.float32) * p.possible_dose_mask, 0,
+                    None)
+        d[0, 0, :4] = 3.0  # outside everything
+        openkbp.write_dose_csv(tmp_path / "pred" / f"{p.id}.csv", d, p.possible_dose_mask)
+    ids = [p.id for p in pats]
+    full = evaluate_cohort(iter_pairs(sample_dir, tmp_path / "pred", ids, crop=False), "openkbp")
+    crop = evaluate_cohort(iter_pairs(sample_dir, tmp_path / "pred", ids), "openkbp")
+    _same(full, crop)
+    refs = {p.id: p for p in load_references(sample_dir, ids)}
+    for p in pats:
+        q = refs[p.id]
+        assert q.support_box() is not None
+        for k in ("dose", "roi_codes", "possible_dose_mask"):
+            np.testing.assert_array_equal(getattr(p, k), getattr(q, k))
+        pred = openkbp.read_dose_csv(tmp_path / "pred" / f"{p.id}.csv")
+        a, b = evaluate_patient(p, pred), evaluate_patient(q, pred)
+        assert a.dose_score == pytest.approx(b.dose_score, abs=1e-9)
+
+
+@pytest.mark.parametrize("text", [",data\r\n3,\r\n7,\r\n", ",data\n3,\n7,", ",data\n3\n7\n",
+                                  "x,data\n3,\n7,\n"])
+def test_index_only_parser_falls_back_to_pandas(tmp_path, text):
+    f = tmp_path / "m.csv"
+    f.write_text(text, newline="")
+    idx, vals = openkbp._read_sparse(f, False)
+    assert idx.tolist() == [3, 7] and vals is None
+
+
+def test_index_only_fast_path(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text(",data\n0,\n12,\n2097151,\n")
+    assert openkbp._parse_index_only(f.read_bytes()).tolist() == [0, 12, 2097151]
+    assert openkbp._read_sparse(f, False)[0].tolist() == [0, 12, 2097151]
+    f.write_text(",data\n0,\n2097152,\n")
+    with pytest.raises(openkbp.OpenKBPFormatError, match="row 3: flat index 2097152 is out of range"):
+        openkbp._read_sparse(f, False)
