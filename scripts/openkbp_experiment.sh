@@ -21,7 +21,7 @@ evald=$work/eval
 
 # ---- budget (the same for every objective) --------------------------------------------------
 ARCH=(--patch 64 --batch 2 --base 16 --levels 4 --res-units 0)
-WARMUP=(--loss mae --epochs 12 --steps-per-epoch 150 --lr 1e-3 --schedule constant --seed 0)
+WARMUP=(--loss mae --epochs 12 --stop-after 8 --steps-per-epoch 150 --lr 1e-3 --schedule constant --seed 0)
 FINETUNE=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
 
 declare -A LOSS=(
