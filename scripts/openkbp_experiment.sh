@@ -5,7 +5,7 @@
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
 # usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
-# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all)
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2 picks the fine-tune round
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp}
@@ -22,23 +22,30 @@ evald=$work/eval
 # ---- budget (the same for every objective) --------------------------------------------------
 ARCH=(--patch 64 --batch 2 --base 16 --levels 4 --res-units 0)
 WARMUP=(--loss mae --epochs 12 --stop-after 8 --steps-per-epoch 150 --lr 1e-3 --schedule constant --seed 0)
-FINETUNE=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
+# round 1: 300 fine-tune steps per objective (2 epochs x 150); round 2: 600 steps, CDM weights
+# tuned on validation after round 1 (stronger target terms, gradients spread over a percentile band)
+FINETUNE1=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
+FINETUNE2=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
 
 declare -A LOSS=(
-  [mae]="mae"
-  [mae-dvh]="mae+dvh"
-  [mae-moment]="mae+moment"
-  [mae-cdm]="mae+cdm"
-  [mae-cdm-t2]="mae+cdm"
+  [mae]="mae"                 [r2-mae]="mae"
+  [mae-dvh]="mae+dvh"         [r2-mae-dvh]="mae+dvh"
+  [mae-moment]="mae+moment"   [r2-mae-moment]="mae+moment"
+  [mae-cdm]="mae+cdm"         [r2-mae-cdm-a]="mae+cdm"
+  [mae-cdm-t2]="mae+cdm"      [r2-mae-cdm-b]="mae+2*cdm"
 )
 declare -A OPTS=(
-  [mae]=""
-  [mae-dvh]=""
-  [mae-moment]=""
-  [mae-cdm]=""
   [mae-cdm-t2]="--loss-opt cdm_target_weight=2 --loss-opt cdm_oar_weight=0.5 --loss-opt cdm_spread=1"
+  [r2-mae-cdm-a]="--loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3"
+  [r2-mae-cdm-b]="--loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=0.5 --loss-opt cdm_spread=5"
 )
-MODELS=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
+ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
+ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
+case ${ROUND:-1} in
+  1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
+  2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
+  *) echo "ROUND must be 1 or 2" >&2; exit 2 ;;
+esac
 
 run() { echo "+ $*" >&2; "$@"; }
 
@@ -63,7 +70,7 @@ if [[ $stage == finetune || $stage == all ]]; then
     [[ -f $runs/$m/checkpoints/last.pt ]] && continue
     # shellcheck disable=SC2086
     run dosepred train --data "$cache/train" --out "$runs/$m" --init "$runs/warmup/checkpoints/last.pt" \
-      --loss "${LOSS[$m]}" ${OPTS[$m]} "${FINETUNE[@]}" --no-progress > "$runs/$m.log" 2>&1 &
+      --loss "${LOSS[$m]}" ${OPTS[$m]:-} "${FINETUNE[@]}" --no-progress > "$runs/$m.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
