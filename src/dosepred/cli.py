@@ -733,7 +733,8 @@ def demo_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and training.")] = 0,
     no_progress: NoProgress = False,
 ) -> None:
-    """Synthetic end to end: train MAE and MAE+CDM with the same budget, evaluate, compare, report."""
+    """Synthetic end to end: one MAE warm-up, MAE and MAE+CDM fine-tuned from it with the same budget,
+    evaluated next to a no-learning reference, compared, reported."""
     from rich.table import Table
 
     from .demo import run_demo, summary_rows
@@ -749,6 +750,7 @@ def demo_cmd(
     for title, vals in summary_rows(res["results"]):
         t.add_row(title, *vals)
     con.print(t)
+    con.print(res["note"], markup=False)
     con.print(f"wrote {res['report']}")
 
 
