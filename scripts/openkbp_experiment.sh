@@ -5,7 +5,7 @@
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
 # usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
-# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2 picks the fine-tune round
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2|3 picks the fine-tune round
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp}
@@ -39,12 +39,20 @@ declare -A OPTS=(
   [r2-mae-cdm-a]="--loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3"
   [r2-mae-cdm-b]="--loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=0.5 --loss-opt cdm_spread=5"
 )
+# round 3: each round-2 objective (CDM: the variant chosen on validation, cdm-a) continued for 600
+# more steps from its own round-2 weights: 1200 fine-tune steps in all, the same for every objective
+declare -A INIT=([r3-mae]=r2-mae [r3-mae-dvh]=r2-mae-dvh [r3-mae-moment]=r2-mae-moment
+                 [r3-mae-cdm]=r2-mae-cdm-a)
+LOSS+=([r3-mae]="mae" [r3-mae-dvh]="mae+dvh" [r3-mae-moment]="mae+moment" [r3-mae-cdm]="mae+cdm")
+OPTS+=([r3-mae-cdm]="${OPTS[r2-mae-cdm-a]}")
 ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
 ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
+ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
-  *) echo "ROUND must be 1 or 2" >&2; exit 2 ;;
+  3) MODELS=("${ROUND3[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
+  *) echo "ROUND must be 1, 2 or 3" >&2; exit 2 ;;
 esac
 
 run() { echo "+ $*" >&2; "$@"; }
@@ -69,7 +77,7 @@ if [[ $stage == finetune || $stage == all ]]; then
   for m in "${MODELS[@]}"; do
     [[ -f $runs/$m/checkpoints/last.pt ]] && continue
     # shellcheck disable=SC2086
-    run dosepred train --data "$cache/train" --out "$runs/$m" --init "$runs/warmup/checkpoints/last.pt" \
+    run dosepred train --data "$cache/train" --out "$runs/$m" --init "$runs/${INIT[$m]:-warmup}/checkpoints/last.pt" \
       --loss "${LOSS[$m]}" ${OPTS[$m]:-} "${FINETUNE[@]}" --no-progress > "$runs/$m.log" 2>&1 &
     pids+=($!)
   done
