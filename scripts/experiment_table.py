@@ -58,7 +58,8 @@ def main(argv: list[str]) -> None:
     print("| ROI | metric | " + " | ".join(models) + " |")
     print("|---|---|" + "---|" * len(models))
     for k in keys:
-        print(f"| {k[0]} | {k[1]} | " + " | ".join(f"{errs[m].get(k, float('nan')):.2f}" for m in models) + " |")
+        cells = " | ".join(f"{errs[m].get(k, float('nan')):.2f}" for m in models)
+        print(f"| {k[0]} | {k[1]} | {cells} |")
 
 
 if __name__ == "__main__":
