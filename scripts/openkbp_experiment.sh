@@ -26,6 +26,7 @@ WARMUP=(--loss mae --epochs 12 --stop-after 8 --steps-per-epoch 150 --lr 1e-3 --
 # tuned on validation after round 1 (stronger target terms, gradients spread over a percentile band)
 FINETUNE1=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
 FINETUNE2=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
+FINETUNE3=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 2 --threads 1)  # new crops
 
 declare -A LOSS=(
   [mae]="mae"                 [r2-mae]="mae"
@@ -51,7 +52,7 @@ ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
-  3) MODELS=("${ROUND3[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
+  3) MODELS=("${ROUND3[@]}"); FINETUNE=("${FINETUNE3[@]}") ;;
   *) echo "ROUND must be 1, 2 or 3" >&2; exit 2 ;;
 esac
 
