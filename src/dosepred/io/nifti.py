@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
+from ._atomic import atomic_dir
 
 CT_FILE = "ct.nii.gz"
 DOSE_FILE = "dose.nii.gz"
@@ -148,31 +148,24 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
     temporary folder and renamed, so no half-written patient is left behind."""
     if roi_format not in ("labels", "codes"):
         raise ValueError(f"roi_format must be 'labels' or 'codes', got {roi_format!r}")
-    out_dir = Path(out_dir)
-    final = out_dir / p.id
-    tmp = out_dir / f".{p.id}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    aff = patient_affine(p)
-    _save(p.ct.astype(np.int16), aff, tmp / CT_FILE)
-    d = dose if dose is not None else p.dose
-    if d is not None:
-        _save(np.asarray(d, dtype=np.float32), aff, tmp / DOSE_FILE)
-    _save(np.asarray(p.possible_dose_mask, dtype=np.uint8), aff, tmp / MASK_FILE)
-    if roi_format == "codes":
-        _save(p.roi_codes, aff, tmp / CODES_FILE)
-    else:
-        (tmp / ROI_DIR).mkdir()
-        for name in p.present_rois:
-            _save(p.mask(name).astype(np.uint8), aff, tmp / ROI_DIR / f"{name}.nii.gz")
-    info = {"id": p.id, "roi_format": roi_format, "rois": p.roi_set.to_dicts(),
-            "missing_rois": list(p.missing_rois), "spacing": list(p.spacing),
-            "meta": {k: v for k, v in p.meta.items() if k != "affine"}}
-    (tmp / ROIS_JSON).write_text(json.dumps(info, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = Path(out_dir) / p.id
+    with atomic_dir(final) as tmp:
+        aff = patient_affine(p)
+        _save(p.ct.astype(np.int16), aff, tmp / CT_FILE)
+        d = dose if dose is not None else p.dose
+        if d is not None:
+            _save(np.asarray(d, dtype=np.float32), aff, tmp / DOSE_FILE)
+        _save(np.asarray(p.possible_dose_mask, dtype=np.uint8), aff, tmp / MASK_FILE)
+        if roi_format == "codes":
+            _save(p.roi_codes, aff, tmp / CODES_FILE)
+        else:
+            (tmp / ROI_DIR).mkdir()
+            for name in p.present_rois:
+                _save(p.mask(name).astype(np.uint8), aff, tmp / ROI_DIR / f"{name}.nii.gz")
+        info = {"id": p.id, "roi_format": roi_format, "rois": p.roi_set.to_dicts(),
+                "missing_rois": list(p.missing_rois), "spacing": list(p.spacing),
+                "meta": {k: v for k, v in p.meta.items() if k != "affine"}}
+        (tmp / ROIS_JSON).write_text(json.dumps(info, indent=2))
     return final
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..patient import Patient, RoiSet
+from ._atomic import atomic_dir
 
 GRID = (128, 128, 128)
 CT_OFFSET = 1024  # OpenKBP CT values are HU + 1024
@@ -273,30 +274,21 @@ def write_dose_csv(path: str | os.PathLike, dose: np.ndarray, mask: np.ndarray |
 
 def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
     """Write a patient in the native OpenKBP layout ``out_dir/<id>/`` (written atomically)."""
-    import shutil
-
     if p.shape != GRID:
         raise ValueError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
-    out_dir = Path(out_dir)
-    final = out_dir / p.id
-    tmp = out_dir / f".{p.id}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    ct = p.ct.astype(np.int32).ravel() + CT_OFFSET
-    idx = np.flatnonzero(ct)
-    _write_sparse(tmp / "ct.csv", idx, [f"{v}.0" for v in ct[idx].tolist()])
-    assert p.possible_dose_mask is not None
-    mask = p.possible_dose_mask.ravel()
-    _write_sparse(tmp / "possible_dose_mask.csv", np.flatnonzero(mask), None)
-    if p.dose is not None:
-        write_dose_csv(tmp / "dose.csv", p.dose, p.possible_dose_mask)
-    np.savetxt(tmp / "voxel_dimensions.csv", np.asarray(p.spacing, dtype=np.float64))
-    for name in p.present_rois:
-        _write_sparse(tmp / f"{name}.csv", np.flatnonzero(p.mask(name).ravel()), None)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = Path(out_dir) / p.id
+    with atomic_dir(final) as tmp:
+        ct = p.ct.astype(np.int32).ravel() + CT_OFFSET
+        idx = np.flatnonzero(ct)
+        _write_sparse(tmp / "ct.csv", idx, [f"{v}.0" for v in ct[idx].tolist()])
+        assert p.possible_dose_mask is not None
+        mask = p.possible_dose_mask.ravel()
+        _write_sparse(tmp / "possible_dose_mask.csv", np.flatnonzero(mask), None)
+        if p.dose is not None:
+            write_dose_csv(tmp / "dose.csv", p.dose, p.possible_dose_mask)
+        np.savetxt(tmp / "voxel_dimensions.csv", np.asarray(p.spacing, dtype=np.float64))
+        for name in p.present_rois:
+            _write_sparse(tmp / f"{name}.csv", np.flatnonzero(p.mask(name).ravel()), None)
     return final
 
 
