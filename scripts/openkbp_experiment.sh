@@ -5,7 +5,7 @@
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
 # usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
-# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2|3 picks the fine-tune round
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2|3|4 picks the fine-tune round
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp}
@@ -27,6 +27,7 @@ WARMUP=(--loss mae --epochs 12 --stop-after 8 --steps-per-epoch 150 --lr 1e-3 --
 FINETUNE1=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
 FINETUNE2=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
 FINETUNE3=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 2 --threads 1)  # new crops
+FINETUNE4=(--epochs 16 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 3 --threads 1)  # new crops
 
 declare -A LOSS=(
   [mae]="mae"                 [r2-mae]="mae"
@@ -46,14 +47,25 @@ declare -A INIT=([r3-mae]=r2-mae [r3-mae-dvh]=r2-mae-dvh [r3-mae-moment]=r2-mae-
                  [r3-mae-cdm]=r2-mae-cdm-a)
 LOSS+=([r3-mae]="mae" [r3-mae-dvh]="mae+dvh" [r3-mae-moment]="mae+moment" [r3-mae-cdm]="mae+cdm")
 OPTS+=([r3-mae-cdm]="${OPTS[r2-mae-cdm-a]}")
+# round 4 (a later session; the round-3 runs were gone, their exports in models/ are the same
+# weights): each released model continued for 2400 more steps (3600 fine-tune steps in all), plus a
+# CDM variant with twice the target weight, continued from the released CDM model too
+declare -A INIT4=([r4-mae]=openkbp-mae [r4-mae-dvh]=openkbp-mae-dvh [r4-mae-moment]=openkbp-mae-moment
+                  [r4-mae-cdm]=openkbp-mae-cdm [r4-mae-cdm-t8]=openkbp-mae-cdm)
+LOSS+=([r4-mae]="mae" [r4-mae-dvh]="mae+dvh" [r4-mae-moment]="mae+moment" [r4-mae-cdm]="mae+cdm"
+       [r4-mae-cdm-t8]="mae+cdm")
+OPTS+=([r4-mae-cdm]="${OPTS[r2-mae-cdm-a]}"
+       [r4-mae-cdm-t8]="--loss-opt cdm_target_weight=8 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3")
 ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
 ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
 ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
+ROUND4=(r4-mae r4-mae-dvh r4-mae-moment r4-mae-cdm r4-mae-cdm-t8)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
   3) MODELS=("${ROUND3[@]}"); FINETUNE=("${FINETUNE3[@]}") ;;
-  *) echo "ROUND must be 1, 2 or 3" >&2; exit 2 ;;
+  4) MODELS=("${ROUND4[@]}"); FINETUNE=("${FINETUNE4[@]}") ;;
+  *) echo "ROUND must be 1, 2, 3 or 4" >&2; exit 2 ;;
 esac
 
 run() { echo "+ $*" >&2; "$@"; }
@@ -77,8 +89,10 @@ if [[ $stage == finetune || $stage == all ]]; then
   pids=()
   for m in "${MODELS[@]}"; do
     [[ -f $runs/$m/checkpoints/last.pt ]] && continue
+    init=$runs/${INIT[$m]:-warmup}/checkpoints/last.pt
+    [[ -n ${INIT4[$m]:-} ]] && init=$here/models/${INIT4[$m]}
     # shellcheck disable=SC2086
-    run dosepred train --data "$cache/train" --out "$runs/$m" --init "$runs/${INIT[$m]:-warmup}/checkpoints/last.pt" \
+    run dosepred train --data "$cache/train" --out "$runs/$m" --init "$init" \
       --loss "${LOSS[$m]}" ${OPTS[$m]:-} "${FINETUNE[@]}" --no-progress > "$runs/$m.log" 2>&1 &
     pids+=($!)
   done
