@@ -167,3 +167,56 @@ def test_index_only_fast_path(tmp_path):
     f.write_text(",data\n0,\n2097152,\n")
     with pytest.raises(openkbp.OpenKBPFormatError, match="row 3: flat index 2097152 is out of range"):
         openkbp._read_sparse(f, False)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_roi_voxels_equal_a_scan_of_the_codes(tmp_path, patients, crop):
+    from dosepred.dvh import roi_voxel_indices
+
+    cache.write_cache(patients, tmp_path / "c")
+    for p in patients:
+        arrays, box = cache.read_arrays(tmp_path / "c" / f"{p.id}.npz", ("roi_codes", "roi_voxels"), p.id,
+                                        crop=crop)
+        idx, codes = arrays["roi_voxels"]
+        flat = arrays["roi_codes"].ravel()
+        want = np.flatnonzero(flat)  # independent: a plain scan of the dense codes
+        np.testing.assert_array_equal(idx, want)
+        np.testing.assert_array_equal(codes, flat[want])
+        # a Patient given the hint returns the same ROI voxels as without it, and drops it with new codes
+        q = p.__class__(p.id, np.zeros(arrays["roi_codes"].shape, np.int16), arrays["roi_codes"], p.roi_set,
+                        p.spacing)
+        plain = roi_voxel_indices(q)
+        q.set_roi_voxels(idx, codes)
+        assert q.roi_voxels() is not None
+        hinted = roi_voxel_indices(q)
+        assert plain.keys() == hinted.keys()
+        for k in plain:
+            np.testing.assert_array_equal(plain[k], hinted[k])
+            np.testing.assert_array_equal(hinted[k], np.flatnonzero(q.mask(k)))
+        q.roi_codes = q.roi_codes.copy()
+        assert q.roi_voxels() is None
+
+
+def test_roi_voxels_of_a_version_1_file_is_none(tmp_path, patients):
+    cache.write_cache(patients[:1], tmp_path / "c", version=1)
+    f = tmp_path / "c" / f"{patients[0].id}.npz"
+    arrays, box = cache.read_arrays(f, ("roi_codes", "roi_voxels"), "x")
+    assert box is None and arrays["roi_voxels"] is None
+
+
+def test_central_directory_reader_agrees_with_zipfile(tmp_path, patients):
+    cache.write_cache(patients[:1], tmp_path / "c")
+    f = tmp_path / "c" / f"{patients[0].id}.npz"
+    with open(f, "rb") as fh:
+        members, start = cache._central_directory(fh)
+    with zipfile.ZipFile(f) as z:
+        want = [(i.filename, i.header_offset, i.compress_type, i.file_size, i.CRC) for i in z.infolist()]
+        assert start == z.start_dir
+    assert [(m.filename, m.header_offset, m.compress_type, m.file_size, m.CRC) for m in members] == want
+    # a zip with an archive comment is not "plain": zipfile reads it, with the same arrays
+    with zipfile.ZipFile(f, "a") as z:
+        z.comment = b"hello"
+    with open(f, "rb") as fh:
+        assert cache._central_directory(fh) is None
+    q = cache.Cache.open(tmp_path / "c").load(patients[0].id)
+    _equal(patients[0], q)

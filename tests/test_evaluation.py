@@ -135,3 +135,36 @@ def _tmp_proto():
     from dosepred.protocol import parse_protocol
     return parse_protocol({"name": "t", "prescriptions": {"PTV": 1.0}, "criteria": [
         {"roi": "PTV", "metric": "D95%", "limit": 100, "limit_unit": "%Rx", "direction": ">="}]})
+
+
+def test_read_ahead_keeps_order_errors_and_closes():
+    from dosepred.evaluation import _read_ahead
+
+    for depth in (0, 1, 3):
+        assert list(_read_ahead(iter(range(7)), depth)) == list(range(7))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("patient pt_3: bad file")
+
+    got = []
+    with pytest.raises(ValueError, match="pt_3"):
+        for x in _read_ahead(failing(), 1):
+            got.append(x)
+    assert got == [1, 2]  # the error comes where its item would have
+
+    state = {"closed": False, "made": 0}
+
+    def producer():
+        try:
+            for i in range(100):
+                state["made"] += 1
+                yield i
+        finally:
+            state["closed"] = True
+
+    for x in _read_ahead(producer(), 2):
+        if x == 3:
+            break
+    assert state["closed"] and state["made"] <= 6  # read ahead by at most depth, then closed

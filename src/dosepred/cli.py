@@ -378,9 +378,11 @@ def evaluate_cmd(
     from rich.table import Table
 
     from . import evaluation as ev
+    from ._malloc import keep_freed_memory
     from .protocol import load_protocol
 
     _progress(no_progress)
+    keep_freed_memory()  # patient after patient of same-sized arrays: reuse freed memory
     pairs, missing = ev.match_predictions(reference, prediction)
     if missing and not allow_missing:
         raise UserError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
@@ -471,10 +473,13 @@ def bench_evaluate(
     t.add_column("seconds", justify="right")
     t.add_column("patients/s", justify="right")
     t.add_column("vs naive", justify="right")
+    t.add_column("vs dosepred CSV", justify="right")
     for r in res["rows"]:
         t.add_row(r["path"], f"{r['seconds']:.2f}", f"{r['patients_per_s']:.2f}",
-                  f"{r['speedup_vs_naive']:.1f}x")
+                  f"{r['speedup_vs_naive']:.1f}x", f"{r['speedup_vs_csv']:.1f}x")
     console().print(t)
+    console().print(f"cache format version {res['cache_version']}, allocator: {res['allocator']}, "
+                    f"best of {res['repeats']} repeat(s)")
     if json_out is not None:
         write_json_atomic(json_out, res)
 

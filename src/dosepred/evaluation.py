@@ -33,13 +33,15 @@ singleton batch/channel axes are dropped).
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -47,6 +49,8 @@ from .dvh import roi_metrics_pair, roi_voxel_indices
 from .metrics import parse_metric
 from .patient import Patient
 from .protocol import Protocol, load_protocol
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -642,9 +646,42 @@ def _prediction_crop(prediction: str | os.PathLike, pred_cache: Any, pid: str, s
     return as_dose_array(read_prediction(f, shape), shape, pid), full
 
 
+def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Yield ``items`` while one worker thread already produces the next ``depth`` of them.
+
+    Reading a patient is mostly file I/O, CRC checks and numpy scatters, which release the GIL, so
+    on a multi-core machine it overlaps with the evaluation of the previous patient. Items come in
+    order; an exception of the producer is raised where its item would have come. ``depth=0``: plain
+    iteration in the caller's thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    end = object()
+
+    def produce() -> Any:
+        return next(items, end)
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="dosepred-read-ahead") as pool:
+            pending = collections.deque(pool.submit(produce) for _ in range(depth))
+            while pending:
+                item = pending.popleft().result()
+                if item is end:
+                    return
+                pending.append(pool.submit(produce))
+                yield item
+    finally:  # the worker is idle here (the pool has been shut down): close the producer
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
 def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
-               with_ct: bool = False, crop: bool | None = None) -> Iterable[tuple[Patient, np.ndarray]]:
-    """Lazily yield (reference patient, predicted dose) for ``ids``; one patient in memory at a time.
+               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1
+               ) -> Iterator[tuple[Patient, np.ndarray]]:
+    """Lazily yield (reference patient, predicted dose) for ``ids``, reading ahead ``read_ahead``
+    patients in a worker thread (0: none, one patient in memory at a time; 1, the default: two).
     The reference CT is read only ``with_ct`` (the report's dose slices need it).
 
     ``crop`` (default: ``not with_ct``): yield each pair on the smallest box that holds every non-zero
@@ -652,6 +689,11 @@ def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
     ``[[start, stop]] * 3`` on the original grid), never building full-grid arrays. All scores are
     unchanged, since both doses are zero outside that box; without ``crop`` arrays are full-grid.
     """
+    return _read_ahead(_iter_pairs(reference, prediction, ids, with_ct, crop), read_ahead)
+
+
+def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
+                with_ct: bool, crop: bool | None) -> Iterator[tuple[Patient, np.ndarray]]:
     from .io import cache
 
     crop = (not with_ct) if crop is None else crop
@@ -691,7 +733,8 @@ def _reference_crops(src: str | os.PathLike, ids: list[str] | None) -> Iterable[
         for pid in ids if ids is not None else c.ids:
             e = c.entry(pid)
             try:
-                arrays, box = cache.read_arrays(c.root / e["file"], cache._EVAL_FIELDS, pid, crop=True)
+                arrays, box = cache.read_arrays(c.root / e["file"], (*cache._EVAL_FIELDS, "roi_voxels"), pid,
+                                                crop=True)
             except cache.CacheError as err:
                 raise ValueError(str(err)) from None
             shape = tuple(e["shape"])
@@ -701,10 +744,19 @@ def _reference_crops(src: str | os.PathLike, ids: list[str] | None) -> Iterable[
             def make(outer: Box, pid=pid, e=e, arrays=arrays, box=box) -> Patient:
                 dose = arrays["dose"]
                 codes = _embed(arrays["roi_codes"], box, outer)
-                return Patient(pid, np.zeros(_bshape(outer), np.int16), codes,
-                               rs, tuple(e["spacing"]), _embed(arrays["possible_dose_mask"], box, outer),
-                               None if dose is None else _embed(dose, box, outer),
-                               tuple(e.get("missing_rois", ())), {**e.get("meta", {}), "ct_loaded": False})
+                p = Patient(pid, np.zeros(_bshape(outer), np.int16), codes,
+                            rs, tuple(e["spacing"]), _embed(arrays["possible_dose_mask"], box, outer),
+                            None if dose is None else _embed(dose, box, outer),
+                            tuple(e.get("missing_rois", ())), {**e.get("meta", {}), "ct_loaded": False})
+                known = arrays.get("roi_voxels")
+                if known is not None:  # the stored non-zero-code voxels, as flat indices into the box
+                    idx, vals = known
+                    if box != outer:
+                        local = np.unravel_index(idx, _bshape(box))
+                        idx = np.ravel_multi_index(tuple(c + (s.start - o.start) for c, s, o in
+                                                         zip(local, box, outer, strict=True)), _bshape(outer))
+                    p.set_roi_voxels(idx, vals)
+                return p
             yield pid, shape, box, make
         return
     for r in _csv_references(src, ids):

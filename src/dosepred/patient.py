@@ -199,6 +199,19 @@ class Patient:
             return None
         return s[0]
 
+    def set_roi_voxels(self, index: np.ndarray, codes: np.ndarray) -> None:
+        """Record the voxels with a non-zero ROI code: their ascending flat (C-order) indices into
+        ``roi_codes`` and their codes. Readers that store them (the cache) set it so that evaluation
+        need not scan the volume; tied to the current ``roi_codes`` like :meth:`set_support_box`."""
+        self._roi_voxels = (np.asarray(index), np.asarray(codes), self.roi_codes)
+
+    def roi_voxels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (flat indices, codes) set by :meth:`set_roi_voxels` while ``roi_codes`` is unchanged."""
+        s = getattr(self, "_roi_voxels", None)
+        if s is None or s[2] is not self.roi_codes:
+            return None
+        return s[0], s[1]
+
     # geometry ------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -4,7 +4,10 @@ against a straightforward per-file pandas + numpy evaluator written here as the 
 Every path scores the same predictions (the reference dose perturbed with seeded noise, written as
 OpenKBP ``pt_N.csv`` files) with OpenKBP's dose and DVH scores, and the scores are checked to agree.
 Timings include reading the reference and the prediction from disk. The dosepred paths use
-:func:`dosepred.evaluation.iter_pairs`, which evaluates each pair on the box holding all non-zero data;
+:func:`dosepred.evaluation.iter_pairs`, which evaluates each pair on the box holding all non-zero data
+and reads one patient ahead in a worker thread (one extra row times the cache without it), in a
+process set up like ``dosepred evaluate`` (:func:`dosepred._malloc.keep_freed_memory`; the naive
+baseline runs in the same process);
 a version-1 ``--cache`` is read whole (full-grid arrays), so pass a version-2 cache (the format
 ``data import-openkbp`` writes now) to time the cache as it is meant to be used. The result records
 the cache's ``cache_version``.
@@ -64,8 +67,11 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
     ``cache_dir``: a cache of the same patients (written to a temporary folder when None or absent).
     Returns a dict with per-path seconds, patients/s and scores.
     """
+    from .._malloc import keep_freed_memory
     from ..evaluation import evaluate_cohort, iter_pairs
     from ..io import cache, openkbp
+
+    allocator = "glibc, freed memory kept" if keep_freed_memory() else "default"  # as `dosepred evaluate`
 
     folders = openkbp.patient_folders(data)[: n_patients or None]
     ids = [f.name for f in folders]
@@ -112,7 +118,9 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
                            for pid in ids), pcache)
         t_cc, r_cc = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids), "openkbp",
                                                   progress=progress))
-        for r in (r_csv, r_cache, r_cc):
+        t_cc0, r_cc0 = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids, read_ahead=0), "openkbp",
+                                                    progress=progress))
+        for r in (r_csv, r_cache, r_cc, r_cc0):
             if abs(r.dose_score - ds_n) > 1e-4 or abs(r.dvh_score - dvh_n) > 1e-4:
                 raise RuntimeError(f"scores disagree: dosepred {r.dose_score:.6f}/{r.dvh_score:.6f}, "
                                    f"naive {ds_n:.6f}/{dvh_n:.6f}")
@@ -122,11 +130,13 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
             ("dosepred, reference OpenKBP CSV, prediction CSV", t_csv),
             ("dosepred, reference cache, prediction CSV", t_cache),
             ("dosepred, reference cache, prediction cache", t_cc),
+            ("dosepred, reference cache, prediction cache, no read-ahead", t_cc0),
         ]
         return {"patients": n, "data": str(data), "cache": str(cdir) if not need_cache else "temporary",
                 "cache_version": cache.Cache.open(cdir).info.get("version", 1),
-                "repeats": repeats, "dose_score": r_csv.dose_score, "dvh_score": r_csv.dvh_score,
+                "repeats": repeats, "allocator": allocator, "read_ahead": 1,
+                "dose_score": r_csv.dose_score, "dvh_score": r_csv.dvh_score,
                 "rows": [{"path": name, "seconds": t, "patients_per_s": n / t,
-                          "speedup_vs_naive": t_naive / t} for name, t in rows]}
+                          "speedup_vs_naive": t_naive / t, "speedup_vs_csv": t_csv / t} for name, t in rows]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -141,29 +141,88 @@ _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': F
                          r"'shape': \(((?:\d+, ?)*\d*)\), \}\s*")
 
 
+@dataclass(frozen=True)
+class _Member:
+    """The central-directory fields of one zip member that :class:`_Npz` uses (as in ZipInfo)."""
+
+    filename: str
+    header_offset: int
+    compress_type: int
+    flag_bits: int
+    file_size: int
+    CRC: int
+
+
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
+_CDIR = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
+
+
+def _central_directory(fh: Any) -> tuple[list[_Member], int] | None:
+    """The members and the central directory's offset of a plain zip file (no comment, no zip64),
+    read with two small reads; None for anything else (then ``zipfile`` reads it)."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    if size < _EOCD.size:
+        return None
+    fh.seek(size - _EOCD.size)
+    sig, disk, cd_disk, n_here, n_all, cd_size, cd_off, comment = _EOCD.unpack(fh.read(_EOCD.size))
+    if (sig != b"PK\x05\x06" or disk or cd_disk or n_here != n_all or comment
+            or cd_off + cd_size != size - _EOCD.size):
+        return None
+    fh.seek(cd_off)
+    cd = fh.read(cd_size)
+    members, at = [], 0
+    for _ in range(n_all):
+        if at + _CDIR.size > len(cd):
+            return None
+        (sig, _made, _need, flags, method, _t, _d, crc, csize, usize, n_name, n_extra, n_comment, _disk,
+         _ia, _ea, offset) = _CDIR.unpack_from(cd, at)
+        if sig != b"PK\x01\x02" or 0xFFFFFFFF in (csize, usize, offset):  # zip64: leave it to zipfile
+            return None
+        name = cd[at + _CDIR.size:at + _CDIR.size + n_name].decode("utf-8" if flags & 0x800 else "cp437")
+        members.append(_Member(name, offset, method, flags, usize, crc))
+        at += _CDIR.size + n_name + n_extra + n_comment
+    return members, cd_off
+
+
 class _Npz:
     """Lazy reader of one npz file, like ``np.load`` but cheaper for the stored (uncompressed)
-    members of version 2: each is one seek and one read into a writable buffer, its CRC checked,
-    its .npy header parsed without ``ast``. Compressed members go through ``zipfile`` as usual."""
+    members of version 2: the central directory is read with two small reads, each member with one
+    seek and one read into a writable buffer, its CRC checked, its .npy header parsed without
+    ``ast``. Compressed members (and unusual zip files) go through ``zipfile`` as usual."""
 
     def __init__(self, path: Path) -> None:
         self.fh = open(path, "rb")
+        self._zf: zipfile.ZipFile | None = None
         try:
-            self.zf = zipfile.ZipFile(self.fh)
+            found = _central_directory(self.fh)
+            if found is None:
+                members: list[Any] = self.zf.infolist()
+                self.start_dir = self.zf.start_dir
+            else:
+                members, self.start_dir = found
         except BaseException:
             self.fh.close()
             raise
-        self.infos = {i.filename[:-4]: i for i in self.zf.infolist() if i.filename.endswith(".npy")}
+        self.members = members
+        self.infos = {i.filename[:-4]: i for i in members if i.filename.endswith(".npy")}
         self.files = list(self.infos)
+
+    @property
+    def zf(self) -> zipfile.ZipFile:
+        if self._zf is None:
+            self._zf = zipfile.ZipFile(self.fh)
+        return self._zf
 
     def __enter__(self) -> _Npz:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.zf.close()
+        if self._zf is not None:
+            self._zf.close()
         self.fh.close()
 
-    def _stored(self, info: zipfile.ZipInfo) -> bool:
+    def _stored(self, info: Any) -> bool:
         return info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -175,7 +234,7 @@ class _Npz:
         out: dict[str, np.ndarray] = {}
         stored = [i for i in infos if self._stored(i)]
         if stored:
-            starts = sorted({i.header_offset for i in self.zf.infolist()} | {self.zf.start_dir})
+            starts = sorted({i.header_offset for i in self.members} | {self.start_dir})
             lo = min(i.header_offset for i in stored)
             hi = max(starts[starts.index(i.header_offset) + 1] for i in stored)
             buf = bytearray(hi - lo)
@@ -187,12 +246,12 @@ class _Npz:
                 out[i.filename[:-4]] = self._parse(mv, i.header_offset - lo, i)
         for i in infos:
             if not self._stored(i):
-                with self.zf.open(i) as f:
+                with self.zf.open(i.filename) as f:
                     out[i.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
         return out
 
     @staticmethod
-    def _parse(mv: memoryview, at: int, info: zipfile.ZipInfo) -> np.ndarray:
+    def _parse(mv: memoryview, at: int, info: Any) -> np.ndarray:
         local = bytes(mv[at:at + 30])
         if len(local) != 30 or local[:4] != b"PK\x03\x04":
             raise ValueError(f"member {info.filename}: bad zip local header")
@@ -233,7 +292,9 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_F
                 crop: bool = False) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
     """Arrays ``fields`` (of ct, dose, roi_codes, possible_dose_mask) of one cache file of either
     version, reading only the members they need, and the box outside which dose, mask and codes are
-    zero (None for a version-1 file). ``dose`` is None when the file holds none.
+    zero (None for a version-1 file). ``dose`` is None when the file holds none. The extra field
+    ``roi_voxels`` gives (ascending flat C-order indices into the returned ``roi_codes``, their
+    codes) of the voxels with a non-zero code, as stored in a version-2 file (None for version 1).
 
     Arrays are full-grid, except with ``crop`` for a version-2 file: then dose, mask and codes are
     the box's (``arrays[k]`` equals ``full[k][box]``; the CT stays full-grid).
@@ -244,7 +305,7 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_F
         with _Npz(path) as z:
             names = set(z.files)
             if "boxes" not in names:  # version 1
-                lacking = [k for k in fields if k != "dose" and k not in names]
+                lacking = [k for k in fields if k not in ("dose", "roi_voxels") and k not in names]
                 if lacking:
                     raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
                 return {k: (z[k] if k in names else None) for k in fields}, None
@@ -257,7 +318,7 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_F
                 want.append("possible_dose_mask")
             if "dose" in fields and "dose" in names:
                 want += ["dose_support", "dose"] if "dose_support" in names else ["dose"]
-            if "roi_codes" in fields:
+            if "roi_codes" in fields or "roi_voxels" in fields:
                 want += ["roi_index", "roi_codes"]
             if "ct" in fields:
                 want += ["ct", "ct_fill"]
@@ -286,6 +347,13 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_F
                 cc[m["roi_index"]] = vals
                 cc = cc.reshape(bshape)
                 out["roi_codes"] = cc if crop else _paste(cc, box, shape)
+            if "roi_voxels" in fields:
+                idx = m["roi_index"].astype(np.intp)
+                if not crop:  # flat index in the box -> in the full grid (C order is kept)
+                    local = np.unravel_index(idx, bshape)
+                    idx = np.ravel_multi_index(tuple(c + s.start for c, s in zip(local, box, strict=True)),
+                                               shape)
+                out["roi_voxels"] = (idx, m["roi_codes"])
             if "ct" in fields:
                 ct = np.full(shape, m["ct_fill"], dtype=np.int16)
                 ct[_slices(boxes[2])] = m["ct"]
