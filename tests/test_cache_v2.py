@@ -220,3 +220,38 @@ def test_central_directory_reader_agrees_with_zipfile(tmp_path, patients):
         assert cache._central_directory(fh) is None
     q = cache.Cache.open(tmp_path / "c").load(patients[0].id)
     _equal(patients[0], q)
+
+
+def test_compact_pairs_score_exactly_as_boxes(tmp_path, patients):
+    """Voxel-list pairs (both caches, one mask, no dose outside it) give the box path's results; the
+    other pairs fall back to boxes. Patient 0 gets ROI voxels outside its possible-dose mask."""
+    p0 = patients[0]
+    mask = p0.possible_dose_mask.copy()
+    mask[: p0.shape[0] // 2] = False  # cut the mask through the ROIs
+    assert (p0.roi_codes[~mask] != 0).any()
+    refs = [p0.__class__(p0.id, p0.ct, p0.roi_codes, p0.roi_set, p0.spacing, mask, p0.dose * mask,
+                         p0.missing_rois, dict(p0.meta)), patients[1], patients[2]]
+    rng = np.random.default_rng(11)
+    preds = [np.clip(r.dose * 0.9 + rng.normal(0, 1, r.shape).astype(np.float32), 0, None)
+             * r.possible_dose_mask for r in refs]
+    preds[2][0, 0, 0] = 1.0  # dose outside patient 2's mask: not a compact pair
+    cache.write_cache(refs, tmp_path / "ref")
+    cache.write_cache([r.with_dose(d) for r, d in zip(refs, preds, strict=True)], tmp_path / "pred")
+    ids = [r.id for r in refs]
+    pairs = list(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids, compact=True))
+    # patient 1 has reference dose outside its mask: boxes too
+    assert [bool(p.meta.get("compact")) for p, _ in pairs] == [True, False, False]
+    assert pairs[0][0].shape == (1, 1, pairs[0][0].roi_codes.size)
+    direct = evaluate_cohort(zip(refs, preds, strict=True), "openkbp-clinical")
+    for r, d, res in zip(refs, preds, direct.patients, strict=True):  # independent dose score
+        want = np.abs(r.dose.astype(np.float64) - d).sum() / r.possible_dose_mask.sum()
+        assert res.dose_score == pytest.approx(want, abs=1e-6)
+    _same(direct, evaluate_cohort(iter(pairs), "openkbp-clinical"))
+    # ROI voxel counts survive the voxel-list layout
+    p, _ = pairs[0]
+    for name in p.present_rois:
+        assert p.mask(name).sum() == refs[0].mask(name).sum()
+    # a version-1 reference is never compact
+    cache.write_cache(refs, tmp_path / "ref1", version=1)
+    assert not any(p.meta.get("compact") for p, _ in iter_pairs(tmp_path / "ref1", tmp_path / "pred", ids,
+                                                                 compact=True))

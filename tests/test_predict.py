@@ -48,6 +48,38 @@ def test_predict_then_evaluate_openkbp(run_dir, one_patient, tmp_path):
     assert len(js["patients"]) == 1 and 0 < js["dose_score"] < 70
 
 
+def test_predict_to_cache_then_evaluate_fast_path(run_dir, sample_dir, tmp_path):
+    """--format cache writes the predicted doses losslessly; evaluating from it (the compact path of
+    `evaluate`) gives the scores of an independent numpy computation on the same arrays."""
+    import numpy as np
+
+    from dosepred.io import cache, openkbp
+
+    r = runner.invoke(app, ["data", "import-openkbp", str(sample_dir), "--out", str(tmp_path / "ref"),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "ref"),
+                            "--out", str(tmp_path / "pc"), "--format", "cache", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    pc = cache.Cache.open(tmp_path / "pc")
+    refs = {p.id: p for p in openkbp.read_folder(sample_dir)}
+    assert sorted(pc.ids) == sorted(refs)
+    r = runner.invoke(app, ["evaluate", "--reference", str(tmp_path / "ref"), "--prediction",
+                            str(tmp_path / "pc"), "--json", str(tmp_path / "s.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    js = json.loads((tmp_path / "s.json").read_text())
+    assert sorted(js["patients"]) == sorted(refs)
+    for row in js["per_patient"]:
+        ref = refs[row["id"]]
+        pred = pc.load(row["id"]).dose
+        assert not pred[~ref.possible_dose_mask].any()  # predictions are masked
+        want = np.abs(ref.dose.astype(np.float64) - pred).sum() / ref.possible_dose_mask.sum()
+        assert abs(row["dose_score"] - want) < 1e-6
+        m = ref.mask("PTV70")
+        d99 = np.percentile(pred[m].astype(np.float64), 1)
+        assert abs(row["rois"]["PTV70"]["metrics"]["D99%"]["pred"] - d99) < 1e-5
+
+
 def test_export_model_folder_predicts(run_dir, one_patient, tmp_path):
     model = tmp_path / "models" / "tiny"
     r = runner.invoke(app, ["export-model", str(run_dir / "run"), "--out", str(model)])

@@ -362,7 +362,8 @@ def evaluate_cmd(
     reference: Annotated[Path, typer.Option("--reference", help="Reference plans: a cache or an OpenKBP "
                                             "folder of pt_* patients (with dose).")],
     prediction: Annotated[Path, typer.Option("--prediction", help="Folder of predicted doses (OpenKBP "
-                                             "pt_N.csv per patient) or a cache holding doses.")],
+                                             "pt_N.csv per patient) or a cache holding doses "
+                                             "(`dosepred predict --format cache`, the fastest to read).")],
     protocol: Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol "
                                           "JSON file.")] = "openkbp",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
@@ -397,7 +398,7 @@ def evaluate_cmd(
         raise UserError(f"no reference patient of {reference} has a prediction in {prediction}")
     proto = load_protocol(protocol)
     ids = [i for i, _ in pairs]
-    it = ev.iter_pairs(reference, prediction, ids, with_ct=report is not None)
+    it = ev.iter_pairs(reference, prediction, ids, with_ct=report is not None, compact=report is None)
     writer = None
     if report is not None:
         from .report import ReportWriter
@@ -695,7 +696,9 @@ def predict_cmd(
     model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder or checkpoint.")],
     data: Annotated[Path, typer.Option("--data", help="Cache or OpenKBP folder of pt_* patients.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="openkbp (pt_N.csv) | nifti | dicom.")] = "openkbp",
+    fmt: Annotated[str, typer.Option("--format", help="openkbp (pt_N.csv) | nifti | dicom | cache (a "
+                                     "dosepred cache of the patients with the predicted dose: fastest to "
+                                     "evaluate).")] = "openkbp",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
     no_progress: NoProgress = False,

@@ -377,17 +377,35 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
 
 
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | str = "openkbp",
-                    progress: bool = False) -> CohortResult:
+                    progress: bool = False, workers: int = 1) -> CohortResult:
     """Evaluate ``(reference patient, predicted dose)`` pairs; the iterable may be lazy so only one
-    patient is in memory at a time."""
+    patient is in memory at a time.
+
+    ``workers > 1`` evaluates that many patients at once in threads (numpy releases the GIL for the
+    heavy part); results keep the input order and at most ``2 * workers`` pairs are held at once.
+    """
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     it: Iterable[tuple[Patient, Any]] = pairs
     if progress:
         from .progress import track
         it = track(pairs, description="evaluating")
     out = CohortResult(proto.name)
-    for ref, pred in it:
-        out.patients.append(evaluate_patient(ref, pred, proto))
+    if workers <= 1:
+        for ref, pred in it:
+            out.patients.append(evaluate_patient(ref, pred, proto))
+        return out
+    with ThreadPoolExecutor(workers, thread_name_prefix="dosepred-evaluate") as pool:
+        running: collections.deque[Any] = collections.deque()
+        try:
+            for ref, pred in it:
+                running.append(pool.submit(evaluate_patient, ref, pred, proto))
+                if len(running) >= 2 * workers:
+                    out.patients.append(running.popleft().result())
+            while running:
+                out.patients.append(running.popleft().result())
+        finally:
+            for f in running:
+                f.cancel()
     return out
 
 
@@ -678,7 +696,7 @@ def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
-               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1
+               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1, compact: bool = False
                ) -> Iterator[tuple[Patient, np.ndarray]]:
     """Lazily yield (reference patient, predicted dose) for ``ids``, reading ahead ``read_ahead``
     patients in a worker thread (0: none, one patient in memory at a time; 1, the default: two).
@@ -688,16 +706,83 @@ def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
     voxel of the reference dose, possible-dose mask, ROIs and the predicted dose (``meta["crop_box"]``,
     ``[[start, stop]] * 3`` on the original grid), never building full-grid arrays. All scores are
     unchanged, since both doses are zero outside that box; without ``crop`` arrays are full-grid.
+
+    ``compact`` (with ``crop``; for scoring only): where reference and prediction are both version-2
+    caches with the same possible-dose mask and no dose outside it (predictions written by
+    ``dosepred predict --format cache``), yield the pair as voxel lists instead, a Patient of shape
+    ``(1, 1, n)`` over the mask's voxels and the ROI voxels outside it (``meta["compact"]``): no
+    box-sized array is built and every score is unchanged. Other pairs come as boxes.
     """
-    return _read_ahead(_iter_pairs(reference, prediction, ids, with_ct, crop), read_ahead)
+    return _read_ahead(_iter_pairs(reference, prediction, ids, with_ct, crop, compact), read_ahead)
 
 
-def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
-                with_ct: bool, crop: bool | None) -> Iterator[tuple[Patient, np.ndarray]]:
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _compact_pair(ref_cache: Any, pred_cache: Any, pid: str, rs: Any) -> tuple[Patient, np.ndarray] | None:
+    """A reference and a prediction, both version-2 cache files with one data box and possible-dose
+    mask and no dose outside the mask, as voxel lists (see :func:`iter_pairs`); None otherwise."""
+    from .io import cache
+
+    er, ep = ref_cache.entry(pid), pred_cache.entry(pid)
+    if tuple(er["shape"]) != tuple(ep["shape"]):
+        return None
+    try:
+        r = cache.read_voxels(ref_cache.root / er["file"], pid)
+        p = cache.read_voxels(pred_cache.root / ep["file"], pid, rois=False)
+    except cache.CacheError as err:
+        raise ValueError(str(err)) from None
+    if (r is None or p is None or r["dose"] is None or p["dose"] is None or r["dose_outside_mask"]
+            or p["dose_outside_mask"] or r["box"] != p["box"]
+            or not np.array_equal(r["mask_bits"], p["mask_bits"])):
+        return None
+    # ROI voxels: their rank among the mask's voxels (C order, as the dose values are stored), from
+    # popcounts of the packed mask bytes; the ones outside the mask go after the mask's voxels
+    bits = r["mask_bits"]
+    pop = _POPCOUNT8[bits]
+    before = np.cumsum(pop, dtype=np.int64) - pop  # mask voxels in the bytes before each byte
+    n = int(before[-1] + pop[-1]) if bits.size else 0
+    if r["dose"].size != n or p["dose"].size != n:
+        raise ValueError(f"patient {pid}: cache file holds {r['dose'].size} / {p['dose'].size} dose values "
+                         f"for {n} possible-dose voxels")
+    ridx = r["roi_index"].astype(np.intp)
+    byte_at, bit_at = ridx >> 3, (ridx & 7).astype(np.uint16)
+    byte = bits[byte_at].astype(np.uint16)  # packbits order: the first voxel is the high bit
+    hit = ((byte >> (7 - bit_at)) & 1).astype(bool)
+    pos = before[byte_at] + _POPCOUNT8[byte >> (8 - bit_at)]
+    out = ~hit
+    pos[out] = n + np.arange(int(out.sum()))
+    total = n + int(out.sum())
+    codes = np.zeros(total, rs.dtype)
+    codes[pos] = r["roi_codes"]
+    mask = np.zeros(total, bool)
+    mask[:n] = True
+    ref_dose = np.zeros(total, np.float32)
+    ref_dose[:n] = r["dose"]
+    pred = np.zeros(total, np.float32)
+    pred[:n] = p["dose"]
+    shape = (1, 1, total)
+    ref = Patient(pid, np.zeros(shape, np.int16), codes.reshape(shape), rs, tuple(er["spacing"]),
+                  mask.reshape(shape), ref_dose.reshape(shape), tuple(er.get("missing_rois", ())),
+                  {**er.get("meta", {}), "ct_loaded": False, "compact": True})
+    return ref, pred.reshape(shape)
+
+
+def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str], with_ct: bool,
+                crop: bool | None, compact: bool = False) -> Iterator[tuple[Patient, np.ndarray]]:
     from .io import cache
 
     crop = (not with_ct) if crop is None else crop
     pred_cache = cache.Cache.open(prediction) if cache.is_cache(prediction) else None
+    if crop and compact and pred_cache is not None and cache.is_cache(reference):
+        ref_cache = cache.Cache.open(reference)
+        rs = ref_cache.roi_set
+        for pid in ids:
+            pair = _compact_pair(ref_cache, pred_cache, pid, rs)
+            if pair is None:  # not the same mask etc.: this patient on its box
+                pair = next(_iter_pairs(reference, prediction, [pid], with_ct, crop))
+            yield pair
+        return
     if not crop:
         for ref in load_references(reference, ids, with_ct):
             if pred_cache is not None:

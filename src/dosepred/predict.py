@@ -30,7 +30,7 @@ from .roi import to_torch
 
 CHECKPOINT_FORMAT = "dosepred-checkpoint"
 MODEL_FORMAT = "dosepred-model"
-FORMATS = ("openkbp", "nifti", "dicom")
+FORMATS = ("openkbp", "nifti", "dicom", "cache")
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -158,8 +158,12 @@ def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
                progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None) -> int:
-    """Predict every patient of ``src`` (a cache or OpenKBP folder) and write them to ``out``."""
-    from .io.cache import load_patients
+    """Predict every patient of ``src`` (a cache or OpenKBP folder) and write them to ``out``.
+
+    ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
+    (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
+    """
+    from .io.cache import load_patients, write_cache
     from .progress import track
 
     if fmt not in FORMATS:
@@ -169,6 +173,24 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     patients = load_patients(src, ids=ids, require_dose=False)
     it = track(patients, description="predicting") if progress else patients
     n = 0
+    if fmt == "cache":
+        done: list[Patient] = []
+
+        def predicted() -> Iterator[Patient]:
+            for p in it:
+                yield p.with_dose(predict_dose(model, p, dev, amp=dev.type == "cuda"))
+                done.append(p)
+
+        try:
+            write_cache(predicted(), out, source=f"dosepred predict --model {model_path} --data {src}")
+        except ValueError:
+            if not done:
+                raise ValueError(f"{src} holds no patients to predict") from None
+            raise
+        for p in done:
+            if on_patient is not None:
+                on_patient(p, Path(out) / f"{p.id}.npz")
+        return len(done)
     for p in it:
         path = write_prediction(p, predict_dose(model, p, dev, amp=dev.type == "cuda"), out, fmt)
         n += 1

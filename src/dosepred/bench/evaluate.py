@@ -4,11 +4,12 @@ against a straightforward per-file pandas + numpy evaluator written here as the 
 Every path scores the same predictions (the reference dose perturbed with seeded noise, written as
 OpenKBP ``pt_N.csv`` files) with OpenKBP's dose and DVH scores, and the scores are checked to agree.
 Timings include reading the reference and the prediction from disk. The dosepred paths use
-:func:`dosepred.evaluation.iter_pairs`, which evaluates each pair on the box holding all non-zero data
-and reads one patient ahead in a worker thread (one extra row times the cache without it), in a
-process set up like ``dosepred evaluate`` (:func:`dosepred._malloc.keep_freed_memory`; the naive
-baseline runs in the same process);
-a version-1 ``--cache`` is read whole (full-grid arrays), so pass a version-2 cache (the format
+:func:`dosepred.evaluation.iter_pairs` as ``dosepred evaluate`` (without ``--report``) does: each
+pair on the box holding all non-zero data, one patient read ahead in a worker thread, and, with both
+in caches, the pair as voxel lists (``compact``); one extra row times the cache pair on boxes
+without read-ahead (the previous path). The process is set up like ``dosepred evaluate``
+(:func:`dosepred._malloc.keep_freed_memory`) for every path, the naive baseline included. A
+version-1 ``--cache`` is read whole (full-grid arrays), so pass a version-2 cache (the format
 ``data import-openkbp`` writes now) to time the cache as it is meant to be used. The result records
 the cache's ``cache_version``.
 """
@@ -116,7 +117,7 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
         refs = cache.Cache.open(cdir)
         cache.write_cache((refs.load(pid).with_dose(openkbp.read_dose_csv(pred_dir / f"{pid}.csv"))
                            for pid in ids), pcache)
-        t_cc, r_cc = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids), "openkbp",
+        t_cc, r_cc = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids, compact=True), "openkbp",
                                                   progress=progress))
         t_cc0, r_cc0 = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids, read_ahead=0), "openkbp",
                                                     progress=progress))
@@ -130,7 +131,7 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
             ("dosepred, reference OpenKBP CSV, prediction CSV", t_csv),
             ("dosepred, reference cache, prediction CSV", t_cache),
             ("dosepred, reference cache, prediction cache", t_cc),
-            ("dosepred, reference cache, prediction cache, no read-ahead", t_cc0),
+            ("dosepred, reference cache, prediction cache, boxes, no read-ahead", t_cc0),
         ]
         return {"patients": n, "data": str(data), "cache": str(cdir) if not need_cache else "temporary",
                 "cache_version": cache.Cache.open(cdir).info.get("version", 1),

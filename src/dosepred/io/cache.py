@@ -365,6 +365,36 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_F
         raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
 
 
+def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> dict[str, Any] | None:
+    """The stored voxel lists of a version-2 file, without building any box-sized array: ``box``
+    (slices of the data box), ``mask_bits`` (packbits of the box's possible-dose mask), ``dose``
+    (values at the mask's voxels, C order; None without a dose), ``dose_outside_mask`` (whether the
+    file also has dose outside the mask, whose values then follow another support) and, with ``rois``,
+    ``roi_index`` / ``roi_codes`` (flat indices in the box and codes of the voxels with a non-zero
+    code). None for a version-1 file."""
+    path = Path(path)
+    try:
+        with _Npz(path) as z:
+            if "boxes" not in z.infos:
+                return None
+            want = ["boxes", "possible_dose_mask"] + (["dose"] if "dose" in z.infos else [])
+            if rois:
+                want += ["roi_index", "roi_codes"]
+            lacking = [k for k in want if k not in z.infos]
+            if lacking:
+                raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
+            m = z.read(want)
+            out: dict[str, Any] = {"box": _slices(m["boxes"][1]), "mask_bits": m["possible_dose_mask"],
+                                   "dose": m.get("dose"), "dose_outside_mask": "dose_support" in z.infos}
+            if rois:
+                out.update(roi_index=m["roi_index"], roi_codes=m["roi_codes"])
+            return out
+    except CacheError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
+        raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
+
+
 def _entry(p: Patient, file: str) -> dict[str, Any]:
     return {"id": p.id, "file": file, "shape": list(p.shape), "spacing": list(p.spacing),
             "missing_rois": list(p.missing_rois), "has_dose": p.dose is not None, "meta": p.meta}
