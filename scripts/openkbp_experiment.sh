@@ -5,7 +5,7 @@
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
 # usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
-# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2|3|4 picks the fine-tune round
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2|3|4|5 picks the fine-tune round
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp}
@@ -28,6 +28,10 @@ FINETUNE1=(--epochs 2 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1
 FINETUNE2=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 1 --threads 1)
 FINETUNE3=(--epochs 4 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 2 --threads 1)  # new crops
 FINETUNE4=(--epochs 16 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 3 --threads 1)  # new crops
+# round 5: whole volumes (the 128^3 OpenKBP grid as one "crop", batch 1), so every D-metric of the
+# loss is the metric the evaluation computes, not one of the part of an ROI inside a 64^3 crop
+FINETUNE5=(--patch 128 --batch 1 --epochs 10 --steps-per-epoch 150 --lr 2e-4 --schedule cosine --seed 4
+           --threads 1)
 
 declare -A LOSS=(
   [mae]="mae"                 [r2-mae]="mae"
@@ -56,16 +60,25 @@ LOSS+=([r4-mae]="mae" [r4-mae-dvh]="mae+dvh" [r4-mae-moment]="mae+moment" [r4-ma
        [r4-mae-cdm-t8]="mae+cdm")
 OPTS+=([r4-mae-cdm]="${OPTS[r2-mae-cdm-a]}"
        [r4-mae-cdm-t8]="--loss-opt cdm_target_weight=8 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3")
+# round 5 (whole volumes, see FINETUNE5): each round-4 objective continued for 1500 steps
+INIT+=([r5-mae]=r4-mae [r5-mae-dvh]=r4-mae-dvh [r5-mae-moment]=r4-mae-moment [r5-mae-cdm]=r4-mae-cdm
+       [r5-mae-cdm-t2]=r4-mae-cdm)
+LOSS+=([r5-mae]="mae" [r5-mae-dvh]="mae+dvh" [r5-mae-moment]="mae+moment" [r5-mae-cdm]="mae+cdm"
+       [r5-mae-cdm-t2]="mae+cdm")
+OPTS+=([r5-mae-cdm]="${OPTS[r2-mae-cdm-a]}"
+       [r5-mae-cdm-t2]="--loss-opt cdm_target_weight=2 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3")
 ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
 ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
 ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 ROUND4=(r4-mae r4-mae-dvh r4-mae-moment r4-mae-cdm r4-mae-cdm-t8)
+ROUND5=(r5-mae r5-mae-dvh r5-mae-moment r5-mae-cdm r5-mae-cdm-t2)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
   3) MODELS=("${ROUND3[@]}"); FINETUNE=("${FINETUNE3[@]}") ;;
   4) MODELS=("${ROUND4[@]}"); FINETUNE=("${FINETUNE4[@]}") ;;
-  *) echo "ROUND must be 1, 2, 3 or 4" >&2; exit 2 ;;
+  5) MODELS=("${ROUND5[@]}"); FINETUNE=("${FINETUNE5[@]}") ;;
+  *) echo "ROUND must be 1, 2, 3, 4 or 5" >&2; exit 2 ;;
 esac
 
 run() { echo "+ $*" >&2; "$@"; }
