@@ -5,7 +5,7 @@
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
 # usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
-# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1|2|3|4|5 picks the fine-tune round
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1..6 picks the fine-tune round
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp}
@@ -31,6 +31,9 @@ FINETUNE4=(--epochs 16 --steps-per-epoch 150 --lr 3e-4 --schedule cosine --seed 
 # round 5: whole volumes (the 128^3 OpenKBP grid as one "crop", batch 1), so every D-metric of the
 # loss is the metric the evaluation computes, not one of the part of an ROI inside a 64^3 crop
 FINETUNE5=(--patch 128 --batch 1 --epochs 10 --steps-per-epoch 150 --lr 2e-4 --schedule cosine --seed 4
+           --threads 1)
+# round 6: the four round-5 objectives continued for 600 more whole-volume steps (new seed)
+FINETUNE6=(--patch 128 --batch 1 --epochs 4 --steps-per-epoch 150 --lr 2e-4 --schedule cosine --seed 5
            --threads 1)
 
 declare -A LOSS=(
@@ -67,18 +70,23 @@ LOSS+=([r5-mae]="mae" [r5-mae-dvh]="mae+dvh" [r5-mae-moment]="mae+moment" [r5-ma
        [r5-mae-cdm-t2]="mae+cdm")
 OPTS+=([r5-mae-cdm]="${OPTS[r2-mae-cdm-a]}"
        [r5-mae-cdm-t2]="--loss-opt cdm_target_weight=2 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3")
+INIT+=([r6-mae]=r5-mae [r6-mae-dvh]=r5-mae-dvh [r6-mae-moment]=r5-mae-moment [r6-mae-cdm]=r5-mae-cdm)
+LOSS+=([r6-mae]="mae" [r6-mae-dvh]="mae+dvh" [r6-mae-moment]="mae+moment" [r6-mae-cdm]="mae+cdm")
+OPTS+=([r6-mae-cdm]="${OPTS[r2-mae-cdm-a]}")
 ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
 ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
 ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 ROUND4=(r4-mae r4-mae-dvh r4-mae-moment r4-mae-cdm r4-mae-cdm-t8)
 ROUND5=(r5-mae r5-mae-dvh r5-mae-moment r5-mae-cdm r5-mae-cdm-t2)
+ROUND6=(r6-mae r6-mae-dvh r6-mae-moment r6-mae-cdm)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
   3) MODELS=("${ROUND3[@]}"); FINETUNE=("${FINETUNE3[@]}") ;;
   4) MODELS=("${ROUND4[@]}"); FINETUNE=("${FINETUNE4[@]}") ;;
   5) MODELS=("${ROUND5[@]}"); FINETUNE=("${FINETUNE5[@]}") ;;
-  *) echo "ROUND must be 1, 2, 3, 4 or 5" >&2; exit 2 ;;
+  6) MODELS=("${ROUND6[@]}"); FINETUNE=("${FINETUNE6[@]}") ;;
+  *) echo "ROUND must be 1 to 6" >&2; exit 2 ;;
 esac
 
 run() { echo "+ $*" >&2; "$@"; }
