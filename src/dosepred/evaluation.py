@@ -377,35 +377,17 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
 
 
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | str = "openkbp",
-                    progress: bool = False, workers: int = 1) -> CohortResult:
+                    progress: bool = False) -> CohortResult:
     """Evaluate ``(reference patient, predicted dose)`` pairs; the iterable may be lazy so only one
-    patient is in memory at a time.
-
-    ``workers > 1`` evaluates that many patients at once in threads (numpy releases the GIL for the
-    heavy part); results keep the input order and at most ``2 * workers`` pairs are held at once.
-    """
+    patient is in memory at a time."""
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     it: Iterable[tuple[Patient, Any]] = pairs
     if progress:
         from .progress import track
         it = track(pairs, description="evaluating")
     out = CohortResult(proto.name)
-    if workers <= 1:
-        for ref, pred in it:
-            out.patients.append(evaluate_patient(ref, pred, proto))
-        return out
-    with ThreadPoolExecutor(workers, thread_name_prefix="dosepred-evaluate") as pool:
-        running: collections.deque[Any] = collections.deque()
-        try:
-            for ref, pred in it:
-                running.append(pool.submit(evaluate_patient, ref, pred, proto))
-                if len(running) >= 2 * workers:
-                    out.patients.append(running.popleft().result())
-            while running:
-                out.patients.append(running.popleft().result())
-        finally:
-            for f in running:
-                f.cancel()
+    for ref, pred in it:
+        out.patients.append(evaluate_patient(ref, pred, proto))
     return out
 
 
