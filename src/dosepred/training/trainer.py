@@ -215,6 +215,9 @@ class Trainer:
         if self.device.type == "cpu":
             n = cfg.threads or max(1, (os.cpu_count() or 1) // self.world)
             torch.set_num_threads(n)
+        else:
+            # fixed-size crops: let cuDNN pick the fastest 3D convolution algorithms once
+            torch.backends.cudnn.benchmark = True
         self.amp = cfg.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
 
