@@ -97,7 +97,7 @@ for n in "${NAMES[@]}"; do
   echo "r7-$n: $(tail -n 1 "$r/metrics.csv" | cut -d, -f1,2) (epoch,step) $(tail -n 1 "$r.log")" >> "$WORK/plan.txt"
   [[ -f $r/checkpoints/last.pt ]] || continue
   dp export-model "$r" --out "$WORK/export/r7-$n" --fp32 >> "$r.log" 2>&1 || continue
-  cp "$r/metrics.csv" "$r/config.json" "$r.log" "$WORK/export/r7-$n/"
+  cp "$r/metrics.csv" "$r.log" "$WORK/export/r7-$n/"; cp "$r/config.json" "$WORK/export/r7-$n/train_config.json"
   tar -czf "$OUT/r7-$n.tar.gz" -C "$WORK/export" "r7-$n"
 done
 say "exported"

@@ -5,7 +5,7 @@
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
 # usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
-# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1..6 picks the fine-tune round
+# stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1..8 picks the fine-tune round (7: GPU)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp}
@@ -73,12 +73,24 @@ OPTS+=([r5-mae-cdm]="${OPTS[r2-mae-cdm-a]}"
 INIT+=([r6-mae]=r5-mae [r6-mae-dvh]=r5-mae-dvh [r6-mae-moment]=r5-mae-moment [r6-mae-cdm]=r5-mae-cdm)
 LOSS+=([r6-mae]="mae" [r6-mae-dvh]="mae+dvh" [r6-mae-moment]="mae+moment" [r6-mae-cdm]="mae+cdm")
 OPTS+=([r6-mae-cdm]="${OPTS[r2-mae-cdm-a]}")
+# round 7 ran on a lent GPU (scripts/gpu_experiment.sh: 3700 whole-volume steps each from the round-5
+# release, lr 2e-4 cosine, seed 6, bf16 autocast); its exports are the models/openkbp-* release.
+# round 8 (CPU): each round-7 model continued for 600 whole-volume steps, plus the CDM model with the
+# CDM term's weight doubled (mae+2*cdm), to see whether the weighting is the lever at this stage
+FINETUNE8=(--patch 128 --batch 1 --epochs 4 --steps-per-epoch 150 --lr 2e-4 --schedule cosine --seed 7
+           --threads 1)
+INIT4+=([r8-mae]=openkbp-mae [r8-mae-dvh]=openkbp-mae-dvh [r8-mae-moment]=openkbp-mae-moment
+        [r8-mae-cdm]=openkbp-mae-cdm [r8-mae-2cdm]=openkbp-mae-cdm)
+LOSS+=([r8-mae]="mae" [r8-mae-dvh]="mae+dvh" [r8-mae-moment]="mae+moment" [r8-mae-cdm]="mae+cdm"
+       [r8-mae-2cdm]="mae+2*cdm")
+OPTS+=([r8-mae-cdm]="${OPTS[r2-mae-cdm-a]}" [r8-mae-2cdm]="${OPTS[r2-mae-cdm-a]}")
 ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
 ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
 ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 ROUND4=(r4-mae r4-mae-dvh r4-mae-moment r4-mae-cdm r4-mae-cdm-t8)
 ROUND5=(r5-mae r5-mae-dvh r5-mae-moment r5-mae-cdm r5-mae-cdm-t2)
 ROUND6=(r6-mae r6-mae-dvh r6-mae-moment r6-mae-cdm)
+ROUND8=(r8-mae r8-mae-dvh r8-mae-moment r8-mae-cdm r8-mae-2cdm)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
@@ -86,7 +98,9 @@ case ${ROUND:-1} in
   4) MODELS=("${ROUND4[@]}"); FINETUNE=("${FINETUNE4[@]}") ;;
   5) MODELS=("${ROUND5[@]}"); FINETUNE=("${FINETUNE5[@]}") ;;
   6) MODELS=("${ROUND6[@]}"); FINETUNE=("${FINETUNE6[@]}") ;;
-  *) echo "ROUND must be 1 to 6" >&2; exit 2 ;;
+  7) echo "round 7 ran on a GPU: see scripts/gpu_experiment.sh" >&2; exit 2 ;;
+  8) MODELS=("${ROUND8[@]}"); FINETUNE=("${FINETUNE8[@]}") ;;
+  *) echo "ROUND must be 1 to 6 or 8" >&2; exit 2 ;;
 esac
 
 run() { echo "+ $*" >&2; "$@"; }
