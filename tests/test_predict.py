@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -105,3 +106,21 @@ def test_predict_errors_are_clear(run_dir, tmp_path):
     assert r.exit_code == 2 and "unknown format" in r.output
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "not a dosepred cache" in r.output
+
+
+RELEASED = sorted((Path(__file__).resolve().parents[1] / "models").glob("openkbp-*"))
+
+
+@pytest.mark.parametrize("model", RELEASED, ids=lambda p: p.name)
+def test_released_models_predict_a_sample_patient(model, one_patient, tmp_path):
+    """Every released model folder loads and predicts an OpenKBP patient far better than chance (the
+    validation dose scores of the release are 3.6-4.0 Gy; no learning gives 9.6)."""
+    out = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", "--model", str(model), "--data", str(one_patient), "--out", str(out),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", "--reference", str(one_patient), "--prediction", str(out),
+                            "--json", str(tmp_path / "s.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    js = json.loads((tmp_path / "s.json").read_text())
+    assert js["dose_score"] < 6.0, js["dose_score"]
