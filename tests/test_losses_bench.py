@@ -17,6 +17,11 @@ def test_bench_losses_api_synthetic():
     assert all(r["seconds"] > 0 and r["vs_mae"] > 0 for r in res["rows"])
     assert res["rows"][0]["vs_mae"] == 1.0 and "synthetic" in res["rows"][0]["source"]
     assert "| 16^3 | cpu | cdm |" in markdown(res)
+    by = {r["loss"]: r for r in res["rows"]}
+    # MAE is a handful of ops and never waits for the device; the CDM loss gathers ROI voxels
+    # (nonzero) and reads the ROI sizes (one host copy), a fixed few syncs per batch
+    assert 0 < by["mae"]["aten_ops"] < by["cdm"]["aten_ops"] and by["mae"]["host_syncs"] == 0
+    assert 2 <= by["cdm"]["host_syncs"] <= 6
 
 
 def test_bench_losses_cli(tmp_path):

@@ -130,6 +130,26 @@ def _unet(roi_set: Any, device: str):
     return model.to(device), fwd, desc
 
 
+#: aten ops that wait for the device (a GPU-to-host copy): nonzero (boolean indexing) and item()/bool()
+_SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense")
+
+
+def _op_counts(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(aten op calls, nested ones included; of them, host synchronisations) of one ``fn()`` call.
+
+    On a GPU every aten call is at least one kernel launch (a few microseconds each) and every sync
+    stalls the host until the device is done, so these counts bound a loss's latency there; they
+    are measured on any device, the CPU included.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ev = prof.key_averages()
+    return (sum(e.count for e in ev if e.key.startswith("aten::")),
+            sum(e.count for e in ev if e.key in _SYNC_OPS))
+
+
 def _time_case(case: dict[str, Any], dev: str, names: Sequence[str], repeats: int, unet: bool,
                log: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], float | None, str | None]:
     """Rows of one (size, device): each loss's median seconds, and the U-Net step's."""
@@ -176,9 +196,11 @@ def _time_case(case: dict[str, Any], dev: str, names: Sequence[str], repeats: in
 
         if log:
             log(f"{size}^3 {dev}: {name}")
+        seconds = _median_time(once, repeats, dev)
+        ops, syncs = _op_counts(once)
         rows.append({"size": size, "device": dev, "loss": name, "spec": spec, "options": opts,
                      "protocol": proto or ("openkbp" if spec == "cdm" else None),
-                     "seconds": _median_time(once, repeats, dev), "source": case["source"],
+                     "seconds": seconds, "aten_ops": ops, "host_syncs": syncs, "source": case["source"],
                      "roi_voxels": case["roi_voxels"]})
     mae_s = next((r["seconds"] for r in rows if r["loss"] == "mae"), None)
     for r in rows:
@@ -242,26 +264,28 @@ def table(res: dict[str, Any]):
     from rich.table import Table
 
     t = Table(title="loss forward+backward time (median)")
-    for col in ("size", "device", "loss", "ms", "vs MAE", "vs U-Net step"):
+    for col in ("size", "device", "loss", "ms", "vs MAE", "vs U-Net step", "aten ops", "syncs"):
         t.add_column(col, justify="left" if col in ("device", "loss") else "right")
     steps = {(s["size"], s["device"]): s["seconds"] for s in res["unet_steps"]}
     for (size, dev), s in steps.items():
-        t.add_row(f"{size}^3", dev, "[bold]U-Net step (MAE)[/]", f"{s * 1e3:.0f}", "", "1.00")
+        t.add_row(f"{size}^3", dev, "[bold]U-Net step (MAE)[/]", f"{s * 1e3:.0f}", "", "1.00", "", "")
     for r in res["rows"]:
         vs = f"{r['vs_unet_step']:.3f}" if r.get("vs_unet_step") is not None else "-"
         t.add_row(f"{r['size']}^3", r["device"], r["loss"], f"{r['seconds'] * 1e3:.1f}",
-                  f"{r['vs_mae']:.1f}x" if r.get("vs_mae") else "-", vs)
+                  f"{r['vs_mae']:.1f}x" if r.get("vs_mae") else "-", vs, str(r.get("aten_ops", "-")),
+                  str(r.get("host_syncs", "-")))
     return t
 
 
 def markdown(res: dict[str, Any]) -> str:
     """The result as a Markdown table (for docs/results.md)."""
     steps = {(s["size"], s["device"]): s["seconds"] for s in res["unet_steps"]}
-    lines = ["| size | device | loss | ms | vs MAE | vs U-Net step |", "|---|---|---|---|---|---|"]
+    lines = ["| size | device | loss | ms | vs MAE | vs U-Net step | aten ops | syncs |",
+             "|---|---|---|---|---|---|---|---|"]
     for (size, dev), s in steps.items():
-        lines.append(f"| {size}^3 | {dev} | U-Net training step (MAE) | {s * 1e3:.0f} | | 1 |")
+        lines.append(f"| {size}^3 | {dev} | U-Net training step (MAE) | {s * 1e3:.0f} | | 1 | | |")
     for r in res["rows"]:
         vs = f"{r['vs_unet_step']:.3f}" if r.get("vs_unet_step") is not None else "-"
         lines.append(f"| {r['size']}^3 | {r['device']} | {r['loss']} | {r['seconds'] * 1e3:.1f} | "
-                     f"{r['vs_mae']:.1f}x | {vs} |")
+                     f"{r['vs_mae']:.1f}x | {vs} | {r.get('aten_ops', '-')} | {r.get('host_syncs', '-')} |")
     return "\n".join(lines)
