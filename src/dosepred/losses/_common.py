@@ -102,6 +102,27 @@ def iter_roi_voxels(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor,
             yield b, int(k), p_sub[sel], r_sub[sel]
 
 
+def roi_members(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor, bits: Sequence[int]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All voxels of ROIs ``bits`` of every patient at once, as flat (member) tensors.
+
+    Returns ``(seg, p, r)``: member ``i`` is a voxel of ROI ``bits[seg[i] % K]`` in patient
+    ``seg[i] // K`` (K = ``len(bits)``; a voxel in several ROIs is a member of each), with its
+    predicted dose ``p[i]`` (differentiable) and reference dose ``r[i]`` (detached). Two host
+    synchronisations (the two ``nonzero``), whatever the number of patients and ROIs, where
+    :func:`iter_roi_voxels` needs two per ROI and patient; segment sums are then ``index_add``.
+    """
+    nb, k = pred.shape[0], len(bits)
+    flat = codes.reshape(-1)
+    n_vox = flat.numel() // nb
+    idx = torch.nonzero(flat != 0).squeeze(1)  # ROI voxels of the whole batch
+    member = decode_torch(flat[idx], list(bits))  # (K, n)
+    j, v = torch.nonzero(member, as_tuple=True)
+    vox = idx[v]
+    seg = torch.div(vox, n_vox, rounding_mode="floor") * k + j
+    return seg, pred.reshape(-1)[vox], ref.detach().reshape(-1)[vox]
+
+
 def zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
     """A zero scalar that still depends on ``pred`` (so backward() works when no term applies)."""
     return 0.0 * pred.sum()

@@ -40,8 +40,7 @@ import torch
 from torch import nn
 
 from ..metrics import Metric, MetricError, parse_metric, percentile_q, v_threshold
-from ..roi import decode_torch
-from ._common import DEFAULT_DOSE_SCALE, check_inputs, upcast, voxel_volumes, zero_like_graph
+from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, voxel_volumes, zero_like_graph
 
 _SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
 
@@ -206,23 +205,14 @@ def _roi_segments(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor, bi
     voxel count of each segment on the host. Three host synchronisations in all, whatever the number
     of patients and ROIs (a loop over ROIs needs two per ROI and patient, which dominates on a GPU).
     """
-    nb, k = pred.shape[0], len(bits)
-    flat = codes.reshape(-1)
-    n_vox = flat.numel() // nb
-    idx = torch.nonzero(flat != 0).squeeze(1)  # ROI voxels of the whole batch
-    member = decode_torch(flat[idx], list(bits))  # (K, n)
-    j, v = torch.nonzero(member, as_tuple=True)
-    vox = idx[v]
-    seg = torch.div(vox, n_vox, rounding_mode="floor") * k + j
-    counts = [int(c) for c in torch.bincount(seg, minlength=nb * k).tolist()]
+    seg, p, r = roi_members(pred, ref, codes, bits)
+    counts = [int(c) for c in torch.bincount(seg, minlength=pred.shape[0] * len(bits)).tolist()]
 
     def seg_sort(x: torch.Tensor) -> torch.Tensor:  # ascending within each segment, segments in order
         o1 = torch.argsort(x)
         o2 = torch.sort(seg[o1], stable=True).indices
         return o1[o2]
 
-    p = pred.reshape(-1)[vox]
-    r = ref.detach().reshape(-1)[vox]
     op, orr = seg_sort(p.detach()), seg_sort(r)
     return seg[op], p[op], r[orr], counts
 
