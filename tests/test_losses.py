@@ -18,6 +18,7 @@ from dosepred.losses import (
     moment_loss,
     mse,
     parse_spec,
+    soft_dvh,
     sorted_percentile,
     v_metric,
 )
@@ -299,5 +300,37 @@ def test_moment_loss_equals_a_per_roi_loop():
     want = torch.stack(terms).mean()
     want.backward()
     assert len(terms) == 8
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("max_elements", [1 << 22, 1000])  # one chunk of bins, or many
+def test_dvh_curve_loss_equals_a_per_roi_loop(max_elements):
+    """The batched DVH-curve loss equals the plain loop over patients and ROIs with boolean masks
+    and :func:`soft_dvh`, value and gradient, whatever the chunking of the bins."""
+    g = torch.Generator().manual_seed(4)
+    shape = (2, 1, 10, 10, 10)
+    codes = torch.zeros((2, 10, 10, 10), dtype=torch.uint8)
+    codes[:, 2:7, 2:7, 2:7] |= 1
+    codes[:, 4:10, 3:8, 3:6] |= 2  # overlaps ROI 0
+    codes[:1, 0:3, 7:10, 7:10] |= 4  # absent from patient 2
+    ref = 70 * torch.rand(shape, generator=g, dtype=torch.float64)
+    pred0 = ref + 6 * torch.randn(shape, generator=g, dtype=torch.float64)
+    a = pred0.clone().requires_grad_(True)
+    got = dvh_curve_loss(a, ref, codes, [0, 1, 2], bin_width=2.0, max_elements=max_elements)
+    got.backward()
+    b = pred0.clone().requires_grad_(True)
+    t = torch.arange(int(float(ref.max()) // 2.0) + 1, dtype=torch.float64) * 2.0
+    terms = []
+    for i in range(2):
+        for bit in (0, 1, 2):
+            sel = ((codes[i] >> bit) & 1).bool()
+            if sel.any():
+                vp = soft_dvh(b[i, 0][sel], t, bin_width=2.0)
+                vr = soft_dvh(ref[i, 0][sel], t, bin_width=2.0)
+                terms.append(((vp - vr) ** 2).mean())
+    want = torch.stack(terms).mean()
+    want.backward()
+    assert len(terms) == 5
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-15)

@@ -1,13 +1,14 @@
-"""Shared tensor helpers of the loss family: input validation and lazy per-ROI voxel gathering.
+"""Shared tensor helpers of the loss family: input validation and ROI voxel gathering.
 
 Not public API. Every loss takes the same five tensors (see :mod:`dosepred.losses`); these helpers
-check them once and hand each loss the voxels of one ROI of one patient at a time, decoded from the
-bit-mask codes on the tensor's own device, so no one-hot tensor of all ROIs is ever built.
+check them once and hand each loss the voxels of every (patient, ROI) pair of the batch as flat
+"member" tensors with a segment index, decoded from the bit-mask codes on the tensor's own device,
+so no one-hot tensor of all ROIs is ever built and no host synchronisation happens per ROI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -79,29 +80,6 @@ def voxel_volumes(spacing: torch.Tensor | None, batch: int) -> list[float | None
     return [float(v) for v in spacing.prod(dim=1).tolist()]
 
 
-def iter_roi_voxels(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor,
-                    bits: Sequence[int]) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Yield (b, bit, pred_voxels, ref_voxels) for each patient and each ROI bit present in it.
-
-    Per patient, the voxels inside any ROI are gathered once (one pass over the volume forward, one
-    scatter backward); each ROI's bit is then decoded lazily on that small subset. ``ref`` voxels are
-    detached. ROIs with no voxel in a patient's volume are skipped: they contribute nothing.
-    """
-    for b in range(pred.shape[0]):
-        flat = codes[b].reshape(-1)
-        idx = torch.nonzero(flat != 0).squeeze(1)
-        if idx.numel() == 0:
-            continue
-        sub = flat[idx]
-        p_sub = pred[b, 0].reshape(-1)[idx]
-        r_sub = ref[b, 0].detach().reshape(-1)[idx]
-        for k in bits:
-            sel = decode_torch(sub, int(k))
-            if not bool(sel.any()):
-                continue
-            yield b, int(k), p_sub[sel], r_sub[sel]
-
-
 def roi_members(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor, bits: Sequence[int]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All voxels of ROIs ``bits`` of every patient at once, as flat (member) tensors.
@@ -109,8 +87,8 @@ def roi_members(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor, bits
     Returns ``(seg, p, r)``: member ``i`` is a voxel of ROI ``bits[seg[i] % K]`` in patient
     ``seg[i] // K`` (K = ``len(bits)``; a voxel in several ROIs is a member of each), with its
     predicted dose ``p[i]`` (differentiable) and reference dose ``r[i]`` (detached). Two host
-    synchronisations (the two ``nonzero``), whatever the number of patients and ROIs, where
-    :func:`iter_roi_voxels` needs two per ROI and patient; segment sums are then ``index_add``.
+    synchronisations (the two ``nonzero``), whatever the number of patients and ROIs, where a loop
+    over ROIs with boolean indexing needs two per ROI and patient; segment sums are then ``index_add``.
     """
     nb, k = pred.shape[0], len(bits)
     flat = codes.reshape(-1)

@@ -4,10 +4,11 @@ Soft cumulative DVH of ROI s at threshold t: ``v(s, t) = mean_{i in s} sigmoid((
 with ``k = steepness / bin_width`` (1/Gy); thresholds ``t = 0, w, 2w, ...`` up to the maximum dose.
 Loss = mean over the (patient, ROI) pairs present of the mean over bins of ``(v_pred - v_ref)^2``.
 
-Memory is bounded: each ROI's voxels are gathered with a boolean index, and a custom autograd
-function evaluates the sigmoids in chunks of bins (about ``max_elements`` at a time) in the forward
-pass and recomputes them chunk by chunk in the backward pass, so nothing of size bins x voxels is
-ever stored. The cost still grows as bins x ROI voxels, which is why this loss is slow.
+Memory is bounded: the voxels of every (patient, ROI) pair are gathered at once
+(:func:`._common.roi_members`, no per-ROI host synchronisation), and a custom autograd function
+evaluates the sigmoids in chunks of bins (about ``max_elements`` at a time) in the forward pass and
+recomputes them chunk by chunk in the backward pass, so nothing of size bins x voxels is ever
+stored. The cost still grows as bins x ROI voxels, which is why this loss is slow.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import check_inputs, iter_roi_voxels, upcast, zero_like_graph
+from ._common import check_inputs, roi_members, upcast, zero_like_graph
 
 
 class _SoftCumulativeDvh(torch.autograd.Function):
@@ -44,6 +45,34 @@ class _SoftCumulativeDvh(torch.autograd.Function):
             s = torch.sigmoid((d[None, :] - t[j:j + chunk, None]) * k)
             grad += (g[j:j + chunk, None] * s * (1.0 - s)).sum(dim=0)
         return grad * (k / d.numel()), None, None, None
+
+
+class _SegmentedSoftDvh(torch.autograd.Function):
+    """v[s, j] = mean over the members i of segment s of sigmoid((d_i - t_j) * k), all segments at
+    once, computed and differentiated in chunks of bins (members x chunk <= max_elements)."""
+
+    @staticmethod
+    def forward(ctx, d: torch.Tensor, seg: torch.Tensor, n: torch.Tensor, t: torch.Tensor, k: float,
+                max_elements: int) -> torch.Tensor:
+        chunk = max(1, max_elements // max(1, d.numel()))
+        out = torch.zeros(n.shape[0], t.shape[0], dtype=d.dtype, device=d.device)
+        for j in range(0, t.shape[0], chunk):
+            sig = torch.sigmoid((d[:, None] - t[None, j:j + chunk]) * k)  # (members, chunk)
+            out[:, j:j + chunk].index_add_(0, seg, sig)
+        ctx.save_for_backward(d, seg, n, t)
+        ctx.k, ctx.chunk = k, chunk
+        return out / n[:, None]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        d, seg, n, t = ctx.saved_tensors
+        k, chunk = ctx.k, ctx.chunk
+        gs = g / n[:, None]
+        grad = torch.zeros_like(d)
+        for j in range(0, t.shape[0], chunk):
+            sig = torch.sigmoid((d[:, None] - t[None, j:j + chunk]) * k)
+            grad += (gs[seg, j:j + chunk] * sig * (1.0 - sig)).sum(dim=1)
+        return grad * k, None, None, None, None, None
 
 
 def soft_dvh(doses: torch.Tensor, thresholds: torch.Tensor, bin_width: float = 1.0, steepness: float = 1.0,
@@ -72,13 +101,22 @@ def dvh_curve_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tenso
     top = float(ref.detach().max()) if max_dose is None else float(max_dose)
     n_bins = max(1, int(math.floor(top / bin_width)) + 1)
     t = torch.arange(n_bins, dtype=pred.dtype, device=pred.device) * bin_width
-    terms: list[torch.Tensor] = []
-    for _, _, dp, dr in iter_roi_voxels(pred, ref, codes, bits):
-        vp = soft_dvh(dp, t, bin_width, steepness, max_elements)
-        with torch.no_grad():
-            vr = soft_dvh(dr, t, bin_width, steepness, max_elements)
-        terms.append(((vp - vr) ** 2).mean())
-    return torch.stack(terms).mean() if terms else zero_like_graph(pred)
+    bits = list(bits)
+    if not bits:
+        return zero_like_graph(pred)
+    n_seg = pred.shape[0] * len(bits)
+    seg, dp, dr = roi_members(pred, ref, codes, bits)  # every (patient, ROI) pair at once
+    cnt = torch.zeros(n_seg, dtype=pred.dtype, device=pred.device).index_add(0, seg, torch.ones_like(dr))
+    n = cnt.clamp_min(1.0)
+    k = steepness / bin_width
+    vp = _SegmentedSoftDvh.apply(dp, seg, n, t, k, int(max_elements))
+    with torch.no_grad():
+        vr = _SegmentedSoftDvh.apply(dr, seg, n, t, k, int(max_elements))
+    per_seg = ((vp - vr) ** 2).mean(dim=1)
+    present = cnt > 0
+    n_present = present.sum()
+    loss = torch.where(present, per_seg, torch.zeros_like(per_seg)).sum() / n_present.clamp_min(1)
+    return torch.where(n_present > 0, loss, zero_like_graph(pred))
 
 
 class DVHCurveLoss(nn.Module):
