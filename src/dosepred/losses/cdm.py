@@ -24,9 +24,12 @@ dose_scale. The loss is the mean over the (patient, criterion) pairs whose ROI i
 absent from a patient's volume contributes nothing; with nothing to evaluate the loss is
 ``0 * pred.sum()`` (zero, with a gradient path).
 
-ROIs are decoded one at a time from the bit-mask codes with :func:`dosepred.roi.decode_torch` on the
-tensor's device; no one-hot of all ROIs is built. This module does not evaluate plans (see
-:mod:`dosepred.evaluation`); it only makes the same metrics differentiable.
+ROIs are decoded from the bit-mask codes with :func:`dosepred.roi.decode_torch` on the tensor's
+device, only at the voxels inside some ROI; no one-hot of all ROIs is built. All (patient, criterion)
+pairs of a batch are evaluated together (one gather, one segmented sort, one read of every
+percentile), so the host waits for the device three times per batch, not twice per ROI and
+patient. This module does not evaluate plans (see :mod:`dosepred.evaluation`); it only makes the
+same metrics differentiable.
 """
 
 from __future__ import annotations

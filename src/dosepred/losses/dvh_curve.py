@@ -58,7 +58,8 @@ class _SegmentedSoftDvh(torch.autograd.Function):
         out = torch.zeros(n.shape[0], t.shape[0], dtype=d.dtype, device=d.device)
         for j in range(0, t.shape[0], chunk):
             sig = torch.sigmoid((d[:, None] - t[None, j:j + chunk]) * k)  # (members, chunk)
-            out[:, j:j + chunk].index_add_(0, seg, sig)
+            out[:, j:j + chunk] = torch.zeros(n.shape[0], sig.shape[1], dtype=d.dtype,
+                                              device=d.device).index_add_(0, seg, sig)
         ctx.save_for_backward(d, seg, n, t)
         ctx.k, ctx.chunk = k, chunk
         return out / n[:, None]

@@ -51,19 +51,26 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
         0, seg, torch.ones_like(x_r))
     present = cnt > 0
     n = cnt.clamp_min(1.0)
-    means: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # power -> per-segment means (pred, ref)
-    for pw in sorted({float(q) for b in bits for q in powers_by_bit[b]}):  # one pass per distinct power
-        mp = pred.new_zeros(nb * k).index_add(0, seg, x_p.pow(pw)) / n
-        with torch.no_grad():
-            mr = ref.new_zeros(nb * k).index_add(0, seg, x_r.pow(pw)) / n
-        means[pw] = (mp, mr)
-    per_seg = pred.new_zeros(nb * k)
+    pw_all = sorted({float(q) for b in bits for q in powers_by_bit[b]})
+    col = {pw: i for i, pw in enumerate(pw_all)}
+    # per-segment means of x^p, one row per distinct power: (P, segments)
+    m_p = torch.stack([pred.new_zeros(nb * k).index_add(0, seg, x_p.pow(pw)) for pw in pw_all]) / n
+    with torch.no_grad():
+        m_r = torch.stack([ref.new_zeros(nb * k).index_add(0, seg, x_r.pow(pw)) for pw in pw_all]) / n
+    # every (segment, power of its ROI) pair, read at once
+    rows, segs, expo, wts = [], [], [], []
     for j, b in enumerate(bits):
-        sel = torch.arange(nb, device=pred.device) * k + j
         for pw in powers_by_bit[b]:
-            mp, mr = means[float(pw)]
-            d = (mp[sel] + eps) ** (1.0 / pw) - (mr[sel] + eps) ** (1.0 / pw)
-            per_seg = per_seg.index_add(0, sel, d ** 2 / len(powers_by_bit[b]))
+            for i in range(nb):
+                rows.append(col[float(pw)])
+                segs.append(i * k + j)
+                expo.append(1.0 / float(pw))
+                wts.append(1.0 / len(powers_by_bit[b]))
+    dev, dt = pred.device, pred.dtype
+    ri, si = torch.tensor(rows, device=dev), torch.tensor(segs, device=dev)
+    e, w = torch.tensor(expo, dtype=dt, device=dev), torch.tensor(wts, dtype=dt, device=dev)
+    d = (m_p[ri, si] + eps) ** e - (m_r[ri, si] + eps) ** e
+    per_seg = pred.new_zeros(nb * k).index_add(0, si, d ** 2 * w)
     n_present = present.sum()
     loss = torch.where(present, per_seg, torch.zeros_like(per_seg)).sum() / n_present.clamp_min(1)
     return torch.where(n_present > 0, loss, zero_like_graph(pred))
