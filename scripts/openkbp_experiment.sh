@@ -84,13 +84,18 @@ INIT4+=([r8-mae]=openkbp-mae [r8-mae-dvh]=openkbp-mae-dvh [r8-mae-moment]=openkb
 LOSS+=([r8-mae]="mae" [r8-mae-dvh]="mae+dvh" [r8-mae-moment]="mae+moment" [r8-mae-cdm]="mae+cdm"
        [r8-mae-2cdm]="mae+2*cdm")
 OPTS+=([r8-mae-cdm]="${OPTS[r2-mae-cdm-a]}" [r8-mae-2cdm]="${OPTS[r2-mae-cdm-a]}")
+# and the D-metric gradient spread at this stage: exact percentiles (0) and a wider band (6 %)
+INIT4+=([r8-mae-cdm-s0]=openkbp-mae-cdm [r8-mae-cdm-s6]=openkbp-mae-cdm)
+LOSS+=([r8-mae-cdm-s0]="mae+cdm" [r8-mae-cdm-s6]="mae+cdm")
+OPTS+=([r8-mae-cdm-s0]="--loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=0"
+       [r8-mae-cdm-s6]="--loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=6")
 ROUND1=(mae mae-dvh mae-moment mae-cdm mae-cdm-t2)
 ROUND2=(r2-mae r2-mae-dvh r2-mae-moment r2-mae-cdm-a r2-mae-cdm-b)
 ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 ROUND4=(r4-mae r4-mae-dvh r4-mae-moment r4-mae-cdm r4-mae-cdm-t8)
 ROUND5=(r5-mae r5-mae-dvh r5-mae-moment r5-mae-cdm r5-mae-cdm-t2)
 ROUND6=(r6-mae r6-mae-dvh r6-mae-moment r6-mae-cdm)
-ROUND8=(r8-mae r8-mae-dvh r8-mae-moment r8-mae-cdm r8-mae-2cdm)
+ROUND8=(r8-mae r8-mae-dvh r8-mae-moment r8-mae-cdm r8-mae-2cdm r8-mae-cdm-s0 r8-mae-cdm-s6)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
