@@ -110,3 +110,19 @@ def test_cli_bad_options_exit_2(args, msg):
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA device"):
         bb.BenchConfig(device="cuda").check()
+
+
+def test_cli_logs_each_run_without_progress(tmp_path):
+    """With --no-progress each finished run still prints one line, so a run cut short by a time
+    limit leaves its measurements behind."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "bitmask", "--rois", "3", "--size", "16", "--patch", "16",
+                                 "--steps", "1", "--warmup", "0", "--repeats", "1", "--patients", "2",
+                                 "--batch", "1", "--pipelines", "bitmask,onehot-npz", "--no-isolate",
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    text = r.output + (getattr(r, "stderr", "") or "")
+    assert "repeat 1/1 K=3 bitmask: step" in text and "repeat 1/1 K=3 onehot-npz: step" in text

@@ -527,7 +527,10 @@ def bench_bitmask(
                       pipelines=tuple(p.strip() for p in pipelines.split(",") if p.strip()),
                       isolate=isolate, seed=seed, threads=threads)
     con = console()
-    log = (lambda m: con.print(f"[dim]{m}[/]")) if enabled() else None
+    # one line per finished run even without progress output: a long run cut short (a time limit on
+    # a lent GPU machine, say) still leaves its measurements in the log
+    log = ((lambda m: con.print(f"[dim]{m}[/]")) if enabled()
+           else (lambda m: print(m, file=sys.stderr, flush=True)))
     res = run(cfg, log=log)
     con.print(table(res))
     m = res["machine"]
