@@ -106,7 +106,7 @@ say "exported"
 if [[ $BENCH == 1 && $DEVICE == cuda* ]]; then
   left=$(( BUDGET_S - $(elapsed) - 10 ))
   if (( left > 30 )); then
-    timeout $(( left * 2 / 3 )) $PY -m dosepred bench bitmask --size 128 --patients 4 --device cuda --workers 2 \
+    timeout $(( left * 2 / 3 )) $PY -m dosepred bench bitmask --size 64 --patients 4 --device cuda --workers 2 \
       --json "$WORK/bench_bitmask_cuda.json" --no-progress > "$WORK/bench_bitmask_cuda.txt" 2>&1
     say "bench bitmask rc $?"
   fi
