@@ -95,7 +95,13 @@ ROUND3=(r3-mae r3-mae-dvh r3-mae-moment r3-mae-cdm)
 ROUND4=(r4-mae r4-mae-dvh r4-mae-moment r4-mae-cdm r4-mae-cdm-t8)
 ROUND5=(r5-mae r5-mae-dvh r5-mae-moment r5-mae-cdm r5-mae-cdm-t2)
 ROUND6=(r6-mae r6-mae-dvh r6-mae-moment r6-mae-cdm)
-ROUND8=(r8-mae r8-mae-dvh r8-mae-moment r8-mae-cdm r8-mae-2cdm r8-mae-cdm-s0 r8-mae-cdm-s6)
+# and MAE and MAE+CDM once more with another seed (other volumes, flips, order): the run-to-run noise
+INIT4+=([r8-mae-seed8]=openkbp-mae [r8-mae-cdm-seed8]=openkbp-mae-cdm)
+LOSS+=([r8-mae-seed8]="mae" [r8-mae-cdm-seed8]="mae+cdm")
+OPTS+=([r8-mae-cdm-seed8]="${OPTS[r2-mae-cdm-a]}")
+declare -A AFTER=([r8-mae-seed8]="--seed 8" [r8-mae-cdm-seed8]="--seed 8")  # after the budget: wins
+ROUND8=(r8-mae r8-mae-dvh r8-mae-moment r8-mae-cdm r8-mae-2cdm r8-mae-cdm-s0 r8-mae-cdm-s6
+        r8-mae-seed8 r8-mae-cdm-seed8)
 case ${ROUND:-1} in
   1) MODELS=("${ROUND1[@]}"); FINETUNE=("${FINETUNE1[@]}") ;;
   2) MODELS=("${ROUND2[@]}"); FINETUNE=("${FINETUNE2[@]}") ;;
@@ -133,7 +139,7 @@ if [[ $stage == finetune || $stage == all ]]; then
     [[ -n ${INIT4[$m]:-} ]] && init=$here/models/${INIT4[$m]}
     # shellcheck disable=SC2086
     run dosepred train --data "$cache/train" --out "$runs/$m" --init "$init" \
-      --loss "${LOSS[$m]}" ${OPTS[$m]:-} "${FINETUNE[@]}" --no-progress > "$runs/$m.log" 2>&1 &
+      --loss "${LOSS[$m]}" ${OPTS[$m]:-} "${FINETUNE[@]}" ${AFTER[$m]:-} --no-progress > "$runs/$m.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
