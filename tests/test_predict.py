@@ -124,3 +124,30 @@ def test_released_models_predict_a_sample_patient(model, one_patient, tmp_path):
     assert r.exit_code == 0, r.output
     js = json.loads((tmp_path / "s.json").read_text())
     assert js["dose_score"] < 6.0, js["dose_score"]
+
+
+def test_tta_averages_with_the_mirrored_patient(run_dir):
+    """--tta = mean of the prediction and the mirrored prediction of the mirrored patient, the
+    mirrored patient built here from its masks by name (LeftParotid <-> RightParotid), not by bits."""
+    import numpy as np
+
+    from dosepred.patient import Patient
+    from dosepred.predict import load_model, predict_dose
+
+    model = load_model(run_dir / "run")
+    p = make_cohort(1, seed=11, size=32)[0]
+    ax = model.config.flip_axis
+    names = list(p.roi_set.names)
+    assert {"LeftParotid", "RightParotid"} <= set(names)
+    other = {"LeftParotid": "RightParotid", "RightParotid": "LeftParotid"}
+    codes = np.zeros_like(p.roi_codes)
+    for i, n in enumerate(names):
+        codes |= np.flip(p.mask(other.get(n, n)), ax).astype(codes.dtype) << codes.dtype.type(i)
+    q = Patient(id="mirrored", ct=np.flip(p.ct, ax).copy(), roi_codes=codes, roi_set=p.roi_set,
+                spacing=p.spacing, possible_dose_mask=np.flip(p.possible_dose_mask, ax).copy())
+    plain = predict_dose(model, p)
+    mirrored = np.flip(predict_dose(model, q), ax)
+    want = 0.5 * (plain + mirrored) * p.possible_dose_mask
+    got = predict_dose(model, p, tta=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(plain - mirrored).max() > 1e-3  # the two differ: the test can see a wrong mirror

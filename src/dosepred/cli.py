@@ -704,6 +704,8 @@ def predict_cmd(
                                      "evaluate).")] = "openkbp",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average with the left-right mirrored prediction "
+                                                     "(Left/Right ROIs swapped; twice the time).")] = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Predict whole-grid doses (sliding windows of the training patch) and write them."""
@@ -716,7 +718,7 @@ def predict_cmd(
 
         f, name = parse_split_arg(split)
         ids = load_split(f, name)
-    n = predict_to(model, data, out, fmt=fmt, device=device, ids=ids)
+    n = predict_to(model, data, out, fmt=fmt, device=device, ids=ids, tta=tta)
     console().print(f"wrote {n} predicted doses ({fmt}) to {out}")
 
 

@@ -90,8 +90,14 @@ def resolve_device(device: str | None = "auto") -> torch.device:
 
 @torch.no_grad()
 def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
-                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False) -> np.ndarray:
-    """Whole-grid dose (Gy, float32, the patient's shape) by sliding windows of the training patch."""
+                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False,
+                 tta: bool = False) -> np.ndarray:
+    """Whole-grid dose (Gy, float32, the patient's shape) by sliding windows of the training patch.
+
+    ``tta=True`` averages it with the prediction of the patient mirrored along the model's
+    left-right axis (``config.flip_axis``, Left/Right ROI bits swapped, as in training), mirrored
+    back: test-time augmentation, twice the time.
+    """
     from monai.inferers import sliding_window_inference
 
     net = model.module if hasattr(model, "module") else model
@@ -103,13 +109,24 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
     ct = torch.from_numpy(patient.ct).to(device)[None, None]
     codes = to_torch(patient.roi_codes, device)[None]
     mask = torch.from_numpy(np.asarray(patient.possible_dose_mask)).to(device)[None, None]
-    x = net.assemble(ct, codes, mask)
-    # windows never larger than the volume (tiny synthetic grids); padding keeps the patch size
     roi = tuple(cfg.patch)
-    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-        dose = sliding_window_inference(x, roi, sw_batch, net.from_input, overlap=overlap, mode=mode,
-                                        padding_mode="replicate")
-    dose = dose.float() * mask.float()
+
+    def windows(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            return sliding_window_inference(x, roi, sw_batch, net.from_input, overlap=overlap, mode=mode,
+                                            padding_mode="replicate").float()
+
+    dose = windows(net.assemble(ct, codes, mask))
+    if tta:
+        if cfg.flip_axis is None:
+            raise ValueError("test-time flipping needs the model's flip_axis (its config has none)")
+        from .training.dataset import lr_pairs, swap_bits
+
+        ax = int(cfg.flip_axis)
+        codes_f = swap_bits(np.ascontiguousarray(np.flip(patient.roi_codes, ax)), lr_pairs(patient.roi_set))
+        xf = net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2))
+        dose = 0.5 * (dose + windows(xf).flip(ax + 2))
+    dose = dose * mask.float()
     if was_training:
         net.train()
     return dose[0, 0].cpu().numpy().astype(np.float32)
@@ -149,16 +166,19 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
 
 
 def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device: Any = None,
-                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False
+                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False, tta: bool = False
                      ) -> Iterator[tuple[Patient, np.ndarray]]:
     for p in patients:
-        yield p, predict_dose(model, p, device, overlap, mode, amp=amp)
+        yield p, predict_dose(model, p, device, overlap, mode, amp=amp, tta=tta)
 
 
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
-               progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None) -> int:
+               progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
+               tta: bool = False) -> int:
     """Predict every patient of ``src`` (a cache or OpenKBP folder) and write them to ``out``.
+
+    ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`).
 
     ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
     (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
@@ -178,7 +198,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
 
         def predicted() -> Iterator[Patient]:
             for p in it:
-                yield p.with_dose(predict_dose(model, p, dev, amp=dev.type == "cuda"))
+                yield p.with_dose(predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta))
                 done.append(p)
 
         try:
@@ -192,7 +212,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                 on_patient(p, Path(out) / f"{p.id}.npz")
         return len(done)
     for p in it:
-        path = write_prediction(p, predict_dose(model, p, dev, amp=dev.type == "cuda"), out, fmt)
+        path = write_prediction(p, predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta), out, fmt)
         n += 1
         if on_patient is not None:
             on_patient(p, path)
