@@ -4,6 +4,10 @@
 # at once on the one GPU; then the CUDA benchmarks. Written for a lent machine with a time limit:
 #
 #   python scripts/compact_cache.py pack /work/exp/cache/train .gpu/train --ct-step 8 --dose-step 5
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl monai==1.6.1 pydantic==2.14.4 pydantic_core==2.50.5 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 typer==0.29.2 rich==15.0.0
+#   (.gpu and .whl ignored by git, carried to the machine: 42 + 5 MiB; its image lacks MONAI and pydantic)
 #   (on the GPU machine, repository root)  BUDGET_S=480 OUT=out bash scripts/gpu_experiment.sh
 #
 # A short calibration run of all four measures the step time; the number of epochs (of STEPS steps)
