@@ -43,12 +43,6 @@ def _old_package(rev: str, dest: Path) -> None:
         (pkg / Path(f).name).write_text(text)
 
 
-def _counts(fn) -> tuple[int, int]:
-    from dosepred.bench.losses import _op_counts
-
-    return _op_counts(fn)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rev")
@@ -59,6 +53,7 @@ def main() -> None:
 
     from dosepred import losses as new
     from dosepred import roi
+    from dosepred.bench.losses import _op_counts
     from dosepred.io.openkbp import read_patient
 
     tmp = tempfile.TemporaryDirectory()
@@ -91,7 +86,7 @@ def main() -> None:
                 return float(loss.detach()), x.grad
 
             value, grads[label] = once()
-            ops, syncs = _counts(once)
+            ops, syncs = _op_counts(once)
             ts = []
             for _ in range(a.repeats):
                 t0 = time.perf_counter()

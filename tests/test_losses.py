@@ -18,7 +18,6 @@ from dosepred.losses import (
     moment_loss,
     mse,
     parse_spec,
-    soft_dvh,
     sorted_percentile,
     v_metric,
 )
@@ -307,7 +306,8 @@ def test_moment_loss_equals_a_per_roi_loop():
 @pytest.mark.parametrize("max_elements", [1 << 22, 1000])  # one chunk of bins, or many
 def test_dvh_curve_loss_equals_a_per_roi_loop(max_elements):
     """The batched DVH-curve loss equals the plain loop over patients and ROIs with boolean masks
-    and :func:`soft_dvh`, value and gradient, whatever the chunking of the bins."""
+    and the soft DVH written out (mean of sigmoids), value and gradient, whatever the chunking of
+    the bins."""
     g = torch.Generator().manual_seed(4)
     shape = (2, 1, 10, 10, 10)
     codes = torch.zeros((2, 10, 10, 10), dtype=torch.uint8)
@@ -326,11 +326,22 @@ def test_dvh_curve_loss_equals_a_per_roi_loop(max_elements):
         for bit in (0, 1, 2):
             sel = ((codes[i] >> bit) & 1).bool()
             if sel.any():
-                vp = soft_dvh(b[i, 0][sel], t, bin_width=2.0)
-                vr = soft_dvh(ref[i, 0][sel], t, bin_width=2.0)
+                vp = torch.sigmoid((b[i, 0][sel][None, :] - t[:, None]) / 2.0).mean(dim=1)
+                vr = torch.sigmoid((ref[i, 0][sel][None, :] - t[:, None]) / 2.0).mean(dim=1)
                 terms.append(((vp - vr) ** 2).mean())
     want = torch.stack(terms).mean()
     want.backward()
     assert len(terms) == 5
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-15)
+
+
+def test_soft_dvh_of_one_roi():
+    """soft_dvh (one ROI) is the mean of sigmoids at each threshold, in one chunk or many."""
+    from dosepred.losses import soft_dvh
+
+    d = torch.tensor([10.0, 20.0, 30.0, 55.0, 61.0], dtype=torch.float64)
+    t = torch.arange(0.0, 70.0, 5.0, dtype=torch.float64)
+    want = torch.sigmoid((d[None, :] - t[:, None]) * 0.5).mean(dim=1)
+    for max_elements in (1 << 20, 7):
+        torch.testing.assert_close(soft_dvh(d, t, bin_width=2.0, max_elements=max_elements), want)

@@ -101,6 +101,20 @@ def roi_members(pred: torch.Tensor, ref: torch.Tensor, codes: torch.Tensor, bits
     return seg, pred.reshape(-1)[vox], ref.detach().reshape(-1)[vox]
 
 
+def segment_counts(seg: torch.Tensor, n_seg: int, dtype: torch.dtype) -> torch.Tensor:
+    """Members per segment (``n_seg`` of them) of :func:`roi_members`, as ``dtype`` on the device."""
+    return torch.bincount(seg, minlength=n_seg).to(dtype)
+
+
+def mean_over_present(per_seg: torch.Tensor, counts: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_seg`` over the segments with members (no host synchronisation); with none, a
+    zero that still depends on ``pred``. Absent segments' values are ignored, NaN or not."""
+    present = counts > 0
+    n_present = present.sum()
+    total = torch.where(present, per_seg, torch.zeros_like(per_seg)).sum() / n_present.clamp_min(1)
+    return torch.where(n_present > 0, total, zero_like_graph(pred))
+
+
 def zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
     """A zero scalar that still depends on ``pred`` (so backward() works when no term applies)."""
     return 0.0 * pred.sum()

@@ -34,6 +34,7 @@ same metrics differentiable.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ class CdmTerm:
 
 # ------------------------------------------------------------------------------ metric functions
 
+def _interp_index(q: float, n: int) -> tuple[int, int, float]:
+    """(lower, upper, fraction) of the linear-interpolation percentile ``q`` of ``n`` sorted values:
+    virtual index ``q / 100 * (n - 1)`` in float64 on the host, as ``np.percentile``."""
+    pos = q / 100.0 * (n - 1)
+    i = min(int(math.floor(pos)), n - 1)
+    return i, min(i + 1, n - 1), pos - i
+
+
 def sorted_percentile(sorted_doses: torch.Tensor, q: float | Sequence[float]) -> torch.Tensor:
     """Linear-interpolation percentile(s) ``q`` (0-100) of an ascending 1-D tensor.
 
@@ -84,11 +93,10 @@ def sorted_percentile(sorted_doses: torch.Tensor, q: float | Sequence[float]) ->
     for x in qs:
         if not 0.0 <= x <= 100.0:
             raise ValueError(f"percentile must be in 0..100, got {x}")
-        pos = x / 100.0 * (n - 1)
-        i = min(int(math.floor(pos)), n - 1)
+        i, j, f = _interp_index(x, n)
         lo.append(i)
-        hi.append(min(i + 1, n - 1))
-        frac.append(pos - i)
+        hi.append(j)
+        frac.append(f)
     dev = sorted_doses.device
     a = sorted_doses[torch.tensor(lo, device=dev)]
     b = sorted_doses[torch.tensor(hi, device=dev)]
@@ -247,9 +255,7 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
     col = {bit: i for i, bit in enumerate(bits)}
     seg, ps, rs, counts = _roi_segments(pred, ref, codes, bits) if bits else (None, None, None, [])
     k = len(bits)
-    starts = [0] * len(counts)
-    for i in range(1, len(counts)):
-        starts[i] = starts[i - 1] + counts[i - 1]
+    starts = [0, *itertools.accumulate(counts)]  # where each segment begins in the sorted tensors
 
     # host: the (patient, term) pairs whose ROI is present, and where each percentile sits
     pairs: list[CdmTerm] = []
@@ -279,12 +285,11 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
                 q = percentile_q(t.metric, n, vols[b] if vols[b] is not None else 1.0)
                 band = _band(q, spread)
                 for x in band:
-                    pos = x / 100.0 * (n - 1)  # as sorted_percentile
-                    i = min(int(math.floor(pos)), n - 1)
+                    i, j, f = _interp_index(x, n)
                     q_pair.append(i_pair)
                     q_lo.append(starts[s_id] + i)
-                    q_hi.append(starts[s_id] + min(i + 1, n - 1))
-                    q_frac.append(pos - i)
+                    q_hi.append(starts[s_id] + j)
+                    q_frac.append(f)
                     q_w.append(1.0 / len(band))
     if not pairs:
         z = zero_like_graph(pred)

@@ -20,31 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import check_inputs, roi_members, upcast, zero_like_graph
-
-
-class _SoftCumulativeDvh(torch.autograd.Function):
-    """v_j = mean_i sigmoid((d_i - t_j) * k), computed and differentiated in chunks of bins."""
-
-    @staticmethod
-    def forward(ctx, d: torch.Tensor, t: torch.Tensor, k: float, max_elements: int) -> torch.Tensor:
-        chunk = max(1, max_elements // max(1, d.numel()))
-        out = torch.empty(t.shape[0], dtype=d.dtype, device=d.device)
-        for j in range(0, t.shape[0], chunk):
-            out[j:j + chunk] = torch.sigmoid((d[None, :] - t[j:j + chunk, None]) * k).mean(dim=1)
-        ctx.save_for_backward(d, t)
-        ctx.k, ctx.chunk = k, chunk
-        return out
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        d, t = ctx.saved_tensors
-        k, chunk = ctx.k, ctx.chunk
-        grad = torch.zeros_like(d)
-        for j in range(0, t.shape[0], chunk):
-            s = torch.sigmoid((d[None, :] - t[j:j + chunk, None]) * k)
-            grad += (g[j:j + chunk, None] * s * (1.0 - s)).sum(dim=0)
-        return grad * (k / d.numel()), None, None, None
+from ._common import check_inputs, mean_over_present, roi_members, segment_counts, upcast, zero_like_graph
 
 
 class _SegmentedSoftDvh(torch.autograd.Function):
@@ -82,7 +58,9 @@ def soft_dvh(doses: torch.Tensor, thresholds: torch.Tensor, bin_width: float = 1
     if doses.dim() != 1 or doses.numel() == 0:
         raise ValueError(f"doses must be a non-empty 1-D tensor, got shape {tuple(doses.shape)}")
     k = steepness / bin_width
-    return _SoftCumulativeDvh.apply(doses, thresholds.to(doses.dtype), k, int(max_elements))
+    one = torch.zeros(doses.numel(), dtype=torch.long, device=doses.device)  # a single segment
+    n = torch.full((1,), float(doses.numel()), dtype=doses.dtype, device=doses.device)
+    return _SegmentedSoftDvh.apply(doses, one, n, thresholds.to(doses.dtype), k, int(max_elements))[0]
 
 
 def dvh_curve_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
@@ -105,19 +83,14 @@ def dvh_curve_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tenso
     bits = list(bits)
     if not bits:
         return zero_like_graph(pred)
-    n_seg = pred.shape[0] * len(bits)
     seg, dp, dr = roi_members(pred, ref, codes, bits)  # every (patient, ROI) pair at once
-    cnt = torch.zeros(n_seg, dtype=pred.dtype, device=pred.device).index_add(0, seg, torch.ones_like(dr))
+    cnt = segment_counts(seg, pred.shape[0] * len(bits), pred.dtype)
     n = cnt.clamp_min(1.0)
     k = steepness / bin_width
     vp = _SegmentedSoftDvh.apply(dp, seg, n, t, k, int(max_elements))
     with torch.no_grad():
         vr = _SegmentedSoftDvh.apply(dr, seg, n, t, k, int(max_elements))
-    per_seg = ((vp - vr) ** 2).mean(dim=1)
-    present = cnt > 0
-    n_present = present.sum()
-    loss = torch.where(present, per_seg, torch.zeros_like(per_seg)).sum() / n_present.clamp_min(1)
-    return torch.where(n_present > 0, loss, zero_like_graph(pred))
+    return mean_over_present(((vp - vr) ** 2).mean(dim=1), cnt, pred)
 
 
 class DVHCurveLoss(nn.Module):

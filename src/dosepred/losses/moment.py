@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, zero_like_graph
+from ._common import (
+    DEFAULT_DOSE_SCALE,
+    check_inputs,
+    mean_over_present,
+    roi_members,
+    segment_counts,
+    upcast,
+    zero_like_graph,
+)
 
 OAR_POWERS = (1.0, 2.0, 10.0)
 TARGET_POWERS = (2.0, 4.0, 6.0)
@@ -47,9 +55,7 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
     seg, p, r = roi_members(pred, ref, codes, bits)
     x_p = p.clamp_min(0.0) / dose_scale
     x_r = r.clamp_min(0.0) / dose_scale
-    cnt = torch.zeros(nb * k, dtype=pred.dtype, device=pred.device).index_add(
-        0, seg, torch.ones_like(x_r))
-    present = cnt > 0
+    cnt = segment_counts(seg, nb * k, pred.dtype)
     n = cnt.clamp_min(1.0)
     pw_all = sorted({float(q) for b in bits for q in powers_by_bit[b]})
     col = {pw: i for i, pw in enumerate(pw_all)}
@@ -70,10 +76,7 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
     ri, si = torch.tensor(rows, device=dev), torch.tensor(segs, device=dev)
     e, w = torch.tensor(expo, dtype=dt, device=dev), torch.tensor(wts, dtype=dt, device=dev)
     d = (m_p[ri, si] + eps) ** e - (m_r[ri, si] + eps) ** e
-    per_seg = pred.new_zeros(nb * k).index_add(0, si, d ** 2 * w)
-    n_present = present.sum()
-    loss = torch.where(present, per_seg, torch.zeros_like(per_seg)).sum() / n_present.clamp_min(1)
-    return torch.where(n_present > 0, loss, zero_like_graph(pred))
+    return mean_over_present(pred.new_zeros(nb * k).index_add(0, si, d ** 2 * w), cnt, pred)
 
 
 class MomentLoss(nn.Module):
