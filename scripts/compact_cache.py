@@ -63,8 +63,8 @@ def _unpack_one(args: tuple[str, str]) -> None:
 
 def pack(cache: Path, out: Path, ct_step: int, dose_step: int, jobs: int) -> None:
     meta = json.loads((cache / "dataset.json").read_text())
-    if meta.get("version") != 2:
-        sys.exit(f"{cache}: only v2 caches can be packed (found version {meta.get('version')})")
+    if meta.get("version") not in (2, 3):
+        sys.exit(f"{cache}: only v2/v3 caches can be packed (found version {meta.get('version')})")
     out.mkdir(parents=True, exist_ok=True)
     work = [(str(cache / p["file"]), str(out / (Path(p["file"]).stem + ".xz")), ct_step, dose_step)
             for p in meta["patients"]]

@@ -1,8 +1,13 @@
 """The one record type every stage speaks: :class:`Patient`, and the dataset's :class:`RoiSet`.
 
 A Patient holds CT (HU, int16), an optional dose (Gy, float32), the possible-dose mask (bool), the
-bit-mask ROI codes (bit k = ROI k of the RoiSet), voxel spacing (mm per array axis), and the ROI
-names, kinds and prescriptions through its RoiSet. Consistency is checked on construction.
+bit-mask ROI codes (bit k = ROI k of the RoiSet), its :class:`~dosepred.geometry.Geometry` (where the
+grid lies in patient coordinates, LPS mm: origin, direction cosines, spacing per array axis), and the
+ROI names, kinds and prescriptions through its RoiSet. Consistency is checked on construction.
+
+Every reader sets the geometry from its source. A Patient built without one (tests, code that
+predates geometry) is taken to be in the OpenKBP array convention (:meth:`Geometry.openkbp`), which
+is what such arrays always were; ``meta["geometry"]`` then says ``"assumed"``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import roi as _roi
+from .geometry import Geometry
 
 RoiKind = Literal["target", "oar", "other"]
 
@@ -126,6 +132,7 @@ class Patient:
     dose: np.ndarray | None = None  # float32, Gy
     missing_rois: tuple[str, ...] = ()  # ROIs of the set that this patient has no contour for
     meta: dict[str, Any] = field(default_factory=dict)  # provenance (source folder, study date, ...)
+    geometry: Geometry | None = None  # voxel -> patient (LPS mm); None: derived, see the module docstring
 
     def __post_init__(self) -> None:
         pid = self.id
@@ -141,6 +148,7 @@ class Patient:
         if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
             raise ValueError(f"patient {pid}: spacing must be three positive mm values, got {self.spacing}")
         self.spacing = sp  # type: ignore[assignment]
+        self.geometry = self._resolve_geometry(sp)
         codes = np.asarray(self.roi_codes)
         if codes.shape != shape:
             raise ValueError(f"patient {pid}: ROI codes shape {codes.shape} != CT shape {shape}")
@@ -184,6 +192,23 @@ class Patient:
                     nvox = int(_roi.decode(codes, k).sum())
                     raise ValueError(f"patient {pid}: ROI {m} is recorded missing but has {nvox} voxel(s)")
 
+    def _resolve_geometry(self, sp: tuple[float, float, float]) -> Geometry:
+        g = self.geometry
+        if g is None:
+            m = self.meta
+            if "origin" in m and "orientation" in m:  # caches written before geometry (DICOM source)
+                g = Geometry.from_dicom(m["origin"], m["orientation"], sp)
+            elif "affine" in m:  # caches written before geometry (NIfTI source)
+                g = Geometry.from_ras_affine(m["affine"])
+            else:
+                g = Geometry.openkbp(self.ct.shape, sp)
+                self.meta.setdefault("geometry", "assumed")
+        elif not isinstance(g, Geometry):
+            g = Geometry.from_dict(g)
+        if not np.allclose(g.spacing, sp, rtol=1e-5, atol=1e-6):
+            raise ValueError(f"patient {self.id}: spacing {sp} differs from the geometry's {g.spacing}")
+        return g
+
     # support -------------------------------------------------------------------------------
     def set_support_box(self, box: tuple[slice, ...]) -> None:
         """Record that dose, possible-dose mask and ROI codes are all zero outside ``box`` (slices per
@@ -219,7 +244,12 @@ class Patient:
 
     @property
     def voxel_volume_mm3(self) -> float:
-        return float(np.prod(self.spacing))
+        """Volume of one voxel: |det| of the voxel-to-patient matrix (spacing product when axes are
+        perpendicular)."""
+        assert self.geometry is not None
+        if self.geometry.is_axis_aligned():
+            return float(np.prod(self.spacing))
+        return float(abs(np.linalg.det(self.geometry.matrix)))
 
     @property
     def voxel_volume_cc(self) -> float:
@@ -250,12 +280,31 @@ class Patient:
     def with_dose(self, dose: np.ndarray | None) -> Patient:
         """A copy sharing every array but the dose."""
         return Patient(self.id, self.ct, self.roi_codes, self.roi_set, self.spacing,
-                       self.possible_dose_mask, dose, self.missing_rois, dict(self.meta))
+                       self.possible_dose_mask, dose, self.missing_rois, dict(self.meta), self.geometry)
+
+    def reoriented(self, letters: str) -> Patient:
+        """A copy whose array axes run towards ``letters`` (e.g. ``"PLI"``, the OpenKBP convention), by
+        permuting and flipping axes only (no interpolation); the geometry follows, so every voxel
+        keeps its place in patient coordinates."""
+        from .geometry import reorient
+
+        assert self.geometry is not None
+        perm, flips = self.geometry.permutation_to(letters)
+        if perm == (0, 1, 2) and not any(flips):
+            return self
+
+        def r(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.ascontiguousarray(reorient(a, perm, flips))
+
+        g = self.geometry.reoriented(perm, flips, self.shape)
+        return Patient(self.id, r(self.ct), r(self.roi_codes), self.roi_set, g.spacing,  # type: ignore[arg-type]
+                       r(self.possible_dose_mask), r(self.dose), self.missing_rois, dict(self.meta), g)
 
     @classmethod
     def from_masks(cls, id: str, ct: np.ndarray, masks: dict[str, np.ndarray], roi_set: RoiSet,
                    spacing: Sequence[float], possible_dose_mask: np.ndarray | None = None,
-                   dose: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> Patient:
+                   dose: np.ndarray | None = None, meta: dict[str, Any] | None = None,
+                   geometry: Geometry | None = None) -> Patient:
         """Build from a name -> mask dict; ROIs of the set absent from ``masks`` are recorded missing."""
         extra = [n for n in masks if n not in roi_set]
         if extra:
@@ -271,4 +320,4 @@ class Patient:
             codes = codes.astype(roi_set.dtype)
         missing = tuple(n for n in roi_set.names if n not in masks)
         return cls(id, ct, codes, roi_set, tuple(spacing), possible_dose_mask, dose, missing,  # type: ignore
-                   dict(meta or {}))
+                   dict(meta or {}), geometry)

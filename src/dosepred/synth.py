@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import Geometry
 from .patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Patient, Roi, RoiSet
 from .roi import MAX_ROIS
 
@@ -226,7 +227,8 @@ def make_patient(seed: int, size: int = 64, pid: str | None = None, extra_rois: 
     meta: dict[str, Any] = {"source": "synth", "seed": int(seed), "size": size,
                             "study_date": f"{year}{month:02d}{day:02d}"}  # DICOM StudyDate style
     return Patient.from_masks(pid or f"synth_{seed}", ct, masks, rs, sp,
-                              possible_dose_mask=np.ascontiguousarray(body), dose=dose, meta=meta)
+                              possible_dose_mask=np.ascontiguousarray(body), dose=dose, meta=meta,
+                              geometry=Geometry.openkbp(shape, sp))
 
 
 def _centre_voxel(shape: tuple[int, ...], idx: tuple[int, ...]) -> np.ndarray:

@@ -5,7 +5,7 @@ file, shape, spacing, missing ROIs and provenance. Files are written to temporar
 only when the whole import succeeded, so a failed or interrupted import leaves no partial patient
 file and no ``dataset.json`` that lists absent patients.
 
-Format version 2 (written now) stores each patient compactly *and* cheap to read (members are read
+Format version 2 stores each patient compactly *and* cheap to read (members are read
 lazily, so evaluation never touches the CT):
 
 - ``boxes`` (int64 (3, 3, 2): three boxes, each [start, stop) per axis): the full grid, the *data
@@ -19,6 +19,11 @@ lazily, so evaluation never touches the CT):
   non-zero code.
 - ``ct`` (int16 HU) over the CT box, the box of voxels differing from ``ct_fill`` (the corner
   value, e.g. -1024 HU of air), the only member compressed (zlib level 1; evaluation never reads it).
+
+Version 3 (written now) has the files of version 2 and adds each patient's ``geometry`` (origin,
+direction cosines, spacing in LPS mm; see :mod:`dosepred.geometry`) to its entry in
+``dataset.json``. Versions 1 and 2 are still read: their patients get the geometry their ``meta``
+implies (DICOM origin/orientation, NIfTI affine) or else the OpenKBP array convention.
 
 Version 1 (still read): full-grid ``ct``, ``roi_codes``, ``possible_dose_mask``, ``dose`` in a
 ``np.savez_compressed`` file. Both round-trip losslessly.
@@ -40,11 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 
 DATASET_JSON = "dataset.json"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 _EVAL_FIELDS = ("dose", "roi_codes", "possible_dose_mask")
 
 
@@ -123,7 +129,8 @@ def _v2_arrays(p: Patient) -> dict[str, np.ndarray]:
 
 
 def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
-    """Write one patient file in cache format ``version`` (2: cropped, see the module docstring)."""
+    """Write one patient file in cache format ``version`` (2 and 3: cropped, see the module docstring;
+    the two differ only in ``dataset.json``)."""
     if version == 1:
         arrays: dict[str, np.ndarray] = {"ct": p.ct, "roi_codes": p.roi_codes,
                                          "possible_dose_mask": np.asarray(p.possible_dose_mask)}
@@ -131,7 +138,7 @@ def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
             arrays["dose"] = p.dose
         _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
         return
-    if version != 2:
+    if version not in (2, 3):
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
     v2 = _v2_arrays(p)
     _atomic_write_bytes(path, lambda fh: _write_npz(fh, v2, deflate=("ct",)))
@@ -397,7 +404,8 @@ def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> d
 
 def _entry(p: Patient, file: str) -> dict[str, Any]:
     return {"id": p.id, "file": file, "shape": list(p.shape), "spacing": list(p.spacing),
-            "missing_rois": list(p.missing_rois), "has_dose": p.dose is not None, "meta": p.meta}
+            "missing_rois": list(p.missing_rois), "has_dose": p.dose is not None, "meta": p.meta,
+            "geometry": p.geometry.to_dict() if p.geometry is not None else None}
 
 
 @dataclass
@@ -459,8 +467,14 @@ class Cache:
         meta = dict(e.get("meta", {}))
         if not with_ct:
             meta["ct_loaded"] = False
+        geom = e.get("geometry")
+        try:
+            geometry = Geometry.from_dict(geom) if geom else None
+        except (GeometryError, KeyError, TypeError, ValueError) as err:
+            raise CacheError(f"{self.root / DATASET_JSON}: patient {pid}: invalid geometry: {err}") from None
         p = Patient(pid, ct, codes, roi_set or self.roi_set, tuple(e["spacing"]),
-                    arrays["possible_dose_mask"], arrays.get("dose"), tuple(e.get("missing_rois", ())), meta)
+                    arrays["possible_dose_mask"], arrays.get("dose"), tuple(e.get("missing_rois", ())), meta,
+                    geometry)
         if box is not None:
             p.set_support_box(box)
         return p
@@ -494,7 +508,7 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     renamed, followed by ``dataset.json``, once every patient has been read and written. If reading
     or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
     left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
-    ``version``: cache format to write (2, the default, or 1 for readers that predate version 2).
+    ``version``: cache format to write (3, the default; 2 or 1 for readers that predate it).
     """
     if version not in READ_VERSIONS:
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
 from ._atomic import atomic_dir
 
@@ -204,7 +205,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
         present.add(name)
     missing = tuple(n for n in roi_set.names if n not in present)
     return Patient(pid, ct, codes.reshape(GRID), roi_set, spacing, mask.reshape(GRID), dose, missing,
-                   {"source": str(folder.resolve()), "format": "openkbp"})
+                   {"source": str(folder.resolve()), "format": "openkbp"}, Geometry.openkbp(GRID, spacing))
 
 
 def _pt_key(p: Path) -> tuple[int, str]:
@@ -273,7 +274,12 @@ def write_dose_csv(path: str | os.PathLike, dose: np.ndarray, mask: np.ndarray |
 
 
 def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
-    """Write a patient in the native OpenKBP layout ``out_dir/<id>/`` (written atomically)."""
+    """Write a patient in the native OpenKBP layout ``out_dir/<id>/`` (written atomically).
+
+    OpenKBP files have no position or orientation: arrays are brought into the OpenKBP axis
+    convention (a permutation/flip of axes, see :mod:`dosepred.geometry`) and the origin is dropped.
+    An oblique grid is an error (it would need resampling)."""
+    p = to_openkbp_axes(p)
     if p.shape != GRID:
         raise ValueError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
     final = Path(out_dir) / p.id
@@ -290,6 +296,17 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
         for name in p.present_rois:
             _write_sparse(tmp / f"{name}.csv", np.flatnonzero(p.mask(name).ravel()), None)
     return final
+
+
+def to_openkbp_axes(p: Patient) -> Patient:
+    """``p`` with its arrays in the OpenKBP axis convention (itself when already so)."""
+    assert p.geometry is not None
+    if not p.geometry.is_axis_aligned(1e-4):
+        raise ValueError(f"patient {p.id}: an oblique grid ({p.geometry.describe()}) cannot be written in "
+                         "OpenKBP layout without resampling")
+    if p.geometry.axis_letters() == OPENKBP_AXES:
+        return p
+    return p.reoriented(OPENKBP_AXES)
 
 
 def read_dose_csv(path: str | os.PathLike, grid: tuple[int, ...] = GRID) -> np.ndarray:

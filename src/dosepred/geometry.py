@@ -1,0 +1,286 @@
+"""Where a voxel grid lies in the patient: :class:`Geometry` (origin, direction cosines, spacing).
+
+Coordinates are DICOM patient coordinates, **LPS, mm**: +x towards the patient's left, +y towards
+posterior, +z towards the head (superior). A grid of shape ``(n0, n1, n2)`` maps array index
+``i = (i0, i1, i2)`` to the patient point
+
+    p = origin + direction @ (spacing * i)
+
+``origin`` is the centre of voxel ``(0, 0, 0)``; column ``j`` of ``direction`` is the unit vector
+along which array axis ``j`` increases; ``spacing[j]`` is the step in mm along axis ``j``. Nothing in
+dosepred assumes an axis order: the anatomical meaning of an axis (which one runs left-right, for
+flips) is read from ``direction``.
+
+Conventions per source (see docs/formats.md):
+
+- **DICOM**: array ``(slice, row, column)``; axis 0 along ``row_dir x col_dir`` (slices sorted
+  ascending along it), axis 1 along the column direction (second ImageOrientationPatient triple),
+  axis 2 along the row direction (first triple); origin = ImagePositionPatient of the first slice.
+- **NIfTI**: the file's affine is RAS; ``Geometry.from_ras_affine`` flips x and y.
+- **OpenKBP**: the CSV files carry no position. Checked on the anatomy of all 202 train and
+  validation patients (brainstem superior to larynx, mandible anterior to the spinal cord, left
+  parotid on the patient's left), the 128^3 arrays run axis 0 anterior->posterior, axis 1
+  right->left, axis 2 superior->inferior (``describe()``: "A->P, R->L, S->I"), with
+  ``voxel_dimensions.csv`` the spacing per array axis. dosepred places the grid centre at the origin
+  of patient coordinates (:meth:`Geometry.openkbp`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Letters of the LPS axes: (towards -, towards +) for x, y, z.
+_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
+_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "I": "S", "S": "I"}
+#: Anatomical axis names accepted by :meth:`Geometry.axis_along`.
+_AXIS_OF = {"LR": 0, "RL": 0, "x": 0, "AP": 1, "PA": 1, "y": 1, "SI": 2, "IS": 2, "z": 2}
+
+#: The OpenKBP array convention as the letters each array axis runs towards.
+OPENKBP_AXES = "PLI"
+
+
+class GeometryError(ValueError):
+    """A transform that is not a valid voxel grid (degenerate, non-finite, not unit directions)."""
+
+
+def _frozen(a: Any, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.array(a, dtype=np.float64).reshape(shape)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """A voxel grid's placement in patient coordinates (LPS, mm); see the module docstring."""
+
+    origin: np.ndarray  # (3,) mm, centre of voxel (0, 0, 0)
+    direction: np.ndarray  # (3, 3); column j = unit vector of array axis j
+    spacing: tuple[float, float, float]  # mm per array axis
+
+    def __post_init__(self) -> None:
+        try:
+            origin = _frozen(self.origin, (3,))
+            direction = _frozen(self.direction, (3, 3))
+            spacing = tuple(float(s) for s in self.spacing)
+        except (ValueError, TypeError) as e:
+            raise GeometryError(f"geometry needs a 3-vector origin, a 3x3 direction and 3 spacings: {e}") from None
+        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise GeometryError(f"spacing must be three positive finite mm values, got {self.spacing}")
+        if not (np.all(np.isfinite(origin)) and np.all(np.isfinite(direction))):
+            raise GeometryError("origin and direction must be finite")
+        norms = np.linalg.norm(direction, axis=0)
+        if not np.allclose(norms, 1.0, atol=1e-3):
+            raise GeometryError(f"direction columns must be unit vectors, got norms {np.round(norms, 4).tolist()}")
+        direction = _frozen(direction / norms, (3, 3))
+        if abs(np.linalg.det(direction)) < 1e-3:
+            raise GeometryError(f"degenerate orientation: array axes are (nearly) parallel "
+                                f"(direction columns {np.round(direction.T, 4).tolist()})")
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "spacing", spacing)
+
+    # construction ----------------------------------------------------------------------------
+    @classmethod
+    def openkbp(cls, shape: Sequence[int], spacing: Sequence[float]) -> Geometry:
+        """The OpenKBP array convention (axis 0 A->P, axis 1 R->L, axis 2 S->I), grid centre at 0."""
+        direction = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+        return cls.centred(shape, spacing, direction)
+
+    @classmethod
+    def centred(cls, shape: Sequence[int], spacing: Sequence[float], direction: Any) -> Geometry:
+        """A grid with the given axes whose centre lies at the origin of patient coordinates."""
+        d = np.asarray(direction, dtype=np.float64)
+        half = (np.asarray(shape, dtype=np.float64) - 1) / 2 * np.asarray(spacing, dtype=np.float64)
+        return cls(-(d @ half), d, tuple(spacing))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_affine(cls, affine: Any) -> Geometry:
+        """From a 4x4 index -> LPS mm affine."""
+        a = np.asarray(affine, dtype=np.float64)
+        if a.shape != (4, 4):
+            raise GeometryError(f"an affine must be 4x4, got shape {a.shape}")
+        m = a[:3, :3]
+        sp = np.linalg.norm(m, axis=0)
+        if np.any(sp <= 0) or not np.all(np.isfinite(sp)):
+            raise GeometryError(f"affine has a zero or non-finite axis: {a.tolist()}")
+        return cls(a[:3, 3], m / sp, tuple(float(s) for s in sp))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_ras_affine(cls, affine: Any) -> Geometry:
+        """From a NIfTI (RAS) 4x4 affine."""
+        return cls.from_affine(np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64))
+
+    @classmethod
+    def from_dicom(cls, position: Sequence[float], orientation: Sequence[float],
+                   spacing: Sequence[float]) -> Geometry:
+        """A ``(slice, row, column)`` array from the first slice's ImagePositionPatient, the
+        ImageOrientationPatient (row direction, column direction) and ``(slice gap, PixelSpacing[0],
+        PixelSpacing[1])``; slices ascend along ``row_dir x col_dir``."""
+        o = np.asarray(orientation, dtype=np.float64).reshape(-1)
+        if o.shape != (6,):
+            raise GeometryError(f"ImageOrientationPatient must hold 6 numbers, got {list(o)}")
+        row, col = o[:3], o[3:]
+        for name, v in (("row", row), ("column", col)):
+            if not abs(np.linalg.norm(v) - 1.0) < 1e-3:
+                raise GeometryError(f"ImageOrientationPatient {name} direction {v.tolist()} is not a unit vector")
+        if abs(float(row @ col)) > 1e-3:
+            raise GeometryError(f"ImageOrientationPatient row {row.tolist()} and column {col.tolist()} "
+                                "directions are not perpendicular")
+        normal = np.cross(row, col)
+        return cls(np.asarray(position, dtype=np.float64), np.stack([normal, col, row], axis=1),
+                   tuple(spacing))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        return cls(np.asarray(d["origin"]), np.asarray(d["direction"]), tuple(d["spacing"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"origin": [float(v) for v in self.origin],
+                "direction": [[float(v) for v in row] for row in self.direction],
+                "spacing": list(self.spacing)}
+
+    # transforms ------------------------------------------------------------------------------
+    @property
+    def matrix(self) -> np.ndarray:
+        """3x3: column j is the mm step of array axis j."""
+        return self.direction * np.asarray(self.spacing)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 index -> LPS mm."""
+        a = np.eye(4)
+        a[:3, :3] = self.matrix
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def ras_affine(self) -> np.ndarray:
+        """4x4 index -> RAS mm (what NIfTI stores)."""
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine
+
+    def to_patient(self, index: Any) -> np.ndarray:
+        """Array indices (..., 3) -> patient points (..., 3), LPS mm."""
+        return np.asarray(index, dtype=np.float64) @ self.matrix.T + self.origin
+
+    def to_index(self, points: Any) -> np.ndarray:
+        """Patient points (..., 3), LPS mm -> continuous array indices (..., 3)."""
+        return (np.asarray(points, dtype=np.float64) - self.origin) @ np.linalg.inv(self.matrix).T
+
+    def centre(self, shape: Sequence[int]) -> np.ndarray:
+        """Patient point of the grid centre."""
+        return self.to_patient((np.asarray(shape, dtype=np.float64) - 1) / 2)
+
+    # anatomy -----------------------------------------------------------------------------------
+    def axis_letters(self) -> str:
+        """The letter each array axis runs *towards*, by its nearest LPS axis, e.g. ``"PLI"`` for
+        OpenKBP arrays (axis 0 towards posterior, 1 towards the left, 2 towards the feet)."""
+        out = []
+        for j in range(3):
+            v = self.direction[:, j]
+            k = int(np.argmax(np.abs(v)))
+            out.append(_LETTERS[k][1 if v[k] > 0 else 0])
+        if len({_axis_family(c) for c in out}) != 3:
+            raise GeometryError(f"array axes {out} do not map to three distinct anatomical axes")
+        return "".join(out)
+
+    def describe(self) -> str:
+        """Each array axis anatomically, e.g. ``"A->P, R->L, S->I"``; ``~`` marks oblique axes."""
+        parts = []
+        for j, c in enumerate(self.axis_letters()):
+            v = self.direction[:, j]
+            oblique = float(np.max(np.abs(v))) < 1 - 1e-6
+            parts.append(f"{'~' if oblique else ''}{_OPPOSITE[c]}->{c}")
+        return ", ".join(parts)
+
+    def axis_along(self, anatomical: str) -> int:
+        """The array axis closest to an anatomical axis: ``"LR"``, ``"AP"`` or ``"SI"``."""
+        try:
+            k = _AXIS_OF[anatomical]
+        except KeyError:
+            raise ValueError(f"anatomical axis must be one of LR, AP, SI, got {anatomical!r}") from None
+        return int(np.argmax(np.abs(self.direction[k, :])))
+
+    def is_axis_aligned(self, tol: float = 1e-6) -> bool:
+        """True when every array axis runs along an LPS axis (up to ``tol`` in direction cosine)."""
+        return bool(np.all(np.max(np.abs(self.direction), axis=0) > 1 - tol))
+
+    # reorientation --------------------------------------------------------------------------
+    def permutation_to(self, letters: str) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+        """``(perm, flips)`` that bring this grid's arrays to axes running towards ``letters``
+        (e.g. ``"PLI"``): ``reorient(arr, perm, flips)``; new axis i is old axis ``perm[i]``,
+        reversed when ``flips[i]``. Oblique grids map to the nearest axes (resample for exactness)."""
+        letters = letters.upper()
+        have = self.axis_letters()
+        if sorted(_axis_family(c) for c in letters) != [0, 1, 2]:
+            raise GeometryError(f"target axes {letters!r} must name three distinct anatomical axes")
+        perm, flips = [], []
+        for c in letters:
+            j = next(j for j, h in enumerate(have) if _axis_family(h) == _axis_family(c))
+            perm.append(j)
+            flips.append(have[j] != c)
+        return tuple(perm), tuple(flips)  # type: ignore[return-value]
+
+    def reoriented(self, perm: Sequence[int], flips: Sequence[bool], shape: Sequence[int]) -> Geometry:
+        """The geometry of ``reorient(arr, perm, flips)`` for an array of ``shape`` (this grid's)."""
+        first = np.zeros(3)
+        for i, (j, f) in enumerate(zip(perm, flips, strict=True)):
+            if f:
+                first[j] = shape[j] - 1
+        d = np.stack([self.direction[:, j] * (-1.0 if f else 1.0) for j, f in zip(perm, flips, strict=True)],
+                     axis=1)
+        return Geometry(self.to_patient(first), d, tuple(self.spacing[j] for j in perm))  # type: ignore[arg-type]
+
+    # comparison -----------------------------------------------------------------------------
+    def same_as(self, other: Geometry, tol_mm: float = 1e-3, tol_dir: float = 1e-5) -> bool:
+        """Same grid placement: origins within ``tol_mm``, directions within ``tol_dir``, spacings
+        within ``tol_mm``."""
+        return (bool(np.allclose(self.origin, other.origin, atol=tol_mm, rtol=0))
+                and bool(np.allclose(self.direction, other.direction, atol=tol_dir, rtol=0))
+                and bool(np.allclose(self.spacing, other.spacing, atol=tol_mm, rtol=0)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        return (np.array_equal(self.origin, other.origin) and np.array_equal(self.direction, other.direction)
+                and self.spacing == other.spacing)
+
+    def __hash__(self) -> int:
+        return hash((self.origin.tobytes(), self.direction.tobytes(), self.spacing))
+
+    def __repr__(self) -> str:
+        o = ", ".join(f"{v:.6g}" for v in self.origin)
+        s = ", ".join(f"{v:.6g}" for v in self.spacing)
+        try:
+            d = self.describe()
+        except GeometryError:
+            d = "oblique"
+        return f"Geometry({d}; origin ({o}) mm; spacing ({s}) mm)"
+
+
+def _axis_family(letter: str) -> int:
+    for k, pair in enumerate(_LETTERS):
+        if letter in pair:
+            return k
+    raise GeometryError(f"{letter!r} is not an anatomical direction letter (R, L, A, P, I, S)")
+
+
+def reorient(arr: np.ndarray, perm: Sequence[int], flips: Sequence[bool]) -> np.ndarray:
+    """Permute and flip the first three axes of ``arr`` (see :meth:`Geometry.permutation_to`);
+    trailing axes stay. Returns a view when possible."""
+    axes = list(perm) + list(range(3, arr.ndim))
+    out = np.transpose(arr, axes)
+    flip_axes = [i for i, f in enumerate(flips) if f]
+    return np.flip(out, axis=flip_axes) if flip_axes else out
+
+
+def unreorient(arr: np.ndarray, perm: Sequence[int], flips: Sequence[bool]) -> np.ndarray:
+    """Inverse of :func:`reorient`."""
+    flip_axes = [i for i, f in enumerate(flips) if f]
+    out = np.flip(arr, axis=flip_axes) if flip_axes else arr
+    inv = list(np.argsort(perm)) + list(range(3, arr.ndim))
+    return np.transpose(out, inv)
