@@ -1,7 +1,6 @@
 """Geometry: transforms checked against hand-written coordinates, reorientation against numpy, and
 the OpenKBP convention against the anatomy of the sample patients."""
 
-import itertools
 
 import numpy as np
 import pytest
@@ -57,7 +56,7 @@ def test_degenerate_rejected():
         Geometry(np.zeros(3), np.eye(3), (1, 0, 1))
 
 
-@pytest.mark.parametrize("target", ["".join(t) for t in itertools.permutations("LPS")][:3] + ["RAI", "PLI", "SAL"])
+@pytest.mark.parametrize("target", ["LPS", "LSP", "PLS", "RAI", "PLI", "SAL", "IRP"])
 def test_reorientation_keeps_every_voxel_in_place(target):
     rng = np.random.default_rng(1)
     shape = (5, 6, 7)

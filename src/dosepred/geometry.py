@@ -68,14 +68,16 @@ class Geometry:
             direction = _frozen(self.direction, (3, 3))
             spacing = tuple(float(s) for s in self.spacing)
         except (ValueError, TypeError) as e:
-            raise GeometryError(f"geometry needs a 3-vector origin, a 3x3 direction and 3 spacings: {e}") from None
+            raise GeometryError("geometry needs a 3-vector origin, a 3x3 direction and 3 spacings: "
+                                f"{e}") from None
         if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
             raise GeometryError(f"spacing must be three positive finite mm values, got {self.spacing}")
         if not (np.all(np.isfinite(origin)) and np.all(np.isfinite(direction))):
             raise GeometryError("origin and direction must be finite")
         norms = np.linalg.norm(direction, axis=0)
         if not np.allclose(norms, 1.0, atol=1e-3):
-            raise GeometryError(f"direction columns must be unit vectors, got norms {np.round(norms, 4).tolist()}")
+            raise GeometryError("direction columns must be unit vectors, got norms "
+                                f"{np.round(norms, 4).tolist()}")
         direction = _frozen(direction / norms, (3, 3))
         if abs(np.linalg.det(direction)) < 1e-3:
             raise GeometryError(f"degenerate orientation: array axes are (nearly) parallel "
@@ -127,7 +129,8 @@ class Geometry:
         row, col = o[:3], o[3:]
         for name, v in (("row", row), ("column", col)):
             if not abs(np.linalg.norm(v) - 1.0) < 1e-3:
-                raise GeometryError(f"ImageOrientationPatient {name} direction {v.tolist()} is not a unit vector")
+                raise GeometryError(f"ImageOrientationPatient {name} direction {v.tolist()} "
+                                    "is not a unit vector")
         if abs(float(row @ col)) > 1e-3:
             raise GeometryError(f"ImageOrientationPatient row {row.tolist()} and column {col.tolist()} "
                                 "directions are not perpendicular")
@@ -228,7 +231,7 @@ class Geometry:
     def reoriented(self, perm: Sequence[int], flips: Sequence[bool], shape: Sequence[int]) -> Geometry:
         """The geometry of ``reorient(arr, perm, flips)`` for an array of ``shape`` (this grid's)."""
         first = np.zeros(3)
-        for i, (j, f) in enumerate(zip(perm, flips, strict=True)):
+        for j, f in zip(perm, flips, strict=True):
             if f:
                 first[j] = shape[j] - 1
         d = np.stack([self.direction[:, j] * (-1.0 if f else 1.0) for j, f in zip(perm, flips, strict=True)],
