@@ -1,16 +1,46 @@
+"""Shared fixtures. OpenKBP sample patients come from ``../shared/data/openkbp/sample`` when that
+folder exists, else from the copy shipped in ``tests/data`` (checksummed), so tests that need real
+data always run: in CI and in a fresh clone they never skip for want of data."""
+
+import hashlib
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("DOSEPRED_NO_PROGRESS", "1")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 SAMPLE = SHARED / "data" / "openkbp" / "sample" / "train-pats"
+SHIPPED = ROOT / "tests" / "data" / "openkbp-sample-train-pats.tar.xz"
+SHIPPED_SUMS = ROOT / "tests" / "data" / "openkbp-sample-train-pats.sha256"
+#: OpenKBP validation patient pt_201, shipped for the README examples (the models never trained on it).
+VALIDATION_EXAMPLE = ROOT / "examples" / "openkbp" / "validation-pats"
+
+
+def _unpack_shipped(dest: Path) -> Path:
+    with tarfile.open(SHIPPED) as tf:
+        tf.extractall(dest, filter="data")
+    root = dest / "train-pats"
+    for line in SHIPPED_SUMS.read_text().splitlines():
+        digest, rel = line.split(maxsplit=1)
+        got = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+        assert got == digest, f"{SHIPPED}: {rel} does not match {SHIPPED_SUMS}"
+    return root
 
 
 @pytest.fixture(scope="session")
-def sample_dir() -> Path:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"OpenKBP sample patients not found at {SAMPLE}")
-    return SAMPLE
+def sample_dir(tmp_path_factory) -> Path:
+    """The OpenKBP sample train patients pt_66, pt_187 (all ROIs), pt_196 (no Esophagus)."""
+    if SAMPLE.is_dir():
+        return SAMPLE
+    return _unpack_shipped(tmp_path_factory.mktemp("openkbp-sample"))
+
+
+@pytest.fixture(scope="session")
+def validation_example() -> Path:
+    """OpenKBP validation-pats folder holding pt_201 (shipped under examples/)."""
+    assert (VALIDATION_EXAMPLE / "pt_201" / "dose.csv").is_file(), f"{VALIDATION_EXAMPLE} lacks pt_201"
+    return VALIDATION_EXAMPLE
