@@ -34,7 +34,6 @@ singleton batch/channel axes are dropped).
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -242,11 +241,11 @@ class CohortResult:
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_json` atomically (temporary name, then rename)."""
+        from .fsutil import write_json
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        os.replace(tmp, path)
+        write_json(path, self.to_json())
 
 
 # ---------------------------------------------------------------------------------- evaluation

@@ -248,15 +248,13 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 
 def _write_sparse(path: Path, idx: np.ndarray, values: list[str] | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    from ..fsutil import write_text
+
     if values is None:
         body = "".join(f"{i},\n" for i in idx.tolist())
     else:
         body = "".join(f"{i},{v}\n" for i, v in zip(idx.tolist(), values, strict=True))
-    with open(tmp, "w", newline="") as fh:
-        fh.write(",data\n")
-        fh.write(body)
-    os.replace(tmp, path)
+    write_text(path, ",data\n" + body)
 
 
 def write_dose_csv(path: str | os.PathLike, dose: np.ndarray, mask: np.ndarray | None = None) -> None:

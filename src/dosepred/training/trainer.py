@@ -64,10 +64,9 @@ def version_info() -> dict[str, Any]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from ..fsutil import save_torch
+
+    save_torch(obj, path)
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -152,12 +151,12 @@ class _CsvLog:
 
     def _write_all(self, rows: list[dict[str, Any]]) -> None:
         assert self.header is not None
-        tmp = self.path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as fh:
+        from ..fsutil import atomic_file
+
+        with atomic_file(self.path, "w", newline="") as fh:
             w = csv.DictWriter(fh, self.header, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
         new = self.header is None
