@@ -47,13 +47,29 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"model {p} does not exist (give a run folder, a model folder or a .pt file)")
 
 
+def _load_error(e: Exception) -> str:
+    """What went wrong reading a checkpoint, in our words: torch's own messages may advise loading
+    with ``weights_only=False``, which would run code from the file (never relayed)."""
+    import pickle
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return "it holds objects other than tensors and plain data, which are never loaded"
+    if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
+        return "the file is truncated or corrupted"
+    first = text.splitlines()[0] if text.strip() else type(e).__name__
+    return f"not a PyTorch checkpoint file; {type(e).__name__}: {first[:200]}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a dosepred checkpoint or exported model (weights_only) and check what it is."""
     path = resolve_model_path(path)
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted copy or save?)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
-        raise ModelError(f"{path} is not a readable dosepred checkpoint: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"{path}: not a readable dosepred checkpoint ({_load_error(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise ModelError(f"{path} is not a dosepred checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
     if "model_config" not in ckpt or "model" not in ckpt:

@@ -96,7 +96,10 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         if not path.is_file():
             raise ProtocolError(f"protocol {s!r} is neither a built-in ({', '.join(BUILTIN)}) nor an "
                                 "existing JSON file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"protocol {path} is not UTF-8 text ({e})") from None
         source = str(path)
     try:
         data = json.loads(text)
