@@ -238,10 +238,13 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
 
 
 def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = True,
-                 description: str = "") -> Path:
+                 description: str = "", final: str | os.PathLike | None = None) -> Path:
     """Write a released model folder: ``model.pt`` (weights, fp16 by default), ``config.json`` and
-    ``README.md``."""
+    ``README.md``. ``final``: the path the folder will have when ``out`` is a temporary folder
+    renamed there afterwards (named in the README)."""
     import dosepred
+
+    from .fsutil import save_torch
 
     ckpt = load_checkpoint(src)
     out = Path(out)
@@ -251,24 +254,23 @@ def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = Tr
     meta = {k: ckpt[k] for k in ("train_config", "epoch", "global_step", "best", "version")
             if k in ckpt}
     obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
-    tmp = out / ".model.pt.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, out / "model.pt")
+    save_torch(obj, out / "model.pt")
     info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": str(ckpt["path"]),
             "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
     (out / "config.json").write_text(json.dumps(info, indent=2, default=str))
     readme = out / "README.md"
+    shown = Path(final) if final is not None else out
     if not readme.exists():
         mc = ckpt["model_config"]
         tc = ckpt.get("train_config", {}) or {}
         roi_names = ", ".join(r["name"] for r in mc["rois"])
         readme.write_text(
-            f"# {out.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
+            f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
             f"- architecture: 3D U-Net, base {mc['base']} channels, {mc['levels']} levels, "
             f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
             f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
             f"- best validation: {json.dumps(ckpt.get('best'))}\n\n"
-            f"Use: `dosepred predict --model {out} --data <cache or OpenKBP folder> --out DIR`\n")
+            f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
     return out
