@@ -116,8 +116,11 @@ def _swap_in(tmp: Path, final: Path) -> None:
             os.replace(old, final)
             raise
         shutil.rmtree(old, ignore_errors=True)
+    elif tmp.is_dir() and (final.is_symlink() or final.exists()):
+        final.unlink()  # a file or link where a folder goes (checked by the caller)
+        os.replace(tmp, final)
     else:
-        os.replace(tmp, final)  # a file or link is replaced atomically
+        os.replace(tmp, final)  # a file over a file or link is replaced atomically
 
 
 @contextmanager
