@@ -329,7 +329,8 @@ def test_existing_output_is_never_touched_without_overwrite(base, work, cmd):
 @pytest.mark.parametrize("cmd", [
     lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--json", o),
     lambda b, o: ("data", "split", b / "cache", "--random", "--out", o),
-], ids=["evaluate-json", "split"])
+    lambda b, o: ("bench", "losses", "--json", o, "--sizes", "16", "--no-unet"),
+], ids=["evaluate-json", "split", "bench-json"])
 def test_existing_output_file_is_never_touched_without_overwrite(base, work, cmd):
     out = work / "out.json"
     out.write_text('{"old": true}')

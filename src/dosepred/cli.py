@@ -595,13 +595,16 @@ def bench_evaluate(
     cache_dir: Annotated[Path | None, typer.Option("--cache", help="Existing cache of the same patients "
                                                    "(else one is written to a temporary folder).")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 1,
+    overwrite: Overwrite = False,
 ) -> None:
     """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
     from rich.table import Table
 
     from .bench.evaluate import run
-    from .io.cache import write_json_atomic
+    from .fsutil import check_output, output_file, write_json
 
+    if json_out is not None:
+        check_output(json_out, overwrite, what="--json")
     if not data.is_dir():
         raise UserError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
     res = run(data, patients or None, cache_dir, repeats)
@@ -618,7 +621,8 @@ def bench_evaluate(
     console().print(f"cache format version {res['cache_version']}, allocator: {res['allocator']}, "
                     f"best of {res['repeats']} repeat(s)")
     if json_out is not None:
-        write_json_atomic(json_out, res)
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
 
 
 @bench_app.command("bitmask")
@@ -646,14 +650,17 @@ def bench_bitmask(
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each run in a fresh "
                                           "subprocess (clean peak RSS).")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Cohort and crop seed.")] = 0,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
     from .bench.bitmask import BenchConfig, run, table
-    from .io.cache import write_json_atomic
+    from .fsutil import check_output, output_file, write_json
     from .progress import enabled
 
     _progress(no_progress)
+    if json_out is not None:
+        check_output(json_out, overwrite, what="--json")
     try:
         ks = tuple(int(x) for x in rois.split(",") if x.strip())
     except ValueError:
@@ -677,7 +684,8 @@ def bench_bitmask(
         mark = "[green]met[/]" if tg["met"] else "[red]not met[/]"
         con.print(f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x {mark}")
     if json_out is not None:
-        write_json_atomic(json_out, res)
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
 
 
 @bench_app.command("losses")
@@ -698,14 +706,17 @@ def bench_losses(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or all (cpu, and cuda when "
                                         "available).")] = "all",
     unet: Annotated[bool, typer.Option("--unet/--no-unet", help="Also time a U-Net training step.")] = True,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
     from .bench.losses import markdown, run, table
-    from .io.cache import write_json_atomic
+    from .fsutil import check_output, output_file, write_json
     from .progress import enabled
 
     _progress(no_progress)
+    if json_out is not None:
+        check_output(json_out, overwrite, what="--json")
     try:
         sz = tuple(int(x) for x in sizes.split(",") if x.strip())
     except ValueError:
@@ -732,7 +743,8 @@ def bench_losses(
         con.print(f"{tg['what']}: " + ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items()) + f" {mark}")
     if json_out is not None:
         res["markdown"] = markdown(res)
-        write_json_atomic(json_out, res)
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
 
 
 # ========================================================================== train / predict / demo
