@@ -842,9 +842,11 @@ def train_cmd(
                         "--overwrite to replace it, or choose another --out")
     con = console()
     with _show_warnings():
-        if resume:  # continues the run in place; it must still not be one of the inputs
+        if resume or os.environ.get("RANK", "0") != "0":
+            # --resume continues the run in place (it must still not be one of the inputs); under
+            # torchrun only rank 0 writes the run and owns its transaction
             check_output(out, True, inputs)
-            res = train(cfg, resume=True, log=con.print)
+            res = train(cfg, resume=resume, log=con.print)
         else:  # a fresh run: written where --resume finds it; a failure restores what was there
             with output_in_place(out, overwrite, inputs):
                 res = train(cfg, resume=False, log=con.print)
