@@ -467,7 +467,7 @@ def test_resume_with_unreadable_config(base, work, content, needle):
         fails(cli("train", "--out", run, "--resume", "--no-progress"), str(run / "config.json"), needle)
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "missing"])
 def test_resume_falls_back_to_prev_and_stays_exact(base, work, damage):
     full, cut = work / "full", work / "cut"
     _resumable(base, full, 3)
@@ -475,7 +475,10 @@ def test_resume_falls_back_to_prev_and_stays_exact(base, work, damage):
     assert (cut / "checkpoints" / "prev.pt").is_file()
     last = cut / "checkpoints" / "last.pt"
     data = last.read_bytes()
-    last.write_bytes(b"" if damage == "empty" else data[: len(data) // 3])
+    if damage == "missing":  # e.g. deleted by hand
+        last.unlink()
+    else:
+        last.write_bytes(b"" if damage == "empty" else data[: len(data) // 3])
     out = ok(cli("train", "--out", cut, "--resume", "--stop-after", "3", "--threads", "1", "--no-progress"))
     assert "warning: --resume:" in out and "last.pt" in out and "prev.pt" in out
     a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
