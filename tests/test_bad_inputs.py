@@ -546,3 +546,32 @@ def test_errors_have_no_colour_without_terminal_or_with_no_color(work):
         r = _sub("data", "import-openkbp", str(work / "nope"), "--out", str(work / "c"), **env)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and "\x1b[" not in r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_kill_9_then_resume_is_exact_with_rotation(base, work):
+    """kill -9 at any moment of a run (here: once prev.pt exists) and --resume end bit-exact."""
+    import signal
+    import time
+
+    args = ["train", "--data", str(base / "cache"), "--loss", "mae", "--epochs", "12", "--steps-per-epoch",
+            "2", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--device", "cpu",
+            "--seed", "2", "--no-progress"]
+    ok(cli(*args, "--out", work / "full"))
+    run = work / "killed"
+    e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dosepred", *args, "--out", str(run)], env=e,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while proc.poll() is None and not (run / "checkpoints" / "prev.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    ok(cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress"))
+    a = torch.load(work / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 12 and a["global_step"] == b["global_step"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["state"][0].values(),
+                                                 b["optimizer"]["state"][0].values(), strict=True))
