@@ -128,5 +128,5 @@ def test_ddp_two_processes_gloo(caches, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["world_size"] == 2 and ck["global_step"] == 4 and ck["epoch"] == 2
-    assert sorted(os.listdir(run / "checkpoints")) == ["best.pt", "last.pt"]
+    assert sorted(os.listdir(run / "checkpoints")) == ["best.pt", "last.pt", "prev.pt"]
     assert len((run / "metrics.csv").read_text().splitlines()) == 3

@@ -6,35 +6,134 @@ User mistakes end with one clear line on stderr and exit code 2, never a traceba
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+_CTX = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="dosepred: 3D dose prediction for head-and-neck radiotherapy with clinical DVH "
                        "metric losses.", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
-data_app = typer.Typer(help="Import, export, synthesise and inspect datasets.", no_args_is_help=True)
+                  add_completion=False, context_settings=_CTX)
+data_app = typer.Typer(help="Import, export, synthesise and inspect datasets.", no_args_is_help=True,
+                       context_settings=_CTX)
 bench_app = typer.Typer(help="Benchmarks (print a table, --json FILE writes the numbers).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, context_settings=_CTX)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+
+
+def _tidy_help() -> None:
+    """Click-style help: flags without a ``<bool>`` type column, arguments as ``SRC`` (not ``{src}``)
+    in usage lines. Patches typer's display hooks when this typer version has them."""
+    from typer import core
+
+    opt, arg = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if opt is not None and hasattr(opt, "display_type_rich"):
+        orig = opt.display_type_rich
+
+        def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+            return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) \
+                else orig(self, ctx)
+
+        opt.display_type_rich = display_type_rich
+    if arg is not None and hasattr(arg, "_usage_display_name"):
+        def usage_name(self) -> str:  # type: ignore[no-untyped-def]
+            name = (self.metavar or self.name or "").upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        arg._usage_display_name = usage_name
+
+
+_tidy_help()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"dosepred {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """dosepred: 3D dose prediction for head-and-neck radiotherapy with clinical DVH metric losses."""
 
 
 class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
-def _err(msg: str) -> None:
-    from rich.console import Console
+def _colour(stream=None) -> bool:  # type: ignore[no-untyped-def]
+    """ANSI colour only on a terminal and without NO_COLOR (https://no-color.org)."""
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+
+def _say(kind: str, msg: str, colour: str) -> None:
+    msg = str(msg)
+    for prefix in ("error: ", "warning: "):  # never "error: warning: ..."
+        while msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    head = f"\x1b[1;{colour}m{kind}:\x1b[0m" if _colour(sys.stderr) else f"{kind}:"
+    print(f"{head} {msg}", file=sys.stderr, flush=True)
+
+
+def _err(msg: str) -> None:
+    if str(msg).startswith("warning: "):
+        _warn(msg)
+    else:
+        _say("error", msg, "31")
+
+
+def _warn(msg: str) -> None:
+    _say("warning", msg, "33")
+
+
+_QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
+
+
+@contextlib.contextmanager
+def _show_warnings() -> Iterator[list[str]]:
+    """Print each warning raised inside the block once, as it comes, as ``warning: ...`` (the one
+    place the commands show warnings; a failure later still leaves them on screen). Deprecation and
+    resource warnings of libraries stay quiet. Yields the list of messages shown."""
+    import warnings
+
+    shown: list[str] = []
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+        m = str(message)
+        if issubclass(category, _QUIET_WARNINGS) or m in shown:
+            return
+        shown.append(m)
+        _warn(m)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield shown
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return str(e) or what
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{where}: {what}"
 
 
 def friendly(fn):
-    """Turn expected user errors into one clear message and exit code 2."""
+    """Turn expected user errors into one clear message and exit code 2 (docs/formats.md):
+    ``error: <path or what>: <what went wrong>``, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,12 +142,19 @@ def friendly(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, CacheError, MetricError, FileNotFoundError, ValueError, KeyError) as e:
+        except OSError as e:  # PermissionError on a read-only --out, a missing file, a full disk
+            _err(_os_message(e))
+            raise typer.Exit(2) from None
+        except (UserError, CacheError, MetricError, ValueError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             _err(str(msg))
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty output "
+                                         "whole (never done without it).")]
 
 
 def _progress(no_progress: bool) -> None:
@@ -73,23 +179,20 @@ def console():
 def data_import_openkbp(
     src: Annotated[Path, typer.Argument(help="Folder of OpenKBP pt_* folders (e.g. .../train-pats).")],
     out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Read OpenKBP CSV patients into a compact cache (one .npz per patient + dataset.json)."""
-    import warnings
-
+    from .fsutil import output_dir
     from .io import cache, openkbp
 
     _progress(no_progress)
     folders = openkbp.patient_folders(src)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:  # all or nothing: a bad file aborts the import and leaves no cache behind
-            c = cache.write_cache(openkbp.read_folder(src), out, source=str(Path(src).resolve()),
-                                  progress=True)
-        finally:  # warnings seen before a failure are still worth showing
-            for msg in dict.fromkeys(str(w.message) for w in caught):
-                _err(f"warning: {msg}")
+    # all or nothing: a bad file aborts the import and leaves --out as it was
+    with _show_warnings(), output_dir(out, overwrite, [src]) as tmp:
+        c = cache.write_cache(openkbp.read_folder(src), tmp, source=str(Path(src).resolve()),
+                              progress=True)
+    c = cache.Cache.open(out)
     src_bytes = sum(f.stat().st_size for d in folders for f in d.glob("*.csv"))
     missing = {p["id"]: p["missing_rois"] for p in c.info["patients"] if p["missing_rois"]}
     con = console()
@@ -109,16 +212,19 @@ def data_import_openkbp(
 def data_export_openkbp(
     cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (pt_* folders are written inside).")],
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Write a cache back in the native OpenKBP layout."""
+    from .fsutil import output_dir
     from .io import cache, openkbp
     from .progress import track
 
     _progress(no_progress)
     c = cache.Cache.open(cache_dir)
-    for p in track(c, description="exporting", total=len(c)):
-        openkbp.write_patient(p, out)
+    with output_dir(out, overwrite, [cache_dir]) as tmp:
+        for p in track(c, description="exporting", total=len(c)):
+            openkbp.write_patient(p, tmp)
     console().print(f"wrote {len(c)} patients to {out}")
 
 
@@ -153,11 +259,6 @@ def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")
         for k, r in enumerate(rs)))
 
 
-def _print_warnings(caught) -> None:
-    for w in caught:
-        _err(f"warning: {w.message}")
-
-
 @data_app.command("import-dicom")
 @friendly
 def data_import_dicom(
@@ -167,19 +268,20 @@ def data_import_dicom(
     roi_map: Annotated[Path | None, typer.Option(
         "--roi-map", help="JSON: clinical ROI name -> canonical name (null ignores it); optional "
         "kinds/prescriptions.")] = None,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Import DICOM RT (CT + RTSTRUCT + RTDOSE) into a cache; ROI names are mapped to canonical ones."""
-    import warnings
-
+    from .fsutil import check_output, output_dir
     from .io import cache, dicom
 
     _progress(no_progress)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    check_output(out, overwrite, [src, roi_map])
+    with _show_warnings():
         rs, ids, it = dicom.iter_dicom_folder(src, roi_map)
-        c = cache.write_cache(it, out, source=str(Path(src).resolve()), roi_set=rs, progress=True)
-    _print_warnings(caught)
+        with output_dir(out, overwrite, [src, roi_map]) as tmp:
+            cache.write_cache(it, tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+    c = cache.Cache.open(out)
     con = console()
     con.print(f"wrote {len(c)} patients to {out}: ROIs "
               + ", ".join(f"{r.name} ({r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''})"
@@ -196,16 +298,19 @@ def data_import_dicom(
 def data_export_dicom(
     cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")],
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Write each patient as a CT series + RTSTRUCT (+ RTDOSE when it has a dose)."""
+    from .fsutil import output_dir
     from .io import cache, dicom
     from .progress import track
 
     _progress(no_progress)
     c = cache.Cache.open(cache_dir)
-    for p in track(c, description="exporting", total=len(c)):
-        dicom.write_dicom(p, out)
+    with output_dir(out, overwrite, [cache_dir]) as tmp:
+        for p in track(c, description="exporting", total=len(c)):
+            dicom.write_dicom(p, tmp)
     console().print(f"wrote {len(c)} patients to {out}")
 
 
@@ -214,19 +319,20 @@ def data_export_dicom(
 def data_import_nifti(
     src: Annotated[Path, typer.Argument(help="A NIfTI patient folder (ct.nii.gz, ...) or a folder of them.")],
     out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json)."""
-    import warnings
-
+    from .fsutil import check_output, output_dir
     from .io import cache, nifti
 
     _progress(no_progress)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    check_output(out, overwrite, [src])
+    with _show_warnings():
         rs, it = nifti.iter_nifti_folder(src)
-        c = cache.write_cache(it, out, source=str(Path(src).resolve()), roi_set=rs, progress=True)
-    _print_warnings(caught)
+        with output_dir(out, overwrite, [src]) as tmp:
+            cache.write_cache(it, tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+    c = cache.Cache.open(out)
     console().print(f"wrote {len(c)} patients to {out}: ROIs {', '.join(rs.names)}")
 
 
@@ -237,9 +343,11 @@ def data_export_nifti(
     out: Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")],
     roi_format: Annotated[str, typer.Option("--roi-format", help="labels (rois/<name>.nii.gz) or codes "
                                             "(roi_codes.nii.gz + rois.json).")] = "labels",
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Write each patient as NIfTI files with the affine carrying spacing, orientation and origin."""
+    from .fsutil import output_dir
     from .io import cache, nifti
     from .progress import track
 
@@ -247,8 +355,9 @@ def data_export_nifti(
         raise UserError(f"--roi-format must be labels or codes, got {roi_format!r}")
     _progress(no_progress)
     c = cache.Cache.open(cache_dir)
-    for p in track(c, description="exporting", total=len(c)):
-        nifti.write_patient(p, out, roi_format)
+    with output_dir(out, overwrite, [cache_dir]) as tmp:
+        for p in track(c, description="exporting", total=len(c)):
+            nifti.write_patient(p, tmp, roi_format)
     console().print(f"wrote {len(c)} patients to {out}")
 
 
@@ -261,17 +370,21 @@ def data_synth(
     size: Annotated[int, typer.Option("--size", min=8, help="Grid size (size^3 voxels).")] = 64,
     extra_rois: Annotated[int, typer.Option("--extra-rois", min=0,
                                             help="Add K rings/PRVs to the 10 OpenKBP ROIs (max 54).")] = 0,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Write a seeded synthetic H&N cohort (OpenKBP ROI names, plausible dose) as a cache."""
     from . import synth
+    from .fsutil import output_dir
     from .io import cache
 
     _progress(no_progress)
     synth.extra_roi_defs(extra_rois)  # validate before any work
-    c = cache.write_cache(synth.iter_cohort(patients, seed, size, extra_rois), out,
+    with output_dir(out, overwrite) as tmp:
+        cache.write_cache(synth.iter_cohort(patients, seed, size, extra_rois), tmp,
                           source=f"synth seed={seed} size={size} extra_rois={extra_rois}",
                           roi_set=synth.roi_set(extra_rois), progress=True)
+    c = cache.Cache.open(out)
     console().print(f"wrote {len(c)} synthetic patients ({size}^3, {len(c.roi_set)} ROIs, seed {seed}) "
                     f"to {out}: {c.nbytes() / 1e6:.1f} MB")
 
@@ -291,13 +404,16 @@ def data_split(
     seed: Annotated[int, typer.Option("--seed", help="Seed of --random.")] = 0,
     manifest: Annotated[Path | None, typer.Option("--manifest", help="CSV: an id and a date column.")] = None,
     date_column: Annotated[str, typer.Option("--date-column", help="Date column of --manifest.")] = "date",
+    overwrite: Overwrite = False,
 ) -> None:
     """Split a dataset's patients into named lists (train/val/test) and write them as JSON."""
     from . import split
+    from .fsutil import check_output, output_file
     from .io import cache, openkbp
 
     if sum([random, bool(ids), temporal]) != 1:
         raise UserError("choose exactly one of --random, --ids, --temporal")
+    check_output(out, overwrite, [cache_dir, manifest])
     if cache.is_cache(cache_dir):
         known = cache.Cache.open(cache_dir).ids
     elif openkbp.is_openkbp_folder(cache_dir):
@@ -322,7 +438,8 @@ def data_split(
             raise UserError("--temporal on an OpenKBP folder needs --manifest FILE --date-column COL")
         obj = split.temporal_split(dates, fractions or "0.8,0.2", names)
     obj["source"] = str(Path(cache_dir).resolve())
-    split.write_split(obj, out)
+    with output_file(out, overwrite, [cache_dir, manifest]) as tmp:
+        split.write_split(obj, tmp)
     console().print(f"wrote {out} ({obj['method']}): " + ", ".join(
         f"{k} {len(v)}" for k, v in obj["splits"].items()))
 
@@ -335,18 +452,23 @@ def baseline_cmd(
     data: Annotated[Path, typer.Option("--data", help="Cache or OpenKBP folder of pt_* patients.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the OpenKBP pt_N.csv predictions.")],
     falloff: Annotated[float, typer.Option(help="Fall-off length in mm outside each target.")] = 15.0,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """No-learning reference: prescription x exp(-distance to target / falloff), in the possible-dose mask."""
     from .baseline import distance_falloff
+    from .fsutil import output_dir
     from .io import cache, openkbp
     from .progress import track
 
     _progress(no_progress)
     n = 0
-    for p in track(cache.load_patients(data, require_dose=False), description="baseline"):
-        openkbp.write_dose_csv(out / f"{p.id}.csv", distance_falloff(p, falloff), p.possible_dose_mask)
-        n += 1
+    with output_dir(out, overwrite, [data]) as tmp:
+        for p in track(cache.load_patients(data, require_dose=False), description="baseline"):
+            openkbp.write_dose_csv(tmp / f"{p.id}.csv", distance_falloff(p, falloff), p.possible_dose_mask)
+            n += 1
+        if n == 0:
+            raise UserError(f"{data} holds no patients")
     console().print(f"wrote {n} no-learning predictions to {out}")
 
 
@@ -372,39 +494,62 @@ def evaluate_cmd(
                                                 "PNGs) into this folder.")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
                                                 "have a prediction; list the others.")] = False,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
     protocol criteria)."""
-    from rich.table import Table
 
     from . import evaluation as ev
     from ._malloc import keep_freed_memory
+    from .fsutil import check_output, output_dir
     from .protocol import load_protocol
 
     _progress(no_progress)
     keep_freed_memory()  # patient after patient of same-sized arrays: reuse freed memory
+    if json_out is not None:  # refuse before any work
+        check_output(json_out, overwrite, [reference, prediction], "--json")
+    if report is not None:
+        check_output(report, overwrite, [reference, prediction], "--report")
     pairs, missing = ev.match_predictions(reference, prediction)
     if missing and not allow_missing:
         raise UserError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
                         f"{', '.join(missing)} (use --allow-missing to evaluate the others)")
     if missing:
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"[bold yellow]warning:[/] no prediction for {len(missing)} patient(s), skipped: "
-            f"{', '.join(missing)}")
+        _warn(f"no prediction for {len(missing)} patient(s), skipped: {', '.join(missing)}")
     if not pairs:
         raise UserError(f"no reference patient of {reference} has a prediction in {prediction}")
     proto = load_protocol(protocol)
     ids = [i for i, _ in pairs]
     it = ev.iter_pairs(reference, prediction, ids, with_ct=report is not None, compact=report is None)
+    outputs = contextlib.ExitStack()  # the report's PNGs go to a temporary folder until all succeeded
     writer = None
     if report is not None:
         from .report import ReportWriter
-        writer = ReportWriter(report, title=f"dosepred evaluation: {prediction}", protocol=proto)
+        report_tmp = outputs.enter_context(output_dir(report, overwrite, [reference, prediction], "--report"))
+        writer = ReportWriter(report_tmp, title=f"dosepred evaluation: {prediction}", protocol=proto)
         it = writer.tap(it)
-    res = ev.evaluate_cohort(it, proto, progress=True)
+    with outputs:  # all or nothing: a failure leaves --json and --report as they were
+        res = ev.evaluate_cohort(it, proto, progress=True)
+        if json_out is not None:
+            from .fsutil import output_file, write_json
+
+            js = res.to_json()
+            js["missing_predictions"] = missing
+            with output_file(json_out, overwrite, [reference, prediction], "--json") as tmp:
+                write_json(tmp, js)
+        if writer is not None:
+            writer.finish({"prediction": res})
+    _print_evaluation(res, proto, missing)
+    if json_out is not None:
+        console().print(f"wrote {json_out}")
+    if report is not None:
+        console().print(f"wrote {report / 'report.html'}")
+
+
+def _print_evaluation(res, proto, missing: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """The evaluation summary on the console (warnings of the protocol lint on stderr)."""
+    from rich.table import Table
 
     con = console()
     t = Table(title=f"{len(res.patients)} patients, protocol {proto.name}")
@@ -435,17 +580,8 @@ def evaluate_cmd(
                   f"agreement {_fmt_num(res.criteria_agreement, 1)} %")
     if missing:
         con.print(f"not evaluated (no prediction): {', '.join(missing)}")
-    if json_out is not None:
-        js = res.to_json()
-        js["missing_predictions"] = missing
-        from .io.cache import write_json_atomic
-
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_out, js)
-        con.print(f"wrote {json_out}")
-    if writer is not None:
-        path = writer.finish({"prediction": res})
-        con.print(f"wrote {path}")
+    for w in res.warnings:
+        _warn(w)
 
 
 @bench_app.command("evaluate")
@@ -459,13 +595,16 @@ def bench_evaluate(
     cache_dir: Annotated[Path | None, typer.Option("--cache", help="Existing cache of the same patients "
                                                    "(else one is written to a temporary folder).")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 1,
+    overwrite: Overwrite = False,
 ) -> None:
     """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
     from rich.table import Table
 
     from .bench.evaluate import run
-    from .io.cache import write_json_atomic
+    from .fsutil import check_output, output_file, write_json
 
+    if json_out is not None:
+        check_output(json_out, overwrite, what="--json")
     if not data.is_dir():
         raise UserError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
     res = run(data, patients or None, cache_dir, repeats)
@@ -482,7 +621,8 @@ def bench_evaluate(
     console().print(f"cache format version {res['cache_version']}, allocator: {res['allocator']}, "
                     f"best of {res['repeats']} repeat(s)")
     if json_out is not None:
-        write_json_atomic(json_out, res)
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
 
 
 @bench_app.command("bitmask")
@@ -510,14 +650,17 @@ def bench_bitmask(
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each run in a fresh "
                                           "subprocess (clean peak RSS).")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Cohort and crop seed.")] = 0,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
     from .bench.bitmask import BenchConfig, run, table
-    from .io.cache import write_json_atomic
+    from .fsutil import check_output, output_file, write_json
     from .progress import enabled
 
     _progress(no_progress)
+    if json_out is not None:
+        check_output(json_out, overwrite, what="--json")
     try:
         ks = tuple(int(x) for x in rois.split(",") if x.strip())
     except ValueError:
@@ -541,7 +684,8 @@ def bench_bitmask(
         mark = "[green]met[/]" if tg["met"] else "[red]not met[/]"
         con.print(f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x {mark}")
     if json_out is not None:
-        write_json_atomic(json_out, res)
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
 
 
 @bench_app.command("losses")
@@ -562,14 +706,17 @@ def bench_losses(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or all (cpu, and cuda when "
                                         "available).")] = "all",
     unet: Annotated[bool, typer.Option("--unet/--no-unet", help="Also time a U-Net training step.")] = True,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
     from .bench.losses import markdown, run, table
-    from .io.cache import write_json_atomic
+    from .fsutil import check_output, output_file, write_json
     from .progress import enabled
 
     _progress(no_progress)
+    if json_out is not None:
+        check_output(json_out, overwrite, what="--json")
     try:
         sz = tuple(int(x) for x in sizes.split(",") if x.strip())
     except ValueError:
@@ -596,7 +743,8 @@ def bench_losses(
         con.print(f"{tg['what']}: " + ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items()) + f" {mark}")
     if json_out is not None:
         res["markdown"] = markdown(res)
-        write_json_atomic(json_out, res)
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
 
 
 # ========================================================================== train / predict / demo
@@ -662,6 +810,7 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="End after this epoch (a job "
                                                    "slice); --resume continues exactly.")] = None,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
@@ -678,6 +827,8 @@ def train_cmd(
                      stop_after=stop_after)
     if loss_opt:
         overrides["loss_options"] = _parse_opts(loss_opt)
+    from .fsutil import check_output, output_in_place
+
     stored = out / "config.json"
     if resume and stored.is_file():
         cfg = TrainConfig.load(stored).merged(overrides)
@@ -685,8 +836,20 @@ def train_cmd(
         if data is None:
             raise UserError("give --data CACHE (or --resume an existing run)")
         cfg = TrainConfig().merged(overrides)
+    inputs = [cfg.data, cfg.val, cfg.init]
+    if not resume and not overwrite and (out / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{out}: already holds a training run; use --resume to continue it, "
+                        "--overwrite to replace it, or choose another --out")
     con = console()
-    res = train(cfg, resume=resume, log=con.print)
+    with _show_warnings():
+        if resume or os.environ.get("RANK", "0") != "0":
+            # --resume continues the run in place (it must still not be one of the inputs); under
+            # torchrun only rank 0 writes the run and owns its transaction
+            check_output(out, True, inputs)
+            res = train(cfg, resume=resume, log=con.print)
+        else:  # a fresh run: written where --resume finds it; a failure restores what was there
+            with output_in_place(out, overwrite, inputs):
+                res = train(cfg, resume=False, log=con.print)
     best = res.get("best")
     con.print(f"done: {res['global_step']} steps in {out}"
               + (f"; best epoch {best['epoch']} ({best['select']} {best['value']:.3f})"
@@ -706,19 +869,23 @@ def predict_cmd(
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average with the left-right mirrored prediction "
                                                      "(Left/Right ROIs swapped; twice the time).")] = False,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Predict whole-grid doses (sliding windows of the training patch) and write them."""
+    from .fsutil import check_output, output_dir
     from .predict import predict_to
 
     _progress(no_progress)
+    check_output(out, overwrite, [model, data])
     ids = None
     if split:
         from .split import load_split, parse_split_arg
 
         f, name = parse_split_arg(split)
         ids = load_split(f, name)
-    n = predict_to(model, data, out, fmt=fmt, device=device, ids=ids, tta=tta)
+    with output_dir(out, overwrite, [model, data]) as tmp:
+        n = predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, tta=tta)
     console().print(f"wrote {n} predicted doses ({fmt}) to {out}")
 
 
@@ -730,11 +897,14 @@ def export_model_cmd(
                                     "config.json, README.md).")],
     fp32: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default fp16, "
                                       "half the size).")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a small released model folder usable by `dosepred predict --model`."""
+    from .fsutil import output_dir
     from .predict import export_model
 
-    export_model(run, out, half=not fp32)
+    with output_dir(out, overwrite, [run]) as tmp:
+        export_model(run, tmp, half=not fp32, final=out)
     console().print(f"wrote {out / 'model.pt'} ({(out / 'model.pt').stat().st_size / 1e6:.1f} MB)")
 
 
@@ -744,6 +914,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output folder (data, runs, report.html).")
                    ] = Path("demo-out"),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and training.")] = 0,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Synthetic end to end: one MAE warm-up, MAE and MAE+CDM fine-tuned from it with the same budget,
@@ -754,7 +925,10 @@ def demo_cmd(
 
     _progress(no_progress)
     con = console()
-    res = run_demo(out, seed=seed, log=con.print)
+    from .fsutil import output_in_place
+
+    with _show_warnings(), output_in_place(out, overwrite):  # a failed demo leaves --out as it was
+        res = run_demo(out, seed=seed, log=con.print)
     t = Table(title="held-out synthetic patients, protocol openkbp-clinical "
                     "(lower is better, except pass rate)")
     t.add_column("metric")

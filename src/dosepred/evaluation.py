@@ -34,7 +34,6 @@ singleton batch/channel axes are dropped).
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -173,6 +172,9 @@ class CohortResult:
 
     protocol: str
     patients: list[PatientResult] = field(default_factory=list)
+    #: protocol lint (:func:`dosepred.protocol.lint`) for this cohort: shown by ``dosepred evaluate``
+    #: and written as the JSON key ``warnings``
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def dose_score(self) -> float:
@@ -237,16 +239,17 @@ class CohortResult:
         ``reference_pass_rate``, ``criteria_agreement``."""
         out: dict[str, Any] = {"protocol": self.protocol, "patients": [p.id for p in self.patients]}
         out.update(self.summary())
+        out["warnings"] = list(self.warnings)
         out["per_patient"] = [p.to_dict() for p in self.patients]
         return _clean(out)
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_json` atomically (temporary name, then rename)."""
+        from .fsutil import write_json
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        os.replace(tmp, path)
+        write_json(path, self.to_json())
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -305,6 +308,31 @@ def _abs_sum_outside(a: np.ndarray, box: tuple[slice, ...]) -> float:
     return float(sum(np.abs(s).sum(dtype=np.float64) for s in slabs if s.size))
 
 
+#: a prediction with more than this fraction of its dose outside the possible-dose mask is refused
+MAX_DOSE_OUTSIDE_MASK = 0.5
+
+
+def _check_prediction(ref: Patient, pred: np.ndarray, predc: np.ndarray, maskc: np.ndarray, full: bool,
+                      box: tuple[slice, ...]) -> None:
+    """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
+    patient from every mean), or most of its dose outside the possible-dose mask (a file written for
+    another patient or grid). Messages name the patient and the prediction file when known."""
+    src = ref.meta.get("prediction_file")
+    where = f"patient {ref.id}: " + (f"{src}: " if src else "")
+    bad = int(np.count_nonzero(~np.isfinite(pred)))
+    if bad:
+        kinds = [k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if np.any(f(pred))]
+        raise ValueError(f"{where}the predicted dose holds {bad} non-finite value(s) "
+                         f"({' and '.join(kinds)}); a dose is a finite number of Gy in every voxel")
+    a = np.abs(predc, dtype=np.float64)
+    total = float(a.sum()) + (0.0 if full else _abs_sum_outside(pred, box))
+    if total > 0:
+        outside = total - float(a[maskc].sum())
+        if outside > MAX_DOSE_OUTSIDE_MASK * total:
+            raise ValueError(f"{where}{100 * outside / total:.0f} % of the predicted dose lies outside the "
+                             "possible-dose mask; is it a prediction for another patient or grid?")
+
+
 def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "openkbp") -> PatientResult:
     """Evaluate one predicted dose against the reference patient's dose.
 
@@ -329,6 +357,7 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
         raise ValueError(f"patient {ref.id}: the possible-dose mask is empty")
     refc = ref.dose[box]
     predc = pred[box]
+    _check_prediction(ref, pred, predc, ref.possible_dose_mask[box], full, box)
     total = _abs_diff_sum(refc, predc) + (0.0 if full else _abs_sum_outside(pred, box))
     dose_score = float(total / n_mask)
     refd = np.ascontiguousarray(refc).ravel()
@@ -386,8 +415,15 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | s
         from .progress import track
         it = track(pairs, description="evaluating")
     out = CohortResult(proto.name)
+    present: set[str] = set()
     for ref, pred in it:
-        out.patients.append(evaluate_patient(ref, pred, proto))
+        r = evaluate_patient(ref, pred, proto)
+        out.patients.append(r)
+        present.update(n for n in ref.roi_set.names if n not in r.missing_rois and n not in ref.missing_rois)
+    if out.patients:
+        from .protocol import lint
+
+        out.warnings = lint(proto, present)
     return out
 
 
@@ -602,6 +638,8 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
                 missing.append(name)
                 continue
             ridx, _ = openkbp._read_sparse(rf, False, pid=pid)
+            if len(ridx) == 0:  # as the import does: an empty file is an error, not a missing ROI
+                raise openkbp.OpenKBPFormatError(openkbp.empty_roi_message(pid, rf))
             rois.append((k, np.unravel_index(ridx, grid)))
         box = _box_of_coords([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
         yield _SparseRef(pid, grid, spacing, rs, mask, dose, dvals.astype(np.float32), rois, tuple(missing),
@@ -750,6 +788,13 @@ def _compact_pair(ref_cache: Any, pred_cache: Any, pid: str, rs: Any) -> tuple[P
     return ref, pred.reshape(shape)
 
 
+def _prediction_file(prediction: str | os.PathLike, pred_cache: Any, pid: str) -> str:
+    if pred_cache is not None:
+        return str(pred_cache.root / pred_cache.entry(pid)["file"])
+    f = find_prediction(prediction, pid)
+    return str(f) if f is not None else str(prediction)
+
+
 def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str], with_ct: bool,
                 crop: bool | None, compact: bool = False) -> Iterator[tuple[Patient, np.ndarray]]:
     from .io import cache
@@ -763,6 +808,7 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
             pair = _compact_pair(ref_cache, pred_cache, pid, rs)
             if pair is None:  # not the same mask etc.: this patient on its box
                 pair = next(_iter_pairs(reference, prediction, [pid], with_ct, crop))
+            pair[0].meta["prediction_file"] = _prediction_file(prediction, pred_cache, pid)
             yield pair
         return
     if not crop:
@@ -774,10 +820,12 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
                     raise ValueError(str(err)) from None
                 if d is None:
                     raise ValueError(f"patient {ref.id}: the prediction cache {prediction} holds no dose")
+                ref.meta["prediction_file"] = str(pred_cache.root / pred_cache.entry(ref.id)["file"])
             else:
                 f = find_prediction(prediction, ref.id)
                 assert f is not None
                 d = read_prediction(f, ref.shape)
+                ref.meta["prediction_file"] = str(f)
             yield ref, as_dose_array(d, ref.shape, ref.id)
         return
     for pid, shape, ref_box, make_ref in _reference_crops(reference, ids):
@@ -785,6 +833,7 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
         box = _union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
         ref = make_ref(box)
         ref.meta["crop_box"] = [[s.start, s.stop] for s in box]
+        ref.meta["prediction_file"] = _prediction_file(prediction, pred_cache, pid)
         pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(_bshape(box), np.float32)
         yield ref, pred
 

@@ -47,13 +47,29 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"model {p} does not exist (give a run folder, a model folder or a .pt file)")
 
 
+def _load_error(e: Exception) -> str:
+    """What went wrong reading a checkpoint, in our words: torch's own messages may advise loading
+    with ``weights_only=False``, which would run code from the file (never relayed)."""
+    import pickle
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return "it holds objects other than tensors and plain data, which are never loaded"
+    if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
+        return "the file is truncated or corrupted"
+    first = text.splitlines()[0] if text.strip() else type(e).__name__
+    return f"not a PyTorch checkpoint file; {type(e).__name__}: {first[:200]}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a dosepred checkpoint or exported model (weights_only) and check what it is."""
     path = resolve_model_path(path)
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted copy or save?)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
-        raise ModelError(f"{path} is not a readable dosepred checkpoint: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"{path}: not a readable dosepred checkpoint ({_load_error(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise ModelError(f"{path} is not a dosepred checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
     if "model_config" not in ckpt or "model" not in ckpt:
@@ -222,10 +238,13 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
 
 
 def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = True,
-                 description: str = "") -> Path:
+                 description: str = "", final: str | os.PathLike | None = None) -> Path:
     """Write a released model folder: ``model.pt`` (weights, fp16 by default), ``config.json`` and
-    ``README.md``."""
+    ``README.md``. ``final``: the path the folder will have when ``out`` is a temporary folder
+    renamed there afterwards (named in the README)."""
     import dosepred
+
+    from .fsutil import save_torch
 
     ckpt = load_checkpoint(src)
     out = Path(out)
@@ -235,24 +254,23 @@ def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = Tr
     meta = {k: ckpt[k] for k in ("train_config", "epoch", "global_step", "best", "version")
             if k in ckpt}
     obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
-    tmp = out / ".model.pt.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, out / "model.pt")
+    save_torch(obj, out / "model.pt")
     info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": str(ckpt["path"]),
             "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
     (out / "config.json").write_text(json.dumps(info, indent=2, default=str))
     readme = out / "README.md"
+    shown = Path(final) if final is not None else out
     if not readme.exists():
         mc = ckpt["model_config"]
         tc = ckpt.get("train_config", {}) or {}
         roi_names = ", ".join(r["name"] for r in mc["rois"])
         readme.write_text(
-            f"# {out.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
+            f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
             f"- architecture: 3D U-Net, base {mc['base']} channels, {mc['levels']} levels, "
             f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
             f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
             f"- best validation: {json.dumps(ckpt.get('best'))}\n\n"
-            f"Use: `dosepred predict --model {out} --data <cache or OpenKBP folder> --out DIR`\n")
+            f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
     return out

@@ -238,12 +238,12 @@ def read_id_lists(specs: Sequence[str]) -> dict[str, list[str]]:
 
 def write_split(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write a split JSON atomically (temporary name, then rename)."""
-    from .io.cache import write_json_atomic
+    from .fsutil import write_json
 
     path = Path(path)
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, dict(obj))
+    write_json(path, dict(obj))
     return path
 
 

@@ -131,10 +131,9 @@ def _synth_cohort(n: int, size: int, n_rois: int, seed: int) -> list[tuple[Any, 
 
 
 def _savez(path: Path, compressed: bool = True, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
-    os.replace(tmp, path)
+    from ..fsutil import write_bytes
+
+    write_bytes(path, lambda fh: (np.savez_compressed if compressed else np.savez)(fh, **arrays))
 
 
 def write_data(root: str | os.PathLike, rois: Sequence[int], patients: int, size: int, seed: int = 0,

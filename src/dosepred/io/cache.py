@@ -59,19 +59,15 @@ class CacheError(ValueError):
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from ..fsutil import write_bytes
+
+    write_bytes(path, write)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    _atomic_write_bytes(path, lambda fh: fh.write(json.dumps(obj, indent=2).encode()))
+    from ..fsutil import write_json
+
+    write_json(path, obj)
 
 
 def _box_of(sel: np.ndarray) -> np.ndarray:

@@ -72,6 +72,19 @@ def _parse_index_only(data: bytes) -> np.ndarray | None:
     return out
 
 
+def _check_unique(idx: np.ndarray, path: Path, pid: str) -> None:
+    """Each voxel at most once: a repeated flat index would let the later row silently win."""
+    if idx.size < 2 or bool((idx[1:] > idx[:-1]).all()):  # the usual, sorted case: one cheap pass
+        return
+    order = np.argsort(idx, kind="stable")
+    s = idx[order]
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if dup.size:
+        first, second = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
+        raise OpenKBPFormatError(f"patient {pid}: {path}: flat index {int(s[dup[0]])} appears twice (rows "
+                                 f"{first + 2} and {second + 2}); each voxel may be listed once")
+
+
 def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
                  pid: str = "?") -> tuple[np.ndarray, np.ndarray | None]:
     """Return (flat indices int64, values float64 or None) of one sparse OpenKBP CSV."""
@@ -89,6 +102,7 @@ def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
                 g = "x".join(map(str, grid))
                 raise OpenKBPFormatError(f"patient {pid}: {path} row {bad + 2}: flat index {fast[bad]} "
                                          f"is out of range for a {g} grid (0..{size - 1})")
+            _check_unique(fast, path, pid)
             return fast, None
     try:
         df = pd.read_csv(path, header=0, index_col=None, dtype={0: "float64"},
@@ -111,6 +125,7 @@ def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
         bad = int(np.flatnonzero((idx < 0) | (idx >= size))[0])
         raise OpenKBPFormatError(f"patient {pid}: {path} row {bad + 2}: flat index {idx[bad]} is out of "
                                  f"range for a {'x'.join(map(str, grid))} grid (0..{size - 1})")
+    _check_unique(idx, path, pid)
     if not with_values:
         return idx, None
     col = df.iloc[:, 1]
@@ -125,8 +140,16 @@ def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
         vals = col.to_numpy(dtype=np.float64)
     if np.isnan(vals).any():
         r = int(np.flatnonzero(np.isnan(vals))[0])
-        raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value is missing (truncated file?)")
+        raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value is missing (truncated file?) "
+                                 "or NaN")
+    if np.isinf(vals).any():
+        r = int(np.flatnonzero(np.isinf(vals))[0])
+        raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {vals[r]} is not finite")
     return idx, vals
+
+
+def empty_roi_message(pid: str, path: Path) -> str:
+    return f"patient {pid}: ROI file {path} is empty (no voxels); delete it if the ROI was not contoured"
 
 
 def _read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
@@ -199,8 +222,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
             continue
         ridx, _ = _read_sparse(f, False, pid=pid)
         if len(ridx) == 0:
-            raise OpenKBPFormatError(f"patient {pid}: ROI file {f} is empty (no voxels); delete it if the "
-                                     "ROI was not contoured")
+            raise OpenKBPFormatError(empty_roi_message(pid, f))
         codes[ridx] |= codes.dtype.type(1) << codes.dtype.type(roi_set.index(name))
         present.add(name)
     missing = tuple(n for n in roi_set.names if n not in present)
@@ -249,15 +271,13 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 
 def _write_sparse(path: Path, idx: np.ndarray, values: list[str] | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    from ..fsutil import write_text
+
     if values is None:
         body = "".join(f"{i},\n" for i in idx.tolist())
     else:
         body = "".join(f"{i},{v}\n" for i, v in zip(idx.tolist(), values, strict=True))
-    with open(tmp, "w", newline="") as fh:
-        fh.write(",data\n")
-        fh.write(body)
-    os.replace(tmp, path)
+    write_text(path, ",data\n" + body)
 
 
 def write_dose_csv(path: str | os.PathLike, dose: np.ndarray, mask: np.ndarray | None = None) -> None:

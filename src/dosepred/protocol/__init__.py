@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
 
 __all__ = ["BUILTIN", "Criterion", "Direction", "LimitUnit", "Protocol", "ProtocolError",
-           "builtin_names", "from_portpy", "load_protocol", "parse_protocol"]
+           "builtin_names", "from_portpy", "lint", "load_protocol", "parse_protocol"]
 
 BUILTIN = ("openkbp", "openkbp-clinical")
 
@@ -96,7 +96,10 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         if not path.is_file():
             raise ProtocolError(f"protocol {s!r} is neither a built-in ({', '.join(BUILTIN)}) nor an "
                                 "existing JSON file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"protocol {path} is not UTF-8 text ({e})") from None
         source = str(path)
     try:
         data = json.loads(text)
@@ -106,6 +109,45 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
             data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
         return from_portpy(data, roi_set)
     return parse_protocol(data, roi_set, source)
+
+
+def lint(protocol: Protocol, present: Any = None, where: str = "") -> list[str]:
+    """Warnings about a valid protocol that probably does not say what was meant (errors, such as a
+    non-finite limit or an unknown ROI, are raised when it is loaded):
+
+    - a criterion repeated (same ROI, metric, direction, limit, unit and goal): it would count twice
+      in the pass rate and the CDM loss;
+    - the same ROI, metric and direction with different limits and no goal (two limits for one check);
+    - criteria on an ROI contoured in no patient (``present``: the ROI names contoured in at least
+      one patient; skipped when None): they are never checked and add nothing to the loss.
+
+    ``where`` names the data in the last message (e.g. ``"training cache X"``).
+    """
+    out: list[str] = []
+    first: dict[tuple[Any, ...], int] = {}
+    limits: dict[tuple[str, str, Any], tuple[int, Any]] = {}
+    for i, c in enumerate(protocol.criteria, 1):
+        key = (c.roi, c.metric, c.direction, c.limit, c.limit_unit, c.goal)
+        if key in first:
+            out.append(f"protocol {protocol.name!r}: criterion {i} ({c.name}) repeats criterion "
+                       f"{first[key]}; it counts twice in the pass rate and the CDM loss")
+            continue
+        first[key] = i
+        if c.limit is not None and c.goal is None:
+            lk = (c.roi, c.metric, c.direction)
+            if lk in limits and limits[lk][1] != (c.limit, c.limit_unit):
+                out.append(f"protocol {protocol.name!r}: criterion {i} ({c.name}) and criterion "
+                           f"{limits[lk][0]} give two different limits for {c.roi} {c.metric} "
+                           f"{c.direction}")
+            limits.setdefault(lk, (i, (c.limit, c.limit_unit)))
+    if present is not None:
+        have = set(present)
+        absent = [r for r in protocol.rois if r not in have]
+        if absent:
+            n = sum(1 for c in protocol.criteria if c.roi in absent)
+            out.append(f"protocol {protocol.name!r}: {n} criteria are on ROIs contoured in no patient"
+                       f"{' of ' + where if where else ''} ({', '.join(absent)}); they are never checked")
+    return out
 
 
 # ----------------------------------------------------------------------------------- PortPy import

@@ -28,6 +28,7 @@ This module only describes and validates; values are computed by :mod:`dosepred.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,7 +78,9 @@ class Criterion(BaseModel):
         object.__setattr__(self, "limit_unit", unit)
         if (self.limit is not None or self.goal is not None) and self.direction is None:
             raise ValueError(f"{self.roi} {self.metric}: a limit or goal needs a direction ('>=' or '<=')")
-        for label, v in (("limit", self.limit), ("goal", self.goal)):
+        for label, v in (("limit", self.limit), ("goal", self.goal), ("weight", self.weight)):
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{self.roi} {self.metric}: {label} must be a finite number, got {v}")
             if v is not None and v < 0:
                 raise ValueError(f"{self.roi} {self.metric}: {label} must be >= 0, got {v}")
         return self
@@ -154,7 +157,7 @@ class Protocol(BaseModel):
     @field_validator("prescriptions")
     @classmethod
     def _check_rx(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: x for k, x in v.items() if not x > 0}
+        bad = {k: x for k, x in v.items() if not (x > 0 and math.isfinite(x))}
         if bad:
             raise ValueError(f"prescriptions must be > 0 Gy, got {bad}")
         return v

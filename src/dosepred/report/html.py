@@ -103,9 +103,9 @@ class ReportWriter:
             parts.append(self._patient(pid, results))
         parts.append("</body></html>")
         path = self.out / "report.html"
-        tmp = self.out / ".report.html.tmp"
-        tmp.write_text("\n".join(parts), encoding="utf-8")
-        os.replace(tmp, path)
+        from ..fsutil import write_text
+
+        write_text(path, "\n".join(parts))
         return path
 
     @staticmethod

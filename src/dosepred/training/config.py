@@ -116,7 +116,18 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json``; errors name the file and what is wrong with it."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a readable training config ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a training config is a JSON object, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def merged(self, overrides: dict[str, Any]) -> TrainConfig:
         """A copy with the non-None values of ``overrides`` applied."""

@@ -9,6 +9,8 @@ Run folder (written by rank 0 only)::
     RUN/metrics.csv          one row per epoch (train loss parts, lr, validation scores, timing)
     RUN/tb/                  TensorBoard events (when tensorboard is importable)
     RUN/checkpoints/last.pt  after every epoch (written atomically)
+    RUN/checkpoints/prev.pt  the last.pt before it: ``--resume`` falls back to it, with a warning,
+                             when last.pt is unreadable (truncated, empty, damaged)
     RUN/checkpoints/best.pt  the epoch with the lowest validation score (``select``)
 
 Exact resume: crops are a pure function of (seed, epoch, index) (see :mod:`.dataset`), the learning
@@ -27,6 +29,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,10 +67,33 @@ def version_info() -> dict[str, Any]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from ..fsutil import save_torch
+
+    save_torch(obj, path)
+
+
+def save_rotating(obj: Any, path: Path, prev: Path, rotate: bool = True) -> None:
+    """Write checkpoint ``path`` atomically, keeping its previous content as ``prev``. At every
+    moment ``path`` holds a complete checkpoint (the previous one is hard-linked to ``prev`` before
+    the new one is renamed over ``path``), so a kill -9 at any point leaves both readable.
+    ``rotate=False`` keeps ``prev`` as it is (used when ``path`` is known to be damaged)."""
+    if rotate and path.is_file():
+        link = prev.with_name(f".{prev.name}.link")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, link)
+        os.replace(link, prev)
+    save_atomic(obj, path)
+
+
+class ResumeFallbackWarning(UserWarning):
+    """``--resume`` could not read last.pt and continues from prev.pt."""
+
+
+class ProtocolLintWarning(UserWarning):
+    """The protocol of the CDM loss is valid but probably not what was meant."""
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -152,12 +178,12 @@ class _CsvLog:
 
     def _write_all(self, rows: list[dict[str, Any]]) -> None:
         assert self.header is not None
-        tmp = self.path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as fh:
+        from ..fsutil import atomic_file
+
+        with atomic_file(self.path, "w", newline="") as fh:
             w = csv.DictWriter(fh, self.header, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
         new = self.header is None
@@ -222,9 +248,12 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
 
     def setup_data(self) -> None:
+        from ..fsutil import check_output
         from ..io.cache import Cache
 
         cfg = self.cfg
+        # the run folder must not be, hold or lie inside a cache it reads (checked before any write)
+        check_output(self.run, True, [cfg.data, cfg.val], "the run folder (--out)")
         self.cache = Cache.open(cfg.data)
         self.roi_set = self.cache.roi_set
         ids = self.cache.ids
@@ -305,6 +334,14 @@ class Trainer:
             from ..protocol import load_protocol
 
             self.protocol = load_protocol(proto_name, self.roi_set)
+            if self.is_main:
+                from ..protocol import lint
+
+                want = set(self.train_ids)
+                present = {n for e in self.cache.info["patients"] if e["id"] in want
+                           for n in self.roi_set.names if n not in e.get("missing_rois", ())}
+                for msg in lint(self.protocol, present, f"training cache {cfg.data}"):
+                    warnings.warn(msg, ProtocolLintWarning, stacklevel=2)
         self.loss_fn = make_loss(cfg, self.roi_set, self.protocol)
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn.to(self.device)
@@ -337,17 +374,30 @@ class Trainer:
         if not self.is_main:
             return
         st = self.state(epoch)
-        save_atomic(st, self.ckpt_dir / "last.pt")
+        save_rotating(st, self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt",
+                      rotate=not getattr(self, "_last_damaged", False))
+        self._last_damaged = False
         if is_best:
             save_atomic(st, self.ckpt_dir / "best.pt")
         if self.cfg.save_every and epoch % self.cfg.save_every == 0:
             save_atomic(st, self.ckpt_dir / f"epoch_{epoch}.pt")
 
     def restore(self) -> int:
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
+        path, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
+        if not path.is_file() and not prev.is_file():
             raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in {self.run})")
-        ck = load_checkpoint(path, map_location=self.device)
+        try:
+            if not path.is_file():
+                raise ModelError(f"{path} does not exist")
+            ck = load_checkpoint(path, map_location=self.device)
+        except ModelError as e:
+            if not prev.is_file():
+                raise ModelError(f"--resume: {e} (and there is no {prev.name} to fall back to)") from None
+            ck = load_checkpoint(prev, map_location=self.device)
+            warnings.warn(f"--resume: {e}; continuing from the previous checkpoint {prev} (epoch "
+                          f"{ck.get('epoch')}) instead", ResumeFallbackWarning, stacklevel=2)
+            self._last_damaged = True
+            path = prev
         mc = ck["model_config"]
         if mc != self.model_config.to_dict():
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}

@@ -1,0 +1,287 @@
+"""Transactional file-system writes: the one place where dosepred writes files and folders safely.
+
+Rules every writing command follows (docs/formats.md, "Outputs"):
+
+- A file is written to a temporary sibling (``.NAME.tmp-XXXX``) and renamed into place
+  (:func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_torch`,
+  :func:`atomic_file`), so a reader never sees half a file.
+- A command's output folder is filled as a temporary sibling and renamed into place only when the
+  command succeeded (:func:`output_dir`); a failure (a bad input, a full disk, Ctrl-C) removes the
+  temporary folder and leaves the destination exactly as it was, including a destination that did
+  not exist (no empty ``--out`` is left behind).
+- An existing output that is not empty is never touched unless ``overwrite`` is given; with it the
+  old content is replaced whole (no stale files from the earlier output survive).
+- An output may not be, hold or lie inside one of the command's inputs (:func:`check_output`).
+
+Long-running outputs that must stay in place while they are written (a training run, which
+``--resume`` continues) use :func:`output_in_place`: the old content is set aside and restored
+when the command fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["OutputError", "atomic_dir", "atomic_file", "check_output", "is_nonempty", "output_dir",
+           "output_file", "output_in_place", "save_torch", "write_bytes", "write_json", "write_text"]
+
+
+class OutputError(ValueError):
+    """An output cannot be written (it exists and --overwrite was not given, it overlaps an input,
+    or its folder cannot be created)."""
+
+
+def _tmp_sibling(path: Path, tag: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def is_nonempty(path: str | os.PathLike) -> bool:
+    """True for a file with content, a folder with any entry, or a link (never silently replaced)."""
+    p = Path(path)
+    if p.is_symlink():
+        return True
+    if p.is_dir():
+        return any(True for _ in p.iterdir())
+    return p.exists() and p.stat().st_size > 0
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False,
+                 inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Path:
+    """Refuse an output that overlaps an input, or that exists, is not empty and ``overwrite`` is
+    False; return the path. Nothing is written."""
+    p = Path(path)
+    rp = p.resolve()
+    for src in inputs:
+        if src is None:
+            continue
+        rs = Path(src).resolve()
+        if _overlap(rp, rs):
+            rel = "is" if rp == rs else ("lies inside" if rs in rp.parents else "holds")
+            raise OutputError(f"{p}: {what} {rel} the input {src}; choose an output outside the inputs")
+    if is_nonempty(p) and not overwrite:
+        kind = "folder" if p.is_dir() else "file"
+        raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
+                          "it whole, or choose another path")
+    return p
+
+
+def _make_parent(path: Path) -> list[Path]:
+    """Create the missing parents of ``path``; return the folders created (outermost last)."""
+    created: list[Path] = []
+    parent = path.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create its folder ({e.strerror or e})") from None
+    return created
+
+
+def _unmake(created: list[Path]) -> None:
+    for d in created:  # innermost first
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing whatever is there whole."""
+    if final.is_dir() and not final.is_symlink():
+        old = _tmp_sibling(final, "old")
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    elif tmp.is_dir() and (final.is_symlink() or final.exists()):
+        final.unlink()  # a file or link where a folder goes (checked by the caller)
+        os.replace(tmp, final)
+    else:
+        os.replace(tmp, final)  # a file over a file or link is replaced atomically
+
+
+@contextmanager
+def output_dir(path: str | os.PathLike, overwrite: bool = False,
+               inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; when the block succeeds it replaces ``path``
+    whole, when it fails it is removed and ``path`` is left exactly as it was. See the module doc."""
+    final = check_output(path, overwrite, inputs, what)
+    created = _make_parent(final)
+    tmp = _tmp_sibling(final)
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        _unmake(created)
+        raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
+    ok = False
+    try:
+        yield tmp
+        _swap_in(tmp, final)
+        ok = True
+    finally:
+        if not ok:
+            _remove(tmp)
+            _unmake(created)
+
+
+@contextmanager
+def output_file(path: str | os.PathLike, overwrite: bool = False,
+                inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Iterator[Path]:
+    """Like :func:`output_dir` for one file: yield a temporary path beside ``path`` to write; it is
+    renamed onto ``path`` when the block succeeds and removed when it fails."""
+    final = check_output(path, overwrite, inputs, what)
+    if final.is_dir() and not final.is_symlink() and is_nonempty(final):
+        raise OutputError(f"{final}: {what} is a folder; give a file name")
+    created = _make_parent(final)
+    tmp = _tmp_sibling(final)
+    ok = False
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputError(f"{final}: nothing was written")
+        if final.is_dir() and not final.is_symlink():
+            final.rmdir()  # an empty folder in the way
+        os.replace(tmp, final)
+        ok = True
+    finally:
+        if not ok:
+            tmp.unlink(missing_ok=True)
+            _unmake(created)
+
+
+@contextmanager
+def output_in_place(path: str | os.PathLike, overwrite: bool = False,
+                    inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out",
+                    keep_on_interrupt: bool = True) -> Iterator[Path]:
+    """For outputs that must be written where they end up (a training run that ``--resume``
+    continues): the old content (with ``overwrite``) is moved to a hidden sibling and the folder is
+    created afresh. When the block fails, the new content is removed and the old restored, so the
+    destination is as it was; on success the old content is deleted. With ``keep_on_interrupt`` a
+    Ctrl-C keeps the new content (a run to resume) and drops the old."""
+    final = check_output(path, overwrite, inputs, what)
+    created = _make_parent(final)
+    aside: Path | None = None
+    existed = final.exists() or final.is_symlink()
+    if existed:
+        aside = _tmp_sibling(final, "old")
+        try:
+            os.replace(final, aside)
+        except OSError as e:
+            _unmake(created)
+            raise OutputError(f"{final}: cannot replace it ({e.strerror or e})") from None
+    try:
+        final.mkdir()
+    except OSError as e:
+        if aside is not None:
+            os.replace(aside, final)
+        _unmake(created)
+        raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
+    try:
+        yield final
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            _rollback(final, aside, created)
+        elif aside is not None:
+            _remove(aside)
+        raise
+    except BaseException:
+        _rollback(final, aside, created)
+        raise
+    if aside is not None:
+        _remove(aside)
+
+
+def _rollback(final: Path, aside: Path | None, created: list[Path]) -> None:
+    _remove(final)
+    if aside is not None:
+        os.replace(aside, final)
+    else:
+        _unmake(created)
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; on success it replaces ``final`` whole, on
+    error it is removed (no half-written folder is left). No overwrite check: for folders a command
+    owns inside its own output (one patient's folder)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    tmp.mkdir()
+    ok = False
+    try:
+        yield tmp
+        _swap_in(tmp, final)
+        ok = True
+    finally:
+        if not ok:
+            _remove(tmp)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **kw: Any) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; it replaces ``path`` when the block ends
+    without error and is removed otherwise. No overwrite check (see :func:`output_file`)."""
+    final = Path(path)
+    tmp = _tmp_sibling(final)
+    ok = False
+    try:
+        with open(tmp, mode, **kw) as fh:
+            yield fh
+        os.replace(tmp, final)
+        ok = True
+    finally:
+        if not ok:
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], Any]) -> None:
+    """Write ``data`` (bytes, or a function writing to a binary file object) atomically."""
+    with atomic_file(path, "wb") as fh:
+        if callable(data):
+            data(fh)
+        else:
+            fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    with atomic_file(path, "w", encoding=encoding, newline="") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """``obj`` as indented JSON, atomically."""
+    write_bytes(path, json.dumps(obj, indent=2, default=default).encode())
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (the parent folder is created)."""
+    import torch
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(final, "wb") as fh:
+        torch.save(obj, fh)

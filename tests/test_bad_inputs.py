@@ -1,0 +1,577 @@
+"""Bad inputs end in one clear line and exit code 2, never a traceback, and never change an output
+that existed before (issue #14). Each case asserts the exit code, a message naming the file or
+field, no traceback, no ANSI codes, and an unchanged output tree (hashed before and after).
+
+Classes: OpenKBP readers, evaluate (predictions, references, protocol lint), outputs
+(transactional writes, --overwrite), OS errors and empty files, messages. DICOM/NIfTI reader checks
+live with their readers' tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.io.cache import write_cache
+from dosepred.synth import make_cohort
+from dosepred.training import TrainConfig, train
+
+TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=1, batch=2, threads=1)
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def cli(*args: object, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=True)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> content hash ('dir' for folders) of everything under ``root``, hidden too."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def fails(r, *needles: str, code: int = 2) -> str:
+    """The command failed cleanly: exit ``code``, one ``error:`` line naming every needle."""
+    text = r.output
+    assert r.exit_code == code, (r.exit_code, text, r.exception)
+    assert "Traceback" not in text and not isinstance(r.exception, (AssertionError, IndexError, TypeError))
+    assert "\x1b[" not in text  # no colour without a terminal
+    assert "error:" in text and "error: warning" not in text, text
+    for n in needles:
+        assert n in text, (n, text)
+    return text
+
+
+def ok(r) -> str:
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "Traceback" not in r.output and "\x1b[" not in r.output
+    return r.output
+
+
+def unchanged(root: Path):
+    """Context: assert the tree under ``root`` (the test's whole work folder) does not change."""
+    class _C:
+        def __enter__(self):
+            self.before = tree(root)
+            return self
+
+        def __exit__(self, *exc):
+            if exc[0] is None:
+                assert tree(root) == self.before, "an existing output changed or a stray file was left"
+    return _C()
+
+
+def tiny_openkbp_patient(folder: Path, shift: int = 0) -> Path:
+    """A valid OpenKBP folder with a handful of voxels (the 128^3 grid, fast to read)."""
+    folder.mkdir(parents=True)
+    idx = [10 + shift, 11 + shift, 12 + shift]
+    (folder / "ct.csv").write_text(",data\n" + "".join(f"{i},1000.0\n" for i in idx))
+    (folder / "possible_dose_mask.csv").write_text(",data\n" + "".join(f"{i},\n" for i in idx))
+    (folder / "dose.csv").write_text(f",data\n{idx[0]},70.5\n{idx[1]},60.0\n{idx[2]},3.25\n")
+    (folder / "voxel_dimensions.csv").write_text("3.906\n3.906\n2.5\n")
+    (folder / "PTV70.csv").write_text(f",data\n{idx[0]},\n{idx[1]},\n")
+    (folder / "SpinalCord.csv").write_text(f",data\n{idx[2]},\n")
+    return folder
+
+
+def prediction_csv(path: Path, rows: dict[int, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(",data\n" + "".join(f"{i},{v}\n" for i, v in rows.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Shared inputs (never written by the tests): a 2-patient 24^3 synthetic cache, an OpenKBP
+    folder of two tiny patients with predictions, a one-step training run."""
+    root = tmp_path_factory.mktemp("inputs")
+    write_cache(make_cohort(2, seed=3, size=24), root / "cache")
+    for k in (1, 2):
+        tiny_openkbp_patient(root / "okbp" / f"pt_{k}", shift=k)
+        prediction_csv(root / "pred" / f"pt_{k}.csv", {10 + k: "70", 11 + k: "60", 12 + k: "3"})
+    train(TrainConfig(data=str(root / "cache"), out=str(root / "run"), loss="mae", epochs=1,
+                      steps_per_epoch=1, **TINY))
+    return root
+
+
+@pytest.fixture
+def work(tmp_path):
+    w = tmp_path / "work"
+    w.mkdir()
+    return w
+
+
+# ------------------------------------------------------------------------------- OpenKBP readers
+
+@pytest.mark.parametrize("fname, content, needle", [
+    ("dose.csv", ",data\n11,70\n12,60\n11,3\n", "flat index 11 appears twice"),
+    ("possible_dose_mask.csv", ",data\n11,\n12,\n12,\n", "flat index 12 appears twice"),
+    ("SpinalCord.csv", ",data\n13,\n5,\n13,\n", "flat index 13 appears twice (rows 2 and 4)"),
+    ("ct.csv", ",data\n11,1000.0\n11,1000.0\n", "flat index 11 appears twice"),
+    ("dose.csv", ",data\n11,70\n12,inf\n13,3\n", "row 3: value inf is not finite"),
+    ("dose.csv", ",data\n11,70\n12,nan\n13,3\n", "row 3: value is missing"),
+    ("PTV70.csv", ",data\n", "is empty (no voxels)"),
+])
+def test_import_openkbp_rejects_bad_csv(base, work, fname, content, needle):
+    src = work / "src"
+    tiny_openkbp_patient(src / "pt_1", shift=1)
+    (src / "pt_1" / fname).write_text(content)
+    with unchanged(work):
+        text = fails(cli("data", "import-openkbp", src, "--out", work / "sub" / "cache"), fname, needle)
+    assert "pt_1" in text
+    assert not (work / "sub").exists()  # no empty --out, nor its parents
+
+
+def test_failed_import_keeps_existing_cache_even_with_overwrite(base, work):
+    src = work / "src"
+    tiny_openkbp_patient(src / "pt_1", shift=1)
+    (src / "pt_1" / "dose.csv").write_text(",data\n11,1\n11,2\n")
+    out = work / "cache"
+    ok(cli("data", "synth", "--patients", "1", "--size", "12", "--out", out))
+    with unchanged(work):
+        fails(cli("data", "import-openkbp", src, "--out", out, "--overwrite"), "dose.csv", "appears twice")
+
+
+def test_evaluate_rejects_prediction_with_repeated_index(base, work):
+    pred = work / "pred"
+    prediction_csv(pred / "pt_1.csv", {11: "70", 12: "60"})
+    (pred / "pt_1.csv").write_text(",data\n11,70\n12,60\n11,1\n")
+    prediction_csv(pred / "pt_2.csv", {12: "70"})
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", pred), "pt_1.csv",
+              "appears twice")
+
+
+# -------------------------------------------------------------------------------------- evaluate
+
+@pytest.mark.parametrize("value, kind", [("nan", "missing"), ("inf", "not finite"), ("-inf", "not finite")])
+def test_evaluate_non_finite_csv_prediction(base, work, value, kind):
+    pred = work / "pred"
+    prediction_csv(pred / "pt_1.csv", {11: "70", 12: value, 13: "3"})
+    prediction_csv(pred / "pt_2.csv", {12: "70", 13: "60", 14: "3"})
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", pred, "--json", work / "r.json"),
+              "pt_1", "pt_1.csv", kind)
+
+
+def test_evaluate_non_finite_cache_prediction(base, work):
+    from dosepred.io.cache import Cache, _write_npz
+
+    pats = list(Cache.open(base / "cache"))
+    write_cache([p.with_dose(p.possible_dose_mask.astype(np.float32)) for p in pats], work / "predcache")
+    f = work / "predcache" / f"{pats[1].id}.npz"  # a NaN written by another tool (Patient refuses it)
+    with np.load(f) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["dose"] = arrays["dose"].copy()
+    arrays["dose"][0] = np.nan
+    with open(f, "wb") as fh:
+        _write_npz(fh, arrays)
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "cache", "--prediction", work / "predcache"),
+              f"patient {pats[1].id}", f"{pats[1].id}.npz", "non-finite", "NaN")
+
+
+def test_evaluate_non_finite_array_api(base):
+    from dosepred.evaluation import evaluate_patient
+    from dosepred.io.cache import Cache
+
+    p = next(iter(Cache.open(base / "cache")))
+    pred = p.dose.copy()
+    pred[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=f"patient {p.id}: .*non-finite.*inf"):
+        evaluate_patient(p, pred)
+
+
+def test_evaluate_prediction_for_another_grid(base, work):
+    pred = work / "pred"
+    prediction_csv(pred / "pt_1.csv", {5000: "70", 5001: "60", 5002: "3"})  # all outside the mask
+    prediction_csv(pred / "pt_2.csv", {12: "70", 13: "60", 14: "3"})
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", pred),
+              "pt_1", "pt_1.csv", "outside the possible-dose mask")
+
+
+def test_evaluate_cache_prediction_mostly_outside_mask(base, work):
+    from dosepred.io.cache import Cache
+
+    pats = list(Cache.open(base / "cache"))
+    shifted = [p.with_dose(np.where(p.possible_dose_mask, 0.0, 50.0).astype(np.float32)) for p in pats]
+    write_cache(shifted, work / "predcache")
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "cache", "--prediction", work / "predcache"),
+              f"patient {pats[0].id}", "outside the possible-dose mask")
+
+
+def test_evaluate_empty_reference_roi_file_is_an_error(base, work):
+    ref = work / "ref"
+    for k in (1, 2):
+        tiny_openkbp_patient(ref / f"pt_{k}", shift=k)
+    (ref / "pt_2" / "Larynx.csv").write_text(",data\n")
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", ref, "--prediction", base / "pred"), "pt_2", "Larynx.csv",
+              "is empty (no voxels)")
+
+
+def _protocol(path: Path, criteria: list[dict], **extra) -> Path:
+    path.write_text(json.dumps({"name": "t", "criteria": criteria, **extra}))
+    return path
+
+
+@pytest.mark.parametrize("crit, extra, needles", [
+    ({"roi": "PTV70", "metric": "D95%", "limit": float("nan"), "direction": ">="}, {},
+     ("criterion 1 (PTV70 D95%)", "limit must be a finite number")),
+    ({"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">=", "goal": float("inf")}, {},
+     ("criterion 1", "goal must be a finite number")),
+    ({"roi": "PTV70", "metric": "D95%", "weight": float("inf")}, {},
+     ("criterion 1", "weight must be a finite number")),
+    ({"roi": "PTV70", "metric": "D95%", "limit": 95, "limit_unit": "%Rx", "direction": ">="},
+     {"prescriptions": {"PTV70": float("inf")}}, ("prescriptions", "> 0 Gy")),
+])
+def test_evaluate_protocol_non_finite_numbers(base, work, crit, extra, needles):
+    proto = _protocol(work / "p.json", [crit], **extra)
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", base / "pred", "--protocol",
+                  proto, "--json", work / "r.json"), "p.json", *needles)
+
+
+def test_evaluate_protocol_lint_warnings_in_console_and_json(base, work):
+    crit = {"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">="}
+    proto = _protocol(work / "p.json", [crit, crit, {"roi": "Larynx", "metric": "Dmean"}])
+    out = ok(cli("evaluate", "--reference", base / "okbp", "--prediction", base / "pred", "--protocol", proto,
+                 "--json", work / "r.json"))
+    assert "warning: protocol 't': criterion 2 (PTV70 D95% >= 60 Gy) repeats criterion 1" in out
+    assert "contoured in no patient" in out and "Larynx" in out and "error: warning" not in out
+    js = json.loads((work / "r.json").read_text())
+    assert any("repeats criterion 1" in w for w in js["warnings"])
+    assert any("Larynx" in w for w in js["warnings"])
+
+
+def test_evaluate_builtin_protocol_warns_of_uncontoured_rois(base, work):
+    out = ok(cli("evaluate", "--reference", base / "okbp", "--prediction", base / "pred", "--json",
+                 work / "r.json"))
+    assert "warning:" in out and "Brainstem" in out
+    assert json.loads((work / "r.json").read_text())["warnings"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\xff\xfe not text", "not UTF-8"), (b"{ not json", "not valid JSON"), (b"", "not valid JSON")])
+def test_evaluate_unreadable_protocol_file(base, work, content, needle):
+    (work / "p.json").write_bytes(content)
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", base / "pred", "--protocol",
+                  work / "p.json"), "p.json", needle)
+
+
+def test_train_protocol_non_finite_limit_is_refused_before_writing(base, work):
+    proto = _protocol(work / "p.json", [{"roi": "PTV70", "metric": "D95%", "limit": float("nan"),
+                                         "direction": ">="}])
+    with unchanged(work):
+        fails(cli("train", "--data", base / "cache", "--out", work / "run", "--loss", "mae+cdm", "--protocol",
+                  proto, "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "--base", "4",
+                  "--levels", "2", "--no-progress"), "p.json", "finite")
+    assert not (work / "run").exists()
+
+
+def test_train_cdm_protocol_lint_warns(base, work):
+    crit = {"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">="}
+    proto = _protocol(work / "p.json", [crit, crit])
+    out = ok(cli("train", "--data", base / "cache", "--out", work / "run", "--loss", "mae+cdm", "--protocol",
+                 proto, "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "--base", "4", "--levels",
+                 "2", "--threads", "1", "--no-progress"))
+    assert "warning: protocol 't': criterion 2" in out and "repeats criterion 1" in out
+
+
+# --------------------------------------------------------------------------------------- outputs
+
+def _existing(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "keep.txt").write_text("something else")
+    return path
+
+
+@pytest.mark.parametrize("cmd", [
+    lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o),
+    lambda b, o: ("data", "import-openkbp", b / "okbp", "--out", o),
+    lambda b, o: ("data", "export-openkbp", b / "cache", "--out", o),
+    lambda b, o: ("data", "export-nifti", b / "cache", "--out", o),
+    lambda b, o: ("data", "export-dicom", b / "cache", "--out", o),
+    lambda b, o: ("predict", "--model", b / "run", "--data", b / "cache", "--out", o),
+    lambda b, o: ("baseline", "--data", b / "cache", "--out", o),
+    lambda b, o: ("export-model", b / "run", "--out", o),
+    lambda b, o: ("train", "--data", b / "cache", "--out", o, "--epochs", "1"),
+    lambda b, o: ("demo", "--out", o),
+    lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--report", o),
+], ids=["synth", "import-openkbp", "export-openkbp", "export-nifti", "export-dicom", "predict", "baseline",
+        "export-model", "train", "demo", "evaluate-report"])
+def test_existing_output_is_never_touched_without_overwrite(base, work, cmd):
+    out = _existing(work / "out")
+    with unchanged(work):
+        fails(cli(*cmd(base, out)), str(out), "--overwrite")
+
+
+@pytest.mark.parametrize("cmd", [
+    lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--json", o),
+    lambda b, o: ("data", "split", b / "cache", "--random", "--out", o),
+    lambda b, o: ("bench", "losses", "--json", o, "--sizes", "16", "--no-unet"),
+], ids=["evaluate-json", "split", "bench-json"])
+def test_existing_output_file_is_never_touched_without_overwrite(base, work, cmd):
+    out = work / "out.json"
+    out.write_text('{"old": true}')
+    with unchanged(work):
+        fails(cli(*cmd(base, out)), str(out), "--overwrite")
+
+
+@pytest.mark.parametrize("cmd, marker", [
+    (lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o), "dataset.json"),
+    (lambda b, o: ("data", "export-nifti", b / "cache", "--out", o), "synth_000"),
+    (lambda b, o: ("baseline", "--data", b / "okbp", "--out", o), "pt_1.csv"),
+    (lambda b, o: ("export-model", b / "run", "--out", o), "model.pt"),
+], ids=["synth", "export-nifti", "baseline", "export-model"])
+def test_overwrite_replaces_whole(base, work, cmd, marker):
+    out = _existing(work / "out")
+    (out / "README.md").write_text("old readme")
+    ok(cli(*cmd(base, out), "--overwrite"))
+    names = {p.name for p in out.iterdir()}
+    assert "keep.txt" not in names and any(n.startswith(marker) for n in names)
+    assert not (out / "README.md").is_file() or "old readme" not in (out / "README.md").read_text()
+    assert sorted(p.name for p in work.iterdir()) == ["out"]  # no temporary sibling left
+
+
+def test_export_dicom_overwrite_leaves_no_stale_patient(base, work):
+    out = work / "dcm"
+    ok(cli("data", "export-dicom", base / "cache", "--out", out))
+    stale = out / "synth_999"
+    stale.mkdir()
+    (stale / "CT.1.dcm").write_bytes(b"stale")
+    ok(cli("data", "export-dicom", base / "cache", "--out", out, "--overwrite"))
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("where", ["cache", "cache/run", "."])
+def test_train_out_overlapping_the_training_cache_is_refused(base, work, where):
+    import shutil
+
+    cache = work / "cache"
+    shutil.copytree(base / "cache", cache)
+    out = work / where if where != "." else work
+    with unchanged(work):
+        fails(cli("train", "--data", cache, "--out", out, "--epochs", "1", "--overwrite"), "the input",
+              str(cache))
+
+
+def test_predict_out_equal_to_data_is_refused(base, work):
+    import shutil
+
+    shutil.copytree(base / "cache", work / "cache")
+    with unchanged(work):
+        fails(cli("predict", "--model", base / "run", "--data", work / "cache", "--out", work / "cache",
+                  "--overwrite"), "the input")
+
+
+def test_failed_evaluate_report_leaves_nothing(base, work):
+    pred = work / "pred"
+    prediction_csv(pred / "pt_1.csv", {11: "70", 12: "60", 13: "3"})
+    prediction_csv(pred / "pt_2.csv", {12: "70", 13: "nan", 14: "3"})
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", pred, "--report", work / "rep",
+                  "--json", work / "r.json"), "pt_2.csv")
+    report = _existing(work / "rep2")
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", pred, "--report", report,
+                  "--overwrite"), "pt_2.csv")
+
+
+def test_train_overwrite_replaces_a_run_and_refuses_without(base, work):
+    args = ("train", "--data", base / "cache", "--out", work / "run", "--epochs", "1", "--steps-per-epoch",
+            "1", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--no-progress")
+    ok(cli(*args))
+    (work / "run" / "stale.txt").write_text("x")
+    with unchanged(work):
+        fails(cli(*args), "already holds a training run", "--resume", "--overwrite")
+    ok(cli(*args, "--overwrite"))
+    assert not (work / "run" / "stale.txt").exists() and (work / "run" / "checkpoints" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------------------- OS errors, empty files
+
+READ_ONLY = Path("/sys/dosepred-bad-input-test")  # a read-only file system, even for root
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs /sys")
+@pytest.mark.parametrize("cmd", [
+    lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o),
+    lambda b, o: ("predict", "--model", b / "run", "--data", b / "cache", "--out", o),
+    lambda b, o: ("train", "--data", b / "cache", "--out", o, "--epochs", "1", "--patch", "16"),
+    lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--json", o / "r.json"),
+], ids=["synth", "predict", "train", "evaluate-json"])
+def test_read_only_out(base, cmd):
+    fails(cli(*cmd(base, READ_ONLY)), str(READ_ONLY))
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "empty (0 bytes"), (b"PK\x03\x04 truncated", "truncated or corrupted"), (b"hello", "not a")])
+def test_predict_with_a_broken_checkpoint(base, work, content, needle):
+    (work / "m.pt").write_bytes(content)
+    with unchanged(work):
+        text = fails(cli("predict", "--model", work / "m.pt", "--data", base / "cache", "--out", work / "o"),
+                     "m.pt", needle)
+    assert "weights_only" not in text and "IndexError" not in text
+
+
+def test_malicious_checkpoint_never_runs_and_no_unsafe_advice(base, work):
+    import pickle
+
+    flag = work / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {flag}",))
+
+    torch.save({"format": "dosepred-checkpoint", "x": Evil()}, work / "evil.pt", pickle_module=pickle)
+    with unchanged(work):
+        text = fails(cli("predict", "--model", work / "evil.pt", "--data", base / "cache", "--out",
+                         work / "o"), "evil.pt")
+    assert "weights_only" not in text and "False" not in text and not flag.exists()
+
+
+def _resumable(base: Path, run: Path, stop_after: int, epochs: int = 3) -> None:
+    train(TrainConfig(data=str(base / "cache"), out=str(run), loss="mae", epochs=epochs, steps_per_epoch=2,
+                      seed=4, stop_after=stop_after, **TINY))
+
+
+@pytest.mark.parametrize("content, needle", [(b"{ not json", "not a readable training config"),
+                                             (b"[1, 2]", "a training config is a JSON object"),
+                                             (b"\xff\xfe", "not a readable training config")])
+def test_resume_with_unreadable_config(base, work, content, needle):
+    run = work / "run"
+    _resumable(base, run, 1, epochs=2)
+    (run / "config.json").write_bytes(content)
+    with unchanged(work):
+        fails(cli("train", "--out", run, "--resume", "--no-progress"), str(run / "config.json"), needle)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "missing"])
+def test_resume_falls_back_to_prev_and_stays_exact(base, work, damage):
+    full, cut = work / "full", work / "cut"
+    _resumable(base, full, 3)
+    _resumable(base, cut, 2)  # as if killed after epoch 2: last.pt = epoch 2, prev.pt = epoch 1
+    assert (cut / "checkpoints" / "prev.pt").is_file()
+    last = cut / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    if damage == "missing":  # e.g. deleted by hand
+        last.unlink()
+    else:
+        last.write_bytes(b"" if damage == "empty" else data[: len(data) // 3])
+    out = ok(cli("train", "--out", cut, "--resume", "--stop-after", "3", "--threads", "1", "--no-progress"))
+    assert "warning: --resume:" in out and "last.pt" in out and "prev.pt" in out
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_without_a_readable_checkpoint(base, work):
+    run = work / "run"
+    _resumable(base, run, 1, epochs=2)  # only last.pt (no prev.pt yet)
+    assert not (run / "checkpoints" / "prev.pt").exists()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    with unchanged(work):
+        fails(cli("train", "--out", run, "--resume", "--no-progress"), "last.pt", "empty", "no prev.pt")
+
+
+@pytest.mark.parametrize("what", ["dataset.json", "npz"])
+def test_damaged_cache_files(base, work, what):
+    import shutil
+
+    cache = work / "cache"
+    shutil.copytree(base / "cache", cache)
+    target = cache / "dataset.json" if what == "dataset.json" else next(cache.glob("*.npz"))
+    target.write_bytes(b"")
+    with unchanged(work):
+        fails(cli("predict", "--model", base / "run", "--data", cache, "--out", work / "o"), target.name)
+
+
+def test_missing_inputs(base, work):
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", work / "nope"),
+              str(work / "nope"))
+        fails(cli("data", "import-openkbp", work / "nope", "--out", work / "c"), str(work / "nope"))
+        fails(cli("predict", "--model", work / "nope.pt", "--data", base / "cache", "--out", work / "o"),
+              "nope.pt")
+
+
+# -------------------------------------------------------------------------------------- messages
+
+def test_warnings_are_not_errors(base, work):
+    src = work / "src"
+    tiny_openkbp_patient(src / "pt_1", shift=1)
+    (src / "pt_1" / "Tumour.csv").write_text(",data\n11,\n")
+    out = ok(cli("data", "import-openkbp", src, "--out", work / "c"))
+    assert "warning: patient pt_1:" in out and "Tumour.csv" in out and "error:" not in out
+
+
+def _sub(*args: str, **env: str) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": str(SRC), **env}
+    return subprocess.run([sys.executable, "-m", "dosepred", *args], capture_output=True, text=True, env=e,
+                          timeout=120)
+
+
+def test_version_help_alias_and_clean_help():
+    r = _sub("--version")
+    assert r.returncode == 0 and r.stdout.startswith("dosepred ")
+    r = _sub("data", "import-openkbp", "-h")
+    assert r.returncode == 0 and "Usage:" in r.stdout and "--overwrite" in r.stdout
+    assert "<bool>" not in r.stdout and "{src}" not in r.stdout and "SRC" in r.stdout
+
+
+def test_errors_have_no_colour_without_terminal_or_with_no_color(work):
+    for env in ({}, {"NO_COLOR": "1"}):
+        r = _sub("data", "import-openkbp", str(work / "nope"), "--out", str(work / "c"), **env)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and "\x1b[" not in r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_kill_9_then_resume_is_exact_with_rotation(base, work):
+    """kill -9 at any moment of a run (here: once prev.pt exists) and --resume end bit-exact."""
+    import signal
+    import time
+
+    args = ["train", "--data", str(base / "cache"), "--loss", "mae", "--epochs", "12", "--steps-per-epoch",
+            "2", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--device", "cpu",
+            "--seed", "2", "--no-progress"]
+    ok(cli(*args, "--out", work / "full"))
+    run = work / "killed"
+    e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dosepred", *args, "--out", str(run)], env=e,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while proc.poll() is None and not (run / "checkpoints" / "prev.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    ok(cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress"))
+    a = torch.load(work / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 12 and a["global_step"] == b["global_step"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["state"][0].values(),
+                                                 b["optimizer"]["state"][0].values(), strict=True))
