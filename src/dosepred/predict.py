@@ -174,14 +174,17 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
 def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
                  mode: str = "gaussian", sw_batch: int = 1, amp: bool = False, tta: bool = False,
                  allow_missing_rois: bool = False, space: ModelSpace | None = None,
-                 warn: bool = True) -> np.ndarray:
+                 warn: bool = True, spacing_policy: str = "fov") -> np.ndarray:
     """Whole-grid dose (Gy, float32, on the patient's own grid) by sliding windows of the training patch.
 
     The patient is brought into the model's space (:func:`dosepred.models.space.into_space`: axes
     permuted/flipped into the model's, resampled when its grid is oblique or a spacing is outside the
     training range; a warning when it is far from the training data), predicted there
     (:func:`predict_in_space`) and the dose brought back onto its grid in patient coordinates.
-    ``space`` overrides the model's record.
+    ``space`` overrides the model's record; ``spacing_policy`` picks the spacing of an axis outside
+    the training range (:meth:`dosepred.models.space.ModelSpace.target_spacing`: ``"fov"`` its field
+    of view on the training data's median array size, ``"median"`` the training median spacing, or
+    the ``"nearest"`` end of the range).
 
     ``tta=True`` averages it with the prediction of the patient mirrored along the left-right axis
     (taken from the geometry in the model's space; Left/Right ROI bits swapped, as in training),
@@ -190,7 +193,7 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
     """
     net = model.module if hasattr(model, "module") else model
     patient = match_rois(net.config, patient, allow_missing_rois)
-    placed = into_space(patient, space or model_space(net), warn=warn)
+    placed = into_space(patient, space or model_space(net), warn=warn, spacing_policy=spacing_policy)
     dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta)
     return placed.back(dose)
 

@@ -76,6 +76,8 @@ class ModelSpace:
     masked: bool = True
     patients: int = 0
     source: str = "recorded"
+    spacing_median: tuple[float, float, float] | None = (3.906, 3.906, 2.5)
+    shape_median: tuple[float, float, float] | None = (128.0, 128.0, 128.0)
 
     def __post_init__(self) -> None:
         axes = str(self.axes).upper()
@@ -85,6 +87,13 @@ class ModelSpace:
         object.__setattr__(self, "axes", axes)
         for k in ("spacing_min", "spacing_max", "fov_min", "fov_max"):
             object.__setattr__(self, k, _t3(getattr(self, k)))
+        if self.spacing_median is not None:
+            med = _t3(self.spacing_median)
+            med = tuple(min(max(m, lo), hi) for m, lo, hi in zip(med, self.spacing_min, self.spacing_max,
+                                                                   strict=True))
+            object.__setattr__(self, "spacing_median", med)
+        if self.shape_median is not None:
+            object.__setattr__(self, "shape_median", _t3(self.shape_median))
         if any(not 0 < a <= b for a, b in zip(self.spacing_min, self.spacing_max, strict=True)):
             raise ValueError(f"spacing range {self.spacing_min}-{self.spacing_max} is not 0 < min <= max")
 
@@ -97,14 +106,20 @@ class ModelSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpace:
-        known = {"axes", "spacing_min", "spacing_max", "fov_min", "fov_max", "masked", "patients", "source"}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        known = {"axes", "spacing_min", "spacing_max", "fov_min", "fov_max", "masked", "patients", "source",
+                 "spacing_median", "shape_median"}
+        d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("spacing_median", None)
+        d.setdefault("shape_median", None)
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return {"axes": self.axes, "spacing_min": list(self.spacing_min),
                 "spacing_max": list(self.spacing_max),
                 "fov_min": list(self.fov_min), "fov_max": list(self.fov_max), "masked": self.masked,
-                "patients": self.patients, "source": self.source}
+                "patients": self.patients, "source": self.source,
+                "spacing_median": None if self.spacing_median is None else list(self.spacing_median),
+                "shape_median": None if self.shape_median is None else list(self.shape_median)}
 
     @property
     def direction(self) -> np.ndarray:
@@ -124,14 +139,28 @@ class ModelSpace:
         return f"axes {self.axes} ({names}), spacing {sp} mm, {'with' if self.masked else 'without'} " \
                f"possible-dose masks"
 
-    def nearest_spacing(self, spacing: Sequence[float], tol: float = SPACING_TOL
-                        ) -> tuple[float, float, float]:
-        """Per model axis: ``spacing`` itself when inside the range (with ``tol`` relative slack),
-        else the nearest end of the range."""
+    def target_spacing(self, spacing: Sequence[float], fov: Sequence[float] | None = None,
+                       policy: str = "fov", tol: float = SPACING_TOL) -> tuple[float, float, float]:
+        """Per model axis: ``spacing`` itself when inside the range (with ``tol`` relative slack), else
+
+        - ``policy="fov"`` (default): the field of view ``fov`` (mm) spread over the training data's
+          median array size on that axis, clipped to the range: the patient is resampled the way the
+          training arrays were made (OpenKBP: the CT's field of view on 128 voxels in-plane);
+        - ``"median"``: the training data's median spacing on that axis;
+        - ``"nearest"``: the nearest end of the range (also the fallback when nothing is recorded)."""
+        if policy not in ("fov", "median", "nearest"):
+            raise ValueError(f"spacing policy must be 'fov', 'median' or 'nearest', got {policy!r}")
         out = []
-        for s, lo, hi in zip(spacing, self.spacing_min, self.spacing_max, strict=True):
+        for j, (s, lo, hi) in enumerate(zip(spacing, self.spacing_min, self.spacing_max, strict=True)):
             s = float(s)
-            out.append(s if lo * (1 - tol) <= s <= hi * (1 + tol) else min(max(s, lo), hi))
+            if lo * (1 - tol) <= s <= hi * (1 + tol):
+                out.append(s)
+            elif policy == "fov" and fov is not None and self.shape_median is not None:
+                out.append(min(max(float(fov[j]) / self.shape_median[j], lo), hi))
+            elif policy in ("fov", "median") and self.spacing_median is not None:
+                out.append(self.spacing_median[j])
+            else:
+                out.append(min(max(s, lo), hi))
         return tuple(out)  # type: ignore[return-value]
 
     def differences(self, patient: Patient, spacing: Sequence[float], fov: Sequence[float]) -> list[str]:
@@ -192,7 +221,9 @@ class SpaceRecorder:
         sp, fov = np.array(self.spacings), np.array(self.fovs)
         return ModelSpace(axes=self.axes or "PLI", spacing_min=tuple(sp.min(0)), spacing_max=tuple(sp.max(0)),
                           fov_min=tuple(fov.min(0)), fov_max=tuple(fov.max(0)), masked=all(self.masked),
-                          patients=len(self.spacings), source="recorded")
+                          patients=len(self.spacings), source="recorded",
+                          spacing_median=tuple(float(v) for v in np.median(sp, axis=0)),
+                          shape_median=tuple(float(v) for v in np.median(fov / sp, axis=0)))
 
 
 # ------------------------------------------------------------------------------------- placement
@@ -303,9 +334,10 @@ def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int 
                    tuple(n for n in p.roi_set.names if n in missing), dict(p.meta), dst)
 
 
-def into_space(p: Patient, space: ModelSpace, tol: float = SPACING_TOL, warn: bool = True) -> Placement:
+def into_space(p: Patient, space: ModelSpace, tol: float = SPACING_TOL, warn: bool = True,
+               spacing_policy: str = "fov") -> Placement:
     """``p`` brought into ``space`` (see the module docstring); warns (``warn``) when it is far from
-    the training data."""
+    the training data. ``spacing_policy``: see :meth:`ModelSpace.target_spacing`."""
     g = p.geometry
     assert g is not None
     perm, flips = g.permutation_to(space.axes)
@@ -315,7 +347,7 @@ def into_space(p: Patient, space: ModelSpace, tol: float = SPACING_TOL, warn: bo
     if warn and found:
         warnings.warn(f"patient {p.id} is far from the model's training data: " + "; ".join(found),
                       stacklevel=2)
-    target = space.nearest_spacing(spacing, tol)
+    target = space.target_spacing(spacing, fov, spacing_policy, tol)
     aligned = g.is_axis_aligned(1e-4)
     if aligned and target == spacing:
         return Placement(p, p.reoriented(space.axes), "reoriented", perm, flips, found)  # type: ignore[arg-type]

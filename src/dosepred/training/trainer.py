@@ -334,6 +334,14 @@ class Trainer:
             return axes
         return want
 
+    def load_train(self) -> list:
+        """The training patients in memory, each permuted into the model's axes; records the space."""
+        recorder = SpaceRecorder(self.orientation())
+        oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
+        arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress)
+        self.set_space(recorder.space())
+        return arrays
+
     def set_space(self, space: ModelSpace) -> None:
         """Record the training data's space on the model (and so in every checkpoint); flips run along
         its left-right axis (``cfg.flip_axis`` is deprecated and only checked)."""
@@ -451,10 +459,7 @@ class Trainer:
         self.setup_loss()
         self.version = version_info()
         t0 = time.time()
-        recorder = SpaceRecorder(self.orientation())
-        oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
-        train_patients = load_arrays(oriented, cfg.patch, progress=self.progress)
-        self.set_space(recorder.space())
+        train_patients = self.load_train()
         self.val_patients = (list(self.val_cache.patients(self.val_ids))
                              if self.val_cache and self.is_main else [])
         self.log(f"loaded {len(train_patients)} training / {len(self.val_ids)} validation patients in "
