@@ -704,11 +704,18 @@ def predict_cmd(
                                      "evaluate).")] = "openkbp",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average with the left-right mirrored prediction "
-                                                     "(Left/Right ROIs swapped; twice the time).")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Average with the prediction of the patient mirrored "
+                                                     "along its left-right axis (from its geometry; "
+                                                     "Left/Right ROIs swapped; twice the time).")] = False,
+    allow_missing_rois: Annotated[bool, typer.Option(
+        "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
+        "a warning naming them).")] = False,
     no_progress: NoProgress = False,
 ) -> None:
-    """Predict whole-grid doses (sliding windows of the training patch) and write them."""
+    """Predict whole-grid doses in the model's own space (axes and spacing of its training data) and
+    write them on each patient's grid."""
+    import warnings
+
     from .predict import predict_to
 
     _progress(no_progress)
@@ -718,7 +725,14 @@ def predict_cmd(
 
         f, name = parse_split_arg(split)
         ids = load_split(f, name)
-    n = predict_to(model, data, out, fmt=fmt, device=device, ids=ids, tta=tta)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            n = predict_to(model, data, out, fmt=fmt, device=device, ids=ids, tta=tta,
+                           allow_missing_rois=allow_missing_rois)
+        finally:  # warnings seen before a failure are still worth showing
+            for msg in dict.fromkeys(str(w.message) for w in caught):
+                _err(f"warning: {msg}")
     console().print(f"wrote {n} predicted doses ({fmt}) to {out}")
 
 
