@@ -485,6 +485,43 @@ def bench_evaluate(
         write_json_atomic(json_out, res)
 
 
+@bench_app.command("predict")
+@friendly
+def bench_predict(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
+                                                  "file.")] = None,
+    data: Annotated[Path, typer.Option("--data", help="OpenKBP folder holding the patient.")] = Path(
+        "../shared/data/openkbp/sample/train-pats"),
+    patient: Annotated[str, typer.Option("--patient", help="Patient folder name.")] = "pt_66",
+    model: Annotated[Path, typer.Option("--model", help="Model to predict with.")] = Path(
+        "models/openkbp-mae"),
+    repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 2,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
+) -> None:
+    """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
+    from .bench.predict import run
+    from .io.cache import write_json_atomic
+
+    if not (data / patient).is_dir():
+        raise UserError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
+    res = run(data, model, patient, repeats, threads)
+    con = console()
+    con.print(f"{res['patient']} on a {'x'.join(map(str, res['clinical_shape']))} grid "
+              f"({', '.join(f'{s:.3g}' for s in res['clinical_spacing'])} mm, "
+              f"axes {res['clinical_axes']}) -> "
+              f"model grid {'x'.join(map(str, res['model_grid_shape']))} "
+              f"({', '.join(f'{s:.3g}' for s in res['model_grid_spacing'])} mm, axes {res['model_axes']}), "
+              f"{res['windows']} window(s)")
+    con.print(f"resample in {res['resample_in_s']:.2f} s, predict {res['predict_s']:.2f} s, resample out "
+              f"{res['resample_out_s']:.2f} s: total {res['total_s']:.2f} s per patient "
+              f"({res['threads']} threads, {res['cpu']}, best of {res['repeats']})")
+    con.print(f"dose score {res['dose_score_clinical_grid']:.3f} Gy on the clinical grid, "
+              f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
+              f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)")
+    if json_out is not None:
+        write_json_atomic(json_out, res)
+
+
 @bench_app.command("bitmask")
 @friendly
 def bench_bitmask(

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import Geometry, reorient, unreorient
+from ..geometry import Geometry, unreorient
 from ..patient import Patient
 
 #: Relative slack on the spacing range: a spacing within 1 % of it is taken as inside (no resampling).
@@ -238,7 +238,9 @@ class Placement:
     perm: tuple[int, int, int]
     flips: tuple[bool, bool, bool]
     warnings: list[str] = field(default_factory=list)
-    base: Geometry | None = None  # resampled from the source grid reoriented to the model axes (or None)
+    # aligned grids are resampled in the source's own axes (a diagonal, separable map), then permuted:
+    # the grid of that intermediate (None for oblique grids, resampled straight into the model axes)
+    resampled_in_source_axes: Geometry | None = None
 
     def back(self, dose: np.ndarray) -> np.ndarray:
         """A dose on ``patient``'s grid -> float32 on the source patient's grid, in its possible-dose
@@ -252,20 +254,19 @@ class Placement:
 
         assert src.geometry is not None and self.patient.geometry is not None
         dgeo = self.patient.geometry
-        if self.base is not None:  # the source's axes reoriented: a diagonal (fast) map, then permute
-            mask = np.ascontiguousarray(reorient(src.possible_dose_mask, self.perm, self.flips))
-            grid = self.base
-        else:
-            mask, grid = src.possible_dose_mask, src.geometry
+        dose = np.asarray(dose, np.float32)
+        if self.resampled_in_source_axes is not None:  # permute the (small) model-grid dose back first
+            dose = np.ascontiguousarray(unreorient(dose, self.perm, self.flips))
+            dgeo = self.resampled_in_source_axes
+        mask = src.possible_dose_mask
         out = np.zeros(mask.shape, dtype=np.float32)
         box = box_of(mask)
         if box is not None:  # outside the mask the dose is zero: resample only its box
-            sub = resample(np.asarray(dose, np.float32), dgeo, sub_grid(grid, box),
-                           [b.stop - b.start for b in box], 1, mode="nearest")
+            sub = resample(dose, dgeo, sub_grid(src.geometry, box), [b.stop - b.start for b in box], 1,
+                           mode="nearest")
             np.maximum(sub, 0, out=sub)
-            out[box] = sub * mask[box]
-        if self.base is not None:
-            out = np.ascontiguousarray(unreorient(out, self.perm, self.flips))
+            sub *= mask[box]
+            out[box] = sub
         return out
 
 
@@ -351,11 +352,13 @@ def into_space(p: Patient, space: ModelSpace, tol: float = SPACING_TOL, warn: bo
     aligned = g.is_axis_aligned(1e-4)
     if aligned and target == spacing:
         return Placement(p, p.reoriented(space.axes), "reoriented", perm, flips, found)  # type: ignore[arg-type]
-    if aligned:  # permute first (no interpolation), then a diagonal resampling map
-        q = p.reoriented(space.axes)
-        assert q.geometry is not None
-        dst, shape = _grid_covering(q.geometry, q.shape, q.geometry.direction, target)
-        return Placement(p, resample_into(q, dst, shape), "resampled", perm, flips, found,  # type: ignore[arg-type]
-                         base=q.geometry)
+    if aligned:  # resample in the source's own axes (diagonal map), then permute the small result
+        target_src = [0.0, 0.0, 0.0]
+        for i, j in enumerate(perm):
+            target_src[j] = target[i]
+        dst, shape = _grid_covering(g, p.shape, g.direction, target_src)
+        q = resample_into(p, dst, shape).reoriented(space.axes)
+        return Placement(p, q, "resampled", perm, flips, found,  # type: ignore[arg-type]
+                         resampled_in_source_axes=dst)
     dst, shape = _grid_covering(g, p.shape, space.direction, target)
     return Placement(p, resample_into(p, dst, shape), "resampled", perm, flips, found)  # type: ignore[arg-type]
