@@ -699,6 +699,10 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="End after this epoch (a job "
                                                    "slice); --resume continues exactly.")] = None,
+    orientation: Annotated[str | None, typer.Option("--orientation", help="Axis letters every training "
+                                                    "patient is permuted into (recorded with the model): "
+                                                    "e.g. PLI (OpenKBP arrays), or 'first' (the first "
+                                                    "patient's) [PLI].")] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
@@ -712,7 +716,7 @@ def train_cmd(
                      val_patients=val_patients,
                      val_every=val_every, select=select, train_split=split, val_split=val_split, seed=seed,
                      device=device, amp=amp, workers=workers, threads=threads, out=str(out),
-                     stop_after=stop_after)
+                     stop_after=stop_after, orientation=orientation)
     if loss_opt:
         overrides["loss_options"] = _parse_opts(loss_opt)
     stored = out / "config.json"
