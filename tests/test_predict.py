@@ -136,7 +136,7 @@ def test_tta_averages_with_the_mirrored_patient(run_dir):
 
     model = load_model(run_dir / "run")
     p = make_cohort(1, seed=11, size=32)[0]
-    ax = model.config.flip_axis
+    ax = p.geometry.axis_along("LR")  # the left-right axis, from the geometry
     names = list(p.roi_set.names)
     assert {"LeftParotid", "RightParotid"} <= set(names)
     other = {"LeftParotid": "RightParotid", "RightParotid": "LeftParotid"}
@@ -151,3 +151,55 @@ def test_tta_averages_with_the_mirrored_patient(run_dir):
     got = predict_dose(model, p, tta=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(plain - mirrored).max() > 1e-3  # the two differ: the test can see a wrong mirror
+
+
+@pytest.fixture(scope="module")
+def lacking_cache(tmp_path_factory):
+    """Two synthetic patients whose ROI set has no Esophagus (as a clinic's export might), and the
+    same patients in the model's full set with Esophagus recorded missing."""
+    from dosepred.patient import Patient, RoiSet
+
+    root = tmp_path_factory.mktemp("lacking")
+    full, lacking = [], []
+    for p in make_cohort(2, seed=5, size=32):
+        masks = {n: p.mask(n) for n in p.present_rois if n != "Esophagus"}
+        rs = RoiSet(tuple(r for r in p.roi_set if r.name != "Esophagus"))
+        lacking.append(Patient.from_masks(p.id, p.ct, masks, rs, p.spacing, p.possible_dose_mask,
+                                          geometry=p.geometry))
+        full.append(Patient.from_masks(p.id, p.ct, masks, p.roi_set, p.spacing, p.possible_dose_mask,
+                                       geometry=p.geometry))
+    write_cache(lacking, root / "cache")
+    return root / "cache", full
+
+
+def test_missing_rois_error_is_the_same_for_every_format(run_dir, lacking_cache, tmp_path):
+    msgs = set()
+    for fmt in ("openkbp", "nifti", "dicom", "cache"):
+        r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(lacking_cache[0]),
+                                "--out", str(tmp_path / fmt), "--format", fmt, "--no-progress"])
+        assert r.exit_code == 2, r.output
+        assert "lacks Esophagus" in r.output and "--allow-missing-rois" in r.output, r.output
+        assert "holds no patients" not in r.output
+        msgs.add(" ".join(r.output.split()))
+        assert not (tmp_path / fmt).exists() or not any((tmp_path / fmt).iterdir())
+    assert len(msgs) == 1, msgs
+
+
+def test_allow_missing_rois_predicts_with_an_empty_channel(run_dir, lacking_cache, tmp_path):
+    """With --allow-missing-rois the patient is predicted as the same patient in the model's ROI set
+    with Esophagus recorded missing (an empty channel), and a warning names the missing ROI."""
+    import numpy as np
+
+    from dosepred.io.cache import Cache
+    from dosepred.predict import load_model, predict_dose
+
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(lacking_cache[0]),
+                            "--out", str(tmp_path / "pc"), "--format", "cache", "--allow-missing-rois",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "lacks the model's ROIs Esophagus" in " ".join(r.output.split())
+    model = load_model(run_dir / "run")
+    pc = Cache.open(tmp_path / "pc")
+    for p in lacking_cache[1]:
+        want = predict_dose(model, p)
+        np.testing.assert_array_equal(pc.load(p.id).dose, want)

@@ -625,6 +625,47 @@ def bench_evaluate(
             write_json(tmp, res)
 
 
+@bench_app.command("predict")
+@friendly
+def bench_predict(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
+                                                  "file.")] = None,
+    data: Annotated[Path, typer.Option("--data", help="OpenKBP folder holding the patient.")] = Path(
+        "examples/openkbp/validation-pats"),
+    patient: Annotated[str, typer.Option("--patient", help="Patient folder name.")] = "pt_201",
+    model: Annotated[Path, typer.Option("--model", help="Model to predict with.")] = Path(
+        "models/openkbp-mae"),
+    repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 2,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
+    from .bench.predict import run
+    from .fsutil import check_output, output_file, write_json
+
+    if not (data / patient).is_dir():
+        raise UserError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
+    if json_out is not None:
+        check_output(json_out, overwrite, [data, model], "--json")
+    res = run(data, model, patient, repeats, threads)
+    con = console()
+    con.print(f"{res['patient']} on a {'x'.join(map(str, res['clinical_shape']))} grid "
+              f"({', '.join(f'{s:.3g}' for s in res['clinical_spacing'])} mm, "
+              f"axes {res['clinical_axes']}) -> "
+              f"model grid {'x'.join(map(str, res['model_grid_shape']))} "
+              f"({', '.join(f'{s:.3g}' for s in res['model_grid_spacing'])} mm, axes {res['model_axes']}), "
+              f"{res['windows']} window(s)")
+    con.print(f"resample in {res['resample_in_s']:.2f} s, predict {res['predict_s']:.2f} s, resample out "
+              f"{res['resample_out_s']:.2f} s: total {res['total_s']:.2f} s per patient "
+              f"({res['threads']} threads, {res['cpu']}, best of {res['repeats']})")
+    con.print(f"dose score {res['dose_score_clinical_grid']:.3f} Gy on the clinical grid, "
+              f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
+              f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)")
+    if json_out is not None:
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
+
+
 @bench_app.command("bitmask")
 @friendly
 def bench_bitmask(
@@ -811,6 +852,10 @@ def train_cmd(
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="End after this epoch (a job "
                                                    "slice); --resume continues exactly.")] = None,
     overwrite: Overwrite = False,
+    orientation: Annotated[str | None, typer.Option("--orientation", help="Axis letters every training "
+                                                    "patient is permuted into (recorded with the model): "
+                                                    "e.g. PLI (OpenKBP arrays), or 'first' (the first "
+                                                    "patient's) [PLI].")] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
@@ -824,7 +869,7 @@ def train_cmd(
                      val_patients=val_patients,
                      val_every=val_every, select=select, train_split=split, val_split=val_split, seed=seed,
                      device=device, amp=amp, workers=workers, threads=threads, out=str(out),
-                     stop_after=stop_after)
+                     stop_after=stop_after, orientation=orientation)
     if loss_opt:
         overrides["loss_options"] = _parse_opts(loss_opt)
     from .fsutil import check_output, output_in_place
@@ -867,12 +912,17 @@ def predict_cmd(
                                      "evaluate).")] = "openkbp",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average with the left-right mirrored prediction "
-                                                     "(Left/Right ROIs swapped; twice the time).")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Average with the prediction of the patient mirrored "
+                                                     "along its left-right axis (from its geometry; "
+                                                     "Left/Right ROIs swapped; twice the time).")] = False,
+    allow_missing_rois: Annotated[bool, typer.Option(
+        "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
+        "a warning naming them).")] = False,
     overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
-    """Predict whole-grid doses (sliding windows of the training patch) and write them."""
+    """Predict whole-grid doses in the model's own space (axes and spacing of its training data) and
+    write them on each patient's grid."""
     from .fsutil import check_output, output_dir
     from .predict import predict_to
 
@@ -884,8 +934,9 @@ def predict_cmd(
 
         f, name = parse_split_arg(split)
         ids = load_split(f, name)
-    with output_dir(out, overwrite, [model, data]) as tmp:
-        n = predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, tta=tta)
+    with _show_warnings(), output_dir(out, overwrite, [model, data]) as tmp:
+        n = predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, tta=tta,
+                       allow_missing_rois=allow_missing_rois)
     console().print(f"wrote {n} predicted doses ({fmt}) to {out}")
 
 

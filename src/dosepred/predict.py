@@ -10,13 +10,16 @@ Whole-grid prediction uses MONAI's ``sliding_window_inference`` with windows of 
 size (overlap 0.5, gaussian blending): instance normalisation makes a crop-trained network depend on
 its field of view, so it is always run on windows of the size it was trained on.
 
-Checkpoints hold tensors and plain metadata only and are read with ``torch.load(weights_only=True)``.
+Every patient is predicted in the model's own space (:mod:`dosepred.models.space`): brought into the
+axis order and spacing range of the training data, predicted, and the dose brought back onto the
+patient's grid in patient coordinates. The checkpoint format (read with
+``torch.load(weights_only=True)``) lives in :mod:`dosepred.models.checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,75 +27,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .models import ModelConfig, ModelError, build_model, check_roi_set
-from .patient import Patient
-from .roi import to_torch
+from .models import ModelConfig, ModelError, check_roi_set
+from .models.checkpoint import (  # noqa: F401 - the checkpoint API, re-exported where it used to live
+    CHECKPOINT_FORMAT,
+    MODEL_FORMAT,
+    export_model,
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+    resolve_model_path,
+)
+from .models.space import ModelSpace, into_space
+from .patient import Patient, RoiSet
+from .roi import lr_pairs, mirror_codes, to_torch
 
-CHECKPOINT_FORMAT = "dosepred-checkpoint"
-MODEL_FORMAT = "dosepred-model"
 FORMATS = ("openkbp", "nifti", "dicom", "cache")
-
-
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """Run folder / model folder / checkpoint file -> the checkpoint file to load."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        for cand in (p / "model.pt", p / "checkpoints" / "best.pt", p / "checkpoints" / "last.pt"):
-            if cand.is_file():
-                return cand
-        raise FileNotFoundError(f"{p} holds no model: expected model.pt (a released model) or "
-                                "checkpoints/best.pt / checkpoints/last.pt (a training run)")
-    raise FileNotFoundError(f"model {p} does not exist (give a run folder, a model folder or a .pt file)")
-
-
-def _load_error(e: Exception) -> str:
-    """What went wrong reading a checkpoint, in our words: torch's own messages may advise loading
-    with ``weights_only=False``, which would run code from the file (never relayed)."""
-    import pickle
-
-    text = str(e)
-    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
-        return "it holds objects other than tensors and plain data, which are never loaded"
-    if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
-        return "the file is truncated or corrupted"
-    first = text.splitlines()[0] if text.strip() else type(e).__name__
-    return f"not a PyTorch checkpoint file; {type(e).__name__}: {first[:200]}"
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a dosepred checkpoint or exported model (weights_only) and check what it is."""
-    path = resolve_model_path(path)
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted copy or save?)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
-        raise ModelError(f"{path}: not a readable dosepred checkpoint ({_load_error(e)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
-        raise ModelError(f"{path} is not a dosepred checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
-    if "model_config" not in ckpt or "model" not in ckpt:
-        raise ModelError(f"{path}: checkpoint lacks model_config or model weights")
-    ckpt["path"] = str(path)
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: Any = "cpu") -> torch.nn.Module:
-    cfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
-    model = build_model(cfg)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ModelError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded architecture "
-                         f"({str(e).splitlines()[0]})") from None
-    return model.to(device).eval()
-
-
-def load_model(path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
-    """A ready-to-run model (eval mode) from a run folder, model folder or checkpoint."""
-    return model_from_checkpoint(load_checkpoint(path), device)
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -104,27 +53,102 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return dev
 
 
-@torch.no_grad()
-def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
-                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False,
-                 tta: bool = False) -> np.ndarray:
-    """Whole-grid dose (Gy, float32, the patient's shape) by sliding windows of the training patch.
+def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = False) -> Patient:
+    """``patient`` with the model's ROI set (names, kinds, prescriptions and bit order).
 
-    ``tta=True`` averages it with the prediction of the patient mirrored along the model's
-    left-right axis (``config.flip_axis``, Left/Right ROI bits swapped, as in training), mirrored
-    back: test-time augmentation, twice the time.
-    """
+    A patient whose set differs is an error (:class:`ModelError`, the same message for every output
+    format) unless ``allow_missing``: then its ROIs are matched to the model's by name, the model's
+    ROIs it lacks become empty channels (a warning names them) and ROIs the model does not know are
+    left out. Common ROIs must still agree in kind and prescription."""
+    mine = config.roi_set
+    theirs = patient.roi_set
+    lacking = [n for n in mine.names if n not in theirs]
+    try:
+        check_roi_set(config, theirs, f"patient {patient.id}")
+        return patient
+    except ModelError as e:
+        if not allow_missing:
+            if lacking:
+                raise ModelError(f"{e}; it lacks {', '.join(lacking)}: --allow-missing-rois predicts it "
+                                 "with empty channels for them") from None
+            raise
+    for r in mine:
+        o = theirs[r.name] if r.name in theirs else r
+        if (o.kind, o.prescription) != (r.kind, r.prescription):
+            raise ModelError(f"patient {patient.id}: ROI {r.name} is a {o.kind} (prescription "
+                             f"{o.prescription}) but the model's is a {r.kind} "
+                             f"(prescription {r.prescription})")
+    extra = [n for n in theirs.names if n not in mine]
+    if lacking or extra:
+        msg = f"patient {patient.id}"
+        if lacking:
+            msg += f" lacks the model's ROIs {', '.join(lacking)}: predicted with empty channels for them"
+        if extra:
+            msg += f"{';' if lacking else ''} its ROIs {', '.join(extra)} are not used by the model"
+        warnings.warn(msg, stacklevel=3)
+    codes = np.zeros(patient.shape, dtype=mine.dtype)
+    t = codes.dtype.type
+    src_t = patient.roi_codes.dtype.type
+    for k, name in enumerate(mine.names):
+        if name in theirs:
+            bit = (patient.roi_codes >> src_t(theirs.index(name))) & src_t(1)
+            codes |= bit.astype(codes.dtype) << t(k)
+    missing = tuple(n for n in mine.names if n in lacking or n in patient.missing_rois)
+    return Patient(patient.id, patient.ct, codes, RoiSet(mine.rois), patient.spacing,
+                   patient.possible_dose_mask, patient.dose, missing, dict(patient.meta), patient.geometry)
+
+
+def model_space(model: torch.nn.Module) -> ModelSpace:
+    """The space a loaded model was trained in (``model.space``; the OpenKBP record when absent)."""
+    net = model.module if hasattr(model, "module") else model
+    sp = getattr(net, "space", None)
+    return sp if isinstance(sp, ModelSpace) else ModelSpace.openkbp()
+
+
+def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
+    """Where sliding windows run: the box of the possible-dose mask (or, for a patient without one,
+    of its CT above -500 HU), with a margin of patch/8 and grown to at least the patch size (within
+    the array). Dose outside it is zero. An OpenKBP array (128^3, the released models' patch) is
+    never cropped; a clinical CT with a wide field of view loses its empty surroundings, and with
+    them most of the windows."""
+    mask = np.asarray(patient.possible_dose_mask)
+    region = mask if not mask.all() else patient.ct > -500
+    sl = []
+    for ax in range(3):
+        n, p = patient.shape[ax], int(patch[ax])
+        nz = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))
+        if not nz.size or n <= p:
+            sl.append(slice(0, n))
+            continue
+        lo, hi = max(0, int(nz[0]) - p // 8), min(n, int(nz[-1]) + 1 + p // 8)
+        if hi - lo < p:
+            lo = max(0, min(lo - (p - (hi - lo)) // 2, n - p))
+            hi = lo + p
+        sl.append(slice(lo, hi))
+    return tuple(sl)
+
+
+@torch.no_grad()
+def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
+                     mode: str = "gaussian", sw_batch: int = 1, amp: bool = False,
+                     tta: bool = False) -> np.ndarray:
+    """Whole-grid dose of a patient already in the model's space and ROI set (float32, its shape):
+    sliding windows of the training patch over :func:`crop_box`; ``tta`` averages with the
+    prediction of the patient mirrored along its left-right axis (from its geometry), Left/Right ROI
+    bits swapped, mirrored back."""
     from monai.inferers import sliding_window_inference
 
     net = model.module if hasattr(model, "module") else model
     cfg: ModelConfig = net.config
-    check_roi_set(cfg, patient.roi_set, f"patient {patient.id}")
     device = torch.device(device) if device is not None else next(net.parameters()).device
     was_training = net.training
     net.eval()
-    ct = torch.from_numpy(patient.ct).to(device)[None, None]
-    codes = to_torch(patient.roi_codes, device)[None]
-    mask = torch.from_numpy(np.asarray(patient.possible_dose_mask)).to(device)[None, None]
+    box = crop_box(patient, cfg.patch)
+    mask_np = np.ascontiguousarray(patient.possible_dose_mask[box])
+    codes_np = np.ascontiguousarray(patient.roi_codes[box])
+    ct = torch.from_numpy(np.ascontiguousarray(patient.ct[box])).to(device)[None, None]
+    codes = to_torch(codes_np, device)[None]
+    mask = torch.from_numpy(mask_np).to(device)[None, None]
     roi = tuple(cfg.patch)
 
     def windows(x: torch.Tensor) -> torch.Tensor:
@@ -134,18 +158,44 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
 
     dose = windows(net.assemble(ct, codes, mask))
     if tta:
-        if cfg.flip_axis is None:
-            raise ValueError("test-time flipping needs the model's flip_axis (its config has none)")
-        from .training.dataset import lr_pairs, swap_bits
-
-        ax = int(cfg.flip_axis)
-        codes_f = swap_bits(np.ascontiguousarray(np.flip(patient.roi_codes, ax)), lr_pairs(patient.roi_set))
+        assert patient.geometry is not None
+        ax = patient.geometry.axis_along("LR")
+        codes_f = mirror_codes(codes_np, ax, lr_pairs(patient.roi_set))
         xf = net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2))
         dose = 0.5 * (dose + windows(xf).flip(ax + 2))
     dose = dose * mask.float()
     if was_training:
         net.train()
-    return dose[0, 0].cpu().numpy().astype(np.float32)
+    out = np.zeros(patient.shape, dtype=np.float32)
+    out[box] = dose[0, 0].cpu().numpy()
+    return out
+
+
+def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
+                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False, tta: bool = False,
+                 allow_missing_rois: bool = False, space: ModelSpace | None = None,
+                 warn: bool = True, spacing_policy: str = "fov") -> np.ndarray:
+    """Whole-grid dose (Gy, float32, on the patient's own grid) by sliding windows of the training patch.
+
+    The patient is brought into the model's space (:func:`dosepred.models.space.into_space`: axes
+    permuted/flipped into the model's, resampled when its grid is oblique or a spacing is outside the
+    training range; a warning when it is far from the training data), predicted there
+    (:func:`predict_in_space`) and the dose brought back onto its grid in patient coordinates.
+    ``space`` overrides the model's record; ``spacing_policy`` picks the spacing of an axis outside
+    the training range (:meth:`dosepred.models.space.ModelSpace.target_spacing`: ``"fov"`` its field
+    of view on the training data's median array size, ``"median"`` the training median spacing, or
+    the ``"nearest"`` end of the range).
+
+    ``tta=True`` averages it with the prediction of the patient mirrored along the left-right axis
+    (taken from the geometry in the model's space; Left/Right ROI bits swapped, as in training),
+    mirrored back: test-time augmentation, twice the time. ``allow_missing_rois``: see
+    :func:`match_rois`.
+    """
+    net = model.module if hasattr(model, "module") else model
+    patient = match_rois(net.config, patient, allow_missing_rois)
+    placed = into_space(patient, space or model_space(net), warn=warn, spacing_policy=spacing_policy)
+    dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta)
+    return placed.back(dose)
 
 
 def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
@@ -182,24 +232,27 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
 
 
 def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device: Any = None,
-                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False, tta: bool = False
-                     ) -> Iterator[tuple[Patient, np.ndarray]]:
+                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False, tta: bool = False,
+                     allow_missing_rois: bool = False) -> Iterator[tuple[Patient, np.ndarray]]:
     for p in patients:
-        yield p, predict_dose(model, p, device, overlap, mode, amp=amp, tta=tta)
+        yield p, predict_dose(model, p, device, overlap, mode, amp=amp, tta=tta,
+                              allow_missing_rois=allow_missing_rois)
 
 
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
                progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
-               tta: bool = False) -> int:
+               tta: bool = False, allow_missing_rois: bool = False) -> int:
     """Predict every patient of ``src`` (a cache or OpenKBP folder) and write them to ``out``.
 
     ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`).
+    ``allow_missing_rois``: predict patients lacking some of the model's ROIs (:func:`match_rois`);
+    without it such a patient is the same error for every ``fmt``.
 
     ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
     (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
     """
-    from .io.cache import load_patients, write_cache
+    from .io.cache import CacheError, load_patients, write_cache
     from .progress import track
 
     if fmt not in FORMATS:
@@ -208,19 +261,27 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     model = load_model(model_path, dev)
     patients = load_patients(src, ids=ids, require_dose=False)
     it = track(patients, description="predicting") if progress else patients
+
+    def predict(p: Patient) -> np.ndarray:
+        return predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta,
+                            allow_missing_rois=allow_missing_rois)
+
     n = 0
     if fmt == "cache":
         done: list[Patient] = []
+        seen = 0
 
         def predicted() -> Iterator[Patient]:
+            nonlocal seen
             for p in it:
-                yield p.with_dose(predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta))
+                seen += 1
+                yield p.with_dose(predict(p))
                 done.append(p)
 
         try:
             write_cache(predicted(), out, source=f"dosepred predict --model {model_path} --data {src}")
-        except ValueError:
-            if not done:
+        except CacheError:
+            if not seen:  # the cache's own "no patients to write", said in terms of the input
                 raise ValueError(f"{src} holds no patients to predict") from None
             raise
         for p in done:
@@ -228,49 +289,10 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                 on_patient(p, Path(out) / f"{p.id}.npz")
         return len(done)
     for p in it:
-        path = write_prediction(p, predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta), out, fmt)
+        path = write_prediction(p, predict(p), out, fmt)
         n += 1
         if on_patient is not None:
             on_patient(p, path)
     if n == 0:
         raise ValueError(f"{src} holds no patients to predict")
     return n
-
-
-def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = True,
-                 description: str = "", final: str | os.PathLike | None = None) -> Path:
-    """Write a released model folder: ``model.pt`` (weights, fp16 by default), ``config.json`` and
-    ``README.md``. ``final``: the path the folder will have when ``out`` is a temporary folder
-    renamed there afterwards (named in the README)."""
-    import dosepred
-
-    from .fsutil import save_torch
-
-    ckpt = load_checkpoint(src)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
-               for k, v in ckpt["model"].items()}
-    meta = {k: ckpt[k] for k in ("train_config", "epoch", "global_step", "best", "version")
-            if k in ckpt}
-    obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
-    save_torch(obj, out / "model.pt")
-    info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": str(ckpt["path"]),
-            "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
-    (out / "config.json").write_text(json.dumps(info, indent=2, default=str))
-    readme = out / "README.md"
-    shown = Path(final) if final is not None else out
-    if not readme.exists():
-        mc = ckpt["model_config"]
-        tc = ckpt.get("train_config", {}) or {}
-        roi_names = ", ".join(r["name"] for r in mc["rois"])
-        readme.write_text(
-            f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
-            f"- architecture: 3D U-Net, base {mc['base']} channels, {mc['levels']} levels, "
-            f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
-            f"- ROIs (bit order): {roi_names}\n"
-            f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
-            f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
-            f"- best validation: {json.dumps(ckpt.get('best'))}\n\n"
-            f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
-    return out

@@ -11,7 +11,8 @@ This module does not know ROI names; :class:`dosepred.patient.RoiSet` maps names
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,6 +93,48 @@ def decode_all(codes: np.ndarray, n_rois: int) -> np.ndarray:
 def _check_bit(k: int, bits: int) -> None:
     if not 0 <= k < bits:
         raise IndexError(f"ROI bit {k} out of range for {bits}-bit codes")
+
+
+# ----------------------------------------------------------------------------------- left/right
+
+#: Name parts that make two ROIs a left/right pair (``LeftParotid`` <-> ``RightParotid``).
+_LR_PARTS = (("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"), ("Lt", "Rt"), ("_L", "_R"))
+
+
+def lr_pairs(rois: Any) -> list[tuple[int, int]]:
+    """Bit pairs of ROIs whose names differ only by Left/Right (also L/R, Lt/Rt as a word part).
+
+    ``rois``: a :class:`~dosepred.patient.RoiSet` (anything with ``.names``) or a sequence of names in
+    bit order. Mirroring a patient left-right maps ROI ``i`` onto ROI ``j`` for each pair."""
+    names = list(getattr(rois, "names", rois))
+    pairs: list[tuple[int, int]] = []
+    for i, n in enumerate(names):
+        for a, b in _LR_PARTS:
+            if a in n:
+                for cand in {n.replace(a, b, 1), re.sub(f"{a}$", b, n)}:
+                    if cand != n and cand in names:
+                        j = names.index(cand)
+                        if (j, i) not in pairs and (i, j) not in pairs:
+                            pairs.append((i, j))
+    return pairs
+
+
+def swap_bits(codes: np.ndarray, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Codes with the bits of each pair exchanged (a copy)."""
+    t = codes.dtype.type
+    out = codes.copy()
+    for a, b in pairs:
+        ba = (codes >> t(a)) & t(1)
+        bb = (codes >> t(b)) & t(1)
+        out &= ~t((1 << a) | (1 << b))
+        out |= (ba << t(b)) | (bb << t(a))
+    return out
+
+
+def mirror_codes(codes: np.ndarray, axis: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """ROI codes mirrored along ``axis`` (the left-right axis) with each Left/Right pair's bits
+    exchanged, so every name still labels the patient's own side (contiguous copy)."""
+    return swap_bits(np.ascontiguousarray(np.flip(codes, axis)), pairs)
 
 
 # --------------------------------------------------------------------------------------------- torch

@@ -55,7 +55,9 @@ class ModelConfig:
     dropout: float = 0.0
     patch: tuple[int, int, int] = (64, 64, 64)  # training crop = inference window
     dose_scale: float = 70.0  # Gy, output = dose_scale * softplus(raw)
-    flip_axis: int = 1  # left-right axis of the data (OpenKBP axis 1 is right->left)
+    # left-right array axis of the training data; informational (kept for old checkpoints): flips and
+    # --tta take it from the geometry in the model's space (dosepred.models.space)
+    flip_axis: int = 1
     arch: str = ARCH
 
     def __post_init__(self) -> None:

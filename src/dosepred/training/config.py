@@ -49,8 +49,11 @@ class TrainConfig:
     res_units: int | None = None
     norm: str | None = None
     target_fraction: float = 2 / 3
-    flip: bool = True
-    flip_axis: int = 1
+    flip: bool = True  # mirror crops left-right (Left/Right ROIs swapped); the axis comes from the geometry
+    flip_axis: int | None = None  # deprecated (old runs): the left-right axis is read from the geometry
+    # axis letters every training patient is permuted into ("PLI": OpenKBP arrays; "first": the first
+    # training patient's); recorded with the model (its space) and used by predict
+    orientation: str = "PLI"
     val_patients: int | None = None  # first N validation patients (None: all)
     # validate every N epochs (and after the last): whole-grid prediction costs ~10-25 s per 128^3
     # patient on 2 CPU cores, more than an epoch of training
@@ -98,6 +101,14 @@ class TrainConfig:
             raise ValueError(f"target_fraction must be in [0, 1], got {self.target_fraction}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.orientation.lower() != "first":
+            from ..models.space import ModelSpace
+
+            try:
+                ModelSpace(axes=self.orientation)
+            except (KeyError, ValueError):
+                raise ValueError(f"orientation must be three axis letters such as PLI (one of R/L, A/P, "
+                                 f"S/I each) or 'first', got {self.orientation!r}") from None
         if self.val_every < 1:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
 

@@ -20,7 +20,6 @@ the same width (:func:`dosepred.roi.to_torch`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from ..patient import Patient, RoiSet
-from ..roi import to_torch
+from ..roi import lr_pairs, swap_bits, to_torch
 
 CT_PAD = -1000  # HU of air, used where a crop leaves the stored volume
 
@@ -78,34 +77,6 @@ def prepare_patient(p: Patient, patch: Sequence[int]) -> PatientArrays:
     return PatientArrays(p.id, np.ascontiguousarray(p.ct[sl]), np.ascontiguousarray(p.dose[sl], np.float32),
                          codes_c, mask_c, tuple(p.spacing), np.flatnonzero(tmask).astype(np.int32),
                          int(mask_c.sum()))
-
-
-def lr_pairs(roi_set: RoiSet) -> list[tuple[int, int]]:
-    """Bit pairs of ROIs whose names differ only by Left/Right (also L/R, Lt/Rt as a word part)."""
-    names = roi_set.names
-    pairs = []
-    pats = [("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"), ("Lt", "Rt"), ("_L", "_R")]
-    for i, n in enumerate(names):
-        for a, b in pats:
-            if a in n:
-                for cand in {n.replace(a, b, 1), re.sub(f"{a}$", b, n)}:
-                    if cand != n and cand in names:
-                        j = names.index(cand)
-                        if (j, i) not in pairs and (i, j) not in pairs:
-                            pairs.append((i, j))
-    return pairs
-
-
-def swap_bits(codes: np.ndarray, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
-    """Codes with the bits of each pair exchanged."""
-    t = codes.dtype.type
-    out = codes.copy()
-    for a, b in pairs:
-        ba = (codes >> t(a)) & t(1)
-        bb = (codes >> t(b)) & t(1)
-        out &= ~t((1 << a) | (1 << b))
-        out |= (ba << t(b)) | (bb << t(a))
-    return out
 
 
 def _crop(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill) -> np.ndarray:

@@ -37,7 +37,9 @@ from typing import Any
 import torch
 
 from ..models import ModelConfig, ModelError, build_model, check_roi_set
-from ..predict import CHECKPOINT_FORMAT, load_checkpoint, predict_dose, resolve_device
+from ..models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..models.space import ModelSpace, SpaceRecorder
+from ..predict import predict_dose, resolve_device
 from .config import TrainConfig
 from .dataset import CropDataset, RankSampler, load_arrays
 
@@ -67,9 +69,7 @@ def version_info() -> dict[str, Any]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    from ..fsutil import save_torch
-
-    save_torch(obj, path)
+    save_checkpoint(obj, path)
 
 
 def save_rotating(obj: Any, path: Path, prev: Path, rotate: bool = True) -> None:
@@ -305,7 +305,7 @@ class Trainer:
             setattr(cfg, k, v)
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
-                                        flip_axis=cfg.flip_axis)
+                                        flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         if self.init_ckpt is not None:
@@ -358,6 +358,41 @@ class Trainer:
             write_json_atomic(self.run / "protocol.json", self.protocol.model_dump(mode="json"))
         write_json_atomic(self.run / "version.json", version_info())
 
+    # ---- model space ------------------------------------------------------------------------
+    def orientation(self) -> str:
+        """Axis letters training patients are brought into: ``cfg.orientation`` ("PLI" by default,
+        "first": the first training patient's); a fine-tuned model keeps its ``--init`` model's."""
+        want = self.cfg.orientation
+        init = self.init_ckpt
+        if init is not None:
+            axes = ModelSpace.from_dict(init["space"]).axes
+            if want not in (axes, "PLI"):
+                raise ModelError(f"--init {self.cfg.init} was trained in axes {axes}; orientation {want!r} "
+                                 "would train it on mirrored or transposed arrays")
+            return axes
+        return want
+
+    def load_train(self) -> list:
+        """The training patients in memory, each permuted into the model's axes; records the space."""
+        recorder = SpaceRecorder(self.orientation())
+        oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
+        arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress)
+        self.set_space(recorder.space())
+        return arrays
+
+    def set_space(self, space: ModelSpace) -> None:
+        """Record the training data's space on the model (and so in every checkpoint); flips run along
+        its left-right axis (``cfg.flip_axis`` is deprecated and only checked)."""
+        import warnings
+
+        self.space = space
+        self.model.space = space
+        self.model_config.flip_axis = space.lr_axis
+        if self.cfg.flip_axis is not None and self.cfg.flip_axis != space.lr_axis:
+            warnings.warn(f"flip_axis={self.cfg.flip_axis} is deprecated and ignored: the left-right axis "
+                          f"of the training data (axes {space.axes}) is axis {space.lr_axis}", stacklevel=2)
+        self.log(f"model space: {space.summary()} ({space.patients} patients)")
+
     # ---- checkpoints ------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
@@ -368,7 +403,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
                 "train_config": self.cfg.to_dict(), "rng": rng, "best": self.best,
-                "world_size": self.world, "version_info": self.version}
+                "world_size": self.world, "version_info": self.version, "space": self.space.to_dict()}
 
     def save(self, epoch: int, is_best: bool) -> None:
         if not self.is_main:
@@ -402,6 +437,10 @@ class Trainer:
         if mc != self.model_config.to_dict():
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
             raise ModelError(f"--resume: {path} was trained with a different model ({diff})")
+        axes = ModelSpace.from_dict(ck["space"]).axes
+        if axes != self.space.axes:
+            raise ModelError(f"--resume: {path} was trained in axes {axes}, the data now gives "
+                             f"{self.space.axes}")
         old = ck.get("train_config", {})
         for k in ("seed", "batch", "loss", "data"):
             same_data = k == "data" and old.get(k) and Path(old[k]).resolve() == Path(self.cfg.data).resolve()
@@ -471,7 +510,7 @@ class Trainer:
         self.setup_loss()
         self.version = version_info()
         t0 = time.time()
-        train_patients = load_arrays(self.cache.patients(self.train_ids), cfg.patch, progress=self.progress)
+        train_patients = self.load_train()
         self.val_patients = (list(self.val_cache.patients(self.val_ids))
                              if self.val_cache and self.is_main else [])
         self.log(f"loaded {len(train_patients)} training / {len(self.val_ids)} validation patients in "
@@ -480,7 +519,7 @@ class Trainer:
             1, math.ceil(len(train_patients) / (cfg.batch * self.world)))
         self.dataset = CropDataset(train_patients, self.roi_set, cfg.patch,
                                    self.steps_per_epoch * cfg.batch * self.world, seed=cfg.seed,
-                                   target_fraction=cfg.target_fraction, flip_axis=cfg.flip_axis,
+                                   target_fraction=cfg.target_fraction, flip_axis=self.space.lr_axis,
                                    flip=cfg.flip)
         self.global_step = 0
         self.best: dict[str, Any] | None = None

@@ -1,0 +1,172 @@
+"""The checkpoint format: what a trained model is on disk, how it is written, read and rebuilt.
+
+Two kinds of file share one format (a ``dict`` of tensors and plain JSON-like metadata):
+
+- a **training checkpoint** (``format: "dosepred-checkpoint"``, ``RUN/checkpoints/{last,best}.pt``):
+  ``model_config``, ``model`` (state dict), ``space``, plus optimiser, scaler, RNG states, epoch,
+  step, ``train_config``, ``best`` for exact resume;
+- a **released model** (``format: "dosepred-model"``, ``models/NAME/model.pt`` next to a
+  ``config.json`` and a README, written by :func:`export_model`): ``model_config``, ``model`` and the
+  plain metadata only.
+
+``space`` is the model's record of the data it was trained on (:class:`~dosepred.models.space.ModelSpace`:
+axis letters, spacing and field-of-view ranges, whether a possible-dose mask was present). A model
+saved before the record existed has none in its ``.pt``; its folder's ``config.json`` ``"space"`` is
+read instead, and without either it is taken to be an OpenKBP model
+(:meth:`~dosepred.models.space.ModelSpace.openkbp`).
+
+Files are read with ``torch.load(weights_only=True)``: a malicious pickle is refused, never run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .space import ModelSpace
+from .unet import ModelConfig, ModelError, build_model
+
+CHECKPOINT_FORMAT = "dosepred-checkpoint"
+MODEL_FORMAT = "dosepred-model"
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """Run folder / model folder / checkpoint file -> the checkpoint file to load."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for cand in (p / "model.pt", p / "checkpoints" / "best.pt", p / "checkpoints" / "last.pt"):
+            if cand.is_file():
+                return cand
+        raise FileNotFoundError(f"{p} holds no model: expected model.pt (a released model) or "
+                                "checkpoints/best.pt / checkpoints/last.pt (a training run)")
+    raise FileNotFoundError(f"model {p} does not exist (give a run folder, a model folder or a .pt file)")
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a checkpoint dict atomically (temporary name, then rename)."""
+    from ..fsutil import save_torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_torch(obj, path)
+    return path
+
+
+def _folder_space(path: Path) -> dict[str, Any] | None:
+    """The ``"space"`` record of a released model folder's config.json, if any."""
+    cfg = path.parent / "config.json"
+    if path.name != "model.pt" or not cfg.is_file():
+        return None
+    try:
+        info = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    sp = info.get("space") if isinstance(info, dict) else None
+    return sp if isinstance(sp, dict) else None
+
+
+def _load_error(e: Exception) -> str:
+    """What went wrong reading a checkpoint, in our words: torch's own messages may advise loading
+    with ``weights_only=False``, which would run code from the file (never relayed)."""
+    import pickle
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return "it holds objects other than tensors and plain data, which are never loaded"
+    if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
+        return "the file is truncated or corrupted"
+    first = text.splitlines()[0] if text.strip() else type(e).__name__
+    return f"not a PyTorch checkpoint file; {type(e).__name__}: {first[:200]}"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a dosepred checkpoint or exported model (weights_only) and check what it is.
+
+    The returned dict always holds ``"space"`` (the record, the folder's config.json record, or the
+    OpenKBP default; ``space["source"]`` says which) and ``"path"``."""
+    path = resolve_model_path(path)
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted copy or save?)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
+        raise ModelError(f"{path}: not a readable dosepred checkpoint ({_load_error(e)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
+        raise ModelError(f"{path} is not a dosepred checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+    if "model_config" not in ckpt or "model" not in ckpt:
+        raise ModelError(f"{path}: checkpoint lacks model_config or model weights")
+    if not isinstance(ckpt.get("space"), dict):
+        ckpt["space"] = _folder_space(path) or ModelSpace.openkbp().to_dict()
+    try:
+        ModelSpace.from_dict(ckpt["space"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelError(f"{path}: the model's space record is invalid ({e})") from None
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: Any = "cpu") -> torch.nn.Module:
+    """The model of a loaded checkpoint in eval mode, with ``model.space`` (its :class:`ModelSpace`)."""
+    cfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    model = build_model(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded architecture "
+                         f"({str(e).splitlines()[0]})") from None
+    model.space = ModelSpace.from_dict(ckpt.get("space") or ModelSpace.openkbp().to_dict())
+    return model.to(device).eval()
+
+
+def load_model(path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
+    """A ready-to-run model (eval mode, ``model.space`` set) from a run folder, model folder or
+    checkpoint."""
+    return model_from_checkpoint(load_checkpoint(path), device)
+
+
+def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = True,
+                 description: str = "", final: str | os.PathLike | None = None) -> Path:
+    """Write a released model folder: ``model.pt`` (weights, fp16 by default, and the space record),
+    ``config.json`` and ``README.md``. ``final``: the path the folder will have when ``out`` is a
+    temporary folder renamed there afterwards (named in the README)."""
+    import dosepred
+
+    from ..fsutil import write_text
+
+    ckpt = load_checkpoint(src)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+               for k, v in ckpt["model"].items()}
+    meta = {k: ckpt[k] for k in ("train_config", "epoch", "global_step", "best", "version", "space")
+            if k in ckpt}
+    obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
+    save_checkpoint(obj, out / "model.pt")
+    info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": str(ckpt["path"]),
+            "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
+    write_text(out / "config.json", json.dumps(info, indent=2, default=str))
+    readme = out / "README.md"
+    shown = Path(final) if final is not None else out
+    if not readme.exists():
+        mc = ckpt["model_config"]
+        tc = ckpt.get("train_config", {}) or {}
+        roi_names = ", ".join(r["name"] for r in mc["rois"])
+        space = ModelSpace.from_dict(ckpt["space"])
+        readme.write_text(
+            f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
+            f"- architecture: 3D U-Net, base {mc['base']} channels, {mc['levels']} levels, "
+            f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
+            f"- ROIs (bit order): {roi_names}\n"
+            f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
+            f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
+            f"- model space: {space.summary()}\n"
+            f"- best validation: {json.dumps(ckpt.get('best'))}\n\n"
+            f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
+    return out

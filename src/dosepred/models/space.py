@@ -1,0 +1,364 @@
+"""The space a model was trained in, and moving a patient into it and its dose back out.
+
+A model sees arrays, not patients: it learns in the axis order and voxel sizes of its training data.
+:class:`ModelSpace` records them with every trained model (checkpoint ``"space"``, released model
+``config.json`` ``"space"``):
+
+- ``axes``: the letters the array axes run towards (:meth:`dosepred.geometry.Geometry.axis_letters`),
+  e.g. ``"PLI"`` for OpenKBP arrays (axis 0 A->P, axis 1 R->L, axis 2 S->I); training brings every
+  patient into these axes by permutation/flip (:meth:`dosepred.patient.Patient.reoriented`);
+- ``spacing_min`` / ``spacing_max``: the voxel size range (mm) per model axis over the training patients;
+- ``fov_min`` / ``fov_max``: the field-of-view range (mm, array extent = shape x spacing) per model axis;
+- ``masked``: every training patient had a possible-dose (body) mask (not all voxels);
+- ``patients`` and ``source`` (how the record came about).
+
+:func:`into_space` brings any patient into that space: without interpolation where its grid is a
+permutation/flip of the model's axes and its spacing is inside the range (``SPACING_TOL`` relative
+slack); otherwise it is resampled onto a grid along the model's axes with, per axis, the in-range
+spacing nearest to its own (CT linear, ROIs and the possible-dose mask by
+:func:`dosepred.resample.resample_mask`, which keeps small structures). :meth:`Placement.back` brings a
+dose predicted there back onto the patient's own grid (the inverse permutation, or linear resampling
+in patient coordinates), masked by the patient's possible-dose mask. A patient far from the training
+data gets a warning naming what differs (:meth:`ModelSpace.differences`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Geometry, unreorient
+from ..patient import Patient
+
+#: Relative slack on the spacing range: a spacing within 1 % of it is taken as inside (no resampling).
+SPACING_TOL = 0.01
+#: A spacing this many times coarser than the training maximum is "far off" (warned: detail is lost).
+COARSE_FACTOR = 1.5
+#: A field of view below ``FOV_FACTOR`` x the training minimum or above ``1 / FOV_FACTOR`` x the maximum
+#: is "much smaller / larger" (warned).
+FOV_FACTOR = 0.5
+
+_AXIS_NAME = {"L": "R->L", "R": "L->R", "P": "A->P", "A": "P->A", "S": "I->S", "I": "S->I"}
+_LPS = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
+
+def axes_direction(letters: str) -> np.ndarray:
+    """The direction matrix (columns = unit LPS vectors) of arrays whose axes run towards ``letters``."""
+    d = np.zeros((3, 3))
+    for j, c in enumerate(letters.upper()):
+        k, s = _LPS[c]
+        d[k, j] = s
+    return d
+
+
+def _t3(v: Sequence[float]) -> tuple[float, float, float]:
+    t = tuple(float(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"expected three values, got {list(v)}")
+    return t  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelSpace:
+    """Axis letters, spacing and field-of-view ranges (per model axis, mm) and mask presence of a
+    model's training data (see the module docstring)."""
+
+    axes: str = "PLI"
+    spacing_min: tuple[float, float, float] = (2.734, 2.734, 1.5)
+    spacing_max: tuple[float, float, float] = (5.078, 5.078, 3.3)
+    fov_min: tuple[float, float, float] = (349.952, 349.952, 192.0)
+    fov_max: tuple[float, float, float] = (649.984, 649.984, 422.4)
+    masked: bool = True
+    patients: int = 0
+    source: str = "recorded"
+    spacing_median: tuple[float, float, float] | None = (3.906, 3.906, 2.5)
+    shape_median: tuple[float, float, float] | None = (128.0, 128.0, 128.0)
+
+    def __post_init__(self) -> None:
+        axes = str(self.axes).upper()
+        axes_direction(axes)  # KeyError on a bad letter
+        if sorted(_LPS[c][0] for c in axes) != [0, 1, 2]:
+            raise ValueError(f"model axes {axes!r} must name three distinct anatomical axes")
+        object.__setattr__(self, "axes", axes)
+        for k in ("spacing_min", "spacing_max", "fov_min", "fov_max"):
+            object.__setattr__(self, k, _t3(getattr(self, k)))
+        if self.spacing_median is not None:
+            med = _t3(self.spacing_median)
+            med = tuple(min(max(m, lo), hi) for m, lo, hi in zip(med, self.spacing_min, self.spacing_max,
+                                                                   strict=True))
+            object.__setattr__(self, "spacing_median", med)
+        if self.shape_median is not None:
+            object.__setattr__(self, "shape_median", _t3(self.shape_median))
+        if any(not 0 < a <= b for a, b in zip(self.spacing_min, self.spacing_max, strict=True)):
+            raise ValueError(f"spacing range {self.spacing_min}-{self.spacing_max} is not 0 < min <= max")
+
+    @classmethod
+    def openkbp(cls) -> ModelSpace:
+        """The OpenKBP train split (169 patients, 128^3 arrays "PLI"; voxel sizes from their
+        voxel_dimensions.csv: 2.734-5.078 mm in-plane, 1.5-3.3 mm slices): the space of the released
+        models and of any model saved before the record existed."""
+        return cls(patients=169, source="OpenKBP train split (assumed for models without a record)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpace:
+        known = {"axes", "spacing_min", "spacing_max", "fov_min", "fov_max", "masked", "patients", "source",
+                 "spacing_median", "shape_median"}
+        d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("spacing_median", None)
+        d.setdefault("shape_median", None)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": self.axes, "spacing_min": list(self.spacing_min),
+                "spacing_max": list(self.spacing_max),
+                "fov_min": list(self.fov_min), "fov_max": list(self.fov_max), "masked": self.masked,
+                "patients": self.patients, "source": self.source,
+                "spacing_median": None if self.spacing_median is None else list(self.spacing_median),
+                "shape_median": None if self.shape_median is None else list(self.shape_median)}
+
+    @property
+    def direction(self) -> np.ndarray:
+        return axes_direction(self.axes)
+
+    @property
+    def lr_axis(self) -> int:
+        """The model's left-right array axis (for flips and ``--tta``)."""
+        return next(j for j, c in enumerate(self.axes) if c in "LR")
+
+    def axis_name(self, j: int) -> str:
+        return _AXIS_NAME[self.axes[j]]
+
+    def summary(self) -> str:
+        names = ", ".join(self.axis_name(j) for j in range(3))
+        sp = ", ".join(f"{a:.3g}-{b:.3g}" for a, b in zip(self.spacing_min, self.spacing_max, strict=True))
+        return f"axes {self.axes} ({names}), spacing {sp} mm, {'with' if self.masked else 'without'} " \
+               f"possible-dose masks"
+
+    def target_spacing(self, spacing: Sequence[float], fov: Sequence[float] | None = None,
+                       policy: str = "fov", tol: float = SPACING_TOL) -> tuple[float, float, float]:
+        """Per model axis: ``spacing`` itself when inside the range (with ``tol`` relative slack), else
+
+        - ``policy="fov"`` (default): the field of view ``fov`` (mm) spread over the training data's
+          median array size on that axis, clipped to the range: the patient is resampled the way the
+          training arrays were made (OpenKBP: the CT's field of view on 128 voxels in-plane);
+        - ``"median"``: the training data's median spacing on that axis;
+        - ``"nearest"``: the nearest end of the range (also the fallback when nothing is recorded)."""
+        if policy not in ("fov", "median", "nearest"):
+            raise ValueError(f"spacing policy must be 'fov', 'median' or 'nearest', got {policy!r}")
+        out = []
+        for j, (s, lo, hi) in enumerate(zip(spacing, self.spacing_min, self.spacing_max, strict=True)):
+            s = float(s)
+            if lo * (1 - tol) <= s <= hi * (1 + tol):
+                out.append(s)
+            elif policy == "fov" and fov is not None and self.shape_median is not None:
+                out.append(min(max(float(fov[j]) / self.shape_median[j], lo), hi))
+            elif policy in ("fov", "median") and self.spacing_median is not None:
+                out.append(self.spacing_median[j])
+            else:
+                out.append(min(max(s, lo), hi))
+        return tuple(out)  # type: ignore[return-value]
+
+    def differences(self, patient: Patient, spacing: Sequence[float], fov: Sequence[float]) -> list[str]:
+        """What makes ``patient`` (its ``spacing`` and field of view ``fov`` in mm, both in model axis
+        order) far from the training data; empty when nothing does."""
+        out = []
+        for j, (s, hi) in enumerate(zip(spacing, self.spacing_max, strict=True)):
+            if s > hi * COARSE_FACTOR:
+                out.append(f"spacing {s:.3g} mm along {self.axis_name(j)} is far coarser than the training "
+                           f"data's {self.spacing_min[j]:.3g}-{hi:.3g} mm (the CT holds less detail than "
+                           "the model learnt from)")
+        for j, (f, lo, hi) in enumerate(zip(fov, self.fov_min, self.fov_max, strict=True)):
+            if f < lo * FOV_FACTOR:
+                out.append(f"field of view {f:.0f} mm along {self.axis_name(j)} is much smaller than the "
+                           f"training data's {lo:.0f}-{hi:.0f} mm")
+            elif f > hi / FOV_FACTOR:
+                out.append(f"field of view {f:.0f} mm along {self.axis_name(j)} is much larger than the "
+                           f"training data's {lo:.0f}-{hi:.0f} mm")
+        if self.masked and bool(np.all(patient.possible_dose_mask)):
+            out.append("it has no possible-dose (body) mask, which every training patient had: dose is "
+                       "predicted everywhere, also outside the body")
+        return out
+
+
+class SpaceRecorder:
+    """Brings training patients into one orientation and records the :class:`ModelSpace`.
+
+    ``orientation``: axis letters (default ``"PLI"``, the OpenKBP arrays) or ``"first"`` (the first
+    patient's). Patients are permuted/flipped into it (:meth:`Patient.reoriented`), never resampled:
+    training arrays keep their voxels."""
+
+    def __init__(self, orientation: str = "PLI") -> None:
+        self.orientation = orientation
+        self.axes: str | None = None if orientation.lower() == "first" else ModelSpace(axes=orientation).axes
+        self.spacings: list[tuple[float, ...]] = []
+        self.fovs: list[tuple[float, ...]] = []
+        self.masked: list[bool] = []
+        self.oblique: list[str] = []
+
+    def add(self, p: Patient) -> Patient:
+        assert p.geometry is not None
+        if self.axes is None:
+            self.axes = p.geometry.axis_letters()
+        if not p.geometry.is_axis_aligned(1e-4):
+            self.oblique.append(p.id)
+        q = p.reoriented(self.axes)
+        self.spacings.append(tuple(q.spacing))
+        self.fovs.append(tuple(n * s for n, s in zip(q.shape, q.spacing, strict=True)))
+        self.masked.append(not bool(np.all(q.possible_dose_mask)))
+        return q
+
+    def space(self) -> ModelSpace:
+        if not self.spacings:
+            raise ValueError("no training patients to record the model space from")
+        if self.oblique:
+            warnings.warn(f"training patients {', '.join(self.oblique[:5])} have oblique grids: their arrays "
+                          f"were permuted to the nearest axes {self.axes}, not resampled", stacklevel=2)
+        sp, fov = np.array(self.spacings), np.array(self.fovs)
+        return ModelSpace(axes=self.axes or "PLI", spacing_min=tuple(sp.min(0)), spacing_max=tuple(sp.max(0)),
+                          fov_min=tuple(fov.min(0)), fov_max=tuple(fov.max(0)), masked=all(self.masked),
+                          patients=len(self.spacings), source="recorded",
+                          spacing_median=tuple(float(v) for v in np.median(sp, axis=0)),
+                          shape_median=tuple(float(v) for v in np.median(fov / sp, axis=0)))
+
+
+# ------------------------------------------------------------------------------------- placement
+
+@dataclass
+class Placement:
+    """A patient in a model's space (``patient``) and the way back to its own grid (:meth:`back`)."""
+
+    source: Patient
+    patient: Patient
+    kind: str  # "reoriented" (permutation/flip only; identity included) or "resampled"
+    perm: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    warnings: list[str] = field(default_factory=list)
+    # aligned grids are resampled in the source's own axes (a diagonal, separable map), then permuted:
+    # the grid of that intermediate (None for oblique grids, resampled straight into the model axes)
+    resampled_in_source_axes: Geometry | None = None
+
+    def back(self, dose: np.ndarray) -> np.ndarray:
+        """A dose on ``patient``'s grid -> float32 on the source patient's grid, in its possible-dose
+        mask (zero elsewhere)."""
+        src = self.source
+        if self.kind == "reoriented":
+            out = np.array(unreorient(dose, self.perm, self.flips), dtype=np.float32)
+            out *= src.possible_dose_mask
+            return out
+        from ..resample import box_of, resample, sub_grid
+
+        assert src.geometry is not None and self.patient.geometry is not None
+        dgeo = self.patient.geometry
+        dose = np.asarray(dose, np.float32)
+        if self.resampled_in_source_axes is not None:  # permute the (small) model-grid dose back first
+            dose = np.ascontiguousarray(unreorient(dose, self.perm, self.flips))
+            dgeo = self.resampled_in_source_axes
+        mask = src.possible_dose_mask
+        out = np.zeros(mask.shape, dtype=np.float32)
+        box = box_of(mask)
+        if box is not None:  # outside the mask the dose is zero: resample only its box
+            sub = resample(dose, dgeo, sub_grid(src.geometry, box), [b.stop - b.start for b in box], 1,
+                           mode="nearest")
+            np.maximum(sub, 0, out=sub)
+            sub *= mask[box]
+            out[box] = sub
+        return out
+
+
+def _grid_covering(g: Geometry, shape: Sequence[int], direction: np.ndarray, spacing: Sequence[float]
+                   ) -> tuple[Geometry, tuple[int, int, int]]:
+    """A grid along ``direction`` with ``spacing`` covering the voxel extent of ``(g, shape)`` (its
+    corners), centred on its centre."""
+    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5)
+                        for c in (-0.5, shape[2] - 0.5)])
+    pts = g.to_patient(corners) @ direction  # coordinates along the new axes
+    extent = pts.max(0) - pts.min(0)
+    sp = np.asarray(spacing, dtype=np.float64)
+    n = np.maximum(1, np.ceil(extent / sp - 1e-6)).astype(int)
+    centred = Geometry.centred(n, sp, direction)
+    dst = Geometry(centred.origin + g.centre(shape), direction, tuple(float(s) for s in sp))  # type: ignore[arg-type]
+    return dst, tuple(int(v) for v in n)  # type: ignore[return-value]
+
+
+def _bit_boxes(codes: np.ndarray, n_bits: int) -> list[tuple[slice, ...] | None]:
+    """The bounding box of every ROI bit, from three OR-reductions of the codes (one pass each)."""
+    t = codes.dtype.type
+    per_axis = [np.bitwise_or.reduce(codes, axis=tuple(a for a in range(3) if a != ax)) for ax in range(3)]
+    boxes: list[tuple[slice, ...] | None] = []
+    for k in range(n_bits):
+        sl = []
+        for ax in range(3):
+            nz = np.flatnonzero((per_axis[ax] >> t(k)) & t(1))
+            if not nz.size:
+                break
+            sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
+        boxes.append(tuple(sl) if len(sl) == 3 else None)
+    return boxes
+
+
+def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int = -1024) -> Patient:
+    """``p`` on grid ``dst`` (the fast path of :func:`dosepred.resample.resample_patient`, same values):
+    CT and dose linear; possible-dose mask and each ROI by ``resample_mask`` on its bounding box only."""
+    from ..resample import index_map, resample, resample_mask, sub_grid
+
+    assert p.geometry is not None
+    src = p.geometry
+    shape = tuple(int(s) for s in shape)
+    ct = resample(p.ct, src, dst, shape, 1, cval=ct_fill, dtype=np.int16)
+    dose = None if p.dose is None else np.maximum(resample(p.dose, src, dst, shape, 1), 0).astype(np.float32)
+    pdm = p.possible_dose_mask
+    pdm = np.ones(shape, bool) if bool(np.all(pdm)) else resample_mask(pdm, src, dst, shape)
+    a, _ = index_map(src, dst)
+    pad = int(math.ceil(float(np.abs(a).sum(axis=1).max()))) + 2
+    codes = np.zeros(shape, dtype=p.roi_set.dtype)
+    t = codes.dtype.type
+    missing = set(p.missing_rois)
+    for k, box in enumerate(_bit_boxes(p.roi_codes, len(p.roi_set))):
+        name = p.roi_set.names[k]
+        if box is None or name in missing:
+            missing.add(name)
+            continue
+        box = tuple(slice(max(0, b.start - pad), min(n, b.stop + pad))
+                    for b, n in zip(box, p.shape, strict=True))
+        sub = ((p.roi_codes[box] >> t(k)) & t(1)).astype(bool)
+        m = resample_mask(sub, sub_grid(src, box), dst, shape)
+        if m.any():
+            codes |= m.astype(codes.dtype) << t(k)
+        else:
+            missing.add(name)
+    return Patient(p.id, ct, codes, p.roi_set, dst.spacing, pdm, dose,
+                   tuple(n for n in p.roi_set.names if n in missing), dict(p.meta), dst)
+
+
+def into_space(p: Patient, space: ModelSpace, tol: float = SPACING_TOL, warn: bool = True,
+               spacing_policy: str = "fov") -> Placement:
+    """``p`` brought into ``space`` (see the module docstring); warns (``warn``) when it is far from
+    the training data. ``spacing_policy``: see :meth:`ModelSpace.target_spacing`."""
+    g = p.geometry
+    assert g is not None
+    perm, flips = g.permutation_to(space.axes)
+    spacing = tuple(g.spacing[j] for j in perm)
+    fov = tuple(p.shape[j] * g.spacing[j] for j in perm)
+    found = space.differences(p, spacing, fov)
+    if warn and found:
+        warnings.warn(f"patient {p.id} is far from the model's training data: " + "; ".join(found),
+                      stacklevel=2)
+    target = space.target_spacing(spacing, fov, spacing_policy, tol)
+    aligned = g.is_axis_aligned(1e-4)
+    if aligned and target == spacing:
+        return Placement(p, p.reoriented(space.axes), "reoriented", perm, flips, found)  # type: ignore[arg-type]
+    if aligned:  # resample in the source's own axes (diagonal map), then permute the small result
+        target_src = [0.0, 0.0, 0.0]
+        for i, j in enumerate(perm):
+            target_src[j] = target[i]
+        dst, shape = _grid_covering(g, p.shape, g.direction, target_src)
+        q = resample_into(p, dst, shape).reoriented(space.axes)
+        return Placement(p, q, "resampled", perm, flips, found,  # type: ignore[arg-type]
+                         resampled_in_source_axes=dst)
+    dst, shape = _grid_covering(g, p.shape, space.direction, target)
+    return Placement(p, resample_into(p, dst, shape), "resampled", perm, flips, found)  # type: ignore[arg-type]
