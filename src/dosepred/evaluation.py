@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -684,6 +685,9 @@ def _prediction_crop(prediction: str | os.PathLike, pred_cache: Any, pid: str, s
     return as_dose_array(read_prediction(f, shape), shape, pid), full
 
 
+_READ_AHEAD_THREAD = "dosepred-read-ahead"
+
+
 def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
     """Yield ``items`` while one worker thread already produces the next ``depth`` of them.
 
@@ -700,18 +704,25 @@ def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
     def produce() -> Any:
         return next(items, end)
 
+    pool = ThreadPoolExecutor(1, thread_name_prefix=_READ_AHEAD_THREAD)
+    pending: collections.deque = collections.deque()
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="dosepred-read-ahead") as pool:
-            pending = collections.deque(pool.submit(produce) for _ in range(depth))
-            while pending:
-                item = pending.popleft().result()
-                if item is end:
-                    return
-                pending.append(pool.submit(produce))
-                yield item
-    finally:  # the worker is idle here (the pool has been shut down): close the producer
+        pending.extend(pool.submit(produce) for _ in range(depth))
+        while pending:
+            item = pending.popleft().result()
+            if item is end:
+                return
+            pending.append(pool.submit(produce))
+            yield item
+    finally:
+        # An abandoned generator may be finalised by the garbage collector inside the worker itself
+        # (while it runs ``next(items)``): then neither join the worker nor close the producer.
+        in_worker = threading.current_thread().name.startswith(_READ_AHEAD_THREAD)
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=not in_worker)
         close = getattr(items, "close", None)
-        if close is not None:
+        if close is not None and not in_worker:  # the worker is idle now: close the producer
             close()
 
 
