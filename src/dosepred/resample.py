@@ -29,10 +29,14 @@ def resample(arr: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
              cval: float = 0.0, dtype: type | np.dtype | None = None) -> np.ndarray:
     """``arr`` (on grid ``src``) sampled at the voxel centres of grid ``dst`` of ``shape``.
 
-    ``order`` 1 is trilinear, 0 nearest; points outside ``arr`` get ``cval``."""
+    ``order`` 1 is trilinear, 0 nearest; points outside ``arr`` get ``cval``. Entries of the index
+    map within 1e-6 of an integer are snapped to it, so grids whose voxel centres coincide (a crop, a
+    DICOM grid written as decimal strings) copy values exactly and keep their edge voxels."""
     from scipy.ndimage import affine_transform
 
     a, b = index_map(src, dst)
+    a = np.where(np.abs(a - np.rint(a)) < 1e-9, np.rint(a), a)
+    b = np.where(np.abs(b - np.rint(b)) < 1e-6, np.rint(b), b)
     work = arr.astype(np.float32) if arr.dtype.kind in "biu" and order > 0 else arr
     out = affine_transform(work, a, offset=b, output_shape=tuple(int(s) for s in shape), order=order,
                            mode="constant", cval=cval, prefilter=False)
