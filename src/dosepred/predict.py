@@ -133,8 +133,10 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
 
 
 def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
-                     fmt: str = "openkbp") -> Path:
-    """Write one predicted dose; returns the path written."""
+                     fmt: str = "openkbp", *, dose_spacing: float | None = None,
+                     model_name: str | None = None) -> Path:
+    """Write one predicted dose; returns the path written. ``dose_spacing`` (mm) and ``model_name``
+    apply to ``fmt="dicom"`` (RTDOSE grid, SeriesDescription; see :func:`dosepred.io.dicom.write_rtdose`)."""
     out = Path(out)
     if fmt == "openkbp":
         from .io.openkbp import write_dose_csv
@@ -160,7 +162,7 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
                              "lacks; use --format openkbp") from None
         d = out / patient.id
         d.mkdir(parents=True, exist_ok=True)
-        res = write_rtdose(patient, dose, d)
+        res = write_rtdose(patient, dose, d, dose_spacing=dose_spacing, model_name=model_name)
         return Path(res) if res is not None else d
     raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
@@ -175,10 +177,11 @@ def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
                progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
-               tta: bool = False) -> int:
-    """Predict every patient of ``src`` (a cache or OpenKBP folder) and write them to ``out``.
+               tta: bool = False, dose_spacing: float | None = None) -> int:
+    """Predict every patient of ``src`` (a cache, OpenKBP, NIfTI or DICOM folder) and write them to ``out``.
 
-    ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`).
+    ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`). ``dose_spacing``:
+    RTDOSE grid spacing in mm for ``fmt="dicom"``.
 
     ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
     (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
@@ -212,7 +215,8 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                 on_patient(p, Path(out) / f"{p.id}.npz")
         return len(done)
     for p in it:
-        path = write_prediction(p, predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta), out, fmt)
+        path = write_prediction(p, predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta), out, fmt,
+                                dose_spacing=dose_spacing, model_name=Path(model_path).name)
         n += 1
         if on_patient is not None:
             on_patient(p, path)
