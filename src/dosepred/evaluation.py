@@ -441,20 +441,22 @@ def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarr
 
 def _fast_reference(src: str | os.PathLike) -> bool:
     """A cache or an OpenKBP folder: the sources evaluation reads itself, cropped and sparse."""
-    from .io import cache, openkbp
+    from .io import cache
+    from .io.source import source_kind
 
-    return cache.is_cache(src) or openkbp.is_openkbp_folder(src)
+    return cache.is_cache(src) or source_kind(src) == "openkbp"
 
 
 def reference_ids(src: str | os.PathLike) -> list[str]:
     """Patient ids of a reference source (cache, OpenKBP, NIfTI or DICOM folder), without loading
     arrays."""
     from .io import cache, openkbp
-    from .io.source import open_source
+    from .io.source import open_source, source_kind
 
     if cache.is_cache(src):
         return cache.Cache.open(src).ids
-    if openkbp.is_openkbp_folder(src):
+    kind = source_kind(src)
+    if kind == "openkbp" or (kind is None and openkbp.is_openkbp_folder(src)):
         return [f.name for f in openkbp.patient_folders(src)]
     return open_source(src).ids
 

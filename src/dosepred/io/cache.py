@@ -560,9 +560,13 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     """Patients from a cache or an OpenKBP folder (read here, fast), or a NIfTI or DICOM folder (through
     :func:`dosepred.io.source.open_source`)."""
     from . import openkbp
+    from .source import open_source, source_kind
 
     if is_cache(src):
         yield from Cache.open(src).patients(ids)
+        return
+    if source_kind(src) in ("nifti", "dicom"):
+        yield from open_source(src).patients(ids, require_dose=require_dose)
         return
     if openkbp.is_openkbp_folder(src):
         folders = openkbp.patient_folders(src)
@@ -571,11 +575,6 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
             folders = [f for f in folders if f.name in want]
         for f in folders:
             yield openkbp.read_patient(f, require_dose=require_dose)
-        return
-    from .source import open_source, source_kind
-
-    if source_kind(src) in ("nifti", "dicom"):
-        yield from open_source(src).patients(ids, require_dose=require_dose)
         return
     raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), a "
                      "NIfTI folder (ct.nii.gz) nor a DICOM folder")

@@ -724,12 +724,17 @@ def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence
                  ) -> tuple[np.ndarray, np.ndarray]:
     """``dose`` (on ``src``) on the voxel centres of ``dst``: trilinear in patient coordinates
     (:func:`dosepred.resample.resample`), 0 Gy outside ``src``. Returns ``(dose, inside)`` with
-    ``inside`` the voxels of ``dst`` that ``src`` covers."""
+    ``inside`` the voxels of ``dst`` that ``src`` covers, up to 1e-3 voxel beyond its outer voxel
+    centres (grids written as decimal strings coincide only to that precision)."""
     from ..resample import resample
 
-    d = np.maximum(resample(np.asarray(dose, dtype=np.float32), src, dst, shape, order=1, cval=0.0), 0)
-    inside = resample(np.ones(dose.shape, dtype=np.uint8), src, dst, shape, order=0, cval=0).astype(bool)
-    return d.astype(np.float32), inside
+    pad_origin = src.to_patient([-1.0, -1.0, -1.0])
+    padded = Geometry(pad_origin, src.direction, src.spacing)
+    d = resample(np.pad(np.asarray(dose, dtype=np.float32), 1, mode="edge"), padded, dst, shape, order=1)
+    cover = resample(np.pad(np.ones(dose.shape, dtype=np.float32), 1), padded, dst, shape, order=1)
+    inside = cover > 0.999
+    d[~inside] = 0
+    return np.maximum(d, 0).astype(np.float32), inside
 
 
 def _dose_for(path: Path, ds_header: Any, geom: Geometry, shape: tuple[int, int, int],
@@ -1049,6 +1054,7 @@ def _new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: st
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.Manufacturer = "dosepred"
+    ds.OperatorsName = ""
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.FrameOfReferenceUID = u.frame

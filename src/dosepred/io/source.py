@@ -84,13 +84,16 @@ def source_kind(path: str | os.PathLike) -> str | None:
         return None
     if p.is_dir() and cache.is_cache(p):
         return "cache"
-    if p.is_dir() and openkbp.is_openkbp_folder(p):
+    if p.is_dir() and ((p / "ct.csv").is_file() or any(
+            c.is_dir() and c.name.startswith("pt_") and any(c.glob("*.csv")) for c in p.iterdir())):
         return "openkbp"
     if p.is_dir() and (nifti.is_patient_folder(p)
                        or any(c.is_dir() and nifti.is_patient_folder(c) for c in p.iterdir())):
         return "nifti"
     if dicom.is_dicom_folder(p):
         return "dicom"
+    if p.is_dir() and openkbp.is_openkbp_folder(p):  # pt_* folders without CSV: the reader says what lacks
+        return "openkbp"
     return None
 
 
