@@ -430,7 +430,7 @@ def plan_prescriptions(ds: Any, where: str = "RTPLAN") -> tuple[dict[int, float]
         rx = float(_numbers(dr, "TargetPrescriptionDose", item, 1)[0])
         if not 0 < rx <= 200:
             raise DicomImportError(f"{where}: DoseReferenceSequence item {k + 1}: TargetPrescriptionDose "
-                                   f"{rx} Gy is not a prescription (expected 0 < dose <= 200 Gy)")
+                                   f"{rx:g} Gy is not a prescription (expected 0 < dose <= 200 Gy)")
         if getattr(dr, "ReferencedROINumber", None) not in (None, ""):
             n = int(dr.ReferencedROINumber)
             by_roi[n] = max(by_roi.get(n, 0.0), rx)
