@@ -138,3 +138,37 @@ def test_cli(tmp_path):
     res = runner.invoke(app, ["data", "export-nifti", str(tmp_path / "c"), "--out", str(tmp_path / "n"),
                               "--roi-format", "onehot"])
     assert res.exit_code == 2 and "labels or codes" in res.output
+
+
+def test_any_orientation_from_the_affine_and_on_to_dicom(tmp_path):
+    """A NIfTI written by another tool with a permuted, flipped and slightly rotated affine: the
+    geometry is the affine's (RAS -> LPS), voxels land at the same patient points after DICOM export
+    and re-import."""
+    from dosepred.geometry import Geometry
+
+    p = make_patient()
+    a = np.deg2rad(3.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    cols = rot @ np.array([[0, 0, -1.0], [1.0, 0, 0], [0, -1.0, 0]])  # RAS directions of the array axes
+    aff = np.eye(4)
+    aff[:3, :3] = cols * np.array(p.spacing)
+    aff[:3, 3] = (12.5, -40.0, 7.25)
+    folder = tmp_path / "case"
+    (folder / "rois").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(p.mask("PTV70").astype(np.uint8), aff), folder / "rois" / "PTV_70.nii.gz")
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    want = Geometry.from_ras_affine(nib.load(folder / "ct.nii.gz").affine)
+    assert q.geometry.same_as(want, tol_mm=1e-4, tol_dir=1e-6)
+    # a voxel's patient point, by hand: RAS = affine @ index, LPS = (-R, -A, S)
+    idx = np.array([3.0, 20.0, 9.0])
+    ras = aff[:3, :3] @ idx + aff[:3, 3]
+    np.testing.assert_allclose(q.geometry.to_patient(idx), ras * [-1, -1, 1], atol=1e-3)
+    # to DICOM and back: the PTV centroid stays where it is in patient coordinates
+    (r,) = dicom.read_dicom_folder(dicom.write_dicom(q, tmp_path / "dcm"))
+
+    def centroid(x):
+        return x.geometry.to_patient(np.argwhere(x.mask("PTV70")).astype(float)).mean(axis=0)
+
+    np.testing.assert_allclose(centroid(r), centroid(q), atol=1e-6)
+    assert r.geometry.axis_letters()[0] in "SI"  # written as axial slices
