@@ -126,31 +126,31 @@ def data_export_openkbp(
 @friendly
 def data_inspect(src: Annotated[Path, typer.Argument(
         help="Any source: a cache, an OpenKBP, NIfTI or DICOM folder.")]) -> None:
-    """Print each patient's grid (shape, spacing, axes in patient coordinates, origin), ROIs and dose."""
+    """Print the patients, their ROIs and dose, and each grid in patient coordinates (axes, origin,
+    spacing; LPS mm)."""
     import warnings
 
     from rich.table import Table
 
     from .io.source import open_source
 
+    geometry_lines = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         s = open_source(src)
         rs = s.roi_set
-        size = f", {s._handle.nbytes() / 1e6:.1f} MB" if s.kind == "cache" else ""
-        t = Table(title=f"{src} ({s.kind}): {len(s)} patients, {len(rs)} ROIs{size}")
-        for col in ("patient", "shape", "spacing (mm)", "axes (patient LPS)", "origin (mm, LPS)", "ROIs",
-                    "missing", "dose"):
-            t.add_column(col)
-        if s.kind == "cache":
-            t.add_column("MB", justify="right")
         c = s._handle if s.kind == "cache" else None
+        size = f", {c.nbytes() / 1e6:.1f} MB" if c is not None else ""
+        t = Table(title=f"{src} ({s.kind}): {len(s)} patients, {len(rs)} ROIs{size}")
+        t.add_column("patient", no_wrap=True)
+        for col in ("shape", "spacing (mm)", "ROIs", "missing", "dose"):
+            t.add_column(col)
+        if c is not None:
+            t.add_column("MB", justify="right")
         for p in (c.load(pid, rs, with_ct=False) for pid in c.ids) if c is not None else s.patients():
             g = p.geometry
             assert g is not None
             row = [p.id, "x".join(map(str, p.shape)), " x ".join(f"{v:.4g}" for v in p.spacing),
-                   g.describe() + (" (assumed)" if p.meta.get("geometry") == "assumed" else ""),
-                   "(" + ", ".join(f"{v:.2f}" for v in g.origin) + ")",
                    f"{len(rs) - len(p.missing_rois)}/{len(rs)}", ", ".join(p.missing_rois) or "-",
                    "yes" if p.dose is not None else "no"]
             if c is not None:
@@ -158,12 +158,20 @@ def data_inspect(src: Annotated[Path, typer.Argument(
                 row[-1] = "yes" if e.get("has_dose") else "no"
                 row.append(f"{(c.root / e['file']).stat().st_size / 1e6:.2f}")
             t.add_row(*row)
+            assumed = " (assumed)" if p.meta.get("geometry") == "assumed" else ""
+            geometry_lines.append(
+                f"  {p.id}: axes {g.describe()}{assumed}; "
+                f"origin ({', '.join(f'{v:.3f}' for v in g.origin)}) mm; spacing "
+                f"({', '.join(f'{v:.6g}' for v in g.spacing)}) mm")
     _print_warnings(caught)
     con = console()
     con.print(t)
     con.print("ROI set (bit: name kind Rx): " + "; ".join(
         f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}"
         for k, r in enumerate(rs)))
+    con.print("geometry (patient coordinates, LPS mm):")
+    for line in geometry_lines:
+        con.print(line)
 
 
 def _print_warnings(caught) -> None:

@@ -120,9 +120,8 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
     if kind == "dicom":
         f = dicom.scan_dicom_folder(p, roi_map)
         return Source(p, kind, f.roi_set, f.ids, f)
-    raise SourceError(f"{p} is not a patient source dosepred reads: expected a dosepred cache "
-                      "(dataset.json), an OpenKBP folder (pt_*/ct.csv), a NIfTI folder (ct.nii.gz) or a "
-                      "DICOM folder (CT series + RTSTRUCT)")
+    raise SourceError(f"{p} is not a dosepred cache (dataset.json), an OpenKBP folder (pt_*/ct.csv), a "
+                      "NIfTI folder (ct.nii.gz) nor a DICOM folder (CT series + RTSTRUCT)")
 
 
 def iter_patients(path: str | os.PathLike, ids: Sequence[str] | None = None,
