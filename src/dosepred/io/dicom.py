@@ -776,6 +776,7 @@ def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
         meta["rtstruct_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
         meta["rtstruct_file"] = str(path.resolve())
         meta["roi_names"] = {k: v for k, v in s.original_names.items()}
+        meta["roi_numbers"] = {k: list(v) for k, v in s.roi_sources.items() if k != _names.BODY}
         if s.prescriptions:
             meta["prescriptions_from"] = dict(s.prescriptions)
         for name, numbers in s.roi_sources.items():
@@ -1099,6 +1100,9 @@ def _write_ct(p: Patient, folder: Path, plane: _Plane, u: _Uids) -> list[str]:
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.Laterality = ""
+        ds.KVP = ""
+        ds.AcquisitionNumber = ""
         _image_plane(ds, plane, p.shape, p)
         pos = plane.slice_position(k)
         ds.ImagePositionPatient = [_ds(v) for v in pos]
@@ -1242,8 +1246,52 @@ def dose_scaling(dose: np.ndarray) -> float:
     return float(_ds(dmax / 4.0e9))
 
 
+DVH_BIN_GY = 0.1
+
+
+def _dvh_sequence(p: Patient, dose: np.ndarray, numbers: dict[str, list[int]]) -> list[Any]:
+    """RT DVH items (cumulative, Gy, cm3, 0.1 Gy bins) of each present ROI with known ROINumbers in
+    the referenced RTSTRUCT, from ``dose`` on the patient's grid."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as Seq
+
+    items = []
+    vv = p.voxel_volume_cc
+    for name in p.present_rois:
+        nums = numbers.get(name)
+        if not nums:
+            continue
+        d = np.asarray(dose, dtype=np.float64)[p.mask(name)]
+        if d.size == 0:
+            continue
+        nb = int(np.floor(float(d.max()) / DVH_BIN_GY)) + 1
+        hist = np.bincount(np.minimum((d / DVH_BIN_GY).astype(np.int64), nb - 1), minlength=nb)
+        cum = hist[::-1].cumsum()[::-1] * vv  # volume receiving at least each bin's lower edge
+        item = Dataset()
+        refs = []
+        for n in nums:
+            r = Dataset()
+            r.ReferencedROINumber = int(n)
+            r.DVHROIContributionType = "INCLUDED"
+            refs.append(r)
+        item.DVHReferencedROISequence = Seq(refs)
+        item.DVHType = "CUMULATIVE"
+        item.DoseUnits = "GY"
+        item.DoseType = "PHYSICAL"
+        item.DVHDoseScaling = "1"
+        item.DVHVolumeUnits = "CM3"
+        item.DVHNumberOfBins = nb
+        item.DVHData = [v for c in cum for v in (_ds(DVH_BIN_GY), _ds(float(c)))]
+        item.DVHMinimumDose = _ds(float(d.min()))
+        item.DVHMaximumDose = _ds(float(d.max()))
+        item.DVHMeanDose = _ds(float(d.mean()))
+        items.append(item)
+    return items
+
+
 def _write_dose_file(p: Patient, dose: np.ndarray, g: Geometry, path: Path, u: _Uids, plane_iop: list[str],
-                     rs_uid: str | None, plan_uid: str | None = None, description: str = "") -> Path:
+                     rs_uid: str | None, plan_uid: str | None = None, description: str = "",
+                     dvhs: list[Any] | None = None) -> Path:
     """An RTDOSE of ``dose`` (Gy) on grid ``g`` (DICOM-ready axes, frames along axis 0)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as Seq
@@ -1281,11 +1329,12 @@ def _write_dose_file(p: Patient, dose: np.ndarray, g: Geometry, path: Path, u: _
         r.ReferencedSOPClassUID = RTPLAN_STORAGE
         r.ReferencedSOPInstanceUID = plan_uid
         ds.ReferencedRTPlanSequence = Seq([r])
-    if rs_uid:
+    if rs_uid and dvhs:  # the RT DVH module: the structure set and the DVHs of its ROIs
         r = Dataset()
         r.ReferencedSOPClassUID = RTSTRUCT_STORAGE
         r.ReferencedSOPInstanceUID = rs_uid
         ds.ReferencedStructureSetSequence = Seq([r])
+        ds.DVHSequence = Seq(dvhs)
     ds.PixelData = stored.tobytes()
     _save(ds, path)
     return path
@@ -1354,11 +1403,21 @@ def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
     plane = _Plane.of(q)
     arr, g = dose_grid(q, q.dose, dose_spacing)
     g = Geometry(g.origin, plane.geometry.direction, g.spacing)  # the plane's exact direction
-    rs_uid = patient.meta.get("rtstruct_uid") or u.rs
+    if patient.meta.get("rtstruct_uid"):  # the source's structure set and its ROI numbers
+        rs_uid = str(patient.meta["rtstruct_uid"])
+        numbers = {k: [int(n) for n in v] for k, v in (patient.meta.get("roi_numbers") or {}).items()}
+    else:  # the structure set write_dicom writes for this patient
+        rs_uid, numbers = u.rs, _export_roi_numbers(q)
     plan_uid = patient.meta.get("rtplan_uid")
     desc = f"dosepred predicted dose (model {model_name or 'unnamed'})"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _write_dose_file(q, arr, g, path, u, plane.iop, rs_uid, plan_uid, desc)
+    return _write_dose_file(q, arr, g, path, u, plane.iop, rs_uid, plan_uid, desc,
+                            _dvh_sequence(q, q.dose, numbers))
+
+
+def _export_roi_numbers(p: Patient) -> dict[str, list[int]]:
+    """ROINumbers of the RTSTRUCT :func:`write_dicom` writes: bit k -> k + 1."""
+    return {r.name: [k + 1] for k, r in enumerate(p.roi_set) if r.name not in p.missing_rois}
 
 
 def write_dicom(patient: Patient, out_dir: str | os.PathLike, dose: np.ndarray | None = None, *,
@@ -1381,6 +1440,7 @@ def write_dicom(patient: Patient, out_dir: str | os.PathLike, dose: np.ndarray |
         _write_rtstruct(q, folder, plane, u, ct_uids)
         if q.dose is not None:
             g = Geometry(plane.origin, plane.geometry.direction, plane.geometry.spacing)
+            dvhs = _dvh_sequence(q, q.dose, _export_roi_numbers(q))
             _write_dose_file(q, q.dose, g, folder / "RD.dcm", u, plane.iop, u.rs,
-                             description="dosepred export")
+                             description="dosepred export", dvhs=dvhs)
     return final
