@@ -461,3 +461,49 @@ def test_inspect_any_source(tmp_path):
     assert "nifti" in res.output and "pt_a" in res.output
     res = _cli(["data", "inspect", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae"
+
+
+@needs_sample
+@pytest.mark.skipif(not (MODEL / "model.pt").is_file(), reason="released model not available")
+def test_predict_dicom_in_rtdose_out_and_evaluate(tmp_path):
+    """`predict --data DICOM --format dicom --dose-spacing 4` writes an RTDOSE in the source's frame of
+    reference, referencing its RTSTRUCT, named after the model; `evaluate` reads it back."""
+    src = tmp_path / "dcm"
+    dicom.write_dicom(openkbp.read_patient(SAMPLE / "pt_66"), src)
+    res = _cli(["predict", "--model", str(MODEL), "--data", str(src), "--out", str(tmp_path / "pred"),
+                "--format", "dicom", "--dose-spacing", "4", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    (path,) = sorted((tmp_path / "pred").rglob("*.dcm"))
+    rd = pydicom.dcmread(path)
+    rs = pydicom.dcmread(src / "pt_66" / "RS.dcm")
+    assert rd.FrameOfReferenceUID == rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+    assert rd.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == rs.SOPInstanceUID
+    assert "openkbp-mae" in rd.SeriesDescription and rd.PatientID == "pt_66"
+    assert [float(v) for v in rd.PixelSpacing] == [4.0, 4.0] and path.stat().st_size < 5e6
+    res = _cli(["evaluate", "--reference", str(src), "--prediction", str(tmp_path / "pred"),
+                "--json", str(tmp_path / "e.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    js = json.loads((tmp_path / "e.json").read_text())
+    assert js["patients"] == ["pt_66"] and 0 < js["dose_score"] < 20
+
+
+def test_evaluate_against_a_nifti_reference(tmp_path):
+    import json
+
+    proto = tmp_path / "proto.json"
+    proto.write_text(json.dumps(PROTOCOL))
+    (q,) = quiet_read(dicom.write_dicom(make_patient(), tmp_path / "dcm"))
+    nifti.write_patient(q, tmp_path / "nii")
+    dicom.write_rtdose(q, q.dose * 0.95, tmp_path / "pred", dose_spacing=q.spacing)
+    res = _cli(["evaluate", "--reference", str(tmp_path / "nii"), "--prediction", str(tmp_path / "pred"),
+                "--protocol", str(proto), "--json", str(tmp_path / "e.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    js = json.loads((tmp_path / "e.json").read_text())
+    body = q.possible_dose_mask
+    want = float(np.abs(q.dose * 0.05)[body].mean())  # OpenKBP dose score: mean |diff| in the mask
+    assert js["dose_score"] == pytest.approx(want, rel=1e-3)
