@@ -20,8 +20,18 @@ from dosepred.io import cache, dicom, nifti, openkbp
 from dosepred.patient import Patient, Roi, RoiSet
 from test_dicom import make_patient
 
-SAMPLE = Path("/work/shared/data/openkbp/sample/train-pats")
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="OpenKBP sample patients not available")
+SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp" / "sample" / "train-pats"
+
+
+@pytest.fixture
+def sample(request) -> Path:
+    """The OpenKBP sample train patients: conftest's ``sample_dir`` where it exists, else ../shared."""
+    try:
+        return request.getfixturevalue("sample_dir")
+    except pytest.FixtureLookupError:
+        if SHARED_SAMPLE.is_dir():
+            return SHARED_SAMPLE
+        pytest.skip("OpenKBP sample patients not available")
 
 # ImageOrientationPatient of each layout, written out by hand from the DICOM definition (row
 # direction = where the column index grows, column direction = where the row index grows)
@@ -91,9 +101,8 @@ def test_slices_reversed_numbering(tmp_path):
 
 # ------------------------------------------------------------------------- OpenKBP anatomy
 
-@needs_sample
-def test_openkbp_export_is_axial_and_anatomically_placed(tmp_path):
-    p = openkbp.read_patient(SAMPLE / "pt_66")
+def test_openkbp_export_is_axial_and_anatomically_placed(tmp_path, sample):
+    p = openkbp.read_patient(sample / "pt_66")
     assert p.geometry.axis_letters() == "PLI"  # OpenKBP arrays: head-feet is array axis 2
     folder = dicom.write_dicom(p, tmp_path)
     cts = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(folder.glob("CT.*.dcm"))]
@@ -120,11 +129,10 @@ def test_openkbp_export_is_axial_and_anatomically_placed(tmp_path):
     assert rd.FrameOfReferenceUID == cts[0].FrameOfReferenceUID
 
 
-@needs_sample
-def test_round_trip_openkbp_cache_dicom_nifti_exact(tmp_path):
+def test_round_trip_openkbp_cache_dicom_nifti_exact(tmp_path, sample):
     """OpenKBP -> cache -> DICOM -> cache -> NIfTI -> cache -> OpenKBP gives the source files back
     byte for byte."""
-    src = SAMPLE / "pt_196"
+    src = sample / "pt_196"
     c1 = cache.write_cache([openkbp.read_patient(src)], tmp_path / "c1")
     d = dicom.write_dicom(next(iter(c1)), tmp_path / "dcm")
     (q,) = dicom.read_dicom_folder(d)
@@ -428,15 +436,14 @@ def test_evaluate_rtdose_predictions_against_dicom_and_cache_references(tmp_path
     assert 0 < json.loads((tmp_path / "e3.json").read_text())["dose_score"] < 1.0
 
 
-@needs_sample
-def test_evaluate_rtdose_predictions_of_openkbp_patients(tmp_path):
+def test_evaluate_rtdose_predictions_of_openkbp_patients(tmp_path, sample):
     """What `predict --format dicom` writes for an OpenKBP folder is found (PatientID) and placed
     back on the OpenKBP grid exactly."""
     from dosepred.predict import write_prediction
 
     ref = tmp_path / "ref"
     ref.mkdir()
-    shutil.copytree(SAMPLE / "pt_196", ref / "pt_196")
+    shutil.copytree(sample / "pt_196", ref / "pt_196")
     p = openkbp.read_patient(ref / "pt_196")
     write_prediction(p, p.dose, tmp_path / "pred", "dicom", model_name="m")
     res = _cli(["evaluate", "--reference", str(ref), "--prediction", str(tmp_path / "pred"),
@@ -466,13 +473,12 @@ def test_inspect_any_source(tmp_path):
 MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae"
 
 
-@needs_sample
 @pytest.mark.skipif(not (MODEL / "model.pt").is_file(), reason="released model not available")
-def test_predict_dicom_in_rtdose_out_and_evaluate(tmp_path):
+def test_predict_dicom_in_rtdose_out_and_evaluate(tmp_path, sample):
     """`predict --data DICOM --format dicom --dose-spacing 4` writes an RTDOSE in the source's frame of
     reference, referencing its RTSTRUCT, named after the model; `evaluate` reads it back."""
     src = tmp_path / "dcm"
-    dicom.write_dicom(openkbp.read_patient(SAMPLE / "pt_66"), src)
+    dicom.write_dicom(openkbp.read_patient(sample / "pt_66"), src)
     res = _cli(["predict", "--model", str(MODEL), "--data", str(src), "--out", str(tmp_path / "pred"),
                 "--format", "dicom", "--dose-spacing", "4", "--device", "cpu", "--no-progress"])
     assert res.exit_code == 0, res.output

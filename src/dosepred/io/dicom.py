@@ -737,12 +737,10 @@ def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence
     return np.maximum(d, 0).astype(np.float32), inside
 
 
-def _dose_for(path: Path, ds_header: Any, geom: Geometry, shape: tuple[int, int, int],
-              body: np.ndarray) -> np.ndarray:
+def _dose_for(path: Path, geom: Geometry, shape: tuple[int, int, int], body: np.ndarray) -> np.ndarray:
     import pydicom
 
     dose, g = rtdose_grid(pydicom.dcmread(path), path)
-    del ds_header
     out, inside = dose_on_grid(dose, g, geom, shape)
     outside_body = int((body & ~inside).sum())
     if outside_body:
@@ -803,7 +801,7 @@ def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
     dose = None
     if s.dose is not None:
         dpath, dds, how = s.dose
-        dose = _dose_for(dpath, dds, geom, ct.shape, body)  # type: ignore[arg-type]
+        dose = _dose_for(dpath, geom, ct.shape, body)  # type: ignore[arg-type]
         meta["rtdose_file"] = str(dpath.resolve())
         meta["rtdose_uid"] = str(getattr(dds, "SOPInstanceUID", ""))
         meta["rtdose_matched_by"] = how
