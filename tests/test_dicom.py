@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from dosepred import metrics
+from dosepred.geometry import Geometry
 from dosepred.io import dicom
 from dosepred.io.roi_names import RoiMap, canonical, union_roi_set
 from dosepred.patient import Patient, Roi, RoiSet
@@ -34,8 +35,11 @@ def make_patient(pid: str = "pt_a", spacing=(2.5, 2.0, 2.0), shift: float = 0.0)
     ring = (np.hypot(y - c, x - c - 3) < 11) & ~ptv & (np.abs(z - c) < 8)
     rs = RoiSet((Roi("LeftParotid", "oar"), Roi("PTV70", "target", 70.0), Roi("Ring", "other")))
     dose = 72 * np.exp(-((z - c) ** 2 + (y - c) ** 2 + (x - c - 3) ** 2) / (2 * 9.0 ** 2)) * body
+    # axial head-first-supine arrays (slice, row, column): axis 0 to the head, 1 posterior, 2 left
+    origin = (-(N - 1) * spacing[2] / 2, -(N - 1) * spacing[1] / 2, 0.0)
+    geom = Geometry.from_dicom(origin, (1, 0, 0, 0, 1, 0), spacing)
     return Patient.from_masks(pid, ct, {"LeftParotid": par, "PTV70": ptv, "Ring": ring}, rs, spacing,
-                              body, dose.astype(np.float32), meta={"study_date": "20240131"})
+                              body, dose.astype(np.float32), meta={"study_date": "20240131"}, geometry=geom)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,7 +78,7 @@ def test_round_trip_exact(exported):
     assert q.meta["possible_dose_mask"].startswith("body contour")
     assert q.meta["study_date"] == "20240131"
     assert q.meta["orientation"] == [1.0, 0, 0, 0, 1.0, 0]
-    assert q.meta["axis_order"] == "slice,row,column"
+    assert q.geometry.same_as(p.geometry) and q.geometry.describe() == "I->S, A->P, R->L"
     # export of the re-imported patient keeps geometry and UIDs of study / frame of reference
     folder2 = dicom.write_dicom(q, folder.parent / "again")
     a = pydicom.dcmread(folder / "CT.0005.dcm")
@@ -132,13 +136,20 @@ def test_dicompyler_core_agrees(exported):
 def test_write_rtdose_lines_up_with_export(exported, tmp_path):
     p, folder = exported
     pred = (p.dose * 0.9).astype(np.float32)
-    path = dicom.write_rtdose(p, pred, tmp_path / "pred")
+    path = dicom.write_rtdose(p, pred, tmp_path / "pred", dose_spacing=p.spacing)
     assert path == tmp_path / "pred" / "RD.pt_a.dcm"
     rd = pydicom.dcmread(path)
     ct = pydicom.dcmread(folder / "CT.0001.dcm")
     assert rd.FrameOfReferenceUID == ct.FrameOfReferenceUID
-    assert list(rd.ImagePositionPatient) == list(ct.ImagePositionPatient)
-    np.testing.assert_allclose(rd.pixel_array * float(rd.DoseGridScaling), pred, atol=1e-6)
+    assert list(rd.ImageOrientationPatient) == list(ct.ImageOrientationPatient)
+    # the dose grid is the CT grid cropped to the body (+1 voxel): its first voxel is a CT voxel
+    start = np.rint(p.geometry.to_index([float(v) for v in rd.ImagePositionPatient])).astype(int)
+    np.testing.assert_allclose(p.geometry.to_patient(start), [float(v) for v in rd.ImagePositionPatient],
+                               atol=1e-6)
+    nf, nr, nc = rd.pixel_array.shape
+    box = tuple(slice(s, s + n) for s, n in zip(start, (nf, nr, nc), strict=True))
+    np.testing.assert_allclose(rd.pixel_array * float(rd.DoseGridScaling), pred[box], atol=1e-6)
+    assert pred[box].sum() == pytest.approx(pred.sum())
     assert dicom.write_rtdose(p, pred, tmp_path / "x.dcm") == tmp_path / "x.dcm"
 
 
@@ -197,8 +208,8 @@ def test_unknown_names_kept():
     m = RoiMap.empty()
     assert m.resolve("Couch", "SUPPORT").kind == "other"
     assert m.resolve("Cochlea_Lx", "ORGAN").kind == "oar"
-    c = m.resolve("PTV_high", "PTV")
-    assert (c.name, c.kind, c.prescription, c.matched) == ("PTV_high", "other", None, False)
+    c = m.resolve("PTV_high", "PTV")  # a target by its RTROIInterpretedType, no prescription known
+    assert (c.name, c.kind, c.prescription, c.matched) == ("PTV_high", "target", None, False)
 
 
 def _rename_rois(rs_path: Path, names: dict[str, str]) -> None:
@@ -254,6 +265,11 @@ def test_no_body_contour_uses_ct_threshold(exported):
 def test_missing_slice_names_series(exported):
     _, folder = exported
     (folder / "CT.0010.dcm").unlink()
+    with pytest.raises(dicom.DicomImportError, match=r"RS.dcm references 32 images of CT series .*, but 1 "
+                       r"of them are not under"):
+        dicom.read_dicom_folder(folder)
+    (folder / "RS.dcm").unlink()
+    (folder / "RD.dcm").unlink()
     with pytest.raises(dicom.DicomImportError,
                        match=r"CT series .* 1 slice\(s\) missing between CT.0009.dcm"):
         dicom.read_dicom_folder(folder)

@@ -44,7 +44,9 @@ def test_round_trip_exact(tmp_path, fmt):
     assert_same(p, q)
     assert q.meta["study_date"] == "20240131"
     img = nib.load(folder / "ct.nii.gz")
-    np.testing.assert_allclose(np.abs(np.diag(img.affine))[:3], (3.9, 1.17, 1.17), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(img.affine[:3, :3], axis=0), (3.9, 1.17, 1.17), rtol=1e-6)
+    np.testing.assert_allclose(img.affine, p.geometry.ras_affine, atol=1e-4)
+    assert q.geometry == p.geometry
 
 
 def test_affine_of_dicom_patient(tmp_path):
@@ -53,15 +55,14 @@ def test_affine_of_dicom_patient(tmp_path):
     (q,) = dicom.read_dicom_folder(dicom.write_dicom(p, tmp_path / "dcm"))
     folder = nifti.write_patient(q, tmp_path / "nii")
     aff = nib.load(folder / "ct.nii.gz").affine
-    g = dicom.Geometry.of_patient(q)
+    g = q.geometry
     for idx in ([0, 0, 0], [3, 5, 7], [31, 2, 30]):
         lps = g.to_patient(np.array(idx, dtype=float))
         ras = aff @ np.array([*idx, 1.0])
         np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
     (r,) = nifti.read_nifti_folder(tmp_path / "nii")
     assert_same(q, r)
-    g2 = dicom.Geometry.of_patient(r)  # the DICOM geometry is kept in meta and from the affine
-    np.testing.assert_allclose(g2.origin, g.origin, atol=1e-4)
+    assert r.geometry == q.geometry  # exact: the sidecar's full-precision geometry agrees with the header
 
 
 def test_dose_files(tmp_path):
@@ -137,3 +138,37 @@ def test_cli(tmp_path):
     res = runner.invoke(app, ["data", "export-nifti", str(tmp_path / "c"), "--out", str(tmp_path / "n"),
                               "--roi-format", "onehot"])
     assert res.exit_code == 2 and "labels or codes" in res.output
+
+
+def test_any_orientation_from_the_affine_and_on_to_dicom(tmp_path):
+    """A NIfTI written by another tool with a permuted, flipped and slightly rotated affine: the
+    geometry is the affine's (RAS -> LPS), voxels land at the same patient points after DICOM export
+    and re-import."""
+    from dosepred.geometry import Geometry
+
+    p = make_patient()
+    a = np.deg2rad(3.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    cols = rot @ np.array([[0, 0, -1.0], [1.0, 0, 0], [0, -1.0, 0]])  # RAS directions of the array axes
+    aff = np.eye(4)
+    aff[:3, :3] = cols * np.array(p.spacing)
+    aff[:3, 3] = (12.5, -40.0, 7.25)
+    folder = tmp_path / "case"
+    (folder / "rois").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(p.mask("PTV70").astype(np.uint8), aff), folder / "rois" / "PTV_70.nii.gz")
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    want = Geometry.from_ras_affine(nib.load(folder / "ct.nii.gz").affine)
+    assert q.geometry.same_as(want, tol_mm=1e-4, tol_dir=1e-6)
+    # a voxel's patient point, by hand: RAS = affine @ index, LPS = (-R, -A, S)
+    idx = np.array([3.0, 20.0, 9.0])
+    ras = aff[:3, :3] @ idx + aff[:3, 3]
+    np.testing.assert_allclose(q.geometry.to_patient(idx), ras * [-1, -1, 1], atol=1e-3)
+    # to DICOM and back: the PTV centroid stays where it is in patient coordinates
+    (r,) = dicom.read_dicom_folder(dicom.write_dicom(q, tmp_path / "dcm"))
+
+    def centroid(x):
+        return x.geometry.to_patient(np.argwhere(x.mask("PTV70")).astype(float)).mean(axis=0)
+
+    np.testing.assert_allclose(centroid(r), centroid(q), atol=1e-6)
+    assert r.geometry.axis_letters()[0] in "SI"  # written as axial slices

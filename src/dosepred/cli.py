@@ -230,33 +230,50 @@ def data_export_openkbp(
 
 @data_app.command("inspect")
 @friendly
-def data_inspect(cache_dir: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
-    """Print a table of the cache's patients, ROIs present and sizes."""
+def data_inspect(src: Annotated[Path, typer.Argument(
+        help="Any source: a cache, an OpenKBP, NIfTI or DICOM folder.")]) -> None:
+    """Print the patients, their ROIs and dose, and each grid in patient coordinates (axes, origin,
+    spacing; LPS mm)."""
     from rich.table import Table
 
-    from .io import cache
+    from .io.source import open_source
 
-    c = cache.Cache.open(cache_dir)
-    rs = c.roi_set
-    t = Table(title=f"{cache_dir}: {len(c)} patients, {len(rs)} ROIs, {c.nbytes() / 1e6:.1f} MB")
-    t.add_column("patient")
-    t.add_column("shape")
-    t.add_column("spacing (mm)")
-    t.add_column("ROIs")
-    t.add_column("missing")
-    t.add_column("dose")
-    t.add_column("MB", justify="right")
-    for e in c.info["patients"]:
-        miss = e.get("missing_rois", [])
-        t.add_row(e["id"], "x".join(map(str, e["shape"])), " x ".join(f"{s:.3g}" for s in e["spacing"]),
-                  f"{len(rs) - len(miss)}/{len(rs)}", ", ".join(miss) or "-",
-                  "yes" if e.get("has_dose") else "no",
-                  f"{(c.root / e['file']).stat().st_size / 1e6:.2f}")
+    geometry_lines = []
+    with _show_warnings():
+        s = open_source(src)
+        rs = s.roi_set
+        c = s.cache
+        size = f", {c.nbytes() / 1e6:.1f} MB" if c is not None else ""
+        t = Table(title=f"{src} ({s.kind}): {len(s)} patients, {len(rs)} ROIs{size}")
+        t.add_column("patient", no_wrap=True)
+        for col in ("shape", "spacing (mm)", "ROIs", "missing", "dose"):
+            t.add_column(col)
+        if c is not None:
+            t.add_column("MB", justify="right")
+        for p in (c.load(pid, rs, with_ct=False) for pid in c.ids) if c is not None else s.patients():
+            g = p.geometry
+            assert g is not None
+            row = [p.id, "x".join(map(str, p.shape)), " x ".join(f"{v:.4g}" for v in p.spacing),
+                   f"{len(rs) - len(p.missing_rois)}/{len(rs)}", ", ".join(p.missing_rois) or "-",
+                   "yes" if p.dose is not None else "no"]
+            if c is not None:
+                e = c.entry(p.id)
+                row[-1] = "yes" if e.get("has_dose") else "no"
+                row.append(f"{(c.root / e['file']).stat().st_size / 1e6:.2f}")
+            t.add_row(*row)
+            assumed = " (assumed)" if p.meta.get("geometry") == "assumed" else ""
+            geometry_lines.append(
+                f"  {p.id}: axes {g.describe()}{assumed}; "
+                f"origin ({', '.join(f'{v:.3f}' for v in g.origin)}) mm; spacing "
+                f"({', '.join(f'{v:.6g}' for v in g.spacing)}) mm")
     con = console()
     con.print(t)
     con.print("ROI set (bit: name kind Rx): " + "; ".join(
         f"{k}: {r.name} {r.kind}{f' {r.prescription:g} Gy' if r.prescription else ''}"
         for k, r in enumerate(rs)))
+    con.print("geometry (patient coordinates, LPS mm):")
+    for line in geometry_lines:
+        con.print(line)
 
 
 @data_app.command("import-dicom")
@@ -449,7 +466,8 @@ def data_split(
 @app.command("baseline")
 @friendly
 def baseline_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Cache or OpenKBP folder of pt_* patients.")],
+    data: Annotated[Path, typer.Option("--data", help="Cache, OpenKBP folder of pt_* patients, NIfTI or "
+                                       "DICOM folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the OpenKBP pt_N.csv predictions.")],
     falloff: Annotated[float, typer.Option(help="Fall-off length in mm outside each target.")] = 15.0,
     overwrite: Overwrite = False,
@@ -481,11 +499,14 @@ def _fmt_num(x: float, nd: int = 3) -> str:
 @app.command("evaluate")
 @friendly
 def evaluate_cmd(
-    reference: Annotated[Path, typer.Option("--reference", help="Reference plans: a cache or an OpenKBP "
-                                            "folder of pt_* patients (with dose).")],
+    reference: Annotated[Path, typer.Option("--reference", help="Reference plans (with dose): a cache, an "
+                                            "OpenKBP folder of pt_* patients, a NIfTI or a DICOM folder.")],
     prediction: Annotated[Path, typer.Option("--prediction", help="Folder of predicted doses (OpenKBP "
-                                             "pt_N.csv per patient) or a cache holding doses "
-                                             "(`dosepred predict --format cache`, the fastest to read).")],
+                                             "pt_N.csv or NIfTI per patient, or RTDOSE files matched to the "
+                                             "references by the RTSTRUCT/RTPLAN they reference, "
+                                             "FrameOfReference or PatientID and resampled onto their "
+                                             "grids) or a cache holding doses (`dosepred predict --format "
+                                             "cache`, the fastest to read).")],
     protocol: Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol "
                                           "JSON file.")] = "openkbp",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
@@ -905,7 +926,8 @@ def train_cmd(
 @friendly
 def predict_cmd(
     model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder or checkpoint.")],
-    data: Annotated[Path, typer.Option("--data", help="Cache or OpenKBP folder of pt_* patients.")],
+    data: Annotated[Path, typer.Option("--data", help="Cache, OpenKBP folder of pt_* patients, NIfTI or "
+                                       "DICOM folder.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     fmt: Annotated[str, typer.Option("--format", help="openkbp (pt_N.csv) | nifti | dicom | cache (a "
                                      "dosepred cache of the patients with the predicted dose: fastest to "
@@ -918,6 +940,9 @@ def predict_cmd(
     allow_missing_rois: Annotated[bool, typer.Option(
         "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
         "a warning naming them).")] = False,
+    dose_spacing: Annotated[float | None, typer.Option(
+        "--dose-spacing", min=0.1, help="--format dicom: RTDOSE grid spacing in mm (default: the CT's, "
+        "at least 2.5 mm per axis).")] = None,
     overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
@@ -936,7 +961,7 @@ def predict_cmd(
         ids = load_split(f, name)
     with _show_warnings(), output_dir(out, overwrite, [model, data]) as tmp:
         n = predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, tta=tta,
-                       allow_missing_rois=allow_missing_rois)
+                       allow_missing_rois=allow_missing_rois, dose_spacing=dose_spacing)
     console().print(f"wrote {n} predicted doses ({fmt}) to {out}")
 
 

@@ -34,9 +34,11 @@ singleton batch/channel axes are dropped).
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -474,15 +476,50 @@ def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarr
     raise ValueError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
 
 
+def _fast_reference(src: str | os.PathLike) -> bool:
+    """A cache or an OpenKBP folder: the sources evaluation reads itself, cropped and sparse."""
+    from .io import cache
+    from .io.source import source_kind
+
+    return cache.is_cache(src) or source_kind(src) == "openkbp"
+
+
 def reference_ids(src: str | os.PathLike) -> list[str]:
-    """Patient ids of a reference source (cache or OpenKBP folder), without loading arrays."""
+    """Patient ids of a reference source (cache, OpenKBP, NIfTI or DICOM folder), without loading
+    arrays."""
     from .io import cache, openkbp
+    from .io.source import open_source, source_kind
 
     if cache.is_cache(src):
         return cache.Cache.open(src).ids
-    if openkbp.is_openkbp_folder(src):
+    kind = source_kind(src)
+    if kind == "openkbp" or (kind is None and openkbp.is_openkbp_folder(src)):
         return [f.name for f in openkbp.patient_folders(src)]
-    raise ValueError(f"{src} is neither a dosepred cache (dataset.json) nor an OpenKBP folder (pt_*)")
+    return open_source(src).ids
+
+
+@functools.lru_cache(maxsize=8)
+def _rtdose_matches(reference: str, prediction: str, stamp: int = 0) -> dict[str, Path]:
+    """Reference id -> predicted RTDOSE file of a prediction folder holding RTDOSE files (what
+    ``predict --format dicom`` writes): matched by the RTSTRUCT/RTPLAN they reference, else
+    FrameOfReference, else PatientID (:func:`dosepred.io.dicom.match_rtdose`)."""
+    from .io import dicom
+    from .io.source import open_source
+
+    doses = dicom.scan_rtdoses(prediction)
+    if not doses:
+        return {}
+    heads = open_source(reference).headers()
+    out: dict[str, Path] = {}
+    for pid, meta in heads.items():
+        f = dicom.match_rtdose(pid, meta, doses)
+        if f is not None:
+            out[pid] = f
+    return out
+
+
+def _has_dicom(folder: Path) -> bool:
+    return any(f.suffix.lower() == ".dcm" for f in folder.rglob("*.dcm"))
 
 
 def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLike
@@ -501,6 +538,9 @@ def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLik
         have = set(cache.Cache.open(pred).ids)
         return [(i, None) for i in ids if i in have], [i for i in ids if i not in have]
     found = [(i, find_prediction(pred, i)) for i in ids]
+    if any(f is None for _, f in found) and _has_dicom(pred):
+        rd = _rtdose_matches(str(reference), str(prediction), pred.stat().st_mtime_ns)
+        found = [(i, f if f is not None else rd.get(i)) for i, f in found]
     return [(i, f) for i, f in found if f is not None], [i for i, f in found if f is None]
 
 
@@ -515,7 +555,7 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
     from .io import cache
     from .io.cache import load_patients
 
-    if with_ct:
+    if with_ct or not _fast_reference(src):
         yield from load_patients(src, ids=ids)
         return
     if cache.is_cache(src):
@@ -812,6 +852,11 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
 
     crop = (not with_ct) if crop is None else crop
     pred_cache = cache.Cache.open(prediction) if cache.is_cache(prediction) else None
+    rtdoses: dict[str, Path] = {}
+    if pred_cache is None and Path(prediction).is_dir() and _has_dicom(Path(prediction)):
+        rtdoses = _rtdose_matches(str(reference), str(prediction), Path(prediction).stat().st_mtime_ns)
+    if rtdoses or not _fast_reference(reference):  # placed by geometry: whole grids, no crop
+        crop = False
     if crop and compact and pred_cache is not None and cache.is_cache(reference):
         ref_cache = cache.Cache.open(reference)
         rs = ref_cache.roi_set
@@ -833,9 +878,12 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
                     raise ValueError(f"patient {ref.id}: the prediction cache {prediction} holds no dose")
                 ref.meta["prediction_file"] = str(pred_cache.root / pred_cache.entry(ref.id)["file"])
             else:
-                f = find_prediction(prediction, ref.id)
+                f = find_prediction(prediction, ref.id) or rtdoses.get(ref.id)
                 assert f is not None
-                d = read_prediction(f, ref.shape)
+                if f.suffix.lower() == ".dcm":
+                    d = _read_rtdose_on(f, ref)
+                else:
+                    d = read_prediction(f, ref.shape)
                 ref.meta["prediction_file"] = str(f)
             yield ref, as_dose_array(d, ref.shape, ref.id)
         return
@@ -847,6 +895,22 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
         ref.meta["prediction_file"] = _prediction_file(prediction, pred_cache, pid)
         pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(_bshape(box), np.float32)
         yield ref, pred
+
+
+def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
+    """A predicted RTDOSE resampled onto the reference patient's grid in patient coordinates."""
+    from .io import dicom
+
+    dose, g = dicom.read_rtdose(path)
+    assert ref.geometry is not None
+    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
+    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
+    uncovered = int((mask & ~inside).sum())
+    if uncovered:
+        frac = 100.0 * uncovered / max(int(mask.sum()), 1)
+        warnings.warn(f"patient {ref.id}: the predicted RTDOSE {path} does not cover {uncovered} voxels "
+                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=2)
+    return out
 
 
 def _reference_crops(src: str | os.PathLike, ids: list[str] | None) -> Iterable[tuple[str, tuple[int, ...],

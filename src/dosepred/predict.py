@@ -199,8 +199,10 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
 
 
 def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
-                     fmt: str = "openkbp") -> Path:
-    """Write one predicted dose; returns the path written."""
+                     fmt: str = "openkbp", *, dose_spacing: float | None = None,
+                     model_name: str | None = None) -> Path:
+    """Write one predicted dose; returns the path written. ``dose_spacing`` (mm) and ``model_name``
+    apply to ``fmt="dicom"`` (RTDOSE grid, SeriesDescription; see :func:`dosepred.io.dicom.write_rtdose`)."""
     out = Path(out)
     if fmt == "openkbp":
         from .io.openkbp import write_dose_csv
@@ -209,24 +211,18 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
         write_dose_csv(path, dose, patient.possible_dose_mask)
         return path
     if fmt == "nifti":
-        try:
-            from .io.nifti import write_dose
-        except ImportError:
-            raise ValueError("--format nifti needs dosepred.io.nifti.write_dose, which this version "
-                             "lacks; use --format openkbp") from None
+        from .io.nifti import write_dose
+
         path = out / f"{patient.id}.nii.gz"
         out.mkdir(parents=True, exist_ok=True)
         write_dose(patient, dose, path)
         return path
     if fmt == "dicom":
-        try:
-            from .io.dicom import write_rtdose
-        except ImportError:
-            raise ValueError("--format dicom needs dosepred.io.dicom.write_rtdose, which this version "
-                             "lacks; use --format openkbp") from None
+        from .io.dicom import write_rtdose
+
         d = out / patient.id
         d.mkdir(parents=True, exist_ok=True)
-        res = write_rtdose(patient, dose, d)
+        res = write_rtdose(patient, dose, d, dose_spacing=dose_spacing, model_name=model_name)
         return Path(res) if res is not None else d
     raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
@@ -242,12 +238,13 @@ def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
                progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
-               tta: bool = False, allow_missing_rois: bool = False) -> int:
-    """Predict every patient of ``src`` (a cache or OpenKBP folder) and write them to ``out``.
+               tta: bool = False, allow_missing_rois: bool = False, dose_spacing: float | None = None) -> int:
+    """Predict every patient of ``src`` (a cache, OpenKBP, NIfTI or DICOM folder) and write them to ``out``.
 
     ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`).
     ``allow_missing_rois``: predict patients lacking some of the model's ROIs (:func:`match_rois`);
-    without it such a patient is the same error for every ``fmt``.
+    without it such a patient is the same error for every ``fmt``. ``dose_spacing``: RTDOSE grid
+    spacing in mm for ``fmt="dicom"``.
 
     ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
     (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
@@ -289,7 +286,8 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                 on_patient(p, Path(out) / f"{p.id}.npz")
         return len(done)
     for p in it:
-        path = write_prediction(p, predict(p), out, fmt)
+        path = write_prediction(p, predict(p), out, fmt, dose_spacing=dose_spacing,
+                                model_name=Path(model_path).name)
         n += 1
         if on_patient is not None:
             on_patient(p, path)

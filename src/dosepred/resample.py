@@ -76,8 +76,12 @@ def resample(arr: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
     """``arr`` (on grid ``src``) sampled at the voxel centres of grid ``dst`` of ``shape``.
 
     ``order`` 1 is trilinear, 0 nearest; points outside ``arr`` get ``cval`` (``mode="constant"``) or
-    the nearest edge value (``mode="nearest"``)."""
+    the nearest edge value (``mode="nearest"``). Entries of the index map within 1e-6 of an integer
+    are snapped to it, so grids whose voxel centres coincide (a crop, a DICOM grid written as decimal
+    strings) copy values exactly and keep their edge voxels."""
     a, b = index_map(src, dst)
+    a = np.where(np.abs(a - np.rint(a)) < 1e-9, np.rint(a), a)
+    b = np.where(np.abs(b - np.rint(b)) < 1e-6, np.rint(b), b)
     work = arr.astype(np.float32) if arr.dtype.kind in "biu" and order > 0 else arr
     out = _affine(work, a, b, shape, order, mode, cval)
     if dtype is not None:

@@ -553,11 +553,16 @@ def is_cache(path: str | os.PathLike) -> bool:
 
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
                   require_dose: bool = True) -> Iterator[Patient]:
-    """Patients from a cache or an OpenKBP folder (the two sources every command accepts)."""
+    """Patients from a cache or an OpenKBP folder (read here, fast), or a NIfTI or DICOM folder (through
+    :func:`dosepred.io.source.open_source`)."""
     from . import openkbp
+    from .source import open_source, source_kind
 
     if is_cache(src):
         yield from Cache.open(src).patients(ids)
+        return
+    if source_kind(src) in ("nifti", "dicom"):
+        yield from open_source(src).patients(ids, require_dose=require_dose)
         return
     if openkbp.is_openkbp_folder(src):
         folders = openkbp.patient_folders(src)
@@ -567,4 +572,5 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
         for f in folders:
             yield openkbp.read_patient(f, require_dose=require_dose)
         return
-    raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}) nor an OpenKBP folder (pt_*)")
+    raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), a "
+                     "NIfTI folder (ct.nii.gz) nor a DICOM folder")

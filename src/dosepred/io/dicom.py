@@ -1,26 +1,64 @@
-"""Read and write DICOM RT: CT image series, RTSTRUCT and RTDOSE <-> :class:`Patient`.
+"""Read and write DICOM RT: CT image series, RTSTRUCT, RTPLAN (prescriptions) and RTDOSE <-> :class:`Patient`.
 
-Conventions
+Coordinates
 -----------
-- Array order is ``(slice, row, column)``: axis 0 runs along the slice normal
-  ``n = row_dir x col_dir`` (ascending), axis 1 along the image rows (``ImageOrientationPatient``
-  second triple), axis 2 along the columns (first triple). ``spacing`` is
-  ``(slice spacing from the positions, PixelSpacing[0] (row spacing), PixelSpacing[1] (column
-  spacing))`` in mm.
-- ``meta["origin"]`` is the ImagePositionPatient of the first slice and ``meta["orientation"]`` the
-  ImageOrientationPatient (patient LPS coordinates, mm); export writes the same geometry back.
-  Patients from other sources (OpenKBP, synthetic) are written as if their axis 0 were the slices,
-  with an axial head-first-supine orientation centred in x/y.
-- CT is HU (RescaleSlope/Intercept applied, rounded to int16). Dose is Gy, resampled trilinearly
-  onto the CT grid; CT voxels outside the dose grid get 0 Gy (with a warning when the body is not
-  covered).
+Everything is placed by :class:`dosepred.geometry.Geometry` (DICOM patient coordinates, LPS mm).
+
+- **Import**: the array is ``(slice, row, column)``; axis 0 runs along the slice normal
+  ``n = row_dir x col_dir`` (slices sorted ascending along it), axis 1 along the column direction
+  (second ImageOrientationPatient triple: the direction in which the row index grows), axis 2 along
+  the row direction (first triple). ``Patient.geometry`` is
+  ``Geometry.from_dicom(ImagePositionPatient of the first slice, ImageOrientationPatient, (slice gap,
+  PixelSpacing[0], PixelSpacing[1]))``. ``meta["origin"]``/``meta["orientation"]`` keep the numbers
+  as the files hold them (provenance; export writes them back verbatim while the geometry still
+  matches them, so DICOM -> cache -> DICOM gives the same ImagePositionPatient/Orientation strings).
+- **Export layout** (:func:`export_layout`): DICOM images are planes stacked along their normal,
+  so a grid is written as it is when its axis 0 equals ``axis 2 x axis 1`` (what any DICOM series
+  reads as) and it either came from DICOM or its axis 0 runs head-feet. Any other grid, e.g. an
+  OpenKBP patient ("PLI": axis 2 runs head-feet), is first reoriented, by permutation and flips only
+  (no interpolation), to the axial head-first-supine layout **"SPL"**: ImageOrientationPatient
+  ``(1,0,0, 0,1,0)``, slices ascending towards the head, rows towards posterior, columns towards the
+  patient's left. Sheared grids (non-perpendicular axes) cannot be written as DICOM images.
+- CT is HU (RescaleSlope/Intercept applied, rounded to int16).
+- **RTDOSE in**: read on its own grid (ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
+  GridFrameOffsetVector) and resampled trilinearly in patient coordinates onto the CT grid with
+  :func:`dosepred.resample.resample` (exact where the grids coincide); CT voxels outside the dose
+  grid get 0 Gy (with a warning when the body is not covered).
+- **RTDOSE out** (:func:`write_rtdose`): the written layout's axes, cropped to the box of the
+  possible-dose mask and the non-zero dose (plus one voxel), at ``dose_spacing`` or by default at
+  ``max(CT spacing, 2.5 mm)`` per axis (a 512x512 CT at 0.98 mm gets a 2.5 mm dose grid: a few MB,
+  not 100 MB). ``write_dicom`` writes the patient's own dose on the full CT grid (lossless export).
+  Stored as 32-bit integers with the coarsest decimal DoseGridScaling (1e-3 ... 1e-6 Gy) that
+  reproduces every float32 value exactly, else ``Dmax / 4e9``.
+
+ROIs and prescriptions
+----------------------
 - RTSTRUCT contours are rasterised on each CT slice by pixel-centre inclusion with even-odd (XOR)
   filling, so holes and several contours per slice work. Export draws the contours on the 0.5
   iso-line of each mask (marching squares, vertices at half-voxel positions); re-importing them
   reproduces the masks exactly because no edge passes through a voxel centre.
-- ROI names go through :mod:`dosepred.io.roi_names` (user map, then aliases). The body/external
-  contour becomes the possible-dose mask (else CT > -500 HU; ``meta["possible_dose_mask"]`` says
-  which); on export the possible-dose mask is written back as an EXTERNAL ROI named ``External``.
+- Kinds come from what the files say: ROI names go through :mod:`dosepred.io.roi_names` (user map,
+  then aliases); an unrecognised name takes its kind from RTROIInterpretedType (PTV/CTV/GTV ->
+  target, ORGAN/AVOIDANCE -> oar, EXTERNAL -> the body); prescriptions come from the user map, else
+  the RTPLAN's DoseReferenceSequence (TargetPrescriptionDose of a TARGET dose reference with a
+  ReferencedROINumber; one SITE-level prescription goes to the only target without one), else the
+  name ("PTV70"). A plan that disagrees with the name wins, with a warning.
+- The body/external contour becomes the possible-dose mask (else CT > -500 HU;
+  ``meta["possible_dose_mask"]`` says which); on export the possible-dose mask is written back as an
+  EXTERNAL ROI named ``External``.
+
+Matching and validation (see docs/formats.md)
+---------------------------------------------
+An RTSTRUCT joins the CT series it references (else the one with its FrameOfReference); an RTPLAN
+the RTSTRUCT it references; an RTDOSE the RTPLAN or RTSTRUCT it references, and only when it
+references none present, the one CT series with its FrameOfReference. Rejected with a
+:class:`DicomImportError` naming the file and field: frames of reference that disagree across
+CT/RTSTRUCT/RTPLAN/RTDOSE, degenerate ImageOrientationPatient, missing or irregular slices, an
+RTSTRUCT referencing CT images that are absent, ContourData that is not a list of (x, y, z) triples
+or disagrees with NumberOfContourPoints, an RTDOSE without DoseGridScaling or with a
+GridFrameOffsetVector that does not match its frames. Contours of fewer than 3 points enclose no
+area: they are ignored with a warning naming the ROI and the count (the mask is the same as if they
+were rasterised).
 
 This module converts; it does not evaluate, train or decide which ROIs a protocol needs.
 """
@@ -38,15 +76,21 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+RTPLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 STUDY_COMPONENT = "1.2.840.10008.3.1.2.3.1"  # conventional SOP class of RTReferencedStudySequence
 BODY_HU = -500.0  # possible-dose mask from CT when there is no body contour
 EXTERNAL_NAME = "External"
+#: Axes of the export layout for grids that are not already DICOM slices (axial head-first supine).
+EXPORT_AXES = "SPL"
+#: Default finest dose-grid spacing (mm) of :func:`write_rtdose`.
+DOSE_SPACING = 2.5
 
 # Tolerances in mm: positions within POS_TOL are the same; slice gaps may deviate by SPACING_REL.
 POS_TOL = 1e-3
@@ -65,76 +109,86 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, DicomWarning, stacklevel=3)
 
 
-# ========================================================================================= geometry
+# ========================================================================================= fields
 
-@dataclass(frozen=True)
-class Geometry:
-    """Voxel grid in patient coordinates: index ``(k, r, c)`` -> ``origin + k*dz*n + r*dr*cy + c*dc*rx``
-    with ``rx`` the row direction (first IOP triple), ``cy`` the column direction, ``n = rx x cy``."""
-
-    origin: np.ndarray  # (3,) mm, ImagePositionPatient of slice 0
-    row_dir: np.ndarray  # (3,) direction of increasing column index
-    col_dir: np.ndarray  # (3,) direction of increasing row index
-    spacing: tuple[float, float, float]  # (dz, dr, dc)
-
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.row_dir, self.col_dir)
-
-    @property
-    def orientation(self) -> list[float]:
-        return [float(v) for v in (*self.row_dir, *self.col_dir)]
-
-    def axes(self) -> np.ndarray:
-        """3x3 matrix whose columns are the mm steps of index axes (k, r, c)."""
-        dz, dr, dc = self.spacing
-        return np.stack([self.normal * dz, self.col_dir * dr, self.row_dir * dc], axis=1)
-
-    def to_patient(self, idx: np.ndarray) -> np.ndarray:
-        return self.origin + np.asarray(idx, dtype=np.float64) @ self.axes().T
-
-    def to_index(self, pts: np.ndarray) -> np.ndarray:
-        return (np.asarray(pts, dtype=np.float64) - self.origin) @ np.linalg.inv(self.axes()).T
-
-    def slice_position(self, k: int) -> np.ndarray:
-        return self.origin + k * self.spacing[0] * self.normal
-
-    @classmethod
-    def of_patient(cls, p: Patient) -> Geometry:
-        """Geometry from ``meta`` (DICOM origin/orientation, or a NIfTI affine), else axial HFS centred
-        in x/y with the first slice at z = 0."""
-        m = p.meta
-        if "origin" in m and "orientation" in m:
-            o = np.asarray(m["orientation"], dtype=np.float64)
-            return cls(np.asarray(m["origin"], dtype=np.float64), o[:3], o[3:], p.spacing)
-        if "affine" in m:
-            g = _geometry_from_affine(np.asarray(m["affine"], dtype=np.float64), p.spacing)
-            if g is not None:
-                return g
-        _, nr, nc = p.shape
-        _, dr, dc = p.spacing
-        origin = np.array([-(nc - 1) * dc / 2.0, -(nr - 1) * dr / 2.0, 0.0])
-        return cls(origin, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), p.spacing)
+def _numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.ndarray:
+    """Field ``key`` of ``ds`` as finite floats (``n`` of them when given), or an error naming
+    ``where`` (the file) and the field."""
+    if key not in ds:
+        raise DicomImportError(f"{where} lacks {key}")
+    val = ds[key].value
+    if val is None or val == "":
+        raise DicomImportError(f"{where}: {key} is empty")
+    items = list(val) if hasattr(val, "__len__") and not isinstance(val, (str, bytes)) else [val]
+    try:
+        arr = np.asarray([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DicomImportError(f"{where}: {key} holds non-numbers: {items!r}") from None
+    if n is not None and arr.size != n:
+        raise DicomImportError(f"{where}: {key} must hold {n} numbers, got {arr.size}: {arr.tolist()}")
+    if not np.all(np.isfinite(arr)):
+        raise DicomImportError(f"{where}: {key} holds NaN/inf: {arr.tolist()}")
+    return arr
 
 
-def _geometry_from_affine(aff: np.ndarray, spacing: Sequence[float]) -> Geometry | None:
-    """NIfTI (RAS) affine of a (k, r, c) array -> Geometry, when axis 0 runs along +row x col."""
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
-    cols = lps[:3, :3] / np.asarray(spacing, dtype=np.float64)
-    cols = np.round(cols, 6) + 0.0  # NIfTI stores float32: drop its noise (and -0.0)
-    n, cy, rx = cols[:, 0], cols[:, 1], cols[:, 2]
-    if not np.allclose(np.cross(rx, cy), n, atol=1e-4):
-        return None
-    origin = np.array([float(str(np.float32(v))) for v in lps[:3, 3]])
-    return Geometry(origin, rx, cy, tuple(float(s) for s in spacing))  # type: ignore[arg-type]
+def _orientation(ds: Any, where: str) -> np.ndarray:
+    """A checked ImageOrientationPatient: two perpendicular unit vectors."""
+    iop = _numbers(ds, "ImageOrientationPatient", where, 6)
+    try:
+        Geometry.from_dicom(np.zeros(3), iop, (1.0, 1.0, 1.0))
+    except GeometryError as e:
+        raise DicomImportError(f"{where}: degenerate ImageOrientationPatient {iop.tolist()}: {e}") from None
+    return iop
 
 
-def affine_of(g: Geometry) -> np.ndarray:
-    """NIfTI RAS affine of the (k, r, c) array of a Geometry."""
-    a = np.eye(4)
-    a[:3, :3] = g.axes()
-    a[:3, 3] = g.origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ a
+def _pixel_spacing(ds: Any, where: str) -> np.ndarray:
+    ps = _numbers(ds, "PixelSpacing", where, 2)
+    if not np.all(ps > 0):
+        raise DicomImportError(f"{where}: PixelSpacing must be positive, got {ps.tolist()}")
+    return ps
+
+
+def _round_mm(v: float) -> float:
+    """A length computed from decimal strings, without its float noise (12 significant digits)."""
+    return float(_ds(v))
+
+
+# ========================================================================================= layout
+
+def _dicom_ready(g: Geometry, tol: float = 1e-5) -> bool:
+    """True when the grid's axes are perpendicular and axis 0 = axis 2 x axis 1: a stack of DICOM
+    images (rows along axis 2, columns along axis 1) whose normal is axis 0."""
+    d = g.direction
+    return bool(np.allclose(d.T @ d, np.eye(3), atol=tol)
+                and np.allclose(np.cross(d[:, 2], d[:, 1]), d[:, 0], atol=tol))
+
+
+def export_layout(p: Patient, keep_layout: bool | None = None) -> Patient:
+    """The patient in the array layout DICOM export writes (see the module docstring).
+
+    ``keep_layout`` None (default): keep a DICOM-ready grid that came from DICOM or whose axis 0 runs
+    head-feet, else reorient to :data:`EXPORT_AXES`; True: keep the layout (an error when it is not
+    DICOM-ready); False: always reorient. Reorientation permutes and flips axes only."""
+    g = p.geometry
+    assert g is not None
+    d = g.direction
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-5):
+        raise ValueError(f"patient {p.id}: its grid axes are not perpendicular ({g!r}); DICOM images "
+                         "cannot hold a sheared grid (resample the patient first)")
+    ready = _dicom_ready(g)
+    if keep_layout:
+        if not ready:
+            raise ValueError(f"patient {p.id}: its layout ({g.describe()}) cannot be kept in DICOM: axis 0 "
+                             "must be the normal (axis 2 x axis 1) of the images")
+        return p
+    if keep_layout is None and ready and (p.meta.get("format") == "dicom" or g.axis_along("SI") == 0):
+        return p
+    q = p.reoriented(EXPORT_AXES)
+    assert q.geometry is not None
+    if not _dicom_ready(q.geometry):  # an oblique grid that is a mirror image of SPL: reverse slices
+        letters = q.geometry.axis_letters()
+        q = q.reoriented({"S": "I", "I": "S"}.get(letters[0], letters[0]) + letters[1:])
+    return q
 
 
 # =========================================================================================== import
@@ -159,18 +213,23 @@ class _Series:
 
 @dataclass
 class _Source:
-    """One patient's files: a CT series, its RTSTRUCT and RTDOSE (if any)."""
+    """One patient's files: a CT series, its RTSTRUCT, RTPLANs and RTDOSEs (if any)."""
 
     series: _Series
     rtstruct: tuple[Path, Any] | None = None
-    rtdoses: list[tuple[Path, Any]] = field(default_factory=list)
+    rtplans: list[tuple[Path, Any]] = field(default_factory=list)
+    rtdoses: list[tuple[Path, Any, str]] = field(default_factory=list)  # (path, header, how matched)
+    dose: tuple[Path, Any, str] | None = None
+    plan: tuple[Path, Any] | None = None
     canon: dict[str, _names.Canonical] = field(default_factory=dict)  # canonical -> info
     roi_sources: dict[str, list[int]] = field(default_factory=dict)  # canonical -> ROINumbers
     original_names: dict[str, list[str]] = field(default_factory=dict)
+    prescriptions: dict[str, str] = field(default_factory=dict)  # canonical -> where the Rx came from
     id: str = ""
 
 
-def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[tuple[Path, Any]]]:
+def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[tuple[Path, Any]],
+                              list[tuple[Path, Any]]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -180,12 +239,13 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
     series: dict[str, _Series] = {}
     structs: list[tuple[Path, Any]] = []
     doses: list[tuple[Path, Any]] = []
+    plans: list[tuple[Path, Any]] = []
     for p in paths:
         if p.name.startswith("."):
             continue
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError):
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
             continue
         mod = str(getattr(ds, "Modality", ""))
         if mod == "CT":
@@ -197,9 +257,11 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
             structs.append((p, ds))
         elif mod == "RTDOSE":
             doses.append((p, ds))
+        elif mod == "RTPLAN":
+            plans.append((p, ds))
     if not series:
         raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files)")
-    return series, structs, doses
+    return series, structs, doses, plans
 
 
 def _struct_refs(ds: Any) -> tuple[set[str], set[str]]:
@@ -219,10 +281,29 @@ def _struct_refs(ds: Any) -> tuple[set[str], set[str]]:
     return fors, sers
 
 
-def _pair(series: dict[str, _Series], structs: list[tuple[Path, Any]],
-          doses: list[tuple[Path, Any]], src: Path) -> list[_Source]:
+def _struct_images(ds: Any, series_uid: str) -> set[str]:
+    """SOPInstanceUIDs of the images of CT series ``series_uid`` that an RTSTRUCT lists."""
+    out: set[str] = set()
+    for fr in getattr(ds, "ReferencedFrameOfReferenceSequence", []) or []:
+        for st in getattr(fr, "RTReferencedStudySequence", []) or []:
+            for se in getattr(st, "RTReferencedSeriesSequence", []) or []:
+                if str(getattr(se, "SeriesInstanceUID", "")) == series_uid:
+                    for im in getattr(se, "ContourImageSequence", []) or []:
+                        if getattr(im, "ReferencedSOPInstanceUID", None):
+                            out.add(str(im.ReferencedSOPInstanceUID))
+    return out
+
+
+def _refs(ds: Any, seq: str) -> list[str]:
+    return [str(r.ReferencedSOPInstanceUID) for r in getattr(ds, seq, []) or []
+            if getattr(r, "ReferencedSOPInstanceUID", None)]
+
+
+def _pair(series: dict[str, _Series], structs: list[tuple[Path, Any]], doses: list[tuple[Path, Any]],
+          plans: list[tuple[Path, Any]], src: Path) -> list[_Source]:
     sources = {uid: _Source(s) for uid, s in series.items()}
     known = "; ".join(f"{s.describe()} FrameOfReference {s.for_uid}" for s in series.values())
+    struct_owner: dict[str, str] = {}  # RTSTRUCT SOPInstanceUID -> CT series UID
     for path, ds in structs:
         fors, sers = _struct_refs(ds)
         hit = [uid for uid in sers if uid in series]
@@ -248,14 +329,59 @@ def _pair(series: dict[str, _Series], structs: list[tuple[Path, Any]],
             _warn(f"{series[uid].describe()} has several RTSTRUCTs; using {s.rtstruct[0]}, ignoring {path}")
             continue
         s.rtstruct = (path, ds)
+        struct_owner[str(getattr(ds, "SOPInstanceUID", ""))] = uid
+        listed = _struct_images(ds, uid)
+        have = {str(getattr(h, "SOPInstanceUID", "")) for _, h in series[uid].files}
+        absent = sorted(listed - have)
+        if absent:
+            raise DicomImportError(
+                f"RTSTRUCT {path} references {len(listed)} images of {series[uid].describe()}, but "
+                f"{len(absent)} of them are not under {src} (e.g. SOPInstanceUID {absent[0]}): the CT "
+                "series is incomplete")
+
+    plan_owner: dict[str, str] = {}  # RTPLAN SOPInstanceUID -> CT series UID
+    for path, ds in plans:
+        f = str(getattr(ds, "FrameOfReferenceUID", ""))
+        owner = next((struct_owner[u] for u in _refs(ds, "ReferencedStructureSetSequence")
+                      if u in struct_owner), None)
+        if owner is None:
+            cands = [uid for uid, s in series.items() if s.for_uid == f]
+            if len(cands) != 1:
+                _warn(f"RTPLAN {path} references no RTSTRUCT under {src} and its FrameOfReference "
+                      f"{f or '(none)'} matches {len(cands)} CT series; ignored")
+                continue
+            owner = cands[0]
+        if f and series[owner].for_uid and f != series[owner].for_uid:
+            raise DicomImportError(f"RTPLAN {path} has FrameOfReference {f}, but the RTSTRUCT it references "
+                                   f"lies on {series[owner].describe()} with FrameOfReference "
+                                   f"{series[owner].for_uid}")
+        sources[owner].rtplans.append((path, ds))
+        plan_owner[str(getattr(ds, "SOPInstanceUID", ""))] = owner
+
     for path, ds in doses:
         f = str(getattr(ds, "FrameOfReferenceUID", ""))
-        cands = [uid for uid, s in series.items() if s.for_uid == f]
-        if not cands:
-            raise DicomImportError(f"RTDOSE {path} has FrameOfReference {f or '(none)'}, which no CT series "
-                                   f"under {src} has ({known})")
-        for uid in cands:
-            sources[uid].rtdoses.append((path, ds))
+        ref_plans = _refs(ds, "ReferencedRTPlanSequence")
+        ref_structs = _refs(ds, "ReferencedStructureSetSequence")
+        owner = next((plan_owner[u] for u in ref_plans if u in plan_owner), None)
+        how = "referenced RTPLAN"
+        if owner is None:
+            owner = next((struct_owner[u] for u in ref_structs if u in struct_owner), None)
+            how = "referenced RTSTRUCT"
+        if owner is None:
+            cands = [uid for uid, s in series.items() if s.for_uid == f]
+            if not cands:
+                raise DicomImportError(f"RTDOSE {path} has FrameOfReference {f or '(none)'}, which no CT "
+                                       f"series under {src} has ({known})")
+            if len(cands) > 1:
+                _warn(f"RTDOSE {path} references no RTPLAN/RTSTRUCT under {src} and its FrameOfReference "
+                      f"{f} is shared by {len(cands)} CT series; not used (it cannot be told whose it is)")
+                continue
+            owner, how = cands[0], "FrameOfReference"
+        elif f != series[owner].for_uid:
+            raise DicomImportError(f"RTDOSE {path} has FrameOfReference {f or '(none)'}, but the "
+                                   f"{how} lies on {series[owner].describe()} with FrameOfReference "
+                                   f"{series[owner].for_uid}")
+        sources[owner].rtdoses.append((path, ds, how))
     out = list(sources.values())
     out.sort(key=lambda s: (str(getattr(s.series.first, "PatientID", "")), str(s.series.files[0][0])))
     return out
@@ -290,17 +416,91 @@ def _roi_info(ds: Any) -> list[tuple[int, str, str, float | None]]:
             for r in getattr(ds, "StructureSetROISequence", []) or []]
 
 
+def plan_prescriptions(ds: Any, where: str = "RTPLAN") -> tuple[dict[int, float], list[float]]:
+    """Target prescriptions (Gy) of an RTPLAN: ``({ReferencedROINumber: dose}, [site-level doses])``
+    from the TARGET items of DoseReferenceSequence (TargetPrescriptionDose, the total dose)."""
+    by_roi: dict[int, float] = {}
+    sites: list[float] = []
+    for k, dr in enumerate(getattr(ds, "DoseReferenceSequence", []) or []):
+        if str(getattr(dr, "DoseReferenceType", "")).upper() != "TARGET":
+            continue
+        if "TargetPrescriptionDose" not in dr or dr.TargetPrescriptionDose in (None, ""):
+            continue
+        item = f"{where} DoseReferenceSequence item {k + 1}"
+        rx = float(_numbers(dr, "TargetPrescriptionDose", item, 1)[0])
+        if not 0 < rx <= 200:
+            raise DicomImportError(f"{where}: DoseReferenceSequence item {k + 1}: TargetPrescriptionDose "
+                                   f"{rx:g} Gy is not a prescription (expected 0 < dose <= 200 Gy)")
+        if getattr(dr, "ReferencedROINumber", None) not in (None, ""):
+            n = int(dr.ReferencedROINumber)
+            by_roi[n] = max(by_roi.get(n, 0.0), rx)
+        else:
+            sites.append(rx)
+    return by_roi, sites
+
+
+def _fractions(ds: Any) -> int | None:
+    for fg in getattr(ds, "FractionGroupSequence", []) or []:
+        n = getattr(fg, "NumberOfFractionsPlanned", None)
+        if n not in (None, ""):
+            return int(n)
+    return None
+
+
+def _pick_dose(s: _Source) -> None:
+    """Choose the source's RTDOSE (a PLAN sum, referenced, first by path) and its RTPLAN."""
+    if s.rtdoses:
+        plan = [d for d in s.rtdoses if str(getattr(d[1], "DoseSummationType", "")).upper() == "PLAN"]
+        pool = sorted(plan or s.rtdoses, key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
+        if len(pool) > 1:
+            _warn(f"{s.series.describe()}: {len(pool)} RTDOSE files match "
+                  f"({', '.join(str(p) for p, _, _ in pool)}); using {pool[0][0]}")
+        elif not plan:
+            _warn(f"RTDOSE {pool[0][0]}: DoseSummationType is "
+                  f"{getattr(pool[0][1], 'DoseSummationType', '?')}, not PLAN; used as the patient's dose")
+        s.dose = pool[0]
+    if s.rtplans:
+        by_uid = {str(getattr(ds, "SOPInstanceUID", "")): (p, ds) for p, ds in s.rtplans}
+        wanted = _refs(s.dose[1], "ReferencedRTPlanSequence") if s.dose else []
+        ref = [by_uid[u] for u in wanted if u in by_uid]
+        if ref:
+            s.plan = ref[0]
+        elif len(s.rtplans) == 1:
+            s.plan = s.rtplans[0]
+        else:
+            _warn(f"{s.series.describe()}: {len(s.rtplans)} RTPLANs and no RTDOSE saying which is the "
+                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
+
+
 def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
     if s.rtstruct is None:
         return
     path, ds = s.rtstruct
-    for number, name, itype, rx in _roi_info(ds):
+    plan_rx: dict[int, float] = {}
+    sites: list[float] = []
+    if s.plan is not None:
+        plan_rx, sites = plan_prescriptions(s.plan[1], f"RTPLAN {s.plan[0]}")
+    info = _roi_info(ds)
+    if sites and not plan_rx:  # one site-level prescription: the one target that lacks one
+        open_targets = [n for n, name, t, rx in info if t.upper() in _names.TARGET_TYPES and rx is None
+                        and _names.target_from_name(name) is None]
+        if len(sites) == 1 and len(open_targets) == 1:
+            plan_rx = {open_targets[0]: sites[0]}
+    for number, name, itype, rx in info:
         c = roi_map.resolve(name, itype)
         if c is None:
             continue
         if itype.upper() == "EXTERNAL" and not c.matched:
             c = _names.Canonical(_names.BODY, "other")
-        if rx is not None and c.kind in ("other", "target") and c.prescription is None:
+        user_rx = c.name in roi_map.prescriptions
+        if number in plan_rx and not user_rx and not c.is_body:
+            prx = plan_rx[number]
+            if c.prescription is not None and abs(c.prescription - prx) > 1e-6:
+                _warn(f"ROI {name} of RTSTRUCT {path}: the name says {c.prescription:g} Gy, RTPLAN "
+                      f"{s.plan[0] if s.plan else ''} prescribes {prx:g} Gy; using the plan's")
+            c = _names.Canonical(c.name, "target", prx, c.matched)
+            s.prescriptions[c.name] = f"RTPLAN {s.plan[0] if s.plan else ''} DoseReferenceSequence"
+        elif rx is not None and c.kind in ("other", "target") and c.prescription is None:
             c = _names.Canonical(c.name, "target", rx, c.matched)
         if c.name in s.canon and c.name != _names.BODY:
             _warn(f"RTSTRUCT {path}: ROIs {s.original_names[c.name] + [name]} all map to {c.name}; "
@@ -310,30 +510,32 @@ def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
         s.original_names.setdefault(c.name, []).append(name)
 
 
-def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry]:
+def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry, list[float], list[float]]:
+    """CT (HU) and its geometry; also the first slice's ImagePositionPatient and the
+    ImageOrientationPatient as written (for provenance)."""
     import pydicom
 
     desc = series.describe()
-    first = series.first
+    first_path, first = series.files[0]
     for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
         for p, ds in series.files:
             if key not in ds:
                 raise DicomImportError(f"{desc}: {p} lacks {key}")
-    iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
-    ps = [float(v) for v in first.PixelSpacing]
+    iop = _orientation(first, f"{desc}: {first_path}")
+    ps = _pixel_spacing(first, f"{desc}: {first_path}")
     rows, cols = int(first.Rows), int(first.Columns)
     for p, ds in series.files[1:]:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4):
+        if not np.allclose(_numbers(ds, "ImageOrientationPatient", str(p), 6), iop, atol=1e-4):
             raise DicomImportError(f"{desc}: {p} has ImageOrientationPatient "
                                    f"{list(ds.ImageOrientationPatient)}, other slices {iop.tolist()}")
-        if not np.allclose([float(v) for v in ds.PixelSpacing], ps, rtol=1e-4):
+        if not np.allclose(_numbers(ds, "PixelSpacing", str(p), 2), ps, rtol=1e-4):
             raise DicomImportError(f"{desc}: inconsistent PixelSpacing, {p} has {list(ds.PixelSpacing)}, "
-                                   f"{series.files[0][0]} has {ps}")
+                                   f"{series.files[0][0]} has {ps.tolist()}")
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
             raise DicomImportError(f"{desc}: {p} is {ds.Rows}x{ds.Columns}, other slices {rows}x{cols}")
     rx, cy = iop[:3], iop[3:]
     n = np.cross(rx, cy)
-    pos = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in series.files])
+    pos = np.array([_numbers(ds, "ImagePositionPatient", str(p), 3) for p, ds in series.files])
     s = pos @ n
     order = np.argsort(s, kind="stable")
     files = [series.files[i] for i in order]
@@ -358,9 +560,10 @@ def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry]:
             raise DicomImportError(f"{desc}: inconsistent slice spacing: {d.min():.3f} to {d.max():.3f} mm "
                                    f"(first irregular gap after {files[i][0].name})")
         inplane = (pos - pos[0]) - np.outer(s - s[0], n)
-        if np.abs(inplane).max() > max(0.01, 0.01 * min(ps)):
+        if np.abs(inplane).max() > max(0.01, 0.01 * float(ps.min())):
             raise DicomImportError(f"{desc}: slice origins are not stacked along the slice normal "
                                    "(gantry tilt or mixed series); cannot build a regular grid")
+        dz = _round_mm((s[-1] - s[0]) / (len(files) - 1))
     else:
         dz = float(getattr(first, "SliceThickness", 0) or 0)
         if not dz > 0:
@@ -372,11 +575,14 @@ def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry]:
             arr = ds.pixel_array.astype(np.float64)
         except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad pixel data
             raise DicomImportError(f"{desc}: cannot decode pixel data of {p}: {e}") from None
+        if arr.shape != (rows, cols):
+            raise DicomImportError(f"{desc}: {p}: pixel data is {arr.shape}, Rows/Columns say {(rows, cols)}")
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
         icpt = float(getattr(ds, "RescaleIntercept", 0) or 0)
         ct[k] = np.clip(np.rint(arr * slope + icpt), -32768, 32767).astype(np.int16)
     series.files = files
-    return ct, Geometry(pos[0], rx, cy, (dz, ps[0], ps[1]))
+    geom = Geometry.from_dicom(pos[0], iop, (dz, float(ps[0]), float(ps[1])))
+    return ct, geom, [float(v) for v in pos[0]], [float(v) for v in iop]
 
 
 def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -402,16 +608,29 @@ def _rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geo
     mask = np.zeros(shape, dtype=bool)
     by_number = {int(r.ReferencedROINumber): r for r in getattr(ds, "ROIContourSequence", []) or []}
     skipped = 0
+    tiny = 0
     for number in numbers:
         roi = by_number.get(number)
         if roi is None:
             continue
-        for c in getattr(roi, "ContourSequence", []) or []:
+        for j, c in enumerate(getattr(roi, "ContourSequence", []) or []):
             gtype = str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR"))
             if gtype == "POINT":
                 continue
-            pts = np.asarray([float(v) for v in c.ContourData], dtype=np.float64).reshape(-1, 3)
+            where = f"RTSTRUCT {path}: ROI {name} (ROINumber {number}) contour {j + 1}"
+            if "ContourData" not in c or c.ContourData in (None, ""):
+                raise DicomImportError(f"{where} has no ContourData")
+            vals = _numbers(c, "ContourData", where)
+            if vals.size % 3:
+                raise DicomImportError(f"{where}: ContourData holds {vals.size} numbers, not a list of "
+                                       "(x, y, z) triples (a multiple of 3)")
+            npts = getattr(c, "NumberOfContourPoints", None)
+            if npts not in (None, "") and int(npts) != vals.size // 3:
+                raise DicomImportError(f"{where}: NumberOfContourPoints is {int(npts)} but ContourData holds "
+                                       f"{vals.size // 3} points")
+            pts = vals.reshape(-1, 3)
             if len(pts) < 3:
+                tiny += 1
                 continue
             idx = geom.to_index(pts)
             k = float(np.mean(idx[:, 0]))
@@ -420,108 +639,144 @@ def _rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geo
                 skipped += 1
                 continue
             mask[kk] ^= _polygon_mask(idx[:, 1:], nr, nc)
+    if tiny:
+        _warn(f"RTSTRUCT {path}: {tiny} contour(s) of ROI {name} have fewer than 3 points (ContourData); "
+              "they enclose no area and are ignored")
     if skipped:
         _warn(f"RTSTRUCT {path}: {skipped} contour(s) of ROI {name} are not on a CT slice (off-plane or "
               "outside the CT); ignored")
     return mask
 
 
-def _dose_on_grid(ds_path: Path, geom: Geometry, shape: tuple[int, int, int],
-                  body: np.ndarray) -> np.ndarray | None:
-    import pydicom
-    from scipy.ndimage import map_coordinates
+# ----------------------------------------------------------------------------------------- RTDOSE
 
-    ds = pydicom.dcmread(ds_path)
-    units = str(getattr(ds, "DoseUnits", "GY")).upper()
+def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """An RTDOSE dataset's dose (Gy, float32, ``(frame, row, column)``) and its grid: axis 0 along
+    the GridFrameOffsetVector (frames sorted ascending along the image normal), axes 1, 2 as for CT
+    images. Checks DoseGridScaling, the orientation, the spacing and the frame offsets."""
+    where = f"RTDOSE {path}"
+    units = str(getattr(ds, "DoseUnits", "GY") or "GY").upper()
     if units != "GY":
-        _warn(f"RTDOSE {ds_path}: DoseUnits is {units}, not GY; dose ignored")
-        return None
-    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        if key not in ds:
-            raise DicomImportError(f"RTDOSE {ds_path} lacks {key}")
-    arr = ds.pixel_array.astype(np.float64)
+        raise DicomImportError(f"{where}: DoseUnits is {units}, not GY (a relative dose has no Gy values)")
+    if "DoseGridScaling" not in ds or ds.DoseGridScaling in (None, ""):
+        raise DicomImportError(f"{where} lacks DoseGridScaling (the Gy per stored value); without it the "
+                               "stored integers are no doses")
+    scaling = float(_numbers(ds, "DoseGridScaling", where, 1)[0])
+    if not scaling > 0:
+        raise DicomImportError(f"{where}: DoseGridScaling must be > 0, got {scaling}")
+    iop = _orientation(ds, where)
+    ipp = _numbers(ds, "ImagePositionPatient", where, 3)
+    ps = _pixel_spacing(ds, where)
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad pixel data
+        raise DicomImportError(f"{where}: cannot decode pixel data: {e}") from None
+    arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
-    arr *= float(getattr(ds, "DoseGridScaling", 1) or 1)
     nf = arr.shape[0]
-    if "GridFrameOffsetVector" in ds and ds.GridFrameOffsetVector is not None:
-        off = np.atleast_1d(np.asarray([float(v) for v in np.atleast_1d(ds.GridFrameOffsetVector)]))
-    else:
+    if "GridFrameOffsetVector" in ds and ds.GridFrameOffsetVector not in (None, ""):
+        off = _numbers(ds, "GridFrameOffsetVector", where)
+    elif nf == 1:
         off = np.zeros(1)
+    else:
+        raise DicomImportError(f"{where} has {nf} frames but no GridFrameOffsetVector")
     if len(off) != nf:
-        raise DicomImportError(f"RTDOSE {ds_path}: GridFrameOffsetVector has {len(off)} values for "
-                               f"{nf} frames")
+        raise DicomImportError(f"{where}: GridFrameOffsetVector has {len(off)} values for {nf} frames")
     off = off - off[0]  # relative (first 0) and absolute forms both start at ImagePositionPatient
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-    drx, dcy = iop[:3], iop[3:]
-    dn = np.cross(drx, dcy)
-    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
-    dr, dc = (float(v) for v in ds.PixelSpacing)
     order = np.argsort(off, kind="stable")
-    arr, off = arr[order], off[order]  # frames ascending along the dose normal
-    frame_tol = 1e-3 * (float(np.min(np.diff(off))) if nf > 1 else max(geom.spacing[0], 1.0))
-    nz, nr, nc = shape
-    out = np.zeros(shape, dtype=np.float32)
-    outside_body = 0
-    rr, cc = np.mgrid[0:nr, 0:nc]
-    for k in range(nz):
-        idx = np.column_stack([np.full(rr.size, k), rr.ravel(), cc.ravel()])
-        d = geom.to_patient(idx) - ipp
-        fr = d @ dcy / dr
-        fc = d @ drx / dc
-        fs = d @ dn
-        in_f = (fs >= off[0] - frame_tol) & (fs <= off[-1] + frame_tol)
-        ff = np.interp(fs, off, np.arange(nf, dtype=np.float64)) if nf > 1 else np.zeros_like(fs)
-        coords = []
-        inside = in_f
-        for v, n in ((ff, nf), (fr, arr.shape[1]), (fc, arr.shape[2])):
-            v = np.where(np.abs(v - np.rint(v)) < 1e-4, np.rint(v), v)  # exact on coincident grids
-            inside = inside & (v >= 0) & (v <= n - 1)
-            coords.append(np.clip(v, 0, n - 1))
-        vals = map_coordinates(arr, coords, order=1, mode="nearest")
-        vals[~inside] = 0.0
-        out[k] = np.maximum(vals, 0).reshape(nr, nc)
-        outside_body += int((~inside.reshape(nr, nc) & body[k]).sum())
+    arr, off = arr[order], off[order]
+    if nf > 1:
+        step = np.diff(off)
+        dz = float((off[-1] - off[0]) / (nf - 1))
+        if not dz > POS_TOL or np.abs(step - dz).max() > max(POS_TOL, SPACING_REL * dz):
+            raise DicomImportError(f"{where}: GridFrameOffsetVector is not a regular, strictly monotonic "
+                                   f"list of offsets (steps {step.min():.4g} to {step.max():.4g} mm)")
+        dz = _round_mm(dz)
+    else:
+        dz = float(getattr(ds, "SliceThickness", 0) or 0) or 1.0
+    origin = ipp + off[0] * np.cross(iop[:3], iop[3:])
+    g = Geometry.from_dicom(origin, iop, (dz, float(ps[0]), float(ps[1])))
+    dose = (arr.astype(np.float64) * scaling).astype(np.float32)
+    if dose.size and not np.all(np.isfinite(dose)):
+        raise DicomImportError(f"{where}: dose values overflow (DoseGridScaling {scaling})")
+    if dose.size and float(dose.max()) > 1000:
+        raise DicomImportError(f"{where}: maximum dose {float(dose.max()):.4g} Gy (stored values x "
+                               f"DoseGridScaling {scaling}) is not a radiotherapy dose")
+    return dose, g
+
+
+def read_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an RTDOSE file: ``(dose Gy float32, its Geometry)`` (see :func:`rtdose_grid`)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
+        raise DicomImportError(f"RTDOSE {path} is not a readable DICOM file: {e}") from None
+    if str(getattr(ds, "Modality", "")) != "RTDOSE":
+        raise DicomImportError(f"{path}: Modality is {getattr(ds, 'Modality', '(none)')}, not RTDOSE")
+    return rtdose_grid(ds, path)
+
+
+def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``dose`` (on ``src``) on the voxel centres of ``dst``: trilinear in patient coordinates
+    (:func:`dosepred.resample.resample`), 0 Gy outside ``src``. Returns ``(dose, inside)`` with
+    ``inside`` the voxels of ``dst`` that ``src`` covers, up to 1e-3 voxel beyond its outer voxel
+    centres (grids written as decimal strings coincide only to that precision)."""
+    from ..resample import resample
+
+    pad_origin = src.to_patient([-1.0, -1.0, -1.0])
+    padded = Geometry(pad_origin, src.direction, src.spacing)
+    d = resample(np.pad(np.asarray(dose, dtype=np.float32), 1, mode="edge"), padded, dst, shape, order=1)
+    cover = resample(np.pad(np.ones(dose.shape, dtype=np.float32), 1), padded, dst, shape, order=1)
+    inside = cover > 0.999
+    d[~inside] = 0
+    return np.maximum(d, 0).astype(np.float32), inside
+
+
+def _dose_for(path: Path, geom: Geometry, shape: tuple[int, int, int], body: np.ndarray) -> np.ndarray:
+    import pydicom
+
+    dose, g = rtdose_grid(pydicom.dcmread(path), path)
+    out, inside = dose_on_grid(dose, g, geom, shape)
+    outside_body = int((body & ~inside).sum())
     if outside_body:
         frac = 100.0 * outside_body / max(int(body.sum()), 1)
-        _warn(f"RTDOSE {ds_path}: the dose grid does not cover the body: {outside_body} voxels ({frac:.1f}%) "
+        _warn(f"RTDOSE {path}: the dose grid does not cover the body: {outside_body} voxels ({frac:.1f}%) "
               "of the possible-dose mask lie outside it and get 0 Gy")
     return out
 
 
-def _pick_dose(s: _Source) -> Path | None:
-    if not s.rtdoses:
-        return None
-    plan = [(p, ds) for p, ds in s.rtdoses if str(getattr(ds, "DoseSummationType", "")).upper() == "PLAN"]
-    pool = sorted(plan or s.rtdoses, key=lambda t: str(t[0]))
-    if len(pool) > 1:
-        _warn(f"{s.series.describe()}: {len(pool)} RTDOSE files match "
-              f"({', '.join(str(p) for p, _ in pool)}); using {pool[0][0]}")
-    elif not plan:
-        _warn(f"RTDOSE {pool[0][0]}: DoseSummationType is {getattr(pool[0][1], 'DoseSummationType', '?')}, "
-              "not PLAN; used as the patient's dose")
-    return pool[0][0]
-
+# ---------------------------------------------------------------------------------------- patients
 
 def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
-    ct, geom = _ct_volume(s.series)
+    ct, geom, origin_raw, iop_raw = _ct_volume(s.series)
     first = s.series.first
     masks: dict[str, np.ndarray] = {}
     body = None
     meta: dict[str, Any] = {
         "format": "dicom", "source": str(s.series.files[0][0].parent.resolve()),
-        "axis_order": "slice,row,column",
         "patient_id": str(getattr(first, "PatientID", "")),
+        "patient_name": str(getattr(first, "PatientName", "") or ""),
+        "patient_birth_date": str(getattr(first, "PatientBirthDate", "") or ""),
+        "patient_sex": str(getattr(first, "PatientSex", "") or ""),
+        "patient_position": str(getattr(first, "PatientPosition", "") or ""),
         "study_uid": str(getattr(first, "StudyInstanceUID", "")),
         "series_uid": s.series.uid, "frame_of_reference_uid": s.series.for_uid,
         "study_date": str(getattr(first, "StudyDate", "") or ""),
-        "origin": [float(v) for v in geom.origin], "orientation": geom.orientation,
+        "origin": origin_raw, "orientation": iop_raw,
     }
     if s.rtstruct is not None:
         path, ds = s.rtstruct
         meta["rtstruct_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
         meta["rtstruct_file"] = str(path.resolve())
         meta["roi_names"] = {k: v for k, v in s.original_names.items()}
+        meta["roi_numbers"] = {k: list(v) for k, v in s.roi_sources.items() if k != _names.BODY}
+        if s.prescriptions:
+            meta["prescriptions_from"] = dict(s.prescriptions)
         for name, numbers in s.roi_sources.items():
             m = _rasterise(ds, path, numbers, name, geom, ct.shape)  # type: ignore[arg-type]
             if name == _names.BODY:
@@ -532,58 +787,171 @@ def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
                       "the CT grid; recorded as missing")
                 continue
             masks[name] = m
+    if s.plan is not None:
+        meta["rtplan_uid"] = str(getattr(s.plan[1], "SOPInstanceUID", ""))
+        meta["rtplan_file"] = str(s.plan[0].resolve())
+        nfx = _fractions(s.plan[1])
+        if nfx is not None:
+            meta["fractions"] = nfx
     if body is not None and body.any():
         meta["possible_dose_mask"] = f"body contour {', '.join(s.original_names[_names.BODY])}"
     else:
         body = ct > BODY_HU
         meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU (no body/external contour)"
     dose = None
-    dpath = _pick_dose(s)
-    if dpath is not None:
-        dose = _dose_on_grid(dpath, geom, ct.shape, body)  # type: ignore[arg-type]
-        if dose is not None:
-            import pydicom
+    if s.dose is not None:
+        dpath, dds, how = s.dose
+        dose = _dose_for(dpath, geom, ct.shape, body)  # type: ignore[arg-type]
+        meta["rtdose_file"] = str(dpath.resolve())
+        meta["rtdose_uid"] = str(getattr(dds, "SOPInstanceUID", ""))
+        meta["rtdose_matched_by"] = how
+    return Patient.from_masks(s.id, ct, masks, roi_set, geom.spacing, body, dose, meta, geometry=geom)
 
-            meta["rtdose_file"] = str(dpath.resolve())
-            meta["rtdose_uid"] = str(pydicom.dcmread(dpath, stop_before_pixels=True).SOPInstanceUID)
-    return Patient.from_masks(s.id, ct, masks, roi_set, geom.spacing, body, dose, meta)
+
+@dataclass
+class DicomFolder:
+    """A scanned DICOM folder: its patients' ids and RoiSet, each patient built on demand."""
+
+    src: Path
+    roi_set: RoiSet
+    sources: list[_Source]
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.sources]
+
+    def patients(self, ids: Sequence[str] | None = None) -> Iterator[Patient]:
+        want = None if ids is None else set(ids)
+        for s in self.sources:
+            if want is None or s.id in want:
+                yield _build_patient(s, self.roi_set)
+
+    def headers(self) -> dict[str, dict[str, str]]:
+        """Per patient id, the UIDs that identify it (for matching predicted RTDOSE files)."""
+        out = {}
+        for s in self.sources:
+            first = s.series.first
+            rs = str(getattr(s.rtstruct[1], "SOPInstanceUID", "")) if s.rtstruct else ""
+            out[s.id] = {"patient_id": str(getattr(first, "PatientID", "")),
+                         "frame_of_reference_uid": s.series.for_uid, "rtstruct_uid": rs,
+                         "rtplan_uid": str(getattr(s.plan[1], "SOPInstanceUID", "")) if s.plan else ""}
+        return out
+
+
+def scan_dicom_folder(src: str | os.PathLike,
+                      roi_map: _names.RoiMap | dict | str | os.PathLike | None = None) -> DicomFolder:
+    """Scan ``src`` (headers only): pair the files, resolve ROI names, kinds and prescriptions."""
+    rmap = roi_map if isinstance(roi_map, _names.RoiMap) else (
+        _names.RoiMap.from_obj(roi_map) if isinstance(roi_map, dict) else _names.RoiMap.load(roi_map))
+    src = Path(src)
+    series, structs, doses, plans = _scan(src)
+    sources = _pair(series, structs, doses, plans, src)
+    _assign_ids(sources)
+    for s in sources:
+        _pick_dose(s)
+        _plan_rois(s, rmap)
+        if s.rtstruct is None:
+            _warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs")
+    roi_set = _names.union_roi_set(s.canon for s in sources)
+    return DicomFolder(src, roi_set, sources)
 
 
 def iter_dicom_folder(src: str | os.PathLike, roi_map: _names.RoiMap | dict | str | os.PathLike | None = None
                       ) -> tuple[RoiSet, list[str], Iterator[Patient]]:
     """Scan ``src`` and return ``(roi_set, patient ids, iterator of Patients)``; the patients are
     built one at a time (a CT volume in memory at once). See :func:`read_dicom_folder`."""
-    rmap = roi_map if isinstance(roi_map, _names.RoiMap) else (
-        _names.RoiMap.from_obj(roi_map) if isinstance(roi_map, dict) else _names.RoiMap.load(roi_map))
-    src = Path(src)
-    series, structs, doses = _scan(src)
-    sources = _pair(series, structs, doses, src)
-    _assign_ids(sources)
-    for s in sources:
-        _plan_rois(s, rmap)
-        if s.rtstruct is None:
-            _warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs")
-    roi_set = _names.union_roi_set(s.canon for s in sources)
-
-    def gen() -> Iterator[Patient]:
-        for s in sources:
-            yield _build_patient(s, roi_set)
-
-    return roi_set, [s.id for s in sources], gen()
+    f = scan_dicom_folder(src, roi_map)
+    return f.roi_set, f.ids, f.patients()
 
 
 def read_dicom_folder(src: str | os.PathLike, roi_map: _names.RoiMap | dict | str | os.PathLike | None = None
                       ) -> list[Patient]:
-    """Read every CT series under ``src`` (recursively) with its RTSTRUCT and RTDOSE as Patients.
-
-    Files are grouped by CT series; an RTSTRUCT joins the series it references (or the one with
-    its FrameOfReference), an RTDOSE the series with its FrameOfReference, so one folder per patient
-    and mixed folders both work. All patients share one RoiSet (see
-    :func:`dosepred.io.roi_names.union_roi_set`); ``roi_map`` is a :class:`RoiMap`, a dict or a JSON
-    path. Problems raise :class:`DicomImportError` or warn (:class:`DicomWarning`) naming the file.
+    """Read every CT series under ``src`` (recursively) with its RTSTRUCT, RTPLAN and RTDOSE as
+    Patients (matching rules in the module docstring), one folder per patient or mixed. All patients
+    share one RoiSet (see :func:`dosepred.io.roi_names.union_roi_set`); ``roi_map`` is a
+    :class:`RoiMap`, a dict or a JSON path. Problems raise :class:`DicomImportError` or warn
+    (:class:`DicomWarning`) naming the file.
     """
     _, _, it = iter_dicom_folder(src, roi_map)
     return list(it)
+
+
+def is_dicom_folder(src: str | os.PathLike, limit: int = 200) -> bool:
+    """True when ``src`` is a DICOM file or a folder holding one (files with the DICM preamble,
+    looked for among the first ``limit`` files)."""
+    src = Path(src)
+    files = [src] if src.is_file() else (p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
+    for k, p in enumerate(files):
+        if k >= limit:
+            break
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(132)
+        except OSError:
+            continue
+        if head[128:132] == b"DICM":
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- predicted RTDOSEs
+
+@dataclass(frozen=True)
+class RtDoseInfo:
+    """Header facts of an RTDOSE file used to match it to a reference patient."""
+
+    path: Path
+    patient_id: str
+    frame_of_reference_uid: str
+    rtstruct_uids: tuple[str, ...]
+    rtplan_uids: tuple[str, ...]
+
+
+def scan_rtdoses(folder: str | os.PathLike) -> list[RtDoseInfo]:
+    """The RTDOSE files under ``folder`` (recursively), headers only."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out = []
+    for p in sorted(q for q in Path(folder).rglob("*") if q.is_file() and not q.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+            continue
+        if str(getattr(ds, "Modality", "")) != "RTDOSE":
+            continue
+        out.append(RtDoseInfo(p, str(getattr(ds, "PatientID", "") or ""),
+                              str(getattr(ds, "FrameOfReferenceUID", "") or ""),
+                              tuple(_refs(ds, "ReferencedStructureSetSequence")),
+                              tuple(_refs(ds, "ReferencedRTPlanSequence"))))
+    return out
+
+
+def match_rtdose(pid: str, meta: dict[str, Any], doses: Sequence[RtDoseInfo]) -> Path | None:
+    """The RTDOSE of reference patient ``pid`` (with its ``meta``): by the RTSTRUCT/RTPLAN it
+    references, else by FrameOfReference, else by PatientID (``meta["patient_id"]`` or ``pid``).
+    Several candidates at the deciding step are an error naming them."""
+    steps = []
+    if meta.get("rtstruct_uid"):
+        steps.append(("referenced RTSTRUCT", [d for d in doses if meta["rtstruct_uid"] in d.rtstruct_uids]))
+    if meta.get("rtplan_uid"):
+        steps.append(("referenced RTPLAN", [d for d in doses if meta["rtplan_uid"] in d.rtplan_uids]))
+    if meta.get("frame_of_reference_uid"):
+        steps.append(("FrameOfReference",
+                      [d for d in doses if d.frame_of_reference_uid == meta["frame_of_reference_uid"]]))
+    ids = {str(meta.get("patient_id") or ""), pid} - {""}
+    steps.append(("PatientID", [d for d in doses if d.patient_id in ids]))
+    own = meta.get("rtstruct_uid")
+    if own:  # past the reference steps, a dose that references another structure set is not this one's
+        steps = steps[:1] + [(how, [d for d in hits if not d.rtstruct_uids or own in d.rtstruct_uids])
+                             for how, hits in steps[1:]]
+    for how, hits in steps:
+        if len(hits) == 1:
+            return hits[0].path
+        if len(hits) > 1:
+            raise DicomImportError(f"patient {pid}: {len(hits)} RTDOSE files match by {how} "
+                                   f"({', '.join(str(d.path) for d in hits)}); keep one per patient")
+    return None
 
 
 # =========================================================================================== export
@@ -621,11 +989,41 @@ class _Uids:
 def _uids(p: Patient) -> _Uids:
     """Study/FrameOfReference from ``meta`` (so a predicted RTDOSE lines up with the clinical CT),
     else derived from the patient; the exported series are derived deterministically from the
-    patient so that ``export-dicom`` and ``predict --format dicom`` agree."""
+    patient (as given, before any reorientation) so that ``export-dicom`` and ``predict --format
+    dicom`` agree."""
     key = (p.id, p.meta.get("source", ""), p.shape, p.spacing)
     study = p.meta.get("study_uid") or _uid(*key, "study")
     frame = p.meta.get("frame_of_reference_uid") or _uid(*key, "frame")
     return _Uids(study, frame, _uid(*key, "ct"), _uid(*key, "rs-series"), _uid(*key, "rs"))
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """What the image-plane tags say: origin (slice 0), normal, orientation strings, spacing."""
+
+    geometry: Geometry
+    origin: np.ndarray
+    iop: list[str]
+
+    @classmethod
+    def of(cls, p: Patient) -> _Plane:
+        """The plane of an exported (DICOM-ready) patient; the numbers a DICOM source held are used
+        verbatim while the geometry still matches them."""
+        g = p.geometry
+        assert g is not None
+        m = p.meta
+        if "origin" in m and "orientation" in m:
+            try:
+                raw = Geometry.from_dicom(m["origin"], m["orientation"], g.spacing)
+            except (GeometryError, ValueError, TypeError):
+                raw = None
+            if raw is not None and raw.same_as(g, tol_mm=1e-4, tol_dir=1e-6):
+                return cls(g, np.asarray(m["origin"], dtype=np.float64), [_ds(v) for v in m["orientation"]])
+        d = g.direction
+        return cls(g, g.origin, [_ds(v) for v in (*d[:, 2], *d[:, 1])])
+
+    def slice_position(self, k: int) -> np.ndarray:
+        return self.origin + k * self.geometry.spacing[0] * self.geometry.direction[:, 0]
 
 
 def _new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: str, u: _Uids) -> Any:
@@ -639,21 +1037,23 @@ def _new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: st
     fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset(str(path), {}, file_meta=fm, preamble=b"\0" * 128)
     now = _dt.datetime.now()
+    m = p.meta
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.Modality = modality
-    ds.PatientID = str(p.meta.get("patient_id") or p.id)
-    ds.PatientName = str(p.meta.get("patient_id") or p.id)
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
+    ds.PatientID = str(m.get("patient_id") or p.id)
+    ds.PatientName = str(m.get("patient_name") or m.get("patient_id") or p.id)
+    ds.PatientBirthDate = str(m.get("patient_birth_date") or "")
+    ds.PatientSex = str(m.get("patient_sex") or "")
     ds.StudyInstanceUID = u.study
     ds.StudyID = "1"
-    ds.StudyDate = str(p.meta.get("study_date") or now.strftime("%Y%m%d"))
+    ds.StudyDate = str(m.get("study_date") or now.strftime("%Y%m%d"))
     ds.StudyTime = ""
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.Manufacturer = "dosepred"
+    ds.OperatorsName = ""
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.FrameOfReferenceUID = u.frame
@@ -671,22 +1071,24 @@ def _save(ds: Any, path: Path) -> None:
             tmp.unlink()
 
 
-def _image_plane(ds: Any, g: Geometry, shape: tuple[int, int, int]) -> None:
-    ds.ImageOrientationPatient = [_ds(v) for v in g.orientation]
+def _image_plane(ds: Any, plane: _Plane, shape: Sequence[int], p: Patient) -> None:
+    g = plane.geometry
+    ds.ImageOrientationPatient = list(plane.iop)
     ds.PixelSpacing = [_ds(g.spacing[1]), _ds(g.spacing[2])]
     ds.SliceThickness = _ds(g.spacing[0])
     ds.Rows, ds.Columns = int(shape[1]), int(shape[2])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PatientPosition = "HFS"
+    ds.PatientPosition = str(p.meta.get("patient_position") or "HFS")
 
 
-def _write_ct(p: Patient, folder: Path, g: Geometry, u: _Uids) -> list[str]:
+def _write_ct(p: Patient, folder: Path, plane: _Plane, u: _Uids) -> list[str]:
     from pydicom.uid import CTImageStorage
 
     ct = p.ct.astype(np.int32)
     icpt = -1024 if ct.max(initial=0) + 1024 <= 32767 else 0
     stored = (ct - icpt).astype(np.int16)
+    normal = plane.geometry.direction[:, 0]
     uids = []
     for k in range(p.shape[0]):
         sop = u.ct(k)
@@ -696,10 +1098,13 @@ def _write_ct(p: Patient, folder: Path, g: Geometry, u: _Uids) -> list[str]:
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        _image_plane(ds, g, p.shape)
-        pos = g.slice_position(k)
+        ds.Laterality = ""
+        ds.KVP = ""
+        ds.AcquisitionNumber = ""
+        _image_plane(ds, plane, p.shape, p)
+        pos = plane.slice_position(k)
         ds.ImagePositionPatient = [_ds(v) for v in pos]
-        ds.SliceLocation = _ds(float(pos @ g.normal))
+        ds.SliceLocation = _ds(float(pos @ normal))
         ds.BitsAllocated = 16
         ds.BitsStored = 16
         ds.HighBit = 15
@@ -735,11 +1140,12 @@ _COLORS = [(255, 0, 0), (0, 160, 0), (0, 0, 255), (255, 160, 0), (160, 0, 255), 
            (255, 0, 160), (128, 128, 0), (0, 128, 128), (200, 100, 50)]
 
 
-def _write_rtstruct(p: Patient, folder: Path, g: Geometry, u: _Uids, ct_uids: list[str]) -> Path:
+def _write_rtstruct(p: Patient, folder: Path, plane: _Plane, u: _Uids, ct_uids: list[str]) -> Path:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as Seq
     from pydicom.uid import CTImageStorage
 
+    g = plane.geometry
     path = folder / "RS.dcm"
     ds = _new_file(path, RTSTRUCT_STORAGE, u.rs, p, "RTSTRUCT", u)
     ds.SeriesInstanceUID = u.rs_series
@@ -788,14 +1194,12 @@ def _write_rtstruct(p: Patient, folder: Path, g: Geometry, u: _Uids, ct_uids: li
         b.ReferencedROINumber = number
         b.ROIDisplayColor = list(_COLORS[i % len(_COLORS)])
         contours = []
-        for k in range(p.shape[0]):
-            if not mask[k].any():
-                continue
+        for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
             for poly in mask_contours(mask[k]):
                 idx = np.column_stack([np.full(len(poly), k, dtype=np.float64), poly])
                 xyz = g.to_patient(idx)
                 c = Dataset()
-                c.ContourImageSequence = Seq([img_ref(k)])
+                c.ContourImageSequence = Seq([img_ref(int(k))])
                 c.ContourGeometricType = "CLOSED_PLANAR"
                 c.NumberOfContourPoints = len(poly)
                 c.ContourData = [_ds(v) for v in xyz.ravel()]
@@ -818,32 +1222,97 @@ def _write_rtstruct(p: Patient, folder: Path, g: Geometry, u: _Uids, ct_uids: li
     return path
 
 
-def _write_dose_file(p: Patient, dose: np.ndarray, path: Path, g: Geometry, u: _Uids,
-                     rs_uid: str | None) -> Path:
+def dose_scaling(dose: np.ndarray) -> float:
+    """DoseGridScaling for 32-bit storage: the coarsest of 1e-3 ... 1e-6 Gy that gives every float32
+    value back exactly (doses written with a few decimals, e.g. OpenKBP's), else ``Dmax / 4e9``."""
+    d = np.asarray(dose, dtype=np.float32)
+    dmax = float(d.max(initial=0.0))
+    if dmax <= 0:
+        return 1.0
+    nz = d[d != 0]
+    for s in (1e-3, 1e-4, 1e-5, 1e-6):
+        if dmax / s >= 2**32 - 1:
+            break
+        ok = True
+        for part in (nz[:4096], nz):  # a sample first: most float doses fail on it at once
+            q = np.rint(part.astype(np.float64) / s)
+            if not np.array_equal((q * float(_ds(s))).astype(np.float32), part):
+                ok = False
+                break
+        if ok:
+            return float(_ds(s))
+    return float(_ds(dmax / 4.0e9))
+
+
+DVH_BIN_GY = 0.1
+
+
+def _dvh_sequence(p: Patient, dose: np.ndarray, numbers: dict[str, list[int]]) -> list[Any]:
+    """RT DVH items (cumulative, Gy, cm3, 0.1 Gy bins) of each present ROI with known ROINumbers in
+    the referenced RTSTRUCT, from ``dose`` on the patient's grid."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as Seq
+
+    items = []
+    vv = p.voxel_volume_cc
+    for name in p.present_rois:
+        nums = numbers.get(name)
+        if not nums:
+            continue
+        d = np.asarray(dose, dtype=np.float64)[p.mask(name)]
+        if d.size == 0:
+            continue
+        nb = int(np.floor(float(d.max()) / DVH_BIN_GY)) + 1
+        hist = np.bincount(np.minimum((d / DVH_BIN_GY).astype(np.int64), nb - 1), minlength=nb)
+        cum = hist[::-1].cumsum()[::-1] * vv  # volume receiving at least each bin's lower edge
+        item = Dataset()
+        refs = []
+        for n in nums:
+            r = Dataset()
+            r.ReferencedROINumber = int(n)
+            r.DVHROIContributionType = "INCLUDED"
+            refs.append(r)
+        item.DVHReferencedROISequence = Seq(refs)
+        item.DVHType = "CUMULATIVE"
+        item.DoseUnits = "GY"
+        item.DoseType = "PHYSICAL"
+        item.DVHDoseScaling = "1"
+        item.DVHVolumeUnits = "CM3"
+        item.DVHNumberOfBins = nb
+        item.DVHData = [v for c in cum for v in (_ds(DVH_BIN_GY), _ds(float(c)))]
+        item.DVHMinimumDose = _ds(float(d.min()))
+        item.DVHMaximumDose = _ds(float(d.max()))
+        item.DVHMeanDose = _ds(float(d.mean()))
+        items.append(item)
+    return items
+
+
+def _write_dose_file(p: Patient, dose: np.ndarray, g: Geometry, path: Path, u: _Uids, plane_iop: list[str],
+                     rs_uid: str | None, plan_uid: str | None = None, description: str = "",
+                     dvhs: list[Any] | None = None) -> Path:
+    """An RTDOSE of ``dose`` (Gy) on grid ``g`` (DICOM-ready axes, frames along axis 0)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as Seq
     from pydicom.tag import Tag
     from pydicom.uid import generate_uid
 
-    dose = np.asarray(dose, dtype=np.float64)
-    if dose.shape != p.shape:
-        raise ValueError(f"patient {p.id}: dose shape {dose.shape} != CT shape {p.shape}")
+    dose = np.asarray(dose, dtype=np.float32)
     if not np.all(np.isfinite(dose)) or (dose.size and dose.min() < 0):
         raise ValueError(f"patient {p.id}: dose must be finite and >= 0 Gy")
-    dmax = float(dose.max(initial=0.0))
-    # The scaling is stored as a 16-character decimal string: quantise with the value read back.
-    scaling = float(_ds(dmax / 4.0e9)) if dmax > 0 else 1.0
-    stored = np.clip(np.rint(dose / scaling), 0, 2**32 - 1).astype("<u4")
+    scaling = dose_scaling(dose)
+    stored = np.clip(np.rint(dose.astype(np.float64) / scaling), 0, 2**32 - 1).astype("<u4")
     sop = generate_uid()
     ds = _new_file(path, RTDOSE_STORAGE, sop, p, "RTDOSE", u)
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 3
     ds.InstanceNumber = 1
-    _image_plane(ds, g, p.shape)
+    if description:
+        ds.SeriesDescription = description[:64]
+    _image_plane(ds, _Plane(g, g.origin, plane_iop), dose.shape, p)
     ds.ImagePositionPatient = [_ds(v) for v in g.origin]
-    ds.NumberOfFrames = p.shape[0]
+    ds.NumberOfFrames = dose.shape[0]
     ds.FrameIncrementPointer = Tag(0x3004, 0x000C)
-    ds.GridFrameOffsetVector = [_ds(k * g.spacing[0]) for k in range(p.shape[0])]
+    ds.GridFrameOffsetVector = [_ds(k * g.spacing[0]) for k in range(dose.shape[0])]
     ds.BitsAllocated = 32
     ds.BitsStored = 32
     ds.HighBit = 31
@@ -853,37 +1322,123 @@ def _write_dose_file(p: Patient, dose: np.ndarray, path: Path, g: Geometry, u: _
     ds.DoseSummationType = "PLAN"
     ds.DoseGridScaling = _ds(scaling)
     ds.TissueHeterogeneityCorrection = "IMAGE"
-    if rs_uid:
+    if plan_uid:
+        r = Dataset()
+        r.ReferencedSOPClassUID = RTPLAN_STORAGE
+        r.ReferencedSOPInstanceUID = plan_uid
+        ds.ReferencedRTPlanSequence = Seq([r])
+    if rs_uid and dvhs:  # the RT DVH module: the structure set and the DVHs of its ROIs
         r = Dataset()
         r.ReferencedSOPClassUID = RTSTRUCT_STORAGE
         r.ReferencedSOPInstanceUID = rs_uid
         ds.ReferencedStructureSetSequence = Seq([r])
+        ds.DVHSequence = Seq(dvhs)
     ds.PixelData = stored.tobytes()
     _save(ds, path)
     return path
 
 
-def write_rtdose(patient: Patient, dose: np.ndarray, out_dir_or_path: str | os.PathLike) -> Path:
-    """Write ``dose`` (Gy, on the patient's grid) as an RTDOSE on the patient's geometry and
-    FrameOfReference. A path ending in ``.dcm`` is the file; otherwise ``<dir>/RD.<id>.dcm``."""
-    out = Path(out_dir_or_path)
-    if out.suffix.lower() != ".dcm":
-        out = out / f"RD.{patient.id}.dcm"
-    out.parent.mkdir(parents=True, exist_ok=True)
+def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float] | None = None,
+              crop: bool = True) -> tuple[np.ndarray, Geometry]:
+    """``dose`` (on ``p``'s grid) on the RTDOSE grid: ``p``'s axes, cropped (``crop``) to the box of
+    the possible-dose mask and the non-zero dose plus one voxel, at ``dose_spacing`` mm (one value for
+    every axis, or one per array axis) or by default ``max(spacing, DOSE_SPACING)`` per axis. Where the
+    spacing is the patient's the values are copied, else resampled trilinearly (:mod:`dosepred.resample`)."""
+    from ..resample import grid_with_spacing, resample
+
+    g = p.geometry
+    assert g is not None
+    dose = np.asarray(dose, dtype=np.float32)
+    if dose.shape != p.shape:
+        raise ValueError(f"patient {p.id}: dose shape {dose.shape} != CT shape {p.shape}")
+    if dose_spacing is None:
+        target = tuple(max(s, DOSE_SPACING) for s in g.spacing)
+    else:
+        sp = np.atleast_1d(np.asarray(dose_spacing, dtype=np.float64))
+        if sp.size == 1:
+            sp = np.repeat(sp, 3)
+        if sp.size != 3 or not np.all(np.isfinite(sp) & (sp > 0)):
+            raise ValueError(f"dose spacing must be one or three positive mm values, got {dose_spacing!r}")
+        target = tuple(float(v) for v in sp)
+    box = tuple(slice(0, n) for n in p.shape)
+    if crop:
+        sel = (dose > 0) | np.asarray(p.possible_dose_mask, dtype=bool)
+        if sel.any():
+            lo, hi = [], []
+            for ax in range(3):
+                hit = np.flatnonzero(sel.any(axis=tuple(a for a in range(3) if a != ax)))
+                lo.append(max(int(hit[0]) - 1, 0))
+                hi.append(min(int(hit[-1]) + 2, p.shape[ax]))
+            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = Geometry(g.to_patient([s.start for s in box]), g.direction, g.spacing)
+    cropped = dose[box]
+    if np.allclose(target, g.spacing, rtol=1e-9, atol=0):
+        return np.ascontiguousarray(cropped), sub
+    new, shape = grid_with_spacing(sub, cropped.shape, target)
+    out = np.maximum(resample(cropped, sub, new, shape, order=1, cval=0.0), 0).astype(np.float32)
+    return out, new
+
+
+def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
+                 dose_spacing: float | Sequence[float] | None = None, model_name: str | None = None) -> Path:
+    """Write ``dose`` (Gy, on the patient's grid) as an RTDOSE in the patient's FrameOfReference, on a
+    grid of the layout :func:`write_dicom` writes, cropped to the body and at ``dose_spacing`` mm (by
+    default ``max(CT spacing, 2.5 mm)`` per axis; see :func:`dose_grid`). A path ending in ``.dcm`` is
+    the file; otherwise ``<dir>/RD.<id>.dcm``.
+
+    For a patient read from DICOM the file keeps its identity (PatientName, PatientID,
+    PatientBirthDate, PatientSex), StudyInstanceUID and FrameOfReferenceUID, references the source
+    RTSTRUCT (and RTPLAN), and its SeriesDescription names the prediction and ``model_name``."""
+    path = Path(out)
+    if path.suffix.lower() != ".dcm":
+        path = path / f"RD.{patient.id}.dcm"
+    d = np.asarray(dose, dtype=np.float32)
+    if d.shape != patient.shape:
+        raise ValueError(f"patient {patient.id}: dose shape {d.shape} != CT shape {patient.shape}")
     u = _uids(patient)
-    return _write_dose_file(patient, dose, out, Geometry.of_patient(patient), u, u.rs)
+    q = export_layout(patient.with_dose(d))
+    assert q.dose is not None
+    plane = _Plane.of(q)
+    arr, g = dose_grid(q, q.dose, dose_spacing)
+    g = Geometry(g.origin, plane.geometry.direction, g.spacing)  # the plane's exact direction
+    if patient.meta.get("rtstruct_uid"):  # the source's structure set and its ROI numbers
+        rs_uid = str(patient.meta["rtstruct_uid"])
+        numbers = {k: [int(n) for n in v] for k, v in (patient.meta.get("roi_numbers") or {}).items()}
+    else:  # the structure set write_dicom writes for this patient
+        rs_uid, numbers = u.rs, _export_roi_numbers(q)
+    plan_uid = patient.meta.get("rtplan_uid")
+    desc = f"dosepred predicted dose (model {model_name or 'unnamed'})"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write_dose_file(q, arr, g, path, u, plane.iop, rs_uid, plan_uid, desc,
+                            _dvh_sequence(q, q.dose, numbers))
 
 
-def write_dicom(patient: Patient, out_dir: str | os.PathLike, dose: np.ndarray | None = None) -> Path:
+def _export_roi_numbers(p: Patient) -> dict[str, list[int]]:
+    """ROINumbers of the RTSTRUCT :func:`write_dicom` writes: bit k -> k + 1."""
+    return {r.name: [k + 1] for k, r in enumerate(p.roi_set) if r.name not in p.missing_rois}
+
+
+def write_dicom(patient: Patient, out_dir: str | os.PathLike, dose: np.ndarray | None = None, *,
+                keep_layout: bool | None = None) -> Path:
     """Write ``out_dir/<id>/``: the CT series (``CT.0001.dcm`` ...), ``RS.dcm`` and, when a dose is
-    given or the patient has one, ``RD.dcm``. Returns the patient folder."""
-    folder = Path(out_dir) / patient.id
-    folder.mkdir(parents=True, exist_ok=True)
-    g = Geometry.of_patient(patient)
+    given or the patient has one, ``RD.dcm`` (on the full CT grid: a lossless export). The layout is
+    :func:`export_layout`'s (``keep_layout``). The folder is written to a temporary sibling and
+    renamed into place, replacing an earlier export of the patient whole. Returns the folder."""
+    from ._atomic import atomic_dir
+
     u = _uids(patient)
-    ct_uids = _write_ct(patient, folder, g, u)
-    _write_rtstruct(patient, folder, g, u, ct_uids)
     d = dose if dose is not None else patient.dose
-    if d is not None:
-        _write_dose_file(patient, d, folder / "RD.dcm", g, u, u.rs)
-    return folder
+    src = patient if d is None else patient.with_dose(np.asarray(d, dtype=np.float32))
+    q = export_layout(src, keep_layout)
+    plane = _Plane.of(q)
+    final = Path(out_dir) / patient.id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(final) as folder:
+        ct_uids = _write_ct(q, folder, plane, u)
+        _write_rtstruct(q, folder, plane, u, ct_uids)
+        if q.dose is not None:
+            g = Geometry(plane.origin, plane.geometry.direction, plane.geometry.spacing)
+            dvhs = _dvh_sequence(q, q.dose, _export_roi_numbers(q))
+            _write_dose_file(q, q.dose, g, folder / "RD.dcm", u, plane.iop, u.rs,
+                             description="dosepred export", dvhs=dvhs)
+    return final

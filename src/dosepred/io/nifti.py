@@ -10,12 +10,16 @@ Layout of ``<patient>/``::
     rois.json                     {"rois": [{name, kind, prescription}], "missing_rois": [...],
                                    "roi_format": "labels"|"codes", "id": ..., "meta": {...}}
 
-The array axes are the Patient's own (no reordering); the affine maps them to RAS mm and carries
-spacing, orientation and origin. For a patient read from DICOM (axes slice, row, column) the affine
-is built from ``meta["origin"]``/``meta["orientation"]`` (LPS -> RAS); for one read from NIfTI the
-original affine (``meta["affine"]``) is written back; otherwise it is ``diag(spacing)``.
-Spacing is read from the header's pixdim (float32) and restored to the shortest decimal that
-float32 holds ("3.9", not 3.9000000953674316), so spacing round-trips exactly.
+The array axes are the Patient's own (no reordering); the affine is ``Patient.geometry.ras_affine``
+(LPS -> RAS: x and y negated) and carries spacing, orientation and origin. Reading sets the geometry
+from the header's affine (``Geometry.from_ras_affine``, any orientation). The header holds float32,
+so ``rois.json`` also stores the geometry at full precision; it is used when it agrees with the
+header (to float32 precision), which makes every round trip exact; a header edited since wins.
+
+Checks on reading (each error names the file): every file of a patient must lie on the CT's grid
+(same shape and the same affine to 1e-3 mm: a dose shifted or a sheared affine is rejected, naming
+both files); bits of ``roi_codes`` beyond the ROIs ``rois.json`` lists are rejected; a label file
+that is neither listed in ``rois.json`` nor a recognised ROI name is rejected with its name.
 
 Label files written by other tools may use clinical names ("Parotid_L.nii.gz"); they are mapped
 through :mod:`dosepred.io.roi_names` unless ``rois.json`` lists them.
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
 from ._atomic import atomic_dir
@@ -50,16 +55,9 @@ class NiftiFormatError(ValueError):
 # ------------------------------------------------------------------------------------- geometry
 
 def patient_affine(p: Patient) -> np.ndarray:
-    """RAS affine of the patient's array axes (see the module docstring)."""
-    if "affine" in p.meta:
-        a = np.asarray(p.meta["affine"], dtype=np.float64)
-        if a.shape == (4, 4):
-            return a
-    if "origin" in p.meta and "orientation" in p.meta:
-        from .dicom import Geometry, affine_of
-
-        return affine_of(Geometry.of_patient(p))
-    return np.diag([*p.spacing, 1.0])
+    """RAS affine of the patient's array axes: ``p.geometry.ras_affine``."""
+    assert p.geometry is not None
+    return p.geometry.ras_affine
 
 
 def _f32_decimal(v: float) -> float:
@@ -67,17 +65,52 @@ def _f32_decimal(v: float) -> float:
     return float(str(np.float32(v)))
 
 
-def _spacing(img: Any, path: Path) -> tuple[float, float, float]:
-    zooms = img.header.get_zooms()
-    if len(zooms) < 3:
-        raise NiftiFormatError(f"{path}: expected a 3-D image, header has {len(zooms)} dimensions")
-    cols = np.linalg.norm(img.affine[:3, :3], axis=0)
-    z = np.asarray([float(v) for v in zooms[:3]])
-    use = z if np.allclose(z, cols, rtol=1e-4) else cols
-    sp = tuple(_f32_decimal(v) for v in use)
-    if not all(s > 0 for s in sp):
-        raise NiftiFormatError(f"{path}: voxel sizes must be positive, got {sp}")
-    return sp  # type: ignore[return-value]
+def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
+    """Geometry of an image from its affine (float32 noise removed), or the sidecar's full-precision
+    ``stored`` geometry when it agrees with the header."""
+    aff = np.asarray(img.affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+        raise NiftiFormatError(f"{path}: the affine is not a finite 4x4 matrix")
+    try:
+        g = Geometry.from_ras_affine(aff)
+    except GeometryError as e:
+        raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
+    if stored:
+        try:
+            sg = Geometry.from_dict(stored)
+        except (GeometryError, KeyError, TypeError, ValueError) as e:
+            raise NiftiFormatError(f"{path.parent / ROIS_JSON}: invalid geometry: {e}") from None
+        if _same_affine(sg.ras_affine, aff):
+            return sg
+    sp = tuple(_f32_decimal(v) for v in g.spacing)
+    direction = np.round(g.direction, 7) + 0.0
+    origin = [_f32_decimal(v) for v in g.origin]
+    try:
+        return Geometry(np.asarray(origin), direction, sp)  # type: ignore[arg-type]
+    except GeometryError as e:
+        raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
+
+
+def _same_affine(a: np.ndarray, b: np.ndarray, tol_mm: float = 1e-3) -> bool:
+    """Same voxel grid to float32 precision: each axis step within 1e-5 relative and the origin
+    within ``tol_mm``."""
+    scale = float(np.abs(a[:3, :3]).max())
+    return (bool(np.allclose(a[:3, :3], b[:3, :3], atol=1e-5 * scale, rtol=0))
+            and bool(np.allclose(a[:3, 3], b[:3, 3], atol=tol_mm, rtol=0)))
+
+
+def _grid_difference(a: np.ndarray, b: np.ndarray) -> str:
+    """How two RAS affines differ, in words."""
+    parts = []
+    shift = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
+    if shift > 1e-3:
+        parts.append(f"origin {shift:.4g} mm apart")
+    va, vb = abs(float(np.linalg.det(a[:3, :3]))), abs(float(np.linalg.det(b[:3, :3])))
+    if abs(va - vb) > 1e-6 * max(va, vb):
+        parts.append(f"voxel volume {va:.4g} vs {vb:.4g} mm3 ({100 * (va / vb - 1):+.1f} %)")
+    if not parts or not np.allclose(a[:3, :3], b[:3, :3], atol=1e-5 * float(np.abs(b[:3, :3]).max())):
+        parts.append("voxel axes differ")
+    return ", ".join(dict.fromkeys(parts))
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> Path:
@@ -162,8 +195,10 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
             (tmp / ROI_DIR).mkdir()
             for name in p.present_rois:
                 _save(p.mask(name).astype(np.uint8), aff, tmp / ROI_DIR / f"{name}.nii.gz")
+        assert p.geometry is not None
         info = {"id": p.id, "roi_format": roi_format, "rois": p.roi_set.to_dicts(),
                 "missing_rois": list(p.missing_rois), "spacing": list(p.spacing),
+                "geometry": p.geometry.to_dict(),
                 "meta": {k: v for k, v in p.meta.items() if k != "affine"}}
         (tmp / ROIS_JSON).write_text(json.dumps(info, indent=2))
     return final
@@ -229,33 +264,54 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
 def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     info = _read_json(folder)
     pid = str(info.get("id") or folder.name)
-    ct, img = _load(folder / CT_FILE, "CT")
+    ct_path = folder / CT_FILE
+    ct, img = _load(ct_path, "CT")
     if not np.issubdtype(ct.dtype, np.integer):
         ct = np.asarray(img.get_fdata(dtype=np.float64))
     shape = ct.shape
-    spacing = _spacing(img, folder / CT_FILE)
+    ct_aff = np.asarray(img.affine, dtype=np.float64)
+    geom = _geometry(img, ct_path, info.get("geometry"))
 
-    def same_grid(arr: np.ndarray, path: Path) -> np.ndarray:
+    def same_grid(arr: np.ndarray, other: Any, path: Path) -> np.ndarray:
         if arr.shape != shape:
-            raise NiftiFormatError(f"patient {pid}: {path} has shape {arr.shape}, CT {shape}")
+            raise NiftiFormatError(f"patient {pid}: {path} has shape {arr.shape}, CT {ct_path} {shape}")
+        aff = np.asarray(other.affine, dtype=np.float64)
+        if not _same_affine(aff, ct_aff):
+            raise NiftiFormatError(f"patient {pid}: {path} is not on the grid of {ct_path} "
+                                   f"({_grid_difference(aff, ct_aff)}); every file of a patient must share "
+                                   "the CT's affine")
         return arr
 
-    dose = read_dose(folder / DOSE_FILE) if (folder / DOSE_FILE).is_file() else None
-    if dose is not None:
-        same_grid(dose, folder / DOSE_FILE)
+    def load_on_grid(path: Path, what: str) -> np.ndarray:
+        arr, im = _load(path, what)
+        return same_grid(arr, im, path)
+
+    dose = None
+    if (folder / DOSE_FILE).is_file():
+        dose = read_dose(folder / DOSE_FILE)
+        same_grid(dose, _load(folder / DOSE_FILE, "dose")[1], folder / DOSE_FILE)
     pdm = None
     if (folder / MASK_FILE).is_file():
-        pdm = same_grid(_load(folder / MASK_FILE, "possible-dose mask")[0], folder / MASK_FILE) != 0
+        pdm = load_on_grid(folder / MASK_FILE, "possible-dose mask") != 0
     masks: dict[str, np.ndarray] = {}
     if (folder / CODES_FILE).is_file():
-        codes = same_grid(_load(folder / CODES_FILE, "ROI codes")[0], folder / CODES_FILE)
+        codes = load_on_grid(folder / CODES_FILE, "ROI codes")
         if codes.dtype.kind != "u":
             if codes.dtype.kind == "i" and codes.min() >= 0:
                 codes = codes.astype(np.dtype(f"u{codes.dtype.itemsize}"))
             else:
                 raise NiftiFormatError(f"patient {pid}: {folder / CODES_FILE} must hold unsigned integers")
+        listed = info["rois"]
+        nbits = codes.dtype.itemsize * 8
+        if len(listed) < nbits and codes.size:
+            extra = int(np.bitwise_or.reduce(codes, axis=None)) >> len(listed)
+            if extra:
+                bits = [len(listed) + k for k in range(nbits) if extra >> k & 1]
+                raise NiftiFormatError(f"patient {pid}: {folder / CODES_FILE} sets bit(s) {bits}, but "
+                                       f"{folder / ROIS_JSON} lists only {len(listed)} ROIs (bits 0-"
+                                       f"{len(listed) - 1}); those voxels belong to no known ROI")
         missing = set(info.get("missing_rois", []))
-        for k, d in enumerate(info["rois"]):
+        for k, d in enumerate(listed):
             if d["name"] not in missing:
                 masks[d["name"]] = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
     elif (folder / ROI_DIR).is_dir():
@@ -265,14 +321,18 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
             if c is None or c.is_body:
                 if c is not None and pdm is None:
-                    pdm = same_grid(_load(f, "ROI")[0], f) != 0
+                    pdm = load_on_grid(f, "ROI") != 0
                 continue
-            m = same_grid(_load(f, "ROI")[0], f) != 0
+            if c.name not in roi_set:
+                raise NiftiFormatError(f"patient {pid}: label file {f} names ROI {c.name!r}, which is "
+                                       f"neither listed in {folder / ROIS_JSON} nor in the ROI set "
+                                       f"({', '.join(roi_set.names)})")
+            m = load_on_grid(f, "ROI") != 0
             masks[c.name] = masks[c.name] | m if c.name in masks else m
     meta = dict(info.get("meta", {}))
-    meta.update({"format": "nifti", "source": str(folder.resolve()),
-                 "affine": [[float(v) for v in row] for row in img.affine]})
-    return Patient.from_masks(pid, ct, masks, roi_set, spacing, pdm, dose, meta)
+    meta.pop("affine", None)
+    meta.update({"format": "nifti", "source": str(folder.resolve())})
+    return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
 
 
 def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]]:

@@ -240,11 +240,20 @@ class RoiMap:
         return Canonical(c.name, kind, rx, c.matched)
 
 
+#: RTROIInterpretedType values of treatment targets.
+TARGET_TYPES = ("PTV", "CTV", "GTV", "ITV")
+#: RTROIInterpretedType values of organs at risk.
+OAR_TYPES = ("ORGAN", "AVOIDANCE", "OAR")
+
+
 def _kind_from_type(interpreted_type: str) -> str:
-    """Kind of an unmapped ROI: ``oar`` for ORGAN/AVOIDANCE, else ``other`` (targets without a
-    prescription in the name or the map are ``other`` too: dosepred targets need an Rx)."""
+    """Kind of an ROI whose name is not recognised, from its RTROIInterpretedType: ``target`` for
+    PTV/CTV/GTV/ITV (the prescription then comes from the RTPLAN, the map or nowhere), ``oar`` for
+    ORGAN/AVOIDANCE, else ``other`` (EXTERNAL is the body, handled by the DICOM reader)."""
     t = (interpreted_type or "").upper()
-    return "oar" if t in ("ORGAN", "AVOIDANCE", "OAR") else "other"
+    if t in TARGET_TYPES:
+        return "target"
+    return "oar" if t in OAR_TYPES else "other"
 
 
 # --------------------------------------------------------------------------------- ROI set union

@@ -1,0 +1,386 @@
+"""Malformed DICOM and NIfTI input through the CLI: each case exits with code 2 (or 0 with an explicit
+warning where the input is usable), names the file and the field or rule broken, prints no traceback
+and leaves no output behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from dicom_layouts import write_rtplan
+from dosepred.cli import app
+from dosepred.io import dicom, nifti
+from test_dicom import make_patient
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad-template")
+    p = make_patient()
+    d = dicom.write_dicom(p, root / "dcm")
+    write_rtplan(d, d / "RS.dcm", {"PTV70": 70.0})
+    n = nifti.write_patient(p, root / "nii")
+    c = nifti.write_patient(p, root / "nii-codes", "codes")
+    return {"dicom": d, "nifti": n, "codes": c}
+
+
+def edit(path: Path, fn: Callable[[pydicom.Dataset], None]) -> None:
+    ds = pydicom.dcmread(path)
+    fn(ds)
+    ds.save_as(path)
+
+
+def edit_all_ct(folder: Path, fn: Callable[[pydicom.Dataset], None]) -> None:
+    for f in sorted(folder.glob("CT.*.dcm")):
+        edit(f, fn)
+
+
+def run(args: list[str]):
+    return CliRunner().invoke(app, args)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------------------------- DICOM
+
+def _no_scaling(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: delattr(ds, "DoseGridScaling"))
+
+
+def _zero_scaling(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseGridScaling", "0"))
+
+
+def _huge_dose(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseGridScaling", "1"))
+
+
+def _short_offsets(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "GridFrameOffsetVector", list(ds.GridFrameOffsetVector)[:-1]))
+
+
+def _irregular_offsets(f: Path) -> None:
+    def fn(ds):
+        off = [float(v) for v in ds.GridFrameOffsetVector]
+        off[5] += 1.0
+        ds.GridFrameOffsetVector = off
+    edit(f / "RD.dcm", fn)
+
+
+def _rd_degenerate_iop(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]))
+
+
+def _relative_units(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseUnits", "RELATIVE"))
+
+
+def _rd_other_frame(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "FrameOfReferenceUID", pydicom.uid.generate_uid()))
+
+
+def _ct_degenerate_iop(f: Path) -> None:
+    edit_all_ct(f, lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]))
+
+
+def _ct_iop_not_unit(f: Path) -> None:
+    edit_all_ct(f, lambda ds: setattr(ds, "ImageOrientationPatient", [2, 0, 0, 0, 1, 0]))
+
+
+def _ct_iop_five(f: Path) -> None:
+    edit_all_ct(f, lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1]))
+
+
+def _ct_pixel_spacing_zero(f: Path) -> None:
+    edit_all_ct(f, lambda ds: setattr(ds, "PixelSpacing", [0, 2]))
+
+
+def _ct_no_ipp(f: Path) -> None:
+    edit(f / "CT.0007.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
+
+
+def _contour(ds, roi: str = "PTV70"):
+    num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == roi)
+    rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
+    return rc.ContourSequence[0]
+
+
+def _ragged(f: Path) -> None:
+    def fn(ds):
+        c = _contour(ds)
+        c.ContourData = list(c.ContourData) + ["1.5"]
+    edit(f / "RS.dcm", fn)
+
+
+def _npoints(f: Path) -> None:
+    def fn(ds):
+        c = _contour(ds)
+        c.NumberOfContourPoints = int(c.NumberOfContourPoints) + 4
+    edit(f / "RS.dcm", fn)
+
+
+def _no_contour_data(f: Path) -> None:
+    edit(f / "RS.dcm", lambda ds: delattr(_contour(ds), "ContourData"))
+
+
+def _absent_images(f: Path) -> None:
+    for g in sorted(f.glob("CT.*.dcm"))[1:]:
+        g.unlink()
+
+
+def _rs_other_frame(f: Path) -> None:
+    def fn(ds):
+        other = pydicom.uid.generate_uid()
+        ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other
+        for r in ds.StructureSetROISequence:
+            r.ReferencedFrameOfReferenceUID = other
+    edit(f / "RS.dcm", fn)
+
+
+def _rp_other_frame(f: Path) -> None:
+    edit(f / "RP.dcm", lambda ds: setattr(ds, "FrameOfReferenceUID", pydicom.uid.generate_uid()))
+
+
+def _rp_cgy(f: Path) -> None:
+    edit(f / "RP.dcm", lambda ds: setattr(ds.DoseReferenceSequence[0], "TargetPrescriptionDose", "7000"))
+
+
+def _rp_negative(f: Path) -> None:
+    edit(f / "RP.dcm", lambda ds: setattr(ds.DoseReferenceSequence[0], "TargetPrescriptionDose", "-60"))
+
+
+DICOM_ERRORS = [
+    ("rtdose-no-scaling", _no_scaling, r"RD\.dcm lacks DoseGridScaling"),
+    ("rtdose-zero-scaling", _zero_scaling, r"RD\.dcm: DoseGridScaling must be > 0"),
+    ("rtdose-huge", _huge_dose, r"RD\.dcm: maximum dose .* Gy .* is not a radiotherapy dose"),
+    ("rtdose-offsets-short", _short_offsets, r"RD\.dcm: GridFrameOffsetVector has 31 values for 32 frames"),
+    ("rtdose-offsets-irregular", _irregular_offsets, r"RD\.dcm: GridFrameOffsetVector is not a regular"),
+    ("rtdose-degenerate-iop", _rd_degenerate_iop, r"RD\.dcm: degenerate ImageOrientationPatient"),
+    ("rtdose-relative", _relative_units, r"RD\.dcm: DoseUnits is RELATIVE"),
+    ("rtdose-other-frame", _rd_other_frame,
+     r"RTDOSE .*RD\.dcm has FrameOfReference .*, but the referenced RT(PLAN|STRUCT) lies on CT series"),
+    ("ct-degenerate-iop", _ct_degenerate_iop, r"CT\.0001\.dcm: degenerate ImageOrientationPatient"),
+    ("ct-iop-not-unit", _ct_iop_not_unit, r"CT\.0001\.dcm: degenerate ImageOrientationPatient .*not a unit"),
+    ("ct-iop-five-numbers", _ct_iop_five, r"CT\.0001\.dcm: ImageOrientationPatient must hold 6 numbers"),
+    ("ct-pixel-spacing-zero", _ct_pixel_spacing_zero, r"CT\.0001\.dcm: PixelSpacing must be positive"),
+    ("ct-no-position", _ct_no_ipp, r"CT\.0007\.dcm lacks ImagePositionPatient"),
+    ("contour-ragged", _ragged, r"RS\.dcm: ROI PTV70 \(ROINumber 2\) contour 1: ContourData holds \d+ "
+     r"numbers, not a list of \(x, y, z\) triples"),
+    ("contour-npoints", _npoints,
+     r"RS\.dcm: ROI PTV70 .* NumberOfContourPoints is \d+ but ContourData holds"),
+    ("contour-no-data", _no_contour_data, r"RS\.dcm: ROI PTV70 .* has no ContourData"),
+    ("referenced-images-absent", _absent_images,
+     r"RS\.dcm references 32 images of CT series .*, but 31 of them are not under"),
+    ("rtstruct-other-frame", _rs_other_frame,
+     r"RS\.dcm references CT series .* the contours belong to another CT"),
+    ("rtplan-other-frame", _rp_other_frame, r"RTPLAN .*RP\.dcm has FrameOfReference .*, but the RTSTRUCT"),
+    ("rtplan-rx-cgy", _rp_cgy,
+     r"RP\.dcm: DoseReferenceSequence item 1: TargetPrescriptionDose 7000 Gy is not a prescription"),
+    ("rtplan-rx-negative", _rp_negative,
+     r"RP\.dcm: DoseReferenceSequence item 1: TargetPrescriptionDose -60"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,message", DICOM_ERRORS, ids=[c[0] for c in DICOM_ERRORS])
+def test_bad_dicom_is_rejected(template, tmp_path, name, mutate, message):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    mutate(src)
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output and not isinstance(res.exception, (AssertionError, TypeError))
+    assert re_search(message, text), text
+    assert not (out / "dataset.json").exists()  # no cache written (an empty --out: see issue 14)
+
+
+def test_contour_of_two_points_is_ignored_with_a_warning(template, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+
+    def fn(ds):
+        c = _contour(ds, "LeftParotid")
+        c.ContourData = list(c.ContourData)[:6]
+        c.NumberOfContourPoints = 2
+    edit(src / "RS.dcm", fn)
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c"), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(r"warning: RTSTRUCT .*RS\.dcm: 1 contour\(s\) of ROI LeftParotid have fewer than 3 "
+                     r"points \(ContourData\)", text)
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+def test_rtdose_shared_frame_without_references_is_not_guessed(template, tmp_path):
+    """Two CT series in one FrameOfReference and an RTDOSE that references neither's plan or
+    structure set: not given to the first match, a warning names it."""
+    a = tmp_path / "in" / "a"
+    shutil.copytree(template["dicom"], a)
+    (a / "RP.dcm").unlink()
+    b = tmp_path / "in" / "b"
+    shutil.copytree(a, b)
+    (b / "RD.dcm").unlink()
+    series, rs_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    edit_all_ct(b, lambda ds: setattr(ds, "SeriesInstanceUID", series))
+
+    def rs(ds):
+        ds.SOPInstanceUID = rs_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = rs_uid
+        ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0] \
+            .RTReferencedSeriesSequence[0].SeriesInstanceUID = series
+    edit(b / "RS.dcm", rs)
+    for f in b.glob("CT.*.dcm"):  # other SOP instances
+        edit(f, lambda ds: setattr(ds, "SOPInstanceUID", pydicom.uid.generate_uid()))
+    edit(b / "RS.dcm", lambda ds: delattr(
+        ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0],
+        "ContourImageSequence"))
+    edit(a / "RD.dcm", lambda ds: delattr(ds, "ReferencedStructureSetSequence"))
+    res = run(["data", "import-dicom", str(tmp_path / "in"), "--out", str(tmp_path / "c"), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(r"warning: RTDOSE .*RD\.dcm references no RTPLAN/RTSTRUCT .* shared by 2 CT series; not "
+                     r"used", text), text
+    assert "dose no" in text and "dose yes" not in text
+
+
+# -------------------------------------------------------------------------------------- NIfTI
+
+def _nii_edit(path: Path, affine: np.ndarray | None = None, data: np.ndarray | None = None) -> None:
+    img = nib.load(path)
+    arr = np.asarray(img.dataobj) if data is None else data
+    aff = img.affine if affine is None else affine
+    new = nib.Nifti1Image(arr, aff)
+    new.set_sform(aff, code=1)
+    new.set_qform(aff, code=1)
+    nib.save(new, path)
+
+
+def _shift_dose(f: Path) -> None:
+    aff = nib.load(f / "ct.nii.gz").affine.copy()
+    aff[0, 3] += 40.0
+    _nii_edit(f / "dose.nii.gz", aff)
+
+
+def _shear_dose(f: Path) -> None:
+    aff = nib.load(f / "ct.nii.gz").affine.copy()
+    c0, c1 = aff[:3, 0].copy(), aff[:3, 1].copy()
+    th = np.arccos(0.88)  # column 1 tilted towards column 0, same length: voxel volume x 0.88
+    aff[:3, 1] = np.cos(th) * c1 + np.sin(th) * c0 / np.linalg.norm(c0) * np.linalg.norm(c1)
+    _nii_edit(f / "dose.nii.gz", aff)
+
+
+def _mask_permuted(f: Path) -> None:
+    aff = nib.load(f / "ct.nii.gz").affine.copy()
+    _nii_edit(f / "possible_dose_mask.nii.gz", aff[:, [1, 0, 2, 3]])
+
+
+def _label_elsewhere(f: Path) -> None:
+    aff = nib.load(f / "ct.nii.gz").affine.copy()
+    aff[2, 3] -= 7.5
+    _nii_edit(f / "rois" / "PTV70.nii.gz", aff)
+
+
+def _unknown_label(f: Path) -> None:
+    shutil.copy(f / "rois" / "Ring.nii.gz", f / "rois" / "Couch_top.nii.gz")
+
+
+def _ct_zero_axis(f: Path) -> None:
+    aff = nib.load(f / "ct.nii.gz").affine.copy()
+    aff[:3, 2] = 0
+    img = nib.load(f / "ct.nii.gz")
+    hdr = img.header.copy()
+    hdr.set_qform(None, code=0)  # nibabel cannot store a degenerate qform; the sform holds it
+    hdr.set_sform(aff, code=1)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, hdr), f / "ct.nii.gz")
+
+
+def _codes_extra_bit(f: Path) -> None:
+    img = nib.load(f / "roi_codes.nii.gz")
+    codes = np.asarray(img.dataobj).copy()
+    codes[3, 3, 3] |= 1 << 3  # bit 3: the sidecar lists 3 ROIs (bits 0-2)
+    _nii_edit(f / "roi_codes.nii.gz", data=codes)
+
+
+NIFTI_ERRORS = [
+    ("dose-shifted-40mm", "nifti", _shift_dose,
+     r"dose\.nii\.gz is not on the grid of .*ct\.nii\.gz \(origin 40 mm apart\)"),
+    ("dose-sheared-12pct", "nifti", _shear_dose,
+     r"dose\.nii\.gz is not on the grid of .*ct\.nii\.gz \(voxel volume .* \(-12\.0 %\)"),
+    ("mask-axes-permuted", "nifti", _mask_permuted,
+     r"possible_dose_mask\.nii\.gz is not on the grid of .*ct\.nii\.gz"),
+    ("label-elsewhere", "nifti", _label_elsewhere,
+     r"rois/PTV70\.nii\.gz is not on the grid of .*ct\.nii\.gz"),
+    ("label-unknown", "nifti", _unknown_label,
+     r"label file .*rois/Couch_top\.nii\.gz names ROI 'Couch_top', which is neither listed in .*rois\.json"),
+    ("ct-zero-axis", "nifti", _ct_zero_axis, r"ct\.nii\.gz: invalid affine"),
+    ("codes-extra-bit", "codes", _codes_extra_bit,
+     r"roi_codes\.nii\.gz sets bit\(s\) \[3\], but .*rois\.json lists only 3 ROIs"),
+]
+
+
+@pytest.mark.parametrize("name,kind,mutate,message", NIFTI_ERRORS, ids=[c[0] for c in NIFTI_ERRORS])
+def test_bad_nifti_is_rejected(template, tmp_path, name, kind, mutate, message):
+    src = tmp_path / "in" / "pt_a"
+    shutil.copytree(template[kind], src)
+    mutate(src)
+    out = tmp_path / "cache"
+    res = run(["data", "import-nifti", str(tmp_path / "in"), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output
+    assert re_search(message, text), text
+    assert not (out / "dataset.json").exists()  # no cache written (an empty --out: see issue 14)
+
+
+# ---------------------------------------------------------------------------- evaluate RTDOSE
+
+def _proto(tmp_path: Path) -> Path:
+    f = tmp_path / "proto.json"
+    f.write_text(json.dumps({"name": "t", "criteria": [
+        {"roi": "PTV70", "metric": "D95%", "limit": 66.5, "direction": ">="}]}))
+    return f
+
+
+def test_evaluate_two_rtdoses_for_one_patient(template, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(template["dicom"], ref / "pt_a")
+    (p,) = dicom.read_dicom_folder(ref)
+    dicom.write_rtdose(p, p.dose, tmp_path / "pred" / "x.dcm")
+    dicom.write_rtdose(p, p.dose * 0.5, tmp_path / "pred" / "y.dcm")
+    res = run(["evaluate", "--reference", str(ref), "--prediction", str(tmp_path / "pred"),
+               "--protocol", str(_proto(tmp_path)), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert re_search(r"patient pt_a: 2 RTDOSE files match by referenced RTSTRUCT \(.*x\.dcm, .*y\.dcm\)",
+                     text)
+    assert "Traceback" not in res.output
+
+
+def test_evaluate_rtdose_without_scaling(template, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(template["dicom"], ref / "pt_a")
+    (p,) = dicom.read_dicom_folder(ref)
+    f = dicom.write_rtdose(p, p.dose, tmp_path / "pred" / "x.dcm")
+    edit(f, lambda ds: delattr(ds, "DoseGridScaling"))
+    res = run(["evaluate", "--reference", str(ref), "--prediction", str(tmp_path / "pred"),
+               "--protocol", str(_proto(tmp_path)), "--no-progress", "--json", str(tmp_path / "e.json")])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert re_search(r"RTDOSE .*x\.dcm lacks DoseGridScaling", text)
+    assert "Traceback" not in res.output and not (tmp_path / "e.json").exists()
