@@ -280,14 +280,25 @@ class QAChecker:
 
         return predict_dose(self.net, plan)
 
-    def check(self, plan: Patient, pred: np.ndarray | None = None) -> tuple[PatientQA, np.ndarray]:
-        """QA of one plan (its dose); returns the result and the predicted dose."""
-        from .evaluation import evaluate_patient
+    def prepare(self, plan: Patient) -> Patient:
+        """The plan in the model's ROI bit order and array orientation (the model's recorded axes,
+        else the OpenKBP convention its released models were trained in; a permutation of axes,
+        no interpolation)."""
+        from .geometry import OPENKBP_AXES
 
-        t0 = time.perf_counter()
         if plan.dose is None:
             raise ValueError(f"patient {plan.id} has no dose: QA needs the plan's dose (RTDOSE)")
         plan = to_roi_set(plan, self.roi_set)
+        axes = getattr(self.net.config, "axes", None) or OPENKBP_AXES
+        return plan.reoriented(str(axes))
+
+    def check(self, plan: Patient, pred: np.ndarray | None = None) -> tuple[PatientQA, np.ndarray, Patient]:
+        """QA of one plan (its dose); returns the result, the predicted dose and the plan as checked
+        (:meth:`prepare`; the predicted dose is on its grid)."""
+        from .evaluation import evaluate_patient
+
+        t0 = time.perf_counter()
+        plan = self.prepare(plan)
         if pred is None:
             pred = self.predict(plan)
         res = evaluate_patient(plan, pred, self.protocol)
@@ -319,7 +330,7 @@ class QAChecker:
             out.append(CriterionQA(c.roi, c.metric, float(c.ref), float(c.pred), float(low), float(high),
                                    c.limit, c.ref_pass, flags, name=c.name, family=fam, unit=c.unit, kind=kind,
                                    lower_better=lb, gain=gain))
-        return PatientQA(plan.id, out, patient_flags, time.perf_counter() - t0), pred
+        return PatientQA(plan.id, out, patient_flags, time.perf_counter() - t0), pred, plan
 
 
 def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient], protocol: Any,
@@ -338,10 +349,10 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
         writer = QAReportWriter(report, chk, max_patients=report_max)
     patients: list[PatientQA] = []
     for p in it:
-        pq, pred = chk.check(p)
+        pq, pred, checked = chk.check(p)
         patients.append(pq)
         if writer is not None:
-            writer.add(to_roi_set(p, chk.roi_set), pred, pq)
+            writer.add(checked, pred, pq)
     if not patients:
         raise ValueError(f"no plans found in {plans}")
     res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calib.get("protocol")),
