@@ -206,7 +206,9 @@ def open_plans(src: str | os.PathLike) -> Iterator[Patient]:
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"plans {src} do not exist")
-    if is_cache(src) or openkbp.is_openkbp_folder(src):
+    # a DICOM export may also hold pt_* folders: OpenKBP only when they hold its CSV files
+    csv = (src / "ct.csv").is_file() or any(src.glob("pt_*/*.csv"))
+    if is_cache(src) or (openkbp.is_openkbp_folder(src) and csv):
         yield from load_patients(src)
         return
     from .io.dicom import iter_dicom_folder
