@@ -14,7 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from dosepred.calibration import FAMILIES, FAMILY_TITLES, METHODS, choose_methods, collect_units, cross_validate
+from dosepred.calibration import (
+    FAMILIES,
+    FAMILY_TITLES,
+    METHODS,
+    choose_methods,
+    collect_units,
+    cross_validate,
+)
 
 
 def main() -> None:
@@ -33,7 +40,8 @@ def main() -> None:
         cv = cross_validate(units, splits=a.splits, cal_fraction=a.cal_fraction)
         chosen = choose_methods(cv)
         allres[name] = {"patients": len(ids), "cv": cv, "chosen": chosen}
-        print(f"\n## {name}: {len(ids)} patients, {len(units)} units, {a.splits} random splits, calibrating on {a.cal_fraction:.0%} of the patients")
+        print(f"\n## {name}: {len(ids)} patients, {len(units)} units, {a.splits} random splits, "
+              f"calibrating on {a.cal_fraction:.0%} of the patients")
         print("| family | units | method | cov 80 % | width 80 % | cov 90 % | width 90 % |")
         print("|---|---|---|---|---|---|---|")
         for fam in FAMILIES:

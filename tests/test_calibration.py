@@ -4,9 +4,20 @@ import math
 import numpy as np
 import pytest
 
-from dosepred.calibration import (CalibrationError, Unit, choose_methods, conformal_lower, conformal_quantile,
-                                  cross_validate, fit_family, interval, load_calibration, metric_family,
-                                  offsets, write_calibration)
+from dosepred.calibration import (
+    CalibrationError,
+    Unit,
+    choose_methods,
+    conformal_lower,
+    conformal_quantile,
+    cross_validate,
+    fit_family,
+    interval,
+    load_calibration,
+    metric_family,
+    offsets,
+    write_calibration,
+)
 
 
 @pytest.mark.parametrize("n", [1, 5, 19, 20, 100, 333])
@@ -48,7 +59,8 @@ def _synthetic_units(n_patients=60, seed=0):
     """Residuals of three criteria per family with different spreads and biases."""
     rng = np.random.default_rng(seed)
     units = []
-    spec = {"target_dose": [("PTV70", "D95%", 0.5, 1.0), ("PTV70", "D99%", 1.0, 2.0), ("PTV56", "D95%", -0.5, 1.5)],
+    spec = {"target_dose": [("PTV70", "D95%", 0.5, 1.0), ("PTV70", "D99%", 1.0, 2.0),
+                            ("PTV56", "D95%", -0.5, 1.5)],
             "oar_mean": [("LeftParotid", "Dmean", -1.0, 3.0), ("Larynx", "Dmean", 0.0, 1.0)]}
     for i in range(n_patients):
         for fam, crits in spec.items():
@@ -85,7 +97,8 @@ def test_coverage_on_new_patients_matches_direct_count():
 
 
 def test_interval_clipped_to_the_metric_range():
-    units = [Unit(f"p{i}", "PTV70", "V110%", "v_metric", float(v), 0.0, 0.0) for i, v in enumerate([0, 0, 1, 2, 3] * 5)]
+    units = [Unit(f"p{i}", "PTV70", "V110%", "v_metric", float(v), 0.0, 0.0)
+             for i, v in enumerate([0, 0, 1, 2, 3] * 5)]
     fam = fit_family(units)
     fam["family"] = "v_metric"
     lo, hi = interval(0.0, "PTV70 V110%", fam, "absolute", 0.8)
@@ -102,7 +115,7 @@ def test_choose_methods_prefers_absolute_unless_clearly_narrower_and_covering():
                 "normalised": stats(79, 8, 89, 10)},
           "b": {"absolute": stats(80, 10, 90, 12), "signed": stats(75, 5, 85, 6),  # under-covers: not allowed
                 "normalised": stats(80, 9.9, 90, 11.9)},
-          "c": {"absolute": stats(80, 10, 90, 12), "signed": stats(84, 8, 94, 10)}}  # narrower and covers more
+          "c": {"absolute": stats(80, 10, 90, 12), "signed": stats(84, 8, 94, 10)}}  # narrower, covers more
     assert choose_methods(cv) == {"a": "normalised", "b": "absolute", "c": "signed"}
 
 

@@ -8,8 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
-from dosepred.qa import (FLAG_BETTER, FLAG_COVERAGE_BELOW, FLAG_HOT_ABOVE, FLAG_OAR_ABOVE, flags_for,
-                         lower_is_better)
+from dosepred.qa import (
+    FLAG_BETTER,
+    FLAG_COVERAGE_BELOW,
+    FLAG_HOT_ABOVE,
+    FLAG_OAR_ABOVE,
+    flags_for,
+    lower_is_better,
+)
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
 CONTRACT = {"roi", "metric", "plan", "predicted", "low", "high", "limit", "plan_pass", "flags"}
@@ -87,7 +93,8 @@ def test_qa_json_contract(qa_run, sample_dir):
             assert isinstance(c["flags"], list) and all(isinstance(f, str) for f in c["flags"])
             # the plan value: an independent computation on the plan dose
             rx = proto.prescription(c["roi"], ref.roi_set)
-            assert c["plan"] == pytest.approx(roi_metric(ref, c["roi"], c["metric"], prescription=rx), abs=1e-4)
+            want = roi_metric(ref, c["roi"], c["metric"], prescription=rx)
+            assert c["plan"] == pytest.approx(want, abs=1e-4)
             lim = crit.limit_value(rx)
             assert c["limit"] == (None if lim is None else pytest.approx(lim))
             if lim is None:
@@ -140,7 +147,8 @@ def test_qa_errors_are_clear(sample_dir, model_dir, tmp_path):
     bare.mkdir()
     for f in ("model.pt", "config.json"):
         shutil.copy(model_dir / f, bare / f)
-    r = CliRunner().invoke(app, ["qa", "--model", str(bare), "--plans", str(sample_dir), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(app, ["qa", "--model", str(bare), "--plans", str(sample_dir), "--out",
+                                 str(tmp_path / "o")])
     assert r.exit_code == 2 and "calibration.json" in r.output and "dosepred calibrate" in r.output
     # a protocol whose family the calibration lacks: a clear error naming the criterion
     proto = tmp_path / "p.json"
@@ -151,8 +159,8 @@ def test_qa_errors_are_clear(sample_dir, model_dir, tmp_path):
     shutil.copytree(model_dir, only)
     cal["families"].pop("v_metric")
     (only / "calibration.json").write_text(json.dumps(cal))
-    r = CliRunner().invoke(app, ["qa", "--model", str(only), "--plans", str(sample_dir), "--out", str(tmp_path / "o2"),
-                                 "--protocol", str(proto)])
+    r = CliRunner().invoke(app, ["qa", "--model", str(only), "--plans", str(sample_dir), "--out",
+                                 str(tmp_path / "o2"), "--protocol", str(proto)])
     assert r.exit_code == 2 and "Larynx V50Gy" in r.output and "recalibrate" in r.output
     r = CliRunner().invoke(app, ["qa", "--model", str(model_dir), "--plans", str(sample_dir), "--out",
                                  str(tmp_path / "o3"), "--coverage", "90"])
@@ -163,8 +171,9 @@ def test_qa_uncalibrated_criterion_falls_back_to_its_family(sample_dir, model_di
     from dosepred.io.cache import load_patients
     from dosepred.qa import FLAG_UNCALIBRATED, run_qa
 
-    proto = {"name": "other", "criteria": [{"roi": "RightParotid", "metric": "D50%", "limit": 30, "direction": "<="},
-                                           {"roi": "PTV70", "metric": "D95%"}]}
+    proto = {"name": "other", "criteria": [
+        {"roi": "RightParotid", "metric": "D50%", "limit": 30, "direction": "<="},
+        {"roi": "PTV70", "metric": "D95%"}]}
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
     from dosepred.protocol import parse_protocol
 

@@ -40,8 +40,8 @@ def test_write_report_two_models(sample_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
     refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)['"]""", html)
     assert refs and all(r.startswith(("data:", "#")) for r in refs)
-    for section in ("Cohort", "Patients", "axial", "coronal", "sagittal", "type='range'", "MAE+CDM - reference",
-                    "ROI contours", "isodose lines", "50 mm"):
+    for section in ("Cohort", "Patients", "axial", "coronal", "sagittal", "type='range'",
+                    "MAE+CDM - reference", "ROI contours", "isodose lines", "50 mm"):
         assert section in html, section
 
 

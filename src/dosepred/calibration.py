@@ -264,7 +264,8 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
                 for cov in coverages:
                     iv = np.array([interval(u.predicted, f"{u.roi} {u.metric}", f, m, cov) for u in tu])
                     low, high = iv[:, 0], iv[:, 1]
-                    d = acc.setdefault(fam, {}).setdefault(m, {}).setdefault(f"{cov:g}", {"cov": [], "width": []})
+                    d = acc.setdefault(fam, {}).setdefault(m, {}).setdefault(f"{cov:g}",
+                                                                            {"cov": [], "width": []})
                     d["cov"].append(float(np.mean((y >= low) & (y <= high))))
                     d["width"].append(float(np.mean(high - low)))
     out: dict[str, Any] = {}
@@ -290,7 +291,7 @@ def choose_methods(cv: dict[str, Any], coverages: Sequence[float] = (0.8, 0.9), 
     more is better on both counts); the margin keeps noise on 33 patients from choosing."""
     chosen = {}
     for fam, ms in cv.items():
-        def total(m: str) -> float | None:
+        def total(m: str, ms: dict[str, Any] = ms) -> float | None:
             stats = [ms.get(m, {}).get(f"{c:g}") for c in coverages]
             if any(s is None for s in stats):
                 return None
@@ -395,7 +396,8 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
         "protocol": proto.name,
         "criteria": sorted({f"{u.roi} {u.metric}" for u in units}),
         "data": str(data), "patients": list(ids),
-        "normalisation": f"per criterion: (residual - bias) / scale, shrunk to the family with k={SHRINK_K:g}",
+        "normalisation": ("per criterion: (residual - bias) / scale, shrunk to the family with "
+                          f"k={SHRINK_K:g}"),
         "families": {fam: {**fit_family(us), "family": fam, "method": chosen.get(fam, "absolute"),
                            "criteria": sorted({f"{u.roi} {u.metric}" for u in us})}
                      for fam, us in sorted(by_fam.items())},

@@ -848,15 +848,16 @@ def qa_cmd(
         con.print(f"[bold yellow]warning:[/] {w}")
     t = Table(title=f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage:.0%} intervals, "
                     "ranked by potential improvement")
-    for col in ("rank", "patient", "potential (Gy)", "flags", "failed limits", "flagged criteria", "reliability"):
-        t.add_column(col, justify="left" if col in ("patient", "flagged criteria", "reliability") else "right")
+    left = ("patient", "flagged criteria", "reliability")
+    for col in ("rank", "patient", "potential (Gy)", "flags", "failed limits", *left[1:]):
+        t.add_column(col, justify="left" if col in left else "right")
     for r in res.summary():
         t.add_row(str(r["rank"]), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
                   ", ".join(r["flagged"]) or "-", ", ".join(r["reliability"]) or "-")
     con.print(t)
     secs = [p.seconds for p in res.patients]
-    con.print(f"QA time per plan after the model is loaded (read excluded): mean {sum(secs) / len(secs):.2f} s, "
-              f"max {max(secs):.2f} s")
+    con.print(f"QA time per plan after the model is loaded (read excluded): mean "
+              f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s")
     res.write_json(out / "qa.json")
     con.print(f"wrote {out / 'qa.json'}")
     if json_out is not None:

@@ -36,8 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import (FAMILIES, CalibrationError, interval, load_calibration, metric_family,
-                          roi_features)
+from .calibration import (
+    FAMILIES,
+    CalibrationError,
+    interval,
+    load_calibration,
+    metric_family,
+    offsets,
+    roi_features,
+)
 from .patient import Patient, RoiSet
 
 FLAG_OAR_ABOVE = "OAR dose above achievable"
@@ -262,20 +269,23 @@ class QAChecker:
             if fam not in self.families:
                 missing.setdefault(fam, []).append(c.name)
             else:
-                ok = math.isfinite(interval(0.0, 0.0, self.families[fam], self.methods[fam], self.coverage)[1])
+                fam_cal = self.families[fam]
+                meth = self.methods[fam]
+                ok = math.isfinite(offsets(np.asarray(fam_cal["scores"][meth]), meth, self.coverage)[1])
                 if not ok:
                     n = self.families[fam]["n"]
-                    raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than the "
-                                           f"{n} of family {fam}: ask for a lower --coverage")
+                    raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than "
+                                           f"the {n} of family {fam}: ask for a lower --coverage")
         if missing:
             fams = "; ".join(f"{f} ({', '.join(v)})" for f, v in missing.items())
             raise CalibrationError(
-                f"the calibration of {self.model_path.parent} (protocol {self.calib.get('protocol')!r}) covers the "
-                f"families {', '.join(sorted(self.families))}, not {fams}: recalibrate with "
+                f"the calibration of {self.model_path.parent} (protocol {self.calib.get('protocol')!r}) "
+                f"covers the families {', '.join(sorted(self.families))}, not {fams}: recalibrate with "
                 f"`dosepred calibrate --protocol {self.protocol.name}`")
         if self.calib.get("protocol") != self.protocol.name:
-            self.warnings.append(f"calibration computed for protocol {self.calib.get('protocol')!r}, QA with "
-                                 f"{self.protocol.name!r}: criteria it did not see use their family's interval")
+            self.warnings.append(f"calibration computed for protocol {self.calib.get('protocol')!r}, QA "
+                                 f"with {self.protocol.name!r}: criteria it did not see use their family's "
+                                 "interval")
 
     def predict(self, plan: Patient) -> np.ndarray:
         from .predict import predict_dose
@@ -330,8 +340,8 @@ class QAChecker:
             if self.calibrated and f"{c.roi} {c.metric}" not in self.calibrated:
                 flags.append(f"{FLAG_UNCALIBRATED} (interval of the {fam} family)")
             out.append(CriterionQA(c.roi, c.metric, float(c.ref), float(c.pred), float(low), float(high),
-                                   c.limit, c.ref_pass, flags, name=c.name, family=fam, unit=c.unit, kind=kind,
-                                   lower_better=lb, gain=gain))
+                                   c.limit, c.ref_pass, flags, name=c.name, family=fam, unit=c.unit,
+                                   kind=kind, lower_better=lb, gain=gain))
         return PatientQA(plan.id, out, patient_flags, time.perf_counter() - t0), pred, plan
 
 

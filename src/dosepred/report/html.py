@@ -30,7 +30,8 @@ td.na{color:#999} .imgs img{max-width:100%;margin:4px 0;border:1px solid #eee}
 """
 
 #: What the colours of the evaluation criteria tables mean.
-EVAL_KEY = ("<div class='key'>colour key: <span class='pass'>green</span> the dose meets the criterion's limit "
+EVAL_KEY = ("<div class='key'>colour key: <span class='pass'>green</span> the dose meets the criterion's "
+            "limit "
             "<span class='fail'>red</span> it does not <span class='na'>grey</span> no limit (only measured)"
             "</div>").replace("class='pass'", "style='background:#d9f2d9;color:#135c13'").replace(
     "class='fail'", "style='background:#f8d7d7;color:#8a1010'").replace("class='na'", "style='color:#999'")
@@ -86,8 +87,8 @@ class ReportWriter:
         panels = [Panel("reference", ref.dose)] + [Panel(k, np.asarray(v)) for k, v in preds.items()]
         panels += [Panel(f"{k} - reference", np.asarray(v) - ref.dose, "diff") for k, v in preds.items()]
         views = viewer_html(ViewRenderer(ref, panels))
-        self.images[ref.id] = (f"<div class='imgs'><img src='{dvh_uri(ref, preds)}' alt='DVH of {_e(ref.id)}'>"
-                               f"</div>{views}")
+        dvh = dvh_uri(ref, preds)
+        self.images[ref.id] = f"<div class='imgs'><img src='{dvh}' alt='DVH of {_e(ref.id)}'></div>{views}"
         self.order.append(ref.id)
 
     def tap(self, pairs: Iterable[tuple[Patient, np.ndarray]], name: str = "prediction"

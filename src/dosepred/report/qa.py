@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 QA_CSS = """
 td.imp{background:#ffe2a8} td.better{background:#d6e6ff} td.rel{color:#555;font-style:italic}
-tr.imp td.l:first-child{border-left:4px solid #e69500} tr.better td.l:first-child{border-left:4px solid #3b78e7}
+tr.imp td.l:first-child{border-left:4px solid #e69500}
+tr.better td.l:first-child{border-left:4px solid #3b78e7}
 .flag{display:block;font-size:12px;text-align:left}
 """
 
@@ -62,8 +63,8 @@ class QAReportWriter:
         panels = [Panel("plan", plan.dose), Panel("prediction (achievable)", pred),
                   Panel("plan - prediction", plan.dose - pred, "diff")]
         views = viewer_html(ViewRenderer(plan, panels))
-        self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {_e(pq.id)}'></div>"
-                               f"<h4>Views through the target centroid</h4>{views}")
+        self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {_e(pq.id)}'>"
+                               f"</div><h4>Views through the target centroid</h4>{views}")
 
     def _criteria_table(self, pq: PatientQA, coverage: float) -> str:
         rows = ["<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th>"
@@ -113,7 +114,8 @@ class QAReportWriter:
                      "<th>flags</th><th>failed limits</th><th class='l'>flagged criteria</th>"
                      "<th class='l'>reliability notes</th></tr>")
         for r in summary:
-            parts.append(f"<tr><td>{r['rank']}</td><td class='l'><a href='#p-{_e(r['id'])}'>{_e(r['id'])}</a></td>"
+            parts.append(f"<tr><td>{r['rank']}</td>"
+                         f"<td class='l'><a href='#p-{_e(r['id'])}'>{_e(r['id'])}</a></td>"
                          f"<td>{r['potential_gy']:.1f}</td><td>{r['flags']}</td><td>{r['failed']}</td>"
                          f"<td class='l'>{_e(', '.join(r['flagged']) or '-')}</td>"
                          f"<td class='l'>{_e(', '.join(r['reliability']) or '-')}</td></tr>")
@@ -122,8 +124,8 @@ class QAReportWriter:
         parts.append("<h2>Plans</h2>")
         for r in summary:
             pq = by_id[r["id"]]
-            parts.append(f"<div class='patient' id='p-{_e(pq.id)}'><h3>{_e(pq.id)} (rank {r['rank']}, potential "
-                         f"{r['potential_gy']:.1f} Gy)</h3>")
+            parts.append(f"<div class='patient' id='p-{_e(pq.id)}'><h3>{_e(pq.id)} (rank {r['rank']}, "
+                         f"potential {r['potential_gy']:.1f} Gy)</h3>")
             parts.append(QA_KEY)
             parts.append(self._criteria_table(pq, res.coverage))
             if keep is None or pq.id in keep:

@@ -61,7 +61,7 @@ def roi_colours(names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
 
 
 def hex_colour(c: Sequence[float]) -> str:
-    return "#%02x%02x%02x" % tuple(int(x) for x in c[:3])
+    return "#" + "".join(f"{int(x):02x}" for x in c[:3])
 
 
 @dataclass
@@ -142,7 +142,8 @@ def _thick(b: np.ndarray) -> np.ndarray:
 def _png(rgb: np.ndarray) -> str:
     from PIL import Image
 
-    im = Image.fromarray(np.ascontiguousarray(rgb), "RGB").quantize(colors=255, method=Image.Quantize.FASTOCTREE)
+    im = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    im = im.quantize(colors=255, method=Image.Quantize.FASTOCTREE)
     buf = io.BytesIO()
     im.save(buf, "PNG", optimize=False, compress_level=6)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -180,7 +181,8 @@ class ViewRenderer:
         self.dead_zone = dead_zone
         self.diff_max = diff_max
         doses = [pn.dose for pn in self.panels if pn.kind == "dose"]
-        self.dose_max = dose_max or max([float(d.max()) for d in doses] + [self.levels[0] if self.levels else 1.0])
+        floor = [self.levels[0] if self.levels else 1.0]
+        self.dose_max = dose_max or max([float(d.max()) for d in doses] + floor)
         self.names = [n for n in patient.roi_set.names if n not in patient.missing_rois]
         self.colours = roi_colours(list(patient.roi_set.names))
         self.margin_mm = margin_mm
@@ -339,7 +341,8 @@ def viewer_html(renderer: ViewRenderer, scale_mm: float = 50.0, zoom: float = 1.
         ppx = int(round((v["panel_px"] + 4) * zoom))
         img_w = int(round(v["img_px"] * zoom))
         parts.append(
-            f"<div class='view'><div class='vt'>{e(v['name'])}: <span id='{uid}l'>{e(v['labels'][v['start']])}"
+            f"<div class='view'><div class='vt'>{e(v['name'])}: "
+            f"<span id='{uid}l'>{e(v['labels'][v['start']])}"
             f"</span> <input type='range' min='0' max='{len(v['images']) - 1}' value='{v['start']}' "
             f"data-view='{uid}' oninput='dpShow(this)' aria-label='{e(v['name'])} slice'> "
             f"<span class='meta'>{len(v['images'])} slices</span></div>"
@@ -382,7 +385,8 @@ VIEW_CSS = """
 .view .vt{font-size:13px;margin:4px 0} .view input[type=range]{width:260px;vertical-align:middle}
 .ptitles{display:grid;font-size:12px;color:#333} .ptitles .pt{text-align:center}
 img.vimg{display:block;image-rendering:auto}
-.scale{font-size:12px;margin-top:2px} .scale span{display:inline-block;height:6px;background:#222;vertical-align:middle}
+.scale{font-size:12px;margin-top:2px}
+.scale span{display:inline-block;height:6px;background:#222;vertical-align:middle}
 .legend{font-size:12px;margin:6px 0;line-height:1.8}
 .sw{display:inline-block;width:12px;height:12px;margin:0 3px 0 8px;vertical-align:middle}
 .sw.dot{width:16px;height:0;border-top:3px solid;background:#444 !important;padding-bottom:3px}
