@@ -4,10 +4,9 @@ A dose-prediction model says what dose an OAR or target *could* get; plan QA ask
 value is plausible for a patient like this one. :func:`calibrate` turns the model's errors on
 patients it was not trained on into intervals that hold their nominal coverage on new patients:
 
-- every (patient, criterion) pair is one *unit* with the plan's value ``y``, the model's predicted
-  value ``yhat`` and a *difficulty* ``s`` computed from the prediction and the contours only
-  (never from the plan): the spread (standard deviation, Gy) of the predicted dose inside the ROI,
-  plus the family's median spread (so ``s`` is never near zero);
+- every (patient, criterion) pair is one *unit* with the plan's value ``y`` and the model's
+  predicted value ``yhat`` (the spread of the predicted dose in the ROI is kept for diagnostics: as a
+  difficulty score it did not predict the size of the errors, see docs/qa.md);
 - units are pooled per metric **family** (:data:`FAMILIES`: target D-metrics, OAR mean doses, OAR
   near-max doses, V-metrics) because one criterion alone has one unit per patient: with 16
   calibration patients a two-sided 90 % split-conformal interval of one criterion would be infinite
@@ -19,8 +18,11 @@ patients it was not trained on into intervals that hold their nominal coverage o
   ``signed``     ``[yhat + q_lo, yhat + q_hi]`` from the signed residuals ``r = y - yhat``, each
                  side at ``alpha / 2`` (asymmetric: plans are systematically hotter or colder than
                  predicted in some families);
-  ``normalised`` ``[yhat + s q_lo, yhat + s q_hi]`` from the signed scores ``r / s`` (wide where
-                 the prediction is uncertain, narrow where it is not).
+  ``normalised`` ``[yhat + b_c + s_c q_lo, yhat + b_c + s_c q_hi]`` from the signed scores
+                 ``(r - b_c) / s_c``, with a per-criterion bias ``b_c`` and scale ``s_c`` shrunk
+                 towards the family's (:func:`criterion_stats`) and, for the calibration scores,
+                 computed without the unit's own patient (cross-fitting): wide for criteria whose
+                 errors are large, centred where a criterion is biased.
 
 The conformal quantile of ``n`` scores at level ``1 - a`` is the ``k``-th smallest with
 ``k = ceil((n + 1)(1 - a))`` (the ``ceil((n + 1)(1 - a)) / n`` empirical quantile; +inf when
@@ -40,7 +42,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +178,11 @@ SHRINK_K = 8.0
 
 
 def criterion_stats(units: Sequence[Unit], k: float = SHRINK_K) -> dict[str, dict[str, float]]:
-    """Per criterion ``"ROI metric"``: ``bias`` and ``scale`` of its residuals, each shrunk towards
-    the family's (bias 0 of the family mean... see below) with ``k`` pseudo-units:
-    ``bias = n / (n + k) * mean_c``, ``scale = sqrt((n var_c + k var_f) / (n + k))``. They define the
-    ``normalised`` scores ``(r - bias) / scale``; a criterion the calibration did not see gets
-    bias 0 and the family's scale."""
+    """Per criterion ``"ROI metric"``: ``bias`` and ``scale`` of its residuals, shrunk towards 0 and
+    towards the family's spread with ``k`` pseudo-units: ``bias = n / (n + k) * mean_c``,
+    ``scale = sqrt((n var_c + k var_f) / (n + k))``. They define the ``normalised`` scores
+    ``(r - bias) / scale``; a criterion the calibration did not see (key ``"*"``) gets bias 0 and the
+    family's scale."""
     r_all = np.array([u.residual for u in units], dtype=np.float64)
     var_f = float(r_all.var()) if r_all.size > 1 else 1.0
     var_f = max(var_f, 1e-6)
@@ -450,16 +452,6 @@ def load_calibration(model: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(c, dict) or c.get("format") != CALIBRATION_FORMAT:
         raise CalibrationError(f"{path} is not a dosepred calibration (format {CALIBRATION_FORMAT!r})")
     return c
-
-
-@dataclass
-class CalibrationSummary:
-    protocol: str
-    patients: int
-    families: dict[str, dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
