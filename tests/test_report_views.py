@@ -64,3 +64,15 @@ def test_difference_dead_zone_leaves_small_differences_uncoloured():
     ct_only = diff_tile[(diff_tile[..., 0] == diff_tile[..., 1]) & (diff_tile[..., 1] == diff_tile[..., 2])]
     # apart from contours and letters the panel is grey (CT only)
     assert ct_only.shape[0] > 0.8 * diff_tile.shape[0] * diff_tile.shape[1]
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_views_go_through_the_chosen_point(name):
+    p = _patient(DIRECTIONS[name])
+    point_mm = np.array([6.0, -9.0, 12.0])  # LPS mm
+    r = ViewRenderer(p, [Panel("plan", p.dose)], point=p.geometry.to_index(point_mm), mm_per_px=1.0)
+    labels = {v["name"]: v["labels"][v["start"]] for v in r.views()}
+    got = {k: float(v.split("=")[1].split()[0]) for k, v in labels.items()}
+    assert [labels[v][0] for v in ("axial", "coronal", "sagittal")] == ["z", "y", "x"]
+    for view, axis in (("sagittal", 0), ("coronal", 1), ("axial", 2)):
+        assert abs(got[view] - point_mm[axis]) <= 1.0  # within half a resampled pixel + rounding

@@ -829,6 +829,9 @@ def qa_cmd(
     report_max: Annotated[int, typer.Option("--report-max", help="Patients with images in the report, "
                                             "highest potential improvement first (0: all).")] = 0,
     no_report: Annotated[bool, typer.Option("--no-report", help="Only the JSON and the table.")] = False,
+    point: Annotated[str | None, typer.Option("--point", help="X,Y,Z: the report's views go through "
+                                              "this patient point (LPS mm) instead of the target "
+                                              "centroid.")] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Knowledge-based plan QA: each plan's criteria against the model's achievable dose with
@@ -841,8 +844,16 @@ def qa_cmd(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    point_mm = None
+    if point is not None:
+        try:
+            point_mm = tuple(float(v) for v in point.split(","))
+        except ValueError:
+            point_mm = ()
+        if len(point_mm) != 3:
+            raise UserError(f"--point must be three numbers X,Y,Z in mm, got {point!r}")
     res = run_qa(model, plans, protocol, coverage=coverage, report=None if no_report else out,
-                 progress=True, report_max=report_max or None)
+                 progress=True, report_max=report_max or None, point_mm=point_mm)  # type: ignore[arg-type]
     con = console()
     for w in res.warnings:
         con.print(f"[bold yellow]warning:[/] {w}")

@@ -347,8 +347,9 @@ class QAChecker:
 
 def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient], protocol: Any,
            coverage: float = 0.9, report: str | os.PathLike | None = None, progress: bool = False,
-           report_max: int | None = None) -> QAResult:
-    """QA of every plan of ``plans``; with ``report`` also writes ``report/report.html``."""
+           report_max: int | None = None, point_mm: tuple[float, float, float] | None = None) -> QAResult:
+    """QA of every plan of ``plans``; with ``report`` also writes ``report/report.html`` (views through
+    ``point_mm``, a patient point in LPS mm, else through the target centroid)."""
     chk = QAChecker(model, protocol, coverage)
     it: Iterable[Patient] = open_plans(plans) if isinstance(plans, (str, os.PathLike)) else plans
     if progress:
@@ -358,7 +359,7 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
     if report is not None:
         from .report.qa import QAReportWriter
 
-        writer = QAReportWriter(report, chk, max_patients=report_max)
+        writer = QAReportWriter(report, chk, max_patients=report_max, point_mm=point_mm)
     patients: list[PatientQA] = []
     for p in it:
         pq, pred, checked = chk.check(p)

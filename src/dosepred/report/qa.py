@@ -44,13 +44,14 @@ class QAReportWriter:
     """Collects each plan's section as QA streams; :meth:`finish` writes ``report.html``."""
 
     def __init__(self, out_dir: str | os.PathLike, checker: QAChecker, max_patients: int | None = None,
-                 title: str = "dosepred plan QA") -> None:
+                 title: str = "dosepred plan QA", point_mm: tuple[float, float, float] | None = None) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.chk = checker
         self.max_patients = max_patients
         self.title = title
         self.figures: dict[str, str] = {}
+        self.point_mm = point_mm  # views through this patient point (LPS mm); else the target centroid
 
     def add(self, plan: Patient, pred: np.ndarray, pq: PatientQA) -> None:
         from .plots import dvh_qa_uri
@@ -62,9 +63,16 @@ class QAReportWriter:
                                f"{self.chk.coverage:.0%} interval band")
         panels = [Panel("plan", plan.dose), Panel("prediction (achievable)", pred),
                   Panel("plan - prediction", plan.dose - pred, "diff")]
-        views = viewer_html(ViewRenderer(plan, panels))
+        point = None
+        if self.point_mm is not None:
+            assert plan.geometry is not None
+            point = np.clip(plan.geometry.to_index(np.asarray(self.point_mm, dtype=float)), 0,
+                            np.asarray(plan.shape) - 1)
+        views = viewer_html(ViewRenderer(plan, panels, point=point))
+        where = ("the point ({}) mm".format(", ".join(f"{v:g}" for v in self.point_mm))
+                 if self.point_mm is not None else "the target centroid")
         self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {_e(pq.id)}'>"
-                               f"</div><h4>Views through the target centroid</h4>{views}")
+                               f"</div><h4>Views through {where}</h4>{views}")
 
     def _criteria_table(self, pq: PatientQA, coverage: float) -> str:
         rows = ["<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th>"
