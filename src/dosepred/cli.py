@@ -368,8 +368,8 @@ def evaluate_cmd(
                                           "JSON file.")] = "openkbp",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
                                                   "file.")] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report (report.html + "
-                                                "PNGs) into this folder.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML report "
+                                                "(report.html, images embedded) into this folder.")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
                                                 "have a prediction; list the others.")] = False,
     no_progress: NoProgress = False,
