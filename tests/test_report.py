@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,9 +35,14 @@ def test_write_report_two_models(sample_dir, tmp_path):
                         extra_tables={"training": [{"model": "MAE", "minutes": 1.0}]})
     html = path.read_text()
     assert path.name == "report.html" and "MAE+CDM" in html and "training" in html
-    assert "class='fail'" in html and "class='pass'" in html
-    for img in (f"{pats[0].id}_dvh.png", f"{pats[0].id}_slice.png"):
-        assert (tmp_path / img).stat().st_size > 1000 and img in html
+    assert "class='fail'" in html and "class='pass'" in html and "colour key" in html
+    # one self-contained file: every image embedded, no external reference
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)['"]""", html)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs)
+    for section in ("Cohort", "Patients", "axial", "coronal", "sagittal", "type='range'",
+                    "MAE+CDM - reference", "ROI contours", "isodose lines", "50 mm"):
+        assert section in html, section
 
 
 def test_cli_missing_prediction_is_an_error(sample_dir, preds):

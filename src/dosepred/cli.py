@@ -511,8 +511,8 @@ def evaluate_cmd(
                                           "JSON file.")] = "openkbp",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
                                                   "file.")] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report (report.html + "
-                                                "PNGs) into this folder.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML report "
+                                                "(report.html, images embedded) into this folder.")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
                                                 "have a prediction; list the others.")] = False,
     overwrite: Overwrite = False,
@@ -1015,6 +1015,118 @@ def demo_cmd(
     con.print(t)
     con.print(res["note"], markup=False)
     con.print(f"wrote {res['report']}")
+
+
+# ========================================================================================= plan QA
+
+@app.command("calibrate")
+@friendly
+def calibrate_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Model folder (released model or run folder).")],
+    data: Annotated[Path, typer.Option("--data", help="Patients with plan doses that the model was NOT "
+                                       "trained on: a cache or an OpenKBP folder.")],
+    protocol: Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol "
+                                          "JSON file.")] = "openkbp-clinical",
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Cache of the model's "
+                                                     "predictions of DATA (`dosepred predict --format "
+                                                     "cache`); else they are computed.")] = None,
+    train_data: Annotated[Path | None, typer.Option("--train-data", help="The training patients, for the "
+                                                    "ranges of ROI volumes and spacings behind the QA "
+                                                    "reliability flags (default: DATA).")] = None,
+    splits: Annotated[int, typer.Option("--splits", help="Random patient splits of the "
+                                        "cross-validation.")] = 200,
+    no_progress: NoProgress = False,
+) -> None:
+    """Calibrate prediction intervals of the protocol's DVH metrics (split conformal per metric
+    family, chosen by cross-validation); writes MODEL/calibration.json."""
+    from rich.table import Table
+
+    from .calibration import FAMILY_TITLES, calibrate
+
+    _progress(no_progress)
+    path, cal = calibrate(model, data, protocol, predictions=predictions, train_data=train_data,
+                          splits=splits, progress=True)
+    con = console()
+    cv = cal["cross_validation"]
+    t = Table(title=f"{len(cal['patients'])} patients, protocol {cal['protocol']}; cross-validated "
+                    f"({cv['splits']} random splits, {cv['calibration_fraction']:.0%} calibrating)")
+    for col in ("family", "units", "method", "coverage 80 %", "width 80 % ", "coverage 90 %", "width 90 %"):
+        t.add_column(col, justify="left" if col in ("family", "method") else "right")
+    for fam, d in cal["families"].items():
+        r = cv["results"].get(fam, {}).get(d["method"], {})
+        cells = []
+        for lev in ("0.8", "0.9"):
+            x = r.get(lev)
+            cells += ["-", "-"] if x is None else [f"{x['coverage']:.1f}", f"{x['width']:.2f}"]
+        t.add_row(FAMILY_TITLES.get(fam, fam), str(d["n"]), d["method"], *cells)
+    con.print(t)
+    con.print(f"wrote {path}")
+
+
+@app.command("qa")
+@friendly
+def qa_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Model folder with a calibration.json.")],
+    plans: Annotated[Path, typer.Option("--plans", help="Plans with doses: a cache, an OpenKBP folder or a "
+                                        "DICOM folder (CT + RTSTRUCT + RTDOSE).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (report.html, qa.json).")],
+    protocol: Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol "
+                                          "JSON file.")] = "openkbp-clinical",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON "
+                                                  "file (always written to OUT/qa.json).")] = None,
+    coverage: Annotated[float, typer.Option("--coverage", help="Coverage of the intervals "
+                                            "(0-1).")] = 0.9,
+    report_max: Annotated[int, typer.Option("--report-max", help="Patients with images in the report, "
+                                            "highest potential improvement first (0: all).")] = 0,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Only the JSON and the table.")] = False,
+    point: Annotated[str | None, typer.Option("--point", help="X,Y,Z: the report's views go through "
+                                              "this patient point (LPS mm) instead of the target "
+                                              "centroid.")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Knowledge-based plan QA: each plan's criteria against the model's achievable dose with
+    calibrated intervals; flags, a ranked cohort summary, OUT/report.html and OUT/qa.json."""
+    from rich.table import Table
+
+    from .qa import run_qa
+
+    _progress(no_progress)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    point_mm = None
+    if point is not None:
+        try:
+            point_mm = tuple(float(v) for v in point.split(","))
+        except ValueError:
+            point_mm = ()
+        if len(point_mm) != 3:
+            raise UserError(f"--point must be three numbers X,Y,Z in mm, got {point!r}")
+    res = run_qa(model, plans, protocol, coverage=coverage, report=None if no_report else out,
+                 progress=True, report_max=report_max or None, point_mm=point_mm)  # type: ignore[arg-type]
+    con = console()
+    for w in res.warnings:
+        con.print(f"[bold yellow]warning:[/] {w}")
+    t = Table(title=f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage:.0%} intervals, "
+                    "ranked by potential improvement")
+    left = ("patient", "flagged criteria", "reliability")
+    for col in ("rank", "patient", "potential (Gy)", "flags", "failed limits", *left[1:]):
+        t.add_column(col, justify="left" if col in left else "right")
+    for r in res.summary():
+        t.add_row(str(r["rank"]), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
+                  ", ".join(r["flagged"]) or "-", ", ".join(r["reliability"]) or "-")
+    con.print(t)
+    secs = [p.seconds for p in res.patients]
+    con.print(f"QA time per plan after the model is loaded (read excluded): mean "
+              f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s")
+    res.write_json(out / "qa.json")
+    con.print(f"wrote {out / 'qa.json'}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        res.write_json(json_out)
+        con.print(f"wrote {json_out}")
+    if not no_report:
+        con.print(f"wrote {out / 'report.html'}")
 
 
 # ==================================================================================== entry point

@@ -25,8 +25,32 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #d0d0d0;padding:3px 8px;text-align:right} th{background:#f2f2f2}
 td.l,th.l{text-align:left} td.pass{background:#d9f2d9;color:#135c13} td.fail{background:#f8d7d7;color:#8a1010}
 td.na{color:#999} .imgs img{max-width:100%;margin:4px 0;border:1px solid #eee}
-.patient{margin-bottom:30px}
+.patient{margin-bottom:30px} .key{font-size:12px;margin:4px 0}
+.key span{display:inline-block;padding:1px 6px;margin-right:6px;border:1px solid #ccc}
 """
+
+#: What the colours of the evaluation criteria tables mean.
+EVAL_KEY = ("<div class='key'>colour key: <span class='pass'>green</span> the dose meets the criterion's "
+            "limit "
+            "<span class='fail'>red</span> it does not <span class='na'>grey</span> no limit (only measured)"
+            "</div>").replace("class='pass'", "style='background:#d9f2d9;color:#135c13'").replace(
+    "class='fail'", "style='background:#f8d7d7;color:#8a1010'").replace("class='na'", "style='color:#999'")
+
+
+def head_html(title: str, extra_css: str = "") -> str:
+    """``<!DOCTYPE html>`` up to ``<body>``: the styles and the slice-slider script (no external
+    resources)."""
+    from .views import VIEW_CSS, VIEW_JS
+
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            f"<style>{CSS}{VIEW_CSS}{extra_css}</style><script>{VIEW_JS}</script></head><body>")
+
+
+def write_html_atomic(path: Path, parts: list[str]) -> Path:
+    from ..fsutil import write_text
+
+    write_text(path, "\n".join(parts))
+    return path
 
 
 def _f(x: float | None, nd: int = 2) -> str:
@@ -40,8 +64,10 @@ def _e(s: Any) -> str:
 class ReportWriter:
     """Build a report while patients stream past (no volumes are kept).
 
-    ``add_patient(ref, {"name": dose, ...})`` renders that patient's DVH and slice images;
-    ``finish({"name": cohort_result, ...})`` writes ``report.html`` and returns its path.
+    ``add_patient(ref, {"name": dose, ...})`` renders that patient's DVH and its three orthogonal
+    views (reference, each prediction, each prediction - reference; slice sliders) as embedded
+    images; ``finish({"name": cohort_result, ...})`` writes the single self-contained
+    ``report.html`` and returns its path.
     """
 
     def __init__(self, out_dir: str | os.PathLike, title: str = "dosepred evaluation",
@@ -50,17 +76,19 @@ class ReportWriter:
         self.out.mkdir(parents=True, exist_ok=True)
         self.title = title
         self.protocol = protocol
-        self.images: dict[str, list[str]] = {}
+        self.images: dict[str, str] = {}  # patient id -> HTML of its figures (embedded images)
         self.order: list[str] = []
 
     def add_patient(self, ref: Patient, preds: dict[str, np.ndarray]) -> None:
-        from .plots import plot_dvh, plot_slice
+        from .plots import dvh_uri
+        from .views import Panel, ViewRenderer, viewer_html
 
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ref.id)
-        dvh_png, sl_png = f"{safe}_dvh.png", f"{safe}_slice.png"
-        plot_dvh(self.out / dvh_png, ref, preds)
-        plot_slice(self.out / sl_png, ref, preds)
-        self.images[ref.id] = [dvh_png, sl_png]
+        assert ref.dose is not None
+        panels = [Panel("reference", ref.dose)] + [Panel(k, np.asarray(v)) for k, v in preds.items()]
+        panels += [Panel(f"{k} - reference", np.asarray(v) - ref.dose, "diff") for k, v in preds.items()]
+        views = viewer_html(ViewRenderer(ref, panels))
+        dvh = dvh_uri(ref, preds)
+        self.images[ref.id] = f"<div class='imgs'><img src='{dvh}' alt='DVH of {_e(ref.id)}'></div>{views}"
         self.order.append(ref.id)
 
     def tap(self, pairs: Iterable[tuple[Patient, np.ndarray]], name: str = "prediction"
@@ -78,8 +106,7 @@ class ReportWriter:
         if isinstance(cohorts, CohortResult):
             cohorts = {"prediction": cohorts}
         names = list(cohorts)
-        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(self.title)}</title>"
-                 f"<style>{CSS}</style></head><body>",
+        parts = [head_html(self.title),
                  f"<h1>{_e(self.title)}</h1>",
                  f"<div class='meta'>protocol {_e(next(iter(cohorts.values())).protocol)} &middot; "
                  f"{len(next(iter(cohorts.values())).patients)} patients &middot; generated "
@@ -102,11 +129,7 @@ class ReportWriter:
             results = {n: by_id[n][pid] for n in names if pid in by_id[n]}
             parts.append(self._patient(pid, results))
         parts.append("</body></html>")
-        path = self.out / "report.html"
-        from ..fsutil import write_text
-
-        write_text(path, "\n".join(parts))
-        return path
+        return write_html_atomic(self.out / "report.html", parts)
 
     @staticmethod
     def _cohort_table(cohorts: dict[str, CohortResult]) -> str:
@@ -176,6 +199,7 @@ class ReportWriter:
             if first.missing_rois:
                 out.append(f"<div class='meta'>not contoured: {_e(', '.join(first.missing_rois))}</div>")
             if first.criteria:
+                out.append(EVAL_KEY)
                 out.append("<table><tr><th class='l'>criterion</th><th>reference</th>" +
                            "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>")
                 for i, c in enumerate(first.criteria):
@@ -185,10 +209,7 @@ class ReportWriter:
                         cells.append(self._cell(cc.pred, cc.pred_pass, cc.unit) if cc else "<td>-</td>")
                     out.append("<tr>" + "".join(cells) + "</tr>")
                 out.append("</table>")
-        imgs = self.images.get(pid, [])
-        if imgs:
-            out.append("<div class='imgs'>" + "".join(f"<img src='{_e(i)}' alt='{_e(i)}'><br>" for i in imgs)
-                       + "</div>")
+        out.append(self.images.get(pid, ""))
         out.append("</div>")
         return "".join(out)
 
@@ -203,7 +224,7 @@ def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[
                  pred_doses: Sequence[np.ndarray] | dict[str, Sequence[np.ndarray]],
                  title: str = "dosepred evaluation",
                  extra_tables: dict[str, list[dict[str, Any]]] | None = None) -> Path:
-    """Write ``out_dir/report.html`` and its PNGs; returns the path of report.html.
+    """Write the self-contained ``out_dir/report.html`` (images embedded); returns its path.
 
     ``cohort_result`` and ``pred_doses`` are either one prediction (a CohortResult and a sequence of
     doses in the order of ``patients``) or several named ones ({"MAE": result, "MAE+CDM": result}

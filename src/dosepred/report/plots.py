@@ -127,3 +127,126 @@ def plot_slice(path: Path, ref: Patient, preds: dict[str, np.ndarray]) -> int:
     fig.savefig(path)
     plt.close(fig)
     return z
+
+
+def fig_data_uri(fig) -> str:
+    """A matplotlib figure as a base64 PNG data URI (the figure is closed)."""
+    import base64
+    import io
+
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _marker_volume(metric: str, plan_dvh: DVH) -> float | None:
+    """Volume (%) at which a dose criterion sits on a DVH: D95% at 95, D0.1cc at 0.1 cc of the ROI,
+    Dmax at 0, Dmin at 100, Dmean where the plan's DVH crosses its mean; None for V-metrics."""
+    from ..metrics import parse_metric
+
+    m = parse_metric(metric)
+    if m.kind == "D":
+        if m.unit == "%":
+            return float(m.value or 0)
+        return float(min(100.0, 100.0 * (m.value or 0) / max(plan_dvh.volume_cc, 1e-9)))
+    if m.kind == "Dmax":
+        return 0.0
+    if m.kind == "Dmin":
+        return 100.0
+    if m.kind == "Dmean":
+        return float(plan_dvh.volume_at_dose(plan_dvh.mean, "%"))
+    return None
+
+
+def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
+               bin_width: float = 0.25) -> str:
+    """Cumulative DVHs for plan QA: plan solid, prediction dashed, per ROI with criteria the predicted
+    DVH shifted by the criterion's interval as a band; each criterion as a marker at its DVH point
+    (plan value, with the interval as an error bar and the limit as a black tick); flagged criteria
+    as triangles. ``criteria``: :class:`dosepred.qa.CriterionQA` items."""
+    from ..metrics import parse_metric, v_threshold
+
+    plt = _plt()
+    idx = roi_voxel_indices(plan)
+    col = roi_colours(list(plan.roi_set.names))
+    fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=96)
+    vox = plan.voxel_volume_mm3
+    assert plan.dose is not None
+    rd, pdv = plan.dose.ravel(), np.asarray(pred).ravel()
+    dvhs: dict[str, DVH] = {}
+    first_crit = {}
+    for c in criteria:
+        if c.unit == "Gy" and c.roi not in first_crit:
+            first_crit[c.roi] = c
+    for n in idx:
+        d = DVH(rd[idx[n]], vox, bin_width)
+        dvhs[n] = d
+        dp = DVH(pdv[idx[n]], vox, bin_width)
+        ax.plot(d.edges, d.cumulative("%"), color=col[n], lw=1.6, label=n)
+        ax.plot(dp.edges, dp.cumulative("%"), color=col[n], lw=1.1, ls="--")
+        c = first_crit.get(n)
+        if c is not None and c.high == c.high and np.isfinite(c.high) and np.isfinite(c.low):
+            y = dp.cumulative("%")
+            ax.fill_betweenx(y, dp.edges + (c.low - c.predicted), dp.edges + (c.high - c.predicted),
+                             color=col[n], alpha=0.15, lw=0)
+    for c in criteria:
+        if c.roi not in dvhs:
+            continue
+        colour = col[c.roi]
+        flagged = any(f.startswith(("OAR dose above", "target hot spot above", "target coverage below"))
+                      for f in c.flags)
+        mk = "^" if flagged else "o"
+        m = parse_metric(c.metric)
+        if m.kind == "V":
+            rx = None
+            for r in plan.roi_set:
+                if r.name == c.roi:
+                    rx = r.prescription
+            try:
+                x = v_threshold(m, rx)
+            except Exception:  # noqa: BLE001 - no prescription: no marker
+                continue
+            ax.errorbar([x], [c.plan], yerr=[[max(c.plan - c.low, 0)], [max(c.high - c.plan, 0)]], fmt=mk,
+                        color=colour, mec="k", ms=7, capsize=3, lw=1.2)
+            if c.limit is not None:
+                ax.plot([x], [c.limit], marker="_", color="k", ms=14, mew=2)
+            continue
+        yv = _marker_volume(c.metric, dvhs[c.roi])
+        if yv is None:
+            continue
+        ax.errorbar([c.plan], [yv], xerr=[[max(c.plan - c.low, 0)], [max(c.high - c.plan, 0)]], fmt=mk,
+                    color=colour, mec="k", ms=7, capsize=3, lw=1.2)
+        if c.limit is not None:
+            ax.plot([c.limit], [yv], marker="|", color="k", ms=14, mew=2)
+    handles = [plt.Line2D([], [], color="k", lw=1.6, label="plan"),
+               plt.Line2D([], [], color="k", lw=1.1, ls="--", label="prediction"),
+               plt.matplotlib.patches.Patch(color="k", alpha=0.15, label="interval band"),
+               plt.Line2D([], [], color="w", marker="o", mec="k", mfc="grey", label="criterion (plan)"),
+               plt.Line2D([], [], color="w", marker="^", mec="k", mfc="grey", label="flagged criterion"),
+               plt.Line2D([], [], color="k", marker="|", ls="", ms=12, mew=2, label="limit")]
+    leg1 = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="ROI", title_fontsize=8,
+                     frameon=False)
+    ax.add_artist(leg1)
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, frameon=False)
+    ax.set_xlabel("dose (Gy)")
+    ax.set_ylabel("volume (%)")
+    ax.set_ylim(0, 102)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{plan.id}: cumulative DVH", fontsize=10)
+    fig.tight_layout()
+    return fig_data_uri(fig)
+
+
+def dvh_uri(ref: Patient, preds: dict[str, np.ndarray], bin_width: float = 0.25) -> str:
+    """:func:`plot_dvh` as a data URI (for the self-contained evaluation report)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "dvh.png"
+        plot_dvh(p, ref, preds, bin_width)
+        import base64
+
+        return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")

@@ -1,0 +1,146 @@
+"""The plan QA report: one self-contained ``report.html`` (see docs/qa.md, "Reading the report").
+
+Top: what was checked (model, protocol, calibration, coverage) and the cohort ranked by potential
+improvement. Per plan: the criteria table with its colour key, the DVHs with the predicted interval
+as a band and the criteria as markers, and the three orthogonal views of plan, prediction and
+plan - prediction (:mod:`dosepred.report.views`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..calibration import FAMILY_TITLES
+from ..patient import Patient
+from .html import _e, _f, head_html, write_html_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..qa import PatientQA, QAChecker, QAResult
+
+QA_CSS = """
+td.imp{background:#ffe2a8} td.better{background:#d6e6ff} td.rel{color:#555;font-style:italic}
+tr.imp td.l:first-child{border-left:4px solid #e69500}
+tr.better td.l:first-child{border-left:4px solid #3b78e7}
+.flag{display:block;font-size:12px;text-align:left}
+"""
+
+QA_KEY = (
+    "<div class='key'><b>colour key</b> &middot; plan vs limit: "
+    "<span style='background:#d9f2d9;color:#135c13'>green</span> the plan meets the protocol limit, "
+    "<span style='background:#f8d7d7;color:#8a1010'>red</span> it does not, "
+    "<span style='color:#999'>-</span> no limit &middot; flags: "
+    "<span style='background:#ffe2a8'>amber</span> the plan is worse than the achievable interval "
+    "(OAR dose above it, or target coverage below it: the plan might be improved), "
+    "<span style='background:#d6e6ff'>blue</span> the plan is better than the interval, "
+    "<i>grey italics</i>: reliability notes (the prediction deserves less trust here)</div>")
+
+
+class QAReportWriter:
+    """Collects each plan's section as QA streams; :meth:`finish` writes ``report.html``."""
+
+    def __init__(self, out_dir: str | os.PathLike, checker: QAChecker, max_patients: int | None = None,
+                 title: str = "dosepred plan QA", point_mm: tuple[float, float, float] | None = None) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.chk = checker
+        self.max_patients = max_patients
+        self.title = title
+        self.figures: dict[str, str] = {}
+        self.point_mm = point_mm  # views through this patient point (LPS mm); else the target centroid
+
+    def add(self, plan: Patient, pred: np.ndarray, pq: PatientQA) -> None:
+        from .plots import dvh_qa_uri
+        from .views import Panel, ViewRenderer, viewer_html
+
+        assert plan.dose is not None
+        dvh = dvh_qa_uri(plan, pred, pq.criteria,
+                         title=f"{plan.id}: DVH, plan (solid) vs prediction (dashed), "
+                               f"{self.chk.coverage:.0%} interval band")
+        panels = [Panel("plan", plan.dose), Panel("prediction (achievable)", pred),
+                  Panel("plan - prediction", plan.dose - pred, "diff")]
+        point = None
+        if self.point_mm is not None:
+            assert plan.geometry is not None
+            point = np.clip(plan.geometry.to_index(np.asarray(self.point_mm, dtype=float)), 0,
+                            np.asarray(plan.shape) - 1)
+        views = viewer_html(ViewRenderer(plan, panels, point=point))
+        where = ("the point ({}) mm".format(", ".join(f"{v:g}" for v in self.point_mm))
+                 if self.point_mm is not None else "the target centroid")
+        self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {_e(pq.id)}'>"
+                               f"</div><h4>Views through {where}</h4>{views}")
+
+    def _criteria_table(self, pq: PatientQA, coverage: float) -> str:
+        rows = ["<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th>"
+                f"<th>predicted</th><th>{coverage:.0%} interval</th><th>limit</th><th>plan vs limit</th>"
+                "<th class='l'>flags</th></tr>"]
+        for c in pq.criteria:
+            imp = [f for f in c.flags if f.startswith(("OAR dose above", "target hot spot above",
+                                                        "target coverage below", "OAR dose below"))]
+            better = [f for f in c.flags if f.startswith("plan better")]
+            rel = [f for f in c.flags if f not in imp and f not in better]
+            cls = "imp" if imp else ("better" if better else "")
+            pass_cls = "na" if c.plan_pass is None else ("pass" if c.plan_pass else "fail")
+            pass_txt = "-" if c.plan_pass is None else ("pass" if c.plan_pass else "FAIL")
+            flag_html = "".join(f"<span class='flag'>{_e(f)}</span>" for f in imp + better)
+            flag_html += "".join(f"<span class='flag rel'>&#9888; {_e(f)}</span>" for f in rel)
+            u = _e(c.unit)
+            lim = "-" if c.limit is None else f"{'&ge;' if not c.lower_better else '&le;'} {_f(c.limit)} {u}"
+            rows.append(
+                f"<tr class='{cls}'><td class='l'>{_e(c.name or f'{c.roi} {c.metric}')}</td>"
+                f"<td class='l'>{_e(FAMILY_TITLES.get(c.family, c.family))}</td>"
+                f"<td>{_f(c.plan)} {u}</td><td>{_f(c.predicted)} {u}</td>"
+                f"<td>{_f(c.low)} - {_f(c.high)} {u}</td><td>{lim}</td>"
+                f"<td class='{pass_cls}'>{pass_txt}</td><td class='l {cls}'>{flag_html or '-'}</td></tr>")
+        rows.append("</table>")
+        return "".join(rows)
+
+    def finish(self, res: QAResult) -> Path:
+        summary = res.summary()
+        keep = {r["id"] for r in summary[: self.max_patients]} if self.max_patients else None
+        by_id = {p.id: p for p in res.patients}
+        meth = ", ".join(f"{FAMILY_TITLES.get(f, f)}: {m}" for f, m in res.methods.items())
+        parts = [head_html(self.title, QA_CSS), f"<h1>{_e(self.title)}</h1>",
+                 f"<div class='meta'>model {_e(res.model)} &middot; protocol {_e(res.protocol)} &middot; "
+                 f"calibration: protocol {_e(res.calibration_protocol)} ({_e(meth)}) &middot; intervals at "
+                 f"{res.coverage:.0%} coverage &middot; {len(res.patients)} plans &middot; generated "
+                 f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
+        for w in res.warnings:
+            parts.append(f"<p class='meta'>&#9888; {_e(w)}</p>")
+        parts.append(
+            "<p>For each criterion, <b>predicted</b> is the value the model predicts as achievable for this "
+            "patient and the <b>interval</b> is where a plan made like the model's training plans would lie "
+            f"with {res.coverage:.0%} probability (split-conformal calibration on patients the model did not "
+            "train on). A plan value outside the interval on the bad side is flagged: it might be improved. "
+            "A flag is a prompt to look, not a verdict; see docs/qa.md.</p>")
+        parts.append("<h2>Cohort: plans ranked by potential improvement</h2>")
+        parts.append("<table><tr><th>rank</th><th class='l'>patient</th><th>potential improvement (Gy)</th>"
+                     "<th>flags</th><th>failed limits</th><th class='l'>flagged criteria</th>"
+                     "<th class='l'>reliability notes</th></tr>")
+        for r in summary:
+            parts.append(f"<tr><td>{r['rank']}</td>"
+                         f"<td class='l'><a href='#p-{_e(r['id'])}'>{_e(r['id'])}</a></td>"
+                         f"<td>{r['potential_gy']:.1f}</td><td>{r['flags']}</td><td>{r['failed']}</td>"
+                         f"<td class='l'>{_e(', '.join(r['flagged']) or '-')}</td>"
+                         f"<td class='l'>{_e(', '.join(r['reliability']) or '-')}</td></tr>")
+        parts.append("</table><p class='meta'>Potential improvement: sum over the flagged dose criteria of "
+                     "|plan - predicted| (Gy).</p>")
+        parts.append("<h2>Plans</h2>")
+        for r in summary:
+            pq = by_id[r["id"]]
+            parts.append(f"<div class='patient' id='p-{_e(pq.id)}'><h3>{_e(pq.id)} (rank {r['rank']}, "
+                         f"potential {r['potential_gy']:.1f} Gy)</h3>")
+            parts.append(QA_KEY)
+            parts.append(self._criteria_table(pq, res.coverage))
+            if keep is None or pq.id in keep:
+                parts.append(self.figures.get(pq.id, ""))
+            else:
+                parts.append("<p class='meta'>images left out (--report-max)</p>")
+            parts.append("</div>")
+        parts.append("</body></html>")
+        return write_html_atomic(self.out / "report.html", parts)
+

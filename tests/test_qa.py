@@ -1,0 +1,210 @@
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.qa import (
+    FLAG_BETTER,
+    FLAG_COVERAGE_BELOW,
+    FLAG_HOT_ABOVE,
+    FLAG_OAR_ABOVE,
+    flags_for,
+    lower_is_better,
+)
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
+CONTRACT = {"roi", "metric", "plan", "predicted", "low", "high", "limit", "plan_pass", "flags"}
+
+
+# ------------------------------------------------------------------------------ flags, by hand
+@pytest.mark.parametrize(("plan", "kind", "lower", "unit", "flag", "gain"), [
+    (30.0, "oar", True, "Gy", FLAG_OAR_ABOVE, 10.0),  # above the interval [15, 25]: 30 - 20 spared
+    (24.0, "oar", True, "Gy", None, 0.0),  # inside
+    (10.0, "oar", True, "Gy", FLAG_BETTER, 0.0),  # below: better than predicted
+    (10.0, "target", False, "Gy", FLAG_COVERAGE_BELOW, 10.0),  # coverage below: 20 - 10
+    (30.0, "target", False, "Gy", FLAG_BETTER, 0.0),
+    (26.0, "target", True, "%", FLAG_HOT_ABOVE, 6.0),  # a hot-spot metric above the interval
+])
+def test_flags_for_hand_made_cases(plan, kind, lower, unit, flag, gain):
+    flags, g = flags_for(plan, 20.0, 15.0, 25.0, kind, lower, unit)
+    if flag is None:
+        assert flags == [] and g == 0
+    else:
+        assert len(flags) == 1 and flags[0].startswith(flag)
+        assert g == pytest.approx(gain)
+        if gain:
+            assert f"{gain:.1f} {unit}" in flags[0]
+
+
+def test_lower_is_better():
+    assert lower_is_better("<=", "D95%", "target") and not lower_is_better(">=", "Dmean", "oar")
+    assert lower_is_better(None, "Dmean", "oar") and lower_is_better(None, "D0.1cc", "target")
+    assert lower_is_better(None, "V110%", "target") and not lower_is_better(None, "V95%", "target")
+    assert not lower_is_better(None, "D95%", "target") and lower_is_better(None, "Dmax", "target")
+
+
+# ------------------------------------------------------------------- qa on the sample patients
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    if not (MODEL / "calibration.json").is_file():
+        pytest.skip("the released model has no calibration.json")
+    d = tmp_path_factory.mktemp("model") / "openkbp-mae-cdm"
+    shutil.copytree(MODEL, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def qa_run(sample_dir, model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qa")
+    js = out / "extra.json"
+    r = CliRunner().invoke(app, ["qa", "--model", str(model_dir), "--plans", str(sample_dir), "--protocol",
+                                 "openkbp-clinical", "--out", str(out / "rep"), "--json", str(js),
+                                 "--coverage", "0.9", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return out, json.loads(js.read_text()), r.output
+
+
+def test_qa_json_contract(qa_run, sample_dir):
+    from dosepred.dvh import roi_metric
+    from dosepred.io.cache import load_patients
+    from dosepred.protocol import load_protocol
+
+    out, data, output = qa_run
+    assert data["coverage"] == 0.9 and isinstance(data["model"], str)
+    assert json.loads((out / "rep" / "qa.json").read_text()) == data
+    pats = {p.id: p for p in load_patients(sample_dir)}
+    assert sorted(p["id"] for p in data["patients"]) == sorted(pats)
+    proto = load_protocol("openkbp-clinical")
+    for p in data["patients"]:
+        assert set(p) == {"id", "criteria"}
+        ref = pats[p["id"]]
+        present = [c for c in proto.criteria if c.roi not in ref.missing_rois]
+        assert [(c["roi"], c["metric"]) for c in p["criteria"]] == [(c.roi, c.metric) for c in present]
+        for c, crit in zip(p["criteria"], present, strict=True):
+            assert set(c) == CONTRACT
+            for k in ("plan", "predicted", "low", "high"):
+                assert isinstance(c[k], float)
+            assert c["low"] <= c["high"]
+            assert isinstance(c["flags"], list) and all(isinstance(f, str) for f in c["flags"])
+            # the plan value: an independent computation on the plan dose
+            rx = proto.prescription(c["roi"], ref.roi_set)
+            want = roi_metric(ref, c["roi"], c["metric"], prescription=rx)
+            assert c["plan"] == pytest.approx(want, abs=1e-4)
+            lim = crit.limit_value(rx)
+            assert c["limit"] == (None if lim is None else pytest.approx(lim))
+            if lim is None:
+                assert c["plan_pass"] is None
+            else:
+                assert c["plan_pass"] == (c["plan"] >= lim if crit.direction == ">=" else c["plan"] <= lim)
+            if c["plan"] > c["high"] and crit.direction == "<=" and ref.roi_set[c["roi"]].kind == "oar":
+                assert any(f.startswith(FLAG_OAR_ABOVE) for f in c["flags"])
+    # the ranked summary
+    s = data["summary"]
+    assert [r["rank"] for r in s] == list(range(1, len(s) + 1))
+    assert [r["potential_gy"] for r in s] == sorted((r["potential_gy"] for r in s), reverse=True)
+    assert "potential" in output and "rank" in output
+
+
+def test_qa_predicted_value_matches_an_independent_prediction(qa_run, sample_dir, model_dir):
+    from dosepred.dvh import roi_metric
+    from dosepred.io.cache import load_patients
+    from dosepred.predict import load_model, predict_dose
+
+    _, data, _ = qa_run
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    pred = predict_dose(load_model(model_dir), p)
+    got = next(x for x in data["patients"] if x["id"] == "pt_66")["criteria"]
+    for c in got[:4] + got[-3:]:
+        rx = p.roi_set.prescription(c["roi"])
+        want = roi_metric(pred, p.mask(c["roi"]), c["metric"], spacing=p.spacing, prescription=rx)
+        assert c["predicted"] == pytest.approx(want, abs=1e-3)
+
+
+def test_qa_report_is_self_contained_with_sections(qa_run):
+    out, data, _ = qa_run
+    html = (out / "rep" / "report.html").read_text()
+    assert sorted(p.name for p in (out / "rep").iterdir()) == ["qa.json", "report.html"]
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)['"]""", html)
+    assert refs, "no images"
+    bad = [r for r in refs if not (r.startswith("data:") or r.startswith("#"))]
+    assert bad == []
+    assert "<link" not in html and "@import" not in html and "url(http" not in html
+    for section in ("Cohort: plans ranked by potential improvement", "colour key", "DVH", "axial", "coronal",
+                    "sagittal", "type='range'", "ROI contours", "isodose lines", "50 mm", "plan - prediction",
+                    "90% interval"):
+        assert section in html, section
+    for p in data["patients"]:
+        assert f"id='p-{p['id']}'" in html
+
+
+def test_qa_errors_are_clear(sample_dir, model_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("model.pt", "config.json"):
+        shutil.copy(model_dir / f, bare / f)
+    r = CliRunner().invoke(app, ["qa", "--model", str(bare), "--plans", str(sample_dir), "--out",
+                                 str(tmp_path / "o")])
+    assert r.exit_code == 2 and "calibration.json" in r.output and "dosepred calibrate" in r.output
+    # a protocol whose family the calibration lacks: a clear error naming the criterion
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps({"name": "vmetrics-oar", "criteria": [
+        {"roi": "Larynx", "metric": "V50Gy", "limit": 30, "direction": "<="}]}))
+    cal = json.loads((model_dir / "calibration.json").read_text())
+    only = tmp_path / "only"
+    shutil.copytree(model_dir, only)
+    cal["families"].pop("v_metric")
+    (only / "calibration.json").write_text(json.dumps(cal))
+    r = CliRunner().invoke(app, ["qa", "--model", str(only), "--plans", str(sample_dir), "--out",
+                                 str(tmp_path / "o2"), "--protocol", str(proto)])
+    assert r.exit_code == 2 and "Larynx V50Gy" in r.output and "recalibrate" in r.output
+    r = CliRunner().invoke(app, ["qa", "--model", str(model_dir), "--plans", str(sample_dir), "--out",
+                                 str(tmp_path / "o3"), "--coverage", "90"])
+    assert r.exit_code == 2 and "coverage" in r.output
+
+
+def test_qa_uncalibrated_criterion_falls_back_to_its_family(sample_dir, model_dir, tmp_path):
+    from dosepred.io.cache import load_patients
+    from dosepred.qa import FLAG_UNCALIBRATED, run_qa
+
+    proto = {"name": "other", "criteria": [
+        {"roi": "RightParotid", "metric": "D50%", "limit": 30, "direction": "<="},
+        {"roi": "PTV70", "metric": "D95%"}]}
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    from dosepred.protocol import parse_protocol
+
+    res = run_qa(model_dir, [p], parse_protocol(proto), coverage=0.8)
+    crit = res.patients[0].criteria
+    assert crit[0].family == "oar_mean" and any(f.startswith(FLAG_UNCALIBRATED) for f in crit[0].flags)
+    assert not any(f.startswith(FLAG_UNCALIBRATED) for f in crit[1].flags)
+    assert res.warnings and "other" in res.warnings[0]
+
+
+def test_qa_on_a_dicom_plan(sample_dir, model_dir, tmp_path):
+    """Export a sample patient to DICOM (CT + RTSTRUCT + RTDOSE) and check its plan."""
+    from dosepred.io.cache import load_patients
+    from dosepred.io.dicom import write_dicom
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    write_dicom(p, tmp_path / "dicom")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["qa", "--model", str(model_dir), "--plans", str(tmp_path / "dicom"), "--out",
+                                 str(out), "--no-report", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "qa.json").read_text())
+    assert len(data["patients"]) == 1
+    crit = {(c["roi"], c["metric"]): c for c in data["patients"][0]["criteria"]}
+    assert ("PTV70", "D99%") in crit and ("SpinalCord", "D0.1cc") in crit
+    # the same plan as the OpenKBP source: values agree up to the DICOM round trip
+    from dosepred.dvh import roi_metric
+
+    for (roi, metric), c in crit.items():
+        if metric.startswith("V"):
+            continue
+        want = roi_metric(p, roi, metric)
+        assert abs(c["plan"] - want) < 1.0, (roi, metric, c["plan"], want)
+    assert np.isfinite([c["predicted"] for c in crit.values()]).all()

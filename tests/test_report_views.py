@@ -1,0 +1,78 @@
+"""Orientation of the report's views comes from the patient geometry, not from the array order."""
+
+import numpy as np
+import pytest
+
+from dosepred.geometry import Geometry
+from dosepred.patient import Patient, RoiSet
+from dosepred.report.views import Panel, ViewRenderer, orientations
+
+
+def _patient(direction, shape=(24, 28, 32), spacing=(2.0, 2.5, 3.0)) -> Patient:
+    """A body of soft tissue with a bright marker at the patient's right, anterior, superior corner of
+    the target, and a target in the middle; placed by ``direction``."""
+    g = Geometry.centred(shape, spacing, direction)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    pts = g.to_patient(idx)  # LPS mm
+    x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
+    ct = np.where(np.abs(x) < 25, 40, -1000) * (np.abs(y) < 25) * (np.abs(z) < 30)
+    ct = np.where((x < -8) & (x > -18) & (y < -8) & (y > -18) & (np.abs(z) < 5), 1500, ct)  # right, anterior
+    target = (np.abs(x) < 6) & (np.abs(y) < 6) & (np.abs(z) < 6)
+    rs = RoiSet.from_dicts([{"name": "PTV", "kind": "target", "prescription": 60.0}])
+    dose = np.where(target, 60.0, 5.0).astype(np.float32)
+    return Patient.from_masks("t", ct.astype(np.int16), {"PTV": target}, rs, spacing, dose=dose, geometry=g)
+
+
+DIRECTIONS = {
+    "openkbp (A->P, R->L, S->I)": [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]],
+    "dicom (I->S, A->P, R->L)": [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
+    "flipped (L->R, P->A, I->S)": [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]],
+}
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_views_follow_radiology_convention(name):
+    p = _patient(DIRECTIONS[name])
+    letters = {o.name: o.letters for o in orientations(p)}
+    assert letters == {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"),
+                       "sagittal": ("S", "I", "A", "P")}
+    r = ViewRenderer(p, [Panel("plan", p.dose)], mm_per_px=1.0, margin_mm=40)
+    ax = next(o for o in orientations(p) if o.name == "axial")
+    j = r._to_resampled(ax.slice_axis, r.point[ax.slice_axis])
+    ct = r._cut(r.ct, ax, j)
+    rows, cols = np.nonzero(ct > 1000)
+    # the right-anterior marker sits in the top-left quadrant of the axial image
+    assert rows.mean() < ct.shape[0] / 2 and cols.mean() < ct.shape[1] / 2
+    # square pixels: the body (50 x 50 mm) is as wide as it is tall (an aspect error would be >= 10 px)
+    body = ct > 0
+    h = np.nonzero(body.any(axis=1))[0]
+    w = np.nonzero(body.any(axis=0))[0]
+    assert abs((h[-1] - h[0]) - (w[-1] - w[0])) <= 8  # one voxel of blur (3 mm) at each edge
+    views = r.views()
+    assert [v["name"] for v in views] == ["axial", "coronal", "sagittal"]
+    assert all(v["images"][v["start"]].startswith("data:image/png;base64,") for v in views)
+
+
+def test_difference_dead_zone_leaves_small_differences_uncoloured():
+    p = _patient(DIRECTIONS["openkbp (A->P, R->L, S->I)"])
+    d = np.full(p.shape, 0.5, dtype=np.float32)  # everywhere below the 1 Gy dead zone
+    r = ViewRenderer(p, [Panel("plan", p.dose), Panel("diff", d, "diff")], mm_per_px=1.0)
+    ax = orientations(p)[0]
+    img = r.render(ax, r._to_resampled(ax.slice_axis, r.point[ax.slice_axis]))
+    w = (img.shape[1] - 4) // 2
+    diff_tile = img[:, w + 4:].astype(int)
+    ct_only = diff_tile[(diff_tile[..., 0] == diff_tile[..., 1]) & (diff_tile[..., 1] == diff_tile[..., 2])]
+    # apart from contours and letters the panel is grey (CT only)
+    assert ct_only.shape[0] > 0.8 * diff_tile.shape[0] * diff_tile.shape[1]
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_views_go_through_the_chosen_point(name):
+    p = _patient(DIRECTIONS[name])
+    point_mm = np.array([6.0, -9.0, 12.0])  # LPS mm
+    r = ViewRenderer(p, [Panel("plan", p.dose)], point=p.geometry.to_index(point_mm), mm_per_px=1.0)
+    labels = {v["name"]: v["labels"][v["start"]] for v in r.views()}
+    got = {k: float(v.split("=")[1].split()[0]) for k, v in labels.items()}
+    assert [labels[v][0] for v in ("axial", "coronal", "sagittal")] == ["z", "y", "x"]
+    for view, axis in (("sagittal", 0), ("coronal", 1), ("axial", 2)):
+        assert abs(got[view] - point_mm[axis]) <= 1.0  # within half a resampled pixel + rounding
