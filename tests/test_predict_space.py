@@ -106,6 +106,35 @@ def test_layout_does_not_change_the_prediction(model, patient, reference_predict
     assert abs(own[0] - ref_scores[0]) < 1e-4 and abs(own[1] - ref_scores[1]) < 1e-4
 
 
+@pytest.mark.parametrize("layout", ["axial", "transposed", "rows_flipped", "columns_flipped", "slices_reversed",
+                                    "feet_first"])
+def test_dicom_layout_does_not_change_the_prediction(model, patient, reference_prediction, layout, tmp_path):
+    """The same patient written as DICOM files in the layouts planning systems produce, read back by
+    the DICOM reader and predicted: the same dose in patient coordinates (issue #13)."""
+    from dicom_layouts import write_layout
+
+    from dosepred.io.dicom import read_dicom_folder
+    from dosepred.predict import predict_dose
+
+    write_layout(patient, tmp_path, layout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (q,) = read_dicom_folder(tmp_path)
+    # pt_196 has no Esophagus contour: a DICOM structure set simply lacks it (OpenKBP records it missing)
+    with pytest.raises(ValueError, match="Esophagus"):
+        predict_dose(model, q)
+    dose = predict_dose(model, q, allow_missing_rois=True)
+    back = on_reference_grid(dose, q.geometry, patient)
+    ref_scores = scores(patient, reference_prediction)
+    got = scores(patient, back)
+    assert abs(got[0] - ref_scores[0]) < 0.1 and abs(got[1] - ref_scores[1]) < 0.1
+    from dosepred.qa import to_roi_set
+
+    # scored in the file's own layout against the dose read from its RTDOSE (Esophagus recorded missing)
+    own = scores(to_roi_set(q, patient.roi_set), dose)
+    assert abs(own[0] - ref_scores[0]) < 0.1 and abs(own[1] - ref_scores[1]) < 0.1
+
+
 @pytest.mark.parametrize("pid", ["pt_66", "pt_196"])
 def test_resampled_patient_predicts_like_the_original(model, sample_dir, pid):
     """1.2 mm in-plane, 3 mm slices (finer than the training range in-plane): predicted in the model's
