@@ -106,13 +106,14 @@ def test_layout_does_not_change_the_prediction(model, patient, reference_predict
     assert abs(own[0] - ref_scores[0]) < 1e-4 and abs(own[1] - ref_scores[1]) < 1e-4
 
 
-@pytest.mark.parametrize("layout", ["axial", "transposed", "rows_flipped", "columns_flipped", "slices_reversed",
-                                    "feet_first"])
+DICOM_LAYOUTS = ["axial", "transposed", "rows_flipped", "columns_flipped", "slices_reversed", "feet_first"]
+
+
+@pytest.mark.parametrize("layout", DICOM_LAYOUTS)
 def test_dicom_layout_does_not_change_the_prediction(model, patient, reference_prediction, layout, tmp_path):
     """The same patient written as DICOM files in the layouts planning systems produce, read back by
     the DICOM reader and predicted: the same dose in patient coordinates (issue #13)."""
     from dicom_layouts import write_layout
-
     from dosepred.io.dicom import read_dicom_folder
     from dosepred.predict import predict_dose
 
