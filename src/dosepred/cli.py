@@ -19,11 +19,12 @@ import typer
 _CTX = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="dosepred: 3D dose prediction for head-and-neck radiotherapy with clinical DVH "
                        "metric losses.", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False, context_settings=_CTX)
+                  add_completion=False, context_settings=_CTX, rich_markup_mode=None)
 data_app = typer.Typer(help="Import, export, synthesise and inspect datasets.", no_args_is_help=True,
+                       rich_markup_mode=None,
                        context_settings=_CTX)
 bench_app = typer.Typer(help="Benchmarks (print a table, --json FILE writes the numbers).",
-                        no_args_is_help=True, context_settings=_CTX)
+                        no_args_is_help=True, context_settings=_CTX, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
@@ -610,8 +611,8 @@ def _print_evaluation(res, proto, missing: list[str]) -> None:  # type: ignore[n
 def bench_evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
                                                   "file.")] = None,
-    data: Annotated[Path, typer.Option("--data", help="OpenKBP folder of pt_* patients.")] = Path(
-        "/work/data/openkbp/provided-data/validation-pats"),
+    data: Annotated[Path | None, typer.Option("--data", help="OpenKBP folder of pt_* patients [the "
+                                              "example patient shipped in examples/].")] = None,
     patients: Annotated[int, typer.Option("--patients", help="Number of patients (0: all).")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache", help="Existing cache of the same patients "
                                                    "(else one is written to a temporary folder).")] = None,
@@ -621,9 +622,11 @@ def bench_evaluate(
     """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
     from rich.table import Table
 
+    from .bench import example_patients
     from .bench.evaluate import run
     from .fsutil import check_output, output_file, write_json
 
+    data = data or example_patients()
     if json_out is not None:
         check_output(json_out, overwrite, what="--json")
     if not data.is_dir():
@@ -651,8 +654,8 @@ def bench_evaluate(
 def bench_predict(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON "
                                                   "file.")] = None,
-    data: Annotated[Path, typer.Option("--data", help="OpenKBP folder holding the patient.")] = Path(
-        "examples/openkbp/validation-pats"),
+    data: Annotated[Path | None, typer.Option("--data", help="OpenKBP folder holding the patient [the "
+                                              "example patient shipped in examples/].")] = None,
     patient: Annotated[str, typer.Option("--patient", help="Patient folder name.")] = "pt_201",
     model: Annotated[Path, typer.Option("--model", help="Model to predict with.")] = Path(
         "models/openkbp-mae"),
@@ -661,9 +664,11 @@ def bench_predict(
     overwrite: Overwrite = False,
 ) -> None:
     """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
+    from .bench import example_patients
     from .bench.predict import run
     from .fsutil import check_output, output_file, write_json
 
+    data = data or example_patients()
     if not (data / patient).is_dir():
         raise UserError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
     if json_out is not None:
@@ -759,9 +764,9 @@ def bench_losses(
                                        "the largest OpenKBP size is the full grid, smaller ones "
                                        "crops centred on the targets.")] = "64,128",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per loss (median).")] = 3,
-    data: Annotated[Path, typer.Option("--data", help="OpenKBP patient folder (pt_N) or folder of "
-                                       "them; synthetic spheres when absent.")] = Path(
-        "/work/shared/data/openkbp/sample/train-pats"),
+    data: Annotated[Path | None, typer.Option("--data", help="OpenKBP patient folder (pt_N) or folder of "
+                                              "them [the example patient shipped in examples/; synthetic "
+                                              "spheres when absent].")] = None,
     losses: Annotated[str, typer.Option("--losses", help="Comma-separated subset of mae, mse, dvh, "
                                         "dvh-0.2gy, moment, cdm, cdm-clinical+constraint "
                                         "(empty: all).")] = "",
@@ -772,10 +777,12 @@ def bench_losses(
     no_progress: NoProgress = False,
 ) -> None:
     """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
+    from .bench import example_patients
     from .bench.losses import markdown, run, table
     from .fsutil import check_output, output_file, write_json
     from .progress import enabled
 
+    data = data or example_patients()
     _progress(no_progress)
     if json_out is not None:
         check_output(json_out, overwrite, what="--json")

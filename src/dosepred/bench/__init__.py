@@ -1,1 +1,14 @@
-"""Benchmarks behind `dosepred bench` (each a ``run(...) -> dict`` plus a CLI command)."""
+"""Benchmarks behind `dosepred bench` (each a ``run(...) -> dict`` plus a CLI command).
+
+Benchmarks that need real patients default to the OpenKBP validation patient shipped with the
+repository (:func:`example_patients`); pass ``--data`` for more (e.g. the whole validation split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def example_patients() -> Path:
+    """``examples/openkbp/validation-pats`` of the source checkout (OpenKBP validation pt_201)."""
+    return Path(__file__).resolve().parents[3] / "examples" / "openkbp" / "validation-pats"

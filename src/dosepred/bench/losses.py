@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from . import example_patients
+
 #: name -> (spec, options) of the timed losses; "dvh-0.2gy" is the public implementations' binning.
 LOSS_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "mae": ("mae", {}),
@@ -32,7 +34,7 @@ LOSS_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cdm": ("cdm", {}),
     "cdm-clinical+constraint": ("cdm", {"protocol": "openkbp-clinical", "cdm_constraint": True}),
 }
-DEFAULT_PATIENT = Path(__file__).resolve().parents[3].parent / "shared/data/openkbp/sample/train-pats"
+DEFAULT_PATIENT = example_patients()
 
 
 def _sync(device: str) -> None:
