@@ -155,7 +155,7 @@ def test_cropped_evaluation_from_openkbp_csv(tmp_path, sample_dir):
 def test_index_only_parser_falls_back_to_pandas(tmp_path, text):
     f = tmp_path / "m.csv"
     f.write_text(text, newline="")
-    idx, vals = openkbp._read_sparse(f, False)
+    idx, vals = openkbp.read_sparse(f, False)
     assert idx.tolist() == [3, 7] and vals is None
 
 
@@ -163,10 +163,10 @@ def test_index_only_fast_path(tmp_path):
     f = tmp_path / "m.csv"
     f.write_text(",data\n0,\n12,\n2097151,\n")
     assert openkbp._parse_index_only(f.read_bytes()).tolist() == [0, 12, 2097151]
-    assert openkbp._read_sparse(f, False)[0].tolist() == [0, 12, 2097151]
+    assert openkbp.read_sparse(f, False)[0].tolist() == [0, 12, 2097151]
     f.write_text(",data\n0,\n2097152,\n")
     with pytest.raises(openkbp.OpenKBPFormatError, match="row 3: flat index 2097152 is out of range"):
-        openkbp._read_sparse(f, False)
+        openkbp.read_sparse(f, False)
 
 
 @pytest.mark.parametrize("crop", [False, True])

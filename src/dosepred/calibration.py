@@ -334,7 +334,7 @@ def training_ranges(patients: Iterable[Patient]) -> dict[str, Any]:
                            "max": a.max(axis=0).tolist() if n else None}}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -394,7 +394,7 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
     ckpt = model_path / "model.pt" if model_path.is_dir() else model_path
     return {
         "format": CALIBRATION_FORMAT, "version": 1,
-        "model_sha256": _sha256(ckpt) if ckpt.is_file() else None,
+        "model_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
         "protocol": proto.name,
         "criteria": sorted({f"{u.roi} {u.metric}" for u in units}),
         "data": str(data), "patients": list(ids),

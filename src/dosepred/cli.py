@@ -445,7 +445,7 @@ def data_split(
     else:
         if manifest is not None:
             dates = split.dates_from_manifest(manifest, date_column)
-            split._check_known({"manifest": list(dates)}, known, "the data", manifest)
+            split.check_known({"manifest": list(dates)}, known, "the data", manifest)
             lacking = [i for i in known if i not in dates]
             if lacking:
                 raise UserError(f"manifest {manifest} has no date for {', '.join(lacking[:5])}"

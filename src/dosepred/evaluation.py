@@ -664,9 +664,9 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
         for req in ("dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"):
             if not (f / req).is_file():
                 raise ValueError(f"patient {pid}: {f} lacks {req}")
-        spacing = openkbp._read_spacing(f / "voxel_dimensions.csv", pid)
-        midx, _ = openkbp._read_sparse(f / "possible_dose_mask.csv", False, pid=pid)
-        didx, dvals = openkbp._read_sparse(f / "dose.csv", True, pid=pid)
+        spacing = openkbp.read_spacing(f / "voxel_dimensions.csv", pid)
+        midx, _ = openkbp.read_sparse(f / "possible_dose_mask.csv", False, pid=pid)
+        didx, dvals = openkbp.read_sparse(f / "dose.csv", True, pid=pid)
         assert dvals is not None
         mask = np.unravel_index(midx, grid)
         dose = np.unravel_index(didx, grid)
@@ -678,7 +678,7 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
             if not rf.is_file():
                 missing.append(name)
                 continue
-            ridx, _ = openkbp._read_sparse(rf, False, pid=pid)
+            ridx, _ = openkbp.read_sparse(rf, False, pid=pid)
             if len(ridx) == 0:  # as the import does: an empty file is an error, not a missing ROI
                 raise openkbp.OpenKBPFormatError(openkbp.empty_roi_message(pid, rf))
             rois.append((k, np.unravel_index(ridx, grid)))
@@ -712,7 +712,7 @@ def _prediction_crop(prediction: str | os.PathLike, pred_cache: Any, pid: str, s
     f = find_prediction(prediction, pid)
     assert f is not None
     if f.name.endswith(".csv"):
-        idx, vals = openkbp._read_sparse(f, True, grid=shape, pid=f.stem)
+        idx, vals = openkbp.read_sparse(f, True, grid=shape, pid=f.stem)
         assert vals is not None
         keep = vals != 0
         coords = tuple(c[keep] for c in np.unravel_index(idx, shape))

@@ -238,10 +238,10 @@ class QAChecker:
         self._check_protocol()
 
     def _check_model_hash(self) -> None:
-        from .calibration import _sha256
+        from .calibration import sha256_file
 
         want = self.calib.get("model_sha256")
-        if want and _sha256(self.model_path) != want:
+        if want and sha256_file(self.model_path) != want:
             raise CalibrationError(f"{self.model_path.parent / 'calibration.json'} was computed for another "
                                    "model file (sha256 differs): recalibrate with `dosepred calibrate`")
 

@@ -120,7 +120,7 @@ def ids_split(lists: Mapping[str, Sequence[str]], known_ids: Sequence[str] | Non
         if len(set(lst)) != len(lst):
             raise SplitError(f"split {name!r} lists a patient twice")
     if known_ids is not None:
-        _check_known(splits, known_ids, "the cache")
+        check_known(splits, known_ids, "the cache")
     return {"splits": splits, "method": "ids", "seed": None}
 
 
@@ -279,7 +279,7 @@ def load_split(path: str | os.PathLike, name: str, cache_ids: Sequence[str] | No
         raise SplitError(f"split file {path} has no split {name!r} (it has: {', '.join(splits) or 'none'})")
     ids = splits[name]
     if cache_ids is not None:
-        _check_known({name: ids}, cache_ids, "the data", path)
+        check_known({name: ids}, cache_ids, "the data", path)
     return ids
 
 
@@ -306,7 +306,7 @@ def _unique(ids: Sequence[str]) -> list[str]:
     return ids
 
 
-def _check_known(splits: Mapping[str, Sequence[str]], known: Sequence[str], what: str,
+def check_known(splits: Mapping[str, Sequence[str]], known: Sequence[str], what: str,
                  path: str | os.PathLike | None = None) -> None:
     known_set = set(known)
     for name, lst in splits.items():

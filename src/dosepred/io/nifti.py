@@ -223,7 +223,7 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
     return folders
 
 
-def _read_json(folder: Path) -> dict[str, Any]:
+def read_sidecar(folder: Path) -> dict[str, Any]:
     js = folder / ROIS_JSON
     if not js.is_file():
         return {}
@@ -262,7 +262,7 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
 
 
 def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
-    info = _read_json(folder)
+    info = read_sidecar(folder)
     pid = str(info.get("id") or folder.name)
     ct_path = folder / CT_FILE
     ct, img = _load(ct_path, "CT")
@@ -340,7 +340,7 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
     patient's ``rois.json`` lists the same ROIs, that order is kept; otherwise the union is built
     like a DICOM import (OpenKBP names first, then the others sorted)."""
     folders = patient_folders(src)
-    infos = [_read_json(f) for f in folders]
+    infos = [read_sidecar(f) for f in folders]
     lists = [i.get("rois") for i in infos]
     if all(lists) and all(lst == lists[0] for lst in lists):
         roi_set = RoiSet.from_dicts(lists[0])  # type: ignore[arg-type]

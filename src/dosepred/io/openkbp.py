@@ -85,7 +85,7 @@ def _check_unique(idx: np.ndarray, path: Path, pid: str) -> None:
                                  f"{first + 2} and {second + 2}); each voxel may be listed once")
 
 
-def _read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
+def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
                  pid: str = "?") -> tuple[np.ndarray, np.ndarray | None]:
     """Return (flat indices int64, values float64 or None) of one sparse OpenKBP CSV."""
     import pandas as pd
@@ -152,7 +152,7 @@ def empty_roi_message(pid: str, path: Path) -> str:
     return f"patient {pid}: ROI file {path} is empty (no voxels); delete it if the ROI was not contoured"
 
 
-def _read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
+def read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
     if not path.is_file():
         raise OpenKBPFormatError(f"patient {pid}: {path} is missing (expected three voxel sizes in mm)")
     try:
@@ -181,12 +181,12 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     missing_files = [f for f in need if not (folder / f).is_file()]
     if missing_files:
         raise OpenKBPFormatError(f"patient {pid}: {folder} lacks {', '.join(missing_files)}")
-    spacing = _read_spacing(folder / "voxel_dimensions.csv", pid)
+    spacing = read_spacing(folder / "voxel_dimensions.csv", pid)
     size = int(np.prod(GRID))
 
     # Arrays are filled at the listed (sparse) indices only: dense passes over the 2M-voxel grid cost
     # as much as parsing, so checks run on the parsed values and ROI bits are set in place.
-    idx, vals = _read_sparse(folder / "ct.csv", True, pid=pid)
+    idx, vals = read_sparse(folder / "ct.csv", True, pid=pid)
     assert vals is not None
     if (vals != np.rint(vals)).any():
         raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} holds non-integer CT values")
@@ -196,13 +196,13 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     ct[idx] = vals - CT_OFFSET
     ct = ct.reshape(GRID)
 
-    midx, _ = _read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
+    midx, _ = read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
     mask = np.zeros(size, dtype=bool)
     mask[midx] = True
 
     dose = None
     if (folder / "dose.csv").is_file():
-        didx, dvals = _read_sparse(folder / "dose.csv", True, pid=pid)
+        didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
         assert dvals is not None
         if (dvals < 0).any():
             raise OpenKBPFormatError(f"patient {pid}: {folder / 'dose.csv'} holds negative doses")
@@ -220,7 +220,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
             warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored",
                           UnknownRoiWarning, stacklevel=2)
             continue
-        ridx, _ = _read_sparse(f, False, pid=pid)
+        ridx, _ = read_sparse(f, False, pid=pid)
         if len(ridx) == 0:
             raise OpenKBPFormatError(empty_roi_message(pid, f))
         codes[ridx] |= codes.dtype.type(1) << codes.dtype.type(roi_set.index(name))
@@ -332,7 +332,7 @@ def to_openkbp_axes(p: Patient) -> Patient:
 def read_dose_csv(path: str | os.PathLike, grid: tuple[int, ...] = GRID) -> np.ndarray:
     """Read a prediction ``pt_N.csv`` into a dense float32 dose."""
     path = Path(path)
-    idx, vals = _read_sparse(path, True, grid=grid, pid=path.stem)
+    idx, vals = read_sparse(path, True, grid=grid, pid=path.stem)
     assert vals is not None
     d = np.zeros(int(np.prod(grid)), dtype=np.float32)
     d[idx] = vals

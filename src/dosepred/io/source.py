@@ -118,7 +118,7 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
         return Source(p, kind, RoiSet.openkbp(), [f.name for f in folders], folders)
     if kind == "nifti":
         folders = nifti.patient_folders(p)
-        infos = [nifti._read_json(f) for f in folders]
+        infos = [nifti.read_sidecar(f) for f in folders]
         roi_set, _ = nifti.iter_nifti_folder(p)
         ids = [str(i.get("id") or f.name) for f, i in zip(folders, infos, strict=True)]
         return Source(p, kind, roi_set, ids, folders)

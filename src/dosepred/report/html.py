@@ -42,7 +42,7 @@ def head_html(title: str, extra_css: str = "") -> str:
     resources)."""
     from .views import VIEW_CSS, VIEW_JS
 
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{CSS}{VIEW_CSS}{extra_css}</style><script>{VIEW_JS}</script></head><body>")
 
 
@@ -53,11 +53,11 @@ def write_html_atomic(path: Path, parts: list[str]) -> Path:
     return path
 
 
-def _f(x: float | None, nd: int = 2) -> str:
+def fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None or x != x else f"{x:.{nd}f}"
 
 
-def _e(s: Any) -> str:
+def esc(s: Any) -> str:
     return html.escape(str(s))
 
 
@@ -88,7 +88,7 @@ class ReportWriter:
         panels += [Panel(f"{k} - reference", np.asarray(v) - ref.dose, "diff") for k, v in preds.items()]
         views = viewer_html(ViewRenderer(ref, panels))
         dvh = dvh_uri(ref, preds)
-        self.images[ref.id] = f"<div class='imgs'><img src='{dvh}' alt='DVH of {_e(ref.id)}'></div>{views}"
+        self.images[ref.id] = f"<div class='imgs'><img src='{dvh}' alt='DVH of {esc(ref.id)}'></div>{views}"
         self.order.append(ref.id)
 
     def tap(self, pairs: Iterable[tuple[Patient, np.ndarray]], name: str = "prediction"
@@ -107,8 +107,8 @@ class ReportWriter:
             cohorts = {"prediction": cohorts}
         names = list(cohorts)
         parts = [head_html(self.title),
-                 f"<h1>{_e(self.title)}</h1>",
-                 f"<div class='meta'>protocol {_e(next(iter(cohorts.values())).protocol)} &middot; "
+                 f"<h1>{esc(self.title)}</h1>",
+                 f"<div class='meta'>protocol {esc(next(iter(cohorts.values())).protocol)} &middot; "
                  f"{len(next(iter(cohorts.values())).patients)} patients &middot; generated "
                  f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
         parts.append("<h2>Cohort</h2>" + self._cohort_table(cohorts))
@@ -121,7 +121,7 @@ class ReportWriter:
         if crit:
             parts.append("<h2>Criteria (patients passing)</h2>" + crit)
         for title, rows in (extra_tables or {}).items():
-            parts.append(f"<h2>{_e(title)}</h2>" + self._dict_table(rows))
+            parts.append(f"<h2>{esc(title)}</h2>" + self._dict_table(rows))
         parts.append("<h2>Patients</h2>")
         by_id = {n: {p.id: p for p in c.patients} for n, c in cohorts.items()}
         ids = self.order or [p.id for p in next(iter(cohorts.values())).patients]
@@ -138,11 +138,12 @@ class ReportWriter:
         rows = []
         for n, c in cohorts.items():
             s = c.summary()
-            rows.append(f"<tr><td class='l'>{_e(n)}</td><td>{len(c.patients)}</td>"
-                        f"<td>{_f(s['dose_score'], 3)}</td><td>{_f(s['dvh_score'], 3)}</td>"
-                        f"<td>{_f(s['ptv_score'], 3)}</td><td>{_f(s['oar_score'], 3)}</td>"
-                        f"<td>{_f(s['criteria_pass_rate'], 1)}</td><td>{_f(s['reference_pass_rate'], 1)}</td>"
-                        f"<td>{_f(s['criteria_agreement'], 1)}</td></tr>")
+            rows.append(f"<tr><td class='l'>{esc(n)}</td><td>{len(c.patients)}</td>"
+                        f"<td>{fmt(s['dose_score'], 3)}</td><td>{fmt(s['dvh_score'], 3)}</td>"
+                        f"<td>{fmt(s['ptv_score'], 3)}</td><td>{fmt(s['oar_score'], 3)}</td>"
+                        f"<td>{fmt(s['criteria_pass_rate'], 1)}</td>"
+                        f"<td>{fmt(s['reference_pass_rate'], 1)}</td>"
+                        f"<td>{fmt(s['criteria_agreement'], 1)}</td></tr>")
         return ("<table><tr>" + "".join(f"<th{' class=l' if i == 0 else ''}>{h}</th>"
                                         for i, h in enumerate(head)) + "</tr>" + "".join(rows) + "</table>")
 
@@ -155,11 +156,11 @@ class ReportWriter:
         if not crits:
             return ""
         head = "<tr><th class='l'>criterion</th><th>reference</th>" + "".join(
-            f"<th>{_e(n)}</th>" for n in cohorts) + "</tr>"
+            f"<th>{esc(n)}</th>" for n in cohorts) + "</tr>"
         rows = []
         for k in crits:
             first = next(t[k] for t in tables.values() if k in t)
-            cells = [f"<td class='l'>{_e(k)}</td>", f"<td>{first['ref_pass']}/{first['n']}</td>"]
+            cells = [f"<td class='l'>{esc(k)}</td>", f"<td>{first['ref_pass']}/{first['n']}</td>"]
             for t in tables.values():
                 r = t.get(k)
                 if r is None:
@@ -175,35 +176,35 @@ class ReportWriter:
         if not rows:
             return "<p>-</p>"
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        out = "<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
+        out = "<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>"
         for r in rows:
             out += "<tr>" + "".join(
-                f"<td>{_f(v, 3) if isinstance(v, float) else _e(v if v is not None else '-')}</td>"
+                f"<td>{fmt(v, 3) if isinstance(v, float) else esc(v if v is not None else '-')}</td>"
                 for v in (r.get(c) for c in cols)) + "</tr>"
         return out + "</table>"
 
     def _patient(self, pid: str, results: dict[str, PatientResult]) -> str:
         names = list(results)
         first = next(iter(results.values())) if results else None
-        out = [f"<div class='patient'><h3>{_e(pid)}</h3>"]
+        out = [f"<div class='patient'><h3>{esc(pid)}</h3>"]
         if first is not None:
             out.append("<table><tr><th class='l'>prediction</th><th>dose score</th><th>DVH score</th>"
                        "<th>PTV score</th><th>OAR score</th><th>criteria passed</th></tr>")
             for n, r in results.items():
                 ch = r.checked
-                out.append(f"<tr><td class='l'>{_e(n)}</td><td>{_f(r.dose_score, 3)}</td>"
-                           f"<td>{_f(r.dvh_score, 3)}</td><td>{_f(r.ptv_score, 3)}</td>"
-                           f"<td>{_f(r.oar_score, 3)}</td><td>{sum(bool(c.pred_pass) for c in ch)}/{len(ch)}"
+                out.append(f"<tr><td class='l'>{esc(n)}</td><td>{fmt(r.dose_score, 3)}</td>"
+                           f"<td>{fmt(r.dvh_score, 3)}</td><td>{fmt(r.ptv_score, 3)}</td>"
+                           f"<td>{fmt(r.oar_score, 3)}</td><td>{sum(bool(c.pred_pass) for c in ch)}/{len(ch)}"
                            "</td></tr>")
             out.append("</table>")
             if first.missing_rois:
-                out.append(f"<div class='meta'>not contoured: {_e(', '.join(first.missing_rois))}</div>")
+                out.append(f"<div class='meta'>not contoured: {esc(', '.join(first.missing_rois))}</div>")
             if first.criteria:
                 out.append(EVAL_KEY)
                 out.append("<table><tr><th class='l'>criterion</th><th>reference</th>" +
-                           "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>")
+                           "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>")
                 for i, c in enumerate(first.criteria):
-                    cells = [f"<td class='l'>{_e(c.name)}</td>", self._cell(c.ref, c.ref_pass, c.unit)]
+                    cells = [f"<td class='l'>{esc(c.name)}</td>", self._cell(c.ref, c.ref_pass, c.unit)]
                     for n in names:
                         cc = results[n].criteria[i] if i < len(results[n].criteria) else None
                         cells.append(self._cell(cc.pred, cc.pred_pass, cc.unit) if cc else "<td>-</td>")
@@ -216,7 +217,7 @@ class ReportWriter:
     @staticmethod
     def _cell(v: float, ok: bool | None, unit: str) -> str:
         cls = "na" if ok is None else ("pass" if ok else "fail")
-        return f"<td class='{cls}'>{_f(v)} {_e(unit)}</td>"
+        return f"<td class='{cls}'>{fmt(v)} {esc(unit)}</td>"
 
 
 def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[str, CohortResult],

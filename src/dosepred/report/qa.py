@@ -17,7 +17,7 @@ import numpy as np
 
 from ..calibration import FAMILY_TITLES
 from ..patient import Patient
-from .html import _e, _f, head_html, write_html_atomic
+from .html import esc, fmt, head_html, write_html_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..qa import PatientQA, QAChecker, QAResult
@@ -71,7 +71,7 @@ class QAReportWriter:
         views = viewer_html(ViewRenderer(plan, panels, point=point))
         where = ("the point ({}) mm".format(", ".join(f"{v:g}" for v in self.point_mm))
                  if self.point_mm is not None else "the target centroid")
-        self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {_e(pq.id)}'>"
+        self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {esc(pq.id)}'>"
                                f"</div><h4>Views through {where}</h4>{views}")
 
     def _criteria_table(self, pq: PatientQA, coverage: float) -> str:
@@ -86,15 +86,15 @@ class QAReportWriter:
             cls = "imp" if imp else ("better" if better else "")
             pass_cls = "na" if c.plan_pass is None else ("pass" if c.plan_pass else "fail")
             pass_txt = "-" if c.plan_pass is None else ("pass" if c.plan_pass else "FAIL")
-            flag_html = "".join(f"<span class='flag'>{_e(f)}</span>" for f in imp + better)
-            flag_html += "".join(f"<span class='flag rel'>&#9888; {_e(f)}</span>" for f in rel)
-            u = _e(c.unit)
-            lim = "-" if c.limit is None else f"{'&ge;' if not c.lower_better else '&le;'} {_f(c.limit)} {u}"
+            flag_html = "".join(f"<span class='flag'>{esc(f)}</span>" for f in imp + better)
+            flag_html += "".join(f"<span class='flag rel'>&#9888; {esc(f)}</span>" for f in rel)
+            u = esc(c.unit)
+            lim = "-" if c.limit is None else f"{'&ge;' if not c.lower_better else '&le;'} {fmt(c.limit)} {u}"
             rows.append(
-                f"<tr class='{cls}'><td class='l'>{_e(c.name or f'{c.roi} {c.metric}')}</td>"
-                f"<td class='l'>{_e(FAMILY_TITLES.get(c.family, c.family))}</td>"
-                f"<td>{_f(c.plan)} {u}</td><td>{_f(c.predicted)} {u}</td>"
-                f"<td>{_f(c.low)} - {_f(c.high)} {u}</td><td>{lim}</td>"
+                f"<tr class='{cls}'><td class='l'>{esc(c.name or f'{c.roi} {c.metric}')}</td>"
+                f"<td class='l'>{esc(FAMILY_TITLES.get(c.family, c.family))}</td>"
+                f"<td>{fmt(c.plan)} {u}</td><td>{fmt(c.predicted)} {u}</td>"
+                f"<td>{fmt(c.low)} - {fmt(c.high)} {u}</td><td>{lim}</td>"
                 f"<td class='{pass_cls}'>{pass_txt}</td><td class='l {cls}'>{flag_html or '-'}</td></tr>")
         rows.append("</table>")
         return "".join(rows)
@@ -104,13 +104,13 @@ class QAReportWriter:
         keep = {r["id"] for r in summary[: self.max_patients]} if self.max_patients else None
         by_id = {p.id: p for p in res.patients}
         meth = ", ".join(f"{FAMILY_TITLES.get(f, f)}: {m}" for f, m in res.methods.items())
-        parts = [head_html(self.title, QA_CSS), f"<h1>{_e(self.title)}</h1>",
-                 f"<div class='meta'>model {_e(res.model)} &middot; protocol {_e(res.protocol)} &middot; "
-                 f"calibration: protocol {_e(res.calibration_protocol)} ({_e(meth)}) &middot; intervals at "
+        parts = [head_html(self.title, QA_CSS), f"<h1>{esc(self.title)}</h1>",
+                 f"<div class='meta'>model {esc(res.model)} &middot; protocol {esc(res.protocol)} &middot; "
+                 f"calibration: protocol {esc(res.calibration_protocol)} ({esc(meth)}) &middot; intervals at "
                  f"{res.coverage:.0%} coverage &middot; {len(res.patients)} plans &middot; generated "
                  f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
         for w in res.warnings:
-            parts.append(f"<p class='meta'>&#9888; {_e(w)}</p>")
+            parts.append(f"<p class='meta'>&#9888; {esc(w)}</p>")
         parts.append(
             "<p>For each criterion, <b>predicted</b> is the value the model predicts as achievable for this "
             "patient and the <b>interval</b> is where a plan made like the model's training plans would lie "
@@ -123,16 +123,16 @@ class QAReportWriter:
                      "<th class='l'>reliability notes</th></tr>")
         for r in summary:
             parts.append(f"<tr><td>{r['rank']}</td>"
-                         f"<td class='l'><a href='#p-{_e(r['id'])}'>{_e(r['id'])}</a></td>"
+                         f"<td class='l'><a href='#p-{esc(r['id'])}'>{esc(r['id'])}</a></td>"
                          f"<td>{r['potential_gy']:.1f}</td><td>{r['flags']}</td><td>{r['failed']}</td>"
-                         f"<td class='l'>{_e(', '.join(r['flagged']) or '-')}</td>"
-                         f"<td class='l'>{_e(', '.join(r['reliability']) or '-')}</td></tr>")
+                         f"<td class='l'>{esc(', '.join(r['flagged']) or '-')}</td>"
+                         f"<td class='l'>{esc(', '.join(r['reliability']) or '-')}</td></tr>")
         parts.append("</table><p class='meta'>Potential improvement: sum over the flagged dose criteria of "
                      "|plan - predicted| (Gy).</p>")
         parts.append("<h2>Plans</h2>")
         for r in summary:
             pq = by_id[r["id"]]
-            parts.append(f"<div class='patient' id='p-{_e(pq.id)}'><h3>{_e(pq.id)} (rank {r['rank']}, "
+            parts.append(f"<div class='patient' id='p-{esc(pq.id)}'><h3>{esc(pq.id)} (rank {r['rank']}, "
                          f"potential {r['potential_gy']:.1f} Gy)</h3>")
             parts.append(QA_KEY)
             parts.append(self._criteria_table(pq, res.coverage))
