@@ -57,7 +57,9 @@ def _progress(no_progress: bool) -> None:
     progress.set_enabled(False if no_progress else None)
 
 
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="Do not show progress bars.")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars: plain progress lines "
+                                            "instead (as when output is not a terminal; "
+                                            "DOSEPRED_PROGRESS_INTERVAL=off silences them).")]
 
 
 def console():
@@ -372,6 +374,9 @@ def evaluate_cmd(
                                                 "PNGs) into this folder.")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
                                                 "have a prediction; list the others.")] = False,
+    show_metrics: Annotated[bool, typer.Option("--show-metrics", help="Print each patient's metric "
+                                               "values (reference, prediction); the default when "
+                                               "the protocol has no limits.")] = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
@@ -419,6 +424,8 @@ def evaluate_cmd(
               _fmt_num(res.oar_score), _fmt_num(res.criteria_pass_rate, 1) + " %")
     con.print(t)
     rows = res.criteria_table()
+    if show_metrics or not rows:  # without limits there is nothing to pass: show the values
+        con.print(ev.metrics_table(res))
     if rows:
         ct = Table(title="criteria (patients passing)")
         for col in ("criterion", "prediction", "reference", "agree"):

@@ -231,6 +231,21 @@ class CohortResult:
                 r["agree"] += bool(c.agree)
         return list(rows.values())
 
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """The protocol's metric values, one row per patient and (ROI, metric) in protocol order:
+        ``patient, roi, metric, unit, reference, prediction, difference`` (prediction - reference;
+        NaN where a value could not be computed). ROIs a patient lacks have no row."""
+        rows: list[dict[str, Any]] = []
+        for p in self.patients:
+            seen: set[tuple[str, str]] = set()
+            for c in p.criteria:
+                if (c.roi, c.metric) in seen:
+                    continue
+                seen.add((c.roi, c.metric))
+                rows.append({"patient": p.id, "roi": c.roi, "metric": c.metric, "unit": c.unit,
+                             "reference": c.ref, "prediction": c.pred, "difference": c.pred - c.ref})
+        return rows
+
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN as null) with keys ``patients, dose_score, dvh_score,
         ptv_score, oar_score, criteria_pass_rate, per_patient`` plus ``protocol``,
@@ -247,6 +262,25 @@ class CohortResult:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=2))
         os.replace(tmp, path)
+
+
+def metrics_table(result: CohortResult, title: str | None = None) -> Any:
+    """A rich Table of :meth:`CohortResult.metric_rows` (reference and prediction per patient and
+    criterion metric, and their difference) for the console."""
+    from rich.table import Table
+
+    t = Table(title=title or f"metric values, protocol {result.protocol} (prediction - reference)")
+    for col in ("patient", "ROI", "metric", "reference", "prediction", "difference"):
+        t.add_column(col, justify="left" if col in ("patient", "ROI", "metric") else "right")
+    last = None
+    for r in result.metric_rows():
+        if last is not None and r["patient"] != last:
+            t.add_section()
+        last = r["patient"]
+        t.add_row(r["patient"], r["roi"], f"{r['metric']} ({r['unit']})",
+                  *("-" if v != v else f"{v:.2f}" for v in (r["reference"], r["prediction"])),
+                  "-" if r["difference"] != r["difference"] else f"{r['difference']:+.2f}")
+    return t
 
 
 # ---------------------------------------------------------------------------------- evaluation
