@@ -131,18 +131,22 @@ class PatientResult:
 
     @property
     def dvh_score(self) -> float:
+        """Mean |ref - pred| of the OpenKBP DVH metrics (Gy)."""
         return _mean(self.dvh_errors)
 
     @property
     def ptv_score(self) -> float:
+        """Mean |ref - pred| of the protocol's target dose metrics (Gy)."""
         return _mean(self.ptv_errors)
 
     @property
     def oar_score(self) -> float:
+        """Mean |ref - pred| of the protocol's OAR dose metrics (Gy)."""
         return _mean(self.oar_errors)
 
     @property
     def checked(self) -> list[CriterionResult]:
+        """The criteria with a limit that both doses could be checked against."""
         return [c for c in self.criteria if c.checked]
 
     @property
@@ -152,10 +156,12 @@ class PatientResult:
         return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
 
     def value(self, roi: str, metric: str) -> MetricValue | None:
+        """The reference/prediction value of ``metric`` on ``roi`` (None if not computed)."""
         m = str(parse_metric(metric))
         return next((v for v in self.metrics if v.roi == roi and v.metric == m), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the scores, ROI metrics and criteria (NaN as None)."""
         rois: dict[str, dict[str, Any]] = {}
         for v in self.metrics:
             rois.setdefault(v.roi, {"kind": v.kind, "metrics": {}})["metrics"][v.metric] = {
@@ -176,18 +182,22 @@ class CohortResult:
 
     @property
     def dose_score(self) -> float:
+        """OpenKBP dose score: mean over patients of the mean |ref - pred| in the possible-dose mask (Gy)."""
         return _mean(p.dose_score for p in self.patients)
 
     @property
     def dvh_score(self) -> float:
+        """OpenKBP DVH score: mean |ref - pred| over all patients' DVH metrics (Gy)."""
         return _mean(e for p in self.patients for e in p.dvh_errors)
 
     @property
     def ptv_score(self) -> float:
+        """Mean |ref - pred| over all patients' target dose metrics of the protocol (Gy)."""
         return _mean(e for p in self.patients for e in p.ptv_errors)
 
     @property
     def oar_score(self) -> float:
+        """Mean |ref - pred| over all patients' OAR dose metrics of the protocol (Gy)."""
         return _mean(e for p in self.patients for e in p.oar_errors)
 
     def _checked(self) -> list[CriterionResult]:
@@ -195,16 +205,19 @@ class CohortResult:
 
     @property
     def criteria_pass_rate(self) -> float:
+        """% of the checked criteria (all patients) that the prediction passes."""
         ch = self._checked()
         return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
 
     @property
     def reference_pass_rate(self) -> float:
+        """% of the checked criteria (all patients) that the reference plan passes."""
         ch = self._checked()
         return 100.0 * sum(bool(c.ref_pass) for c in ch) / len(ch) if ch else math.nan
 
     @property
     def criteria_agreement(self) -> float:
+        """% of the checked criteria where prediction and reference plan agree (both pass or both fail)."""
         ch = self._checked()
         return 100.0 * sum(bool(c.agree) for c in ch) / len(ch) if ch else math.nan
 
