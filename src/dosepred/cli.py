@@ -763,7 +763,7 @@ def demo_cmd(
     con = console()
     res = run_demo(out, seed=seed, log=con.print)
     t = Table(title="held-out synthetic patients, protocol openkbp-clinical "
-                    "(lower is better, except pass rate)")
+                    "(scores: lower is better; agreement with the plans: higher)")
     t.add_column("metric")
     for label in res["results"]:
         t.add_column(label, justify="right")

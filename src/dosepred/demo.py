@@ -128,13 +128,7 @@ def run_demo(out: str | os.PathLike, seed: int = 0, settings: DemoSettings | Non
             f"with the same seed and schedule; {s.budget}; no learning = distance fall-off "
             f"{s.falloff_mm:g} mm; {len(test_p)} held-out patients, protocol {s.protocol}")
     sm = {k: r.summary() for k, r in results.items()}
-    mae, cdm, ref = (sm[k] for k in ("MAE", "MAE+CDM", BASELINE))
-    best = min(mae["dose_score"], cdm["dose_score"])
-    note += ("; verdict: learned models "
-             + ("beat" if best < ref["dose_score"] else "do NOT yet beat")
-             + " the no-learning reference on dose score, and MAE+CDM's PTV Score is "
-             + ("lower" if cdm["ptv_score"] < mae["ptv_score"] else "NOT lower")
-             + " than MAE's (one seed, few patients: differences under ~1 Gy are noise)")
+    note += "; verdict: " + verdict(sm)
     extra = {"training budget": [
         {"model": k, "loss": dict(LOSSES).get(k, "mae"),
          "steps": s.finetune_steps if k in dict(LOSSES) else s.warmup_steps,
@@ -147,16 +141,54 @@ def run_demo(out: str | os.PathLike, seed: int = 0, settings: DemoSettings | Non
             "train_seconds": seconds, "note": note}
 
 
+def verdict(results: dict[str, dict[str, float]]) -> str:
+    """The demo's conclusion, computed from the numbers (never asserted): the plans' own pass rate,
+    each column's pass rate and agreement with the plans, whether the learned models are closer to
+    the plans than the no-learning reference on agreement and on DVH score, and the dose and PTV
+    Score comparisons."""
+    learned = [k for k, _ in LOSSES if k in results]
+    ref = results[BASELINE]
+
+    def cmp(key: str, higher_better: bool) -> str:
+        better = [k for k in learned
+                  if (results[k][key] > ref[key] if higher_better else results[k][key] < ref[key])]
+        if len(better) == len(learned):
+            return "both learned models are closer to the plans than no learning"
+        if better:
+            return f"only {' and '.join(better)} is closer to the plans than no learning"
+        return "the learned models are NOT closer to the plans than no learning"
+
+    def each(key: str, nd: int = 1) -> str:
+        return ", ".join(f"{k} {results[k][key]:.{nd}f}" for k in results)
+
+    plan = ref.get("reference_pass_rate", float("nan"))
+    cdm, mae = results.get("MAE+CDM"), results.get("MAE")
+    out = (f"the reference plans pass {plan:.1f} % of the criteria; predictions pass "
+           f"{each('criteria_pass_rate')} % (a rate above the plans' is not better: it misses the "
+           f"plans' trade-offs); agreement with "
+           f"the plans' pass/fail {each('criteria_agreement')} %: {cmp('criteria_agreement', True)}; "
+           f"DVH score {each('dvh_score', 2)} Gy: {cmp('dvh_score', False)}; dose score: learned models "
+           + ("beat" if min(results[k]["dose_score"] for k in learned) < ref["dose_score"] else "do NOT beat")
+           + " no learning")
+    if cdm is not None and mae is not None:
+        lower = cdm["ptv_score"] < mae["ptv_score"]
+        out += "; MAE+CDM's PTV Score is " + ("lower" if lower else "NOT lower") + " than MAE's"
+    return out + " (one seed, few patients: differences under ~1 Gy or a few % are noise)"
+
+
 def summary_rows(results: dict[str, dict[str, float]]) -> list[tuple[str, list[str]]]:
     """(metric name, [value per model]) rows of the side-by-side table."""
+    plan = next((r.get("reference_pass_rate", float("nan")) for r in results.values()), float("nan"))
+    plan_s = "-" if plan != plan else f"{plan:.1f}"
     keys = (("dose score (Gy)", "dose_score"), ("DVH score (Gy)", "dvh_score"),
             ("PTV Score (Gy)", "ptv_score"), ("OAR Score (Gy)", "oar_score"),
-            ("criteria pass rate (%)", "criteria_pass_rate"))
+            (f"criteria pass rate (%; plans {plan_s})", "criteria_pass_rate"),
+            ("agreement with plans (%, higher is better)", "criteria_agreement"))
     rows = []
     for title, k in keys:
         vals = []
         for r in results.values():
             v = r.get(k, float("nan"))
-            vals.append("-" if v != v else f"{v:.{1 if 'rate' in k else 3}f}")
+            vals.append("-" if v != v else f"{v:.{1 if k.startswith('criteria') else 3}f}")
         rows.append((title, vals))
     return rows

@@ -146,7 +146,7 @@ def make_patient(seed: int, size: int = 64, pid: str | None = None, extra_rois: 
     near_bs = brainstem
     side = 1.0 if rng.random() < 0.5 else -1.0  # primary tumour on the left or right
     ptv70 = ellipsoid((cx + u(-0.35, 0.0) * a, cy + side * b * u(0.0, 0.35), z_bs + u(25, 55)),
-                      (u(14, 24), u(14, 26), u(16, 30)))
+                      (u(18, 28), u(18, 30), u(20, 34)))
     ptv70 &= inner & (d_cord > 8.0) & ~near_bs
     ptvs = {"PTV70": ptv70}
     if rng.random() < 0.6:  # ipsilateral nodes at intermediate dose
@@ -240,12 +240,14 @@ def _plan_dose(rng: np.random.Generator, ptvs: dict[str, np.ndarray], structs: d
         return float(rng.uniform(lo, hi))
 
     shape = body.shape
-    fall, tail, share = u(8.0, 12.0), u(45.0, 65.0), u(0.4, 0.55)
+    fall, tail, share, shoulder = u(8.0, 12.0), u(45.0, 65.0), u(0.4, 0.55), u(2.0, 4.0)
     noise = _smooth_noise(rng, shape)
     order = sorted(ptvs, key=lambda n: OPENKBP_RX[n])  # low to high Rx
     dists = {n: distance_transform_edt(~ptvs[n], sampling=sp).astype(np.float32) for n in order}
-    spill = {n: (OPENKBP_RX[n] * (share * np.exp(-dists[n] / fall) + (1 - share) * np.exp(-dists[n] / tail))
-                 ).astype(np.float32) for n in order}
+    # the high-dose region hugs each target for a few mm (shoulder), then falls off steeply, then slowly
+    spill = {n: (OPENKBP_RX[n] * (share * np.exp(-np.maximum(dists[n] - shoulder, 0.0) / fall)
+                                  + (1 - share) * np.exp(-dists[n] / tail))).astype(np.float32)
+             for n in order}
     dose = np.zeros(shape, np.float32)
     for n in order:
         np.maximum(dose, spill[n], out=dose)
