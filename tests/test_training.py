@@ -38,7 +38,7 @@ def test_training_beats_a_constant_dose(caches, tmp_path):
 
     cfg = TrainConfig(data=str(caches / "train"), val=str(caches / "val"), out=str(tmp_path / "run"),
                       loss="mae",
-                      epochs=4, steps_per_epoch=15, lr=1e-2, seed=0, val_every=2,
+                      epochs=4, steps_per_epoch=30, lr=1e-2, seed=0, val_every=2,
                       **TINY)
     res = train(cfg)
     val = list(Cache.open(caches / "val"))

@@ -7,10 +7,62 @@ Conventions (stated once, used everywhere):
 - ROIs travel as one unsigned integer volume of bit-mask codes: bit k set <=> voxel in ROI k of
   the dataset's :class:`RoiSet` (see :mod:`dosepred.roi`).
 - Tensors are (B, C, *spatial).
+
+Public API (every ``dosepred`` command is a thin call into these)::
+
+    import dosepred
+
+    patients = list(dosepred.load_patients("../shared/data/openkbp/sample/train-pats"))
+    model = dosepred.load_model("models/openkbp-mae-cdm")
+    pairs = [(p, dosepred.predict_dose(model, p)) for p in patients]
+    result = dosepred.evaluate_cohort(pairs, "openkbp-clinical")
+    print(result.summary())
+
+- data: :class:`Patient`, :class:`RoiSet`, :mod:`dosepred.io` (:func:`load_patients`,
+  :func:`write_cache`, :class:`Cache`, OpenKBP / DICOM / NIfTI readers and writers),
+  :func:`make_cohort` (synthetic patients);
+- models: :func:`load_model`, :func:`predict_dose`, :func:`predict_to` (:mod:`dosepred.predict`);
+- evaluation: :func:`load_protocol`, :func:`evaluate_patient`, :func:`evaluate_cohort`,
+  :class:`CohortResult` (:mod:`dosepred.evaluation`);
+- training: :class:`TrainConfig`, :func:`train`, :func:`build_loss` (:mod:`dosepred.training`,
+  :mod:`dosepred.losses`).
+
+Names other than :class:`Patient`, :class:`Roi` and :class:`RoiSet` are imported on first use, so
+``import dosepred`` stays light (torch is loaded only when a model function is used).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .patient import Patient, Roi, RoiSet
 
 __version__ = "0.1.0"
 
-__all__ = ["Patient", "Roi", "RoiSet", "__version__"]
+#: Public name -> module that defines it (imported on first access).
+_LAZY = {
+    "Cache": ".io.cache", "load_patients": ".io.cache", "write_cache": ".io.cache",
+    "make_cohort": ".synth",
+    "load_model": ".predict", "predict_dose": ".predict", "predict_to": ".predict",
+    "Protocol": ".protocol", "load_protocol": ".protocol",
+    "CohortResult": ".evaluation", "PatientResult": ".evaluation", "evaluate_cohort": ".evaluation",
+    "evaluate_patient": ".evaluation",
+    "TrainConfig": ".training", "train": ".training", "build_loss": ".losses",
+    "distance_falloff": ".baseline",
+}
+
+__all__ = ["Patient", "Roi", "RoiSet", *_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'dosepred' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

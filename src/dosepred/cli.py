@@ -164,7 +164,9 @@ def _progress(no_progress: bool) -> None:
     progress.set_enabled(False if no_progress else None)
 
 
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="Do not show progress bars.")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars: plain progress lines "
+                                            "instead (as when output is not a terminal; "
+                                            "DOSEPRED_PROGRESS_INTERVAL=off silences them).")]
 
 
 def console():
@@ -516,6 +518,9 @@ def evaluate_cmd(
                                                 "(report.html, images embedded) into this folder.")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
                                                 "have a prediction; list the others.")] = False,
+    show_metrics: Annotated[bool, typer.Option("--show-metrics", help="Print each patient's metric "
+                                               "values (reference, prediction); the default when "
+                                               "the protocol has no limits.")] = False,
     overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
@@ -562,16 +567,19 @@ def evaluate_cmd(
                 write_json(tmp, js)
         if writer is not None:
             writer.finish({"prediction": res})
-    _print_evaluation(res, proto, missing)
+    _print_evaluation(res, proto, missing, show_metrics)
     if json_out is not None:
         console().print(f"wrote {json_out}")
     if report is not None:
         console().print(f"wrote {report / 'report.html'}")
 
 
-def _print_evaluation(res, proto, missing: list[str]) -> None:  # type: ignore[no-untyped-def]
-    """The evaluation summary on the console (warnings of the protocol lint on stderr)."""
+def _print_evaluation(res, proto, missing: list[str], show_metrics: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """The evaluation summary on the console (warnings of the protocol lint on stderr); the metric
+    values per patient with ``show_metrics`` or when the protocol has no limits."""
     from rich.table import Table
+
+    from . import evaluation as ev
 
     con = console()
     t = Table(title=f"{len(res.patients)} patients, protocol {proto.name}")
@@ -586,6 +594,8 @@ def _print_evaluation(res, proto, missing: list[str]) -> None:  # type: ignore[n
               _fmt_num(res.oar_score), _fmt_num(res.criteria_pass_rate, 1) + " %")
     con.print(t)
     rows = res.criteria_table()
+    if show_metrics or not rows:  # without limits there is nothing to pass: show the values
+        con.print(ev.metrics_table(res))
     if rows:
         ct = Table(title="criteria (patients passing)")
         for col in ("criterion", "prediction", "reference", "agree"):
@@ -1013,7 +1023,7 @@ def demo_cmd(
     with _show_warnings(), output_in_place(out, overwrite):  # a failed demo leaves --out as it was
         res = run_demo(out, seed=seed, log=con.print)
     t = Table(title="held-out synthetic patients, protocol openkbp-clinical "
-                    "(lower is better, except pass rate)")
+                    "(scores: lower is better; agreement with the plans: higher)")
     t.add_column("metric")
     for label in res["results"]:
         t.add_column(label, justify="right")

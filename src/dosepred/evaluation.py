@@ -133,18 +133,22 @@ class PatientResult:
 
     @property
     def dvh_score(self) -> float:
+        """Mean |ref - pred| of the OpenKBP DVH metrics (Gy)."""
         return _mean(self.dvh_errors)
 
     @property
     def ptv_score(self) -> float:
+        """Mean |ref - pred| of the protocol's target dose metrics (Gy)."""
         return _mean(self.ptv_errors)
 
     @property
     def oar_score(self) -> float:
+        """Mean |ref - pred| of the protocol's OAR dose metrics (Gy)."""
         return _mean(self.oar_errors)
 
     @property
     def checked(self) -> list[CriterionResult]:
+        """The criteria with a limit that both doses could be checked against."""
         return [c for c in self.criteria if c.checked]
 
     @property
@@ -154,10 +158,12 @@ class PatientResult:
         return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
 
     def value(self, roi: str, metric: str) -> MetricValue | None:
+        """The reference/prediction value of ``metric`` on ``roi`` (None if not computed)."""
         m = str(parse_metric(metric))
         return next((v for v in self.metrics if v.roi == roi and v.metric == m), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the scores, ROI metrics and criteria (NaN as None)."""
         rois: dict[str, dict[str, Any]] = {}
         for v in self.metrics:
             rois.setdefault(v.roi, {"kind": v.kind, "metrics": {}})["metrics"][v.metric] = {
@@ -181,18 +187,22 @@ class CohortResult:
 
     @property
     def dose_score(self) -> float:
+        """OpenKBP dose score: mean over patients of the mean |ref - pred| in the possible-dose mask (Gy)."""
         return _mean(p.dose_score for p in self.patients)
 
     @property
     def dvh_score(self) -> float:
+        """OpenKBP DVH score: mean |ref - pred| over all patients' DVH metrics (Gy)."""
         return _mean(e for p in self.patients for e in p.dvh_errors)
 
     @property
     def ptv_score(self) -> float:
+        """Mean |ref - pred| over all patients' target dose metrics of the protocol (Gy)."""
         return _mean(e for p in self.patients for e in p.ptv_errors)
 
     @property
     def oar_score(self) -> float:
+        """Mean |ref - pred| over all patients' OAR dose metrics of the protocol (Gy)."""
         return _mean(e for p in self.patients for e in p.oar_errors)
 
     def _checked(self) -> list[CriterionResult]:
@@ -200,16 +210,19 @@ class CohortResult:
 
     @property
     def criteria_pass_rate(self) -> float:
+        """% of the checked criteria (all patients) that the prediction passes."""
         ch = self._checked()
         return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
 
     @property
     def reference_pass_rate(self) -> float:
+        """% of the checked criteria (all patients) that the reference plan passes."""
         ch = self._checked()
         return 100.0 * sum(bool(c.ref_pass) for c in ch) / len(ch) if ch else math.nan
 
     @property
     def criteria_agreement(self) -> float:
+        """% of the checked criteria where prediction and reference plan agree (both pass or both fail)."""
         ch = self._checked()
         return 100.0 * sum(bool(c.agree) for c in ch) / len(ch) if ch else math.nan
 
@@ -236,6 +249,21 @@ class CohortResult:
                 r["agree"] += bool(c.agree)
         return list(rows.values())
 
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """The protocol's metric values, one row per patient and (ROI, metric) in protocol order:
+        ``patient, roi, metric, unit, reference, prediction, difference`` (prediction - reference;
+        NaN where a value could not be computed). ROIs a patient lacks have no row."""
+        rows: list[dict[str, Any]] = []
+        for p in self.patients:
+            seen: set[tuple[str, str]] = set()
+            for c in p.criteria:
+                if (c.roi, c.metric) in seen:
+                    continue
+                seen.add((c.roi, c.metric))
+                rows.append({"patient": p.id, "roi": c.roi, "metric": c.metric, "unit": c.unit,
+                             "reference": c.ref, "prediction": c.pred, "difference": c.pred - c.ref})
+        return rows
+
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN as null) with keys ``patients, dose_score, dvh_score,
         ptv_score, oar_score, criteria_pass_rate, per_patient`` plus ``protocol``,
@@ -253,6 +281,25 @@ class CohortResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, self.to_json())
+
+
+def metrics_table(result: CohortResult, title: str | None = None) -> Any:
+    """A rich Table of :meth:`CohortResult.metric_rows` (reference and prediction per patient and
+    criterion metric, and their difference) for the console."""
+    from rich.table import Table
+
+    t = Table(title=title or f"metric values, protocol {result.protocol} (prediction - reference)")
+    for col in ("patient", "ROI", "metric", "reference", "prediction", "difference"):
+        t.add_column(col, justify="left" if col in ("patient", "ROI", "metric") else "right")
+    last = None
+    for r in result.metric_rows():
+        if last is not None and r["patient"] != last:
+            t.add_section()
+        last = r["patient"]
+        t.add_row(r["patient"], r["roi"], f"{r['metric']} ({r['unit']})",
+                  *("-" if v != v else f"{v:.2f}" for v in (r["reference"], r["prediction"])),
+                  "-" if r["difference"] != r["difference"] else f"{r['difference']:+.2f}")
+    return t
 
 
 # ---------------------------------------------------------------------------------- evaluation

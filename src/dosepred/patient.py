@@ -32,6 +32,9 @@ OPENKBP_RX = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
 
 @dataclass(frozen=True)
 class Roi:
+    """One ROI of a :class:`RoiSet`: its name, kind (target/oar/other) and, for targets, the
+    prescription in Gy."""
+
     name: str
     kind: RoiKind = "oar"
     prescription: float | None = None  # Gy, targets only

@@ -55,7 +55,7 @@ _EVAL_FIELDS = ("dose", "roi_codes", "possible_dose_mask")
 
 
 class CacheError(ValueError):
-    pass
+    """A cache folder or file that cannot be read or written as asked (the message names it)."""
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
@@ -548,6 +548,7 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
 
 
 def is_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a dosepred cache folder (it holds ``dataset.json``)."""
     return (Path(path) / DATASET_JSON).is_file()
 
 

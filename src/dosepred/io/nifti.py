@@ -49,7 +49,7 @@ ROI_DIR = "rois"
 
 
 class NiftiFormatError(ValueError):
-    pass
+    """A NIfTI patient folder that does not hold what the reader expects (the message names it)."""
 
 
 # ------------------------------------------------------------------------------------- geometry

@@ -256,6 +256,7 @@ def read_folder(src: str | os.PathLike, roi_set: RoiSet | None = None,
 
 
 def is_openkbp_folder(src: str | os.PathLike) -> bool:
+    """Whether ``src`` is one OpenKBP patient folder (``ct.csv``) or a folder of ``pt_*`` ones."""
     src = Path(src)
     if (src / "ct.csv").is_file():
         return True

@@ -18,6 +18,9 @@ SELECT = ("dvh", "dose", "ptv", "oar", "dose+dvh")
 
 @dataclass
 class TrainConfig:
+    """Everything a training run needs (data, model, loss, schedule, device); saved as the run's
+    ``config.json`` and merged with command-line overrides (``dosepred train``)."""
+
     data: str = ""  # training cache
     out: str = ""  # run folder
     val: str | None = None  # validation cache (None: no validation, best.pt = last)

@@ -204,7 +204,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log: Log | None = None,
                  progress: bool | None = None) -> None:
-        from ..progress import enabled
+        from ..progress import mode
 
         cfg.validate()
         self.cfg = cfg
@@ -212,8 +212,9 @@ class Trainer:
         self.rank, self.world, self.local_rank = _dist_info()
         self.is_main = self.rank == 0
         self._log = log
-        self.progress = enabled() if progress is None else progress
-        self.progress = self.progress and self.is_main
+        # bars on a terminal, plain lines in a log (see dosepred.progress), nothing when False
+        self.progress_mode = mode(progress) if self.is_main else "off"
+        self.progress = self.progress_mode != "off"
         self.run = Path(cfg.out)
         self.ckpt_dir = self.run / "checkpoints"
 
@@ -554,8 +555,7 @@ class Trainer:
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
                     if prog is not None:
-                        prog[0].update(prog[1], advance=1,
-                                       info=f"epoch {epoch} loss {sums['total'] / n:.4f}")
+                        prog.update(1, info=f"epoch {epoch} loss {sums['total'] / n:.4f}")
                 train_time = time.time() - te
                 means = self._reduce(sums, n)
                 row: dict[str, Any] = {"epoch": epoch, "step": self.global_step, "lr": lr,
@@ -597,7 +597,7 @@ class Trainer:
                     dist.barrier()
         finally:
             if prog is not None:
-                prog[0].stop()
+                prog.close(f"loss {last_summary['train_loss']:.4f}" if last_summary else "")
             if tb is not None:
                 tb.close()
         return {"run": str(self.run), "epochs": cfg.epochs, "global_step": self.global_step,
@@ -622,16 +622,13 @@ class Trainer:
         return SummaryWriter(str(self.run / "tb"))
 
     def _progress_bar(self, start_epoch: int):
+        """Per-step progress: a bar on a terminal, a plain line about every 20 s in a log."""
+        from ..progress import steps
+
         if not self.progress:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
-        task = p.add_task("train", total=self.cfg.epochs * self.steps_per_epoch,
-                          completed=start_epoch * self.steps_per_epoch, info="")
-        p.start()
-        return p, task
+        return steps("training", self.cfg.epochs * self.steps_per_epoch,
+                     done=start_epoch * self.steps_per_epoch, requested=True)
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Log | None = None, progress: bool | None = None

@@ -1,0 +1,68 @@
+"""`dosepred evaluate` prints the metric values (reference, prediction) when the protocol has no
+limits, and with --show-metrics; the numbers are checked against numpy on the same doses."""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.io.cache import write_cache
+from dosepred.synth import make_cohort
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    ref = make_cohort(2, seed=7, size=24)
+    pred = [p.with_dose(p.dose * 0.9) for p in ref]
+    write_cache(ref, root / "ref")
+    write_cache(pred, root / "pred")
+    return root, ref, pred
+
+
+def _row(text: str, pid: str, roi: str, metric: str) -> tuple[float, float, float]:
+    """(reference, prediction, difference) of one table row; rows are split by the box characters."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if len(cells) == 6 and cells[0] == pid and cells[1] == roi and cells[2].startswith(metric + " ("):
+            return float(cells[3]), float(cells[4]), float(cells[5])
+    raise AssertionError(f"no row {pid} {roi} {metric} in:\n{text}")
+
+
+def _evaluate(root, *extra):
+    r = runner.invoke(app, ["evaluate", "--reference", str(root / "ref"), "--prediction", str(root / "pred"),
+                            "--no-progress", *extra],
+                      env={"COLUMNS": "160", "DOSEPRED_PROGRESS_INTERVAL": "off"})
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_no_limits_protocol_prints_values(caches):
+    root, ref, pred = caches
+    out = _evaluate(root, "--protocol", "openkbp")
+    for p, q in zip(ref, pred, strict=True):
+        m = p.mask("PTV70")
+        r_mean, p_mean, diff = _row(out, p.id, "PTV70", "D95%")
+        assert r_mean == pytest.approx(np.percentile(p.dose[m], 5), abs=0.006)
+        assert p_mean == pytest.approx(np.percentile(q.dose[m], 5), abs=0.006)
+        assert diff == pytest.approx(p_mean - r_mean, abs=0.011)
+        par = p.mask("LeftParotid")
+        r_mean, p_mean, _ = _row(out, p.id, "LeftParotid", "Dmean")
+        assert r_mean == pytest.approx(p.dose[par].mean(), abs=0.006)
+        assert p_mean == pytest.approx(q.dose[par].mean(), abs=0.006)
+
+
+def test_limits_protocol_shows_values_only_when_asked(caches):
+    root, ref, pred = caches
+    out = _evaluate(root, "--protocol", "openkbp-clinical")
+    assert "metric values" not in out and "criteria pass rate" in out
+    out = _evaluate(root, "--protocol", "openkbp-clinical", "--show-metrics")
+    assert "metric values" in out and "criteria pass rate" in out
+    p = ref[0]
+    cord = p.mask("SpinalCord")
+    r_val, p_val, _ = _row(out, p.id, "SpinalCord", "D0.1cc")
+    assert p_val == pytest.approx(0.9 * r_val, abs=0.02) and r_val <= p.dose[cord].max() + 1e-3
