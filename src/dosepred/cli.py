@@ -662,6 +662,9 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="End after this epoch (a job "
                                                    "slice); --resume continues exactly.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any training-config field key=value "
+                                                   "(repeatable), e.g. ema_decay=0.99, rotate_p=0.5, "
+                                                   "shift=true.")] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
@@ -678,6 +681,7 @@ def train_cmd(
                      stop_after=stop_after)
     if loss_opt:
         overrides["loss_options"] = _parse_opts(loss_opt)
+    overrides.update(_parse_opts(set_))
     stored = out / "config.json"
     if resume and stored.is_file():
         cfg = TrainConfig.load(stored).merged(overrides)

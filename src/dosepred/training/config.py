@@ -50,7 +50,15 @@ class TrainConfig:
     norm: str | None = None
     target_fraction: float = 2 / 3
     flip: bool = True
-    flip_axis: int = 1
+    flip_axis: int = 1  # left-right axis of the arrays (OpenKBP: axis 1, right->left)
+    head_feet_axis: int = 2  # axis the rotations turn about (OpenKBP: axis 2, superior->inferior)
+    rotate_p: float = 0.0  # probability of rotating a crop about head_feet_axis (0: never)
+    rotate_step: float = 40.0  # rotations are k * rotate_step degrees, k = 1 .. 360/rotate_step - 1
+    shift: bool = False  # random translation keeping the possible-dose mask in the window where it fits
+    # exponential moving average of the weights (0: off); checkpoints' "model" then holds the average
+    # (what validation, predict and export use) and "train_model" the raw weights; the decay is
+    # min(ema_decay, (1 + n) / (10 + n)) at the run's step n, so a short fine-tune is not pinned to --init
+    ema_decay: float = 0.0
     val_patients: int | None = None  # first N validation patients (None: all)
     # validate every N epochs (and after the last): whole-grid prediction costs ~10-25 s per 128^3
     # patient on 2 CPU cores, more than an epoch of training
@@ -98,6 +106,16 @@ class TrainConfig:
             raise ValueError(f"target_fraction must be in [0, 1], got {self.target_fraction}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if not 0 <= self.rotate_p <= 1:
+            raise ValueError(f"rotate_p must be in [0, 1], got {self.rotate_p}")
+        if not 0 < self.rotate_step < 360 or not (360 / self.rotate_step).is_integer():
+            raise ValueError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
+        if self.head_feet_axis == self.flip_axis or not all(0 <= a < 3 for a in (self.head_feet_axis,
+                                                                                self.flip_axis)):
+            raise ValueError(f"head_feet_axis ({self.head_feet_axis}) and flip_axis ({self.flip_axis}) "
+                             "must be two different axes in 0..2")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.val_every < 1:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
 
