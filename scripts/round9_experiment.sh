@@ -12,7 +12,7 @@
 # DEADLINE (epoch seconds) the runs stop level at the last epoch reached by then and the last
 # checkpoints are scored (pred/MODEL-eE, eval/MODEL-eE.*.json).
 #
-# usage: [MODELS="r9-mae-cdm ..."] [DEADLINE=S] scripts/round9_experiment.sh [WORK_DIR]   (default /work/exp16)
+# usage: [MODELS="r9-mae-cdm ..."] [EPOCHS=8] [TAG=] [DEADLINE=S] scripts/round9_experiment.sh [WORK_DIR]   (default /work/exp16)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp16}
@@ -26,7 +26,9 @@ dp() { echo "+ dosepred $*" >&2; python -m dosepred "$@"; }
 [[ -f $cache/train/dataset.json ]] || dp data import-openkbp /work/data/provided-data/train-pats --out "$cache/train" --no-progress
 [[ -f $cache/val/dataset.json ]] || dp data import-openkbp /work/data/provided-data/validation-pats --out "$cache/val" --no-progress
 
-BUDGET=(--patch 128 --batch 1 --epochs 8 --steps-per-epoch 50 --lr 2e-4 --schedule cosine --seed 9 --threads 1)
+EPOCHS=${EPOCHS:-8}  # of 50 steps
+TAG=${TAG:-}  # suffix of run, prediction and evaluation names (another budget: EPOCHS=2 TAG=-100)
+BUDGET=(--patch 128 --batch 1 --epochs "$EPOCHS" --steps-per-epoch 50 --lr 2e-4 --schedule cosine --seed 9 --threads 1)
 CDM="--loss mae+cdm --loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3"
 declare -A INIT=([r9-mae-cdm]=openkbp-mae-cdm [r9-mae-cdm-aug]=openkbp-mae-cdm [r9-mae-cdm-clin]=openkbp-mae-cdm
                  [r9-mae]=openkbp-mae [r9-mae-aug]=openkbp-mae)
@@ -38,10 +40,9 @@ declare -A OPTS=(
   [r9-mae-aug]="--loss mae --set ema_decay=0.99 --set rotate_p=0.5 --set shift=true"
 )
 read -r -a models <<< "${MODELS:-r9-mae-cdm r9-mae-cdm-aug}"
-EPOCHS=8
 DEADLINE=${DEADLINE:-}  # epoch seconds: start no slice after it once all models are level
 mkdir -p "$runs" "$pred" "$evald"
-done_epochs() { local f=$runs/$1/metrics.csv; if [[ -f $f ]]; then tail -n 1 "$f" | cut -d, -f1 | grep -E '^[0-9]+$' || echo 0; else echo 0; fi; }
+done_epochs() { local f=$runs/$1$TAG/metrics.csv; if [[ -f $f ]]; then tail -n 1 "$f" | cut -d, -f1 | grep -E '^[0-9]+$' || echo 0; else echo 0; fi; }
 
 # the runs advance in turns, one epoch (50 steps) at a time, the least advanced first, so that on a
 # shared machine whose speed is unknown they stay at equal budgets; each slice ends with
@@ -58,7 +59,7 @@ while true; do
     echo "deadline: all runs at epoch $lowe of $EPOCHS" >&2; break
   fi
   stop=$(( lowe < high ? high : lowe + 1 ))
-  r=$runs/$low
+  r=$runs/$low$TAG
   if [[ -f $r/checkpoints/last.pt ]]; then
     dp train --out "$r" --data "$cache/train" --resume --threads 1 --stop-after "$stop" --no-progress
   else
@@ -70,14 +71,14 @@ done
 
 for m in "${models[@]}"; do
   e=$(done_epochs "$m")
-  out=$pred/$m-e$e
+  out=$pred/$m$TAG-e$e
   if [[ ! -f $out/.done ]]; then
-    dp predict --model "$runs/$m/checkpoints/last.pt" --data "$cache/val" --out "$out" --format cache --no-progress
+    dp predict --model "$runs/$m$TAG/checkpoints/last.pt" --data "$cache/val" --out "$out" --format cache --no-progress
     touch "$out/.done"
   fi
   for proto in openkbp openkbp-clinical; do
-    [[ -f $evald/$m-e$e.$proto.json ]] && continue
+    [[ -f $evald/$m$TAG-e$e.$proto.json ]] && continue
     dp evaluate --reference "$cache/val" --prediction "$out" --protocol "$proto" \
-      --json "$evald/$m-e$e.$proto.json" --no-progress > "$evald/$m-e$e.$proto.txt"
+      --json "$evald/$m$TAG-e$e.$proto.json" --no-progress > "$evald/$m$TAG-e$e.$proto.txt"
   done
 done
