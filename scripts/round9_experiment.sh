@@ -8,6 +8,7 @@
 #                    (40-degree steps, p 0.5) + translations keeping the possible-dose mask in view
 #   r9-mae-cdm-clin  today's recipe with the openkbp-clinical protocol (V-metric sigmoid surrogates,
 #                    tau 1 Gy) and the constraint term on its limits
+#   r9-mae-cdm-shift today's recipe + translations keeping the possible-dose mask in view
 # Every step is skipped when its output exists; a cut training continues with --resume. With
 # DEADLINE (epoch seconds) the runs stop level at the last epoch reached by then and the last
 # checkpoints are scored (pred/MODEL-eE, eval/MODEL-eE.*.json).
@@ -30,12 +31,13 @@ EPOCHS=${EPOCHS:-8}  # of 50 steps
 TAG=${TAG:-}  # suffix of run, prediction and evaluation names (another budget: EPOCHS=2 TAG=-100)
 BUDGET=(--patch 128 --batch 1 --epochs "$EPOCHS" --steps-per-epoch 50 --lr 2e-4 --schedule cosine --seed 9 --threads 1)
 CDM="--loss mae+cdm --loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3"
-declare -A INIT=([r9-mae-cdm]=openkbp-mae-cdm [r9-mae-cdm-aug]=openkbp-mae-cdm [r9-mae-cdm-clin]=openkbp-mae-cdm
+declare -A INIT=([r9-mae-cdm-shift]=openkbp-mae-cdm [r9-mae-cdm]=openkbp-mae-cdm [r9-mae-cdm-aug]=openkbp-mae-cdm [r9-mae-cdm-clin]=openkbp-mae-cdm
                  [r9-mae]=openkbp-mae [r9-mae-aug]=openkbp-mae)
 declare -A OPTS=(
   [r9-mae-cdm]="$CDM"
   [r9-mae-cdm-aug]="$CDM --set ema_decay=0.99 --set rotate_p=0.5 --set shift=true"
   [r9-mae-cdm-clin]="$CDM --protocol openkbp-clinical --loss-opt cdm_constraint=true"
+  [r9-mae-cdm-shift]="$CDM --set shift=true"
   [r9-mae]="--loss mae"
   [r9-mae-aug]="--loss mae --set ema_decay=0.99 --set rotate_p=0.5 --set shift=true"
 )
