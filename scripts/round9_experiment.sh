@@ -13,7 +13,7 @@
 # DEADLINE (epoch seconds) the runs stop level at the last epoch reached by then and the last
 # checkpoints are scored (pred/MODEL-eE, eval/MODEL-eE.*.json).
 #
-# usage: [MODELS="r9-mae-cdm ..."] [EPOCHS=8] [TAG=] [DEADLINE=S] scripts/round9_experiment.sh [WORK_DIR]   (default /work/exp16)
+# usage: [MODELS="r9-mae-cdm ..."] [EPOCHS=8] [SEED=9] [TAG=] [DEADLINE=S] scripts/round9_experiment.sh [WORK_DIR]   (default /work/exp16)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/work/exp16}
@@ -29,7 +29,7 @@ dp() { echo "+ dosepred $*" >&2; python -m dosepred "$@"; }
 
 EPOCHS=${EPOCHS:-8}  # of 50 steps
 TAG=${TAG:-}  # suffix of run, prediction and evaluation names (another budget: EPOCHS=2 TAG=-100)
-BUDGET=(--patch 128 --batch 1 --epochs "$EPOCHS" --steps-per-epoch 50 --lr 2e-4 --schedule cosine --seed 9 --threads 1)
+BUDGET=(--patch 128 --batch 1 --epochs "$EPOCHS" --steps-per-epoch 50 --lr 2e-4 --schedule cosine --seed "${SEED:-9}" --threads 1)
 CDM="--loss mae+cdm --loss-opt cdm_target_weight=4 --loss-opt cdm_oar_weight=1 --loss-opt cdm_spread=3"
 declare -A INIT=([r9-mae-cdm-shift]=openkbp-mae-cdm [r9-mae-cdm]=openkbp-mae-cdm [r9-mae-cdm-aug]=openkbp-mae-cdm [r9-mae-cdm-clin]=openkbp-mae-cdm
                  [r9-mae]=openkbp-mae [r9-mae-aug]=openkbp-mae)
