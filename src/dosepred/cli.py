@@ -894,6 +894,9 @@ def train_cmd(
                                                     "patient is permuted into (recorded with the model): "
                                                     "e.g. PLI (OpenKBP arrays), or 'first' (the first "
                                                     "patient's) [PLI].")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any training-config field key=value "
+                                                   "(repeatable), e.g. ema_decay=0.99, rotate_p=0.5, "
+                                                   "shift=true.")] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun)."""
@@ -910,6 +913,7 @@ def train_cmd(
                      stop_after=stop_after, orientation=orientation)
     if loss_opt:
         overrides["loss_options"] = _parse_opts(loss_opt)
+    overrides.update(_parse_opts(set_))
     from .fsutil import check_output, output_in_place
 
     stored = out / "config.json"

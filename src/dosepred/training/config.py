@@ -57,6 +57,14 @@ class TrainConfig:
     # axis letters every training patient is permuted into ("PLI": OpenKBP arrays; "first": the first
     # training patient's); recorded with the model (its space) and used by predict
     orientation: str = "PLI"
+    head_feet_axis: int | None = None  # rotations turn about it; None: the training data's S-I axis
+    rotate_p: float = 0.0  # probability of rotating a crop about the head-feet axis (0: never)
+    rotate_step: float = 40.0  # rotations are k * rotate_step degrees, k = 1 .. 360/rotate_step - 1
+    shift: bool = False  # random translation keeping the possible-dose mask in the window where it fits
+    # exponential moving average of the weights (0: off); checkpoints' "model" then holds the average
+    # (what validation, predict and export use) and "train_model" the raw weights; the decay is
+    # min(ema_decay, (1 + n) / (10 + n)) at the run's step n, so a short fine-tune is not pinned to --init
+    ema_decay: float = 0.0
     val_patients: int | None = None  # first N validation patients (None: all)
     # validate every N epochs (and after the last): whole-grid prediction costs ~10-25 s per 128^3
     # patient on 2 CPU cores, more than an epoch of training
@@ -112,6 +120,14 @@ class TrainConfig:
             except (KeyError, ValueError):
                 raise ValueError(f"orientation must be three axis letters such as PLI (one of R/L, A/P, "
                                  f"S/I each) or 'first', got {self.orientation!r}") from None
+        if not 0 <= self.rotate_p <= 1:
+            raise ValueError(f"rotate_p must be in [0, 1], got {self.rotate_p}")
+        if not 0 < self.rotate_step < 360 or not (360 / self.rotate_step).is_integer():
+            raise ValueError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
+        if self.head_feet_axis is not None and not 0 <= self.head_feet_axis < 3:
+            raise ValueError(f"head_feet_axis must be an axis in 0..2, got {self.head_feet_axis}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.val_every < 1:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
 

@@ -12,7 +12,15 @@ crops. ``target_fraction`` of the crops are centred on a random target voxel, th
 voxel of the possible-dose mask.
 
 Augmentation valid for dose: a flip along the left-right axis with the Left/Right ROI bits swapped
-(``LeftParotid`` <-> ``RightParotid``). No intensity change touches the dose.
+(``LeftParotid`` <-> ``RightParotid``); optionally (``rotate_p``) a rotation about the head-feet
+axis by a multiple of ``rotate_step`` degrees (40: the nine equally spaced beam angles of OpenKBP's
+plans, so a rotated plan is still a plausible plan), and (``shift``) a random translation that keeps
+the possible-dose mask in the window wherever it fits. No intensity change touches the dose. The axes
+are parameters (``flip_axis``: left-right, ``rotate_axis``: head-feet), never assumed here; for
+today's OpenKBP arrays (axis 0 anterior->posterior, 1 right->left, 2 superior->inferior) they are 1
+and 2. The rotation and translation draws come from their own generator
+(``default_rng([seed, epoch, index, 1])``), so enabling them leaves the crop centres and flips of
+the same seed unchanged.
 
 ROIs stay as codes until the device: a batch carries ``codes`` (B, *P) in the torch integer type of
 the same width (:func:`dosepred.roi.to_torch`).
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..patient import Patient, RoiSet
 from ..roi import lr_pairs, swap_bits, to_torch
@@ -44,6 +53,7 @@ class PatientArrays:
     spacing: tuple[float, float, float]
     target_idx: np.ndarray  # flat indices (int32) of target voxels inside the mask
     mask_count: int
+    extremes: np.ndarray | None = None  # (n, 3) row ends of the mask (:func:`mask_extremes`)
 
     @property
     def nbytes(self) -> int:
@@ -60,13 +70,36 @@ def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
     return tuple(sl)
 
 
-def prepare_patient(p: Patient, patch: Sequence[int]) -> PatientArrays:
+def mask_extremes(mask: np.ndarray) -> np.ndarray:
+    """(n, 3) int16 voxel coordinates of the first and last mask voxel of every row along the last axis.
+
+    Every extreme point of the mask in any direction (a vertex of its convex hull) is such a row
+    end (a voxel between two mask voxels of its row is not extreme), so the bounding box of the mask
+    under any affine map is the bounding box of these few points.
+    """
+    any_ = mask.any(axis=-1)
+    i, j = np.nonzero(any_)
+    n = mask.shape[-1]
+    first = np.argmax(mask[i, j], axis=-1)
+    last = n - 1 - np.argmax(mask[i, j, ::-1], axis=-1)
+    pts = np.concatenate([np.stack([i, j, first], 1), np.stack([i, j, last], 1)])
+    return pts.astype(np.int16)
+
+
+def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = None) -> PatientArrays:
+    """Arrays cut to the mask's bounding box plus half a patch of context (``rotate_axis`` given:
+    half the patch's diagonal in the rotation plane, what a rotated window can reach)."""
     if p.dose is None:
         raise ValueError(f"patient {p.id} has no dose: training needs reference doses")
     mask = np.asarray(p.possible_dose_mask, bool)
     if not mask.any():
         raise ValueError(f"patient {p.id}: the possible-dose mask is empty")
-    sl = _bbox(mask, [(s + 1) // 2 for s in patch])
+    margin = [(s + 1) // 2 for s in patch]
+    if rotate_axis is not None:
+        plane = [a for a in range(3) if a != rotate_axis]
+        half_diag = int(np.ceil(0.5 * np.hypot(*(patch[a] for a in plane)))) + 1
+        margin = [half_diag if a in plane else m for a, m in enumerate(margin)]
+    sl = _bbox(mask, margin)
     mask_c = np.ascontiguousarray(mask[sl])
     codes_c = np.ascontiguousarray(p.roi_codes[sl])
     tbits = [p.roi_set.index(n) for n in p.roi_set.targets]
@@ -76,7 +109,7 @@ def prepare_patient(p: Patient, patch: Sequence[int]) -> PatientArrays:
     tmask &= mask_c
     return PatientArrays(p.id, np.ascontiguousarray(p.ct[sl]), np.ascontiguousarray(p.dose[sl], np.float32),
                          codes_c, mask_c, tuple(p.spacing), np.flatnonzero(tmask).astype(np.int32),
-                         int(mask_c.sum()))
+                         int(mask_c.sum()), mask_extremes(mask_c))
 
 
 def _crop(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill) -> np.ndarray:
@@ -93,14 +126,74 @@ def _crop(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill) -> n
     return out
 
 
+def rotation_voxels(angle_deg: float, axis: int, spacing: Sequence[float]) -> np.ndarray:
+    """3x3 map F of voxel offsets for a rotation by ``angle_deg`` about array axis ``axis``.
+
+    In the plane of the two other axes ``(a, b)`` (increasing order), a point at physical offset
+    ``(u_a, u_b)`` from the centre moves to ``(u_a cos - u_b sin, u_a sin + u_b cos)``; ``F = S^-1 R S``
+    with ``S = diag(spacing)``, so the rotation is rigid in millimetres also for anisotropic voxels.
+    """
+    a, b = (k for k in range(3) if k != axis)
+    t = np.deg2rad(angle_deg)
+    r = np.eye(3)
+    r[a, a], r[a, b], r[b, a], r[b, b] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
+    s = np.asarray(spacing, float)
+    return r * s[None, :] / s[:, None]
+
+
+def _warp(arr: np.ndarray, inv: np.ndarray, offset: np.ndarray, size: Sequence[int], order: int,
+          fill) -> np.ndarray:
+    """out[o] = arr[inv @ o + offset] (order 0: nearest, 1: linear), ``fill`` outside ``arr``."""
+    if arr.dtype == bool:
+        out = ndimage.affine_transform(arr.view(np.uint8), inv, offset, tuple(size), order=0,
+                                       mode="grid-constant", cval=int(fill))
+        return out.astype(bool)
+    if order == 0:
+        return ndimage.affine_transform(arr, inv, offset, tuple(size), order=0, mode="grid-constant",
+                                        cval=fill)
+    out = ndimage.affine_transform(arr, inv, offset, tuple(size), output=np.float32, order=order,
+                                   mode="grid-constant", cval=float(fill))
+    if np.issubdtype(arr.dtype, np.integer):
+        out = np.rint(out).astype(arr.dtype)
+    return out
+
+
+def rotate_patient_arrays(arrays: dict[str, np.ndarray], angle_deg: float, axis: int,
+                          spacing: Sequence[float]) -> dict[str, np.ndarray]:
+    """Whole arrays rotated about their centre (same shape): ``ct``/``dose`` linear, others nearest.
+
+    ``ct`` is filled with air and the rest with 0 where the rotated grid leaves the array. A helper
+    for tests and inspection; the dataset warps only its window (:meth:`CropDataset.__getitem__`).
+    """
+    shape = next(iter(arrays.values())).shape
+    f = rotation_voxels(angle_deg, axis, spacing)
+    inv = np.linalg.inv(f)
+    c = (np.asarray(shape, float) - 1) / 2
+    offset = c - inv @ c
+    out = {}
+    for k, v in arrays.items():
+        linear = k in ("ct", "dose")
+        out[k] = _warp(v, inv, offset, shape, 1 if linear else 0, CT_PAD if k == "ct" else 0)
+    return out
+
+
 class CropDataset(torch.utils.data.Dataset):
     """Crops for one epoch; ``set_epoch`` selects the epoch. Item ``i`` depends only on (seed, epoch, i)."""
 
     def __init__(self, patients: Sequence[PatientArrays], roi_set: RoiSet, patch: Sequence[int],
                  length: int, seed: int = 0, target_fraction: float = 2 / 3, flip_axis: int | None = 1,
-                 flip: bool = True) -> None:
+                 flip: bool = True, rotate_p: float = 0.0, rotate_axis: int | None = None,
+                 rotate_step: float = 40.0, shift: bool = False) -> None:
         if not patients:
             raise ValueError("no training patients")
+        if rotate_p > 0 and rotate_axis is None:
+            raise ValueError("rotate_p > 0 needs rotate_axis (the head-feet axis of the arrays)")
+        if rotate_p > 0 and not (0 < rotate_step < 360 and (360 / rotate_step).is_integer()):
+            raise ValueError(f"rotate_step must divide 360 degrees, got {rotate_step}")
+        self.rotate_p = float(rotate_p)
+        self.rotate_axis = rotate_axis
+        self.rotate_step = float(rotate_step)
+        self.shift = bool(shift)
         self.patients = list(patients)
         self.patch = tuple(int(p) for p in patch)
         self.length = int(length)
@@ -140,10 +233,7 @@ class CropDataset(torch.utils.data.Dataset):
         # jitter so the centre voxel is not always the window's exact middle
         start = [int(c) - s // 2 + int(rng.integers(-(s // 4), s // 4 + 1))
                  for c, s in zip(centre, self.patch, strict=True)]
-        ct = _crop(p.ct, start, self.patch, CT_PAD)
-        dose = _crop(p.dose, start, self.patch, 0.0)
-        codes = _crop(p.codes, start, self.patch, 0)
-        mask = _crop(p.mask, start, self.patch, False)
+        ct, dose, codes, mask = self._window(p, start, index)
         if self.flip_axis is not None and rng.random() < 0.5:
             ax = self.flip_axis
             ct, dose, mask = (np.flip(a, ax) for a in (ct, dose, mask))
@@ -155,6 +245,47 @@ class CropDataset(torch.utils.data.Dataset):
                 "mask": torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0),
                 "codes": to_torch(np.ascontiguousarray(codes)),
                 "spacing": torch.tensor(p.spacing, dtype=torch.float32)}
+
+
+    def _window(self, p: PatientArrays, start: list[int], index: int) -> tuple[np.ndarray, ...]:
+        """CT, dose, codes and mask of the window at ``start``, rotated and shifted when enabled."""
+        angle = 0.0
+        f = np.eye(3)
+        if self.rotate_p > 0 or self.shift:
+            arng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
+            if self.rotate_p > 0 and arng.random() < self.rotate_p:
+                k = int(arng.integers(1, round(360 / self.rotate_step)))
+                angle = k * self.rotate_step
+                f = rotation_voxels(angle, self.rotate_axis, p.spacing)
+            # window frame: source point s of output voxel o is s = c_src + F^-1 (o - c_out); a mask
+            # voxel m lands at o = F m - t with t = F c_src - c_out, so t in [max(Fm) - (P-1), min(Fm)]
+            # keeps the whole mask in view
+            size = np.asarray(self.patch, float)
+            c_out = (size - 1) / 2
+            t = f @ (np.asarray(start, float) + c_out) - c_out
+            if self.shift:
+                q = p.extremes.astype(float) @ f.T if p.extremes is not None else None
+                for ax in range(3):
+                    if q is None:
+                        break
+                    lo, hi = q[:, ax].max() - (size[ax] - 1), q[:, ax].min()
+                    lo_i, hi_i = int(np.ceil(lo - 1e-6)), int(np.floor(hi + 1e-6))
+                    if lo_i <= hi_i:  # the mask fits along this axis: any window holding all of it
+                        t[ax] = arng.integers(lo_i, hi_i + 1)
+            if angle:
+                inv = np.linalg.inv(f)
+                off = inv @ t
+                # nearest for codes and mask: interpolating bit codes would invent ROI memberships
+                # (a mix of two codes is a third code) and the mask must stay a mask; linear for CT
+                # and dose: smooth fields, and linear (unlike cubic splines) makes no new extremes,
+                # so no negative dose and no overshoot at the body outline
+                mask = _warp(p.mask, inv, off, self.patch, 0, False)
+                dose = _warp(p.dose, inv, off, self.patch, 1, 0.0) * mask  # none outside the mask, as stored
+                return (_warp(p.ct, inv, off, self.patch, 1, CT_PAD), dose,
+                        _warp(p.codes, inv, off, self.patch, 0, 0), mask)
+            start = [int(round(v)) for v in t]
+        return (_crop(p.ct, start, self.patch, CT_PAD), _crop(p.dose, start, self.patch, 0.0),
+                _crop(p.codes, start, self.patch, 0), _crop(p.mask, start, self.patch, False))
 
 
 class RankSampler(torch.utils.data.Sampler[int]):
@@ -176,9 +307,9 @@ class RankSampler(torch.utils.data.Sampler[int]):
         return (self.steps - self.start_step) * self.batch
 
 
-def load_arrays(patients: Iterable[Patient], patch: Sequence[int],
-                progress: bool = True) -> list[PatientArrays]:
+def load_arrays(patients: Iterable[Patient], patch: Sequence[int], progress: bool = True,
+                rotate_axis: int | None = None) -> list[PatientArrays]:
     from ..progress import track
 
     it = track(patients, description="loading patients") if progress else patients
-    return [prepare_patient(p, patch) for p in it]
+    return [prepare_patient(p, patch, rotate_axis) for p in it]
