@@ -27,6 +27,21 @@ def roi_colours(names: list[str]) -> dict[str, tuple]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
+def _dvh_axes(ax, handles: list, title: str) -> None:  # type: ignore[no-untyped-def]
+    """Legends (ROI colours; line styles and markers from ``handles``), labels, limits and title of a
+    cumulative DVH plot."""
+    leg1 = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="ROI", title_fontsize=8,
+                     frameon=False)
+    ax.add_artist(leg1)
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, frameon=False)
+    ax.set_xlabel("dose (Gy)")
+    ax.set_ylabel("volume (%)")
+    ax.set_ylim(0, 102)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+
+
 def plot_dvh(path: Path, ref: Patient, preds: dict[str, np.ndarray], bin_width: float = 0.25) -> None:
     """Cumulative DVHs of every present ROI: reference solid, each prediction in its own dash style."""
     plt = _plt()
@@ -47,16 +62,7 @@ def plot_dvh(path: Path, ref: Patient, preds: dict[str, np.ndarray], bin_width: 
     handles = [plt.Line2D([], [], color="k", lw=1.6, label="reference")]
     handles += [plt.Line2D([], [], color="k", lw=1.3, ls=LINESTYLES[k % len(LINESTYLES)], label=label)
                 for k, label in enumerate(preds)]
-    leg1 = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="ROI", title_fontsize=8,
-                     frameon=False)
-    ax.add_artist(leg1)
-    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, frameon=False)
-    ax.set_xlabel("dose (Gy)")
-    ax.set_ylabel("volume (%)")
-    ax.set_ylim(0, 102)
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{ref.id}: cumulative DVH", fontsize=10)
+    _dvh_axes(ax, handles, f"{ref.id}: cumulative DVH")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -226,16 +232,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                plt.Line2D([], [], color="w", marker="o", mec="k", mfc="grey", label="criterion (plan)"),
                plt.Line2D([], [], color="w", marker="^", mec="k", mfc="grey", label="flagged criterion"),
                plt.Line2D([], [], color="k", marker="|", ls="", ms=12, mew=2, label="limit")]
-    leg1 = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="ROI", title_fontsize=8,
-                     frameon=False)
-    ax.add_artist(leg1)
-    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, frameon=False)
-    ax.set_xlabel("dose (Gy)")
-    ax.set_ylabel("volume (%)")
-    ax.set_ylim(0, 102)
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or f"{plan.id}: cumulative DVH", fontsize=10)
+    _dvh_axes(ax, handles, title or f"{plan.id}: cumulative DVH")
     fig.tight_layout()
     return fig_data_uri(fig)
 
