@@ -409,20 +409,27 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
     }
 
 
+#: Fewest patients :func:`calibrate` accepts (cross-validation calibrates on 80 % of them).
+MIN_PATIENTS = 12
+
+
+def calibration_path(model: str | os.PathLike) -> Path:
+    """Where ``model``'s calibration lives: ``calibration.json`` beside its checkpoint."""
+    from .models.checkpoint import resolve_model_path
+
+    return resolve_model_path(model).parent / CALIBRATION_FILE
+
+
 def write_calibration(model_dir: str | os.PathLike, calib: dict[str, Any]) -> Path:
     """Write ``model_dir/calibration.json`` atomically (temporary file, then rename); nothing else in
     the folder is touched."""
+    from .fsutil import write_text
+
     d = Path(model_dir)
     if d.is_file():
         d = d.parent
     path = d / CALIBRATION_FILE
-    tmp = d / f".{CALIBRATION_FILE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(_finite(calib), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text(path, json.dumps(_finite(calib), indent=1) + "\n")
     return path
 
 
@@ -468,6 +475,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     units, ids = collect_units(model, data, protocol, predictions, progress)
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
+    if len(ids) < MIN_PATIENTS:
+        raise CalibrationError(f"{data}: {len(ids)} patient(s) cannot calibrate intervals; at least "
+                               f"{MIN_PATIENTS} patients the model was not trained on are needed (a 90 % "
+                               "interval needs at least 9 calibration patients; cross-validation more)")
     src = train_data if train_data is not None else data
     if str(src).endswith(".json") and Path(src).is_file():  # ranges computed before (training_ranges)
         ranges = json.loads(Path(src).read_text(encoding="utf-8"))

@@ -1056,15 +1056,19 @@ def calibrate_cmd(
                                                     "reliability flags (default: DATA).")] = None,
     splits: Annotated[int, typer.Option("--splits", help="Random patient splits of the "
                                         "cross-validation.")] = 200,
+    overwrite: Overwrite = False,
     no_progress: NoProgress = False,
 ) -> None:
     """Calibrate prediction intervals of the protocol's DVH metrics (split conformal per metric
     family, chosen by cross-validation); writes MODEL/calibration.json."""
     from rich.table import Table
 
-    from .calibration import FAMILY_TITLES, calibrate
+    from .calibration import FAMILY_TITLES, calibrate, calibration_path
 
     _progress(no_progress)
+    existing = calibration_path(model)
+    if existing.is_file() and not overwrite:
+        raise UserError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
     path, cal = calibrate(model, data, protocol, predictions=predictions, train_data=train_data,
                           splits=splits, progress=True)
     con = console()

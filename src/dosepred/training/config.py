@@ -89,7 +89,22 @@ class TrainConfig:
             if v is not None:
                 setattr(self, k, str(v))
 
+    def check_types(self) -> None:
+        """Each scalar field holds its annotated type (values from ``--set`` or a JSON file arrive
+        untyped): a clear error naming the field instead of a failure deep in training."""
+        simple: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
+                                               "str": (str,), "None": (type(None),)}
+        for f in fields(self):
+            parts = [t.strip() for t in str(f.type).split("|")]
+            if not all(t in simple for t in parts):
+                continue  # containers are checked where they are used
+            ok = tuple(c for t in parts for c in simple[t])
+            v = getattr(self, f.name)
+            if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+                raise ValueError(f"training config field {f.name} must be {f.type}, got {v!r}")
+
     def validate(self) -> None:
+        self.check_types()
         if not self.data:
             raise ValueError("no training data: give --data CACHE")
         if not self.out:

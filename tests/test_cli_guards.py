@@ -1,0 +1,43 @@
+"""Guards found by running the new commands as a careless user would: `calibrate` never replaces a
+model's calibration without --overwrite nor calibrates on too few patients, and `train --set` values
+of the wrong type are one clear error."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae"
+
+
+def cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_calibrate_keeps_an_existing_calibration_and_needs_enough_patients(tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(MODEL, model)
+    before = _digest(model)
+    assert cli("data", "synth", "--patients", "2", "--size", "16", "--out", tmp_path / "c").exit_code == 0
+    r = cli("calibrate", "--model", model, "--data", tmp_path / "c", "--no-progress")
+    assert r.exit_code == 2 and "calibration.json exists" in r.output and "--overwrite" in r.output
+    assert "Traceback" not in r.output
+    r = cli("calibrate", "--model", model, "--data", tmp_path / "c", "--overwrite", "--no-progress")
+    assert r.exit_code == 2 and "at least 12" in r.output and "Traceback" not in r.output
+    assert _digest(model) == before  # the shipped calibration is untouched by both failures
+
+
+def test_train_set_with_a_value_of_the_wrong_type(tmp_path):
+    assert cli("data", "synth", "--patients", "2", "--size", "16", "--out", tmp_path / "c").exit_code == 0
+    r = cli("train", "--data", tmp_path / "c", "--out", tmp_path / "r", "--set", "ema_decay=abc")
+    assert r.exit_code == 2 and "ema_decay" in r.output and "float" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r").exists()
+    r = cli("train", "--data", tmp_path / "c", "--out", tmp_path / "r", "--set", "rotate_step=35")
+    assert r.exit_code == 2 and "rotate_step" in r.output and not (tmp_path / "r").exists()
