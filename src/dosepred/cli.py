@@ -616,6 +616,14 @@ def _print_evaluation(res, proto, missing: list[str], show_metrics: bool = False
         _warn(w)
 
 
+def _write_json_out(json_out: Path, overwrite: bool, res: dict) -> None:
+    """A benchmark's ``--json`` file, written like every output (fsutil, the --overwrite rule)."""
+    from .fsutil import output_file, write_json
+
+    with output_file(json_out, overwrite, what="--json") as tmp:
+        write_json(tmp, res)
+
+
 @bench_app.command("evaluate")
 @friendly
 def bench_evaluate(
@@ -634,7 +642,7 @@ def bench_evaluate(
 
     from .bench import example_patients
     from .bench.evaluate import run
-    from .fsutil import check_output, output_file, write_json
+    from .fsutil import check_output
 
     data = data or example_patients()
     if json_out is not None:
@@ -655,8 +663,7 @@ def bench_evaluate(
     console().print(f"cache format version {res['cache_version']}, allocator: {res['allocator']}, "
                     f"best of {res['repeats']} repeat(s)")
     if json_out is not None:
-        with output_file(json_out, overwrite, what="--json") as tmp:
-            write_json(tmp, res)
+        _write_json_out(json_out, overwrite, res)
 
 
 @bench_app.command("predict")
@@ -676,7 +683,7 @@ def bench_predict(
     """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
     from .bench import example_patients
     from .bench.predict import run
-    from .fsutil import check_output, output_file, write_json
+    from .fsutil import check_output
 
     data = data or example_patients()
     if not (data / patient).is_dir():
@@ -698,8 +705,7 @@ def bench_predict(
               f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
               f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)")
     if json_out is not None:
-        with output_file(json_out, overwrite, what="--json") as tmp:
-            write_json(tmp, res)
+        _write_json_out(json_out, overwrite, res)
 
 
 @bench_app.command("bitmask")
@@ -732,7 +738,7 @@ def bench_bitmask(
 ) -> None:
     """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
     from .bench.bitmask import BenchConfig, run, table
-    from .fsutil import check_output, output_file, write_json
+    from .fsutil import check_output
     from .progress import enabled
 
     _progress(no_progress)
@@ -761,8 +767,7 @@ def bench_bitmask(
         mark = "[green]met[/]" if tg["met"] else "[red]not met[/]"
         con.print(f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x {mark}")
     if json_out is not None:
-        with output_file(json_out, overwrite, what="--json") as tmp:
-            write_json(tmp, res)
+        _write_json_out(json_out, overwrite, res)
 
 
 @bench_app.command("losses")
@@ -789,7 +794,7 @@ def bench_losses(
     """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
     from .bench import example_patients
     from .bench.losses import markdown, run, table
-    from .fsutil import check_output, output_file, write_json
+    from .fsutil import check_output
     from .progress import enabled
 
     data = data or example_patients()
@@ -822,8 +827,7 @@ def bench_losses(
         con.print(f"{tg['what']}: " + ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items()) + f" {mark}")
     if json_out is not None:
         res["markdown"] = markdown(res)
-        with output_file(json_out, overwrite, what="--json") as tmp:
-            write_json(tmp, res)
+        _write_json_out(json_out, overwrite, res)
 
 
 # ========================================================================== train / predict / demo

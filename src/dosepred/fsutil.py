@@ -130,20 +130,13 @@ def output_dir(path: str | os.PathLike, overwrite: bool = False,
     whole, when it fails it is removed and ``path`` is left exactly as it was. See the module doc."""
     final = check_output(path, overwrite, inputs, what)
     created = _make_parent(final)
-    tmp = _tmp_sibling(final)
-    try:
-        tmp.mkdir()
-    except OSError as e:
-        _unmake(created)
-        raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
     ok = False
     try:
-        yield tmp
-        _swap_in(tmp, final)
+        with atomic_dir(final) as tmp:
+            yield tmp
         ok = True
     finally:
         if not ok:
-            _remove(tmp)
             _unmake(created)
 
 
@@ -230,7 +223,10 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
     ok = False
     try:
         yield tmp
