@@ -138,7 +138,7 @@ def _tmp_proto():
 
 
 def test_read_ahead_keeps_order_errors_and_closes():
-    from dosepred.evaluation import _read_ahead
+    from dosepred.evaluation.pairing import _read_ahead
 
     for depth in (0, 1, 3):
         assert list(_read_ahead(iter(range(7)), depth)) == list(range(7))

@@ -31,6 +31,7 @@ Version 1 (still read): full-grid ``ct``, ``roi_codes``, ``possible_dose_mask``,
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -39,7 +40,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ from ..patient import Patient, RoiSet
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
-_EVAL_FIELDS = ("dose", "roi_codes", "possible_dose_mask")
+#: the arrays evaluation reads (no CT): :meth:`CacheEntry.read_arrays`' default
+EVAL_FIELDS = ("dose", "roi_codes", "possible_dose_mask")
 
 
 class CacheError(ValueError):
@@ -291,7 +293,7 @@ def _paste(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> 
     return out
 
 
-def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_FIELDS), pid: str = "?",
+def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FIELDS), pid: str = "?",
                 crop: bool = False) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
     """Arrays ``fields`` (of ct, dose, roi_codes, possible_dose_mask) of one cache file of either
     version, reading only the members they need, and the box outside which dose, mask and codes are
@@ -368,13 +370,58 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *_EVAL_F
         raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
 
 
-def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> dict[str, Any] | None:
-    """The stored voxel lists of a version-2 file, without building any box-sized array: ``box``
-    (slices of the data box), ``mask_bits`` (packbits of the box's possible-dose mask), ``dose``
-    (values at the mask's voxels, C order; None without a dose), ``dose_outside_mask`` (whether the
-    file also has dose outside the mask, whose values then follow another support) and, with ``rois``,
-    ``roi_index`` / ``roi_codes`` (flat indices in the box and codes of the voxels with a non-zero
-    code). None for a version-1 file."""
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+@dataclass
+class CacheVoxels:
+    """The stored voxel lists of one version-2/3 patient file (:func:`read_voxels`), no box-sized
+    array built. Flat indices are C order in the data ``box``."""
+
+    #: the data box (slices of the full grid) outside which dose, mask and codes are zero
+    box: tuple[slice, ...]
+    #: ``np.packbits`` of the box's possible-dose mask (C order; the first voxel is the high bit)
+    mask_bits: np.ndarray
+    #: dose values at the mask's voxels in C order (None without a dose)
+    dose: np.ndarray | None
+    #: whether the file also stores dose outside the mask (``dose`` then follows another support)
+    dose_outside_mask: bool
+    #: flat indices in the box of the voxels with a non-zero ROI code (None unless read with ``rois``)
+    roi_index: np.ndarray | None = None
+    #: their codes
+    roi_codes: np.ndarray | None = None
+
+    @functools.cached_property
+    def _mask_before(self) -> np.ndarray:
+        """Per byte of ``mask_bits``: how many mask voxels the bytes before it hold."""
+        pop = _POPCOUNT8[self.mask_bits]
+        return np.cumsum(pop, dtype=np.int64) - pop
+
+    @property
+    def n_mask(self) -> int:
+        """Number of possible-dose voxels (the length ``dose`` has when not ``dose_outside_mask``)."""
+        b = self.mask_bits
+        return int(self._mask_before[-1] + _POPCOUNT8[b[-1]]) if b.size else 0
+
+    def same_mask(self, other: CacheVoxels) -> bool:
+        """Whether ``other`` has the same data box and possible-dose mask."""
+        return self.box == other.box and np.array_equal(self.mask_bits, other.mask_bits)
+
+    def mask_ranks(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For flat box indices ``index``: (in the mask?, rank among the mask's voxels in C order,
+        i.e. the position of the voxel's value in ``dose``; meaningless where not in the mask)."""
+        idx = np.asarray(index).astype(np.intp)
+        bits = self.mask_bits
+        byte_at, bit_at = idx >> 3, (idx & 7).astype(np.uint16)
+        byte = bits[byte_at].astype(np.uint16)  # packbits order: the first voxel is the high bit
+        inside = ((byte >> (7 - bit_at)) & 1).astype(bool)
+        rank = self._mask_before[byte_at] + _POPCOUNT8[byte >> (8 - bit_at)]
+        return inside, rank
+
+
+def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> CacheVoxels | None:
+    """The stored voxel lists of a version-2/3 file (:class:`CacheVoxels`), without building any
+    box-sized array; ``roi_index`` / ``roi_codes`` only with ``rois``. None for a version-1 file."""
     path = Path(path)
     try:
         with _Npz(path) as z:
@@ -387,15 +434,61 @@ def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> d
             if lacking:
                 raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
             m = z.read(want)
-            out: dict[str, Any] = {"box": _slices(m["boxes"][1]), "mask_bits": m["possible_dose_mask"],
-                                   "dose": m.get("dose"), "dose_outside_mask": "dose_support" in z.infos}
-            if rois:
-                out.update(roi_index=m["roi_index"], roi_codes=m["roi_codes"])
-            return out
+            return CacheVoxels(_slices(m["boxes"][1]), m["possible_dose_mask"], m.get("dose"),
+                               "dose_support" in z.infos, m.get("roi_index"), m.get("roi_codes"))
     except CacheError:
         raise
     except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
         raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One patient of a cache as ``dataset.json`` lists it (:meth:`Cache.patient_entry`), with
+    readers of its file that read only the members asked for."""
+
+    id: str
+    #: the patient file (``<cache>/<id>.npz``)
+    path: Path
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    missing_rois: tuple[str, ...] = ()
+    #: whether the file holds a dose (None when ``dataset.json`` does not say)
+    has_dose: bool | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: the ``geometry`` dict of ``dataset.json`` (None for caches older than version 3)
+    geometry_dict: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, root: Path, e: dict[str, Any]) -> CacheEntry:
+        """The entry of ``dataset.json``'s patient dict ``e`` in the cache folder ``root``."""
+        try:
+            return cls(str(e["id"]), Path(root) / e["file"], tuple(int(n) for n in e["shape"]),
+                       tuple(float(x) for x in e["spacing"]), tuple(e.get("missing_rois") or ()),
+                       e.get("has_dose"), dict(e.get("meta") or {}), e.get("geometry"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CacheError(f"{Path(root) / DATASET_JSON}: invalid patient entry {e.get('id', '?')!r}: "
+                             f"{err}") from None
+
+    @property
+    def geometry(self) -> Geometry | None:
+        """The patient's :class:`~dosepred.geometry.Geometry` (None when the entry has none)."""
+        if not self.geometry_dict:
+            return None
+        try:
+            return Geometry.from_dict(self.geometry_dict)
+        except (GeometryError, KeyError, TypeError, ValueError) as err:
+            raise CacheError(f"{self.path.parent / DATASET_JSON}: patient {self.id}: invalid geometry: "
+                             f"{err}") from None
+
+    def read_arrays(self, fields: Sequence[str] = EVAL_FIELDS, crop: bool = False
+                    ) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
+        """:func:`read_arrays` of this patient's file (default: the arrays evaluation needs)."""
+        return read_arrays(self.path, fields, self.id, crop)
+
+    def read_voxels(self, rois: bool = True) -> CacheVoxels | None:
+        """:func:`read_voxels` of this patient's file."""
+        return read_voxels(self.path, self.id, rois)
 
 
 def _entry(p: Patient, file: str) -> dict[str, Any]:
@@ -442,10 +535,16 @@ class Cache:
         return [e["id"] for e in self.info["patients"]]
 
     def entry(self, pid: str) -> dict[str, Any]:
+        """Patient ``pid``'s dict in ``dataset.json`` (KeyError if absent); :meth:`patient_entry`
+        gives it typed."""
         for e in self.info["patients"]:
             if e["id"] == pid:
                 return e
         raise KeyError(f"patient {pid} is not in cache {self.root}")
+
+    def patient_entry(self, pid: str) -> CacheEntry:
+        """Patient ``pid``'s :class:`CacheEntry` (KeyError if absent)."""
+        return CacheEntry.from_dict(self.root, self.entry(pid))
 
     def __len__(self) -> int:
         return len(self.info["patients"])
@@ -453,32 +552,23 @@ class Cache:
     def load(self, pid: str, roi_set: RoiSet | None = None, with_ct: bool = True) -> Patient:
         """Patient ``pid`` with full-grid arrays. ``with_ct=False`` skips reading the CT (the Patient's
         CT is then a zero volume and ``meta["ct_loaded"]`` is False), which is all evaluation needs."""
-        e = self.entry(pid)
-        path = self.root / e["file"]
-        fields = ("ct", *_EVAL_FIELDS) if with_ct else _EVAL_FIELDS
-        arrays, box = read_arrays(path, fields, pid)
+        e = self.patient_entry(pid)
+        arrays, box = e.read_arrays(("ct", *EVAL_FIELDS) if with_ct else EVAL_FIELDS)
         codes = arrays["roi_codes"]
         assert codes is not None
         ct = arrays["ct"] if with_ct else np.zeros(codes.shape, np.int16)
-        meta = dict(e.get("meta", {}))
+        meta = dict(e.meta)
         if not with_ct:
             meta["ct_loaded"] = False
-        geom = e.get("geometry")
-        try:
-            geometry = Geometry.from_dict(geom) if geom else None
-        except (GeometryError, KeyError, TypeError, ValueError) as err:
-            raise CacheError(f"{self.root / DATASET_JSON}: patient {pid}: invalid geometry: {err}") from None
-        p = Patient(pid, ct, codes, roi_set or self.roi_set, tuple(e["spacing"]),
-                    arrays["possible_dose_mask"], arrays.get("dose"), tuple(e.get("missing_rois", ())), meta,
-                    geometry)
+        p = Patient(pid, ct, codes, roi_set or self.roi_set, e.spacing, arrays["possible_dose_mask"],
+                    arrays.get("dose"), e.missing_rois, meta, e.geometry)
         if box is not None:
             p.set_support_box(box)
         return p
 
     def load_dose(self, pid: str) -> np.ndarray | None:
         """Only the dose of patient ``pid`` (full grid, float32), or None when the cache holds none."""
-        e = self.entry(pid)
-        arrays, _ = read_arrays(self.root / e["file"], ("dose",), pid)
+        arrays, _ = self.patient_entry(pid).read_arrays(("dose",))
         return arrays["dose"]
 
     def __iter__(self) -> Iterator[Patient]:
@@ -554,24 +644,11 @@ def is_cache(path: str | os.PathLike) -> bool:
 
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
                   require_dose: bool = True) -> Iterator[Patient]:
-    """Patients from a cache or an OpenKBP folder (read here, fast), or a NIfTI or DICOM folder (through
-    :func:`dosepred.io.source.open_source`)."""
-    from . import openkbp
+    """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
+    :func:`dosepred.io.source.source_kind`, the patients read by :func:`~dosepred.io.source.open_source`)."""
     from .source import open_source, source_kind
 
-    if is_cache(src):
-        yield from Cache.open(src).patients(ids)
-        return
-    if source_kind(src) in ("nifti", "dicom"):
-        yield from open_source(src).patients(ids, require_dose=require_dose)
-        return
-    if openkbp.is_openkbp_folder(src):
-        folders = openkbp.patient_folders(src)
-        if ids is not None:
-            want = set(ids)
-            folders = [f for f in folders if f.name in want]
-        for f in folders:
-            yield openkbp.read_patient(f, require_dose=require_dose)
-        return
-    raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), a "
-                     "NIfTI folder (ct.nii.gz) nor a DICOM folder")
+    if source_kind(src) is None:
+        raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), "
+                         "a NIfTI folder (ct.nii.gz) nor a DICOM folder")
+    yield from open_source(src).patients(ids, require_dose=require_dose)

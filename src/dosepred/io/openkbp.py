@@ -14,7 +14,9 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -228,6 +230,56 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     missing = tuple(n for n in roi_set.names if n not in present)
     return Patient(pid, ct, codes.reshape(GRID), roi_set, spacing, mask.reshape(GRID), dose, missing,
                    {"source": str(folder.resolve()), "format": "openkbp"}, Geometry.openkbp(GRID, spacing))
+
+
+@dataclass
+class SparsePatient:
+    """One OpenKBP patient folder as the voxel lists of its CSV files, without the CT and without
+    any dense array (:func:`read_sparse_patient`; what evaluation reads). Indices are flat, C order
+    on ``shape``."""
+
+    id: str
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
+    roi_set: RoiSet
+    #: the possible-dose mask's voxels
+    mask_index: np.ndarray
+    #: the voxels ``dose.csv`` lists (the mask's, maybe with explicit zeros) and their doses (Gy)
+    dose_index: np.ndarray
+    dose_values: np.ndarray
+    #: (bit in ``roi_set``, voxels) of each ROI with a file, in ``roi_set`` order
+    rois: list[tuple[int, np.ndarray]]
+    missing_rois: tuple[str, ...]
+    meta: dict[str, Any]
+
+
+def read_sparse_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None) -> SparsePatient:
+    """Read the dose, possible-dose mask, voxel size and ROI files of one OpenKBP patient folder as
+    voxel lists (:class:`SparsePatient`); ``ct.csv`` is not read. ``dose.csv`` is required; an ROI
+    without a file is missing; an empty ROI file is an error (as :func:`read_patient`)."""
+    folder = Path(folder)
+    pid = folder.name
+    rs = roi_set or RoiSet.openkbp()
+    for req in ("dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"):
+        if not (folder / req).is_file():
+            raise OpenKBPFormatError(f"patient {pid}: {folder} lacks {req}")
+    spacing = read_spacing(folder / "voxel_dimensions.csv", pid)
+    midx, _ = read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
+    didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
+    assert dvals is not None
+    rois: list[tuple[int, np.ndarray]] = []
+    missing: list[str] = []
+    for k, name in enumerate(rs.names):
+        rf = folder / f"{name}.csv"
+        if not rf.is_file():
+            missing.append(name)
+            continue
+        ridx, _ = read_sparse(rf, False, pid=pid)
+        if len(ridx) == 0:  # as read_patient does: an empty file is an error, not a missing ROI
+            raise OpenKBPFormatError(empty_roi_message(pid, rf))
+        rois.append((k, ridx))
+    return SparsePatient(pid, GRID, spacing, rs, midx, didx, dvals.astype(np.float32), rois, tuple(missing),
+                         {"source": str(folder), "format": "openkbp"})
 
 
 def _pt_key(p: Path) -> tuple[int, str]:

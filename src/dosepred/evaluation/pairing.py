@@ -1,0 +1,562 @@
+"""Pairing of reference patients with predicted doses, read from their sources for scoring.
+
+::
+
+    from dosepred.evaluation import evaluate_cohort, iter_pairs, match_predictions
+
+    found, missing = match_predictions("cache/val", "pred")       # ids with a prediction
+    pairs = iter_pairs("cache/val", "pred", [i for i, _ in found])  # lazily, one read ahead
+    result = evaluate_cohort(pairs, "openkbp-clinical")
+
+A **reference** is any patient source :func:`dosepred.io.source.open_source` opens; its kind is
+decided once, by :func:`dosepred.io.source.source_kind`. A cache and an OpenKBP folder are read
+here without the CT and cropped to the box that holds their data (:meth:`CacheEntry.read_arrays
+<dosepred.io.cache.CacheEntry.read_arrays>`, :func:`dosepred.io.openkbp.read_sparse_patient`); NIfTI
+and DICOM references are read whole. A **prediction** is a dosepred cache holding doses (what
+``dosepred predict --format cache`` writes, the fastest to read), or a folder of per-patient files
+(:data:`PREDICTION_PATTERNS`) and/or RTDOSE files matched to the references and resampled onto their
+grids. Sources are read only through the public functions of :mod:`dosepred.io`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..patient import Patient
+from .scoring import as_dose_array
+
+T = TypeVar("T")
+
+#: a box on a grid: one slice (start, stop) per axis
+Box = tuple[slice, ...]
+
+#: reference kinds read here cropped and without the CT (others are read whole, by geometry)
+_CROPPED_KINDS = ("cache", "openkbp")
+
+# ------------------------------------------------------------------------------ prediction files
+
+#: File names tried for a patient's prediction in a prediction folder, in order. ``{id}`` is the
+#: reference patient id. To support a new format, add a pattern here and a reader in
+#: :data:`PREDICTION_READERS` keyed by the file-name suffix.
+PREDICTION_PATTERNS = ("{id}.csv", "{id}.nii.gz", "{id}.nii")
+
+
+def _read_csv(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    from ..io.openkbp import read_dose_csv
+
+    return read_dose_csv(path, grid=shape)
+
+
+def _read_nifti(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    from ..io.nifti import read_dose
+
+    return np.asarray(read_dose(path), dtype=np.float32)
+
+
+PREDICTION_READERS = {".csv": _read_csv, ".nii.gz": _read_nifti, ".nii": _read_nifti}
+
+
+def find_prediction(pred_dir: str | os.PathLike, pid: str) -> Path | None:
+    """The prediction file of patient ``pid`` in ``pred_dir`` (``pt_N.csv``, ``pt_N.nii.gz``), or None."""
+    d = Path(pred_dir)
+    for pat in PREDICTION_PATTERNS:
+        f = d / pat.format(id=pid)
+        if f.is_file():
+            return f
+    return None
+
+
+def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
+    """Read one predicted dose file (format chosen by suffix) on a grid of ``shape``."""
+    path = Path(path)
+    for suffix, reader in PREDICTION_READERS.items():
+        if path.name.endswith(suffix):
+            return reader(path, shape)
+    raise ValueError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
+
+
+@functools.lru_cache(maxsize=8)
+def _rtdose_matches(reference: str, prediction: str, stamp: int = 0) -> dict[str, Path]:
+    """Reference id -> predicted RTDOSE file of a prediction folder holding RTDOSE files (what
+    ``predict --format dicom`` writes): matched by the RTSTRUCT/RTPLAN they reference, else
+    FrameOfReference, else PatientID (:func:`dosepred.io.dicom.match_rtdose`)."""
+    from ..io import dicom
+    from ..io.source import open_source
+
+    doses = dicom.scan_rtdoses(prediction)
+    if not doses:
+        return {}
+    heads = open_source(reference).headers()
+    out: dict[str, Path] = {}
+    for pid, meta in heads.items():
+        f = dicom.match_rtdose(pid, meta, doses)
+        if f is not None:
+            out[pid] = f
+    return out
+
+
+def _has_dicom(folder: Path) -> bool:
+    return any(f.suffix.lower() == ".dcm" for f in folder.rglob("*.dcm"))
+
+
+class _Predictions:
+    """Where the predicted doses of one evaluation are: a dosepred cache (``cache``) or a folder of
+    per-patient files and/or RTDOSE files (``rtdoses``, matched to the reference on first use).
+    Decided once per call of :func:`match_predictions` / :func:`iter_pairs`."""
+
+    def __init__(self, reference: str | os.PathLike, prediction: str | os.PathLike) -> None:
+        from ..io.cache import Cache, is_cache
+
+        self.reference = str(reference)
+        self.path = Path(prediction)
+        self.cache = Cache.open(prediction) if is_cache(prediction) else None
+
+    @functools.cached_property
+    def rtdoses(self) -> dict[str, Path]:
+        """Reference id -> RTDOSE file, for a folder that holds DICOM files (else empty)."""
+        if self.cache is not None or not self.path.is_dir() or not _has_dicom(self.path):
+            return {}
+        return _rtdose_matches(self.reference, str(self.path), self.path.stat().st_mtime_ns)
+
+    def file(self, pid: str) -> Path | None:
+        """Patient ``pid``'s prediction file (its cache file for a cache), or None."""
+        if self.cache is not None:
+            return self.cache.patient_entry(pid).path
+        return find_prediction(self.path, pid) or self.rtdoses.get(pid)
+
+    def name(self, pid: str) -> str:
+        """What ``meta["prediction_file"]`` says: the file, else the prediction folder."""
+        f = self.file(pid)
+        return str(f) if f is not None else str(self.path)
+
+    def _cache_dose(self, pid: str, crop: bool) -> tuple[np.ndarray, Box | None]:
+        from ..io.cache import CacheError
+
+        assert self.cache is not None
+        try:
+            arrays, box = self.cache.patient_entry(pid).read_arrays(("dose",), crop=crop)
+        except CacheError as err:
+            raise ValueError(str(err)) from None
+        d = arrays["dose"]
+        if d is None:
+            raise ValueError(f"patient {pid}: the prediction cache {self.path} holds no dose")
+        return d, box
+
+    def full(self, ref: Patient) -> np.ndarray:
+        """The predicted dose of ``ref`` on its whole grid (an RTDOSE placed by geometry)."""
+        if self.cache is not None:
+            d, _ = self._cache_dose(ref.id, crop=False)
+        else:
+            f = self.file(ref.id)
+            assert f is not None
+            d = _read_rtdose_on(f, ref) if f.suffix.lower() == ".dcm" else read_prediction(f, ref.shape)
+        return as_dose_array(d, ref.shape, ref.id)
+
+    def crop(self, pid: str, shape: tuple[int, ...]) -> tuple[np.ndarray, Box | None]:
+        """The predicted dose as (values on a box, the box) such that it is zero outside the box;
+        the box is None for an all-zero dose. Only the prediction's own non-zero extent is made
+        dense."""
+        full = tuple(slice(0, n) for n in shape)
+        if self.cache is not None:
+            e = self.cache.patient_entry(pid)
+            d, box = self._cache_dose(pid, crop=True)
+            if box is None:  # version-1 file: the whole grid
+                box = full
+            if e.shape != tuple(shape) or d.shape != _bshape(box):
+                raise ValueError(f"patient {pid}: predicted dose has shape {e.shape}, but the "
+                                 f"reference grid is {tuple(shape)}")
+            return d, box
+        from ..io import openkbp
+
+        f = find_prediction(self.path, pid)
+        assert f is not None
+        if f.name.endswith(".csv"):
+            idx, vals = openkbp.read_sparse(f, True, grid=shape, pid=f.stem)
+            assert vals is not None
+            keep = vals != 0
+            coords = tuple(c[keep] for c in np.unravel_index(idx, shape))
+            box = _box_of_coords([coords])
+            if box is None:
+                return np.zeros((0, 0, 0), np.float32), None
+            d = np.zeros(int(np.prod(_bshape(box))), np.float32)
+            d[_local(coords, box)] = vals[keep]
+            return d.reshape(_bshape(box)), box
+        return as_dose_array(read_prediction(f, shape), shape, pid), full
+
+
+def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
+    """A predicted RTDOSE resampled onto the reference patient's grid in patient coordinates."""
+    from ..io import dicom
+
+    dose, g = dicom.read_rtdose(path)
+    assert ref.geometry is not None
+    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
+    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
+    uncovered = int((mask & ~inside).sum())
+    if uncovered:
+        frac = 100.0 * uncovered / max(int(mask.sum()), 1)
+        warnings.warn(f"patient {ref.id}: the predicted RTDOSE {path} does not cover {uncovered} voxels "
+                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=2)
+    return out
+
+
+# ---------------------------------------------------------------------------------- references
+
+def reference_ids(src: str | os.PathLike) -> list[str]:
+    """Patient ids of a reference source (cache, OpenKBP, NIfTI or DICOM folder), without loading
+    arrays."""
+    from ..io.source import open_source
+
+    return open_source(src).ids
+
+
+def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLike
+                      ) -> tuple[list[tuple[str, Path | None]], list[str]]:
+    """Pair reference ids with prediction files: ([(id, file or None for a cache)], missing ids).
+
+    ``prediction`` is a folder of per-patient files or a dosepred cache holding doses.
+    """
+    ids = reference_ids(reference)
+    pred = Path(prediction)
+    if not pred.is_dir():
+        raise FileNotFoundError(f"prediction folder {pred} does not exist")
+    preds = _Predictions(reference, prediction)
+    if preds.cache is not None:
+        have = set(preds.cache.ids)
+        return [(i, None) for i in ids if i in have], [i for i in ids if i not in have]
+    found = [(i, find_prediction(pred, i)) for i in ids]
+    if any(f is None for _, f in found):
+        rd = preds.rtdoses
+        found = [(i, f if f is not None else rd.get(i)) for i, f in found]
+    return [(i, f) for i, f in found if f is not None], [i for i, f in found if f is None]
+
+
+def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_ct: bool = False
+                    ) -> Iterable[Patient]:
+    """Reference patients for evaluation from any source (:func:`dosepred.io.load_patients`).
+
+    Evaluation needs no CT, so unless ``with_ct`` a cache or an OpenKBP folder is read without it
+    (the CT is a zero volume and ``meta["ct_loaded"]`` is False): the biggest CSV file and the
+    biggest cache array are skipped, and the patients carry their support box
+    (:meth:`Patient.support_box`).
+    """
+    from ..io.source import source_kind
+
+    return _references(src, source_kind(src), ids, with_ct)
+
+
+def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None, with_ct: bool
+                ) -> Iterator[Patient]:
+    from ..io.cache import Cache, CacheError, load_patients
+
+    if with_ct or kind not in _CROPPED_KINDS:
+        yield from load_patients(src, ids=ids)
+        return
+    if kind == "cache":
+        c = Cache.open(src)
+        rs = c.roi_set
+        for pid in ids if ids is not None else c.ids:
+            try:
+                yield c.load(pid, rs, with_ct=False)
+            except CacheError as err:
+                raise ValueError(str(err)) from None
+        return
+    for r in _csv_references(src, ids):
+        full = tuple(slice(0, n) for n in r.shape)
+        p = r.patient(full)
+        if r.box is not None:
+            p.set_support_box(r.box)
+        yield p
+
+
+def _box_of_coords(coords: list[tuple[np.ndarray, ...]]) -> Box | None:
+    """Bounding box (slices) of voxel coordinates (tuples of per-axis index arrays); None if empty."""
+    lo: list[int] = []
+    hi: list[int] = []
+    for c in coords:
+        if c[0].size == 0:
+            continue
+        mins = [int(x.min()) for x in c]
+        maxs = [int(x.max()) for x in c]
+        lo = mins if not lo else [min(u, v) for u, v in zip(lo, mins, strict=True)]
+        hi = maxs if not hi else [max(u, v) for u, v in zip(hi, maxs, strict=True)]
+    if not lo:
+        return None
+    return tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+
+
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def _bshape(box: Box) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)
+
+
+def _local(coords: tuple[np.ndarray, ...], box: Box) -> np.ndarray:
+    """C-order flat indices inside ``box`` of voxel coordinates that lie in it."""
+    return np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, box, strict=True)), _bshape(box))
+
+
+def _embed(a: np.ndarray, box: Box, outer: Box) -> np.ndarray:
+    """``a`` (the values on ``box``) on the larger ``outer`` box, zero elsewhere."""
+    if box == outer:
+        return a
+    out = np.zeros(_bshape(outer), dtype=a.dtype)
+    out[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer, strict=True))] = a
+    return out
+
+
+@dataclass
+class _SparseRef:
+    """One OpenKBP reference as voxel coordinates, before any dense array."""
+
+    id: str
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
+    roi_set: Any
+    mask: tuple[np.ndarray, ...]
+    dose: tuple[np.ndarray, ...]
+    dose_values: np.ndarray
+    rois: list[tuple[int, tuple[np.ndarray, ...]]]
+    missing: tuple[str, ...]
+    meta: dict[str, Any]
+    box: Box | None
+
+    def patient(self, box: Box) -> Patient:
+        """The reference on ``box`` (which must hold its support box), CT not loaded."""
+        bs = _bshape(box)
+        rs = self.roi_set
+        mask = np.zeros(int(np.prod(bs)), bool)
+        mask[_local(self.mask, box)] = True
+        dose = np.zeros(mask.size, np.float32)
+        dose[_local(self.dose, box)] = self.dose_values
+        codes = np.zeros(mask.size, rs.dtype)
+        for k, c in self.rois:
+            codes[_local(c, box)] |= rs.dtype.type(1 << k)
+        return Patient(self.id, np.zeros(bs, np.int16), codes.reshape(bs), rs, self.spacing, mask.reshape(bs),
+                       dose.reshape(bs), self.missing, dict(self.meta))
+
+
+def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_SparseRef]:
+    from ..io import openkbp
+
+    if not openkbp.is_openkbp_folder(src):
+        raise ValueError(f"{src} is neither a dosepred cache (dataset.json) nor an OpenKBP folder (pt_*)")
+    want = set(ids) if ids is not None else None
+    for f in openkbp.patient_folders(src):
+        if want is not None and f.name not in want:
+            continue
+        s = openkbp.read_sparse_patient(f)
+        grid = s.shape
+        mask = np.unravel_index(s.mask_index, grid)
+        dose = np.unravel_index(s.dose_index, grid)
+        nonzero = s.dose_values != 0
+        rois = [(k, np.unravel_index(idx, grid)) for k, idx in s.rois]
+        box = _box_of_coords([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
+        yield _SparseRef(s.id, grid, s.spacing, s.roi_set, mask, dose, s.dose_values, rois, s.missing_rois,
+                         {**s.meta, "ct_loaded": False}, box)
+
+
+def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | None
+                     ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any]]:
+    """(id, grid shape, support box, box -> reference Patient on that box) per reference patient of
+    a cache or an OpenKBP folder."""
+    from ..io.cache import EVAL_FIELDS, Cache, CacheError
+
+    if kind != "cache":
+        for r in _csv_references(src, ids):
+            yield r.id, r.shape, r.box, r.patient
+        return
+    c = Cache.open(src)
+    rs = c.roi_set
+    for pid in ids if ids is not None else c.ids:
+        e = c.patient_entry(pid)
+        try:
+            arrays, box = e.read_arrays((*EVAL_FIELDS, "roi_voxels"), crop=True)
+        except CacheError as err:
+            raise ValueError(str(err)) from None
+        if box is None:  # version-1 file: full-grid arrays
+            box = tuple(slice(0, n) for n in e.shape)
+
+        def make(outer: Box, e: Any = e, arrays: Any = arrays, box: Box = box) -> Patient:
+            dose = arrays["dose"]
+            codes = _embed(arrays["roi_codes"], box, outer)
+            p = Patient(e.id, np.zeros(_bshape(outer), np.int16), codes, rs, e.spacing,
+                        _embed(arrays["possible_dose_mask"], box, outer),
+                        None if dose is None else _embed(dose, box, outer),
+                        e.missing_rois, {**e.meta, "ct_loaded": False})
+            known = arrays.get("roi_voxels")
+            if known is not None:  # the stored non-zero-code voxels, as flat indices into the box
+                idx, vals = known
+                if box != outer:
+                    local = np.unravel_index(idx, _bshape(box))
+                    idx = np.ravel_multi_index(tuple(c + (s.start - o.start) for c, s, o in
+                                                     zip(local, box, outer, strict=True)), _bshape(outer))
+                p.set_roi_voxels(idx, vals)
+            return p
+        yield pid, e.shape, box, make
+
+
+# ---------------------------------------------------------------------------------- the pairs
+
+_READ_AHEAD_THREAD = "dosepred-read-ahead"
+
+
+def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Yield ``items`` while one worker thread already produces the next ``depth`` of them.
+
+    Reading a patient is mostly file I/O, CRC checks and numpy scatters, which release the GIL, so
+    on a multi-core machine it overlaps with the evaluation of the previous patient. Items come in
+    order; an exception of the producer is raised where its item would have come. ``depth=0``: plain
+    iteration in the caller's thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    end = object()
+
+    def produce() -> Any:
+        return next(items, end)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix=_READ_AHEAD_THREAD)
+    pending: collections.deque = collections.deque()
+    try:
+        pending.extend(pool.submit(produce) for _ in range(depth))
+        while pending:
+            item = pending.popleft().result()
+            if item is end:
+                return
+            pending.append(pool.submit(produce))
+            yield item
+    finally:
+        # An abandoned generator may be finalised by the garbage collector inside the worker itself
+        # (while it runs ``next(items)``): then neither join the worker nor close the producer.
+        in_worker = threading.current_thread().name.startswith(_READ_AHEAD_THREAD)
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=not in_worker)
+        close = getattr(items, "close", None)
+        if close is not None and not in_worker:  # the worker is idle now: close the producer
+            close()
+
+
+def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
+               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1, compact: bool = False
+               ) -> Iterator[tuple[Patient, np.ndarray]]:
+    """Lazily yield (reference patient, predicted dose) for ``ids``, reading ahead ``read_ahead``
+    patients in a worker thread (0: none, one patient in memory at a time; 1, the default: two).
+    The reference CT is read only ``with_ct`` (the report's dose slices need it).
+
+    ``crop`` (default: ``not with_ct``): yield each pair on the smallest box that holds every non-zero
+    voxel of the reference dose, possible-dose mask, ROIs and the predicted dose (``meta["crop_box"]``,
+    ``[[start, stop]] * 3`` on the original grid), never building full-grid arrays. All scores are
+    unchanged, since both doses are zero outside that box; without ``crop`` arrays are full-grid.
+    Only a cache or an OpenKBP reference with predictions that are not RTDOSE files is cropped.
+
+    ``compact`` (with ``crop``; for scoring only): where reference and prediction are both version-2
+    caches with the same possible-dose mask and no dose outside it (predictions written by
+    ``dosepred predict --format cache``), yield the pair as voxel lists instead, a Patient of shape
+    ``(1, 1, n)`` over the mask's voxels and the ROI voxels outside it (``meta["compact"]``): no
+    box-sized array is built and every score is unchanged. Other pairs come as boxes.
+    """
+    return _read_ahead(_iter_pairs(reference, prediction, ids, with_ct, crop, compact), read_ahead)
+
+
+def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
+                  ) -> tuple[Patient, np.ndarray] | None:
+    """A reference and a prediction, both version-2 cache files with one data box and possible-dose
+    mask and no dose outside the mask, as voxel lists (see :func:`iter_pairs`); None otherwise."""
+    from ..io.cache import CacheError
+
+    assert preds.cache is not None
+    er, ep = ref_cache.patient_entry(pid), preds.cache.patient_entry(pid)
+    if er.shape != ep.shape:
+        return None
+    try:
+        r = er.read_voxels()
+        p = ep.read_voxels(rois=False)
+    except CacheError as err:
+        raise ValueError(str(err)) from None
+    if (r is None or p is None or r.dose is None or p.dose is None or r.dose_outside_mask
+            or p.dose_outside_mask or not r.same_mask(p)):
+        return None
+    n = r.n_mask
+    if r.dose.size != n or p.dose.size != n:
+        raise ValueError(f"patient {pid}: cache file holds {r.dose.size} / {p.dose.size} dose values "
+                         f"for {n} possible-dose voxels")
+    # ROI voxels at their rank among the mask's voxels (the order of the dose values); the ones
+    # outside the mask go after the mask's voxels
+    assert r.roi_index is not None and r.roi_codes is not None
+    hit, pos = r.mask_ranks(r.roi_index)
+    out = ~hit
+    pos[out] = n + np.arange(int(out.sum()))
+    total = n + int(out.sum())
+    codes = np.zeros(total, rs.dtype)
+    codes[pos] = r.roi_codes
+    mask = np.zeros(total, bool)
+    mask[:n] = True
+    ref_dose = np.zeros(total, np.float32)
+    ref_dose[:n] = r.dose
+    pred = np.zeros(total, np.float32)
+    pred[:n] = p.dose
+    shape = (1, 1, total)
+    ref = Patient(pid, np.zeros(shape, np.int16), codes.reshape(shape), rs, er.spacing,
+                  mask.reshape(shape), ref_dose.reshape(shape), er.missing_rois,
+                  {**er.meta, "ct_loaded": False, "compact": True})
+    return ref, pred.reshape(shape)
+
+
+def _box_pairs(reference: str | os.PathLike, kind: str | None, preds: _Predictions, ids: list[str]
+               ) -> Iterator[tuple[Patient, np.ndarray]]:
+    """Each pair on the box that holds the data of both (see :func:`iter_pairs`, ``crop``)."""
+    for pid, shape, ref_box, make_ref in _reference_crops(reference, kind, ids):
+        pd, pbox = preds.crop(pid, shape)
+        box = _union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
+        ref = make_ref(box)
+        ref.meta["crop_box"] = [[s.start, s.stop] for s in box]
+        ref.meta["prediction_file"] = preds.name(pid)
+        pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(_bshape(box), np.float32)
+        yield ref, pred
+
+
+def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str], with_ct: bool,
+                crop: bool | None, compact: bool = False) -> Iterator[tuple[Patient, np.ndarray]]:
+    from ..io.cache import Cache
+    from ..io.source import source_kind
+
+    crop = (not with_ct) if crop is None else crop
+    preds = _Predictions(reference, prediction)
+    kind = source_kind(reference)
+    if preds.rtdoses or kind not in _CROPPED_KINDS:  # placed by geometry: whole grids, no crop
+        crop = False
+    if crop and compact and preds.cache is not None and kind == "cache":
+        ref_cache = Cache.open(reference)
+        rs = ref_cache.roi_set
+        for pid in ids:
+            pair = _compact_pair(ref_cache, preds, pid, rs)
+            if pair is None:  # not the same mask etc.: this patient on its box
+                pair = next(_box_pairs(reference, kind, preds, [pid]))
+            pair[0].meta["prediction_file"] = preds.name(pid)
+            yield pair
+        return
+    if not crop:
+        for ref in _references(reference, kind, ids, with_ct):
+            d = preds.full(ref)
+            ref.meta["prediction_file"] = preds.name(ref.id)
+            yield ref, d
+        return
+    yield from _box_pairs(reference, kind, preds, ids)

@@ -1,0 +1,473 @@
+"""Scoring of predicted doses against reference patients: scores and protocol criteria.
+
+Scoring works on :class:`~dosepred.Patient` objects and dose arrays only; it reads no files (the
+pairing of sources is :mod:`dosepred.evaluation.pairing`).
+
+::
+
+    from dosepred.evaluation import evaluate_patient, evaluate_cohort
+    r = evaluate_patient(ref_patient, pred_dose, "openkbp-clinical")   # one patient
+    c = evaluate_cohort([(ref, pred), ...], "openkbp-clinical")        # a cohort
+    c.dose_score, c.dvh_score, c.ptv_score, c.oar_score, c.criteria_pass_rate
+    c.to_json()   # {"patients", "dose_score", "dvh_score", "ptv_score", "oar_score",
+                  #  "criteria_pass_rate", "per_patient", ...}
+
+Definitions (REFERENCE.md sections 2 and 4):
+
+- **dose score** (OpenKBP): per patient ``sum over ALL voxels |ref - pred| / count(possible-dose
+  mask)`` (the numerator is not masked); cohort = mean over patients.
+- **DVH score** (OpenKBP): mean over all (patient, ROI, metric) of ``|M_ref - M_pred|`` over the
+  ``openkbp`` protocol's metrics (OAR D0.1cc, Dmean; target D99%, D95%, D1%), whatever protocol is
+  evaluated; ROIs the reference patient lacks are skipped.
+- **PTV score** / **OAR score**: the same mean over the *evaluated protocol's* dose metrics (Gy)
+  of target / OAR ROIs (V-metrics, in %, are left out).
+- **criteria**: each criterion with a limit is checked on the prediction and on the reference;
+  ``criteria_pass_rate`` is the % of checked (patient, criterion) pairs the prediction passes,
+  ``criteria_agreement`` the % where prediction and reference give the same verdict.
+
+Metrics use OpenKBP's exact definitions (:mod:`dosepred.metrics`). When the reference knows the box
+outside which its dose, mask and ROIs are zero (:meth:`Patient.support_box`, set by the cache and
+by the pairing's CSV reader), scores are computed on that box (about a quarter of an OpenKBP grid)
+plus the prediction's dose outside it; ROI masks are decoded once per patient from the bit-mask
+codes (:func:`dosepred.dvh.roi_voxel_indices`), so evaluating a patient costs a few ms.
+``pred_dose`` may be a numpy array or a torch tensor with the reference's spatial shape (leading
+singleton batch/channel axes are dropped).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dvh import roi_metrics_pair, roi_voxel_indices
+from ..metrics import parse_metric
+from ..patient import Patient
+from ..protocol import Protocol, load_protocol
+
+
+@dataclass
+class MetricValue:
+    """One metric of one ROI on the reference and on the prediction (Gy, or % for V-metrics)."""
+
+    roi: str
+    metric: str
+    kind: str  # target / oar / other
+    ref: float
+    pred: float
+
+    @property
+    def error(self) -> float:
+        return abs(self.pred - self.ref)
+
+
+@dataclass
+class CriterionResult:
+    """A protocol criterion on one patient. ``*_pass`` is None when the criterion has no limit."""
+
+    name: str  # with %Rx limits resolved to Gy, e.g. "PTV70 D99% >= 66.5 Gy"
+    roi: str
+    metric: str
+    direction: str | None
+    limit: float | None  # in the metric's unit (Gy or %)
+    goal: float | None
+    unit: str
+    priority: int
+    ref: float
+    pred: float
+    ref_pass: bool | None
+    pred_pass: bool | None
+    ref_goal: bool | None = None
+    pred_goal: bool | None = None
+
+    @property
+    def checked(self) -> bool:
+        return self.pred_pass is not None and self.ref_pass is not None
+
+    @property
+    def agree(self) -> bool | None:
+        return None if not self.checked else self.pred_pass == self.ref_pass
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN -> None, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if x != x else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+@dataclass
+class PatientResult:
+    """Scores, metric values and criteria of one patient."""
+
+    id: str
+    dose_score: float
+    metrics: list[MetricValue]
+    dvh_errors: list[float]  # |ref - pred| of the openkbp metrics
+    ptv_errors: list[float]  # |ref - pred| of the protocol's target dose metrics
+    oar_errors: list[float]  # |ref - pred| of the protocol's OAR dose metrics
+    criteria: list[CriterionResult]
+    missing_rois: tuple[str, ...] = ()
+
+    @property
+    def dvh_score(self) -> float:
+        """Mean |ref - pred| of the OpenKBP DVH metrics (Gy)."""
+        return _mean(self.dvh_errors)
+
+    @property
+    def ptv_score(self) -> float:
+        """Mean |ref - pred| of the protocol's target dose metrics (Gy)."""
+        return _mean(self.ptv_errors)
+
+    @property
+    def oar_score(self) -> float:
+        """Mean |ref - pred| of the protocol's OAR dose metrics (Gy)."""
+        return _mean(self.oar_errors)
+
+    @property
+    def checked(self) -> list[CriterionResult]:
+        """The criteria with a limit that both doses could be checked against."""
+        return [c for c in self.criteria if c.checked]
+
+    @property
+    def pass_rate(self) -> float:
+        """% of the checked criteria that the prediction passes (NaN when none has a limit)."""
+        ch = self.checked
+        return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
+
+    def value(self, roi: str, metric: str) -> MetricValue | None:
+        """The reference/prediction value of ``metric`` on ``roi`` (None if not computed)."""
+        m = str(parse_metric(metric))
+        return next((v for v in self.metrics if v.roi == roi and v.metric == m), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the scores, ROI metrics and criteria (NaN as None)."""
+        rois: dict[str, dict[str, Any]] = {}
+        for v in self.metrics:
+            rois.setdefault(v.roi, {"kind": v.kind, "metrics": {}})["metrics"][v.metric] = {
+                "ref": v.ref, "pred": v.pred}
+        return _clean({
+            "id": self.id, "dose_score": self.dose_score, "dvh_score": self.dvh_score,
+            "ptv_score": self.ptv_score, "oar_score": self.oar_score,
+            "criteria_pass_rate": self.pass_rate, "missing_rois": list(self.missing_rois),
+            "rois": rois, "criteria": [asdict(c) for c in self.criteria]})
+
+
+@dataclass
+class CohortResult:
+    """Per-patient results and the cohort scores (pooled as OpenKBP does)."""
+
+    protocol: str
+    patients: list[PatientResult] = field(default_factory=list)
+    #: protocol lint (:func:`dosepred.protocol.lint`) for this cohort: shown by ``dosepred evaluate``
+    #: and written as the JSON key ``warnings``
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def dose_score(self) -> float:
+        """OpenKBP dose score: mean over patients of the mean |ref - pred| in the possible-dose mask (Gy)."""
+        return _mean(p.dose_score for p in self.patients)
+
+    @property
+    def dvh_score(self) -> float:
+        """OpenKBP DVH score: mean |ref - pred| over all patients' DVH metrics (Gy)."""
+        return _mean(e for p in self.patients for e in p.dvh_errors)
+
+    @property
+    def ptv_score(self) -> float:
+        """Mean |ref - pred| over all patients' target dose metrics of the protocol (Gy)."""
+        return _mean(e for p in self.patients for e in p.ptv_errors)
+
+    @property
+    def oar_score(self) -> float:
+        """Mean |ref - pred| over all patients' OAR dose metrics of the protocol (Gy)."""
+        return _mean(e for p in self.patients for e in p.oar_errors)
+
+    def _checked(self) -> list[CriterionResult]:
+        return [c for p in self.patients for c in p.checked]
+
+    @property
+    def criteria_pass_rate(self) -> float:
+        """% of the checked criteria (all patients) that the prediction passes."""
+        ch = self._checked()
+        return 100.0 * sum(bool(c.pred_pass) for c in ch) / len(ch) if ch else math.nan
+
+    @property
+    def reference_pass_rate(self) -> float:
+        """% of the checked criteria (all patients) that the reference plan passes."""
+        ch = self._checked()
+        return 100.0 * sum(bool(c.ref_pass) for c in ch) / len(ch) if ch else math.nan
+
+    @property
+    def criteria_agreement(self) -> float:
+        """% of the checked criteria where prediction and reference plan agree (both pass or both fail)."""
+        ch = self._checked()
+        return 100.0 * sum(bool(c.agree) for c in ch) / len(ch) if ch else math.nan
+
+    def summary(self) -> dict[str, float]:
+        """The cohort numbers (NaN where undefined)."""
+        return {"dose_score": self.dose_score, "dvh_score": self.dvh_score, "ptv_score": self.ptv_score,
+                "oar_score": self.oar_score, "criteria_pass_rate": self.criteria_pass_rate,
+                "reference_pass_rate": self.reference_pass_rate,
+                "criteria_agreement": self.criteria_agreement}
+
+    def criteria_table(self) -> list[dict[str, Any]]:
+        """Per criterion (in protocol order): patients checked, pass counts of pred and ref."""
+        rows: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        for p in self.patients:
+            for c in p.criteria:
+                if not c.checked:
+                    continue
+                key = (c.roi, c.metric, c.direction)
+                r = rows.setdefault(key, {"roi": c.roi, "metric": c.metric, "criterion": c.name,
+                                          "n": 0, "pred_pass": 0, "ref_pass": 0, "agree": 0})
+                r["n"] += 1
+                r["pred_pass"] += bool(c.pred_pass)
+                r["ref_pass"] += bool(c.ref_pass)
+                r["agree"] += bool(c.agree)
+        return list(rows.values())
+
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """The protocol's metric values, one row per patient and (ROI, metric) in protocol order:
+        ``patient, roi, metric, unit, reference, prediction, difference`` (prediction - reference;
+        NaN where a value could not be computed). ROIs a patient lacks have no row."""
+        rows: list[dict[str, Any]] = []
+        for p in self.patients:
+            seen: set[tuple[str, str]] = set()
+            for c in p.criteria:
+                if (c.roi, c.metric) in seen:
+                    continue
+                seen.add((c.roi, c.metric))
+                rows.append({"patient": p.id, "roi": c.roi, "metric": c.metric, "unit": c.unit,
+                             "reference": c.ref, "prediction": c.pred, "difference": c.pred - c.ref})
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable dict (NaN as null) with keys ``patients, dose_score, dvh_score,
+        ptv_score, oar_score, criteria_pass_rate, per_patient`` plus ``protocol``,
+        ``reference_pass_rate``, ``criteria_agreement``."""
+        out: dict[str, Any] = {"protocol": self.protocol, "patients": [p.id for p in self.patients]}
+        out.update(self.summary())
+        out["warnings"] = list(self.warnings)
+        out["per_patient"] = [p.to_dict() for p in self.patients]
+        return _clean(out)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_json` atomically (temporary name, then rename)."""
+        from ..fsutil import write_json
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, self.to_json())
+
+
+def metrics_table(result: CohortResult, title: str | None = None) -> Any:
+    """A rich Table of :meth:`CohortResult.metric_rows` (reference and prediction per patient and
+    criterion metric, and their difference) for the console."""
+    from rich.table import Table
+
+    t = Table(title=title or f"metric values, protocol {result.protocol} (prediction - reference)")
+    for col in ("patient", "ROI", "metric", "reference", "prediction", "difference"):
+        t.add_column(col, justify="left" if col in ("patient", "ROI", "metric") else "right")
+    last = None
+    for r in result.metric_rows():
+        if last is not None and r["patient"] != last:
+            t.add_section()
+        last = r["patient"]
+        t.add_row(r["patient"], r["roi"], f"{r['metric']} ({r['unit']})",
+                  *("-" if v != v else f"{v:.2f}" for v in (r["reference"], r["prediction"])),
+                  "-" if r["difference"] != r["difference"] else f"{r['difference']:+.2f}")
+    return t
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+_OPENKBP: Protocol | None = None
+
+
+def _openkbp() -> Protocol:
+    global _OPENKBP
+    if _OPENKBP is None:
+        _OPENKBP = load_protocol("openkbp")
+    return _OPENKBP
+
+
+def as_dose_array(pred: Any, shape: tuple[int, ...], pid: str = "?") -> np.ndarray:
+    """A prediction (numpy array or torch tensor, optionally with leading singleton axes) as a
+    float array of ``shape``; raises ValueError naming the patient on a grid mismatch."""
+    if hasattr(pred, "detach"):  # torch tensor, maybe on the GPU
+        pred = pred.detach().float().cpu().numpy()
+    a = np.asarray(pred)
+    while a.ndim > len(shape) and a.shape[0] == 1:
+        a = a[0]
+    if a.shape != tuple(shape):
+        raise ValueError(f"patient {pid}: predicted dose has shape {np.shape(pred)}, but the reference grid "
+                         f"is {tuple(shape)}")
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+    return a
+
+
+def _needed(protocol: Protocol) -> dict[str, list[str]]:
+    """ROI -> metric strings to compute: the openkbp metrics plus the protocol's, deduplicated."""
+    out: dict[str, list[str]] = {}
+    for c in list(_openkbp().criteria) + list(protocol.criteria):
+        ms = out.setdefault(c.roi, [])
+        if c.metric not in ms:
+            ms.append(c.metric)
+    return out
+
+
+def _abs_diff_sum(a: np.ndarray, b: np.ndarray) -> float:
+    """sum |a - b| accumulated in float64 (float32 inputs are subtracted in float32: exact to ~1e-7
+    relative per voxel, which moves a dose score by far less than 1e-6 Gy)."""
+    if np.result_type(a, b) == np.float32:
+        d = np.subtract(a, b)
+    else:
+        d = np.subtract(a, b, dtype=np.float64)
+    np.abs(d, out=d)
+    return float(d.sum(dtype=np.float64))
+
+
+def _abs_sum_outside(a: np.ndarray, box: tuple[slice, ...]) -> float:
+    """sum |a| over the voxels of a 3-D ``a`` outside ``box``, as six slabs (no mask volume)."""
+    (z0, z1), (y0, y1), (x0, x1) = ((s.start, s.stop) for s in box)
+    slabs = (a[:z0], a[z1:], a[z0:z1, :y0], a[z0:z1, y1:], a[z0:z1, y0:y1, :x0], a[z0:z1, y0:y1, x1:])
+    return float(sum(np.abs(s).sum(dtype=np.float64) for s in slabs if s.size))
+
+
+#: a prediction with more than this fraction of its dose outside the possible-dose mask is refused
+MAX_DOSE_OUTSIDE_MASK = 0.5
+
+
+def _check_prediction(ref: Patient, pred: np.ndarray, predc: np.ndarray, maskc: np.ndarray, full: bool,
+                      box: tuple[slice, ...]) -> None:
+    """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
+    patient from every mean), or most of its dose outside the possible-dose mask (a file written for
+    another patient or grid). Messages name the patient and the prediction file when known."""
+    src = ref.meta.get("prediction_file")
+    where = f"patient {ref.id}: " + (f"{src}: " if src else "")
+    bad = int(np.count_nonzero(~np.isfinite(pred)))
+    if bad:
+        kinds = [k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if np.any(f(pred))]
+        raise ValueError(f"{where}the predicted dose holds {bad} non-finite value(s) "
+                         f"({' and '.join(kinds)}); a dose is a finite number of Gy in every voxel")
+    a = np.abs(predc, dtype=np.float64)
+    total = float(a.sum()) + (0.0 if full else _abs_sum_outside(pred, box))
+    if total > 0:
+        outside = total - float(a[maskc].sum())
+        if outside > MAX_DOSE_OUTSIDE_MASK * total:
+            raise ValueError(f"{where}{100 * outside / total:.0f} % of the predicted dose lies outside the "
+                             "possible-dose mask; is it a prediction for another patient or grid?")
+
+
+def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "openkbp") -> PatientResult:
+    """Evaluate one predicted dose against the reference patient's dose.
+
+    ``protocol``: a :class:`Protocol` or a name/path for :func:`load_protocol`. It is checked
+    against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
+    """
+    if ref.dose is None:
+        raise ValueError(f"patient {ref.id}: the reference has no dose to compare with")
+    protocol = load_protocol(protocol, ref.roi_set)
+    pred = as_dose_array(pred_dose, ref.shape, ref.id)
+    rs = ref.roi_set
+    # Work inside the box outside which the reference dose, mask and ROIs are zero (known from the
+    # cache or the CSV reader; else the whole grid). The dose score's numerator is over ALL voxels,
+    # so the prediction's dose outside the box is added separately.
+    box = ref.support_box()
+    full = box is None or all(s.start == 0 and s.stop == n for s, n in zip(box, ref.shape, strict=True))
+    if full:
+        box = tuple(slice(0, n) for n in ref.shape)
+    assert ref.possible_dose_mask is not None and box is not None
+    n_mask = int(np.count_nonzero(ref.possible_dose_mask[box]))
+    if n_mask == 0:
+        raise ValueError(f"patient {ref.id}: the possible-dose mask is empty")
+    refc = ref.dose[box]
+    predc = pred[box]
+    _check_prediction(ref, pred, predc, ref.possible_dose_mask[box], full, box)
+    total = _abs_diff_sum(refc, predc) + (0.0 if full else _abs_sum_outside(pred, box))
+    dose_score = float(total / n_mask)
+    refd = np.ascontiguousarray(refc).ravel()
+    predd = np.ascontiguousarray(predc).ravel()
+
+    needed = _needed(protocol)
+    openkbp_names = {(c.roi, c.metric) for c in _openkbp().criteria}
+    idx = roi_voxel_indices(ref, [r for r in needed if r in rs], box)
+    vox = ref.voxel_volume_mm3
+    values: dict[tuple[str, str], MetricValue] = {}
+    missing: list[str] = []
+    for roi, ms in needed.items():
+        if roi not in idx:
+            if roi in rs:
+                missing.append(roi)
+            continue  # openkbp ROIs absent from a non-OpenKBP RoiSet are simply not evaluated
+        rx = protocol.prescription(roi, rs)
+        computable = [m for m in ms if not (parse_metric(m).needs_prescription and rx is None)]
+        r_vals, p_vals = roi_metrics_pair(refd[idx[roi]], predd[idx[roi]], computable, vox, rx)
+        for m, rv, pv in zip(computable, r_vals, p_vals, strict=True):
+            values[(roi, m)] = MetricValue(roi, m, rs[roi].kind, rv, pv)
+
+    dvh_errors = [v.error for k, v in values.items() if k in openkbp_names]
+    ptv_errors: list[float] = []
+    oar_errors: list[float] = []
+    seen: set[tuple[str, str]] = set()
+    criteria: list[CriterionResult] = []
+    for c in protocol.criteria:
+        v = values.get((c.roi, c.metric))
+        if v is None:
+            continue
+        if c.parsed.is_dose and (c.roi, c.metric) not in seen:
+            seen.add((c.roi, c.metric))
+            if v.kind == "target":
+                ptv_errors.append(v.error)
+            elif v.kind == "oar":
+                oar_errors.append(v.error)
+        rx = protocol.prescription(c.roi, rs)
+        criteria.append(CriterionResult(
+            name=c.resolved_name(rx), roi=c.roi, metric=c.metric, direction=c.direction,
+            limit=c.limit_value(rx), goal=c.goal_value(rx), unit=c.unit, priority=c.priority,
+            ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref, rx), pred_pass=c.check(v.pred, rx),
+            ref_goal=c.check(v.ref, rx, goal=True), pred_goal=c.check(v.pred, rx, goal=True)))
+    return PatientResult(ref.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
+                         criteria, tuple(missing))
+
+
+def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | str = "openkbp",
+                    progress: bool = False) -> CohortResult:
+    """Evaluate ``(reference patient, predicted dose)`` pairs; the iterable may be lazy so only one
+    patient is in memory at a time."""
+    proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+    it: Iterable[tuple[Patient, Any]] = pairs
+    if progress:
+        from ..progress import track
+        it = track(pairs, description="evaluating")
+    out = CohortResult(proto.name)
+    present: set[str] = set()
+    for ref, pred in it:
+        r = evaluate_patient(ref, pred, proto)
+        out.patients.append(r)
+        present.update(n for n in ref.roi_set.names if n not in r.missing_rois and n not in ref.missing_rois)
+    if out.patients:
+        from ..protocol import lint
+
+        out.warnings = lint(proto, present)
+    return out
