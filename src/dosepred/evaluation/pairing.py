@@ -352,10 +352,9 @@ class _SparseRef:
 
 
 def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_SparseRef]:
+    """The patients of an OpenKBP folder (``source_kind(src) == "openkbp"``) as voxel coordinates."""
     from ..io import openkbp
 
-    if not openkbp.is_openkbp_folder(src):
-        raise ValueError(f"{src} is neither a dosepred cache (dataset.json) nor an OpenKBP folder (pt_*)")
     want = set(ids) if ids is not None else None
     for f in openkbp.patient_folders(src):
         if want is not None and f.name not in want:

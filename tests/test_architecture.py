@@ -1,0 +1,299 @@
+"""The package's import rules, checked on the source (AST, nothing imported):
+
+- no module imports or reads a private name (``_x``) of another module: ``from m import _x``,
+  ``m._x``, ``m.sub._x``. A private *module* (``dosepred/_malloc.py``, ``io/_atomic.py``) is private
+  to its package: modules inside that package may import it;
+- nothing imports upward: every module of ``src/dosepred`` sits in a layer of :data:`LAYERS` and
+  imports only modules of its own layer or below (imports under ``if TYPE_CHECKING:`` excepted).
+  So no stage imports the CLI, predict never imports training, scoring never reads files through
+  predict. docs/architecture.md states the same rules in words.
+
+Each rule is also run on a small package written here, so the checks themselves are tested to
+fail on the imports they forbid.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).parents[1] / "src"
+
+#: module (or package prefix) -> layer; the longest matching prefix counts. A new module must be
+#: placed here (the test says so): that is where its allowed imports are decided.
+LAYERS: dict[str, int] = {
+    # 0: the record and small utilities
+    "dosepred": 0,  # the package itself: Patient, RoiSet and lazily resolved names only
+    "dosepred.patient": 0, "dosepred.geometry": 0, "dosepred.roi": 0, "dosepred.resample": 0,
+    "dosepred.fsutil": 0, "dosepred.progress": 0, "dosepred._malloc": 0,
+    # 1: readers and writers, synthetic data, metric definitions and exact DVH values, protocols
+    "dosepred.io": 1, "dosepred.synth": 1, "dosepred.baseline": 1, "dosepred.metrics": 1,
+    "dosepred.dvh": 1, "dosepred.protocol": 1,
+    # 2: losses, networks, splits, evaluation (scoring on Patients; pairing of sources through io)
+    "dosepred.losses": 2, "dosepred.models": 2, "dosepred.split": 2, "dosepred.evaluation": 2,
+    # 3: prediction with a model
+    "dosepred.predict": 3,
+    # 4: training (validates with predict and scoring), calibration
+    "dosepred.training": 4, "dosepred.calibration": 4,
+    # 5: reports and QA
+    "dosepred.report": 5, "dosepred.qa": 5,
+    # 6: benchmarks and the demo
+    "dosepred.bench": 6, "dosepred.demo": 6,
+    # 7: the command line, imported by nothing else
+    "dosepred.cli": 7, "dosepred.__main__": 7,
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    line: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.what}"
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules(root: Path, package: str) -> dict[str, Path]:
+    return {_module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
+
+
+def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str:
+    """The absolute module of ``from <level dots><name> import ...`` written in ``module``."""
+    if level == 0:
+        return name or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def _private_module_allowed(target: str, importer: str) -> bool:
+    """Whether ``importer`` may name module ``target``: every private part of ``target`` must belong
+    to a package that holds ``importer``."""
+    parts = target.split(".")
+    for i, p in enumerate(parts):
+        if _is_private(p):
+            owner = ".".join(parts[:i])
+            if not (importer == owner or importer.startswith(owner + ".")):
+                return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Import:
+    node: ast.stmt
+    module: str  # the module imported from (or imported)
+    local: str  # the name bound in the importing module
+    stands_for: str  # what that name is: a module, or module.attribute
+    attr: str | None  # ``from module import attr`` where attr is no submodule
+    type_only: bool  # under ``if TYPE_CHECKING:``
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> list[_Import]:
+    """Every import statement of a module, function-level ones included."""
+    out: list[_Import] = []
+
+    def visit(node: ast.AST, type_only: bool) -> None:
+        if isinstance(node, ast.If):
+            t = node.test
+            guard = (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+                isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+            for c in node.body:
+                visit(c, type_only or guard)
+            for c in node.orelse:
+                visit(c, type_only)
+            return
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                local = a.asname or a.name.split(".")[0]
+                out.append(_Import(node, a.name, local, a.name if a.asname else local, None, type_only))
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node.level, node.module)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                local = a.asname or a.name
+                if sub in known:  # ``from package import submodule``
+                    out.append(_Import(node, sub, local, sub, None, type_only))
+                else:
+                    out.append(_Import(node, base, local, sub, a.name, type_only))
+        for c in ast.iter_child_nodes(node):
+            visit(c, type_only)
+
+    visit(tree, False)
+    return out
+
+
+def private_accesses(root: Path, package: str = "dosepred") -> list[Finding]:
+    """Every import, read or write of another module's private name under ``root/package``."""
+    mods = _modules(root, package)
+    known = set(mods)
+    out: set[Finding] = set()
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        rel = str(path.relative_to(root))
+        bound: dict[str, str] = {}  # local name -> the module (or module.attribute) it stands for
+        for imp in _imports(tree, mod, path.name == "__init__.py", known):
+            if not _private_module_allowed(imp.module, mod):
+                out.add(Finding(rel, imp.node.lineno, f"imports the private module {imp.module}"))
+            if imp.attr is not None and _is_private(imp.attr):
+                out.add(Finding(rel, imp.node.lineno, f"imports the private name {imp.attr} of {imp.module}"))
+            bound[imp.local] = imp.stands_for
+
+        def dotted(n: ast.AST, bound: dict[str, str] = bound) -> str | None:
+            """What an expression names when it starts at an imported name (else None)."""
+            if isinstance(n, ast.Name):
+                return bound.get(n.id)
+            if isinstance(n, ast.Attribute):
+                base = dotted(n.value)
+                return None if base is None else f"{base}.{n.attr}"
+            return None
+
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
+                continue
+            base = dotted(node.value)
+            full = f"{base}.{node.attr}"
+            if base is not None and not (full in known and _private_module_allowed(full, mod)):
+                out.add(Finding(rel, node.lineno, f"uses the private name {node.attr} of {base}"))
+    return sorted(out, key=lambda f: (f.file, f.line, f.what))
+
+
+def _layer(module: str, layers: dict[str, int], package: str) -> int | None:
+    """The layer of the longest prefix of ``module`` in ``layers`` (the package itself only as an
+    exact match, so that no new module is placed by default)."""
+    best = None
+    for prefix in layers:
+        hit = module == prefix or (prefix != package and module.startswith(prefix + "."))
+        if hit and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return None if best is None else layers[best]
+
+
+def upward_imports(root: Path, layers: dict[str, int], package: str = "dosepred") -> list[Finding]:
+    """Imports of a module of a higher layer (``if TYPE_CHECKING:`` blocks excepted), and modules
+    that no layer holds."""
+    mods = _modules(root, package)
+    known = set(mods)
+    out: list[Finding] = []
+    for mod, path in mods.items():
+        rel = str(path.relative_to(root))
+        own = _layer(mod, layers, package)
+        if own is None:
+            out.append(Finding(rel, 1, f"module {mod} is in no layer: add it to LAYERS"))
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for imp in _imports(tree, mod, path.name == "__init__.py", known):
+            if imp.type_only or not (imp.module == package or imp.module.startswith(package + ".")):
+                continue
+            theirs = _layer(imp.module, layers, package)
+            if theirs is not None and theirs > own:
+                out.append(Finding(rel, imp.node.lineno,
+                                   f"{mod} (layer {own}) imports {imp.module} (layer {theirs})"))
+    return out
+
+
+# ----------------------------------------------------------------------------------- the source
+
+def test_no_module_uses_a_private_name_of_another():
+    found = private_accesses(SRC)
+    assert not found, "private names used across modules:\n" + "\n".join(map(str, found))
+
+
+def test_nothing_imports_upward():
+    found = upward_imports(SRC, LAYERS)
+    assert not found, "imports against the layers:\n" + "\n".join(map(str, found))
+
+
+def test_the_named_rules_follow_from_the_layers():
+    """The rules issue #17 names, as layer facts: the CLI is on top alone, predict is below
+    training, evaluation below predict (so training may validate with it)."""
+    top = max(LAYERS.values())
+    assert {m for m, k in LAYERS.items() if k == top} == {"dosepred.cli", "dosepred.__main__"}
+    assert LAYERS["dosepred.predict"] < LAYERS["dosepred.training"]
+    assert LAYERS["dosepred.evaluation"] < LAYERS["dosepred.predict"]
+    assert LAYERS["dosepred.io"] < LAYERS["dosepred.evaluation"]
+
+
+# ---------------------------------------------------------------- the checks on a made-up package
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        f = root / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return root
+
+
+@pytest.fixture
+def pkg(tmp_path: Path) -> Path:
+    return _write(tmp_path, {
+        "pk/__init__.py": "",
+        "pk/_util.py": "def helper():\n    return 1\n",
+        "pk/base.py": "_SECRET = 1\nPUBLIC = 2\n\nclass Thing:\n    _hidden = 3\n",
+        "pk/io/__init__.py": "",
+        "pk/io/reader.py": "from .. import _util\nfrom ..base import PUBLIC\n\n\ndef read():\n"
+                           "    return PUBLIC + _util.helper()\n",
+        "pk/top.py": "from . import base\n\n\ndef f():\n    from .io import reader\n"
+                     "    return reader.read() + base.PUBLIC\n",
+    })
+
+
+PKG_LAYERS = {"pk": 0, "pk._util": 0, "pk.base": 0, "pk.io": 1, "pk.top": 2}
+
+
+def test_checks_pass_a_clean_package(pkg):
+    assert private_accesses(pkg, "pk") == []
+    assert upward_imports(pkg, PKG_LAYERS, "pk") == []
+
+
+@pytest.mark.parametrize("code, what", [
+    ("from .base import _SECRET\n", "imports the private name _SECRET of pk.base"),
+    ("from . import base\nx = base._SECRET\n", "uses the private name _SECRET of pk.base"),
+    ("import pk.base\nx = pk.base._SECRET\n", "uses the private name _SECRET of pk.base"),
+    ("from .base import Thing\nx = Thing._hidden\n", "uses the private name _hidden of pk.base.Thing"),
+    ("from .io import reader\nx = reader._cache\n", "uses the private name _cache of pk.io.reader"),
+])
+def test_private_access_is_found(pkg, code, what):
+    _write(pkg, {"pk/top.py": code})
+    found = private_accesses(pkg, "pk")
+    assert [f.what for f in found] == [what], found
+    assert found[0].file == str(Path("pk/top.py"))
+
+
+def test_private_module_is_private_to_its_package(pkg):
+    _write(pkg, {"pk/io/_fmt.py": "X = 1\n", "pk/io/reader.py": "from ._fmt import X\n",
+                 "pk/top.py": "def f():\n    from .io._fmt import X\n    return X\n"})
+    assert upward_imports(pkg, PKG_LAYERS, "pk") == []
+    found = private_accesses(pkg, "pk")
+    assert [(f.file, f.what) for f in found] == [
+        (str(Path("pk/top.py")), "imports the private module pk.io._fmt")]
+
+
+def test_upward_import_is_found_also_inside_functions(pkg):
+    _write(pkg, {"pk/base.py": "def g():\n    from .io import reader\n    return reader\n"})
+    found = upward_imports(pkg, PKG_LAYERS, "pk")
+    assert [f.what for f in found] == ["pk.base (layer 0) imports pk.io.reader (layer 1)"]
+    assert found[0].line == 2
+
+
+def test_type_checking_imports_and_unplaced_modules(pkg):
+    guarded = "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .top import f\n"
+    _write(pkg, {"pk/base.py": guarded, "pk/extra.py": "X = 1\n"})
+    found = upward_imports(pkg, PKG_LAYERS, "pk")
+    assert [f.what for f in found] == ["module pk.extra is in no layer: add it to LAYERS"]
