@@ -44,3 +44,11 @@ def validation_example() -> Path:
     """OpenKBP validation-pats folder holding pt_201 (shipped under examples/)."""
     assert (VALIDATION_EXAMPLE / "pt_201" / "dose.csv").is_file(), f"{VALIDATION_EXAMPLE} lacks pt_201"
     return VALIDATION_EXAMPLE
+
+
+@pytest.fixture(scope="session")
+def openkbp_truth(tmp_path_factory) -> dict:
+    """Two OpenKBP patients written as CSV text from known voxels (:func:`handmade.write_openkbp`)."""
+    from handmade import write_openkbp
+
+    return write_openkbp(tmp_path_factory.mktemp("okbp") / "pats")

@@ -1,0 +1,180 @@
+"""The io functions evaluation reads sources through, checked against numpy on known arrays:
+``source_kind`` / ``open_source`` / ``load_patients`` on every kind of folder, the cache's typed
+entry (:class:`CacheEntry`) and voxel lists (:class:`CacheVoxels`), and the OpenKBP sparse reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dosepred import synth
+from dosepred.io import cache, dicom, nifti, openkbp
+from dosepred.io.cache import EVAL_FIELDS, CacheEntry, CacheError, CacheVoxels
+from dosepred.io.source import KINDS, SourceError, open_source, source_kind
+from dosepred.patient import RoiSet
+from handmade import GRID, write_sparse_csv
+
+# ----------------------------------------------------------------------------------------- OpenKBP
+
+def test_read_sparse_patient_lists_the_files_voxels(openkbp_truth):
+    rs = RoiSet.openkbp()
+    for pid, t in openkbp_truth["truth"].items():
+        s = openkbp.read_sparse_patient(openkbp_truth["root"] / pid)
+        assert s.id == pid and s.shape == GRID and s.spacing == (3.906, 3.906, 2.5)
+        np.testing.assert_array_equal(s.mask_index, t["mask"])
+        np.testing.assert_array_equal(s.dose_index, t["mask"])
+        assert s.dose_values.dtype == np.float32
+        np.testing.assert_array_equal(s.dose_values, t["dose"].astype(np.float32))
+        assert [(rs.names[k], sorted(idx.tolist())) for k, idx in s.rois] == [
+            (n, sorted(t[n].tolist())) for n in rs.names if n in ("PTV70", "Brainstem")]
+        assert s.missing_rois == tuple(n for n in rs.names if n not in ("PTV70", "Brainstem"))
+        assert s.meta["format"] == "openkbp"
+
+
+def test_read_sparse_patient_errors(openkbp_truth, tmp_path):
+    import shutil
+
+    f = tmp_path / "pt_3"
+    shutil.copytree(openkbp_truth["root"] / "pt_3", f)
+    (f / "Larynx.csv").write_text(",data\n")
+    with pytest.raises(openkbp.OpenKBPFormatError, match="Larynx.csv is empty"):
+        openkbp.read_sparse_patient(f)
+    (f / "Larynx.csv").unlink()
+    (f / "dose.csv").unlink()
+    with pytest.raises(openkbp.OpenKBPFormatError, match="pt_3: .* lacks dose.csv"):
+        openkbp.read_sparse_patient(f)
+
+
+# ---------------------------------------------------------------------------------- every source kind
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, openkbp_truth) -> dict[str, Path]:
+    from test_dicom import make_patient
+
+    root = tmp_path_factory.mktemp("sources")
+    pats = synth.make_cohort(2, seed=1, size=20)
+    okbp = openkbp_truth["root"]
+    out = {"cache": root / "cache", "openkbp": okbp, "openkbp-patient": okbp / "pt_10",
+           "nifti": root / "nifti", "dicom": root / "dicom"}
+    cache.write_cache(pats, out["cache"])
+    for p in pats:
+        nifti.write_patient(p, out["nifti"])
+    out["nifti-patient"] = out["nifti"] / pats[0].id
+    for pid in ("pt_a", "pt_b"):
+        dicom.write_dicom(make_patient(pid), out["dicom"])
+    (root / "empty").mkdir()
+    out["empty"] = root / "empty"
+    csv = root / "csv-predictions"
+    csv.mkdir()
+    write_sparse_csv(csv / "pt_3.csv", np.arange(3), np.ones(3))
+    out["csv-predictions"] = csv
+    out["missing"] = root / "nothing-here"
+    return out
+
+
+@pytest.mark.parametrize("name, kind, ids", [
+    ("cache", "cache", ["synth_000", "synth_001"]),
+    ("openkbp", "openkbp", ["pt_3", "pt_10"]),
+    ("openkbp-patient", "openkbp", ["pt_10"]),
+    ("nifti", "nifti", ["synth_000", "synth_001"]),
+    ("nifti-patient", "nifti", ["synth_000"]),
+    ("dicom", "dicom", ["pt_a", "pt_b"]),
+])
+def test_source_kind_and_open_source(sources, name, kind, ids):
+    assert kind in KINDS
+    assert source_kind(sources[name]) == kind
+    s = open_source(sources[name])
+    assert s.kind == kind and sorted(s.ids) == sorted(ids)
+    got = list(cache.load_patients(sources[name], ids=ids[-1:]))
+    assert [p.id for p in got] == ids[-1:]
+
+
+@pytest.mark.parametrize("name", ["empty", "csv-predictions", "missing"])
+def test_no_source(sources, name):
+    assert source_kind(sources[name]) is None
+    with pytest.raises((SourceError, FileNotFoundError)):
+        open_source(sources[name])
+    with pytest.raises(CacheError, match="neither a dosepred cache"):
+        list(cache.load_patients(sources[name]))
+
+
+# ----------------------------------------------------------------------------------------- the cache
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    pats = synth.make_cohort(2, seed=4, size=24, extra_rois=1)
+    p = pats[1]
+    mask = p.possible_dose_mask.copy()
+    mask[: p.shape[0] // 2] = False  # ROI voxels outside the mask
+    pats[1] = p.__class__(p.id, p.ct, p.roi_codes, p.roi_set, p.spacing, mask, p.dose * mask, p.missing_rois,
+                          dict(p.meta), p.geometry)
+    root = tmp_path_factory.mktemp("cached")
+    c = cache.write_cache(pats, root / "c")
+    return c, pats
+
+
+def _box(p) -> tuple[slice, ...]:
+    sel = p.possible_dose_mask | (p.roi_codes != 0) | (p.dose != 0)
+    nz = np.nonzero(sel)
+    return tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+
+
+def test_cache_entry_is_the_dataset_json_entry(cached):
+    c, pats = cached
+    for p in pats:
+        e = c.patient_entry(p.id)
+        assert isinstance(e, CacheEntry)
+        assert e.id == p.id and e.path == c.root / f"{p.id}.npz" and e.path.is_file()
+        assert e.shape == p.shape and e.spacing == pytest.approx(p.spacing)
+        assert e.missing_rois == p.missing_rois and e.has_dose is True and e.meta == p.meta
+        assert e.geometry is not None and np.allclose(e.geometry.affine, p.geometry.affine)
+    with pytest.raises(KeyError):
+        c.patient_entry("nobody")
+
+
+def test_cache_entry_read_arrays(cached):
+    c, pats = cached
+    assert EVAL_FIELDS == ("dose", "roi_codes", "possible_dose_mask")
+    for p in pats:
+        e = c.patient_entry(p.id)
+        full, box = e.read_arrays()
+        assert set(full) == set(EVAL_FIELDS) and box == _box(p)
+        np.testing.assert_array_equal(full["dose"], p.dose)
+        np.testing.assert_array_equal(full["roi_codes"], p.roi_codes)
+        np.testing.assert_array_equal(full["possible_dose_mask"], p.possible_dose_mask)
+        crop, box2 = e.read_arrays(("dose", "possible_dose_mask"), crop=True)
+        assert box2 == box
+        np.testing.assert_array_equal(crop["dose"], p.dose[box])
+        np.testing.assert_array_equal(crop["possible_dose_mask"], p.possible_dose_mask[box])
+
+
+def test_cache_voxels_ranks_equal_numpy(cached):
+    c, pats = cached
+    for p in pats:
+        v = c.patient_entry(p.id).read_voxels()
+        assert isinstance(v, CacheVoxels)
+        box = _box(p)
+        assert v.box == box and not v.dose_outside_mask
+        m = p.possible_dose_mask[box].ravel()
+        assert v.n_mask == int(m.sum())
+        np.testing.assert_array_equal(v.dose, p.dose[box].ravel()[m])
+        codes = p.roi_codes[box].ravel()
+        np.testing.assert_array_equal(v.roi_index, np.flatnonzero(codes))
+        np.testing.assert_array_equal(v.roi_codes, codes[codes != 0])
+        probe = np.arange(m.size)
+        inside, rank = v.mask_ranks(probe)
+        np.testing.assert_array_equal(inside, m)
+        np.testing.assert_array_equal(rank[m], np.arange(int(m.sum())))  # C-order rank among mask voxels
+        assert v.same_mask(v) and not v.same_mask(c.patient_entry(pats[1 - pats.index(p)].id).read_voxels())
+        assert c.patient_entry(p.id).read_voxels(rois=False).roi_index is None
+
+
+def test_cache_voxels_of_a_version_1_file_is_none(cached, tmp_path):
+    _, pats = cached
+    c1 = cache.write_cache(pats, tmp_path / "v1", version=1)
+    assert c1.patient_entry(pats[0].id).read_voxels() is None
+    arrays, box = c1.patient_entry(pats[0].id).read_arrays()
+    assert box is None
+    np.testing.assert_array_equal(arrays["dose"], pats[0].dose)

@@ -1,0 +1,188 @@
+"""The pairing layer's public functions (:mod:`dosepred.evaluation.pairing`) on each kind of
+reference and prediction, checked against numpy: the arrays they yield, the files they match, and
+the dose score and a DVH value of the pairs computed independently on the full grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dosepred import synth
+from dosepred.evaluation import (
+    evaluate_cohort,
+    find_prediction,
+    iter_pairs,
+    load_references,
+    match_predictions,
+    read_prediction,
+    reference_ids,
+)
+from dosepred.io import cache, nifti, openkbp
+from handmade import GRID, dense, write_sparse_csv
+
+
+def _flat_nonzero(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.flatnonzero(a)
+    return idx, a.ravel()[idx]
+
+
+def _numpy_scores(ref_dose, mask, stem, pred) -> tuple[float, float, float]:
+    """Independent dose score (all voxels / mask count) and Brainstem mean dose of ref and pred."""
+    ds = float(np.abs(ref_dose.astype(np.float64) - pred.astype(np.float64)).sum() / mask.sum())
+    return ds, float(ref_dose[stem].astype(np.float64).mean()), float(pred[stem].astype(np.float64).mean())
+
+
+# ------------------------------------------------------------------------------- OpenKBP references
+
+@pytest.fixture(scope="module")
+def okbp(openkbp_truth, tmp_path_factory) -> dict:
+    """The hand-written OpenKBP patients, their dense truth, and predictions as CSV files and as a
+    cache (each with a little dose outside the reference's data box)."""
+    root = tmp_path_factory.mktemp("okbp-pred")
+    rng = np.random.default_rng(2)
+    truth = {}
+    csv = root / "csv"
+    csv.mkdir()
+    for pid, t in openkbp_truth["truth"].items():
+        ref = dense(t["mask"], t["dose"]).astype(np.float32)
+        mask = dense(t["mask"]).astype(bool)
+        pred = (ref * 0.95 + rng.uniform(0, 2, GRID).astype(np.float32) * mask).astype(np.float32)
+        pred[60, 80, 90] = 3.0  # outside every reference box
+        idx, vals = _flat_nonzero(pred)
+        write_sparse_csv(csv / f"{pid}.csv", idx, vals)
+        truth[pid] = {"ref": ref, "mask": mask, "stem": dense(t["Brainstem"]).astype(bool),
+                      "ptv": dense(t["PTV70"]).astype(bool), "pred": pred,
+                      "ct": np.where(dense(t["ct"]) != 0, 40, -1024).astype(np.int16)}  # ct.csv: HU + 1024
+    refs = {p.id: p for p in openkbp.read_folder(openkbp_truth["root"])}
+    cache.write_cache([refs[pid].with_dose(truth[pid]["pred"]) for pid in truth], root / "cache")
+    return {"ref": openkbp_truth["root"], "csv": csv, "cache": root / "cache", "truth": truth}
+
+
+def test_reference_ids_and_match_predictions(okbp, tmp_path):
+    assert reference_ids(okbp["ref"]) == ["pt_3", "pt_10"]  # numeric order
+    found, missing = match_predictions(okbp["ref"], okbp["csv"])
+    assert found == [("pt_3", okbp["csv"] / "pt_3.csv"), ("pt_10", okbp["csv"] / "pt_10.csv")]
+    assert missing == []
+    assert match_predictions(okbp["ref"], okbp["cache"]) == ([("pt_3", None), ("pt_10", None)], [])
+    some = tmp_path / "some"
+    some.mkdir()
+    (some / "pt_10.csv").write_bytes((okbp["csv"] / "pt_10.csv").read_bytes())
+    assert match_predictions(okbp["ref"], some) == ([("pt_10", some / "pt_10.csv")], ["pt_3"])
+    with pytest.raises(FileNotFoundError):
+        match_predictions(okbp["ref"], tmp_path / "absent")
+
+
+def test_find_and_read_prediction(okbp, tmp_path):
+    f = find_prediction(okbp["csv"], "pt_3")
+    assert f == okbp["csv"] / "pt_3.csv" and find_prediction(okbp["csv"], "pt_4") is None
+    np.testing.assert_array_equal(read_prediction(f, GRID), okbp["truth"]["pt_3"]["pred"])
+    (tmp_path / "pt_3.dose").write_text("")
+    with pytest.raises(ValueError, match="unknown prediction format"):
+        read_prediction(tmp_path / "pt_3.dose", GRID)
+
+
+@pytest.mark.parametrize("with_ct", [False, True])
+def test_load_references_from_openkbp(okbp, with_ct):
+    refs = list(load_references(okbp["ref"], ["pt_10"], with_ct=with_ct))
+    assert [p.id for p in refs] == ["pt_10"]
+    p, t = refs[0], okbp["truth"]["pt_10"]
+    np.testing.assert_array_equal(p.dose, t["ref"])
+    np.testing.assert_array_equal(p.possible_dose_mask, t["mask"])
+    np.testing.assert_array_equal(p.mask("Brainstem"), t["stem"])
+    np.testing.assert_array_equal(p.mask("PTV70"), t["ptv"])
+    if with_ct:
+        np.testing.assert_array_equal(p.ct, t["ct"])
+    else:
+        assert not p.ct.any() and p.meta["ct_loaded"] is False
+        nz = np.nonzero(t["mask"] | t["stem"] | t["ptv"] | (t["ref"] != 0))
+        assert p.support_box() == tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+
+
+@pytest.mark.parametrize("pred_kind", ["csv", "cache"])
+@pytest.mark.parametrize("crop", [None, False])
+def test_iter_pairs_from_openkbp_score_as_numpy(okbp, pred_kind, crop):
+    ids = ["pt_3", "pt_10"]
+    pairs = list(iter_pairs(okbp["ref"], okbp[pred_kind], ids, crop=crop, compact=True))
+    assert [p.id for p, _ in pairs] == ids
+    for p, _ in pairs:
+        want = okbp[pred_kind] / f"{p.id}.{'csv' if pred_kind == 'csv' else 'npz'}"
+        assert p.meta["prediction_file"] == str(want)
+        assert ("crop_box" in p.meta) == (crop is None) and not p.meta.get("compact")
+    res = evaluate_cohort(iter(pairs), "openkbp")
+    for r in res.patients:
+        t = okbp["truth"][r.id]
+        ds, ref_mean, pred_mean = _numpy_scores(t["ref"], t["mask"], t["stem"], t["pred"])
+        assert r.dose_score == pytest.approx(ds, rel=1e-6)
+        v = r.value("Brainstem", "Dmean")
+        assert v.ref == pytest.approx(ref_mean, rel=1e-6) and v.pred == pytest.approx(pred_mean, rel=1e-6)
+
+
+# --------------------------------------------------------------------- cache and NIfTI references
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict:
+    """Three synthetic patients as a reference cache and a NIfTI folder; predictions as a cache
+    (the reference's mask, no dose outside it: compact pairs) and as CSV files."""
+    root = tmp_path_factory.mktemp("synthetic")
+    pats = synth.make_cohort(3, seed=6, size=24)
+    rng = np.random.default_rng(8)
+    preds = {p.id: (np.clip(p.dose * 1.05 + rng.normal(0, 1, p.shape), 0, None) * p.possible_dose_mask
+                    ).astype(np.float32) for p in pats}
+    cache.write_cache(pats, root / "ref")
+    for p in pats:
+        nifti.write_patient(p, root / "nifti")
+    cache.write_cache([p.with_dose(preds[p.id]) for p in pats], root / "pred-cache")
+    csv = root / "pred-csv"
+    csv.mkdir()
+    for pid, d in preds.items():
+        idx, vals = _flat_nonzero(d)
+        write_sparse_csv(csv / f"{pid}.csv", idx, vals)
+    return {"pats": {p.id: p for p in pats}, "preds": preds, "cache": root / "ref", "nifti": root / "nifti",
+            "pred-cache": root / "pred-cache", "pred-csv": csv}
+
+
+def test_reference_ids_of_cache_and_nifti(synthetic):
+    ids = sorted(synthetic["pats"])
+    assert reference_ids(synthetic["cache"]) == ids and sorted(reference_ids(synthetic["nifti"])) == ids
+
+
+def test_load_references_from_a_cache(synthetic):
+    for p in load_references(synthetic["cache"]):
+        q = synthetic["pats"][p.id]
+        np.testing.assert_array_equal(p.dose, q.dose)
+        np.testing.assert_array_equal(p.roi_codes, q.roi_codes)
+        assert not p.ct.any() and p.meta["ct_loaded"] is False
+        nz = np.nonzero(q.possible_dose_mask | (q.roi_codes != 0) | (q.dose != 0))
+        assert p.support_box() == tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+
+
+@pytest.mark.parametrize("ref_kind, pred_kind, compact", [
+    ("cache", "pred-cache", True), ("cache", "pred-cache", False), ("cache", "pred-csv", True),
+    ("nifti", "pred-cache", True), ("nifti", "pred-csv", False),
+])
+def test_iter_pairs_score_as_numpy(synthetic, ref_kind, pred_kind, compact):
+    ids = sorted(synthetic["pats"])
+    pairs = list(iter_pairs(synthetic[ref_kind], synthetic[pred_kind], ids, compact=compact, read_ahead=0))
+    assert [p.id for p, _ in pairs] == ids
+    is_compact = ref_kind == "cache" and pred_kind == "pred-cache" and compact
+    assert all(bool(p.meta.get("compact")) == is_compact for p, _ in pairs)
+    assert all(("crop_box" in p.meta) == (ref_kind == "cache" and not is_compact) for p, _ in pairs)
+    res = evaluate_cohort(iter(pairs), "openkbp")
+    for r in res.patients:
+        q, d = synthetic["pats"][r.id], synthetic["preds"][r.id]
+        want = np.abs(q.dose.astype(np.float64) - d).sum() / q.possible_dose_mask.sum()
+        assert r.dose_score == pytest.approx(want, rel=1e-6)
+        for roi in q.present_rois:
+            if roi in q.roi_set and (v := r.value(roi, "Dmean")) is not None:
+                m = q.mask(roi)
+                assert v.ref == pytest.approx(q.dose[m].mean(dtype=np.float64), rel=1e-6)
+                assert v.pred == pytest.approx(d[m].mean(dtype=np.float64), rel=1e-6)
+
+
+def test_iter_pairs_names_what_it_cannot_pair(synthetic, tmp_path):
+    p = next(iter(synthetic["pats"].values()))
+    cache.write_cache([p.with_dose(None)], tmp_path / "no-dose")
+    with pytest.raises(ValueError, match=f"patient {p.id}: the prediction cache .* holds no dose"):
+        list(iter_pairs(synthetic["cache"], tmp_path / "no-dose", [p.id]))
+    with pytest.raises(ValueError, match=f"patient {p.id}: the prediction cache .* holds no dose"):
+        list(iter_pairs(synthetic["nifti"], tmp_path / "no-dose", [p.id]))
