@@ -119,6 +119,7 @@ class _Predictions:
         from ..io.cache import Cache, is_cache
 
         self.reference = str(reference)
+        self.given = str(prediction)  # as the caller wrote it, for messages
         self.path = Path(prediction)
         self.cache = Cache.open(prediction) if is_cache(prediction) else None
 
@@ -138,7 +139,7 @@ class _Predictions:
     def name(self, pid: str) -> str:
         """What ``meta["prediction_file"]`` says: the file, else the prediction folder."""
         f = self.file(pid)
-        return str(f) if f is not None else str(self.path)
+        return str(f) if f is not None else self.given
 
     def _cache_dose(self, pid: str, crop: bool) -> tuple[np.ndarray, Box | None]:
         from ..io.cache import CacheError
@@ -150,7 +151,7 @@ class _Predictions:
             raise ValueError(str(err)) from None
         d = arrays["dose"]
         if d is None:
-            raise ValueError(f"patient {pid}: the prediction cache {self.path} holds no dose")
+            raise ValueError(f"patient {pid}: the prediction cache {self.given} holds no dose")
         return d, box
 
     def full(self, ref: Patient) -> np.ndarray:
