@@ -40,8 +40,8 @@ LAYERS: dict[str, int] = {
     "dosepred.training": 4, "dosepred.calibration": 4,
     # 5: reports and QA
     "dosepred.report": 5, "dosepred.qa": 5,
-    # 6: benchmarks and the demo
-    "dosepred.bench": 6, "dosepred.demo": 6,
+    # 6: the commands as API functions and their console rendering, benchmarks, the demo
+    "dosepred.workflows": 6, "dosepred.console": 6, "dosepred.bench": 6, "dosepred.demo": 6,
     # 7: the command line, imported by nothing else
     "dosepred.cli": 7, "dosepred.__main__": 7,
 }
