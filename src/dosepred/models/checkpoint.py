@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..fsutil import save_torch, write_text
 from .space import ModelSpace
 from .unet import ModelConfig, ModelError, build_model
 
@@ -56,13 +57,9 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a checkpoint dict atomically (temporary name, then rename)."""
-    from ..fsutil import save_torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a checkpoint dict atomically (temporary name, then rename; the folder is created)."""
     save_torch(obj, path)
-    return path
+    return Path(path)
 
 
 def save_rotating(obj: dict[str, Any], path: str | os.PathLike, prev: str | os.PathLike,
@@ -192,8 +189,6 @@ def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = Tr
     ``config.json`` and ``README.md``. ``final``: the path the folder will have when ``out`` is a
     temporary folder renamed there afterwards (named in the README)."""
     import dosepred
-
-    from ..fsutil import write_text
 
     ckpt = load_checkpoint(src)
     out = Path(out)

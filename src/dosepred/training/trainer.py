@@ -31,6 +31,7 @@ crops of the same global sequence (:class:`.dataset.RankSampler`); rank 0 valida
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -41,12 +42,16 @@ from typing import Any
 
 import torch
 
-from ..fsutil import write_bytes, write_json
+from ..fsutil import check_output, write_bytes, write_json
+from ..io.cache import DATASET_JSON, Cache
 from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, check_roi_set, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
 from ..predict import predict_dose, resolve_device
+from ..progress import mode
+from ..protocol import lint, load_protocol
+from ..split import load_split, parse_split_arg
 from .config import TrainConfig
 from .dataset import CropDataset, RankSampler, load_arrays
 from .logging import VAL_KEYS, Log, RunLogger
@@ -185,8 +190,6 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log: Log | None = None,
                  progress: bool | None = None) -> None:
-        from ..progress import mode
-
         cfg.validate()
         self.cfg = cfg
         self.resume = resume
@@ -230,9 +233,6 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
 
     def setup_data(self) -> None:
-        from ..fsutil import check_output
-        from ..io.cache import Cache
-
         cfg = self.cfg
         # the run folder must not be, hold or lie inside a cache it reads (checked before any write)
         check_output(self.run, True, [cfg.data, cfg.val], "the run folder (--out)")
@@ -240,8 +240,6 @@ class Trainer:
         self.roi_set = self.cache.roi_set
         ids = self.cache.ids
         if cfg.train_split:
-            from ..split import load_split, parse_split_arg
-
             f, name = parse_split_arg(cfg.train_split)
             ids = load_split(f, name, cache_ids=self.cache.ids)
         if not ids:
@@ -262,8 +260,6 @@ class Trainer:
                                  f"training cache has {list(self.roi_set.names)}")
             vids = vc.ids
             if cfg.val_split:
-                from ..split import load_split, parse_split_arg
-
                 f, name = parse_split_arg(cfg.val_split)
                 vids = load_split(f, name, cache_ids=vc.ids)
             if cfg.val_patients:
@@ -302,8 +298,6 @@ class Trainer:
         self.model.to(self.device)
         self.ema = None
         if cfg.ema_decay > 0:
-            import copy
-
             self.ema = copy.deepcopy(self.model).eval()
             for q in self.ema.parameters():
                 q.requires_grad_(False)
@@ -320,12 +314,8 @@ class Trainer:
         self.protocol = None
         proto_name = cfg.protocol or ("openkbp" if "cdm" in cfg.loss.lower() or cfg.val else None)
         if proto_name is not None:
-            from ..protocol import load_protocol
-
             self.protocol = load_protocol(proto_name, self.roi_set)
             if self.is_main:
-                from ..protocol import lint
-
                 want = set(self.train_ids)
                 present = {n for e in self.cache.info["patients"] if e["id"] in want
                            for n in self.roi_set.names if n not in e.get("missing_rois", ())}
@@ -383,8 +373,6 @@ class Trainer:
         """RUN/config.json, dataset.json, protocol.json and version.json (rank 0)."""
         if not self.is_main:
             return
-        from ..io.cache import DATASET_JSON
-
         self.run.mkdir(parents=True, exist_ok=True)
         write_json(self.run / "config.json", self.cfg.to_dict())
         write_bytes(self.run / "dataset.json", (Path(self.cfg.data) / DATASET_JSON).read_bytes())
