@@ -96,7 +96,14 @@ def _write_npz(fh, arrays: dict[str, np.ndarray], deflate: tuple[str, ...] = ())
                 zf.writestr(f"{k}.npy", buf.getvalue(), compress_type=zipfile.ZIP_STORED)
 
 
-def _v2_arrays(p: Patient) -> dict[str, np.ndarray]:
+#: The members of a version-2/3 patient file, in the order they are written (see the module docstring).
+MEMBERS = ("boxes", "possible_dose_mask", "dose_support", "dose", "roi_index", "roi_codes", "ct", "ct_fill")
+
+
+def encode_patient(p: Patient) -> dict[str, np.ndarray]:
+    """The members of patient ``p``'s version-2/3 file (see the module docstring), in file order;
+    :func:`write_members` writes them. ``save_patient(p, path)`` is ``write_members(path,
+    encode_patient(p))``."""
     assert p.possible_dose_mask is not None
     mask = p.possible_dose_mask
     sel = mask | (p.roi_codes != 0)
@@ -136,8 +143,17 @@ def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
         return
     if version not in (2, 3):
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
-    v2 = _v2_arrays(p)
-    _atomic_write_bytes(path, lambda fh: _write_npz(fh, v2, deflate=("ct",)))
+    write_members(path, encode_patient(p))
+
+
+def write_members(path: str | os.PathLike, members: dict[str, np.ndarray]) -> None:
+    """Write a version-2/3 patient file from its members (:func:`encode_patient`'s, in any dict
+    order: they are written in :data:`MEMBERS` order, the CT deflated, the rest stored), atomically."""
+    unknown = sorted(set(members) - set(MEMBERS))
+    if unknown:
+        raise CacheError(f"{path}: {', '.join(unknown)} are not members of a cache patient file")
+    ordered = {k: members[k] for k in MEMBERS if k in members}
+    _atomic_write_bytes(Path(path), lambda fh: _write_npz(fh, ordered, deflate=("ct",)))
 
 
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, "
