@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fsutil import write_bytes, write_json
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 
@@ -58,15 +59,8 @@ class CacheError(ValueError):
     """A cache folder or file that cannot be read or written as asked (the message names it)."""
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    from ..fsutil import write_bytes
-
-    write_bytes(path, write)
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    from ..fsutil import write_json
-
+    """Kept for callers that import it: :func:`dosepred.fsutil.write_json`."""
     write_json(path, obj)
 
 
@@ -139,7 +133,7 @@ def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
                                          "possible_dose_mask": np.asarray(p.possible_dose_mask)}
         if p.dose is not None:
             arrays["dose"] = p.dose
-        _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
+        write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
         return
     if version not in (2, 3):
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
@@ -153,7 +147,7 @@ def write_members(path: str | os.PathLike, members: dict[str, np.ndarray]) -> No
     if unknown:
         raise CacheError(f"{path}: {', '.join(unknown)} are not members of a cache patient file")
     ordered = {k: members[k] for k in MEMBERS if k in members}
-    _atomic_write_bytes(Path(path), lambda fh: _write_npz(fh, ordered, deflate=("ct",)))
+    write_bytes(path, lambda fh: _write_npz(fh, ordered, deflate=("ct",)))
 
 
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, "
@@ -556,7 +550,7 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
         for part, final in staged:
             os.replace(part, final)
         staged = []
-        write_json_atomic(out / DATASET_JSON, info)
+        write_json(out / DATASET_JSON, info)
     finally:
         for part, _ in staged:
             part.unlink(missing_ok=True)
