@@ -176,7 +176,8 @@ class Trainer:
             on_validation_epoch(epoch, row) -> is_best: when due, validation_step() (the scores)
             |                                 and select_best(epoch, scores)
             on_epoch_end(epoch, row, is_best)  save_checkpoint(), the row to the logger
-            should_stop(epoch)             --stop-after
+            should_stop(epoch)             --stop-after: leave the loop
+            barrier()                      DDP: the ranks wait for each other
           on_train_end()                   progress and TensorBoard closed (also after an error)
 
     Records (metrics.csv, TensorBoard, progress and epoch lines) are :attr:`logger`'s
