@@ -217,8 +217,13 @@ def run(sizes: Sequence[int] = (64, 128), repeats: int = 3, devices: Sequence[st
     """Time every loss at every size on every device; returns a JSON-ready dict."""
     import torch
 
-    if devices is None:
+    if devices is None or list(devices) == ["all"]:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        if dev not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu, cuda or all, got {dev!r}")
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
     names = list(losses) if losses else list(LOSS_CASES)
     bad = [n for n in names if n not in LOSS_CASES]
     if bad:

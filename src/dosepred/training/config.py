@@ -1,4 +1,10 @@
-"""Training configuration: one dataclass, written to ``RUN/config.json`` and into every checkpoint.
+"""Training configuration: one validated model (pydantic, as the protocols), written to
+``RUN/config.json`` and into every checkpoint.
+
+Every field is documented once, here (its ``description``); ``dosepred train`` makes a flag of every
+field from it (``--steps-per-epoch`` for ``steps_per_epoch``), reads whole configs with ``--config
+FILE`` (JSON or TOML: the same keys) and single fields with ``--set KEY=VALUE``. Precedence: the
+defaults, then the run's stored ``config.json`` (``--resume``), then ``--config``, then flags.
 
 Architecture fields (``base``, ``levels``, ``res_units``, ``norm``) may be left ``None``: they are
 then taken from the ``init`` checkpoint when fine-tuning, else from :class:`ModelConfig`'s defaults.
@@ -8,103 +14,124 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEDULES = ("cosine", "constant", "step")
 SELECT = ("dvh", "dose", "ptv", "oar", "dose+dvh")
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
     """Everything a training run needs (data, model, loss, schedule, device); saved as the run's
     ``config.json`` and merged with command-line overrides (``dosepred train``)."""
 
-    data: str = ""  # training cache
-    out: str = ""  # run folder
-    val: str | None = None  # validation cache (None: no validation, best.pt = last)
-    train_split: str | None = None  # "FILE:NAME" selecting training ids in `data`
-    val_split: str | None = None  # "FILE:NAME" selecting validation ids in `val` (or `data`)
-    loss: str = "mae"
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    protocol: str | None = None  # built-in name or JSON file (CDM loss and validation scores)
-    epochs: int = 100
-    steps_per_epoch: int | None = None  # None: one crop per training patient (per global batch)
-    batch: int = 2  # crops per step per process
-    patch: tuple[int, int, int] = (64, 64, 64)
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | constant | step
-    warmup_steps: int = 0
-    step_every_epochs: int = 30  # schedule "step": lr x step_gamma every this many epochs
-    step_gamma: float = 0.1
-    min_lr_fraction: float = 0.01  # cosine floor, fraction of lr
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    workers: int = 0
-    threads: int | None = None  # torch CPU threads (None: all cores / processes)
-    init: str | None = None  # checkpoint or run to start from (weights only, fresh optimiser)
-    base: int | None = None
-    levels: int | None = None
-    res_units: int | None = None
-    norm: str | None = None
-    target_fraction: float = 2 / 3
-    flip: bool = True  # mirror crops left-right (Left/Right ROIs swapped); the axis comes from the geometry
-    flip_axis: int | None = None  # deprecated (old runs): the left-right axis is read from the geometry
-    # axis letters every training patient is permuted into ("PLI": OpenKBP arrays; "first": the first
-    # training patient's); recorded with the model (its space) and used by predict
-    orientation: str = "PLI"
-    head_feet_axis: int | None = None  # rotations turn about it; None: the training data's S-I axis
-    rotate_p: float = 0.0  # probability of rotating a crop about the head-feet axis (0: never)
-    rotate_step: float = 40.0  # rotations are k * rotate_step degrees, k = 1 .. 360/rotate_step - 1
-    shift: bool = False  # random translation keeping the possible-dose mask in the window where it fits
-    # exponential moving average of the weights (0: off); checkpoints' "model" then holds the average
-    # (what validation, predict and export use) and "train_model" the raw weights; the decay is
-    # min(ema_decay, (1 + n) / (10 + n)) at the run's step n, so a short fine-tune is not pinned to --init
-    ema_decay: float = 0.0
-    val_patients: int | None = None  # first N validation patients (None: all)
-    # validate every N epochs (and after the last): whole-grid prediction costs ~10-25 s per 128^3
-    # patient on 2 CPU cores, more than an epoch of training
-    val_every: int = 5
-    select: str = "dvh"  # validation score that picks best.pt (lower is better)
-    sw_overlap: float = 0.5
-    sw_mode: str = "gaussian"  # gaussian | constant
-    stop_after: int | None = None  # end this process after that epoch (a job slice); --resume continues
-    save_every: int = 0  # also keep checkpoints/epoch_K.pt every K epochs (0: never)
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.patch, int):
-            self.patch = (self.patch,) * 3
-        self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
-        if len(self.patch) != 3:
-            raise ValueError(f"patch must be one or three sizes, got {self.patch}")
-        self.loss_options = dict(self.loss_options or {})
-        self.data = str(self.data) if self.data else ""
-        self.out = str(self.out) if self.out else ""
-        for k in ("val", "init", "protocol", "train_split", "val_split"):
-            v = getattr(self, k)
-            if v is not None:
-                setattr(self, k, str(v))
+    data: str = Field("", description="Training cache (optional with --resume).")
+    out: str = Field("", description="Run folder (config, checkpoints, metrics.csv, tb/).")
+    val: str | None = Field(None, description="Validation cache (whole-grid scores pick best.pt; none: "
+                                              "best.pt = last).")
+    train_split: str | None = Field(None, description="FILE:NAME: train on these ids of --data.")
+    val_split: str | None = Field(None, description="FILE:NAME: validate on these ids of --val (or "
+                                                    "--data).")
+    loss: str = Field("mae", description="Loss spec, e.g. mae, mae+cdm, mae+0.5*dvh.")
+    loss_options: dict[str, Any] = Field(default_factory=dict, description="Loss options (--loss-opt "
+                                         "key=value, repeatable), e.g. cdm_tau=0.5.")
+    protocol: str | None = Field(None, description="Protocol for the CDM loss and validation: openkbp, "
+                                                   "openkbp-clinical or a JSON file.")
+    epochs: int = Field(100, description="Number of epochs.")
+    steps_per_epoch: int | None = Field(None, description="Steps per epoch (none: one crop per training "
+                                                          "patient per global batch).")
+    batch: int = Field(2, description="Crops per step (per process).")
+    patch: tuple[int, int, int] = Field((64, 64, 64), description="Crop / sliding-window size (one "
+                                                                  "size or three).")
+    lr: float = Field(3e-4, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, description="AdamW weight decay.")
+    schedule: str = Field("cosine", description="Learning-rate schedule: cosine | constant | step.")
+    warmup_steps: int = Field(0, description="Linear learning-rate warm-up steps.")
+    step_every_epochs: int = Field(30, description="Schedule step: lr x step_gamma every this many "
+                                                   "epochs.")
+    step_gamma: float = Field(0.1, description="Schedule step: the factor.")
+    min_lr_fraction: float = Field(0.01, description="Cosine floor, fraction of lr.")
+    grad_clip: float | None = Field(1.0, description="Gradient norm clip (none: off).")
+    seed: int = Field(0, description="Seed of weights and crop sampling.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    workers: int = Field(0, description="DataLoader worker processes.")
+    threads: int | None = Field(None, description="Torch CPU threads (none: all cores / processes).")
+    init: str | None = Field(None, description="Start from these weights (run, model folder or .pt; "
+                                               "fresh optimiser).")
+    base: int | None = Field(None, description="U-Net base channels (none: --init's, else 16).")
+    levels: int | None = Field(None, description="U-Net levels (none: --init's, else 4).")
+    res_units: int | None = Field(None, description="Residual units per U-Net level, 0: plain "
+                                                    "convolutions (none: --init's, else 2).")
+    norm: str | None = Field(None, description="U-Net normalisation layer (none: --init's, else "
+                                               "instance).")
+    target_fraction: float = Field(2 / 3, description="Fraction of crops centred on a target voxel "
+                                                      "(the others on a mask voxel).")
+    flip: bool = Field(True, description="Mirror crops left-right (Left/Right ROIs swapped); the axis "
+                                         "comes from the geometry.")
+    flip_axis: int | None = Field(None, description="Deprecated (old runs): the left-right axis is read "
+                                                    "from the geometry.")
+    orientation: str = Field("PLI", description="Axis letters every training patient is permuted into, "
+                                                "recorded with the model (its space) and used by "
+                                                "predict: e.g. PLI (OpenKBP arrays) or 'first' (the "
+                                                "first training patient's).")
+    head_feet_axis: int | None = Field(None, description="Rotations turn about this array axis (none: the "
+                                                         "training data's S-I axis).")
+    rotate_p: float = Field(0.0, description="Probability of rotating a crop about the head-feet axis "
+                                             "(0: never).")
+    rotate_step: float = Field(40.0, description="Rotations are k x rotate_step degrees, k = 1 .. "
+                                                 "360/rotate_step - 1.")
+    shift: bool = Field(False, description="Random translation keeping the possible-dose mask in the "
+                                           "window where it fits.")
+    ema_decay: float = Field(0.0, description="Exponential moving average of the weights (0: off): "
+                                              "checkpoints' model is the average, train_model the raw "
+                                              "weights; decay min(ema_decay, (1+n)/(10+n)) at step n.")
+    val_patients: int | None = Field(None, description="Validate on the first N validation patients "
+                                                       "(none: all).")
+    val_every: int = Field(5, description="Validate every N epochs (and after the last).")
+    select: str = Field("dvh", description="Validation score that picks best.pt: dvh | dose | ptv | oar "
+                                           "| dose+dvh.")
+    sw_overlap: float = Field(0.5, description="Sliding-window overlap of validation predictions.")
+    sw_mode: str = Field("gaussian", description="Sliding-window blending: gaussian | constant.")
+    stop_after: int | None = Field(None, description="End this process after that epoch (a job slice); "
+                                                     "--resume continues exactly.")
+    save_every: int = Field(0, description="Also keep checkpoints/epoch_K.pt every K epochs (0: never).")
+
+    @field_validator("patch", mode="before")
+    @classmethod
+    def _patch(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (v,) * 3
+        if isinstance(v, (list, tuple)) and len(v) == 1:
+            return tuple(v) * 3
+        if isinstance(v, (list, tuple)) and len(v) != 3:
+            raise ValueError(f"patch must be one or three sizes, got {list(v)}")
+        return v
+
+    @field_validator("data", "out", "val", "init", "protocol", "train_split", "val_split", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("loss_options", mode="before")
+    @classmethod
+    def _opts(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ValueError(_describe(e)) from None
 
     def check_types(self) -> None:
-        """Each scalar field holds its annotated type (values from ``--set`` or a JSON file arrive
-        untyped): a clear error naming the field instead of a failure deep in training."""
-        simple: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
-                                               "str": (str,), "None": (type(None),)}
-        for f in fields(self):
-            parts = [t.strip() for t in str(f.type).split("|")]
-            if not all(t in simple for t in parts):
-                continue  # containers are checked where they are used
-            ok = tuple(c for t in parts for c in simple[t])
-            v = getattr(self, f.name)
-            if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
-                raise ValueError(f"training config field {f.name} must be {f.type}, got {v!r}")
+        """Kept for callers of the dataclass era: pydantic checks each field's type on construction."""
 
-    def validate(self) -> None:
-        self.check_types()
+    def validate(self) -> None:  # type: ignore[override]
         if not self.data:
             raise ValueError("no training data: give --data CACHE")
         if not self.out:
@@ -127,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"target_fraction must be in [0, 1], got {self.target_fraction}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if min(self.patch) < 1:
+            raise ValueError(f"--patch sizes must be >= 1, got {list(self.patch)}")
         if self.orientation.lower() != "first":
             from ..models.space import ModelSpace
 
@@ -147,35 +176,68 @@ class TrainConfig:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self.model_dump()
         d["patch"] = list(self.patch)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"training config has unknown keys {unknown}")
         return cls(**d)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a ``config.json``; errors name the file and what is wrong with it."""
+    def read_file(cls, path: str | os.PathLike) -> dict[str, Any]:
+        """The fields set in a JSON or TOML config file (``--config``), checked against the model;
+        errors name the file."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                d: Any = tomllib.loads(text)
+            else:
+                d = json.loads(text)
+        except ValueError as e:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
             raise ValueError(f"{path}: not a readable training config ({e})") from None
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: a training config is a JSON object, got {type(d).__name__}")
+            raise ValueError(f"{path}: a training config is a JSON object (fields), got {type(d).__name__}")
+        d.pop("$comment", None)
         try:
-            return cls.from_dict(d)
-        except (TypeError, ValueError) as e:
+            cls.from_dict(d)
+        except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        return d
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a run's ``config.json`` (or any config file); errors name the file."""
+        return cls.from_dict(cls.read_file(path))
 
     def merged(self, overrides: dict[str, Any]) -> TrainConfig:
         """A copy with the non-None values of ``overrides`` applied."""
         d = self.to_dict()
         d.update({k: v for k, v in overrides.items() if v is not None})
         return TrainConfig.from_dict(d)
+
+
+def _describe(e: ValidationError) -> str:
+    """Pydantic's errors as one line naming each field, its expected type and the value given."""
+    parts = []
+    for err in e.errors():
+        name = ".".join(str(x) for x in err["loc"]) or "config"
+        field = TrainConfig.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+        want = _type_name(field.annotation) if field is not None else ""
+        msg = err["msg"][0].lower() + err["msg"][1:]
+        parts.append(f"training config field {name} must be {want}, got {err.get('input')!r} ({msg})"
+                     if want else f"training config field {name}: {msg}")
+    return "; ".join(parts)
+
+
+def _type_name(t: Any) -> str:
+    s = str(t).replace("typing.", "")
+    for k in ("int", "float", "str", "bool"):
+        s = s.replace(f"<class '{k}'>", k)
+    return s

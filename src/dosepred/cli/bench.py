@@ -1,0 +1,155 @@
+"""``dosepred bench ...``: benchmarks print a table; ``--json FILE`` writes the numbers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
+
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")]
+Example = Annotated[Path | None, typer.Option("--data", help="OpenKBP folder of pt_* patients [the example "
+                                              "patient shipped in examples/].")]
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers such as 10,40") from None
+
+
+def _finish(name: str, res: dict, json_out: Path | None, overwrite: bool) -> None:  # type: ignore[type-arg]
+    from .. import console as render
+
+    show(render.bench(name, res))
+    write_json_out(json_out, overwrite, res)
+
+
+def _check(json_out: Path | None, overwrite: bool, inputs: list[Path] | None = None) -> None:
+    from ..fsutil import check_output
+
+    if json_out is not None:  # refuse before any work
+        check_output(json_out, overwrite, inputs or [], "--json")
+
+
+@bench_app.command("evaluate")
+@friendly
+def evaluate(
+    json_out: JsonOut = None, data: Example = None,
+    patients: Annotated[int, typer.Option("--patients", help="Number of patients (0: all).")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option("--cache", help="Existing cache of the same patients "
+                                                   "(else one is written to a temporary folder).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 1,
+    overwrite: Overwrite = False,
+) -> None:
+    """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
+    from ..bench import example_patients
+    from ..bench.evaluate import run
+
+    data = data or example_patients()
+    _check(json_out, overwrite)
+    if not data.is_dir():
+        raise ValueError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
+    _finish("evaluate", run(data, patients or None, cache_dir, repeats), json_out, overwrite)
+
+
+@bench_app.command("predict")
+@friendly
+def predict(
+    json_out: JsonOut = None, data: Example = None,
+    patient: Annotated[str, typer.Option("--patient", help="Patient folder name.")] = "pt_201",
+    model: Annotated[Path, typer.Option("--model", help="Model to predict with.")] = Path(
+        "models/openkbp-mae"),
+    repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 2,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
+    from ..bench import example_patients
+    from ..bench.predict import run
+
+    data = data or example_patients()
+    if not (data / patient).is_dir():
+        raise ValueError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
+    _check(json_out, overwrite, [data, model])
+    _finish("predict", run(data, model, patient, repeats, threads), json_out, overwrite)
+
+
+@bench_app.command("bitmask")
+@friendly
+def bitmask(
+    json_out: JsonOut = None,
+    rois: Annotated[str, typer.Option("--rois", help="ROI counts to compare, comma-separated "
+                                      "(10 = OpenKBP; more adds synthetic rings/PRVs).")] = "10,40",
+    size: Annotated[int, typer.Option("--size", help="Synthetic volume size (voxels per axis).")] = 64,
+    patch: Annotated[int, typer.Option("--patch", help="Training crop size (voxels per axis).")] = 48,
+    steps: Annotated[int, typer.Option("--steps", help="Timed training steps per run.")] = 4,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps before them.")] = 1,
+    repeats: Annotated[int, typer.Option("--repeats", help="Runs per pipeline (alternating; medians).")] = 3,
+    patients: Annotated[int, typer.Option("--patients", help="Synthetic patients.")] = 8,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    model: Annotated[str, typer.Option("--model", help="unet (dosepred's U-Net) or basicunet "
+                                       "(MONAI BasicUNet, ~5x the compute).")] = "unet",
+    pipelines: Annotated[str, typer.Option("--pipelines", help="Comma-separated subset of bitmask, "
+                                           "onehot-npz, onehot-npy.")] = "bitmask,onehot-npz",
+    threads: Annotated[int, typer.Option("--threads", help="torch threads per run (0: torch's default; "
+                                         "1 keeps timings stable on a shared CPU).")] = 1,
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each run in a fresh "
+                                          "subprocess (clean peak RSS).")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Cohort and crop seed.")] = 0,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
+    from ..bench.bitmask import BenchConfig, run
+    from ..progress import enabled
+
+    _check(json_out, overwrite)
+    cfg = BenchConfig(rois=_ints(rois, "--rois"), size=size, patch=patch, steps=steps, warmup=warmup,
+                      repeats=repeats, patients=patients, batch=batch, device=device, workers=workers,
+                      model=model, pipelines=tuple(p.strip() for p in pipelines.split(",") if p.strip()),
+                      isolate=isolate, seed=seed, threads=threads)
+    con = console()
+    # one line per finished run even without progress output: a long run cut short (a time limit on
+    # a lent GPU machine, say) still leaves its measurements in the log
+    log = ((lambda m: con.print(f"[dim]{m}[/]")) if enabled()
+           else (lambda m: print(m, file=sys.stderr, flush=True)))
+    _finish("bitmask", run(cfg, log=log), json_out, overwrite)
+
+
+@bench_app.command("losses")
+@friendly
+def losses(
+    json_out: JsonOut = None,
+    sizes: Annotated[str, typer.Option("--sizes", help="Volume sizes (voxels per axis), comma-separated; "
+                                       "the largest OpenKBP size is the full grid, smaller ones "
+                                       "crops centred on the targets.")] = "64,128",
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per loss (median).")] = 3,
+    data: Annotated[Path | None, typer.Option("--data", help="OpenKBP patient folder (pt_N) or folder of "
+                                              "them [the example patient shipped in examples/; synthetic "
+                                              "spheres when absent].")] = None,
+    losses: Annotated[str, typer.Option("--losses", help="Comma-separated subset of mae, mse, dvh, "
+                                        "dvh-0.2gy, moment, cdm, cdm-clinical+constraint "
+                                        "(empty: all).")] = "",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or all (cpu, and cuda when "
+                                        "available).")] = "all",
+    unet: Annotated[bool, typer.Option("--unet/--no-unet", help="Also time a U-Net training step.")] = True,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
+    from ..bench import example_patients
+    from ..bench.losses import markdown, run
+    from ..progress import enabled
+
+    data = data or example_patients()
+    _check(json_out, overwrite)
+    con = console()
+    log = (lambda m: con.print(f"[dim]{m}[/]")) if enabled() else None
+    res = run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,
+              [x.strip() for x in losses.split(",") if x.strip()] or None, unet, log)
+    _finish("losses", {**res, "markdown": markdown(res)}, json_out, overwrite)

@@ -1,0 +1,188 @@
+"""What every command shares: the typer apps, the one error path (a user's mistake is one clear
+line on stderr and exit code 2, never a traceback), warnings as ``warning: ...``, the common options."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _typer(help: str, **kw: object) -> typer.Typer:
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None,
+                       context_settings={"help_option_names": ["-h", "--help"]}, **kw)  # type: ignore[arg-type]
+
+
+app = _typer("dosepred: 3D dose prediction for head-and-neck radiotherapy with clinical DVH metric losses.",
+             pretty_exceptions_enable=False, add_completion=False)
+data_app = _typer("Import, export, synthesise and inspect datasets.")
+bench_app = _typer("Benchmarks (print a table, --json FILE writes the numbers).")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+def _tidy_help() -> None:
+    """Click-style help: flags without a ``<bool>`` type column, arguments as ``SRC`` (not ``{src}``)
+    in usage lines. Patches typer's display hooks when this typer version has them."""
+    from typer import core
+
+    opt, arg = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if opt is not None and hasattr(opt, "display_type_rich"):
+        orig = opt.display_type_rich
+
+        def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+            return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) \
+                else orig(self, ctx)
+
+        opt.display_type_rich = display_type_rich
+    if arg is not None and hasattr(arg, "_usage_display_name"):
+        def usage_name(self) -> str:  # type: ignore[no-untyped-def]
+            name = (self.metavar or self.name or "").upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        arg._usage_display_name = usage_name
+
+
+_tidy_help()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"dosepred {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """dosepred: 3D dose prediction for head-and-neck radiotherapy with clinical DVH metric losses."""
+
+
+def _say(kind: str, msg: str, colour: str) -> None:
+    msg = str(msg)
+    for prefix in ("error: ", "warning: "):  # never "error: warning: ..."
+        while msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    # ANSI colour only on a terminal and without NO_COLOR (https://no-color.org)
+    tty = bool(getattr(sys.stderr, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+    head = f"\x1b[1;{colour}m{kind}:\x1b[0m" if tty else f"{kind}:"
+    print(f"{head} {msg}", file=sys.stderr, flush=True)
+
+
+def _err(msg: str) -> None:
+    if str(msg).startswith("warning: "):
+        warn(msg)
+    else:
+        _say("error", msg, "31")
+
+
+def warn(msg: str) -> None:
+    _say("warning", msg, "33")
+
+
+_QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
+
+
+@contextlib.contextmanager
+def show_warnings() -> Iterator[list[str]]:
+    """Print each warning raised inside the block once, as it comes, as ``warning: ...`` (the one
+    place the commands show warnings; a failure later still leaves them on screen). Deprecation and
+    resource warnings of libraries stay quiet. Yields the list of messages shown."""
+    import warnings
+
+    shown: list[str] = []
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+        m = str(message)
+        if issubclass(category, _QUIET_WARNINGS) or m in shown:
+            return
+        shown.append(m)
+        warn(m)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield shown
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return str(e) or what
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{where}: {what}"
+
+
+def friendly(fn):
+    """Every command: ``--no-progress`` applied, warnings shown as they come, and expected user errors
+    turned into one clear message and exit code 2 (docs/formats.md): ``error: <path or what>: <what
+    went wrong>``, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .. import progress
+        from ..io.cache import CacheError
+        from ..metrics import MetricError
+
+        if "no_progress" in kwargs:
+            progress.set_enabled(False if kwargs.pop("no_progress") else None)
+        try:
+            with show_warnings():
+                return fn(*args, **kwargs)
+        except OSError as e:  # PermissionError on a read-only --out, a missing file, a full disk
+            _err(_os_message(e))
+            raise typer.Exit(2) from None
+        except (CacheError, MetricError, ValueError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            _err(str(msg))
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty output "
+                                         "whole (never done without it).")]
+
+
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars: plain progress lines "
+                                            "instead (as when output is not a terminal; "
+                                            "DOSEPRED_PROGRESS_INTERVAL=off silences them).")]
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def show(items: list) -> None:  # type: ignore[type-arg]
+    """Print the tables and lines of a :mod:`dosepred.console` rendering."""
+    con = console()
+    for x in items:
+        con.print(x)
+
+
+def write_json_out(json_out: Path | None, overwrite: bool, res: dict) -> None:  # type: ignore[type-arg]
+    """A benchmark's ``--json`` file, written like every output (fsutil, the --overwrite rule)."""
+    if json_out is not None:
+        from ..fsutil import output_file, write_json
+
+        with output_file(json_out, overwrite, what="--json") as tmp:
+            write_json(tmp, res)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)

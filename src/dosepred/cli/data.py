@@ -1,0 +1,143 @@
+"""``dosepred data ...``: import, export, synthesise, split and inspect datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import NoProgress, Overwrite, data_app, friendly, show
+
+Src = Annotated[Path, typer.Argument(help="Source folder (searched recursively for DICOM).")]
+CacheArg = Annotated[Path, typer.Argument(help="Cache folder.")]
+CacheOut = Annotated[Path, typer.Option("--out", help="Cache folder to write.")]
+FolderOut = Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")]
+
+
+def _imported(src: Path, out: Path, kind: str, roi_map: Path | None, overwrite: bool) -> None:
+    from .. import console
+    from ..io import openkbp
+    from ..workflows import import_patients
+
+    c = import_patients(src, out, kind, roi_map, overwrite)
+    size = sum(f.stat().st_size for d in openkbp.patient_folders(src) for f in d.glob("*.csv")) \
+        if kind == "openkbp" else None
+    show(console.imported(c, out, kind, size))
+
+
+@data_app.command("import-openkbp")
+@friendly
+def import_openkbp(src: Annotated[Path, typer.Argument(help="Folder of OpenKBP pt_* folders.")],
+                   out: CacheOut, overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
+    """Read OpenKBP CSV patients into a compact cache (one .npz per patient + dataset.json)."""
+    _imported(src, out, "openkbp", None, overwrite)
+
+
+@data_app.command("import-dicom")
+@friendly
+def import_dicom(src: Src, out: CacheOut, roi_map: Annotated[Path | None, typer.Option(
+        "--roi-map", help="JSON: clinical ROI name -> canonical name (null ignores it); optional "
+        "kinds/prescriptions.")] = None, overwrite: Overwrite = False,
+        no_progress: NoProgress = False) -> None:
+    """Import DICOM RT (CT + RTSTRUCT + RTDOSE, one patient per folder or mixed) into a cache; ROI names
+    are mapped to canonical ones."""
+    _imported(src, out, "dicom", roi_map, overwrite)
+
+
+@data_app.command("import-nifti")
+@friendly
+def import_nifti(src: Src, out: CacheOut, overwrite: Overwrite = False,
+                 no_progress: NoProgress = False) -> None:
+    """Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json)."""
+    _imported(src, out, "nifti", None, overwrite)
+
+
+def _exported(cache_dir: Path, out: Path, fmt: str, overwrite: bool, roi_format: str = "labels") -> None:
+    from ..workflows import export_cache
+
+    show([f"wrote {export_cache(cache_dir, out, fmt, roi_format, overwrite)} patients to {out}"])
+
+
+@data_app.command("export-openkbp")
+@friendly
+def export_openkbp(cache_dir: CacheArg, out: Annotated[Path, typer.Option("--out", help="Output folder (pt_* "
+                   "folders).")], overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
+    """Write a cache back in the native OpenKBP layout."""
+    _exported(cache_dir, out, "openkbp", overwrite)
+
+
+@data_app.command("export-dicom")
+@friendly
+def export_dicom(cache_dir: CacheArg, out: FolderOut, overwrite: Overwrite = False,
+                 no_progress: NoProgress = False) -> None:
+    """Write each patient as a CT series + RTSTRUCT (+ RTDOSE when it has a dose)."""
+    _exported(cache_dir, out, "dicom", overwrite)
+
+
+@data_app.command("export-nifti")
+@friendly
+def export_nifti(cache_dir: CacheArg, out: FolderOut, roi_format: Annotated[str, typer.Option(
+        "--roi-format", help="labels (rois/<name>.nii.gz) or codes (roi_codes.nii.gz + "
+        "rois.json).")] = "labels",
+        overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
+    """Write each patient as NIfTI files with the affine carrying spacing, orientation and origin."""
+    _exported(cache_dir, out, "nifti", overwrite, roi_format)
+
+
+@data_app.command("inspect")
+@friendly
+def inspect(src: Annotated[Path, typer.Argument(help="Any source: a cache, an OpenKBP, NIfTI or DICOM "
+                                                     "folder.")]) -> None:
+    """Print the patients, their ROIs and dose, and each grid in patient coordinates (axes, origin,
+    spacing; LPS mm)."""
+    from .. import console
+    from ..io.source import open_source
+
+    show(console.inspect(open_source(src)))
+
+
+@data_app.command("synth")
+@friendly
+def synth(
+    patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")], out: CacheOut,
+    seed: Annotated[int, typer.Option("--seed", help="Cohort seed (same seed, same data).")] = 0,
+    size: Annotated[int, typer.Option("--size", min=8, help="Grid size (size^3 voxels).")] = 64,
+    extra_rois: Annotated[int, typer.Option("--extra-rois", min=0,
+                                            help="Add K rings/PRVs to the 10 OpenKBP ROIs (max 54).")] = 0,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Write a seeded synthetic H&N cohort (OpenKBP ROI names, plausible dose) as a cache."""
+    from ..workflows import synth_cohort
+
+    c = synth_cohort(out, patients, seed, size, extra_rois, overwrite)
+    show([f"wrote {len(c)} synthetic patients ({size}^3, {len(c.roi_set)} ROIs, seed {seed}) to {out}: "
+          f"{c.nbytes() / 1e6:.1f} MB"])
+
+
+@data_app.command("split")
+@friendly
+def split(
+    src: Annotated[Path, typer.Argument(help="Source (a cache, OpenKBP, NIfTI or DICOM folder) whose "
+                                             "patients to split.")],
+    out: Annotated[Path, typer.Option("--out", help="Split JSON to write.")],
+    random: Annotated[bool, typer.Option("--random", help="Seeded random split by --fractions.")] = False,
+    ids: Annotated[list[str] | None, typer.Option(
+        "--ids", help="User lists: name=pt_1,pt_2 (repeatable) or a JSON/text file.")] = None,
+    temporal: Annotated[bool, typer.Option("--temporal", help="Earliest dates to the first split.")] = False,
+    fractions: Annotated[str | None, typer.Option(
+        "--fractions", help="Fractions or counts, e.g. 0.7,0.15,0.15 or 137,37.")] = None,
+    names: Annotated[str | None, typer.Option("--names", help="Split names, e.g. train,val,test.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --random.")] = 0,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="CSV: an id and a date column.")] = None,
+    date_column: Annotated[str, typer.Option("--date-column", help="Date column of --manifest.")] = "date",
+    overwrite: Overwrite = False,
+) -> None:
+    """Split a dataset's patients into named lists (train/val/test) and write them as JSON."""
+    from ..workflows import make_split
+
+    if sum([random, bool(ids), temporal]) != 1:
+        raise ValueError("choose exactly one of --random, --ids, --temporal")
+    method = "random" if random else "ids" if ids else "temporal"
+    obj = make_split(src, out, method, ids, fractions, names, seed, manifest, date_column, overwrite)
+    show([f"wrote {out} ({obj['method']}): " + ", ".join(f"{k} {len(v)}" for k, v in obj["splits"].items())])

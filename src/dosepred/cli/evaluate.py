@@ -1,0 +1,118 @@
+"""``dosepred baseline``, ``evaluate``, ``calibrate`` and ``qa``: score predictions, check plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import NoProgress, Overwrite, app, friendly, show
+
+Protocol = Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol JSON "
+                                       "file.")]
+
+
+@app.command("baseline")
+@friendly
+def baseline(
+    data: Annotated[Path, typer.Option("--data", help="Cache, OpenKBP, NIfTI or DICOM folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the OpenKBP pt_N.csv predictions.")],
+    falloff: Annotated[float, typer.Option(help="Fall-off length in mm outside each target.")] = 15.0,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """No-learning reference: prescription x exp(-distance to target / falloff), in the possible-dose mask."""
+    from ..workflows import baseline as run
+
+    show([f"wrote {run(data, out, falloff, overwrite)} no-learning predictions to {out}"])
+
+
+@app.command("evaluate")
+@friendly
+def evaluate(
+    reference: Annotated[Path, typer.Option("--reference", help="Reference plans (with dose): a cache, an "
+                                            "OpenKBP folder of pt_* patients, a NIfTI or a DICOM folder.")],
+    prediction: Annotated[Path, typer.Option("--prediction", help="Folder of predicted doses (OpenKBP "
+                                             "pt_N.csv or NIfTI per patient, or RTDOSE files matched to the "
+                                             "references by the RTSTRUCT/RTPLAN they reference, "
+                                             "FrameOfReference or PatientID and resampled onto their "
+                                             "grids) or a cache holding doses (`dosepred predict --format "
+                                             "cache`, the fastest to read).")],
+    protocol: Protocol = "openkbp",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
+                                                  "file.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML report "
+                                                "(report.html, images embedded) into this folder.")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Evaluate the patients that "
+                                                "have a prediction; list the others.")] = False,
+    show_metrics: Annotated[bool, typer.Option("--show-metrics", help="Print each patient's metric values "
+                                               "(reference, prediction); the default when the protocol "
+                                               "has no limits.")] = False,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
+    protocol criteria)."""
+    from .. import console as render
+    from ..protocol import load_protocol
+    from ..workflows import evaluate_sources
+
+    res, missing = evaluate_sources(reference, prediction, protocol, json_out, report, allow_missing,
+                                    overwrite)
+    show(render.evaluation(res, load_protocol(protocol), missing, show_metrics)
+         + [f"wrote {p}" for p in (json_out, report and report / "report.html") if p is not None])
+
+
+@app.command("calibrate")
+@friendly
+def calibrate(
+    model: Annotated[Path, typer.Option("--model", help="Model folder (released model or run folder).")],
+    data: Annotated[Path, typer.Option("--data", help="Patients with plan doses that the model was NOT "
+                                       "trained on: a cache or an OpenKBP folder.")],
+    protocol: Protocol = "openkbp-clinical",
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Cache of the model's "
+                                                     "predictions of DATA (`dosepred predict --format "
+                                                     "cache`); else they are computed.")] = None,
+    train_data: Annotated[Path | None, typer.Option("--train-data", help="The training patients, for the "
+                                                    "ranges of ROI volumes and spacings behind the QA "
+                                                    "reliability flags (default: DATA).")] = None,
+    splits: Annotated[int, typer.Option("--splits", help="Random patient splits of the "
+                                        "cross-validation.")] = 200,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Calibrate prediction intervals of the protocol's DVH metrics (split conformal per metric
+    family, chosen by cross-validation); writes MODEL/calibration.json."""
+    from .. import console as render
+    from ..workflows import calibrate_model
+
+    path, cal = calibrate_model(model, data, protocol, overwrite, predictions=predictions,
+                                train_data=train_data, splits=splits, progress=True)
+    show([render.calibration(cal), f"wrote {path}"])
+
+
+@app.command("qa")
+@friendly
+def qa(
+    model: Annotated[Path, typer.Option("--model", help="Model folder with a calibration.json.")],
+    plans: Annotated[Path, typer.Option("--plans", help="Plans with doses: a cache, an OpenKBP folder or a "
+                                        "DICOM folder (CT + RTSTRUCT + RTDOSE).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (report.html, qa.json).")],
+    protocol: Protocol = "openkbp-clinical",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON "
+                                                  "file (always written to OUT/qa.json).")] = None,
+    coverage: Annotated[float, typer.Option("--coverage", help="Coverage of the intervals (0-1).")] = 0.9,
+    report_max: Annotated[int, typer.Option("--report-max", help="Patients with images in the report, "
+                                            "highest potential improvement first (0: all).")] = 0,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Only the JSON and the table.")] = False,
+    point: Annotated[str | None, typer.Option("--point", help="X,Y,Z: the report's views go through this "
+                                              "patient point (LPS mm) instead of the target "
+                                              "centroid.")] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Knowledge-based plan QA: each plan's criteria against the model's achievable dose with
+    calibrated intervals; flags, a ranked cohort summary, OUT/report.html and OUT/qa.json."""
+    from .. import console as render
+    from ..workflows import qa_plans
+
+    res = qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max, point)
+    show(render.qa(res, coverage) + [f"wrote {p}" for p in (
+        out / "qa.json", json_out, None if no_report else out / "report.html") if p is not None])

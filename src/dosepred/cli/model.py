@@ -1,0 +1,155 @@
+"""``dosepred train``, ``predict``, ``export-model`` and ``demo``."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import NoProgress, Overwrite, app, console, friendly, show
+
+_FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
+_TYPES = {"patch": int}  # one size on the command line (three in a --config file)
+
+
+def _kv(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``key=value`` strings -> dict, values parsed as JSON when possible (numbers, true/false, lists)."""
+    import json
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"{flag} {it!r}: expected key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt: list[str] | None = None,
+           set_: list[str] | None = None, overwrite: bool = False, no_progress: bool = False,
+           **fields: Any) -> None:
+    """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun).
+    Every training-config field is a flag (defaults in brackets); --config FILE (JSON or TOML) sets
+    many, flags and --set win over it."""
+    from ..workflows import train_run
+
+    opts = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+    if loss_opt:
+        opts["loss_options"] = _kv(loss_opt, "--loss-opt")
+    con = console()
+    res = train_run(out, {**opts, **_kv(set_, "--set")}, config, resume, overwrite, log=con.print)
+    best = res.get("best")
+    con.print(f"done: {res['global_step']} steps in {out}" + (
+        f"; best epoch {best['epoch']} ({best['select']} {best['value']:.3f})"
+        if best and "value" in best else ""))
+
+
+def _train_signature() -> inspect.Signature:
+    """The train command's options: a few of its own, then one per :class:`TrainConfig` field, its
+    help the field's description (documented once, in training/config.py)."""
+    from ..training.config import TrainConfig
+
+    def opt(name: str, t: Any, help: str, *flags: str) -> inspect.Parameter:
+        default = inspect.Parameter.empty if t is Path else False if t is bool else None
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=Annotated[t, typer.Option(*flags, help=help)])
+
+    def shown(v: Any) -> Any:
+        return ("on" if v else "off") if isinstance(v, bool) else v[0] if isinstance(v, tuple) else \
+            "none" if v in (None, "") else v
+    params = [
+        opt("out", Path, "Run folder (config, checkpoints, metrics.csv, tb/).", "--out"),
+        opt("config", Path | None, "Training config file (JSON or TOML, the fields below).", "--config"),
+        opt("resume", bool, "Continue RUN from checkpoints/last.pt.", "--resume"),
+        opt("loss_opt", list[str] | None, "Loss option key=value (repeatable), e.g. cdm_tau=0.5.",
+            "--loss-opt"),
+        opt("set_", list[str] | None, "Any config field key=value (repeatable), e.g. ema_decay=0.99.",
+            "--set"),
+        opt("overwrite", bool, "Replace an existing run whole (never done without it).", "--overwrite"),
+        opt("no_progress", bool, "Plain progress lines instead of bars.", "--no-progress")]
+    for name, f in TrainConfig.model_fields.items():
+        if name in ("out", "loss_options"):
+            continue
+        t = _TYPES.get(name) or next(a for a in (getattr(f.annotation, "__args__", None) or (f.annotation,))
+                                     if a is not type(None))
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        default = f.get_default(call_default_factory=True)
+        flags = (f"{flag}/--no-{flag[2:]}",) if t is bool else (flag,)
+        params.append(opt(name, t | None, f"{f.description} [{shown(default)}]", *flags))
+    return inspect.Signature(params)
+
+
+_train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+app.command("train")(friendly(_train))
+
+
+@app.command("predict")
+@friendly
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder or checkpoint.")],
+    data: Annotated[Path, typer.Option("--data", help="Cache, OpenKBP, NIfTI or DICOM folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="openkbp (pt_N.csv) | nifti | dicom | cache (a "
+                                     "dosepred cache of the patients with the predicted dose: fastest to "
+                                     "evaluate).")] = "openkbp",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average with the prediction of the patient mirrored "
+                                      "along its left-right axis (from its geometry; Left/Right ROIs "
+                                      "swapped; twice the time).")] = False,
+    allow_missing_rois: Annotated[bool, typer.Option(
+        "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
+        "a warning naming them).")] = False,
+    dose_spacing: Annotated[float | None, typer.Option(
+        "--dose-spacing", min=0.1, help="--format dicom: RTDOSE grid spacing in mm (default: the CT's, "
+        "at least 2.5 mm per axis).")] = None,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Predict whole-grid doses in the model's own space (axes and spacing of its training data) and
+    write them on each patient's grid."""
+    from ..workflows import predict_folder
+
+    n = predict_folder(model, data, out, fmt=fmt, device=device, split=split, tta=tta,
+                       allow_missing_rois=allow_missing_rois, dose_spacing=dose_spacing, overwrite=overwrite)
+    show([f"wrote {n} predicted doses ({fmt}) to {out}"])
+
+
+@app.command("export-model")
+@friendly
+def export_model(
+    run: Annotated[Path, typer.Argument(help="Run folder or checkpoint to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.pt, config.json, "
+                                      "README.md).")],
+    fp32: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default fp16, half the "
+                                       "size).")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a small released model folder usable by `dosepred predict --model`."""
+    from ..workflows import export_model
+
+    f = export_model(run, out, fp32, overwrite)
+    show([f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB)"])
+
+
+@app.command("demo")
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (data, runs, report.html).")] = Path(
+        "demo-out"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and training.")] = 0,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Synthetic end to end: one MAE warm-up, MAE and MAE+CDM fine-tuned from it with the same budget,
+    evaluated next to a no-learning reference, compared, reported."""
+    from .. import console as render
+    from ..demo import run_demo
+    from ..fsutil import output_in_place
+
+    with output_in_place(out, overwrite):  # a failed demo leaves --out as it was
+        res = run_demo(out, seed=seed, log=console().print)
+    show(render.demo(res) + [f"wrote {res['report']}"])

@@ -1,0 +1,206 @@
+"""Rich renderings of dosepred's results, for terminals and notebooks (``rich.print(x)`` for each).
+
+Each function takes a result of the API (a cache, an evaluation, a calibration, a QA result, a
+benchmark's numbers) and returns the tables and lines ``dosepred``'s commands print; nothing here
+reads data or computes a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def num(x: float, nd: int = 3) -> str:
+    """A number with ``nd`` decimals; ``-`` for NaN."""
+    return "-" if x != x else f"{x:.{nd}f}"
+
+
+def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()) -> Table:
+    t = Table(title=title)
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if (i == 0 or c in left) else "right")
+    return t
+
+
+def _rx(r: Any) -> str:
+    return f" {r.prescription:g} Gy" if r.prescription else ""
+
+
+def imported(cache: Any, out: Any, kind: str, src_bytes: int | None = None) -> list[str]:
+    """What ``data import-*`` wrote: patients, size, ROIs, and who lacks which ROI."""
+    c, rs = cache, cache.roi_set
+    lines = [f"wrote {len(c)} patients to {out}: {c.nbytes() / 1e6:.1f} MB"
+             + (f" (source CSV {src_bytes / 1e6:.1f} MB, ratio {src_bytes / max(c.nbytes(), 1):.1f}x)"
+                if src_bytes else "")]
+    if kind != "openkbp":
+        lines.append("ROIs " + ", ".join(f"{r.name} ({r.kind}{_rx(r)})" for r in rs))
+    if kind == "dicom":
+        for e in c.info["patients"]:
+            lines.append(f"  {e['id']}: {'x'.join(map(str, e['shape']))}, dose "
+                         f"{'yes' if e['has_dose'] else 'no'}, possible-dose mask from "
+                         f"{e['meta'].get('possible_dose_mask')}"
+                         + (f", missing {', '.join(e['missing_rois'])}" if e["missing_rois"] else ""))
+    counts: dict[str, int] = {}
+    lacking = [e for e in c.info["patients"] if e["missing_rois"]]
+    for e in lacking:
+        for r in e["missing_rois"]:
+            counts[r] = counts.get(r, 0) + 1
+    if lacking and kind != "dicom":
+        lines.append(f"{len(lacking)} patients lack some ROIs (not contoured; `dosepred data inspect` "
+                     "lists them): " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(),
+                                                                               key=lambda x: -x[1])))
+    return lines
+
+
+def inspect(src: Any) -> list[Any]:
+    """``data inspect``: a table of the patients of an opened source (ROIs, dose, grid), the ROI set,
+    and each patient's geometry in patient coordinates."""
+    rs, c = src.roi_set, src.cache
+    size = f", {c.nbytes() / 1e6:.1f} MB" if c is not None else ""
+    cols = ("patient", "shape", "spacing (mm)", "ROIs", "missing", "dose")
+    cols += ("MB",) if c is not None else ()
+    t = _table(f"{src.path} ({src.kind}): {len(src)} patients, {len(rs)} ROIs{size}", cols,
+               cols[1:6])
+    geo = []
+    for p in (c.load(pid, rs, with_ct=False) for pid in c.ids) if c is not None else src.patients():
+        g = p.geometry
+        row = [p.id, "x".join(map(str, p.shape)), " x ".join(f"{v:.4g}" for v in p.spacing),
+               f"{len(rs) - len(p.missing_rois)}/{len(rs)}", ", ".join(p.missing_rois) or "-",
+               "yes" if p.dose is not None else "no"]
+        if c is not None:
+            e = c.entry(p.id)
+            row[-1] = "yes" if e.get("has_dose") else "no"
+            row.append(f"{(c.root / e['file']).stat().st_size / 1e6:.2f}")
+        t.add_row(*row)
+        assumed = " (assumed)" if p.meta.get("geometry") == "assumed" else ""
+        geo.append(f"  {p.id}: axes {g.describe()}{assumed}; origin "
+                   f"({', '.join(f'{v:.3f}' for v in g.origin)}) mm; spacing "
+                   f"({', '.join(f'{v:.6g}' for v in g.spacing)}) mm")
+    return [t, "ROI set (bit: name kind Rx): " + "; ".join(f"{k}: {r.name} {r.kind}{_rx(r)}"
+                                                          for k, r in enumerate(rs)),
+            "geometry (patient coordinates, LPS mm):", *geo]
+
+
+def evaluation(res: Any, proto: Any, missing: list[str], show_metrics: bool = False) -> list[Any]:
+    """The evaluation summary: per patient scores, cohort, the criteria table; the metric values per
+    patient with ``show_metrics`` or when the protocol has no limits."""
+    from .evaluation import metrics_table
+
+    t = _table(f"{len(res.patients)} patients, protocol {proto.name}",
+               ("patient", "dose score", "DVH score", "PTV score", "OAR score", "criteria passed"))
+    for p in res.patients:
+        t.add_row(p.id, num(p.dose_score), num(p.dvh_score), num(p.ptv_score), num(p.oar_score),
+                  "-" if not p.checked else f"{sum(bool(c.pred_pass) for c in p.checked)}/{len(p.checked)}")
+    t.add_section()
+    t.add_row("[bold]cohort[/]", num(res.dose_score), num(res.dvh_score), num(res.ptv_score),
+              num(res.oar_score), num(res.criteria_pass_rate, 1) + " %")
+    out: list[Any] = [t]
+    rows = res.criteria_table()
+    if show_metrics or not rows:  # without limits there is nothing to pass: show the values
+        out.append(metrics_table(res))
+    if rows:
+        ct = _table("criteria (patients passing)", ("criterion", "prediction", "reference", "agree"))
+        for r in rows:
+            n = r["n"]
+            worse = r["pred_pass"] < r["ref_pass"]
+            style = "green" if r["pred_pass"] == n else ("red" if worse else "yellow")
+            ct.add_row(r["criterion"], f"[{style}]{r['pred_pass']}/{n}[/]", f"{r['ref_pass']}/{n}",
+                       f"{r['agree']}/{n}")
+        out += [ct, f"criteria pass rate: prediction {num(res.criteria_pass_rate, 1)} %, reference "
+                    f"{num(res.reference_pass_rate, 1)} %, agreement {num(res.criteria_agreement, 1)} %"]
+    if missing:
+        out.append(f"not evaluated (no prediction): {', '.join(missing)}")
+    return out
+
+
+def calibration(cal: dict[str, Any]) -> Table:
+    """The cross-validated coverage and width of each metric family's chosen method."""
+    from .calibration import FAMILY_TITLES
+
+    cv = cal["cross_validation"]
+    t = _table(f"{len(cal['patients'])} patients, protocol {cal['protocol']}; cross-validated "
+               f"({cv['splits']} random splits, {cv['calibration_fraction']:.0%} calibrating)",
+               ("family", "units", "method", "coverage 80 %", "width 80 % ", "coverage 90 %", "width 90 %"),
+               ("method",))
+    for fam, d in cal["families"].items():
+        r = cv["results"].get(fam, {}).get(d["method"], {})
+        cells = []
+        for lev in ("0.8", "0.9"):
+            x = r.get(lev)
+            cells += ["-", "-"] if x is None else [f"{x['coverage']:.1f}", f"{x['width']:.2f}"]
+        t.add_row(FAMILY_TITLES.get(fam, fam), str(d["n"]), d["method"], *cells)
+    return t
+
+
+def qa(res: Any, coverage: float) -> list[Any]:
+    """Plan QA: warnings, the ranked cohort summary, the time per plan."""
+    out: list[Any] = [f"[bold yellow]warning:[/] {w}" for w in res.warnings]
+    t = _table(f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage:.0%} intervals, "
+               "ranked by potential improvement",
+               ("rank", "patient", "potential (Gy)", "flags", "failed limits", "flagged criteria",
+                "reliability"), ("patient", "flagged criteria", "reliability"))
+    for r in res.summary():
+        t.add_row(str(r["rank"]), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
+                  ", ".join(r["flagged"]) or "-", ", ".join(r["reliability"]) or "-")
+    secs = [p.seconds for p in res.patients] or [float("nan")]
+    return out + [t, f"QA time per plan after the model is loaded (read excluded): mean "
+                     f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s"]
+
+
+def demo(res: dict[str, Any]) -> list[Any]:
+    """The demo's side-by-side table of the held-out synthetic patients."""
+    from .demo import summary_rows
+
+    t = _table("held-out synthetic patients, protocol openkbp-clinical (scores: lower is better; "
+               "agreement with the plans: higher)", ("metric", *res["results"]))
+    for title, vals in summary_rows(res["results"]):
+        t.add_row(title, *vals)
+    from rich.text import Text
+
+    return [t, Text(res["note"])]
+
+
+def bench(name: str, res: dict[str, Any]) -> list[Any]:
+    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses)."""
+    if name == "evaluate":
+        t = _table(f"evaluation throughput, {res['patients']} patients (OpenKBP dose + DVH scores)",
+                   ("path", "seconds", "patients/s", "vs naive", "vs dosepred CSV"))
+        for r in res["rows"]:
+            t.add_row(r["path"], f"{r['seconds']:.2f}", f"{r['patients_per_s']:.2f}",
+                      f"{r['speedup_vs_naive']:.1f}x", f"{r['speedup_vs_csv']:.1f}x")
+        return [t, f"cache format version {res['cache_version']}, allocator: {res['allocator']}, "
+                   f"best of {res['repeats']} repeat(s)"]
+    if name == "predict":
+        def mm(v: Any) -> str:
+            return ", ".join(f"{s:.3g}" for s in v)
+        return [f"{res['patient']} on a {'x'.join(map(str, res['clinical_shape']))} grid "
+                f"({mm(res['clinical_spacing'])} mm, axes {res['clinical_axes']}) -> model grid "
+                f"{'x'.join(map(str, res['model_grid_shape']))} ({mm(res['model_grid_spacing'])} mm, axes "
+                f"{res['model_axes']}), {res['windows']} window(s)",
+                f"resample in {res['resample_in_s']:.2f} s, predict {res['predict_s']:.2f} s, resample out "
+                f"{res['resample_out_s']:.2f} s: total {res['total_s']:.2f} s per patient "
+                f"({res['threads']} threads, {res['cpu']}, best of {res['repeats']})",
+                f"dose score {res['dose_score_clinical_grid']:.3f} Gy on the clinical grid, "
+                f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
+                f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)"]
+    m = res["machine"]
+    if name == "bitmask":
+        from .bench.bitmask import table
+
+        out: list[Any] = [table(res), f"model: {res['model']}; loss: {res['loss']}; {m['cpu_count']} CPU "
+                          f"cores, {res['torch_threads']} torch threads per run, "
+                          f"{m.get('cuda_device', 'no GPU used')}; {res['seconds']:.0f} s"]
+        return out + [f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x "
+                      + ("[green]met[/]" if tg["met"] else "[red]not met[/]") for tg in res["targets"]]
+    from .bench.losses import table as losses_table
+
+    out = [losses_table(res), f"model: {res['model']}; {m['cpu_count']} CPU cores, {m['torch_threads']} "
+           f"torch threads, {m.get('cuda_device', 'no GPU')}; load average {m.get('load_average', '?')}; "
+           f"{res['seconds']:.0f} s"]
+    tg = res["target"]
+    if tg["values"]:
+        out.append(f"{tg['what']}: " + ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items())
+                   + (" [green]met[/]" if tg["met"] else " [red]not met[/]"))
+    return out

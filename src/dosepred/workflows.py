@@ -1,0 +1,280 @@
+"""The commands' workflows as API functions: each ``dosepred`` command is one call into one of these
+(or into :func:`~dosepred.predict.predict_to`, :func:`~dosepred.qa.run_qa`, ...), so whatever the CLI
+does a script can do the same way, with the same checks and the same all-or-nothing outputs
+(:mod:`dosepred.fsutil`: a non-empty output is replaced only with ``overwrite``; a failure leaves it
+as it was).
+
+Warnings (lacking ROIs, protocol lint, skipped patients) are raised with :mod:`warnings`; errors a
+user can cause are ``ValueError`` / ``OSError`` subclasses with a message naming the file and rule.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .fsutil import check_output, output_dir, output_file, output_in_place, write_json
+
+PathLike = str | os.PathLike
+
+
+def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map: PathLike | None = None,
+                    overwrite: bool = False) -> Any:
+    """Read a source of ``kind`` (openkbp, dicom, nifti) into a new cache at ``out``; all or nothing.
+    Returns the opened :class:`~dosepred.io.cache.Cache`."""
+    from .io import cache, dicom, nifti, openkbp
+
+    inputs = [src, roi_map]
+    check_output(out, overwrite, inputs)
+    rs = None
+    if kind == "openkbp":
+        it = openkbp.read_folder(src)
+    elif kind == "dicom":
+        rs, _, it = dicom.iter_dicom_folder(src, roi_map)
+    elif kind == "nifti":
+        rs, it = nifti.iter_nifti_folder(src)
+    else:
+        raise ValueError(f"unknown source kind {kind!r} (openkbp, dicom or nifti)")
+    with output_dir(out, overwrite, inputs) as tmp:
+        cache.write_cache(it, tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+    return cache.Cache.open(out)
+
+
+def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_format: str = "labels",
+                 overwrite: bool = False) -> int:
+    """Write every patient of a cache as ``fmt`` (openkbp, dicom, nifti) into ``out``; the count."""
+    from .io import cache, dicom, nifti, openkbp
+    from .progress import track
+
+    writers: dict[str, Callable[[Any, Path], Any]] = {
+        "openkbp": openkbp.write_patient, "dicom": dicom.write_dicom,
+        "nifti": lambda p, d: nifti.write_patient(p, d, roi_format)}
+    if fmt not in writers:
+        raise ValueError(f"unknown export format {fmt!r} (openkbp, dicom or nifti)")
+    if roi_format not in ("labels", "codes"):
+        raise ValueError(f"--roi-format must be labels or codes, got {roi_format!r}")
+    c = cache.Cache.open(cache_dir)
+    with output_dir(out, overwrite, [cache_dir]) as tmp:
+        for p in track(c, description="exporting", total=len(c)):
+            writers[fmt](p, tmp)
+    return len(c)
+
+
+def synth_cohort(out: PathLike, patients: int, seed: int = 0, size: int = 64, extra_rois: int = 0,
+                 overwrite: bool = False) -> Any:
+    """A seeded synthetic cohort written as a cache; returns it opened."""
+    from . import synth
+    from .io import cache
+
+    synth.extra_roi_defs(extra_rois)  # validate before any work
+    with output_dir(out, overwrite) as tmp:
+        cache.write_cache(synth.iter_cohort(patients, seed, size, extra_rois), tmp,
+                          source=f"synth seed={seed} size={size} extra_rois={extra_rois}",
+                          roi_set=synth.roi_set(extra_rois), progress=True)
+    return cache.Cache.open(out)
+
+
+def make_split(src: PathLike, out: PathLike, method: str, ids: Sequence[str] | None = None,
+               fractions: str | None = None, names: str | None = None, seed: int = 0,
+               manifest: PathLike | None = None, date_column: str = "date",
+               overwrite: bool = False) -> dict[str, Any]:
+    """Split the patients of a source into named lists (``method``: random, ids or temporal; see
+    :mod:`dosepred.split`) and write the split JSON; returns it."""
+    from . import split
+    from .io.source import open_source
+
+    check_output(out, overwrite, [src, manifest])
+    s = open_source(src)
+    known = list(s.ids)
+    if method == "random":
+        obj = split.random_split(known, fractions or "0.7,0.15,0.15", names, seed)
+    elif method == "ids":
+        obj = split.ids_split(split.read_id_lists(ids or []), known)
+    elif method == "temporal":
+        if manifest is not None:
+            dates = split.dates_from_manifest(manifest, date_column)
+            split.check_known({"manifest": list(dates)}, known, "the data", manifest)
+            lacking = [i for i in known if i not in dates]
+            if lacking:
+                raise split.SplitError(f"manifest {manifest} has no date for {', '.join(lacking[:5])}"
+                                       f"{' ...' if len(lacking) > 5 else ''}")
+        elif s.kind == "cache":
+            dates = split.dates_from_cache(src)
+        else:
+            raise split.SplitError(f"--temporal on a {s.kind} folder needs --manifest FILE --date-column COL")
+        obj = split.temporal_split(dates, fractions or "0.8,0.2", names)
+    else:
+        raise split.SplitError(f"unknown split method {method!r} (random, ids or temporal)")
+    obj["source"] = str(Path(src).resolve())
+    with output_file(out, overwrite, [src, manifest]) as tmp:
+        split.write_split(obj, tmp)
+    return obj
+
+
+def baseline(data: PathLike, out: PathLike, falloff: float = 15.0, overwrite: bool = False) -> int:
+    """No-learning predictions (:func:`dosepred.baseline.distance_falloff`) of every patient of a
+    source, written as OpenKBP ``pt_N.csv`` files into ``out``; the count."""
+    from .baseline import distance_falloff
+    from .io import cache, openkbp
+    from .progress import track
+
+    n = 0
+    with output_dir(out, overwrite, [data]) as tmp:
+        for p in track(cache.load_patients(data, require_dose=False), description="baseline"):
+            openkbp.write_dose_csv(tmp / f"{p.id}.csv", distance_falloff(p, falloff), p.possible_dose_mask)
+            n += 1
+        if n == 0:
+            raise ValueError(f"{data} holds no patients")
+    return n
+
+
+def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = "openkbp",
+                     json_out: PathLike | None = None, report: PathLike | None = None,
+                     allow_missing: bool = False, overwrite: bool = False) -> tuple[Any, list[str]]:
+    """Score the predictions of a folder against the reference plans of a source (``dosepred
+    evaluate``); optionally the JSON of all results and a self-contained HTML report. Returns the
+    :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
+    import contextlib
+
+    from . import evaluation as ev
+    from ._malloc import keep_freed_memory
+    from .protocol import load_protocol
+
+    keep_freed_memory()  # patient after patient of same-sized arrays: reuse freed memory
+    inputs = [reference, prediction]
+    for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
+        if path is not None:
+            check_output(path, overwrite, inputs, what)
+    pairs, missing = ev.match_predictions(reference, prediction)
+    if missing and not allow_missing:
+        raise ValueError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
+                         f"{', '.join(missing)} (use --allow-missing to evaluate the others)")
+    if missing:
+        warnings.warn(f"no prediction for {len(missing)} patient(s), skipped: {', '.join(missing)}",
+                      stacklevel=2)
+    if not pairs:
+        raise ValueError(f"no reference patient of {reference} has a prediction in {prediction}")
+    proto = load_protocol(protocol)
+    it = ev.iter_pairs(reference, prediction, [i for i, _ in pairs], with_ct=report is not None,
+                       compact=report is None)
+    outputs = contextlib.ExitStack()  # the report goes to a temporary folder until all succeeded
+    writer = None
+    if report is not None:
+        from .report import ReportWriter
+
+        tmp = outputs.enter_context(output_dir(report, overwrite, inputs, "--report"))
+        writer = ReportWriter(tmp, title=f"dosepred evaluation: {prediction}", protocol=proto)
+        it = writer.tap(it)
+    with outputs:  # all or nothing: a failure leaves --json and --report as they were
+        res = ev.evaluate_cohort(it, proto, progress=True)
+        if json_out is not None:
+            with output_file(json_out, overwrite, inputs, "--json") as tmp:
+                write_json(tmp, {**res.to_json(), "missing_predictions": missing})
+        if writer is not None:
+            writer.finish({"prediction": res})
+    for w in res.warnings:
+        warnings.warn(w, stacklevel=2)
+    return res, missing
+
+
+def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = None, resume: bool = False,
+              overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``dosepred train``: the run's config from (lowest first) the defaults, ``out/config.json`` when
+    resuming, the ``config`` file (JSON or TOML) and ``options`` (non-None values), then a fresh run
+    written where ``--resume`` finds it (a failure restores what was there) or the run continued."""
+    from .training import TrainConfig, train
+
+    out = Path(out)
+    stored = out / "config.json"
+    base = TrainConfig.load(stored) if resume and stored.is_file() else TrainConfig()
+    if config is not None:
+        base = base.merged(TrainConfig.read_file(config))
+    cfg = base.merged({**options, "out": str(out)})
+    if not cfg.data:
+        raise ValueError("give --data CACHE (or --resume an existing run)")
+    inputs = [cfg.data, cfg.val, cfg.init, config]
+    if not resume and not overwrite and (out / "checkpoints" / "last.pt").is_file():
+        raise ValueError(f"{out}: already holds a training run; use --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    if resume or os.environ.get("RANK", "0") != "0":
+        # --resume continues the run in place (it must still not be one of the inputs); under
+        # torchrun only rank 0 writes the run and owns its transaction
+        check_output(out, True, inputs)
+        return train(cfg, resume=resume, log=log)
+    with output_in_place(out, overwrite, inputs):
+        return train(cfg, resume=False, log=log)
+
+
+def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-clinical",
+                    overwrite: bool = False, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+    """:func:`dosepred.calibration.calibrate`, refusing to replace a model's calibration without
+    ``overwrite``."""
+    from .calibration import calibrate, calibration_path
+
+    existing = calibration_path(model)
+    if existing.is_file() and not overwrite:
+        raise ValueError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
+    return calibrate(model, data, protocol, **kwargs)
+
+
+def parse_point(text: str | None) -> tuple[float, float, float] | None:
+    """``"X,Y,Z"`` (mm) -> a point; None for None."""
+    if text is None:
+        return None
+    try:
+        point = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        point = ()
+    if len(point) != 3:
+        raise ValueError(f"--point must be three numbers X,Y,Z in mm, got {text!r}")
+    return point  # type: ignore[return-value]
+
+
+def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "openkbp-clinical",
+             coverage: float = 0.9, json_out: PathLike | None = None, report: bool = True,
+             report_max: int | None = None, point: str | None = None) -> Any:
+    """``dosepred qa``: :func:`dosepred.qa.run_qa` into ``out`` (``qa.json``, ``report.html``), and
+    the JSON also to ``json_out``. Returns the :class:`~dosepred.qa.QAResult`."""
+    from .qa import run_qa
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    point_mm = parse_point(point)
+    out.mkdir(parents=True, exist_ok=True)
+    res = run_qa(model, plans, protocol, coverage=coverage, report=out if report else None,
+                 progress=True, report_max=report_max or None, point_mm=point_mm)
+    res.write_json(out / "qa.json")
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        res.write_json(json_out)
+    return res
+
+
+def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "openkbp",
+                   device: str = "auto", split: str | None = None, overwrite: bool = False,
+                   **kwargs: Any) -> int:
+    """``dosepred predict``: :func:`dosepred.predict.predict_to` of the patients of ``data`` (those of
+    ``split``, ``FILE:NAME``) into a new folder ``out``, all or nothing; the count."""
+    from .predict import predict_to
+
+    check_output(out, overwrite, [model, data])
+    ids = None
+    if split:
+        from .split import load_split, parse_split_arg
+
+        ids = load_split(*parse_split_arg(split))
+    with output_dir(out, overwrite, [model, data]) as tmp:
+        return predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, **kwargs)
+
+
+def export_model(run: PathLike, out: PathLike, fp32: bool = False, overwrite: bool = False) -> Path:
+    """``dosepred export-model``: a small released model folder at ``out``; the model file's path."""
+    from .predict import export_model as export
+
+    with output_dir(out, overwrite, [run]) as tmp:
+        export(run, tmp, half=not fp32, final=out)
+    return Path(out) / "model.pt"

@@ -1,0 +1,100 @@
+"""`dosepred train` takes its options from the one validated TrainConfig: every field is a flag
+(documented once, by the field's description), --config FILE (JSON or TOML) sets many, and the
+precedence is defaults < stored config (--resume) < --config < flags / --set."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.training import TrainConfig
+
+TINY = {"epochs": 1, "steps_per_epoch": 1, "batch": 1, "patch": 16, "base": 4, "levels": 2, "res_units": 0,
+        "threads": 1, "val_every": 1}
+
+
+def cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "c"
+    assert cli("data", "synth", "--patients", "2", "--size", "16", "--out", root).exit_code == 0
+    return root
+
+
+def test_every_config_field_is_a_flag_with_its_description():
+    text = re.sub(r"\s+", " ", cli("train", "--help").output)
+    for name, f in TrainConfig.model_fields.items():
+        if name in ("out", "loss_options"):
+            continue
+        flag = "--split" if name == "train_split" else "--" + name.replace("_", "-")
+        assert flag in text, name
+        assert f.description and f.description.split()[0] in text, name
+    for flag in ("--config", "--set", "--loss-opt", "--resume", "--overwrite", "--amp / --no-amp"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "toml"])
+def test_config_file_then_flags(tmp_path, cache, fmt):
+    cfg = {**TINY, "lr": 0.001, "warmup_steps": 3, "grad_clip": 0.5, "loss": "mae"}
+    f = tmp_path / f"run.{fmt}"
+    if fmt == "json":
+        f.write_text(json.dumps(cfg))
+    else:
+        f.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in cfg.items()) + "\n")
+    r = cli("train", "--config", f, "--data", cache, "--out", tmp_path / "run", "--lr", "0.002",
+            "--set", "weight_decay=0.5", "--no-progress")
+    assert r.exit_code == 0, r.output
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["lr"] == 0.002  # the flag wins over the file
+    assert stored["weight_decay"] == 0.5  # --set too
+    assert stored["warmup_steps"] == 3 and stored["grad_clip"] == 0.5  # fields without a flag before
+    assert stored["patch"] == [16, 16, 16] and stored["epochs"] == 1
+    assert stored["schedule"] == "cosine"  # a default neither file nor flag set
+    # --resume keeps the stored config; a flag still overrides it
+    r = cli("train", "--out", tmp_path / "run", "--resume", "--epochs", "2", "--no-progress")
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert again["epochs"] == 2 and again["lr"] == 0.002 and again["warmup_steps"] == 3
+
+
+@pytest.mark.parametrize("content, needles", [
+    ('{"epochs": 1, "bogus": 2}', ["bogus", "unknown"]),
+    ('{"epochs": "many"}', ["epochs", "int", "many"]),
+    ('{"epochs": 1,', ["not a readable training config"]),
+    ('[1, 2]', ["JSON object"]),
+])
+def test_bad_config_file_is_one_clear_error(tmp_path, cache, content, needles):
+    f = tmp_path / "bad.json"
+    f.write_text(content)
+    r = cli("train", "--config", f, "--data", cache, "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "Traceback" not in r.output and str(f) in r.output.replace("\n", "")
+    for n in needles:
+        assert n in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_model_checks_types_and_names():
+    with pytest.raises(ValueError, match="ema_decay must be float"):
+        TrainConfig(ema_decay="abc")
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_dict({"bogus": 1})
+    assert TrainConfig(patch=32).patch == (32, 32, 32) and TrainConfig(patch=[8, 16, 32]).patch == (8, 16, 32)
+    with pytest.raises(ValueError, match="one or three sizes"):
+        TrainConfig(patch=[1, 2])
+    c = TrainConfig(data="d", out="o")
+    assert TrainConfig.from_dict(c.to_dict()) == c  # what a run stores it reads back
+
+
+def test_experiment_round_configs_are_valid_training_configs():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*/*.json"))
+    assert files
+    for f in files:
+        cfg = TrainConfig.load(f)
+        assert cfg.init and Path(__file__).resolve().parents[1].joinpath(cfg.init).exists(), f

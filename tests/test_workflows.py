@@ -1,0 +1,67 @@
+"""The API functions the commands call (dosepred.workflows), used directly as a script would: results
+checked against independent computations (numpy, the files on disk), outputs all or nothing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dosepred import workflows as wf
+from dosepred.io.cache import Cache, write_cache
+from dosepred.synth import make_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf")
+    write_cache(make_cohort(5, seed=4, size=16), root / "c")
+    return root / "c"
+
+
+def test_import_openkbp_sample_matches_the_csv_files(sample_dir, tmp_path):
+    c = wf.import_patients(sample_dir, tmp_path / "c", "openkbp")
+    assert sorted(c.ids) == sorted(p.name for p in sample_dir.iterdir() if p.name.startswith("pt_"))
+    p = c.load("pt_66", c.roi_set)
+    # the dose CSV lists (flat index, value) of every non-zero voxel: the cache holds the same
+    rows = np.loadtxt(sample_dir / "pt_66" / "dose.csv", delimiter=",", skiprows=1, usecols=(0, 1), ndmin=2)
+    assert np.allclose(p.dose.reshape(-1)[rows[:, 0].astype(int)], rows[:, 1], atol=1e-4)
+    assert int(np.count_nonzero(p.dose)) == int(np.count_nonzero(rows[:, 1]))  # nothing else
+    with pytest.raises(ValueError, match="overwrite"):
+        wf.import_patients(sample_dir, tmp_path / "c", "openkbp")  # never into a non-empty folder
+
+
+def test_export_and_split_and_baseline(cohort, tmp_path):
+    assert wf.export_cache(cohort, tmp_path / "nii", "nifti") == 5
+    assert sorted(p.name for p in (tmp_path / "nii").iterdir()) == sorted(Cache.open(cohort).ids)
+    obj = wf.make_split(tmp_path / "nii", tmp_path / "s.json", "random", fractions="3,2", seed=1)
+    on_disk = json.loads((tmp_path / "s.json").read_text())
+    assert on_disk["splits"] == obj["splits"] and [len(v) for v in obj["splits"].values()] == [3, 2]
+    assert sorted(sum(obj["splits"].values(), [])) == sorted(Cache.open(cohort).ids)
+    with pytest.raises(ValueError, match="method"):
+        wf.make_split(cohort, tmp_path / "t.json", "alphabetical")
+    assert not (tmp_path / "t.json").exists()
+    assert wf.baseline(cohort, tmp_path / "base") == 5
+    assert len(list((tmp_path / "base").glob("*.csv"))) == 5
+
+
+def test_evaluate_sources_reports_missing_predictions(cohort, tmp_path):
+    import warnings
+
+    wf.baseline(cohort, tmp_path / "pred")
+    (tmp_path / "pred" / f"{Cache.open(cohort).ids[0]}.csv").unlink()
+    with pytest.raises(ValueError, match="--allow-missing"):
+        wf.evaluate_sources(cohort, tmp_path / "pred")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res, missing = wf.evaluate_sources(cohort, tmp_path / "pred", "openkbp", json_out=tmp_path / "e.json",
+                                           allow_missing=True)
+    assert missing == [Cache.open(cohort).ids[0]] and len(res.patients) == 4
+    assert any("no prediction" in str(x.message) for x in w)
+    assert json.loads((tmp_path / "e.json").read_text())["missing_predictions"] == missing
+
+
+def test_parse_point():
+    assert wf.parse_point("1,-2.5,3e1") == (1.0, -2.5, 30.0) and wf.parse_point(None) is None
+    for bad in ("1,2", "a,b,c", "1,2,3,4"):
+        with pytest.raises(ValueError, match="X,Y,Z"):
+            wf.parse_point(bad)
