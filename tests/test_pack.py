@@ -3,8 +3,6 @@ patients: ROI codes and mask bit for bit, the CT (inside the network's window) w
 ``ct_step``, the dose within half a ``dose_step`` cGy; outputs are all-or-nothing."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +103,18 @@ def test_bad_arguments(src, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-def test_script_is_a_wrapper(src, tmp_path):
-    script = ROOT / "scripts" / "compact_cache.py"
-    for args in (["pack", src, tmp_path / "packed", "--ct-step", "8", "--jobs", "1"],
-                 ["unpack", tmp_path / "packed", tmp_path / "back", "--jobs", "1"]):
-        r = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+def test_cli_pack_unpack(src, tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    def cli(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    r = cli("data", "pack", src, "--out", tmp_path / "packed", "--ct-step", 8, "--jobs", 1, "--no-progress")
+    assert r.exit_code == 0 and "packed" in r.output, r.output
+    r = cli("data", "unpack", tmp_path / "packed", "--out", tmp_path / "back", "--jobs", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
     assert cache.Cache.open(tmp_path / "back").ids == cache.Cache.open(src).ids
+    r = cli("data", "pack", src, "--out", tmp_path / "packed", "--no-progress")  # never over an output
+    assert r.exit_code == 2 and "--overwrite" in r.output and "Traceback" not in r.output
