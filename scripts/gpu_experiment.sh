@@ -3,7 +3,7 @@
 # (models/openkbp-*) each continued on one GPU for the same number of whole-volume steps, all four
 # at once on the one GPU; then the CUDA benchmarks. Written for a lent machine with a time limit:
 #
-#   python scripts/compact_cache.py pack /work/exp/cache/train .gpu/train --ct-step 8 --dose-step 5
+#   dosepred data pack /work/exp/cache/train --out .gpu/train --ct-step 8 --dose-step 5
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2014_x86_64 -d .whl monai==1.6.1 pydantic==2.14.4 pydantic_core==2.50.5 \
 #     annotated-types==0.8.0 typing-inspection==0.4.5 typer==0.29.2 rich==15.0.0
@@ -50,7 +50,7 @@ say "python: $($PY -c 'import sys, torch, monai; print(sys.version.split()[0], "
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 cache=$WORK/cache/train
-[[ -f $cache/dataset.json ]] || $PY scripts/compact_cache.py unpack "$PACKED" "$cache" --jobs "$(nproc)" || exit 1
+[[ -f $cache/dataset.json ]] || dp data unpack "$PACKED" --out "$cache" --jobs "$(nproc)" --no-progress || exit 1
 say "data ready"
 
 train() {  # NAME OUT EPOCHS STEPS_PER_EPOCH SEED

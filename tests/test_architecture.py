@@ -1,8 +1,9 @@
 """The package's import rules, checked on the source (AST, nothing imported):
 
-- no module imports or reads a private name (``_x``) of another module: ``from m import _x``,
-  ``m._x``, ``m.sub._x``. A private *module* (``dosepred/_malloc.py``, ``io/_atomic.py``) is private
-  to its package: modules inside that package may import it;
+- no module imports or reads a private name (``_x``) of another module, dosepred's or a library's:
+  ``from m import _x``, ``m._x``, ``m.sub._x``. A private *module* (``dosepred/_malloc.py``) is
+  private to its package: modules inside that package may import it. Deliberate uses of a
+  library's private API are listed, with their reason, in :data:`ALLOWED_PRIVATE`;
 - nothing imports upward: every module of ``src/dosepred`` sits in a layer of :data:`LAYERS` and
   imports only modules of its own layer or below (imports under ``if TYPE_CHECKING:`` excepted).
   So no stage imports the CLI, predict never imports training, scoring never reads files through
@@ -28,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 0: the record and small utilities
     "dosepred": 0,  # the package itself: Patient, RoiSet and lazily resolved names only
     "dosepred.patient": 0, "dosepred.geometry": 0, "dosepred.roi": 0, "dosepred.resample": 0,
-    "dosepred.fsutil": 0, "dosepred.progress": 0, "dosepred._malloc": 0,
+    "dosepred.fsutil": 0, "dosepred.constants": 0, "dosepred.progress": 0, "dosepred._malloc": 0,
     # 1: readers and writers, synthetic data, metric definitions and exact DVH values, protocols
     "dosepred.io": 1, "dosepred.synth": 1, "dosepred.baseline": 1, "dosepred.metrics": 1,
     "dosepred.dvh": 1, "dosepred.protocol": 1,
@@ -47,11 +48,20 @@ LAYERS: dict[str, int] = {
 }
 
 
+#: (file under src/, the private name used) -> why: deliberate uses of a library's private API. Each is
+#: a known risk on that library's upgrades; add one only with its reason.
+ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
+    ("dosepred/cli/common.py", "typer.core.TyperArgument._usage_display_name"):
+        "typer writes {src} in usage lines; patched only where typer has the attribute",
+}
+
+
 @dataclass(frozen=True)
 class Finding:
     file: str
     line: int
     what: str
+    name: str = ""  # the private name used, dotted (module.attribute)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.what}"
@@ -150,9 +160,10 @@ def private_accesses(root: Path, package: str = "dosepred") -> list[Finding]:
         bound: dict[str, str] = {}  # local name -> the module (or module.attribute) it stands for
         for imp in _imports(tree, mod, path.name == "__init__.py", known):
             if not _private_module_allowed(imp.module, mod):
-                out.add(Finding(rel, imp.node.lineno, f"imports the private module {imp.module}"))
+                out.add(Finding(rel, imp.node.lineno, f"imports the private module {imp.module}", imp.module))
             if imp.attr is not None and _is_private(imp.attr):
-                out.add(Finding(rel, imp.node.lineno, f"imports the private name {imp.attr} of {imp.module}"))
+                out.add(Finding(rel, imp.node.lineno, f"imports the private name {imp.attr} of {imp.module}",
+                                imp.stands_for))
             bound[imp.local] = imp.stands_for
 
         def dotted(n: ast.AST, bound: dict[str, str] = bound) -> str | None:
@@ -170,7 +181,7 @@ def private_accesses(root: Path, package: str = "dosepred") -> list[Finding]:
             base = dotted(node.value)
             full = f"{base}.{node.attr}"
             if base is not None and not (full in known and _private_module_allowed(full, mod)):
-                out.add(Finding(rel, node.lineno, f"uses the private name {node.attr} of {base}"))
+                out.add(Finding(rel, node.lineno, f"uses the private name {node.attr} of {base}", full))
     return sorted(out, key=lambda f: (f.file, f.line, f.what))
 
 
@@ -211,8 +222,14 @@ def upward_imports(root: Path, layers: dict[str, int], package: str = "dosepred"
 # ----------------------------------------------------------------------------------- the source
 
 def test_no_module_uses_a_private_name_of_another():
-    found = private_accesses(SRC)
+    found = [f for f in private_accesses(SRC) if (Path(f.file).as_posix(), f.name) not in ALLOWED_PRIVATE]
     assert not found, "private names used across modules:\n" + "\n".join(map(str, found))
+
+
+def test_allowed_private_uses_still_exist():
+    """An exception that is no longer needed is removed from ALLOWED_PRIVATE."""
+    used = {(Path(f.file).as_posix(), f.name) for f in private_accesses(SRC)}
+    assert set(ALLOWED_PRIVATE) <= used, set(ALLOWED_PRIVATE) - used
 
 
 def test_nothing_imports_upward():

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 
 from .. import roi as _roi
+from ..constants import HU_MAX, HU_MIN, HU_SCALE
 
 PIPELINES = ("bitmask", "onehot-npz", "onehot-npy")
 DEFAULT_PIPELINES = ("bitmask", "onehot-npz")
 MODELS = ("unet", "basicunet")
-HU_MIN, HU_MAX, HU_SCALE = -1000.0, 2000.0, 1000.0
 _PHASES = ("load_s", "transfer_s", "decode_s", "compute_s", "step_s")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,13 @@ def _finish(name: str, res: dict, json_out: Path | None, overwrite: bool) -> Non
 
     show(render.bench(name, res))
     write_json_out(json_out, overwrite, res)
+
+
+def _log(otherwise: Any) -> Any:
+    """Dim progress lines on the console while progress output is on, else ``otherwise``."""
+    from ..progress import enabled
+
+    return (lambda m: console().print(f"[dim]{m}[/]")) if enabled() else otherwise
 
 
 def _check(json_out: Path | None, overwrite: bool, inputs: list[Path] | None = None) -> None:
@@ -107,19 +114,16 @@ def bitmask(
 ) -> None:
     """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
     from ..bench.bitmask import BenchConfig, run
-    from ..progress import enabled
 
     _check(json_out, overwrite)
     cfg = BenchConfig(rois=_ints(rois, "--rois"), size=size, patch=patch, steps=steps, warmup=warmup,
                       repeats=repeats, patients=patients, batch=batch, device=device, workers=workers,
                       model=model, pipelines=tuple(p.strip() for p in pipelines.split(",") if p.strip()),
                       isolate=isolate, seed=seed, threads=threads)
-    con = console()
     # one line per finished run even without progress output: a long run cut short (a time limit on
     # a lent GPU machine, say) still leaves its measurements in the log
-    log = ((lambda m: con.print(f"[dim]{m}[/]")) if enabled()
-           else (lambda m: print(m, file=sys.stderr, flush=True)))
-    _finish("bitmask", run(cfg, log=log), json_out, overwrite)
+    res = run(cfg, log=_log(lambda m: print(m, file=sys.stderr, flush=True)))
+    _finish("bitmask", res, json_out, overwrite)
 
 
 @bench_app.command("losses")
@@ -144,12 +148,9 @@ def losses(
     """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
     from ..bench import example_patients
     from ..bench.losses import markdown, run
-    from ..progress import enabled
 
     data = data or example_patients()
     _check(json_out, overwrite)
-    con = console()
-    log = (lambda m: con.print(f"[dim]{m}[/]")) if enabled() else None
     res = run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,
-              [x.strip() for x in losses.split(",") if x.strip()] or None, unet, log)
+              [x.strip() for x in losses.split(",") if x.strip()] or None, unet, _log(None))
     _finish("losses", {**res, "markdown": markdown(res)}, json_out, overwrite)

@@ -27,30 +27,14 @@ app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
 
-def _tidy_help() -> None:
-    """Click-style help: flags without a ``<bool>`` type column, arguments as ``SRC`` (not ``{src}``)
-    in usage lines. Patches typer's display hooks when this typer version has them."""
-    from typer import core
-
-    opt, arg = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
-    if opt is not None and hasattr(opt, "display_type_rich"):
-        orig = opt.display_type_rich
-
-        def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
-            return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) \
-                else orig(self, ctx)
-
-        opt.display_type_rich = display_type_rich
-    if arg is not None and hasattr(arg, "_usage_display_name"):
-        def usage_name(self) -> str:  # type: ignore[no-untyped-def]
-            name = (self.metavar or self.name or "").upper()
-            name = name if self.required else f"[{name}]"
-            return name + ("..." if self.nargs != 1 else "")
-
-        arg._usage_display_name = usage_name
+def _usage_name(self) -> str:  # type: ignore[no-untyped-def]
+    """Arguments as ``SRC`` in usage lines (typer writes ``{src}``)."""
+    name = (self.metavar or self.name or "").upper()
+    return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
 
 
-_tidy_help()
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):  # the typer versions that need it
+    typer.core.TyperArgument._usage_display_name = _usage_name
 
 
 def _version(value: bool) -> None:

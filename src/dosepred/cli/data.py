@@ -141,3 +141,28 @@ def split(
     method = "random" if random else "ids" if ids else "temporal"
     obj = make_split(src, out, method, ids, fractions, names, seed, manifest, date_column, overwrite)
     show([f"wrote {out} ({obj['method']}): " + ", ".join(f"{k} {len(v)}" for k, v in obj["splits"].items())])
+
+
+@data_app.command("pack")
+@friendly
+def pack(cache_dir: CacheArg, out: Annotated[Path, typer.Option("--out", help="Packed folder to write.")],
+         ct_step: Annotated[int, typer.Option("--ct-step", min=1, help="CT steps in HU.")] = 4,
+         dose_step: Annotated[int, typer.Option("--dose-step", min=1, help="Dose steps in cGy.")] = 1,
+         jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes.")] = 2,
+         overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
+    """A compact transport copy of a cache (CT and dose in steps, the rest bit for bit; .xz per patient)."""
+    from ..io.pack import pack_cache
+
+    r = pack_cache(cache_dir, out, ct_step, dose_step, jobs, overwrite, progress=True)
+    show([f"packed {r.patients} patients into {out}: {r.nbytes / 1e6:.1f} MB"])
+
+
+@data_app.command("unpack")
+@friendly
+def unpack(packed: Annotated[Path, typer.Argument(help="Folder written by `data pack`.")], out: CacheOut,
+           jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Processes [one per CPU].")] = None,
+           overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
+    """Turn a packed folder back into a cache."""
+    from ..io.pack import unpack_cache
+
+    show([f"unpacked {len(unpack_cache(packed, out, jobs, overwrite, progress=True))} patients into {out}"])

@@ -32,12 +32,10 @@ def baseline(
 def evaluate(
     reference: Annotated[Path, typer.Option("--reference", help="Reference plans (with dose): a cache, an "
                                             "OpenKBP folder of pt_* patients, a NIfTI or a DICOM folder.")],
-    prediction: Annotated[Path, typer.Option("--prediction", help="Folder of predicted doses (OpenKBP "
-                                             "pt_N.csv or NIfTI per patient, or RTDOSE files matched to the "
-                                             "references by the RTSTRUCT/RTPLAN they reference, "
-                                             "FrameOfReference or PatientID and resampled onto their "
-                                             "grids) or a cache holding doses (`dosepred predict --format "
-                                             "cache`, the fastest to read).")],
+    prediction: Annotated[Path, typer.Option("--prediction", help="Predicted doses: pt_N.csv or NIfTI per "
+                                             "patient, RTDOSE files (matched to the references by what they "
+                                             "reference, resampled onto their grids) or a cache (`predict "
+                                             "--format cache`, the fastest to read).")],
     protocol: Protocol = "openkbp",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
                                                   "file.")] = None,

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fsutil import write_bytes, write_json
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 
@@ -60,15 +61,8 @@ class CacheError(ValueError):
     """A cache folder or file that cannot be read or written as asked (the message names it)."""
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    from ..fsutil import write_bytes
-
-    write_bytes(path, write)
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    from ..fsutil import write_json
-
+    """Kept for callers that import it: :func:`dosepred.fsutil.write_json`."""
     write_json(path, obj)
 
 
@@ -98,7 +92,14 @@ def _write_npz(fh, arrays: dict[str, np.ndarray], deflate: tuple[str, ...] = ())
                 zf.writestr(f"{k}.npy", buf.getvalue(), compress_type=zipfile.ZIP_STORED)
 
 
-def _v2_arrays(p: Patient) -> dict[str, np.ndarray]:
+#: The members of a version-2/3 patient file, in the order they are written (see the module docstring).
+MEMBERS = ("boxes", "possible_dose_mask", "dose_support", "dose", "roi_index", "roi_codes", "ct", "ct_fill")
+
+
+def encode_patient(p: Patient) -> dict[str, np.ndarray]:
+    """The members of patient ``p``'s version-2/3 file (see the module docstring), in file order;
+    :func:`write_members` writes them. ``save_patient(p, path)`` is ``write_members(path,
+    encode_patient(p))``."""
     assert p.possible_dose_mask is not None
     mask = p.possible_dose_mask
     sel = mask | (p.roi_codes != 0)
@@ -134,12 +135,21 @@ def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
                                          "possible_dose_mask": np.asarray(p.possible_dose_mask)}
         if p.dose is not None:
             arrays["dose"] = p.dose
-        _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
+        write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
         return
     if version not in (2, 3):
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
-    v2 = _v2_arrays(p)
-    _atomic_write_bytes(path, lambda fh: _write_npz(fh, v2, deflate=("ct",)))
+    write_members(path, encode_patient(p))
+
+
+def write_members(path: str | os.PathLike, members: dict[str, np.ndarray]) -> None:
+    """Write a version-2/3 patient file from its members (:func:`encode_patient`'s, in any dict
+    order: they are written in :data:`MEMBERS` order, the CT deflated, the rest stored), atomically."""
+    unknown = sorted(set(members) - set(MEMBERS))
+    if unknown:
+        raise CacheError(f"{path}: {', '.join(unknown)} are not members of a cache patient file")
+    ordered = {k: members[k] for k in MEMBERS if k in members}
+    write_bytes(path, lambda fh: _write_npz(fh, ordered, deflate=("ct",)))
 
 
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, "
@@ -630,7 +640,7 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
         for part, final in staged:
             os.replace(part, final)
         staged = []
-        write_json_atomic(out / DATASET_JSON, info)
+        write_json(out / DATASET_JSON, info)
     finally:
         for part, _ in staged:
             part.unlink(missing_ok=True)

@@ -16,17 +16,25 @@ read instead, and without either it is taken to be an OpenKBP model
 (:meth:`~dosepred.models.space.ModelSpace.openkbp`).
 
 Files are read with ``torch.load(weights_only=True)``: a malicious pickle is refused, never run.
+
+Writing: every checkpoint is written atomically (:func:`save_checkpoint`, through
+:func:`dosepred.fsutil.save_torch`); a training run's ``last.pt`` rotates its previous content to
+``prev.pt`` (:func:`save_rotating`), and ``--resume`` reads ``last.pt`` or, when it is missing or
+unreadable, falls back to ``prev.pt`` with a :class:`ResumeFallbackWarning` (:func:`load_resumable`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fsutil import save_torch, write_text
 from .space import ModelSpace
 from .unet import ModelConfig, ModelError, build_model
 
@@ -49,13 +57,57 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a checkpoint dict atomically (temporary name, then rename)."""
-    from ..fsutil import save_torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a checkpoint dict atomically (temporary name, then rename; the folder is created)."""
     save_torch(obj, path)
-    return path
+    return Path(path)
+
+
+def save_rotating(obj: dict[str, Any], path: str | os.PathLike, prev: str | os.PathLike,
+                  rotate: bool = True) -> Path:
+    """Write checkpoint ``path`` atomically, keeping its previous content as ``prev``. At every
+    moment ``path`` holds a complete checkpoint (the previous one is hard-linked to ``prev`` before
+    the new one is renamed over ``path``), so a kill -9 at any point leaves both readable.
+    ``rotate=False`` keeps ``prev`` as it is (used when ``path`` is known to be damaged)."""
+    path, prev = Path(path), Path(prev)
+    if rotate and path.is_file():
+        link = prev.with_name(f".{prev.name}.link")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, link)
+        os.replace(link, prev)
+    return save_checkpoint(obj, path)
+
+
+class ResumeFallbackWarning(UserWarning):
+    """``--resume`` could not read last.pt and continues from prev.pt."""
+
+
+def load_resumable(path: str | os.PathLike, prev: str | os.PathLike, map_location: Any = "cpu"
+                   ) -> tuple[dict[str, Any], Path, bool]:
+    """The checkpoint a run resumes from: ``path`` (``last.pt``), or ``prev`` (``prev.pt``, written by
+    :func:`save_rotating`) when ``path`` is missing or unreadable; the fallback warns with a
+    :class:`ResumeFallbackWarning`. Returns the checkpoint, the file it came from and whether it
+    fell back (the next save must then not rotate the damaged ``path`` over ``prev``).
+
+    Raises :class:`FileNotFoundError` when neither file exists and :class:`ModelError` when ``path``
+    is unreadable and there is no ``prev``."""
+    path, prev = Path(path), Path(prev)
+    if not path.is_file() and not prev.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in "
+                                f"{path.parent.parent})")
+    try:
+        if not path.is_file():
+            raise ModelError(f"{path} does not exist")
+        return load_checkpoint(path, map_location=map_location), path, False
+    except ModelError as e:
+        if not prev.is_file():
+            raise ModelError(f"--resume: {e} (and there is no {prev.name} to fall back to)") from None
+        ck = load_checkpoint(prev, map_location=map_location)
+        warnings.warn(f"--resume: {e}; continuing from the previous checkpoint {prev} (epoch "
+                      f"{ck.get('epoch')}) instead", ResumeFallbackWarning, stacklevel=3)
+        return ck, prev, True
 
 
 def _folder_space(path: Path) -> dict[str, Any] | None:
@@ -137,8 +189,6 @@ def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = Tr
     ``config.json`` and ``README.md``. ``final``: the path the folder will have when ``out`` is a
     temporary folder renamed there afterwards (named in the README)."""
     import dosepred
-
-    from ..fsutil import write_text
 
     ckpt = load_checkpoint(src)
     out = Path(out)

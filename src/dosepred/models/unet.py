@@ -30,11 +30,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..constants import HU_MAX, HU_MIN, HU_SCALE
 from ..patient import RoiSet
 from ..roi import decode_torch
 
 ARCH = "dosepred-unet3d"
-HU_MIN, HU_MAX, HU_SCALE = -1000.0, 2000.0, 1000.0
 RX_SCALE = 70.0
 INIT_BIAS = -1.05  # softplus(-1.05) ~= 0.3
 

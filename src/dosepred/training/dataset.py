@@ -36,6 +36,7 @@ import torch
 from scipy import ndimage
 
 from ..patient import Patient, RoiSet
+from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
 
 CT_PAD = -1000  # HU of air, used where a crop leaves the stored volume
@@ -309,7 +310,5 @@ class RankSampler(torch.utils.data.Sampler[int]):
 
 def load_arrays(patients: Iterable[Patient], patch: Sequence[int], progress: bool = True,
                 rotate_axis: int | None = None) -> list[PatientArrays]:
-    from ..progress import track
-
     it = track(patients, description="loading patients") if progress else patients
     return [prepare_patient(p, patch, rotate_axis) for p in it]

@@ -13,6 +13,10 @@ Run folder (written by rank 0 only)::
                              when last.pt is unreadable (truncated, empty, damaged)
     RUN/checkpoints/best.pt  the epoch with the lowest validation score (``select``)
 
+The records (metrics.csv, tb/, progress and epoch lines) are written by :mod:`.logging`, the
+checkpoint files by :mod:`dosepred.models.checkpoint`; :class:`Trainer` only decides what goes in
+them, in small steps a subclass may override (see its docstring).
+
 EMA (``ema_decay > 0``): an exponential moving average of the weights is kept beside them; a
 checkpoint's ``model`` is then the average (so validation, ``predict``, ``export`` and ``--init`` use
 it, unchanged) and ``train_model`` the raw weights the optimiser continues from on ``--resume``.
@@ -27,29 +31,33 @@ crops of the same global sequence (:class:`.dataset.RankSampler`); rank 0 valida
 
 from __future__ import annotations
 
-import csv
+import copy
 import math
 import os
-import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..models import ModelConfig, ModelError, build_model, check_roi_set
-from ..models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..fsutil import check_output, write_bytes, write_json
+from ..io.cache import DATASET_JSON, Cache
+from ..losses import build_loss
+from ..models import ModelConfig, ModelError, build_model, check_roi_set, checkpoint
+from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
 from ..predict import predict_dose, resolve_device
+from ..progress import mode
+from ..protocol import lint, load_protocol
+from ..split import load_split, parse_split_arg
 from .config import TrainConfig
 from .dataset import CropDataset, RankSampler, load_arrays
+from .logging import VAL_KEYS, Log, RunLogger
 
-Log = Callable[[str], None]
-VAL_KEYS = ("dose_score", "dvh_score", "ptv_score", "oar_score", "criteria_pass_rate", "sec")
-
+__all__ = ["ProtocolLintWarning", "ResumeFallbackWarning", "Trainer", "ema_decay_at", "ema_update", "lr_at",
+           "make_loss", "train", "validate", "version_info"]
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -72,30 +80,6 @@ def version_info() -> dict[str, Any]:
             "monai": str(monai.__version__)}
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    save_checkpoint(obj, path)
-
-
-def save_rotating(obj: Any, path: Path, prev: Path, rotate: bool = True) -> None:
-    """Write checkpoint ``path`` atomically, keeping its previous content as ``prev``. At every
-    moment ``path`` holds a complete checkpoint (the previous one is hard-linked to ``prev`` before
-    the new one is renamed over ``path``), so a kill -9 at any point leaves both readable.
-    ``rotate=False`` keeps ``prev`` as it is (used when ``path`` is known to be damaged)."""
-    if rotate and path.is_file():
-        link = prev.with_name(f".{prev.name}.link")
-        link.unlink(missing_ok=True)
-        try:
-            os.link(path, link)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(path, link)
-        os.replace(link, prev)
-    save_atomic(obj, path)
-
-
-class ResumeFallbackWarning(UserWarning):
-    """``--resume`` could not read last.pt and continues from prev.pt."""
-
-
 class ProtocolLintWarning(UserWarning):
     """The protocol of the CDM loss is valid but probably not what was meant."""
 
@@ -114,20 +98,8 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def local_mae_loss(pred, ref, roi_codes, mask, spacing):
-    """Fallback when :mod:`dosepred.losses` is unavailable: MAE over the mask / 70 Gy."""
-    m = mask.float()
-    v = ((pred - ref).abs() * m).sum() / m.sum().clamp_min(1) / 70.0
-    return v, {"mae": v.detach(), "total": v.detach()}
-
-
 def make_loss(cfg: TrainConfig, roi_set, protocol):
-    try:
-        from ..losses import build_loss
-    except ImportError:
-        if cfg.loss.strip().lower() != "mae":
-            raise ValueError(f"loss {cfg.loss!r} needs dosepred.losses, which is not available") from None
-        return local_mae_loss
+    """The loss ``cfg.loss`` (with ``cfg.loss_options``) for ``roi_set`` and ``protocol``."""
     return build_loss(cfg.loss, roi_set=roi_set, protocol=protocol, **cfg.loss_options)
 
 
@@ -182,67 +154,58 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
     return {k: float(v) for k, v in s.items()}
 
 
-class _CsvLog:
-    """metrics.csv with a header fixed by the first row; resume keeps rows up to the resumed epoch."""
-
-    def __init__(self, path: Path, resume_epoch: int | None) -> None:
-        self.path = path
-        self.header: list[str] | None = None
-        if resume_epoch is not None and path.is_file():
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            if rows:
-                self.header = list(rows[0].keys())
-                keep = [r for r in rows if int(r["epoch"]) <= resume_epoch]
-                self._write_all(keep)
-        elif path.exists():
-            path.unlink()
-
-    def _write_all(self, rows: list[dict[str, Any]]) -> None:
-        assert self.header is not None
-        from ..fsutil import atomic_file
-
-        with atomic_file(self.path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def append(self, row: dict[str, Any]) -> None:
-        new = self.header is None
-        if new:
-            self.header = list(row.keys())
-        with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-
 # ------------------------------------------------------------------------------------------ trainer
 
 class Trainer:
-    """Build everything from a :class:`TrainConfig`; :meth:`fit` trains. Methods are small so a
-    subclass can override one stage (loss, data, validation) without copying the loop."""
+    """Build everything from a :class:`TrainConfig`; :meth:`fit` trains.
+
+    :meth:`fit` is a fixed sequence of small steps (after nnU-Net's ``nnUNetTrainer``); a subclass
+    overrides one of them without copying the loop::
+
+        fit()
+          on_train_start()                 -> initialize() (setup_device, setup_data, setup_model,
+          |                                   setup_loss, load_train, load_val, build_dataset),
+          |                                   restore_checkpoint() on resume, write_run_info(),
+          |                                   the logger opened
+          for each epoch:
+            on_epoch_start(epoch)          net.train(), the epoch's sums reset
+            for each batch of loader(epoch):
+              train_step(batch, learning_rate(step))   one optimiser step -> loss parts
+              on_train_step_end(parts)     step count, sums, progress
+            on_train_epoch_end(epoch)      -> the epoch's row (mean train loss parts, lr, timing)
+            on_validation_epoch(epoch, row) -> is_best: when due, validation_step() (the scores)
+            |                                 and select_best(epoch, scores)
+            on_epoch_end(epoch, row, is_best)  save_checkpoint(), the row to the logger
+            should_stop(epoch)             --stop-after: leave the loop
+            barrier()                      DDP: the ranks wait for each other
+          on_train_end()                   progress and TensorBoard closed (also after an error)
+
+    Records (metrics.csv, TensorBoard, progress and epoch lines) are :attr:`logger`'s
+    (:class:`~dosepred.training.logging.RunLogger`); checkpoint files are written and read by
+    :mod:`dosepred.models.checkpoint`. Steps run in the order above on every DDP rank; those that
+    write or validate do so on rank 0 only.
+    """
+
+    #: validation columns of metrics.csv (``val_`` + key), present in every row once a run validates
+    val_keys: tuple[str, ...] = VAL_KEYS
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log: Log | None = None,
                  progress: bool | None = None) -> None:
-        from ..progress import mode
-
         cfg.validate()
         self.cfg = cfg
         self.resume = resume
         self.rank, self.world, self.local_rank = _dist_info()
         self.is_main = self.rank == 0
-        self._log = log
         # bars on a terminal, plain lines in a log (see dosepred.progress), nothing when False
         self.progress_mode = mode(progress) if self.is_main else "off"
         self.progress = self.progress_mode != "off"
         self.run = Path(cfg.out)
         self.ckpt_dir = self.run / "checkpoints"
+        self.logger = RunLogger(self.run, log, enabled=self.is_main)
+        self.last_damaged = False  # resumed from prev.pt: the next save keeps prev.pt (no rotation)
 
     def log(self, msg: str) -> None:
-        if self._log is not None and self.is_main:
-            self._log(msg)
+        self.logger.message(msg)
 
     # ---- setup ------------------------------------------------------------------------------
     def setup_device(self) -> None:
@@ -271,9 +234,6 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
 
     def setup_data(self) -> None:
-        from ..fsutil import check_output
-        from ..io.cache import Cache
-
         cfg = self.cfg
         # the run folder must not be, hold or lie inside a cache it reads (checked before any write)
         check_output(self.run, True, [cfg.data, cfg.val], "the run folder (--out)")
@@ -281,8 +241,6 @@ class Trainer:
         self.roi_set = self.cache.roi_set
         ids = self.cache.ids
         if cfg.train_split:
-            from ..split import load_split, parse_split_arg
-
             f, name = parse_split_arg(cfg.train_split)
             ids = load_split(f, name, cache_ids=self.cache.ids)
         if not ids:
@@ -303,8 +261,6 @@ class Trainer:
                                  f"training cache has {list(self.roi_set.names)}")
             vids = vc.ids
             if cfg.val_split:
-                from ..split import load_split, parse_split_arg
-
                 f, name = parse_split_arg(cfg.val_split)
                 vids = load_split(f, name, cache_ids=vc.ids)
             if cfg.val_patients:
@@ -343,8 +299,6 @@ class Trainer:
         self.model.to(self.device)
         self.ema = None
         if cfg.ema_decay > 0:
-            import copy
-
             self.ema = copy.deepcopy(self.model).eval()
             for q in self.ema.parameters():
                 q.requires_grad_(False)
@@ -361,12 +315,8 @@ class Trainer:
         self.protocol = None
         proto_name = cfg.protocol or ("openkbp" if "cdm" in cfg.loss.lower() or cfg.val else None)
         if proto_name is not None:
-            from ..protocol import load_protocol
-
             self.protocol = load_protocol(proto_name, self.roi_set)
             if self.is_main:
-                from ..protocol import lint
-
                 want = set(self.train_ids)
                 present = {n for e in self.cache.info["patients"] if e["id"] in want
                            for n in self.roi_set.names if n not in e.get("missing_rois", ())}
@@ -376,17 +326,60 @@ class Trainer:
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn.to(self.device)
 
+    def load_train(self) -> list:
+        """The training patients in memory, each permuted into the model's axes; records the space."""
+        axes = self.orientation()
+        recorder = SpaceRecorder(axes)
+        oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
+        arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
+                             rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None)
+        self.set_space(recorder.space())
+        return arrays
+
+    def load_val(self) -> list:
+        """The validation patients (read by rank 0 only, which validates)."""
+        return list(self.val_cache.patients(self.val_ids)) if self.val_cache and self.is_main else []
+
+    def build_dataset(self, train_patients: list) -> CropDataset:
+        """The crop dataset over the training patients (one epoch's crops; see :mod:`.dataset`)."""
+        cfg = self.cfg
+        return CropDataset(train_patients, self.roi_set, cfg.patch,
+                           self.steps_per_epoch * cfg.batch * self.world, seed=cfg.seed,
+                           target_fraction=cfg.target_fraction, flip_axis=self.space.lr_axis,
+                           flip=cfg.flip, rotate_p=cfg.rotate_p,
+                           rotate_axis=(self.head_feet_axis(self.space.axes)
+                                        if cfg.rotate_p > 0 else None),
+                           rotate_step=cfg.rotate_step, shift=cfg.shift)
+
+    def initialize(self) -> None:
+        """Everything the first epoch needs: device, data, model and optimiser, loss, the patients
+        in memory and the crop dataset."""
+        cfg = self.cfg
+        self.setup_device()
+        self.setup_data()
+        self.setup_model()
+        self.setup_loss()
+        self.version = version_info()
+        self.t0 = time.time()
+        train_patients = self.load_train()
+        self.val_patients = self.load_val()
+        self.log(f"loaded {len(train_patients)} training / {len(self.val_ids)} validation patients in "
+                 f"{time.time() - self.t0:.1f} s ({sum(p.nbytes for p in train_patients) / 1e9:.2f} GB in "
+                 "memory)")
+        self.steps_per_epoch = cfg.steps_per_epoch or max(
+            1, math.ceil(len(train_patients) / (cfg.batch * self.world)))
+        self.dataset = self.build_dataset(train_patients)
+
     def write_run_info(self) -> None:
+        """RUN/config.json, dataset.json, protocol.json and version.json (rank 0)."""
         if not self.is_main:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        from ..io.cache import DATASET_JSON, write_json_atomic
-
-        write_json_atomic(self.run / "config.json", self.cfg.to_dict())
-        shutil.copyfile(Path(self.cfg.data) / DATASET_JSON, self.run / "dataset.json")
+        write_json(self.run / "config.json", self.cfg.to_dict())
+        write_bytes(self.run / "dataset.json", (Path(self.cfg.data) / DATASET_JSON).read_bytes())
         if self.protocol is not None:
-            write_json_atomic(self.run / "protocol.json", self.protocol.model_dump(mode="json"))
-        write_json_atomic(self.run / "version.json", version_info())
+            write_json(self.run / "protocol.json", self.protocol.model_dump(mode="json"))
+        write_json(self.run / "version.json", version_info())
 
     # ---- model space ------------------------------------------------------------------------
     def orientation(self) -> str:
@@ -402,16 +395,6 @@ class Trainer:
             return axes
         return want
 
-    def load_train(self) -> list:
-        """The training patients in memory, each permuted into the model's axes; records the space."""
-        axes = self.orientation()
-        recorder = SpaceRecorder(axes)
-        oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
-        arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
-                             rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None)
-        self.set_space(recorder.space())
-        return arrays
-
     def head_feet_axis(self, axes: str) -> int:
         """The axis crops rotate about: ``cfg.head_feet_axis``, else the S-I axis of ``axes`` (the
         letters training patients are permuted into)."""
@@ -425,8 +408,6 @@ class Trainer:
     def set_space(self, space: ModelSpace) -> None:
         """Record the training data's space on the model (and so in every checkpoint); flips run along
         its left-right axis (``cfg.flip_axis`` is deprecated and only checked)."""
-        import warnings
-
         self.space = space
         self.model.space = space
         if self.ema is not None:  # validation predicts with the EMA: it must know the space too
@@ -443,7 +424,8 @@ class Trainer:
         return self.model if self.ema is None else self.ema
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def state(self, epoch: int) -> dict[str, Any]:
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """What a training checkpoint holds after ``epoch`` (see :mod:`dosepred.models.checkpoint`)."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -455,34 +437,25 @@ class Trainer:
                 "train_config": self.cfg.to_dict(), "rng": rng, "best": self.best,
                 "world_size": self.world, "version_info": self.version, "space": self.space.to_dict()}
 
-    def save(self, epoch: int, is_best: bool) -> None:
+    def save_checkpoint(self, epoch: int, is_best: bool) -> None:
+        """checkpoints/last.pt (its previous content rotated to prev.pt), best.pt when ``is_best``,
+        epoch_K.pt every ``save_every`` epochs; rank 0 only, every file written atomically."""
         if not self.is_main:
             return
-        st = self.state(epoch)
-        save_rotating(st, self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt",
-                      rotate=not getattr(self, "_last_damaged", False))
-        self._last_damaged = False
+        st = self.checkpoint_state(epoch)
+        checkpoint.save_rotating(st, self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt",
+                                 rotate=not self.last_damaged)
+        self.last_damaged = False
         if is_best:
-            save_atomic(st, self.ckpt_dir / "best.pt")
+            checkpoint.save_checkpoint(st, self.ckpt_dir / "best.pt")
         if self.cfg.save_every and epoch % self.cfg.save_every == 0:
-            save_atomic(st, self.ckpt_dir / f"epoch_{epoch}.pt")
+            checkpoint.save_checkpoint(st, self.ckpt_dir / f"epoch_{epoch}.pt")
 
-    def restore(self) -> int:
-        path, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
-        if not path.is_file() and not prev.is_file():
-            raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in {self.run})")
-        try:
-            if not path.is_file():
-                raise ModelError(f"{path} does not exist")
-            ck = load_checkpoint(path, map_location=self.device)
-        except ModelError as e:
-            if not prev.is_file():
-                raise ModelError(f"--resume: {e} (and there is no {prev.name} to fall back to)") from None
-            ck = load_checkpoint(prev, map_location=self.device)
-            warnings.warn(f"--resume: {e}; continuing from the previous checkpoint {prev} (epoch "
-                          f"{ck.get('epoch')}) instead", ResumeFallbackWarning, stacklevel=2)
-            self._last_damaged = True
-            path = prev
+    def restore_checkpoint(self) -> int:
+        """``--resume``: load last.pt (or prev.pt when last.pt is unreadable), check that it belongs
+        to this run, restore weights, optimiser, scaler, RNG, step and best; return its epoch."""
+        ck, path, self.last_damaged = checkpoint.load_resumable(
+            self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt", map_location=self.device)
         mc = ck["model_config"]
         if mc != self.model_config.to_dict():
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
@@ -514,8 +487,14 @@ class Trainer:
         self.best = ck.get("best")
         return int(ck["epoch"])
 
-    # ---- loop -------------------------------------------------------------------------------
+    # ---- training steps ---------------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (a pure function of it: see :func:`lr_at`)."""
+        return lr_at(self.cfg, step, self.steps_per_epoch)
+
     def train_step(self, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+        """One optimiser step on ``batch`` at learning rate ``lr`` (forward, loss, backward, clip,
+        step, EMA update); returns the loss parts as floats, ``total`` among them."""
         dev = self.device
         nb = dev.type == "cuda"
         ct = batch["ct"].to(dev, non_blocking=nb)
@@ -544,13 +523,15 @@ class Trainer:
         return out
 
     def loader(self, epoch: int, start_step: int = 0):
+        """The batches of ``epoch`` for this rank (crops are a pure function of seed, epoch, index)."""
         self.dataset.set_epoch(epoch)
         sampler = RankSampler(self.steps_per_epoch, self.cfg.batch, self.rank, self.world, start_step)
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch, sampler=sampler,
                                            num_workers=self.cfg.workers,
                                            pin_memory=self.device.type == "cuda", drop_last=False)
 
-    def _reduce(self, sums: dict[str, float], n: int) -> dict[str, float]:
+    def reduce_means(self, sums: dict[str, float], n: int) -> dict[str, float]:
+        """Per-key means of ``sums`` over ``n`` steps, summed over all DDP ranks."""
         keys = sorted(sums)
         if self.world > 1:
             import torch.distributed as dist
@@ -561,135 +542,145 @@ class Trainer:
             sums = dict(zip(keys, vals, strict=True))
         return {k: sums[k] / max(1, n) for k in keys}
 
-    def fit(self) -> dict[str, Any]:
+    # ---- the loop and its hooks -------------------------------------------------------------
+    def on_train_start(self) -> int:
+        """:meth:`initialize`, restore the checkpoint on resume (a new run may not overwrite one),
+        write the run info, open the logger; returns the epoch training continues after (0: new)."""
         cfg = self.cfg
-        self.setup_device()
-        self.setup_data()
-        self.setup_model()
-        self.setup_loss()
-        self.version = version_info()
-        t0 = time.time()
-        train_patients = self.load_train()
-        self.val_patients = (list(self.val_cache.patients(self.val_ids))
-                             if self.val_cache and self.is_main else [])
-        self.log(f"loaded {len(train_patients)} training / {len(self.val_ids)} validation patients in "
-                 f"{time.time() - t0:.1f} s ({sum(p.nbytes for p in train_patients) / 1e9:.2f} GB in memory)")
-        self.steps_per_epoch = cfg.steps_per_epoch or max(
-            1, math.ceil(len(train_patients) / (cfg.batch * self.world)))
-        self.dataset = CropDataset(train_patients, self.roi_set, cfg.patch,
-                                   self.steps_per_epoch * cfg.batch * self.world, seed=cfg.seed,
-                                   target_fraction=cfg.target_fraction, flip_axis=self.space.lr_axis,
-                                   flip=cfg.flip, rotate_p=cfg.rotate_p,
-                                   rotate_axis=(self.head_feet_axis(self.space.axes)
-                                                if cfg.rotate_p > 0 else None),
-                                   rotate_step=cfg.rotate_step, shift=cfg.shift)
+        self.initialize()
         self.global_step = 0
         self.best: dict[str, Any] | None = None
+        self.last_row: dict[str, Any] = {}
         start_epoch = 0
         if self.resume:
-            start_epoch = self.restore()
+            start_epoch = self.restore_checkpoint()
             self.log(f"resumed {self.run} at epoch {start_epoch} (step {self.global_step})")
         elif self.is_main and (self.ckpt_dir / "last.pt").exists():
             raise ValueError(f"{self.run} already holds a training run; use --resume to continue it or "
                              "choose another --out")
         self.write_run_info()
-        metrics = (_CsvLog(self.run / "metrics.csv", start_epoch if self.resume else None)
-                   if self.is_main else None)
-        tb = self._tensorboard()
+        self.logger.open(start_epoch if self.resume else None)
         self.log(f"training {cfg.loss} on {self.device}{' (AMP)' if self.amp else ''}: "
                  f"epochs {start_epoch + 1}"
                  f"..{cfg.epochs}, {self.steps_per_epoch} steps x batch {cfg.batch}"
                  f"{f' x {self.world} processes' if self.world > 1 else ''}, patch {list(cfg.patch)}")
-        prog = self._progress_bar(start_epoch)
-        last_summary: dict[str, Any] = {}
+        self.logger.start_progress(cfg.epochs * self.steps_per_epoch, start_epoch * self.steps_per_epoch,
+                                   self.progress)
+        return start_epoch
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Training mode and empty sums for ``epoch``."""
+        self.net.train()
+        self.epoch = epoch
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_steps = 0
+        self.epoch_t0 = time.time()
+
+    def on_train_step_end(self, parts: dict[str, float]) -> None:
+        """After :meth:`train_step`: count the step, add its loss parts to the epoch's sums, progress."""
+        self.global_step += 1
+        self.epoch_steps += 1
+        for k, v in parts.items():
+            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+        self.logger.step(f"epoch {self.epoch} loss {self.epoch_sums['total'] / self.epoch_steps:.4f}")
+
+    def on_train_epoch_end(self, epoch: int) -> dict[str, Any]:
+        """The epoch's row: step, lr, mean loss parts (over all ranks), seconds per step."""
+        train_time = time.time() - self.epoch_t0
+        n = self.epoch_steps
+        means = self.reduce_means(self.epoch_sums, n)
+        row: dict[str, Any] = {"epoch": epoch, "step": self.global_step, "lr": self.lr,
+                               "train_loss": means.get("total", float("nan"))}
+        row.update({f"train_{k}": v for k, v in means.items() if k != "total"})
+        row["sec_per_step"] = train_time / max(1, n)
+        return row
+
+    def validation_due(self, epoch: int) -> bool:
+        """Whether ``epoch`` validates: every ``val_every`` epochs and after the last."""
+        return bool(self.val_ids) and (epoch % self.cfg.val_every == 0 or epoch == self.cfg.epochs)
+
+    def validation_step(self) -> dict[str, float]:
+        """Scores of the validation patients (rank 0): whole-grid prediction with the weights
+        checkpoints hold (:attr:`eval_model`), scored by :func:`validate`. Lower is better for the
+        score :meth:`selection_value` picks."""
+        return validate(self.eval_model, self.val_patients, self.protocol, self.cfg, self.device)
+
+    def selection_value(self, scores: dict[str, float]) -> float:
+        """The number best.pt minimises (``cfg.select``)."""
+        return _select_value(scores, self.cfg.select)
+
+    def select_best(self, epoch: int, scores: dict[str, float]) -> bool:
+        """Whether ``epoch`` (validated with ``scores``) is the best so far; records it as :attr:`best`."""
+        value = self.selection_value(scores)
+        if self.best is None or value < self.best["value"]:
+            self.best = {"epoch": epoch, "select": self.cfg.select, "value": value, **scores}
+            return True
+        return False
+
+    def on_validation_epoch(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Validate when due (rank 0), adding ``val_*`` columns to ``row``; returns whether the epoch
+        is the best so far (without validation every epoch is: best.pt = last.pt)."""
+        if not self.val_ids:
+            return True
+        row.update({f"val_{k}": "" for k in self.val_keys})  # fixed CSV columns in every row
+        if not (self.validation_due(epoch) and self.is_main):
+            return False
+        tv = time.time()
+        scores = self.validation_step()
+        row.update({f"val_{k}": v for k, v in scores.items()})
+        row["val_sec"] = time.time() - tv
+        return self.select_best(epoch, scores)
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any], is_best: bool) -> None:
+        """Save the checkpoints and record the row (metrics.csv, TensorBoard, the epoch line)."""
+        row["time_s"] = time.time() - self.t0
+        self.save_checkpoint(epoch, is_best)
+        self.logger.epoch(row, is_best, self.global_step)
+        self.last_row = row
+
+    def should_stop(self, epoch: int) -> bool:
+        """Whether this process ends after ``epoch`` (``stop_after``: a job slice; --resume continues)."""
+        cfg = self.cfg
+        if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.epochs:
+            self.log(f"stopping after epoch {epoch} (--stop-after); continue with --resume")
+            return True
+        return False
+
+    def barrier(self) -> None:
+        """Wait for every DDP rank (nothing with one process)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def on_train_end(self) -> None:
+        """Close the progress and TensorBoard (runs also when training failed)."""
+        self.logger.close(self.last_row)
+
+    def summary(self) -> dict[str, Any]:
+        """What :meth:`fit` returns: run folder, epochs, steps, best validation, the last row."""
+        return {"run": str(self.run), "epochs": self.cfg.epochs, "global_step": self.global_step,
+                "best": self.best, "last": self.last_row}
+
+    def fit(self) -> dict[str, Any]:
+        """Train (see the class docstring for the steps); returns :meth:`summary`."""
+        start_epoch = self.on_train_start()
         try:
-            for epoch in range(start_epoch + 1, cfg.epochs + 1):
-                self.net.train()
-                sums: dict[str, float] = {}
-                n = 0
-                te = time.time()
+            for epoch in range(start_epoch + 1, self.cfg.epochs + 1):
+                self.on_epoch_start(epoch)
                 for batch in self.loader(epoch):
-                    lr = lr_at(cfg, self.global_step, self.steps_per_epoch)
-                    parts = self.train_step(batch, lr)
-                    self.global_step += 1
-                    n += 1
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    if prog is not None:
-                        prog.update(1, info=f"epoch {epoch} loss {sums['total'] / n:.4f}")
-                train_time = time.time() - te
-                means = self._reduce(sums, n)
-                row: dict[str, Any] = {"epoch": epoch, "step": self.global_step, "lr": lr,
-                                       "train_loss": means.get("total", float("nan"))}
-                row.update({f"train_{k}": v for k, v in means.items() if k != "total"})
-                row["sec_per_step"] = train_time / max(1, n)
-                is_best = False
-                if self.val_ids:  # fixed CSV columns even for epochs without validation
-                    row.update({f"val_{k}": "" for k in VAL_KEYS})
-                if self.val_ids and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                    if self.is_main:
-                        tv = time.time()
-                        scores = validate(self.eval_model, self.val_patients, self.protocol, cfg, self.device)
-                        row.update({f"val_{k}": v for k, v in scores.items()})
-                        row["val_sec"] = time.time() - tv
-                        value = _select_value(scores, cfg.select)
-                        if self.best is None or value < self.best["value"]:
-                            self.best = {"epoch": epoch, "select": cfg.select, "value": value, **scores}
-                            is_best = True
-                elif not self.val_ids:
-                    is_best = True  # no validation: best = last
-                row["time_s"] = time.time() - t0
-                self.save(epoch, is_best)
-                if self.is_main:
-                    metrics.append(row)
-                    if tb is not None:
-                        for k, v in row.items():
-                            if k != "epoch" and isinstance(v, (int, float)):
-                                tb.add_scalar(k, v, self.global_step)
-                        tb.flush()
-                    self.log(self._epoch_line(row, is_best))
-                last_summary = row
-                if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.epochs:
-                    self.log(f"stopping after epoch {epoch} (--stop-after); continue with --resume")
+                    self.lr = self.learning_rate(self.global_step)
+                    parts = self.train_step(batch, self.lr)
+                    self.on_train_step_end(parts)
+                row = self.on_train_epoch_end(epoch)
+                is_best = self.on_validation_epoch(epoch, row)
+                self.on_epoch_end(epoch, row, is_best)
+                if self.should_stop(epoch):
                     break
-                if self.world > 1:
-                    import torch.distributed as dist
-
-                    dist.barrier()
+                self.barrier()
         finally:
-            if prog is not None:
-                prog.close(f"loss {last_summary['train_loss']:.4f}" if last_summary else "")
-            if tb is not None:
-                tb.close()
-        return {"run": str(self.run), "epochs": cfg.epochs, "global_step": self.global_step,
-                "best": self.best, "last": last_summary}
-
-    def _epoch_line(self, row: dict[str, Any], is_best: bool) -> str:
-        s = (f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  "
-             f"{row['sec_per_step']:.2f} s/step")
-        validated = row.get("val_dose_score", "") != ""
-        if validated:
-            s += (f"  val dose {row['val_dose_score']:.3f} DVH {row['val_dvh_score']:.3f} "
-                  f"PTV {row['val_ptv_score']:.3f} OAR {row['val_oar_score']:.3f}")
-        return s + ("  *best*" if is_best and validated else "")
-
-    def _tensorboard(self):
-        if not self.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.run / "tb"))
-
-    def _progress_bar(self, start_epoch: int):
-        """Per-step progress: a bar on a terminal, a plain line about every 20 s in a log."""
-        from ..progress import steps
-
-        if not self.progress:
-            return None
-        return steps("training", self.cfg.epochs * self.steps_per_epoch,
-                     done=start_epoch * self.steps_per_epoch, requested=True)
+            self.on_train_end()
+        return self.summary()
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Log | None = None, progress: bool | None = None

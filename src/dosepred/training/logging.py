@@ -1,0 +1,146 @@
+"""What a training run reports: ``metrics.csv``, TensorBoard events, per-step progress, one line per epoch.
+
+:class:`RunLogger` is everything :class:`~dosepred.training.trainer.Trainer` records about a run;
+the trainer hands it each epoch's row (a dict: ``epoch``, ``step``, ``lr``, ``train_*``,
+``val_*``, timings) and never writes a record itself. A logger made with ``enabled=False`` (the
+trainer on a DDP rank other than 0) records nothing.
+
+- ``RUN/metrics.csv``: one row per epoch, the header fixed by the first row (:class:`CsvLog`);
+  ``--resume`` keeps the rows up to the resumed epoch.
+- ``RUN/tb/``: every numeric value of the row as a TensorBoard scalar at the run's step, when
+  tensorboard is installed (it is optional).
+- per-step progress: a bar on a terminal, a plain line about every 20 s in a log
+  (:mod:`dosepred.progress`).
+- the epoch line (:func:`epoch_line`) and any other message go to the ``log`` callable.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..fsutil import atomic_file
+
+Log = Callable[[str], None]
+
+#: The validation columns every row has once a run validates (empty in epochs without validation).
+VAL_KEYS = ("dose_score", "dvh_score", "ptv_score", "oar_score", "criteria_pass_rate", "sec")
+
+
+class CsvLog:
+    """metrics.csv with a header fixed by the first row; resume keeps rows up to the resumed epoch."""
+
+    def __init__(self, path: Path, resume_epoch: int | None) -> None:
+        self.path = path
+        self.header: list[str] | None = None
+        if resume_epoch is not None and path.is_file():
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if rows:
+                self.header = list(rows[0].keys())
+                keep = [r for r in rows if int(r["epoch"]) <= resume_epoch]
+                self._write_all(keep)
+        elif path.exists():
+            path.unlink()
+
+    def _write_all(self, rows: list[dict[str, Any]]) -> None:
+        assert self.header is not None
+        with atomic_file(self.path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = self.header is None
+        if new:
+            self.header = list(row.keys())
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def epoch_line(row: dict[str, Any], is_best: bool) -> str:
+    """The one line an epoch prints: loss, learning rate, speed and, when it validated, the scores."""
+    s = (f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  "
+         f"{row['sec_per_step']:.2f} s/step")
+    validated = row.get("val_dose_score", "") != ""
+    if validated:
+        s += (f"  val dose {row['val_dose_score']:.3f} DVH {row['val_dvh_score']:.3f} "
+              f"PTV {row['val_ptv_score']:.3f} OAR {row['val_oar_score']:.3f}")
+    return s + ("  *best*" if is_best and validated else "")
+
+
+def open_tensorboard(folder: Path) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` on ``folder``, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional dependency
+        return None
+    return SummaryWriter(str(folder))
+
+
+class RunLogger:
+    """The records of one training run in folder ``run`` (see the module docstring).
+
+    Call order: :meth:`open` (once the run folder holds its run info), :meth:`start_progress`,
+    then per step :meth:`step` and per epoch :meth:`epoch`, and :meth:`close` at the end (also
+    after an error). :meth:`message` may be called at any time."""
+
+    def __init__(self, run: Path, log: Log | None = None, enabled: bool = True) -> None:
+        self.run = Path(run)
+        self._log = log
+        self.enabled = enabled
+        self.csv: CsvLog | None = None
+        self.tb: Any | None = None
+        self.bar: Any | None = None
+
+    def message(self, msg: str) -> None:
+        """Pass ``msg`` to the ``log`` callable (nothing when disabled or without one)."""
+        if self._log is not None and self.enabled:
+            self._log(msg)
+
+    def open(self, resume_epoch: int | None) -> None:
+        """Open ``metrics.csv`` (a new run: emptied; a resumed one: rows after ``resume_epoch``
+        dropped) and the TensorBoard writer."""
+        if not self.enabled:
+            return
+        self.csv = CsvLog(self.run / "metrics.csv", resume_epoch)
+        self.tb = open_tensorboard(self.run / "tb")
+
+    def start_progress(self, total_steps: int, done_steps: int, show: bool) -> None:
+        """Per-step progress over ``total_steps`` of which ``done_steps`` are done (when ``show``)."""
+        from ..progress import steps
+
+        if self.enabled and show:
+            self.bar = steps("training", total_steps, done=done_steps, requested=True)
+
+    def step(self, info: str) -> None:
+        """One optimiser step done; ``info`` (e.g. the epoch's running loss) goes with the progress."""
+        if self.bar is not None:
+            self.bar.update(1, info=info)
+
+    def epoch(self, row: dict[str, Any], is_best: bool, step: int) -> None:
+        """Record an epoch's row: a CSV row, its numbers as TensorBoard scalars at ``step``, the line."""
+        if not self.enabled:
+            return
+        if self.csv is not None:
+            self.csv.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        self.message(epoch_line(row, is_best))
+
+    def close(self, last: dict[str, Any] | None = None) -> None:
+        """End the progress (with the last row's loss) and close the TensorBoard writer."""
+        if self.bar is not None:
+            self.bar.close(f"loss {last['train_loss']:.4f}" if last else "")
+            self.bar = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
