@@ -53,7 +53,7 @@ def main() -> None:
 
     from dosepred import losses as new
     from dosepred import roi
-    from dosepred.bench.losses import _op_counts
+    from dosepred.bench.losses import op_counts
     from dosepred.io.openkbp import read_patient
 
     tmp = tempfile.TemporaryDirectory()
@@ -86,7 +86,7 @@ def main() -> None:
                 return float(loss.detach()), x.grad
 
             value, grads[label] = once()
-            ops, syncs = _op_counts(once)
+            ops, syncs = op_counts(once)
             ts = []
             for _ in range(a.repeats):
                 t0 = time.perf_counter()

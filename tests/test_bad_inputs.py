@@ -172,7 +172,7 @@ def test_evaluate_non_finite_csv_prediction(base, work, value, kind):
 
 
 def test_evaluate_non_finite_cache_prediction(base, work):
-    from dosepred.io.cache import Cache, _write_npz
+    from dosepred.io.cache import Cache, write_members
 
     pats = list(Cache.open(base / "cache"))
     write_cache([p.with_dose(p.possible_dose_mask.astype(np.float32)) for p in pats], work / "predcache")
@@ -181,8 +181,7 @@ def test_evaluate_non_finite_cache_prediction(base, work):
         arrays = {k: z[k] for k in z.files}
     arrays["dose"] = arrays["dose"].copy()
     arrays["dose"][0] = np.nan
-    with open(f, "wb") as fh:
-        _write_npz(fh, arrays)
+    write_members(f, arrays)
     with unchanged(work):
         fails(cli("evaluate", "--reference", base / "cache", "--prediction", work / "predcache"),
               f"patient {pats[1].id}", f"{pats[1].id}.npz", "non-finite", "NaN")

@@ -138,10 +138,10 @@ def _tmp_proto():
 
 
 def test_read_ahead_keeps_order_errors_and_closes():
-    from dosepred.evaluation.pairing import _read_ahead
+    from dosepred.evaluation.pairing import prefetch
 
     for depth in (0, 1, 3):
-        assert list(_read_ahead(iter(range(7)), depth)) == list(range(7))
+        assert list(prefetch(iter(range(7)), depth)) == list(range(7))
 
     def failing():
         yield 1
@@ -150,7 +150,7 @@ def test_read_ahead_keeps_order_errors_and_closes():
 
     got = []
     with pytest.raises(ValueError, match="pt_3"):
-        for x in _read_ahead(failing(), 1):
+        for x in prefetch(failing(), 1):
             got.append(x)
     assert got == [1, 2]  # the error comes where its item would have
 
@@ -164,7 +164,7 @@ def test_read_ahead_keeps_order_errors_and_closes():
         finally:
             state["closed"] = True
 
-    for x in _read_ahead(producer(), 2):
+    for x in prefetch(producer(), 2):
         if x == 3:
             break
     assert state["closed"] and state["made"] <= 6  # read ahead by at most depth, then closed

@@ -136,7 +136,7 @@ def _unet(roi_set: Any, device: str):
 _SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense")
 
 
-def _op_counts(fn: Callable[[], Any]) -> tuple[int, int]:
+def op_counts(fn: Callable[[], Any]) -> tuple[int, int]:
     """(aten op calls, nested ones included; of them, host synchronisations) of one ``fn()`` call.
 
     On a GPU every aten call is at least one kernel launch (a few microseconds each) and every sync
@@ -199,7 +199,7 @@ def _time_case(case: dict[str, Any], dev: str, names: Sequence[str], repeats: in
         if log:
             log(f"{size}^3 {dev}: {name}")
         seconds = _median_time(once, repeats, dev)
-        ops, syncs = _op_counts(once)
+        ops, syncs = op_counts(once)
         rows.append({"size": size, "device": dev, "loss": name, "spec": spec, "options": opts,
                      "protocol": proto or ("openkbp" if spec == "cdm" else None),
                      "seconds": seconds, "aten_ops": ops, "host_syncs": syncs, "source": case["source"],

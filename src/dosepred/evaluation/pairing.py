@@ -416,7 +416,7 @@ def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | 
 _READ_AHEAD_THREAD = "dosepred-read-ahead"
 
 
-def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     """Yield ``items`` while one worker thread already produces the next ``depth`` of them.
 
     Reading a patient is mostly file I/O, CRC checks and numpy scatters, which release the GIL, so
@@ -473,7 +473,7 @@ def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
     ``(1, 1, n)`` over the mask's voxels and the ROI voxels outside it (``meta["compact"]``): no
     box-sized array is built and every score is unchanged. Other pairs come as boxes.
     """
-    return _read_ahead(_iter_pairs(reference, prediction, ids, with_ct, crop, compact), read_ahead)
+    return prefetch(_iter_pairs(reference, prediction, ids, with_ct, crop, compact), read_ahead)
 
 
 def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
