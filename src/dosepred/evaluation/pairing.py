@@ -33,13 +33,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..boxes import Box, box_shape, coords_box, union
 from ..patient import Patient
 from .scoring import as_dose_array
 
 T = TypeVar("T")
 
 #: a box on a grid: one slice (start, stop) per axis
-Box = tuple[slice, ...]
 
 #: reference kinds read here cropped and without the CT (others are read whole, by geometry)
 _CROPPED_KINDS = ("cache", "openkbp")
@@ -174,7 +174,7 @@ class _Predictions:
             d, box = self._cache_dose(pid, crop=True)
             if box is None:  # version-1 file: the whole grid
                 box = full
-            if e.shape != tuple(shape) or d.shape != _bshape(box):
+            if e.shape != tuple(shape) or d.shape != box_shape(box):
                 raise ValueError(f"patient {pid}: predicted dose has shape {e.shape}, but the "
                                  f"reference grid is {tuple(shape)}")
             return d, box
@@ -187,12 +187,12 @@ class _Predictions:
             assert vals is not None
             keep = vals != 0
             coords = tuple(c[keep] for c in np.unravel_index(idx, shape))
-            box = _box_of_coords([coords])
+            box = coords_box([coords])
             if box is None:
                 return np.zeros((0, 0, 0), np.float32), None
-            d = np.zeros(int(np.prod(_bshape(box))), np.float32)
+            d = np.zeros(int(np.prod(box_shape(box))), np.float32)
             d[_local(coords, box)] = vals[keep]
-            return d.reshape(_bshape(box)), box
+            return d.reshape(box_shape(box)), box
         return as_dose_array(read_prediction(f, shape), shape, pid), full
 
 
@@ -281,42 +281,16 @@ def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None,
         yield p
 
 
-def _box_of_coords(coords: list[tuple[np.ndarray, ...]]) -> Box | None:
-    """Bounding box (slices) of voxel coordinates (tuples of per-axis index arrays); None if empty."""
-    lo: list[int] = []
-    hi: list[int] = []
-    for c in coords:
-        if c[0].size == 0:
-            continue
-        mins = [int(x.min()) for x in c]
-        maxs = [int(x.max()) for x in c]
-        lo = mins if not lo else [min(u, v) for u, v in zip(lo, mins, strict=True)]
-        hi = maxs if not hi else [max(u, v) for u, v in zip(hi, maxs, strict=True)]
-    if not lo:
-        return None
-    return tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
-
-
-def _union(a: Box | None, b: Box | None) -> Box | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
-
-
-def _bshape(box: Box) -> tuple[int, ...]:
-    return tuple(s.stop - s.start for s in box)
-
-
 def _local(coords: tuple[np.ndarray, ...], box: Box) -> np.ndarray:
     """C-order flat indices inside ``box`` of voxel coordinates that lie in it."""
-    return np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, box, strict=True)), _bshape(box))
+    return np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, box, strict=True)), box_shape(box))
 
 
 def _embed(a: np.ndarray, box: Box, outer: Box) -> np.ndarray:
     """``a`` (the values on ``box``) on the larger ``outer`` box, zero elsewhere."""
     if box == outer:
         return a
-    out = np.zeros(_bshape(outer), dtype=a.dtype)
+    out = np.zeros(box_shape(outer), dtype=a.dtype)
     out[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer, strict=True))] = a
     return out
 
@@ -339,7 +313,7 @@ class _SparseRef:
 
     def patient(self, box: Box) -> Patient:
         """The reference on ``box`` (which must hold its support box), CT not loaded."""
-        bs = _bshape(box)
+        bs = box_shape(box)
         rs = self.roi_set
         mask = np.zeros(int(np.prod(bs)), bool)
         mask[_local(self.mask, box)] = True
@@ -366,7 +340,7 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
         dose = np.unravel_index(s.dose_index, grid)
         nonzero = s.dose_values != 0
         rois = [(k, np.unravel_index(idx, grid)) for k, idx in s.rois]
-        box = _box_of_coords([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
+        box = coords_box([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
         yield _SparseRef(s.id, grid, s.spacing, s.roi_set, mask, dose, s.dose_values, rois, s.missing_rois,
                          {**s.meta, "ct_loaded": False}, box)
 
@@ -395,7 +369,7 @@ def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | 
         def make(outer: Box, e: Any = e, arrays: Any = arrays, box: Box = box) -> Patient:
             dose = arrays["dose"]
             codes = _embed(arrays["roi_codes"], box, outer)
-            p = Patient(e.id, np.zeros(_bshape(outer), np.int16), codes, rs, e.spacing,
+            p = Patient(e.id, np.zeros(box_shape(outer), np.int16), codes, rs, e.spacing,
                         _embed(arrays["possible_dose_mask"], box, outer),
                         None if dose is None else _embed(dose, box, outer),
                         e.missing_rois, {**e.meta, "ct_loaded": False})
@@ -403,9 +377,9 @@ def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | 
             if known is not None:  # the stored non-zero-code voxels, as flat indices into the box
                 idx, vals = known
                 if box != outer:
-                    local = np.unravel_index(idx, _bshape(box))
+                    local = np.unravel_index(idx, box_shape(box))
                     idx = np.ravel_multi_index(tuple(c + (s.start - o.start) for c, s, o in
-                                                     zip(local, box, outer, strict=True)), _bshape(outer))
+                                                     zip(local, box, outer, strict=True)), box_shape(outer))
                 p.set_roi_voxels(idx, vals)
             return p
         yield pid, e.shape, box, make
@@ -525,11 +499,11 @@ def _box_pairs(reference: str | os.PathLike, kind: str | None, preds: _Predictio
     """Each pair on the box that holds the data of both (see :func:`iter_pairs`, ``crop``)."""
     for pid, shape, ref_box, make_ref in _reference_crops(reference, kind, ids):
         pd, pbox = preds.crop(pid, shape)
-        box = _union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
+        box = union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
         ref = make_ref(box)
         ref.meta["crop_box"] = [[s.start, s.stop] for s in box]
         ref.meta["prediction_file"] = preds.name(pid)
-        pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(_bshape(box), np.float32)
+        pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(box_shape(box), np.float32)
         yield ref, pred
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..boxes import mask_box
 from ..fsutil import write_bytes, write_json
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
@@ -64,16 +65,6 @@ class CacheError(ValueError):
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Kept for callers that import it: :func:`dosepred.fsutil.write_json`."""
     write_json(path, obj)
-
-
-def _box_of(sel: np.ndarray) -> np.ndarray:
-    """[start, stop) per axis of the True voxels of ``sel`` (an empty box at 0 when none)."""
-    out = np.zeros((sel.ndim, 2), dtype=np.int64)
-    for ax in range(sel.ndim):
-        hit = np.flatnonzero(sel.any(axis=tuple(a for a in range(sel.ndim) if a != ax)))
-        if hit.size:
-            out[ax] = (hit[0], hit[-1] + 1)
-    return out
 
 
 def _slices(box: np.ndarray) -> tuple[slice, ...]:
@@ -105,11 +96,11 @@ def encode_patient(p: Patient) -> dict[str, np.ndarray]:
     sel = mask | (p.roi_codes != 0)
     if p.dose is not None:
         sel |= p.dose != 0
-    box = _box_of(sel)
+    box = np.array([[b.start, b.stop] for b in mask_box(sel)], np.int64)
     b = _slices(box)
     mc = mask[b]
     fill = p.ct.flat[0] if p.ct.size else np.int16(0)
-    ct_box = _box_of(p.ct != fill)
+    ct_box = np.array([[b.start, b.stop] for b in mask_box(p.ct != fill)], np.int64)
     grid = np.stack([np.zeros(3, np.int64), np.asarray(p.shape, np.int64)], axis=1)
     arrays: dict[str, np.ndarray] = {"boxes": np.stack([grid, box, ct_box]),
                                      "possible_dose_mask": np.packbits(mc, axis=None)}

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..boxes import mask_box
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
@@ -59,16 +60,6 @@ class PatientArrays:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.ct, self.dose, self.codes, self.mask, self.target_idx))
-
-
-def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    sl = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, mask.shape[ax])
-        sl.append(slice(max(0, lo - margin[ax]), min(mask.shape[ax], hi + margin[ax])))
-    return tuple(sl)
 
 
 def mask_extremes(mask: np.ndarray) -> np.ndarray:
@@ -100,7 +91,7 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
         plane = [a for a in range(3) if a != rotate_axis]
         half_diag = int(np.ceil(0.5 * np.hypot(*(patch[a] for a in plane)))) + 1
         margin = [half_diag if a in plane else m for a, m in enumerate(margin)]
-    sl = _bbox(mask, margin)
+    sl = mask_box(mask, margin, empty="full")
     mask_c = np.ascontiguousarray(mask[sl])
     codes_c = np.ascontiguousarray(p.roi_codes[sl])
     tbits = [p.roi_set.index(n) for n in p.roi_set.targets]

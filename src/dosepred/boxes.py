@@ -1,0 +1,52 @@
+"""Bounding boxes of voxels: the one place the cache, evaluation and training crops compute them.
+
+A box is a tuple of slices, one per axis, ``[start, stop)`` in voxel indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+Box = tuple[slice, ...]
+
+
+def mask_box(mask: np.ndarray, margin: int | Sequence[int] = 0, empty: str = "zero") -> Box:
+    """The box of the True voxels of ``mask``, grown by ``margin`` voxels per axis and clipped to the
+    array. With no True voxel: an empty box at 0 (``empty="zero"``) or the whole array (``"full"``)."""
+    m = [margin] * mask.ndim if isinstance(margin, (int, np.integer)) else list(margin)
+    out = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if not hit.size:
+            lo, hi = (0, 0) if empty == "zero" else (0, mask.shape[ax])
+        else:
+            lo, hi = int(hit[0]), int(hit[-1]) + 1
+        out.append(slice(max(0, lo - m[ax]), min(mask.shape[ax], hi + m[ax]) if hit.size else hi))
+    return tuple(out)
+
+
+def coords_box(coords: Iterable[tuple[np.ndarray, ...]]) -> Box | None:
+    """The box of voxel coordinates (tuples of per-axis index arrays, as ``np.nonzero`` gives);
+    None when there is none."""
+    lo: list[int] = []
+    hi: list[int] = []
+    for c in coords:
+        if c[0].size == 0:
+            continue
+        mins, maxs = [int(x.min()) for x in c], [int(x.max()) for x in c]
+        lo = mins if not lo else [min(u, v) for u, v in zip(lo, mins, strict=True)]
+        hi = maxs if not hi else [max(u, v) for u, v in zip(hi, maxs, strict=True)]
+    return tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True)) if lo else None
+
+
+def union(a: Box | None, b: Box | None) -> Box | None:
+    """The smallest box holding both (None is the empty box)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def box_shape(box: Box) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)
