@@ -20,18 +20,11 @@ from dosepred.io import cache, dicom, nifti, openkbp
 from dosepred.patient import Patient, Roi, RoiSet
 from test_dicom import make_patient
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp" / "sample" / "train-pats"
-
 
 @pytest.fixture
 def sample(request) -> Path:
-    """The OpenKBP sample train patients: conftest's ``sample_dir`` where it exists, else ../shared."""
-    try:
-        return request.getfixturevalue("sample_dir")
-    except pytest.FixtureLookupError:
-        if SHARED_SAMPLE.is_dir():
-            return SHARED_SAMPLE
-        pytest.skip("OpenKBP sample patients not available")
+    """The OpenKBP sample train patients (conftest's ``sample_dir``: never skipped for want of data)."""
+    return request.getfixturevalue("sample_dir")
 
 # ImageOrientationPatient of each layout, written out by hand from the DICOM definition (row
 # direction = where the column index grows, column direction = where the row index grows)
@@ -473,7 +466,6 @@ def test_inspect_any_source(tmp_path):
 MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae"
 
 
-@pytest.mark.skipif(not (MODEL / "model.pt").is_file(), reason="released model not available")
 def test_predict_dicom_in_rtdose_out_and_evaluate(tmp_path, sample):
     """`predict --data DICOM --format dicom --dose-spacing 4` writes an RTDOSE in the source's frame of
     reference, referencing its RTSTRUCT, named after the model; `evaluate` reads it back."""
