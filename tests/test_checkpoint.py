@@ -65,3 +65,31 @@ def test_space_round_trip_and_fallbacks(tmp_path):
                 "space": {"axes": "PLX"}}, tmp_path / "bad.pt")
     with pytest.raises(ModelError, match="space record is invalid"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
+    from dosepred.models.checkpoint import average_checkpoints
+
+    cfg = ModelConfig(base=2, levels=2, res_units=0, patch=(8, 8, 8))
+    states = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        states.append(build_model(cfg).state_dict())
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(), "model": states[-1]},
+                        tmp_path / f"c{seed}.pt")
+    paths = [tmp_path / f"c{s}.pt" for s in range(3)]
+    avg = average_checkpoints(paths)
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            want = (states[0][k].double() + states[1][k].double() + states[2][k].double()) / 3
+            assert torch.allclose(avg["model"][k].double(), want, atol=1e-6), k
+    assert avg["averaged"] == [str(p) for p in paths]
+    out = export_model(paths, tmp_path / "m", half=False)
+    m = load_checkpoint(out / "model.pt")
+    assert all(torch.equal(m["model"][k], avg["model"][k]) for k in avg["model"])
+    assert "average of the weights of 3 checkpoints" in (out / "README.md").read_text()
+    other = ModelConfig(base=4, levels=2, res_units=0, patch=(8, 8, 8))
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": other.to_dict(),
+                     "model": build_model(other).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="another architecture"):
+        average_checkpoints([paths[0], tmp_path / "other.pt"])

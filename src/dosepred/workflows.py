@@ -271,10 +271,14 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
         return predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, **kwargs)
 
 
-def export_model(run: PathLike, out: PathLike, fp32: bool = False, overwrite: bool = False) -> Path:
-    """``dosepred export-model``: a small released model folder at ``out``; the model file's path."""
+def export_model(run: PathLike | Sequence[PathLike], out: PathLike, fp32: bool = False,
+                 overwrite: bool = False) -> Path:
+    """``dosepred export-model``: a small released model folder at ``out`` of one run or checkpoint,
+    or of the average of the weights of several (:func:`~dosepred.models.checkpoint.average_checkpoints`);
+    the model file's path."""
     from .predict import export_model as export
 
-    with output_dir(out, overwrite, [run]) as tmp:
-        export(run, tmp, half=not fp32, final=out)
+    runs = [run] if isinstance(run, (str, os.PathLike)) else list(run)
+    with output_dir(out, overwrite, runs) as tmp:
+        export(runs[0] if len(runs) == 1 else runs, tmp, half=not fp32, final=out)
     return Path(out) / "model.pt"

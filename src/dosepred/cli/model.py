@@ -122,14 +122,16 @@ def predict(
 @app.command("export-model")
 @friendly
 def export_model(
-    run: Annotated[Path, typer.Argument(help="Run folder or checkpoint to export.")],
+    run: Annotated[list[Path], typer.Argument(help="Run folder or checkpoint to export (several of one "
+                                                   "model: their weights averaged).")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.pt, config.json, "
                                       "README.md).")],
     fp32: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default fp16, half the "
                                        "size).")] = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Write a small released model folder usable by `dosepred predict --model`."""
+    """Write a small released model folder usable by `dosepred predict --model` (of one run, or the
+    average of several fine-tunes of one model)."""
     from ..workflows import export_model
 
     f = export_model(run, out, fp32, overwrite)

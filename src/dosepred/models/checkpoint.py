@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,20 +184,41 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
     return model_from_checkpoint(load_checkpoint(path), device)
 
 
-def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = True,
-                 description: str = "", final: str | os.PathLike | None = None) -> Path:
+def average_checkpoints(srcs: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """The uniform average of the weights of several checkpoints of one architecture, ROI set and
+    model space (a "model soup" of fine-tunes of one model; docs/results.md measures it). The other
+    entries are the first checkpoint's; ``"averaged"`` lists the sources."""
+    cks = [load_checkpoint(s) for s in srcs]
+    if not cks:
+        raise ModelError("no checkpoint to average")
+    first = cks[0]
+    for c in cks[1:]:
+        for key, what in (("model_config", "architecture or ROI set"), ("space", "model space")):
+            if {k: v for k, v in c[key].items() if k != "source"} != \
+                    {k: v for k, v in first[key].items() if k != "source"}:
+                raise ModelError(f"{c['path']}: another {what} than {first['path']}; only checkpoints of "
+                                 "one model can be averaged")
+    avg = {k: (sum(c["model"][k].float() for c in cks) / len(cks)) if v.is_floating_point() else v
+           for k, v in first["model"].items()}
+    return {**first, "model": avg, "averaged": [c["path"] for c in cks]}
+
+
+def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+                 half: bool = True, description: str = "", final: str | os.PathLike | None = None) -> Path:
     """Write a released model folder: ``model.pt`` (weights, fp16 by default, and the space record),
-    ``config.json`` and ``README.md``. ``final``: the path the folder will have when ``out`` is a
-    temporary folder renamed there afterwards (named in the README)."""
+    ``config.json`` and ``README.md``. ``src``: a run, checkpoint or model folder, or several of one
+    model, whose weights are then averaged (:func:`average_checkpoints`). ``final``: the path the
+    folder will have when ``out`` is a temporary folder renamed there afterwards (named in the README)."""
     import dosepred
 
-    ckpt = load_checkpoint(src)
+    many = not isinstance(src, (str, os.PathLike))
+    ckpt = average_checkpoints(src) if many else load_checkpoint(src)  # type: ignore[arg-type]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
                for k, v in ckpt["model"].items()}
-    meta = {k: ckpt[k] for k in ("train_config", "epoch", "global_step", "best", "version", "space")
-            if k in ckpt}
+    keys = ("train_config", "epoch", "global_step", "best", "version", "space", "averaged")
+    meta = {k: ckpt[k] for k in keys if k in ckpt}
     obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
     save_checkpoint(obj, out / "model.pt")
     info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": str(ckpt["path"]),
@@ -217,6 +239,10 @@ def export_model(src: str | os.PathLike, out: str | os.PathLike, half: bool = Tr
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
             f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
             f"- model space: {space.summary()}\n"
-            f"- best validation: {json.dumps(ckpt.get('best'))}\n\n"
+            f"- best validation: {json.dumps(ckpt.get('best'))}\n"
+            + (f"- the uniform average of the weights of {len(ckpt['averaged'])} checkpoints: "
+               f"{', '.join(ckpt['averaged'])} (the other fields: the first's)\n"
+               if "averaged" in ckpt else "")
+            + "\n"
             f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
     return out
