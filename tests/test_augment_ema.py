@@ -230,4 +230,4 @@ def test_ema_resume_is_exact(cache, tmp_path):
 def test_config_checks_the_new_fields():
     for bad in (dict(rotate_p=1.5), dict(rotate_step=35), dict(ema_decay=1.0), dict(head_feet_axis=3)):
         with pytest.raises(ValueError):
-            TrainConfig(data="x", out="y", **bad).validate()
+            TrainConfig(data="x", out="y", **bad).check()

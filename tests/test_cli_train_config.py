@@ -78,6 +78,41 @@ def test_bad_config_file_is_one_clear_error(tmp_path, cache, content, needles):
     assert not (tmp_path / "run").exists()
 
 
+def test_config_file_null_unsets_and_loss_options_merge_key_by_key(tmp_path, cache):
+    from dosepred.workflows import train_run
+
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({**TINY, "val": None, "loss": "mae+cdm", "protocol": "openkbp",
+                             "loss_options": {"cdm_tau": 0.5, "cdm_spread": 2}}))
+    run = tmp_path / "run"
+    train_run(run, {"data": str(cache), "val": None, "loss_options": {"cdm_target_weight": 4}}, config=f)
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["loss_options"] == {"cdm_tau": 0.5, "cdm_spread": 2, "cdm_target_weight": 4}
+    # a stored validation cache is unset by a config file's null when resuming
+    cfg = TrainConfig.load(run / "config.json").merged({"val": "elsewhere"})
+    assert cfg.merged(TrainConfig.read_file(f), keep_none=True).val is None
+    assert cfg.merged({"val": None}).val == "elsewhere"  # a flag not given leaves it
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"epochs": 0}, "epochs"), ({"schedule": "nope"}, "'cosine', 'constant' or 'step'"), ({"lr": -1}, "lr"),
+    ({"rotate_step": 35}, "divide 360"), ({"orientation": "XYZ"}, "three axis letters"),
+    ({"select": "loss"}, "select"), ({"grad_clip": -1}, "grad_clip")])
+def test_ranges_and_choices_are_checked_on_construction(bad, needle):
+    with pytest.raises(ValueError, match="training config") as e:
+        TrainConfig(**bad)
+    assert needle in str(e.value)
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dosepred.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_config_model_checks_types_and_names():
     with pytest.raises(ValueError, match="ema_decay must be float"):
         TrainConfig(ema_decay="abc")

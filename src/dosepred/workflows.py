@@ -180,21 +180,40 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     return res, missing
 
 
+def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``key=value`` strings -> dict, values parsed as JSON when possible (numbers, true/false, null,
+    lists), else kept as strings."""
+    import json
+
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"{flag} {it!r}: expected key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
 def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = None, resume: bool = False,
               overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``dosepred train``: the run's config from (lowest first) the defaults, ``out/config.json`` when
-    resuming, the ``config`` file (JSON or TOML) and ``options`` (non-None values), then a fresh run
+    resuming, the ``config`` file (JSON or TOML; its nulls unset fields) and ``options`` (their non-None
+    values; ``loss_options`` merged key by key), then a fresh run
     written where ``--resume`` finds it (a failure restores what was there) or the run continued."""
     from .training import TrainConfig, train
 
     out = Path(out)
     stored = out / "config.json"
     base = TrainConfig.load(stored) if resume and stored.is_file() else TrainConfig()
-    if config is not None:
-        base = base.merged(TrainConfig.read_file(config))
+    if config is not None:  # a file's null unsets a field; flags not given (None) leave it
+        base = base.merged(TrainConfig.read_file(config), keep_none=True)
     cfg = base.merged({**options, "out": str(out)})
     if not cfg.data:
-        raise ValueError("give --data CACHE (or --resume an existing run)")
+        raise ValueError(f"{out}: no training run to resume (no config.json); give --data CACHE to start "
+                         "one" if resume else "give --data CACHE (or --resume an existing run)")
     inputs = [cfg.data, cfg.val, cfg.init, config]
     if not resume and not overwrite and (out / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"{out}: already holds a training run; use --resume to continue it, "

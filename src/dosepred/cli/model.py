@@ -14,35 +14,20 @@ _FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
 _TYPES = {"patch": int}  # one size on the command line (three in a --config file)
 
 
-def _kv(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``key=value`` strings -> dict, values parsed as JSON when possible (numbers, true/false, lists)."""
-    import json
-
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"{flag} {it!r}: expected key=value")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
 def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt: list[str] | None = None,
            set_: list[str] | None = None, overwrite: bool = False, no_progress: bool = False,
            **fields: Any) -> None:
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun).
     Every training-config field is a flag (defaults in brackets); --config FILE (JSON or TOML) sets
     many, flags and --set win over it."""
-    from ..workflows import train_run
+    from ..workflows import key_values, train_run
 
     opts = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+    opts.update(key_values(set_, "--set"))
     if loss_opt:
-        opts["loss_options"] = _kv(loss_opt, "--loss-opt")
+        opts["loss_options"] = key_values(loss_opt, "--loss-opt")
     con = console()
-    res = train_run(out, {**opts, **_kv(set_, "--set")}, config, resume, overwrite, log=con.print)
+    res = train_run(out, opts, config, resume, overwrite, log=con.print)
     best = res.get("best")
     con.print(f"done: {res['global_step']} steps in {out}" + (
         f"; best epoch {best['epoch']} ({best['select']} {best['value']:.3f})"
@@ -54,33 +39,39 @@ def _train_signature() -> inspect.Signature:
     help the field's description (documented once, in training/config.py)."""
     from ..training.config import TrainConfig
 
-    def opt(name: str, t: Any, help: str, *flags: str) -> inspect.Parameter:
+    fields = TrainConfig.model_fields
+
+    def opt(name: str, t: Any, help: str, *flags: str, **kw: Any) -> inspect.Parameter:
         default = inspect.Parameter.empty if t is Path else False if t is bool else None
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                 annotation=Annotated[t, typer.Option(*flags, help=help)])
+                                 annotation=Annotated[t, typer.Option(*flags, help=help, **kw)])
 
     def shown(v: Any) -> Any:
         return ("on" if v else "off") if isinstance(v, bool) else v[0] if isinstance(v, tuple) else \
-            "none" if v in (None, "") else v
+            f"{v:.4g}" if isinstance(v, float) else "none" if v in (None, "") else v
     params = [
-        opt("out", Path, "Run folder (config, checkpoints, metrics.csv, tb/).", "--out"),
-        opt("config", Path | None, "Training config file (JSON or TOML, the fields below).", "--config"),
+        opt("out", Path, fields["out"].description, "--out"),
+        opt("config", Path | None, "Training config file (JSON or TOML; keys: the fields below).",
+            "--config"),
         opt("resume", bool, "Continue RUN from checkpoints/last.pt.", "--resume"),
-        opt("loss_opt", list[str] | None, "Loss option key=value (repeatable), e.g. cdm_tau=0.5.",
-            "--loss-opt"),
-        opt("set_", list[str] | None, "Any config field key=value (repeatable), e.g. ema_decay=0.99.",
-            "--set"),
+        opt("loss_opt", list[str] | None, fields["loss_options"].description, "--loss-opt",
+            metavar="KEY=VALUE"),
+        opt("set_", list[str] | None, "Any field below by its config key (repeatable).", "--set",
+            metavar="KEY=VALUE"),
         opt("overwrite", bool, "Replace an existing run whole (never done without it).", "--overwrite"),
         opt("no_progress", bool, "Plain progress lines instead of bars.", "--no-progress")]
-    for name, f in TrainConfig.model_fields.items():
+    for name, f in fields.items():
         if name in ("out", "loss_options"):
             continue
-        t = _TYPES.get(name) or next(a for a in (getattr(f.annotation, "__args__", None) or (f.annotation,))
-                                     if a is not type(None))
+        args = [a for a in getattr(f.annotation, "__args__", None) or (f.annotation,) if a is not type(None)]
+        choices = all(isinstance(a, str) for a in args)  # a Literal: the values
+        t = _TYPES.get(name) or (str if choices else args[0])
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-        default = f.get_default(call_default_factory=True)
+        help = f.description + (f" ({' | '.join(args)})" if choices else "") + (
+            f" (config key {name})" if flag[2:] != name.replace("_", "-") else "")
         flags = (f"{flag}/--no-{flag[2:]}",) if t is bool else (flag,)
-        params.append(opt(name, t | None, f"{f.description} [{shown(default)}]", *flags))
+        default = shown(f.get_default(call_default_factory=True))
+        params.append(opt(name, t | None, f"{help} [{default}]", *flags))
     return inspect.Signature(params)
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEDULES = ("cosine", "constant", "step")
-SELECT = ("dvh", "dose", "ptv", "oar", "dose+dvh")
+Schedule = Literal["cosine", "constant", "step"]
+Select = Literal["dvh", "dose", "ptv", "oar", "dose+dvh"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+SELECT: tuple[str, ...] = get_args(Select)
 
 
 class TrainConfig(BaseModel):
@@ -41,26 +43,27 @@ class TrainConfig(BaseModel):
                                          "key=value, repeatable), e.g. cdm_tau=0.5.")
     protocol: str | None = Field(None, description="Protocol for the CDM loss and validation: openkbp, "
                                                    "openkbp-clinical or a JSON file.")
-    epochs: int = Field(100, description="Number of epochs.")
-    steps_per_epoch: int | None = Field(None, description="Steps per epoch (none: one crop per training "
-                                                          "patient per global batch).")
-    batch: int = Field(2, description="Crops per step (per process).")
+    epochs: int = Field(100, ge=1, description="Number of epochs.")
+    steps_per_epoch: int | None = Field(None, ge=1,
+        description="Steps per epoch (none: one crop per training "
+                    "patient per global batch).")
+    batch: int = Field(2, ge=1, description="Crops per step (per process).")
     patch: tuple[int, int, int] = Field((64, 64, 64), description="Crop / sliding-window size (one "
                                                                   "size or three).")
-    lr: float = Field(3e-4, description="AdamW learning rate.")
-    weight_decay: float = Field(1e-4, description="AdamW weight decay.")
-    schedule: str = Field("cosine", description="Learning-rate schedule: cosine | constant | step.")
-    warmup_steps: int = Field(0, description="Linear learning-rate warm-up steps.")
-    step_every_epochs: int = Field(30, description="Schedule step: lr x step_gamma every this many "
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    schedule: Schedule = Field("cosine", description="Learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    step_every_epochs: int = Field(30, ge=1, description="Schedule step: lr x step_gamma every this many "
                                                    "epochs.")
     step_gamma: float = Field(0.1, description="Schedule step: the factor.")
-    min_lr_fraction: float = Field(0.01, description="Cosine floor, fraction of lr.")
-    grad_clip: float | None = Field(1.0, description="Gradient norm clip (none: off).")
+    min_lr_fraction: float = Field(0.01, ge=0, le=1, description="Cosine floor, fraction of lr.")
+    grad_clip: float | None = Field(1.0, ge=0, description="Gradient norm clip (0 or none: off).")
     seed: int = Field(0, description="Seed of weights and crop sampling.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
-    workers: int = Field(0, description="DataLoader worker processes.")
-    threads: int | None = Field(None, description="Torch CPU threads (none: all cores / processes).")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    threads: int | None = Field(None, ge=1, description="Torch CPU threads (none: all cores / processes).")
     init: str | None = Field(None, description="Start from these weights (run, model folder or .pt; "
                                                "fresh optimiser).")
     base: int | None = Field(None, description="U-Net base channels (none: --init's, else 16).")
@@ -69,8 +72,9 @@ class TrainConfig(BaseModel):
                                                     "convolutions (none: --init's, else 2).")
     norm: str | None = Field(None, description="U-Net normalisation layer (none: --init's, else "
                                                "instance).")
-    target_fraction: float = Field(2 / 3, description="Fraction of crops centred on a target voxel "
-                                                      "(the others on a mask voxel).")
+    target_fraction: float = Field(2 / 3, ge=0, le=1,
+        description="Fraction of crops centred on a target voxel "
+                    "(the others on a mask voxel).")
     flip: bool = Field(True, description="Mirror crops left-right (Left/Right ROIs swapped); the axis "
                                          "comes from the geometry.")
     flip_axis: int | None = Field(None, description="Deprecated (old runs): the left-right axis is read "
@@ -79,27 +83,32 @@ class TrainConfig(BaseModel):
                                                 "recorded with the model (its space) and used by "
                                                 "predict: e.g. PLI (OpenKBP arrays) or 'first' (the "
                                                 "first training patient's).")
-    head_feet_axis: int | None = Field(None, description="Rotations turn about this array axis (none: the "
-                                                         "training data's S-I axis).")
-    rotate_p: float = Field(0.0, description="Probability of rotating a crop about the head-feet axis "
-                                             "(0: never).")
-    rotate_step: float = Field(40.0, description="Rotations are k x rotate_step degrees, k = 1 .. "
-                                                 "360/rotate_step - 1.")
+    head_feet_axis: int | None = Field(None, ge=0, le=2,
+        description="Rotations turn about this array axis (none: the "
+                    "training data's S-I axis).")
+    rotate_p: float = Field(0.0, ge=0, le=1,
+        description="Probability of rotating a crop about the head-feet axis "
+                    "(0: never).")
+    rotate_step: float = Field(40.0, gt=0, lt=360,
+        description="Rotations are k x rotate_step degrees, k = 1 .. "
+                    "360/rotate_step - 1.")
     shift: bool = Field(False, description="Random translation keeping the possible-dose mask in the "
                                            "window where it fits.")
-    ema_decay: float = Field(0.0, description="Exponential moving average of the weights (0: off): "
-                                              "checkpoints' model is the average, train_model the raw "
-                                              "weights; decay min(ema_decay, (1+n)/(10+n)) at step n.")
-    val_patients: int | None = Field(None, description="Validate on the first N validation patients "
+    ema_decay: float = Field(0.0, ge=0, lt=1,
+        description="Exponential moving average of the weights (0: off): "
+                    "checkpoints' model is the average, train_model the raw "
+                    "weights; decay min(ema_decay, (1+n)/(10+n)) at step n.")
+    val_patients: int | None = Field(None, ge=1, description="Validate on the first N validation patients "
                                                        "(none: all).")
-    val_every: int = Field(5, description="Validate every N epochs (and after the last).")
-    select: str = Field("dvh", description="Validation score that picks best.pt: dvh | dose | ptv | oar "
-                                           "| dose+dvh.")
-    sw_overlap: float = Field(0.5, description="Sliding-window overlap of validation predictions.")
-    sw_mode: str = Field("gaussian", description="Sliding-window blending: gaussian | constant.")
-    stop_after: int | None = Field(None, description="End this process after that epoch (a job slice); "
+    val_every: int = Field(5, ge=1, description="Validate every N epochs (and after the last).")
+    select: Select = Field("dvh", description="Validation score that picks best.pt (lower is better).")
+    sw_overlap: float = Field(0.5, ge=0, lt=1,
+        description="Sliding-window overlap of validation predictions.")
+    sw_mode: Literal["gaussian", "constant"] = Field("gaussian", description="Sliding-window blending.")
+    stop_after: int | None = Field(None, ge=1, description="End this process after that epoch (a job slice); "
                                                      "--resume continues exactly.")
-    save_every: int = Field(0, description="Also keep checkpoints/epoch_K.pt every K epochs (0: never).")
+    save_every: int = Field(0, ge=0,
+        description="Also keep checkpoints/epoch_K.pt every K epochs (0: never).")
 
     @field_validator("patch", mode="before")
     @classmethod
@@ -128,34 +137,12 @@ class TrainConfig(BaseModel):
         except ValidationError as e:
             raise ValueError(_describe(e)) from None
 
-    def check_types(self) -> None:
-        """Kept for callers of the dataclass era: pydantic checks each field's type on construction."""
-
-    def validate(self) -> None:  # type: ignore[override]
-        if not self.data:
-            raise ValueError("no training data: give --data CACHE")
-        if not self.out:
-            raise ValueError("no run folder: give --out RUN")
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {self.batch}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.select not in SELECT:
-            raise ValueError(f"--select must be one of {', '.join(SELECT)}, got {self.select!r}")
-        if self.sw_mode not in ("gaussian", "constant"):
-            raise ValueError(f"sw_mode must be gaussian or constant, got {self.sw_mode!r}")
-        if not 0 <= self.target_fraction <= 1:
-            raise ValueError(f"target_fraction must be in [0, 1], got {self.target_fraction}")
-        if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
-        if min(self.patch) < 1:
-            raise ValueError(f"--patch sizes must be >= 1, got {list(self.patch)}")
+    @model_validator(mode="after")
+    def _fields_together(self) -> TrainConfig:
+        if self.patch and min(self.patch) < 1:
+            raise ValueError(f"patch sizes must be >= 1, got {list(self.patch)}")
+        if not (360 / self.rotate_step).is_integer():
+            raise ValueError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
         if self.orientation.lower() != "first":
             from ..models.space import ModelSpace
 
@@ -164,16 +151,14 @@ class TrainConfig(BaseModel):
             except (KeyError, ValueError):
                 raise ValueError(f"orientation must be three axis letters such as PLI (one of R/L, A/P, "
                                  f"S/I each) or 'first', got {self.orientation!r}") from None
-        if not 0 <= self.rotate_p <= 1:
-            raise ValueError(f"rotate_p must be in [0, 1], got {self.rotate_p}")
-        if not 0 < self.rotate_step < 360 or not (360 / self.rotate_step).is_integer():
-            raise ValueError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
-        if self.head_feet_axis is not None and not 0 <= self.head_feet_axis < 3:
-            raise ValueError(f"head_feet_axis must be an axis in 0..2, got {self.head_feet_axis}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.val_every < 1:
-            raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
+        return self
+
+    def check(self) -> None:
+        """What a run needs beyond valid fields (each field is checked on construction)."""
+        if not self.data:
+            raise ValueError("no training data: give --data CACHE")
+        if not self.out:
+            raise ValueError("no run folder: give --out RUN")
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump()
@@ -216,10 +201,16 @@ class TrainConfig(BaseModel):
         """Read a run's ``config.json`` (or any config file); errors name the file."""
         return cls.from_dict(cls.read_file(path))
 
-    def merged(self, overrides: dict[str, Any]) -> TrainConfig:
-        """A copy with the non-None values of ``overrides`` applied."""
+    def merged(self, overrides: dict[str, Any], keep_none: bool = False) -> TrainConfig:
+        """A copy with ``overrides`` applied: their non-None values (flags not given are None), or all
+        of them with ``keep_none`` (a config file's ``null`` unsets a field). ``loss_options`` are
+        merged key by key."""
         d = self.to_dict()
-        d.update({k: v for k, v in overrides.items() if v is not None})
+        for k, v in overrides.items():
+            if k == "loss_options" and isinstance(v, dict):
+                d[k] = {**d.get(k, {}), **v}
+            elif v is not None or keep_none:
+                d[k] = v
         return TrainConfig.from_dict(d)
 
 
@@ -227,12 +218,16 @@ def _describe(e: ValidationError) -> str:
     """Pydantic's errors as one line naming each field, its expected type and the value given."""
     parts = []
     for err in e.errors():
-        name = ".".join(str(x) for x in err["loc"]) or "config"
+        name = ".".join(str(x) for x in err["loc"])
         field = TrainConfig.model_fields.get(str(err["loc"][0])) if err["loc"] else None
         want = _type_name(field.annotation) if field is not None else ""
         msg = err["msg"][0].lower() + err["msg"][1:]
-        parts.append(f"training config field {name} must be {want}, got {err.get('input')!r} ({msg})"
-                     if want else f"training config field {name}: {msg}")
+        msg = msg.removeprefix("value error, ")
+        if want and err["type"].endswith(("_type", "_parsing")):
+            parts.append(f"training config field {name} must be {want}, got {err.get('input')!r} ({msg})")
+        else:
+            parts.append(f"training config field {name}: {msg}, got {err['input']!r}" if name
+                         else f"training config: {msg}")
     return "; ".join(parts)
 
 

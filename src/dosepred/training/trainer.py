@@ -191,7 +191,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log: Log | None = None,
                  progress: bool | None = None) -> None:
-        cfg.validate()
+        cfg.check()
         self.cfg = cfg
         self.resume = resume
         self.rank, self.world, self.local_rank = _dist_info()
