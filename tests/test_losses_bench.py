@@ -28,9 +28,11 @@ def test_bench_losses_cli(tmp_path):
     out = tmp_path / "b.json"
     r = CliRunner().invoke(app, ["bench", "losses", "--sizes", "16", "--repeats", "1",
                                  "--losses", "mae,moment", "--no-unet", "--device", "cpu",
-                                 "--data", str(tmp_path / "none"),
+                                 "--data", "synthetic",
                                  "--json", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert {row["loss"] for row in json.loads(out.read_text())["rows"]} == {"mae", "moment"}
+    typo = CliRunner().invoke(app, ["bench", "losses", "--data", str(tmp_path / "typo"), "--sizes", "16"])
+    assert typo.exit_code == 2 and "does not exist" in typo.output  # never silently synthetic
     bad = CliRunner().invoke(app, ["bench", "losses", "--losses", "nope", "--no-unet", "--sizes", "16"])
     assert bad.exit_code == 2 and "unknown loss case" in bad.output

@@ -83,12 +83,12 @@ def inspect(src: Any) -> list[Any]:
             "geometry (patient coordinates, LPS mm):", *geo]
 
 
-def evaluation(res: Any, proto: Any, missing: list[str], show_metrics: bool = False) -> list[Any]:
+def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list[Any]:
     """The evaluation summary: per patient scores, cohort, the criteria table; the metric values per
     patient with ``show_metrics`` or when the protocol has no limits."""
     from .evaluation import metrics_table
 
-    t = _table(f"{len(res.patients)} patients, protocol {proto.name}",
+    t = _table(f"{len(res.patients)} patients, protocol {res.protocol}",
                ("patient", "dose score", "DVH score", "PTV score", "OAR score", "criteria passed"))
     for p in res.patients:
         t.add_row(p.id, num(p.dose_score), num(p.dvh_score), num(p.ptv_score), num(p.oar_score),

@@ -77,7 +77,7 @@ def synth_cohort(out: PathLike, patients: int, seed: int = 0, size: int = 64, ex
     return cache.Cache.open(out)
 
 
-def make_split(src: PathLike, out: PathLike, method: str, ids: Sequence[str] | None = None,
+def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Sequence[str] | None = None,
                fractions: str | None = None, names: str | None = None, seed: int = 0,
                manifest: PathLike | None = None, date_column: str = "date",
                overwrite: bool = False) -> dict[str, Any]:
@@ -86,6 +86,8 @@ def make_split(src: PathLike, out: PathLike, method: str, ids: Sequence[str] | N
     from . import split
     from .io.source import open_source
 
+    if method is None:
+        raise split.SplitError("choose exactly one of --random, --ids, --temporal")
     check_output(out, overwrite, [src, manifest])
     s = open_source(src)
     known = list(s.ids)
@@ -227,6 +229,16 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         return train(cfg, resume=False, log=log)
 
 
+def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
+         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``dosepred demo`` (:func:`dosepred.demo.run_demo`), all or nothing: a failed demo leaves
+    ``out`` as it was."""
+    from .demo import run_demo
+
+    with output_in_place(out, overwrite):
+        return run_demo(out, seed=seed, log=log)
+
+
 def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-clinical",
                     overwrite: bool = False, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """:func:`dosepred.calibration.calibrate`, refusing to replace a model's calibration without
@@ -254,22 +266,27 @@ def parse_point(text: str | None) -> tuple[float, float, float] | None:
 
 def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "openkbp-clinical",
              coverage: float = 0.9, json_out: PathLike | None = None, report: bool = True,
-             report_max: int | None = None, point: str | None = None) -> Any:
-    """``dosepred qa``: :func:`dosepred.qa.run_qa` into ``out`` (``qa.json``, ``report.html``), and
-    the JSON also to ``json_out``. Returns the :class:`~dosepred.qa.QAResult`."""
+             report_max: int | None = None, point: str | None = None, overwrite: bool = False) -> Any:
+    """``dosepred qa``: :func:`dosepred.qa.run_qa` into a new folder ``out`` (``qa.json``,
+    ``report.html``) and the JSON also to ``json_out``, all or nothing. Returns the
+    :class:`~dosepred.qa.QAResult`."""
+    import contextlib
+
     from .qa import run_qa
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     point_mm = parse_point(point)
-    out.mkdir(parents=True, exist_ok=True)
-    res = run_qa(model, plans, protocol, coverage=coverage, report=out if report else None,
-                 progress=True, report_max=report_max or None, point_mm=point_mm)
-    res.write_json(out / "qa.json")
-    if json_out is not None:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        res.write_json(json_out)
+    inputs = [model, plans]
+    for path in (out, json_out):  # refuse before any work
+        if path is not None:
+            check_output(path, overwrite, inputs)
+    with contextlib.ExitStack() as outputs:
+        tmp = outputs.enter_context(output_dir(out, overwrite, inputs))
+        res = run_qa(model, plans, protocol, coverage=coverage, report=tmp if report else None,
+                     progress=True, report_max=report_max or None, point_mm=point_mm)
+        write_json(tmp / "qa.json", res.to_json())
+        if json_out is not None:
+            tmp_json = outputs.enter_context(output_file(json_out, overwrite, inputs, "--json"))
+            write_json(tmp_json, res.to_json())
     return res
 
 

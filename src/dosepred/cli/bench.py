@@ -135,8 +135,8 @@ def losses(
                                        "crops centred on the targets.")] = "64,128",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per loss (median).")] = 3,
     data: Annotated[Path | None, typer.Option("--data", help="OpenKBP patient folder (pt_N) or folder of "
-                                              "them [the example patient shipped in examples/; synthetic "
-                                              "spheres when absent].")] = None,
+                                              "them, or 'synthetic' (spheres) [the example patient shipped "
+                                              "in examples/; spheres when it is absent].")] = None,
     losses: Annotated[str, typer.Option("--losses", help="Comma-separated subset of mae, mse, dvh, "
                                         "dvh-0.2gy, moment, cdm, cdm-clinical+constraint "
                                         "(empty: all).")] = "",
@@ -149,6 +149,9 @@ def losses(
     from ..bench import example_patients
     from ..bench.losses import markdown, run
 
+    if data is not None and not data.exists() and str(data) != "synthetic":
+        raise ValueError(f"--data {data} does not exist (an OpenKBP patient folder, a folder of them, or "
+                         "'synthetic')")
     data = data or example_patients()
     _check(json_out, overwrite)
     res = run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,

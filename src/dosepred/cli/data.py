@@ -136,9 +136,8 @@ def split(
     """Split a dataset's patients into named lists (train/val/test) and write them as JSON."""
     from ..workflows import make_split
 
-    if sum([random, bool(ids), temporal]) != 1:
-        raise ValueError("choose exactly one of --random, --ids, --temporal")
-    method = "random" if random else "ids" if ids else "temporal"
+    methods = [m for m, on in (("random", random), ("ids", bool(ids)), ("temporal", temporal)) if on]
+    method = methods[0] if len(methods) == 1 else None
     obj = make_split(src, out, method, ids, fractions, names, seed, manifest, date_column, overwrite)
     show([f"wrote {out} ({obj['method']}): " + ", ".join(f"{k} {len(v)}" for k, v in obj["splits"].items())])
 

@@ -51,12 +51,11 @@ def evaluate(
     """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
     protocol criteria)."""
     from .. import console as render
-    from ..protocol import load_protocol
     from ..workflows import evaluate_sources
 
     res, missing = evaluate_sources(reference, prediction, protocol, json_out, report, allow_missing,
                                     overwrite)
-    show(render.evaluation(res, load_protocol(protocol), missing, show_metrics)
+    show(render.evaluation(res, missing, show_metrics)
          + [f"wrote {p}" for p in (json_out, report and report / "report.html") if p is not None])
 
 
@@ -101,6 +100,7 @@ def qa(
     report_max: Annotated[int, typer.Option("--report-max", help="Patients with images in the report, "
                                             "highest potential improvement first (0: all).")] = 0,
     no_report: Annotated[bool, typer.Option("--no-report", help="Only the JSON and the table.")] = False,
+    overwrite: Overwrite = False,
     point: Annotated[str | None, typer.Option("--point", help="X,Y,Z: the report's views go through this "
                                               "patient point (LPS mm) instead of the target "
                                               "centroid.")] = None,
@@ -111,6 +111,7 @@ def qa(
     from .. import console as render
     from ..workflows import qa_plans
 
-    res = qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max, point)
+    res = qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max, point,
+                   overwrite)
     show(render.qa(res, coverage) + [f"wrote {p}" for p in (
         out / "qa.json", json_out, None if no_report else out / "report.html") if p is not None])

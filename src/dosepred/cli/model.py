@@ -140,9 +140,7 @@ def demo(
     """Synthetic end to end: one MAE warm-up, MAE and MAE+CDM fine-tuned from it with the same budget,
     evaluated next to a no-learning reference, compared, reported."""
     from .. import console as render
-    from ..demo import run_demo
-    from ..fsutil import output_in_place
+    from ..workflows import demo as run
 
-    with output_in_place(out, overwrite):  # a failed demo leaves --out as it was
-        res = run_demo(out, seed=seed, log=console().print)
+    res = run(out, seed, overwrite, log=console().print)
     show(render.demo(res) + [f"wrote {res['report']}"])
