@@ -7,21 +7,26 @@
 # its output exists, so the script can be cut and started again. Run it from the repository root
 # (config paths such as "init": "models/openkbp-mae-cdm" are relative to it).
 #
-# usage: [MODELS="r9-mae ..."] [DEADLINE=epoch-seconds] [EPOCHS=E TAG=-suffix] \
-#          scripts/experiment_round.sh experiments/ROUND [WORK]
-#   WORK (default /work/exp16): cache/{train,val} (imported when absent), runs/NAME, pred/NAME-eE,
+# usage: [OPENKBP=DIR] [MODELS="r9-mae ..."] [DEADLINE=epoch-seconds] [EPOCHS=E TAG=-suffix] [SEED=S] \
+#          scripts/experiment_round.sh experiments/ROUND WORK
+#   OPENKBP: the folder holding train-pats/ and validation-pats/ (needed only while WORK/cache lacks
+#   them; ../shared/data/openkbp/extract.sh makes it); SEED: another seed than the configs' (with a TAG)
+#   WORK: cache/{train,val} (imported when absent), runs/NAME, pred/NAME-eE,
 #   eval/NAME-eE.{openkbp,openkbp-clinical}.json; with DEADLINE the runs stop level at the last epoch
 #   reached by then and those checkpoints are scored; EPOCHS (with a TAG for the names: runs/NAME-TAG)
 #   another budget than the configs' (e.g. EPOCHS=2 TAG=-100: 100 steps; the schedule follows it).
 set -euo pipefail
-round=${1:?usage: scripts/experiment_round.sh experiments/ROUND [WORK]}
-work=${2:-/work/exp16}
+round=$(cd "$(dirname "${1:?usage: scripts/experiment_round.sh experiments/ROUND WORK}")" && pwd)/$(basename "$1")
+work=$(mkdir -p "${2:?usage: scripts/experiment_round.sh experiments/ROUND WORK}" && cd "$2" && pwd)
+cd "$(dirname "$0")/.."  # the repository root: the configs' paths ("init": "models/...") are relative to it
 cache=$work/cache runs=$work/runs pred=$work/pred evald=$work/eval
 export OMP_NUM_THREADS=1
 dp() { echo "+ dosepred $*" >&2; python -m dosepred "$@"; }
 
-[[ -f $cache/train/dataset.json ]] || dp data import-openkbp /work/data/provided-data/train-pats --out "$cache/train" --no-progress
-[[ -f $cache/val/dataset.json ]] || dp data import-openkbp /work/data/provided-data/validation-pats --out "$cache/val" --no-progress
+for split in train:train-pats val:validation-pats; do
+  [[ -f $cache/${split%%:*}/dataset.json ]] || dp data import-openkbp "${OPENKBP:?set OPENKBP=DIR (train-pats, validation-pats)}/${split#*:}" \
+    --out "$cache/${split%%:*}" --no-progress
+done
 
 if [[ -n ${MODELS:-} ]]; then read -r -a models <<< "$MODELS"
 else models=(); for f in "$round"/*.json; do models+=("$(basename "$f" .json)"); done; fi
@@ -50,7 +55,7 @@ while true; do
     dp train --out "$runs/$low$TAG" --resume --stop-after "$stop" --no-progress
   else
     dp train --config "$round/$low.json" --data "$cache/train" --out "$runs/$low$TAG" --epochs "$EPOCHS" \
-      --stop-after "$stop" --no-progress
+      ${SEED:+--seed "$SEED"} --stop-after "$stop" --no-progress
   fi
 done
 
