@@ -90,9 +90,10 @@ def predict(
                                      "evaluate).")] = "openkbp",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average with the prediction of the patient mirrored "
-                                      "along its left-right axis (from its geometry; Left/Right ROIs "
-                                      "swapped; twice the time).")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average with the prediction of the patient "
+                                      "mirrored along its left-right axis (Left/Right ROIs swapped): better "
+                                      "scores for every released model (docs/results.md), twice the "
+                                      "time.")] = True,
     allow_missing_rois: Annotated[bool, typer.Option(
         "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
         "a warning naming them).")] = False,
