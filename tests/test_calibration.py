@@ -277,3 +277,47 @@ def test_write_and_load_calibration_atomic(tmp_path):
     (tmp_path / "calibration.json").write_text("{}")
     with pytest.raises(CalibrationError, match="not a dosepred calibration"):
         load_calibration(tmp_path)
+
+
+# ------------------------------------------------------------------------------- the DVH band
+def test_band_doses_are_d_at_volume(sample_dir):
+    from dosepred.calibration import BAND_LEVELS, band_doses
+    from dosepred.dvh import roi_metric
+    from dosepred.io.cache import load_patients
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    d0 = band_doses(p, p.dose)
+    d1 = band_doses(p, p.dose + 2.0)
+    assert set(d0) == set(p.present_rois)
+    for roi, vals in d0.items():
+        assert np.all(np.diff(vals) <= 1e-9), roi  # D1% >= D2% >= ... >= D99%
+        assert np.allclose(np.subtract(d1[roi], vals), 2.0, atol=1e-4)
+    k = BAND_LEVELS.index(95.0)
+    assert d0["PTV70"][k] == pytest.approx(roi_metric(p, "PTV70", "D95%"), abs=1e-4)
+
+
+def test_band_offsets_hold_their_coverage_at_every_level():
+    """Residuals of D at each level ~ N(mu_l, sd_l) (colder and wider towards small volumes), 40
+    calibration patients: at each level the exact coverage Phi((hi - mu) / sd) - Phi((lo - mu) / sd),
+    averaged over calibration draws, is nominal."""
+    from dosepred.calibration import BAND_LEVELS, band_offsets, fit_band
+
+    mu = np.linspace(-2.0, 1.0, len(BAND_LEVELS))
+    sd = np.linspace(3.0, 1.0, len(BAND_LEVELS))
+    rng = np.random.default_rng(21)
+    cover = {0.8: [], 0.9: []}
+    for _ in range(400):
+        rows = {f"p{i}": (mu + sd * rng.normal(size=mu.size)).tolist() for i in range(40)}
+        band = fit_band({"LeftParotid": rows})
+        for cov, acc in cover.items():
+            levels, lo, hi = band_offsets(band, "LeftParotid", cov)
+            assert levels.tolist() == list(BAND_LEVELS)
+            acc.append([_phi((h - m) / s) - _phi((a - m) / s)
+                        for a, h, m, s in zip(lo, hi, mu, sd, strict=True)])
+    for cov, acc in cover.items():
+        per_level = np.mean(acc, axis=0)
+        assert np.all(np.abs(per_level - cov) < 0.012), (cov, per_level)
+    band = fit_band({"LeftParotid": {f"p{i}": mu.tolist() for i in range(5)}})
+    assert band_offsets(band, "Larynx", 0.9) is None  # no band for an ROI the calibration lacked
+    assert band_offsets(band, "LeftParotid", 0.9) is None  # 5 patients: too few at every level
+    assert band_offsets(None, "LeftParotid", 0.9) is None

@@ -267,3 +267,29 @@ def test_qa_reads_a_version_1_calibration_with_its_rule(sample_dir, model_dir, t
             continue
         q = conformal_quantile(cal["families"][c.family]["scores"]["absolute"], 0.2, "conservative")
         assert c.high == pytest.approx(c.predicted + q)
+
+
+def test_qa_dvh_band_comes_from_the_calibration(sample_dir, model_dir, tmp_path):
+    """The report's DVH band is the calibration's band of D at each volume level (ROIs without one get
+    none); a calibration without a band falls back to the illustrative shifted band."""
+    from dosepred.calibration import BAND_LEVELS, band_offsets, fit_band, quantile_rule
+    from dosepred.io.cache import load_patients
+    from dosepred.qa import QAChecker, run_qa
+
+    rng = np.random.default_rng(0)
+    rows = {f"p{i}": rng.normal(0.0, 2.0, len(BAND_LEVELS)).tolist() for i in range(30)}
+
+    def edit(cal):
+        cal["dvh_band"] = fit_band({"PTV70": rows})
+
+    d, cal = _calibrated_copy(model_dir, tmp_path, edit)
+    chk = QAChecker(d, "openkbp-clinical", 0.8)
+    got = chk.dvh_band("PTV70")
+    want = band_offsets(cal["dvh_band"], "PTV70", 0.8, quantile_rule(cal))
+    assert got is not None and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert chk.dvh_band("Larynx") is None and chk.has_dvh_band
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    run_qa(d, [p], "openkbp-clinical", coverage=0.8, report=tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.html").is_file()
+    d2, _ = _calibrated_copy(model_dir, tmp_path / "nb", lambda cal: cal.pop("dvh_band", None))
+    assert not QAChecker(d2, "openkbp-clinical", 0.8).has_dvh_band

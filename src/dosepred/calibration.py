@@ -487,12 +487,63 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------------------- the DVH band
+#: Volume levels (% of the ROI volume) at which the report's DVH band is calibrated: the residual
+#: plan - prediction of D at each level, per ROI.
+BAND_LEVELS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 98.0, 99.0)
+
+
+def band_doses(patient: Patient, dose: np.ndarray, levels: Sequence[float] = BAND_LEVELS
+               ) -> dict[str, list[float]]:
+    """D at each volume level (Gy, OpenKBP's percentile definition) of every present ROI of
+    ``patient`` in ``dose`` (on the patient's grid)."""
+    from .dvh import roi_metrics, roi_voxel_indices
+
+    flat = np.asarray(dose, dtype=np.float32).ravel()
+    metrics = [f"D{v:g}%" for v in levels]
+    return {r: roi_metrics(flat[ix], metrics, patient.voxel_volume_mm3)
+            for r, ix in roi_voxel_indices(patient).items() if ix.size}
+
+
+def fit_band(residuals: dict[str, dict[str, list[float]]], levels: Sequence[float] = BAND_LEVELS
+             ) -> dict[str, Any]:
+    """The ``dvh_band`` object of calibration.json from ROI -> patient -> residuals at each level:
+    per ROI and level the sorted residuals (one per calibration patient)."""
+    rois = {}
+    for roi, rows in sorted(residuals.items()):
+        a = np.asarray(list(rows.values()), dtype=np.float64).reshape(-1, len(levels))  # (patients, levels)
+        rois[roi] = [np.sort(col[np.isfinite(col)]).tolist() for col in a.T]
+    return {"levels": [float(v) for v in levels], "method": "signed", "rois": rois}
+
+
+def band_offsets(band: dict[str, Any] | None, roi: str, coverage: float, rule: str = DEFAULT_RULE
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(levels %, lower offsets, upper offsets) in Gy of ``roi``'s calibrated DVH band at ``coverage``:
+    at each volume level the signed conformal interval of D at that level (pointwise: each point of
+    the band holds ``coverage`` for its own level; the whole curve lies inside less often). None when
+    the calibration has no band for the ROI; levels with too few patients for the coverage are left
+    out."""
+    if not band or roi not in band.get("rois", {}):
+        return None
+    levels, lo, hi = [], [], []
+    for v, scores in zip(band["levels"], band["rois"][roi], strict=True):
+        a, b = signed_offsets(scores, 1.0 - coverage, rule) if scores else (-math.inf, math.inf)
+        if math.isfinite(a) and math.isfinite(b):
+            levels.append(v)
+            lo.append(a)
+            hi.append(b)
+    if not levels:
+        return None
+    return np.asarray(levels), np.asarray(lo), np.asarray(hi)
+
+
 def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Any,
-                  predictions: str | os.PathLike | None = None, progress: bool = False
-                  ) -> tuple[list[Unit], list[str]]:
+                  predictions: str | os.PathLike | None = None, progress: bool = False,
+                  dvh_band: dict[str, dict[str, list[float]]] | None = None) -> tuple[list[Unit], list[str]]:
     """Units of every patient of ``data`` (a cache or OpenKBP folder with plan doses). Predictions are
     read from ``predictions`` (a cache written by ``dosepred predict --format cache``) when given,
-    else computed with the model."""
+    else computed with the model. ``dvh_band``: a dict that receives ROI -> patient -> residuals of
+    D at the :data:`BAND_LEVELS` (for :func:`fit_band`)."""
     from .io.cache import Cache, load_patients
 
     pred_cache = Cache.open(predictions) if predictions is not None else None
@@ -521,13 +572,24 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
         us, _ = patient_units(p, pred, protocol)
         units += us
         ids.append(p.id)
+        if dvh_band is not None:
+            pd = band_doses(p, pred)
+            for roi, dv in band_doses(p, p.dose).items():
+                if roi in pd:
+                    dvh_band.setdefault(roi, {})[p.id] = [a - b for a, b in zip(dv, pd[roi], strict=True)]
     return units, ids
+
+
+#: Families with at most one unit per patient are cross-validated with this many times more splits.
+SMALL_FAMILY_SPLITS = 10
 
 
 def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, model_path: Path,
                       data: str, ranges: dict[str, Any] | None, splits: int = 200, seed: int = 0,
-                      cal_fraction: float = 0.8, rule: str = DEFAULT_RULE) -> dict[str, Any]:
-    """The calibration.json object (see the module docstring)."""
+                      cal_fraction: float = 0.8, rule: str = DEFAULT_RULE,
+                      dvh_band: dict[str, dict[str, list[float]]] | None = None) -> dict[str, Any]:
+    """The calibration.json object (see the module docstring); ``dvh_band`` as filled by
+    :func:`collect_units`."""
     _check_rule(rule)
     from .protocol import load_protocol
 
@@ -535,7 +597,14 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
     by_fam: dict[str, list[Unit]] = {}
     for u in units:
         by_fam.setdefault(u.family, []).append(u)
-    cv = cross_validate(units, splits=splits, cal_fraction=cal_fraction, seed=seed, rule=rule)
+    # A family with one unit per patient (PTV70 V110%) checks ~7 units per split: its mean coverage
+    # over 200 splits still moves by 1-2 points; more splits are cheap for so few units.
+    small = {f for f, us in by_fam.items() if len(us) <= len({u.patient for u in us})}
+    cv = cross_validate([u for u in units if u.family not in small], splits=splits, cal_fraction=cal_fraction,
+                        seed=seed, rule=rule)
+    if small:
+        cv.update(cross_validate([u for u in units if u.family in small], splits=SMALL_FAMILY_SPLITS * splits,
+                                 cal_fraction=cal_fraction, seed=seed, rule=rule))
     chosen = choose_methods(cv)
     ckpt = model_path / "model.pt" if model_path.is_dir() else model_path
     return {
@@ -550,8 +619,11 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
                            "criteria": sorted({f"{u.roi} {u.metric}" for u in us})}
                      for fam, us in sorted(by_fam.items())},
         "cross_validation": {"splits": splits, "calibration_fraction": cal_fraction, "seed": seed,
+                             "splits_small_families": {f: SMALL_FAMILY_SPLITS * splits
+                                                       for f in sorted(small)},
                              "results": cv},
         "training_ranges": ranges,
+        "dvh_band": fit_band(dvh_band) if dvh_band else None,
     }
 
 
@@ -630,7 +702,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     from .predict import resolve_model_path
 
     ckpt = resolve_model_path(model)
-    units, ids = collect_units(model, data, protocol, predictions, progress)
+    band: dict[str, dict[str, list[float]]] = {}
+    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band)
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
     if len(ids) < MIN_PATIENTS:
@@ -643,5 +716,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     else:
         ranges = training_ranges(load_patients(src, require_dose=False))
         ranges["source"] = str(src)
-    calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule)
+    calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
+                              dvh_band=band)
     return write_calibration(ckpt.parent, calib), calib

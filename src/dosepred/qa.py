@@ -38,6 +38,7 @@ import numpy as np
 from .calibration import (
     FAMILIES,
     CalibrationError,
+    band_offsets,
     family_offsets,
     interval,
     load_calibration,
@@ -235,6 +236,7 @@ class QAChecker:
         self.methods = {f: d.get("method", "absolute") for f, d in self.families.items()}
         self.calibrated = set(self.calib.get("criteria", []))
         self.rule = quantile_rule(self.calib)
+        self._bands: dict[str, Any] = {}
         self.ranges = self.calib.get("training_ranges") or {}
         self.warnings: list[str] = []
         self._check_protocol()
@@ -273,6 +275,18 @@ class QAChecker:
             self.warnings.append(f"calibration computed for protocol {self.calib.get('protocol')!r}, QA "
                                  f"with {self.protocol.name!r}: criteria it did not see use their family's "
                                  "interval")
+
+    def dvh_band(self, roi: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(levels %, lower, upper offsets in Gy) of ``roi``'s calibrated DVH band at the checker's
+        coverage (:func:`dosepred.calibration.band_offsets`); None without one (calibrations before
+        version 2, ROIs the calibration patients did not have)."""
+        if roi not in self._bands:
+            self._bands[roi] = band_offsets(self.calib.get("dvh_band"), roi, self.coverage, self.rule)
+        return self._bands[roi]
+
+    @property
+    def has_dvh_band(self) -> bool:
+        return bool(self.calib.get("dvh_band"))
 
     def predict(self, plan: Patient) -> np.ndarray:
         from .predict import predict_dose
