@@ -256,7 +256,8 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                plt.Line2D([], [], color="w", marker="^", mec="k", mfc="grey", label="flagged criterion"),
                plt.Line2D([], [], color="k", marker="|", ls="", ms=12, mew=2, label="limit")]
     _dvh_axes(ax, handles, title or f"{plan.id}: cumulative DVH")
-    fig.tight_layout()
+    # fixed margins (legends right of the axes): tight_layout would draw the figure once more
+    fig.subplots_adjust(left=0.075, right=0.725, bottom=0.1, top=0.93)
     return fig_data_uri(fig)
 
 
