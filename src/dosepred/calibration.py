@@ -508,11 +508,12 @@ def band_doses(patient: Patient, dose: np.ndarray, levels: Sequence[float] = BAN
 def fit_band(residuals: dict[str, dict[str, list[float]]], levels: Sequence[float] = BAND_LEVELS
              ) -> dict[str, Any]:
     """The ``dvh_band`` object of calibration.json from ROI -> patient -> residuals at each level:
-    per ROI and level the sorted residuals (one per calibration patient)."""
+    per ROI and level the sorted residuals (one per calibration patient; Gy, rounded to 0.1 mGy to
+    keep the file small)."""
     rois = {}
     for roi, rows in sorted(residuals.items()):
         a = np.asarray(list(rows.values()), dtype=np.float64).reshape(-1, len(levels))  # (patients, levels)
-        rois[roi] = [np.sort(col[np.isfinite(col)]).tolist() for col in a.T]
+        rois[roi] = [np.round(np.sort(col[np.isfinite(col)]), 4).tolist() for col in a.T]
     return {"levels": [float(v) for v in levels], "method": "signed", "rois": rois}
 
 
