@@ -290,23 +290,28 @@ class ViewRenderer:
         ct = self.ct_slice(o, j)
         grey = np.clip((ct + 200.0) / 500.0, 0, 1) * 200.0
         base = np.repeat(grey[..., None], 3, axis=2)
-        rois = {n: _boundary(m) for n, m in self.masks_slice(o, j).items()}
+        # ROI contours (1 px), in the legend's colours; later ROIs drawn over earlier ones
+        contour = np.zeros(base.shape, dtype=np.float32)
+        on_contour = np.zeros(base.shape[:2], dtype=bool)
+        for n, m in self.masks_slice(o, j).items():
+            b = _boundary(m)
+            if b.any():
+                contour[b] = self.colours[n]
+                on_contour |= b
         tiles = []
         for k, pn in enumerate(self.panels):
-            img = base.copy()
             d = self.dose_slice(k, o, j)
             if pn.kind == "dose":
-                show = d >= 0.1 * self.dose_max
-                col = self._jet[np.clip(d / self.dose_max * 255, 0, 255).astype(np.int32)]
-                img[show] = 0.55 * img[show] + 0.45 * col[show]
+                show = (d >= 0.1 * self.dose_max)[..., None]
+                col = self._jet[np.clip(d * (255.0 / self.dose_max), 0, 255).astype(np.int32)]
+                img = np.where(show, 0.55 * base + 0.45 * col, base)
                 for lev, ic in zip(self.levels, ISO_COLOURS, strict=False):
                     img[_thick(_boundary(d >= lev))] = ic  # 2 px; ROI contours are 1 px
             else:
-                show = np.abs(d) >= self.dead_zone
+                show = (np.abs(d) >= self.dead_zone)[..., None]
                 col = self._div[np.clip((d / self.diff_max + 1) * 127.5, 0, 255).astype(np.int32)]
-                img[show] = 0.2 * img[show] + 0.8 * col[show]
-            for n, b in rois.items():
-                img[b] = self.colours[n]
+                img = np.where(show, 0.2 * base + 0.8 * col, base)
+            np.copyto(img, contour, where=on_contour[..., None])
             tiles.append(img)
         gap = np.full((tiles[0].shape[0], 4, 3), 255.0)
         row = np.concatenate(list(itertools.chain.from_iterable((t, gap) for t in tiles))[:-1], axis=1)
