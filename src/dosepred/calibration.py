@@ -32,15 +32,17 @@ since calibration.json version 2) interpolates between the ``floor(c)``-th and t
 deterministic mean of the randomised conformal threshold, which covers ``1 - a`` exactly on average.
 Point masses of the scores (residuals exactly 0 where plan and prediction agree, e.g. a V110% of 0 in
 both) are handled by :func:`signed_offsets`: a tail whose threshold sits on a tie hands its unused
-miss to the other tail. Every interval is deterministic: the same plan and calibration give the same
-interval.
+miss to the other tail; plan values at a bound of the metric (V = 0 %) are left out of the tail they
+cannot miss (:func:`tail_scores`). Every interval is deterministic: the same plan and calibration
+give the same interval.
 
 ``calibration.json`` (written atomically into the model folder) keeps the sorted scores of every
-family and method and the quantile rule, so any coverage can be asked for later (``dosepred qa
---coverage``); it also
-records the protocol and criteria it was computed for, the method used per family (chosen by
-cross-validation), the cross-validated coverage and widths, and the ranges of ROI volumes and voxel
-spacings of the training data (for the reliability flags of plan QA).
+family and method, the tail scores and the quantile rule, so any coverage can be asked for later
+(``dosepred qa --coverage``); it also records the protocol and criteria it was computed for, the
+method used per family (chosen by cross-validation), the cross-validated coverage and widths, the
+ranges of ROI volumes and voxel
+spacings of the training data (for the reliability flags of plan QA), and per ROI the residuals of D
+at 15 volume levels (``dvh_band``: the report's DVH band, :func:`band_offsets`).
 """
 
 from __future__ import annotations
