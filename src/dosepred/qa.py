@@ -286,6 +286,7 @@ class QAChecker:
 
     @property
     def has_dvh_band(self) -> bool:
+        """Whether the calibration has a DVH band (version 2); else the report's band is illustrative."""
         return bool(self.calib.get("dvh_band"))
 
     def predict(self, plan: Patient) -> np.ndarray:
