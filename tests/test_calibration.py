@@ -7,41 +7,187 @@ import pytest
 from dosepred.calibration import (
     CalibrationError,
     Unit,
+    apply_offsets,
     choose_methods,
     conformal_lower,
     conformal_quantile,
     cross_validate,
+    family_offsets,
     fit_family,
     interval,
     load_calibration,
     metric_family,
     offsets,
+    tail_scores,
     write_calibration,
 )
 
 
 @pytest.mark.parametrize("n", [1, 5, 19, 20, 100, 333])
 @pytest.mark.parametrize("alpha", [0.05, 0.1, 0.2, 0.5])
-def test_conformal_quantile_is_the_ceil_n_plus_1_empirical_quantile(n, alpha):
+def test_conservative_quantile_is_the_ceil_n_plus_1_empirical_quantile(n, alpha):
     s = np.random.default_rng(n).normal(size=n)
     level = math.ceil((n + 1) * (1 - alpha)) / n
-    got = conformal_quantile(s, alpha)
+    got = conformal_quantile(s, alpha, "conservative")
     if level > 1:
         assert got == math.inf
     else:
         assert got == np.quantile(s, level, method="inverted_cdf")
     # the lower counterpart mirrors it
-    lo = conformal_lower(s, alpha)
+    lo = conformal_lower(s, alpha, "conservative")
     assert lo == (-math.inf if level > 1 else -np.quantile(-s, level, method="inverted_cdf"))
+
+
+@pytest.mark.parametrize(("alpha", "interpolated", "conservative"), [
+    (0.5, 2.5, 3.0),        # c = 5 * 0.5 = 2.5: halfway between the 2nd and 3rd smallest; ceil: 3rd
+    (0.2, 4.0, 4.0),        # c = 4 exactly: the 4th smallest for both
+    (0.3, 3.5, 4.0),        # c = 3.5
+    (0.1, math.inf, math.inf),  # c = 4.5 > n = 4: too few scores
+    (0.9, 1.0, 1.0),        # c = 0.5 < 1: the smallest score
+])
+def test_quantile_rules_by_hand(alpha, interpolated, conservative):
+    s = [4.0, 2.0, 1.0, 3.0]
+    assert conformal_quantile(s, alpha, "interpolated") == pytest.approx(interpolated)
+    assert conformal_quantile(s, alpha, "conservative") == conservative
+    with pytest.raises(ValueError, match="quantile rule"):
+        conformal_quantile(s, alpha, "nearest")
+
+
+def test_interpolated_quantile_mirrors_and_handles_ties():
+    s = [0.0, 0.0, 0.0, 1.0, 2.0]  # c = 6 * 0.5 = 3: the 3rd smallest (a tied 0)
+    assert conformal_quantile(s, 0.5) == 0.0
+    assert conformal_quantile(s, 0.25) == pytest.approx(1.5)  # c = 4.5
+    assert conformal_lower(s, 0.25) == pytest.approx(-conformal_quantile([-x for x in s], 0.25))
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0))) if math.isfinite(x) else float(x > 0)
+
+
+@pytest.mark.parametrize("cov", [0.8, 0.9])
+def test_interpolated_rule_exact_on_uniform_scores(cov):
+    """For U(0, 1) scores the coverage of a threshold q is q itself, so the mean coverage is the mean
+    threshold: exactly f / (n + 1) + w / (n + 1) = cov for the interpolated rule (linear in two order
+    statistics with means f / (n + 1) and (f + 1) / (n + 1)), ceil(c) / (n + 1) for the conservative."""
+    n = 26
+    rng = np.random.default_rng(7)
+    draws = rng.random((20000, n))
+    q_int = np.array([conformal_quantile(d, 1 - cov, "interpolated") for d in draws])
+    q_con = np.array([conformal_quantile(d, 1 - cov, "conservative") for d in draws])
+    se = 0.29 / math.sqrt(len(draws))  # sd of a uniform order statistic < 0.29
+    assert abs(q_int.mean() - cov) < 4 * se
+    assert abs(q_con.mean() - math.ceil((n + 1) * cov) / (n + 1)) < 4 * se
+    assert q_con.mean() - cov > 0.01  # the conservative rule's excess the interpolated one removes
+
+
+@pytest.mark.parametrize("cov", [0.8, 0.9])
+def test_absolute_intervals_with_a_point_mass_at_zero(cov):
+    """Half the residuals exactly 0 (plan and prediction agree: no hot spot in either), the others
+    N(0, 1); 26 calibration units like the V-metric family in a cross-validation fold. The exact
+    coverage of threshold q for a new unit is 0.5 + 0.5 (2 Phi(q) - 1); averaged over calibration
+    draws it is the interval's expected coverage."""
+    rng = np.random.default_rng(11)
+    got = {"interpolated": [], "conservative": []}
+    for _ in range(3000):
+        r = np.where(rng.random(26) < 0.5, 0.0, rng.normal(size=26))
+        for rule, acc in got.items():
+            lo, hi = offsets(r, "absolute", cov, rule)
+            acc.append(0.5 + 0.5 * (2 * _phi(hi) - 1))
+    assert abs(np.mean(got["interpolated"]) - cov) < 0.006
+    assert np.mean(got["conservative"]) - cov > 0.01
+
+
+@pytest.mark.parametrize("cov", [0.8, 0.9])
+def test_signed_intervals_when_a_tail_threshold_sits_on_the_point_mass(cov):
+    """60 % of residuals exactly 0, 2 % negative (-|N(0, 1)|), 38 % positive (2 |N(0, 1)|): the lower
+    tail has less than alpha / 2, so the lower threshold is the tied 0. The exact coverage of [lo, hi]
+    is 0.6 [lo <= 0 <= hi] + 0.02 P(|N| <= -lo) + 0.38 P(2 |N| <= hi). Unused lower miss goes to the
+    upper tail: nominal coverage, where alpha / 2 per tail covers 1 - 0.02 - alpha / 2."""
+    rng = np.random.default_rng(12)
+
+    def exact(lo: float, hi: float) -> float:
+        pneg = 2 * _phi(-lo) - 1 if lo < 0 else 0.0
+        ppos = 2 * _phi(hi / 2) - 1 if hi > 0 else 0.0
+        return 0.6 * (lo <= 0 <= hi) + 0.02 * pneg + 0.38 * ppos
+
+    new, per_tail = [], []
+    a = 1 - cov
+    for _ in range(2000):
+        u = rng.random(100)
+        r = np.where(u < 0.6, 0.0, np.where(u < 0.62, -np.abs(rng.normal(size=100)),
+                                            2 * np.abs(rng.normal(size=100))))
+        lo, hi = offsets(r, "signed", cov)
+        assert lo <= 0.0 <= hi
+        new.append(exact(lo, hi))
+        per_tail.append(exact(conformal_lower(r, a / 2), conformal_quantile(r, a / 2)))
+    assert abs(np.mean(new) - cov) < 0.006
+    assert np.mean(per_tail) > cov + 0.02  # what a tie-blind alpha / 2 per tail gives
+
+
+def test_v_metric_plans_at_zero_are_not_scores_of_the_upper_tail():
+    """V-metric plans at 0 % (80 %; no hot spot) with predictions that are not (Exp(1.5)), the others
+    prediction * exp(N(-0.5, 0.6)): the model predicts hot spots hotter than planned, like mae-dvh.
+    A plan at 0 % lies in every interval clipped at 0 whose lower end is <= 0; counting its residual
+    0 - predicted among the upper tail's scores over-covers. Exact coverage of the clipped interval:
+    0.8 [low <= 0] + 0.2 P(low <= predicted e^Z <= high), averaged over predictions (quantile grid)
+    and calibration draws (40 units)."""
+    p0, mu, sig, scale = 0.8, -0.5, 0.6, 1.5
+    grid = -scale * np.log(1 - (np.arange(20) + 0.5) / 20)
+    rng = np.random.default_rng(3)
+
+    def exact(fam: dict, cov: float) -> float:
+        lo, hi = family_offsets(fam, "signed", cov)
+        c = []
+        for yh in grid:
+            low, high = apply_offsets(float(yh), "PTV70 V110%", fam, "signed", lo, hi)
+            assert 0.0 <= low <= high <= 100.0
+            zl = (math.log(low / yh) - mu) / sig if low > 0 else -math.inf
+            zh = (math.log(high / yh) - mu) / sig if high > 0 else -math.inf
+            c.append(p0 * (low <= 0) + (1 - p0) * max(_phi(zh) - _phi(zl), 0.0))
+        return float(np.mean(c))
+
+    res: dict[tuple[float, str], list[float]] = {}
+    for _ in range(150):
+        yhat = rng.exponential(scale, 40)
+        y = np.where(rng.random(40) < p0, 0.0, yhat * np.exp(mu + sig * rng.normal(size=40)))
+        fam = fit_family([Unit(f"p{i}", "PTV70", "V110%", "v_metric", float(a), float(b), 0.0)
+                          for i, (a, b) in enumerate(zip(y, yhat, strict=True))])
+        fam["family"] = "v_metric"
+        plain = {k: v for k, v in fam.items() if k != "tail_scores"}  # as a version 1 calibration
+        for cov in (0.8, 0.9):
+            res.setdefault((cov, "bounded"), []).append(exact(fam, cov))
+            res.setdefault((cov, "plain"), []).append(exact(plain, cov))
+    for cov in (0.8, 0.9):
+        assert abs(np.mean(res[(cov, "bounded")]) - cov) < 0.015, cov
+    assert np.mean(res[(0.8, "plain")]) - np.mean(res[(0.8, "bounded")]) > 0.02
+
+
+def test_tail_scores_follow_their_units():
+    """The normalised scores are cross-fitted patient by patient; their bound masks must stay aligned."""
+    units = [Unit("p1", "PTV70", "V110%", "v_metric", 0.0, 2.0, 0.0),
+             Unit("p2", "PTV70", "V110%", "v_metric", 3.0, 1.0, 0.0),
+             Unit("p1", "PTV56", "V110%", "v_metric", 100.0, 90.0, 0.0),
+             Unit("p3", "PTV70", "V110%", "v_metric", 5.0, 5.5, 0.0)]
+    fam = fit_family(units)
+    ts = fam["tail_scores"]["signed"]
+    assert ts["upper"] == [-0.5, 2.0, 10.0]  # the plan at 0 % is not in the upper tail
+    assert ts["lower"] == [-2.0, -0.5, 2.0]  # the plan at 100 % is not in the lower tail
+    lo, hi = tail_scores(fam, "signed")
+    assert lo.tolist() == [-2.0, -0.5, 2.0, math.inf] and hi.tolist() == [-math.inf, -0.5, 2.0, 10.0]
+    assert len(fam["tail_scores"]["normalised"]["upper"]) == 3
 
 
 def test_offsets_by_method():
     r = np.arange(-50, 50, dtype=float)  # 100 scores
-    lo, hi = offsets(np.abs(r), "absolute", 0.9)
+    lo, hi = offsets(np.abs(r), "absolute", 0.9, "conservative")
     assert hi == np.sort(np.abs(r))[math.ceil(101 * 0.9) - 1] and lo == -hi
-    lo, hi = offsets(r, "signed", 0.8)
+    lo, hi = offsets(r, "signed", 0.8, "conservative")
     assert hi == np.sort(r)[math.ceil(101 * 0.9) - 1]
     assert lo == -np.sort(-r)[math.ceil(101 * 0.9) - 1]
+    # interpolated: c = 101 * 0.9 = 90.9: 0.9 of the way from the 90th smallest (39) to the 91st (40);
+    # the lower side mirrors it on -r (-49 ... 50): -(40 + 0.9)
+    lo, hi = offsets(r, "signed", 0.8)
+    assert hi == pytest.approx(39.9) and lo == pytest.approx(-40.9)
     with pytest.raises(ValueError):
         offsets(r, "nope", 0.9)
 
@@ -131,3 +277,47 @@ def test_write_and_load_calibration_atomic(tmp_path):
     (tmp_path / "calibration.json").write_text("{}")
     with pytest.raises(CalibrationError, match="not a dosepred calibration"):
         load_calibration(tmp_path)
+
+
+# ------------------------------------------------------------------------------- the DVH band
+def test_band_doses_are_d_at_volume(sample_dir):
+    from dosepred.calibration import BAND_LEVELS, band_doses
+    from dosepred.dvh import roi_metric
+    from dosepred.io.cache import load_patients
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    d0 = band_doses(p, p.dose)
+    d1 = band_doses(p, p.dose + 2.0)
+    assert set(d0) == set(p.present_rois)
+    for roi, vals in d0.items():
+        assert np.all(np.diff(vals) <= 1e-9), roi  # D1% >= D2% >= ... >= D99%
+        assert np.allclose(np.subtract(d1[roi], vals), 2.0, atol=1e-4)
+    k = BAND_LEVELS.index(95.0)
+    assert d0["PTV70"][k] == pytest.approx(roi_metric(p, "PTV70", "D95%"), abs=1e-4)
+
+
+def test_band_offsets_hold_their_coverage_at_every_level():
+    """Residuals of D at each level ~ N(mu_l, sd_l) (colder and wider towards small volumes), 40
+    calibration patients: at each level the exact coverage Phi((hi - mu) / sd) - Phi((lo - mu) / sd),
+    averaged over calibration draws, is nominal."""
+    from dosepred.calibration import BAND_LEVELS, band_offsets, fit_band
+
+    mu = np.linspace(-2.0, 1.0, len(BAND_LEVELS))
+    sd = np.linspace(3.0, 1.0, len(BAND_LEVELS))
+    rng = np.random.default_rng(21)
+    cover = {0.8: [], 0.9: []}
+    for _ in range(400):
+        rows = {f"p{i}": (mu + sd * rng.normal(size=mu.size)).tolist() for i in range(40)}
+        band = fit_band({"LeftParotid": rows})
+        for cov, acc in cover.items():
+            levels, lo, hi = band_offsets(band, "LeftParotid", cov)
+            assert levels.tolist() == list(BAND_LEVELS)
+            acc.append([_phi((h - m) / s) - _phi((a - m) / s)
+                        for a, h, m, s in zip(lo, hi, mu, sd, strict=True)])
+    for cov, acc in cover.items():
+        per_level = np.mean(acc, axis=0)
+        assert np.all(np.abs(per_level - cov) < 0.012), (cov, per_level)
+    band = fit_band({"LeftParotid": {f"p{i}": mu.tolist() for i in range(5)}})
+    assert band_offsets(band, "Larynx", 0.9) is None  # no band for an ROI the calibration lacked
+    assert band_offsets(band, "LeftParotid", 0.9) is None  # 5 patients: too few at every level
+    assert band_offsets(None, "LeftParotid", 0.9) is None

@@ -207,3 +207,88 @@ def test_qa_on_a_dicom_plan(sample_dir, model_dir, tmp_path):
         want = roi_metric(p, roi, metric)
         assert abs(c["plan"] - want) < 1.0, (roi, metric, c["plan"], want)
     assert np.isfinite([c["predicted"] for c in crit.values()]).all()
+
+
+def _calibrated_copy(model_dir, tmp_path, edit):
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    cal = json.loads((d / "calibration.json").read_text())
+    edit(cal)
+    (d / "calibration.json").write_text(json.dumps(cal))
+    return d, cal
+
+
+def test_qa_normalised_intervals_use_each_criterion_s_statistics(sample_dir, model_dir, tmp_path):
+    """A normalised interval is prediction + bias_c + scale_c * offset with the criterion's own bias and
+    scale from calibration.json (not the family's fallback)."""
+    from dosepred.calibration import family_offsets, quantile_rule
+    from dosepred.io.cache import load_patients
+    from dosepred.qa import run_qa
+
+    def edit(cal):
+        cal["families"]["target_dose"]["method"] = "normalised"
+
+    d, cal = _calibrated_copy(model_dir, tmp_path, edit)
+    fam = {**cal["families"]["target_dose"], "family": "target_dose"}
+    lo, hi = family_offsets(fam, "normalised", 0.8, quantile_rule(cal))
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    res = run_qa(d, [p], "openkbp-clinical", coverage=0.8)
+    widths = set()
+    for c in res.patients[0].criteria:
+        if c.family != "target_dose":
+            continue
+        st = fam["criterion_stats"][f"{c.roi} {c.metric}"]
+        assert c.low == pytest.approx(max(c.predicted + st["bias"] + st["scale"] * lo, 0.0))
+        assert c.high == pytest.approx(c.predicted + st["bias"] + st["scale"] * hi)
+        widths.add(round(c.high - c.low, 6))
+    assert len(widths) > 1  # per-criterion scales
+
+
+def test_qa_reads_a_version_1_calibration_with_its_rule(sample_dir, model_dir, tmp_path):
+    """Calibrations written before the quantile rule existed keep their intervals: the ceil rule,
+    one score list per method."""
+    from dosepred.calibration import conformal_quantile
+    from dosepred.io.cache import load_patients
+    from dosepred.qa import run_qa
+
+    def edit(cal):
+        cal.pop("quantile_rule", None)
+        cal["version"] = 1
+        for f in cal["families"].values():
+            f.pop("tail_scores", None)
+            f["method"] = "absolute"
+
+    d, cal = _calibrated_copy(model_dir, tmp_path, edit)
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    res = run_qa(d, [p], "openkbp-clinical", coverage=0.8)
+    for c in res.patients[0].criteria:
+        if c.family == "v_metric":
+            continue
+        q = conformal_quantile(cal["families"][c.family]["scores"]["absolute"], 0.2, "conservative")
+        assert c.high == pytest.approx(c.predicted + q)
+
+
+def test_qa_dvh_band_comes_from_the_calibration(sample_dir, model_dir, tmp_path):
+    """The report's DVH band is the calibration's band of D at each volume level (ROIs without one get
+    none); a calibration without a band falls back to the illustrative shifted band."""
+    from dosepred.calibration import BAND_LEVELS, band_offsets, fit_band, quantile_rule
+    from dosepred.io.cache import load_patients
+    from dosepred.qa import QAChecker, run_qa
+
+    rng = np.random.default_rng(0)
+    rows = {f"p{i}": rng.normal(0.0, 2.0, len(BAND_LEVELS)).tolist() for i in range(30)}
+
+    def edit(cal):
+        cal["dvh_band"] = fit_band({"PTV70": rows})
+
+    d, cal = _calibrated_copy(model_dir, tmp_path, edit)
+    chk = QAChecker(d, "openkbp-clinical", 0.8)
+    got = chk.dvh_band("PTV70")
+    want = band_offsets(cal["dvh_band"], "PTV70", 0.8, quantile_rule(cal))
+    assert got is not None and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert chk.dvh_band("Larynx") is None and chk.has_dvh_band
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    run_qa(d, [p], "openkbp-clinical", coverage=0.8, report=tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.html").is_file()
+    d2, _ = _calibrated_copy(model_dir, tmp_path / "nb", lambda cal: cal.pop("dvh_band", None))
+    assert not QAChecker(d2, "openkbp-clinical", 0.8).has_dvh_band

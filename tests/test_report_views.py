@@ -39,7 +39,7 @@ def test_views_follow_radiology_convention(name):
     r = ViewRenderer(p, [Panel("plan", p.dose)], mm_per_px=1.0, margin_mm=40)
     ax = next(o for o in orientations(p) if o.name == "axial")
     j = r._to_resampled(ax.slice_axis, r.point[ax.slice_axis])
-    ct = r._cut(r.ct, ax, j)
+    ct = r.ct_slice(ax, j)
     rows, cols = np.nonzero(ct > 1000)
     # the right-anterior marker sits in the top-left quadrant of the axial image
     assert rows.mean() < ct.shape[0] / 2 and cols.mean() < ct.shape[1] / 2
@@ -76,3 +76,29 @@ def test_views_go_through_the_chosen_point(name):
     assert [labels[v][0] for v in ("axial", "coronal", "sagittal")] == ["z", "y", "x"]
     for view, axis in (("sagittal", 0), ("coronal", 1), ("axial", 2)):
         assert abs(got[view] - point_mm[axis]) <= 1.0  # within half a resampled pixel + rounding
+
+
+def test_slices_equal_cuts_of_the_whole_box_resampled_by_scipy():
+    """Only the slices shown are resampled; each must be the cut of the whole box zoomed by scipy
+    (linear, grid mode, edge values) for CT and doses, and of the nearest-index ROI codes."""
+    from scipy.ndimage import zoom
+
+    p = _patient(DIRECTIONS["openkbp (A->P, R->L, S->I)"], shape=(20, 26, 30), spacing=(3.0, 2.5, 2.0))
+    dose = np.random.default_rng(0).random(p.shape).astype(np.float32) * 60
+    r = ViewRenderer(p, [Panel("plan", dose)], mm_per_px=1.3, margin_mm=100)
+    bx = tuple(slice(a, b) for a, b in r.box)
+    ct = zoom(p.ct[bx].astype(np.float32), r._z, order=1, mode="nearest", grid_mode=True)
+    dz = zoom(dose[bx], r._z, order=1, mode="nearest", grid_mode=True)
+    assert ct.shape == tuple(r.shape)
+    mask = p.mask("PTV")[bx]
+    near = [np.minimum(((np.arange(n) + 0.5) / z).astype(int), m - 1)
+            for n, z, m in zip(r.shape, r._z, mask.shape, strict=True)]
+    mz = mask[np.ix_(*near)]
+    for o in orientations(p):
+        for j in (0, r.shape[o.slice_axis] // 3, r.shape[o.slice_axis] - 1):
+            sl = [slice(None)] * 3
+            sl[o.slice_axis] = j
+            want_ct, want_d, want_m = (r._orient(v[tuple(sl)], o) for v in (ct, dz, mz))
+            np.testing.assert_allclose(r.ct_slice(o, j), want_ct, atol=1e-3)
+            np.testing.assert_allclose(r.dose_slice(0, o, j), want_d, atol=1e-4)
+            assert np.array_equal(r.masks_slice(o, j)["PTV"], want_m)

@@ -24,15 +24,25 @@ patients it was not trained on into intervals that hold their nominal coverage o
                  computed without the unit's own patient (cross-fitting): wide for criteria whose
                  errors are large, centred where a criterion is biased.
 
-The conformal quantile of ``n`` scores at level ``1 - a`` is the ``k``-th smallest with
-``k = ceil((n + 1)(1 - a))`` (the ``ceil((n + 1)(1 - a)) / n`` empirical quantile; +inf when
-``k > n``): it guarantees coverage ``>= 1 - a`` for an exchangeable new unit (REFERENCE.md, 9).
+The conformal quantile of ``n`` scores at level ``1 - a`` (:func:`conformal_quantile`) is read
+off the sorted scores at position ``c = (n + 1)(1 - a)``: the ``conservative`` rule takes the
+``ceil(c)``-th smallest (coverage ``>= 1 - a`` for an exchangeable new unit, REFERENCE.md, 9, but up
+to ``1 / (n + 1)`` more: 3.7 points with 26 V-metric units); the ``interpolated`` rule (the default
+since calibration.json version 2) interpolates between the ``floor(c)``-th and the next score, the
+deterministic mean of the randomised conformal threshold, which covers ``1 - a`` exactly on average.
+Point masses of the scores (residuals exactly 0 where plan and prediction agree, e.g. a V110% of 0 in
+both) are handled by :func:`signed_offsets`: a tail whose threshold sits on a tie hands its unused
+miss to the other tail; plan values at a bound of the metric (V = 0 %) are left out of the tail they
+cannot miss (:func:`tail_scores`). Every interval is deterministic: the same plan and calibration
+give the same interval.
 
 ``calibration.json`` (written atomically into the model folder) keeps the sorted scores of every
-family and method, so any coverage can be asked for later (``dosepred qa --coverage``); it also
-records the protocol and criteria it was computed for, the method used per family (chosen by
-cross-validation), the cross-validated coverage and widths, and the ranges of ROI volumes and voxel
-spacings of the training data (for the reliability flags of plan QA).
+family and method, the tail scores and the quantile rule, so any coverage can be asked for later
+(``dosepred qa --coverage``); it also records the protocol and criteria it was computed for, the
+method used per family (chosen by cross-validation), the cross-validated coverage and widths, the
+ranges of ROI volumes and voxel
+spacings of the training data (for the reliability flags of plan QA), and per ROI the residuals of D
+at 15 volume levels (``dvh_band``: the report's DVH band, :func:`band_offsets`).
 """
 
 from __future__ import annotations
@@ -83,31 +93,143 @@ def metric_family(metric: str | Metric, kind: str) -> str:
 
 
 # ------------------------------------------------------------------------------- conformal core
-def conformal_quantile(scores: Sequence[float] | np.ndarray, alpha: float) -> float:
-    """The ``k = ceil((n + 1)(1 - alpha))``-th smallest score (+inf when ``k > n``)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    n = s.size
+#: How the conformal quantile of ``n`` scores at level ``1 - a`` is read off the sorted scores
+#: (docs/qa.md, "Ties and small families"): ``interpolated`` (calibrations from version 2 on)
+#: interpolates between the ``f``-th and ``(f + 1)``-th smallest scores, ``f = floor((n + 1)(1 - a))``,
+#: with the weight ``(n + 1)(1 - a) - f``; ``conservative`` (version 1) takes the
+#: ``ceil((n + 1)(1 - a))``-th smallest.
+QUANTILE_RULES = ("interpolated", "conservative")
+DEFAULT_RULE = "interpolated"
+#: The rule of a calibration.json that does not name one (written before the rule existed).
+LEGACY_RULE = "conservative"
+_EPS = 1e-9
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in QUANTILE_RULES:
+        raise ValueError(f"unknown quantile rule {rule!r} (one of {', '.join(QUANTILE_RULES)})")
+
+
+def conformal_quantile(scores: Sequence[float] | np.ndarray, alpha: float, rule: str = DEFAULT_RULE) -> float:
+    """Upper conformal quantile of ``scores`` at level ``1 - alpha`` (+inf when too few scores).
+
+    With ``c = (n + 1)(1 - alpha)``:
+
+    - ``conservative``: the ``ceil(c)``-th smallest score. A new exchangeable score is at most it
+      with probability >= ``1 - alpha``, and at most ``1 - alpha + 1 / (n + 1)`` for continuous
+      scores: with 26 scores, a 80 % interval covers 81.5 % on average;
+    - ``interpolated``: ``s_(f) + w (s_(f+1) - s_(f))`` with ``f = floor(c)``, ``w = c - f``. The
+      randomised (smoothed) conformal rule takes ``s_(f+1)`` with probability ``w`` and ``s_(f)``
+      otherwise, and covers exactly ``1 - alpha`` on average; this is its deterministic mean
+      threshold. Its coverage lies between ``f / (n + 1)`` and ``(f + 1) / (n + 1)``, is exactly
+      ``1 - alpha`` for uniformly spread scores, and at least that where the score density decreases
+      (the tail, where the quantile sits). +inf when ``c > n``.
+    """
+    _check_rule(rule)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    k = math.ceil((n + 1) * (1 - alpha) - 1e-12)
-    return math.inf if k > n or n == 0 else float(s[k - 1])
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    n = s.size
+    if n == 0:
+        return math.inf
+    c = (n + 1) * (1 - alpha)
+    if rule == "conservative":
+        k = math.ceil(c - _EPS)
+        return math.inf if k > n else float(s[k - 1])
+    f = math.floor(c + _EPS)
+    w = c - f if c - f > _EPS else 0.0
+    if f > n or (f == n and w > 0):
+        return math.inf
+    if f == 0:
+        return float(s[0])
+    if w == 0 or s[f] == s[f - 1]:
+        return float(s[f - 1])
+    if not (math.isfinite(s[f - 1]) and math.isfinite(s[f])):
+        return float(s[f])  # next to the implicit scores of units at a bound: the larger, conservatively
+    return float(s[f - 1] + w * (s[f] - s[f - 1]))
 
 
-def conformal_lower(scores: Sequence[float] | np.ndarray, alpha: float) -> float:
+def conformal_lower(scores: Sequence[float] | np.ndarray, alpha: float, rule: str = DEFAULT_RULE) -> float:
     """Lower counterpart: ``-conformal_quantile(-scores, alpha)`` (-inf when too few scores)."""
-    return -conformal_quantile(-np.asarray(scores, dtype=np.float64), alpha)
+    return -conformal_quantile(-np.asarray(scores, dtype=np.float64), alpha, rule)
 
 
-def offsets(scores: np.ndarray, method: str, coverage: float) -> tuple[float, float]:
+def _tail_miss(s: np.ndarray, t: float, side: str) -> float | None:
+    """Where the threshold ``t`` of sorted scores ``s`` sits on a tie (a score value held by two or
+    more scores): the share of scores strictly beyond it on ``side`` (``lower``: below ``t``),
+    an unbiased estimate of a new score's chance to fall beyond it. None when ``t`` is not on a tie
+    (the quantile rule then misses its nominal share)."""
+    lo, hi = np.searchsorted(s, t, "left"), np.searchsorted(s, t, "right")
+    if hi - lo < 2:
+        return None
+    return float(lo if side == "lower" else s.size - hi) / s.size
+
+
+def signed_offsets(scores: Sequence[float] | np.ndarray, alpha: float, rule: str = DEFAULT_RULE,
+                   upper_scores: Sequence[float] | np.ndarray | None = None) -> tuple[float, float]:
+    """Two-sided interval of signed scores missing ``alpha / 2`` on each side: the lower offset from
+    ``scores``, the upper one from ``upper_scores`` (default: the same). The two differ for units at
+    a bound of the metric (:func:`tail_scores`).
+
+    With the ``interpolated`` rule, a side whose threshold lands on a tie (a point mass of the
+    scores, e.g. residuals exactly 0 where plan and prediction both have no hot spot) misses less
+    than ``alpha / 2`` whatever is done short of excluding tied values; the miss it leaves unused is
+    given to the other side (its threshold is recomputed at ``alpha - miss``), so that the interval
+    misses ``alpha`` in all."""
+    s_lo = np.sort(np.asarray(scores, dtype=np.float64))
+    s_hi = s_lo if upper_scores is None else np.sort(np.asarray(upper_scores, dtype=np.float64))
+    lo, hi = conformal_lower(s_lo, alpha / 2, rule), conformal_quantile(s_hi, alpha / 2, rule)
+    if rule != "interpolated" or lo == -math.inf or hi == math.inf:  # too few scores
+        return lo, hi
+    m_lo, m_hi = _tail_miss(s_lo, lo, "lower"), _tail_miss(s_hi, hi, "upper")
+    if m_lo is not None and m_hi is None and m_lo < alpha / 2:
+        hi = conformal_quantile(s_hi, alpha - m_lo, rule)
+    elif m_hi is not None and m_lo is None and m_hi < alpha / 2:
+        lo = conformal_lower(s_lo, alpha - m_hi, rule)
+    return lo, hi
+
+
+def offsets(scores: np.ndarray, method: str, coverage: float, rule: str = DEFAULT_RULE,
+            upper_scores: np.ndarray | None = None) -> tuple[float, float]:
     """(lower, upper) offsets of the interval from the prediction, in score units (multiply by the
-    difficulty for ``normalised``)."""
+    difficulty for ``normalised``); ``upper_scores``: see :func:`signed_offsets`."""
     alpha = 1.0 - coverage
     if method == "absolute":
-        q = conformal_quantile(np.abs(scores), alpha)
+        q = conformal_quantile(np.abs(scores), alpha, rule)
         return -q, q
     if method in ("signed", "normalised"):
-        return conformal_lower(scores, alpha / 2), conformal_quantile(scores, alpha / 2)
+        return signed_offsets(scores, alpha, rule, upper_scores)
     raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
+
+
+def family_offsets(fam: dict[str, Any], method: str, coverage: float, rule: str = DEFAULT_RULE
+                   ) -> tuple[float, float]:
+    """:func:`offsets` of a fitted family (:func:`fit_family`, or a family of calibration.json),
+    with its tail scores where it has them (version 2)."""
+    lower, upper = tail_scores(fam, method)
+    return offsets(lower, method, coverage, rule, upper)
+
+
+def tail_scores(fam: dict[str, Any], method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The scores of the lower and of the upper tail of ``method`` in a fitted family.
+
+    A plan value at a bound of the metric (0, or 100 % for a V-metric: a plan without a hot spot has
+    V110% = 0) lies in every interval clipped to the metric's range on that side: a V110% of 0 is
+    inside ``[0, high]`` however low ``high`` is, because :func:`apply_offsets` never lets ``high``
+    drop below 0. Its score therefore counts as -inf for the upper tail (and +inf for the lower
+    tail at 100 %); otherwise the upper threshold is set by residuals such as ``0 - predicted``
+    that can never miss, and the clipped interval over-covers (V-metrics: 85 % at 80 % nominal).
+    ``fam["tail_scores"][method]`` holds the finite scores of each tail; families without it
+    (version 1 files, ``absolute``, which clipping cannot change) use ``fam["scores"][method]``."""
+    s = np.asarray(fam["scores"][method], dtype=np.float64)
+    ts = (fam.get("tail_scores") or {}).get(method)
+    if method == "absolute" or not ts:
+        return s, s
+    lo = np.asarray(ts["lower"], dtype=np.float64)
+    hi = np.asarray(ts["upper"], dtype=np.float64)
+    lo = np.concatenate([lo, np.full(s.size - lo.size, math.inf)])
+    hi = np.concatenate([np.full(s.size - hi.size, -math.inf), hi])
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------------- units
@@ -210,41 +332,64 @@ def fit_family(units: Sequence[Unit]) -> dict[str, Any]:
     patient* (cross-fitting), so that it is distributed like the score of a new patient, whose
     interval uses the statistics of all calibration patients."""
     r = np.array([u.residual for u in units], dtype=np.float64)
+    y = np.array([u.plan for u in units], dtype=np.float64)
+    top = np.array([100.0 if u.family == "v_metric" else math.inf for u in units])
+    floor, ceil = y <= 0.0, y >= top  # plan values at a bound of the metric: see tail_scores
     stats = criterion_stats(units)
-    by_patient: dict[str, list[Unit]] = {}
-    for u in units:
-        by_patient.setdefault(u.patient, []).append(u)
-    z: list[float] = []
+    by_patient: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        by_patient.setdefault(u.patient, []).append(i)
+    za = np.empty(len(units), dtype=np.float64)  # in the order of units, like r and the bound masks
     for pid, mine in by_patient.items():
         rest = [u for u in units if u.patient != pid]
         st = criterion_stats(rest) if rest else stats
-        for u in mine:
-            b, sc = _norm(st, f"{u.roi} {u.metric}")
-            z.append((u.residual - b) / sc)
+        for i in mine:
+            b, sc = _norm(st, f"{units[i].roi} {units[i].metric}")
+            za[i] = (units[i].residual - b) / sc
+
+    def tails(s: np.ndarray) -> dict[str, list[float]]:
+        return {"lower": np.sort(s[~ceil]).tolist(), "upper": np.sort(s[~floor]).tolist()}
+
     return {"n": len(units), "criterion_stats": stats,
             "scores": {"absolute": np.sort(np.abs(r)).tolist(), "signed": np.sort(r).tolist(),
-                       "normalised": np.sort(np.asarray(z)).tolist()}}
+                       "normalised": np.sort(za).tolist()},
+            "tail_scores": {"signed": tails(r), "normalised": tails(za)}}
 
 
-def interval(predicted: float, criterion: str, fam: dict[str, Any], method: str, coverage: float
-             ) -> tuple[float, float]:
+def interval(predicted: float, criterion: str, fam: dict[str, Any], method: str, coverage: float,
+             rule: str = DEFAULT_RULE) -> tuple[float, float]:
     """(low, high) of the plan value of ``criterion`` (``"ROI metric"``) predicted as ``predicted``,
-    clipped to the metric's range (doses >= 0 Gy, V-metrics 0-100 %): clipping changes no coverage."""
-    lo, hi = offsets(np.asarray(fam["scores"][method]), method, coverage)
+    clipped to the metric's range (doses >= 0 Gy, V-metrics 0-100 % of the ROI volume): plan values
+    lie in that range, so clipping changes no coverage, only the width (a V-metric predicted 0 %
+    gets ``[0, q]``, not ``[-q, q]``)."""
+    lo, hi = family_offsets(fam, method, coverage, rule)
+    return apply_offsets(predicted, criterion, fam, method, lo, hi)
+
+
+def apply_offsets(predicted: float, criterion: str, fam: dict[str, Any], method: str, lo: float, hi: float
+                  ) -> tuple[float, float]:
+    """:func:`interval` from offsets computed once (:func:`offsets`) for many predictions."""
     if method == "normalised":
         b, s = _norm(fam["criterion_stats"], criterion)
         low, high = predicted + b + s * lo, predicted + b + s * hi
     else:
         low, high = predicted + lo, predicted + hi
     top = 100.0 if fam.get("family") == "v_metric" else math.inf  # % of the ROI volume; doses >= 0
-    return min(max(low, 0.0), top), max(min(high, top), 0.0)
+    low, high = min(max(low, 0.0), top), max(min(high, top), 0.0)
+    if low > high:
+        # Only when a tail sits at a bound (e.g. high pinned at 0 % because most calibration plans have
+        # no hot spot) while the other tail excludes the bound: the two one-sided statements disagree
+        # for this prediction; the interval between them keeps both candidate values.
+        low, high = high, low
+    return low, high
 
 
 def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9),
                    methods: Sequence[str] = METHODS, splits: int = 200, cal_fraction: float = 0.5,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, rule: str = DEFAULT_RULE) -> dict[str, Any]:
     """Repeated random patient-level splits: calibrate on ``cal_fraction`` of the patients, measure
-    coverage and mean width on the others. Returns family -> method -> coverage -> stats."""
+    coverage and mean width on the others (intervals with the quantile ``rule``). Returns family ->
+    method -> coverage -> stats."""
     rng = np.random.default_rng(seed)
     pids = sorted({u.patient for u in units})
     n_cal = max(1, int(round(len(pids) * cal_fraction)))
@@ -264,7 +409,9 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
             y = np.array([u.plan for u in tu])
             for m in methods:
                 for cov in coverages:
-                    iv = np.array([interval(u.predicted, f"{u.roi} {u.metric}", f, m, cov) for u in tu])
+                    lo, hi = family_offsets(f, m, cov, rule)
+                    iv = np.array([apply_offsets(u.predicted, f"{u.roi} {u.metric}", f, m, lo, hi)
+                                   for u in tu])
                     low, high = iv[:, 0], iv[:, 1]
                     d = acc.setdefault(fam, {}).setdefault(m, {}).setdefault(f"{cov:g}",
                                                                             {"cov": [], "width": []})
@@ -342,12 +489,64 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------------------- the DVH band
+#: Volume levels (% of the ROI volume) at which the report's DVH band is calibrated: the residual
+#: plan - prediction of D at each level, per ROI.
+BAND_LEVELS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 98.0, 99.0)
+
+
+def band_doses(patient: Patient, dose: np.ndarray, levels: Sequence[float] = BAND_LEVELS
+               ) -> dict[str, list[float]]:
+    """D at each volume level (Gy, OpenKBP's percentile definition) of every present ROI of
+    ``patient`` in ``dose`` (on the patient's grid)."""
+    from .dvh import roi_metrics, roi_voxel_indices
+
+    flat = np.asarray(dose, dtype=np.float32).ravel()
+    metrics = [f"D{v:g}%" for v in levels]
+    return {r: roi_metrics(flat[ix], metrics, patient.voxel_volume_mm3)
+            for r, ix in roi_voxel_indices(patient).items() if ix.size}
+
+
+def fit_band(residuals: dict[str, dict[str, list[float]]], levels: Sequence[float] = BAND_LEVELS
+             ) -> dict[str, Any]:
+    """The ``dvh_band`` object of calibration.json from ROI -> patient -> residuals at each level:
+    per ROI and level the sorted residuals (one per calibration patient; Gy, rounded to 0.1 mGy to
+    keep the file small)."""
+    rois = {}
+    for roi, rows in sorted(residuals.items()):
+        a = np.asarray(list(rows.values()), dtype=np.float64).reshape(-1, len(levels))  # (patients, levels)
+        rois[roi] = [np.round(np.sort(col[np.isfinite(col)]), 4).tolist() for col in a.T]
+    return {"levels": [float(v) for v in levels], "method": "signed", "rois": rois}
+
+
+def band_offsets(band: dict[str, Any] | None, roi: str, coverage: float, rule: str = DEFAULT_RULE
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(levels %, lower offsets, upper offsets) in Gy of ``roi``'s calibrated DVH band at ``coverage``:
+    at each volume level the signed conformal interval of D at that level (pointwise: each point of
+    the band holds ``coverage`` for its own level; the whole curve lies inside less often). None when
+    the calibration has no band for the ROI; levels with too few patients for the coverage are left
+    out."""
+    if not band or roi not in band.get("rois", {}):
+        return None
+    levels, lo, hi = [], [], []
+    for v, scores in zip(band["levels"], band["rois"][roi], strict=True):
+        a, b = signed_offsets(scores, 1.0 - coverage, rule) if scores else (-math.inf, math.inf)
+        if math.isfinite(a) and math.isfinite(b):
+            levels.append(v)
+            lo.append(a)
+            hi.append(b)
+    if not levels:
+        return None
+    return np.asarray(levels), np.asarray(lo), np.asarray(hi)
+
+
 def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Any,
-                  predictions: str | os.PathLike | None = None, progress: bool = False
-                  ) -> tuple[list[Unit], list[str]]:
+                  predictions: str | os.PathLike | None = None, progress: bool = False,
+                  dvh_band: dict[str, dict[str, list[float]]] | None = None) -> tuple[list[Unit], list[str]]:
     """Units of every patient of ``data`` (a cache or OpenKBP folder with plan doses). Predictions are
     read from ``predictions`` (a cache written by ``dosepred predict --format cache``) when given,
-    else computed with the model."""
+    else computed with the model. ``dvh_band``: a dict that receives ROI -> patient -> residuals of
+    D at the :data:`BAND_LEVELS` (for :func:`fit_band`)."""
     from .io.cache import Cache, load_patients
 
     pred_cache = Cache.open(predictions) if predictions is not None else None
@@ -376,24 +575,43 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
         us, _ = patient_units(p, pred, protocol)
         units += us
         ids.append(p.id)
+        if dvh_band is not None:
+            pd = band_doses(p, pred)
+            for roi, dv in band_doses(p, p.dose).items():
+                if roi in pd:
+                    dvh_band.setdefault(roi, {})[p.id] = [a - b for a, b in zip(dv, pd[roi], strict=True)]
     return units, ids
+
+
+#: Families with at most one unit per patient are cross-validated with this many times more splits.
+SMALL_FAMILY_SPLITS = 10
 
 
 def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, model_path: Path,
                       data: str, ranges: dict[str, Any] | None, splits: int = 200, seed: int = 0,
-                      cal_fraction: float = 0.8) -> dict[str, Any]:
-    """The calibration.json object (see the module docstring)."""
+                      cal_fraction: float = 0.8, rule: str = DEFAULT_RULE,
+                      dvh_band: dict[str, dict[str, list[float]]] | None = None) -> dict[str, Any]:
+    """The calibration.json object (see the module docstring); ``dvh_band`` as filled by
+    :func:`collect_units`."""
+    _check_rule(rule)
     from .protocol import load_protocol
 
     proto = load_protocol(protocol)
     by_fam: dict[str, list[Unit]] = {}
     for u in units:
         by_fam.setdefault(u.family, []).append(u)
-    cv = cross_validate(units, splits=splits, cal_fraction=cal_fraction, seed=seed)
+    # A family with one unit per patient (PTV70 V110%) checks ~7 units per split: its mean coverage
+    # over 200 splits still moves by 1-2 points; more splits are cheap for so few units.
+    small = {f for f, us in by_fam.items() if len(us) <= len({u.patient for u in us})}
+    cv = cross_validate([u for u in units if u.family not in small], splits=splits, cal_fraction=cal_fraction,
+                        seed=seed, rule=rule)
+    if small:
+        cv.update(cross_validate([u for u in units if u.family in small], splits=SMALL_FAMILY_SPLITS * splits,
+                                 cal_fraction=cal_fraction, seed=seed, rule=rule))
     chosen = choose_methods(cv)
     ckpt = model_path / "model.pt" if model_path.is_dir() else model_path
     return {
-        "format": CALIBRATION_FORMAT, "version": 1,
+        "format": CALIBRATION_FORMAT, "version": 2, "quantile_rule": rule,
         "model_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
         "protocol": proto.name,
         "criteria": sorted({f"{u.roi} {u.metric}" for u in units}),
@@ -404,8 +622,11 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
                            "criteria": sorted({f"{u.roi} {u.metric}" for u in us})}
                      for fam, us in sorted(by_fam.items())},
         "cross_validation": {"splits": splits, "calibration_fraction": cal_fraction, "seed": seed,
+                             "splits_small_families": {f: SMALL_FAMILY_SPLITS * splits
+                                                       for f in sorted(small)},
                              "results": cv},
         "training_ranges": ranges,
+        "dvh_band": fit_band(dvh_band) if dvh_band else None,
     }
 
 
@@ -443,6 +664,16 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def quantile_rule(calib: dict[str, Any]) -> str:
+    """The quantile rule a calibration was made with (``conservative`` for version 1 files, which do
+    not name it); :class:`CalibrationError` for an unknown one."""
+    rule = calib.get("quantile_rule", LEGACY_RULE)
+    if rule not in QUANTILE_RULES:
+        raise CalibrationError(f"calibration quantile rule {rule!r} is not one of "
+                               f"{', '.join(QUANTILE_RULES)}: recalibrate with this version of dosepred")
+    return rule
+
+
 def load_calibration(model: str | os.PathLike) -> dict[str, Any]:
     """The model's ``calibration.json``; :class:`CalibrationError` when it has none."""
     d = Path(model)
@@ -463,16 +694,19 @@ def load_calibration(model: str | os.PathLike) -> dict[str, Any]:
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
               predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
-              splits: int = 200, seed: int = 0, progress: bool = False) -> tuple[Path, dict[str, Any]]:
+              splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE
+              ) -> tuple[Path, dict[str, Any]]:
     """Compute and write ``calibration.json`` for ``model`` from patients of ``data`` (plan doses;
     patients the model was not trained on). ``train_data``: the training patients (a source, or a JSON
     file of :func:`training_ranges`' output), for the ranges of ROI volumes and spacings (the
-    calibration patients' own ranges when omitted)."""
+    calibration patients' own ranges when omitted). ``rule``: the conformal quantile rule
+    (:data:`QUANTILE_RULES`), stored in the file."""
     from .io.cache import load_patients
     from .predict import resolve_model_path
 
     ckpt = resolve_model_path(model)
-    units, ids = collect_units(model, data, protocol, predictions, progress)
+    band: dict[str, dict[str, list[float]]] = {}
+    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band)
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
     if len(ids) < MIN_PATIENTS:
@@ -485,5 +719,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     else:
         ranges = training_ranges(load_patients(src, require_dose=False))
         ranges["source"] = str(src)
-    calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed)
+    calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
+                              dvh_band=band)
     return write_calibration(ckpt.parent, calib), calib

@@ -38,10 +38,12 @@ import numpy as np
 from .calibration import (
     FAMILIES,
     CalibrationError,
+    band_offsets,
+    family_offsets,
     interval,
     load_calibration,
     metric_family,
-    offsets,
+    quantile_rule,
     roi_features,
 )
 from .patient import Patient, RoiSet
@@ -233,6 +235,8 @@ class QAChecker:
         self.families = self.calib.get("families", {})
         self.methods = {f: d.get("method", "absolute") for f, d in self.families.items()}
         self.calibrated = set(self.calib.get("criteria", []))
+        self.rule = quantile_rule(self.calib)
+        self._bands: dict[str, Any] = {}
         self.ranges = self.calib.get("training_ranges") or {}
         self.warnings: list[str] = []
         self._check_protocol()
@@ -255,7 +259,8 @@ class QAChecker:
             else:
                 fam_cal = self.families[fam]
                 meth = self.methods[fam]
-                ok = math.isfinite(offsets(np.asarray(fam_cal["scores"][meth]), meth, self.coverage)[1])
+                lo, hi = family_offsets(fam_cal, meth, self.coverage, self.rule)
+                ok = lo > -math.inf and hi < math.inf  # -inf / +inf: too few units for this coverage
                 if not ok:
                     n = self.families[fam]["n"]
                     raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than "
@@ -270,6 +275,19 @@ class QAChecker:
             self.warnings.append(f"calibration computed for protocol {self.calib.get('protocol')!r}, QA "
                                  f"with {self.protocol.name!r}: criteria it did not see use their family's "
                                  "interval")
+
+    def dvh_band(self, roi: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(levels %, lower, upper offsets in Gy) of ``roi``'s calibrated DVH band at the checker's
+        coverage (:func:`dosepred.calibration.band_offsets`); None without one (calibrations before
+        version 2, ROIs the calibration patients did not have)."""
+        if roi not in self._bands:
+            self._bands[roi] = band_offsets(self.calib.get("dvh_band"), roi, self.coverage, self.rule)
+        return self._bands[roi]
+
+    @property
+    def has_dvh_band(self) -> bool:
+        """Whether the calibration has a DVH band (version 2); else the report's band is illustrative."""
+        return bool(self.calib.get("dvh_band"))
 
     def predict(self, plan: Patient) -> np.ndarray:
         from .predict import predict_dose
@@ -307,7 +325,8 @@ class QAChecker:
             kind = kinds.get(c.roi, "oar")
             fam = metric_family(c.metric, kind)
             f = feats.get(c.roi, {"spread": 0.0, "volume_cc": math.nan, "target_overlap": 0.0})
-            low, high = interval(c.pred, f["spread"], self.families[fam], self.methods[fam], self.coverage)
+            low, high = interval(c.pred, f"{c.roi} {c.metric}", self.families[fam], self.methods[fam],
+                                 self.coverage, self.rule)
             lb = lower_is_better(c.direction, c.metric, kind)
             flags, gain = flags_for(c.ref, c.pred, low, high, kind, lb, c.unit)
             if kind != "target" and f["target_overlap"] >= OVERLAP_PCT:

@@ -51,6 +51,13 @@ def _linear_axis(arr: np.ndarray, axis: int, scale: float, shift: float, n_out: 
     return out
 
 
+def zoom_axis(arr: np.ndarray, axis: int, factor: float, n_out: int) -> np.ndarray:
+    """Linear resampling of float ``arr`` along ``axis`` to ``n_out`` samples at the voxel centres of a
+    grid ``factor`` times finer (``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")``
+    along that axis: source position ``(i + 0.5) / factor - 0.5``, edge values beyond the ends)."""
+    return _linear_axis(arr, axis, 1.0 / factor, 0.5 / factor - 0.5, n_out, "nearest", 0.0)
+
+
 def _affine(work: np.ndarray, a: np.ndarray, b: np.ndarray, shape: Sequence[int], order: int, mode: str,
             cval: float) -> np.ndarray:
     from scipy.ndimage import affine_transform

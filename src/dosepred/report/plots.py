@@ -167,11 +167,18 @@ def _marker_volume(metric: str, plan_dvh: DVH) -> float | None:
 
 
 def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
-               bin_width: float = 0.25) -> str:
-    """Cumulative DVHs for plan QA: plan solid, prediction dashed, per ROI with criteria the predicted
-    DVH shifted by the criterion's interval as a band; each criterion as a marker at its DVH point
-    (plan value, with the interval as an error bar and the limit as a black tick); flagged criteria
-    as triangles. ``criteria``: :class:`dosepred.qa.CriterionQA` items."""
+               bin_width: float = 0.25, band: dict[str, tuple | None] | None = None,
+               coverage: float | None = None) -> str:
+    """Cumulative DVHs for plan QA: plan solid, prediction dashed; each criterion as a marker at its
+    DVH point (plan value, with the interval as an error bar and the limit as a black tick); flagged
+    criteria as triangles. ``criteria``: :class:`dosepred.qa.CriterionQA` items.
+
+    The band around each predicted DVH: with ``band`` (ROI -> (levels %, lower, upper offsets in Gy),
+    :meth:`dosepred.qa.QAChecker.dvh_band`), the calibrated pointwise interval of D at each volume
+    level, drawn from the predicted D at those levels; ROIs without one get no band. Without
+    ``band`` (a calibration that has none), the predicted DVH shifted by the interval of the ROI's
+    first dose criterion, labelled *illustrative*: it is not calibrated along the curve."""
+    from ..dvh import roi_metrics
     from ..metrics import parse_metric, v_threshold
 
     plt = _plt()
@@ -192,11 +199,19 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
         dp = DVH(pdv[idx[n]], vox, bin_width)
         ax.plot(d.edges, d.cumulative("%"), color=col[n], lw=1.6, label=n)
         ax.plot(dp.edges, dp.cumulative("%"), color=col[n], lw=1.1, ls="--")
+        if band is not None:
+            b = band.get(n)
+            if b is not None:
+                levels, lo, hi = b
+                dv = np.asarray(roi_metrics(pdv[idx[n]], [f"D{v:g}%" for v in levels], vox))
+                ax.fill_betweenx(levels, np.maximum(dv + lo, 0.0), np.maximum(dv + hi, 0.0), color=col[n],
+                                 alpha=0.15, lw=0)
+            continue
         c = first_crit.get(n)
         if c is not None and c.high == c.high and np.isfinite(c.high) and np.isfinite(c.low):
             y = dp.cumulative("%")
             ax.fill_betweenx(y, dp.edges + (c.low - c.predicted), dp.edges + (c.high - c.predicted),
-                             color=col[n], alpha=0.15, lw=0)
+                             color=col[n], alpha=0.15, lw=0, hatch="//")
     for c in criteria:
         if c.roi not in dvhs:
             continue
@@ -226,14 +241,23 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                     color=colour, mec="k", ms=7, capsize=3, lw=1.2)
         if c.limit is not None:
             ax.plot([c.limit], [yv], marker="|", color="k", ms=14, mew=2)
+    cov = "" if coverage is None else f"{coverage:.0%} "
+    if band is not None:
+        band_handle = plt.matplotlib.patches.Patch(
+            color="k", alpha=0.15, label=f"{cov}band of D at each volume\n(calibrated, pointwise)")
+    else:
+        band_handle = plt.matplotlib.patches.Patch(facecolor="k", alpha=0.15, hatch="//",
+                                                   label="illustrative band: first criterion's\n"
+                                                         "interval, not calibrated along the curve")
     handles = [plt.Line2D([], [], color="k", lw=1.6, label="plan"),
                plt.Line2D([], [], color="k", lw=1.1, ls="--", label="prediction"),
-               plt.matplotlib.patches.Patch(color="k", alpha=0.15, label="interval band"),
+               band_handle,
                plt.Line2D([], [], color="w", marker="o", mec="k", mfc="grey", label="criterion (plan)"),
                plt.Line2D([], [], color="w", marker="^", mec="k", mfc="grey", label="flagged criterion"),
                plt.Line2D([], [], color="k", marker="|", ls="", ms=12, mew=2, label="limit")]
     _dvh_axes(ax, handles, title or f"{plan.id}: cumulative DVH")
-    fig.tight_layout()
+    # fixed margins (legends right of the axes): tight_layout would draw the figure once more
+    fig.subplots_adjust(left=0.075, right=0.725, bottom=0.1, top=0.93)
     return fig_data_uri(fig)
 
 

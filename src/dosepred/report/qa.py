@@ -58,9 +58,10 @@ class QAReportWriter:
         from .views import Panel, ViewRenderer, viewer_html
 
         assert plan.dose is not None
+        band = ({r: self.chk.dvh_band(r) for r in plan.present_rois} if self.chk.has_dvh_band else None)
         dvh = dvh_qa_uri(plan, pred, pq.criteria,
                          title=f"{plan.id}: DVH, plan (solid) vs prediction (dashed), "
-                               f"{self.chk.coverage:.0%} interval band")
+                               f"{self.chk.coverage:.0%} band", band=band, coverage=self.chk.coverage)
         panels = [Panel("plan", plan.dose), Panel("prediction (achievable)", pred),
                   Panel("plan - prediction", plan.dose - pred, "diff")]
         point = None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..patient import Patient
+from ..resample import zoom_axis
 
 #: (view name, anatomical axis normal to the slice, (row axis, wanted row letter), (col axis, letter))
 #: The letter is where the axis must run *towards* as the index grows (down the rows, right along
@@ -159,16 +160,17 @@ class Panel:
 class ViewRenderer:
     """Renders the slices of the three views of one patient for a set of panels.
 
-    The box shown (ROIs and dose above 10 % of the maximum, plus ``margin_mm``) is resampled once to
-    square ``mm_per_px`` voxels (linear for CT and doses, nearest for the ROI codes); every slice is
-    then a plain cut of those volumes."""
+    The box shown (ROIs and dose above 10 % of the maximum, plus ``margin_mm``) is shown in square
+    ``mm_per_px`` voxels: a virtual grid over the box, linear for CT and doses, nearest for the ROI
+    codes (as ``scipy.ndimage.zoom(order=1, grid_mode=True)`` of the box). Only the slices shown are
+    resampled (:meth:`ct_slice`, :meth:`dose_slice`, :meth:`masks_slice`): the views show about 60
+    slices, a few percent of the planes of the whole resampled box, which is several times larger than
+    the patient's grid (1.5 mm pixels from 3-5 mm voxels)."""
 
     def __init__(self, patient: Patient, panels: Sequence[Panel], levels: Sequence[float] | None = None,
                  point: np.ndarray | None = None, mm_per_px: float = 1.5, step_mm: float = 6.0,
                  dead_zone: float = 1.0, diff_max: float = 10.0, dose_max: float | None = None,
                  margin_mm: float = 15.0, max_slices: int = 21) -> None:
-        from scipy.ndimage import zoom
-
         self.p = patient
         self.panels = list(panels)
         rx = sorted({float(r.prescription) for r in patient.roi_set
@@ -195,18 +197,13 @@ class ViewRenderer:
         self._z = np.array(patient.spacing) / mm_per_px
         shape = tuple(max(1, int(round((b - a) * z))) for (a, b), z in zip(self.box, self._z, strict=True))
         self._z = np.array(shape) / np.array([b - a for a, b in self.box])  # exact factors
-
-        def lin(v: np.ndarray) -> np.ndarray:
-            return zoom(np.asarray(v[bx], dtype=np.float32), self._z, order=1, mode="nearest", grid_mode=True)
-
-        self.ct = lin(patient.ct)
-        self.doses = [lin(pn.dose) for pn in self.panels]
-        idx = [np.minimum(((np.arange(n) + 0.5) / z).astype(int), b - a - 1)
-               for n, z, (a, b) in zip(shape, self._z, self.box, strict=True)]
-        codes = patient.roi_codes[bx][np.ix_(*idx)]
-        one = codes.dtype.type(1)
-        self.masks = {n: ((codes >> codes.dtype.type(patient.roi_set.index(n))) & one).astype(bool)
-                      for n in self.names}
+        self.shape = shape  # of the virtual resampled box
+        self._ct = np.asarray(patient.ct[bx], dtype=np.float32)
+        self._doses = [np.asarray(pn.dose[bx], dtype=np.float32) for pn in self.panels]
+        self._codes = patient.roi_codes[bx]
+        self._overlays: dict = {}
+        self._nearest = [np.minimum(((np.arange(n) + 0.5) / z).astype(int), b - a - 1)
+                         for n, z, (a, b) in zip(shape, self._z, self.box, strict=True)]
 
     def _box(self) -> list[tuple[int, int]]:
         """Index range per axis shown: ROIs, dose above 10 % of max, with a margin."""
@@ -225,29 +222,25 @@ class ViewRenderer:
             out.append((max(int(hit[0]) - m, 0), min(int(hit[-1]) + m + 1, p.shape[ax])))
         return out
 
-    def _to_resampled(self, ax: int, k: float) -> int:
-        n = self.ct.shape[ax]
-        return int(np.clip(round((k - self._off[ax] + 0.5) * self._z[ax] - 0.5), 0, n - 1))
-
-    def _to_original(self, ax: int, j: int) -> float:
-        return self._off[ax] + (j + 0.5) / self._z[ax] - 0.5
-
-    def slice_positions(self, o: Orientation) -> tuple[list[int], int]:
-        """Slice indices (in the resampled box) of a view, every ``step_mm`` (more when the box is
-        long) through the point's slice, and the position of that slice among them."""
-        n = self.ct.shape[o.slice_axis]
-        c = self._to_resampled(o.slice_axis, self.point[o.slice_axis])
-        step = max(1, int(round(self.step_mm / self.mm_per_px)))
-        while n / step > self.max_slices:
-            step += 1
-        idx = sorted(set(range(c, -1, -step)) | set(range(c, n, step)))
-        return idx, idx.index(c)
+    def _plane(self, vol: np.ndarray, o: Orientation, j: int) -> np.ndarray:
+        """Slice ``j`` (on the view's slice axis) of ``vol`` (the box on the patient's grid) resampled
+        linearly, oriented like the view: one plane along the slice axis, then the two in-plane axes."""
+        ax = o.slice_axis
+        n = vol.shape[ax]
+        x = min(max((j + 0.5) / self._z[ax] - 0.5, 0.0), n - 1.0)
+        lo = min(int(np.floor(x)), max(n - 2, 0))
+        w = np.float32(x - lo)
+        a = np.take(vol, lo, axis=ax)
+        if w > 0:
+            a = a + w * (np.take(vol, min(lo + 1, n - 1), axis=ax) - a)
+        rest = [k for k in range(3) if k != ax]
+        for i, k in enumerate(rest):
+            a = zoom_axis(a, i, float(self._z[k]), self.shape[k])
+        return self._orient(a, o)
 
     @staticmethod
-    def _cut(vol: np.ndarray, o: Orientation, j: int) -> np.ndarray:
-        sl: list[slice | int] = [slice(None)] * 3
-        sl[o.slice_axis] = j
-        a = vol[tuple(sl)]
+    def _orient(a: np.ndarray, o: Orientation) -> np.ndarray:
+        """A plane with its axes in array order, as the view shows it (rows down, columns right)."""
         if o.row_axis > o.col_axis:
             a = a.T
         if o.flip_row:
@@ -256,53 +249,109 @@ class ViewRenderer:
             a = a[:, ::-1]
         return a
 
+    def ct_slice(self, o: Orientation, j: int) -> np.ndarray:
+        """CT (HU) of slice ``j`` of view ``o`` in square pixels, rows and columns as shown."""
+        return self._plane(self._ct, o, j)
+
+    def dose_slice(self, k: int, o: Orientation, j: int) -> np.ndarray:
+        """Panel ``k``'s dose (Gy) of slice ``j`` of view ``o``."""
+        return self._plane(self._doses[k], o, j)
+
+    def masks_slice(self, o: Orientation, j: int) -> dict[str, np.ndarray]:
+        """ROI masks (nearest) of slice ``j`` of view ``o``, by ROI name."""
+        ax = o.slice_axis
+        codes = np.take(self._codes, int(self._nearest[ax][j]), axis=ax)
+        rest = [k for k in range(3) if k != ax]
+        codes = self._orient(codes[np.ix_(self._nearest[rest[0]], self._nearest[rest[1]])], o)
+        one = codes.dtype.type(1)
+        return {n: ((codes >> codes.dtype.type(self.p.roi_set.index(n))) & one).astype(bool)
+                for n in self.names}
+
+    def _to_resampled(self, ax: int, k: float) -> int:
+        n = self.shape[ax]
+        return int(np.clip(round((k - self._off[ax] + 0.5) * self._z[ax] - 0.5), 0, n - 1))
+
+    def _to_original(self, ax: int, j: int) -> float:
+        return self._off[ax] + (j + 0.5) / self._z[ax] - 0.5
+
+    def slice_positions(self, o: Orientation) -> tuple[list[int], int]:
+        """Slice indices (in the resampled box) of a view, every ``step_mm`` (more when the box is
+        long) through the point's slice, and the position of that slice among them."""
+        n = self.shape[o.slice_axis]
+        c = self._to_resampled(o.slice_axis, self.point[o.slice_axis])
+        step = max(1, int(round(self.step_mm / self.mm_per_px)))
+        while n / step > self.max_slices:
+            step += 1
+        idx = sorted(set(range(c, -1, -step)) | set(range(c, n, step)))
+        return idx, idx.index(c)
+
     def render(self, o: Orientation, j: int) -> np.ndarray:
         """One RGB image (uint8) of resampled slice ``j``: the panels side by side."""
-        ct = self._cut(self.ct, o, j)
+        ct = self.ct_slice(o, j)
         grey = np.clip((ct + 200.0) / 500.0, 0, 1) * 200.0
         base = np.repeat(grey[..., None], 3, axis=2)
-        rois = {n: _boundary(self._cut(m, o, j)) for n, m in self.masks.items()}
+        # ROI contours (1 px), in the legend's colours; later ROIs drawn over earlier ones
+        contour = np.zeros(base.shape, dtype=np.float32)
+        on_contour = np.zeros(base.shape[:2], dtype=bool)
+        for n, m in self.masks_slice(o, j).items():
+            b = _boundary(m)
+            if b.any():
+                contour[b] = self.colours[n]
+                on_contour |= b
         tiles = []
-        for pn, vol in zip(self.panels, self.doses, strict=True):
-            img = base.copy()
-            d = self._cut(vol, o, j)
+        for k, pn in enumerate(self.panels):
+            d = self.dose_slice(k, o, j)
             if pn.kind == "dose":
-                show = d >= 0.1 * self.dose_max
-                col = self._jet[np.clip(d / self.dose_max * 255, 0, 255).astype(np.int32)]
-                img[show] = 0.55 * img[show] + 0.45 * col[show]
+                show = (d >= 0.1 * self.dose_max)[..., None]
+                col = self._jet[np.clip(d * (255.0 / self.dose_max), 0, 255).astype(np.int32)]
+                img = np.where(show, 0.55 * base + 0.45 * col, base)
                 for lev, ic in zip(self.levels, ISO_COLOURS, strict=False):
                     img[_thick(_boundary(d >= lev))] = ic  # 2 px; ROI contours are 1 px
             else:
-                show = np.abs(d) >= self.dead_zone
+                show = (np.abs(d) >= self.dead_zone)[..., None]
                 col = self._div[np.clip((d / self.diff_max + 1) * 127.5, 0, 255).astype(np.int32)]
-                img[show] = 0.2 * img[show] + 0.8 * col[show]
-            for n, b in rois.items():
-                img[b] = self.colours[n]
+                img = np.where(show, 0.2 * base + 0.8 * col, base)
+            np.copyto(img, contour, where=on_contour[..., None])
             tiles.append(img)
         gap = np.full((tiles[0].shape[0], 4, 3), 255.0)
         row = np.concatenate(list(itertools.chain.from_iterable((t, gap) for t in tiles))[:-1], axis=1)
         return self._letters(np.clip(row, 0, 255).astype(np.uint8), o, tiles[0].shape[1])
 
+    def _letters(self, rgb: np.ndarray, o: Orientation, w: int) -> np.ndarray:
+        """Draw the edge letters (from the geometry) into every panel. The letters of a view are the
+        same on all its slices: they are drawn once into a transparent overlay, then blended."""
+        key = (o.letters, rgb.shape, w)
+        if key not in self._overlays:
+            a = np.asarray(self._letter_overlay(rgb.shape[:2], o, w), dtype=np.float32)
+            alpha = a[..., 3:] / 255.0
+            where = alpha[..., 0] > 0
+            self._overlays[key] = (where, alpha[where], (a[..., :3] * alpha)[where])
+        where, alpha, premult = self._overlays[key]
+        out = rgb.copy()
+        out[where] = np.clip(rgb[where] * (1.0 - alpha) + premult + 0.5, 0, 255).astype(np.uint8)
+        return out
+
     @staticmethod
-    def _letters(rgb: np.ndarray, o: Orientation, w: int) -> np.ndarray:
-        """Draw the edge letters (from the geometry) into every panel."""
+    def _letter_overlay(shape: tuple[int, int], o: Orientation, w: int):  # type: ignore[no-untyped-def]
+        """A transparent RGBA image (PIL) of ``shape`` with the edge letters of every panel."""
         from PIL import Image, ImageDraw, ImageFont
 
-        im = Image.fromarray(rgb)
+        im = Image.new("RGBA", (shape[1], shape[0]), (0, 0, 0, 0))
         dr = ImageDraw.Draw(im)
         try:
             font = ImageFont.load_default(size=13)
         except TypeError:  # Pillow < 10.1
             font = ImageFont.load_default()
-        h = rgb.shape[0]
+        h = shape[0]
         t, b, lft, r = o.letters
-        n = (rgb.shape[1] + 4) // (w + 4)
+        n = (shape[1] + 4) // (w + 4)
         for i in range(n):
             x0 = i * (w + 4)
             for text, (x, y) in ((t, (x0 + w / 2, 2)), (b, (x0 + w / 2, h - 15)), (lft, (x0 + 3, h / 2 - 7)),
                                  (r, (x0 + w - 11, h / 2 - 7))):
-                dr.text((x, y), text, fill=(255, 255, 80), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-        return np.asarray(im)
+                dr.text((x, y), text, fill=(255, 255, 80, 255), font=font, stroke_width=2,
+                        stroke_fill=(0, 0, 0, 255))
+        return im
 
     def views(self) -> list[dict]:
         """Per view: name, letters, images (data URIs), slice labels, start index, panel width (px)."""
@@ -319,9 +368,8 @@ class ViewRenderer:
                 ix[o.slice_axis] = self._to_original(o.slice_axis, j)
                 labels.append(f"{'xyz'[axis]} = {g.to_patient(ix)[axis]:+.1f} mm")
             out.append({"name": o.name, "letters": o.letters, "images": imgs, "labels": labels,
-                        "start": start, "panel_px": self._cut(self.ct, o, idx[start]).shape[1],
-                        "img_px": self._cut(self.ct, o, idx[start]).shape[1] * len(self.panels)
-                        + 4 * (len(self.panels) - 1)})
+                        "start": start, "panel_px": self.shape[o.col_axis],
+                        "img_px": self.shape[o.col_axis] * len(self.panels) + 4 * (len(self.panels) - 1)})
         return out
 
 
