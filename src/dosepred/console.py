@@ -120,8 +120,9 @@ def calibration(cal: dict[str, Any]) -> Table:
     from .calibration import FAMILY_TITLES
 
     cv = cal["cross_validation"]
-    t = _table(f"{len(cal['patients'])} patients, protocol {cal['protocol']}; cross-validated "
-               f"({cv['splits']} random splits, {cv['calibration_fraction']:.0%} calibrating)",
+    t = _table(f"{len(cal['patients'])} patients, protocol {cal['protocol']}, {cal.get('quantile_rule')} "
+               f"quantiles; cross-validated ({cv['splits']} random splits, {cv['calibration_fraction']:.0%} "
+               "calibrating)",
                ("family", "units", "method", "coverage 80 %", "width 80 % ", "coverage 90 %", "width 90 %"),
                ("method",))
     for fam, d in cal["families"].items():

@@ -74,6 +74,8 @@ def calibrate(
                                                     "reliability flags (default: DATA).")] = None,
     splits: Annotated[int, typer.Option("--splits", help="Random patient splits of the "
                                         "cross-validation.")] = 200,
+    rule: Annotated[str, typer.Option("--quantile-rule", help="interpolated (nominal coverage, "
+                                      "docs/qa.md) or conservative (at least nominal).")] = "interpolated",
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Calibrate prediction intervals of the protocol's DVH metrics (split conformal per metric
@@ -82,7 +84,7 @@ def calibrate(
     from ..workflows import calibrate_model
 
     path, cal = calibrate_model(model, data, protocol, overwrite, predictions=predictions,
-                                train_data=train_data, splits=splits, progress=True)
+                                train_data=train_data, splits=splits, progress=True, rule=rule)
     show([render.calibration(cal), f"wrote {path}"])
 
 
