@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from dosepred import Patient, Roi, RoiSet
 from dosepred.dvh import DVH, roi_metric, roi_metrics, roi_voxel_indices
-from dosepred.metrics import compute
+from dosepred.metrics import compute, percentile_index
 
 
 @pytest.mark.parametrize("doses, vox, metric, want", [
@@ -87,6 +87,30 @@ def test_np_percentile_directly():
         assert DVH(doses, 10.0).metric(pct_metric) == np.percentile(doses, q)
     n = max(1, round(100 / 10.0))
     assert DVH(doses, 10.0).metric("D0.1cc") == np.percentile(doses, 100 - n / 777 * 100)
+
+
+def test_percentile_index_is_numpys():
+    """lower, upper and fraction give np.percentile's value exactly (numpy's two-sided lerp), for
+    scalar and array q; the array form equals the scalar form element by element."""
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 7, 100, 777, 12345):
+        x = np.sort(rng.gamma(5, 10, n))
+        qs = np.concatenate([[0.0, 1.0, 5.0, 50.0, 95.0, 99.0, 100.0],
+                             100 - np.arange(1, min(n, 20) + 1) / n * 100, rng.uniform(0, 100, 20)])
+        lo, hi, frac = percentile_index(qs, n)
+        assert lo.dtype == hi.dtype == np.int64 and frac.dtype == np.float64
+        for k, q in enumerate(qs):
+            i, j, f = percentile_index(float(q), n)
+            assert (type(i), type(j), type(f)) == (int, int, float)
+            assert (i, j, f) == (lo[k], hi[k], frac[k])
+            assert 0 <= i <= j <= min(i + 1, n - 1) and 0.0 <= f < 1.0
+            a, b = x[i], x[j]
+            v = b - (b - a) * (1 - f) if f >= 0.5 else a + (b - a) * f
+            assert v == np.percentile(x, q), (n, q)
+    lo, hi, frac = percentile_index(50.0, np.array([1, 2, 5]))  # broadcast over n
+    assert lo.tolist() == [0, 0, 2] and hi.tolist() == [0, 1, 3] and frac.tolist() == [0.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="percentile of"):
+        percentile_index(50.0, 0)
 
 
 def test_empty_and_bad():

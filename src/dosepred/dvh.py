@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .metrics import Metric, MetricError, compute, parse_metric, percentile_q, v_threshold
+from .metrics import Metric, MetricError, compute, parse_metric, percentile_index, percentile_q, v_threshold
 
 if TYPE_CHECKING:  # pragma: no cover
     from .patient import Patient
@@ -170,14 +170,10 @@ def roi_metrics(doses: np.ndarray, metrics: Sequence[str | Metric], voxel_volume
 def _linear_percentiles(x: np.ndarray, qs: Sequence[float]) -> list[tuple[float, float]]:
     """``np.percentile(row, q)`` (method "linear") of both rows of a (2, n) float64 array for each q,
     partitioning ``x`` in place along its contiguous rows once. numpy's own arithmetic (virtual
-    index ``(n - 1) * (q / 100)``, its floor and fraction, the two-sided lerp) in Python floats, so
-    values are identical, without numpy's axis moves and per-call overhead."""
+    index, floor and fraction from :func:`dosepred.metrics.percentile_index`, the two-sided lerp)
+    in Python floats, so values are identical, without numpy's axis moves and per-call overhead."""
     n = x.shape[1]
-    spots = []
-    for q in qs:
-        v = (n - 1) * (float(q) / 100)
-        lo = min(math.floor(v), n - 1)
-        spots.append((lo, min(lo + 1, n - 1), v - lo))
+    spots = [percentile_index(float(q), n) for q in qs]
     x.partition(sorted({i for lo, hi, _ in spots for i in (lo, hi)}), axis=1)
     out = []
     for lo, hi, g in spots:

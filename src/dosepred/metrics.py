@@ -118,6 +118,31 @@ def percentile_q(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> floa
     return max(0.0, 100.0 - n / n_voxels * 100.0)
 
 
+def percentile_index(q: float | np.ndarray, n: int | np.ndarray
+                     ) -> tuple[int, int, float] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, fraction) of the linear-interpolation percentile ``q`` (0-100) of ``n`` sorted
+    values, numpy's own arithmetic for ``np.percentile`` (method "linear"): virtual index
+    ``q / 100 * (n - 1)`` in float64, its floor (clipped to ``n - 1``), the next index (clipped) and
+    the fraction between them. The value is ``x[lower] + (x[upper] - x[lower]) * fraction``.
+
+    Python ints and a float for scalar ``q`` and ``n``; numpy arrays (int64, int64, float64),
+    broadcast, when either is an array. The one copy for the numpy (:mod:`dosepred.dvh`) and torch
+    (:mod:`dosepred.losses.cdm`) code, which index their own sorted values with it."""
+    if np.isscalar(q) and np.isscalar(n):
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"percentile of {n} values")
+        pos = float(q) / 100.0 * (n - 1)
+        lo = min(math.floor(pos), n - 1)
+        return lo, min(lo + 1, n - 1), pos - lo
+    qa, na = np.asarray(q, dtype=np.float64), np.asarray(n, dtype=np.int64)
+    if (na < 1).any():
+        raise ValueError("percentile of no values")
+    pos = qa / 100.0 * (na - 1)
+    lo = np.minimum(np.floor(pos), na - 1).astype(np.int64)
+    return lo, np.minimum(lo + 1, na - 1), pos - lo
+
+
 def v_threshold(metric: Metric, prescription: float | None) -> float:
     """Dose threshold (Gy) of a V-metric; V<x>% needs the ROI's prescription."""
     assert metric.kind == "V" and metric.value is not None

@@ -35,7 +35,6 @@ same metrics differentiable.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..metrics import Metric, MetricError, parse_metric, percentile_q, v_threshold
+from ..metrics import Metric, MetricError, parse_metric, percentile_index, percentile_q, v_threshold
 from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, voxel_volumes, zero_like_graph
 
 _SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
@@ -69,14 +68,6 @@ class CdmTerm:
 
 # ------------------------------------------------------------------------------ metric functions
 
-def _interp_index(q: float, n: int) -> tuple[int, int, float]:
-    """(lower, upper, fraction) of the linear-interpolation percentile ``q`` of ``n`` sorted values:
-    virtual index ``q / 100 * (n - 1)`` in float64 on the host, as ``np.percentile``."""
-    pos = q / 100.0 * (n - 1)
-    i = min(int(math.floor(pos)), n - 1)
-    return i, min(i + 1, n - 1), pos - i
-
-
 def sorted_percentile(sorted_doses: torch.Tensor, q: float | Sequence[float]) -> torch.Tensor:
     """Linear-interpolation percentile(s) ``q`` (0-100) of an ascending 1-D tensor.
 
@@ -93,7 +84,7 @@ def sorted_percentile(sorted_doses: torch.Tensor, q: float | Sequence[float]) ->
     for x in qs:
         if not 0.0 <= x <= 100.0:
             raise ValueError(f"percentile must be in 0..100, got {x}")
-        i, j, f = _interp_index(x, n)
+        i, j, f = percentile_index(x, n)
         lo.append(i)
         hi.append(j)
         frac.append(f)
@@ -285,7 +276,7 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
                 q = percentile_q(t.metric, n, vols[b] if vols[b] is not None else 1.0)
                 band = _band(q, spread)
                 for x in band:
-                    i, j, f = _interp_index(x, n)
+                    i, j, f = percentile_index(x, n)
                     q_pair.append(i_pair)
                     q_lo.append(starts[s_id] + i)
                     q_hi.append(starts[s_id] + j)
