@@ -1,8 +1,9 @@
 """Bounding boxes against numpy's own nonzero extents."""
 
 import numpy as np
+import pytest
 
-from dosepred.boxes import box_shape, coords_box, mask_box, union
+from dosepred.boxes import box_shape, coords_box, grow, mask_box, union
 
 
 def _np_box(mask):
@@ -26,6 +27,17 @@ def test_mask_box_matches_nonzero_extents_with_margins_and_empty_masks():
     empty = np.zeros((4, 5), bool)
     assert mask_box(empty) == (slice(0, 0), slice(0, 0))
     assert mask_box(empty, 2, empty="full") == (slice(0, 4), slice(0, 5))
+    assert mask_box(empty, empty="none") is None and mask_box(empty, 3, "none") is None
+    assert mask_box(m, 1, empty="none") == mask_box(m, 1)
+    with pytest.raises(ValueError, match="empty"):
+        mask_box(empty, empty="nothing")
+
+
+def test_grow_clips_to_the_array():
+    box = (slice(2, 5), slice(0, 3), slice(6, 7))
+    assert grow(box, 1, (9, 9, 7)) == (slice(1, 6), slice(0, 4), slice(5, 7))
+    assert grow(box, (0, 10, 2), (9, 9, 7)) == (slice(2, 5), slice(0, 9), slice(4, 7))
+    assert grow(box, np.int64(3), (9, 9, 7)) == (slice(0, 8), slice(0, 6), slice(3, 7))
 
 
 def test_coords_box_and_union():

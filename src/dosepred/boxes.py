@@ -6,25 +6,49 @@ A box is a tuple of slices, one per axis, ``[start, stop)`` in voxel indices.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Literal, overload
 
 import numpy as np
 
 Box = tuple[slice, ...]
 
 
-def mask_box(mask: np.ndarray, margin: int | Sequence[int] = 0, empty: str = "zero") -> Box:
+@overload
+def mask_box(mask: np.ndarray, margin: int | Sequence[int] = 0,
+             empty: Literal["zero", "full"] = "zero") -> Box: ...
+
+
+@overload
+def mask_box(mask: np.ndarray, margin: int | Sequence[int], empty: Literal["none"]) -> Box | None: ...
+
+
+@overload
+def mask_box(mask: np.ndarray, *, empty: Literal["none"]) -> Box | None: ...
+
+
+def mask_box(mask: np.ndarray, margin: int | Sequence[int] = 0, empty: str = "zero") -> Box | None:
     """The box of the True voxels of ``mask``, grown by ``margin`` voxels per axis and clipped to the
-    array. With no True voxel: an empty box at 0 (``empty="zero"``) or the whole array (``"full"``)."""
-    m = [margin] * mask.ndim if isinstance(margin, (int, np.integer)) else list(margin)
+    array (:func:`grow`). With no True voxel: an empty box at 0 (``empty="zero"``), the whole array
+    (``"full"``) or None (``"none"``)."""
+    if empty not in ("zero", "full", "none"):
+        raise ValueError(f"empty must be 'zero', 'full' or 'none', got {empty!r}")
     out = []
     for ax in range(mask.ndim):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
-        if not hit.size:
-            lo, hi = (0, 0) if empty == "zero" else (0, mask.shape[ax])
-        else:
-            lo, hi = int(hit[0]), int(hit[-1]) + 1
-        out.append(slice(max(0, lo - m[ax]), min(mask.shape[ax], hi + m[ax]) if hit.size else hi))
-    return tuple(out)
+        if not hit.size:  # then no axis has a hit
+            if empty == "none":
+                return None
+            return tuple(slice(0, 0 if empty == "zero" else n) for n in mask.shape)
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return grow(tuple(out), margin, mask.shape)
+
+
+def grow(box: Box, margin: int | Sequence[int], shape: Sequence[int]) -> Box:
+    """``box`` grown by ``margin`` voxels per axis (one value, or one per axis), clipped to an array
+    of ``shape``."""
+    m = [margin] * len(box) if isinstance(margin, (int, np.integer)) else list(margin)
+    return tuple(slice(max(0, s.start - int(k)), min(int(n), s.stop + int(k)))
+                 for s, k, n in zip(box, m, shape, strict=True))
 
 
 def coords_box(coords: Iterable[tuple[np.ndarray, ...]]) -> Box | None:

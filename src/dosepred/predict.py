@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .boxes import mask_box
 from .models import ModelConfig, ModelError, check_roi_set
 from .models.checkpoint import (  # noqa: F401 - the checkpoint API, re-exported where it used to live
     CHECKPOINT_FORMAT,
@@ -113,15 +114,14 @@ def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
     them most of the windows."""
     mask = np.asarray(patient.possible_dose_mask)
     region = mask if not mask.all() else patient.ct > -500
+    patch = tuple(int(p) for p in patch[:3])
+    box = mask_box(region, [p // 8 for p in patch], empty="full")  # an empty region: the whole array
     sl = []
-    for ax in range(3):
-        n, p = patient.shape[ax], int(patch[ax])
-        nz = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))
-        if not nz.size or n <= p:
-            sl.append(slice(0, n))
-            continue
-        lo, hi = max(0, int(nz[0]) - p // 8), min(n, int(nz[-1]) + 1 + p // 8)
-        if hi - lo < p:
+    for b, n, p in zip(box, patient.shape, patch, strict=True):
+        lo, hi = b.start, b.stop
+        if n <= p:
+            lo, hi = 0, n
+        elif hi - lo < p:
             lo = max(0, min(lo - (p - (hi - lo)) // 2, n - p))
             hi = lo + p
         sl.append(slice(lo, hi))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import roi as _roi
+from .boxes import grow, mask_box
 from .geometry import Geometry
 from .patient import Patient
 
@@ -99,17 +100,6 @@ def resample(arr: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
     return out
 
 
-def box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of a boolean volume's True voxels (None when it has none)."""
-    sl = []
-    for ax in range(mask.ndim):
-        nz = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != ax)))
-        if not nz.size:
-            return None
-        sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(sl)
-
-
 def sub_grid(g: Geometry, box: Sequence[slice]) -> Geometry:
     """The geometry of ``arr[box]`` for an array on grid ``g``."""
     return Geometry(g.to_patient([s.start for s in box]), g.direction, g.spacing)
@@ -141,15 +131,13 @@ def resample_mask(mask: np.ndarray, src: Geometry, dst: Geometry, shape: Sequenc
 
     shape = tuple(int(s) for s in shape)
     out = np.zeros(shape, dtype=bool)
-    box = box_of(mask)
+    box = mask_box(mask, empty="none")
     if box is None:
         return out
     a, _ = index_map(src, dst)
     footprint = np.abs(a).sum(axis=1)  # source voxels spanned by one target voxel, per source axis
     size = [max(1, int(round(f))) for f in footprint]
-    pad = [s // 2 + 2 for s in size]
-    box = tuple(slice(max(0, b.start - p), min(n, b.stop + p))
-                for b, p, n in zip(box, pad, mask.shape, strict=True))
+    box = grow(box, [s // 2 + 2 for s in size], mask.shape)
     sub = mask[box]
     sub_src = sub_grid(src, box)
     dbox = _dst_box(sub_src, sub.shape, dst, shape)

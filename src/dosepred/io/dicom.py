@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 
+from ..boxes import mask_box
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
@@ -1360,16 +1361,9 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
         if sp.size != 3 or not np.all(np.isfinite(sp) & (sp > 0)):
             raise ValueError(f"dose spacing must be one or three positive mm values, got {dose_spacing!r}")
         target = tuple(float(v) for v in sp)
-    box = tuple(slice(0, n) for n in p.shape)
-    if crop:
-        sel = (dose > 0) | np.asarray(p.possible_dose_mask, dtype=bool)
-        if sel.any():
-            lo, hi = [], []
-            for ax in range(3):
-                hit = np.flatnonzero(sel.any(axis=tuple(a for a in range(3) if a != ax)))
-                lo.append(max(int(hit[0]) - 1, 0))
-                hi.append(min(int(hit[-1]) + 2, p.shape[ax]))
-            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    # the box of the dose and the possible-dose mask plus one voxel; the whole grid when both are empty
+    box = (mask_box((dose > 0) | np.asarray(p.possible_dose_mask, dtype=bool), 1, empty="full") if crop
+           else tuple(slice(0, n) for n in p.shape))
     sub = Geometry(g.to_patient([s.start for s in box]), g.direction, g.spacing)
     cropped = dose[box]
     if np.allclose(target, g.spacing, rtol=1e-9, atol=0):

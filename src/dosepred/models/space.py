@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..boxes import box_shape, grow, mask_box
 from ..geometry import Geometry, unreorient
 from ..patient import Patient
 
@@ -250,7 +251,7 @@ class Placement:
             out = np.array(unreorient(dose, self.perm, self.flips), dtype=np.float32)
             out *= src.possible_dose_mask
             return out
-        from ..resample import box_of, resample, sub_grid
+        from ..resample import resample, sub_grid
 
         assert src.geometry is not None and self.patient.geometry is not None
         dgeo = self.patient.geometry
@@ -260,10 +261,9 @@ class Placement:
             dgeo = self.resampled_in_source_axes
         mask = src.possible_dose_mask
         out = np.zeros(mask.shape, dtype=np.float32)
-        box = box_of(mask)
+        box = mask_box(mask, empty="none")
         if box is not None:  # outside the mask the dose is zero: resample only its box
-            sub = resample(dose, dgeo, sub_grid(src.geometry, box), [b.stop - b.start for b in box], 1,
-                           mode="nearest")
+            sub = resample(dose, dgeo, sub_grid(src.geometry, box), box_shape(box), 1, mode="nearest")
             np.maximum(sub, 0, out=sub)
             sub *= mask[box]
             out[box] = sub
@@ -323,8 +323,7 @@ def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int 
         if box is None or name in missing:
             missing.add(name)
             continue
-        box = tuple(slice(max(0, b.start - pad), min(n, b.stop + pad))
-                    for b, n in zip(box, p.shape, strict=True))
+        box = grow(box, pad, p.shape)
         sub = ((p.roi_codes[box] >> t(k)) & t(1)).astype(bool)
         m = resample_mask(sub, sub_grid(src, box), dst, shape)
         if m.any():
