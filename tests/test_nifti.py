@@ -73,6 +73,11 @@ def test_dose_files(tmp_path):
     assert d.dtype == np.float32
     np.testing.assert_array_equal(d, (p.dose * 0.5).astype(np.float32))
     assert nifti.write_dose(p, p.dose, tmp_path / "x.nii.gz") == tmp_path / "x.nii.gz"
+    # an uncompressed .nii is written uncompressed (it was gzip data under a .nii name before)
+    assert nifti.write_dose(p, p.dose, tmp_path / "u.nii") == tmp_path / "u.nii"
+    assert (tmp_path / "u.nii").read_bytes()[:2] != b"\x1f\x8b"
+    np.testing.assert_array_equal(nifti.read_dose(tmp_path / "u.nii"), p.dose.astype(np.float32))
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["pred", "u.nii", "x.nii.gz"]  # no temporary
     with pytest.raises(ValueError, match="dose shape"):
         nifti.write_dose(p, p.dose[1:], tmp_path / "y.nii.gz")
     with pytest.raises(FileNotFoundError):

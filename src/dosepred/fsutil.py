@@ -4,7 +4,7 @@ Rules every writing command follows (docs/formats.md, "Outputs"):
 
 - A file is written to a temporary sibling (``.NAME.tmp-XXXX``) and renamed into place
   (:func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_torch`,
-  :func:`atomic_file`), so a reader never sees half a file.
+  :func:`atomic_file`, :func:`atomic_path`), so a reader never sees half a file.
 - A command's output folder is filled as a temporary sibling and renamed into place only when the
   command succeeded (:func:`output_dir`); a failure (a bad input, a full disk, Ctrl-C) removes the
   temporary folder and leaves the destination exactly as it was, including a destination that did
@@ -29,8 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["OutputError", "atomic_dir", "atomic_file", "check_output", "is_nonempty", "output_dir",
-           "output_file", "output_in_place", "save_torch", "write_bytes", "write_json", "write_text"]
+__all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_output", "is_nonempty",
+           "output_dir", "output_file", "output_in_place", "save_torch", "write_bytes", "write_json",
+           "write_text"]
 
 
 class OutputError(ValueError):
@@ -38,8 +39,8 @@ class OutputError(ValueError):
     or its folder cannot be created)."""
 
 
-def _tmp_sibling(path: Path, tag: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+def _tmp_sibling(path: Path, tag: str = "tmp", suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}{suffix}")
 
 
 def _remove(path: Path) -> None:
@@ -238,20 +239,30 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb", **kw: Any) -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; it replaces ``path`` when the block ends
-    without error and is removed otherwise. No overwrite check (see :func:`output_file`)."""
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (``.NAME.tmp-XXXX`` + ``suffix``, for a library that
+    writes to a file name and picks the format from its extension); the block writes it, and it
+    replaces ``path`` when the block ends without error and is removed otherwise. No overwrite
+    check (see :func:`output_file`). Several of them in one :class:`contextlib.ExitStack` make a
+    transaction: every file is renamed into place, or (on an error) none."""
     final = Path(path)
-    tmp = _tmp_sibling(final)
+    tmp = _tmp_sibling(final, suffix=suffix)
     ok = False
     try:
-        with open(tmp, mode, **kw) as fh:
-            yield fh
+        yield tmp
         os.replace(tmp, final)
         ok = True
     finally:
         if not ok:
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **kw: Any) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; it replaces ``path`` when the block ends
+    without error and is removed otherwise. No overwrite check (see :func:`output_file`)."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kw) as fh:
+        yield fh
 
 
 def write_bytes(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], Any]) -> None:

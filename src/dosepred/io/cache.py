@@ -40,6 +40,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import mask_box
-from ..fsutil import write_bytes, write_json
+from ..fsutil import atomic_path, write_bytes, write_json
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 
@@ -63,7 +64,8 @@ class CacheError(ValueError):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Kept for callers that import it: :func:`dosepred.fsutil.write_json`."""
+    """Deprecated: :func:`dosepred.fsutil.write_json` (the same write), kept only for its last caller
+    (``qa.QaResult.write_json``); new code calls fsutil."""
     write_json(path, obj)
 
 
@@ -591,8 +593,9 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
                 version: int = FORMAT_VERSION) -> Cache:
     """Write patients to a cache folder (creating it). Every patient must share the RoiSet.
 
-    All or nothing: patient files are written under temporary names (``.<id>.npz.part``) and only
-    renamed, followed by ``dataset.json``, once every patient has been read and written. If reading
+    All or nothing: patient files are written under temporary names (``.<id>.npz.tmp-XXXX``,
+    :func:`dosepred.fsutil.atomic_path`) and only renamed, followed by ``dataset.json``, once every
+    patient has been read and written. If reading
     or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
     left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
     ``version``: cache format to write (3, the default; 2 or 1 for readers that predate it).
@@ -605,12 +608,11 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     info: dict[str, Any] = {"format": "dosepred-cache", "version": version, "source": source,
                             "rois": roi_set.to_dicts() if roi_set else None, "patients": entries}
     seen: set[str] = set()
-    staged: list[tuple[Path, Path]] = []
     it: Iterable[Patient] = patients
     if progress:
         from ..progress import track
         it = track(patients, description="writing cache")
-    try:
+    with ExitStack() as staged:  # every patient file is renamed into place at its end, or none is
         for p in it:
             if info["rois"] is None:
                 info["rois"] = p.roi_set.to_dicts()
@@ -622,19 +624,11 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
                 raise CacheError(f"patient id {p.id} appears twice")
             seen.add(p.id)
             fname = f"{p.id}.npz"
-            part = out / f".{fname}.part"
-            staged.append((part, out / fname))
-            save_patient(p, part, version)
+            save_patient(p, staged.enter_context(atomic_path(out / fname)), version)
             entries.append(_entry(p, fname))
         if not entries:
             raise CacheError(f"no patients to write to {out}")
-        for part, final in staged:
-            os.replace(part, final)
-        staged = []
-        write_json(out / DATASET_JSON, info)
-    finally:
-        for part, _ in staged:
-            part.unlink(missing_ok=True)
+    write_json(out / DATASET_JSON, info)
     return Cache.open(out)
 
 

@@ -77,6 +77,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import mask_box
+from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
@@ -1063,13 +1064,8 @@ def _new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: st
 
 
 def _save(ds: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _image_plane(ds: Any, plane: _Plane, shape: Sequence[int], p: Patient) -> None:
@@ -1418,7 +1414,6 @@ def write_dicom(patient: Patient, out_dir: str | os.PathLike, dose: np.ndarray |
     given or the patient has one, ``RD.dcm`` (on the full CT grid: a lossless export). The layout is
     :func:`export_layout`'s (``keep_layout``). The folder is written to a temporary sibling and
     renamed into place, replacing an earlier export of the patient whole. Returns the folder."""
-    from ._atomic import atomic_dir
 
     u = _uids(patient)
     d = dose if dose is not None else patient.dose

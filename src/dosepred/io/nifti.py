@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
-from ._atomic import atomic_dir
 
 CT_FILE = "ct.nii.gz"
 DOSE_FILE = "dose.nii.gz"
@@ -120,13 +120,9 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_data_dtype(np.asarray(arr).dtype)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    try:
+    # nibabel picks the format (gzip or not) from the name: the temporary file keeps the extension
+    with atomic_path(path, ".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ..fsutil import atomic_dir
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
-from ._atomic import atomic_dir
 
 GRID = (128, 128, 128)
 CT_OFFSET = 1024  # OpenKBP CT values are HU + 1024
