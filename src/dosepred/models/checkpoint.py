@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..fsutil import save_torch, write_text
+from ..fsutil import atomic_path, save_torch, write_text
 from .space import ModelSpace
 from .unet import ModelConfig, ModelError, build_model
 
@@ -71,13 +71,11 @@ def save_rotating(obj: dict[str, Any], path: str | os.PathLike, prev: str | os.P
     ``rotate=False`` keeps ``prev`` as it is (used when ``path`` is known to be damaged)."""
     path, prev = Path(path), Path(prev)
     if rotate and path.is_file():
-        link = prev.with_name(f".{prev.name}.link")
-        link.unlink(missing_ok=True)
-        try:
-            os.link(path, link)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(path, link)
-        os.replace(link, prev)
+        with atomic_path(prev) as link:
+            try:
+                os.link(path, link)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, link)
     return save_checkpoint(obj, path)
 
 
