@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .boxes import mask_box
+from .constants import BODY_HU
 from .models import ModelConfig, ModelError, check_roi_set
 from .models.checkpoint import (  # noqa: F401 - the checkpoint API, re-exported where it used to live
     CHECKPOINT_FORMAT,
@@ -108,12 +109,12 @@ def model_space(model: torch.nn.Module) -> ModelSpace:
 
 def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
     """Where sliding windows run: the box of the possible-dose mask (or, for a patient without one,
-    of its CT above -500 HU), with a margin of patch/8 and grown to at least the patch size (within
-    the array). Dose outside it is zero. An OpenKBP array (128^3, the released models' patch) is
+    of its CT above ``BODY_HU``, -500 HU), with a margin of patch/8 and grown to at least the patch
+    size (within the array). Dose outside it is zero. An OpenKBP array (128^3, the released models' patch) is
     never cropped; a clinical CT with a wide field of view loses its empty surroundings, and with
     them most of the windows."""
     mask = np.asarray(patient.possible_dose_mask)
-    region = mask if not mask.all() else patient.ct > -500
+    region = mask if not mask.all() else patient.ct > BODY_HU
     patch = tuple(int(p) for p in patch[:3])
     box = mask_box(region, [p // 8 for p in patch], empty="full")  # an empty region: the whole array
     sl = []

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import roi as _roi
 from .boxes import grow, mask_box
+from .constants import CT_FILL_HU
 from .geometry import Geometry
 from .patient import Patient
 
@@ -173,7 +174,7 @@ def grid_with_spacing(g: Geometry, shape: Sequence[int], spacing: Sequence[float
     return new, tuple(int(v) for v in n)  # type: ignore[return-value]
 
 
-def resample_patient(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int = -1024) -> Patient:
+def resample_patient(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int = CT_FILL_HU) -> Patient:
     """``p`` on another grid: CT and dose linear, possible-dose mask and every ROI by
     :func:`resample_mask`. ROIs lost entirely (outside ``dst``) are recorded missing."""
     assert p.geometry is not None

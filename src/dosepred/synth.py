@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .constants import AIR_HU
 from .geometry import Geometry
 from .patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Patient, Roi, RoiSet
 from .roi import MAX_ROIS
@@ -184,7 +185,7 @@ def make_patient(seed: int, size: int = 64, pid: str | None = None, extra_rois: 
     bone = vert_body | post | mandible
     ct[bone] = 700.0 + 60.0 * rng.standard_normal(int(bone.sum()))
     ct[airway] = -900.0
-    ct[~body] = -1000.0
+    ct[~body] = AIR_HU
 
     # ---- dose (Gy): an optimised-plan look-alike (see :func:`_plan_dose`)
     dose, dists = _plan_dose(rng, ptvs, structs, body, d_cord, sp)

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 
 from .. import roi as _roi
-from ..constants import HU_MAX, HU_MIN, HU_SCALE
 
 PIPELINES = ("bitmask", "onehot-npz", "onehot-npy")
 DEFAULT_PIPELINES = ("bitmask", "onehot-npz")
@@ -231,14 +230,17 @@ def model_input(batch: dict[str, Any], n_rois: int) -> Any:
     (bit by bit, on the device) straight into its channel of the input buffer. One-hot batches carry
     ``rois`` already as float channels, copied into the same buffer. Decoding all bits at once
     (``decode_torch(codes, range(K))``) gives the same tensor but builds (B, K, *S) int64
-    intermediates: about 3x slower on a CPU at K = 40.
+    intermediates: about 3x slower on a CPU at K = 40. The CT channel is the model's own
+    (:func:`dosepred.models.unet.ct_channel`).
     """
     import torch
+
+    from ..models.unet import ct_channel
 
     ct = batch["ct"]
     b, spatial = ct.shape[0], tuple(ct.shape[2:])
     x = torch.empty((b, n_rois + 2, *spatial), dtype=torch.float32, device=ct.device)
-    x[:, 0] = ct[:, 0].float().clamp(HU_MIN, HU_MAX) / HU_SCALE
+    x[:, 0] = ct_channel(ct[:, 0])
     if "codes" in batch:
         codes = batch["codes"]
         for k in range(n_rois):

@@ -3,7 +3,7 @@ one training step of the default U-Net.
 
 Each loss is timed on a prediction leaf tensor (``pred.requires_grad_()``): forward, ``backward()``,
 and a device sync; the U-Net step is forward + MAE + backward + Adam step of
-``dosepred.models.build_model`` (MONAI ``BasicUNet`` with 16 base channels when that is missing).
+``dosepred.models.build_model`` (its defaults).
 Data: an OpenKBP patient (10 ROIs, real masks and dose): the full 128^3 grid, and for smaller sizes
 a crop centred on the targets (the training patch). Without a patient, synthetic spheres. The
 prediction is the reference dose times seeded noise (x 0.9 .. 1.1). Times are medians of
@@ -104,31 +104,14 @@ def load_case(size: int, patient_dir: Path | None, seed: int = 0) -> dict[str, A
 
 
 def _unet(roi_set: Any, device: str):
-    try:
-        from ..models import build_model
+    from ..models import build_model
 
-        model = build_model({"rois": roi_set.to_dicts()})
-        desc = ("dosepred.models.build_model defaults (MONAI UNet, 16 base channels, 4 levels, "
-                "2 residual units, instance norm)")
+    model = build_model({"rois": roi_set.to_dicts()})
+    desc = ("dosepred.models.build_model defaults (MONAI UNet, 16 base channels, 4 levels, "
+            "2 residual units, instance norm)")
 
-        def fwd(ct, codes, mask):
-            return model(ct, codes, mask)
-    except ImportError:
-        from monai.networks.nets import BasicUNet
-
-        from ..roi import decode_torch
-
-        n_in = 2 + len(roi_set)
-        model = BasicUNet(spatial_dims=3, in_channels=n_in, out_channels=1,
-                          features=(16, 32, 64, 128, 256, 16))
-        desc = "monai BasicUNet features (16, 32, 64, 128, 256, 16)"
-
-        def fwd(ct, codes, mask):
-            import torch
-
-            x = torch.cat([ct.float() / 1000, decode_torch(codes, list(range(len(roi_set))), torch.float32),
-                           mask.float()], dim=1)
-            return model(x)
+    def fwd(ct, codes, mask):
+        return model(ct, codes, mask)
     return model.to(device), fwd, desc
 
 

@@ -77,6 +77,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import mask_box
+from ..constants import BODY_HU  # possible-dose mask from CT when there is no body contour
 from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError
 from ..patient import Patient, RoiSet
@@ -87,7 +88,6 @@ RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RTPLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 STUDY_COMPONENT = "1.2.840.10008.3.1.2.3.1"  # conventional SOP class of RTReferencedStudySequence
-BODY_HU = -500.0  # possible-dose mask from CT when there is no body contour
 EXTERNAL_NAME = "External"
 #: Axes of the export layout for grids that are not already DICOM slices (axial head-first supine).
 EXPORT_AXES = "SPL"

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import box_shape, grow, mask_box
+from ..constants import CT_FILL_HU
 from ..geometry import Geometry, unreorient
 from ..patient import Patient
 
@@ -301,7 +302,7 @@ def _bit_boxes(codes: np.ndarray, n_bits: int) -> list[tuple[slice, ...] | None]
     return boxes
 
 
-def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int = -1024) -> Patient:
+def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int = CT_FILL_HU) -> Patient:
     """``p`` on grid ``dst`` (the fast path of :func:`dosepred.resample.resample_patient`, same values):
     CT and dose linear; possible-dose mask and each ROI by ``resample_mask`` on its bounding box only."""
     from ..resample import index_map, resample, resample_mask, sub_grid

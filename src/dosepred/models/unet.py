@@ -7,7 +7,7 @@ because its depth is fixed at five levels.
 
 Input channels, assembled on the model's device from what a batch carries (see :meth:`assemble`):
 
-- CT: HU clipped to [-1000, 2000], divided by 1000;
+- CT: HU clipped to [-1000, 2000], divided by 1000 (:func:`ct_channel`);
 - prescription map / 70 Gy: each voxel the highest prescription of the targets containing it;
 - one channel per OAR of the RoiSet, decoded from the codes with :func:`dosepred.roi.decode_torch`
   (no one-hot volume ever leaves the device);
@@ -130,7 +130,7 @@ class DoseUNet(nn.Module):
         if codes.shape != ct.shape[:1] + ct.shape[2:]:
             raise ValueError(f"codes must be (B, D, H, W) = {tuple(ct.shape[:1] + ct.shape[2:])}, "
                              f"got {tuple(codes.shape)}")
-        x_ct = (ct.float().clamp(HU_MIN, HU_MAX) / HU_SCALE)
+        x_ct = ct_channel(ct)
         rx = torch.zeros_like(x_ct)
         for bit, pres in self.targets:
             rx = torch.maximum(rx, decode_torch(codes, bit, torch.float32).unsqueeze(1) * (pres / RX_SCALE))
@@ -144,6 +144,12 @@ class DoseUNet(nn.Module):
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.from_input(self.assemble(ct, codes, mask))
+
+
+def ct_channel(ct: torch.Tensor) -> torch.Tensor:
+    """The network's CT input from HU (any shape, any dtype): float32, clipped to
+    ``[HU_MIN, HU_MAX]``, divided by ``HU_SCALE`` (:mod:`dosepred.constants`)."""
+    return ct.float().clamp(HU_MIN, HU_MAX) / HU_SCALE
 
 
 def build_model(config: ModelConfig | dict[str, Any]) -> DoseUNet:

@@ -36,11 +36,10 @@ import torch
 from scipy import ndimage
 
 from ..boxes import mask_box
+from ..constants import AIR_HU
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
-
-CT_PAD = -1000  # HU of air, used where a crop leaves the stored volume
 
 
 @dataclass
@@ -165,7 +164,7 @@ def rotate_patient_arrays(arrays: dict[str, np.ndarray], angle_deg: float, axis:
     out = {}
     for k, v in arrays.items():
         linear = k in ("ct", "dose")
-        out[k] = _warp(v, inv, offset, shape, 1 if linear else 0, CT_PAD if k == "ct" else 0)
+        out[k] = _warp(v, inv, offset, shape, 1 if linear else 0, AIR_HU if k == "ct" else 0)
     return out
 
 
@@ -273,10 +272,10 @@ class CropDataset(torch.utils.data.Dataset):
                 # so no negative dose and no overshoot at the body outline
                 mask = _warp(p.mask, inv, off, self.patch, 0, False)
                 dose = _warp(p.dose, inv, off, self.patch, 1, 0.0) * mask  # none outside the mask, as stored
-                return (_warp(p.ct, inv, off, self.patch, 1, CT_PAD), dose,
+                return (_warp(p.ct, inv, off, self.patch, 1, AIR_HU), dose,
                         _warp(p.codes, inv, off, self.patch, 0, 0), mask)
             start = [int(round(v)) for v in t]
-        return (_crop(p.ct, start, self.patch, CT_PAD), _crop(p.dose, start, self.patch, 0.0),
+        return (_crop(p.ct, start, self.patch, AIR_HU), _crop(p.dose, start, self.patch, 0.0),
                 _crop(p.codes, start, self.patch, 0), _crop(p.mask, start, self.patch, False))
 
 
