@@ -1,13 +1,19 @@
 """The package's import rules, checked on the source (AST, nothing imported):
 
 - no module imports or reads a private name (``_x``) of another module, dosepred's or a library's:
-  ``from m import _x``, ``m._x``, ``m.sub._x``. A private *module* (``dosepred/_malloc.py``) is
-  private to its package: modules inside that package may import it. Deliberate uses of a
-  library's private API are listed, with their reason, in :data:`ALLOWED_PRIVATE`;
+  ``from m import _x``, ``m._x``, ``m.sub._x``, ``getattr(m, "_x")`` (setattr, hasattr, delattr).
+  A private *module* (``dosepred/_malloc.py``) is private to its package: modules inside that
+  package may import it. Deliberate uses of a library's private API are listed, with their reason,
+  in :data:`ALLOWED_PRIVATE`;
 - nothing imports upward: every module of ``src/dosepred`` sits in a layer of :data:`LAYERS` and
-  imports only modules of its own layer or below (imports under ``if TYPE_CHECKING:`` excepted).
-  So no stage imports the CLI, predict never imports training, scoring never reads files through
-  predict. docs/architecture.md states the same rules in words.
+  imports only modules of its own layer or below (imports under ``if TYPE_CHECKING:`` excepted);
+  an import of a dosepred module that no layer holds fails too. So no stage imports the CLI,
+  predict never imports training, scoring never reads files through predict. docs/architecture.md
+  states the same rules in words.
+
+An import is an import statement, a call of ``importlib.import_module`` / ``__import__`` with a
+literal name, or a lazily resolved name of the package (``from dosepred import train``,
+``dosepred.train``: an import of the module ``dosepred/__init__.py``'s lazy table maps it to).
 
 Each rule is also run on a small package written here, so the checks themselves are tested to
 fail on the imports they forbid.
@@ -108,17 +114,75 @@ def _private_module_allowed(target: str, importer: str) -> bool:
 
 @dataclass(frozen=True)
 class _Import:
-    node: ast.stmt
+    node: ast.stmt | ast.expr
     module: str  # the module imported from (or imported)
-    local: str  # the name bound in the importing module
+    local: str  # the name bound in the importing module ("" for none)
     stands_for: str  # what that name is: a module, or module.attribute
     attr: str | None  # ``from module import attr`` where attr is no submodule
     type_only: bool  # under ``if TYPE_CHECKING:``
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> list[_Import]:
-    """Every import statement of a module, function-level ones included."""
+def _lazy_table(root: Path, package: str) -> dict[str, str]:
+    """The package's lazily resolved names: name -> absolute module, from the dict literals of
+    ``name: ".module"`` in its ``__init__.py`` (which its ``__getattr__`` imports on first use)."""
+    init = root / package / "__init__.py"
+    if not init.is_file():
+        return {}
+    tree = ast.parse(init.read_text(), str(init))
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+        return {}
+    out: dict[str, str] = {}
+    for n in tree.body:
+        value = n.value if isinstance(n, (ast.Assign, ast.AnnAssign)) else None
+        if not isinstance(value, ast.Dict) or not value.keys:
+            continue
+        pairs = [(k.value, v.value) for k, v in zip(value.keys, value.values, strict=True)
+                 if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)]
+        if len(pairs) == len(value.keys) and all(
+                isinstance(k, str) and isinstance(v, str) and v.startswith(".") for k, v in pairs):
+            for k, v in pairs:
+                out[k] = _resolve(package, True, len(v) - len(v.lstrip(".")), v.lstrip(".") or None)
+    return out
+
+
+_IMPORT_CALLS = {"import_module", "__import__"}
+
+
+def _dynamic_import(node: ast.AST, module: str, is_package: bool) -> str | None:
+    """The module a call ``importlib.import_module("literal"[, package])`` or
+    ``__import__("literal")`` imports (a relative literal resolved against a literal package,
+    ``__package__`` or ``__name__``); None for any other expression."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+    first = node.args[0]
+    if name not in _IMPORT_CALLS or not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+        return None
+    target = first.value
+    if name == "__import__" or not target.startswith("."):
+        return target
+    anchor = node.args[1] if len(node.args) > 1 else next(
+        (k.value for k in node.keywords if k.arg == "package"), None)
+    if isinstance(anchor, ast.Constant) and isinstance(anchor.value, str):
+        base, base_is_pkg = anchor.value, True
+    elif isinstance(anchor, ast.Name) and anchor.id in ("__package__", "__name__"):
+        base, base_is_pkg = module, is_package or anchor.id == "__name__"
+    else:
+        return None
+    level = len(target) - len(target.lstrip("."))
+    return _resolve(base, base_is_pkg, level, target.lstrip(".") or None)
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str],
+             lazy: dict[str, str] | None = None) -> list[_Import]:
+    """Every import of a module, function-level ones included: import statements, calls of
+    ``importlib.import_module`` / ``__import__`` with a literal name, and ``from package import
+    name`` of a name in the package's lazy table (an import of the module that defines it)."""
     out: list[_Import] = []
+    lazy = lazy or {}
+    package = module.split(".")[0]
+    assigned: dict[int, str] = {}  # id of an import call -> the name its result is assigned to
 
     def visit(node: ast.AST, type_only: bool) -> None:
         if isinstance(node, ast.If):
@@ -141,8 +205,20 @@ def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> l
                 local = a.asname or a.name
                 if sub in known:  # ``from package import submodule``
                     out.append(_Import(node, sub, local, sub, None, type_only))
+                elif base == package and a.name in lazy:  # resolved by the package's __getattr__
+                    out.append(_Import(node, lazy[a.name], local, f"{lazy[a.name]}.{a.name}", a.name,
+                                       type_only))
                 else:
                     out.append(_Import(node, base, local, sub, a.name, type_only))
+        elif isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
+            assigned[id(node.value)] = node.targets[0].id  # type: ignore[attr-defined]
+        elif isinstance(node, ast.Call):
+            target = _dynamic_import(node, module, is_package)
+            if target is not None:
+                local = assigned.get(id(node), "")
+                top = isinstance(node.func, ast.Name) and node.func.id == "__import__"
+                out.append(_Import(node, target, local, target.split(".")[0] if top else target, None,
+                                   type_only))
         for c in ast.iter_child_nodes(node):
             visit(c, type_only)
 
@@ -150,39 +226,60 @@ def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> l
     return out
 
 
+_ATTR_CALLS = {"getattr", "setattr", "hasattr", "delattr"}
+
+
 def private_accesses(root: Path, package: str = "dosepred") -> list[Finding]:
-    """Every import, read or write of another module's private name under ``root/package``."""
+    """Every import, read or write of another module's private name under ``root/package``:
+    ``m._x``, ``getattr(m, "_x")`` (and setattr, hasattr, delattr), imports of it by statement or
+    by ``importlib.import_module`` with a literal name."""
     mods = _modules(root, package)
     known = set(mods)
+    lazy = _lazy_table(root, package)
     out: set[Finding] = set()
     for mod, path in mods.items():
         tree = ast.parse(path.read_text(), str(path))
         rel = str(path.relative_to(root))
+        is_package = path.name == "__init__.py"
         bound: dict[str, str] = {}  # local name -> the module (or module.attribute) it stands for
-        for imp in _imports(tree, mod, path.name == "__init__.py", known):
+        for imp in _imports(tree, mod, is_package, known, lazy):
             if not _private_module_allowed(imp.module, mod):
                 out.add(Finding(rel, imp.node.lineno, f"imports the private module {imp.module}", imp.module))
             if imp.attr is not None and _is_private(imp.attr):
                 out.add(Finding(rel, imp.node.lineno, f"imports the private name {imp.attr} of {imp.module}",
                                 imp.stands_for))
-            bound[imp.local] = imp.stands_for
+            if imp.local:
+                bound[imp.local] = imp.stands_for
 
-        def dotted(n: ast.AST, bound: dict[str, str] = bound) -> str | None:
+        def dotted(n: ast.AST, bound: dict[str, str] = bound, mod: str = mod, is_package: bool = is_package
+                   ) -> str | None:
             """What an expression names when it starts at an imported name (else None)."""
             if isinstance(n, ast.Name):
                 return bound.get(n.id)
             if isinstance(n, ast.Attribute):
                 base = dotted(n.value)
                 return None if base is None else f"{base}.{n.attr}"
+            target = _dynamic_import(n, mod, is_package)
+            if target is not None:
+                top = isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "__import__"
+                return target.split(".")[0] if top else target
             return None
 
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
-                continue
-            base = dotted(node.value)
-            full = f"{base}.{node.attr}"
+        def check(node: ast.AST, base_node: ast.AST, name: str, mod: str = mod, rel: str = rel,
+                  dotted=dotted) -> None:
+            base = dotted(base_node)
+            full = f"{base}.{name}"
             if base is not None and not (full in known and _private_module_allowed(full, mod)):
-                out.add(Finding(rel, node.lineno, f"uses the private name {node.attr} of {base}", full))
+                out.add(Finding(rel, node.lineno, f"uses the private name {name} of {base}", full))
+
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _is_private(node.attr):
+                check(node, node.value, node.attr)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in _ATTR_CALLS and len(node.args) >= 2
+                  and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+                  and _is_private(node.args[1].value)):
+                check(node, node.args[0], node.args[1].value)
     return sorted(out, key=lambda f: (f.file, f.line, f.what))
 
 
@@ -198,10 +295,13 @@ def _layer(module: str, layers: dict[str, int], package: str) -> int | None:
 
 
 def upward_imports(root: Path, layers: dict[str, int], package: str = "dosepred") -> list[Finding]:
-    """Imports of a module of a higher layer (``if TYPE_CHECKING:`` blocks excepted), and modules
-    that no layer holds."""
+    """Imports of a module of a higher layer or of no layer (``if TYPE_CHECKING:`` blocks excepted),
+    and modules that no layer holds. Imports are statements, ``importlib.import_module`` calls with
+    a literal name, and lazily resolved names of the package (``from package import name`` and
+    ``package.name`` where the package's ``__init__`` maps ``name`` to a module: an import of it)."""
     mods = _modules(root, package)
     known = set(mods)
+    lazy = _lazy_table(root, package)
     out: list[Finding] = []
     for mod, path in mods.items():
         rel = str(path.relative_to(root))
@@ -210,13 +310,20 @@ def upward_imports(root: Path, layers: dict[str, int], package: str = "dosepred"
             out.append(Finding(rel, 1, f"module {mod} is in no layer: add it to LAYERS"))
             continue
         tree = ast.parse(path.read_text(), str(path))
-        for imp in _imports(tree, mod, path.name == "__init__.py", known):
-            if imp.type_only or not (imp.module == package or imp.module.startswith(package + ".")):
+        imports = _imports(tree, mod, path.name == "__init__.py", known, lazy)
+        uses: list[tuple[int, str]] = [(imp.node.lineno, imp.module) for imp in imports
+                                       if not imp.type_only]
+        packages = {imp.local for imp in imports if imp.stands_for == package and imp.local}
+        uses += [(n.lineno, lazy[n.attr]) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                 and n.attr in lazy and isinstance(n.value, ast.Name) and n.value.id in packages]
+        for line, target in uses:
+            if not (target == package or target.startswith(package + ".")):
                 continue
-            theirs = _layer(imp.module, layers, package)
-            if theirs is not None and theirs > own:
-                out.append(Finding(rel, imp.node.lineno,
-                                   f"{mod} (layer {own}) imports {imp.module} (layer {theirs})"))
+            theirs = _layer(target, layers, package)
+            if theirs is None:
+                out.append(Finding(rel, line, f"{mod} imports {target}, which is in no layer"))
+            elif theirs > own:
+                out.append(Finding(rel, line, f"{mod} (layer {own}) imports {target} (layer {theirs})"))
     return out
 
 
@@ -263,7 +370,8 @@ def pkg(tmp_path: Path) -> Path:
     return _write(tmp_path, {
         "pk/__init__.py": "",
         "pk/_util.py": "def helper():\n    return 1\n",
-        "pk/base.py": "_SECRET = 1\nPUBLIC = 2\n\nclass Thing:\n    _hidden = 3\n",
+        "pk/base.py": "_SECRET = 1\nPUBLIC = 2\n\nclass Thing:\n    _hidden = 3\n\n\n"
+                      "def peek(t):\n    return getattr(t, '_hidden', None)\n",  # not a module: allowed
         "pk/io/__init__.py": "",
         "pk/io/reader.py": "from .. import _util\nfrom ..base import PUBLIC\n\n\ndef read():\n"
                            "    return PUBLIC + _util.helper()\n",
@@ -315,3 +423,69 @@ def test_type_checking_imports_and_unplaced_modules(pkg):
     _write(pkg, {"pk/base.py": guarded, "pk/extra.py": "X = 1\n"})
     found = upward_imports(pkg, PKG_LAYERS, "pk")
     assert [f.what for f in found] == ["module pk.extra is in no layer: add it to LAYERS"]
+
+
+def test_import_of_a_module_in_no_layer_is_found(pkg):
+    """(an import of a package module that LAYERS does not place fails, it does not pass silently)"""
+    _write(pkg, {"pk/extra.py": "X = 1\n", "pk/top.py": "from .extra import X\nfrom .ghost import Y\n"})
+    found = upward_imports(pkg, PKG_LAYERS, "pk")
+    assert sorted(f.what for f in found) == ["module pk.extra is in no layer: add it to LAYERS",
+                                             "pk.top imports pk.extra, which is in no layer",
+                                             "pk.top imports pk.ghost, which is in no layer"]
+
+
+@pytest.mark.parametrize("code", [
+    "import importlib\n\n\ndef g():\n    return importlib.import_module('pk.top')\n",
+    "from importlib import import_module\nm = import_module('.top', __package__)\n",
+    "import importlib\nm = importlib.import_module('.top', package='pk')\n",
+    "m = __import__('pk.top')\n",
+])
+def test_import_module_with_a_literal_is_an_import(pkg, code):
+    _write(pkg, {"pk/base.py": code})
+    found = upward_imports(pkg, PKG_LAYERS, "pk")
+    assert [f.what for f in found] == ["pk.base (layer 0) imports pk.top (layer 2)"], found
+
+
+@pytest.mark.parametrize("code, what", [
+    ("import importlib\nm = importlib.import_module('pk.io._fmt')\n",
+     "imports the private module pk.io._fmt"),
+    ("import importlib\nm = importlib.import_module('pk.base')\nx = m._SECRET\n",
+     "uses the private name _SECRET of pk.base"),
+    ("import importlib\nx = importlib.import_module('.base', 'pk')._SECRET\n",
+     "uses the private name _SECRET of pk.base"),
+    ("from . import base\nx = getattr(base, '_SECRET')\n", "uses the private name _SECRET of pk.base"),
+    ("from . import base\nx = getattr(base, '_SECRET', None)\n", "uses the private name _SECRET of pk.base"),
+    ("import pk.base\nsetattr(pk.base, '_SECRET', 2)\n", "uses the private name _SECRET of pk.base"),
+    ("from .base import Thing\nok = hasattr(Thing, '_hidden')\n",
+     "uses the private name _hidden of pk.base.Thing"),
+    ("from .io import reader\ndelattr(reader, '_cache')\n", "uses the private name _cache of pk.io.reader"),
+])
+def test_dynamic_private_access_is_found(pkg, code, what):
+    _write(pkg, {"pk/io/_fmt.py": "X = 1\n", "pk/top.py": code})
+    found = private_accesses(pkg, "pk")
+    assert [f.what for f in found] == [what], found
+
+
+_LAZY_INIT = ("import importlib\n\n_LAZY = {'read': '.io.reader', 'f': '.top'}\n\n\n"
+              "def __getattr__(name):\n"
+              "    return getattr(importlib.import_module(_LAZY[name], __name__), name)\n")
+
+
+@pytest.mark.parametrize("where, code, what", [
+    ("pk/io/reader.py", "from .. import f\n", "pk.io.reader (layer 1) imports pk.top (layer 2)"),
+    ("pk/io/reader.py", "def g():\n    from pk import f\n    return f\n",
+     "pk.io.reader (layer 1) imports pk.top (layer 2)"),
+    ("pk/base.py", "import pk\n\n\ndef g():\n    return pk.read()\n",
+     "pk.base (layer 0) imports pk.io.reader (layer 1)"),
+    ("pk/base.py", "import pk as p\nx = p.f\n", "pk.base (layer 0) imports pk.top (layer 2)"),
+])
+def test_lazily_resolved_names_import_their_module(pkg, where, code, what):
+    _write(pkg, {"pk/__init__.py": _LAZY_INIT, where: code})
+    found = upward_imports(pkg, PKG_LAYERS, "pk")
+    assert [f.what for f in found] == [what], found
+
+
+def test_lazily_resolved_names_from_below_pass(pkg):
+    _write(pkg, {"pk/__init__.py": _LAZY_INIT, "pk/top.py": "from pk import read\nfrom . import f\n"})
+    assert upward_imports(pkg, PKG_LAYERS, "pk") == []
+    assert private_accesses(pkg, "pk") == []
