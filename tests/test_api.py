@@ -34,7 +34,8 @@ def test_exported_names_resolve_and_have_docstrings(mod):
 
 def test_entry_points_are_the_implementations():
     from dosepred.io import cache, openkbp
-    from dosepred.predict import load_model, predict_dose
+    from dosepred.models.checkpoint import load_model
+    from dosepred.predict import predict_dose
     from dosepred.training import train
 
     assert dosepred.load_patients is cache.load_patients and dosepred.io.write_cache is cache.write_cache

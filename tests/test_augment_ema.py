@@ -207,7 +207,7 @@ def test_ema_checkpoint_is_the_average_of_the_raw_weights(cache, tmp_path):
         torch.testing.assert_close(v.double(), e[k], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in init)
     # predict/export read "model": the average
-    from dosepred.predict import load_model
+    from dosepred.models.checkpoint import load_model
 
     m = load_model(tmp_path / "ema")
     assert all(torch.equal(v, last["model"][k]) for k, v in m.state_dict().items())

@@ -131,8 +131,9 @@ def test_tta_averages_with_the_mirrored_patient(run_dir):
     mirrored patient built here from its masks by name (LeftParotid <-> RightParotid), not by bits."""
     import numpy as np
 
+    from dosepred.models.checkpoint import load_model
     from dosepred.patient import Patient
-    from dosepred.predict import load_model, predict_dose
+    from dosepred.predict import predict_dose
 
     model = load_model(run_dir / "run")
     p = make_cohort(1, seed=11, size=32)[0]
@@ -191,7 +192,8 @@ def test_allow_missing_rois_predicts_with_an_empty_channel(run_dir, lacking_cach
     import numpy as np
 
     from dosepred.io.cache import Cache
-    from dosepred.predict import load_model, predict_dose
+    from dosepred.models.checkpoint import load_model
+    from dosepred.predict import predict_dose
 
     r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(lacking_cache[0]),
                             "--out", str(tmp_path / "pc"), "--format", "cache", "--allow-missing-rois",

@@ -57,7 +57,7 @@ def scores(ref: Patient, dose: np.ndarray) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def model():
-    from dosepred.predict import load_model
+    from dosepred.models.checkpoint import load_model
 
     return load_model(MAE)
 

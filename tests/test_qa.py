@@ -112,7 +112,8 @@ def test_qa_json_contract(qa_run, sample_dir):
 def test_qa_predicted_value_matches_an_independent_prediction(qa_run, sample_dir, model_dir):
     from dosepred.dvh import roi_metric
     from dosepred.io.cache import load_patients
-    from dosepred.predict import load_model, predict_dose
+    from dosepred.models.checkpoint import load_model
+    from dosepred.predict import predict_dose
 
     _, data, _ = qa_run
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))

@@ -34,7 +34,8 @@ def _weights(run: Path, name="last.pt"):
 def test_training_beats_a_constant_dose(caches, tmp_path):
     from dosepred.evaluation import evaluate_cohort
     from dosepred.io.cache import Cache
-    from dosepred.predict import load_model, predict_dose
+    from dosepred.models.checkpoint import load_model
+    from dosepred.predict import predict_dose
 
     cfg = TrainConfig(data=str(caches / "train"), val=str(caches / "val"), out=str(tmp_path / "run"),
                       loss="mae",
@@ -107,7 +108,7 @@ def test_bad_inputs_are_clear(caches, tmp_path):
         train(TrainConfig(data=str(caches / "train"), out=str(tmp_path / "r4"),
                           init=str(tmp_path / "foreign.pt"), **common))
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
-    from dosepred.predict import load_model
+    from dosepred.models.checkpoint import load_model
 
     with pytest.raises(ModelError, match="not a dosepred checkpoint"):
         load_model(tmp_path / "plain.pt")

@@ -21,7 +21,8 @@ Public API (every ``dosepred`` command is a thin call into these)::
 - data: :class:`Patient`, :class:`RoiSet`, :mod:`dosepred.io` (:func:`load_patients`,
   :func:`write_cache`, :class:`Cache`, OpenKBP / DICOM / NIfTI readers and writers),
   :func:`make_cohort` (synthetic patients);
-- models: :func:`load_model`, :func:`predict_dose`, :func:`predict_to` (:mod:`dosepred.predict`);
+- models: :func:`load_model` (:mod:`dosepred.models.checkpoint`), :func:`predict_dose`,
+  :func:`predict_to` (:mod:`dosepred.predict`);
 - evaluation: :func:`load_protocol`, :func:`evaluate_patient`, :func:`evaluate_cohort`,
   :class:`CohortResult` (:mod:`dosepred.evaluation`);
 - training: :class:`TrainConfig`, :func:`train`, :func:`build_loss` (:mod:`dosepred.training`,
@@ -44,7 +45,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Cache": ".io.cache", "load_patients": ".io.cache", "write_cache": ".io.cache",
     "make_cohort": ".synth",
-    "load_model": ".predict", "predict_dose": ".predict", "predict_to": ".predict",
+    "load_model": ".models.checkpoint", "predict_dose": ".predict", "predict_to": ".predict",
     "Protocol": ".protocol", "load_protocol": ".protocol",
     "CohortResult": ".evaluation", "PatientResult": ".evaluation", "evaluate_cohort": ".evaluation",
     "evaluate_patient": ".evaluation",

@@ -89,7 +89,8 @@ def run_demo(out: str | os.PathLike, seed: int = 0, settings: DemoSettings | Non
     from .baseline import distance_falloff
     from .evaluation import evaluate_cohort
     from .io.cache import write_cache
-    from .predict import load_model, predict_dose
+    from .models.checkpoint import load_model
+    from .predict import predict_dose
     from .report import write_report
     from .synth import make_cohort
     from .training import TrainConfig, train

@@ -49,8 +49,9 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
 
     from ..evaluation import evaluate_patient
     from ..io.openkbp import read_patient
+    from ..models.checkpoint import load_model
     from ..models.space import into_space
-    from ..predict import crop_box, load_model, match_rois, model_space, predict_dose, predict_in_space
+    from ..predict import crop_box, match_rois, model_space, predict_dose, predict_in_space
     from ..resample import resample
 
     if threads:
