@@ -552,7 +552,7 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
     pred_cache = Cache.open(predictions) if predictions is not None else None
     model = None
     if pred_cache is None:
-        from .predict import load_model
+        from .models.checkpoint import load_model
 
         model = load_model(model_path)
     units: list[Unit] = []
@@ -702,7 +702,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     calibration patients' own ranges when omitted). ``rule``: the conformal quantile rule
     (:data:`QUANTILE_RULES`), stored in the file."""
     from .io.cache import load_patients
-    from .predict import resolve_model_path
+    from .models.checkpoint import resolve_model_path
 
     ckpt = resolve_model_path(model)
     band: dict[str, dict[str, list[float]]] = {}

@@ -30,19 +30,7 @@ import torch
 from .boxes import mask_box
 from .constants import BODY_HU
 from .models import ModelConfig, ModelError, check_roi_set
-
-# Deprecated: the checkpoint API lives in dosepred.models.checkpoint; import it from there. These names
-# are re-exported here only for the callers not yet moved (workflows.py, qa.py, calibration.py) and
-# will be dropped once they are; predict itself uses load_model.
-from .models.checkpoint import (  # noqa: F401
-    CHECKPOINT_FORMAT,
-    MODEL_FORMAT,
-    export_model,
-    load_checkpoint,
-    load_model,
-    model_from_checkpoint,
-    resolve_model_path,
-)
+from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
 from .patient import Patient, RoiSet
 from .roi import lr_pairs, mirror_codes, to_torch

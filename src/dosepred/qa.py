@@ -188,10 +188,10 @@ class QAResult:
     def write_json(self, path: str | os.PathLike) -> None:
         import json
 
-        from .io.cache import write_json_atomic
+        from .fsutil import write_json
 
         json.dumps(self.to_json())  # fail before touching the file
-        write_json_atomic(path, self.to_json())
+        write_json(path, self.to_json())
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -219,7 +219,8 @@ class QAChecker:
 
     def __init__(self, model: str | os.PathLike, protocol: Any, coverage: float = 0.9,
                  device: Any = None) -> None:
-        from .predict import load_checkpoint, model_from_checkpoint, resolve_device, resolve_model_path
+        from .models.checkpoint import load_checkpoint, model_from_checkpoint, resolve_model_path
+        from .predict import resolve_device
         from .protocol import load_protocol
 
         if not 0 < coverage < 1:

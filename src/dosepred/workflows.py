@@ -312,7 +312,7 @@ def export_model(run: PathLike | Sequence[PathLike], out: PathLike, fp32: bool =
     """``dosepred export-model``: a small released model folder at ``out`` of one run or checkpoint,
     or of the average of the weights of several (:func:`~dosepred.models.checkpoint.average_checkpoints`);
     the model file's path."""
-    from .predict import export_model as export
+    from .models.checkpoint import export_model as export
 
     runs = [run] if isinstance(run, (str, os.PathLike)) else list(run)
     with output_dir(out, overwrite, runs) as tmp:

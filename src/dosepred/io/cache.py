@@ -63,12 +63,6 @@ class CacheError(ValueError):
     """A cache folder or file that cannot be read or written as asked (the message names it)."""
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Deprecated: :func:`dosepred.fsutil.write_json` (the same write), kept only for its last caller
-    (``qa.QaResult.write_json``); new code calls fsutil."""
-    write_json(path, obj)
-
-
 def _slices(box: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in box)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import BODY_HU
 from ..dvh import DVH, roi_voxel_indices
 from ..patient import Patient
 
@@ -90,7 +91,7 @@ def plot_slice(path: Path, ref: Patient, preds: dict[str, np.ndarray]) -> int:
     assert ref.dose is not None
     vmax = float(max([ref.dose.max()] + [float(p.max()) for p in preds.values()])) or 1.0
     # crop to the body (CT above -500 HU, or any dose) on this slice, with a margin
-    body = (ref.ct[:, :, z] > -500) | (ref.dose[:, :, z] > 0)
+    body = (ref.ct[:, :, z] > BODY_HU) | (ref.dose[:, :, z] > 0)
     if body.any():
         rows, cols = np.nonzero(body)
         r0, r1 = max(rows.min() - 6, 0), min(rows.max() + 7, body.shape[0])
