@@ -4,16 +4,16 @@
 # Every step is skipped when its output exists, so the script resumes after an interruption
 # (a half-finished training continues with `dosepred train --out RUN --resume`).
 #
-# usage: scripts/openkbp_experiment.sh [WORK_DIR]     (default /work/exp; needs ~4 GB RAM per training)
+# usage: [OPENKBP=DIR] scripts/openkbp_experiment.sh WORK_DIR     (needs ~4 GB RAM per training)
 # stages: STAGE=import|warmup|finetune|predict|evaluate|all (default all); ROUND=1..8 picks the fine-tune round (7: GPU)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=${1:-/work/exp}
+work=${1:?usage: scripts/openkbp_experiment.sh WORK_DIR}
 stage=${STAGE:-all}
 shared=${SHARED:-$here/../shared}
 mkdir -p "$work"
 
-raw=$work/openkbp/provided-data
+raw=${OPENKBP:-$work/openkbp/provided-data}  # train-pats/ and validation-pats/ (../shared/data/openkbp/extract.sh)
 cache=$work/cache
 runs=$work/runs
 pred=$work/pred

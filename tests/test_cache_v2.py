@@ -162,7 +162,7 @@ def test_index_only_parser_falls_back_to_pandas(tmp_path, text):
 def test_index_only_fast_path(tmp_path):
     f = tmp_path / "m.csv"
     f.write_text(",data\n0,\n12,\n2097151,\n")
-    assert openkbp._parse_index_only(f.read_bytes()).tolist() == [0, 12, 2097151]
+    assert openkbp.parse_index_only(f.read_bytes()).tolist() == [0, 12, 2097151]
     assert openkbp.read_sparse(f, False)[0].tolist() == [0, 12, 2097151]
     f.write_text(",data\n0,\n2097152,\n")
     with pytest.raises(openkbp.OpenKBPFormatError, match="row 3: flat index 2097152 is out of range"):
@@ -208,7 +208,7 @@ def test_central_directory_reader_agrees_with_zipfile(tmp_path, patients):
     cache.write_cache(patients[:1], tmp_path / "c")
     f = tmp_path / "c" / f"{patients[0].id}.npz"
     with open(f, "rb") as fh:
-        members, start = cache._central_directory(fh)
+        members, start = cache.central_directory(fh)
     with zipfile.ZipFile(f) as z:
         want = [(i.filename, i.header_offset, i.compress_type, i.file_size, i.CRC) for i in z.infolist()]
         assert start == z.start_dir
@@ -217,7 +217,7 @@ def test_central_directory_reader_agrees_with_zipfile(tmp_path, patients):
     with zipfile.ZipFile(f, "a") as z:
         z.comment = b"hello"
     with open(f, "rb") as fh:
-        assert cache._central_directory(fh) is None
+        assert cache.central_directory(fh) is None
     q = cache.Cache.open(tmp_path / "c").load(patients[0].id)
     _equal(patients[0], q)
 

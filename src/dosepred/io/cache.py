@@ -159,7 +159,7 @@ _EOCD = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
 _CDIR = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
 
 
-def _central_directory(fh: Any) -> tuple[list[_Member], int] | None:
+def central_directory(fh: Any) -> tuple[list[_Member], int] | None:
     """The members and the central directory's offset of a plain zip file (no comment, no zip64),
     read with two small reads; None for anything else (then ``zipfile`` reads it)."""
     fh.seek(0, os.SEEK_END)
@@ -197,7 +197,7 @@ class _Npz:
         self.fh = open(path, "rb")
         self._zf: zipfile.ZipFile | None = None
         try:
-            found = _central_directory(self.fh)
+            found = central_directory(self.fh)
             if found is None:
                 members: list[Any] = self.zf.infolist()
                 self.start_dir = self.zf.start_dir

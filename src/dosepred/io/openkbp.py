@@ -38,7 +38,7 @@ class UnknownRoiWarning(UserWarning):
     pass
 
 
-def _parse_index_only(data: bytes) -> np.ndarray | None:
+def parse_index_only(data: bytes) -> np.ndarray | None:
     """Flat indices of an index-only sparse CSV (``,data`` then rows ``<digits>,``, LF endings),
     parsed with a few vectorised numpy passes (about 2x faster than pandas on mask files); None
     when the text deviates in any way from that layout (the caller then uses the general parser)."""
@@ -95,7 +95,7 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     size = int(np.prod(grid))
     if not with_values:  # mask and ROI files: a strict numpy fast path, pandas for anything else
         try:
-            fast = _parse_index_only(path.read_bytes())
+            fast = parse_index_only(path.read_bytes())
         except OSError:
             fast = None
         if fast is not None:
