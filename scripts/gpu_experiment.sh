@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Round 7 of the OpenKBP experiment (docs/results.md, "GPU run"): the four released round-5 models
-# (models/openkbp-*) each continued on one GPU for the same number of whole-volume steps, all four
-# at once on the one GPU; then the CUDA benchmarks. Written for a lent machine with a time limit:
+# A GPU round of the OpenKBP experiment (docs/results.md): the four released models (models/openkbp-*)
+# each continued on one GPU for the same number of whole-volume steps, all four at once on the one
+# GPU; then the CUDA benchmarks. Round 7 ("Round 7 on a GPU") was the default: ROUND=r7 SEED=6, no
+# EXTRA. The prepared next round (the cascade, docs/results.md "Round 11"): a second U-Net refining
+# each released model, which stays frozen, with translations from the start:
+#   ROUND=r12 SEED=12 EXTRA="--stages 2 --freeze-stage1 --shift" BUDGET_S=540 OUT=out bash scripts/gpu_experiment.sh
+# Written for a lent machine with a time limit:
 #
 #   dosepred data pack /work/exp/cache/train --out .gpu/train --ct-step 8 --dose-step 5
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -12,11 +16,13 @@
 #
 # A short calibration run of all four measures the step time; the number of epochs (of STEPS steps)
 # is then the most that fits in BUDGET_S (seconds from the start of this script, training, export
-# and benchmarks included), the same for all four. Outputs under $OUT: r7-NAME.tar.gz (exported
-# model folder, fp32, plus metrics.csv, config and log), logs.tar.gz, summary.txt.
+# and benchmarks included), the same for all four. Outputs under $OUT: ROUND-NAME.tar.gz (exported
+# model folder, fp32, plus metrics.csv, config and log), logs.tar.gz, summary.txt; while the runs
+# train, progress.txt and ROUND-NAME.metrics.csv are refreshed every 30 s (and each run's last epoch
+# line is printed), so a run cut by the machine's limit still returns its numbers.
 # Env: PACKED (default .gpu/train), WHEELS (.whl, installed with --no-deps if present), DEVICE
 # (cuda), STEPS (steps per epoch, 100), MAX_EPOCHS (60), CALIB_STEPS (30), BENCH (1: run benchmarks),
-# EXTRA (extra train options, e.g. "--patients-limit" in tests), PY (python3).
+# EXTRA (extra train options for every run), ROUND (r7: the runs' name prefix), SEED (6), PY (python3).
 set -uo pipefail
 t0=$(date +%s)
 BUDGET_S=${BUDGET_S:-480}
@@ -29,6 +35,8 @@ MAX_EPOCHS=${MAX_EPOCHS:-60}
 CALIB_STEPS=${CALIB_STEPS:-30}
 BENCH=${BENCH:-1}
 PY=${PY:-python3}
+ROUND=${ROUND:-r7}
+SEED=${SEED:-6}
 WORK=${WORK:-/tmp/dp}
 NAMES=(mae mae-dvh mae-moment mae-cdm)
 declare -A LOSS=([mae]=mae [mae-dvh]=mae+dvh [mae-moment]=mae+moment [mae-cdm]=mae+cdm)
@@ -82,13 +90,19 @@ say "calibration: slowest run $sps s/step with four at once; $epochs epochs x $S
 echo "sec_per_step_calibration=$sps epochs=$epochs steps_per_epoch=$STEPS" > "$WORK/plan.txt"
 [[ $epochs -ge 1 ]] || { say "no time left to train"; exit 1; }
 
-# ---- round 7: the same steps for all four ------------------------------------------------------
+# ---- the round: the same steps for all four ----------------------------------------------------
 deadline=$(( BUDGET_S - reserve ))
 pids=()
-for n in "${NAMES[@]}"; do train "$n" "$WORK/r7-$n" "$epochs" "$STEPS" 6 & pids+=($!); done
+for n in "${NAMES[@]}"; do train "$n" "$WORK/$ROUND-$n" "$epochs" "$STEPS" "$SEED" & pids+=($!); done
 ( i=0; while sleep 5; do
-    (( i++ % 6 == 0 )) && command -v nvidia-smi >/dev/null && echo "$(elapsed) s: $(nvidia-smi \
-      --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" >> "$WORK/gpu_usage.txt"
+    if (( i++ % 6 == 0 )); then
+      command -v nvidia-smi >/dev/null && echo "$(elapsed) s: $(nvidia-smi \
+        --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" >> "$WORK/gpu_usage.txt"
+      for n in "${NAMES[@]}"; do  # progress that comes back even if the machine cuts this script
+        m=$WORK/$ROUND-$n/metrics.csv
+        [[ -f $m ]] && cp "$m" "$OUT/$ROUND-$n.metrics.csv" && echo "$(elapsed) s $ROUND-$n: $(tail -n 1 "$m")"
+      done | tee -a "$OUT/progress.txt"
+    fi
     if (( $(elapsed) > deadline )); then say "deadline: stopping the trainings"; pkill -f "dosepred train"; break; fi
     alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done; [[ $alive == 0 ]] && break
   done ) &
@@ -97,12 +111,12 @@ for p in "${pids[@]}"; do wait "$p"; done
 kill "$watch" 2>/dev/null
 say "training done"
 for n in "${NAMES[@]}"; do
-  r=$WORK/r7-$n
-  echo "r7-$n: $(tail -n 1 "$r/metrics.csv" | cut -d, -f1,2) (epoch,step) $(tail -n 1 "$r.log")" >> "$WORK/plan.txt"
+  r=$WORK/$ROUND-$n
+  echo "$ROUND-$n: $(tail -n 1 "$r/metrics.csv" | cut -d, -f1,2) (epoch,step) $(tail -n 1 "$r.log")" >> "$WORK/plan.txt"
   [[ -f $r/checkpoints/last.pt ]] || continue
-  dp export-model "$r" --out "$WORK/export/r7-$n" --fp32 >> "$r.log" 2>&1 || continue
-  cp "$r/metrics.csv" "$r.log" "$WORK/export/r7-$n/"; cp "$r/config.json" "$WORK/export/r7-$n/train_config.json"
-  tar -czf "$OUT/r7-$n.tar.gz" -C "$WORK/export" "r7-$n"
+  dp export-model "$r" --out "$WORK/export/$ROUND-$n" --fp32 >> "$r.log" 2>&1 || continue
+  cp "$r/metrics.csv" "$r.log" "$WORK/export/$ROUND-$n/"; cp "$r/config.json" "$WORK/export/$ROUND-$n/train_config.json"
+  tar -czf "$OUT/$ROUND-$n.tar.gz" -C "$WORK/export" "$ROUND-$n"
 done
 say "exported"
 
@@ -125,5 +139,5 @@ say "total"
 cp "$WORK/plan.txt" "$OUT/summary.txt"
 command -v nvidia-smi >/dev/null && nvidia-smi >> "$OUT/summary.txt"
 (cd "$WORK" && tar -czf "$OUT/logs.tar.gz" ./*.log ./*.txt $(ls ./*.json 2>/dev/null) \
-   $(ls -d ./calib-*/metrics.csv ./r7-*/metrics.csv 2>/dev/null))
+   $(ls -d ./calib-*/metrics.csv ./"$ROUND"-*/metrics.csv 2>/dev/null))
 exit 0

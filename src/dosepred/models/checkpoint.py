@@ -231,7 +231,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
         space = ModelSpace.from_dict(ckpt["space"])
         readme.write_text(
             f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
-            f"- architecture: 3D U-Net, base {mc['base']} channels, {mc['levels']} levels, "
+            f"- architecture: {'two-stage cascade of 3D U-Nets' if mc.get('stages', 1) == 2 else '3D U-Net'}"
+            f", base {mc['base']} channels, {mc['levels']} levels, "
             f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "

@@ -16,6 +16,13 @@ Input channels, assembled on the model's device from what a batch carries (see :
 Output: dose in Gy, ``dose_scale * softplus(raw)`` (non-negative, smooth at zero), multiplied by the
 possible-dose mask (the mask is the last input channel, so windows of the assembled input carry it).
 
+Two stages (``stages=2``, the cascade of the OpenKBP winner C3D): a second U-Net of the same shape
+reads the input channels plus the first stage's dose / ``dose_scale`` and adds a correction to the
+first stage's raw output, ``raw = raw1 + refine([x, dose1])``. Its last convolution starts at zero, so
+a two-stage model made from a one-stage model (``--init``) predicts exactly what that model does
+until training moves it; ``freeze_first`` (set by the trainer's ``freeze_stage1``) runs the first
+stage without gradients, so only the refinement learns and a step costs one extra forward pass.
+
 Normalisation: instance norm (MONAI's default) computes statistics over the field of view, so a
 network trained on crops must be run on windows of the crop size (``sliding_window_inference``);
 :func:`dosepred.predict.predict_dose` does so. ``norm="batch"`` is available for large batches.
@@ -59,6 +66,7 @@ class ModelConfig:
     # --tta take it from the geometry in the model's space (dosepred.models.space)
     flip_axis: int = 1
     arch: str = ARCH
+    stages: int = 1  # 2: a refining second U-Net (see the module's docstring)
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
@@ -73,6 +81,8 @@ class ModelConfig:
         if bad:
             raise ModelError(f"patch {self.patch} must be divisible by 2^(levels-1) = {div} "
                              f"for a {self.levels}-level U-Net")
+        if self.stages not in (1, 2):
+            raise ModelError(f"stages must be 1 or 2, got {self.stages}")
         if self.norm not in ("instance", "batch"):
             raise ModelError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
         self.rois = [dict(r) for r in self.rois]
@@ -115,13 +125,25 @@ class DoseUNet(nn.Module):
         self.targets = [(rs.index(r.name), float(r.prescription)) for r in rs
                         if r.kind == "target" and r.prescription is not None]
         channels = [config.base * 2 ** i for i in range(config.levels)]
-        self.net = UNet(spatial_dims=3, in_channels=config.in_channels, out_channels=1,
+
+        def unet(in_channels: int) -> nn.Module:
+            return UNet(spatial_dims=3, in_channels=in_channels, out_channels=1,
                         channels=channels, strides=[2] * (config.levels - 1),
                         num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
+
+        self.net = unet(config.in_channels)
         # start near a typical mean dose inside the mask (~30 % of dose_scale), not softplus(0) = 69 %
-        last = [m for m in self.net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))][-1]
+        last = _last_conv(self.net)
         if last.bias is not None:
             nn.init.constant_(last.bias, INIT_BIAS)
+        self.freeze_first = False
+        self.refine: nn.Module | None = None
+        if config.stages == 2:
+            self.refine = unet(config.in_channels + 1)
+            last = _last_conv(self.refine)
+            nn.init.zeros_(last.weight)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
 
     def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input channels (B, C, *S) float32 on the tensors' device."""
@@ -139,11 +161,26 @@ class DoseUNet(nn.Module):
 
     def from_input(self, x: torch.Tensor) -> torch.Tensor:
         """Dose (B, 1, *S) from assembled input channels (the mask is the last channel)."""
-        raw = self.net(x)
-        return self.config.dose_scale * F.softplus(raw.float()) * x[:, -1:].float()
+        mask = x[:, -1:].float()
+        if self.refine is None:
+            raw = self.net(x)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_first):
+                raw1 = self.net(x)
+            first = F.softplus(raw1.float()) * mask  # the first stage's dose / dose_scale
+            raw = raw1.float() + self.refine(torch.cat([x, first.to(x.dtype)], dim=1)).float()
+        return self.config.dose_scale * F.softplus(raw.float()) * mask
+
+    def first_stage_state(self) -> dict[str, torch.Tensor]:
+        """The first stage's weights under a one-stage model's names (``net.*``)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("net.")}
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.from_input(self.assemble(ct, codes, mask))
+
+
+def _last_conv(net: nn.Module) -> nn.Module:
+    return [m for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))][-1]
 
 
 def ct_channel(ct: torch.Tensor) -> torch.Tensor:

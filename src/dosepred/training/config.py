@@ -72,6 +72,11 @@ class TrainConfig(BaseModel):
                                                     "convolutions (none: --init's, else 2).")
     norm: str | None = Field(None, description="U-Net normalisation layer (none: --init's, else "
                                                "instance).")
+    stages: int | None = Field(None, ge=1, le=2, description="U-Nets in the cascade: 2 adds a second "
+                               "U-Net refining the first's dose (none: --init's, else 1; a one-stage "
+                               "--init becomes the first stage).")
+    freeze_stage1: bool = Field(False, description="With stages=2: train only the second stage (the "
+                                                   "first runs without gradients).")
     target_fraction: float = Field(2 / 3, ge=0, le=1,
         description="Fraction of crops centred on a target voxel "
                     "(the others on a mask voxel).")
@@ -143,6 +148,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"patch sizes must be >= 1, got {list(self.patch)}")
         if not (360 / self.rotate_step).is_integer():
             raise ValueError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
+        if self.freeze_stage1 and self.stages == 1:
+            raise ValueError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
         if self.orientation.lower() != "first":
             from ..models.space import ModelSpace
 

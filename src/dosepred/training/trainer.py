@@ -271,20 +271,24 @@ class Trainer:
         cfg = self.cfg
         self.init_ckpt = None
         arch: dict[str, Any] = {}
+        keys = ("base", "levels", "res_units", "norm", "stages")
         if cfg.init:
             self.init_ckpt = load_checkpoint(cfg.init)
-            arch = {k: self.init_ckpt["model_config"][k] for k in ("base", "levels", "res_units", "norm")}
+            arch = {k: self.init_ckpt["model_config"].get(k, 1) for k in keys}
         defaults = ModelConfig()
-        for k in ("base", "levels", "res_units", "norm"):
+        for k in keys:
             v = getattr(cfg, k)
             if v is None:
                 v = arch.get(k, getattr(defaults, k))
-            elif k in arch and arch[k] != v:
+            elif k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1):
                 raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
             setattr(cfg, k, v)
+        if cfg.freeze_stage1 and cfg.stages != 2:
+            raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
-                                        flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis)
+                                        flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
+                                        stages=cfg.stages)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         if self.init_ckpt is not None:
@@ -292,10 +296,17 @@ class Trainer:
             check_roi_set(mc, self.roi_set, f"training cache {cfg.data}")
             state = {k: v.float() if v.is_floating_point() else v for k, v in self.init_ckpt["model"].items()}
             try:
-                self.model.load_state_dict(state)
+                if mc.stages == 1 and cfg.stages == 2:  # a one-stage model becomes the first stage
+                    self.model.net.load_state_dict({k[len("net."):]: v for k, v in state.items()})
+                else:
+                    self.model.load_state_dict(state)
             except RuntimeError as e:
                 raise ModelError(f"--init {cfg.init}: weights do not fit "
                                  f"({str(e).splitlines()[0]})") from None
+        if cfg.freeze_stage1:
+            self.model.freeze_first = True
+            for q in self.model.net.parameters():
+                q.requires_grad_(False)
         self.model.to(self.device)
         self.ema = None
         if cfg.ema_decay > 0:
@@ -307,7 +318,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [q for q in self.model.parameters() if q.requires_grad]  # not a frozen first stage
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
     def setup_loss(self) -> None:
