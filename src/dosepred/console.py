@@ -164,7 +164,7 @@ def demo(res: dict[str, Any]) -> list[Any]:
 
 
 def bench(name: str, res: dict[str, Any]) -> list[Any]:
-    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses)."""
+    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses, train-step)."""
     if name == "evaluate":
         t = _table(f"evaluation throughput, {res['patients']} patients (OpenKBP dose + DVH scores)",
                    ("path", "seconds", "patients/s", "vs naive", "vs dosepred CSV"))
@@ -195,6 +195,18 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
                           f"{m.get('cuda_device', 'no GPU used')}; {res['seconds']:.0f} s"]
         return out + [f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x "
                       + ("[green]met[/]" if tg["met"] else "[red]not met[/]") for tg in res["targets"]]
+    if name == "train-step":
+        t = _table(f"one training step, {res['size']}^3 voxels, base {res['base']}, {res['levels']} levels, "
+                   f"{res['device']} (median of {res['repeats']} rounds of {res['steps']} steps, in turns)",
+                   ("variant", "s/step", "vs fp32", "compile s"))
+        for r in res["rows"]:
+            if "failed" in r:
+                t.add_row(r["variant"], "failed", r["failed"], "")
+            else:
+                t.add_row(r["variant"], f"{r['sec_per_step']:.3f}", f"{r['ratio_vs_fp32']:.2f}x",
+                          f"{r['compile_s']:.0f}" if r["compile_s"] else "")
+        return [t, f"torch {res['torch']}, {res['torch_threads']} threads; {m['cpu_count']} CPU cores "
+                   f"({m['cpu']}); load average {m['load_average']}"]
     from .bench.losses import table as losses_table
 
     out = [losses_table(res), f"model: {res['model']}; {m['cpu_count']} CPU cores, {m['torch_threads']} "
