@@ -47,3 +47,14 @@ def test_main_prints_and_writes_json(tmp_path, capsys):
     assert "one training step" in capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["rows"][0]["variant"] == "fp32" and res["size"] == 16
+
+
+def test_channels_last_is_applied():
+    step, _ = train_step._stepper("channels-last", 16, "cpu", 16, 4, 0)
+    model = next(x.cell_contents for x in step.__closure__ if isinstance(x.cell_contents, torch.nn.Module))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    plain, _ = train_step._stepper("fp32", 16, "cpu", 16, 4, 0)
+    model = next(x.cell_contents for x in plain.__closure__ if isinstance(x.cell_contents, torch.nn.Module))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last_3d)

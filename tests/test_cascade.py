@@ -145,3 +145,47 @@ def test_what_does_not_fit_is_refused(cache, one_stage, tmp_path):
     with pytest.raises(ModelError, match="freeze_stage1 needs stages=2"):
         _ready(TrainConfig(data=str(cache), out=str(tmp_path / "y"), epochs=1, steps_per_epoch=1,
                            init=str(one_stage), freeze_stage1=True, **TINY))
+
+
+def test_frozen_first_stage_stays_exact_under_ema_and_batch_norm(cache, tmp_path):
+    """EMA copies frozen weights instead of averaging them (an average of equal floats can round);
+    batch-norm statistics and dropout of a frozen stage stay those of eval mode."""
+    one = tmp_path / "one"
+    Trainer(TrainConfig(data=str(cache), out=str(one), epochs=1, steps_per_epoch=2, seed=3,
+                        **{**TINY, "norm": "batch"}), progress=False).fit()
+    two = tmp_path / "two"
+    Trainer(TrainConfig(data=str(cache), out=str(two), epochs=1, steps_per_epoch=4, lr=1e-2, ema_decay=0.5,
+                        init=str(one), stages=2, freeze_stage1=True, **{**TINY, "norm": "batch"}),
+            progress=False).fit()
+    before = load_checkpoint(one)["model"]
+    ck = load_checkpoint(two)
+    for part in ("model", "train_model"):  # the EMA and the raw weights
+        first = {k: v for k, v in ck[part].items() if k.startswith("net.")}
+        assert any("running_mean" in k for k in first)
+        assert all(torch.equal(first[k].float(), before[k].float()) for k in before), part
+    m = build_model(ModelConfig.from_dict(ck["model_config"]))
+    m.freeze_first = True
+    m.train()
+    assert m.training and m.refine.training and not m.net.training
+
+
+def test_checkpoints_from_before_stages_resume_and_average(cache, one_stage, tmp_path):
+    """A checkpoint written before the `stages` field existed (the released models, older runs)
+    resumes and averages with one that has it."""
+    from dosepred.models.checkpoint import average_checkpoints, save_checkpoint
+
+    old = load_checkpoint(one_stage)
+    old.pop("path")
+    del old["model_config"]["stages"]
+    save_checkpoint(old, tmp_path / "old.pt")
+    avg = average_checkpoints([tmp_path / "old.pt", one_stage / "checkpoints" / "last.pt"])
+    assert all(torch.equal(avg["model"][k], old["model"][k].float()) for k in old["model"])
+    run = tmp_path / "run"
+    kw = dict(data=str(cache), out=str(run), epochs=2, steps_per_epoch=1, **TINY)
+    Trainer(TrainConfig(stop_after=1, **kw), progress=False).fit()
+    last = load_checkpoint(run)
+    last.pop("path")
+    del last["model_config"]["stages"]
+    save_checkpoint(last, run / "checkpoints" / "last.pt")
+    res = Trainer(TrainConfig(**kw), resume=True, progress=False).fit()
+    assert res["global_step"] == 2

@@ -64,10 +64,11 @@ def _stepper(variant: str, size: int, device: str, base: int, levels: int, seed:
     stages = 2 if variant == "two-stage-frozen" else 1
     model = build_model(ModelConfig(patch=(size,) * 3, base=base, levels=levels, res_units=0,
                                     stages=stages)).to(device).train()
-    if stages == 2:
+    if stages == 2:  # as the trainer's freeze_stage1
         model.freeze_first = True
         for q in model.net.parameters():
             q.requires_grad_(False)
+        model.train()
     b = _inputs(size, device, seed)
     fmt = torch.channels_last_3d if variant == "channels-last" else torch.contiguous_format
     model = model.to(memory_format=fmt)

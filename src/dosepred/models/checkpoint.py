@@ -190,10 +190,14 @@ def average_checkpoints(srcs: Sequence[str | os.PathLike]) -> dict[str, Any]:
     if not cks:
         raise ModelError("no checkpoint to average")
     first = cks[0]
+
+    def record(c: dict[str, Any], key: str) -> dict[str, Any]:
+        d = ModelConfig.from_dict(dict(c[key])).to_dict() if key == "model_config" else dict(c[key])
+        return {k: v for k, v in d.items() if k != "source"}  # model configs: fields added since, defaults
+
     for c in cks[1:]:
         for key, what in (("model_config", "architecture or ROI set"), ("space", "model space")):
-            if {k: v for k, v in c[key].items() if k != "source"} != \
-                    {k: v for k, v in first[key].items() if k != "source"}:
+            if record(c, key) != record(first, key):
                 raise ModelError(f"{c['path']}: another {what} than {first['path']}; only checkpoints of "
                                  "one model can be averaged")
     avg = {k: (sum(c["model"][k].float() for c in cks) / len(cks)) if v.is_floating_point() else v

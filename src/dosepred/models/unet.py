@@ -171,9 +171,12 @@ class DoseUNet(nn.Module):
             raw = raw1.float() + self.refine(torch.cat([x, first.to(x.dtype)], dim=1)).float()
         return self.config.dose_scale * F.softplus(raw.float()) * mask
 
-    def first_stage_state(self) -> dict[str, torch.Tensor]:
-        """The first stage's weights under a one-stage model's names (``net.*``)."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith("net.")}
+    def train(self, mode: bool = True) -> DoseUNet:
+        """A frozen first stage stays in eval mode (batch-norm statistics and dropout fixed)."""
+        super().train(mode)
+        if self.freeze_first:
+            self.net.eval()
+        return self
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.from_input(self.assemble(ct, codes, mask))

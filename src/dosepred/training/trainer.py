@@ -113,9 +113,14 @@ def ema_decay_at(decay: float, step: int) -> float:
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for floating parameters and buffers (others copied)."""
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-        if e.is_floating_point():
+    """ema <- decay * ema + (1 - decay) * model for floating parameters and buffers (others copied, and
+    so are frozen parameters, which must stay bit for bit what they are)."""
+    frozen = {n for n, q in model.named_parameters() if not q.requires_grad}
+    still = {name for name, mod in model.named_modules()  # modules whose weights are all frozen
+             if (qs := list(mod.parameters(recurse=False))) and not any(q.requires_grad for q in qs)}
+    frozen |= {n for n, _ in model.named_buffers() if n.rpartition(".")[0] in still}  # e.g. BN statistics
+    for (name, e), m in zip(ema.state_dict().items(), model.state_dict().values(), strict=True):
+        if e.is_floating_point() and name not in frozen:
             e.mul_(decay).add_(m.detach(), alpha=1.0 - decay)
         else:
             e.copy_(m)
@@ -274,7 +279,8 @@ class Trainer:
         keys = ("base", "levels", "res_units", "norm", "stages")
         if cfg.init:
             self.init_ckpt = load_checkpoint(cfg.init)
-            arch = {k: self.init_ckpt["model_config"].get(k, 1) for k in keys}
+            arch = ModelConfig.from_dict(dict(self.init_ckpt["model_config"])).to_dict()
+            arch = {k: arch[k] for k in keys}
         defaults = ModelConfig()
         for k in keys:
             v = getattr(cfg, k)
@@ -468,7 +474,7 @@ class Trainer:
         to this run, restore weights, optimiser, scaler, RNG, step and best; return its epoch."""
         ck, path, self.last_damaged = checkpoint.load_resumable(
             self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt", map_location=self.device)
-        mc = ck["model_config"]
+        mc = ModelConfig.from_dict(dict(ck["model_config"])).to_dict()  # fields added since: defaults
         if mc != self.model_config.to_dict():
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
             raise ModelError(f"--resume: {path} was trained with a different model ({diff})")
