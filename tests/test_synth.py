@@ -1,6 +1,5 @@
 """Synthetic cohort: deterministic, OpenKBP-compatible ROIs, plausible geometry and dose."""
 
-import time
 
 import numpy as np
 import pytest
@@ -74,13 +73,6 @@ def test_extra_rois():
     assert len(synth.roi_set(54)) == 64
     with pytest.raises(ValueError, match="extra_rois must be 0..54"):
         synth.make_patient(0, size=16, extra_rois=55)
-
-
-def test_speed_64():
-    synth.make_patient(0)
-    t = time.perf_counter()
-    synth.make_patient(1)
-    assert time.perf_counter() - t < 1.5  # ~0.2 s on an idle core; generous for a shared machine
 
 
 def test_reference_plans_pass_like_clinical_plans():
