@@ -321,3 +321,23 @@ def test_band_offsets_hold_their_coverage_at_every_level():
     assert band_offsets(band, "Larynx", 0.9) is None  # no band for an ROI the calibration lacked
     assert band_offsets(band, "LeftParotid", 0.9) is None  # 5 patients: too few at every level
     assert band_offsets(None, "LeftParotid", 0.9) is None
+
+
+def test_flipped_predictions_are_refused(tmp_path):
+    """QA predicts without flipping, so a calibration from `predict`'s flipped default would describe
+    other errors than QA makes: refused, naming the cache and the fix; unflipped ones are taken."""
+    from dosepred.calibration import CalibrationError, collect_units
+    from dosepred.io.cache import write_cache
+    from dosepred.protocol import load_protocol
+    from dosepred.synth import make_cohort
+
+    cohort = make_cohort(2, seed=4, size=24)
+    write_cache(cohort, tmp_path / "plans")
+    write_cache(cohort, tmp_path / "flipped", source="dosepred predict --model M --data D --tta")
+    write_cache(cohort, tmp_path / "plain", source="dosepred predict --model M --data D --no-tta")
+    proto = load_protocol("openkbp-clinical")
+    with pytest.raises(CalibrationError, match="flipping.*--no-tta") as e:
+        collect_units("unused", tmp_path / "plans", proto, tmp_path / "flipped")
+    assert "flipped" in str(e.value)
+    units, ids = collect_units("unused", tmp_path / "plans", proto, tmp_path / "plain")
+    assert sorted(ids) == sorted(p.id for p in cohort) and units

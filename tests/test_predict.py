@@ -63,6 +63,7 @@ def test_predict_to_cache_then_evaluate_fast_path(run_dir, sample_dir, tmp_path)
                             "--out", str(tmp_path / "pc"), "--format", "cache", "--no-progress"])
     assert r.exit_code == 0, r.output
     pc = cache.Cache.open(tmp_path / "pc")
+    assert pc.info["source"].split()[-1] == "--tta"  # flipping by default, and recorded as such
     refs = {p.id: p for p in openkbp.read_folder(sample_dir)}
     assert sorted(pc.ids) == sorted(refs)
     r = runner.invoke(app, ["evaluate", "--reference", str(tmp_path / "ref"), "--prediction",

@@ -269,7 +269,9 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                 done.append(p)
 
         try:
-            write_cache(predicted(), out, source=f"dosepred predict --model {model_path} --data {src}")
+            # the flag is part of the record: plan-QA calibration must not take flipped predictions
+            write_cache(predicted(), out, source=f"dosepred predict --model {model_path} --data {src} "
+                                                 f"{'--tta' if tta else '--no-tta'}")
         except CacheError:
             if not seen:  # the cache's own "no patients to write", said in terms of the input
                 raise ValueError(f"{src} holds no patients to predict") from None
