@@ -12,3 +12,11 @@ from pathlib import Path
 def example_patients() -> Path:
     """``examples/openkbp/validation-pats`` of the source checkout (OpenKBP validation pt_201)."""
     return Path(__file__).resolve().parents[3] / "examples" / "openkbp" / "validation-pats"
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA), so a timer reads what it ran; nothing on the CPU."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()

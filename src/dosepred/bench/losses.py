@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import example_patients
+from . import sync as _sync
 
 #: name -> (spec, options) of the timed losses; "dvh-0.2gy" is the public implementations' binning.
 LOSS_CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -35,13 +36,6 @@ LOSS_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cdm-clinical+constraint": ("cdm", {"protocol": "openkbp-clinical", "cdm_constraint": True}),
 }
 DEFAULT_PATIENT = example_patients()
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, device: str) -> float:

@@ -31,12 +31,9 @@ from typing import Any
 
 import torch
 
+from . import sync as _sync
+
 VARIANTS = ("fp32", "channels-last", "bf16", "compile", "two-stage-frozen")
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _inputs(size: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -64,11 +61,8 @@ def _stepper(variant: str, size: int, device: str, base: int, levels: int, seed:
     stages = 2 if variant == "two-stage-frozen" else 1
     model = build_model(ModelConfig(patch=(size,) * 3, base=base, levels=levels, res_units=0,
                                     stages=stages)).to(device).train()
-    if stages == 2:  # as the trainer's freeze_stage1
-        model.freeze_first = True
-        for q in model.net.parameters():
-            q.requires_grad_(False)
-        model.train()
+    if stages == 2:
+        model.freeze_first_stage()  # as the trainer's freeze_stage1
     b = _inputs(size, device, seed)
     fmt = torch.channels_last_3d if variant == "channels-last" else torch.contiguous_format
     model = model.to(memory_format=fmt)

@@ -20,7 +20,7 @@ Two stages (``stages=2``, the cascade of the OpenKBP winner C3D): a second U-Net
 reads the input channels plus the first stage's dose / ``dose_scale`` and adds a correction to the
 first stage's raw output, ``raw = raw1 + refine([x, dose1])``. Its last convolution starts at zero, so
 a two-stage model made from a one-stage model (``--init``) predicts exactly what that model does
-until training moves it; ``freeze_first`` (set by the trainer's ``freeze_stage1``) runs the first
+until training moves it; :meth:`DoseUNet.freeze_first_stage` (the trainer's ``freeze_stage1``) runs the first
 stage without gradients, so only the refinement learns and a step costs one extra forward pass.
 
 Normalisation: instance norm (MONAI's default) computes statistics over the field of view, so a
@@ -170,6 +170,15 @@ class DoseUNet(nn.Module):
             first = F.softplus(raw1.float()) * mask  # the first stage's dose / dose_scale
             raw = raw1.float() + self.refine(torch.cat([x, first.to(x.dtype)], dim=1)).float()
         return self.config.dose_scale * F.softplus(raw.float()) * mask
+
+    def freeze_first_stage(self) -> None:
+        """Train only the second stage: the first runs without gradients, in eval mode."""
+        if self.refine is None:
+            raise ModelError("only a two-stage model (stages=2) has a first stage to freeze")
+        self.freeze_first = True
+        for q in self.net.parameters():
+            q.requires_grad_(False)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> DoseUNet:
         """A frozen first stage stays in eval mode (batch-norm statistics and dropout fixed)."""

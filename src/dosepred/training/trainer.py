@@ -310,9 +310,7 @@ class Trainer:
                 raise ModelError(f"--init {cfg.init}: weights do not fit "
                                  f"({str(e).splitlines()[0]})") from None
         if cfg.freeze_stage1:
-            self.model.freeze_first = True
-            for q in self.model.net.parameters():
-                q.requires_grad_(False)
+            self.model.freeze_first_stage()
         self.model.to(self.device)
         self.ema = None
         if cfg.ema_decay > 0:
