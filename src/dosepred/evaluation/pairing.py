@@ -161,10 +161,15 @@ class _Predictions:
         else:
             f = self.file(ref.id)
             assert f is not None
-            d = _read_rtdose_on(f, ref) if f.suffix.lower() == ".dcm" else read_prediction(f, ref.shape)
+            if f.suffix.lower() == ".dcm":
+                d = _read_rtdose_on(f, ref)
+            elif f.name.endswith((".nii", ".nii.gz")):
+                d = _read_nifti_on(f, ref)
+            else:
+                d = read_prediction(f, ref.shape)
         return as_dose_array(d, ref.shape, ref.id)
 
-    def crop(self, pid: str, shape: tuple[int, ...]) -> tuple[np.ndarray, Box | None]:
+    def crop(self, pid: str, shape: tuple[int, ...], geometry: Any = None) -> tuple[np.ndarray, Box | None]:
         """The predicted dose as (values on a box, the box) such that it is zero outside the box;
         the box is None for an all-zero dose. Only the prediction's own non-zero extent is made
         dense."""
@@ -193,7 +198,34 @@ class _Predictions:
             d = np.zeros(int(np.prod(box_shape(box))), np.float32)
             d[_local(coords, box)] = vals[keep]
             return d.reshape(box_shape(box)), box
+        if f.name.endswith((".nii", ".nii.gz")) and geometry is not None:
+            from ..io.nifti import file_geometry
+
+            g = file_geometry(f)
+            if g is not None and not g.same_as(geometry):
+                raise ValueError(f"patient {pid}: the predicted dose {f} lies on another grid ({g!r}) than "
+                                 f"the reference ({geometry!r}); write it on the reference's grid")
         return as_dose_array(read_prediction(f, shape), shape, pid), full
+
+
+def _read_nifti_on(path: Path, ref: Patient) -> np.ndarray:
+    """A predicted NIfTI dose on the reference patient's grid: as stored when its header places it on
+    that grid (or places it nowhere), else resampled in patient coordinates like an RTDOSE."""
+    from ..io import dicom
+    from ..io.nifti import file_geometry, read_dose
+
+    d = np.asarray(read_dose(path), dtype=np.float32)
+    g = file_geometry(path)
+    if g is None or ref.geometry is None or (d.shape == ref.shape and g.same_as(ref.geometry)):
+        return d
+    out, inside = dicom.dose_on_grid(d, g, ref.geometry, ref.shape)
+    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
+    uncovered = int((mask & ~inside).sum())
+    if uncovered:
+        frac = 100.0 * uncovered / max(int(mask.sum()), 1)
+        warnings.warn(f"patient {ref.id}: the predicted dose {path} does not cover {uncovered} voxels "
+                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=2)
+    return out
 
 
 def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
@@ -345,15 +377,21 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
                          {**s.meta, "ct_loaded": False}, box)
 
 
+def _openkbp_geometry(shape: tuple[int, ...], spacing: Any) -> Any:
+    from ..geometry import Geometry
+
+    return Geometry.openkbp(shape, spacing)
+
+
 def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | None
-                     ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any]]:
+                     ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any, Any]]:
     """(id, grid shape, support box, box -> reference Patient on that box) per reference patient of
     a cache or an OpenKBP folder."""
     from ..io.cache import EVAL_FIELDS, Cache, CacheError
 
     if kind != "cache":
         for r in _csv_references(src, ids):
-            yield r.id, r.shape, r.box, r.patient
+            yield r.id, r.shape, r.box, r.patient, _openkbp_geometry(r.shape, r.spacing)
         return
     c = Cache.open(src)
     rs = c.roi_set
@@ -382,7 +420,11 @@ def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | 
                                                      zip(local, box, outer, strict=True)), box_shape(outer))
                 p.set_roi_voxels(idx, vals)
             return p
-        yield pid, e.shape, box, make
+        try:
+            geometry = e.geometry
+        except CacheError as err:
+            raise ValueError(str(err)) from None
+        yield pid, e.shape, box, make, geometry
 
 
 # ---------------------------------------------------------------------------------- the pairs
@@ -497,8 +539,8 @@ def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
 def _box_pairs(reference: str | os.PathLike, kind: str | None, preds: _Predictions, ids: list[str]
                ) -> Iterator[tuple[Patient, np.ndarray]]:
     """Each pair on the box that holds the data of both (see :func:`iter_pairs`, ``crop``)."""
-    for pid, shape, ref_box, make_ref in _reference_crops(reference, kind, ids):
-        pd, pbox = preds.crop(pid, shape)
+    for pid, shape, ref_box, make_ref, geometry in _reference_crops(reference, kind, ids):
+        pd, pbox = preds.crop(pid, shape, geometry)
         box = union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
         ref = make_ref(box)
         ref.meta["crop_box"] = [[s.start, s.stop] for s in box]

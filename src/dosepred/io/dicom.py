@@ -467,6 +467,9 @@ def _pick_dose(s: _Source) -> None:
         ref = [by_uid[u] for u in wanted if u in by_uid]
         if ref:
             s.plan = ref[0]
+        elif wanted:  # the dose is another plan's: the folder's plan(s) would lend it a wrong Rx
+            _warn(f"RTDOSE {s.dose[0]} references RTPLAN {', '.join(wanted)}, which is not among the "
+                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
         elif len(s.rtplans) == 1:
             s.plan = s.rtplans[0]
         else:
@@ -474,10 +477,49 @@ def _pick_dose(s: _Source) -> None:
                   f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
 
 
+def _check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
+    """The ROI bookkeeping of an RTSTRUCT that rasterising relies on: every StructureSetROISequence,
+    ROIContourSequence and RTROIObservationsSequence item carries its (Referenced)ROINumber, the
+    ROINumbers and the contour items' ReferencedROINumbers are unique, and every ROI with contours
+    lies in the CT's FrameOfReference ``for_uid`` (its contour points are in that frame's mm)."""
+    seen: dict[int, str] = {}
+    for k, r in enumerate(getattr(ds, "StructureSetROISequence", []) or []):
+        where = f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}"
+        if getattr(r, "ROINumber", None) in (None, ""):
+            raise DicomImportError(f"{where} ({getattr(r, 'ROIName', '?')}) lacks ROINumber")
+        n, name = int(r.ROINumber), str(getattr(r, "ROIName", ""))
+        if n in seen:
+            raise DicomImportError(f"{where}: ROIs {seen[n]!r} and {name!r} share ROINumber {n}; their "
+                                   "contours cannot be told apart")
+        seen[n] = name
+    contoured: set[int] = set()
+    for k, rc in enumerate(getattr(ds, "ROIContourSequence", []) or []):
+        if getattr(rc, "ReferencedROINumber", None) in (None, ""):
+            raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence item {k + 1} lacks "
+                                   "ReferencedROINumber")
+        n = int(rc.ReferencedROINumber)
+        if n in contoured:
+            raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence holds two items for ROINumber {n}")
+        contoured.add(n)
+    for k, ob in enumerate(getattr(ds, "RTROIObservationsSequence", []) or []):
+        if getattr(ob, "ReferencedROINumber", None) in (None, ""):
+            raise DicomImportError(f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1} lacks "
+                                   "ReferencedROINumber")
+    if for_uid:
+        for r in getattr(ds, "StructureSetROISequence", []) or []:
+            f = str(getattr(r, "ReferencedFrameOfReferenceUID", "") or "")
+            if f and f != for_uid and int(r.ROINumber) in contoured:
+                raise DicomImportError(
+                    f"RTSTRUCT {path}: ROI {r.ROIName} (ROINumber {int(r.ROINumber)}) has "
+                    f"ReferencedFrameOfReferenceUID {f}, but the CT it is drawn on has FrameOfReference "
+                    f"{for_uid}: its contours are in another frame's coordinates")
+
+
 def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
     if s.rtstruct is None:
         return
     path, ds = s.rtstruct
+    _check_roi_numbers(ds, path, s.series.for_uid)
     plan_rx: dict[int, float] = {}
     sites: list[float] = []
     if s.plan is not None:
@@ -579,12 +621,28 @@ def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry, list[float], list
             raise DicomImportError(f"{desc}: cannot decode pixel data of {p}: {e}") from None
         if arr.shape != (rows, cols):
             raise DicomImportError(f"{desc}: {p}: pixel data is {arr.shape}, Rows/Columns say {(rows, cols)}")
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        icpt = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        slope = _rescale(ds, "RescaleSlope", 1.0, desc, p)
+        icpt = _rescale(ds, "RescaleIntercept", 0.0, desc, p)
         ct[k] = np.clip(np.rint(arr * slope + icpt), -32768, 32767).astype(np.int16)
     series.files = files
     geom = Geometry.from_dicom(pos[0], iop, (dz, float(ps[0]), float(ps[1])))
     return ct, geom, [float(v) for v in pos[0]], [float(v) for v in iop]
+
+
+def _rescale(ds: Any, key: str, default: float, desc: str, path: Path) -> float:
+    """RescaleSlope / RescaleIntercept of a CT slice (absent or empty: the default); a slope of 0 or a
+    value that is not a finite number is an error, not a silent 1 (every pixel would be the intercept)."""
+    raw = getattr(ds, key, None)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v) or (key == "RescaleSlope" and v == 0):
+        raise DicomImportError(f"{desc}: {path}: {key} is {str(raw)!r}; it must be a finite number"
+                               + (", not 0" if key == "RescaleSlope" else ""))
+    return v
 
 
 def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -947,9 +1005,16 @@ def match_rtdose(pid: str, meta: dict[str, Any], doses: Sequence[RtDoseInfo]) ->
     if own:  # past the reference steps, a dose that references another structure set is not this one's
         steps = steps[:1] + [(how, [d for d in hits if not d.rtstruct_uids or own in d.rtstruct_uids])
                              for how, hits in steps[1:]]
+    own_for = str(meta.get("frame_of_reference_uid") or "")
     for how, hits in steps:
         if len(hits) == 1:
-            return hits[0].path
+            hit = hits[0]
+            if own_for and hit.frame_of_reference_uid and hit.frame_of_reference_uid != own_for:
+                raise DicomImportError(
+                    f"patient {pid}: RTDOSE {hit.path} (matched by {how}) has FrameOfReferenceUID "
+                    f"{hit.frame_of_reference_uid}, but the reference lies in FrameOfReference {own_for}: "
+                    "its coordinates are another frame's (a dose on another CT?)")
+            return hit.path
         if len(hits) > 1:
             raise DicomImportError(f"patient {pid}: {len(hits)} RTDOSE files match by {how} "
                                    f"({', '.join(str(d.path) for d in hits)}); keep one per patient")

@@ -68,6 +68,9 @@ def _f32_decimal(v: float) -> float:
 def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     """Geometry of an image from its affine (float32 noise removed), or the sidecar's full-precision
     ``stored`` geometry when it agrees with the header."""
+    if not has_transform(img):
+        raise NiftiFormatError(f"{path}: qform_code and sform_code are both 0: the header does not say "
+                               "where the voxels lie in the patient (set a scanner/aligned qform or sform)")
     aff = np.asarray(img.affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
         raise NiftiFormatError(f"{path}: the affine is not a finite 4x4 matrix")
@@ -87,6 +90,29 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     origin = [_f32_decimal(v) for v in g.origin]
     try:
         return Geometry(np.asarray(origin), direction, sp)  # type: ignore[arg-type]
+    except GeometryError as e:
+        raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
+
+
+def has_transform(img: Any) -> bool:
+    """False for a NIfTI header whose qform_code and sform_code are both 0 (no patient placement:
+    nibabel then makes up an affine from the voxel sizes alone)."""
+    h = img.header
+    try:
+        return int(h["qform_code"]) > 0 or int(h["sform_code"]) > 0
+    except (KeyError, ValueError, TypeError):
+        return True
+
+
+def file_geometry(path: str | os.PathLike) -> Geometry | None:
+    """The grid a NIfTI file's header places its voxels on (LPS mm), or None when the header has
+    no qform/sform."""
+    path = Path(path)
+    _, img = _load(path, "image")
+    if not has_transform(img):
+        return None
+    try:
+        return Geometry.from_ras_affine(np.asarray(img.affine, dtype=np.float64))
     except GeometryError as e:
         raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
 

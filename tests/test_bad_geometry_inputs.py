@@ -1,0 +1,205 @@
+"""Silent wrong answers and tracebacks on DICOM/NIfTI inputs found by a review (each failed before
+its fix)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.geometry import Geometry
+from dosepred.io import cache, dicom, nifti
+from test_dicom import make_patient
+
+PROTOCOL = {"name": "t", "criteria": [
+    {"roi": "PTV70", "metric": "D95%", "limit": 66.5, "direction": ">="},
+    {"roi": "LeftParotid", "metric": "Dmean", "limit": 26, "direction": "<="}]}
+
+
+def run(args):
+    return CliRunner().invoke(app, args)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def edit(path: Path, fn) -> None:
+    ds = pydicom.dcmread(path)
+    fn(ds)
+    ds.save_as(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    return dicom.write_dicom(make_patient(), tmp_path_factory.mktemp("rv") / "dcm")
+
+
+def _dup_number(ds):
+    ds.StructureSetROISequence[1].ROINumber = ds.StructureSetROISequence[0].ROINumber
+
+
+def _no_contour_ref(ds):
+    del ds.ROIContourSequence[0].ReferencedROINumber
+
+
+def _no_obs_ref(ds):
+    del ds.RTROIObservationsSequence[0].ReferencedROINumber
+
+
+def _roi_other_frame(ds):
+    for r in ds.StructureSetROISequence:
+        if r.ROIName == "PTV70":
+            r.ReferencedFrameOfReferenceUID = pydicom.uid.generate_uid()
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_dup_number, r"StructureSetROISequence item 2: ROIs 'LeftParotid' and 'PTV70' share ROINumber 1"),
+    (_no_contour_ref, r"ROIContourSequence item 1 lacks ReferencedROINumber"),
+    (_no_obs_ref, r"RTROIObservationsSequence item 1 lacks ReferencedROINumber"),
+    (_roi_other_frame, r"ROI PTV70 \(ROINumber 2\) has ReferencedFrameOfReferenceUID .* another frame"),
+], ids=["duplicate-roinumber", "contour-without-roinumber", "observation-without-roinumber",
+        "roi-in-other-frame"])
+def test_rtstruct_roi_bookkeeping_is_checked(exported, tmp_path, mutate, message):
+    import re
+
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+    edit(src / "RS.dcm", mutate)
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c"), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert re.search(r"RS\.dcm.*" + message, flat(res.output)), res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_evaluate_refuses_rtdose_of_another_frame_of_reference(exported, tmp_path):
+    (q,) = dicom.read_dicom_folder(exported)
+    pred = tmp_path / "pred"
+    rd = dicom.write_rtdose(q, q.dose, pred / "RD.dcm")
+
+    def other(ds):
+        ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+        for k in ("ReferencedStructureSetSequence", "DVHSequence"):
+            if k in ds:
+                delattr(ds, k)
+    edit(rd, other)
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps(PROTOCOL))
+    res = run(["evaluate", "--reference", str(exported.parent), "--prediction", str(pred), "--protocol",
+               str(proto), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "matched by PatientID" in flat(res.output) and "FrameOfReference" in flat(res.output)
+
+
+def _strip_transforms(folder: Path) -> None:
+    for f in [folder / "ct.nii.gz", *folder.glob("*.nii.gz"), *(folder / "rois").glob("*.nii.gz")]:
+        img = nib.load(f)
+        new = nib.Nifti1Image(np.asanyarray(img.dataobj), None, img.header.copy())
+        new.set_sform(None, code=0)
+        new.set_qform(None, code=0)
+        nib.save(new, f)
+
+
+def test_nifti_without_qform_and_sform_is_rejected(tmp_path):
+    f = nifti.write_patient(make_patient(), tmp_path)
+    info = json.loads((f / "rois.json").read_text())
+    info.pop("geometry")
+    (f / "rois.json").write_text(json.dumps(info))
+    _strip_transforms(f)
+    with pytest.raises(nifti.NiftiFormatError, match=r"ct\.nii\.gz: qform_code and sform_code are both 0"):
+        nifti.read_patient(f)
+
+
+def _write_nii(folder: Path, pid: str, arr: np.ndarray, g: Geometry) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(arr.astype(np.float32), g.ras_affine)
+    img.set_qform(g.ras_affine, 1)
+    img.set_sform(g.ras_affine, 1)
+    nib.save(img, folder / f"{pid}.nii.gz")
+
+
+def test_evaluate_places_nifti_predictions_by_their_affine(exported, tmp_path):
+    (q,) = dicom.read_dicom_folder(exported)
+    g = q.geometry
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps(PROTOCOL))
+
+    def score(pred: Path, tag: str) -> float:
+        out = tmp_path / f"{tag}.json"
+        res = run(["evaluate", "--reference", str(exported.parent), "--prediction", str(pred), "--protocol",
+                   str(proto), "--json", str(out), "--no-progress"])
+        assert res.exit_code == 0, res.output
+        return json.loads(out.read_text())["dose_score"]
+
+    flips = [False] * 3
+    flips[g.axis_along("LR")] = flips[g.axis_along("AP")] = True
+    axes = tuple(i for i, f in enumerate(flips) if f)
+    # the reference's own dose stored in another axis order (RAS-canonical), with its affine
+    _write_nii(tmp_path / "a", q.id, np.flip(q.dose, axis=axes), g.reoriented((0, 1, 2), flips, q.shape))
+    assert score(tmp_path / "a", "a") < 1e-4
+    # the same array with an affine that mirrors it left-right: a wrong dose, not a perfect one
+    mirrored = Geometry(g.origin * np.array([-1.0, 1, 1]), np.diag([-1.0, 1, 1]) @ g.direction, g.spacing)
+    _write_nii(tmp_path / "b", q.id, q.dose, mirrored)
+    assert score(tmp_path / "b", "b") > 1.0
+
+
+def test_evaluate_cache_reference_refuses_nifti_prediction_on_another_grid(exported, tmp_path):
+    (q,) = dicom.read_dicom_folder(exported)
+    cache.write_cache([q], tmp_path / "c", roi_set=q.roi_set)
+    g = q.geometry
+    flips = [False] * 3
+    flips[g.axis_along("LR")] = True
+    _write_nii(tmp_path / "pred", q.id, np.flip(q.dose, axis=g.axis_along("LR")),
+               g.reoriented((0, 1, 2), flips, q.shape))
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps(PROTOCOL))
+    res = run(["evaluate", "--reference", str(tmp_path / "c"), "--prediction", str(tmp_path / "pred"),
+               "--protocol", str(proto), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "lies on another grid" in flat(res.output)
+
+
+def test_rtdose_of_an_absent_plan_does_not_borrow_the_present_plans_prescription(exported, tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dicom_layouts import write_rtplan
+
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+    write_rtplan(src, src / "RS.dcm", {"PTV70": 66.0}, fractions=33)
+
+    def other_plan(ds):
+        r = Dataset()
+        r.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"
+        r.ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.ReferencedRTPlanSequence = Sequence([r])
+    edit(src / "RD.dcm", other_plan)
+    with pytest.warns(dicom.DicomWarning, match=r"RD\.dcm references RTPLAN .* not among the patient's"):
+        (q,) = dicom.read_dicom_folder(src)
+    assert q.meta.get("fractions") != 33 and q.meta.get("rtplan_file") is None
+
+
+@pytest.mark.parametrize("slope", ["0", "nan"])
+def test_ct_rescale_slope_that_is_not_a_usable_number_is_an_error(exported, tmp_path, slope):
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+    cts = [f for f in src.glob("*.dcm") if pydicom.dcmread(f, stop_before_pixels=True).Modality == "CT"]
+    ct = sorted(cts)[0]
+
+    def bad(ds):
+        ds.RescaleSlope = slope
+    edit(ct, bad)
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c"), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert f"RescaleSlope is '{slope}'" in flat(res.output) and ct.name in flat(res.output)
+    assert not (tmp_path / "c").exists()
