@@ -339,5 +339,9 @@ def test_flipped_predictions_are_refused(tmp_path):
     with pytest.raises(CalibrationError, match="flipping.*--no-tta") as e:
         collect_units("unused", tmp_path / "plans", proto, tmp_path / "flipped")
     assert "flipped" in str(e.value)
+    write_cache(cohort, tmp_path / "shifted",
+                source="dosepred predict --model M --data D --no-tta --tta-shift")
+    with pytest.raises(CalibrationError, match="--tta-shift.*predict again with --no-tta"):
+        collect_units("unused", tmp_path / "plans", proto, tmp_path / "shifted")
     units, ids = collect_units("unused", tmp_path / "plans", proto, tmp_path / "plain")
     assert sorted(ids) == sorted(p.id for p in cohort) and units

@@ -64,6 +64,11 @@ def test_predict_to_cache_then_evaluate_fast_path(run_dir, sample_dir, tmp_path)
     assert r.exit_code == 0, r.output
     pc = cache.Cache.open(tmp_path / "pc")
     assert pc.info["source"].split()[-1] == "--tta"  # flipping by default, and recorded as such
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "ref"),
+                            "--out", str(tmp_path / "ps"), "--format", "cache", "--tta-shift",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert cache.Cache.open(tmp_path / "ps").info["source"].split()[-2:] == ["--tta", "--tta-shift"]
     refs = {p.id: p for p in openkbp.read_folder(sample_dir)}
     assert sorted(pc.ids) == sorted(refs)
     r = runner.invoke(app, ["evaluate", "--reference", str(tmp_path / "ref"), "--prediction",
@@ -153,6 +158,45 @@ def test_tta_averages_with_the_mirrored_patient(run_dir):
     got = predict_dose(model, p, tta=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(plain - mirrored).max() > 1e-3  # the two differ: the test can see a wrong mirror
+
+
+def test_tta_shift_averages_with_the_translated_patient(run_dir):
+    """shifts = mean with the prediction of the patient translated here by numpy (border slices
+    repeated), translated back; voxels whose source fell outside the array keep the plain prediction."""
+    import numpy as np
+
+    from dosepred.models.checkpoint import load_model
+    from dosepred.patient import Patient
+    from dosepred.predict import predict_dose
+
+    model = load_model(run_dir / "run")
+    p = make_cohort(1, seed=12, size=32)[0]
+    s = (4, -3, 2)
+
+    def moved(a):  # out[i] = a[i - s], clamped
+        for d, k in enumerate(s):
+            a = np.take(a, np.clip(np.arange(a.shape[d]) - k, 0, a.shape[d] - 1), axis=d)
+        return a.copy()
+
+    q = Patient(id="moved", ct=moved(p.ct), roi_codes=moved(p.roi_codes), roi_set=p.roi_set,
+                spacing=p.spacing, possible_dose_mask=moved(p.possible_dose_mask), geometry=p.geometry)
+    plain, dq = predict_dose(model, p), predict_dose(model, q)
+    back = np.zeros_like(dq)
+    valid = np.zeros(dq.shape, bool)
+    n = dq.shape
+    for i in range(n[0]):
+        for j in range(n[1]):
+            for k in range(n[2]):
+                a, b, c = i + s[0], j + s[1], k + s[2]
+                if 0 <= a < n[0] and 0 <= b < n[1] and 0 <= c < n[2]:
+                    back[i, j, k], valid[i, j, k] = dq[a, b, c], True
+    want = (plain + back * valid) / (1 + valid) * p.possible_dose_mask
+    got = predict_dose(model, p, shifts=[s])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not valid.all() and np.abs(got - plain).max() > 1e-3  # borders and interior both tested
+    # with flipping: four passes; the flip and the shift commute with the average
+    both = predict_dose(model, p, tta=True, shifts=[s])
+    assert np.isfinite(both).all() and np.abs(both - predict_dose(model, p, tta=True)).max() > 1e-3
 
 
 @pytest.fixture(scope="module")

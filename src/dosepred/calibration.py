@@ -550,10 +550,12 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
     from .io.cache import Cache, load_patients
 
     pred_cache = Cache.open(predictions) if predictions is not None else None
-    if pred_cache is not None and "--tta" in str(pred_cache.info.get("source", "")).split():
-        raise CalibrationError(f"{predictions}: these predictions were made with flipping (`dosepred "
-                               "predict`'s default), but plan QA predicts without it, so the intervals "
-                               "would not describe QA's errors; predict again with --no-tta")
+    made_with = set(str(pred_cache.info.get("source", "")).split()) if pred_cache is not None else set()
+    if made_with & {"--tta", "--tta-shift"}:
+        what = "flipping (`dosepred predict`'s default)" if "--tta" in made_with else "--tta-shift"
+        raise CalibrationError(f"{predictions}: these predictions were made with {what}, but plan QA "
+                               "predicts without test-time augmentation, so the intervals would not "
+                               "describe QA's errors; predict again with --no-tta (and no --tta-shift)")
     model = None
     if pred_cache is None:
         from .models.checkpoint import load_model

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +121,45 @@ def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(sl)
 
 
+#: the translation of ``--tta-shift`` (voxels per array axis): half the stride of the deepest level of a
+#: 4-level U-Net (8 voxels), so the second pass sees the pooling grid at the other phase
+TTA_SHIFT = (4, 4, 4)
+
+
+def _shifted(x: torch.Tensor, shift: Sequence[int]) -> torch.Tensor:
+    """``x`` (N, C, *spatial) translated by ``shift`` voxels: out[i] = x[i - s], the border replicated."""
+    for d, s in enumerate(shift):
+        if s:
+            n = x.shape[d + 2]
+            x = x.index_select(d + 2, torch.clamp(torch.arange(n, device=x.device) - s, 0, n - 1))
+    return x
+
+
+def _unshifted(y: torch.Tensor, shift: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prediction of a translated input brought back (out[i] = y[i + s]) and where it is valid
+    (1 where i + s lay inside the array, else 0)."""
+    w = torch.ones_like(y)
+    for d, s in enumerate(shift):
+        if s:
+            n = y.shape[d + 2]
+            idx = torch.arange(n, device=y.device) + s
+            shape = [n if k == d + 2 else 1 for k in range(y.dim())]
+            inside = ((idx >= 0) & (idx < n)).to(y.dtype).view(shape)
+            y = y.index_select(d + 2, idx.clamp(0, n - 1))
+            w = w.index_select(d + 2, idx.clamp(0, n - 1)) * inside
+    return y, w
+
+
 @torch.no_grad()
 def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
                      mode: str = "gaussian", sw_batch: int = 1, amp: bool = False,
-                     tta: bool = False) -> np.ndarray:
+                     tta: bool = False, shifts: Sequence[Sequence[int]] = ()) -> np.ndarray:
     """Whole-grid dose of a patient already in the model's space and ROI set (float32, its shape):
     sliding windows of the training patch over :func:`crop_box`; ``tta`` averages with the
     prediction of the patient mirrored along its left-right axis (from its geometry), Left/Right ROI
-    bits swapped, mirrored back."""
+    bits swapped, mirrored back. ``shifts``: also average the predictions of the input translated by
+    each of these offsets (voxels per array axis, border replicated; mirrored too with ``tta``),
+    translated back, each voxel over the passes in which it stayed inside the array."""
     from monai.inferers import sliding_window_inference
 
     net = model.module if hasattr(model, "module") else model
@@ -149,14 +180,27 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
             return sliding_window_inference(x, roi, sw_batch, net.from_input, overlap=overlap, mode=mode,
                                             padding_mode="replicate").float()
 
-    dose = windows(net.assemble(ct, codes, mask))
+    offsets = [(0, 0, 0), *(tuple(int(v) for v in s) for s in shifts)]
+
+    def passes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # sum of valid predictions, count
+        if len(offsets) == 1:
+            y = windows(x)
+            return y, torch.ones_like(y)
+        total = count = None
+        for off in offsets:
+            y, w = _unshifted(windows(_shifted(x, off)), off)
+            total, count = (y * w, w) if total is None else (total + y * w, count + w)
+        assert total is not None and count is not None
+        return total, count
+
+    total, count = passes(net.assemble(ct, codes, mask))
     if tta:
         assert patient.geometry is not None
         ax = patient.geometry.axis_along("LR")
         codes_f = mirror_codes(codes_np, ax, lr_pairs(patient.roi_set))
-        xf = net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2))
-        dose = 0.5 * (dose + windows(xf).flip(ax + 2))
-    dose = dose * mask.float()
+        tf, cf = passes(net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2)))
+        total, count = total + tf.flip(ax + 2), count + cf.flip(ax + 2)
+    dose = total / count * mask.float()  # every voxel is inside the unshifted pass: count >= 1
     if was_training:
         net.train()
     out = np.zeros(patient.shape, dtype=np.float32)
@@ -167,7 +211,8 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
 def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
                  mode: str = "gaussian", sw_batch: int = 1, amp: bool = False, tta: bool = False,
                  allow_missing_rois: bool = False, space: ModelSpace | None = None,
-                 warn: bool = True, spacing_policy: str = "fov") -> np.ndarray:
+                 warn: bool = True, spacing_policy: str = "fov",
+                 shifts: Sequence[Sequence[int]] = ()) -> np.ndarray:
     """Whole-grid dose (Gy, float32, on the patient's own grid) by sliding windows of the training patch.
 
     The patient is brought into the model's space (:func:`dosepred.models.space.into_space`: axes
@@ -181,13 +226,13 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
 
     ``tta=True`` averages it with the prediction of the patient mirrored along the left-right axis
     (taken from the geometry in the model's space; Left/Right ROI bits swapped, as in training),
-    mirrored back: test-time augmentation, twice the time. ``allow_missing_rois``: see
-    :func:`match_rois`.
+    mirrored back: test-time augmentation, twice the time; ``shifts`` adds translated passes
+    (:func:`predict_in_space`). ``allow_missing_rois``: see :func:`match_rois`.
     """
     net = model.module if hasattr(model, "module") else model
     patient = match_rois(net.config, patient, allow_missing_rois)
     placed = into_space(patient, space or model_space(net), warn=warn, spacing_policy=spacing_policy)
-    dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta)
+    dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta, shifts)
     return placed.back(dose)
 
 
@@ -231,10 +276,12 @@ def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
                progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
-               tta: bool = False, allow_missing_rois: bool = False, dose_spacing: float | None = None) -> int:
+               tta: bool = False, allow_missing_rois: bool = False, dose_spacing: float | None = None,
+               tta_shift: bool = False) -> int:
     """Predict every patient of ``src`` (a cache, OpenKBP, NIfTI or DICOM folder) and write them to ``out``.
 
-    ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`).
+    ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`); ``tta_shift``:
+    also with the predictions of the input translated by :data:`TTA_SHIFT` (twice the passes).
     ``allow_missing_rois``: predict patients lacking some of the model's ROIs (:func:`match_rois`);
     without it such a patient is the same error for every ``fmt``. ``dose_spacing``: RTDOSE grid
     spacing in mm for ``fmt="dicom"``.
@@ -254,7 +301,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
 
     def predict(p: Patient) -> np.ndarray:
         return predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta,
-                            allow_missing_rois=allow_missing_rois)
+                            allow_missing_rois=allow_missing_rois, shifts=[TTA_SHIFT] if tta_shift else ())
 
     n = 0
     if fmt == "cache":
@@ -271,7 +318,8 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
         try:
             # the flag is part of the record: plan-QA calibration must not take flipped predictions
             write_cache(predicted(), out, source=f"dosepred predict --model {model_path} --data {src} "
-                                                 f"{'--tta' if tta else '--no-tta'}")
+                                                 f"{'--tta' if tta else '--no-tta'}"
+                                                 f"{' --tta-shift' if tta_shift else ''}")
         except CacheError:
             if not seen:  # the cache's own "no patients to write", said in terms of the input
                 raise ValueError(f"{src} holds no patients to predict") from None

@@ -94,6 +94,9 @@ def predict(
                                       "mirrored along its left-right axis (Left/Right ROIs swapped): better "
                                       "scores for every released model (docs/results.md), twice the "
                                       "time.")] = True,
+    tta_shift: Annotated[bool, typer.Option("--tta-shift", help="Also average with the predictions of "
+                                            "the input translated by 4 voxels per axis (twice the time "
+                                            "again).")] = False,
     allow_missing_rois: Annotated[bool, typer.Option(
         "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
         "a warning naming them).")] = False,
@@ -106,7 +109,7 @@ def predict(
     write them on each patient's grid."""
     from ..workflows import predict_folder
 
-    n = predict_folder(model, data, out, fmt=fmt, device=device, split=split, tta=tta,
+    n = predict_folder(model, data, out, fmt=fmt, device=device, split=split, tta=tta, tta_shift=tta_shift,
                        allow_missing_rois=allow_missing_rois, dose_spacing=dose_spacing, overwrite=overwrite)
     show([f"wrote {n} predicted doses ({fmt}) to {out}"])
 
