@@ -25,6 +25,23 @@ def test_openkbp_convention_by_hand():
     assert g.axis_along("LR") == 1 and g.axis_along("AP") == 0 and g.axis_along("SI") == 2
 
 
+@pytest.mark.parametrize("turn", [45.0, -45.0, 135.0])
+def test_axes_at_45_degrees_still_name_three_anatomical_axes(turn):
+    """An in-plane rotation by exactly 45 degrees ties two LPS axes for two array axes; the letters
+    must still name three distinct axes (the assignment with the largest cosines), and axis_along
+    must agree with them (it decides the flip axis)."""
+    c, s = np.cos(np.radians(turn)), np.sin(np.radians(turn))
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    rot[:2, :2] = np.sign(rot[:2, :2]) * np.sqrt(0.5)  # exact ties
+    g = Geometry([0, 0, 0], rot, (2.0, 2.0, 3.0))
+    letters = g.axis_letters()
+    assert sorted("".join(sorted(letters)).translate(str.maketrans("LRAPSI", "xxyyzz"))) == ["x", "y", "z"]
+    assert letters[2] == "S"
+    for anat, fam in (("LR", "LR"), ("AP", "AP"), ("SI", "SI")):
+        assert letters[g.axis_along(anat)] in fam
+    assert "~" in g.describe()
+
+
 def test_dicom_axial_head_first_supine():
     # IOP (1,0,0, 0,1,0): rows run to the patient's left, columns posterior; slices ascend towards head
     g = Geometry.from_dicom([-250, -250, -100], [1, 0, 0, 0, 1, 0], (3.0, 0.98, 0.98))

@@ -182,11 +182,13 @@ class Geometry:
     def axis_letters(self) -> str:
         """The letter each array axis runs *towards*, by its nearest LPS axis, e.g. ``"PLI"`` for
         OpenKBP arrays (axis 0 towards posterior, 1 towards the left, 2 towards the feet)."""
-        out = []
-        for j in range(3):
-            v = self.direction[:, j]
-            k = int(np.argmax(np.abs(v)))
-            out.append(_LETTERS[k][1 if v[k] > 0 else 0])
+        a = np.abs(self.direction)
+        ks = [int(np.argmax(a[:, j])) for j in range(3)]
+        if len(set(ks)) != 3:  # a tie (an axis at 45 degrees): the assignment with the largest cosines
+            from itertools import permutations
+
+            ks = list(max(permutations(range(3)), key=lambda ks: sum(a[k, j] for j, k in enumerate(ks))))
+        out = [_LETTERS[k][1 if self.direction[k, j] > 0 else 0] for j, k in enumerate(ks)]
         if len({_axis_family(c) for c in out}) != 3:
             raise GeometryError(f"array axes {out} do not map to three distinct anatomical axes")
         return "".join(out)
@@ -206,7 +208,7 @@ class Geometry:
             k = _AXIS_OF[anatomical]
         except KeyError:
             raise ValueError(f"anatomical axis must be one of LR, AP, SI, got {anatomical!r}") from None
-        return int(np.argmax(np.abs(self.direction[k, :])))
+        return next(j for j, c in enumerate(self.axis_letters()) if _axis_family(c) == k)  # as its letter
 
     def is_axis_aligned(self, tol: float = 1e-6) -> bool:
         """True when every array axis runs along an LPS axis (up to ``tol`` in direction cosine)."""
