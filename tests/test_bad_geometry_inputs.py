@@ -203,3 +203,24 @@ def test_ct_rescale_slope_that_is_not_a_usable_number_is_an_error(exported, tmp_
     assert "Traceback" not in res.output
     assert f"RescaleSlope is '{slope}'" in flat(res.output) and ct.name in flat(res.output)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("kind", ["BEAM", "FRACTION"])
+def test_partial_dose_is_never_the_patients_dose(exported, tmp_path, kind):
+    """An RTDOSE of one beam or one fraction used as the plan's dose would make every comparison wrong
+    by the missing beams or fractions: not used, with a warning naming file and type; import then
+    has no dose (prediction still works), and QA, which needs the plan's dose, is one clear error."""
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+
+    def partial(ds):
+        ds.DoseSummationType = kind
+    edit(src / "RD.dcm", partial)
+    with pytest.warns(dicom.DicomWarning, match=rf"RD\.dcm \({kind}: one .*not used as the patient's dose"):
+        (q,) = dicom.read_dicom_folder(src)
+    assert q.dose is None
+    model = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
+    res = run(["qa", "--model", str(model), "--plans", str(src), "--out", str(tmp_path / "qa"),
+               "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "has no dose" in flat(res.output)

@@ -449,18 +449,36 @@ def _fractions(ds: Any) -> int | None:
     return None
 
 
+#: DoseSummationTypes of a part of a plan's dose (PS3.3 C.8.8.3): used as the plan dose they would
+#: make every comparison wrong by the missing fractions or beams, so they are never the patient's dose
+_PARTIAL_DOSES = {"FRACTION": "one fraction's dose", "BEAM": "one beam's dose",
+                  "CONTROL_POINT": "one control point's dose", "FRACTION_SESSION": "one session's dose",
+                  "BEAM_SESSION": "one beam's dose in one session",
+                  "BRACHY_SESSION": "one brachytherapy session's dose"}
+
+
 def _pick_dose(s: _Source) -> None:
     """Choose the source's RTDOSE (a PLAN sum, referenced, first by path) and its RTPLAN."""
     if s.rtdoses:
-        plan = [d for d in s.rtdoses if str(getattr(d[1], "DoseSummationType", "")).upper() == "PLAN"]
-        pool = sorted(plan or s.rtdoses, key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
+        def kind(d: tuple[Path, Any, str]) -> str:
+            return str(getattr(d[1], "DoseSummationType", "") or "").upper()
+
+        plan = [d for d in s.rtdoses if kind(d) == "PLAN"]
+        partial = [d for d in s.rtdoses if kind(d) in _PARTIAL_DOSES]
+        if partial and not plan:
+            named = ", ".join(f"{d[0]} ({kind(d)}: {_PARTIAL_DOSES[kind(d)]})" for d in partial)
+            _warn(f"{s.series.describe()}: RTDOSE {named}: part of a plan's dose, not the plan's, so not "
+                  "used as the patient's dose (export the plan sum, DoseSummationType PLAN)")
+        pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in _PARTIAL_DOSES],
+                      key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
         if len(pool) > 1:
             _warn(f"{s.series.describe()}: {len(pool)} RTDOSE files match "
                   f"({', '.join(str(p) for p, _, _ in pool)}); using {pool[0][0]}")
-        elif not plan:
-            _warn(f"RTDOSE {pool[0][0]}: DoseSummationType is "
-                  f"{getattr(pool[0][1], 'DoseSummationType', '?')}, not PLAN; used as the patient's dose")
-        s.dose = pool[0]
+        elif pool and not plan:
+            _warn(f"RTDOSE {pool[0][0]}: DoseSummationType is {kind(pool[0]) or '?'}, not PLAN; used as the "
+                  "patient's dose")
+        if pool:
+            s.dose = pool[0]
     if s.rtplans:
         by_uid = {str(getattr(ds, "SOPInstanceUID", "")): (p, ds) for p, ds in s.rtplans}
         wanted = _refs(s.dose[1], "ReferencedRTPlanSequence") if s.dose else []
