@@ -60,13 +60,18 @@ def _roi_other_frame(ds):
             r.ReferencedFrameOfReferenceUID = pydicom.uid.generate_uid()
 
 
+def _no_name(ds):
+    ds.StructureSetROISequence[1].ROIName = ""
+
+
 @pytest.mark.parametrize("mutate,message", [
     (_dup_number, r"StructureSetROISequence item 2: ROIs 'LeftParotid' and 'PTV70' share ROINumber 1"),
     (_no_contour_ref, r"ROIContourSequence item 1 lacks ReferencedROINumber"),
     (_no_obs_ref, r"RTROIObservationsSequence item 1 lacks ReferencedROINumber"),
     (_roi_other_frame, r"ROI PTV70 \(ROINumber 2\) has ReferencedFrameOfReferenceUID .* another frame"),
+    (_no_name, r"StructureSetROISequence item 2 \(ROINumber \d+\) has no ROIName"),
 ], ids=["duplicate-roinumber", "contour-without-roinumber", "observation-without-roinumber",
-        "roi-in-other-frame"])
+        "roi-in-other-frame", "unnamed-roi"])
 def test_rtstruct_roi_bookkeeping_is_checked(exported, tmp_path, mutate, message):
     import re
 

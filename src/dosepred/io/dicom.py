@@ -505,7 +505,10 @@ def _check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
         where = f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}"
         if getattr(r, "ROINumber", None) in (None, ""):
             raise DicomImportError(f"{where} ({getattr(r, 'ROIName', '?')}) lacks ROINumber")
-        n, name = int(r.ROINumber), str(getattr(r, "ROIName", ""))
+        n, name = int(r.ROINumber), str(getattr(r, "ROIName", "") or "").strip()
+        if not name:
+            raise DicomImportError(f"{where} (ROINumber {n}) has no ROIName: its contours could not be "
+                                   "named; name the structure (or delete it) in the planning system")
         if n in seen:
             raise DicomImportError(f"{where}: ROIs {seen[n]!r} and {name!r} share ROINumber {n}; their "
                                    "contours cannot be told apart")
