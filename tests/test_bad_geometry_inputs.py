@@ -229,3 +229,20 @@ def test_partial_dose_is_never_the_patients_dose(exported, tmp_path, kind):
                "--no-progress"])
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output and "has no dose" in flat(res.output)
+
+
+def test_of_several_rtstructs_the_one_the_dose_references_is_used(exported, tmp_path):
+    """Two structure sets on one CT (an older version beside the approved one): the one the folder's
+    RTDOSE references is used whatever the file names, with a warning naming both."""
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+    old = pydicom.dcmread(src / "RS.dcm")
+    old.SOPInstanceUID = pydicom.uid.generate_uid()
+    for r in old.StructureSetROISequence:
+        if r.ROIName == "PTV70":
+            r.ROIName = "PTV70_old"
+    old.save_as(src / "AA_old.dcm")  # first by path
+    with pytest.warns(dicom.DicomWarning, match=r"several RTSTRUCTs; using .*RS\.dcm \(the one the "
+                                                r"RTPLAN/RTDOSE references\), ignoring .*AA_old\.dcm"):
+        (q,) = dicom.read_dicom_folder(src)
+    assert q.meta["rtstruct_file"].endswith("RS.dcm") and "PTV70" in q.present_rois

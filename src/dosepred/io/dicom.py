@@ -306,6 +306,9 @@ def _pair(series: dict[str, _Series], structs: list[tuple[Path, Any]], doses: li
     sources = {uid: _Source(s) for uid, s in series.items()}
     known = "; ".join(f"{s.describe()} FrameOfReference {s.for_uid}" for s in series.values())
     struct_owner: dict[str, str] = {}  # RTSTRUCT SOPInstanceUID -> CT series UID
+    # of several RTSTRUCTs on one series, the one a plan or dose of the folder references comes first
+    used = {u for _, ds in [*plans, *doses] for u in _refs(ds, "ReferencedStructureSetSequence")}
+    structs = sorted(structs, key=lambda t: str(getattr(t[1], "SOPInstanceUID", "")) not in used)
     for path, ds in structs:
         fors, sers = _struct_refs(ds)
         hit = [uid for uid in sers if uid in series]
@@ -328,7 +331,10 @@ def _pair(series: dict[str, _Series], structs: list[tuple[Path, Any]], doses: li
                 _warn(f"RTSTRUCT {path} matches several CT series by FrameOfReference; using {uid}")
         s = sources[uid]
         if s.rtstruct is not None:
-            _warn(f"{series[uid].describe()} has several RTSTRUCTs; using {s.rtstruct[0]}, ignoring {path}")
+            why = ("the one the RTPLAN/RTDOSE references" if str(getattr(s.rtstruct[1], "SOPInstanceUID", ""))
+                   in used else "the first by path")
+            _warn(f"{series[uid].describe()} has several RTSTRUCTs; using {s.rtstruct[0]} ({why}), "
+                  f"ignoring {path}")
             continue
         s.rtstruct = (path, ds)
         struct_owner[str(getattr(ds, "SOPInstanceUID", ""))] = uid
