@@ -246,3 +246,39 @@ def test_of_several_rtstructs_the_one_the_dose_references_is_used(exported, tmp_
                                                 r"RTPLAN/RTDOSE references\), ignoring .*AA_old\.dcm"):
         (q,) = dicom.read_dicom_folder(src)
     assert q.meta["rtstruct_file"].endswith("RS.dcm") and "PTV70" in q.present_rois
+
+
+def test_evaluate_refuses_a_nifti_prediction_whose_affine_is_a_placeholder(exported, tmp_path):
+    """`nib.Nifti1Image(dose, np.eye(4))`: the header places the dose 1 mm apart at the origin, mostly
+    beside the patient; scoring it there would be a wrong answer, so it is an error naming the file."""
+    (q,) = dicom.read_dicom_folder(exported)
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(q.dose.astype(np.float32), np.eye(4)), tmp_path / "pred" / f"{q.id}.nii.gz")
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps(PROTOCOL))
+    res = run(["evaluate", "--reference", str(exported.parent), "--prediction", str(tmp_path / "pred"),
+               "--protocol", str(proto), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "of the possible-dose mask uncovered" in flat(res.output)
+
+
+def test_an_empty_placeholder_roi_in_another_frame_is_not_an_error(exported, tmp_path):
+    """The frame check concerns contours that would be drawn: an ROI item without contours (a
+    placeholder) that names another frame does not stop the import."""
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+
+    def placeholder(ds):
+        from pydicom.dataset import Dataset
+
+        n = max(int(r.ROINumber) for r in ds.StructureSetROISequence) + 1
+        r = Dataset()
+        r.ROINumber, r.ROIName = n, "Couch"
+        r.ReferencedFrameOfReferenceUID = pydicom.uid.generate_uid()
+        ds.StructureSetROISequence.append(r)
+        c = Dataset()
+        c.ReferencedROINumber = n
+        ds.ROIContourSequence.append(c)
+    edit(src / "RS.dcm", placeholder)
+    (q,) = dicom.read_dicom_folder(src)
+    assert "PTV70" in q.present_rois

@@ -221,8 +221,12 @@ def _read_nifti_on(path: Path, ref: Patient) -> np.ndarray:
     out, inside = dicom.dose_on_grid(d, g, ref.geometry, ref.shape)
     mask = np.asarray(ref.possible_dose_mask, dtype=bool)
     uncovered = int((mask & ~inside).sum())
+    frac = 100.0 * uncovered / max(int(mask.sum()), 1)
+    if frac > 1.0:  # a placeholder affine (e.g. the identity) places the dose mostly beside the patient
+        raise ValueError(f"patient {ref.id}: the predicted dose {path}, placed where its header says "
+                         f"({g!r}), leaves {frac:.1f} % of the possible-dose mask uncovered; write it on "
+                         "the reference's grid, or with an affine that says where it lies")
     if uncovered:
-        frac = 100.0 * uncovered / max(int(mask.sum()), 1)
         warnings.warn(f"patient {ref.id}: the predicted dose {path} does not cover {uncovered} voxels "
                       f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=2)
     return out

@@ -519,15 +519,18 @@ def _check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
             raise DicomImportError(f"{where}: ROIs {seen[n]!r} and {name!r} share ROINumber {n}; their "
                                    "contours cannot be told apart")
         seen[n] = name
+    items: set[int] = set()
     contoured: set[int] = set()
     for k, rc in enumerate(getattr(ds, "ROIContourSequence", []) or []):
         if getattr(rc, "ReferencedROINumber", None) in (None, ""):
             raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence item {k + 1} lacks "
                                    "ReferencedROINumber")
         n = int(rc.ReferencedROINumber)
-        if n in contoured:
+        if n in items:
             raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence holds two items for ROINumber {n}")
-        contoured.add(n)
+        items.add(n)
+        if getattr(rc, "ContourSequence", None):  # an empty placeholder ROI draws nothing
+            contoured.add(n)
     for k, ob in enumerate(getattr(ds, "RTROIObservationsSequence", []) or []):
         if getattr(ob, "ReferencedROINumber", None) in (None, ""):
             raise DicomImportError(f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1} lacks "

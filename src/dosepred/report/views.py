@@ -51,12 +51,6 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 ISO_COLOURS = [(255, 255, 255), (255, 230, 0), (0, 255, 255), (255, 0, 255), (120, 255, 120)]
 
 
-def letter_of(v: np.ndarray) -> str:
-    """The LPS letter a direction vector points to (its largest component)."""
-    k = int(np.argmax(np.abs(v)))
-    return _LET[k][1 if v[k] > 0 else 0]
-
-
 def roi_colours(names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
@@ -83,19 +77,15 @@ class Orientation:
 def orientations(patient: Patient) -> list[Orientation]:
     g = patient.geometry
     assert g is not None
+    letters = g.axis_letters()  # the letter each array axis runs towards (ties at 45 degrees resolved)
     out = []
     for name, normal, (ra, rl), (ca, cl) in VIEWS:
         s_ax, r_ax, c_ax = g.axis_along(normal), g.axis_along(ra), g.axis_along(ca)
-        if len({s_ax, r_ax, c_ax}) != 3:  # strongly oblique: fall back to the array axes
-            s_ax, r_ax, c_ax = {"axial": (2, 0, 1), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}[name]
-        rv, cv = g.direction[:, r_ax], g.direction[:, c_ax]
-        flip_r = letter_of(rv) != rl
-        flip_c = letter_of(cv) != cl
-        rv2, cv2 = (-rv if flip_r else rv), (-cv if flip_c else cv)
-        bottom, right = letter_of(rv2), letter_of(cv2)
+        flip_r, flip_c = letters[r_ax] != rl, letters[c_ax] != cl
+        bottom = _OPP[letters[r_ax]] if flip_r else letters[r_ax]
+        right = _OPP[letters[c_ax]] if flip_c else letters[c_ax]
         out.append(Orientation(name, s_ax, r_ax, c_ax, flip_r, flip_c,
-                               (_OPP[bottom], bottom, _OPP[right], right),
-                               letter_of(g.direction[:, s_ax])))
+                               (_OPP[bottom], bottom, _OPP[right], right), letters[s_ax]))
     return out
 
 
