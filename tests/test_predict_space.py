@@ -83,7 +83,7 @@ def test_released_models_record_the_openkbp_space():
         sp = ModelSpace.from_dict(load_checkpoint(m)["space"])
         assert sp.axes == "PLI" and sp.lr_axis == 1 and sp.masked
         assert sp.spacing_min == (2.734, 2.734, 1.5) and sp.spacing_max == (5.078, 5.078, 3.3)
-        # recorded by the training (round 11) from the 169 OpenKBP training patients
+        # recorded by the training (rounds 11 and 12) from the 169 OpenKBP training patients
         assert sp.source == "recorded" and sp.patients == 169
 
 
