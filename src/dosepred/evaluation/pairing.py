@@ -208,28 +208,38 @@ class _Predictions:
         return as_dose_array(read_prediction(f, shape), shape, pid), full
 
 
+def _placed_on(dose: np.ndarray, g: Any, path: Path, ref: Patient, what: str, strict: bool) -> np.ndarray:
+    """A predicted dose on grid ``g`` resampled onto the reference patient's grid in patient
+    coordinates; possible-dose mask voxels it does not cover count as 0 Gy (a warning), and with
+    ``strict`` more than 1 % of them uncovered is an error (a placeholder affine, such as the
+    identity, places a dose mostly beside the patient)."""
+    from ..io import dicom
+
+    assert ref.geometry is not None
+    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
+    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
+    uncovered = int((mask & ~inside).sum())
+    frac = 100.0 * uncovered / max(int(mask.sum()), 1)
+    if strict and frac > 1.0:
+        raise ValueError(f"patient {ref.id}: the predicted {what} {path}, placed where its header says "
+                         f"({g!r}), leaves {frac:.1f} % of the possible-dose mask uncovered; write it on "
+                         "the reference's grid, or with an affine that says where it lies")
+    if uncovered:
+        warnings.warn(f"patient {ref.id}: the predicted {what} {path} does not cover {uncovered} voxels "
+                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=3)
+    return out
+
+
 def _read_nifti_on(path: Path, ref: Patient) -> np.ndarray:
     """A predicted NIfTI dose on the reference patient's grid: as stored when its header places it on
-    that grid (or places it nowhere), else resampled in patient coordinates like an RTDOSE."""
-    from ..io import dicom
+    that grid (or places it nowhere), else placed by its affine (:func:`_placed_on`, strict)."""
     from ..io.nifti import file_geometry, read_dose
 
     d = np.asarray(read_dose(path), dtype=np.float32)
     g = file_geometry(path)
     if g is None or ref.geometry is None or (d.shape == ref.shape and g.same_as(ref.geometry)):
         return d
-    out, inside = dicom.dose_on_grid(d, g, ref.geometry, ref.shape)
-    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
-    uncovered = int((mask & ~inside).sum())
-    frac = 100.0 * uncovered / max(int(mask.sum()), 1)
-    if frac > 1.0:  # a placeholder affine (e.g. the identity) places the dose mostly beside the patient
-        raise ValueError(f"patient {ref.id}: the predicted dose {path}, placed where its header says "
-                         f"({g!r}), leaves {frac:.1f} % of the possible-dose mask uncovered; write it on "
-                         "the reference's grid, or with an affine that says where it lies")
-    if uncovered:
-        warnings.warn(f"patient {ref.id}: the predicted dose {path} does not cover {uncovered} voxels "
-                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=2)
-    return out
+    return _placed_on(d, g, path, ref, "dose", strict=True)
 
 
 def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
@@ -237,15 +247,7 @@ def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
     from ..io import dicom
 
     dose, g = dicom.read_rtdose(path)
-    assert ref.geometry is not None
-    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
-    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
-    uncovered = int((mask & ~inside).sum())
-    if uncovered:
-        frac = 100.0 * uncovered / max(int(mask.sum()), 1)
-        warnings.warn(f"patient {ref.id}: the predicted RTDOSE {path} does not cover {uncovered} voxels "
-                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=2)
-    return out
+    return _placed_on(dose, g, path, ref, "RTDOSE", strict=False)
 
 
 # ---------------------------------------------------------------------------------- references
@@ -381,21 +383,16 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
                          {**s.meta, "ct_loaded": False}, box)
 
 
-def _openkbp_geometry(shape: tuple[int, ...], spacing: Any) -> Any:
-    from ..geometry import Geometry
-
-    return Geometry.openkbp(shape, spacing)
-
-
 def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | None
                      ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any, Any]]:
-    """(id, grid shape, support box, box -> reference Patient on that box) per reference patient of
-    a cache or an OpenKBP folder."""
+    """(id, grid shape, support box, box -> reference Patient on that box, grid geometry) per
+    reference patient of a cache or an OpenKBP folder."""
+    from ..geometry import Geometry
     from ..io.cache import EVAL_FIELDS, Cache, CacheError
 
     if kind != "cache":
         for r in _csv_references(src, ids):
-            yield r.id, r.shape, r.box, r.patient, _openkbp_geometry(r.shape, r.spacing)
+            yield r.id, r.shape, r.box, r.patient, Geometry.openkbp(r.shape, r.spacing)
         return
     c = Cache.open(src)
     rs = c.roi_set
