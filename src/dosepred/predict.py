@@ -183,9 +183,6 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
     offsets = [(0, 0, 0), *(tuple(int(v) for v in s) for s in shifts)]
 
     def passes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # sum of valid predictions, count
-        if len(offsets) == 1:
-            y = windows(x)
-            return y, torch.ones_like(y)
         total = count = None
         for off in offsets:
             y, w = _unshifted(windows(_shifted(x, off)), off)
