@@ -4,7 +4,7 @@
 # GPU; then the CUDA benchmarks. Round 7 ("Round 7 on a GPU") was the default: ROUND=r7 SEED=6, no
 # EXTRA. The prepared next round (the cascade, docs/results.md "Round 11"): a second U-Net refining
 # each released model, which stays frozen, with translations from the start:
-#   ROUND=r12 SEED=12 EXTRA="--stages 2 --freeze-stage1 --shift" BUDGET_S=540 OUT=out bash scripts/gpu_experiment.sh
+#   ROUND=r13 SEED=13 EXTRA="--stages 2 --freeze-stage1 --shift" BUDGET_S=540 OUT=out bash scripts/gpu_experiment.sh
 # Written for a lent machine with a time limit:
 #
 #   dosepred data pack /work/exp/cache/train --out .gpu/train --ct-step 8 --dose-step 5
