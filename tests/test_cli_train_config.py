@@ -128,8 +128,16 @@ def test_config_model_checks_types_and_names():
 def test_experiment_round_configs_are_valid_training_configs():
     from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*/*.json"))
+    from dosepred.protocol import load_protocol
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "experiments").glob("*/*.json"))
     assert files
     for f in files:
+        if f.parent.name == "protocols":  # the experiments' own protocols
+            assert load_protocol(f).criteria, f
+            continue
         cfg = TrainConfig.load(f)
-        assert cfg.init and Path(__file__).resolve().parents[1].joinpath(cfg.init).exists(), f
+        assert cfg.init and root.joinpath(cfg.init).exists(), f
+        if cfg.protocol and cfg.protocol.endswith(".json"):
+            assert load_protocol(root / cfg.protocol).criteria, f
