@@ -138,6 +138,7 @@ def test_experiment_round_configs_are_valid_training_configs():
             assert load_protocol(f).criteria, f
             continue
         cfg = TrainConfig.load(f)
-        assert cfg.init and root.joinpath(cfg.init).exists(), f
+        # a fine-tune names weights in the repository; a run from scratch names its network
+        assert (cfg.init and root.joinpath(cfg.init).exists()) or cfg.levels or cfg.channels, f
         if cfg.protocol and cfg.protocol.endswith(".json"):
             assert load_protocol(root / cfg.protocol).criteria, f

@@ -100,3 +100,21 @@ def test_rank_sampler_partitions_the_sequence():
     assert one == list(range(8))
     assert sorted(two[0] + two[1]) == list(range(8)) and not set(two[0]) & set(two[1])
     assert list(RankSampler(4, 2, start_step=3)) == [6, 7]
+
+
+def test_explicit_channels_build_those_widths():
+    # widths not following the doubling rule are stored; the doubling rule is stored as base/levels
+    c = tiny(channels=[4, 6, 12], patch=(8, 8, 8), res_units=0)
+    assert (c.base, c.levels, c.widths) == (4, 3, [4, 6, 12])
+    assert c.to_dict()["channels"] == [4, 6, 12]
+    m = build_model(c)
+    convs = [mod for mod in m.net.modules() if isinstance(mod, torch.nn.Conv3d)]
+    assert sorted({mod.out_channels for mod in convs}) == [4, 6, 12]
+    assert ModelConfig.from_dict(c.to_dict()).widths == [4, 6, 12]
+    plain = tiny(channels=[4, 8, 16], patch=(8, 8, 8))
+    assert plain.channels is None and (plain.base, plain.levels) == (4, 3)
+    assert "channels" not in plain.to_dict()  # readable by a dosepred without the field
+    with pytest.raises(ModelError, match="channels"):
+        tiny(channels=[4])
+    with pytest.raises(ModelError, match="divisible"):
+        tiny(channels=[4, 8, 16, 32], patch=(12, 12, 12))

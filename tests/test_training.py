@@ -84,6 +84,25 @@ def test_init_fine_tunes_from_weights(caches, tmp_path):
                           **{**common, "base": 8}))
 
 
+def test_explicit_channels_train_and_pass_to_fine_tunes(caches, tmp_path):
+    common = dict(data=str(caches / "train"), epochs=1, steps_per_epoch=1,
+                  **{**TINY, "base": None, "levels": None, "res_units": 0})
+    train(TrainConfig(out=str(tmp_path / "w"), loss="mae", channels="4,6,12", **common))
+    ck = torch.load(tmp_path / "w" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["model_config"]["channels"] == [4, 6, 12] and ck["model_config"]["levels"] == 3
+    # a fine-tune takes --init's widths without being told, and refuses others
+    train(TrainConfig(out=str(tmp_path / "ft"), loss="mae", init=str(tmp_path / "w"), **common))
+    ck = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["model_config"]["channels"] == [4, 6, 12]
+    with pytest.raises(ModelError, match="channels"):
+        train(TrainConfig(out=str(tmp_path / "ft2"), loss="mae", init=str(tmp_path / "w"),
+                          channels=[4, 8, 12], **common))
+    with pytest.raises(ModelError, match="levels"):
+        train(TrainConfig(out=str(tmp_path / "x"), loss="mae", channels=[4, 8], **{**common, "levels": 3}))
+    with pytest.raises(ValueError, match="comma-separated"):
+        TrainConfig(out="x", data="y", channels="4,eight")
+
+
 def test_bad_inputs_are_clear(caches, tmp_path):
     # a cache whose RoiSet differs from the --init model's
     rs = RoiSet((Roi("Cord"), Roi("PTV", "target", 60.0)))

@@ -164,7 +164,7 @@ def demo(res: dict[str, Any]) -> list[Any]:
 
 
 def bench(name: str, res: dict[str, Any]) -> list[Any]:
-    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses, train-step)."""
+    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses, train-step, networks)."""
     if name == "evaluate":
         t = _table(f"evaluation throughput, {res['patients']} patients (OpenKBP dose + DVH scores)",
                    ("path", "seconds", "patients/s", "vs naive", "vs dosepred CSV"))
@@ -187,6 +187,11 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
                 f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
                 f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)"]
     m = res["machine"]
+    if name == "networks":
+        from .bench.networks import table as networks_table
+
+        return [networks_table(res), f"torch {res['torch']}; {m['cpu_count']} CPU cores ({m['cpu']}), "
+                f"{m.get('cuda_device', 'no GPU used')}; load average {m['load_average']}"]
     if name == "bitmask":
         from .bench.bitmask import table
 

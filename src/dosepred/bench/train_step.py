@@ -36,7 +36,7 @@ from . import sync as _sync
 VARIANTS = ("fp32", "channels-last", "bf16", "compile", "two-stage-frozen")
 
 
-def _inputs(size: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def synthetic_batch(size: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A seeded synthetic patient: a body of soft tissue, a target sphere, an OAR, a dose falling off."""
     g = torch.Generator().manual_seed(seed)
     ax = torch.linspace(-1, 1, size)
@@ -63,7 +63,7 @@ def _stepper(variant: str, size: int, device: str, base: int, levels: int, seed:
                                     stages=stages)).to(device).train()
     if stages == 2:
         model.freeze_first_stage()  # as the trainer's freeze_stage1
-    b = _inputs(size, device, seed)
+    b = synthetic_batch(size, device, seed)
     fmt = torch.channels_last_3d if variant == "channels-last" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)

@@ -126,6 +126,29 @@ def bitmask(
     _finish("bitmask", res, json_out, overwrite)
 
 
+@bench_app.command("networks")
+@friendly
+def networks(
+    json_out: JsonOut = None,
+    network: Annotated[list[str] | None, typer.Option(
+        "--network", help="A candidate as CHANNELS[:RES_UNITS], e.g. 16,32,64,128 or 16,32,64,128,256,512:1 "
+        "(repeatable; the first is the reference) [the issue-24 candidates, the release first].")] = None,
+    size: Annotated[int, typer.Option("--size", help="Voxels per axis of the synthetic patient.")] = 128,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per run (median).")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Runs per network, in turns.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads per run.")] = 1,
+    overwrite: Overwrite = False,
+) -> None:
+    """Candidate U-Nets: seconds and peak memory (RSS on CPU, allocated on GPU) of one training step."""
+    from ..bench.networks import DEFAULT_NETWORKS, run
+
+    _check(json_out, overwrite)
+    res = run(tuple(network) if network else DEFAULT_NETWORKS, size, steps, 1, repeats, device, threads,
+              log=_log(None))
+    _finish("networks", res, json_out, overwrite)
+
+
 @bench_app.command("losses")
 @friendly
 def losses(

@@ -236,7 +236,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
         readme.write_text(
             f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
             f"- architecture: {'two-stage cascade of 3D U-Nets' if mc.get('stages', 1) == 2 else '3D U-Net'}"
-            f", base {mc['base']} channels, {mc['levels']} levels, "
+            f", channels {ModelConfig.from_dict(dict(mc)).widths} ({mc['levels']} levels), "
             f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "

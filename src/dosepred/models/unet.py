@@ -67,9 +67,21 @@ class ModelConfig:
     flip_axis: int = 1
     arch: str = ARCH
     stages: int = 1  # 2: a refining second U-Net (see the module's docstring)
+    # channels per level, finest first (none: base doubled per level); when given, base and levels
+    # follow from it (base = channels[0], levels = len(channels))
+    channels: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
+        if self.channels is not None:
+            ch = [int(c) for c in self.channels]
+            if len(ch) < 2 or min(ch) < 1:
+                raise ModelError(f"channels must list at least two positive widths, got {self.channels}")
+            if ch == [ch[0] * 2 ** i for i in range(len(ch))]:
+                ch_none: list[int] | None = None  # the doubling rule: stored as base and levels alone
+            else:
+                ch_none = ch
+            self.base, self.levels, self.channels = ch[0], len(ch), ch_none
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ModelError(f"patch must be three positive sizes, got {self.patch}")
         if self.levels < 2:
@@ -88,6 +100,13 @@ class ModelConfig:
         self.rois = [dict(r) for r in self.rois]
 
     @property
+    def widths(self) -> list[int]:
+        """Channels per level, finest first."""
+        if self.channels is not None:
+            return list(self.channels)
+        return [self.base * 2 ** i for i in range(self.levels)]
+
+    @property
     def roi_set(self) -> RoiSet:
         return RoiSet.from_dicts(self.rois)
 
@@ -98,6 +117,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["patch"] = list(self.patch)
+        if self.channels is None:
+            del d["channels"]  # the doubling rule: checkpoints read by older dosepreds stay readable
         return d
 
     @classmethod
@@ -124,7 +145,7 @@ class DoseUNet(nn.Module):
         self.oar_bits = [rs.index(n) for n in rs.oars]
         self.targets = [(rs.index(r.name), float(r.prescription)) for r in rs
                         if r.kind == "target" and r.prescription is not None]
-        channels = [config.base * 2 ** i for i in range(config.levels)]
+        channels = config.widths
 
         def unet(in_channels: int) -> nn.Module:
             return UNet(spatial_dims=3, in_channels=in_channels, out_channels=1,

@@ -72,6 +72,9 @@ class TrainConfig(BaseModel):
                                                     "convolutions (none: --init's, else 2).")
     norm: str | None = Field(None, description="U-Net normalisation layer (none: --init's, else "
                                                "instance).")
+    channels: list[int] | None = Field(None, description="U-Net channels per level, finest first, e.g. "
+                                       "16,32,64,128,256,512 (overrides base and levels; none: --init's, "
+                                       "else base doubled per level).")
     stages: int | None = Field(None, ge=1, le=2, description="U-Nets in the cascade: 2 adds a second "
                                "U-Net refining the first's dose (none: --init's, else 1; a one-stage "
                                "--init becomes the first stage).")
@@ -130,6 +133,17 @@ class TrainConfig(BaseModel):
     @classmethod
     def _path(cls, v: Any) -> Any:
         return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return [int(c) for c in v.replace(" ", "").split(",") if c]
+            except ValueError:
+                raise ValueError(f"channels must be comma-separated integers such as 16,32,64, got {v!r}") \
+                    from None
+        return v
 
     @field_validator("loss_options", mode="before")
     @classmethod

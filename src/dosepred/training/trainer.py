@@ -277,10 +277,25 @@ class Trainer:
         self.init_ckpt = None
         arch: dict[str, Any] = {}
         keys = ("base", "levels", "res_units", "norm", "stages")
+        init_widths: list[int] | None = None
         if cfg.init:
             self.init_ckpt = load_checkpoint(cfg.init)
-            arch = ModelConfig.from_dict(dict(self.init_ckpt["model_config"])).to_dict()
-            arch = {k: arch[k] for k in keys}
+            init_mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
+            init_widths = init_mc.widths
+            arch = {k: init_mc.to_dict()[k] for k in keys}
+        if cfg.channels is not None:  # explicit widths decide base and levels
+            widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
+            if init_widths is not None and widths != init_widths:
+                raise ModelError(f"--init {cfg.init} has channels {init_widths} but channels {widths} "
+                                 "were requested")
+            for k, v in (("base", widths[0]), ("levels", len(widths))):
+                if getattr(cfg, k) not in (None, v):
+                    raise ModelError(f"channels {widths} imply {k}={v} but {k}={getattr(cfg, k)} was "
+                                     "requested")
+                setattr(cfg, k, v)
+        elif init_widths is not None and init_widths != [init_widths[0] * 2 ** i for i in
+                                                         range(len(init_widths))]:
+            cfg.channels = init_widths  # --init's own widths
         defaults = ModelConfig()
         for k in keys:
             v = getattr(cfg, k)
@@ -294,7 +309,7 @@ class Trainer:
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
-                                        stages=cfg.stages)
+                                        stages=cfg.stages, channels=cfg.channels)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         if self.init_ckpt is not None:

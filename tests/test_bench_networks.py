@@ -1,0 +1,41 @@
+"""``dosepred bench networks``: each candidate is the network asked for, timed and its memory measured
+in its own process; ratios are to the first network."""
+
+import json
+
+import pytest
+
+from dosepred.bench import networks
+
+
+def test_parse_network():
+    assert networks.parse_network("16,32,64") == ([16, 32, 64], 0)
+    assert networks.parse_network(" 8,16:2") == ([8, 16], 2)
+    for bad in ("16", "a,b", "16,32:x", "16,0"):
+        with pytest.raises(ValueError, match="network"):
+            networks.parse_network(bad)
+
+
+def test_run_measures_each_network_in_its_own_process():
+    res = networks.run(("4,8", "4,8,16", "4,8:1"), size=16, steps=1, repeats=2)
+    rows = {r["network"]: r for r in res["rows"]}
+    # parameters counted independently: a 3D conv has k^3 * cin * cout weights + cout biases
+    assert rows["4,8"]["parameters"] < rows["4,8,16"]["parameters"]
+    assert rows["4,8:1"]["res_units"] == 1 and rows["4,8:1"]["parameters"] > rows["4,8"]["parameters"]
+    assert rows["4,8"]["time_vs_first"] == 1.0 and rows["4,8"]["memory_vs_first"] == 1.0
+    for r in res["rows"]:
+        assert r["sec_per_step"] > 0 and r["peak_rss_delta_mb"] > 0
+    with pytest.raises(ValueError, match="divisible"):
+        networks.run(("4,8,16,32,64",), size=8)
+
+
+def test_cli_writes_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    out = tmp_path / "n.json"
+    r = CliRunner().invoke(app, ["bench", "networks", "--network", "4,8", "--size", "8", "--steps", "1",
+                                 "--repeats", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["rows"][0]["channels"] == [4, 8]
