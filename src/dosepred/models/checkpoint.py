@@ -219,7 +219,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
                for k, v in ckpt["model"].items()}
-    keys = ("train_config", "epoch", "global_step", "best", "version", "space", "averaged")
+    keys = ("train_config", "epoch", "global_step", "best", "version", "space", "averaged", "roi_transfer")
     meta = {k: ckpt[k] for k in keys if k in ckpt}
     obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
     save_checkpoint(obj, out / "model.pt")
@@ -231,6 +231,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     if not readme.exists():
         mc = ckpt["model_config"]
         tc = ckpt.get("train_config", {}) or {}
+        from .transfer import RoiTransfer
+
         roi_names = ", ".join(r["name"] for r in mc["rois"])
         space = ModelSpace.from_dict(ckpt["space"])
         readme.write_text(
@@ -243,6 +245,9 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
             f"- model space: {space.summary()}\n"
             f"- best validation: {json.dumps(ckpt.get('best'))}\n"
+            + (f"- fine-tuned from `{ckpt['roi_transfer'].get('source', '?')}` onto other ROIs: "
+               f"{RoiTransfer.from_dict(ckpt['roi_transfer']).summary()}\n"
+               if ckpt.get("roi_transfer") else "")
             + (f"- the uniform average of the weights of {len(ckpt['averaged'])} checkpoints: "
                f"{', '.join(ckpt['averaged'])} (the other fields: the first's)\n"
                if "averaged" in ckpt else "")

@@ -21,6 +21,12 @@ EMA (``ema_decay > 0``): an exponential moving average of the weights is kept be
 checkpoint's ``model`` is then the average (so validation, ``predict``, ``export`` and ``--init`` use
 it, unchanged) and ``train_model`` the raw weights the optimiser continues from on ``--resume``.
 
+Fine-tuning (``init``): the model starts from another run's or a released model's weights. When the
+training cache's ROIs differ from that model's (a clinic's names, organs and dose levels),
+:mod:`dosepred.models.transfer` maps its input channels (OARs by name, new ones at zero weight,
+missing ones dropped, targets through the prescription channel); the run's log says what was mapped
+and its checkpoints hold the record as ``roi_transfer``.
+
 Exact resume: crops are a pure function of (seed, epoch, index) (see :mod:`.dataset`), the learning
 rate a pure function of the step, and a checkpoint holds model, optimiser, AMP scaler and torch RNG
 states; ``resume=True`` therefore continues bit-for-bit on the same device and thread count.
@@ -45,9 +51,10 @@ import torch
 from ..fsutil import check_output, write_bytes, write_json
 from ..io.cache import DATASET_JSON, Cache
 from ..losses import build_loss
-from ..models import ModelConfig, ModelError, build_model, check_roi_set, checkpoint
+from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
+from ..models.transfer import plan_transfer, transfer_state
 from ..predict import predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
@@ -312,18 +319,28 @@ class Trainer:
                                         stages=cfg.stages, channels=cfg.channels)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
+        self.roi_transfer: dict[str, Any] | None = None
         if self.init_ckpt is not None:
             mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
-            check_roi_set(mc, self.roi_set, f"training cache {cfg.data}")
+            # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
+            tr = plan_transfer(mc.roi_set, self.roi_set, f"training cache {cfg.data}", str(cfg.init))
             state = {k: v.float() if v.is_floating_point() else v for k, v in self.init_ckpt["model"].items()}
             try:
-                if mc.stages == 1 and cfg.stages == 2:  # a one-stage model becomes the first stage
+                if not tr.identity:
+                    self.model.load_state_dict(transfer_state(state, self.model, tr, f"--init {cfg.init}"))
+                    self.roi_transfer = tr.to_dict()
+                    self.log(f"--init {cfg.init} onto the ROIs of {cfg.data}: {tr.summary()}")
+                    for note in tr.notes:
+                        self.log(f"note: {note}")
+                elif mc.stages == 1 and cfg.stages == 2:  # a one-stage model becomes the first stage
                     self.model.net.load_state_dict({k[len("net."):]: v for k, v in state.items()})
                 else:
                     self.model.load_state_dict(state)
             except RuntimeError as e:
                 raise ModelError(f"--init {cfg.init}: weights do not fit "
                                  f"({str(e).splitlines()[0]})") from None
+            if tr.identity:  # a fine-tune of a transferred model keeps the record of its channels
+                self.roi_transfer = self.init_ckpt.get("roi_transfer")
         if cfg.freeze_stage1:
             self.model.freeze_first_stage()
         self.model.to(self.device)
@@ -461,6 +478,8 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         extra = {} if self.ema is None else {"train_model": self.model.state_dict()}
+        if self.roi_transfer is not None:
+            extra["roi_transfer"] = self.roi_transfer
         return {"format": CHECKPOINT_FORMAT, "version": 1,
                 "model_config": self.model_config.to_dict(), "model": self.eval_model.state_dict(), **extra,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),

@@ -1,0 +1,279 @@
+"""Carrying a model onto another ROI set: ``train --init MODEL`` on a clinic's cache.
+
+A model's input channels are tied to its ROI set (:meth:`DoseUNet.assemble
+<dosepred.models.unet.DoseUNet.assemble>`)::
+
+    [CT, prescription map / 70 Gy, one channel per OAR (bit order), possible-dose mask]
+
+(a two-stage model's second U-Net reads the same channels plus the first stage's dose). A clinic's
+cache names other structures, so :func:`plan_transfer` decides, and :func:`transfer_state` applies,
+which input channel of the new model comes from which channel of the old one:
+
+- **OARs matched by name**: a data OAR and a model OAR are the same organ when their canonical
+  names agree (:func:`dosepred.io.roi_names.canonical`: TG-263 spellings such as ``Parotid_L``,
+  ``Bone_Mandible`` and the OpenKBP names), else when the names agree ignoring case, spaces,
+  ``_`` and ``-``. The new channel takes the old channel's first-layer weights.
+- **New OARs** (the data's, unknown to the model) get a channel whose first-layer weights start at
+  zero: until training moves them the model predicts exactly what it did without that structure.
+- **Dropped OARs** (the model's, absent from the data) lose their channel and its first-layer
+  weights; the model then predicts what it did for a patient without that structure. A note says so.
+- **Targets** reach the network only through the prescription channel (each voxel the highest
+  prescription of the targets containing it, / 70 Gy), so they need no matching: the data's targets
+  and dose levels (66 / 60 / 54 Gy, or one level) replace the model's. A data target without a
+  prescription does not enter that channel (a note says so); data with no prescribed target at all
+  is an error.
+
+The result is recorded in every checkpoint of the run (``"roi_transfer"``: :meth:`RoiTransfer.to_dict`)
+and in an exported model. This module decides and copies weights; it reads no files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..io.roi_names import canonical
+from ..patient import Roi, RoiSet
+from .unet import ModelConfig, ModelError, build_model
+
+__all__ = ["RoiTransfer", "TransferError", "input_keys", "match_key", "plan_transfer", "transfer_checkpoint",
+           "transfer_state"]
+
+#: format tag of the record in checkpoints
+TRANSFER_FORMAT = "dosepred-roi-transfer"
+_PROBE = "__input_probe__"  # one more OAR (input_keys)
+
+
+class TransferError(ModelError):
+    """The data's ROI set cannot be mapped onto the model's input channels."""
+
+
+def match_key(name: str) -> str:
+    """The key two ROI names must share to be one organ: the canonical name when
+    :func:`~dosepred.io.roi_names.canonical` recognises it, else the name without case, spaces,
+    ``_``, ``-`` and ``.``."""
+    c = canonical(name)
+    base = c.name if c.matched else name
+    return re.sub(r"[\s_.\-]+", "", base).casefold()
+
+
+@dataclass(frozen=True)
+class RoiTransfer:
+    """How a model's input channels map onto a data ROI set (see the module docstring).
+
+    ``matched``: data OAR -> model OAR; ``new``: data OARs with a zero-initialised channel;
+    ``dropped``: model OARs whose channel is removed; ``model_targets`` / ``data_targets``: name ->
+    prescription (Gy) of the targets that form each prescription channel; ``unprescribed``: data
+    targets without a prescription (not in the prescription channel); ``not_oars``: data ROIs of kind
+    ``other`` whose name matches a model OAR (that OAR is dropped)."""
+
+    model_rois: list[dict[str, Any]]
+    data_rois: list[dict[str, Any]]
+    matched: dict[str, str]
+    new: tuple[str, ...]
+    dropped: tuple[str, ...]
+    model_targets: dict[str, float]
+    data_targets: dict[str, float]
+    unprescribed: tuple[str, ...] = ()
+    not_oars: tuple[str, ...] = ()
+    source: str = ""
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def identity(self) -> bool:
+        """The same ROI set (names, kinds, prescriptions, bit order): weights load unchanged."""
+        return self.model_rois == self.data_rois
+
+    def channel_sources(self) -> list[int | None]:
+        """For each input channel of the new model (CT, Rx, the data's OARs, mask): the index of
+        the old model's channel it comes from, None for a new (zero-initialised) channel."""
+        model_oars = [r["name"] for r in self.model_rois if r.get("kind", "oar") == "oar"]
+        data_oars = [r["name"] for r in self.data_rois if r.get("kind", "oar") == "oar"]
+        old_mask = 2 + len(model_oars)
+        oars = [2 + model_oars.index(self.matched[n]) if n in self.matched else None for n in data_oars]
+        return [0, 1, *oars, old_mask]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": TRANSFER_FORMAT, "version": 1, "source": self.source,
+                "model_rois": self.model_rois, "data_rois": self.data_rois, "matched": dict(self.matched),
+                "new": list(self.new), "dropped": list(self.dropped),
+                "model_targets": dict(self.model_targets), "data_targets": dict(self.data_targets),
+                "unprescribed": list(self.unprescribed), "not_oars": list(self.not_oars),
+                "channel_sources": self.channel_sources(), "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoiTransfer:
+        if d.get("format") != TRANSFER_FORMAT:
+            raise ModelError(f"not an ROI transfer record (format {d.get('format')!r})")
+        return cls([dict(r) for r in d["model_rois"]], [dict(r) for r in d["data_rois"]],
+                   dict(d["matched"]), tuple(d["new"]), tuple(d["dropped"]),
+                   {k: float(v) for k, v in d["model_targets"].items()},
+                   {k: float(v) for k, v in d["data_targets"].items()},
+                   tuple(d.get("unprescribed", ())), tuple(d.get("not_oars", ())),
+                   str(d.get("source", "")), tuple(d.get("notes", ())))
+
+    def summary(self) -> str:
+        """One line: what maps to what."""
+        parts = [f"{len(self.matched)} OARs matched"]
+        renamed = [f"{d}<-{m}" for d, m in self.matched.items() if d != m]
+        if renamed:
+            parts[0] += f" ({', '.join(renamed)})"
+        parts.append(f"new (zero-initialised): {', '.join(self.new) or 'none'}")
+        parts.append(f"dropped: {', '.join(self.dropped) or 'none'}")
+        rx_m = "/".join(f"{v:g}" for v in sorted(set(self.model_targets.values()), reverse=True))
+        rx_d = "/".join(f"{v:g}" for v in sorted(set(self.data_targets.values()), reverse=True))
+        parts.append(f"prescription channel: {rx_m} Gy -> {rx_d} Gy")
+        return "; ".join(parts)
+
+
+def _targets(rs: RoiSet) -> dict[str, float]:
+    return {r.name: float(r.prescription) for r in rs if r.kind == "target" and r.prescription is not None}
+
+
+def plan_transfer(model_rois: RoiSet, data_rois: RoiSet, where: str = "the data", source: str = ""
+                  ) -> RoiTransfer:
+    """Map a model's ROI set (``model_rois``) onto ``data_rois`` (the training cache's).
+
+    ``where`` names the data in errors and notes (e.g. ``"training cache clinic-cache"``),
+    ``source`` the model (recorded). Raises :class:`TransferError` when the data has no target
+    with a prescription, when two data OARs are one model OAR, or when a name is a target on one
+    side and an OAR on the other."""
+    if not _targets(data_rois):
+        tg = [r.name for r in data_rois if r.kind == "target"]
+        what = (f"its targets {', '.join(tg)} have no prescription" if tg else
+                f"it has no target among its ROIs ({', '.join(data_rois.names) or 'none'})")
+        raise TransferError(f"{where} cannot train --init {source or 'the model'}: {what}, so the "
+                            "model's prescription channel would be empty; give each target its "
+                            "prescription (kind and Gy) with data import-dicom --roi-map")
+    model_oars = {match_key(n): n for n in model_rois.oars}
+    model_tg = {match_key(n): n for n in model_rois.targets}
+    matched: dict[str, str] = {}
+    by_model: dict[str, str] = {}
+    new: list[str] = []
+    not_oars: list[str] = []
+    for r in data_rois:
+        k = match_key(r.name)
+        if r.kind == "oar":
+            if k in model_tg:
+                raise TransferError(f"{where}: ROI {r.name} is an OAR but the model's {model_tg[k]} is a "
+                                    "target; fix its kind with --roi-map")
+            m = model_oars.get(k)
+            if m is None:
+                new.append(r.name)
+            elif m in by_model:
+                raise TransferError(f"{where}: ROIs {by_model[m]} and {r.name} are both the model's OAR "
+                                    f"{m}; merge or rename one with --roi-map")
+            else:
+                matched[r.name] = m
+                by_model[m] = r.name
+        elif r.kind == "target":
+            if k in model_oars:
+                raise TransferError(f"{where}: ROI {r.name} is a target but the model's {model_oars[k]} is "
+                                    "an OAR; fix its kind with --roi-map")
+        elif k in model_oars and model_oars[k] not in by_model:
+            not_oars.append(r.name)
+    dropped = tuple(n for n in model_rois.oars if n not in by_model)
+    unprescribed = tuple(r.name for r in data_rois if r.kind == "target" and r.prescription is None)
+    notes: list[str] = []
+    if new:
+        notes.append(f"new OAR channels {', '.join(new)} start at zero weight: the model predicts what it "
+                     "did without them until training moves them")
+    if dropped:
+        notes.append(f"the model's OARs {', '.join(dropped)} are not in {where}: their input channels "
+                     "(and first-layer weights) are dropped")
+    for n in not_oars:
+        notes.append(f"{where}: {n} is of kind 'other', not an OAR, so the model's "
+                     f"{model_oars[match_key(n)]} channel is dropped (mark it an OAR with --roi-map "
+                     "to keep it)")
+    if unprescribed:
+        notes.append(f"{where}: targets {', '.join(unprescribed)} have no prescription and do not enter "
+                     "the prescription channel")
+    return RoiTransfer(model_rois.to_dicts(), data_rois.to_dicts(), matched, tuple(new), dropped,
+                       _targets(model_rois), _targets(data_rois), unprescribed, tuple(not_oars),
+                       str(source), tuple(notes))
+
+
+def input_keys(config: ModelConfig) -> dict[str, int]:
+    """The weights of a model of ``config`` that read its input channels, each with its input width
+    (``in_channels``, or one more for a second stage reading the first stage's dose too): the
+    tensors whose dimension 1 grows when one more OAR channel is added (found on the meta device,
+    without allocating weights)."""
+    name = _PROBE + "_" * sum(n.startswith(_PROBE) for n in config.roi_set.names)  # a name not in the set
+    probe = RoiSet((*config.roi_set.rois, Roi(name, "oar")))
+    bigger = ModelConfig.from_dict({**config.to_dict(), "rois": probe.to_dicts()})
+    with torch.device("meta"):
+        a = build_model(config).state_dict()
+        b = build_model(bigger).state_dict()
+    return {k: int(v.shape[1]) for k, v in a.items() if b[k].shape != v.shape}
+
+
+def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfer: RoiTransfer,
+                   where: str = "--init") -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` (built for the data's ROI set, :class:`~dosepred.models.unet.DoseUNet`)
+    filled from ``old`` (the state dict of the model ``transfer`` starts from). The weights that
+    read the input channels (:func:`input_keys`) are rebuilt channel by channel per
+    :meth:`RoiTransfer.channel_sources`, new channels zero (a second stage's extra dose channel,
+    the last, comes from the old last); every other tensor is copied. Keys only ``model`` has keep
+    its values (a second stage added to a one-stage model). Raises :class:`ModelError` when a
+    tensor does not fit."""
+    fresh = model.state_dict()
+    src = transfer.channel_sources()
+    n_old = 3 + sum(r.get("kind", "oar") == "oar" for r in transfer.model_rois)
+    n_new = len(src)
+    inputs = input_keys(model.config)
+    extra = sorted(set(old) - set(fresh))
+    if extra:
+        raise ModelError(f"{where}: weights {', '.join(extra[:3])} have no place in the new model "
+                         "(another architecture?)")
+    out: dict[str, torch.Tensor] = {}
+    for k, f in fresh.items():
+        o = old.get(k)
+        if o is None:
+            out[k] = f
+            continue
+        if k in inputs:
+            plus = inputs[k] - n_new  # 0: the U-Net's input; 1: a second stage's, the dose channel last
+            want = (f.shape[0], n_old + plus, *f.shape[2:])
+            if plus not in (0, 1) or tuple(o.shape) != want:
+                raise ModelError(f"{where}: input weights {k} of shape {tuple(o.shape)} do not fit "
+                                 f"{want} (another architecture?)")
+            t = torch.zeros_like(f)
+            for j, i in enumerate([*src, n_old] if plus else src):
+                if i is not None:
+                    t[:, j] = o[:, i].to(f.dtype)
+            out[k] = t
+        elif o.shape == f.shape:
+            out[k] = o.to(f.dtype) if o.is_floating_point() else o
+        else:
+            raise ModelError(f"{where}: weights {k} of shape {tuple(o.shape)} do not fit "
+                             f"{tuple(f.shape)} (another architecture?)")
+    return out
+
+
+def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "the data") -> dict[str, Any]:
+    """A released-model checkpoint (``format: dosepred-model``) of ``ckpt``'s architecture, weights
+    and space for ``data_rois``, with no training: what the model predicts on the data's ROI set
+    (new OARs ignored, dropped OARs absent, the data's prescriptions in the prescription channel).
+    ``ckpt``: a loaded checkpoint (:func:`~dosepred.models.checkpoint.load_checkpoint`). Its
+    ``"roi_transfer"`` records the mapping (None when the ROI sets are the same)."""
+    from .checkpoint import MODEL_FORMAT
+
+    mc = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    source = str(ckpt.get("path", ""))
+    tr = plan_transfer(mc.roi_set, data_rois, where, source)
+    new_mc = ModelConfig.from_dict({**mc.to_dict(), "rois": data_rois.to_dicts()})
+    with torch.device("meta"):
+        model = build_model(new_mc)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    fresh = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    if tr.identity:
+        weights = state
+    else:
+        model.load_state_dict(fresh, assign=True)
+        weights = transfer_state(state, model, tr, f"{source or 'model'}")
+    keep = {k: ckpt[k] for k in ("space", "train_config", "epoch", "global_step", "version") if k in ckpt}
+    return {"format": MODEL_FORMAT, **keep, "model_config": new_mc.to_dict(), "model": weights,
+            "roi_transfer": None if tr.identity else tr.to_dict()}

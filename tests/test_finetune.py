@@ -1,0 +1,345 @@
+"""Fine-tuning a released model on a clinic's ROI set (dosepred.models.transfer, ``train --init``).
+
+The released model here is a small random U-Net with OpenKBP's ROIs (its weights perturbed, so no
+weight is zero by construction). Every expected prediction is computed independently: the released
+model's network run on input channels assembled by hand in numpy from the masks, in the released
+model's channel order ([CT, Rx / 70, its OARs, mask]), with the channels the clinic lacks left at zero.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dosepred.io.cache import write_cache
+from dosepred.models import ModelConfig, ModelError, build_model
+from dosepred.models.checkpoint import MODEL_FORMAT, export_model, load_checkpoint, save_checkpoint
+from dosepred.models.transfer import (
+    RoiTransfer,
+    TransferError,
+    input_keys,
+    match_key,
+    plan_transfer,
+    transfer_checkpoint,
+    transfer_state,
+)
+from dosepred.patient import Patient, Roi, RoiSet
+from dosepred.synth import make_cohort
+from dosepred.training import TrainConfig
+from dosepred.training.trainer import Trainer
+
+OKBP = RoiSet.openkbp()
+#: the clinic's names of the OpenKBP organs it contours (TG-263 spellings); it lacks Esophagus, Larynx
+RENAME = {"Brainstem": "BrainStem", "SpinalCord": "SpinalCord", "RightParotid": "Parotid_R",
+          "LeftParotid": "Parotid_L", "Mandible": "Bone_Mandible"}
+LEVELS = {"PTV70": ("PTV_66", 66.0), "PTV63": ("PTV_60", 60.0), "PTV56": ("PTV_54", 54.0)}
+#: the clinic's ROI set: its organs in its own order, a new OAR, targets at 66/60/54 Gy, a couch
+CLINIC = RoiSet((Roi("Parotid_L"), Roi("Glnd_Submand_L"), Roi("Bone_Mandible"), Roi("Parotid_R"),
+                 Roi("SpinalCord"), Roi("BrainStem"), Roi("PTV_66", "target", 66.0),
+                 Roi("PTV_60", "target", 60.0), Roi("PTV_54", "target", 54.0), Roi("Couch", "other")))
+SIZE = 16
+TINY = dict(base=4, levels=2, res_units=1, patch=(16, 16, 16))
+
+
+def released_model(seed=0, **arch) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = build_model(ModelConfig(rois=OKBP.to_dicts(), **{**TINY, **arch}))
+    with torch.no_grad():
+        for q in m.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    return m.eval()
+
+
+def save_released(model, path):
+    save_checkpoint({"format": MODEL_FORMAT, "model_config": model.config.to_dict(),
+                     "model": model.state_dict()}, path)
+    return path
+
+
+def clinic_patient(p: Patient, rois: RoiSet = CLINIC, extra: np.ndarray | None = None) -> Patient:
+    """An OpenKBP-named synthetic patient as the clinic contours it (``rois``'s names)."""
+    masks = {}
+    for n in p.roi_set.names:
+        new = RENAME.get(n) or (LEVELS[n][0] if n in LEVELS else None)
+        if new in rois and n not in p.missing_rois:
+            masks[new] = p.mask(n)
+    if "Glnd_Submand_L" in rois:
+        sub = np.zeros(p.shape, bool) if extra is None else extra
+        if extra is None:
+            sub[3:8, 9:14, 5:10] = True
+        masks["Glnd_Submand_L"] = sub
+    if "Couch" in rois:
+        couch = np.zeros(p.shape, bool)
+        couch[-2:] = True
+        masks["Couch"] = couch
+    return Patient.from_masks(p.id, p.ct, masks, rois, p.spacing, p.possible_dose_mask, p.dose,
+                              dict(p.meta), p.geometry)
+
+
+def hand_input(p: Patient, oars: list[str | None], rx: dict[str, float]) -> torch.Tensor:
+    """Input channels assembled in numpy: CT, Rx map / 70 Gy, one channel per entry of ``oars`` (the
+    patient's ROI of that name, zeros for None), the possible-dose mask."""
+    ct = np.clip(p.ct.astype(np.float64), -1000, 2000) / 1000
+    rxmap = np.zeros(p.shape)
+    for n, v in rx.items():
+        rxmap = np.maximum(rxmap, p.mask(n) * v)
+    chans = [ct, rxmap / 70.0] + [np.zeros(p.shape) if n is None else p.mask(n).astype(float) for n in oars]
+    chans.append(p.possible_dose_mask.astype(float))
+    return torch.from_numpy(np.stack(chans)[None].astype(np.float32))
+
+
+def run(model, p: Patient) -> torch.Tensor:
+    from dosepred.roi import to_torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(p.ct[None, None].astype(np.float32)), to_torch(p.roi_codes)[None],
+                     torch.from_numpy(p.possible_dose_mask[None, None]))
+
+
+def transferred(released, rois: RoiSet = CLINIC):
+    tr = plan_transfer(released.config.roi_set, rois, "clinic")
+    new = build_model(ModelConfig.from_dict({**released.config.to_dict(), "rois": rois.to_dicts()}))
+    new.load_state_dict(transfer_state(released.state_dict(), new, tr))
+    return new.eval(), tr
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_cohort(4, seed=3, size=SIZE)
+
+
+# --------------------------------------------------------------------------------- the mapping
+
+def test_match_key_joins_tg263_and_openkbp_names():
+    for a, b in [("Parotid_L", "LeftParotid"), ("Parotid_R", "RightParotid"), ("Bone_Mandible", "Mandible"),
+                 ("BrainStem", "Brainstem"), ("Spinal_Cord", "SpinalCord"), ("Glnd_Submand_L",
+                                                                              "LeftSubmandibular"),
+                 ("my organ", "My_Organ")]:
+        assert match_key(a) == match_key(b), (a, b)
+    assert match_key("Parotid_L") != match_key("Parotid_R")
+
+
+def test_plan_names_matched_new_dropped_and_prescriptions():
+    tr = plan_transfer(OKBP, CLINIC, "clinic")
+    assert tr.matched == {"Parotid_L": "LeftParotid", "Bone_Mandible": "Mandible",
+                          "Parotid_R": "RightParotid", "SpinalCord": "SpinalCord", "BrainStem": "Brainstem"}
+    assert tr.new == ("Glnd_Submand_L",) and tr.dropped == ("Esophagus", "Larynx")
+    assert tr.data_targets == {"PTV_66": 66.0, "PTV_60": 60.0, "PTV_54": 54.0}
+    assert tr.model_targets == {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
+    # model channels: 0 CT, 1 Rx, 2.. Brainstem, SpinalCord, RightParotid, LeftParotid, Esophagus,
+    # Larynx, Mandible, 9 mask; clinic OARs in its order: Parotid_L, Submand, Mandible, Parotid_R, Cord, Stem
+    assert tr.channel_sources() == [0, 1, 5, None, 8, 4, 3, 2, 9]
+    assert any("Esophagus, Larynx" in n and "dropped" in n for n in tr.notes)
+    assert any("Glnd_Submand_L" in n and "zero" in n for n in tr.notes)
+    assert RoiTransfer.from_dict(json.loads(json.dumps(tr.to_dict()))) == tr
+    assert plan_transfer(OKBP, OKBP).identity and not tr.identity
+
+
+def test_input_keys_are_the_first_layers():
+    one = input_keys(ModelConfig(rois=OKBP.to_dicts(), **TINY))
+    assert one == {"net.model.0.conv.unit0.conv.weight": 10, "net.model.0.residual.weight": 10}
+    two = input_keys(ModelConfig(rois=OKBP.to_dicts(), **{**TINY, "res_units": 0, "stages": 2}))
+    assert two == {"net.model.0.conv.weight": 10, "refine.model.0.conv.weight": 11}
+
+
+# ----------------------------------------------------------------- predictions, independently
+
+def test_new_oar_channel_starts_at_zero_same_prediction(synth):
+    released = released_model()
+    new, tr = transferred(released)
+    for name in input_keys(new.config):
+        w = new.state_dict()[name]
+        assert torch.all(w[:, 3] == 0) and w[:, 3].numel() > 0  # Glnd_Submand_L, channel 3
+    p = clinic_patient(synth[0])
+    assert p.mask("Glnd_Submand_L").sum() > 0
+    got = run(new, p)
+    # the released model on its own channels: the clinic's organs in place, Esophagus and Larynx
+    # absent, the new gland nowhere, the clinic's prescriptions
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # the gland makes no difference at the start
+    no_gland = clinic_patient(synth[0], extra=np.zeros(p.shape, bool))
+    torch.testing.assert_close(run(new, no_gland), got, rtol=1e-5, atol=1e-4)
+    # ... but training reaches it: its first-layer weights get a gradient
+    new.train()
+    from dosepred.roi import to_torch
+
+    out = new(torch.from_numpy(p.ct[None, None].astype(np.float32)), to_torch(p.roi_codes)[None],
+              torch.from_numpy(p.possible_dose_mask[None, None]))
+    out.mean().backward()
+    g = new.net.model[0].conv.unit0.conv.weight.grad
+    assert g[:, 3].abs().sum() > 0
+
+
+def test_dropped_oars_equal_the_released_model_without_them(synth):
+    released = released_model(1)
+    rois = RoiSet(tuple(r for r in CLINIC if r.name != "Glnd_Submand_L"))
+    new, tr = transferred(released, rois)
+    assert tr.dropped == ("Esophagus", "Larynx") and tr.new == ()
+    assert new.config.in_channels == released.config.in_channels - 2
+    src = synth[1]
+    assert src.mask("Esophagus").sum() > 0 and src.mask("Larynx").sum() > 0
+    p = clinic_patient(src, rois)
+    got = run(new, p)
+    rx = {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, rx))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # the released model did read those channels: with them present its prediction differs
+    with_them = hand_input(p, order, rx)
+    with_them[0, 6] = torch.from_numpy(src.mask("Esophagus").astype(np.float32))
+    with_them[0, 7] = torch.from_numpy(src.mask("Larynx").astype(np.float32))
+    with torch.no_grad():
+        assert (released.from_input(with_them) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("levels", [{"PTV_66": 66.0, "PTV_60": 60.0, "PTV_54": 54.0}, {"PTV_60": 60.0}])
+def test_prescriptions_of_other_levels_fill_the_rx_channel(synth, levels):
+    released = released_model(2)
+    rois = RoiSet(tuple(r for r in CLINIC if r.kind != "target" or r.name in levels))
+    rois = RoiSet(tuple(Roi(r.name, r.kind, levels.get(r.name, r.prescription)) for r in rois))
+    new, _ = transferred(released, rois)
+    p = clinic_patient(synth[2], rois)
+    from dosepred.roi import to_torch
+
+    x = new.assemble(torch.from_numpy(p.ct[None, None].astype(np.float32)), to_torch(p.roi_codes)[None],
+                     torch.from_numpy(p.possible_dose_mask[None, None]))
+    want = np.zeros(p.shape)
+    for n, v in levels.items():
+        want = np.maximum(want, p.mask(n) * v)
+    assert want.max() == max(levels.values())
+    np.testing.assert_allclose(x[0, 1].numpy(), want / 70.0, rtol=1e-6)
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        torch.testing.assert_close(run(new, p), released.from_input(hand_input(p, order, levels)),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def test_two_stage_model_transfers_both_stages(synth):
+    released = released_model(3, res_units=0, stages=2)
+    new, _ = transferred(released)
+    p = clinic_patient(synth[3])
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
+    torch.testing.assert_close(run(new, p), want, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ errors
+
+def test_what_cannot_be_mapped_is_a_clear_error():
+    oars = tuple(r for r in CLINIC if r.kind == "oar")
+    with pytest.raises(TransferError, match=r"clinic.*no target among its ROIs.*--roi-map"):
+        plan_transfer(OKBP, RoiSet(oars), "clinic")
+    with pytest.raises(TransferError, match=r"PTV_High have no prescription"):
+        plan_transfer(OKBP, RoiSet((*oars, Roi("PTV_High", "target"))), "clinic")
+    with pytest.raises(TransferError, match=r"LeftParotid and Parotid_L are both the model's OAR Left"):
+        plan_transfer(OKBP, RoiSet((Roi("LeftParotid"), *CLINIC.rois)), "clinic")
+    with pytest.raises(TransferError, match=r"PTV70 is an OAR but the model's PTV70 is a target"):
+        plan_transfer(OKBP, RoiSet((Roi("PTV70"), *CLINIC.rois)), "clinic")
+    with pytest.raises(TransferError, match=r"Mandible is a target but the model's Mandible is an OAR"):
+        plan_transfer(OKBP, RoiSet((Roi("Mandible", "target", 50.0), Roi("PTV_66", "target", 66.0))),
+                      "clinic")
+    # a target without prescription beside prescribed ones is only a note; an organ of kind other too
+    tr = plan_transfer(OKBP, RoiSet((*CLINIC.rois, Roi("CTV_1", "target"), Roi("Larynx", "other"))))
+    assert tr.unprescribed == ("CTV_1",) and tr.not_oars == ("Larynx",)
+    assert any("CTV_1" in n for n in tr.notes) and any("Larynx is of kind 'other'" in n for n in tr.notes)
+
+
+def test_weights_of_another_architecture_are_refused():
+    released = released_model()
+    tr = plan_transfer(OKBP, CLINIC)
+    other = build_model(ModelConfig(rois=CLINIC.to_dicts(), **{**TINY, "base": 8}))
+    with pytest.raises(ModelError, match="do not fit"):
+        transfer_state(released.state_dict(), other, tr)
+
+
+# ------------------------------------------------------------------ train --init, checkpoints
+
+@pytest.fixture(scope="module")
+def clinic_cache(tmp_path_factory, synth):
+    root = tmp_path_factory.mktemp("clinic")
+    write_cache([clinic_patient(p) for p in synth], root / "cache")
+    return root / "cache"
+
+
+def _cfg(tmp_path, cache, init, **kw):
+    return TrainConfig(data=str(cache), out=str(tmp_path / "run"), init=str(init), loss="mae", epochs=1,
+                       steps_per_epoch=1, batch=1, patch=(16, 16, 16), threads=1, **kw)
+
+
+def test_trainer_init_starts_from_the_released_prediction(tmp_path, synth, clinic_cache):
+    released = released_model(4)
+    ck = save_released(released, tmp_path / "released.pt")
+    t = Trainer(_cfg(tmp_path, clinic_cache, ck))
+    t.setup_device()
+    t.setup_data()
+    t.setup_model()
+    assert t.model.config.roi_set == CLINIC and t.roi_transfer["new"] == ["Glnd_Submand_L"]
+    p = clinic_patient(synth[0])
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
+    torch.testing.assert_close(run(t.model.eval(), p), want, rtol=1e-5, atol=1e-4)
+
+
+def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
+    from dosepred.training import train
+
+    ck = save_released(released_model(5, res_units=0, channels=[4, 6]), tmp_path / "released.pt")
+    logs = []
+    train(_cfg(tmp_path, clinic_cache, ck), log=logs.append)
+    assert any("dropped" in m and "Esophagus, Larynx" in m for m in logs)
+    assert any("Glnd_Submand_L" in m and "zero" in m for m in logs)
+    for name in ("last.pt", "best.pt"):
+        got = load_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        rec = got["roi_transfer"]
+        assert rec["matched"]["Parotid_L"] == "LeftParotid" and rec["dropped"] == ["Esophagus", "Larynx"]
+        assert rec["new"] == ["Glnd_Submand_L"] and rec["channel_sources"] == [0, 1, 5, None, 8, 4, 3, 2, 9]
+        assert rec["source"] == str(ck) and rec["data_targets"]["PTV_66"] == 66.0
+        assert got["model_config"]["channels"] == [4, 6]  # --init's widths carried
+        assert [r["name"] for r in got["model_config"]["rois"]] == list(CLINIC.names)
+    out = export_model(tmp_path / "run", tmp_path / "clinic-model")
+    info = json.loads((out / "config.json").read_text())
+    assert info["roi_transfer"]["new"] == ["Glnd_Submand_L"]
+    assert "Esophagus, Larynx" in (out / "README.md").read_text()
+    # fine-tuning the clinic model again on the clinic's cache: same ROIs, the record carried
+    train(TrainConfig(**{**_cfg(tmp_path, clinic_cache, out).model_dump(), "out": str(tmp_path / "again")}))
+    again = load_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")
+    assert again["roi_transfer"]["new"] == ["Glnd_Submand_L"]
+
+
+def test_transfer_checkpoint_predicts_like_the_released_model(tmp_path, synth):
+    released = released_model(6)
+    ck = load_checkpoint(save_released(released, tmp_path / "released.pt"))
+    mapped = transfer_checkpoint(ck, CLINIC, "clinic")
+    assert mapped["roi_transfer"]["dropped"] == ["Esophagus", "Larynx"]
+    save_checkpoint(mapped, tmp_path / "mapped.pt")
+    from dosepred.models.checkpoint import load_model
+
+    m = load_model(tmp_path / "mapped.pt")
+    p = clinic_patient(synth[1])
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
+    torch.testing.assert_close(run(m, p), want, rtol=1e-5, atol=1e-4)
+    assert transfer_checkpoint(ck, OKBP)["roi_transfer"] is None
+
+
+def test_cli_train_init_without_targets_is_one_line_and_writes_nothing(tmp_path, synth):
+    from dosepred.cli import app
+
+    rois = RoiSet(tuple(r for r in CLINIC if r.kind != "target"))
+    write_cache([clinic_patient(p, rois) for p in synth[:1]], tmp_path / "notarget")
+    ck = save_released(released_model(), tmp_path / "released.pt")
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "notarget"), "--init", str(ck), "--out",
+                                 str(tmp_path / "run"), "--epochs", "1", "--patch", "16", "--threads", "1",
+                                 "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert "no target among its ROIs" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
