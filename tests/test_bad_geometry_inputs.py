@@ -282,3 +282,71 @@ def test_an_empty_placeholder_roi_in_another_frame_is_not_an_error(exported, tmp
     edit(src / "RS.dcm", placeholder)
     (q,) = dicom.read_dicom_folder(src)
     assert "PTV70" in q.present_rois
+
+
+# ------------------------------------------------------------- written dose grids cover the patient
+
+def _rotation(angles_deg) -> np.ndarray:
+    a, b, c = np.radians(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+COVERAGE_GRIDS = [  # spacing (mm per array axis), origin (mm), direction (columns), mask box per axis
+    ((2.0, 0.74, 0.74), (-11.3, 7.77, 101.1), np.eye(3)[:, [2, 1, 0]] * [1, 1, 1], "edges"),
+    ((1.25, 0.977, 1.3), (3.3, -250.01, 0.4), np.eye(3)[:, [2, 1, 0]], "inner"),
+    ((3.0, 2.6, 2.6), (0.0, 0.0, 0.0), np.eye(3)[:, [2, 1, 0]], "edges"),
+    ((2.5, 1.17, 0.93), (17.0, -4.2, -80.9), np.diag([-1.0, 1, -1])[:, [1, 2, 0]], "inner"),
+    ((1.1, 3.3, 0.81), (-5.5, 12.25, 33.3), _rotation((0, 0, 17)) @ np.eye(3)[:, [2, 1, 0]], "edges"),
+    ((2.2, 1.9, 1.7), (9.9, 9.9, -9.9), _rotation((11, -23, 7)), "inner"),
+]
+
+
+@pytest.mark.parametrize("spacing,origin,direction,where", COVERAGE_GRIDS,
+                         ids=[f"grid{i}-{c[3]}" for i, c in enumerate(COVERAGE_GRIDS)])
+def test_every_written_dose_grid_covers_the_possible_dose_mask(tmp_path, spacing, origin, direction, where):
+    """A predicted dose (0 Gy outside the possible-dose mask) written as RTDOSE (cropped, on a coarser
+    grid), NIfTI or cache and read back onto the patient's grid covers every voxel of the mask to its
+    outermost voxel centres, with the values written: a dose linear in patient coordinates (computed
+    here with numpy alone) comes back within 0.5 Gy at every mask voxel, the mask's edge included (0 Gy
+    or a fraction of the dose there before)."""
+    from dosepred.patient import Patient, Roi, RoiSet
+    from dosepred.predict import write_prediction
+
+    shape = (19, 23, 29)
+    g = Geometry(np.asarray(origin, float), direction, spacing)
+    if where == "edges":  # the mask touches every face of the array
+        box = tuple(slice(0, n) for n in shape)
+    else:
+        box = (slice(3, 17), slice(1, 20), slice(5, 27))
+    mask = np.zeros(shape, bool)
+    mask[box] = True
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    xyz = (np.asarray(origin) + (idx * np.asarray(spacing)) @ np.asarray(direction).T).reshape(*shape, 3)
+    linear = (40.0 + 0.05 * xyz[..., 0] - 0.03 * xyz[..., 1] + 0.02 * xyz[..., 2]).astype(np.float32)
+    assert linear.min() > 1
+    dose = np.where(mask, linear, 0).astype(np.float32)
+    ptv = np.zeros(shape, bool)
+    ptv[8:11, 9:12, 10:14] = True
+    p = Patient.from_masks("pt_c", np.full(shape, 30, np.int16), {"PTV70": ptv},
+                           RoiSet((Roi("PTV70", "target", 70.0),)), spacing, mask, None, geometry=g)
+    # RTDOSE, default grid (max(spacing, 2.5 mm)) and a coarse one
+    for ds in (None, 4.0):
+        f = write_prediction(p, dose, tmp_path / f"dcm{ds}", "dicom", dose_spacing=ds)
+        arr, dg = dicom.read_rtdose(f)
+        np.testing.assert_allclose(dg.spacing, [ds or max(s, 2.5) for s in spacing], rtol=1e-9)
+        back, inside = dicom.dose_on_grid(arr, dg, g, shape)
+        assert inside[mask].all(), f"{int((~inside[mask]).sum())} mask voxels outside the RTDOSE grid"
+        np.testing.assert_allclose(back[mask], linear[mask], atol=0.5)
+    # NIfTI, placed by its affine
+    f = write_prediction(p, dose, tmp_path / "nii", "nifti")
+    fg = nifti.file_geometry(f)
+    assert fg is not None and fg.same_as(g)
+    np.testing.assert_array_equal(nifti.read_dose(f)[mask], dose[mask])
+    # cache
+    cache.write_cache([p.with_dose(dose)], tmp_path / "c")
+    (q,) = list(cache.Cache.open(tmp_path / "c"))
+    assert q.geometry.same_as(g)
+    np.testing.assert_array_equal(q.dose[mask], dose[mask])

@@ -210,9 +210,11 @@ class _Predictions:
 
 def _placed_on(dose: np.ndarray, g: Any, path: Path, ref: Patient, what: str, strict: bool) -> np.ndarray:
     """A predicted dose on grid ``g`` resampled onto the reference patient's grid in patient
-    coordinates; possible-dose mask voxels it does not cover count as 0 Gy (a warning), and with
-    ``strict`` more than 1 % of them uncovered is an error (a placeholder affine, such as the
-    identity, places a dose mostly beside the patient)."""
+    coordinates, within the reference's possible-dose mask (as every prediction written on the
+    reference's grid: a coarser grid resampled onto it spills up to one of its voxels beyond the
+    body); mask voxels it does not cover count as 0 Gy (a warning), and with ``strict`` more than
+    1 % of them uncovered is an error (a placeholder affine, such as the identity, places a dose
+    mostly beside the patient)."""
     from ..io import dicom
 
     assert ref.geometry is not None
@@ -227,6 +229,7 @@ def _placed_on(dose: np.ndarray, g: Any, path: Path, ref: Patient, what: str, st
     if uncovered:
         warnings.warn(f"patient {ref.id}: the predicted {what} {path} does not cover {uncovered} voxels "
                       f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=3)
+    out *= mask
     return out
 
 

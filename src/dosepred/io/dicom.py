@@ -66,6 +66,7 @@ This module converts; it does not evaluate, train or decide which ROIs a protoco
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import re
 import warnings
@@ -1436,7 +1437,7 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
     the possible-dose mask and the non-zero dose plus one voxel, at ``dose_spacing`` mm (one value for
     every axis, or one per array axis) or by default ``max(spacing, DOSE_SPACING)`` per axis. Where the
     spacing is the patient's the values are copied, else resampled trilinearly (:mod:`dosepred.resample`)."""
-    from ..resample import grid_with_spacing, resample
+    from ..resample import resample
 
     g = p.geometry
     assert g is not None
@@ -1452,16 +1453,60 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
         if sp.size != 3 or not np.all(np.isfinite(sp) & (sp > 0)):
             raise ValueError(f"dose spacing must be one or three positive mm values, got {dose_spacing!r}")
         target = tuple(float(v) for v in sp)
-    # the box of the dose and the possible-dose mask plus one voxel; the whole grid when both are empty
-    box = (mask_box((dose > 0) | np.asarray(p.possible_dose_mask, dtype=bool), 1, empty="full") if crop
+    body = np.asarray(p.possible_dose_mask, dtype=bool)
+    same = bool(np.allclose(target, g.spacing, rtol=1e-9, atol=0))
+    # the box of the dose and the possible-dose mask plus one voxel (on a coarser grid: plus one coarse
+    # voxel, so the grid's outer centres lie beyond the body); the whole grid when both are empty
+    margin = [1] * 3 if same else [int(math.ceil(t / s - 1e-9)) + 1 for t, s in zip(target, g.spacing,
+                                                                                  strict=True)]
+    box = (mask_box((dose > 0) | body, margin, empty="full") if crop
            else tuple(slice(0, n) for n in p.shape))
     sub = Geometry(g.to_patient([s.start for s in box]), g.direction, g.spacing)
     cropped = dose[box]
-    if np.allclose(target, g.spacing, rtol=1e-9, atol=0):
+    if same:
         return np.ascontiguousarray(cropped), sub
-    new, shape = grid_with_spacing(sub, cropped.shape, target)
-    out = np.maximum(resample(cropped, sub, new, shape, order=1, cval=0.0), 0).astype(np.float32)
-    return out, new
+    new, shape = spanning_grid(sub, cropped.shape, target)
+    inside = body[box]
+    if inside.any() and not inside.all():
+        # a prediction is 0 Gy outside the body: coarse voxels straddling its edge would mix in those
+        # zeros and the body's edge voxels read back a fraction of their dose. The zeros within one
+        # coarse voxel of the body take the mean of their filled neighbours first (a dose outside
+        # the body that is not 0 is kept)
+        cropped = _extend_dose(cropped, inside, max(margin))
+    # the new grid's last centres may lie beyond the source's (by less than one step): they take the
+    # source's edge values ("nearest"), never 0 Gy
+    out = resample(cropped, sub, new, shape, order=1, mode="nearest")
+    return np.maximum(out, 0).astype(np.float32), new
+
+
+def _extend_dose(dose: np.ndarray, inside: np.ndarray, steps: int) -> np.ndarray:
+    """``dose`` with its zero voxels outside ``inside`` within ``steps`` voxels of it set, one layer
+    per step, to the mean of their already-set neighbours (3x3x3)."""
+    from scipy.ndimage import uniform_filter
+
+    filled = inside.copy()
+    val = np.where(inside, dose, 0).astype(np.float32)
+    for _ in range(steps):
+        num = uniform_filter(val, 3, mode="constant")
+        den = uniform_filter(filled.astype(np.float32), 3, mode="constant")
+        grow = (den > 1e-6) & ~filled
+        if not grow.any():
+            break
+        val[grow] = num[grow] / den[grow]
+        filled |= grow
+    return np.where(inside | (dose != 0), dose, val).astype(np.float32)
+
+
+def spanning_grid(g: Geometry, shape: Sequence[int], spacing: Sequence[float]
+                  ) -> tuple[Geometry, tuple[int, int, int]]:
+    """A grid along ``g``'s axes at ``spacing`` whose first voxel centre is that of ``(g, shape)``
+    and whose last lies at or (by less than one step) beyond the source's last: a dose written on it
+    covers every voxel centre of the source, its outermost included."""
+    span = (np.asarray(shape, dtype=np.float64) - 1) * np.asarray(g.spacing, dtype=np.float64)
+    sp = np.asarray(spacing, dtype=np.float64)
+    n = np.ceil(span / sp - 1e-6).astype(int) + 1
+    return (Geometry(g.origin, g.direction, tuple(float(v) for v in sp)),  # type: ignore[arg-type]
+            tuple(int(v) for v in n))  # type: ignore[return-value]
 
 
 def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
