@@ -285,6 +285,20 @@ def _shear_dose(f: Path) -> None:
     _nii_edit(f / "dose.nii.gz", aff)
 
 
+def _shear_all(f: Path) -> None:
+    """Every file of the patient on one sheared grid (a gantry-tilted CT stored as a volume): the files
+    agree with each other, but no voxel is the box its spacing says."""
+    aff = nib.load(f / "ct.nii.gz").affine.copy()
+    c0, c1 = aff[:3, 0].copy(), aff[:3, 1].copy()
+    th = np.arccos(0.88)
+    aff[:3, 1] = np.cos(th) * c1 + np.sin(th) * c0 / np.linalg.norm(c0) * np.linalg.norm(c1)
+    for g in [f / "ct.nii.gz", f / "dose.nii.gz", f / "possible_dose_mask.nii.gz", *(f / "rois").glob("*")]:
+        _nii_edit(g, aff)
+    info = json.loads((f / "rois.json").read_text())
+    info.pop("geometry", None)
+    (f / "rois.json").write_text(json.dumps(info))
+
+
 def _mask_permuted(f: Path) -> None:
     aff = nib.load(f / "ct.nii.gz").affine.copy()
     _nii_edit(f / "possible_dose_mask.nii.gz", aff[:, [1, 0, 2, 3]])
@@ -322,6 +336,10 @@ NIFTI_ERRORS = [
      r"dose\.nii\.gz is not on the grid of .*ct\.nii\.gz \(origin 40 mm apart\)"),
     ("dose-sheared-12pct", "nifti", _shear_dose,
      r"dose\.nii\.gz is not on the grid of .*ct\.nii\.gz \(voxel volume .* \(-12\.0 %\)"),
+    ("ct-sheared", "nifti", _shear_all,
+     r"ct\.nii\.gz: the affine is not a grid dosepred can measure on: its array axes 0 and 1 are 61\.6 "
+     r"degrees apart, not 90: a sheared grid \(e\.g\. a CT with gantry tilt\), whose voxels hold .* mm3, "
+     r"not the .* mm3 of their spacing \(\+13\.6 %\)"),
     ("mask-axes-permuted", "nifti", _mask_permuted,
      r"possible_dose_mask\.nii\.gz is not on the grid of .*ct\.nii\.gz"),
     ("label-elsewhere", "nifti", _label_elsewhere,

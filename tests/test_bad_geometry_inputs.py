@@ -350,3 +350,33 @@ def test_every_written_dose_grid_covers_the_possible_dose_mask(tmp_path, spacing
     (q,) = list(cache.Cache.open(tmp_path / "c"))
     assert q.geometry.same_as(g)
     np.testing.assert_array_equal(q.dose[mask], dose[mask])
+
+
+def _sheared(g: Geometry, cos: float = 0.3) -> Geometry:
+    d = g.direction.copy()
+    d[:, 1] = np.sqrt(1 - cos ** 2) * d[:, 1] + cos * d[:, 0]
+    return Geometry(g.origin, d, g.spacing)
+
+
+def test_sheared_grid_in_a_cache_is_refused(tmp_path):
+    """A cache whose dataset.json places a patient on a sheared grid (edited, or written by another
+    tool) is refused when read, naming the file, the patient and the shear, and the API refuses to
+    write one: voxel volumes taken from the spacing would be wrong by the shear."""
+    from dosepred.patient import Patient
+
+    p = make_patient()
+    cache.write_cache([p], tmp_path / "c")
+    info = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    info["patients"][0]["geometry"]["direction"] = _sheared(p.geometry).direction.tolist()
+    (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
+    res = run(["data", "inspect", str(tmp_path / "c")])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    text = flat(res.output)
+    assert "dataset.json: patient pt_a: geometry: its array axes 0 and 1 are 72.5 degrees apart" in text, text
+    assert "sheared grid" in text
+    q = Patient(p.id, p.ct, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose, (), {},
+                _sheared(p.geometry))
+    with pytest.raises(cache.CacheError, match=r"patient pt_a: its array axes 0 and 1 .* sheared grid"):
+        cache.write_cache([q], tmp_path / "c2")
+    assert not (tmp_path / "c2" / "dataset.json").exists()

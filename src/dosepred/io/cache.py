@@ -470,13 +470,19 @@ class CacheEntry:
     @property
     def geometry(self) -> Geometry | None:
         """The patient's :class:`~dosepred.geometry.Geometry` (None when the entry has none)."""
+        from .source import shear_problem
+
         if not self.geometry_dict:
             return None
         try:
-            return Geometry.from_dict(self.geometry_dict)
+            g = Geometry.from_dict(self.geometry_dict)
         except (GeometryError, KeyError, TypeError, ValueError) as err:
             raise CacheError(f"{self.path.parent / DATASET_JSON}: patient {self.id}: invalid geometry: "
                              f"{err}") from None
+        problem = shear_problem(g)
+        if problem:
+            raise CacheError(f"{self.path.parent / DATASET_JSON}: patient {self.id}: geometry: {problem}")
+        return g
 
     def read_arrays(self, fields: Sequence[str] = EVAL_FIELDS, crop: bool = False
                     ) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
@@ -593,7 +599,10 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
     left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
     ``version``: cache format to write (3, the default; 2 or 1 for readers that predate it).
+    A patient on a sheared grid (:func:`dosepred.io.source.shear_problem`) is refused.
     """
+    from .source import shear_problem
+
     if version not in READ_VERSIONS:
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
     out = Path(out)
@@ -616,6 +625,9 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
                                  f"{roi_set.names if roi_set else None}")
             if p.id in seen:
                 raise CacheError(f"patient id {p.id} appears twice")
+            problem = None if p.geometry is None else shear_problem(p.geometry)
+            if problem:
+                raise CacheError(f"patient {p.id}: {problem}")
             seen.add(p.id)
             fname = f"{p.id}.npz"
             save_patient(p, staged.enter_context(atomic_path(out / fname)), version)

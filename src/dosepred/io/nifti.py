@@ -71,6 +71,8 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     if not has_transform(img):
         raise NiftiFormatError(f"{path}: qform_code and sform_code are both 0: the header does not say "
                                "where the voxels lie in the patient (set a scanner/aligned qform or sform)")
+    from .source import shear_problem
+
     aff = np.asarray(img.affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
         raise NiftiFormatError(f"{path}: the affine is not a finite 4x4 matrix")
@@ -78,6 +80,9 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
         g = Geometry.from_ras_affine(aff)
     except GeometryError as e:
         raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
+    problem = shear_problem(g)
+    if problem:
+        raise NiftiFormatError(f"{path}: the affine is not a grid dosepred can measure on: {problem}")
     if stored:
         try:
             sg = Geometry.from_dict(stored)
