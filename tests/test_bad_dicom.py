@@ -402,3 +402,128 @@ def test_evaluate_rtdose_without_scaling(template, tmp_path):
     assert res.exit_code == 2, text
     assert re_search(r"RTDOSE .*x\.dcm lacks DoseGridScaling", text)
     assert "Traceback" not in res.output and not (tmp_path / "e.json").exists()
+
+
+# --------------------------------------------------------------------------- sequential boost
+
+def _boost(src: Path, relation: str | None, phase2_dose: bool = True) -> None:
+    """A sequential boost on one CT: phase 1 (RP1: PTV70 50 Gy in 25 fractions, RD1 = 50/70 of the
+    exported dose) then phase 2 (RP2: PTV70 20 Gy in 10 fractions, RD2 = 20/70 of it), RP2 naming RP1
+    with ``relation`` (RTPlanRelationship; None: no reference, as many exports)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    rd_path = src / "RD.dcm"
+    scaling = float(pydicom.dcmread(rd_path).DoseGridScaling)
+    rp1 = pydicom.dcmread(write_rtplan(src, src / "RS.dcm", {"PTV70": 50.0}, fractions=25, name="RP1.dcm"))
+    rp2_path = write_rtplan(src, src / "RS.dcm", {"PTV70": 20.0}, fractions=10, name="RP2.dcm")
+    (src / "RP.dcm").unlink(missing_ok=True)
+    if relation is not None:
+        def ref(ds):
+            r = Dataset()
+            r.ReferencedSOPClassUID = rp1.SOPClassUID
+            r.ReferencedSOPInstanceUID = rp1.SOPInstanceUID
+            r.RTPlanRelationship = relation
+            ds.ReferencedRTPlanSequence = Sequence([r])
+        edit(rp2_path, ref)
+    rp2 = pydicom.dcmread(rp2_path)
+    for name, plan, part in (("RD1.dcm", rp1, 50 / 70), ("RD2.dcm", rp2, 20 / 70)):
+        if name == "RD2.dcm" and not phase2_dose:
+            continue
+        d = pydicom.dcmread(rd_path)
+        d.SOPInstanceUID = d.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        d.DoseGridScaling = f"{scaling * part:.10g}"
+        r = Dataset()
+        r.ReferencedSOPClassUID = plan.SOPClassUID
+        r.ReferencedSOPInstanceUID = plan.SOPInstanceUID
+        d.ReferencedRTPlanSequence = Sequence([r])
+        d.save_as(src / name)
+    rd_path.unlink()
+
+
+@pytest.mark.parametrize("relation", ["PRIOR", "CONCURRENT"])
+def test_sequential_boost_that_says_it_adds_up_is_summed(template, tmp_path, relation):
+    """Two RTPLANs with their RTDOSEs on one CT whose later plan names the earlier PRIOR (or
+    CONCURRENT): the patient's dose is their sum, its prescription 50 + 20 = 70 Gy, 35 fractions (one
+    phase alone was taken before: 50/70 of the dose, Rx 50 Gy)."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    _boost(src, relation)
+    (p,) = dicom.read_dicom_folder(src)
+    np.testing.assert_allclose(p.dose, ref.dose, atol=1e-3)
+    assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["fractions"] == 35
+    assert len(p.meta["rtdose_files"]) == 2 and len(p.meta["rtplan_files"]) == 2
+    # evaluated as their sum: the reference's own dose scores 0
+    res = run(["evaluate", "--reference", str(src), "--prediction", str(template["dicom"]), "--no-progress",
+               "--json", str(tmp_path / "e.json"), "--protocol", str(_proto(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["dose_score"] < 1e-3
+
+
+def test_sequential_boost_without_a_relationship_is_refused(template, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _boost(src, None)
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output
+    assert re_search(r"CT series .*: 2 RTPLANs each with their own dose \(RTPLAN .*RP1\.dcm with RTDOSE "
+                     r".*RD1\.dcm; RTPLAN .*RP2\.dcm with RTDOSE .*RD2\.dcm\), and nothing says how they relate",
+                     text), text
+    assert "MULTI_PLAN" in text and "RTPlanRelationship PRIOR or CONCURRENT" in text
+    assert not (out / "dataset.json").exists()
+
+
+def test_a_boost_phase_without_the_others_dose_is_not_the_patients_dose(template, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _boost(src, "PRIOR", phase2_dose=False)
+    with pytest.warns(dicom.DicomWarning, match=r"RD1\.dcm is the dose of RTPLAN .*RP1\.dcm, which adds up "
+                                                r"with RTPLAN .*RP2\.dcm .* not used"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.dose is None and p.roi_set["PTV70"].prescription == 70.0
+
+
+def test_a_replan_uses_the_plan_that_replaces_the_other(template, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    _boost(src, "PREDECESSOR")
+    with pytest.warns(dicom.DicomWarning, match=r"RTPLAN .*RP2\.dcm replaces .*RP1\.dcm"):
+        (p,) = dicom.read_dicom_folder(src)
+    np.testing.assert_allclose(p.dose, ref.dose * 20 / 70, atol=1e-3)
+    assert p.roi_set["PTV70"].prescription == 20.0 and p.meta["fractions"] == 10
+
+
+def test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_path):
+    """The remedy the refusal names: the phases' sum exported as one MULTI_PLAN RTDOSE referencing both
+    plans is the patient's dose (before, a PLAN dose of one phase was taken over it), the prescriptions
+    of both plans add up."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    shutil.copy(src / "RD.dcm", tmp_path / "sum.dcm")
+    _boost(src, None)
+
+    def multi(ds):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.DoseSummationType = "MULTI_PLAN"
+        refs = []
+        for name in ("RP1.dcm", "RP2.dcm"):
+            r = Dataset()
+            r.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"
+            r.ReferencedSOPInstanceUID = pydicom.dcmread(src / name).SOPInstanceUID
+            refs.append(r)
+        ds.ReferencedRTPlanSequence = Sequence(refs)
+    edit(tmp_path / "sum.dcm", multi)
+    shutil.copy(tmp_path / "sum.dcm", src / "RD_sum.dcm")
+    (p,) = dicom.read_dicom_folder(src)
+    assert p.meta["rtdose_file"].endswith("RD_sum.dcm")
+    np.testing.assert_allclose(p.dose, ref.dose, atol=1e-4)
+    assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["fractions"] == 35

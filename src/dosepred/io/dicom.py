@@ -224,6 +224,10 @@ class _Source:
     rtdoses: list[tuple[Path, Any, str]] = field(default_factory=list)  # (path, header, how matched)
     dose: tuple[Path, Any, str] | None = None
     plan: tuple[Path, Any] | None = None
+    # a sequential boost / concurrent plans that add up: every phase's plan and dose (their sum is the
+    # patient's dose and their prescriptions add); empty for one plan
+    plans_summed: list[tuple[Path, Any]] = field(default_factory=list)
+    doses_summed: list[tuple[Path, Any, str]] = field(default_factory=list)
     canon: dict[str, _names.Canonical] = field(default_factory=dict)  # canonical -> info
     roi_sources: dict[str, list[int]] = field(default_factory=dict)  # canonical -> ROINumbers
     original_names: dict[str, list[str]] = field(default_factory=dict)
@@ -464,18 +468,100 @@ _PARTIAL_DOSES = {"FRACTION": "one fraction's dose", "BEAM": "one beam's dose",
                   "BRACHY_SESSION": "one brachytherapy session's dose"}
 
 
-def _pick_dose(s: _Source) -> None:
-    """Choose the source's RTDOSE (a PLAN sum, referenced, first by path) and its RTPLAN."""
-    if s.rtdoses:
-        def kind(d: tuple[Path, Any, str]) -> str:
-            return str(getattr(d[1], "DoseSummationType", "") or "").upper()
+#: RTPlanRelationship values (PS3.3 C.8.8.9) saying two plans are delivered one after the other or in
+#: parallel as parts of one treatment: their doses add up (a sequential boost, concurrent plans)
+_ADDITIVE = {"PRIOR", "CONCURRENT"}
+#: ... and saying one plan replaces another (a re-plan): the one no other plan names as predecessor is used
+_REPLACING = {"PREDECESSOR"}
 
+
+def _uid_of(ds: Any) -> str:
+    return str(getattr(ds, "SOPInstanceUID", ""))
+
+
+def _plan_relations(plans: list[tuple[Path, Any]]) -> dict[frozenset[str], set[str]]:
+    """RTPlanRelationship values between the plans of one CT (either direction), keyed by the pair of
+    plan UIDs; a plan referenced but absent is keyed with its UID too."""
+    out: dict[frozenset[str], set[str]] = {}
+    for _, ds in plans:
+        for r in getattr(ds, "ReferencedRTPlanSequence", []) or []:
+            other = str(getattr(r, "ReferencedSOPInstanceUID", "") or "")
+            rel = str(getattr(r, "RTPlanRelationship", "") or "").upper()
+            if other and other != _uid_of(ds):
+                out.setdefault(frozenset((_uid_of(ds), other)), set()).add(rel)
+    return out
+
+
+def _additive_group(s: _Source) -> list[tuple[Path, Any]]:
+    """The plans of ``s`` that the RTPLANs say add up (PRIOR / CONCURRENT, linked transitively); empty
+    when none do."""
+    rel = _plan_relations(s.rtplans)
+    uids = [_uid_of(ds) for _, ds in s.rtplans]
+    linked = {u: {u} for u in uids}
+    for pair, kinds in rel.items():
+        if kinds & _ADDITIVE and pair <= set(uids):
+            a, b = tuple(pair)
+            merged = linked[a] | linked[b]
+            for u in merged:
+                linked[u] = merged
+    group = max(linked.values(), key=len, default=set())
+    return [pl for pl in s.rtplans if _uid_of(pl[1]) in group] if len(group) > 1 else []
+
+
+def _dose_kind(d: tuple[Path, Any, str]) -> str:
+    return str(getattr(d[1], "DoseSummationType", "") or "").upper()
+
+
+def _pick_dose(s: _Source) -> None:
+    """Choose the source's RTDOSE and RTPLAN: a PLAN sum (referenced, then first by path), or the sum
+    of the plan doses of a sequential boost whose RTPLANs say they add up; several plans with their own
+    doses and nothing saying how they relate are an error (see docs/formats.md)."""
+    plan_uids = {_uid_of(ds): (p, ds) for p, ds in s.rtplans}
+    if s.rtdoses:
+        kind = _dose_kind
         plan = [d for d in s.rtdoses if kind(d) == "PLAN"]
+        multi = [d for d in s.rtdoses if kind(d) == "MULTI_PLAN"]
         partial = [d for d in s.rtdoses if kind(d) in _PARTIAL_DOSES]
-        if partial and not plan:
+        if partial and not plan and not multi:
             named = ", ".join(f"{d[0]} ({kind(d)}: {_PARTIAL_DOSES[kind(d)]})" for d in partial)
             _warn(f"{s.series.describe()}: RTDOSE {named}: part of a plan's dose, not the plan's, so not "
                   "used as the patient's dose (export the plan sum, DoseSummationType PLAN)")
+        # the plans (of this CT) whose own dose is here: one entry per plan
+        per_plan: dict[str, list[tuple[Path, Any, str]]] = {}
+        for d in sorted(plan, key=lambda t: str(t[0])):
+            u = next((u for u in _refs(d[1], "ReferencedRTPlanSequence") if u in plan_uids), "")
+            per_plan.setdefault(u, []).append(d)
+        phased = {u: ds for u, ds in per_plan.items() if u}
+        if multi:  # a sum of plans exported as such: the patient's total dose
+            pool = sorted(multi, key=lambda t: str(t[0]))
+            if len(pool) > 1:
+                _warn(f"{s.series.describe()}: {len(pool)} MULTI_PLAN RTDOSE files match "
+                      f"({', '.join(str(p) for p, _, _ in pool)}); using {pool[0][0]}")
+            s.dose = pool[0]
+            summed = [plan_uids[u] for u in _refs(pool[0][1], "ReferencedRTPlanSequence") if u in plan_uids]
+            if len(summed) > 1:
+                s.plans_summed = summed
+            elif summed:
+                s.plan = summed[0]
+            elif len(s.rtplans) == 1:
+                s.plan = s.rtplans[0]
+            if s.plans_summed:
+                s.plan = s.plans_summed[0]
+            return
+        if len(phased) > 1:
+            _several_plan_doses(s, phased)
+            return
+        group = _additive_group(s)
+        if phased and group and next(iter(phased)) in {_uid_of(ds) for _, ds in group}:
+            u = next(iter(phased))
+            others = ", ".join(str(p) for p, ds in group if _uid_of(ds) != u)
+            _warn(f"RTDOSE {phased[u][0][0]} is the dose of RTPLAN {plan_uids[u][0]}, which adds up with "
+                  f"RTPLAN {others} (RTPlanRelationship PRIOR/CONCURRENT), whose dose is not in the folder: "
+                  "one phase, not the patient's total dose, so not used (export every phase's RTDOSE, or "
+                  "their sum as one RTDOSE)")
+            s.plans_summed = group
+            s.plan = group[0]
+            return
         pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in _PARTIAL_DOSES],
                       key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
         if len(pool) > 1:
@@ -487,9 +573,9 @@ def _pick_dose(s: _Source) -> None:
         if pool:
             s.dose = pool[0]
     if s.rtplans:
-        by_uid = {str(getattr(ds, "SOPInstanceUID", "")): (p, ds) for p, ds in s.rtplans}
         wanted = _refs(s.dose[1], "ReferencedRTPlanSequence") if s.dose else []
-        ref = [by_uid[u] for u in wanted if u in by_uid]
+        ref = [plan_uids[u] for u in wanted if u in plan_uids]
+        group = _additive_group(s)
         if ref:
             s.plan = ref[0]
         elif wanted:  # the dose is another plan's: the folder's plan(s) would lend it a wrong Rx
@@ -497,9 +583,57 @@ def _pick_dose(s: _Source) -> None:
                   f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
         elif len(s.rtplans) == 1:
             s.plan = s.rtplans[0]
+        elif group and s.dose is None:  # phases without doses: their prescriptions add up
+            s.plans_summed, s.plan = group, group[0]
         else:
             _warn(f"{s.series.describe()}: {len(s.rtplans)} RTPLANs and no RTDOSE saying which is the "
                   f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
+
+
+def _several_plan_doses(s: _Source, phased: dict[str, list[tuple[Path, Any, str]]]) -> None:
+    """Several RTPLANs of one CT, each with its own PLAN dose: their sum when the RTPLANs say they add
+    up (PRIOR / CONCURRENT), the newest when they say one replaced the other (PREDECESSOR); otherwise
+    a :class:`DicomImportError` (taking one phase of a sequential boost as the patient's dose and
+    prescription would make every comparison wrong by the other phases)."""
+    plans = {_uid_of(ds): (p, ds) for p, ds in s.rtplans}
+    listing = "; ".join(f"RTPLAN {plans[u][0]} with RTDOSE {', '.join(str(d[0]) for d in ds)}"
+                        for u, ds in phased.items())
+    for u, ds in phased.items():
+        if len(ds) > 1:
+            _warn(f"RTPLAN {plans[u][0]} has {len(ds)} RTDOSE files ({', '.join(str(d[0]) for d in ds)}); "
+                  f"using {ds[0][0]}")
+    group = _additive_group(s)
+    in_group = {_uid_of(ds) for _, ds in group}
+    if set(phased) <= in_group:
+        s.plans_summed = group
+        s.plan = group[0]
+        lacking = [str(p) for p, ds in group if _uid_of(ds) not in phased]
+        if lacking:
+            _warn(f"{s.series.describe()}: the RTPLANs add up (RTPlanRelationship PRIOR/CONCURRENT) but "
+                  f"RTPLAN {', '.join(lacking)} has no RTDOSE in the folder: the others' sum is not the "
+                  "patient's total dose, so no dose is used (export every phase's RTDOSE, or their sum)")
+            return
+        s.doses_summed = [phased[_uid_of(ds)][0] for _, ds in group]
+        s.dose = s.doses_summed[0]
+        return
+    superseded = {str(getattr(r, "ReferencedSOPInstanceUID", "")) for _, ds in s.rtplans
+                  for r in getattr(ds, "ReferencedRTPlanSequence", []) or []
+                  if str(getattr(r, "RTPlanRelationship", "") or "").upper() in _REPLACING}
+    current = [u for u in phased if u not in superseded]
+    if len(current) == 1:  # every other plan is named a predecessor: a re-plan
+        u = current[0]
+        _warn(f"{s.series.describe()}: RTPLAN {plans[u][0]} replaces "
+              f"{', '.join(str(plans[v][0]) for v in phased if v != u)} (RTPlanRelationship PREDECESSOR); "
+              f"using its RTDOSE {phased[u][0][0]}")
+        s.plan, s.dose = plans[u], phased[u][0]
+        return
+    raise DicomImportError(
+        f"{s.series.describe()}: {len(phased)} RTPLANs each with their own dose ({listing}), and nothing "
+        "says how they relate: the phases of a sequential boost add up, a re-plan or an alternative "
+        "replaces the other, and taking one of them as the patient's plan would be wrong by the other. "
+        "Export their sum as one RTDOSE (DoseSummationType MULTI_PLAN referencing every plan), or mark the "
+        "relationship in the later RTPLAN (ReferencedRTPlanSequence RTPlanRelationship PRIOR or CONCURRENT: "
+        "summed; PREDECESSOR: replaced), or leave only the plan to use in the folder")
 
 
 def _check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
@@ -553,8 +687,11 @@ def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
     _check_roi_numbers(ds, path, s.series.for_uid)
     plan_rx: dict[int, float] = {}
     sites: list[float] = []
-    if s.plan is not None:
-        plan_rx, sites = plan_prescriptions(s.plan[1], f"RTPLAN {s.plan[0]}")
+    for pl in s.plans_summed or ([s.plan] if s.plan is not None else []):
+        rx_k, sites_k = plan_prescriptions(pl[1], f"RTPLAN {pl[0]}")
+        for n, v in rx_k.items():  # the phases of a sequential boost: the total prescription
+            plan_rx[n] = plan_rx.get(n, 0.0) + v
+        sites += sites_k
     info = _roi_info(ds)
     if sites and not plan_rx:  # one site-level prescription: the one target that lacks one
         open_targets = [n for n, name, t, rx in info if t.upper() in _names.TARGET_TYPES and rx is None
@@ -571,10 +708,14 @@ def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
         if number in plan_rx and not user_rx and not c.is_body:
             prx = plan_rx[number]
             if c.prescription is not None and abs(c.prescription - prx) > 1e-6:
+                plans = " + ".join(str(pl[0]) for pl in s.plans_summed) if s.plans_summed else \
+                    str(s.plan[0] if s.plan else "")
                 _warn(f"ROI {name} of RTSTRUCT {path}: the name says {c.prescription:g} Gy, RTPLAN "
-                      f"{s.plan[0] if s.plan else ''} prescribes {prx:g} Gy; using the plan's")
+                      f"{plans} prescribes {prx:g} Gy; using the plan's")
             c = _names.Canonical(c.name, "target", prx, c.matched)
-            s.prescriptions[c.name] = f"RTPLAN {s.plan[0] if s.plan else ''} DoseReferenceSequence"
+            s.prescriptions[c.name] = (
+                f"RTPLAN {' + '.join(str(pl[0]) for pl in s.plans_summed)} DoseReferenceSequence (sum)"
+                if s.plans_summed else f"RTPLAN {s.plan[0] if s.plan else ''} DoseReferenceSequence")
         elif rx is not None and c.kind in ("other", "target") and c.prescription is None:
             c = _names.Canonical(c.name, "target", rx, c.matched)
         if c.name in s.canon and c.name != _names.BODY:
@@ -882,6 +1023,11 @@ def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
         meta["rtplan_uid"] = str(getattr(s.plan[1], "SOPInstanceUID", ""))
         meta["rtplan_file"] = str(s.plan[0].resolve())
         nfx = _fractions(s.plan[1])
+        if s.plans_summed:  # a sequential boost: every phase's plan, fractions added
+            meta["rtplan_uids"] = [_uid_of(ds) for _, ds in s.plans_summed]
+            meta["rtplan_files"] = [str(p.resolve()) for p, _ in s.plans_summed]
+            counts = [_fractions(ds) for _, ds in s.plans_summed]
+            nfx = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
         if nfx is not None:
             meta["fractions"] = nfx
     if body is not None and body.any():
@@ -896,6 +1042,12 @@ def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
         meta["rtdose_file"] = str(dpath.resolve())
         meta["rtdose_uid"] = str(getattr(dds, "SOPInstanceUID", ""))
         meta["rtdose_matched_by"] = how
+        for ppath, _, _ in s.doses_summed[1:]:  # the other phases of a sequential boost
+            dose = dose + _dose_for(ppath, geom, ct.shape, body)  # type: ignore[arg-type]
+        if s.doses_summed:
+            meta["rtdose_files"] = [str(d[0].resolve()) for d in s.doses_summed]
+            meta["rtdose_uids"] = [_uid_of(d[1]) for d in s.doses_summed]
+            meta["dose"] = "sum of the plans' RTDOSEs (RTPlanRelationship PRIOR/CONCURRENT)"
     return Patient.from_masks(s.id, ct, masks, roi_set, geom.spacing, body, dose, meta, geometry=geom)
 
 
