@@ -343,3 +343,34 @@ def test_cli_train_init_without_targets_is_one_line_and_writes_nothing(tmp_path,
     assert r.exit_code == 2, r.output
     assert "no target among its ROIs" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_data_subset_writes_a_split_with_the_whole_roi_set(tmp_path, synth):
+    from dosepred.cli import app
+    from dosepred.io.cache import Cache
+
+    pats = [clinic_patient(p) for p in synth[:3]]
+    q = pats[2]  # the held-out patient lacks the new gland: the subset must still carry it in its ROI set
+    pats[2] = Patient.from_masks(q.id, q.ct, {n: q.mask(n) for n in q.present_rois if n != "Glnd_Submand_L"},
+                                 CLINIC, q.spacing, q.possible_dose_mask, q.dose, dict(q.meta), q.geometry)
+    write_cache(pats, tmp_path / "c")
+    ids = [p.id for p in pats]
+
+    def cli(*a):
+        return CliRunner().invoke(app, [str(x) for x in a])
+
+    split = tmp_path / "s.json"
+    r = cli("data", "split", tmp_path / "c", "--out", split, "--ids", f"train={ids[0]},{ids[1]}",
+            "--ids", f"test={ids[2]}")
+    assert r.exit_code == 0, r.output
+    r = cli("data", "subset", tmp_path / "c", "--split", f"{split}:test", "--out", tmp_path / "t")
+    assert r.exit_code == 0, r.output
+    t = Cache.open(tmp_path / "t")
+    assert t.ids == [ids[2]] and t.roi_set == CLINIC
+    got = next(iter(t.patients(t.ids)))
+    assert "Glnd_Submand_L" in got.missing_rois and got.missing_rois == pats[2].missing_rois
+    np.testing.assert_array_equal(got.dose, pats[2].dose)
+    np.testing.assert_array_equal(got.roi_codes, pats[2].roi_codes)
+    r = cli("data", "subset", tmp_path / "c", "--split", f"{split}:val", "--out", tmp_path / "v")
+    assert r.exit_code == 2 and "has no split 'val'" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "v").exists()

@@ -116,6 +116,23 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
     return obj
 
 
+def subset_cache(src: PathLike, split: str, out: PathLike, overwrite: bool = False) -> Any:
+    """The patients of one split (``FILE:NAME``) of a cache as a new cache with the same ROI set, so
+    a model trained on the cache reads it (``dosepred data subset``: the held-out patients that
+    ``evaluate``, ``calibrate`` and ``qa`` read). Returns it opened."""
+    from .io import cache
+    from .split import load_split, parse_split_arg
+
+    f, name = parse_split_arg(split)
+    check_output(out, overwrite, [src, f])
+    c = cache.Cache.open(src)
+    ids = load_split(f, name, cache_ids=c.ids)
+    with output_dir(out, overwrite, [src, f]) as tmp:
+        cache.write_cache(c.patients(ids), tmp, source=f"{Path(src).resolve()} split {split}",
+                          roi_set=c.roi_set, progress=True)
+    return cache.Cache.open(out)
+
+
 def baseline(data: PathLike, out: PathLike, falloff: float = 15.0, overwrite: bool = False) -> int:
     """No-learning predictions (:func:`dosepred.baseline.distance_falloff`) of every patient of a
     source, written as OpenKBP ``pt_N.csv`` files into ``out``; the count."""

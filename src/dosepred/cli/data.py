@@ -142,6 +142,19 @@ def split(
     show([f"wrote {out} ({obj['method']}): " + ", ".join(f"{k} {len(v)}" for k, v in obj["splits"].items())])
 
 
+@data_app.command("subset")
+@friendly
+def subset(cache_dir: CacheArg, split: Annotated[str, typer.Option(
+        "--split", help="FILE:NAME: the patients to keep (a `data split` file).")], out: CacheOut,
+        overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
+    """Write the patients of one split of a cache as a new cache with the same ROI set (for the
+    commands without --split: evaluate, calibrate, qa)."""
+    from ..workflows import subset_cache
+
+    c = subset_cache(cache_dir, split, out, overwrite)
+    show([f"wrote {len(c)} patients of {split} to {out}"])
+
+
 @data_app.command("pack")
 @friendly
 def pack(cache_dir: CacheArg, out: Annotated[Path, typer.Option("--out", help="Packed folder to write.")],

@@ -179,11 +179,15 @@ def plan_transfer(model_rois: RoiSet, data_rois: RoiSet, where: str = "the data"
     unprescribed = tuple(r.name for r in data_rois if r.kind == "target" and r.prescription is None)
     notes: list[str] = []
     if new:
-        notes.append(f"new OAR channels {', '.join(new)} start at zero weight: the model predicts what it "
-                     "did without them until training moves them")
+        one = len(new) == 1
+        notes.append(f"new OAR channel{'' if one else 's'} {', '.join(new)} start{'s' if one else ''} at "
+                     f"zero weight: the model predicts what it did without {'it' if one else 'them'} until "
+                     "training moves the weights")
     if dropped:
-        notes.append(f"the model's OARs {', '.join(dropped)} are not in {where}: their input channels "
-                     "(and first-layer weights) are dropped")
+        one = len(dropped) == 1
+        notes.append(f"the model's OAR{'' if one else 's'} {', '.join(dropped)} {'is' if one else 'are'} not "
+                     f"in {where}: {'its' if one else 'their'} input channel{'' if one else 's'} (and "
+                     "first-layer weights) are dropped")
     for n in not_oars:
         notes.append(f"{where}: {n} is of kind 'other', not an OAR, so the model's "
                      f"{model_oars[match_key(n)]} channel is dropped (mark it an OAR with --roi-map "
