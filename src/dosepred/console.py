@@ -164,7 +164,8 @@ def demo(res: dict[str, Any]) -> list[Any]:
 
 
 def bench(name: str, res: dict[str, Any]) -> list[Any]:
-    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses, train-step, networks)."""
+    """A benchmark's table and lines (``name``: evaluate, predict, bitmask, losses, train-step, networks,
+    qa-power)."""
     if name == "evaluate":
         t = _table(f"evaluation throughput, {res['patients']} patients (OpenKBP dose + DVH scores)",
                    ("path", "seconds", "patients/s", "vs naive", "vs dosepred CSV"))
@@ -186,6 +187,10 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
                 f"dose score {res['dose_score_clinical_grid']:.3f} Gy on the clinical grid, "
                 f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
                 f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)"]
+    if name == "qa-power":
+        from .bench.qa_power import console_lines
+
+        return console_lines(res)
     m = res["machine"]
     if name == "networks":
         from .bench.networks import table as networks_table

@@ -180,3 +180,45 @@ def losses(
     res = run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,
               [x.strip() for x in losses.split(",") if x.strip()] or None, unet, _log(None))
     _finish("losses", {**res, "markdown": markdown(res)}, json_out, overwrite)
+
+
+@bench_app.command("qa-power")
+@friendly
+def qa_power(
+    model: Annotated[Path, typer.Option("--model", help="Model (its calibration.json names the methods QA "
+                                        "uses; predicts when --prediction is not given).")],
+    data: Annotated[Path, typer.Option("--data", help="Patients with plan doses the model was not trained "
+                                       "on (a cache or OpenKBP folder), e.g. the validation split.")],
+    json_out: JsonOut = None,
+    prediction: Annotated[Path | None, typer.Option("--prediction", help="Cache of their predictions "
+                                                    "(dosepred predict --format cache --no-tta).")] = None,
+    flip_prediction: Annotated[Path | None, typer.Option(
+        "--flip-prediction", help="Cache predicted with --tta: adds the adaptive-flip candidate.")] = None,
+    shift_prediction: Annotated[Path | None, typer.Option(
+        "--shift-prediction", help="Cache predicted with --no-tta --tta-shift: adds adaptive-shift.")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="Protocol of the criteria.")] = (
+        "openkbp-clinical"),
+    coverage: Annotated[float, typer.Option("--coverage", help="Interval coverage QA flags at.")] = 0.9,
+    splits: Annotated[int, typer.Option("--splits", help="Random calibrate/check splits.")] = 200,
+    calibration_patients: Annotated[int | None, typer.Option(
+        "--calibration-patients", help="Patients calibrating in each split [two thirds].")] = None,
+    oar_gy: Annotated[str, typer.Option("--oar-gy", help="OAR dose excesses (Gy).")] = "2,3,4,6,8",
+    cold_gy: Annotated[str, typer.Option("--cold-gy", help="Target D95% deficits (Gy).")] = "1,2,3",
+    hot_pct: Annotated[str, typer.Option("--hot-pct", help="PTV V110% excesses (% points).")] = "2,5,10",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated subset of absolute, signed, "
+                                         "normalised, adaptive-*, qa [all available].")] = "",
+    seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
+    overwrite: Overwrite = False, no_progress: NoProgress = False,
+) -> None:
+    """Plan QA's detection power: flags on plans degraded by known amounts vs on untouched plans."""
+    from ..bench.qa_power import PowerConfig, parse_amounts, run
+
+    _check(json_out, overwrite, [data, model])
+    cfg = PowerConfig(protocol=protocol, coverage=coverage, splits=splits,
+                      calibration_patients=calibration_patients, seed=seed,
+                      oar_gy=parse_amounts(oar_gy, "--oar-gy"), cold_gy=parse_amounts(cold_gy, "--cold-gy"),
+                      hot_pct=parse_amounts(hot_pct, "--hot-pct"))
+    passes = {k: v for k, v in (("flip", flip_prediction), ("shift", shift_prediction)) if v is not None}
+    ms = [x.strip() for x in methods.split(",") if x.strip()] or None
+    res = run(model, data, cfg, prediction, passes, ms, progress=True)
+    _finish("qa-power", res, json_out, overwrite)

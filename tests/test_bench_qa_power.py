@@ -1,0 +1,214 @@
+"""``dosepred bench qa-power``: plans degraded by exactly the asked amount (checked with numpy on
+hand-made masks), false alarms and sensitivity against the values known for Gaussian residuals, and
+the command on a small synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from dosepred.bench import qa_power as qp
+from dosepred.patient import Patient, RoiSet
+
+SP = (2.0, 2.0, 3.0)
+
+
+def _patient(seed: int = 0) -> Patient:
+    """20^3 grid: PTV70 a block, Larynx a block two voxels from it, dose ~70 Gy in the PTV and ~30 Gy
+    elsewhere, no dose possible in one corner."""
+    rng = np.random.default_rng(seed)
+    shape = (20, 20, 20)
+    ptv = np.zeros(shape, bool)
+    ptv[5:13, 5:13, 5:13] = True
+    lar = np.zeros(shape, bool)
+    lar[5:9, 15:18, 6:10] = True
+    pdm = np.ones(shape, bool)
+    pdm[:3, :3, :] = False
+    dose = np.where(ptv, rng.uniform(67, 73, shape), rng.uniform(20, 40, shape)).astype(np.float32)
+    dose = np.round(dose, 2) * pdm  # rounded as OpenKBP's CSVs: many voxels share a value
+    return Patient.from_masks("pt_1", np.zeros(shape, np.float32), {"PTV70": ptv, "Larynx": lar},
+                              RoiSet.openkbp(), SP, pdm, dose.astype(np.float32))
+
+
+def _distance_mm(mask: np.ndarray) -> np.ndarray:
+    """Brute force: every voxel's distance (mm) to the nearest voxel of ``mask``."""
+    grid = np.stack(np.indices(mask.shape), -1).reshape(-1, 3) * np.array(SP)
+    pts = np.argwhere(mask) * np.array(SP)
+    return np.sqrt(((grid[:, None, :] - pts[None]) ** 2).sum(-1)).min(1).reshape(mask.shape)
+
+
+def test_raise_oar_adds_exactly_inside_and_fades_outside():
+    p = _patient()
+    lar = p.mask("Larynx")
+    new = qp.raise_oar(p, "Larynx", 3.0, fade_mm=5.0)
+    added = new.astype(np.float64) - p.dose
+    assert new.dtype == np.float32
+    np.testing.assert_allclose(added[lar], 3.0, atol=1e-5)
+    assert abs(new[lar].astype(np.float64).mean() - p.dose[lar].astype(np.float64).mean() - 3.0) < 1e-5
+    d = _distance_mm(lar)
+    fade = (d > 0) & (d < 5.0) & p.possible_dose_mask
+    np.testing.assert_allclose(added[fade], 1.5 * (1 + np.cos(np.pi * d[fade] / 5.0)), atol=1e-5)
+    assert np.all(added[(d >= 5.0) | ~p.possible_dose_mask] == 0)
+
+
+def test_cold_spot_lowers_d95_by_exactly_the_amount_on_the_oar_side():
+    p = _patient()
+    ptv = p.mask("PTV70")
+    new = qp.cold_spot(p, "PTV70", "D95%", 2.0, 70.0, fade_mm=4.0, fraction=0.1)
+    before, after = (np.percentile(x[ptv].astype(np.float64), 5) for x in (p.dose, new))
+    assert abs(before - after - 2.0) < 1e-3
+    drop = p.dose.astype(np.float64) - new
+    assert drop.min() >= 0 and new.min() >= 0
+    # centred on the PTV voxel nearest the larynx (axis 1 towards it): the larynx side loses more
+    near, far = drop[5:13, 9:13, 5:13][ptv[5:13, 9:13, 5:13]], drop[5:13, 5:9, 5:13][ptv[5:13, 5:9, 5:13]]
+    assert near.sum() > 5 * far.sum()
+
+
+def test_hot_spot_raises_v110_by_the_amount_within_one_voxel():
+    p = _patient()
+    ptv = p.mask("PTV70")
+    n = int(ptv.sum())
+    for pct in (2.0, 10.0):
+        new = qp.hot_spot(p, "PTV70", "V110%", pct, 70.0, fade_mm=4.0)
+        v0, v1 = ((x[ptv] >= 77.0).mean() * 100 for x in (p.dose, new))
+        assert pct <= v1 - v0 <= pct + 100.0 / n + 1e-9
+        assert np.all(new >= p.dose)
+
+
+def _crits(n: int, seed: int = 0, hetero: bool = False) -> tuple[list[qp.Crit], list[qp.Case]]:
+    """One OAR Dmean (lower is better) and one PTV D95% (higher is better) per patient; residuals
+    N(0, 1), as the n quantiles of N(0, 1) shuffled, so that the sample is the distribution
+    (``hetero``: N(0, (0.2 + d)^2) drawn, d the disagreement of a flip pass, uniform on 0..3).
+    Degraded: OAR +2 Gy, PTV -2 Gy."""
+    rng = np.random.default_rng(seed)
+    crits, cases = [], []
+    quantiles = norm.ppf((np.arange(n) + 0.5) / n)
+    res = np.stack([rng.permutation(quantiles), rng.permutation(quantiles)], 1)
+    for i in range(n):
+        pid = f"pt_{i}"
+        d = rng.uniform(0, 3) if hetero else 0.0
+        r = rng.standard_normal(2) * (0.2 + d) if hetero else res[i]
+        oar = qp.Crit(pid, "Larynx Dmean", "Larynx", "Dmean", "oar_mean", "oar", True, "Gy", 30 + r[0], 30.0,
+                      {"flip": 30.0 + d})
+        ptv = qp.Crit(pid, "PTV70 D95%", "PTV70", "D95%", "target_dose", "target", False, "Gy", 65 + r[1],
+                      65.0, {"flip": 65.0 - d})
+        crits += [oar, ptv]
+        vals = {"Larynx Dmean": oar.plan, "PTV70 D95%": ptv.plan}
+        cases.append(qp.Case(pid, "oar", "Larynx", oar.key, "oar_mean", 2.0, 2.0,
+                             {**vals, oar.key: oar.plan + 2.0}))
+        cases.append(qp.Case(pid, "cold", "PTV70", ptv.key, "target_dose", 2.0, -2.0,
+                             {**vals, ptv.key: ptv.plan - 2.0}))
+    return crits, cases
+
+
+def test_false_alarms_and_sensitivity_match_gaussian_residuals():
+    crits, cases = _crits(120)
+    cfg = qp.PowerConfig(splits=30, calibration_patients=80)
+    res = qp.cross_validate(crits, cases, cfg, methods=["absolute", "signed"])
+    q = norm.ppf(0.95)
+    for m in ("absolute", "signed"):
+        r = res["methods"][m]
+        for fam in ("oar_mean", "target_dose"):
+            f = r["families"][fam]
+            assert f["units"] == 30 * 40
+            assert abs(f["coverage"] - 90) < 3
+            # one-sided: only the bad side is a false alarm, so about 5 %, not 10 %
+            assert abs(f["false_alarms"] - 5) < 2.5
+            assert abs(f["width_median"] - 2 * q) < 0.4
+        sens = {(s["what"], s["family"]): s for s in r["sensitivity"]}
+        for key in (("oar", "oar_mean"), ("cold", "target_dose")):
+            # caught when the residual on the bad side + 2 Gy passes the interval's end (about 1.645):
+            # P(N(0, 1) > 1.645 - 2) = 63.9 %
+            assert sens[key]["n"] == 30 * 40
+            assert abs(sens[key]["sensitivity"] - 100 * norm.sf(q - 2.0)) < 4
+            assert sens[key]["flagged_anywhere"] >= sens[key]["sensitivity"]
+    assert res["calibration_patients"] == 80 and res["test_patients"] == 40
+
+
+def test_adaptive_candidate_narrows_heteroscedastic_intervals():
+    crits, cases = _crits(150, seed=1, hetero=True)
+    cfg = qp.PowerConfig(splits=20, calibration_patients=100)
+    res = qp.cross_validate(crits, cases, cfg, methods=["normalised", "adaptive-flip"])
+    ada, nor = res["methods"]["adaptive-flip"]["families"], res["methods"]["normalised"]["families"]
+    for fam in ("oar_mean", "target_dose"):
+        assert abs(ada[fam]["coverage"] - 90) < 4
+        # the residual's scale is 0.2 + d: an interval that knows it gives the median unit (d = 1.5)
+        # 2 * 1.645 * 1.7 = 5.59 Gy, while one width for all covers the mixture: 2 t with
+        # mean over d of P(|Z| (0.2 + d) > t) = 0.1, t = 3.20 (numerically)
+        assert abs(ada[fam]["width_median"] - 5.59) < 0.5
+        assert abs(nor[fam]["width_median"] - 6.41) < 0.6
+    with pytest.raises(ValueError, match="adaptive-shift"):
+        qp.cross_validate(crits, cases, cfg, methods=["adaptive-shift"])
+
+
+def _cohort(tmp_path, n: int = 5):
+    """A synthetic cohort cache and a 'prediction' cache of it (the plan dose smoothed and scaled)."""
+    from scipy.ndimage import gaussian_filter
+
+    from dosepred import synth
+    from dosepred.io.cache import write_cache
+
+    pats = synth.make_cohort(n, seed=3, size=32)
+    write_cache(pats, tmp_path / "data")
+    rng = np.random.default_rng(0)
+    preds = [p.with_dose((gaussian_filter(p.dose, 1.0) * rng.uniform(0.95, 1.05)).astype(np.float32))
+             for p in pats]
+    write_cache(preds, tmp_path / "pred", source="dosepred predict --model m --data d --no-tta")
+    return pats
+
+
+def test_cli_on_a_synthetic_cohort(tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.protocol import load_protocol
+
+    pats = _cohort(tmp_path)
+    out = tmp_path / "p.json"
+    args = ["bench", "qa-power", "--model", "models/openkbp-mae-cdm", "--data", str(tmp_path / "data"),
+            "--prediction", str(tmp_path / "pred"), "--splits", "4", "--oar-gy", "3,6", "--cold-gy", "2",
+            "--hot-pct", "5"]
+    r = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    # degraded plans counted from the patients' contours: each contoured OAR with a criterion twice,
+    # each contoured PTV with a D95% criterion once, PTV70 (V110%) once
+    proto = load_protocol("openkbp-clinical")
+    oars = {c.roi for c in proto.criteria if not c.roi.startswith("PTV")}
+    d95 = {c.roi for c in proto.criteria if c.metric == "D95%"}
+    want = sum(2 * len(oars & set(p.present_rois)) + len(d95 & set(p.present_rois)) + 1 for p in pats)
+    assert res["degraded_plans"] == want
+    assert res["largest_change_error"]["oar"] < 1e-3 and res["largest_change_error"]["cold"] < 1e-3
+    assert set(res["methods"]) == {"absolute", "signed", "normalised", "qa"}
+    for m in res["methods"].values():
+        by = {(s["what"], s["family"], s["amount"]): s["sensitivity"] for s in m["sensitivity"]}
+        for fam in ("oar_mean", "oar_nearmax"):  # the same intervals: +6 Gy is flagged whenever +3 Gy is
+            assert by[("oar", fam, 6.0)] >= by[("oar", fam, 3.0)]
+    assert "OAR mean doses: +3 Gy caught" in r.output and res["calibration_patients"] == 3
+
+
+def test_refuses_a_prediction_missing_a_patient_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io.cache import Cache, write_cache
+
+    _cohort(tmp_path, n=3)
+    part = Cache.open(tmp_path / "pred")
+    write_cache([part.load(i) for i in part.ids[:2]], tmp_path / "pred2", source="dosepred predict --no-tta")
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["bench", "qa-power", "--model", "models/openkbp-mae-cdm", "--data",
+                                 str(tmp_path / "data"), "--prediction", str(tmp_path / "pred2"), "--json",
+                                 str(out)])
+    assert r.exit_code == 2 and "no prediction for patient" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--flip-prediction.*--tta"):  # a flip pass that is not one
+        qp.collect("models/openkbp-mae-cdm", tmp_path / "data", qp.PowerConfig(), tmp_path / "pred",
+                   {"flip": tmp_path / "pred"})
+    with pytest.raises(ValueError, match="--oar-gy"):
+        qp.PowerConfig(oar_gy=(3.0, -1.0)).check()
+    assert math.isclose(qp.parse_amounts("2, 3.5", "--oar-gy")[1], 3.5)
