@@ -141,6 +141,8 @@ def test_adaptive_candidate_narrows_heteroscedastic_intervals():
         # mean over d of P(|Z| (0.2 + d) > t) = 0.1, t = 3.20 (numerically)
         assert abs(ada[fam]["width_median"] - 5.59) < 0.5
         assert abs(nor[fam]["width_median"] - 6.41) < 0.6
+    corr = qp.difficulty_correlation(crits)["flip"]
+    assert corr["oar_mean"]["units"] == 150 and 0.2 < corr["oar_mean"]["error"] < 0.8
     with pytest.raises(ValueError, match="adaptive-shift"):
         qp.cross_validate(crits, cases, cfg, methods=["adaptive-shift"])
 

@@ -699,12 +699,40 @@ def run(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig | No
         "degraded_plans": len(cases),
         "largest_change_error": _change_errors(cases),
         "qa_methods": qa_methods, "methods": cv["methods"],
+        "difficulty_correlation": difficulty_correlation(crits),
         "seconds": {"collect": t1 - t0, "cross_validation": time.perf_counter() - t1},
         "machine": {"cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                     "load_average": list(os.getloadavg())},
     }
     res["targets"] = {m: targets(res, m) for m in cv["methods"]}
     return res
+
+
+def difficulty_correlation(crits: Sequence[Crit]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per test-time pass and family: Spearman's correlation of the pass's disagreement with the
+    plain prediction (|pass - predicted|) with the size of the error (|plan - predicted|), and with the
+    size of the error less its criterion's mean (what the normalised interval leaves)."""
+    from scipy.stats import spearmanr
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    names = sorted(set.intersection(*(set(c.passes) for c in crits))) if crits else []
+    for name in names:
+        for fam in FAMILIES:
+            cs = [c for c in crits if c.family == fam]
+            if len(cs) < 3:
+                continue
+            r = np.array([c.plan - c.predicted for c in cs])
+            mean: dict[str, list[float]] = {}
+            for c, x in zip(cs, r, strict=True):
+                mean.setdefault(c.key, []).append(float(x))
+            centred = np.abs(r - np.array([np.mean(mean[c.key]) for c in cs]))
+            d = np.array([abs(c.passes[name] - c.predicted) for c in cs])
+            if d.std() == 0:
+                continue
+            out.setdefault(name, {})[fam] = {"error": float(spearmanr(d, np.abs(r))[0]),
+                                             "centred_error": float(spearmanr(d, centred)[0]),
+                                             "units": len(cs)}
+    return out
 
 
 def _change_errors(cases: Sequence[Case]) -> dict[str, float]:
@@ -790,6 +818,10 @@ def console_lines(res: dict[str, Any]) -> list[Any]:
     for tg in res["targets"][main]:
         out.append(f"{main}: {tg['what']}: {tg['value']:.1f} (goal {tg['goal']}) "
                    + ("[green]met[/]" if tg["met"] else "[red]not met[/]"))
+    for name, fams in res.get("difficulty_correlation", {}).items():
+        out.append(f"{name} pass: Spearman of |pass - predicted| with |plan - predicted| (and less the "
+                   "criterion's mean): " + ", ".join(f"{f} {v['error']:+.2f} ({v['centred_error']:+.2f})"
+                                                     for f, v in fams.items()))
     if res.get("warning"):
         out.append(f"[yellow]warning:[/] {res['warning']}")
     err = ", ".join(f"{k} {v:.2g}" for k, v in res["largest_change_error"].items())
