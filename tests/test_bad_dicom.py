@@ -471,8 +471,8 @@ def test_sequential_boost_without_a_relationship_is_refused(template, tmp_path):
     assert res.exit_code == 2, text
     assert "Traceback" not in res.output
     assert re_search(r"CT series .*: 2 RTPLANs each with their own dose \(RTPLAN .*RP1\.dcm with RTDOSE "
-                     r".*RD1\.dcm; RTPLAN .*RP2\.dcm with RTDOSE .*RD2\.dcm\), and nothing says how they relate",
-                     text), text
+                     r".*RD1\.dcm; RTPLAN .*RP2\.dcm with RTDOSE .*RD2\.dcm\), and nothing says how they "
+                     r"relate", text), text
     assert "MULTI_PLAN" in text and "RTPlanRelationship PRIOR or CONCURRENT" in text
     assert not (out / "dataset.json").exists()
 

@@ -250,6 +250,29 @@ def test_evaluate_protocol_non_finite_numbers(base, work, crit, extra, needles):
                   proto, "--json", work / "r.json"), "p.json", *needles)
 
 
+def test_protocol_file_with_a_misspelt_roi_is_named_by_its_path(base, work):
+    proto = _protocol(work / "p.json", [{"roi": "PTV_70", "metric": "D95%", "limit": 60, "direction": ">="}])
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", base / "pred", "--protocol",
+                  proto),
+              f"{proto}: protocol 't', criterion 1 (PTV_70 D95% >= 60 Gy): ROI 'PTV_70' is not among the "
+              "dataset's ROIs", "did you mean 'PTV70'?")
+        fails(cli("train", "--data", base / "cache", "--out", work / "run", "--loss", "mae+cdm", "--protocol",
+                  proto, "--epochs", "1", "--patch", "16", "--no-progress"),
+              f"{proto}: protocol 't'", "PTV_70")
+
+
+def test_qa_protocol_with_an_roi_the_model_lacks_says_the_model_lacks_it(base, work):
+    model = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae"
+    proto = _protocol(work / "p.json", [{"roi": "Cochlea_L", "metric": "Dmean", "limit": 45,
+                                         "direction": "<="}])
+    with unchanged(work):
+        text = fails(cli("qa", "--model", model, "--plans", base / "okbp", "--protocol", proto, "--out",
+                         work / "qa", "--no-progress"),
+                     f"{proto}: protocol 't', criterion 1", "ROI 'Cochlea_L' is not among the model's ROIs")
+    assert "dataset" not in text
+
+
 def test_evaluate_protocol_lint_warnings_in_console_and_json(base, work):
     crit = {"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">="}
     proto = _protocol(work / "p.json", [crit, crit, {"roi": "Larynx", "metric": "Dmean"}])
@@ -406,6 +429,110 @@ def test_train_overwrite_replaces_a_run_and_refuses_without(base, work):
         fails(cli(*args), "already holds a training run", "--resume", "--overwrite")
     ok(cli(*args, "--overwrite"))
     assert not (work / "run" / "stale.txt").exists() and (work / "run" / "checkpoints" / "last.pt").is_file()
+
+
+# ------------------------------------------------------------------- ROIs a model expects of a patient
+
+def _absent_in_training(base: Path) -> list[str]:
+    """The ROIs some patient of the training cache lacks, from its dataset.json (numpy-free, by hand)."""
+    info = json.loads((base / "cache" / "dataset.json").read_text())
+    lacking = {r for e in info["patients"] for r in e["missing_rois"]}
+    return [r["name"] for r in info["rois"] if r["name"] in lacking]
+
+
+def _clinic_like(base: Path, out: Path, drop: tuple[str, ...] = (), extra_target: str | None = None) -> Path:
+    """The training patients written as a clinic's export would hold them: ROI sets that list only the
+    ROIs they have (``drop`` left out), optionally with a target the model does not know."""
+    from dosepred.io.cache import Cache
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    pats = []
+    for p in Cache.open(base / "cache"):
+        rois = [r for r in p.roi_set if r.name not in drop and r.name in p.present_rois]
+        masks = {r.name: p.mask(r.name) for r in rois}
+        if extra_target:
+            rois.append(Roi(extra_target, "target", 66.0))
+            masks[extra_target] = p.possible_dose_mask & (p.ct > -2000)
+        pats.append(Patient.from_masks(p.id, p.ct, masks, RoiSet(tuple(rois)), p.spacing,
+                                       p.possible_dose_mask, geometry=p.geometry))
+    sets = {q.roi_set for q in pats}
+    if len(sets) > 1:  # one cache holds one set: keep each patient's own (others recorded missing)
+        union = RoiSet(tuple({r.name: r for q in pats for r in q.roi_set}.values()))
+        pats = [Patient.from_masks(q.id, q.ct, {n: q.mask(n) for n in q.present_rois}, union, q.spacing,
+                                   q.possible_dose_mask, geometry=q.geometry) for q in pats]
+    write_cache(pats, out)
+    return out
+
+
+def test_model_records_the_rois_its_training_patients_lacked(base):
+    from dosepred.models.checkpoint import load_checkpoint
+
+    absent = _absent_in_training(base)
+    assert absent, "the synthetic cohort should lack some ROI (PTV63) in some patient"
+    assert load_checkpoint(base / "run")["space"]["absent_rois"] == absent
+
+
+def test_released_models_record_the_rois_openkbp_training_patients_lacked():
+    """models/*: every OpenKBP train patient has PTV70 and some lack each other ROI (from the train split's
+    missing ROIs: Esophagus 111 of 169 patients, ..., SpinalCord 1); weights untouched."""
+    from dosepred.models.checkpoint import load_checkpoint
+
+    for m in sorted((Path(__file__).resolve().parents[1] / "models").glob("openkbp-*")):
+        want = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible",
+                "PTV56", "PTV63"]
+        assert load_checkpoint(m)["space"]["absent_rois"] == want, m
+        assert json.loads((m / "config.json").read_text())["space"]["absent_rois"] == want, m
+
+
+def test_predict_accepts_a_patient_lacking_only_rois_training_patients_lacked(base, work):
+    absent = _absent_in_training(base)
+    src = _clinic_like(base, work / "src", drop=(absent[0],))
+    out = ok(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--format", "cache",
+                 "--no-progress"))
+    assert f"note: patient synth_000 lacks {absent[0]}" in " ".join(out.split()), out
+    assert "--allow-missing-rois" not in out and "error" not in out
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_predict_refuses_a_patient_without_any_of_the_models_targets(base, work, flag):
+    src = _clinic_like(base, work / "src", drop=("PTV56", "PTV63", "PTV70"))
+    with unchanged(work):
+        text = fails(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o",
+                         "--no-progress", *(["--allow-missing-rois"] if flag else [])),
+                     "patient synth_000 has none of the model's targets (PTV56 (56 Gy), PTV63 (63 Gy), "
+                     "PTV70 (70 Gy)); it has no target at all")
+    assert "--allow-missing-rois" not in text
+
+
+def test_predict_refuses_a_patient_lacking_every_roi_without_the_flags_hint(base, work):
+    from dosepred.io.cache import Cache
+
+    names = Cache.open(base / "cache").roi_set.names
+    src = _clinic_like(base, work / "src", drop=tuple(names), extra_target="GTV")
+    with unchanged(work):
+        text = fails(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o",
+                         "--no-progress"),
+                     "has none of the model's targets", "its own targets are GTV (66 Gy)")
+    assert "--allow-missing-rois" not in text
+
+
+def test_predict_needs_the_flag_for_an_roi_every_training_patient_had(base, work):
+    absent = _absent_in_training(base)
+    always = next(n for n in ("Brainstem", "SpinalCord", "Larynx") if n not in absent)
+    src = _clinic_like(base, work / "src", drop=(always,))
+    with unchanged(work):
+        fails(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--no-progress"),
+              f"lacks {always}, which every patient the model was trained on had", "--allow-missing-rois")
+    out = ok(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--no-progress",
+                 "--allow-missing-rois"))
+    assert f"warning: patient synth_000 lacks the model's ROIs {always}" in " ".join(out.split())
+
+
+def test_predict_refuses_a_target_the_model_does_not_know(base, work):
+    src = _clinic_like(base, work / "src", extra_target="PTV66")
+    with unchanged(work):
+        fails(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--no-progress"),
+              "its target PTV66 (66 Gy) is not among the model's", "would ignore it", "--allow-missing-rois")
 
 
 # ---------------------------------------------------------------------------- OS errors, empty files

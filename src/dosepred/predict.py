@@ -29,7 +29,7 @@ import torch
 
 from .boxes import mask_box
 from .constants import BODY_HU
-from .models import ModelConfig, ModelError, check_roi_set
+from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
 from .patient import Patient, RoiSet
@@ -47,39 +47,96 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return dev
 
 
-def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = False) -> Patient:
+class RoiNote(UserWarning):
+    """Information about a prediction, not a problem (e.g. the ROIs a patient lacks that some training
+    patients lacked too); the commands print it as ``note: ...``."""
+
+    prefix = "note"
+
+
+def _targets(rs: RoiSet) -> str:
+    return ", ".join(f"{r.name}" + (f" ({r.prescription:g} Gy)" if r.prescription else "")
+                     for r in rs if r.kind == "target")
+
+
+def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = False,
+               absent_ok: Sequence[str] | None = None, warn: bool = True) -> Patient:
     """``patient`` with the model's ROI set (names, kinds, prescriptions and bit order).
 
-    A patient whose set differs is an error (:class:`ModelError`, the same message for every output
-    format) unless ``allow_missing``: then its ROIs are matched to the model's by name, the model's
-    ROIs it lacks become empty channels (a warning names them) and ROIs the model does not know are
-    left out. Common ROIs must still agree in kind and prescription."""
-    mine = config.roi_set
-    theirs = patient.roi_set
-    lacking = [n for n in mine.names if n not in theirs]
-    try:
-        check_roi_set(config, theirs, f"patient {patient.id}")
-        return patient
-    except ModelError as e:
-        if not allow_missing:
-            if lacking:
-                raise ModelError(f"{e}; it lacks {', '.join(lacking)}: --allow-missing-rois predicts it "
-                                 "with empty channels for them") from None
-            raise
+    Judged on the ROIs the patient has contoured, however its set is written (a clinic's export lists
+    only what it holds, a cache lists the rest as missing):
+
+    - a patient with none of the model's targets is an error (:class:`ModelError`), flag or not;
+    - the model's ROIs in ``absent_ok`` (those some training patients lacked too: the model space's
+      ``absent_rois``) may be missing: empty channels, an :class:`RoiNote`;
+    - any other missing ROI, or a target of the patient the model does not know (the prediction would
+      ignore it), is an error unless ``allow_missing`` (then a warning names them). With ``absent_ok``
+      None (a model recorded without it) the ROIs its set lists as missing are accepted, as before;
+    - ROIs the model does not use (organs, other structures) are left out (a note);
+    - a common ROI must agree in kind and prescription (an error otherwise).
+
+    ``warn=False`` raises no note or warning. The message of every error is the same for every output
+    format."""
+    mine, theirs = config.roi_set, patient.roi_set
+    who = f"patient {patient.id}"
+    contoured = {n for n in theirs.names if n not in patient.missing_rois}
+    lacking = [n for n in mine.names if n not in contoured]
+    targets = [r.name for r in mine if r.kind == "target"]
+    if len(lacking) == len(mine):
+        what = f"none of the model's targets ({_targets(mine)})" if targets else \
+            f"none of the model's ROIs ({', '.join(mine.names)})"
+        own = _targets(RoiSet(tuple(r for r in theirs if r.name in contoured)))
+        raise ModelError(f"{who} has {what}{'; its own targets are ' + own if own else ''}: it cannot be "
+                         "predicted (if they are there under other names, name them as the model does, "
+                         "e.g. `dosepred data import-dicom --roi-map MAP.json` and predict the cache)")
+    if targets and not any(t in contoured for t in targets):
+        own = _targets(RoiSet(tuple(r for r in theirs if r.name in contoured)))
+        raise ModelError(f"{who} has none of the model's targets ({_targets(mine)})"
+                         f"{'; its own targets are ' + own if own else '; it has no target at all'}: a dose "
+                         "cannot be predicted without one (if one of its ROIs is one of them under another "
+                         "name, name it as the model does, e.g. `dosepred data import-dicom --roi-map "
+                         "MAP.json` and predict the cache)")
     for r in mine:
-        o = theirs[r.name] if r.name in theirs else r
-        if (o.kind, o.prescription) != (r.kind, r.prescription):
-            raise ModelError(f"patient {patient.id}: ROI {r.name} is a {o.kind} (prescription "
-                             f"{o.prescription}) but the model's is a {r.kind} "
-                             f"(prescription {r.prescription})")
-    extra = [n for n in theirs.names if n not in mine]
-    if lacking or extra:
-        msg = f"patient {patient.id}"
-        if lacking:
-            msg += f" lacks the model's ROIs {', '.join(lacking)}: predicted with empty channels for them"
+        if r.name in theirs and r.name in contoured:
+            o = theirs[r.name]
+            if (o.kind, o.prescription) != (r.kind, r.prescription):
+                raise ModelError(f"{who}: ROI {r.name} is a {o.kind} (prescription {o.prescription}) but the "
+                                 f"model's is a {r.kind} (prescription {r.prescription})")
+    optional = set(absent_ok) if absent_ok is not None else {n for n in lacking if n in theirs}
+    need = [n for n in lacking if n not in optional]
+    unknown_targets = [r for r in theirs if r.kind == "target" and r.name in contoured and r.name not in mine]
+    extra = [n for n in theirs.names if n in contoured and n not in mine
+             and n not in {r.name for r in unknown_targets}]
+    if (need or unknown_targets) and not allow_missing:
+        parts = []
+        if need:
+            had = ("which every patient the model was trained on had" if absent_ok is not None
+                   else "which the model was trained with")
+            parts.append(f"lacks {', '.join(need)}, {had}")
+        if unknown_targets:
+            parts.append(f"its target{'s' if len(unknown_targets) > 1 else ''} "
+                         f"{_targets(RoiSet(tuple(unknown_targets)))} "
+                         f"{'are' if len(unknown_targets) > 1 else 'is'} not among the model's "
+                         f"({_targets(mine)}), so the prediction would ignore "
+                         f"{'them' if len(unknown_targets) > 1 else 'it'}")
+        raise ModelError(f"{who} {'; '.join(parts)}: --allow-missing-rois predicts it all the same"
+                         f"{' with empty channels for the missing ones' if need else ''}")
+    if warn:
+        noted = [n for n in lacking if n not in need]
+        if noted:
+            warnings.warn(f"{who} lacks {', '.join(noted)} (some of the model's training patients did too): "
+                          "predicted with empty channels for them", RoiNote, stacklevel=3)
+        if need:
+            warnings.warn(f"{who} lacks the model's ROIs {', '.join(need)}: predicted with empty channels "
+                          "for them", stacklevel=3)
+        if unknown_targets:
+            warnings.warn(f"{who}: its target(s) {_targets(RoiSet(tuple(unknown_targets)))} are not the "
+                          "model's: predicted without them", stacklevel=3)
         if extra:
-            msg += f"{';' if lacking else ''} its ROIs {', '.join(extra)} are not used by the model"
-        warnings.warn(msg, stacklevel=3)
+            warnings.warn(f"{who}: its ROIs {', '.join(extra)} are not used by the model", RoiNote,
+                          stacklevel=3)
+    if theirs == mine:
+        return patient
     codes = np.zeros(patient.shape, dtype=mine.dtype)
     t = codes.dtype.type
     src_t = patient.roi_codes.dtype.type
@@ -87,7 +144,7 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
         if name in theirs:
             bit = (patient.roi_codes >> src_t(theirs.index(name))) & src_t(1)
             codes |= bit.astype(codes.dtype) << t(k)
-    missing = tuple(n for n in mine.names if n in lacking or n in patient.missing_rois)
+    missing = tuple(n for n in mine.names if n not in contoured)
     return Patient(patient.id, patient.ct, codes, RoiSet(mine.rois), patient.spacing,
                    patient.possible_dose_mask, patient.dose, missing, dict(patient.meta), patient.geometry)
 
@@ -227,8 +284,9 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
     (:func:`predict_in_space`). ``allow_missing_rois``: see :func:`match_rois`.
     """
     net = model.module if hasattr(model, "module") else model
-    patient = match_rois(net.config, patient, allow_missing_rois)
-    placed = into_space(patient, space or model_space(net), warn=warn, spacing_policy=spacing_policy)
+    sp = space or model_space(net)
+    patient = match_rois(net.config, patient, allow_missing_rois, sp.absent_rois, warn=warn)
+    placed = into_space(patient, sp, warn=warn, spacing_policy=spacing_policy)
     dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta, shifts)
     return placed.back(dose)
 

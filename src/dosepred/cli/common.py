@@ -53,7 +53,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def _say(kind: str, msg: str, colour: str) -> None:
     msg = str(msg)
-    for prefix in ("error: ", "warning: "):  # never "error: warning: ..."
+    for prefix in ("error: ", "warning: ", "note: "):  # never "error: warning: ..."
         while msg.startswith(prefix):
             msg = msg[len(prefix):]
     # ANSI colour only on a terminal and without NO_COLOR (https://no-color.org)
@@ -73,14 +73,19 @@ def warn(msg: str) -> None:
     _say("warning", msg, "33")
 
 
+def note(msg: str) -> None:
+    _say("note", msg, "36")
+
+
 _QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
 
 
 @contextlib.contextmanager
 def show_warnings() -> Iterator[list[str]]:
     """Print each warning raised inside the block once, as it comes, as ``warning: ...`` (the one
-    place the commands show warnings; a failure later still leaves them on screen). Deprecation and
-    resource warnings of libraries stay quiet. Yields the list of messages shown."""
+    place the commands show warnings; a failure later still leaves them on screen), or as ``note: ...``
+    for a category whose ``prefix`` is ``"note"`` (information, e.g. :class:`dosepred.predict.RoiNote`).
+    Deprecation and resource warnings of libraries stay quiet. Yields the list of messages shown."""
     import warnings
 
     shown: list[str] = []
@@ -90,7 +95,7 @@ def show_warnings() -> Iterator[list[str]]:
         if issubclass(category, _QUIET_WARNINGS) or m in shown:
             return
         shown.append(m)
-        warn(m)
+        (note if getattr(category, "prefix", "warning") == "note" else warn)(m)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")

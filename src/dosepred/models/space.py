@@ -10,6 +10,9 @@ A model sees arrays, not patients: it learns in the axis order and voxel sizes o
 - ``spacing_min`` / ``spacing_max``: the voxel size range (mm) per model axis over the training patients;
 - ``fov_min`` / ``fov_max``: the field-of-view range (mm, array extent = shape x spacing) per model axis;
 - ``masked``: every training patient had a possible-dose (body) mask (not all voxels);
+- ``absent_rois``: the model's ROIs that some training patients lacked (not contoured): a patient
+  may lack them at prediction time as well (:func:`dosepred.predict.match_rois`); None for a record
+  made before it was kept;
 - ``patients`` and ``source`` (how the record came about).
 
 :func:`into_space` brings any patient into that space: without interpolation where its grid is a
@@ -44,6 +47,11 @@ COARSE_FACTOR = 1.5
 #: A field of view below ``FOV_FACTOR`` x the training minimum or above ``1 / FOV_FACTOR`` x the maximum
 #: is "much smaller / larger" (warned).
 FOV_FACTOR = 0.5
+
+#: ROIs some patients of the OpenKBP train split lack (from its 169 patients' missing ROIs: every ROI
+#: but PTV70); the record of the released models and of models saved without one
+OPENKBP_ABSENT_ROIS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx",
+                       "Mandible", "PTV56", "PTV63")
 
 _AXIS_NAME = {"L": "R->L", "R": "L->R", "P": "A->P", "A": "P->A", "S": "I->S", "I": "S->I"}
 _LPS = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
@@ -80,8 +88,11 @@ class ModelSpace:
     source: str = "recorded"
     spacing_median: tuple[float, float, float] | None = (3.906, 3.906, 2.5)
     shape_median: tuple[float, float, float] | None = (128.0, 128.0, 128.0)
+    absent_rois: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.absent_rois is not None:
+            object.__setattr__(self, "absent_rois", tuple(str(n) for n in self.absent_rois))
         axes = str(self.axes).upper()
         axes_direction(axes)  # KeyError on a bad letter
         if sorted(_LPS[c][0] for c in axes) != [0, 1, 2]:
@@ -104,15 +115,18 @@ class ModelSpace:
         """The OpenKBP train split (169 patients, 128^3 arrays "PLI"; voxel sizes from their
         voxel_dimensions.csv: 2.734-5.078 mm in-plane, 1.5-3.3 mm slices): the space of the released
         models and of any model saved before the record existed."""
-        return cls(patients=169, source="OpenKBP train split (assumed for models without a record)")
+        return cls(patients=169, source="OpenKBP train split (assumed for models without a record)",
+                   absent_rois=OPENKBP_ABSENT_ROIS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpace:
         known = {"axes", "spacing_min", "spacing_max", "fov_min", "fov_max", "masked", "patients", "source",
-                 "spacing_median", "shape_median"}
+                 "spacing_median", "shape_median", "absent_rois"}
         d = {k: v for k, v in d.items() if k in known}
         d.setdefault("spacing_median", None)
         d.setdefault("shape_median", None)
+        if d.get("absent_rois") is not None and not isinstance(d["absent_rois"], (list, tuple)):
+            raise ValueError(f"absent_rois must be a list of ROI names, got {d['absent_rois']!r}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +135,8 @@ class ModelSpace:
                 "fov_min": list(self.fov_min), "fov_max": list(self.fov_max), "masked": self.masked,
                 "patients": self.patients, "source": self.source,
                 "spacing_median": None if self.spacing_median is None else list(self.spacing_median),
-                "shape_median": None if self.shape_median is None else list(self.shape_median)}
+                "shape_median": None if self.shape_median is None else list(self.shape_median),
+                "absent_rois": None if self.absent_rois is None else list(self.absent_rois)}
 
     @property
     def direction(self) -> np.ndarray:
@@ -201,6 +216,8 @@ class SpaceRecorder:
         self.fovs: list[tuple[float, ...]] = []
         self.masked: list[bool] = []
         self.oblique: list[str] = []
+        self.rois: tuple[str, ...] = ()
+        self.absent: set[str] = set()
 
     def add(self, p: Patient) -> Patient:
         assert p.geometry is not None
@@ -212,6 +229,9 @@ class SpaceRecorder:
         self.spacings.append(tuple(q.spacing))
         self.fovs.append(tuple(n * s for n, s in zip(q.shape, q.spacing, strict=True)))
         self.masked.append(not bool(np.all(q.possible_dose_mask)))
+        if not self.rois:
+            self.rois = tuple(p.roi_set.names)
+        self.absent.update(p.missing_rois)
         return q
 
     def space(self) -> ModelSpace:
@@ -225,7 +245,8 @@ class SpaceRecorder:
                           fov_min=tuple(fov.min(0)), fov_max=tuple(fov.max(0)), masked=all(self.masked),
                           patients=len(self.spacings), source="recorded",
                           spacing_median=tuple(float(v) for v in np.median(sp, axis=0)),
-                          shape_median=tuple(float(v) for v in np.median(fov / sp, axis=0)))
+                          shape_median=tuple(float(v) for v in np.median(fov / sp, axis=0)),
+                          absent_rois=tuple(n for n in self.rois if n in self.absent))
 
 
 # ------------------------------------------------------------------------------------- placement

@@ -65,28 +65,35 @@ def _format_errors(e: ValidationError, raw: Any, source: str) -> str:
     return f"invalid protocol {source}: " + "; ".join(lines)
 
 
-def parse_protocol(data: dict[str, Any], roi_set: RoiSet | None = None, source: str = "") -> Protocol:
-    """Validate a protocol given as a dict (the parsed JSON); see :func:`load_protocol`."""
+def parse_protocol(data: dict[str, Any], roi_set: RoiSet | None = None, source: str = "",
+                   roi_owner: str = "the dataset", path: str | os.PathLike | None = None) -> Protocol:
+    """Validate a protocol given as a dict (the parsed JSON); see :func:`load_protocol`. ``path``: the
+    file it was read from (errors name it)."""
     if not isinstance(data, dict):
         raise ProtocolError(f"invalid protocol {source}: expected a JSON object with 'name' and 'criteria'")
     try:
         proto = Protocol.model_validate(data)
     except ValidationError as e:
         raise ProtocolError(_format_errors(e, data, source or repr(data.get("name", "")))) from None
+    if path is not None:
+        proto._source = str(path)
     if roi_set is not None:
-        proto.validate_for(roi_set)
+        proto.validate_for(roi_set, roi_owner)
     return proto
 
 
-def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | None = None) -> Protocol:
+def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | None = None,
+                  roi_owner: str = "the dataset") -> Protocol:
     """Load a built-in protocol (``openkbp``, ``openkbp-clinical``) or a user JSON file.
 
     With ``roi_set`` the protocol is checked against the dataset: an ROI it does not know, or a
     criterion relative to a prescription that no one gives, raises :class:`ProtocolError` naming
-    the criterion. A :class:`Protocol` passed in is returned (validated against ``roi_set``).
+    the criterion; ``roi_owner`` says whose ROI set it is (``"the dataset"``, ``"the model"``), and an
+    error names the protocol's file. A :class:`Protocol` passed in is returned (validated against
+    ``roi_set``).
     """
     if isinstance(name_or_path, Protocol):
-        return name_or_path.validate_for(roi_set) if roi_set is not None else name_or_path
+        return name_or_path.validate_for(roi_set, roi_owner) if roi_set is not None else name_or_path
     s = str(name_or_path)
     if s in BUILTIN:
         text = resources.files(__package__).joinpath("builtin", f"{s}.json").read_text()
@@ -107,8 +114,10 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         raise ProtocolError(f"protocol {source} is not valid JSON: {e}") from None
     if isinstance(data, dict) and "criteria" in data and data["criteria"] and isinstance(
             data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
-        return from_portpy(data, roi_set)
-    return parse_protocol(data, roi_set, source)
+        proto = from_portpy(data)
+        proto._source = "" if s in BUILTIN else str(Path(s))
+        return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
+    return parse_protocol(data, roi_set, source, roi_owner, None if s in BUILTIN else Path(s))
 
 
 def lint(protocol: Protocol, present: Any = None, where: str = "") -> list[str]:

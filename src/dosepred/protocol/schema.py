@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..metrics import Metric, parse_metric
 
@@ -153,6 +153,8 @@ class Protocol(BaseModel):
     description: str = ""
     prescriptions: dict[str, float] = Field(default_factory=dict)
     criteria: list[Criterion] = Field(min_length=1)
+    #: where the protocol came from: its file's path, or "" (built-in, or made in Python): errors name it
+    _source: str = PrivateAttr(default="")
 
     @field_validator("prescriptions")
     @classmethod
@@ -178,17 +180,29 @@ class Protocol(BaseModel):
     def criteria_for(self, roi: str) -> list[Criterion]:
         return [c for c in self.criteria if c.roi == roi]
 
-    def validate_for(self, roi_set: RoiSet) -> Protocol:
-        """Check every criterion against a dataset's ROIs; raise :class:`ProtocolError` naming the
-        first offending criterion. Returns self."""
+    @property
+    def where(self) -> str:
+        """How errors name the protocol: ``<file>: protocol 'name'`` for one read from a file (the file is
+        what the user can open and fix), else ``protocol 'name'``."""
+        return f"{self._source}: protocol {self.name!r}" if self._source else f"protocol {self.name!r}"
+
+    def validate_for(self, roi_set: RoiSet, roi_owner: str = "the dataset") -> Protocol:
+        """Check every criterion against the ROIs of ``roi_owner`` (``"the dataset"``, ``"the model"``);
+        raise :class:`ProtocolError` naming the protocol's file, the first offending criterion and the
+        nearest ROI name. Returns self."""
+        import difflib
+
         for i, c in enumerate(self.criteria, 1):
             if c.roi not in roi_set:
-                raise ProtocolError(f"protocol {self.name!r}, criterion {i} ({c.name}): ROI {c.roi!r} is "
-                                    f"not in the dataset's ROIs ({', '.join(roi_set.names)})")
+                near = difflib.get_close_matches(c.roi, list(roi_set.names), n=1, cutoff=0.6)
+                near += [n for n in roi_set.names if n.lower() == c.roi.lower() and n not in near]
+                raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): ROI {c.roi!r} is not among "
+                                    f"{roi_owner}'s ROIs ({', '.join(roi_set.names)})"
+                                    + (f"; did you mean {near[0]!r}?" if near else ""))
             if c.needs_prescription and self.prescription(c.roi, roi_set) is None:
-                raise ProtocolError(f"protocol {self.name!r}, criterion {i} ({c.name}): needs the "
-                                    f"prescription of {c.roi}, which is neither in the protocol's "
-                                    "'prescriptions' nor in the dataset")
+                raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): needs the prescription of "
+                                    f"{c.roi}, which is neither in the protocol's 'prescriptions' nor in "
+                                    f"{roi_owner}")
         return self
 
     def kinds(self, roi_set: RoiSet) -> dict[str, str]:

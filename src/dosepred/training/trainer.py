@@ -55,7 +55,7 @@ from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
 from ..models.transfer import plan_transfer, transfer_state
-from ..predict import predict_dose, resolve_device
+from ..predict import RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
@@ -153,8 +153,11 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
 
     def pairs():
         for p in patients:
-            yield p, predict_dose(model, p, device, cfg.sw_overlap, cfg.sw_mode,
-                                  amp=cfg.amp and device.type == "cuda")
+            with warnings.catch_warnings():  # validation patients share the cache's ROI set: predicted
+                warnings.simplefilter("ignore", RoiNote)  # whatever they lack, without a note each time
+                d = predict_dose(model, p, device, cfg.sw_overlap, cfg.sw_mode,
+                                 amp=cfg.amp and device.type == "cuda", allow_missing_rois=True)
+            yield p, d
 
     res = evaluate_cohort(pairs(), protocol if protocol is not None else "openkbp", progress=progress)
     s = {"dose_score": res.dose_score, "dvh_score": res.dvh_score, "ptv_score": res.ptv_score,
