@@ -231,7 +231,7 @@ class QAChecker:
         ckpt = load_checkpoint(self.model_path)
         self.net = model_from_checkpoint(ckpt, resolve_device(device or "auto"))
         self.roi_set: RoiSet = self.net.config.roi_set
-        self.protocol = load_protocol(protocol, self.roi_set)
+        self.protocol = load_protocol(protocol, self.roi_set, roi_owner="the model")
         self.coverage = coverage
         self.families = self.calib.get("families", {})
         self.methods = {f: d.get("method", "absolute") for f, d in self.families.items()}
