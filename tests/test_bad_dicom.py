@@ -159,6 +159,19 @@ def _rp_negative(f: Path) -> None:
     edit(f / "RP.dcm", lambda ds: setattr(ds.DoseReferenceSequence[0], "TargetPrescriptionDose", "-60"))
 
 
+def _ct_junk(f: Path) -> None:
+    (f / "CT.0005.dcm").write_bytes(b"not a DICOM file, saved over a slice")
+
+
+def _ct_empty(f: Path) -> None:
+    (f / "CT.0005.dcm").write_bytes(b"")
+
+
+def _ct_truncated(f: Path) -> None:
+    data = (f / "CT.0005.dcm").read_bytes()
+    (f / "CT.0005.dcm").write_bytes(data[:600])
+
+
 DICOM_ERRORS = [
     ("rtdose-no-scaling", _no_scaling, r"RD\.dcm lacks DoseGridScaling"),
     ("rtdose-zero-scaling", _zero_scaling, r"RD\.dcm: DoseGridScaling must be > 0"),
@@ -186,6 +199,12 @@ DICOM_ERRORS = [
     ("rtplan-other-frame", _rp_other_frame, r"RTPLAN .*RP\.dcm has FrameOfReference .*, but the RTSTRUCT"),
     ("rtplan-rx-cgy", _rp_cgy,
      r"RP\.dcm: DoseReferenceSequence item 1: TargetPrescriptionDose 7000 Gy is not a prescription"),
+    ("ct-slice-junk", _ct_junk, r"the CT series is incomplete; beside it, 1 file\(s\) are not readable "
+     r"DICOM: \S*CT\.0005\.dcm \(not a DICOM file\)"),
+    ("ct-slice-empty", _ct_empty, r"the CT series is incomplete; beside it, 1 file\(s\) are not readable "
+     r"DICOM: \S*CT\.0005\.dcm \(empty, 0 bytes\)"),
+    ("ct-slice-truncated", _ct_truncated, r"CT file \S*CT\.0005\.dcm has no SeriesInstanceUID \(a "
+     r"truncated or damaged file\? 600 bytes\)"),
     ("rtplan-rx-negative", _rp_negative,
      r"RP\.dcm: DoseReferenceSequence item 1: TargetPrescriptionDose -60"),
 ]
@@ -527,3 +546,18 @@ def test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_p
     assert p.meta["rtdose_file"].endswith("RD_sum.dcm")
     np.testing.assert_allclose(p.dose, ref.dose, atol=1e-4)
     assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["fractions"] == 35
+
+
+def test_a_junk_first_slice_without_a_structure_set_is_named(template, tmp_path):
+    """Without an RTSTRUCT listing the images, a damaged first slice leaves no gap to detect: the CT is
+    read without it, with a warning naming the file."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    for f in ("RS.dcm", "RD.dcm", "RP.dcm"):
+        (src / f).unlink()
+    (src / "CT.0001.dcm").write_bytes(b"junk")
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert re_search(r"warning: CT series .*: 1 file\(s\) beside it are not readable DICOM "
+                     r"\(\S*CT\.0001\.dcm \(not a DICOM file\)\); if one was a slice of this CT, the CT "
+                     r"lacks it", flat(res.output))

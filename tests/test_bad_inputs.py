@@ -643,6 +643,38 @@ def test_missing_inputs(base, work):
               "nope.pt")
 
 
+@pytest.mark.parametrize("cmd", [
+    lambda b, n, w: ("predict", "--model", b / "run", "--data", n, "--out", w / "o", "--no-progress"),
+    lambda b, n, w: ("baseline", "--data", n, "--out", w / "o", "--no-progress"),
+    lambda b, n, w: ("train", "--data", n, "--out", w / "run", "--epochs", "1", "--no-progress"),
+    lambda b, n, w: ("train", "--data", b / "cache", "--val", n, "--out", w / "run", "--epochs", "1",
+                     "--no-progress"),
+    lambda b, n, w: ("data", "export-nifti", n, "--out", w / "o", "--no-progress"),
+    lambda b, n, w: ("data", "inspect", n),
+    lambda b, n, w: ("calibrate", "--model", b / "run", "--data", n, "--no-progress"),
+    lambda b, n, w: ("qa", "--model", b / "run", "--plans", n, "--out", w / "o", "--no-progress"),
+    lambda b, n, w: ("evaluate", "--reference", n, "--prediction", b / "pred", "--no-progress"),
+], ids=["predict", "baseline", "train", "train-val", "export-nifti", "inspect", "calibrate", "qa",
+        "evaluate"])
+def test_a_missing_input_folder_does_not_exist(base, work, cmd):
+    """A mistyped --data says the folder does not exist (not that it is no cache or DICOM folder)."""
+    nope = work / "no-such-folder"
+    with unchanged(work):
+        text = fails(cli(*cmd(base, nope, work)), f"{nope} does not exist")
+    assert "neither" not in text and "is not a dosepred cache" not in text
+
+
+def test_calibrate_says_it_needs_12_patients_before_predicting_them(base, work, monkeypatch):
+    import dosepred.predict
+
+    def never(*a, **k):
+        raise RuntimeError("predicted a patient before counting them")
+    monkeypatch.setattr(dosepred.predict, "predict_dose", never)
+    with unchanged(work):
+        fails(cli("calibrate", "--model", base / "run", "--data", base / "okbp", "--no-progress"),
+              str(base / "okbp"), "2 patient(s) cannot calibrate intervals; at least 12 patients")
+
+
 # -------------------------------------------------------------------------------------- messages
 
 def test_warnings_are_not_errors(base, work):

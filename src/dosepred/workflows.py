@@ -259,12 +259,20 @@ def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
 def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-clinical",
                     overwrite: bool = False, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """:func:`dosepred.calibration.calibrate`, refusing to replace a model's calibration without
-    ``overwrite``."""
-    from .calibration import calibrate, calibration_path
+    ``overwrite``, and a source of too few patients before predicting any."""
+    from .calibration import MIN_PATIENTS, CalibrationError, calibrate, calibration_path
+    from .io.source import open_source
 
+    if not Path(data).exists():
+        raise FileNotFoundError(f"{data} does not exist")
     existing = calibration_path(model)
     if existing.is_file() and not overwrite:
         raise ValueError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
+    n = len(open_source(data))
+    if n < MIN_PATIENTS:
+        raise CalibrationError(f"{data}: {n} patient(s) cannot calibrate intervals; at least {MIN_PATIENTS} "
+                               "patients the model was not trained on are needed (a 90 % interval needs at "
+                               "least 9 calibration patients; cross-validation more)")
     return calibrate(model, data, protocol, **kwargs)
 
 
@@ -293,6 +301,8 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
 
     point_mm = parse_point(point)
     inputs = [model, plans]
+    if isinstance(plans, (str, os.PathLike)) and not Path(plans).exists():
+        raise FileNotFoundError(f"{plans} does not exist")
     for path in (out, json_out):  # refuse before any work
         if path is not None:
             check_output(path, overwrite, inputs)

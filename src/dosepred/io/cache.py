@@ -511,6 +511,8 @@ class Cache:
     def open(cls, root: str | os.PathLike) -> Cache:
         root = Path(root)
         js = root / DATASET_JSON
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist")
         if not js.is_file():
             raise CacheError(f"{root} is not a dosepred cache: {js} is missing "
                              "(create one with `dosepred data import-openkbp` or `data synth`)")
@@ -649,6 +651,8 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     :func:`dosepred.io.source.source_kind`, the patients read by :func:`~dosepred.io.source.open_source`)."""
     from .source import open_source, source_kind
 
+    if not Path(src).exists():
+        raise FileNotFoundError(f"{src} does not exist")
     if source_kind(src) is None:
         raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), "
                          "a NIfTI folder (ct.nii.gz) nor a DICOM folder")

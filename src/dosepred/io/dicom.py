@@ -200,6 +200,25 @@ def export_layout(p: Patient, keep_layout: bool | None = None) -> Patient:
 class _Series:
     uid: str
     files: list[tuple[Path, Any]]  # (path, header dataset)
+    # files under the scanned folder that are no readable DICOM (junk, empty, truncated): named when
+    # the series turns out incomplete, since one of them may be the missing slice
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def unreadable_near(self, image_like: bool = False) -> list[tuple[Path, str]]:
+        """The unreadable files beside this series' files (``image_like``: only those named as DICOM
+        images are, ``*.dcm``, ``*.ima`` or without a suffix)."""
+        folders = {p.parent for p, _ in self.files}
+        return [(p, why) for p, why in self.unreadable if p.parent in folders
+                and (not image_like or p.suffix.lower() in ("", ".dcm", ".ima", ".dicom"))]
+
+    def unreadable_note(self) -> str:
+        """``"; N file(s) ... are not readable DICOM: a (why), ..."`` for the unreadable files beside this
+        series' files (empty when there are none)."""
+        near = self.unreadable_near()
+        if not near:
+            return ""
+        listed = ", ".join(f"{p} ({why})" for p, why in near[:5]) + (" ..." if len(near) > 5 else "")
+        return f"; beside it, {len(near)} file(s) are not readable DICOM: {listed}"
 
     @property
     def first(self) -> Any:
@@ -247,18 +266,23 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
     structs: list[tuple[Path, Any]] = []
     doses: list[tuple[Path, Any]] = []
     plans: list[tuple[Path, Any]] = []
+    unreadable: list[tuple[Path, str]] = []
     for p in paths:
         if p.name.startswith("."):
             continue
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as e:
+            why = ("empty, 0 bytes" if _size(p) == 0 else "not a DICOM file"
+                   if isinstance(e, InvalidDicomError) else f"unreadable: {type(e).__name__}")
+            unreadable.append((p, why))
             continue
         mod = str(getattr(ds, "Modality", ""))
         if mod == "CT":
             uid = str(getattr(ds, "SeriesInstanceUID", ""))
             if not uid:
-                raise DicomImportError(f"CT file {p} has no SeriesInstanceUID")
+                raise DicomImportError(f"CT file {p} has no SeriesInstanceUID (a truncated or damaged file? "
+                                       f"{_size(p)} bytes)")
             series.setdefault(uid, _Series(uid, [])).files.append((p, ds))
         elif mod == "RTSTRUCT":
             structs.append((p, ds))
@@ -268,7 +292,16 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
             plans.append((p, ds))
     if not series:
         raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files)")
+    for s in series.values():
+        s.unreadable = unreadable
     return series, structs, doses, plans
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return -1
 
 
 def _struct_refs(ds: Any) -> tuple[set[str], set[str]]:
@@ -350,7 +383,7 @@ def _pair(series: dict[str, _Series], structs: list[tuple[Path, Any]], doses: li
             raise DicomImportError(
                 f"RTSTRUCT {path} references {len(listed)} images of {series[uid].describe()}, but "
                 f"{len(absent)} of them are not under {src} (e.g. SOPInstanceUID {absent[0]}): the CT "
-                "series is incomplete")
+                f"series is incomplete{series[uid].unreadable_note()}")
 
     plan_owner: dict[str, str] = {}  # RTPLAN SOPInstanceUID -> CT series UID
     for path, ds in plans:
@@ -772,7 +805,7 @@ def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry, list[float], list
                 raise DicomImportError(
                     f"{desc}: {int(round(ratio)) - 1} slice(s) missing between {files[i][0].name} "
                     f"(position {s[i]:.2f} mm) and {files[i + 1][0].name} ({s[i + 1]:.2f} mm): gap "
-                    f"{d[i]:.2f} mm, slice spacing {dz:.2f} mm")
+                    f"{d[i]:.2f} mm, slice spacing {dz:.2f} mm{series.unreadable_note()}")
             raise DicomImportError(f"{desc}: inconsistent slice spacing: {d.min():.3f} to {d.max():.3f} mm "
                                    f"(first irregular gap after {files[i][0].name})")
         inplane = (pos - pos[0]) - np.outer(s - s[0], n)
@@ -797,6 +830,11 @@ def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry, list[float], list
         icpt = _rescale(ds, "RescaleIntercept", 0.0, desc, p)
         ct[k] = np.clip(np.rint(arr * slope + icpt), -32768, 32767).astype(np.int16)
     series.files = files
+    junk = series.unreadable_near(image_like=True)
+    if junk:  # a damaged first or last slice leaves no gap to find: say what may be missing
+        listed = ", ".join(f"{q} ({why})" for q, why in junk[:5]) + (" ..." if len(junk) > 5 else "")
+        _warn(f"{desc}: {len(junk)} file(s) beside it are not readable DICOM ({listed}); if one was a slice "
+              "of this CT, the CT lacks it")
     geom = Geometry.from_dicom(pos[0], iop, (dz, float(ps[0]), float(ps[1])))
     return ct, geom, [float(v) for v in pos[0]], [float(v) for v in iop]
 
