@@ -561,3 +561,27 @@ def test_a_junk_first_slice_without_a_structure_set_is_named(template, tmp_path)
     assert re_search(r"warning: CT series .*: 1 file\(s\) beside it are not readable DICOM "
                      r"\(\S*CT\.0001\.dcm \(not a DICOM file\)\); if one was a slice of this CT, the CT "
                      r"lacks it", flat(res.output))
+
+
+def test_a_patient_folder_whose_subfolders_are_symbolic_links_is_read(template, tmp_path):
+    """pt/CT -> elsewhere/ct, pt/RS -> elsewhere/rs (as export scripts and PACS mounts lay out files),
+    plus a link back to the patient folder (a loop): read as one patient, the loop once."""
+    real = tmp_path / "elsewhere"
+    (real / "ct").mkdir(parents=True)
+    (real / "rs").mkdir()
+    for f in template["dicom"].iterdir():
+        shutil.copy(f, real / ("ct" if f.name.startswith("CT") else "rs") / f.name)
+    pt = tmp_path / "in" / "pt_a"
+    pt.mkdir(parents=True)
+    (pt / "CT").symlink_to(real / "ct", target_is_directory=True)
+    (pt / "RS").symlink_to(real / "rs", target_is_directory=True)
+    (pt / "loop").symlink_to(pt, target_is_directory=True)
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    res = run(["data", "import-dicom", str(tmp_path / "in"), "--out", str(tmp_path / "c"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = run(["data", "inspect", str(tmp_path / "in")])
+    assert res.exit_code == 0 and "pt_a" in res.output, res.output
+    (p,) = dicom.read_dicom_folder(tmp_path / "in")
+    np.testing.assert_array_equal(p.ct, ref.ct)
+    np.testing.assert_array_equal(p.roi_codes, ref.roi_codes)
+    assert p.dose is not None

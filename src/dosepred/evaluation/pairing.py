@@ -107,7 +107,9 @@ def _rtdose_matches(reference: str, prediction: str, stamp: int = 0) -> dict[str
 
 
 def _has_dicom(folder: Path) -> bool:
-    return any(f.suffix.lower() == ".dcm" for f in folder.rglob("*.dcm"))
+    from ..io.dicom import files_under
+
+    return any(f.suffix.lower() == ".dcm" for f in files_under(folder))
 
 
 class _Predictions:

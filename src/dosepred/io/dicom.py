@@ -254,6 +254,24 @@ class _Source:
     id: str = ""
 
 
+def files_under(src: str | os.PathLike) -> Iterator[Path]:
+    """Every file under folder ``src``, recursively and following symbolic links to folders (an
+    export whose ``CT/`` and ``RS/`` are links is one folder), each real folder once (no loop on a link
+    to a parent); in sorted order per folder."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(src, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if p.is_file():
+                yield p
+
+
 def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[tuple[Path, Any]],
                               list[tuple[Path, Any]]]:
     import pydicom
@@ -261,7 +279,7 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
 
     if not src.exists():
         raise FileNotFoundError(f"DICOM folder {src} does not exist")
-    paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    paths = [src] if src.is_file() else sorted(files_under(src))
     series: dict[str, _Series] = {}
     structs: list[tuple[Path, Any]] = []
     doses: list[tuple[Path, Any]] = []
@@ -1161,7 +1179,7 @@ def is_dicom_folder(src: str | os.PathLike, limit: int = 200) -> bool:
     """True when ``src`` is a DICOM file or a folder holding one (files with the DICM preamble,
     looked for among the first ``limit`` files)."""
     src = Path(src)
-    files = [src] if src.is_file() else (p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
+    files = [src] if src.is_file() else files_under(src) if src.is_dir() else []
     for k, p in enumerate(files):
         if k >= limit:
             break
@@ -1194,7 +1212,7 @@ def scan_rtdoses(folder: str | os.PathLike) -> list[RtDoseInfo]:
     from pydicom.errors import InvalidDicomError
 
     out = []
-    for p in sorted(q for q in Path(folder).rglob("*") if q.is_file() and not q.name.startswith(".")):
+    for p in sorted(q for q in files_under(folder) if not q.name.startswith(".")):
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
