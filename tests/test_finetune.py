@@ -329,6 +329,11 @@ def test_transfer_checkpoint_predicts_like_the_released_model(tmp_path, synth):
         want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
     torch.testing.assert_close(run(m, p), want, rtol=1e-5, atol=1e-4)
     assert transfer_checkpoint(ck, OKBP)["roi_transfer"] is None
+    # the ROIs some training patients lacked, in the clinic's names: parotid as parotid, the lower
+    # targets by rank of prescription, the new gland (never read); a dropped OAR is gone
+    space = {**ck["space"], "absent_rois": ["RightParotid", "Esophagus", "PTV56", "PTV63"]}
+    got = transfer_checkpoint({**ck, "space": space}, CLINIC)["space"]["absent_rois"]
+    assert got == ["Glnd_Submand_L", "Parotid_R", "PTV_60", "PTV_54"]
 
 
 def test_cli_train_init_without_targets_is_one_line_and_writes_nothing(tmp_path, synth):

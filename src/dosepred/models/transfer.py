@@ -39,8 +39,8 @@ from ..io.roi_names import canonical
 from ..patient import Roi, RoiSet
 from .unet import ModelConfig, ModelError, build_model
 
-__all__ = ["RoiTransfer", "TransferError", "input_keys", "match_key", "plan_transfer", "transfer_checkpoint",
-           "transfer_state"]
+__all__ = ["RoiTransfer", "TransferError", "absent_after", "input_keys", "match_key", "plan_transfer",
+           "transfer_checkpoint", "transfer_state"]
 
 #: format tag of the record in checkpoints
 TRANSFER_FORMAT = "dosepred-roi-transfer"
@@ -279,5 +279,26 @@ def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "t
         model.load_state_dict(fresh, assign=True)
         weights = transfer_state(state, model, tr, f"{source or 'model'}")
     keep = {k: ckpt[k] for k in ("space", "train_config", "epoch", "global_step", "version") if k in ckpt}
+    if "space" in keep and not tr.identity:
+        keep["space"] = {**keep["space"], "absent_rois": absent_after(keep["space"].get("absent_rois"), tr)}
     return {"format": MODEL_FORMAT, **keep, "model_config": new_mc.to_dict(), "model": weights,
             "roi_transfer": None if tr.identity else tr.to_dict()}
+
+
+def absent_after(absent: list[str] | tuple[str, ...] | None, transfer: RoiTransfer) -> list[str] | None:
+    """A model's ``absent_rois`` (the ROIs some of its training patients lacked, which a patient may
+    lack at prediction: :mod:`dosepred.models.space`) in the data's names, for a model mapped without
+    training: matched OARs keep their status, new OARs may be absent (the model never read them),
+    and targets are paired by rank of prescription (the highest with the highest; a data target
+    beyond the model's count may be absent when any model target could be). None stays None."""
+    if absent is None:
+        return None
+    was = set(absent)
+    ok = {d for d, m in transfer.matched.items() if m in was} | set(transfer.new)
+    model_t = sorted(transfer.model_targets, key=lambda n: -transfer.model_targets[n])
+    data_t = sorted(transfer.data_targets, key=lambda n: -transfer.data_targets[n])
+    any_t = any(t in was for t in model_t)
+    for k, n in enumerate(data_t):
+        if (model_t[k] in was) if k < len(model_t) else any_t:
+            ok.add(n)
+    return [r["name"] for r in transfer.data_rois if r["name"] in ok]
