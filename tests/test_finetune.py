@@ -304,6 +304,10 @@ def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
         assert rec["source"] == str(ck) and rec["data_targets"]["PTV_66"] == 66.0
         assert got["model_config"]["channels"] == [4, 6]  # --init's widths carried
         assert [r["name"] for r in got["model_config"]["rois"]] == list(CLINIC.names)
+    # the released model's training patients lacked the lower targets (OpenKBP's record, the default):
+    # the fine-tune lets clinic patients lack theirs too, though every clinic training patient had them
+    assert got["space"]["absent_rois"] == ["Parotid_L", "Bone_Mandible", "Parotid_R", "SpinalCord",
+                                           "BrainStem", "PTV_60", "PTV_54"]
     out = export_model(tmp_path / "run", tmp_path / "clinic-model")
     info = json.loads((out / "config.json").read_text())
     assert info["roi_transfer"]["new"] == ["Glnd_Submand_L"]

@@ -285,16 +285,18 @@ def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "t
             "roi_transfer": None if tr.identity else tr.to_dict()}
 
 
-def absent_after(absent: list[str] | tuple[str, ...] | None, transfer: RoiTransfer) -> list[str] | None:
+def absent_after(absent: list[str] | tuple[str, ...] | None, transfer: RoiTransfer, new: bool = True
+                 ) -> list[str] | None:
     """A model's ``absent_rois`` (the ROIs some of its training patients lacked, which a patient may
-    lack at prediction: :mod:`dosepred.models.space`) in the data's names, for a model mapped without
-    training: matched OARs keep their status, new OARs may be absent (the model never read them),
-    and targets are paired by rank of prescription (the highest with the highest; a data target
-    beyond the model's count may be absent when any model target could be). None stays None."""
+    lack at prediction: :mod:`dosepred.models.space`) in the data's names: matched OARs keep their
+    status, targets are paired by rank of prescription (the highest with the highest; a data target
+    beyond the model's count may be absent when any model target could be), and new OARs may be
+    absent when ``new`` (a model mapped without training never read them; a fine-tune's own
+    training patients decide). None stays None."""
     if absent is None:
         return None
     was = set(absent)
-    ok = {d for d, m in transfer.matched.items() if m in was} | set(transfer.new)
+    ok = {d for d, m in transfer.matched.items() if m in was} | (set(transfer.new) if new else set())
     model_t = sorted(transfer.model_targets, key=lambda n: -transfer.model_targets[n])
     data_t = sorted(transfer.data_targets, key=lambda n: -transfer.data_targets[n])
     any_t = any(t in was for t in model_t)

@@ -38,6 +38,7 @@ crops of the same global sequence (:class:`.dataset.RankSampler`); rank 0 valida
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import subprocess
@@ -54,7 +55,7 @@ from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
-from ..models.transfer import plan_transfer, transfer_state
+from ..models.transfer import RoiTransfer, absent_after, plan_transfer, transfer_state
 from ..predict import RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
@@ -323,6 +324,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         self.roi_transfer: dict[str, Any] | None = None
+        self.init_transfer: RoiTransfer | None = None  # this run's mapping (None: the same ROIs)
         if self.init_ckpt is not None:
             mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
             # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
@@ -332,6 +334,7 @@ class Trainer:
                 if not tr.identity:
                     self.model.load_state_dict(transfer_state(state, self.model, tr, f"--init {cfg.init}"))
                     self.roi_transfer = tr.to_dict()
+                    self.init_transfer = tr
                     self.log(f"--init {cfg.init} onto the ROIs of {cfg.data}: {tr.summary()}")
                     for note in tr.notes:
                         self.log(f"note: {note}")
@@ -384,8 +387,22 @@ class Trainer:
         oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
         arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
                              rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None)
-        self.set_space(recorder.space())
+        self.set_space(self.inherit_absent(recorder.space()))
         return arrays
+
+    def inherit_absent(self, space: ModelSpace) -> ModelSpace:
+        """A fine-tune's space also lets patients lack what the ``--init`` model's training patients
+        lacked (its ``absent_rois``, in this cache's names when the ROIs were mapped), so a handful of
+        clinic patients who all had an organ do not make it required at prediction."""
+        if self.init_ckpt is None or space.absent_rois is None:
+            return space
+        before = ModelSpace.from_dict(self.init_ckpt["space"]).absent_rois
+        if before is None:
+            return space
+        if self.init_transfer is not None:
+            before = tuple(absent_after(before, self.init_transfer, new=False) or ())
+        both = set(space.absent_rois) | set(before)
+        return dataclasses.replace(space, absent_rois=tuple(n for n in self.roi_set.names if n in both))
 
     def load_val(self) -> list:
         """The validation patients (read by rank 0 only, which validates)."""
