@@ -1,5 +1,7 @@
 """Orientation of the report's views comes from the patient geometry, not from the array order."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,74 @@ def test_slices_equal_cuts_of_the_whole_box_resampled_by_scipy():
             np.testing.assert_allclose(r.ct_slice(o, j), want_ct, atol=1e-3)
             np.testing.assert_allclose(r.dose_slice(0, o, j), want_d, atol=1e-4)
             assert np.array_equal(r.masks_slice(o, j)["PTV"], want_m)
+
+
+# ------------------------------------------------------------------------------ colours
+def _lab(hex_colour: str) -> np.ndarray:
+    """CIELAB (D65) of an sRGB colour ``#rrggbb``, by the textbook formulas."""
+    c = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=float) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ lin
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two sRGB colours."""
+    def lum(h: str) -> float:
+        c = np.array([int(h[i:i + 2], 16) for i in (1, 3, 5)], dtype=float) / 255.0
+        lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+        return float(lin @ [0.2126, 0.7152, 0.0722])
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+#: Colours closer than this (CIELAB distance) read as the same colour: the cyan 56 Gy isodose line and
+#: the cyan PTV70 contour of issue 25 were 26 apart.
+MIN_DELTA_E = 30.0
+
+
+def test_isodose_colours_are_distinct_from_each_other_and_every_roi_and_readable():
+    """The legend as shown: every isodose colour differs from every ROI colour (15 ROIs, as many as
+    the palette has before it repeats) and from the other isodose colours, and stands out from the
+    background it is shown on; the image draws each isodose line in its legend colour."""
+    from dosepred.report.views import legend_html
+
+    shape, spacing = (40, 40, 40), (2.0, 2.0, 2.0)
+    g = Geometry.centred(shape, spacing, np.eye(3))
+    r2 = sum(((np.arange(n) - n / 2 + 0.5) ** 2).reshape([-1 if k == a else 1 for k in range(3)])
+             for a, n in enumerate(shape))
+    rx = [70.0, 63.0, 56.0]
+    oars = [f"OAR{k}" for k in range(12)]
+    rs = RoiSet.from_dicts([{"name": n, "kind": "oar"} for n in oars]
+                           + [{"name": f"PTV{v:g}", "kind": "target", "prescription": v} for v in rx])
+    masks = {f"PTV{v:g}": r2 < (6 + 4 * k) ** 2 for k, v in enumerate(rx)}
+    for k, n in enumerate(oars):  # small cubes around the targets
+        m = np.zeros(shape, bool)
+        m[2 + 3 * k:4 + 3 * k, 2:5, 18:22] = True
+        masks[n] = m
+    dose = np.clip(75.0 - 1.2 * np.sqrt(r2), 0, None).astype(np.float32)  # 70, 63, 56 Gy at r = 4, 10, 16
+    p = Patient.from_masks("c", np.full(shape, 40, np.int16), masks, rs, spacing, dose=dose, geometry=g)
+    r = ViewRenderer(p, [Panel("plan", dose)], mm_per_px=2.0)
+    html = legend_html(r)
+    rois = dict(re.findall(r"class='sw' style='background:(#[0-9a-f]{6})'></span>([^ <]+)", html))
+    rois = {name: col for col, name in rois.items()}
+    iso = re.findall(r"class='sw iso' style='background:(#[0-9a-f]{6})'><span style='background:"
+                     r"(#[0-9a-f]{6})'></span></span>([\d.]+) Gy", html)
+    assert sorted(rois) == sorted(rs.names) and [float(v) for _, _, v in iso] == rx
+    for _, col, lev in iso:
+        for name, rc in rois.items():
+            d = np.linalg.norm(_lab(col) - _lab(rc))
+            assert d >= MIN_DELTA_E, f"{lev} Gy isodose {col} too close to ROI {name} {rc} ({d:.1f})"
+    cols = [c for _, c, _ in iso]
+    for i in range(len(cols)):
+        for j in range(i + 1, len(cols)):
+            assert np.linalg.norm(_lab(cols[i]) - _lab(cols[j])) >= MIN_DELTA_E, (cols[i], cols[j])
+    for chip, col, lev in iso:
+        assert _contrast(col, chip) >= 3.0, f"{lev} Gy isodose {col} unreadable on {chip}"
+    # the image draws each isodose line in its legend colour
+    ax = orientations(p)[0]
+    img = r.render(ax, r._to_resampled(ax.slice_axis, r.point[ax.slice_axis]))
+    present = {"#" + "".join(f"{v:02x}" for v in px) for px in img.reshape(-1, 3)}
+    assert set(cols) <= present

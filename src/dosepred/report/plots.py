@@ -23,9 +23,10 @@ def _plt():
 
 
 def roi_colours(names: list[str]) -> dict[str, tuple]:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+    """The views' ROI colours (:data:`dosepred.report.views.PALETTE`) as matplotlib RGB (0-1)."""
+    from .views import roi_colours as rgb255
+
+    return {n: tuple(v / 255.0 for v in c) for n, c in rgb255(names).items()}
 
 
 def _dvh_axes(ax, handles: list, title: str) -> None:  # type: ignore[no-untyped-def]

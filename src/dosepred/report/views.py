@@ -13,9 +13,10 @@ so an oblique or unusual grid is labelled by what it shows. Pixels are resampled
 (``mm_per_px``) so that the mm scale bar holds in both directions.
 
 Each slice image is one row of panels (e.g. plan | prediction | plan - prediction): CT in grey,
-the dose as a colour wash with dotted isodose lines at the prescription levels, ROI contours as solid
-lines, and the difference in a diverging map that leaves |difference| below ``dead_zone`` Gy
-transparent (no speckle where plan and prediction agree).
+the dose as a colour wash with isodose lines (2 px) at the prescription levels, ROI contours (1 px),
+and the difference in a diverging map that leaves |difference| below ``dead_zone`` Gy transparent
+(no speckle where plan and prediction agree). Isodose and ROI colours are distinct
+(:data:`ISO_COLOURS`, :data:`PALETTE`).
 """
 
 from __future__ import annotations
@@ -43,12 +44,18 @@ VIEWS = (
 _LET = (("R", "L"), ("A", "P"), ("I", "S"))
 _OPP = {"R": "L", "L": "R", "A": "P", "P": "A", "I": "S", "S": "I"}
 
-#: ROI colours (tab10-like, RGB 0-255), in RoiSet order.
+#: ROI colours (RGB 0-255), in RoiSet order: matplotlib's tab10, then five more of which none is
+#: near an isodose colour (the DVH plots use the same, :func:`dosepred.report.plots.roi_colours`).
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-           (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213)]
-#: Isodose line colours by rank of prescription (highest first).
-ISO_COLOURS = [(255, 255, 255), (255, 230, 0), (0, 255, 255), (255, 0, 255), (120, 255, 120)]
+           (189, 183, 107), (255, 187, 120), (152, 223, 138), (255, 152, 150), (150, 0, 60)]
+#: Isodose line colours by rank of prescription (highest first): bright and saturated (or white),
+#: unlike the mid-tone ROI colours (CIELAB distance >= 30 from each of them and from each other), and
+#: shown in the legend on a dark chip like the CT they are drawn on. Only the four highest
+#: prescriptions get a line (the legend says when levels are left out).
+ISO_COLOURS = [(255, 255, 255), (255, 0, 255), (0, 255, 0), (255, 255, 0)]
+#: The background of the legend's isodose swatches (about soft tissue in the views' CT window).
+ISO_CHIP = (64, 64, 64)
 
 
 def roi_colours(names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
@@ -405,8 +412,12 @@ def legend_html(renderer: ViewRenderer) -> str:
     e = html.escape
     rois = "".join(f"<span class='sw' style='background:{hex_colour(renderer.colours[n])}'></span>{e(n)} "
                    for n in renderer.names)
-    iso = "".join(f"<span class='sw dot' style='border-color:{hex_colour(c)}'></span>{lev:g} Gy "
+    iso = "".join(f"<span class='sw iso' style='background:{hex_colour(ISO_CHIP)}'><span "
+                  f"style='background:{hex_colour(c)}'></span></span>{lev:g} Gy "
                   for lev, c in zip(renderer.levels, ISO_COLOURS, strict=False))
+    if len(renderer.levels) > len(ISO_COLOURS):
+        iso += (f"(the {len(ISO_COLOURS)} highest prescriptions; no line at "
+                f"{', '.join(f'{v:g}' for v in renderer.levels[len(ISO_COLOURS):])} Gy)")
     jet = ",".join(hex_colour(c) for c in renderer._jet[::32])
     div = ",".join(hex_colour(c) for c in renderer._div[::32])
     return (f"<div class='legend'><div><b>ROI contours</b> (1 px): {rois}</div>"
@@ -427,7 +438,8 @@ img.vimg{display:block;image-rendering:auto}
 .scale span{display:inline-block;height:6px;background:#222;vertical-align:middle}
 .legend{font-size:12px;margin:6px 0;line-height:1.8}
 .sw{display:inline-block;width:12px;height:12px;margin:0 3px 0 8px;vertical-align:middle}
-.sw.dot{width:16px;height:0;border-top:3px solid;background:#444 !important;padding-bottom:3px}
+.sw.iso{width:22px;position:relative}
+.sw.iso span{position:absolute;left:3px;right:3px;top:5px;height:2px}
 .bar{display:inline-block;width:160px;height:10px;vertical-align:middle;border:1px solid #999}
 """
 
