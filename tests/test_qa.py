@@ -12,6 +12,7 @@ from dosepred.qa import (
     FLAG_BETTER,
     FLAG_COVERAGE_BELOW,
     FLAG_HOT_ABOVE,
+    FLAG_NOT_CONTOURED,
     FLAG_OAR_ABOVE,
     flags_for,
     lower_is_better,
@@ -19,6 +20,9 @@ from dosepred.qa import (
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
 CONTRACT = {"roi", "metric", "plan", "predicted", "low", "high", "limit", "plan_pass", "flags"}
+#: What a criterion's flags may say: improvement, better than predicted, not contoured, not calibrated.
+CRITERION_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_BETTER, FLAG_NOT_CONTOURED,
+                   "criterion not calibrated", "OAR dose below achievable")
 
 
 # ------------------------------------------------------------------------------ flags, by hand
@@ -79,13 +83,28 @@ def test_qa_json_contract(qa_run, sample_dir):
     pats = {p.id: p for p in load_patients(sample_dir)}
     assert sorted(p["id"] for p in data["patients"]) == sorted(pats)
     proto = load_protocol("openkbp-clinical")
+    lacking = set()
     for p in data["patients"]:
-        assert set(p) == {"id", "criteria"}
+        assert set(p) == {"id", "criteria", "notes", "not_contoured"}
         ref = pats[p["id"]]
-        present = [c for c in proto.criteria if c.roi not in ref.missing_rois]
-        assert [(c["roi"], c["metric"]) for c in p["criteria"]] == [(c.roi, c.metric) for c in present]
-        for c, crit in zip(p["criteria"], present, strict=True):
+        assert p["not_contoured"] == [n for n in ref.roi_set.names if n in ref.missing_rois]
+        # every criterion of the protocol, those of ROIs the plan lacks without values
+        assert [(c["roi"], c["metric"]) for c in p["criteria"]] == [(c.roi, c.metric) for c in proto.criteria]
+        present = []
+        for c, crit in zip(p["criteria"], proto.criteria, strict=True):
             assert set(c) == CONTRACT
+            if crit.roi in ref.missing_rois:
+                lacking.add((p["id"], crit.roi))
+                assert c["flags"] == [FLAG_NOT_CONTOURED] and c["plan_pass"] is None
+                assert all(c[k] is None for k in ("plan", "predicted", "low", "high"))
+                lim = crit.limit_value(proto.prescription(crit.roi, ref.roi_set))
+                assert c["limit"] == (None if lim is None else pytest.approx(lim))
+            else:
+                present.append((c, crit))
+            # no reliability note on a criterion: they are the patient's (once), and none on these plans
+            assert all(f.startswith(CRITERION_FLAGS) for f in c["flags"]), c["flags"]
+        assert p["notes"] == []
+        for c, crit in present:
             for k in ("plan", "predicted", "low", "high"):
                 assert isinstance(c[k], float)
             assert c["low"] <= c["high"]
@@ -102,6 +121,9 @@ def test_qa_json_contract(qa_run, sample_dir):
                 assert c["plan_pass"] == (c["plan"] >= lim if crit.direction == ">=" else c["plan"] <= lim)
             if c["plan"] > c["high"] and crit.direction == "<=" and ref.roi_set[c["roi"]].kind == "oar":
                 assert any(f.startswith(FLAG_OAR_ABOVE) for f in c["flags"])
+    # pt_196 has no Esophagus: its criterion stays, and the console says so
+    assert ("pt_196", "Esophagus") in lacking
+    assert re.search(r"not contoured: Esophagus in [^\n]*pt_196[^\n]*not checked", output), output
     # the ranked summary
     s = data["summary"]
     assert [r["rank"] for r in s] == list(range(1, len(s) + 1))
@@ -136,7 +158,7 @@ def test_qa_report_is_self_contained_with_sections(qa_run):
     assert "<link" not in html and "@import" not in html and "url(http" not in html
     for section in ("Cohort: plans ranked by potential improvement", "colour key", "DVH", "axial", "coronal",
                     "sagittal", "type='range'", "ROI contours", "isodose lines", "50 mm", "plan - prediction",
-                    "90% interval"):
+                    "90% interval", "not contoured: not checked", "not contoured: Esophagus"):
         assert section in html, section
     for p in data["patients"]:
         assert f"id='p-{p['id']}'" in html
@@ -293,3 +315,86 @@ def test_qa_dvh_band_comes_from_the_calibration(sample_dir, model_dir, tmp_path)
     assert (tmp_path / "rep" / "report.html").is_file()
     d2, _ = _calibrated_copy(model_dir, tmp_path / "nb", lambda cal: cal.pop("dvh_band", None))
     assert not QAChecker(d2, "openkbp-clinical", 0.8).has_dvh_band
+
+
+# --------------------------------------------------------------- plans QA cannot check, notes
+def _plans_with(p, rois):
+    """Plans made of ``p``'s CT and dose, sharing one ROI set: ``p``'s and PTV, Bladder, Rectum. ``rois``:
+    per plan id, new ROI name -> the ROI of ``p`` whose mask it gets."""
+    from dosepred.patient import Patient, RoiSet
+
+    rs = RoiSet.from_dicts(p.roi_set.to_dicts() + [{"name": "PTV", "kind": "target", "prescription": 70.0},
+                                                    {"name": "Bladder", "kind": "oar"},
+                                                    {"name": "Rectum", "kind": "oar"}])
+    return [Patient.from_masks(pid, p.ct, {n: p.mask(src) for n, src in m.items()}, rs, p.spacing,
+                               p.possible_dose_mask, p.dose, {}, p.geometry) for pid, m in rois.items()]
+
+
+def test_qa_refuses_plans_it_cannot_check_naming_each(sample_dir, model_dir, tmp_path):
+    """A pelvis-like plan (PTV, Bladder, Rectum), a plan with a target but no OAR of the model, or one
+    without the ROI every training patient had: one error naming each such patient and what it
+    lacks, exit 2, no output; the plans after the first such plan are not predicted."""
+    from dosepred.io.cache import load_patients, write_cache
+    from dosepred.qa import QAError, run_qa
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    pats = _plans_with(p, {"pelvis": {"PTV": "PTV70", "Bladder": "SpinalCord", "Rectum": "Brainstem"},
+                           "hn": {n: n for n in p.present_rois},
+                           "ptv-only": {"PTV70": "PTV70"},
+                           "no-ptv70": {n: n for n in p.present_rois if n != "PTV70"}})
+    write_cache(pats, tmp_path / "plans")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["qa", "--model", str(model_dir), "--plans", str(tmp_path / "plans"), "--out",
+                                 str(out), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    msg = " ".join(r.output.split())
+    assert "Traceback" not in r.output and msg.count("error:") == 1
+    assert "3 of the 4 plans cannot be checked" in msg
+    assert "patient pelvis: none of the model's targets (PTV56, PTV63, PTV70) and none of its OARs" in msg
+    assert "its ROIs: PTV, Bladder, Rectum" in msg
+    assert "patient ptv-only: none of its OARs" in msg and "patient hn" not in msg
+    # every training patient had a PTV70: predict refuses a plan without one, and so does QA, up front
+    assert "patient no-ptv70: it lacks PTV70, which every patient the model was trained on had" in msg
+    assert not out.exists()
+    # the API: the same error; a single plan names it alone
+    with pytest.raises(QAError, match=r"^patient pelvis: none of the model's targets .*cannot check this"):
+        run_qa(model_dir, [pats[0]], "openkbp-clinical")
+
+
+def test_qa_notes_are_the_patient_s_once_and_spare_the_model_s_own_data(validation_example, model_dir):
+    """pt_201 (OpenKBP validation, 5.42 mm in-plane, outside the 2.73-5.08 mm of the training split by
+    7 %) gets no note; the same plan on a grid 2 x coarser in-plane gets one grid note for the patient
+    and none on its criteria; an ROI ten times larger than any training one gets one volume note."""
+    from dosepred.geometry import Geometry
+    from dosepred.io.source import open_source
+    from dosepred.qa import NOTE_GRID, NOTE_VOLUME, QAChecker
+    from dosepred.resample import resample_patient
+
+    chk = QAChecker(model_dir, "openkbp-clinical", 0.9)
+    p = next(iter(open_source(validation_example).patients(require_dose=True)))
+    assert max(p.spacing) > 5.4
+    pq, _, _ = chk.check(p, pred=p.dose)  # the plan as its own prediction: the notes need no model
+    assert pq.notes == [] and all(f.startswith(CRITERION_FLAGS) for c in pq.criteria for f in c.flags)
+    g = p.geometry
+    shape = (p.shape[0] // 2, p.shape[1] // 2, p.shape[2])  # OpenKBP: axes 0, 1 in-plane
+    sp = (g.spacing[0] * 2, g.spacing[1] * 2, g.spacing[2])
+    coarse = resample_patient(p, Geometry(g.to_patient([0.5, 0.5, 0]), g.direction, sp), shape)
+    pq, _, _ = chk.check(coarse, pred=coarse.dose)
+    assert len(pq.notes) == 1, pq.notes  # both in-plane axes, one note
+    assert pq.notes[0].startswith(f"{NOTE_GRID}: spacing 10.8 mm along A->P and R->L is coarser than the "
+                                  "training data's 2.73-5.08 mm by 114 %")
+    assert not any(f.startswith(NOTE_GRID) for c in pq.criteria for f in c.flags)
+    big = p.mask("SpinalCord")
+    big[:, :, :] = big.any(axis=2, keepdims=True)  # the cord's outline through every slice
+    cord = big.sum() * p.voxel_volume_cc
+    hi = chk.ranges["roi_volume_cc"]["SpinalCord"][1]
+    assert cord > 1.5 * hi
+    masks = {n: p.mask(n) for n in p.present_rois}
+    masks["SpinalCord"] = big
+    from dosepred.patient import Patient
+
+    q = Patient.from_masks(p.id, p.ct, masks, p.roi_set, p.spacing, p.possible_dose_mask, p.dose, {},
+                           p.geometry)
+    pq, _, _ = chk.check(q, pred=q.dose)
+    assert pq.notes == [f"{NOTE_VOLUME}: SpinalCord {cord:.1f} cc, training "
+                        f"{chk.ranges['roi_volume_cc']['SpinalCord'][0]:.1f}-{hi:.1f} cc"]

@@ -146,8 +146,26 @@ def qa(res: Any, coverage: float) -> list[Any]:
         t.add_row(str(r["rank"]), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
                   ", ".join(r["flagged"]) or "-", ", ".join(r["reliability"]) or "-")
     secs = [p.seconds for p in res.patients] or [float("nan")]
-    return out + [t, f"QA time per plan after the model is loaded (read excluded): mean "
-                     f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s"]
+    out += [t] + qa_notes(res)
+    return out + [f"QA time per plan after the model is loaded (read excluded): mean "
+                  f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s"]
+
+
+def qa_notes(res: Any, max_ids: int = 5) -> list[str]:
+    """Plan QA: each plan's reliability notes, and per ROI the plans that lack it (their criteria are
+    in the results as not contoured, not checked)."""
+    out = [f"[yellow]note:[/] {p.id}: {n}" for p in res.patients for n in p.notes]
+    lacking: dict[str, list[str]] = {}
+    for p in res.patients:
+        for r in p.not_contoured:
+            lacking.setdefault(r, []).append(p.id)
+    for r, ids in lacking.items():
+        n = sum(c.roi == r for c in next(p for p in res.patients if p.id == ids[0]).criteria)
+        who = ", ".join(ids) if len(ids) <= max_ids else f"{len(ids)} of the {len(res.patients)} plans"
+        crit = f"its {n} criteria are" if n != 1 else "its criterion is"
+        out.append(f"not contoured: {r} in {who}: {crit} not checked" if n else
+                   f"not contoured: {r} in {who} (no criterion of the protocol)")
+    return out
 
 
 def demo(res: dict[str, Any]) -> list[Any]:

@@ -17,13 +17,17 @@ import numpy as np
 
 from ..calibration import FAMILY_TITLES
 from ..patient import Patient
+from ..qa import FLAG_NOT_CONTOURED
 from .html import esc, fmt, head_html, write_html_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..qa import PatientQA, QAChecker, QAResult
 
 QA_CSS = """
-td.imp{background:#ffe2a8} td.better{background:#d6e6ff} td.rel{color:#555;font-style:italic}
+td.imp{background:#ffe2a8} td.better{background:#d6e6ff} .rel{color:#555;font-style:italic}
+td.nc{color:#777;font-style:italic;text-align:center} tr.nc td{color:#777}
+.notes{display:table;margin:4px 0 8px;padding:4px 8px;border-left:4px solid #999;background:#f4f4f4;
+font-size:13px}
 tr.imp td.l:first-child{border-left:4px solid #e69500}
 tr.better td.l:first-child{border-left:4px solid #3b78e7}
 .flag{display:block;font-size:12px;text-align:left}
@@ -37,7 +41,9 @@ QA_KEY = (
     "<span style='background:#ffe2a8'>amber</span> the plan is worse than the achievable interval "
     "(OAR dose above it, or target coverage below it: the plan might be improved), "
     "<span style='background:#d6e6ff'>blue</span> the plan is better than the interval, "
-    "<i>grey italics</i>: reliability notes (the prediction deserves less trust here)</div>")
+    "<i>grey italics</i>: the criterion's ROI is not contoured (not checked) or the criterion is not "
+    "calibrated &middot; the grey box above the table: the plan's reliability notes (where validation "
+    "measured larger errors, docs/qa.md) and the ROIs it lacks</div>")
 
 
 class QAReportWriter:
@@ -45,8 +51,7 @@ class QAReportWriter:
 
     def __init__(self, out_dir: str | os.PathLike, checker: QAChecker, max_patients: int | None = None,
                  title: str = "dosepred plan QA", point_mm: tuple[float, float, float] | None = None) -> None:
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = Path(out_dir)  # created by finish(): a run that fails writes nothing
         self.chk = checker
         self.max_patients = max_patients
         self.title = title
@@ -75,6 +80,18 @@ class QAReportWriter:
         self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {esc(pq.id)}'>"
                                f"</div><h4>Views through {where}</h4>{views}")
 
+    @staticmethod
+    def _notes(pq: PatientQA) -> str:
+        """The patient's reliability notes and the ROIs it lacks, once each (empty when none)."""
+        items = [f"&#9888; {esc(n)}" for n in pq.notes]
+        if pq.not_contoured:
+            one = len(pq.not_contoured) == 1
+            items.append(f"not contoured: {esc(', '.join(pq.not_contoured))} ({'its' if one else 'their'} "
+                         f"criteria are not checked; the model predicts without {'it' if one else 'them'})")
+        if not items:
+            return ""
+        return "<div class='notes'>" + "<br>".join(items) + "</div>"
+
     def _criteria_table(self, pq: PatientQA, coverage: float) -> str:
         rows = ["<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th>"
                 f"<th>predicted</th><th>{coverage:.0%} interval</th><th>limit</th><th>plan vs limit</th>"
@@ -84,23 +101,28 @@ class QAReportWriter:
                                                         "target coverage below", "OAR dose below"))]
             better = [f for f in c.flags if f.startswith("plan better")]
             rel = [f for f in c.flags if f not in imp and f not in better]
-            cls = "imp" if imp else ("better" if better else "")
+            cls = "imp" if imp else ("better" if better else ("nc" if FLAG_NOT_CONTOURED in c.flags else ""))
             pass_cls = "na" if c.plan_pass is None else ("pass" if c.plan_pass else "fail")
             pass_txt = "-" if c.plan_pass is None else ("pass" if c.plan_pass else "FAIL")
             flag_html = "".join(f"<span class='flag'>{esc(f)}</span>" for f in imp + better)
             flag_html += "".join(f"<span class='flag rel'>&#9888; {esc(f)}</span>" for f in rel)
             u = esc(c.unit)
             lim = "-" if c.limit is None else f"{'&ge;' if not c.lower_better else '&le;'} {fmt(c.limit)} {u}"
+            if cls == "nc":  # no values: one cell says why
+                values = "<td colspan='3' class='nc'>not contoured: not checked</td>"
+            else:
+                values = (f"<td>{fmt(c.plan)} {u}</td><td>{fmt(c.predicted)} {u}</td>"
+                          f"<td>{fmt(c.low)} - {fmt(c.high)} {u}</td>")
             rows.append(
                 f"<tr class='{cls}'><td class='l'>{esc(c.name or f'{c.roi} {c.metric}')}</td>"
                 f"<td class='l'>{esc(FAMILY_TITLES.get(c.family, c.family))}</td>"
-                f"<td>{fmt(c.plan)} {u}</td><td>{fmt(c.predicted)} {u}</td>"
-                f"<td>{fmt(c.low)} - {fmt(c.high)} {u}</td><td>{lim}</td>"
+                f"{values}<td>{lim}</td>"
                 f"<td class='{pass_cls}'>{pass_txt}</td><td class='l {cls}'>{flag_html or '-'}</td></tr>")
         rows.append("</table>")
         return "".join(rows)
 
     def finish(self, res: QAResult) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
         summary = res.summary()
         keep = {r["id"] for r in summary[: self.max_patients]} if self.max_patients else None
         by_id = {p.id: p for p in res.patients}
@@ -121,13 +143,14 @@ class QAReportWriter:
         parts.append("<h2>Cohort: plans ranked by potential improvement</h2>")
         parts.append("<table><tr><th>rank</th><th class='l'>patient</th><th>potential improvement (Gy)</th>"
                      "<th>flags</th><th>failed limits</th><th class='l'>flagged criteria</th>"
-                     "<th class='l'>reliability notes</th></tr>")
+                     "<th class='l'>reliability notes</th><th class='l'>not contoured</th></tr>")
         for r in summary:
             parts.append(f"<tr><td>{r['rank']}</td>"
                          f"<td class='l'><a href='#p-{esc(r['id'])}'>{esc(r['id'])}</a></td>"
                          f"<td>{r['potential_gy']:.1f}</td><td>{r['flags']}</td><td>{r['failed']}</td>"
                          f"<td class='l'>{esc(', '.join(r['flagged']) or '-')}</td>"
-                         f"<td class='l'>{esc(', '.join(r['reliability']) or '-')}</td></tr>")
+                         f"<td class='l'>{esc(', '.join(r['reliability']) or '-')}</td>"
+                         f"<td class='l'>{esc(', '.join(r['not_contoured']) or '-')}</td></tr>")
         parts.append("</table><p class='meta'>Potential improvement: sum over the flagged dose criteria of "
                      "|plan - predicted| (Gy).</p>")
         parts.append("<h2>Plans</h2>")
@@ -136,6 +159,7 @@ class QAReportWriter:
             parts.append(f"<div class='patient' id='p-{esc(pq.id)}'><h3>{esc(pq.id)} (rank {r['rank']}, "
                          f"potential {r['potential_gy']:.1f} Gy)</h3>")
             parts.append(QA_KEY)
+            parts.append(self._notes(pq))
             parts.append(self._criteria_table(pq, res.coverage))
             if keep is None or pq.id in keep:
                 parts.append(self.figures.get(pq.id, ""))
