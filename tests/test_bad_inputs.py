@@ -349,6 +349,26 @@ def test_existing_output_is_never_touched_without_overwrite(base, work, cmd):
 
 
 @pytest.mark.parametrize("cmd", [
+    lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o),
+    lambda b, o: ("data", "import-openkbp", b / "okbp", "--out", o),
+    lambda b, o: ("data", "export-dicom", b / "cache", "--out", o),
+    lambda b, o: ("predict", "--model", b / "run", "--data", b / "cache", "--out", o),
+    lambda b, o: ("baseline", "--data", b / "cache", "--out", o),
+    lambda b, o: ("export-model", b / "run", "--out", o),
+    lambda b, o: ("train", "--data", b / "cache", "--out", o, "--epochs", "1"),
+    lambda b, o: ("demo", "--out", o),
+    lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--report", o),
+], ids=["synth", "import-openkbp", "export-dicom", "predict", "baseline", "export-model", "train", "demo",
+        "evaluate-report"])
+def test_a_folder_output_never_replaces_a_file_even_with_overwrite(base, work, cmd):
+    notes = work / "notes.txt"
+    notes.write_text("my notes")
+    with unchanged(work):
+        fails(cli(*cmd(base, notes), "--overwrite"), str(notes), "is a file, and this output is a folder")
+    assert notes.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("cmd", [
     lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--json", o),
     lambda b, o: ("data", "split", b / "cache", "--random", "--out", o),
     lambda b, o: ("bench", "losses", "--json", o, "--sizes", "16", "--no-unet"),

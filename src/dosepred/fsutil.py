@@ -84,6 +84,14 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
     return p
 
 
+def _folder_not_file(path: Path, what: str) -> None:
+    """A folder output never replaces a regular file (``--out notes.txt --overwrite`` is a slip, not a
+    wish to turn the file into a folder), whatever ``--overwrite`` says."""
+    if path.is_file() and not path.is_symlink():
+        raise OutputError(f"{path}: {what} is a file, and this output is a folder: it would replace the "
+                          "file (also with --overwrite); choose a folder path")
+
+
 def _make_parent(path: Path) -> list[Path]:
     """Create the missing parents of ``path``; return the folders created (outermost last)."""
     created: list[Path] = []
@@ -130,6 +138,7 @@ def output_dir(path: str | os.PathLike, overwrite: bool = False,
     """Yield an empty temporary folder beside ``path``; when the block succeeds it replaces ``path``
     whole, when it fails it is removed and ``path`` is left exactly as it was. See the module doc."""
     final = check_output(path, overwrite, inputs, what)
+    _folder_not_file(final, what)
     created = _make_parent(final)
     ok = False
     try:
@@ -176,6 +185,7 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
     destination is as it was; on success the old content is deleted. With ``keep_on_interrupt`` a
     Ctrl-C keeps the new content (a run to resume) and drops the old."""
     final = check_output(path, overwrite, inputs, what)
+    _folder_not_file(final, what)
     created = _make_parent(final)
     aside: Path | None = None
     existed = final.exists() or final.is_symlink()
