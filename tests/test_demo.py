@@ -1,26 +1,128 @@
-"""The demo pipeline end to end on a tiny budget (the full demo is `dosepred demo`)."""
+"""The demo end to end on a tiny budget (the full demo is `dosepred demo`): the released models on one
+shipped real patient with plan QA, the synthetic loop in a few steps; the shipped patients, their
+checksums; the verdicts computed from hand-made numbers."""
 
+import hashlib
+import json
 import math
+import re
+import shutil
+import tarfile
+from pathlib import Path
 
-from dosepred.demo import BASELINE, DemoSettings, run_demo, summary_rows
+import pytest
+
+from dosepred.demo import (
+    BASELINE,
+    EXAMPLE_ARCHIVE,
+    EXAMPLE_DIR,
+    EXAMPLE_SUMS,
+    RELEASED,
+    DemoSettings,
+    find_repository,
+    run_demo,
+    summary_rows,
+    unpack_examples,
+    verdict,
+    verdict_released,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(n_train=3, n_test=2, size=24, patch=16, base=4, levels=2, warmup_steps=2, finetune_steps=1)
 
 
 def test_demo_tiny(tmp_path):
-    s = DemoSettings(n_train=3, n_test=2, size=24, patch=16, base=4, levels=2,
-                     warmup_steps=2, finetune_steps=1)
+    from rich.console import Console
+
+    from dosepred import console
+
+    s = DemoSettings(**TINY, released_patients=1, root=str(ROOT))
     res = run_demo(tmp_path, seed=0, settings=s)
-    assert list(res["results"]) == ["MAE", "MAE+CDM", BASELINE]
-    assert (tmp_path / "report.html").is_file()
-    assert (tmp_path / "runs" / "warmup" / "checkpoints" / "last.pt").is_file()
-    assert set(res["train_seconds"]) == {"warm-up (MAE)", "MAE", "MAE+CDM"}
-    assert "warm-up" in res["note"]
-    rows = summary_rows(res["results"])
-    assert [r[0] for r in rows][:3] == ["dose score (Gy)", "DVH score (Gy)", "PTV Score (Gy)"]
-    assert all(len(v) == 3 for _, v in rows)
-    for r in res["results"].values():
+    real, synth = res["released"], res["synthetic"]
+    assert list(real["results"]) == ["MAE", "MAE+CDM", BASELINE] == list(synth["results"])
+    assert real["patients"] == ["pt_201"]
+    # the released models on a real patient: learned doses much closer to the plan than no learning
+    for k in ("MAE", "MAE+CDM"):
+        assert real["results"][k]["dose_score"] < 0.7 * real["results"][BASELINE]["dose_score"]
+    for r in [*real["results"].values(), *synth["results"].values()]:
         assert math.isfinite(r["dose_score"]) and r["dose_score"] >= 0
-    # the no-learning reference is a real dose, far better than predicting nothing at all
-    assert res["results"][BASELINE]["dose_score"] < 10.0
+        assert 0 <= r["criteria_agreement"] <= 100
+    # plan QA with the released MAE+CDM model: qa.json as `dosepred qa` writes it, the plan shown
+    qa = json.loads((tmp_path / "qa" / "qa.json").read_text())
+    assert [p["id"] for p in qa["patients"]] == ["pt_201"] and real["qa"]["shown"] == "pt_201"
+    assert (tmp_path / "qa" / "report.html").is_file()
+    page = (tmp_path / "report.html").read_text()
+    assert "Plan QA: pt_201's plan against MAE+CDM" in page
+    assert page.index("Plan QA") < page.index("<h2>Cohort</h2>")  # the QA section on the first screens
+    assert "Train your own" in page and "href='synthetic/report.html'" in page
+    assert "Verdict" in page
+    # the synthetic loop: its own report and runs
+    assert (tmp_path / "synthetic" / "report.html").is_file()
+    assert (tmp_path / "synthetic" / "runs" / "warmup" / "checkpoints" / "last.pt").is_file()
+    assert set(synth["train_seconds"]) == {"warm-up (MAE)", "MAE", "MAE+CDM"}
+    assert "warm-up" in synth["note"] and "does NOT show which objective is better" in synth["note"]
+    # the console shows both tables and the QA ranking
+    con = Console(record=True, width=200)
+    for x in console.demo(res):
+        con.print(x)
+    text = con.export_text()
+    assert "released models on 1 real OpenKBP validation patients" in text and "train your own" in text
+    assert "plan QA of the 1 plans with MAE+CDM" in text and "pt_201" in text
+    assert text.index("train your own") < text.index("released models on")  # real results stay on screen
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shipped_patients_are_validation_patients_checked_by_their_sums(tmp_path):
+    folder = unpack_examples(ROOT, tmp_path / "data")
+    ids = sorted(p.name for p in folder.iterdir())
+    assert len(ids) >= 5 and "pt_201" in ids
+    # OpenKBP numbers its splits: train pt_1-200, validation pt_201-240, test pt_241-340 (never shipped)
+    assert all(201 <= int(i.split("_")[1]) <= 240 for i in ids), ids
+    for i in ids:
+        assert {"ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"} <= {
+            f.name for f in (folder / i).iterdir()}
+    # the sums list every archived file, and the unpacked files match them (hashlib here, not the demo's)
+    sums = dict(reversed(ln.split(maxsplit=1)) for ln in (ROOT / EXAMPLE_SUMS).read_text().splitlines())
+    with tarfile.open(ROOT / EXAMPLE_ARCHIVE) as tf:
+        names = {n.removeprefix("validation-pats/") for n in tf.getnames() if tf.getmember(n).isfile()}
+    assert {s.removeprefix("./") for s in sums} == names
+    for rel, digest in sums.items():
+        assert _sha(folder / rel) == digest
+    # pt_201 is copied unchanged from examples/
+    for f in (ROOT / EXAMPLE_DIR / "pt_201").iterdir():
+        assert _sha(folder / "pt_201" / f.name) == _sha(f)
+    assert (ROOT / EXAMPLE_ARCHIVE).stat().st_size < 2_000_000  # the repository stays small
+
+
+def _fake_root(tmp_path: Path, sums_text: str) -> Path:
+    root = tmp_path / "repo"
+    (root / EXAMPLE_DIR).mkdir(parents=True)
+    shutil.copy(ROOT / EXAMPLE_ARCHIVE, root / EXAMPLE_ARCHIVE)
+    (root / EXAMPLE_SUMS).write_text(sums_text)
+    return root
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda lines: [("0" * 64 + lines[0][64:])] + lines[1:], "does not match its sha256"),
+    (lambda lines: lines[1:], "is not in"),
+    (lambda lines: lines + ["0" * 64 + "  ./pt_203/extra.csv"], "is missing"),
+], ids=["changed", "unlisted", "missing"])
+def test_damaged_example_data_is_refused_naming_the_file(tmp_path, change, message):
+    lines = (ROOT / EXAMPLE_SUMS).read_text().splitlines()
+    root = _fake_root(tmp_path, "\n".join(change(lines)) + "\n")
+    with pytest.raises(ValueError, match=message) as e:
+        unpack_examples(root, tmp_path / "out")
+    assert re.search(r"pt_2\d\d/", str(e.value)) and EXAMPLE_SUMS.split("/")[-1] in str(e.value)
+
+
+def test_find_repository(tmp_path):
+    assert find_repository(ROOT) == ROOT
+    with pytest.raises(ValueError, match=f"{RELEASED[0][1]}/model.pt") as e:
+        find_repository(tmp_path)
+    assert "clone of the repository" in str(e.value)
 
 
 def _summary(dose, dvh, ptv, passed, agree, plan=75.0):
@@ -28,19 +130,34 @@ def _summary(dose, dvh, ptv, passed, agree, plan=75.0):
             "criteria_pass_rate": passed, "reference_pass_rate": plan, "criteria_agreement": agree}
 
 
-def test_verdict_states_pass_rate_and_agreement():
-    from dosepred.demo import verdict
-
-    res = {"MAE": _summary(3.0, 2.0, 3.0, 70.0, 85.0), "MAE+CDM": _summary(3.2, 1.5, 2.0, 72.0, 88.0),
-           BASELINE: _summary(3.5, 4.0, 4.0, 95.0, 78.0)}
+def test_verdict_says_what_the_synthetic_run_does_not_show():
+    res = {"MAE": _summary(3.0, 6.0, 7.0, 40.0, 66.0), "MAE+CDM": _summary(3.2, 1.5, 2.0, 72.0, 88.0),
+           BASELINE: _summary(9.5, 4.0, 2.4, 95.0, 78.0)}
+    v = verdict(res, steps=260, n_train=24, seconds=61.0)
+    assert "runs in 61 s of training" in v and "the reference plans pass 75.0 %" in v
+    assert "no learning 95.0" in v and "MAE+CDM 88.0" in v
+    assert "does NOT show which objective is better: after 260 steps on 24 synthetic patients" in v
+    assert "MAE is worse than no learning on agreement, DVH score and PTV Score" in v
+    assert "MAE+CDM is worse" not in v
+    res["MAE"] = _summary(3.0, 2.0, 2.0, 70.0, 85.0)
     v = verdict(res)
-    assert "the reference plans pass 75.0 %" in v and "no learning 95.0" in v and "MAE+CDM 88.0" in v
-    assert "agreement" in v and v.count("both learned models are closer to the plans") == 2
-    assert "learned models beat no learning" in v and "PTV Score is lower" in v
-    res["MAE"]["criteria_agreement"] = 70.0
-    res["MAE+CDM"]["dvh_score"] = res["MAE"]["dvh_score"] = 5.0
-    v = verdict(res)
-    assert "only MAE+CDM is closer" in v and "the learned models are NOT closer" in v
+    assert "both learned models beat no learning on agreement, DVH and PTV Score" in v
+    assert "does NOT show which objective is better" in v
     rows = dict(summary_rows(res))
     assert rows["criteria pass rate (%; plans 75.0)"] == ["70.0", "72.0", "95.0"]
-    assert rows["agreement with plans (%, higher is better)"] == ["70.0", "88.0", "78.0"]
+    assert rows["agreement with plans (%, higher is better)"] == ["85.0", "88.0", "78.0"]
+    assert rows["PTV Score (Gy)"] == ["2.000", "2.000", "2.400"]
+
+
+def test_verdict_released_compares_ptv_score_and_agreement():
+    res = {"MAE": _summary(3.5, 2.1, 2.4, 60.0, 80.0), "MAE+CDM": _summary(3.9, 1.7, 1.6, 70.0, 88.0),
+           BASELINE: _summary(9.5, 4.9, 4.2, 90.0, 85.0)}
+    v = verdict_released(res, 5)
+    assert "on these 5 patients MAE+CDM's PTV Score is 33 % lower than MAE's (2.40 -> 1.60 Gy)" in v
+    assert "MAE 80.0, MAE+CDM 88.0, no learning 85.0 % (highest: MAE+CDM)" in v
+    assert "dose score: both learned models beat no learning" in v
+    assert "the plans pass 75.0 % of the criteria, no learning 90.0 %" in v and "5 patients are few" in v
+    res["MAE+CDM"]["ptv_score"], res["MAE+CDM"]["dose_score"] = 3.0, 10.0
+    v = verdict_released(res, 5)
+    assert "25 % NOT lower (higher) than MAE's (2.40 -> 3.00 Gy)" in v
+    assert "dose score: only MAE beats no learning" in v

@@ -137,13 +137,15 @@ def export_model(
 @app.command("demo")
 @friendly
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (data, runs, report.html).")] = Path(
-        "demo-out"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder (report.html, qa/, synthetic/, the data "
+                                      "and runs).")] = Path("demo-out"),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and training.")] = 0,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
-    """Synthetic end to end: one MAE warm-up, MAE and MAE+CDM fine-tuned from it with the same budget,
-    evaluated next to a no-learning reference, compared, reported."""
+    """The released models (MAE, MAE+CDM) and a no-learning dose on real OpenKBP validation patients
+    shipped with the repository, plan QA of their plans; then train your own: one MAE warm-up on
+    synthetic patients, MAE and MAE+CDM fine-tuned from it with the same budget; tables and reports.
+    Run it from a clone of the repository (it reads models/ and examples/)."""
     from .. import console as render
     from ..workflows import demo as run
 

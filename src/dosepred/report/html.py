@@ -100,7 +100,11 @@ class ReportWriter:
 
     # ------------------------------------------------------------------------------------ html
     def finish(self, cohorts: dict[str, CohortResult] | CohortResult,
-               extra_tables: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+               extra_tables: dict[str, list[dict[str, Any]]] | None = None, intro: str = "",
+               sections: Sequence[tuple[str, str]] = ()) -> Path:
+        """Write ``report.html``. ``intro``: HTML placed under the title, before the cohort table;
+        ``sections``: (title, HTML) pairs placed after the tables, before the patients. Both are
+        inserted as given (the caller escapes them)."""
         from ..evaluation import CohortResult
 
         if isinstance(cohorts, CohortResult):
@@ -110,7 +114,7 @@ class ReportWriter:
                  f"<h1>{esc(self.title)}</h1>",
                  f"<div class='meta'>protocol {esc(next(iter(cohorts.values())).protocol)} &middot; "
                  f"{len(next(iter(cohorts.values())).patients)} patients &middot; generated "
-                 f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
+                 f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>", intro]
         parts.append("<h2>Cohort</h2>" + self._cohort_table(cohorts))
         parts.append("<p class='meta'>Dose score: mean |ref - pred| over all voxels / possible-dose "
                      "voxels (Gy). DVH score: mean |&Delta;| of the OpenKBP metrics (Gy). PTV / OAR "
@@ -122,6 +126,8 @@ class ReportWriter:
             parts.append("<h2>Criteria (patients passing)</h2>" + crit)
         for title, rows in (extra_tables or {}).items():
             parts.append(f"<h2>{esc(title)}</h2>" + self._dict_table(rows))
+        for title, body in sections:
+            parts.append(f"<h2>{esc(title)}</h2>" + body)
         parts.append("<h2>Patients</h2>")
         by_id = {n: {p.id: p for p in c.patients} for n, c in cohorts.items()}
         ids = self.order or [p.id for p in next(iter(cohorts.values())).patients]
@@ -224,13 +230,15 @@ def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[
                  patients: Sequence[Patient] | Iterable[Patient],
                  pred_doses: Sequence[np.ndarray] | dict[str, Sequence[np.ndarray]],
                  title: str = "dosepred evaluation",
-                 extra_tables: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+                 extra_tables: dict[str, list[dict[str, Any]]] | None = None, intro: str = "",
+                 sections: Sequence[tuple[str, str]] = ()) -> Path:
     """Write the self-contained ``out_dir/report.html`` (images embedded); returns its path.
 
     ``cohort_result`` and ``pred_doses`` are either one prediction (a CohortResult and a sequence of
     doses in the order of ``patients``) or several named ones ({"MAE": result, "MAE+CDM": result}
     and {"MAE": doses, "MAE+CDM": doses}). ``extra_tables``: title -> list of row dicts, shown
-    after the cohort table (e.g. training times).
+    after the cohort table (e.g. training times); ``intro`` and ``sections``: HTML of the caller
+    (:meth:`ReportWriter.finish`).
     """
     from ..evaluation import CohortResult
 
@@ -242,4 +250,4 @@ def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[
     seqs = {k: iter(v) for k, v in pred_doses.items()}
     for p in patients:
         w.add_patient(p, {k: np.asarray(next(it)) for k, it in seqs.items()})
-    return w.finish(cohort_result, extra_tables)
+    return w.finish(cohort_result, extra_tables, intro, sections)
