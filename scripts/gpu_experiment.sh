@@ -2,9 +2,11 @@
 # A GPU round of the OpenKBP experiment (docs/results.md): the four released models (models/openkbp-*)
 # each continued on one GPU for the same number of whole-volume steps, all four at once on the one
 # GPU; then the CUDA benchmarks. Round 7 ("Round 7 on a GPU") was the default: ROUND=r7 SEED=6, no
-# EXTRA. The prepared next round (the cascade, docs/results.md "Round 11"): a second U-Net refining
-# each released model, which stays frozen, with translations from the start:
-#   ROUND=r13 SEED=13 EXTRA="--stages 2 --freeze-stage1 --shift" BUDGET_S=540 OUT=out bash scripts/gpu_experiment.sh
+# EXTRA. The prepared next round (the capacity campaign, docs/results.md "Round 13"): the 6-level
+# network (channels 16..512) from the campaign's shared MAE warm-up, all four objectives at one budget:
+#   ROUND=r13 SEED=13 INIT=experiments/round13/state/r13-warmup-1400 LR=5e-4 EXTRA="--shift" \
+#     BUDGET_S=540 OUT=out bash scripts/gpu_experiment.sh
+# (the cascade of round 11 on the 4-level release: ROUND=r13c EXTRA="--stages 2 --freeze-stage1 --shift")
 # Written for a lent machine with a time limit:
 #
 #   dosepred data pack /work/exp/cache/train --out .gpu/train --ct-step 8 --dose-step 5
@@ -22,7 +24,8 @@
 # line is printed), so a run cut by the machine's limit still returns its numbers.
 # Env: PACKED (default .gpu/train), WHEELS (.whl, installed with --no-deps if present), DEVICE
 # (cuda), STEPS (steps per epoch, 100), MAX_EPOCHS (60), CALIB_STEPS (30), BENCH (1: run benchmarks),
-# EXTRA (extra train options for every run), ROUND (r7: the runs' name prefix), SEED (6), PY (python3).
+# EXTRA (extra train options for every run), ROUND (r7: the runs' name prefix), SEED (6), PY (python3),
+# INIT (the weights every run starts from; default models/openkbp-NAME, each its own), LR (2e-4).
 set -uo pipefail
 t0=$(date +%s)
 BUDGET_S=${BUDGET_S:-480}
@@ -65,8 +68,8 @@ train() {  # NAME OUT EPOCHS STEPS_PER_EPOCH SEED
   local n=$1 o=$2 opts=""
   [[ $n == mae-cdm ]] && opts=$CDM_OPTS
   # shellcheck disable=SC2086
-  dp train --data "$cache" --out "$o" --init "models/openkbp-$n" --loss "${LOSS[$n]}" $opts \
-    --patch 128 --batch 1 --epochs "$3" --steps-per-epoch "$4" --lr 2e-4 --schedule cosine --seed "$5" \
+  dp train --data "$cache" --out "$o" --init "${INIT:-models/openkbp-$n}" --loss "${LOSS[$n]}" $opts \
+    --patch 128 --batch 1 --epochs "$3" --steps-per-epoch "$4" --lr "${LR:-2e-4}" --schedule cosine --seed "$5" \
     --device "$DEVICE" --workers 3 --no-progress ${EXTRA:-} > "$o.log" 2>&1
 }
 
