@@ -19,9 +19,10 @@ Arms, each scored on the test patients (``predict --no-tta``, then ``evaluate``)
 - ``finetune_n``: ``train --init`` the released model on n clinic patients;
 - ``scratch_n``: the same architecture trained from random weights on the same n patients.
 
-Fine-tuning and scratch runs take the same number of optimiser steps with the same network, patch
-and batch, so the same CPU time per step; the table reports each run's measured training seconds
-(metrics.csv) so the equality is checked rather than assumed.
+Fine-tuning and scratch runs take the same number of optimiser steps with the same network, patch,
+batch, loss (the released model's MAE+CDM options) and augmentation, so the same CPU time per step;
+the table reports each run's measured training seconds (metrics.csv) so the equality is checked
+rather than assumed.
 
 Resumable: every stage skips what it finds done (patients already written, the cache when it holds
 the wanted ids, runs with a DONE file, arms with a score JSON); an interrupted run continues with
@@ -207,7 +208,8 @@ def train_arm(work: Path, arm: str, n: int, a: argparse.Namespace) -> dict[str, 
                     "--val", work / "cache", "--val-split", f"{work / 'splits.json'}:val",
                     "--protocol", work / "inst" / "protocol.json", "--loss", a.loss, "--patch", 128,
                     "--batch", 1, "--epochs", epochs, "--steps-per-epoch", a.steps_per_epoch,
-                    "--val-every", max(1, epochs // 10), "--device", "cpu", "--seed", a.seed, "--out", run]
+                    "--val-every", max(1, epochs // 10), "--device", "cpu", "--seed", a.seed, "--out", run,
+                    *(x for o in a.loss_opt for x in ("--loss-opt", o)), *(["--shift"] if a.shift else [])]
             if arm.startswith("finetune"):
                 args += ["--init", RELEASED, "--lr", a.lr_finetune]
             else:  # the released model's architecture, from random weights
@@ -260,11 +262,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="optimiser steps per training run (every arm alike)")
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--loss", default="mae+cdm")
+    ap.add_argument("--loss-opt", action="append", default=None,
+                    help="KEY=VALUE (repeatable; default: the released MAE+CDM model's cdm_target_weight=4, "
+                         "cdm_oar_weight=1, cdm_spread=3)")
+    ap.add_argument("--no-shift", dest="shift", action="store_false", help="no mask-in-view translations")
     ap.add_argument("--lr-finetune", type=float, default=1e-4)
     ap.add_argument("--lr-scratch", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
+    if a.loss_opt is None:
+        a.loss_opt = ["cdm_target_weight=4", "cdm_oar_weight=1", "cdm_spread=3"]
     sizes = sorted(int(s) for s in a.sizes.split(","))
     if sizes[-1] > a.pool:
         raise SystemExit(f"--pool {a.pool} is smaller than the largest size {sizes[-1]}")
