@@ -753,3 +753,20 @@ def test_kill_9_then_resume_is_exact_with_rotation(base, work):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["state"][0].values(),
                                                  b["optimizer"]["state"][0].values(), strict=True))
+
+
+def test_piped_tables_are_not_cut_at_80_columns(base, work):
+    """`dosepred data inspect CACHE | less`: with output not a terminal rich assumed 80 columns and cut
+    the table (the title's path wrapped, cells ellipsised); now the table keeps every column whole."""
+    import shutil
+
+    deep = work / ("a-cache-folder-with-a-long-descriptive-name-" + "x" * 60)
+    shutil.copytree(base / "cache", deep)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-m", "dosepred", "data", "inspect", str(deep)], capture_output=True,
+                       text=True, env={**env, "PYTHONPATH": str(SRC)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert any(str(deep) in line for line in r.stdout.splitlines()), r.stdout
+    assert "…" not in r.stdout
+    rows = [line for line in r.stdout.splitlines() if line.startswith("│ synth_00")]
+    assert len(rows) == 2 and all(row.rstrip().endswith("│") and "yes" in row for row in rows), r.stdout

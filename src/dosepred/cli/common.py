@@ -147,16 +147,34 @@ NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bar
                                             "DOSEPRED_PROGRESS_INTERVAL=off silences them).")]
 
 
+#: The width of the console when output is not a terminal (a pipe, a file) and COLUMNS is unset: wide
+#: enough that no table is cut or wrapped (rich would otherwise assume 80 columns)
+PIPE_WIDTH = 10_000
+
+
 def console():
+    """The commands' rich console: the terminal's width on a terminal (or ``COLUMNS``), else
+    :data:`PIPE_WIDTH`, so piped tables keep every column whole."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    if bool(getattr(sys.stdout, "isatty", lambda: False)()) or os.environ.get("COLUMNS"):
+        return Console(highlight=False)
+    return Console(highlight=False, width=PIPE_WIDTH)
 
 
 def show(items: list) -> None:  # type: ignore[type-arg]
-    """Print the tables and lines of a :mod:`dosepred.console` rendering."""
+    """Print the tables and lines of a :mod:`dosepred.console` rendering. Piped, a table's title is
+    printed as its own line first (rich wraps a title to its table's width: a long path would break)."""
+    import copy
+
+    from rich.table import Table
+
     con = console()
     for x in items:
+        if con.width == PIPE_WIDTH and isinstance(x, Table) and x.title:
+            con.print(x.title, soft_wrap=True)
+            x = copy.copy(x)
+            x.title = None
         con.print(x)
 
 
