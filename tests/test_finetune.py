@@ -288,6 +288,31 @@ def test_trainer_init_starts_from_the_released_prediction(tmp_path, synth, clini
     torch.testing.assert_close(run(t.model.eval(), p), want, rtol=1e-5, atol=1e-4)
 
 
+def test_one_stage_init_onto_a_two_stage_clinic_model(tmp_path, synth, clinic_cache):
+    released = released_model(7, res_units=0)
+    ck = save_released(released, tmp_path / "released.pt")
+    t = Trainer(_cfg(tmp_path, clinic_cache, ck, stages=2, freeze_stage1=True))
+    t.setup_device()
+    t.setup_data()
+    t.setup_model()
+    p = clinic_patient(synth[2])
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
+    torch.testing.assert_close(run(t.model.eval(), p), want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_mapped_run_resumes(tmp_path, clinic_cache):
+    from dosepred.training import train
+
+    ck = save_released(released_model(8), tmp_path / "released.pt")
+    cfg = _cfg(tmp_path, clinic_cache, ck, stop_after=1)
+    train(TrainConfig(**{**cfg.model_dump(), "epochs": 2}))
+    train(TrainConfig(**{**cfg.model_dump(), "epochs": 2, "stop_after": None}), resume=True)
+    got = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert got["epoch"] == 2 and got["roi_transfer"]["dropped"] == ["Esophagus", "Larynx"]
+
+
 def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
     from dosepred.training import train
 
