@@ -248,6 +248,9 @@ def test_what_cannot_be_mapped_is_a_clear_error():
     # a target without prescription beside prescribed ones is only a note; an organ of kind other too
     tr = plan_transfer(OKBP, RoiSet((*CLINIC.rois, Roi("CTV_1", "target"), Roi("Larynx", "other"))))
     assert tr.unprescribed == ("CTV_1",) and tr.not_oars == ("Larynx",)
+    # ... but not when an OAR of the data (after it in bit order) is that organ
+    both = plan_transfer(OKBP, RoiSet((Roi("Mandible", "other"), *CLINIC.rois)))
+    assert both.not_oars == () and both.matched["Bone_Mandible"] == "Mandible"
     assert any("CTV_1" in n for n in tr.notes) and any("Larynx is of kind 'other'" in n for n in tr.notes)
 
 

@@ -173,8 +173,9 @@ def plan_transfer(model_rois: RoiSet, data_rois: RoiSet, where: str = "the data"
             if k in model_oars:
                 raise TransferError(f"{where}: ROI {r.name} is a target but the model's {model_oars[k]} is "
                                     "an OAR; fix its kind with --roi-map")
-        elif k in model_oars and model_oars[k] not in by_model:
+        elif k in model_oars:
             not_oars.append(r.name)
+    not_oars = [n for n in not_oars if model_oars[match_key(n)] not in by_model]  # not an OAR's alias
     dropped = tuple(n for n in model_rois.oars if n not in by_model)
     unprescribed = tuple(r.name for r in data_rois if r.kind == "target" and r.prescription is None)
     notes: list[str] = []
