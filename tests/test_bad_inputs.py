@@ -770,3 +770,40 @@ def test_piped_tables_are_not_cut_at_80_columns(base, work):
     assert "…" not in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith("│ synth_00")]
     assert len(rows) == 2 and all(row.rstrip().endswith("│") and "yes" in row for row in rows), r.stdout
+
+
+def test_resume_of_a_finished_run_says_it_is_finished(base, work):
+    import shutil
+
+    shutil.copytree(base / "run", work / "run")
+    with unchanged(work):
+        fails(cli("train", "--out", work / "run", "--resume", "--no-progress"),
+              str(work / "run"), "the run is finished (epoch 1 of 1 done)", "--epochs larger than 1")
+    out = ok(cli("train", "--out", work / "run", "--resume", "--epochs", "2", "--threads", "1",
+                 "--no-progress"))
+    assert "epochs 2..2" in out
+
+
+def test_ctrl_c_during_train_says_so_and_how_to_continue(base, work):
+    """SIGINT (Ctrl-C) once the run has a checkpoint: exit code 130 and a last line that says it was
+    interrupted and how to continue (typer used to exit 130 without a word, 'done' last on screen)."""
+    import signal
+    import time
+
+    run = work / "run"
+    args = ["train", "--data", str(base / "cache"), "--out", str(run), "--epochs", "500", "--steps-per-epoch",
+            "2", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--no-progress"]
+    e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dosepred", *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and not (run / "checkpoints" / "prev.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last == f"error: interrupted (Ctrl-C): {run} keeps its last finished epoch; continue with " \
+                   f"`dosepred train --out {run} --resume`", err
+    assert "Traceback" not in err

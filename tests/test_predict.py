@@ -154,8 +154,8 @@ def test_tta_averages_with_the_mirrored_patient(run_dir):
         codes |= np.flip(p.mask(other.get(n, n)), ax).astype(codes.dtype) << codes.dtype.type(i)
     q = Patient(id="mirrored", ct=np.flip(p.ct, ax).copy(), roi_codes=codes, roi_set=p.roi_set,
                 spacing=p.spacing, possible_dose_mask=np.flip(p.possible_dose_mask, ax).copy())
-    plain = predict_dose(model, p)
-    mirrored = np.flip(predict_dose(model, q), ax)
+    plain = predict_dose(model, p, tta=False)
+    mirrored = np.flip(predict_dose(model, q, tta=False), ax)
     want = 0.5 * (plain + mirrored) * p.possible_dose_mask
     got = predict_dose(model, p, tta=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -182,7 +182,7 @@ def test_tta_shift_averages_with_the_translated_patient(run_dir):
 
     q = Patient(id="moved", ct=moved(p.ct), roi_codes=moved(p.roi_codes), roi_set=p.roi_set,
                 spacing=p.spacing, possible_dose_mask=moved(p.possible_dose_mask), geometry=p.geometry)
-    plain, dq = predict_dose(model, p), predict_dose(model, q)
+    plain, dq = predict_dose(model, p, tta=False), predict_dose(model, q, tta=False)
     back = np.zeros_like(dq)
     valid = np.zeros(dq.shape, bool)
     n = dq.shape
@@ -193,7 +193,7 @@ def test_tta_shift_averages_with_the_translated_patient(run_dir):
                 if 0 <= a < n[0] and 0 <= b < n[1] and 0 <= c < n[2]:
                     back[i, j, k], valid[i, j, k] = dq[a, b, c], True
     want = (plain + back * valid) / (1 + valid) * p.possible_dose_mask
-    got = predict_dose(model, p, shifts=[s])
+    got = predict_dose(model, p, shifts=[s], tta=False)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not valid.all() and np.abs(got - plain).max() > 1e-3  # borders and interior both tested
     # with flipping: four passes; the flip and the shift commute with the average
@@ -252,3 +252,28 @@ def test_allow_missing_rois_predicts_with_an_empty_channel(run_dir, lacking_cach
     for p in lacking_cache[1]:
         want = predict_dose(model, p, tta=True, allow_missing_rois=True)  # the command flips by default
         np.testing.assert_array_equal(pc.load(p.id).dose, want)
+
+
+def test_one_flipping_default_for_the_api_and_the_cli(run_dir, tmp_path):
+    """`dosepred predict` and the Python quick start (`dosepred.predict_dose(model, p)`) give the same
+    dose for the same patient: one default (flipping), declared once (DEFAULT_TTA)."""
+    import inspect
+
+    import numpy as np
+    from typer.main import get_command
+
+    from dosepred.io.cache import Cache
+    from dosepred.models.checkpoint import load_model
+    from dosepred.predict import DEFAULT_TTA, predict_dose, predict_patients, predict_to
+
+    opt = next(p for p in get_command(app).commands["predict"].params if p.name == "tta")
+    assert opt.default is DEFAULT_TTA
+    for f in (predict_dose, predict_patients, predict_to):
+        assert inspect.signature(f).parameters["tta"].default is DEFAULT_TTA, f
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(run_dir / "train"),
+                            "--out", str(tmp_path / "pc"), "--format", "cache", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    model = load_model(run_dir / "run")
+    pc = Cache.open(tmp_path / "pc")
+    p = next(iter(Cache.open(run_dir / "train")))
+    np.testing.assert_array_equal(pc.load(p.id).dose, predict_dose(model, p))

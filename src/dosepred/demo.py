@@ -229,7 +229,7 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     for label, rel in RELEASED:
         t0 = time.time()
         model = load_model(root / rel)
-        doses[label] = [predict_dose(model, p) for p in patients]
+        doses[label] = [predict_dose(model, p, tta=False) for p in patients]
         seconds[label] = time.time() - t0
         cohorts[label], results[label] = evaluate(patients, doses[label])
         say(f"released {label} ({rel}): {len(patients)} patients predicted in {seconds[label]:.0f} s")

@@ -37,6 +37,12 @@ from .roi import lr_pairs, mirror_codes, to_torch
 
 FORMATS = ("openkbp", "nifti", "dicom", "cache")
 
+#: Whether a prediction is averaged with the patient's left-right mirror image by default: in
+#: :func:`predict_dose`, :func:`predict_patients`, :func:`predict_to` and ``dosepred predict`` alike
+#: (better scores for every released model, twice the time; docs/results.md). Callers whose results
+#: must be unflipped (plan QA against an unflipped calibration, training validation) say ``tta=False``.
+DEFAULT_TTA = True
+
 
 def resolve_device(device: str | None = "auto") -> torch.device:
     if device in (None, "auto"):
@@ -68,7 +74,8 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
 
     - a patient with none of the model's targets is an error (:class:`ModelError`), flag or not;
     - the model's ROIs in ``absent_ok`` (those some training patients lacked too: the model space's
-      ``absent_rois``) may be missing: empty channels, an :class:`RoiNote`;
+      ``absent_rois``) may be missing: empty channels, an :class:`RoiNote` for those its set does not
+      name (an ROI the set lists as not contoured is the data's own record);
     - any other missing ROI, or a target of the patient the model does not know (the prediction would
       ignore it), is an error unless ``allow_missing`` (then a warning names them). With ``absent_ok``
       None (a model recorded without it) the ROIs its set lists as missing are accepted, as before;
@@ -121,8 +128,9 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                          f"{'them' if len(unknown_targets) > 1 else 'it'}")
         raise ModelError(f"{who} {'; '.join(parts)}: --allow-missing-rois predicts it all the same"
                          f"{' with empty channels for the missing ones' if need else ''}")
-    if warn:
-        noted = [n for n in lacking if n not in need]
+    if warn:  # a note for the ROIs the patient's own set does not name (those it lists as not
+        # contoured, as every OpenKBP or cache patient does, are the data's own record)
+        noted = [n for n in lacking if n not in need and n not in theirs]
         if noted:
             warnings.warn(f"{who} lacks {', '.join(noted)} (some of the model's training patients did too): "
                           "predicted with empty channels for them", RoiNote, stacklevel=3)
@@ -263,7 +271,7 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
 
 
 def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
-                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False, tta: bool = False,
+                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False, tta: bool = DEFAULT_TTA,
                  allow_missing_rois: bool = False, space: ModelSpace | None = None,
                  warn: bool = True, spacing_policy: str = "fov",
                  shifts: Sequence[Sequence[int]] = ()) -> np.ndarray:
@@ -278,9 +286,10 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
     of view on the training data's median array size, ``"median"`` the training median spacing, or
     the ``"nearest"`` end of the range).
 
-    ``tta=True`` averages it with the prediction of the patient mirrored along the left-right axis
-    (taken from the geometry in the model's space; Left/Right ROI bits swapped, as in training),
-    mirrored back: test-time augmentation, twice the time; ``shifts`` adds translated passes
+    ``tta`` (default :data:`DEFAULT_TTA`, True, as ``dosepred predict``) averages it with the
+    prediction of the patient mirrored along the left-right axis (taken from the geometry in the
+    model's space; Left/Right ROI bits swapped, as in training), mirrored back: test-time
+    augmentation, twice the time; ``shifts`` adds translated passes
     (:func:`predict_in_space`). ``allow_missing_rois``: see :func:`match_rois`.
     """
     net = model.module if hasattr(model, "module") else model
@@ -321,8 +330,10 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
 
 
 def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device: Any = None,
-                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False, tta: bool = False,
-                     allow_missing_rois: bool = False) -> Iterator[tuple[Patient, np.ndarray]]:
+                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False,
+                     tta: bool = DEFAULT_TTA, allow_missing_rois: bool = False
+                     ) -> Iterator[tuple[Patient, np.ndarray]]:
+    """``(patient, dose)`` of each patient (:func:`predict_dose`)."""
     for p in patients:
         yield p, predict_dose(model, p, device, overlap, mode, amp=amp, tta=tta,
                               allow_missing_rois=allow_missing_rois)
@@ -331,7 +342,7 @@ def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
                fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
                progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
-               tta: bool = False, allow_missing_rois: bool = False, dose_spacing: float | None = None,
+               tta: bool = DEFAULT_TTA, allow_missing_rois: bool = False, dose_spacing: float | None = None,
                tta_shift: bool = False) -> int:
     """Predict every patient of ``src`` (a cache, OpenKBP, NIfTI or DICOM folder) and write them to ``out``.
 

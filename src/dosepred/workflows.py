@@ -237,6 +237,11 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     if not resume and not overwrite and (out / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"{out}: already holds a training run; use --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
+    if resume:
+        done = finished_epoch(out)
+        if done is not None and done >= cfg.epochs:
+            raise ValueError(f"{out}: the run is finished (epoch {done} of {cfg.epochs} done); to train it "
+                             f"longer, --resume with --epochs larger than {done}")
     if resume or os.environ.get("RANK", "0") != "0":
         # --resume continues the run in place (it must still not be one of the inputs); under
         # torchrun only rank 0 writes the run and owns its transaction
@@ -246,13 +251,28 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         return train(cfg, resume=False, log=log)
 
 
+def finished_epoch(run: PathLike) -> int | None:
+    """The last epoch a training run saved (``checkpoints/last.pt``, else ``prev.pt``); None when neither
+    is readable (``--resume`` then says why)."""
+    import torch
+
+    for name in ("last.pt", "prev.pt"):
+        f = Path(run) / "checkpoints" / name
+        try:
+            ck = torch.load(f, map_location="cpu", weights_only=True)
+            return int(ck["epoch"])
+        except Exception:  # noqa: BLE001, S112 - unreadable here: the trainer's --resume reports it
+            continue
+    return None
+
+
 def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
          log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """``dosepred demo`` (:func:`dosepred.demo.run_demo`), all or nothing: a failed demo leaves
-    ``out`` as it was."""
+    """``dosepred demo`` (:func:`dosepred.demo.run_demo`), all or nothing: a failed or interrupted
+    demo leaves ``out`` as it was (it has nothing to resume)."""
     from .demo import run_demo
 
-    with output_in_place(out, overwrite):
+    with output_in_place(out, overwrite, keep_on_interrupt=False):
         return run_demo(out, seed=seed, log=log)
 
 

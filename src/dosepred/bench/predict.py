@@ -86,7 +86,7 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
     score_clin = evaluate_patient(clin, dose * clin.possible_dose_mask).dose_score
     back = np.maximum(resample(dose, clin.geometry, p.geometry, p.shape, 1, mode="nearest"), 0)
     score_orig = evaluate_patient(p, back * p.possible_dose_mask).dose_score
-    score_native = evaluate_patient(p, predict_dose(model, p)).dose_score
+    score_native = evaluate_patient(p, predict_dose(model, p, tta=tta)).dose_score
     cpu = "?"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)

@@ -69,6 +69,11 @@ def _err(msg: str) -> None:
         _say("error", msg, "31")
 
 
+def error(msg: str) -> None:
+    """``error: msg`` on stderr (red on a terminal)."""
+    _err(msg)
+
+
 def warn(msg: str) -> None:
     _say("warning", msg, "33")
 
@@ -127,6 +132,9 @@ def friendly(fn):
         try:
             with show_warnings():
                 return fn(*args, **kwargs)
+        except KeyboardInterrupt:  # typer would exit 130 without a word
+            _err("interrupted (Ctrl-C); outputs not finished are left as they were")
+            raise typer.Exit(130) from None
         except OSError as e:  # PermissionError on a read-only --out, a missing file, a full disk
             _err(_os_message(e))
             raise typer.Exit(2) from None

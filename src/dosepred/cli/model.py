@@ -28,7 +28,17 @@ def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt
     if loss_opt:
         opts["loss_options"] = key_values(loss_opt, "--loss-opt")
     con = console()
-    res = train_run(out, opts, config, resume, overwrite, log=con.print)
+    try:
+        res = train_run(out, opts, config, resume, overwrite, log=con.print)
+    except KeyboardInterrupt:
+        from .common import error
+
+        if (out / "checkpoints" / "last.pt").is_file():
+            error(f"interrupted (Ctrl-C): {out} keeps its last finished epoch; continue with "
+                 f"`dosepred train --out {out} --resume`")
+        else:
+            error(f"interrupted (Ctrl-C) before the first epoch ended: nothing to resume in {out}")
+        raise typer.Exit(130) from None
     best = res.get("best")
     con.print(f"done: {res['global_step']} steps in {out}" + (
         f"; best epoch {best['epoch']} ({best['select']} {best['value']:.3f})"

@@ -157,7 +157,8 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
             with warnings.catch_warnings():  # validation patients share the cache's ROI set: predicted
                 warnings.simplefilter("ignore", RoiNote)  # whatever they lack, without a note each time
                 d = predict_dose(model, p, device, cfg.sw_overlap, cfg.sw_mode,
-                                 amp=cfg.amp and device.type == "cuda", allow_missing_rois=True)
+                                 amp=cfg.amp and device.type == "cuda", allow_missing_rois=True,
+                                 tta=False)
             yield p, d
 
     res = evaluate_cohort(pairs(), protocol if protocol is not None else "openkbp", progress=progress)
