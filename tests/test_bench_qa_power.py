@@ -214,3 +214,54 @@ def test_refuses_a_prediction_missing_a_patient_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="--oar-gy"):
         qp.PowerConfig(oar_gy=(3.0, -1.0)).check()
     assert math.isclose(qp.parse_amounts("2, 3.5", "--oar-gy")[1], 3.5)
+
+
+def test_predicts_as_qa_does_with_the_model_s_calibration(tmp_path, monkeypatch):
+    """The benchmark predicts as plan QA does with the model's calibration: flipped for a calibration
+    of version 3 that records it (and without a calibration, as `calibrate` makes them now),
+    unflipped for an older one; a prediction cache made otherwise gets a warning, not silence."""
+    import shutil
+
+    from scipy.ndimage import gaussian_filter
+
+    from dosepred import predict as pr
+    from dosepred.io.cache import write_cache
+
+    pats = _cohort(tmp_path, n=3)
+    write_cache([p.with_dose(gaussian_filter(p.dose, 1.0)) for p in pats], tmp_path / "pred-tta",
+                source="dosepred predict --model m --data d --tta")
+    model = tmp_path / "model"
+    shutil.copytree("models/openkbp-mae-cdm", model)
+    cfg = qp.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
+    seen: list = []
+
+    def fake(net, p, *args, tta=None, **kwargs):
+        seen.append(tta)
+        return gaussian_filter(p.dose, 1.0)
+
+    monkeypatch.setattr(pr, "predict_dose", fake)
+
+    def flips_seen() -> set:
+        seen.clear()
+        qp.collect(model, tmp_path / "data", cfg)
+        assert len(seen) == 3
+        return set(seen)
+
+    assert qp.qa_flipping(model) is True and flips_seen() == {True}
+    _, _, info = qp.collect(model, tmp_path / "data", cfg, tmp_path / "pred-tta")
+    assert "warning" not in info
+    _, _, info = qp.collect(model, tmp_path / "data", cfg, tmp_path / "pred")
+    assert "predicted with --no-tta" in info["warning"] and "predicts with flipping" in info["warning"]
+
+    cal = json.loads((model / "calibration.json").read_text())
+    cal["version"] = 2
+    cal.pop("tta")
+    (model / "calibration.json").write_text(json.dumps(cal))
+    assert qp.qa_flipping(model) is False and flips_seen() == {False}
+    _, _, info = qp.collect(model, tmp_path / "data", cfg, tmp_path / "pred")
+    assert "warning" not in info
+    _, _, info = qp.collect(model, tmp_path / "data", cfg, tmp_path / "pred-tta")
+    assert "predicted with --tta" in info["warning"] and "without flipping" in info["warning"]
+
+    (model / "calibration.json").unlink()
+    assert qp.qa_flipping(model) is True and flips_seen() == {True}

@@ -253,7 +253,7 @@ def test_interval_clipped_to_the_metric_range():
     assert hi == 100.0
 
 
-def test_choose_methods_prefers_absolute_unless_clearly_narrower_and_covering():
+def test_choose_methods_total_width_prefers_absolute_unless_clearly_narrower_and_covering():
     def stats(c8, w8, c9, w9):
         return {"0.8": {"coverage": c8, "width": w8}, "0.9": {"coverage": c9, "width": w9}}
 
@@ -262,7 +262,7 @@ def test_choose_methods_prefers_absolute_unless_clearly_narrower_and_covering():
           "b": {"absolute": stats(80, 10, 90, 12), "signed": stats(75, 5, 85, 6),  # under-covers: not allowed
                 "normalised": stats(80, 9.9, 90, 11.9)},
           "c": {"absolute": stats(80, 10, 90, 12), "signed": stats(84, 8, 94, 10)}}  # narrower, covers more
-    assert choose_methods(cv) == {"a": "normalised", "b": "absolute", "c": "signed"}
+    assert choose_methods(cv, rule="total-width") == {"a": "normalised", "b": "absolute", "c": "signed"}
 
 
 def test_write_and_load_calibration_atomic(tmp_path):
@@ -323,9 +323,11 @@ def test_band_offsets_hold_their_coverage_at_every_level():
     assert band_offsets(None, "LeftParotid", 0.9) is None
 
 
-def test_flipped_predictions_are_refused(tmp_path):
-    """QA predicts without flipping, so a calibration from `predict`'s flipped default would describe
-    other errors than QA makes: refused, naming the cache and the fix; unflipped ones are taken."""
+def test_predictions_must_be_made_as_the_calibration_records(tmp_path):
+    """A calibration records whether its predictions were flipped (plan QA then predicts that way):
+    flipped by default, as `dosepred predict`. Predictions made otherwise (unflipped for a flipped
+    calibration, or flipped for an unflipped one, translated, or not saying) are refused, naming
+    the cache and the fix."""
     from dosepred.calibration import CalibrationError, collect_units
     from dosepred.io.cache import write_cache
     from dosepred.protocol import load_protocol
@@ -333,15 +335,99 @@ def test_flipped_predictions_are_refused(tmp_path):
 
     cohort = make_cohort(2, seed=4, size=24)
     write_cache(cohort, tmp_path / "plans")
-    write_cache(cohort, tmp_path / "flipped", source="dosepred predict --model M --data D --tta")
-    write_cache(cohort, tmp_path / "plain", source="dosepred predict --model M --data D --no-tta")
+    made = {"flipped": "--tta", "plain": "--no-tta", "shifted": "--tta --tta-shift",
+            "plain-shifted": "--no-tta --tta-shift", "unsaid": ""}
+    for name, flags in made.items():
+        write_cache(cohort, tmp_path / name, source=f"dosepred predict --model M --data D {flags}".strip())
     proto = load_protocol("openkbp-clinical")
-    with pytest.raises(CalibrationError, match="flipping.*--no-tta") as e:
-        collect_units("unused", tmp_path / "plans", proto, tmp_path / "flipped")
-    assert "flipped" in str(e.value)
-    write_cache(cohort, tmp_path / "shifted",
-                source="dosepred predict --model M --data D --no-tta --tta-shift")
-    with pytest.raises(CalibrationError, match="--tta-shift.*predict again with --no-tta"):
-        collect_units("unused", tmp_path / "plans", proto, tmp_path / "shifted")
-    units, ids = collect_units("unused", tmp_path / "plans", proto, tmp_path / "plain")
+    units, ids = collect_units("unused", tmp_path / "plans", proto, tmp_path / "flipped")  # the default
     assert sorted(ids) == sorted(p.id for p in cohort) and units
+    units, _ = collect_units("unused", tmp_path / "plans", proto, tmp_path / "plain", tta=False)
+    assert units
+    with pytest.raises(CalibrationError, match=r"plain: .*made with --no-tta.*with flipping.*--tta`"):
+        collect_units("unused", tmp_path / "plans", proto, tmp_path / "plain")
+    with pytest.raises(CalibrationError, match=r"made with --tta, .*predicts without flipping.*--no-tta`"):
+        collect_units("unused", tmp_path / "plans", proto, tmp_path / "flipped", tta=False)
+    for name, tta in (("shifted", True), ("plain-shifted", False)):
+        with pytest.raises(CalibrationError, match=r"--tta-shift, but .*no --tta-shift"):
+            collect_units("unused", tmp_path / "plans", proto, tmp_path / name, tta=tta)
+    with pytest.raises(CalibrationError, match=r"unsaid: these predictions do not record how"):
+        collect_units("unused", tmp_path / "plans", proto, tmp_path / "unsaid")
+
+
+def test_calibration_records_its_flipping_and_old_files_mean_unflipped(tmp_path):
+    """Version 3 files record ``tta`` (and the method rule); versions 1 and 2, made before, were made
+    from unflipped predictions: QA must predict unflipped for them. A version 3 file without the
+    record is an error, not a guess."""
+    from dosepred.calibration import build_calibration, calibration_tta
+
+    units = _synthetic_units(20, seed=5)
+    (tmp_path / "model.pt").write_bytes(b"w")
+    ids = sorted({u.patient for u in units})
+    for tta in (True, False):
+        cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", None, splits=5,
+                                tta=tta)
+        assert cal["version"] == 3 and cal["tta"] is tta and cal["method_rule"] == "flagging-end"
+        assert calibration_tta(json.loads(json.dumps(cal))) is tta
+    assert calibration_tta({"version": 2, "quantile_rule": "interpolated"}) is False
+    assert calibration_tta({"format": "dosepred-calibration"}) is False  # version 1 does not say
+    with pytest.raises(CalibrationError, match="version 3 has no 'tta' record.*recalibrate"):
+        calibration_tta({"version": 3})
+
+
+def _skewed_units(n_patients, seed, fam, lower_better):
+    """One criterion with residuals r = 1 - E, E ~ Exp(1): a long tail below, none above 1."""
+    rng = np.random.default_rng(seed)
+    roi, metric = ("Larynx", "Dmean") if fam == "oar_mean" else ("PTV70", "D95%")
+    return [Unit(f"p{i}", roi, metric, fam, 40.0 + 1.0 - rng.exponential(), 40.0, 1.0, lower_better)
+            for i in range(n_patients)]
+
+
+def test_cross_validation_measures_the_flagging_end_and_choose_by_it():
+    """For r = 1 - Exp(1): the 90 % absolute interval is +/- (ln 10 - 1) = 1.303, so it never flags
+    above (r <= 1) and flags 10 % below (r < -1.303: E > ln 10); the signed interval flags 5 % at
+    each end, above at 1 - (-ln 0.95) = 0.949 and below at -(ln 20 - 1) = -1.996. An OAR (flagged
+    above) is better served by signed (nearer flagging end, 5 % false alarms); a target coverage
+    criterion (flagged below) cannot use absolute (10 % false alarms where QA promises 5 %). The
+    total-width rule (versions 1 and 2) keeps absolute for both (2.61 against 2.95 wide)."""
+    q_abs, hi_signed, lo_signed = math.log(10) - 1, 1 + math.log(0.95), 1 - math.log(20)
+    units = _skewed_units(1000, 1, "oar_mean", True) + _skewed_units(1000, 1, "target_dose", False)
+    cv = cross_validate(units, coverages=(0.8, 0.9), splits=10, cal_fraction=0.5, seed=2)
+    oar, tgt = cv["oar_mean"], cv["target_dose"]
+    assert oar["absolute"]["0.9"]["false_alarms"] == pytest.approx(0.0, abs=0.3)
+    assert tgt["absolute"]["0.9"]["false_alarms"] == pytest.approx(10.0, abs=1.0)
+    for fam in (oar, tgt):
+        assert fam["signed"]["0.9"]["false_alarms"] == pytest.approx(5.0, abs=1.0)
+        assert fam["absolute"]["0.9"]["flag_margin"] == pytest.approx(q_abs, abs=0.1)
+    assert oar["signed"]["0.9"]["flag_margin"] == pytest.approx(hi_signed, abs=0.05)
+    assert tgt["signed"]["0.9"]["flag_margin"] == pytest.approx(-lo_signed, abs=0.15)
+    chosen = choose_methods(cv)
+    assert chosen["oar_mean"] != "absolute" and chosen["target_dose"] != "absolute"
+    assert choose_methods(cv, rule="total-width") == {"oar_mean": "absolute", "target_dose": "absolute"}
+
+
+def test_choose_methods_by_the_flagging_end():
+    def stats(c8, fa8, m8, c9, fa9, m9):
+        return {"0.8": {"coverage": c8, "false_alarms": fa8, "flag_margin": m8, "width": 2 * m8},
+                "0.9": {"coverage": c9, "false_alarms": fa9, "flag_margin": m9, "width": 2 * m9}}
+
+    ok = stats(80, 10, 2.0, 90, 5, 3.0)
+    cv = {
+        # signed's end is 10 % nearer: chosen; normalised nearer still but over its false-alarm share
+        "a": {"absolute": stats(80, 6, 2.5, 90, 2.5, 3.0), "signed": stats(80, 10.5, 2.0, 90, 5.5, 2.5),
+              "normalised": stats(80, 12, 1.5, 90, 7, 2.0)},
+        # within 5 % of absolute's: absolute stays
+        "b": {"absolute": stats(80, 8, 2.0, 90, 4, 3.0), "signed": ok,
+              "normalised": stats(80, 10, 2, 90, 5, 2.9)},
+        # absolute flags more than its share (12 % at 80 %): the nearest eligible end, even if farther
+        "c": {"absolute": stats(80, 12, 1.0, 90, 5, 1.5), "signed": stats(80, 10, 2.2, 90, 5, 3.2),
+              "normalised": ok},
+        # signed over-covers by more than 3 points: not eligible
+        "d": {"absolute": stats(80, 6, 2.5, 90, 2.5, 3.0), "signed": stats(84, 8, 1.0, 94, 4, 1.0)},
+        # none eligible (all under-cover): the total-width rule decides
+        "e": {"absolute": stats(70, 6, 2.5, 80, 2.5, 3.0), "signed": stats(70, 10, 1.0, 80, 5, 1.0)},
+    }
+    assert choose_methods(cv) == {"a": "signed", "b": "absolute", "c": "normalised", "d": "absolute",
+                                  "e": "absolute"}
+    with pytest.raises(ValueError, match="method rule"):
+        choose_methods(cv, rule="nope")

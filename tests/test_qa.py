@@ -138,8 +138,11 @@ def test_qa_predicted_value_matches_an_independent_prediction(qa_run, sample_dir
     from dosepred.predict import predict_dose
 
     _, data, _ = qa_run
+    # the released calibration was made from flipped predictions (as `dosepred predict` makes them):
+    # QA predicts flipped too, and says so
+    assert data["calibration"]["tta"] is True
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
-    pred = predict_dose(load_model(model_dir), p)
+    pred = predict_dose(load_model(model_dir), p, tta=True)
     got = next(x for x in data["patients"] if x["id"] == "pt_66")["criteria"]
     for c in got[:4] + got[-3:]:
         rx = p.roi_set.prescription(c["roi"])
@@ -289,6 +292,43 @@ def test_qa_reads_a_version_1_calibration_with_its_rule(sample_dir, model_dir, t
             continue
         q = conformal_quantile(cal["families"][c.family]["scores"]["absolute"], 0.2, "conservative")
         assert c.high == pytest.approx(c.predicted + q)
+
+
+def test_qa_with_an_older_calibration_predicts_unflipped_as_it_was_made(sample_dir, model_dir, tmp_path):
+    """A calibration of version 2 (no ``tta`` record) was made from unflipped predictions: QA predicts
+    unflipped with it (its intervals describe those errors) and warns once that it does."""
+    from dosepred.calibration import calibration_tta
+    from dosepred.dvh import roi_metric
+    from dosepred.io.cache import load_patients
+    from dosepred.models.checkpoint import load_model
+    from dosepred.predict import predict_dose
+    from dosepred.qa import run_qa
+
+    assert calibration_tta(json.loads((MODEL / "calibration.json").read_text())) is True  # the release
+
+    def edit(cal):
+        cal["version"] = 2
+        cal.pop("tta", None)
+        cal.pop("method_rule", None)
+
+    d, _ = _calibrated_copy(model_dir, tmp_path, edit)
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    res = run_qa(d, [p], "openkbp-clinical", coverage=0.9)
+    assert res.tta is False and res.to_json()["calibration"]["tta"] is False
+    assert len(res.warnings) == 1 and "unflipped predictions" in res.warnings[0]
+    assert "recalibrate" in res.warnings[0]
+    net = load_model(d)
+    plain, flipped = predict_dose(net, p, tta=False), predict_dose(net, p, tta=True)
+    apart = 0
+    for c in res.patients[0].criteria:
+        if c.plan != c.plan:  # not contoured
+            continue
+        rx = p.roi_set.prescription(c.roi)
+        want = roi_metric(plain, p.mask(c.roi), c.metric, spacing=p.spacing, prescription=rx)
+        other = roi_metric(flipped, p.mask(c.roi), c.metric, spacing=p.spacing, prescription=rx)
+        assert c.predicted == pytest.approx(want, abs=1e-3)
+        apart += abs(want - other) > 0.05
+    assert apart  # the two predictions differ: the check above tells them apart
 
 
 def test_qa_dvh_band_comes_from_the_calibration(sample_dir, model_dir, tmp_path):

@@ -36,10 +36,19 @@ miss to the other tail; plan values at a bound of the metric (V = 0 %) are left 
 cannot miss (:func:`tail_scores`). Every interval is deterministic: the same plan and calibration
 give the same interval.
 
+The method of a family is chosen by cross-validation (:func:`choose_methods`): since version 3 by
+what plan QA does with the interval, which flags a plan beyond its bad end only: of the methods that
+hold coverage and miss at most their one-sided share at that end, the one whose flagging end is
+nearest the prediction.
+
+The predictions are flipped (averaged with the left-right mirrored prediction, as ``dosepred
+predict`` by default) since version 3, and the file records it (``tta``): plan QA predicts the same
+way (:func:`calibration_tta`; versions 1 and 2: unflipped).
+
 ``calibration.json`` (written atomically into the model folder) keeps the sorted scores of every
 family and method, the tail scores and the quantile rule, so any coverage can be asked for later
 (``dosepred qa --coverage``); it also records the protocol and criteria it was computed for, the
-method used per family (chosen by cross-validation), the cross-validated coverage and widths, the
+method used per family, the cross-validated coverage, widths, false alarms and flag margins, the
 ranges of ROI volumes and voxel
 spacings of the training data (for the reliability flags of plan QA), and per ROI the residuals of D
 at 15 volume levels (``dvh_band``: the report's DVH band, :func:`band_offsets`).
@@ -63,6 +72,10 @@ from .patient import Patient
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = "dosepred-calibration"
+#: Version 3: the file records whether its predictions were flipped (``tta``; plan QA predicts the
+#: same way) and the rule that chose the methods (``method_rule``). Versions 1 and 2 were made from
+#: unflipped predictions (:func:`calibration_tta`).
+CALIBRATION_VERSION = 3
 FAMILIES = ("target_dose", "oar_mean", "oar_nearmax", "v_metric")
 FAMILY_TITLES = {"target_dose": "target D-metrics", "oar_mean": "OAR mean doses",
                  "oar_nearmax": "OAR near-max doses", "v_metric": "V-metrics"}
@@ -90,6 +103,21 @@ def metric_family(metric: str | Metric, kind: str) -> str:
         small = m.value <= (NEARMAX_CC if m.unit == "cc" else NEARMAX_PCT)
         return "oar_nearmax" if small else "oar_mean"
     return "oar_mean"  # Dmean, Dmin and mid-volume D-metrics of OARs
+
+
+def lower_is_better(direction: str | None, metric: str, kind: str) -> bool:
+    """Whether a smaller value of the metric is the better plan (plan QA flags a value above the
+    interval then, below it otherwise): the criterion's direction when it has one; else OARs lower,
+    target hot-spot metrics (Dmax, D<=5%, D<x>cc, V>100%) lower, other target metrics (coverage)
+    higher."""
+    if direction is not None:
+        return direction == "<="
+    m = parse_metric(metric)
+    if kind != "target":
+        return True
+    if m.kind == "Dmax" or (m.kind == "D" and (m.unit == "cc" or (m.value or 0) <= 5)):
+        return True
+    return m.kind == "V" and m.unit == "%" and (m.value or 0) > 100
 
 
 # ------------------------------------------------------------------------------- conformal core
@@ -244,10 +272,20 @@ class Unit:
     plan: float
     predicted: float
     spread: float  # std of the predicted dose inside the ROI (Gy)
+    #: Whether plan QA flags a value above the interval (a smaller value is the better plan) or below
+    #: it; None: from the family (targets' D-metrics: below; every other family: above).
+    lower_better: bool | None = None
 
     @property
     def residual(self) -> float:
         return self.plan - self.predicted
+
+    @property
+    def flags_above(self) -> bool:
+        """Whether plan QA flags this unit above its interval (else below): its flagging end."""
+        if self.lower_better is not None:
+            return self.lower_better
+        return self.family != "target_dose" and lower_is_better(None, self.metric, "oar")
 
 
 def roi_features(patient: Patient, pred_dose: np.ndarray, rois: Iterable[str]) -> dict[str, dict[str, float]]:
@@ -290,7 +328,8 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Any) -> tuple[
             continue
         seen.add(key)
         units.append(Unit(plan.id, c.roi, c.metric, metric_family(c.metric, kinds[c.roi]),
-                          float(c.ref), float(c.pred), feats[c.roi]["spread"]))
+                          float(c.ref), float(c.pred), feats[c.roi]["spread"],
+                          lower_is_better(c.direction, c.metric, kinds[c.roi])))
     return units, res
 
 
@@ -388,8 +427,13 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
                    methods: Sequence[str] = METHODS, splits: int = 200, cal_fraction: float = 0.5,
                    seed: int = 0, rule: str = DEFAULT_RULE) -> dict[str, Any]:
     """Repeated random patient-level splits: calibrate on ``cal_fraction`` of the patients, measure
-    coverage and mean width on the others (intervals with the quantile ``rule``). Returns family ->
-    method -> coverage -> stats."""
+    on the others (intervals with the quantile ``rule``) the coverage, the mean width, the false
+    alarms (the share of values beyond the *flagging end*, the end of the interval beyond which plan
+    QA flags a unit: the upper one where lower is better, :attr:`Unit.flags_above`) and the mean
+    flag margin (the distance from the prediction to the flagging end: how far a plan may be worse
+    than predicted before QA flags it). Returns family -> method -> coverage -> stats (coverage and
+    false alarms in %, their means over the splits; widths and margins the medians over the splits
+    of each split's mean)."""
     rng = np.random.default_rng(seed)
     pids = sorted({u.patient for u in units})
     n_cal = max(1, int(round(len(pids) * cal_fraction)))
@@ -407,16 +451,20 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
             f = fit_family(cu)
             f["family"] = fam
             y = np.array([u.plan for u in tu])
+            yhat = np.array([u.predicted for u in tu])
+            above = np.array([u.flags_above for u in tu])
             for m in methods:
                 for cov in coverages:
                     lo, hi = family_offsets(f, m, cov, rule)
                     iv = np.array([apply_offsets(u.predicted, f"{u.roi} {u.metric}", f, m, lo, hi)
                                    for u in tu])
                     low, high = iv[:, 0], iv[:, 1]
-                    d = acc.setdefault(fam, {}).setdefault(m, {}).setdefault(f"{cov:g}",
-                                                                            {"cov": [], "width": []})
+                    d = acc.setdefault(fam, {}).setdefault(m, {}).setdefault(
+                        f"{cov:g}", {"cov": [], "width": [], "fa": [], "margin": []})
                     d["cov"].append(float(np.mean((y >= low) & (y <= high))))
                     d["width"].append(float(np.mean(high - low)))
+                    d["fa"].append(float(np.mean(np.where(above, y > high, y < low))))
+                    d["margin"].append(float(np.mean(np.where(above, high - yhat, yhat - low))))
     out: dict[str, Any] = {}
     for fam, ms in acc.items():
         n_units = len(by_fam[fam])
@@ -424,38 +472,83 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
             for cov, d in covs.items():
                 c = np.array(d["cov"])
                 w = np.array(d["width"])
+                g = np.array(d["margin"])
                 out.setdefault(fam, {}).setdefault(m, {})[cov] = {
                     "coverage": float(c.mean() * 100), "coverage_sd": float(c.std() * 100),
                     "width": float(np.median(w)) if np.all(np.isfinite(w)) else math.inf,
-                    "width_mean": float(w.mean()), "units": n_units}
+                    "width_mean": float(w.mean()), "units": n_units,
+                    "false_alarms": float(np.mean(d["fa"]) * 100),
+                    "flag_margin": float(np.median(g)) if np.all(np.isfinite(g)) else math.inf}
     return out
 
 
+#: How :func:`choose_methods` picks a family's method: ``flagging-end`` (calibrations from version 3
+#: on) by the end of the interval beyond which plan QA flags, ``total-width`` (versions 1 and 2) by
+#: the width of the whole interval.
+METHOD_RULES = ("flagging-end", "total-width")
+DEFAULT_METHOD_RULE = "flagging-end"
+#: ``flagging-end``: a method whose flagging end is passed by more than its share of the miss,
+#: ``(1 - coverage) / 2``, plus this many points (cross-validation noise on 33 patients) flags more
+#: untouched plans than its coverage promises on that side and is not chosen.
+FA_TOLERANCE = 1.0
+
+
 def choose_methods(cv: dict[str, Any], coverages: Sequence[float] = (0.8, 0.9), tolerance: float = 3.0,
-                   margin: float = 0.05) -> dict[str, str]:
-    """Per family: ``absolute`` (plain split conformal), unless another method's cross-validated
-    coverage is at least nominal - ``tolerance`` points at every level of ``coverages`` and its
-    widths (summed over the levels) are narrower by more than ``margin`` (5 %): then the narrowest
-    such method. Over-coverage is not held against a method (a narrower interval that still covers
-    more is better on both counts); the margin keeps noise on 33 patients from choosing."""
+                   margin: float = 0.05, rule: str = DEFAULT_METHOD_RULE,
+                   fa_tolerance: float = FA_TOLERANCE) -> dict[str, str]:
+    """Per family, the method of :data:`METHODS` plan QA uses, from the cross-validation of
+    :func:`cross_validate`.
+
+    ``flagging-end`` (what QA does with the interval: it flags a plan beyond its bad end only): a
+    method is eligible when, at every level of ``coverages``, its coverage is within ``tolerance``
+    points of nominal and its false alarms (held-out values beyond the flagging end) are at most the
+    one-sided share ``(1 - coverage) / 2`` plus ``fa_tolerance`` points; of those, the one whose
+    flagging end is nearest the prediction (flag margins summed over the levels): the smallest
+    excess it lets through unflagged. ``absolute`` is kept unless another eligible method's margin is
+    smaller by more than ``margin`` (5 %, against noise on 33 patients). ``absolute`` is symmetric:
+    on a skewed family one of its ends misses more than its share (flags more untouched plans, e.g.
+    target coverage: 8.9 % at 90 %) and the other less (flags less than it could, OAR mean doses:
+    2.5 %); ``signed`` and ``normalised`` miss ``alpha / 2`` at each end. A family where no method is
+    eligible falls back to ``total-width``.
+
+    ``total-width`` (calibrations of versions 1 and 2): ``absolute`` unless another method's coverage
+    is at least nominal - ``tolerance`` at every level and its widths (summed over the levels) are
+    narrower by more than ``margin``: then the narrowest such method. Over-coverage is not held
+    against a method."""
+    if rule not in METHOD_RULES:
+        raise ValueError(f"unknown method rule {rule!r} (one of {', '.join(METHOD_RULES)})")
     chosen = {}
     for fam, ms in cv.items():
-        def total(m: str, ms: dict[str, Any] = ms) -> float | None:
+        def stats_of(m: str, ms: dict[str, Any] = ms) -> list[dict[str, Any]] | None:
             stats = [ms.get(m, {}).get(f"{c:g}") for c in coverages]
-            if any(s is None for s in stats):
-                return None
-            if not all(s["coverage"] >= c * 100 - tolerance for s, c in zip(stats, coverages, strict=True)):
+            return None if any(s is None for s in stats) else stats  # type: ignore[return-value]
+
+        def total(m: str) -> float | None:
+            stats = stats_of(m)
+            if stats is None or not all(s["coverage"] >= c * 100 - tolerance
+                                        for s, c in zip(stats, coverages, strict=True)):
                 return None
             return float(sum(s["width"] for s in stats))
 
-        base = total("absolute")
-        best, best_w = "absolute", base if base is not None else math.inf
-        for m in METHODS:
-            w = total(m)
-            if m == "absolute" or w is None:
-                continue
-            if w < best_w * (1 - margin):
-                best, best_w = m, w
+        def flag_end(m: str) -> float | None:
+            stats = stats_of(m)
+            if stats is None or any("false_alarms" not in s for s in stats):
+                return None
+            for s, c in zip(stats, coverages, strict=True):
+                fa_max = (1 - c) * 50 + fa_tolerance  # the one-sided share of the miss, in %
+                if abs(s["coverage"] - c * 100) > tolerance or s["false_alarms"] > fa_max:
+                    return None
+            return float(sum(s["flag_margin"] for s in stats))
+
+        score = flag_end if rule == "flagging-end" else total
+        if rule == "flagging-end" and all(flag_end(m) is None for m in METHODS):
+            score = total
+        best, best_w = "absolute", score("absolute")
+        others = sorted((w, m) for m in METHODS if m != "absolute" and (w := score(m)) is not None)
+        if others:
+            w, m = others[0]
+            if best_w is None or w < best_w * (1 - margin):
+                best = m
         chosen[fam] = best
     return chosen
 
@@ -540,22 +633,56 @@ def band_offsets(band: dict[str, Any] | None, roi: str, coverage: float, rule: s
     return np.asarray(levels), np.asarray(lo), np.asarray(hi)
 
 
+def predictions_made_with(cache: Any) -> tuple[bool | None, bool]:
+    """(flipped, translated) of a prediction cache, from the flags ``dosepred predict --format cache``
+    records in its ``source`` (``--tta`` / ``--no-tta``, ``--tta-shift``): flipped is None when the
+    cache records neither (not written by ``predict``, or by a version before the record)."""
+    made = set(str(cache.info.get("source", "")).split())
+    flipped = True if "--tta" in made else (False if "--no-tta" in made else None)
+    return flipped, "--tta-shift" in made
+
+
+def flags_words(flipped: bool, shifted: bool) -> str:
+    """The ``dosepred predict`` flags of a prediction made that way: ``--tta --tta-shift``, ..."""
+    return ("--tta" if flipped else "--no-tta") + (" --tta-shift" if shifted else "")
+
+
+def _flip_words(tta: bool) -> str:
+    return "with flipping (`dosepred predict`'s default, --tta)" if tta else "without flipping (--no-tta)"
+
+
+def check_predictions(cache: Any, path: str | os.PathLike, tta: bool) -> None:
+    """:class:`CalibrationError` unless the prediction cache at ``path`` was made as plan QA will
+    predict with a calibration recording ``tta``: flipped or not as it says, never translated."""
+    flipped, shifted = predictions_made_with(cache)
+    want = "--tta" if tta else "--no-tta"
+    fix = f"predict again with `dosepred predict ... --format cache {want}` (no --tta-shift)"
+    if flipped is None:
+        raise CalibrationError(f"{path}: these predictions do not record how they were made (flipped or "
+                               f"not: {cache.info.get('source') or 'no source'!r}); plan QA predicts "
+                               f"{_flip_words(tta)}, so the intervals must describe such predictions: {fix}")
+    if flipped != tta or shifted:
+        raise CalibrationError(f"{path}: these predictions were made with {flags_words(flipped, shifted)}, "
+                               "but plan QA with this "
+                               f"calibration predicts {_flip_words(tta)} and without --tta-shift, so the "
+                               f"intervals would not describe QA's errors: {fix}")
+
+
 def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Any,
                   predictions: str | os.PathLike | None = None, progress: bool = False,
-                  dvh_band: dict[str, dict[str, list[float]]] | None = None) -> tuple[list[Unit], list[str]]:
+                  dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
+                  ) -> tuple[list[Unit], list[str]]:
     """Units of every patient of ``data`` (a cache or OpenKBP folder with plan doses). Predictions are
-    read from ``predictions`` (a cache written by ``dosepred predict --format cache``) when given,
-    else computed with the model. ``dvh_band``: a dict that receives ROI -> patient -> residuals of
+    read from ``predictions`` (a cache written by ``dosepred predict --format cache``, made with the
+    flipping ``tta`` says and without translations, :func:`check_predictions`) when given, else
+    computed with the model, flipped when ``tta`` (as ``predict`` by default and plan QA with a
+    calibration that records it). ``dvh_band``: a dict that receives ROI -> patient -> residuals of
     D at the :data:`BAND_LEVELS` (for :func:`fit_band`)."""
     from .io.cache import Cache, load_patients
 
     pred_cache = Cache.open(predictions) if predictions is not None else None
-    made_with = set(str(pred_cache.info.get("source", "")).split()) if pred_cache is not None else set()
-    if made_with & {"--tta", "--tta-shift"}:
-        what = "flipping (`dosepred predict`'s default)" if "--tta" in made_with else "--tta-shift"
-        raise CalibrationError(f"{predictions}: these predictions were made with {what}, but plan QA "
-                               "predicts without test-time augmentation, so the intervals would not "
-                               "describe QA's errors; predict again with --no-tta (and no --tta-shift)")
+    if pred_cache is not None:
+        check_predictions(pred_cache, predictions, tta)  # type: ignore[arg-type]
     model = None
     if pred_cache is None:
         from .models.checkpoint import load_model
@@ -577,7 +704,7 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
         else:
             from .predict import predict_dose
 
-            pred = predict_dose(model, p)  # type: ignore[arg-type]
+            pred = predict_dose(model, p, tta=tta)  # type: ignore[arg-type]
         us, _ = patient_units(p, pred, protocol)
         units += us
         ids.append(p.id)
@@ -596,9 +723,11 @@ SMALL_FAMILY_SPLITS = 10
 def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, model_path: Path,
                       data: str, ranges: dict[str, Any] | None, splits: int = 200, seed: int = 0,
                       cal_fraction: float = 0.8, rule: str = DEFAULT_RULE,
-                      dvh_band: dict[str, dict[str, list[float]]] | None = None) -> dict[str, Any]:
+                      dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
+                      ) -> dict[str, Any]:
     """The calibration.json object (see the module docstring); ``dvh_band`` as filled by
-    :func:`collect_units`."""
+    :func:`collect_units`; ``tta``: whether the units' predictions were flipped (recorded: plan QA
+    predicts the same way)."""
     _check_rule(rule)
     from .protocol import load_protocol
 
@@ -617,7 +746,8 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
     chosen = choose_methods(cv)
     ckpt = model_path / "model.pt" if model_path.is_dir() else model_path
     return {
-        "format": CALIBRATION_FORMAT, "version": 2, "quantile_rule": rule,
+        "format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "quantile_rule": rule,
+        "tta": bool(tta), "method_rule": DEFAULT_METHOD_RULE,
         "model_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
         "protocol": proto.name,
         "criteria": sorted({f"{u.roi} {u.metric}" for u in units}),
@@ -680,6 +810,21 @@ def quantile_rule(calib: dict[str, Any]) -> str:
     return rule
 
 
+def calibration_tta(calib: dict[str, Any]) -> bool:
+    """Whether plan QA predicts with flipping for this calibration: what the file records (version 3
+    on), else False (versions 1 and 2 were made from unflipped predictions, as QA then predicted:
+    :func:`collect_units` refused flipped ones). :class:`CalibrationError` for a version 3 file
+    without the record."""
+    if int(calib.get("version", 1)) < 3:
+        return False
+    tta = calib.get("tta")
+    if not isinstance(tta, bool):
+        raise CalibrationError(f"calibration.json version {calib.get('version')} has no 'tta' record (true "
+                               "or false: whether its predictions were flipped): recalibrate with "
+                               "`dosepred calibrate`")
+    return tta
+
+
 def load_calibration(model: str | os.PathLike) -> dict[str, Any]:
     """The model's ``calibration.json``; :class:`CalibrationError` when it has none."""
     d = Path(model)
@@ -700,19 +845,21 @@ def load_calibration(model: str | os.PathLike) -> dict[str, Any]:
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
               predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
-              splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE
-              ) -> tuple[Path, dict[str, Any]]:
+              splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE,
+              tta: bool = True) -> tuple[Path, dict[str, Any]]:
     """Compute and write ``calibration.json`` for ``model`` from patients of ``data`` (plan doses;
     patients the model was not trained on). ``train_data``: the training patients (a source, or a JSON
     file of :func:`training_ranges`' output), for the ranges of ROI volumes and spacings (the
     calibration patients' own ranges when omitted). ``rule``: the conformal quantile rule
-    (:data:`QUANTILE_RULES`), stored in the file."""
+    (:data:`QUANTILE_RULES`), stored in the file. ``tta``: calibrate flipped predictions (the default,
+    as ``dosepred predict``), recorded in the file so that plan QA predicts the same way;
+    ``predictions`` must have been made that way (:func:`check_predictions`)."""
     from .io.cache import load_patients
     from .models.checkpoint import resolve_model_path
 
     ckpt = resolve_model_path(model)
     band: dict[str, dict[str, list[float]]] = {}
-    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band)
+    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta)
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
     if len(ids) < MIN_PATIENTS:
@@ -726,5 +873,5 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
         ranges = training_ranges(load_patients(src, require_dose=False))
         ranges["source"] = str(src)
     calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
-                              dvh_band=band)
+                              dvh_band=band, tta=tta)
     return write_calibration(ckpt.parent, calib), calib

@@ -28,6 +28,10 @@ spacing on its axis; a field of view far off or no body mask,
 :meth:`dosepred.models.space.ModelSpace.differences`) and an ROI volume far outside the training
 range (:data:`VOLUME_FACTOR`).
 
+The model predicts as the calibration's predictions were made (:attr:`QAChecker.tta`, the
+calibration file's ``tta``): flipped, as ``dosepred predict`` by default, for calibrations of version 3;
+unflipped for older ones (with a warning), whose intervals describe unflipped predictions.
+
 A plan's *potential improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags
 plus predicted - plan over its coverage flags (dose metrics only); the cohort summary ranks plans by
 it.
@@ -48,9 +52,11 @@ from .calibration import (
     FAMILIES,
     CalibrationError,
     band_offsets,
+    calibration_tta,
     family_offsets,
     interval,
     load_calibration,
+    lower_is_better,
     metric_family,
     quantile_rule,
 )
@@ -85,22 +91,6 @@ VOLUME_FACTOR = 1.5
 
 class QAError(ValueError):
     """A plan QA cannot check (it lacks the model's targets or OARs); the message names the patient."""
-
-
-def lower_is_better(direction: str | None, metric: str, kind: str) -> bool:
-    """Whether a smaller value of the metric is the better plan: the criterion's direction when it has
-    one; else OARs lower, target hot-spot metrics (Dmax, D<=5%, D<x>cc, V>100%) lower, other target
-    metrics (coverage) higher."""
-    if direction is not None:
-        return direction == "<="
-    from .metrics import parse_metric
-
-    m = parse_metric(metric)
-    if kind != "target":
-        return True
-    if m.kind == "Dmax" or (m.kind == "D" and (m.unit == "cc" or (m.value or 0) <= 5)):
-        return True
-    return m.kind == "V" and m.unit == "%" and (m.value or 0) > 100
 
 
 def flags_for(plan: float, predicted: float, low: float, high: float, kind: str, lower_better: bool,
@@ -185,6 +175,8 @@ class QAResult:
     patients: list[PatientQA]
     methods: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    #: Whether the predictions were flipped (the calibration's record; None: not said)
+    tta: bool | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Plans ranked by potential improvement (Gy), most first."""
@@ -210,7 +202,8 @@ class QAResult:
         return {"coverage": self.coverage, "model": self.model,
                 "patients": [p.to_json() for p in self.patients],
                 "protocol": self.protocol,
-                "calibration": {"protocol": self.calibration_protocol, "methods": self.methods},
+                "calibration": {"protocol": self.calibration_protocol, "methods": self.methods,
+                                "tta": self.tta},
                 "summary": self.summary()}
 
     def write_json(self, path: str | os.PathLike) -> None:
@@ -267,10 +260,18 @@ class QAChecker:
         self.methods = {f: d.get("method", "absolute") for f, d in self.families.items()}
         self.calibrated = set(self.calib.get("criteria", []))
         self.rule = quantile_rule(self.calib)
+        #: Predict with flipping as the calibration's predictions were (False for versions 1 and 2)
+        self.tta = calibration_tta(self.calib)
         self._bands: dict[str, Any] = {}
         self.ranges = self.calib.get("training_ranges") or {}
         self.warnings: list[str] = []
         self._check_protocol()
+        if not self.tta:
+            self.warnings.append(
+                f"{self.model_path.parent / 'calibration.json'} (version {self.calib.get('version', 1)}) was "
+                "made from unflipped predictions, so QA predicts without flipping to match it (not as "
+                "`dosepred predict` does by default); recalibrate with `dosepred calibrate` for flipped "
+                "predictions and their narrower intervals (docs/qa.md)")
 
     def _check_model_hash(self) -> None:
         from .calibration import sha256_file
@@ -321,11 +322,13 @@ class QAChecker:
         return bool(self.calib.get("dvh_band"))
 
     def predict(self, plan: Patient) -> np.ndarray:
-        """The achievable dose on ``plan``'s grid (``plan`` as :meth:`prepare` returns it). A plan far
+        """The achievable dose on ``plan``'s grid (``plan`` as :meth:`prepare` returns it), flipped
+        (averaged with the left-right mirrored prediction) when the calibration's predictions were
+        (:attr:`tta`): the intervals describe the errors of predictions made that way. A plan far
         from the training data gets a note (:meth:`notes`), not also a warning."""
         from .predict import predict_dose
 
-        return predict_dose(self.net, plan, warn=False)
+        return predict_dose(self.net, plan, warn=False, tta=self.tta)
 
     def unusable(self, plan: Patient) -> str | None:
         """Why QA cannot check ``plan`` (None when it can): none of the model's targets is contoured,
@@ -416,8 +419,10 @@ class QAChecker:
 
     def check(self, plan: Patient, pred: np.ndarray | None = None) -> tuple[PatientQA, np.ndarray, Patient]:
         """QA of one plan (its dose); returns the result, the predicted dose and the plan as checked
-        (:meth:`prepare`; the predicted dose is on its grid). Every criterion of the protocol is in
-        the result, those of ROIs the plan lacks without values (flag ``ROI not contoured``)."""
+        (:meth:`prepare`; the predicted dose is on its grid). ``pred``: a prediction made already, on
+        the plan's grid and flipped or not as :attr:`tta` says (else the intervals do not fit it).
+        Every criterion of the protocol is in the result, those of ROIs the plan lacks without values
+        (flag ``ROI not contoured``)."""
         from .evaluation import evaluate_patient
 
         t0 = time.perf_counter()
@@ -492,7 +497,7 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
     if not patients:
         raise ValueError(f"no plans found in {plans}")
     res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calib.get("protocol")),
-                   patients, chk.methods, chk.warnings)
+                   patients, chk.methods, chk.warnings, chk.tta)
     if writer is not None:
         writer.finish(res)
     return res

@@ -36,9 +36,11 @@ interval scaled per unit by ``g(d) = a + b d``, ``d`` the disagreement of the cr
 between the plain prediction and another pass (left-right flipped, translated), ``a, b`` fitted to the
 size of the calibration scores (cross-fitted per patient, as ``normalised`` is).
 
-Predictions come from a cache (``dosepred predict --format cache --no-tta``: computed once, the
-benchmark then runs in about a minute) or from the model. What it is not: a measure of what QA
-catches in real plans; the degradations are idealised (a uniform excess, a spherical cold spot).
+Predictions come from a cache (``dosepred predict --format cache``, flipped as plan QA predicts with a
+calibration of version 3; ``--no-tta`` for older calibrations and for recovering the other passes:
+computed once, the benchmark then runs in about a minute) or from the model, as plan QA predicts.
+What it is not: a measure of what QA catches in real plans; the degradations are idealised (a
+uniform excess, a spherical cold spot).
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ from ..calibration import (
     FAMILIES,
     METHODS,
     Unit,
+    calibration_tta,
     criterion_stats,
+    flags_words,
     load_calibration,
     metric_family,
     offsets,
+    predictions_made_with,
 )
 from ..patient import Patient
 
@@ -373,6 +378,16 @@ def _made_with(cache: Any) -> set[str]:
     return set(str(cache.info.get("source", "")).split())
 
 
+def qa_flipping(model: str | os.PathLike) -> bool:
+    """Whether plan QA predicts with flipping for ``model``: its calibration's record
+    (:func:`dosepred.calibration.calibration_tta`), True without a calibration (``dosepred
+    calibrate``'s default, as ``dosepred predict``)."""
+    try:
+        return calibration_tta(load_calibration(model))
+    except ValueError:  # no or no readable calibration.json
+        return True
+
+
 def _pass_dose(plain: np.ndarray, avg: np.ndarray) -> np.ndarray:
     """The dose of one other test-time pass from the plain prediction and their average: ``2 avg -
     plain`` (``--tta`` averages the plain and the flipped pass everywhere; ``--tta-shift`` the plain
@@ -386,32 +401,40 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
             passes: dict[str, str | os.PathLike] | None = None, progress: bool = False
             ) -> tuple[list[Crit], list[Case], dict[str, Any]]:
     """Untouched criteria and degraded plans of every patient of ``data`` (plan doses). Predictions from
-    the cache ``prediction`` (else the model, without flipping, as QA predicts); ``passes``: pass name
+    the cache ``prediction`` (a warning in the info when it was not made as QA predicts, flipped or not
+    as the model's calibration records, :func:`qa_flipping`), else the model, as QA predicts;
+    ``passes``: pass name
     (``flip`` / ``shift``) -> a cache predicted with ``--tta`` / ``--no-tta --tta-shift``, from which
     (with the plain prediction) that pass alone is recovered."""
     from ..io.cache import Cache, load_patients
     from ..protocol import load_protocol
 
     passes = dict(passes or {})
-    info: dict[str, Any] = {"prediction": str(prediction) if prediction is not None else None}
+    qa_tta = qa_flipping(model)
+    qa_way = "with flipping" if qa_tta else "without flipping"
+    info: dict[str, Any] = {"prediction": str(prediction) if prediction is not None else None,
+                            "qa_tta": qa_tta}
     pred_cache = Cache.open(prediction) if prediction is not None else None
     model_net = None
     if pred_cache is not None:
-        made = _made_with(pred_cache)
+        flipped, shifted = predictions_made_with(pred_cache)
         info["prediction_made_with"] = pred_cache.info.get("source", "")
-        tta = sorted(made & {"--tta", "--tta-shift"})
-        if tta:
-            info["warning"] = (f"{prediction} was predicted with {' '.join(tta)}; plan QA predicts without "
-                               "test-time augmentation: these numbers describe QA with such a prediction")
-            if passes:
-                raise ValueError(f"--prediction {prediction}: the other test-time passes are recovered "
-                                 "from the plain prediction, which must be predicted with --no-tta "
-                                 "(no --tta-shift)")
+        if flipped is None:
+            info["warning"] = (f"{prediction} does not record whether it was predicted with flipping; "
+                               f"plan QA with this model's calibration predicts {qa_way}")
+        elif flipped != qa_tta or shifted:
+            info["warning"] = (f"{prediction} was predicted with {flags_words(flipped, shifted)}; plan QA "
+                               f"with this model's calibration predicts {qa_way} and without --tta-shift: "
+                               "these numbers describe QA with such a prediction")
+        if passes and (flipped is not False or shifted):
+            raise ValueError(f"--prediction {prediction}: the other test-time passes are recovered "
+                             "from the plain prediction, which must be predicted with --no-tta "
+                             "(no --tta-shift)")
     else:
         from ..models.checkpoint import load_model
 
         model_net = load_model(model)
-        info["prediction_made_with"] = "the model, without test-time augmentation (as plan QA)"
+        info["prediction_made_with"] = f"the model, {qa_way} (as plan QA with its calibration)"
     want = {"flip": ({"--tta"}, {"--tta-shift"}), "shift": ({"--tta-shift", "--no-tta"}, {"--tta"})}
     pass_caches = {}
     for name, path in passes.items():
@@ -447,7 +470,7 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         else:
             from ..predict import predict_dose
 
-            pred = predict_dose(model_net, p)  # type: ignore[arg-type]
+            pred = predict_dose(model_net, p, tta=qa_tta)  # type: ignore[arg-type]
         cs, _ = _criteria(p, pred, proto)
         for name, pc in pass_caches.items():
             if p.id not in pc.ids:
