@@ -191,7 +191,9 @@ def qa_power(
                                        "on (a cache or OpenKBP folder), e.g. the validation split.")],
     json_out: JsonOut = None,
     prediction: Annotated[Path | None, typer.Option("--prediction", help="Cache of their predictions "
-                                                    "(dosepred predict --format cache --no-tta).")] = None,
+                                                    "(dosepred predict --format cache: flipped as QA "
+                                                    "predicts with the model's calibration; --no-tta "
+                                                    "with the pass options).")] = None,
     flip_prediction: Annotated[Path | None, typer.Option(
         "--flip-prediction", help="Cache predicted with --tta: adds the adaptive-flip candidate.")] = None,
     shift_prediction: Annotated[Path | None, typer.Option(

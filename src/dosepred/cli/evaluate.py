@@ -68,7 +68,8 @@ def calibrate(
     protocol: Protocol = "openkbp-clinical",
     predictions: Annotated[Path | None, typer.Option("--predictions", help="Cache of the model's "
                                                      "predictions of DATA (`dosepred predict --format "
-                                                     "cache --no-tta`); else they are computed.")] = None,
+                                                     "cache`: flipped, as QA will predict; no "
+                                                     "--tta-shift); else they are computed.")] = None,
     train_data: Annotated[Path | None, typer.Option("--train-data", help="The training patients, for the "
                                                     "ranges of ROI volumes and spacings behind the QA "
                                                     "reliability flags (default: DATA).")] = None,
