@@ -36,3 +36,14 @@ def test_python_quick_start_runs_as_written(tmp_path):
     assert "'dose_score'" in out[0] and "'criteria_agreement'" in out[0]
     assert out[1].startswith("pt_201 PTV70 D95% plan ") and "predicted" in out[1]
     assert any(ln.startswith("SpinalCord D0.1cc <= 45 Gy") for ln in out[2:])
+
+
+def test_quick_start_shows_the_demo_report_small():
+    text = _section("Quick start")
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", text)
+    assert images, "the Quick start shows a screenshot of the demo's report"
+    for img in images:
+        f = ROOT / img
+        assert f.is_file(), f"README Quick start shows {img}, missing from {ROOT}"
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size < 200_000
+    assert "real head-and-neck patients" in text and "`qa`" in text  # what the demo shows, first
