@@ -488,9 +488,12 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
 METHOD_RULES = ("flagging-end", "total-width")
 DEFAULT_METHOD_RULE = "flagging-end"
 #: ``flagging-end``: a method whose flagging end is passed by more than its share of the miss,
-#: ``(1 - coverage) / 2``, plus this many points (cross-validation noise on 33 patients) flags more
-#: untouched plans than its coverage promises on that side and is not chosen.
-FA_TOLERANCE = 1.0
+#: ``(1 - coverage) / 2``, plus this many points flags more untouched plans than its coverage promises
+#: on that side and is not chosen. The points allow for cross-validation noise on 33 patients: the
+#: one-sided miss of ``signed`` target intervals (10 % by construction at 80 %) measured 10.4-10.7 %
+#: over 200 splits and 11.2-11.4 % over 500 for the released models; ``absolute``'s excess where a
+#: family is skewed is larger (13-14 % at 80 %, 9-10 % at 90 % on MAE+CDM's target D-metrics).
+FA_TOLERANCE = 1.5
 
 
 def choose_methods(cv: dict[str, Any], coverages: Sequence[float] = (0.8, 0.9), tolerance: float = 3.0,
@@ -507,9 +510,9 @@ def choose_methods(cv: dict[str, Any], coverages: Sequence[float] = (0.8, 0.9), 
     excess it lets through unflagged. ``absolute`` is kept unless another eligible method's margin is
     smaller by more than ``margin`` (5 %, against noise on 33 patients). ``absolute`` is symmetric:
     on a skewed family one of its ends misses more than its share (flags more untouched plans, e.g.
-    target coverage: 8.9 % at 90 %) and the other less (flags less than it could, OAR mean doses:
-    2.5 %); ``signed`` and ``normalised`` miss ``alpha / 2`` at each end. A family where no method is
-    eligible falls back to ``total-width``.
+    target coverage of MAE+CDM: 8.9 % at 90 %) and the other less (flags less than it could, its
+    OAR mean doses: 2.5 %); ``signed`` and ``normalised`` miss ``alpha / 2`` at each end. A family
+    where no method is eligible falls back to ``total-width``.
 
     ``total-width`` (calibrations of versions 1 and 2): ``absolute`` unless another method's coverage
     is at least nominal - ``tolerance`` at every level and its widths (summed over the levels) are
