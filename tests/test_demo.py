@@ -51,6 +51,14 @@ def test_demo_tiny(tmp_path):
     qa = json.loads((tmp_path / "qa" / "qa.json").read_text())
     assert [p["id"] for p in qa["patients"]] == ["pt_201"] and real["qa"]["shown"] == "pt_201"
     assert (tmp_path / "qa" / "report.html").is_file()
+    # ... and the same QA as `dosepred qa` of that plan, which predicts by itself (flipped or not as its
+    # calibration says): the demo's doses are made the way the intervals were calibrated
+    from dosepred import load_patients
+    from dosepred.qa import run_qa
+
+    plans = list(load_patients(tmp_path / "data" / "openkbp" / "validation-pats", ids=["pt_201"]))
+    ref = run_qa(ROOT / dict(RELEASED)["MAE+CDM"], plans, "openkbp-clinical", coverage=0.9).to_json()
+    assert ref["patients"] == qa["patients"]
     page = (tmp_path / "report.html").read_text()
     assert "Plan QA: pt_201's plan against MAE+CDM" in page
     assert page.index("Plan QA") < page.index("<h2>Cohort</h2>")  # the QA section on the first screens

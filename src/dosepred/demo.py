@@ -226,22 +226,25 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     cohorts: dict[str, Any] = {}
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
+    qa_dir = dict(RELEASED)[QA_MODEL]
+    chk = QAChecker(root / qa_dir, CRITERIA_PROTOCOL, s.qa_coverage)
+    # every released model predicts as the QA calibration's predictions were made (flipped or not), so
+    # the QA model's doses serve QA as they are and the two models are compared alike
+    tta = bool(chk.tta)
     for label, rel in RELEASED:
         t0 = time.time()
         model = load_model(root / rel)
-        doses[label] = [predict_dose(model, p, tta=False) for p in patients]
+        doses[label] = [predict_dose(model, p, tta=tta) for p in patients]
         seconds[label] = time.time() - t0
         cohorts[label], results[label] = evaluate(patients, doses[label])
         say(f"released {label} ({rel}): {len(patients)} patients predicted in {seconds[label]:.0f} s")
     doses[BASELINE] = [distance_falloff(p, s.falloff_mm) for p in patients]
     cohorts[BASELINE], results[BASELINE] = evaluate(patients, doses[BASELINE])
 
-    qa_dir = dict(RELEASED)[QA_MODEL]
-    chk = QAChecker(root / qa_dir, CRITERIA_PROTOCOL, s.qa_coverage)
     checked = [chk.check(p, d) for p, d in zip(patients, doses[QA_MODEL], strict=True)]
     qa_res = QAResult(coverage=chk.coverage, model=str(chk.model_path.parent), protocol=chk.protocol.name,
                       calibration_protocol=str(chk.calib.get("protocol")), patients=[c[0] for c in checked],
-                      methods=chk.methods, warnings=chk.warnings)
+                      methods=chk.methods, warnings=chk.warnings, tta=chk.tta)
     ranked = qa_res.summary()
     shown = ranked[0]["id"]
     writer = QAReportWriter(out / "qa", chk, max_patients=1)
@@ -257,7 +260,9 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     if root.resolve() != Path.cwd().resolve():  # the command as it would be typed here
         qa["model"] = str(root / qa_dir)
     qa["html"] = qa_html(qa, pq, writer.figures.get(shown, ""), str(folder))
-    note = (f"released models {', '.join(rel for _, rel in RELEASED)} (no test-time flipping) and no "
+    how = ("each prediction averaged with the one of the patient flipped left-right, as `dosepred predict` "
+           "does" if tta else "no flipping") + ", as the QA calibration's predictions"
+    note = (f"released models {', '.join(rel for _, rel in RELEASED)} ({how}) and no "
             f"learning (distance fall-off {s.falloff_mm:g} mm) on {len(ids)} OpenKBP validation patients; "
             f"scores on protocol {SCORES_PROTOCOL}, criteria {CRITERIA_PROTOCOL}; verdict: "
             + verdict_released(results, len(ids)))
