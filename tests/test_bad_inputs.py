@@ -484,6 +484,34 @@ def _clinic_like(base: Path, out: Path, drop: tuple[str, ...] = (), extra_target
     return out
 
 
+def _with_dose(base: Path, out: Path, drop: tuple[str, ...]) -> Path:
+    """_clinic_like with each patient's plan dose kept (an evaluation reference)."""
+    from dosepred.io.cache import Cache
+
+    src = _clinic_like(base, out.with_name(out.name + "-nodose"), drop=drop)
+    doses = {p.id: p.dose for p in Cache.open(base / "cache")}
+    write_cache([p.with_dose(doses[p.id]) for p in Cache.open(src)], out)
+    return out
+
+
+def test_evaluate_a_reference_lacking_an_roi_the_protocol_names(base, work):
+    """A clinic's patients without an Esophagus contour (their ROI sets do not name it): the built-in
+    protocol, and a protocol file naming the canonical 'Esophagus', evaluate the rest with a warning;
+    a name that is no ROI of the data nor a canonical one ('Esophagos') is still an error."""
+    ref = _with_dose(base, work / "ref", ("Esophagus",))
+    out = ok(cli("evaluate", "--reference", ref, "--prediction", ref, "--no-progress"))
+    assert "warning: protocol 'openkbp'" in out and "Esophagus" in out
+    crit = [{"roi": "Esophagus", "metric": "Dmean", "limit": 30, "direction": "<="},
+            {"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">="}]
+    out = ok(cli("evaluate", "--reference", ref, "--prediction", ref, "--protocol",
+                 _protocol(work / "p.json", crit), "--no-progress"))
+    assert "contoured in no patient (Esophagus)" in out
+    crit[0]["roi"] = "Esophagos"
+    q = _protocol(work / "q.json", crit)
+    fails(cli("evaluate", "--reference", ref, "--prediction", ref, "--protocol", q, "--no-progress"),
+          "q.json", "ROI 'Esophagos' is not among the dataset's ROIs")
+
+
 def test_model_records_the_rois_its_training_patients_lacked(base):
     from dosepred.models.checkpoint import load_checkpoint
 

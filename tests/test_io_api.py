@@ -96,6 +96,10 @@ def test_no_source(sources, name):
     assert source_kind(sources[name]) is None
     with pytest.raises((SourceError, FileNotFoundError)):
         open_source(sources[name])
+    if name == "missing":  # a path that is not there says so (issue 26), not what it is not
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            list(cache.load_patients(sources[name]))
+        return
     with pytest.raises(CacheError, match="neither a dosepred cache"):
         list(cache.load_patients(sources[name]))
 

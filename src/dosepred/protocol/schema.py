@@ -144,6 +144,14 @@ class Criterion(BaseModel):
         return f"{self.roi} {self.metric} {self.direction} {v:.4g} Gy{tail}"
 
 
+def _canonical_name(name: str) -> bool:
+    """Whether ``name`` is already an ROI's canonical spelling (:mod:`dosepred.io.roi_names`)."""
+    from ..io.roi_names import canonical
+
+    c = canonical(name)
+    return c.matched and c.name == name
+
+
 class Protocol(BaseModel):
     """A clinical plan-evaluation template: criteria over ROIs, plus optional prescriptions (Gy)."""
 
@@ -189,10 +197,19 @@ class Protocol(BaseModel):
     def validate_for(self, roi_set: RoiSet, roi_owner: str = "the dataset") -> Protocol:
         """Check every criterion against the ROIs of ``roi_owner`` (``"the dataset"``, ``"the model"``);
         raise :class:`ProtocolError` naming the protocol's file, the first offending criterion and the
-        nearest ROI name. Returns self."""
+        nearest ROI name. Returns self.
+
+        A dataset may lack an ROI that a built-in protocol names, or that a protocol file names by its
+        canonical name (``Esophagus``, ``PTV63``: a clinic's patient without that structure): its
+        criteria are not evaluated (:func:`dosepred.protocol.lint` warns of criteria on ROIs contoured
+        in no patient). Any other name absent from the set (a misspelling: ``PTV_70``) is an error, and
+        so is every ROI a model lacks."""
         import difflib
 
         for i, c in enumerate(self.criteria, 1):
+            if c.roi not in roi_set and roi_owner == "the dataset" and (
+                    not self._source or _canonical_name(c.roi)):
+                continue
             if c.roi not in roi_set:
                 near = difflib.get_close_matches(c.roi, list(roi_set.names), n=1, cutoff=0.6)
                 near += [n for n in roi_set.names if n.lower() == c.roi.lower() and n not in near]
