@@ -1150,7 +1150,8 @@ def scan_dicom_folder(src: str | os.PathLike,
         _pick_dose(s)
         _plan_rois(s, rmap)
         if s.rtstruct is None:
-            _warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs")
+            _warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs"
+                  f"{s.series.unreadable_note()}")
     roi_set = _names.union_roi_set(s.canon for s in sources)
     return DicomFolder(src, roi_set, sources)
 
