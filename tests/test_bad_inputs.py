@@ -836,3 +836,14 @@ def test_ctrl_c_during_train_says_so_and_how_to_continue(base, work):
     assert last == f"error: interrupted (Ctrl-C): {run} keeps its last finished epoch; continue with " \
                    f"`dosepred train --out {run} --resume`", err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_in_any_command_ends_with_a_line_that_says_so(base, work, monkeypatch):
+    import dosepred.workflows
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dosepred.workflows, "predict_folder", interrupted)
+    with unchanged(work):
+        fails(cli("predict", "--model", base / "run", "--data", base / "cache", "--out", work / "o",
+                  "--no-progress"), "error: interrupted (Ctrl-C)", code=130)
