@@ -260,8 +260,8 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     if root.resolve() != Path.cwd().resolve():  # the command as it would be typed here
         qa["model"] = str(root / qa_dir)
     qa["html"] = qa_html(qa, pq, writer.figures.get(shown, ""), str(folder))
-    how = ("each prediction averaged with the one of the patient flipped left-right, as `dosepred predict` "
-           "does" if tta else "no flipping") + ", as the QA calibration's predictions"
+    how = ("flipped left-right and averaged, as `dosepred predict` does and" if tta else "not flipped,"
+           ) + " as the QA calibration's predictions were made"
     note = (f"released models {', '.join(rel for _, rel in RELEASED)} ({how}) and no "
             f"learning (distance fall-off {s.falloff_mm:g} mm) on {len(ids)} OpenKBP validation patients; "
             f"scores on protocol {SCORES_PROTOCOL}, criteria {CRITERIA_PROTOCOL}; verdict: "
