@@ -168,4 +168,7 @@ def test_verdict_released_compares_ptv_score_and_agreement():
     res["MAE+CDM"]["ptv_score"], res["MAE+CDM"]["dose_score"] = 3.0, 10.0
     v = verdict_released(res, 5)
     assert "25 % NOT lower (higher) than MAE's (2.40 -> 3.00 Gy)" in v
+    assert "(highest: MAE+CDM)" in v
+    res[BASELINE]["criteria_agreement"] = 88.0
+    assert "(highest: MAE+CDM and no learning)" in verdict_released(res, 5)
     assert "dose score: only MAE beats no learning" in v

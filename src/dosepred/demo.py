@@ -358,9 +358,9 @@ def verdict_released(results: dict[str, dict[str, float]], n: int) -> str:
            f"{'lower' if change < 0 else 'NOT lower (higher)'} than MAE's "
            f"({mae['ptv_score']:.2f} -> {cdm['ptv_score']:.2f} Gy)")
     agree = {k: r["criteria_agreement"] for k, r in results.items()}
-    best = max(agree, key=lambda k: agree[k])
+    best = [k for k, v in agree.items() if f"{v:.1f}" == f"{max(agree.values()):.1f}"]  # ties as printed
     out += (f"; agreement with the plans' pass/fail {_each(results, 'criteria_agreement')} % "
-            f"(highest: {best})")
+            f"(highest: {' and '.join(best)})")
     learned = [k for k in results if k != BASELINE]
     for key, name in (("dose_score", "dose score"), ("dvh_score", "DVH score")):
         beat = [k for k in learned if results[k][key] < ref[key]]
