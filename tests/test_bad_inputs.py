@@ -460,7 +460,8 @@ def _absent_in_training(base: Path) -> list[str]:
     return [r["name"] for r in info["rois"] if r["name"] in lacking]
 
 
-def _clinic_like(base: Path, out: Path, drop: tuple[str, ...] = (), extra_target: str | None = None) -> Path:
+def _clinic_like(base: Path, out: Path, drop: tuple[str, ...] = (), extra_target: str | None = None,
+                 extra_rx: float | None = 66.0) -> Path:
     """The training patients written as a clinic's export would hold them: ROI sets that list only the
     ROIs they have (``drop`` left out), optionally with a target the model does not know."""
     from dosepred.io.cache import Cache
@@ -471,7 +472,7 @@ def _clinic_like(base: Path, out: Path, drop: tuple[str, ...] = (), extra_target
         rois = [r for r in p.roi_set if r.name not in drop and r.name in p.present_rois]
         masks = {r.name: p.mask(r.name) for r in rois}
         if extra_target:
-            rois.append(Roi(extra_target, "target", 66.0))
+            rois.append(Roi(extra_target, "target", extra_rx))
             masks[extra_target] = p.possible_dose_mask & (p.ct > -2000)
         pats.append(Patient.from_masks(p.id, p.ct, masks, RoiSet(tuple(rois)), p.spacing,
                                        p.possible_dose_mask, geometry=p.geometry))
@@ -847,3 +848,13 @@ def test_ctrl_c_in_any_command_ends_with_a_line_that_says_so(base, work, monkeyp
     with unchanged(work):
         fails(cli("predict", "--model", base / "run", "--data", base / "cache", "--out", work / "o",
                   "--no-progress"), "error: interrupted (Ctrl-C)", code=130)
+
+
+def test_predict_leaves_out_an_unprescribed_target_and_other_structures(base, work):
+    """A clinic's export also holds a GTV/CTV (targets without a prescription) and other structures the
+    model does not use: predicted without them, a note naming them (refused as a different ROI set
+    before)."""
+    src = _clinic_like(base, work / "src", extra_target="GTV", extra_rx=None)
+    out = ok(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--format", "cache",
+                 "--no-progress"))
+    assert "note: patient synth_000: its ROIs GTV are not used by the model" in " ".join(out.split()), out

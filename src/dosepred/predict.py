@@ -76,8 +76,9 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
     - the model's ROIs in ``absent_ok`` (those some training patients lacked too: the model space's
       ``absent_rois``) may be missing: empty channels, an :class:`RoiNote` for those its set does not
       name (an ROI the set lists as not contoured is the data's own record);
-    - any other missing ROI, or a target of the patient the model does not know (the prediction would
-      ignore it), is an error unless ``allow_missing`` (then a warning names them). With ``absent_ok``
+    - any other missing ROI, or a prescribed target of the patient the model does not know (the
+      prediction would ignore it), is an error unless ``allow_missing`` (then a warning names them);
+      an unprescribed target (GTV, CTV) is left out like other unused ROIs. With ``absent_ok``
       None (a model recorded without it) the ROIs its set lists as missing are accepted, as before;
     - ROIs the model does not use (organs, other structures) are left out (a note);
     - a common ROI must agree in kind and prescription (an error otherwise).
@@ -111,7 +112,10 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                                  f"model's is a {r.kind} (prescription {r.prescription})")
     optional = set(absent_ok) if absent_ok is not None else {n for n in lacking if n in theirs}
     need = [n for n in lacking if n not in optional]
-    unknown_targets = [r for r in theirs if r.kind == "target" and r.name in contoured and r.name not in mine]
+    # a prescribed target the model does not know would be missing from its prescription input (the
+    # dose there predicted as if unplanned); unprescribed targets (GTV, CTV) it never takes as input
+    unknown_targets = [r for r in theirs if r.kind == "target" and r.prescription and r.name in contoured
+                       and r.name not in mine]
     extra = [n for n in theirs.names if n in contoured and n not in mine
              and n not in {r.name for r in unknown_targets}]
     if (need or unknown_targets) and not allow_missing:
