@@ -6,8 +6,9 @@ patients shipped in ``examples/openkbp`` (pt_201 unpacked, four more in a checks
 are predicted by the released models ``models/openkbp-mae`` and ``models/openkbp-mae-cdm`` (the
 same U-Net trained on the OpenKBP train split with MAE, or MAE plus the clinical DVH metric loss)
 and by a no-learning dose (:func:`dosepred.baseline.distance_falloff`), then scored against the
-clinical plans; ``dosepred qa`` of the plans with MAE+CDM and its calibration ranks them, and the
-first-ranked plan gets a QA section in the report. Nothing here depends on the models' internals:
+clinical plans (the models predict flipped or not, as the QA calibration's predictions were made);
+``dosepred qa`` of the plans with MAE+CDM and its calibration ranks them, and the first-ranked plan
+gets a QA section in the report. Nothing here depends on the models' internals:
 bigger models in the same folders are compared the same way.
 
 Part 2, **train your own** (a miniature of the real experiment, about a minute): synthetic
