@@ -438,3 +438,29 @@ def test_qa_notes_are_the_patient_s_once_and_spare_the_model_s_own_data(validati
     pq, _, _ = chk.check(q, pred=q.dose)
     assert pq.notes == [f"{NOTE_VOLUME}: SpinalCord {cord:.1f} cc, training "
                         f"{chk.ranges['roi_volume_cc']['SpinalCord'][0]:.1f}-{hi:.1f} cc"]
+
+
+def test_qa_refuses_a_plan_planned_for_other_prescriptions(sample_dir, model_dir):
+    """A plan whose PTV70 is prescribed 66 Gy, or with a prescribed target the model does not know (its
+    PTV56 as PTV54 at 54 Gy), is refused as `predict` refuses it: QA gave it the model's ROI set and
+    checked it silently as if prescribed like the model (PTV70 D99% against 95 % of 70 Gy, a
+    prediction without the 54 Gy target)."""
+    import dataclasses
+
+    from dosepred.io.cache import load_patients
+    from dosepred.patient import Roi, RoiSet
+    from dosepred.qa import QAError, run_qa
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+
+    def renamed(pid, old, new, rx):
+        rois = tuple(Roi(new, "target", rx) if r.name == old else r for r in p.roi_set)
+        return dataclasses.replace(p, id=pid, roi_set=RoiSet(rois))
+
+    with pytest.raises(QAError, match=r"^patient rx66: its PTV70 is a target \(66 Gy\) but the model's is a "
+                                      r"target \(70 Gy\) \(its ROIs: .*\): QA cannot check this plan"):
+        run_qa(model_dir, [renamed("rx66", "PTV70", "PTV70", 66.0)], "openkbp-clinical")
+    with pytest.raises(QAError, match=r"^patient ptv54: its target PTV54 \(54 Gy\) is not among the "
+                                      r"model's \(PTV56 \(56 Gy\), PTV63 \(63 Gy\), PTV70 \(70 Gy\)\), so "
+                                      r"the achievable dose would be predicted without it"):
+        run_qa(model_dir, [renamed("ptv54", "PTV56", "PTV54", 54.0)], "openkbp-clinical")

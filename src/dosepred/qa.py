@@ -334,8 +334,9 @@ class QAChecker:
         """Why QA cannot check ``plan`` (None when it can): none of the model's targets is contoured,
         none of its OARs, none of the ROIs of the protocol's criteria, or it lacks an ROI that every
         patient the model was trained on had (the model space's ``absent_rois``; ``predict`` refuses
-        such a patient without ``--allow-missing-rois``). The message names the patient, what it
-        lacks and the ROIs it has."""
+        such a patient without ``--allow-missing-rois``), or it is planned for other prescriptions
+        (:meth:`_other_prescriptions`). The message names the patient, what it lacks or has otherwise
+        and the ROIs it has."""
         from .predict import model_space
 
         have = contoured(plan)
@@ -358,9 +359,34 @@ class QAChecker:
             if need:
                 why = f"it lacks {', '.join(need)}, which every patient the model was trained on had"
         if not why:
+            why = self._other_prescriptions(plan, set(have))
+        if not why:
             return None
         its = f"its ROIs: {', '.join(have)}" if have else "it has no contoured ROI"
         return f"patient {plan.id}: {why} ({its})"
+
+    def _other_prescriptions(self, plan: Patient, have: set[str]) -> str:
+        """Why ``plan`` is planned for other prescriptions than the model ("" when it is not): a
+        contoured ROI of the model's with another kind or prescription, or a contoured prescribed
+        target the model does not know (``predict`` refuses both). Checked as it is, the plan would be
+        compared with a prediction for the model's prescriptions (:meth:`prepare` gives the plan the
+        model's ROI set), by criteria relative to the model's prescriptions."""
+        def rx(r: Any) -> str:
+            return f" ({r.prescription:g} Gy)" if r.prescription else ""
+
+        mine = {r.name: r for r in self.roi_set}
+        parts = [f"its {r.name} is a {r.kind}{rx(r)} but the model's is a {m.kind}{rx(m)}"
+                 for r in plan.roi_set if r.name in have and (m := mine.get(r.name)) is not None
+                 and (r.kind, r.prescription) != (m.kind, m.prescription)]
+        unknown = [r for r in plan.roi_set
+                   if r.name in have and r.name not in mine and r.kind == "target" and r.prescription]
+        if unknown:
+            one = len(unknown) == 1
+            theirs = ", ".join(f"{r.name}{rx(r)}" for r in self.roi_set if r.kind == "target")
+            parts.append(f"its target{'' if one else 's'} {', '.join(f'{r.name}{rx(r)}' for r in unknown)} "
+                         f"{'is' if one else 'are'} not among the model's ({theirs}), so the achievable dose "
+                         f"would be predicted without {'it' if one else 'them'}")
+        return "; ".join(parts)
 
     def refusal(self, reasons: list[str], n_plans: int) -> QAError:
         """The one error of a run with plans QA cannot check (:meth:`unusable` reasons)."""
