@@ -3,8 +3,9 @@
     python scripts/qa_notes.py --model models/openkbp-mae-cdm --data VAL_CACHE --predictions PRED_CACHE \
         [--protocol openkbp-clinical] [--grids 0.5,1.6] [--json out.json]
 
-``PRED_CACHE``: the model's predictions of ``VAL_CACHE`` (``dosepred predict --format cache --no-tta``,
-the same prediction ``qa`` makes). For every patient and criterion of the protocol: the error
+``PRED_CACHE``: the model's predictions of ``VAL_CACHE`` made as ``qa`` predicts with the model's
+calibration (``dosepred predict --format cache``, flipped, for a calibration of version 3; ``--no-tta``
+for versions 1 and 2; anything else is refused). For every patient and criterion of the protocol: the error
 ``plan - predicted`` and whether the plan lies inside QA's interval at 90 %; then, per note (as QA
 shows it, and the overlap note at several thresholds), the share of plans it appears on and the mean
 |error| and the interval's miss rate of the criteria it concerns against the others of the same
@@ -151,10 +152,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from dosepred.io.cache import load_patients
+    from dosepred.calibration import check_predictions
+    from dosepred.io.cache import Cache, load_patients
     from dosepred.qa import QAChecker
 
     chk = QAChecker(a.model, a.protocol, 0.9)
+    # the intervals describe QA's own predictions (flipped or not as the calibration records): so must these
+    check_predictions(Cache.open(a.predictions), a.predictions, chk.tta)
     ranges = chk.ranges
     preds = {p.id: p.dose for p in load_patients(a.predictions)}
     plans = list(load_patients(a.data))
@@ -199,7 +203,7 @@ def main() -> None:
                 q = regrid(plan, fac, axes)
                 perm, _ = q.geometry.permutation_to(space.axes)
                 beyond = max(q.spacing[j] / hi for j, hi in zip(perm, space.spacing_max, strict=True))
-                pred = predict_dose(chk.net, q, warn=False)
+                pred = predict_dose(chk.net, q, warn=False, tta=chk.tta)  # as QA predicts
                 for r in unit_rows(chk, q, pred, ranges):
                     k = (r["patient"], r["roi"], r["metric"])
                     if k in base:
