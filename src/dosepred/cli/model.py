@@ -109,8 +109,9 @@ def predict(
                                             "the input translated by 4 voxels per axis (twice the time "
                                             "again).")] = False,
     allow_missing_rois: Annotated[bool, typer.Option(
-        "--allow-missing-rois", help="Predict patients lacking some of the model's ROIs (empty channels, "
-        "a warning naming them).")] = False,
+        "--allow-missing-rois", help="Predict patients lacking an ROI every training patient had (empty "
+        "channels) or with a prescribed target the model does not know (left out), a warning naming them; "
+        "ROIs some training patients lacked too need no flag (a note).")] = False,
     dose_spacing: Annotated[float | None, typer.Option(
         "--dose-spacing", min=0.1, help="--format dicom: RTDOSE grid spacing in mm (default: the CT's, "
         "at least 2.5 mm per axis).")] = None,
