@@ -548,6 +548,25 @@ def test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_p
     assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["fractions"] == 35
 
 
+def test_a_multi_plan_sum_without_all_its_plans_takes_no_plan_s_prescription(template, tmp_path):
+    """A MULTI_PLAN sum (50 + 20 Gy) beside only the boost's RTPLAN (20 Gy, 10 fractions): the sum is the
+    dose, but the boost's prescription and fractions are not the sum's, so they are not used (a warning
+    naming the absent plan; prescriptions from the names). Before, the sum was given the boost's 20 Gy
+    and 10 fractions."""
+    src = tmp_path / "in"
+    test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_path)
+    rp1 = pydicom.dcmread(src / "RP1.dcm").SOPInstanceUID
+    (src / "RP1.dcm").unlink()
+    (src / "RD1.dcm").unlink()
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    with pytest.warns(dicom.DicomWarning, match=rf"RD_sum\.dcm \(MULTI_PLAN\) sums 2 RTPLANs, 1 of them not "
+                                                rf"in the folder \({rp1}\).*prescriptions from the ROI"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.meta["rtdose_file"].endswith("RD_sum.dcm")
+    np.testing.assert_allclose(p.dose, ref.dose, atol=1e-4)
+    assert p.roi_set["PTV70"].prescription == 70.0 and "fractions" not in p.meta
+
+
 def test_a_junk_first_slice_without_a_structure_set_is_named(template, tmp_path):
     """Without an RTSTRUCT listing the images, a damaged first slice leaves no gap to detect: the CT is
     read without it, with a warning naming the file."""

@@ -589,13 +589,20 @@ def _pick_dose(s: _Source) -> None:
                 _warn(f"{s.series.describe()}: {len(pool)} MULTI_PLAN RTDOSE files match "
                       f"({', '.join(str(p) for p, _, _ in pool)}); using {pool[0][0]}")
             s.dose = pool[0]
-            summed = [plan_uids[u] for u in _refs(pool[0][1], "ReferencedRTPlanSequence") if u in plan_uids]
+            refs = _refs(pool[0][1], "ReferencedRTPlanSequence")
+            summed = [plan_uids[u] for u in refs if u in plan_uids]
+            absent = [u for u in refs if u not in plan_uids]
+            if absent or (not refs and s.rtplans):  # the plans here are not all the sum's: their
+                # prescriptions and fractions would be a part's (a boost's 20 Gy for a 70 Gy sum)
+                why = (f"sums {len(refs)} RTPLANs, {len(absent)} of them not in the folder "
+                       f"({', '.join(absent)})" if absent else "does not say which RTPLANs it sums")
+                _warn(f"RTDOSE {pool[0][0]} (MULTI_PLAN) {why}: the folder's RTPLANs do not give the sum's "
+                      "prescriptions and fractions, so none is used; prescriptions from the ROI names")
+                return
             if len(summed) > 1:
                 s.plans_summed = summed
             elif summed:
                 s.plan = summed[0]
-            elif len(s.rtplans) == 1:
-                s.plan = s.rtplans[0]
             if s.plans_summed:
                 s.plan = s.plans_summed[0]
             return
