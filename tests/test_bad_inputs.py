@@ -293,7 +293,10 @@ def test_evaluate_builtin_protocol_warns_of_uncontoured_rois(base, work):
 
 
 @pytest.mark.parametrize("content, needle", [
-    (b"\xff\xfe not text", "not UTF-8"), (b"{ not json", "not valid JSON"), (b"", "not valid JSON")])
+    (b"\xff\xfe not text", "not UTF-8"), (b"{ not json", "not valid JSON"), (b"", "not valid JSON"),
+    # criteria written as one object instead of a list of them (was "error: 0", a KeyError)
+    (b'{"name": "t", "criteria": {"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">="}}',
+     "criteria")])
 def test_evaluate_unreadable_protocol_file(base, work, content, needle):
     (work / "p.json").write_bytes(content)
     with unchanged(work):

@@ -112,7 +112,7 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"protocol {source} is not valid JSON: {e}") from None
-    if isinstance(data, dict) and "criteria" in data and data["criteria"] and isinstance(
+    if isinstance(data, dict) and isinstance(data.get("criteria"), list) and data["criteria"] and isinstance(
             data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
         proto = from_portpy(data)
         proto._source = "" if s in BUILTIN else str(Path(s))
