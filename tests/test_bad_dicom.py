@@ -506,6 +506,23 @@ def test_a_boost_phase_without_the_others_dose_is_not_the_patients_dose(template
     assert p.dose is None and p.roi_set["PTV70"].prescription == 70.0
 
 
+def test_a_boost_phase_whose_prior_plan_is_not_in_the_folder_is_not_the_patients_dose(template, tmp_path):
+    """Only the boost (RP2, 20 Gy in 10 fractions, naming RP1 PRIOR) and its RTDOSE are in the folder:
+    its dose is one phase, not the patient's, whether or not the earlier plan was exported; no dose
+    and no prescription from it (a warning naming the absent plan). Before, the boost's dose and its
+    20 Gy were taken as the patient's."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _boost(src, "PRIOR")
+    rp1 = pydicom.dcmread(src / "RP1.dcm").SOPInstanceUID
+    (src / "RP1.dcm").unlink()
+    (src / "RD1.dcm").unlink()
+    with pytest.warns(dicom.DicomWarning, match=rf"RD2\.dcm is the dose of RTPLAN .*RP2\.dcm, which adds up "
+                                                rf"with RTPLAN {rp1} .*not in the folder.* neither its dose"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.dose is None and p.roi_set["PTV70"].prescription == 70.0 and "fractions" not in p.meta
+
+
 def test_a_replan_uses_the_plan_that_replaces_the_other(template, tmp_path):
     src = tmp_path / "in"
     shutil.copytree(template["dicom"], src)

@@ -620,6 +620,16 @@ def _pick_dose(s: _Source) -> None:
             s.plans_summed = group
             s.plan = group[0]
             return
+        if phased:  # one plan's dose, the plan adding up with one not in the folder: one phase as well
+            u = next(iter(phased))
+            away = sorted({o for pair, kinds in _plan_relations(s.rtplans).items() if u in pair
+                           and kinds & _ADDITIVE for o in pair - {u} if o not in plan_uids})
+            if away:
+                _warn(f"RTDOSE {phased[u][0][0]} is the dose of RTPLAN {plan_uids[u][0]}, which adds up with "
+                      f"RTPLAN {', '.join(away)} (RTPlanRelationship PRIOR/CONCURRENT), not in the folder: "
+                      "one phase, not the patient's total dose, so neither its dose nor its prescriptions "
+                      "are used (export every phase's RTPLAN and RTDOSE, or their sum as one RTDOSE)")
+                return
         pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in _PARTIAL_DOSES],
                       key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
         if len(pool) > 1:
