@@ -861,3 +861,44 @@ def test_predict_leaves_out_an_unprescribed_target_and_other_structures(base, wo
     out = ok(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--format", "cache",
                  "--no-progress"))
     assert "note: patient synth_000: its ROIs GTV are not used by the model" in " ".join(out.split()), out
+
+
+# ------------------------------------------------------------------------------------- ROI maps
+
+@pytest.fixture(scope="module")
+def dicom_export(base, tmp_path_factory) -> Path:
+    """The first synthetic patient written as DICOM (CT, RTSTRUCT, RTDOSE), for --roi-map cases."""
+    from dosepred.io import dicom
+    from dosepred.io.cache import Cache
+
+    root = tmp_path_factory.mktemp("roi-map")
+    dicom.write_dicom(next(iter(Cache.open(base / "cache"))), root / "dcm")
+    return root / "dcm"
+
+
+@pytest.mark.parametrize("content, needles", [
+    # a prescription that is not a number: was "could not convert string to float: '70Gy'"
+    ('{"PTV70": {"name": "PTV70", "prescription": "70Gy"}}',
+     ["m.json", "prescription of 'PTV70'", "'70Gy'", "a number of Gy"]),
+    ('{"names": {}, "prescriptions": {"PTV70": "seventy"}}',
+     ["m.json", "prescription of 'PTV70'", "'seventy'"]),
+    # not finite / cGy written as Gy: was imported as "PTV70 target inf Gy" / 7000 Gy
+    ('{"PTV70": {"name": "PTV70", "prescription": Infinity}}', ["m.json", "prescription of 'PTV70'", "inf"]),
+    ('{"PTV70": {"name": "PTV70", "prescription": 7000}}', ["m.json", "prescription of 'PTV70'", "7000"]),
+    # a binary file given as the map (an RTSTRUCT): was the bare 'utf-8' codec error
+    (b"\x00\x01DICM\xd2\xff", ["m.json", "not UTF-8"]),
+    # a folder given as the map: was "does not exist"
+    (None, ["m.json", "is a folder"]),
+])
+def test_import_dicom_rejects_a_roi_map_with_mistakes(dicom_export, work, content, needles):
+    m = work / "m.json"
+    if content is None:
+        m.mkdir()
+    elif isinstance(content, bytes):
+        m.write_bytes(content)
+    else:
+        m.write_text(content)
+    with unchanged(work):
+        text = fails(cli("data", "import-dicom", dicom_export, "--roi-map", m, "--out", work / "c",
+                         "--no-progress"), *needles)
+    assert "does not exist" not in text

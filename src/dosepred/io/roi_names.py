@@ -172,7 +172,8 @@ class RoiMap:
                                  "prescriptions)")
             items = obj["names"].items()
             kinds.update({str(k): str(v) for k, v in (obj.get("kinds") or {}).items()})
-            rx.update({str(k): float(v) for k, v in (obj.get("prescriptions") or {}).items()})
+            rx.update({str(k): _map_rx(source, str(k), v)
+                       for k, v in (obj.get("prescriptions") or {}).items()})
         else:
             items = obj.items()
         for k, v in items:
@@ -186,16 +187,14 @@ class RoiMap:
                 if cn and "kind" in v:
                     kinds[cn] = str(v["kind"])
                 if cn and v.get("prescription") is not None:
-                    rx[cn] = float(v["prescription"])
+                    rx[cn] = _map_rx(source, cn, v["prescription"])
             else:
                 raise ValueError(f"ROI map {source}: entry {k!r} must map to a name, null or an object, "
                                  f"got {v!r}")
         for n, kd in kinds.items():
             if kd not in ("target", "oar", "other"):
                 raise ValueError(f"ROI map {source}: kind of {n!r} must be target/oar/other, got {kd!r}")
-        for n, v in rx.items():
-            if not v > 0:
-                raise ValueError(f"ROI map {source}: prescription of {n!r} must be > 0 Gy, got {v}")
+        for n in rx:
             kinds.setdefault(n, "target")
         return cls(names, kinds, rx, source)
 
@@ -204,10 +203,14 @@ class RoiMap:
         if path is None:
             return cls.empty()
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"ROI map {p} is a folder; give the JSON file")
         if not p.is_file():
             raise FileNotFoundError(f"ROI map {p} does not exist")
         try:
-            obj = json.loads(p.read_text())
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"ROI map {p} is not UTF-8 text, not a JSON file ({e})") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"ROI map {p} is not valid JSON: {e}") from None
         return cls.from_obj(obj, str(p))
@@ -238,6 +241,19 @@ class RoiMap:
         kind = self.kinds.get(c.name, c.kind)
         rx = self.prescriptions.get(c.name, c.prescription if kind == "target" else None)
         return Canonical(c.name, kind, rx, c.matched)
+
+
+def _map_rx(source: str, name: str, v: Any) -> float:
+    """A prescription of the user's ROI map: a finite number of Gy, 0 < Rx <= 200 (the RTPLAN rule;
+    7000 is cGy written as Gy), else a ValueError naming the map, the ROI and the value."""
+    try:
+        rx = float(v) if not isinstance(v, bool) else float("nan")
+    except (TypeError, ValueError):
+        rx = float("nan")
+    if not 0 < rx <= 200:  # NaN and inf fail too
+        raise ValueError(f"ROI map {source}: prescription of {name!r} must be a number of Gy, 0 < Rx <= 200 "
+                         f"(cGy / 100), got {v!r}")
+    return rx
 
 
 #: RTROIInterpretedType values of treatment targets.
