@@ -816,6 +816,24 @@ def test_resume_of_a_finished_run_says_it_is_finished(base, work):
     assert "epochs 2..2" in out
 
 
+def test_resume_after_an_interrupted_rotation_leaves_no_stray_file(base, work):
+    """Ctrl-C (or kill -9) between the rotation of last.pt to prev.pt (a hard link) and the save of the
+    new last.pt leaves prev.pt and last.pt one file. The next save rotated it again: renaming a hard
+    link onto the same file does nothing, so `.prev.pt.tmp-XXXX` (a whole checkpoint) was left in
+    checkpoints/ at every such resume. Now prev.pt keeps that checkpoint and nothing else is left."""
+    import shutil
+
+    shutil.copytree(base / "run", work / "run")
+    ck = work / "run" / "checkpoints"
+    (ck / "prev.pt").unlink(missing_ok=True)
+    os.link(ck / "last.pt", ck / "prev.pt")  # the state the interruption leaves
+    before = (ck / "last.pt").read_bytes()
+    ok(cli("train", "--out", work / "run", "--resume", "--epochs", "2", "--threads", "1", "--no-progress"))
+    assert sorted(f.name for f in ck.iterdir()) == ["best.pt", "last.pt", "prev.pt"]
+    assert (ck / "prev.pt").read_bytes() == before  # epoch 1, the checkpoint before the last
+    assert torch.load(ck / "last.pt", weights_only=True)["epoch"] == 2
+
+
 def test_ctrl_c_during_train_says_so_and_how_to_continue(base, work):
     """SIGINT (Ctrl-C) once the run has a checkpoint: exit code 130 and a last line that says it was
     interrupted and how to continue (typer used to exit 130 without a word, 'done' last on screen)."""

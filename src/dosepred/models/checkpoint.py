@@ -70,7 +70,9 @@ def save_rotating(obj: dict[str, Any], path: str | os.PathLike, prev: str | os.P
     the new one is renamed over ``path``), so a kill -9 at any point leaves both readable.
     ``rotate=False`` keeps ``prev`` as it is (used when ``path`` is known to be damaged)."""
     path, prev = Path(path), Path(prev)
-    if rotate and path.is_file():
+    # prev already being path's file (an interruption between the rotation and the save below) keeps
+    # it: renaming a hard link onto its own file does nothing and would leave the link behind
+    if rotate and path.is_file() and not (prev.is_file() and os.path.samefile(path, prev)):
         with atomic_path(prev) as link:
             try:
                 os.link(path, link)
