@@ -621,3 +621,32 @@ def test_a_patient_folder_whose_subfolders_are_symbolic_links_is_read(template, 
     np.testing.assert_array_equal(p.ct, ref.ct)
     np.testing.assert_array_equal(p.roi_codes, ref.roi_codes)
     assert p.dose is not None
+
+
+def test_a_localizer_beside_the_planning_ct_is_ignored_with_a_warning(template, tmp_path):
+    """A scanner export holds the scout (topogram) too: a CT image of its own series with ImageType
+    LOCALIZER. It is no slice of a planning CT: ignored with a warning naming the file. Before, it
+    became a second, one-slice patient without ROIs, the real patient was renamed pt_a_1, and
+    `predict` refused the folder because of the scout."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    ds = pydicom.dcmread(src / "CT.0016.dcm")
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SeriesDescription = "Topogram 0.6 T20s"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.save_as(src / "SCOUT.dcm")
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert "Traceback" not in res.output
+    assert re_search(r"warning: \S*SCOUT\.dcm: a localizer \(scout, ImageType LOCALIZER\), not a slice of a "
+                     r"planning CT; ignored", text), text
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    (p,) = dicom.read_dicom_folder(src)
+    assert p.id == ref.id and p.shape == ref.shape
+    np.testing.assert_array_equal(p.ct, ref.ct)
+    info = json.loads((out / "dataset.json").read_text())
+    assert [q["id"] for q in info["patients"]] == [ref.id]

@@ -296,6 +296,9 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
             unreadable.append((p, why))
             continue
         mod = str(getattr(ds, "Modality", ""))
+        if mod == "CT" and "LOCALIZER" in [str(v).upper() for v in _multi(getattr(ds, "ImageType", None))]:
+            _warn(f"{p}: a localizer (scout, ImageType LOCALIZER), not a slice of a planning CT; ignored")
+            continue
         if mod == "CT":
             uid = str(getattr(ds, "SeriesInstanceUID", ""))
             if not uid:
@@ -313,6 +316,18 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
     for s in series.values():
         s.unreadable = unreadable
     return series, structs, doses, plans
+
+
+def _multi(v: Any) -> list[Any]:
+    """A DICOM value as a list (a multi-valued element, one value, or none)."""
+    if v is None:
+        return []
+    if isinstance(v, (str, bytes)):
+        return [v]
+    try:
+        return list(v)
+    except TypeError:
+        return [v]
 
 
 def _size(p: Path) -> int:
