@@ -101,6 +101,27 @@ def resample(arr: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
     return out
 
 
+def extend_dose(dose: np.ndarray, inside: np.ndarray, steps: int) -> np.ndarray:
+    """``dose`` with its zero voxels outside ``inside`` within ``steps`` voxels of it set, one layer
+    per step, to the mean of their already-set neighbours (3x3x3); a dose outside ``inside`` that is
+    not 0 is kept. A dose that is 0 Gy outside a mask, resampled linearly, would otherwise mix those
+    zeros into the mask's edge voxels (the RTDOSE writer, a prediction brought back from the model's
+    space)."""
+    from scipy.ndimage import uniform_filter
+
+    filled = inside.copy()
+    val = np.where(inside, dose, 0).astype(np.float32)
+    for _ in range(steps):
+        num = uniform_filter(val, 3, mode="constant")
+        den = uniform_filter(filled.astype(np.float32), 3, mode="constant")
+        grow = (den > 1e-6) & ~filled
+        if not grow.any():
+            break
+        val[grow] = num[grow] / den[grow]
+        filled |= grow
+    return np.where(inside | (dose != 0), dose, val).astype(np.float32)
+
+
 def sub_grid(g: Geometry, box: Sequence[slice]) -> Geometry:
     """The geometry of ``arr[box]`` for an array on grid ``g``."""
     return Geometry(g.to_patient([s.start for s in box]), g.direction, g.spacing)

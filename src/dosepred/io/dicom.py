@@ -1678,7 +1678,7 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
     the possible-dose mask and the non-zero dose plus one voxel, at ``dose_spacing`` mm (one value for
     every axis, or one per array axis) or by default ``max(spacing, DOSE_SPACING)`` per axis. Where the
     spacing is the patient's the values are copied, else resampled trilinearly (:mod:`dosepred.resample`)."""
-    from ..resample import resample
+    from ..resample import extend_dose, resample
 
     g = p.geometry
     assert g is not None
@@ -1713,29 +1713,11 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
         # zeros and the body's edge voxels read back a fraction of their dose. The zeros within one
         # coarse voxel of the body take the mean of their filled neighbours first (a dose outside
         # the body that is not 0 is kept)
-        cropped = _extend_dose(cropped, inside, max(margin))
+        cropped = extend_dose(cropped, inside, max(margin))
     # the new grid's last centres may lie beyond the source's (by less than one step): they take the
     # source's edge values ("nearest"), never 0 Gy
     out = resample(cropped, sub, new, shape, order=1, mode="nearest")
     return np.maximum(out, 0).astype(np.float32), new
-
-
-def _extend_dose(dose: np.ndarray, inside: np.ndarray, steps: int) -> np.ndarray:
-    """``dose`` with its zero voxels outside ``inside`` within ``steps`` voxels of it set, one layer
-    per step, to the mean of their already-set neighbours (3x3x3)."""
-    from scipy.ndimage import uniform_filter
-
-    filled = inside.copy()
-    val = np.where(inside, dose, 0).astype(np.float32)
-    for _ in range(steps):
-        num = uniform_filter(val, 3, mode="constant")
-        den = uniform_filter(filled.astype(np.float32), 3, mode="constant")
-        grow = (den > 1e-6) & ~filled
-        if not grow.any():
-            break
-        val[grow] = num[grow] / den[grow]
-        filled |= grow
-    return np.where(inside | (dose != 0), dose, val).astype(np.float32)
 
 
 def spanning_grid(g: Geometry, shape: Sequence[int], spacing: Sequence[float]

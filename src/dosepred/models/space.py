@@ -267,20 +267,29 @@ class Placement:
 
     def back(self, dose: np.ndarray) -> np.ndarray:
         """A dose on ``patient``'s grid -> float32 on the source patient's grid, in its possible-dose
-        mask (zero elsewhere)."""
+        mask (zero elsewhere), to the mask's outermost voxels: the zeros just outside the model-space
+        mask take their neighbours' dose before resampling (:func:`dosepred.resample.extend_dose`)."""
         src = self.source
         if self.kind == "reoriented":
             out = np.array(unreorient(dose, self.perm, self.flips), dtype=np.float32)
             out *= src.possible_dose_mask
             return out
-        from ..resample import resample, sub_grid
+        from ..resample import extend_dose, resample, sub_grid
 
         assert src.geometry is not None and self.patient.geometry is not None
         dgeo = self.patient.geometry
         dose = np.asarray(dose, np.float32)
+        inside = np.asarray(self.patient.possible_dose_mask, dtype=bool)
         if self.resampled_in_source_axes is not None:  # permute the (small) model-grid dose back first
             dose = np.ascontiguousarray(unreorient(dose, self.perm, self.flips))
+            inside = np.ascontiguousarray(unreorient(inside, self.perm, self.flips))
             dgeo = self.resampled_in_source_axes
+        if inside.any() and not inside.all():
+            # the network's dose is 0 Gy outside the model-space mask: the patient's outermost mask
+            # voxels, between model voxels inside and outside it, would read back a fraction of their
+            # dose (0 Gy on an oblique CT's last slice). The zeros within two model voxels of that
+            # mask take the mean of their neighbours first
+            dose = extend_dose(dose, inside, 2)
         mask = src.possible_dose_mask
         out = np.zeros(mask.shape, dtype=np.float32)
         box = mask_box(mask, empty="none")
