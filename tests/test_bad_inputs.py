@@ -920,3 +920,17 @@ def test_import_dicom_rejects_a_roi_map_with_mistakes(dicom_export, work, conten
         text = fails(cli("data", "import-dicom", dicom_export, "--roi-map", m, "--out", work / "c",
                          "--no-progress"), *needles)
     assert "does not exist" not in text
+
+
+def test_an_out_that_is_a_link_is_named_a_link(base, work):
+    """`--out out` where out is a symbolic link to an empty folder (scratch space): it is not replaced
+    without --overwrite, and the message says it is a link and to give the folder it points to (it
+    said "exists and is a non-empty folder" of an empty one)."""
+    (work / "scratch").mkdir()
+    (work / "out").symlink_to(work / "scratch", target_is_directory=True)
+    with unchanged(work):
+        text = fails(cli("data", "synth", "--patients", "1", "--size", "12", "--out", work / "out",
+                         "--no-progress"), f"{work / 'out'}: --out is a symbolic link", str(work / "scratch"))
+    assert "non-empty folder" not in text
+    ok(cli("data", "synth", "--patients", "1", "--size", "12", "--out", work / "scratch", "--no-progress"))
+    assert (work / "scratch" / "dataset.json").is_file()

@@ -77,6 +77,10 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         if _overlap(rp, rs):
             rel = "is" if rp == rs else ("lies inside" if rs in rp.parents else "holds")
             raise OutputError(f"{p}: {what} {rel} the input {src}; choose an output outside the inputs")
+    if p.is_symlink() and not overwrite:
+        raise OutputError(f"{p}: {what} is a symbolic link (to {os.readlink(p)}), never replaced without "
+                          f"--overwrite, which replaces the link itself; to write where it points, give "
+                          f"that path as {what}")
     if is_nonempty(p) and not overwrite:
         kind = "folder" if p.is_dir() else "file"
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
