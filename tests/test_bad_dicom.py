@@ -425,17 +425,20 @@ def test_evaluate_rtdose_without_scaling(template, tmp_path):
 
 # --------------------------------------------------------------------------- sequential boost
 
-def _boost(src: Path, relation: str | None, phase2_dose: bool = True) -> None:
+def _boost(src: Path, relation: str | None, phase2_dose: bool = True, rx1: dict[str, float] | None = None,
+           rx2: dict[str, float] | None = None) -> None:
     """A sequential boost on one CT: phase 1 (RP1: PTV70 50 Gy in 25 fractions, RD1 = 50/70 of the
     exported dose) then phase 2 (RP2: PTV70 20 Gy in 10 fractions, RD2 = 20/70 of it), RP2 naming RP1
-    with ``relation`` (RTPlanRelationship; None: no reference, as many exports)."""
+    with ``relation`` (RTPlanRelationship; None: no reference, as many exports). ``rx1`` / ``rx2``:
+    the phases' prescriptions instead (ROI name -> Gy)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
     rd_path = src / "RD.dcm"
     scaling = float(pydicom.dcmread(rd_path).DoseGridScaling)
-    rp1 = pydicom.dcmread(write_rtplan(src, src / "RS.dcm", {"PTV70": 50.0}, fractions=25, name="RP1.dcm"))
-    rp2_path = write_rtplan(src, src / "RS.dcm", {"PTV70": 20.0}, fractions=10, name="RP2.dcm")
+    rp1 = pydicom.dcmread(write_rtplan(src, src / "RS.dcm", rx1 or {"PTV70": 50.0}, fractions=25,
+                                       name="RP1.dcm"))
+    rp2_path = write_rtplan(src, src / "RS.dcm", rx2 or {"PTV70": 20.0}, fractions=10, name="RP2.dcm")
     (src / "RP.dcm").unlink(missing_ok=True)
     if relation is not None:
         def ref(ds):
@@ -471,7 +474,10 @@ def test_sequential_boost_that_says_it_adds_up_is_summed(template, tmp_path, rel
     _boost(src, relation)
     (p,) = dicom.read_dicom_folder(src)
     np.testing.assert_allclose(p.dose, ref.dose, atol=1e-3)
-    assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["fractions"] == 35
+    assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["rtplan_fractions"] == [25, 10]
+    # phases one after the other (PRIOR): 25 + 10 fractions; concurrent plans may share their sessions,
+    # so their count is not the sum (it was taken as 35 for both)
+    assert p.meta.get("fractions") == (35 if relation == "PRIOR" else None)
     assert len(p.meta["rtdose_files"]) == 2 and len(p.meta["rtplan_files"]) == 2
     # evaluated as their sum: the reference's own dose scores 0
     res = run(["evaluate", "--reference", str(src), "--prediction", str(template["dicom"]), "--no-progress",
@@ -562,7 +568,9 @@ def test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_p
     (p,) = dicom.read_dicom_folder(src)
     assert p.meta["rtdose_file"].endswith("RD_sum.dcm")
     np.testing.assert_allclose(p.dose, ref.dose, atol=1e-4)
-    assert p.roi_set["PTV70"].prescription == 70.0 and p.meta["fractions"] == 35
+    # the RTPLANs do not say the plans follow one another: no total of fractions (it was 25 + 10)
+    assert p.roi_set["PTV70"].prescription == 70.0 and "fractions" not in p.meta
+    assert p.meta["rtplan_fractions"] == [25, 10]
 
 
 def test_a_multi_plan_sum_without_all_its_plans_takes_no_plan_s_prescription(template, tmp_path):
@@ -582,6 +590,78 @@ def test_a_multi_plan_sum_without_all_its_plans_takes_no_plan_s_prescription(tem
     assert p.meta["rtdose_file"].endswith("RD_sum.dcm")
     np.testing.assert_allclose(p.dose, ref.dose, atol=1e-4)
     assert p.roi_set["PTV70"].prescription == 70.0 and "fractions" not in p.meta
+
+
+def _two_target_boost(template: dict[str, Path], src: Path, high: str, low: str) -> None:
+    """A sequential boost whose phases prescribe different targets, as planning systems export it: the
+    template's PTV70 renamed ``high`` and its ring ``low`` (both RTROIInterpretedType PTV, no
+    "prescription" label); phase 1 (RP1, 25 fractions) prescribes 50 Gy to ``low`` only, phase 2 (RP2,
+    PRIOR, 10 fractions) 20 Gy to ``high`` only. ``high`` received both phases' dose: 70 Gy."""
+    from dicom_layouts import rename_rois
+
+    shutil.copytree(template["dicom"], src)
+    rename_rois(src / "RS.dcm", {"PTV70": high, "Ring": low}, {high: "PTV", low: "PTV"})
+    _boost(src, "PRIOR", rx1={low: 50.0}, rx2={high: 20.0})
+
+
+def test_a_boost_whose_phases_prescribe_different_targets_unnamed_is_refused(template, tmp_path):
+    """Phase 1 prescribes only the elective PTV (50 Gy), phase 2 only the boost PTV (+20 Gy), whose names
+    carry no dose (PTV_High, PTV_Low): the summed prescriptions cannot be told (the boost PTV got phase
+    1's dose too), so one error names the patient, the files, the targets and the remedy; an ROI map
+    naming them with their total doses imports them. Before, PTV_High was imported silently at 20 Gy
+    (the sum taken only over the phases naming it)."""
+    src = tmp_path / "in"
+    _two_target_boost(template, src, "PTV_High", "PTV_Low")
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output and text.count("error:") == 1
+    assert re_search(r"error: patient pt_a: RTSTRUCT \S*RS\.dcm: targets PTV_High, PTV_Low have no "
+                     r"prescription: RTPLANs \S*RP1\.dcm \+ \S*RP2\.dcm add up but do not all prescribe "
+                     r"the same targets", text), text
+    assert '--roi-map MAP.json holding e.g. {"PTV_High": "PTV70"}' in text, text
+    assert not (out / "dataset.json").exists()
+    roi_map = tmp_path / "map.json"
+    roi_map.write_text(json.dumps({"PTV_High": "PTV70", "PTV_Low": "PTV50"}))
+    with pytest.warns(dicom.DicomWarning, match=r"RP1\.dcm \+ \S*RP2\.dcm add up .* do not all prescribe "
+                                                r"the same targets \(PTV_High by \S*RP2\.dcm only; PTV_Low by "
+                                                r"\S*RP1\.dcm only\).*prescriptions from the ROI names"):
+        (p,) = dicom.read_dicom_folder(src, roi_map)
+    assert p.roi_set["PTV70"].prescription == 70.0 and p.roi_set["PTV50"].prescription == 50.0
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    np.testing.assert_allclose(p.dose, ref.dose, atol=1e-3)
+
+
+def test_a_boost_whose_phases_prescribe_different_targets_takes_the_names_doses(template, tmp_path):
+    """The same boost with targets named PTV70 and PTV50: their prescriptions come from the names, with
+    a warning naming the files and the targets. Before, PTV70 was given 20 Gy (phase 2's alone) over
+    its name's 70."""
+    src = tmp_path / "in"
+    _two_target_boost(template, src, "PTV70", "PTV50")
+    with pytest.warns(dicom.DicomWarning) as got:
+        (p,) = dicom.read_dicom_folder(src)
+    text = " ".join(str(w.message) for w in got)
+    assert re_search(r"patient pt_a: RTPLANs \S*RP1\.dcm \+ \S*RP2\.dcm add up .*\(PTV70 by \S*RP2\.dcm only; "
+                     r"PTV50 by \S*RP1\.dcm only\).*prescriptions from the ROI names", text), text
+    assert "using the plan's" not in text
+    assert p.roi_set["PTV70"].prescription == 70.0 and p.roi_set["PTV50"].prescription == 50.0
+    assert p.meta["fractions"] == 35
+
+
+def test_a_boost_whose_phases_prescribe_the_same_targets_adds_them(template, tmp_path):
+    """Both phases prescribe both targets (50 + 20 Gy to PTV_High, 50 + 6 Gy to PTV_Low): the sums, from
+    the plans, no warning about them."""
+    from dicom_layouts import rename_rois
+
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    rename_rois(src / "RS.dcm", {"PTV70": "PTV_High", "Ring": "PTV_Low"}, {"PTV_High": "PTV", "PTV_Low": "PTV"})
+    _boost(src, "PRIOR", rx1={"PTV_High": 50.0, "PTV_Low": 50.0}, rx2={"PTV_High": 20.0, "PTV_Low": 6.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dicom.DicomWarning)
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.roi_set["PTV_High"].prescription == 70.0 and p.roi_set["PTV_Low"].prescription == 56.0
 
 
 def test_a_junk_first_slice_without_a_structure_set_is_named(template, tmp_path):
@@ -650,3 +730,34 @@ def test_a_localizer_beside_the_planning_ct_is_ignored_with_a_warning(template, 
     np.testing.assert_array_equal(p.ct, ref.ct)
     info = json.loads((out / "dataset.json").read_text())
     assert [q["id"] for q in info["patients"]] == [ref.id]
+
+
+def test_a_lone_ct_image_is_no_patient(template, tmp_path):
+    """A stray slice of another CT series (another patient's, copied in by mistake) beside a patient,
+    or one slice file given instead of its folder: one image referenced by no RTSTRUCT is no planning
+    CT. It was imported as a one-slice patient without ROIs (exit 0); now it is ignored with a warning
+    naming the file, and a file given alone is an error saying to give the folder."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    stray = pydicom.dcmread(src / "CT.0005.dcm")
+    stray.PatientID = "someone_else"
+    stray.SeriesInstanceUID = pydicom.uid.generate_uid()
+    stray.SOPInstanceUID = stray.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    stray.save_as(src / "CT.stray.dcm")
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(r"warning: \S*CT\.stray\.dcm: the only image of CT series \S+, which no RTSTRUCT "
+                     r"references: one slice is no planning CT; ignored", text), text
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    info = json.loads((out / "dataset.json").read_text())
+    assert [q["id"] for q in info["patients"]] == [ref.id]
+    res = run(["data", "import-dicom", str(src / "CT.0005.dcm"), "--out", str(tmp_path / "c2"),
+               "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output
+    assert re_search(r"error: no CT image series found under \S*CT\.0005\.dcm .*a file: give the folder "
+                     r"that holds the CT series", text), text
+    assert not (tmp_path / "c2" / "dataset.json").exists()

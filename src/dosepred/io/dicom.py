@@ -311,8 +311,16 @@ def _scan(src: Path) -> tuple[dict[str, _Series], list[tuple[Path, Any]], list[t
             doses.append((p, ds))
         elif mod == "RTPLAN":
             plans.append((p, ds))
+    # one image that no structure set references (a stray slice of another series, a file given
+    # instead of its folder) is no planning CT: not a one-slice patient (a referenced one stays, and
+    # the structure set's missing images are named)
+    referenced = {u for _, ds in structs for u in _struct_refs(ds)[1]}
+    for uid in [u for u, s in series.items() if len(s.files) == 1 and u not in referenced]:
+        _warn(f"{series.pop(uid).files[0][0]}: the only image of CT series {uid}, which no RTSTRUCT "
+              "references: one slice is no planning CT; ignored")
     if not series:
-        raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files)")
+        hint = ": a file: give the folder that holds the CT series" if src.is_file() else ""
+        raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files){hint}")
     for s in series.values():
         s.unreadable = unreadable
     return series, structs, doses, plans
@@ -574,6 +582,25 @@ def _additive_group(s: _Source) -> list[tuple[Path, Any]]:
     return [pl for pl in s.rtplans if _uid_of(pl[1]) in group] if len(group) > 1 else []
 
 
+def _sequential(plans: list[tuple[Path, Any]]) -> bool:
+    """Whether the RTPLANs say ``plans`` are delivered one after the other: RTPlanRelationship PRIOR
+    links them all and none names another CONCURRENT. Only then do their fractions add up (concurrent
+    plans may share their sessions; a MULTI_PLAN sum alone does not say)."""
+    uids = {_uid_of(ds) for _, ds in plans}
+    linked = {u: {u} for u in uids}
+    for pair, kinds in _plan_relations(plans).items():
+        if not pair <= uids:
+            continue
+        if "CONCURRENT" in kinds:
+            return False
+        if "PRIOR" in kinds:
+            a, b = tuple(pair)
+            merged = linked[a] | linked[b]
+            for u in merged:
+                linked[u] = merged
+    return len(plans) > 0 and all(len(g) == len(uids) for g in linked.values())
+
+
 def _dose_kind(d: tuple[Path, Any, str]) -> str:
     return str(getattr(d[1], "DoseSummationType", "") or "").upper()
 
@@ -763,24 +790,56 @@ def _check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
                     f"{for_uid}: its contours are in another frame's coordinates")
 
 
+def _phase_prescriptions(s: _Source, info: list[tuple[int, str, str, float | None]]
+                         ) -> list[tuple[Path, dict[int, float]]]:
+    """Per RTPLAN of the patient (every phase of a sum, else its one plan): its file and its target
+    prescriptions by ROINumber (:func:`plan_prescriptions`; a plan's single SITE-level prescription
+    goes to the only target of the RTSTRUCT that has none from its name or label)."""
+    open_targets = [n for n, name, t, rx in info if t.upper() in _names.TARGET_TYPES and rx is None
+                    and _names.target_from_name(name) is None]
+    out = []
+    for pl in s.plans_summed or ([s.plan] if s.plan is not None else []):
+        rx_k, sites_k = plan_prescriptions(pl[1], f"RTPLAN {pl[0]}")
+        if len(sites_k) == 1 and not rx_k and len(open_targets) == 1:
+            rx_k = {open_targets[0]: sites_k[0]}
+        out.append((pl[0], rx_k))
+    return out
+
+
+def _summed_prescriptions(s: _Source, phases: list[tuple[Path, dict[int, float]]],
+                          names: dict[int, str]) -> dict[int, float]:
+    """The patient's prescriptions by ROINumber from its plans: one plan's own, or the phases' sum
+    when every phase prescribes the same targets. A target prescribed by only some of the summed
+    phases (a sequential boost whose first phase names the elective PTV and whose second names the
+    boost PTV) makes the sum ambiguous (the boost target also received the first phase's dose, or
+    not): no prescription is then taken from the plans (a warning naming the files and targets)."""
+    if len(phases) <= 1:
+        return dict(phases[0][1]) if phases else {}
+    named = sorted({n for _, rx in phases for n in rx})
+    partial = [n for n in named if any(n not in rx for _, rx in phases)]
+    if not partial:
+        return {n: sum(rx[n] for _, rx in phases) for n in named}
+    by = "; ".join(f"{names.get(n, f'ROINumber {n}')} by "
+                   f"{' and '.join(str(f) for f, rx in phases if n in rx)} only" for n in partial)
+    _warn(f"patient {s.id}: RTPLANs {' + '.join(str(f) for f, _ in phases)} add up (RTPlanRelationship "
+          f"PRIOR/CONCURRENT or a MULTI_PLAN sum) but do not all prescribe the same targets ({by}): what "
+          "each target's summed prescription is cannot be told (it may have received the other phases' "
+          "dose too), so no prescription is taken from the RTPLANs; prescriptions from the ROI names")
+    return {}
+
+
 def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
     if s.rtstruct is None:
         return
     path, ds = s.rtstruct
     _check_roi_numbers(ds, path, s.series.for_uid)
-    plan_rx: dict[int, float] = {}
-    sites: list[float] = []
-    for pl in s.plans_summed or ([s.plan] if s.plan is not None else []):
-        rx_k, sites_k = plan_prescriptions(pl[1], f"RTPLAN {pl[0]}")
-        for n, v in rx_k.items():  # the phases of a sequential boost: the total prescription
-            plan_rx[n] = plan_rx.get(n, 0.0) + v
-        sites += sites_k
     info = _roi_info(ds)
-    if sites and not plan_rx:  # one site-level prescription: the one target that lacks one
-        open_targets = [n for n, name, t, rx in info if t.upper() in _names.TARGET_TYPES and rx is None
-                        and _names.target_from_name(name) is None]
-        if len(sites) == 1 and len(open_targets) == 1:
-            plan_rx = {open_targets[0]: sites[0]}
+    phases = _phase_prescriptions(s, info)
+    plan_rx = _summed_prescriptions(s, phases, {n: name for n, name, _, _ in info})
+    # the targets the plans prescribe: without the plans' prescription (an ambiguous sum), each needs
+    # one from its name, our label or the ROI map, else nothing would tell the model its dose
+    prescribed = {n for _, rx in phases for n in rx} if len(phases) > 1 and not plan_rx else set()
+    unprescribed: list[str] = []
     for number, name, itype, rx in info:
         c = roi_map.resolve(name, itype)
         if c is None:
@@ -801,12 +860,24 @@ def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
                 if s.plans_summed else f"RTPLAN {s.plan[0] if s.plan else ''} DoseReferenceSequence")
         elif rx is not None and c.kind in ("other", "target") and c.prescription is None:
             c = _names.Canonical(c.name, "target", rx, c.matched)
+        if number in prescribed and c.prescription is None and not c.is_body:
+            unprescribed.append(name)
         if c.name in s.canon and c.name != _names.BODY:
             _warn(f"RTSTRUCT {path}: ROIs {s.original_names[c.name] + [name]} all map to {c.name}; "
                   "their union is used")
         s.canon.setdefault(c.name, c)
         s.roi_sources.setdefault(c.name, []).append(number)
         s.original_names.setdefault(c.name, []).append(name)
+    if unprescribed:
+        one = len(unprescribed) == 1
+        files = " + ".join(str(f) for f, _ in phases)
+        raise DicomImportError(
+            f"patient {s.id}: RTSTRUCT {path}: target{'' if one else 's'} {', '.join(unprescribed)} "
+            f"{'has' if one else 'have'} no prescription: RTPLANs {files} add up but do not all prescribe "
+            "the same targets, so the summed prescription is not known, and "
+            f"{'its name carries' if one else 'their names carry'} no dose. Name "
+            f"{'it' if one else 'each'} with its total dose in an ROI map (--roi-map MAP.json holding e.g. "
+            f'{{"{unprescribed[0]}": "PTV70"}}) or in the RTSTRUCT (PTV70)')
 
 
 def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry, list[float], list[float]]:
@@ -1115,7 +1186,11 @@ def _build_patient(s: _Source, roi_set: RoiSet) -> Patient:
             meta["rtplan_uids"] = [_uid_of(ds) for _, ds in s.plans_summed]
             meta["rtplan_files"] = [str(p.resolve()) for p, _ in s.plans_summed]
             counts = [_fractions(ds) for _, ds in s.plans_summed]
-            nfx = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+            meta["rtplan_fractions"] = counts
+            # the number of fractions is their sum only when the phases follow one another (PRIOR):
+            # concurrent plans may be delivered in the same sessions, a MULTI_PLAN sum does not say
+            nfx = None if any(c is None for c in counts) or not _sequential(s.plans_summed) else \
+                sum(c for c in counts if c is not None)
         if nfx is not None:
             meta["fractions"] = nfx
     if body is not None and body.any():
