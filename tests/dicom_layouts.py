@@ -127,3 +127,25 @@ def write_rtplan(folder: str | Path, rs_path: str | Path, rx: dict[str, float], 
 
 
 __all__ += ["write_rtplan"]
+
+
+def rename_rois(rs_path: str | Path, names: dict[str, str], types: dict[str, str] | None = None) -> None:
+    """Rename ROIs of an RTSTRUCT in place (``names``: old -> new), set their RTROIInterpretedType
+    (``types``: new name -> type) and drop every ROIObservationDescription (our export's
+    "prescription 70 Gy" label), as a planning system's export would hold them."""
+    import pydicom
+
+    ds = pydicom.dcmread(rs_path)
+    num = {}
+    for r in ds.StructureSetROISequence:
+        num[int(r.ROINumber)] = names.get(str(r.ROIName), str(r.ROIName))
+        r.ROIName = num[int(r.ROINumber)]
+    for o in ds.RTROIObservationsSequence:
+        if "ROIObservationDescription" in o:
+            del o.ROIObservationDescription
+        if types and num[int(o.ReferencedROINumber)] in types:
+            o.RTROIInterpretedType = types[num[int(o.ReferencedROINumber)]]
+    ds.save_as(rs_path)
+
+
+__all__ += ["rename_rois"]

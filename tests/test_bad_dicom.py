@@ -625,8 +625,8 @@ def test_a_boost_whose_phases_prescribe_different_targets_unnamed_is_refused(tem
     roi_map = tmp_path / "map.json"
     roi_map.write_text(json.dumps({"PTV_High": "PTV70", "PTV_Low": "PTV50"}))
     with pytest.warns(dicom.DicomWarning, match=r"RP1\.dcm \+ \S*RP2\.dcm add up .* do not all prescribe "
-                                                r"the same targets \(PTV_High by \S*RP2\.dcm only; PTV_Low by "
-                                                r"\S*RP1\.dcm only\).*prescriptions from the ROI names"):
+                                                r"the same targets \(PTV_High by \S*RP2\.dcm only; PTV_Low "
+                                                r"by \S*RP1\.dcm only\).*prescriptions from the ROI names"):
         (p,) = dicom.read_dicom_folder(src, roi_map)
     assert p.roi_set["PTV70"].prescription == 70.0 and p.roi_set["PTV50"].prescription == 50.0
     (ref,) = dicom.read_dicom_folder(template["dicom"])
@@ -642,8 +642,8 @@ def test_a_boost_whose_phases_prescribe_different_targets_takes_the_names_doses(
     with pytest.warns(dicom.DicomWarning) as got:
         (p,) = dicom.read_dicom_folder(src)
     text = " ".join(str(w.message) for w in got)
-    assert re_search(r"patient pt_a: RTPLANs \S*RP1\.dcm \+ \S*RP2\.dcm add up .*\(PTV70 by \S*RP2\.dcm only; "
-                     r"PTV50 by \S*RP1\.dcm only\).*prescriptions from the ROI names", text), text
+    assert re_search(r"patient pt_a: RTPLANs \S*RP1\.dcm \+ \S*RP2\.dcm add up .*\(PTV70 by \S*RP2\.dcm "
+                     r"only; PTV50 by \S*RP1\.dcm only\).*prescriptions from the ROI names", text), text
     assert "using the plan's" not in text
     assert p.roi_set["PTV70"].prescription == 70.0 and p.roi_set["PTV50"].prescription == 50.0
     assert p.meta["fractions"] == 35
@@ -652,11 +652,14 @@ def test_a_boost_whose_phases_prescribe_different_targets_takes_the_names_doses(
 def test_a_boost_whose_phases_prescribe_the_same_targets_adds_them(template, tmp_path):
     """Both phases prescribe both targets (50 + 20 Gy to PTV_High, 50 + 6 Gy to PTV_Low): the sums, from
     the plans, no warning about them."""
+    import warnings
+
     from dicom_layouts import rename_rois
 
     src = tmp_path / "in"
     shutil.copytree(template["dicom"], src)
-    rename_rois(src / "RS.dcm", {"PTV70": "PTV_High", "Ring": "PTV_Low"}, {"PTV_High": "PTV", "PTV_Low": "PTV"})
+    rename_rois(src / "RS.dcm", {"PTV70": "PTV_High", "Ring": "PTV_Low"},
+                {"PTV_High": "PTV", "PTV_Low": "PTV"})
     _boost(src, "PRIOR", rx1={"PTV_High": 50.0, "PTV_Low": 50.0}, rx2={"PTV_High": 20.0, "PTV_Low": 6.0})
     with warnings.catch_warnings():
         warnings.simplefilter("error", dicom.DicomWarning)

@@ -807,25 +807,24 @@ def _phase_prescriptions(s: _Source, info: list[tuple[int, str, str, float | Non
 
 
 def _summed_prescriptions(s: _Source, phases: list[tuple[Path, dict[int, float]]],
-                          names: dict[int, str]) -> dict[int, float]:
+                          names: dict[int, str]) -> tuple[dict[int, float], str]:
     """The patient's prescriptions by ROINumber from its plans: one plan's own, or the phases' sum
-    when every phase prescribes the same targets. A target prescribed by only some of the summed
-    phases (a sequential boost whose first phase names the elective PTV and whose second names the
-    boost PTV) makes the sum ambiguous (the boost target also received the first phase's dose, or
-    not): no prescription is then taken from the plans (a warning naming the files and targets)."""
+    when every phase prescribes the same targets; and "" or, when a target is prescribed by only some
+    of the summed phases (a sequential boost whose first phase names the elective PTV and whose second
+    names the boost PTV), the warning saying so: the sum is then ambiguous (the boost target also
+    received the first phase's dose, or not) and no prescription is taken from the plans."""
     if len(phases) <= 1:
-        return dict(phases[0][1]) if phases else {}
+        return (dict(phases[0][1]) if phases else {}), ""
     named = sorted({n for _, rx in phases for n in rx})
     partial = [n for n in named if any(n not in rx for _, rx in phases)]
     if not partial:
-        return {n: sum(rx[n] for _, rx in phases) for n in named}
+        return {n: sum(rx[n] for _, rx in phases) for n in named}, ""
     by = "; ".join(f"{names.get(n, f'ROINumber {n}')} by "
                    f"{' and '.join(str(f) for f, rx in phases if n in rx)} only" for n in partial)
-    _warn(f"patient {s.id}: RTPLANs {' + '.join(str(f) for f, _ in phases)} add up (RTPlanRelationship "
-          f"PRIOR/CONCURRENT or a MULTI_PLAN sum) but do not all prescribe the same targets ({by}): what "
-          "each target's summed prescription is cannot be told (it may have received the other phases' "
-          "dose too), so no prescription is taken from the RTPLANs; prescriptions from the ROI names")
-    return {}
+    return {}, (f"patient {s.id}: RTPLANs {' + '.join(str(f) for f, _ in phases)} add up (RTPlanRelationship "
+                f"PRIOR/CONCURRENT or a MULTI_PLAN sum) but do not all prescribe the same targets ({by}): "
+                "each target's summed prescription cannot be told (it may have received the other phases' "
+                "dose too), so no prescription is taken from the RTPLANs; prescriptions from the ROI names")
 
 
 def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
@@ -835,7 +834,7 @@ def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
     _check_roi_numbers(ds, path, s.series.for_uid)
     info = _roi_info(ds)
     phases = _phase_prescriptions(s, info)
-    plan_rx = _summed_prescriptions(s, phases, {n: name for n, name, _, _ in info})
+    plan_rx, ambiguous = _summed_prescriptions(s, phases, {n: name for n, name, _, _ in info})
     # the targets the plans prescribe: without the plans' prescription (an ambiguous sum), each needs
     # one from its name, our label or the ROI map, else nothing would tell the model its dose
     prescribed = {n for _, rx in phases for n in rx} if len(phases) > 1 and not plan_rx else set()
@@ -878,6 +877,8 @@ def _plan_rois(s: _Source, roi_map: _names.RoiMap) -> None:
             f"{'its name carries' if one else 'their names carry'} no dose. Name "
             f"{'it' if one else 'each'} with its total dose in an ROI map (--roi-map MAP.json holding e.g. "
             f'{{"{unprescribed[0]}": "PTV70"}}) or in the RTSTRUCT (PTV70)')
+    if ambiguous:
+        _warn(ambiguous)
 
 
 def _ct_volume(series: _Series) -> tuple[np.ndarray, Geometry, list[float], list[float]]:
