@@ -3,7 +3,8 @@
 A model trained now records ``space.absent_rois`` itself (:class:`dosepred.models.space.SpaceRecorder`);
 the models under ``models/`` were trained before. This reads the training cache's ``dataset.json``
 (every patient's ``missing_rois``), and for each model folder writes the ROIs of the model's set that
-some training patient lacked into the ``"space"`` record of ``model.pt`` and ``config.json``. The
+some training patient lacked (``absent_rois``), how many lacked each (``absent_counts``) and of how many
+(``absent_patients``) into the ``"space"`` record of ``model.pt`` and ``config.json``. The
 weights are not touched (checked tensor by tensor after writing); ``calibration.json``'s
 ``model_sha256`` is brought up to date (only that string is replaced), since the model file's bytes
 change with its metadata.
@@ -23,36 +24,44 @@ from dosepred.calibration import sha256_file
 from dosepred.fsutil import save_torch, write_text
 
 
-def absent_rois(train: Path, names: list[str]) -> list[str]:
+def absent_rois(train: Path, names: list[str]) -> tuple[dict[str, int], int]:
+    """``({ROI: patients lacking it}, patients)`` of the training cache, for the model's ROIs ``names``
+    that some patient lacks (in their order)."""
     info = json.loads((train / "dataset.json").read_text(encoding="utf-8"))
-    lacking = {r for e in info["patients"] for r in e.get("missing_rois", ())}
-    print(f"{train}: {len(info['patients'])} patients; lacking some patient: "
-          f"{', '.join(n for n in names if n in lacking)}")
-    return [n for n in names if n in lacking]
+    lacking: dict[str, int] = {}
+    for e in info["patients"]:
+        for r in set(e.get("missing_rois", ())):
+            lacking[r] = lacking.get(r, 0) + 1
+    counts = {n: lacking[n] for n in names if n in lacking}
+    print(f"{train}: {len(info['patients'])} patients; lacking: "
+          f"{', '.join(f'{n} {k}' for n, k in counts.items())}")
+    return counts, len(info["patients"])
 
 
 def record(folder: Path, train: Path) -> None:
     pt = folder / "model.pt"
     ck = torch.load(pt, map_location="cpu", weights_only=True)
     names = [r["name"] for r in ck["model_config"]["rois"]]
-    absent = absent_rois(train, names)
+    counts, patients = absent_rois(train, names)
+    absent = list(counts)
+    record = {"absent_rois": absent, "absent_counts": counts, "absent_patients": patients}
     before = {k: v.clone() for k, v in ck["model"].items()}
     old_sha = sha256_file(pt)
-    ck["space"]["absent_rois"] = absent
+    ck["space"].update(record)
     save_torch(ck, pt)
     again = torch.load(pt, map_location="cpu", weights_only=True)
     assert again["model"].keys() == before.keys()
     assert all(torch.equal(again["model"][k], before[k]) and again["model"][k].dtype == before[k].dtype
                for k in before), "weights changed"
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    cfg["space"]["absent_rois"] = absent
+    cfg["space"].update(record)
     write_text(folder / "config.json", json.dumps(cfg, indent=2))
     cal = folder / "calibration.json"
     if cal.is_file():
         text = cal.read_text(encoding="utf-8")
         if old_sha in text:
             write_text(cal, text.replace(old_sha, sha256_file(pt)))
-    print(f"{folder}: absent_rois {absent}; weights unchanged")
+    print(f"{folder}: absent_rois {absent}, absent_counts {counts} of {patients}; weights unchanged")
 
 
 def main() -> None:

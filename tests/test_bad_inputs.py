@@ -517,23 +517,73 @@ def test_evaluate_a_reference_lacking_an_roi_the_protocol_names(base, work):
 
 
 def test_model_records_the_rois_its_training_patients_lacked(base):
+    """The list, and how many of the training patients lacked each (counted here from dataset.json)."""
     from dosepred.models.checkpoint import load_checkpoint
 
     absent = _absent_in_training(base)
     assert absent, "the synthetic cohort should lack some ROI (PTV63) in some patient"
-    assert load_checkpoint(base / "run")["space"]["absent_rois"] == absent
+    space = load_checkpoint(base / "run")["space"]
+    assert space["absent_rois"] == absent
+    info = json.loads((base / "cache" / "dataset.json").read_text())
+    lacking = {n: sum(n in e["missing_rois"] for e in info["patients"]) for n in absent}
+    assert space["absent_counts"] == lacking
+    assert space["absent_patients"] == len(info["patients"]) == 2
+
+
+#: the OpenKBP train split's patients lacking each ROI (of 169; counted from its dataset.json)
+OPENKBP_LACKING = {"Brainstem": 13, "SpinalCord": 1, "RightParotid": 7, "LeftParotid": 6, "Esophagus": 111,
+                   "Larynx": 89, "Mandible": 57, "PTV56": 15, "PTV63": 84}
 
 
 def test_released_models_record_the_rois_openkbp_training_patients_lacked():
     """models/*: every OpenKBP train patient has PTV70 and some lack each other ROI (from the train split's
-    missing ROIs: Esophagus 111 of 169 patients, ..., SpinalCord 1); weights untouched."""
+    missing ROIs: Esophagus 111 of 169 patients, ..., SpinalCord 1), with the counts; weights untouched."""
     from dosepred.models.checkpoint import load_checkpoint
+    from dosepred.models.space import ModelSpace
 
     for m in sorted((Path(__file__).resolve().parents[1] / "models").glob("openkbp-*")):
         want = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible",
                 "PTV56", "PTV63"]
-        assert load_checkpoint(m)["space"]["absent_rois"] == want, m
-        assert json.loads((m / "config.json").read_text())["space"]["absent_rois"] == want, m
+        for space in (load_checkpoint(m)["space"], json.loads((m / "config.json").read_text())["space"]):
+            assert space["absent_rois"] == want, m
+            assert space["absent_counts"] == OPENKBP_LACKING and space["absent_patients"] == 169, m
+        # fewer than 5 % of 169 (8.45): the cord and the parotids are rarely missing
+        assert ModelSpace.from_dict(space).rarely_absent() == {"SpinalCord": 1, "RightParotid": 7,
+                                                               "LeftParotid": 6}
+
+
+def _with_space(base: Path, out: Path, **space: object) -> Path:
+    """The base run's model with its space record changed (``space`` items replace the record's)."""
+    from dosepred.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(base / "run")
+    ck["space"] = {**ck["space"], **space}
+    return save_checkpoint(ck, out)
+
+
+def test_predict_warns_of_a_rarely_missing_roi_naming_how_many_lacked_it(base, work):
+    """An ROI that only 1 of 100 training patients lacked (a cord under an unrecognised name): predicted
+    (no flag needed) with a warning naming the ROI, the count, the consequence and the remedy, not a
+    mere note; one lacked by 40 of 100 stays a note. Before, both were notes."""
+    absent = _absent_in_training(base)
+    others = {n: 50 for n in absent[1:]}
+    model = _with_space(base, work / "m.pt", absent_counts={absent[0]: 1, **others}, absent_patients=100)
+    src = _clinic_like(base, work / "src", drop=(absent[0],))
+    out = " ".join(ok(cli("predict", "--model", model, "--data", src, "--out", work / "o", "--format",
+                          "cache", "--no-progress")).split())
+    assert (f"warning: patient synth_000 lacks {absent[0]} (1 of the model's 100 training patients lacked "
+            "it): predicted as for a patient without it") in out, out
+    assert "--roi-map" in out and f"note: patient synth_000 lacks {absent[0]}" not in out
+    # 40 of 100 (>= 5 %): may be missing, a note as before
+    model = _with_space(base, work / "m2.pt", absent_counts={absent[0]: 40, **others}, absent_patients=100)
+    out = " ".join(ok(cli("predict", "--model", model, "--data", src, "--out", work / "o2", "--format",
+                          "cache", "--no-progress")).split())
+    assert f"note: patient synth_000 lacks {absent[0]}" in out and "warning:" not in out, out
+    # a model file with only the list (recorded before the counts): a note, as before
+    model = _with_space(base, work / "m3.pt", absent_counts=None, absent_patients=None)
+    out = " ".join(ok(cli("predict", "--model", model, "--data", src, "--out", work / "o3", "--format",
+                          "cache", "--no-progress")).split())
+    assert f"note: patient synth_000 lacks {absent[0]}" in out and "warning:" not in out, out
 
 
 def test_predict_accepts_a_patient_lacking_only_rois_training_patients_lacked(base, work):

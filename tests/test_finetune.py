@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from dosepred.io.cache import write_cache
 from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import MODEL_FORMAT, export_model, load_checkpoint, save_checkpoint
+from dosepred.models.space import ModelSpace
 from dosepred.models.transfer import (
     RoiTransfer,
     TransferError,
@@ -336,6 +337,13 @@ def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
     # the fine-tune lets clinic patients lack theirs too, though every clinic training patient had them
     assert got["space"]["absent_rois"] == ["Parotid_L", "Bone_Mandible", "Parotid_R", "SpinalCord",
                                            "BrainStem", "PTV_60", "PTV_54"]
+    # how many lacked each: the OpenKBP record's 169 patients (mapped as above) and the clinic's own
+    info = json.loads((clinic_cache / "dataset.json").read_text())
+    own = {n: sum(n in e["missing_rois"] for e in info["patients"]) for n in CLINIC.names}
+    was = {"Parotid_L": 6, "Bone_Mandible": 57, "Parotid_R": 7, "SpinalCord": 1, "BrainStem": 13,
+           "PTV_60": 84, "PTV_54": 15}
+    assert got["space"]["absent_counts"] == {n: was[n] + own[n] for n in was}
+    assert got["space"]["absent_patients"] == 169 + len(info["patients"])
     out = export_model(tmp_path / "run", tmp_path / "clinic-model")
     info = json.loads((out / "config.json").read_text())
     assert info["roi_transfer"]["new"] == ["Glnd_Submand_L"]
@@ -366,6 +374,13 @@ def test_transfer_checkpoint_predicts_like_the_released_model(tmp_path, synth):
     space = {**ck["space"], "absent_rois": ["RightParotid", "Esophagus", "PTV56", "PTV63"]}
     got = transfer_checkpoint({**ck, "space": space}, CLINIC)["space"]["absent_rois"]
     assert got == ["Glnd_Submand_L", "Parotid_R", "PTV_60", "PTV_54"]
+    # with the counts (of 169): the parotid keeps its 7, the targets their rank's, the new gland was
+    # lacked by all 169 (never read); the parotid stays rarely missing, the rest may be missing
+    space["absent_counts"] = {"RightParotid": 7, "Esophagus": 111, "PTV56": 15, "PTV63": 84}
+    space["absent_patients"] = 169
+    got = transfer_checkpoint({**ck, "space": space}, CLINIC)["space"]
+    assert got["absent_counts"] == {"Glnd_Submand_L": 169, "Parotid_R": 7, "PTV_60": 84, "PTV_54": 15}
+    assert ModelSpace.from_dict(got).rarely_absent() == {"Parotid_R": 7}
 
 
 def test_cli_train_init_without_targets_is_one_line_and_writes_nothing(tmp_path, synth):

@@ -65,8 +65,30 @@ def _targets(rs: RoiSet) -> str:
                      for r in rs if r.kind == "target")
 
 
+def rarely_lacking(space: ModelSpace | None, lacking: Sequence[str]) -> str:
+    """``"SpinalCord (1 of the model's 169 training patients lacked it), ..."`` for the ROIs of
+    ``lacking`` that ``space`` records as rarely missing (:meth:`ModelSpace.rarely_absent`: fewer than
+    5 % of the training patients lacked them); "" when none is."""
+    rare = space.rarely_absent() if space is not None else {}
+    hit = [n for n in lacking if n in rare]
+    if not hit:
+        return ""
+    of = space.absent_of if space is not None else 0
+    first, *rest = hit
+    out = [f"{first} ({rare[first]} of the model's {of} training patients lacked it)"]
+    return ", ".join(out + [f"{n} ({rare[n]} of {of})" for n in rest])
+
+
+def rare_remedy(n: int = 1) -> str:
+    """What to do about ``n`` rarely missing ROIs a patient lacks (predict and qa say it)."""
+    what = "it is" if n == 1 else "one is"
+    return (f"if {what} contoured under a name dosepred does not recognise, name it as the model does "
+            "(`dosepred data import-dicom --roi-map MAP.json`, then use the cache)")
+
+
 def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = False,
-               absent_ok: Sequence[str] | None = None, warn: bool = True) -> Patient:
+               absent_ok: Sequence[str] | None = None, warn: bool = True,
+               space: ModelSpace | None = None) -> Patient:
     """``patient`` with the model's ROI set (names, kinds, prescriptions and bit order).
 
     Judged on the ROIs the patient has contoured, however its set is written (a clinic's export lists
@@ -75,7 +97,11 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
     - a patient with none of the model's targets is an error (:class:`ModelError`), flag or not;
     - the model's ROIs in ``absent_ok`` (those some training patients lacked too: the model space's
       ``absent_rois``) may be missing: empty channels, an :class:`RoiNote` for those its set does not
-      name (an ROI the set lists as not contoured is the data's own record);
+      name (an ROI the set lists as not contoured is the data's own record); those ``space`` records
+      as rarely missing (:meth:`ModelSpace.rarely_absent`: the cord, the parotids for the released
+      models) get a warning instead, listed or not, naming how many training patients lacked them:
+      the patient more likely has the organ under a name nobody recognised, and the dose near it is
+      predicted as for a patient without it;
     - any other missing ROI, or a prescribed target of the patient the model does not know (the
       prediction would ignore it), is an error unless ``allow_missing`` (then a warning names them);
       an unprescribed target (GTV, CTV) is left out like other unused ROIs. With ``absent_ok``
@@ -134,7 +160,18 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                          f"{' with empty channels for the missing ones' if need else ''}")
     if warn:  # a note for the ROIs the patient's own set does not name (those it lists as not
         # contoured, as every OpenKBP or cache patient does, are the data's own record)
-        noted = [n for n in lacking if n not in need and n not in theirs]
+        rare_names = set(space.rarely_absent()) if space is not None else set()
+        rare = [n for n in lacking if n not in need and n in rare_names]
+        noted = [n for n in lacking if n not in need and n not in theirs and n not in rare_names]
+        if rare:
+            it, channel = ("it", "an empty channel") if len(rare) == 1 else ("them", "empty channels")
+            if all(mine[n].kind == "oar" for n in rare):
+                so = (f"the dose near {it} is not spared as it would be for "
+                      f"{'the organ' if it == 'it' else 'the organs'}")
+            else:
+                so = "an organ there is not spared, a target there not given its prescription"
+            warnings.warn(f"{who} lacks {rarely_lacking(space, rare)}: predicted as for a patient without "
+                          f"{it} ({channel}), so {so}; {rare_remedy(len(rare))}", stacklevel=3)
         if noted:
             warnings.warn(f"{who} lacks {', '.join(noted)} (some of the model's training patients did too): "
                           "predicted with empty channels for them", RoiNote, stacklevel=3)
@@ -298,7 +335,7 @@ def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, o
     """
     net = model.module if hasattr(model, "module") else model
     sp = space or model_space(net)
-    patient = match_rois(net.config, patient, allow_missing_rois, sp.absent_rois, warn=warn)
+    patient = match_rois(net.config, patient, allow_missing_rois, sp.absent_rois, warn=warn, space=sp)
     placed = into_space(patient, sp, warn=warn, spacing_policy=spacing_policy)
     dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta, shifts)
     return placed.back(dose)

@@ -334,7 +334,8 @@ class QAChecker:
         """Why QA cannot check ``plan`` (None when it can): none of the model's targets is contoured,
         none of its OARs, none of the ROIs of the protocol's criteria, or it lacks an ROI that every
         patient the model was trained on had (the model space's ``absent_rois``; ``predict`` refuses
-        such a patient without ``--allow-missing-rois``), or it is planned for other prescriptions
+        such a patient without ``--allow-missing-rois``; one that few training patients lacked is
+        checked with a warning, :meth:`check`), or it is planned for other prescriptions
         (:meth:`_other_prescriptions`). The message names the patient, what it lacks or has otherwise
         and the ROIs it has."""
         from .predict import model_space
@@ -448,8 +449,10 @@ class QAChecker:
         (:meth:`prepare`; the predicted dose is on its grid). ``pred``: a prediction made already, on
         the plan's grid and flipped or not as :attr:`tta` says (else the intervals do not fit it).
         Every criterion of the protocol is in the result, those of ROIs the plan lacks without values
-        (flag ``ROI not contoured``)."""
+        (flag ``ROI not contoured``); lacking an ROI few training patients lacked (the cord, a parotid)
+        adds a warning (:attr:`warnings`)."""
         from .evaluation import evaluate_patient
+        from .predict import model_space, rare_remedy, rarely_lacking
 
         t0 = time.perf_counter()
         plan = self.prepare(plan)
@@ -458,6 +461,13 @@ class QAChecker:
         res = evaluate_patient(plan, pred, self.protocol)
         kinds = {r.name: r.kind for r in self.roi_set}
         lacking = [n for n in self.roi_set.names if n in plan.missing_rois]
+        space = model_space(self.net)
+        rare = [n for n in lacking if n in space.rarely_absent()]
+        if rare:  # more likely there under a name nobody recognised than absent
+            it, its = ("it", "its") if len(rare) == 1 else ("them", "their")
+            self.warnings.append(f"patient {plan.id} lacks {rarely_lacking(space, rare)}: QA compares the "
+                                 f"plan with the achievable dose of a patient without {it}, and {its} "
+                                 f"criteria are not checked; {rare_remedy(len(rare))}")
         computed = iter(res.criteria)
         nxt = next(computed, None)
         out: list[CriterionQA] = []

@@ -13,6 +13,12 @@ A model sees arrays, not patients: it learns in the axis order and voxel sizes o
 - ``absent_rois``: the model's ROIs that some training patients lacked (not contoured): a patient
   may lack them at prediction time as well (:func:`dosepred.predict.match_rois`); None for a record
   made before it was kept;
+- ``absent_counts`` and ``absent_patients``: how many training patients lacked each of ``absent_rois``
+  (``{name: count}``) of how many in all (``patients``, or more for a fine-tune, whose ``--init``
+  model's patients count too): one lacked by fewer than :data:`RARELY_ABSENT` of them (a cord, a
+  parotid) is rarely missing, so a patient lacking it more likely has it under a name nobody
+  recognised, and ``predict`` and ``qa`` warn (:meth:`ModelSpace.rarely_absent`); None for a record
+  with only the list (every ROI of it then "may be missing", a note);
 - ``patients`` and ``source`` (how the record came about).
 
 :func:`into_space` brings any patient into that space: without interpolation where its grid is a
@@ -52,6 +58,13 @@ FOV_FACTOR = 0.5
 #: but PTV70); the record of the released models and of models saved without one
 OPENKBP_ABSENT_ROIS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx",
                        "Mandible", "PTV56", "PTV63")
+#: How many of those 169 patients lack each (their dataset's ``missing_rois``)
+OPENKBP_ABSENT_COUNTS = {"Brainstem": 13, "SpinalCord": 1, "RightParotid": 7, "LeftParotid": 6,
+                         "Esophagus": 111, "Larynx": 89, "Mandible": 57, "PTV56": 15, "PTV63": 84}
+#: An ROI lacked by fewer than this share of the training patients is "rarely missing": a patient
+#: without it is warned (the organ is more likely there under a name nobody recognised, and the dose
+#: near it would be predicted as for a patient without it); at least this share: a note
+RARELY_ABSENT = 0.05
 
 _AXIS_NAME = {"L": "R->L", "R": "L->R", "P": "A->P", "A": "P->A", "S": "I->S", "I": "S->I"}
 _LPS = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
@@ -89,10 +102,25 @@ class ModelSpace:
     spacing_median: tuple[float, float, float] | None = (3.906, 3.906, 2.5)
     shape_median: tuple[float, float, float] | None = (128.0, 128.0, 128.0)
     absent_rois: tuple[str, ...] | None = None
+    #: (name, training patients lacking it) per ROI of ``absent_rois``; a dict is accepted
+    absent_counts: tuple[tuple[str, int], ...] | None = None
+    #: the training patients ``absent_counts`` counts among (None: ``patients``)
+    absent_patients: int | None = None
 
     def __post_init__(self) -> None:
         if self.absent_rois is not None:
             object.__setattr__(self, "absent_rois", tuple(str(n) for n in self.absent_rois))
+        if self.absent_counts is not None:
+            items = self.absent_counts.items() if isinstance(self.absent_counts, dict) else self.absent_counts
+            counts = []
+            for item in items:
+                name, n = item
+                if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) or n < 0:
+                    raise ValueError(f"absent_counts: {name!r} must be a count of patients, got {n!r}")
+                counts.append((str(name), int(n)))
+            object.__setattr__(self, "absent_counts", tuple(counts))
+        if self.absent_patients is not None:
+            object.__setattr__(self, "absent_patients", int(self.absent_patients))
         axes = str(self.axes).upper()
         axes_direction(axes)  # KeyError on a bad letter
         if sorted(_LPS[c][0] for c in axes) != [0, 1, 2]:
@@ -116,17 +144,21 @@ class ModelSpace:
         voxel_dimensions.csv: 2.734-5.078 mm in-plane, 1.5-3.3 mm slices): the space of the released
         models and of any model saved before the record existed."""
         return cls(patients=169, source="OpenKBP train split (assumed for models without a record)",
-                   absent_rois=OPENKBP_ABSENT_ROIS)
+                   absent_rois=OPENKBP_ABSENT_ROIS, absent_counts=tuple(OPENKBP_ABSENT_COUNTS.items()),
+                   absent_patients=169)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpace:
         known = {"axes", "spacing_min", "spacing_max", "fov_min", "fov_max", "masked", "patients", "source",
-                 "spacing_median", "shape_median", "absent_rois"}
+                 "spacing_median", "shape_median", "absent_rois", "absent_counts", "absent_patients"}
         d = {k: v for k, v in d.items() if k in known}
         d.setdefault("spacing_median", None)
         d.setdefault("shape_median", None)
         if d.get("absent_rois") is not None and not isinstance(d["absent_rois"], (list, tuple)):
             raise ValueError(f"absent_rois must be a list of ROI names, got {d['absent_rois']!r}")
+        if d.get("absent_counts") is not None and not isinstance(d["absent_counts"], dict):
+            raise ValueError(f"absent_counts must map ROI names to counts of patients, got "
+                             f"{d['absent_counts']!r}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +168,25 @@ class ModelSpace:
                 "patients": self.patients, "source": self.source,
                 "spacing_median": None if self.spacing_median is None else list(self.spacing_median),
                 "shape_median": None if self.shape_median is None else list(self.shape_median),
-                "absent_rois": None if self.absent_rois is None else list(self.absent_rois)}
+                "absent_rois": None if self.absent_rois is None else list(self.absent_rois),
+                "absent_counts": None if self.absent_counts is None else dict(self.absent_counts),
+                "absent_patients": self.absent_patients}
+
+    @property
+    def absent_of(self) -> int:
+        """How many training patients ``absent_counts`` counts among."""
+        return self.patients if self.absent_patients is None else self.absent_patients
+
+    def rarely_absent(self) -> dict[str, int]:
+        """The ROIs of ``absent_rois`` that fewer than :data:`RARELY_ABSENT` of the training patients
+        lacked, each with how many did (``{name: count}``, of :attr:`absent_of`); empty without counts
+        (a record with only the list) or without a patient count; an ROI of the list without a count is
+        judged as with only the list (may be missing)."""
+        if self.absent_rois is None or self.absent_counts is None or self.absent_of <= 0:
+            return {}
+        counts = dict(self.absent_counts)
+        return {n: counts[n] for n in self.absent_rois
+                if n in counts and counts[n] < RARELY_ABSENT * self.absent_of}
 
     @property
     def direction(self) -> np.ndarray:
@@ -217,7 +267,7 @@ class SpaceRecorder:
         self.masked: list[bool] = []
         self.oblique: list[str] = []
         self.rois: tuple[str, ...] = ()
-        self.absent: set[str] = set()
+        self.absent: dict[str, int] = {}  # ROI -> training patients lacking it
 
     def add(self, p: Patient) -> Patient:
         assert p.geometry is not None
@@ -231,7 +281,8 @@ class SpaceRecorder:
         self.masked.append(not bool(np.all(q.possible_dose_mask)))
         if not self.rois:
             self.rois = tuple(p.roi_set.names)
-        self.absent.update(p.missing_rois)
+        for n in set(p.missing_rois):
+            self.absent[n] = self.absent.get(n, 0) + 1
         return q
 
     def space(self) -> ModelSpace:
@@ -246,7 +297,9 @@ class SpaceRecorder:
                           patients=len(self.spacings), source="recorded",
                           spacing_median=tuple(float(v) for v in np.median(sp, axis=0)),
                           shape_median=tuple(float(v) for v in np.median(fov / sp, axis=0)),
-                          absent_rois=tuple(n for n in self.rois if n in self.absent))
+                          absent_rois=tuple(n for n in self.rois if n in self.absent),
+                          absent_counts=tuple((n, self.absent[n]) for n in self.rois if n in self.absent),
+                          absent_patients=len(self.spacings))
 
 
 # ------------------------------------------------------------------------------------- placement

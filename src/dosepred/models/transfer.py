@@ -39,8 +39,8 @@ from ..io.roi_names import canonical
 from ..patient import Roi, RoiSet
 from .unet import ModelConfig, ModelError, build_model
 
-__all__ = ["RoiTransfer", "TransferError", "absent_after", "input_keys", "match_key", "plan_transfer",
-           "transfer_checkpoint", "transfer_state"]
+__all__ = ["RoiTransfer", "TransferError", "absent_after", "counts_after", "input_keys", "match_key",
+           "plan_transfer", "transfer_checkpoint", "transfer_state"]
 
 #: format tag of the record in checkpoints
 TRANSFER_FORMAT = "dosepred-roi-transfer"
@@ -281,7 +281,14 @@ def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "t
         weights = transfer_state(state, model, tr, f"{source or 'model'}")
     keep = {k: ckpt[k] for k in ("space", "train_config", "epoch", "global_step", "version") if k in ckpt}
     if "space" in keep and not tr.identity:
-        keep["space"] = {**keep["space"], "absent_rois": absent_after(keep["space"].get("absent_rois"), tr)}
+        sp = keep["space"]
+        absent = absent_after(sp.get("absent_rois"), tr)
+        counts = sp.get("absent_counts")
+        if counts is not None and absent is not None:
+            of = int(sp.get("absent_patients") or sp.get("patients") or 0)
+            mapped = counts_after(counts, of, tr)
+            counts = {n: mapped[n] for n in absent}
+        keep["space"] = {**sp, "absent_rois": absent, "absent_counts": counts}
     return {"format": MODEL_FORMAT, **keep, "model_config": new_mc.to_dict(), "model": weights,
             "roi_transfer": None if tr.identity else tr.to_dict()}
 
@@ -305,3 +312,15 @@ def absent_after(absent: list[str] | tuple[str, ...] | None, transfer: RoiTransf
         if (model_t[k] in was) if k < len(model_t) else any_t:
             ok.add(n)
     return [r["name"] for r in transfer.data_rois if r["name"] in ok]
+
+
+def counts_after(counts: dict[str, int], patients: int, transfer: RoiTransfer) -> dict[str, int]:
+    """How many of a model's ``patients`` training patients lacked each ROI (its ``absent_counts``,
+    model names; an ROI not listed none) in the data's names, as :func:`absent_after` pairs them:
+    matched OARs keep their count, targets paired by rank of prescription theirs; a new OAR or a data
+    target beyond the model's count was lacked by every one of them (they never had it)."""
+    model_t = sorted(transfer.model_targets, key=lambda n: -transfer.model_targets[n])
+    data_t = sorted(transfer.data_targets, key=lambda n: -transfer.data_targets[n])
+    pair = {**transfer.matched, **dict(zip(data_t, model_t, strict=False))}
+    return {r["name"]: int(counts.get(pair[r["name"]], 0)) if r["name"] in pair else int(patients)
+            for r in transfer.data_rois}

@@ -55,7 +55,7 @@ from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
-from ..models.transfer import RoiTransfer, absent_after, plan_transfer, transfer_state
+from ..models.transfer import RoiTransfer, absent_after, counts_after, plan_transfer, transfer_state
 from ..predict import RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
@@ -397,13 +397,23 @@ class Trainer:
         clinic patients who all had an organ do not make it required at prediction."""
         if self.init_ckpt is None or space.absent_rois is None:
             return space
-        before = ModelSpace.from_dict(self.init_ckpt["space"]).absent_rois
+        init = ModelSpace.from_dict(self.init_ckpt["space"])
+        before = init.absent_rois
         if before is None:
             return space
         if self.init_transfer is not None:
             before = tuple(absent_after(before, self.init_transfer, new=False) or ())
         both = set(space.absent_rois) | set(before)
-        return dataclasses.replace(space, absent_rois=tuple(n for n in self.roi_set.names if n in both))
+        absent = tuple(n for n in self.roi_set.names if n in both)
+        counts = None  # over both models' training patients (the --init's first)
+        if init.absent_counts is not None and space.absent_counts is not None:
+            was = dict(init.absent_counts)
+            if self.init_transfer is not None:
+                was = counts_after(was, init.absent_of, self.init_transfer)
+            own = dict(space.absent_counts)
+            counts = tuple((n, was.get(n, 0) + own.get(n, 0)) for n in absent)
+        of = None if counts is None else init.absent_of + space.absent_of
+        return dataclasses.replace(space, absent_rois=absent, absent_counts=counts, absent_patients=of)
 
     def load_val(self) -> list:
         """The validation patients (read by rank 0 only, which validates)."""
