@@ -203,7 +203,7 @@ class Protocol(BaseModel):
         canonical name (``Esophagus``, ``PTV63``: a clinic's patient without that structure): its
         criteria are not evaluated (:func:`dosepred.protocol.lint` warns of criteria on ROIs contoured
         in no patient). Any other name absent from the set (a misspelling: ``PTV_70``) is an error, and
-        so is every ROI a model lacks."""
+        so is every ROI a model lacks, and a protocol none of whose ROIs is in the set."""
         import difflib
 
         for i, c in enumerate(self.criteria, 1):
@@ -220,6 +220,11 @@ class Protocol(BaseModel):
                 raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): needs the prescription of "
                                     f"{c.roi}, which is neither in the protocol's 'prescriptions' nor in "
                                     f"{roi_owner}")
+        if self.criteria and not any(c.roi in roi_set for c in self.criteria):
+            # nothing could be evaluated: another site's data, or the wrong protocol
+            raise ProtocolError(f"{self.where}: none of its ROIs ({', '.join(sorted(set(self.rois)))}) is "
+                                f"among {roi_owner}'s ROIs ({', '.join(roi_set.names)}); no criterion "
+                                "could be evaluated")
         return self
 
     def kinds(self, roi_set: RoiSet) -> dict[str, str]:
