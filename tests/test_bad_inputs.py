@@ -984,3 +984,14 @@ def test_an_out_that_is_a_link_is_named_a_link(base, work):
     assert "non-empty folder" not in text
     ok(cli("data", "synth", "--patients", "1", "--size", "12", "--out", work / "scratch", "--no-progress"))
     assert (work / "scratch" / "dataset.json").is_file()
+
+
+def test_import_dicom_warns_of_roi_map_names_that_match_no_roi(dicom_export, work):
+    """A misspelt ROI map key ('PTV_7O' for the export's 'PTV70') maps nothing: the import says so,
+    naming the map and the nearest ROI name (it was silently unused, and predict later only said
+    'lacks PTV70' without pointing at the map)."""
+    m = work / "m.json"
+    m.write_text('{"PTV_7O": "PTV70", "Brainstem": "Brainstem"}')
+    text = ok(cli("data", "import-dicom", dicom_export, "--roi-map", m, "--out", work / "c", "--no-progress"))
+    assert f"ROI map {m}: 1 name(s) matched no ROI" in text and "'PTV_7O' (did you mean 'PTV70'?)" in text
+    assert "'Brainstem'" not in text.split("matched no ROI")[1].splitlines()[0]

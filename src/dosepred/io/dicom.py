@@ -1260,6 +1260,16 @@ def scan_dicom_folder(src: str | os.PathLike,
         if s.rtstruct is None:
             _warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs"
                   f"{s.series.unreadable_note()}")
+    unused = rmap.unused()
+    if unused:  # a misspelt key maps nothing: say so here, not as a missing ROI later
+        import difflib
+
+        seen = sorted({name for s in sources if s.rtstruct is not None
+                       for _, name, _, _ in _roi_info(s.rtstruct[1])})
+        hints = [f"{k!r}" + (f" (did you mean {near[0]!r}?)"
+                             if (near := difflib.get_close_matches(k, seen, 1, 0.6)) else "") for k in unused]
+        _warn(f"ROI map {rmap.source or '(given)'}: {len(unused)} name(s) matched no ROI of any structure "
+              f"set in {src}: {', '.join(hints)}")
     roi_set = _names.union_roi_set(s.canon for s in sources)
     return DicomFolder(src, roi_set, sources)
 

@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,11 @@ class RoiMap:
     kinds: dict[str, str]
     prescriptions: dict[str, float]
     source: str = ""
+    used: set[str] = field(default_factory=set, compare=False)  # names keys that matched an ROI
+
+    def unused(self) -> list[str]:
+        """The names keys that matched no ROI looked up so far (a misspelt map entry does nothing)."""
+        return [k for k in self.names if k not in self.used]
 
     @classmethod
     def empty(cls) -> RoiMap:
@@ -218,10 +223,12 @@ class RoiMap:
     def lookup(self, name: str) -> tuple[bool, str | None]:
         """(found, canonical-or-None) for a clinical name: exact, then case/spacing-insensitive."""
         if name in self.names:
+            self.used.add(name)
             return True, self.names[name]
         key = _normalise(name).replace(" ", "")
         for k, v in self.names.items():
             if _normalise(k).replace(" ", "") == key:
+                self.used.add(k)
                 return True, v
         return False, None
 
