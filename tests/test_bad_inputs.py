@@ -894,8 +894,11 @@ def test_ctrl_c_during_train_says_so_and_how_to_continue(base, work):
     args = ["train", "--data", str(base / "cache"), "--out", str(run), "--epochs", "500", "--steps-per-epoch",
             "2", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--no-progress"]
     e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    # a suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child Ctrl-C's default disposition, as a terminal would
     proc = subprocess.Popen([sys.executable, "-m", "dosepred", *args], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # a loaded machine may take long to import torch and start
     while proc.poll() is None and not (run / "checkpoints" / "prev.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
