@@ -331,38 +331,35 @@ def _existing(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("cmd", [
-    lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o),
-    lambda b, o: ("data", "import-openkbp", b / "okbp", "--out", o),
-    lambda b, o: ("data", "export-openkbp", b / "cache", "--out", o),
-    lambda b, o: ("data", "export-nifti", b / "cache", "--out", o),
-    lambda b, o: ("data", "export-dicom", b / "cache", "--out", o),
-    lambda b, o: ("predict", "--model", b / "run", "--data", b / "cache", "--out", o),
-    lambda b, o: ("baseline", "--data", b / "cache", "--out", o),
-    lambda b, o: ("export-model", b / "run", "--out", o),
-    lambda b, o: ("train", "--data", b / "cache", "--out", o, "--epochs", "1"),
-    lambda b, o: ("demo", "--out", o),
-    lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--report", o),
-], ids=["synth", "import-openkbp", "export-openkbp", "export-nifti", "export-dicom", "predict", "baseline",
-        "export-model", "train", "demo", "evaluate-report"])
+#: Every command writing a folder, by id: (base, out) -> its arguments.
+_FOLDER_COMMANDS = {
+    "synth": lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o),
+    "import-openkbp": lambda b, o: ("data", "import-openkbp", b / "okbp", "--out", o),
+    "export-openkbp": lambda b, o: ("data", "export-openkbp", b / "cache", "--out", o),
+    "export-nifti": lambda b, o: ("data", "export-nifti", b / "cache", "--out", o),
+    "export-dicom": lambda b, o: ("data", "export-dicom", b / "cache", "--out", o),
+    "predict": lambda b, o: ("predict", "--model", b / "run", "--data", b / "cache", "--out", o),
+    "baseline": lambda b, o: ("baseline", "--data", b / "cache", "--out", o),
+    "export-model": lambda b, o: ("export-model", b / "run", "--out", o),
+    "train": lambda b, o: ("train", "--data", b / "cache", "--out", o, "--epochs", "1"),
+    "demo": lambda b, o: ("demo", "--out", o),
+    "evaluate-report": lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred",
+                                     "--report", o),
+}
+
+
+@pytest.mark.parametrize("cmd", list(_FOLDER_COMMANDS.values()), ids=list(_FOLDER_COMMANDS))
 def test_existing_output_is_never_touched_without_overwrite(base, work, cmd):
     out = _existing(work / "out")
     with unchanged(work):
         fails(cli(*cmd(base, out)), str(out), "--overwrite")
 
 
-@pytest.mark.parametrize("cmd", [
-    lambda b, o: ("data", "synth", "--patients", "1", "--size", "12", "--out", o),
-    lambda b, o: ("data", "import-openkbp", b / "okbp", "--out", o),
-    lambda b, o: ("data", "export-dicom", b / "cache", "--out", o),
-    lambda b, o: ("predict", "--model", b / "run", "--data", b / "cache", "--out", o),
-    lambda b, o: ("baseline", "--data", b / "cache", "--out", o),
-    lambda b, o: ("export-model", b / "run", "--out", o),
-    lambda b, o: ("train", "--data", b / "cache", "--out", o, "--epochs", "1"),
-    lambda b, o: ("demo", "--out", o),
-    lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--report", o),
-], ids=["synth", "import-openkbp", "export-dicom", "predict", "baseline", "export-model", "train", "demo",
-        "evaluate-report"])
+_NO_FILE_REPLACED = ["synth", "import-openkbp", "export-dicom", "predict", "baseline", "export-model",
+                     "train", "demo", "evaluate-report"]
+
+
+@pytest.mark.parametrize("cmd", [_FOLDER_COMMANDS[k] for k in _NO_FILE_REPLACED], ids=_NO_FILE_REPLACED)
 def test_a_folder_output_never_replaces_a_file_even_with_overwrite(base, work, cmd):
     notes = work / "notes.txt"
     notes.write_text("my notes")

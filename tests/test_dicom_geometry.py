@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_layouts import LAYOUTS, in_layout, write_layout, write_rtplan
+from dicom_layouts import LAYOUTS, in_layout, rename_rois, write_layout, write_rtplan
 from dosepred.geometry import Geometry
 from dosepred.io import cache, dicom, nifti, openkbp
 from dosepred.patient import Patient, Roi, RoiSet
@@ -313,23 +313,9 @@ def test_rtdose_of_a_512_ct_is_a_few_mb(tmp_path):
 
 # --------------------------------------------------------------------------- prescriptions
 
-def _rename(rs_path: Path, names: dict[str, str], types: dict[str, str] | None = None) -> None:
-    ds = pydicom.dcmread(rs_path)
-    num = {}
-    for r in ds.StructureSetROISequence:
-        num[int(r.ROINumber)] = names.get(str(r.ROIName), str(r.ROIName))
-        r.ROIName = num[int(r.ROINumber)]
-    for o in ds.RTROIObservationsSequence:
-        if "ROIObservationDescription" in o:
-            del o.ROIObservationDescription
-        if types and num[int(o.ReferencedROINumber)] in types:
-            o.RTROIInterpretedType = types[num[int(o.ReferencedROINumber)]]
-    ds.save_as(rs_path)
-
-
 def test_target_named_ptv_gets_its_prescription_from_the_rtplan(tmp_path):
     folder = dicom.write_dicom(make_patient(), tmp_path)
-    _rename(folder / "RS.dcm", {"PTV70": "PTV", "Ring": "CTV_boost"}, {"CTV_boost": "CTV"})
+    rename_rois(folder / "RS.dcm", {"PTV70": "PTV", "Ring": "CTV_boost"}, {"CTV_boost": "CTV"})
     (p,) = quiet_read(folder)
     assert p.roi_set["PTV"].kind == "target" and p.roi_set["PTV"].prescription is None
     assert p.roi_set["CTV_boost"].kind == "target"
@@ -342,7 +328,7 @@ def test_target_named_ptv_gets_its_prescription_from_the_rtplan(tmp_path):
 
 def test_site_prescription_goes_to_the_only_target(tmp_path):
     folder = dicom.write_dicom(make_patient(), tmp_path)
-    _rename(folder / "RS.dcm", {"PTV70": "PTV"})
+    rename_rois(folder / "RS.dcm", {"PTV70": "PTV"})
     write_rtplan(folder, folder / "RS.dcm", {"PTV": 54.0}, by_roi=False)
     (p,) = quiet_read(folder)
     assert p.roi_set["PTV"].prescription == 54.0

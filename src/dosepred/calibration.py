@@ -56,7 +56,6 @@ at 15 volume levels (``dvh_band``: the report's DVH band, :func:`band_offsets`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -67,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from .fsutil import sha256_file
 from .metrics import Metric, parse_metric
 from .patient import Patient
 
@@ -575,14 +575,6 @@ def training_ranges(patients: Iterable[Patient]) -> dict[str, Any]:
             "roi_volume_cc": {r: [float(min(v)), float(max(v))] for r, v in vols.items()},
             "spacing_mm": {"min": a.min(axis=0).tolist() if n else None,
                            "max": a.max(axis=0).tolist() if n else None}}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------- the DVH band

@@ -34,7 +34,6 @@ data and runs they were made from.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import itertools
 import os
@@ -45,6 +44,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .fsutil import sha256_file
 
 #: The two objectives compared after the shared warm-up, as (label, loss spec).
 LOSSES = (("MAE", "mae"), ("MAE+CDM", "mae+cdm"))
@@ -121,14 +122,6 @@ def find_repository(root: str | os.PathLike | None = None) -> Path:
                      "`dosepred demo` runs from a clone of the repository (its models/ and examples/)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def unpack_examples(root: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """The shipped OpenKBP validation patients in one OpenKBP folder ``dest/validation-pats``: the
     archive unpacked and every file checked against its checksum list (a missing, extra or changed
@@ -152,7 +145,7 @@ def unpack_examples(root: str | os.PathLike, dest: str | os.PathLike) -> Path:
         if rel not in have:
             raise ValueError(f"{archive}: {rel} is missing (listed in {sums}): the shipped example data is "
                              "damaged (restore both files from the repository)")
-        if _sha256(folder / rel) != digest:
+        if sha256_file(folder / rel) != digest:
             raise ValueError(f"{archive}: {rel} does not match its sha256 in {sums}: the shipped example "
                              "data is damaged (restore both files from the repository)")
     for pt in sorted((root / EXAMPLE_DIR).glob("pt_*")):

@@ -306,3 +306,14 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(final, "wb") as fh:
         torch.save(obj, fh)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
