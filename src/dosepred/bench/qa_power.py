@@ -374,10 +374,6 @@ def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: Any, c
     return cases
 
 
-def _made_with(cache: Any) -> set[str]:
-    return set(str(cache.info.get("source", "")).split())
-
-
 def qa_flipping(model: str | os.PathLike) -> bool:
     """Whether plan QA predicts with flipping for ``model``: its calibration's record
     (:func:`dosepred.calibration.calibration_tta`), True without a calibration (``dosepred
@@ -435,15 +431,13 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
 
         model_net = load_model(model)
         info["prediction_made_with"] = f"the model, {qa_way} (as plan QA with its calibration)"
-    want = {"flip": ({"--tta"}, {"--tta-shift"}), "shift": ({"--tta-shift", "--no-tta"}, {"--tta"})}
+    want = {"flip": (True, False), "shift": (False, True)}  # (flipped, shifted) of each pass's cache
     pass_caches = {}
     for name, path in passes.items():
         if name not in want:
             raise ValueError(f"unknown test-time pass {name!r} (flip or shift)")
         pc = Cache.open(path)
-        made = _made_with(pc)
-        need, forbid = want[name]
-        if not need <= made or made & forbid:
+        if predictions_made_with(pc) != want[name]:
             flags = "--tta" if name == "flip" else "--no-tta --tta-shift"
             raise ValueError(f"--{name}-prediction {path}: made with {pc.info.get('source', '?')!r}, not "
                              f"with `dosepred predict ... {flags}`")
