@@ -141,8 +141,7 @@ class TrainConfig(BaseModel):
             try:
                 return [int(c) for c in v.replace(" ", "").split(",") if c]
             except ValueError:
-                raise ValueError(f"channels must be comma-separated integers such as 16,32,64, got {v!r}") \
-                    from None
+                raise ValueError("channels must be comma-separated integers such as 16,32,64") from None
         return v
 
     @field_validator("loss_options", mode="before")
