@@ -995,3 +995,39 @@ def test_import_dicom_warns_of_roi_map_names_that_match_no_roi(dicom_export, wor
     text = ok(cli("data", "import-dicom", dicom_export, "--roi-map", m, "--out", work / "c", "--no-progress"))
     assert f"ROI map {m}: 1 name(s) matched no ROI" in text and "'PTV_7O' (did you mean 'PTV70'?)" in text
     assert "'Brainstem'" not in text.split("matched no ROI")[1].splitlines()[0]
+
+
+def test_an_empty_value_is_refused_not_read_as_the_current_folder(base, work):
+    """`--data ""` was read as "." (the current folder: a prediction of whatever lies there, an output
+    inside it): one error naming the option, exit 2, nothing written; the same for `--opt=` and an
+    empty positional argument."""
+    out = work / "o"
+    for args, what in [(("predict", "--model", str(base / "run"), "--data", "", "--out", str(out)),
+                        '--data is given an empty value ("")'),
+                       (("predict", "--model=", "--data", str(base / "cache"), "--out", str(out)),
+                        "--model is given an empty value (--model=)"),
+                       (("data", "inspect", ""), 'argument 3 (after inspect) is empty ("")')]:
+        r = _sub(*args)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"error: {what}; give a value" + (
+            " or leave the option out" if what.startswith("--") else ""), r.stderr
+        assert not out.exists()
+
+
+def test_ctrl_c_while_the_command_line_starts_is_one_line():
+    """Ctrl-C while typer and the command modules load (before any command runs) ends like one during a
+    command: exit 130, one line, no traceback. The interrupt is raised deterministically by the import."""
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name == 'typer' or name.startswith('typer.'):\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "sys.argv = ['dosepred', '--version']\n"
+            "from dosepred.cli import main\n"
+            "main()\n")
+    e = {**os.environ, "PYTHONPATH": str(SRC)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip() == "error: interrupted (Ctrl-C) while starting; nothing was done", r.stderr

@@ -1,8 +1,38 @@
 """The ``dosepred`` command line: a thin typer shell over the API, one module per command group;
 each command is one call into a public function (mostly :mod:`dosepred.workflows`) and a rendering
-(:mod:`dosepred.console`). Heavy imports stay inside the commands so ``--help`` is instant."""
+(:mod:`dosepred.console`). Heavy imports stay inside the commands so ``--help`` is instant.
 
-from . import bench, data, evaluate, model  # noqa: F401  (they register the commands)
-from .common import app, main
+The command modules (and typer) are imported when :func:`main` runs or ``app`` is first asked for, so
+a Ctrl-C while they load ends with ``error: interrupted`` like one during a command, never with a
+traceback."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
 
 __all__ = ["app", "main"]
+
+
+def _load() -> Any:
+    from . import bench, data, evaluate, model  # noqa: F401  (they register the commands)
+    from .common import app
+
+    return app
+
+
+def main() -> None:
+    """The ``dosepred`` entry point."""
+    try:
+        _load()
+        from .common import main as run
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C) while starting; nothing was done", file=sys.stderr, flush=True)
+        sys.exit(130)
+    run()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _load()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

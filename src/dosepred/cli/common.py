@@ -195,7 +195,27 @@ def write_json_out(json_out: Path | None, overwrite: bool, res: dict) -> None:  
             write_json(tmp, res)
 
 
+def empty_argument(argv: list[str]) -> str | None:
+    """The error for the first empty value on a command line (``--data ""``, ``--data=``, an empty
+    argument), else None. No option of dosepred takes an empty value, and a path read from ``""``
+    would silently be the current folder."""
+    for i, a in enumerate(argv):
+        if a == "":
+            before = argv[i - 1] if i else ""
+            if before.startswith("-") and "=" not in before:
+                return f"{before} is given an empty value (\"\"); give a value or leave the option out"
+            where = f" (after {before})" if before else ""
+            return f"argument {i + 1}{where} is empty (\"\"); give a value"
+        if a.startswith("--") and a.endswith("=") and len(a) > 3:
+            return f"{a[:-1]} is given an empty value ({a}); give a value or leave the option out"
+    return None
+
+
 def main() -> None:
+    bad = empty_argument(sys.argv[1:])
+    if bad:
+        _err(bad)
+        sys.exit(2)
     try:
         app()
     except KeyboardInterrupt:
