@@ -1,6 +1,7 @@
 """Training: learning on synthetic data, exact resume, fine-tuning, DDP, and clear errors."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,21 @@ def test_bad_inputs_are_clear(caches, tmp_path):
         load_model(tmp_path / "plain.pt")
     with pytest.raises(FileNotFoundError, match="resume"):
         train(TrainConfig(data=str(caches / "train"), out=str(tmp_path / "none"), **common), resume=True)
+    # --resume of a run trained in its data's own axis order (orientation "first") after the cache was
+    # rewritten in another: named as such (it read "different model ({'flip_axis': ...})" before, the
+    # flip axis following the axes)
+    from dosepred.io.cache import Cache
+
+    pats = list(Cache.open(caches / "train"))
+    letters = pats[0].geometry.axis_letters()
+    other = letters[2] + letters[0] + letters[1]
+    write_cache(pats, tmp_path / "mine")
+    first = dict(common, orientation="first", epochs=2, stop_after=1)
+    train(TrainConfig(data=str(tmp_path / "mine"), out=str(tmp_path / "r5"), **first))
+    shutil.rmtree(tmp_path / "mine")
+    write_cache([q.reoriented(other) for q in pats], tmp_path / "mine")
+    with pytest.raises(ModelError, match=f"axis order {letters}, the data now gives {other}"):
+        train(TrainConfig(data=str(tmp_path / "mine"), out=str(tmp_path / "r5"), **first), resume=True)
 
 
 @pytest.mark.skipif(not hasattr(torch, "distributed") or not torch.distributed.is_available(),

@@ -537,14 +537,16 @@ class Trainer:
         to this run, restore weights, optimiser, scaler, RNG, step and best; return its epoch."""
         ck, path, self.last_damaged = checkpoint.load_resumable(
             self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt", map_location=self.device)
+        # the axes first: the model's flip axis follows them, so another orientation is named as such
+        axes = ModelSpace.from_dict(ck["space"]).axes
+        if axes != self.space.axes:
+            raise ModelError(f"--resume: {path} was trained on data in axis order {''.join(axes)}, the data "
+                             f"now gives {''.join(self.space.axes)}; resume with the same cache (or one "
+                             "reoriented to it)")
         mc = ModelConfig.from_dict(dict(ck["model_config"])).to_dict()  # fields added since: defaults
         if mc != self.model_config.to_dict():
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
             raise ModelError(f"--resume: {path} was trained with a different model ({diff})")
-        axes = ModelSpace.from_dict(ck["space"]).axes
-        if axes != self.space.axes:
-            raise ModelError(f"--resume: {path} was trained in axes {axes}, the data now gives "
-                             f"{self.space.axes}")
         old = ck.get("train_config", {})
         for k in ("seed", "batch", "loss", "data"):
             same_data = k == "data" and old.get(k) and Path(old[k]).resolve() == Path(self.cfg.data).resolve()
