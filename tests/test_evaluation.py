@@ -129,6 +129,18 @@ def test_errors(cohort):
     r = evaluate_patient(p, np.full((4, 4, 4), 0.5), proto)
     assert r.criteria[0].pred_pass is False and r.criteria[0].ref_pass is True
     assert r.ptv_score == pytest.approx(0.5)
+    # a Patient built in Python on a sheared grid (axes 0 and 1 at 80 degrees): its voxels hold
+    # sin(80) of the spacing's volume, so every cc would be wrong; refused like the readers refuse it
+    from dosepred.geometry import Geometry
+
+    a = np.radians(80.0)
+    direction = np.array([[1.0, np.cos(a), 0], [0, np.sin(a), 0], [0, 0, 1.0]])
+    sheared = Geometry(np.zeros(3), direction, (1, 1, 1))
+    ps = Patient.from_masks("x", np.zeros((4, 4, 4)), {"PTV": np.ones((4, 4, 4), bool)}, small, (1, 1, 1),
+                            dose=np.ones((4, 4, 4)), geometry=sheared)
+    with pytest.raises(ValueError, match=r"patient x: its array axes 0 and 1 are 80.0 degrees apart.*"
+                                         r"0.9848 mm3, not the 1 mm3"):
+        evaluate_patient(ps, np.ones((4, 4, 4)), proto)
 
 
 def _tmp_proto():

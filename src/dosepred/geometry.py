@@ -267,6 +267,29 @@ class Geometry:
         return f"Geometry({d}; origin ({o}) mm; spacing ({s}) mm)"
 
 
+#: |cos| of the angle between two array axes above which a grid is sheared (0.006 degrees from 90)
+SHEAR_TOL = 1e-4
+
+
+def shear_problem(g: Geometry) -> str | None:
+    """Why grid ``g`` cannot be used as it is (its array axes not perpendicular: a sheared grid, e.g.
+    a CT with gantry tilt stored as one volume), in words; None for a grid with perpendicular axes.
+    Voxel volumes, DVHs and every mm measured on a sheared grid from its spacing alone would be wrong
+    (the voxel's true volume is the determinant), so readers and scoring refuse it."""
+    d = g.direction
+    worst = max(((abs(float(d[:, i] @ d[:, j])), i, j) for i, j in ((0, 1), (0, 2), (1, 2))))
+    if worst[0] <= SHEAR_TOL:
+        return None
+    _, i, j = worst
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, float(d[:, i] @ d[:, j])))))
+    true = abs(float(np.linalg.det(g.matrix)))
+    nominal = float(np.prod(g.spacing))
+    return (f"its array axes {i} and {j} are {angle:.1f} degrees apart, not 90: a sheared grid (e.g. a CT "
+            f"with gantry tilt), whose voxels hold {true:.4g} mm3, not the {nominal:.4g} mm3 of their "
+            f"spacing ({100 * (nominal / true - 1):+.1f} %); resample it onto a grid with perpendicular axes "
+            "first")
+
+
 def _axis_family(letter: str) -> int:
     for k, pair in enumerate(_LETTERS):
         if letter in pair:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..dvh import roi_metrics_pair, roi_voxel_indices
+from ..geometry import shear_problem
 from ..metrics import parse_metric
 from ..patient import Patient
 from ..protocol import Protocol, load_protocol
@@ -387,6 +388,9 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
     """
     if ref.dose is None:
         raise ValueError(f"patient {ref.id}: the reference has no dose to compare with")
+    problem = None if ref.geometry is None else shear_problem(ref.geometry)
+    if problem:  # the readers refuse such grids; a Patient built in Python reaches here directly
+        raise ValueError(f"patient {ref.id}: {problem}")
     protocol = load_protocol(protocol, ref.roi_set)
     pred = as_dose_array(pred_dose, ref.shape, ref.id)
     rs = ref.roi_set
