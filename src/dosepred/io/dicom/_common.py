@@ -1,0 +1,109 @@
+"""What every room of :mod:`dosepred.io.dicom` shares: the SOP classes, the tolerances, the error and
+warning classes, and the checked reading of numeric header fields (each error names the file and the
+field). Private to the package: other modules use the names :mod:`dosepred.io.dicom` exports."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ...geometry import Geometry, GeometryError
+
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+RTPLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
+
+
+# Tolerances in mm: positions within POS_TOL are the same; slice gaps may deviate by SPACING_REL.
+POS_TOL = 1e-3
+SPACING_REL = 0.01
+
+
+class DicomImportError(ValueError):
+    """A DICOM file or series cannot be converted; the message names the file or series."""
+
+
+class DicomWarning(UserWarning):
+    pass
+
+
+def warn(msg: str) -> None:
+    warnings.warn(msg, DicomWarning, stacklevel=3)
+
+
+def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.ndarray:
+    """Field ``key`` of ``ds`` as finite floats (``n`` of them when given), or an error naming
+    ``where`` (the file) and the field."""
+    if key not in ds:
+        raise DicomImportError(f"{where} lacks {key}")
+    val = ds[key].value
+    if val is None or val == "":
+        raise DicomImportError(f"{where}: {key} is empty")
+    items = list(val) if hasattr(val, "__len__") and not isinstance(val, (str, bytes)) else [val]
+    try:
+        arr = np.asarray([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DicomImportError(f"{where}: {key} holds non-numbers: {items!r}") from None
+    if n is not None and arr.size != n:
+        raise DicomImportError(f"{where}: {key} must hold {n} numbers, got {arr.size}: {arr.tolist()}")
+    if not np.all(np.isfinite(arr)):
+        raise DicomImportError(f"{where}: {key} holds NaN/inf: {arr.tolist()}")
+    return arr
+
+
+def image_orientation(ds: Any, where: str) -> np.ndarray:
+    """A checked ImageOrientationPatient: two perpendicular unit vectors."""
+    iop = field_numbers(ds, "ImageOrientationPatient", where, 6)
+    try:
+        Geometry.from_dicom(np.zeros(3), iop, (1.0, 1.0, 1.0))
+    except GeometryError as e:
+        raise DicomImportError(f"{where}: degenerate ImageOrientationPatient {iop.tolist()}: {e}") from None
+    return iop
+
+
+def pixel_spacing(ds: Any, where: str) -> np.ndarray:
+    ps = field_numbers(ds, "PixelSpacing", where, 2)
+    if not np.all(ps > 0):
+        raise DicomImportError(f"{where}: PixelSpacing must be positive, got {ps.tolist()}")
+    return ps
+
+
+def round_mm(v: float) -> float:
+    """A length computed from decimal strings, without its float noise (12 significant digits)."""
+    return float(decimal_string(v))
+
+
+def multi_value(v: Any) -> list[Any]:
+    """A DICOM value as a list (a multi-valued element, one value, or none)."""
+    if v is None:
+        return []
+    if isinstance(v, (str, bytes)):
+        return [v]
+    try:
+        return list(v)
+    except TypeError:
+        return [v]
+
+
+def referenced_uids(ds: Any, seq: str) -> list[str]:
+    return [str(r.ReferencedSOPInstanceUID) for r in getattr(ds, seq, []) or []
+            if getattr(r, "ReferencedSOPInstanceUID", None)]
+
+
+def uid_of(ds: Any) -> str:
+    return str(getattr(ds, "SOPInstanceUID", ""))
+
+
+def decimal_string(v: float) -> str:
+    """A DICOM decimal string (at most 16 characters) for ``v``."""
+    v = float(v)
+    if v == 0:
+        return "0"
+    for prec in range(12, 3, -1):
+        s = f"{v:.{prec}g}"
+        if len(s) <= 16:
+            return s
+    return f"{v:.3e}"

@@ -1,0 +1,119 @@
+"""The CT volume of a paired series: slices sorted along their normal and checked (orientation,
+spacing, missing or duplicate slices, tilt), pixels to HU, and the :class:`~dosepred.geometry.Geometry`
+of the grid (axes as in the package docstring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...geometry import Geometry
+from ._common import (
+    POS_TOL,
+    SPACING_REL,
+    DicomImportError,
+    field_numbers,
+    image_orientation,
+    pixel_spacing,
+    round_mm,
+    warn,
+)
+from .scan import CtSeries
+
+
+def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[float]]:
+    """CT (HU) and its geometry; also the first slice's ImagePositionPatient and the
+    ImageOrientationPatient as written (for provenance)."""
+    import pydicom
+
+    desc = series.describe()
+    first_path, first = series.files[0]
+    for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+        for p, ds in series.files:
+            if key not in ds:
+                raise DicomImportError(f"{desc}: {p} lacks {key}")
+    iop = image_orientation(first, f"{desc}: {first_path}")
+    ps = pixel_spacing(first, f"{desc}: {first_path}")
+    rows, cols = int(first.Rows), int(first.Columns)
+    for p, ds in series.files[1:]:
+        if not np.allclose(field_numbers(ds, "ImageOrientationPatient", str(p), 6), iop, atol=1e-4):
+            raise DicomImportError(f"{desc}: {p} has ImageOrientationPatient "
+                                   f"{list(ds.ImageOrientationPatient)}, other slices {iop.tolist()}")
+        if not np.allclose(field_numbers(ds, "PixelSpacing", str(p), 2), ps, rtol=1e-4):
+            raise DicomImportError(f"{desc}: inconsistent PixelSpacing, {p} has {list(ds.PixelSpacing)}, "
+                                   f"{series.files[0][0]} has {ps.tolist()}")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise DicomImportError(f"{desc}: {p} is {ds.Rows}x{ds.Columns}, other slices {rows}x{cols}")
+    rx, cy = iop[:3], iop[3:]
+    n = np.cross(rx, cy)
+    pos = np.array([field_numbers(ds, "ImagePositionPatient", str(p), 3) for p, ds in series.files])
+    s = pos @ n
+    order = np.argsort(s, kind="stable")
+    files = [series.files[i] for i in order]
+    pos, s = pos[order], s[order]
+    if len(files) > 1:
+        d = np.diff(s)
+        dup = np.flatnonzero(d < POS_TOL)
+        if len(dup):
+            i = int(dup[0])
+            raise DicomImportError(f"{desc}: {files[i][0]} and {files[i + 1][0]} are at the same slice "
+                                   f"position {s[i]:.3f} mm (duplicate slices?)")
+        dz = float(np.min(d))
+        bad = np.flatnonzero(np.abs(d - dz) > max(POS_TOL, SPACING_REL * dz))
+        if len(bad):
+            i = int(bad[0])
+            ratio = d[i] / dz
+            if abs(ratio - round(ratio)) < 0.05:
+                raise DicomImportError(
+                    f"{desc}: {int(round(ratio)) - 1} slice(s) missing between {files[i][0].name} "
+                    f"(position {s[i]:.2f} mm) and {files[i + 1][0].name} ({s[i + 1]:.2f} mm): gap "
+                    f"{d[i]:.2f} mm, slice spacing {dz:.2f} mm{series.unreadable_note()}")
+            raise DicomImportError(f"{desc}: inconsistent slice spacing: {d.min():.3f} to {d.max():.3f} mm "
+                                   f"(first irregular gap after {files[i][0].name})")
+        inplane = (pos - pos[0]) - np.outer(s - s[0], n)
+        if np.abs(inplane).max() > max(0.01, 0.01 * float(ps.min())):
+            raise DicomImportError(f"{desc}: slice origins are not stacked along the slice normal "
+                                   "(gantry tilt or mixed series); cannot build a regular grid")
+        dz = round_mm((s[-1] - s[0]) / (len(files) - 1))
+    else:
+        dz = float(getattr(first, "SliceThickness", 0) or 0)
+        if not dz > 0:
+            raise DicomImportError(f"{desc}: a single slice without SliceThickness has no slice spacing")
+    ct = np.empty((len(files), rows, cols), dtype=np.int16)
+    for k, (p, _) in enumerate(files):
+        ds = pydicom.dcmread(p)
+        try:
+            arr = ds.pixel_array.astype(np.float64)
+        except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad pixel data
+            raise DicomImportError(f"{desc}: cannot decode pixel data of {p}: {e}") from None
+        if arr.shape != (rows, cols):
+            raise DicomImportError(f"{desc}: {p}: pixel data is {arr.shape}, Rows/Columns say {(rows, cols)}")
+        slope = _rescale(ds, "RescaleSlope", 1.0, desc, p)
+        icpt = _rescale(ds, "RescaleIntercept", 0.0, desc, p)
+        ct[k] = np.clip(np.rint(arr * slope + icpt), -32768, 32767).astype(np.int16)
+    series.files = files
+    junk = series.unreadable_near(image_like=True)
+    if junk:  # a damaged first or last slice leaves no gap to find: say what may be missing
+        listed = ", ".join(f"{q} ({why})" for q, why in junk[:5]) + (" ..." if len(junk) > 5 else "")
+        warn(f"{desc}: {len(junk)} file(s) beside it are not readable DICOM ({listed}); if one was a slice "
+             "of this CT, the CT lacks it")
+    geom = Geometry.from_dicom(pos[0], iop, (dz, float(ps[0]), float(ps[1])))
+    return ct, geom, [float(v) for v in pos[0]], [float(v) for v in iop]
+
+
+def _rescale(ds: Any, key: str, default: float, desc: str, path: Path) -> float:
+    """RescaleSlope / RescaleIntercept of a CT slice (absent or empty: the default); a slope of 0 or a
+    value that is not a finite number is an error, not a silent 1 (every pixel would be the intercept)."""
+    raw = getattr(ds, key, None)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v) or (key == "RescaleSlope" and v == 0):
+        raise DicomImportError(f"{desc}: {path}: {key} is {str(raw)!r}; it must be a finite number"
+                               + (", not 0" if key == "RescaleSlope" else ""))
+    return v

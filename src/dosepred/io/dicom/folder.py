@@ -1,0 +1,173 @@
+"""The folder API: scan a DICOM folder (:func:`scan_dicom_folder`, headers only: pairing, doses,
+ROI names and prescriptions) and build its patients one at a time (CT, ROI masks, dose, provenance in
+``meta``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
+from ...patient import Patient, RoiSet
+from .. import roi_names as _names
+from ._common import uid_of, warn
+from .ct import read_ct
+from .rtdose import read_dose_onto
+from .rtplan import pick_dose, planned_fractions, resolve_rois, sequential_plans
+from .rtstruct import rasterise, roi_info
+from .scan import PatientFiles, assign_ids, pair_files, scan_files
+
+
+def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
+    ct, geom, origin_raw, iop_raw = read_ct(s.series)
+    first = s.series.first
+    masks: dict[str, np.ndarray] = {}
+    body = None
+    meta: dict[str, Any] = {
+        "format": "dicom", "source": str(s.series.files[0][0].parent.resolve()),
+        "patient_id": str(getattr(first, "PatientID", "")),
+        "patient_name": str(getattr(first, "PatientName", "") or ""),
+        "patient_birth_date": str(getattr(first, "PatientBirthDate", "") or ""),
+        "patient_sex": str(getattr(first, "PatientSex", "") or ""),
+        "patient_position": str(getattr(first, "PatientPosition", "") or ""),
+        "study_uid": str(getattr(first, "StudyInstanceUID", "")),
+        "series_uid": s.series.uid, "frame_of_reference_uid": s.series.for_uid,
+        "study_date": str(getattr(first, "StudyDate", "") or ""),
+        "origin": origin_raw, "orientation": iop_raw,
+    }
+    if s.rtstruct is not None:
+        path, ds = s.rtstruct
+        meta["rtstruct_uid"] = str(getattr(ds, "SOPInstanceUID", ""))
+        meta["rtstruct_file"] = str(path.resolve())
+        meta["roi_names"] = {k: v for k, v in s.original_names.items()}
+        meta["roi_numbers"] = {k: list(v) for k, v in s.roi_sources.items() if k != _names.BODY}
+        if s.prescriptions:
+            meta["prescriptions_from"] = dict(s.prescriptions)
+        for name, numbers in s.roi_sources.items():
+            m = rasterise(ds, path, numbers, name, geom, ct.shape)  # type: ignore[arg-type]
+            if name == _names.BODY:
+                body = m
+                continue
+            if not m.any():
+                warn(f"RTSTRUCT {path}: ROI {name} ({', '.join(s.original_names[name])}) has no voxel on "
+                     "the CT grid; recorded as missing")
+                continue
+            masks[name] = m
+    if s.plan is not None:
+        meta["rtplan_uid"] = str(getattr(s.plan[1], "SOPInstanceUID", ""))
+        meta["rtplan_file"] = str(s.plan[0].resolve())
+        nfx = planned_fractions(s.plan[1])
+        if s.plans_summed:  # a sequential boost: every phase's plan, fractions added
+            meta["rtplan_uids"] = [uid_of(ds) for _, ds in s.plans_summed]
+            meta["rtplan_files"] = [str(p.resolve()) for p, _ in s.plans_summed]
+            counts = [planned_fractions(ds) for _, ds in s.plans_summed]
+            meta["rtplan_fractions"] = counts
+            # the number of fractions is their sum only when the phases follow one another (PRIOR):
+            # concurrent plans may be delivered in the same sessions, a MULTI_PLAN sum does not say
+            nfx = None if any(c is None for c in counts) or not sequential_plans(s.plans_summed) else \
+                sum(c for c in counts if c is not None)
+        if nfx is not None:
+            meta["fractions"] = nfx
+    if body is not None and body.any():
+        meta["possible_dose_mask"] = f"body contour {', '.join(s.original_names[_names.BODY])}"
+    else:
+        body = ct > BODY_HU
+        meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU (no body/external contour)"
+    dose = None
+    if s.dose is not None:
+        dpath, dds, how = s.dose
+        dose = read_dose_onto(dpath, geom, ct.shape, body)  # type: ignore[arg-type]
+        meta["rtdose_file"] = str(dpath.resolve())
+        meta["rtdose_uid"] = str(getattr(dds, "SOPInstanceUID", ""))
+        meta["rtdose_matched_by"] = how
+        for ppath, _, _ in s.doses_summed[1:]:  # the other phases of a sequential boost
+            dose = dose + read_dose_onto(ppath, geom, ct.shape, body)  # type: ignore[arg-type]
+        if s.doses_summed:
+            meta["rtdose_files"] = [str(d[0].resolve()) for d in s.doses_summed]
+            meta["rtdose_uids"] = [uid_of(d[1]) for d in s.doses_summed]
+            meta["dose"] = "sum of the plans' RTDOSEs (RTPlanRelationship PRIOR/CONCURRENT)"
+    return Patient.from_masks(s.id, ct, masks, roi_set, geom.spacing, body, dose, meta, geometry=geom)
+
+
+@dataclass
+class DicomFolder:
+    """A scanned DICOM folder: its patients' ids and RoiSet, each patient built on demand."""
+
+    src: Path
+    roi_set: RoiSet
+    sources: list[PatientFiles]
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.sources]
+
+    def patients(self, ids: Sequence[str] | None = None) -> Iterator[Patient]:
+        want = None if ids is None else set(ids)
+        for s in self.sources:
+            if want is None or s.id in want:
+                yield _build_patient(s, self.roi_set)
+
+    def headers(self) -> dict[str, dict[str, str]]:
+        """Per patient id, the UIDs that identify it (for matching predicted RTDOSE files)."""
+        out = {}
+        for s in self.sources:
+            first = s.series.first
+            rs = str(getattr(s.rtstruct[1], "SOPInstanceUID", "")) if s.rtstruct else ""
+            out[s.id] = {"patient_id": str(getattr(first, "PatientID", "")),
+                         "frame_of_reference_uid": s.series.for_uid, "rtstruct_uid": rs,
+                         "rtplan_uid": str(getattr(s.plan[1], "SOPInstanceUID", "")) if s.plan else ""}
+        return out
+
+
+def scan_dicom_folder(src: str | os.PathLike,
+                      roi_map: _names.RoiMap | dict | str | os.PathLike | None = None) -> DicomFolder:
+    """Scan ``src`` (headers only): pair the files, resolve ROI names, kinds and prescriptions."""
+    rmap = roi_map if isinstance(roi_map, _names.RoiMap) else (
+        _names.RoiMap.from_obj(roi_map) if isinstance(roi_map, dict) else _names.RoiMap.load(roi_map))
+    src = Path(src)
+    series, structs, doses, plans = scan_files(src)
+    sources = pair_files(series, structs, doses, plans, src)
+    assign_ids(sources)
+    for s in sources:
+        pick_dose(s)
+        resolve_rois(s, rmap)
+        if s.rtstruct is None:
+            warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs"
+                 f"{s.series.unreadable_note()}")
+    unused = rmap.unused()
+    if unused:  # a misspelt key maps nothing: say so here, not as a missing ROI later
+        import difflib
+
+        seen = sorted({name for s in sources if s.rtstruct is not None
+                       for _, name, _, _ in roi_info(s.rtstruct[1])})
+        hints = [f"{k!r}" + (f" (did you mean {near[0]!r}?)"
+                             if (near := difflib.get_close_matches(k, seen, 1, 0.6)) else "") for k in unused]
+        warn(f"ROI map {rmap.source or '(given)'}: {len(unused)} name(s) matched no ROI of any structure "
+             f"set in {src}: {', '.join(hints)}")
+    roi_set = _names.union_roi_set(s.canon for s in sources)
+    return DicomFolder(src, roi_set, sources)
+
+
+def iter_dicom_folder(src: str | os.PathLike, roi_map: _names.RoiMap | dict | str | os.PathLike | None = None
+                      ) -> tuple[RoiSet, list[str], Iterator[Patient]]:
+    """Scan ``src`` and return ``(roi_set, patient ids, iterator of Patients)``; the patients are
+    built one at a time (a CT volume in memory at once). See :func:`read_dicom_folder`."""
+    f = scan_dicom_folder(src, roi_map)
+    return f.roi_set, f.ids, f.patients()
+
+
+def read_dicom_folder(src: str | os.PathLike, roi_map: _names.RoiMap | dict | str | os.PathLike | None = None
+                      ) -> list[Patient]:
+    """Read every CT series under ``src`` (recursively) with its RTSTRUCT, RTPLAN and RTDOSE as
+    Patients (matching rules in the module docstring), one folder per patient or mixed. All patients
+    share one RoiSet (see :func:`dosepred.io.roi_names.union_roi_set`); ``roi_map`` is a
+    :class:`RoiMap`, a dict or a JSON path. Problems raise :class:`DicomImportError` or warn
+    (:class:`DicomWarning`) naming the file.
+    """
+    _, _, it = iter_dicom_folder(src, roi_map)
+    return list(it)

@@ -1,0 +1,192 @@
+"""Reading RTDOSE files: the dose and its grid (checked scaling, units, orientation and frame
+offsets), a dose moved onto the CT grid, and the matching of predicted RTDOSE files to reference
+patients (for ``evaluate``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...geometry import Geometry
+from ._common import (
+    POS_TOL,
+    SPACING_REL,
+    DicomImportError,
+    field_numbers,
+    image_orientation,
+    pixel_spacing,
+    referenced_uids,
+    round_mm,
+    warn,
+)
+from .scan import files_under
+
+
+def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """An RTDOSE dataset's dose (Gy, float32, ``(frame, row, column)``) and its grid: axis 0 along
+    the GridFrameOffsetVector (frames sorted ascending along the image normal), axes 1, 2 as for CT
+    images. Checks DoseGridScaling, the orientation, the spacing and the frame offsets."""
+    where = f"RTDOSE {path}"
+    units = str(getattr(ds, "DoseUnits", "GY") or "GY").upper()
+    if units != "GY":
+        raise DicomImportError(f"{where}: DoseUnits is {units}, not GY (a relative dose has no Gy values)")
+    if "DoseGridScaling" not in ds or ds.DoseGridScaling in (None, ""):
+        raise DicomImportError(f"{where} lacks DoseGridScaling (the Gy per stored value); without it the "
+                               "stored integers are no doses")
+    scaling = float(field_numbers(ds, "DoseGridScaling", where, 1)[0])
+    if not scaling > 0:
+        raise DicomImportError(f"{where}: DoseGridScaling must be > 0, got {scaling}")
+    iop = image_orientation(ds, where)
+    ipp = field_numbers(ds, "ImagePositionPatient", where, 3)
+    ps = pixel_spacing(ds, where)
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad pixel data
+        raise DicomImportError(f"{where}: cannot decode pixel data: {e}") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    nf = arr.shape[0]
+    if "GridFrameOffsetVector" in ds and ds.GridFrameOffsetVector not in (None, ""):
+        off = field_numbers(ds, "GridFrameOffsetVector", where)
+    elif nf == 1:
+        off = np.zeros(1)
+    else:
+        raise DicomImportError(f"{where} has {nf} frames but no GridFrameOffsetVector")
+    if len(off) != nf:
+        raise DicomImportError(f"{where}: GridFrameOffsetVector has {len(off)} values for {nf} frames")
+    off = off - off[0]  # relative (first 0) and absolute forms both start at ImagePositionPatient
+    order = np.argsort(off, kind="stable")
+    arr, off = arr[order], off[order]
+    if nf > 1:
+        step = np.diff(off)
+        dz = float((off[-1] - off[0]) / (nf - 1))
+        if not dz > POS_TOL or np.abs(step - dz).max() > max(POS_TOL, SPACING_REL * dz):
+            raise DicomImportError(f"{where}: GridFrameOffsetVector is not a regular, strictly monotonic "
+                                   f"list of offsets (steps {step.min():.4g} to {step.max():.4g} mm)")
+        dz = round_mm(dz)
+    else:
+        dz = float(getattr(ds, "SliceThickness", 0) or 0) or 1.0
+    origin = ipp + off[0] * np.cross(iop[:3], iop[3:])
+    g = Geometry.from_dicom(origin, iop, (dz, float(ps[0]), float(ps[1])))
+    dose = (arr.astype(np.float64) * scaling).astype(np.float32)
+    if dose.size and not np.all(np.isfinite(dose)):
+        raise DicomImportError(f"{where}: dose values overflow (DoseGridScaling {scaling})")
+    if dose.size and float(dose.max()) > 1000:
+        raise DicomImportError(f"{where}: maximum dose {float(dose.max()):.4g} Gy (stored values x "
+                               f"DoseGridScaling {scaling}) is not a radiotherapy dose")
+    return dose, g
+
+
+def read_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an RTDOSE file: ``(dose Gy float32, its Geometry)`` (see :func:`rtdose_grid`)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
+        raise DicomImportError(f"RTDOSE {path} is not a readable DICOM file: {e}") from None
+    if str(getattr(ds, "Modality", "")) != "RTDOSE":
+        raise DicomImportError(f"{path}: Modality is {getattr(ds, 'Modality', '(none)')}, not RTDOSE")
+    return rtdose_grid(ds, path)
+
+
+def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``dose`` (on ``src``) on the voxel centres of ``dst``: trilinear in patient coordinates
+    (:func:`dosepred.resample.resample`), 0 Gy outside ``src``. Returns ``(dose, inside)`` with
+    ``inside`` the voxels of ``dst`` that ``src`` covers, up to 1e-3 voxel beyond its outer voxel
+    centres (grids written as decimal strings coincide only to that precision)."""
+    from ...resample import resample
+
+    pad_origin = src.to_patient([-1.0, -1.0, -1.0])
+    padded = Geometry(pad_origin, src.direction, src.spacing)
+    d = resample(np.pad(np.asarray(dose, dtype=np.float32), 1, mode="edge"), padded, dst, shape, order=1)
+    cover = resample(np.pad(np.ones(dose.shape, dtype=np.float32), 1), padded, dst, shape, order=1)
+    inside = cover > 0.999
+    d[~inside] = 0
+    return np.maximum(d, 0).astype(np.float32), inside
+
+
+def read_dose_onto(path: Path, geom: Geometry, shape: tuple[int, int, int], body: np.ndarray) -> np.ndarray:
+    import pydicom
+
+    dose, g = rtdose_grid(pydicom.dcmread(path), path)
+    out, inside = dose_on_grid(dose, g, geom, shape)
+    outside_body = int((body & ~inside).sum())
+    if outside_body:
+        frac = 100.0 * outside_body / max(int(body.sum()), 1)
+        warn(f"RTDOSE {path}: the dose grid does not cover the body: {outside_body} voxels ({frac:.1f}%) "
+             "of the possible-dose mask lie outside it and get 0 Gy")
+    return out
+
+
+@dataclass(frozen=True)
+class RtDoseInfo:
+    """Header facts of an RTDOSE file used to match it to a reference patient."""
+
+    path: Path
+    patient_id: str
+    frame_of_reference_uid: str
+    rtstruct_uids: tuple[str, ...]
+    rtplan_uids: tuple[str, ...]
+
+
+def scan_rtdoses(folder: str | os.PathLike) -> list[RtDoseInfo]:
+    """The RTDOSE files under ``folder`` (recursively), headers only."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out = []
+    for p in sorted(q for q in files_under(folder) if not q.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+            continue
+        if str(getattr(ds, "Modality", "")) != "RTDOSE":
+            continue
+        out.append(RtDoseInfo(p, str(getattr(ds, "PatientID", "") or ""),
+                              str(getattr(ds, "FrameOfReferenceUID", "") or ""),
+                              tuple(referenced_uids(ds, "ReferencedStructureSetSequence")),
+                              tuple(referenced_uids(ds, "ReferencedRTPlanSequence"))))
+    return out
+
+
+def match_rtdose(pid: str, meta: dict[str, Any], doses: Sequence[RtDoseInfo]) -> Path | None:
+    """The RTDOSE of reference patient ``pid`` (with its ``meta``): by the RTSTRUCT/RTPLAN it
+    references, else by FrameOfReference, else by PatientID (``meta["patient_id"]`` or ``pid``).
+    Several candidates at the deciding step are an error naming them."""
+    steps = []
+    if meta.get("rtstruct_uid"):
+        steps.append(("referenced RTSTRUCT", [d for d in doses if meta["rtstruct_uid"] in d.rtstruct_uids]))
+    if meta.get("rtplan_uid"):
+        steps.append(("referenced RTPLAN", [d for d in doses if meta["rtplan_uid"] in d.rtplan_uids]))
+    if meta.get("frame_of_reference_uid"):
+        steps.append(("FrameOfReference",
+                      [d for d in doses if d.frame_of_reference_uid == meta["frame_of_reference_uid"]]))
+    ids = {str(meta.get("patient_id") or ""), pid} - {""}
+    steps.append(("PatientID", [d for d in doses if d.patient_id in ids]))
+    own = meta.get("rtstruct_uid")
+    if own:  # past the reference steps, a dose that references another structure set is not this one's
+        steps = steps[:1] + [(how, [d for d in hits if not d.rtstruct_uids or own in d.rtstruct_uids])
+                             for how, hits in steps[1:]]
+    own_for = str(meta.get("frame_of_reference_uid") or "")
+    for how, hits in steps:
+        if len(hits) == 1:
+            hit = hits[0]
+            if own_for and hit.frame_of_reference_uid and hit.frame_of_reference_uid != own_for:
+                raise DicomImportError(
+                    f"patient {pid}: RTDOSE {hit.path} (matched by {how}) has FrameOfReferenceUID "
+                    f"{hit.frame_of_reference_uid}, but the reference lies in FrameOfReference {own_for}: "
+                    "its coordinates are another frame's (a dose on another CT?)")
+            return hit.path
+        if len(hits) > 1:
+            raise DicomImportError(f"patient {pid}: {len(hits)} RTDOSE files match by {how} "
+                                   f"({', '.join(str(d.path) for d in hits)}); keep one per patient")
+    return None

@@ -1,0 +1,136 @@
+"""Reading an RTSTRUCT: its ROIs (number, name, interpreted type, our prescription label), the checks
+of its ROI bookkeeping, and the rasterising of contours onto the CT grid (pixel-centre inclusion,
+even-odd filling). Naming the ROIs and their prescriptions is :mod:`.rtplan`'s."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...geometry import Geometry
+from ._common import DicomImportError, field_numbers, warn
+
+
+def roi_info(ds: Any) -> list[tuple[int, str, str, float | None]]:
+    """(ROINumber, ROIName, RTROIInterpretedType, prescription from our observation label)."""
+    types: dict[int, str] = {}
+    rx: dict[int, float] = {}
+    for ob in getattr(ds, "RTROIObservationsSequence", []) or []:
+        n = int(ob.ReferencedROINumber)
+        types[n] = str(getattr(ob, "RTROIInterpretedType", "") or "")
+        m = re.search(r"prescription\s+([\d.]+)\s*Gy", str(getattr(ob, "ROIObservationDescription", "")))
+        if m:
+            rx[n] = float(m.group(1))
+    return [(int(r.ROINumber), str(r.ROIName), types.get(int(r.ROINumber), ""), rx.get(int(r.ROINumber)))
+            for r in getattr(ds, "StructureSetROISequence", []) or []]
+
+
+def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
+    """The ROI bookkeeping of an RTSTRUCT that rasterising relies on: every StructureSetROISequence,
+    ROIContourSequence and RTROIObservationsSequence item carries its (Referenced)ROINumber, the
+    ROINumbers and the contour items' ReferencedROINumbers are unique, and every ROI with contours
+    lies in the CT's FrameOfReference ``for_uid`` (its contour points are in that frame's mm)."""
+    seen: dict[int, str] = {}
+    for k, r in enumerate(getattr(ds, "StructureSetROISequence", []) or []):
+        where = f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}"
+        if getattr(r, "ROINumber", None) in (None, ""):
+            raise DicomImportError(f"{where} ({getattr(r, 'ROIName', '?')}) lacks ROINumber")
+        n, name = int(r.ROINumber), str(getattr(r, "ROIName", "") or "").strip()
+        if not name:
+            raise DicomImportError(f"{where} (ROINumber {n}) has no ROIName: its contours could not be "
+                                   "named; name the structure (or delete it) in the planning system")
+        if n in seen:
+            raise DicomImportError(f"{where}: ROIs {seen[n]!r} and {name!r} share ROINumber {n}; their "
+                                   "contours cannot be told apart")
+        seen[n] = name
+    items: set[int] = set()
+    contoured: set[int] = set()
+    for k, rc in enumerate(getattr(ds, "ROIContourSequence", []) or []):
+        if getattr(rc, "ReferencedROINumber", None) in (None, ""):
+            raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence item {k + 1} lacks "
+                                   "ReferencedROINumber")
+        n = int(rc.ReferencedROINumber)
+        if n in items:
+            raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence holds two items for ROINumber {n}")
+        items.add(n)
+        if getattr(rc, "ContourSequence", None):  # an empty placeholder ROI draws nothing
+            contoured.add(n)
+    for k, ob in enumerate(getattr(ds, "RTROIObservationsSequence", []) or []):
+        if getattr(ob, "ReferencedROINumber", None) in (None, ""):
+            raise DicomImportError(f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1} lacks "
+                                   "ReferencedROINumber")
+    if for_uid:
+        for r in getattr(ds, "StructureSetROISequence", []) or []:
+            f = str(getattr(r, "ReferencedFrameOfReferenceUID", "") or "")
+            if f and f != for_uid and int(r.ROINumber) in contoured:
+                raise DicomImportError(
+                    f"RTSTRUCT {path}: ROI {r.ROIName} (ROINumber {int(r.ROINumber)}) has "
+                    f"ReferencedFrameOfReferenceUID {f}, but the CT it is drawn on has FrameOfReference "
+                    f"{for_uid}: its contours are in another frame's coordinates")
+
+
+def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Pixel-centre inclusion of one closed polygon given as (row, col) float vertices."""
+    from matplotlib.path import Path as MPath
+
+    m = np.zeros((rows, cols), dtype=bool)
+    r0 = max(int(np.floor(poly_rc[:, 0].min())), 0)
+    r1 = min(int(np.ceil(poly_rc[:, 0].max())), rows - 1)
+    c0 = max(int(np.floor(poly_rc[:, 1].min())), 0)
+    c1 = min(int(np.ceil(poly_rc[:, 1].max())), cols - 1)
+    if r1 < r0 or c1 < c0:
+        return m
+    rr, cc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
+    inside = MPath(poly_rc[:, ::-1]).contains_points(np.column_stack([cc.ravel(), rr.ravel()]))
+    m[r0:r1 + 1, c0:c1 + 1] = inside.reshape(rr.shape)
+    return m
+
+
+def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geometry,
+              shape: tuple[int, int, int]) -> np.ndarray:
+    nz, nr, nc = shape
+    mask = np.zeros(shape, dtype=bool)
+    by_number = {int(r.ReferencedROINumber): r for r in getattr(ds, "ROIContourSequence", []) or []}
+    skipped = 0
+    tiny = 0
+    for number in numbers:
+        roi = by_number.get(number)
+        if roi is None:
+            continue
+        for j, c in enumerate(getattr(roi, "ContourSequence", []) or []):
+            gtype = str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR"))
+            if gtype == "POINT":
+                continue
+            where = f"RTSTRUCT {path}: ROI {name} (ROINumber {number}) contour {j + 1}"
+            if "ContourData" not in c or c.ContourData in (None, ""):
+                raise DicomImportError(f"{where} has no ContourData")
+            vals = field_numbers(c, "ContourData", where)
+            if vals.size % 3:
+                raise DicomImportError(f"{where}: ContourData holds {vals.size} numbers, not a list of "
+                                       "(x, y, z) triples (a multiple of 3)")
+            npts = getattr(c, "NumberOfContourPoints", None)
+            if npts not in (None, "") and int(npts) != vals.size // 3:
+                raise DicomImportError(f"{where}: NumberOfContourPoints is {int(npts)} but ContourData holds "
+                                       f"{vals.size // 3} points")
+            pts = vals.reshape(-1, 3)
+            if len(pts) < 3:
+                tiny += 1
+                continue
+            idx = geom.to_index(pts)
+            k = float(np.mean(idx[:, 0]))
+            kk = int(round(k))
+            if np.ptp(idx[:, 0]) > 0.1 or abs(k - kk) > 0.25 or not 0 <= kk < nz:
+                skipped += 1
+                continue
+            mask[kk] ^= _polygon_mask(idx[:, 1:], nr, nc)
+    if tiny:
+        warn(f"RTSTRUCT {path}: {tiny} contour(s) of ROI {name} have fewer than 3 points (ContourData); "
+             "they enclose no area and are ignored")
+    if skipped:
+        warn(f"RTSTRUCT {path}: {skipped} contour(s) of ROI {name} are not on a CT slice (off-plane or "
+             "outside the CT); ignored")
+    return mask

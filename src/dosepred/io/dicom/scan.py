@@ -1,0 +1,311 @@
+"""Finding and pairing the files of a DICOM folder (headers only): the CT series, and which RTSTRUCT,
+RTPLANs and RTDOSEs belong to each (the matching rules are in the package docstring and
+docs/formats.md); patient ids. Reads no pixels and decides no doses or prescriptions
+(:mod:`.rtplan` does)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import roi_names as _names
+from ._common import DicomImportError, multi_value, referenced_uids, warn
+
+
+@dataclass
+class CtSeries:
+    uid: str
+    files: list[tuple[Path, Any]]  # (path, header dataset)
+    # files under the scanned folder that are no readable DICOM (junk, empty, truncated): named when
+    # the series turns out incomplete, since one of them may be the missing slice
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def unreadable_near(self, image_like: bool = False) -> list[tuple[Path, str]]:
+        """The unreadable files beside this series' files (``image_like``: only those named as DICOM
+        images are, ``*.dcm``, ``*.ima`` or without a suffix)."""
+        folders = {p.parent for p, _ in self.files}
+        return [(p, why) for p, why in self.unreadable if p.parent in folders
+                and (not image_like or p.suffix.lower() in ("", ".dcm", ".ima", ".dicom"))]
+
+    def unreadable_note(self) -> str:
+        """``"; N file(s) ... are not readable DICOM: a (why), ..."`` for the unreadable files beside this
+        series' files (empty when there are none)."""
+        near = self.unreadable_near()
+        if not near:
+            return ""
+        listed = ", ".join(f"{p} ({why})" for p, why in near[:5]) + (" ..." if len(near) > 5 else "")
+        return f"; beside it, {len(near)} file(s) are not readable DICOM: {listed}"
+
+    @property
+    def first(self) -> Any:
+        return self.files[0][1]
+
+    @property
+    def for_uid(self) -> str:
+        return str(getattr(self.first, "FrameOfReferenceUID", ""))
+
+    def describe(self) -> str:
+        folders = sorted({str(p.parent) for p, _ in self.files})
+        return f"CT series {self.uid} ({len(self.files)} files in {', '.join(folders)})"
+
+
+@dataclass
+class PatientFiles:
+    """One patient's files: a CT series, its RTSTRUCT, RTPLANs and RTDOSEs (if any)."""
+
+    series: CtSeries
+    rtstruct: tuple[Path, Any] | None = None
+    rtplans: list[tuple[Path, Any]] = field(default_factory=list)
+    rtdoses: list[tuple[Path, Any, str]] = field(default_factory=list)  # (path, header, how matched)
+    dose: tuple[Path, Any, str] | None = None
+    plan: tuple[Path, Any] | None = None
+    # a sequential boost / concurrent plans that add up: every phase's plan and dose (their sum is the
+    # patient's dose and their prescriptions add); empty for one plan
+    plans_summed: list[tuple[Path, Any]] = field(default_factory=list)
+    doses_summed: list[tuple[Path, Any, str]] = field(default_factory=list)
+    canon: dict[str, _names.Canonical] = field(default_factory=dict)  # canonical -> info
+    roi_sources: dict[str, list[int]] = field(default_factory=dict)  # canonical -> ROINumbers
+    original_names: dict[str, list[str]] = field(default_factory=dict)
+    prescriptions: dict[str, str] = field(default_factory=dict)  # canonical -> where the Rx came from
+    id: str = ""
+
+
+def files_under(src: str | os.PathLike) -> Iterator[Path]:
+    """Every file under folder ``src``, recursively and following symbolic links to folders (an
+    export whose ``CT/`` and ``RS/`` are links is one folder), each real folder once (no loop on a link
+    to a parent); in sorted order per folder."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(src, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if p.is_file():
+                yield p
+
+
+def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], list[tuple[Path, Any]],
+                                   list[tuple[Path, Any]]]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not src.exists():
+        raise FileNotFoundError(f"DICOM folder {src} does not exist")
+    paths = [src] if src.is_file() else sorted(files_under(src))
+    series: dict[str, CtSeries] = {}
+    structs: list[tuple[Path, Any]] = []
+    doses: list[tuple[Path, Any]] = []
+    plans: list[tuple[Path, Any]] = []
+    unreadable: list[tuple[Path, str]] = []
+    for p in paths:
+        if p.name.startswith("."):
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as e:
+            why = ("empty, 0 bytes" if _size(p) == 0 else "not a DICOM file"
+                   if isinstance(e, InvalidDicomError) else f"unreadable: {type(e).__name__}")
+            unreadable.append((p, why))
+            continue
+        mod = str(getattr(ds, "Modality", ""))
+        if mod == "CT" and "LOCALIZER" in [str(v).upper()
+                                           for v in multi_value(getattr(ds, "ImageType", None))]:
+            warn(f"{p}: a localizer (scout, ImageType LOCALIZER), not a slice of a planning CT; ignored")
+            continue
+        if mod == "CT":
+            uid = str(getattr(ds, "SeriesInstanceUID", ""))
+            if not uid:
+                raise DicomImportError(f"CT file {p} has no SeriesInstanceUID (a truncated or damaged file? "
+                                       f"{_size(p)} bytes)")
+            series.setdefault(uid, CtSeries(uid, [])).files.append((p, ds))
+        elif mod == "RTSTRUCT":
+            structs.append((p, ds))
+        elif mod == "RTDOSE":
+            doses.append((p, ds))
+        elif mod == "RTPLAN":
+            plans.append((p, ds))
+    # one image that no structure set references (a stray slice of another series, a file given
+    # instead of its folder) is no planning CT: not a one-slice patient (a referenced one stays, and
+    # the structure set's missing images are named)
+    referenced = {u for _, ds in structs for u in _struct_refs(ds)[1]}
+    for uid in [u for u, s in series.items() if len(s.files) == 1 and u not in referenced]:
+        warn(f"{series.pop(uid).files[0][0]}: the only image of CT series {uid}, which no RTSTRUCT "
+             "references: one slice is no planning CT; ignored")
+    if not series:
+        hint = ": a file: give the folder that holds the CT series" if src.is_file() else ""
+        raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files){hint}")
+    for s in series.values():
+        s.unreadable = unreadable
+    return series, structs, doses, plans
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return -1
+
+
+def _struct_refs(ds: Any) -> tuple[set[str], set[str]]:
+    """(referenced FrameOfReference UIDs, referenced CT series UIDs) of an RTSTRUCT."""
+    fors: set[str] = set()
+    sers: set[str] = set()
+    for fr in getattr(ds, "ReferencedFrameOfReferenceSequence", []) or []:
+        if getattr(fr, "FrameOfReferenceUID", None):
+            fors.add(str(fr.FrameOfReferenceUID))
+        for st in getattr(fr, "RTReferencedStudySequence", []) or []:
+            for se in getattr(st, "RTReferencedSeriesSequence", []) or []:
+                if getattr(se, "SeriesInstanceUID", None):
+                    sers.add(str(se.SeriesInstanceUID))
+    for roi in getattr(ds, "StructureSetROISequence", []) or []:
+        if getattr(roi, "ReferencedFrameOfReferenceUID", None):
+            fors.add(str(roi.ReferencedFrameOfReferenceUID))
+    return fors, sers
+
+
+def _struct_images(ds: Any, series_uid: str) -> set[str]:
+    """SOPInstanceUIDs of the images of CT series ``series_uid`` that an RTSTRUCT lists."""
+    out: set[str] = set()
+    for fr in getattr(ds, "ReferencedFrameOfReferenceSequence", []) or []:
+        for st in getattr(fr, "RTReferencedStudySequence", []) or []:
+            for se in getattr(st, "RTReferencedSeriesSequence", []) or []:
+                if str(getattr(se, "SeriesInstanceUID", "")) == series_uid:
+                    for im in getattr(se, "ContourImageSequence", []) or []:
+                        if getattr(im, "ReferencedSOPInstanceUID", None):
+                            out.add(str(im.ReferencedSOPInstanceUID))
+    return out
+
+
+def pair_files(series: dict[str, CtSeries], structs: list[tuple[Path, Any]], doses: list[tuple[Path, Any]],
+               plans: list[tuple[Path, Any]], src: Path) -> list[PatientFiles]:
+    sources = {uid: PatientFiles(s) for uid, s in series.items()}
+    known = "; ".join(f"{s.describe()} FrameOfReference {s.for_uid}" for s in series.values())
+    struct_owner: dict[str, str] = {}  # RTSTRUCT SOPInstanceUID -> CT series UID
+    # of several RTSTRUCTs on one series, the one a plan or dose of the folder references comes first
+    used = {u for _, ds in [*plans, *doses] for u in referenced_uids(ds, "ReferencedStructureSetSequence")}
+    structs = sorted(structs, key=lambda t: str(getattr(t[1], "SOPInstanceUID", "")) not in used)
+    for path, ds in structs:
+        fors, sers = _struct_refs(ds)
+        hit = [uid for uid in sers if uid in series]
+        if hit:
+            uid = hit[0]
+            if fors and series[uid].for_uid and series[uid].for_uid not in fors:
+                raise DicomImportError(
+                    f"RTSTRUCT {path} references {series[uid].describe()} but FrameOfReference "
+                    f"{', '.join(sorted(fors))}, while that CT's FrameOfReference is {series[uid].for_uid}: "
+                    "the contours belong to another CT")
+        else:
+            cands = [uid for uid, s in series.items() if s.for_uid in fors]
+            if not cands:
+                raise DicomImportError(
+                    f"RTSTRUCT {path} references FrameOfReference {', '.join(sorted(fors)) or '(none)'}"
+                    f"{' and CT series ' + ', '.join(sorted(sers)) if sers else ''}, which no CT series "
+                    f"under {src} has ({known})")
+            uid = cands[0]
+            if len(cands) > 1:
+                warn(f"RTSTRUCT {path} matches several CT series by FrameOfReference; using {uid}")
+        s = sources[uid]
+        if s.rtstruct is not None:
+            why = ("the one the RTPLAN/RTDOSE references" if str(getattr(s.rtstruct[1], "SOPInstanceUID", ""))
+                   in used else "the first by path")
+            warn(f"{series[uid].describe()} has several RTSTRUCTs; using {s.rtstruct[0]} ({why}), "
+                 f"ignoring {path}")
+            continue
+        s.rtstruct = (path, ds)
+        struct_owner[str(getattr(ds, "SOPInstanceUID", ""))] = uid
+        listed = _struct_images(ds, uid)
+        have = {str(getattr(h, "SOPInstanceUID", "")) for _, h in series[uid].files}
+        absent = sorted(listed - have)
+        if absent:
+            raise DicomImportError(
+                f"RTSTRUCT {path} references {len(listed)} images of {series[uid].describe()}, but "
+                f"{len(absent)} of them are not under {src} (e.g. SOPInstanceUID {absent[0]}): the CT "
+                f"series is incomplete{series[uid].unreadable_note()}")
+
+    plan_owner: dict[str, str] = {}  # RTPLAN SOPInstanceUID -> CT series UID
+    for path, ds in plans:
+        f = str(getattr(ds, "FrameOfReferenceUID", ""))
+        owner = next((struct_owner[u] for u in referenced_uids(ds, "ReferencedStructureSetSequence")
+                      if u in struct_owner), None)
+        if owner is None:
+            cands = [uid for uid, s in series.items() if s.for_uid == f]
+            if len(cands) != 1:
+                warn(f"RTPLAN {path} references no RTSTRUCT under {src} and its FrameOfReference "
+                     f"{f or '(none)'} matches {len(cands)} CT series; ignored")
+                continue
+            owner = cands[0]
+        if f and series[owner].for_uid and f != series[owner].for_uid:
+            raise DicomImportError(f"RTPLAN {path} has FrameOfReference {f}, but the RTSTRUCT it references "
+                                   f"lies on {series[owner].describe()} with FrameOfReference "
+                                   f"{series[owner].for_uid}")
+        sources[owner].rtplans.append((path, ds))
+        plan_owner[str(getattr(ds, "SOPInstanceUID", ""))] = owner
+
+    for path, ds in doses:
+        f = str(getattr(ds, "FrameOfReferenceUID", ""))
+        ref_plans = referenced_uids(ds, "ReferencedRTPlanSequence")
+        ref_structs = referenced_uids(ds, "ReferencedStructureSetSequence")
+        owner = next((plan_owner[u] for u in ref_plans if u in plan_owner), None)
+        how = "referenced RTPLAN"
+        if owner is None:
+            owner = next((struct_owner[u] for u in ref_structs if u in struct_owner), None)
+            how = "referenced RTSTRUCT"
+        if owner is None:
+            cands = [uid for uid, s in series.items() if s.for_uid == f]
+            if not cands:
+                raise DicomImportError(f"RTDOSE {path} has FrameOfReference {f or '(none)'}, which no CT "
+                                       f"series under {src} has ({known})")
+            if len(cands) > 1:
+                warn(f"RTDOSE {path} references no RTPLAN/RTSTRUCT under {src} and its FrameOfReference "
+                     f"{f} is shared by {len(cands)} CT series; not used (it cannot be told whose it is)")
+                continue
+            owner, how = cands[0], "FrameOfReference"
+        elif f != series[owner].for_uid:
+            raise DicomImportError(f"RTDOSE {path} has FrameOfReference {f or '(none)'}, but the "
+                                   f"{how} lies on {series[owner].describe()} with FrameOfReference "
+                                   f"{series[owner].for_uid}")
+        sources[owner].rtdoses.append((path, ds, how))
+    out = list(sources.values())
+    out.sort(key=lambda s: (str(getattr(s.series.first, "PatientID", "")), str(s.series.files[0][0])))
+    return out
+
+
+def _safe_id(text: str) -> str:
+    s = re.sub(r"[^\w.-]+", "_", text.strip()).strip("._")
+    return s or "patient"
+
+
+def assign_ids(sources: list[PatientFiles]) -> None:
+    base = []
+    for s in sources:
+        pid = str(getattr(s.series.first, "PatientID", "") or "")
+        base.append(_safe_id(pid) if pid else _safe_id(s.series.files[0][0].parent.name))
+    for i, s in enumerate(sources):
+        same = [j for j, b in enumerate(base) if b == base[i]]
+        s.id = base[i] if len(same) == 1 else f"{base[i]}_{same.index(i) + 1}"
+
+
+def is_dicom_folder(src: str | os.PathLike, limit: int = 200) -> bool:
+    """True when ``src`` is a DICOM file or a folder holding one (files with the DICM preamble,
+    looked for among the first ``limit`` files)."""
+    src = Path(src)
+    files = [src] if src.is_file() else files_under(src) if src.is_dir() else []
+    for k, p in enumerate(files):
+        if k >= limit:
+            break
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(132)
+        except OSError:
+            continue
+        if head[128:132] == b"DICM":
+            return True
+    return False
