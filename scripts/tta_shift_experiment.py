@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from dosepred.io.cache import load_patients, write_cache
+from dosepred.io.cache import write_cache
+from dosepred.io.source import load_patients
 from dosepred.models.checkpoint import load_model
 from dosepred.models.space import into_space
 from dosepred.predict import match_rois, model_space

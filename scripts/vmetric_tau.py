@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from dosepred.io.cache import load_patients
+from dosepred.io.source import load_patients
 
 TAUS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 # (ROI, label, threshold in Gy): the openkbp-clinical protocol's V110% of PTV70 and the V95% of each

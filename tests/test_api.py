@@ -33,12 +33,12 @@ def test_exported_names_resolve_and_have_docstrings(mod):
 
 
 def test_entry_points_are_the_implementations():
-    from dosepred.io import cache, openkbp
+    from dosepred.io import cache, openkbp, source
     from dosepred.models.checkpoint import load_model
     from dosepred.predict import predict_dose
     from dosepred.training import train
 
-    assert dosepred.load_patients is cache.load_patients and dosepred.io.write_cache is cache.write_cache
+    assert dosepred.load_patients is source.load_patients and dosepred.io.write_cache is cache.write_cache
     assert dosepred.io.read_openkbp_patient is openkbp.read_patient
     assert dosepred.load_model is load_model and dosepred.predict_dose is predict_dose
     assert dosepred.evaluate_cohort is evaluation.evaluate_cohort and dosepred.train is train

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dosepred import Roi, RoiSet, synth
-from dosepred.io import cache
+from dosepred.io import cache, source
 from dosepred.io.cache import CacheError
 
 
@@ -28,7 +28,7 @@ def test_roundtrip_lossless(tmp_path, patients):
     assert c.nbytes() > 0
     assert sorted(f.name for f in (tmp_path / "c").iterdir()) == sorted(
         ["dataset.json"] + [f"{p.id}.npz" for p in patients])
-    assert [p.id for p in cache.load_patients(tmp_path / "c", ids=["synth_002"])] == ["synth_002"]
+    assert [p.id for p in source.load_patients(tmp_path / "c", ids=["synth_002"])] == ["synth_002"]
 
 
 def test_no_dose_patient(tmp_path, patients):
@@ -81,4 +81,4 @@ def test_open_errors(tmp_path, patients):
 
 def test_load_patients_rejects_unknown_source(tmp_path):
     with pytest.raises(CacheError, match="neither a dosepred cache"):
-        list(cache.load_patients(tmp_path))
+        list(source.load_patients(tmp_path))

@@ -7,7 +7,7 @@ import pytest
 
 from dosepred import Patient, Roi, RoiSet
 from dosepred.evaluation import evaluate_cohort, evaluate_patient
-from dosepred.io.cache import load_patients
+from dosepred.io.source import load_patients
 from dosepred.protocol import ProtocolError, load_protocol
 
 OARS = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]

@@ -12,7 +12,7 @@ import pytest
 from dosepred import synth
 from dosepred.io import cache, dicom, nifti, openkbp
 from dosepred.io.cache import EVAL_FIELDS, CacheEntry, CacheError, CacheVoxels
-from dosepred.io.source import KINDS, SourceError, open_source, source_kind
+from dosepred.io.source import KINDS, SourceError, load_patients, open_source, source_kind
 from dosepred.patient import RoiSet
 from handmade import GRID, write_sparse_csv
 
@@ -87,7 +87,7 @@ def test_source_kind_and_open_source(sources, name, kind, ids):
     assert source_kind(sources[name]) == kind
     s = open_source(sources[name])
     assert s.kind == kind and sorted(s.ids) == sorted(ids)
-    got = list(cache.load_patients(sources[name], ids=ids[-1:]))
+    got = list(load_patients(sources[name], ids=ids[-1:]))
     assert [p.id for p in got] == ids[-1:]
 
 
@@ -98,10 +98,10 @@ def test_no_source(sources, name):
         open_source(sources[name])
     if name == "missing":  # a path that is not there says so (issue 26), not what it is not
         with pytest.raises(FileNotFoundError, match="does not exist"):
-            list(cache.load_patients(sources[name]))
+            list(load_patients(sources[name]))
         return
     with pytest.raises(CacheError, match="neither a dosepred cache"):
-        list(cache.load_patients(sources[name]))
+        list(load_patients(sources[name]))
 
 
 # ----------------------------------------------------------------------------------------- the cache

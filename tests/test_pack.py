@@ -13,6 +13,7 @@ from dosepred.constants import HU_MAX, HU_MIN
 from dosepred.fsutil import OutputError
 from dosepred.io import cache
 from dosepred.io.pack import PackResult, is_packed, pack_cache, quantize_patient, unpack_cache
+from dosepred.io.source import load_patients
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def src(tmp_path_factory):
 def test_pack_unpack_round_trip(src, tmp_path, ct_step, dose_step, jobs):
     packed, back = tmp_path / "packed", tmp_path / "back"
     res = pack_cache(src, packed, ct_step=ct_step, dose_step=dose_step, jobs=jobs)
-    orig = {p.id: p for p in cache.load_patients(src)}
+    orig = {p.id: p for p in load_patients(src)}
     assert isinstance(res, PackResult) and res.patients == 3 and res.out == packed
     assert sorted(p.name for p in packed.iterdir()) == sorted(["dataset.json"] + [f"{i}.xz" for i in orig])
     assert res.nbytes == sum(f.stat().st_size for f in packed.glob("*.xz"))
@@ -96,7 +97,7 @@ def test_bad_arguments(src, tmp_path):
         with pytest.raises(ValueError, match="step"):
             pack_cache(src, tmp_path / "p", jobs=1, **bad)
     v1 = tmp_path / "v1"
-    cache.write_cache(list(cache.load_patients(src))[:1], v1, version=1)
+    cache.write_cache(list(load_patients(src))[:1], v1, version=1)
     with pytest.raises(cache.CacheError, match="version"):
         pack_cache(v1, tmp_path / "p", jobs=1)
     assert json.loads((v1 / "dataset.json").read_text())["version"] == 1

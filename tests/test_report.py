@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from dosepred.cli import app
 from dosepred.evaluation import evaluate_cohort
-from dosepred.io.cache import load_patients
 from dosepred.io.openkbp import write_dose_csv
+from dosepred.io.source import load_patients
 from dosepred.report import write_report
 
 

@@ -43,7 +43,7 @@ __version__ = "0.1.0"
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
-    "Cache": ".io.cache", "load_patients": ".io.cache", "write_cache": ".io.cache",
+    "Cache": ".io.cache", "load_patients": ".io.source", "write_cache": ".io.cache",
     "make_cohort": ".synth",
     "load_model": ".models.checkpoint", "predict_dose": ".predict", "predict_to": ".predict",
     "Protocol": ".protocol", "load_protocol": ".protocol",

@@ -396,7 +396,8 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
     (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
     """
-    from .io.cache import CacheError, load_patients, write_cache
+    from .io.cache import CacheError, write_cache
+    from .io.source import load_patients
     from .progress import track
 
     if fmt not in FORMATS:

@@ -137,12 +137,13 @@ def baseline(data: PathLike, out: PathLike, falloff: float = 15.0, overwrite: bo
     """No-learning predictions (:func:`dosepred.baseline.distance_falloff`) of every patient of a
     source, written as OpenKBP ``pt_N.csv`` files into ``out``; the count."""
     from .baseline import distance_falloff
-    from .io import cache, openkbp
+    from .io import openkbp
+    from .io.source import load_patients
     from .progress import track
 
     n = 0
     with output_dir(out, overwrite, [data]) as tmp:
-        for p in track(cache.load_patients(data, require_dose=False), description="baseline"):
+        for p in track(load_patients(data, require_dose=False), description="baseline"):
             openkbp.write_dose_csv(tmp / f"{p.id}.csv", distance_falloff(p, falloff), p.possible_dose_mask)
             n += 1
         if n == 0:

@@ -302,7 +302,8 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
 
 def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None, with_ct: bool
                 ) -> Iterator[Patient]:
-    from ..io.cache import Cache, CacheError, load_patients
+    from ..io.cache import Cache, CacheError
+    from ..io.source import load_patients
 
     if with_ct or kind not in _CROPPED_KINDS:
         yield from load_patients(src, ids=ids)

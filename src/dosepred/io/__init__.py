@@ -13,7 +13,7 @@ The names below are the public API; the submodules (:mod:`dosepred.io.cache`,
     p = cache.load(cache.ids[0])                  # a dosepred.Patient
 """
 
-from .cache import Cache, CacheError, is_cache, load_patients, write_cache
+from .cache import Cache, CacheError, is_cache, write_cache
 from .dicom import DicomImportError, iter_dicom_folder, read_dicom_folder, write_dicom, write_rtdose
 from .nifti import NiftiFormatError, iter_nifti_folder, read_nifti_folder
 from .nifti import read_patient as read_nifti_patient
@@ -24,6 +24,7 @@ from .openkbp import read_folder as read_openkbp_folder
 from .openkbp import read_patient as read_openkbp_patient
 from .openkbp import write_patient as write_openkbp_patient
 from .roi_names import RoiMap
+from .source import load_patients
 
 __all__ = [
     "Cache", "CacheError", "DicomImportError", "NiftiFormatError", "OpenKBPFormatError", "RoiMap",

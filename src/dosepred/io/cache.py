@@ -49,7 +49,7 @@ import numpy as np
 
 from ..boxes import mask_box
 from ..fsutil import atomic_path, write_bytes, write_json
-from ..geometry import Geometry, GeometryError
+from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
 
 DATASET_JSON = "dataset.json"
@@ -470,8 +470,6 @@ class CacheEntry:
     @property
     def geometry(self) -> Geometry | None:
         """The patient's :class:`~dosepred.geometry.Geometry` (None when the entry has none)."""
-        from .source import shear_problem
-
         if not self.geometry_dict:
             return None
         try:
@@ -601,10 +599,8 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
     left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
     ``version``: cache format to write (3, the default; 2 or 1 for readers that predate it).
-    A patient on a sheared grid (:func:`dosepred.io.source.shear_problem`) is refused.
+    A patient on a sheared grid (:func:`dosepred.geometry.shear_problem`) is refused.
     """
-    from .source import shear_problem
-
     if version not in READ_VERSIONS:
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
     out = Path(out)
@@ -647,13 +643,11 @@ def is_cache(path: str | os.PathLike) -> bool:
 
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
                   require_dose: bool = True) -> Iterator[Patient]:
-    """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
-    :func:`dosepred.io.source.source_kind`, the patients read by :func:`~dosepred.io.source.open_source`)."""
-    from .source import open_source, source_kind
+    """:func:`dosepred.io.source.load_patients` (also ``dosepred.io.load_patients``), where it lives.
 
-    if not Path(src).exists():
-        raise FileNotFoundError(f"{src} does not exist")
-    if source_kind(src) is None:
-        raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), "
-                         "a NIfTI folder (ct.nii.gz) nor a DICOM folder")
-    yield from open_source(src).patients(ids, require_dose=require_dose)
+    Kept here only while ``calibration.py`` and ``bench/qa_power.py`` (being split, issue 28) and the
+    QA tests import it from this module; it makes ``io.cache -> io.source -> io.cache`` an import
+    cycle (``CYCLES_FOR_NOW`` in tests/test_architecture.py). Import it from ``dosepred.io``."""
+    from .source import load_patients as load
+
+    yield from load(src, ids, require_dose)

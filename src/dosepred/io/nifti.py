@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import atomic_dir, atomic_path
-from ..geometry import Geometry, GeometryError
+from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
 
@@ -71,8 +71,6 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     if not has_transform(img):
         raise NiftiFormatError(f"{path}: qform_code and sform_code are both 0: the header does not say "
                                "where the voxels lie in the patient (set a scanner/aligned qform or sform)")
-    from .source import shear_problem
-
     aff = np.asarray(img.affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
         raise NiftiFormatError(f"{path}: the affine is not a finite 4x4 matrix")

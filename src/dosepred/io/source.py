@@ -1,4 +1,5 @@
-"""One entry point for every patient source: :func:`open_source`.
+"""One entry point for every patient source: :func:`open_source` (and :func:`load_patients`, its
+patients one at a time).
 
 A source is recognised by what the path holds, in this order:
 
@@ -14,42 +15,16 @@ patients come out placed in patient coordinates (LPS, mm).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..geometry import Geometry
+from ..geometry import SHEAR_TOL, shear_problem  # re-exported: what every reader refuses
 from ..patient import Patient, RoiSet
 
 KINDS = ("cache", "openkbp", "nifti", "dicom")
-
-#: |cos| of the angle between two array axes above which a grid is sheared (0.006 degrees from 90)
-SHEAR_TOL = 1e-4
-
-
-def shear_problem(g: Geometry) -> str | None:
-    """Why grid ``g`` cannot be used as it is (its array axes not perpendicular: a sheared grid, e.g.
-    a CT with gantry tilt stored as one volume), in words; None for a grid with perpendicular axes.
-    Voxel volumes, DVHs and every mm measured on a sheared grid from its spacing alone would be wrong
-    (the voxel's true volume is the determinant), so readers refuse it."""
-    d = g.direction
-    worst = max(((abs(float(d[:, i] @ d[:, j])), i, j) for i, j in ((0, 1), (0, 2), (1, 2))))
-    if worst[0] <= SHEAR_TOL:
-        return None
-    _, i, j = worst
-    angle = math.degrees(math.acos(max(-1.0, min(1.0, float(d[:, i] @ d[:, j])))))
-    true = abs(float(np.linalg.det(g.matrix)))
-    nominal = float(np.prod(g.spacing))
-    return (f"its array axes {i} and {j} are {angle:.1f} degrees apart, not 90: a sheared grid (e.g. a CT "
-            f"with gantry tilt), whose voxels hold {true:.4g} mm3, not the {nominal:.4g} mm3 of their "
-            f"spacing ({100 * (nominal / true - 1):+.1f} %); resample it onto a grid with perpendicular axes "
-            "first")
-
 
 class SourceError(ValueError):
     """A path that is no patient source dosepred reads."""
@@ -155,11 +130,19 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
                       "NIfTI folder (ct.nii.gz) nor a DICOM folder (CT series + RTSTRUCT)")
 
 
-def iter_patients(path: str | os.PathLike, ids: Sequence[str] | None = None,
-                  require_dose: bool = False) -> Iterator[Patient]:
-    """The patients of any source (see :func:`open_source`)."""
-    yield from open_source(path).patients(ids, require_dose=require_dose)
+def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
+                  require_dose: bool = True) -> Iterator[Patient]:
+    """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
+    :func:`source_kind`, the patients read by :func:`open_source`)."""
+    from .cache import DATASET_JSON, CacheError
+
+    if not Path(src).exists():
+        raise FileNotFoundError(f"{src} does not exist")
+    if source_kind(src) is None:
+        raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), "
+                         "a NIfTI folder (ct.nii.gz) nor a DICOM folder")
+    yield from open_source(src).patients(ids, require_dose=require_dose)
 
 
-__all__ = ["Source", "SourceError", "open_source", "iter_patients", "source_kind", "shear_problem", "KINDS",
+__all__ = ["Source", "SourceError", "open_source", "load_patients", "source_kind", "shear_problem", "KINDS",
            "SHEAR_TOL"]
