@@ -80,13 +80,6 @@ CYCLES_FOR_NOW: dict[tuple[str, ...], str] = {
     ("dosepred.io.cache", "dosepred.io.source"): "forwarding load_patients, while issue 28's QA split runs",
     # qa.py and report/qa.py are being moved into a qa/ package (issue 28)
     ("dosepred.qa", "dosepred.report.qa"): "being moved into qa/ (issue 28)",
-    # checkpoint's README writer reads transfer.RoiTransfer, transfer_checkpoint reads
-    # checkpoint.MODEL_FORMAT (both inside functions)
-    ("dosepred.models.checkpoint", "dosepred.models.transfer"): "not yet untangled (issue 28)",
-    # console renders bench networks' table, bench networks uses train_step's batch, train_step's
-    # script entry point prints through console
-    ("dosepred.bench.networks", "dosepred.bench.train_step", "dosepred.console"):
-        "not yet untangled (issue 28)",
 }
 
 #: The most physical lines a module of the package may have.

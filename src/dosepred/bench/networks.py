@@ -57,7 +57,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     from ..models import ModelConfig, build_model
     from . import sync
-    from .train_step import synthetic_batch
+    from .synthetic import synthetic_batch
 
     torch.set_num_threads(spec["threads"])
     device = spec["device"]

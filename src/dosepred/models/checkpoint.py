@@ -36,11 +36,9 @@ from typing import Any
 import torch
 
 from ..fsutil import atomic_path, save_torch, write_text
+from .formats import CHECKPOINT_FORMAT, MODEL_FORMAT
 from .space import ModelSpace
 from .unet import ModelConfig, ModelError, build_model
-
-CHECKPOINT_FORMAT = "dosepred-checkpoint"
-MODEL_FORMAT = "dosepred-model"
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:

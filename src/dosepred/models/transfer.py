@@ -37,6 +37,7 @@ import torch
 
 from ..io.roi_names import canonical
 from ..patient import Roi, RoiSet
+from .formats import MODEL_FORMAT
 from .unet import ModelConfig, ModelError, build_model
 
 __all__ = ["RoiTransfer", "TransferError", "absent_after", "counts_after", "input_keys", "match_key",
@@ -264,8 +265,6 @@ def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "t
     (new OARs ignored, dropped OARs absent, the data's prescriptions in the prescription channel).
     ``ckpt``: a loaded checkpoint (:func:`~dosepred.models.checkpoint.load_checkpoint`). Its
     ``"roi_transfer"`` records the mapping (None when the ROI sets are the same)."""
-    from .checkpoint import MODEL_FORMAT
-
     mc = ModelConfig.from_dict(dict(ckpt["model_config"]))
     source = str(ckpt.get("path", ""))
     tr = plan_transfer(mc.roi_set, data_rois, where, source)
