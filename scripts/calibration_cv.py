@@ -29,19 +29,11 @@ import time
 
 import numpy as np
 
-from dosepred.calibration import (
-    BAND_LEVELS,
-    DEFAULT_RULE,
-    FAMILIES,
-    FAMILY_TITLES,
-    METHODS,
-    QUANTILE_RULES,
-    band_offsets,
-    choose_methods,
-    collect_units,
-    cross_validate,
-    fit_band,
-)
+from dosepred.qa.band import BAND_LEVELS, band_offsets, fit_band
+from dosepred.qa.calibrate import collect_units
+from dosepred.qa.conformal import DEFAULT_RULE, METHODS, QUANTILE_RULES
+from dosepred.qa.crossval import choose_methods, cross_validate
+from dosepred.qa.families import FAMILIES, FAMILY_TITLES
 
 
 def band_cv(band: dict, splits: int, cal_fraction: float, rule: str, coverages=(0.8, 0.9), seed: int = 0

@@ -35,19 +35,19 @@ BOOT = 2000
 def concerning(notes: list[str], roi: str) -> list[str]:
     """The names of the patient's notes that concern a criterion of ``roi``: every grid note, the
     ROI-volume note of ``roi`` only."""
-    from dosepred.qa import NOTE_VOLUME
+    from dosepred.qa.result import NOTE_VOLUME
 
     return [x.split(":")[0] for x in notes
             if not x.startswith(NOTE_VOLUME) or x.split(": ")[1].split()[0] == roi]
 
 
-def unit_rows(chk: Any, plan: Any, pred: np.ndarray, ranges: dict[str, Any]) -> list[dict[str, Any]]:
+def unit_rows(chk: Any, plan: Any, pred: np.ndarray, ranges: Any) -> list[dict[str, Any]]:
     """One row per criterion of ``plan`` with a value: family, error, miss, features, QA's notes."""
-    from dosepred.calibration import roi_features
+    from dosepred.qa.calibrate import roi_features
 
     pq, _, checked = chk.check(plan, pred)
     feats = roi_features(checked, pred, [c.roi for c in pq.criteria])
-    vols = ranges.get("roi_volume_cc") or {}
+    vols = ranges.roi_volume_cc if ranges is not None else {}  # the calibration's TrainingRanges
     rows = []
     for c in pq.criteria:
         if not (c.plan == c.plan and c.predicted == c.predicted):
@@ -152,14 +152,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from dosepred.calibration import check_predictions
-    from dosepred.io.cache import Cache, load_patients
-    from dosepred.qa import QAChecker
+    from dosepred.io import Cache, load_patients
+    from dosepred.qa.calibrate import check_predictions
+    from dosepred.qa.check import QAChecker
 
     chk = QAChecker(a.model, a.protocol, 0.9)
     # the intervals describe QA's own predictions (flipped or not as the calibration records): so must these
     check_predictions(Cache.open(a.predictions), a.predictions, chk.tta)
-    ranges = chk.ranges
+    ranges = chk.calibration.training_ranges
     preds = {p.id: p.dose for p in load_patients(a.predictions)}
     plans = list(load_patients(a.data))
     rows: list[dict[str, Any]] = []

@@ -26,14 +26,14 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from dosepred.qa import QAChecker, open_plans
+    from dosepred.qa.check import QAChecker, open_plans
 
     chk = QAChecker(a.model, a.protocol, 0.9)
     writer = None
     if a.report:
         import tempfile
 
-        from dosepred.report.qa import QAReportWriter
+        from dosepred.qa.report import QAReportWriter
 
         writer = QAReportWriter(tempfile.mkdtemp(), chk)
     rows = []

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dosepred.calibration import sha256_file
-from dosepred.fsutil import save_torch, write_text
+from dosepred.fsutil import save_torch, sha256_file, write_text
 
 
 def absent_rois(train: Path, names: list[str]) -> tuple[dict[str, int], int]:

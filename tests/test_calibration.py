@@ -1,26 +1,24 @@
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
 
-from dosepred.calibration import (
-    CalibrationError,
-    Unit,
+from dosepred.qa.calibrate import build_calibration
+from dosepred.qa.calibration import Calibration, CalibrationError, load_calibration, write_calibration
+from dosepred.qa.conformal import (
     apply_offsets,
-    choose_methods,
     conformal_lower,
     conformal_quantile,
-    cross_validate,
     family_offsets,
     fit_family,
     interval,
-    load_calibration,
-    metric_family,
     offsets,
     tail_scores,
-    write_calibration,
 )
+from dosepred.qa.crossval import choose_methods, cross_validate
+from dosepred.qa.families import Unit, metric_family
 
 
 @pytest.mark.parametrize("n", [1, 5, 19, 20, 100, 333])
@@ -135,7 +133,7 @@ def test_v_metric_plans_at_zero_are_not_scores_of_the_upper_tail():
     grid = -scale * np.log(1 - (np.arange(20) + 0.5) / 20)
     rng = np.random.default_rng(3)
 
-    def exact(fam: dict, cov: float) -> float:
+    def exact(fam, cov: float) -> float:
         lo, hi = family_offsets(fam, "signed", cov)
         c = []
         for yh in grid:
@@ -152,8 +150,8 @@ def test_v_metric_plans_at_zero_are_not_scores_of_the_upper_tail():
         y = np.where(rng.random(40) < p0, 0.0, yhat * np.exp(mu + sig * rng.normal(size=40)))
         fam = fit_family([Unit(f"p{i}", "PTV70", "V110%", "v_metric", float(a), float(b), 0.0)
                           for i, (a, b) in enumerate(zip(y, yhat, strict=True))])
-        fam["family"] = "v_metric"
-        plain = {k: v for k, v in fam.items() if k != "tail_scores"}  # as a version 1 calibration
+        assert fam.family == "v_metric"
+        plain = dataclasses.replace(fam, tail_scores=None)  # as a version 1 calibration
         for cov in (0.8, 0.9):
             res.setdefault((cov, "bounded"), []).append(exact(fam, cov))
             res.setdefault((cov, "plain"), []).append(exact(plain, cov))
@@ -169,12 +167,12 @@ def test_tail_scores_follow_their_units():
              Unit("p1", "PTV56", "V110%", "v_metric", 100.0, 90.0, 0.0),
              Unit("p3", "PTV70", "V110%", "v_metric", 5.0, 5.5, 0.0)]
     fam = fit_family(units)
-    ts = fam["tail_scores"]["signed"]
-    assert ts["upper"] == [-0.5, 2.0, 10.0]  # the plan at 0 % is not in the upper tail
-    assert ts["lower"] == [-2.0, -0.5, 2.0]  # the plan at 100 % is not in the lower tail
+    ts = fam.tail_scores["signed"]
+    assert ts.upper == (-0.5, 2.0, 10.0)  # the plan at 0 % is not in the upper tail
+    assert ts.lower == (-2.0, -0.5, 2.0)  # the plan at 100 % is not in the lower tail
     lo, hi = tail_scores(fam, "signed")
     assert lo.tolist() == [-2.0, -0.5, 2.0, math.inf] and hi.tolist() == [-math.inf, -0.5, 2.0, 10.0]
-    assert len(fam["tail_scores"]["normalised"]["upper"]) == 3
+    assert len(fam.tail_scores["normalised"].upper) == 3
 
 
 def test_offsets_by_method():
@@ -233,7 +231,7 @@ def test_coverage_on_new_patients_matches_direct_count():
     cal = [u for u in _synthetic_units(40, seed=2) if u.family == "oar_mean"]
     test = [u for u in _synthetic_units(400, seed=3) if u.family == "oar_mean"]
     fam = fit_family(cal)
-    fam["family"] = "oar_mean"
+    assert fam.family == "oar_mean"
     for m in ("absolute", "signed", "normalised"):
         hits = []
         for u in test:
@@ -246,7 +244,6 @@ def test_interval_clipped_to_the_metric_range():
     units = [Unit(f"p{i}", "PTV70", "V110%", "v_metric", float(v), 0.0, 0.0)
              for i, v in enumerate([0, 0, 1, 2, 3] * 5)]
     fam = fit_family(units)
-    fam["family"] = "v_metric"
     lo, hi = interval(0.0, "PTV70 V110%", fam, "absolute", 0.8)
     assert lo == 0.0 and 0 < hi <= 100
     lo, hi = interval(99.5, "PTV70 V110%", fam, "absolute", 0.8)
@@ -269,21 +266,96 @@ def test_write_and_load_calibration_atomic(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"weights")
     with pytest.raises(CalibrationError, match="no calibration.json"):
         load_calibration(tmp_path)
-    path = write_calibration(tmp_path, {"format": "dosepred-calibration", "x": math.inf})
-    assert json.loads(path.read_text())["x"] == "inf"
+    units = _synthetic_units(20, seed=5)
+    ids = sorted({u.patient for u in units})
+    cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", None, splits=5)
+    stats = {"width": math.inf, "coverage": math.nan}
+    results = {**cal.cross_validation.results, "oar_mean": {"absolute": {"0.9": stats}}}
+    cv = dataclasses.replace(cal.cross_validation, results=results)
+    cal = dataclasses.replace(cal, cross_validation=cv)
+    path = write_calibration(tmp_path, cal)
+    assert json.loads(path.read_text())["cross_validation"]["results"]["oar_mean"]["absolute"]["0.9"] == {
+        "width": "inf", "coverage": None}  # JSON has no inf or NaN
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.json", "model.pt"]
     assert (tmp_path / "model.pt").read_bytes() == b"weights"
-    assert load_calibration(tmp_path / "model.pt")["format"] == "dosepred-calibration"
+    again = load_calibration(tmp_path / "model.pt")
+    assert again.cross_validation.results["oar_mean"]["absolute"]["0.9"]["width"] == math.inf
+    assert again.families == cal.families and again.criteria == cal.criteria
     (tmp_path / "calibration.json").write_text("{}")
     with pytest.raises(CalibrationError, match="not a dosepred calibration"):
         load_calibration(tmp_path)
 
 
+def _old_versions(cal: dict) -> dict[int, dict]:
+    """The released (version 3) calibration as the writers of versions 1 and 2 wrote theirs: without
+    ``tta`` and ``method_rule``; version 1 also without the quantile rule, the tail scores and the DVH
+    band."""
+    v2 = {k: v for k, v in cal.items() if k not in ("tta", "method_rule")}
+    v2["version"] = 2
+    v1 = {k: v for k, v in v2.items() if k not in ("quantile_rule", "dvh_band")}
+    v1["version"] = 1
+    v1["families"] = {f: {k: v for k, v in d.items() if k != "tail_scores"}
+                      for f, d in cal["families"].items()}
+    return {1: v1, 2: v2, 3: cal}
+
+
+def test_calibration_files_of_every_version_read_and_write_back_unchanged(tmp_path):
+    """A calibration.json of each version, as its writer wrote it (``json.dumps(..., indent=1)``), is
+    read with its version's meaning (rule, flipping, tail scores, band) and written back byte for
+    byte: the typed record loses nothing and adds nothing."""
+    from pathlib import Path
+
+    released = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm" / "calibration.json"
+    text = released.read_text()
+    assert json.dumps(json.loads(text), indent=1) + "\n" == text  # how the writer writes
+    for version, obj in _old_versions(json.loads(text)).items():
+        d = tmp_path / f"v{version}"
+        d.mkdir()
+        written = json.dumps(obj, indent=1) + "\n"
+        (d / "calibration.json").write_text(written)
+        cal = load_calibration(d)
+        assert cal.version == version
+        assert cal.quantile_rule == ("conservative" if version == 1 else "interpolated")
+        assert cal.tta is (version == 3)
+        assert (cal.dvh_band is None) is (version == 1)
+        assert all((f.tail_scores is None) is (version == 1) for f in cal.families.values())
+        assert cal.methods == {f: v["method"] for f, v in obj["families"].items()}
+        ranges = obj["training_ranges"]["roi_volume_cc"]
+        assert cal.training_ranges.roi_volume_cc == {r: tuple(v) for r, v in ranges.items()}
+        fam = cal.families["target_dose"]
+        assert fam.scores["signed"] == tuple(obj["families"]["target_dose"]["scores"]["signed"])
+        assert fam.criterion_stats["PTV70 D95%"].scale == obj["families"]["target_dose"]["criterion_stats"][
+            "PTV70 D95%"]["scale"]
+        out = tmp_path / f"out{version}"
+        out.mkdir()
+        assert write_calibration(out, cal).read_text() == written
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(version=4), r"version 4 is newer than this dosepred reads \(1-3\)"),
+    (lambda c: c["families"]["oar_mean"].update(scores={"signed": "x"}),
+     r"families\.oar_mean\.scores\.signed is not a list of numbers: recalibrate"),
+    (lambda c: c["training_ranges"]["roi_volume_cc"].update(Larynx=[1.0]),
+     r"training_ranges\.roi_volume_cc\.Larynx is not \[min, max\]"),
+    (lambda c: c.update(families=[]), r"calibration\.json: families is not an object"),
+    (lambda c: c.update(quantile_rule="nearest"), r"quantile rule 'nearest' is not one of interpolated"),
+])
+def test_a_malformed_calibration_is_one_clear_error(tmp_path, edit, message):
+    from pathlib import Path
+
+    released = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm" / "calibration.json"
+    cal = json.loads(released.read_text())
+    edit(cal)
+    (tmp_path / "calibration.json").write_text(json.dumps(cal))
+    with pytest.raises(CalibrationError, match=message):
+        load_calibration(tmp_path)
+
+
 # ------------------------------------------------------------------------------- the DVH band
 def test_band_doses_are_d_at_volume(sample_dir):
-    from dosepred.calibration import BAND_LEVELS, band_doses
     from dosepred.dvh import roi_metric
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
+    from dosepred.qa.band import BAND_LEVELS, band_doses
 
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
     d0 = band_doses(p, p.dose)
@@ -300,7 +372,7 @@ def test_band_offsets_hold_their_coverage_at_every_level():
     """Residuals of D at each level ~ N(mu_l, sd_l) (colder and wider towards small volumes), 40
     calibration patients: at each level the exact coverage Phi((hi - mu) / sd) - Phi((lo - mu) / sd),
     averaged over calibration draws, is nominal."""
-    from dosepred.calibration import BAND_LEVELS, band_offsets, fit_band
+    from dosepred.qa.band import BAND_LEVELS, band_offsets, fit_band
 
     mu = np.linspace(-2.0, 1.0, len(BAND_LEVELS))
     sd = np.linspace(3.0, 1.0, len(BAND_LEVELS))
@@ -328,9 +400,9 @@ def test_predictions_must_be_made_as_the_calibration_records(tmp_path):
     flipped by default, as `dosepred predict`. Predictions made otherwise (unflipped for a flipped
     calibration, or flipped for an unflipped one, translated, or not saying) are refused, naming
     the cache and the fix."""
-    from dosepred.calibration import CalibrationError, collect_units
     from dosepred.io.cache import write_cache
     from dosepred.protocol import load_protocol
+    from dosepred.qa.calibrate import collect_units
     from dosepred.synth import make_cohort
 
     cohort = make_cohort(2, seed=4, size=24)
@@ -359,20 +431,21 @@ def test_calibration_records_its_flipping_and_old_files_mean_unflipped(tmp_path)
     """Version 3 files record ``tta`` (and the method rule); versions 1 and 2, made before, were made
     from unflipped predictions: QA must predict unflipped for them. A version 3 file without the
     record is an error, not a guess."""
-    from dosepred.calibration import build_calibration, calibration_tta
-
     units = _synthetic_units(20, seed=5)
     (tmp_path / "model.pt").write_bytes(b"w")
     ids = sorted({u.patient for u in units})
     for tta in (True, False):
         cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", None, splits=5,
                                 tta=tta)
-        assert cal["version"] == 3 and cal["tta"] is tta and cal["method_rule"] == "flagging-end"
-        assert calibration_tta(json.loads(json.dumps(cal))) is tta
-    assert calibration_tta({"version": 2, "quantile_rule": "interpolated"}) is False
-    assert calibration_tta({"format": "dosepred-calibration"}) is False  # version 1 does not say
+        assert cal.version == 3 and cal.tta is tta and cal.method_rule == "flagging-end"
+        written = json.loads(write_calibration(tmp_path, cal).read_text())
+        assert written["tta"] is tta and load_calibration(tmp_path).tta is tta
+    head = {"format": "dosepred-calibration"}
+    v2 = {**head, "version": 2, "quantile_rule": "interpolated", "tta": True}
+    assert Calibration.from_json(v2).tta is False  # made before flipping: whatever it says
+    assert Calibration.from_json(head).tta is False  # version 1 does not say
     with pytest.raises(CalibrationError, match="version 3 has no 'tta' record.*recalibrate"):
-        calibration_tta({"version": 3})
+        Calibration.from_json({**head, "version": 3})
 
 
 def _skewed_units(n_patients, seed, fam, lower_better):

@@ -54,7 +54,7 @@ def test_demo_tiny(tmp_path):
     # ... and the same QA as `dosepred qa` of that plan, which predicts by itself (flipped or not as its
     # calibration says): the demo's doses are made the way the intervals were calibrated
     from dosepred import load_patients
-    from dosepred.qa import run_qa
+    from dosepred.qa.check import run_qa
 
     plans = list(load_patients(tmp_path / "data" / "openkbp" / "validation-pats", ids=["pt_201"]))
     ref = run_qa(ROOT / dict(RELEASED)["MAE+CDM"], plans, "openkbp-clinical", coverage=0.9).to_json()

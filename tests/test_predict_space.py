@@ -132,7 +132,7 @@ def test_dicom_layout_does_not_change_the_prediction(model, patient, reference_p
     ref_scores = scores(patient, reference_prediction)
     got = scores(patient, back)
     assert abs(got[0] - ref_scores[0]) < 0.1 and abs(got[1] - ref_scores[1]) < 0.1
-    from dosepred.qa import to_roi_set
+    from dosepred.qa.check import to_roi_set
 
     # scored in the file's own layout against the dose read from its RTDOSE (Esophagus recorded missing)
     own = scores(to_roi_set(q, patient.roi_set), dose)

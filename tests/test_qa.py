@@ -8,14 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
-from dosepred.qa import (
+from dosepred.qa import load_calibration, lower_is_better
+from dosepred.qa.result import (
     FLAG_BETTER,
     FLAG_COVERAGE_BELOW,
     FLAG_HOT_ABOVE,
     FLAG_NOT_CONTOURED,
     FLAG_OAR_ABOVE,
     flags_for,
-    lower_is_better,
 )
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
@@ -74,7 +74,7 @@ def qa_run(sample_dir, model_dir, tmp_path_factory):
 
 def test_qa_json_contract(qa_run, sample_dir):
     from dosepred.dvh import roi_metric
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.protocol import load_protocol
 
     out, data, output = qa_run
@@ -133,7 +133,7 @@ def test_qa_json_contract(qa_run, sample_dir):
 
 def test_qa_predicted_value_matches_an_independent_prediction(qa_run, sample_dir, model_dir):
     from dosepred.dvh import roi_metric
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.models.checkpoint import load_model
     from dosepred.predict import predict_dose
 
@@ -193,7 +193,7 @@ def test_qa_errors_are_clear(sample_dir, model_dir, tmp_path):
 
 
 def test_qa_uncalibrated_criterion_falls_back_to_its_family(sample_dir, model_dir, tmp_path):
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.qa import FLAG_UNCALIBRATED, run_qa
 
     proto = {"name": "other", "criteria": [
@@ -211,7 +211,7 @@ def test_qa_uncalibrated_criterion_falls_back_to_its_family(sample_dir, model_di
 
 def test_qa_on_a_dicom_plan(sample_dir, model_dir, tmp_path):
     """Export a sample patient to DICOM (CT + RTSTRUCT + RTDOSE) and check its plan."""
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.io.dicom import write_dicom
 
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
@@ -247,23 +247,24 @@ def _calibrated_copy(model_dir, tmp_path, edit):
 def test_qa_normalised_intervals_use_each_criterion_s_statistics(sample_dir, model_dir, tmp_path):
     """A normalised interval is prediction + bias_c + scale_c * offset with the criterion's own bias and
     scale from calibration.json (not the family's fallback)."""
-    from dosepred.calibration import family_offsets, quantile_rule
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.qa import run_qa
+    from dosepred.qa.conformal import family_offsets
 
     def edit(cal):
         cal["families"]["target_dose"]["method"] = "normalised"
 
     d, cal = _calibrated_copy(model_dir, tmp_path, edit)
-    fam = {**cal["families"]["target_dose"], "family": "target_dose"}
-    lo, hi = family_offsets(fam, "normalised", 0.8, quantile_rule(cal))
+    fam = load_calibration(d).families["target_dose"]
+    assert fam.method == "normalised" and cal["quantile_rule"] == "interpolated"
+    lo, hi = family_offsets(fam, "normalised", 0.8, "interpolated")
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
     res = run_qa(d, [p], "openkbp-clinical", coverage=0.8)
     widths = set()
     for c in res.patients[0].criteria:
         if c.family != "target_dose":
             continue
-        st = fam["criterion_stats"][f"{c.roi} {c.metric}"]
+        st = cal["families"]["target_dose"]["criterion_stats"][f"{c.roi} {c.metric}"]
         assert c.low == pytest.approx(max(c.predicted + st["bias"] + st["scale"] * lo, 0.0))
         assert c.high == pytest.approx(c.predicted + st["bias"] + st["scale"] * hi)
         widths.add(round(c.high - c.low, 6))
@@ -273,9 +274,9 @@ def test_qa_normalised_intervals_use_each_criterion_s_statistics(sample_dir, mod
 def test_qa_reads_a_version_1_calibration_with_its_rule(sample_dir, model_dir, tmp_path):
     """Calibrations written before the quantile rule existed keep their intervals: the ceil rule,
     one score list per method."""
-    from dosepred.calibration import conformal_quantile
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.qa import run_qa
+    from dosepred.qa.conformal import conformal_quantile
 
     def edit(cal):
         cal.pop("quantile_rule", None)
@@ -297,14 +298,13 @@ def test_qa_reads_a_version_1_calibration_with_its_rule(sample_dir, model_dir, t
 def test_qa_with_an_older_calibration_predicts_unflipped_as_it_was_made(sample_dir, model_dir, tmp_path):
     """A calibration of version 2 (no ``tta`` record) was made from unflipped predictions: QA predicts
     unflipped with it (its intervals describe those errors) and warns once that it does."""
-    from dosepred.calibration import calibration_tta
     from dosepred.dvh import roi_metric
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.models.checkpoint import load_model
     from dosepred.predict import predict_dose
     from dosepred.qa import run_qa
 
-    assert calibration_tta(json.loads((MODEL / "calibration.json").read_text())) is True  # the release
+    assert load_calibration(MODEL).tta is True  # the release
 
     def edit(cal):
         cal["version"] = 2
@@ -334,20 +334,20 @@ def test_qa_with_an_older_calibration_predicts_unflipped_as_it_was_made(sample_d
 def test_qa_dvh_band_comes_from_the_calibration(sample_dir, model_dir, tmp_path):
     """The report's DVH band is the calibration's band of D at each volume level (ROIs without one get
     none); a calibration without a band falls back to the illustrative shifted band."""
-    from dosepred.calibration import BAND_LEVELS, band_offsets, fit_band, quantile_rule
-    from dosepred.io.cache import load_patients
-    from dosepred.qa import QAChecker, run_qa
+    import dataclasses
+
+    from dosepred.io import load_patients
+    from dosepred.qa import QAChecker, run_qa, write_calibration
+    from dosepred.qa.band import BAND_LEVELS, band_offsets, fit_band
 
     rng = np.random.default_rng(0)
     rows = {f"p{i}": rng.normal(0.0, 2.0, len(BAND_LEVELS)).tolist() for i in range(30)}
-
-    def edit(cal):
-        cal["dvh_band"] = fit_band({"PTV70": rows})
-
-    d, cal = _calibrated_copy(model_dir, tmp_path, edit)
+    band = fit_band({"PTV70": rows})
+    d, _ = _calibrated_copy(model_dir, tmp_path, lambda cal: None)
+    write_calibration(d, dataclasses.replace(load_calibration(d), dvh_band=band))
     chk = QAChecker(d, "openkbp-clinical", 0.8)
     got = chk.dvh_band("PTV70")
-    want = band_offsets(cal["dvh_band"], "PTV70", 0.8, quantile_rule(cal))
+    want = band_offsets(band, "PTV70", 0.8, "interpolated")
     assert got is not None and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
     assert chk.dvh_band("Larynx") is None and chk.has_dvh_band
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
@@ -374,7 +374,7 @@ def test_qa_refuses_plans_it_cannot_check_naming_each(sample_dir, model_dir, tmp
     """A pelvis-like plan (PTV, Bladder, Rectum), a plan with a target but no OAR of the model, or one
     without the ROI every training patient had: one error naming each such patient and what it
     lacks, exit 2, no output; the plans after the first such plan are not predicted."""
-    from dosepred.io.cache import load_patients, write_cache
+    from dosepred.io import load_patients, write_cache
     from dosepred.qa import QAError, run_qa
 
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
@@ -406,7 +406,7 @@ def test_qa_warns_of_a_plan_lacking_an_roi_few_training_patients_lacked(sample_d
     169 training patients lacked one): checked, not refused, with a warning naming the ROI, the count,
     the consequence and the remedy. Without its Larynx (89 of 169 lacked one): no warning. Before, the
     plan without a cord was checked with only its criteria marked not contoured."""
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.qa import QAChecker
 
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
@@ -452,7 +452,7 @@ def test_qa_notes_are_the_patient_s_once_and_spare_the_model_s_own_data(validati
     big = p.mask("SpinalCord")
     big[:, :, :] = big.any(axis=2, keepdims=True)  # the cord's outline through every slice
     cord = big.sum() * p.voxel_volume_cc
-    hi = chk.ranges["roi_volume_cc"]["SpinalCord"][1]
+    lo, hi = chk.calibration.training_ranges.roi_volume_cc["SpinalCord"]
     assert cord > 1.5 * hi
     masks = {n: p.mask(n) for n in p.present_rois}
     masks["SpinalCord"] = big
@@ -462,7 +462,7 @@ def test_qa_notes_are_the_patient_s_once_and_spare_the_model_s_own_data(validati
                            p.geometry)
     pq, _, _ = chk.check(q, pred=q.dose)
     assert pq.notes == [f"{NOTE_VOLUME}: SpinalCord {cord:.1f} cc, training "
-                        f"{chk.ranges['roi_volume_cc']['SpinalCord'][0]:.1f}-{hi:.1f} cc"]
+                        f"{lo:.1f}-{hi:.1f} cc"]
 
 
 def test_qa_refuses_a_plan_planned_for_other_prescriptions(sample_dir, model_dir):
@@ -472,7 +472,7 @@ def test_qa_refuses_a_plan_planned_for_other_prescriptions(sample_dir, model_dir
     prediction without the 54 Gy target)."""
     import dataclasses
 
-    from dosepred.io.cache import load_patients
+    from dosepred.io import load_patients
     from dosepred.patient import Roi, RoiSet
     from dosepred.qa import QAError, run_qa
 

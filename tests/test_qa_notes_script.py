@@ -26,7 +26,7 @@ def setup(sample_dir, tmp_path, monkeypatch):
     their plan doses as 'predictions' recorded as made with --tta or --no-tta, and predict_dose
     replaced by one that records how it was asked to predict (and returns the plan's dose)."""
     import dosepred.predict
-    from dosepred.io.cache import load_patients, write_cache
+    from dosepred.io import load_patients, write_cache
 
     model = tmp_path / "model"
     shutil.copytree(MODEL, model)
@@ -56,7 +56,7 @@ def _run(monkeypatch, model, work, pred, *extra):
 
 
 def test_qa_notes_refuses_predictions_made_otherwise_than_qa_s(setup, monkeypatch):
-    from dosepred.calibration import CalibrationError
+    from dosepred.qa.calibration import CalibrationError
 
     model, work, _ = setup
     with pytest.raises(CalibrationError, match=r"pred--tta: these predictions were made with --tta, but "

@@ -115,23 +115,24 @@ def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list
     return out
 
 
-def calibration(cal: dict[str, Any]) -> Table:
-    """The cross-validated coverage and width of each metric family's chosen method."""
-    from .calibration import FAMILY_TITLES
+def calibration(cal: Any) -> Table:
+    """The cross-validated coverage and width of each metric family's chosen method
+    (``cal``: a :class:`~dosepred.qa.calibration.Calibration` computed with its cross-validation)."""
+    from .qa.families import FAMILY_TITLES
 
-    cv = cal["cross_validation"]
-    t = _table(f"{len(cal['patients'])} patients, protocol {cal['protocol']}, {cal.get('quantile_rule')} "
-               f"quantiles; cross-validated ({cv['splits']} random splits, {cv['calibration_fraction']:.0%} "
+    cv = cal.cross_validation
+    t = _table(f"{len(cal.patients)} patients, protocol {cal.protocol}, {cal.quantile_rule} "
+               f"quantiles; cross-validated ({cv.splits} random splits, {cv.calibration_fraction:.0%} "
                "calibrating)",
                ("family", "units", "method", "coverage 80 %", "width 80 % ", "coverage 90 %", "width 90 %"),
                ("method",))
-    for fam, d in cal["families"].items():
-        r = cv["results"].get(fam, {}).get(d["method"], {})
+    for fam, d in cal.families.items():
+        r = cv.results.get(fam, {}).get(d.method, {})
         cells = []
         for lev in ("0.8", "0.9"):
             x = r.get(lev)
             cells += ["-", "-"] if x is None else [f"{x['coverage']:.1f}", f"{x['width']:.2f}"]
-        t.add_row(FAMILY_TITLES.get(fam, fam), str(d["n"]), d["method"], *cells)
+        t.add_row(FAMILY_TITLES.get(fam, fam), str(d.n), d.method, *cells)
     return t
 
 

@@ -208,8 +208,9 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     from .io import load_patients
     from .models.checkpoint import load_model
     from .predict import predict_dose
-    from .qa import QAChecker, QAResult
-    from .report.qa import QAReportWriter
+    from .qa.check import QAChecker
+    from .qa.report import QAReportWriter
+    from .qa.result import QAResult
 
     root = find_repository(s.root)
     folder = unpack_examples(root, out / "data" / "openkbp")
@@ -237,7 +238,7 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
 
     checked = [chk.check(p, d) for p, d in zip(patients, doses[QA_MODEL], strict=True)]
     qa_res = QAResult(coverage=chk.coverage, model=str(chk.model_path.parent), protocol=chk.protocol.name,
-                      calibration_protocol=str(chk.calib.get("protocol")), patients=[c[0] for c in checked],
+                      calibration_protocol=str(chk.calibration.protocol), patients=[c[0] for c in checked],
                       methods=chk.methods, warnings=chk.warnings, tta=chk.tta)
     ranked = qa_res.summary()
     shown = ranked[0]["id"]
@@ -246,7 +247,7 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     writer.add(plan, pred, pq)
     qa_report = writer.finish(qa_res)
     qa_res.write_json(out / "qa" / "qa.json")
-    in_calib = [i for i in ids if i in set(chk.calib.get("patients") or [])]
+    in_calib = [i for i in ids if i in set(chk.calibration.patients)]
     say(f"plan QA ({QA_MODEL}, {chk.coverage:.0%} intervals): {shown} ranked first of {len(ids)} plans")
 
     qa = {"model": qa_dir, "coverage": chk.coverage, "ranked": ranked, "shown": shown,
@@ -459,8 +460,8 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
     """The QA section of the demo's report: the ranking, the shown plan's flagged criteria, its DVH
     with the calibrated bands and its views; the full criteria table is in ``qa/report.html``.
     ``plans``: the plans' folder as the command line would name it."""
-    from .calibration import FAMILY_TITLES
-    from .qa import FLAG_BETTER, IMPROVEMENT_FLAGS
+    from .qa.families import FAMILY_TITLES
+    from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS
 
     cov = qa["coverage"]
     rows = "".join(

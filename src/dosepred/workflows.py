@@ -1,5 +1,5 @@
 """The commands' workflows as API functions: each ``dosepred`` command is one call into one of these
-(or into :func:`~dosepred.predict.predict_to`, :func:`~dosepred.qa.run_qa`, ...), so whatever the CLI
+(or into :func:`~dosepred.predict.predict_to`, :func:`~dosepred.qa.check.run_qa`, ...), so whatever the CLI
 does a script can do the same way, with the same checks and the same all-or-nothing outputs
 (:mod:`dosepred.fsutil`: a non-empty output is replaced only with ``overwrite``; a failure leaves it
 as it was).
@@ -278,11 +278,12 @@ def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
 
 
 def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-clinical",
-                    overwrite: bool = False, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
-    """:func:`dosepred.calibration.calibrate`, refusing to replace a model's calibration without
+                    overwrite: bool = False, **kwargs: Any) -> tuple[Path, Any]:
+    """:func:`dosepred.qa.calibrate.calibrate`, refusing to replace a model's calibration without
     ``overwrite``, and a source of too few patients before predicting any."""
-    from .calibration import MIN_PATIENTS, CalibrationError, calibrate, calibration_path
     from .io.source import open_source
+    from .qa.calibrate import MIN_PATIENTS, calibrate, calibration_path
+    from .qa.calibration import CalibrationError
 
     if not Path(data).exists():
         raise FileNotFoundError(f"{data} does not exist")
@@ -313,12 +314,12 @@ def parse_point(text: str | None) -> tuple[float, float, float] | None:
 def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "openkbp-clinical",
              coverage: float = 0.9, json_out: PathLike | None = None, report: bool = True,
              report_max: int | None = None, point: str | None = None, overwrite: bool = False) -> Any:
-    """``dosepred qa``: :func:`dosepred.qa.run_qa` into a new folder ``out`` (``qa.json``,
+    """``dosepred qa``: :func:`dosepred.qa.check.run_qa` into a new folder ``out`` (``qa.json``,
     ``report.html``) and the JSON also to ``json_out``, all or nothing. Returns the
-    :class:`~dosepred.qa.QAResult`."""
+    :class:`~dosepred.qa.result.QAResult`."""
     import contextlib
 
-    from .qa import run_qa
+    from .qa.check import run_qa
 
     point_mm = parse_point(point)
     inputs = [model, plans]

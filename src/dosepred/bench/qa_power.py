@@ -27,10 +27,10 @@ not trained on (the OpenKBP validation split), cross-validated:
   Every degraded value is recomputed by the evaluator and the change checked against X.
 
 Each split calibrates on ``calibration_patients`` patients (their untouched plans) with the same
-conformal code as ``dosepred calibrate`` (:func:`dosepred.calibration.fit_family`) and checks the
-others with QA's flag rule (:func:`dosepred.qa.flags_for`): a degraded plan's prediction is its
+conformal code as ``dosepred calibrate`` (:func:`dosepred.qa.conformal.fit_family`) and checks the
+others with QA's flag rule (:func:`dosepred.qa.result.flags_for`): a degraded plan's prediction is its
 untouched plan's (the prediction sees only the anatomy). Every method of
-:data:`dosepred.calibration.METHODS` is measured on the same splits, and so are locally adaptive
+:data:`dosepred.qa.conformal.METHODS` is measured on the same splits, and so are locally adaptive
 candidates (:data:`ADAPTIVE`) when the test-time passes they need are given: the normalised
 interval scaled per unit by ``g(d) = a + b d``, ``d`` the disagreement of the criterion's value
 between the plain prediction and another pass (left-right flipped, translated), ``a, b`` fitted to the
@@ -55,20 +55,22 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import (
-    DEFAULT_RULE,
-    FAMILIES,
-    METHODS,
-    Unit,
-    calibration_tta,
-    criterion_stats,
-    flags_words,
-    load_calibration,
-    metric_family,
-    offsets,
-    predictions_made_with,
-)
 from ..patient import Patient
+from ..qa.calibrate import flags_words, predictions_made_with
+from ..qa.calibration import load_calibration
+from ..qa.conformal import (
+    DEFAULT_RULE,
+    METHODS,
+    apply_offsets,
+    clip_to_range,
+    criterion_norm,
+    criterion_stats,
+    family_offsets,
+    fit_family,
+    offsets,
+)
+from ..qa.families import FAMILIES, Unit, lower_is_better, metric_family
+from ..qa.result import FLAG_COVERAGE_BELOW, FLAG_HOT_ABOVE, FLAG_OAR_ABOVE, IMPROVEMENT_FLAGS, flags_for
 
 DEFAULT_OAR_GY = (2.0, 3.0, 4.0, 6.0, 8.0)
 DEFAULT_COLD_GY = (1.0, 2.0, 3.0)
@@ -304,7 +306,6 @@ class Case:
 
 def _criteria(plan: Patient, pred: np.ndarray, protocol: Any) -> tuple[list[Crit], Any]:
     from ..evaluation import evaluate_patient
-    from ..qa import lower_is_better
 
     res = evaluate_patient(plan, pred, protocol)
     kinds = {r.name: r.kind for r in plan.roi_set}
@@ -376,10 +377,10 @@ def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: Any, c
 
 def qa_flipping(model: str | os.PathLike) -> bool:
     """Whether plan QA predicts with flipping for ``model``: its calibration's record
-    (:func:`dosepred.calibration.calibration_tta`), True without a calibration (``dosepred
+    (:attr:`dosepred.qa.calibration.Calibration.tta`), True without a calibration (``dosepred
     calibrate``'s default, as ``dosepred predict``)."""
     try:
-        return calibration_tta(load_calibration(model))
+        return load_calibration(model).tta
     except ValueError:  # no or no readable calibration.json
         return True
 
@@ -402,7 +403,8 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
     ``passes``: pass name
     (``flip`` / ``shift``) -> a cache predicted with ``--tta`` / ``--no-tta --tta-shift``, from which
     (with the plain prediction) that pass alone is recovered."""
-    from ..io.cache import Cache, load_patients
+    from ..io.cache import Cache
+    from ..io.source import load_patients
     from ..protocol import load_protocol
 
     passes = dict(passes or {})
@@ -492,9 +494,13 @@ def _adaptive_fit(cu: list[Crit], names: Sequence[str]) -> dict[str, Any]:
     def d_of(c: Crit) -> float:
         return math.sqrt(sum((c.passes[n] - c.predicted) ** 2 for n in names) / len(names))
 
+    def score(u: Crit, st: dict[str, Any]) -> float:  # the normalised score
+        b, s = criterion_norm(st, u.key)
+        return (u.plan - u.predicted - b) / s
+
     def fit(us: list[Crit]) -> tuple[dict[str, Any], float, float, float]:
         st = criterion_stats([u.unit_record() for u in us])
-        z = np.array([abs((u.plan - u.predicted - _bias(st, u.key)) / _scale(st, u.key)) for u in us])
+        z = np.array([abs(score(u, st)) for u in us])
         d = np.array([d_of(u) for u in us])
         b = float(np.polyfit(d, z, 1)[0]) if d.size > 2 and d.std() > 0 else 0.0
         b = max(b, 0.0)
@@ -513,20 +519,13 @@ def _adaptive_fit(cu: list[Crit], names: Sequence[str]) -> dict[str, Any]:
         rest = [u for u in cu if u.patient != pid]
         s2, a2, b2, f2 = fit(rest) if rest else (st, a, b, floor)
         for u in mine:
-            z = (u.plan - u.predicted - _bias(s2, u.key)) / (_scale(s2, u.key) * g(a2, b2, f2, u))
+            bias, scale = criterion_norm(s2, u.key)
+            z = (u.plan - u.predicted - bias) / (scale * g(a2, b2, f2, u))
             top = 100.0 if u.family == "v_metric" else math.inf
             lower.append(math.inf if u.plan >= top else z)  # plan values at a bound: see tail_scores
             upper.append(-math.inf if u.plan <= 0 else z)
     return {"stats": st, "a": a, "b": b, "floor": floor, "lower": np.array(lower), "upper": np.array(upper),
             "g": lambda c: g(a, b, floor, c)}
-
-
-def _bias(st: dict[str, Any], key: str) -> float:
-    return float((st.get(key) or st["*"])["bias"])
-
-
-def _scale(st: dict[str, Any], key: str) -> float:
-    return float((st.get(key) or st["*"])["scale"])
 
 
 # ------------------------------------------------------------------------------ cross-validation
@@ -543,9 +542,6 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
     unit) pairs. ``methods``: of :data:`METHODS` and :data:`ADAPTIVE` (default: every method, and
     the adaptive candidates whose passes every criterion has), and ``qa``: per family the method of
     ``qa_methods`` (family -> one of :data:`METHODS`; absolute for a family it does not name)."""
-    from ..calibration import apply_offsets, family_offsets, fit_family
-    from ..qa import FLAG_COVERAGE_BELOW, FLAG_HOT_ABOVE, FLAG_OAR_ABOVE, IMPROVEMENT_FLAGS, flags_for
-
     have = set.intersection(*(set(c.passes) for c in crits)) if crits else set()
     if methods is None and not qa_methods:
         methods = methods_default(have)
@@ -589,8 +585,7 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
             if c.patient in cal:
                 cal_by_fam.setdefault(c.family, []).append(c)
         for fam, cu in cal_by_fam.items():
-            f = fit_family([u.unit_record() for u in cu])
-            f["family"] = fam
+            f = fit_family([u.unit_record() for u in cu], fam)
             fits[fam] = f
         for m in methods:
             a = acc[m]
@@ -613,10 +608,10 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
                     lo, hi = off[c.family]
                     if m in ADAPTIVE:
                         fa = ada[c.family]
-                        s = _scale(fa["stats"], c.key) * fa["g"](c)
-                        b = _bias(fa["stats"], c.key)
-                        low, high = apply_offsets(c.predicted, c.key, {"family": c.family}, "absolute",
-                                                  b + s * lo, b + s * hi)
+                        b, s = criterion_norm(fa["stats"], c.key)
+                        s = s * fa["g"](c)
+                        low, high = clip_to_range(c.predicted + (b + s * lo), c.predicted + (b + s * hi),
+                                                  c.family)
                     else:
                         low, high = apply_offsets(c.predicted, c.key, fits[c.family], meth[c.family], lo, hi)
                     ivs[c.key] = (low, high)
@@ -700,8 +695,7 @@ def run(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig | No
     crits, cases, info = collect(model, data, cfg, prediction, passes, progress)
     t1 = time.perf_counter()
     try:
-        calib = load_calibration(model)
-        qa_methods = {f: d.get("method", "absolute") for f, d in calib.get("families", {}).items()}
+        qa_methods = load_calibration(model).methods
     except ValueError:  # no calibration.json: no "qa" row
         qa_methods = {}
     if methods is None and qa_methods:

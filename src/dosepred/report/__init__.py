@@ -12,7 +12,7 @@ dashed/dotted, one colour per ROI) and three orthogonal views (:mod:`dosepred.re
 oriented from the patient geometry, edge letters, mm scale bar, isodose lines, ROI contours and
 legend, difference with a dead zone, slice sliders in plain JavaScript). For large cohorts use
 :class:`ReportWriter`, which renders each patient as it streams past and keeps no volumes. The plan
-QA report (:class:`dosepred.report.qa.QAReportWriter`) shares these parts. matplotlib (Agg backend)
+QA report (:class:`dosepred.qa.report.QAReportWriter`) shares these parts. matplotlib (Agg backend)
 and Pillow are imported only here.
 """
 

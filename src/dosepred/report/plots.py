@@ -173,10 +173,10 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                coverage: float | None = None) -> str:
     """Cumulative DVHs for plan QA: plan solid, prediction dashed; each criterion as a marker at its
     DVH point (plan value, with the interval as an error bar and the limit as a black tick); flagged
-    criteria as triangles. ``criteria``: :class:`dosepred.qa.CriterionQA` items.
+    criteria as triangles. ``criteria``: :class:`dosepred.qa.result.CriterionQA` items.
 
     The band around each predicted DVH: with ``band`` (ROI -> (levels %, lower, upper offsets in Gy),
-    :meth:`dosepred.qa.QAChecker.dvh_band`), the calibrated pointwise interval of D at each volume
+    :meth:`dosepred.qa.check.QAChecker.dvh_band`), the calibrated pointwise interval of D at each volume
     level, drawn from the predicted D at those levels; ROIs without one get no band. Without
     ``band`` (a calibration that has none), the predicted DVH shifted by the interval of the ROI's
     first dose criterion, labelled *illustrative*: it is not calibrated along the curve."""

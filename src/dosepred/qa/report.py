@@ -3,7 +3,7 @@
 Top: what was checked (model, protocol, calibration, coverage) and the cohort ranked by potential
 improvement. Per plan: the criteria table with its colour key, the DVHs with the predicted interval
 as a band and the criteria as markers, and the three orthogonal views of plan, prediction and
-plan - prediction (:mod:`dosepred.report.views`).
+plan - prediction (:mod:`dosepred.report.views`; the page's parts: :mod:`dosepred.report.html`).
 """
 
 from __future__ import annotations
@@ -11,17 +11,27 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from ..calibration import FAMILY_TITLES
 from ..patient import Patient
-from ..qa import FLAG_NOT_CONTOURED
-from .html import esc, fmt, head_html, write_html_atomic
+from ..report.html import esc, fmt, head_html, write_html_atomic
+from .families import FAMILY_TITLES
+from .result import FLAG_NOT_CONTOURED, PatientQA, QAResult
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..qa import PatientQA, QAChecker, QAResult
+
+class Bands(Protocol):
+    """What the report needs of the checker (:class:`dosepred.qa.check.QAChecker` has it): the
+    coverage of the intervals and the calibrated DVH band of an ROI, if the calibration has bands."""
+
+    coverage: float
+
+    @property
+    def has_dvh_band(self) -> bool: ...
+
+    def dvh_band(self, roi: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None: ...
+
 
 QA_CSS = """
 td.imp{background:#ffe2a8} td.better{background:#d6e6ff} .rel{color:#555;font-style:italic}
@@ -49,7 +59,7 @@ QA_KEY = (
 class QAReportWriter:
     """Collects each plan's section as QA streams; :meth:`finish` writes ``report.html``."""
 
-    def __init__(self, out_dir: str | os.PathLike, checker: QAChecker, max_patients: int | None = None,
+    def __init__(self, out_dir: str | os.PathLike, checker: Bands, max_patients: int | None = None,
                  title: str = "dosepred plan QA", point_mm: tuple[float, float, float] | None = None) -> None:
         self.out = Path(out_dir)  # created by finish(): a run that fails writes nothing
         self.chk = checker
@@ -59,8 +69,8 @@ class QAReportWriter:
         self.point_mm = point_mm  # views through this patient point (LPS mm); else the target centroid
 
     def add(self, plan: Patient, pred: np.ndarray, pq: PatientQA) -> None:
-        from .plots import dvh_qa_uri
-        from .views import Panel, ViewRenderer, viewer_html
+        from ..report.plots import dvh_qa_uri
+        from ..report.views import Panel, ViewRenderer, viewer_html
 
         assert plan.dose is not None
         band = ({r: self.chk.dvh_band(r) for r in plan.present_rois} if self.chk.has_dvh_band else None)
@@ -168,4 +178,3 @@ class QAReportWriter:
             parts.append("</div>")
         parts.append("</body></html>")
         return write_html_atomic(self.out / "report.html", parts)
-

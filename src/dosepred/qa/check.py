@@ -7,34 +7,21 @@
     result.to_json()   # {"coverage", "model", "patients": [{"id", "criteria": [...]}], "summary", ...}
 
 For every patient and criterion of the protocol: the plan's value, the predicted achievable value,
-the calibrated interval at ``coverage`` (:mod:`dosepred.calibration`; the model must have a
-``calibration.json``), the plan's pass/fail against the limit, and flags (:data:`FLAG_*`):
+the calibrated interval at ``coverage`` (the model must have a ``calibration.json``,
+:mod:`dosepred.qa.calibration`), the plan's pass/fail against the limit, and flags
+(:mod:`dosepred.qa.result`). A plan with none of the model's targets or none of its OARs is refused
+(:class:`QAError`); a plan lacking another ROI keeps that ROI's criteria without values (``ROI not
+contoured``).
 
-- ``OAR dose above achievable`` - an OAR metric (lower is better) above the interval; the flag
-  text says how much might be spared: plan - predicted (Gy, or % for V-metrics);
-- ``target hot spot above achievable`` - the same for a target metric where lower is better
-  (D1%, Dmax, V110%);
-- ``target coverage below achievable`` - a target metric (higher is better) below the interval;
-- ``plan better than predicted`` - beyond the interval on the good side;
-- ``ROI not contoured`` - the plan lacks the criterion's ROI: the criterion stays in the result
-  without values (a plan with none of the model's targets or none of its OARs is refused,
-  :class:`QAError`);
-- ``criterion not calibrated`` (the family's interval is used).
-
-Reliability notes concern the patient and are given once per patient (:attr:`PatientQA.notes`), only
-where validation measured a larger error (docs/qa.md, "Reliability notes"): a grid far from the
-model's training data (a spacing more than :data:`COARSE_NOTE_FACTOR` times the coarsest training
-spacing on its axis; a field of view far off or no body mask,
-:meth:`dosepred.models.space.ModelSpace.differences`) and an ROI volume far outside the training
-range (:data:`VOLUME_FACTOR`).
+Reliability notes concern the patient and are given once per patient, only where validation
+measured a larger error (docs/qa.md, "Reliability notes"): a grid far from the model's training data
+(a spacing more than :data:`COARSE_NOTE_FACTOR` times the coarsest training spacing on its axis; a
+field of view far off or no body mask, :meth:`dosepred.models.space.ModelSpace.differences`) and an
+ROI volume far outside the training range (:data:`VOLUME_FACTOR`).
 
 The model predicts as the calibration's predictions were made (:attr:`QAChecker.tta`, the
 calibration file's ``tta``): flipped, as ``dosepred predict`` by default, for calibrations of version 3;
 unflipped for older ones (with a warning), whose intervals describe unflipped predictions.
-
-A plan's *potential improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags
-plus predicted - plan over its coverage flags (dose metrics only); the cohort summary ranks plans by
-it.
 """
 
 from __future__ import annotations
@@ -43,38 +30,27 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .calibration import (
-    FAMILIES,
-    CalibrationError,
-    band_offsets,
-    calibration_tta,
-    family_offsets,
-    interval,
-    load_calibration,
-    lower_is_better,
-    metric_family,
-    quantile_rule,
+from ..fsutil import sha256_file
+from ..patient import Patient, RoiSet
+from .band import band_offsets
+from .calibration import CalibrationError, load_calibration
+from .conformal import family_offsets, interval
+from .families import lower_is_better, metric_family
+from .result import (
+    FLAG_NOT_CONTOURED,
+    FLAG_UNCALIBRATED,
+    NOTE_GRID,
+    NOTE_VOLUME,
+    CriterionQA,
+    PatientQA,
+    QAResult,
+    flags_for,
 )
-from .patient import Patient, RoiSet
 
-FLAG_OAR_ABOVE = "OAR dose above achievable"
-FLAG_HOT_ABOVE = "target hot spot above achievable"
-FLAG_COVERAGE_BELOW = "target coverage below achievable"
-FLAG_BETTER = "plan better than predicted"
-FLAG_UNCALIBRATED = "criterion not calibrated"
-FLAG_NOT_CONTOURED = "ROI not contoured"
-#: Patient notes (once per patient): the grid is far from the model's training data; an ROI's volume
-#: is far outside the training range.
-NOTE_GRID = "grid far from the training data"
-NOTE_VOLUME = "ROI volume far outside the training range"
-#: Flags that say the plan might be improved (they add to the potential improvement).
-IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW)
-RELIABILITY_FLAGS = (FLAG_UNCALIBRATED, FLAG_NOT_CONTOURED)
 #: A spacing more than this many times the training data's coarsest on its axis gets a note: on the
 #: validation plans put on coarser grids, errors grew from about 10 % beyond the training range
 #: (docs/qa.md, "Reliability notes"); pt_201 of the OpenKBP validation split (5.42 mm in-plane) is
@@ -93,126 +69,12 @@ class QAError(ValueError):
     """A plan QA cannot check (it lacks the model's targets or OARs); the message names the patient."""
 
 
-def flags_for(plan: float, predicted: float, low: float, high: float, kind: str, lower_better: bool,
-              unit: str = "Gy") -> tuple[list[str], float]:
-    """Improvement flags of one value and its potential improvement (in ``unit``; 0 when none)."""
-    if lower_better and plan > high:
-        gain = plan - predicted
-        name = FLAG_OAR_ABOVE if kind != "target" else FLAG_HOT_ABOVE
-        return [f"{name}: {gain:.1f} {unit} might be spared"], gain
-    if not lower_better and plan < low:
-        gain = predicted - plan
-        name = FLAG_COVERAGE_BELOW if kind == "target" else "OAR dose below achievable"
-        return [f"{name}: {gain:.1f} {unit} below the prediction"], gain
-    if (lower_better and plan < low) or (not lower_better and plan > high):
-        return [FLAG_BETTER], 0.0
-    return [], 0.0
-
-
 def contoured(p: Patient) -> list[str]:
     """The ROIs of ``p`` (its own names) that have at least one voxel."""
     codes = np.asarray(p.roi_codes)
     bits = int(np.bitwise_or.reduce(codes, axis=None)) if codes.size else 0
     return [n for n in p.present_rois if (bits >> p.roi_set.index(n)) & 1]
 
-
-@dataclass
-class CriterionQA:
-    roi: str
-    metric: str
-    plan: float
-    predicted: float
-    low: float
-    high: float
-    limit: float | None
-    plan_pass: bool | None
-    flags: list[str]
-    # not in the JSON contract's criterion object
-    name: str = ""
-    family: str = ""
-    unit: str = "Gy"
-    kind: str = "oar"
-    lower_better: bool = True
-    gain: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        def f(x: float) -> float | None:
-            return float(x) if x == x and math.isfinite(x) else None
-
-        return {"roi": self.roi, "metric": self.metric, "plan": f(self.plan), "predicted": f(self.predicted),
-                "low": f(self.low), "high": f(self.high),
-                "limit": None if self.limit is None else float(self.limit),
-                "plan_pass": self.plan_pass, "flags": list(self.flags)}
-
-
-@dataclass
-class PatientQA:
-    id: str
-    criteria: list[CriterionQA]
-    notes: list[str] = field(default_factory=list)  # reliability notes of the patient (grid, anatomy)
-    seconds: float = 0.0
-    not_contoured: list[str] = field(default_factory=list)  # the model's ROIs the plan lacks
-
-    @property
-    def potential_gy(self) -> float:
-        return float(sum(c.gain for c in self.criteria if c.unit == "Gy" and c.gain > 0))
-
-    @property
-    def improvement_flags(self) -> list[CriterionQA]:
-        return [c for c in self.criteria if any(f.startswith(IMPROVEMENT_FLAGS) for f in c.flags)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "criteria": [c.to_json() for c in self.criteria], "notes": list(self.notes),
-                "not_contoured": list(self.not_contoured)}
-
-
-@dataclass
-class QAResult:
-    coverage: float
-    model: str
-    protocol: str
-    calibration_protocol: str
-    patients: list[PatientQA]
-    methods: dict[str, str]
-    warnings: list[str] = field(default_factory=list)
-    #: Whether the predictions were flipped (the calibration's record; None: not said)
-    tta: bool | None = None
-
-    def summary(self) -> list[dict[str, Any]]:
-        """Plans ranked by potential improvement (Gy), most first."""
-        rows = []
-        for p in self.patients:
-            flagged = p.improvement_flags
-            rows.append({"id": p.id, "potential_gy": round(p.potential_gy, 2),
-                         "flags": len(flagged),
-                         "failed": sum(c.plan_pass is False for c in p.criteria),
-                         "flagged": [f"{c.roi} {c.metric}" for c in flagged],
-                         "reliability": sorted({f.split(":")[0].split(" (")[0] for c in p.criteria
-                                                for f in c.flags if f.startswith(FLAG_UNCALIBRATED)}
-                                               | {n.split(":")[0] for n in p.notes}),
-                         "not_contoured": list(p.not_contoured)})
-        rows.sort(key=lambda r: (-r["potential_gy"], -r["flags"], r["id"]))
-        for i, r in enumerate(rows, 1):
-            r["rank"] = i
-        return rows
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON contract (``coverage``, ``model``, ``patients``) plus ``protocol``,
-        ``calibration`` and the ranked ``summary``."""
-        return {"coverage": self.coverage, "model": self.model,
-                "patients": [p.to_json() for p in self.patients],
-                "protocol": self.protocol,
-                "calibration": {"protocol": self.calibration_protocol, "methods": self.methods,
-                                "tta": self.tta},
-                "summary": self.summary()}
-
-    def write_json(self, path: str | os.PathLike) -> None:
-        import json
-
-        from .fsutil import write_json
-
-        json.dumps(self.to_json())  # fail before touching the file
-        write_json(path, self.to_json())
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -231,7 +93,7 @@ def to_roi_set(p: Patient, roi_set: RoiSet) -> Patient:
 def open_plans(src: str | os.PathLike) -> Iterator[Patient]:
     """Patients with their plan dose from any source (:func:`dosepred.io.source.open_source`: a cache,
     an OpenKBP folder, a NIfTI folder or a DICOM folder of CT + RTSTRUCT + RTDOSE)."""
-    from .io.source import open_source
+    from ..io.source import open_source
 
     yield from open_source(src).patients(require_dose=True)
 
@@ -242,91 +104,89 @@ class QAChecker:
 
     def __init__(self, model: str | os.PathLike, protocol: Any, coverage: float = 0.9,
                  device: Any = None) -> None:
-        from .models.checkpoint import load_checkpoint, model_from_checkpoint, resolve_model_path
-        from .predict import resolve_device
-        from .protocol import load_protocol
+        from ..models.checkpoint import load_checkpoint, model_from_checkpoint, resolve_model_path
+        from ..predict import resolve_device
+        from ..protocol import load_protocol
 
         if not 0 < coverage < 1:
             raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
         self.model_path = resolve_model_path(model)
-        self.calib = load_calibration(self.model_path)
+        #: The model's calibration.json (:class:`~dosepred.qa.calibration.Calibration`)
+        self.calibration = load_calibration(self.model_path)
         self._check_model_hash()
         ckpt = load_checkpoint(self.model_path)
         self.net = model_from_checkpoint(ckpt, resolve_device(device or "auto"))
         self.roi_set: RoiSet = self.net.config.roi_set
         self.protocol = load_protocol(protocol, self.roi_set, roi_owner="the model")
         self.coverage = coverage
-        self.families = self.calib.get("families", {})
-        self.methods = {f: d.get("method", "absolute") for f, d in self.families.items()}
-        self.calibrated = set(self.calib.get("criteria", []))
-        self.rule = quantile_rule(self.calib)
+        self.methods = self.calibration.methods
+        self.calibrated = set(self.calibration.criteria)
+        self.rule = self.calibration.quantile_rule
         #: Predict with flipping as the calibration's predictions were (False for versions 1 and 2)
-        self.tta = calibration_tta(self.calib)
+        self.tta = self.calibration.tta
         self._bands: dict[str, Any] = {}
-        self.ranges = self.calib.get("training_ranges") or {}
         self.warnings: list[str] = []
         self._check_protocol()
         if not self.tta:
             self.warnings.append(
-                f"{self.model_path.parent / 'calibration.json'} (version {self.calib.get('version', 1)}) was "
+                f"{self.model_path.parent / 'calibration.json'} (version {self.calibration.version}) was "
                 "made from unflipped predictions, so QA predicts without flipping to match it (not as "
                 "`dosepred predict` does by default); recalibrate with `dosepred calibrate` for flipped "
                 "predictions and their narrower intervals (docs/qa.md)")
 
     def _check_model_hash(self) -> None:
-        from .calibration import sha256_file
-
-        want = self.calib.get("model_sha256")
+        want = self.calibration.model_sha256
         if want and sha256_file(self.model_path) != want:
             raise CalibrationError(f"{self.model_path.parent / 'calibration.json'} was computed for another "
                                    "model file (sha256 differs): recalibrate with `dosepred calibrate`")
 
     def _check_protocol(self) -> None:
         kinds = {r.name: r.kind for r in self.roi_set}
+        families = self.calibration.families
         missing: dict[str, list[str]] = {}
         for c in self.protocol.criteria:
             fam = metric_family(c.metric, kinds.get(c.roi, "oar"))
-            if fam not in self.families:
+            if fam not in families:
                 missing.setdefault(fam, []).append(c.name)
             else:
-                fam_cal = self.families[fam]
+                fam_cal = families[fam]
                 meth = self.methods[fam]
                 lo, hi = family_offsets(fam_cal, meth, self.coverage, self.rule)
                 ok = lo > -math.inf and hi < math.inf  # -inf / +inf: too few units for this coverage
                 if not ok:
-                    n = self.families[fam]["n"]
+                    n = families[fam].n
                     raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than "
                                            f"the {n} of family {fam}: ask for a lower --coverage")
         if missing:
             fams = "; ".join(f"{f} ({', '.join(v)})" for f, v in missing.items())
             raise CalibrationError(
-                f"the calibration of {self.model_path.parent} (protocol {self.calib.get('protocol')!r}) "
-                f"covers the families {', '.join(sorted(self.families))}, not {fams}: recalibrate with "
+                f"the calibration of {self.model_path.parent} (protocol {self.calibration.protocol!r}) "
+                f"covers the families {', '.join(sorted(families))}, not {fams}: recalibrate with "
                 f"`dosepred calibrate --protocol {self.protocol.name}`")
-        if self.calib.get("protocol") != self.protocol.name:
-            self.warnings.append(f"calibration computed for protocol {self.calib.get('protocol')!r}, QA "
+        if self.calibration.protocol != self.protocol.name:
+            self.warnings.append(f"calibration computed for protocol {self.calibration.protocol!r}, QA "
                                  f"with {self.protocol.name!r}: criteria it did not see use their family's "
                                  "interval")
 
     def dvh_band(self, roi: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(levels %, lower, upper offsets in Gy) of ``roi``'s calibrated DVH band at the checker's
-        coverage (:func:`dosepred.calibration.band_offsets`); None without one (calibrations before
+        coverage (:func:`dosepred.qa.band.band_offsets`); None without one (calibrations before
         version 2, ROIs the calibration patients did not have)."""
         if roi not in self._bands:
-            self._bands[roi] = band_offsets(self.calib.get("dvh_band"), roi, self.coverage, self.rule)
+            self._bands[roi] = band_offsets(self.calibration.dvh_band, roi, self.coverage, self.rule)
         return self._bands[roi]
 
     @property
     def has_dvh_band(self) -> bool:
         """Whether the calibration has a DVH band (version 2); else the report's band is illustrative."""
-        return bool(self.calib.get("dvh_band"))
+        return self.calibration.dvh_band is not None
 
     def predict(self, plan: Patient) -> np.ndarray:
         """The achievable dose on ``plan``'s grid (``plan`` as :meth:`prepare` returns it), flipped
         (averaged with the left-right mirrored prediction) when the calibration's predictions were
         (:attr:`tta`): the intervals describe the errors of predictions made that way. A plan far
         from the training data gets a note (:meth:`notes`), not also a warning."""
-        from .predict import predict_dose
+        from ..predict import predict_dose
 
         return predict_dose(self.net, plan, warn=False, tta=self.tta)
 
@@ -338,7 +198,7 @@ class QAChecker:
         checked with a warning, :meth:`check`), or it is planned for other prescriptions
         (:meth:`_other_prescriptions`). The message names the patient, what it lacks or has otherwise
         and the ROIs it has."""
-        from .predict import model_space
+        from ..predict import model_space
 
         have = contoured(plan)
         mine = set(have) & set(self.roi_set.names)
@@ -415,8 +275,8 @@ class QAChecker:
         spacing beyond :data:`COARSE_NOTE_FACTOR` x the coarsest training spacing; the field of view
         or body mask of :meth:`dosepred.models.space.ModelSpace.differences`), ROI volumes far outside
         the training range (:data:`VOLUME_FACTOR`). One note per kind, each once per patient."""
-        from .dvh import roi_voxel_indices
-        from .predict import model_space
+        from ..dvh import roi_voxel_indices
+        from ..predict import model_space
 
         space = model_space(self.net)
         g = plan.geometry
@@ -436,7 +296,8 @@ class QAChecker:
             found += [d for d in space.differences(plan, spacing, fov) if not d.startswith("spacing")]
             if found:
                 out.append(f"{NOTE_GRID}: " + "; ".join(found) + f" ({GRID_EFFECT})")
-        vol_ranges = self.ranges.get("roi_volume_cc") or {}
+        ranges = self.calibration.training_ranges
+        vol_ranges = ranges.roi_volume_cc if ranges is not None else {}
         for r, ix in roi_voxel_indices(plan, [n for n in plan.present_rois if n in vol_ranges]).items():
             lo, hi = vol_ranges[r]
             v = ix.size * plan.voxel_volume_cc
@@ -451,8 +312,8 @@ class QAChecker:
         Every criterion of the protocol is in the result, those of ROIs the plan lacks without values
         (flag ``ROI not contoured``); lacking an ROI few training patients lacked (the cord, a parotid)
         adds a warning (:attr:`warnings`)."""
-        from .evaluation import evaluate_patient
-        from .predict import model_space, rare_remedy, rarely_lacking
+        from ..evaluation import evaluate_patient
+        from ..predict import model_space, rare_remedy, rarely_lacking
 
         t0 = time.perf_counter()
         plan = self.prepare(plan)
@@ -484,8 +345,8 @@ class QAChecker:
                                            lower_better=lower_is_better(pc.direction, pc.metric, kind)))
                 continue  # else not computable (e.g. a %Rx metric without prescription)
             nxt = next(computed, None)
-            low, high = interval(c.pred, f"{c.roi} {c.metric}", self.families[fam], self.methods[fam],
-                                 self.coverage, self.rule)
+            low, high = interval(c.pred, f"{c.roi} {c.metric}", self.calibration.families[fam],
+                                 self.methods[fam], self.coverage, self.rule)
             lb = lower_is_better(c.direction, c.metric, kind)
             flags, gain = flags_for(c.ref, c.pred, low, high, kind, lb, c.unit)
             if self.calibrated and f"{c.roi} {c.metric}" not in self.calibrated:
@@ -507,11 +368,11 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
     chk = QAChecker(model, protocol, coverage)
     it: Iterable[Patient] = open_plans(plans) if isinstance(plans, (str, os.PathLike)) else plans
     if progress:
-        from .progress import track
+        from ..progress import track
         it = track(it, description="plan QA")
     writer = None
     if report is not None:
-        from .report.qa import QAReportWriter
+        from .report import QAReportWriter
 
         writer = QAReportWriter(report, chk, max_patients=report_max, point_mm=point_mm)
     patients: list[PatientQA] = []
@@ -532,12 +393,8 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
         raise chk.refusal(refused, n)
     if not patients:
         raise ValueError(f"no plans found in {plans}")
-    res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calib.get("protocol")),
+    res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calibration.protocol),
                    patients, chk.methods, chk.warnings, chk.tta)
     if writer is not None:
         writer.finish(res)
     return res
-
-
-__all__ = ["FAMILIES", "QAChecker", "QAError", "QAResult", "contoured", "flags_for", "lower_is_better",
-           "open_plans", "run_qa"]

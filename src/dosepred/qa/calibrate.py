@@ -1,0 +1,283 @@
+"""Calibrating a model's intervals: its errors on patients it was not trained on, made into
+``calibration.json`` (:mod:`dosepred.qa.calibration`).
+
+A dose-prediction model says what dose an OAR or target *could* get; plan QA asks whether a plan's
+value is plausible for a patient like this one. :func:`calibrate` predicts the dose of every patient
+of a source with plan doses (or reads predictions made before, :func:`check_predictions`), evaluates
+the protocol's criteria on the plan and on the prediction (one :class:`~dosepred.qa.families.Unit`
+per patient and criterion; the spread of the predicted dose in the ROI is kept for diagnostics: as a
+difficulty score it did not predict the size of the errors, see docs/qa.md), fits each metric family
+(:func:`~dosepred.qa.conformal.fit_family`), chooses its method by cross-validation
+(:mod:`dosepred.qa.crossval`), fits the DVH band (:mod:`dosepred.qa.band`) and records the ranges of
+ROI volumes and spacings of the training patients (:func:`training_ranges`).
+
+The predictions are flipped (averaged with the left-right mirrored prediction, as ``dosepred
+predict`` by default) since version 3, and the file records it (``tta``): plan QA predicts the same
+way (versions 1 and 2: unflipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fsutil import sha256_file
+from ..patient import Patient
+from .band import band_doses, fit_band
+from .calibration import (
+    CALIBRATION_FILE,
+    CALIBRATION_VERSION,
+    Calibration,
+    CalibrationError,
+    CrossValidation,
+    TrainingRanges,
+    write_calibration,
+)
+from .conformal import DEFAULT_RULE, SHRINK_K, check_rule, fit_family
+from .crossval import DEFAULT_METHOD_RULE, choose_methods, cross_validate
+from .families import Unit, lower_is_better, metric_family
+
+#: Families with at most one unit per patient are cross-validated with this many times more splits.
+SMALL_FAMILY_SPLITS = 10
+#: Fewest patients :func:`calibrate` accepts (cross-validation calibrates on 80 % of them).
+MIN_PATIENTS = 12
+
+
+# ------------------------------------------------------------------------------- predictions
+def predictions_made_with(cache: Any) -> tuple[bool | None, bool]:
+    """(flipped, translated) of a prediction cache, from the flags ``dosepred predict --format cache``
+    records in its ``source`` (``--tta`` / ``--no-tta``, ``--tta-shift``): flipped is None when the
+    cache records neither (not written by ``predict``, or by a version before the record)."""
+    made = set(str(cache.info.get("source", "")).split())
+    flipped = True if "--tta" in made else (False if "--no-tta" in made else None)
+    return flipped, "--tta-shift" in made
+
+
+def flags_words(flipped: bool, shifted: bool) -> str:
+    """The ``dosepred predict`` flags of a prediction made that way: ``--tta --tta-shift``, ..."""
+    return ("--tta" if flipped else "--no-tta") + (" --tta-shift" if shifted else "")
+
+
+def _flip_words(tta: bool) -> str:
+    return "with flipping (`dosepred predict`'s default, --tta)" if tta else "without flipping (--no-tta)"
+
+
+def check_predictions(cache: Any, path: str | os.PathLike, tta: bool) -> None:
+    """:class:`CalibrationError` unless the prediction cache at ``path`` was made as plan QA will
+    predict with a calibration recording ``tta``: flipped or not as it says, never translated."""
+    flipped, shifted = predictions_made_with(cache)
+    want = "--tta" if tta else "--no-tta"
+    fix = f"predict again with `dosepred predict ... --format cache {want}` (no --tta-shift)"
+    if flipped is None:
+        raise CalibrationError(f"{path}: these predictions do not record how they were made (flipped or "
+                               f"not: {cache.info.get('source') or 'no source'!r}); plan QA predicts "
+                               f"{_flip_words(tta)}, so the intervals must describe such predictions: {fix}")
+    if flipped != tta or shifted:
+        raise CalibrationError(f"{path}: these predictions were made with {flags_words(flipped, shifted)}, "
+                               "but plan QA with this "
+                               f"calibration predicts {_flip_words(tta)} and without --tta-shift, so the "
+                               f"intervals would not describe QA's errors: {fix}")
+
+
+# ------------------------------------------------------------------------------------- units
+def roi_features(patient: Patient, pred_dose: np.ndarray, rois: Iterable[str]) -> dict[str, dict[str, float]]:
+    """Per present ROI: ``volume_cc``, ``spread`` (std of the predicted dose in it, Gy) and
+    ``target_overlap`` (% of the ROI's voxels inside any target other than itself)."""
+    from ..dvh import roi_voxel_indices
+
+    rs = patient.roi_set
+    names = [r for r in dict.fromkeys(rois) if r in rs]
+    targets = [t for t in rs.targets if t not in patient.missing_rois]
+    idx = roi_voxel_indices(patient, list(dict.fromkeys(names + targets)))
+    flat = np.asarray(pred_dose, dtype=np.float32).ravel()
+    out: dict[str, dict[str, float]] = {}
+    for r in names:
+        if r not in idx:
+            continue
+        ix = idx[r]
+        others = [idx[t] for t in targets if t != r and t in idx]
+        ov = 0.0
+        if others:
+            ov = float(np.isin(ix, np.concatenate(others), assume_unique=False).mean() * 100.0)
+        out[r] = {"volume_cc": ix.size * patient.voxel_volume_cc, "spread": float(flat[ix].std()),
+                  "target_overlap": ov}
+    return out
+
+
+def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Any) -> tuple[list[Unit], Any]:
+    """Units of one patient (its dose is the plan) and its evaluation result."""
+    from ..evaluation import evaluate_patient
+    from ..protocol import load_protocol
+
+    proto = load_protocol(protocol, plan.roi_set)
+    res = evaluate_patient(plan, pred_dose, proto)
+    feats = roi_features(plan, pred_dose, [c.roi for c in res.criteria])
+    kinds = {r.name: r.kind for r in plan.roi_set}
+    units, seen = [], set()
+    for c in res.criteria:
+        key = (c.roi, c.metric)
+        if key in seen or c.roi not in feats or not (c.ref == c.ref and c.pred == c.pred):
+            continue
+        seen.add(key)
+        units.append(Unit(plan.id, c.roi, c.metric, metric_family(c.metric, kinds[c.roi]),
+                          float(c.ref), float(c.pred), feats[c.roi]["spread"],
+                          lower_is_better(c.direction, c.metric, kinds[c.roi])))
+    return units, res
+
+
+def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Any,
+                  predictions: str | os.PathLike | None = None, progress: bool = False,
+                  dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
+                  ) -> tuple[list[Unit], list[str]]:
+    """Units of every patient of ``data`` (a cache or OpenKBP folder with plan doses). Predictions are
+    read from ``predictions`` (a cache written by ``dosepred predict --format cache``, made with the
+    flipping ``tta`` says and without translations, :func:`check_predictions`) when given, else
+    computed with the model, flipped when ``tta`` (as ``predict`` by default and plan QA with a
+    calibration that records it). ``dvh_band``: a dict that receives ROI -> patient -> residuals of
+    D at the :data:`~dosepred.qa.band.BAND_LEVELS` (for :func:`~dosepred.qa.band.fit_band`)."""
+    from ..io.cache import Cache
+    from ..io.source import load_patients
+
+    pred_cache = Cache.open(predictions) if predictions is not None else None
+    if pred_cache is not None:
+        check_predictions(pred_cache, predictions, tta)  # type: ignore[arg-type]
+    model = None
+    if pred_cache is None:
+        from ..models.checkpoint import load_model
+
+        model = load_model(model_path)
+    units: list[Unit] = []
+    ids: list[str] = []
+    it: Iterable[Patient] = load_patients(data)
+    if progress:
+        from ..progress import track
+        it = track(it, description="calibrating")
+    for p in it:
+        if p.dose is None:
+            raise CalibrationError(f"patient {p.id} of {data} has no dose: calibration needs plan doses")
+        if pred_cache is not None:
+            if p.id not in pred_cache.ids:
+                raise CalibrationError(f"no prediction for patient {p.id} in {predictions}")
+            pred = pred_cache.load_dose(p.id)
+        else:
+            from ..predict import predict_dose
+
+            pred = predict_dose(model, p, tta=tta)  # type: ignore[arg-type]
+        us, _ = patient_units(p, pred, protocol)
+        units += us
+        ids.append(p.id)
+        if dvh_band is not None:
+            pd = band_doses(p, pred)
+            for roi, dv in band_doses(p, p.dose).items():
+                if roi in pd:
+                    dvh_band.setdefault(roi, {})[p.id] = [a - b for a, b in zip(dv, pd[roi], strict=True)]
+    return units, ids
+
+
+# ------------------------------------------------------------------------------- calibrating
+def training_ranges(patients: Iterable[Patient], source: str | None = None) -> TrainingRanges:
+    """ROI volumes (cc, min/max per ROI) and voxel spacings (mm, min/max per array axis sorted
+    ascending) of the training patients; ``source``: where they came from (recorded)."""
+    from ..dvh import roi_voxel_indices
+
+    vols: dict[str, list[float]] = {}
+    sp: list[list[float]] = []
+    n = 0
+    for p in patients:
+        n += 1
+        sp.append(sorted(p.spacing))
+        for r, ix in roi_voxel_indices(p).items():
+            vols.setdefault(r, []).append(ix.size * p.voxel_volume_cc)
+    a = np.array(sp) if sp else np.zeros((0, 3))
+    return TrainingRanges(n, {r: (float(min(v)), float(max(v))) for r, v in vols.items()},
+                          tuple(a.min(axis=0).tolist()) if n else None,
+                          tuple(a.max(axis=0).tolist()) if n else None, source)
+
+
+def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, model_path: Path,
+                      data: str, ranges: TrainingRanges | None, splits: int = 200, seed: int = 0,
+                      cal_fraction: float = 0.8, rule: str = DEFAULT_RULE,
+                      dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
+                      ) -> Calibration:
+    """The calibration of ``units`` (the module docstring says how); ``dvh_band`` as filled by
+    :func:`collect_units`; ``tta``: whether the units' predictions were flipped (recorded: plan QA
+    predicts the same way)."""
+    check_rule(rule)
+    from ..protocol import load_protocol
+
+    proto = load_protocol(protocol)
+    by_fam: dict[str, list[Unit]] = {}
+    for u in units:
+        by_fam.setdefault(u.family, []).append(u)
+    # A family with one unit per patient (PTV70 V110%) checks ~7 units per split: its mean coverage
+    # over 200 splits still moves by 1-2 points; more splits are cheap for so few units.
+    small = {f for f, us in by_fam.items() if len(us) <= len({u.patient for u in us})}
+    cv = cross_validate([u for u in units if u.family not in small], splits=splits, cal_fraction=cal_fraction,
+                        seed=seed, rule=rule)
+    if small:
+        cv.update(cross_validate([u for u in units if u.family in small], splits=SMALL_FAMILY_SPLITS * splits,
+                                 cal_fraction=cal_fraction, seed=seed, rule=rule))
+    chosen = choose_methods(cv)
+    ckpt = model_path / "model.pt" if model_path.is_dir() else model_path
+    return Calibration(
+        CALIBRATION_VERSION, rule, bool(tta), DEFAULT_METHOD_RULE,
+        sha256_file(ckpt) if ckpt.is_file() else None, proto.name,
+        tuple(sorted({u.criterion for u in units})), str(data), tuple(ids),
+        f"per criterion: (residual - bias) / scale, shrunk to the family with k={SHRINK_K:g}",
+        {fam: replace(fit_family(us, fam), method=chosen.get(fam, "absolute"),
+                      criteria=tuple(sorted({u.criterion for u in us})))
+         for fam, us in sorted(by_fam.items())},
+        CrossValidation(splits, cal_fraction, seed, cv,
+                        {f: SMALL_FAMILY_SPLITS * splits for f in sorted(small)}),
+        ranges, fit_band(dvh_band) if dvh_band else None)
+
+
+def calibration_path(model: str | os.PathLike) -> Path:
+    """Where ``model``'s calibration lives: ``calibration.json`` beside its checkpoint."""
+    from ..models.checkpoint import resolve_model_path
+
+    return resolve_model_path(model).parent / CALIBRATION_FILE
+
+
+def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
+              predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
+              splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE,
+              tta: bool = True) -> tuple[Path, Calibration]:
+    """Compute and write ``calibration.json`` for ``model`` from patients of ``data`` (plan doses;
+    patients the model was not trained on). ``train_data``: the training patients (a source, or a JSON
+    file of :func:`training_ranges`' output), for the ranges of ROI volumes and spacings (the
+    calibration patients' own ranges when omitted). ``rule``: the conformal quantile rule
+    (:data:`~dosepred.qa.conformal.QUANTILE_RULES`), stored in the file. ``tta``: calibrate flipped
+    predictions (the default, as ``dosepred predict``), recorded in the file so that plan QA predicts
+    the same way;
+    ``predictions`` must have been made that way (:func:`check_predictions`)."""
+    from ..io.source import load_patients
+    from ..models.checkpoint import resolve_model_path
+
+    ckpt = resolve_model_path(model)
+    band: dict[str, dict[str, list[float]]] = {}
+    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta)
+    if not units:
+        raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
+    if len(ids) < MIN_PATIENTS:
+        raise CalibrationError(f"{data}: {len(ids)} patient(s) cannot calibrate intervals; at least "
+                               f"{MIN_PATIENTS} patients the model was not trained on are needed (a 90 % "
+                               "interval needs at least 9 calibration patients; cross-validation more)")
+    src = train_data if train_data is not None else data
+    if str(src).endswith(".json") and Path(src).is_file():  # ranges computed before (training_ranges)
+        try:
+            obj = json.loads(Path(src).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise CalibrationError(f"{src} is not readable JSON: {e}") from None
+        ranges = TrainingRanges.from_json(obj, src)
+    else:
+        ranges = training_ranges(load_patients(src, require_dose=False), str(src))
+    calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
+                              dvh_band=band, tta=tta)
+    return write_calibration(ckpt.parent, calib), calib

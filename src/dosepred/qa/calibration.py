@@ -1,0 +1,350 @@
+"""``calibration.json``: a model's calibrated intervals as a typed record, read and written by version.
+
+A :class:`Calibration` holds what :func:`dosepred.qa.calibrate.calibrate` computed and plan QA
+(:mod:`dosepred.qa.check`) reads: the fitted metric families (their sorted scores per method, so any
+coverage can be asked for later, and the method QA uses), the quantile rule, whether the predictions
+were flipped (``tta``: QA predicts the same way), the protocol and criteria it was computed for, the
+cross-validated coverage, widths, false alarms and flag margins, the ranges of ROI volumes and voxel
+spacings of the training data (QA's reliability notes) and the DVH band (:mod:`dosepred.qa.band`).
+
+Versions (:data:`CALIBRATION_VERSION`; each still read, with the meaning it had):
+
+- 1: no ``quantile_rule`` (the ``conservative`` rule, :data:`~dosepred.qa.conformal.LEGACY_RULE`), no
+  tail scores, unflipped predictions;
+- 2: ``quantile_rule``, tail scores per family, later ``dvh_band``; unflipped predictions;
+- 3: ``tta`` (whether the predictions were flipped; required) and ``method_rule`` (how the methods
+  were chosen, :mod:`dosepred.qa.crossval`).
+
+:meth:`Calibration.to_json` writes a file's keys in the order and with the values they were read
+with, so a calibration read and written again is the same file; :func:`write_calibration` writes it
+atomically into the model folder. A file that is not a calibration, or a field of the wrong type, is
+a :class:`CalibrationError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..fsutil import write_text
+from .band import DvhBand
+from .conformal import LEGACY_RULE, QUANTILE_RULES, CriterionStats, Family, Tails
+from .crossval import CvResults
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FORMAT = "dosepred-calibration"
+#: Version 3: the file records whether its predictions were flipped (``tta``; plan QA predicts the
+#: same way) and the rule that chose the methods (``method_rule``). Versions 1 and 2 were made from
+#: unflipped predictions.
+CALIBRATION_VERSION = 3
+
+
+class CalibrationError(ValueError):
+    """No calibration, or one that does not fit the model, protocol or request."""
+
+
+@dataclass(frozen=True)
+class TrainingRanges:
+    """ROI volumes (cc, [min, max] per ROI) and voxel spacings (mm, min and max per array axis sorted
+    ascending; None without patients) of the training patients; ``source``: where they came from."""
+
+    patients: int | None
+    roi_volume_cc: Mapping[str, tuple[float, float]]
+    spacing_min: tuple[float, ...] | None
+    spacing_max: tuple[float, ...] | None
+    source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "patients": self.patients, "roi_volume_cc": {r: list(v) for r, v in self.roi_volume_cc.items()},
+            "spacing_mm": {"min": _list(self.spacing_min), "max": _list(self.spacing_max)}}
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str | os.PathLike) -> TrainingRanges:
+        """From the JSON object (as :meth:`to_json` writes it); :class:`CalibrationError` naming
+        ``source`` and the field otherwise."""
+        r = _Reader(source)
+        d = r.obj(obj, "training_ranges")
+        sp = r.obj(d.get("spacing_mm", {}), "training_ranges.spacing_mm")
+        vols = r.obj(d.get("roi_volume_cc", {}), "training_ranges.roi_volume_cc")
+        return cls(r.opt(d.get("patients"), r.integer, "training_ranges.patients"),
+                   {k: r.pair(v, f"training_ranges.roi_volume_cc.{k}") for k, v in vols.items()},
+                   r.opt(sp.get("min"), r.numbers, "training_ranges.spacing_mm.min"),
+                   r.opt(sp.get("max"), r.numbers, "training_ranges.spacing_mm.max"),
+                   r.opt(d.get("source"), r.text, "training_ranges.source"))
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """How the methods were cross-validated (random patient splits) and the results per family,
+    method and coverage (:func:`dosepred.qa.crossval.cross_validate`); families with at most one unit
+    per patient get more splits (``splits_small_families``; absent in early files)."""
+
+    splits: int
+    calibration_fraction: float
+    seed: int
+    results: CvResults
+    splits_small_families: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's calibration (the module docstring says what each field is for). ``quantile_rule``
+    and ``tta`` are what QA uses: ``conservative`` and unflipped for the files that predate them."""
+
+    version: int
+    quantile_rule: str
+    tta: bool
+    method_rule: str | None
+    model_sha256: str | None
+    protocol: str | None
+    criteria: tuple[str, ...]
+    data: str
+    patients: tuple[str, ...]
+    normalisation: str
+    families: Mapping[str, Family]
+    cross_validation: CrossValidation | None
+    training_ranges: TrainingRanges | None
+    dvh_band: DvhBand | None
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """Family -> the method plan QA uses for it."""
+        return {f: fam.method for f, fam in self.families.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``calibration.json`` (keys of the file's version, in the file's order)."""
+        out: dict[str, Any] = {"format": CALIBRATION_FORMAT, "version": self.version}
+        if self.version >= 2 or self.quantile_rule != LEGACY_RULE:
+            out["quantile_rule"] = self.quantile_rule
+        if self.version >= 3:
+            out["tta"] = self.tta
+        if self.method_rule is not None:
+            out["method_rule"] = self.method_rule
+        cv = self.cross_validation
+        out.update({
+            "model_sha256": self.model_sha256, "protocol": self.protocol, "criteria": list(self.criteria),
+            "data": self.data, "patients": list(self.patients), "normalisation": self.normalisation,
+            "families": {k: _family_json(f) for k, f in self.families.items()},
+            "cross_validation": None if cv is None else {
+                "splits": cv.splits, "calibration_fraction": cv.calibration_fraction, "seed": cv.seed,
+                **({} if cv.splits_small_families is None
+                   else {"splits_small_families": dict(cv.splits_small_families)}),
+                "results": cv.results},
+            "training_ranges": None if self.training_ranges is None else self.training_ranges.to_json()})
+        if self.dvh_band is not None or self.version >= 3:
+            b = self.dvh_band
+            out["dvh_band"] = None if b is None else {
+                "levels": list(b.levels), "method": b.method,
+                "rois": {r: [list(s) for s in v] for r, v in b.rois.items()}}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str | os.PathLike = CALIBRATION_FILE) -> Calibration:
+        """The calibration of a JSON object of any version (1 to :data:`CALIBRATION_VERSION`);
+        :class:`CalibrationError` naming ``source`` for anything else."""
+        if not isinstance(obj, dict) or obj.get("format") != CALIBRATION_FORMAT:
+            raise CalibrationError(f"{source} is not a dosepred calibration (format {CALIBRATION_FORMAT!r})")
+        r = _Reader(source)
+        version = r.integer(obj.get("version", 1), "version")
+        if version > CALIBRATION_VERSION:
+            raise CalibrationError(f"{source}: calibration.json version {version} is newer than this "
+                                   f"dosepred reads (1-{CALIBRATION_VERSION}): update dosepred or "
+                                   "recalibrate")
+        rule = obj.get("quantile_rule", LEGACY_RULE)
+        if rule not in QUANTILE_RULES:
+            raise CalibrationError(f"calibration quantile rule {rule!r} is not one of "
+                                   f"{', '.join(QUANTILE_RULES)}: recalibrate with this version of dosepred")
+        tta = False  # versions 1 and 2 were made from unflipped predictions
+        if version >= 3:
+            tta = obj.get("tta")
+            if not isinstance(tta, bool):
+                raise CalibrationError(f"calibration.json version {obj.get('version')} has no 'tta' record "
+                                       "(true or false: whether its predictions were flipped): recalibrate "
+                                       "with `dosepred calibrate`")
+        fams = r.obj(obj.get("families", {}), "families")
+        cv = obj.get("cross_validation")
+        ranges = obj.get("training_ranges")
+        return cls(
+            version, rule, tta, r.opt(obj.get("method_rule"), r.text, "method_rule"),
+            r.opt(obj.get("model_sha256"), r.text, "model_sha256"),
+            r.opt(obj.get("protocol"), r.text, "protocol"),
+            r.texts(obj.get("criteria", []), "criteria"), r.text(obj.get("data", ""), "data"),
+            r.texts(obj.get("patients", []), "patients"),
+            r.text(obj.get("normalisation", ""), "normalisation"),
+            {k: _family(r, v, k) for k, v in fams.items()}, None if cv is None else _cross_validation(r, cv),
+            None if ranges is None else TrainingRanges.from_json(ranges, source),
+            _band(r, obj.get("dvh_band")))
+
+
+def load_calibration(model: str | os.PathLike) -> Calibration:
+    """The calibration of ``model`` (its folder or checkpoint file); :class:`CalibrationError` when it
+    has none or it is not readable."""
+    d = Path(model)
+    if d.is_file():
+        d = d.parent
+    path = d / CALIBRATION_FILE
+    if not path.is_file():
+        raise CalibrationError(f"model {model} has no {CALIBRATION_FILE}: run `dosepred calibrate --model "
+                               f"{model} --data SRC --protocol P` on patients the model was not trained on")
+    try:
+        c = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CalibrationError(f"{path} is not readable JSON: {e}") from None
+    return Calibration.from_json(c, path)
+
+
+def write_calibration(model_dir: str | os.PathLike, calib: Calibration) -> Path:
+    """Write ``model_dir/calibration.json`` atomically (temporary file, then rename); nothing else in
+    the folder is touched. Infinite values are written as ``"inf"`` / ``"-inf"``, NaN as null."""
+    d = Path(model_dir)
+    if d.is_file():
+        d = d.parent
+    path = d / CALIBRATION_FILE
+    write_text(path, json.dumps(_finite(calib.to_json()), indent=1) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------- JSON <-> types
+def _finite(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if x != x else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _list(x: tuple[float, ...] | None) -> list[float] | None:
+    return None if x is None else list(x)
+
+
+def _family_json(f: Family) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "n": f.n, "criterion_stats": {k: {"bias": s.bias, "scale": s.scale, "n": s.n}
+                                      for k, s in f.criterion_stats.items()},
+        "scores": {m: list(s) for m, s in f.scores.items()}}
+    if f.tail_scores is not None:
+        out["tail_scores"] = {m: {"lower": list(t.lower), "upper": list(t.upper)}
+                              for m, t in f.tail_scores.items()}
+    return {**out, "family": f.family, "method": f.method, "criteria": list(f.criteria)}
+
+
+def _family(r: _Reader, obj: Any, name: str) -> Family:
+    w = f"families.{name}"
+    d = r.obj(obj, w)
+    stats = {}
+    for k, v in r.obj(d.get("criterion_stats", {}), f"{w}.criterion_stats").items():
+        s = r.obj(v, f"{w}.criterion_stats.{k}")
+        stats[k] = CriterionStats(r.number(s.get("bias"), f"{w}.criterion_stats.{k}.bias"),
+                                  r.number(s.get("scale"), f"{w}.criterion_stats.{k}.scale"),
+                                  r.integer(s.get("n", 0), f"{w}.criterion_stats.{k}.n"))
+    scores = {m: r.numbers(v, f"{w}.scores.{m}")
+              for m, v in r.obj(d.get("scores", {}), f"{w}.scores").items()}
+    tails = None
+    if d.get("tail_scores") is not None:  # absent in version 1
+        tails = {}
+        for m, v in r.obj(d["tail_scores"], f"{w}.tail_scores").items():
+            t = r.obj(v, f"{w}.tail_scores.{m}")
+            tails[m] = Tails(r.numbers(t.get("lower"), f"{w}.tail_scores.{m}.lower"),
+                             r.numbers(t.get("upper"), f"{w}.tail_scores.{m}.upper"))
+    return Family(r.text(d.get("family", name), f"{w}.family"), r.integer(d.get("n", 0), f"{w}.n"), stats,
+                  scores, tails, r.text(d.get("method", "absolute"), f"{w}.method"),
+                  r.texts(d.get("criteria", []), f"{w}.criteria"))
+
+
+def _cross_validation(r: _Reader, obj: Any) -> CrossValidation:
+    d = r.obj(obj, "cross_validation")
+    w = "cross_validation.splits_small_families"
+    small = None if d.get("splits_small_families") is None else {
+        k: r.integer(v, f"{w}.{k}") for k, v in r.obj(d["splits_small_families"], w).items()}
+
+    def table(x: Any, where: str, depth: int) -> Any:  # family -> method -> coverage -> statistic -> number
+        if depth == 4:
+            return r.number(x, where)
+        return {k: table(v, f"{where}.{k}", depth + 1) for k, v in r.obj(x, where).items()}
+
+    return CrossValidation(
+        r.integer(d.get("splits"), "cross_validation.splits"),
+        r.number(d.get("calibration_fraction"), "cross_validation.calibration_fraction"),
+        r.integer(d.get("seed"), "cross_validation.seed"),
+        table(d.get("results", {}), "cross_validation.results", 0), small)
+
+
+def _band(r: _Reader, obj: Any) -> DvhBand | None:
+    if not obj:  # absent (before version 2), null or empty: no band
+        return None
+    d = r.obj(obj, "dvh_band")
+    rois = r.obj(d.get("rois", {}), "dvh_band.rois")
+    levels = r.numbers(d.get("levels"), "dvh_band.levels")
+    out = {}
+    for roi, v in rois.items():
+        if not isinstance(v, list) or len(v) != len(levels):
+            raise r.bad(f"dvh_band.rois.{roi}", f"a list of {len(levels)} lists (one per level)")
+        out[roi] = tuple(r.numbers(s, f"dvh_band.rois.{roi}") for s in v)
+    return DvhBand(levels, r.text(d.get("method", "signed"), "dvh_band.method"), out)
+
+
+class _Reader:
+    """Typed reads of a calibration file's values; a wrong type is a :class:`CalibrationError` naming
+    the file and the field. Numbers keep their JSON type (so that a file written again is the same);
+    ``"inf"``, ``"-inf"`` and null in number fields are what :func:`_finite` writes for them."""
+
+    def __init__(self, source: str | os.PathLike) -> None:
+        self.source = source
+
+    def bad(self, where: str, want: str) -> CalibrationError:
+        return CalibrationError(f"{self.source}: {where} is not {want}: recalibrate with "
+                                "`dosepred calibrate`")
+
+    def obj(self, x: Any, where: str) -> dict[str, Any]:
+        if not isinstance(x, dict):
+            raise self.bad(where, "an object")
+        return x
+
+    def text(self, x: Any, where: str) -> str:
+        if not isinstance(x, str):
+            raise self.bad(where, "a string")
+        return x
+
+    def texts(self, x: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(x, list) or not all(isinstance(v, str) for v in x):
+            raise self.bad(where, "a list of strings")
+        return tuple(x)
+
+    def integer(self, x: Any, where: str) -> int:
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise self.bad(where, "an integer")
+        return x
+
+    def number(self, x: Any, where: str) -> float:
+        if x is None:
+            return math.nan
+        if isinstance(x, str) and x in ("inf", "-inf"):
+            return float(x)
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            raise self.bad(where, "a number")
+        return x
+
+    def numbers(self, x: Any, where: str) -> tuple[float, ...]:
+        if not isinstance(x, list):
+            raise self.bad(where, "a list of numbers")
+        return tuple(self.number(v, where) for v in x)
+
+    def pair(self, x: Any, where: str) -> tuple[float, float]:
+        v = self.numbers(x, where)
+        if len(v) != 2:
+            raise self.bad(where, "[min, max]")
+        return v[0], v[1]
+
+    def opt(self, x: Any, read: Any, where: str) -> Any:
+        return None if x is None else read(x, where)

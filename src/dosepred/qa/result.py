@@ -1,0 +1,164 @@
+"""Plan QA's verdicts as data: the flags, the result of each criterion, plan and cohort, and the qa JSON.
+
+Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
+
+- ``OAR dose above achievable`` - an OAR metric (lower is better) above the interval; the flag
+  text says how much might be spared: plan - predicted (Gy, or % for V-metrics);
+- ``target hot spot above achievable`` - the same for a target metric where lower is better
+  (D1%, Dmax, V110%);
+- ``target coverage below achievable`` - a target metric (higher is better) below the interval;
+- ``plan better than predicted`` - beyond the interval on the good side;
+- ``ROI not contoured`` - the plan lacks the criterion's ROI: the criterion stays in the result
+  without values;
+- ``criterion not calibrated`` (the family's interval is used).
+
+Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`) concern the patient and are given once per
+patient (:attr:`PatientQA.notes`). A plan's *potential improvement* (Gy) is the sum of plan -
+predicted over its OAR and hot-spot flags plus predicted - plan over its coverage flags (dose metrics
+only); the cohort summary ranks plans by it (:meth:`QAResult.summary`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+FLAG_OAR_ABOVE = "OAR dose above achievable"
+FLAG_HOT_ABOVE = "target hot spot above achievable"
+FLAG_COVERAGE_BELOW = "target coverage below achievable"
+FLAG_BETTER = "plan better than predicted"
+FLAG_UNCALIBRATED = "criterion not calibrated"
+FLAG_NOT_CONTOURED = "ROI not contoured"
+#: Patient notes (once per patient): the grid is far from the model's training data; an ROI's volume
+#: is far outside the training range.
+NOTE_GRID = "grid far from the training data"
+NOTE_VOLUME = "ROI volume far outside the training range"
+#: Flags that say the plan might be improved (they add to the potential improvement).
+IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW)
+RELIABILITY_FLAGS = (FLAG_UNCALIBRATED, FLAG_NOT_CONTOURED)
+
+
+def flags_for(plan: float, predicted: float, low: float, high: float, kind: str, lower_better: bool,
+              unit: str = "Gy") -> tuple[list[str], float]:
+    """Improvement flags of one value and its potential improvement (in ``unit``; 0 when none)."""
+    if lower_better and plan > high:
+        gain = plan - predicted
+        name = FLAG_OAR_ABOVE if kind != "target" else FLAG_HOT_ABOVE
+        return [f"{name}: {gain:.1f} {unit} might be spared"], gain
+    if not lower_better and plan < low:
+        gain = predicted - plan
+        name = FLAG_COVERAGE_BELOW if kind == "target" else "OAR dose below achievable"
+        return [f"{name}: {gain:.1f} {unit} below the prediction"], gain
+    if (lower_better and plan < low) or (not lower_better and plan > high):
+        return [FLAG_BETTER], 0.0
+    return [], 0.0
+
+
+@dataclass
+class CriterionQA:
+    """One criterion of one plan: its values, interval, limit and flags (the first nine fields are the
+    criterion object of the qa JSON, :meth:`to_json`)."""
+
+    roi: str
+    metric: str
+    plan: float
+    predicted: float
+    low: float
+    high: float
+    limit: float | None
+    plan_pass: bool | None
+    flags: list[str]
+    # not in the JSON contract's criterion object
+    name: str = ""
+    family: str = ""
+    unit: str = "Gy"
+    kind: str = "oar"
+    lower_better: bool = True
+    gain: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        def f(x: float) -> float | None:
+            return float(x) if x == x and math.isfinite(x) else None
+
+        return {"roi": self.roi, "metric": self.metric, "plan": f(self.plan), "predicted": f(self.predicted),
+                "low": f(self.low), "high": f(self.high),
+                "limit": None if self.limit is None else float(self.limit),
+                "plan_pass": self.plan_pass, "flags": list(self.flags)}
+
+
+@dataclass
+class PatientQA:
+    """One plan's QA: every criterion of the protocol, the patient's reliability notes, the model's ROIs
+    it lacks."""
+
+    id: str
+    criteria: list[CriterionQA]
+    notes: list[str] = field(default_factory=list)  # reliability notes of the patient (grid, anatomy)
+    seconds: float = 0.0
+    not_contoured: list[str] = field(default_factory=list)  # the model's ROIs the plan lacks
+
+    @property
+    def potential_gy(self) -> float:
+        return float(sum(c.gain for c in self.criteria if c.unit == "Gy" and c.gain > 0))
+
+    @property
+    def improvement_flags(self) -> list[CriterionQA]:
+        return [c for c in self.criteria if any(f.startswith(IMPROVEMENT_FLAGS) for f in c.flags)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "criteria": [c.to_json() for c in self.criteria], "notes": list(self.notes),
+                "not_contoured": list(self.not_contoured)}
+
+
+@dataclass
+class QAResult:
+    """The QA of a cohort of plans with one model, calibration and coverage (:meth:`to_json`: the qa
+    JSON, docs/qa.md)."""
+
+    coverage: float
+    model: str
+    protocol: str
+    calibration_protocol: str
+    patients: list[PatientQA]
+    methods: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+    #: Whether the predictions were flipped (the calibration's record; None: not said)
+    tta: bool | None = None
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Plans ranked by potential improvement (Gy), most first."""
+        rows = []
+        for p in self.patients:
+            flagged = p.improvement_flags
+            rows.append({"id": p.id, "potential_gy": round(p.potential_gy, 2),
+                         "flags": len(flagged),
+                         "failed": sum(c.plan_pass is False for c in p.criteria),
+                         "flagged": [f"{c.roi} {c.metric}" for c in flagged],
+                         "reliability": sorted({f.split(":")[0].split(" (")[0] for c in p.criteria
+                                                for f in c.flags if f.startswith(FLAG_UNCALIBRATED)}
+                                               | {n.split(":")[0] for n in p.notes}),
+                         "not_contoured": list(p.not_contoured)})
+        rows.sort(key=lambda r: (-r["potential_gy"], -r["flags"], r["id"]))
+        for i, r in enumerate(rows, 1):
+            r["rank"] = i
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON contract (``coverage``, ``model``, ``patients``) plus ``protocol``,
+        ``calibration`` and the ranked ``summary``."""
+        return {"coverage": self.coverage, "model": self.model,
+                "patients": [p.to_json() for p in self.patients],
+                "protocol": self.protocol,
+                "calibration": {"protocol": self.calibration_protocol, "methods": self.methods,
+                                "tta": self.tta},
+                "summary": self.summary()}
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        import json
+
+        from ..fsutil import write_json
+
+        json.dumps(self.to_json())  # fail before touching the file
+        write_json(path, self.to_json())
