@@ -89,10 +89,7 @@ MAX_LINES = 800
 
 #: Modules longer than :data:`MAX_LINES` for now -> why. The test fails on any other long module and
 #: on an entry that is no longer longer than that (remove it then).
-TOO_LONG_FOR_NOW: dict[str, str] = {
-    # another engineer is splitting these two right now (calibration into qa/)
-    "dosepred.bench.qa_power": "being split (issue 28)",
-}
+TOO_LONG_FOR_NOW: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from dosepred.bench import qa_degrade as qd
 from dosepred.bench import qa_power as qp
+from dosepred.bench import qa_power_cv as qcv
 from dosepred.patient import Patient, RoiSet
 
 SP = (2.0, 2.0, 3.0)
@@ -44,7 +46,7 @@ def _distance_mm(mask: np.ndarray) -> np.ndarray:
 def test_raise_oar_adds_exactly_inside_and_fades_outside():
     p = _patient()
     lar = p.mask("Larynx")
-    new = qp.raise_oar(p, "Larynx", 3.0, fade_mm=5.0)
+    new = qd.raise_oar(p, "Larynx", 3.0, fade_mm=5.0)
     added = new.astype(np.float64) - p.dose
     assert new.dtype == np.float32
     np.testing.assert_allclose(added[lar], 3.0, atol=1e-5)
@@ -58,7 +60,7 @@ def test_raise_oar_adds_exactly_inside_and_fades_outside():
 def test_cold_spot_lowers_d95_by_exactly_the_amount_on_the_oar_side():
     p = _patient()
     ptv = p.mask("PTV70")
-    new = qp.cold_spot(p, "PTV70", "D95%", 2.0, 70.0, fade_mm=4.0, fraction=0.1)
+    new = qd.cold_spot(p, "PTV70", "D95%", 2.0, 70.0, fade_mm=4.0, fraction=0.1)
     before, after = (np.percentile(x[ptv].astype(np.float64), 5) for x in (p.dose, new))
     assert abs(before - after - 2.0) < 1e-3
     drop = p.dose.astype(np.float64) - new
@@ -73,13 +75,13 @@ def test_hot_spot_raises_v110_by_the_amount_within_one_voxel():
     ptv = p.mask("PTV70")
     n = int(ptv.sum())
     for pct in (2.0, 10.0):
-        new = qp.hot_spot(p, "PTV70", "V110%", pct, 70.0, fade_mm=4.0)
+        new = qd.hot_spot(p, "PTV70", "V110%", pct, 70.0, fade_mm=4.0)
         v0, v1 = ((x[ptv] >= 77.0).mean() * 100 for x in (p.dose, new))
         assert pct <= v1 - v0 <= pct + 100.0 / n + 1e-9
         assert np.all(new >= p.dose)
 
 
-def _crits(n: int, seed: int = 0, hetero: bool = False) -> tuple[list[qp.Crit], list[qp.Case]]:
+def _crits(n: int, seed: int = 0, hetero: bool = False) -> tuple[list[qd.Crit], list[qd.Case]]:
     """One OAR Dmean (lower is better) and one PTV D95% (higher is better) per patient; residuals
     N(0, 1), as the n quantiles of N(0, 1) shuffled, so that the sample is the distribution
     (``hetero``: N(0, (0.2 + d)^2) drawn, d the disagreement of a flip pass, uniform on 0..3).
@@ -92,23 +94,23 @@ def _crits(n: int, seed: int = 0, hetero: bool = False) -> tuple[list[qp.Crit], 
         pid = f"pt_{i}"
         d = rng.uniform(0, 3) if hetero else 0.0
         r = rng.standard_normal(2) * (0.2 + d) if hetero else res[i]
-        oar = qp.Crit(pid, "Larynx Dmean", "Larynx", "Dmean", "oar_mean", "oar", True, "Gy", 30 + r[0], 30.0,
+        oar = qd.Crit(pid, "Larynx Dmean", "Larynx", "Dmean", "oar_mean", "oar", True, "Gy", 30 + r[0], 30.0,
                       {"flip": 30.0 + d})
-        ptv = qp.Crit(pid, "PTV70 D95%", "PTV70", "D95%", "target_dose", "target", False, "Gy", 65 + r[1],
+        ptv = qd.Crit(pid, "PTV70 D95%", "PTV70", "D95%", "target_dose", "target", False, "Gy", 65 + r[1],
                       65.0, {"flip": 65.0 - d})
         crits += [oar, ptv]
         vals = {"Larynx Dmean": oar.plan, "PTV70 D95%": ptv.plan}
-        cases.append(qp.Case(pid, "oar", "Larynx", oar.key, "oar_mean", 2.0, 2.0,
+        cases.append(qd.Case(pid, "oar", "Larynx", oar.key, "oar_mean", 2.0, 2.0,
                              {**vals, oar.key: oar.plan + 2.0}))
-        cases.append(qp.Case(pid, "cold", "PTV70", ptv.key, "target_dose", 2.0, -2.0,
+        cases.append(qd.Case(pid, "cold", "PTV70", ptv.key, "target_dose", 2.0, -2.0,
                              {**vals, ptv.key: ptv.plan - 2.0}))
     return crits, cases
 
 
 def test_false_alarms_and_sensitivity_match_gaussian_residuals():
     crits, cases = _crits(120)
-    cfg = qp.PowerConfig(splits=30, calibration_patients=80)
-    res = qp.cross_validate(crits, cases, cfg, methods=["absolute", "signed"])
+    cfg = qd.PowerConfig(splits=30, calibration_patients=80)
+    res = qcv.cross_validate(crits, cases, cfg, methods=["absolute", "signed"])
     q = norm.ppf(0.95)
     for m in ("absolute", "signed"):
         r = res["methods"][m]
@@ -131,8 +133,8 @@ def test_false_alarms_and_sensitivity_match_gaussian_residuals():
 
 def test_adaptive_candidate_narrows_heteroscedastic_intervals():
     crits, cases = _crits(150, seed=1, hetero=True)
-    cfg = qp.PowerConfig(splits=20, calibration_patients=100)
-    res = qp.cross_validate(crits, cases, cfg, methods=["normalised", "adaptive-flip"])
+    cfg = qd.PowerConfig(splits=20, calibration_patients=100)
+    res = qcv.cross_validate(crits, cases, cfg, methods=["normalised", "adaptive-flip"])
     ada, nor = res["methods"]["adaptive-flip"]["families"], res["methods"]["normalised"]["families"]
     for fam in ("oar_mean", "target_dose"):
         assert abs(ada[fam]["coverage"] - 90) < 4
@@ -141,10 +143,10 @@ def test_adaptive_candidate_narrows_heteroscedastic_intervals():
         # mean over d of P(|Z| (0.2 + d) > t) = 0.1, t = 3.20 (numerically)
         assert abs(ada[fam]["width_median"] - 5.59) < 0.5
         assert abs(nor[fam]["width_median"] - 6.41) < 0.6
-    corr = qp.difficulty_correlation(crits)["flip"]
+    corr = qcv.difficulty_correlation(crits)["flip"]
     assert corr["oar_mean"]["units"] == 150 and 0.2 < corr["oar_mean"]["error"] < 0.8
     with pytest.raises(ValueError, match="adaptive-shift"):
-        qp.cross_validate(crits, cases, cfg, methods=["adaptive-shift"])
+        qcv.cross_validate(crits, cases, cfg, methods=["adaptive-shift"])
 
 
 def _cohort(tmp_path, n: int = 5):
@@ -209,10 +211,10 @@ def test_refuses_a_prediction_missing_a_patient_and_writes_nothing(tmp_path):
     assert r.exit_code == 2 and "no prediction for patient" in r.output and "Traceback" not in r.output
     assert not out.exists()
     with pytest.raises(ValueError, match="--flip-prediction.*--tta"):  # a flip pass that is not one
-        qp.collect("models/openkbp-mae-cdm", tmp_path / "data", qp.PowerConfig(), tmp_path / "pred",
+        qp.collect("models/openkbp-mae-cdm", tmp_path / "data", qd.PowerConfig(), tmp_path / "pred",
                    {"flip": tmp_path / "pred"})
     with pytest.raises(ValueError, match="--oar-gy"):
-        qp.PowerConfig(oar_gy=(3.0, -1.0)).check()
+        qd.PowerConfig(oar_gy=(3.0, -1.0)).check()
     assert math.isclose(qp.parse_amounts("2, 3.5", "--oar-gy")[1], 3.5)
 
 
@@ -232,7 +234,7 @@ def test_predicts_as_qa_does_with_the_model_s_calibration(tmp_path, monkeypatch)
                 source="dosepred predict --model m --data d --tta")
     model = tmp_path / "model"
     shutil.copytree("models/openkbp-mae-cdm", model)
-    cfg = qp.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
+    cfg = qd.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
     seen: list = []
 
     def fake(net, p, *args, tta=None, **kwargs):

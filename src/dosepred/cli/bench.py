@@ -213,7 +213,8 @@ def qa_power(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Plan QA's detection power: flags on plans degraded by known amounts vs on untouched plans."""
-    from ..bench.qa_power import PowerConfig, parse_amounts, run
+    from ..bench.qa_degrade import PowerConfig
+    from ..bench.qa_power import parse_amounts, run
 
     _check(json_out, overwrite, [data, model])
     cfg = PowerConfig(protocol=protocol, coverage=coverage, splits=splits,
