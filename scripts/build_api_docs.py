@@ -20,6 +20,7 @@ MODULES = (
     "dosepred.io.nifti", "dosepred.patient", "dosepred.roi", "dosepred.synth", "dosepred.protocol",
     "dosepred.dvh", "dosepred.metrics", "dosepred.evaluation", "dosepred.baseline", "dosepred.predict",
     "dosepred.losses", "dosepred.models", "dosepred.training", "dosepred.split", "dosepred.progress",
+    "dosepred.qa",
 )
 
 

@@ -78,10 +78,6 @@ ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
 #: them) -> why and what removes it. The test fails on any other cycle and on an entry that is no
 #: longer a cycle of exactly these modules (update or remove it then).
 CYCLES_FOR_NOW: dict[tuple[str, ...], str] = {
-    # io.cache.load_patients forwards to io.source.load_patients, where it lives; remove that
-    # forwarding function once calibration.py, bench/qa_power.py and the QA tests import it from
-    # dosepred.io (they are being split, issue 28)
-    ("dosepred.io.cache", "dosepred.io.source"): "forwarding load_patients, while issue 28's QA split runs",
 }
 
 #: The most physical lines a module of the package may have.

@@ -639,15 +639,3 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
 def is_cache(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a dosepred cache folder (it holds ``dataset.json``)."""
     return (Path(path) / DATASET_JSON).is_file()
-
-
-def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
-                  require_dose: bool = True) -> Iterator[Patient]:
-    """:func:`dosepred.io.source.load_patients` (also ``dosepred.io.load_patients``), where it lives.
-
-    Kept here only while ``calibration.py`` and ``bench/qa_power.py`` (being split, issue 28) and the
-    QA tests import it from this module; it makes ``io.cache -> io.source -> io.cache`` an import
-    cycle (``CYCLES_FOR_NOW`` in tests/test_architecture.py). Import it from ``dosepred.io``."""
-    from .source import load_patients as load
-
-    yield from load(src, ids, require_dose)
