@@ -29,12 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DosepredError
+
 __all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_output", "is_nonempty",
            "output_dir", "output_file", "output_in_place", "save_torch", "write_bytes", "write_json",
            "write_text"]
 
 
-class OutputError(ValueError):
+class OutputError(DosepredError, ValueError):
     """An output cannot be written (it exists and --overwrite was not given, it overlaps an input,
     or its folder cannot be created)."""
 

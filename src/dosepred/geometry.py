@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DosepredError
+
 #: Letters of the LPS axes: (towards -, towards +) for x, y, z.
 _LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
 _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "I": "S", "S": "I"}
@@ -44,7 +46,7 @@ _AXIS_OF = {"LR": 0, "RL": 0, "x": 0, "AP": 1, "PA": 1, "y": 1, "SI": 2, "IS": 2
 OPENKBP_AXES = "PLI"
 
 
-class GeometryError(ValueError):
+class GeometryError(DosepredError, ValueError):
     """A transform that is not a valid voxel grid (degenerate, non-finite, not unit directions)."""
 
 

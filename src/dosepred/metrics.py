@@ -25,6 +25,8 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import DosepredError
+
 MetricKind = Literal["Dmean", "Dmax", "Dmin", "D", "V"]
 Unit = Literal["%", "cc", "Gy", "%Rx", ""]
 
@@ -32,8 +34,8 @@ _RE_D = re.compile(r"^D(\d+(?:\.\d+)?)(%|CC)?$")
 _RE_V = re.compile(r"^V(\d+(?:\.\d+)?)(GY|%)$")
 
 
-class MetricError(ValueError):
-    pass
+class MetricError(DosepredError, ValueError):
+    """A metric string that does not follow the grammar (``D95``, ``D2cc``, ``V20Gy``, ``Dmean``, ...)."""
 
 
 @dataclass(frozen=True)

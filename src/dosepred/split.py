@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DosepredError
+
 DEFAULT_NAMES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(DosepredError, ValueError):
     """A split file or split request is invalid."""
 
 

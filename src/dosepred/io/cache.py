@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import mask_box
+from ..errors import DosepredError
 from ..fsutil import atomic_path, write_bytes, write_json
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
@@ -59,7 +60,7 @@ READ_VERSIONS = (1, 2, 3)
 EVAL_FIELDS = ("dose", "roi_codes", "possible_dose_mask")
 
 
-class CacheError(ValueError):
+class CacheError(DosepredError, ValueError):
     """A cache folder or file that cannot be read or written as asked (the message names it)."""
 
 

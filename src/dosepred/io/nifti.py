@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DosepredError
 from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
@@ -48,7 +49,7 @@ ROIS_JSON = "rois.json"
 ROI_DIR = "rois"
 
 
-class NiftiFormatError(ValueError):
+class NiftiFormatError(DosepredError, ValueError):
     """A NIfTI patient folder that does not hold what the reader expects (the message names it)."""
 
 

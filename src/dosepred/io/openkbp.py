@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DosepredError
 from ..fsutil import atomic_dir
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
@@ -30,7 +31,7 @@ REQUIRED = ("ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.cs
 _ARRAY_FILES = {"ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"}
 
 
-class OpenKBPFormatError(ValueError):
+class OpenKBPFormatError(DosepredError, ValueError):
     """A file of an OpenKBP patient folder does not follow the format."""
 
 

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import DosepredError
 from ..geometry import SHEAR_TOL, shear_problem  # re-exported: what every reader refuses
 from ..patient import Patient, RoiSet
 
 KINDS = ("cache", "openkbp", "nifti", "dicom")
 
-class SourceError(ValueError):
+class SourceError(DosepredError, ValueError):
     """A path that is no patient source dosepred reads."""
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..constants import HU_MAX, HU_MIN, HU_SCALE
+from ..errors import DosepredError
 from ..patient import RoiSet
 from ..roi import decode_torch
 
@@ -46,7 +47,7 @@ RX_SCALE = 70.0
 INIT_BIAS = -1.05  # softplus(-1.05) ~= 0.3
 
 
-class ModelError(ValueError):
+class ModelError(DosepredError, ValueError):
     """A checkpoint or model configuration that cannot be used."""
 
 

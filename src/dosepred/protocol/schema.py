@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..errors import DosepredError
 from ..metrics import Metric, parse_metric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,7 @@ Direction = Literal[">=", "<="]
 LimitUnit = Literal["Gy", "%", "%Rx"]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(DosepredError, ValueError):
     """A protocol is invalid, or does not fit a dataset's ROIs."""
 
 

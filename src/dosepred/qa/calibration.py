@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import DosepredError
 from ..fsutil import write_text
 from .band import DvhBand
 from .conformal import LEGACY_RULE, QUANTILE_RULES, CriterionStats, Family, Tails
@@ -44,7 +45,7 @@ CALIBRATION_FORMAT = "dosepred-calibration"
 CALIBRATION_VERSION = 3
 
 
-class CalibrationError(ValueError):
+class CalibrationError(DosepredError, ValueError):
     """No calibration, or one that does not fit the model, protocol or request."""
 
 

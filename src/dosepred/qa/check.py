@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DosepredError
 from ..fsutil import sha256_file
 from ..patient import Patient, RoiSet
 from .band import band_offsets
@@ -65,7 +66,7 @@ GRID_EFFECT = ("validation plans put on such grids: target dose errors 1.5 x lar
 VOLUME_FACTOR = 1.5
 
 
-class QAError(ValueError):
+class QAError(DosepredError, ValueError):
     """A plan QA cannot check (it lacks the model's targets or OARs); the message names the patient."""
 
 

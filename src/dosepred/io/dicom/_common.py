@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import DosepredError
 from ...geometry import Geometry, GeometryError
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -22,7 +23,7 @@ POS_TOL = 1e-3
 SPACING_REL = 0.01
 
 
-class DicomImportError(ValueError):
+class DicomImportError(DosepredError, ValueError):
     """A DICOM file or series cannot be converted; the message names the file or series."""
 
 

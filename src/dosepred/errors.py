@@ -1,0 +1,25 @@
+"""The one base of the errors a user can cause, and the generic one for bad input.
+
+Every error a user can cause (bad input data, a malformed file, an option out of range, a protocol,
+a config or a model that does not fit) is a :class:`DosepredError`; the command line prints it as one
+line, ``error: <message>``, and exits with code 2. Anything else that escapes a command is a bug in
+dosepred: the command line shows a short traceback and asks to report it (exit code 1).
+
+Each stage has its own subclass (``CacheError``, ``DicomImportError``, ``ProtocolError``, ...) and
+bad input with no better home is an :class:`InputError`. They all derive from ``ValueError`` too, so
+code that catches ``ValueError`` keeps working. A consistency check of dosepred's own (a state that
+no input can cause) raises ``ValueError`` / ``AssertionError`` and is therefore shown as a bug.
+"""
+
+from __future__ import annotations
+
+
+class DosepredError(Exception):
+    """Something a user can cause: bad input data, a file, an option or a model that cannot be used.
+    The message names the patient, file, field and rule; the command line prints it as one line
+    (``error: <message>``) and exits with code 2, without a traceback."""
+
+
+class InputError(DosepredError, ValueError):
+    """Bad input (data, option, protocol, configuration, model choice) that no more specific error
+    class of its stage describes; the message says what is wrong and where."""
