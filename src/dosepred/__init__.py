@@ -51,7 +51,7 @@ _LAZY = {
     "evaluate_patient": ".evaluation",
     "TrainConfig": ".training", "train": ".training", "build_loss": ".losses",
     "distance_falloff": ".baseline",
-    "DosepredError": ".errors", "InputError": ".errors",
+    "DosepredError": ".errors", "InputError": ".errors", "UnknownNameError": ".errors",
 }
 
 __all__ = ["Patient", "Roi", "RoiSet", *_LAZY, "__version__"]

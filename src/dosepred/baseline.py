@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
 from .patient import Patient
 
 
@@ -18,7 +19,7 @@ def distance_falloff(patient: Patient, falloff_mm: float = 15.0) -> np.ndarray:
     from scipy.ndimage import distance_transform_edt
 
     if not falloff_mm > 0:
-        raise ValueError(f"falloff must be > 0 mm, got {falloff_mm}")
+        raise InputError(f"falloff must be > 0 mm, got {falloff_mm}")
     dose = np.zeros(patient.shape, dtype=np.float32)
     for roi in patient.roi_set:
         if roi.kind != "target" or roi.prescription is None or roi.name in patient.missing_rois:

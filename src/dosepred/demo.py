@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .fsutil import sha256_file
 
 #: The two objectives compared after the shared warm-up, as (label, loss spec).
@@ -118,7 +119,7 @@ def find_repository(root: str | os.PathLike | None = None) -> Path:
             return place
     where = " or ".join(str(p) for p in dict.fromkeys(places))
     missing = [n for n in need if not (places[0] / n).exists()]
-    raise ValueError(f"{where}: no released models and example patients here ({', '.join(missing)} missing): "
+    raise InputError(f"{where}: no released models and example patients here ({', '.join(missing)} missing): "
                      "`dosepred demo` runs from a clone of the repository (its models/ and examples/)")
 
 
@@ -139,14 +140,14 @@ def unpack_examples(root: str | os.PathLike, dest: str | os.PathLike) -> Path:
             want[os.path.normpath(rel)] = digest
     have = {os.path.normpath(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
     for rel in sorted(have - set(want)):
-        raise ValueError(f"{archive}: {rel} is not in {sums}: the shipped example data is damaged "
+        raise InputError(f"{archive}: {rel} is not in {sums}: the shipped example data is damaged "
                          "(restore both files from the repository)")
     for rel, digest in want.items():
         if rel not in have:
-            raise ValueError(f"{archive}: {rel} is missing (listed in {sums}): the shipped example data is "
+            raise InputError(f"{archive}: {rel} is missing (listed in {sums}): the shipped example data is "
                              "damaged (restore both files from the repository)")
         if sha256_file(folder / rel) != digest:
-            raise ValueError(f"{archive}: {rel} does not match its sha256 in {sums}: the shipped example "
+            raise InputError(f"{archive}: {rel} does not match its sha256 in {sums}: the shipped example "
                              "data is damaged (restore both files from the repository)")
     for pt in sorted((root / EXAMPLE_DIR).glob("pt_*")):
         shutil.copytree(pt, folder / pt.name)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .errors import InputError
 from .metrics import Metric, MetricError, compute, parse_metric, percentile_index, percentile_q, v_threshold
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,11 +48,11 @@ class DVH:
     def __post_init__(self) -> None:
         d = np.sort(np.asarray(self.doses, dtype=np.float64).ravel())
         if d.size and not np.all(np.isfinite(d)):
-            raise ValueError(f"DVH {self.name}: doses contain NaN/inf")
+            raise InputError(f"DVH {self.name}: doses contain NaN/inf")
         if not self.voxel_volume_mm3 > 0:
-            raise ValueError(f"DVH {self.name}: voxel volume must be > 0 mm^3, got {self.voxel_volume_mm3}")
+            raise InputError(f"DVH {self.name}: voxel volume must be > 0 mm^3, got {self.voxel_volume_mm3}")
         if not self.bin_width > 0:
-            raise ValueError(f"DVH {self.name}: bin width must be > 0 Gy, got {self.bin_width}")
+            raise InputError(f"DVH {self.name}: bin width must be > 0 Gy, got {self.bin_width}")
         object.__setattr__(self, "doses", d)
 
     @classmethod
@@ -61,7 +62,7 @@ class DVH:
         dose = np.asarray(dose)
         mask = np.asarray(mask, dtype=bool)
         if dose.shape != mask.shape:
-            raise ValueError(f"DVH {name}: dose shape {dose.shape} != mask shape {mask.shape}")
+            raise InputError(f"DVH {name}: dose shape {dose.shape} != mask shape {mask.shape}")
         return cls(dose[mask], float(np.prod(spacing)), bin_width, prescription, name)
 
     # ------------------------------------------------------------------------------ statistics
@@ -94,13 +95,13 @@ class DVH:
         """Dose (Gy) received by at least ``volume`` (% of the ROI, or cc of its hottest part)."""
         if unit == "%":
             if not 0 <= volume <= 100:
-                raise ValueError(f"volume must be 0..100 %, got {volume}")
+                raise InputError(f"volume must be 0..100 %, got {volume}")
             return self.metric(Metric("D", float(volume), "%"))
         if unit == "cc":
             if not volume > 0:
-                raise ValueError(f"volume must be > 0 cc, got {volume}")
+                raise InputError(f"volume must be > 0 cc, got {volume}")
             return self.metric(Metric("D", float(volume), "cc"))
-        raise ValueError(f"unit must be '%' or 'cc', got {unit!r}")
+        raise InputError(f"unit must be '%' or 'cc', got {unit!r}")
 
     def volume_at_dose(self, dose: float, unit: VolumeUnit = "%") -> float:
         """Volume receiving at least ``dose`` Gy, in % of the ROI or in cc."""
@@ -111,7 +112,7 @@ class DVH:
             return n / self.n_voxels * 100.0
         if unit == "cc":
             return n * self.voxel_volume_mm3 / 1000.0
-        raise ValueError(f"unit must be '%' or 'cc', got {unit!r}")
+        raise InputError(f"unit must be '%' or 'cc', got {unit!r}")
 
     # ------------------------------------------------------------------------------ binned curves
     @property
@@ -139,7 +140,7 @@ class DVH:
             return counts * (self.voxel_volume_mm3 / 1000.0)
         if unit == "%":
             return counts / max(self.n_voxels, 1) * 100.0
-        raise ValueError(f"unit must be '%' or 'cc', got {unit!r}")
+        raise InputError(f"unit must be '%' or 'cc', got {unit!r}")
 
 
 # ---------------------------------------------------------------------------------- functions
@@ -231,7 +232,7 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
     if isinstance(patient_or_dose, Patient):
         p = patient_or_dose
         if p.dose is None:
-            raise ValueError(f"patient {p.id} has no dose")
+            raise InputError(f"patient {p.id} has no dose")
         if isinstance(mask, str):
             if prescription is None:
                 prescription = p.roi_set.prescription(mask)
@@ -240,12 +241,12 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
     else:
         dose = np.asarray(patient_or_dose)
         if isinstance(mask, str):
-            raise ValueError("an ROI name needs a Patient; pass a boolean mask with a dose array")
+            raise InputError("an ROI name needs a Patient; pass a boolean mask with a dose array")
         if spacing is None:
-            raise ValueError("spacing (mm per axis) is needed to compute metrics from a dose array")
+            raise InputError("spacing (mm per axis) is needed to compute metrics from a dose array")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != np.shape(dose):
-        raise ValueError(f"mask shape {mask.shape} != dose shape {np.shape(dose)}")
+        raise InputError(f"mask shape {mask.shape} != dose shape {np.shape(dose)}")
     try:
         return compute(metric, dose[mask], float(np.prod(spacing)), prescription)
     except MetricError:

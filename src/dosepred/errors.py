@@ -23,3 +23,9 @@ class DosepredError(Exception):
 class InputError(DosepredError, ValueError):
     """Bad input (data, option, protocol, configuration, model choice) that no more specific error
     class of its stage describes; the message says what is wrong and where."""
+
+
+class UnknownNameError(DosepredError, KeyError):
+    """A name or id that is not where it was looked up (an ROI not in the ROI set, a patient not in a
+    cache). A ``KeyError``, as a lookup's error is; the message is its first argument (``str()`` of a
+    ``KeyError`` quotes it)."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import roi as _roi
+from .errors import InputError, UnknownNameError
 from .geometry import Geometry
 
 RoiKind = Literal["target", "oar", "other"]
@@ -56,19 +57,19 @@ class RoiSet:
         names = [r.name for r in self.rois]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"ROI names must be unique, duplicated: {', '.join(dup)}")
+            raise InputError(f"ROI names must be unique, duplicated: {', '.join(dup)}")
         if len(self.rois) > _roi.MAX_ROIS:
-            raise ValueError(f"{len(self.rois)} ROIs exceed the bit-mask limit of {_roi.MAX_ROIS}")
+            raise InputError(f"{len(self.rois)} ROIs exceed the bit-mask limit of {_roi.MAX_ROIS}")
         for r in self.rois:
             if not r.name:
-                raise ValueError("ROI names must be non-empty")
+                raise InputError("ROI names must be non-empty")
             if r.kind not in ("target", "oar", "other"):
-                raise ValueError(f"ROI {r.name}: kind must be target/oar/other, got {r.kind!r}")
+                raise InputError(f"ROI {r.name}: kind must be target/oar/other, got {r.kind!r}")
             if r.prescription is not None:
                 if r.kind != "target":
-                    raise ValueError(f"ROI {r.name}: only targets carry a prescription (kind is {r.kind})")
+                    raise InputError(f"ROI {r.name}: only targets carry a prescription (kind is {r.kind})")
                 if not r.prescription > 0:
-                    raise ValueError(f"ROI {r.name}: prescription must be > 0 Gy, got {r.prescription}")
+                    raise InputError(f"ROI {r.name}: prescription must be > 0 Gy, got {r.prescription}")
 
     # construction --------------------------------------------------------------------------
     @classmethod
@@ -109,7 +110,7 @@ class RoiSet:
         try:
             return self.names.index(name)
         except ValueError:
-            raise KeyError(f"ROI {name!r} is not in the ROI set ({', '.join(self.names)})") from None
+            raise UnknownNameError(f"ROI {name!r} is not in the ROI set ({', '.join(self.names)})") from None
 
     def __getitem__(self, name: str) -> Roi:
         return self.rois[self.index(name)]
@@ -142,25 +143,25 @@ class Patient:
         self.ct = np.asarray(self.ct)
         shape = self.ct.shape
         if self.ct.ndim != 3:
-            raise ValueError(f"patient {pid}: CT must be 3-D, got shape {shape}")
+            raise InputError(f"patient {pid}: CT must be 3-D, got shape {shape}")
         if self.ct.dtype != np.int16:
             if np.issubdtype(self.ct.dtype, np.floating) and not np.all(np.isfinite(self.ct)):
-                raise ValueError(f"patient {pid}: CT contains NaN/inf")
+                raise InputError(f"patient {pid}: CT contains NaN/inf")
             self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
         sp = tuple(float(s) for s in self.spacing)
         if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-            raise ValueError(f"patient {pid}: spacing must be three positive mm values, got {self.spacing}")
+            raise InputError(f"patient {pid}: spacing must be three positive mm values, got {self.spacing}")
         self.spacing = sp  # type: ignore[assignment]
         self.geometry = self._resolve_geometry(sp)
         codes = np.asarray(self.roi_codes)
         if codes.shape != shape:
-            raise ValueError(f"patient {pid}: ROI codes shape {codes.shape} != CT shape {shape}")
+            raise InputError(f"patient {pid}: ROI codes shape {codes.shape} != CT shape {shape}")
         want = self.roi_set.dtype
         if codes.dtype.kind != "u":
-            raise ValueError(f"patient {pid}: ROI codes must be unsigned integers, got {codes.dtype}")
+            raise InputError(f"patient {pid}: ROI codes must be unsigned integers, got {codes.dtype}")
         n = len(self.roi_set)
         if n < codes.dtype.itemsize * 8 and codes.size and int(codes.max()) >> n:
-            raise ValueError(f"patient {pid}: ROI codes have bits set beyond the {n} ROIs of the set")
+            raise InputError(f"patient {pid}: ROI codes have bits set beyond the {n} ROIs of the set")
         if codes.dtype != want:
             codes = codes.astype(want)
         self.roi_codes = codes
@@ -170,22 +171,22 @@ class Patient:
         if self.possible_dose_mask.dtype != bool:
             self.possible_dose_mask = self.possible_dose_mask.astype(bool)
         if self.possible_dose_mask.shape != shape:
-            raise ValueError(f"patient {pid}: possible-dose mask shape {self.possible_dose_mask.shape}"
+            raise InputError(f"patient {pid}: possible-dose mask shape {self.possible_dose_mask.shape}"
                              f" != CT shape {shape}")
         if self.dose is not None:
             d = np.asarray(self.dose, dtype=np.float32)
             if d.shape != shape:
-                raise ValueError(f"patient {pid}: dose shape {d.shape} != CT shape {shape}")
+                raise InputError(f"patient {pid}: dose shape {d.shape} != CT shape {shape}")
             if d.size:  # min and max see any NaN/inf without a temporary bool volume
                 lo, hi = d.min(), d.max()
                 if not (np.isfinite(lo) and np.isfinite(hi)):
-                    raise ValueError(f"patient {pid}: dose contains NaN/inf")
+                    raise InputError(f"patient {pid}: dose contains NaN/inf")
                 if lo < 0:
-                    raise ValueError(f"patient {pid}: dose must be >= 0 Gy, min is {lo:.4g}")
+                    raise InputError(f"patient {pid}: dose must be >= 0 Gy, min is {lo:.4g}")
             self.dose = d
         unknown = [m for m in self.missing_rois if m not in self.roi_set]
         if unknown:
-            raise ValueError(f"patient {pid}: missing ROIs {unknown} are not in the ROI set")
+            raise InputError(f"patient {pid}: missing ROIs {unknown} are not in the ROI set")
         self.missing_rois = tuple(self.missing_rois)
         if self.missing_rois and codes.size:
             present_bits = int(np.bitwise_or.reduce(codes, axis=None))
@@ -193,7 +194,7 @@ class Patient:
                 k = self.roi_set.index(m)
                 if present_bits >> k & 1:
                     nvox = int(_roi.decode(codes, k).sum())
-                    raise ValueError(f"patient {pid}: ROI {m} is recorded missing but has {nvox} voxel(s)")
+                    raise InputError(f"patient {pid}: ROI {m} is recorded missing but has {nvox} voxel(s)")
 
     def _resolve_geometry(self, sp: tuple[float, float, float]) -> Geometry:
         g = self.geometry
@@ -209,7 +210,7 @@ class Patient:
         elif not isinstance(g, Geometry):
             g = Geometry.from_dict(g)
         if not np.allclose(g.spacing, sp, rtol=1e-5, atol=1e-6):
-            raise ValueError(f"patient {self.id}: spacing {sp} differs from the geometry's {g.spacing}")
+            raise InputError(f"patient {self.id}: spacing {sp} differs from the geometry's {g.spacing}")
         return g
 
     # support -------------------------------------------------------------------------------
@@ -311,12 +312,12 @@ class Patient:
         """Build from a name -> mask dict; ROIs of the set absent from ``masks`` are recorded missing."""
         extra = [n for n in masks if n not in roi_set]
         if extra:
-            raise ValueError(f"patient {id}: ROIs {extra} are not in the ROI set "
+            raise InputError(f"patient {id}: ROIs {extra} are not in the ROI set "
                              f"({', '.join(roi_set.names)})")
         shape = np.shape(ct)
         for n, m in masks.items():
             if np.shape(m) != shape:
-                raise ValueError(f"patient {id}: ROI {n} mask shape {np.shape(m)} != CT shape {shape}")
+                raise InputError(f"patient {id}: ROI {n} mask shape {np.shape(m)} != CT shape {shape}")
         ordered = [masks[n] if n in masks else np.zeros(shape, bool) for n in roi_set.names]
         codes = _roi.encode(ordered, shape=shape)
         if codes.dtype != roi_set.dtype:

@@ -29,6 +29,7 @@ import torch
 
 from .boxes import mask_box
 from .constants import BODY_HU
+from .errors import InputError
 from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
@@ -49,7 +50,7 @@ def resolve_device(device: str | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        raise InputError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
 
 
@@ -367,7 +368,7 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
         d.mkdir(parents=True, exist_ok=True)
         res = write_rtdose(patient, dose, d, dose_spacing=dose_spacing, model_name=model_name)
         return Path(res) if res is not None else d
-    raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
 def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device: Any = None,
@@ -401,7 +402,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     from .progress import track
 
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     dev = resolve_device(device)
     model = load_model(model_path, dev)
     patients = load_patients(src, ids=ids, require_dose=False)
@@ -430,7 +431,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                                                  f"{' --tta-shift' if tta_shift else ''}")
         except CacheError:
             if not seen:  # the cache's own "no patients to write", said in terms of the input
-                raise ValueError(f"{src} holds no patients to predict") from None
+                raise InputError(f"{src} holds no patients to predict") from None
             raise
         for p in done:
             if on_patient is not None:
@@ -443,5 +444,5 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
         if on_patient is not None:
             on_patient(p, path)
     if n == 0:
-        raise ValueError(f"{src} holds no patients to predict")
+        raise InputError(f"{src} holds no patients to predict")
     return n

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -32,7 +34,7 @@ def code_dtype(n_rois: int) -> np.dtype:
     for bits, dt in _NUMPY_DTYPES:
         if n_rois <= bits:
             return np.dtype(dt)
-    raise ValueError(
+    raise InputError(
         f"{n_rois} ROIs cannot be bit-mask encoded: at most {MAX_ROIS} ROIs fit in one uint64 volume"
     )
 
@@ -51,12 +53,12 @@ def encode(masks: Sequence[np.ndarray] | np.ndarray, shape: tuple[int, ...] | No
         return np.zeros(shape, dtype=dt)
     shape0 = np.shape(masks[0])
     if shape is not None and tuple(shape) != tuple(shape0):
-        raise ValueError(f"mask 0 has shape {shape0}, expected {tuple(shape)}")
+        raise InputError(f"mask 0 has shape {shape0}, expected {tuple(shape)}")
     codes = np.zeros(shape0, dtype=dt)
     for k, m in enumerate(masks):
         m = np.asarray(m)
         if m.shape != shape0:
-            raise ValueError(f"mask {k} has shape {m.shape}, expected {shape0} like mask 0")
+            raise InputError(f"mask {k} has shape {m.shape}, expected {shape0} like mask 0")
         codes |= m.astype(bool).astype(dt) << dt.type(k)
     return codes
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .constants import AIR_HU
+from .errors import InputError
 from .geometry import Geometry
 from .patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Patient, Roi, RoiSet
 from .roi import MAX_ROIS
@@ -55,7 +56,7 @@ def extra_roi_defs(k: int) -> list[Roi]:
     """The ``k`` extra ROIs' definitions: ``Ring_<PTV>_<r>mm`` (kind other, a shell ``r-5..r`` mm
     outside the target) and ``PRV_<OAR>_<m>mm`` (kind oar, the OAR grown by ``m`` mm)."""
     if not 0 <= k <= MAX_EXTRA_ROIS:
-        raise ValueError(f"extra_rois must be 0..{MAX_EXTRA_ROIS} (OpenKBP's 10 ROIs + extras "
+        raise InputError(f"extra_rois must be 0..{MAX_EXTRA_ROIS} (OpenKBP's 10 ROIs + extras "
                          f"<= {MAX_ROIS}), got {k}")
     out = []
     for i in range(k):
@@ -90,7 +91,7 @@ def make_patient(seed: int, size: int = 64, pid: str | None = None, extra_rois: 
     from scipy.ndimage import distance_transform_edt
 
     if size < 8:
-        raise ValueError(f"size must be >= 8 voxels, got {size}")
+        raise InputError(f"size must be >= 8 voxels, got {size}")
     rs = roi_set(extra_rois)
     rng = np.random.default_rng(seed)
     sp = spacing_for(size)
@@ -317,7 +318,7 @@ def patient_seed(seed: int, i: int) -> int:
 def iter_cohort(n: int, seed: int = 0, size: int = 64, extra_rois: int = 0):
     """Yield the patients of :func:`make_cohort` one at a time (for writing large cohorts)."""
     if n < 1:
-        raise ValueError(f"a cohort needs at least 1 patient, got {n}")
+        raise InputError(f"a cohort needs at least 1 patient, got {n}")
     for i in range(n):
         yield make_patient(patient_seed(seed, i), size=size, pid=f"synth_{i:03d}", extra_rois=extra_rois)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .fsutil import check_output, output_dir, output_file, output_in_place, write_json
 
 PathLike = str | os.PathLike
@@ -37,7 +38,7 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
     elif kind == "nifti":
         rs, it = nifti.iter_nifti_folder(src)
     else:
-        raise ValueError(f"unknown source kind {kind!r} (openkbp, dicom or nifti)")
+        raise InputError(f"unknown source kind {kind!r} (openkbp, dicom or nifti)")
     with output_dir(out, overwrite, inputs) as tmp:
         cache.write_cache(it, tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
     return cache.Cache.open(out)
@@ -53,9 +54,9 @@ def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_f
         "openkbp": openkbp.write_patient, "dicom": dicom.write_dicom,
         "nifti": lambda p, d: nifti.write_patient(p, d, roi_format)}
     if fmt not in writers:
-        raise ValueError(f"unknown export format {fmt!r} (openkbp, dicom or nifti)")
+        raise InputError(f"unknown export format {fmt!r} (openkbp, dicom or nifti)")
     if roi_format not in ("labels", "codes"):
-        raise ValueError(f"--roi-format must be labels or codes, got {roi_format!r}")
+        raise InputError(f"--roi-format must be labels or codes, got {roi_format!r}")
     c = cache.Cache.open(cache_dir)
     with output_dir(out, overwrite, [cache_dir]) as tmp:
         for p in track(c, description="exporting", total=len(c)):
@@ -147,7 +148,7 @@ def baseline(data: PathLike, out: PathLike, falloff: float = 15.0, overwrite: bo
             openkbp.write_dose_csv(tmp / f"{p.id}.csv", distance_falloff(p, falloff), p.possible_dose_mask)
             n += 1
         if n == 0:
-            raise ValueError(f"{data} holds no patients")
+            raise InputError(f"{data} holds no patients")
     return n
 
 
@@ -170,13 +171,13 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
             check_output(path, overwrite, inputs, what)
     pairs, missing = ev.match_predictions(reference, prediction)
     if missing and not allow_missing:
-        raise ValueError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
+        raise InputError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
                          f"{', '.join(missing)} (use --allow-missing to evaluate the others)")
     if missing:
         warnings.warn(f"no prediction for {len(missing)} patient(s), skipped: {', '.join(missing)}",
                       stacklevel=2)
     if not pairs:
-        raise ValueError(f"no reference patient of {reference} has a prediction in {prediction}")
+        raise InputError(f"no reference patient of {reference} has a prediction in {prediction}")
     proto = load_protocol(protocol)
     it = ev.iter_pairs(reference, prediction, [i for i, _ in pairs], with_ct=report is not None,
                        compact=report is None)
@@ -208,7 +209,7 @@ def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, An
     out: dict[str, Any] = {}
     for it in items or []:
         if "=" not in it:
-            raise ValueError(f"{flag} {it!r}: expected key=value")
+            raise InputError(f"{flag} {it!r}: expected key=value")
         k, v = it.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
@@ -232,16 +233,16 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         base = base.merged(TrainConfig.read_file(config), keep_none=True)
     cfg = base.merged({**options, "out": str(out)})
     if not cfg.data:
-        raise ValueError(f"{out}: no training run to resume (no config.json); give --data CACHE to start "
+        raise InputError(f"{out}: no training run to resume (no config.json); give --data CACHE to start "
                          "one" if resume else "give --data CACHE (or --resume an existing run)")
     inputs = [cfg.data, cfg.val, cfg.init, config]
     if not resume and not overwrite and (out / "checkpoints" / "last.pt").is_file():
-        raise ValueError(f"{out}: already holds a training run; use --resume to continue it, "
+        raise InputError(f"{out}: already holds a training run; use --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
     if resume:
         done = finished_epoch(out)
         if done is not None and done >= cfg.epochs:
-            raise ValueError(f"{out}: the run is finished (epoch {done} of {cfg.epochs} done); to train it "
+            raise InputError(f"{out}: the run is finished (epoch {done} of {cfg.epochs} done); to train it "
                              f"longer, --resume with --epochs larger than {done}")
     if resume or os.environ.get("RANK", "0") != "0":
         # --resume continues the run in place (it must still not be one of the inputs); under
@@ -289,7 +290,7 @@ def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-cl
         raise FileNotFoundError(f"{data} does not exist")
     existing = calibration_path(model)
     if existing.is_file() and not overwrite:
-        raise ValueError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
+        raise InputError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
     n = len(open_source(data))
     if n < MIN_PATIENTS:
         raise CalibrationError(f"{data}: {n} patient(s) cannot calibrate intervals; at least {MIN_PATIENTS} "
@@ -307,7 +308,7 @@ def parse_point(text: str | None) -> tuple[float, float, float] | None:
     except ValueError:
         point = ()
     if len(point) != 3:
-        raise ValueError(f"--point must be three numbers X,Y,Z in mm, got {text!r}")
+        raise InputError(f"--point must be three numbers X,Y,Z in mm, got {text!r}")
     return point  # type: ignore[return-value]
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .. import roi as _roi
+from ..errors import InputError
 
 PIPELINES = ("bitmask", "onehot-npz", "onehot-npy")
 DEFAULT_PIPELINES = ("bitmask", "onehot-npz")
@@ -74,35 +75,35 @@ class BenchConfig:
 
     def check(self) -> None:
         if not self.rois:
-            raise ValueError("--rois needs at least one ROI count")
+            raise InputError("--rois needs at least one ROI count")
         for k in self.rois:
             if not 1 <= k <= _roi.MAX_ROIS:
-                raise ValueError(f"--rois {k}: ROI counts must be 1..{_roi.MAX_ROIS}")
+                raise InputError(f"--rois {k}: ROI counts must be 1..{_roi.MAX_ROIS}")
         if self.patch > self.size:
-            raise ValueError(f"--patch {self.patch} is larger than the volume --size {self.size}")
+            raise InputError(f"--patch {self.patch} is larger than the volume --size {self.size}")
         if self.patch % 8:
-            raise ValueError(f"--patch {self.patch} must be divisible by 8 (the U-Nets down-sample 3 times)")
+            raise InputError(f"--patch {self.patch} must be divisible by 8 (the U-Nets down-sample 3 times)")
         for name, v, lo in (("--steps", self.steps, 1), ("--repeats", self.repeats, 1),
                             ("--patients", self.patients, 1), ("--batch", self.batch, 1),
                             ("--warmup", self.warmup, 0), ("--workers", self.workers, 0)):
             if v < lo:
-                raise ValueError(f"{name} must be >= {lo}, got {v}")
+                raise InputError(f"{name} must be >= {lo}, got {v}")
         bad = [p for p in self.pipelines if p not in PIPELINES]
         if bad or not self.pipelines:
-            raise ValueError(f"unknown pipeline(s) {bad}: choose from {', '.join(PIPELINES)}")
+            raise InputError(f"unknown pipeline(s) {bad}: choose from {', '.join(PIPELINES)}")
         if "bitmask" not in self.pipelines:
-            raise ValueError("the pipelines must include 'bitmask' (the ratios are one-hot / bit-mask)")
+            raise InputError("the pipelines must include 'bitmask' (the ratios are one-hot / bit-mask)")
         if self.model not in MODELS:
-            raise ValueError(f"--model {self.model!r}: choose from {', '.join(MODELS)}")
+            raise InputError(f"--model {self.model!r}: choose from {', '.join(MODELS)}")
         if self.model == "basicunet" and (self.patch % 16 or self.patch < 32):
-            raise ValueError(f"--model basicunet needs --patch divisible by 16 and >= 32, got {self.patch}")
+            raise InputError(f"--model basicunet needs --patch divisible by 16 and >= 32, got {self.patch}")
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"--device {self.device!r}: choose cpu or cuda")
+            raise InputError(f"--device {self.device!r}: choose cpu or cuda")
         if self.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError("--device cuda: no CUDA device is available to this torch "
+                raise InputError("--device cuda: no CUDA device is available to this torch "
                                  f"({torch.__version__}); use --device cpu")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from . import example_patients
 from . import sync as _sync
 
@@ -66,7 +67,7 @@ def load_case(size: int, patient_dir: Path | None, seed: int = 0) -> dict[str, A
         spacing = p.spacing
         if size != ct.shape[0]:
             if size > min(ct.shape):
-                raise ValueError(f"size {size} exceeds the patient's grid {ct.shape}")
+                raise InputError(f"size {size} exceeds the patient's grid {ct.shape}")
             tgt = np.argwhere(p.prescription_map() > 0)
             centre = tgt.mean(axis=0).round().astype(int) if len(tgt) else np.array(ct.shape) // 2
             lo = [int(np.clip(c - size // 2, 0, s - size)) for c, s in zip(centre, ct.shape, strict=True)]
@@ -198,15 +199,15 @@ def run(sizes: Sequence[int] = (64, 128), repeats: int = 3, devices: Sequence[st
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         if dev not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu, cuda or all, got {dev!r}")
+            raise InputError(f"--device must be cpu, cuda or all, got {dev!r}")
         if dev == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
+            raise InputError("--device cuda: no CUDA device is available")
     names = list(losses) if losses else list(LOSS_CASES)
     bad = [n for n in names if n not in LOSS_CASES]
     if bad:
-        raise ValueError(f"unknown loss case(s) {bad}; choose from {', '.join(LOSS_CASES)}")
+        raise InputError(f"unknown loss case(s) {bad}; choose from {', '.join(LOSS_CASES)}")
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise InputError(f"repeats must be >= 1, got {repeats}")
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import InputError
+
 #: The candidates of issue 24 (the release first).
 DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128,256,512", "16,32,64,128,256,256",
                     "16,32,96,192,384,384", "16,32,64,128,256,512:1")
@@ -38,10 +40,10 @@ def parse_network(text: str) -> tuple[list[int], int]:
         widths = [int(c) for c in chans.split(",") if c.strip()]
         res_units = int(res) if res.strip() else 0
     except ValueError:
-        raise ValueError(f"network {text!r}: expected channels such as 16,32,64,128 and an optional "
+        raise InputError(f"network {text!r}: expected channels such as 16,32,64,128 and an optional "
                          ":RES_UNITS") from None
     if len(widths) < 2 or min(widths) < 1 or res_units < 0:
-        raise ValueError(f"network {text!r}: at least two positive channel counts and res units >= 0")
+        raise InputError(f"network {text!r}: at least two positive channel counts and res units >= 0")
     return widths, res_units
 
 
@@ -120,10 +122,10 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     for n in networks:
         widths, _ = parse_network(n)
         if size % 2 ** (len(widths) - 1):
-            raise ValueError(f"--size {size} must be divisible by 2^(levels-1) = {2 ** (len(widths) - 1)} "
+            raise InputError(f"--size {size} must be divisible by 2^(levels-1) = {2 ** (len(widths) - 1)} "
                              f"for network {n}")
     if not networks:
-        raise ValueError("no network to measure")
+        raise InputError("no network to measure")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in networks}
     for r in range(repeats):
         order = list(networks[r % len(networks):]) + list(networks[: r % len(networks)])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..patient import Patient
 from ..qa.conformal import DEFAULT_RULE
 from ..qa.families import Unit, lower_is_better, metric_family
@@ -57,18 +58,18 @@ class PowerConfig:
 
     def check(self) -> None:
         if not 0 < self.coverage < 1:
-            raise ValueError(f"--coverage must be between 0 and 1 (e.g. 0.9), got {self.coverage}")
+            raise InputError(f"--coverage must be between 0 and 1 (e.g. 0.9), got {self.coverage}")
         if self.splits < 1:
-            raise ValueError(f"--splits must be at least 1, got {self.splits}")
+            raise InputError(f"--splits must be at least 1, got {self.splits}")
         for flag, v in (("--oar-gy", self.oar_gy), ("--cold-gy", self.cold_gy), ("--hot-pct", self.hot_pct)):
             if any(not (x > 0 and math.isfinite(x)) for x in v):
-                raise ValueError(f"{flag} {','.join(f'{x:g}' for x in v)}: amounts must be > 0")
+                raise InputError(f"{flag} {','.join(f'{x:g}' for x in v)}: amounts must be > 0")
         if any(x >= 50 for x in self.hot_pct):
-            raise ValueError("--hot-pct: a hot spot is at most 49 % of the target volume")
+            raise InputError("--hot-pct: a hot spot is at most 49 % of the target volume")
         if not self.fade_mm >= 0:
-            raise ValueError(f"--fade-mm must be >= 0, got {self.fade_mm}")
+            raise InputError(f"--fade-mm must be >= 0, got {self.fade_mm}")
         if not 0 < self.cold_fraction < 1:
-            raise ValueError(f"cold_fraction must be between 0 and 1, got {self.cold_fraction}")
+            raise InputError(f"cold_fraction must be between 0 and 1, got {self.cold_fraction}")
 
 
 # ------------------------------------------------------------------------------- degradations
@@ -176,7 +177,7 @@ def cold_spot(patient: Patient, roi: str, metric: str, gy: float, rx: float | No
 
     hi = float(base.max()) + 1.0
     if f(hi) > m0 - gy:
-        raise ValueError(f"patient {patient.id}: no cold spot of {fraction:.0%} of {roi} lowers its {metric} "
+        raise InputError(f"patient {patient.id}: no cold spot of {fraction:.0%} of {roi} lowers its {metric} "
                          f"by {gy:g} Gy")
     a = _bisect(f, m0 - gy, hi, rising=False)
     return np.maximum(patient.dose - np.float32(a) * w, np.float32(0))
@@ -216,7 +217,7 @@ def hot_spot(patient: Patient, roi: str, metric: str, pct: float, rx: float | No
 
     hi = 2.0 * (float(base.max()) + (rx or 0.0)) + 1.0
     if f(hi) < v0 + pct:
-        raise ValueError(f"patient {patient.id}: no hot spot raises {roi} {metric} by {pct:g} points")
+        raise InputError(f"patient {patient.id}: no hot spot raises {roi} {metric} by {pct:g} points")
     a = _bisect(f, v0 + pct, hi, rising=True)
     return patient.dose + np.float32(a) * w
 

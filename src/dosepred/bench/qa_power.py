@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..qa.calibrate import flags_words, predictions_made_with
 from ..qa.calibration import load_calibration
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
@@ -115,7 +116,7 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
                                f"with this model's calibration predicts {qa_way} and without --tta-shift: "
                                "these numbers describe QA with such a prediction")
         if passes and (flipped is not False or shifted):
-            raise ValueError(f"--prediction {prediction}: the other test-time passes are recovered "
+            raise InputError(f"--prediction {prediction}: the other test-time passes are recovered "
                              "from the plain prediction, which must be predicted with --no-tta "
                              "(no --tta-shift)")
     else:
@@ -127,11 +128,11 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
     pass_caches = {}
     for name, path in passes.items():
         if name not in want:
-            raise ValueError(f"unknown test-time pass {name!r} (flip or shift)")
+            raise InputError(f"unknown test-time pass {name!r} (flip or shift)")
         pc = Cache.open(path)
         if predictions_made_with(pc) != want[name]:
             flags = "--tta" if name == "flip" else "--no-tta --tta-shift"
-            raise ValueError(f"--{name}-prediction {path}: made with {pc.info.get('source', '?')!r}, not "
+            raise InputError(f"--{name}-prediction {path}: made with {pc.info.get('source', '?')!r}, not "
                              f"with `dosepred predict ... {flags}`")
         pass_caches[name] = pc
     proto = None
@@ -144,15 +145,15 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         it = track(it, description="degrading plans")
     for p in it:
         if p.dose is None:
-            raise ValueError(f"patient {p.id} of {data} has no dose: the benchmark needs plan doses")
+            raise InputError(f"patient {p.id} of {data} has no dose: the benchmark needs plan doses")
         if proto is None:
             proto = load_protocol(cfg.protocol, p.roi_set)
         if pred_cache is not None:
             if p.id not in pred_cache.ids:
-                raise ValueError(f"--prediction {prediction}: no prediction for patient {p.id}")
+                raise InputError(f"--prediction {prediction}: no prediction for patient {p.id}")
             pred = pred_cache.load_dose(p.id)
             if pred is None:
-                raise ValueError(f"--prediction {prediction}: patient {p.id} has no predicted dose")
+                raise InputError(f"--prediction {prediction}: patient {p.id} has no predicted dose")
         else:
             from ..predict import predict_dose
 
@@ -160,10 +161,10 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         cs, _ = criteria_of(p, pred, proto)
         for name, pc in pass_caches.items():
             if p.id not in pc.ids:
-                raise ValueError(f"--{name}-prediction {passes[name]}: no prediction for patient {p.id}")
+                raise InputError(f"--{name}-prediction {passes[name]}: no prediction for patient {p.id}")
             avg = pc.load_dose(p.id)
             if avg is None:
-                raise ValueError(f"--{name}-prediction {passes[name]}: patient {p.id} has no predicted dose")
+                raise InputError(f"--{name}-prediction {passes[name]}: patient {p.id} has no predicted dose")
             other, _ = criteria_of(p, _pass_dose(pred, avg), proto)
             ov = {c.key: c.predicted for c in other}
             for c in cs:
@@ -171,7 +172,7 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         crits += cs
         cases += degrade(p, pred, cs, proto, cfg)
     if not crits:
-        raise ValueError(f"no criterion of protocol {cfg.protocol} could be evaluated on {data}")
+        raise InputError(f"no criterion of protocol {cfg.protocol} could be evaluated on {data}")
     return crits, cases, info
 
 
@@ -228,9 +229,9 @@ def parse_amounts(text: str, flag: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers such as 2,3,6") from None
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers such as 2,3,6") from None
     if not vals:
-        raise ValueError(f"{flag} {text!r}: give at least one amount")
+        raise InputError(f"{flag} {text!r}: give at least one amount")
     return vals
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..qa.conformal import (
     METHODS,
     apply_offsets,
@@ -104,15 +105,15 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
         if m == "qa":
             bad = {f: v for f, v in qa_methods.items() if v not in METHODS}
             if bad:
-                raise ValueError(f"calibration methods {bad} are not among {', '.join(METHODS)}")
+                raise InputError(f"calibration methods {bad} are not among {', '.join(METHODS)}")
             continue
         if m not in METHODS and not (m in ADAPTIVE and set(ADAPTIVE[m]) <= have):
-            raise ValueError(f"--methods: {m!r} is not one of {', '.join(METHODS)}, qa, or an adaptive "
+            raise InputError(f"--methods: {m!r} is not one of {', '.join(METHODS)}, qa, or an adaptive "
                              f"candidate whose test-time passes were given ({', '.join(ADAPTIVE)})")
     pids = sorted({c.patient for c in crits})
     n_cal = cfg.calibration_patients or int(round(len(pids) * 2 / 3))
     if not 2 <= n_cal <= len(pids) - 1:
-        raise ValueError(f"--calibration-patients {n_cal}: must be between 2 and {len(pids) - 1} "
+        raise InputError(f"--calibration-patients {n_cal}: must be between 2 and {len(pids) - 1} "
                          f"({len(pids)} patients)")
     right = {"oar": FLAG_OAR_ABOVE, "cold": FLAG_COVERAGE_BELOW, "hot": FLAG_HOT_ABOVE}
     by_pat: dict[str, list[Crit]] = {}

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..errors import DosepredError, InputError
 from . import sync as _sync
 from .synthetic import synthetic_batch
 
@@ -78,7 +79,7 @@ def run(size: int = 64, steps: int = 3, repeats: int = 3, variants: tuple[str, .
         log: Any = None) -> dict[str, Any]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        raise InputError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if "fp32" not in variants:
         variants = ("fp32", *variants)
     steppers: dict[str, Any] = {}
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         res = run(a.size, a.steps, a.repeats, tuple(v for v in a.variants.split(",") if v), a.device,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ValueError, RuntimeError) as e:
+    except (DosepredError, RuntimeError) as e:  # a bad option; a variant no machine here can run
         sys.exit(f"error: {e}")
     from rich.console import Console
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import InputError
 from .common import NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")]
@@ -19,7 +20,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers such as 10,40") from None
+        raise InputError(f"{flag} {text!r}: expected comma-separated integers such as 10,40") from None
 
 
 def _finish(name: str, res: dict, json_out: Path | None, overwrite: bool) -> None:  # type: ignore[type-arg]
@@ -60,7 +61,7 @@ def evaluate(
     data = data or example_patients()
     _check(json_out, overwrite)
     if not data.is_dir():
-        raise ValueError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
+        raise InputError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
     _finish("evaluate", run(data, patients or None, cache_dir, repeats), json_out, overwrite)
 
 
@@ -81,7 +82,7 @@ def predict(
 
     data = data or example_patients()
     if not (data / patient).is_dir():
-        raise ValueError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
+        raise InputError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
     _check(json_out, overwrite, [data, model])
     _finish("predict", run(data, model, patient, repeats, threads), json_out, overwrite)
 
@@ -173,7 +174,7 @@ def losses(
     from ..bench.losses import markdown, run
 
     if data is not None and not data.exists() and str(data) != "synthetic":
-        raise ValueError(f"--data {data} does not exist (an OpenKBP patient folder, a folder of them, or "
+        raise InputError(f"--data {data} does not exist (an OpenKBP patient folder, a folder of them, or "
                          "'synthetic')")
     data = data or example_patients()
     _check(json_out, overwrite)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..boxes import Box, box_shape, coords_box, union
+from ..errors import InputError
 from ..patient import Patient
 from .scoring import as_dose_array
 
@@ -83,7 +84,7 @@ def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarr
     for suffix, reader in PREDICTION_READERS.items():
         if path.name.endswith(suffix):
             return reader(path, shape)
-    raise ValueError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
+    raise InputError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
 
 
 @functools.lru_cache(maxsize=8)
@@ -150,10 +151,10 @@ class _Predictions:
         try:
             arrays, box = self.cache.patient_entry(pid).read_arrays(("dose",), crop=crop)
         except CacheError as err:
-            raise ValueError(str(err)) from None
+            raise InputError(str(err)) from None
         d = arrays["dose"]
         if d is None:
-            raise ValueError(f"patient {pid}: the prediction cache {self.given} holds no dose")
+            raise InputError(f"patient {pid}: the prediction cache {self.given} holds no dose")
         return d, box
 
     def full(self, ref: Patient) -> np.ndarray:
@@ -182,7 +183,7 @@ class _Predictions:
             if box is None:  # version-1 file: the whole grid
                 box = full
             if e.shape != tuple(shape) or d.shape != box_shape(box):
-                raise ValueError(f"patient {pid}: predicted dose has shape {e.shape}, but the "
+                raise InputError(f"patient {pid}: predicted dose has shape {e.shape}, but the "
                                  f"reference grid is {tuple(shape)}")
             return d, box
         from ..io import openkbp
@@ -205,7 +206,7 @@ class _Predictions:
 
             g = file_geometry(f)
             if g is not None and not g.same_as(geometry):
-                raise ValueError(f"patient {pid}: the predicted dose {f} lies on another grid ({g!r}) than "
+                raise InputError(f"patient {pid}: the predicted dose {f} lies on another grid ({g!r}) than "
                                  f"the reference ({geometry!r}); write it on the reference's grid")
         return as_dose_array(read_prediction(f, shape), shape, pid), full
 
@@ -225,7 +226,7 @@ def _placed_on(dose: np.ndarray, g: Any, path: Path, ref: Patient, what: str, st
     uncovered = int((mask & ~inside).sum())
     frac = 100.0 * uncovered / max(int(mask.sum()), 1)
     if strict and frac > 1.0:
-        raise ValueError(f"patient {ref.id}: the predicted {what} {path}, placed where its header says "
+        raise InputError(f"patient {ref.id}: the predicted {what} {path}, placed where its header says "
                          f"({g!r}), leaves {frac:.1f} % of the possible-dose mask uncovered; write it on "
                          "the reference's grid, or with an affine that says where it lies")
     if uncovered:
@@ -315,7 +316,7 @@ def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None,
             try:
                 yield c.load(pid, rs, with_ct=False)
             except CacheError as err:
-                raise ValueError(str(err)) from None
+                raise InputError(str(err)) from None
         return
     for r in _csv_references(src, ids):
         full = tuple(slice(0, n) for n in r.shape)
@@ -407,7 +408,7 @@ def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | 
         try:
             arrays, box = e.read_arrays((*EVAL_FIELDS, "roi_voxels"), crop=True)
         except CacheError as err:
-            raise ValueError(str(err)) from None
+            raise InputError(str(err)) from None
         if box is None:  # version-1 file: full-grid arrays
             box = tuple(slice(0, n) for n in e.shape)
 
@@ -430,7 +431,7 @@ def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | 
         try:
             geometry = e.geometry
         except CacheError as err:
-            raise ValueError(str(err)) from None
+            raise InputError(str(err)) from None
         yield pid, e.shape, box, make, geometry
 
 
@@ -513,13 +514,13 @@ def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
         r = er.read_voxels()
         p = ep.read_voxels(rois=False)
     except CacheError as err:
-        raise ValueError(str(err)) from None
+        raise InputError(str(err)) from None
     if (r is None or p is None or r.dose is None or p.dose is None or r.dose_outside_mask
             or p.dose_outside_mask or not r.same_mask(p)):
         return None
     n = r.n_mask
     if r.dose.size != n or p.dose.size != n:
-        raise ValueError(f"patient {pid}: cache file holds {r.dose.size} / {p.dose.size} dose values "
+        raise InputError(f"patient {pid}: cache file holds {r.dose.size} / {p.dose.size} dose values "
                          f"for {n} possible-dose voxels")
     # ROI voxels at their rank among the mask's voxels (the order of the dose values); the ones
     # outside the mask go after the mask's voxels

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..dvh import roi_metrics_pair, roi_voxel_indices
+from ..errors import InputError
 from ..geometry import shear_problem
 from ..metrics import parse_metric
 from ..patient import Patient
@@ -320,7 +321,7 @@ def as_dose_array(pred: Any, shape: tuple[int, ...], pid: str = "?") -> np.ndarr
     while a.ndim > len(shape) and a.shape[0] == 1:
         a = a[0]
     if a.shape != tuple(shape):
-        raise ValueError(f"patient {pid}: predicted dose has shape {np.shape(pred)}, but the reference grid "
+        raise InputError(f"patient {pid}: predicted dose has shape {np.shape(pred)}, but the reference grid "
                          f"is {tuple(shape)}")
     if not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float32)
@@ -369,14 +370,14 @@ def _check_prediction(ref: Patient, pred: np.ndarray, predc: np.ndarray, maskc: 
     bad = int(np.count_nonzero(~np.isfinite(pred)))
     if bad:
         kinds = [k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if np.any(f(pred))]
-        raise ValueError(f"{where}the predicted dose holds {bad} non-finite value(s) "
+        raise InputError(f"{where}the predicted dose holds {bad} non-finite value(s) "
                          f"({' and '.join(kinds)}); a dose is a finite number of Gy in every voxel")
     a = np.abs(predc, dtype=np.float64)
     total = float(a.sum()) + (0.0 if full else _abs_sum_outside(pred, box))
     if total > 0:
         outside = total - float(a[maskc].sum())
         if outside > MAX_DOSE_OUTSIDE_MASK * total:
-            raise ValueError(f"{where}{100 * outside / total:.0f} % of the predicted dose lies outside the "
+            raise InputError(f"{where}{100 * outside / total:.0f} % of the predicted dose lies outside the "
                              "possible-dose mask; is it a prediction for another patient or grid?")
 
 
@@ -387,10 +388,10 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
     against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
     """
     if ref.dose is None:
-        raise ValueError(f"patient {ref.id}: the reference has no dose to compare with")
+        raise InputError(f"patient {ref.id}: the reference has no dose to compare with")
     problem = None if ref.geometry is None else shear_problem(ref.geometry)
     if problem:  # the readers refuse such grids; a Patient built in Python reaches here directly
-        raise ValueError(f"patient {ref.id}: {problem}")
+        raise InputError(f"patient {ref.id}: {problem}")
     protocol = load_protocol(protocol, ref.roi_set)
     pred = as_dose_array(pred_dose, ref.shape, ref.id)
     rs = ref.roi_set
@@ -404,7 +405,7 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
     assert ref.possible_dose_mask is not None and box is not None
     n_mask = int(np.count_nonzero(ref.possible_dose_mask[box]))
     if n_mask == 0:
-        raise ValueError(f"patient {ref.id}: the possible-dose mask is empty")
+        raise InputError(f"patient {ref.id}: the possible-dose mask is empty")
     refc = ref.dose[box]
     predc = pred[box]
     _check_prediction(ref, pred, predc, ref.possible_dose_mask[box], full, box)

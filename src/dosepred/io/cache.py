@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import mask_box
-from ..errors import DosepredError
+from ..errors import DosepredError, UnknownNameError
 from ..fsutil import atomic_path, write_bytes, write_json
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
@@ -544,7 +544,7 @@ class Cache:
         for e in self.info["patients"]:
             if e["id"] == pid:
                 return e
-        raise KeyError(f"patient {pid} is not in cache {self.root}")
+        raise UnknownNameError(f"patient {pid} is not in cache {self.root}")
 
     def patient_entry(self, pid: str) -> CacheEntry:
         """Patient ``pid``'s :class:`CacheEntry` (KeyError if absent)."""

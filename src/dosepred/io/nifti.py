@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DosepredError
+from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
@@ -181,7 +181,7 @@ def write_dose(patient: Patient, dose: np.ndarray, path: str | os.PathLike) -> P
         path = path / f"{patient.id}.nii.gz"
     d = np.asarray(dose, dtype=np.float32)
     if d.shape != patient.shape:
-        raise ValueError(f"patient {patient.id}: dose shape {d.shape} != CT shape {patient.shape}")
+        raise InputError(f"patient {patient.id}: dose shape {d.shape} != CT shape {patient.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(d, patient_affine(patient), path)
 
@@ -206,7 +206,7 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
     """Write ``out_dir/<id>/`` (see the module docstring); returns the folder. Written to a
     temporary folder and renamed, so no half-written patient is left behind."""
     if roi_format not in ("labels", "codes"):
-        raise ValueError(f"roi_format must be 'labels' or 'codes', got {roi_format!r}")
+        raise InputError(f"roi_format must be 'labels' or 'codes', got {roi_format!r}")
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         aff = patient_affine(p)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DosepredError
+from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
@@ -355,7 +355,7 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
     An oblique grid is an error (it would need resampling)."""
     p = to_openkbp_axes(p)
     if p.shape != GRID:
-        raise ValueError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
+        raise InputError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         ct = p.ct.astype(np.int32).ravel() + CT_OFFSET
@@ -376,7 +376,7 @@ def to_openkbp_axes(p: Patient) -> Patient:
     """``p`` with its arrays in the OpenKBP axis convention (itself when already so)."""
     assert p.geometry is not None
     if not p.geometry.is_axis_aligned(1e-4):
-        raise ValueError(f"patient {p.id}: an oblique grid ({p.geometry.describe()}) cannot be written in "
+        raise InputError(f"patient {p.id}: an oblique grid ({p.geometry.describe()}) cannot be written in "
                          "OpenKBP layout without resampling")
     if p.geometry.axis_letters() == OPENKBP_AXES:
         return p

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..constants import HU_MAX, HU_MIN
+from ..errors import InputError
 from ..fsutil import output_dir, write_bytes
 from ..patient import Patient
 from ..progress import track
@@ -67,7 +68,7 @@ class PackResult:
 
 def _check_step(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        raise InputError(f"{name} must be a whole number >= 1, got {v!r}")
     return int(v)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Roi, RoiSet
 
 #: Canonical name of the body / external outline (used as the possible-dose mask, not as an ROI).
@@ -165,7 +166,7 @@ class RoiMap:
     @classmethod
     def from_obj(cls, obj: Any, source: str = "<map>") -> RoiMap:
         if not isinstance(obj, Mapping):
-            raise ValueError(f"ROI map {source}: expected a JSON object (name -> canonical name)")
+            raise InputError(f"ROI map {source}: expected a JSON object (name -> canonical name)")
         names: dict[str, str | None] = {}
         kinds: dict[str, str] = {}
         rx: dict[str, float] = {}
@@ -173,7 +174,7 @@ class RoiMap:
         if structured:
             extra = set(obj) - {"names", "kinds", "prescriptions"}
             if extra:
-                raise ValueError(f"ROI map {source}: unknown keys {sorted(extra)} (expected names, kinds, "
+                raise InputError(f"ROI map {source}: unknown keys {sorted(extra)} (expected names, kinds, "
                                  "prescriptions)")
             items = obj["names"].items()
             kinds.update({str(k): str(v) for k, v in (obj.get("kinds") or {}).items()})
@@ -186,7 +187,7 @@ class RoiMap:
                 names[str(k)] = v or None
             elif isinstance(v, Mapping) and not structured:
                 if "name" not in v:
-                    raise ValueError(f"ROI map {source}: entry {k!r} lacks 'name'")
+                    raise InputError(f"ROI map {source}: entry {k!r} lacks 'name'")
                 cn = v["name"]
                 names[str(k)] = cn
                 if cn and "kind" in v:
@@ -194,11 +195,11 @@ class RoiMap:
                 if cn and v.get("prescription") is not None:
                     rx[cn] = _map_rx(source, cn, v["prescription"])
             else:
-                raise ValueError(f"ROI map {source}: entry {k!r} must map to a name, null or an object, "
+                raise InputError(f"ROI map {source}: entry {k!r} must map to a name, null or an object, "
                                  f"got {v!r}")
         for n, kd in kinds.items():
             if kd not in ("target", "oar", "other"):
-                raise ValueError(f"ROI map {source}: kind of {n!r} must be target/oar/other, got {kd!r}")
+                raise InputError(f"ROI map {source}: kind of {n!r} must be target/oar/other, got {kd!r}")
         for n in rx:
             kinds.setdefault(n, "target")
         return cls(names, kinds, rx, source)
@@ -209,15 +210,15 @@ class RoiMap:
             return cls.empty()
         p = Path(path)
         if p.is_dir():
-            raise ValueError(f"ROI map {p} is a folder; give the JSON file")
+            raise InputError(f"ROI map {p} is a folder; give the JSON file")
         if not p.is_file():
             raise FileNotFoundError(f"ROI map {p} does not exist")
         try:
             obj = json.loads(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
-            raise ValueError(f"ROI map {p} is not UTF-8 text, not a JSON file ({e})") from None
+            raise InputError(f"ROI map {p} is not UTF-8 text, not a JSON file ({e})") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"ROI map {p} is not valid JSON: {e}") from None
+            raise InputError(f"ROI map {p} is not valid JSON: {e}") from None
         return cls.from_obj(obj, str(p))
 
     def lookup(self, name: str) -> tuple[bool, str | None]:
@@ -258,7 +259,7 @@ def _map_rx(source: str, name: str, v: Any) -> float:
     except (TypeError, ValueError):
         rx = float("nan")
     if not 0 < rx <= 200:  # NaN and inf fail too
-        raise ValueError(f"ROI map {source}: prescription of {name!r} must be a number of Gy, 0 < Rx <= 200 "
+        raise InputError(f"ROI map {source}: prescription of {name!r} must be a number of Gy, 0 < Rx <= 200 "
                          f"(cGy / 100), got {v!r}")
     return rx
 
@@ -292,7 +293,7 @@ def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]]) -> RoiSet:
                 continue
             prev = seen.get(name)
             if prev is not None and (prev.kind, prev.prescription) != (c.kind, c.prescription):
-                raise ValueError(f"ROI {name}: kind/prescription differ between patients "
+                raise InputError(f"ROI {name}: kind/prescription differ between patients "
                                  f"({prev.kind} {prev.prescription} vs {c.kind} {c.prescription}); "
                                  "fix it with --roi-map")
             seen[name] = c

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..metrics import Metric, MetricError, parse_metric, percentile_index, percentile_q, v_threshold
 from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, voxel_volumes, zero_like_graph
 
@@ -133,7 +134,7 @@ def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.T
     ``100 * mean(sigmoid((D - threshold) / tau))``; tends to the exact value as ``tau -> 0``.
     """
     if not tau > 0:
-        raise ValueError(f"tau must be > 0 Gy, got {tau}")
+        raise InputError(f"tau must be > 0 Gy, got {tau}")
     if doses.numel() == 0:
         raise ValueError("V-metric of an empty ROI")
     return torch.sigmoid((doses - threshold) / tau).mean() * 100.0
@@ -167,7 +168,7 @@ def resolve_terms(protocol: Any, roi_set: Any, target_weight: float = 1.0,
     terms = []
     for i, c in enumerate(protocol.criteria, 1):
         if c.roi not in roi_set:
-            raise ValueError(f"CDM loss: criterion {i} ({c.roi} {c.metric}) names ROI {c.roi!r}, which is "
+            raise InputError(f"CDM loss: criterion {i} ({c.roi} {c.metric}) names ROI {c.roi!r}, which is "
                              f"not in the dataset's ROIs ({', '.join(roi_set.names)})")
         m = c.parsed if hasattr(c, "parsed") else parse_metric(c.metric)
         if hasattr(protocol, "prescription"):
@@ -178,7 +179,7 @@ def resolve_terms(protocol: Any, roi_set: Any, target_weight: float = 1.0,
             thr = v_threshold(m, rx) if m.kind == "V" else None
             limit = c.limit_value(rx) if getattr(c, "limit", None) is not None else None
         except ValueError as e:
-            raise ValueError(f"CDM loss: criterion {i} ({c.roi} {c.metric}): {e}") from None
+            raise InputError(f"CDM loss: criterion {i} ({c.roi} {c.metric}): {e}") from None
         is_target = roi_set[c.roi].kind == "target"
         w = float(getattr(c, "weight", 1.0)) * (target_weight if is_target else oar_weight)
         terms.append(CdmTerm(c.roi, roi_set.index(c.roi), m, is_target, w, limit,
@@ -237,9 +238,9 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
     if codes is None:
         raise ValueError("the CDM loss needs roi_codes")
     if spread < 0:
-        raise ValueError(f"spread must be >= 0 percent, got {spread}")
+        raise InputError(f"spread must be >= 0 percent, got {spread}")
     if not tau > 0 and any(t.metric.kind == "V" for t in terms):
-        raise ValueError(f"tau must be > 0 Gy, got {tau}")
+        raise InputError(f"tau must be > 0 Gy, got {tau}")
     nb = pred.shape[0]
     vols = voxel_volumes(sp, nb)
     bits = sorted({t.bit for t in terms})
@@ -368,15 +369,15 @@ class CDMLoss(nn.Module):
         elif hasattr(protocol, "validate_for"):
             protocol.validate_for(roi_set)
         if not tau > 0:
-            raise ValueError(f"cdm tau must be > 0 Gy, got {tau}")
+            raise InputError(f"cdm tau must be > 0 Gy, got {tau}")
         for label, v in (("constraint_weight", constraint_weight), ("target_weight", target_weight),
                          ("oar_weight", oar_weight)):
             if not v >= 0:
-                raise ValueError(f"cdm {label} must be >= 0, got {v}")
+                raise InputError(f"cdm {label} must be >= 0, got {v}")
         if spread < 0:
-            raise ValueError(f"cdm spread must be >= 0 percent, got {spread}")
+            raise InputError(f"cdm spread must be >= 0 percent, got {spread}")
         if not (match or constraint):
-            raise ValueError("the CDM loss needs match=True or constraint=True (both are off)")
+            raise InputError("the CDM loss needs match=True or constraint=True (both are off)")
         self.protocol = protocol
         self.terms = resolve_terms(protocol, roi_set, target_weight, oar_weight)
         self.tau = float(tau)
@@ -385,7 +386,7 @@ class CDMLoss(nn.Module):
             dose_scale = default_dose_scale(protocol, roi_set)
         self.dose_scale = float(dose_scale)
         if not self.dose_scale > 0:
-            raise ValueError(f"cdm dose_scale must be > 0 Gy, got {dose_scale}")
+            raise InputError(f"cdm dose_scale must be > 0 Gy, got {dose_scale}")
         self.match = bool(match)
         self.constraint = bool(constraint)
         self.constraint_weight = float(constraint_weight)

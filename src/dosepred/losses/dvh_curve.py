@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ._common import check_inputs, mean_over_present, roi_members, segment_counts, upcast, zero_like_graph
 
 
@@ -76,7 +77,7 @@ def dvh_curve_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tenso
     if codes is None:
         raise ValueError("the DVH-curve loss needs roi_codes")
     if not bin_width > 0 or not steepness > 0:
-        raise ValueError(f"bin_width and steepness must be > 0, got {bin_width}, {steepness}")
+        raise InputError(f"bin_width and steepness must be > 0, got {bin_width}, {steepness}")
     top = float(ref.detach().max()) if max_dose is None else float(max_dose)
     n_bins = max(1, int(math.floor(top / bin_width)) + 1)
     t = torch.arange(n_bins, dtype=pred.dtype, device=pred.device) * bin_width
@@ -114,7 +115,7 @@ class DVHCurveLoss(nn.Module):
         if roi_set is None:
             raise ValueError("the DVH-curve loss needs the dataset's roi_set")
         if not bin_width > 0 or not steepness > 0:
-            raise ValueError(f"dvh bin_width and steepness must be > 0, got {bin_width}, {steepness}")
+            raise InputError(f"dvh bin_width and steepness must be > 0, got {bin_width}, {steepness}")
         names = list(rois) if rois is not None else list(roi_set.names)
         self.bits = [roi_set.index(r) for r in names]
         self.bin_width, self.steepness = float(bin_width), float(steepness)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ._common import (
     DEFAULT_DOSE_SCALE,
     check_inputs,
@@ -93,9 +94,9 @@ class MomentLoss(nn.Module):
             raise ValueError("the moment loss needs the dataset's roi_set")
         for p in (*oar_powers, *target_powers):
             if not p > 0:
-                raise ValueError(f"moment powers must be > 0, got {p}")
+                raise InputError(f"moment powers must be > 0, got {p}")
         if not dose_scale > 0:
-            raise ValueError(f"moment dose_scale must be > 0 Gy, got {dose_scale}")
+            raise InputError(f"moment dose_scale must be > 0 Gy, got {dose_scale}")
         self.powers_by_bit = {
             k: tuple(float(p) for p in (target_powers if r.kind == "target" else oar_powers))
             for k, r in enumerate(roi_set.rois)}

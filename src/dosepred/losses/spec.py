@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .cdm import CDMLoss, default_dose_scale
 from .dvh_curve import DVHCurveLoss
 from .moment import MomentLoss
@@ -67,19 +68,19 @@ class Term:
 def parse_spec(spec: str) -> list[Term]:
     """Parse ``"mae+0.5*dvh"`` into terms; ValueError with the nearest valid name on a typo."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"loss spec must be a non-empty string such as 'mae+cdm', got {spec!r}")
+        raise InputError(f"loss spec must be a non-empty string such as 'mae+cdm', got {spec!r}")
     terms: list[Term] = []
     for raw in spec.replace(" ", "").split("+"):
         m = _TERM_RE.match(raw)
         if not m:
-            raise ValueError(f"loss spec {spec!r}: cannot read term {raw!r}; expected [weight*]name, "
+            raise InputError(f"loss spec {spec!r}: cannot read term {raw!r}; expected [weight*]name, "
                              f"e.g. 'mae+0.5*dvh' (names: {', '.join(LOSSES)})")
         name = m.group("name").lower()
         if name not in LOSSES:
-            raise ValueError(f"loss spec {spec!r}: unknown loss {name!r}{_suggest(name, list(LOSSES))}; "
+            raise InputError(f"loss spec {spec!r}: unknown loss {name!r}{_suggest(name, list(LOSSES))}; "
                              f"valid: {', '.join(LOSSES)}")
         if any(t.name == name for t in terms):
-            raise ValueError(f"loss spec {spec!r}: {name!r} appears twice")
+            raise InputError(f"loss spec {spec!r}: {name!r} appears twice")
         terms.append(Term(name, float(m.group("w")) if m.group("w") else 1.0))
     return terms
 
@@ -98,7 +99,7 @@ def split_options(terms: list[Term], options: dict[str, Any]) -> dict[str, dict[
         elif any(key in opts for opts in OPTIONS.values()):
             plain[key] = v
         else:
-            raise ValueError(f"unknown loss option {key!r}{_suggest(key, all_names)}; options per loss: "
+            raise InputError(f"unknown loss option {key!r}{_suggest(key, all_names)}; options per loss: "
                              + "; ".join(f"{n}: {', '.join(o)}" for n, o in OPTIONS.items()))
     for key, v in plain.items():
         for n in in_spec:
@@ -171,5 +172,5 @@ def build_loss(spec: str, roi_set: Any = None, protocol: Any = None, **options: 
         try:
             mods[t.name] = cls(**kw)
         except TypeError as e:
-            raise ValueError(f"loss {t.name!r}: {e}") from None
+            raise InputError(f"loss {t.name!r}: {e}") from None
     return CombinedLoss(mods, {t.name: t.weight for t in terms}, spec)

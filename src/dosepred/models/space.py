@@ -43,6 +43,7 @@ import numpy as np
 
 from ..boxes import box_shape, grow, mask_box
 from ..constants import CT_FILL_HU
+from ..errors import InputError
 from ..geometry import Geometry, unreorient
 from ..patient import Patient
 
@@ -82,7 +83,7 @@ def axes_direction(letters: str) -> np.ndarray:
 def _t3(v: Sequence[float]) -> tuple[float, float, float]:
     t = tuple(float(x) for x in v)
     if len(t) != 3:
-        raise ValueError(f"expected three values, got {list(v)}")
+        raise InputError(f"expected three values, got {list(v)}")
     return t  # type: ignore[return-value]
 
 
@@ -116,7 +117,7 @@ class ModelSpace:
             for item in items:
                 name, n = item
                 if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) or n < 0:
-                    raise ValueError(f"absent_counts: {name!r} must be a count of patients, got {n!r}")
+                    raise InputError(f"absent_counts: {name!r} must be a count of patients, got {n!r}")
                 counts.append((str(name), int(n)))
             object.__setattr__(self, "absent_counts", tuple(counts))
         if self.absent_patients is not None:
@@ -124,7 +125,7 @@ class ModelSpace:
         axes = str(self.axes).upper()
         axes_direction(axes)  # KeyError on a bad letter
         if sorted(_LPS[c][0] for c in axes) != [0, 1, 2]:
-            raise ValueError(f"model axes {axes!r} must name three distinct anatomical axes")
+            raise InputError(f"model axes {axes!r} must name three distinct anatomical axes")
         object.__setattr__(self, "axes", axes)
         for k in ("spacing_min", "spacing_max", "fov_min", "fov_max"):
             object.__setattr__(self, k, _t3(getattr(self, k)))
@@ -136,7 +137,7 @@ class ModelSpace:
         if self.shape_median is not None:
             object.__setattr__(self, "shape_median", _t3(self.shape_median))
         if any(not 0 < a <= b for a, b in zip(self.spacing_min, self.spacing_max, strict=True)):
-            raise ValueError(f"spacing range {self.spacing_min}-{self.spacing_max} is not 0 < min <= max")
+            raise InputError(f"spacing range {self.spacing_min}-{self.spacing_max} is not 0 < min <= max")
 
     @classmethod
     def openkbp(cls) -> ModelSpace:
@@ -155,9 +156,9 @@ class ModelSpace:
         d.setdefault("spacing_median", None)
         d.setdefault("shape_median", None)
         if d.get("absent_rois") is not None and not isinstance(d["absent_rois"], (list, tuple)):
-            raise ValueError(f"absent_rois must be a list of ROI names, got {d['absent_rois']!r}")
+            raise InputError(f"absent_rois must be a list of ROI names, got {d['absent_rois']!r}")
         if d.get("absent_counts") is not None and not isinstance(d["absent_counts"], dict):
-            raise ValueError(f"absent_counts must map ROI names to counts of patients, got "
+            raise InputError(f"absent_counts must map ROI names to counts of patients, got "
                              f"{d['absent_counts']!r}")
         return cls(**d)
 
@@ -216,7 +217,7 @@ class ModelSpace:
         - ``"median"``: the training data's median spacing on that axis;
         - ``"nearest"``: the nearest end of the range (also the fallback when nothing is recorded)."""
         if policy not in ("fov", "median", "nearest"):
-            raise ValueError(f"spacing policy must be 'fov', 'median' or 'nearest', got {policy!r}")
+            raise InputError(f"spacing policy must be 'fov', 'median' or 'nearest', got {policy!r}")
         out = []
         for j, (s, lo, hi) in enumerate(zip(spacing, self.spacing_min, self.spacing_max, strict=True)):
             s = float(s)
@@ -287,7 +288,7 @@ class SpaceRecorder:
 
     def space(self) -> ModelSpace:
         if not self.spacings:
-            raise ValueError("no training patients to record the model space from")
+            raise InputError("no training patients to record the model space from")
         if self.oblique:
             warnings.warn(f"training patients {', '.join(self.oblique[:5])} have oblique grids: their arrays "
                           f"were permuted to the nearest axes {self.axes}, not resampled", stacklevel=2)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from ..errors import DosepredError
 from .schema import Criterion, Direction, LimitUnit, Protocol, ProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,7 +115,7 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         raise ProtocolError(f"protocol {source} is not valid JSON: {e}") from None
     if isinstance(data, dict) and isinstance(data.get("criteria"), list) and data["criteria"] and isinstance(
             data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
-        proto = from_portpy(data)
+        proto = _portpy_checked(data, None, f"protocol {source}")
         proto._source = "" if s in BUILTIN else str(Path(s))
         return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
     return parse_protocol(data, roi_set, source, roi_owner, None if s in BUILTIN else Path(s))
@@ -195,9 +196,33 @@ def from_portpy(data: dict[str, Any] | str | os.PathLike, roi_set: RoiSet | None
     ``<=`` except for ``min_dose``. ``*_perc`` doses are % of the prescription, which is
     ``pres_per_fraction_gy * num_of_fractions`` for every structure listed in ``prescriptions``
     (an optional extension) or given by the RoiSet. Absolute volume limits (cc) are not supported.
+    A file or dict that is not such JSON raises :class:`ProtocolError` naming it.
     """
+    source = "PortPy protocol"
     if not isinstance(data, dict):
-        data = json.loads(Path(data).read_text())
+        source = f"PortPy protocol {data}"
+        try:
+            data = json.loads(Path(data).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ProtocolError(f"{source} is not valid JSON: {e}") from None
+    return _portpy_checked(data, roi_set, source)
+
+
+def _portpy_checked(data: Any, roi_set: RoiSet | None, source: str) -> Protocol:
+    """:func:`from_portpy` of parsed JSON; a field of the wrong type or shape is one
+    :class:`ProtocolError` naming ``source``, never a ValueError of Python's own."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{source}: a PortPy protocol is a JSON object, got {type(data).__name__}")
+    try:
+        return _from_portpy(data, roi_set)
+    except DosepredError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. float("fifty"), a list for a dict
+        raise ProtocolError(f"{source} is not a PortPy clinical_criteria JSON dosepred reads "
+                            f"({type(e).__name__}: {e})") from None
+
+
+def _from_portpy(data: dict[str, Any], roi_set: RoiSet | None) -> Protocol:
     name = str(data.get("protocol_name") or data.get("name") or "portpy")
     crits: list[dict[str, Any]] = []
     for i, c in enumerate(data.get("criteria", []), 1):

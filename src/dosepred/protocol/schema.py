@@ -71,19 +71,19 @@ class Criterion(BaseModel):
         m = self.parsed
         unit = self.limit_unit or ("Gy" if m.is_dose else "%")
         if m.is_dose and unit == "%":
-            raise ValueError(f"{self.roi} {self.metric}: a dose limit is in Gy or %Rx (percent of the "
+            raise ProtocolError(f"{self.roi} {self.metric}: a dose limit is in Gy or %Rx (percent of the "
                              "prescription), not '%'")
         if not m.is_dose and unit != "%":
-            raise ValueError(f"{self.roi} {self.metric}: a V-metric limit is a percentage of the ROI "
+            raise ProtocolError(f"{self.roi} {self.metric}: a V-metric limit is a percentage of the ROI "
                              f"volume (limit_unit '%'), not {unit!r}")
         object.__setattr__(self, "limit_unit", unit)
         if (self.limit is not None or self.goal is not None) and self.direction is None:
-            raise ValueError(f"{self.roi} {self.metric}: a limit or goal needs a direction ('>=' or '<=')")
+            raise ProtocolError(f"{self.roi} {self.metric}: a limit or goal needs a direction ('>=' or '<=')")
         for label, v in (("limit", self.limit), ("goal", self.goal), ("weight", self.weight)):
             if v is not None and not math.isfinite(v):
-                raise ValueError(f"{self.roi} {self.metric}: {label} must be a finite number, got {v}")
+                raise ProtocolError(f"{self.roi} {self.metric}: {label} must be a finite number, got {v}")
             if v is not None and v < 0:
-                raise ValueError(f"{self.roi} {self.metric}: {label} must be >= 0, got {v}")
+                raise ProtocolError(f"{self.roi} {self.metric}: {label} must be >= 0, got {v}")
         return self
 
     # ------------------------------------------------------------------------------- queries
@@ -170,7 +170,7 @@ class Protocol(BaseModel):
     def _check_rx(cls, v: dict[str, float]) -> dict[str, float]:
         bad = {k: x for k, x in v.items() if not (x > 0 and math.isfinite(x))}
         if bad:
-            raise ValueError(f"prescriptions must be > 0 Gy, got {bad}")
+            raise ProtocolError(f"prescriptions must be > 0 Gy, got {bad}")
         return v
 
     @property

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DosepredError
+from ..errors import DosepredError, InputError
 from ..fsutil import sha256_file
 from ..patient import Patient, RoiSet
 from .band import band_offsets
@@ -110,7 +110,7 @@ class QAChecker:
         from ..protocol import load_protocol
 
         if not 0 < coverage < 1:
-            raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+            raise InputError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
         self.model_path = resolve_model_path(model)
         #: The model's calibration.json (:class:`~dosepred.qa.calibration.Calibration`)
         self.calibration = load_calibration(self.model_path)
@@ -265,7 +265,7 @@ class QAChecker:
         :func:`dosepred.predict.predict_dose`). :class:`QAError` for a plan QA cannot check
         (:meth:`unusable`)."""
         if plan.dose is None:
-            raise ValueError(f"patient {plan.id} has no dose: QA needs the plan's dose (RTDOSE)")
+            raise QAError(f"patient {plan.id} has no dose: QA needs the plan's dose (RTDOSE)")
         why = self.unusable(plan)
         if why is not None:
             raise self.refusal([why], 1)
@@ -393,7 +393,7 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
     if refused:
         raise chk.refusal(refused, n)
     if not patients:
-        raise ValueError(f"no plans found in {plans}")
+        raise InputError(f"no plans found in {plans}")
     res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calibration.protocol),
                    patients, chk.methods, chk.warnings, chk.tta)
     if writer is not None:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from .families import Unit
 
 METHODS = ("absolute", "signed", "normalised")
@@ -62,7 +63,7 @@ _EPS = 1e-9
 def check_rule(rule: str) -> None:
     """ValueError unless ``rule`` is one of :data:`QUANTILE_RULES`."""
     if rule not in QUANTILE_RULES:
-        raise ValueError(f"unknown quantile rule {rule!r} (one of {', '.join(QUANTILE_RULES)})")
+        raise InputError(f"unknown quantile rule {rule!r} (one of {', '.join(QUANTILE_RULES)})")
 
 
 # ------------------------------------------------------------------------------- quantiles
@@ -83,7 +84,7 @@ def conformal_quantile(scores: Sequence[float] | np.ndarray, alpha: float, rule:
     """
     check_rule(rule)
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
     s = np.sort(np.asarray(scores, dtype=np.float64))
     n = s.size
     if n == 0:
@@ -155,7 +156,7 @@ def offsets(scores: np.ndarray, method: str, coverage: float, rule: str = DEFAUL
         return -q, q
     if method in ("signed", "normalised"):
         return signed_offsets(scores, alpha, rule, upper_scores)
-    raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
+    raise InputError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
 
 
 # ------------------------------------------------------------------------------ fitted families

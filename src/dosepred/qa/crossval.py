@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .conformal import DEFAULT_RULE, METHODS, apply_offsets, family_offsets, fit_family
 from .families import Unit
 
@@ -117,7 +118,7 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
     narrower by more than ``margin``: then the narrowest such method. Over-coverage is not held
     against a method."""
     if rule not in METHOD_RULES:
-        raise ValueError(f"unknown method rule {rule!r} (one of {', '.join(METHOD_RULES)})")
+        raise InputError(f"unknown method rule {rule!r} (one of {', '.join(METHOD_RULES)})")
     chosen = {}
     for fam, ms in cv.items():
         def stats_of(m: str, ms: dict[str, Any] = ms) -> list[dict[str, Any]] | None:

@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..errors import InputError
+
 Schedule = Literal["cosine", "constant", "step"]
 Select = Literal["dvh", "dose", "ptv", "oar", "dose+dvh"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -126,7 +128,7 @@ class TrainConfig(BaseModel):
         if isinstance(v, (list, tuple)) and len(v) == 1:
             return tuple(v) * 3
         if isinstance(v, (list, tuple)) and len(v) != 3:
-            raise ValueError(f"patch must be one or three sizes, got {list(v)}")
+            raise InputError(f"patch must be one or three sizes, got {list(v)}")
         return v
 
     @field_validator("data", "out", "val", "init", "protocol", "train_split", "val_split", mode="before")
@@ -141,7 +143,7 @@ class TrainConfig(BaseModel):
             try:
                 return [int(c) for c in v.replace(" ", "").split(",") if c]
             except ValueError:
-                raise ValueError("channels must be comma-separated integers such as 16,32,64") from None
+                raise InputError("channels must be comma-separated integers such as 16,32,64") from None
         return v
 
     @field_validator("loss_options", mode="before")
@@ -153,32 +155,32 @@ class TrainConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise ValueError(_describe(e)) from None
+            raise InputError(_describe(e)) from None
 
     @model_validator(mode="after")
     def _fields_together(self) -> TrainConfig:
         if self.patch and min(self.patch) < 1:
-            raise ValueError(f"patch sizes must be >= 1, got {list(self.patch)}")
+            raise InputError(f"patch sizes must be >= 1, got {list(self.patch)}")
         if not (360 / self.rotate_step).is_integer():
-            raise ValueError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
+            raise InputError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
         if self.freeze_stage1 and self.stages == 1:
-            raise ValueError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
+            raise InputError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
         if self.orientation.lower() != "first":
             from ..models.space import ModelSpace
 
             try:
                 ModelSpace(axes=self.orientation)
             except (KeyError, ValueError):
-                raise ValueError(f"orientation must be three axis letters such as PLI (one of R/L, A/P, "
+                raise InputError(f"orientation must be three axis letters such as PLI (one of R/L, A/P, "
                                  f"S/I each) or 'first', got {self.orientation!r}") from None
         return self
 
     def check(self) -> None:
         """What a run needs beyond valid fields (each field is checked on construction)."""
         if not self.data:
-            raise ValueError("no training data: give --data CACHE")
+            raise InputError("no training data: give --data CACHE")
         if not self.out:
-            raise ValueError("no run folder: give --out RUN")
+            raise InputError("no run folder: give --out RUN")
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump()
@@ -189,7 +191,7 @@ class TrainConfig(BaseModel):
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(d) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"training config has unknown keys {unknown}")
+            raise InputError(f"training config has unknown keys {unknown}")
         return cls(**d)
 
     @classmethod
@@ -206,14 +208,14 @@ class TrainConfig(BaseModel):
             else:
                 d = json.loads(text)
         except ValueError as e:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
-            raise ValueError(f"{path}: not a readable training config ({e})") from None
+            raise InputError(f"{path}: not a readable training config ({e})") from None
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: a training config is a JSON object (fields), got {type(d).__name__}")
+            raise InputError(f"{path}: a training config is a JSON object (fields), got {type(d).__name__}")
         d.pop("$comment", None)
         try:
             cls.from_dict(d)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise InputError(f"{path}: {e}") from None
         return d
 
     @classmethod

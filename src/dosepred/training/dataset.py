@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from ..boxes import mask_box
 from ..constants import AIR_HU
+from ..errors import InputError
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
@@ -81,10 +82,10 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
     """Arrays cut to the mask's bounding box plus half a patch of context (``rotate_axis`` given:
     half the patch's diagonal in the rotation plane, what a rotated window can reach)."""
     if p.dose is None:
-        raise ValueError(f"patient {p.id} has no dose: training needs reference doses")
+        raise InputError(f"patient {p.id} has no dose: training needs reference doses")
     mask = np.asarray(p.possible_dose_mask, bool)
     if not mask.any():
-        raise ValueError(f"patient {p.id}: the possible-dose mask is empty")
+        raise InputError(f"patient {p.id}: the possible-dose mask is empty")
     margin = [(s + 1) // 2 for s in patch]
     if rotate_axis is not None:
         plane = [a for a in range(3) if a != rotate_axis]
@@ -176,11 +177,11 @@ class CropDataset(torch.utils.data.Dataset):
                  flip: bool = True, rotate_p: float = 0.0, rotate_axis: int | None = None,
                  rotate_step: float = 40.0, shift: bool = False) -> None:
         if not patients:
-            raise ValueError("no training patients")
+            raise InputError("no training patients")
         if rotate_p > 0 and rotate_axis is None:
-            raise ValueError("rotate_p > 0 needs rotate_axis (the head-feet axis of the arrays)")
+            raise InputError("rotate_p > 0 needs rotate_axis (the head-feet axis of the arrays)")
         if rotate_p > 0 and not (0 < rotate_step < 360 and (360 / rotate_step).is_integer()):
-            raise ValueError(f"rotate_step must divide 360 degrees, got {rotate_step}")
+            raise InputError(f"rotate_step must divide 360 degrees, got {rotate_step}")
         self.rotate_p = float(rotate_p)
         self.rotate_axis = rotate_axis
         self.rotate_step = float(rotate_step)

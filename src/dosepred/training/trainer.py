@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from ..errors import DosepredError, InputError
 from ..fsutil import check_output, write_bytes, write_json
 from ..io.cache import DATASET_JSON, Cache
 from ..losses import build_loss
@@ -86,6 +87,11 @@ def version_info() -> dict[str, Any]:
 
     return {"dosepred": dosepred.__version__, "git_commit": git_commit(), "torch": str(torch.__version__),
             "monai": str(monai.__version__)}
+
+
+class TrainingDivergedError(DosepredError, FloatingPointError):
+    """The training loss became NaN or infinite (a learning rate too high for the data, most often);
+    the message says at which step."""
 
 
 class ProtocolLintWarning(UserWarning):
@@ -261,12 +267,12 @@ class Trainer:
             f, name = parse_split_arg(cfg.train_split)
             ids = load_split(f, name, cache_ids=self.cache.ids)
         if not ids:
-            raise ValueError(f"training cache {cfg.data} holds no patients")
+            raise InputError(f"training cache {cfg.data} holds no patients")
         want = set(ids)
         no_dose = [e["id"] for e in self.cache.info["patients"]
                    if e["id"] in want and not e.get("has_dose", True)]
         if no_dose:
-            raise ValueError(f"training cache {cfg.data}: patients without dose cannot train: "
+            raise InputError(f"training cache {cfg.data}: patients without dose cannot train: "
                              f"{', '.join(no_dose[:5])}")
         self.train_ids = ids
         self.val_cache = None
@@ -274,7 +280,7 @@ class Trainer:
         if cfg.val:
             vc = Cache.open(cfg.val)
             if vc.roi_set != self.roi_set:
-                raise ValueError(f"validation cache {cfg.val} has ROIs {list(vc.roi_set.names)} but the "
+                raise InputError(f"validation cache {cfg.val} has ROIs {list(vc.roi_set.names)} but the "
                                  f"training cache has {list(self.roi_set.names)}")
             vids = vc.ids
             if cfg.val_split:
@@ -551,10 +557,10 @@ class Trainer:
         for k in ("seed", "batch", "loss", "data"):
             same_data = k == "data" and old.get(k) and Path(old[k]).resolve() == Path(self.cfg.data).resolve()
             if old.get(k) != getattr(self.cfg, k) and not same_data:
-                raise ValueError(f"--resume: {k} was {old.get(k)!r} in {path}, now {getattr(self.cfg, k)!r}")
+                raise InputError(f"--resume: {k} was {old.get(k)!r} in {path}, now {getattr(self.cfg, k)!r}")
         if self.ema is not None:
             if "train_model" not in ck:
-                raise ValueError(f"--resume: {path} holds no EMA (trained without ema_decay); "
+                raise InputError(f"--resume: {path} holds no EMA (trained without ema_decay); "
                                  "resume without it or start a new run")
             self.model.load_state_dict(ck["train_model"])
             self.ema.load_state_dict(ck["model"])
@@ -591,7 +597,7 @@ class Trainer:
             pred = self.net(ct, codes, mask)
         total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
         if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
+            raise TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.grad_clip:
@@ -639,7 +645,7 @@ class Trainer:
             start_epoch = self.restore_checkpoint()
             self.log(f"resumed {self.run} at epoch {start_epoch} (step {self.global_step})")
         elif self.is_main and (self.ckpt_dir / "last.pt").exists():
-            raise ValueError(f"{self.run} already holds a training run; use --resume to continue it or "
+            raise InputError(f"{self.run} already holds a training run; use --resume to continue it or "
                              "choose another --out")
         self.write_run_info()
         self.logger.open(start_epoch if self.resume else None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
 from ...fsutil import atomic_path
 from ...geometry import Geometry, GeometryError
 from ...patient import Patient
@@ -40,12 +41,12 @@ def export_layout(p: Patient, keep_layout: bool | None = None) -> Patient:
     assert g is not None
     d = g.direction
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-5):
-        raise ValueError(f"patient {p.id}: its grid axes are not perpendicular ({g!r}); DICOM images "
+        raise InputError(f"patient {p.id}: its grid axes are not perpendicular ({g!r}); DICOM images "
                          "cannot hold a sheared grid (resample the patient first)")
     ready = _dicom_ready(g)
     if keep_layout:
         if not ready:
-            raise ValueError(f"patient {p.id}: its layout ({g.describe()}) cannot be kept in DICOM: axis 0 "
+            raise InputError(f"patient {p.id}: its layout ({g.describe()}) cannot be kept in DICOM: axis 0 "
                              "must be the normal (axis 2 x axis 1) of the images")
         return p
     if keep_layout is None and ready and (p.meta.get("format") == "dicom" or g.axis_along("SI") == 0):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...boxes import mask_box
+from ...errors import InputError
 from ...geometry import Geometry
 from ...patient import Patient
 from ._common import RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE, decimal_string
@@ -107,7 +108,7 @@ def write_dose_file(p: Patient, dose: np.ndarray, g: Geometry, path: Path, u: Ex
 
     dose = np.asarray(dose, dtype=np.float32)
     if not np.all(np.isfinite(dose)) or (dose.size and dose.min() < 0):
-        raise ValueError(f"patient {p.id}: dose must be finite and >= 0 Gy")
+        raise InputError(f"patient {p.id}: dose must be finite and >= 0 Gy")
     scaling = dose_scaling(dose)
     stored = np.clip(np.rint(dose.astype(np.float64) / scaling), 0, 2**32 - 1).astype("<u4")
     sop = generate_uid()
@@ -159,7 +160,7 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
     assert g is not None
     dose = np.asarray(dose, dtype=np.float32)
     if dose.shape != p.shape:
-        raise ValueError(f"patient {p.id}: dose shape {dose.shape} != CT shape {p.shape}")
+        raise InputError(f"patient {p.id}: dose shape {dose.shape} != CT shape {p.shape}")
     if dose_spacing is None:
         target = tuple(max(s, DOSE_SPACING) for s in g.spacing)
     else:
@@ -167,7 +168,7 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
         if sp.size == 1:
             sp = np.repeat(sp, 3)
         if sp.size != 3 or not np.all(np.isfinite(sp) & (sp > 0)):
-            raise ValueError(f"dose spacing must be one or three positive mm values, got {dose_spacing!r}")
+            raise InputError(f"dose spacing must be one or three positive mm values, got {dose_spacing!r}")
         target = tuple(float(v) for v in sp)
     body = np.asarray(p.possible_dose_mask, dtype=bool)
     same = bool(np.allclose(target, g.spacing, rtol=1e-9, atol=0))
@@ -222,7 +223,7 @@ def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
         path = path / f"RD.{patient.id}.dcm"
     d = np.asarray(dose, dtype=np.float32)
     if d.shape != patient.shape:
-        raise ValueError(f"patient {patient.id}: dose shape {d.shape} != CT shape {patient.shape}")
+        raise InputError(f"patient {patient.id}: dose shape {d.shape} != CT shape {patient.shape}")
     u = export_uids(patient)
     q = export_layout(patient.with_dose(d))
     assert q.dose is not None
