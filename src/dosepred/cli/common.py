@@ -1,5 +1,7 @@
-"""What every command shares: the typer apps, the one error path (a user's mistake is one clear
-line on stderr and exit code 2, never a traceback), warnings as ``warning: ...``, the common options."""
+"""What every command shares: the typer apps, the one error path (a user's mistake, a
+:class:`dosepred.errors.DosepredError` or an ``OSError``, is one clear line on stderr and exit code 2,
+never a traceback; anything else is a bug in dosepred: a short traceback and a line asking to report
+it, exit code 1), warnings as ``warning: ...``, the common options."""
 
 from __future__ import annotations
 
@@ -116,32 +118,67 @@ def _os_message(e: OSError) -> str:
     return f"{where}: {what}"
 
 
+#: How many of the innermost stack frames an internal error shows (where it happened, not how the
+#: command got there)
+TRACEBACK_FRAMES = 3
+
+#: Exceptions typer raises to end a command on purpose (``--version``, a usage error, Ctrl-C at a
+#: prompt): they pass through the error path untouched. Its usage errors' base (click's
+#: ``ClickException``, which newer typers vendor) is found from a public subclass.
+_CLI_EXITS: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, *(
+    c for c in typer.BadParameter.__mro__ if c.__name__ in ("ClickException", "TyperException")))
+
+
+def user_error_message(e: BaseException) -> str:
+    """The one line of a user's mistake: the message (a ``KeyError``'s first argument, which
+    ``str()`` would quote)."""
+    return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+
+
+def internal_error(e: BaseException) -> None:
+    """A bug in dosepred: the last :data:`TRACEBACK_FRAMES` frames of the traceback on stderr, then
+    ``error: internal error (<type>: <message>); this is a bug in dosepred, please report it ...``."""
+    import traceback
+
+    tb = traceback.format_exception(type(e), e, e.__traceback__, limit=-TRACEBACK_FRAMES, chain=False)
+    print("".join(tb), end="", file=sys.stderr, flush=True)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    what = type(e).__name__ + (f": {first}" if first else "")
+    _err(f"internal error ({what}); this is a bug in dosepred, please report it with the command line "
+         "that caused it")
+
+
 def friendly(fn):
-    """Every command: ``--no-progress`` applied, warnings shown as they come, and expected user errors
-    turned into one clear message and exit code 2 (docs/formats.md): ``error: <path or what>: <what
-    went wrong>``, never a traceback."""
+    """Every command: ``--no-progress`` applied, warnings shown as they come, and the one error path:
+    a user's mistake (:class:`~dosepred.errors.DosepredError`, ``OSError``) is one clear message and
+    exit code 2 (docs/formats.md): ``error: <path or what>: <what went wrong>``, never a traceback;
+    Ctrl-C is one line and exit code 130; anything else is a bug: a short traceback, a line asking to
+    report it, and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .. import progress
-        from ..io.cache import CacheError
-        from ..metrics import MetricError
+        from ..errors import DosepredError
 
         if "no_progress" in kwargs:
             progress.set_enabled(False if kwargs.pop("no_progress") else None)
         try:
             with show_warnings():
                 return fn(*args, **kwargs)
+        except _CLI_EXITS:
+            raise
         except KeyboardInterrupt:  # typer would exit 130 without a word
             _err("interrupted (Ctrl-C); outputs not finished are left as they were")
             raise typer.Exit(130) from None
         except OSError as e:  # PermissionError on a read-only --out, a missing file, a full disk
             _err(_os_message(e))
             raise typer.Exit(2) from None
-        except (CacheError, MetricError, ValueError, KeyError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            _err(str(msg))
+        except DosepredError as e:
+            _err(user_error_message(e))
             raise typer.Exit(2) from None
+        except Exception as e:  # noqa: BLE001 - anything else is a bug: shown as one, never as a user's mistake
+            internal_error(e)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -221,3 +258,14 @@ def main() -> None:
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
+    except OSError as e:  # outside a command (an option's callback, typer itself)
+        _err(_os_message(e))
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - the same error path as inside a command
+        from ..errors import DosepredError
+
+        if isinstance(e, DosepredError):
+            _err(user_error_message(e))
+            sys.exit(2)
+        internal_error(e)
+        sys.exit(1)
