@@ -228,3 +228,82 @@ def test_a_malformed_portpy_protocol_is_a_protocol_error(tmp_path):
 def _write(path: Path, obj: object) -> Path:
     path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
     return path
+
+
+# Found by running the commands on malformed files: each was a Python error of the wrong kind (shown as
+# a bug, or before this change as a bare library message).
+
+
+def test_nifti_sidecar_fields_of_the_wrong_type(tmp_path):
+    from dosepred.io.nifti import NiftiFormatError, read_sidecar
+
+    for key, value, what in (("rois", [1, "a"], "a list of objects with a 'name' each"),
+                             ("rois", None, "a list of objects"), ("missing_rois", 5, "a list of ROI names"),
+                             ("meta", "x", "a JSON object")):
+        _write(tmp_path / "rois.json", {"roi_format": "codes", key: value})
+        with pytest.raises(NiftiFormatError, match=rf"rois\.json: '{key}' must be {what}"):
+            read_sidecar(tmp_path)
+    _write(tmp_path / "rois.json", {"rois": [{"name": "PTV70", "kind": "target"}], "missing_rois": [],
+                                    "meta": {}})
+    assert read_sidecar(tmp_path)["rois"][0]["name"] == "PTV70"
+
+
+def test_cache_index_of_the_wrong_shape(tmp_path):
+    from dosepred.io.cache import Cache, CacheError
+
+    for patients in (None, "x", [1], [{"id": None, "file": "a.npz"}]):
+        _write(tmp_path / "dataset.json", {"format": "dosepred-cache", "version": 3, "rois": [],
+                                           "patients": patients})
+        with pytest.raises(CacheError, match=r"dataset\.json: 'patients' must be a list of objects"):
+            Cache.open(tmp_path)
+    _write(tmp_path / "dataset.json", [1])
+    with pytest.raises(CacheError, match="expected a JSON object"):
+        Cache.open(tmp_path)
+
+
+def test_cache_file_with_arrays_of_the_wrong_shape(tmp_path):
+    import numpy as np
+
+    from dosepred.io.cache import CacheError, read_voxels
+
+    np.savez(tmp_path / "p.npz", boxes=np.arange(3), possible_dose_mask=np.ones(2, np.uint8),
+             dose=np.ones(2, np.float32), roi_index=np.arange(2), roi_codes=np.ones(2, np.uint8))
+    with pytest.raises(CacheError, match=r"patient p1: cannot read \S*p\.npz"):
+        read_voxels(tmp_path / "p.npz", "p1")
+
+
+def test_roi_map_kinds_and_prescriptions_must_be_objects():
+    from dosepred.io.roi_names import RoiMap
+
+    for key in ("kinds", "prescriptions"):
+        with pytest.raises(InputError, match=rf"ROI map m\.json: '{key}' must be an object"):
+            RoiMap.from_obj({"names": {}, key: ["PTV70"]}, "m.json")
+
+
+def test_loss_options_of_the_wrong_type():
+    from dosepred.losses import build_loss
+    from dosepred.synth import make_patient
+
+    rs = make_patient(0, size=16).roi_set
+    for spec, opts in (("mae+dvh", {"max_dose": "x"}), ("mae+dvh", {"max_elements": "x"}),
+                       ("mae+moment", {"eps": "x"})):
+        with pytest.raises(InputError, match=rf"loss '{spec[4:]}': "):
+            build_loss(spec, rs, None, **opts)
+
+
+def test_a_negative_seed_is_a_user_error(tmp_path):
+    from dosepred.split import SplitError, random_split
+    from dosepred.synth import make_cohort
+    from dosepred.training.config import TrainConfig
+
+    with pytest.raises(InputError, match="seed must be >= 0, got -1"):
+        make_cohort(1, seed=-1, size=16)
+    with pytest.raises(SplitError, match="seed must be >= 0, got -1"):
+        random_split(["a", "b"], "1,1", seed=-1)
+    with pytest.raises(InputError, match="seed"):
+        TrainConfig(seed=-1)
+    for args in (("data", "synth", "--patients", "1", "--size", "16", "--out", tmp_path / "s"),
+                 ("demo", "--out", tmp_path / "d")):
+        r = CliRunner().invoke(app, [str(a) for a in args] + ["--seed", "-1"])
+        assert r.exit_code == 2 and "--seed" in r.output and "internal error" not in r.output
+        assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()

@@ -99,6 +99,8 @@ def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.
     fr = parse_fractions(fractions)
     nm = _names(names, len(fr))
     sizes = _sizes(len(ids), fr)
+    if seed < 0:
+        raise SplitError(f"seed must be >= 0, got {seed}")
     perm = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in perm]
     splits, start = {}, 0

@@ -319,6 +319,8 @@ def iter_cohort(n: int, seed: int = 0, size: int = 64, extra_rois: int = 0):
     """Yield the patients of :func:`make_cohort` one at a time (for writing large cohorts)."""
     if n < 1:
         raise InputError(f"a cohort needs at least 1 patient, got {n}")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
     for i in range(n):
         yield make_patient(patient_seed(seed, i), size=size, pid=f"synth_{i:03d}", extra_rois=extra_rois)
 

@@ -110,7 +110,7 @@ def bitmask(
                                          "1 keeps timings stable on a shared CPU).")] = 1,
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Each run in a fresh "
                                           "subprocess (clean peak RSS).")] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Cohort and crop seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Cohort and crop seed.")] = 0,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
@@ -210,7 +210,7 @@ def qa_power(
     hot_pct: Annotated[str, typer.Option("--hot-pct", help="PTV V110% excesses (% points).")] = "2,5,10",
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated subset of absolute, signed, "
                                          "normalised, adaptive-*, qa [all available].")] = "",
-    seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Split seed.")] = 0,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Plan QA's detection power: flags on plans degraded by known amounts vs on untouched plans."""

@@ -101,7 +101,7 @@ def inspect(src: Annotated[Path, typer.Argument(help="Any source: a cache, an Op
 @friendly
 def synth(
     patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")], out: CacheOut,
-    seed: Annotated[int, typer.Option("--seed", help="Cohort seed (same seed, same data).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Cohort seed (same seed, same data).")] = 0,
     size: Annotated[int, typer.Option("--size", min=8, help="Grid size (size^3 voxels).")] = 64,
     extra_rois: Annotated[int, typer.Option("--extra-rois", min=0,
                                             help="Add K rings/PRVs to the 10 OpenKBP ROIs (max 54).")] = 0,
@@ -128,7 +128,7 @@ def split(
     fractions: Annotated[str | None, typer.Option(
         "--fractions", help="Fractions or counts, e.g. 0.7,0.15,0.15 or 137,37.")] = None,
     names: Annotated[str | None, typer.Option("--names", help="Split names, e.g. train,val,test.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of --random.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of --random.")] = 0,
     manifest: Annotated[Path | None, typer.Option("--manifest", help="CSV: an id and a date column.")] = None,
     date_column: Annotated[str, typer.Option("--date-column", help="Date column of --manifest.")] = "date",
     overwrite: Overwrite = False,

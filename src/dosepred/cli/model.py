@@ -150,7 +150,8 @@ def export_model(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder (report.html, qa/, synthetic/, the data "
                                       "and runs).")] = Path("demo-out"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort and training.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0,
+                                      help="Seed of the synthetic cohort and training.")] = 0,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """The released models (MAE, MAE+CDM) and a no-learning dose on real OpenKBP validation patients

@@ -364,7 +364,7 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FI
             return out, box
     except CacheError:
         raise
-    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as err:  # bad arrays
         raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
 
 
@@ -436,7 +436,7 @@ def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> C
                                "dose_support" in z.infos, m.get("roi_index"), m.get("roi_codes"))
     except CacheError:
         raise
-    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as err:  # bad arrays
         raise CacheError(f"patient {pid}: cannot read {path}: {err}") from None
 
 
@@ -519,9 +519,17 @@ class Cache:
             info = json.loads(js.read_text())
         except json.JSONDecodeError as e:
             raise CacheError(f"{js} is not valid JSON: {e}") from None
+        if not isinstance(info, dict):
+            raise CacheError(f"{js}: expected a JSON object, got {type(info).__name__}")
         for key in ("rois", "patients"):
             if key not in info:
                 raise CacheError(f"{js} lacks the key {key!r}")
+        pats = info["patients"]
+        if not isinstance(pats, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
+                                                 for e in pats):
+            raise CacheError(f"{js}: 'patients' must be a list of objects with a string 'id' each")
+        if not isinstance(info["rois"], list):
+            raise CacheError(f"{js}: 'rois' must be a list of ROI objects")
         if info.get("version", 1) not in READ_VERSIONS:
             raise CacheError(f"{js}: cache format version {info.get('version')} is not supported by this "
                              f"dosepred (reads {', '.join(map(str, READ_VERSIONS))}); upgrade dosepred")

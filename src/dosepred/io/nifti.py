@@ -259,7 +259,26 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
         raise NiftiFormatError(f"{js} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise NiftiFormatError(f"{js}: expected a JSON object")
+    for key, what, ok in _SIDECAR_FIELDS:
+        if key in obj and not ok(obj[key]):
+            raise NiftiFormatError(f"{js}: {key!r} must be {what}, got {_short(obj[key])}")
     return obj
+
+
+#: the fields of rois.json the reader walks: (key, what it must be, the check)
+_SIDECAR_FIELDS = (
+    ("rois", "a list of objects with a 'name' each",
+     lambda v: isinstance(v, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                           for d in v)),
+    ("missing_rois", "a list of ROI names",
+     lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    ("meta", "a JSON object", lambda v: isinstance(v, dict)),
+)
+
+
+def _short(v: Any) -> str:
+    r = json.dumps(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical]:

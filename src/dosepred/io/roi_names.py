@@ -176,6 +176,10 @@ class RoiMap:
             if extra:
                 raise InputError(f"ROI map {source}: unknown keys {sorted(extra)} (expected names, kinds, "
                                  "prescriptions)")
+            for key in ("kinds", "prescriptions"):
+                if obj.get(key) is not None and not isinstance(obj[key], Mapping):
+                    raise InputError(f"ROI map {source}: {key!r} must be an object (canonical name -> "
+                                     f"{'kind' if key == 'kinds' else 'Gy'}), got {obj[key]!r}")
             items = obj["names"].items()
             kinds.update({str(k): str(v) for k, v in (obj.get("kinds") or {}).items()})
             rx.update({str(k): _map_rx(source, str(k), v)

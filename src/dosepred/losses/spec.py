@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import DosepredError, InputError
 from .cdm import CDMLoss, default_dose_scale
 from .dvh_curve import DVHCurveLoss
 from .moment import MomentLoss
@@ -171,6 +171,8 @@ def build_loss(spec: str, roi_set: Any = None, protocol: Any = None, **options: 
             kw["protocol"] = protocol
         try:
             mods[t.name] = cls(**kw)
-        except TypeError as e:
+        except DosepredError:
+            raise
+        except (TypeError, ValueError) as e:  # an option of the wrong type: float("x"), a number for a list
             raise InputError(f"loss {t.name!r}: {e}") from None
     return CombinedLoss(mods, {t.name: t.weight for t in terms}, spec)

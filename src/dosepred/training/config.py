@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     step_gamma: float = Field(0.1, description="Schedule step: the factor.")
     min_lr_fraction: float = Field(0.01, ge=0, le=1, description="Cosine floor, fraction of lr.")
     grad_clip: float | None = Field(1.0, ge=0, description="Gradient norm clip (0 or none: off).")
-    seed: int = Field(0, description="Seed of weights and crop sampling.")
+    seed: int = Field(0, ge=0, description="Seed of weights and crop sampling.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
     workers: int = Field(0, ge=0, description="DataLoader worker processes.")
