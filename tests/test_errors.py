@@ -307,3 +307,11 @@ def test_a_negative_seed_is_a_user_error(tmp_path):
         r = CliRunner().invoke(app, [str(a) for a in args] + ["--seed", "-1"])
         assert r.exit_code == 2 and "--seed" in r.output and "internal error" not in r.output
         assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
+
+
+def test_an_unknown_device_is_a_user_error():
+    from dosepred.predict import resolve_device
+
+    with pytest.raises(InputError, match="device 'tpu' is not a device: give auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    assert resolve_device("cpu").type == "cpu"

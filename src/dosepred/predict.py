@@ -48,7 +48,10 @@ DEFAULT_TTA = True
 def resolve_device(device: str | None = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # torch's own message lists two dozen device types
+        raise InputError(f"device {device!r} is not a device: give auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
