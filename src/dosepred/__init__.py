@@ -27,6 +27,9 @@ Public API (every ``dosepred`` command is a thin call into these)::
   :class:`CohortResult` (:mod:`dosepred.evaluation`);
 - training: :class:`TrainConfig`, :func:`train`, :func:`build_loss` (:mod:`dosepred.training`,
   :mod:`dosepred.losses`).
+- errors: :class:`DosepredError`, the base of everything a user can cause (the CLI prints it as one
+  line, exit code 2), :class:`InputError` for bad input, :class:`UnknownNameError` for a name not
+  found (:mod:`dosepred.errors`).
 
 Names other than :class:`Patient`, :class:`Roi` and :class:`RoiSet` are imported on first use, so
 ``import dosepred`` stays light (torch is loaded only when a model function is used).
