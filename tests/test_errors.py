@@ -178,6 +178,17 @@ def test_a_user_error_is_one_line(monkeypatch, cache, tmp_path, exc):
     assert r.stderr == f"error: {exc.args[0]}\n"  # the message as given, a KeyError's unquoted
 
 
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                 type("OutOfMemoryError", (RuntimeError,), {})("CUDA error")],
+                         ids=["MemoryError", "RuntimeError", "torch-OutOfMemoryError"])
+def test_running_out_of_memory_is_one_line_not_a_bug(monkeypatch, cache, tmp_path, exc):
+    """The machine's limit, not dosepred's bug: one line that says so and what lowers the need."""
+    monkeypatch.setattr("dosepred.workflows.export_cache", _boom(exc))
+    r = _cli("data", "export-nifti", cache, "--out", tmp_path / "n")
+    assert r.exit_code == 2
+    assert r.stderr == f"error: out of memory ({type(exc).__name__}): {cli_common.OUT_OF_MEMORY_HINT}\n"
+
+
 def test_a_real_user_error_and_typer_exits(cache, tmp_path):
     r = _cli("data", "export-nifti", cache, "--out", tmp_path / "n", "--roi-format", "bits")
     assert r.exit_code == 2 and r.stderr == "error: --roi-format must be labels or codes, got 'bits'\n"

@@ -135,6 +135,18 @@ def user_error_message(e: BaseException) -> str:
     return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
 
 
+#: What the out-of-memory line suggests
+OUT_OF_MEMORY_HINT = ("the command needs more memory than this machine (or GPU) has free; close other jobs, "
+                      "or lower what it holds at once (train: --batch, --patch; predict: --device cpu)")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is running out of memory (``MemoryError``, torch's CUDA/MPS out-of-memory errors,
+    found by name so that torch need not be imported): a limit of the machine, not a bug."""
+    return isinstance(e, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(e).__mro__) \
+        or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()[:200])
+
+
 def internal_error(e: BaseException) -> None:
     """A bug in dosepred: the last :data:`TRACEBACK_FRAMES` frames of the traceback on stderr, then
     ``error: internal error (<type>: <message>); this is a bug in dosepred, please report it ...``."""
@@ -177,6 +189,9 @@ def friendly(fn):
             _err(user_error_message(e))
             raise typer.Exit(2) from None
         except Exception as e:  # noqa: BLE001 - anything else is a bug: shown as one, never as a user's mistake
+            if out_of_memory(e):  # the machine's limit, not a bug: say so and what lowers the need
+                _err(f"out of memory ({type(e).__name__}): {OUT_OF_MEMORY_HINT}")
+                raise typer.Exit(2) from None
             internal_error(e)
             raise typer.Exit(1) from None
 
@@ -266,6 +281,9 @@ def main() -> None:
 
         if isinstance(e, DosepredError):
             _err(user_error_message(e))
+            sys.exit(2)
+        if out_of_memory(e):
+            _err(f"out of memory ({type(e).__name__}): {OUT_OF_MEMORY_HINT}")
             sys.exit(2)
         internal_error(e)
         sys.exit(1)
