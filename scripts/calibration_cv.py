@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from dosepred.qa.band import BAND_LEVELS, band_offsets, fit_band
-from dosepred.qa.calibrate import collect_units
+from dosepred.qa.calibrating import collect_units
 from dosepred.qa.conformal import DEFAULT_RULE, METHODS, QUANTILE_RULES
 from dosepred.qa.crossval import choose_methods, cross_validate
 from dosepred.qa.families import FAMILIES, FAMILY_TITLES

@@ -43,7 +43,7 @@ def concerning(notes: list[str], roi: str) -> list[str]:
 
 def unit_rows(chk: Any, plan: Any, pred: np.ndarray, ranges: Any) -> list[dict[str, Any]]:
     """One row per criterion of ``plan`` with a value: family, error, miss, features, QA's notes."""
-    from dosepred.qa.calibrate import roi_features
+    from dosepred.qa.calibrating import roi_features
 
     pq, _, checked = chk.check(plan, pred)
     feats = roi_features(checked, pred, [c.roi for c in pq.criteria])
@@ -153,7 +153,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from dosepred.io import Cache, load_patients
-    from dosepred.qa.calibrate import check_predictions
+    from dosepred.qa.calibrating import check_predictions
     from dosepred.qa.check import QAChecker
 
     chk = QAChecker(a.model, a.protocol, 0.9)

@@ -56,7 +56,7 @@ LAYERS: dict[str, int] = {
     # 3: prediction with a model
     "dosepred.predict": 3,
     # 4: training (validates with predict and scoring), calibrating (predicts and scores patients)
-    "dosepred.training": 4, "dosepred.qa.calibrate": 4,
+    "dosepred.training": 4, "dosepred.qa.calibrating": 4,
     # 5: reports, the plan QA checker and its report (the package dosepred.qa exports them)
     "dosepred.report": 5, "dosepred.qa": 5, "dosepred.qa.check": 5, "dosepred.qa.report": 5,
     # 6: the commands as API functions and their console rendering, benchmarks, the demo

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dosepred.qa.calibrate import build_calibration
+from dosepred.qa.calibrating import build_calibration
 from dosepred.qa.calibration import Calibration, CalibrationError, load_calibration, write_calibration
 from dosepred.qa.conformal import (
     apply_offsets,
@@ -402,7 +402,7 @@ def test_predictions_must_be_made_as_the_calibration_records(tmp_path):
     the cache and the fix."""
     from dosepred.io.cache import write_cache
     from dosepred.protocol import load_protocol
-    from dosepred.qa.calibrate import collect_units
+    from dosepred.qa.calibrating import collect_units
     from dosepred.synth import make_cohort
 
     cohort = make_cohort(2, seed=4, size=24)

@@ -280,10 +280,10 @@ def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
 
 def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-clinical",
                     overwrite: bool = False, **kwargs: Any) -> tuple[Path, Any]:
-    """:func:`dosepred.qa.calibrate.calibrate`, refusing to replace a model's calibration without
+    """:func:`dosepred.qa.calibrating.calibrate`, refusing to replace a model's calibration without
     ``overwrite``, and a source of too few patients before predicting any."""
     from .io.source import open_source
-    from .qa.calibrate import MIN_PATIENTS, calibrate, calibration_path
+    from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
     from .qa.calibration import CalibrationError
 
     if not Path(data).exists():

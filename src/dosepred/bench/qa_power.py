@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..qa.calibrate import flags_words, predictions_made_with
+from ..qa.calibrating import flags_words, predictions_made_with
 from ..qa.calibration import load_calibration
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
 from .qa_power_cv import cross_validate, difficulty_correlation, methods_default, targets
@@ -70,8 +70,10 @@ def qa_flipping(model: str | os.PathLike) -> bool:
     """Whether plan QA predicts with flipping for ``model``: its calibration's record
     (:attr:`dosepred.qa.calibration.Calibration.tta`), True without a calibration (``dosepred
     calibrate``'s default, as ``dosepred predict``)."""
+    from ..models.checkpoint import resolve_model_path
+
     try:
-        return load_calibration(model).tta
+        return load_calibration(resolve_model_path(model)).tta  # a run folder: RUN/checkpoints/
     except ValueError:  # no or no readable calibration.json
         return True
 
@@ -190,7 +192,7 @@ def run(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig | No
     crits, cases, info = collect(model, data, cfg, prediction, passes, progress)
     t1 = time.perf_counter()
     try:
-        qa_methods = load_calibration(model).methods
+        qa_methods = load_calibration(resolve_model_path(model)).methods
     except ValueError:  # no calibration.json: no "qa" row
         qa_methods = {}
     if methods is None and qa_methods:

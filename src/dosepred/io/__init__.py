@@ -1,10 +1,12 @@
 """Readers and writers: OpenKBP CSV, the dosepred cache, DICOM RT, NIfTI. They convert to and from
 :class:`dosepred.Patient` and do nothing else.
 
-The names below are the public API; the submodules (:mod:`dosepred.io.cache`,
-:mod:`dosepred.io.openkbp`, :mod:`dosepred.io.dicom`, :mod:`dosepred.io.nifti`,
-:mod:`dosepred.io.roi_names`) hold the rest. Every command's ``SRC`` goes through
-:func:`load_patients` (a cache or an OpenKBP folder) or a folder reader::
+The names below are the public API; the submodules (:mod:`dosepred.io.source`: which kind a path
+is and opening it; :mod:`dosepred.io.cache`, :mod:`dosepred.io.openkbp`, :mod:`dosepred.io.dicom`,
+:mod:`dosepred.io.nifti`: one format each; :mod:`dosepred.io.roi_names`: ROI names and maps;
+:mod:`dosepred.io.pack`: the packed transport copy of a cache) hold the rest. Every command's
+``SRC`` goes through :func:`open_source` / :func:`load_patients` (a cache, an OpenKBP, NIfTI or DICOM
+folder)::
 
     from dosepred.io import load_patients, write_cache
 
@@ -24,10 +26,11 @@ from .openkbp import read_folder as read_openkbp_folder
 from .openkbp import read_patient as read_openkbp_patient
 from .openkbp import write_patient as write_openkbp_patient
 from .roi_names import RoiMap
-from .source import load_patients
+from .source import SourceError, load_patients, open_source, source_kind
 
 __all__ = [
     "Cache", "CacheError", "DicomImportError", "NiftiFormatError", "OpenKBPFormatError", "RoiMap",
+    "SourceError", "open_source", "source_kind",
     "is_cache", "is_openkbp_folder", "iter_dicom_folder", "iter_nifti_folder", "load_patients",
     "read_dicom_folder", "read_dose_csv", "read_nifti_folder", "read_nifti_patient", "read_openkbp_folder",
     "read_openkbp_patient", "write_cache", "write_dicom", "write_dose_csv", "write_nifti_dose",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DosepredError
-from ..geometry import SHEAR_TOL, shear_problem  # re-exported: what every reader refuses
 from ..patient import Patient, RoiSet
 
 KINDS = ("cache", "openkbp", "nifti", "dicom")
@@ -145,5 +144,4 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     yield from open_source(src).patients(ids, require_dose=require_dose)
 
 
-__all__ = ["Source", "SourceError", "open_source", "load_patients", "source_kind", "shear_problem", "KINDS",
-           "SHEAR_TOL"]
+__all__ = ["Source", "SourceError", "open_source", "load_patients", "source_kind", "KINDS"]

@@ -16,7 +16,7 @@ The rooms, each importing only those listed before it (docs/qa.md explains the m
 - :mod:`~dosepred.qa.band`: the report's calibrated DVH band;
 - :mod:`~dosepred.qa.calibration`: ``calibration.json`` as a typed, versioned record
   (:class:`Calibration`, :func:`load_calibration`, :func:`write_calibration`);
-- :mod:`~dosepred.qa.calibrate`: computing a calibration from a model and patients with plan doses
+- :mod:`~dosepred.qa.calibrating`: computing a calibration from a model and patients with plan doses
   (:func:`calibrate`);
 - :mod:`~dosepred.qa.result`: flags and the results of a criterion, plan and cohort (the qa JSON);
 - :mod:`~dosepred.qa.report`: the HTML report;
@@ -35,7 +35,7 @@ from typing import Any
 _LAZY = {
     "FAMILIES": ".families", "lower_is_better": ".families", "metric_family": ".families",
     "Calibration": ".calibration", "CalibrationError": ".calibration", "load_calibration": ".calibration",
-    "write_calibration": ".calibration", "calibrate": ".calibrate",
+    "write_calibration": ".calibration", "calibrate": ".calibrating",
     "FLAG_BETTER": ".result", "FLAG_COVERAGE_BELOW": ".result", "FLAG_HOT_ABOVE": ".result",
     "FLAG_NOT_CONTOURED": ".result", "FLAG_OAR_ABOVE": ".result", "FLAG_UNCALIBRATED": ".result",
     "IMPROVEMENT_FLAGS": ".result", "NOTE_GRID": ".result", "NOTE_VOLUME": ".result",

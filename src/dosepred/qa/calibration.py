@@ -1,6 +1,6 @@
 """``calibration.json``: a model's calibrated intervals as a typed record, read and written by version.
 
-A :class:`Calibration` holds what :func:`dosepred.qa.calibrate.calibrate` computed and plan QA
+A :class:`Calibration` holds what :func:`dosepred.qa.calibrating.calibrate` computed and plan QA
 (:mod:`dosepred.qa.check`) reads: the fitted metric families (their sorted scores per method, so any
 coverage can be asked for later, and the method QA uses), the quantile rule, whether the predictions
 were flipped (``tta``: QA predicts the same way), the protocol and criteria it was computed for, the

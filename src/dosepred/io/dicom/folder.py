@@ -164,9 +164,9 @@ def iter_dicom_folder(src: str | os.PathLike, roi_map: _names.RoiMap | dict | st
 def read_dicom_folder(src: str | os.PathLike, roi_map: _names.RoiMap | dict | str | os.PathLike | None = None
                       ) -> list[Patient]:
     """Read every CT series under ``src`` (recursively) with its RTSTRUCT, RTPLAN and RTDOSE as
-    Patients (matching rules in the module docstring), one folder per patient or mixed. All patients
-    share one RoiSet (see :func:`dosepred.io.roi_names.union_roi_set`); ``roi_map`` is a
-    :class:`RoiMap`, a dict or a JSON path. Problems raise :class:`DicomImportError` or warn
+    Patients (matching rules in the package docstring, :mod:`dosepred.io.dicom`), one folder per
+    patient or mixed. All patients share one RoiSet (see :func:`dosepred.io.roi_names.union_roi_set`);
+    ``roi_map`` is a :class:`RoiMap`, a dict or a JSON path. Problems raise :class:`DicomImportError` or warn
     (:class:`DicomWarning`) naming the file.
     """
     _, _, it = iter_dicom_folder(src, roi_map)
