@@ -93,3 +93,26 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
                      "model": build_model(other).state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="another architecture"):
         average_checkpoints([paths[0], tmp_path / "other.pt"])
+
+
+def test_half_export_keeps_small_tensors_in_full_precision(tmp_path):
+    """``export_model(half=True)``: tensors of at least HALF_MIN_NUMEL elements stored in fp16, smaller ones
+    in fp32 (bit-identical to the checkpoint); the loaded model is fp32 throughout."""
+    from dosepred.models.checkpoint import HALF_MIN_NUMEL
+
+    cfg = ModelConfig(base=8, levels=6, res_units=0, patch=(32, 32, 32))  # 8..256 channels: both kinds
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    ck = {"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(), "model": state}
+    save_checkpoint(ck, tmp_path / "c.pt")
+    out = export_model(tmp_path / "c.pt", tmp_path / "m")
+    stored = torch.load(out / "model.pt", weights_only=True)["model"]
+    big = [k for k, v in state.items() if v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL]
+    small = [k for k, v in state.items() if v.is_floating_point() and v.numel() < HALF_MIN_NUMEL]
+    assert big and small
+    assert all(stored[k].dtype == torch.float16 and torch.equal(stored[k], state[k].half()) for k in big)
+    assert all(stored[k].dtype == torch.float32 and torch.equal(stored[k], state[k]) for k in small)
+    from dosepred.models.checkpoint import load_model
+
+    net = load_model(out)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
