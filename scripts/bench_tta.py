@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from dosepred.inference import InferenceOptions
 from dosepred.io.openkbp import read_patient
 from dosepred.models.checkpoint import load_model
 from dosepred.models.space import into_space
@@ -24,13 +25,14 @@ def main(model_path: str, patient_dir: str) -> None:
     m = load_model(model_path)
     p = read_patient(patient_dir)
     q = into_space(match_rois(m.config, p), model_space(m), warn=False).patient
-    variants = {"plain": {}, "tta": {"tta": True}, "tta+shift": {"tta": True, "shifts": [TTA_SHIFT]}}
-    predict_in_space(m, q)  # warm-up
+    variants = {"plain": InferenceOptions(tta=False), "tta": InferenceOptions(tta=True),
+                "tta+shift": InferenceOptions(tta=True, shifts=(TTA_SHIFT,))}
+    predict_in_space(m, q, variants["plain"])  # warm-up
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(3):
-        for k, kw in variants.items():
+        for k, options in variants.items():
             t = time.perf_counter()
-            predict_in_space(m, q, **kw)
+            predict_in_space(m, q, options)
             times[k].append(time.perf_counter() - t)
     base = statistics.median(times["plain"])
     for k, v in times.items():

@@ -158,7 +158,7 @@ def main() -> None:
 
     chk = QAChecker(a.model, a.protocol, 0.9)
     # the intervals describe QA's own predictions (flipped or not as the calibration records): so must these
-    check_predictions(Cache.open(a.predictions), a.predictions, chk.tta)
+    check_predictions(Cache.open(a.predictions), a.predictions, chk.tta, a.model)
     ranges = chk.calibration.training_ranges
     preds = {p.id: p.dose for p in load_patients(a.predictions)}
     plans = list(load_patients(a.data))
@@ -203,7 +203,7 @@ def main() -> None:
                 q = regrid(plan, fac, axes)
                 perm, _ = q.geometry.permutation_to(space.axes)
                 beyond = max(q.spacing[j] / hi for j, hi in zip(perm, space.spacing_max, strict=True))
-                pred = predict_dose(chk.net, q, warn=False, tta=chk.tta)  # as QA predicts
+                pred = predict_dose(chk.net, q, chk.inference, warn=False)  # as QA predicts
                 for r in unit_rows(chk, q, pred, ranges):
                     k = (r["patient"], r["roi"], r["metric"])
                     if k in base:

@@ -47,6 +47,8 @@ LAYERS: dict[str, int] = {
     # 1: readers and writers, synthetic data, metric definitions and exact DVH values, protocols
     "dosepred.io": 1, "dosepred.synth": 1, "dosepred.baseline": 1, "dosepred.metrics": 1,
     "dosepred.dvh": 1, "dosepred.protocol": 1,
+    # how a dose is predicted (InferenceOptions) and what a prediction cache records of it (no torch)
+    "dosepred.inference": 1,
     # plan QA's maths and records: metric families, split-conformal intervals, the choice of method, the
     # DVH band, calibration.json (typed, versioned), the verdicts (numpy and metric definitions only)
     "dosepred.qa.families": 1, "dosepred.qa.conformal": 1, "dosepred.qa.crossval": 1, "dosepred.qa.band": 1,

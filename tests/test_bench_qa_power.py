@@ -14,6 +14,7 @@ from scipy.stats import norm
 from dosepred.bench import qa_degrade as qd
 from dosepred.bench import qa_power as qp
 from dosepred.bench import qa_power_cv as qcv
+from dosepred.errors import InputError
 from dosepred.patient import Patient, RoiSet
 
 SP = (2.0, 2.0, 3.0)
@@ -227,6 +228,7 @@ def test_predicts_as_qa_does_with_the_model_s_calibration(tmp_path, monkeypatch)
     from scipy.ndimage import gaussian_filter
 
     from dosepred import predict as pr
+    from dosepred.inference import InferenceOptions
     from dosepred.io.cache import write_cache
 
     pats = _cohort(tmp_path, n=3)
@@ -237,8 +239,9 @@ def test_predicts_as_qa_does_with_the_model_s_calibration(tmp_path, monkeypatch)
     cfg = qd.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
     seen: list = []
 
-    def fake(net, p, *args, tta=None, **kwargs):
-        seen.append(tta)
+    def fake(net, p, options, **kwargs):
+        assert options.differences(InferenceOptions(tta=options.tta)) == ()  # otherwise as QA predicts
+        seen.append(options.tta)
         return gaussian_filter(p.dose, 1.0)
 
     monkeypatch.setattr(pr, "predict_dose", fake)
@@ -267,3 +270,38 @@ def test_predicts_as_qa_does_with_the_model_s_calibration(tmp_path, monkeypatch)
 
     (model / "calibration.json").unlink()
     assert qp.qa_flipping(model) is True and flips_seen() == {True}
+
+
+def test_refuses_predictions_made_otherwise_than_qa_beyond_the_passes(tmp_path):
+    """Flipped or translated predictions are measured with a warning (the passes are what the benchmark
+    studies); mixed precision (a GPU's `predict` default) or other windows are not QA's at all: one
+    error naming the cache and the option, for --prediction and the pass caches alike. A prediction
+    recorded as data and made as QA predicts is taken without a warning."""
+    from dosepred.inference import TTA_SHIFT, InferenceOptions, PredictionRecord
+    from dosepred.io.cache import Cache, write_cache
+
+    _cohort(tmp_path, n=3)
+    preds = list(Cache.open(tmp_path / "pred"))
+    model = "models/openkbp-mae-cdm"
+    cfg = qd.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
+
+    def cache(name, **options):
+        rec = PredictionRecord(InferenceOptions(**options), model, None, "data", "0.1.0")
+        write_cache(preds, tmp_path / name, record={"prediction": rec.to_json()})
+        return tmp_path / name
+
+    _, _, info = qp.collect(model, tmp_path / "data", cfg, cache("as-qa", tta=qp.qa_flipping(model)))
+    assert "warning" not in info and info["prediction_made_with"]["amp"] is False
+    with pytest.raises(InputError, match=r"--prediction .*amp-gpu: predicted with mixed precision "
+                                         r"\(--amp on a GPU\), but plan QA predicts with full precision.*"
+                                         r"--no-amp"):
+        qp.collect(model, tmp_path / "data", cfg, cache("amp-gpu", device="cuda", amp=True))
+    with pytest.raises(InputError, match=r"constant: predicted with constant blending, but plan QA "
+                                         r"predicts with gaussian blending"):
+        qp.collect(model, tmp_path / "data", cfg, cache("constant", mode="constant"))
+    plain = cache("plain", tta=False)
+    with pytest.raises(InputError, match=r"--flip-prediction .*flip-amp: predicted with mixed precision"):
+        qp.collect(model, tmp_path / "data", cfg, plain, {"flip": cache("flip-amp", tta=True, amp=True)})
+    _, _, info = qp.collect(model, tmp_path / "data", cfg, plain,
+                            {"flip": cache("flip", tta=True), "shift": cache("shift", tta=False,
+                                                                             shifts=(TTA_SHIFT,))})

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,6 +426,95 @@ def test_predictions_must_be_made_as_the_calibration_records(tmp_path):
             collect_units("unused", tmp_path / "plans", proto, tmp_path / name, tta=tta)
     with pytest.raises(CalibrationError, match=r"unsaid: these predictions do not record how"):
         collect_units("unused", tmp_path / "plans", proto, tmp_path / "unsaid")
+
+
+def test_predictions_made_with_other_options_are_refused_naming_the_option(tmp_path):
+    """Predictions recorded as data (`predict --format cache` now): refused when made with other
+    options than plan QA predicts with (flipping, translated passes, and mixed precision, which a GPU
+    prediction used and the command string never told), or by another model than the one calibrated,
+    each naming the cache, the option and the fix; accepted when made as QA predicts. A cache of the
+    command-string era is still read, with a warning that it cannot tell mixed precision."""
+    import hashlib
+    import shutil
+    import warnings
+
+    from dosepred.inference import TTA_SHIFT, InferenceOptions, PredictionRecord
+    from dosepred.io.cache import write_cache
+    from dosepred.protocol import load_protocol
+    from dosepred.qa.calibrating import collect_units
+    from dosepred.synth import make_cohort
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm", model)
+    sha = hashlib.sha256((model / "model.pt").read_bytes()).hexdigest()
+    cohort = make_cohort(2, seed=4, size=24)
+    write_cache(cohort, tmp_path / "plans")
+    made = {"as-qa": InferenceOptions(device="cpu"), "amp": InferenceOptions(device="cuda", amp=True),
+            "plain": InferenceOptions(tta=False), "shifted": InferenceOptions(shifts=(TTA_SHIFT,)),
+            "windows": InferenceOptions(overlap=0.25)}
+    for name, opts in made.items():
+        rec = PredictionRecord(opts, str(model), sha, "plans", "0.1.0")
+        write_cache(cohort, tmp_path / name, source="dosepred predict: ...",
+                    record={"prediction": rec.to_json()})
+    other = PredictionRecord(InferenceOptions(), "models/other", "0" * 64, "plans", "0.1.0")
+    write_cache(cohort, tmp_path / "other-model", record={"prediction": other.to_json()})
+    write_cache(cohort, tmp_path / "old", source="dosepred predict --model M --data D --tta")
+    proto = load_protocol("openkbp-clinical")
+
+    def units(name, tta=True):
+        return collect_units(model, tmp_path / "plans", proto, tmp_path / name, tta=tta)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert units("as-qa")[0]
+        assert units("plain", tta=False)[0]
+    with pytest.raises(CalibrationError, match=r"amp: these predictions were made with --tta, mixed "
+                                               r"precision \(--amp on a GPU\), but plan QA .* full "
+                                               r"precision.*--format cache --tta --no-amp`"):
+        units("amp")
+    with pytest.raises(CalibrationError, match=r"plain: .*made with --no-tta, but .*predicts with flipping"):
+        units("plain")
+    with pytest.raises(CalibrationError, match=r"shifted: .*made with --tta, --tta-shift, but .*and without "
+                                               r"--tta-shift"):
+        units("shifted")
+    with pytest.raises(CalibrationError, match=r"windows: .*made with --tta, window overlap 0.25, but .* "
+                                               r"window overlap 0.5"):
+        units("windows")
+    with pytest.raises(CalibrationError, match=r"other-model: these predictions were made by model "
+                                               r"models/other \(SHA-256 000000000000...\), not by "
+                                               r".*model.pt, the model being calibrated"):
+        units("other-model")
+    with pytest.warns(UserWarning, match=r"old: made by an earlier dosepred.*mixed precision.*--no-amp"):
+        assert units("old")[0]
+
+
+def test_calibrate_cli_refuses_mixed_precision_predictions_in_one_line(tmp_path):
+    """The issue-26 finding: `predict --format cache` on a GPU (mixed precision by default) made
+    predictions `calibrate --predictions` took as QA's. Now one line naming the cache and the option,
+    exit 2, nothing written."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.inference import InferenceOptions, PredictionRecord
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_cohort
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm", model)
+    (model / "calibration.json").unlink()
+    cohort = make_cohort(12, seed=5, size=16)
+    write_cache(cohort, tmp_path / "plans")
+    rec = PredictionRecord(InferenceOptions(device="cuda:0", amp=True), str(model), None, "plans", "0.1.0")
+    write_cache(cohort, tmp_path / "pred", record={"prediction": rec.to_json()})
+    r = CliRunner().invoke(app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "plans"),
+                                 "--predictions", str(tmp_path / "pred"), "--no-progress"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert text.startswith(f"error: {tmp_path / 'pred'}: these predictions were made with --tta, mixed "
+                           "precision (--amp on a GPU)"), text
+    assert "--no-amp" in text and not (model / "calibration.json").exists()
 
 
 def test_calibration_records_its_flipping_and_old_files_mean_unflipped(tmp_path):

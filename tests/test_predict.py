@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
+from dosepred.inference import InferenceOptions, prediction_options, prediction_record
 from dosepred.io.cache import write_cache
 from dosepred.synth import make_cohort
 
@@ -65,12 +66,14 @@ def test_predict_to_cache_then_evaluate_fast_path(run_dir, sample_dir, tmp_path)
                             "--allow-missing-rois"])
     assert r.exit_code == 0, r.output
     pc = cache.Cache.open(tmp_path / "pc")
-    assert pc.info["source"].split()[-1] == "--tta"  # flipping by default, and recorded as such
+    made = prediction_options(pc)  # flipping by default, mixed precision only on a GPU, recorded as data
+    assert made == InferenceOptions(device="cpu", tta=True, allow_missing_rois=True)
     r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "ref"),
                             "--out", str(tmp_path / "ps"), "--format", "cache", "--tta-shift",
                             "--no-progress", "--allow-missing-rois"])
     assert r.exit_code == 0, r.output
-    assert cache.Cache.open(tmp_path / "ps").info["source"].split()[-2:] == ["--tta", "--tta-shift"]
+    assert prediction_options(cache.Cache.open(tmp_path / "ps")) == InferenceOptions(
+        device="cpu", tta=True, shifts=((4, 4, 4),), allow_missing_rois=True)
     refs = {p.id: p for p in openkbp.read_folder(sample_dir)}
     assert sorted(pc.ids) == sorted(refs)
     r = runner.invoke(app, ["evaluate", "--reference", str(tmp_path / "ref"), "--prediction",
@@ -154,10 +157,10 @@ def test_tta_averages_with_the_mirrored_patient(run_dir):
         codes |= np.flip(p.mask(other.get(n, n)), ax).astype(codes.dtype) << codes.dtype.type(i)
     q = Patient(id="mirrored", ct=np.flip(p.ct, ax).copy(), roi_codes=codes, roi_set=p.roi_set,
                 spacing=p.spacing, possible_dose_mask=np.flip(p.possible_dose_mask, ax).copy())
-    plain = predict_dose(model, p, tta=False)
-    mirrored = np.flip(predict_dose(model, q, tta=False), ax)
+    plain = predict_dose(model, p, InferenceOptions(tta=False))
+    mirrored = np.flip(predict_dose(model, q, InferenceOptions(tta=False)), ax)
     want = 0.5 * (plain + mirrored) * p.possible_dose_mask
-    got = predict_dose(model, p, tta=True)
+    got = predict_dose(model, p, InferenceOptions(tta=True))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(plain - mirrored).max() > 1e-3  # the two differ: the test can see a wrong mirror
 
@@ -182,7 +185,8 @@ def test_tta_shift_averages_with_the_translated_patient(run_dir):
 
     q = Patient(id="moved", ct=moved(p.ct), roi_codes=moved(p.roi_codes), roi_set=p.roi_set,
                 spacing=p.spacing, possible_dose_mask=moved(p.possible_dose_mask), geometry=p.geometry)
-    plain, dq = predict_dose(model, p, tta=False), predict_dose(model, q, tta=False)
+    plain_options = InferenceOptions(tta=False)
+    plain, dq = predict_dose(model, p, plain_options), predict_dose(model, q, plain_options)
     back = np.zeros_like(dq)
     valid = np.zeros(dq.shape, bool)
     n = dq.shape
@@ -193,12 +197,13 @@ def test_tta_shift_averages_with_the_translated_patient(run_dir):
                 if 0 <= a < n[0] and 0 <= b < n[1] and 0 <= c < n[2]:
                     back[i, j, k], valid[i, j, k] = dq[a, b, c], True
     want = (plain + back * valid) / (1 + valid) * p.possible_dose_mask
-    got = predict_dose(model, p, shifts=[s], tta=False)
+    got = predict_dose(model, p, InferenceOptions(tta=False, shifts=(s,)))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not valid.all() and np.abs(got - plain).max() > 1e-3  # borders and interior both tested
     # with flipping: four passes; the flip and the shift commute with the average
-    both = predict_dose(model, p, tta=True, shifts=[s])
-    assert np.isfinite(both).all() and np.abs(both - predict_dose(model, p, tta=True)).max() > 1e-3
+    both = predict_dose(model, p, InferenceOptions(tta=True, shifts=(s,)))
+    flipped = predict_dose(model, p, InferenceOptions(tta=True))
+    assert np.isfinite(both).all() and np.abs(both - flipped).max() > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +255,8 @@ def test_allow_missing_rois_predicts_with_an_empty_channel(run_dir, lacking_cach
     model = load_model(run_dir / "run")
     pc = Cache.open(tmp_path / "pc")
     for p in lacking_cache[1]:
-        want = predict_dose(model, p, tta=True, allow_missing_rois=True)  # the command flips by default
+        # the command flips by default
+        want = predict_dose(model, p, InferenceOptions(tta=True, allow_missing_rois=True))
         np.testing.assert_array_equal(pc.load(p.id).dose, want)
 
 
@@ -269,7 +275,7 @@ def test_one_flipping_default_for_the_api_and_the_cli(run_dir, tmp_path):
     opt = next(p for p in get_command(app).commands["predict"].params if p.name == "tta")
     assert opt.default is DEFAULT_TTA
     for f in (predict_dose, predict_patients, predict_to):
-        assert inspect.signature(f).parameters["tta"].default is DEFAULT_TTA, f
+        assert inspect.signature(f).parameters["options"].default.tta is DEFAULT_TTA, f
     r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(run_dir / "train"),
                             "--out", str(tmp_path / "pc"), "--format", "cache", "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -277,3 +283,32 @@ def test_one_flipping_default_for_the_api_and_the_cli(run_dir, tmp_path):
     pc = Cache.open(tmp_path / "pc")
     p = next(iter(Cache.open(run_dir / "train")))
     np.testing.assert_array_equal(pc.load(p.id).dose, predict_dose(model, p))
+
+
+def test_predict_to_records_the_options_it_used_and_predicts_with_them(run_dir, tmp_path):
+    """Options passed whole (every field other than its default) reach the prediction: the cache holds
+    exactly what predict_dose gives with them, and records them as data (as they applied on the CPU:
+    no mixed precision there), with the model's SHA-256 (hashlib on the checkpoint file) and the data."""
+    import hashlib
+
+    import numpy as np
+
+    from dosepred.io.cache import Cache
+    from dosepred.models.checkpoint import load_model, resolve_model_path
+    from dosepred.predict import predict_dose, predict_to
+
+    asked = InferenceOptions(device="cpu", overlap=0.25, mode="constant", sw_batch=2, amp=True, tta=False,
+                             shifts=((2, 0, 1),), allow_missing_rois=True, spacing_policy="median")
+    n = predict_to(run_dir / "run", run_dir / "train", tmp_path / "pc", "cache", asked, progress=False)
+    pc = Cache.open(tmp_path / "pc")
+    rec = prediction_record(pc)
+    used = InferenceOptions(**{**asked.to_json(), "amp": False, "shifts": asked.shifts})
+    assert n == 4 and rec is not None and not rec.legacy and rec.options == used
+    ckpt = resolve_model_path(run_dir / "run")
+    assert rec.model_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert rec.model == str(run_dir / "run") and rec.data == str(run_dir / "train")
+    model = load_model(run_dir / "run")
+    p = next(iter(Cache.open(run_dir / "train")))
+    got = pc.load(p.id).dose
+    np.testing.assert_array_equal(got, predict_dose(model, p, used))
+    assert np.abs(got - predict_dose(model, p, InferenceOptions(tta=False))).max() > 1e-4  # they mattered

@@ -17,6 +17,7 @@ import pytest
 
 from dosepred.evaluation import evaluate_patient
 from dosepred.geometry import Geometry, reorient
+from dosepred.inference import InferenceOptions
 from dosepred.models.space import ModelSpace, into_space
 from dosepred.patient import Patient
 from dosepred.resample import grid_with_spacing, resample, resample_patient
@@ -73,7 +74,7 @@ def patient(sample_dir):
 def reference_prediction(model, patient):
     from dosepred.predict import predict_dose
 
-    return predict_dose(model, patient, tta=False)
+    return predict_dose(model, patient, InferenceOptions(tta=False))
 
 
 def test_released_models_record_the_openkbp_space():
@@ -94,7 +95,7 @@ def test_layout_does_not_change_the_prediction(model, patient, reference_predict
     q = stored_as(patient, letters)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an OpenKBP patient in any layout is not "far off"
-        dose = predict_dose(model, q, tta=False)
+        dose = predict_dose(model, q, InferenceOptions(tta=False))
     assert dose.shape == q.shape
     back = on_reference_grid(dose, q.geometry, patient)
     # only a permutation/flip separates the layouts: the model sees identical arrays
@@ -127,7 +128,7 @@ def test_dicom_layout_does_not_change_the_prediction(model, patient, reference_p
     from dosepred.predict import RoiNote
 
     with pytest.warns(RoiNote, match="lacks Esophagus"):
-        dose = predict_dose(model, q, tta=False)
+        dose = predict_dose(model, q, InferenceOptions(tta=False))
     back = on_reference_grid(dose, q.geometry, patient)
     ref_scores = scores(patient, reference_prediction)
     got = scores(patient, back)
@@ -151,11 +152,11 @@ def test_resampled_patient_predicts_like_the_original(model, sample_dir, pid):
     patient = read_patient(sample_dir / pid)
     fine, shape = grid_with_spacing(patient.geometry, patient.shape, (1.2, 1.2, 3.0))
     q = resample_patient(patient, fine, shape)
-    dose = predict_dose(model, q, tta=False)
+    dose = predict_dose(model, q, InferenceOptions(tta=False))
     assert dose.shape == q.shape
     assert not dose[~q.possible_dose_mask].any()
     back = on_reference_grid(dose, fine, patient)
-    d0, _ = scores(patient, predict_dose(model, patient, tta=False))
+    d0, _ = scores(patient, predict_dose(model, patient, InferenceOptions(tta=False)))
     d1, _ = scores(patient, back)
     print(f"{pid} resampled to 1.2x1.2x3 mm: dose score {d1:.3f} vs {d0:.3f} on the original grid")
     assert abs(d1 - d0) < 0.3
@@ -222,10 +223,10 @@ def test_tta_flips_along_the_geometry_left_right_axis():
     mirrored = _mirrored_by_name(p, 1).reoriented("LPI")  # reorienting the flipped original
     pairs = lr_pairs(q.roi_set)
     assert np.array_equal(mirror_codes(q.roi_codes, 0, pairs), mirrored.roi_codes)
-    plain = predict_dose(net, q, space=space, tta=False)
-    flipped = np.flip(predict_dose(net, mirrored, space=space, tta=False), 0)
+    plain = predict_dose(net, q, InferenceOptions(tta=False), space=space)
+    flipped = np.flip(predict_dose(net, mirrored, InferenceOptions(tta=False), space=space), 0)
     want = 0.5 * (plain + flipped) * q.possible_dose_mask
-    got = predict_dose(net, q, space=space, tta=True)
+    got = predict_dose(net, q, InferenceOptions(tta=True), space=space)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(plain - flipped).max() > 1e-4
 

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
+from dosepred.inference import InferenceOptions
 from dosepred.qa import load_calibration, lower_is_better
 from dosepred.qa.result import (
     FLAG_BETTER,
@@ -142,7 +143,7 @@ def test_qa_predicted_value_matches_an_independent_prediction(qa_run, sample_dir
     # QA predicts flipped too, and says so
     assert data["calibration"]["tta"] is True
     p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
-    pred = predict_dose(load_model(model_dir), p, tta=True)
+    pred = predict_dose(load_model(model_dir), p, InferenceOptions(tta=True))
     got = next(x for x in data["patients"] if x["id"] == "pt_66")["criteria"]
     for c in got[:4] + got[-3:]:
         rx = p.roi_set.prescription(c["roi"])
@@ -318,7 +319,8 @@ def test_qa_with_an_older_calibration_predicts_unflipped_as_it_was_made(sample_d
     assert len(res.warnings) == 1 and "unflipped predictions" in res.warnings[0]
     assert "recalibrate" in res.warnings[0]
     net = load_model(d)
-    plain, flipped = predict_dose(net, p, tta=False), predict_dose(net, p, tta=True)
+    plain = predict_dose(net, p, InferenceOptions(tta=False))
+    flipped = predict_dose(net, p, InferenceOptions())
     apart = 0
     for c in res.patients[0].criteria:
         if c.plan != c.plan:  # not contoured

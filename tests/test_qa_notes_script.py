@@ -40,8 +40,8 @@ def setup(sample_dir, tmp_path, monkeypatch):
         write_cache(plans, tmp_path / f"pred{flags}", source=f"dosepred predict --model M --data D {flags}")
     asked: list[bool] = []
 
-    def fake(model, patient, *args, **kwargs):
-        asked.append(kwargs.get("tta", dosepred.predict.DEFAULT_TTA))
+    def fake(model, patient, options, **kwargs):
+        asked.append(options.tta)
         return patient.dose
 
     monkeypatch.setattr(dosepred.predict, "predict_dose", fake)

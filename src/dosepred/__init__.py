@@ -22,7 +22,8 @@ Public API (every ``dosepred`` command is a thin call into these)::
   :func:`write_cache`, :class:`Cache`, OpenKBP / DICOM / NIfTI readers and writers),
   :func:`make_cohort` (synthetic patients);
 - models: :func:`load_model` (:mod:`dosepred.models.checkpoint`), :func:`predict_dose`,
-  :func:`predict_to` (:mod:`dosepred.predict`);
+  :func:`predict_to` (:mod:`dosepred.predict`), :class:`InferenceOptions` (how to predict, e.g.
+  ``dosepred.predict_dose(model, p, dosepred.InferenceOptions(tta=False))``; :mod:`dosepred.inference`);
 - evaluation: :func:`load_protocol`, :func:`evaluate_patient`, :func:`evaluate_cohort`,
   :class:`CohortResult` (:mod:`dosepred.evaluation`);
 - training: :class:`TrainConfig`, :func:`train`, :func:`build_loss` (:mod:`dosepred.training`,
@@ -49,6 +50,7 @@ _LAZY = {
     "Cache": ".io.cache", "load_patients": ".io.source", "write_cache": ".io.cache",
     "make_cohort": ".synth",
     "load_model": ".models.checkpoint", "predict_dose": ".predict", "predict_to": ".predict",
+    "InferenceOptions": ".inference",
     "Protocol": ".protocol", "load_protocol": ".protocol",
     "CohortResult": ".evaluation", "PatientResult": ".evaluation", "evaluate_cohort": ".evaluation",
     "evaluate_patient": ".evaluation",

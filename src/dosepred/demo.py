@@ -226,11 +226,10 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     chk = QAChecker(root / qa_dir, CRITERIA_PROTOCOL, s.qa_coverage)
     # every released model predicts as the QA calibration's predictions were made (flipped or not), so
     # the QA model's doses serve QA as they are and the two models are compared alike
-    tta = bool(chk.tta)
     for label, rel in RELEASED:
         t0 = time.time()
         model = load_model(root / rel)
-        doses[label] = [predict_dose(model, p, tta=tta) for p in patients]
+        doses[label] = [predict_dose(model, p, chk.inference) for p in patients]
         seconds[label] = time.time() - t0
         cohorts[label], results[label] = evaluate(patients, doses[label])
         say(f"released {label} ({rel}): {len(patients)} patients predicted in {seconds[label]:.0f} s")
@@ -256,7 +255,7 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     if root.resolve() != Path.cwd().resolve():  # the command as it would be typed here
         qa["model"] = str(root / qa_dir)
     qa["html"] = qa_html(qa, pq, writer.figures.get(shown, ""), str(folder))
-    how = ("flipped left-right and averaged, as `dosepred predict` does and" if tta else "not flipped,"
+    how = ("flipped left-right and averaged, as `dosepred predict` does and" if chk.tta else "not flipped,"
            ) + " as the QA calibration's predictions were made"
     note = (f"released models {', '.join(rel for _, rel in RELEASED)} ({how}) and no "
             f"learning (distance fall-off {s.falloff_mm:g} mm) on {len(ids)} OpenKBP validation patients; "
@@ -271,6 +270,7 @@ def run_synthetic(out: Path, seed: int, s: DemoSettings, say: Callable[[str], No
     """Part 2, train your own: the synthetic cohort, warm-up, two fine-tunes, the table and
     ``out/report.html``."""
     from .baseline import distance_falloff
+    from .inference import InferenceOptions
     from .io.cache import write_cache
     from .models.checkpoint import load_model
     from .predict import predict_dose
@@ -310,14 +310,14 @@ def run_synthetic(out: Path, seed: int, s: DemoSettings, say: Callable[[str], No
     results: dict[str, dict[str, float]] = {}
     cohorts: dict[str, Any] = {}
     doses: dict[str, list] = {}
+    unflipped = InferenceOptions(allow_missing_rois=True, tta=False)
     for label, spec in LOSSES:
         run, seconds[label] = fit(label.lower().replace("+", "_"), spec, s.finetune_steps, s.finetune_lr,
                                   warm / "checkpoints" / "last.pt")
         model = load_model(run)
         # phantoms lack ROIs at random: a held-out one may lack an ROI every training phantom had (no
         # warning for what is by design)
-        doses[label] = [predict_dose(model, p, allow_missing_rois=True, tta=False, warn=False)
-                        for p in test_p]
+        doses[label] = [predict_dose(model, p, unflipped, warn=False) for p in test_p]
         cohorts[label], results[label] = evaluate(test_p, doses[label])
         say(f"fine-tuned {label} ({spec}): {s.finetune_steps} steps in {seconds[label]:.0f} s")
     doses[BASELINE] = [distance_falloff(p, s.falloff_mm) for p in test_p]

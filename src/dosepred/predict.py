@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ import torch
 from .boxes import mask_box
 from .constants import BODY_HU
 from .errors import InputError
+from .inference import DEFAULT_TTA as DEFAULT_TTA
+from .inference import TTA_SHIFT as TTA_SHIFT
+from .inference import InferenceOptions, PredictionRecord
 from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
@@ -38,11 +42,10 @@ from .roi import lr_pairs, mirror_codes, to_torch
 
 FORMATS = ("openkbp", "nifti", "dicom", "cache")
 
-#: Whether a prediction is averaged with the patient's left-right mirror image by default: in
-#: :func:`predict_dose`, :func:`predict_patients`, :func:`predict_to` and ``dosepred predict`` alike
-#: (better scores for every released model, twice the time; docs/results.md). Callers whose results
-#: must be unflipped (plan QA against an unflipped calibration, training validation) say ``tta=False``.
-DEFAULT_TTA = True
+#: The options of a prediction nobody chose otherwise (:class:`~dosepred.inference.InferenceOptions`
+#: defaults: flipped as :data:`~dosepred.inference.DEFAULT_TTA` says, full precision, no translated
+#: passes); ``dosepred predict`` builds its own from its flags (mixed precision on a GPU by default).
+DEFAULT_OPTIONS = InferenceOptions()
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -231,11 +234,6 @@ def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(sl)
 
 
-#: the translation of ``--tta-shift`` (voxels per array axis): half the stride of the deepest level of a
-#: 4-level U-Net (8 voxels), so the second pass sees the pooling grid at the other phase
-TTA_SHIFT = (4, 4, 4)
-
-
 def _shifted(x: torch.Tensor, shift: Sequence[int]) -> torch.Tensor:
     """``x`` (N, C, *spatial) translated by ``shift`` voxels: out[i] = x[i - s], the border replicated."""
     for d, s in enumerate(shift):
@@ -260,21 +258,31 @@ def _unshifted(y: torch.Tensor, shift: Sequence[int]) -> tuple[torch.Tensor, tor
     return y, w
 
 
+def _options(options: Any) -> InferenceOptions:
+    if not isinstance(options, InferenceOptions):  # an old positional call (device, overlap, ...)
+        raise TypeError(f"options must be a dosepred.InferenceOptions, got {type(options).__name__}: the "
+                        "inference keywords (device, overlap, tta, ...) are its fields now")
+    return options
+
+
 @torch.no_grad()
-def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
-                     mode: str = "gaussian", sw_batch: int = 1, amp: bool = False,
-                     tta: bool = False, shifts: Sequence[Sequence[int]] = ()) -> np.ndarray:
+def predict_in_space(model: torch.nn.Module, patient: Patient,
+                     options: InferenceOptions = DEFAULT_OPTIONS) -> np.ndarray:
     """Whole-grid dose of a patient already in the model's space and ROI set (float32, its shape):
-    sliding windows of the training patch over :func:`crop_box`; ``tta`` averages with the
+    sliding windows of the training patch (``options.overlap``, ``mode``, ``sw_batch``; mixed
+    precision with ``amp`` on CUDA) over :func:`crop_box`; ``options.tta`` averages with the
     prediction of the patient mirrored along its left-right axis (from its geometry), Left/Right ROI
-    bits swapped, mirrored back. ``shifts``: also average the predictions of the input translated by
-    each of these offsets (voxels per array axis, border replicated; mirrored too with ``tta``),
-    translated back, each voxel over the passes in which it stayed inside the array."""
+    bits swapped, mirrored back. ``options.shifts``: also average the predictions of the input
+    translated by each of these offsets (voxels per array axis, border replicated; mirrored too with
+    ``tta``), translated back, each voxel over the passes in which it stayed inside the array.
+    ``options.device`` ``"auto"``: the model's device."""
     from monai.inferers import sliding_window_inference
 
+    o = _options(options)
     net = model.module if hasattr(model, "module") else model
     cfg: ModelConfig = net.config
-    device = torch.device(device) if device is not None else next(net.parameters()).device
+    device = torch.device(o.device) if o.device != "auto" else next(net.parameters()).device
+    amp, overlap, mode, sw_batch, tta = o.amp, o.overlap, o.mode, o.sw_batch, o.tta
     was_training = net.training
     net.eval()
     box = crop_box(patient, cfg.patch)
@@ -290,7 +298,7 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
             return sliding_window_inference(x, roi, sw_batch, net.from_input, overlap=overlap, mode=mode,
                                             padding_mode="replicate").float()
 
-    offsets = [(0, 0, 0), *(tuple(int(v) for v in s) for s in shifts)]
+    offsets = [(0, 0, 0), *o.shifts]
 
     def passes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # sum of valid predictions, count
         total = count = None
@@ -315,33 +323,32 @@ def predict_in_space(model: torch.nn.Module, patient: Patient, device: Any = Non
     return out
 
 
-def predict_dose(model: torch.nn.Module, patient: Patient, device: Any = None, overlap: float = 0.5,
-                 mode: str = "gaussian", sw_batch: int = 1, amp: bool = False, tta: bool = DEFAULT_TTA,
-                 allow_missing_rois: bool = False, space: ModelSpace | None = None,
-                 warn: bool = True, spacing_policy: str = "fov",
-                 shifts: Sequence[Sequence[int]] = ()) -> np.ndarray:
+def predict_dose(model: torch.nn.Module, patient: Patient, options: InferenceOptions = DEFAULT_OPTIONS, *,
+                 space: ModelSpace | None = None, warn: bool = True) -> np.ndarray:
     """Whole-grid dose (Gy, float32, on the patient's own grid) by sliding windows of the training patch.
 
     The patient is brought into the model's space (:func:`dosepred.models.space.into_space`: axes
     permuted/flipped into the model's, resampled when its grid is oblique or a spacing is outside the
     training range; a warning when it is far from the training data), predicted there
     (:func:`predict_in_space`) and the dose brought back onto its grid in patient coordinates.
-    ``space`` overrides the model's record; ``spacing_policy`` picks the spacing of an axis outside
-    the training range (:meth:`dosepred.models.space.ModelSpace.target_spacing`: ``"fov"`` its field
-    of view on the training data's median array size, ``"median"`` the training median spacing, or
-    the ``"nearest"`` end of the range).
+    ``space`` overrides the model's record; ``warn=False`` raises no note or warning.
 
-    ``tta`` (default :data:`DEFAULT_TTA`, True, as ``dosepred predict``) averages it with the
+    ``options`` (:class:`~dosepred.inference.InferenceOptions`, default :data:`DEFAULT_OPTIONS`):
+    ``tta`` (default :data:`DEFAULT_TTA`, True, as ``dosepred predict``) averages the dose with the
     prediction of the patient mirrored along the left-right axis (taken from the geometry in the
     model's space; Left/Right ROI bits swapped, as in training), mirrored back: test-time
-    augmentation, twice the time; ``shifts`` adds translated passes
-    (:func:`predict_in_space`). ``allow_missing_rois``: see :func:`match_rois`.
+    augmentation, twice the time; ``shifts`` adds translated passes (:func:`predict_in_space`);
+    ``allow_missing_rois``: see :func:`match_rois`; ``spacing_policy`` picks the spacing of an axis
+    outside the training range (:meth:`dosepred.models.space.ModelSpace.target_spacing`: ``"fov"``
+    its field of view on the training data's median array size, ``"median"`` the training median
+    spacing, or the ``"nearest"`` end of the range).
     """
+    o = _options(options)
     net = model.module if hasattr(model, "module") else model
     sp = space or model_space(net)
-    patient = match_rois(net.config, patient, allow_missing_rois, sp.absent_rois, warn=warn, space=sp)
-    placed = into_space(patient, sp, warn=warn, spacing_policy=spacing_policy)
-    dose = predict_in_space(net, placed.patient, device, overlap, mode, sw_batch, amp, tta, shifts)
+    patient = match_rois(net.config, patient, o.allow_missing_rois, sp.absent_rois, warn=warn, space=sp)
+    placed = into_space(patient, sp, warn=warn, spacing_policy=o.spacing_policy)
+    dose = predict_in_space(net, placed.patient, o)
     return placed.back(dose)
 
 
@@ -374,46 +381,56 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
     raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
-def predict_patients(model: torch.nn.Module, patients: Iterable[Patient], device: Any = None,
-                     overlap: float = 0.5, mode: str = "gaussian", amp: bool = False,
-                     tta: bool = DEFAULT_TTA, allow_missing_rois: bool = False
-                     ) -> Iterator[tuple[Patient, np.ndarray]]:
+def predict_patients(model: torch.nn.Module, patients: Iterable[Patient],
+                     options: InferenceOptions = DEFAULT_OPTIONS) -> Iterator[tuple[Patient, np.ndarray]]:
     """``(patient, dose)`` of each patient (:func:`predict_dose`)."""
     for p in patients:
-        yield p, predict_dose(model, p, device, overlap, mode, amp=amp, tta=tta,
-                              allow_missing_rois=allow_missing_rois)
+        yield p, predict_dose(model, p, options)
+
+
+def on_device(options: InferenceOptions, device: torch.device) -> InferenceOptions:
+    """``options`` as they apply on ``device``: the device named, mixed precision only on CUDA (what a
+    prediction records)."""
+    return replace(options, device=str(device), amp=options.amp and device.type == "cuda")
 
 
 def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str | os.PathLike,
-               fmt: str = "openkbp", device: str | None = "auto", ids: list[str] | None = None,
-               progress: bool = True, on_patient: Callable[[Patient, Path], None] | None = None,
-               tta: bool = DEFAULT_TTA, allow_missing_rois: bool = False, dose_spacing: float | None = None,
-               tta_shift: bool = False) -> int:
+               fmt: str = "openkbp", options: InferenceOptions = DEFAULT_OPTIONS, *,
+               ids: list[str] | None = None, progress: bool = True,
+               on_patient: Callable[[Patient, Path], None] | None = None, dose_spacing: float | None = None,
+               roi_map: Any = None) -> int:
     """Predict every patient of ``src`` (a cache, OpenKBP, NIfTI or DICOM folder) and write them to ``out``.
 
-    ``tta``: average with the left-right mirrored prediction (:func:`predict_dose`); ``tta_shift``:
-    also with the predictions of the input translated by :data:`TTA_SHIFT` (twice the passes).
-    ``allow_missing_rois``: predict patients lacking some of the model's ROIs (:func:`match_rois`);
-    without it such a patient is the same error for every ``fmt``. ``dose_spacing``: RTDOSE grid
-    spacing in mm for ``fmt="dicom"``.
+    ``options``: how (:class:`~dosepred.inference.InferenceOptions`); the model is loaded on
+    ``options.device`` (``"auto"``: CUDA when available). Patients lacking some of the model's ROIs
+    are predicted only with ``options.allow_missing_rois`` (:func:`match_rois`); without it such a
+    patient is the same error for every ``fmt``. ``dose_spacing``: RTDOSE grid spacing in mm for
+    ``fmt="dicom"``. ``roi_map``: the ROI name map of a DICOM ``src``
+    (:func:`dosepred.io.source.open_source`; an error for another kind of source).
 
     ``fmt="cache"`` writes ``out`` as a dosepred cache: each input patient with the predicted dose
-    (all or nothing, like every cache write); ``dosepred evaluate`` reads such a prediction fastest.
+    (all or nothing, like every cache write), and how it was predicted, as data: ``dataset.json``'s
+    ``"prediction"`` (:class:`~dosepred.inference.PredictionRecord`: the options as they applied on
+    the device, the model and its SHA-256, the data, the dosepred version). ``dosepred evaluate``
+    reads such a prediction fastest.
     """
+    from . import __version__
+    from .fsutil import sha256_file
     from .io.cache import CacheError, write_cache
     from .io.source import load_patients
+    from .models.checkpoint import resolve_model_path
     from .progress import track
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    dev = resolve_device(device)
+    dev = resolve_device(_options(options).device)
+    used = on_device(options, dev)
     model = load_model(model_path, dev)
-    patients = load_patients(src, ids=ids, require_dose=False)
+    patients = load_patients(src, ids=ids, require_dose=False, roi_map=roi_map)
     it = track(patients, description="predicting") if progress else patients
 
     def predict(p: Patient) -> np.ndarray:
-        return predict_dose(model, p, dev, amp=dev.type == "cuda", tta=tta,
-                            allow_missing_rois=allow_missing_rois, shifts=[TTA_SHIFT] if tta_shift else ())
+        return predict_dose(model, p, used)
 
     n = 0
     if fmt == "cache":
@@ -427,11 +444,12 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
                 yield p.with_dose(predict(p))
                 done.append(p)
 
+        # the options are part of the record: plan-QA calibration must not take predictions made otherwise
+        record = PredictionRecord(used, str(model_path), sha256_file(resolve_model_path(model_path)),
+                                  str(src), __version__)
         try:
-            # the flag is part of the record: plan-QA calibration must not take flipped predictions
-            write_cache(predicted(), out, source=f"dosepred predict --model {model_path} --data {src} "
-                                                 f"{'--tta' if tta else '--no-tta'}"
-                                                 f"{' --tta-shift' if tta_shift else ''}")
+            write_cache(predicted(), out, source=f"dosepred predict: model {model_path}, data {src}",
+                        record={"prediction": record.to_json()})
         except CacheError:
             if not seen:  # the cache's own "no patients to write", said in terms of the input
                 raise InputError(f"{src} holds no patients to predict") from None

@@ -154,9 +154,11 @@ def baseline(data: PathLike, out: PathLike, falloff: float = 15.0, overwrite: bo
 
 def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = "openkbp",
                      json_out: PathLike | None = None, report: PathLike | None = None,
-                     allow_missing: bool = False, overwrite: bool = False) -> tuple[Any, list[str]]:
+                     allow_missing: bool = False, overwrite: bool = False, roi_map: PathLike | None = None
+                     ) -> tuple[Any, list[str]]:
     """Score the predictions of a folder against the reference plans of a source (``dosepred
-    evaluate``); optionally the JSON of all results and a self-contained HTML report. Returns the
+    evaluate``); optionally the JSON of all results and a self-contained HTML report. ``roi_map``:
+    the ROI name map of a DICOM reference (an error for another kind). Returns the
     :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
     import contextlib
 
@@ -165,11 +167,11 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     from .protocol import load_protocol
 
     keep_freed_memory()  # patient after patient of same-sized arrays: reuse freed memory
-    inputs = [reference, prediction]
+    inputs = [reference, prediction, roi_map]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:
             check_output(path, overwrite, inputs, what)
-    pairs, missing = ev.match_predictions(reference, prediction)
+    pairs, missing = ev.match_predictions(reference, prediction, roi_map)
     if missing and not allow_missing:
         raise InputError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
                          f"{', '.join(missing)} (use --allow-missing to evaluate the others)")
@@ -180,7 +182,7 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
         raise InputError(f"no reference patient of {reference} has a prediction in {prediction}")
     proto = load_protocol(protocol)
     it = ev.iter_pairs(reference, prediction, [i for i, _ in pairs], with_ct=report is not None,
-                       compact=report is None)
+                       compact=report is None, roi_map=roi_map)
     outputs = contextlib.ExitStack()  # the report goes to a temporary folder until all succeeded
     writer = None
     if report is not None:
@@ -279,9 +281,11 @@ def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
 
 
 def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-clinical",
-                    overwrite: bool = False, **kwargs: Any) -> tuple[Path, Any]:
+                    overwrite: bool = False, roi_map: PathLike | None = None, **kwargs: Any
+                    ) -> tuple[Path, Any]:
     """:func:`dosepred.qa.calibrating.calibrate`, refusing to replace a model's calibration without
-    ``overwrite``, and a source of too few patients before predicting any."""
+    ``overwrite``, and a source of too few patients before predicting any; ``roi_map``: the ROI name
+    map of a DICOM ``data``."""
     from .io.source import open_source
     from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
     from .qa.calibration import CalibrationError
@@ -291,12 +295,12 @@ def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-cl
     existing = calibration_path(model)
     if existing.is_file() and not overwrite:
         raise InputError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
-    n = len(open_source(data))
+    n = len(open_source(data, roi_map))
     if n < MIN_PATIENTS:
         raise CalibrationError(f"{data}: {n} patient(s) cannot calibrate intervals; at least {MIN_PATIENTS} "
                                "patients the model was not trained on are needed (a 90 % interval needs at "
                                "least 9 calibration patients; cross-validation more)")
-    return calibrate(model, data, protocol, **kwargs)
+    return calibrate(model, data, protocol, roi_map=roi_map, **kwargs)
 
 
 def parse_point(text: str | None) -> tuple[float, float, float] | None:
@@ -314,16 +318,17 @@ def parse_point(text: str | None) -> tuple[float, float, float] | None:
 
 def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "openkbp-clinical",
              coverage: float = 0.9, json_out: PathLike | None = None, report: bool = True,
-             report_max: int | None = None, point: str | None = None, overwrite: bool = False) -> Any:
+             report_max: int | None = None, point: str | None = None, overwrite: bool = False,
+             roi_map: PathLike | None = None) -> Any:
     """``dosepred qa``: :func:`dosepred.qa.check.run_qa` into a new folder ``out`` (``qa.json``,
-    ``report.html``) and the JSON also to ``json_out``, all or nothing. Returns the
-    :class:`~dosepred.qa.result.QAResult`."""
+    ``report.html``) and the JSON also to ``json_out``, all or nothing; ``roi_map``: the ROI name map
+    of a DICOM folder of plans. Returns the :class:`~dosepred.qa.result.QAResult`."""
     import contextlib
 
     from .qa.check import run_qa
 
     point_mm = parse_point(point)
-    inputs = [model, plans]
+    inputs = [model, plans, roi_map]
     if isinstance(plans, (str, os.PathLike)) and not Path(plans).exists():
         raise FileNotFoundError(f"{plans} does not exist")
     for path in (out, json_out):  # refuse before any work
@@ -332,7 +337,7 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
     with contextlib.ExitStack() as outputs:
         tmp = outputs.enter_context(output_dir(out, overwrite, inputs))
         res = run_qa(model, plans, protocol, coverage=coverage, report=tmp if report else None,
-                     progress=True, report_max=report_max or None, point_mm=point_mm)
+                     progress=True, report_max=report_max or None, point_mm=point_mm, roi_map=roi_map)
         write_json(tmp / "qa.json", res.to_json())
         if json_out is not None:
             tmp_json = outputs.enter_context(output_file(json_out, overwrite, inputs, "--json"))
@@ -341,20 +346,25 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
 
 
 def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "openkbp",
-                   device: str = "auto", split: str | None = None, overwrite: bool = False,
-                   **kwargs: Any) -> int:
+                   options: Any = None, split: str | None = None, overwrite: bool = False,
+                   roi_map: PathLike | None = None, dose_spacing: float | None = None) -> int:
     """``dosepred predict``: :func:`dosepred.predict.predict_to` of the patients of ``data`` (those of
-    ``split``, ``FILE:NAME``) into a new folder ``out``, all or nothing; the count."""
+    ``split``, ``FILE:NAME``) into a new folder ``out``, all or nothing; the count. ``options``: an
+    :class:`~dosepred.inference.InferenceOptions` (its defaults when None); ``roi_map``: the ROI name
+    map of a DICOM ``data``."""
+    from .inference import InferenceOptions
     from .predict import predict_to
 
-    check_output(out, overwrite, [model, data])
+    inputs = [model, data, roi_map]
+    check_output(out, overwrite, inputs)
     ids = None
     if split:
         from .split import load_split, parse_split_arg
 
         ids = load_split(*parse_split_arg(split))
-    with output_dir(out, overwrite, [model, data]) as tmp:
-        return predict_to(model, data, tmp, fmt=fmt, device=device, ids=ids, **kwargs)
+    with output_dir(out, overwrite, inputs) as tmp:
+        return predict_to(model, data, tmp, fmt, options if options is not None else InferenceOptions(),
+                          ids=ids, dose_spacing=dose_spacing, roi_map=roi_map)
 
 
 def export_model(run: PathLike | Sequence[PathLike], out: PathLike, fp32: bool = False,

@@ -48,6 +48,7 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
     import dosepred
 
     from ..evaluation import evaluate_patient
+    from ..inference import InferenceOptions
     from ..io.openkbp import read_patient
     from ..models.checkpoint import load_model
     from ..models.space import into_space
@@ -57,6 +58,7 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
     if threads:
         torch.set_num_threads(threads)
     model = load_model(model_path)
+    options = InferenceOptions(tta=tta)
     space = model_space(model)
     p = read_patient(Path(data) / pid)
     t0 = time.perf_counter()
@@ -71,7 +73,7 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
             q = match_rois(model.config, clin)
             placed = into_space(q, space)
             t.append(time.perf_counter())
-            d_model = predict_in_space(model, placed.patient, tta=tta)
+            d_model = predict_in_space(model, placed.patient, options)
             t.append(time.perf_counter())
             dose = placed.back(d_model)
             t.append(time.perf_counter())
@@ -86,7 +88,7 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
     score_clin = evaluate_patient(clin, dose * clin.possible_dose_mask).dose_score
     back = np.maximum(resample(dose, clin.geometry, p.geometry, p.shape, 1, mode="nearest"), 0)
     score_orig = evaluate_patient(p, back * p.possible_dose_mask).dose_score
-    score_native = evaluate_patient(p, predict_dose(model, p, tta=tta)).dose_score
+    score_native = evaluate_patient(p, predict_dose(model, p, options)).dose_score
     cpu = "?"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)

@@ -60,8 +60,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..qa.calibrating import flags_words, predictions_made_with
-from ..qa.calibration import load_calibration
+from ..inference import TTA_SHIFT, PredictionRecord, prediction_record
+from ..qa.calibrating import other_model
+from ..qa.calibration import load_calibration, qa_inference
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
 from .qa_power_cv import cross_validate, difficulty_correlation, methods_default, targets
 
@@ -76,6 +77,26 @@ def qa_flipping(model: str | os.PathLike) -> bool:
         return load_calibration(resolve_model_path(model)).tta  # a run folder: RUN/checkpoints/
     except ValueError:  # no or no readable calibration.json
         return True
+
+
+def _passes_words(made: PredictionRecord) -> str:
+    """``--tta``, ``--no-tta, --tta-shift``, ...: the test-time passes a prediction was made with."""
+    return made.words(["tta", "shifts"] if made.options.shifts else ["tta"])
+
+
+def _as_qa_predicts(made: PredictionRecord, model: str | os.PathLike, qa_tta: bool, what: str) -> None:
+    """:class:`InputError` for a prediction cache made with options that change the dose otherwise
+    than the test-time passes (mixed precision, windows, spacing policy) than plan QA predicts
+    (:func:`~dosepred.qa.calibration.qa_inference`), or by another model than ``model``."""
+    need = qa_inference(qa_tta)
+    diff = made.options.differences(need, ("amp", "overlap", "mode", "spacing_policy"))
+    if diff:
+        raise InputError(f"{what}: predicted with {made.words(diff)}, but plan QA predicts with "
+                         f"{need.words(diff)}: predict again with `dosepred predict ... --format cache"
+                         f"{' --no-amp' if 'amp' in diff else ''}`")
+    other = other_model(made, model)
+    if other:
+        raise InputError(f"{what}: {other}")
 
 
 def _pass_dose(plain: np.ndarray, avg: np.ndarray) -> np.ndarray:
@@ -108,16 +129,19 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
     pred_cache = Cache.open(prediction) if prediction is not None else None
     model_net = None
     if pred_cache is not None:
-        flipped, shifted = predictions_made_with(pred_cache)
-        info["prediction_made_with"] = pred_cache.info.get("source", "")
-        if flipped is None:
+        made = prediction_record(pred_cache)
+        info["prediction_made_with"] = (made.options.to_json() if made is not None and not made.legacy
+                                        else pred_cache.info.get("source", ""))
+        if made is None:
             info["warning"] = (f"{prediction} does not record whether it was predicted with flipping; "
                                f"plan QA with this model's calibration predicts {qa_way}")
-        elif flipped != qa_tta or shifted:
-            info["warning"] = (f"{prediction} was predicted with {flags_words(flipped, shifted)}; plan QA "
-                               f"with this model's calibration predicts {qa_way} and without --tta-shift: "
-                               "these numbers describe QA with such a prediction")
-        if passes and (flipped is not False or shifted):
+        else:
+            _as_qa_predicts(made, model, qa_tta, f"--prediction {prediction}")
+            if made.options.tta != qa_tta or made.options.shifts:
+                info["warning"] = (f"{prediction} was predicted with {_passes_words(made)}; plan QA "
+                                   f"with this model's calibration predicts {qa_way} and without "
+                                   "--tta-shift: these numbers describe QA with such a prediction")
+        if passes and (made is None or made.options.tta or made.options.shifts):
             raise InputError(f"--prediction {prediction}: the other test-time passes are recovered "
                              "from the plain prediction, which must be predicted with --no-tta "
                              "(no --tta-shift)")
@@ -126,16 +150,19 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
 
         model_net = load_model(model)
         info["prediction_made_with"] = f"the model, {qa_way} (as plan QA with its calibration)"
-    want = {"flip": (True, False), "shift": (False, True)}  # (flipped, shifted) of each pass's cache
+    want = {"flip": (True, ()), "shift": (False, (TTA_SHIFT,))}  # (tta, shifts) of each pass's cache
     pass_caches = {}
     for name, path in passes.items():
         if name not in want:
             raise InputError(f"unknown test-time pass {name!r} (flip or shift)")
         pc = Cache.open(path)
-        if predictions_made_with(pc) != want[name]:
+        pm = prediction_record(pc)
+        if pm is None or (pm.options.tta, pm.options.shifts) != want[name]:
             flags = "--tta" if name == "flip" else "--no-tta --tta-shift"
-            raise InputError(f"--{name}-prediction {path}: made with {pc.info.get('source', '?')!r}, not "
+            made_with = repr(pc.info.get("source", "?")) if pm is None else _passes_words(pm)
+            raise InputError(f"--{name}-prediction {path}: made with {made_with}, not "
                              f"with `dosepred predict ... {flags}`")
+        _as_qa_predicts(pm, model, qa_tta, f"--{name}-prediction {path}")
         pass_caches[name] = pc
     proto = None
     crits: list[Crit] = []
@@ -159,7 +186,7 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         else:
             from ..predict import predict_dose
 
-            pred = predict_dose(model_net, p, tta=qa_tta)  # type: ignore[arg-type]
+            pred = predict_dose(model_net, p, qa_inference(qa_tta))  # type: ignore[arg-type]
         cs, _ = criteria_of(p, pred, proto)
         for name, pc in pass_caches.items():
             if p.id not in pc.ids:

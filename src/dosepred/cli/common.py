@@ -202,6 +202,11 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
                                          "whole (never done without it).")]
 
 
+RoiMapOption = Annotated[Path | None, typer.Option(
+    "--roi-map", help="A DICOM source's ROI name map (JSON, as `data import-dicom --roi-map`: clinical ROI "
+    "name -> canonical name, optional kinds/prescriptions); an error for another kind of source.")]
+
+
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars: plain progress lines "
                                             "instead (as when output is not a terminal; "
                                             "DOSEPRED_PROGRESS_INTERVAL=off silences them).")]

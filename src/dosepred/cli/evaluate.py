@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import NoProgress, Overwrite, app, friendly, show
+from .common import NoProgress, Overwrite, RoiMapOption, app, friendly, show
 
 Protocol = Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol JSON "
                                        "file.")]
@@ -46,6 +46,7 @@ def evaluate(
     show_metrics: Annotated[bool, typer.Option("--show-metrics", help="Print each patient's metric values "
                                                "(reference, prediction); the default when the protocol "
                                                "has no limits.")] = False,
+    roi_map: RoiMapOption = None,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
@@ -54,7 +55,7 @@ def evaluate(
     from ..workflows import evaluate_sources
 
     res, missing = evaluate_sources(reference, prediction, protocol, json_out, report, allow_missing,
-                                    overwrite)
+                                    overwrite, roi_map)
     show(render.evaluation(res, missing, show_metrics)
          + [f"wrote {p}" for p in (json_out, report and report / "report.html") if p is not None])
 
@@ -64,12 +65,13 @@ def evaluate(
 def calibrate(
     model: Annotated[Path, typer.Option("--model", help="Model folder (released model or run folder).")],
     data: Annotated[Path, typer.Option("--data", help="Patients with plan doses that the model was NOT "
-                                       "trained on: a cache or an OpenKBP folder.")],
+                                       "trained on: a cache, an OpenKBP, NIfTI or DICOM folder.")],
     protocol: Protocol = "openkbp-clinical",
     predictions: Annotated[Path | None, typer.Option("--predictions", help="Cache of the model's "
-                                                     "predictions of DATA (`dosepred predict --format "
-                                                     "cache`: flipped, as QA will predict; no "
-                                                     "--tta-shift); else they are computed.")] = None,
+                                                     "predictions of DATA made as QA will predict "
+                                                     "(`dosepred predict --format cache --no-amp`: "
+                                                     "flipped, full precision, no --tta-shift); else "
+                                                     "they are computed.")] = None,
     train_data: Annotated[Path | None, typer.Option("--train-data", help="The training patients, for the "
                                                     "ranges of ROI volumes and spacings behind the QA "
                                                     "reliability flags (default: DATA).")] = None,
@@ -77,6 +79,7 @@ def calibrate(
                                         "cross-validation.")] = 200,
     rule: Annotated[str, typer.Option("--quantile-rule", help="interpolated (nominal coverage, "
                                       "docs/qa.md) or conservative (at least nominal).")] = "interpolated",
+    roi_map: RoiMapOption = None,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Calibrate prediction intervals of the protocol's DVH metrics (split conformal per metric
@@ -84,7 +87,7 @@ def calibrate(
     from .. import console as render
     from ..workflows import calibrate_model
 
-    path, cal = calibrate_model(model, data, protocol, overwrite, predictions=predictions,
+    path, cal = calibrate_model(model, data, protocol, overwrite, roi_map, predictions=predictions,
                                 train_data=train_data, splits=splits, progress=True, rule=rule)
     show([render.calibration(cal), f"wrote {path}"])
 
@@ -107,6 +110,7 @@ def qa(
     point: Annotated[str | None, typer.Option("--point", help="X,Y,Z: the report's views go through this "
                                               "patient point (LPS mm) instead of the target "
                                               "centroid.")] = None,
+    roi_map: RoiMapOption = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Knowledge-based plan QA: each plan's criteria against the model's achievable dose with
@@ -115,6 +119,6 @@ def qa(
     from ..workflows import qa_plans
 
     res = qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max, point,
-                   overwrite)
+                   overwrite, roi_map)
     show(render.qa(res, coverage) + [f"wrote {p}" for p in (
         out / "qa.json", json_out, None if no_report else out / "report.html") if p is not None])

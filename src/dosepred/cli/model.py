@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import NoProgress, Overwrite, app, console, friendly, show
+from .common import NoProgress, Overwrite, RoiMapOption, app, console, friendly, show
 
 _FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
 _TYPES = {"patch": int,  # one size on the command line (three in a --config file)
@@ -108,6 +108,10 @@ def predict(
     tta_shift: Annotated[bool, typer.Option("--tta-shift", help="Also average with the predictions of "
                                             "the input translated by 4 voxels per axis (twice the time "
                                             "again).")] = False,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on a GPU (faster; ignored on "
+                                      "the CPU). Plan QA and `calibrate` predict in full precision: give "
+                                      "--no-amp for predictions `calibrate --predictions` will "
+                                      "take.")] = True,
     allow_missing_rois: Annotated[bool, typer.Option(
         "--allow-missing-rois", help="Predict patients lacking an ROI every training patient had (empty "
         "channels) or with a prescribed target the model does not know (left out), a warning naming them; "
@@ -115,14 +119,18 @@ def predict(
     dose_spacing: Annotated[float | None, typer.Option(
         "--dose-spacing", min=0.1, help="--format dicom: RTDOSE grid spacing in mm (default: the CT's, "
         "at least 2.5 mm per axis).")] = None,
+    roi_map: RoiMapOption = None,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Predict whole-grid doses in the model's own space (axes and spacing of its training data) and
     write them on each patient's grid."""
+    from ..inference import TTA_SHIFT, InferenceOptions
     from ..workflows import predict_folder
 
-    n = predict_folder(model, data, out, fmt=fmt, device=device, split=split, tta=tta, tta_shift=tta_shift,
-                       allow_missing_rois=allow_missing_rois, dose_spacing=dose_spacing, overwrite=overwrite)
+    options = InferenceOptions(device=device, amp=amp, tta=tta, shifts=(TTA_SHIFT,) if tta_shift else (),
+                               allow_missing_rois=allow_missing_rois)
+    n = predict_folder(model, data, out, fmt, options, split=split, overwrite=overwrite, roi_map=roi_map,
+                       dose_spacing=dose_spacing)
     show([f"wrote {n} predicted doses ({fmt}) to {out}"])
 
 

@@ -88,17 +88,18 @@ def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarr
 
 
 @functools.lru_cache(maxsize=8)
-def _rtdose_matches(reference: str, prediction: str, stamp: int = 0) -> dict[str, Path]:
+def _rtdose_matches(reference: str, prediction: str, stamp: int = 0, roi_map: Any = None) -> dict[str, Path]:
     """Reference id -> predicted RTDOSE file of a prediction folder holding RTDOSE files (what
     ``predict --format dicom`` writes): matched by the RTSTRUCT/RTPLAN they reference, else
-    FrameOfReference, else PatientID (:func:`dosepred.io.dicom.match_rtdose`)."""
+    FrameOfReference, else PatientID (:func:`dosepred.io.dicom.match_rtdose`). ``roi_map``: the
+    reference's ROI name map (a path; a map that is no path is called uncached)."""
     from ..io import dicom
     from ..io.source import open_source
 
     doses = dicom.scan_rtdoses(prediction)
     if not doses:
         return {}
-    heads = open_source(reference).headers()
+    heads = open_source(reference, roi_map).headers()
     out: dict[str, Path] = {}
     for pid, meta in heads.items():
         f = dicom.match_rtdose(pid, meta, doses)
@@ -118,10 +119,12 @@ class _Predictions:
     per-patient files and/or RTDOSE files (``rtdoses``, matched to the reference on first use).
     Decided once per call of :func:`match_predictions` / :func:`iter_pairs`."""
 
-    def __init__(self, reference: str | os.PathLike, prediction: str | os.PathLike) -> None:
+    def __init__(self, reference: str | os.PathLike, prediction: str | os.PathLike, roi_map: Any = None
+                 ) -> None:
         from ..io.cache import Cache, is_cache
 
         self.reference = str(reference)
+        self.roi_map = roi_map
         self.given = str(prediction)  # as the caller wrote it, for messages
         self.path = Path(prediction)
         self.cache = Cache.open(prediction) if is_cache(prediction) else None
@@ -131,7 +134,11 @@ class _Predictions:
         """Reference id -> RTDOSE file, for a folder that holds DICOM files (else empty)."""
         if self.cache is not None or not self.path.is_dir() or not _has_dicom(self.path):
             return {}
-        return _rtdose_matches(self.reference, str(self.path), self.path.stat().st_mtime_ns)
+        stamp = self.path.stat().st_mtime_ns
+        if self.roi_map is None or isinstance(self.roi_map, (str, os.PathLike)):
+            return _rtdose_matches(self.reference, str(self.path), stamp,
+                                   None if self.roi_map is None else str(self.roi_map))
+        return _rtdose_matches.__wrapped__(self.reference, str(self.path), stamp, self.roi_map)
 
     def file(self, pid: str) -> Path | None:
         """Patient ``pid``'s prediction file (its cache file for a cache), or None."""
@@ -258,25 +265,26 @@ def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- references
 
-def reference_ids(src: str | os.PathLike) -> list[str]:
+def reference_ids(src: str | os.PathLike, roi_map: Any = None) -> list[str]:
     """Patient ids of a reference source (cache, OpenKBP, NIfTI or DICOM folder), without loading
-    arrays."""
+    arrays; ``roi_map``: a DICOM folder's ROI name map (:func:`dosepred.io.source.open_source`)."""
     from ..io.source import open_source
 
-    return open_source(src).ids
+    return open_source(src, roi_map).ids
 
 
-def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLike
+def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLike, roi_map: Any = None
                       ) -> tuple[list[tuple[str, Path | None]], list[str]]:
     """Pair reference ids with prediction files: ([(id, file or None for a cache)], missing ids).
 
-    ``prediction`` is a folder of per-patient files or a dosepred cache holding doses.
+    ``prediction`` is a folder of per-patient files or a dosepred cache holding doses; ``roi_map``: the
+    ROI name map of a DICOM reference (an error for another kind, :func:`dosepred.io.source.open_source`).
     """
-    ids = reference_ids(reference)
+    ids = reference_ids(reference, roi_map)
     pred = Path(prediction)
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
-    preds = _Predictions(reference, prediction)
+    preds = _Predictions(reference, prediction, roi_map)
     if preds.cache is not None:
         have = set(preds.cache.ids)
         return [(i, None) for i in ids if i in have], [i for i in ids if i not in have]
@@ -287,28 +295,30 @@ def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLik
     return [(i, f) for i, f in found if f is not None], [i for i, f in found if f is None]
 
 
-def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_ct: bool = False
-                    ) -> Iterable[Patient]:
+def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_ct: bool = False,
+                    roi_map: Any = None) -> Iterable[Patient]:
     """Reference patients for evaluation from any source (:func:`dosepred.io.load_patients`).
 
     Evaluation needs no CT, so unless ``with_ct`` a cache or an OpenKBP folder is read without it
     (the CT is a zero volume and ``meta["ct_loaded"]`` is False): the biggest CSV file and the
     biggest cache array are skipped, and the patients carry their support box
-    (:meth:`Patient.support_box`).
+    (:meth:`Patient.support_box`). ``roi_map``: the ROI name map of a DICOM ``src``.
     """
     from ..io.source import source_kind
 
-    return _references(src, source_kind(src), ids, with_ct)
+    return _references(src, source_kind(src), ids, with_ct, roi_map)
 
 
-def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None, with_ct: bool
-                ) -> Iterator[Patient]:
+def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None, with_ct: bool,
+                roi_map: Any = None) -> Iterator[Patient]:
     from ..io.cache import Cache, CacheError
-    from ..io.source import load_patients
+    from ..io.source import load_patients, open_source
 
     if with_ct or kind not in _CROPPED_KINDS:
-        yield from load_patients(src, ids=ids)
+        yield from load_patients(src, ids=ids, roi_map=roi_map)
         return
+    if roi_map is not None:
+        open_source(src, roi_map)  # the error of a map for a source that is not DICOM
     if kind == "cache":
         c = Cache.open(src)
         rs = c.roi_set
@@ -479,8 +489,8 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
-               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1, compact: bool = False
-               ) -> Iterator[tuple[Patient, np.ndarray]]:
+               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1, compact: bool = False,
+               roi_map: Any = None) -> Iterator[tuple[Patient, np.ndarray]]:
     """Lazily yield (reference patient, predicted dose) for ``ids``, reading ahead ``read_ahead``
     patients in a worker thread (0: none, one patient in memory at a time; 1, the default: two).
     The reference CT is read only ``with_ct`` (the report's dose slices need it).
@@ -496,8 +506,10 @@ def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
     ``dosepred predict --format cache``), yield the pair as voxel lists instead, a Patient of shape
     ``(1, 1, n)`` over the mask's voxels and the ROI voxels outside it (``meta["compact"]``): no
     box-sized array is built and every score is unchanged. Other pairs come as boxes.
+
+    ``roi_map``: the ROI name map of a DICOM reference (an error for another kind of reference).
     """
-    return prefetch(_iter_pairs(reference, prediction, ids, with_ct, crop, compact), read_ahead)
+    return prefetch(_iter_pairs(reference, prediction, ids, with_ct, crop, compact, roi_map), read_ahead)
 
 
 def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
@@ -558,13 +570,16 @@ def _box_pairs(reference: str | os.PathLike, kind: str | None, preds: _Predictio
 
 
 def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str], with_ct: bool,
-                crop: bool | None, compact: bool = False) -> Iterator[tuple[Patient, np.ndarray]]:
+                crop: bool | None, compact: bool = False, roi_map: Any = None
+                ) -> Iterator[tuple[Patient, np.ndarray]]:
     from ..io.cache import Cache
-    from ..io.source import source_kind
+    from ..io.source import open_source, source_kind
 
     crop = (not with_ct) if crop is None else crop
-    preds = _Predictions(reference, prediction)
+    preds = _Predictions(reference, prediction, roi_map)
     kind = source_kind(reference)
+    if roi_map is not None and kind != "dicom":
+        open_source(reference, roi_map)  # the error of a map for a source that is not DICOM
     if preds.rtdoses or kind not in _CROPPED_KINDS:  # placed by geometry: whole grids, no crop
         crop = False
     if crop and compact and preds.cache is not None and kind == "cache":
@@ -578,7 +593,7 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
             yield pair
         return
     if not crop:
-        for ref in _references(reference, kind, ids, with_ct):
+        for ref in _references(reference, kind, ids, with_ct, roi_map):
             d = preds.full(ref)
             ref.meta["prediction_file"] = preds.name(ref.id)
             yield ref, d

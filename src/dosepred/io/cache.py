@@ -599,7 +599,7 @@ class Cache:
 
 def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str = "",
                 roi_set: RoiSet | None = None, progress: bool = False,
-                version: int = FORMAT_VERSION) -> Cache:
+                version: int = FORMAT_VERSION, record: dict[str, Any] | None = None) -> Cache:
     """Write patients to a cache folder (creating it). Every patient must share the RoiSet.
 
     All or nothing: patient files are written under temporary names (``.<id>.npz.tmp-XXXX``,
@@ -608,6 +608,8 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     or writing fails (a bad source file, Ctrl-C), the temporary files are removed and the folder is
     left as it was, so no ``dataset.json`` ever claims a patient whose file is absent or half-written.
     ``version``: cache format to write (3, the default; 2 or 1 for readers that predate it).
+    ``record``: further top-level entries of ``dataset.json`` (``predict``'s ``"prediction"``, what the
+    doses were predicted with; readers keep what they do not know in :attr:`Cache.info`).
     A patient on a sheared grid (:func:`dosepred.geometry.shear_problem`) is refused.
     """
     if version not in READ_VERSIONS:
@@ -617,6 +619,8 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     entries: list[dict[str, Any]] = []
     info: dict[str, Any] = {"format": "dosepred-cache", "version": version, "source": source,
                             "rois": roi_set.to_dicts() if roi_set else None, "patients": entries}
+    assert not set(info) & set(record or {}), "a record may not replace the cache's own entries"
+    info.update(record or {})
     seen: set[str] = set()
     it: Iterable[Patient] = patients
     if progress:

@@ -104,13 +104,23 @@ def source_kind(path: str | os.PathLike) -> str | None:
 
 
 def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
-    """Open a cache, OpenKBP folder, NIfTI folder or DICOM folder (``roi_map``: DICOM ROI name map)."""
+    """Open a cache, OpenKBP folder, NIfTI folder or DICOM folder. ``roi_map`` (a JSON file, a dict
+    or a :class:`~dosepred.io.roi_names.RoiMap`): the ROI name map of a DICOM folder (as
+    ``data import-dicom --roi-map``); given for another kind of source it is a :class:`SourceError`
+    (their ROIs are named already: a cache's by its import, OpenKBP's fixed, NIfTI's by ``rois.json``
+    or the file names)."""
     from . import cache, dicom, nifti, openkbp
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
     kind = source_kind(p)
+    if roi_map is not None and kind is not None and kind != "dicom":
+        what = {"cache": "a dosepred cache, whose ROIs were named when it was imported",
+                "openkbp": "an OpenKBP folder, whose ROI names are fixed",
+                "nifti": "a NIfTI folder, whose ROIs are named by rois.json or the label files"}[kind]
+        raise SourceError(f"{p}: an ROI map (--roi-map) applies to DICOM sources only, and this is "
+                          f"{what} (give the DICOM folder, or leave out the map)")
     if kind == "cache":
         c = cache.Cache.open(p)
         return Source(p, kind, c.roi_set, list(c.ids), c)
@@ -131,9 +141,9 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
 
 
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
-                  require_dose: bool = True) -> Iterator[Patient]:
+                  require_dose: bool = True, roi_map: Any = None) -> Iterator[Patient]:
     """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
-    :func:`source_kind`, the patients read by :func:`open_source`)."""
+    :func:`source_kind`, the patients read by :func:`open_source`; ``roi_map`` for a DICOM folder)."""
     from .cache import DATASET_JSON, CacheError
 
     if not Path(src).exists():
@@ -141,7 +151,7 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     if source_kind(src) is None:
         raise CacheError(f"{src} is neither a dosepred cache (no {DATASET_JSON}), an OpenKBP folder (pt_*), "
                          "a NIfTI folder (ct.nii.gz) nor a DICOM folder")
-    yield from open_source(src).patients(ids, require_dose=require_dose)
+    yield from open_source(src, roi_map).patients(ids, require_dose=require_dose)
 
 
 __all__ = ["Source", "SourceError", "open_source", "load_patients", "source_kind", "KINDS"]

@@ -37,6 +37,7 @@ from .calibration import (
     CalibrationError,
     CrossValidation,
     TrainingRanges,
+    qa_inference,
     write_calibration,
 )
 from .conformal import DEFAULT_RULE, SHRINK_K, check_rule, fit_family
@@ -50,39 +51,67 @@ MIN_PATIENTS = 12
 
 
 # ------------------------------------------------------------------------------- predictions
-def predictions_made_with(cache: Any) -> tuple[bool | None, bool]:
-    """(flipped, translated) of a prediction cache, from the flags ``dosepred predict --format cache``
-    records in its ``source`` (``--tta`` / ``--no-tta``, ``--tta-shift``): flipped is None when the
-    cache records neither (not written by ``predict``, or by a version before the record)."""
-    made = set(str(cache.info.get("source", "")).split())
-    flipped = True if "--tta" in made else (False if "--no-tta" in made else None)
-    return flipped, "--tta-shift" in made
-
-
-def flags_words(flipped: bool, shifted: bool) -> str:
-    """The ``dosepred predict`` flags of a prediction made that way: ``--tta --tta-shift``, ..."""
-    return ("--tta" if flipped else "--no-tta") + (" --tta-shift" if shifted else "")
-
-
 def _flip_words(tta: bool) -> str:
     return "with flipping (`dosepred predict`'s default, --tta)" if tta else "without flipping (--no-tta)"
 
 
-def check_predictions(cache: Any, path: str | os.PathLike, tta: bool) -> None:
+def other_model(made: Any, model: str | os.PathLike) -> str:
+    """Why the predictions of ``made`` (a :class:`~dosepred.inference.PredictionRecord`) are not
+    ``model``'s: ``"these predictions were made by model M (SHA-256 ...), not by CKPT"``; "" when they
+    are, or when the record does not say (a cache of an earlier dosepred)."""
+    if made.model_sha256 is None:
+        return ""
+    from ..models.checkpoint import resolve_model_path
+
+    ckpt = resolve_model_path(model)
+    if sha256_file(ckpt) == made.model_sha256:
+        return ""
+    return (f"these predictions were made by model {made.model} (SHA-256 {made.model_sha256[:12]}...), "
+            f"not by {ckpt}")
+
+
+def check_predictions(cache: Any, path: str | os.PathLike, tta: bool,
+                      model: str | os.PathLike | None = None) -> None:
     """:class:`CalibrationError` unless the prediction cache at ``path`` was made as plan QA will
-    predict with a calibration recording ``tta``: flipped or not as it says, never translated."""
-    flipped, shifted = predictions_made_with(cache)
+    predict with a calibration recording ``tta`` (:func:`~dosepred.qa.calibration.qa_inference`:
+    flipped or not as it says, never translated, in full precision, the default windows and spacing
+    policy; :func:`dosepred.inference.prediction_record` reads how they were made, also from the
+    command string of a cache written before the record) and, when the cache records its model's
+    SHA-256 and ``model`` is given, by that model. A cache of an earlier dosepred, which did not
+    record whether it used mixed precision (on a GPU), gets a warning."""
+    from ..inference import prediction_record
+
+    need = qa_inference(tta)
+    made = prediction_record(cache)
     want = "--tta" if tta else "--no-tta"
-    fix = f"predict again with `dosepred predict ... --format cache {want}` (no --tta-shift)"
-    if flipped is None:
+    if made is None:
         raise CalibrationError(f"{path}: these predictions do not record how they were made (flipped or "
                                f"not: {cache.info.get('source') or 'no source'!r}); plan QA predicts "
-                               f"{_flip_words(tta)}, so the intervals must describe such predictions: {fix}")
-    if flipped != tta or shifted:
-        raise CalibrationError(f"{path}: these predictions were made with {flags_words(flipped, shifted)}, "
-                               "but plan QA with this "
-                               f"calibration predicts {_flip_words(tta)} and without --tta-shift, so the "
-                               f"intervals would not describe QA's errors: {fix}")
+                               f"{_flip_words(tta)}, so the intervals must describe such predictions: "
+                               f"predict again with `dosepred predict ... --format cache {want} --no-amp` "
+                               "(no --tta-shift)")
+    diff = made.options.differences(need)
+    if diff:
+        flags = want + (" --no-amp" if "amp" in diff else "")
+        others = [n for n in diff if n != "tta"]
+        need_words = _flip_words(tta) + "".join(
+            f" and {'without --tta-shift' if n == 'shifts' else need.words([n])}" for n in others)
+        raise CalibrationError(f"{path}: these predictions were made with {made.words(['tta', *others])}, "
+                               f"but plan QA with this calibration predicts {need_words}, so the intervals "
+                               f"would not describe QA's errors: predict again with `dosepred predict ... "
+                               f"--format cache {flags}` (no --tta-shift)")
+    other = other_model(made, model) if model is not None else ""
+    if other:
+        raise CalibrationError(f"{path}: {other}, the model being calibrated: predict again with "
+                               f"`dosepred predict --model {model} ... --format cache {want} --no-amp`")
+    if "amp" in made.unknown:
+        import warnings
+
+        warnings.warn(f"{path}: made by an earlier dosepred, which did not record whether it predicted in "
+                      "mixed precision (it did on a GPU); plan QA predicts in full precision, so if these "
+                      "were predicted on a GPU the intervals describe other predictions than QA's: predict "
+                      f"again with `dosepred predict ... --format cache {want} --no-amp` to be sure",
+                      stacklevel=2)
 
 
 # ------------------------------------------------------------------------------------- units
@@ -133,20 +162,21 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Any) -> tuple[
 
 def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Any,
                   predictions: str | os.PathLike | None = None, progress: bool = False,
-                  dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
-                  ) -> tuple[list[Unit], list[str]]:
-    """Units of every patient of ``data`` (a cache or OpenKBP folder with plan doses). Predictions are
-    read from ``predictions`` (a cache written by ``dosepred predict --format cache``, made with the
-    flipping ``tta`` says and without translations, :func:`check_predictions`) when given, else
-    computed with the model, flipped when ``tta`` (as ``predict`` by default and plan QA with a
-    calibration that records it). ``dvh_band``: a dict that receives ROI -> patient -> residuals of
-    D at the :data:`~dosepred.qa.band.BAND_LEVELS` (for :func:`~dosepred.qa.band.fit_band`)."""
+                  dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True,
+                  roi_map: Any = None) -> tuple[list[Unit], list[str]]:
+    """Units of every patient of ``data`` (a source with plan doses; ``roi_map``: the ROI name map of a
+    DICOM folder). Predictions are read from ``predictions`` (a cache written by ``dosepred predict
+    --format cache`` by this model, made as plan QA predicts: with the flipping ``tta`` says, without
+    translations, in full precision, :func:`check_predictions`) when given, else computed with the
+    model that way (as plan QA with a calibration that records ``tta``). ``dvh_band``: a dict that
+    receives ROI -> patient -> residuals of D at the :data:`~dosepred.qa.band.BAND_LEVELS` (for
+    :func:`~dosepred.qa.band.fit_band`)."""
     from ..io.cache import Cache
     from ..io.source import load_patients
 
     pred_cache = Cache.open(predictions) if predictions is not None else None
     if pred_cache is not None:
-        check_predictions(pred_cache, predictions, tta)  # type: ignore[arg-type]
+        check_predictions(pred_cache, predictions, tta, model_path)  # type: ignore[arg-type]
     model = None
     if pred_cache is None:
         from ..models.checkpoint import load_model
@@ -154,7 +184,7 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
         model = load_model(model_path)
     units: list[Unit] = []
     ids: list[str] = []
-    it: Iterable[Patient] = load_patients(data)
+    it: Iterable[Patient] = load_patients(data, roi_map=roi_map)
     if progress:
         from ..progress import track
         it = track(it, description="calibrating")
@@ -168,7 +198,7 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
         else:
             from ..predict import predict_dose
 
-            pred = predict_dose(model, p, tta=tta)  # type: ignore[arg-type]
+            pred = predict_dose(model, p, qa_inference(tta))  # type: ignore[arg-type]
         us, _ = patient_units(p, pred, protocol)
         units += us
         ids.append(p.id)
@@ -248,7 +278,7 @@ def calibration_path(model: str | os.PathLike) -> Path:
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
               predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
               splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE,
-              tta: bool = True) -> tuple[Path, Calibration]:
+              tta: bool = True, roi_map: Any = None) -> tuple[Path, Calibration]:
     """Compute and write ``calibration.json`` for ``model`` from patients of ``data`` (plan doses;
     patients the model was not trained on). ``train_data``: the training patients (a source, or a JSON
     file of :func:`training_ranges`' output), for the ranges of ROI volumes and spacings (the
@@ -256,13 +286,15 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     (:data:`~dosepred.qa.conformal.QUANTILE_RULES`), stored in the file. ``tta``: calibrate flipped
     predictions (the default, as ``dosepred predict``), recorded in the file so that plan QA predicts
     the same way;
-    ``predictions`` must have been made that way (:func:`check_predictions`)."""
-    from ..io.source import load_patients
+    ``predictions`` must have been made that way (:func:`check_predictions`). ``roi_map``: the ROI name
+    map of a DICOM ``data`` (and of ``train_data`` when that is a DICOM folder too)."""
+    from ..io.source import load_patients, source_kind
     from ..models.checkpoint import resolve_model_path
 
     ckpt = resolve_model_path(model)
     band: dict[str, dict[str, list[float]]] = {}
-    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta)
+    units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta,
+                               roi_map=roi_map)
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
     if len(ids) < MIN_PATIENTS:
@@ -277,7 +309,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
             raise CalibrationError(f"{src} is not readable JSON: {e}") from None
         ranges = TrainingRanges.from_json(obj, src)
     else:
-        ranges = training_ranges(load_patients(src, require_dose=False), str(src))
+        src_map = roi_map if train_data is None or source_kind(src) == "dicom" else None
+        ranges = training_ranges(load_patients(src, require_dose=False, roi_map=src_map), str(src))
     calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
                               dvh_band=band, tta=tta)
     return write_calibration(ckpt.parent, calib), calib

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import DosepredError
 from ..fsutil import write_text
+from ..inference import InferenceOptions
 from .band import DvhBand
 from .conformal import LEGACY_RULE, QUANTILE_RULES, CriterionStats, Family, Tails
 from .crossval import CvResults
@@ -96,6 +97,14 @@ class CrossValidation:
     splits_small_families: Mapping[str, int] | None = None
 
 
+def qa_inference(tta: bool) -> InferenceOptions:
+    """How plan QA predicts, and so how the predictions a calibration is made of must be made:
+    flipped as the calibration records (``tta``), otherwise as :class:`InferenceOptions` default
+    (full precision also on a GPU, no translated passes, overlap 0.5, gaussian blending, the "fov"
+    spacing policy)."""
+    return InferenceOptions(tta=bool(tta))
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A model's calibration (the module docstring says what each field is for). ``quantile_rule``
@@ -115,6 +124,11 @@ class Calibration:
     cross_validation: CrossValidation | None
     training_ranges: TrainingRanges | None
     dvh_band: DvhBand | None
+
+    @property
+    def inference(self) -> InferenceOptions:
+        """How plan QA predicts with this calibration (:func:`qa_inference` of ``tta``)."""
+        return qa_inference(self.tta)
 
     @property
     def methods(self) -> dict[str, str]:

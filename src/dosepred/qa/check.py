@@ -91,12 +91,13 @@ def to_roi_set(p: Patient, roi_set: RoiSet) -> Patient:
                               dict(p.meta), p.geometry)
 
 
-def open_plans(src: str | os.PathLike) -> Iterator[Patient]:
+def open_plans(src: str | os.PathLike, roi_map: Any = None) -> Iterator[Patient]:
     """Patients with their plan dose from any source (:func:`dosepred.io.source.open_source`: a cache,
-    an OpenKBP folder, a NIfTI folder or a DICOM folder of CT + RTSTRUCT + RTDOSE)."""
+    an OpenKBP folder, a NIfTI folder or a DICOM folder of CT + RTSTRUCT + RTDOSE; ``roi_map``: the
+    DICOM folder's ROI name map)."""
     from ..io.source import open_source
 
-    yield from open_source(src).patients(require_dose=True)
+    yield from open_source(src, roi_map).patients(require_dose=True)
 
 
 # ---------------------------------------------------------------------------------------- qa
@@ -125,6 +126,8 @@ class QAChecker:
         self.rule = self.calibration.quantile_rule
         #: Predict with flipping as the calibration's predictions were (False for versions 1 and 2)
         self.tta = self.calibration.tta
+        #: How QA predicts (:func:`~dosepred.qa.calibration.qa_inference`: flipped as :attr:`tta`)
+        self.inference = self.calibration.inference
         self._bands: dict[str, Any] = {}
         self.warnings: list[str] = []
         self._check_protocol()
@@ -189,7 +192,7 @@ class QAChecker:
         from the training data gets a note (:meth:`notes`), not also a warning."""
         from ..predict import predict_dose
 
-        return predict_dose(self.net, plan, warn=False, tta=self.tta)
+        return predict_dose(self.net, plan, self.inference, warn=False)
 
     def unusable(self, plan: Patient) -> str | None:
         """Why QA cannot check ``plan`` (None when it can): none of the model's targets is contoured,
@@ -360,14 +363,16 @@ class QAChecker:
 
 def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient], protocol: Any,
            coverage: float = 0.9, report: str | os.PathLike | None = None, progress: bool = False,
-           report_max: int | None = None, point_mm: tuple[float, float, float] | None = None) -> QAResult:
+           report_max: int | None = None, point_mm: tuple[float, float, float] | None = None,
+           roi_map: Any = None) -> QAResult:
     """QA of every plan of ``plans``; with ``report`` also writes ``report/report.html`` (views through
-    ``point_mm``, a patient point in LPS mm, else through the target centroid).
+    ``point_mm``, a patient point in LPS mm, else through the target centroid). ``roi_map``: the ROI
+    name map of a DICOM folder of plans (:func:`open_plans`).
 
     All or nothing: a plan QA cannot check (:meth:`QAChecker.unusable`) stops predicting, the other
     plans are still read to name every such plan, and one :class:`QAError` lists them."""
     chk = QAChecker(model, protocol, coverage)
-    it: Iterable[Patient] = open_plans(plans) if isinstance(plans, (str, os.PathLike)) else plans
+    it: Iterable[Patient] = open_plans(plans, roi_map) if isinstance(plans, (str, os.PathLike)) else plans
     if progress:
         from ..progress import track
         it = track(it, description="plan QA")

@@ -51,6 +51,7 @@ import torch
 
 from ..errors import DosepredError, InputError
 from ..fsutil import check_output, write_bytes, write_json
+from ..inference import InferenceOptions
 from ..io.cache import DATASET_JSON, Cache
 from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, checkpoint
@@ -158,13 +159,14 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
     """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation."""
     from ..evaluation import evaluate_cohort
 
+    options = InferenceOptions(device=str(device), overlap=cfg.sw_overlap, mode=cfg.sw_mode,
+                               amp=cfg.amp and device.type == "cuda", allow_missing_rois=True, tta=False)
+
     def pairs():
         for p in patients:
             with warnings.catch_warnings():  # validation patients share the cache's ROI set: predicted
                 warnings.simplefilter("ignore", RoiNote)  # whatever they lack, without a note each time
-                d = predict_dose(model, p, device, cfg.sw_overlap, cfg.sw_mode,
-                                 amp=cfg.amp and device.type == "cuda", allow_missing_rois=True,
-                                 tta=False)
+                d = predict_dose(model, p, options)
             yield p, d
 
     res = evaluate_cohort(pairs(), protocol if protocol is not None else "openkbp", progress=progress)
