@@ -57,6 +57,12 @@ def test_criterion_defaults_and_checks():
     ({"roi": "PTV70", "metric": "V20Gy", "limit": 60, "direction": "<=", "limit_unit": "Gy"},
      ["criterion 1", "V-metric"]),
     ({"roi": "PTV70", "metric": "Dmean", "limt": 60}, ["criterion 1", "unknown key 'limt'"]),
+    # JSON true/false read by pydantic's lax mode as 1 / 0 (a 1 Gy limit, silently) before
+    ({"roi": "PTV70", "metric": "D95%", "limit": True, "direction": ">="},
+     ["criterion 1", "field 'limit'", "must be a number, got true"]),
+    ({"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">=", "priority": True},
+     ["criterion 1", "field 'priority'", "got true"]),
+    ({"roi": "PTV70", "metric": "Dmean", "weight": False}, ["criterion 1", "field 'weight'", "got false"]),
 ])
 def test_bad_criteria_name_the_criterion(tmp_path, bad, words):
     path = _write(tmp_path, {"name": "x", "criteria": [bad]})
@@ -127,3 +133,10 @@ def test_from_portpy(tmp_path):
     assert p.criteria[3].limit_value(p.prescription("PTV70")) == pytest.approx(80.5)
     # load_protocol recognises the PortPy layout
     assert load_protocol(_write(tmp_path, data)).criteria == p.criteria
+
+
+def test_a_boolean_prescription_is_refused(tmp_path):
+    path = _write(tmp_path, {"name": "x", "prescriptions": {"PTV70": True}, "criteria": [
+        {"roi": "PTV70", "metric": "D95%"}]})
+    with pytest.raises(ProtocolError, match=r"prescriptions must be numbers \(Gy\), got \{'PTV70': True\}"):
+        load_protocol(path)

@@ -29,7 +29,7 @@ This module only describes and validates; values are computed by :mod:`dosepred.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -60,6 +60,13 @@ class Criterion(BaseModel):
     goal: float | None = None
     priority: int = Field(default=1, ge=1)
     weight: float = Field(default=1.0, ge=0.0)
+
+    @field_validator("limit", "goal", "priority", "weight", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: Any) -> Any:
+        if isinstance(v, bool):  # JSON true/false would otherwise be read as 1 / 0
+            raise ProtocolError(f"{info.field_name} must be a number, got {str(v).lower()}")
+        return v
 
     @field_validator("metric")
     @classmethod
@@ -164,6 +171,15 @@ class Protocol(BaseModel):
     criteria: list[Criterion] = Field(min_length=1)
     #: where the protocol came from: its file's path, or "" (built-in, or made in Python): errors name it
     _source: str = PrivateAttr(default="")
+
+    @field_validator("prescriptions", mode="before")
+    @classmethod
+    def _no_bool_rx(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            bad = {k: x for k, x in v.items() if isinstance(x, bool)}
+            if bad:  # JSON true/false would otherwise be read as 1 / 0 Gy
+                raise ProtocolError(f"prescriptions must be numbers (Gy), got {bad}")
+        return v
 
     @field_validator("prescriptions")
     @classmethod
