@@ -90,7 +90,8 @@ def rare_remedy(n: int = 1) -> str:
     """What to do about ``n`` rarely missing ROIs a patient lacks (predict and qa say it)."""
     what = "it is" if n == 1 else "one is"
     return (f"if {what} contoured under a name dosepred does not recognise, name it as the model does "
-            "(`dosepred data import-dicom --roi-map MAP.json`, then use the cache)")
+            "with an ROI map (`--roi-map MAP.json` with the DICOM folder, or `dosepred data import-dicom "
+            "--roi-map MAP.json` and use the cache)")
 
 
 def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = False,
@@ -129,14 +130,14 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
         own = _targets(RoiSet(tuple(r for r in theirs if r.name in contoured)))
         raise ModelError(f"{who} has {what}{'; its own targets are ' + own if own else ''}: it cannot be "
                          "predicted (if they are there under other names, name them as the model does, "
-                         "e.g. `dosepred data import-dicom --roi-map MAP.json` and predict the cache)")
+                         "with an ROI map, `--roi-map MAP.json` with the DICOM folder)")
     if targets and not any(t in contoured for t in targets):
         own = _targets(RoiSet(tuple(r for r in theirs if r.name in contoured)))
         raise ModelError(f"{who} has none of the model's targets ({_targets(mine)})"
                          f"{'; its own targets are ' + own if own else '; it has no target at all'}: a dose "
                          "cannot be predicted without one (if one of its ROIs is one of them under another "
-                         "name, name it as the model does, e.g. `dosepred data import-dicom --roi-map "
-                         "MAP.json` and predict the cache)")
+                         "name, name it as the model does with an ROI map, `--roi-map MAP.json` with the "
+                         "DICOM folder)")
     for r in mine:
         if r.name in theirs and r.name in contoured:
             o = theirs[r.name]
