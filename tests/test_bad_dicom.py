@@ -512,6 +512,35 @@ def test_a_boost_phase_without_the_others_dose_is_not_the_patients_dose(template
     assert p.dose is None and p.roi_set["PTV70"].prescription == 70.0
 
 
+def test_a_boost_phase_beside_a_dose_that_references_no_plan_names_that_dose(template, tmp_path):
+    """RD2 (the boost's dose) references no RTPLAN: which phase it is cannot be told, so RD1 alone is one
+    phase and not used; the warning names RD2 and why (it said RP2's dose 'is not in the folder')."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _boost(src, "PRIOR")
+    edit(src / "RD2.dcm", lambda ds: delattr(ds, "ReferencedRTPlanSequence"))
+    with pytest.warns(dicom.DicomWarning, match=r"RD1\.dcm is the dose of RTPLAN .*RP1\.dcm, .*whose dose "
+                                                r"cannot be told: RTDOSE .*RD2\.dcm references no RTPLAN"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.dose is None
+
+
+@pytest.mark.parametrize("fractions", ["0", "-5", "2.5"])
+def test_a_plan_without_a_positive_number_of_fractions_records_none(template, tmp_path, fractions):
+    """NumberOfFractionsPlanned 0, -5 or 2.5 was recorded as the patient's fractions without a word."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    rp = next(src.glob("RP*.dcm"))
+
+    def bad(ds):
+        ds.FractionGroupSequence[0].NumberOfFractionsPlanned = fractions
+    edit(rp, bad)
+    with pytest.warns(dicom.DicomWarning, match=rf"RTPLAN .*{rp.name}: NumberOfFractionsPlanned "
+                                                rf"'{fractions}' is not a positive whole number"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert "fractions" not in p.meta and p.dose is not None
+
+
 def test_a_boost_phase_whose_prior_plan_is_not_in_the_folder_is_not_the_patients_dose(template, tmp_path):
     """Only the boost (RP2, 20 Gy in 10 fractions, naming RP1 PRIOR) and its RTDOSE are in the folder:
     its dose is one phase, not the patient's, whether or not the earlier plan was exported; no dose

@@ -61,11 +61,11 @@ def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
     if s.plan is not None:
         meta["rtplan_uid"] = str(getattr(s.plan[1], "SOPInstanceUID", ""))
         meta["rtplan_file"] = str(s.plan[0].resolve())
-        nfx = planned_fractions(s.plan[1])
+        nfx = planned_fractions(s.plan[1], s.plan[0])
         if s.plans_summed:  # a sequential boost: every phase's plan, fractions added
             meta["rtplan_uids"] = [uid_of(ds) for _, ds in s.plans_summed]
             meta["rtplan_files"] = [str(p.resolve()) for p, _ in s.plans_summed]
-            counts = [planned_fractions(ds) for _, ds in s.plans_summed]
+            counts = [planned_fractions(ds, p) for p, ds in s.plans_summed]
             meta["rtplan_fractions"] = counts
             # the number of fractions is their sum only when the phases follow one another (PRIOR):
             # concurrent plans may be delivered in the same sessions, a MULTI_PLAN sum does not say

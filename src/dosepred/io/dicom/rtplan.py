@@ -37,11 +37,21 @@ def plan_prescriptions(ds: Any, where: str = "RTPLAN") -> tuple[dict[int, float]
     return by_roi, sites
 
 
-def planned_fractions(ds: Any) -> int | None:
+def planned_fractions(ds: Any, path: Any = "RTPLAN") -> int | None:
+    """The plan's NumberOfFractionsPlanned (its first fraction group that has one); None without one,
+    and for a value that is no positive whole number (a warning naming ``path``: not recorded)."""
     for fg in getattr(ds, "FractionGroupSequence", []) or []:
         n = getattr(fg, "NumberOfFractionsPlanned", None)
         if n not in (None, ""):
-            return int(n)
+            try:
+                k = int(n)
+            except (TypeError, ValueError):
+                k = 0
+            if k <= 0 or k != float(str(n).strip() or 0):
+                warn(f"RTPLAN {path}: NumberOfFractionsPlanned {str(n).strip()!r} is not a positive whole "
+                     "number; the plan's number of fractions is not recorded")
+                return None
+            return k
     return None
 
 
@@ -163,10 +173,13 @@ def pick_dose(s: PatientFiles) -> None:
         if phased and group and next(iter(phased)) in {uid_of(ds) for _, ds in group}:
             u = next(iter(phased))
             others = ", ".join(str(p) for p, ds in group if uid_of(ds) != u)
+            loose = ", ".join(str(d[0]) for d in per_plan.get("", []))
+            whose = (f"whose dose cannot be told: RTDOSE {loose} references no RTPLAN of the folder" if loose
+                     else "whose dose is not in the folder")
             warn(f"RTDOSE {phased[u][0][0]} is the dose of RTPLAN {plan_uids[u][0]}, which adds up with "
-                 f"RTPLAN {others} (RTPlanRelationship PRIOR/CONCURRENT), whose dose is not in the folder: "
-                 "one phase, not the patient's total dose, so not used (export every phase's RTDOSE, or "
-                 "their sum as one RTDOSE)")
+                 f"RTPLAN {others} (RTPlanRelationship PRIOR/CONCURRENT), {whose}: "
+                 "one phase, not the patient's total dose, so not used (export every phase's RTDOSE "
+                 "referencing its RTPLAN, or their sum as one RTDOSE)")
             s.plans_summed = group
             s.plan = group[0]
             return
