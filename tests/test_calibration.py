@@ -340,6 +340,16 @@ def test_calibration_files_of_every_version_read_and_write_back_unchanged(tmp_pa
      r"training_ranges\.roi_volume_cc\.Larynx is not \[min, max\]"),
     (lambda c: c.update(families=[]), r"calibration\.json: families is not an object"),
     (lambda c: c.update(quantile_rule="nearest"), r"quantile rule 'nearest' is not one of interpolated"),
+    # careless-user edits: a misspelt method (an internal KeyError in QA before), a scale that is null
+    # (NaN: a null interval) or negative (a different interval, silently), a tta that is a string
+    (lambda c: c["families"]["oar_mean"].update(method="signd"),
+     r"families\.oar_mean\.method is not one of the methods it has scores for \(.*signed.*; it is 'signd'\)"),
+    (lambda c: c["families"]["oar_mean"]["criterion_stats"]["Larynx Dmean"].update(scale=None),
+     r"criterion_stats\.Larynx Dmean\.scale is not a positive number \(it is None\)"),
+    (lambda c: c["families"]["oar_mean"]["criterion_stats"]["Larynx Dmean"].update(scale=-2.16),
+     r"criterion_stats\.Larynx Dmean\.scale is not a positive number \(it is -2\.16\)"),
+    (lambda c: c.update(tta="yes"),
+     r"calibration\.json: calibration\.json version 3 has 'tta' \"yes\", not a record"),
 ])
 def test_a_malformed_calibration_is_one_clear_error(tmp_path, edit, message):
     from pathlib import Path

@@ -35,7 +35,7 @@ from ..errors import DosepredError
 from ..fsutil import write_text
 from ..inference import InferenceOptions
 from .band import DvhBand
-from .conformal import LEGACY_RULE, QUANTILE_RULES, CriterionStats, Family, Tails
+from .conformal import LEGACY_RULE, METHODS, QUANTILE_RULES, CriterionStats, Family, Tails
 from .crossval import CvResults
 
 CALIBRATION_FILE = "calibration.json"
@@ -182,7 +182,8 @@ class Calibration:
         if version >= 3:
             tta = obj.get("tta")
             if not isinstance(tta, bool):
-                raise CalibrationError(f"calibration.json version {obj.get('version')} has no 'tta' record "
+                why = "has no 'tta' record" if tta is None else f"has 'tta' {json.dumps(tta)}, not a record"
+                raise CalibrationError(f"{source}: calibration.json version {obj.get('version')} {why} "
                                        "(true or false: whether its predictions were flipped): recalibrate "
                                        "with `dosepred calibrate`")
         fams = r.obj(obj.get("families", {}), "families")
@@ -260,8 +261,10 @@ def _family(r: _Reader, obj: Any, name: str) -> Family:
     stats = {}
     for k, v in r.obj(d.get("criterion_stats", {}), f"{w}.criterion_stats").items():
         s = r.obj(v, f"{w}.criterion_stats.{k}")
-        stats[k] = CriterionStats(r.number(s.get("bias"), f"{w}.criterion_stats.{k}.bias"),
-                                  r.number(s.get("scale"), f"{w}.criterion_stats.{k}.scale"),
+        scale = r.number(s.get("scale"), f"{w}.criterion_stats.{k}.scale")
+        if not (math.isfinite(scale) and scale > 0):  # normalised intervals are multiples of it
+            raise r.bad(f"{w}.criterion_stats.{k}.scale", f"a positive number (it is {s.get('scale')})")
+        stats[k] = CriterionStats(r.number(s.get("bias"), f"{w}.criterion_stats.{k}.bias"), scale,
                                   r.integer(s.get("n", 0), f"{w}.criterion_stats.{k}.n"))
     scores = {m: r.numbers(v, f"{w}.scores.{m}")
               for m, v in r.obj(d.get("scores", {}), f"{w}.scores").items()}
@@ -272,8 +275,12 @@ def _family(r: _Reader, obj: Any, name: str) -> Family:
             t = r.obj(v, f"{w}.tail_scores.{m}")
             tails[m] = Tails(r.numbers(t.get("lower"), f"{w}.tail_scores.{m}.lower"),
                              r.numbers(t.get("upper"), f"{w}.tail_scores.{m}.upper"))
+    method = r.text(d.get("method", "absolute"), f"{w}.method")
+    if method not in METHODS or method not in scores:
+        have = ", ".join(m for m in METHODS if m in scores)
+        raise r.bad(f"{w}.method", f"one of the methods it has scores for ({have}; it is {method!r})")
     return Family(r.text(d.get("family", name), f"{w}.family"), r.integer(d.get("n", 0), f"{w}.n"), stats,
-                  scores, tails, r.text(d.get("method", "absolute"), f"{w}.method"),
+                  scores, tails, method,
                   r.texts(d.get("criteria", []), f"{w}.criteria"))
 
 
