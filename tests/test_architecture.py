@@ -43,7 +43,7 @@ LAYERS: dict[str, int] = {
     "dosepred": 0,  # the package itself: Patient, RoiSet and lazily resolved names only
     "dosepred.patient": 0, "dosepred.geometry": 0, "dosepred.roi": 0, "dosepred.resample": 0,
     "dosepred.fsutil": 0, "dosepred.constants": 0, "dosepred.boxes": 0, "dosepred.progress": 0,
-    "dosepred._malloc": 0, "dosepred.errors": 0,
+    "dosepred._malloc": 0, "dosepred._lazy": 0, "dosepred.errors": 0,
     # 1: readers and writers, synthetic data, metric definitions and exact DVH values, protocols
     "dosepred.io": 1, "dosepred.synth": 1, "dosepred.baseline": 1, "dosepred.metrics": 1,
     "dosepred.dvh": 1, "dosepred.protocol": 1,

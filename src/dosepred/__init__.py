@@ -38,9 +38,7 @@ Names other than :class:`Patient`, :class:`Roi` and :class:`RoiSet` are imported
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ._lazy import lazy_attributes
 from .patient import Patient, Roi, RoiSet
 
 __version__ = "0.1.0"
@@ -62,14 +60,4 @@ _LAZY = {
 __all__ = ["Patient", "Roi", "RoiSet", *_LAZY, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'dosepred' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -160,6 +160,26 @@ def internal_error(e: BaseException) -> None:
          "that caused it")
 
 
+def report_error(e: Exception) -> int:
+    """Print what went wrong and return the exit code: a user's mistake (:class:`~dosepred.errors.
+    DosepredError`, ``OSError``: a read-only --out, a missing file, a full disk) is one line and 2;
+    running out of memory is the machine's limit, not a bug: one line saying what lowers the need, 2;
+    anything else is a bug: :func:`internal_error` and 1."""
+    from ..errors import DosepredError
+
+    if isinstance(e, OSError):
+        _err(_os_message(e))
+        return 2
+    if isinstance(e, DosepredError):
+        _err(user_error_message(e))
+        return 2
+    if out_of_memory(e):
+        _err(f"out of memory ({type(e).__name__}): {OUT_OF_MEMORY_HINT}")
+        return 2
+    internal_error(e)
+    return 1
+
+
 def friendly(fn):
     """Every command: ``--no-progress`` applied, warnings shown as they come, and the one error path:
     a user's mistake (:class:`~dosepred.errors.DosepredError`, ``OSError``) is one clear message and
@@ -170,7 +190,6 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .. import progress
-        from ..errors import DosepredError
 
         if "no_progress" in kwargs:
             progress.set_enabled(False if kwargs.pop("no_progress") else None)
@@ -182,18 +201,8 @@ def friendly(fn):
         except KeyboardInterrupt:  # typer would exit 130 without a word
             _err("interrupted (Ctrl-C); outputs not finished are left as they were")
             raise typer.Exit(130) from None
-        except OSError as e:  # PermissionError on a read-only --out, a missing file, a full disk
-            _err(_os_message(e))
-            raise typer.Exit(2) from None
-        except DosepredError as e:
-            _err(user_error_message(e))
-            raise typer.Exit(2) from None
-        except Exception as e:  # noqa: BLE001 - anything else is a bug: shown as one, never as a user's mistake
-            if out_of_memory(e):  # the machine's limit, not a bug: say so and what lowers the need
-                _err(f"out of memory ({type(e).__name__}): {OUT_OF_MEMORY_HINT}")
-                raise typer.Exit(2) from None
-            internal_error(e)
-            raise typer.Exit(1) from None
+        except Exception as e:  # noqa: BLE001 - reported by its kind: a user's mistake or a bug
+            raise typer.Exit(report_error(e)) from None
 
     return wrapper
 
@@ -278,17 +287,5 @@ def main() -> None:
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
-    except OSError as e:  # outside a command (an option's callback, typer itself)
-        _err(_os_message(e))
-        sys.exit(2)
-    except Exception as e:  # noqa: BLE001 - the same error path as inside a command
-        from ..errors import DosepredError
-
-        if isinstance(e, DosepredError):
-            _err(user_error_message(e))
-            sys.exit(2)
-        if out_of_memory(e):
-            _err(f"out of memory ({type(e).__name__}): {OUT_OF_MEMORY_HINT}")
-            sys.exit(2)
-        internal_error(e)
-        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - outside a command (an option's callback, typer itself): the same path
+        sys.exit(report_error(e))
