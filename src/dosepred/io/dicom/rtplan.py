@@ -44,14 +44,14 @@ def planned_fractions(ds: Any, path: Any = "RTPLAN") -> int | None:
         n = getattr(fg, "NumberOfFractionsPlanned", None)
         if n not in (None, ""):
             try:
-                k = int(n)
-            except (TypeError, ValueError):
-                k = 0
-            if k <= 0 or k != float(str(n).strip() or 0):
+                k = float(str(n).strip())
+            except ValueError:
+                k = 0.0
+            if not (k > 0 and k.is_integer()):
                 warn(f"RTPLAN {path}: NumberOfFractionsPlanned {str(n).strip()!r} is not a positive whole "
                      "number; the plan's number of fractions is not recorded")
                 return None
-            return k
+            return int(k)
     return None
 
 
