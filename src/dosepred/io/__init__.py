@@ -1,8 +1,9 @@
 """Readers and writers: OpenKBP CSV, the dosepred cache, DICOM RT, NIfTI. They convert to and from
 :class:`dosepred.Patient` and do nothing else.
 
-The names below are the public API; the submodules (:mod:`dosepred.io.source`: which kind a path
-is and opening it; :mod:`dosepred.io.cache`, :mod:`dosepred.io.openkbp`, :mod:`dosepred.io.dicom`,
+The names below are the public API; the submodules (:mod:`dosepred.io.formats`: the table of formats,
+one row per format, which every command looks up; :mod:`dosepred.io.source`: which kind a path is
+and opening it; :mod:`dosepred.io.cache`, :mod:`dosepred.io.openkbp`, :mod:`dosepred.io.dicom`,
 :mod:`dosepred.io.nifti`: one format each; :mod:`dosepred.io.roi_names`: ROI names and maps;
 :mod:`dosepred.io.pack`: the packed transport copy of a cache) hold the rest. Every command's
 ``SRC`` goes through :func:`open_source` / :func:`load_patients` (a cache, an OpenKBP, NIfTI or DICOM

@@ -1,0 +1,132 @@
+"""What a row of the table of formats holds (:class:`Format`), what opening a source of a format
+gives (:class:`Reader`), and :func:`place_dose`, shared by the formats whose doses are placed by
+their own grid's geometry."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ...errors import InputError
+from ...geometry import Geometry
+from ...patient import Patient, RoiSet
+
+
+class Reader(Protocol):
+    """An opened source of one format: its ROI set and patient ids; patients read on demand."""
+
+    roi_set: RoiSet
+    ids: list[str]
+    #: the opened :class:`~dosepred.io.cache.Cache` of a cache, else None
+    cache: Any
+
+    def patients(self, ids: Sequence[str] | None = None, require_dose: bool = False) -> Iterator[Patient]:
+        """The patients (all, or those of ``ids`` in the source's order), one at a time."""
+        ...
+
+    def headers(self) -> dict[str, dict[str, Any]]:
+        """Per patient id, what identifies it without reading arrays."""
+        ...
+
+
+@dataclass(frozen=True)
+class Format:
+    """One format dosepred reads or writes: one row of :data:`dosepred.io.formats.FORMATS`.
+
+    A capability the format lacks is None (or False / empty), and every command that needs it
+    says so with its own message (``import`` of a cache, ``predict --format`` of a format without a
+    per-patient dose writer, ...).
+    """
+
+    #: the name commands and ``Source.kind`` use: ``"cache"``, ``"openkbp"``, ...
+    name: str
+    #: how messages name it: ``"OpenKBP"``, ``"DICOM"``, ...
+    label: str
+    #: what a path of this format is, in ``open_source``'s message for a path of no format
+    described: str
+    #: the same, shorter, in ``load_patients``' message
+    described_short: str
+    #: whether an existing path holds this format (tried in the table's order; the first wins)
+    detect: Callable[[Path], bool]
+    #: a weaker sign, tried after every ``detect`` failed (a folder that looks like this format but
+    #: lacks what its reader needs: the reader then says what); None: none
+    detect_late: Callable[[Path], bool] | None
+    #: ``open(path, roi_map)`` -> :class:`Reader` (``roi_map`` only for a format that takes one)
+    open: Callable[[Path, Any], Reader]
+    #: how its ROIs are named, said when an ROI map is given for it; None: it takes an ROI map
+    roi_names: str | None
+    #: ``read_source(path, roi_map)`` -> (ROI set or None for the readers' own, the patients):
+    #: what ``data import-<name>`` reads into a cache; None: not imported
+    read_source: Callable[[Path, Any], tuple[RoiSet | None, Iterable[Patient]]] | None
+    #: ``write_patient(patient, folder, roi_format)``: ``data export-<name>``; None: not exported
+    write_patient: Callable[[Patient, Path, str], Any] | None
+    #: ``write_dose(patient, dose, folder, dose_spacing, model_name)`` -> the path written: one
+    #: predicted dose (``predict --format <name>``); None: no per-patient dose file
+    write_dose: Callable[[Patient, np.ndarray, Path, float | None, str | None], Path] | None
+    #: endings of a predicted dose file of this format (matched without case)
+    dose_suffixes: tuple[str, ...]
+    #: whether a patient's predicted dose file is named ``<id><suffix>`` (else found otherwise)
+    dose_by_id: bool
+    #: ``read_dose(path, shape)``: a predicted dose file as stored, on a grid of ``shape``; None
+    read_dose: Callable[[Path, tuple[int, ...]], np.ndarray] | None
+    #: ``read_dose_on(path, reference)``: a predicted dose on the reference patient's grid, placed
+    #: by the file's own geometry; None: read as stored (``read_dose``)
+    read_dose_on: Callable[[Path, Patient], np.ndarray] | None
+    #: ``read_dose_sparse(path, shape)`` -> (flat indices, values): a predicted dose without a dense
+    #: array; None
+    read_dose_sparse: Callable[[Path, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] | None
+    #: ``dose_geometry(path)``: the grid a predicted dose file says it lies on (None: it says none);
+    #: None: the format's dose files carry no geometry
+    dose_geometry: Callable[[Path], Geometry | None] | None
+    #: ``source_bytes(path)``: the size of a source's files (``data import`` prints the ratio); None
+    source_bytes: Callable[[Path], int] | None
+    #: evaluation reads its references cropped to their data, without the CT (the fast path)
+    cropped: bool = False
+    #: a dosepred cache: ``Source.cache`` is it, and ``predict`` writes it whole with its record
+    cache: bool = False
+    #: its ROI names are fixed (``data import`` does not list them)
+    fixed_roi_names: bool = False
+    #: ``data import`` lists each patient (grid, dose, mask source, missing ROIs) instead of a count
+    #: of who lacks what
+    lists_imported: bool = False
+
+    @property
+    def takes_roi_map(self) -> bool:
+        """Whether an ROI name map (``--roi-map``) applies to a source of this format."""
+        return self.roi_names is None
+
+    def is_dose_file(self, path: str | Path) -> bool:
+        """Whether ``path`` is named as a predicted dose file of this format."""
+        name = Path(path).name.lower()
+        return any(name.endswith(s) for s in self.dose_suffixes)
+
+
+def place_dose(dose: np.ndarray, g: Geometry, path: Path, ref: Patient, what: str,
+               strict: bool) -> np.ndarray:
+    """A predicted dose on grid ``g`` resampled onto the reference patient's grid in patient
+    coordinates, within the reference's possible-dose mask (as every prediction written on the
+    reference's grid: a coarser grid resampled onto it spills up to one of its voxels beyond the
+    body); mask voxels it does not cover count as 0 Gy (a warning), and with ``strict`` more than
+    1 % of them uncovered is an error (a placeholder affine, such as the identity, places a dose
+    mostly beside the patient)."""
+    from .. import dicom
+
+    assert ref.geometry is not None
+    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
+    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
+    uncovered = int((mask & ~inside).sum())
+    frac = 100.0 * uncovered / max(int(mask.sum()), 1)
+    if strict and frac > 1.0:
+        raise InputError(f"patient {ref.id}: the predicted {what} {path}, placed where its header says "
+                         f"({g!r}), leaves {frac:.1f} % of the possible-dose mask uncovered; write it on "
+                         "the reference's grid, or with an affine that says where it lies")
+    if uncovered:
+        warnings.warn(f"patient {ref.id}: the predicted {what} {path} does not cover {uncovered} voxels "
+                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=3)
+    out *= mask
+    return out

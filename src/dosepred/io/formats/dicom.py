@@ -1,0 +1,69 @@
+"""DICOM RT folders as a row of the table of formats (:mod:`dosepred.io.dicom` reads and writes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...patient import Patient, RoiSet
+from .. import dicom
+from .base import Format, place_dose
+
+
+class DicomReader:
+    """A scanned DICOM folder (:class:`~dosepred.io.dicom.DicomFolder`) as a :class:`~.base.Reader`."""
+
+    cache = None
+
+    def __init__(self, path: Path, roi_map: Any = None) -> None:
+        self.folder = dicom.scan_dicom_folder(path, roi_map)
+        self.roi_set = self.folder.roi_set
+        self.ids = self.folder.ids
+
+    def patients(self, ids: Any = None, require_dose: bool = False) -> Any:
+        yield from self.folder.patients(ids)
+
+    def headers(self) -> dict[str, dict[str, Any]]:
+        """The DICOM UIDs of each patient (what predicted RTDOSE files are matched by)."""
+        return self.folder.headers()
+
+
+def read_source(path: Path, roi_map: Any = None) -> tuple[RoiSet | None, Iterable[Patient]]:
+    rs, _, it = dicom.iter_dicom_folder(path, roi_map)
+    return rs, it
+
+
+def write_dose(patient: Patient, dose: np.ndarray, out: Path, dose_spacing: float | None = None,
+               model_name: str | None = None) -> Path:
+    """An RTDOSE file in ``out/<id>/`` (:func:`dosepred.io.dicom.write_rtdose`)."""
+    d = out / patient.id
+    d.mkdir(parents=True, exist_ok=True)
+    res = dicom.write_rtdose(patient, dose, d, dose_spacing=dose_spacing, model_name=model_name)
+    return Path(res) if res is not None else d
+
+
+def read_dose_on(path: Path, ref: Patient) -> np.ndarray:
+    """A predicted RTDOSE resampled onto the reference patient's grid in patient coordinates."""
+    dose, g = dicom.read_rtdose(path)
+    return place_dose(dose, g, path, ref, "RTDOSE", strict=False)
+
+
+FORMAT = Format(
+    name="dicom", label="DICOM",
+    described="a DICOM folder (CT series + RTSTRUCT)",
+    described_short="a DICOM folder",
+    detect=dicom.is_dicom_folder,
+    detect_late=None,
+    open=DicomReader,
+    roi_names=None,  # clinical names: an ROI map names them
+    read_source=read_source,
+    write_patient=lambda p, folder, roi_format="labels": dicom.write_dicom(p, folder),
+    write_dose=write_dose,
+    # RTDOSE files are matched to the references by what they reference (not by name)
+    dose_suffixes=(".dcm",), dose_by_id=False, read_dose=None, read_dose_on=read_dose_on,
+    read_dose_sparse=None, dose_geometry=None, source_bytes=None,
+    lists_imported=True,
+)
