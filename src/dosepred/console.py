@@ -29,14 +29,18 @@ def _rx(r: Any) -> str:
 
 
 def imported(cache: Any, out: Any, kind: str, src_bytes: int | None = None) -> list[str]:
-    """What ``data import-*`` wrote: patients, size, ROIs, and who lacks which ROI."""
+    """What ``data import-*`` wrote: patients, size, ROIs, and who lacks which ROI (``kind``: the
+    imported format's name, :mod:`dosepred.io.formats`)."""
+    from .io import formats
+
+    fmt = formats.get(kind)
     c, rs = cache, cache.roi_set
     lines = [f"wrote {len(c)} patients to {out}: {c.nbytes() / 1e6:.1f} MB"
              + (f" (source CSV {src_bytes / 1e6:.1f} MB, ratio {src_bytes / max(c.nbytes(), 1):.1f}x)"
                 if src_bytes else "")]
-    if kind != "openkbp":
+    if not fmt.fixed_roi_names:
         lines.append("ROIs " + ", ".join(f"{r.name} ({r.kind}{_rx(r)})" for r in rs))
-    if kind == "dicom":
+    if fmt.lists_imported:
         for e in c.info["patients"]:
             lines.append(f"  {e['id']}: {'x'.join(map(str, e['shape']))}, dose "
                          f"{'yes' if e['has_dose'] else 'no'}, possible-dose mask from "
@@ -47,7 +51,7 @@ def imported(cache: Any, out: Any, kind: str, src_bytes: int | None = None) -> l
     for e in lacking:
         for r in e["missing_rois"]:
             counts[r] = counts.get(r, 0) + 1
-    if lacking and kind != "dicom":
+    if lacking and not fmt.lists_imported:
         lines.append(f"{len(lacking)} patients lack some ROIs (not contoured; `dosepred data inspect` "
                      "lists them): " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items(),
                                                                                key=lambda x: -x[1])))

@@ -24,21 +24,17 @@ PathLike = str | os.PathLike
 
 def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map: PathLike | None = None,
                     overwrite: bool = False) -> Any:
-    """Read a source of ``kind`` (openkbp, dicom, nifti) into a new cache at ``out``; all or nothing.
+    """Read a source of ``kind`` (a format of :mod:`dosepred.io.formats` with a ``read_source``:
+    openkbp, nifti, dicom) into a new cache at ``out``; all or nothing.
     Returns the opened :class:`~dosepred.io.cache.Cache`."""
-    from .io import cache, dicom, nifti, openkbp
+    from .io import cache, formats
 
     inputs = [src, roi_map]
     check_output(out, overwrite, inputs)
-    rs = None
-    if kind == "openkbp":
-        it = openkbp.read_folder(src)
-    elif kind == "dicom":
-        rs, _, it = dicom.iter_dicom_folder(src, roi_map)
-    elif kind == "nifti":
-        rs, it = nifti.iter_nifti_folder(src)
-    else:
-        raise InputError(f"unknown source kind {kind!r} (openkbp, dicom or nifti)")
+    f = formats.find(kind)
+    if f is None or f.read_source is None:
+        raise InputError(f"unknown source kind {kind!r} ({formats.one_of(formats.importable())})")
+    rs, it = f.read_source(src, roi_map)
     with output_dir(out, overwrite, inputs) as tmp:
         cache.write_cache(it, tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
     return cache.Cache.open(out)
@@ -46,21 +42,20 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
 
 def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_format: str = "labels",
                  overwrite: bool = False) -> int:
-    """Write every patient of a cache as ``fmt`` (openkbp, dicom, nifti) into ``out``; the count."""
-    from .io import cache, dicom, nifti, openkbp
+    """Write every patient of a cache as ``fmt`` (a format of :mod:`dosepred.io.formats` with a
+    ``write_patient``: openkbp, nifti, dicom) into ``out``; the count."""
+    from .io import cache, formats
     from .progress import track
 
-    writers: dict[str, Callable[[Any, Path], Any]] = {
-        "openkbp": openkbp.write_patient, "dicom": dicom.write_dicom,
-        "nifti": lambda p, d: nifti.write_patient(p, d, roi_format)}
-    if fmt not in writers:
-        raise InputError(f"unknown export format {fmt!r} (openkbp, dicom or nifti)")
+    f = formats.find(fmt)
+    if f is None or f.write_patient is None:
+        raise InputError(f"unknown export format {fmt!r} ({formats.one_of(formats.exportable())})")
     if roi_format not in ("labels", "codes"):
         raise InputError(f"--roi-format must be labels or codes, got {roi_format!r}")
     c = cache.Cache.open(cache_dir)
     with output_dir(out, overwrite, [cache_dir]) as tmp:
         for p in track(c, description="exporting", total=len(c)):
-            writers[fmt](p, tmp)
+            f.write_patient(p, tmp, roi_format)
     return len(c)
 
 
@@ -104,7 +99,7 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
             if lacking:
                 raise split.SplitError(f"manifest {manifest} has no date for {', '.join(lacking[:5])}"
                                        f"{' ...' if len(lacking) > 5 else ''}")
-        elif s.kind == "cache":
+        elif s.cache is not None:
             dates = split.dates_from_cache(src)
         else:
             raise split.SplitError(f"--temporal on a {s.kind} folder needs --manifest FILE --date-column COL")

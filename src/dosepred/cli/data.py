@@ -17,12 +17,12 @@ FolderOut = Annotated[Path, typer.Option("--out", help="Output folder (one folde
 
 def _imported(src: Path, out: Path, kind: str, roi_map: Path | None, overwrite: bool) -> None:
     from .. import console
-    from ..io import openkbp
+    from ..io import formats
     from ..workflows import import_patients
 
     c = import_patients(src, out, kind, roi_map, overwrite)
-    size = sum(f.stat().st_size for d in openkbp.patient_folders(src) for f in d.glob("*.csv")) \
-        if kind == "openkbp" else None
+    fmt = formats.get(kind)
+    size = fmt.source_bytes(src) if fmt.source_bytes is not None else None
     show(console.imported(c, out, kind, size))
 
 
