@@ -34,13 +34,16 @@ from .errors import InputError
 from .inference import DEFAULT_TTA as DEFAULT_TTA
 from .inference import TTA_SHIFT as TTA_SHIFT
 from .inference import InferenceOptions, PredictionRecord
+from .io import formats
 from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
 from .patient import Patient, RoiSet
 from .roi import lr_pairs, mirror_codes, to_torch
 
-FORMATS = ("openkbp", "nifti", "dicom", "cache")
+#: What ``--format`` takes (:func:`dosepred.io.formats.prediction_formats`): the formats with a
+#: per-patient dose file (openkbp, nifti, dicom), then the cache.
+FORMATS = formats.names(formats.prediction_formats())
 
 #: The options of a prediction nobody chose otherwise (:class:`~dosepred.inference.InferenceOptions`
 #: defaults: flipped as :data:`~dosepred.inference.DEFAULT_TTA` says, full precision, no translated
@@ -358,28 +361,10 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
                      model_name: str | None = None) -> Path:
     """Write one predicted dose; returns the path written. ``dose_spacing`` (mm) and ``model_name``
     apply to ``fmt="dicom"`` (RTDOSE grid, SeriesDescription; see :func:`dosepred.io.dicom.write_rtdose`)."""
-    out = Path(out)
-    if fmt == "openkbp":
-        from .io.openkbp import write_dose_csv
-
-        path = out / f"{patient.id}.csv"
-        write_dose_csv(path, dose, patient.possible_dose_mask)
-        return path
-    if fmt == "nifti":
-        from .io.nifti import write_dose
-
-        path = out / f"{patient.id}.nii.gz"
-        out.mkdir(parents=True, exist_ok=True)
-        write_dose(patient, dose, path)
-        return path
-    if fmt == "dicom":
-        from .io.dicom import write_rtdose
-
-        d = out / patient.id
-        d.mkdir(parents=True, exist_ok=True)
-        res = write_rtdose(patient, dose, d, dose_spacing=dose_spacing, model_name=model_name)
-        return Path(res) if res is not None else d
-    raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    f = formats.find(fmt)
+    if f is None or f.write_dose is None:
+        raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    return f.write_dose(patient, dose, Path(out), dose_spacing, model_name)
 
 
 def predict_patients(model: torch.nn.Module, patients: Iterable[Patient],
@@ -434,7 +419,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
         return predict_dose(model, p, used)
 
     n = 0
-    if fmt == "cache":
+    if formats.get(fmt).cache:  # the whole cache at once, with how it was predicted
         done: list[Patient] = []
         seen = 0
 
