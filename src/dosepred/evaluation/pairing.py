@@ -9,13 +9,15 @@
     result = evaluate_cohort(pairs, "openkbp-clinical")
 
 A **reference** is any patient source :func:`dosepred.io.source.open_source` opens; its kind is
-decided once, by :func:`dosepred.io.source.source_kind`. A cache and an OpenKBP folder are read
-here without the CT and cropped to the box that holds their data (:meth:`CacheEntry.read_arrays
-<dosepred.io.cache.CacheEntry.read_arrays>`, :func:`dosepred.io.openkbp.read_sparse_patient`); NIfTI
-and DICOM references are read whole. A **prediction** is a dosepred cache holding doses (what
-``dosepred predict --format cache`` writes, the fastest to read), or a folder of per-patient files
+decided once, by :func:`dosepred.io.formats.detect` (the table of formats). A reference of a
+``cropped`` format (a cache, an OpenKBP folder) is read here without the CT and cropped to the box
+that holds their data (:meth:`CacheEntry.read_arrays <dosepred.io.cache.CacheEntry.read_arrays>`,
+:func:`dosepred.io.openkbp.read_sparse_patient`); NIfTI and DICOM references are read whole. A
+**prediction** is a dosepred cache holding doses (what ``dosepred predict --format cache`` writes,
+the fastest to read), or a folder of per-patient files
 (:data:`PREDICTION_PATTERNS`) and/or RTDOSE files matched to the references and resampled onto their
-grids. Sources are read only through the public functions of :mod:`dosepred.io`.
+grids, each read by its format's row of :data:`dosepred.io.formats.FORMATS`. Sources are read only
+through the public functions of :mod:`dosepred.io`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import collections
 import functools
 import os
 import threading
-import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,37 +36,24 @@ import numpy as np
 
 from ..boxes import Box, box_shape, coords_box, union
 from ..errors import InputError
+from ..io import formats
+from ..io.formats import Format
 from ..patient import Patient
 from .scoring import as_dose_array
 
 T = TypeVar("T")
 
-#: a box on a grid: one slice (start, stop) per axis
-
-#: reference kinds read here cropped and without the CT (others are read whole, by geometry)
-_CROPPED_KINDS = ("cache", "openkbp")
-
 # ------------------------------------------------------------------------------ prediction files
 
 #: File names tried for a patient's prediction in a prediction folder, in order. ``{id}`` is the
-#: reference patient id. To support a new format, add a pattern here and a reader in
-#: :data:`PREDICTION_READERS` keyed by the file-name suffix.
-PREDICTION_PATTERNS = ("{id}.csv", "{id}.nii.gz", "{id}.nii")
+#: reference patient id. From the table of formats (:func:`dosepred.io.formats.dose_file_patterns`:
+#: the ``dose_suffixes`` of the formats whose dose files are named by patient id).
+PREDICTION_PATTERNS = formats.dose_file_patterns()
 
-
-def _read_csv(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    from ..io.openkbp import read_dose_csv
-
-    return read_dose_csv(path, grid=shape)
-
-
-def _read_nifti(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    from ..io.nifti import read_dose
-
-    return np.asarray(read_dose(path), dtype=np.float32)
-
-
-PREDICTION_READERS = {".csv": _read_csv, ".nii.gz": _read_nifti, ".nii": _read_nifti}
+#: File-name ending -> ``reader(path, shape)`` of a predicted dose file as stored: each format's
+#: ``read_dose`` (:data:`dosepred.io.formats.FORMATS`).
+PREDICTION_READERS = {s: f.read_dose for f in formats.FORMATS if f.read_dose is not None
+                      for s in f.dose_suffixes}
 
 
 def find_prediction(pred_dir: str | os.PathLike, pid: str) -> Path | None:
@@ -171,10 +159,9 @@ class _Predictions:
         else:
             f = self.file(ref.id)
             assert f is not None
-            if f.suffix.lower() == ".dcm":
-                d = _read_rtdose_on(f, ref)
-            elif f.name.endswith((".nii", ".nii.gz")):
-                d = _read_nifti_on(f, ref)
+            fmt = formats.dose_file_format(f)
+            if fmt is not None and fmt.read_dose_on is not None:  # placed by its own geometry
+                d = fmt.read_dose_on(f, ref)
             else:
                 d = read_prediction(f, ref.shape)
         return as_dose_array(d, ref.shape, ref.id)
@@ -193,13 +180,11 @@ class _Predictions:
                 raise InputError(f"patient {pid}: predicted dose has shape {e.shape}, but the "
                                  f"reference grid is {tuple(shape)}")
             return d, box
-        from ..io import openkbp
-
         f = find_prediction(self.path, pid)
         assert f is not None
-        if f.name.endswith(".csv"):
-            idx, vals = openkbp.read_sparse(f, True, grid=shape, pid=f.stem)
-            assert vals is not None
+        fmt = formats.dose_file_format(f)
+        if fmt is not None and fmt.read_dose_sparse is not None:
+            idx, vals = fmt.read_dose_sparse(f, shape)
             keep = vals != 0
             coords = tuple(c[keep] for c in np.unravel_index(idx, shape))
             box = coords_box([coords])
@@ -208,59 +193,12 @@ class _Predictions:
             d = np.zeros(int(np.prod(box_shape(box))), np.float32)
             d[_local(coords, box)] = vals[keep]
             return d.reshape(box_shape(box)), box
-        if f.name.endswith((".nii", ".nii.gz")) and geometry is not None:
-            from ..io.nifti import file_geometry
-
-            g = file_geometry(f)
+        if fmt is not None and fmt.dose_geometry is not None and geometry is not None:
+            g = fmt.dose_geometry(f)
             if g is not None and not g.same_as(geometry):
                 raise InputError(f"patient {pid}: the predicted dose {f} lies on another grid ({g!r}) than "
                                  f"the reference ({geometry!r}); write it on the reference's grid")
         return as_dose_array(read_prediction(f, shape), shape, pid), full
-
-
-def _placed_on(dose: np.ndarray, g: Any, path: Path, ref: Patient, what: str, strict: bool) -> np.ndarray:
-    """A predicted dose on grid ``g`` resampled onto the reference patient's grid in patient
-    coordinates, within the reference's possible-dose mask (as every prediction written on the
-    reference's grid: a coarser grid resampled onto it spills up to one of its voxels beyond the
-    body); mask voxels it does not cover count as 0 Gy (a warning), and with ``strict`` more than
-    1 % of them uncovered is an error (a placeholder affine, such as the identity, places a dose
-    mostly beside the patient)."""
-    from ..io import dicom
-
-    assert ref.geometry is not None
-    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
-    mask = np.asarray(ref.possible_dose_mask, dtype=bool)
-    uncovered = int((mask & ~inside).sum())
-    frac = 100.0 * uncovered / max(int(mask.sum()), 1)
-    if strict and frac > 1.0:
-        raise InputError(f"patient {ref.id}: the predicted {what} {path}, placed where its header says "
-                         f"({g!r}), leaves {frac:.1f} % of the possible-dose mask uncovered; write it on "
-                         "the reference's grid, or with an affine that says where it lies")
-    if uncovered:
-        warnings.warn(f"patient {ref.id}: the predicted {what} {path} does not cover {uncovered} voxels "
-                      f"({frac:.1f}%) of the possible-dose mask; they count as 0 Gy", stacklevel=3)
-    out *= mask
-    return out
-
-
-def _read_nifti_on(path: Path, ref: Patient) -> np.ndarray:
-    """A predicted NIfTI dose on the reference patient's grid: as stored when its header places it on
-    that grid (or places it nowhere), else placed by its affine (:func:`_placed_on`, strict)."""
-    from ..io.nifti import file_geometry, read_dose
-
-    d = np.asarray(read_dose(path), dtype=np.float32)
-    g = file_geometry(path)
-    if g is None or ref.geometry is None or (d.shape == ref.shape and g.same_as(ref.geometry)):
-        return d
-    return _placed_on(d, g, path, ref, "dose", strict=True)
-
-
-def _read_rtdose_on(path: Path, ref: Patient) -> np.ndarray:
-    """A predicted RTDOSE resampled onto the reference patient's grid in patient coordinates."""
-    from ..io import dicom
-
-    dose, g = dicom.read_rtdose(path)
-    return _placed_on(dose, g, path, ref, "RTDOSE", strict=False)
 
 
 # ---------------------------------------------------------------------------------- references
@@ -304,22 +242,20 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
     biggest cache array are skipped, and the patients carry their support box
     (:meth:`Patient.support_box`). ``roi_map``: the ROI name map of a DICOM ``src``.
     """
-    from ..io.source import source_kind
-
-    return _references(src, source_kind(src), ids, with_ct, roi_map)
+    return _references(src, formats.detect(src), ids, with_ct, roi_map)
 
 
-def _references(src: str | os.PathLike, kind: str | None, ids: list[str] | None, with_ct: bool,
+def _references(src: str | os.PathLike, fmt: Format | None, ids: list[str] | None, with_ct: bool,
                 roi_map: Any = None) -> Iterator[Patient]:
     from ..io.cache import Cache, CacheError
     from ..io.source import load_patients, open_source
 
-    if with_ct or kind not in _CROPPED_KINDS:
+    if with_ct or fmt is None or not fmt.cropped:
         yield from load_patients(src, ids=ids, roi_map=roi_map)
         return
     if roi_map is not None:
         open_source(src, roi_map)  # the error of a map for a source that is not DICOM
-    if kind == "cache":
+    if fmt.cache:
         c = Cache.open(src)
         rs = c.roi_set
         for pid in ids if ids is not None else c.ids:
@@ -382,7 +318,7 @@ class _SparseRef:
 
 
 def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_SparseRef]:
-    """The patients of an OpenKBP folder (``source_kind(src) == "openkbp"``) as voxel coordinates."""
+    """The patients of an OpenKBP folder as voxel coordinates."""
     from ..io import openkbp
 
     want = set(ids) if ids is not None else None
@@ -400,14 +336,14 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
                          {**s.meta, "ct_loaded": False}, box)
 
 
-def _reference_crops(src: str | os.PathLike, kind: str | None, ids: list[str] | None
+def _reference_crops(src: str | os.PathLike, fmt: Format, ids: list[str] | None
                      ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any, Any]]:
     """(id, grid shape, support box, box -> reference Patient on that box, grid geometry) per
-    reference patient of a cache or an OpenKBP folder."""
+    reference patient of a ``cropped`` format: a cache or an OpenKBP folder."""
     from ..geometry import Geometry
     from ..io.cache import EVAL_FIELDS, Cache, CacheError
 
-    if kind != "cache":
+    if not fmt.cache:
         for r in _csv_references(src, ids):
             yield r.id, r.shape, r.box, r.patient, Geometry.openkbp(r.shape, r.spacing)
         return
@@ -556,10 +492,10 @@ def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
     return ref, pred.reshape(shape)
 
 
-def _box_pairs(reference: str | os.PathLike, kind: str | None, preds: _Predictions, ids: list[str]
+def _box_pairs(reference: str | os.PathLike, fmt: Format, preds: _Predictions, ids: list[str]
                ) -> Iterator[tuple[Patient, np.ndarray]]:
     """Each pair on the box that holds the data of both (see :func:`iter_pairs`, ``crop``)."""
-    for pid, shape, ref_box, make_ref, geometry in _reference_crops(reference, kind, ids):
+    for pid, shape, ref_box, make_ref, geometry in _reference_crops(reference, fmt, ids):
         pd, pbox = preds.crop(pid, shape, geometry)
         box = union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
         ref = make_ref(box)
@@ -573,29 +509,30 @@ def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids
                 crop: bool | None, compact: bool = False, roi_map: Any = None
                 ) -> Iterator[tuple[Patient, np.ndarray]]:
     from ..io.cache import Cache
-    from ..io.source import open_source, source_kind
+    from ..io.source import open_source
 
     crop = (not with_ct) if crop is None else crop
     preds = _Predictions(reference, prediction, roi_map)
-    kind = source_kind(reference)
-    if roi_map is not None and kind != "dicom":
+    fmt = formats.detect(reference)
+    if roi_map is not None and (fmt is None or not fmt.takes_roi_map):
         open_source(reference, roi_map)  # the error of a map for a source that is not DICOM
-    if preds.rtdoses or kind not in _CROPPED_KINDS:  # placed by geometry: whole grids, no crop
+    if preds.rtdoses or fmt is None or not fmt.cropped:  # placed by geometry: whole grids, no crop
         crop = False
-    if crop and compact and preds.cache is not None and kind == "cache":
+    if crop and compact and preds.cache is not None and fmt is not None and fmt.cache:
         ref_cache = Cache.open(reference)
         rs = ref_cache.roi_set
         for pid in ids:
             pair = _compact_pair(ref_cache, preds, pid, rs)
             if pair is None:  # not the same mask etc.: this patient on its box
-                pair = next(_box_pairs(reference, kind, preds, [pid]))
+                pair = next(_box_pairs(reference, fmt, preds, [pid]))
             pair[0].meta["prediction_file"] = preds.name(pid)
             yield pair
         return
     if not crop:
-        for ref in _references(reference, kind, ids, with_ct, roi_map):
+        for ref in _references(reference, fmt, ids, with_ct, roi_map):
             d = preds.full(ref)
             ref.meta["prediction_file"] = preds.name(ref.id)
             yield ref, d
         return
-    yield from _box_pairs(reference, kind, preds, ids)
+    assert fmt is not None
+    yield from _box_pairs(reference, fmt, preds, ids)
