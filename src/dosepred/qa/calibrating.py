@@ -288,7 +288,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     the same way;
     ``predictions`` must have been made that way (:func:`check_predictions`). ``roi_map``: the ROI name
     map of a DICOM ``data`` (and of ``train_data`` when that is a DICOM folder too)."""
-    from ..io.source import load_patients, source_kind
+    from ..io.formats import detect
+    from ..io.source import load_patients
     from ..models.checkpoint import resolve_model_path
 
     ckpt = resolve_model_path(model)
@@ -309,7 +310,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
             raise CalibrationError(f"{src} is not readable JSON: {e}") from None
         ranges = TrainingRanges.from_json(obj, src)
     else:
-        src_map = roi_map if train_data is None or source_kind(src) == "dicom" else None
+        fmt = detect(src)  # the training data's ROI map: only where that format takes one
+        src_map = roi_map if train_data is None or (fmt is not None and fmt.takes_roi_map) else None
         ranges = training_ranges(load_patients(src, require_dose=False, roi_map=src_map), str(src))
     calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
                               dvh_band=band, tta=tta)
