@@ -23,6 +23,7 @@ from dosepred.losses import (
 )
 from dosepred.metrics import parse_metric
 from dosepred.patient import Roi, RoiSet
+from dosepred.protocol import parse_protocol
 
 RS = RoiSet.openkbp()
 D_METRICS = ["D99%", "D95%", "D50%", "D1%", "D0.1cc", "D2cc", "Dmax", "Dmin", "Dmean"]
@@ -168,33 +169,18 @@ def _no_tie_batch(shape=(5, 5, 5), seed=3):
     return pred, ref, codes, torch.ones_like(pred, dtype=torch.bool), sp, rs
 
 
-class _Crit:
-    def __init__(self, roi, metric, limit=None, direction=None, weight=1.0):
-        self.roi, self.metric, self.limit, self.direction, self.weight = roi, metric, limit, direction, weight
-
-    @property
-    def parsed(self):
-        return parse_metric(self.metric)
-
-    def limit_value(self, rx=None):
-        return self.limit
-
-
-class _Proto:
-    """Duck-typed stand-in for dosepred.protocol.Protocol."""
-
-    def __init__(self, criteria):
-        self.criteria = criteria
-
-    def prescription(self, roi, roi_set):
-        return roi_set.prescription(roi)
+def _protocol(*criteria):
+    """A real Protocol made in Python from (roi, metric, limit, direction) tuples."""
+    return parse_protocol({"name": "test", "criteria": [
+        {"roi": r, "metric": m, **({"limit": lim, "direction": d} if lim is not None else {})}
+        for r, m, lim, d in criteria]})
 
 
 def _stand_in_protocol():
-    return _Proto([_Crit("PTV", "D95%", 57.0, ">="), _Crit("PTV", "D99%"), _Crit("PTV", "D2%"),
-                   _Crit("PTV", "V95%", 95.0, ">="), _Crit("Cord", "D0.1cc", 45.0, "<="),
-                   _Crit("Cord", "Dmean", 20.0, "<="), _Crit("Cord", "Dmax"),
-                   _Crit("Cord", "V30Gy", 50, "<=")])
+    return _protocol(("PTV", "D95%", 57.0, ">="), ("PTV", "D99%", None, None), ("PTV", "D2%", None, None),
+                     ("PTV", "V95%", 95.0, ">="), ("Cord", "D0.1cc", 45.0, "<="),
+                     ("Cord", "Dmean", 20.0, "<="), ("Cord", "Dmax", None, None),
+                     ("Cord", "V30Gy", 50, "<="))
 
 
 @pytest.mark.parametrize("spec,opts", [
@@ -246,7 +232,7 @@ def test_absent_roi_in_one_patient_contributes_nothing():
 
 def test_cdm_validates_rois_and_spacing():
     with pytest.raises(ValueError, match="not in the dataset's ROIs"):
-        CDMLoss(_Proto([_Crit("Parotid", "Dmean")]), RS)
+        CDMLoss(_protocol(("PTV70", "Dmean", None, None), ("Parotid", "Dmean", None, None)), RS)
     pred, ref, codes, mask, sp, rs = _no_tie_batch()
     with pytest.raises(ValueError, match="voxel volume"):
         CDMLoss(_stand_in_protocol(), rs)(pred, ref, codes, mask, None)

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..patient import Patient
+from ..protocol import BoundProtocol, Protocol
 from ..qa.conformal import DEFAULT_RULE
 from ..qa.families import Unit, lower_is_better, metric_family
 
@@ -258,7 +259,8 @@ class Case:
     values: dict[str, float]
 
 
-def criteria_of(plan: Patient, pred: np.ndarray, protocol: Any) -> tuple[list[Crit], Any]:
+def criteria_of(plan: Patient, pred: np.ndarray, protocol: BoundProtocol | Protocol | str
+                ) -> tuple[list[Crit], Any]:
     from ..evaluation import evaluate_patient
 
     res = evaluate_patient(plan, pred, protocol)
@@ -275,7 +277,7 @@ def criteria_of(plan: Patient, pred: np.ndarray, protocol: Any) -> tuple[list[Cr
     return out, res
 
 
-def _values(plan: Patient, dose: np.ndarray, pred: np.ndarray, protocol: Any) -> dict[str, float]:
+def _values(plan: Patient, dose: np.ndarray, pred: np.ndarray, protocol: BoundProtocol) -> dict[str, float]:
     """Every criterion's plan value of ``plan`` with ``dose`` as its plan dose."""
     from ..evaluation import evaluate_patient
 
@@ -286,7 +288,7 @@ def _values(plan: Patient, dose: np.ndarray, pred: np.ndarray, protocol: Any) ->
     return {f"{c.roi} {c.metric}": float(c.ref) for c in evaluate_patient(q, pred, protocol).criteria}
 
 
-def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: Any, cfg: PowerConfig
+def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: BoundProtocol, cfg: PowerConfig
             ) -> list[Case]:
     """The degraded plans of one patient (:func:`raise_oar`, :func:`cold_spot`, :func:`hot_spot`), each
     evaluated; a degradation that did not change its criterion by the amount is a bug (RuntimeError)."""
@@ -306,7 +308,7 @@ def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: Any, c
                     raise RuntimeError(f"patient {plan.id}: raising {roi} by {gy:g} Gy changed {c.key} by "
                                        f"{change:.6f} Gy")
                 cases.append(Case(plan.id, "oar", roi, c.key, c.family, gy, change, vals))
-        rx = protocol.prescription(roi, plan.roi_set)
+        rx = protocol.prescription(roi)
         for c in cs:
             if c.kind == "target" and c.metric == cfg.cold_metric and not c.lower_better:
                 for gy in cfg.cold_gy:

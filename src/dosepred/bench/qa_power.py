@@ -61,6 +61,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference import TTA_SHIFT, PredictionRecord, prediction_record
+from ..patient import RoiSet
+from ..protocol import BoundProtocol
 from ..qa.calibrating import other_model
 from ..qa.calibration import load_calibration, qa_inference
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
@@ -165,6 +167,7 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         _as_qa_predicts(pm, model, qa_tta, f"--{name}-prediction {path}")
         pass_caches[name] = pc
     proto = None
+    bound: dict[RoiSet, BoundProtocol] = {}
     crits: list[Crit] = []
     cases: list[Case] = []
     from ..progress import track
@@ -176,7 +179,10 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
         if p.dose is None:
             raise InputError(f"patient {p.id} of {data} has no dose: the benchmark needs plan doses")
         if proto is None:
-            proto = load_protocol(cfg.protocol, p.roi_set)
+            proto = load_protocol(cfg.protocol)
+        if p.roi_set not in bound:  # resolved once per ROI set; each degraded plan is scored with it
+            bound[p.roi_set] = proto.bind(p.roi_set)
+        bp = bound[p.roi_set]
         if pred_cache is not None:
             if p.id not in pred_cache.ids:
                 raise InputError(f"--prediction {prediction}: no prediction for patient {p.id}")
@@ -187,19 +193,19 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
             from ..predict import predict_dose
 
             pred = predict_dose(model_net, p, qa_inference(qa_tta))  # type: ignore[arg-type]
-        cs, _ = criteria_of(p, pred, proto)
+        cs, _ = criteria_of(p, pred, bp)
         for name, pc in pass_caches.items():
             if p.id not in pc.ids:
                 raise InputError(f"--{name}-prediction {passes[name]}: no prediction for patient {p.id}")
             avg = pc.load_dose(p.id)
             if avg is None:
                 raise InputError(f"--{name}-prediction {passes[name]}: patient {p.id} has no predicted dose")
-            other, _ = criteria_of(p, _pass_dose(pred, avg), proto)
+            other, _ = criteria_of(p, _pass_dose(pred, avg), bp)
             ov = {c.key: c.predicted for c in other}
             for c in cs:
                 c.passes[name] = ov.get(c.key, c.predicted)
         crits += cs
-        cases += degrade(p, pred, cs, proto, cfg)
+        cases += degrade(p, pred, cs, bp, cfg)
     if not crits:
         raise InputError(f"no criterion of protocol {cfg.protocol} could be evaluated on {data}")
     return crits, cases, info

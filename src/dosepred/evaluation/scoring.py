@@ -49,8 +49,8 @@ from ..dvh import roi_metrics_pair, roi_voxel_indices
 from ..errors import InputError
 from ..geometry import shear_problem
 from ..metrics import parse_metric
-from ..patient import Patient
-from ..protocol import Protocol, load_protocol
+from ..patient import Patient, RoiSet
+from ..protocol import BoundProtocol, Protocol, load_protocol
 
 
 @dataclass
@@ -381,18 +381,30 @@ def _check_prediction(ref: Patient, pred: np.ndarray, predc: np.ndarray, maskc: 
                              "possible-dose mask; is it a prediction for another patient or grid?")
 
 
-def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "openkbp") -> PatientResult:
+def _bound(protocol: Protocol | BoundProtocol | str, roi_set: RoiSet) -> BoundProtocol:
+    """``protocol`` resolved for ``roi_set``: as given when it already is (no second validation),
+    else loaded and bound (which validates)."""
+    if isinstance(protocol, BoundProtocol) and protocol.roi_set == roi_set:
+        return protocol
+    if isinstance(protocol, BoundProtocol):
+        protocol = protocol.protocol
+    return load_protocol(protocol).bind(roi_set)
+
+
+def evaluate_patient(ref: Patient, pred_dose: Any,
+                     protocol: Protocol | BoundProtocol | str = "openkbp") -> PatientResult:
     """Evaluate one predicted dose against the reference patient's dose.
 
-    ``protocol``: a :class:`Protocol` or a name/path for :func:`load_protocol`. It is checked
-    against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
+    ``protocol``: a :class:`BoundProtocol` for the patient's RoiSet (what a cohort's evaluation
+    passes: resolved once), or a :class:`Protocol` or a name/path for :func:`load_protocol`, then
+    checked against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
     """
     if ref.dose is None:
         raise InputError(f"patient {ref.id}: the reference has no dose to compare with")
     problem = None if ref.geometry is None else shear_problem(ref.geometry)
     if problem:  # the readers refuse such grids; a Patient built in Python reaches here directly
         raise InputError(f"patient {ref.id}: {problem}")
-    protocol = load_protocol(protocol, ref.roi_set)
+    bound = _bound(protocol, ref.roi_set)
     pred = as_dose_array(pred_dose, ref.shape, ref.id)
     rs = ref.roi_set
     # Work inside the box outside which the reference dose, mask and ROIs are zero (known from the
@@ -414,7 +426,7 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
     refd = np.ascontiguousarray(refc).ravel()
     predd = np.ascontiguousarray(predc).ravel()
 
-    needed = _needed(protocol)
+    needed = _needed(bound.protocol)
     openkbp_names = {(c.roi, c.metric) for c in _openkbp().criteria}
     idx = roi_voxel_indices(ref, [r for r in needed if r in rs], box)
     vox = ref.voxel_volume_mm3
@@ -425,7 +437,7 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
             if roi in rs:
                 missing.append(roi)
             continue  # openkbp ROIs absent from a non-OpenKBP RoiSet are simply not evaluated
-        rx = protocol.prescription(roi, rs)
+        rx = bound.prescription(roi)
         computable = [m for m in ms if not (parse_metric(m).needs_prescription and rx is None)]
         r_vals, p_vals = roi_metrics_pair(refd[idx[roi]], predd[idx[roi]], computable, vox, rx)
         for m, rv, pv in zip(computable, r_vals, p_vals, strict=True):
@@ -436,7 +448,7 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
     oar_errors: list[float] = []
     seen: set[tuple[str, str]] = set()
     criteria: list[CriterionResult] = []
-    for c in protocol.criteria:
+    for c in bound.criteria:
         v = values.get((c.roi, c.metric))
         if v is None:
             continue
@@ -446,12 +458,11 @@ def evaluate_patient(ref: Patient, pred_dose: Any, protocol: Protocol | str = "o
                 ptv_errors.append(v.error)
             elif v.kind == "oar":
                 oar_errors.append(v.error)
-        rx = protocol.prescription(c.roi, rs)
         criteria.append(CriterionResult(
-            name=c.resolved_name(rx), roi=c.roi, metric=c.metric, direction=c.direction,
-            limit=c.limit_value(rx), goal=c.goal_value(rx), unit=c.unit, priority=c.priority,
-            ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref, rx), pred_pass=c.check(v.pred, rx),
-            ref_goal=c.check(v.ref, rx, goal=True), pred_goal=c.check(v.pred, rx, goal=True)))
+            name=c.name, roi=c.roi, metric=c.metric, direction=c.direction,
+            limit=c.limit, goal=c.goal, unit=c.unit, priority=c.priority,
+            ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref), pred_pass=c.check(v.pred),
+            ref_goal=c.check(v.ref, goal=True), pred_goal=c.check(v.pred, goal=True)))
     return PatientResult(ref.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
                          criteria, tuple(missing))
 
@@ -467,8 +478,11 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | s
         it = track(pairs, description="evaluating")
     out = CohortResult(proto.name)
     present: set[str] = set()
+    bound: dict[RoiSet, BoundProtocol] = {}  # resolved once per ROI set (one for a whole source)
     for ref, pred in it:
-        r = evaluate_patient(ref, pred, proto)
+        if ref.roi_set not in bound:
+            bound[ref.roi_set] = proto.bind(ref.roi_set)
+        r = evaluate_patient(ref, pred, bound[ref.roi_set])
         out.patients.append(r)
         present.update(n for n in ref.roi_set.names if n not in r.missing_rois and n not in ref.missing_rois)
     if out.patients:

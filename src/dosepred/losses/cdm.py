@@ -35,6 +35,7 @@ same metrics differentiable.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..metrics import Metric, MetricError, parse_metric, percentile_index, percentile_q, v_threshold
+from ..patient import RoiSet
+from ..protocol import BoundProtocol, Protocol, load_protocol
 from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, voxel_volumes, zero_like_graph
 
 _SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
@@ -157,41 +160,40 @@ def roi_metrics(doses: torch.Tensor, terms: Sequence[CdmTerm], voxel_volume_mm3:
 
 # ------------------------------------------------------------------------------ terms from a protocol
 
-def resolve_terms(protocol: Any, roi_set: Any, target_weight: float = 1.0,
+def resolve_terms(protocol: Protocol | BoundProtocol, roi_set: RoiSet, target_weight: float = 1.0,
                   oar_weight: float = 1.0) -> list[CdmTerm]:
     """Turn a protocol's criteria into :class:`CdmTerm` s for a dataset's RoiSet.
 
-    ``protocol`` is a :class:`dosepred.protocol.Protocol` or any object with the same ``criteria``
-    (and optionally ``prescription(roi, roi_set)``). Raises ValueError naming the criterion when its
-    ROI is not in the RoiSet or a needed prescription is missing.
+    ``protocol``: a :class:`~dosepred.protocol.Protocol`, or one already bound to ``roi_set``
+    (:meth:`Protocol.bind`, which validates it: a misspelt ROI or a needed prescription that no one
+    gives is a ProtocolError naming the criterion). Every criterion's ROI must be in the RoiSet
+    (InputError naming the first that is not).
     """
-    terms = []
-    for i, c in enumerate(protocol.criteria, 1):
-        if c.roi not in roi_set:
+    bound = protocol if isinstance(protocol, BoundProtocol) and protocol.roi_set == roi_set else (
+        protocol.protocol if isinstance(protocol, BoundProtocol) else protocol).bind(roi_set)
+    for i, c in enumerate(bound.protocol.criteria, 1):
+        if c.roi not in roi_set:  # binding leaves out a dataset's uncontoured ROI; the loss needs them all
             raise InputError(f"CDM loss: criterion {i} ({c.roi} {c.metric}) names ROI {c.roi!r}, which is "
                              f"not in the dataset's ROIs ({', '.join(roi_set.names)})")
-        m = c.parsed if hasattr(c, "parsed") else parse_metric(c.metric)
-        if hasattr(protocol, "prescription"):
-            rx = protocol.prescription(c.roi, roi_set)
-        else:
-            rx = roi_set.prescription(c.roi)
+    terms = []
+    for c in bound.criteria:
         try:
-            thr = v_threshold(m, rx) if m.kind == "V" else None
-            limit = c.limit_value(rx) if getattr(c, "limit", None) is not None else None
+            thr = v_threshold(c.parsed, c.rx) if c.parsed.kind == "V" else None
         except ValueError as e:
-            raise InputError(f"CDM loss: criterion {i} ({c.roi} {c.metric}): {e}") from None
-        is_target = roi_set[c.roi].kind == "target"
-        w = float(getattr(c, "weight", 1.0)) * (target_weight if is_target else oar_weight)
-        terms.append(CdmTerm(c.roi, roi_set.index(c.roi), m, is_target, w, limit,
-                             getattr(c, "direction", None) if limit is not None else None, thr))
+            raise InputError(f"CDM loss: criterion {c.index} ({c.roi} {c.metric}): {e}") from None
+        is_target = c.kind == "target"
+        w = c.weight * (target_weight if is_target else oar_weight)
+        terms.append(CdmTerm(c.roi, roi_set.index(c.roi), c.parsed, is_target, w, c.limit,
+                             c.direction if c.limit is not None else None, thr))
     return terms
 
 
-def default_dose_scale(protocol: Any, roi_set: Any) -> float:
+def default_dose_scale(protocol: Protocol | BoundProtocol | None, roi_set: RoiSet) -> float:
     """The highest prescription (Gy) known to the protocol or the RoiSet, else 70 Gy."""
-    rx = [r.prescription for r in roi_set if getattr(r, "prescription", None)]
-    if protocol is not None and hasattr(protocol, "prescription"):
-        rx += [protocol.prescription(r, roi_set) or 0.0 for r in roi_set.names]
+    proto = protocol.protocol if isinstance(protocol, BoundProtocol) else protocol
+    rx = [r.prescription for r in roi_set if r.prescription]
+    if proto is not None:
+        rx += [proto.prescription(r, roi_set) or 0.0 for r in roi_set.names]
     rx = [x for x in rx if x]
     return float(max(rx)) if rx else DEFAULT_DOSE_SCALE
 
@@ -356,18 +358,14 @@ class CDMLoss(nn.Module):
 
     name = "cdm"
 
-    def __init__(self, protocol: Any = None, roi_set: Any = None, tau: float = 1.0, spread: float = 0.0,
+    def __init__(self, protocol: Protocol | str | os.PathLike | None = None, roi_set: RoiSet | None = None,
+                 tau: float = 1.0, spread: float = 0.0,
                  dose_scale: float | None = None, target_weight: float = 1.0, oar_weight: float = 1.0,
                  match: bool = True, constraint: bool = False, constraint_weight: float = 1.0) -> None:
         super().__init__()
         if roi_set is None:
             raise ValueError("the CDM loss needs the dataset's roi_set")
-        if protocol is None or isinstance(protocol, str) or hasattr(protocol, "__fspath__"):
-            from ..protocol import load_protocol
-
-            protocol = load_protocol("openkbp" if protocol is None else protocol, roi_set)
-        elif hasattr(protocol, "validate_for"):
-            protocol.validate_for(roi_set)
+        protocol = load_protocol("openkbp" if protocol is None else protocol)
         if not tau > 0:
             raise InputError(f"cdm tau must be > 0 Gy, got {tau}")
         for label, v in (("constraint_weight", constraint_weight), ("target_weight", target_weight),
@@ -379,7 +377,7 @@ class CDMLoss(nn.Module):
         if not (match or constraint):
             raise InputError("the CDM loss needs match=True or constraint=True (both are off)")
         self.protocol = protocol
-        self.terms = resolve_terms(protocol, roi_set, target_weight, oar_weight)
+        self.terms = resolve_terms(protocol, roi_set, target_weight, oar_weight)  # binds: validates once
         self.tau = float(tau)
         self.spread = float(spread)
         if dose_scale is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ import torch
 from torch import nn
 
 from ..errors import DosepredError, InputError
+from ..patient import RoiSet
+from ..protocol import Protocol, load_protocol
 from .cdm import CDMLoss, default_dose_scale
 from .dvh_curve import DVHCurveLoss
 from .moment import MomentLoss
@@ -143,7 +146,8 @@ class CombinedLoss(nn.Module):
         return f"spec={self.spec!r}"
 
 
-def build_loss(spec: str, roi_set: Any = None, protocol: Any = None, **options: Any) -> CombinedLoss:
+def build_loss(spec: str, roi_set: RoiSet | None = None, protocol: Protocol | str | os.PathLike | None = None,
+               **options: Any) -> CombinedLoss:
     """Build the loss of a spec such as ``"mae+cdm"`` or ``"mae+0.5*dvh"``.
 
     Args:
@@ -156,7 +160,10 @@ def build_loss(spec: str, roi_set: Any = None, protocol: Any = None, **options: 
     """
     terms = parse_spec(spec)
     routed = split_options(terms, options)
-    shared_scale = default_dose_scale(None if isinstance(protocol, str) else protocol, roi_set) \
+    if any(t.name == "cdm" for t in terms) and not isinstance(protocol, Protocol):
+        # resolved once here: the shared dose scale and the CDM term read the same protocol
+        protocol = load_protocol("openkbp" if protocol is None else protocol)
+    shared_scale = default_dose_scale(protocol if isinstance(protocol, Protocol) else None, roi_set) \
         if roi_set is not None else None
     mods: dict[str, nn.Module] = {}
     for t in terms:

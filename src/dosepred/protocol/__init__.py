@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ..errors import DosepredError
+from .bound import BoundCriterion, BoundProtocol
 from .schema import Criterion, Direction, LimitUnit, Protocol, ProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
 
-__all__ = ["BUILTIN", "Criterion", "Direction", "LimitUnit", "Protocol", "ProtocolError",
-           "builtin_names", "from_portpy", "lint", "load_protocol", "parse_protocol"]
+__all__ = ["BUILTIN", "BoundCriterion", "BoundProtocol", "Criterion", "Direction", "LimitUnit", "Protocol",
+           "ProtocolError", "builtin_names", "from_portpy", "lint", "load_protocol", "parse_protocol"]
 
 BUILTIN = ("openkbp", "openkbp-clinical")
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from ..errors import DosepredError
 from ..metrics import Metric, parse_metric
+from .bound import BoundProtocol, bind
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
@@ -243,6 +244,11 @@ class Protocol(BaseModel):
                                 f"among {roi_owner}'s ROIs ({', '.join(roi_set.names)}); no criterion "
                                 "could be evaluated")
         return self
+
+    def bind(self, roi_set: RoiSet, roi_owner: str = "the dataset") -> BoundProtocol:
+        """Validate against ``roi_set`` (as :meth:`validate_for`) and resolve every criterion once:
+        see :mod:`dosepred.protocol.bound`."""
+        return bind(self, roi_set, roi_owner)
 
     def kinds(self, roi_set: RoiSet) -> dict[str, str]:
         """ROI name -> 'target' / 'oar' / 'other' as the dataset declares it."""

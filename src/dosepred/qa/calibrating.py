@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import sha256_file
-from ..patient import Patient
+from ..patient import Patient, RoiSet
+from ..protocol import BoundProtocol, Protocol, load_protocol
 from .band import band_doses, fit_band
 from .calibration import (
     CALIBRATION_FILE,
@@ -139,13 +140,13 @@ def roi_features(patient: Patient, pred_dose: np.ndarray, rois: Iterable[str]) -
     return out
 
 
-def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Any) -> tuple[list[Unit], Any]:
-    """Units of one patient (its dose is the plan) and its evaluation result."""
+def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Protocol | BoundProtocol | str
+                  ) -> tuple[list[Unit], Any]:
+    """Units of one patient (its dose is the plan) and its evaluation result. ``protocol``: best bound
+    to the plan's ROI set already (:meth:`Protocol.bind`), else bound here."""
     from ..evaluation import evaluate_patient
-    from ..protocol import load_protocol
 
-    proto = load_protocol(protocol, plan.roi_set)
-    res = evaluate_patient(plan, pred_dose, proto)
+    res = evaluate_patient(plan, pred_dose, protocol)
     feats = roi_features(plan, pred_dose, [c.roi for c in res.criteria])
     kinds = {r.name: r.kind for r in plan.roi_set}
     units, seen = [], set()
@@ -160,7 +161,7 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Any) -> tuple[
     return units, res
 
 
-def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Any,
+def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
                   predictions: str | os.PathLike | None = None, progress: bool = False,
                   dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True,
                   roi_map: Any = None) -> tuple[list[Unit], list[str]]:
@@ -182,6 +183,8 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
         from ..models.checkpoint import load_model
 
         model = load_model(model_path)
+    proto = load_protocol(protocol)
+    bound: dict[RoiSet, BoundProtocol] = {}  # resolved once per ROI set (one for a whole source)
     units: list[Unit] = []
     ids: list[str] = []
     it: Iterable[Patient] = load_patients(data, roi_map=roi_map)
@@ -199,7 +202,9 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
             from ..predict import predict_dose
 
             pred = predict_dose(model, p, qa_inference(tta))  # type: ignore[arg-type]
-        us, _ = patient_units(p, pred, protocol)
+        if p.roi_set not in bound:
+            bound[p.roi_set] = proto.bind(p.roi_set)
+        us, _ = patient_units(p, pred, bound[p.roi_set])
         units += us
         ids.append(p.id)
         if dvh_band is not None:
@@ -230,7 +235,7 @@ def training_ranges(patients: Iterable[Patient], source: str | None = None) -> T
                           tuple(a.max(axis=0).tolist()) if n else None, source)
 
 
-def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, model_path: Path,
+def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Protocol | str, model_path: Path,
                       data: str, ranges: TrainingRanges | None, splits: int = 200, seed: int = 0,
                       cal_fraction: float = 0.8, rule: str = DEFAULT_RULE,
                       dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
@@ -239,8 +244,6 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Any, 
     :func:`collect_units`; ``tta``: whether the units' predictions were flipped (recorded: plan QA
     predicts the same way)."""
     check_rule(rule)
-    from ..protocol import load_protocol
-
     proto = load_protocol(protocol)
     by_fam: dict[str, list[Unit]] = {}
     for u in units:
@@ -275,7 +278,7 @@ def calibration_path(model: str | os.PathLike) -> Path:
     return resolve_model_path(model).parent / CALIBRATION_FILE
 
 
-def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
+def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
               predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
               splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE,
               tta: bool = True, roi_map: Any = None) -> tuple[Path, Calibration]:
@@ -293,6 +296,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Any,
     from ..models.checkpoint import resolve_model_path
 
     ckpt = resolve_model_path(model)
+    protocol = load_protocol(protocol)  # resolved once, here
     band: dict[str, dict[str, list[float]]] = {}
     units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta,
                                roi_map=roi_map)

@@ -119,7 +119,9 @@ class QAChecker:
         ckpt = load_checkpoint(self.model_path)
         self.net = model_from_checkpoint(ckpt, resolve_device(device or "auto"))
         self.roi_set: RoiSet = self.net.config.roi_set
-        self.protocol = load_protocol(protocol, self.roi_set, roi_owner="the model")
+        self.protocol = load_protocol(protocol)
+        #: the protocol resolved against the model's ROIs, once (plans are checked on those ROIs)
+        self.bound = self.protocol.bind(self.roi_set, roi_owner="the model")
         self.coverage = coverage
         self.methods = self.calibration.methods
         self.calibrated = set(self.calibration.criteria)
@@ -145,13 +147,12 @@ class QAChecker:
                                    "model file (sha256 differs): recalibrate with `dosepred calibrate`")
 
     def _check_protocol(self) -> None:
-        kinds = {r.name: r.kind for r in self.roi_set}
         families = self.calibration.families
         missing: dict[str, list[str]] = {}
-        for c in self.protocol.criteria:
-            fam = metric_family(c.metric, kinds.get(c.roi, "oar"))
+        for c in self.bound.criteria:
+            fam = metric_family(c.metric, c.kind)
             if fam not in families:
-                missing.setdefault(fam, []).append(c.name)
+                missing.setdefault(fam, []).append(c.criterion.name)
             else:
                 fam_cal = families[fam]
                 meth = self.methods[fam]
@@ -323,8 +324,7 @@ class QAChecker:
         plan = self.prepare(plan)
         if pred is None:
             pred = self.predict(plan)
-        res = evaluate_patient(plan, pred, self.protocol)
-        kinds = {r.name: r.kind for r in self.roi_set}
+        res = evaluate_patient(plan, pred, self.bound)
         lacking = [n for n in self.roi_set.names if n in plan.missing_rois]
         space = model_space(self.net)
         rare = [n for n in lacking if n in space.rarely_absent()]
@@ -336,16 +336,15 @@ class QAChecker:
         computed = iter(res.criteria)
         nxt = next(computed, None)
         out: list[CriterionQA] = []
-        for pc in self.protocol.criteria:
-            kind = kinds.get(pc.roi, "oar")
+        for pc in self.bound.criteria:  # all of the protocol's: the model has every ROI it names
+            kind = pc.kind
             fam = metric_family(pc.metric, kind)
             c = nxt
             if c is None or (c.roi, c.metric) != (pc.roi, pc.metric):
                 if pc.roi in lacking:
-                    rx = self.protocol.prescription(pc.roi, plan.roi_set)
                     out.append(CriterionQA(pc.roi, pc.metric, math.nan, math.nan, math.nan, math.nan,
-                                           pc.limit_value(rx), None, [FLAG_NOT_CONTOURED],
-                                           name=pc.resolved_name(rx), family=fam, unit=pc.unit, kind=kind,
+                                           pc.limit, None, [FLAG_NOT_CONTOURED],
+                                           name=pc.name, family=fam, unit=pc.unit, kind=kind,
                                            lower_better=lower_is_better(pc.direction, pc.metric, kind)))
                 continue  # else not computable (e.g. a %Rx metric without prescription)
             nxt = next(computed, None)

@@ -1,0 +1,106 @@
+"""A protocol resolved against one ROI set, once: what scoring, the CDM loss and plan QA read inside.
+
+A :class:`~dosepred.protocol.schema.Protocol` is the JSON as written: ROI names, metric strings, limits
+that may be relative to a prescription. Every consumer needs the same resolution against the ROIs
+of a dataset or model: which criteria apply (their ROI is in the set), each criterion's prescription,
+its limit and goal in absolute units, its name with the prescription filled in, and the ROI's kind.
+:meth:`Protocol.bind <dosepred.protocol.schema.Protocol.bind>` validates the protocol against the set
+and does that resolution once, at the edge (a command's start, a loss's construction); the code inside
+takes a :class:`BoundProtocol` and never looks a prescription up again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..metrics import Metric
+    from ..patient import RoiSet
+    from .schema import Criterion, Protocol
+
+
+@dataclass(frozen=True)
+class BoundCriterion:
+    """One criterion of a protocol whose ROI is in the bound ROI set, resolved.
+
+    ``index``: 1-based position in the protocol (how errors name it); ``parsed``: its metric, parsed
+    once; ``kind``: the ROI's kind in the
+    set (``target``, ``oar``, ``other``); ``rx``: the prescription used (protocol's, else the set's,
+    else None); ``limit``/``goal``: absolute values (Gy, %, cc) or None; ``name``: the display name
+    with the prescription resolved (``PTV70 D95% >= 66.5 Gy``)."""
+
+    criterion: Criterion
+    index: int
+    parsed: Metric
+    kind: str
+    rx: float | None
+    limit: float | None
+    goal: float | None
+    name: str
+
+    @property
+    def roi(self) -> str:
+        return self.criterion.roi
+
+    @property
+    def metric(self) -> str:
+        return self.criterion.metric
+
+    @property
+    def direction(self) -> str | None:
+        return self.criterion.direction
+
+    @property
+    def unit(self) -> str:
+        return self.criterion.unit
+
+    @property
+    def priority(self) -> int:
+        return self.criterion.priority
+
+    @property
+    def weight(self) -> float:
+        return float(self.criterion.weight)
+
+    def check(self, value: float, goal: bool = False) -> bool | None:
+        """Whether ``value`` meets the limit (or the goal); None without one (see Criterion.check)."""
+        return self.criterion.check(value, self.rx, goal=goal)
+
+
+@dataclass(frozen=True)
+class BoundProtocol:
+    """A protocol validated against ``roi_set`` and resolved once (see the module docstring).
+
+    ``criteria`` holds the protocol's criteria whose ROI is in the set, in the protocol's order; a
+    criterion on an ROI the set lacks (allowed only where :meth:`Protocol.validate_for` allows it: a
+    dataset without an Esophagus under a built-in protocol) is left out and named in ``skipped``."""
+
+    protocol: Protocol
+    roi_set: RoiSet
+    criteria: tuple[BoundCriterion, ...]
+    skipped: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.protocol.name
+
+    def prescription(self, roi: str) -> float | None:
+        """The prescription (Gy) of ``roi``: the protocol's, else the ROI set's, else None."""
+        return self.protocol.prescription(roi, self.roi_set)
+
+
+def bind(protocol: Protocol, roi_set: RoiSet, roi_owner: str = "the dataset") -> BoundProtocol:
+    """Validate ``protocol`` against ``roi_set`` (raises ProtocolError naming the criterion, as
+    :meth:`Protocol.validate_for`) and resolve every applicable criterion once."""
+    protocol.validate_for(roi_set, roi_owner)
+    out: list[BoundCriterion] = []
+    skipped: list[str] = []
+    for i, c in enumerate(protocol.criteria, 1):
+        if c.roi not in roi_set:
+            skipped.append(c.name)
+            continue
+        rx = protocol.prescription(c.roi, roi_set)
+        out.append(BoundCriterion(c, i, c.parsed, roi_set[c.roi].kind, rx, c.limit_value(rx),
+                                  c.goal_value(rx), c.resolved_name(rx)))
+    return BoundProtocol(protocol, roi_set, tuple(out), tuple(skipped))
