@@ -121,3 +121,44 @@ def test_with_dose_shares_arrays():
     p = _patient()
     q = p.with_dose(np.ones(SHAPE, np.float32))
     assert q.ct is p.ct and q.roi_codes is p.roi_codes and q.dose is not None and p.dose is None
+
+
+def test_a_patient_without_ct_takes_its_grid_from_the_roi_codes_and_evaluates():
+    """``ct=None``: the grid is the ROI codes'; shapes are checked against it; what needs the CT says
+    so naming the patient; scoring needs no CT (dose score against numpy)."""
+    from dosepred.errors import InputError
+    from dosepred.evaluation import evaluate_patient
+
+    p = _patient()
+    dose = np.zeros(SHAPE, np.float32)
+    dose[1:3, 1:3, 1:3] = 70.0
+    dose[0, 0, :] = 10.0
+    q = Patient(p.id, None, p.roi_codes, p.roi_set, (1, 2, 3), dose=dose, missing_rois=p.missing_rois)
+    assert q.ct is None and q.shape == SHAPE and q.spacing == (1.0, 2.0, 3.0) and q.voxel_volume_mm3 == 6.0
+    with pytest.raises(InputError, match="^patient pt_7: no CT .*the report needs the CT$"):
+        q.require_ct("the report")
+    with pytest.raises(InputError, match=r"patient pt_7: dose shape \(2, 2, 2\) != ROI codes shape"):
+        Patient(p.id, None, p.roi_codes, p.roi_set, (1, 2, 3), dose=np.zeros((2, 2, 2), np.float32))
+    pred = dose * 0.9
+    r = evaluate_patient(q, pred, "openkbp")
+    assert r.dose_score == pytest.approx(np.abs(dose - pred).sum() / dose.size)
+    assert r.dose_score == evaluate_patient(p.with_dose(dose), pred, "openkbp").dose_score
+
+
+def test_spacing_is_the_geometrys():
+    """``spacing`` builds the geometry when none is given, is checked against a given one, and reads
+    back as the geometry's (it cannot drift from it)."""
+    from dosepred.errors import InputError
+    from dosepred.geometry import Geometry
+
+    p = _patient()
+    assert p.spacing == tuple(p.geometry.spacing) == (1.0, 2.0, 3.0)
+    g = Geometry.openkbp(SHAPE, (2.0, 2.0, 2.5))
+    q = Patient("pt_8", p.ct, p.roi_codes, p.roi_set, geometry=g)
+    assert q.spacing == (2.0, 2.0, 2.5) and q.voxel_volume_mm3 == 10.0
+    with pytest.raises(InputError, match="pt_8: spacing .* differs from the geometry"):
+        Patient("pt_8", p.ct, p.roi_codes, p.roi_set, (1, 2, 3), geometry=g)
+    with pytest.raises(InputError, match="pt_8: give the grid's geometry"):
+        Patient("pt_8", p.ct, p.roi_codes, p.roi_set)
+    with pytest.raises(AttributeError):
+        q.spacing = (1.0, 1.0, 1.0)

@@ -312,3 +312,19 @@ def test_predict_to_records_the_options_it_used_and_predicts_with_them(run_dir, 
     got = pc.load(p.id).dose
     np.testing.assert_array_equal(got, predict_dose(model, p, used))
     assert np.abs(got - predict_dose(model, p, InferenceOptions(tta=False))).max() > 1e-4  # they mattered
+
+
+def test_a_patient_without_ct_is_refused_by_predict_with_one_clear_error(run_dir):
+    """A Patient read without its CT (``ct=None``, as evaluation reads references) cannot be
+    predicted: one InputError naming the patient and what needs the CT, before any work."""
+    from dosepred.errors import InputError
+    from dosepred.models.checkpoint import load_model
+    from dosepred.patient import Patient
+    from dosepred.predict import predict_dose
+
+    model = load_model(run_dir / "run")
+    p = make_cohort(1, seed=12, size=32)[0]
+    q = Patient(p.id, None, p.roi_codes, p.roi_set, possible_dose_mask=p.possible_dose_mask,
+                geometry=p.geometry)
+    with pytest.raises(InputError, match=f"^patient {p.id}: no CT .*prediction needs the CT$"):
+        predict_dose(model, q, InferenceOptions(tta=False))

@@ -1,9 +1,12 @@
 """The one record type every stage speaks: :class:`Patient`, and the dataset's :class:`RoiSet`.
 
-A Patient holds CT (HU, int16), an optional dose (Gy, float32), the possible-dose mask (bool), the
-bit-mask ROI codes (bit k = ROI k of the RoiSet), its :class:`~dosepred.geometry.Geometry` (where the
-grid lies in patient coordinates, LPS mm: origin, direction cosines, spacing per array axis), and the
-ROI names, kinds and prescriptions through its RoiSet. Consistency is checked on construction.
+A Patient holds an optional CT (HU, int16; None when not loaded, e.g. references read for
+scoring), an optional dose (Gy, float32), the possible-dose mask (bool), the bit-mask ROI codes (bit
+k = ROI k of the RoiSet), its :class:`~dosepred.geometry.Geometry` (where the grid lies in patient
+coordinates, LPS mm: origin, direction cosines, spacing per array axis; ``Patient.spacing`` is the
+geometry's), and the ROI names, kinds and prescriptions through its RoiSet. Consistency is checked on
+construction. What needs the CT (prediction, writers, the report) asks :meth:`Patient.require_ct`,
+which names the patient when there is none.
 
 Every reader sets the geometry from its source. A Patient built without one (tests, code that
 predates geometry) is taken to be in the OpenKBP array convention (:meth:`Geometry.openkbp`), which
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -128,32 +131,45 @@ class Patient:
     """One patient on one voxel grid. Arrays share the same shape and the source's axis order."""
 
     id: str
-    ct: np.ndarray  # int16, HU
+    ct: np.ndarray | None  # int16, HU; None: not loaded (scoring needs none)
     roi_codes: np.ndarray  # unsigned int, bit k = roi_set.rois[k]
     roi_set: RoiSet
-    spacing: tuple[float, float, float]  # mm per array axis
+    #: mm per array axis: only to build the geometry when none is given (checked against it when
+    #: both are); afterwards ``Patient.spacing`` is the geometry's (a property)
+    spacing: InitVar[Sequence[float] | None] = None
     possible_dose_mask: np.ndarray | None = None  # bool; defaults to all True
     dose: np.ndarray | None = None  # float32, Gy
     missing_rois: tuple[str, ...] = ()  # ROIs of the set that this patient has no contour for
     meta: dict[str, Any] = field(default_factory=dict)  # provenance (source folder, study date, ...)
     geometry: Geometry | None = None  # voxel -> patient (LPS mm); None: derived, see the module docstring
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, spacing: Sequence[float] | None) -> None:
         pid = self.id
-        self.ct = np.asarray(self.ct)
-        shape = self.ct.shape
-        if self.ct.ndim != 3:
-            raise InputError(f"patient {pid}: CT must be 3-D, got shape {shape}")
-        if self.ct.dtype != np.int16:
-            if np.issubdtype(self.ct.dtype, np.floating) and not np.all(np.isfinite(self.ct)):
-                raise InputError(f"patient {pid}: CT contains NaN/inf")
-            self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
-        sp = tuple(float(s) for s in self.spacing)
-        if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-            raise InputError(f"patient {pid}: spacing must be three positive mm values, got {self.spacing}")
-        self.spacing = sp  # type: ignore[assignment]
-        self.geometry = self._resolve_geometry(sp)
         codes = np.asarray(self.roi_codes)
+        if self.ct is not None:
+            self.ct = np.asarray(self.ct)
+            shape = self.ct.shape
+            if self.ct.ndim != 3:
+                raise InputError(f"patient {pid}: CT must be 3-D, got shape {shape}")
+            if self.ct.dtype != np.int16:
+                if np.issubdtype(self.ct.dtype, np.floating) and not np.all(np.isfinite(self.ct)):
+                    raise InputError(f"patient {pid}: CT contains NaN/inf")
+                self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
+            grid = "CT"
+        else:
+            shape = codes.shape
+            if codes.ndim != 3:
+                raise InputError(f"patient {pid}: ROI codes must be 3-D, got shape {shape}")
+            grid = "ROI codes"
+        self._shape = tuple(shape)
+        sp = None
+        if spacing is not None:
+            sp = tuple(float(s) for s in spacing)
+            if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+                raise InputError(f"patient {pid}: spacing must be three positive mm values, got {spacing}")
+        elif self.geometry is None:
+            raise InputError(f"patient {pid}: give the grid's geometry (or at least its spacing)")
+        self.geometry = self._resolve_geometry(sp)
         if codes.shape != shape:
             raise InputError(f"patient {pid}: ROI codes shape {codes.shape} != CT shape {shape}")
         want = self.roi_set.dtype
@@ -172,11 +188,11 @@ class Patient:
             self.possible_dose_mask = self.possible_dose_mask.astype(bool)
         if self.possible_dose_mask.shape != shape:
             raise InputError(f"patient {pid}: possible-dose mask shape {self.possible_dose_mask.shape}"
-                             f" != CT shape {shape}")
+                             f" != {grid} shape {shape}")
         if self.dose is not None:
             d = np.asarray(self.dose, dtype=np.float32)
             if d.shape != shape:
-                raise InputError(f"patient {pid}: dose shape {d.shape} != CT shape {shape}")
+                raise InputError(f"patient {pid}: dose shape {d.shape} != {grid} shape {shape}")
             if d.size:  # min and max see any NaN/inf without a temporary bool volume
                 lo, hi = d.min(), d.max()
                 if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -196,22 +212,29 @@ class Patient:
                     nvox = int(_roi.decode(codes, k).sum())
                     raise InputError(f"patient {pid}: ROI {m} is recorded missing but has {nvox} voxel(s)")
 
-    def _resolve_geometry(self, sp: tuple[float, float, float]) -> Geometry:
+    def _resolve_geometry(self, sp: tuple[float, ...] | None) -> Geometry:
         g = self.geometry
         if g is None:
+            assert sp is not None
             m = self.meta
             if "origin" in m and "orientation" in m:  # caches written before geometry (DICOM source)
                 g = Geometry.from_dicom(m["origin"], m["orientation"], sp)
             elif "affine" in m:  # caches written before geometry (NIfTI source)
                 g = Geometry.from_ras_affine(m["affine"])
             else:
-                g = Geometry.openkbp(self.ct.shape, sp)
+                g = Geometry.openkbp(self._shape, sp)
                 self.meta.setdefault("geometry", "assumed")
         elif not isinstance(g, Geometry):
             g = Geometry.from_dict(g)
-        if not np.allclose(g.spacing, sp, rtol=1e-5, atol=1e-6):
+        if sp is not None and not np.allclose(g.spacing, sp, rtol=1e-5, atol=1e-6):
             raise InputError(f"patient {self.id}: spacing {sp} differs from the geometry's {g.spacing}")
         return g
+
+    def require_ct(self, what: str = "this") -> np.ndarray:
+        """The CT; an InputError naming the patient when it was not loaded (``what`` needs it)."""
+        if self.ct is None:
+            raise InputError(f"patient {self.id}: no CT (read without one); {what} needs the CT")
+        return self.ct
 
     # support -------------------------------------------------------------------------------
     def set_support_box(self, box: tuple[slice, ...]) -> None:
@@ -244,16 +267,14 @@ class Patient:
     # geometry ------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.ct.shape  # type: ignore[return-value]
+        return self._shape  # type: ignore[return-value]
 
     @property
     def voxel_volume_mm3(self) -> float:
         """Volume of one voxel: |det| of the voxel-to-patient matrix (spacing product when axes are
         perpendicular)."""
         assert self.geometry is not None
-        if self.geometry.is_axis_aligned():
-            return float(np.prod(self.spacing))
-        return float(abs(np.linalg.det(self.geometry.matrix)))
+        return voxel_volume_mm3(self.geometry)
 
     @property
     def voxel_volume_cc(self) -> float:
@@ -305,7 +326,7 @@ class Patient:
                        r(self.possible_dose_mask), r(self.dose), self.missing_rois, dict(self.meta), g)
 
     @classmethod
-    def from_masks(cls, id: str, ct: np.ndarray, masks: dict[str, np.ndarray], roi_set: RoiSet,
+    def from_masks(cls, id: str, ct: np.ndarray | None, masks: dict[str, np.ndarray], roi_set: RoiSet,
                    spacing: Sequence[float], possible_dose_mask: np.ndarray | None = None,
                    dose: np.ndarray | None = None, meta: dict[str, Any] | None = None,
                    geometry: Geometry | None = None) -> Patient:
@@ -314,7 +335,7 @@ class Patient:
         if extra:
             raise InputError(f"patient {id}: ROIs {extra} are not in the ROI set "
                              f"({', '.join(roi_set.names)})")
-        shape = np.shape(ct)
+        shape = np.shape(ct) if ct is not None else np.shape(next(iter(masks.values()), possible_dose_mask))
         for n, m in masks.items():
             if np.shape(m) != shape:
                 raise InputError(f"patient {id}: ROI {n} mask shape {np.shape(m)} != CT shape {shape}")
@@ -325,3 +346,22 @@ class Patient:
         missing = tuple(n for n in roi_set.names if n not in masks)
         return cls(id, ct, codes, roi_set, tuple(spacing), possible_dose_mask, dose, missing,  # type: ignore
                    dict(meta or {}), geometry)
+
+
+def _spacing(self: Patient) -> tuple[float, float, float]:
+    """mm per array axis: the geometry's."""
+    assert self.geometry is not None
+    return tuple(float(v) for v in self.geometry.spacing)  # type: ignore[return-value]
+
+
+# The constructor takes ``spacing`` (an InitVar, to build or check the geometry); reading it gives the
+# geometry's, so the two cannot drift apart.
+Patient.spacing = property(_spacing)  # type: ignore[assignment,method-assign]
+
+
+def voxel_volume_mm3(geometry: Geometry) -> float:
+    """Volume of one voxel of ``geometry`` (mm3): the spacing product when its axes are perpendicular,
+    else |det| of the voxel-to-patient matrix."""
+    if geometry.is_axis_aligned():
+        return float(np.prod(tuple(float(v) for v in geometry.spacing)))
+    return float(abs(np.linalg.det(geometry.matrix)))

@@ -223,7 +223,7 @@ def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
     never cropped; a clinical CT with a wide field of view loses its empty surroundings, and with
     them most of the windows."""
     mask = np.asarray(patient.possible_dose_mask)
-    region = mask if not mask.all() else patient.ct > BODY_HU
+    region = mask if not mask.all() else patient.require_ct("the prediction's crop") > BODY_HU
     patch = tuple(int(p) for p in patch[:3])
     box = mask_box(region, [p // 8 for p in patch], empty="full")  # an empty region: the whole array
     sl = []
@@ -292,7 +292,7 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
     box = crop_box(patient, cfg.patch)
     mask_np = np.ascontiguousarray(patient.possible_dose_mask[box])
     codes_np = np.ascontiguousarray(patient.roi_codes[box])
-    ct = torch.from_numpy(np.ascontiguousarray(patient.ct[box])).to(device)[None, None]
+    ct = torch.from_numpy(np.ascontiguousarray(patient.require_ct("prediction")[box])).to(device)[None, None]
     codes = to_torch(codes_np, device)[None]
     mask = torch.from_numpy(mask_np).to(device)[None, None]
     roi = tuple(cfg.patch)
@@ -348,6 +348,7 @@ def predict_dose(model: torch.nn.Module, patient: Patient, options: InferenceOpt
     spacing, or the ``"nearest"`` end of the range).
     """
     o = _options(options)
+    patient.require_ct("prediction")  # before any work: the network's input is the CT
     net = model.module if hasattr(model, "module") else model
     sp = space or model_space(net)
     patient = match_rois(net.config, patient, o.allow_missing_rois, sp.absent_rois, warn=warn, space=sp)

@@ -201,7 +201,7 @@ def resample_patient(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: i
     assert p.geometry is not None
     src = p.geometry
     shape = tuple(int(s) for s in shape)
-    ct = resample(p.ct, src, dst, shape, 1, cval=ct_fill, dtype=np.int16)
+    ct = None if p.ct is None else resample(p.ct, src, dst, shape, 1, cval=ct_fill, dtype=np.int16)
     dose = None if p.dose is None else np.maximum(resample(p.dose, src, dst, shape, 1), 0).astype(np.float32)
     pdm = None if p.possible_dose_mask is None else resample_mask(p.possible_dose_mask, src, dst, shape)
     masks = {}

@@ -210,7 +210,7 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         aff = patient_affine(p)
-        _save(p.ct.astype(np.int16), aff, tmp / CT_FILE)
+        _save(p.require_ct("NIfTI export").astype(np.int16), aff, tmp / CT_FILE)
         d = dose if dose is not None else p.dose
         if d is not None:
             _save(np.asarray(d, dtype=np.float32), aff, tmp / DOSE_FILE)

@@ -358,7 +358,7 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
         raise InputError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
-        ct = p.ct.astype(np.int32).ravel() + CT_OFFSET
+        ct = p.require_ct("OpenKBP export").astype(np.int32).ravel() + CT_OFFSET
         idx = np.flatnonzero(ct)
         _write_sparse(tmp / "ct.csv", idx, [f"{v}.0" for v in ct[idx].tolist()])
         assert p.possible_dose_mask is not None

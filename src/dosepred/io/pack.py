@@ -100,8 +100,9 @@ def quantize_patient(p: Patient, ct_step: int = 4, dose_step: int = 1) -> Patien
     ``dose_step`` cGy; everything else shared with ``p``."""
     ct_step, dose_step = _check_step("ct_step", ct_step), _check_step("dose_step", dose_step)
     dose = None if p.dose is None else _dose_from_steps(_dose_steps(p.dose, dose_step), dose_step)
-    return Patient(p.id, _ct_from_steps(_ct_steps(p.ct, ct_step), ct_step), p.roi_codes, p.roi_set,
-                   p.spacing, p.possible_dose_mask, dose, p.missing_rois, dict(p.meta), p.geometry)
+    ct = _ct_from_steps(_ct_steps(p.require_ct("packing"), ct_step), ct_step)
+    return Patient(p.id, ct, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, dose, p.missing_rois,
+                   dict(p.meta), p.geometry)
 
 
 def _packed_name(entry: dict[str, Any]) -> str:

@@ -394,7 +394,7 @@ def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int 
     assert p.geometry is not None
     src = p.geometry
     shape = tuple(int(s) for s in shape)
-    ct = resample(p.ct, src, dst, shape, 1, cval=ct_fill, dtype=np.int16)
+    ct = None if p.ct is None else resample(p.ct, src, dst, shape, 1, cval=ct_fill, dtype=np.int16)
     dose = None if p.dose is None else np.maximum(resample(p.dose, src, dst, shape, 1), 0).astype(np.float32)
     pdm = p.possible_dose_mask
     pdm = np.ones(shape, bool) if bool(np.all(pdm)) else resample_mask(pdm, src, dst, shape)

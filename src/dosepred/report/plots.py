@@ -92,7 +92,7 @@ def plot_slice(path: Path, ref: Patient, preds: dict[str, np.ndarray]) -> int:
     assert ref.dose is not None
     vmax = float(max([ref.dose.max()] + [float(p.max()) for p in preds.values()])) or 1.0
     # crop to the body (CT above -500 HU, or any dose) on this slice, with a margin
-    body = (ref.ct[:, :, z] > BODY_HU) | (ref.dose[:, :, z] > 0)
+    body = (ref.require_ct("the report's dose slices")[:, :, z] > BODY_HU) | (ref.dose[:, :, z] > 0)
     if body.any():
         rows, cols = np.nonzero(body)
         r0, r1 = max(rows.min() - 6, 0), min(rows.max() + 7, body.shape[0])
@@ -105,7 +105,7 @@ def plot_slice(path: Path, ref: Patient, preds: dict[str, np.ndarray]) -> int:
     n = len(panels) + len(diffs)
     fig, axes = plt.subplots(1, n, figsize=(3.0 * n + 1.0, 3.6), dpi=100, squeeze=False,
                              layout="constrained")
-    ct = ref.ct[crop].astype(np.float32)
+    ct = ref.require_ct("the report's dose slices")[crop].astype(np.float32)
     col = roi_colours(list(ref.roi_set.names))
     masks = {r: ref.mask(r)[crop] for r in ref.present_rois}
     aspect = ref.spacing[0] / ref.spacing[1]

@@ -195,7 +195,7 @@ class ViewRenderer:
         shape = tuple(max(1, int(round((b - a) * z))) for (a, b), z in zip(self.box, self._z, strict=True))
         self._z = np.array(shape) / np.array([b - a for a, b in self.box])  # exact factors
         self.shape = shape  # of the virtual resampled box
-        self._ct = np.asarray(patient.ct[bx], dtype=np.float32)
+        self._ct = np.asarray(patient.require_ct("the report's viewer")[bx], dtype=np.float32)
         self._doses = [np.asarray(pn.dose[bx], dtype=np.float32) for pn in self.panels]
         self._codes = patient.roi_codes[bx]
         self._overlays: dict = {}

@@ -99,7 +99,8 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
     for b in tbits:
         tmask |= ((codes_c >> codes_c.dtype.type(b)) & 1).astype(bool)
     tmask &= mask_c
-    return PatientArrays(p.id, np.ascontiguousarray(p.ct[sl]), np.ascontiguousarray(p.dose[sl], np.float32),
+    ct = p.require_ct("training")
+    return PatientArrays(p.id, np.ascontiguousarray(ct[sl]), np.ascontiguousarray(p.dose[sl], np.float32),
                          codes_c, mask_c, tuple(p.spacing), np.flatnonzero(tmask).astype(np.int32),
                          int(mask_c.sum()), mask_extremes(mask_c))
 

@@ -32,7 +32,7 @@ EXTERNAL_NAME = "External"
 def _write_ct(p: Patient, folder: Path, plane: ImagePlane, u: ExportUids) -> list[str]:
     from pydicom.uid import CTImageStorage
 
-    ct = p.ct.astype(np.int32)
+    ct = p.require_ct("DICOM export").astype(np.int32)
     icpt = -1024 if ct.max(initial=0) + 1024 <= 32767 else 0
     stored = (ct - icpt).astype(np.int16)
     normal = plane.geometry.direction[:, 0]
