@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dosepred import synth
-from dosepred.evaluation import evaluate_cohort, evaluate_patient, iter_pairs, load_references
+from dosepred.evaluation import evaluate_cohort, evaluate_patient, iter_cases, iter_pairs, load_references
 from dosepred.io import cache, openkbp
 from dosepred.io.cache import CacheError
 
@@ -45,7 +45,7 @@ def test_versions_roundtrip_exactly(tmp_path, patients, version):
         _equal(p, q)
         assert (q.support_box() is None) == (version == 1)
         r = c.load(p.id, with_ct=False)
-        assert not r.ct.any() and r.meta["ct_loaded"] is False
+        assert r.ct is None and "ct_loaded" not in r.meta
         np.testing.assert_array_equal(c.load_dose(p.id), p.dose)
 
 
@@ -117,11 +117,11 @@ def test_cropped_evaluation_equals_full_grid(tmp_path, patients, version):
     for r, p, d in zip(direct.patients, patients, preds, strict=True):
         want = np.abs(p.dose.astype(np.float64) - d).sum() / p.possible_dose_mask.sum()
         assert r.dose_score == pytest.approx(want, abs=1e-6)
-    cropped = list(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids))
-    assert all("crop_box" in p.meta and p.shape == d.shape for p, d in cropped)
+    cropped = list(iter_cases(tmp_path / "ref", tmp_path / "pred", ids, compact=False))
+    assert all(c.ref.size <= p.dose.size and c.pred_outside == 0
+               for c, p in zip(cropped, patients, strict=True))
     _same(direct, evaluate_cohort(iter(cropped), "openkbp-clinical"))
-    _same(direct, evaluate_cohort(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids, crop=False),
-                                  "openkbp-clinical"))
+    _same(direct, evaluate_cohort(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids), "openkbp-clinical"))
     # reference from the cache with its support box, full-grid prediction array
     refs = list(load_references(tmp_path / "ref", ids))
     _same(direct, evaluate_cohort(zip(refs, preds, strict=True), "openkbp-clinical"))
@@ -136,8 +136,8 @@ def test_cropped_evaluation_from_openkbp_csv(tmp_path, sample_dir):
         d[0, 0, :4] = 3.0  # outside everything
         openkbp.write_dose_csv(tmp_path / "pred" / f"{p.id}.csv", d, p.possible_dose_mask)
     ids = [p.id for p in pats]
-    full = evaluate_cohort(iter_pairs(sample_dir, tmp_path / "pred", ids, crop=False), "openkbp")
-    crop = evaluate_cohort(iter_pairs(sample_dir, tmp_path / "pred", ids), "openkbp")
+    full = evaluate_cohort(iter_pairs(sample_dir, tmp_path / "pred", ids), "openkbp")
+    crop = evaluate_cohort(iter_cases(sample_dir, tmp_path / "pred", ids), "openkbp")
     _same(full, crop)
     refs = {p.id: p for p in load_references(sample_dir, ids)}
     for p in pats:
@@ -222,8 +222,8 @@ def test_central_directory_reader_agrees_with_zipfile(tmp_path, patients):
     _equal(patients[0], q)
 
 
-def test_compact_pairs_score_exactly_as_boxes(tmp_path, patients):
-    """Voxel-list pairs (both caches, one mask, no dose outside it) give the box path's results; the
+def test_compact_cases_score_exactly_as_boxes(tmp_path, patients):
+    """Voxel-list cases (both caches, one mask, no dose outside it) give the box path's results; the
     other pairs fall back to boxes. Patient 0 gets ROI voxels outside its possible-dose mask."""
     p0 = patients[0]
     mask = p0.possible_dose_mask.copy()
@@ -238,20 +238,23 @@ def test_compact_pairs_score_exactly_as_boxes(tmp_path, patients):
     cache.write_cache(refs, tmp_path / "ref")
     cache.write_cache([r.with_dose(d) for r, d in zip(refs, preds, strict=True)], tmp_path / "pred")
     ids = [r.id for r in refs]
-    pairs = list(iter_pairs(tmp_path / "ref", tmp_path / "pred", ids, compact=True))
+    cases = list(iter_cases(tmp_path / "ref", tmp_path / "pred", ids, compact=True))
+
+    def voxel_list(c, r):  # the mask's voxels and the ROI voxels outside it, not a box
+        return c.ref.size == np.count_nonzero(r.possible_dose_mask | (r.roi_codes != 0))
+
     # patient 1 has reference dose outside its mask: boxes too
-    assert [bool(p.meta.get("compact")) for p, _ in pairs] == [True, False, False]
-    assert pairs[0][0].shape == (1, 1, pairs[0][0].roi_codes.size)
+    assert [voxel_list(c, r) for c, r in zip(cases, refs, strict=True)] == [True, False, False]
     direct = evaluate_cohort(zip(refs, preds, strict=True), "openkbp-clinical")
     for r, d, res in zip(refs, preds, direct.patients, strict=True):  # independent dose score
         want = np.abs(r.dose.astype(np.float64) - d).sum() / r.possible_dose_mask.sum()
         assert res.dose_score == pytest.approx(want, abs=1e-6)
-    _same(direct, evaluate_cohort(iter(pairs), "openkbp-clinical"))
+    _same(direct, evaluate_cohort(iter(cases), "openkbp-clinical"))
     # ROI voxel counts survive the voxel-list layout
-    p, _ = pairs[0]
-    for name in p.present_rois:
-        assert p.mask(name).sum() == refs[0].mask(name).sum()
+    assert cases[0].rois.keys() == {n for n in refs[0].present_rois if refs[0].mask(n).any()}
+    for name, idx in cases[0].rois.items():
+        assert idx.size == refs[0].mask(name).sum()
     # a version-1 reference is never compact
     cache.write_cache(refs, tmp_path / "ref1", version=1)
-    assert not any(p.meta.get("compact") for p, _ in iter_pairs(tmp_path / "ref1", tmp_path / "pred", ids,
-                                                                 compact=True))
+    assert not any(voxel_list(c, r) for c, r in zip(iter_cases(tmp_path / "ref1", tmp_path / "pred", ids,
+                                                               compact=True), refs, strict=True))

@@ -9,8 +9,11 @@ import pytest
 
 from dosepred import synth
 from dosepred.evaluation import (
+    ScoringCase,
     evaluate_cohort,
+    evaluate_patient,
     find_prediction,
+    iter_cases,
     iter_pairs,
     load_references,
     match_predictions,
@@ -93,22 +96,26 @@ def test_load_references_from_openkbp(okbp, with_ct):
     if with_ct:
         np.testing.assert_array_equal(p.ct, t["ct"])
     else:
-        assert not p.ct.any() and p.meta["ct_loaded"] is False
+        assert p.ct is None and "ct_loaded" not in p.meta
         nz = np.nonzero(t["mask"] | t["stem"] | t["ptv"] | (t["ref"] != 0))
         assert p.support_box() == tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
 
 
 @pytest.mark.parametrize("pred_kind", ["csv", "cache"])
-@pytest.mark.parametrize("crop", [None, False])
-def test_iter_pairs_from_openkbp_score_as_numpy(okbp, pred_kind, crop):
+@pytest.mark.parametrize("cases", [True, False])
+def test_iter_cases_and_pairs_from_openkbp_score_as_numpy(okbp, pred_kind, cases):
     ids = ["pt_3", "pt_10"]
-    pairs = list(iter_pairs(okbp["ref"], okbp[pred_kind], ids, crop=crop, compact=True))
-    assert [p.id for p, _ in pairs] == ids
-    for p, _ in pairs:
-        want = okbp[pred_kind] / f"{p.id}.{'csv' if pred_kind == 'csv' else 'npz'}"
-        assert p.meta["prediction_file"] == str(want)
-        assert ("crop_box" in p.meta) == (crop is None) and not p.meta.get("compact")
-    res = evaluate_cohort(iter(pairs), "openkbp")
+    items = list(iter_cases(okbp["ref"], okbp[pred_kind], ids) if cases else
+                 iter_pairs(okbp["ref"], okbp[pred_kind], ids))
+    for item, pid in zip(items, ids, strict=True):
+        want = str(okbp[pred_kind] / f"{pid}.{'csv' if pred_kind == 'csv' else 'npz'}")
+        if cases:  # on the box holding both doses, the mask and the ROIs: fewer voxels than the grid
+            t = okbp["truth"][pid]
+            assert item.id == pid and item.source == want and item.ref.size < t["ref"].size
+        else:
+            p, d = item
+            assert p.id == pid and p.meta["prediction_file"] == want and p.ct is None and d.shape == GRID
+    res = evaluate_cohort(iter(items), "openkbp")
     for r in res.patients:
         t = okbp["truth"][r.id]
         ds, ref_mean, pred_mean = _numpy_scores(t["ref"], t["mask"], t["stem"], t["pred"])
@@ -151,7 +158,7 @@ def test_load_references_from_a_cache(synthetic):
         q = synthetic["pats"][p.id]
         np.testing.assert_array_equal(p.dose, q.dose)
         np.testing.assert_array_equal(p.roi_codes, q.roi_codes)
-        assert not p.ct.any() and p.meta["ct_loaded"] is False
+        assert p.ct is None and "ct_loaded" not in p.meta
         nz = np.nonzero(q.possible_dose_mask | (q.roi_codes != 0) | (q.dose != 0))
         assert p.support_box() == tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
 
@@ -160,14 +167,23 @@ def test_load_references_from_a_cache(synthetic):
     ("cache", "pred-cache", True), ("cache", "pred-cache", False), ("cache", "pred-csv", True),
     ("nifti", "pred-cache", True), ("nifti", "pred-csv", False),
 ])
-def test_iter_pairs_score_as_numpy(synthetic, ref_kind, pred_kind, compact):
+def test_iter_cases_score_as_numpy(synthetic, ref_kind, pred_kind, compact):
     ids = sorted(synthetic["pats"])
-    pairs = list(iter_pairs(synthetic[ref_kind], synthetic[pred_kind], ids, compact=compact, read_ahead=0))
-    assert [p.id for p, _ in pairs] == ids
+    cases = list(iter_cases(synthetic[ref_kind], synthetic[pred_kind], ids, compact=compact, read_ahead=0))
+    assert [c.id for c in cases] == ids
     is_compact = ref_kind == "cache" and pred_kind == "pred-cache" and compact
-    assert all(bool(p.meta.get("compact")) == is_compact for p, _ in pairs)
-    assert all(("crop_box" in p.meta) == (ref_kind == "cache" and not is_compact) for p, _ in pairs)
-    res = evaluate_cohort(iter(pairs), "openkbp")
+    for c in cases:
+        q = synthetic["pats"][c.id]
+        voxels = np.count_nonzero(q.possible_dose_mask | (q.roi_codes != 0))  # the compact voxel list
+        if is_compact:
+            assert c.ref.size == voxels
+        elif ref_kind == "nifti":  # read whole
+            assert c.ref.size == q.dose.size
+        else:  # the box holding both
+            nz = np.nonzero(q.possible_dose_mask | (q.roi_codes != 0) | (q.dose != 0)
+                            | (synthetic["preds"][c.id] != 0))
+            assert c.ref.size == np.prod([a.max() - a.min() + 1 for a in nz])
+    res = evaluate_cohort(iter(cases), "openkbp")
     for r in res.patients:
         q, d = synthetic["pats"][r.id], synthetic["preds"][r.id]
         want = np.abs(q.dose.astype(np.float64) - d).sum() / q.possible_dose_mask.sum()
@@ -182,7 +198,81 @@ def test_iter_pairs_score_as_numpy(synthetic, ref_kind, pred_kind, compact):
 def test_iter_pairs_names_what_it_cannot_pair(synthetic, tmp_path):
     p = next(iter(synthetic["pats"].values()))
     cache.write_cache([p.with_dose(None)], tmp_path / "no-dose")
-    with pytest.raises(ValueError, match=f"patient {p.id}: the prediction cache .* holds no dose"):
-        list(iter_pairs(synthetic["cache"], tmp_path / "no-dose", [p.id]))
-    with pytest.raises(ValueError, match=f"patient {p.id}: the prediction cache .* holds no dose"):
-        list(iter_pairs(synthetic["nifti"], tmp_path / "no-dose", [p.id]))
+    for it in (iter_cases, iter_pairs):
+        with pytest.raises(ValueError, match=f"patient {p.id}: the prediction cache .* holds no dose"):
+            list(it(synthetic["cache"], tmp_path / "no-dose", [p.id]))
+        with pytest.raises(ValueError, match=f"patient {p.id}: the prediction cache .* holds no dose"):
+            list(it(synthetic["nifti"], tmp_path / "no-dose", [p.id]))
+
+
+# ------------------------------------------------------------- fast-path cases == the full Patient's
+
+def _canonical(c: ScoringCase) -> dict:
+    """What scoring reads of a case, independent of the voxel layout (grid, box or voxel list): per
+    ROI the sorted reference and predicted doses, the doses in the mask, the outside sums."""
+    return {"rois": {n: (np.sort(c.ref[i]), np.sort(c.pred[i])) for n, i in c.rois.items()},
+            "mask": (np.sort(c.ref[c.mask]), np.sort(c.pred[c.mask])), "n_mask": c.n_mask,
+            "vox": c.voxel_mm3, "missing": c.missing_rois,
+            "abs_pred": float(np.abs(c.pred.astype(np.float64)).sum()) + c.pred_outside,
+            "abs_ref": float(c.ref.astype(np.float64).sum())}
+
+
+@pytest.fixture(scope="module")
+def sample_cases(sample_dir, tmp_path_factory) -> dict:
+    """Two OpenKBP sample patients (pt_196 lacks the Esophagus) as CSV folder and cache, with a
+    seeded prediction (dose outside the reference's mask too) as CSV files and as a cache."""
+    root = tmp_path_factory.mktemp("sample-cases")
+    ids = ["pt_196", "pt_66"]
+    ref = root / "ref"
+    ref.mkdir()
+    for pid in ids:
+        (ref / pid).symlink_to(sample_dir / pid)
+    pats = {p.id: p for p in openkbp.read_folder(ref)}
+    rng = np.random.default_rng(28)
+    preds, csv = {}, root / "pred-csv"
+    csv.mkdir()
+    for pid, p in pats.items():
+        noise = rng.normal(0, 1, p.shape) * p.possible_dose_mask
+        d = np.clip(p.dose * 0.97 + noise, 0, None).astype(np.float32)
+        d[2, 3, 4] = 1.5  # far outside the data box
+        preds[pid] = d
+        idx, vals = _flat_nonzero(d)
+        write_sparse_csv(csv / f"{pid}.csv", idx, vals)
+    cache.write_cache(list(pats.values()), root / "ref-cache")
+    cache.write_cache([p.with_dose(preds[p.id] * p.possible_dose_mask) for p in pats.values()],
+                      root / "pred-cache")
+    return {"ids": ids, "pats": pats, "preds": preds, "ref": ref, "ref-cache": root / "ref-cache",
+            "pred-csv": csv, "pred-cache": root / "pred-cache"}
+
+
+@pytest.mark.parametrize("ref_kind, pred_kind, compact", [
+    ("ref", "pred-csv", True), ("ref-cache", "pred-csv", True), ("ref", "pred-cache", True),
+    ("ref-cache", "pred-cache", True), ("ref-cache", "pred-cache", False),
+])
+def test_fast_path_cases_equal_the_full_patients(sample_cases, ref_kind, pred_kind, compact):
+    """Every fast path (sparse CSV boxes, cache boxes with the stored ROI voxels, voxel lists) builds
+    the case the whole-grid Patient gives: the same doses on each ROI and in the mask, the same voxel
+    counts and volume; and the same scores."""
+    ids = sample_cases["ids"]
+    for c in iter_cases(sample_cases[ref_kind], sample_cases[pred_kind], ids, compact=compact, read_ahead=0):
+        p = sample_cases["pats"][c.id]
+        pred = sample_cases["preds"][c.id] * (p.possible_dose_mask if pred_kind == "pred-cache" else 1)
+        whole = ScoringCase.from_patient(p.with_dose(p.dose), pred)  # with_dose: no support box
+        assert whole.ref.size == p.dose.size and c.ref.size < whole.ref.size
+        got, want = _canonical(c), _canonical(whole)
+        assert got["rois"].keys() == want["rois"].keys()
+        assert ("Esophagus" in want["rois"]) == (c.id != "pt_196")
+        for n, (r, q) in want["rois"].items():
+            np.testing.assert_array_equal(got["rois"][n][0], r)
+            np.testing.assert_array_equal(got["rois"][n][1], q)
+        for k in ("n_mask", "vox", "missing"):
+            assert got[k] == want[k]
+        np.testing.assert_array_equal(got["mask"][0], want["mask"][0])
+        np.testing.assert_array_equal(got["mask"][1], want["mask"][1])
+        assert got["abs_pred"] == pytest.approx(want["abs_pred"], rel=1e-9)
+        assert got["abs_ref"] == pytest.approx(want["abs_ref"], rel=1e-9)
+        a, b = evaluate_cohort([c], "openkbp").patients[0], evaluate_patient(p, pred, "openkbp")
+        assert a.dose_score == pytest.approx(b.dose_score, rel=1e-9)
+        for va, vb in zip(a.metrics, b.metrics, strict=True):
+            assert (va.roi, va.metric) == (vb.roi, vb.metric)
+            assert va.ref == pytest.approx(vb.ref, rel=1e-9) and va.pred == pytest.approx(vb.pred, rel=1e-9)

@@ -176,8 +176,9 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     if not pairs:
         raise InputError(f"no reference patient of {reference} has a prediction in {prediction}")
     proto = load_protocol(protocol)
-    it = ev.iter_pairs(reference, prediction, [i for i, _ in pairs], with_ct=report is not None,
-                       compact=report is None, roi_map=roi_map)
+    ids = [i for i, _ in pairs]
+    it: Any = (ev.iter_cases(reference, prediction, ids, roi_map=roi_map) if report is None
+               else ev.iter_pairs(reference, prediction, ids, with_ct=True, roi_map=roi_map))
     outputs = contextlib.ExitStack()  # the report goes to a temporary folder until all succeeded
     writer = None
     if report is not None:

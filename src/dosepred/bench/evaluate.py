@@ -4,9 +4,9 @@ against a straightforward per-file pandas + numpy evaluator written here as the 
 Every path scores the same predictions (the reference dose perturbed with seeded noise, written as
 OpenKBP ``pt_N.csv`` files) with OpenKBP's dose and DVH scores, and the scores are checked to agree.
 Timings include reading the reference and the prediction from disk. The dosepred paths use
-:func:`dosepred.evaluation.iter_pairs` as ``dosepred evaluate`` (without ``--report``) does: each
-pair on the box holding all non-zero data, one patient read ahead in a worker thread, and, with both
-in caches, the pair as voxel lists (``compact``); one extra row times the cache pair on boxes
+:func:`dosepred.evaluation.iter_cases` as ``dosepred evaluate`` (without ``--report``) does: each
+scoring case on the box holding all non-zero data, one patient read ahead in a worker thread, and,
+with both in caches, as voxel lists (``compact``); one extra row times the cache pair on boxes
 without read-ahead (the previous path). The process is set up like ``dosepred evaluate``
 (:func:`dosepred._malloc.keep_freed_memory`) for every path, the naive baseline included. A
 version-1 ``--cache`` is read whole (full-grid arrays), so pass a version-2 cache (the format
@@ -69,7 +69,7 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
     Returns a dict with per-path seconds, patients/s and scores.
     """
     from .._malloc import keep_freed_memory
-    from ..evaluation import evaluate_cohort, iter_pairs
+    from ..evaluation import evaluate_cohort, iter_cases
     from ..io import cache, openkbp
 
     allocator = "glibc, freed memory kept" if keep_freed_memory() else "default"  # as `dosepred evaluate`
@@ -108,19 +108,19 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
             return min(times), out
 
         t_naive, (ds_n, dvh_n) = best(lambda: naive_evaluate(folders, pred_dir))
-        t_csv, r_csv = best(lambda: evaluate_cohort(iter_pairs(data, pred_dir, ids), "openkbp",
+        t_csv, r_csv = best(lambda: evaluate_cohort(iter_cases(data, pred_dir, ids), "openkbp",
                                                     progress=progress))
-        t_cache, r_cache = best(lambda: evaluate_cohort(iter_pairs(cdir, pred_dir, ids), "openkbp",
+        t_cache, r_cache = best(lambda: evaluate_cohort(iter_cases(cdir, pred_dir, ids), "openkbp",
                                                         progress=progress))
         # the cache path reads the prediction CSVs too; time the cache-only read as well (pred cache)
         pcache = tmp / "pred-cache"
         refs = cache.Cache.open(cdir)
         cache.write_cache((refs.load(pid).with_dose(openkbp.read_dose_csv(pred_dir / f"{pid}.csv"))
                            for pid in ids), pcache)
-        t_cc, r_cc = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids, compact=True), "openkbp",
+        t_cc, r_cc = best(lambda: evaluate_cohort(iter_cases(cdir, pcache, ids), "openkbp",
                                                   progress=progress))
-        t_cc0, r_cc0 = best(lambda: evaluate_cohort(iter_pairs(cdir, pcache, ids, read_ahead=0), "openkbp",
-                                                    progress=progress))
+        boxes = lambda: iter_cases(cdir, pcache, ids, read_ahead=0, compact=False)  # noqa: E731
+        t_cc0, r_cc0 = best(lambda: evaluate_cohort(boxes(), "openkbp", progress=progress))
         for r in (r_csv, r_cache, r_cc, r_cc0):
             if abs(r.dose_score - ds_n) > 1e-4 or abs(r.dvh_score - dvh_n) > 1e-4:
                 raise RuntimeError(f"scores disagree: dosepred {r.dose_score:.6f}/{r.dvh_score:.6f}, "

@@ -35,11 +35,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..boxes import Box, box_shape, coords_box, union
+from ..dvh import codes_voxel_indices, voxel_list_indices
 from ..errors import InputError
+from ..geometry import Geometry
 from ..io import formats
 from ..io.formats import Format
-from ..patient import Patient
-from .scoring import as_dose_array
+from ..patient import Patient, RoiSet, voxel_volume_mm3
+from .case import ScoringCase, as_dose_array
 
 T = TypeVar("T")
 
@@ -238,9 +240,9 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
     """Reference patients for evaluation from any source (:func:`dosepred.io.load_patients`).
 
     Evaluation needs no CT, so unless ``with_ct`` a cache or an OpenKBP folder is read without it
-    (the CT is a zero volume and ``meta["ct_loaded"]`` is False): the biggest CSV file and the
-    biggest cache array are skipped, and the patients carry their support box
-    (:meth:`Patient.support_box`). ``roi_map``: the ROI name map of a DICOM ``src``.
+    (``Patient.ct`` is None): the biggest CSV file and the biggest cache array are skipped, and the
+    patients carry their support box (:meth:`Patient.support_box`). ``roi_map``: the ROI name map
+    of a DICOM ``src``.
     """
     return _references(src, formats.detect(src), ids, with_ct, roi_map)
 
@@ -265,8 +267,7 @@ def _references(src: str | os.PathLike, fmt: Format | None, ids: list[str] | Non
                 raise InputError(str(err)) from None
         return
     for r in _csv_references(src, ids):
-        full = tuple(slice(0, n) for n in r.shape)
-        p = r.patient(full)
+        p = r.patient()
         if r.box is not None:
             p.set_support_box(r.box)
         yield p
@@ -293,7 +294,7 @@ class _SparseRef:
     id: str
     shape: tuple[int, ...]
     spacing: tuple[float, float, float]
-    roi_set: Any
+    roi_set: RoiSet
     mask: tuple[np.ndarray, ...]
     dose: tuple[np.ndarray, ...]
     dose_values: np.ndarray
@@ -302,19 +303,38 @@ class _SparseRef:
     meta: dict[str, Any]
     box: Box | None
 
-    def patient(self, box: Box) -> Patient:
-        """The reference on ``box`` (which must hold its support box), CT not loaded."""
-        bs = box_shape(box)
+    @functools.cached_property
+    def geometry(self) -> Geometry:
+        return Geometry.openkbp(self.shape, self.spacing)
+
+    def _dense(self, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Possible-dose mask, dose and ROI codes on ``box`` (which holds the support box), C-order flat."""
         rs = self.roi_set
-        mask = np.zeros(int(np.prod(bs)), bool)
+        n = int(np.prod(box_shape(box)))
+        mask = np.zeros(n, bool)
         mask[_local(self.mask, box)] = True
-        dose = np.zeros(mask.size, np.float32)
+        dose = np.zeros(n, np.float32)
         dose[_local(self.dose, box)] = self.dose_values
-        codes = np.zeros(mask.size, rs.dtype)
+        codes = np.zeros(n, rs.dtype)
         for k, c in self.rois:
             codes[_local(c, box)] |= rs.dtype.type(1 << k)
-        return Patient(self.id, np.zeros(bs, np.int16), codes.reshape(bs), rs, self.spacing, mask.reshape(bs),
-                       dose.reshape(bs), self.missing, dict(self.meta))
+        return mask, dose, codes
+
+    def patient(self) -> Patient:
+        """The reference on its whole grid, without a CT."""
+        full = tuple(slice(0, n) for n in self.shape)
+        mask, dose, codes = self._dense(full)
+        return Patient(self.id, None, codes.reshape(self.shape), self.roi_set, None, mask.reshape(self.shape),
+                       dose.reshape(self.shape), self.missing, dict(self.meta), self.geometry)
+
+    def case(self, box: Box, pred: np.ndarray, source: str | None) -> ScoringCase:
+        """The scoring case on ``box`` (which holds the support box) with ``pred``, the predicted
+        dose on that box (zero outside it)."""
+        mask, dose, codes = self._dense(box)
+        names = self.roi_set.names
+        return ScoringCase(self.id, self.roi_set, dose, pred.ravel(), mask,
+                           codes_voxel_indices(codes, range(len(names)), names),
+                           voxel_volume_mm3(self.geometry), self.missing, 0.0, source)
 
 
 def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_SparseRef]:
@@ -333,38 +353,46 @@ def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_
         rois = [(k, np.unravel_index(idx, grid)) for k, idx in s.rois]
         box = coords_box([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
         yield _SparseRef(s.id, grid, s.spacing, s.roi_set, mask, dose, s.dose_values, rois, s.missing_rois,
-                         {**s.meta, "ct_loaded": False}, box)
+                         dict(s.meta), box)
+
+
+def _entry_voxel_mm3(e: Any) -> float:
+    """The voxel volume of a cache entry: its geometry's (the spacing product for caches before
+    geometry, whose grids are axis-aligned)."""
+    g = e.geometry
+    return float(np.prod(e.spacing)) if g is None else voxel_volume_mm3(g)
 
 
 def _reference_crops(src: str | os.PathLike, fmt: Format, ids: list[str] | None
                      ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any, Any]]:
-    """(id, grid shape, support box, box -> reference Patient on that box, grid geometry) per
-    reference patient of a ``cropped`` format: a cache or an OpenKBP folder."""
-    from ..geometry import Geometry
+    """(id, grid shape, support box, (box, predicted dose on it, source) -> the scoring case on that
+    box, grid geometry) per reference patient of a ``cropped`` format: a cache or an OpenKBP folder."""
     from ..io.cache import EVAL_FIELDS, Cache, CacheError
 
     if not fmt.cache:
         for r in _csv_references(src, ids):
-            yield r.id, r.shape, r.box, r.patient, Geometry.openkbp(r.shape, r.spacing)
+            yield r.id, r.shape, r.box, r.case, r.geometry
         return
     c = Cache.open(src)
     rs = c.roi_set
+    names = rs.names
+    bits = range(len(names))
     for pid in ids if ids is not None else c.ids:
         e = c.patient_entry(pid)
         try:
             arrays, box = e.read_arrays((*EVAL_FIELDS, "roi_voxels"), crop=True)
+            geometry = e.geometry
+            vox = _entry_voxel_mm3(e)
         except CacheError as err:
             raise InputError(str(err)) from None
         if box is None:  # version-1 file: full-grid arrays
             box = tuple(slice(0, n) for n in e.shape)
 
-        def make(outer: Box, e: Any = e, arrays: Any = arrays, box: Box = box) -> Patient:
+        def make(outer: Box, pred: np.ndarray, source: str | None, e: Any = e, arrays: Any = arrays,
+                 box: Box = box, vox: float = vox) -> ScoringCase:
             dose = arrays["dose"]
-            codes = _embed(arrays["roi_codes"], box, outer)
-            p = Patient(e.id, np.zeros(box_shape(outer), np.int16), codes, rs, e.spacing,
-                        _embed(arrays["possible_dose_mask"], box, outer),
-                        None if dose is None else _embed(dose, box, outer),
-                        e.missing_rois, {**e.meta, "ct_loaded": False})
+            if dose is None:
+                raise InputError(f"patient {e.id}: the reference has no dose to compare with")
             known = arrays.get("roi_voxels")
             if known is not None:  # the stored non-zero-code voxels, as flat indices into the box
                 idx, vals = known
@@ -372,12 +400,12 @@ def _reference_crops(src: str | os.PathLike, fmt: Format, ids: list[str] | None
                     local = np.unravel_index(idx, box_shape(box))
                     idx = np.ravel_multi_index(tuple(c + (s.start - o.start) for c, s, o in
                                                      zip(local, box, outer, strict=True)), box_shape(outer))
-                p.set_roi_voxels(idx, vals)
-            return p
-        try:
-            geometry = e.geometry
-        except CacheError as err:
-            raise InputError(str(err)) from None
+                rois = voxel_list_indices(idx, vals, bits, names)
+            else:
+                rois = codes_voxel_indices(_embed(arrays["roi_codes"], box, outer), bits, names)
+            ref = np.asarray(_embed(dose, box, outer), np.float32).ravel()
+            mask = _embed(arrays["possible_dose_mask"], box, outer).astype(bool, copy=False).ravel()
+            return ScoringCase(e.id, rs, ref, pred.ravel(), mask, rois, vox, e.missing_rois, 0.0, source)
         yield pid, e.shape, box, make, geometry
 
 
@@ -424,34 +452,43 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
             close()
 
 
-def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
-               with_ct: bool = False, crop: bool | None = None, read_ahead: int = 1, compact: bool = False,
-               roi_map: Any = None) -> Iterator[tuple[Patient, np.ndarray]]:
-    """Lazily yield (reference patient, predicted dose) for ``ids``, reading ahead ``read_ahead``
-    patients in a worker thread (0: none, one patient in memory at a time; 1, the default: two).
-    The reference CT is read only ``with_ct`` (the report's dose slices need it).
+def iter_cases(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
+               read_ahead: int = 1, compact: bool = True, roi_map: Any = None) -> Iterator[ScoringCase]:
+    """Lazily yield the :class:`ScoringCase` of each of ``ids`` (what ``dosepred evaluate`` scores
+    without ``--report``), reading ahead ``read_ahead`` patients in a worker thread (0: none, one
+    patient in memory at a time; 1, the default: two). No CT is read and no full-grid array is
+    built where it can be avoided:
 
-    ``crop`` (default: ``not with_ct``): yield each pair on the smallest box that holds every non-zero
-    voxel of the reference dose, possible-dose mask, ROIs and the predicted dose (``meta["crop_box"]``,
-    ``[[start, stop]] * 3`` on the original grid), never building full-grid arrays. All scores are
-    unchanged, since both doses are zero outside that box; without ``crop`` arrays are full-grid.
-    Only a cache or an OpenKBP reference with predictions that are not RTDOSE files is cropped.
+    - ``compact``: where reference and prediction are both version-2+ caches with the same
+      possible-dose mask and no dose outside it (predictions written by ``dosepred predict --format
+      cache``), the case is over the mask's voxels and the ROI voxels outside it, straight from the
+      stored voxel lists;
+    - otherwise, for a cache or an OpenKBP reference with predictions that are not RTDOSE files, the
+      case is over the smallest box that holds every non-zero voxel of the reference dose,
+      possible-dose mask, ROIs and the predicted dose;
+    - else (NIfTI, DICOM references; RTDOSE predictions placed by geometry) from the whole grids.
 
-    ``compact`` (with ``crop``; for scoring only): where reference and prediction are both version-2
-    caches with the same possible-dose mask and no dose outside it (predictions written by
-    ``dosepred predict --format cache``), yield the pair as voxel lists instead, a Patient of shape
-    ``(1, 1, n)`` over the mask's voxels and the ROI voxels outside it (``meta["compact"]``): no
-    box-sized array is built and every score is unchanged. Other pairs come as boxes.
-
+    Every score is the same on all three (both doses are zero outside the scored voxels).
     ``roi_map``: the ROI name map of a DICOM reference (an error for another kind of reference).
     """
-    return prefetch(_iter_pairs(reference, prediction, ids, with_ct, crop, compact, roi_map), read_ahead)
+    return prefetch(_iter_cases(reference, prediction, ids, compact, roi_map), read_ahead)
 
 
-def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
-                  ) -> tuple[Patient, np.ndarray] | None:
+def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
+               with_ct: bool = False, read_ahead: int = 1, roi_map: Any = None
+               ) -> Iterator[tuple[Patient, np.ndarray]]:
+    """Lazily yield (reference patient, predicted dose) on the reference's whole grid for ``ids``,
+    reading ahead like :func:`iter_cases` (which is what to score with: it builds no full grids).
+    The reference CT is read only ``with_ct`` (the report's dose slices need it; else
+    ``Patient.ct`` is None); ``meta["prediction_file"]`` names the prediction.
+    ``roi_map``: the ROI name map of a DICOM reference (an error for another kind of reference).
+    """
+    return prefetch(_iter_pairs(reference, prediction, ids, with_ct, roi_map), read_ahead)
+
+
+def _compact_case(ref_cache: Any, preds: _Predictions, pid: str, rs: RoiSet) -> ScoringCase | None:
     """A reference and a prediction, both version-2 cache files with one data box and possible-dose
-    mask and no dose outside the mask, as voxel lists (see :func:`iter_pairs`); None otherwise."""
+    mask and no dose outside the mask, as voxel lists (see :func:`iter_cases`); None otherwise."""
     from ..io.cache import CacheError
 
     assert preds.cache is not None
@@ -461,6 +498,7 @@ def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
     try:
         r = er.read_voxels()
         p = ep.read_voxels(rois=False)
+        vox = _entry_voxel_mm3(er)
     except CacheError as err:
         raise InputError(str(err)) from None
     if (r is None or p is None or r.dose is None or p.dose is None or r.dose_outside_mask
@@ -485,54 +523,55 @@ def _compact_pair(ref_cache: Any, preds: _Predictions, pid: str, rs: Any
     ref_dose[:n] = r.dose
     pred = np.zeros(total, np.float32)
     pred[:n] = p.dose
-    shape = (1, 1, total)
-    ref = Patient(pid, np.zeros(shape, np.int16), codes.reshape(shape), rs, er.spacing,
-                  mask.reshape(shape), ref_dose.reshape(shape), er.missing_rois,
-                  {**er.meta, "ct_loaded": False, "compact": True})
-    return ref, pred.reshape(shape)
+    names = rs.names
+    return ScoringCase(pid, rs, ref_dose, pred, mask, codes_voxel_indices(codes, range(len(names)), names),
+                       vox, er.missing_rois, 0.0, preds.name(pid))
 
 
-def _box_pairs(reference: str | os.PathLike, fmt: Format, preds: _Predictions, ids: list[str]
-               ) -> Iterator[tuple[Patient, np.ndarray]]:
-    """Each pair on the box that holds the data of both (see :func:`iter_pairs`, ``crop``)."""
-    for pid, shape, ref_box, make_ref, geometry in _reference_crops(reference, fmt, ids):
+def _box_cases(reference: str | os.PathLike, fmt: Format, preds: _Predictions, ids: list[str]
+               ) -> Iterator[ScoringCase]:
+    """Each case on the box that holds the data of both (see :func:`iter_cases`)."""
+    for pid, shape, ref_box, make_case, geometry in _reference_crops(reference, fmt, ids):
         pd, pbox = preds.crop(pid, shape, geometry)
         box = union(ref_box, pbox) or tuple(slice(0, 1) for _ in shape)
-        ref = make_ref(box)
-        ref.meta["crop_box"] = [[s.start, s.stop] for s in box]
-        ref.meta["prediction_file"] = preds.name(pid)
         pred = _embed(pd, pbox, box) if pbox is not None else np.zeros(box_shape(box), np.float32)
-        yield ref, pred
+        yield make_case(box, pred, preds.name(pid))
 
 
-def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str], with_ct: bool,
-                crop: bool | None, compact: bool = False, roi_map: Any = None
-                ) -> Iterator[tuple[Patient, np.ndarray]]:
-    from ..io.cache import Cache
+def _open_pairing(reference: str | os.PathLike, prediction: str | os.PathLike, roi_map: Any
+                  ) -> tuple[_Predictions, Format | None]:
     from ..io.source import open_source
 
-    crop = (not with_ct) if crop is None else crop
     preds = _Predictions(reference, prediction, roi_map)
     fmt = formats.detect(reference)
     if roi_map is not None and (fmt is None or not fmt.takes_roi_map):
         open_source(reference, roi_map)  # the error of a map for a source that is not DICOM
-    if preds.rtdoses or fmt is None or not fmt.cropped:  # placed by geometry: whole grids, no crop
-        crop = False
-    if crop and compact and preds.cache is not None and fmt is not None and fmt.cache:
+    return preds, fmt
+
+
+def _iter_cases(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
+                compact: bool, roi_map: Any) -> Iterator[ScoringCase]:
+    from ..io.cache import Cache
+
+    preds, fmt = _open_pairing(reference, prediction, roi_map)
+    if preds.rtdoses or fmt is None or not fmt.cropped:  # placed by geometry: whole grids
+        for ref in _references(reference, fmt, ids, False, roi_map):
+            yield ScoringCase.from_patient(ref, preds.full(ref), preds.name(ref.id))
+        return
+    if compact and preds.cache is not None and fmt.cache:
         ref_cache = Cache.open(reference)
         rs = ref_cache.roi_set
         for pid in ids:
-            pair = _compact_pair(ref_cache, preds, pid, rs)
-            if pair is None:  # not the same mask etc.: this patient on its box
-                pair = next(_box_pairs(reference, fmt, preds, [pid]))
-            pair[0].meta["prediction_file"] = preds.name(pid)
-            yield pair
+            case = _compact_case(ref_cache, preds, pid, rs)
+            yield case if case is not None else next(_box_cases(reference, fmt, preds, [pid]))
         return
-    if not crop:
-        for ref in _references(reference, fmt, ids, with_ct, roi_map):
-            d = preds.full(ref)
-            ref.meta["prediction_file"] = preds.name(ref.id)
-            yield ref, d
-        return
-    assert fmt is not None
-    yield from _box_pairs(reference, fmt, preds, ids)
+    yield from _box_cases(reference, fmt, preds, ids)
+
+
+def _iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str], with_ct: bool,
+                roi_map: Any) -> Iterator[tuple[Patient, np.ndarray]]:
+    preds, fmt = _open_pairing(reference, prediction, roi_map)
+    for ref in _references(reference, fmt, ids, with_ct, roi_map):
+        d = preds.full(ref)
+        ref.meta["prediction_file"] = preds.name(ref.id)
+        yield ref, d

@@ -1,7 +1,7 @@
 """Scoring of predicted doses against reference patients: scores and protocol criteria.
 
-Scoring works on :class:`~dosepred.Patient` objects and dose arrays only; it reads no files (the
-pairing of sources is :mod:`dosepred.evaluation.pairing`).
+Scoring works on :class:`~dosepred.Patient` objects and dose arrays, or on scoring cases; it reads
+no files (the pairing of sources is :mod:`dosepred.evaluation.pairing`).
 
 ::
 
@@ -25,13 +25,15 @@ Definitions (REFERENCE.md sections 2 and 4):
   ``criteria_pass_rate`` is the % of checked (patient, criterion) pairs the prediction passes,
   ``criteria_agreement`` the % where prediction and reference give the same verdict.
 
-Metrics use OpenKBP's exact definitions (:mod:`dosepred.metrics`). When the reference knows the box
-outside which its dose, mask and ROIs are zero (:meth:`Patient.support_box`, set by the cache and
-by the pairing's CSV reader), scores are computed on that box (about a quarter of an OpenKBP grid)
-plus the prediction's dose outside it; ROI masks are decoded once per patient from the bit-mask
-codes (:func:`dosepred.dvh.roi_voxel_indices`), so evaluating a patient costs a few ms.
-``pred_dose`` may be a numpy array or a torch tensor with the reference's spatial shape (leading
-singleton batch/channel axes are dropped).
+Metrics use OpenKBP's exact definitions (:mod:`dosepred.metrics`). Scoring reads one
+:class:`~dosepred.evaluation.case.ScoringCase` per patient (:func:`evaluate_case`): both doses as
+flat arrays over the scored voxels, the possible-dose voxels among them, each ROI's voxel indices,
+the voxel volume and the prediction's dose on the voxels left out. :func:`evaluate_patient` builds it
+from a Patient (:meth:`ScoringCase.from_patient`: on the box outside which the reference's dose, mask
+and ROIs are zero when known, :meth:`Patient.support_box`, about a quarter of an OpenKBP grid); the
+fast paths of :mod:`dosepred.evaluation.pairing` build it from what they read, so evaluating a
+patient costs a few ms. ``pred_dose`` may be a numpy array or a torch tensor with the reference's
+spatial shape (leading singleton batch/channel axes are dropped).
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from ..dvh import roi_metrics_pair, roi_voxel_indices
+from ..dvh import roi_metrics_pair
 from ..errors import InputError
-from ..geometry import shear_problem
 from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
 from ..protocol import BoundProtocol, Protocol, load_protocol
+from .case import ScoringCase, as_dose_array, check_finite, prediction_where, scorable
+
+__all__ = ["MAX_DOSE_OUTSIDE_MASK", "CohortResult", "CriterionResult", "MetricValue", "PatientResult",
+           "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort", "evaluate_patient",
+           "metrics_table"]
 
 
 @dataclass
@@ -312,22 +318,6 @@ def _openkbp() -> Protocol:
     return _OPENKBP
 
 
-def as_dose_array(pred: Any, shape: tuple[int, ...], pid: str = "?") -> np.ndarray:
-    """A prediction (numpy array or torch tensor, optionally with leading singleton axes) as a
-    float array of ``shape``; raises ValueError naming the patient on a grid mismatch."""
-    if hasattr(pred, "detach"):  # torch tensor, maybe on the GPU
-        pred = pred.detach().float().cpu().numpy()
-    a = np.asarray(pred)
-    while a.ndim > len(shape) and a.shape[0] == 1:
-        a = a[0]
-    if a.shape != tuple(shape):
-        raise InputError(f"patient {pid}: predicted dose has shape {np.shape(pred)}, but the reference grid "
-                         f"is {tuple(shape)}")
-    if not np.issubdtype(a.dtype, np.floating):
-        a = a.astype(np.float32)
-    return a
-
-
 def _needed(protocol: Protocol) -> dict[str, list[str]]:
     """ROI -> metric strings to compute: the openkbp metrics plus the protocol's, deduplicated."""
     out: dict[str, list[str]] = {}
@@ -349,33 +339,22 @@ def _abs_diff_sum(a: np.ndarray, b: np.ndarray) -> float:
     return float(d.sum(dtype=np.float64))
 
 
-def _abs_sum_outside(a: np.ndarray, box: tuple[slice, ...]) -> float:
-    """sum |a| over the voxels of a 3-D ``a`` outside ``box``, as six slabs (no mask volume)."""
-    (z0, z1), (y0, y1), (x0, x1) = ((s.start, s.stop) for s in box)
-    slabs = (a[:z0], a[z1:], a[z0:z1, :y0], a[z0:z1, y1:], a[z0:z1, y0:y1, :x0], a[z0:z1, y0:y1, x1:])
-    return float(sum(np.abs(s).sum(dtype=np.float64) for s in slabs if s.size))
-
-
 #: a prediction with more than this fraction of its dose outside the possible-dose mask is refused
 MAX_DOSE_OUTSIDE_MASK = 0.5
 
 
-def _check_prediction(ref: Patient, pred: np.ndarray, predc: np.ndarray, maskc: np.ndarray, full: bool,
-                      box: tuple[slice, ...]) -> None:
+def _check_prediction(case: ScoringCase) -> None:
     """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
     patient from every mean), or most of its dose outside the possible-dose mask (a file written for
     another patient or grid). Messages name the patient and the prediction file when known."""
-    src = ref.meta.get("prediction_file")
-    where = f"patient {ref.id}: " + (f"{src}: " if src else "")
-    bad = int(np.count_nonzero(~np.isfinite(pred)))
-    if bad:
-        kinds = [k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if np.any(f(pred))]
-        raise InputError(f"{where}the predicted dose holds {bad} non-finite value(s) "
-                         f"({' and '.join(kinds)}); a dose is a finite number of Gy in every voxel")
-    a = np.abs(predc, dtype=np.float64)
-    total = float(a.sum()) + (0.0 if full else _abs_sum_outside(pred, box))
+    check_finite(case.pred, case.id, case.source)
+    where = prediction_where(case.id, case.source)
+    if not np.isfinite(case.pred_outside):
+        raise InputError(f"{where}the predicted dose holds non-finite values outside the scored voxels")
+    a = np.abs(case.pred, dtype=np.float64)
+    total = float(a.sum()) + case.pred_outside
     if total > 0:
-        outside = total - float(a[maskc].sum())
+        outside = total - float(a[case.mask].sum())
         if outside > MAX_DOSE_OUTSIDE_MASK * total:
             raise InputError(f"{where}{100 * outside / total:.0f} % of the predicted dose lies outside the "
                              "possible-dose mask; is it a prediction for another patient or grid?")
@@ -393,43 +372,33 @@ def _bound(protocol: Protocol | BoundProtocol | str, roi_set: RoiSet) -> BoundPr
 
 def evaluate_patient(ref: Patient, pred_dose: Any,
                      protocol: Protocol | BoundProtocol | str = "openkbp") -> PatientResult:
-    """Evaluate one predicted dose against the reference patient's dose.
+    """Evaluate one predicted dose against the reference patient's dose (through its
+    :class:`ScoringCase`; the reference's CT is not read and may be None).
 
     ``protocol``: a :class:`BoundProtocol` for the patient's RoiSet (what a cohort's evaluation
     passes: resolved once), or a :class:`Protocol` or a name/path for :func:`load_protocol`, then
     checked against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
     """
-    if ref.dose is None:
-        raise InputError(f"patient {ref.id}: the reference has no dose to compare with")
-    problem = None if ref.geometry is None else shear_problem(ref.geometry)
-    if problem:  # the readers refuse such grids; a Patient built in Python reaches here directly
-        raise InputError(f"patient {ref.id}: {problem}")
+    scorable(ref)
     bound = _bound(protocol, ref.roi_set)
-    pred = as_dose_array(pred_dose, ref.shape, ref.id)
-    rs = ref.roi_set
-    # Work inside the box outside which the reference dose, mask and ROIs are zero (known from the
-    # cache or the CSV reader; else the whole grid). The dose score's numerator is over ALL voxels,
-    # so the prediction's dose outside the box is added separately.
-    box = ref.support_box()
-    full = box is None or all(s.start == 0 and s.stop == n for s, n in zip(box, ref.shape, strict=True))
-    if full:
-        box = tuple(slice(0, n) for n in ref.shape)
-    assert ref.possible_dose_mask is not None and box is not None
-    n_mask = int(np.count_nonzero(ref.possible_dose_mask[box]))
-    if n_mask == 0:
-        raise InputError(f"patient {ref.id}: the possible-dose mask is empty")
-    refc = ref.dose[box]
-    predc = pred[box]
-    _check_prediction(ref, pred, predc, ref.possible_dose_mask[box], full, box)
-    total = _abs_diff_sum(refc, predc) + (0.0 if full else _abs_sum_outside(pred, box))
-    dose_score = float(total / n_mask)
-    refd = np.ascontiguousarray(refc).ravel()
-    predd = np.ascontiguousarray(predc).ravel()
+    return evaluate_case(ScoringCase.from_patient(ref, pred_dose), bound)
+
+
+def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = "openkbp") -> PatientResult:
+    """Evaluate one :class:`ScoringCase` (what :func:`evaluate_patient` and the fast paths of
+    :mod:`dosepred.evaluation.pairing` build); ``protocol`` as for :func:`evaluate_patient`."""
+    bound = _bound(protocol, case.roi_set)
+    if case.n_mask == 0:
+        raise InputError(f"patient {case.id}: the possible-dose mask is empty")
+    _check_prediction(case)
+    # The dose score's numerator is over ALL voxels: the prediction's dose outside the scored
+    # voxels (where the reference dose is zero) is added.
+    total = _abs_diff_sum(case.ref, case.pred) + case.pred_outside
+    dose_score = float(total / case.n_mask)
+    refd, predd, rs, idx, vox = case.ref, case.pred, case.roi_set, case.rois, case.voxel_mm3
 
     needed = _needed(bound.protocol)
     openkbp_names = {(c.roi, c.metric) for c in _openkbp().criteria}
-    idx = roi_voxel_indices(ref, [r for r in needed if r in rs], box)
-    vox = ref.voxel_volume_mm3
     values: dict[tuple[str, str], MetricValue] = {}
     missing: list[str] = []
     for roi, ms in needed.items():
@@ -463,28 +432,37 @@ def evaluate_patient(ref: Patient, pred_dose: Any,
             limit=c.limit, goal=c.goal, unit=c.unit, priority=c.priority,
             ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref), pred_pass=c.check(v.pred),
             ref_goal=c.check(v.ref, goal=True), pred_goal=c.check(v.pred, goal=True)))
-    return PatientResult(ref.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
+    return PatientResult(case.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
                          criteria, tuple(missing))
 
 
-def evaluate_cohort(pairs: Iterable[tuple[Patient, Any]], protocol: Protocol | str = "openkbp",
+def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol: Protocol | str = "openkbp",
                     progress: bool = False) -> CohortResult:
-    """Evaluate ``(reference patient, predicted dose)`` pairs; the iterable may be lazy so only one
-    patient is in memory at a time."""
+    """Evaluate ``(reference patient, predicted dose)`` pairs and/or :class:`ScoringCase` objects
+    (:func:`dosepred.evaluation.iter_cases`); the iterable may be lazy so only one patient is in
+    memory at a time."""
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
-    it: Iterable[tuple[Patient, Any]] = pairs
+    it: Iterable[tuple[Patient, Any] | ScoringCase] = pairs
     if progress:
         from ..progress import track
         it = track(pairs, description="evaluating")
     out = CohortResult(proto.name)
     present: set[str] = set()
     bound: dict[RoiSet, BoundProtocol] = {}  # resolved once per ROI set (one for a whole source)
-    for ref, pred in it:
-        if ref.roi_set not in bound:
-            bound[ref.roi_set] = proto.bind(ref.roi_set)
-        r = evaluate_patient(ref, pred, bound[ref.roi_set])
+    for item in it:
+        if isinstance(item, ScoringCase):
+            case = item
+        else:
+            ref, pred = item
+            if ref.roi_set not in bound:
+                bound[ref.roi_set] = proto.bind(ref.roi_set)
+            case = ScoringCase.from_patient(ref, pred)
+        if case.roi_set not in bound:
+            bound[case.roi_set] = proto.bind(case.roi_set)
+        r = evaluate_case(case, bound[case.roi_set])
         out.patients.append(r)
-        present.update(n for n in ref.roi_set.names if n not in r.missing_rois and n not in ref.missing_rois)
+        present.update(n for n in case.roi_set.names
+                       if n not in r.missing_rois and n not in case.missing_rois)
     if out.patients:
         from ..protocol import lint
 

@@ -96,8 +96,9 @@ def encode_patient(p: Patient) -> dict[str, np.ndarray]:
     box = np.array([[b.start, b.stop] for b in mask_box(sel)], np.int64)
     b = _slices(box)
     mc = mask[b]
-    fill = p.ct.flat[0] if p.ct.size else np.int16(0)
-    ct_box = np.array([[b.start, b.stop] for b in mask_box(p.ct != fill)], np.int64)
+    ct = p.require_ct("a cache file")
+    fill = ct.flat[0] if ct.size else np.int16(0)
+    ct_box = np.array([[b.start, b.stop] for b in mask_box(ct != fill)], np.int64)
     grid = np.stack([np.zeros(3, np.int64), np.asarray(p.shape, np.int64)], axis=1)
     arrays: dict[str, np.ndarray] = {"boxes": np.stack([grid, box, ct_box]),
                                      "possible_dose_mask": np.packbits(mc, axis=None)}
@@ -111,7 +112,7 @@ def encode_patient(p: Patient) -> dict[str, np.ndarray]:
     nz = np.flatnonzero(cc)
     arrays["roi_index"] = nz.astype(np.uint32)
     arrays["roi_codes"] = cc[nz]
-    arrays.update(ct=p.ct[_slices(ct_box)], ct_fill=np.asarray(fill, dtype=np.int16))
+    arrays.update(ct=ct[_slices(ct_box)], ct_fill=np.asarray(fill, dtype=np.int16))
     return arrays
 
 
@@ -119,7 +120,7 @@ def save_patient(p: Patient, path: Path, version: int = FORMAT_VERSION) -> None:
     """Write one patient file in cache format ``version`` (2 and 3: cropped, see the module docstring;
     the two differ only in ``dataset.json``)."""
     if version == 1:
-        arrays: dict[str, np.ndarray] = {"ct": p.ct, "roi_codes": p.roi_codes,
+        arrays: dict[str, np.ndarray] = {"ct": p.require_ct("a cache file"), "roi_codes": p.roi_codes,
                                          "possible_dose_mask": np.asarray(p.possible_dose_mask)}
         if p.dose is not None:
             arrays["dose"] = p.dose
@@ -563,15 +564,13 @@ class Cache:
 
     def load(self, pid: str, roi_set: RoiSet | None = None, with_ct: bool = True) -> Patient:
         """Patient ``pid`` with full-grid arrays. ``with_ct=False`` skips reading the CT (the Patient's
-        CT is then a zero volume and ``meta["ct_loaded"]`` is False), which is all evaluation needs."""
+        ``ct`` is then None), which is all evaluation needs."""
         e = self.patient_entry(pid)
         arrays, box = e.read_arrays(("ct", *EVAL_FIELDS) if with_ct else EVAL_FIELDS)
         codes = arrays["roi_codes"]
         assert codes is not None
-        ct = arrays["ct"] if with_ct else np.zeros(codes.shape, np.int16)
+        ct = arrays["ct"] if with_ct else None
         meta = dict(e.meta)
-        if not with_ct:
-            meta["ct_loaded"] = False
         p = Patient(pid, ct, codes, roi_set or self.roi_set, e.spacing, arrays["possible_dose_mask"],
                     arrays.get("dose"), e.missing_rois, meta, e.geometry)
         if box is not None:
