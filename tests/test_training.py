@@ -167,3 +167,43 @@ def test_ddp_two_processes_gloo(caches, tmp_path):
     assert ck["world_size"] == 2 and ck["global_step"] == 4 and ck["epoch"] == 2
     assert sorted(os.listdir(run / "checkpoints")) == ["best.pt", "last.pt", "prev.pt"]
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_run_that_fails_after_a_finished_epoch_is_kept_for_resume(caches, tmp_path, monkeypatch):
+    """A new run that dies at its first validation (epoch 2) keeps epoch 1 (hours of work on a real
+    run) and says how to continue; --resume then finishes it exactly like an uninterrupted run. One
+    that dies before any epoch is saved leaves nothing (and an --overwrite'd old run restored)."""
+    from dosepred.training import trainer
+    from dosepred.workflows import train_run
+
+    opts = dict(data=str(caches / "train"), val=str(caches / "val"), loss="mae", epochs=2, steps_per_epoch=2,
+                val_every=2, seed=3, patch=16, base=4, levels=2, res_units=0, batch=1, threads=1)
+    ref = tmp_path / "ref"
+    train_run(ref, opts)
+    real = trainer.validate
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated failure in validation")
+
+    monkeypatch.setattr(trainer, "validate", broken)
+    said: list[str] = []
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_run(run, opts, log=said.append)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert any("--resume" in s and "last: 1" in s for s in said)
+    monkeypatch.setattr(trainer, "validate", real)
+    train_run(run, {}, resume=True)
+    a, b = _weights(ref), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # before the first epoch ends: nothing kept, and an old run given with --overwrite comes back
+    monkeypatch.setattr(trainer, "validate", broken)
+    early = dict(opts, val_every=1)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_run(tmp_path / "new", early)
+    assert not (tmp_path / "new").exists()
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    said.clear()
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_run(run, early, overwrite=True, log=said.append)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before and not any("--resume" in s for s in said)

@@ -184,12 +184,15 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
 @contextmanager
 def output_in_place(path: str | os.PathLike, overwrite: bool = False,
                     inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out",
-                    keep_on_interrupt: bool = True) -> Iterator[Path]:
+                    keep_on_interrupt: bool = True,
+                    keep_if: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """For outputs that must be written where they end up (a training run that ``--resume``
     continues): the old content (with ``overwrite``) is moved to a hidden sibling and the folder is
     created afresh. When the block fails, the new content is removed and the old restored, so the
     destination is as it was; on success the old content is deleted. With ``keep_on_interrupt`` a
-    Ctrl-C keeps the new content (a run to resume) and drops the old."""
+    Ctrl-C keeps the new content (a run to resume) and drops the old; so does any other failure when
+    ``keep_if(path)`` says the new content is worth more than the old (a training run with a finished
+    epoch: hours of work that ``--resume`` continues once the cause is fixed)."""
     final = check_output(path, overwrite, inputs, what)
     _folder_not_file(final, what)
     created = _make_parent(final)
@@ -218,7 +221,11 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
             _remove(aside)
         raise
     except BaseException:
-        _rollback(final, aside, created)
+        if keep_if is not None and keep_if(final):
+            if aside is not None:
+                _remove(aside)
+        else:
+            _rollback(final, aside, created)
         raise
     if aside is not None:
         _remove(aside)

@@ -221,7 +221,9 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     """``dosepred train``: the run's config from (lowest first) the defaults, ``out/config.json`` when
     resuming, the ``config`` file (JSON or TOML; its nulls unset fields) and ``options`` (their non-None
     values; ``loss_options`` merged key by key), then a fresh run
-    written where ``--resume`` finds it (a failure restores what was there) or the run continued."""
+    written where ``--resume`` finds it or the run continued. A fresh run that fails before its first
+    epoch is saved restores what was there; one that fails later stays, to be continued with
+    ``--resume`` (a training run is hours of work; the log says so)."""
     from .training import TrainConfig, train
 
     out = Path(out)
@@ -247,8 +249,21 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         # torchrun only rank 0 writes the run and owns its transaction
         check_output(out, True, inputs)
         return train(cfg, resume=resume, log=log)
-    with output_in_place(out, overwrite, inputs):
-        return train(cfg, resume=False, log=log)
+    kept: list[bool] = []
+
+    def resumable(run: Path) -> bool:
+        kept.append((run / "checkpoints" / "last.pt").is_file())
+        return kept[-1]
+
+    try:
+        with output_in_place(out, overwrite, inputs, keep_if=resumable):
+            return train(cfg, resume=False, log=log)
+    except Exception:
+        if kept and kept[-1]:  # an error after a finished epoch: the new run stays, to be continued
+            epoch = finished_epoch(out)
+            (log or print)(f"{out} keeps its finished epochs (last: {epoch}); once the cause below is fixed, "
+                           f"continue with `dosepred train --out {out} --resume`")
+        raise
 
 
 def finished_epoch(run: PathLike) -> int | None:

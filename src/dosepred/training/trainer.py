@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ..errors import DosepredError, InputError
+from ..evaluation import evaluate_cohort  # at start: a long run never imports code edited since
 from ..fsutil import check_output, write_bytes, write_json
 from ..inference import InferenceOptions
 from ..io.cache import DATASET_JSON, Cache
@@ -157,8 +158,6 @@ def _select_value(summary: dict[str, float], select: str) -> float:
 def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
              progress: bool = False) -> dict[str, float]:
     """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation."""
-    from ..evaluation import evaluate_cohort
-
     options = InferenceOptions(device=str(device), overlap=cfg.sw_overlap, mode=cfg.sw_mode,
                                amp=cfg.amp and device.type == "cuda", allow_missing_rois=True, tta=False)
 
