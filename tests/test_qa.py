@@ -16,6 +16,7 @@ from dosepred.qa.result import (
     FLAG_HOT_ABOVE,
     FLAG_NOT_CONTOURED,
     FLAG_OAR_ABOVE,
+    FLAG_OAR_BELOW,
     flags_for,
 )
 
@@ -23,7 +24,7 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
 CONTRACT = {"roi", "metric", "plan", "predicted", "low", "high", "limit", "plan_pass", "flags"}
 #: What a criterion's flags may say: improvement, better than predicted, not contoured, not calibrated.
 CRITERION_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_BETTER, FLAG_NOT_CONTOURED,
-                   "criterion not calibrated", "OAR dose below achievable")
+                   "criterion not calibrated", FLAG_OAR_BELOW)
 
 
 # ------------------------------------------------------------------------------ flags, by hand
@@ -34,6 +35,7 @@ CRITERION_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_BET
     (10.0, "target", False, "Gy", FLAG_COVERAGE_BELOW, 10.0),  # coverage below: 20 - 10
     (30.0, "target", False, "Gy", FLAG_BETTER, 0.0),
     (26.0, "target", True, "%", FLAG_HOT_ABOVE, 6.0),  # a hot-spot metric above the interval
+    (10.0, "oar", False, "Gy", FLAG_OAR_BELOW, 10.0),  # an OAR criterion with ">=": below is worse
 ])
 def test_flags_for_hand_made_cases(plan, kind, lower, unit, flag, gain):
     flags, g = flags_for(plan, 20.0, 15.0, 25.0, kind, lower, unit)
@@ -44,6 +46,22 @@ def test_flags_for_hand_made_cases(plan, kind, lower, unit, flag, gain):
         assert g == pytest.approx(gain)
         if gain:
             assert f"{gain:.1f} {unit}" in flags[0]
+
+
+def test_every_flag_with_a_gain_is_an_improvement_flag():
+    """The summary's flag count and its potential improvement count the same criteria: each flag that
+    carries a gain (including an OAR criterion whose protocol says higher is better, once a bare
+    literal outside IMPROVEMENT_FLAGS) is an improvement flag."""
+    from dosepred.qa.result import IMPROVEMENT_FLAGS, CriterionQA, PatientQA
+
+    for kind in ("oar", "target"):
+        for lower in (True, False):
+            for plan in (0.0, 40.0):
+                flags, gain = flags_for(plan, 20.0, 15.0, 25.0, kind, lower)
+                assert bool(gain) == any(f.startswith(IMPROVEMENT_FLAGS) for f in flags), (kind, lower, plan)
+    flags, gain = flags_for(10.0, 20.0, 15.0, 25.0, "oar", False)
+    pq = PatientQA("p", [CriterionQA("Cord", "D50%", 10.0, 20.0, 15.0, 25.0, None, None, flags, gain=gain)])
+    assert pq.potential_gy == pytest.approx(10.0) and len(pq.improvement_flags) == 1
 
 
 def test_lower_is_better():

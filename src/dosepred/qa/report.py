@@ -18,7 +18,7 @@ import numpy as np
 from ..patient import Patient
 from ..report.html import esc, fmt, head_html, write_html_atomic
 from .families import FAMILY_TITLES
-from .result import FLAG_NOT_CONTOURED, PatientQA, QAResult
+from .result import FLAG_BETTER, FLAG_NOT_CONTOURED, IMPROVEMENT_FLAGS, PatientQA, QAResult
 
 
 class Bands(Protocol):
@@ -107,9 +107,8 @@ class QAReportWriter:
                 f"<th>predicted</th><th>{coverage:.0%} interval</th><th>limit</th><th>plan vs limit</th>"
                 "<th class='l'>flags</th></tr>"]
         for c in pq.criteria:
-            imp = [f for f in c.flags if f.startswith(("OAR dose above", "target hot spot above",
-                                                        "target coverage below", "OAR dose below"))]
-            better = [f for f in c.flags if f.startswith("plan better")]
+            imp = [f for f in c.flags if f.startswith(IMPROVEMENT_FLAGS)]
+            better = [f for f in c.flags if f.startswith(FLAG_BETTER)]
             rel = [f for f in c.flags if f not in imp and f not in better]
             cls = "imp" if imp else ("better" if better else ("nc" if FLAG_NOT_CONTOURED in c.flags else ""))
             pass_cls = "na" if c.plan_pass is None else ("pass" if c.plan_pass else "fail")

@@ -28,6 +28,8 @@ from typing import Any
 FLAG_OAR_ABOVE = "OAR dose above achievable"
 FLAG_HOT_ABOVE = "target hot spot above achievable"
 FLAG_COVERAGE_BELOW = "target coverage below achievable"
+#: an OAR criterion whose protocol says higher is better (direction ">=") below its interval
+FLAG_OAR_BELOW = "OAR dose below achievable"
 FLAG_BETTER = "plan better than predicted"
 FLAG_UNCALIBRATED = "criterion not calibrated"
 FLAG_NOT_CONTOURED = "ROI not contoured"
@@ -35,8 +37,9 @@ FLAG_NOT_CONTOURED = "ROI not contoured"
 #: is far outside the training range.
 NOTE_GRID = "grid far from the training data"
 NOTE_VOLUME = "ROI volume far outside the training range"
-#: Flags that say the plan might be improved (they add to the potential improvement).
-IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW)
+#: Flags that say the plan might be improved (they add to the potential improvement): every flag
+#: :func:`flags_for` gives with a gain.
+IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_OAR_BELOW)
 RELIABILITY_FLAGS = (FLAG_UNCALIBRATED, FLAG_NOT_CONTOURED)
 
 
@@ -49,7 +52,7 @@ def flags_for(plan: float, predicted: float, low: float, high: float, kind: str,
         return [f"{name}: {gain:.1f} {unit} might be spared"], gain
     if not lower_better and plan < low:
         gain = predicted - plan
-        name = FLAG_COVERAGE_BELOW if kind == "target" else "OAR dose below achievable"
+        name = FLAG_COVERAGE_BELOW if kind == "target" else FLAG_OAR_BELOW
         return [f"{name}: {gain:.1f} {unit} below the prediction"], gain
     if (lower_better and plan < low) or (not lower_better and plan > high):
         return [FLAG_BETTER], 0.0
