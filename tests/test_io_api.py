@@ -182,3 +182,23 @@ def test_cache_voxels_of_a_version_1_file_is_none(cached, tmp_path):
     arrays, box = c1.patient_entry(pats[0].id).read_arrays()
     assert box is None
     np.testing.assert_array_equal(arrays["dose"], pats[0].dose)
+
+
+@pytest.mark.parametrize("fmt", ["cache", "nifti"])
+def test_require_dose_holds_for_every_format(tmp_path, fmt):
+    """load_patients' require_dose (its default) refuses a patient without a plan dose in any format,
+    naming the patient and the source; require_dose=False reads it (prediction needs no dose). It used
+    to hold for OpenKBP folders only (whose reader refuses a missing dose.csv)."""
+    with_dose, without = synth.make_cohort(2, seed=4, size=24)
+    without.dose = None
+    src = tmp_path / fmt
+    if fmt == "cache":
+        cache.write_cache([with_dose, without], src)
+    else:
+        for p in (with_dose, without):
+            nifti.write_patient(p, src)
+    with pytest.raises(ValueError, match=rf"patient {without.id} of .*{fmt}.* has no dose"):
+        list(load_patients(src))
+    got = list(load_patients(src, require_dose=False))
+    assert [p.id for p in got] == [with_dose.id, without.id] and got[1].dose is None
+    assert got[0].dose is not None and np.allclose(got[0].dose, with_dose.dose, atol=1e-3)

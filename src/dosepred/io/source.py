@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DosepredError
+from ..errors import DosepredError, InputError
 from ..patient import Patient, RoiSet
 from . import formats
 from .formats import FORMATS, Format
@@ -58,8 +58,14 @@ class Source:
         return self._handle.cache if self.format.cache else None
 
     def patients(self, ids: Sequence[str] | None = None, require_dose: bool = False) -> Iterator[Patient]:
-        """The patients (all, or those of ``ids`` in this source's order), one at a time."""
-        yield from self._handle.patients(ids, require_dose=require_dose)
+        """The patients (all, or those of ``ids`` in this source's order), one at a time. With
+        ``require_dose`` a patient without a plan dose is an InputError naming it and the source,
+        whatever the format (a reader may refuse it earlier, naming its missing file)."""
+        for p in self._handle.patients(ids, require_dose=require_dose):
+            if require_dose and p.dose is None:
+                raise InputError(f"patient {p.id} of {self.path} ({self.format.label}) has no dose: this "
+                                 "needs each patient's plan dose")
+            yield p
 
     def __iter__(self) -> Iterator[Patient]:
         return self.patients()
