@@ -207,3 +207,28 @@ def test_a_run_that_fails_after_a_finished_epoch_is_kept_for_resume(caches, tmp_
     with pytest.raises(RuntimeError, match="simulated"):
         train_run(run, early, overwrite=True, log=said.append)
     assert (run / "checkpoints" / "last.pt").read_bytes() == before and not any("--resume" in s for s in said)
+
+
+def test_a_continued_training_does_not_count_its_patients_twice():
+    """The ROI-absence counts a model carries (what prediction's 'N of the model's M training patients
+    lacked it' says) are over distinct patients: a fine-tune on the --init's own patients (a training
+    continued in stages) keeps them; one on other patients adds them. Round 13's campaign models,
+    recorded before fingerprints, said 507 training patients after three stages on 169."""
+    from dosepred.models.space import ModelSpace, ids_sha
+    from dosepred.training.trainer import same_patients
+
+    ids = [f"pt_{i}" for i in range(169)]
+    assert ids_sha(ids) == ids_sha(list(reversed(ids))) != ids_sha(ids[:-1])
+    own = {"Esophagus": 74, "Larynx": 59}
+    mine = ModelSpace(patients=169, absent_counts=own, absent_patients=169, patients_sha=ids_sha(ids))
+    again = ModelSpace(patients=169, absent_counts=own, absent_patients=169, patients_sha=ids_sha(ids))
+    other = ModelSpace(patients=20, absent_counts={"Esophagus": 3}, absent_patients=20,
+                       patients_sha=ids_sha([f"clinic_{i}" for i in range(20)]))
+    assert same_patients(again, mine, own, own)
+    assert not same_patients(other, mine, {"Esophagus": 3}, own)
+    # recorded before fingerprints: the same patients counted k times over are recognised as such
+    legacy = ModelSpace(patients=169, absent_counts={"Esophagus": 222, "Larynx": 177}, absent_patients=507)
+    assert same_patients(legacy, mine, {"Esophagus": 222, "Larynx": 177}, own)
+    odd = ModelSpace(patients=169, absent_counts={"Esophagus": 220, "Larynx": 177}, absent_patients=507)
+    assert not same_patients(odd, mine, {"Esophagus": 220, "Larynx": 177}, own)
+    assert ModelSpace.from_dict(mine.to_dict()).patients_sha == ids_sha(ids)

@@ -33,6 +33,7 @@ data gets a warning naming what differs (:meth:`ModelSpace.differences`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -107,6 +108,9 @@ class ModelSpace:
     absent_counts: tuple[tuple[str, int], ...] | None = None
     #: the training patients ``absent_counts`` counts among (None: ``patients``)
     absent_patients: int | None = None
+    #: which patients those are: sha256 of their sorted ids (a fine-tune on the same patients, as a
+    #: continued training, does not count them twice); None: not recorded
+    patients_sha: str | None = None
 
     def __post_init__(self) -> None:
         if self.absent_rois is not None:
@@ -151,7 +155,8 @@ class ModelSpace:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpace:
         known = {"axes", "spacing_min", "spacing_max", "fov_min", "fov_max", "masked", "patients", "source",
-                 "spacing_median", "shape_median", "absent_rois", "absent_counts", "absent_patients"}
+                 "spacing_median", "shape_median", "absent_rois", "absent_counts", "absent_patients",
+                 "patients_sha"}
         d = {k: v for k, v in d.items() if k in known}
         d.setdefault("spacing_median", None)
         d.setdefault("shape_median", None)
@@ -171,7 +176,7 @@ class ModelSpace:
                 "shape_median": None if self.shape_median is None else list(self.shape_median),
                 "absent_rois": None if self.absent_rois is None else list(self.absent_rois),
                 "absent_counts": None if self.absent_counts is None else dict(self.absent_counts),
-                "absent_patients": self.absent_patients}
+                "absent_patients": self.absent_patients, "patients_sha": self.patients_sha}
 
     @property
     def absent_of(self) -> int:
@@ -269,6 +274,7 @@ class SpaceRecorder:
         self.oblique: list[str] = []
         self.rois: tuple[str, ...] = ()
         self.absent: dict[str, int] = {}  # ROI -> training patients lacking it
+        self.ids: list[str] = []
 
     def add(self, p: Patient) -> Patient:
         assert p.geometry is not None
@@ -282,6 +288,7 @@ class SpaceRecorder:
         self.masked.append(not bool(np.all(q.possible_dose_mask)))
         if not self.rois:
             self.rois = tuple(p.roi_set.names)
+        self.ids.append(p.id)
         for n in set(p.missing_rois):
             self.absent[n] = self.absent.get(n, 0) + 1
         return q
@@ -300,7 +307,12 @@ class SpaceRecorder:
                           shape_median=tuple(float(v) for v in np.median(fov / sp, axis=0)),
                           absent_rois=tuple(n for n in self.rois if n in self.absent),
                           absent_counts=tuple((n, self.absent[n]) for n in self.rois if n in self.absent),
-                          absent_patients=len(self.spacings))
+                          absent_patients=len(self.spacings), patients_sha=ids_sha(self.ids))
+
+
+def ids_sha(ids: Sequence[str]) -> str:
+    """A short fingerprint of a set of patient ids (sha256 of the sorted ids, 16 hex digits)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------- placement

@@ -155,6 +155,16 @@ def _select_value(summary: dict[str, float], select: str) -> float:
     return summary[f"{select}_score"]
 
 
+def same_patients(init: ModelSpace, space: ModelSpace, was: dict[str, int], own: dict[str, int]) -> bool:
+    """Whether a fine-tune's training patients are the ``--init`` model's (a training continued in
+    stages): their recorded id fingerprints agree; for a model recorded before fingerprints, its counts
+    are those of these patients counted k times over (each earlier stage on them added them again)."""
+    if init.patients_sha is not None or space.patients_sha is None:
+        return init.patients_sha is not None and init.patients_sha == space.patients_sha
+    k, rem = divmod(init.absent_of, space.absent_of) if space.absent_of else (0, 1)
+    return rem == 0 and k >= 1 and set(was) == set(own) and all(was[n] == k * own[n] for n in own)
+
+
 def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
              progress: bool = False) -> dict[str, float]:
     """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation."""
@@ -418,6 +428,8 @@ class Trainer:
             if self.init_transfer is not None:
                 was = counts_after(was, init.absent_of, self.init_transfer)
             own = dict(space.absent_counts)
+            if same_patients(init, space, was, own):  # a continued training: nobody new to count
+                return dataclasses.replace(space, absent_rois=absent)
             counts = tuple((n, was.get(n, 0) + own.get(n, 0)) for n in absent)
         of = None if counts is None else init.absent_of + space.absent_of
         return dataclasses.replace(space, absent_rois=absent, absent_counts=counts, absent_patients=of)
