@@ -71,9 +71,9 @@ def find_prediction(pred_dir: str | os.PathLike, pid: str) -> Path | None:
 def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
     """Read one predicted dose file (format chosen by suffix) on a grid of ``shape``."""
     path = Path(path)
-    for suffix, reader in PREDICTION_READERS.items():
-        if path.name.endswith(suffix):
-            return reader(path, shape)
+    fmt = formats.dose_file_format(path)
+    if fmt is not None and fmt.read_dose is not None:
+        return fmt.read_dose(path, shape)
     raise InputError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
 
 

@@ -51,7 +51,7 @@ from ..dvh import roi_metrics_pair
 from ..errors import InputError
 from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
-from ..protocol import BoundProtocol, Protocol, load_protocol
+from ..protocol import BoundProtocol, Protocol, lint, load_protocol
 from .case import ScoringCase, as_dose_array, check_finite, prediction_where, scorable
 
 __all__ = ["MAX_DOSE_OUTSIDE_MASK", "CohortResult", "CriterionResult", "MetricValue", "PatientResult",
@@ -454,8 +454,6 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
             case = item
         else:
             ref, pred = item
-            if ref.roi_set not in bound:
-                bound[ref.roi_set] = proto.bind(ref.roi_set)
             case = ScoringCase.from_patient(ref, pred)
         if case.roi_set not in bound:
             bound[case.roi_set] = proto.bind(case.roi_set)
@@ -464,7 +462,5 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
         present.update(n for n in case.roi_set.names
                        if n not in r.missing_rois and n not in case.missing_rois)
     if out.patients:
-        from ..protocol import lint
-
         out.warnings = lint(proto, present)
     return out
