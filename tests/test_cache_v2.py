@@ -73,7 +73,8 @@ def test_read_errors(tmp_path, patients):
     i = raw.find(b"\x93NUMPY", raw.find(b"dose.npy"))
     raw[i + 200] ^= 0xFF  # corrupt a stored byte of the dose
     f.write_bytes(bytes(raw))
-    with pytest.raises(CacheError, match="CRC mismatch"):
+    corrupt = rf"patient {patients[0].id}: cannot read .*\.npz: Bad CRC-32 for file 'dose\.npy'"
+    with pytest.raises(CacheError, match=corrupt):
         c.load(patients[0].id)
     info = json.loads((tmp_path / "c" / "dataset.json").read_text())
     info["version"] = 99
@@ -204,20 +205,13 @@ def test_roi_voxels_of_a_version_1_file_is_none(tmp_path, patients):
     assert box is None and arrays["roi_voxels"] is None
 
 
-def test_central_directory_reader_agrees_with_zipfile(tmp_path, patients):
+def test_a_patient_file_rewritten_by_another_zip_tool_reads_the_same(tmp_path, patients):
+    """The cache is read with numpy's np.load (issue 28: the hand-written zip reader is gone): a file
+    another tool rewrote (here: an archive comment appended) gives the same arrays."""
     cache.write_cache(patients[:1], tmp_path / "c")
     f = tmp_path / "c" / f"{patients[0].id}.npz"
-    with open(f, "rb") as fh:
-        members, start = cache.central_directory(fh)
-    with zipfile.ZipFile(f) as z:
-        want = [(i.filename, i.header_offset, i.compress_type, i.file_size, i.CRC) for i in z.infolist()]
-        assert start == z.start_dir
-    assert [(m.filename, m.header_offset, m.compress_type, m.file_size, m.CRC) for m in members] == want
-    # a zip with an archive comment is not "plain": zipfile reads it, with the same arrays
     with zipfile.ZipFile(f, "a") as z:
         z.comment = b"hello"
-    with open(f, "rb") as fh:
-        assert cache.central_directory(fh) is None
     q = cache.Cache.open(tmp_path / "c").load(patients[0].id)
     _equal(patients[0], q)
 
