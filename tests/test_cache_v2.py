@@ -76,6 +76,13 @@ def test_read_errors(tmp_path, patients):
     corrupt = rf"patient {patients[0].id}: cannot read .*\.npz: Bad CRC-32 for file 'dose\.npy'"
     with pytest.raises(CacheError, match=corrupt):
         c.load(patients[0].id)
+    # not a zip at all (empty, or replaced): said so, not numpy's advice to load it as a pickle
+    for content, said in ((b"", "it is empty"), (b"garbage", "it starts with b'garb'")):
+        f.write_bytes(content)
+        with pytest.raises(CacheError, match=rf"{patients[0].id}: cannot read .*: not an \.npz \(zip\) "
+                                             rf"file: {said}") as e:
+            c.load(patients[0].id)
+        assert "pickle" not in str(e.value)
     info = json.loads((tmp_path / "c" / "dataset.json").read_text())
     info["version"] = 99
     (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))

@@ -50,6 +50,8 @@ INTERNAL_CHECKS: dict[tuple[str, str], tuple[int, str]] = {
     ("dosepred/losses/dvh_curve.py", "DVHCurveLoss.__init__"): (1, "build_loss always passes the ROI set"),
     ("dosepred/losses/moment.py", "moment_loss"): (1, "codes the trainer always passes"),
     ("dosepred/losses/moment.py", "MomentLoss.__init__"): (1, "build_loss always passes the ROI set"),
+    ("dosepred/io/cache.py", "_Npz.__init__"): (
+        1, "caught by read_arrays / read_voxels and re-raised as CacheError naming the patient and file"),
     ("dosepred/models/unet.py", "DoseUNet.assemble"): (2, "tensor shapes the dataset and predict build"),
     ("dosepred/qa/conformal.py", "fit_family"): (1, "the family is named by dosepred's code"),
     ("dosepred/bench/bitmask.py", "CropDataset.__init__"): (1, "pipeline names are checked before"),

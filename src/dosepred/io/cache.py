@@ -147,6 +147,11 @@ class _Npz:
     within the issue's 20 %, so the kept library wins (docs/results.md)."""
 
     def __init__(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"PK\x03\x04":  # else np.load tries it as a pickle and suggests loading it unsafely
+            what = "it is empty" if not magic else f"it starts with {magic!r}"
+            raise ValueError(f"not an .npz (zip) file: {what}; damaged or replaced")
         self.npz = np.load(path, allow_pickle=False)
         self.files = list(self.npz.files)
         #: member name -> None (what the readers test membership on)
