@@ -51,7 +51,7 @@ from ..dvh import roi_metrics_pair
 from ..errors import InputError
 from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
-from ..protocol import BoundProtocol, Protocol, lint, load_protocol
+from ..protocol import BoundProtocol, Protocol, bound_for, lint, load_protocol
 from .case import ScoringCase, as_dose_array, check_finite, prediction_where, scorable
 
 __all__ = ["MAX_DOSE_OUTSIDE_MASK", "CohortResult", "CriterionResult", "MetricValue", "PatientResult",
@@ -363,11 +363,7 @@ def _check_prediction(case: ScoringCase) -> None:
 def _bound(protocol: Protocol | BoundProtocol | str, roi_set: RoiSet) -> BoundProtocol:
     """``protocol`` resolved for ``roi_set``: as given when it already is (no second validation),
     else loaded and bound (which validates)."""
-    if isinstance(protocol, BoundProtocol) and protocol.roi_set == roi_set:
-        return protocol
-    if isinstance(protocol, BoundProtocol):
-        protocol = protocol.protocol
-    return load_protocol(protocol).bind(roi_set)
+    return bound_for(protocol if isinstance(protocol, BoundProtocol) else load_protocol(protocol), roi_set)
 
 
 def evaluate_patient(ref: Patient, pred_dose: Any,

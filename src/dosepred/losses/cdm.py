@@ -46,7 +46,7 @@ from torch import nn
 from ..errors import InputError
 from ..metrics import Metric, MetricError, parse_metric, percentile_index, percentile_q, v_threshold
 from ..patient import RoiSet
-from ..protocol import BoundProtocol, Protocol, load_protocol
+from ..protocol import BoundProtocol, Protocol, bound_for, load_protocol
 from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, voxel_volumes, zero_like_graph
 
 _SPREAD_POINTS = 9  # percentiles averaged over the band q +- spread
@@ -169,8 +169,7 @@ def resolve_terms(protocol: Protocol | BoundProtocol, roi_set: RoiSet, target_we
     gives is a ProtocolError naming the criterion). Every criterion's ROI must be in the RoiSet
     (InputError naming the first that is not).
     """
-    bound = protocol if isinstance(protocol, BoundProtocol) and protocol.roi_set == roi_set else (
-        protocol.protocol if isinstance(protocol, BoundProtocol) else protocol).bind(roi_set)
+    bound = bound_for(protocol, roi_set)
     for i, c in enumerate(bound.protocol.criteria, 1):
         if c.roi not in roi_set:  # binding leaves out a dataset's uncontoured ROI; the loss needs them all
             raise InputError(f"CDM loss: criterion {i} ({c.roi} {c.metric}) names ROI {c.roi!r}, which is "

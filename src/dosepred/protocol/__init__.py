@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ..errors import DosepredError
-from .bound import BoundCriterion, BoundProtocol
+from .bound import BoundCriterion, BoundProtocol, bound_for
 from .schema import Criterion, Direction, LimitUnit, Protocol, ProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
 
 __all__ = ["BUILTIN", "BoundCriterion", "BoundProtocol", "Criterion", "Direction", "LimitUnit", "Protocol",
-           "ProtocolError", "builtin_names", "from_portpy", "lint", "load_protocol", "parse_protocol"]
+           "ProtocolError", "bound_for", "builtin_names", "from_portpy", "lint", "load_protocol",
+           "parse_protocol"]
 
 BUILTIN = ("openkbp", "openkbp-clinical")
 

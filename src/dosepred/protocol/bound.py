@@ -104,3 +104,11 @@ def bind(protocol: Protocol, roi_set: RoiSet, roi_owner: str = "the dataset") ->
         out.append(BoundCriterion(c, i, c.parsed, roi_set[c.roi].kind, rx, c.limit_value(rx),
                                   c.goal_value(rx), c.resolved_name(rx)))
     return BoundProtocol(protocol, roi_set, tuple(out), tuple(skipped))
+
+
+def bound_for(protocol: Protocol | BoundProtocol, roi_set: RoiSet) -> BoundProtocol:
+    """``protocol`` resolved for ``roi_set``: as given when it is bound to that set already (no second
+    validation), else (re)bound, which validates."""
+    if isinstance(protocol, BoundProtocol):
+        return protocol if protocol.roi_set == roi_set else bind(protocol.protocol, roi_set)
+    return bind(protocol, roi_set)
