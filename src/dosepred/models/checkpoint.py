@@ -246,8 +246,9 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
         readme.write_text(
             f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
             f"- architecture: {'two-stage cascade of 3D U-Nets' if mc.get('stages', 1) == 2 else '3D U-Net'}"
-            f", channels {ModelConfig.from_dict(dict(mc)).widths} ({mc['levels']} levels), "
-            f"{mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
+            f", channels {ModelConfig.from_dict(dict(mc)).widths} ({mc['levels']} levels)"
+            + (f", a coarse branch {mc['coarse']} under the bottom" if mc.get("coarse") else "")
+            + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
             f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"

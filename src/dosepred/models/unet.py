@@ -23,6 +23,13 @@ a two-stage model made from a one-stage model (``--init``) predicts exactly what
 until training moves it; :meth:`DoseUNet.freeze_first_stage` (the trainer's ``freeze_stage1``) runs the first
 stage without gradients, so only the refinement learns and a step costs one extra forward pass.
 
+Coarse branch (``coarse``, issue 24): a small U-Net of coarser levels on the output of the U-Net's
+bottom, added to it, ``bottom(x) + branch(bottom(x))``. On the CPU almost all of a step's cost is at
+full and half resolution, so depth and width below the bottom are nearly free, and they widen the
+receptive field (dose spreads along beams across the whole head). The branch's last convolution
+starts at zero, so a model made from one without the branch (``--init``) predicts exactly what that
+model does until training moves it (:meth:`DoseUNet.complete_state` maps its weights).
+
 Normalisation: instance norm (MONAI's default) computes statistics over the field of view, so a
 network trained on crops must be run on windows of the crop size (``sliding_window_inference``);
 :func:`dosepred.predict.predict_dose` does so. ``norm="batch"`` is available for large batches.
@@ -71,6 +78,9 @@ class ModelConfig:
     # channels per level, finest first (none: base doubled per level); when given, base and levels
     # follow from it (base = channels[0], levels = len(channels))
     channels: list[int] | None = None
+    # channels of the coarse branch's levels (strides 2 between them; its first level is already half
+    # the bottom's resolution); none: no branch (see the module's docstring)
+    coarse: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
@@ -89,11 +99,16 @@ class ModelConfig:
             raise ModelError(f"levels must be >= 2, got {self.levels}")
         if self.base < 1:
             raise ModelError(f"base channels must be >= 1, got {self.base}")
-        div = 2 ** (self.levels - 1)
+        if self.coarse is not None:
+            co = [int(c) for c in self.coarse]
+            if len(co) < 2 or min(co) < 1:
+                raise ModelError(f"coarse must list at least two positive widths, got {self.coarse}")
+            self.coarse = co
+        div = 2 ** (self.depth - 1)
         bad = [p for p in self.patch if p % div]
         if bad:
-            raise ModelError(f"patch {self.patch} must be divisible by 2^(levels-1) = {div} "
-                             f"for a {self.levels}-level U-Net")
+            raise ModelError(f"patch {self.patch} must be divisible by 2^{self.depth - 1} = {div} "
+                             f"for a U-Net of {self.depth} resolution levels")
         if self.stages not in (1, 2):
             raise ModelError(f"stages must be 1 or 2, got {self.stages}")
         if self.norm not in ("instance", "batch"):
@@ -108,6 +123,11 @@ class ModelConfig:
         return [self.base * 2 ** i for i in range(self.levels)]
 
     @property
+    def depth(self) -> int:
+        """Resolution levels, the coarse branch's included."""
+        return self.levels + (len(self.coarse) - 1 if self.coarse else 0)
+
+    @property
     def roi_set(self) -> RoiSet:
         return RoiSet.from_dicts(self.rois)
 
@@ -120,6 +140,8 @@ class ModelConfig:
         d["patch"] = list(self.patch)
         if self.channels is None:
             del d["channels"]  # the doubling rule: checkpoints read by older dosepreds stay readable
+        if self.coarse is None:
+            del d["coarse"]
         return d
 
     @classmethod
@@ -149,9 +171,13 @@ class DoseUNet(nn.Module):
         channels = config.widths
 
         def unet(in_channels: int) -> nn.Module:
-            return UNet(spatial_dims=3, in_channels=in_channels, out_channels=1,
-                        channels=channels, strides=[2] * (config.levels - 1),
-                        num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
+            net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=1,
+                       channels=channels, strides=[2] * (config.levels - 1),
+                       num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
+            if config.coarse:
+                skip = _bottom_skip(net)
+                skip.submodule = CoarseBranch(skip.submodule, channels[-1], config)
+            return net
 
         self.net = unet(config.in_channels)
         # start near a typical mean dose inside the mask (~30 % of dose_scale), not softplus(0) = 69 %
@@ -166,6 +192,29 @@ class DoseUNet(nn.Module):
             nn.init.zeros_(last.weight)
             if last.bias is not None:
                 nn.init.zeros_(last.bias)
+
+    def complete_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict of a model without the coarse branch made to fit this one: the bottom's
+        weights moved under the branch, the branch's own weights this model's (its last convolution
+        zero, so the prediction is the state's). Other states are returned as they are."""
+        if not self.config.coarse or any(".extra." in k for k in state):
+            return state
+        mine = self.state_dict()
+        out: dict[str, torch.Tensor] = {}
+        for k, v in state.items():
+            for prefix in self._bottom_prefixes():
+                if k.startswith(prefix):
+                    k = prefix + "bottom." + k[len(prefix):]
+                    break
+            out[k] = v
+        for k, v in mine.items():
+            if ".extra." in k:
+                out[k] = v.clone()
+        return out
+
+    def _bottom_prefixes(self) -> list[str]:
+        names = {id(m): n for n, m in self.named_modules()}
+        return [names[id(m)] + "." for m in self.modules() if isinstance(m, CoarseBranch)]
 
     def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input channels (B, C, *S) float32 on the tensors' device."""
@@ -211,6 +260,40 @@ class DoseUNet(nn.Module):
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.from_input(self.assemble(ct, codes, mask))
+
+
+class CoarseBranch(nn.Module):
+    """A U-Net's bottom layer plus a U-Net of coarser levels on its output: ``y + extra(y)`` with
+    ``y = bottom(x)``; ``extra``'s last convolution starts at zero."""
+
+    def __init__(self, bottom: nn.Module, width: int, config: ModelConfig) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        assert config.coarse is not None
+        self.bottom = bottom
+        self.extra = UNet(spatial_dims=3, in_channels=width, out_channels=width,
+                          channels=config.coarse, strides=[2] * (len(config.coarse) - 1),
+                          num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
+        last = _last_conv(self.extra)
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bottom(x)
+        return y + self.extra(y)
+
+
+def _bottom_skip(net: nn.Module) -> nn.Module:
+    """The skip connection around a MONAI UNet's bottom layer (the innermost one)."""
+    from monai.networks.layers.simplelayers import SkipConnection
+
+    skips = [m for m in net.modules() if isinstance(m, SkipConnection)]
+    inner = [s for s in skips if not any(isinstance(m, SkipConnection) for m in s.submodule.modules())]
+    if len(inner) != 1:
+        raise ModelError("cannot find the U-Net's bottom layer (MONAI's UNet changed?)")
+    return inner[0]
 
 
 def _last_conv(net: nn.Module) -> nn.Module:

@@ -77,6 +77,11 @@ class TrainConfig(BaseModel):
     channels: list[int] | None = Field(None, description="U-Net channels per level, finest first, e.g. "
                                        "16,32,64,128,256,512 (overrides base and levels; none: --init's, "
                                        "else base doubled per level).")
+    coarse: list[int] | None = Field(None, description="Channels of a coarse branch under the U-Net's "
+                                     "bottom, e.g. 128,128,256 (levels at 1/2, 1/4, 1/8 of the bottom's "
+                                     "resolution; its output is added to the bottom's and starts at zero, "
+                                     "so an --init without it predicts as before; none: --init's, else "
+                                     "no branch).")
     stages: int | None = Field(None, ge=1, le=2, description="U-Nets in the cascade: 2 adds a second "
                                "U-Net refining the first's dose (none: --init's, else 1; a one-stage "
                                "--init becomes the first stage).")

@@ -307,10 +307,12 @@ class Trainer:
         arch: dict[str, Any] = {}
         keys = ("base", "levels", "res_units", "norm", "stages")
         init_widths: list[int] | None = None
+        init_coarse: list[int] | None = None
         if cfg.init:
             self.init_ckpt = load_checkpoint(cfg.init)
             init_mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
             init_widths = init_mc.widths
+            init_coarse = init_mc.coarse
             arch = {k: init_mc.to_dict()[k] for k in keys}
         if cfg.channels is not None:  # explicit widths decide base and levels
             widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
@@ -333,12 +335,17 @@ class Trainer:
             elif k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1):
                 raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
             setattr(cfg, k, v)
+        if cfg.coarse is None:
+            cfg.coarse = init_coarse
+        elif init_coarse is not None and list(cfg.coarse) != init_coarse:
+            raise ModelError(f"--init {cfg.init} has coarse={init_coarse} but coarse={list(cfg.coarse)} "
+                             "was requested")
         if cfg.freeze_stage1 and cfg.stages != 2:
             raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
-                                        stages=cfg.stages, channels=cfg.channels)
+                                        stages=cfg.stages, channels=cfg.channels, coarse=cfg.coarse)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         self.roi_transfer: dict[str, Any] | None = None
@@ -348,6 +355,11 @@ class Trainer:
             # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
             tr = plan_transfer(mc.roi_set, self.roi_set, f"training cache {cfg.data}", str(cfg.init))
             state = {k: v.float() if v.is_floating_point() else v for k, v in self.init_ckpt["model"].items()}
+            if cfg.coarse and not mc.coarse:  # a model without the coarse branch: the branch starts at zero
+                if mc.stages != cfg.stages:
+                    raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "
+                                     "two fine-tunes, not one")
+                state = self.model.complete_state(state)
             try:
                 if not tr.identity:
                     self.model.load_state_dict(transfer_state(state, self.model, tr, f"--init {cfg.init}"))
