@@ -19,8 +19,9 @@
   Both lists fail when an entry is no longer needed, so they only shrink.
 
 An import is an import statement, a call of ``importlib.import_module`` / ``__import__`` with a
-literal name, or a lazily resolved name of the package (``from dosepred import train``,
-``dosepred.train``: an import of the module ``dosepred/__init__.py``'s lazy table maps it to).
+literal name, or a lazily resolved name of one of the package's packages (``from dosepred import
+train``, ``dosepred.train``, ``from dosepred.qa import run_qa``: an import of the module that the
+package ``__init__.py``'s lazy table maps it to).
 
 Each rule is also run on a small package written here, so the checks themselves are tested to
 fail on the imports they forbid.
@@ -149,26 +150,45 @@ class _Import:
     type_only: bool  # under ``if TYPE_CHECKING:``
 
 
-def _lazy_table(root: Path, package: str) -> dict[str, str]:
-    """The package's lazily resolved names: name -> absolute module, from the dict literals of
-    ``name: ".module"`` in its ``__init__.py`` (which its ``__getattr__`` imports on first use)."""
-    init = root / package / "__init__.py"
-    if not init.is_file():
-        return {}
-    tree = ast.parse(init.read_text(), str(init))
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
-        return {}
-    out: dict[str, str] = {}
+def _defines_getattr(tree: ast.Module) -> bool:
+    """Whether a module defines ``__getattr__`` (PEP 562): ``def __getattr__`` or an assignment to
+    it (``__getattr__, __dir__ = lazy_attributes(...)``)."""
     for n in tree.body:
-        value = n.value if isinstance(n, (ast.Assign, ast.AnnAssign)) else None
-        if not isinstance(value, ast.Dict) or not value.keys:
+        if isinstance(n, ast.FunctionDef) and n.name == "__getattr__":
+            return True
+        targets = (n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign)
+                   else [])
+        for t in targets:
+            names = t.elts if isinstance(t, ast.Tuple) else [t]
+            if any(isinstance(e, ast.Name) and e.id == "__getattr__" for e in names):
+                return True
+    return False
+
+
+def _lazy_tables(root: Path, package: str) -> dict[str, dict[str, str]]:
+    """Every package's lazily resolved names: package -> {name -> absolute module}, from the dict
+    literals of ``name: ".module"`` in its ``__init__.py`` (which its ``__getattr__`` imports on
+    first use); packages without a ``__getattr__`` have none."""
+    out: dict[str, dict[str, str]] = {}
+    for mod, init in _modules(root, package).items():
+        if init.name != "__init__.py":
             continue
-        pairs = [(k.value, v.value) for k, v in zip(value.keys, value.values, strict=True)
-                 if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)]
-        if len(pairs) == len(value.keys) and all(
-                isinstance(k, str) and isinstance(v, str) and v.startswith(".") for k, v in pairs):
-            for k, v in pairs:
-                out[k] = _resolve(package, True, len(v) - len(v.lstrip(".")), v.lstrip(".") or None)
+        tree = ast.parse(init.read_text(), str(init))
+        if not _defines_getattr(tree):
+            continue
+        table: dict[str, str] = {}
+        for n in tree.body:
+            value = n.value if isinstance(n, (ast.Assign, ast.AnnAssign)) else None
+            if not isinstance(value, ast.Dict) or not value.keys:
+                continue
+            pairs = [(k.value, v.value) for k, v in zip(value.keys, value.values, strict=True)
+                     if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)]
+            if len(pairs) == len(value.keys) and all(
+                    isinstance(k, str) and isinstance(v, str) and v.startswith(".") for k, v in pairs):
+                for k, v in pairs:
+                    table[k] = _resolve(mod, True, len(v) - len(v.lstrip(".")), v.lstrip(".") or None)
+        if table:
+            out[mod] = table
     return out
 
 
@@ -202,13 +222,12 @@ def _dynamic_import(node: ast.AST, module: str, is_package: bool) -> str | None:
 
 
 def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str],
-             lazy: dict[str, str] | None = None) -> list[_Import]:
+             lazy: dict[str, dict[str, str]] | None = None) -> list[_Import]:
     """Every import of a module, function-level ones included: import statements, calls of
     ``importlib.import_module`` / ``__import__`` with a literal name, and ``from package import
-    name`` of a name in the package's lazy table (an import of the module that defines it)."""
+    name`` of a name in a package's lazy table (an import of the module that defines it)."""
     out: list[_Import] = []
     lazy = lazy or {}
-    package = module.split(".")[0]
     assigned: dict[int, str] = {}  # id of an import call -> the name its result is assigned to
 
     def visit(node: ast.AST, type_only: bool) -> None:
@@ -232,9 +251,9 @@ def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str],
                 local = a.asname or a.name
                 if sub in known:  # ``from package import submodule``
                     out.append(_Import(node, sub, local, sub, None, type_only))
-                elif base == package and a.name in lazy:  # resolved by the package's __getattr__
-                    out.append(_Import(node, lazy[a.name], local, f"{lazy[a.name]}.{a.name}", a.name,
-                                       type_only))
+                elif a.name in lazy.get(base, {}):  # resolved by the package's __getattr__
+                    target = lazy[base][a.name]
+                    out.append(_Import(node, target, local, f"{target}.{a.name}", a.name, type_only))
                 else:
                     out.append(_Import(node, base, local, sub, a.name, type_only))
         elif isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
@@ -262,7 +281,7 @@ def private_accesses(root: Path, package: str = "dosepred") -> list[Finding]:
     by ``importlib.import_module`` with a literal name."""
     mods = _modules(root, package)
     known = set(mods)
-    lazy = _lazy_table(root, package)
+    lazy = _lazy_tables(root, package)
     out: set[Finding] = set()
     for mod, path in mods.items():
         tree = ast.parse(path.read_text(), str(path))
@@ -328,7 +347,7 @@ def upward_imports(root: Path, layers: dict[str, int], package: str = "dosepred"
     ``package.name`` where the package's ``__init__`` maps ``name`` to a module: an import of it)."""
     mods = _modules(root, package)
     known = set(mods)
-    lazy = _lazy_table(root, package)
+    lazy = _lazy_tables(root, package)
     out: list[Finding] = []
     for mod, path in mods.items():
         rel = str(path.relative_to(root))
@@ -349,16 +368,19 @@ def upward_imports(root: Path, layers: dict[str, int], package: str = "dosepred"
     return out
 
 
-def _uses(path: Path, mod: str, known: set[str], lazy: dict[str, str], package: str) -> list[tuple[int, str]]:
+def _uses(path: Path, mod: str, known: set[str], lazy: dict[str, dict[str, str]], package: str
+          ) -> list[tuple[int, str]]:
     """(line, module) of every import of module ``mod`` (file ``path``) that the rules count: import
     statements and literal ``importlib`` calls anywhere in the file, and lazily resolved names of the
-    package; not those under ``if TYPE_CHECKING:``."""
+    package's packages (``from pk.sub import name``, ``sub.name``); not those under ``if
+    TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(), str(path))
     imports = _imports(tree, mod, path.name == "__init__.py", known, lazy)
     uses = [(imp.node.lineno, imp.module) for imp in imports if not imp.type_only]
-    packages = {imp.local for imp in imports if imp.stands_for == package and imp.local}
-    uses += [(n.lineno, lazy[n.attr]) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-             and n.attr in lazy and isinstance(n.value, ast.Name) and n.value.id in packages]
+    packages = {imp.local: lazy[imp.stands_for] for imp in imports
+                if imp.stands_for in lazy and imp.local and not imp.type_only}
+    uses += [(n.lineno, packages[n.value.id][n.attr]) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Name) and n.attr in packages.get(n.value.id, {})]
     return uses
 
 
@@ -368,7 +390,7 @@ def import_graph(root: Path, package: str = "dosepred") -> dict[str, dict[str, t
     is no edge)."""
     mods = _modules(root, package)
     known = set(mods)
-    lazy = _lazy_table(root, package)
+    lazy = _lazy_tables(root, package)
     graph: dict[str, dict[str, tuple[str, int]]] = {}
     for mod, path in mods.items():
         edges = graph.setdefault(mod, {})
@@ -641,6 +663,19 @@ def test_lazily_resolved_names_import_their_module(pkg, where, code, what):
     _write(pkg, {"pk/__init__.py": _LAZY_INIT, where: code})
     found = upward_imports(pkg, PKG_LAYERS, "pk")
     assert [f.what for f in found] == [what], found
+
+
+@pytest.mark.parametrize("code, also", [
+    ("def g():\n    from .io import f\n    return f\n", []),
+    ("from . import io\n\n\ndef g():\n    return io.f\n", ["pk.base (layer 0) imports pk.io (layer 1)"]),
+])
+def test_a_subpackage_table_assigned_to_getattr_counts(pkg, code, also):
+    """(a lazy table in any package, its ``__getattr__`` assigned as ``dosepred._lazy`` makes it)"""
+    init = ("from .._util import helper as lazy_attributes\n\n_LAZY = {'f': '..top'}\n"
+            "__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())\n")
+    _write(pkg, {"pk/io/__init__.py": init, "pk/base.py": code})
+    found = upward_imports(pkg, PKG_LAYERS, "pk")
+    assert [f.what for f in found] == [*also, "pk.base (layer 0) imports pk.top (layer 2)"], found
 
 
 def test_lazily_resolved_names_from_below_pass(pkg):
