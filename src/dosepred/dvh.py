@@ -18,15 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from .errors import InputError
 from .metrics import Metric, MetricError, compute, parse_metric, percentile_index, percentile_q, v_threshold
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .patient import Patient
+from .patient import Patient
 
 VolumeUnit = Literal["%", "cc"]
 
@@ -227,8 +225,6 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
     ``roi_metric(patient, "PTV70", "D95%")`` uses the patient's dose, ROI, spacing and prescription;
     ``roi_metric(dose, mask, "D0.1cc", spacing=(4, 4, 2.5))`` works on plain arrays.
     """
-    from .patient import Patient
-
     if isinstance(patient_or_dose, Patient):
         p = patient_or_dose
         if p.dose is None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import roi as _roi
 from .errors import InputError, UnknownNameError
-from .geometry import Geometry
+from .geometry import Geometry, reorient
 
 RoiKind = Literal["target", "oar", "other"]
 
@@ -311,8 +311,6 @@ class Patient:
         """A copy whose array axes run towards ``letters`` (e.g. ``"PLI"``, the OpenKBP convention), by
         permuting and flipping axes only (no interpolation); the geometry follows, so every voxel
         keeps its place in patient coordinates."""
-        from .geometry import reorient
-
         assert self.geometry is not None
         perm, flips = self.geometry.permutation_to(letters)
         if perm == (0, 1, 2) and not any(flips):

@@ -28,17 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import __version__
 from .boxes import mask_box
 from .constants import BODY_HU
 from .errors import InputError
+from .fsutil import sha256_file
 from .inference import DEFAULT_TTA as DEFAULT_TTA
 from .inference import TTA_SHIFT as TTA_SHIFT
 from .inference import InferenceOptions, PredictionRecord
 from .io import formats
+from .io.cache import CacheError, write_cache
+from .io.source import load_patients
 from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
 from .patient import Patient, RoiSet
+from .progress import track
 from .roi import lr_pairs, mirror_codes, to_torch
 
 #: What ``--format`` takes (:func:`dosepred.io.formats.prediction_formats`): the formats with a
@@ -401,12 +406,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     the device, the model and its SHA-256, the data, the dosepred version). ``dosepred evaluate``
     reads such a prediction fastest.
     """
-    from . import __version__
-    from .fsutil import sha256_file
-    from .io.cache import CacheError, write_cache
-    from .io.source import load_patients
     from .models.checkpoint import resolve_model_path
-    from .progress import track
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")

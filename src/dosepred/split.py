@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from .errors import DosepredError
+from .fsutil import write_json
+from .io.cache import Cache
 
 DEFAULT_NAMES = ("train", "val", "test")
 
@@ -179,8 +181,6 @@ def dates_from_manifest(path: str | os.PathLike, date_column: str, id_column: st
 
 def dates_from_cache(cache_dir: str | os.PathLike, key: str = "study_date") -> dict[str, str]:
     """id -> ``meta[key]`` of every patient of a cache (no image is loaded)."""
-    from .io.cache import Cache
-
     c = Cache.open(cache_dir)
     out, lacking = {}, []
     for e in c.info["patients"]:
@@ -242,8 +242,6 @@ def read_id_lists(specs: Sequence[str]) -> dict[str, list[str]]:
 
 def write_split(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write a split JSON atomically (temporary name, then rename)."""
-    from .fsutil import write_json
-
     path = Path(path)
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)

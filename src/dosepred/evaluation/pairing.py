@@ -38,8 +38,11 @@ from ..boxes import Box, box_shape, coords_box, union
 from ..dvh import codes_voxel_indices, voxel_list_indices
 from ..errors import InputError
 from ..geometry import Geometry
-from ..io import formats
+from ..io import dicom, formats, openkbp
+from ..io.cache import EVAL_FIELDS, Cache, CacheError, is_cache
+from ..io.dicom import files_under
 from ..io.formats import Format
+from ..io.source import load_patients, open_source
 from ..patient import Patient, RoiSet, voxel_volume_mm3
 from .case import ScoringCase, as_dose_array
 
@@ -83,9 +86,6 @@ def _rtdose_matches(reference: str, prediction: str, stamp: int = 0, roi_map: An
     ``predict --format dicom`` writes): matched by the RTSTRUCT/RTPLAN they reference, else
     FrameOfReference, else PatientID (:func:`dosepred.io.dicom.match_rtdose`). ``roi_map``: the
     reference's ROI name map (a path; a map that is no path is called uncached)."""
-    from ..io import dicom
-    from ..io.source import open_source
-
     doses = dicom.scan_rtdoses(prediction)
     if not doses:
         return {}
@@ -99,8 +99,6 @@ def _rtdose_matches(reference: str, prediction: str, stamp: int = 0, roi_map: An
 
 
 def _has_dicom(folder: Path) -> bool:
-    from ..io.dicom import files_under
-
     return any(f.suffix.lower() == ".dcm" for f in files_under(folder))
 
 
@@ -111,8 +109,6 @@ class _Predictions:
 
     def __init__(self, reference: str | os.PathLike, prediction: str | os.PathLike, roi_map: Any = None
                  ) -> None:
-        from ..io.cache import Cache, is_cache
-
         self.reference = str(reference)
         self.roi_map = roi_map
         self.given = str(prediction)  # as the caller wrote it, for messages
@@ -142,8 +138,6 @@ class _Predictions:
         return str(f) if f is not None else self.given
 
     def _cache_dose(self, pid: str, crop: bool) -> tuple[np.ndarray, Box | None]:
-        from ..io.cache import CacheError
-
         assert self.cache is not None
         try:
             arrays, box = self.cache.patient_entry(pid).read_arrays(("dose",), crop=crop)
@@ -208,8 +202,6 @@ class _Predictions:
 def reference_ids(src: str | os.PathLike, roi_map: Any = None) -> list[str]:
     """Patient ids of a reference source (cache, OpenKBP, NIfTI or DICOM folder), without loading
     arrays; ``roi_map``: a DICOM folder's ROI name map (:func:`dosepred.io.source.open_source`)."""
-    from ..io.source import open_source
-
     return open_source(src, roi_map).ids
 
 
@@ -249,9 +241,6 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
 
 def _references(src: str | os.PathLike, fmt: Format | None, ids: list[str] | None, with_ct: bool,
                 roi_map: Any = None) -> Iterator[Patient]:
-    from ..io.cache import Cache, CacheError
-    from ..io.source import load_patients, open_source
-
     if with_ct or fmt is None or not fmt.cropped:
         yield from load_patients(src, ids=ids, roi_map=roi_map)
         return
@@ -339,8 +328,6 @@ class _SparseRef:
 
 def _csv_references(src: str | os.PathLike, ids: list[str] | None) -> Iterable[_SparseRef]:
     """The patients of an OpenKBP folder as voxel coordinates."""
-    from ..io import openkbp
-
     want = set(ids) if ids is not None else None
     for f in openkbp.patient_folders(src):
         if want is not None and f.name not in want:
@@ -367,8 +354,6 @@ def _reference_crops(src: str | os.PathLike, fmt: Format, ids: list[str] | None
                      ) -> Iterable[tuple[str, tuple[int, ...], Box | None, Any, Any]]:
     """(id, grid shape, support box, (box, predicted dose on it, source) -> the scoring case on that
     box, grid geometry) per reference patient of a ``cropped`` format: a cache or an OpenKBP folder."""
-    from ..io.cache import EVAL_FIELDS, Cache, CacheError
-
     if not fmt.cache:
         for r in _csv_references(src, ids):
             yield r.id, r.shape, r.box, r.case, r.geometry
@@ -489,8 +474,6 @@ def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
 def _compact_case(ref_cache: Any, preds: _Predictions, pid: str, rs: RoiSet) -> ScoringCase | None:
     """A reference and a prediction, both version-2 cache files with one data box and possible-dose
     mask and no dose outside the mask, as voxel lists (see :func:`iter_cases`); None otherwise."""
-    from ..io.cache import CacheError
-
     assert preds.cache is not None
     er, ep = ref_cache.patient_entry(pid), preds.cache.patient_entry(pid)
     if er.shape != ep.shape:
@@ -540,8 +523,6 @@ def _box_cases(reference: str | os.PathLike, fmt: Format, preds: _Predictions, i
 
 def _open_pairing(reference: str | os.PathLike, prediction: str | os.PathLike, roi_map: Any
                   ) -> tuple[_Predictions, Format | None]:
-    from ..io.source import open_source
-
     preds = _Predictions(reference, prediction, roi_map)
     fmt = formats.detect(reference)
     if roi_map is not None and (fmt is None or not fmt.takes_roi_map):
@@ -551,8 +532,6 @@ def _open_pairing(reference: str | os.PathLike, prediction: str | os.PathLike, r
 
 def _iter_cases(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
                 compact: bool, roi_map: Any) -> Iterator[ScoringCase]:
-    from ..io.cache import Cache
-
     preds, fmt = _open_pairing(reference, prediction, roi_map)
     if preds.rtdoses or fmt is None or not fmt.cropped:  # placed by geometry: whole grids
         for ref in _references(reference, fmt, ids, False, roi_map):

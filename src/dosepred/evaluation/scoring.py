@@ -49,8 +49,10 @@ import numpy as np
 
 from ..dvh import roi_metrics_pair
 from ..errors import InputError
+from ..fsutil import write_json
 from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
+from ..progress import track
 from ..protocol import BoundProtocol, Protocol, bound_for, lint, load_protocol
 from .case import ScoringCase, as_dose_array, check_finite, prediction_where, scorable
 
@@ -280,8 +282,6 @@ class CohortResult:
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_json` atomically (temporary name, then rename)."""
-        from ..fsutil import write_json
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, self.to_json())
@@ -440,7 +440,6 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
     proto = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     it: Iterable[tuple[Patient, Any] | ScoringCase] = pairs
     if progress:
-        from ..progress import track
         it = track(pairs, description="evaluating")
     out = CohortResult(proto.name)
     present: set[str] = set()

@@ -49,6 +49,7 @@ from ..errors import DosepredError, UnknownNameError
 from ..fsutil import atomic_path, write_bytes, write_json
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
+from ..progress import track
 
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 3
@@ -513,7 +514,6 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     seen: set[str] = set()
     it: Iterable[Patient] = patients
     if progress:
-        from ..progress import track
         it = track(patients, description="writing cache")
     with ExitStack() as staged:  # every patient file is renamed into place at its end, or none is
         for p in it:

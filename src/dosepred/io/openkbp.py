@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DosepredError, InputError
-from ..fsutil import atomic_dir
+from ..fsutil import atomic_dir, write_text
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
 
@@ -325,8 +325,6 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 
 def _write_sparse(path: Path, idx: np.ndarray, values: list[str] | None) -> None:
-    from ..fsutil import write_text
-
     if values is None:
         body = "".join(f"{i},\n" for i in idx.tolist())
     else:

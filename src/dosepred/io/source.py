@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import DosepredError, InputError
 from ..patient import Patient, RoiSet
 from . import formats
+from .cache import CacheError
 from .formats import FORMATS, Format
 
 #: the names of the formats a source may be in, in the order a path is tested (:data:`formats.FORMATS`)
@@ -112,8 +113,6 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
                   require_dose: bool = True, roi_map: Any = None) -> Iterator[Patient]:
     """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
     :func:`source_kind`, the patients read by :func:`open_source`; ``roi_map`` for a DICOM folder)."""
-    from .cache import CacheError
-
     if not Path(src).exists():
         raise FileNotFoundError(f"{src} does not exist")
     if source_kind(src) is None:

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+import dosepred
+
 from ..fsutil import atomic_path, save_torch, write_text
 from .formats import CHECKPOINT_FORMAT, MODEL_FORMAT
 from .space import ModelSpace
@@ -219,8 +221,6 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     ``config.json`` and ``README.md``. ``src``: a run, checkpoint or model folder, or several of one
     model, whose weights are then averaged (:func:`average_checkpoints`). ``final``: the path the
     folder will have when ``out`` is a temporary folder renamed there afterwards (named in the README)."""
-    import dosepred
-
     many = not isinstance(src, (str, os.PathLike))
     ckpt = average_checkpoints(src) if many else load_checkpoint(src)  # type: ignore[arg-type]
     out = Path(out)

@@ -47,6 +47,7 @@ from ..constants import CT_FILL_HU
 from ..errors import InputError
 from ..geometry import Geometry, unreorient
 from ..patient import Patient
+from ..resample import extend_dose, index_map, resample, resample_mask, sub_grid
 
 #: Relative slack on the spacing range: a spacing within 1 % of it is taken as inside (no resampling).
 SPACING_TOL = 0.01
@@ -340,7 +341,6 @@ class Placement:
             out = np.array(unreorient(dose, self.perm, self.flips), dtype=np.float32)
             out *= src.possible_dose_mask
             return out
-        from ..resample import extend_dose, resample, sub_grid
 
         assert src.geometry is not None and self.patient.geometry is not None
         dgeo = self.patient.geometry
@@ -401,8 +401,6 @@ def _bit_boxes(codes: np.ndarray, n_bits: int) -> list[tuple[slice, ...] | None]
 def resample_into(p: Patient, dst: Geometry, shape: Sequence[int], ct_fill: int = CT_FILL_HU) -> Patient:
     """``p`` on grid ``dst`` (the fast path of :func:`dosepred.resample.resample_patient`, same values):
     CT and dose linear; possible-dose mask and each ROI by ``resample_mask`` on its bounding box only."""
-    from ..resample import index_map, resample, resample_mask, sub_grid
-
     assert p.geometry is not None
     src = p.geometry
     shape = tuple(int(s) for s in shape)

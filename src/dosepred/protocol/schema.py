@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..errors import DosepredError
+from ..io.roi_names import canonical
 from ..metrics import Metric, parse_metric
 from .bound import BoundProtocol, bind
 
@@ -155,8 +156,6 @@ class Criterion(BaseModel):
 
 def _canonical_name(name: str) -> bool:
     """Whether ``name`` is already an ROI's canonical spelling (:mod:`dosepred.io.roi_names`)."""
-    from ..io.roi_names import canonical
-
     c = canonical(name)
     return c.matched and c.name == name
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dvh import roi_metrics, roi_voxel_indices
 from ..patient import Patient
 from .conformal import DEFAULT_RULE, signed_offsets
 
@@ -36,8 +37,6 @@ def band_doses(patient: Patient, dose: np.ndarray, levels: Sequence[float] = BAN
                ) -> dict[str, list[float]]:
     """D at each volume level (Gy, OpenKBP's percentile definition) of every present ROI of
     ``patient`` in ``dose`` (on the patient's grid)."""
-    from ..dvh import roi_metrics, roi_voxel_indices
-
     flat = np.asarray(dose, dtype=np.float32).ravel()
     metrics = [f"D{v:g}%" for v in levels]
     return {r: roi_metrics(flat[ix], metrics, patient.voxel_volume_mm3)

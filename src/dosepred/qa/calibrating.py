@@ -27,8 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from ..dvh import roi_voxel_indices
+from ..evaluation import evaluate_patient
 from ..fsutil import sha256_file
+from ..inference import prediction_record
+from ..io.cache import Cache
+from ..io.formats import detect
+from ..io.source import load_patients
 from ..patient import Patient, RoiSet
+from ..progress import track
 from ..protocol import BoundProtocol, Protocol, load_protocol
 from .band import band_doses, fit_band
 from .calibration import (
@@ -80,8 +87,6 @@ def check_predictions(cache: Any, path: str | os.PathLike, tta: bool,
     command string of a cache written before the record) and, when the cache records its model's
     SHA-256 and ``model`` is given, by that model. A cache of an earlier dosepred, which did not
     record whether it used mixed precision (on a GPU), gets a warning."""
-    from ..inference import prediction_record
-
     need = qa_inference(tta)
     made = prediction_record(cache)
     want = "--tta" if tta else "--no-tta"
@@ -119,8 +124,6 @@ def check_predictions(cache: Any, path: str | os.PathLike, tta: bool,
 def roi_features(patient: Patient, pred_dose: np.ndarray, rois: Iterable[str]) -> dict[str, dict[str, float]]:
     """Per present ROI: ``volume_cc``, ``spread`` (std of the predicted dose in it, Gy) and
     ``target_overlap`` (% of the ROI's voxels inside any target other than itself)."""
-    from ..dvh import roi_voxel_indices
-
     rs = patient.roi_set
     names = [r for r in dict.fromkeys(rois) if r in rs]
     targets = [t for t in rs.targets if t not in patient.missing_rois]
@@ -144,8 +147,6 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Protocol | Bou
                   ) -> tuple[list[Unit], Any]:
     """Units of one patient (its dose is the plan) and its evaluation result. ``protocol``: best bound
     to the plan's ROI set already (:meth:`Protocol.bind`), else bound here."""
-    from ..evaluation import evaluate_patient
-
     res = evaluate_patient(plan, pred_dose, protocol)
     feats = roi_features(plan, pred_dose, [c.roi for c in res.criteria])
     kinds = {r.name: r.kind for r in plan.roi_set}
@@ -172,9 +173,6 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
     model that way (as plan QA with a calibration that records ``tta``). ``dvh_band``: a dict that
     receives ROI -> patient -> residuals of D at the :data:`~dosepred.qa.band.BAND_LEVELS` (for
     :func:`~dosepred.qa.band.fit_band`)."""
-    from ..io.cache import Cache
-    from ..io.source import load_patients
-
     pred_cache = Cache.open(predictions) if predictions is not None else None
     if pred_cache is not None:
         check_predictions(pred_cache, predictions, tta, model_path)  # type: ignore[arg-type]
@@ -189,7 +187,6 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
     ids: list[str] = []
     it: Iterable[Patient] = load_patients(data, roi_map=roi_map)
     if progress:
-        from ..progress import track
         it = track(it, description="calibrating")
     for p in it:
         if p.dose is None:
@@ -219,8 +216,6 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
 def training_ranges(patients: Iterable[Patient], source: str | None = None) -> TrainingRanges:
     """ROI volumes (cc, min/max per ROI) and voxel spacings (mm, min/max per array axis sorted
     ascending) of the training patients; ``source``: where they came from (recorded)."""
-    from ..dvh import roi_voxel_indices
-
     vols: dict[str, list[float]] = {}
     sp: list[list[float]] = []
     n = 0
@@ -291,8 +286,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     the same way;
     ``predictions`` must have been made that way (:func:`check_predictions`). ``roi_map``: the ROI name
     map of a DICOM ``data`` (and of ``train_data`` when that is a DICOM folder too)."""
-    from ..io.formats import detect
-    from ..io.source import load_patients
     from ..models.checkpoint import resolve_model_path
 
     ckpt = resolve_model_path(model)

@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..fsutil import write_json
+
 FLAG_OAR_ABOVE = "OAR dose above achievable"
 FLAG_HOT_ABOVE = "target hot spot above achievable"
 FLAG_COVERAGE_BELOW = "target coverage below achievable"
@@ -160,8 +162,6 @@ class QAResult:
 
     def write_json(self, path: str | os.PathLike) -> None:
         import json
-
-        from ..fsutil import write_json
 
         json.dumps(self.to_json())  # fail before touching the file
         write_json(path, self.to_json())

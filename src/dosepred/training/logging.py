@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import atomic_file
+from ..progress import steps
 
 Log = Callable[[str], None]
 
@@ -113,8 +114,6 @@ class RunLogger:
 
     def start_progress(self, total_steps: int, done_steps: int, show: bool) -> None:
         """Per-step progress over ``total_steps`` of which ``done_steps`` are done (when ``show``)."""
-        from ..progress import steps
-
         if self.enabled and show:
             self.bar = steps("training", total_steps, done=done_steps, requested=True)
 

@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+import dosepred
+
 from ..errors import DosepredError, InputError
 from ..evaluation import evaluate_cohort  # at start: a long run never imports code edited since
 from ..fsutil import check_output, write_bytes, write_json
@@ -84,8 +86,6 @@ def git_commit() -> str | None:
 
 def version_info() -> dict[str, Any]:
     import monai
-
-    import dosepred
 
     return {"dosepred": dosepred.__version__, "git_commit": git_commit(), "torch": str(torch.__version__),
             "monai": str(monai.__version__)}

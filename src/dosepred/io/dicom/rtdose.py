@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...geometry import Geometry
+from ...resample import resample
 from ._common import (
     POS_TOL,
     SPACING_REL,
@@ -103,8 +104,6 @@ def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence
     (:func:`dosepred.resample.resample`), 0 Gy outside ``src``. Returns ``(dose, inside)`` with
     ``inside`` the voxels of ``dst`` that ``src`` covers, up to 1e-3 voxel beyond its outer voxel
     centres (grids written as decimal strings coincide only to that precision)."""
-    from ...resample import resample
-
     pad_origin = src.to_patient([-1.0, -1.0, -1.0])
     padded = Geometry(pad_origin, src.direction, src.spacing)
     d = resample(np.pad(np.asarray(dose, dtype=np.float32), 1, mode="edge"), padded, dst, shape, order=1)

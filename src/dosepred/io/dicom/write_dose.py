@@ -16,6 +16,7 @@ from ...boxes import mask_box
 from ...errors import InputError
 from ...geometry import Geometry
 from ...patient import Patient
+from ...resample import extend_dose, resample
 from ._common import RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE, decimal_string
 from .export import (
     ExportUids,
@@ -154,8 +155,6 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
     the possible-dose mask and the non-zero dose plus one voxel, at ``dose_spacing`` mm (one value for
     every axis, or one per array axis) or by default ``max(spacing, DOSE_SPACING)`` per axis. Where the
     spacing is the patient's the values are copied, else resampled trilinearly (:mod:`dosepred.resample`)."""
-    from ...resample import extend_dose, resample
-
     g = p.geometry
     assert g is not None
     dose = np.asarray(dose, dtype=np.float32)

@@ -15,6 +15,7 @@ import numpy as np
 from ...errors import InputError
 from ...geometry import Geometry
 from ...patient import Patient, RoiSet
+from .. import dicom
 
 
 class Reader(Protocol):
@@ -114,8 +115,6 @@ def place_dose(dose: np.ndarray, g: Geometry, path: Path, ref: Patient, what: st
     body); mask voxels it does not cover count as 0 Gy (a warning), and with ``strict`` more than
     1 % of them uncovered is an error (a placeholder affine, such as the identity, places a dose
     mostly beside the patient)."""
-    from .. import dicom
-
     assert ref.geometry is not None
     out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
     mask = np.asarray(ref.possible_dose_mask, dtype=bool)
