@@ -11,6 +11,15 @@ from typing import Any
 
 from rich.table import Table
 
+from .bench.bitmask import table
+from .bench.losses import table as losses_table
+from .bench.networks import table as networks_table
+from .bench.qa_power import console_lines
+from .demo import QA_MODEL, TABLE_KEY, summary_rows
+from .evaluation import metrics_table
+from .io import formats
+from .qa.families import FAMILY_TITLES
+
 
 def num(x: float, nd: int = 3) -> str:
     """A number with ``nd`` decimals; ``-`` for NaN."""
@@ -31,8 +40,6 @@ def _rx(r: Any) -> str:
 def imported(cache: Any, out: Any, kind: str, src_bytes: int | None = None) -> list[str]:
     """What ``data import-*`` wrote: patients, size, ROIs, and who lacks which ROI (``kind``: the
     imported format's name, :mod:`dosepred.io.formats`)."""
-    from .io import formats
-
     fmt = formats.get(kind)
     c, rs = cache, cache.roi_set
     lines = [f"wrote {len(c)} patients to {out}: {c.nbytes() / 1e6:.1f} MB"
@@ -90,8 +97,6 @@ def inspect(src: Any) -> list[Any]:
 def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list[Any]:
     """The evaluation summary: per patient scores, cohort, the criteria table; the metric values per
     patient with ``show_metrics`` or when the protocol has no limits."""
-    from .evaluation import metrics_table
-
     t = _table(f"{len(res.patients)} patients, protocol {res.protocol}",
                ("patient", "dose score", "DVH score", "PTV score", "OAR score", "criteria passed"))
     for p in res.patients:
@@ -122,8 +127,6 @@ def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list
 def calibration(cal: Any) -> Table:
     """The cross-validated coverage and width of each metric family's chosen method
     (``cal``: a :class:`~dosepred.qa.calibration.Calibration` computed with its cross-validation)."""
-    from .qa.families import FAMILY_TITLES
-
     cv = cal.cross_validation
     t = _table(f"{len(cal.patients)} patients, protocol {cal.protocol}, {cal.quantile_rule} "
                f"quantiles; cross-validated ({cv.splits} random splits, {cv.calibration_fraction:.0%} "
@@ -178,8 +181,6 @@ def demo(res: dict[str, Any]) -> list[Any]:
     and their plan QA, so the real results are what stays on screen."""
     from rich.text import Text
 
-    from .demo import QA_MODEL, TABLE_KEY, summary_rows
-
     out: list[Any] = []
     synth, real = res.get("synthetic"), res.get("released")
     parts = [(synth, "train your own: MAE vs MAE+CDM trained here, held-out synthetic patients")]
@@ -230,18 +231,12 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
                 f"{res['dose_score_on_openkbp_grid']:.3f} Gy moved onto the OpenKBP grid "
                 f"(OpenKBP path: {res['dose_score_openkbp_path']:.3f} Gy)"]
     if name == "qa-power":
-        from .bench.qa_power import console_lines
-
         return console_lines(res)
     m = res["machine"]
     if name == "networks":
-        from .bench.networks import table as networks_table
-
         return [networks_table(res), f"torch {res['torch']}; {m['cpu_count']} CPU cores ({m['cpu']}), "
                 f"{m.get('cuda_device', 'no GPU used')}; load average {m['load_average']}"]
     if name == "bitmask":
-        from .bench.bitmask import table
-
         out: list[Any] = [table(res), f"model: {res['model']}; loss: {res['loss']}; {m['cpu_count']} CPU "
                           f"cores, {res['torch_threads']} torch threads per run, "
                           f"{m.get('cuda_device', 'no GPU used')}; {res['seconds']:.0f} s"]
@@ -259,7 +254,6 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
                           f"{r['compile_s']:.0f}" if r["compile_s"] else "")
         return [t, f"torch {res['torch']}, {res['torch_threads']} threads; {m['cpu_count']} CPU cores "
                    f"({m['cpu']}); load average {m['load_average']}"]
-    from .bench.losses import table as losses_table
 
     out = [losses_table(res), f"model: {res['model']}; {m['cpu_count']} CPU cores, {m['torch_threads']} "
            f"torch threads, {m.get('cuda_device', 'no GPU')}; load average {m.get('load_average', '?')}; "

@@ -45,8 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .baseline import distance_falloff
 from .errors import InputError
+from .evaluation import evaluate_cohort
 from .fsutil import sha256_file
+from .inference import InferenceOptions
+from .io import load_patients
+from .io.cache import write_cache
+from .qa.check import QAChecker
+from .qa.families import FAMILY_TITLES
+from .qa.report import QAReportWriter
+from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS, QAResult
+from .report import write_report
+from .synth import make_cohort
 
 #: The two objectives compared after the shared warm-up, as (label, loss spec).
 LOSSES = (("MAE", "mae"), ("MAE+CDM", "mae+cdm"))
@@ -159,8 +170,6 @@ def evaluate(patients: Sequence[Any], doses: Sequence[Any]) -> tuple[Any, dict[s
     """(the :class:`~dosepred.evaluation.CohortResult` on the clinical criteria, the summary of the
     demo's table): dose, DVH, PTV and OAR scores on OpenKBP's metrics (:data:`SCORES_PROTOCOL`),
     pass rates and agreement on the clinical criteria (:data:`CRITERIA_PROTOCOL`)."""
-    from .evaluation import evaluate_cohort
-
     clinical = evaluate_cohort(zip(patients, doses, strict=True), CRITERIA_PROTOCOL)
     scores = evaluate_cohort(zip(patients, doses, strict=True), SCORES_PROTOCOL).summary()
     crit = clinical.summary()
@@ -177,8 +186,6 @@ def run_demo(out: str | os.PathLike, seed: int = 0, settings: DemoSettings | Non
     ``results`` ({label: summary dict}: MAE, MAE+CDM and the no-learning column), ``note`` (what is
     compared and the verdict); part 1 also ``patients`` and ``qa`` (the ranked plans, the plan
     shown, the QA report), part 2 ``train_seconds`` and ``report``."""
-    from .report import write_report
-
     s = settings or DemoSettings()
     say = log or (lambda _m: None)
     out = Path(out)
@@ -205,13 +212,8 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     """Part 1: the shipped patients, the released models and the no-learning dose, scored; plan QA
     with :data:`QA_MODEL` into ``out/qa`` (``qa.json``, the report with the first-ranked plan's
     figures). The QA section's HTML is in ``["qa"]["html"]``."""
-    from .baseline import distance_falloff
-    from .io import load_patients
     from .models.checkpoint import load_model
     from .predict import predict_dose
-    from .qa.check import QAChecker
-    from .qa.report import QAReportWriter
-    from .qa.result import QAResult
 
     root = find_repository(s.root)
     folder = unpack_examples(root, out / "data" / "openkbp")
@@ -269,13 +271,8 @@ def run_synthetic(out: Path, seed: int, s: DemoSettings, say: Callable[[str], No
                   progress: bool | None = None) -> dict[str, Any]:
     """Part 2, train your own: the synthetic cohort, warm-up, two fine-tunes, the table and
     ``out/report.html``."""
-    from .baseline import distance_falloff
-    from .inference import InferenceOptions
-    from .io.cache import write_cache
     from .models.checkpoint import load_model
     from .predict import predict_dose
-    from .report import write_report
-    from .synth import make_cohort
     from .training import TrainConfig, train
 
     out.mkdir(parents=True, exist_ok=True)
@@ -461,9 +458,6 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
     """The QA section of the demo's report: the ranking, the shown plan's flagged criteria, its DVH
     with the calibrated bands and its views; the full criteria table is in ``qa/report.html``.
     ``plans``: the plans' folder as the command line would name it."""
-    from .qa.families import FAMILY_TITLES
-    from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS
-
     cov = qa["coverage"]
     rows = "".join(
         f"<tr><td>{r['rank']}</td><td class='l'>{_esc(r['id'])}</td><td>{r['potential_gy']:.1f}</td>"

@@ -16,8 +16,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import evaluation as ev
+from . import split, synth
+from ._malloc import keep_freed_memory
+from .baseline import distance_falloff
+from .demo import run_demo
 from .errors import InputError
 from .fsutil import check_output, output_dir, output_file, output_in_place, write_json
+from .inference import InferenceOptions
+from .io import cache, formats, openkbp
+from .io.source import load_patients, open_source
+from .progress import track
+from .protocol import load_protocol
+from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
+from .qa.calibration import CalibrationError
+from .qa.check import run_qa
+from .report import ReportWriter
+from .split import load_split, parse_split_arg
 
 PathLike = str | os.PathLike
 
@@ -27,8 +42,6 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
     """Read a source of ``kind`` (a format of :mod:`dosepred.io.formats` with a ``read_source``:
     openkbp, nifti, dicom) into a new cache at ``out``; all or nothing.
     Returns the opened :class:`~dosepred.io.cache.Cache`."""
-    from .io import cache, formats
-
     inputs = [src, roi_map]
     check_output(out, overwrite, inputs)
     f = formats.find(kind)
@@ -44,9 +57,6 @@ def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_f
                  overwrite: bool = False) -> int:
     """Write every patient of a cache as ``fmt`` (a format of :mod:`dosepred.io.formats` with a
     ``write_patient``: openkbp, nifti, dicom) into ``out``; the count."""
-    from .io import cache, formats
-    from .progress import track
-
     f = formats.find(fmt)
     if f is None or f.write_patient is None:
         raise InputError(f"unknown export format {fmt!r} ({formats.one_of(formats.exportable())})")
@@ -62,9 +72,6 @@ def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_f
 def synth_cohort(out: PathLike, patients: int, seed: int = 0, size: int = 64, extra_rois: int = 0,
                  overwrite: bool = False) -> Any:
     """A seeded synthetic cohort written as a cache; returns it opened."""
-    from . import synth
-    from .io import cache
-
     synth.extra_roi_defs(extra_rois)  # validate before any work
     with output_dir(out, overwrite) as tmp:
         cache.write_cache(synth.iter_cohort(patients, seed, size, extra_rois), tmp,
@@ -79,9 +86,6 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
                overwrite: bool = False) -> dict[str, Any]:
     """Split the patients of a source into named lists (``method``: random, ids or temporal; see
     :mod:`dosepred.split`) and write the split JSON; returns it."""
-    from . import split
-    from .io.source import open_source
-
     if method is None:
         raise split.SplitError("choose exactly one of --random, --ids, --temporal")
     check_output(out, overwrite, [src, manifest])
@@ -116,9 +120,6 @@ def subset_cache(src: PathLike, split: str, out: PathLike, overwrite: bool = Fal
     """The patients of one split (``FILE:NAME``) of a cache as a new cache with the same ROI set, so
     a model trained on the cache reads it (``dosepred data subset``: the held-out patients that
     ``evaluate``, ``calibrate`` and ``qa`` read). Returns it opened."""
-    from .io import cache
-    from .split import load_split, parse_split_arg
-
     f, name = parse_split_arg(split)
     check_output(out, overwrite, [src, f])
     c = cache.Cache.open(src)
@@ -132,11 +133,6 @@ def subset_cache(src: PathLike, split: str, out: PathLike, overwrite: bool = Fal
 def baseline(data: PathLike, out: PathLike, falloff: float = 15.0, overwrite: bool = False) -> int:
     """No-learning predictions (:func:`dosepred.baseline.distance_falloff`) of every patient of a
     source, written as OpenKBP ``pt_N.csv`` files into ``out``; the count."""
-    from .baseline import distance_falloff
-    from .io import openkbp
-    from .io.source import load_patients
-    from .progress import track
-
     n = 0
     with output_dir(out, overwrite, [data]) as tmp:
         for p in track(load_patients(data, require_dose=False), description="baseline"):
@@ -156,10 +152,6 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     the ROI name map of a DICOM reference (an error for another kind). Returns the
     :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
     import contextlib
-
-    from . import evaluation as ev
-    from ._malloc import keep_freed_memory
-    from .protocol import load_protocol
 
     keep_freed_memory()  # patient after patient of same-sized arrays: reuse freed memory
     inputs = [reference, prediction, roi_map]
@@ -182,8 +174,6 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     outputs = contextlib.ExitStack()  # the report goes to a temporary folder until all succeeded
     writer = None
     if report is not None:
-        from .report import ReportWriter
-
         tmp = outputs.enter_context(output_dir(report, overwrite, inputs, "--report"))
         writer = ReportWriter(tmp, title=f"dosepred evaluation: {prediction}", protocol=proto)
         it = writer.tap(it)
@@ -285,8 +275,6 @@ def demo(out: PathLike, seed: int = 0, overwrite: bool = False,
          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``dosepred demo`` (:func:`dosepred.demo.run_demo`), all or nothing: a failed or interrupted
     demo leaves ``out`` as it was (it has nothing to resume)."""
-    from .demo import run_demo
-
     with output_in_place(out, overwrite, keep_on_interrupt=False):
         return run_demo(out, seed=seed, log=log)
 
@@ -297,10 +285,6 @@ def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-cl
     """:func:`dosepred.qa.calibrating.calibrate`, refusing to replace a model's calibration without
     ``overwrite``, and a source of too few patients before predicting any; ``roi_map``: the ROI name
     map of a DICOM ``data``."""
-    from .io.source import open_source
-    from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
-    from .qa.calibration import CalibrationError
-
     if not Path(data).exists():
         raise FileNotFoundError(f"{data} does not exist")
     existing = calibration_path(model)
@@ -336,8 +320,6 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
     of a DICOM folder of plans. Returns the :class:`~dosepred.qa.result.QAResult`."""
     import contextlib
 
-    from .qa.check import run_qa
-
     point_mm = parse_point(point)
     inputs = [model, plans, roi_map]
     if isinstance(plans, (str, os.PathLike)) and not Path(plans).exists():
@@ -363,15 +345,12 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
     ``split``, ``FILE:NAME``) into a new folder ``out``, all or nothing; the count. ``options``: an
     :class:`~dosepred.inference.InferenceOptions` (its defaults when None); ``roi_map``: the ROI name
     map of a DICOM ``data``."""
-    from .inference import InferenceOptions
     from .predict import predict_to
 
     inputs = [model, data, roi_map]
     check_output(out, overwrite, inputs)
     ids = None
     if split:
-        from .split import load_split, parse_split_arg
-
         ids = load_split(*parse_split_arg(split))
     with output_dir(out, overwrite, inputs) as tmp:
         return predict_to(model, data, tmp, fmt, options if options is not None else InferenceOptions(),

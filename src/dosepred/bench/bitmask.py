@@ -45,7 +45,9 @@ from typing import Any
 import numpy as np
 
 from .. import roi as _roi
+from .. import synth
 from ..errors import InputError
+from ..fsutil import write_bytes
 
 PIPELINES = ("bitmask", "onehot-npz", "onehot-npy")
 DEFAULT_PIPELINES = ("bitmask", "onehot-npz")
@@ -115,8 +117,6 @@ def _synth_cohort(n: int, size: int, n_rois: int, seed: int) -> list[tuple[Any, 
     The first 10 ROIs are OpenKBP's; more are the synthetic rings and PRVs (``extra_rois``). Fewer
     than 10 keep the first ``n_rois`` OpenKBP bits.
     """
-    from .. import synth
-
     extra = max(0, n_rois - 10)
     out = []
     for i in range(n):
@@ -131,8 +131,6 @@ def _synth_cohort(n: int, size: int, n_rois: int, seed: int) -> list[tuple[Any, 
 
 
 def _savez(path: Path, compressed: bool = True, **arrays: np.ndarray) -> None:
-    from ..fsutil import write_bytes
-
     write_bytes(path, lambda fh: (np.savez_compressed if compressed else np.savez)(fh, **arrays))
 
 

@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from .._malloc import keep_freed_memory
+from ..evaluation import evaluate_cohort, iter_cases
+from ..io import cache, openkbp
+
 GRID = (128, 128, 128)
 OARS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
 TARGETS = ("PTV56", "PTV63", "PTV70")
@@ -68,10 +72,6 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
     ``cache_dir``: a cache of the same patients (written to a temporary folder when None or absent).
     Returns a dict with per-path seconds, patients/s and scores.
     """
-    from .._malloc import keep_freed_memory
-    from ..evaluation import evaluate_cohort, iter_cases
-    from ..io import cache, openkbp
-
     allocator = "glibc, freed memory kept" if keep_freed_memory() else "default"  # as `dosepred evaluate`
 
     folders = openkbp.patient_folders(data)[: n_patients or None]

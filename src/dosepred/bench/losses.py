@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..io.openkbp import read_patient
+from ..patient import RoiSet
+from ..roi import encode, to_torch
 from . import example_patients
 from . import sync as _sync
 
@@ -53,12 +56,8 @@ def _median_time(fn: Callable[[], Any], repeats: int, device: str) -> float:
 
 def load_case(size: int, patient_dir: Path | None, seed: int = 0) -> dict[str, Any]:
     """Numpy arrays of one benchmark case of ``size``^3 voxels: ct, dose, codes, mask, spacing."""
-    from ..patient import RoiSet
-
     rs = RoiSet.openkbp()
     if patient_dir is not None and Path(patient_dir).is_dir():
-        from ..io.openkbp import read_patient
-
         d = Path(patient_dir)
         folder = d if (d / "dose.csv").is_file() else sorted(d.glob("pt_*"))[0]
         p = read_patient(folder)
@@ -75,8 +74,6 @@ def load_case(size: int, patient_dir: Path | None, seed: int = 0) -> dict[str, A
             ct, dose, codes, mask = ct[sl], dose[sl], codes[sl], mask[sl]
             source += f", {size}^3 crop centred on the targets"
     else:
-        from ..roi import encode
-
         rng = np.random.default_rng(seed)
         g = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij")).astype(np.float32)
         masks, dose = [], np.zeros((size,) * 3, np.float32)
@@ -136,7 +133,6 @@ def _time_case(case: dict[str, Any], dev: str, names: Sequence[str], repeats: in
     import torch
 
     from ..losses import build_loss
-    from ..roi import to_torch
 
     rs, size = case["roi_set"], case["dose"].shape[0]
     rng = np.random.default_rng(0)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InputError
+from . import sync
 
 #: The candidates of issue 24 (the release first).
 DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128,256,512", "16,32,64,128,256,256",
@@ -58,7 +59,6 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from monai.networks.nets import UNet  # noqa: F401 - imported before the baseline memory is read
 
     from ..models import ModelConfig, build_model
-    from . import sync
     from .synthetic import synthetic_batch
 
     torch.set_num_threads(spec["threads"])

@@ -19,6 +19,14 @@ from typing import Any
 
 import numpy as np
 
+import dosepred
+
+from ..evaluation import evaluate_patient
+from ..geometry import Geometry
+from ..inference import InferenceOptions
+from ..io.openkbp import read_patient
+from ..resample import resample
+
 CLINICAL_SHAPE = (150, 512, 512)
 CLINICAL_SPACING = (3.0, 500.0 / 512, 500.0 / 512)
 CLINICAL_AXES = "SPL"
@@ -28,7 +36,6 @@ def clinical_patient(p: Any, shape: tuple[int, int, int] = CLINICAL_SHAPE,
                      spacing: tuple[float, float, float] = CLINICAL_SPACING,
                      axes: str = CLINICAL_AXES) -> Any:
     """``p`` on a clinical CT grid (``axes``, ``spacing``, ``shape``) centred on its centre."""
-    from ..geometry import Geometry
     from ..models.space import axes_direction, resample_into
 
     d = axes_direction(axes)
@@ -45,15 +52,9 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
 
     import torch
 
-    import dosepred
-
-    from ..evaluation import evaluate_patient
-    from ..inference import InferenceOptions
-    from ..io.openkbp import read_patient
     from ..models.checkpoint import load_model
     from ..models.space import into_space
     from ..predict import crop_box, match_rois, model_space, predict_dose, predict_in_space
-    from ..resample import resample
 
     if threads:
         torch.set_num_threads(threads)

@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ..dvh import roi_metrics
 from ..errors import InputError
+from ..evaluation import evaluate_patient
+from ..metrics import parse_metric
 from ..patient import Patient
 from ..protocol import BoundProtocol, Protocol
 from ..qa.conformal import DEFAULT_RULE
@@ -130,8 +133,6 @@ def raise_oar(patient: Patient, roi: str, gy: float, fade_mm: float) -> np.ndarr
 
 
 def _metric(patient: Patient, dose_in_roi: np.ndarray, metric: str, rx: float | None) -> float:
-    from ..dvh import roi_metrics
-
     return roi_metrics(dose_in_roi, [metric], patient.voxel_volume_mm3, rx)[0]
 
 
@@ -261,8 +262,6 @@ class Case:
 
 def criteria_of(plan: Patient, pred: np.ndarray, protocol: BoundProtocol | Protocol | str
                 ) -> tuple[list[Crit], Any]:
-    from ..evaluation import evaluate_patient
-
     res = evaluate_patient(plan, pred, protocol)
     kinds = {r.name: r.kind for r in plan.roi_set}
     out, seen = [], set()
@@ -279,8 +278,6 @@ def criteria_of(plan: Patient, pred: np.ndarray, protocol: BoundProtocol | Proto
 
 def _values(plan: Patient, dose: np.ndarray, pred: np.ndarray, protocol: BoundProtocol) -> dict[str, float]:
     """Every criterion's plan value of ``plan`` with ``dose`` as its plan dose."""
-    from ..evaluation import evaluate_patient
-
     q = plan.with_dose(dose)
     box = plan.support_box()
     if box is not None:  # the degradations stay where dose is possible, inside the box
@@ -292,8 +289,6 @@ def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: BoundP
             ) -> list[Case]:
     """The degraded plans of one patient (:func:`raise_oar`, :func:`cold_spot`, :func:`hot_spot`), each
     evaluated; a degradation that did not change its criterion by the amount is a bug (RuntimeError)."""
-    from ..metrics import parse_metric
-
     cases: list[Case] = []
     by_roi: dict[str, list[Crit]] = {}
     for c in crits:

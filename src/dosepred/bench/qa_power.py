@@ -61,8 +61,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference import TTA_SHIFT, PredictionRecord, prediction_record
+from ..io.cache import Cache
+from ..io.source import load_patients
 from ..patient import RoiSet
-from ..protocol import BoundProtocol
+from ..progress import track
+from ..protocol import BoundProtocol, load_protocol
 from ..qa.calibrating import other_model
 from ..qa.calibration import load_calibration, qa_inference
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
@@ -119,10 +122,6 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
     ``passes``: pass name
     (``flip`` / ``shift``) -> a cache predicted with ``--tta`` / ``--no-tta --tta-shift``, from which
     (with the plain prediction) that pass alone is recovered."""
-    from ..io.cache import Cache
-    from ..io.source import load_patients
-    from ..protocol import load_protocol
-
     passes = dict(passes or {})
     qa_tta = qa_flipping(model)
     qa_way = "with flipping" if qa_tta else "without flipping"
@@ -170,7 +169,6 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
     bound: dict[RoiSet, BoundProtocol] = {}
     crits: list[Crit] = []
     cases: list[Case] = []
-    from ..progress import track
 
     it: Any = load_patients(data)
     if progress:

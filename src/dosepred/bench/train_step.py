@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
+from ..console import bench
 from ..errors import DosepredError, InputError
+from ..fsutil import write_json
 from . import sync as _sync
 from .synthetic import synthetic_batch
 
@@ -140,14 +142,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     from rich.console import Console
 
-    from ..console import bench
-
     con = Console(highlight=False)
     for item in bench("train-step", res):
         con.print(item)
     if a.json:
-        from ..fsutil import write_json
-
         write_json(a.json, res)
 
 

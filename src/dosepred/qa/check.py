@@ -34,13 +34,19 @@ from typing import Any
 
 import numpy as np
 
+from ..dvh import roi_voxel_indices
 from ..errors import DosepredError, InputError
+from ..evaluation import evaluate_patient
 from ..fsutil import sha256_file
+from ..io.source import open_source
 from ..patient import Patient, RoiSet
+from ..progress import track
+from ..protocol import load_protocol
 from .band import band_offsets
 from .calibration import CalibrationError, load_calibration
 from .conformal import family_offsets, interval
 from .families import lower_is_better, metric_family
+from .report import QAReportWriter
 from .result import (
     FLAG_NOT_CONTOURED,
     FLAG_UNCALIBRATED,
@@ -95,8 +101,6 @@ def open_plans(src: str | os.PathLike, roi_map: Any = None) -> Iterator[Patient]
     """Patients with their plan dose from any source (:func:`dosepred.io.source.open_source`: a cache,
     an OpenKBP folder, a NIfTI folder or a DICOM folder of CT + RTSTRUCT + RTDOSE; ``roi_map``: the
     DICOM folder's ROI name map)."""
-    from ..io.source import open_source
-
     yield from open_source(src, roi_map).patients(require_dose=True)
 
 
@@ -108,7 +112,6 @@ class QAChecker:
                  device: Any = None) -> None:
         from ..models.checkpoint import load_checkpoint, model_from_checkpoint, resolve_model_path
         from ..predict import resolve_device
-        from ..protocol import load_protocol
 
         if not 0 < coverage < 1:
             raise InputError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
@@ -280,7 +283,6 @@ class QAChecker:
         spacing beyond :data:`COARSE_NOTE_FACTOR` x the coarsest training spacing; the field of view
         or body mask of :meth:`dosepred.models.space.ModelSpace.differences`), ROI volumes far outside
         the training range (:data:`VOLUME_FACTOR`). One note per kind, each once per patient."""
-        from ..dvh import roi_voxel_indices
         from ..predict import model_space
 
         space = model_space(self.net)
@@ -317,7 +319,6 @@ class QAChecker:
         Every criterion of the protocol is in the result, those of ROIs the plan lacks without values
         (flag ``ROI not contoured``); lacking an ROI few training patients lacked (the cord, a parotid)
         adds a warning (:attr:`warnings`)."""
-        from ..evaluation import evaluate_patient
         from ..predict import model_space, rare_remedy, rarely_lacking
 
         t0 = time.perf_counter()
@@ -373,12 +374,9 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
     chk = QAChecker(model, protocol, coverage)
     it: Iterable[Patient] = open_plans(plans, roi_map) if isinstance(plans, (str, os.PathLike)) else plans
     if progress:
-        from ..progress import track
         it = track(it, description="plan QA")
     writer = None
     if report is not None:
-        from .report import QAReportWriter
-
         writer = QAReportWriter(report, chk, max_patients=report_max, point_mm=point_mm)
     patients: list[PatientQA] = []
     refused: list[str] = []

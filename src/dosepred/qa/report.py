@@ -17,6 +17,8 @@ import numpy as np
 
 from ..patient import Patient
 from ..report.html import esc, fmt, head_html, write_html_atomic
+from ..report.plots import dvh_qa_uri
+from ..report.views import Panel, ViewRenderer, viewer_html
 from .families import FAMILY_TITLES
 from .result import FLAG_BETTER, FLAG_NOT_CONTOURED, IMPROVEMENT_FLAGS, PatientQA, QAResult
 
@@ -69,9 +71,6 @@ class QAReportWriter:
         self.point_mm = point_mm  # views through this patient point (LPS mm); else the target centroid
 
     def add(self, plan: Patient, pred: np.ndarray, pq: PatientQA) -> None:
-        from ..report.plots import dvh_qa_uri
-        from ..report.views import Panel, ViewRenderer, viewer_html
-
         assert plan.dose is not None
         band = ({r: self.chk.dvh_band(r) for r in plan.present_rois} if self.chk.has_dvh_band else None)
         dvh = dvh_qa_uri(plan, pred, pq.criteria,

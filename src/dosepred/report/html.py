@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..evaluation import CohortResult, PatientResult
+from ..fsutil import write_text
 from ..patient import Patient
+from .plots import dvh_uri
+from .views import VIEW_CSS, VIEW_JS, Panel, ViewRenderer, viewer_html
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..evaluation import CohortResult, PatientResult
     from ..protocol import Protocol
 
 CSS = """
@@ -40,15 +43,11 @@ EVAL_KEY = ("<div class='key'>colour key: <span class='pass'>green</span> the do
 def head_html(title: str, extra_css: str = "") -> str:
     """``<!DOCTYPE html>`` up to ``<body>``: the styles and the slice-slider script (no external
     resources)."""
-    from .views import VIEW_CSS, VIEW_JS
-
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{CSS}{VIEW_CSS}{extra_css}</style><script>{VIEW_JS}</script></head><body>")
 
 
 def write_html_atomic(path: Path, parts: list[str]) -> Path:
-    from ..fsutil import write_text
-
     write_text(path, "\n".join(parts))
     return path
 
@@ -80,9 +79,6 @@ class ReportWriter:
         self.order: list[str] = []
 
     def add_patient(self, ref: Patient, preds: dict[str, np.ndarray]) -> None:
-        from .plots import dvh_uri
-        from .views import Panel, ViewRenderer, viewer_html
-
         assert ref.dose is not None
         panels = [Panel("reference", ref.dose)] + [Panel(k, np.asarray(v)) for k, v in preds.items()]
         panels += [Panel(f"{k} - reference", np.asarray(v) - ref.dose, "diff") for k, v in preds.items()]
@@ -105,8 +101,6 @@ class ReportWriter:
         """Write ``report.html``. ``intro``: HTML placed under the title, before the cohort table;
         ``sections``: (title, HTML) pairs placed after the tables, before the patients. Both are
         inserted as given (the caller escapes them)."""
-        from ..evaluation import CohortResult
-
         if isinstance(cohorts, CohortResult):
             cohorts = {"prediction": cohorts}
         names = list(cohorts)
@@ -240,8 +234,6 @@ def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[
     after the cohort table (e.g. training times); ``intro`` and ``sections``: HTML of the caller
     (:meth:`ReportWriter.finish`).
     """
-    from ..evaluation import CohortResult
-
     if isinstance(cohort_result, CohortResult):
         cohort_result = {"prediction": cohort_result}
     if not isinstance(pred_doses, dict):

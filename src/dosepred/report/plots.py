@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import BODY_HU
-from ..dvh import DVH, roi_voxel_indices
+from ..dvh import DVH, roi_metrics, roi_voxel_indices
+from ..metrics import parse_metric, v_threshold
 from ..patient import Patient
+from .views import roi_colours as rgb255
 
 LINESTYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))
 
@@ -24,8 +26,6 @@ def _plt():
 
 def roi_colours(names: list[str]) -> dict[str, tuple]:
     """The views' ROI colours (:data:`dosepred.report.views.PALETTE`) as matplotlib RGB (0-1)."""
-    from .views import roi_colours as rgb255
-
     return {n: tuple(v / 255.0 for v in c) for n, c in rgb255(names).items()}
 
 
@@ -152,8 +152,6 @@ def fig_data_uri(fig) -> str:
 def _marker_volume(metric: str, plan_dvh: DVH) -> float | None:
     """Volume (%) at which a dose criterion sits on a DVH: D95% at 95, D0.1cc at 0.1 cc of the ROI,
     Dmax at 0, Dmin at 100, Dmean where the plan's DVH crosses its mean; None for V-metrics."""
-    from ..metrics import parse_metric
-
     m = parse_metric(metric)
     if m.kind == "D":
         if m.unit == "%":
@@ -180,9 +178,6 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
     level, drawn from the predicted D at those levels; ROIs without one get no band. Without
     ``band`` (a calibration that has none), the predicted DVH shifted by the interval of the ROI's
     first dose criterion, labelled *illustrative*: it is not calibrated along the curve."""
-    from ..dvh import roi_metrics
-    from ..metrics import parse_metric, v_threshold
-
     plt = _plt()
     idx = roi_voxel_indices(plan)
     col = roi_colours(list(plan.roi_set.names))
