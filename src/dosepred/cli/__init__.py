@@ -15,8 +15,9 @@ __all__ = ["app", "main"]
 
 
 def _load() -> Any:
-    from . import bench, data, evaluate, model  # noqa: F401  (they register the commands)
-    from .common import app
+    # imported here, not at the top, so that main() catches a Ctrl-C while the commands and typer load
+    from . import bench, data, evaluate, model  # noqa: F401  # startup: they register the commands
+    from .common import app  # startup: as above
 
     return app
 
@@ -25,7 +26,7 @@ def main() -> None:
     """The ``dosepred`` entry point."""
     try:
         _load()
-        from .common import main as run
+        from .common import main as run  # startup: loaded by _load() above
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C) while starting; nothing was done", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -8,7 +8,21 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import console as render
+from ..bench import bitmask as bitmask_bench
+from ..bench import evaluate as evaluate_bench
+from ..bench import example_patients
+from ..bench import losses as losses_bench
+from ..bench import networks as networks_bench
+from ..bench import predict as predict_bench
+from ..bench import qa_power as qa_power_bench
+from ..bench.bitmask import BenchConfig
+from ..bench.networks import DEFAULT_NETWORKS
+from ..bench.qa_degrade import PowerConfig
+from ..bench.qa_power import parse_amounts
 from ..errors import InputError
+from ..fsutil import check_output
+from ..progress import enabled
 from .common import NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")]
@@ -24,22 +38,16 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _finish(name: str, res: dict, json_out: Path | None, overwrite: bool) -> None:  # type: ignore[type-arg]
-    from .. import console as render
-
     show(render.bench(name, res))
     write_json_out(json_out, overwrite, res)
 
 
 def _log(otherwise: Any) -> Any:
     """Dim progress lines on the console while progress output is on, else ``otherwise``."""
-    from ..progress import enabled
-
     return (lambda m: console().print(f"[dim]{m}[/]")) if enabled() else otherwise
 
 
 def _check(json_out: Path | None, overwrite: bool, inputs: list[Path] | None = None) -> None:
-    from ..fsutil import check_output
-
     if json_out is not None:  # refuse before any work
         check_output(json_out, overwrite, inputs or [], "--json")
 
@@ -55,14 +63,11 @@ def evaluate(
     overwrite: Overwrite = False,
 ) -> None:
     """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
-    from ..bench import example_patients
-    from ..bench.evaluate import run
-
     data = data or example_patients()
     _check(json_out, overwrite)
     if not data.is_dir():
         raise InputError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
-    _finish("evaluate", run(data, patients or None, cache_dir, repeats), json_out, overwrite)
+    _finish("evaluate", evaluate_bench.run(data, patients or None, cache_dir, repeats), json_out, overwrite)
 
 
 @bench_app.command("predict")
@@ -77,14 +82,11 @@ def predict(
     overwrite: Overwrite = False,
 ) -> None:
     """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
-    from ..bench import example_patients
-    from ..bench.predict import run
-
     data = data or example_patients()
     if not (data / patient).is_dir():
         raise InputError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
     _check(json_out, overwrite, [data, model])
-    _finish("predict", run(data, model, patient, repeats, threads), json_out, overwrite)
+    _finish("predict", predict_bench.run(data, model, patient, repeats, threads), json_out, overwrite)
 
 
 @bench_app.command("bitmask")
@@ -114,8 +116,6 @@ def bitmask(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Bit-mask ROI pipeline vs one-hot float32 channels: disk, sample memory, load and step time."""
-    from ..bench.bitmask import BenchConfig, run
-
     _check(json_out, overwrite)
     cfg = BenchConfig(rois=_ints(rois, "--rois"), size=size, patch=patch, steps=steps, warmup=warmup,
                       repeats=repeats, patients=patients, batch=batch, device=device, workers=workers,
@@ -123,7 +123,7 @@ def bitmask(
                       isolate=isolate, seed=seed, threads=threads)
     # one line per finished run even without progress output: a long run cut short (a time limit on
     # a lent GPU machine, say) still leaves its measurements in the log
-    res = run(cfg, log=_log(lambda m: print(m, file=sys.stderr, flush=True)))
+    res = bitmask_bench.run(cfg, log=_log(lambda m: print(m, file=sys.stderr, flush=True)))
     _finish("bitmask", res, json_out, overwrite)
 
 
@@ -142,11 +142,9 @@ def networks(
     overwrite: Overwrite = False,
 ) -> None:
     """Candidate U-Nets: seconds and peak memory (RSS on CPU, allocated on GPU) of one training step."""
-    from ..bench.networks import DEFAULT_NETWORKS, run
-
     _check(json_out, overwrite)
-    res = run(tuple(network) if network else DEFAULT_NETWORKS, size, steps, 1, repeats, device, threads,
-              log=_log(None))
+    res = networks_bench.run(tuple(network) if network else DEFAULT_NETWORKS, size, steps, 1, repeats, device,
+                             threads, log=_log(None))
     _finish("networks", res, json_out, overwrite)
 
 
@@ -170,17 +168,14 @@ def losses(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Forward+backward time of each loss vs MAE and vs one U-Net training step."""
-    from ..bench import example_patients
-    from ..bench.losses import markdown, run
-
     if data is not None and not data.exists() and str(data) != "synthetic":
         raise InputError(f"--data {data} does not exist (an OpenKBP patient folder, a folder of them, or "
                          "'synthetic')")
     data = data or example_patients()
     _check(json_out, overwrite)
-    res = run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,
-              [x.strip() for x in losses.split(",") if x.strip()] or None, unet, _log(None))
-    _finish("losses", {**res, "markdown": markdown(res)}, json_out, overwrite)
+    res = losses_bench.run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,
+                           [x.strip() for x in losses.split(",") if x.strip()] or None, unet, _log(None))
+    _finish("losses", {**res, "markdown": losses_bench.markdown(res)}, json_out, overwrite)
 
 
 @bench_app.command("qa-power")
@@ -214,9 +209,6 @@ def qa_power(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Plan QA's detection power: flags on plans degraded by known amounts vs on untouched plans."""
-    from ..bench.qa_degrade import PowerConfig
-    from ..bench.qa_power import parse_amounts, run
-
     _check(json_out, overwrite, [data, model])
     cfg = PowerConfig(protocol=protocol, coverage=coverage, splits=splits,
                       calibration_patients=calibration_patients, seed=seed,
@@ -224,5 +216,5 @@ def qa_power(
                       hot_pct=parse_amounts(hot_pct, "--hot-pct"))
     passes = {k: v for k, v in (("flip", flip_prediction), ("shift", shift_prediction)) if v is not None}
     ms = [x.strip() for x in methods.split(",") if x.strip()] or None
-    res = run(model, data, cfg, prediction, passes, ms, progress=True)
+    res = qa_power_bench.run(model, data, cfg, prediction, passes, ms, progress=True)
     _finish("qa-power", res, json_out, overwrite)

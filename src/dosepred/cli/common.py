@@ -15,6 +15,10 @@ from typing import Annotated
 
 import typer
 
+from .. import __version__, progress
+from ..errors import DosepredError
+from ..fsutil import output_file, write_json
+
 
 def _typer(help: str, **kw: object) -> typer.Typer:
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None,
@@ -41,8 +45,6 @@ if hasattr(typer.core.TyperArgument, "_usage_display_name"):  # the typer versio
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
-
         print(f"dosepred {__version__}")
         raise typer.Exit()
 
@@ -165,8 +167,6 @@ def report_error(e: Exception) -> int:
     DosepredError`, ``OSError``: a read-only --out, a missing file, a full disk) is one line and 2;
     running out of memory is the machine's limit, not a bug: one line saying what lowers the need, 2;
     anything else is a bug: :func:`internal_error` and 1."""
-    from ..errors import DosepredError
-
     if isinstance(e, OSError):
         _err(_os_message(e))
         return 2
@@ -189,8 +189,6 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .. import progress
-
         if "no_progress" in kwargs:
             progress.set_enabled(False if kwargs.pop("no_progress") else None)
         try:
@@ -255,8 +253,6 @@ def show(items: list) -> None:  # type: ignore[type-arg]
 def write_json_out(json_out: Path | None, overwrite: bool, res: dict) -> None:  # type: ignore[type-arg]
     """A benchmark's ``--json`` file, written like every output (fsutil, the --overwrite rule)."""
     if json_out is not None:
-        from ..fsutil import output_file, write_json
-
         with output_file(json_out, overwrite, what="--json") as tmp:
             write_json(tmp, res)
 

@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from .. import console, workflows
+from ..io import formats
+from ..io.pack import pack_cache, unpack_cache
+from ..io.source import open_source
 from .common import NoProgress, Overwrite, data_app, friendly, show
 
 Src = Annotated[Path, typer.Argument(help="Source folder (searched recursively for DICOM).")]
@@ -16,11 +20,7 @@ FolderOut = Annotated[Path, typer.Option("--out", help="Output folder (one folde
 
 
 def _imported(src: Path, out: Path, kind: str, roi_map: Path | None, overwrite: bool) -> None:
-    from .. import console
-    from ..io import formats
-    from ..workflows import import_patients
-
-    c = import_patients(src, out, kind, roi_map, overwrite)
+    c = workflows.import_patients(src, out, kind, roi_map, overwrite)
     fmt = formats.get(kind)
     size = fmt.source_bytes(src) if fmt.source_bytes is not None else None
     show(console.imported(c, out, kind, size))
@@ -54,9 +54,7 @@ def import_nifti(src: Src, out: CacheOut, overwrite: Overwrite = False,
 
 
 def _exported(cache_dir: Path, out: Path, fmt: str, overwrite: bool, roi_format: str = "labels") -> None:
-    from ..workflows import export_cache
-
-    show([f"wrote {export_cache(cache_dir, out, fmt, roi_format, overwrite)} patients to {out}"])
+    show([f"wrote {workflows.export_cache(cache_dir, out, fmt, roi_format, overwrite)} patients to {out}"])
 
 
 @data_app.command("export-openkbp")
@@ -91,9 +89,6 @@ def inspect(src: Annotated[Path, typer.Argument(help="Any source: a cache, an Op
                                                      "folder.")]) -> None:
     """Print the patients, their ROIs and dose, and each grid in patient coordinates (axes, origin,
     spacing; LPS mm)."""
-    from .. import console
-    from ..io.source import open_source
-
     show(console.inspect(open_source(src)))
 
 
@@ -108,9 +103,7 @@ def synth(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Write a seeded synthetic H&N cohort (OpenKBP ROI names, plausible dose) as a cache."""
-    from ..workflows import synth_cohort
-
-    c = synth_cohort(out, patients, seed, size, extra_rois, overwrite)
+    c = workflows.synth_cohort(out, patients, seed, size, extra_rois, overwrite)
     show([f"wrote {len(c)} synthetic patients ({size}^3, {len(c.roi_set)} ROIs, seed {seed}) to {out}: "
           f"{c.nbytes() / 1e6:.1f} MB"])
 
@@ -134,11 +127,10 @@ def split(
     overwrite: Overwrite = False,
 ) -> None:
     """Split a dataset's patients into named lists (train/val/test) and write them as JSON."""
-    from ..workflows import make_split
-
     methods = [m for m, on in (("random", random), ("ids", bool(ids)), ("temporal", temporal)) if on]
     method = methods[0] if len(methods) == 1 else None
-    obj = make_split(src, out, method, ids, fractions, names, seed, manifest, date_column, overwrite)
+    obj = workflows.make_split(src, out, method, ids, fractions, names, seed, manifest, date_column,
+                               overwrite)
     show([f"wrote {out} ({obj['method']}): " + ", ".join(f"{k} {len(v)}" for k, v in obj["splits"].items())])
 
 
@@ -149,9 +141,7 @@ def subset(cache_dir: CacheArg, split: Annotated[str, typer.Option(
         overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
     """Write the patients of one split of a cache as a new cache with the same ROI set (for the
     commands without --split: evaluate, calibrate, qa)."""
-    from ..workflows import subset_cache
-
-    c = subset_cache(cache_dir, split, out, overwrite)
+    c = workflows.subset_cache(cache_dir, split, out, overwrite)
     show([f"wrote {len(c)} patients of {split} to {out}"])
 
 
@@ -163,8 +153,6 @@ def pack(cache_dir: CacheArg, out: Annotated[Path, typer.Option("--out", help="P
          jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes.")] = 2,
          overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
     """A compact transport copy of a cache (CT and dose in steps, the rest bit for bit; .xz per patient)."""
-    from ..io.pack import pack_cache
-
     r = pack_cache(cache_dir, out, ct_step, dose_step, jobs, overwrite, progress=True)
     show([f"packed {r.patients} patients into {out}: {r.nbytes / 1e6:.1f} MB"])
 
@@ -175,6 +163,4 @@ def unpack(packed: Annotated[Path, typer.Argument(help="Folder written by `data 
            jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Processes [one per CPU].")] = None,
            overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
     """Turn a packed folder back into a cache."""
-    from ..io.pack import unpack_cache
-
     show([f"unpacked {len(unpack_cache(packed, out, jobs, overwrite, progress=True))} patients into {out}"])

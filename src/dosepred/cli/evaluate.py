@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from .. import console as render
+from .. import workflows
 from .common import NoProgress, Overwrite, RoiMapOption, app, friendly, show
 
 Protocol = Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol JSON "
@@ -22,9 +24,7 @@ def baseline(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """No-learning reference: prescription x exp(-distance to target / falloff), in the possible-dose mask."""
-    from ..workflows import baseline as run
-
-    show([f"wrote {run(data, out, falloff, overwrite)} no-learning predictions to {out}"])
+    show([f"wrote {workflows.baseline(data, out, falloff, overwrite)} no-learning predictions to {out}"])
 
 
 @app.command("evaluate")
@@ -51,11 +51,8 @@ def evaluate(
 ) -> None:
     """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
     protocol criteria)."""
-    from .. import console as render
-    from ..workflows import evaluate_sources
-
-    res, missing = evaluate_sources(reference, prediction, protocol, json_out, report, allow_missing,
-                                    overwrite, roi_map)
+    res, missing = workflows.evaluate_sources(reference, prediction, protocol, json_out, report,
+                                              allow_missing, overwrite, roi_map)
     show(render.evaluation(res, missing, show_metrics)
          + [f"wrote {p}" for p in (json_out, report and report / "report.html") if p is not None])
 
@@ -84,11 +81,8 @@ def calibrate(
 ) -> None:
     """Calibrate prediction intervals of the protocol's DVH metrics (split conformal per metric
     family, chosen by cross-validation); writes MODEL/calibration.json."""
-    from .. import console as render
-    from ..workflows import calibrate_model
-
-    path, cal = calibrate_model(model, data, protocol, overwrite, roi_map, predictions=predictions,
-                                train_data=train_data, splits=splits, progress=True, rule=rule)
+    path, cal = workflows.calibrate_model(model, data, protocol, overwrite, roi_map, predictions=predictions,
+                                          train_data=train_data, splits=splits, progress=True, rule=rule)
     show([render.calibration(cal), f"wrote {path}"])
 
 
@@ -115,10 +109,7 @@ def qa(
 ) -> None:
     """Knowledge-based plan QA: each plan's criteria against the model's achievable dose with
     calibrated intervals; flags, a ranked cohort summary, OUT/report.html and OUT/qa.json."""
-    from .. import console as render
-    from ..workflows import qa_plans
-
-    res = qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max, point,
-                   overwrite, roi_map)
+    res = workflows.qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max,
+                             point, overwrite, roi_map)
     show(render.qa(res, coverage) + [f"wrote {p}" for p in (
         out / "qa.json", json_out, None if no_report else out / "report.html") if p is not None])

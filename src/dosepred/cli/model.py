@@ -8,7 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import NoProgress, Overwrite, RoiMapOption, app, console, friendly, show
+from .. import console as render
+from .. import workflows
+from ..inference import TTA_SHIFT, InferenceOptions
+from ..training.config import TrainConfig
+from .common import NoProgress, Overwrite, RoiMapOption, app, console, error, friendly, show
 
 _FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
 _TYPES = {"patch": int,  # one size on the command line (three in a --config file)
@@ -21,18 +25,14 @@ def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt
     """Train a 3D U-Net dose model on a cache (resume, fine-tune with --init, DDP under torchrun).
     Every training-config field is a flag (defaults in brackets); --config FILE (JSON or TOML) sets
     many, flags and --set win over it."""
-    from ..workflows import key_values, train_run
-
     opts = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
-    opts.update(key_values(set_, "--set"))
+    opts.update(workflows.key_values(set_, "--set"))
     if loss_opt:
-        opts["loss_options"] = key_values(loss_opt, "--loss-opt")
+        opts["loss_options"] = workflows.key_values(loss_opt, "--loss-opt")
     con = console()
     try:
-        res = train_run(out, opts, config, resume, overwrite, log=con.print)
+        res = workflows.train_run(out, opts, config, resume, overwrite, log=con.print)
     except KeyboardInterrupt:
-        from .common import error
-
         if (out / "checkpoints" / "last.pt").is_file():
             error(f"interrupted (Ctrl-C): {out} keeps its last finished epoch; continue with "
                  f"`dosepred train --out {out} --resume`")
@@ -48,8 +48,6 @@ def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt
 def _train_signature() -> inspect.Signature:
     """The train command's options: a few of its own, then one per :class:`TrainConfig` field, its
     help the field's description (documented once, in training/config.py)."""
-    from ..training.config import TrainConfig
-
     fields = TrainConfig.model_fields
 
     def opt(name: str, t: Any, help: str, *flags: str, **kw: Any) -> inspect.Parameter:
@@ -124,13 +122,10 @@ def predict(
 ) -> None:
     """Predict whole-grid doses in the model's own space (axes and spacing of its training data) and
     write them on each patient's grid."""
-    from ..inference import TTA_SHIFT, InferenceOptions
-    from ..workflows import predict_folder
-
     options = InferenceOptions(device=device, amp=amp, tta=tta, shifts=(TTA_SHIFT,) if tta_shift else (),
                                allow_missing_rois=allow_missing_rois)
-    n = predict_folder(model, data, out, fmt, options, split=split, overwrite=overwrite, roi_map=roi_map,
-                       dose_spacing=dose_spacing)
+    n = workflows.predict_folder(model, data, out, fmt, options, split=split, overwrite=overwrite,
+                                 roi_map=roi_map, dose_spacing=dose_spacing)
     show([f"wrote {n} predicted doses ({fmt}) to {out}"])
 
 
@@ -147,9 +142,7 @@ def export_model(
 ) -> None:
     """Write a small released model folder usable by `dosepred predict --model` (of one run, or the
     average of several fine-tunes of one model)."""
-    from ..workflows import export_model
-
-    f = export_model(run, out, fp32, overwrite)
+    f = workflows.export_model(run, out, fp32, overwrite)
     show([f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB)"])
 
 
@@ -166,8 +159,5 @@ def demo(
     shipped with the repository, plan QA of their plans; then train your own: one MAE warm-up on
     synthetic patients, MAE and MAE+CDM fine-tuned from it with the same budget; tables and reports.
     Run it from a clone of the repository (it reads models/ and examples/)."""
-    from .. import console as render
-    from ..workflows import demo as run
-
-    res = run(out, seed, overwrite, log=console().print)
+    res = workflows.demo(out, seed, overwrite, log=console().print)
     show(render.demo(res) + [f"wrote {res['report']}"])
