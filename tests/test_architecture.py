@@ -14,6 +14,10 @@
   import inside a function closes a cycle too; ``if TYPE_CHECKING:`` imports excepted); each cycle is
   reported with its path of imports. Cycles that exist for now are listed, with their reason, in
   :data:`CYCLES_FOR_NOW`;
+- (issue 28) no import of one of the package's modules inside a function unless that module imports
+  a heavy library (:data:`HEAVY`) at its top, directly or through the package's modules it imports
+  there (:func:`heavy_modules`), or the import line says why (:data:`WHY_LOCAL`: ``# cycle: ...``,
+  ``# startup: ...`` in the command line; a stated reason is checked too);
 - no module longer than :data:`MAX_LINES` physical lines (a room a reader holds in their head);
   those still longer are listed, with their reason, in :data:`TOO_LONG_FOR_NOW`.
   Both lists fail when an entry is no longer needed, so they only shrink.
@@ -30,6 +34,7 @@ fail on the imports they forbid.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -490,6 +495,111 @@ def length_problems(root: Path, allowed: dict[str, str], package: str = "dosepre
     return out
 
 
+#: The libraries the package imports inside functions, except in the modules whose work they are
+#: (so that ``dosepred --help`` and the commands that need no model do not load them).
+HEAVY = frozenset({"torch", "monai", "matplotlib", "pydicom", "nibabel", "SimpleITK", "itk", "scipy"})
+
+#: The trailing comment that says why an import of one of the package's modules stays inside a
+#: function: ``# heavy: torch`` (the module imported imports a heavy library; needed only where
+#: that is not seen at its top), ``# cycle: a -> b -> a`` (a cycle of CYCLES_FOR_NOW would close at
+#: import time), ``# startup: ...`` (the command line loads its commands when it runs, so that
+#: ``main()`` catches a Ctrl-C while they load; only in the package's ``cli``).
+WHY_LOCAL = re.compile(r"#\s*(heavy|cycle|startup):")
+
+
+def _function_level(tree: ast.AST) -> set[int]:
+    """The ids of the nodes that run only when a function of ``tree`` is called (its body)."""
+    out: set[int] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out.update(id(c) for stmt in n.body for c in ast.walk(stmt))
+        elif isinstance(n, ast.Lambda):
+            out.update(id(c) for c in ast.walk(n.body))
+    return out
+
+
+def _packages_of(module: str) -> list[str]:
+    """``a.b.c`` -> ``[a, a.b, a.b.c]``: what importing the module runs, in order."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def heavy_modules(root: Path, package: str = "dosepred") -> dict[str, set[str]]:
+    """module -> the heavy libraries (:data:`HEAVY`) that importing it imports: those it imports at
+    module level (not inside a function, not under ``if TYPE_CHECKING:``) and, transitively, those of
+    the package's modules it imports so, its own packages included (importing ``a.b.c`` runs ``a``
+    and ``a.b`` first)."""
+    mods = _modules(root, package)
+    known = set(mods)
+    lazy = _lazy_tables(root, package)
+    heavy: dict[str, set[str]] = {}
+    deps: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        inside = _function_level(tree)
+        top = [imp for imp in _imports(tree, mod, path.name == "__init__.py", known, lazy)
+               if not imp.type_only and id(imp.node) not in inside]
+        heavy[mod] = {imp.module.split(".")[0] for imp in top} & HEAVY
+        deps[mod] = {p for m in [mod, *(imp.module for imp in top)] for p in _packages_of(m)
+                     if p in known and p != mod}
+    changed = True
+    while changed:  # the closure over module-level imports (a fixed point: cycles end too)
+        changed = False
+        for mod in mods:
+            more = set().union(*(heavy[d] for d in deps[mod])) - heavy[mod]
+            if more:
+                heavy[mod] |= more
+                changed = True
+    return heavy
+
+
+def local_imports(root: Path, package: str = "dosepred") -> list[Finding]:
+    """Import statements inside functions of the package's own modules that have no reason to be
+    there: the module imported (or a package above it) imports no heavy library (:func:`heavy_modules`)
+    and the import line (the first line of a multi-line import) says no reason (:data:`WHY_LOCAL`).
+    A stated reason must hold: ``# heavy:`` only on an import of a heavy module, ``# cycle:`` only on
+    one that closes an import cycle (the importer and the module imported in one knot),
+    ``# startup:`` only in the command line (``package.cli`` and its modules)."""
+    mods = _modules(root, package)
+    known = set(mods)
+    lazy = _lazy_tables(root, package)
+    heavy = heavy_modules(root, package)
+    knot_of = {m: set(k) for k in _knots(import_graph(root, package)) for m in k}
+    cli = f"{package}.cli"
+    out: list[Finding] = []
+    for mod, path in mods.items():
+        text = path.read_text()
+        lines = text.splitlines()
+        tree = ast.parse(text, str(path))
+        inside = _function_level(tree)
+        rel = str(path.relative_to(root))
+        statements: dict[int, tuple[ast.stmt | ast.expr, list[str]]] = {}
+        for imp in _imports(tree, mod, path.name == "__init__.py", known, lazy):
+            own = imp.module == package or imp.module.startswith(package + ".")
+            if (own and isinstance(imp.node, (ast.Import, ast.ImportFrom)) and id(imp.node) in inside
+                    and not imp.type_only):
+                statements.setdefault(id(imp.node), (imp.node, []))[1].append(imp.module)
+        for node, targets in statements.values():
+            libs = set().union(*(heavy.get(p, set()) for t in targets for p in _packages_of(t)))
+            said = WHY_LOCAL.search(lines[node.lineno - 1])
+            why = said.group(1) if said else None
+            names = ", ".join(sorted(set(targets)))
+            if why is None and not libs:
+                out.append(Finding(rel, node.lineno, f"{mod} imports {names} inside a function, and it "
+                                   "imports no heavy library: import it at the top (or say why not: "
+                                   "# heavy: / # cycle: / # startup:)"))
+            elif why == "heavy" and not libs:
+                out.append(Finding(rel, node.lineno, f"{mod} says '# heavy:' of {names}, which imports no "
+                                   f"heavy library ({', '.join(sorted(HEAVY))})"))
+            elif why == "cycle" and not set(targets) & knot_of.get(mod, set()):
+                out.append(Finding(rel, node.lineno, f"{mod} says '# cycle:' of {names}, which closes no "
+                                   "import cycle"))
+            elif why == "startup" and not (mod == cli or mod.startswith(cli + ".")):
+                out.append(Finding(rel, node.lineno, f"{mod} says '# startup:' of {names}, which only the "
+                                   f"command line ({cli}) may say"))
+    return sorted(out, key=lambda f: (f.file, f.line))
+
+
 # ----------------------------------------------------------------------------------- the source
 
 def test_no_module_uses_a_private_name_of_another():
@@ -516,6 +626,24 @@ def test_no_import_cycle():
 def test_no_module_is_too_long():
     found = length_problems(SRC, TOO_LONG_FOR_NOW)
     assert not found, "modules and their length:\n" + "\n".join(found)
+
+
+def test_imports_inside_functions_say_why():
+    """(issue 28) the package's own modules are imported at the top, unless importing one imports a
+    heavy library or would close a cycle: then the import line says so."""
+    found = local_imports(SRC)
+    assert not found, "imports inside functions without a reason:\n" + "\n".join(map(str, found))
+
+
+def test_the_heavy_modules_are_those_whose_work_is_torch():
+    """(the static closure of :func:`heavy_modules` agrees with what the docs say imports torch)"""
+    heavy = {m for m, libs in heavy_modules(SRC).items() if libs}
+    assert {"dosepred.models.unet", "dosepred.losses", "dosepred.predict",
+            "dosepred.training.trainer"} <= heavy
+    light = {"dosepred", "dosepred.cli", "dosepred.cli.model", "dosepred.training",
+             "dosepred.training.config", "dosepred.workflows", "dosepred.io.dicom", "dosepred.report.plots",
+             "dosepred.evaluation"}
+    assert not light & heavy, light & heavy
 
 
 def test_the_named_rules_follow_from_the_layers():
@@ -682,6 +810,62 @@ def test_lazily_resolved_names_from_below_pass(pkg):
     _write(pkg, {"pk/__init__.py": _LAZY_INIT, "pk/top.py": "from pk import read\nfrom . import f\n"})
     assert upward_imports(pkg, PKG_LAYERS, "pk") == []
     assert private_accesses(pkg, "pk") == []
+
+
+# ------------------------------------------------------------- imports inside functions, made up
+
+@pytest.mark.parametrize("files, what", [
+    ({}, "pk.top imports pk.io.reader inside a function, and it imports no heavy library: import it at "
+         "the top (or say why not: # heavy: / # cycle: / # startup:)"),
+    ({"pk/io/reader.py": "def read():\n    import torch\n    return torch\n"},  # heavy only on use
+     "pk.top imports pk.io.reader inside a function, and it imports no heavy library: import it at "
+     "the top (or say why not: # heavy: / # cycle: / # startup:)"),
+    ({"pk/top.py": "def f():\n    from .io import reader  # heavy: torch\n    return reader\n"},
+     "pk.top says '# heavy:' of pk.io.reader, which imports no heavy library (SimpleITK, itk, matplotlib, "
+     "monai, nibabel, pydicom, scipy, torch)"),
+    ({"pk/top.py": "def f():\n    from .io import reader  # cycle: top -> reader\n    return reader\n"},
+     "pk.top says '# cycle:' of pk.io.reader, which closes no import cycle"),
+    ({"pk/top.py": "def f():\n    from .io import reader  # startup: fast --help\n    return reader\n"},
+     "pk.top says '# startup:' of pk.io.reader, which only the command line (pk.cli) may say"),
+    ({"pk/top.py": "def f():\n    import pk.base\n    return pk.base\n"},
+     "pk.top imports pk.base inside a function, and it imports no heavy library: import it at "
+     "the top (or say why not: # heavy: / # cycle: / # startup:)"),
+    ({"pk/top.py": "def f():\n    from pk import base\n    return base\n"},
+     "pk.top imports pk.base inside a function, and it imports no heavy library: import it at "
+     "the top (or say why not: # heavy: / # cycle: / # startup:)"),
+])
+def test_a_light_import_inside_a_function_is_found(pkg, files, what):
+    _write(pkg, files)
+    found = local_imports(pkg, "pk")
+    assert [f.what for f in found] == [what], found
+    assert found[0].file == str(Path("pk/top.py"))
+
+
+@pytest.mark.parametrize("files", [
+    {"pk/io/reader.py": "import torch\n"},  # the module imported imports a heavy library
+    {"pk/io/reader.py": "from ..base import PUBLIC\n", "pk/base.py": "import scipy.ndimage\nPUBLIC = 2\n"},
+    {"pk/io/__init__.py": "from . import fmt\n", "pk/io/fmt.py": "import matplotlib.pyplot as plt\n"},
+    {"pk/io/reader.py": "try:\n    import pydicom\nexcept ImportError:\n    pydicom = None\n"},
+    {"pk/top.py": "from . import base\n\n\ndef f():\n    from .io import (  # heavy: torch once read\n"
+                  "        reader)\n    return reader\n",
+     "pk/io/reader.py": "import torch\n"},
+    {"pk/top.py": "from . import base\n\n\ndef f():\n    from .io import reader  # cycle: top -> reader\n"
+                  "    return reader\n",
+     "pk/io/reader.py": "def read():\n    from .. import top  # cycle: reader -> top\n    return top\n"},
+    {"pk/top.py": "from .io import reader\n\n\ndef f():\n    import os\n    return reader, os\n"},
+    {"pk/top.py": "X = 1\n", "pk/cli/__init__.py": "def main():\n    from .. import top  # startup: Ctrl-C\n"
+                                                    "    return top\n"},
+])
+def test_heavy_and_stated_imports_inside_functions_pass(pkg, files):
+    _write(pkg, files)
+    assert local_imports(pkg, "pk") == []
+
+
+def test_heavy_modules_follow_module_level_imports_only(pkg):
+    _write(pkg, {"pk/base.py": "import torch.nn\n", "pk/io/reader.py": "def r():\n    import scipy\n"})
+    heavy = heavy_modules(pkg, "pk")
+    assert heavy == {"pk": set(), "pk._util": set(), "pk.base": {"torch"}, "pk.io": set(),
+                     "pk.io.reader": set(), "pk.top": {"torch"}}
 
 
 # -------------------------------------------------------------------- cycles and lengths, made up
