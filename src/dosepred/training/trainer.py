@@ -307,13 +307,15 @@ class Trainer:
         arch: dict[str, Any] = {}
         keys = ("base", "levels", "res_units", "norm", "stages")
         init_widths: list[int] | None = None
-        init_coarse: list[int] | None = None
         if cfg.init:
             self.init_ckpt = load_checkpoint(cfg.init)
             init_mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
             init_widths = init_mc.widths
-            init_coarse = init_mc.coarse
             arch = {k: init_mc.to_dict()[k] for k in keys}
+            if cfg.coarse is not None and init_mc.coarse not in (None, list(cfg.coarse)):
+                raise ModelError(f"--init {cfg.init} has coarse={init_mc.coarse} but coarse="
+                                 f"{list(cfg.coarse)} was requested")
+            cfg.coarse = init_mc.coarse if cfg.coarse is None else cfg.coarse
         if cfg.channels is not None:  # explicit widths decide base and levels
             widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
             if init_widths is not None and widths != init_widths:
@@ -335,11 +337,6 @@ class Trainer:
             elif k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1):
                 raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
             setattr(cfg, k, v)
-        if cfg.coarse is None:
-            cfg.coarse = init_coarse
-        elif init_coarse is not None and list(cfg.coarse) != init_coarse:
-            raise ModelError(f"--init {cfg.init} has coarse={init_coarse} but coarse={list(cfg.coarse)} "
-                             "was requested")
         if cfg.freeze_stage1 and cfg.stages != 2:
             raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
