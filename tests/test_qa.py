@@ -509,3 +509,34 @@ def test_qa_refuses_a_plan_planned_for_other_prescriptions(sample_dir, model_dir
                                       r"model's \(PTV56 \(56 Gy\), PTV63 \(63 Gy\), PTV70 \(70 Gy\)\), so "
                                       r"the achievable dose would be predicted without it"):
         run_qa(model_dir, [renamed("ptv54", "PTV56", "PTV54", 54.0)], "openkbp-clinical")
+
+
+def test_qa_pairs_each_criterion_with_its_own_result_whatever_their_order(sample_dir, model_dir,
+                                                                          monkeypatch):
+    """QAChecker.check looks each protocol criterion's evaluation result up by the criterion (its
+    position in the protocol), not by walking both lists side by side: results handed back in another
+    order give the same criteria, each with its own plan and predicted values (the evaluation's, looked
+    up by name here). Before, the side-by-side walk dropped every criterion out of step."""
+    import dataclasses
+
+    import dosepred.qa.check as check_mod
+    from dosepred.evaluation import evaluate_patient
+    from dosepred.io import load_patients
+    from dosepred.qa import QAChecker
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    pred = (p.dose * np.random.default_rng(0).uniform(0.9, 1.1, p.dose.shape)).astype(np.float32)
+    chk = QAChecker(model_dir, "openkbp-clinical", 0.9)
+    normal, _, _ = chk.check(p, pred=pred)  # the plan with a perturbed copy as its prediction: no model run
+    truth = {c.name: c for c in evaluate_patient(chk.prepare(p), pred, chk.bound).criteria}
+    assert len(truth) > 5 and [c.name for c in normal.criteria] == [c.name for c in chk.bound.criteria]
+    for c in normal.criteria:
+        assert (c.plan, c.predicted) == (truth[c.name].ref, truth[c.name].pred), c.name
+
+    def reversed_results(*args, **kwargs):
+        res = evaluate_patient(*args, **kwargs)
+        return dataclasses.replace(res, criteria=res.criteria[::-1])
+
+    monkeypatch.setattr(check_mod, "evaluate_patient", reversed_results)
+    shuffled, _, _ = chk.check(p, pred=pred)
+    assert shuffled.criteria == normal.criteria

@@ -94,6 +94,10 @@ class CriterionResult:
     pred_pass: bool | None
     ref_goal: bool | None = None
     pred_goal: bool | None = None
+    #: the criterion's 1-based position in the protocol (:attr:`BoundCriterion.index
+    #: <dosepred.protocol.bound.BoundCriterion.index>`): what plan QA looks a criterion's result up by
+    #: (:meth:`PatientResult.by_criterion`); not in the JSON
+    index: int = 0
 
     @property
     def checked(self) -> bool:
@@ -102,6 +106,13 @@ class CriterionResult:
     @property
     def agree(self) -> bool | None:
         return None if not self.checked else self.pred_pass == self.ref_pass
+
+
+def _criterion_json(c: CriterionResult) -> dict[str, Any]:
+    """A criterion's object of the evaluate JSON: its fields but ``index`` (internal)."""
+    d = asdict(c)
+    del d["index"]
+    return d
 
 
 def _mean(xs: Iterable[float]) -> float:
@@ -157,6 +168,13 @@ class PatientResult:
         """The criteria with a limit that both doses could be checked against."""
         return [c for c in self.criteria if c.checked]
 
+    def by_criterion(self) -> dict[int, CriterionResult]:
+        """The criteria's results keyed by their criterion's position in the protocol
+        (:attr:`CriterionResult.index`, :attr:`BoundCriterion.index
+        <dosepred.protocol.bound.BoundCriterion.index>`); a criterion that could not be computed (its ROI
+        not contoured, a %Rx metric without prescription) has no entry."""
+        return {c.index: c for c in self.criteria}
+
     @property
     def pass_rate(self) -> float:
         """% of the checked criteria that the prediction passes (NaN when none has a limit)."""
@@ -178,7 +196,7 @@ class PatientResult:
             "id": self.id, "dose_score": self.dose_score, "dvh_score": self.dvh_score,
             "ptv_score": self.ptv_score, "oar_score": self.oar_score,
             "criteria_pass_rate": self.pass_rate, "missing_rois": list(self.missing_rois),
-            "rois": rois, "criteria": [asdict(c) for c in self.criteria]})
+            "rois": rois, "criteria": [_criterion_json(c) for c in self.criteria]})
 
 
 @dataclass
@@ -427,7 +445,7 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
             name=c.name, roi=c.roi, metric=c.metric, direction=c.direction,
             limit=c.limit, goal=c.goal, unit=c.unit, priority=c.priority,
             ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref), pred_pass=c.check(v.pred),
-            ref_goal=c.check(v.ref, goal=True), pred_goal=c.check(v.pred, goal=True)))
+            ref_goal=c.check(v.ref, goal=True), pred_goal=c.check(v.pred, goal=True), index=c.index))
     return PatientResult(case.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
                          criteria, tuple(missing))
 

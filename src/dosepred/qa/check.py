@@ -334,21 +334,19 @@ class QAChecker:
             self.warnings.append(f"patient {plan.id} lacks {rarely_lacking(space, rare)}: QA compares the "
                                  f"plan with the achievable dose of a patient without {it}, and {its} "
                                  f"criteria are not checked; {rare_remedy(len(rare))}")
-        computed = iter(res.criteria)
-        nxt = next(computed, None)
+        computed = res.by_criterion()  # each criterion's own result, whatever the list's order
         out: list[CriterionQA] = []
         for pc in self.bound.criteria:  # all of the protocol's: the model has every ROI it names
             kind = pc.kind
             fam = metric_family(pc.metric, kind)
-            c = nxt
-            if c is None or (c.roi, c.metric) != (pc.roi, pc.metric):
+            c = computed.get(pc.index)
+            if c is None:
                 if pc.roi in lacking:
                     out.append(CriterionQA(pc.roi, pc.metric, math.nan, math.nan, math.nan, math.nan,
                                            pc.limit, None, [FLAG_NOT_CONTOURED],
                                            name=pc.name, family=fam, unit=pc.unit, kind=kind,
                                            lower_better=lower_is_better(pc.direction, pc.metric, kind)))
                 continue  # else not computable (e.g. a %Rx metric without prescription)
-            nxt = next(computed, None)
             low, high = interval(c.pred, f"{c.roi} {c.metric}", self.calibration.families[fam],
                                  self.methods[fam], self.coverage, self.rule)
             lb = lower_is_better(c.direction, c.metric, kind)
