@@ -9,24 +9,34 @@ from dosepred.bench import networks
 
 
 def test_parse_network():
-    assert networks.parse_network("16,32,64") == ([16, 32, 64], 0)
-    assert networks.parse_network(" 8,16:2") == ([8, 16], 2)
-    for bad in ("16", "a,b", "16,32:x", "16,0"):
+    assert networks.parse_network("16,32,64") == ([16, 32, 64], 0, None)
+    assert networks.parse_network(" 8,16:2") == ([8, 16], 2, None)
+    assert networks.parse_network("8,16+16,32:1") == ([8, 16], 1, [16, 32])
+    assert networks.depth("8,16+16,32,64") == 4
+    for bad in ("16", "a,b", "16,32:x", "16,0", "8,16+16", "8,16+a,b", "8,16+0,4"):
         with pytest.raises(ValueError, match="network"):
             networks.parse_network(bad)
 
 
 def test_run_measures_each_network_in_its_own_process():
-    res = networks.run(("4,8", "4,8,16", "4,8:1"), size=16, steps=1, repeats=2)
+    res = networks.run(("4,8", "4,8,16", "4,8:1", "4,8+8,8"), size=16, steps=1, repeats=2)
     rows = {r["network"]: r for r in res["rows"]}
     # parameters counted independently: a 3D conv has k^3 * cin * cout weights + cout biases
     assert rows["4,8"]["parameters"] < rows["4,8,16"]["parameters"]
     assert rows["4,8:1"]["res_units"] == 1 and rows["4,8:1"]["parameters"] > rows["4,8"]["parameters"]
+    # the coarse branch 8 -> 8 (k^3 * 8 * 8 + 8 down, 8 * 8 * k^3 + 8 bottom, 16 * 8 * k^3 + 8 up, 2 PReLUs
+    # of 1 weight each, the up layer without norm nor PReLU: it is the branch's output)
+    k3 = 27
+    branch = (k3 * 8 * 8 + 8) * 2 + (k3 * 16 * 8 + 8) + 2
+    assert rows["4,8+8,8"]["parameters"] - rows["4,8"]["parameters"] == branch
+    assert rows["4,8+8,8"]["coarse"] == [8, 8]
     assert rows["4,8"]["time_vs_first"] == 1.0 and rows["4,8"]["memory_vs_first"] == 1.0
     for r in res["rows"]:
         assert r["sec_per_step"] > 0 and r["peak_rss_delta_mb"] > 0
     with pytest.raises(ValueError, match="divisible"):
         networks.run(("4,8,16,32,64",), size=8)
+    with pytest.raises(ValueError, match="divisible"):  # 2 levels + 2 below the bottom: 2^3
+        networks.run(("4,8+8,8,8",), size=4)
 
 
 def test_cli_writes_json(tmp_path):

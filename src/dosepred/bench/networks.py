@@ -9,9 +9,10 @@ before the model was built; on a GPU ``torch.cuda.max_memory_allocated``. The ne
 an order rotated per repeat, so a busy machine slows all of them alike; the table gives each one's
 median seconds per step and peak memory, and their ratios to the first network.
 
-A network is ``CHANNELS[:RES_UNITS]``: channels per level finest first, comma-separated, and the
-residual units per level (default 0), e.g. ``16,32,64,128`` (the round-12 release) or
-``16,32,64,128,256,512:1``.
+A network is ``CHANNELS[+COARSE][:RES_UNITS]``: channels per level finest first, comma-separated, the
+channels of a coarse branch under the bottom (``ModelConfig.coarse``) and the residual units per
+level (default 0), e.g. ``16,32,64,128`` (the round-12 release), ``16,32,64,128+128,128,256`` (the
+release with the coarse branch of round 14) or ``16,32,64,128,256,512:1``.
 """
 
 from __future__ import annotations
@@ -30,22 +31,32 @@ from ..errors import InputError
 from . import sync
 
 #: The candidates of issue 24 (the release first).
-DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128,256,512", "16,32,64,128,256,256",
-                    "16,32,96,192,384,384", "16,32,64,128,256,512:1")
+DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128+128,128,256", "16,32,64,128,256,512",
+                    "16,32,64,128,256,256", "16,32,96,192,384,384", "16,32,64,128,256,512:1")
 
 
-def parse_network(text: str) -> tuple[list[int], int]:
-    """``"16,32,64:1"`` -> ([16, 32, 64], 1)."""
-    chans, _, res = text.strip().partition(":")
+def parse_network(text: str) -> tuple[list[int], int, list[int] | None]:
+    """``"16,32,64+64,128:1"`` -> ([16, 32, 64], 1, [64, 128]); no ``+``: coarse None."""
+    spec, _, res = text.strip().partition(":")
+    chans, plus, coarse_text = spec.partition("+")
     try:
         widths = [int(c) for c in chans.split(",") if c.strip()]
+        coarse = [int(c) for c in coarse_text.split(",") if c.strip()] if plus else None
         res_units = int(res) if res.strip() else 0
     except ValueError:
-        raise InputError(f"network {text!r}: expected channels such as 16,32,64,128 and an optional "
-                         ":RES_UNITS") from None
+        raise InputError(f"network {text!r}: expected channels such as 16,32,64,128, an optional "
+                         "+COARSE such as +128,128,256 and an optional :RES_UNITS") from None
     if len(widths) < 2 or min(widths) < 1 or res_units < 0:
         raise InputError(f"network {text!r}: at least two positive channel counts and res units >= 0")
-    return widths, res_units
+    if coarse is not None and (len(coarse) < 2 or min(coarse) < 1):
+        raise InputError(f"network {text!r}: a coarse branch needs at least two positive channel counts")
+    return widths, res_units, coarse
+
+
+def depth(text: str) -> int:
+    """Resolution levels of a network, its coarse branch's included."""
+    widths, _, coarse = parse_network(text)
+    return len(widths) + (len(coarse) - 1 if coarse else 0)
 
 
 def _rss_now_mb() -> float:
@@ -63,14 +74,14 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    widths, res_units = parse_network(spec["network"])
+    widths, res_units, coarse = parse_network(spec["network"])
     size = spec["size"]
     b = synthetic_batch(size, device, spec["seed"])
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     rss0 = _rss_now_mb()
     torch.manual_seed(spec["seed"])
-    config = ModelConfig(channels=widths, res_units=res_units, patch=(size,) * 3)
+    config = ModelConfig(channels=widths, res_units=res_units, patch=(size,) * 3, coarse=coarse)
     model = build_model(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -91,7 +102,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         step()
         sync(device)
         times.append(time.perf_counter() - t0)
-    res = {"network": spec["network"], "channels": widths, "res_units": res_units,
+    res = {"network": spec["network"], "channels": widths, "coarse": coarse, "res_units": res_units,
            "parameters": sum(q.numel() for q in model.parameters()),
            "sec_per_step": float(statistics.median(times)),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -120,9 +131,8 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     import torch
 
     for n in networks:
-        widths, _ = parse_network(n)
-        if size % 2 ** (len(widths) - 1):
-            raise InputError(f"--size {size} must be divisible by 2^(levels-1) = {2 ** (len(widths) - 1)} "
+        if size % 2 ** (depth(n) - 1):
+            raise InputError(f"--size {size} must be divisible by 2^(levels-1) = {2 ** (depth(n) - 1)} "
                              f"for network {n}")
     if not networks:
         raise InputError("no network to measure")

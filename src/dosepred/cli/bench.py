@@ -132,7 +132,8 @@ def bitmask(
 def networks(
     json_out: JsonOut = None,
     network: Annotated[list[str] | None, typer.Option(
-        "--network", help="A candidate as CHANNELS[:RES_UNITS], e.g. 16,32,64,128 or 16,32,64,128,256,512:1 "
+        "--network", help="A candidate as CHANNELS[+COARSE][:RES_UNITS], e.g. 16,32,64,128, "
+        "16,32,64,128+128,128,256 (a coarse branch under the bottom) or 16,32,64,128,256,512:1 "
         "(repeatable; the first is the reference) [the issue-24 candidates, the release first].")] = None,
     size: Annotated[int, typer.Option("--size", help="Voxels per axis of the synthetic patient.")] = 128,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per run (median).")] = 3,
