@@ -23,7 +23,8 @@ NAMES = {f.name for f in FORMATS}
 
 #: fields that are a capability: a callable, or None where the format lacks it
 CAPABILITIES = ("detect_late", "read_source", "write_patient", "write_dose", "read_dose", "read_dose_on",
-                "read_dose_sparse", "dose_geometry", "source_bytes")
+                "read_dose_sparse", "dose_geometry", "source_bytes", "read_reference_boxes", "open_doses",
+                "match_doses")
 
 
 def test_every_row_is_complete_or_explicitly_none():
@@ -48,8 +49,10 @@ def test_every_row_is_complete_or_explicitly_none():
             assert f.read_dose is not None, f.name  # a file found by id is read as stored
         if f.write_dose is not None:
             assert f.dose_suffixes and (f.read_dose is not None or f.read_dose_on is not None), f.name
-        if f.cropped or f.cache:
-            assert f.read_source is None or not f.cache
+        if f.cache:
+            assert f.read_source is None
+        if f.match_doses is not None:  # matched doses are placed by their own geometry
+            assert not f.dose_by_id and f.read_dose_on is not None and f.dose_suffixes, f.name
     assert len(NAMES) == len(FORMATS) and KINDS == tuple(f.name for f in FORMATS)
 
 
@@ -159,6 +162,23 @@ def test_the_rule_finds_a_switch(tmp_path, code):
     (tmp_path / "dosepred" / "m.py").write_text(code)
     found = format_switches(tmp_path)
     assert found and all(f.startswith("dosepred/m.py:") for f in found), found
+
+
+def test_evaluation_reads_sources_only_through_the_rows():
+    """Pairing imports no module of one format (:mod:`dosepred.io.cache`, ``openkbp``, ``nifti``,
+    ``dicom``): what it reads of a format is a capability of the format's row (so a new format
+    that sets it needs no pairing code). Before, it read caches, OpenKBP folders and RTDOSE files
+    with their own modules."""
+    own = {"dosepred.io." + m for m in ("cache", "openkbp", "nifti", "dicom")}
+    path = SRC / "dosepred" / "evaluation" / "pairing.py"
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("io"):
+            mods = [f"dosepred.{node.module}"] + [f"dosepred.{node.module}.{a.name}" for a in node.names]
+            found += [m for m in mods if any(m == o or m.startswith(o + ".") for o in own)]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if any(a.name.startswith(o) for o in own)]
+    assert found == []
 
 
 # ------------------------------------------------------------------ detection of written folders

@@ -124,6 +124,56 @@ def test_iter_cases_and_pairs_from_openkbp_score_as_numpy(okbp, pred_kind, cases
         assert v.ref == pytest.approx(ref_mean, rel=1e-6) and v.pred == pytest.approx(pred_mean, rel=1e-6)
 
 
+def test_a_new_format_is_paired_through_its_row_alone(okbp, tmp_path, monkeypatch):
+    """What pairing needs of a format is a capability of its row: a made-up reference format (the
+    OpenKBP row under another name, its ``read_reference_boxes`` counted) is scored on boxes, and a
+    made-up prediction format whose files are matched to the references by its own ``match_doses``
+    (``dose of <id>.toy.npy``, not named by id) is read by its ``read_dose_on``, with no pairing code
+    for either; the scores are numpy's on the full grids. Before, pairing read a reference on boxes
+    only for the cache and OpenKBP, and matched only RTDOSE files."""
+    import dataclasses
+
+    from dosepred.io import formats
+
+    base = formats.get("openkbp")
+    boxed: list[str] = []
+
+    def counted(path, ids):
+        for r in base.read_reference_boxes(path, ids):
+            boxed.append(r.id)
+            yield r
+
+    def match_doses(folder, headers):
+        heads = headers()  # the references' headers: what a real format matches by
+        return {pid: folder / f"dose of {pid}.toy.npy" for pid in heads
+                if (folder / f"dose of {pid}.toy.npy").is_file()}
+
+    ref_row = dataclasses.replace(base, name="toyref", read_reference_boxes=counted)
+    pred_row = dataclasses.replace(
+        formats.get("nifti"), name="toy", detect=lambda p: False, dose_suffixes=(".toy.npy",),
+        dose_by_id=False, read_dose=None, read_dose_on=lambda path, ref: np.load(path),
+        dose_geometry=None, match_doses=match_doses)
+    monkeypatch.setattr(formats, "FORMATS", (ref_row, *formats.FORMATS, pred_row))
+    pred_dir = tmp_path / "toy"
+    pred_dir.mkdir()
+    for pid, t in okbp["truth"].items():
+        np.save(pred_dir / f"dose of {pid}.toy.npy", t["pred"])
+
+    ids = ["pt_3", "pt_10"]
+    found, missing = match_predictions(okbp["ref"], pred_dir)
+    assert found == [(i, pred_dir / f"dose of {i}.toy.npy") for i in ids] and missing == []
+    res = evaluate_cohort(iter_cases(okbp["ref"], okbp["csv"], ids), "openkbp")
+    assert boxed == ids  # the reference row's box reader, not a pairing path of its own
+    toy = evaluate_cohort(iter_cases(okbp["ref"], pred_dir, ids), "openkbp")
+    for r, q in zip(res.patients, toy.patients, strict=True):
+        t = okbp["truth"][r.id]
+        ds, ref_mean, pred_mean = _numpy_scores(t["ref"], t["mask"], t["stem"], t["pred"])
+        for x in (r, q):
+            assert x.dose_score == pytest.approx(ds, rel=1e-6)
+            v = x.value("Brainstem", "Dmean")
+            assert v.ref == pytest.approx(ref_mean, rel=1e-6) and v.pred == pytest.approx(pred_mean, rel=1e-6)
+
+
 # --------------------------------------------------------------------- cache and NIfTI references
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,18 @@ def union(a: Box | None, b: Box | None) -> Box | None:
 
 def box_shape(box: Box) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in box)
+
+
+def local_index(coords: tuple[np.ndarray, ...], box: Box) -> np.ndarray:
+    """C-order flat indices inside ``box`` of voxel coordinates (per-axis index arrays) that lie in it."""
+    return np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, box, strict=True)), box_shape(box))
+
+
+def embed(a: np.ndarray, box: Box, outer: Box) -> np.ndarray:
+    """``a`` (the values on ``box``) on the larger ``outer`` box, zero elsewhere (``a`` itself when the
+    boxes are equal)."""
+    if box == outer:
+        return a
+    out = np.zeros(box_shape(outer), dtype=a.dtype)
+    out[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer, strict=True))] = a
+    return out

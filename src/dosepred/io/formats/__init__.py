@@ -4,10 +4,12 @@
 Each row says how a path of the format is recognised (``detect``), how a source of it is opened
 (``open``: ids, ROI set, patients), imported into a cache (``read_source``), exported
 (``write_patient``), how one predicted dose is written (``write_dose``) and read back, as stored
-(``read_dose``, ``read_dose_sparse``) or onto a reference grid (``read_dose_on``), and what the
-commands need to know of it (``cropped``, ``cache``, ``fixed_roi_names``, ...). A capability the
-format lacks is None in its row. The readers and writers themselves live in the format's module of
-:mod:`dosepred.io` (:mod:`~dosepred.io.cache`, :mod:`~dosepred.io.openkbp`,
+(``read_dose``, ``read_dose_sparse``) or onto a reference grid (``read_dose_on``), what evaluation
+reads of it (``read_reference_boxes``: references scored on the box of their data; ``open_doses``: a
+store of predicted doses; ``match_doses``: dose files matched to references by what they
+reference), and what the commands need to know of it (``cache``, ``fixed_roi_names``, ...). A
+capability the format lacks is None in its row. The readers and writers themselves live in the
+format's module of :mod:`dosepred.io` (:mod:`~dosepred.io.cache`, :mod:`~dosepred.io.openkbp`,
 :mod:`~dosepred.io.nifti`, :mod:`~dosepred.io.dicom`); each row's module here adapts them.
 
 A new format: its reader / writer module in ``io/``, one module here defining its ``FORMAT`` row,
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from ...errors import UnknownNameError
 from . import cache, dicom, nifti, openkbp
-from .base import Format, Reader, place_dose
+from .base import DoseStore, Format, Reader, ReferenceBox, place_dose
 
 #: Every format, in the order a path is tested against them (:func:`detect`): the first ``detect``
 #: that holds wins, then the first ``detect_late``.
@@ -97,5 +99,6 @@ def one_of(formats: tuple[Format, ...], last: str = "or") -> str:
     return ", ".join(n) if len(n) < 2 else f"{', '.join(n[:-1])} {last} {n[-1]}"
 
 
-__all__ = ["FORMATS", "Format", "Reader", "detect", "dose_file_format", "dose_file_patterns", "exportable",
-           "find", "get", "importable", "names", "one_of", "place_dose", "prediction_formats"]
+__all__ = ["FORMATS", "DoseStore", "Format", "Reader", "ReferenceBox", "detect", "dose_file_format",
+           "dose_file_patterns", "exportable", "find", "get", "importable", "names", "one_of", "place_dose",
+           "prediction_formats"]

@@ -1,6 +1,7 @@
 """What a row of the table of formats holds (:class:`Format`), what opening a source of a format
-gives (:class:`Reader`), and :func:`place_dose`, shared by the formats whose doses are placed by
-their own grid's geometry."""
+gives (:class:`Reader`), what evaluation reads of a format through its row (:class:`ReferenceBox`,
+:class:`DoseStore`), and :func:`place_dose`, shared by the formats whose doses are placed by their
+own grid's geometry."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ...boxes import Box
 from ...errors import InputError
 from ...geometry import Geometry
 from ...patient import Patient, RoiSet
 from .. import dicom
+from ..cache import CacheVoxels
 
 
 class Reader(Protocol):
@@ -32,6 +35,73 @@ class Reader(Protocol):
 
     def headers(self) -> dict[str, dict[str, Any]]:
         """Per patient id, what identifies it without reading arrays."""
+        ...
+
+
+class ReferenceBox(Protocol):
+    """A reference patient as evaluation reads it, without its CT (a row's ``read_reference_boxes``):
+    its data (dose, possible-dose mask, ROIs) lies within ``box``. What is not read yet is read on
+    first use, so the compact path (``voxels``) reads no array it does not need. A bad file is an
+    :class:`~dosepred.errors.InputError` naming the patient and the file."""
+
+    id: str
+    roi_set: RoiSet
+    #: ``voxels()``: the stored voxel lists (:class:`~dosepred.io.cache.CacheVoxels`; None for a
+    #: file without them), for a format that stores them; None: it stores none
+    voxels: Callable[[], CacheVoxels | None] | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The whole grid's shape."""
+        ...
+
+    @property
+    def missing_rois(self) -> tuple[str, ...]:
+        ...
+
+    @property
+    def box(self) -> Box | None:
+        """The box holding every non-zero voxel of its dose, possible-dose mask and ROIs (None: none)."""
+        ...
+
+    @property
+    def geometry(self) -> Geometry | None:
+        ...
+
+    @property
+    def voxel_mm3(self) -> float:
+        ...
+
+    def arrays(self, outer: Box) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(reference dose float32, possible-dose mask bool, both C-order flat over ``outer``, which
+        holds :attr:`box`; ROI name -> flat indices of its voxels in ``outer``)."""
+        ...
+
+    def patient(self) -> Patient:
+        """The reference on its whole grid, without a CT, carrying its support box when known."""
+        ...
+
+
+class DoseStore(Protocol):
+    """Predicted doses stored together and read by patient id (a row's ``open_doses``: a prediction
+    cache). A bad file is an :class:`~dosepred.errors.InputError` naming the patient and the file."""
+
+    ids: list[str]
+    #: ``voxels(id)``: the stored voxel lists of a patient's dose (None for a file without them), for
+    #: a store that keeps them; None: it keeps none
+    voxels: Callable[[str], CacheVoxels | None] | None
+
+    def file(self, pid: str) -> Path:
+        """The file holding patient ``pid``'s dose."""
+        ...
+
+    def shape(self, pid: str) -> tuple[int, ...]:
+        """The grid patient ``pid``'s dose lies on."""
+        ...
+
+    def dose(self, pid: str, crop: bool) -> tuple[np.ndarray | None, Box | None]:
+        """(patient ``pid``'s dose or None when it holds none, the box it covers when ``crop``: the
+        dose is zero outside it; None: the whole grid)."""
         ...
 
 
@@ -86,8 +156,18 @@ class Format:
     dose_geometry: Callable[[Path], Geometry | None] | None
     #: ``source_bytes(path)``: the size of a source's files (``data import`` prints the ratio); None
     source_bytes: Callable[[Path], int] | None
-    #: evaluation reads its references cropped to their data, without the CT (the fast path)
-    cropped: bool = False
+    #: ``read_reference_boxes(path, ids)``: evaluation's references (all, or those of ``ids`` in that
+    #: order), each as a :class:`ReferenceBox` (no CT; scored on the box of their data, the fast
+    #: path); None: read whole (``open``) and scored on whole grids
+    read_reference_boxes: Callable[[Path, Sequence[str] | None], Iterable[ReferenceBox]] | None
+    #: ``open_doses(path)``: a source of this format as predicted doses read by patient id
+    #: (:class:`DoseStore`: a prediction cache); None: its predicted doses are files (``read_dose``)
+    open_doses: Callable[[Path], DoseStore] | None
+    #: ``match_doses(folder, headers)``: reference id -> the predicted dose file under ``folder`` that
+    #: belongs to it, for dose files not named by patient id (``dose_by_id`` False), matched by what
+    #: they reference (``headers()``: the references' :meth:`Reader.headers`); ``{}`` when ``folder``
+    #: holds none. Such doses are placed by their own geometry (``read_dose_on``) on whole grids. None
+    match_doses: Callable[[Path, Callable[[], dict[str, dict[str, Any]]]], dict[str, Path]] | None
     #: a dosepred cache: ``Source.cache`` is it, and ``predict`` writes it whole with its record
     cache: bool = False
     #: its ROI names are fixed (``data import`` does not list them)

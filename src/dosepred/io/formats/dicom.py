@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,24 @@ def read_dose_on(path: Path, ref: Patient) -> np.ndarray:
     return place_dose(dose, g, path, ref, "RTDOSE", strict=False)
 
 
+def match_doses(folder: Path, headers: Callable[[], dict[str, dict[str, Any]]]) -> dict[str, Path]:
+    """Reference id -> the predicted RTDOSE file under ``folder`` that belongs to it (what ``predict
+    --format dicom`` writes), matched by the RTSTRUCT / RTPLAN it references, else FrameOfReference,
+    else PatientID (:func:`dosepred.io.dicom.match_rtdose`); ``headers()``: the references' DICOM UIDs
+    (:meth:`DicomReader.headers`), asked only when ``folder`` holds RTDOSE files."""
+    if not any(f.suffix.lower() == ".dcm" for f in dicom.files_under(folder)):
+        return {}
+    doses = dicom.scan_rtdoses(folder)
+    if not doses:
+        return {}
+    out: dict[str, Path] = {}
+    for pid, meta in headers().items():
+        f = dicom.match_rtdose(pid, meta, doses)
+        if f is not None:
+            out[pid] = f
+    return out
+
+
 FORMAT = Format(
     name="dicom", label="DICOM",
     described="a DICOM folder (CT series + RTSTRUCT)",
@@ -65,5 +83,6 @@ FORMAT = Format(
     # RTDOSE files are matched to the references by what they reference (not by name)
     dose_suffixes=(".dcm",), dose_by_id=False, read_dose=None, read_dose_on=read_dose_on,
     read_dose_sparse=None, dose_geometry=None, source_bytes=None,
+    read_reference_boxes=None, open_doses=None, match_doses=match_doses,
     lists_imported=True,
 )

@@ -3,13 +3,18 @@ writes them)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...patient import Patient, RoiSet
+from ...boxes import Box, box_shape, coords_box, local_index
+from ...dvh import codes_voxel_indices
+from ...geometry import Geometry
+from ...patient import Patient, RoiSet, voxel_volume_mm3
 from .. import openkbp
 from .base import Format
 
@@ -62,6 +67,80 @@ def read_dose_sparse(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np
     return idx, vals
 
 
+@dataclass
+class SparseReference:
+    """One OpenKBP reference as evaluation reads it (a :class:`~.base.ReferenceBox`): voxel
+    coordinates, before any dense array."""
+
+    id: str
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
+    roi_set: RoiSet
+    mask: tuple[np.ndarray, ...]
+    dose: tuple[np.ndarray, ...]
+    dose_values: np.ndarray
+    rois: list[tuple[int, tuple[np.ndarray, ...]]]
+    missing_rois: tuple[str, ...]
+    meta: dict[str, Any]
+    box: Box | None
+    #: no stored voxel lists (the compact path is the cache's)
+    voxels = None
+
+    @functools.cached_property
+    def geometry(self) -> Geometry:
+        return Geometry.openkbp(self.shape, self.spacing)
+
+    @property
+    def voxel_mm3(self) -> float:
+        return voxel_volume_mm3(self.geometry)
+
+    def _dense(self, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Possible-dose mask, dose and ROI codes on ``box`` (which holds the support box), C-order flat."""
+        rs = self.roi_set
+        n = int(np.prod(box_shape(box)))
+        mask = np.zeros(n, bool)
+        mask[local_index(self.mask, box)] = True
+        dose = np.zeros(n, np.float32)
+        dose[local_index(self.dose, box)] = self.dose_values
+        codes = np.zeros(n, rs.dtype)
+        for k, c in self.rois:
+            codes[local_index(c, box)] |= rs.dtype.type(1 << k)
+        return mask, dose, codes
+
+    def patient(self) -> Patient:
+        """The reference on its whole grid, without a CT, carrying its support box."""
+        full = tuple(slice(0, n) for n in self.shape)
+        mask, dose, codes = self._dense(full)
+        p = Patient(self.id, None, codes.reshape(self.shape), self.roi_set, None, mask.reshape(self.shape),
+                    dose.reshape(self.shape), self.missing_rois, dict(self.meta), self.geometry)
+        if self.box is not None:
+            p.set_support_box(self.box)
+        return p
+
+    def arrays(self, outer: Box) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        mask, dose, codes = self._dense(outer)
+        names = self.roi_set.names
+        return dose, mask, codes_voxel_indices(codes, range(len(names)), names)
+
+
+def read_reference_boxes(path: Path, ids: Sequence[str] | None = None) -> Iterator[SparseReference]:
+    """The patients of an OpenKBP folder (all, or those of ``ids`` in the folder's order) as voxel
+    coordinates (:func:`dosepred.io.openkbp.read_sparse_patient`)."""
+    want = set(ids) if ids is not None else None
+    for f in openkbp.patient_folders(path):
+        if want is not None and f.name not in want:
+            continue
+        s = openkbp.read_sparse_patient(f)
+        grid = s.shape
+        mask = np.unravel_index(s.mask_index, grid)
+        dose = np.unravel_index(s.dose_index, grid)
+        nonzero = s.dose_values != 0
+        rois = [(k, np.unravel_index(idx, grid)) for k, idx in s.rois]
+        box = coords_box([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
+        yield SparseReference(s.id, grid, s.spacing, s.roi_set, mask, dose, s.dose_values, rois,
+                              s.missing_rois, dict(s.meta), box)
+
+
 def source_bytes(path: Path) -> int:
     """The bytes of the CSV files of the patient folders."""
     return sum(f.stat().st_size for d in openkbp.patient_folders(path) for f in d.glob("*.csv"))
@@ -81,5 +160,6 @@ FORMAT = Format(
     write_dose=write_dose,
     dose_suffixes=(".csv",), dose_by_id=True, read_dose=read_dose, read_dose_on=None,
     read_dose_sparse=read_dose_sparse, dose_geometry=None, source_bytes=source_bytes,
-    cropped=True, fixed_roi_names=True,
+    read_reference_boxes=read_reference_boxes, open_doses=None, match_doses=None,
+    fixed_roi_names=True,
 )
