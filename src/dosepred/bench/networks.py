@@ -151,7 +151,8 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     rows = []
     for n in networks:
         rs = runs[n]
-        row = {"network": n, "channels": rs[0]["channels"], "res_units": rs[0]["res_units"],
+        row = {"network": n, "channels": rs[0]["channels"], "coarse": rs[0]["coarse"],
+               "res_units": rs[0]["res_units"],
                "parameters": rs[0]["parameters"],
                "sec_per_step": statistics.median(x["sec_per_step"] for x in rs),
                "peak_rss_delta_mb": statistics.median(x["peak_rss_delta_mb"] for x in rs)}
