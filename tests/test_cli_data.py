@@ -85,3 +85,86 @@ def test_import_bad_source(tmp_path, bad):
         src.mkdir()
     r, text = _run("data", "import-openkbp", src, "--out", tmp_path / "c")
     assert r.exit_code == 2 and "error:" in text and str(src) in text
+
+
+# ------------------------------------------------------------- commands generated from the table
+def _options(command) -> list[str]:
+    return [p.opts[0] if p.opts[0].startswith("-") else p.name for p in command.params]
+
+
+def test_import_and_export_commands_are_as_before():
+    """The commands the table of formats generates are the ones users had, with the same options."""
+    import typer
+
+    group = typer.main.get_command(app).commands["data"]
+    tail = ["--overwrite", "--no-progress"]
+    want = {"import-openkbp": ["src", "--out", *tail], "import-nifti": ["src", "--out", *tail],
+            "import-dicom": ["src", "--out", "--roi-map", *tail],
+            "export-openkbp": ["cache_dir", "--out", *tail], "export-dicom": ["cache_dir", "--out", *tail],
+            "export-nifti": ["cache_dir", "--out", "--roi-format", *tail]}
+    got = {n: _options(c) for n, c in group.commands.items() if n.startswith(("import-", "export-"))}
+    assert got == want
+    roi_format = next(p for p in group.commands["export-nifti"].params if p.name == "roi_format")
+    assert roi_format.default == "labels"
+
+
+def test_a_new_format_gets_its_commands_from_its_row(tmp_path, monkeypatch):
+    """Adding a format is one module and one row: a made-up row gets ``data import-<name>`` (with
+    ``--roi-map`` as it takes an ROI map) and ``data export-<name>`` (with ``--roi-format`` from its
+    three ROI layouts), their help its words, each calling the workflow with its name. Before, each
+    command was written per format in cli/data.py."""
+    import dataclasses
+
+    import typer
+
+    from dosepred import console, workflows
+    from dosepred.cli.data import add_format_commands
+    from dosepred.io import formats
+
+    row = dataclasses.replace(formats.get("dicom"), name="toy", label="Toy",
+                              described="a toy folder (toy.json)", import_help="Import toys.",
+                              export_help="Write toys.",
+                              roi_layouts=(("a", "a.toy"), ("b", "b.toy"), ("c", "c.toy")))
+    toys = typer.Typer()
+    add_format_commands(toys, [row])
+    group = typer.main.get_command(toys)
+    assert sorted(group.commands) == ["export-toy", "import-toy"]
+    imp, exp = group.commands["import-toy"], group.commands["export-toy"]
+    assert _options(imp) == ["src", "--out", "--roi-map", "--overwrite", "--no-progress"]
+    assert _options(exp) == ["cache_dir", "--out", "--roi-format", "--overwrite", "--no-progress"]
+    assert imp.help == "Import toys." and exp.help == "Write toys."
+    assert imp.params[0].help == "A toy folder (toy.json)."
+    roi_format = exp.params[2]
+    assert roi_format.default == "a" and roi_format.help == "a (a.toy), b (b.toy) or c (c.toy)."
+    calls = []
+    monkeypatch.setattr(workflows, "import_patients", lambda *a: calls.append(("import", *a)))
+    monkeypatch.setattr(workflows, "export_cache", lambda *a: calls.append(("export", *a)) or 0)
+    monkeypatch.setattr(console, "imported", lambda *a: [])
+    r = CliRunner().invoke(toys, ["import-toy", str(tmp_path), "--out", str(tmp_path / "c"), "--roi-map",
+                                  str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(toys, ["export-toy", str(tmp_path), "--out", str(tmp_path / "e"), "--roi-format",
+                                  "b"])
+    assert r.exit_code == 0, r.output
+    assert calls == [("import", tmp_path, tmp_path / "c", "toy", tmp_path / "m.json", False),
+                     ("export", tmp_path, tmp_path / "e", "toy", "b", False)]
+
+
+def test_help_lists_every_format_from_the_table():
+    """Where a command takes any source, its help names every format of the table (before, each help
+    listed them by hand and `qa --plans` left NIfTI out); `predict --format` lists every prediction
+    format with what it writes."""
+    import typer
+
+    from dosepred.io import formats
+
+    root = typer.main.get_command(app)
+    where = [("data", "inspect", "src"), ("data", "split", "src"), ("evaluate", None, "reference"),
+             ("baseline", None, "data"), ("calibrate", None, "data"), ("qa", None, "plans"),
+             ("predict", None, "data")]
+    for group, name, param in where:
+        c = root.commands[group] if name is None else root.commands[group].commands[name]
+        text = next(p.help for p in c.params if p.name == param)
+        assert all(f.described in text for f in formats.FORMATS), (group, name, text)
+    fmt_help = next(p.help for p in root.commands["predict"].params if p.name == "fmt")
+    assert all(f"{f.name} ({f.dose_output})" in fmt_help for f in formats.prediction_formats())

@@ -51,6 +51,10 @@ def test_every_row_is_complete_or_explicitly_none():
             assert f.dose_suffixes and (f.read_dose is not None or f.read_dose_on is not None), f.name
         if f.cache:
             assert f.read_source is None
+        # the commands' words come with the capability (data import-/export-, predict --format)
+        assert (f.import_help is None) == (f.read_source is None), f.name
+        assert (f.export_help is None) == (f.write_patient is None), f.name
+        assert (f.dose_output is None) == (f not in formats.prediction_formats()), f.name
         if f.match_doses is not None:  # matched doses are placed by their own geometry
             assert not f.dose_by_id and f.read_dose_on is not None and f.dose_suffixes, f.name
     assert len(NAMES) == len(FORMATS) and KINDS == tuple(f.name for f in FORMATS)

@@ -18,6 +18,7 @@ import typer
 from .. import __version__, progress
 from ..errors import DosepredError
 from ..fsutil import output_file, write_json
+from ..io import formats
 
 
 def _typer(help: str, **kw: object) -> typer.Typer:
@@ -209,9 +210,19 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
                                          "whole (never done without it).")]
 
 
+#: what a source may be, from the table of formats (for help texts)
+SOURCES = formats.described()
+_TAKERS = formats.roi_map_takers()
+
 RoiMapOption = Annotated[Path | None, typer.Option(
-    "--roi-map", help="A DICOM source's ROI name map (JSON, as `data import-dicom --roi-map`: clinical ROI "
-    "name -> canonical name, optional kinds/prescriptions); an error for another kind of source.")]
+    "--roi-map", help=f"A {' or '.join(f.label for f in _TAKERS)} source's ROI name map (JSON, as `data "
+    f"import-{_TAKERS[0].name} --roi-map`: clinical ROI name -> canonical name, optional "
+    "kinds/prescriptions); an error for another kind of source.")]
+
+
+def prediction_help() -> str:
+    """What ``predict --format`` writes and ``evaluate --prediction`` reads, from the table of formats."""
+    return formats.listed([f"{f.name} ({f.dose_output})" for f in formats.prediction_formats()])
 
 
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars: plain progress lines "

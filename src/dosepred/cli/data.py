@@ -2,91 +2,105 @@
 
 from __future__ import annotations
 
+import inspect as signatures
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import console, workflows
 from ..io import formats
+from ..io.formats import Format
 from ..io.pack import pack_cache, unpack_cache
 from ..io.source import open_source
 from .common import NoProgress, Overwrite, data_app, friendly, show
 
-Src = Annotated[Path, typer.Argument(help="Source folder (searched recursively for DICOM).")]
 CacheArg = Annotated[Path, typer.Argument(help="Cache folder.")]
 CacheOut = Annotated[Path, typer.Option("--out", help="Cache folder to write.")]
 FolderOut = Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")]
+#: what a source may be, from the table of formats
+SOURCES = formats.described()
 
 
-def _imported(src: Path, out: Path, kind: str, roi_map: Path | None, overwrite: bool) -> None:
-    c = workflows.import_patients(src, out, kind, roi_map, overwrite)
-    fmt = formats.get(kind)
-    size = fmt.source_bytes(src) if fmt.source_bytes is not None else None
-    show(console.imported(c, out, kind, size))
+# ------------------------------------------------------------- import-<format>, export-<format>
+# One command per row of the table of formats that imports (``read_source``) or exports
+# (``write_patient``): its help is the row's words, its options what the row can do (``--roi-map``
+# where the format takes an ROI map, ``--roi-format`` where it writes more than one ROI layout).
+# A new format gets its commands from its row.
+
+def _param(name: str, annotation: Any, default: Any = signatures.Parameter.empty) -> signatures.Parameter:
+    return signatures.Parameter(name, signatures.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                annotation=annotation)
 
 
-@data_app.command("import-openkbp")
-@friendly
-def import_openkbp(src: Annotated[Path, typer.Argument(help="Folder of OpenKBP pt_* folders.")],
-                   out: CacheOut, overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
-    """Read OpenKBP CSV patients into a compact cache (one .npz per patient + dataset.json)."""
-    _imported(src, out, "openkbp", None, overwrite)
+def _register(app: typer.Typer, name: str, doc: str, params: list[signatures.Parameter], run: Any) -> None:
+    """``app``'s command ``name`` calling ``run(**options)``, its options ``params``, its help ``doc``."""
+    def command(**kw: Any) -> None:
+        run(**kw)
+
+    command.__signature__ = signatures.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = doc
+    command.__name__ = command.__qualname__ = name.replace("-", "_")
+    app.command(name)(friendly(command))
 
 
-@data_app.command("import-dicom")
-@friendly
-def import_dicom(src: Src, out: CacheOut, roi_map: Annotated[Path | None, typer.Option(
-        "--roi-map", help="JSON: clinical ROI name -> canonical name (null ignores it); optional "
-        "kinds/prescriptions.")] = None, overwrite: Overwrite = False,
-        no_progress: NoProgress = False) -> None:
-    """Import DICOM RT (CT + RTSTRUCT + RTDOSE, one patient per folder or mixed) into a cache; ROI names
-    are mapped to canonical ones."""
-    _imported(src, out, "dicom", roi_map, overwrite)
+def _common(params: list[signatures.Parameter]) -> list[signatures.Parameter]:
+    return [*params, _param("overwrite", Overwrite, False), _param("no_progress", NoProgress, False)]
 
 
-@data_app.command("import-nifti")
-@friendly
-def import_nifti(src: Src, out: CacheOut, overwrite: Overwrite = False,
-                 no_progress: NoProgress = False) -> None:
-    """Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json)."""
-    _imported(src, out, "nifti", None, overwrite)
+def _import_command(app: typer.Typer, f: Format) -> None:
+    assert f.import_help is not None
+
+    def run(src: Path, out: Path, overwrite: bool, roi_map: Path | None = None) -> None:
+        c = workflows.import_patients(src, out, f.name, roi_map, overwrite)
+        size = f.source_bytes(src) if f.source_bytes is not None else None
+        show(console.imported(c, out, f.name, size))
+
+    what = f.described[0].upper() + f.described[1:]
+    params = [_param("src", Annotated[Path, typer.Argument(help=f"{what}.")]), _param("out", CacheOut)]
+    if f.takes_roi_map:
+        params.append(_param("roi_map", Annotated[Path | None, typer.Option(
+            "--roi-map", help="JSON: clinical ROI name -> canonical name (null ignores it); optional "
+            "kinds/prescriptions.")], None))
+    _register(app, f"import-{f.name}", f.import_help, _common(params), run)
 
 
-def _exported(cache_dir: Path, out: Path, fmt: str, overwrite: bool, roi_format: str = "labels") -> None:
-    show([f"wrote {workflows.export_cache(cache_dir, out, fmt, roi_format, overwrite)} patients to {out}"])
+def _export_command(app: typer.Typer, f: Format) -> None:
+    assert f.export_help is not None
+    layouts = f.roi_layouts
+
+    def run(cache_dir: Path, out: Path, overwrite: bool, roi_format: str = "labels") -> None:
+        n = workflows.export_cache(cache_dir, out, f.name, roi_format, overwrite)
+        show([f"wrote {n} patients to {out}"])
+
+    params = [_param("cache_dir", CacheArg), _param("out", FolderOut)]
+    if len(layouts) > 1:
+        what = formats.listed([f"{k} ({v})" for k, v in layouts], "or")
+        params.append(_param("roi_format", Annotated[str, typer.Option("--roi-format", help=f"{what}.")],
+                             layouts[0][0]))
+    _register(app, f"export-{f.name}", f.export_help, _common(params), run)
 
 
-@data_app.command("export-openkbp")
-@friendly
-def export_openkbp(cache_dir: CacheArg, out: Annotated[Path, typer.Option("--out", help="Output folder (pt_* "
-                   "folders).")], overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
-    """Write a cache back in the native OpenKBP layout."""
-    _exported(cache_dir, out, "openkbp", overwrite)
+def add_format_commands(app: typer.Typer, rows: Iterable[Format]) -> None:
+    """``import-<name>`` for each of ``rows`` that is imported, then ``export-<name>`` for each that is
+    exported, on ``app``."""
+    rows = tuple(rows)
+    for f in rows:
+        if f.read_source is not None:
+            _import_command(app, f)
+    for f in rows:
+        if f.write_patient is not None:
+            _export_command(app, f)
 
 
-@data_app.command("export-dicom")
-@friendly
-def export_dicom(cache_dir: CacheArg, out: FolderOut, overwrite: Overwrite = False,
-                 no_progress: NoProgress = False) -> None:
-    """Write each patient as a CT series + RTSTRUCT (+ RTDOSE when it has a dose)."""
-    _exported(cache_dir, out, "dicom", overwrite)
+add_format_commands(data_app, formats.FORMATS)
 
 
-@data_app.command("export-nifti")
-@friendly
-def export_nifti(cache_dir: CacheArg, out: FolderOut, roi_format: Annotated[str, typer.Option(
-        "--roi-format", help="labels (rois/<name>.nii.gz) or codes (roi_codes.nii.gz + "
-        "rois.json).")] = "labels",
-        overwrite: Overwrite = False, no_progress: NoProgress = False) -> None:
-    """Write each patient as NIfTI files with the affine carrying spacing, orientation and origin."""
-    _exported(cache_dir, out, "nifti", overwrite, roi_format)
-
-
+# ---------------------------------------------------------------------------------- the others
 @data_app.command("inspect")
 @friendly
-def inspect(src: Annotated[Path, typer.Argument(help="Any source: a cache, an OpenKBP, NIfTI or DICOM "
-                                                     "folder.")]) -> None:
+def inspect(src: Annotated[Path, typer.Argument(help=f"Any source: {SOURCES}.")]) -> None:
     """Print the patients, their ROIs and dose, and each grid in patient coordinates (axes, origin,
     spacing; LPS mm)."""
     show(console.inspect(open_source(src)))
@@ -111,8 +125,7 @@ def synth(
 @data_app.command("split")
 @friendly
 def split(
-    src: Annotated[Path, typer.Argument(help="Source (a cache, OpenKBP, NIfTI or DICOM folder) whose "
-                                             "patients to split.")],
+    src: Annotated[Path, typer.Argument(help=f"Source whose patients to split: {SOURCES}.")],
     out: Annotated[Path, typer.Option("--out", help="Split JSON to write.")],
     random: Annotated[bool, typer.Option("--random", help="Seeded random split by --fractions.")] = False,
     ids: Annotated[list[str] | None, typer.Option(

@@ -9,7 +9,14 @@ import typer
 
 from .. import console as render
 from .. import workflows
-from .common import NoProgress, Overwrite, RoiMapOption, app, friendly, show
+from ..io import formats
+from .common import SOURCES, NoProgress, Overwrite, RoiMapOption, app, friendly, prediction_help, show
+
+#: --prediction: what `predict --format` writes, from the table of formats
+_MATCHED = [f.label for f in formats.prediction_formats() if f.match_doses is not None]
+_PREDICTION = (f"Predicted doses as `dosepred predict --format` writes them: {prediction_help()}"
+               + (f"; {' and '.join(_MATCHED)} doses are matched to the references by what they reference "
+                  "and resampled onto their grids" if _MATCHED else "") + ".")
 
 Protocol = Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol JSON "
                                        "file.")]
@@ -18,7 +25,7 @@ Protocol = Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clin
 @app.command("baseline")
 @friendly
 def baseline(
-    data: Annotated[Path, typer.Option("--data", help="Cache, OpenKBP, NIfTI or DICOM folder.")],
+    data: Annotated[Path, typer.Option("--data", help=f"Patients: {SOURCES}.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the OpenKBP pt_N.csv predictions.")],
     falloff: Annotated[float, typer.Option(help="Fall-off length in mm outside each target.")] = 15.0,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
@@ -30,12 +37,8 @@ def baseline(
 @app.command("evaluate")
 @friendly
 def evaluate(
-    reference: Annotated[Path, typer.Option("--reference", help="Reference plans (with dose): a cache, an "
-                                            "OpenKBP folder of pt_* patients, a NIfTI or a DICOM folder.")],
-    prediction: Annotated[Path, typer.Option("--prediction", help="Predicted doses: pt_N.csv or NIfTI per "
-                                             "patient, RTDOSE files (matched to the references by what they "
-                                             "reference, resampled onto their grids) or a cache (`predict "
-                                             "--format cache`, the fastest to read).")],
+    reference: Annotated[Path, typer.Option("--reference", help=f"Reference plans (with dose): {SOURCES}.")],
+    prediction: Annotated[Path, typer.Option("--prediction", help=_PREDICTION)],
     protocol: Protocol = "openkbp",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all results to this JSON "
                                                   "file.")] = None,
@@ -62,7 +65,7 @@ def evaluate(
 def calibrate(
     model: Annotated[Path, typer.Option("--model", help="Model folder (released model or run folder).")],
     data: Annotated[Path, typer.Option("--data", help="Patients with plan doses that the model was NOT "
-                                       "trained on: a cache, an OpenKBP, NIfTI or DICOM folder.")],
+                                       f"trained on: {SOURCES}.")],
     protocol: Protocol = "openkbp-clinical",
     predictions: Annotated[Path | None, typer.Option("--predictions", help="Cache of the model's "
                                                      "predictions of DATA made as QA will predict "
@@ -90,8 +93,7 @@ def calibrate(
 @friendly
 def qa(
     model: Annotated[Path, typer.Option("--model", help="Model folder with a calibration.json.")],
-    plans: Annotated[Path, typer.Option("--plans", help="Plans with doses: a cache, an OpenKBP folder or a "
-                                        "DICOM folder (CT + RTSTRUCT + RTDOSE).")],
+    plans: Annotated[Path, typer.Option("--plans", help=f"Plans with doses: {SOURCES}.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (report.html, qa.json).")],
     protocol: Protocol = "openkbp-clinical",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON "

@@ -12,7 +12,18 @@ from .. import console as render
 from .. import workflows
 from ..inference import TTA_SHIFT, InferenceOptions
 from ..training.config import TrainConfig
-from .common import NoProgress, Overwrite, RoiMapOption, app, console, error, friendly, show
+from .common import (
+    SOURCES,
+    NoProgress,
+    Overwrite,
+    RoiMapOption,
+    app,
+    console,
+    error,
+    friendly,
+    prediction_help,
+    show,
+)
 
 _FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
 _TYPES = {"patch": int,  # one size on the command line (three in a --config file)
@@ -92,11 +103,9 @@ app.command("train")(friendly(_train))
 @friendly
 def predict(
     model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder or checkpoint.")],
-    data: Annotated[Path, typer.Option("--data", help="Cache, OpenKBP, NIfTI or DICOM folder.")],
+    data: Annotated[Path, typer.Option("--data", help=f"Patients: {SOURCES}.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="openkbp (pt_N.csv) | nifti | dicom | cache (a "
-                                     "dosepred cache of the patients with the predicted dose: fastest to "
-                                     "evaluate).")] = "openkbp",
+    fmt: Annotated[str, typer.Option("--format", help=f"{prediction_help()}.")] = "openkbp",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average with the prediction of the patient "

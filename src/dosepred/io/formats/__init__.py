@@ -20,6 +20,7 @@ is taken as).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import UnknownNameError
@@ -93,12 +94,27 @@ def dose_file_patterns() -> tuple[str, ...]:
     return tuple(f"{{id}}{s}" for f in FORMATS if f.dose_by_id for s in f.dose_suffixes)
 
 
+def listed(words: Sequence[str], last: str = "or") -> str:
+    """``"a, b or c"``."""
+    return ", ".join(words) if len(words) < 2 else f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
 def one_of(formats: tuple[Format, ...], last: str = "or") -> str:
     """``"openkbp, nifti or dicom"``."""
-    n = names(formats)
-    return ", ".join(n) if len(n) < 2 else f"{', '.join(n[:-1])} {last} {n[-1]}"
+    return listed(names(formats), last)
 
 
-__all__ = ["FORMATS", "DoseStore", "Format", "Reader", "ReferenceBox", "detect", "dose_file_format",
-           "dose_file_patterns", "exportable", "find", "get", "importable", "names", "one_of", "place_dose",
-           "prediction_formats"]
+def described(formats: tuple[Format, ...] = FORMATS, last: str = "or") -> str:
+    """``"a dosepred cache (dataset.json), an OpenKBP folder (pt_*/ct.csv), ... or a DICOM folder
+    (CT series + RTSTRUCT)"``: what a path of each format is (the rows' ``described``), for help texts."""
+    return listed([f.described for f in formats], last)
+
+
+def roi_map_takers() -> tuple[Format, ...]:
+    """The formats an ROI name map (``--roi-map``) applies to (:attr:`Format.takes_roi_map`)."""
+    return tuple(f for f in FORMATS if f.takes_roi_map)
+
+
+__all__ = ["FORMATS", "DoseStore", "Format", "Reader", "ReferenceBox", "described", "detect",
+           "dose_file_format", "dose_file_patterns", "exportable", "find", "get", "importable", "listed",
+           "names", "one_of", "place_dose", "prediction_formats", "roi_map_takers"]

@@ -122,6 +122,12 @@ class Format:
     described: str
     #: the same, shorter, in ``load_patients``' message
     described_short: str
+    #: the help of ``data import-<name>`` (what it reads); None: not imported (``read_source`` None)
+    import_help: str | None
+    #: the help of ``data export-<name>`` (what it writes); None: not exported (``write_patient`` None)
+    export_help: str | None
+    #: what ``predict --format <name>`` writes, in its help; None: no prediction format
+    dose_output: str | None
     #: whether an existing path holds this format (tried in the table's order; the first wins)
     detect: Callable[[Path], bool]
     #: a weaker sign, tried after every ``detect`` failed (a folder that looks like this format but
@@ -175,6 +181,9 @@ class Format:
     #: ``data import`` lists each patient (grid, dose, mask source, missing ROIs) instead of a count
     #: of who lacks what
     lists_imported: bool = False
+    #: the ROI layouts ``write_patient`` writes, (name, what it writes), the first the default; with
+    #: more than one, ``data export-<name>`` has ``--roi-format``
+    roi_layouts: tuple[tuple[str, str], ...] = ()
 
     @property
     def takes_roi_map(self) -> bool:

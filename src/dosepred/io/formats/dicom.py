@@ -73,6 +73,10 @@ FORMAT = Format(
     name="dicom", label="DICOM",
     described="a DICOM folder (CT series + RTSTRUCT)",
     described_short="a DICOM folder",
+    import_help="Import DICOM RT (CT + RTSTRUCT + RTDOSE, one patient per folder or mixed, searched "
+                "recursively) into a cache; ROI names are mapped to canonical ones.",
+    export_help="Write each patient as a CT series + RTSTRUCT (+ RTDOSE when it has a dose).",
+    dose_output="pt_N/RD.*.dcm: an RTDOSE file per patient",
     detect=dicom.is_dicom_folder,
     detect_late=None,
     open=DicomReader,

@@ -72,6 +72,9 @@ FORMAT = Format(
     name="nifti", label="NIfTI",
     described="a NIfTI folder (ct.nii.gz)",
     described_short="a NIfTI folder (ct.nii.gz)",
+    import_help="Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json).",
+    export_help="Write each patient as NIfTI files with the affine carrying spacing, orientation and origin.",
+    dose_output="pt_N.nii.gz",
     detect=detect,
     detect_late=None,
     open=lambda path, roi_map=None: NiftiReader(path),
@@ -82,4 +85,5 @@ FORMAT = Format(
     dose_suffixes=(".nii.gz", ".nii"), dose_by_id=True, read_dose=read_dose, read_dose_on=read_dose_on,
     read_dose_sparse=None, dose_geometry=nifti.file_geometry, source_bytes=None,
     read_reference_boxes=None, open_doses=None, match_doses=None,
+    roi_layouts=(("labels", "rois/<name>.nii.gz"), ("codes", "roi_codes.nii.gz + rois.json")),
 )

@@ -150,6 +150,9 @@ FORMAT = Format(
     name="openkbp", label="OpenKBP",
     described="an OpenKBP folder (pt_*/ct.csv)",
     described_short="an OpenKBP folder (pt_*)",
+    import_help="Read OpenKBP CSV patients into a compact cache (one .npz per patient + dataset.json).",
+    export_help="Write a cache back in the native OpenKBP layout (pt_* folders).",
+    dose_output="pt_N.csv",
     detect=detect,
     # pt_* folders without CSV: the reader says what lacks
     detect_late=lambda p: p.is_dir() and openkbp.is_openkbp_folder(p),
