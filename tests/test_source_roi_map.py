@@ -162,3 +162,39 @@ def test_a_roi_map_for_a_source_that_is_not_dicom_is_one_error(clinic, command):
     assert text.startswith(f"error: {cache}: an ROI map (--roi-map) applies to DICOM sources only, and this "
                            "is a dosepred cache"), text
     assert len(lines) <= 2 and not (root / "x").exists()
+
+
+def test_every_command_and_function_gives_the_one_roi_map_error(clinic, sample_dir, tmp_path):
+    """One rule (:func:`dosepred.io.source.check_roi_map`), one line: a map given with an OpenKBP
+    folder is the same error whichever command or function gets it, before anything is written.
+    Before, importing through the API (`workflows.import_patients(..., "openkbp", roi_map)`) ignored
+    the map silently and wrote the cache."""
+    from dosepred import evaluation, workflows
+    from dosepred.io.source import SourceError
+
+    root, roi_map, model = clinic
+    src = sample_dir
+    line = (f"{src}: an ROI map (--roi-map) applies to DICOM sources only, and this is an OpenKBP folder, "
+            "whose ROI names are fixed (give the DICOM folder, or leave out the map)")
+    out = tmp_path / "x"
+    commands = [["predict", "--model", model, "--data", src, "--out", out],
+                ["evaluate", "--reference", src, "--prediction", root / "imported"],
+                ["calibrate", "--model", model, "--data", src, "--overwrite"],
+                ["qa", "--model", model, "--plans", src, "--out", out]]
+    for args in commands:
+        r = run(*args, "--roi-map", roi_map, "--no-progress")
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        said = " ".join(r.output[r.output.index("error:"):].split())
+        assert len(errors) == 1 and said == f"error: {line}", (args[0], r.output)
+    ids = ["pt_66"]
+    calls = [lambda: workflows.import_patients(src, out, "openkbp", roi_map),
+             lambda: evaluation.match_predictions(src, root / "imported", roi_map),
+             lambda: list(evaluation.iter_cases(src, root / "imported", ids, read_ahead=0, roi_map=roi_map)),
+             lambda: list(evaluation.iter_pairs(src, root / "imported", ids, read_ahead=0, roi_map=roi_map)),
+             lambda: list(evaluation.load_references(src, ids, roi_map=roi_map))]
+    for call in calls:
+        with pytest.raises(SourceError) as err:
+            call()
+        assert str(err.value) == line
+    assert not out.exists()

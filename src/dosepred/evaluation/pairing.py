@@ -38,7 +38,7 @@ from ..dvh import codes_voxel_indices
 from ..errors import InputError
 from ..io import formats
 from ..io.formats import DoseStore, Format, ReferenceBox
-from ..io.source import load_patients, open_source
+from ..io.source import check_roi_map, load_patients, open_source
 from ..patient import Patient
 from .case import ScoringCase, as_dose_array
 
@@ -236,14 +236,22 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
     return _references(src, formats.detect(src), ids, with_ct, roi_map)
 
 
+def _boxes(fmt: Format | None, roi_map: Any) -> Any:
+    """The reader of ``fmt``'s references on boxes (its ``read_reference_boxes``), or None: the format
+    has none, or its sources are read with an ROI map (``read_reference_boxes`` takes none)."""
+    if fmt is None or (roi_map is not None and fmt.takes_roi_map):
+        return None
+    return fmt.read_reference_boxes
+
+
 def _references(src: str | os.PathLike, fmt: Format | None, ids: list[str] | None, with_ct: bool,
                 roi_map: Any = None) -> Iterator[Patient]:
-    if with_ct or fmt is None or fmt.read_reference_boxes is None:
+    check_roi_map(src, fmt, roi_map)
+    boxes = _boxes(fmt, roi_map)
+    if with_ct or boxes is None:
         yield from load_patients(src, ids=ids, roi_map=roi_map)
         return
-    if roi_map is not None:
-        open_source(src, roi_map)  # the error of a map for a source that is not DICOM
-    for r in fmt.read_reference_boxes(Path(src), ids):
+    for r in boxes(Path(src), ids):
         yield r.patient()
 
 
@@ -379,20 +387,20 @@ def _open_pairing(reference: str | os.PathLike, prediction: str | os.PathLike, r
                   ) -> tuple[_Predictions, Format | None]:
     preds = _Predictions(reference, prediction, roi_map)
     fmt = formats.detect(reference)
-    if roi_map is not None and (fmt is None or not fmt.takes_roi_map):
-        open_source(reference, roi_map)  # the error of a map for a source that is not DICOM
+    check_roi_map(reference, fmt, roi_map)
     return preds, fmt
 
 
 def _iter_cases(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
                 compact: bool, roi_map: Any) -> Iterator[ScoringCase]:
     preds, fmt = _open_pairing(reference, prediction, roi_map)
-    if preds.matched or fmt is None or fmt.read_reference_boxes is None:  # placed by geometry: whole grids
+    boxes = _boxes(fmt, roi_map)
+    if preds.matched or boxes is None:  # placed by geometry, or no box reader: whole grids
         for ref in _references(reference, fmt, ids, False, roi_map):
             yield ScoringCase.from_patient(ref, preds.full(ref), preds.name(ref.id))
         return
     voxels = compact and preds.store is not None and preds.store.voxels is not None
-    for r in fmt.read_reference_boxes(Path(reference), ids):
+    for r in boxes(Path(reference), ids):
         case = _compact_case(r, preds) if voxels and r.voxels is not None else None
         yield case if case is not None else _box_case(r, preds)
 

@@ -84,6 +84,19 @@ def source_kind(path: str | os.PathLike) -> str | None:
     return None if f is None else f.name
 
 
+def check_roi_map(path: str | os.PathLike, fmt: Format | None, roi_map: Any) -> None:
+    """The one rule of ROI name maps: a map (``--roi-map``) applies only to a source of a format that
+    takes one (:attr:`Format.takes_roi_map <dosepred.io.formats.Format.takes_roi_map>`: DICOM, whose
+    clinical ROI names it maps); given with a source of another format (``fmt``, the format ``path``
+    is read as; None: not known, nothing to say) it is this one :class:`SourceError`, whichever
+    command or function was given it."""
+    if roi_map is not None and fmt is not None and not fmt.takes_roi_map:
+        takers = [t.label for t in formats.roi_map_takers()]
+        raise SourceError(f"{path}: an ROI map (--roi-map) applies to {' and '.join(takers)} sources only, "
+                          f"and this is {fmt.roi_names} (give the {' or '.join(takers)} folder, or leave out "
+                          "the map)")
+
+
 def _listed(described: list[str]) -> str:
     return ", ".join(described[:-1]) + " nor " + described[-1]
 
@@ -98,14 +111,10 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
     f = formats.detect(p)
-    if roi_map is not None and f is not None and not f.takes_roi_map:
-        takers = [t.label for t in FORMATS if t.takes_roi_map]
-        raise SourceError(f"{p}: an ROI map (--roi-map) applies to {' and '.join(takers)} sources only, "
-                          f"and this is {f.roi_names} (give the {' or '.join(takers)} folder, or leave out "
-                          "the map)")
+    check_roi_map(p, f, roi_map)
     if f is None:
         raise SourceError(f"{p} is not {_listed([t.described for t in FORMATS])}")
-    reader = f.open(p, roi_map) if f.takes_roi_map else f.open(p, None)
+    reader = f.open(p, roi_map)  # a map only for a format that takes one (check_roi_map)
     return Source(p, f.name, reader.roi_set, reader.ids, reader)
 
 
@@ -120,4 +129,4 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     yield from open_source(src, roi_map).patients(ids, require_dose=require_dose)
 
 
-__all__ = ["Source", "SourceError", "open_source", "load_patients", "source_kind", "KINDS"]
+__all__ = ["Source", "SourceError", "check_roi_map", "open_source", "load_patients", "source_kind", "KINDS"]
