@@ -49,7 +49,7 @@ def test_every_row_is_complete_or_explicitly_none():
             assert f.read_dose is not None, f.name  # a file found by id is read as stored
         if f.write_dose is not None:
             assert f.dose_suffixes and (f.read_dose is not None or f.read_dose_on is not None), f.name
-        if f.cache:
+        if f.is_cache:
             assert f.read_source is None
         # the commands' words come with the capability (data import-/export-, predict --format)
         assert (f.import_help is None) == (f.read_source is None), f.name
@@ -217,7 +217,7 @@ def test_detect_finds_the_written_format_and_only_it(written, name):
     assert source_kind(folder) == name and formats.detect(folder) is formats.get(name)
     s = open_source(folder)
     assert s.kind == name and s.format is formats.get(name) and len(s) == 2
-    assert (s.cache is not None) == formats.get(name).cache
+    assert (s.cache is not None) == formats.get(name).is_cache
 
 
 def test_dose_files_are_read_back_by_their_format(written, tmp_path):

@@ -420,7 +420,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
         return predict_dose(model, p, used)
 
     n = 0
-    if formats.get(fmt).cache:  # the whole cache at once, with how it was predicted
+    if formats.get(fmt).is_cache:  # the whole cache at once, with how it was predicted
         done: list[Patient] = []
         seen = 0
 

@@ -56,7 +56,7 @@ class Source:
     @property
     def cache(self) -> Any:
         """The opened :class:`~dosepred.io.cache.Cache` when this source is a cache, else None."""
-        return self._handle.cache if self.format.cache else None
+        return self._handle.cache if self.format.is_cache else None
 
     def patients(self, ids: Sequence[str] | None = None, require_dose: bool = False) -> Iterator[Patient]:
         """The patients (all, or those of ``ids`` in this source's order), one at a time. With

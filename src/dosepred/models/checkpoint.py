@@ -38,8 +38,8 @@ import torch
 import dosepred
 
 from ..fsutil import atomic_path, save_torch, write_text
-from .formats import CHECKPOINT_FORMAT, MODEL_FORMAT
 from .space import ModelSpace
+from .tags import CHECKPOINT_FORMAT, MODEL_FORMAT
 from .unet import ModelConfig, ModelError, build_model
 
 

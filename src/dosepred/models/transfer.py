@@ -37,7 +37,7 @@ import torch
 
 from ..io.roi_names import canonical
 from ..patient import Roi, RoiSet
-from .formats import MODEL_FORMAT
+from .tags import MODEL_FORMAT
 from .unet import ModelConfig, ModelError, build_model
 
 __all__ = ["RoiTransfer", "TransferError", "absent_after", "counts_after", "input_keys", "match_key",

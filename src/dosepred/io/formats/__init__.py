@@ -81,7 +81,7 @@ def exportable() -> tuple[Format, ...]:
 def prediction_formats() -> tuple[Format, ...]:
     """What ``predict --format`` writes: the formats with a per-patient dose file, then the caches."""
     return (tuple(f for f in FORMATS if f.write_dose is not None)
-            + tuple(f for f in FORMATS if f.write_dose is None and f.cache))
+            + tuple(f for f in FORMATS if f.write_dose is None and f.is_cache))
 
 
 def dose_file_format(path: str | os.PathLike) -> Format | None:

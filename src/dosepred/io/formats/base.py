@@ -174,8 +174,9 @@ class Format:
     #: they reference (``headers()``: the references' :meth:`Reader.headers`); ``{}`` when ``folder``
     #: holds none. Such doses are placed by their own geometry (``read_dose_on``) on whole grids. None
     match_doses: Callable[[Path, Callable[[], dict[str, dict[str, Any]]]], dict[str, Path]] | None
-    #: a dosepred cache: ``Source.cache`` is it, and ``predict`` writes it whole with its record
-    cache: bool = False
+    #: a dosepred cache: ``Source.cache`` is the opened :class:`~dosepred.io.cache.Cache`, and
+    #: ``predict`` writes it whole with its record
+    is_cache: bool = False
     #: its ROI names are fixed (``data import`` does not list them)
     fixed_roi_names: bool = False
     #: ``data import`` lists each patient (grid, dose, mask source, missing ROIs) instead of a count

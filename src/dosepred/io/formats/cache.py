@@ -189,5 +189,5 @@ FORMAT = Format(
     dose_suffixes=(), dose_by_id=False, read_dose=None, read_dose_on=None, read_dose_sparse=None,
     dose_geometry=None, source_bytes=None,
     read_reference_boxes=read_reference_boxes, open_doses=CacheDoses, match_doses=None,
-    cache=True,
+    is_cache=True,
 )
