@@ -76,12 +76,10 @@ def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarr
     raise InputError(f"{path}: unknown prediction format (expected {', '.join(PREDICTION_READERS)})")
 
 
-@functools.lru_cache(maxsize=8)
-def _matched_doses(reference: str, prediction: str, stamp: int = 0, roi_map: Any = None) -> dict[str, Path]:
+def _match_doses(reference: str, prediction: str, roi_map: Any = None) -> dict[str, Path]:
     """Reference id -> predicted dose file of a prediction folder whose files are matched to the
     references by what they reference (the rows with ``match_doses``: RTDOSE files, what ``predict
-    --format dicom`` writes). ``roi_map``: the reference's ROI name map (a path; a map that is no path
-    is called uncached)."""
+    --format dicom`` writes). ``roi_map``: the reference's ROI name map."""
     heads = functools.cache(lambda: open_source(reference, roi_map).headers())
     out: dict[str, Path] = {}
     for f in formats.FORMATS:
@@ -89,6 +87,26 @@ def _matched_doses(reference: str, prediction: str, stamp: int = 0, roi_map: Any
             for pid, path in f.match_doses(Path(prediction), heads).items():
                 out.setdefault(pid, path)
     return out
+
+
+#: (reference, prediction folder, its mtime, ROI map path) -> the matches found there (the last 8)
+_MATCHED: dict[tuple[str, str, int, str | None], dict[str, Path]] = {}
+
+
+def _matched_doses(reference: str, prediction: str, stamp: int, roi_map: Any = None) -> dict[str, Path]:
+    """:func:`_match_doses`, remembered where some were found (a map that is no path: not remembered);
+    a folder where none were is looked at again next time."""
+    if roi_map is not None and not isinstance(roi_map, (str, os.PathLike)):
+        return _match_doses(reference, prediction, roi_map)
+    key = (reference, prediction, stamp, None if roi_map is None else str(roi_map))
+    if key not in _MATCHED:
+        out = _match_doses(reference, prediction, roi_map)
+        if not out:
+            return out
+        while len(_MATCHED) >= 8:
+            del _MATCHED[next(iter(_MATCHED))]
+        _MATCHED[key] = out
+    return _MATCHED[key]
 
 
 def _dose_store(path: Path) -> tuple[Format, DoseStore] | None:
@@ -120,11 +138,7 @@ class _Predictions:
         if self.store is not None or not self.path.is_dir() or not any(
                 f.match_doses is not None for f in formats.FORMATS):
             return {}
-        stamp = self.path.stat().st_mtime_ns
-        if self.roi_map is None or isinstance(self.roi_map, (str, os.PathLike)):
-            return _matched_doses(self.reference, str(self.path), stamp,
-                                  None if self.roi_map is None else str(self.roi_map))
-        return _matched_doses.__wrapped__(self.reference, str(self.path), stamp, self.roi_map)
+        return _matched_doses(self.reference, str(self.path), self.path.stat().st_mtime_ns, self.roi_map)
 
     def file(self, pid: str) -> Path | None:
         """Patient ``pid``'s prediction file (its file in the store for a store), or None."""
