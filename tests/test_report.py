@@ -1,5 +1,6 @@
 import json
 import re
+from html import escape
 
 import numpy as np
 import pytest
@@ -80,3 +81,26 @@ def test_cli_user_errors(sample_dir, preds, tmp_path):
         (bad / f"{p}.csv").write_text(",data\n0,1.0\n")
     r = CliRunner().invoke(app, ["evaluate", "--reference", str(sample_dir), "--prediction", str(bad)])
     assert r.exit_code == 2 and "out of range" in r.output and "Traceback" not in r.output
+
+
+def test_criteria_rows_pair_each_prediction_by_criterion(sample_dir, tmp_path):
+    """A second prediction whose results come in another order still shows, on each criterion's row,
+    its own value of that criterion (found independently: the second prediction's dose is the plan's
+    x 1.1, so every dose value is 1.1 x the reference's)."""
+    pats = list(load_patients(sample_dir))[:1]
+    a, b = [p.dose * 0.9 for p in pats], [p.dose * 1.1 for p in pats]
+    ra = evaluate_cohort(zip(pats, a, strict=True), "openkbp-clinical")
+    rb = evaluate_cohort(zip(pats, b, strict=True), "openkbp-clinical")
+    rb.patients[0].criteria.reverse()
+    html = write_report(tmp_path, {"A": ra, "B": rb}, pats, {"A": a, "B": b}, title="t").read_text()
+    checked = 0
+    for c in ra.patients[0].criteria:
+        if c.unit != "Gy" or c.ref < 1:
+            continue
+        rows = re.findall(rf"<tr><td class='l'>{re.escape(escape(c.name))}</td>(.*?)</tr>", html)
+        assert rows, c.name  # the last: the patient's table (the first is the cohort's pass counts)
+        values = [float(v) for v in re.findall(r"<td class='\w+'>([-\d.]+) Gy</td>", rows[-1])]
+        ref, _, second = values
+        assert second == pytest.approx(1.1 * ref, abs=0.02), c.name
+        checked += 1
+    assert checked >= 5

@@ -44,6 +44,18 @@ def test_export_and_split_and_baseline(cohort, tmp_path):
     assert len(list((tmp_path / "base").glob("*.csv"))) == 5
 
 
+def test_export_roi_layout_follows_the_format(cohort, tmp_path):
+    """--roi-format names one of the format's ROI layouts (NIfTI: labels or codes); a format with one
+    layout refuses another value instead of ignoring it; nothing is written either way."""
+    assert wf.export_cache(cohort, tmp_path / "codes", "nifti", roi_format="codes") == 5
+    assert all((d / "roi_codes.nii.gz").is_file() for d in (tmp_path / "codes").iterdir())
+    with pytest.raises(ValueError, match="must be labels or codes for nifti, got 'bits'"):
+        wf.export_cache(cohort, tmp_path / "x", "nifti", roi_format="bits")
+    with pytest.raises(ValueError, match="'codes': openkbp has one ROI layout; the option is for nifti"):
+        wf.export_cache(cohort, tmp_path / "y", "openkbp", roi_format="codes")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_evaluate_sources_reports_missing_predictions(cohort, tmp_path):
     import warnings
 

@@ -61,8 +61,12 @@ def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_f
     f = formats.find(fmt)
     if f is None or f.write_patient is None:
         raise InputError(f"unknown export format {fmt!r} ({formats.one_of(formats.exportable())})")
-    if roi_format not in ("labels", "codes"):
-        raise InputError(f"--roi-format must be labels or codes, got {roi_format!r}")
+    layouts = [name for name, _ in f.roi_layouts]
+    if layouts and roi_format not in layouts:
+        raise InputError(f"--roi-format must be {formats.listed(layouts)} for {fmt}, got {roi_format!r}")
+    if not layouts and roi_format != "labels":
+        raise InputError(f"--roi-format {roi_format!r}: {fmt} has one ROI layout; the option is for "
+                         f"{formats.one_of(tuple(x for x in formats.FORMATS if x.roi_layouts))}")
     c = cache.Cache.open(cache_dir)
     with output_dir(out, overwrite, [cache_dir]) as tmp:
         for p in track(c, description="exporting", total=len(c)):

@@ -203,10 +203,14 @@ class ReportWriter:
                 out.append(EVAL_KEY)
                 out.append("<table><tr><th class='l'>criterion</th><th>reference</th>" +
                            "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>")
+                # each prediction's result of the same criterion, by its position in the protocol (results
+                # made without one, index 0, by their position in the list)
+                by = {n: results[n].by_criterion() for n in names}
                 for i, c in enumerate(first.criteria):
                     cells = [f"<td class='l'>{esc(c.name)}</td>", self._cell(c.ref, c.ref_pass, c.unit)]
                     for n in names:
-                        cc = results[n].criteria[i] if i < len(results[n].criteria) else None
+                        cc = (by[n].get(c.index) if c.index else
+                              results[n].criteria[i] if i < len(results[n].criteria) else None)
                         cells.append(self._cell(cc.pred, cc.pred_pass, cc.unit) if cc else "<td>-</td>")
                     out.append("<tr>" + "".join(cells) + "</tr>")
                 out.append("</table>")
