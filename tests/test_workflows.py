@@ -56,6 +56,22 @@ def test_export_roi_layout_follows_the_format(cohort, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_export_of_a_format_with_one_layout_uses_it(cohort, tmp_path, monkeypatch):
+    """A format whose only ROI layout is not called 'labels' exports with it by default (the CLI
+    offers no --roi-format then), instead of refusing the default 'labels'."""
+    import dataclasses
+
+    from dosepred.io import formats
+
+    seen: list[str] = []
+    row = dataclasses.replace(formats.get("nifti"), name="toy", roi_layouts=(("mask", "m.toy"),),
+                              write_patient=lambda p, folder, roi_format: seen.append(roi_format))
+    real = formats.find
+    monkeypatch.setattr(formats, "find", lambda name: row if name == "toy" else real(name))
+    assert wf.export_cache(cohort, tmp_path / "t", "toy") == 5
+    assert seen == ["mask"] * 5
+
+
 def test_evaluate_sources_reports_missing_predictions(cohort, tmp_path):
     import warnings
 

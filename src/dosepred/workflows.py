@@ -54,14 +54,17 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
     return cache.Cache.open(out)
 
 
-def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_format: str = "labels",
+def export_cache(cache_dir: PathLike, out: PathLike, fmt: str = "openkbp", roi_format: str | None = None,
                  overwrite: bool = False) -> int:
     """Write every patient of a cache as ``fmt`` (a format of :mod:`dosepred.io.formats` with a
-    ``write_patient``: openkbp, nifti, dicom) into ``out``; the count."""
+    ``write_patient``: openkbp, nifti, dicom) into ``out``; the count. ``roi_format``: one of the
+    format's ROI layouts (``Format.roi_layouts``; None: its first)."""
     f = formats.find(fmt)
     if f is None or f.write_patient is None:
         raise InputError(f"unknown export format {fmt!r} ({formats.one_of(formats.exportable())})")
     layouts = [name for name, _ in f.roi_layouts]
+    if roi_format is None:
+        roi_format = layouts[0] if layouts else "labels"
     if layouts and roi_format not in layouts:
         raise InputError(f"--roi-format must be {formats.listed(layouts)} for {fmt}, got {roi_format!r}")
     if not layouts and roi_format != "labels":

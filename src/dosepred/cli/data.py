@@ -70,7 +70,7 @@ def _export_command(app: typer.Typer, f: Format) -> None:
     assert f.export_help is not None
     layouts = f.roi_layouts
 
-    def run(cache_dir: Path, out: Path, overwrite: bool, roi_format: str = "labels") -> None:
+    def run(cache_dir: Path, out: Path, overwrite: bool, roi_format: str | None = None) -> None:
         n = workflows.export_cache(cache_dir, out, f.name, roi_format, overwrite)
         show([f"wrote {n} patients to {out}"])
 
