@@ -30,6 +30,15 @@ pairs of a batch are evaluated together (one gather, one segmented sort, one rea
 percentile), so the host waits for the device three times per batch, not twice per ROI and
 patient. This module does not evaluate plans (see :mod:`dosepred.evaluation`); it only makes the
 same metrics differentiable.
+
+The production path: training builds :class:`CDMLoss` (``losses.build_loss``), which resolves the
+protocol's criteria once into :class:`CdmTerm` s (:func:`resolve_terms`); every step then calls the
+batched :func:`cdm_loss`, which gathers each (patient, ROI) pair's voxel doses and sorts them within
+their segments (``_roi_segments``), reads every percentile of the batch by one indexed gather, every
+Dmean and V-metric surrogate by segmented sums, and adds the matching and constraint terms.
+:func:`sorted_percentile`, :func:`d_metric`, :func:`v_metric` and :func:`roi_metrics` are the
+reference implementation for one ROI, used by the tests to check :func:`cdm_loss` (and exported for
+a single ROI's metric); training never calls them.
 """
 
 from __future__ import annotations
@@ -78,6 +87,9 @@ def sorted_percentile(sorted_doses: torch.Tensor, q: float | Sequence[float]) ->
     Same definition as ``np.percentile`` / ``torch.quantile`` (virtual index ``q / 100 * (n - 1)``),
     the index computed in float64 on the host so float32 doses lose nothing. Gradients reach the
     two order statistics around each index. Returns a scalar for a float ``q``, else a 1-D tensor.
+
+    Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
+    uses :func:`cdm_loss`.
     """
     n = sorted_doses.shape[0]
     if n == 0:
@@ -113,6 +125,9 @@ def d_metric(doses: torch.Tensor, metric: Metric | str, voxel_volume_mm3: float 
 
     With ``spread=0`` the value equals :func:`dosepred.metrics.compute`. ``D<x>cc`` needs the voxel
     volume. ``sorted_doses`` (ascending, same voxels) may be passed to share one sort between metrics.
+
+    Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
+    uses :func:`cdm_loss`.
     """
     m = parse_metric(metric) if isinstance(metric, str) else metric
     if doses.dim() != 1 or doses.numel() == 0:
@@ -135,6 +150,9 @@ def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.T
     """Sigmoid surrogate of a V-metric: % of the ROI's voxels at or above ``threshold`` Gy.
 
     ``100 * mean(sigmoid((D - threshold) / tau))``; tends to the exact value as ``tau -> 0``.
+
+    Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
+    uses :func:`cdm_loss`.
     """
     if not tau > 0:
         raise InputError(f"tau must be > 0 Gy, got {tau}")
@@ -145,7 +163,11 @@ def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.T
 
 def roi_metrics(doses: torch.Tensor, terms: Sequence[CdmTerm], voxel_volume_mm3: float | None,
                 tau: float = 1.0, spread: float = 0.0) -> torch.Tensor:
-    """Values of ``terms`` (all of one ROI) on its 1-D voxel doses, one sort shared by the D-metrics."""
+    """Values of ``terms`` (all of one ROI) on its 1-D voxel doses, one sort shared by the D-metrics.
+
+    Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
+    uses :func:`cdm_loss`.
+    """
     needs_sort = any(t.metric.kind in ("D", "Dmax", "Dmin") for t in terms)
     s = torch.sort(doses).values if needs_sort else None
     out = []
