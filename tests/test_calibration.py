@@ -406,6 +406,25 @@ def test_band_offsets_hold_their_coverage_at_every_level():
     assert band_offsets(None, "LeftParotid", 0.9) is None
 
 
+def test_qa_inference_sets_every_option_whatever_the_defaults(monkeypatch):
+    """Plan QA predicts in full precision, untranslated, with the default windows and spacing policy,
+    flipped as the calibration says: written out in `qa_inference`, so a changed default of
+    InferenceOptions (say mixed precision for `dosepred predict`) cannot change what QA predicts."""
+    import functools
+
+    import dosepred.qa.calibration as calibration
+    from dosepred.inference import InferenceOptions
+
+    other_defaults = functools.partial(InferenceOptions, device="cpu", overlap=0.25, mode="constant",
+                                       sw_batch=4, amp=True, tta=False, shifts=((4, 4, 4),),
+                                       allow_missing_rois=True, spacing_policy="median")
+    monkeypatch.setattr(calibration, "InferenceOptions", other_defaults)
+    for tta in (True, False):
+        o = calibration.qa_inference(tta)
+        assert (o.device, o.overlap, o.mode, o.sw_batch, o.amp, o.tta, o.shifts, o.allow_missing_rois,
+                o.spacing_policy) == ("auto", 0.5, "gaussian", 1, False, tta, (), False, "fov")
+
+
 def test_predictions_must_be_made_as_the_calibration_records(tmp_path):
     """A calibration records whether its predictions were flipped (plan QA then predicts that way):
     flipped by default, as `dosepred predict`. Predictions made otherwise (unflipped for a flipped

@@ -99,10 +99,13 @@ class CrossValidation:
 
 def qa_inference(tta: bool) -> InferenceOptions:
     """How plan QA predicts, and so how the predictions a calibration is made of must be made:
-    flipped as the calibration records (``tta``), otherwise as :class:`InferenceOptions` default
-    (full precision also on a GPU, no translated passes, overlap 0.5, gaussian blending, the "fov"
-    spacing policy)."""
-    return InferenceOptions(tta=bool(tta))
+    flipped as the calibration records (``tta``), in full precision also on a GPU, with no translated
+    passes, overlap 0.5, gaussian blending, the "fov" spacing policy, on the model's device, one
+    window at a time, refusing a patient that lacks ROIs. Every option is written here, not taken
+    from :class:`InferenceOptions`' defaults: a calibration describes predictions made exactly so, and
+    a changed default (``dosepred predict``'s) must not change what QA does."""
+    return InferenceOptions(device="auto", overlap=0.5, mode="gaussian", sw_batch=1, amp=False,
+                            tta=bool(tta), shifts=(), allow_missing_rois=False, spacing_policy="fov")
 
 
 @dataclass(frozen=True)
