@@ -292,16 +292,52 @@ def test_refuses_predictions_made_otherwise_than_qa_beyond_the_passes(tmp_path):
 
     _, _, info = qp.collect(model, tmp_path / "data", cfg, cache("as-qa", tta=qp.qa_flipping(model)))
     assert "warning" not in info and info["prediction_made_with"]["amp"] is False
-    with pytest.raises(InputError, match=r"--prediction .*amp-gpu: predicted with mixed precision "
-                                         r"\(--amp on a GPU\), but plan QA predicts with full precision.*"
-                                         r"--no-amp"):
+    with pytest.raises(InputError, match=r"--prediction .*amp-gpu: these predictions were made with mixed "
+                                         r"precision \(--amp on a GPU\), but plan QA predicts with full "
+                                         r"precision.*--no-amp"):
         qp.collect(model, tmp_path / "data", cfg, cache("amp-gpu", device="cuda", amp=True))
-    with pytest.raises(InputError, match=r"constant: predicted with constant blending, but plan QA "
+    with pytest.raises(InputError, match=r"constant: .*made with constant blending, but plan QA "
                                          r"predicts with gaussian blending"):
         qp.collect(model, tmp_path / "data", cfg, cache("constant", mode="constant"))
     plain = cache("plain", tta=False)
-    with pytest.raises(InputError, match=r"--flip-prediction .*flip-amp: predicted with mixed precision"):
+    with pytest.raises(InputError, match=r"--flip-prediction .*flip-amp: .*made with mixed precision"):
         qp.collect(model, tmp_path / "data", cfg, plain, {"flip": cache("flip-amp", tta=True, amp=True)})
     _, _, info = qp.collect(model, tmp_path / "data", cfg, plain,
                             {"flip": cache("flip", tta=True), "shift": cache("shift", tta=False,
                                                                              shifts=(TTA_SHIFT,))})
+
+
+def test_prediction_caches_are_checked_as_calibrate_checks_them(tmp_path):
+    """One checker (qa.calibrating.check_made_as_qa) for `bench qa-power --prediction` and
+    `calibrate --predictions`: the same sentence for a cache predicted in mixed precision or by
+    another model, with the fix, each caller's own error class and what the model is to it."""
+    from dosepred.inference import InferenceOptions, PredictionRecord
+    from dosepred.io.cache import Cache, write_cache
+    from dosepred.qa.calibrating import check_predictions
+    from dosepred.qa.calibration import CalibrationError
+
+    _cohort(tmp_path, n=3)
+    preds = list(Cache.open(tmp_path / "pred"))
+    model = "models/openkbp-mae-cdm"
+    tta = qp.qa_flipping(model)
+    cfg = qd.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
+    cases = {"amp": PredictionRecord(InferenceOptions(tta=tta, amp=True), model, None, "data", "0.1.0"),
+             "other": PredictionRecord(InferenceOptions(tta=tta), "models/other", "0" * 64, "data", "0.1.0")}
+    for name, rec in cases.items():
+        write_cache(preds, tmp_path / name, record={"prediction": rec.to_json()})
+    amp = (r"these predictions were made with .*mixed precision \(--amp on a GPU\), but plan QA{} predicts "
+           r".*full precision.*, so {}: predict again with "
+           r"`dosepred predict \.\.\. --format cache.* --no-amp`")
+    with pytest.raises(InputError, match=r"--prediction .*amp: " + amp.format(
+            "", "the benchmark would not measure QA's predictions")):
+        qp.collect(model, tmp_path / "data", cfg, tmp_path / "amp")
+    with pytest.raises(CalibrationError, match=amp.format(" with this calibration",
+                                                          "the intervals would not describe QA's errors")):
+        check_predictions(Cache.open(tmp_path / "amp"), tmp_path / "amp", tta, model)
+    other = (r"other: these predictions were made by model models/other \(SHA-256 000000000000\.\.\.\), "
+             r"not by .*model\.pt, {}: predict again with `dosepred predict --model {} \.\.\. --format "
+             r"cache.* --no-amp`")
+    with pytest.raises(InputError, match=other.format("the model benchmarked", model)):
+        qp.collect(model, tmp_path / "data", cfg, tmp_path / "other")
+    with pytest.raises(CalibrationError, match=other.format("the model being calibrated", model)):
+        check_predictions(Cache.open(tmp_path / "other"), tmp_path / "other", tta, model)

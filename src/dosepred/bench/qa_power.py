@@ -66,7 +66,7 @@ from ..io.source import load_patients
 from ..patient import RoiSet
 from ..progress import track
 from ..protocol import BoundProtocol, load_protocol
-from ..qa.calibrating import other_model
+from ..qa.calibrating import check_made_as_qa
 from ..qa.calibration import load_calibration, qa_inference
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
 from .qa_power_cv import cross_validate, difficulty_correlation, methods_default, targets
@@ -89,19 +89,12 @@ def _passes_words(made: PredictionRecord) -> str:
     return made.words(["tta", "shifts"] if made.options.shifts else ["tta"])
 
 
-def _as_qa_predicts(made: PredictionRecord, model: str | os.PathLike, qa_tta: bool, what: str) -> None:
-    """:class:`InputError` for a prediction cache made with options that change the dose otherwise
-    than the test-time passes (mixed precision, windows, spacing policy) than plan QA predicts
-    (:func:`~dosepred.qa.calibration.qa_inference`), or by another model than ``model``."""
-    need = qa_inference(qa_tta)
-    diff = made.options.differences(need, ("amp", "overlap", "mode", "spacing_policy"))
-    if diff:
-        raise InputError(f"{what}: predicted with {made.words(diff)}, but plan QA predicts with "
-                         f"{need.words(diff)}: predict again with `dosepred predict ... --format cache"
-                         f"{' --no-amp' if 'amp' in diff else ''}`")
-    other = other_model(made, model)
-    if other:
-        raise InputError(f"{what}: {other}")
+#: The options compared with plan QA's: those that change the dose, except the test-time passes, which
+#: the benchmark studies (a flipped or translated prediction is measured, with a warning).
+COMPARED = ("amp", "overlap", "mode", "spacing_policy")
+#: the benchmark's words in :func:`~dosepred.qa.calibrating.check_made_as_qa`'s message
+_WORDS = {"qa": "plan QA", "so": "the benchmark would not measure QA's predictions",
+          "role": "the model benchmarked"}
 
 
 def _pass_dose(plain: np.ndarray, avg: np.ndarray) -> np.ndarray:
@@ -137,7 +130,8 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
             info["warning"] = (f"{prediction} does not record whether it was predicted with flipping; "
                                f"plan QA with this model's calibration predicts {qa_way}")
         else:
-            _as_qa_predicts(made, model, qa_tta, f"--prediction {prediction}")
+            check_made_as_qa(made, qa_tta, f"--prediction {prediction}", model, among=COMPARED,
+                             error=InputError, **_WORDS)
             if made.options.tta != qa_tta or made.options.shifts:
                 info["warning"] = (f"{prediction} was predicted with {_passes_words(made)}; plan QA "
                                    f"with this model's calibration predicts {qa_way} and without "
@@ -163,7 +157,8 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
             made_with = repr(pc.info.get("source", "?")) if pm is None else _passes_words(pm)
             raise InputError(f"--{name}-prediction {path}: made with {made_with}, not "
                              f"with `dosepred predict ... {flags}`")
-        _as_qa_predicts(pm, model, qa_tta, f"--{name}-prediction {path}")
+        check_made_as_qa(pm, qa_tta, f"--{name}-prediction {path}", model, among=COMPARED,
+                         error=InputError, **_WORDS)
         pass_caches[name] = pc
     proto = None
     bound: dict[RoiSet, BoundProtocol] = {}

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from ..dvh import roi_voxel_indices
+from ..errors import DosepredError
 from ..evaluation import evaluate_patient
 from ..fsutil import sha256_file
-from ..inference import prediction_record
+from ..inference import DOSE_OPTIONS, PredictionRecord, prediction_record
 from ..io.cache import Cache
 from ..io.formats import detect
 from ..io.source import load_patients
@@ -78,16 +79,50 @@ def other_model(made: Any, model: str | os.PathLike) -> str:
             f"not by {ckpt}")
 
 
+def check_made_as_qa(made: PredictionRecord, tta: bool, where: str, model: str | os.PathLike | None = None,
+                     *, among: Sequence[str] = DOSE_OPTIONS, error: type[DosepredError] = CalibrationError,
+                     qa: str = "plan QA with this calibration",
+                     so: str = "the intervals would not describe QA's errors",
+                     role: str = "the model being calibrated") -> None:
+    """The one check that predictions were made as plan QA predicts: ``error`` (a
+    :class:`~dosepred.errors.DosepredError` class; :class:`CalibrationError` by default) naming
+    ``where`` unless the options of ``among`` (default: all that change the dose,
+    :data:`~dosepred.inference.DOSE_OPTIONS`) in ``made`` (a
+    :class:`~dosepred.inference.PredictionRecord`) are those of
+    :func:`~dosepred.qa.calibration.qa_inference` ``(tta)``, and, when the record holds its model's
+    SHA-256 and ``model`` is given, unless it was made by ``model``. ``qa``, ``so`` and ``role`` are
+    the caller's words in the message (who predicts, what would go wrong, what ``model`` is to it;
+    by default those of calibrating). Used by :func:`check_predictions` (``calibrate --predictions``) and
+    ``bench qa-power`` (which studies the test-time passes, so compares the other options only)."""
+    need = qa_inference(tta)
+    flips = "tta" in among
+    want = (" --tta" if tta else " --no-tta") if flips else ""
+    tail = " (no --tta-shift)" if "shifts" in among else ""
+    diff = made.options.differences(need, among)
+    if diff:
+        others = [n for n in diff if n != "tta"]
+        words = ["without --tta-shift" if n == "shifts" else need.words([n]) for n in others]
+        need_words = " and ".join([_flip_words(tta), *words]) if flips else "with " + " and ".join(words)
+        raise error(f"{where}: these predictions were made with "
+                    f"{made.words((['tta'] if flips else []) + others)}, but {qa} predicts "
+                    f"{need_words}, so {so}: predict again "
+                    f"with `dosepred predict ... --format cache{want}{' --no-amp' if 'amp' in diff else ''}`"
+                    f"{tail}")
+    other = other_model(made, model) if model is not None else ""
+    if other:
+        raise error(f"{where}: {other}, {role}: predict again with `dosepred predict --model {model} ... "
+                    f"--format cache{want} --no-amp`")
+
+
 def check_predictions(cache: Any, path: str | os.PathLike, tta: bool,
                       model: str | os.PathLike | None = None) -> None:
     """:class:`CalibrationError` unless the prediction cache at ``path`` was made as plan QA will
-    predict with a calibration recording ``tta`` (:func:`~dosepred.qa.calibration.qa_inference`:
-    flipped or not as it says, never translated, in full precision, the default windows and spacing
-    policy; :func:`dosepred.inference.prediction_record` reads how they were made, also from the
-    command string of a cache written before the record) and, when the cache records its model's
-    SHA-256 and ``model`` is given, by that model. A cache of an earlier dosepred, which did not
+    predict with a calibration recording ``tta`` (:func:`check_made_as_qa`: flipped or not as it
+    says, never translated, in full precision, the default windows and spacing policy) and, when the
+    cache records its model's SHA-256 and ``model`` is given, by that model;
+    :func:`dosepred.inference.prediction_record` reads how they were made, also from the command
+    string of a cache written before the record. A cache of an earlier dosepred, which did not
     record whether it used mixed precision (on a GPU), gets a warning."""
-    need = qa_inference(tta)
     made = prediction_record(cache)
     want = "--tta" if tta else "--no-tta"
     if made is None:
@@ -96,20 +131,7 @@ def check_predictions(cache: Any, path: str | os.PathLike, tta: bool,
                                f"{_flip_words(tta)}, so the intervals must describe such predictions: "
                                f"predict again with `dosepred predict ... --format cache {want} --no-amp` "
                                "(no --tta-shift)")
-    diff = made.options.differences(need)
-    if diff:
-        flags = want + (" --no-amp" if "amp" in diff else "")
-        others = [n for n in diff if n != "tta"]
-        need_words = _flip_words(tta) + "".join(
-            f" and {'without --tta-shift' if n == 'shifts' else need.words([n])}" for n in others)
-        raise CalibrationError(f"{path}: these predictions were made with {made.words(['tta', *others])}, "
-                               f"but plan QA with this calibration predicts {need_words}, so the intervals "
-                               f"would not describe QA's errors: predict again with `dosepred predict ... "
-                               f"--format cache {flags}` (no --tta-shift)")
-    other = other_model(made, model) if model is not None else ""
-    if other:
-        raise CalibrationError(f"{path}: {other}, the model being calibrated: predict again with "
-                               f"`dosepred predict --model {model} ... --format cache {want} --no-amp`")
+    check_made_as_qa(made, tta, str(path), model)
     if "amp" in made.unknown:
         import warnings
 
