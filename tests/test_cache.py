@@ -80,5 +80,5 @@ def test_open_errors(tmp_path, patients):
 
 
 def test_load_patients_rejects_unknown_source(tmp_path):
-    with pytest.raises(CacheError, match="neither a dosepred cache"):
+    with pytest.raises(source.SourceError, match="neither a dosepred cache"):  # as open_source's
         list(source.load_patients(tmp_path))

@@ -11,7 +11,7 @@ import pytest
 
 from dosepred import synth
 from dosepred.io import cache, dicom, nifti, openkbp
-from dosepred.io.cache import EVAL_FIELDS, CacheEntry, CacheError, CacheVoxels
+from dosepred.io.cache import EVAL_FIELDS, CacheEntry, CacheVoxels
 from dosepred.io.source import KINDS, SourceError, load_patients, open_source, source_kind
 from dosepred.patient import RoiSet
 from handmade import GRID, write_sparse_csv
@@ -100,7 +100,7 @@ def test_no_source(sources, name):
         with pytest.raises(FileNotFoundError, match="does not exist"):
             list(load_patients(sources[name]))
         return
-    with pytest.raises(CacheError, match="neither a dosepred cache"):
+    with pytest.raises(SourceError, match="neither a dosepred cache"):  # as open_source's
         list(load_patients(sources[name]))
 
 

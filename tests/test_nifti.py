@@ -177,3 +177,14 @@ def test_any_orientation_from_the_affine_and_on_to_dicom(tmp_path):
 
     np.testing.assert_allclose(centroid(r), centroid(q), atol=1e-6)
     assert r.geometry.axis_letters()[0] in "SI"  # written as axial slices
+
+
+def test_a_folder_without_patient_folders_is_a_format_error(tmp_path):
+    """A folder holding no NIfTI patient folders is there, so not a FileNotFoundError: the format's
+    own error naming the folder and what it lacks; a folder that is not there is one."""
+    (tmp_path / "other").mkdir()
+    with pytest.raises(nifti.NiftiFormatError, match=r"other holds no NIfTI patient folders "
+                                                     r"\(sub-folders with ct\.nii\.gz\)"):
+        nifti.patient_folders(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        nifti.patient_folders(tmp_path / "nope")

@@ -213,7 +213,7 @@ def test_dose_csv_prediction_roundtrip(tmp_path):
 def test_folder_helpers(tmp_path, sample_dir):
     assert openkbp.is_openkbp_folder(sample_dir) and openkbp.is_openkbp_folder(sample_dir / "pt_66")
     assert openkbp.patient_folders(sample_dir / "pt_66") == [sample_dir / "pt_66"]
-    with pytest.raises(FileNotFoundError, match="no OpenKBP patient folders"):
+    with pytest.raises(openkbp.OpenKBPFormatError, match="no OpenKBP patient folders"):
         openkbp.patient_folders(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         openkbp.patient_folders(tmp_path / "nope")

@@ -109,6 +109,11 @@ def test_predict_errors_are_clear(run_dir, tmp_path):
     r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "empty"),
                             "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "neither a dosepred cache" in r.output
+    r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "empty"),
+                            "--out", str(tmp_path / "o"), "--format", "cache"])
+    # what it is not, as for the other formats (it was "holds no patients to predict": the source's
+    # error was a CacheError, taken for the cache writer's "no patients to write")
+    assert r.exit_code == 2 and "neither a dosepred cache" in r.output, r.output
     r = runner.invoke(app, ["predict", "--model", str(tmp_path / "empty"), "--data", str(run_dir / "train"),
                             "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "holds no model" in r.output

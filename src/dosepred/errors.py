@@ -1,8 +1,11 @@
 """The one base of the errors a user can cause, and the generic one for bad input.
 
-Every error a user can cause (bad input data, a malformed file, an option out of range, a protocol,
-a config or a model that does not fit) is a :class:`DosepredError`; the command line prints it as one
-line, ``error: <message>``, and exits with code 2. Anything else that escapes a command is a bug in
+Every error a user can cause is a :class:`DosepredError` (bad input data, a malformed file, an
+option out of range, a protocol, a config or a model that does not fit) or an ``OSError`` (a path
+that is not there, ``FileNotFoundError`` naming it, or that cannot be read or written); the command
+line prints either as one line, ``error: <message>``, and exits with code 2. A path that is there but
+does not hold what is expected (a folder without patient folders) is the stage's
+:class:`DosepredError`, not a ``FileNotFoundError``. Anything else that escapes a command is a bug in
 dosepred: the command line shows a short traceback and asks to report it (exit code 1).
 
 Each stage has its own subclass (``CacheError``, ``DicomImportError``, ``ProtocolError``, ...) and

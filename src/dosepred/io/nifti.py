@@ -245,7 +245,7 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
         return [src]
     folders = sorted(p for p in src.iterdir() if p.is_dir() and is_patient_folder(p))
     if not folders:
-        raise FileNotFoundError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE})")
+        raise NiftiFormatError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE})")
     return folders
 
 

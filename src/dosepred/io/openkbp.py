@@ -297,7 +297,7 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
         return [src]
     folders = sorted((p for p in src.iterdir() if p.is_dir() and p.name.startswith("pt_")), key=_pt_key)
     if not folders:
-        raise FileNotFoundError(f"{src} holds no OpenKBP patient folders (pt_*)")
+        raise OpenKBPFormatError(f"{src} holds no OpenKBP patient folders (pt_*)")
     return folders
 
 

@@ -25,7 +25,6 @@ from typing import Any
 from ..errors import DosepredError, InputError
 from ..patient import Patient, RoiSet
 from . import formats
-from .cache import CacheError
 from .formats import FORMATS, Format
 
 #: the names of the formats a source may be in, in the order a path is tested (:data:`formats.FORMATS`)
@@ -125,7 +124,7 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     if not Path(src).exists():
         raise FileNotFoundError(f"{src} does not exist")
     if source_kind(src) is None:
-        raise CacheError(f"{src} is neither {_listed([t.described_short for t in FORMATS])}")
+        raise SourceError(f"{src} is neither {_listed([t.described_short for t in FORMATS])}")
     yield from open_source(src, roi_map).patients(ids, require_dose=require_dose)
 
 
