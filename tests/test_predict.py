@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dosepred.cli import app
-from dosepred.inference import InferenceOptions, prediction_options, prediction_record
+from dosepred.inference import InferenceOptions, prediction_record
 from dosepred.io.cache import write_cache
 from dosepred.synth import make_cohort
 
@@ -66,13 +66,14 @@ def test_predict_to_cache_then_evaluate_fast_path(run_dir, sample_dir, tmp_path)
                             "--allow-missing-rois"])
     assert r.exit_code == 0, r.output
     pc = cache.Cache.open(tmp_path / "pc")
-    made = prediction_options(pc)  # flipping by default, mixed precision only on a GPU, recorded as data
+    # flipping by default, mixed precision only on a GPU, recorded as data
+    made = prediction_record(pc).options
     assert made == InferenceOptions(device="cpu", tta=True, allow_missing_rois=True)
     r = runner.invoke(app, ["predict", "--model", str(run_dir / "run"), "--data", str(tmp_path / "ref"),
                             "--out", str(tmp_path / "ps"), "--format", "cache", "--tta-shift",
                             "--no-progress", "--allow-missing-rois"])
     assert r.exit_code == 0, r.output
-    assert prediction_options(cache.Cache.open(tmp_path / "ps")) == InferenceOptions(
+    assert prediction_record(cache.Cache.open(tmp_path / "ps")).options == InferenceOptions(
         device="cpu", tta=True, shifts=((4, 4, 4),), allow_missing_rois=True)
     refs = {p.id: p for p in openkbp.read_folder(sample_dir)}
     assert sorted(pc.ids) == sorted(refs)

@@ -53,16 +53,6 @@ class DVH:
             raise InputError(f"DVH {self.name}: bin width must be > 0 Gy, got {self.bin_width}")
         object.__setattr__(self, "doses", d)
 
-    @classmethod
-    def from_dose(cls, dose: np.ndarray, mask: np.ndarray, spacing: Sequence[float], bin_width: float = 0.1,
-                  prescription: float | None = None, name: str = "") -> DVH:
-        """DVH of the voxels of ``dose`` where ``mask`` is true; ``spacing`` in mm per axis."""
-        dose = np.asarray(dose)
-        mask = np.asarray(mask, dtype=bool)
-        if dose.shape != mask.shape:
-            raise InputError(f"DVH {name}: dose shape {dose.shape} != mask shape {mask.shape}")
-        return cls(dose[mask], float(np.prod(spacing)), bin_width, prescription, name)
-
     # ------------------------------------------------------------------------------ statistics
     @property
     def n_voxels(self) -> int:

@@ -250,12 +250,5 @@ def prediction_record(cache: Any) -> PredictionRecord | None:
     return PredictionRecord(opts, model, None, data, None, LEGACY_UNKNOWN, legacy=True, version=0)
 
 
-def prediction_options(cache: Any) -> InferenceOptions | None:
-    """The options the doses of a prediction cache were made with (:func:`prediction_record`); None
-    when it does not say."""
-    rec = prediction_record(cache)
-    return rec.options if rec is not None else None
-
-
 __all__ = ["DEFAULT_TTA", "TTA_SHIFT", "DOSE_OPTIONS", "InferenceOptions", "PredictionRecord",
-           "PredictionRecordError", "prediction_record", "prediction_options", "PREDICTION_RECORD_VERSION"]
+           "PredictionRecordError", "prediction_record", "PREDICTION_RECORD_VERSION"]

@@ -185,7 +185,8 @@ def resample_mask(mask: np.ndarray, src: Geometry, dst: Geometry, shape: Sequenc
 def grid_with_spacing(g: Geometry, shape: Sequence[int], spacing: Sequence[float]
                       ) -> tuple[Geometry, tuple[int, int, int]]:
     """A grid with the same axes and field of view as ``(g, shape)`` but another ``spacing``: the new
-    grid covers the old extent (voxel edges), centred on the old grid's centre."""
+    grid covers the old extent (voxel edges), centred on the old grid's centre. A helper for tests
+    and inspection (the tests build their resampling grids with it); no stage calls it."""
     sp = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(shape, dtype=np.float64) * np.asarray(g.spacing)
     n = np.maximum(1, np.ceil(extent / sp - 1e-6)).astype(int)

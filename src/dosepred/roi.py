@@ -188,16 +188,3 @@ def decode_torch(codes: torch.Tensor, k: int | Sequence[int], dtype: Any = None)
     view = [1] * (codes.dim() + 1)
     view[axis] = len(ks)
     return ((codes.unsqueeze(axis) >> shifts.view(view)) & 1).to(dtype)
-
-
-def encode_torch(masks: torch.Tensor) -> torch.Tensor:
-    """(K, *spatial) bool tensor -> code tensor (inverse of :func:`decode_torch`)."""
-    import torch
-
-    n = masks.shape[0]
-    np_dt = code_dtype(n)
-    tdt = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[np_dt.itemsize]
-    codes = torch.zeros(masks.shape[1:], dtype=tdt, device=masks.device)
-    for k in range(n):
-        codes |= masks[k].to(tdt) << k
-    return codes

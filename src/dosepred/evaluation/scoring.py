@@ -39,17 +39,14 @@ spatial shape (leading singleton batch/channel axes are dropped).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..dvh import roi_metrics_pair
 from ..errors import InputError
-from ..fsutil import write_json
 from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
 from ..progress import track
@@ -297,12 +294,6 @@ class CohortResult:
         out["warnings"] = list(self.warnings)
         out["per_patient"] = [p.to_dict() for p in self.patients]
         return _clean(out)
-
-    def write_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_json` atomically (temporary name, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, self.to_json())
 
 
 def metrics_table(result: CohortResult, title: str | None = None) -> Any:

@@ -44,7 +44,7 @@ from ..patient import Patient
 from ..progress import track
 from .cache import DATASET_JSON, Cache, CacheError, encode_patient, write_members
 
-__all__ = ["PACKED_SUFFIX", "PackResult", "is_packed", "pack_cache", "quantize_patient", "unpack_cache"]
+__all__ = ["PACKED_SUFFIX", "PackResult", "pack_cache", "quantize_patient", "unpack_cache"]
 
 #: The suffix of a packed patient file.
 PACKED_SUFFIX = ".xz"
@@ -159,16 +159,6 @@ def _run(fn: Callable[[T], R], work: list[T], jobs: int | None, progress: bool, 
         return list(shown(fn(w) for w in work))
     with ProcessPoolExecutor(n) as ex:
         return list(shown(ex.map(fn, work)))
-
-
-def is_packed(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a packed cache (a ``dataset.json`` whose first patient is a ``.xz`` file)."""
-    try:
-        info = Cache.open(path).info
-        first = info["patients"][0]
-        return (Path(path) / _packed_name(first)).is_file()
-    except (CacheError, OSError, IndexError, KeyError, TypeError):
-        return False
 
 
 def pack_cache(src: str | os.PathLike, out: str | os.PathLike, ct_step: int = 4, dose_step: int = 1,

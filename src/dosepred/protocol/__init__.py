@@ -35,14 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
 
 __all__ = ["BUILTIN", "BoundCriterion", "BoundProtocol", "Criterion", "Direction", "LimitUnit", "Protocol",
-           "ProtocolError", "bound_for", "builtin_names", "from_portpy", "lint", "load_protocol",
+           "ProtocolError", "bound_for", "from_portpy", "lint", "load_protocol",
            "parse_protocol"]
 
 BUILTIN = ("openkbp", "openkbp-clinical")
-
-
-def builtin_names() -> tuple[str, ...]:
-    return BUILTIN
 
 
 def _format_errors(e: ValidationError, raw: Any, source: str) -> str:

@@ -202,9 +202,6 @@ class Protocol(BaseModel):
             return roi_set.prescription(roi)
         return None
 
-    def criteria_for(self, roi: str) -> list[Criterion]:
-        return [c for c in self.criteria if c.roi == roi]
-
     @property
     def where(self) -> str:
         """How errors name the protocol: ``<file>: protocol 'name'`` for one read from a file (the file is
