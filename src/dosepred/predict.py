@@ -48,7 +48,7 @@ from .roi import lr_pairs, mirror_codes, to_torch
 
 #: What ``--format`` takes (:func:`dosepred.io.formats.prediction_formats`): the formats with a
 #: per-patient dose file (openkbp, nifti, dicom), then the cache.
-FORMATS = formats.names(formats.prediction_formats())
+FORMAT_NAMES = formats.names(formats.prediction_formats())
 
 #: The options of a prediction nobody chose otherwise (:class:`~dosepred.inference.InferenceOptions`
 #: defaults: flipped as :data:`~dosepred.inference.DEFAULT_TTA` says, full precision, no translated
@@ -369,7 +369,7 @@ def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,
     apply to ``fmt="dicom"`` (RTDOSE grid, SeriesDescription; see :func:`dosepred.io.dicom.write_rtdose`)."""
     f = formats.find(fmt)
     if f is None or f.write_dose is None:
-        raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMAT_NAMES)}")
     return f.write_dose(patient, dose, Path(out), dose_spacing, model_name)
 
 
@@ -408,8 +408,8 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     """
     from .models.checkpoint import resolve_model_path
 
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt not in FORMAT_NAMES:
+        raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMAT_NAMES)}")
     dev = resolve_device(_options(options).device)
     used = on_device(options, dev)
     model = load_model(model_path, dev)

@@ -14,13 +14,11 @@ from ..io import formats
 from ..io.formats import Format
 from ..io.pack import pack_cache, unpack_cache
 from ..io.source import open_source
-from .common import NoProgress, Overwrite, data_app, friendly, show
+from .common import SOURCES, NoProgress, Overwrite, data_app, friendly, show
 
 CacheArg = Annotated[Path, typer.Argument(help="Cache folder.")]
 CacheOut = Annotated[Path, typer.Option("--out", help="Cache folder to write.")]
 FolderOut = Annotated[Path, typer.Option("--out", help="Output folder (one folder per patient).")]
-#: what a source may be, from the table of formats
-SOURCES = formats.described()
 
 
 # ------------------------------------------------------------- import-<format>, export-<format>

@@ -41,6 +41,9 @@ from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
 from . import roi_names as _names
 
+#: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
+#: ``meta["format"]``.
+FORMAT_NAME = "nifti"
 CT_FILE = "ct.nii.gz"
 DOSE_FILE = "dose.nii.gz"
 MASK_FILE = "possible_dose_mask.nii.gz"
@@ -376,7 +379,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
             masks[c.name] = masks[c.name] | m if c.name in masks else m
     meta = dict(info.get("meta", {}))
     meta.pop("affine", None)
-    meta.update({"format": "nifti", "source": str(folder.resolve())})
+    meta.update({"format": FORMAT_NAME, "source": str(folder.resolve())})
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
 
 

@@ -25,6 +25,9 @@ from ..fsutil import atomic_dir, write_text
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
 
+#: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
+#: ``meta["format"]``.
+FORMAT_NAME = "openkbp"
 GRID = (128, 128, 128)
 CT_OFFSET = 1024  # OpenKBP CT values are HU + 1024
 REQUIRED = ("ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")
@@ -230,7 +233,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
         present.add(name)
     missing = tuple(n for n in roi_set.names if n not in present)
     return Patient(pid, ct, codes.reshape(GRID), roi_set, spacing, mask.reshape(GRID), dose, missing,
-                   {"source": str(folder.resolve()), "format": "openkbp"}, Geometry.openkbp(GRID, spacing))
+                   {"source": str(folder.resolve()), "format": FORMAT_NAME}, Geometry.openkbp(GRID, spacing))
 
 
 @dataclass
@@ -280,7 +283,7 @@ def read_sparse_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None
             raise OpenKBPFormatError(empty_roi_message(pid, rf))
         rois.append((k, ridx))
     return SparsePatient(pid, GRID, spacing, rs, midx, didx, dvals.astype(np.float32), rois, tuple(missing),
-                         {"source": str(folder), "format": "openkbp"})
+                         {"source": str(folder), "format": FORMAT_NAME})
 
 
 def _pt_key(p: Path) -> tuple[int, str]:

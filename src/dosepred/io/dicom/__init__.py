@@ -81,6 +81,7 @@ One module per thing a reader holds in their head; this package's names are the 
 
 from ._common import (
     CT_STORAGE,
+    FORMAT_NAME,
     POS_TOL,
     RTDOSE_STORAGE,
     RTPLAN_STORAGE,
@@ -98,10 +99,10 @@ from .write import EXTERNAL_NAME, STUDY_COMPONENT, mask_contours, write_dicom
 from .write_dose import DOSE_SPACING, DVH_BIN_GY, dose_grid, dose_scaling, spanning_grid, write_rtdose
 
 __all__ = [
-    "CT_STORAGE", "DOSE_SPACING", "DVH_BIN_GY", "EXPORT_AXES", "EXTERNAL_NAME", "POS_TOL", "RTDOSE_STORAGE",
-    "RTPLAN_STORAGE", "RTSTRUCT_STORAGE", "SPACING_REL", "STUDY_COMPONENT", "DicomFolder", "DicomImportError",
-    "DicomWarning", "RtDoseInfo", "dose_grid", "dose_on_grid", "dose_scaling", "export_layout", "files_under",
-    "is_dicom_folder", "iter_dicom_folder", "mask_contours", "match_rtdose", "plan_prescriptions",
-    "read_dicom_folder", "read_rtdose", "rtdose_grid", "scan_dicom_folder", "scan_rtdoses", "spanning_grid",
-    "write_dicom", "write_rtdose",
+    "CT_STORAGE", "DOSE_SPACING", "DVH_BIN_GY", "EXPORT_AXES", "EXTERNAL_NAME", "FORMAT_NAME", "POS_TOL",
+    "RTDOSE_STORAGE", "RTPLAN_STORAGE", "RTSTRUCT_STORAGE", "SPACING_REL", "STUDY_COMPONENT", "DicomFolder",
+    "DicomImportError", "DicomWarning", "RtDoseInfo", "dose_grid", "dose_on_grid", "dose_scaling",
+    "export_layout", "files_under", "is_dicom_folder", "iter_dicom_folder", "mask_contours", "match_rtdose",
+    "plan_prescriptions", "read_dicom_folder", "read_rtdose", "rtdose_grid", "scan_dicom_folder",
+    "scan_rtdoses", "spanning_grid", "write_dicom", "write_rtdose",
 ]

@@ -12,6 +12,9 @@ import numpy as np
 from ...errors import DosepredError
 from ...geometry import Geometry, GeometryError
 
+#: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
+#: ``meta["format"]``.
+FORMAT_NAME = "dicom"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"

@@ -15,7 +15,7 @@ import numpy as np
 from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
 from ...patient import Patient, RoiSet
 from .. import roi_names as _names
-from ._common import uid_of, warn
+from ._common import FORMAT_NAME, uid_of, warn
 from .ct import read_ct
 from .rtdose import read_dose_onto
 from .rtplan import pick_dose, planned_fractions, resolve_rois, sequential_plans
@@ -29,7 +29,7 @@ def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
     masks: dict[str, np.ndarray] = {}
     body = None
     meta: dict[str, Any] = {
-        "format": "dicom", "source": str(s.series.files[0][0].parent.resolve()),
+        "format": FORMAT_NAME, "source": str(s.series.files[0][0].parent.resolve()),
         "patient_id": str(getattr(first, "PatientID", "")),
         "patient_name": str(getattr(first, "PatientName", "") or ""),
         "patient_birth_date": str(getattr(first, "PatientBirthDate", "") or ""),

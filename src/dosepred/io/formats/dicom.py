@@ -70,7 +70,7 @@ def match_doses(folder: Path, headers: Callable[[], dict[str, dict[str, Any]]]) 
 
 
 FORMAT = Format(
-    name="dicom", label="DICOM",
+    name=dicom.FORMAT_NAME, label="DICOM",
     described="a DICOM folder (CT series + RTSTRUCT)",
     described_short="a DICOM folder",
     import_help="Import DICOM RT (CT + RTSTRUCT + RTDOSE, one patient per folder or mixed, searched "

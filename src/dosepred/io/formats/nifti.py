@@ -69,7 +69,7 @@ def read_dose_on(path: Path, ref: Patient) -> np.ndarray:
 
 
 FORMAT = Format(
-    name="nifti", label="NIfTI",
+    name=nifti.FORMAT_NAME, label="NIfTI",
     described="a NIfTI folder (ct.nii.gz)",
     described_short="a NIfTI folder (ct.nii.gz)",
     import_help="Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json).",

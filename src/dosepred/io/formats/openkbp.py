@@ -147,7 +147,7 @@ def source_bytes(path: Path) -> int:
 
 
 FORMAT = Format(
-    name="openkbp", label="OpenKBP",
+    name=openkbp.FORMAT_NAME, label="OpenKBP",
     described="an OpenKBP folder (pt_*/ct.csv)",
     described_short="an OpenKBP folder (pt_*)",
     import_help="Read OpenKBP CSV patients into a compact cache (one .npz per patient + dataset.json).",
