@@ -41,7 +41,8 @@ def test_every_row_is_complete_or_explicitly_none():
                 assert isinstance(v, str) and v, (f.name, fld.name)
             elif hints[fld.name] is bool:
                 assert isinstance(v, bool), (f.name, fld.name)
-        assert f.takes_roi_map == (f.roi_names is None)
+        # a format takes an ROI map, or says how its ROIs are named when one is given: not both
+        assert f.takes_roi_map == (f.roi_naming is None), f.name
         # what a capability needs comes with it
         if f.dose_by_id or f.read_dose is not None or f.read_dose_sparse is not None:
             assert f.dose_suffixes, f.name

@@ -92,8 +92,8 @@ def check_roi_map(path: str | os.PathLike, fmt: Format | None, roi_map: Any) -> 
     if roi_map is not None and fmt is not None and not fmt.takes_roi_map:
         takers = [t.label for t in formats.roi_map_takers()]
         raise SourceError(f"{path}: an ROI map (--roi-map) applies to {' and '.join(takers)} sources only, "
-                          f"and this is {fmt.roi_names} (give the {' or '.join(takers)} folder, or leave out "
-                          "the map)")
+                          f"and this is {fmt.roi_naming} (give the {' or '.join(takers)} folder, or leave "
+                          "out the map)")
 
 
 def _listed(described: list[str]) -> str:

@@ -135,8 +135,10 @@ class Format:
     detect_late: Callable[[Path], bool] | None
     #: ``open(path, roi_map)`` -> :class:`Reader` (``roi_map`` only for a format that takes one)
     open: Callable[[Path, Any], Reader]
-    #: how its ROIs are named, said when an ROI map is given for it; None: it takes an ROI map
-    roi_names: str | None
+    #: how its ROIs are named, a phrase said when an ROI map is given for a source of it ("a NIfTI
+    #: folder, whose ROIs are named by ..."); None for a format that takes an ROI map
+    #: (``takes_roi_map``), whose ROI names are what the map names
+    roi_naming: str | None
     #: ``read_source(path, roi_map)`` -> (ROI set or None for the readers' own, the patients):
     #: what ``data import-<name>`` reads into a cache; None: not imported
     read_source: Callable[[Path, Any], tuple[RoiSet | None, Iterable[Patient]]] | None
@@ -177,6 +179,9 @@ class Format:
     #: a dosepred cache: ``Source.cache`` is the opened :class:`~dosepred.io.cache.Cache`, and
     #: ``predict`` writes it whole with its record
     is_cache: bool = False
+    #: an ROI name map (``--roi-map``) applies to a source of it (DICOM: clinical names); every other
+    #: format says how its ROIs are named instead (``roi_naming``)
+    takes_roi_map: bool = False
     #: its ROI names are fixed (``data import`` does not list them)
     fixed_roi_names: bool = False
     #: ``data import`` lists each patient (grid, dose, mask source, missing ROIs) instead of a count
@@ -185,11 +190,6 @@ class Format:
     #: the ROI layouts ``write_patient`` writes, (name, what it writes), the first the default; with
     #: more than one, ``data export-<name>`` has ``--roi-format``
     roi_layouts: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def takes_roi_map(self) -> bool:
-        """Whether an ROI name map (``--roi-map``) applies to a source of this format."""
-        return self.roi_names is None
 
     def is_dose_file(self, path: str | Path) -> bool:
         """Whether ``path`` is named as a predicted dose file of this format."""

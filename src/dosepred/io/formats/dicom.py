@@ -80,7 +80,7 @@ FORMAT = Format(
     detect=dicom.is_dicom_folder,
     detect_late=None,
     open=DicomReader,
-    roi_names=None,  # clinical names: an ROI map names them
+    roi_naming=None,  # clinical names: an ROI map names them (takes_roi_map)
     read_source=read_source,
     write_patient=lambda p, folder, roi_format="labels": dicom.write_dicom(p, folder),
     write_dose=write_dose,
@@ -88,5 +88,6 @@ FORMAT = Format(
     dose_suffixes=(".dcm",), dose_by_id=False, read_dose=None, read_dose_on=read_dose_on,
     read_dose_sparse=None, dose_geometry=None, source_bytes=None,
     read_reference_boxes=None, open_doses=None, match_doses=match_doses,
+    takes_roi_map=True,
     lists_imported=True,
 )

@@ -78,7 +78,7 @@ FORMAT = Format(
     detect=detect,
     detect_late=None,
     open=lambda path, roi_map=None: NiftiReader(path),
-    roi_names="a NIfTI folder, whose ROIs are named by rois.json or the label files",
+    roi_naming="a NIfTI folder, whose ROIs are named by rois.json or the label files",
     read_source=read_source,
     write_patient=lambda p, folder, roi_format="labels": nifti.write_patient(p, folder, roi_format),
     write_dose=write_dose,

@@ -157,7 +157,7 @@ FORMAT = Format(
     # pt_* folders without CSV: the reader says what lacks
     detect_late=lambda p: p.is_dir() and openkbp.is_openkbp_folder(p),
     open=lambda path, roi_map=None: OpenKBPReader(path),
-    roi_names="an OpenKBP folder, whose ROI names are fixed",
+    roi_naming="an OpenKBP folder, whose ROI names are fixed",
     read_source=read_source,
     write_patient=lambda p, folder, roi_format="labels": openkbp.write_patient(p, folder),
     write_dose=write_dose,
