@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from dosepred.cli import app
 from dosepred.geometry import Geometry
 from dosepred.io import cache, dicom, nifti
+from dosepred.resample import dose_on_grid
 from test_dicom import make_patient
 
 PROTOCOL = {"name": "t", "criteria": [
@@ -337,7 +338,7 @@ def test_every_written_dose_grid_covers_the_possible_dose_mask(tmp_path, spacing
         f = write_prediction(p, dose, tmp_path / f"dcm{ds}", "dicom", dose_spacing=ds)
         arr, dg = dicom.read_rtdose(f)
         np.testing.assert_allclose(dg.spacing, [ds or max(s, 2.5) for s in spacing], rtol=1e-9)
-        back, inside = dicom.dose_on_grid(arr, dg, g, shape)
+        back, inside = dose_on_grid(arr, dg, g, shape)
         assert inside[mask].all(), f"{int((~inside[mask]).sum())} mask voxels outside the RTDOSE grid"
         np.testing.assert_allclose(back[mask], linear[mask], atol=0.5)
     # NIfTI, placed by its affine

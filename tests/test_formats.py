@@ -186,6 +186,16 @@ def test_evaluation_reads_sources_only_through_the_rows():
     assert found == []
 
 
+def test_placing_a_dose_needs_no_format_s_module():
+    """What every row shares (``base.py``: ``place_dose``) imports no DICOM module: placing a dose
+    file by its own geometry is format-independent resampling (``dosepred.resample.dose_on_grid``;
+    it lived in the DICOM package before)."""
+    tree = ast.parse((SRC / "dosepred" / "io" / "formats" / "base.py").read_text())
+    found = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             and "dicom" in ast.unparse(n)]
+    assert found == []
+
+
 # ------------------------------------------------------------------ detection of written folders
 
 @pytest.fixture(scope="module")

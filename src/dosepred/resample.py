@@ -182,6 +182,23 @@ def resample_mask(mask: np.ndarray, src: Geometry, dst: Geometry, shape: Sequenc
     return out
 
 
+def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``dose`` (on ``src``) on the voxel centres of ``dst``: trilinear in patient coordinates
+    (:func:`resample`), 0 Gy outside ``src``. Returns ``(dose, inside)`` with
+    ``inside`` the voxels of ``dst`` that ``src`` covers, up to 1e-3 voxel beyond its outer voxel
+    centres (grids written as decimal strings coincide only to that precision). Used wherever a dose
+    is placed by its own geometry (an RTDOSE on the CT grid, a predicted dose file on the reference's:
+    :func:`dosepred.io.formats.place_dose`)."""
+    pad_origin = src.to_patient([-1.0, -1.0, -1.0])
+    padded = Geometry(pad_origin, src.direction, src.spacing)
+    d = resample(np.pad(np.asarray(dose, dtype=np.float32), 1, mode="edge"), padded, dst, shape, order=1)
+    cover = resample(np.pad(np.ones(dose.shape, dtype=np.float32), 1), padded, dst, shape, order=1)
+    inside = cover > 0.999
+    d[~inside] = 0
+    return np.maximum(d, 0).astype(np.float32), inside
+
+
 def grid_with_spacing(g: Geometry, shape: Sequence[int], spacing: Sequence[float]
                       ) -> tuple[Geometry, tuple[int, int, int]]:
     """A grid with the same axes and field of view as ``(g, shape)`` but another ``spacing``: the new

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...geometry import Geometry
-from ...resample import resample
+from ...resample import dose_on_grid
 from ._common import (
     POS_TOL,
     SPACING_REL,
@@ -96,21 +96,6 @@ def read_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if str(getattr(ds, "Modality", "")) != "RTDOSE":
         raise DicomImportError(f"{path}: Modality is {getattr(ds, 'Modality', '(none)')}, not RTDOSE")
     return rtdose_grid(ds, path)
-
-
-def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence[int]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """``dose`` (on ``src``) on the voxel centres of ``dst``: trilinear in patient coordinates
-    (:func:`dosepred.resample.resample`), 0 Gy outside ``src``. Returns ``(dose, inside)`` with
-    ``inside`` the voxels of ``dst`` that ``src`` covers, up to 1e-3 voxel beyond its outer voxel
-    centres (grids written as decimal strings coincide only to that precision)."""
-    pad_origin = src.to_patient([-1.0, -1.0, -1.0])
-    padded = Geometry(pad_origin, src.direction, src.spacing)
-    d = resample(np.pad(np.asarray(dose, dtype=np.float32), 1, mode="edge"), padded, dst, shape, order=1)
-    cover = resample(np.pad(np.ones(dose.shape, dtype=np.float32), 1), padded, dst, shape, order=1)
-    inside = cover > 0.999
-    d[~inside] = 0
-    return np.maximum(d, 0).astype(np.float32), inside
 
 
 def read_dose_onto(path: Path, geom: Geometry, shape: tuple[int, int, int], body: np.ndarray) -> np.ndarray:

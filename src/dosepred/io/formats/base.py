@@ -17,7 +17,7 @@ from ...boxes import Box
 from ...errors import InputError
 from ...geometry import Geometry
 from ...patient import Patient, RoiSet
-from .. import dicom
+from ...resample import dose_on_grid
 from ..cache import CacheVoxels
 
 
@@ -206,7 +206,7 @@ def place_dose(dose: np.ndarray, g: Geometry, path: Path, ref: Patient, what: st
     1 % of them uncovered is an error (a placeholder affine, such as the identity, places a dose
     mostly beside the patient)."""
     assert ref.geometry is not None
-    out, inside = dicom.dose_on_grid(dose, g, ref.geometry, ref.shape)
+    out, inside = dose_on_grid(dose, g, ref.geometry, ref.shape)
     mask = np.asarray(ref.possible_dose_mask, dtype=bool)
     uncovered = int((mask & ~inside).sum())
     frac = 100.0 * uncovered / max(int(mask.sum()), 1)
