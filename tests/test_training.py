@@ -215,7 +215,7 @@ def test_a_continued_training_does_not_count_its_patients_twice():
     continued in stages) keeps them; one on other patients adds them. Round 13's campaign models,
     recorded before fingerprints, said 507 training patients after three stages on 169."""
     from dosepred.models.space import ModelSpace, ids_sha
-    from dosepred.training.trainer import same_patients
+    from dosepred.training.init import same_patients
 
     ids = [f"pt_{i}" for i in range(169)]
     assert ids_sha(ids) == ids_sha(list(reversed(ids))) != ids_sha(ids[:-1])

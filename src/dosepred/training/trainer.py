@@ -21,11 +21,11 @@ EMA (``ema_decay > 0``): an exponential moving average of the weights is kept be
 checkpoint's ``model`` is then the average (so validation, ``predict``, ``export`` and ``--init`` use
 it, unchanged) and ``train_model`` the raw weights the optimiser continues from on ``--resume``.
 
-Fine-tuning (``init``): the model starts from another run's or a released model's weights. When the
-training cache's ROIs differ from that model's (a clinic's names, organs and dose levels),
-:mod:`dosepred.models.transfer` maps its input channels (OARs by name, new ones at zero weight,
-missing ones dropped, targets through the prescription channel); the run's log says what was mapped
-and its checkpoints hold the record as ``roi_transfer``.
+Fine-tuning (``init``; :mod:`.init`): the model starts from another run's or a released model's
+weights. When the training cache's ROIs differ from that model's (a clinic's names, organs and dose
+levels), :mod:`dosepred.models.transfer` maps its input channels (OARs by name, new ones at zero
+weight, missing ones dropped, targets through the prescription channel); the run's log says what was
+mapped and its checkpoints hold the record as ``roi_transfer``.
 
 Exact resume: crops are a pure function of (seed, epoch, index) (see :mod:`.dataset`), the learning
 rate a pure function of the step, and a checkpoint holds model, optimiser, AMP scaler and torch RNG
@@ -38,7 +38,6 @@ crops of the same global sequence (:class:`.dataset.RankSampler`); rank 0 valida
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import subprocess
@@ -60,13 +59,14 @@ from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
-from ..models.transfer import RoiTransfer, absent_after, counts_after, plan_transfer, transfer_state
+from ..models.transfer import RoiTransfer
 from ..predict import RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
 from .config import TrainConfig
 from .dataset import CropDataset, RankSampler, load_arrays
+from .init import inherit_absent, load_init_weights, resolve_architecture
 from .logging import VAL_KEYS, Log, RunLogger
 
 __all__ = ["ProtocolLintWarning", "ResumeFallbackWarning", "Trainer", "ema_decay_at", "ema_update", "lr_at",
@@ -153,16 +153,6 @@ def _select_value(summary: dict[str, float], select: str) -> float:
     if select == "dose+dvh":
         return summary["dose_score"] + summary["dvh_score"]
     return summary[f"{select}_score"]
-
-
-def same_patients(init: ModelSpace, space: ModelSpace, was: dict[str, int], own: dict[str, int]) -> bool:
-    """Whether a fine-tune's training patients are the ``--init`` model's (a training continued in
-    stages): their recorded id fingerprints agree; for a model recorded before fingerprints, its counts
-    are those of these patients counted k times over (each earlier stage on them added them again)."""
-    if init.patients_sha is not None or space.patients_sha is None:
-        return init.patients_sha is not None and init.patients_sha == space.patients_sha
-    k, rem = divmod(init.absent_of, space.absent_of) if space.absent_of else (0, 1)
-    return rem == 0 and k >= 1 and set(was) == set(own) and all(was[n] == k * own[n] for n in own)
 
 
 def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
@@ -303,42 +293,8 @@ class Trainer:
 
     def setup_model(self) -> None:
         cfg = self.cfg
-        self.init_ckpt = None
-        arch: dict[str, Any] = {}
-        keys = ("base", "levels", "res_units", "norm", "stages")
-        init_widths: list[int] | None = None
-        if cfg.init:
-            self.init_ckpt = load_checkpoint(cfg.init)
-            init_mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
-            init_widths = init_mc.widths
-            arch = {k: init_mc.to_dict()[k] for k in keys}
-            if cfg.coarse is not None and init_mc.coarse not in (None, list(cfg.coarse)):
-                raise ModelError(f"--init {cfg.init} has coarse={init_mc.coarse} but coarse="
-                                 f"{list(cfg.coarse)} was requested")
-            cfg.coarse = init_mc.coarse if cfg.coarse is None else cfg.coarse
-        if cfg.channels is not None:  # explicit widths decide base and levels
-            widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
-            if init_widths is not None and widths != init_widths:
-                raise ModelError(f"--init {cfg.init} has channels {init_widths} but channels {widths} "
-                                 "were requested")
-            for k, v in (("base", widths[0]), ("levels", len(widths))):
-                if getattr(cfg, k) not in (None, v):
-                    raise ModelError(f"channels {widths} imply {k}={v} but {k}={getattr(cfg, k)} was "
-                                     "requested")
-                setattr(cfg, k, v)
-        elif init_widths is not None and init_widths != [init_widths[0] * 2 ** i for i in
-                                                         range(len(init_widths))]:
-            cfg.channels = init_widths  # --init's own widths
-        defaults = ModelConfig()
-        for k in keys:
-            v = getattr(cfg, k)
-            if v is None:
-                v = arch.get(k, getattr(defaults, k))
-            elif k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1):
-                raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
-            setattr(cfg, k, v)
-        if cfg.freeze_stage1 and cfg.stages != 2:
-            raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
+        self.init_ckpt = load_checkpoint(cfg.init) if cfg.init else None
+        resolve_architecture(cfg, self.init_ckpt)  # the --init model's, the requested, the defaults
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
@@ -348,32 +304,8 @@ class Trainer:
         self.roi_transfer: dict[str, Any] | None = None
         self.init_transfer: RoiTransfer | None = None  # this run's mapping (None: the same ROIs)
         if self.init_ckpt is not None:
-            mc = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
-            # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
-            tr = plan_transfer(mc.roi_set, self.roi_set, f"training cache {cfg.data}", str(cfg.init))
-            state = {k: v.float() if v.is_floating_point() else v for k, v in self.init_ckpt["model"].items()}
-            if cfg.coarse and not mc.coarse:  # a model without the coarse branch: the branch starts at zero
-                if mc.stages != cfg.stages:
-                    raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "
-                                     "two fine-tunes, not one")
-                state = self.model.complete_state(state)
-            try:
-                if not tr.identity:
-                    self.model.load_state_dict(transfer_state(state, self.model, tr, f"--init {cfg.init}"))
-                    self.roi_transfer = tr.to_dict()
-                    self.init_transfer = tr
-                    self.log(f"--init {cfg.init} onto the ROIs of {cfg.data}: {tr.summary()}")
-                    for note in tr.notes:
-                        self.log(f"note: {note}")
-                elif mc.stages == 1 and cfg.stages == 2:  # a one-stage model becomes the first stage
-                    self.model.net.load_state_dict({k[len("net."):]: v for k, v in state.items()})
-                else:
-                    self.model.load_state_dict(state)
-            except RuntimeError as e:
-                raise ModelError(f"--init {cfg.init}: weights do not fit "
-                                 f"({str(e).splitlines()[0]})") from None
-            if tr.identity:  # a fine-tune of a transferred model keeps the record of its channels
-                self.roi_transfer = self.init_ckpt.get("roi_transfer")
+            self.roi_transfer, self.init_transfer = load_init_weights(self.model, self.init_ckpt, cfg,
+                                                                      self.roi_set, self.log)
         if cfg.freeze_stage1:
             self.model.freeze_first_stage()
         self.model.to(self.device)
@@ -419,29 +351,10 @@ class Trainer:
 
     def inherit_absent(self, space: ModelSpace) -> ModelSpace:
         """A fine-tune's space also lets patients lack what the ``--init`` model's training patients
-        lacked (its ``absent_rois``, in this cache's names when the ROIs were mapped), so a handful of
-        clinic patients who all had an organ do not make it required at prediction."""
-        if self.init_ckpt is None or space.absent_rois is None:
+        lacked (:func:`.init.inherit_absent`)."""
+        if self.init_ckpt is None:
             return space
-        init = ModelSpace.from_dict(self.init_ckpt["space"])
-        before = init.absent_rois
-        if before is None:
-            return space
-        if self.init_transfer is not None:
-            before = tuple(absent_after(before, self.init_transfer, new=False) or ())
-        both = set(space.absent_rois) | set(before)
-        absent = tuple(n for n in self.roi_set.names if n in both)
-        counts = None  # over both models' training patients (the --init's first)
-        if init.absent_counts is not None and space.absent_counts is not None:
-            was = dict(init.absent_counts)
-            if self.init_transfer is not None:
-                was = counts_after(was, init.absent_of, self.init_transfer)
-            own = dict(space.absent_counts)
-            if same_patients(init, space, was, own):  # a continued training: nobody new to count
-                return dataclasses.replace(space, absent_rois=absent)
-            counts = tuple((n, was.get(n, 0) + own.get(n, 0)) for n in absent)
-        of = None if counts is None else init.absent_of + space.absent_of
-        return dataclasses.replace(space, absent_rois=absent, absent_counts=counts, absent_patients=of)
+        return inherit_absent(space, self.init_ckpt, self.init_transfer, self.roi_set)
 
     def load_val(self) -> list:
         """The validation patients (read by rank 0 only, which validates)."""

@@ -1,0 +1,148 @@
+"""Starting a training from another model (``--init``): its architecture, its weights, its space.
+
+A fine-tune (``TrainConfig.init``: a run folder, a released model or a checkpoint file) takes the
+``--init`` model's architecture unless the config asks for another compatible one
+(:func:`resolve_architecture`), starts from its weights, mapped onto the training cache's ROIs when
+they differ (:func:`load_init_weights`, through :mod:`dosepred.models.transfer`), and lets patients
+lack what the ``--init`` model's training patients lacked (:func:`inherit_absent`). The
+:class:`~dosepred.training.trainer.Trainer` calls these from its ``setup_model`` and
+``inherit_absent`` steps; docs/finetune.md says what a user sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ..models import DoseUNet, ModelConfig, ModelError
+from ..models.space import ModelSpace
+from ..models.transfer import RoiTransfer, absent_after, counts_after, plan_transfer, transfer_state
+from ..patient import RoiSet
+from .config import TrainConfig
+
+#: the architecture fields a fine-tune takes from its ``--init`` model unless the config sets them
+ARCH_KEYS = ("base", "levels", "res_units", "norm", "stages")
+
+
+def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> None:
+    """Settle ``cfg``'s architecture fields in place (``base``, ``levels``, ``res_units``, ``norm``,
+    ``stages``, ``channels``, ``coarse``): those it sets, else the ``--init`` model's (``init_ckpt``,
+    the loaded checkpoint, or None), else :class:`ModelConfig`'s defaults. A requested value that
+    contradicts the ``--init`` model (except a second stage on a one-stage model) or the explicit
+    ``channels`` is a :class:`ModelError`, as is ``freeze_stage1`` without two stages."""
+    arch: dict[str, Any] = {}
+    init_widths: list[int] | None = None
+    if init_ckpt is not None:
+        init_mc = ModelConfig.from_dict(dict(init_ckpt["model_config"]))
+        init_widths = init_mc.widths
+        arch = {k: init_mc.to_dict()[k] for k in ARCH_KEYS}
+        if cfg.coarse is not None and init_mc.coarse not in (None, list(cfg.coarse)):
+            raise ModelError(f"--init {cfg.init} has coarse={init_mc.coarse} but coarse="
+                             f"{list(cfg.coarse)} was requested")
+        cfg.coarse = init_mc.coarse if cfg.coarse is None else cfg.coarse
+    if cfg.channels is not None:  # explicit widths decide base and levels
+        widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
+        if init_widths is not None and widths != init_widths:
+            raise ModelError(f"--init {cfg.init} has channels {init_widths} but channels {widths} "
+                             "were requested")
+        for k, v in (("base", widths[0]), ("levels", len(widths))):
+            if getattr(cfg, k) not in (None, v):
+                raise ModelError(f"channels {widths} imply {k}={v} but {k}={getattr(cfg, k)} was "
+                                 "requested")
+            setattr(cfg, k, v)
+    elif init_widths is not None and init_widths != [init_widths[0] * 2 ** i for i in
+                                                     range(len(init_widths))]:
+        cfg.channels = init_widths  # --init's own widths
+    defaults = ModelConfig()
+    for k in ARCH_KEYS:
+        v = getattr(cfg, k)
+        if v is None:
+            v = arch.get(k, getattr(defaults, k))
+        elif k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1):
+            raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
+        setattr(cfg, k, v)
+    if cfg.freeze_stage1 and cfg.stages != 2:
+        raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
+
+
+def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConfig, roi_set: RoiSet,
+                      log: Callable[[str], None]) -> tuple[dict[str, Any] | None, RoiTransfer | None]:
+    """Load the ``--init`` checkpoint's weights into ``model`` (built for ``roi_set``, the training
+    cache's ROIs): mapped onto its input channels when the ROIs differ (logged through ``log``), a
+    one-stage model as the first stage of a cascade, a model without the coarse branch with the
+    branch at zero. Returns ``(roi_transfer, transfer)``: the record the run's checkpoints keep (this
+    run's mapping, else the one the ``--init`` model kept) and this run's :class:`RoiTransfer` (None
+    for the same ROIs). Weights that do not fit are a :class:`ModelError`."""
+    roi_transfer: dict[str, Any] | None = None
+    transfer: RoiTransfer | None = None
+    mc = ModelConfig.from_dict(dict(init_ckpt["model_config"]))
+    # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
+    tr = plan_transfer(mc.roi_set, roi_set, f"training cache {cfg.data}", str(cfg.init))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in init_ckpt["model"].items()}
+    if cfg.coarse and not mc.coarse:  # a model without the coarse branch: the branch starts at zero
+        if mc.stages != cfg.stages:
+            raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "
+                             "two fine-tunes, not one")
+        state = model.complete_state(state)
+    try:
+        if not tr.identity:
+            model.load_state_dict(transfer_state(state, model, tr, f"--init {cfg.init}"))
+            roi_transfer = tr.to_dict()
+            transfer = tr
+            log(f"--init {cfg.init} onto the ROIs of {cfg.data}: {tr.summary()}")
+            for note in tr.notes:
+                log(f"note: {note}")
+        elif mc.stages == 1 and cfg.stages == 2:  # a one-stage model becomes the first stage
+            model.net.load_state_dict({k[len("net."):]: v for k, v in state.items()})
+        else:
+            model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"--init {cfg.init}: weights do not fit "
+                         f"({str(e).splitlines()[0]})") from None
+    if tr.identity:  # a fine-tune of a transferred model keeps the record of its channels
+        roi_transfer = init_ckpt.get("roi_transfer")
+    return roi_transfer, transfer
+
+
+def same_patients(init: ModelSpace, space: ModelSpace, was: dict[str, int], own: dict[str, int]) -> bool:
+    """Whether a fine-tune's training patients are the ``--init`` model's (a training continued in
+    stages): their recorded id fingerprints agree; for a model recorded before fingerprints, its counts
+    are those of these patients counted k times over (each earlier stage on them added them again)."""
+    if init.patients_sha is not None or space.patients_sha is None:
+        return init.patients_sha is not None and init.patients_sha == space.patients_sha
+    k, rem = divmod(init.absent_of, space.absent_of) if space.absent_of else (0, 1)
+    return rem == 0 and k >= 1 and set(was) == set(own) and all(was[n] == k * own[n] for n in own)
+
+
+def inherit_absent(space: ModelSpace, init_ckpt: dict[str, Any], transfer: RoiTransfer | None,
+                   roi_set: RoiSet) -> ModelSpace:
+    """A fine-tune's ``space`` that also lets patients lack what the ``--init`` model's training
+    patients lacked (its ``absent_rois``, in ``roi_set``'s names when the ROIs were mapped by
+    ``transfer``), so a handful of clinic patients who all had an organ do not make it required at
+    prediction; the counts are over both models' training patients, unless they are the same
+    patients (:func:`same_patients`)."""
+    if space.absent_rois is None:
+        return space
+    init = ModelSpace.from_dict(init_ckpt["space"])
+    before = init.absent_rois
+    if before is None:
+        return space
+    if transfer is not None:
+        before = tuple(absent_after(before, transfer, new=False) or ())
+    both = set(space.absent_rois) | set(before)
+    absent = tuple(n for n in roi_set.names if n in both)
+    counts = None  # over both models' training patients (the --init's first)
+    if init.absent_counts is not None and space.absent_counts is not None:
+        was = dict(init.absent_counts)
+        if transfer is not None:
+            was = counts_after(was, init.absent_of, transfer)
+        own = dict(space.absent_counts)
+        if same_patients(init, space, was, own):  # a continued training: nobody new to count
+            return dataclasses.replace(space, absent_rois=absent)
+        counts = tuple((n, was.get(n, 0) + own.get(n, 0)) for n in absent)
+    of = None if counts is None else init.absent_of + space.absent_of
+    return dataclasses.replace(space, absent_rois=absent, absent_counts=counts, absent_patients=of)
+
+
+__all__ = ["ARCH_KEYS", "inherit_absent", "load_init_weights", "resolve_architecture", "same_patients"]
