@@ -2,6 +2,19 @@
 each command is one call into a public function (mostly :mod:`dosepred.workflows`) and a rendering
 (:mod:`dosepred.console`). Heavy imports stay inside the commands so ``--help`` is instant.
 
+Which module holds which command (``tests/test_cli_commands.py`` checks this list against the
+registered commands):
+
+- ``data.py``: ``data import-<format>``, ``data export-<format>`` (one per row of
+  :mod:`dosepred.io.formats` that imports / exports), ``data inspect``, ``data synth``,
+  ``data split``, ``data subset``, ``data pack``, ``data unpack``
+- ``model.py``: ``train``, ``predict``, ``export-model``, ``demo``
+- ``evaluate.py``: ``baseline``, ``evaluate``, ``calibrate``, ``qa``
+- ``bench.py``: ``bench evaluate``, ``bench predict``, ``bench bitmask``, ``bench networks``,
+  ``bench losses``, ``bench qa-power``
+- ``common.py``: no command: the apps (``dosepred``, ``data``, ``bench``), ``--version``, the one
+  error path, warnings, the shared options
+
 The command modules (and typer) are imported when :func:`main` runs or ``app`` is first asked for, so
 a Ctrl-C while they load ends with ``error: interrupted`` like one during a command, never with a
 traceback."""
