@@ -16,7 +16,6 @@ from .bench.losses import table as losses_table
 from .bench.networks import table as networks_table
 from .bench.qa_power import console_lines
 from .demo import QA_MODEL, TABLE_KEY, summary_rows
-from .evaluation import metrics_table
 from .io import formats
 from .qa.families import FAMILY_TITLES
 
@@ -92,6 +91,23 @@ def inspect(src: Any) -> list[Any]:
     return [t, "ROI set (bit: name kind Rx): " + "; ".join(f"{k}: {r.name} {r.kind}{_rx(r)}"
                                                           for k, r in enumerate(rs)),
             "geometry (patient coordinates, LPS mm):", *geo]
+
+
+def metrics_table(result: Any, title: str | None = None) -> Table:
+    """The metric values of an evaluation (:meth:`dosepred.evaluation.CohortResult.metric_rows`:
+    reference and prediction per patient and criterion metric, and their difference)."""
+    t = Table(title=title or f"metric values, protocol {result.protocol} (prediction - reference)")
+    for col in ("patient", "ROI", "metric", "reference", "prediction", "difference"):
+        t.add_column(col, justify="left" if col in ("patient", "ROI", "metric") else "right")
+    last = None
+    for r in result.metric_rows():
+        if last is not None and r["patient"] != last:
+            t.add_section()
+        last = r["patient"]
+        t.add_row(r["patient"], r["roi"], f"{r['metric']} ({r['unit']})",
+                  *("-" if v != v else f"{v:.2f}" for v in (r["reference"], r["prediction"])),
+                  "-" if r["difference"] != r["difference"] else f"{r['difference']:+.2f}")
+    return t
 
 
 def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list[Any]:

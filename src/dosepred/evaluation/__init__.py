@@ -41,12 +41,11 @@ from .scoring import (
     evaluate_case,
     evaluate_cohort,
     evaluate_patient,
-    metrics_table,
 )
 
 __all__ = [
     "MAX_DOSE_OUTSIDE_MASK", "PREDICTION_PATTERNS", "PREDICTION_READERS", "CohortResult", "CriterionResult",
     "MetricValue", "PatientResult", "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort",
     "evaluate_patient", "find_prediction", "iter_cases", "iter_pairs", "load_references", "match_predictions",
-    "metrics_table", "read_prediction", "reference_ids",
+    "read_prediction", "reference_ids",
 ]

@@ -54,8 +54,7 @@ from ..protocol import BoundProtocol, Protocol, bound_for, lint, load_protocol
 from .case import ScoringCase, as_dose_array, check_finite, prediction_where, scorable
 
 __all__ = ["MAX_DOSE_OUTSIDE_MASK", "CohortResult", "CriterionResult", "MetricValue", "PatientResult",
-           "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort", "evaluate_patient",
-           "metrics_table"]
+           "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort", "evaluate_patient"]
 
 
 @dataclass
@@ -294,25 +293,6 @@ class CohortResult:
         out["warnings"] = list(self.warnings)
         out["per_patient"] = [p.to_dict() for p in self.patients]
         return _clean(out)
-
-
-def metrics_table(result: CohortResult, title: str | None = None) -> Any:
-    """A rich Table of :meth:`CohortResult.metric_rows` (reference and prediction per patient and
-    criterion metric, and their difference) for the console."""
-    from rich.table import Table
-
-    t = Table(title=title or f"metric values, protocol {result.protocol} (prediction - reference)")
-    for col in ("patient", "ROI", "metric", "reference", "prediction", "difference"):
-        t.add_column(col, justify="left" if col in ("patient", "ROI", "metric") else "right")
-    last = None
-    for r in result.metric_rows():
-        if last is not None and r["patient"] != last:
-            t.add_section()
-        last = r["patient"]
-        t.add_row(r["patient"], r["roi"], f"{r['metric']} ({r['unit']})",
-                  *("-" if v != v else f"{v:.2f}" for v in (r["reference"], r["prediction"])),
-                  "-" if r["difference"] != r["difference"] else f"{r['difference']:+.2f}")
-    return t
 
 
 # ---------------------------------------------------------------------------------- evaluation
