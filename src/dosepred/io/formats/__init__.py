@@ -7,7 +7,8 @@ Each row says how a path of the format is recognised (``detect``), how a source 
 (``read_dose``, ``read_dose_sparse``) or onto a reference grid (``read_dose_on``), what evaluation
 reads of it (``read_reference_boxes``: references scored on the box of their data; ``open_doses``: a
 store of predicted doses; ``match_doses``: dose files matched to references by what they
-reference), and what the commands need to know of it (``cache``, ``fixed_roi_names``, ...). A
+reference), and what the commands need to know of it (``is_cache``, ``takes_roi_map``,
+``fixed_roi_names``, ...). A
 capability the format lacks is None in its row. The readers and writers themselves live in the
 format's module of :mod:`dosepred.io` (:mod:`~dosepred.io.cache`, :mod:`~dosepred.io.openkbp`,
 :mod:`~dosepred.io.nifti`, :mod:`~dosepred.io.dicom`); each row's module here adapts them.
