@@ -189,7 +189,8 @@ def test_running_out_of_memory_is_one_line_not_a_bug(monkeypatch, cache, tmp_pat
 
 def test_a_real_user_error_and_typer_exits(cache, tmp_path):
     r = _cli("data", "export-nifti", cache, "--out", tmp_path / "n", "--roi-format", "bits")
-    assert r.exit_code == 2 and r.stderr == "error: --roi-format must be labels or codes for nifti, got 'bits'\n"
+    assert r.exit_code == 2
+    assert r.stderr == "error: --roi-format must be labels or codes for nifti, got 'bits'\n"
     assert _cli("--version").exit_code == 0  # typer.Exit passes through
     r = _cli("data", "export-nifti", cache, "--no-such-option")
     assert r.exit_code == 2 and "No such option" in r.output and "internal error" not in r.output
