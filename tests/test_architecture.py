@@ -2,7 +2,7 @@
 
 - no module imports or reads a private name (``_x``) of another module, dosepred's or a library's:
   ``from m import _x``, ``m._x``, ``m.sub._x``, ``getattr(m, "_x")`` (setattr, hasattr, delattr).
-  A private *module* (``dosepred/_malloc.py``) is private to its package: modules inside that
+  A private *module* (``dosepred/_lazy.py``) is private to its package: modules inside that
   package may import it. Deliberate uses of a library's private API are listed, with their reason,
   in :data:`ALLOWED_PRIVATE`;
 - nothing imports upward: every module of ``src/dosepred`` sits in a layer of :data:`LAYERS` and
@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     "dosepred": 0,  # the package itself: Patient, RoiSet and lazily resolved names only
     "dosepred.patient": 0, "dosepred.geometry": 0, "dosepred.roi": 0, "dosepred.resample": 0,
     "dosepred.fsutil": 0, "dosepred.constants": 0, "dosepred.boxes": 0, "dosepred.progress": 0,
-    "dosepred._malloc": 0, "dosepred._lazy": 0, "dosepred.errors": 0,
+    "dosepred._lazy": 0, "dosepred.errors": 0,
     # 1: readers and writers, synthetic data, metric definitions and exact DVH values, protocols
     "dosepred.io": 1, "dosepred.synth": 1, "dosepred.baseline": 1, "dosepred.metrics": 1,
     "dosepred.dvh": 1, "dosepred.protocol": 1,

@@ -231,7 +231,7 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
         for r in res["rows"]:
             t.add_row(r["path"], f"{r['seconds']:.2f}", f"{r['patients_per_s']:.2f}",
                       f"{r['speedup_vs_naive']:.1f}x", f"{r['speedup_vs_csv']:.1f}x")
-        return [t, f"cache format version {res['cache_version']}, allocator: {res['allocator']}, "
+        return [t, f"cache format version {res['cache_version']}, "
                    f"best of {res['repeats']} repeat(s)"]
     if name == "predict":
         def mm(v: Any) -> str:

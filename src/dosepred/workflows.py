@@ -18,7 +18,6 @@ from typing import Any
 
 from . import evaluation as ev
 from . import split, synth
-from ._malloc import keep_freed_memory
 from .baseline import distance_falloff
 from .demo import run_demo
 from .errors import InputError
@@ -161,7 +160,6 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
     import contextlib
 
-    keep_freed_memory()  # patient after patient of same-sized arrays: reuse freed memory
     inputs = [reference, prediction, roi_map]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:

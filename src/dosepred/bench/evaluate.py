@@ -7,8 +7,7 @@ Timings include reading the reference and the prediction from disk. The dosepred
 :func:`dosepred.evaluation.iter_cases` as ``dosepred evaluate`` (without ``--report``) does: each
 scoring case on the box holding all non-zero data, one patient read ahead in a worker thread, and,
 with both in caches, as voxel lists (``compact``); one extra row times the cache pair on boxes
-without read-ahead (the previous path). The process is set up like ``dosepred evaluate``
-(:func:`dosepred._malloc.keep_freed_memory`) for every path, the naive baseline included. A
+without read-ahead (the previous path). A
 version-1 ``--cache`` is read whole (full-grid arrays), so pass a version-2 cache (the format
 ``data import-openkbp`` writes now) to time the cache as it is meant to be used. The result records
 the cache's ``cache_version``.
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from .._malloc import keep_freed_memory
 from ..evaluation import evaluate_cohort, iter_cases
 from ..io import cache, openkbp
 
@@ -72,7 +70,6 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
     ``cache_dir``: a cache of the same patients (written to a temporary folder when None or absent).
     Returns a dict with per-path seconds, patients/s and scores.
     """
-    allocator = "glibc, freed memory kept" if keep_freed_memory() else "default"  # as `dosepred evaluate`
 
     folders = openkbp.patient_folders(data)[: n_patients or None]
     ids = [f.name for f in folders]
@@ -135,7 +132,7 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
         ]
         return {"patients": n, "data": str(data), "cache": str(cdir) if not need_cache else "temporary",
                 "cache_version": cache.Cache.open(cdir).info.get("version", 1),
-                "repeats": repeats, "allocator": allocator, "read_ahead": 1,
+                "repeats": repeats, "read_ahead": 1,
                 "dose_score": r_csv.dose_score, "dvh_score": r_csv.dvh_score,
                 "rows": [{"path": name, "seconds": t, "patients_per_s": n / t,
                           "speedup_vs_naive": t_naive / t, "speedup_vs_csv": t_csv / t} for name, t in rows]}
