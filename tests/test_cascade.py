@@ -12,8 +12,7 @@ from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import export_model, load_checkpoint, load_model
 from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig, Trainer
-
-TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=0, batch=1, threads=1, loss="mae")
+from tiny_models import TINY, random_inputs, ready
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +30,6 @@ def one_stage(cache, tmp_path_factory):
     return out
 
 
-def _ready(cfg):
-    t = Trainer(cfg, progress=False)
-    t.setup_device()
-    t.setup_data()
-    t.setup_model()
-    return t
-
-
-def _inputs(seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    ct = torch.randint(-1000, 1500, (1, 1, size, size, size), generator=g).float()
-    codes = torch.randint(0, 2 ** 10, (1, size, size, size), generator=g).to(torch.int32)
-    mask = (torch.rand((1, 1, size, size, size), generator=g) > 0.2).float()
-    return ct, codes, mask
 
 
 def test_config_accepts_one_or_two_stages():
@@ -61,7 +46,7 @@ def test_second_stage_is_a_correction_of_the_first():
     m = build_model(ModelConfig(patch=(16, 16, 16), base=4, levels=2, res_units=0, stages=2)).eval()
     for q in m.refine.parameters():  # move the zero-initialised last layer off zero
         q.data.normal_(0, 0.1)
-    ct, codes, mask = _inputs()
+    ct, codes, mask = random_inputs()
     with torch.no_grad():
         x = m.assemble(ct, codes, mask)
         raw1 = m.net(x)
@@ -77,9 +62,9 @@ def test_two_stages_from_one_predict_exactly_the_same(cache, one_stage, tmp_path
     """--init from a one-stage run: step 0 of a two-stage run is the one-stage model's prediction."""
     cfg = TrainConfig(data=str(cache), out=str(tmp_path / "two"), epochs=1, steps_per_epoch=1,
                       init=str(one_stage), stages=2, freeze_stage1=True, **TINY)
-    t = _ready(cfg)
+    t = ready(cfg)
     one = load_model(one_stage)
-    ct, codes, mask = _inputs(1)
+    ct, codes, mask = random_inputs(1)
     with torch.no_grad():
         assert torch.equal(t.model.eval()(ct, codes, mask), one(ct, codes, mask))
     assert t.model.config.stages == 2 and t.model.freeze_first
@@ -102,7 +87,7 @@ def test_frozen_first_stage_does_not_move(cache, one_stage, tmp_path):
     # the saved two-stage model loads and predicts a dose inside the mask
     m = load_model(out)
     assert m.config.stages == 2 and not m.freeze_first
-    ct, codes, mask = _inputs(2)
+    ct, codes, mask = random_inputs(2)
     with torch.no_grad():
         d = m(ct, codes, mask).numpy()
     assert np.isfinite(d).all() and (d >= 0).all() and (d[mask.numpy() == 0] == 0).all()
@@ -138,12 +123,12 @@ def test_what_does_not_fit_is_refused(cache, one_stage, tmp_path):
     Trainer(TrainConfig(data=str(cache), out=str(two), epochs=1, steps_per_epoch=1,
                         init=str(one_stage), stages=2, **TINY), progress=False).fit()
     with pytest.raises(ModelError, match="stages=2 but stages=1"):
-        _ready(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
+        ready(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
                            init=str(two), stages=1, **TINY))
     with pytest.raises(ValueError, match="freeze_stage1 needs stages=2"):
         TrainConfig(data=str(cache), out="x", stages=1, freeze_stage1=True)
     with pytest.raises(ModelError, match="freeze_stage1 needs stages=2"):
-        _ready(TrainConfig(data=str(cache), out=str(tmp_path / "y"), epochs=1, steps_per_epoch=1,
+        ready(TrainConfig(data=str(cache), out=str(tmp_path / "y"), epochs=1, steps_per_epoch=1,
                            init=str(one_stage), freeze_stage1=True, **TINY))
 
 

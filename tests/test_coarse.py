@@ -13,8 +13,8 @@ from dosepred.models.checkpoint import export_model, load_checkpoint, load_model
 from dosepred.models.unet import CoarseBranch
 from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig, Trainer
+from tiny_models import TINY, random_inputs, ready
 
-TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=0, batch=1, threads=1, loss="mae")
 COARSE = [4, 4, 8]
 
 
@@ -33,20 +33,6 @@ def plain(cache, tmp_path_factory):
     return out
 
 
-def _ready(cfg):
-    t = Trainer(cfg, progress=False)
-    t.setup_device()
-    t.setup_data()
-    t.setup_model()
-    return t
-
-
-def _inputs(seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    ct = torch.randint(-1000, 1500, (1, 1, size, size, size), generator=g).float()
-    codes = torch.randint(0, 2 ** 10, (1, size, size, size), generator=g).to(torch.int32)
-    mask = (torch.rand((1, 1, size, size, size), generator=g) > 0.2).float()
-    return ct, codes, mask
 
 
 def test_config_without_branch_is_unchanged():
@@ -80,7 +66,7 @@ def test_branch_runs_below_the_bottom_and_adds_to_it():
     for q in branch.extra.parameters():  # move the zero-initialised last layer off zero
         q.data.normal_(0, 0.1)
     with torch.no_grad():
-        m(*_inputs())
+        m(*random_inputs())
     assert seen["bottom"].shape == (1, 8, 8, 8, 8)  # levels=2, base 4: 8 channels at 8^3
     assert sorted({s[0] for s in shapes}) == [2, 4]  # the branch's levels: 1/2 and 1/4 of 8^3
     assert torch.allclose(seen["sum"], seen["bottom"] + seen["extra"])
@@ -88,11 +74,11 @@ def test_branch_runs_below_the_bottom_and_adds_to_it():
 
 
 def test_made_from_a_model_without_it_predicts_exactly_the_same(cache, plain, tmp_path):
-    t = _ready(TrainConfig(data=str(cache), out=str(tmp_path / "c"), epochs=1, steps_per_epoch=1,
+    t = ready(TrainConfig(data=str(cache), out=str(tmp_path / "c"), epochs=1, steps_per_epoch=1,
                            init=str(plain), coarse=COARSE, **TINY))
     assert t.model.config.coarse == COARSE
     before = load_model(plain)
-    ct, codes, mask = _inputs(1)
+    ct, codes, mask = random_inputs(1)
     with torch.no_grad():
         assert torch.equal(t.model.eval()(ct, codes, mask), before(ct, codes, mask))
     # every weight of the plain model is in the new one, the branch is all that is new
@@ -112,7 +98,7 @@ def test_training_moves_the_branch_and_the_model_round_trips(cache, plain, tmp_p
     extra = [k for k in after["model"] if ".extra." in k and k.endswith("weight")]
     assert after["model"][extra[-1]].abs().sum() > 0  # the last layer left zero
     m = load_model(out)
-    ct, codes, mask = _inputs(2)
+    ct, codes, mask = random_inputs(2)
     with torch.no_grad():
         d = m(ct, codes, mask).numpy()
         plain_d = load_model(plain)(ct, codes, mask).numpy()
@@ -123,7 +109,7 @@ def test_training_moves_the_branch_and_the_model_round_trips(cache, plain, tmp_p
     with torch.no_grad():
         assert np.array_equal(load_model(tmp_path / "model")(ct, codes, mask).numpy(), d)
     # a fine-tune of it keeps the branch without being told
-    t = _ready(TrainConfig(data=str(cache), out=str(tmp_path / "again"), epochs=1, steps_per_epoch=1,
+    t = ready(TrainConfig(data=str(cache), out=str(tmp_path / "again"), epochs=1, steps_per_epoch=1,
                            init=str(out), **TINY))
     assert t.model.config.coarse == COARSE
     with torch.no_grad():
@@ -145,8 +131,8 @@ def test_what_does_not_fit_is_refused(cache, plain, tmp_path):
     Trainer(TrainConfig(data=str(cache), out=str(c), epochs=1, steps_per_epoch=1, init=str(plain),
                         coarse=COARSE, **TINY), progress=False).fit()
     with pytest.raises(ModelError, match=r"coarse=\[4, 4, 8\] but coarse=\[4, 8\]"):
-        _ready(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
+        ready(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
                            init=str(c), coarse=[4, 8], **TINY))
     with pytest.raises(ModelError, match="two fine-tunes"):
-        _ready(TrainConfig(data=str(cache), out=str(tmp_path / "y"), epochs=1, steps_per_epoch=1,
+        ready(TrainConfig(data=str(cache), out=str(tmp_path / "y"), epochs=1, steps_per_epoch=1,
                            init=str(plain), coarse=COARSE, stages=2, **TINY))
