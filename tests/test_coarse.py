@@ -136,3 +136,18 @@ def test_what_does_not_fit_is_refused(cache, plain, tmp_path):
     with pytest.raises(ModelError, match="two fine-tunes"):
         ready(TrainConfig(data=str(cache), out=str(tmp_path / "y"), epochs=1, steps_per_epoch=1,
                            init=str(plain), coarse=COARSE, stages=2, **TINY))
+
+
+def test_command_line_takes_comma_separated_widths(tmp_path):
+    """`train --coarse 128,128,256` as `--channels` takes its widths (a list in a --config file)."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    assert TrainConfig(data="d", out="o", coarse="128, 128,256").coarse == [128, 128, 256]
+    assert TrainConfig(data="d", out="o", coarse=[8, 8]).coarse == [8, 8]
+    with pytest.raises(ValueError, match="coarse must be comma-separated integers such as 128,128,256"):
+        TrainConfig(data="d", out="o", coarse="a,b")
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
+                                 "--coarse", "8,x"])
+    assert r.exit_code == 2 and "coarse must be comma-separated integers" in r.output

@@ -27,7 +27,8 @@ from .common import (
 
 _FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
 _TYPES = {"patch": int,  # one size on the command line (three in a --config file)
-          "channels": str}  # comma-separated on the command line (a list in a --config file)
+          "channels": str,  # comma-separated on the command line (a list in a --config file)
+          "coarse": str}
 
 
 def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt: list[str] | None = None,

@@ -141,14 +141,16 @@ class TrainConfig(BaseModel):
     def _path(cls, v: Any) -> Any:
         return os.fspath(v) if isinstance(v, os.PathLike) else v
 
-    @field_validator("channels", mode="before")
+    @field_validator("channels", "coarse", mode="before")
     @classmethod
-    def _channels(cls, v: Any) -> Any:
+    def _channels(cls, v: Any, info: Any) -> Any:
         if isinstance(v, str):
             try:
                 return [int(c) for c in v.replace(" ", "").split(",") if c]
             except ValueError:
-                raise InputError("channels must be comma-separated integers such as 16,32,64") from None
+                example = "16,32,64" if info.field_name == "channels" else "128,128,256"
+                raise InputError(f"{info.field_name} must be comma-separated integers such as "
+                                 f"{example}") from None
         return v
 
     @field_validator("loss_options", mode="before")
