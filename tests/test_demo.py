@@ -58,7 +58,9 @@ def test_demo_tiny(tmp_path):
 
     plans = list(load_patients(tmp_path / "data" / "openkbp" / "validation-pats", ids=["pt_201"]))
     ref = run_qa(ROOT / dict(RELEASED)["MAE+CDM"], plans, "openkbp-clinical", coverage=0.9).to_json()
-    assert ref["patients"] == qa["patients"]
+    # equal up to float32 rounding: the demo predicts in its own torch thread setting, and a convolution's
+    # sums may be ordered differently with another thread count (the round-14 model: 2e-7 Gy)
+    assert _close(ref["patients"], qa["patients"])
     page = (tmp_path / "report.html").read_text()
     assert "Plan QA: pt_201's plan against MAE+CDM" in page
     assert page.index("Plan QA") < page.index("<h2>Cohort</h2>")  # the QA section on the first screens
@@ -172,3 +174,15 @@ def test_verdict_released_compares_ptv_score_and_agreement():
     res[BASELINE]["criteria_agreement"] = 88.0
     assert "(highest: MAE+CDM and no learning)" in verdict_released(res, 5)
     assert "dose score: only MAE beats no learning" in v
+
+
+def _close(a, b, tol=1e-4):
+    """``a == b`` for JSON-like values, floats within ``tol``."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return (isinstance(b, list) and len(a) == len(b)
+                and all(_close(x, y, tol) for x, y in zip(a, b, strict=True)))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=0, abs_tol=tol) or (math.isnan(a) and math.isnan(b))
+    return a == b

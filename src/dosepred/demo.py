@@ -439,9 +439,11 @@ def released_html(real: dict[str, Any]) -> str:
     """The top of the demo's report: what it shows, the table, the verdict, where the rest is."""
     n = len(real["patients"])
     models = ", ".join(f"<code>{_esc(rel)}</code> ({_esc(k)})" for k, rel in RELEASED)
-    return (f"<p><b>What this shows.</b> The released models of this repository, {models}: the same 3D U-Net "
+    return (f"<p><b>What this shows.</b> The released models of this repository, {models}: 3D U-Nets "
             "trained on the OpenKBP <b>train</b> split with a voxel loss (MAE) or with MAE plus the clinical "
-            "DVH metric (CDM) loss, and a no-learning dose (the prescription with a distance fall-off), "
+            "DVH metric (CDM) loss (each model's README says how it was made; the MAE+CDM model has had "
+            "more training and a coarse branch since their equal-budget comparison, models/README.md), "
+            "and a no-learning dose (the prescription with a distance fall-off), "
             f"predicted from CT and contours alone for {n} head-and-neck patients of the OpenKBP "
             f"<b>validation</b> split ({_esc(', '.join(real['patients']))}) and compared with their clinical "
             "plans. Below: the scores, the plan QA of the plan ranked first, the cohort's tables, the "
