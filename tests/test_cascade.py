@@ -7,27 +7,20 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dosepred.io.cache import write_cache
 from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import export_model, load_checkpoint, load_model
-from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig, Trainer
-from tiny_models import TINY, random_inputs, ready
+from tiny_models import TINY, random_inputs, ready, tiny_cache, tiny_run
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cascade")
-    write_cache(make_cohort(3, seed=5, size=20), root / "train")
-    return root / "train"
+    return tiny_cache(tmp_path_factory.mktemp("cascade"), seed=5)
 
 
 @pytest.fixture(scope="module")
 def one_stage(cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one") / "run"
-    Trainer(TrainConfig(data=str(cache), out=str(out), epochs=1, steps_per_epoch=3, seed=1, **TINY),
-            progress=False).fit()
-    return out
+    return tiny_run(cache, tmp_path_factory.mktemp("one") / "run")
 
 
 

@@ -7,30 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from dosepred.io.cache import write_cache
 from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import export_model, load_checkpoint, load_model
 from dosepred.models.unet import CoarseBranch
-from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig, Trainer
-from tiny_models import TINY, random_inputs, ready
+from tiny_models import TINY, random_inputs, ready, tiny_cache, tiny_run
 
 COARSE = [4, 4, 8]
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coarse")
-    write_cache(make_cohort(3, seed=6, size=20), root / "train")
-    return root / "train"
+    return tiny_cache(tmp_path_factory.mktemp("coarse"), seed=6)
 
 
 @pytest.fixture(scope="module")
 def plain(cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("plain") / "run"
-    Trainer(TrainConfig(data=str(cache), out=str(out), epochs=1, steps_per_epoch=3, seed=1, **TINY),
-            progress=False).fit()
-    return out
+    return tiny_run(cache, tmp_path_factory.mktemp("plain") / "run")
 
 
 

@@ -25,3 +25,21 @@ def random_inputs(seed=0, size=16):
     codes = torch.randint(0, 2 ** 10, (1, size, size, size), generator=g).to(torch.int32)
     mask = (torch.rand((1, 1, size, size, size), generator=g) > 0.2).float()
     return ct, codes, mask
+
+
+def tiny_cache(root, seed):
+    """A cache of 3 seeded synthetic 20^3 patients in ``root/train``; its path."""
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_cohort
+
+    write_cache(make_cohort(3, seed=seed, size=20), root / "train")
+    return root / "train"
+
+
+def tiny_run(cache, out):
+    """A TINY model trained 3 steps (seed 1) on ``cache`` into ``out``; its path."""
+    from dosepred.training import TrainConfig
+
+    Trainer(TrainConfig(data=str(cache), out=str(out), epochs=1, steps_per_epoch=3, seed=1, **TINY),
+            progress=False).fit()
+    return out

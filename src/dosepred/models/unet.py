@@ -200,9 +200,10 @@ class DoseUNet(nn.Module):
         if not self.config.coarse or any(".extra." in k for k in state):
             return state
         mine = self.state_dict()
+        prefixes = self._bottom_prefixes()
         out: dict[str, torch.Tensor] = {}
         for k, v in state.items():
-            for prefix in self._bottom_prefixes():
+            for prefix in prefixes:
                 if k.startswith(prefix):
                     k = prefix + "bottom." + k[len(prefix):]
                     break
