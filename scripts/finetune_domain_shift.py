@@ -17,7 +17,9 @@ Arms, each scored on the test patients (``predict --no-tta``, then ``evaluate``)
 - ``none``: the released model mapped onto the clinic's ROIs, no training
   (:func:`dosepred.models.transfer.transfer_checkpoint`): the domain shift;
 - ``finetune_n``: ``train --init`` the released model on n clinic patients;
-- ``scratch_n``: the same architecture trained from random weights on the same n patients.
+- ``scratch_n``: the same architecture trained from random weights on the same n patients;
+- ``freeze_n`` (only when ``--arms`` names it): ``finetune_n`` with ``--freeze-steps``: the released
+  model's contracting path kept for the first steps, then everything trained.
 
 Fine-tuning and scratch runs take the same number of optimiser steps with the same network, patch,
 batch, loss (the released model's MAE+CDM options) and augmentation, so the same CPU time per step;
@@ -210,8 +212,10 @@ def train_arm(work: Path, arm: str, n: int, a: argparse.Namespace) -> dict[str, 
                     "--batch", 1, "--epochs", epochs, "--steps-per-epoch", a.steps_per_epoch,
                     "--val-every", max(1, epochs // 10), "--device", "cpu", "--seed", a.seed, "--out", run,
                     *(x for o in a.loss_opt for x in ("--loss-opt", o)), *(["--shift"] if a.shift else [])]
-            if arm.startswith("finetune"):
+            if arm.startswith(("finetune", "freeze")):
                 args += ["--init", RELEASED, "--lr", a.lr_finetune]
+                if arm.startswith("freeze"):
+                    args += ["--freeze-steps", a.freeze_steps]
             else:  # the released model's architecture, from random weights
                 args += ["--base", 16, "--levels", 4, "--res-units", 0, "--norm", "instance",
                          "--lr", a.lr_scratch]
@@ -267,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                          "cdm_oar_weight=1, cdm_spread=3)")
     ap.add_argument("--no-shift", dest="shift", action="store_false", help="no mask-in-view translations")
     ap.add_argument("--lr-finetune", type=float, default=1e-4)
+    ap.add_argument("--freeze-steps", type=int, default=300,
+                    help="the freeze arm: steps with the contracting path kept (train --freeze-steps)")
     ap.add_argument("--lr-scratch", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"n": "-", "arm": "released, no fine-tuning", "steps": 0, **no_finetune(work, a.threads)})
     write_table(work, rows)
     for n in sizes:
-        for kind in ("finetune", "scratch"):
+        for kind in ("finetune", "freeze", "scratch"):
             if kind in arms:
                 rows.append({"n": n, "arm": kind, **train_arm(work, f"{kind}_{n}", n, a)})
                 write_table(work, rows)

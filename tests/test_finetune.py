@@ -273,8 +273,9 @@ def clinic_cache(tmp_path_factory, synth):
 
 
 def _cfg(tmp_path, cache, init, **kw):
-    return TrainConfig(data=str(cache), out=str(tmp_path / "run"), init=str(init), loss="mae", epochs=1,
-                       steps_per_epoch=1, batch=1, patch=(16, 16, 16), threads=1, **kw)
+    return TrainConfig(**{"data": str(cache), "out": str(tmp_path / "run"), "init": str(init), "loss": "mae",
+                          "epochs": 1, "steps_per_epoch": 1, "batch": 1, "patch": (16, 16, 16), "threads": 1,
+                          **kw})
 
 
 def test_trainer_init_starts_from_the_released_prediction(tmp_path, synth, clinic_cache):
@@ -352,6 +353,60 @@ def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
     train(TrainConfig(**{**_cfg(tmp_path, clinic_cache, out).model_dump(), "out": str(tmp_path / "again")}))
     again = load_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")
     assert again["roi_transfer"]["new"] == ["Glnd_Submand_L"]
+
+
+#: a 3-level U-Net's contracting path below its first convolution, named by hand from MONAI's nesting
+#: Sequential(down0, Skip(Sequential(down1, Skip(bottom), up1)), up0): down1 and the bottom
+CONTRACTING = ("net.model.1.submodule.0.", "net.model.1.submodule.1.submodule.")
+
+
+@pytest.mark.parametrize("coarse", [None, [6, 8]])
+def test_freeze_steps_keep_the_contracting_path_then_train_it(tmp_path, clinic_cache, coarse):
+    from dosepred.training import train
+    from tiny_models import ready
+
+    ck = save_released(released_model(9, levels=3, res_units=0), tmp_path / "released.pt")
+    cfg = _cfg(tmp_path, clinic_cache, ck, levels=3, res_units=0, coarse=coarse, freeze_steps=3,
+               steps_per_epoch=3, epochs=2, stop_after=1, seed=2)
+    start = {k: v.clone() for k, v in ready(cfg).model.state_dict().items()}  # step 0 (branch included)
+
+    def weights(run):
+        return load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"]
+
+    def held(k):  # the branch sits under the bottom: held with it
+        return k.startswith(CONTRACTING)
+
+    logs = []
+    train(cfg, log=logs.append)
+    assert any("keeps the --init weights for the first 3 steps" in m for m in logs)
+    w = weights("run")
+    assert w.keys() == start.keys() and any(".extra." in k for k in w) == bool(coarse)
+    assert any(map(held, w)) and not all(map(held, w))
+    for k in w:  # after 3 steps: the held weights bit for bit the start's, every other weight moved
+        assert torch.equal(w[k], start[k]) == held(k), k
+    # resumed past the freeze: the held weights move too; the same as the run without interruption
+    train(TrainConfig(**{**cfg.model_dump(), "stop_after": None}), resume=True)
+    w6 = weights("run")
+    assert not any(torch.equal(w6[k], w[k]) for k in w if held(k))
+    whole = TrainConfig(**{**cfg.model_dump(), "stop_after": None, "out": str(tmp_path / "whole")})
+    train(whole)
+    for k, v in weights("whole").items():
+        assert torch.equal(v, w6[k]), k
+
+
+def test_freeze_steps_need_init(tmp_path, synth, clinic_cache):
+    from dosepred.cli import app
+    from dosepred.errors import InputError
+
+    with pytest.raises(InputError, match="freeze_steps needs --init"):
+        TrainConfig(data=str(clinic_cache), out=str(tmp_path / "run"), freeze_steps=10)
+    r = CliRunner().invoke(app, ["train", "--data", str(clinic_cache), "--out", str(tmp_path / "run"),
+                                 "--freeze-steps", "10", "--epochs", "1", "--patch", "16", "--no-progress"])
+    assert r.exit_code == 2 and "freeze_steps needs --init" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    r = CliRunner().invoke(app, ["train", "--data", str(clinic_cache), "--out", str(tmp_path / "run"),
+                                 "--freeze-steps", "-1", "--init", str(tmp_path), "--no-progress"])
+    assert r.exit_code == 2 and "freeze_steps" in r.output and "Traceback" not in r.output
 
 
 def test_transfer_checkpoint_predicts_like_the_released_model(tmp_path, synth):

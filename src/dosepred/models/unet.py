@@ -252,6 +252,18 @@ class DoseUNet(nn.Module):
             q.requires_grad_(False)
         self.train(self.training)
 
+    def contracting_parameters(self) -> list[nn.Parameter]:
+        """The weights of each U-Net's contracting path below its first convolution: the strided
+        convolutions of the deeper levels, the bottom and a coarse branch (the trainer's
+        ``freeze_steps`` keeps them at their ``--init`` values for a while). Not among them: the first
+        convolution, which reads the input channels, and the expanding path."""
+        out: list[nn.Parameter] = []
+        for net in (self.net, self.refine):
+            if net is not None:
+                for m in _contracting(net):
+                    out.extend(m.parameters())
+        return out
+
     def train(self, mode: bool = True) -> DoseUNet:
         """A frozen first stage stays in eval mode (batch-norm statistics and dropout fixed)."""
         super().train(mode)
@@ -295,6 +307,24 @@ def _bottom_skip(net: nn.Module) -> nn.Module:
     if len(inner) != 1:
         raise ModelError("cannot find the U-Net's bottom layer (MONAI's UNet changed?)")
     return inner[0]
+
+
+def _contracting(net: nn.Module) -> list[nn.Module]:
+    """A MONAI UNet's contracting path below the first level: each deeper level's down layer, then
+    the bottom. MONAI nests the levels as ``Sequential(down, SkipConnection(inner), up)``."""
+    from monai.networks.layers.simplelayers import SkipConnection
+
+    seq, out = net.model, []
+    while True:
+        if not (isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[1], SkipConnection)):
+            raise ModelError("cannot find the U-Net's levels (MONAI's UNet changed?)")
+        if seq is not net.model:
+            out.append(seq[0])
+        inner = seq[1].submodule
+        if not (isinstance(inner, nn.Sequential) and len(inner) == 3
+                and isinstance(inner[1], SkipConnection)):
+            return [*out, inner]  # the bottom (with a coarse branch, if any)
+        seq = inner
 
 
 def _last_conv(net: nn.Module) -> nn.Module:

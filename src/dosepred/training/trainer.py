@@ -321,6 +321,13 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         trainable = [q for q in self.model.parameters() if q.requires_grad]  # not a frozen first stage
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # freeze_steps: these weights get no gradient (so AdamW neither moves nor decays them) while
+        # global_step < freeze_steps; a pure function of the step, so --resume needs no state
+        self.held = [q for q in self.model.contracting_parameters() if q.requires_grad] \
+            if cfg.freeze_steps else []
+        if self.held:
+            self.log(f"fine-tuning: the contracting path ({sum(q.numel() for q in self.held):,} weights) "
+                     f"keeps the --init weights for the first {cfg.freeze_steps} steps")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
     def setup_loss(self) -> None:
@@ -535,6 +542,9 @@ class Trainer:
             raise TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.global_step < self.cfg.freeze_steps:
+            for q in self.held:
+                q.grad = None
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
