@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         for kind in ("finetune", "freeze", "scratch"):
             if kind in arms:
-                rows.append({"n": n, "arm": kind, **train_arm(work, f"{kind}_{n}", n, a)})
+                label = f"freeze {a.freeze_steps}" if kind == "freeze" else kind
+                rows.append({"n": n, "arm": label, **train_arm(work, f"{kind}_{n}", n, a)})
                 write_table(work, rows)
     return 0
 

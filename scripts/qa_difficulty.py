@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     ref = Cache.open(a.data)
     preds = {k: Cache.open(v) for k, v in (("tta", a.flipped), ("no", a.unflipped), ("other", a.other)) if v}
-    err, scores = [], {"flip disagreement": [], "spread": [], **({"checkpoint disagreement": []} if a.other else {})}
+    err: list[float] = []
+    scores: dict[str, list[float]] = {"flip disagreement": [], "spread": []}
+    if a.other:
+        scores["checkpoint disagreement"] = []
     for pid in ref.ids:
         p = ref.load(pid, with_ct=False)
         dose = {k: c.load_dose(pid) for k, c in preds.items()}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dosepred.errors import InputError
 from dosepred.io.cache import write_cache
 from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import MODEL_FORMAT, export_model, load_checkpoint, save_checkpoint
@@ -30,6 +31,7 @@ from dosepred.patient import Patient, Roi, RoiSet
 from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig
 from dosepred.training.trainer import Trainer
+from tiny_models import ready
 
 OKBP = RoiSet.openkbp()
 #: the clinic's names of the OpenKBP organs it contours (TG-263 spellings); it lacks Esophagus, Larynx
@@ -355,7 +357,7 @@ def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
     assert again["roi_transfer"]["new"] == ["Glnd_Submand_L"]
 
 
-#: a 3-level U-Net's contracting path below its first convolution, named by hand from MONAI's nesting
+#: a 3-level U-Net's contracting path below its first level, named by hand from MONAI's nesting
 #: Sequential(down0, Skip(Sequential(down1, Skip(bottom), up1)), up0): down1 and the bottom
 CONTRACTING = ("net.model.1.submodule.0.", "net.model.1.submodule.1.submodule.")
 
@@ -363,50 +365,61 @@ CONTRACTING = ("net.model.1.submodule.0.", "net.model.1.submodule.1.submodule.")
 @pytest.mark.parametrize("coarse", [None, [6, 8]])
 def test_freeze_steps_keep_the_contracting_path_then_train_it(tmp_path, clinic_cache, coarse):
     from dosepred.training import train
-    from tiny_models import ready
 
     ck = save_released(released_model(9, levels=3, res_units=0), tmp_path / "released.pt")
     cfg = _cfg(tmp_path, clinic_cache, ck, levels=3, res_units=0, coarse=coarse, freeze_steps=3,
-               steps_per_epoch=3, epochs=2, stop_after=1, seed=2)
+               steps_per_epoch=2, epochs=3, stop_after=1, seed=2)
     start = {k: v.clone() for k, v in ready(cfg).model.state_dict().items()}  # step 0 (branch included)
 
-    def weights(run):
+    def weights(run="run"):
         return load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"]
 
-    def held(k):  # the branch sits under the bottom: held with it
-        return k.startswith(CONTRACTING)
+    def held(k):  # from --init: not the coarse branch this run adds under the bottom (it trains)
+        return k.startswith(CONTRACTING) and ".extra." not in k
 
     logs = []
     train(cfg, log=logs.append)
-    assert any("keeps the --init weights for the first 3 steps" in m for m in logs)
-    w = weights("run")
+    assert any("keeps its --init weights for the first 3 steps" in m for m in logs)
+    w = weights()
     assert w.keys() == start.keys() and any(".extra." in k for k in w) == bool(coarse)
     assert any(map(held, w)) and not all(map(held, w))
-    for k in w:  # after 3 steps: the held weights bit for bit the start's, every other weight moved
+    for k in w:  # after 2 of the 3 held steps: the held weights bit for bit the start's, the rest moved
         assert torch.equal(w[k], start[k]) == held(k), k
-    # resumed past the freeze: the held weights move too; the same as the run without interruption
+    # resumed inside the freeze, stopped one step after it: the held weights have moved
+    train(TrainConfig(**{**cfg.model_dump(), "stop_after": 2}), resume=True)
+    w4 = weights()
+    assert not any(torch.equal(w4[k], w[k]) for k in w if held(k))
+    # to the end: the same weights as the run without interruptions
     train(TrainConfig(**{**cfg.model_dump(), "stop_after": None}), resume=True)
-    w6 = weights("run")
-    assert not any(torch.equal(w6[k], w[k]) for k in w if held(k))
     whole = TrainConfig(**{**cfg.model_dump(), "stop_after": None, "out": str(tmp_path / "whole")})
     train(whole)
+    w6 = weights()
     for k, v in weights("whole").items():
         assert torch.equal(v, w6[k]), k
+    with pytest.raises(InputError, match="freeze_steps was 3"):  # another schedule is another run
+        train(TrainConfig(**{**whole.model_dump(), "freeze_steps": 4, "epochs": 4}), resume=True)
 
 
-def test_freeze_steps_need_init(tmp_path, synth, clinic_cache):
+def test_freeze_steps_refusals(tmp_path, clinic_cache):
     from dosepred.cli import app
-    from dosepred.errors import InputError
 
+    one_line = CliRunner().invoke
     with pytest.raises(InputError, match="freeze_steps needs --init"):
         TrainConfig(data=str(clinic_cache), out=str(tmp_path / "run"), freeze_steps=10)
-    r = CliRunner().invoke(app, ["train", "--data", str(clinic_cache), "--out", str(tmp_path / "run"),
-                                 "--freeze-steps", "10", "--epochs", "1", "--patch", "16", "--no-progress"])
-    assert r.exit_code == 2 and "freeze_steps needs --init" in r.output and "Traceback" not in r.output
-    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
-    r = CliRunner().invoke(app, ["train", "--data", str(clinic_cache), "--out", str(tmp_path / "run"),
-                                 "--freeze-steps", "-1", "--init", str(tmp_path), "--no-progress"])
-    assert r.exit_code == 2 and "freeze_steps" in r.output and "Traceback" not in r.output
+    with pytest.raises(InputError, match="freeze_steps 4 is not below the run's 4 steps"):
+        _cfg(tmp_path, clinic_cache, tmp_path, freeze_steps=4, epochs=2, steps_per_epoch=2)
+    ck = save_released(released_model(3, res_units=0), tmp_path / "released.pt")
+    per_patient = {**_cfg(tmp_path, clinic_cache, ck, epochs=3).model_dump(), "steps_per_epoch": None}
+    with pytest.raises(InputError, match="freeze_steps 1000 is not below the run's .* steps"):
+        Trainer(TrainConfig(**{**per_patient, "freeze_steps": 1000}), progress=False).initialize()
+    # a second stage added over a frozen first: nothing to keep comes from --init
+    with pytest.raises(InputError, match="no weight of the contracting path"):
+        ready(_cfg(tmp_path, clinic_cache, ck, stages=2, freeze_stage1=True, freeze_steps=1, epochs=2))
+    for args in (["--freeze-steps", "10"], ["--freeze-steps", "-1", "--init", str(ck)]):
+        r = one_line(app, ["train", "--data", str(clinic_cache), "--out", str(tmp_path / "cli"), *args,
+                           "--epochs", "1", "--patch", "16", "--no-progress"])
+        assert r.exit_code == 2 and "freeze_steps" in r.output and "Traceback" not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "cli").exists()
 
 
 def test_transfer_checkpoint_predicts_like_the_released_model(tmp_path, synth):

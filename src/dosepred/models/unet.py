@@ -252,16 +252,17 @@ class DoseUNet(nn.Module):
             q.requires_grad_(False)
         self.train(self.training)
 
-    def contracting_parameters(self) -> list[nn.Parameter]:
-        """The weights of each U-Net's contracting path below its first convolution: the strided
-        convolutions of the deeper levels, the bottom and a coarse branch (the trainer's
-        ``freeze_steps`` keeps them at their ``--init`` values for a while). Not among them: the first
-        convolution, which reads the input channels, and the expanding path."""
-        out: list[nn.Parameter] = []
+    def contracting_parameters(self) -> dict[str, nn.Parameter]:
+        """The weights of each U-Net's contracting path below its first level, by name: the down
+        layers of the deeper levels, the bottom and a coarse branch (the trainer's ``freeze_steps``
+        keeps those that came from ``--init`` for a while). Not among them: the first level's down
+        layer, which reads the input channels, and the expanding path."""
+        names = {id(q): n for n, q in self.named_parameters()}
+        out: dict[str, nn.Parameter] = {}
         for net in (self.net, self.refine):
             if net is not None:
                 for m in _contracting(net):
-                    out.extend(m.parameters())
+                    out.update((names[id(q)], q) for q in m.parameters())
         return out
 
     def train(self, mode: bool = True) -> DoseUNet:

@@ -88,10 +88,10 @@ class TrainConfig(BaseModel):
     freeze_stage1: bool = Field(False, description="With stages=2: train only the second stage (the "
                                                    "first runs without gradients).")
     freeze_steps: int = Field(0, ge=0, description="Fine-tuning (with --init): for the first N optimiser "
-                              "steps the U-Net's contracting path below its first convolution (the deeper "
-                              "levels' down layers, the bottom, a coarse branch) keeps the --init weights; "
-                              "the first convolution (the input channels, new ROIs among them) and the "
-                              "expanding path train; then every weight trains.")
+                              "steps the --init model's contracting path below its first level (the "
+                              "deeper levels' down layers, the bottom, a coarse branch it had) keeps its "
+                              "weights; the first level's down layer (it reads the input channels, new "
+                              "ROIs among them) and the expanding path train; then every weight trains.")
     target_fraction: float = Field(2 / 3, ge=0, le=1,
         description="Fraction of crops centred on a target voxel "
                     "(the others on a mask voxel).")
@@ -175,6 +175,11 @@ class TrainConfig(BaseModel):
             raise InputError(f"patch sizes must be >= 1, got {list(self.patch)}")
         if not (360 / self.rotate_step).is_integer():
             raise InputError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
+        total = self.epochs * (self.steps_per_epoch or 0)
+        if self.freeze_steps and total and self.freeze_steps >= total:
+            raise InputError(f"freeze_steps {self.freeze_steps} is not below the run's "
+                             f"{total} steps ({self.epochs} epochs x "
+                             f"{self.steps_per_epoch}): the contracting path would never train")
         if self.freeze_steps and not self.init:
             raise InputError("freeze_steps needs --init (it keeps the --init model's contracting path for a "
                              "while; a network from random weights has nothing to keep)")

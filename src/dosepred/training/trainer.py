@@ -321,14 +321,30 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         trainable = [q for q in self.model.parameters() if q.requires_grad]  # not a frozen first stage
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # freeze_steps: these weights get no gradient (so AdamW neither moves nor decays them) while
-        # global_step < freeze_steps; a pure function of the step, so --resume needs no state
-        self.held = [q for q in self.model.contracting_parameters() if q.requires_grad] \
-            if cfg.freeze_steps else []
-        if self.held:
-            self.log(f"fine-tuning: the contracting path ({sum(q.numel() for q in self.held):,} weights) "
-                     f"keeps the --init weights for the first {cfg.freeze_steps} steps")
+        self.held = self.held_weights()
+
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+
+    def held_weights(self) -> list[torch.nn.Parameter]:
+        """``freeze_steps``: the contracting path's weights that came from ``--init`` (not a coarse
+        branch or second stage this run adds, which start from scratch; not a frozen first stage). They
+        get no gradient while ``global_step < freeze_steps`` (so AdamW neither moves nor decays them):
+        a function of the step alone, so ``--resume`` needs no state."""
+        cfg = self.cfg
+        if not cfg.freeze_steps:
+            return []
+        was = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
+
+        def fresh(name: str) -> bool:
+            return (".extra." in name and not was.coarse) or (name.startswith("refine.") and was.stages == 1)
+        held = [q for n, q in self.model.contracting_parameters().items() if q.requires_grad and not fresh(n)]
+        if not held:
+            raise InputError(f"freeze_steps: no weight of the contracting path to keep comes from --init "
+                             f"{cfg.init} (its second stage or coarse branch is new in this run, or frozen "
+                             "by freeze_stage1); leave freeze_steps out")
+        self.log(f"fine-tuning: the contracting path ({sum(q.numel() for q in held):,} weights from --init) "
+                 f"keeps its --init weights for the first {cfg.freeze_steps} steps")
+        return held
 
     def setup_loss(self) -> None:
         cfg = self.cfg
@@ -395,6 +411,10 @@ class Trainer:
                  "memory)")
         self.steps_per_epoch = cfg.steps_per_epoch or max(
             1, math.ceil(len(train_patients) / (cfg.batch * self.world)))
+        if cfg.freeze_steps >= cfg.epochs * self.steps_per_epoch:
+            raise InputError(f"freeze_steps {cfg.freeze_steps} is not below the run's "
+                             f"{cfg.epochs * self.steps_per_epoch} steps ({cfg.epochs} epochs x "
+                             f"{self.steps_per_epoch}): the contracting path would never train")
         self.dataset = self.build_dataset(train_patients)
 
     def write_run_info(self) -> None:
@@ -496,10 +516,11 @@ class Trainer:
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
             raise ModelError(f"--resume: {path} was trained with a different model ({diff})")
         old = ck.get("train_config", {})
-        for k in ("seed", "batch", "loss", "data"):
-            same_data = k == "data" and old.get(k) and Path(old[k]).resolve() == Path(self.cfg.data).resolve()
-            if old.get(k) != getattr(self.cfg, k) and not same_data:
-                raise InputError(f"--resume: {k} was {old.get(k)!r} in {path}, now {getattr(self.cfg, k)!r}")
+        for k in ("seed", "batch", "loss", "data", "freeze_steps"):
+            was = old.get(k, 0 if k == "freeze_steps" else None)  # runs from before freeze_steps: 0
+            same_data = k == "data" and was and Path(was).resolve() == Path(self.cfg.data).resolve()
+            if was != getattr(self.cfg, k) and not same_data:
+                raise InputError(f"--resume: {k} was {was!r} in {path}, now {getattr(self.cfg, k)!r}")
         if self.ema is not None:
             if "train_model" not in ck:
                 raise InputError(f"--resume: {path} holds no EMA (trained without ema_decay); "
