@@ -441,8 +441,8 @@ def released_html(real: dict[str, Any]) -> str:
     models = ", ".join(f"<code>{_esc(rel)}</code> ({_esc(k)})" for k, rel in RELEASED)
     return (f"<p><b>What this shows.</b> The released models of this repository, {models}: 3D U-Nets "
             "trained on the OpenKBP <b>train</b> split with a voxel loss (MAE) or with MAE plus the clinical "
-            "DVH metric (CDM) loss (each model's README says how it was made; the MAE+CDM model has had "
-            "more training and a coarse branch since their equal-budget comparison, models/README.md), "
+            "DVH metric (CDM) loss, with the same network and training budget (each model's README says "
+            "how it was made, models/README.md), "
             "and a no-learning dose (the prescription with a distance fall-off), "
             f"predicted from CT and contours alone for {n} head-and-neck patients of the OpenKBP "
             f"<b>validation</b> split ({_esc(', '.join(real['patients']))}) and compared with their clinical "
