@@ -169,17 +169,23 @@ class TrainConfig(BaseModel):
         except ValidationError as e:
             raise InputError(_describe(e)) from None
 
+    def check_freeze_steps(self, steps_per_epoch: int) -> None:
+        """``freeze_steps`` must leave steps to train the contracting path in (the trainer calls this
+        once it knows the steps per epoch when ``steps_per_epoch`` is not given)."""
+        total = self.epochs * steps_per_epoch
+        if self.freeze_steps and self.freeze_steps >= total:
+            raise InputError(f"freeze_steps {self.freeze_steps} is not below the run's {total} steps "
+                             f"({self.epochs} epochs x {steps_per_epoch}): the contracting path would "
+                             "never train")
+
     @model_validator(mode="after")
     def _fields_together(self) -> TrainConfig:
         if self.patch and min(self.patch) < 1:
             raise InputError(f"patch sizes must be >= 1, got {list(self.patch)}")
         if not (360 / self.rotate_step).is_integer():
             raise InputError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
-        total = self.epochs * (self.steps_per_epoch or 0)
-        if self.freeze_steps and total and self.freeze_steps >= total:
-            raise InputError(f"freeze_steps {self.freeze_steps} is not below the run's "
-                             f"{total} steps ({self.epochs} epochs x "
-                             f"{self.steps_per_epoch}): the contracting path would never train")
+        if self.steps_per_epoch:
+            self.check_freeze_steps(self.steps_per_epoch)
         if self.freeze_steps and not self.init:
             raise InputError("freeze_steps needs --init (it keeps the --init model's contracting path for a "
                              "while; a network from random weights has nothing to keep)")

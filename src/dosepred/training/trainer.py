@@ -322,7 +322,6 @@ class Trainer:
         trainable = [q for q in self.model.parameters() if q.requires_grad]  # not a frozen first stage
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.held = self.held_weights()
-
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
     def held_weights(self) -> list[torch.nn.Parameter]:
@@ -411,10 +410,7 @@ class Trainer:
                  "memory)")
         self.steps_per_epoch = cfg.steps_per_epoch or max(
             1, math.ceil(len(train_patients) / (cfg.batch * self.world)))
-        if cfg.freeze_steps >= cfg.epochs * self.steps_per_epoch:
-            raise InputError(f"freeze_steps {cfg.freeze_steps} is not below the run's "
-                             f"{cfg.epochs * self.steps_per_epoch} steps ({cfg.epochs} epochs x "
-                             f"{self.steps_per_epoch}): the contracting path would never train")
+        cfg.check_freeze_steps(self.steps_per_epoch)
         self.dataset = self.build_dataset(train_patients)
 
     def write_run_info(self) -> None:
