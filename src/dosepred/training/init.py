@@ -105,6 +105,13 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
     return roi_transfer, transfer
 
 
+def from_init(name: str, was: ModelConfig) -> bool:
+    """Whether the weight ``name`` of a model set up by :func:`load_init_weights` holds a value of the
+    ``--init`` model (``was``, its configuration): not a coarse branch or second stage the fine-tune
+    adds to it (which start at zero or from random weights)."""
+    return not ((".extra." in name and not was.coarse) or (name.startswith("refine.") and was.stages == 1))
+
+
 def same_patients(init: ModelSpace, space: ModelSpace, was: dict[str, int], own: dict[str, int]) -> bool:
     """Whether a fine-tune's training patients are the ``--init`` model's (a training continued in
     stages): their recorded id fingerprints agree; for a model recorded before fingerprints, its counts
@@ -145,4 +152,5 @@ def inherit_absent(space: ModelSpace, init_ckpt: dict[str, Any], transfer: RoiTr
     return dataclasses.replace(space, absent_rois=absent, absent_counts=counts, absent_patients=of)
 
 
-__all__ = ["ARCH_KEYS", "inherit_absent", "load_init_weights", "resolve_architecture", "same_patients"]
+__all__ = ["ARCH_KEYS", "from_init", "inherit_absent", "load_init_weights", "resolve_architecture",
+           "same_patients"]

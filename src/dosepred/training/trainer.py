@@ -66,7 +66,7 @@ from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
 from .config import TrainConfig
 from .dataset import CropDataset, RankSampler, load_arrays
-from .init import inherit_absent, load_init_weights, resolve_architecture
+from .init import from_init, inherit_absent, load_init_weights, resolve_architecture
 from .logging import VAL_KEYS, Log, RunLogger
 
 __all__ = ["ProtocolLintWarning", "ResumeFallbackWarning", "Trainer", "ema_decay_at", "ema_update", "lr_at",
@@ -333,10 +333,8 @@ class Trainer:
         if not cfg.freeze_steps:
             return []
         was = ModelConfig.from_dict(dict(self.init_ckpt["model_config"]))
-
-        def fresh(name: str) -> bool:
-            return (".extra." in name and not was.coarse) or (name.startswith("refine.") and was.stages == 1)
-        held = [q for n, q in self.model.contracting_parameters().items() if q.requires_grad and not fresh(n)]
+        held = [q for n, q in self.model.contracting_parameters().items()
+                if q.requires_grad and from_init(n, was)]
         if not held:
             raise InputError(f"freeze_steps: no weight of the contracting path to keep comes from --init "
                              f"{cfg.init} (its second stage or coarse branch is new in this run, or frozen "
