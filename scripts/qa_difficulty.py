@@ -63,4 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from dosepred.errors import DosepredError
+
+    try:
+        raise SystemExit(main())
+    except (DosepredError, OSError) as e:  # a wrong path or cache: one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
