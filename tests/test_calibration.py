@@ -618,8 +618,17 @@ def test_choose_methods_by_the_flagging_end():
         "d": {"absolute": stats(80, 6, 2.5, 90, 2.5, 3.0), "signed": stats(84, 8, 1.0, 94, 4, 1.0)},
         # none eligible (all under-cover): the total-width rule decides
         "e": {"absolute": stats(70, 6, 2.5, 80, 2.5, 3.0), "signed": stats(70, 10, 1.0, 80, 5, 1.0)},
+        # none eligible, all cover, all flag too often (the round-15 MAE+CDM's V110%: ties at the
+        # tail): absolute flags 9.9 % at 90 % and is the narrowest; the least excess (12.3 points
+        # summed for absolute, 6.5 signed, 6.1 normalised) decides, signed and normalised are
+        # near-equal, and signed's flagging end is the nearer
+        "f": {"absolute": stats(81.7, 17.4, 0.28, 90.1, 9.9, 1.21),
+              "signed": stats(81.7, 16.2, 0.65, 91.8, 5.2, 3.72),
+              "normalised": stats(81.8, 16.1, 0.66, 92.7, 4.35, 6.03)},
+        # ... and a clearly smaller excess wins even with a farther flagging end
+        "g": {"absolute": stats(80, 16, 1.0, 90, 9, 1.5), "signed": stats(80, 12, 2.0, 90, 6, 3.0)},
     }
     assert choose_methods(cv) == {"a": "signed", "b": "absolute", "c": "normalised", "d": "absolute",
-                                  "e": "absolute"}
+                                  "e": "absolute", "f": "signed", "g": "signed"}
     with pytest.raises(ValueError, match="method rule"):
         choose_methods(cv, rule="nope")
