@@ -66,3 +66,21 @@ def test_limits_protocol_shows_values_only_when_asked(caches):
     cord = p.mask("SpinalCord")
     r_val, p_val, _ = _row(out, p.id, "SpinalCord", "D0.1cc")
     assert p_val == pytest.approx(0.9 * r_val, abs=0.02) and r_val <= p.dose[cord].max() + 1e-3
+
+
+def test_missing_predictions_are_named_in_one_short_line(tmp_path):
+    """A reference with many patients and a prediction folder with one: the error says how many lack a
+    prediction and names five, not all of them (136 ids made a line of 1,100 characters)."""
+    ref = make_cohort(8, seed=3, size=16)
+    write_cache(ref, tmp_path / "ref")
+    write_cache([ref[0].with_dose(ref[0].dose * 0.9)], tmp_path / "pred")
+    args = ["evaluate", "--reference", str(tmp_path / "ref"), "--prediction", str(tmp_path / "pred"),
+            "--no-progress"]
+    r = runner.invoke(app, args, env={"COLUMNS": "400", "DOSEPRED_PROGRESS_INTERVAL": "off"})
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    missing = [p.id for p in ref[1:]]
+    assert "for 7 reference patient(s)" in lines[0]
+    assert ", ".join(missing[:5]) + " and 2 more" in lines[0] and missing[5] not in lines[0]
+    assert "--allow-missing" in lines[0]

@@ -16,6 +16,8 @@ no input can cause) raises ``ValueError`` / ``AssertionError`` and is therefore 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class DosepredError(Exception):
     """Something a user can cause: bad input data, a file, an option or a model that cannot be used.
@@ -32,3 +34,12 @@ class UnknownNameError(DosepredError, KeyError):
     """A name or id that is not where it was looked up (an ROI not in the ROI set, a patient not in a
     cache). A ``KeyError``, as a lookup's error is; the message is its first argument (``str()`` of a
     ``KeyError`` quotes it)."""
+
+
+def name_some(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` for a one-line message, and how many more there are:
+    ``"pt_2, pt_3, pt_4, pt_5, pt_7 and 131 more"``. An error about 136 patients stays one line that
+    says what is wrong; all of them are one ``data inspect`` away."""
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DosepredError
+from .errors import DosepredError, name_some
 from .fsutil import write_json
 from .io.cache import Cache
 
@@ -190,8 +190,7 @@ def dates_from_cache(cache_dir: str | os.PathLike, key: str = "study_date") -> d
         else:
             out[e["id"]] = str(d)
     if lacking:
-        more = f" (and {len(lacking) - 5} more)" if len(lacking) > 5 else ""
-        raise SplitError(f"cache {cache_dir}: patients {', '.join(lacking[:5])}{more} have no meta[{key!r}]; "
+        raise SplitError(f"cache {cache_dir}: patients {name_some(lacking)} have no meta[{key!r}]; "
                          "give --manifest FILE --date-column COL instead")
     return out
 
@@ -314,10 +313,9 @@ def check_known(splits: Mapping[str, Sequence[str]], known: Sequence[str], what:
     for name, lst in splits.items():
         bad = [i for i in lst if i not in known_set]
         if bad:
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
             where = f"split file {path}: " if path else ""
             raise SplitError(f"{where}split {name!r} names patients not in {what}: "
-                             f"{', '.join(bad[:5])}{more}")
+                             f"{name_some(bad)}")
 
 
 def _natural(pid: str) -> tuple:

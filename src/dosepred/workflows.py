@@ -20,7 +20,7 @@ from . import evaluation as ev
 from . import split, synth
 from .baseline import distance_falloff
 from .demo import run_demo
-from .errors import InputError
+from .errors import InputError, name_some
 from .fsutil import check_output, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
@@ -167,9 +167,9 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     pairs, missing = ev.match_predictions(reference, prediction, roi_map)
     if missing and not allow_missing:
         raise InputError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
-                         f"{', '.join(missing)} (use --allow-missing to evaluate the others)")
+                         f"{name_some(missing)} (use --allow-missing to evaluate the others)")
     if missing:
-        warnings.warn(f"no prediction for {len(missing)} patient(s), skipped: {', '.join(missing)}",
+        warnings.warn(f"no prediction for {len(missing)} patient(s), skipped: {name_some(missing)}",
                       stacklevel=2)
     if not pairs:
         raise InputError(f"no reference patient of {reference} has a prediction in {prediction}")

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..constants import HU_MAX, HU_MIN
-from ..errors import InputError
+from ..errors import InputError, name_some
 from ..fsutil import output_dir, write_bytes
 from ..patient import Patient
 from ..progress import track
@@ -199,8 +199,7 @@ def unpack_cache(src: str | os.PathLike, out: str | os.PathLike, jobs: int | Non
     entries = info["patients"]
     lacking = [_packed_name(e) for e in entries if not (src / _packed_name(e)).is_file()]
     if lacking:
-        raise CacheError(f"{src} is not a packed cache: it lacks {', '.join(lacking[:5])}"
-                         f"{f' and {len(lacking) - 5} more' if len(lacking) > 5 else ''}")
+        raise CacheError(f"{src} is not a packed cache: it lacks {name_some(lacking)}")
     with output_dir(out, overwrite, [src], "the unpacked cache") as tmp:
         work = [(src / _packed_name(e), tmp / e["file"]) for e in entries]
         _run(_unpack_one, work, jobs, progress, "unpacking")
