@@ -620,15 +620,28 @@ def test_choose_methods_by_the_flagging_end():
         "e": {"absolute": stats(70, 6, 2.5, 80, 2.5, 3.0), "signed": stats(70, 10, 1.0, 80, 5, 1.0)},
         # none eligible, all cover, all flag too often (the round-15 MAE+CDM's V110%: ties at the
         # tail): absolute flags 9.9 % at 90 % and is the narrowest; the least excess (12.3 points
-        # summed for absolute, 6.5 signed, 6.1 normalised) decides, signed and normalised are
+        # summed for absolute, 6.4 signed, 6.1 normalised) decides, signed and normalised are
         # near-equal, and signed's flagging end is the nearer
         "f": {"absolute": stats(81.7, 17.4, 0.28, 90.1, 9.9, 1.21),
               "signed": stats(81.7, 16.2, 0.65, 91.8, 5.2, 3.72),
               "normalised": stats(81.8, 16.1, 0.66, 92.7, 4.35, 6.03)},
         # ... and a clearly smaller excess wins even with a farther flagging end
         "g": {"absolute": stats(80, 16, 1.0, 90, 9, 1.5), "signed": stats(80, 12, 2.0, 90, 6, 3.0)},
+        # ... but not one that under-covers (76 % at 80 %), however few its false alarms
+        "h": {"absolute": stats(80, 14, 1.0, 90, 8, 1.5), "signed": stats(76, 11, 0.8, 86, 5, 1.2)},
+        # ... while one that over-covers by more than 3 points (not eligible) and flags no more than
+        # its share is the least excess (0)
+        "i": {"absolute": stats(80, 20, 1.0, 90, 12, 1.5), "signed": stats(84, 8, 2.0, 94, 3, 3.0)},
+        # near-equal excess (9 and 8.5 points) and signed's end only 2.5 % nearer: absolute stays
+        "j": {"absolute": stats(80, 16, 1.0, 90, 8, 2.0), "signed": stats(80, 15.5, 1.0, 90, 8, 1.925)},
+        # a level under its share counts 0, not minus: absolute's 4 % at 80 % does not offset its
+        # 10.5 % at 90 % (excess 5.5 against signed's 3.5)
+        "k": {"absolute": stats(80, 4, 2.0, 90, 10.5, 1.0), "signed": stats(80, 13, 1.5, 90, 5.5, 1.5)},
+        # the excess is summed over the levels (absolute 4 + 5 = 9, signed 6.5 + 0), not its largest
+        "l": {"absolute": stats(80, 14, 1.0, 90, 10, 1.0), "signed": stats(80, 16.5, 1.0, 90, 5, 1.0)},
     }
     assert choose_methods(cv) == {"a": "signed", "b": "absolute", "c": "normalised", "d": "absolute",
-                                  "e": "absolute", "f": "signed", "g": "signed"}
+                                  "e": "absolute", "f": "signed", "g": "signed", "h": "absolute",
+                                  "i": "signed", "j": "absolute", "k": "signed", "l": "signed"}
     with pytest.raises(ValueError, match="method rule"):
         choose_methods(cv, rule="nope")

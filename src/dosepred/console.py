@@ -16,6 +16,7 @@ from .bench.losses import table as losses_table
 from .bench.networks import table as networks_table
 from .bench.qa_power import console_lines
 from .demo import QA_MODEL, TABLE_KEY, summary_rows
+from .errors import name_some
 from .io import formats
 from .qa.families import FAMILY_TITLES
 
@@ -136,7 +137,7 @@ def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list
         out += [ct, f"criteria pass rate: prediction {num(res.criteria_pass_rate, 1)} %, reference "
                     f"{num(res.reference_pass_rate, 1)} %, agreement {num(res.criteria_agreement, 1)} %"]
     if missing:
-        out.append(f"not evaluated (no prediction): {', '.join(missing)}")
+        out.append(f"not evaluated (no prediction): {len(missing)} patient(s), {name_some(missing, 10)}")
     return out
 
 

@@ -39,7 +39,7 @@ class UnknownNameError(DosepredError, KeyError):
 def name_some(names: Sequence[str], limit: int = 5) -> str:
     """The first ``limit`` of ``names`` for a one-line message, and how many more there are:
     ``"pt_2, pt_3, pt_4, pt_5, pt_7 and 131 more"``. An error about 136 patients stays one line that
-    says what is wrong; all of them are one ``data inspect`` away."""
+    says what is wrong and how many it concerns."""
     names = list(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more

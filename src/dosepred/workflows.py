@@ -108,8 +108,7 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
             split.check_known({"manifest": list(dates)}, known, "the data", manifest)
             lacking = [i for i in known if i not in dates]
             if lacking:
-                raise split.SplitError(f"manifest {manifest} has no date for {', '.join(lacking[:5])}"
-                                       f"{' ...' if len(lacking) > 5 else ''}")
+                raise split.SplitError(f"manifest {manifest} has no date for {name_some(lacking)}")
         elif s.cache is not None:
             dates = split.dates_from_cache(src)
         else:

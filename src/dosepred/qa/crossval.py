@@ -111,12 +111,12 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
     on a skewed family one of its ends misses more than its share (flags more untouched plans, e.g.
     target coverage of MAE+CDM: 8.9 % at 90 %) and the other less (flags less than it could, its
     OAR mean doses: 2.5 %); ``signed`` and ``normalised`` miss ``alpha / 2`` at each end. A family
-    where no method is eligible but some cover within ``tolerance`` at every level (their false
-    alarms are what rules them out: ties at a tail can push every method's flagging end past its
-    share) takes, of those, the one whose false alarms exceed the one-sided share least (excess
-    summed over the levels; methods within ``fa_tolerance`` points of the least are near-equal and
-    the nearest flagging end among them wins, ``absolute`` as above). A family where none covers
-    within ``tolerance`` falls back to ``total-width``.
+    where no method is eligible but some cover at least nominal - ``tolerance`` at every level (their
+    false alarms, or an over-coverage, rule them out: ties at a tail can push every method's flagging
+    end past its share) takes, of those, the one whose false alarms exceed the one-sided share least
+    (the excess summed over the levels, a level under its share counting 0; methods within
+    ``fa_tolerance`` points of the least are near-equal and the nearest flagging end among them wins,
+    ``absolute`` kept as above). A family where none covers falls back to ``total-width``.
 
     ``total-width`` (calibrations of versions 1 and 2): ``absolute`` unless another method's coverage
     is at least nominal - ``tolerance`` at every level and its widths (summed over the levels) are
@@ -149,7 +149,7 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
 
         def covers(m: str) -> bool:
             stats = stats_of(m)
-            return stats is not None and all("false_alarms" in s and abs(s["coverage"] - c * 100) <= tolerance
+            return stats is not None and all("false_alarms" in s and s["coverage"] >= c * 100 - tolerance
                                              for s, c in zip(stats, coverages, strict=True))
 
         def fa_excess(m: str) -> float:  # summed over the levels, in points

@@ -50,7 +50,7 @@ import torch
 
 import dosepred
 
-from ..errors import DosepredError, InputError
+from ..errors import DosepredError, InputError, name_some
 from ..evaluation import evaluate_cohort  # at start: a long run never imports code edited since
 from ..fsutil import check_output, write_bytes, write_json
 from ..inference import InferenceOptions
@@ -274,7 +274,7 @@ class Trainer:
                    if e["id"] in want and not e.get("has_dose", True)]
         if no_dose:
             raise InputError(f"training cache {cfg.data}: patients without dose cannot train: "
-                             f"{', '.join(no_dose[:5])}")
+                             f"{name_some(no_dose)}")
         self.train_ids = ids
         self.val_cache = None
         self.val_ids: list[str] = []
