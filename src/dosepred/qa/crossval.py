@@ -152,18 +152,20 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
             return stats is not None and all("false_alarms" in s and s["coverage"] >= c * 100 - tolerance
                                              for s, c in zip(stats, coverages, strict=True))
 
-        def fa_excess(m: str) -> float:  # summed over the levels, in points
-            return float(sum(max(0.0, s["false_alarms"] - ((1 - c) * 50))
-                             for s, c in zip(stats_of(m) or [], coverages, strict=True)))
+        # of the methods that cover, the false alarms beyond the one-sided share, summed over the
+        # levels (points; a level under its share counts 0): the fallback when none is eligible
+        excess = {m: float(sum(max(0.0, s["false_alarms"] - (1 - c) * 50)
+                               for s, c in zip(stats_of(m) or [], coverages, strict=True)))
+                  for m in METHODS if covers(m)}
 
-        def least_excess(m: str) -> float | None:  # no method eligible: the least false-alarm excess
-            if not covers(m) or fa_excess(m) > min(fa_excess(o) for o in METHODS if covers(o)) + fa_tolerance:
+        def least_excess(m: str, excess: dict[str, float] = excess) -> float | None:
+            if m not in excess or excess[m] > min(excess.values()) + fa_tolerance:
                 return None
             return float(sum(s["flag_margin"] for s in stats_of(m) or []))
 
         score = flag_end if rule == "flagging-end" else total
         if rule == "flagging-end" and all(flag_end(m) is None for m in METHODS):
-            score = least_excess if any(covers(m) for m in METHODS) else total
+            score = least_excess if excess else total
         best, best_w = "absolute", score("absolute")
         others = sorted((w, m) for m in METHODS if m != "absolute" and (w := score(m)) is not None)
         if others:
