@@ -109,6 +109,30 @@ def _ct_no_ipp(f: Path) -> None:
     edit(f / "CT.0007.dcm", lambda ds: delattr(ds, "ImagePositionPatient"))
 
 
+def _ct_slice_turned(f: Path) -> None:
+    edit(f / "CT.0003.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 1, 0, 0]))
+
+
+def _ct_slice_other_size(f: Path) -> None:
+    edit(f / "CT.0003.dcm", lambda ds: setattr(ds, "Rows", int(ds.Rows) - 1))
+
+
+def _ct_slice_duplicate(f: Path) -> None:
+    pos = list(pydicom.dcmread(f / "CT.0003.dcm").ImagePositionPatient)
+    edit(f / "CT.0004.dcm", lambda ds: setattr(ds, "ImagePositionPatient", pos))
+
+
+def _ct_slice_shifted(f: Path) -> None:
+    def fn(ds):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + 5.0, y, z]  # in-plane: the slice is not on the stack
+    edit(f / "CT.0004.dcm", fn)
+
+
+def _rd_no_offsets(f: Path) -> None:
+    edit(f / "RD.dcm", lambda ds: delattr(ds, "GridFrameOffsetVector"))
+
+
 def _contour(ds, roi: str = "PTV70"):
     num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == roi)
     rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
@@ -187,6 +211,14 @@ DICOM_ERRORS = [
     ("ct-iop-five-numbers", _ct_iop_five, r"CT\.0001\.dcm: ImageOrientationPatient must hold 6 numbers"),
     ("ct-pixel-spacing-zero", _ct_pixel_spacing_zero, r"CT\.0001\.dcm: PixelSpacing must be positive"),
     ("ct-no-position", _ct_no_ipp, r"CT\.0007\.dcm lacks ImagePositionPatient"),
+    ("ct-slice-turned", _ct_slice_turned,
+     r"CT\.0003\.dcm has ImageOrientationPatient \[0\.0, 1\.0, 0\.0, 1\.0, 0\.0, 0\.0\], other slices "
+     r"\[1\.0, 0\.0, 0\.0, 0\.0, 1\.0, 0\.0\]"),
+    ("ct-slice-other-size", _ct_slice_other_size, r"CT\.0003\.dcm is \d+x\d+, other slices \d+x\d+"),
+    ("ct-slice-duplicate", _ct_slice_duplicate,
+     r"CT\.000[34]\.dcm and \S*CT\.000[34]\.dcm are at the same slice position .* \(duplicate slices\?\)"),
+    ("ct-slice-shifted", _ct_slice_shifted, r"slice origins are not stacked along the slice normal"),
+    ("rtdose-no-offsets", _rd_no_offsets, r"RD\.dcm has \d+ frames but no GridFrameOffsetVector"),
     ("contour-ragged", _ragged, r"RS\.dcm: ROI PTV70 \(ROINumber 2\) contour 1: ContourData holds \d+ "
      r"numbers, not a list of \(x, y, z\) triples"),
     ("contour-npoints", _npoints,
@@ -350,6 +382,23 @@ def _codes_extra_bit(f: Path) -> None:
     _nii_edit(f / "roi_codes.nii.gz", data=codes)
 
 
+def _codes_negative(f: Path) -> None:
+    codes = np.asarray(nib.load(f / "roi_codes.nii.gz").dataobj).astype(np.int16)
+    codes[3, 3, 3] = -1  # all 16 bits set, read as signed
+    _nii_edit(f / "roi_codes.nii.gz", data=codes)
+
+
+def _sidecar_geometry_degenerate(f: Path) -> None:
+    info = json.loads((f / "rois.json").read_text())
+    info["geometry"]["direction"] = [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    (f / "rois.json").write_text(json.dumps(info))
+
+
+def _dose_4d(f: Path) -> None:
+    dose = np.asarray(nib.load(f / "dose.nii.gz").dataobj)
+    _nii_edit(f / "dose.nii.gz", data=np.stack([dose, dose], axis=-1))
+
+
 NIFTI_ERRORS = [
     ("dose-shifted-40mm", "nifti", _shift_dose,
      r"dose\.nii\.gz is not on the grid of .*ct\.nii\.gz \(origin 40 mm apart\)"),
@@ -368,6 +417,10 @@ NIFTI_ERRORS = [
     ("ct-zero-axis", "nifti", _ct_zero_axis, r"ct\.nii\.gz: invalid affine"),
     ("codes-extra-bit", "codes", _codes_extra_bit,
      r"roi_codes\.nii\.gz sets bit\(s\) \[3\], but .*rois\.json lists only 3 ROIs"),
+    ("codes-negative", "codes", _codes_negative, r"pt_a: \S*roi_codes\.nii\.gz must hold unsigned integers"),
+    ("sidecar-geometry-degenerate", "nifti", _sidecar_geometry_degenerate,
+     r"rois\.json: invalid geometry: degenerate orientation: array axes are \(nearly\) parallel"),
+    ("dose-4d", "nifti", _dose_4d, r"dose \S*dose\.nii\.gz must be 3-D, got shape \(\d+, \d+, \d+, 2\)"),
 ]
 
 

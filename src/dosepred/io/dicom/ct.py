@@ -38,11 +38,13 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
     ps = pixel_spacing(first, f"{desc}: {first_path}")
     rows, cols = int(first.Rows), int(first.Columns)
     for p, ds in series.files[1:]:
-        if not np.allclose(field_numbers(ds, "ImageOrientationPatient", str(p), 6), iop, atol=1e-4):
-            raise DicomImportError(f"{desc}: {p} has ImageOrientationPatient "
-                                   f"{list(ds.ImageOrientationPatient)}, other slices {iop.tolist()}")
-        if not np.allclose(field_numbers(ds, "PixelSpacing", str(p), 2), ps, rtol=1e-4):
-            raise DicomImportError(f"{desc}: inconsistent PixelSpacing, {p} has {list(ds.PixelSpacing)}, "
+        o = field_numbers(ds, "ImageOrientationPatient", str(p), 6)
+        if not np.allclose(o, iop, atol=1e-4):
+            raise DicomImportError(f"{desc}: {p} has ImageOrientationPatient {o.tolist()}, other slices "
+                                   f"{iop.tolist()}")
+        sp = field_numbers(ds, "PixelSpacing", str(p), 2)
+        if not np.allclose(sp, ps, rtol=1e-4):
+            raise DicomImportError(f"{desc}: inconsistent PixelSpacing, {p} has {sp.tolist()}, "
                                    f"{series.files[0][0]} has {ps.tolist()}")
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
             raise DicomImportError(f"{desc}: {p} is {ds.Rows}x{ds.Columns}, other slices {rows}x{cols}")
