@@ -546,6 +546,29 @@ def test_calibrate_cli_refuses_mixed_precision_predictions_in_one_line(tmp_path)
     assert "--no-amp" in text and not (model / "calibration.json").exists()
 
 
+def test_calibrate_cli_refuses_patients_without_a_plan_dose_in_one_line(tmp_path):
+    """Calibration measures the model's errors against plan doses: patients without one (an import of
+    CT and contours only) are one error naming the first, and no calibration.json is written."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_cohort
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm", model)
+    (model / "calibration.json").unlink()
+    write_cache([p.with_dose(None) for p in make_cohort(12, seed=5, size=16)], tmp_path / "plans")
+    r = CliRunner().invoke(app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "plans"),
+                                 "--no-progress"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert " ".join(r.output.split()) == (f"error: patient synth_000 of {tmp_path / 'plans'} (cache) has no "
+                                          "dose: this needs each patient's plan dose")
+    assert sorted(f.name for f in model.iterdir()) == ["README.md", "config.json", "model.pt"]
+
+
 def test_calibration_records_its_flipping_and_old_files_mean_unflipped(tmp_path):
     """Version 3 files record ``tta`` (and the method rule); versions 1 and 2, made before, were made
     from unflipped predictions: QA must predict unflipped for them. A version 3 file without the

@@ -377,6 +377,50 @@ def test_qa_dvh_band_comes_from_the_calibration(sample_dir, model_dir, tmp_path)
     assert not QAChecker(d2, "openkbp-clinical", 0.8).has_dvh_band
 
 
+# ------------------------------------------------- a calibration QA cannot use: one line, nothing written
+def _qa_fails(model, plans, out, *extra):
+    """``dosepred qa`` exits with code 2 and one ``error:`` line, without a traceback or an output folder;
+    the line, whitespace collapsed."""
+    r = CliRunner().invoke(app, ["qa", "--model", str(model), "--plans", str(plans), "--out", str(out),
+                                 "--no-progress", *extra])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: ") and all(not ln.startswith(("error", "warning")) for ln in lines[1:])
+    assert not Path(out).exists()
+    return " ".join(r.output.split())
+
+
+def test_qa_refuses_a_calibration_computed_for_another_model_file(sample_dir, model_dir, tmp_path):
+    """Intervals calibrated on another model's errors would be checked against this model's predictions:
+    the calibration records the model file's sha256, and QA refuses a file of another one."""
+    d, _ = _calibrated_copy(model_dir, tmp_path, lambda cal: cal.update(model_sha256="0" * 64))
+    text = _qa_fails(d, sample_dir, tmp_path / "out")
+    assert text == (f"error: {d / 'calibration.json'} was computed for another model file (sha256 differs): "
+                    "recalibrate with `dosepred calibrate`")
+
+
+@pytest.mark.parametrize("coverage", ["0.95", "0.99"])
+def test_qa_refuses_a_coverage_its_calibration_units_cannot_give(sample_dir, model_dir, tmp_path, coverage):
+    """A two-sided interval at coverage 1 - a needs its (n + 1)(1 - a/2)-th score of n: with the 33 units
+    of the released v_metric family that is beyond the last for 0.95 (33.15) and 0.99, so the
+    interval would be unbounded; QA asks for a lower coverage instead."""
+    n = json.loads((model_dir / "calibration.json").read_text())["families"]["v_metric"]["n"]
+    alpha = 1 - float(coverage)
+    assert n == 33 and (n + 1) * (1 - alpha / 2) > n  # by hand: the quantile is past the last score
+    text = _qa_fails(model_dir, sample_dir, tmp_path / "out", "--coverage", coverage)
+    assert text == (f"error: coverage {coverage} needs more calibration units than the 33 of family "
+                    "v_metric: ask for a lower --coverage")
+
+
+def test_qa_refuses_a_calibration_file_that_is_not_json(sample_dir, model_dir, tmp_path):
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    text = (d / "calibration.json").read_text()
+    (d / "calibration.json").write_text(text[: len(text) // 2])  # cut short, as by a full disk
+    line = _qa_fails(d, sample_dir, tmp_path / "out")
+    assert line.startswith(f"error: {d / 'calibration.json'} is not readable JSON: ")
+
+
 # --------------------------------------------------------------- plans QA cannot check, notes
 def _plans_with(p, rois):
     """Plans made of ``p``'s CT and dose, sharing one ROI set: ``p``'s and PTV, Bladder, Rectum. ``rois``:
