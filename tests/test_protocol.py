@@ -57,6 +57,11 @@ def test_criterion_defaults_and_checks():
     ({"roi": "PTV70", "metric": "V20Gy", "limit": 60, "direction": "<=", "limit_unit": "Gy"},
      ["criterion 1", "V-metric"]),
     ({"roi": "PTV70", "metric": "Dmean", "limt": 60}, ["criterion 1", "unknown key 'limt'"]),
+    # units: a dose limit in '%' (of what?) is refused, not read as Gy or %Rx
+    ({"roi": "PTV70", "metric": "D95%", "limit": 95, "direction": ">=", "limit_unit": "%"},
+     ["criterion 1", "PTV70 D95%: a dose limit is in Gy or %Rx (percent of the prescription), not '%'"]),
+    ({"roi": "PTV70", "metric": "D101%"}, ["criterion 1", "metric 'D101%': D<x>% needs 0 <= x <= 100"]),
+    ({"roi": "PTV70", "metric": "D0cc"}, ["criterion 1", "metric 'D0cc': D<x>cc needs x > 0"]),
     # JSON true/false read by pydantic's lax mode as 1 / 0 (a 1 Gy limit, silently) before
     ({"roi": "PTV70", "metric": "D95%", "limit": True, "direction": ">="},
      ["criterion 1", "field 'limit'", "must be a number, got true"]),

@@ -198,3 +198,27 @@ def test_every_command_and_function_gives_the_one_roi_map_error(clinic, sample_d
             call()
         assert str(err.value) == line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"PTV_High": {"name": "PTV70", "kind": "Target"}, "Myelon": "SpinalCord"},
+     "kind of 'PTV70' must be target/oar/other, got 'Target'"),
+    ({"PTV_High": {"kind": "target", "prescription": 70}}, "entry 'PTV_High' lacks 'name'"),
+    ({"Myelon": 5}, "entry 'Myelon' must map to a name, null or an object, got 5"),
+    ({"names": {"Myelon": "SpinalCord"}, "kinds": {"SpinalCord": "organ"}},
+     "kind of 'SpinalCord' must be target/oar/other, got 'organ'"),
+    ({"names": {"Myelon": "SpinalCord"}, "prescription": {"PTV70": 70}},
+     "unknown keys ['prescription'] (expected names, kinds, prescriptions)"),
+])
+def test_a_malformed_roi_map_is_one_error_before_anything_is_read(clinic, tmp_path, bad, message):
+    """An ROI map decides which contour is which ROI and of what kind (a target's kind decides how it is
+    scored): a kind it cannot mean, an entry without a name or a misspelt key is one error naming the
+    map and the entry, and nothing is imported."""
+    root, _, _ = clinic
+    m = tmp_path / "bad-map.json"
+    m.write_text(json.dumps(bad))
+    r = run("data", "import-dicom", root / "dicom", "--roi-map", m, "--out", tmp_path / "out",
+            "--no-progress")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert " ".join(r.output.split()) == f"error: ROI map {m}: {message}"
+    assert not (tmp_path / "out").exists()
