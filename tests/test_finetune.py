@@ -320,6 +320,25 @@ def test_a_mapped_run_resumes(tmp_path, clinic_cache):
     assert got["epoch"] == 2 and got["roi_transfer"]["dropped"] == ["Esophagus", "Larynx"]
 
 
+@pytest.mark.parametrize("asked, message", [
+    ({"channels": [4, 8]}, "has channels [4, 6] but channels [4, 8] were requested"),
+    ({"res_units": 1}, "has res_units=0 but res_units=1 was requested"),
+    ({"norm": "batch"}, "has norm=instance but norm=batch was requested"),
+])
+def test_init_from_a_model_of_another_architecture_is_one_error(tmp_path, clinic_cache, asked, message):
+    """``--init`` with an architecture option the model contradicts would load none of its weights
+    into the asked-for network: one error naming the option and both values, before a run folder is
+    made."""
+    from dosepred.models import ModelError
+    from dosepred.training import train
+
+    ck = save_released(released_model(5, res_units=0, channels=[4, 6]), tmp_path / "released.pt")
+    with pytest.raises(ModelError) as ei:
+        train(_cfg(tmp_path, clinic_cache, ck, **asked))
+    assert str(ei.value) == f"--init {ck} {message}"
+    assert not (tmp_path / "run").exists()
+
+
 def test_checkpoints_and_exports_record_the_mapping(tmp_path, clinic_cache):
     from dosepred.training import train
 
