@@ -369,3 +369,151 @@ def test_cli_import_export(exported, tmp_path):
     res = runner.invoke(app, ["data", "import-dicom", str(tmp_path / "nothing"),
                               "--out", str(tmp_path / "d")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# ------------------------------------------------------- clinical inputs that must not read wrong
+
+def _linear(x, y, z):
+    return 30.0 + 0.1 * x + 0.2 * y + 0.3 * z
+
+
+def _ct_voxel_centres(folder: Path) -> np.ndarray:
+    """(slice, row, column, xyz) of the CT, from its headers alone (slices sorted by z)."""
+    sl = sorted((pydicom.dcmread(f) for f in folder.glob("CT.*.dcm")),
+                key=lambda d: float(d.ImagePositionPatient[2]))
+    iop = np.array([float(v) for v in sl[0].ImageOrientationPatient])
+    dr, dc = (float(v) for v in sl[0].PixelSpacing)
+    r, c = np.mgrid[0:sl[0].Rows, 0:sl[0].Columns]
+    return np.array([np.array([float(v) for v in s.ImagePositionPatient]) + c[..., None] * dc * iop[:3]
+                     + r[..., None] * dr * iop[3:] for s in sl])
+
+
+def _linear_rtdose(path: Path, ipp, iop, n_frames: int, absolute: bool = False) -> None:
+    """Overwrite RTDOSE ``path`` with a 30x25 grid (PixelSpacing 3, 4 mm, frames 2 mm apart along the
+    normal) holding ``_linear`` at its voxel centres; GridFrameOffsetVector relative (0, 2, ...) or, with
+    ``absolute``, the frames' patient z coordinates."""
+    ds = pydicom.dcmread(path)
+    iop_, ipp_ = np.array(iop, float), np.array(ipp, float)
+    n = np.cross(iop_[:3], iop_[3:])
+    r, c = np.mgrid[0:30, 0:25]
+    off = 2.0 * np.arange(n_frames)
+    pts = np.array([ipp_ + o * n + c[..., None] * 4.0 * iop_[:3] + r[..., None] * 3.0 * iop_[3:]
+                    for o in off])
+    ds.ImagePositionPatient = [f"{v:g}" for v in ipp_]
+    ds.ImageOrientationPatient = [f"{v:g}" for v in iop_]
+    ds.PixelSpacing = ["3", "4"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 30, 25, n_frames
+    ds.GridFrameOffsetVector = [f"{v:g}" for v in (ipp_[2] + off * n[2] if absolute else off)]
+    ds.DoseGridScaling = "0.0001"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
+    ds.PixelData = np.rint(_linear(*np.moveaxis(pts, -1, 0)) / 1e-4).astype(np.uint32).tobytes()
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("ipp,iop,absolute", [
+    ([-40, -35, -5], [1, 0, 0, 0, 1, 0], False),
+    ([-40, -35, -5], [1, 0, 0, 0, 1, 0], True),  # PS3.3 C.8.8.3.2 (b): z coordinates, axial planes only
+    ([40, -35, 85], [-1, 0, 0, 0, 1, 0], False),  # normal -z: frames go to the feet
+], ids=["relative", "absolute-axial", "relative-normal-to-feet"])
+def test_rtdose_frames_are_placed_by_their_offsets(exported, ipp, iop, absolute):
+    """A linear dose on an RTDOSE grid of its own (other spacing, orientation, frame offsets): trilinear
+    resampling gives it back exactly at the CT voxel centres computed from the CT headers."""
+    _, folder = exported
+    _linear_rtdose(folder / "RD.dcm", ipp, iop, 45, absolute)
+    (q,) = dicom.read_dicom_folder(folder)
+    w = _ct_voxel_centres(folder)
+    assert (q.dose > 0).all()
+    np.testing.assert_allclose(q.dose, _linear(w[..., 0], w[..., 1], w[..., 2]), atol=1e-3)
+
+
+def test_rtdose_absolute_frame_offsets_of_non_axial_planes_are_refused(exported):
+    """GridFrameOffsetVector holding patient z coordinates is defined only for ImageOrientationPatient
+    1,0,0,0,1,0; with another normal (here -z) reading them as offsets along the normal mirrors the
+    grid about its first plane: refused, naming the file and the field."""
+    _, folder = exported
+    _linear_rtdose(folder / "RD.dcm", [40, -35, 85], [-1, 0, 0, 0, 1, 0], 45, absolute=True)
+    with pytest.raises(dicom.DicomImportError, match=r"RD\.dcm: GridFrameOffsetVector starts at 85: .*"
+                       r"defined only for axial planes"):
+        dicom.read_dicom_folder(folder)
+    _linear_rtdose(folder / "RD.dcm", [40, -35, 85], [-1, 0, 0, 0, 1, 0], 45)
+    edit = pydicom.dcmread(folder / "RD.dcm")
+    edit.GridFrameOffsetVector = [f"{5 + 2 * k}" for k in range(45)]  # neither 0 nor IPP z first
+    edit.save_as(folder / "RD.dcm")
+    with pytest.raises(dicom.DicomImportError, match=r"GridFrameOffsetVector starts at 5:"):
+        dicom.read_dicom_folder(folder)
+
+
+def test_rtdose_of_dose_type_error_is_no_dose(exported):
+    """DoseType ERROR (PS3.3 C.8.8.3) is the uncertainty of a dose: never the patient's dose."""
+    _, folder = exported
+    ds = pydicom.dcmread(folder / "RD.dcm")
+    ds.DoseType = "ERROR"
+    ds.save_as(folder / "RD.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"RD\.dcm: DoseType ERROR .*not used"):
+        (q,) = dicom.read_dicom_folder(folder)
+    assert q.dose is None
+    with pytest.raises(dicom.DicomImportError, match=r"RD\.dcm: DoseType is ERROR"):
+        dicom.read_rtdose(folder / "RD.dcm")
+
+
+def _ptv_contours(ds):
+    num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "PTV70")
+    return next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num).ContourSequence
+
+
+def test_open_contours_enclose_no_area(exported):
+    """OPEN_PLANAR contours are lines (PS3.3 C.8.8.6.1): not filled as polygons."""
+    p, folder = exported
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    for c in _ptv_contours(ds):
+        c.ContourGeometricType = "OPEN_PLANAR"
+    ds.save_as(folder / "RS.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"RS\.dcm: \d+ contour\(s\) of ROI PTV70 are open"):
+        (q,) = dicom.read_dicom_folder(folder)
+    assert "PTV70" not in q.present_rois and p.mask("PTV70").any()
+
+
+def test_partly_overlapping_contours_of_one_roi_warn(exported):
+    """Two contours of one ROI on a slice that overlap, neither inside the other: even-odd filling
+    leaves out their overlap (a union would keep it); the reader says so."""
+    p, folder = exported
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    seq = _ptv_contours(ds)
+    for c in list(seq):
+        d = pydicom.Dataset()
+        d.update(c)
+        pts = np.array([float(v) for v in c.ContourData]).reshape(-1, 3)
+        pts[:, 0] += 4.0  # two columns to the patient's left
+        d.ContourData = [f"{v:g}" for v in pts.ravel()]
+        seq.append(d)
+    ds.save_as(folder / "RS.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"ROI PTV70 has contours that partly overlap .* on 12 CT "
+                      r"slice\(s\)"):
+        (q,) = dicom.read_dicom_folder(folder)
+    m = p.mask("PTV70")
+    shifted = np.zeros_like(m)
+    shifted[:, :, 2:] = m[:, :, :-2]
+    assert np.array_equal(q.mask("PTV70"), m ^ shifted)
+
+
+def test_plan_prescribing_another_structure_set_s_roi_numbers_is_not_used(exported):
+    """An RTPLAN that references another RTSTRUCT (an earlier contour version, absent) prescribes by
+    that structure set's ROINumbers: here number 1 is the parotid. Its per-ROI prescriptions are not
+    used (a warning says why); the same plan referencing the patient's RTSTRUCT is used, and its
+    TARGET on an organ-at-risk name is said."""
+    from dicom_layouts import write_rtplan
+
+    _, folder = exported
+    rp = write_rtplan(folder, folder / "RS.dcm", {"LeftParotid": 70.0})
+    with pytest.warns(dicom.DicomWarning, match=r"ROI LeftParotid .* says an organ at risk, but the RTPLAN "
+                      r"prescribes it 70 Gy as a TARGET"):
+        (q,) = dicom.read_dicom_folder(folder)
+    assert q.roi_set["LeftParotid"].kind == "target"
+    ds = pydicom.dcmread(rp)
+    ds.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(rp)
+    with pytest.warns(dicom.DicomWarning, match=r"RP\.dcm prescribes by ReferencedROINumber in RTSTRUCT .*"
+                      r"its per-ROI prescriptions are not used"):
+        (q,) = dicom.read_dicom_folder(folder)
+    par, ptv = q.roi_set["LeftParotid"], q.roi_set["PTV70"]
+    assert (par.kind, par.prescription) == ("oar", None) and (ptv.kind, ptv.prescription) == ("target", 70.0)

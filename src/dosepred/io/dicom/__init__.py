@@ -55,10 +55,13 @@ references none present, the one CT series with its FrameOfReference. Rejected w
 :class:`DicomImportError` naming the file and field: frames of reference that disagree across
 CT/RTSTRUCT/RTPLAN/RTDOSE, degenerate ImageOrientationPatient, missing or irregular slices, an
 RTSTRUCT referencing CT images that are absent, ContourData that is not a list of (x, y, z) triples
-or disagrees with NumberOfContourPoints, an RTDOSE without DoseGridScaling or with a
-GridFrameOffsetVector that does not match its frames. Contours of fewer than 3 points enclose no
-area: they are ignored with a warning naming the ROI and the count (the mask is the same as if they
-were rasterised).
+or disagrees with NumberOfContourPoints, an RTDOSE without DoseGridScaling, of DoseType ERROR (an
+uncertainty; beside a plan dose it is skipped with a warning) or with a GridFrameOffsetVector that does
+not match its frames or starts neither at 0 nor, for axial planes, at ImagePositionPatient's z.
+Contours of fewer than 3 points and open contours (OPEN_PLANAR/OPEN_NONPLANAR) enclose no area: they
+are ignored with a warning naming the ROI and the count; contours of one ROI that partly overlap on a
+slice are combined even-odd with a warning. An RTPLAN referencing another RTSTRUCT than the patient's
+gives no per-ROI prescriptions (its ROINumbers are that structure set's), with a warning.
 
 This package converts; it does not evaluate, train or decide which ROIs a protocol needs.
 

@@ -36,6 +36,12 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     units = str(getattr(ds, "DoseUnits", "GY") or "GY").upper()
     if units != "GY":
         raise DicomImportError(f"{where}: DoseUnits is {units}, not GY (a relative dose has no Gy values)")
+    dtype = str(getattr(ds, "DoseType", "") or "").upper()
+    if dtype == "ERROR":  # PS3.3 C.8.8.3: the dose's uncertainty, not a dose
+        raise DicomImportError(f"{where}: DoseType is ERROR: the grid holds a dose's uncertainty, not a dose")
+    if dtype == "EFFECTIVE":
+        warn(f"{where}: DoseType is EFFECTIVE (a biologically weighted dose, e.g. a proton plan's RBE dose); "
+             "its values are used as Gy")
     if "DoseGridScaling" not in ds or ds.DoseGridScaling in (None, ""):
         raise DicomImportError(f"{where} lacks DoseGridScaling (the Gy per stored value); without it the "
                                "stored integers are no doses")
@@ -61,6 +67,16 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
         raise DicomImportError(f"{where} has {nf} frames but no GridFrameOffsetVector")
     if len(off) != nf:
         raise DicomImportError(f"{where}: GridFrameOffsetVector has {len(off)} values for {nf} frames")
+    # PS3.3 C.8.8.3.2: the offsets are relative to ImagePositionPatient along the slice normal when the
+    # first is 0, or patient z coordinates when the first is ImagePositionPatient's z and the planes are
+    # axial (ImageOrientationPatient 1,0,0,0,1,0); any other first value places the planes nowhere known
+    normal = np.cross(iop[:3], iop[3:])
+    if abs(off[0]) > POS_TOL and not (abs(off[0] - ipp[2]) <= POS_TOL and normal[2] > 1 - 1e-4):
+        raise DicomImportError(
+            f"{where}: GridFrameOffsetVector starts at {off[0]:g}: offsets relative to ImagePositionPatient "
+            f"start at 0, and absolute z offsets (starting at ImagePositionPatient's z, {ipp[2]:g}) are "
+            "defined only for axial planes, ImageOrientationPatient 1,0,0,0,1,0 (PS3.3 C.8.8.3.2), here "
+            f"{[round(float(v), 6) for v in iop]}: where the dose planes lie cannot be told")
     off = off - off[0]  # relative (first 0) and absolute forms both start at ImagePositionPatient
     order = np.argsort(off, kind="stable")
     arr, off = arr[order], off[order]

@@ -119,6 +119,10 @@ def sequential_plans(plans: list[tuple[Path, Any]]) -> bool:
     return len(plans) > 0 and all(len(g) == len(uids) for g in linked.values())
 
 
+def _is_error_grid(d: tuple[Path, Any, str]) -> bool:
+    return str(getattr(d[1], "DoseType", "") or "").upper() == "ERROR"
+
+
 def _dose_kind(d: tuple[Path, Any, str]) -> str:
     return str(getattr(d[1], "DoseSummationType", "") or "").upper()
 
@@ -128,6 +132,11 @@ def pick_dose(s: PatientFiles) -> None:
     of the plan doses of a sequential boost whose RTPLANs say they add up; several plans with their own
     doses and nothing saying how they relate are an error (see docs/formats.md)."""
     plan_uids = {uid_of(ds): (p, ds) for p, ds in s.rtplans}
+    errors = [d for d in s.rtdoses if _is_error_grid(d)]
+    if errors:  # an uncertainty grid beside the plan dose is no candidate for the patient's dose
+        warn(f"{s.series.describe()}: RTDOSE {', '.join(str(d[0]) for d in errors)}: DoseType ERROR (a "
+             "dose's uncertainty, not a dose); not used")
+        s.rtdoses = [d for d in s.rtdoses if not _is_error_grid(d)]
     if s.rtdoses:
         kind = _dose_kind
         plan = [d for d in s.rtdoses if kind(d) == "PLAN"]
@@ -275,8 +284,15 @@ def _phase_prescriptions(s: PatientFiles, info: list[tuple[int, str, str, float 
     open_targets = [n for n, name, t, rx in info if t.upper() in _names.TARGET_TYPES and rx is None
                     and _names.target_from_name(name) is None]
     out = []
+    own = uid_of(s.rtstruct[1]) if s.rtstruct is not None else ""
     for pl in s.plans_summed or ([s.plan] if s.plan is not None else []):
         rx_k, sites_k = plan_prescriptions(pl[1], f"RTPLAN {pl[0]}")
+        refs = referenced_uids(pl[1], "ReferencedStructureSetSequence")
+        if rx_k and refs and own not in refs:  # its ReferencedROINumbers count another structure set's ROIs
+            warn(f"RTPLAN {pl[0]} prescribes by ReferencedROINumber in RTSTRUCT {', '.join(refs)}, not in "
+                 f"the patient's RTSTRUCT {s.rtstruct[0] if s.rtstruct else ''} ({own}): the numbers may "
+                 "name other ROIs there, so its per-ROI prescriptions are not used")
+            rx_k = {}
         if len(sites_k) == 1 and not rx_k and len(open_targets) == 1:
             rx_k = {open_targets[0]: sites_k[0]}
         out.append((pl[0], rx_k))
@@ -330,6 +346,10 @@ def resolve_rois(s: PatientFiles, roi_map: _names.RoiMap) -> None:
                     str(s.plan[0] if s.plan else "")
                 warn(f"ROI {name} of RTSTRUCT {path}: the name says {c.prescription:g} Gy, RTPLAN "
                      f"{plans} prescribes {prx:g} Gy; using the plan's")
+            if c.kind == "oar":  # a TARGET dose reference on an organ: say so, the plan wins
+                warn(f"ROI {name} of RTSTRUCT {path}: its name or RTROIInterpretedType ({itype or '-'}) says "
+                     f"an organ at risk, but the RTPLAN prescribes it {prx:g} Gy as a TARGET dose reference; "
+                     "used as a target, as the plan says")
             c = _names.Canonical(c.name, "target", prx, c.matched)
             s.prescriptions[c.name] = (
                 f"RTPLAN {' + '.join(str(pl[0]) for pl in s.plans_summed)} DoseReferenceSequence (sum)"

@@ -90,6 +90,26 @@ def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return m
 
 
+def _cropped(m: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """A slice mask as (first row, first column, the mask within its bounding box); None when empty."""
+    rr, cc = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    if not len(rr):
+        return None
+    return int(rr[0]), int(cc[0]), m[rr[0]:rr[-1] + 1, cc[0]:cc[-1] + 1]
+
+
+def _partly_overlap(a: tuple[int, int, np.ndarray], b: tuple[int, int, np.ndarray]) -> bool:
+    """Whether two cropped slice masks share voxels while neither holds the other (nested contours, a
+    hole, and disjoint ones are what even-odd filling is for)."""
+    r0, c0 = max(a[0], b[0]), max(a[1], b[1])
+    r1, c1 = min(a[0] + a[2].shape[0], b[0] + b[2].shape[0]), min(a[1] + a[2].shape[1], b[1] + b[2].shape[1])
+    if r1 <= r0 or c1 <= c0:
+        return False
+    in_a = a[2][r0 - a[0]:r1 - a[0], c0 - a[1]:c1 - a[1]]
+    both = int((in_a & b[2][r0 - b[0]:r1 - b[0], c0 - b[1]:c1 - b[1]]).sum())
+    return 0 < both < min(int(a[2].sum()), int(b[2].sum()))
+
+
 def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geometry,
               shape: tuple[int, int, int]) -> np.ndarray:
     nz, nr, nc = shape
@@ -97,13 +117,19 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
     by_number = {int(r.ReferencedROINumber): r for r in getattr(ds, "ROIContourSequence", []) or []}
     skipped = 0
     tiny = 0
+    opened = 0
+    crossed: set[int] = set()  # slices where two contours overlap without one holding the other
     for number in numbers:
         roi = by_number.get(number)
         if roi is None:
             continue
+        drawn: dict[int, list[tuple[int, int, np.ndarray]]] = {}
         for j, c in enumerate(getattr(roi, "ContourSequence", []) or []):
-            gtype = str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR"))
+            gtype = str(getattr(c, "ContourGeometricType", "") or "CLOSED_PLANAR").strip().upper()
             if gtype == "POINT":
+                continue
+            if gtype.startswith("OPEN"):  # PS3.3 C.8.8.6.1: a line (last vertex not joined), no area
+                opened += 1
                 continue
             where = f"RTSTRUCT {path}: ROI {name} (ROINumber {number}) contour {j + 1}"
             if "ContourData" not in c or c.ContourData in (None, ""):
@@ -126,10 +152,23 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
             if np.ptp(idx[:, 0]) > 0.1 or abs(k - kk) > 0.25 or not 0 <= kk < nz:
                 skipped += 1
                 continue
-            mask[kk] ^= _polygon_mask(idx[:, 1:], nr, nc)
+            m = _polygon_mask(idx[:, 1:], nr, nc)
+            here = _cropped(m)
+            if here is not None:
+                if any(_partly_overlap(here, other) for other in drawn.setdefault(kk, [])):
+                    crossed.add(kk)
+                drawn[kk].append(here)
+            mask[kk] ^= m
     if tiny:
         warn(f"RTSTRUCT {path}: {tiny} contour(s) of ROI {name} have fewer than 3 points (ContourData); "
              "they enclose no area and are ignored")
+    if opened:
+        warn(f"RTSTRUCT {path}: {opened} contour(s) of ROI {name} are open (ContourGeometricType OPEN_PLANAR "
+             "or OPEN_NONPLANAR): lines that enclose no area; ignored")
+    if crossed:
+        warn(f"RTSTRUCT {path}: ROI {name} has contours that partly overlap (neither inside the other) on "
+             f"{len(crossed)} CT slice(s) (first at slice index {min(crossed)}); combined even-odd (XOR, "
+             "PS3.3 C.8.8.6.3), their overlap is left out of the ROI")
     if skipped:
         warn(f"RTSTRUCT {path}: {skipped} contour(s) of ROI {name} are not on a CT slice (off-plane or "
              "outside the CT); ignored")
