@@ -82,3 +82,57 @@ def test_open_errors(tmp_path, patients):
 def test_load_patients_rejects_unknown_source(tmp_path):
     with pytest.raises(source.SourceError, match="neither a dosepred cache"):  # as open_source's
         list(source.load_patients(tmp_path))
+
+
+def _corrupt(tmp_path, patients, mutate):
+    """A copy of a 2-patient cache whose ``dataset.json`` ``mutate`` changed; its path."""
+    c = cache.write_cache(patients[:2], tmp_path / "c")
+    info = json.loads((c.root / "dataset.json").read_text())
+    mutate(info)
+    (c.root / "dataset.json").write_text(json.dumps(info))
+    return c.root
+
+
+def _sheared(info):
+    d = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.3, -1.0]])
+    info["patients"][1]["geometry"]["direction"] = (d / np.linalg.norm(d, axis=0)).tolist()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda i: i["patients"][1].pop("shape"), "invalid patient entry 'synth_001': it lacks the key 'shape'"),
+    (lambda i: i["patients"][1].update(spacing="2.5mm"),
+     "invalid patient entry 'synth_001': 'spacing' must be a list of numbers (mm), got '2.5mm'"),
+    (lambda i: i["patients"][1]["geometry"].update(spacing=[1.0, 1.0]),
+     "patient synth_001: invalid geometry: spacing must be three positive finite mm values, got (1.0, 1.0)"),
+    (lambda i: i["patients"][1]["geometry"].pop("direction"),
+     "patient synth_001: invalid geometry: it lacks the key 'direction'"),
+    (_sheared, "patient synth_001: geometry: its array axes 1 and 2 are 106.7 degrees apart, not 90"),
+    (lambda i: i.pop("patients"), "dataset.json lacks the key 'patients'"),
+    (lambda i: i.update(rois={"PTV70": 0}), "dataset.json: 'rois' must be a list of ROI objects"),
+])
+def test_a_bad_dataset_json_is_one_error_line_and_no_export(tmp_path, patients, mutate, message):
+    """A cache whose ``dataset.json`` holds a bad patient entry, an invalid or sheared geometry, lacks
+    a key or has 'rois' of the wrong type: ``data inspect`` and ``data export-nifti`` stop with one
+    line naming the file, the patient and the key, and the export leaves no output folder."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    root = _corrupt(tmp_path, patients, mutate)
+    out = tmp_path / "nifti"
+    for args in (["data", "inspect", root], ["data", "export-nifti", root, "--out", out]):
+        r = CliRunner().invoke(app, [str(a) for a in args])
+        assert r.exit_code == 2, (r.output, r.exception)
+        lines = r.output.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {root / 'dataset.json'}"), r.output
+        assert message in lines[0] and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_a_patient_not_in_the_cache(tmp_path, patients):
+    """The command line checks ids against the data before any read (a split naming unknown patients
+    is a SplitError); the API's own check names the patient and the cache."""
+    c = cache.write_cache(patients[:1], tmp_path / "c")
+    with pytest.raises(KeyError) as ei:
+        list(source.load_patients(c.root, ids=["synth_000", "pt_9"]))
+    assert ei.value.args[0] == f"patient pt_9 is not in cache {c.root}"

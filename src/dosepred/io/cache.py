@@ -352,13 +352,27 @@ class CacheEntry:
     @classmethod
     def from_dict(cls, root: Path, e: dict[str, Any]) -> CacheEntry:
         """The entry of ``dataset.json``'s patient dict ``e`` in the cache folder ``root``."""
+        where = f"{Path(root) / DATASET_JSON}: invalid patient entry {e.get('id', '?')!r}"
+        key = "id"
         try:
-            return cls(str(e["id"]), Path(root) / e["file"], tuple(int(n) for n in e["shape"]),
-                       tuple(float(x) for x in e["spacing"]), tuple(e.get("missing_rois") or ()),
-                       e.get("has_dose"), dict(e.get("meta") or {}), e.get("geometry"))
-        except (KeyError, TypeError, ValueError) as err:
-            raise CacheError(f"{Path(root) / DATASET_JSON}: invalid patient entry {e.get('id', '?')!r}: "
-                             f"{err}") from None
+            # each key in turn, so that the message names the one that is wrong
+            pid = str(e[key])
+            key = "file"
+            path = Path(root) / e[key]
+            key = "shape"
+            shape = tuple(int(n) for n in e[key])
+            key = "spacing"
+            spacing = tuple(float(x) for x in e[key])
+            key = "meta"
+            meta = dict(e.get(key) or {})
+        except KeyError:
+            raise CacheError(f"{where}: it lacks the key {key!r}") from None
+        except (TypeError, ValueError) as err:
+            rule = {"file": "a file name", "shape": "a list of integers",
+                    "spacing": "a list of numbers (mm)", "meta": "an object"}[key]
+            raise CacheError(f"{where}: {key!r} must be {rule}, got {e[key]!r} ({err})") from None
+        return cls(pid, path, shape, spacing, tuple(e.get("missing_rois") or ()), e.get("has_dose"), meta,
+                   e.get("geometry"))
 
     @property
     def geometry(self) -> Geometry | None:
@@ -367,7 +381,10 @@ class CacheEntry:
             return None
         try:
             g = Geometry.from_dict(self.geometry_dict)
-        except (GeometryError, KeyError, TypeError, ValueError) as err:
+        except KeyError as err:
+            raise CacheError(f"{self.path.parent / DATASET_JSON}: patient {self.id}: invalid geometry: it "
+                             f"lacks the key {err}") from None
+        except (GeometryError, TypeError, ValueError) as err:
             raise CacheError(f"{self.path.parent / DATASET_JSON}: patient {self.id}: invalid geometry: "
                              f"{err}") from None
         problem = shear_problem(g)
