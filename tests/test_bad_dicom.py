@@ -65,6 +65,10 @@ def _huge_dose(f: Path) -> None:
     edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseGridScaling", "1"))
 
 
+def _overflowing_dose(f: Path) -> None:  # stored values x 1e38 exceed float32's 3.4e38
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseGridScaling", "1e38"))
+
+
 def _short_offsets(f: Path) -> None:
     edit(f / "RD.dcm", lambda ds: setattr(ds, "GridFrameOffsetVector", list(ds.GridFrameOffsetVector)[:-1]))
 
@@ -200,6 +204,7 @@ DICOM_ERRORS = [
     ("rtdose-no-scaling", _no_scaling, r"RD\.dcm lacks DoseGridScaling"),
     ("rtdose-zero-scaling", _zero_scaling, r"RD\.dcm: DoseGridScaling must be > 0"),
     ("rtdose-huge", _huge_dose, r"RD\.dcm: maximum dose .* Gy .* is not a radiotherapy dose"),
+    ("rtdose-overflow", _overflowing_dose, r"RD\.dcm: dose values overflow \(DoseGridScaling 1e\+38\)"),
     ("rtdose-offsets-short", _short_offsets, r"RD\.dcm: GridFrameOffsetVector has 31 values for 32 frames"),
     ("rtdose-offsets-irregular", _irregular_offsets, r"RD\.dcm: GridFrameOffsetVector is not a regular"),
     ("rtdose-degenerate-iop", _rd_degenerate_iop, r"RD\.dcm: degenerate ImageOrientationPatient"),

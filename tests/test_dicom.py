@@ -456,6 +456,16 @@ def test_rtdose_of_dose_type_error_is_no_dose(exported):
         dicom.read_rtdose(folder / "RD.dcm")
 
 
+def test_read_rtdose_of_another_modality_names_it(exported):
+    """``read_rtdose`` (public API) on a CT slice: one error naming the file and its Modality. Folder
+    readers and ``evaluate`` never reach it: they take only files whose Modality is RTDOSE."""
+    _, folder = exported
+    ct = sorted(folder.glob("CT.*.dcm"))[0]
+    with pytest.raises(dicom.DicomImportError) as ei:
+        dicom.read_rtdose(ct)
+    assert str(ei.value) == f"{ct}: Modality is CT, not RTDOSE"
+
+
 def _ptv_contours(ds):
     num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "PTV70")
     return next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num).ContourSequence
