@@ -218,3 +218,57 @@ def test_folder_helpers(tmp_path, sample_dir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         openkbp.patient_folders(tmp_path / "nope")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _import(src: Path, out: Path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    return CliRunner().invoke(app, ["data", "import-openkbp", str(src), "--out", str(out), "--no-progress"])
+
+
+@pytest.mark.parametrize("fname, content, message", [
+    ("dose.csv", "", "dose.csv is empty (expected header ',data' and rows 'flat_index,value')"),
+    ("possible_dose_mask.csv", "", "possible_dose_mask.csv is empty (expected header ',data'"),
+    ("dose.csv", ",data,extra\n10,70.5,1\n", "dose.csv has 3 columns, expected 2 (flat_index,value)"),
+    ("dose.csv", ",data\n10,70.5\n11,60,5\n", "dose.csv is not a valid OpenKBP sparse CSV (rows "
+     "'flat_index,value'): Error tokenizing data. C error: Expected 2 fields in line 3, saw 3"),
+    ("dose.csv", ",data\n10,70.5\n11,sixty\n", "dose.csv row 3: value 'sixty' is not a number"),
+    ("voxel_dimensions.csv", None, "pt_5 lacks voxel_dimensions.csv"),
+    ("ct.csv", ",data\n10,1000\n11,40000\n",
+     "ct.csv row 3: CT value 40000 is outside -31744..33791 (HU + 1024, stored as int16)"),
+    ("ct.csv", ",data\n10,-40000\n", "ct.csv row 2: CT value -40000 is outside -31744..33791"),
+    ("SpinalCord.csv", ",data\n", "ROI file {folder}/SpinalCord.csv is empty (no voxels); delete it if "
+     "the ROI was not contoured"),
+])
+def test_cli_bad_csv_is_one_line_and_no_cache(tmp_path, fname, content, message):
+    """``data import-openkbp`` of a patient with an empty CSV, a CSV of three columns or a ragged row,
+    a non-numeric value, a missing required file or CT values int16 cannot hold: exit code 2, one
+    line naming the patient, the file (and row) and the rule, and no --out folder."""
+    folder = _tiny_patient(tmp_path / "src" / "pt_5")
+    if content is None:
+        (folder / fname).unlink()
+    else:
+        (folder / fname).write_text(content)
+    r = _import(tmp_path / "src", tmp_path / "out")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines() == [r.output.rstrip("\n")] and r.output.startswith("error: patient pt_5: ")
+    assert message.format(folder=folder) in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unknown_roi_file_warns_and_imports_the_rest(tmp_path):
+    """An ROI file whose name is no ROI of the set: one warning line naming the patient and the file,
+    the patient imported without it; an ROI file without voxels is the error line above."""
+    folder = _tiny_patient(tmp_path / "src" / "pt_5")
+    (folder / "Cochlea_L.csv").write_text(",data\n10,\n")
+    r = _import(tmp_path / "src", tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.exception)
+    warned = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: patient pt_5: {folder / 'Cochlea_L.csv'} is not a known ROI (Brainstem, "
+                      "SpinalCord, RightParotid, LeftParotid, Esophagus, Larynx, Mandible, PTV56, PTV63, "
+                      "PTV70); ignored"]
+    c = cache.Cache.open(tmp_path / "out")
+    assert "Cochlea_L" not in c.roi_set and c.ids == ["pt_5"]
+    assert c.load("pt_5").mask("PTV70").sum() == 2

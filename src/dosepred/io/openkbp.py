@@ -118,7 +118,7 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
                                  "rows 'flat_index,value')") from None
     except (ValueError, pd.errors.ParserError) as e:
         raise OpenKBPFormatError(f"patient {pid}: {path} is not a valid OpenKBP sparse CSV "
-                                 f"(rows 'flat_index,value'): {e}") from None
+                                 f"(rows 'flat_index,value'): {str(e).strip()}") from None
     if df.shape[1] != 2:
         raise OpenKBPFormatError(f"patient {pid}: {path} has {df.shape[1]} columns, expected 2 "
                                  "(flat_index,value)")
@@ -196,8 +196,11 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     assert vals is not None
     if (vals != np.rint(vals)).any():
         raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} holds non-integer CT values")
-    if len(vals) and (vals.min() < -32768 + CT_OFFSET or vals.max() > 32767 + CT_OFFSET):
-        raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} holds CT values outside int16 range")
+    lo, hi = -32768 + CT_OFFSET, 32767 + CT_OFFSET
+    if len(vals) and (vals.min() < lo or vals.max() > hi):
+        r = int(np.flatnonzero((vals < lo) | (vals > hi))[0])
+        raise OpenKBPFormatError(f"patient {pid}: {folder / 'ct.csv'} row {r + 2}: CT value {vals[r]:g} is "
+                                 f"outside {lo}..{hi} (HU + {CT_OFFSET}, stored as int16)")
     ct = np.full(size, -CT_OFFSET, dtype=np.int16)
     ct[idx] = vals - CT_OFFSET
     ct = ct.reshape(GRID)
