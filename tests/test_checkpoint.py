@@ -116,3 +116,113 @@ def test_half_export_keeps_small_tensors_in_full_precision(tmp_path):
 
     net = load_model(out)
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+# ------------------------------------------------------------------ through the command line
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _last_line_error(r, text):
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "Traceback" not in r.output and r.output.splitlines()[-1] == f"error: {text}", r.output
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A TINY run stopped after epoch 2 of 3: checkpoints last.pt (epoch 2), prev.pt (1), best.pt."""
+    from dosepred.training import TrainConfig, train
+    from tiny_models import TINY, tiny_cache
+
+    root = tmp_path_factory.mktemp("resume")
+    train(TrainConfig(data=str(tiny_cache(root, 1)), out=str(root / "run"), epochs=3, steps_per_epoch=1,
+                      stop_after=2, seed=1, **TINY))
+    return root / "run"
+
+
+def _no_checkpoints(k):
+    import shutil
+
+    shutil.rmtree(k)
+
+
+def _foreign_last(k):
+    (k / "prev.pt").unlink()
+    torch.save({"state_dict": {}}, k / "last.pt")
+
+
+def _no_last_junk_prev(k):
+    (k / "last.pt").unlink()
+    (k / "prev.pt").write_bytes(b"junk")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_no_checkpoints, "--resume: {k}/last.pt does not exist (nothing to resume in {run})"),
+    (_foreign_last, "--resume: {k}/last.pt is not a dosepred checkpoint (no format tag "
+     "'dosepred-checkpoint') (and there is no prev.pt to fall back to)"),
+    (_no_last_junk_prev, "--resume: {k}/last.pt does not exist; and the previous checkpoint {k}/prev.pt: "
+     "not a readable dosepred checkpoint (not a PyTorch checkpoint file; "),
+], ids=["no-checkpoints", "foreign-last-no-prev", "no-last-junk-prev"])
+def test_cli_resume_from_a_missing_or_wrong_checkpoint(tmp_path, interrupted_run, damage, message):
+    """``train --resume`` of a run without checkpoints, with a last.pt of another program and no prev.pt,
+    or without last.pt and a prev.pt that is no checkpoint: one error line naming the files (the last
+    case named only prev.pt, not why last.pt was not used), and the run folder as it was."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    damage(run / "checkpoints")
+    before = _files(run)
+    r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress")
+    assert r.exit_code == 2, (r.output, r.exception)
+    last = r.output.splitlines()[-1]
+    assert last.startswith("error: " + message.format(k=run / "checkpoints", run=run)), r.output
+    assert "Traceback" not in r.output and _files(run) == before
+
+
+def test_cli_export_of_two_different_models_is_one_line(tmp_path):
+    """``export-model A B`` averages the weights of fine-tunes of one model; two models of other widths:
+    one line naming both files, no model folder."""
+    paths = []
+    for base in (2, 4):
+        cfg = ModelConfig(base=base, levels=2, res_units=0, patch=(8, 8, 8))
+        paths.append(save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(),
+                                      "model": build_model(cfg).state_dict()}, tmp_path / f"b{base}.pt"))
+    r = _cli("export-model", *paths, "--out", tmp_path / "m")
+    _last_line_error(r, f"{paths[1]}: another architecture or ROI set than {paths[0]}; only checkpoints of "
+                        "one model can be averaged")
+    assert len(r.output.splitlines()) == 1 and not (tmp_path / "m").exists()
+    with pytest.raises(ModelError, match="^no checkpoint to average$"):  # the API only: the CLI needs one
+        export_model([], tmp_path / "m2")
+    assert not (tmp_path / "m2").exists()
+
+
+def test_cli_predict_with_weights_of_another_model_names_the_weight(tmp_path):
+    """A checkpoint whose weights are not of the network its model_config describes: ``predict`` stops
+    with one line naming the file, the first weight and both shapes (it named nothing: torch's first
+    line, 'Error(s) in loading state_dict for DoseUNet:'), and writes no output."""
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_cohort
+
+    cfg, _ = _tiny()
+    wide = ModelConfig(base=4, levels=2, res_units=0, patch=(8, 8, 8))
+    ck = save_checkpoint({"format": MODEL_FORMAT, "model_config": cfg.to_dict(),
+                          "model": build_model(wide).state_dict()}, tmp_path / "model.pt")
+    write_cache(make_cohort(1, seed=2, size=12), tmp_path / "cache")
+    r = _cli("predict", "--model", ck, "--data", tmp_path / "cache", "--out", tmp_path / "pred",
+             "--device", "cpu", "--no-progress")
+    _last_line_error(r, f"{ck}: weights do not fit the recorded architecture (size mismatch for "
+                        "net.model.0.conv.weight: copying a param with shape torch.Size([4, 10, 3, 3, 3]) "
+                        "from checkpoint, the shape in current model is torch.Size([2, 10, 3, 3, 3]). "
+                        "(and 4 more))")
+    assert not (tmp_path / "pred").exists()

@@ -484,6 +484,76 @@ def test_cli_train_init_without_targets_is_one_line_and_writes_nothing(tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def _foreign(path, config, weights_of):
+    """A checkpoint whose model_config is ``config`` but whose weights are those of ``weights_of``
+    (another model's weights under this one's record: a file put together by hand or another tool)."""
+    return save_checkpoint({"format": MODEL_FORMAT, "model_config": config.to_dict(),
+                            "model": weights_of.state_dict()}, path)
+
+
+def _okbp_less_larynx():
+    return ModelConfig(rois=RoiSet(tuple(r for r in OKBP if r.name != "Larynx")).to_dicts(), **TINY)
+
+
+@pytest.mark.parametrize("weights, data, message", [
+    (dict(base=8), "clinic", "input weights net.model.0.conv.unit0.conv.weight of shape (8, 10, 3, 3, 3) do "
+     "not fit (4, 10, 3, 3, 3) (another architecture?)"),
+    (dict(stages=2), "clinic", "weights refine.model.0.conv.unit0.adn.A.weight, refine.model.0.conv.unit0."
+     "conv.bias, refine.model.0.conv.unit0.conv.weight have no place in the new model (another "
+     "architecture?)"),
+    ("less", "clinic", "input weights net.model.0.conv.unit0.conv.weight of shape (4, 10, 3, 3, 3) do not "
+     "fit (4, 9, 3, 3, 3) (another architecture?)"),
+    (dict(base=8), "okbp", "weights do not fit (size mismatch for net.model.0.conv.unit0.conv.weight: "
+     "copying a param with shape torch.Size([8, 10, 3, 3, 3]) from checkpoint, the shape in current model "
+     "is torch.Size([4, 10, 3, 3, 3]). (and 8 more))"),
+    (dict(stages=2), "okbp", 'weights do not fit (Unexpected key(s) in state_dict: "refine.model.0.conv.'),
+], ids=["wider-mapped", "two-stage-mapped", "other-rois-mapped", "wider-same-rois", "two-stage-same-rois"])
+def test_cli_init_from_weights_that_do_not_fit_is_one_line(tmp_path, synth, clinic_cache, weights, data,
+                                                            message):
+    """``train --init`` of a checkpoint whose weights are not of the model its record describes (another
+    width, a second stage, another ROI set's input channels), onto a clinic's ROIs (mapped channel by
+    channel) or onto the same ROIs: one error line naming the file, the weight and both shapes, and no
+    run folder. (The same-ROI case named nothing: torch's first line, 'Error(s) in loading state_dict
+    for DoseUNet:'.)"""
+    from dosepred.cli import app
+
+    if data == "okbp":
+        write_cache(synth[:1], tmp_path / "okbp")
+    cache = clinic_cache if data == "clinic" else tmp_path / "okbp"
+    released = released_model()
+    if weights == "less":
+        ck = _foreign(tmp_path / "foreign.pt", _okbp_less_larynx(), released)
+    else:
+        ck = _foreign(tmp_path / "foreign.pt", released.config, released_model(**weights))
+    r = CliRunner().invoke(app, ["train", "--data", str(cache), "--init", str(ck), "--out",
+                                 str(tmp_path / "run"), "--epochs", "1", "--patch", "16", "--batch", "1",
+                                 "--threads", "1", "--no-progress"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.startswith(f"error: --init {ck}: {message}") and len(r.output.splitlines()) == 1, r.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"format": "dosepred-roi-something"},
+     "not an ROI transfer record (format 'dosepred-roi-something', expected 'dosepred-roi-transfer')"),
+    ({"format": "dosepred-roi-transfer", "version": 1}, "the ROI transfer record lacks the key 'model_rois'"),
+    ("Parotid_L<-LeftParotid", "not an ROI transfer record (format 'str', expected 'dosepred-roi-transfer')"),
+])
+def test_cli_export_of_a_checkpoint_with_a_bad_transfer_record(tmp_path, record, message):
+    """A checkpoint whose ``roi_transfer`` record is of another format, lacks a key or is no object:
+    ``export-model`` stops with one line naming the file and the record (was a KeyError or
+    AttributeError traceback, or a line naming no file) and writes no model folder."""
+    from dosepred.cli import app
+
+    released = released_model()
+    ck = save_checkpoint({"format": MODEL_FORMAT, "model_config": released.config.to_dict(),
+                          "model": released.state_dict(), "roi_transfer": record}, tmp_path / "model.pt")
+    r = CliRunner().invoke(app, ["export-model", str(ck), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output == f"error: {ck}: roi_transfer: {message}\n"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_data_subset_writes_a_split_with_the_whole_roi_set(tmp_path, synth):
     from dosepred.cli import app
     from dosepred.io.cache import Cache

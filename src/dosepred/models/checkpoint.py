@@ -105,7 +105,10 @@ def load_resumable(path: str | os.PathLike, prev: str | os.PathLike, map_locatio
     except ModelError as e:
         if not prev.is_file():
             raise ModelError(f"--resume: {e} (and there is no {prev.name} to fall back to)") from None
-        ck = load_checkpoint(prev, map_location=map_location)
+        try:
+            ck = load_checkpoint(prev, map_location=map_location)
+        except ModelError as e_prev:  # name both: the reason last.pt was not used is half the story
+            raise ModelError(f"--resume: {e}; and the previous checkpoint {e_prev}") from None
         warnings.warn(f"--resume: {e}; continuing from the previous checkpoint {prev} (epoch "
                       f"{ck.get('epoch')}) instead", ResumeFallbackWarning, stacklevel=3)
         return ck, prev, True
@@ -138,6 +141,15 @@ def _load_error(e: Exception) -> str:
     return f"not a PyTorch checkpoint file; {type(e).__name__}: {first[:200]}"
 
 
+def state_dict_problem(e: RuntimeError) -> str:
+    """What ``load_state_dict``'s error says is wrong: its first item (a size mismatch naming the weight
+    and both shapes, or the missing or unexpected keys), not its first line, which names nothing."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [""])[0]
+    more = len(lines) - 2 if len(lines) > 2 else 0
+    return (first if len(first) <= 200 else first[:200] + "...") + (f" (and {more} more)" if more else "")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a dosepred checkpoint or exported model (weights_only) and check what it is.
 
@@ -160,6 +172,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ModelSpace.from_dict(ckpt["space"])
     except (TypeError, ValueError, KeyError) as e:
         raise ModelError(f"{path}: the model's space record is invalid ({e})") from None
+    if ckpt.get("roi_transfer") is not None:  # read again by export and fine-tunes: check it once here
+        from .transfer import RoiTransfer
+
+        try:
+            RoiTransfer.from_dict(ckpt["roi_transfer"])
+        except ModelError as e:
+            raise ModelError(f"{path}: roi_transfer: {e}") from None
     ckpt["path"] = str(path)
     return ckpt
 
@@ -173,7 +192,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: Any = "cpu") -> torch.nn
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ModelError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the recorded architecture "
-                         f"({str(e).splitlines()[0]})") from None
+                         f"({state_dict_problem(e)})") from None
     model.space = ModelSpace.from_dict(ckpt.get("space") or ModelSpace.openkbp().to_dict())
     return model.to(device).eval()
 

@@ -107,14 +107,20 @@ class RoiTransfer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoiTransfer:
-        if d.get("format") != TRANSFER_FORMAT:
-            raise ModelError(f"not an ROI transfer record (format {d.get('format')!r})")
-        return cls([dict(r) for r in d["model_rois"]], [dict(r) for r in d["data_rois"]],
-                   dict(d["matched"]), tuple(d["new"]), tuple(d["dropped"]),
-                   {k: float(v) for k, v in d["model_targets"].items()},
-                   {k: float(v) for k, v in d["data_targets"].items()},
-                   tuple(d.get("unprescribed", ())), tuple(d.get("not_oars", ())),
-                   str(d.get("source", "")), tuple(d.get("notes", ())))
+        if not isinstance(d, dict) or d.get("format") != TRANSFER_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ModelError(f"not an ROI transfer record (format {got!r}, expected {TRANSFER_FORMAT!r})")
+        try:
+            return cls([dict(r) for r in d["model_rois"]], [dict(r) for r in d["data_rois"]],
+                       dict(d["matched"]), tuple(d["new"]), tuple(d["dropped"]),
+                       {k: float(v) for k, v in d["model_targets"].items()},
+                       {k: float(v) for k, v in d["data_targets"].items()},
+                       tuple(d.get("unprescribed", ())), tuple(d.get("not_oars", ())),
+                       str(d.get("source", "")), tuple(d.get("notes", ())))
+        except KeyError as e:
+            raise ModelError(f"the ROI transfer record lacks the key {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ModelError(f"invalid ROI transfer record ({e})") from None
 
     def summary(self) -> str:
         """One line: what maps to what."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..models import DoseUNet, ModelConfig, ModelError
+from ..models.checkpoint import state_dict_problem
 from ..models.space import ModelSpace
 from ..models.transfer import RoiTransfer, absent_after, counts_after, plan_transfer, transfer_state
 from ..patient import RoiSet
@@ -98,8 +99,7 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
         else:
             model.load_state_dict(state)
     except RuntimeError as e:
-        raise ModelError(f"--init {cfg.init}: weights do not fit "
-                         f"({str(e).splitlines()[0]})") from None
+        raise ModelError(f"--init {cfg.init}: weights do not fit ({state_dict_problem(e)})") from None
     if tr.identity:  # a fine-tune of a transferred model keeps the record of its channels
         roi_transfer = init_ckpt.get("roi_transfer")
     return roi_transfer, transfer
