@@ -232,3 +232,69 @@ def test_a_continued_training_does_not_count_its_patients_twice():
     odd = ModelSpace(patients=169, absent_counts={"Esophagus": 220, "Larynx": 177}, absent_patients=507)
     assert not same_patients(odd, mine, {"Esophagus": 220, "Larynx": 177}, own)
     assert ModelSpace.from_dict(mine.to_dict()).patients_sha == ids_sha(ids)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "5"], "--resume: seed was 1 in {last}, now 5"),
+    (["--batch", "2"], "--resume: batch was 1 in {last}, now 2"),
+    (["--loss", "mae+dvh"], "--resume: loss was 'mae' in {last}, now 'mae+dvh'"),
+    (["--data", "{other}"], "--resume: data was '{data}' in {last}, now '{other}'"),
+    (["--base", "8"], "--resume: {last} was trained with a different model ({{'base': (4, 8)}})"),
+])
+def test_cli_resume_with_changed_options_is_one_line(tmp_path, flags, message):
+    """``train --resume`` with a seed, batch, loss, training cache or width other than the run's would
+    not continue that training: one error line naming the option, both values and the checkpoint,
+    and the run folder as it was (config.json not rewritten)."""
+    from tiny_models import TINY, tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    other = tiny_cache(tmp_path / "b", 2)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), out=str(run), epochs=2, steps_per_epoch=1, stop_after=1, seed=1,
+                      **TINY))
+    before = _files(run)
+    fill = dict(last=run / "checkpoints" / "last.pt", data=data, other=other)
+    r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress",
+             *(f.format(**fill) for f in flags))
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1] == "error: " + message.format(**fill), r.output
+    assert "Traceback" not in r.output and _files(run) == before
+
+
+def test_cli_a_loss_that_becomes_nan_stops_the_run_and_leaves_nothing(tmp_path):
+    """The loss check fires when the training diverges (here --lr 1e30: the first step's update makes the
+    weights ~1e30, the next loss NaN): one line naming the step and the likely cause, and no run folder
+    (it failed before a finished epoch). A NaN in the data cannot reach it: the cache reader refuses a
+    dose that is not finite."""
+    from dosepred.io.cache import write_members
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    args = ["train", "--data", data, "--patch", "16", "--base", "4", "--levels", "2", "--res-units", "0",
+            "--batch", "1", "--threads", "1", "--loss", "mae", "--epochs", "1", "--steps-per-epoch", "3",
+            "--no-progress"]
+    r = _cli(*args, "--out", tmp_path / "run", "--lr", "1e30")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1] == "error: loss became nan at step 1; lower --lr?", r.output
+    assert "Traceback" not in r.output and not (tmp_path / "run").exists()
+    f = sorted(data.glob("*.npz"))[0]
+    with np.load(f) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["dose"] = np.full_like(arrays["dose"], np.nan)  # written by another tool
+    write_members(f, arrays)
+    r = _cli(*args, "--out", tmp_path / "run")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1] == f"error: patient {f.stem}: dose contains NaN/inf (in {f})", r.output
+    assert not (tmp_path / "run").exists()

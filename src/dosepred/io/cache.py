@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import mask_box
-from ..errors import DosepredError, UnknownNameError
+from ..errors import DosepredError, InputError, UnknownNameError
 from ..fsutil import atomic_path, write_bytes, write_json
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
@@ -479,8 +479,11 @@ class Cache:
         assert codes is not None
         ct = arrays["ct"] if with_ct else None
         meta = dict(e.meta)
-        p = Patient(pid, ct, codes, roi_set or self.roi_set, e.spacing, arrays["possible_dose_mask"],
-                    arrays.get("dose"), e.missing_rois, meta, e.geometry)
+        try:
+            p = Patient(pid, ct, codes, roi_set or self.roi_set, e.spacing, arrays["possible_dose_mask"],
+                        arrays.get("dose"), e.missing_rois, meta, e.geometry)
+        except InputError as err:  # its checks name the patient and the field; add the file
+            raise CacheError(f"{err} (in {e.path})") from None
         if box is not None:
             p.set_support_box(box)
         return p
