@@ -334,3 +334,34 @@ def test_a_patient_without_ct_is_refused_by_predict_with_one_clear_error(run_dir
                 geometry=p.geometry)
     with pytest.raises(InputError, match=f"^patient {p.id}: no CT .*prediction needs the CT$"):
         predict_dose(model, q, InferenceOptions(tta=False))
+
+
+def test_input_rois_the_model_does_not_use_are_a_note_and_change_nothing(tmp_path):
+    """A patient contoured with a structure the model was not trained with (a couch): predicted as
+    without it, the same dose to the bit, and one note line naming the patient and the structure."""
+    import numpy as np
+
+    from dosepred.io.cache import Cache
+    from dosepred.patient import Patient, Roi, RoiSet
+    from tiny_models import tiny_cache, tiny_run
+
+    run = tiny_run(tiny_cache(tmp_path, 1), tmp_path / "run")
+    p = make_cohort(1, seed=4, size=20)[0]
+    couch = np.zeros(p.shape, bool)
+    couch[-3:] = True
+    masks = {n: p.mask(n) for n in p.roi_set.names if n not in p.missing_rois} | {"Couch": couch}
+    q = Patient.from_masks(p.id, p.ct, masks, RoiSet((*p.roi_set.rois, Roi("Couch", "other"))), p.spacing,
+                           p.possible_dose_mask, p.dose, dict(p.meta), p.geometry)
+    write_cache([p], tmp_path / "plain")
+    write_cache([q], tmp_path / "couch")
+    doses, notes = {}, {}
+    for name in ("plain", "couch"):
+        r = runner.invoke(app, ["predict", "--model", str(run), "--data", str(tmp_path / name), "--out",
+                                str(tmp_path / f"pred-{name}"), "--format", "cache", "--no-tta", "--device",
+                                "cpu", "--no-progress"])
+        assert r.exit_code == 0, (r.output, r.exception)
+        notes[name] = [line for line in r.output.splitlines() if line.startswith(("note:", "warning:"))]
+        doses[name] = Cache.open(tmp_path / f"pred-{name}").load(p.id, with_ct=False).dose
+    note = f"note: patient {p.id}: its ROIs Couch are not used by the model"
+    assert notes == {"plain": [], "couch": [note]}
+    assert np.array_equal(doses["plain"], doses["couch"]) and doses["plain"].max() > 0
