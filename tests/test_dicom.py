@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import warnings
@@ -527,3 +528,42 @@ def test_plan_prescribing_another_structure_set_s_roi_numbers_is_not_used(export
         (q,) = dicom.read_dicom_folder(folder)
     par, ptv = q.roi_set["LeftParotid"], q.roi_set["PTV70"]
     assert (par.kind, par.prescription) == ("oar", None) and (ptv.kind, ptv.prescription) == ("target", 70.0)
+
+
+def test_two_rois_of_one_name_are_united_not_xored(exported):
+    """Two ROIs that map to one name (a duplicate 'PTV 70Gy' beside 'PTV70', a copy shifted by two
+    columns) give their union, as the warning says: even-odd filling is for the contours of one ROI
+    (holes), not across ROIs, where it would drop their overlap (a duplicate would cancel itself)."""
+    p, folder = exported
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    src = next(r for r in ds.StructureSetROISequence if r.ROIName == "PTV70")
+    src_contours = _ptv_contours(ds)
+    new_number = max(int(r.ROINumber) for r in ds.StructureSetROISequence) + 1
+    roi = copy.deepcopy(src)
+    roi.ROINumber, roi.ROIName = new_number, "PTV 70Gy"
+    ds.StructureSetROISequence.append(roi)
+    obs_src = next(o for o in ds.RTROIObservationsSequence
+                   if int(o.ReferencedROINumber) == int(src.ROINumber))
+    obs = copy.deepcopy(obs_src)
+    obs.ReferencedROINumber = new_number
+    obs.ObservationNumber = new_number
+    ds.RTROIObservationsSequence.append(obs)
+    rc = pydicom.Dataset()
+    rc.ReferencedROINumber = new_number
+    rc.ROIDisplayColor = [255, 0, 0]
+    rc.ContourSequence = pydicom.Sequence()
+    for c in src_contours:
+        d = copy.deepcopy(c)
+        pts = np.array([float(v) for v in c.ContourData]).reshape(-1, 3)
+        pts[:, 0] += 4.0  # two columns to the patient's left
+        d.ContourData = [f"{v:g}" for v in pts.ravel()]
+        rc.ContourSequence.append(d)
+    ds.ROIContourSequence.append(rc)
+    ds.save_as(folder / "RS.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"all map to PTV70; their union is used"):
+        (q,) = dicom.read_dicom_folder(folder)
+    m = p.mask("PTV70")
+    shifted = np.zeros_like(m)
+    shifted[:, :, 2:] = m[:, :, :-2]
+    assert (m & shifted).any()  # they overlap, so XOR and union differ
+    assert np.array_equal(q.mask("PTV70"), m | shifted)

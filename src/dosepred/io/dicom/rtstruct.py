@@ -124,6 +124,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
         if roi is None:
             continue
         drawn: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+        own = np.zeros(shape, dtype=bool)  # this ROI's contours, even-odd; ROIs of one name are united
         for j, c in enumerate(getattr(roi, "ContourSequence", []) or []):
             gtype = str(getattr(c, "ContourGeometricType", "") or "CLOSED_PLANAR").strip().upper()
             if gtype == "POINT":
@@ -158,7 +159,8 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
                 if any(_partly_overlap(here, other) for other in drawn.setdefault(kk, [])):
                     crossed.add(kk)
                 drawn[kk].append(here)
-            mask[kk] ^= m
+            own[kk] ^= m
+        mask |= own
     if tiny:
         warn(f"RTSTRUCT {path}: {tiny} contour(s) of ROI {name} have fewer than 3 points (ContourData); "
              "they enclose no area and are ignored")
