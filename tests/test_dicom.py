@@ -507,6 +507,26 @@ def test_partly_overlapping_contours_of_one_roi_warn(exported):
     assert np.array_equal(q.mask("PTV70"), m ^ shifted)
 
 
+def test_repeated_contour_of_one_roi_is_used_once(exported):
+    """A contour exported twice on its slice (the same points, here once in reverse order) is one
+    contour: filled even-odd the copy would cancel it and the ROI would lose that slice without a
+    word. Used once, with a warning counting the copies."""
+    p, folder = exported
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    seq = _ptv_contours(ds)
+    for k, c in enumerate(list(seq)):
+        d = copy.deepcopy(c)
+        if k % 2:
+            d.ContourData = list(np.array([float(v) for v in c.ContourData]).reshape(-1, 3)[::-1].ravel())
+        seq.append(d)
+    n = len(seq) // 2
+    ds.save_as(folder / "RS.dcm")
+    with pytest.warns(dicom.DicomWarning, match=rf"{n} contour\(s\) of ROI PTV70 repeat another contour "
+                      r"of the same slice point for point; each is used once"):
+        (q,) = dicom.read_dicom_folder(folder)
+    assert np.array_equal(q.mask("PTV70"), p.mask("PTV70"))
+
+
 def test_plan_prescribing_another_structure_set_s_roi_numbers_is_not_used(exported):
     """An RTPLAN that references another RTSTRUCT (an earlier contour version, absent) prescribes by
     that structure set's ROINumbers: here number 1 is the parotid. Its per-ROI prescriptions are not

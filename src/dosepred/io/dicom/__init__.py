@@ -60,7 +60,8 @@ uncertainty; beside a plan dose it is skipped with a warning) or with a GridFram
 not match its frames or starts neither at 0 nor, for axial planes, at ImagePositionPatient's z.
 Contours of fewer than 3 points and open contours (OPEN_PLANAR/OPEN_NONPLANAR) enclose no area: they
 are ignored with a warning naming the ROI and the count; contours of one ROI that partly overlap on a
-slice are combined even-odd with a warning. An RTPLAN referencing another RTSTRUCT than the patient's
+slice are combined even-odd with a warning; a contour repeated point for point on its slice is used
+once, with a warning. An RTPLAN referencing another RTSTRUCT than the patient's
 gives no per-ROI prescriptions (its ROINumbers are that structure set's), with a warning.
 
 This package converts; it does not evaluate, train or decide which ROIs a protocol needs.

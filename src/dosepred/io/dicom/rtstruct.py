@@ -118,12 +118,14 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
     skipped = 0
     tiny = 0
     opened = 0
+    repeated = 0
     crossed: set[int] = set()  # slices where two contours overlap without one holding the other
     for number in numbers:
         roi = by_number.get(number)
         if roi is None:
             continue
         drawn: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+        vertices: dict[int, list[np.ndarray]] = {}  # per slice, each contour's points (to 1e-3 mm)
         own = np.zeros(shape, dtype=bool)  # this ROI's contours, even-odd; ROIs of one name are united
         for j, c in enumerate(getattr(roi, "ContourSequence", []) or []):
             gtype = str(getattr(c, "ContourGeometricType", "") or "CLOSED_PLANAR").strip().upper()
@@ -153,6 +155,11 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
             if np.ptp(idx[:, 0]) > 0.1 or abs(k - kk) > 0.25 or not 0 <= kk < nz:
                 skipped += 1
                 continue
+            same = np.unique(np.round(pts, 3), axis=0)
+            if any(np.array_equal(same, v) for v in vertices.setdefault(kk, [])):
+                repeated += 1  # a copy of a contour: even-odd, it would cancel the one it repeats
+                continue
+            vertices[kk].append(same)
             m = _polygon_mask(idx[:, 1:], nr, nc)
             here = _cropped(m)
             if here is not None:
@@ -167,6 +174,10 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
     if opened:
         warn(f"RTSTRUCT {path}: {opened} contour(s) of ROI {name} are open (ContourGeometricType OPEN_PLANAR "
              "or OPEN_NONPLANAR): lines that enclose no area; ignored")
+    if repeated:
+        warn(f"RTSTRUCT {path}: {repeated} contour(s) of ROI {name} repeat another contour of the same "
+             "slice point for point; each is used once (filled even-odd, a copy would cancel the contour it "
+             "repeats)")
     if crossed:
         warn(f"RTSTRUCT {path}: ROI {name} has contours that partly overlap (neither inside the other) on "
              f"{len(crossed)} CT slice(s) (first at slice index {min(crossed)}); combined even-odd (XOR, "
