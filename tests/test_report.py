@@ -104,3 +104,35 @@ def test_criteria_rows_pair_each_prediction_by_criterion(sample_dir, tmp_path):
         assert second == pytest.approx(1.1 * ref, abs=0.02), c.name
         checked += 1
     assert checked >= 5
+
+
+def test_qa_dvh_marks_every_improvement_flag_as_a_triangle(monkeypatch):
+    """The QA DVH draws a criterion with an improvement flag as a triangle, whichever flag it is: an
+    OAR criterion whose protocol says higher is better (">="), below its interval, was drawn as an
+    unflagged circle (the plot listed three of the four improvement flags by hand)."""
+    import matplotlib.axes
+
+    from dosepred.qa.result import CriterionQA, flags_for
+    from dosepred.report.plots import dvh_qa_uri
+    from dosepred.synth import make_cohort
+
+    p = make_cohort(1, seed=0, size=20)[0]
+    oar = next(r.name for r in p.roi_set if r.kind == "oar" and r.name in p.present_rois)
+    cases = {  # plan value, lower is better -> flagged (beyond the interval [15, 25] on the bad side)
+        "above, <=": (30.0, True, True), "below, >=": (10.0, False, True),
+        "inside, <=": (20.0, True, False), "below, <=": (10.0, True, False)}
+    crits = []
+    for plan, lower, _ in cases.values():
+        flags, gain = flags_for(plan, 20.0, 15.0, 25.0, "oar", lower)
+        crits.append(CriterionQA(oar, "Dmean", plan, 20.0, 15.0, 25.0, None, None, flags, unit="Gy",
+                                 kind="oar", lower_better=lower, gain=gain))
+    seen = []
+    orig = matplotlib.axes.Axes.errorbar
+
+    def errorbar(self, *a, **k):
+        seen.append(k.get("fmt"))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    dvh_qa_uri(p, p.dose * 0.9, crits)
+    assert seen == ["^" if flagged else "o" for _, _, flagged in cases.values()], seen

@@ -10,6 +10,7 @@ import numpy as np
 from ..dvh import DVH, roi_metrics, roi_voxel_indices
 from ..metrics import parse_metric, v_threshold
 from ..patient import Patient
+from ..qa.result import IMPROVEMENT_FLAGS
 from .views import roi_colours as rgb255
 
 LINESTYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))
@@ -146,8 +147,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
         if c.roi not in dvhs:
             continue
         colour = col[c.roi]
-        flagged = any(f.startswith(("OAR dose above", "target hot spot above", "target coverage below"))
-                      for f in c.flags)
+        flagged = any(f.startswith(IMPROVEMENT_FLAGS) for f in c.flags)
         mk = "^" if flagged else "o"
         m = parse_metric(c.metric)
         if m.kind == "V":
