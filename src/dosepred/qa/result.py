@@ -7,6 +7,8 @@ Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
 - ``target hot spot above achievable`` - the same for a target metric where lower is better
   (D1%, Dmax, V110%);
 - ``target coverage below achievable`` - a target metric (higher is better) below the interval;
+- ``OAR dose below achievable`` - an OAR metric whose criterion says higher is better (``>=``) below
+  the interval;
 - ``plan better than predicted`` - beyond the interval on the good side;
 - ``ROI not contoured`` - the plan lacks the criterion's ROI: the criterion stays in the result
   without values;
