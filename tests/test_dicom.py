@@ -213,6 +213,20 @@ def test_unknown_names_kept():
     assert (c.name, c.kind, c.prescription, c.matched) == ("PTV_high", "target", None, False)
 
 
+def test_mapped_name_keeps_target_kind_of_its_type():
+    """A map that only renames an ROI its RTROIInterpretedType calls a target (PTV, CTV) keeps it a
+    target, as it is unmapped; it was an organ at risk (and a plan's TARGET on it was then said to be
+    on "an organ at risk"). Other unknown mapped names stay organs; the map's kinds win."""
+    m = RoiMap.from_obj({"PTV_high": "PTV_boost", "CTV_hi": "CTV70", "Cochlea_Lx": "CochleaX"})
+    assert RoiMap.empty().resolve("PTV_high", "PTV").kind == "target"
+    assert (m.resolve("PTV_high", "PTV").name, m.resolve("PTV_high", "PTV").kind) == ("PTV_boost", "target")
+    assert m.resolve("CTV_hi", "CTV").kind == "target"
+    assert m.resolve("Cochlea_Lx", "ORGAN").kind == "oar"
+    assert m.resolve("Cochlea_Lx", "").kind == "oar"
+    kinds = RoiMap.from_obj({"names": {"PTV_high": "Boost"}, "kinds": {"Boost": "other"}})
+    assert kinds.resolve("PTV_high", "PTV").kind == "other"
+
+
 def _rename_rois(rs_path: Path, names: dict[str, str]) -> None:
     ds = pydicom.dcmread(rs_path)
     for r in ds.StructureSetROISequence:

@@ -238,14 +238,18 @@ class RoiMap:
         return False, None
 
     def resolve(self, name: str, interpreted_type: str = "") -> Canonical | None:
-        """Canonical form of a clinical name (None: the map says to ignore it)."""
+        """Canonical form of a clinical name (None: the map says to ignore it). A name the map gives
+        that the aliases do not know is an organ at risk, unless the RTROIInterpretedType says a target
+        (renaming a PTV does not make it an organ); the map's ``kinds`` win."""
         found, mapped = self.lookup(name)
         if found and mapped is None:
             return None
         if found:
             assert mapped is not None
             c = canonical(mapped)
-            c = Canonical(mapped, c.kind if c.matched else "oar", c.prescription, True)
+            typed = _kind_from_type(interpreted_type)
+            kind = c.kind if c.matched else "target" if typed == "target" else "oar"
+            c = Canonical(mapped, kind, c.prescription, True)
         else:
             c = canonical(name)
             if not c.matched:
