@@ -84,6 +84,22 @@ def test_dose_files(tmp_path):
         nifti.read_dose(tmp_path / "missing.nii.gz")
 
 
+def test_dose_in_cgy_is_refused(tmp_path):
+    """A dose written in cGy (integers, 7167 for 71.67 Gy) was read as 7167 Gy, into a cache and into
+    evaluation, without a word; refused like an RTDOSE over 1000 Gy, as a patient's dose and as a
+    predicted dose file."""
+    p = make_patient()
+    cgy = np.rint(p.dose * 100).astype(np.int16)
+    assert 7000 < cgy.max() < 7200
+    nifti.write_patient(p, tmp_path / "nii", dose=cgy)
+    with pytest.raises(nifti.NiftiFormatError, match=r"dose\.nii\.gz: maximum dose 7167 Gy is not a "
+                       r"radiotherapy dose \(a dose in cGy\?"):
+        nifti.read_nifti_folder(tmp_path / "nii")
+    path = nifti.write_dose(p, cgy, tmp_path / "pred")
+    with pytest.raises(nifti.NiftiFormatError, match="is not a radiotherapy dose"):
+        nifti.read_dose(path)
+
+
 def test_clinical_label_files_without_json(tmp_path):
     p = make_patient()
     folder = tmp_path / "case1"

@@ -16,7 +16,8 @@ from the header's affine (``Geometry.from_ras_affine``, any orientation). The he
 so ``rois.json`` also stores the geometry at full precision; it is used when it agrees with the
 header (to float32 precision), which makes every round trip exact; a header edited since wins.
 
-Checks on reading (each error names the file): every file of a patient must lie on the CT's grid
+Checks on reading (each error names the file): a dose must be finite and at most 1000 Gy (a dose in
+cGy is refused, as for RTDOSE); every file of a patient must lie on the CT's grid
 (same shape and the same affine to 1e-3 mm: a dose shifted or a sheared affine is rejected, naming
 both files); bits of ``roi_codes`` beyond the ROIs ``rois.json`` lists are rejected; a label file
 that is neither listed in ``rois.json`` nor a recognised ROI name is rejected with its name.
@@ -201,6 +202,9 @@ def read_dose(path: str | os.PathLike) -> np.ndarray:
         d = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope/inter
     if not np.all(np.isfinite(d)):
         raise NiftiFormatError(f"dose {path} contains NaN/inf")
+    if d.size and float(d.max()) > 1000:  # the RTDOSE reader's rule: a dose in cGy is no dose in Gy
+        raise NiftiFormatError(f"dose {path}: maximum dose {float(d.max()):.4g} Gy is not a radiotherapy "
+                               "dose (a dose in cGy? NIfTI doses are read as Gy)")
     return d
 
 
