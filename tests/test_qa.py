@@ -584,3 +584,33 @@ def test_qa_pairs_each_criterion_with_its_own_result_whatever_their_order(sample
     monkeypatch.setattr(check_mod, "evaluate_patient", reversed_results)
     shuffled, _, _ = chk.check(p, pred=pred)
     assert shuffled.criteria == normal.criteria
+
+
+def test_qa_report_views_say_when_the_point_is_off_the_plan(tmp_path):
+    """``--point`` outside a plan's region shown (its grid, here) cannot be on the views, which are cut
+    as near to it as the plan allows: the heading says so instead of claiming the views go through
+    the point. A point on the target is named as it is."""
+    from dosepred.qa.report import QAReportWriter
+    from dosepred.qa.result import PatientQA
+    from dosepred.synth import make_cohort
+
+    p = make_cohort(1, seed=0, size=20)[0]
+
+    class Checker:
+        coverage = 0.9
+        has_dvh_band = False
+
+        def dvh_band(self, roi):
+            return None
+
+    target = next(r.name for r in p.roi_set if r.kind == "target" and r.name in p.present_rois)
+    inside = p.geometry.to_patient(np.array([ix.mean() for ix in np.nonzero(p.mask(target))]))
+    corners = p.geometry.to_patient(np.array([[0, 0, 0], np.asarray(p.shape) - 1], dtype=float))
+    outside = corners.max(axis=0) + 1000.0  # 1 m beyond the grid on every axis (LPS mm)
+    for point, off in ((inside, False), (outside, True)):
+        w = QAReportWriter(tmp_path, Checker(), point_mm=tuple(float(v) for v in point))
+        w.add(p, p.dose * 0.9, PatientQA(p.id, []))
+        heading = re.search(r"<h4>Views through ([^<]*)</h4>", w.figures[p.id]).group(1)
+        named = "the point ({}) mm".format(", ".join(f"{float(v):g}" for v in point))
+        assert (heading == named) is not off, heading
+        assert named in heading and ("outside" in heading) is off, heading

@@ -78,14 +78,20 @@ class QAReportWriter:
                                f"{self.chk.coverage:.0%} band", band=band, coverage=self.chk.coverage)
         panels = [Panel("plan", plan.dose), Panel("prediction (achievable)", pred),
                   Panel("plan - prediction", plan.dose - pred, "diff")]
-        point = None
+        point = ix = None
         if self.point_mm is not None:
             assert plan.geometry is not None
-            point = np.clip(plan.geometry.to_index(np.asarray(self.point_mm, dtype=float)), 0,
-                            np.asarray(plan.shape) - 1)
-        views = viewer_html(ViewRenderer(plan, panels, point=point))
-        where = ("the point ({}) mm".format(", ".join(f"{v:g}" for v in self.point_mm))
-                 if self.point_mm is not None else "the target centroid")
+            ix = plan.geometry.to_index(np.asarray(self.point_mm, dtype=float))
+            point = np.clip(ix, 0, np.asarray(plan.shape) - 1)
+        renderer = ViewRenderer(plan, panels, point=point)
+        views = viewer_html(renderer)
+        where = "the target centroid"
+        if self.point_mm is not None:
+            where = "the point ({}) mm".format(", ".join(f"{v:g}" for v in self.point_mm))
+            # the slices are cut within the region shown (ROIs and dose): a point beyond it is not on them
+            if any(not a - 0.5 <= k <= b - 0.5 for k, (a, b) in zip(ix, renderer.box, strict=True)):
+                where = (f"the slices nearest {where}, which lies outside this plan's region shown "
+                         "(its ROIs and dose)")
         self.figures[pq.id] = (f"<h4>DVH</h4><div class='imgs'><img src='{dvh}' alt='DVH of {esc(pq.id)}'>"
                                f"</div><h4>Views through {where}</h4>{views}")
 
