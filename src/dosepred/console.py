@@ -145,9 +145,11 @@ def calibration(cal: Any) -> Table:
     """The cross-validated coverage and width of each metric family's chosen method
     (``cal``: a :class:`~dosepred.qa.calibration.Calibration` computed with its cross-validation)."""
     cv = cal.cross_validation
+    more = "".join(f", {n} for the {FAMILY_TITLES.get(f, f)}"  # families of one unit per patient
+                   for f, n in (cv.splits_small_families or {}).items())
     t = _table(f"{len(cal.patients)} patients, protocol {cal.protocol}, {cal.quantile_rule} "
-               f"quantiles; cross-validated ({cv.splits} random splits, {cv.calibration_fraction:.0%} "
-               "calibrating)",
+               f"quantiles; cross-validated ({cv.splits} random splits{more}, {cv.calibration_fraction:.0%} "
+               "calibrating); widths in Gy, of V-metrics in % of the ROI volume",
                ("family", "units", "method", "coverage 80 %", "width 80 % ", "coverage 90 %", "width 90 %"),
                ("method",))
     for fam, d in cal.families.items():
