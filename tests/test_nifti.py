@@ -118,6 +118,24 @@ def test_clinical_label_files_without_json(tmp_path):
     np.testing.assert_array_equal(q.possible_dose_mask, p.possible_dose_mask)
 
 
+def test_several_body_label_files_are_united(tmp_path):
+    """Label files BODY and External (each half of the body here), without possible_dose_mask.nii.gz:
+    the possible-dose mask is their union, as for two DICOM ROIs that both name the body; only the
+    first by name was used (half the body)."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "nii")
+    body = np.asarray(p.possible_dose_mask)
+    lo, hi = body.copy(), body.copy()
+    lo[16:], hi[:16] = False, False
+    (folder / nifti.MASK_FILE).unlink()
+    (folder / nifti.ROIS_JSON).unlink()
+    aff = nifti.patient_affine(p)
+    for name, m in (("BODY", lo), ("External", hi)):
+        nib.save(nib.Nifti1Image(m.astype(np.uint8), aff), folder / "rois" / f"{name}.nii.gz")
+    (q,) = nifti.read_nifti_folder(tmp_path / "nii")
+    assert np.array_equal(q.possible_dose_mask, body)
+
+
 def test_shape_mismatch_names_file(tmp_path):
     p = make_patient()
     folder = nifti.write_patient(p, tmp_path)

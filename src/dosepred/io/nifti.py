@@ -4,7 +4,7 @@ Layout of ``<patient>/``::
 
     ct.nii.gz                     int16 HU
     dose.nii.gz                   float32 Gy (optional)
-    possible_dose_mask.nii.gz     uint8 0/1 (optional; all ones when absent)
+    possible_dose_mask.nii.gz     uint8 0/1 (optional; else the union of body label files, else all ones)
     rois/<name>.nii.gz            uint8 0/1, one label file per ROI      (--roi-format labels)
     roi_codes.nii.gz              bit-mask codes, bit k = ROI k          (--roi-format codes)
     rois.json                     {"rois": [{name, kind, prescription}], "missing_rois": [...],
@@ -372,8 +372,9 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
             stem = f.name.split(".nii")[0]
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
             if c is None or c.is_body:
-                if c is not None and pdm is None:
-                    pdm = load_on_grid(f, "ROI") != 0
+                if c is not None and not (folder / MASK_FILE).is_file():  # body files: their union
+                    body = load_on_grid(f, "ROI") != 0
+                    pdm = body if pdm is None else pdm | body
                 continue
             if c.name not in roi_set:
                 raise NiftiFormatError(f"patient {pid}: label file {f} names ROI {c.name!r}, which is "
