@@ -231,7 +231,8 @@ def test_absent_roi_in_one_patient_contributes_nothing():
 
 
 def test_cdm_validates_rois_and_spacing():
-    with pytest.raises(ValueError, match="not in the dataset's ROIs"):
+    # binding names the misspelt ROI (and the nearest) before the loss looks at it
+    with pytest.raises(ValueError, match="'Parotid' is not among the dataset's ROIs"):
         CDMLoss(_protocol(("PTV70", "Dmean", None, None), ("Parotid", "Dmean", None, None)), RS)
     pred, ref, codes, mask, sp, rs = _no_tie_batch()
     with pytest.raises(ValueError, match="voxel volume"):

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dosepred import Roi, RoiSet
-from dosepred.protocol import Criterion, Protocol, ProtocolError, from_portpy, load_protocol
+from dosepred.protocol import Criterion, Protocol, ProtocolError, from_portpy, load_protocol, parse_protocol
 
 OPENKBP_OARS = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]
 
@@ -145,3 +145,33 @@ def test_a_boolean_prescription_is_refused(tmp_path):
         {"roi": "PTV70", "metric": "D95%"}]})
     with pytest.raises(ProtocolError, match=r"prescriptions must be numbers \(Gy\), got \{'PTV70': True\}"):
         load_protocol(path)
+
+
+def test_a_misspelt_roi_is_an_error_however_the_protocol_is_made(tmp_path):
+    # the same protocol through load_protocol (a file), from_portpy (a file or a dict), parse_protocol
+    # and Protocol(...): a name that is not an ROI's canonical spelling and not in the set is an error
+    # naming it, never a criterion silently left out (the cord's limit was never checked)
+    rs = RoiSet.openkbp()
+    portpy = {"name": "pp", "criteria": [
+        {"type": "max_dose", "parameters": {"structure_name": "Spinal_Cord"},
+         "constraints": {"limit_dose_gy": 45}},
+        {"type": "mean_dose", "parameters": {"structure_name": "LeftParotid"},
+         "constraints": {"limit_dose_gy": 26}}]}
+    f = _write(tmp_path, portpy, "pp.json")
+    own = {"name": "t", "criteria": [{"roi": "PTV_70", "metric": "D95%"}, {"roi": "PTV70", "metric": "D99%"}]}
+    for make, what in ((lambda: load_protocol(f, rs), "Spinal_Cord"),
+                       (lambda: from_portpy(f, rs), "Spinal_Cord"),
+                       (lambda: from_portpy(portpy, rs), "Spinal_Cord"),
+                       (lambda: parse_protocol(own, rs), "PTV_70"),
+                       (lambda: Protocol(**own).bind(rs), "PTV_70")):
+        with pytest.raises(ProtocolError, match=rf"'{what}' is not among the dataset's ROIs.*did you mean"):
+            make()
+    with pytest.raises(ProtocolError, match=r"pp\.json: protocol 'pp', criterion 1"):  # names the file
+        from_portpy(f, rs)
+    # a canonical name the data lacks stays allowed (a patient without an esophagus), and so does
+    # a built-in's ROI a smaller set lacks
+    small = RoiSet((Roi("PTV70", "target", 70.0), Roi("SpinalCord", "oar")))
+    p = Protocol(name="c", criteria=[{"roi": "SpinalCord", "metric": "Dmax"},
+                                     {"roi": "Esophagus", "metric": "Dmean"}])
+    assert [c.roi for c in p.bind(small).criteria] == ["SpinalCord"]
+    assert {c.roi for c in load_protocol("openkbp", small).bind(small).criteria} == {"SpinalCord", "PTV70"}

@@ -115,8 +115,10 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
             data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
         proto = _portpy_checked(data, None, f"protocol {source}")
         proto._source = "" if s in BUILTIN else str(Path(s))
-        return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
-    return parse_protocol(data, roi_set, source, roi_owner, None if s in BUILTIN else Path(s))
+    else:
+        proto = parse_protocol(data, None, source, roi_owner, None if s in BUILTIN else Path(s))
+    proto._builtin = s in BUILTIN  # before validating: a set may lack any ROI of a built-in
+    return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
 
 
 def lint(protocol: Protocol, present: Any = None, where: str = "") -> list[str]:
@@ -197,13 +199,18 @@ def from_portpy(data: dict[str, Any] | str | os.PathLike, roi_set: RoiSet | None
     A file or dict that is not such JSON raises :class:`ProtocolError` naming it.
     """
     source = "PortPy protocol"
+    path = None
     if not isinstance(data, dict):
         source = f"PortPy protocol {data}"
+        path = Path(data)
         try:
-            data = json.loads(Path(data).read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ProtocolError(f"{source} is not valid JSON: {e}") from None
-    return _portpy_checked(data, roi_set, source)
+    proto = _portpy_checked(data, None, source)
+    if path is not None:  # errors name the file, as load_protocol's do
+        proto._source = str(path)
+    return proto.validate_for(roi_set) if roi_set is not None else proto
 
 
 def _portpy_checked(data: Any, roi_set: RoiSet | None, source: str) -> Protocol:

@@ -171,6 +171,14 @@ class Protocol(BaseModel):
     criteria: list[Criterion] = Field(min_length=1)
     #: where the protocol came from: its file's path, or "" (built-in, or made in Python): errors name it
     _source: str = PrivateAttr(default="")
+    #: a built-in protocol (:func:`dosepred.protocol.load_protocol` sets it): a set may lack any of its ROIs
+    _builtin: bool = PrivateAttr(default=False)
+
+    def __eq__(self, other: object) -> bool:
+        """Same name, description, prescriptions and criteria (where it was read from does not count)."""
+        if not isinstance(other, Protocol):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     @field_validator("prescriptions", mode="before")
     @classmethod
@@ -213,16 +221,17 @@ class Protocol(BaseModel):
         raise :class:`ProtocolError` naming the protocol's file, the first offending criterion and the
         nearest ROI name. Returns self.
 
-        A dataset may lack an ROI that a built-in protocol names, or that a protocol file names by its
-        canonical name (``Esophagus``, ``PTV63``: a clinic's patient without that structure): its
-        criteria are not evaluated (:func:`dosepred.protocol.lint` warns of criteria on ROIs contoured
-        in no patient). Any other name absent from the set (a misspelling: ``PTV_70``) is an error, and
-        so is every ROI a model lacks, and a protocol none of whose ROIs is in the set."""
+        A dataset may lack an ROI that a built-in protocol names, or that any other protocol (a file,
+        PortPy's, one made in Python) names by its canonical name (``Esophagus``, ``PTV63``: a clinic's
+        patient without that structure): its criteria are not evaluated (:func:`dosepred.protocol.lint`
+        warns of criteria on ROIs contoured in no patient). Any other name absent from the set (a
+        misspelling: ``PTV_70``) is an error, and so is every ROI a model lacks, and a protocol none of
+        whose ROIs is in the set."""
         import difflib
 
         for i, c in enumerate(self.criteria, 1):
             if c.roi not in roi_set and roi_owner == "the dataset" and (
-                    not self._source or _canonical_name(c.roi)):
+                    self._builtin or _canonical_name(c.roi)):
                 continue
             if c.roi not in roi_set:
                 near = difflib.get_close_matches(c.roi, list(roi_set.names), n=1, cutoff=0.6)
