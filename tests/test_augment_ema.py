@@ -231,3 +231,32 @@ def test_config_checks_the_new_fields():
     for bad in (dict(rotate_p=1.5), dict(rotate_step=35), dict(ema_decay=1.0), dict(head_feet_axis=3)):
         with pytest.raises(ValueError):
             TrainConfig(data="x", out="y", **bad).check()
+
+
+def test_flipped_crops_keep_a_left_roi_on_the_patients_left():
+    # the phantom's left ROI lies at high axis-1 indices (axis 1 runs right -> left): in every crop,
+    # flipped or not, its channel stays left of the right one's, also for names the aliases do not
+    # know ('Hippocampus L'), which a flip used to mirror without swapping (25 of 40 crops wrong)
+    from dosepred.patient import Roi
+
+    shape = (20, 40, 10)
+    g = np.indices(shape)
+    ptv = (abs(g[0] - 10) < 3) & (abs(g[1] - 20) < 3)
+    left = (abs(g[0] - 10) < 3) & (abs(g[1] - 30) < 3)
+    right = (abs(g[0] - 10) < 3) & (abs(g[1] - 10) < 3)
+    for names in (("Hippocampus L", "Hippocampus R"), ("LeftParotid", "RightParotid")):
+        rs = RoiSet((Roi("PTV70", "target", 70.0), Roi(names[0], "oar"), Roi(names[1], "oar")))
+        dose = (1.0 + g[1]).astype(np.float32)  # grows towards the left: tells a flipped crop
+        p = Patient("p", np.zeros(shape, np.int16), encode([ptv, left, right]), rs, (3.0, 3.0, 3.0),
+                    np.ones(shape, bool), dose)
+        ds = CropDataset([prepare_patient(p, (16, 48, 8))], rs, (16, 48, 8), 40, seed=0, flip_axis=LR)
+        flipped = 0
+        for i in range(40):
+            it = ds[i]
+            c, d = it["codes"].numpy(), it["dose"][0].numpy()
+            if not (((c >> 1) & 1).any() and ((c >> 2) & 1).any()):
+                continue  # a crop holding one side only
+            lj, rj = (np.argwhere((c >> k) & 1)[:, LR].mean() for k in (1, 2))
+            assert lj > rj, (names, i)
+            flipped += bool(d[((c >> 1) & 1) > 0].mean() < d[((c >> 2) & 1) > 0].mean())
+        assert 10 < flipped < 30  # about half the crops are mirrored

@@ -131,3 +131,16 @@ def test_property_numpy_and_torch_lossless(ms):
     # unused high bits stay clear
     if 0 < n < codes.dtype.itemsize * 8:
         assert int(codes.max()) >> n == 0
+
+
+def test_lr_pairs_of_names_with_l_and_r_as_words():
+    # names the aliases do not know are kept as written ('Hippocampus L'); the side as a word of its
+    # own (space, hyphen, underscore, brackets; first or last; any case) makes a pair too, else a
+    # flip leaves 'Hippocampus L' on the patient's right
+    for left, right in (("Hippocampus L", "Hippocampus R"), ("L Carotid", "R Carotid"),
+                        ("Lacrimal-Lt", "Lacrimal-Rt"), ("hippocampus_l", "hippocampus_r"),
+                        ("Temporal Lobe (L)", "Temporal Lobe (R)"), ("Lobe Left", "Lobe Right"),
+                        ("LeftParotid", "RightParotid"), ("Parotid_L", "Parotid_R")):
+        assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
+    # a letter inside a word is no side: vertebrae L1 / R1, 'Lips' beside 'Rips'
+    assert roi.lr_pairs(["L1", "R1", "Lips", "Rips", "Larynx"]) == []

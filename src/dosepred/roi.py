@@ -101,10 +101,22 @@ def _check_bit(k: int, bits: int) -> None:
 
 #: Name parts that make two ROIs a left/right pair (``LeftParotid`` <-> ``RightParotid``).
 _LR_PARTS = (("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"), ("Lt", "Rt"), ("_L", "_R"))
+#: Whole words (between spaces, ``_``, ``-``, brackets, ...) that name a side (``Hippocampus L``)
+_LR_WORDS = {a: b for x, y in (("L", "R"), ("l", "r"), ("Lt", "Rt"), ("LT", "RT"), ("lt", "rt"),
+                               ("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"))
+             for a, b in ((x, y), (y, x))}
+
+
+def _side_word_swaps(name: str) -> set[str]:
+    """``name`` with one of its side words swapped (``Hippocampus L`` -> ``Hippocampus R``)."""
+    parts = re.split(r"([^A-Za-z0-9]+)", name)  # words, with the separators between them
+    return {"".join([*parts[:k], _LR_WORDS[w], *parts[k + 1:]])
+            for k, w in enumerate(parts) if w in _LR_WORDS}
 
 
 def lr_pairs(rois: Any) -> list[tuple[int, int]]:
-    """Bit pairs of ROIs whose names differ only by Left/Right (also L/R, Lt/Rt as a word part).
+    """Bit pairs of ROIs whose names differ only by Left/Right (also L/R, Lt/Rt as a word part, or
+    as a whole word: ``Hippocampus L`` <-> ``Hippocampus R``, ``L Carotid`` <-> ``R Carotid``).
 
     ``rois``: a :class:`~dosepred.patient.RoiSet` (anything with ``.names``) or a sequence of names in
     bit order. Mirroring a patient left-right maps ROI ``i`` onto ROI ``j`` for each pair."""
@@ -118,6 +130,10 @@ def lr_pairs(rois: Any) -> list[tuple[int, int]]:
                         j = names.index(cand)
                         if (j, i) not in pairs and (i, j) not in pairs:
                             pairs.append((i, j))
+        for cand in sorted(_side_word_swaps(n)):
+            j = names.index(cand) if cand in names else -1
+            if j >= 0 and (j, i) not in pairs and (i, j) not in pairs:
+                pairs.append((i, j))
     return pairs
 
 
