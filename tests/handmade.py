@@ -31,8 +31,8 @@ def dense(idx: np.ndarray, values: np.ndarray | float = 1.0, dtype=np.float64) -
 def write_openkbp(root: Path) -> dict:
     """Two OpenKBP patients (pt_3, pt_10) under ``root``: ``{"root": root, "truth": {id: {"mask",
     "dose", "PTV70", "Brainstem", "ct"}}}`` (flat indices on the 128^3 grid; ``dose`` the values at
-    the mask's voxels, some explicit zeros; the Brainstem lies partly outside the mask; spacing
-    3.906, 3.906, 2.5 mm; the other eight OpenKBP ROIs have no file)."""
+    the mask's voxels, 64-76 Gy in the PTV70, some explicit zeros; the Brainstem lies partly outside
+    the mask; spacing 3.906, 3.906, 2.5 mm; the other eight OpenKBP ROIs have no file)."""
     rng = np.random.default_rng(5)
     truth = {}
     for n, pid in enumerate(("pt_3", "pt_10")):
@@ -40,8 +40,11 @@ def write_openkbp(root: Path) -> dict:
         f.mkdir(parents=True)
         mask = flat_block((slice(40 + n, 52), slice(50, 66), slice(60, 75)))
         dose_vals = rng.uniform(0, 70, mask.size).round(3)
-        dose_vals[::7] = 0.0  # explicit zeros, as OpenKBP files have
         ptv = flat_block((slice(44, 48), slice(55, 60), slice(64, 70)))
+        # the PTV near its 70 Gy, as a plan gives it (io.rx_check refuses a median under half of it)
+        in_ptv = np.isin(mask, ptv)
+        dose_vals[in_ptv] = rng.uniform(64, 76, int(in_ptv.sum())).round(3)
+        dose_vals[::7] = 0.0  # explicit zeros, as OpenKBP files have
         stem = flat_block((slice(30, 44), slice(58, 61), slice(66, 68)))
         write_sparse_csv(f / "possible_dose_mask.csv", mask)
         write_sparse_csv(f / "dose.csv", mask, dose_vals)

@@ -24,7 +24,7 @@ from .errors import InputError, name_some
 from .fsutil import check_output, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
-from .io.source import check_roi_map, load_patients, open_source
+from .io.source import check_roi_map, checked, load_patients, open_source
 from .progress import track
 from .protocol import load_protocol
 from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
@@ -48,8 +48,8 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
         raise InputError(f"unknown source kind {kind!r} ({formats.one_of(formats.importable())})")
     check_roi_map(src, f, roi_map)
     rs, it = f.read_source(src, roi_map)
-    with output_dir(out, overwrite, inputs) as tmp:
-        cache.write_cache(it, tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+    with output_dir(out, overwrite, inputs) as tmp:  # each plan dose checked against its prescriptions
+        cache.write_cache(checked(it, src), tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
     return cache.Cache.open(out)
 
 

@@ -17,7 +17,7 @@ patients come out placed in patient coordinates (LPS, mm).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from ..errors import DosepredError, InputError
 from ..patient import Patient, RoiSet
 from . import formats
 from .formats import FORMATS, Format
+from .rx_check import check_plan_dose
 
 #: the names of the formats a source may be in, in the order a path is tested (:data:`formats.FORMATS`)
 KINDS = formats.names()
@@ -60,12 +61,23 @@ class Source:
     def patients(self, ids: Sequence[str] | None = None, require_dose: bool = False) -> Iterator[Patient]:
         """The patients (all, or those of ``ids`` in this source's order), one at a time. With
         ``require_dose`` a patient without a plan dose is an InputError naming it and the source,
-        whatever the format (a reader may refuse it earlier, naming its missing file)."""
-        for p in self._handle.patients(ids, require_dose=require_dose):
+        whatever the format (a reader may refuse it earlier, naming its missing file). Each patient's
+        plan dose is checked against its prescriptions (:func:`checked`), but in a cache of predicted
+        doses (``predict``'s: a prediction is no plan, and a poor model's is what evaluation is for)."""
+        it = self._handle.patients(ids, require_dose=require_dose)
+        for p in (it if self.predicted else checked(it, self.path)):
             if require_dose and p.dose is None:
                 raise InputError(f"patient {p.id} of {self.path} ({self.format.label}) has no dose: this "
                                  "needs each patient's plan dose")
             yield p
+
+    @property
+    def predicted(self) -> bool:
+        """Whether this source's doses are predictions: a cache written by ``predict`` (its
+        ``"prediction"`` record, or the command string of an earlier ``predict``)."""
+        c = self.cache
+        return c is not None and (c.info.get("prediction") is not None
+                                  or str(c.info.get("source", "")).startswith("dosepred predict"))
 
     def __iter__(self) -> Iterator[Patient]:
         return self.patients()
@@ -74,6 +86,17 @@ class Source:
         """Per patient id, what identifies it without reading arrays (``meta`` of a cache entry,
         DICOM UIDs of a DICOM folder; empty for OpenKBP and NIfTI)."""
         return self._handle.headers()
+
+
+def checked(patients: Iterable[Patient], path: str | os.PathLike | None = None) -> Iterator[Patient]:
+    """``patients`` as they are read, each with a plan dose and prescribed targets checked by
+    :func:`~dosepred.io.rx_check.check_plan_dose` (a warning, or a ``PrescriptionError`` before the
+    patient is passed on): the one place every source's patients pass, :meth:`Source.patients` and
+    ``data import-*`` (``workflows.import_patients``) alike. ``path``: the source, named when the
+    patient does not record its own (``meta["source"]``)."""
+    for p in patients:
+        check_plan_dose(p, p.meta.get("source") or (None if path is None else str(path)))
+        yield p
 
 
 def source_kind(path: str | os.PathLike) -> str | None:
@@ -128,4 +151,5 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     yield from open_source(src, roi_map).patients(ids, require_dose=require_dose)
 
 
-__all__ = ["Source", "SourceError", "check_roi_map", "open_source", "load_patients", "source_kind", "KINDS"]
+__all__ = ["Source", "SourceError", "check_roi_map", "checked", "open_source", "load_patients", "source_kind",
+           "KINDS"]

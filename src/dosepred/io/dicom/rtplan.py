@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import roi_names as _names
+from ..rx_check import FROM_ROI_MAP
 from ._common import DicomImportError, field_numbers, referenced_uids, uid_of, warn
 from .rtstruct import check_roi_numbers, roi_info
 from .scan import PatientFiles
@@ -356,6 +357,13 @@ def resolve_rois(s: PatientFiles, roi_map: _names.RoiMap) -> None:
                 if s.plans_summed else f"RTPLAN {s.plan[0] if s.plan else ''} DoseReferenceSequence")
         elif rx is not None and c.kind in ("other", "target") and c.prescription is None:
             c = _names.Canonical(c.name, "target", rx, c.matched)
+            s.prescriptions.setdefault(c.name, f"RTSTRUCT {path} ROI {name} ROIObservationDescription")
+        if c.kind == "target" and c.prescription is not None and c.name not in s.prescriptions:
+            # where the prescription came from, for the check of the plan dose against it (io.rx_check)
+            s.prescriptions[c.name] = (
+                f"{FROM_ROI_MAP} {roi_map.source} prescriptions" if user_rx else
+                f"{FROM_ROI_MAP} {roi_map.source} ({name} -> {c.name})" if roi_map.lookup(name)[0] else
+                f"ROI name {name}")
         if number in prescribed and c.prescription is None and not c.is_body:
             unprescribed.append(name)
         if c.name in s.canon and c.name != _names.BODY:
