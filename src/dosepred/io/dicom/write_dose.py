@@ -192,7 +192,28 @@ def dose_grid(p: Patient, dose: np.ndarray, dose_spacing: float | Sequence[float
     # the new grid's last centres may lie beyond the source's (by less than one step): they take the
     # source's edge values ("nearest"), never 0 Gy
     out = resample(cropped, sub, new, shape, order=1, mode="nearest")
+    if inside.any() and not inside.all():
+        # the filled zeros serve the voxels within one coarse step of the body (which the mask's voxels
+        # read back from); beyond that the grid holds the prediction's 0 Gy, not the fill's halo
+        ratio = [t / s for t, s in zip(target, g.spacing, strict=True)]
+        out = np.where(_near(inside | (dose[box] != 0), ratio, shape), out, 0)
     return np.maximum(out, 0).astype(np.float32), new
+
+
+def _near(support: np.ndarray, ratio: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+    """Voxels of a grid of ``shape`` whose centre ``k * ratio`` (source voxel units per axis, same
+    origin and axes as ``support``'s) lies less than one of its own steps (``ratio`` source voxels)
+    from a ``support`` voxel along every axis."""
+    m = np.asarray(support, dtype=bool)
+    for ax, (r, n_out) in enumerate(zip(ratio, shape, strict=True)):
+        a = np.moveaxis(m, ax, 0)
+        n = a.shape[0]
+        c = np.arange(n_out) * r
+        lo = np.clip(np.floor(c - r + 1e-6).astype(int) + 1, 0, n)  # first j with j > c - r
+        hi = np.clip(np.ceil(c + r - 1e-6).astype(int), 0, n)  # one past the last j with j < c + r
+        cs = np.concatenate([np.zeros((1, *a.shape[1:]), np.int64), np.cumsum(a, axis=0, dtype=np.int64)])
+        m = np.moveaxis(cs[hi] - cs[np.minimum(lo, hi)] > 0, 0, ax)
+    return m
 
 
 def spanning_grid(g: Geometry, shape: Sequence[int], spacing: Sequence[float]
