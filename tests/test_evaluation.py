@@ -179,3 +179,30 @@ def test_read_ahead_keeps_order_errors_and_closes():
         if x == 3:
             break
     assert state["closed"] and state["made"] <= 6  # read ahead by at most depth, then closed
+
+
+def test_a_prediction_in_cgy_is_refused_in_every_format(tmp_path):
+    """A predicted dose written in cGy (OpenKBP CSV, prediction cache) was scored as Gy (a dose score of
+    thousands of Gy); it is refused as the RTDOSE and NIfTI readers refuse one, naming patient and file."""
+    from dosepred.evaluation import iter_cases
+    from dosepred.io import cache, openkbp
+    from dosepred.synth import make_cohort
+
+    (p,) = make_cohort(1, seed=3, size=16)
+    cache.write_cache([p], tmp_path / "ref")
+    cache.write_cache([p.with_dose(p.dose * 100)], tmp_path / "cgy")
+    (tmp_path / "csv").mkdir()
+    openkbp.write_dose_csv(tmp_path / "csv" / f"{p.id}.csv", p.dose * 100, p.possible_dose_mask)
+    assert float(p.dose.max()) * 100 > 1000
+    for pred, file in (("cgy", f"{p.id}.npz"), ("csv", f"{p.id}.csv")):
+        for compact in (True, False):
+            with pytest.raises(ValueError, match=rf"patient {p.id}: .*{file}: the predicted dose reaches "
+                                                 r"[\d.]+ Gy, over 1000 Gy: a dose in cGy"):
+                evaluate_cohort(iter_cases(tmp_path / "ref", tmp_path / pred, [p.id], compact=compact,
+                                           read_ahead=0))
+    with pytest.raises(ValueError, match="over 1000 Gy"):
+        evaluate_patient(p, p.dose * 100)
+    # the highest dose a plan may have still scores (1000 Gy, as the readers allow)
+    d = np.where(p.dose == p.dose.max(), 1000.0, p.dose)
+    assert evaluate_patient(p, d).dose_score == pytest.approx(
+        np.abs(d - p.dose.astype(np.float64)).sum() / p.possible_dose_mask.sum(), rel=1e-5)

@@ -330,16 +330,23 @@ def _abs_diff_sum(a: np.ndarray, b: np.ndarray) -> float:
 
 #: a prediction with more than this fraction of its dose outside the possible-dose mask is refused
 MAX_DOSE_OUTSIDE_MASK = 0.5
+#: a predicted dose above this many Gy is refused (a dose in cGy), as the RTDOSE and NIfTI readers do
+MAX_DOSE_GY = 1000.0
 
 
 def _check_prediction(case: ScoringCase) -> None:
     """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
-    patient from every mean), or most of its dose outside the possible-dose mask (a file written for
-    another patient or grid). Messages name the patient and the prediction file when known."""
+    patient from every mean), a voxel over :data:`MAX_DOSE_GY` (a dose in cGy), or most of its dose
+    outside the possible-dose mask (a file written for another patient or grid). Messages name the
+    patient and the prediction file when known."""
     check_finite(case.pred, case.id, case.source)
     where = prediction_where(case.id, case.source)
     if not np.isfinite(case.pred_outside):
         raise InputError(f"{where}the predicted dose holds non-finite values outside the scored voxels")
+    top = float(case.pred.max()) if case.pred.size else 0.0
+    if top > MAX_DOSE_GY:
+        raise InputError(f"{where}the predicted dose reaches {top:.6g} Gy, over {MAX_DOSE_GY:g} Gy: a "
+                         "dose in cGy? a dose is in Gy (divide by 100)")
     a = np.abs(case.pred, dtype=np.float64)
     total = float(a.sum()) + case.pred_outside
     if total > 0:
