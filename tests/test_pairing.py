@@ -326,3 +326,28 @@ def test_fast_path_cases_equal_the_full_patients(sample_cases, ref_kind, pred_ki
         for va, vb in zip(a.metrics, b.metrics, strict=True):
             assert (va.roi, va.metric) == (vb.roi, vb.metric)
             assert va.ref == pytest.approx(vb.ref, rel=1e-9) and va.pred == pytest.approx(vb.pred, rel=1e-9)
+
+
+def test_a_prediction_cache_on_another_grid_is_refused(synthetic, tmp_path):
+    """A prediction cache whose patient lies on another grid of the same array shape (here: twice the
+    spacing, as a prediction from a resampled copy or another patient) was scored as if on the
+    reference's, on every path; it is refused naming the patient, the file and both grids."""
+    from dosepred import Patient
+
+    p = next(iter(synthetic["pats"].values()))
+    moved = Patient(p.id, p.ct, p.roi_codes, p.roi_set, tuple(2 * s for s in p.spacing), p.possible_dose_mask,
+                    synthetic["preds"][p.id], p.missing_rois, dict(p.meta))
+    assert moved.shape == p.shape and not moved.geometry.same_as(p.geometry)
+    cache.write_cache([moved], tmp_path / "pred")
+    for ref in ("cache", "nifti"):
+        for compact in (True, False):
+            with pytest.raises(ValueError, match=rf"patient {p.id}: the predicted dose .*{p.id}.npz lies on "
+                                                 r"another grid \(Geometry.*\) than the reference"):
+                list(iter_cases(synthetic[ref], tmp_path / "pred", [p.id], compact=compact, read_ahead=0))
+        with pytest.raises(ValueError, match="lies on another grid"):
+            list(iter_pairs(synthetic[ref], tmp_path / "pred", [p.id], read_ahead=0))
+    # the same dose on the reference's own grid scores as numpy says
+    cache.write_cache([p.with_dose(synthetic["preds"][p.id])], tmp_path / "same")
+    (r,) = evaluate_cohort(iter_cases(synthetic["cache"], tmp_path / "same", [p.id], read_ahead=0)).patients
+    want = np.abs(p.dose.astype(np.float64) - synthetic["preds"][p.id]).sum() / p.possible_dose_mask.sum()
+    assert r.dose_score == pytest.approx(want, rel=1e-6)

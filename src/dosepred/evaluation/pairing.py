@@ -159,9 +159,21 @@ class _Predictions:
                              "no dose")
         return d, box
 
+    def check_grid(self, pid: str, geometry: Any) -> None:
+        """Refuse a stored dose whose grid lies elsewhere in the patient than the reference's
+        ``geometry`` (another spacing, origin or orientation on the same array shape: a prediction made
+        from another version of the patient, or from another patient under the same id)."""
+        assert self.store is not None
+        g = self.store.geometry(pid)
+        if g is not None and geometry is not None and not g.same_as(geometry):
+            raise InputError(f"patient {pid}: the predicted dose {self.file(pid)} lies on another grid "
+                             f"({g!r}) than the reference ({geometry!r}); predict from the reference's own "
+                             "patients")
+
     def full(self, ref: Patient) -> np.ndarray:
         """The predicted dose of ``ref`` on its whole grid (a file with its own geometry placed by it)."""
         if self.store is not None:
+            self.check_grid(ref.id, ref.geometry)
             d, _ = self._stored_dose(ref.id, crop=False)
         else:
             f = self.file(ref.id)
@@ -179,6 +191,7 @@ class _Predictions:
         dense."""
         full = tuple(slice(0, n) for n in shape)
         if self.store is not None:
+            self.check_grid(pid, geometry)
             stored = self.store.shape(pid)
             d, box = self._stored_dose(pid, crop=True)
             if box is None:  # a file of the whole grid
@@ -356,6 +369,7 @@ def _compact_case(ref: ReferenceBox, preds: _Predictions) -> ScoringCase | None:
     pid, rs = ref.id, ref.roi_set
     if ref.shape != store.shape(pid):
         return None
+    preds.check_grid(pid, ref.geometry)
     r = ref.voxels()
     p = store.voxels(pid)
     vox = ref.voxel_mm3

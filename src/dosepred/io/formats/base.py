@@ -104,6 +104,10 @@ class DoseStore(Protocol):
         dose is zero outside it; None: the whole grid)."""
         ...
 
+    def geometry(self, pid: str) -> Geometry | None:
+        """Where patient ``pid``'s dose grid lies in patient coordinates (None: the store does not say)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Format:

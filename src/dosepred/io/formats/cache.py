@@ -87,9 +87,15 @@ class CacheReference:
     def box(self) -> Box:
         return self._read[1]
 
-    @property
+    @functools.cached_property
     def geometry(self) -> Geometry | None:
-        return self._read[2]
+        """The entry's geometry (read from ``dataset.json`` alone: the compact path compares it)."""
+        if "_read" in self.__dict__:
+            return self._read[2]
+        try:
+            return self.entry.geometry
+        except CacheError as err:
+            raise InputError(str(err)) from None
 
     @functools.cached_property
     def voxel_mm3(self) -> float:
@@ -162,6 +168,13 @@ class CacheDoses:
         except CacheError as err:
             raise InputError(str(err)) from None
         return arrays["dose"], box
+
+    def geometry(self, pid: str) -> Geometry | None:
+        """Where patient ``pid``'s dose grid lies (None for a cache older than format version 3)."""
+        try:
+            return self.cache.patient_entry(pid).geometry
+        except CacheError as err:
+            raise InputError(str(err)) from None
 
     def voxels(self, pid: str) -> CacheVoxels | None:
         """The stored voxel lists of patient ``pid``'s dose, without its ROIs (None for a version-1 file)."""
