@@ -121,3 +121,30 @@ def test_parse_split_arg():
     assert split.parse_split_arg("train", "s.json") == (split.Path("s.json"), "train")
     with pytest.raises(SplitError, match="FILE:NAME"):
         split.parse_split_arg("train")
+
+
+def test_random_split_does_not_depend_on_the_order_of_the_ids():
+    """The same patients listed in another order (a NIfTI folder lists pt_1, pt_10, pt_11, pt_2, ...;
+    an OpenKBP folder or its cache pt_1, pt_2, ...) gave another split with the same seed: 9 of 12
+    patients changed split between a cache and its exact NIfTI export."""
+    import random
+
+    ids = [f"pt_{i}" for i in range(1, 13)]
+    want = split.random_split(ids, "0.5,0.25,0.25", seed=0)
+    for order in (sorted(ids), ids[::-1], random.Random(4).sample(ids, len(ids))):
+        assert order != ids
+        assert split.random_split(order, "0.5,0.25,0.25", seed=0) == want
+
+
+def test_random_split_of_a_cache_and_of_its_nifti_export_agree(tmp_path):
+    from dosepred import workflows
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_patient
+
+    write_cache([make_patient(i, size=8, pid=f"pt_{i}") for i in range(1, 12)], tmp_path / "cache")
+    workflows.export_cache(tmp_path / "cache", tmp_path / "nifti", "nifti")
+    a, b = (workflows.make_split(tmp_path / src, tmp_path / f"{src}.json", "random",
+                                 fractions="0.5,0.25,0.25") for src in ("cache", "nifti"))
+    assert a["splits"] == b["splits"]
+    everyone = sum(a["splits"].values(), [])
+    assert sorted(everyone, key=lambda x: int(x[3:])) == [f"pt_{i}" for i in range(1, 12)]

@@ -96,8 +96,9 @@ def _names(names: str | Sequence[str] | None, k: int) -> list[str]:
 
 def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.15, 0.15),
                  names: str | Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Seeded random split; the same ids, fractions and seed give the same lists."""
-    ids = _unique(ids)
+    """Seeded random split; the same ids (in any order: they are shuffled from their natural order,
+    pt_2 before pt_10), fractions and seed give the same lists."""
+    ids = sorted(_unique(ids), key=_natural)
     fr = parse_fractions(fractions)
     nm = _names(names, len(fr))
     sizes = _sizes(len(ids), fr)
