@@ -94,7 +94,7 @@ def _tiny_patient(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "ct.csv").write_text(",data\n10,1000.0\n11,1050.0\n12,24.0\n")
     (folder / "possible_dose_mask.csv").write_text(",data\n10,\n11,\n12,\n")
-    (folder / "dose.csv").write_text(",data\n10,70.5\n11,0.0\n12,3.25\n")
+    (folder / "dose.csv").write_text(",data\n10,70.5\n11,69.5\n12,3.25\n")
     (folder / "voxel_dimensions.csv").write_text("3.906\n3.906\n2.5\n")
     (folder / "PTV70.csv").write_text(",data\n10,\n11,\n")
     (folder / "SpinalCord.csv").write_text(",data\n12,\n")
