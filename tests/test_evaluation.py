@@ -206,3 +206,21 @@ def test_a_prediction_in_cgy_is_refused_in_every_format(tmp_path):
     d = np.where(p.dose == p.dose.max(), 1000.0, p.dose)
     assert evaluate_patient(p, d).dose_score == pytest.approx(
         np.abs(d - p.dose.astype(np.float64)).sum() / p.possible_dose_mask.sum(), rel=1e-5)
+
+
+def test_predictions_with_dose_outside_the_mask_are_named_in_one_warning(cohort):
+    """A prediction made from other data (here: the patient's own, moved 6 voxels, as from another
+    body contour) holds dose outside the reference's possible-dose mask, where `predict` writes none:
+    the cohort's warnings name it with its share (numpy), the untouched ones are not named."""
+    pats, preds = cohort
+    moved = np.roll(preds[1], 6, axis=1)
+    a = np.abs(moved.astype(np.float64))
+    pct = 100 * a[~pats[1].possible_dose_mask].sum() / a.sum()
+    assert 5 < pct < 50  # under the refusal's 50 %
+    res = evaluate_cohort(zip(pats, [preds[0], moved, *preds[2:]], strict=True), "openkbp")
+    (w,) = [w for w in res.warnings if "outside the reference's possible-dose mask" in w]
+    assert w.startswith(f"1 of {len(pats)} prediction(s)") and f"{pats[1].id} ({pct:.0f} %)" in w
+    assert res.patients[1].pred_outside_pct == pytest.approx(pct, rel=1e-6)
+    clean = evaluate_cohort(zip(pats, preds, strict=True), "openkbp")
+    assert not [w for w in clean.warnings if "possible-dose mask" in w]
+    assert all(p.pred_outside_pct == 0 for p in clean.patients)

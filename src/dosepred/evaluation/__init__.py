@@ -32,6 +32,7 @@ from .pairing import (
 )
 from .scoring import (
     MAX_DOSE_OUTSIDE_MASK,
+    WARN_DOSE_OUTSIDE_MASK_PCT,
     CohortResult,
     CriterionResult,
     MetricValue,
@@ -47,5 +48,5 @@ __all__ = [
     "MAX_DOSE_OUTSIDE_MASK", "PREDICTION_PATTERNS", "PREDICTION_READERS", "CohortResult", "CriterionResult",
     "MetricValue", "PatientResult", "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort",
     "evaluate_patient", "find_prediction", "iter_cases", "iter_pairs", "load_references", "match_predictions",
-    "read_prediction", "reference_ids",
+    "read_prediction", "reference_ids", "WARN_DOSE_OUTSIDE_MASK_PCT",
 ]

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..dvh import roi_metrics_pair
-from ..errors import InputError
+from ..errors import InputError, name_some
 from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
 from ..progress import track
@@ -143,6 +143,8 @@ class PatientResult:
     oar_errors: list[float]  # |ref - pred| of the protocol's OAR dose metrics
     criteria: list[CriterionResult]
     missing_rois: tuple[str, ...] = ()
+    #: share of the predicted dose (sum of |dose|) outside the possible-dose mask, % (``predict`` writes 0)
+    pred_outside_pct: float = 0.0
 
     @property
     def dvh_score(self) -> float:
@@ -330,15 +332,20 @@ def _abs_diff_sum(a: np.ndarray, b: np.ndarray) -> float:
 
 #: a prediction with more than this fraction of its dose outside the possible-dose mask is refused
 MAX_DOSE_OUTSIDE_MASK = 0.5
+#: patients whose predictions hold more than this share (%) of their dose outside the possible-dose
+#: mask are named in one cohort warning (a prediction made from other data: another patient's under
+#: this id, another contour of the body); ``dosepred predict`` writes none there
+WARN_DOSE_OUTSIDE_MASK_PCT = 5.0
 #: a predicted dose above this many Gy is refused (a dose in cGy), as the RTDOSE and NIfTI readers do
 MAX_DOSE_GY = 1000.0
 
 
-def _check_prediction(case: ScoringCase) -> None:
+def _check_prediction(case: ScoringCase) -> float:
     """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
     patient from every mean), a voxel over :data:`MAX_DOSE_GY` (a dose in cGy), or most of its dose
     outside the possible-dose mask (a file written for another patient or grid). Messages name the
-    patient and the prediction file when known."""
+    patient and the prediction file when known. Returns the share (%) of the predicted dose outside
+    the mask."""
     check_finite(case.pred, case.id, case.source)
     where = prediction_where(case.id, case.source)
     if not np.isfinite(case.pred_outside):
@@ -354,6 +361,8 @@ def _check_prediction(case: ScoringCase) -> None:
         if outside > MAX_DOSE_OUTSIDE_MASK * total:
             raise InputError(f"{where}{100 * outside / total:.0f} % of the predicted dose lies outside the "
                              "possible-dose mask; is it a prediction for another patient or grid?")
+        return 100.0 * max(outside, 0.0) / total
+    return 0.0
 
 
 def _bound(protocol: Protocol | BoundProtocol | str, roi_set: RoiSet) -> BoundProtocol:
@@ -382,7 +391,7 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
     bound = _bound(protocol, case.roi_set)
     if case.n_mask == 0:
         raise InputError(f"patient {case.id}: the possible-dose mask is empty")
-    _check_prediction(case)
+    outside_pct = _check_prediction(case)
     # The dose score's numerator is over ALL voxels: the prediction's dose outside the scored
     # voxels (where the reference dose is zero) is added.
     total = _abs_diff_sum(case.ref, case.pred) + case.pred_outside
@@ -425,7 +434,7 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
             ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref), pred_pass=c.check(v.pred),
             ref_goal=c.check(v.ref, goal=True), pred_goal=c.check(v.pred, goal=True), index=c.index))
     return PatientResult(case.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
-                         criteria, tuple(missing))
+                         criteria, tuple(missing), outside_pct)
 
 
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol: Protocol | str = "openkbp",
@@ -454,4 +463,12 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
                        if n not in r.missing_rois and n not in case.missing_rois)
     if out.patients:
         out.warnings = lint(proto, present)
+        off = [p for p in out.patients if p.pred_outside_pct > WARN_DOSE_OUTSIDE_MASK_PCT]
+        if off:
+            out.warnings.append(
+                f"{len(off)} of {len(out.patients)} prediction(s) hold more than "
+                f"{WARN_DOSE_OUTSIDE_MASK_PCT:g} % of their dose outside the reference's possible-dose mask: "
+                + name_some([f"{p.id} ({p.pred_outside_pct:.0f} %)" for p in off])
+                + "; made from other data (another patient's under this id, another body contour)? "
+                "dosepred predict writes no dose there")
     return out
