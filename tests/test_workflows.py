@@ -2,6 +2,7 @@
 checked against independent computations (numpy, the files on disk), outputs all or nothing."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +94,97 @@ def test_parse_point():
     for bad in ("1,2", "a,b,c", "1,2,3,4"):
         with pytest.raises(ValueError, match="X,Y,Z"):
             wf.parse_point(bad)
+
+
+# ------------------------------------------------------------ outputs apart from each other and the inputs
+def _tree(root):
+    """Every file under ``root`` with its bytes: the state of a folder, compared before and after."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["inside", "same"])
+def test_evaluate_refuses_a_json_inside_or_at_its_report(cohort, tmp_path, where):
+    """--report is renamed into place whole when the command succeeds: a --json inside it (or at its
+    path) was written, announced and then dropped with the old folder; it is refused before any work."""
+    from dosepred.fsutil import OutputError
+
+    wf.baseline(cohort, tmp_path / "pred")
+    rep = tmp_path / "rep"
+    js = rep / "x.json" if where == "inside" else rep
+    with pytest.raises(OutputError, match="--json (lies inside|is) --report"):
+        wf.evaluate_sources(cohort, tmp_path / "pred", json_out=js, report=rep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+
+def test_qa_refuses_a_json_inside_its_out(cohort, tmp_path, monkeypatch):
+    """OUT is renamed into place whole when qa succeeds: a --json inside it was dropped silently."""
+    from dosepred.fsutil import OutputError
+
+    class Result:
+        def to_json(self):
+            return {"patients": []}
+
+    monkeypatch.setattr(wf, "run_qa", lambda *a, **k: Result())
+    (tmp_path / "model").mkdir()
+    with pytest.raises(OutputError, match="--json lies inside --out"):
+        wf.qa_plans(tmp_path / "model", cohort, tmp_path / "o", json_out=tmp_path / "o" / "x.json",
+                    report=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_protocol_file_is_an_input_no_output_replaces(cohort, tmp_path):
+    """A --protocol file is an input like the others: --json at its path, or a --report folder
+    holding it, is refused (with --overwrite it was overwritten, or deleted with the old report)."""
+    import shutil
+
+    from dosepred.fsutil import OutputError
+
+    wf.baseline(cohort, tmp_path / "pred")
+    proto = tmp_path / "p" / "proto.json"
+    proto.parent.mkdir()
+    shutil.copy(Path(wf.__file__).parent / "protocol" / "builtin" / "openkbp.json", proto)
+    before = _tree(tmp_path / "p")
+    with pytest.raises(OutputError, match="is the input"):
+        wf.evaluate_sources(cohort, tmp_path / "pred", proto, json_out=proto, overwrite=True)
+    with pytest.raises(OutputError, match="holds the input"):
+        wf.evaluate_sources(cohort, tmp_path / "pred", proto, report=proto.parent, overwrite=True)
+    assert _tree(tmp_path / "p") == before
+    # a built-in protocol's name is no file: an output of that name is no conflict
+    res, _ = wf.evaluate_sources(cohort, tmp_path / "pred", "openkbp", json_out=tmp_path / "openkbp")
+    assert json.loads((tmp_path / "openkbp").read_text())["patients"] == sorted(Cache.open(cohort).ids)
+
+
+def test_predict_refuses_an_out_holding_its_split_file(cohort, tmp_path):
+    """--split FILE:NAME is an input: --out holding FILE with --overwrite deleted it after reading."""
+    from dosepred.fsutil import OutputError
+
+    out = tmp_path / "out"
+    wf.make_split(cohort, out / "s.json", "random", fractions="3,2", names="a,b")
+    before = _tree(out)
+    with pytest.raises(OutputError, match="holds the input"):
+        wf.predict_folder(tmp_path / "no-model", cohort, out, split=f"{out / 's.json'}:a", overwrite=True)
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("what", ["train_split", "protocol"])
+def test_train_refuses_a_run_folder_holding_its_split_or_protocol(cohort, tmp_path, what):
+    """A --split file or --protocol file inside --out: refused as an input (it was moved aside with
+    the old run and then reported missing: 'split file ... does not exist')."""
+    import shutil
+
+    from dosepred.fsutil import OutputError
+
+    out = tmp_path / "run"
+    if what == "train_split":
+        wf.make_split(cohort, out / "s.json", "random", fractions="3,2", names="a,b")
+        value = f"{out / 's.json'}:a"
+    else:
+        out.mkdir()
+        shutil.copy(Path(wf.__file__).parent / "protocol" / "builtin" / "openkbp.json", out / "p.json")
+        value = str(out / "p.json")
+    before = _tree(out)
+    with pytest.raises(OutputError, match="holds the input"):
+        wf.train_run(out, {"data": str(cohort), what: value, "epochs": 1, "steps_per_epoch": 1,
+                           "patch": 16, "base": 4, "levels": 2, "res_units": 0, "batch": 1, "threads": 1},
+                     overwrite=True)
+    assert _tree(out) == before

@@ -31,9 +31,9 @@ from typing import IO, Any
 
 from .errors import DosepredError
 
-__all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_output", "is_nonempty",
-           "output_dir", "output_file", "output_in_place", "save_torch", "write_bytes", "write_json",
-           "write_text"]
+__all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_apart", "check_output",
+           "is_nonempty", "output_dir", "output_file", "output_in_place", "save_torch", "write_bytes",
+           "write_json", "write_text"]
 
 
 class OutputError(DosepredError, ValueError):
@@ -88,6 +88,20 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
                           "it whole, or choose another path")
     return p
+
+
+def check_apart(path: str | os.PathLike | None, folder: str | os.PathLike | None, what: str,
+                folder_what: str) -> None:
+    """Refuse two outputs of one command that overlap (``--json`` inside ``--report``): the output
+    folder is renamed into place whole when the command succeeds, which would drop the other output
+    after it was written. Nothing is written; None (an output not asked for) passes."""
+    if path is None or folder is None:
+        return
+    a, b = Path(path).resolve(), Path(folder).resolve()
+    if _overlap(a, b):
+        rel = "is" if a == b else ("lies inside" if b in a.parents else "holds")
+        raise OutputError(f"{path}: {what} {rel} {folder_what} {folder}, which is written as a whole; "
+                          f"give {what} a path outside it")
 
 
 def _folder_not_file(path: Path, what: str) -> None:

@@ -21,12 +21,12 @@ from . import split, synth
 from .baseline import distance_falloff
 from .demo import run_demo
 from .errors import InputError, name_some
-from .fsutil import check_output, output_dir, output_file, output_in_place, write_json
+from .fsutil import check_apart, check_output, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
 from .io.source import check_roi_map, checked, load_patients, open_source
 from .progress import track
-from .protocol import load_protocol
+from .protocol import BUILTIN, load_protocol
 from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
 from .qa.calibration import CalibrationError
 from .qa.check import run_qa
@@ -34,6 +34,18 @@ from .report import ReportWriter
 from .split import load_split, parse_split_arg
 
 PathLike = str | os.PathLike
+
+
+def _protocol_file(protocol: Any) -> PathLike | None:
+    """A protocol given as a file (not a built-in name, not a loaded protocol): an input, which no
+    output may be, hold or lie inside."""
+    return protocol if isinstance(protocol, (str, os.PathLike)) and str(protocol) not in BUILTIN else None
+
+
+def _split_file(split: str | None) -> Path | None:
+    """The file of a ``FILE:NAME`` split argument (an input); None without one (or a bare NAME, which
+    the split's own parsing refuses)."""
+    return Path(split.rsplit(":", 1)[0]) if split and ":" in split else None
 
 
 def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map: PathLike | None = None,
@@ -159,10 +171,11 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
     import contextlib
 
-    inputs = [reference, prediction, roi_map]
+    inputs = [reference, prediction, roi_map, _protocol_file(protocol)]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:
             check_output(path, overwrite, inputs, what)
+    check_apart(json_out, report, "--json", "--report")
     pairs, missing = ev.match_predictions(reference, prediction, roi_map)
     if missing and not allow_missing:
         raise InputError(f"no prediction in {prediction} for {len(missing)} reference patient(s): "
@@ -250,6 +263,8 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         kept.append((run / "checkpoints" / "last.pt").is_file())
         return kept[-1]
 
+    # a fresh run replaces OUT: the files it reads (split files, a protocol file) may not lie in it
+    inputs += [_split_file(cfg.train_split), _split_file(cfg.val_split), _protocol_file(cfg.protocol)]
     try:
         with output_in_place(out, overwrite, inputs, keep_if=resumable):
             return train(cfg, resume=False, log=log)
@@ -326,12 +341,13 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
     import contextlib
 
     point_mm = parse_point(point)
-    inputs = [model, plans, roi_map]
+    inputs = [model, plans, roi_map, _protocol_file(protocol)]
     if isinstance(plans, (str, os.PathLike)) and not Path(plans).exists():
         raise FileNotFoundError(f"{plans} does not exist")
     for path in (out, json_out):  # refuse before any work
         if path is not None:
             check_output(path, overwrite, inputs)
+    check_apart(json_out, out, "--json", "--out")
     with contextlib.ExitStack() as outputs:
         tmp = outputs.enter_context(output_dir(out, overwrite, inputs))
         res = run_qa(model, plans, protocol, coverage=coverage, report=tmp if report else None,
@@ -352,7 +368,7 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
     map of a DICOM ``data``."""
     from .predict import predict_to
 
-    inputs = [model, data, roi_map]
+    inputs = [model, data, roi_map, _split_file(split)]
     check_output(out, overwrite, inputs)
     ids = None
     if split:
