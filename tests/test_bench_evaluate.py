@@ -27,3 +27,19 @@ def test_cli_prints_the_table_and_writes_json(sample_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "evaluation throughput, 1 patients" in r.output and "cache format version" in r.output
     assert json.loads(out.read_text())["patients"] == 1
+
+
+def test_cli_refuses_a_json_inside_its_inputs(sample_dir, tmp_path):
+    """--json is an output like any other: inside --data (or --cache) it is refused with one line
+    before any work, and the input folder is left as it was (it was written into it)."""
+    import shutil
+
+    data = tmp_path / "pats"
+    shutil.copytree(sample_dir / "pt_66", data / "pt_66")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    r = CliRunner().invoke(app, ["bench", "evaluate", "--data", str(data), "--patients", "1",
+                                 "--json", str(data / "b.json")])
+    assert r.exit_code != 0
+    assert r.output.strip() == (f"error: {data / 'b.json'}: --json lies inside the input {data}; "
+                                "choose an output outside the inputs")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before

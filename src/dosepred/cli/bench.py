@@ -23,6 +23,7 @@ from ..bench.qa_power import parse_amounts
 from ..errors import InputError
 from ..fsutil import check_output
 from ..progress import enabled
+from ..protocol import BUILTIN
 from .common import NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")]
@@ -64,7 +65,7 @@ def evaluate(
 ) -> None:
     """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
     data = data or example_patients()
-    _check(json_out, overwrite)
+    _check(json_out, overwrite, [data, cache_dir])
     if not data.is_dir():
         raise InputError(f"--data {data} does not exist (an OpenKBP folder of pt_* patients)")
     _finish("evaluate", evaluate_bench.run(data, patients or None, cache_dir, repeats), json_out, overwrite)
@@ -173,7 +174,7 @@ def losses(
         raise InputError(f"--data {data} does not exist (an OpenKBP patient folder, a folder of them, or "
                          "'synthetic')")
     data = data or example_patients()
-    _check(json_out, overwrite)
+    _check(json_out, overwrite, [data] if data.exists() else [])
     res = losses_bench.run(_ints(sizes, "--sizes"), repeats, [device], data if data.exists() else None,
                            [x.strip() for x in losses.split(",") if x.strip()] or None, unet, _log(None))
     _finish("losses", {**res, "markdown": losses_bench.markdown(res)}, json_out, overwrite)
@@ -210,7 +211,8 @@ def qa_power(
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
     """Plan QA's detection power: flags on plans degraded by known amounts vs on untouched plans."""
-    _check(json_out, overwrite, [data, model])
+    _check(json_out, overwrite, [data, model, prediction, flip_prediction, shift_prediction,
+                                 None if protocol in BUILTIN else Path(protocol)])
     cfg = PowerConfig(protocol=protocol, coverage=coverage, splits=splits,
                       calibration_patients=calibration_patients, seed=seed,
                       oar_gy=parse_amounts(oar_gy, "--oar-gy"), cold_gy=parse_amounts(cold_gy, "--cold-gy"),
