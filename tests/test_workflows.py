@@ -188,3 +188,16 @@ def test_train_refuses_a_run_folder_holding_its_split_or_protocol(cohort, tmp_pa
                            "patch": 16, "base": 4, "levels": 2, "res_units": 0, "batch": 1, "threads": 1},
                      overwrite=True)
     assert _tree(out) == before
+
+
+def test_split_refuses_to_overwrite_its_ids_file(cohort, tmp_path):
+    """An --ids file is an input: --out at its path (with overwrite) replaced the user's lists."""
+    from dosepred.fsutil import OutputError
+
+    ids = Cache.open(cohort).ids
+    f = tmp_path / "ids.json"
+    f.write_text(json.dumps({"a": ids[:3], "b": ids[3:]}))
+    before = f.read_bytes()
+    with pytest.raises(OutputError, match="is the input"):
+        wf.make_split(cohort, f, "ids", ids=[str(f)], overwrite=True)
+    assert f.read_bytes() == before

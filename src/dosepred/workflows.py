@@ -107,7 +107,8 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
     :mod:`dosepred.split`) and write the split JSON; returns it."""
     if method is None:
         raise split.SplitError("choose exactly one of --random, --ids, --temporal")
-    check_output(out, overwrite, [src, manifest])
+    inputs = [src, manifest, *(f for f in ids or [] if "=" not in f and Path(f).is_file())]  # --ids files
+    check_output(out, overwrite, inputs)
     s = open_source(src)
     known = list(s.ids)
     if method == "random":
@@ -129,7 +130,7 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
     else:
         raise split.SplitError(f"unknown split method {method!r} (random, ids or temporal)")
     obj["source"] = str(Path(src).resolve())
-    with output_file(out, overwrite, [src, manifest]) as tmp:
+    with output_file(out, overwrite, inputs) as tmp:
         split.write_split(obj, tmp)
     return obj
 
