@@ -136,3 +136,20 @@ def test_a_cache_is_checked_but_a_cache_of_predictions_is_not(template, tmp_path
         warnings.simplefilter("error", PrescriptionWarning)
         (q,) = load_patients(tmp_path / "pred")
     np.testing.assert_allclose(q.dose, low.dose)
+
+
+def test_the_remedy_fits_the_source(tmp_path, sample_dir):
+    """An OpenKBP patient (no ROI map possible) in cGy: the error names the units and no --roi-map."""
+    import pandas as pd
+
+    from dosepred.io.openkbp import read_patient
+
+    src = tmp_path / "pt"
+    shutil.copytree(sorted(p for p in sample_dir.iterdir() if p.is_dir())[0], src)
+    d = pd.read_csv(src / "dose.csv", index_col=0)
+    d["data"] = d["data"] * 100
+    d.to_csv(src / "dose.csv")
+    with pytest.raises(PrescriptionError) as e:
+        check_plan_dose(read_patient(src))
+    msg = str(e.value)
+    assert "cGy" in msg and "--roi-map" not in msg and "\n" not in msg

@@ -120,12 +120,17 @@ def check_plan_dose(p: Patient, where: str | None = None) -> list[TargetDose]:
     src = where or p.meta.get("source")
     impossible = [t for t in bad if t.impossible and not t.from_roi_map]
     rule = (f"a target's median plan dose should lie within {LOW:g} x its prescription and {HIGH:g} x the "
-            "highest prescription (OpenKBP: 0.96-1.15 x its own)")
-    causes = ("likely causes: prescriptions of plans summed that should not be (concurrent RTPLANs each "
-              "stating the full dose), a per-beam or per-fraction RTDOSE, dose units (cGy), a prescription "
-              "read from a name, or another patient's dose; set the prescription with an ROI map "
-              f"(--roi-map MAP.json holding \"prescriptions\": {{\"{bad[0].name}\": <Gy>}}) or give the "
-              "patient's whole-plan RTDOSE")
+            "highest prescription (OpenKBP train and validation plans: 0.89-1.19 x its own)")
+    if "prescriptions_from" in p.meta:  # read from DICOM, where an ROI map can set prescriptions
+        causes = ("likely causes: prescriptions of plans summed that should not be (concurrent RTPLANs each "
+                  "stating the full dose), a per-beam or per-fraction RTDOSE, dose units (cGy), a "
+                  "prescription read from a name, or another patient's dose; set the prescription with an "
+                  f"ROI map (--roi-map MAP.json holding \"prescriptions\": {{\"{bad[0].name}\": <Gy>}}) "
+                  "or give the patient's whole-plan RTDOSE")
+    else:  # OpenKBP, NIfTI, caches: no ROI map; the files themselves need correcting
+        causes = ("likely causes: dose units (cGy), a per-beam or per-fraction dose, another patient's dose, "
+                  "or targets named with the wrong prescription; correct the dose file or the targets' "
+                  "prescriptions (names or sidecar) at the source")
     head = f"patient {p.id}{f' of {src}' if src else ''}: plan dose and prescriptions disagree: "
     listed = "; ".join(t.described() for t in bad)
     if impossible:
