@@ -16,6 +16,8 @@
   of a DICOM patient is ``CT > BODY_HU`` (:mod:`dosepred.io.dicom`), and prediction crops a
   patient without a possible-dose mask to the box of ``CT > BODY_HU``
   (:func:`dosepred.predict.crop_box`).
+- ``MAX_DOSE_GY`` (1000): no radiotherapy dose is higher; a dose above it is refused wherever one
+  is read (RTDOSE, NIfTI, a scored prediction of any format): it is almost surely in cGy.
 """
 
 from __future__ import annotations
@@ -24,5 +26,6 @@ HU_MIN, HU_MAX, HU_SCALE = -1000.0, 2000.0, 1000.0
 AIR_HU = -1000
 CT_FILL_HU = -1024
 BODY_HU = -500.0
+MAX_DOSE_GY = 1000.0
 
-__all__ = ["AIR_HU", "BODY_HU", "CT_FILL_HU", "HU_MAX", "HU_MIN", "HU_SCALE"]
+__all__ = ["AIR_HU", "BODY_HU", "CT_FILL_HU", "HU_MAX", "HU_MIN", "HU_SCALE", "MAX_DOSE_GY"]

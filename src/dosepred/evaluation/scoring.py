@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_DOSE_GY
 from ..dvh import roi_metrics_pair
 from ..errors import InputError, name_some
 from ..metrics import parse_metric
@@ -336,16 +337,14 @@ MAX_DOSE_OUTSIDE_MASK = 0.5
 #: mask are named in one cohort warning (a prediction made from other data: another patient's under
 #: this id, another contour of the body); ``dosepred predict`` writes none there
 WARN_DOSE_OUTSIDE_MASK_PCT = 5.0
-#: a predicted dose above this many Gy is refused (a dose in cGy), as the RTDOSE and NIfTI readers do
-MAX_DOSE_GY = 1000.0
 
 
 def _check_prediction(case: ScoringCase) -> float:
     """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
-    patient from every mean), a voxel over :data:`MAX_DOSE_GY` (a dose in cGy), or most of its dose
-    outside the possible-dose mask (a file written for another patient or grid). Messages name the
-    patient and the prediction file when known. Returns the share (%) of the predicted dose outside
-    the mask."""
+    patient from every mean), a voxel over :data:`~dosepred.constants.MAX_DOSE_GY` (a dose in cGy), or
+    most of its dose outside the possible-dose mask (a file written for another patient or grid).
+    Messages name the patient and the prediction file when known. Returns the share (%) of the
+    predicted dose outside the mask."""
     check_finite(case.pred, case.id, case.source)
     where = prediction_where(case.id, case.source)
     if not np.isfinite(case.pred_outside):

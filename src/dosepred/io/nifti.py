@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError, shear_problem
@@ -202,7 +203,7 @@ def read_dose(path: str | os.PathLike) -> np.ndarray:
         d = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope/inter
     if not np.all(np.isfinite(d)):
         raise NiftiFormatError(f"dose {path} contains NaN/inf")
-    if d.size and float(d.max()) > 1000:  # the RTDOSE reader's rule: a dose in cGy is no dose in Gy
+    if d.size and float(d.max()) > MAX_DOSE_GY:  # as RTDOSE: a dose in cGy is no dose in Gy
         raise NiftiFormatError(f"dose {path}: maximum dose {float(d.max()):.4g} Gy is not a radiotherapy "
                                "dose (a dose in cGy? NIfTI doses are read as Gy)")
     return d

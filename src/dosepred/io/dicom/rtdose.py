@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ...constants import MAX_DOSE_GY
 from ...geometry import Geometry
 from ...resample import dose_on_grid
 from ._common import (
@@ -94,7 +95,7 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     dose = (arr.astype(np.float64) * scaling).astype(np.float32)
     if dose.size and not np.all(np.isfinite(dose)):
         raise DicomImportError(f"{where}: dose values overflow (DoseGridScaling {scaling})")
-    if dose.size and float(dose.max()) > 1000:
+    if dose.size and float(dose.max()) > MAX_DOSE_GY:
         raise DicomImportError(f"{where}: maximum dose {float(dose.max()):.4g} Gy (stored values x "
                                f"DoseGridScaling {scaling}) is not a radiotherapy dose")
     return dose, g
