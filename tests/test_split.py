@@ -77,6 +77,10 @@ def test_temporal_split_orders_by_date():
     assert list(obj["splits"]) == ["train", "val", "test"]
     with pytest.raises(SplitError, match="pt_9: date '2020-13-01'"):
         split.temporal_split({"pt_9": "2020-13-01"}, "1")
+    for bad in ("2020-02-30", "20210229", "2020-04-31", "0000-01-01"):  # no such day
+        with pytest.raises(SplitError, match=f"pt_9: date '{bad}' is not a valid date"):
+            split.temporal_split({"pt_9": bad}, "1")
+    assert split.temporal_split({"pt_9": "2020-02-29"}, "1")["date_ranges"]["train"] == ["20200229"] * 2
     with pytest.raises(SplitError, match="pt_9: date 'yesterday'"):
         split.temporal_split({"pt_9": "yesterday"}, "1")
 

@@ -331,7 +331,10 @@ def _parse_date(d: str, pid: str) -> str:
     digits = s.replace("-", "").replace("/", "").replace(".", "")[:8] if len(s) >= 8 else s
     if len(digits) != 8 or not digits.isdigit():
         raise SplitError(f"patient {pid}: date {d!r} is not YYYYMMDD or YYYY-MM-DD")
-    m, dd = int(digits[4:6]), int(digits[6:])
-    if not (1 <= m <= 12 and 1 <= dd <= 31):
-        raise SplitError(f"patient {pid}: date {d!r} is not a valid date")
+    import datetime
+
+    try:  # the calendar, not only the ranges: 2020-02-30 or 2021-02-29 is no date
+        datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        raise SplitError(f"patient {pid}: date {d!r} is not a valid date") from None
     return digits
