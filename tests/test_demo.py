@@ -163,13 +163,13 @@ def test_verdict_released_compares_ptv_score_and_agreement():
     res = {"MAE": _summary(3.5, 2.1, 2.4, 60.0, 80.0), "MAE+CDM": _summary(3.9, 1.7, 1.6, 70.0, 88.0),
            BASELINE: _summary(9.5, 4.9, 4.2, 90.0, 85.0)}
     v = verdict_released(res, 5)
-    assert "on these 5 patients MAE+CDM's PTV Score is 33 % lower than MAE's (2.40 -> 1.60 Gy)" in v
+    assert "on these 5 patients MAE+CDM's PTV Score is 33 % lower (better) than MAE's (2.40 -> 1.60 Gy)" in v
     assert "MAE 80.0, MAE+CDM 88.0, no learning 85.0 % (highest: MAE+CDM)" in v
     assert "dose score: both learned models beat no learning" in v
     assert "the plans pass 75.0 % of the criteria, no learning 90.0 %" in v and "5 patients are few" in v
     res["MAE+CDM"]["ptv_score"], res["MAE+CDM"]["dose_score"] = 3.0, 10.0
     v = verdict_released(res, 5)
-    assert "25 % NOT lower (higher) than MAE's (2.40 -> 3.00 Gy)" in v
+    assert "25 % higher (worse), not lower than MAE's (2.40 -> 3.00 Gy)" in v
     assert "(highest: MAE+CDM)" in v
     res[BASELINE]["criteria_agreement"] = 88.0
     assert "(highest: MAE+CDM and no learning)" in verdict_released(res, 5)

@@ -348,7 +348,7 @@ def verdict_released(results: dict[str, dict[str, float]], n: int) -> str:
     mae, cdm, ref = results["MAE"], results["MAE+CDM"], results[BASELINE]
     change = 100 * (cdm["ptv_score"] - mae["ptv_score"]) / mae["ptv_score"]
     out = (f"on these {n} patients MAE+CDM's PTV Score is {abs(change):.0f} % "
-           f"{'lower' if change < 0 else 'NOT lower (higher)'} than MAE's "
+           f"{'lower (better)' if change < 0 else 'higher (worse), not lower'} than MAE's "
            f"({mae['ptv_score']:.2f} -> {cdm['ptv_score']:.2f} Gy)")
     agree = {k: r["criteria_agreement"] for k, r in results.items()}
     best = [k for k, v in agree.items() if f"{v:.1f}" == f"{max(agree.values()):.1f}"]  # ties as printed
