@@ -290,6 +290,29 @@ def test_moment_loss_equals_a_per_roi_loop():
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-15)
 
 
+def test_moment_loss_reads_low_doses_exactly():
+    """An OAR that stays under a few Gy: its generalised means are those of numpy, not the
+    ``eps^(1/p)`` floor (4.4 Gy for p = 10) that an eps added to ``mean x^p`` gave; the loss between a
+    2 Gy and a 3 Gy uniform OAR is (1/70)^2 for every power, and its gradient pushes the dose up."""
+    from dosepred.losses.moment import moment_loss, moments
+
+    rng = np.random.default_rng(5)
+    d = torch.tensor(rng.uniform(0.5, 3.0, 200))
+    for p in (1.0, 2.0, 10.0):
+        want = 70 * np.mean((d.numpy() / 70) ** p) ** (1 / p)
+        assert 70 * float(moments(d, (p,), 70.0)[0]) == pytest.approx(want, rel=1e-9)
+    assert float(moments(torch.zeros(5), (10.0,), 70.0)[0]) < 0.1  # all zero: finite, near 0
+    codes = torch.zeros((1, 6, 6, 6), dtype=torch.uint8)
+    codes[0, 1:5, 1:5, 1:5] = 1
+    ref = torch.full((1, 1, 6, 6, 6), 3.0, dtype=torch.float64)
+    pred = torch.full((1, 1, 6, 6, 6), 2.0, dtype=torch.float64, requires_grad=True)
+    loss = moment_loss(pred, ref, codes, {0: (1.0, 2.0, 10.0)}, dose_scale=70.0)
+    assert float(loss.detach()) == pytest.approx((1 / 70) ** 2, rel=1e-9)
+    loss.backward()
+    inside = codes[0].bool()
+    assert (pred.grad[0, 0][inside] < 0).all() and (pred.grad[0, 0][~inside] == 0).all()
+
+
 @pytest.mark.parametrize("max_elements", [1 << 22, 1000])  # one chunk of bins, or many
 def test_dvh_curve_loss_equals_a_per_roi_loop(max_elements):
     """The batched DVH-curve loss equals the plain loop over patients and ROIs with boolean masks
