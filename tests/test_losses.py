@@ -313,6 +313,29 @@ def test_moment_loss_reads_low_doses_exactly():
     assert (pred.grad[0, 0][inside] < 0).all() and (pred.grad[0, 0][~inside] == 0).all()
 
 
+def test_moment_loss_zero_reference_pulls_prediction_down():
+    """An OAR whose reference dose is 0 everywhere (its part of a crop beyond the dose grid): its
+    generalised means are 0, so a uniform c Gy prediction costs (c/70)^2 for every power and its
+    gradient pushes the dose down. With the all-zero mean read as eps^(1/10) (4.4 Gy for p = 10)
+    a 1 Gy prediction was pulled up, towards about 2 Gy."""
+    from dosepred.losses.moment import moment_loss, moments
+
+    assert 70 * moments(torch.zeros(5, dtype=torch.float64), (1.0, 2.0, 10.0), 70.0).numpy() == \
+        pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    codes = torch.zeros((1, 6, 6, 6), dtype=torch.uint8)
+    codes[0, 1:5, 1:5, 1:5] = 1
+    inside = codes[0].bool()
+    ref = torch.zeros((1, 1, 6, 6, 6), dtype=torch.float64)
+    for c in (0.5, 1.0, 3.0):
+        pred = torch.full((1, 1, 6, 6, 6), c, dtype=torch.float64, requires_grad=True)
+        loss = moment_loss(pred, ref, codes, {0: (1.0, 2.0, 10.0)}, dose_scale=70.0)
+        assert float(loss.detach()) == pytest.approx((c / 70) ** 2, rel=1e-9)
+        loss.backward()
+        assert (pred.grad[0, 0][inside] > 0).all()
+    same = moment_loss(ref.clone().requires_grad_(), ref, codes, {0: (1.0, 2.0, 10.0)}, dose_scale=70.0)
+    assert float(same.detach()) == 0.0
+
+
 @pytest.mark.parametrize("max_elements", [1 << 22, 1000])  # one chunk of bins, or many
 def test_dvh_curve_loss_equals_a_per_roi_loop(max_elements):
     """The batched DVH-curve loss equals the plain loop over patients and ROIs with boolean masks

@@ -10,7 +10,9 @@ Each mean is computed relative to the ROI's highest dose ``s`` (held constant in
 of degree 1. The small ``eps`` keeps the gradient finite on all-zero doses; relative to ``s`` it is
 negligible (``mean (x / s)^p >= 1 / n``), where added to ``mean x^p`` itself it was not: an OAR whose
 doses stay under 4 Gy has ``mean x^10 < 1e-12``, and its M_10 read ``eps^(1/10)`` = 4.4 Gy whatever
-its dose.
+its dose. An all-zero dose has ``M_p = 0`` (the ``eps^(1/p)`` of its ``s = 1`` form is taken off, the
+gradient kept): a zero reference and a small positive prediction pull the prediction down, as any
+other pair does.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def moments(doses: torch.Tensor, powers: Sequence[float], dose_scale: float = DE
     x = doses.clamp_min(0.0) / dose_scale
     top = x.detach().max() if x.numel() else x.new_zeros(())
     s = torch.where(top > 0, top, torch.ones_like(top))  # the ROI's highest dose (1 if none)
-    return torch.stack([s * ((x / s).pow(p).mean() + eps) ** (1.0 / p) for p in powers])
+    zero = (top <= 0).to(x.dtype)  # an all-zero dose: M_p = 0, not eps^(1/p) (4.4 Gy for p = 10)
+    return torch.stack([s * ((x / s).pow(p).mean() + eps) ** (1.0 / p) - zero * eps ** (1.0 / p)
+                        for p in powers])
 
 
 def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
@@ -70,6 +74,7 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
     tops = [torch.zeros(nb * k, dtype=x.dtype, device=x.device).scatter_reduce(
         0, seg, x.detach(), "amax", include_self=True) for x in (x_p, x_r)]
     s_p, s_r = (torch.where(t > 0, t, torch.ones_like(t)) for t in tops)
+    z_p, z_r = ((t <= 0).to(t.dtype) for t in tops)  # all-zero segments: M_p = 0 (module docstring)
     x_p, x_r = x_p / s_p[seg], x_r / s_r[seg]
     pw_all = sorted({float(q) for b in bits for q in powers_by_bit[b]})
     col = {pw: i for i, pw in enumerate(pw_all)}
@@ -89,7 +94,9 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
     dev, dt = pred.device, pred.dtype
     ri, si = torch.tensor(rows, device=dev), torch.tensor(segs, device=dev)
     e, w = torch.tensor(expo, dtype=dt, device=dev), torch.tensor(wts, dtype=dt, device=dev)
-    d = s_p[si] * (m_p[ri, si] + eps) ** e - s_r[si] * (m_r[ri, si] + eps) ** e
+    floor = eps ** e  # an all-zero segment's M_p in the s = 1 form, taken off: its M_p is 0
+    d = (s_p[si] * (m_p[ri, si] + eps) ** e - z_p[si] * floor) - (s_r[si] * (m_r[ri, si] + eps) ** e
+                                                                  - z_r[si] * floor)
     return mean_over_present(pred.new_zeros(nb * k).index_add(0, si, d ** 2 * w), cnt, pred)
 
 
