@@ -138,6 +138,25 @@ def test_a_cache_is_checked_but_a_cache_of_predictions_is_not(template, tmp_path
     np.testing.assert_allclose(q.dose, low.dose)
 
 
+def test_a_cache_of_dicom_patients_is_named_and_given_a_remedy_it_takes(template, tmp_path):
+    """A cache imported from DICOM keeps its patients' DICOM folder and prescription sources in
+    ``meta``: reading the cache, the message names the cache the user gave (and the folder it came
+    from), and its remedy is to import the DICOM again with an ROI map, which a cache does not take."""
+    from dosepred.io.cache import write_cache
+
+    (p,) = dicom.read_dicom_folder(template)
+    write_cache([p.with_dose(p.dose * 0.3)], tmp_path / "plans", source="test")
+    with pytest.raises(PrescriptionError) as e:
+        list(load_patients(tmp_path / "plans"))
+    msg = str(e.value)
+    assert msg.startswith(f"patient pt_a of {tmp_path / 'plans'} (imported from {p.meta['source']}):"), msg
+    assert "import its DICOM again setting the prescription with an ROI map (--roi-map" in msg
+    # read from the DICOM folder itself: the ROI map is for this very source
+    with pytest.raises(PrescriptionError) as e:
+        check_plan_dose(p.with_dose(p.dose * 0.3))
+    assert "; set the prescription with an ROI map (--roi-map" in str(e.value)
+
+
 def test_the_remedy_fits_the_source(tmp_path, sample_dir):
     """An OpenKBP patient (no ROI map possible) in cGy: the error names the units and no --roi-map."""
     import pandas as pd

@@ -61,7 +61,8 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
     check_roi_map(src, f, roi_map)
     rs, it = f.read_source(src, roi_map)
     with output_dir(out, overwrite, inputs) as tmp:  # each plan dose checked against its prescriptions
-        cache.write_cache(checked(it, src), tmp, source=str(Path(src).resolve()), roi_set=rs, progress=True)
+        cache.write_cache(checked(it, src, f), tmp, source=str(Path(src).resolve()), roi_set=rs,
+                          progress=True)
     return cache.Cache.open(out)
 
 

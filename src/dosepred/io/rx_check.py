@@ -109,11 +109,14 @@ def target_doses(p: Patient) -> list[TargetDose]:
     return [TargetDose(n, r, m, m / r, m / highest, str(sources.get(n, ""))) for n, r, m in found]
 
 
-def check_plan_dose(p: Patient, where: str | None = None) -> list[TargetDose]:
+def check_plan_dose(p: Patient, where: str | None = None, roi_map_applies: bool | None = None
+                    ) -> list[TargetDose]:
     """The check of the module docstring on patient ``p`` (``where``: the source it was read from;
     else ``meta["source"]``): nothing when consistent, one :class:`PrescriptionWarning` naming the
     patient, the source and each inconsistent target, or a :class:`PrescriptionError`. Returns the
-    inconsistent targets."""
+    inconsistent targets. ``roi_map_applies``: whether the source read takes an ROI map (DICOM; not
+    a cache, even one imported from DICOM); None: ``p`` was read from DICOM (its
+    ``meta["prescriptions_from"]``)."""
     bad = [t for t in target_doses(p) if t.inconsistent]
     if not bad:
         return []
@@ -121,12 +124,17 @@ def check_plan_dose(p: Patient, where: str | None = None) -> list[TargetDose]:
     impossible = [t for t in bad if t.impossible and not t.from_roi_map]
     rule = (f"a target's median plan dose should lie within {LOW:g} x its prescription and {HIGH:g} x the "
             "highest prescription (OpenKBP train and validation plans: 0.89-1.19 x its own)")
-    if "prescriptions_from" in p.meta:  # read from DICOM, where an ROI map can set prescriptions
+    from_dicom = "prescriptions_from" in p.meta
+    if roi_map_applies is None:
+        roi_map_applies = from_dicom
+    if from_dicom:  # read from DICOM, where an ROI map can set prescriptions
+        remedy = (f"ROI map (--roi-map MAP.json holding \"prescriptions\": {{\"{bad[0].name}\": <Gy>}}) "
+                  "or give the patient's whole-plan RTDOSE")
         causes = ("likely causes: prescriptions of plans summed that should not be (concurrent RTPLANs each "
                   "stating the full dose), a per-beam or per-fraction RTDOSE, dose units (cGy), a "
-                  "prescription read from a name, or another patient's dose; set the prescription with an "
-                  f"ROI map (--roi-map MAP.json holding \"prescriptions\": {{\"{bad[0].name}\": <Gy>}}) "
-                  "or give the patient's whole-plan RTDOSE")
+                  "prescription read from a name, or another patient's dose; "
+                  + (f"set the prescription with an {remedy}" if roi_map_applies else
+                     f"import its DICOM again setting the prescription with an {remedy}"))
     else:  # OpenKBP, NIfTI, caches: no ROI map; the files themselves need correcting
         causes = ("likely causes: dose units (cGy), a per-beam or per-fraction dose, another patient's dose, "
                   "or targets named with the wrong prescription; correct the dose file or the targets' "

@@ -65,7 +65,7 @@ class Source:
         plan dose is checked against its prescriptions (:func:`checked`), but in a cache of predicted
         doses (``predict``'s: a prediction is no plan, and a poor model's is what evaluation is for)."""
         it = self._handle.patients(ids, require_dose=require_dose)
-        for p in (it if self.predicted else checked(it, self.path)):
+        for p in (it if self.predicted else checked(it, self.path, self.format)):
             if require_dose and p.dose is None:
                 raise InputError(f"patient {p.id} of {self.path} ({self.format.label}) has no dose: this "
                                  "needs each patient's plan dose")
@@ -88,14 +88,22 @@ class Source:
         return self._handle.headers()
 
 
-def checked(patients: Iterable[Patient], path: str | os.PathLike | None = None) -> Iterator[Patient]:
+def checked(patients: Iterable[Patient], path: str | os.PathLike | None = None,
+            fmt: Format | None = None) -> Iterator[Patient]:
     """``patients`` as they are read, each with a plan dose and prescribed targets checked by
     :func:`~dosepred.io.rx_check.check_plan_dose` (a warning, or a ``PrescriptionError`` before the
     patient is passed on): the one place every source's patients pass, :meth:`Source.patients` and
     ``data import-*`` (``workflows.import_patients``) alike. ``path``: the source, named when the
-    patient does not record its own (``meta["source"]``)."""
+    patient does not record its own (``meta["source"]``), and always for a cache (``fmt``: the
+    source's format), whose patients record the source they were imported from."""
+    cache_read = fmt is not None and fmt.name == "cache" and path is not None
     for p in patients:
-        check_plan_dose(p, p.meta.get("source") or (None if path is None else str(path)))
+        own = p.meta.get("source")
+        if cache_read:
+            where = f"{path}" + (f" (imported from {own})" if own else "")
+        else:
+            where = own or (None if path is None else str(path))
+        check_plan_dose(p, where, None if fmt is None else fmt.takes_roi_map)
         yield p
 
 
