@@ -144,3 +144,16 @@ def test_lr_pairs_of_names_with_l_and_r_as_words():
         assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
     # a letter inside a word is no side: vertebrae L1 / R1, 'Lips' beside 'Rips'
     assert roi.lr_pairs(["L1", "R1", "Lips", "Rips", "Larynx"]) == []
+
+
+def test_lr_pairs_of_a_roi_set_keep_kind_and_prescription():
+    """Mirroring swaps a pair's labels: two targets of other prescriptions ('PTV L' 70 Gy, 'PTV_R'
+    56 Gy) are no pair (the mirrored 70 Gy target would be labelled 56 Gy), nor a target and an
+    organ; OARs and targets of one prescription are."""
+    from dosepred.patient import Roi, RoiSet
+
+    rs = RoiSet((Roi("PTV L", "target", 70.0), Roi("PTV R", "target", 56.0), Roi("PTV_L", "target", 63.0),
+                 Roi("PTV_R", "target", 63.0), Roi("Parotid L"), Roi("Parotid R"),
+                 Roi("Node Lt", "target", 56.0), Roi("Node Rt")))
+    assert roi.lr_pairs(rs) == [(2, 3), (4, 5)]
+    assert roi.lr_pairs(rs.names) == [(0, 1), (2, 3), (4, 5), (6, 7)]  # names alone: by name only

@@ -119,8 +119,13 @@ def lr_pairs(rois: Any) -> list[tuple[int, int]]:
     as a whole word: ``Hippocampus L`` <-> ``Hippocampus R``, ``L Carotid`` <-> ``R Carotid``).
 
     ``rois``: a :class:`~dosepred.patient.RoiSet` (anything with ``.names``) or a sequence of names in
-    bit order. Mirroring a patient left-right maps ROI ``i`` onto ROI ``j`` for each pair."""
+    bit order. Mirroring a patient left-right maps ROI ``i`` onto ROI ``j`` for each pair. Of a
+    RoiSet, two ROIs of other kinds or prescriptions are no pair (``PTV L`` 70 Gy, ``PTV R`` 56 Gy:
+    swapped, the mirrored 70 Gy target would be read as 56 Gy)."""
     names = list(getattr(rois, "names", rois))
+    if hasattr(rois, "rois"):  # a RoiSet: the pairs of its names that are of one kind and prescription
+        same = [(r.kind, r.prescription) for r in rois.rois]
+        return [(i, j) for i, j in lr_pairs(names) if same[i] == same[j]]
     pairs: list[tuple[int, int]] = []
     for i, n in enumerate(names):
         for a, b in _LR_PARTS:
