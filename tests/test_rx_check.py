@@ -59,6 +59,8 @@ def test_concurrent_plans_each_prescribing_the_full_dose_are_an_error_naming_bot
     msg = str(e.value)
     assert "patient pt_a" in msg and "RP1.dcm" in msg and "RP2.dcm" in msg and "PTV70 (Rx 140 Gy" in msg
     assert "summed" in msg and "--roi-map" in msg and "\n" not in msg
+    assert ('another plan or course left in the structure set (an ROI map leaves it out: {"<its RTSTRUCT '
+            'name>": null})') in msg
     # the ratio stated is the median inside the PTV over 140 Gy
     ref = next(iter(dicom.read_dicom_folder(template)))
     assert f"= {_ptv_median(ref) / 140:.2f} x Rx" in msg

@@ -132,7 +132,9 @@ def check_plan_dose(p: Patient, where: str | None = None, roi_map_applies: bool 
                   "or give the patient's whole-plan RTDOSE")
         causes = ("likely causes: prescriptions of plans summed that should not be (concurrent RTPLANs each "
                   "stating the full dose), a per-beam or per-fraction RTDOSE, dose units (cGy), a "
-                  "prescription read from a name, or another patient's dose; "
+                  "prescription read from a name, a target of another plan or course left in the structure "
+                  "set (an ROI map leaves it out: {\"<its RTSTRUCT name>\": null}), or another patient's "
+                  "dose; "
                   + (f"set the prescription with an {remedy}" if roi_map_applies else
                      f"import its DICOM again setting the prescription with an {remedy}"))
     else:  # OpenKBP, NIfTI, caches: no ROI map; the files themselves need correcting
