@@ -475,7 +475,8 @@ def _linear_rtdose(path: Path, ipp, iop, n_frames: int, absolute: bool = False) 
     ([-40, -35, -5], [1, 0, 0, 0, 1, 0], False),
     ([-40, -35, -5], [1, 0, 0, 0, 1, 0], True),  # PS3.3 C.8.8.3.2 (b): z coordinates, axial planes only
     ([40, -35, 85], [-1, 0, 0, 0, 1, 0], False),  # normal -z: frames go to the feet
-], ids=["relative", "absolute-axial", "relative-normal-to-feet"])
+    ([40, -35, 85], [-1, 0, 0, 0, 1, 0], True),  # z coordinates of feet-first axial planes
+], ids=["relative", "absolute-axial", "relative-normal-to-feet", "absolute-normal-to-feet"])
 def test_rtdose_frames_are_placed_by_their_offsets(exported, ipp, iop, absolute):
     """A linear dose on an RTDOSE grid of its own (other spacing, orientation, frame offsets): trilinear
     resampling gives it back exactly at the CT voxel centres computed from the CT headers."""
@@ -488,11 +489,14 @@ def test_rtdose_frames_are_placed_by_their_offsets(exported, ipp, iop, absolute)
 
 
 def test_rtdose_absolute_frame_offsets_of_non_axial_planes_are_refused(exported):
-    """GridFrameOffsetVector holding patient z coordinates is defined only for ImageOrientationPatient
-    1,0,0,0,1,0; with another normal (here -z) reading them as offsets along the normal mirrors the
-    grid about its first plane: refused, naming the file and the field."""
+    """GridFrameOffsetVector holding patient z coordinates is defined only for axial planes; for
+    sagittal ones (normal -x) z coordinates say nothing of where the planes lie: refused, naming the
+    file and the field."""
     _, folder = exported
-    _linear_rtdose(folder / "RD.dcm", [40, -35, 85], [-1, 0, 0, 0, 1, 0], 45, absolute=True)
+    _linear_rtdose(folder / "RD.dcm", [40, -35, 85], [0, 1, 0, 0, 0, -1], 45)
+    edit = pydicom.dcmread(folder / "RD.dcm")
+    edit.GridFrameOffsetVector = [f"{85 + 2 * k}" for k in range(45)]  # starts at IPP z
+    edit.save_as(folder / "RD.dcm")
     with pytest.raises(dicom.DicomImportError, match=r"RD\.dcm: GridFrameOffsetVector starts at 85: .*"
                        r"defined only for axial planes"):
         dicom.read_dicom_folder(folder)

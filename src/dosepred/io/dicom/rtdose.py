@@ -70,15 +70,20 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
         raise DicomImportError(f"{where}: GridFrameOffsetVector has {len(off)} values for {nf} frames")
     # PS3.3 C.8.8.3.2: the offsets are relative to ImagePositionPatient along the slice normal when the
     # first is 0, or patient z coordinates when the first is ImagePositionPatient's z and the planes are
-    # axial (ImageOrientationPatient 1,0,0,0,1,0); any other first value places the planes nowhere known
+    # axial (the standard names 1,0,0,0,1,0; z coordinates place the planes of any orientation whose
+    # normal is +-z, e.g. feet-first -1,0,0,0,1,0, where the offset along the normal is -(z - z0));
+    # any other first value, or z coordinates of planes that are not axial, place them nowhere known
     normal = np.cross(iop[:3], iop[3:])
-    if abs(off[0]) > POS_TOL and not (abs(off[0] - ipp[2]) <= POS_TOL and normal[2] > 1 - 1e-4):
+    axial = abs(normal[2]) > 1 - 1e-4
+    if abs(off[0]) > POS_TOL and not (abs(off[0] - ipp[2]) <= POS_TOL and axial):
         raise DicomImportError(
             f"{where}: GridFrameOffsetVector starts at {off[0]:g}: offsets relative to ImagePositionPatient "
             f"start at 0, and absolute z offsets (starting at ImagePositionPatient's z, {ipp[2]:g}) are "
-            "defined only for axial planes, ImageOrientationPatient 1,0,0,0,1,0 (PS3.3 C.8.8.3.2), here "
+            "defined only for axial planes (PS3.3 C.8.8.3.2), here ImageOrientationPatient "
             f"{[round(float(v), 6) for v in iop]}: where the dose planes lie cannot be told")
-    off = off - off[0]  # relative (first 0) and absolute forms both start at ImagePositionPatient
+    # relative (first 0) and absolute forms both start at ImagePositionPatient; z coordinates become
+    # offsets along the normal
+    off = (off - off[0]) * (float(np.sign(normal[2])) if abs(off[0]) > POS_TOL else 1.0)
     order = np.argsort(off, kind="stable")
     arr, off = arr[order], off[order]
     if nf > 1:
