@@ -96,7 +96,7 @@ def checked(patients: Iterable[Patient], path: str | os.PathLike | None = None,
     ``data import-*`` (``workflows.import_patients``) alike. ``path``: the source, named when the
     patient does not record its own (``meta["source"]``), and always for a cache (``fmt``: the
     source's format), whose patients record the source they were imported from."""
-    cache_read = fmt is not None and fmt.name == "cache" and path is not None
+    cache_read = fmt is not None and fmt.is_cache and path is not None
     for p in patients:
         own = p.meta.get("source")
         if cache_read:
