@@ -28,7 +28,7 @@ from .errors import DosepredError, InputError
 
 #: Whether a prediction is averaged with the patient's left-right mirror image by default (the
 #: default of :attr:`InferenceOptions.tta`: ``predict_dose``, ``predict_patients``, ``predict_to`` and
-#: ``dosepred predict`` alike; better scores for every released model, twice the time;
+#: ``dosepred predict`` alike; a lower dose score for every released model, twice the time;
 #: docs/results.md). Callers whose results must be unflipped (plan QA against an unflipped
 #: calibration, training validation) say ``tta=False``.
 DEFAULT_TTA = True

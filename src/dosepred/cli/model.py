@@ -110,8 +110,9 @@ def predict(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average with the prediction of the patient "
-                                      "mirrored along its left-right axis (Left/Right ROIs swapped): better "
-                                      "scores for every released model (docs/results.md), twice the "
+                                      "mirrored along its left-right axis (Left/Right ROIs swapped): a "
+                                      "lower dose score for every released model, lower DVH-metric "
+                                      "errors for the voxel-loss ones (docs/results.md), twice the "
                                       "time.")] = True,
     tta_shift: Annotated[bool, typer.Option("--tta-shift", help="Also average with the predictions of "
                                             "the input translated by 4 voxels per axis (twice the time "
