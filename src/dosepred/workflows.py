@@ -26,7 +26,7 @@ from .inference import InferenceOptions
 from .io import cache, formats, openkbp
 from .io.source import check_roi_map, checked, load_patients, open_source
 from .progress import track
-from .protocol import BUILTIN, load_protocol
+from .protocol import load_protocol, protocol_file
 from .qa.calibrating import MIN_PATIENTS, calibrate, calibration_path
 from .qa.calibration import CalibrationError
 from .qa.check import run_qa
@@ -34,12 +34,6 @@ from .report import ReportWriter
 from .split import load_split, parse_split_arg
 
 PathLike = str | os.PathLike
-
-
-def _protocol_file(protocol: Any) -> PathLike | None:
-    """A protocol given as a file (not a built-in name, not a loaded protocol): an input, which no
-    output may be, hold or lie inside."""
-    return protocol if isinstance(protocol, (str, os.PathLike)) and str(protocol) not in BUILTIN else None
 
 
 def _split_file(split: str | None) -> Path | None:
@@ -173,7 +167,7 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
     import contextlib
 
-    inputs = [reference, prediction, roi_map, _protocol_file(protocol)]
+    inputs = [reference, prediction, roi_map, protocol_file(protocol)]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:
             check_output(path, overwrite, inputs, what)
@@ -266,7 +260,7 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         return kept[-1]
 
     # a fresh run replaces OUT: the files it reads (split files, a protocol file) may not lie in it
-    inputs += [_split_file(cfg.train_split), _split_file(cfg.val_split), _protocol_file(cfg.protocol)]
+    inputs += [_split_file(cfg.train_split), _split_file(cfg.val_split), protocol_file(cfg.protocol)]
     try:
         with output_in_place(out, overwrite, inputs, keep_if=resumable):
             return train(cfg, resume=False, log=log)
@@ -343,7 +337,7 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
     import contextlib
 
     point_mm = parse_point(point)
-    inputs = [model, plans, roi_map, _protocol_file(protocol)]
+    inputs = [model, plans, roi_map, protocol_file(protocol)]
     if isinstance(plans, (str, os.PathLike)) and not Path(plans).exists():
         raise FileNotFoundError(f"{plans} does not exist")
     for path in (out, json_out):  # refuse before any work

@@ -23,7 +23,7 @@ from ..bench.qa_power import parse_amounts
 from ..errors import InputError
 from ..fsutil import check_output
 from ..progress import enabled
-from ..protocol import BUILTIN
+from ..protocol import protocol_file
 from .common import NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")]
@@ -212,7 +212,7 @@ def qa_power(
 ) -> None:
     """Plan QA's detection power: flags on plans degraded by known amounts vs on untouched plans."""
     _check(json_out, overwrite, [data, model, prediction, flip_prediction, shift_prediction,
-                                 None if protocol in BUILTIN else Path(protocol)])
+                                 protocol_file(protocol)])
     cfg = PowerConfig(protocol=protocol, coverage=coverage, splits=splits,
                       calibration_patients=calibration_patients, seed=seed,
                       oar_gy=parse_amounts(oar_gy, "--oar-gy"), cold_gy=parse_amounts(cold_gy, "--cold-gy"),

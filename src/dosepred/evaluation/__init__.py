@@ -45,8 +45,9 @@ from .scoring import (
 )
 
 __all__ = [
-    "MAX_DOSE_OUTSIDE_MASK", "PREDICTION_PATTERNS", "PREDICTION_READERS", "CohortResult", "CriterionResult",
+    "MAX_DOSE_OUTSIDE_MASK", "PREDICTION_PATTERNS", "PREDICTION_READERS", "WARN_DOSE_OUTSIDE_MASK_PCT",
+    "CohortResult", "CriterionResult",
     "MetricValue", "PatientResult", "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort",
     "evaluate_patient", "find_prediction", "iter_cases", "iter_pairs", "load_references", "match_predictions",
-    "read_prediction", "reference_ids", "WARN_DOSE_OUTSIDE_MASK_PCT",
+    "read_prediction", "reference_ids",
 ]

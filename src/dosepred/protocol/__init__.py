@@ -36,9 +36,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["BUILTIN", "BoundCriterion", "BoundProtocol", "Criterion", "Direction", "LimitUnit", "Protocol",
            "ProtocolError", "bound_for", "from_portpy", "lint", "load_protocol",
-           "parse_protocol"]
+           "parse_protocol", "protocol_file"]
 
 BUILTIN = ("openkbp", "openkbp-clinical")
+
+
+def protocol_file(protocol: Any) -> str | os.PathLike | None:
+    """The file of a protocol given as a path (an input, which no output may be, hold or lie inside);
+    None for a built-in name or a loaded :class:`Protocol`."""
+    return protocol if isinstance(protocol, (str, os.PathLike)) and str(protocol) not in BUILTIN else None
 
 
 def _format_errors(e: ValidationError, raw: Any, source: str) -> str:
