@@ -321,7 +321,10 @@ def test_a_mapped_run_resumes(tmp_path, clinic_cache):
 
 
 @pytest.mark.parametrize("asked, message", [
-    ({"channels": [4, 8]}, "has channels [4, 6] but channels [4, 8] were requested"),
+    ({"channels": [4, 4]}, "has channels [4, 6]; level 2 of [4, 4] is narrower (4 < 6), and a network "
+                           "can only grow, but channels [4, 4] were requested"),
+    ({"channels": [4, 8]}, "cannot grow its channels and move onto other ROIs in one fine-tune: "
+                           "do them in two"),
     ({"res_units": 1}, "has res_units=0 but res_units=1 was requested"),
     ({"norm": "batch"}, "has norm=instance but norm=batch was requested"),
 ])

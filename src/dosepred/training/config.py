@@ -76,7 +76,9 @@ class TrainConfig(BaseModel):
                                                "instance).")
     channels: list[int] | None = Field(None, description="U-Net channels per level, finest first, e.g. "
                                        "16,32,64,128,256,512 (overrides base and levels; none: --init's, "
-                                       "else base doubled per level).")
+                                       "else base doubled per level). Wider than --init's at some levels "
+                                       "(same levels): the model is grown, its new channels start with "
+                                       "zero outgoing weights so it predicts what --init does.")
     coarse: list[int] | None = Field(None, description="Channels of a coarse branch under the U-Net's "
                                      "bottom, e.g. 128,128,256 (levels at 1/2, 1/4, 1/8 of the bottom's "
                                      "resolution; its output is added to the bottom's and starts at zero, "

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..models import DoseUNet, ModelConfig, ModelError
 from ..models.checkpoint import state_dict_problem
+from ..models.grow import grow_problem, grow_state
 from ..models.space import ModelSpace
 from ..models.transfer import RoiTransfer, absent_after, counts_after, plan_transfer, transfer_state
 from ..patient import RoiSet
@@ -34,6 +35,7 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
     ``channels`` is a :class:`ModelError`, as is ``freeze_stage1`` without two stages."""
     arch: dict[str, Any] = {}
     init_widths: list[int] | None = None
+    grow = False
     if init_ckpt is not None:
         init_mc = ModelConfig.from_dict(dict(init_ckpt["model_config"]))
         init_widths = init_mc.widths
@@ -44,9 +46,7 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
         cfg.coarse = init_mc.coarse if cfg.coarse is None else cfg.coarse
     if cfg.channels is not None:  # explicit widths decide base and levels
         widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
-        if init_widths is not None and widths != init_widths:
-            raise ModelError(f"--init {cfg.init} has channels {init_widths} but channels {widths} "
-                             "were requested")
+        grow = init_widths is not None and widths != init_widths  # checked once all is settled
         for k, v in (("base", widths[0]), ("levels", len(widths))):
             if getattr(cfg, k) not in (None, v):
                 raise ModelError(f"channels {widths} imply {k}={v} but {k}={getattr(cfg, k)} was "
@@ -60,11 +60,19 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
         v = getattr(cfg, k)
         if v is None:
             v = arch.get(k, getattr(defaults, k))
-        elif k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1):
+        elif (k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1)
+              and not (grow and k in ("base", "levels"))):  # widths: grow_problem below
             raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
         setattr(cfg, k, v)
     if cfg.freeze_stage1 and cfg.stages != 2:
         raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
+    if grow:  # wider channels than --init's: grown (dosepred.models.grow) where that can be done
+        problem = grow_problem(init_mc, list(widths), cfg.res_units, cfg.coarse, cfg.stages)
+        if problem:
+            raise ModelError(f"--init {cfg.init} {problem}, but channels {widths} were requested")
+        if cfg.freeze_steps:
+            raise ModelError(f"freeze_steps with channels {widths} wider than --init {cfg.init}'s "
+                             f"{init_widths}: the grown layers are partly new; leave freeze_steps out")
 
 
 def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConfig, roi_set: RoiSet,
@@ -86,6 +94,14 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
             raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "
                              "two fine-tunes, not one")
         state = model.complete_state(state)
+    if mc.widths != model.config.widths:  # wider channels (resolve_architecture checked that it can)
+        if not tr.identity:
+            raise ModelError(f"--init {cfg.init} cannot grow its channels and move onto other ROIs in "
+                             "one fine-tune: do them in two")
+        state = grow_state(state, mc, model)
+        log(f"--init {cfg.init} grown from channels {mc.widths} to {model.config.widths}: the new "
+            "channels start with zero outgoing weights, so the network predicts what --init does "
+            "until training moves them")
     try:
         if not tr.identity:
             model.load_state_dict(transfer_state(state, model, tr, f"--init {cfg.init}"))
