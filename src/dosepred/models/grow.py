@@ -34,13 +34,7 @@ from torch import nn
 
 from .unet import CoarseBranch, DoseUNet, ModelConfig, ModelError
 
-__all__ = ["grow_problem", "grow_state", "is_growth"]
-
-
-def is_growth(old: ModelConfig, new: ModelConfig) -> bool:
-    """Whether ``new`` asks for other channels than ``old`` (growth or not; :func:`grow_problem`
-    says whether it can be done)."""
-    return old.widths != new.widths
+__all__ = ["grow_problem", "grow_state"]
 
 
 def grow_problem(old: ModelConfig, widths: list[int], res_units: int, coarse: list[int] | None,
@@ -57,9 +51,13 @@ def grow_problem(old: ModelConfig, widths: list[int], res_units: int, coarse: li
     if res_units or old.res_units:
         return (f"has res_units={old.res_units}; growing channels needs plain convolutions "
                 "(res_units=0) in both networks")
-    if (coarse or old.coarse) and widths[-1] != was[-1]:
+    if old.coarse and widths[-1] != was[-1]:
         return (f"has a coarse branch under its bottom of {was[-1]} channels; the bottom's width "
                 f"cannot grow ({widths[-1]} asked), only the levels above it")
+    if coarse and widths[-1] != was[-1]:
+        return (f"has a bottom of {was[-1]} channels, which cannot grow ({widths[-1]} asked) while a "
+                f"coarse branch (coarse={list(coarse)}) is added under it: grow first, or keep the "
+                f"bottom at {was[-1]}")
     if stages != old.stages:
         return f"has stages={old.stages}; grow the channels and add a second stage in two fine-tunes"
     return None

@@ -62,7 +62,9 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
             v = arch.get(k, getattr(defaults, k))
         elif (k in arch and arch[k] != v and not (k == "stages" and arch[k] == 1)
               and not (grow and k in ("base", "levels"))):  # widths: grow_problem below
-            raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested")
+            hint = (" (--channels grows a model: the same levels, each at least as wide)"
+                    if k in ("base", "levels") else "")
+            raise ModelError(f"--init {cfg.init} has {k}={arch[k]} but {k}={v} was requested{hint}")
         setattr(cfg, k, v)
     if cfg.freeze_stage1 and cfg.stages != 2:
         raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
@@ -70,6 +72,10 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
         problem = grow_problem(init_mc, list(widths), cfg.res_units, cfg.coarse, cfg.stages)
         if problem:
             raise ModelError(f"--init {cfg.init} {problem}, but channels {widths} were requested")
+        if cfg.freeze_stage1:
+            raise ModelError(f"freeze_stage1 with channels {widths} wider than --init {cfg.init}'s "
+                             f"{init_widths}: the first stage's new channels would never train; grow "
+                             "first, then freeze in a second fine-tune")
         if cfg.freeze_steps:
             raise ModelError(f"freeze_steps with channels {widths} wider than --init {cfg.init}'s "
                              f"{init_widths}: the grown layers are partly new; leave freeze_steps out")
