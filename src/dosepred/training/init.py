@@ -31,8 +31,10 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
     """Settle ``cfg``'s architecture fields in place (``base``, ``levels``, ``res_units``, ``norm``,
     ``stages``, ``channels``, ``coarse``): those it sets, else the ``--init`` model's (``init_ckpt``,
     the loaded checkpoint, or None), else :class:`ModelConfig`'s defaults. A requested value that
-    contradicts the ``--init`` model (except a second stage on a one-stage model) or the explicit
-    ``channels`` is a :class:`ModelError`, as is ``freeze_stage1`` without two stages."""
+    contradicts the ``--init`` model (except a second stage on a one-stage model, and ``channels``
+    wider than the ``--init`` model's that :func:`~dosepred.models.grow.grow_problem` accepts: the
+    model is grown) or the explicit ``channels`` is a :class:`ModelError`, as is ``freeze_stage1``
+    without two stages."""
     arch: dict[str, Any] = {}
     init_widths: list[int] | None = None
     grow = False
