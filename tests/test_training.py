@@ -95,9 +95,9 @@ def test_explicit_channels_train_and_pass_to_fine_tunes(caches, tmp_path):
     train(TrainConfig(out=str(tmp_path / "ft"), loss="mae", init=str(tmp_path / "w"), **common))
     ck = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)
     assert ck["model_config"]["channels"] == [4, 6, 12]
-    with pytest.raises(ModelError, match="channels"):
+    with pytest.raises(ModelError, match=r"level 2 of \[4, 4, 12\] is narrower .* channels \[4, 4, 12\]"):
         train(TrainConfig(out=str(tmp_path / "ft2"), loss="mae", init=str(tmp_path / "w"),
-                          channels=[4, 8, 12], **common))
+                          channels=[4, 4, 12], **common))  # wider ones grow the model (test_grow.py)
     with pytest.raises(ModelError, match="levels"):
         train(TrainConfig(out=str(tmp_path / "x"), loss="mae", channels=[4, 8], **{**common, "levels": 3}))
     with pytest.raises(ValueError, match="comma-separated"):
