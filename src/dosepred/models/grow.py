@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .unet import CoarseBranch, DoseUNet, ModelConfig, ModelError
+from .unet import CoarseBranch, DoseUNet, ModelConfig, ModelError, unet_levels
 
 __all__ = ["grow_problem", "grow_state"]
 
@@ -63,20 +63,6 @@ def grow_problem(old: ModelConfig, widths: list[int], res_units: int, coarse: li
     return None
 
 
-def _levels(unet: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], nn.Module]:
-    """A MONAI UNet's (down, up) layers per level, finest first, and its bottom layer (the convolution
-    itself, under a coarse branch when there is one)."""
-    from monai.networks.layers.simplelayers import SkipConnection
-
-    seq, levels = unet.model, []
-    while isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[1], SkipConnection):
-        levels.append((seq[0], seq[2]))
-        seq = seq[1].submodule
-    if not levels:
-        raise ModelError("cannot find the U-Net's levels (MONAI's UNet changed?)")
-    return levels, seq.bottom if isinstance(seq, CoarseBranch) else seq
-
-
 def _conv(layer: nn.Module) -> nn.Module:
     convs = [m for m in layer.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
     if len(convs) != 1:
@@ -88,7 +74,9 @@ def _roles(unet: nn.Module, was: list[int], now: list[int], in_channels: int, ou
            ) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     """(layer, old input channels' new indices, old output channels' new indices) for each layer of
     a U-Net whose level widths grow from ``was`` to ``now``."""
-    levels, bottom = _levels(unet)
+    levels, bottom = unet_levels(unet)
+    if isinstance(bottom, CoarseBranch):
+        bottom = bottom.bottom  # the branch itself does not grow (grow_problem)
     n = len(levels)
     if n + 1 != len(was):
         raise ModelError(f"the U-Net has {n + 1} levels, its configuration {len(was)}")
@@ -100,8 +88,8 @@ def _roles(unet: nn.Module, was: list[int], now: list[int], in_channels: int, ou
     for i, (down, up) in enumerate(levels):
         src = in_channels if i == 0 else was[i - 1]
         out.append((down, ar(src), ar(was[i])))
-        deeper_was, deeper_now = (was[i], now[i]) if i < n - 1 else (was[n], now[n])
-        cat_in = torch.cat([ar(was[i]), ar(deeper_was, now[i])])  # cat([skip, deeper]) in both
+        deeper = was[i] if i < n - 1 else was[n]  # the deeper level's up layer, or the bottom
+        cat_in = torch.cat([ar(was[i]), ar(deeper, now[i])])  # cat([skip, deeper]) in both
         out.append((up, cat_in, ar(out_channels if i == 0 else was[i - 1])))
     out.append((bottom, ar(was[n - 1]), ar(was[n])))
     return out
@@ -117,11 +105,10 @@ def grow_state(state: dict[str, torch.Tensor], old: ModelConfig, model: DoseUNet
     mine = model.state_dict()
     names = {id(m): n for n, m in model.named_modules()}
     out: dict[str, Any] = {}
-    done: set[str] = set()
-    nets = [("net", model.net, new.in_channels)]
+    nets = [(model.net, new.in_channels)]
     if model.refine is not None:
-        nets.append(("refine", model.refine, new.in_channels + 1))
-    for _, unet, in_ch in nets:
+        nets.append((model.refine, new.in_channels + 1))
+    for unet, in_ch in nets:
         for layer, cols, rows in _roles(unet, old.widths, new.widths, in_ch, 1):
             prefix = names[id(layer)] + "."
             transposed = isinstance(_conv(layer), nn.ConvTranspose3d)
@@ -147,9 +134,8 @@ def grow_state(state: dict[str, torch.Tensor], old: ModelConfig, model: DoseUNet
                     raise ModelError(f"cannot grow the model: {k} has shape {tuple(v.shape)}, "
                                      f"expected {tuple(w.shape)} or a part of it")
                 out[k] = w
-                done.add(k)
     for k, target in mine.items():
-        if k in done:
+        if k in out:
             continue
         if k not in state or state[k].shape != target.shape:
             got = "missing" if k not in state else f"shape {tuple(state[k].shape)}"

@@ -310,22 +310,25 @@ def _bottom_skip(net: nn.Module) -> nn.Module:
     return inner[0]
 
 
-def _contracting(net: nn.Module) -> list[nn.Module]:
-    """A MONAI UNet's contracting path below the first level: each deeper level's down layer, then
-    the bottom. MONAI nests the levels as ``Sequential(down, SkipConnection(inner), up)``."""
+def unet_levels(net: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], nn.Module]:
+    """A MONAI UNet's (down, up) layers per level, finest first, and its bottom layer (with a coarse
+    branch, if any). MONAI nests the levels as ``Sequential(down, SkipConnection(inner), up)``."""
     from monai.networks.layers.simplelayers import SkipConnection
 
-    seq, out = net.model, []
-    while True:
-        if not (isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[1], SkipConnection)):
-            raise ModelError("cannot find the U-Net's levels (MONAI's UNet changed?)")
-        if seq is not net.model:
-            out.append(seq[0])
-        inner = seq[1].submodule
-        if not (isinstance(inner, nn.Sequential) and len(inner) == 3
-                and isinstance(inner[1], SkipConnection)):
-            return [*out, inner]  # the bottom (with a coarse branch, if any)
-        seq = inner
+    seq, levels = net.model, []
+    while isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[1], SkipConnection):
+        levels.append((seq[0], seq[2]))
+        seq = seq[1].submodule
+    if not levels:
+        raise ModelError("cannot find the U-Net's levels (MONAI's UNet changed?)")
+    return levels, seq
+
+
+def _contracting(net: nn.Module) -> list[nn.Module]:
+    """A MONAI UNet's contracting path below the first level: each deeper level's down layer, then
+    the bottom (with a coarse branch, if any)."""
+    levels, bottom = unet_levels(net)
+    return [down for down, _ in levels[1:]] + [bottom]
 
 
 def _last_conv(net: nn.Module) -> nn.Module:
