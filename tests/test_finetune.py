@@ -233,6 +233,21 @@ def test_two_stage_model_transfers_both_stages(synth):
     torch.testing.assert_close(run(new, p), want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", [{"res_units": 0, "head": 3}, {"res_units": 1, "head": 2}])
+def test_a_model_with_a_full_resolution_head_transfers_it(synth, arch):
+    """The head reads the input channels and the U-Net's outputs after them: the input part is mapped
+    like the U-Net's first layer, the outputs' part kept (channels of the new model counted, not
+    the old's)."""
+    released = released_model(4, **arch)
+    assert released.head is not None
+    new, _ = transferred(released)
+    p = clinic_patient(synth[3])
+    order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
+    with torch.no_grad():
+        want = released.from_input(hand_input(p, order, {"PTV_66": 66, "PTV_60": 60, "PTV_54": 54}))
+    torch.testing.assert_close(run(new, p), want, rtol=1e-5, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ errors
 
 def test_what_cannot_be_mapped_is_a_clear_error():
@@ -325,6 +340,8 @@ def test_a_mapped_run_resumes(tmp_path, clinic_cache):
                            "can only grow, but channels [4, 4] were requested"),
     ({"channels": [4, 8]}, "cannot grow its channels and move onto other ROIs in one fine-tune: "
                            "do them in two"),
+    ({"head": 3}, "cannot get a full-resolution head and move onto other ROIs in one fine-tune: do "
+                  "them in two"),
     ({"res_units": 1}, "has res_units=0 but res_units=1 was requested"),
     ({"norm": "batch"}, "has norm=instance but norm=batch was requested"),
 ])

@@ -44,6 +44,7 @@ def _inputs(m, seed=0, size=32):
     ([4, 6, 8], [6, 9, 8], {"coarse": [8, 8]}),  # a coarse branch under an unchanged bottom
     ([4, 6, 8], [6, 9, 11], {"stages": 2}),  # both U-Nets of a cascade (the second reads one more)
     ([4, 6, 8], [6, 9, 11], {"norm": "batch"}),  # batch-norm statistics and affine per channel
+    ([4, 6, 8], [7, 9, 11], {"head": 3}),  # a head reads the U-Net's 1 + 3 outputs: the top up layer's
 ])
 def test_the_grown_network_predicts_exactly_what_the_narrow_one_did(was, now, kw):
     narrow = _model(0, was, **kw)
@@ -85,12 +86,14 @@ def test_new_channels_compute_something_and_learn():
     ({}, [4, 8, 8], {"res_units": 1}, "growing channels needs plain convolutions"),
     ({"coarse": [8, 8]}, [4, 6, 10], {}, "the bottom's width cannot grow (10 asked)"),
     ({}, [4, 8, 8], {"stages": 2}, "grow the channels and add a second stage in two fine-tunes"),
+    ({}, [4, 8, 8], {"head": 4}, "has head=None; grow the channels and add a full-resolution head (head=4) "
+                                 "in two fine-tunes"),
 ])
 def test_what_cannot_grow_is_named(was_kw, widths, kw, message):
     old = ModelConfig(channels=[4, 6, 8], res_units=0, patch=(32, 32, 32), **was_kw)
-    args = {"res_units": 0, "coarse": old.coarse, "stages": 1, **kw}
+    args = {"res_units": 0, "coarse": old.coarse, "stages": 1, "head": old.head, **kw}
     assert message in grow_problem(old, widths, **args)
-    assert grow_problem(old, [4, 8, 8], 0, old.coarse, 1) is None
+    assert grow_problem(old, [4, 8, 8], 0, old.coarse, 1, old.head) is None
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ before the model was built; on a GPU ``torch.cuda.max_memory_allocated``. The ne
 an order rotated per repeat, so a busy machine slows all of them alike; the table gives each one's
 median seconds per step and peak memory, and their ratios to the first network.
 
-A network is ``CHANNELS[+COARSE][:RES_UNITS]``: channels per level finest first, comma-separated, the
-channels of a coarse branch under the bottom (``ModelConfig.coarse``) and the residual units per
-level (default 0), e.g. ``16,32,64,128`` (the round-12 release), ``16,32,64,128+128,128,256`` (the
-release with the coarse branch of round 14) or ``16,32,64,128,256,512:1``.
+A network is ``CHANNELS[+COARSE][:RES_UNITS][@HEAD]``: channels per level finest first,
+comma-separated, the channels of a coarse branch under the bottom (``ModelConfig.coarse``), the
+residual units per level (default 0) and the channels of a full-resolution head
+(``ModelConfig.head``), e.g. ``16,32,64,128`` (the round-12 release), ``16,32,64,128+128,128,256``
+(the release with the coarse branch of round 14), ``16,32,64,128,256,512:1`` or
+``16,64,64,128+128,128,256@4`` (the round-17 release with a head).
 """
 
 from __future__ import annotations
@@ -35,9 +37,24 @@ DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128+128,128,256", "16,32,64,128,25
                     "16,32,64,128,256,256", "16,32,96,192,384,384", "16,32,64,128,256,512:1")
 
 
+def parse_head(text: str) -> int | None:
+    """The ``@HEAD`` of a network (None without one)."""
+    _, at, head = text.strip().partition("@")
+    if not at:
+        return None
+    try:
+        h = int(head)
+    except ValueError:
+        h = 0
+    if h < 1:
+        raise InputError(f"network {text!r}: @HEAD must be a positive number of channels, such as @4")
+    return h
+
+
 def parse_network(text: str) -> tuple[list[int], int, list[int] | None]:
-    """``"16,32,64+64,128:1"`` -> ([16, 32, 64], 1, [64, 128]); no ``+``: coarse None."""
-    spec, _, res = text.strip().partition(":")
+    """``"16,32,64+64,128:1"`` -> ([16, 32, 64], 1, [64, 128]); no ``+``: coarse None. An ``@HEAD``
+    is read by :func:`parse_head`."""
+    spec, _, res = text.strip().partition("@")[0].partition(":")
     chans, plus, coarse_text = spec.partition("+")
     try:
         widths = [int(c) for c in chans.split(",") if c.strip()]
@@ -81,7 +98,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     rss0 = _rss_now_mb()
     torch.manual_seed(spec["seed"])
-    config = ModelConfig(channels=widths, res_units=res_units, patch=(size,) * 3, coarse=coarse)
+    head = parse_head(spec["network"])
+    config = ModelConfig(channels=widths, res_units=res_units, patch=(size,) * 3, coarse=coarse, head=head)
     model = build_model(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -103,6 +121,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         sync(device)
         times.append(time.perf_counter() - t0)
     res = {"network": spec["network"], "channels": widths, "coarse": coarse, "res_units": res_units,
+           "head": head,
            "parameters": sum(q.numel() for q in model.parameters()),
            "sec_per_step": float(statistics.median(times)),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -131,6 +150,7 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     import torch
 
     for n in networks:
+        parse_head(n)
         if size % 2 ** (depth(n) - 1):
             raise InputError(f"--size {size} must be divisible by 2^(levels-1) = {2 ** (depth(n) - 1)} "
                              f"for network {n}")

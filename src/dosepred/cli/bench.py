@@ -133,8 +133,9 @@ def bitmask(
 def networks(
     json_out: JsonOut = None,
     network: Annotated[list[str] | None, typer.Option(
-        "--network", help="A candidate as CHANNELS[+COARSE][:RES_UNITS], e.g. 16,32,64,128, "
-        "16,32,64,128+128,128,256 (a coarse branch under the bottom) or 16,32,64,128,256,512:1 "
+        "--network", help="A candidate as CHANNELS[+COARSE][:RES_UNITS][@HEAD], e.g. 16,32,64,128, "
+        "16,32,64,128+128,128,256 (a coarse branch under the bottom), 16,32,64,128,256,512:1 or "
+        "16,64,64,128+128,128,256@4 (a full-resolution head of 4 channels) "
         "(repeatable; the first is the reference) [the issue-24 candidates, the release first].")] = None,
     size: Annotated[int, typer.Option("--size", help="Voxels per axis of the synthetic patient.")] = 128,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per run (median).")] = 3,

@@ -267,6 +267,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             f"- architecture: {'two-stage cascade of 3D U-Nets' if mc.get('stages', 1) == 2 else '3D U-Net'}"
             f", channels {ModelConfig.from_dict(dict(mc)).widths} ({mc['levels']} levels)"
             + (f", a coarse branch {mc['coarse']} under the bottom" if mc.get("coarse") else "")
+            + (f", a full-resolution head of {mc['head']} channels" if mc.get("head") else "")
             + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "

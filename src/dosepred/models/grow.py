@@ -19,10 +19,12 @@ reads ``cat([down(x), deeper(down(x))])``, whose two parts both widen with the l
 level's second part is the bottom's width), which is why the old input columns are not simply the
 first ones. This is the Net2Net idea of function-preserving widening (Chen, Goodfellow and Shlens,
 ICLR 2016) with zero outgoing weights instead of split copies, as the coarse branch and the second
-stage of :mod:`dosepred.models.unet` start at zero. Normalisation per channel (instance norm, MONAI's
-default) keeps each old channel's statistics; batch-norm statistics and affine parameters are mapped
-along with their channels. Residual units (``res_units > 0``) and a wider bottom under a coarse branch
-are not supported: :func:`grow_problem` says so before anything is built.
+stage of :mod:`dosepred.models.unet` start at zero. A full-resolution head (``head``) keeps its
+weights: it reads the input channels and the U-Net's outputs, whose number does not change.
+Normalisation per channel (instance norm, MONAI's default) keeps each old channel's statistics;
+batch-norm statistics and affine parameters are mapped along with their channels. Residual units
+(``res_units > 0``) and a wider bottom under a coarse branch are not supported: :func:`grow_problem`
+says so before anything is built.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = ["grow_problem", "grow_state"]
 
 
 def grow_problem(old: ModelConfig, widths: list[int], res_units: int, coarse: list[int] | None,
-                 stages: int) -> str | None:
+                 stages: int, head: int | None) -> str | None:
     """Why a model of configuration ``old`` cannot be grown to ``widths`` (None: it can). The
     other arguments are the asked-for network's (the fine-tune's settled architecture)."""
     was = old.widths
@@ -60,6 +62,9 @@ def grow_problem(old: ModelConfig, widths: list[int], res_units: int, coarse: li
                 f"bottom at {was[-1]}")
     if stages != old.stages:
         return f"has stages={old.stages}; grow the channels and add a second stage in two fine-tunes"
+    if head != old.head:
+        return (f"has head={old.head}; grow the channels and add a full-resolution head (head={head}) "
+                "in two fine-tunes")
     return None
 
 
@@ -99,7 +104,7 @@ def grow_state(state: dict[str, torch.Tensor], old: ModelConfig, model: DoseUNet
     """``state`` (a model of configuration ``old``) made to fit ``model``, a wider network of the same
     levels (see the module's docstring): a full state dict for ``model.load_state_dict``."""
     new = model.config
-    problem = grow_problem(old, new.widths, new.res_units, new.coarse, new.stages)
+    problem = grow_problem(old, new.widths, new.res_units, new.coarse, new.stages, new.head)
     if problem:
         raise ModelError(f"cannot grow the model: it {problem}")
     mine = model.state_dict()
@@ -109,7 +114,8 @@ def grow_state(state: dict[str, torch.Tensor], old: ModelConfig, model: DoseUNet
     if model.refine is not None:
         nets.append((model.refine, new.in_channels + 1))
     for unet, in_ch in nets:
-        for layer, cols, rows in _roles(unet, old.widths, new.widths, in_ch, 1):
+        out_ch = 1 + (old.head or 0) if unet is model.net else 1  # a head reads the U-Net's outputs
+        for layer, cols, rows in _roles(unet, old.widths, new.widths, in_ch, out_ch):
             prefix = names[id(layer)] + "."
             transposed = isinstance(_conv(layer), nn.ConvTranspose3d)
             for k, target in mine.items():

@@ -5,7 +5,8 @@ A model's input channels are tied to its ROI set (:meth:`DoseUNet.assemble
 
     [CT, prescription map / 70 Gy, one channel per OAR (bit order), possible-dose mask]
 
-(a two-stage model's second U-Net reads the same channels plus the first stage's dose). A clinic's
+(a two-stage model's second U-Net reads the same channels plus the first stage's dose, a full-resolution
+head the same channels plus the U-Net's outputs). A clinic's
 cache names other structures, so :func:`plan_transfer` decides, and :func:`transfer_state` applies,
 which input channel of the new model comes from which channel of the old one:
 
@@ -247,13 +248,15 @@ def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfe
             out[k] = f
             continue
         if k in inputs:
-            plus = inputs[k] - n_new  # 0: the U-Net's input; 1: a second stage's, the dose channel last
+            # channels after the input's: 0 for the U-Net; a second stage's dose channel (1); a head's
+            # U-Net outputs (1 + head): each comes from the same place after the old input's
+            plus = inputs[k] - n_new
             want = (f.shape[0], n_old + plus, *f.shape[2:])
-            if plus not in (0, 1) or tuple(o.shape) != want:
+            if plus < 0 or tuple(o.shape) != want:
                 raise ModelError(f"{where}: input weights {k} of shape {tuple(o.shape)} do not fit "
                                  f"{want} (another architecture?)")
             t = torch.zeros_like(f)
-            for j, i in enumerate([*src, n_old] if plus else src):
+            for j, i in enumerate([*src, *range(n_old, n_old + plus)]):
                 if i is not None:
                     t[:, j] = o[:, i].to(f.dtype)
             out[k] = t

@@ -30,6 +30,15 @@ receptive field (dose spreads along beams across the whole head). The branch's l
 starts at zero, so a model made from one without the branch (``--init``) predicts exactly what that
 model does until training moves it (:meth:`DoseUNet.complete_state` maps its weights).
 
+Full-resolution head (``head``, issue 24): MONAI's UNet down-samples in each level's own convolution, so
+its first level already works at half resolution and the output is one transposed convolution from
+it: nothing nonlinear happens on the full grid, where the targets' edges are. With ``head = H`` that
+convolution gives ``1 + H`` channels, the first the dose as before, and a pointwise head reads the
+other ``H`` with the input channels and adds a correction, ``raw = y0 + out(relu(mix([x, y])))``.
+Its last convolution starts at zero, so a model made from one without the head (``--init``) predicts
+exactly what that model does until training moves it (:meth:`DoseUNet.complete_state`). Pointwise
+because every operation on the full grid is expensive on the CPU (scripts/bench_full_res_head.py).
+
 Normalisation: instance norm (MONAI's default) computes statistics over the field of view, so a
 network trained on crops must be run on windows of the crop size (``sliding_window_inference``);
 :func:`dosepred.predict.predict_dose` does so. ``norm="batch"`` is available for large batches.
@@ -81,6 +90,8 @@ class ModelConfig:
     # channels of the coarse branch's levels (strides 2 between them; its first level is already half
     # the bottom's resolution); none: no branch (see the module's docstring)
     coarse: list[int] | None = None
+    # channels of a pointwise full-resolution head (see the module's docstring); none: no head
+    head: int | None = None
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
@@ -104,6 +115,10 @@ class ModelConfig:
             if len(co) < 2 or min(co) < 1:
                 raise ModelError(f"coarse must list at least two positive widths, got {self.coarse}")
             self.coarse = co
+        if self.head is not None:
+            if isinstance(self.head, bool) or int(self.head) != self.head or int(self.head) < 1:
+                raise ModelError(f"head must be a positive number of channels, got {self.head!r}")
+            self.head = int(self.head)
         div = 2 ** (self.depth - 1)
         bad = [p for p in self.patch if p % div]
         if bad:
@@ -111,6 +126,9 @@ class ModelConfig:
                              f"for a U-Net of {self.depth} resolution levels")
         if self.stages not in (1, 2):
             raise ModelError(f"stages must be 1 or 2, got {self.stages}")
+        if self.head is not None and self.stages != 1:
+            raise ModelError("a full-resolution head (head) is for one-stage models; a second stage "
+                             "already refines the dose on the full grid")
         if self.norm not in ("instance", "batch"):
             raise ModelError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
         self.rois = [dict(r) for r in self.rois]
@@ -142,6 +160,8 @@ class ModelConfig:
             del d["channels"]  # the doubling rule: checkpoints read by older dosepreds stay readable
         if self.coarse is None:
             del d["coarse"]
+        if self.head is None:
+            del d["head"]
         return d
 
     @classmethod
@@ -170,8 +190,8 @@ class DoseUNet(nn.Module):
                         if r.kind == "target" and r.prescription is not None]
         channels = config.widths
 
-        def unet(in_channels: int) -> nn.Module:
-            net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=1,
+        def unet(in_channels: int, out_channels: int = 1) -> nn.Module:
+            net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                        channels=channels, strides=[2] * (config.levels - 1),
                        num_res_units=config.res_units, norm=config.norm, dropout=config.dropout)
             if config.coarse:
@@ -179,7 +199,8 @@ class DoseUNet(nn.Module):
                 skip.submodule = CoarseBranch(skip.submodule, channels[-1], config)
             return net
 
-        self.net = unet(config.in_channels)
+        self.net = unet(config.in_channels, 1 + (config.head or 0))
+        self.head = FullResHead(config.in_channels, config.head) if config.head else None
         # start near a typical mean dose inside the mask (~30 % of dose_scale), not softplus(0) = 69 %
         last = _last_conv(self.net)
         if last.bias is not None:
@@ -194,9 +215,44 @@ class DoseUNet(nn.Module):
                 nn.init.zeros_(last.bias)
 
     def complete_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A state dict of a model without the coarse branch made to fit this one: the bottom's
-        weights moved under the branch, the branch's own weights this model's (its last convolution
-        zero, so the prediction is the state's). Other states are returned as they are."""
+        """A state dict of a model without the coarse branch or the head made to fit this one (the
+        prediction stays the state's, since both start at zero). The branch: the bottom's weights
+        moved under it, its own weights this model's. The head: the last convolution's output
+        channels after the first and the head's weights this model's; needs ``res_units=0`` (with
+        residual units the widened output would feed back into the first channel). Other states
+        are returned as they are."""
+        return self._complete_head(self._complete_branch(state))
+
+    def _complete_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.head is None or any(k.startswith("head.") for k in state):
+            return state
+        if self.config.res_units:
+            raise ModelError("a full-resolution head can be added to a trained model only with "
+                             f"res_units=0 (this one has {self.config.res_units})")
+        mine = self.state_dict()
+        names = {id(m): n for n, m in self.named_modules()}
+        last = _last_conv(self.net)
+        prefix = names[id(last)] + "."
+        out = dict(state)
+        for k, v in state.items():
+            if k.startswith(prefix) and mine[k].shape != v.shape:
+                w = mine[k].clone()
+                if v.dim() == 1 and v.shape[0] == 1:  # bias
+                    w[:1] = v
+                elif v.dim() == 5 and isinstance(last, nn.ConvTranspose3d) and v.shape[1] == 1:
+                    w[:, :1] = v  # (in, out, ...): the old output is the first
+                elif v.dim() == 5 and v.shape[0] == 1:
+                    w[:1] = v
+                else:
+                    raise ModelError(f"cannot add a head: {k} has shape {tuple(v.shape)}, expected "
+                                     f"one output channel of {tuple(w.shape)}")
+                out[k] = w
+        for k, v in mine.items():
+            if k.startswith("head."):
+                out[k] = v.clone()
+        return out
+
+    def _complete_branch(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.config.coarse or any(".extra." in k for k in state):
             return state
         mine = self.state_dict()
@@ -234,7 +290,10 @@ class DoseUNet(nn.Module):
     def from_input(self, x: torch.Tensor) -> torch.Tensor:
         """Dose (B, 1, *S) from assembled input channels (the mask is the last channel)."""
         mask = x[:, -1:].float()
-        if self.refine is None:
+        if self.head is not None:
+            y = self.net(x)
+            raw = y[:, :1] + self.head(torch.cat([x, y.to(x.dtype)], dim=1))
+        elif self.refine is None:
             raw = self.net(x)
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_first):
@@ -274,6 +333,22 @@ class DoseUNet(nn.Module):
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.from_input(self.assemble(ct, codes, mask))
+
+
+class FullResHead(nn.Module):
+    """``out(relu(mix([x, y])))``: pointwise on the full grid, reading the input channels ``x`` and
+    the U-Net's ``1 + width`` output channels ``y``; ``out`` starts at zero."""
+
+    def __init__(self, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv3d(in_channels + 1 + width, width, kernel_size=1)
+        self.act = nn.ReLU()
+        self.out = nn.Conv3d(width, 1, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.mix(xy)))
 
 
 class CoarseBranch(nn.Module):

@@ -84,6 +84,10 @@ class TrainConfig(BaseModel):
                                      "resolution; its output is added to the bottom's and starts at zero, "
                                      "so an --init without it predicts as before; none: --init's, else "
                                      "no branch).")
+    head: int | None = Field(None, ge=1, description="Channels of a pointwise full-resolution head on the "
+                             "U-Net's output (it reads the input channels and that many more U-Net "
+                             "outputs, and adds a correction that starts at zero, so an --init without "
+                             "it predicts as before; none: --init's, else no head).")
     stages: int | None = Field(None, ge=1, le=2, description="U-Nets in the cascade: 2 adds a second "
                                "U-Net refining the first's dose (none: --init's, else 1; a one-stage "
                                "--init becomes the first stage).")

@@ -29,12 +29,12 @@ ARCH_KEYS = ("base", "levels", "res_units", "norm", "stages")
 
 def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> None:
     """Settle ``cfg``'s architecture fields in place (``base``, ``levels``, ``res_units``, ``norm``,
-    ``stages``, ``channels``, ``coarse``): those it sets, else the ``--init`` model's (``init_ckpt``,
-    the loaded checkpoint, or None), else :class:`ModelConfig`'s defaults. A requested value that
-    contradicts the ``--init`` model (except a second stage on a one-stage model, and ``channels``
-    wider than the ``--init`` model's that :func:`~dosepred.models.grow.grow_problem` accepts: the
-    model is grown) or the explicit ``channels`` is a :class:`ModelError`, as is ``freeze_stage1``
-    without two stages."""
+    ``stages``, ``channels``, ``coarse``, ``head``): those it sets, else the ``--init`` model's
+    (``init_ckpt``, the loaded checkpoint, or None), else :class:`ModelConfig`'s defaults. A
+    requested value that contradicts the ``--init`` model (except a second stage or a head on a model
+    without one, and ``channels`` wider than the ``--init`` model's that
+    :func:`~dosepred.models.grow.grow_problem` accepts: the model is grown) or the explicit
+    ``channels`` is a :class:`ModelError`, as is ``freeze_stage1`` without two stages."""
     arch: dict[str, Any] = {}
     init_widths: list[int] | None = None
     grow = False
@@ -46,6 +46,10 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
             raise ModelError(f"--init {cfg.init} has coarse={init_mc.coarse} but coarse="
                              f"{list(cfg.coarse)} was requested")
         cfg.coarse = init_mc.coarse if cfg.coarse is None else cfg.coarse
+        if cfg.head is not None and init_mc.head not in (None, cfg.head):
+            raise ModelError(f"--init {cfg.init} has head={init_mc.head} but head={cfg.head} was "
+                             "requested")
+        cfg.head = init_mc.head if cfg.head is None else cfg.head
     if cfg.channels is not None:  # explicit widths decide base and levels
         widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
         grow = init_widths is not None and widths != init_widths  # checked once all is settled
@@ -71,7 +75,7 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
     if cfg.freeze_stage1 and cfg.stages != 2:
         raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
     if grow:  # wider channels than --init's: grown (dosepred.models.grow) where that can be done
-        problem = grow_problem(init_mc, list(widths), cfg.res_units, cfg.coarse, cfg.stages)
+        problem = grow_problem(init_mc, list(widths), cfg.res_units, cfg.coarse, cfg.stages, cfg.head)
         if problem:
             raise ModelError(f"--init {cfg.init} {problem}, but channels {widths} were requested")
         if cfg.freeze_stage1:
@@ -101,6 +105,11 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
         if mc.stages != cfg.stages:
             raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "
                              "two fine-tunes, not one")
+        state = model.complete_state(state)
+    if cfg.head and not mc.head:  # a model without the full-resolution head: the head starts at zero
+        if not tr.identity:
+            raise ModelError(f"--init {cfg.init} cannot get a full-resolution head and move onto other "
+                             "ROIs in one fine-tune: do them in two")
         state = model.complete_state(state)
     if mc.widths != model.config.widths:  # wider channels (resolve_architecture checked that it can)
         if not tr.identity:
@@ -133,7 +142,8 @@ def from_init(name: str, was: ModelConfig) -> bool:
     """Whether the weight ``name`` of a model set up by :func:`load_init_weights` holds a value of the
     ``--init`` model (``was``, its configuration): not a coarse branch or second stage the fine-tune
     adds to it (which start at zero or from random weights)."""
-    return not ((".extra." in name and not was.coarse) or (name.startswith("refine.") and was.stages == 1))
+    return not ((".extra." in name and not was.coarse) or (name.startswith("refine.") and was.stages == 1)
+                or (name.startswith("head.") and not was.head))
 
 
 def same_patients(init: ModelSpace, space: ModelSpace, was: dict[str, int], own: dict[str, int]) -> bool:

@@ -298,7 +298,8 @@ class Trainer:
         self.model_config = ModelConfig(rois=self.roi_set.to_dicts(), base=cfg.base, levels=cfg.levels,
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
-                                        stages=cfg.stages, channels=cfg.channels, coarse=cfg.coarse)
+                                        stages=cfg.stages, channels=cfg.channels, coarse=cfg.coarse,
+                                        head=cfg.head)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         self.roi_transfer: dict[str, Any] | None = None
