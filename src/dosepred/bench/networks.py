@@ -62,7 +62,8 @@ def parse_network(text: str) -> tuple[list[int], int, list[int] | None]:
         res_units = int(res) if res.strip() else 0
     except ValueError:
         raise InputError(f"network {text!r}: expected channels such as 16,32,64,128, an optional "
-                         "+COARSE such as +128,128,256 and an optional :RES_UNITS") from None
+                         "+COARSE such as +128,128,256, an optional :RES_UNITS and an optional "
+                         "@HEAD") from None
     if len(widths) < 2 or min(widths) < 1 or res_units < 0:
         raise InputError(f"network {text!r}: at least two positive channel counts and res units >= 0")
     if coarse is not None and (len(coarse) < 2 or min(coarse) < 1):
@@ -172,7 +173,7 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     for n in networks:
         rs = runs[n]
         row = {"network": n, "channels": rs[0]["channels"], "coarse": rs[0]["coarse"],
-               "res_units": rs[0]["res_units"],
+               "res_units": rs[0]["res_units"], "head": rs[0]["head"],
                "parameters": rs[0]["parameters"],
                "sec_per_step": statistics.median(x["sec_per_step"] for x in rs),
                "peak_rss_delta_mb": statistics.median(x["peak_rss_delta_mb"] for x in rs)}
@@ -199,7 +200,7 @@ def table(res: dict[str, Any]) -> Any:
     t = Table(title=f"one training step per network, {res['size']}^3 voxels, batch 1, {res['device']}, "
                     f"{res['threads']} thread(s) (median of {res['repeats']} runs of {res['steps']} steps, "
                     "each in its own process, in turns)")
-    for c in ("network (channels:res units)", "parameters", "s/step", "time vs first",
+    for c in ("network (channels+coarse:res units@head)", "parameters", "s/step", "time vs first",
               "peak GPU MB" if cuda else "peak RSS +MB", "memory vs first"):
         t.add_column(c, justify="left" if c.startswith("network") else "right")
     for r in res["rows"]:

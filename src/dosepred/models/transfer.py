@@ -211,7 +211,8 @@ def plan_transfer(model_rois: RoiSet, data_rois: RoiSet, where: str = "the data"
 
 def input_keys(config: ModelConfig) -> dict[str, int]:
     """The weights of a model of ``config`` that read its input channels, each with its input width
-    (``in_channels``, or one more for a second stage reading the first stage's dose too): the
+    (``in_channels``; one more for a second stage reading the first stage's dose too; ``1 + head``
+    more for a full-resolution head reading the U-Net's outputs too): the
     tensors whose dimension 1 grows when one more OAR channel is added (found on the meta device,
     without allocating weights)."""
     name = _PROBE + "_" * sum(n.startswith(_PROBE) for n in config.roi_set.names)  # a name not in the set
@@ -228,8 +229,9 @@ def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfe
     """The state dict of ``model`` (built for the data's ROI set, :class:`~dosepred.models.unet.DoseUNet`)
     filled from ``old`` (the state dict of the model ``transfer`` starts from). The weights that
     read the input channels (:func:`input_keys`) are rebuilt channel by channel per
-    :meth:`RoiTransfer.channel_sources`, new channels zero (a second stage's extra dose channel,
-    the last, comes from the old last); every other tensor is copied. Keys only ``model`` has keep
+    :meth:`RoiTransfer.channel_sources`, new channels zero (the channels after the input's, a second
+    stage's dose or a head's U-Net outputs, come from the same places after the old input's); every
+    other tensor is copied. Keys only ``model`` has keep
     its values (a second stage added to a one-stage model). Raises :class:`ModelError` when a
     tensor does not fit."""
     fresh = model.state_dict()
