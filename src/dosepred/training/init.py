@@ -111,6 +111,8 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
             raise ModelError(f"--init {cfg.init} cannot get a full-resolution head and move onto other "
                              "ROIs in one fine-tune: do them in two")
         state = model.complete_state(state)
+        log(f"--init {cfg.init} gets a full-resolution head of {cfg.head} channels: its correction starts "
+            "at zero, so the network predicts what --init does until training moves it")
     if mc.widths != model.config.widths:  # wider channels (resolve_architecture checked that it can)
         if not tr.identity:
             raise ModelError(f"--init {cfg.init} cannot grow its channels and move onto other ROIs in "
