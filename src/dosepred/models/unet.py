@@ -237,12 +237,11 @@ class DoseUNet(nn.Module):
         for k, v in state.items():
             if k.startswith(prefix) and mine[k].shape != v.shape:
                 w = mine[k].clone()
+                # with res_units=0 the last layer is MONAI's bare transposed convolution
                 if v.dim() == 1 and v.shape[0] == 1:  # bias
                     w[:1] = v
                 elif v.dim() == 5 and isinstance(last, nn.ConvTranspose3d) and v.shape[1] == 1:
                     w[:, :1] = v  # (in, out, ...): the old output is the first
-                elif v.dim() == 5 and v.shape[0] == 1:
-                    w[:1] = v
                 else:
                     raise ModelError(f"cannot add a head: {k} has shape {tuple(v.shape)}, expected "
                                      f"one output channel of {tuple(w.shape)}")
