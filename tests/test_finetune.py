@@ -290,10 +290,7 @@ def _cfg(tmp_path, cache, init, **kw):
 def test_trainer_init_starts_from_the_released_prediction(tmp_path, synth, clinic_cache):
     released = released_model(4)
     ck = save_released(released, tmp_path / "released.pt")
-    t = Trainer(_cfg(tmp_path, clinic_cache, ck))
-    t.setup_device()
-    t.setup_data()
-    t.setup_model()
+    t = ready(_cfg(tmp_path, clinic_cache, ck))
     assert t.model.config.roi_set == CLINIC and t.roi_transfer["new"] == ["Glnd_Submand_L"]
     p = clinic_patient(synth[0])
     order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
@@ -305,10 +302,7 @@ def test_trainer_init_starts_from_the_released_prediction(tmp_path, synth, clini
 def test_one_stage_init_onto_a_two_stage_clinic_model(tmp_path, synth, clinic_cache):
     released = released_model(7, res_units=0)
     ck = save_released(released, tmp_path / "released.pt")
-    t = Trainer(_cfg(tmp_path, clinic_cache, ck, stages=2, freeze_stage1=True))
-    t.setup_device()
-    t.setup_data()
-    t.setup_model()
+    t = ready(_cfg(tmp_path, clinic_cache, ck, stages=2, freeze_stage1=True))
     p = clinic_patient(synth[2])
     order = ["BrainStem", "SpinalCord", "Parotid_R", "Parotid_L", None, None, "Bone_Mandible"]
     with torch.no_grad():

@@ -103,11 +103,8 @@ def plain(cache, tmp_path_factory):
 @pytest.mark.parametrize("kw", [{}, {"coarse": [8, 8]}])
 def test_a_fine_tune_with_a_head_starts_from_the_init_prediction(cache, plain, tmp_path, kw):
     logged = []
-    t = Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "h"), epochs=1, steps_per_epoch=1,
-                            init=str(plain), head=3, **TINY, **kw), progress=False, log=logged.append)
-    t.setup_device()
-    t.setup_data()
-    t.setup_model()
+    t = ready(TrainConfig(data=str(cache), out=str(tmp_path / "h"), epochs=1, steps_per_epoch=1,
+                          init=str(plain), head=3, **TINY, **kw), log=logged.append)
     assert t.model.head is not None and t.model.config.head == 3
     assert any("gets a full-resolution head of 3 channels" in m for m in logged)
     ct, codes, mask = random_inputs(3)

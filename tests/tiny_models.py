@@ -9,9 +9,10 @@ from dosepred.training import Trainer
 TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=0, batch=1, threads=1, loss="mae")
 
 
-def ready(cfg):
-    """A Trainer for ``cfg`` set up as far as its model (device, data, model and --init weights)."""
-    t = Trainer(cfg, progress=False)
+def ready(cfg, log=None):
+    """A Trainer for ``cfg`` set up as far as its model (device, data, model and --init weights);
+    ``log`` receives its log lines when given."""
+    t = Trainer(cfg, progress=False, log=log)
     t.setup_device()
     t.setup_data()
     t.setup_model()
