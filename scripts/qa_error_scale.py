@@ -1,0 +1,77 @@
+"""Issue 25: how much smaller must a model's OAR mean-dose errors be for plan QA's detection targets?
+
+Reads ``dosepred evaluate --json`` of a model's predictions (per-patient metrics; protocol
+``openkbp-clinical``), takes the residuals ``plan - predicted`` of the OAR mean doses that the
+protocol's criteria check, multiplies them by each factor, and runs the detection benchmark's
+cross-validation on them with plain split-conformal intervals (``absolute``, 90 %): random splits of
+the patients, 22 calibrating and the rest checked; a unit is flagged when its residual plus the
+injected excess lies above the interval. Prints, per factor, the false alarms, the share of +3 and
++6 Gy excesses caught and the median interval width (docs/qa.md, "How much smaller the model's error
+must be"). Numpy only::
+
+    python scripts/qa_error_scale.py EVAL.openkbp-clinical.json [--splits 200] [--calibrate 22]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+EXCESS = (0.0, 3.0, 6.0)
+
+
+def oar_mean_residuals(evaluation: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(patient index, residual plan - predicted) of every OAR Dmean a criterion checks."""
+    crit = {c["roi"] for p in evaluation["per_patient"] for c in p["criteria"] if c["metric"] == "Dmean"}
+    pat, res = [], []
+    for i, p in enumerate(evaluation["per_patient"]):
+        for roi, v in p["rois"].items():
+            if roi in crit and v["kind"] == "oar" and "Dmean" in v["metrics"]:
+                m = v["metrics"]["Dmean"]
+                pat.append(i)
+                res.append(m["ref"] - m["pred"])
+    return np.array(pat), np.array(res, dtype=np.float64)
+
+
+def detection(pat: np.ndarray, r: np.ndarray, splits: int = 200, n_cal: int = 22, coverage: float = 0.9,
+              seed: int = 0) -> dict[str, float]:
+    """Cross-validated false alarms and catch rates (%, means over the splits) of each excess in
+    :data:`EXCESS`, and the median interval width (Gy), with ``absolute`` split-conformal intervals
+    (the ``ceil((n + 1) coverage)``-th smallest calibration ``|r|``)."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(pat)
+    flagged, widths = [], []
+    for _ in range(splits):
+        cal = np.isin(pat, rng.permutation(ids)[:n_cal])
+        z = np.sort(np.abs(r[cal]))
+        k = math.ceil((z.size + 1) * coverage)
+        q = z[k - 1] if k <= z.size else math.inf
+        flagged.append([np.mean(r[~cal] + e > q) for e in EXCESS])
+        widths.append(2 * q)
+    m = 100 * np.mean(flagged, axis=0)
+    return {"false_alarms": float(m[0]), "caught_3": float(m[1]), "caught_6": float(m[2]),
+            "width": float(np.median(widths))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("evaluation", type=Path, help="dosepred evaluate --json output (openkbp-clinical)")
+    ap.add_argument("--splits", type=int, default=200)
+    ap.add_argument("--calibrate", type=int, default=22, help="patients calibrating per split")
+    a = ap.parse_args()
+    pat, r = oar_mean_residuals(json.loads(a.evaluation.read_text()))
+    print(f"{r.size} OAR mean-dose units of {np.unique(pat).size} patients: "
+          f"mean |r| {np.abs(r).mean():.3f} Gy, sd {r.std():.3f} Gy")
+    for f in FACTORS:
+        d = detection(pat, r * f, a.splits, a.calibrate)
+        print(f"residuals x {f:.2f}: false alarms {d['false_alarms']:.1f} %, +3 / +6 Gy caught "
+              f"{d['caught_3']:.1f} / {d['caught_6']:.1f} %, median 90 % width {d['width']:.2f} Gy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""scripts/qa_error_scale.py (docs/qa.md "How much smaller the model's error must be"): which units it
+reads from an evaluation JSON, and its cross-validated rates against the Gaussian answer (scipy)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    path = ROOT / "scripts" / "qa_error_scale.py"
+    spec = importlib.util.spec_from_file_location("qa_error_scale_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _roi(kind, **metrics):
+    return {"kind": kind, "metrics": {m: {"ref": r, "pred": p} for m, (r, p) in metrics.items()}}
+
+
+def test_reads_only_the_oar_mean_doses_a_criterion_checks():
+    ev = {"per_patient": [
+        {"criteria": [{"roi": "LeftParotid", "metric": "Dmean"}, {"roi": "PTV70", "metric": "D95%"}],
+         "rois": {"LeftParotid": _roi("oar", Dmean=(25.0, 22.5)), "Mandible": _roi("oar", Dmean=(40.0, 30.0)),
+                  "PTV70": _roi("target", **{"D95%": (70.0, 71.0)})}},
+        {"criteria": [], "rois": {"LeftParotid": _roi("oar", Dmean=(20.0, 21.0), D1=(50.0, 40.0))}}]}
+    pat, r = _script().oar_mean_residuals(ev)
+    assert pat.tolist() == [0, 1]  # the second patient's parotid: a criterion of the protocol elsewhere
+    assert r.tolist() == [2.5, -1.0]  # plan - predicted; the Mandible has no Dmean criterion
+
+
+def test_rates_match_the_gaussian_answer_and_shrink_with_the_error():
+    rng = np.random.default_rng(5)
+    pat = np.repeat(np.arange(3000), 2)
+    r = rng.normal(0.0, 2.0, pat.size)
+    mod = _script()
+    d = mod.detection(pat, r, splits=20, n_cal=2000)
+    q = stats.norm.ppf(0.95) * 2.0  # the 90 % bound of |N(0, 2)|
+    assert abs(d["width"] - 2 * q) < 0.2  # one sample of 6000: SE of the width ~0.07 Gy
+    assert abs(d["false_alarms"] - 5.0) < 0.7
+    assert abs(d["caught_3"] - 100 * stats.norm.sf(q - 3, scale=2.0)) < 1.5
+    assert abs(d["caught_6"] - 100 * stats.norm.sf(q - 6, scale=2.0)) < 1.0
+    half = mod.detection(pat, r * 0.5, splits=20, n_cal=2000)
+    assert abs(half["width"] - q) < 0.1 and half["caught_3"] > d["caught_3"] + 30
