@@ -375,13 +375,16 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
 
 
 def export_model(run: PathLike | Sequence[PathLike], out: PathLike, fp32: bool = False,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, allow_mixed: bool = False) -> Path:
     """``dosepred export-model``: a small released model folder at ``out`` of one run or checkpoint,
-    or of the average of the weights of several (:func:`~dosepred.models.checkpoint.average_checkpoints`);
-    the model file's path."""
+    or of the average of the weights of several (:func:`~dosepred.models.checkpoint.average_checkpoints`;
+    ``allow_mixed``: also of checkpoints trained with different losses, or one given twice); the
+    model file's path."""
     from .models.checkpoint import export_model as export
 
     runs = [run] if isinstance(run, (str, os.PathLike)) else list(run)
+    if allow_mixed and len(runs) == 1:
+        raise InputError("--allow-mixed applies to averaging several checkpoints; one was given")
     with output_dir(out, overwrite, runs) as tmp:
-        export(runs[0] if len(runs) == 1 else runs, tmp, half=not fp32, final=out)
+        export(runs[0] if len(runs) == 1 else runs, tmp, half=not fp32, final=out, allow_mixed=allow_mixed)
     return Path(out) / "model.pt"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
+
 
 def example_patients() -> Path:
     """``examples/openkbp/validation-pats`` of the source checkout (OpenKBP validation pt_201)."""
@@ -20,3 +22,12 @@ def sync(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def check_at_least(**options: tuple[int | None, int]) -> None:
+    """Each option ``name=(value, lowest)`` (``--name`` on the command line; a None value is its
+    default, not checked) must be at least ``lowest``: an :class:`~dosepred.errors.InputError` naming
+    the option, the rule and the value otherwise (``--repeats must be >= 1, got 0``)."""
+    for name, (value, lowest) in options.items():
+        if value is not None and value < lowest:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {lowest}, got {value}")

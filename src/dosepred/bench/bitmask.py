@@ -87,7 +87,8 @@ class BenchConfig:
             raise InputError(f"--patch {self.patch} must be divisible by 8 (the U-Nets down-sample 3 times)")
         for name, v, lo in (("--steps", self.steps, 1), ("--repeats", self.repeats, 1),
                             ("--patients", self.patients, 1), ("--batch", self.batch, 1),
-                            ("--warmup", self.warmup, 0), ("--workers", self.workers, 0)):
+                            ("--warmup", self.warmup, 0), ("--workers", self.workers, 0),
+                            ("--threads", self.threads, 0)):
             if v < lo:
                 raise InputError(f"{name} must be >= {lo}, got {v}")
         bad = [p for p in self.pipelines if p not in PIPELINES]

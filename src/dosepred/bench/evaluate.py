@@ -26,6 +26,7 @@ import numpy as np
 
 from ..evaluation import evaluate_cohort, iter_cases
 from ..io import cache, openkbp
+from . import check_at_least
 
 GRID = (128, 128, 128)
 OARS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
@@ -68,9 +69,10 @@ def run(data: str | os.PathLike, n_patients: int | None = None, cache_dir: str |
     """Time the three evaluators on ``n_patients`` patients of OpenKBP folder ``data``.
 
     ``cache_dir``: a cache of the same patients (written to a temporary folder when None or absent).
+    ``n_patients``: None for all, else at least 1; ``repeats``: at least 1.
     Returns a dict with per-path seconds, patients/s and scores.
     """
-
+    check_at_least(patients=(n_patients, 1), repeats=(repeats, 1))
     folders = openkbp.patient_folders(data)[: n_patients or None]
     ids = [f.name for f in folders]
     tmp = Path(tempfile.mkdtemp(prefix="dosepred-bench-eval-"))

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..io.openkbp import read_patient
 from ..patient import RoiSet
 from ..roi import encode, to_torch
-from . import example_patients
+from . import check_at_least, example_patients
 from . import sync as _sync
 
 #: name -> (spec, options) of the timed losses; "dvh-0.2gy" is the public implementations' binning.
@@ -202,8 +202,7 @@ def run(sizes: Sequence[int] = (64, 128), repeats: int = 3, devices: Sequence[st
     bad = [n for n in names if n not in LOSS_CASES]
     if bad:
         raise InputError(f"unknown loss case(s) {bad}; choose from {', '.join(LOSS_CASES)}")
-    if repeats < 1:
-        raise InputError(f"repeats must be >= 1, got {repeats}")
+    check_at_least(repeats=(repeats, 1))
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InputError
-from . import sync
+from . import check_at_least, sync
 
 #: The candidates of issue 24 (the release first).
 DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128+128,128,256", "16,32,64,128,256,512",
@@ -150,6 +150,7 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
 
     import torch
 
+    check_at_least(steps=(steps, 1), warmup=(warmup, 0), repeats=(repeats, 1), threads=(threads, 1))
     for n in networks:
         parse_head(n)
         if size % 2 ** (depth(n) - 1):

@@ -26,6 +26,7 @@ from ..geometry import Geometry
 from ..inference import InferenceOptions
 from ..io.openkbp import read_patient
 from ..resample import resample
+from . import check_at_least
 
 CLINICAL_SHAPE = (150, 512, 512)
 CLINICAL_SPACING = (3.0, 500.0 / 512, 500.0 / 512)
@@ -48,6 +49,9 @@ def clinical_patient(p: Any, shape: tuple[int, int, int] = CLINICAL_SHAPE,
 
 def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_66", repeats: int = 2,
         threads: int | None = None, tta: bool = False) -> dict[str, Any]:
+    """Time the prediction of patient ``pid`` of OpenKBP folder ``data`` on the clinical grid: the best
+    of ``repeats`` (at least 1) runs, on ``threads`` torch CPU threads (None: torch's default, all
+    cores; else at least 1)."""
     import warnings
 
     import torch
@@ -56,7 +60,8 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
     from ..models.space import into_space
     from ..predict import crop_box, match_rois, model_space, predict_dose, predict_in_space
 
-    if threads:
+    check_at_least(repeats=(repeats, 1), threads=(threads, 1))
+    if threads is not None:
         torch.set_num_threads(threads)
     model = load_model(model_path)
     options = InferenceOptions(tta=tta)
@@ -67,7 +72,7 @@ def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_6
     t_setup = time.perf_counter() - t0
     best: dict[str, float] | None = None
     dose = None
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t = [time.perf_counter()]

@@ -65,6 +65,8 @@ class PowerConfig:
             raise InputError(f"--coverage must be between 0 and 1 (e.g. 0.9), got {self.coverage}")
         if self.splits < 1:
             raise InputError(f"--splits must be at least 1, got {self.splits}")
+        if self.calibration_patients is not None and self.calibration_patients < 2:
+            raise InputError(f"--calibration-patients must be at least 2, got {self.calibration_patients}")
         for flag, v in (("--oar-gy", self.oar_gy), ("--cold-gy", self.cold_gy), ("--hot-pct", self.hot_pct)):
             if any(not (x > 0 and math.isfinite(x)) for x in v):
                 raise InputError(f"{flag} {','.join(f'{x:g}' for x in v)}: amounts must be > 0")

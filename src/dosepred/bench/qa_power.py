@@ -69,7 +69,13 @@ from ..protocol import BoundProtocol, load_protocol
 from ..qa.calibrating import check_made_as_qa
 from ..qa.calibration import load_calibration, qa_inference
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
-from .qa_power_cv import cross_validate, difficulty_correlation, methods_default, targets
+from .qa_power_cv import (
+    check_enough_patients,
+    cross_validate,
+    difficulty_correlation,
+    methods_default,
+    targets,
+)
 
 
 def qa_flipping(model: str | os.PathLike) -> bool:
@@ -216,6 +222,7 @@ def run(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig | No
     resolve_model_path(model)  # a clear error for a model that is not there, before any work
     t0 = time.perf_counter()
     crits, cases, info = collect(model, data, cfg, prediction, passes, progress)
+    check_enough_patients(len({c.patient for c in crits}), f"--data {data}")
     t1 = time.perf_counter()
     try:
         qa_methods = load_calibration(resolve_model_path(model)).methods

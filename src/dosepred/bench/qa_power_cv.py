@@ -82,6 +82,20 @@ def _adaptive_fit(cu: list[Crit], names: Sequence[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ cross-validation
+#: Patients each split calibrates on, at least; and one more is checked
+MIN_CALIBRATION = 2
+MIN_PATIENTS = MIN_CALIBRATION + 1
+
+
+def check_enough_patients(n: int, where: str = "") -> None:
+    """An :class:`~dosepred.errors.InputError` unless ``n`` patients (with criteria) are enough to
+    split: :data:`MIN_CALIBRATION` calibrating and one checked. ``where``: the data, named first."""
+    if n < MIN_PATIENTS:
+        raise InputError(f"{where + ': ' if where else ''}{n} patient{'' if n == 1 else 's'} with plan-QA "
+                         f"criteria; the benchmark needs at least {MIN_PATIENTS} ({MIN_CALIBRATION} "
+                         "calibrating and 1 checked in each split)")
+
+
 def methods_default(have: set[str]) -> list[str]:
     """Every method of :data:`METHODS`, and the adaptive candidates whose passes are in ``have``."""
     return [*METHODS, *(m for m, need in ADAPTIVE.items() if set(need) <= have)]
@@ -111,10 +125,11 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
             raise InputError(f"--methods: {m!r} is not one of {', '.join(METHODS)}, qa, or an adaptive "
                              f"candidate whose test-time passes were given ({', '.join(ADAPTIVE)})")
     pids = sorted({c.patient for c in crits})
+    check_enough_patients(len(pids))
     n_cal = cfg.calibration_patients or int(round(len(pids) * 2 / 3))
-    if not 2 <= n_cal <= len(pids) - 1:
-        raise InputError(f"--calibration-patients {n_cal}: must be between 2 and {len(pids) - 1} "
-                         f"({len(pids)} patients)")
+    if not MIN_CALIBRATION <= n_cal <= len(pids) - 1:
+        raise InputError(f"--calibration-patients {n_cal}: must be between {MIN_CALIBRATION} and "
+                         f"{len(pids) - 1} (the data has {len(pids)} patients; at least one is checked)")
     right = {"oar": FLAG_OAR_ABOVE, "cold": FLAG_COVERAGE_BELOW, "hot": FLAG_HOT_ABOVE}
     by_pat: dict[str, list[Crit]] = {}
     for c in crits:

@@ -64,6 +64,8 @@ def evaluate(
     overwrite: Overwrite = False,
 ) -> None:
     """Evaluation throughput (patients/s): dosepred from CSV and from the cache vs naive pandas."""
+    if patients < 0:
+        raise InputError(f"--patients must be >= 1 (0: all), got {patients}")
     data = data or example_patients()
     _check(json_out, overwrite, [data, cache_dir])
     if not data.is_dir():

@@ -10,7 +10,9 @@ import typer
 
 from .. import console as render
 from .. import workflows
+from ..errors import InputError
 from ..inference import TTA_SHIFT, InferenceOptions
+from ..io import formats
 from ..training.config import TrainConfig
 from .common import (
     SOURCES,
@@ -133,6 +135,10 @@ def predict(
 ) -> None:
     """Predict whole-grid doses in the model's own space (axes and spacing of its training data) and
     write them on each patient's grid."""
+    if dose_spacing is not None and not formats.get(fmt).takes_dose_spacing:
+        takes = formats.listed([f.name for f in formats.FORMATS if f.takes_dose_spacing])
+        raise InputError(f"--dose-spacing applies to --format {takes} only (a dose grid of its own), "
+                         f"not to --format {fmt}")
     options = InferenceOptions(device=device, amp=amp, tta=tta, shifts=(TTA_SHIFT,) if tta_shift else (),
                                allow_missing_rois=allow_missing_rois)
     n = workflows.predict_folder(model, data, out, fmt, options, split=split, overwrite=overwrite,
@@ -149,11 +155,14 @@ def export_model(
                                       "README.md).")],
     fp32: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default fp16, half the "
                                        "size).")] = False,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Average several checkpoints even when "
+                                              "they were trained with different losses or one is given "
+                                              "twice (refused without it).")] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Write a small released model folder usable by `dosepred predict --model` (of one run, or the
     average of several fine-tunes of one model)."""
-    f = workflows.export_model(run, out, fp32, overwrite)
+    f = workflows.export_model(run, out, fp32, overwrite, allow_mixed)
     show([f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB)"])
 
 

@@ -1,7 +1,9 @@
 """Loss specifications such as ``"mae+0.5*dvh"``: parsing and :func:`build_loss`.
 
-Grammar: terms joined by ``+``, each ``[weight*]name`` (spaces ignored, weight a float), names
-``mae``, ``mse``, ``dvh``, ``moment``, ``cdm``; each name at most once.
+Grammar: terms joined by ``+``, each ``[weight*]name`` (spaces ignored, weight a finite float >= 0;
+no sign is read, so a negative weight is an error), names ``mae``, ``mse``, ``dvh``, ``moment``,
+``cdm``; each name at most once, and at least one term with a weight > 0 (a loss that is always 0
+trains nothing). A term of weight 0 is computed and logged but adds nothing.
 
 Options are keyword arguments, either namespaced (``cdm_tau=0.5`` applies to the ``cdm`` term only)
 or plain (``tau=0.5`` applies to every term of the spec that has that option; a namespaced option
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -75,6 +78,9 @@ def parse_spec(spec: str) -> list[Term]:
     terms: list[Term] = []
     for raw in spec.replace(" ", "").split("+"):
         m = _TERM_RE.match(raw)
+        if not m and _TERM_RE.match(raw.removeprefix("-")):
+            raise InputError(f"loss spec {spec!r}: term {raw!r} has a negative weight; weights must be "
+                             ">= 0 (a negative weight would reward the error it measures)")
         if not m:
             raise InputError(f"loss spec {spec!r}: cannot read term {raw!r}; expected [weight*]name, "
                              f"e.g. 'mae+0.5*dvh' (names: {', '.join(LOSSES)})")
@@ -84,7 +90,14 @@ def parse_spec(spec: str) -> list[Term]:
                              f"valid: {', '.join(LOSSES)}")
         if any(t.name == name for t in terms):
             raise InputError(f"loss spec {spec!r}: {name!r} appears twice")
-        terms.append(Term(name, float(m.group("w")) if m.group("w") else 1.0))
+        weight = float(m.group("w")) if m.group("w") else 1.0
+        if not math.isfinite(weight):
+            raise InputError(f"loss spec {spec!r}: the weight of {name!r} must be a finite number, got "
+                             f"{m.group('w')}")
+        terms.append(Term(name, weight))
+    if all(t.weight == 0 for t in terms):
+        raise InputError(f"loss spec {spec!r}: every term has weight 0, so the loss is always 0 and "
+                         "nothing would be learnt; give at least one term a weight > 0, e.g. 'mae'")
     return terms
 
 

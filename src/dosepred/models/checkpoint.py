@@ -203,10 +203,55 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
     return model_from_checkpoint(load_checkpoint(path), device)
 
 
-def average_checkpoints(srcs: Sequence[str | os.PathLike]) -> dict[str, Any]:
+#: What an average of checkpoints keeps of each input (``"averaged_inputs"``): the entries that
+#: describe one training (the average itself was neither trained nor validated)
+ONE_TRAINING = ("train_config", "epoch", "global_step", "best")
+
+
+def _input_record(c: dict[str, Any]) -> dict[str, Any]:
+    """One averaged checkpoint as its export lists it: path, loss, data, epoch, steps, best score."""
+    tc = c.get("train_config") or {}
+    return {"path": c["path"], "loss": tc.get("loss"), "data": tc.get("data"), "epoch": c.get("epoch"),
+            "global_step": c.get("global_step"), "best": c.get("best")}
+
+
+def _loss_terms(spec: Any) -> Any:
+    """A loss spec as its terms, so that ``mae+cdm`` and ``1*mae + cdm`` are one loss; as given when
+    it cannot be read (or is None: not recorded)."""
+    from ..losses.spec import parse_spec
+
+    try:
+        return frozenset((t.name, t.weight) for t in parse_spec(spec))
+    except ValueError:
+        return spec
+
+
+def mixed_inputs(cks: Sequence[dict[str, Any]]) -> str | None:
+    """Why averaging the loaded checkpoints ``cks`` is probably not what was meant, or None: one file
+    given twice (it would weigh double), or models trained with different losses (the average is a
+    model trained for neither)."""
+    for i, c in enumerate(cks):
+        for d in cks[:i]:
+            if os.path.samefile(c["path"], d["path"]):
+                same = c["path"] if c["path"] == d["path"] else f"{d['path']} and {c['path']}"
+                return f"{same}: the same checkpoint is given twice (it would weigh double in the average)"
+    losses = {c["path"]: (c.get("train_config") or {}).get("loss") for c in cks}
+    if len({_loss_terms(v) for v in losses.values()}) > 1:
+        return ("the checkpoints were trained with different losses (" + ", ".join(
+            f"{p}: {'unknown' if v is None else repr(v)}" for p, v in losses.items()) + "), so their "
+            "average is a model trained for neither")
+    return None
+
+
+def average_checkpoints(srcs: Sequence[str | os.PathLike], allow_mixed: bool = False) -> dict[str, Any]:
     """The uniform average of the weights of several checkpoints of one architecture, ROI set and
-    model space (a "model soup" of fine-tunes of one model; docs/results.md measures it). The other
-    entries are the first checkpoint's; ``"averaged"`` lists the sources."""
+    model space (a "model soup" of fine-tunes of one model; docs/results.md measures it). The
+    architecture, space and other entries are the first checkpoint's, without those of one training
+    (:data:`ONE_TRAINING`: loss, epochs, best validation score); ``"averaged"`` lists the sources and
+    ``"averaged_inputs"`` each one's training (:func:`_input_record`).
+
+    A :class:`ModelError` for checkpoints of different models, and unless ``allow_mixed`` for inputs
+    that are probably a mistake (:func:`mixed_inputs`: a file given twice, different losses)."""
     cks = [load_checkpoint(s) for s in srcs]
     if not cks:
         raise ModelError("no checkpoint to average")
@@ -221,9 +266,13 @@ def average_checkpoints(srcs: Sequence[str | os.PathLike]) -> dict[str, Any]:
             if record(c, key) != record(first, key):
                 raise ModelError(f"{c['path']}: another {what} than {first['path']}; only checkpoints of "
                                  "one model can be averaged")
+    problem = None if allow_mixed else mixed_inputs(cks)
+    if problem:
+        raise ModelError(f"{problem}; give --allow-mixed to average them anyway")
     avg = {k: (sum(c["model"][k].float() for c in cks) / len(cks)) if v.is_floating_point() else v
            for k, v in first["model"].items()}
-    return {**first, "model": avg, "averaged": [c["path"] for c in cks]}
+    return {**{k: v for k, v in first.items() if k not in ONE_TRAINING}, "model": avg,
+            "averaged": [c["path"] for c in cks], "averaged_inputs": [_input_record(c) for c in cks]}
 
 
 #: With ``half``, tensors of at least this many elements are stored in fp16, smaller ones in fp32: the
@@ -234,23 +283,29 @@ HALF_MIN_NUMEL = 2 ** 18
 
 
 def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
-                 half: bool = True, description: str = "", final: str | os.PathLike | None = None) -> Path:
+                 half: bool = True, description: str = "", final: str | os.PathLike | None = None,
+                 allow_mixed: bool = False) -> Path:
     """Write a released model folder: ``model.pt`` (weights, fp16 by default for tensors of at least
     :data:`HALF_MIN_NUMEL` elements, and the space record),
     ``config.json`` and ``README.md``. ``src``: a run, checkpoint or model folder, or several of one
-    model, whose weights are then averaged (:func:`average_checkpoints`). ``final``: the path the
-    folder will have when ``out`` is a temporary folder renamed there afterwards (named in the README)."""
+    model, whose weights are then averaged (:func:`average_checkpoints`; ``allow_mixed``: also a file
+    given twice or models trained with different losses); the README and config.json of an average
+    say so and list its inputs, each with its own training. ``final``: the path the folder will have
+    when ``out`` is a temporary folder renamed there afterwards (named in the README)."""
     many = not isinstance(src, (str, os.PathLike))
-    ckpt = average_checkpoints(src) if many else load_checkpoint(src)  # type: ignore[arg-type]
+    ckpt = (average_checkpoints(src, allow_mixed) if many  # type: ignore[arg-type]
+            else load_checkpoint(src))  # type: ignore[arg-type]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: (v.half() if half and v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL else v)
                .contiguous() for k, v in ckpt["model"].items()}
-    keys = ("train_config", "epoch", "global_step", "best", "version", "space", "averaged", "roi_transfer")
+    keys = (*ONE_TRAINING, "version", "space", "averaged", "averaged_inputs", "roi_transfer")
     meta = {k: ckpt[k] for k in keys if k in ckpt}
     obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
     save_checkpoint(obj, out / "model.pt")
-    info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": str(ckpt["path"]),
+    source = (f"the average of {len(ckpt['averaged'])} checkpoints: {', '.join(map(str, ckpt['averaged']))}"
+              if "averaged" in ckpt else str(ckpt["path"]))
+    info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": source,
             "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
     write_text(out / "config.json", json.dumps(info, indent=2, default=str))
     readme = out / "README.md"
@@ -270,16 +325,27 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             + (f", a full-resolution head of {mc['head']} channels" if mc.get("head") else "")
             + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
-            f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
-            f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n"
-            f"- model space: {space.summary()}\n"
-            f"- best validation: {json.dumps(ckpt.get('best'))}\n"
+            + (_averaged_lines(ckpt["averaged_inputs"]) if "averaged_inputs" in ckpt else
+               f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
+               f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n")
+            + f"- model space: {space.summary()}\n"
+            + ("" if "averaged_inputs" in ckpt else f"- best validation: {json.dumps(ckpt.get('best'))}\n")
             + (f"- fine-tuned from `{ckpt['roi_transfer'].get('source', '?')}` onto other ROIs: "
                f"{RoiTransfer.from_dict(ckpt['roi_transfer']).summary()}\n"
                if ckpt.get("roi_transfer") else "")
-            + (f"- the uniform average of the weights of {len(ckpt['averaged'])} checkpoints: "
-               f"{', '.join(ckpt['averaged'])} (the other fields: the first's)\n"
-               if "averaged" in ckpt else "")
             + "\n"
             f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
     return out
+
+
+def _averaged_lines(inputs: Sequence[dict[str, Any]]) -> str:
+    """The README lines of an average: what it is, then each input with its own training."""
+    def one(r: dict[str, Any]) -> str:
+        loss, data, epoch, steps = ("?" if r.get(k) is None else r[k]
+                                    for k in ("loss", "data", "epoch", "global_step"))
+        return (f"  - `{r['path']}`: trained with loss `{loss}` on `{data}` for {epoch} epochs "
+                f"({steps} steps); best validation: {json.dumps(r.get('best'))}\n")
+
+    return (f"- the uniform average of the weights of {len(inputs)} checkpoints (the average itself was "
+            "neither trained nor validated; its architecture and model space are theirs):\n"
+            + "".join(one(r) for r in inputs))

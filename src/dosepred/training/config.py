@@ -184,6 +184,14 @@ class TrainConfig(BaseModel):
                              f"({self.epochs} epochs x {steps_per_epoch}): the contracting path would "
                              "never train")
 
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        from ..losses.spec import parse_spec  # here: torch is imported only when a config is made
+
+        parse_spec(v)  # a typo, a negative weight or a loss that is always 0 fails here, before any work
+        return v
+
     @model_validator(mode="after")
     def _fields_together(self) -> TrainConfig:
         if self.patch and min(self.patch) < 1:
@@ -280,8 +288,9 @@ def _describe(e: ValidationError) -> str:
         if want and err["type"].endswith(("_type", "_parsing")):
             parts.append(f"training config field {name} must be {want}, got {err.get('input')!r} ({msg})")
         else:
-            parts.append(f"training config field {name}: {msg}, got {err['input']!r}" if name
-                         else f"training config: {msg}")
+            quoted = isinstance(err["input"], str) and repr(err["input"]) in msg  # said once, not twice
+            got = "" if quoted else f", got {err['input']!r}"
+            parts.append(f"training config field {name}: {msg}{got}" if name else f"training config: {msg}")
     return "; ".join(parts)
 
 

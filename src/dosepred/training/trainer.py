@@ -69,8 +69,8 @@ from .dataset import CropDataset, RankSampler, load_arrays
 from .init import from_init, inherit_absent, load_init_weights, resolve_architecture
 from .logging import VAL_KEYS, Log, RunLogger
 
-__all__ = ["ProtocolLintWarning", "ResumeFallbackWarning", "Trainer", "ema_decay_at", "ema_update", "lr_at",
-           "make_loss", "train", "validate", "version_info"]
+__all__ = ["ProtocolLintWarning", "ResumeFallbackWarning", "Trainer", "ValidatesOnTrainingWarning",
+           "ema_decay_at", "ema_update", "lr_at", "make_loss", "train", "validate", "version_info"]
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -98,6 +98,19 @@ class TrainingDivergedError(DosepredError, FloatingPointError):
 
 class ProtocolLintWarning(UserWarning):
     """The protocol of the CDM loss is valid but probably not what was meant."""
+
+
+class ValidatesOnTrainingWarning(UserWarning):
+    """The validation patients are training patients (``--val`` is the training cache): validation
+    scores, and the epoch they pick for best.pt, are then training scores."""
+
+
+def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are the same file or folder (links and relative paths resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: its own error comes when it is opened
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -290,6 +303,12 @@ class Trainer:
             if cfg.val_patients:
                 vids = vids[: cfg.val_patients]
             self.val_cache, self.val_ids = vc, vids
+            both = set(vids) & want if _same_path(cfg.data, cfg.val) else set()
+            if both and self.is_main:
+                warnings.warn(f"validation cache {cfg.val} is the training cache and {len(both)} of the "
+                              f"{len(vids)} validation patients are trained on: validation scores (and "
+                              "best.pt's epoch) are training scores", ValidatesOnTrainingWarning,
+                              stacklevel=2)
 
     def setup_model(self) -> None:
         cfg = self.cfg

@@ -186,6 +186,9 @@ class Format:
     #: an ROI name map (``--roi-map``) applies to a source of it (DICOM: clinical names); every other
     #: format says how its ROIs are named instead (``roi_naming``)
     takes_roi_map: bool = False
+    #: whether its predicted dose files have a grid of their own (``predict --dose-spacing``: the DICOM
+    #: RTDOSE grid's spacing); the others are written on the patient's grid
+    takes_dose_spacing: bool = False
     #: its ROI names are fixed (``data import`` does not list them)
     fixed_roi_names: bool = False
     #: ``data import`` lists each patient (grid, dose, mask source, missing ROIs) instead of a count

@@ -89,5 +89,6 @@ FORMAT = Format(
     read_dose_sparse=None, dose_geometry=None, source_bytes=None,
     read_reference_boxes=None, open_doses=None, match_doses=match_doses,
     takes_roi_map=True,
+    takes_dose_spacing=True,
     lists_imported=True,
 )

@@ -1,0 +1,79 @@
+"""Guards of `train` found by running it as a careless user would: a loss that is always 0 (or has a
+negative weight) is one clear error before any work, and validating on the training patients (--val
+the --data cache) is one warning line."""
+
+import json
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.errors import InputError
+from dosepred.losses.spec import parse_spec
+from dosepred.training import TrainConfig
+from dosepred.training.trainer import Trainer, ValidatesOnTrainingWarning
+
+TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=1, batch=1, threads=1)
+
+
+def cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-guards") / "c"
+    assert cli("data", "synth", "--patients", "2", "--size", "16", "--out", out).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("spec", ["0*mae", "0*mae+0.0*dvh", "0e3*mse"])
+def test_a_loss_whose_every_weight_is_zero_is_refused(cache, tmp_path, spec):
+    # was: trained with an identically zero loss, exit 0, "loss 0.0000"
+    r = cli("train", "--data", cache, "--out", tmp_path / "r", "--loss", spec, "--epochs", "1",
+            "--no-progress")
+    assert r.exit_code == 2, r.output
+    assert "every term has weight 0" in r.output and spec in r.output
+    assert "Traceback" not in r.output and r.output.count("error:") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_negative_and_infinite_weights_are_refused_zero_terms_beside_others_are_kept():
+    with pytest.raises(InputError, match="negative weight"):
+        parse_spec("mae+-0.5*dvh")
+    with pytest.raises(InputError, match="finite"):
+        parse_spec("1e999*mae")
+    assert [t.weight for t in parse_spec("mae+0*cdm")] == [1.0, 0.0]  # cdm logged, not trained on
+    with pytest.raises(InputError, match="every term has weight 0"):
+        TrainConfig(loss="0*mae")
+
+
+def test_validating_on_the_training_cache_warns_once(cache, tmp_path):
+    cfg = TrainConfig(data=str(cache), val=str(cache.parent / "." / cache.name), out=str(tmp_path / "r"),
+                      **TINY)
+    with pytest.warns(ValidatesOnTrainingWarning, match="is the training cache and 2 of the 2 validation "
+                      "patients are trained on: validation scores"):
+        Trainer(cfg, progress=False).setup_data()
+
+
+def test_disjoint_splits_of_one_cache_do_not_warn(cache, tmp_path):
+    from dosepred.io.cache import Cache
+
+    ids = list(Cache.open(cache).ids)
+    split = tmp_path / "s.json"
+    split.write_text(json.dumps({"splits": {"train": ids[:1], "val": ids[1:]}}))
+    cfg = TrainConfig(data=str(cache), val=str(cache), out=str(tmp_path / "r"), train_split=f"{split}:train",
+                      val_split=f"{split}:val", **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ValidatesOnTrainingWarning)
+        Trainer(cfg, progress=False).setup_data()
+
+
+def test_cli_prints_the_warning_as_one_line(cache, tmp_path):
+    r = cli("train", "--data", cache, "--val", cache, "--out", tmp_path / "r", "--epochs", "1",
+            "--steps-per-epoch", "1", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if "is the training cache" in x]
+    assert len(lines) == 1 and lines[0].startswith("warning: validation cache")
