@@ -9,6 +9,7 @@ import typer
 
 from .. import console as render
 from .. import workflows
+from ..errors import InputError
 from ..io import formats
 from .common import SOURCES, NoProgress, Overwrite, RoiMapOption, app, friendly, prediction_help, show
 
@@ -17,6 +18,14 @@ _MATCHED = [f.label for f in formats.prediction_formats() if f.match_doses is no
 _PREDICTION = (f"Predicted doses as `dosepred predict --format` writes them: {prediction_help()}"
                + (f"; {' and '.join(_MATCHED)} doses are matched to the references by what they reference "
                   "and resampled onto their grids" if _MATCHED else "") + ".")
+
+def _json_file(path: Path | None) -> None:
+    """Refuse a ``--json`` path that is a folder (even an empty one, which --overwrite would replace):
+    it names the JSON file to write."""
+    if path is not None and path.is_dir():
+        raise InputError(f"--json {path} is a folder, not a JSON file path (give a file name, such as "
+                         f"{path / 'results.json'})")
+
 
 Protocol = Annotated[str, typer.Option("--protocol", help="openkbp, openkbp-clinical or a protocol JSON "
                                        "file.")]
@@ -54,6 +63,7 @@ def evaluate(
 ) -> None:
     """Score predicted doses against reference plans (OpenKBP dose/DVH scores, PTV/OAR scores,
     protocol criteria)."""
+    _json_file(json_out)
     res, missing = workflows.evaluate_sources(reference, prediction, protocol, json_out, report,
                                               allow_missing, overwrite, roi_map)
     show(render.evaluation(res, missing, show_metrics)
@@ -111,6 +121,7 @@ def qa(
 ) -> None:
     """Knowledge-based plan QA: each plan's criteria against the model's achievable dose with
     calibrated intervals; flags, a ranked cohort summary, OUT/report.html and OUT/qa.json."""
+    _json_file(json_out)
     res = workflows.qa_plans(model, plans, out, protocol, coverage, json_out, not no_report, report_max,
                              point, overwrite, roi_map)
     show(render.qa(res, coverage) + [f"wrote {p}" for p in (

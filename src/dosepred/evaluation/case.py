@@ -60,6 +60,16 @@ def check_finite(pred: np.ndarray, pid: str, source: str | None) -> None:
                          f"({' and '.join(kinds)}); a dose is a finite number of Gy in every voxel")
 
 
+def check_nonnegative(pred: np.ndarray, pid: str, source: str | None) -> None:
+    """Refuse a predicted dose below 0 Gy anywhere (as a reference dose is refused): a negative
+    voxel would lower the dose score's error and the DVH metrics without any warning."""
+    lo = float(pred.min()) if pred.size else 0.0
+    if lo < 0:
+        n = int(np.count_nonzero(pred < 0))
+        raise InputError(f"{prediction_where(pid, source)}the predicted dose must be >= 0 Gy, but {n} "
+                         f"voxel(s) are negative (min is {lo:.4g} Gy)")
+
+
 def scorable(ref: Patient) -> None:
     """Refuse a reference that cannot be scored against: no dose, or a sheared grid."""
     if ref.dose is None:
@@ -130,6 +140,7 @@ class ScoringCase:
         outside = 0.0
         if not full:  # the voxels left out count in the dose score and in the checks
             check_finite(pred, ref.id, source)
+            check_nonnegative(pred, ref.id, source)
             outside = abs_sum_outside(pred, box)
         return cls(ref.id, ref.roi_set, np.ascontiguousarray(ref.dose[box]).ravel(),
                    np.ascontiguousarray(pred[box]).ravel(), np.ascontiguousarray(maskc).ravel(),

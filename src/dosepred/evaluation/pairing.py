@@ -26,6 +26,7 @@ import collections
 import functools
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,6 +119,30 @@ def _dose_store(path: Path) -> tuple[Format, DoseStore] | None:
     return None
 
 
+def _dose_files(folder: Path) -> list[Path]:
+    """The files directly in ``folder`` named as a predicted dose file of some format (``pt_N.csv``,
+    ``pt_N.nii.gz``, RTDOSE ``.dcm``), sorted."""
+    try:
+        return sorted(f for f in folder.iterdir() if f.is_file() and formats.dose_file_format(f) is not None)
+    except OSError:
+        return []
+
+
+def _refuse_mixed(folder: Path, store: Format) -> None:
+    """Refuse a prediction folder that is a store of doses (a prediction cache) and also holds
+    per-patient dose files: which of the two was meant cannot be told, and taking one silently
+    could score the wrong predictions."""
+    files = _dose_files(folder)
+    if files:
+        labels = {f.label for f in map(formats.dose_file_format, files) if f is not None}
+        kinds = formats.listed(sorted(labels), "and")
+        raise InputError(f"prediction folder {folder} is ambiguous: it holds both {store.described} of "
+                         f"predicted doses and {len(files)} {kinds} prediction file(s) "
+                         f"({name_some([f.name for f in files])}); keep one kind of prediction per folder")
+
+
+
+
 class _Predictions:
     """Where the predicted doses of one evaluation are: a store of doses (``store``, a prediction
     cache) or a folder of per-patient files and/or files matched to the references (``matched``, on
@@ -131,6 +156,8 @@ class _Predictions:
         self.path = Path(prediction)
         opened = _dose_store(self.path)
         self.store_format, self.store = opened if opened is not None else (None, None)
+        if self.store_format is not None:
+            _refuse_mixed(self.path, self.store_format)
 
     @functools.cached_property
     def matched(self) -> dict[str, Path]:
@@ -238,17 +265,63 @@ def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLik
     """
     ids = reference_ids(reference, roi_map)
     pred = Path(prediction)
+    if pred.is_file():
+        raise InputError(f"prediction folder {pred} is a file, not a folder (give the folder that holds the "
+                         "predictions)")
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
     preds = _Predictions(reference, prediction, roi_map)
     if preds.store is not None:
         have = set(preds.store.ids)
+        known = set(ids)
+        _warn_unused(pred, reference, [i for i in preds.store.ids if i not in known], [])
         return [(i, None) for i in ids if i in have], [i for i in ids if i not in have]
     found = [(i, find_prediction(pred, i)) for i in ids]
     if any(f is None for _, f in found):
         rd = preds.matched
         found = [(i, f if f is not None else rd.get(i)) for i, f in found]
+    used = {f for _, f in found if f is not None}
+    _warn_unused(pred, reference, *_unused_files(pred, used))
     return [(i, f) for i, f in found if f is not None], [i for i, f in found if f is None]
+
+
+def _unused_files(folder: Path, used: set[Path]) -> tuple[list[str], list[str]]:
+    """(prediction files named by patient id directly in ``folder`` that no reference patient uses,
+    the other files there that are no prediction of any format). Hidden files, subfolders and DICOM
+    files (matched by what they reference, among other DICOM files) are not listed; nor are the
+    other files of a folder holding DICOM files."""
+    try:
+        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    except OSError:
+        return [], []
+    unused, other, dicom = [], [], False
+    for f in files:
+        fmt = formats.dose_file_format(f)
+        if fmt is None:
+            other.append(f.name)
+        elif not fmt.dose_by_id:
+            dicom = True
+        elif f not in used:
+            unused.append(f.name)
+    return unused, [] if dicom else other
+
+
+def _warn_unused(folder: Path, reference: str | os.PathLike, unused: list[str], other: list[str]) -> None:
+    """One warning naming the predictions that match no reference patient and the unrelated files
+    of a prediction folder, which evaluation ignores."""
+    parts = []
+    if unused:
+        parts.append(f"{len(unused)} prediction(s) with no reference patient in {reference} "
+                     f"({name_some(unused)})")
+    if other:
+        parts.append(f"{len(other)} file(s) that are no prediction ({name_some(other)})")
+    if parts:
+        warnings.warn(f"prediction folder {folder}: ignored {' and '.join(parts)}", stacklevel=3)
+
+
+def name_some(names: list[str], n: int = 3) -> str:
+    """``"a, b, c and 2 more"``."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_ct: bool = False,
@@ -378,8 +451,8 @@ def _compact_case(ref: ReferenceBox, preds: _Predictions) -> ScoringCase | None:
         return None
     n = r.n_mask
     if r.dose.size != n or p.dose.size != n:
-        raise InputError(f"patient {pid}: cache file holds {r.dose.size} / {p.dose.size} dose values "
-                         f"for {n} possible-dose voxels")
+        raise InputError(f"patient {pid}: the reference / the prediction {preds.name(pid)} hold "
+                         f"{r.dose.size} / {p.dose.size} dose values for {n} possible-dose voxels")
     # ROI voxels at their rank among the mask's voxels (the order of the dose values); the ones
     # outside the mask go after the mask's voxels
     assert r.roi_index is not None and r.roi_codes is not None

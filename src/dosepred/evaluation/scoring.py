@@ -52,7 +52,7 @@ from ..metrics import parse_metric
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..protocol import BoundProtocol, Protocol, bound_for, lint, load_protocol
-from .case import ScoringCase, as_dose_array, check_finite, prediction_where, scorable
+from .case import ScoringCase, as_dose_array, check_finite, check_nonnegative, prediction_where, scorable
 
 __all__ = ["MAX_DOSE_OUTSIDE_MASK", "CohortResult", "CriterionResult", "MetricValue", "PatientResult",
            "ScoringCase", "as_dose_array", "evaluate_case", "evaluate_cohort", "evaluate_patient"]
@@ -341,11 +341,13 @@ WARN_DOSE_OUTSIDE_MASK_PCT = 5.0
 
 def _check_prediction(case: ScoringCase) -> float:
     """Refuse a predicted dose that cannot be scored honestly: non-finite values (NaN would drop the
-    patient from every mean), a voxel over :data:`~dosepred.constants.MAX_DOSE_GY` (a dose in cGy), or
-    most of its dose outside the possible-dose mask (a file written for another patient or grid).
+    patient from every mean), a negative voxel (a dose is >= 0 Gy, as the reference's), a voxel
+    over :data:`~dosepred.constants.MAX_DOSE_GY` (a dose in cGy), or most of its dose outside the
+    possible-dose mask (a file written for another patient or grid).
     Messages name the patient and the prediction file when known. Returns the share (%) of the
     predicted dose outside the mask."""
     check_finite(case.pred, case.id, case.source)
+    check_nonnegative(case.pred, case.id, case.source)
     where = prediction_where(case.id, case.source)
     if not np.isfinite(case.pred_outside):
         raise InputError(f"{where}the predicted dose holds non-finite values outside the scored voxels")

@@ -183,8 +183,58 @@ def _paste(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> 
     return out
 
 
+def check_codes(codes: np.ndarray, n_rois: int | None, path: Path, pid: str) -> None:
+    """Refuse ROI codes with bits set beyond the ``n_rois`` ROIs of the cache's set (what
+    :class:`~dosepred.patient.Patient` refuses; readers that build no Patient check here)."""
+    if n_rois is None or not codes.size:
+        return
+    if codes.dtype.kind != "u":
+        raise CacheError(f"patient {pid}: ROI codes must be unsigned integers, got {codes.dtype} (in {path})")
+    if n_rois < codes.dtype.itemsize * 8 and int(codes.max()) >> n_rois:
+        raise CacheError(f"patient {pid}: ROI codes have bits set beyond the {n_rois} ROIs of the set "
+                         f"(in {path})")
+
+
+def _check_boxes(boxes: np.ndarray, path: Path, pid: str, shape: tuple[int, ...] | None
+                 ) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    """(the grid shape, the data box) of a version-2/3 file's ``boxes`` member, refused unless it is
+    int (3, 3, 2) boxes within a grid starting at 0, the grid ``shape`` when given (``dataset.json``'s)."""
+    b = np.asarray(boxes)
+    where = f"patient {pid}: cannot read {path}: the member 'boxes'"
+    if b.shape != (3, 3, 2) or b.dtype.kind not in "iu":
+        raise CacheError(f"{where} must be integer (3, 3, 2) boxes, got {b.dtype} {b.shape}; damaged file")
+    grid = tuple(int(x) for x in b[0, :, 1])
+    if (b[0, :, 0] != 0).any() or min(grid) < 1:
+        raise CacheError(f"{where}: the grid {b[0].tolist()} must start at 0 and be non-empty; damaged file")
+    if shape is not None and grid != tuple(shape):
+        raise CacheError(f"{where}: the grid {grid} differs from the shape {tuple(shape)} that "
+                         f"{DATASET_JSON} records; damaged file")
+    for k, what in ((1, "data"), (2, "CT")):
+        lo, hi = b[k, :, 0], b[k, :, 1]
+        if (lo < 0).any() or (hi < lo).any() or (hi > b[0, :, 1]).any():
+            raise CacheError(f"{where}: the {what} box {b[k].tolist()} does not lie within the grid {grid}; "
+                             "damaged file")
+    return grid, _slices(b[1])
+
+
+def _check_members(m: dict[str, np.ndarray], bshape: tuple[int, ...], path: Path, pid: str) -> None:
+    """Refuse members of a version-2/3 file whose sizes do not fit its data box (``m``: those read)."""
+    n = int(np.prod(bshape))
+    where = f"patient {pid}: cannot read {path}:"
+    if "possible_dose_mask" in m and m["possible_dose_mask"].size != (n + 7) // 8:
+        raise CacheError(f"{where} the possible-dose mask holds {m['possible_dose_mask'].size} bytes, but "
+                         f"the data box {bshape} needs {(n + 7) // 8}; damaged file")
+    if "roi_index" in m:
+        idx, codes = m["roi_index"], m.get("roi_codes")
+        if codes is not None and idx.shape != codes.shape:
+            raise CacheError(f"{where} {idx.size} ROI voxel indices but {codes.size} ROI codes; damaged file")
+        if idx.size and (idx.dtype.kind not in "iu" or int(idx.max()) >= n or int(idx.min()) < 0):
+            raise CacheError(f"{where} ROI voxel indices lie outside the data box {bshape}; damaged file")
+
+
 def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FIELDS), pid: str = "?",
-                crop: bool = False) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
+                crop: bool = False, shape: tuple[int, ...] | None = None, n_rois: int | None = None
+                ) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
     """Arrays ``fields`` (of ct, dose, roi_codes, possible_dose_mask) of one cache file of either
     version, reading only the members they need, and the box outside which dose, mask and codes are
     zero (None for a version-1 file). ``dose`` is None when the file holds none. The extra field
@@ -193,6 +243,10 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FI
 
     Arrays are full-grid, except with ``crop`` for a version-2 file: then dose, mask and codes are
     the box's (``arrays[k]`` equals ``full[k][box]``; the CT stays full-grid).
+
+    A damaged file is a :class:`CacheError` naming the patient and the file: boxes outside the grid
+    or a grid other than ``shape`` (``dataset.json``'s, when given), members that do not fit the box,
+    and, given ``n_rois`` (the cache's ROI count), ROI codes with bits beyond its ROIs.
     """
     path = Path(path)
     out: dict[str, np.ndarray | None] = {}
@@ -203,7 +257,10 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FI
                 lacking = [k for k in fields if k not in ("dose", "roi_voxels") and k not in names]
                 if lacking:
                     raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
-                return {k: (z[k] if k in names else None) for k in fields}, None
+                v1 = {k: (z[k] if k in names else None) for k in fields}
+                if v1.get("roi_codes") is not None:
+                    check_codes(v1["roi_codes"], n_rois, path, pid)
+                return v1, None
             lacking = [k for k in ("possible_dose_mask", "roi_index", "roi_codes", "ct", "ct_fill")
                        if k not in names]
             if lacking:
@@ -219,9 +276,11 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FI
                 want += ["ct", "ct_fill"]
             m = z.read(want)
             boxes = m["boxes"]
-            shape = tuple(int(x) for x in boxes[0, :, 1])
-            box = _slices(boxes[1])
+            shape, box = _check_boxes(boxes, path, pid, shape)
             bshape = tuple(s.stop - s.start for s in box)
+            _check_members(m, bshape, path, pid)
+            if "roi_codes" in m:
+                check_codes(m["roi_codes"], n_rois, path, pid)
             mc = None
             if "possible_dose_mask" in fields or ("dose" in fields and "dose" in names):
                 mc = _unbits(m["possible_dose_mask"], bshape)
@@ -232,6 +291,10 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FI
                 if "dose" in names:
                     support = _unbits(m["dose_support"], bshape) if "dose_support" in names else mc
                     dc = np.zeros(bshape, dtype=np.float32)
+                    n_support = int(np.count_nonzero(support))
+                    if m["dose"].shape != (n_support,):
+                        raise CacheError(f"patient {pid}: cannot read {path}: it holds {m['dose'].size} dose "
+                                         f"values for {n_support} voxels of its dose support; damaged file")
                     dc[support] = m["dose"]
                     out["dose"] = dc if crop else _paste(dc, box, shape)
                 else:
@@ -309,9 +372,11 @@ class CacheVoxels:
         return inside, rank
 
 
-def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> CacheVoxels | None:
+def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True,
+                shape: tuple[int, ...] | None = None, n_rois: int | None = None) -> CacheVoxels | None:
     """The stored voxel lists of a version-2/3 file (:class:`CacheVoxels`), without building any
-    box-sized array; ``roi_index`` / ``roi_codes`` only with ``rois``. None for a version-1 file."""
+    box-sized array; ``roi_index`` / ``roi_codes`` only with ``rois``. None for a version-1 file.
+    A damaged file is a :class:`CacheError` as for :func:`read_arrays` (``shape``, ``n_rois``)."""
     path = Path(path)
     try:
         with _Npz(path) as z:
@@ -324,8 +389,16 @@ def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True) -> C
             if lacking:
                 raise CacheError(f"patient {pid}: {path} lacks the arrays {', '.join(lacking)}")
             m = z.read(want)
-            return CacheVoxels(_slices(m["boxes"][1]), m["possible_dose_mask"], m.get("dose"),
-                               "dose_support" in z.infos, m.get("roi_index"), m.get("roi_codes"))
+            _, box = _check_boxes(m["boxes"], path, pid, shape)
+            _check_members(m, tuple(s.stop - s.start for s in box), path, pid)
+            if "roi_codes" in m:
+                check_codes(m["roi_codes"], n_rois, path, pid)
+            out = CacheVoxels(box, m["possible_dose_mask"], m.get("dose"),
+                              "dose_support" in z.infos, m.get("roi_index"), m.get("roi_codes"))
+            if out.dose is not None and not out.dose_outside_mask and out.dose.shape != (out.n_mask,):
+                raise CacheError(f"patient {pid}: cannot read {path}: it holds {out.dose.size} dose values "
+                                 f"for {out.n_mask} possible-dose voxels; damaged file")
+            return out
     except CacheError:
         raise
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as err:
@@ -392,14 +465,15 @@ class CacheEntry:
             raise CacheError(f"{self.path.parent / DATASET_JSON}: patient {self.id}: geometry: {problem}")
         return g
 
-    def read_arrays(self, fields: Sequence[str] = EVAL_FIELDS, crop: bool = False
+    def read_arrays(self, fields: Sequence[str] = EVAL_FIELDS, crop: bool = False, n_rois: int | None = None
                     ) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
-        """:func:`read_arrays` of this patient's file (default: the arrays evaluation needs)."""
-        return read_arrays(self.path, fields, self.id, crop)
+        """:func:`read_arrays` of this patient's file (default: the arrays evaluation needs), its grid
+        checked against the entry's shape; ``n_rois``: the cache's ROI count (codes checked)."""
+        return read_arrays(self.path, fields, self.id, crop, self.shape, n_rois)
 
-    def read_voxels(self, rois: bool = True) -> CacheVoxels | None:
-        """:func:`read_voxels` of this patient's file."""
-        return read_voxels(self.path, self.id, rois)
+    def read_voxels(self, rois: bool = True, n_rois: int | None = None) -> CacheVoxels | None:
+        """:func:`read_voxels` of this patient's file, checked as :meth:`read_arrays`."""
+        return read_voxels(self.path, self.id, rois, self.shape, n_rois)
 
 
 def _entry(p: Patient, file: str) -> dict[str, Any]:
@@ -474,13 +548,14 @@ class Cache:
         """Patient ``pid`` with full-grid arrays. ``with_ct=False`` skips reading the CT (the Patient's
         ``ct`` is then None), which is all evaluation needs."""
         e = self.patient_entry(pid)
-        arrays, box = e.read_arrays(("ct", *EVAL_FIELDS) if with_ct else EVAL_FIELDS)
+        rs = roi_set or self.roi_set
+        arrays, box = e.read_arrays(("ct", *EVAL_FIELDS) if with_ct else EVAL_FIELDS, n_rois=len(rs))
         codes = arrays["roi_codes"]
         assert codes is not None
         ct = arrays["ct"] if with_ct else None
         meta = dict(e.meta)
         try:
-            p = Patient(pid, ct, codes, roi_set or self.roi_set, e.spacing, arrays["possible_dose_mask"],
+            p = Patient(pid, ct, codes, rs, e.spacing, arrays["possible_dose_mask"],
                         arrays.get("dose"), e.missing_rois, meta, e.geometry)
         except InputError as err:  # its checks name the patient and the field; add the file
             raise CacheError(f"{err} (in {e.path})") from None

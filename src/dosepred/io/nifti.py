@@ -247,6 +247,9 @@ def is_patient_folder(path: str | os.PathLike) -> bool:
 def patient_folders(src: str | os.PathLike) -> list[Path]:
     """``src`` itself when it holds ``ct.nii.gz``, else its sub-folders that do (sorted)."""
     src = Path(src)
+    if src.is_file():
+        raise NiftiFormatError(f"NIfTI folder {src} is a file, not a folder (give a patient folder holding "
+                               "ct.nii.gz or a folder of them)")
     if not src.is_dir():
         raise FileNotFoundError(f"NIfTI folder {src} does not exist")
     if is_patient_folder(src):

@@ -132,9 +132,10 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
         raise OpenKBPFormatError(f"patient {pid}: {path} row {bad + 2}: flat index {idx[bad]} is out of "
                                  f"range for a {'x'.join(map(str, grid))} grid (0..{size - 1})")
     _check_unique(idx, path, pid)
-    if not with_values:
-        return idx, None
     col = df.iloc[:, 1]
+    if not with_values:
+        _check_mask_values(col, path, pid)
+        return idx, None
     if not pd.api.types.is_numeric_dtype(col.dtype):  # text (object or pandas StringDtype)
         vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
         bad_rows = np.flatnonzero(np.isnan(vals) & col.notna().to_numpy())
@@ -154,6 +155,31 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     return idx, vals
 
 
+def check_dose_values(path: Path, vals: np.ndarray, pid: str) -> None:
+    """Refuse a dose file (reference ``dose.csv`` or a predicted ``pt_N.csv``) with a negative value,
+    naming its first row: a dose is >= 0 Gy."""
+    if len(vals) and vals.min() < 0:
+        neg = np.flatnonzero(vals < 0)
+        r = int(neg[0])
+        raise OpenKBPFormatError(f"patient {pid}: {path} holds negative doses ({len(neg)} row(s), the first "
+                                 f"row {r + 2}: {vals[r]:g} Gy); a dose must be >= 0 Gy")
+
+
+def _check_mask_values(col: Any, path: Path, pid: str) -> None:
+    """A mask or ROI file lists the voxels inside; its ``data`` value is empty (as OpenKBP writes
+    it) or 1. Any other value (0: a voxel listed as inside with value 0; 2; text) is refused, naming
+    the first such row: counting it as inside, or as outside, would be a guess."""
+    import pandas as pd
+
+    vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(col.notna().to_numpy() & ~(vals == 1))
+    if len(bad):
+        r = int(bad[0])
+        raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {col.iloc[r]} in the data "
+                                 f"column ({len(bad)} such row(s)); a mask or ROI file lists the voxels "
+                                 "inside, each with an empty value (or 1)")
+
+
 def empty_roi_message(pid: str, path: Path) -> str:
     return f"patient {pid}: ROI file {path} is empty (no voxels); delete it if the ROI was not contoured"
 
@@ -171,6 +197,22 @@ def read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
     return (float(v[0]), float(v[1]), float(v[2]))
 
 
+def roi_files(folder: Path, roi_set: RoiSet, pid: str) -> dict[str, Path]:
+    """ROI name -> its file in an OpenKBP patient folder (the CSV files other than the array files),
+    in file-name order; a CSV file named after no ROI of ``roi_set`` is ignored with an
+    :class:`UnknownRoiWarning` naming it (every reader of a patient folder warns alike)."""
+    out: dict[str, Path] = {}
+    for f in sorted(folder.glob("*.csv")):
+        if f.name in _ARRAY_FILES:
+            continue
+        if f.stem not in roi_set:
+            warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored",
+                          UnknownRoiWarning, stacklevel=3)
+            continue
+        out[f.stem] = f
+    return out
+
+
 def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
                  require_dose: bool = True) -> Patient:
     """Read one OpenKBP patient folder (``.../pt_N``).
@@ -181,6 +223,9 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     folder = Path(folder)
     pid = folder.name
     roi_set = roi_set or RoiSet.openkbp()
+    if folder.is_file():
+        raise OpenKBPFormatError(f"patient folder {folder} is a file, not a folder (give a pt_* patient "
+                                 "folder or a folder of them)")
     if not folder.is_dir():
         raise FileNotFoundError(f"patient folder {folder} does not exist")
     need = [f for f in REQUIRED if (f != "dose.csv" or require_dose)]
@@ -213,22 +258,14 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     if (folder / "dose.csv").is_file():
         didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
         assert dvals is not None
-        if (dvals < 0).any():
-            raise OpenKBPFormatError(f"patient {pid}: {folder / 'dose.csv'} holds negative doses")
+        check_dose_values(folder / "dose.csv", dvals, pid)
         d = np.zeros(size, dtype=np.float32)
         d[didx] = dvals
         dose = d.reshape(GRID)
 
     codes = np.zeros(size, dtype=roi_set.dtype)
     present: set[str] = set()
-    for f in sorted(folder.glob("*.csv")):
-        if f.name in _ARRAY_FILES:
-            continue
-        name = f.stem
-        if name not in roi_set:
-            warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored",
-                          UnknownRoiWarning, stacklevel=2)
-            continue
+    for name, f in roi_files(folder, roi_set, pid).items():
         ridx, _ = read_sparse(f, False, pid=pid)
         if len(ridx) == 0:
             raise OpenKBPFormatError(empty_roi_message(pid, f))
@@ -274,11 +311,13 @@ def read_sparse_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None
     midx, _ = read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
     didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
     assert dvals is not None
+    check_dose_values(folder / "dose.csv", dvals, pid)
     rois: list[tuple[int, np.ndarray]] = []
     missing: list[str] = []
+    files = roi_files(folder, rs, pid)
     for k, name in enumerate(rs.names):
-        rf = folder / f"{name}.csv"
-        if not rf.is_file():
+        rf = files.get(name)
+        if rf is None or not rf.is_file():
             missing.append(name)
             continue
         ridx, _ = read_sparse(rf, False, pid=pid)
@@ -297,6 +336,9 @@ def _pt_key(p: Path) -> tuple[int, str]:
 def patient_folders(src: str | os.PathLike) -> list[Path]:
     """The ``pt_*`` folders under ``src`` (or ``src`` itself if it is one), in numeric order."""
     src = Path(src)
+    if src.is_file():
+        raise OpenKBPFormatError(f"OpenKBP folder {src} is a file, not a folder (give a pt_* patient folder "
+                                 "or a folder of them)")
     if not src.is_dir():
         raise FileNotFoundError(f"OpenKBP folder {src} does not exist")
     if (src / "ct.csv").is_file():
@@ -392,6 +434,7 @@ def read_dose_csv(path: str | os.PathLike, grid: tuple[int, ...] = GRID) -> np.n
     path = Path(path)
     idx, vals = read_sparse(path, True, grid=grid, pid=path.stem)
     assert vals is not None
+    check_dose_values(path, vals, path.stem)
     d = np.zeros(int(np.prod(grid)), dtype=np.float32)
     d[idx] = vals
     return d.reshape(grid)

@@ -142,6 +142,9 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
         raise FileNotFoundError(f"{p} does not exist")
     f = formats.detect(p)
     check_roi_map(p, f, roi_map)
+    if f is None and p.is_file():
+        raise SourceError(f"{p} is a file, not a folder: give "
+                          f"{_listed([t.described for t in FORMATS]).replace(' nor ', ' or ')}")
     if f is None:
         raise SourceError(f"{p} is not {_listed([t.described for t in FORMATS])}")
     reader = f.open(p, roi_map)  # a map only for a format that takes one (check_roi_map)

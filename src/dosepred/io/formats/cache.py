@@ -74,7 +74,7 @@ class CacheReference:
     def _read(self) -> tuple[dict[str, Any], Box, Geometry | None, float]:
         e = self.entry
         try:
-            arrays, box = e.read_arrays((*EVAL_FIELDS, "roi_voxels"), crop=True)
+            arrays, box = e.read_arrays((*EVAL_FIELDS, "roi_voxels"), crop=True, n_rois=len(self.roi_set))
             geometry = e.geometry
             vox = _voxel_mm3(e)
         except CacheError as err:
@@ -109,7 +109,7 @@ class CacheReference:
     def voxels(self) -> CacheVoxels | None:
         """The stored voxel lists (None for a version-1 file)."""
         try:
-            return self.entry.read_voxels()
+            return self.entry.read_voxels(n_rois=len(self.roi_set))
         except CacheError as err:
             raise InputError(str(err)) from None
 

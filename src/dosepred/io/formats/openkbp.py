@@ -64,6 +64,7 @@ def read_dose(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def read_dose_sparse(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     idx, vals = openkbp.read_sparse(path, True, grid=shape, pid=path.stem)
     assert vals is not None
+    openkbp.check_dose_values(path, vals, path.stem)
     return idx, vals
 
 
