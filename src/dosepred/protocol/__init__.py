@@ -113,10 +113,7 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         except UnicodeDecodeError as e:
             raise ProtocolError(f"protocol {path} is not UTF-8 text ({e})") from None
         source = str(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProtocolError(f"protocol {source} is not valid JSON: {e}") from None
+    data = _json(text, f"protocol {source}")
     if isinstance(data, dict) and isinstance(data.get("criteria"), list) and data["criteria"] and isinstance(
             data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
         proto = _portpy_checked(data, None, f"protocol {source}")
@@ -125,6 +122,33 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
         proto = parse_protocol(data, None, source, roi_owner, None if s in BUILTIN else Path(s))
     proto._builtin = s in BUILTIN  # before validating: a set may lack any ROI of a built-in
     return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        k = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        where = (f" (the criterion {out.get('roi', '?')} {out.get('metric', '?')})"
+                 if "roi" in out or "metric" in out else "")
+        raise _RepeatedKey(f"key {k!r} appears twice in one object{where}")
+    return out
+
+
+def _json(text: str, source: str) -> Any:
+    """The JSON of a protocol file; :class:`ProtocolError` naming ``source`` when it is not valid
+    JSON, or when an object repeats a key (JSON keeps the last silently: a second ``"limit"`` would
+    replace the first without a word)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"{source} is not valid JSON: {e}") from None
+    except _RepeatedKey as e:
+        raise ProtocolError(f"{source} is not a valid protocol: {e}; keep one") from None
 
 
 def lint(protocol: Protocol, present: Any = None, where: str = "") -> list[str]:
@@ -210,9 +234,10 @@ def from_portpy(data: dict[str, Any] | str | os.PathLike, roi_set: RoiSet | None
         source = f"PortPy protocol {data}"
         path = Path(data)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
             raise ProtocolError(f"{source} is not valid JSON: {e}") from None
+        data = _json(text, source)
     proto = _portpy_checked(data, None, source)
     if path is not None:  # errors name the file, as load_protocol's do
         proto._source = str(path)

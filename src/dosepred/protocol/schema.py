@@ -10,7 +10,7 @@ JSON schema (one object per file)::
         {"roi": "PTV70", "metric": "D99%",      # ROI name of the dataset, metric string
          "limit": 95, "limit_unit": "%Rx",      # optional limit: "Gy" | "%" | "%Rx"
          "direction": ">=",                     # ">=" or "<=", required with a limit or goal
-         "goal": 100,                           # optional, same unit as the limit
+         "goal": 100,                           # optional, same unit as the limit, no looser
          "priority": 1,                         # optional, 1 = required, larger = less important
          "weight": 1.0}                         # optional, weight in the CDM loss
       ]
@@ -21,7 +21,11 @@ Metric strings are those of :func:`dosepred.metrics.parse_metric` (``Dmean``, ``
 (D-metrics, mean, max, min) and to ``%`` (of the ROI volume) for V-metrics. A dose limit may be
 written as a percentage of the ROI's prescription with ``"%Rx"`` (e.g. ``D99% >= 95 %Rx``); it is
 resolved with :meth:`Criterion.limit_value`. A criterion without limit is only measured (the
-``openkbp`` protocol is a list of such metrics). Unknown keys are rejected so typos are caught.
+``openkbp`` protocol is a list of such metrics). Unknown keys are rejected so typos are caught, and
+so are a goal looser than its limit (with ``<=`` the goal is at most the limit, with ``>=`` at least
+it), a V-metric limit or goal above 100 % and, when the protocol is bound to an ROI set
+(:meth:`Protocol.validate_for`), a prescription of an ROI that neither a criterion nor the set has.
+:func:`dosepred.protocol.load_protocol` also rejects a key repeated in one JSON object.
 
 This module only describes and validates; values are computed by :mod:`dosepred.evaluation`.
 """
@@ -93,6 +97,20 @@ class Criterion(BaseModel):
                 raise ProtocolError(f"{self.roi} {self.metric}: {label} must be a finite number, got {v}")
             if v is not None and v < 0:
                 raise ProtocolError(f"{self.roi} {self.metric}: {label} must be >= 0, got {v}")
+        if not m.is_dose:  # a share of the ROI volume: a limit above 100 % is met or missed by every plan
+            for label, v in (("limit", self.limit), ("goal", self.goal)):
+                if v is not None and v > 100:
+                    raise ProtocolError(f"{self.roi} {self.metric}: a V-metric {label} is a percentage of "
+                                        f"the ROI volume (0-100 %), got {v:g}")
+        if self.limit is not None and self.goal is not None:
+            # the goal is the stricter aim, in the limit's unit: a looser one is met whenever the limit
+            # is, so it would say nothing (most likely the two were swapped)
+            looser = self.goal > self.limit if self.direction == "<=" else self.goal < self.limit
+            if looser:
+                want = "at most" if self.direction == "<=" else "at least"
+                raise ProtocolError(f"{self.roi} {self.metric}: goal {self.goal:g} is looser than limit "
+                                    f"{self.limit:g} {self.limit_unit}; with {self.direction!r} the goal "
+                                    f"must be {want} the limit (swapped?)")
         return self
 
     # ------------------------------------------------------------------------------- queries
@@ -226,7 +244,8 @@ class Protocol(BaseModel):
         patient without that structure): its criteria are not evaluated (:func:`dosepred.protocol.lint`
         warns of criteria on ROIs contoured in no patient). Any other name absent from the set (a
         misspelling: ``PTV_70``) is an error, and so is every ROI a model lacks, and a protocol none of
-        whose ROIs is in the set."""
+        whose ROIs is in the set. The same holds for the ROIs ``prescriptions`` name, which may also be
+        any ROI a criterion uses."""
         import difflib
 
         for i, c in enumerate(self.criteria, 1):
@@ -243,6 +262,19 @@ class Protocol(BaseModel):
                 raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): needs the prescription of "
                                     f"{c.roi}, which is neither in the protocol's 'prescriptions' nor in "
                                     f"{roi_owner}")
+        used = set(self.rois)
+        for roi in self.prescriptions:
+            # a prescription is for an ROI of the criteria or of the set (its highest sets the CDM loss's
+            # dose scale); any other name is a misspelling, and the ROI it meant silently keeps the set's
+            if roi in roi_set or roi in used or (roi_owner == "the dataset" and (
+                    self._builtin or _canonical_name(roi))):
+                continue
+            names = list(dict.fromkeys([*used, *roi_set.names]))
+            near = difflib.get_close_matches(roi, names, n=1, cutoff=0.6)
+            near += [n for n in names if n.lower() == roi.lower() and n not in near]
+            raise ProtocolError(f"{self.where}: prescriptions name ROI {roi!r}, which no criterion uses and "
+                                f"which is not among {roi_owner}'s ROIs ({', '.join(roi_set.names)})"
+                                + (f"; did you mean {near[0]!r}?" if near else ""))
         if self.criteria and not any(c.roi in roi_set for c in self.criteria):
             # nothing could be evaluated: another site's data, or the wrong protocol
             raise ProtocolError(f"{self.where}: none of its ROIs ({', '.join(sorted(set(self.rois)))}) is "

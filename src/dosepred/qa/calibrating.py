@@ -18,7 +18,6 @@ way (versions 1 and 2: unflipped).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -47,16 +46,19 @@ from .calibration import (
     CrossValidation,
     TrainingRanges,
     qa_inference,
+    read_json,
     write_calibration,
 )
 from .conformal import DEFAULT_RULE, SHRINK_K, check_rule, fit_family
-from .crossval import DEFAULT_METHOD_RULE, choose_methods, cross_validate
+from .crossval import DEFAULT_METHOD_RULE, check_cv_options, choose_methods, cross_validate
 from .families import Unit, lower_is_better, metric_family
 
 #: Families with at most one unit per patient are cross-validated with this many times more splits.
 SMALL_FAMILY_SPLITS = 10
 #: Fewest patients :func:`calibrate` accepts (cross-validation calibrates on 80 % of them).
 MIN_PATIENTS = 12
+#: Share of the patients each cross-validation split calibrates on (the others check).
+CAL_FRACTION = 0.8
 
 
 # ------------------------------------------------------------------------------- predictions
@@ -254,13 +256,14 @@ def training_ranges(patients: Iterable[Patient], source: str | None = None) -> T
 
 def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Protocol | str, model_path: Path,
                       data: str, ranges: TrainingRanges | None, splits: int = 200, seed: int = 0,
-                      cal_fraction: float = 0.8, rule: str = DEFAULT_RULE,
+                      cal_fraction: float = CAL_FRACTION, rule: str = DEFAULT_RULE,
                       dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
                       ) -> Calibration:
     """The calibration of ``units`` (the module docstring says how); ``dvh_band`` as filled by
     :func:`collect_units`; ``tta``: whether the units' predictions were flipped (recorded: plan QA
     predicts the same way)."""
     check_rule(rule)
+    check_cv_options(splits, cal_fraction, seed)
     proto = load_protocol(protocol)
     by_fam: dict[str, list[Unit]] = {}
     for u in units:
@@ -310,6 +313,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     map of a DICOM ``data`` (and of ``train_data`` when that is a DICOM folder too)."""
     from ..models.checkpoint import resolve_model_path
 
+    check_rule(rule)  # the options first: nothing is predicted for a calibration that cannot be made
+    check_cv_options(splits, CAL_FRACTION, seed)
     ckpt = resolve_model_path(model)
     protocol = load_protocol(protocol)  # resolved once, here
     band: dict[str, dict[str, list[float]]] = {}
@@ -323,11 +328,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
                                "interval needs at least 9 calibration patients; cross-validation more)")
     src = train_data if train_data is not None else data
     if str(src).endswith(".json") and Path(src).is_file():  # ranges computed before (training_ranges)
-        try:
-            obj = json.loads(Path(src).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise CalibrationError(f"{src} is not readable JSON: {e}") from None
-        ranges = TrainingRanges.from_json(obj, src)
+        ranges = TrainingRanges.from_json(read_json(src), src)
     else:
         fmt = detect(src)  # the training data's ROI map: only where that format takes one
         src_map = roi_map if train_data is None or (fmt is not None and fmt.takes_roi_map) else None

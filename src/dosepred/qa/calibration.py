@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,11 +215,33 @@ def load_calibration(model: str | os.PathLike) -> Calibration:
     if not path.is_file():
         raise CalibrationError(f"model {model} has no {CALIBRATION_FILE}: run `dosepred calibrate --model "
                                f"{model} --data SRC --protocol P` on patients the model was not trained on")
+    return Calibration.from_json(read_json(path), path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON of ``path``; :class:`CalibrationError` naming it when it is not readable JSON, or when
+    an object repeats a key (JSON keeps the last silently: a hand edit that added a second ``"n"`` or
+    ``"scores"`` would be read without a word)."""
     try:
-        c = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        return json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CalibrationError(f"{path} is not readable JSON: {e}") from None
-    return Calibration.from_json(c, path)
+    except _DuplicateKey as e:
+        raise CalibrationError(f"{path}: key {e.args[0]!r} appears twice in one object (JSON would keep "
+                               "the last silently): keep one") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def write_calibration(model_dir: str | os.PathLike, calib: Calibration) -> Path:
@@ -259,32 +282,49 @@ def _family_json(f: Family) -> dict[str, Any]:
 
 
 def _family(r: _Reader, obj: Any, name: str) -> Family:
+    """A family as :func:`_family_json` writes it, checked as :func:`~dosepred.qa.conformal.fit_family`
+    makes it: ``n`` units, every method's ``n`` scores finite and sorted ascending (``absolute``: >= 0),
+    each tail's scores some of its method's (at most ``n``), finite per-criterion statistics. A hand
+    edit that breaks any of these would move the intervals silently; it is a :class:`CalibrationError`
+    naming the file and the field."""
     w = f"families.{name}"
     d = r.obj(obj, w)
+    family = r.text(d.get("family", name), f"{w}.family")
+    if family != name:  # the name decides the clipping (V-metrics 0-100 %) and which criteria it serves
+        raise r.bad(f"{w}.family", f"the family's name {name!r} (it is {family!r})")
+    n = r.integer(d.get("n", 0), f"{w}.n")
+    if n < 0:
+        raise r.bad(f"{w}.n", f"a number of calibration units (>= 0; it is {n})")
     stats = {}
     for k, v in r.obj(d.get("criterion_stats", {}), f"{w}.criterion_stats").items():
         s = r.obj(v, f"{w}.criterion_stats.{k}")
         scale = r.number(s.get("scale"), f"{w}.criterion_stats.{k}.scale")
         if not (math.isfinite(scale) and scale > 0):  # normalised intervals are multiples of it
             raise r.bad(f"{w}.criterion_stats.{k}.scale", f"a positive number (it is {s.get('scale')})")
-        stats[k] = CriterionStats(r.number(s.get("bias"), f"{w}.criterion_stats.{k}.bias"), scale,
-                                  r.integer(s.get("n", 0), f"{w}.criterion_stats.{k}.n"))
-    scores = {m: r.numbers(v, f"{w}.scores.{m}")
+        bias = r.number(s.get("bias"), f"{w}.criterion_stats.{k}.bias")
+        if not math.isfinite(bias):  # normalised intervals are shifted by it
+            raise r.bad(f"{w}.criterion_stats.{k}.bias", f"a finite number (it is {s.get('bias')})")
+        k_n = r.integer(s.get("n", 0), f"{w}.criterion_stats.{k}.n")
+        if k_n < 0:
+            raise r.bad(f"{w}.criterion_stats.{k}.n", f"a number of calibration units (>= 0; it is {k_n})")
+        stats[k] = CriterionStats(bias, scale, k_n)
+    scores = {m: r.scores(v, f"{w}.scores.{m}", n, nonnegative=m == "absolute")
               for m, v in r.obj(d.get("scores", {}), f"{w}.scores").items()}
     tails = None
     if d.get("tail_scores") is not None:  # absent in version 1
         tails = {}
         for m, v in r.obj(d["tail_scores"], f"{w}.tail_scores").items():
             t = r.obj(v, f"{w}.tail_scores.{m}")
-            tails[m] = Tails(r.numbers(t.get("lower"), f"{w}.tail_scores.{m}.lower"),
-                             r.numbers(t.get("upper"), f"{w}.tail_scores.{m}.upper"))
+            if m not in scores:
+                raise r.bad(f"{w}.tail_scores.{m}", f"the tails of a method it has scores for "
+                            f"({', '.join(scores) or 'none'})")
+            tails[m] = Tails(r.tail(t.get("lower"), f"{w}.tail_scores.{m}.lower", scores[m]),
+                             r.tail(t.get("upper"), f"{w}.tail_scores.{m}.upper", scores[m]))
     method = r.text(d.get("method", "absolute"), f"{w}.method")
     if method not in METHODS or method not in scores:
         have = ", ".join(m for m in METHODS if m in scores)
         raise r.bad(f"{w}.method", f"one of the methods it has scores for ({have}; it is {method!r})")
-    return Family(r.text(d.get("family", name), f"{w}.family"), r.integer(d.get("n", 0), f"{w}.n"), stats,
-                  scores, tails, method,
-                  r.texts(d.get("criteria", []), f"{w}.criteria"))
+    return Family(family, n, stats, scores, tails, method, r.texts(d.get("criteria", []), f"{w}.criteria"))
 
 
 def _cross_validation(r: _Reader, obj: Any) -> CrossValidation:
@@ -364,6 +404,42 @@ class _Reader:
         if not isinstance(x, list):
             raise self.bad(where, "a list of numbers")
         return tuple(self.number(v, where) for v in x)
+
+    def scores(self, x: Any, where: str, n: int, nonnegative: bool = False) -> tuple[float, ...]:
+        """A method's calibration scores: ``n`` finite numbers (``nonnegative``: >= 0, as absolute
+        residuals are) sorted ascending, as :func:`~dosepred.qa.conformal.fit_family` writes them
+        (intervals are read off them by position). No score is ever infinite or NaN: the ``"inf"``
+        and null that :func:`_finite` writes belong to the cross-validation results."""
+        v = self.numbers(x, where)
+        if len(v) != n:
+            raise self.bad(where, f"a list of n = {n} scores, one per calibration unit (it has {len(v)})")
+        self._finite_sorted(v, where, nonnegative)
+        return v
+
+    def tail(self, x: Any, where: str, scores: tuple[float, ...]) -> tuple[float, ...]:
+        """A tail's scores: some of its method's ``scores`` (those of the units not at a bound of the
+        metric), so at most as many, finite and sorted ascending."""
+        v = self.numbers(x, where)
+        if len(v) > len(scores):
+            raise self.bad(where, f"at most the {len(scores)} scores of its method (it has {len(v)})")
+        self._finite_sorted(v, where)
+        rest = Counter(scores)
+        rest.subtract(v)
+        extra = [s for s, k in rest.items() if k < 0]
+        if extra:
+            raise self.bad(where, f"a selection of its method's scores ({extra[0]!r} is not one of them)")
+        return v
+
+    def _finite_sorted(self, v: tuple[float, ...], where: str, nonnegative: bool = False) -> None:
+        for i, s in enumerate(v):
+            if not math.isfinite(s):
+                shown = "null" if s != s else json.dumps(str(s))
+                raise self.bad(where, f"a list of finite numbers (entry {i} is {shown})")
+            if nonnegative and s < 0:
+                raise self.bad(where, f"a list of numbers >= 0, absolute residuals (entry {i} is {s})")
+            if i and s < v[i - 1]:
+                raise self.bad(where, f"sorted ascending (entry {i}, {s}, is below entry {i - 1}, "
+                                      f"{v[i - 1]})")
 
     def pair(self, x: Any, where: str) -> tuple[float, float]:
         v = self.numbers(x, where)

@@ -161,8 +161,8 @@ class QAChecker:
                 meth = self.methods[fam]
                 lo, hi = family_offsets(fam_cal, meth, self.coverage, self.rule)
                 ok = lo > -math.inf and hi < math.inf  # -inf / +inf: too few units for this coverage
-                if not ok:
-                    n = families[fam].n
+                if not ok:  # the scores the interval is read off (calibration.json's n agrees)
+                    n = len(fam_cal.scores[meth])
                     raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than "
                                            f"the {n} of family {fam}: ask for a lower --coverage")
         if missing:
@@ -369,6 +369,10 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
 
     All or nothing: a plan QA cannot check (:meth:`QAChecker.unusable`) stops predicting, the other
     plans are still read to name every such plan, and one :class:`QAError` lists them."""
+    if report_max is not None and (isinstance(report_max, bool) or report_max < 0):
+        # a negative count would slice the ranking from its end: the last patients left out silently
+        raise InputError(f"--report-max (patients with images in the report) must be >= 0 (0: all), "
+                         f"got {report_max!r}")
     chk = QAChecker(model, protocol, coverage)
     it: Iterable[Patient] = open_plans(plans, roi_map) if isinstance(plans, (str, os.PathLike)) else plans
     if progress:

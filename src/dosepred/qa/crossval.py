@@ -23,6 +23,22 @@ from .families import Unit
 CvResults = dict[str, dict[str, dict[str, dict[str, float]]]]
 
 
+def check_cv_options(splits: int, cal_fraction: float, seed: int) -> None:
+    """:class:`~dosepred.errors.InputError` naming the option unless the cross-validation can run as
+    asked: ``splits`` (``--splits``) a whole number >= 1 (with none, no method is measured and every
+    family falls back to ``absolute`` unseen), ``cal_fraction`` strictly between 0 and 1 (both sides
+    of a split need patients) and ``seed`` a whole number >= 0 (numpy's rule)."""
+    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1:
+        raise InputError(f"--splits (random patient splits of the cross-validation) must be a whole "
+                         f"number of at least 1, got {splits!r}")
+    if isinstance(cal_fraction, bool) or not isinstance(cal_fraction, (int, float, np.floating)) or not (
+            0 < cal_fraction < 1):
+        raise InputError(f"the calibration fraction of the cross-validation's splits must be between 0 "
+                         f"and 1 (exclusive), got {cal_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"--seed of the cross-validation's splits must be a whole number >= 0, got {seed!r}")
+
+
 def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9),
                    methods: Sequence[str] = METHODS, splits: int = 200, cal_fraction: float = 0.5,
                    seed: int = 0, rule: str = DEFAULT_RULE) -> CvResults:
@@ -34,6 +50,7 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
     than predicted before QA flags it). Returns family -> method -> coverage -> stats (coverage and
     false alarms in %, their means over the splits; widths and margins the medians over the splits
     of each split's mean)."""
+    check_cv_options(splits, cal_fraction, seed)
     rng = np.random.default_rng(seed)
     pids = sorted({u.patient for u in units})
     n_cal = max(1, int(round(len(pids) * cal_fraction)))

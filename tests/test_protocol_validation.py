@@ -1,0 +1,125 @@
+"""Protocol files that loaded but said something else than meant: a goal looser than its limit, a
+V-metric limit beyond 100 %, a key repeated in one JSON object (the last won silently) and a
+prescription of an ROI nobody has. Each is one ProtocolError naming the file, the criterion or key
+and the rule."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dosepred import Roi, RoiSet
+from dosepred.protocol import BUILTIN, Protocol, ProtocolError, from_portpy, load_protocol
+
+
+def _write(tmp_path, obj, name="p.json"):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return p
+
+
+def _one(**crit):
+    return {"name": "x", "criteria": [crit]}
+
+
+def test_every_shipped_protocol_still_loads():
+    for name in BUILTIN:
+        load_protocol(name, RoiSet.openkbp())
+    for f in (Path(__file__).resolve().parents[1] / "experiments" / "protocols").glob("*.json"):
+        load_protocol(f, RoiSet.openkbp())
+
+
+@pytest.mark.parametrize(("crit", "message"), [
+    ({"roi": "SpinalCord", "metric": "D0.1cc", "direction": "<=", "limit": 45, "goal": 50},
+     r"criterion 1 \(SpinalCord D0\.1cc\).*goal 50 is looser than limit 45 Gy; with '<=' the goal must be at "
+     r"most the limit"),
+    ({"roi": "PTV70", "metric": "D95%", "direction": ">=", "limit": 95, "goal": 90, "limit_unit": "%Rx"},
+     r"criterion 1 \(PTV70 D95%\).*goal 90 is looser than limit 95 %Rx; with '>=' the goal must be at least "
+     r"the limit"),
+    ({"roi": "Larynx", "metric": "V50Gy", "direction": "<=", "limit": 30, "goal": 40},
+     r"goal 40 is looser than limit 30 %"),
+])
+def test_a_goal_looser_than_its_limit_is_refused(tmp_path, crit, message):
+    path = _write(tmp_path, _one(**crit))
+    with pytest.raises(ProtocolError, match=message) as ei:
+        load_protocol(path)
+    assert str(ei.value).startswith(f"invalid protocol {path}: ")
+
+
+@pytest.mark.parametrize("crit", [
+    {"roi": "SpinalCord", "metric": "D0.1cc", "direction": "<=", "limit": 45, "goal": 40},
+    {"roi": "SpinalCord", "metric": "D0.1cc", "direction": "<=", "limit": 45, "goal": 45},
+    {"roi": "PTV70", "metric": "D95%", "direction": ">=", "limit": 95, "goal": 100, "limit_unit": "%Rx"},
+    {"roi": "Larynx", "metric": "V50Gy", "direction": "<=", "limit": 100, "goal": 0},
+    {"roi": "PTV70", "metric": "V110%", "direction": "<=", "goal": 2},
+])
+def test_a_goal_as_strict_as_its_limit_or_alone_is_fine(tmp_path, crit):
+    assert load_protocol(_write(tmp_path, _one(**crit))).criteria[0].goal == crit["goal"]
+
+
+@pytest.mark.parametrize(("crit", "message"), [
+    ({"roi": "Larynx", "metric": "V20Gy", "direction": "<=", "limit": 120},
+     r"criterion 1 \(Larynx V20Gy\).*a V-metric limit is a percentage of the ROI volume \(0-100 %\), "
+     r"got 120"),
+    ({"roi": "PTV70", "metric": "V95%", "direction": ">=", "goal": 100.5},
+     r"a V-metric goal is a percentage of the ROI volume \(0-100 %\), got 100\.5"),
+])
+def test_a_v_metric_limit_beyond_100_percent_is_refused(tmp_path, crit, message):
+    with pytest.raises(ProtocolError, match=message):
+        load_protocol(_write(tmp_path, _one(**crit)))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"name": "a", "name": "b", "criteria": [{"roi": "PTV70", "metric": "D95%"}]}',
+     r"key 'name' appears twice in one object; keep one"),
+    ('{"name": "a", "criteria": [{"roi": "SpinalCord", "metric": "Dmax", "direction": "<=", "limit": 45, '
+     '"limit": 50}]}',
+     r"key 'limit' appears twice in one object \(the criterion SpinalCord Dmax\); keep one"),
+    ('{"name": "a", "prescriptions": {"PTV70": 70, "PTV70": 66}, "criteria": [{"roi": "PTV70", '
+     '"metric": "D95%"}]}',
+     r"key 'PTV70' appears twice in one object; keep one"),
+])
+def test_a_key_repeated_in_a_protocol_file_is_refused(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ProtocolError, match=message) as ei:
+        load_protocol(path)
+    assert str(ei.value).startswith(f"protocol {path} is not a valid protocol: key ")
+
+
+def test_a_key_repeated_in_a_portpy_file_is_refused(tmp_path):
+    text = ('{"name": "pp", "criteria": [{"type": "max_dose", '
+            '"parameters": {"structure_name": "SpinalCord"}, '
+            '"constraints": {"limit_dose_gy": 45, "limit_dose_gy": 50}}]}')
+    path = _write(tmp_path, text, "pp.json")
+    for read in (load_protocol, from_portpy):
+        with pytest.raises(ProtocolError, match=r"pp\.json is not a valid protocol: key 'limit_dose_gy' "
+                                                r"appears twice in one object"):
+            read(path)
+
+
+def _rx(tmp_path, rx, name="rx.json"):
+    return _write(tmp_path, {"name": "rx", "prescriptions": rx, "criteria": [
+        {"roi": "PTV70", "metric": "D99%", "limit": 95, "limit_unit": "%Rx", "direction": ">="},
+        {"roi": "SpinalCord", "metric": "Dmax", "limit": 45, "direction": "<="}]}, name)
+
+
+def test_a_prescription_of_an_roi_nobody_has_is_refused_when_bound(tmp_path):
+    rs = RoiSet((Roi("PTV70", "target", 70.0), Roi("PTV56", "target", 56.0), Roi("SpinalCord", "oar")))
+    path = _rx(tmp_path, {"Foo": 50})
+    with pytest.raises(ProtocolError, match=rf"^{re.escape(str(path))}: protocol 'rx': prescriptions name "
+                                            r"ROI 'Foo', which no criterion uses and which is not among the "
+                                            r"dataset's ROIs \(PTV70, PTV56, SpinalCord\)$"):
+        load_protocol(path, rs)
+    # a misspelling: PTV70 would silently keep the dataset's 70 Gy instead of the protocol's 66
+    with pytest.raises(ProtocolError, match=r"prescriptions name ROI 'PTV_70'.*did you mean 'PTV70'\?"):
+        load_protocol(_rx(tmp_path, {"PTV_70": 66}), rs)
+    with pytest.raises(ProtocolError, match=r"prescriptions name ROI 'Foo'.*the model's ROIs"):
+        Protocol(name="m", prescriptions={"Foo": 50},
+                 criteria=[{"roi": "SpinalCord", "metric": "Dmax"}]).bind(rs, roi_owner="the model")
+    # fine: an ROI of a criterion, an ROI of the set no criterion uses (the CDM loss's dose scale), an
+    # ROI's canonical name a dataset lacks (as for criteria)
+    for rx in ({"PTV70": 66}, {"PTV56": 54}, {"PTV63": 63}):
+        assert load_protocol(_rx(tmp_path, rx), rs).bind(rs).criteria
+    with pytest.raises(ProtocolError, match=r"prescriptions name ROI 'PTV63'.*the model's ROIs"):
+        load_protocol(_rx(tmp_path, {"PTV63": 63}), rs, roi_owner="the model")
