@@ -87,3 +87,18 @@ def test_predict_refuses_dose_spacing_for_a_format_other_than_dicom(tmp_path, fm
     assert ("--dose-spacing applies to --format dicom only (a dose grid of its own), not to --format "
             f"{fmt}") in r.output
     assert not (tmp_path / "p").exists()
+
+
+def test_an_unrecorded_loss_is_not_a_different_one_and_an_average_keeps_its_inputs_losses(tmp_path):
+    a, b, c = _runs(tmp_path, losses=("mae+cdm", "mae+cdm", "mae"))
+    ck = torch.load(b, weights_only=True)
+    del ck["train_config"]["loss"]  # a checkpoint that did not record its loss
+    torch.save(ck, b)
+    r = cli("export-model", a, b, "--out", tmp_path / "ab")
+    assert r.exit_code == 0, r.output
+    # the average (no training record of its own) still says its inputs were mae+cdm
+    r = cli("export-model", tmp_path / "ab", c, "--out", tmp_path / "abc")
+    assert r.exit_code == 2 and "trained with different losses" in r.output, r.output
+    assert "'mae+cdm'" in r.output and "'mae'" in r.output
+    r = cli("export-model", tmp_path / "ab", a, "--out", tmp_path / "aba")
+    assert r.exit_code == 0, r.output

@@ -248,3 +248,35 @@ def test_json_output_that_is_a_folder_is_refused(cc, tmp_path, overwrite):
     r = _evaluate_cli(cc["root"] / "ref", cc["root"] / "pred", "--json", str(folder), *overwrite)
     assert r.exit_code != 0 and "is a folder, not a JSON file path" in r.output, r.output
     assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_a_cache_beside_a_csv_that_is_no_patients_prediction_is_a_warning(cc, tmp_path):
+    # a prediction cache with my_results.csv beside it: not ambiguous (no patient of the cache is named
+    # so), the file is named in a warning and the cache is scored
+    p = cc["p"]
+    folder = tmp_path / "withnotes"
+    shutil.copytree(cc["root"] / "pred", folder)
+    shutil.copy(cc["root"] / "csv" / f"{p.id}.csv", folder / "my_results.csv")
+    with pytest.warns(UserWarning, match=r"ignored 1 file\(s\) that are no prediction \(my_results\.csv\)"):
+        pairs, missing = match_predictions(cc["root"] / "ref", folder)
+    assert [i for i, _ in pairs] == [p.id] and missing == []
+
+
+@pytest.mark.parametrize("bad", [-3.0, np.nan])
+def test_a_dose_placed_by_its_header_is_checked_before_resampling_clips_it(cc, bad):
+    # an off-grid NIfTI / RTDOSE prediction is resampled onto the reference grid, which clips at 0 Gy:
+    # a negative (or NaN) voxel must be refused before that, not scored as 0 Gy
+    from dosepred.geometry import Geometry
+    from dosepred.io.formats import place_dose
+
+    p = cc["p"]
+    g = p.geometry
+    step = np.asarray(g.direction) @ np.asarray(g.spacing)  # one voxel along each array axis, in mm
+    shifted = Geometry(g.origin - step, g.direction, g.spacing)  # the grid padded by one voxel
+    dose = np.pad(cc["pred"], 1).astype(np.float32)
+    ok = place_dose(dose, shifted, Path("x.nii.gz"), p, "dose", strict=True)
+    assert ok.min() >= 0 and np.allclose(ok, cc["pred"], atol=1e-4)  # the placement itself is right
+    dose[tuple(np.argwhere(dose > 0)[0])] = bad
+    with pytest.raises(DosepredError, match=rf"patient {p.id}: the predicted dose x\.nii\.gz holds "
+                                            r"(negative \(min -3 Gy\)|non-finite) values"):
+        place_dose(dose, shifted, Path("x.nii.gz"), p, "dose", strict=True)

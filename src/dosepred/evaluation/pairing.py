@@ -128,19 +128,35 @@ def _dose_files(folder: Path) -> list[Path]:
         return []
 
 
-def _refuse_mixed(folder: Path, store: Format) -> None:
+def _file_id(f: Path, fmt: Format) -> str | None:
+    """The patient id a per-patient dose file of ``fmt`` is named by (``pt_7.csv`` -> ``pt_7``), or
+    None for a format whose files are matched otherwise (RTDOSE)."""
+    if not fmt.dose_by_id:
+        return None
+    low = f.name.lower()
+    for suffix in fmt.dose_suffixes:
+        if low.endswith(suffix.lower()):
+            return f.name[:len(f.name) - len(suffix)]
+    return None
+
+
+def _refuse_mixed(folder: Path, store: Format, ids: Iterable[str]) -> None:
     """Refuse a prediction folder that is a store of doses (a prediction cache) and also holds
-    per-patient dose files: which of the two was meant cannot be told, and taking one silently
-    could score the wrong predictions."""
-    files = _dose_files(folder)
-    if files:
-        labels = {f.label for f in map(formats.dose_file_format, files) if f is not None}
-        kinds = formats.listed(sorted(labels), "and")
+    per-patient dose files of its patients (``ids``) or RTDOSE files: which of the two was meant
+    cannot be told, and taking one silently could score the wrong predictions. Other files named
+    like a dose file (``notes.csv``) are no prediction of a patient here: a warning names them."""
+    known = set(ids)
+    clash = []
+    for f in _dose_files(folder):
+        fmt = formats.dose_file_format(f)
+        if fmt is not None and (not fmt.dose_by_id or _file_id(f, fmt) in known):
+            clash.append((f, fmt))
+    if clash:
+        kinds = formats.listed(sorted({fmt.label for _, fmt in clash}), "and")
+        names = [f.name for f, _ in clash]
         raise InputError(f"prediction folder {folder} is ambiguous: it holds both {store.described} of "
-                         f"predicted doses and {len(files)} {kinds} prediction file(s) "
-                         f"({name_some([f.name for f in files])}); keep one kind of prediction per folder")
-
-
+                         f"predicted doses and {len(clash)} {kinds} prediction file(s) "
+                         f"({name_some(names)}); keep one kind of prediction per folder")
 
 
 class _Predictions:
@@ -157,7 +173,7 @@ class _Predictions:
         opened = _dose_store(self.path)
         self.store_format, self.store = opened if opened is not None else (None, None)
         if self.store_format is not None:
-            _refuse_mixed(self.path, self.store_format)
+            _refuse_mixed(self.path, self.store_format, self.store.ids)
 
     @functools.cached_property
     def matched(self) -> dict[str, Path]:
@@ -274,7 +290,8 @@ def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLik
     if preds.store is not None:
         have = set(preds.store.ids)
         known = set(ids)
-        _warn_unused(pred, reference, [i for i in preds.store.ids if i not in known], [])
+        _warn_unused(pred, reference, [i for i in preds.store.ids if i not in known],
+                     [f.name for f in _dose_files(pred)])  # not its patients' (_refuse_mixed)
         return [(i, None) for i in ids if i in have], [i for i in ids if i not in have]
     found = [(i, find_prediction(pred, i)) for i in ids]
     if any(f is None for _, f in found):

@@ -235,12 +235,22 @@ def mixed_inputs(cks: Sequence[dict[str, Any]]) -> str | None:
             if os.path.samefile(c["path"], d["path"]):
                 same = c["path"] if c["path"] == d["path"] else f"{d['path']} and {c['path']}"
                 return f"{same}: the same checkpoint is given twice (it would weigh double in the average)"
-    losses = {c["path"]: (c.get("train_config") or {}).get("loss") for c in cks}
-    if len({_loss_terms(v) for v in losses.values()}) > 1:
+    losses = {c["path"]: _losses(c) for c in cks}
+    if len({_loss_terms(v) for vs in losses.values() for v in vs}) > 1:
         return ("the checkpoints were trained with different losses (" + ", ".join(
-            f"{p}: {'unknown' if v is None else repr(v)}" for p, v in losses.items()) + "), so their "
-            "average is a model trained for neither")
+            f"{p}: {' + '.join(repr(v) for v in vs) or 'unknown'}" for p, vs in losses.items()) + "), so "
+            "their average is a model trained for neither")
     return None
+
+
+def _losses(c: dict[str, Any]) -> list[Any]:
+    """The losses a checkpoint was trained with, as recorded: its own, or its inputs' for an average
+    (:func:`average_checkpoints` drops the training record); none where nothing was recorded (an
+    unknown loss is not taken for a different one)."""
+    own = (c.get("train_config") or {}).get("loss")
+    if own is not None:
+        return [own]
+    return [r.get("loss") for r in c.get("averaged_inputs") or [] if isinstance(r, dict) and r.get("loss")]
 
 
 def average_checkpoints(srcs: Sequence[str | os.PathLike], allow_mixed: bool = False) -> dict[str, Any]:

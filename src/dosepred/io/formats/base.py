@@ -213,6 +213,11 @@ def place_dose(dose: np.ndarray, g: Geometry, path: Path, ref: Patient, what: st
     1 % of them uncovered is an error (a placeholder affine, such as the identity, places a dose
     mostly beside the patient)."""
     assert ref.geometry is not None
+    lo = float(np.min(dose)) if np.size(dose) else 0.0
+    if not lo >= 0:  # resampling clips at 0 Gy: a negative (or NaN) dose would pass unseen
+        bad = "non-finite" if not np.isfinite(lo) else f"negative (min {lo:.4g} Gy)"
+        raise InputError(f"patient {ref.id}: the predicted {what} {path} holds {bad} values; a dose is a "
+                         "finite number of Gy >= 0 in every voxel")
     out, inside = dose_on_grid(dose, g, ref.geometry, ref.shape)
     mask = np.asarray(ref.possible_dose_mask, dtype=bool)
     uncovered = int((mask & ~inside).sum())
