@@ -340,3 +340,28 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class RepeatedKeyError(ValueError):
+    """A key repeated in one JSON object (:func:`loads_unique`); ``key`` and ``obj`` (the object as
+    JSON would keep it) say which, for the caller's message."""
+
+    def __init__(self, key: str, obj: dict[str, Any]) -> None:
+        super().__init__(f"key {key!r} appears twice in one object")
+        self.key, self.obj = key, obj
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise RepeatedKeyError(k, dict(pairs))
+        out[k] = v
+    return out
+
+
+def loads_unique(text: str) -> Any:
+    """``json.loads`` that refuses a key repeated in one object (:class:`RepeatedKeyError`), where JSON
+    would keep the last silently: a hand-edited file with a second ``"limit"`` or ``"n"``. Invalid
+    JSON raises ``json.JSONDecodeError`` as ``json.loads`` does."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)

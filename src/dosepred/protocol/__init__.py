@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ..errors import DosepredError
+from ..fsutil import RepeatedKeyError, loads_unique
 from .bound import BoundCriterion, BoundProtocol, bound_for
 from .schema import Criterion, Direction, LimitUnit, Protocol, ProtocolError
 
@@ -124,31 +125,18 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
     return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
 
 
-class _RepeatedKey(Exception):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) < len(pairs):
-        seen: set[str] = set()
-        k = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        where = (f" (the criterion {out.get('roi', '?')} {out.get('metric', '?')})"
-                 if "roi" in out or "metric" in out else "")
-        raise _RepeatedKey(f"key {k!r} appears twice in one object{where}")
-    return out
-
-
 def _json(text: str, source: str) -> Any:
     """The JSON of a protocol file; :class:`ProtocolError` naming ``source`` when it is not valid
     JSON, or when an object repeats a key (JSON keeps the last silently: a second ``"limit"`` would
     replace the first without a word)."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return loads_unique(text)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{source} is not valid JSON: {e}") from None
-    except _RepeatedKey as e:
-        raise ProtocolError(f"{source} is not a valid protocol: {e}; keep one") from None
+    except RepeatedKeyError as e:
+        where = (f" (the criterion {e.obj.get('roi', '?')} {e.obj.get('metric', '?')})"
+                 if "roi" in e.obj or "metric" in e.obj else "")
+        raise ProtocolError(f"{source} is not a valid protocol: {e}{where}; keep one") from None
 
 
 def lint(protocol: Protocol, present: Any = None, where: str = "") -> list[str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DosepredError
-from ..fsutil import write_text
+from ..fsutil import RepeatedKeyError, loads_unique, write_text
 from ..inference import InferenceOptions
 from .band import DvhBand
 from .conformal import LEGACY_RULE, METHODS, QUANTILE_RULES, CriterionStats, Family, Tails
@@ -223,25 +223,12 @@ def read_json(path: str | os.PathLike) -> Any:
     an object repeats a key (JSON keeps the last silently: a hand edit that added a second ``"n"`` or
     ``"scores"`` would be read without a word)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        return loads_unique(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CalibrationError(f"{path} is not readable JSON: {e}") from None
-    except _DuplicateKey as e:
-        raise CalibrationError(f"{path}: key {e.args[0]!r} appears twice in one object (JSON would keep "
+    except RepeatedKeyError as e:
+        raise CalibrationError(f"{path}: key {e.key!r} appears twice in one object (JSON would keep "
                                "the last silently): keep one") from None
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
 
 
 def write_calibration(model_dir: str | os.PathLike, calib: Calibration) -> Path:
