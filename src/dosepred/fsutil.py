@@ -342,7 +342,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-class RepeatedKeyError(ValueError):
+class RepeatedKeyError(DosepredError, ValueError):
     """A key repeated in one JSON object (:func:`loads_unique`); ``key`` and ``obj`` (the object as
     JSON would keep it) say which, for the caller's message."""
 
