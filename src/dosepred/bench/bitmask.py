@@ -48,6 +48,7 @@ from .. import roi as _roi
 from .. import synth
 from ..errors import InputError
 from ..fsutil import write_bytes
+from . import check_at_least
 
 PIPELINES = ("bitmask", "onehot-npz", "onehot-npy")
 DEFAULT_PIPELINES = ("bitmask", "onehot-npz")
@@ -85,12 +86,9 @@ class BenchConfig:
             raise InputError(f"--patch {self.patch} is larger than the volume --size {self.size}")
         if self.patch % 8:
             raise InputError(f"--patch {self.patch} must be divisible by 8 (the U-Nets down-sample 3 times)")
-        for name, v, lo in (("--steps", self.steps, 1), ("--repeats", self.repeats, 1),
-                            ("--patients", self.patients, 1), ("--batch", self.batch, 1),
-                            ("--warmup", self.warmup, 0), ("--workers", self.workers, 0),
-                            ("--threads", self.threads, 0)):
-            if v < lo:
-                raise InputError(f"{name} must be >= {lo}, got {v}")
+        check_at_least(steps=(self.steps, 1), repeats=(self.repeats, 1), patients=(self.patients, 1),
+                       batch=(self.batch, 1), warmup=(self.warmup, 0), workers=(self.workers, 0),
+                       threads=(self.threads, 0))
         bad = [p for p in self.pipelines if p not in PIPELINES]
         if bad or not self.pipelines:
             raise InputError(f"unknown pipeline(s) {bad}: choose from {', '.join(PIPELINES)}")

@@ -262,8 +262,7 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Proto
     """The calibration of ``units`` (the module docstring says how); ``dvh_band`` as filled by
     :func:`collect_units`; ``tta``: whether the units' predictions were flipped (recorded: plan QA
     predicts the same way)."""
-    check_rule(rule)
-    check_cv_options(splits, cal_fraction, seed)
+    check_rule(rule)  # the split options: cross_validate checks them
     proto = load_protocol(protocol)
     by_fam: dict[str, list[Unit]] = {}
     for u in units:
