@@ -317,12 +317,13 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
         assert total is not None and count is not None
         return total, count
 
-    total, count = passes(net.assemble(ct, codes, mask))
+    total, count = passes(net.assemble(ct, codes, mask, patient.spacing))
     if tta:
         assert patient.geometry is not None
         ax = patient.geometry.axis_along("LR")
         codes_f = mirror_codes(codes_np, ax, lr_pairs(patient.roi_set))
-        tf, cf = passes(net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2)))
+        tf, cf = passes(net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2),
+                                     patient.spacing))
         total, count = total + tf.flip(ax + 2), count + cf.flip(ax + 2)
     dose = total / count * mask.float()  # every voxel is inside the unshifted pass: count >= 1
     if was_training:

@@ -89,14 +89,15 @@ class RoiTransfer:
         """The same ROI set (names, kinds, prescriptions, bit order): weights load unchanged."""
         return self.model_rois == self.data_rois
 
-    def channel_sources(self) -> list[int | None]:
-        """For each input channel of the new model (CT, Rx, the data's OARs, mask): the index of
-        the old model's channel it comes from, None for a new (zero-initialised) channel."""
+    def channel_sources(self, n_distance: int = 0) -> list[int | None]:
+        """For each input channel of the new model (CT, Rx, the data's OARs, ``n_distance`` target
+        distance channels that both models have, mask): the index of the old model's channel it comes
+        from, None for a new (zero-initialised) channel."""
         model_oars = [r["name"] for r in self.model_rois if r.get("kind", "oar") == "oar"]
         data_oars = [r["name"] for r in self.data_rois if r.get("kind", "oar") == "oar"]
-        old_mask = 2 + len(model_oars)
+        old_dist = 2 + len(model_oars)
         oars = [2 + model_oars.index(self.matched[n]) if n in self.matched else None for n in data_oars]
-        return [0, 1, *oars, old_mask]
+        return [0, 1, *oars, *range(old_dist, old_dist + n_distance + 1)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": TRANSFER_FORMAT, "version": 1, "source": self.source,
@@ -235,8 +236,9 @@ def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfe
     its values (a second stage added to a one-stage model). Raises :class:`ModelError` when a
     tensor does not fit."""
     fresh = model.state_dict()
-    src = transfer.channel_sources()
-    n_old = 3 + sum(r.get("kind", "oar") == "oar" for r in transfer.model_rois)
+    n_dist = model.config.n_distance
+    src = transfer.channel_sources(n_dist)
+    n_old = 3 + sum(r.get("kind", "oar") == "oar" for r in transfer.model_rois) + n_dist
     n_new = len(src)
     inputs = input_keys(model.config)
     extra = sorted(set(old) - set(fresh))
@@ -267,6 +269,24 @@ def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfe
         else:
             raise ModelError(f"{where}: weights {k} of shape {tuple(o.shape)} do not fit "
                              f"{tuple(f.shape)} (another architecture?)")
+    return out
+
+
+def add_distance_inputs(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The state dict ``state`` of a model of ``config`` (without target distance channels) with the
+    :data:`~dosepred.models.unet.N_DIST` distance channels added to every weight that reads the input
+    (:func:`input_keys`), their weights zero: the model predicts what it did until training moves
+    them. The new channels sit before the mask, where :meth:`DoseUNet.assemble` puts them."""
+    from .unet import N_DIST
+
+    if config.target_distance:
+        raise ModelError("the model already reads target distances")
+    at = 2 + len(config.roi_set.oars)  # first distance channel: after CT, Rx and the OARs
+    out = dict(state)
+    for k in input_keys(config):
+        w = state[k]
+        zeros = w.new_zeros((w.shape[0], N_DIST, *w.shape[2:]))
+        out[k] = torch.cat([w[:, :at], zeros, w[:, at:]], dim=1)
     return out
 
 

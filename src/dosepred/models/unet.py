@@ -11,6 +11,13 @@ Input channels, assembled on the model's device from what a batch carries (see :
 - prescription map / 70 Gy: each voxel the highest prescription of the targets containing it;
 - one channel per OAR of the RoiSet, decoded from the codes with :func:`dosepred.roi.decode_torch`
   (no one-hot volume ever leaves the device);
+- with ``target_distance`` (issue 24): two signed distances in mm to the targets' surfaces, to the
+  highest-prescription targets and to all prescribed targets (negative inside), clipped to
+  [-20, 100] mm and divided by 50 mm (:func:`target_distance_channels`; a patient without such a
+  target reads 100 mm everywhere). They need the voxel spacing, so :meth:`DoseUNet.assemble` then
+  takes it. Where the OAR lies against the targets (its overlap-volume histogram) is what decides
+  its dose in a plan; the U-Net could infer distances from the target channel, but only as far as
+  its receptive field and its few channels let it;
 - the possible-dose mask.
 
 Output: dose in Gy, ``dose_scale * softplus(raw)`` (non-negative, smooth at zero), multiplied by the
@@ -60,6 +67,9 @@ from ..roi import decode_torch
 
 ARCH = "dosepred-unet3d"
 RX_SCALE = 70.0
+#: target distance channels: signed mm clipped to [-DIST_IN, DIST_OUT], divided by DIST_SCALE
+DIST_IN, DIST_OUT, DIST_SCALE = 20.0, 100.0, 50.0
+N_DIST = 2  # to the highest-prescription targets, to all prescribed targets
 INIT_BIAS = -1.05  # softplus(-1.05) ~= 0.3
 
 
@@ -92,6 +102,8 @@ class ModelConfig:
     coarse: list[int] | None = None
     # channels of a pointwise full-resolution head (see the module's docstring); none: no head
     head: int | None = None
+    # two input channels of signed distances to the targets (see the module's docstring)
+    target_distance: bool = False
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
@@ -129,6 +141,8 @@ class ModelConfig:
         if self.head is not None and self.stages != 1:
             raise ModelError("a full-resolution head (head) is for one-stage models; a second stage "
                              "already refines the dose on the full grid")
+        if not isinstance(self.target_distance, bool):
+            raise ModelError(f"target_distance must be true or false, got {self.target_distance!r}")
         if self.norm not in ("instance", "batch"):
             raise ModelError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
         self.rois = [dict(r) for r in self.rois]
@@ -150,8 +164,13 @@ class ModelConfig:
         return RoiSet.from_dicts(self.rois)
 
     @property
+    def n_distance(self) -> int:
+        """Target distance input channels (0 or :data:`N_DIST`)."""
+        return N_DIST if self.target_distance else 0
+
+    @property
     def in_channels(self) -> int:
-        return 3 + len(self.roi_set.oars)
+        return 3 + len(self.roi_set.oars) + self.n_distance
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,6 +181,8 @@ class ModelConfig:
             del d["coarse"]
         if self.head is None:
             del d["head"]
+        if not self.target_distance:
+            del d["target_distance"]
         return d
 
     @classmethod
@@ -272,8 +293,10 @@ class DoseUNet(nn.Module):
         names = {id(m): n for n, m in self.named_modules()}
         return [names[id(m)] + "." for m in self.modules() if isinstance(m, CoarseBranch)]
 
-    def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Input channels (B, C, *S) float32 on the tensors' device."""
+    def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
+                 spacing: Any = None) -> torch.Tensor:
+        """Input channels (B, C, *S) float32 on the tensors' device. ``spacing``: mm per array axis,
+        (3,) or (B, 3); needed (only) by a model with ``target_distance``."""
         if ct.dim() != 5 or ct.shape[1] != 1:
             raise ValueError(f"ct must be (B, 1, D, H, W), got {tuple(ct.shape)}")
         if codes.shape != ct.shape[:1] + ct.shape[2:]:
@@ -284,7 +307,13 @@ class DoseUNet(nn.Module):
         for bit, pres in self.targets:
             rx = torch.maximum(rx, decode_torch(codes, bit, torch.float32).unsqueeze(1) * (pres / RX_SCALE))
         oars = decode_torch(codes, self.oar_bits, torch.float32)
-        return torch.cat([x_ct, rx, oars, mask.float()], dim=1)
+        parts = [x_ct, rx, oars]
+        if self.config.target_distance:
+            if spacing is None:
+                raise ModelError("this model reads distances to the targets (target_distance) and needs "
+                                 "the voxel spacing")
+            parts.append(target_distance_channels(codes, self.targets, spacing))
+        return torch.cat([*parts, mask.float()], dim=1)
 
     def from_input(self, x: torch.Tensor) -> torch.Tensor:
         """Dose (B, 1, *S) from assembled input channels (the mask is the last channel)."""
@@ -330,8 +359,59 @@ class DoseUNet(nn.Module):
             self.net.eval()
         return self
 
-    def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.from_input(self.assemble(ct, codes, mask))
+    def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
+                spacing: Any = None) -> torch.Tensor:
+        return self.from_input(self.assemble(ct, codes, mask, spacing))
+
+
+def signed_distance(inside: torch.Tensor, spacing: Any) -> torch.Tensor:
+    """Signed distance (mm) of each voxel to the surface of the region ``inside`` (a bool (*S) tensor;
+    positive outside, negative inside; the zero crossing halfway between a region voxel and its
+    outside neighbour), on a grid of ``spacing`` mm per axis; None-like extremes for an empty or
+    full region: ``+DIST_OUT`` / ``-DIST_IN``. Computed on the grid coarsened 2x per axis (a voxel is
+    inside when at least half of its 2x2x2 block is) with scipy's exact Euclidean distance transform,
+    then trilinearly interpolated back: 8x less work, accurate to about one fine voxel, and the fine
+    masks are input channels of their own."""
+    from scipy import ndimage
+
+    sp = [float(v) for v in torch.as_tensor(spacing, dtype=torch.float64).reshape(-1).tolist()]
+    shape = tuple(inside.shape)
+    m = inside.to("cpu", torch.float32)[None, None]
+    m = F.pad(m, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate")
+    frac = F.avg_pool3d(m, 2)
+    coarse = (frac >= 0.5)[0, 0].numpy()
+    if not coarse.any():  # a region thinner than the coarse grid: keep every block it touches
+        coarse = (frac > 0)[0, 0].numpy()
+    if not coarse.any():
+        return torch.full(shape, DIST_OUT)
+    if coarse.all():
+        return torch.full(shape, -DIST_IN)
+    samp = [2 * v for v in sp]
+    d = (ndimage.distance_transform_edt(~coarse, sampling=samp)
+         - ndimage.distance_transform_edt(coarse, sampling=samp))
+    up = F.interpolate(torch.from_numpy(d.astype("float32"))[None, None], scale_factor=2,
+                       mode="trilinear", align_corners=False)[0, 0]
+    return up[: shape[0], : shape[1], : shape[2]]
+
+
+def target_distance_channels(codes: torch.Tensor, targets: list[tuple[int, float]],
+                             spacing: Any) -> torch.Tensor:
+    """The :data:`N_DIST` distance channels (B, 2, *S) float32 on ``codes``' device (see the
+    module's docstring): signed distance to the targets of the highest prescription among
+    ``targets`` (``(bit, prescription)``) and to all of them, clipped and scaled."""
+    sp = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1, 3)
+    if sp.shape[0] not in (1, codes.shape[0]) or not bool(torch.all(sp > 0)):
+        raise ModelError(f"spacing must be three positive mm values (per patient), got {spacing}")
+    top = max((p for _, p in targets), default=None)
+    groups = [[b for b, p in targets if p == top], [b for b, _ in targets]]
+    out = torch.full((codes.shape[0], N_DIST, *codes.shape[1:]), DIST_OUT / DIST_SCALE)
+    for i in range(codes.shape[0]):
+        for j, bits in enumerate(groups):
+            if bits:
+                inside = decode_torch(codes[i], bits, torch.bool).any(dim=0)
+                d = signed_distance(inside, sp[min(i, sp.shape[0] - 1)])
+                out[i, j] = d.clamp(-DIST_IN, DIST_OUT) / DIST_SCALE
+    return out.to(codes.device)
 
 
 class FullResHead(nn.Module):

@@ -88,6 +88,10 @@ class TrainConfig(BaseModel):
                              "U-Net's output (it reads the input channels and that many more U-Net "
                              "outputs, and adds a correction that starts at zero, so an --init without "
                              "it predicts as before; none: --init's, else no head).")
+    target_distance: bool | None = Field(None, description="Two more input channels: signed distances "
+                                         "(mm) to the highest-prescription targets and to all targets "
+                                         "(their weights start at zero, so an --init without them "
+                                         "predicts as before; none: --init's, else none).")
     stages: int | None = Field(None, ge=1, le=2, description="U-Nets in the cascade: 2 adds a second "
                                "U-Net refining the first's dose (none: --init's, else 1; a one-stage "
                                "--init becomes the first stage).")

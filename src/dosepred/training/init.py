@@ -19,7 +19,14 @@ from ..models import DoseUNet, ModelConfig, ModelError
 from ..models.checkpoint import state_dict_problem
 from ..models.grow import grow_problem, grow_state
 from ..models.space import ModelSpace
-from ..models.transfer import RoiTransfer, absent_after, counts_after, plan_transfer, transfer_state
+from ..models.transfer import (
+    RoiTransfer,
+    absent_after,
+    add_distance_inputs,
+    counts_after,
+    plan_transfer,
+    transfer_state,
+)
 from ..patient import RoiSet
 from .config import TrainConfig
 
@@ -50,6 +57,10 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
             raise ModelError(f"--init {cfg.init} has head={init_mc.head} but head={cfg.head} was "
                              "requested")
         cfg.head = init_mc.head if cfg.head is None else cfg.head
+        if cfg.target_distance is False and init_mc.target_distance:
+            raise ModelError(f"--init {cfg.init} reads target distances but target_distance=false was "
+                             "requested")
+        cfg.target_distance = init_mc.target_distance or bool(cfg.target_distance)
     if cfg.channels is not None:  # explicit widths decide base and levels
         widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
         grow = init_widths is not None and widths != init_widths  # checked once all is settled
@@ -101,6 +112,14 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
     # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
     tr = plan_transfer(mc.roi_set, roi_set, f"training cache {cfg.data}", str(cfg.init))
     state = {k: v.float() if v.is_floating_point() else v for k, v in init_ckpt["model"].items()}
+    if cfg.target_distance and not mc.target_distance:  # distance channels added: their weights zero
+        if not tr.identity:
+            raise ModelError(f"--init {cfg.init} cannot get target distance channels and move onto "
+                             "other ROIs in one fine-tune: do them in two")
+        state = add_distance_inputs(state, mc)
+        mc = ModelConfig.from_dict({**mc.to_dict(), "target_distance": True})  # what state now is
+        log(f"--init {cfg.init} gets target distance channels: their weights start at zero, so the "
+            "network predicts what --init does until training moves them")
     if cfg.coarse and not mc.coarse:  # a model without the coarse branch: the branch starts at zero
         if mc.stages != cfg.stages:
             raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "

@@ -318,7 +318,7 @@ class Trainer:
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
                                         stages=cfg.stages, channels=cfg.channels, coarse=cfg.coarse,
-                                        head=cfg.head)
+                                        head=cfg.head, target_distance=bool(cfg.target_distance))
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         self.roi_transfer: dict[str, Any] | None = None
@@ -571,7 +571,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            pred = self.net(ct, codes, mask)
+            pred = self.net(ct, codes, mask, spacing)
         total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
         if not torch.isfinite(total):
             raise TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
