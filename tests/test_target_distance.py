@@ -175,6 +175,13 @@ def test_a_fine_tune_adds_them_trains_exports_and_predicts(cache, plain, tmp_pat
     t2 = ready(TrainConfig(data=str(cache), out=str(tmp_path / "again"), epochs=1, steps_per_epoch=1,
                            init=str(out), **TINY))
     assert t2.model.config.target_distance
+    grown = ready(TrainConfig(data=str(cache), out=str(tmp_path / "grown"), epochs=1, steps_per_epoch=1,
+                              init=str(out), channels=[6, 8],
+                              **{k: v for k, v in TINY.items() if k not in ("base", "levels")}))
+    assert grown.model.config.target_distance and grown.model.config.widths == [6, 8]
+    with torch.no_grad():
+        torch.testing.assert_close(grown.model.eval()(ct, codes, mask, SPACING),
+                                   load_model(out)(ct, codes, mask, SPACING), rtol=1e-5, atol=1e-4)
     with pytest.raises(ModelError, match="reads target distances but target_distance=false"):
         Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
                             init=str(out), target_distance=False, **TINY), progress=False).fit()
