@@ -11,7 +11,14 @@ import torch
 from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import export_model, load_checkpoint, load_model
 from dosepred.models.transfer import add_distance_inputs, plan_transfer, transfer_state
-from dosepred.models.unet import DIST_OUT, DIST_SCALE, signed_distance, target_distance_channels
+from dosepred.models.unet import (
+    DIST_IN,
+    DIST_OUT,
+    DIST_SCALE,
+    signed_distance,
+    target_distance_channels,
+    target_distance_volume,
+)
 from dosepred.patient import Roi, RoiSet
 from dosepred.training import TrainConfig, Trainer
 from tiny_models import TINY, random_inputs, ready, tiny_cache, tiny_run
@@ -20,44 +27,51 @@ SPACING = (3.0, 2.0, 2.5)
 
 
 def sphere(shape, centre, radius_mm, spacing=SPACING):
-    """(inside, exact signed distance in mm) of a ball on a grid of ``spacing``."""
+    """(inside, exact signed distance in mm to the ball's surface) on a grid of ``spacing``."""
     idx = np.indices(shape).astype(float)
     r = np.sqrt(sum(((idx[i] - centre[i]) * spacing[i]) ** 2 for i in range(3)))
     return r <= radius_mm, r - radius_mm
 
 
-@pytest.mark.parametrize("shape", [(40, 50, 44), (41, 37, 45)])  # odd sizes: padded, cropped back
-def test_signed_distance_of_a_ball_is_the_analytic_one(shape):
-    inside, exact = sphere(shape, (20.3, 18.7, 21.1), 20.0)
-    d = signed_distance(torch.from_numpy(inside), SPACING).numpy()
-    assert d.shape == shape
-    err = np.abs(d - exact)
-    # computed on the grid coarsened 2x: within one coarse voxel (2 x 3 mm) anywhere, ~1 mm on average
-    assert err.max() < 6.0 and err.mean() < 1.6
-    assert np.all(d[exact < -6] < 0) and np.all(d[exact > 6] > 0)  # the sign: negative inside
+def brute_force(inside, spacing=SPACING):
+    """Outside: distance to the nearest region voxel centre; inside: minus the distance to the nearest
+    voxel centre outside the region (the array's edge counts: a layer of outside voxels around it)."""
+    padded = np.pad(inside, 1)
+    grid = np.indices(padded.shape).reshape(3, -1).T * np.array(spacing)
+    ins, outs = grid[padded.ravel()], grid[~padded.ravel()]
+    core = np.indices(inside.shape).reshape(3, -1).T + 1
+    pts = core * np.array(spacing)
+    flat = inside.ravel()
+    d = np.empty(len(pts))
+    d[~flat] = np.sqrt(((pts[~flat][:, None] - ins[None]) ** 2).sum(-1)).min(1)
+    d[flat] = -np.sqrt(((pts[flat][:, None] - outs[None]) ** 2).sum(-1)).min(1)
+    return d.reshape(inside.shape)
 
 
-def test_signed_distance_outside_a_box_matches_brute_force():
-    shape = (24, 28, 20)
+def test_signed_distance_is_the_brute_force_one_inside_and_outside():
+    shape = (14, 16, 12)
     inside = np.zeros(shape, bool)
-    inside[6:10, 10:20, 4:8] = True
-    pts = np.argwhere(inside) * np.array(SPACING)
-    grid = np.indices(shape).reshape(3, -1).T * np.array(SPACING)
-    # distance from each voxel centre to the nearest target voxel centre, by brute force
-    brute = np.sqrt(((grid[:, None, :] - pts[None]) ** 2).sum(-1)).min(1).reshape(shape)
-    d = signed_distance(torch.from_numpy(inside), SPACING).numpy()
-    far = brute > 10
-    assert np.abs(d[far] - brute[far]).max() < 2 * max(SPACING)
+    inside[3:9, 5:13, 0:5] = True  # touches the array's edge: beyond it is outside
+    inside[10:12, 2:4, 8:10] = True  # a second, small piece
+    np.testing.assert_allclose(signed_distance(inside, SPACING), brute_force(inside), rtol=1e-5,
+                               atol=1e-4)
 
 
-def test_empty_and_full_regions_and_a_thin_one():
-    shape = (10, 12, 14)
-    assert torch.all(signed_distance(torch.zeros(shape, dtype=torch.bool), SPACING) == DIST_OUT)
-    assert torch.all(signed_distance(torch.ones(shape, dtype=torch.bool), SPACING) < 0)
-    thin = torch.zeros(shape, dtype=torch.bool)
-    thin[5, 6, 7] = True  # one voxel: smaller than a coarse voxel, still a target
-    d = signed_distance(thin, SPACING)
-    assert d[5, 6, 7] < 2 * max(SPACING) and d[0, 0, 13] > 15
+@pytest.mark.parametrize("shape", [(40, 50, 44), (41, 37, 45)])
+def test_signed_distance_of_a_ball_is_within_a_voxel_of_the_analytic_one(shape):
+    inside, exact = sphere(shape, (20.3, 18.7, 21.1), 20.0)
+    d = signed_distance(inside, SPACING)
+    assert d.shape == shape and d.dtype == np.float32
+    err = np.abs(d - exact)  # voxel centres to voxel centres: at most one voxel from the surface's
+    assert err.max() <= max(SPACING) + 1e-4 and err.mean() < 1.5
+    assert np.all(d[exact < 0] < 0) and np.all(d[exact > 0] > 0)  # the sign: negative inside
+    # shift-equivariant (no coarse grid): the region one voxel over, the distances one voxel over
+    moved = signed_distance(np.roll(inside, 1, axis=0), SPACING)
+    np.testing.assert_allclose(moved[5:-5], d[4:-6], atol=1e-4)
+
+
+def test_an_empty_region_is_far_everywhere():
+    assert np.all(signed_distance(np.zeros((6, 7, 8), bool), SPACING) == DIST_OUT)
 
 
 def test_the_channels_read_the_top_targets_and_all_targets():
@@ -67,17 +81,20 @@ def test_the_channels_read_the_top_targets_and_all_targets():
     codes[2:6, 2:6, 2:6] |= 1 << rs.index("PTV70")
     codes[14:18, 14:18, 14:18] |= 1 << rs.index("PTV56")
     targets = [(rs.index(r.name), r.prescription) for r in rs if r.kind == "target"]
-    ch = target_distance_channels(torch.from_numpy(codes)[None], targets, SPACING)
-    assert ch.shape == (1, 2, *shape) and ch.dtype == torch.float32
-    top, every = ch[0, 0].numpy(), ch[0, 1].numpy()
+    ch = target_distance_volume(codes, targets, SPACING)
+    assert ch.shape == (2, *shape) and ch.dtype == np.float32
+    top, every = ch
     assert top[4, 4, 4] < 0 and every[4, 4, 4] < 0  # inside PTV70: both negative
     assert top[16, 16, 16] > 0.5 and every[16, 16, 16] < 0  # inside PTV56: only all targets
-    assert ch.min() >= -20 / DIST_SCALE and ch.max() <= DIST_OUT / DIST_SCALE
+    ptv70 = ((codes >> rs.index("PTV70")) & 1).astype(bool)
+    np.testing.assert_allclose(top, np.clip(brute_force(ptv70), -DIST_IN, DIST_OUT) / DIST_SCALE,
+                               atol=1e-5)
+    assert ch.min() >= -DIST_IN / DIST_SCALE and ch.max() <= DIST_OUT / DIST_SCALE
     none = target_distance_channels(torch.zeros((2, *shape), dtype=torch.int32), targets,
                                     [SPACING, SPACING])
-    assert torch.all(none == DIST_OUT / DIST_SCALE)  # no target: far everywhere
+    assert none.shape == (2, 2, *shape) and torch.all(none == DIST_OUT / DIST_SCALE)
     with pytest.raises(ModelError, match="spacing must be three positive mm values"):
-        target_distance_channels(torch.from_numpy(codes)[None], targets, (3.0, 0.0, 2.5))
+        target_distance_volume(codes, targets, (3.0, 0.0, 2.5))
 
 
 def test_config_round_trip_input_width_and_a_named_error_without_spacing():
@@ -186,3 +203,91 @@ def test_a_fine_tune_adds_them_trains_exports_and_predicts(cache, plain, tmp_pat
         Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
                             init=str(out), target_distance=False, **TINY), progress=False).fit()
     assert not (tmp_path / "x").exists()
+
+
+def test_training_crops_carry_the_whole_grids_distances():
+    """A crop's distance channels are the whole patient's, cut, flipped and shifted with it: a target
+    outside the crop still counts (the dose encodes each voxel's index, to find where it came from)."""
+    from dosepred.patient import Patient
+    from dosepred.roi import encode
+    from dosepred.training.dataset import CropDataset, prepare_patient
+
+    shape = (20, 40, 12)
+    g = np.indices(shape)
+    ptv = (g[0] < 5) & (g[1] < 6) & (g[2] > 7)  # a corner: outside most crops
+    rs = RoiSet((Roi("PTV70", "target", 70.0), Roi("LeftParotid", "oar"), Roi("RightParotid", "oar")))
+    dose = (1 + g[0] + 100 * g[1] + 10000 * g[2]).astype(np.float32)
+    p = Patient("p", np.zeros(shape, np.int16), encode([ptv, g[1] > 30, g[1] < 8]), rs, SPACING,
+                np.ones(shape, bool), dose)
+    targets = [(0, 70.0)]
+    full = target_distance_volume(p.roi_codes, targets, SPACING)
+    patch = (8, 16, 8)
+    for shift in (False, True):
+        ds = CropDataset([prepare_patient(p, patch, distance_targets=targets)], rs, patch, 30, seed=2,
+                         flip_axis=1, shift=shift)
+        flips = 0
+        for n in range(30):
+            it = ds[n]
+            d, dist = it["dose"][0].numpy().astype(np.int64), it["distance"].numpy()
+            assert dist.shape == (2, *patch)
+            seen = d > 0
+            k, rest = np.divmod(d[seen] - 1, 10000)
+            j, i = np.divmod(rest, 100)
+            np.testing.assert_allclose(dist[:, seen], full[:, i, j, k], atol=2e-3)  # float16 storage
+            assert np.all(dist[:, ~seen] == DIST_OUT / DIST_SCALE)  # beyond the array: far
+            flips += bool(seen.any() and (np.diff(d, axis=1)[seen[:, 1:] & seen[:, :-1]] < 0).any())
+        assert 5 < flips < 25  # mirrored crops among them
+    rot = CropDataset([prepare_patient(p, patch, rotate_axis=2, distance_targets=targets)], rs, patch, 4,
+                      seed=2, flip_axis=1, rotate_p=1.0, rotate_axis=2)
+    it = rot[0]
+    assert it["distance"].shape == (2, *patch) and it["distance"].min() >= -DIST_IN / DIST_SCALE
+    plain = CropDataset([prepare_patient(p, patch)], rs, patch, 2, seed=2, flip_axis=1)
+    assert "distance" not in plain[0]  # only models that read them pay for them
+
+
+def test_prediction_uses_the_whole_grids_distances(cache, tmp_path):
+    """predict_in_space cuts the whole grid's distances like its windows: the same dose as the model
+    given them directly on a patient its patch covers."""
+    from dosepred.io.cache import Cache
+    from dosepred.predict import InferenceOptions, predict_in_space
+
+    torch.manual_seed(0)
+    c = Cache.open(cache)
+    p = c.load(c.ids[0])
+    m = build_model(ModelConfig(rois=p.roi_set.to_dicts(), channels=[4, 6], res_units=0,
+                                patch=p.shape, target_distance=True)).eval()
+    with torch.no_grad():
+        for q in m.parameters():
+            q.normal_(0, 0.3)
+    got = predict_in_space(m, p, InferenceOptions(tta=False))
+    dist = torch.from_numpy(target_distance_volume(p.roi_codes, m.targets, p.spacing))[None]
+    with torch.no_grad():
+        want = m(torch.from_numpy(p.ct.astype(np.float32))[None, None],
+                 torch.from_numpy(p.roi_codes.astype(np.int32))[None],
+                 torch.from_numpy(p.possible_dose_mask)[None, None], distance=dist)[0, 0].numpy()
+        again = m(torch.from_numpy(p.ct.astype(np.float32))[None, None],
+                  torch.from_numpy(p.roi_codes.astype(np.int32))[None],
+                  torch.from_numpy(p.possible_dose_mask)[None, None], p.spacing)[0, 0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(again, want, rtol=1e-5, atol=1e-4)  # computed from the codes alike
+
+
+def test_freezing_a_first_stage_that_gets_the_channels_is_one_error(cache, plain, tmp_path):
+    with pytest.raises(ModelError, match="freeze_stage1 with target_distance added"):
+        Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
+                            init=str(plain), target_distance=True, stages=2, freeze_stage1=True,
+                            **{k: v for k, v in TINY.items()}), progress=False).fit()
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_transfer_record_counts_the_distance_channels():
+    from dosepred.models.transfer import transfer_checkpoint
+
+    rs = RoiSet.openkbp()
+    m = build_model(ModelConfig(channels=[4, 6], res_units=0, patch=(16, 16, 16), target_distance=True))
+    more = RoiSet((*rs.rois, Roi("OpticNerve", "oar")))
+    ck = transfer_checkpoint({"model_config": m.config.to_dict(), "model": m.state_dict()}, more)
+    src = ck["roi_transfer"]["channel_sources"]
+    n_oar = len(rs.oars)
+    # CT, Rx, the 7 OARs, the new OAR (None), the two distance channels, the mask
+    assert src == [0, 1, *range(2, 2 + n_oar), None, 2 + n_oar, 3 + n_oar, 4 + n_oar]

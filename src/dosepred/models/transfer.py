@@ -19,8 +19,9 @@ which input channel of the new model comes from which channel of the old one:
 - **Dropped OARs** (the model's, absent from the data) lose their channel and its first-layer
   weights; the model then predicts what it did for a patient without that structure. A note says so.
 - **Targets** reach the network only through the prescription channel (each voxel the highest
-  prescription of the targets containing it, / 70 Gy), so they need no matching: the data's targets
-  and dose levels (66 / 60 / 54 Gy, or one level) replace the model's. A data target without a
+  prescription of the targets containing it, / 70 Gy) and, in a model with target distance channels,
+  the distances to the highest-prescription and to all targets, so they need no matching: the
+  data's targets and dose levels (66 / 60 / 54 Gy, or one level) replace the model's. A data target without a
   prescription does not enter that channel (a note says so); data with no prescribed target at all
   is an error.
 
@@ -99,13 +100,15 @@ class RoiTransfer:
         oars = [2 + model_oars.index(self.matched[n]) if n in self.matched else None for n in data_oars]
         return [0, 1, *oars, *range(old_dist, old_dist + n_distance + 1)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, n_distance: int = 0) -> dict[str, Any]:
+        """The record a checkpoint keeps (``n_distance``: the model's target distance channels, for
+        its ``channel_sources``)."""
         return {"format": TRANSFER_FORMAT, "version": 1, "source": self.source,
                 "model_rois": self.model_rois, "data_rois": self.data_rois, "matched": dict(self.matched),
                 "new": list(self.new), "dropped": list(self.dropped),
                 "model_targets": dict(self.model_targets), "data_targets": dict(self.data_targets),
                 "unprescribed": list(self.unprescribed), "not_oars": list(self.not_oars),
-                "channel_sources": self.channel_sources(), "notes": list(self.notes)}
+                "channel_sources": self.channel_sources(n_distance), "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoiTransfer:
@@ -320,7 +323,7 @@ def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "t
             counts = {n: mapped[n] for n in absent}
         keep["space"] = {**sp, "absent_rois": absent, "absent_counts": counts}
     return {"format": MODEL_FORMAT, **keep, "model_config": new_mc.to_dict(), "model": weights,
-            "roi_transfer": None if tr.identity else tr.to_dict()}
+            "roi_transfer": None if tr.identity else tr.to_dict(new_mc.n_distance)}
 
 
 def absent_after(absent: list[str] | tuple[str, ...] | None, transfer: RoiTransfer, new: bool = True

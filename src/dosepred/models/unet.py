@@ -13,11 +13,12 @@ Input channels, assembled on the model's device from what a batch carries (see :
   (no one-hot volume ever leaves the device);
 - with ``target_distance`` (issue 24): two signed distances in mm to the targets' surfaces, to the
   highest-prescription targets and to all prescribed targets (negative inside), clipped to
-  [-20, 100] mm and divided by 50 mm (:func:`target_distance_channels`; a patient without such a
-  target reads 100 mm everywhere). They need the voxel spacing, so :meth:`DoseUNet.assemble` then
-  takes it. Where the OAR lies against the targets (its overlap-volume histogram) is what decides
-  its dose in a plan; the U-Net could infer distances from the target channel, but only as far as
-  its receptive field and its few channels let it;
+  [-20, 100] mm and divided by 50 mm (:func:`target_distance_volume`; a patient without such a
+  target reads 100 mm everywhere), computed on the patient's whole grid: the training dataset cuts
+  them like the CT, prediction like its windows, so a window knows the targets outside it. Where
+  an OAR lies against the targets (its overlap-volume histogram) is what decides its dose in a
+  plan; the U-Net could infer distances from the target channel, but only as far as its receptive
+  field and its few channels let it;
 - the possible-dose mask.
 
 Output: dose in Gy, ``dose_scale * softplus(raw)`` (non-negative, smooth at zero), multiplied by the
@@ -53,9 +54,11 @@ network trained on crops must be run on windows of the crop size (``sliding_wind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -294,9 +297,11 @@ class DoseUNet(nn.Module):
         return [names[id(m)] + "." for m in self.modules() if isinstance(m, CoarseBranch)]
 
     def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
-                 spacing: Any = None) -> torch.Tensor:
-        """Input channels (B, C, *S) float32 on the tensors' device. ``spacing``: mm per array axis,
-        (3,) or (B, 3); needed (only) by a model with ``target_distance``."""
+                 spacing: Any = None, distance: torch.Tensor | None = None) -> torch.Tensor:
+        """Input channels (B, C, *S) float32 on the tensors' device. A model with ``target_distance``
+        takes its distance channels from ``distance`` ((B, 2, *S), :func:`target_distance_volume` of
+        the whole patient cut like the other inputs: what training and prediction pass), else
+        computes them from ``codes`` as a whole grid of ``spacing`` mm per array axis ((3,) or (B, 3))."""
         if ct.dim() != 5 or ct.shape[1] != 1:
             raise ValueError(f"ct must be (B, 1, D, H, W), got {tuple(ct.shape)}")
         if codes.shape != ct.shape[:1] + ct.shape[2:]:
@@ -309,10 +314,16 @@ class DoseUNet(nn.Module):
         oars = decode_torch(codes, self.oar_bits, torch.float32)
         parts = [x_ct, rx, oars]
         if self.config.target_distance:
-            if spacing is None:
+            if distance is not None:
+                want = (codes.shape[0], N_DIST, *codes.shape[1:])
+                if tuple(distance.shape) != want:
+                    raise ValueError(f"distance must be {want}, got {tuple(distance.shape)}")
+                parts.append(distance.to(x_ct.device, torch.float32))
+            elif spacing is None:
                 raise ModelError("this model reads distances to the targets (target_distance) and needs "
                                  "the voxel spacing")
-            parts.append(target_distance_channels(codes, self.targets, spacing))
+            else:
+                parts.append(target_distance_channels(codes, self.targets, spacing))
         return torch.cat([*parts, mask.float()], dim=1)
 
     def from_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -360,58 +371,69 @@ class DoseUNet(nn.Module):
         return self
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
-                spacing: Any = None) -> torch.Tensor:
-        return self.from_input(self.assemble(ct, codes, mask, spacing))
+                spacing: Any = None, distance: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_input(self.assemble(ct, codes, mask, spacing, distance))
 
 
-def signed_distance(inside: torch.Tensor, spacing: Any) -> torch.Tensor:
-    """Signed distance (mm) of each voxel to the surface of the region ``inside`` (a bool (*S) tensor;
-    positive outside, negative inside; the zero crossing halfway between a region voxel and its
-    outside neighbour), on a grid of ``spacing`` mm per axis; None-like extremes for an empty or
-    full region: ``+DIST_OUT`` / ``-DIST_IN``. Computed on the grid coarsened 2x per axis (a voxel is
-    inside when at least half of its 2x2x2 block is) with scipy's exact Euclidean distance transform,
-    then trilinearly interpolated back: 8x less work, accurate to about one fine voxel, and the fine
-    masks are input channels of their own."""
+def signed_distance(inside: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Signed distance (mm, float32) of each voxel centre of a grid of ``spacing`` mm per axis to the
+    region ``inside`` (bool array): outside, to the nearest region voxel's centre; inside, minus the
+    distance to the nearest voxel outside it (voxels beyond the array count as outside). So the
+    voxels on either side of the surface read about +-one voxel, the zero crossing between them.
+    scipy's exact Euclidean distance transform; the inside part only on the region's bounding box
+    (plus one voxel), where every inside voxel finds its nearest outside voxel. An empty region reads
+    ``+DIST_OUT`` everywhere."""
     from scipy import ndimage
 
-    sp = [float(v) for v in torch.as_tensor(spacing, dtype=torch.float64).reshape(-1).tolist()]
-    shape = tuple(inside.shape)
-    m = inside.to("cpu", torch.float32)[None, None]
-    m = F.pad(m, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate")
-    frac = F.avg_pool3d(m, 2)
-    coarse = (frac >= 0.5)[0, 0].numpy()
-    if not coarse.any():  # a region thinner than the coarse grid: keep every block it touches
-        coarse = (frac > 0)[0, 0].numpy()
-    if not coarse.any():
-        return torch.full(shape, DIST_OUT)
-    if coarse.all():
-        return torch.full(shape, -DIST_IN)
-    samp = [2 * v for v in sp]
-    d = (ndimage.distance_transform_edt(~coarse, sampling=samp)
-         - ndimage.distance_transform_edt(coarse, sampling=samp))
-    up = F.interpolate(torch.from_numpy(d.astype("float32"))[None, None], scale_factor=2,
-                       mode="trilinear", align_corners=False)[0, 0]
-    return up[: shape[0], : shape[1], : shape[2]]
+    inside = np.asarray(inside, bool)
+    sp = [float(v) for v in spacing]
+    if not inside.any():
+        return np.full(inside.shape, DIST_OUT, np.float32)
+    d = ndimage.distance_transform_edt(~inside, sampling=sp).astype(np.float32)
+    nz = np.nonzero(inside)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+    sub = np.pad(inside[box], 1)  # a layer of outside voxels all round the region
+    d_in = ndimage.distance_transform_edt(sub, sampling=sp)[1:-1, 1:-1, 1:-1]
+    d[box] -= d_in.astype(np.float32)
+    return d
 
 
-def target_distance_channels(codes: torch.Tensor, targets: list[tuple[int, float]],
-                             spacing: Any) -> torch.Tensor:
-    """The :data:`N_DIST` distance channels (B, 2, *S) float32 on ``codes``' device (see the
-    module's docstring): signed distance to the targets of the highest prescription among
-    ``targets`` (``(bit, prescription)``) and to all of them, clipped and scaled."""
-    sp = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1, 3)
-    if sp.shape[0] not in (1, codes.shape[0]) or not bool(torch.all(sp > 0)):
-        raise ModelError(f"spacing must be three positive mm values (per patient), got {spacing}")
+def target_distance_volume(codes: np.ndarray, targets: Sequence[tuple[int, float]],
+                           spacing: Sequence[float]) -> np.ndarray:
+    """The :data:`N_DIST` target distance channels of one patient, (2, *S) float32, clipped to
+    [-DIST_IN, DIST_OUT] mm and divided by DIST_SCALE: the signed distance (:func:`signed_distance`)
+    to the targets of the highest prescription among ``targets`` (``(bit, prescription)`` pairs of
+    the ROI codes ``codes``) and to all of them. Computed on the patient's whole grid, in training
+    (:mod:`dosepred.training.dataset`, before the crops) as in prediction, so a window sees the
+    distances to targets outside it too."""
+    codes = np.asarray(codes)
+    if len(spacing) != 3 or not all(float(v) > 0 for v in spacing):
+        raise ModelError(f"spacing must be three positive mm values, got {tuple(spacing)}")
     top = max((p for _, p in targets), default=None)
     groups = [[b for b, p in targets if p == top], [b for b, _ in targets]]
-    out = torch.full((codes.shape[0], N_DIST, *codes.shape[1:]), DIST_OUT / DIST_SCALE)
-    for i in range(codes.shape[0]):
-        for j, bits in enumerate(groups):
-            if bits:
-                inside = decode_torch(codes[i], bits, torch.bool).any(dim=0)
-                d = signed_distance(inside, sp[min(i, sp.shape[0] - 1)])
-                out[i, j] = d.clamp(-DIST_IN, DIST_OUT) / DIST_SCALE
-    return out.to(codes.device)
+    out = np.empty((N_DIST, *codes.shape), np.float32)
+    for j, bits in enumerate(groups):
+        if j and bits == groups[0]:  # one prescription level: the same region
+            out[j] = out[0]
+            continue
+        inside = np.zeros(codes.shape, bool)
+        for b in bits:
+            inside |= ((codes >> codes.dtype.type(b)) & 1).astype(bool)
+        out[j] = np.clip(signed_distance(inside, spacing), -DIST_IN, DIST_OUT) / DIST_SCALE
+    return out
+
+
+def target_distance_channels(codes: torch.Tensor, targets: Sequence[tuple[int, float]],
+                             spacing: Any) -> torch.Tensor:
+    """:func:`target_distance_volume` of each patient of a batch of codes (B, *S), as a (B, 2, *S)
+    float32 tensor on the codes' device; ``spacing`` (3,) or (B, 3) mm."""
+    sp = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1, 3)
+    if sp.shape[0] not in (1, codes.shape[0]):
+        raise ModelError(f"spacing must be three positive mm values (per patient), got {spacing}")
+    c = codes.cpu().numpy()
+    out = [target_distance_volume(c[i], targets, sp[min(i, sp.shape[0] - 1)].tolist())
+           for i in range(c.shape[0])]
+    return torch.from_numpy(np.stack(out)).to(codes.device)
 
 
 class FullResHead(nn.Module):

@@ -85,6 +85,10 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
         setattr(cfg, k, v)
     if cfg.freeze_stage1 and cfg.stages != 2:
         raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
+    if cfg.freeze_stage1 and cfg.target_distance and init_ckpt is not None and not init_mc.target_distance:
+        raise ModelError(f"freeze_stage1 with target_distance added to --init {cfg.init}: the first "
+                         "stage's distance weights would stay zero; add them first, then freeze in a "
+                         "second fine-tune")
     if grow:  # wider channels than --init's: grown (dosepred.models.grow) where that can be done
         problem = grow_problem(init_mc, list(widths), cfg.res_units, cfg.coarse, cfg.stages, cfg.head)
         if problem:
@@ -143,7 +147,7 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
     try:
         if not tr.identity:
             model.load_state_dict(transfer_state(state, model, tr, f"--init {cfg.init}"))
-            roi_transfer = tr.to_dict()
+            roi_transfer = tr.to_dict(model.config.n_distance)
             transfer = tr
             log(f"--init {cfg.init} onto the ROIs of {cfg.data}: {tr.summary()}")
             for note in tr.notes:

@@ -385,7 +385,9 @@ class Trainer:
         recorder = SpaceRecorder(axes)
         oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
         arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
-                             rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None)
+                             rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None,
+                             distance_targets=self.model.targets if self.model_config.target_distance
+                             else None)
         self.set_space(self.inherit_absent(recorder.space()))
         return arrays
 
@@ -571,7 +573,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            pred = self.net(ct, codes, mask, spacing)
+            pred = self.net(ct, codes, mask, spacing, batch.get("distance"))
         total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
         if not torch.isfinite(total):
             raise TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
