@@ -10,7 +10,7 @@ import torch
 
 from dosepred.models import ModelConfig, ModelError, build_model
 from dosepred.models.checkpoint import export_model, load_checkpoint, load_model
-from dosepred.models.transfer import add_distance_inputs, plan_transfer, transfer_state
+from dosepred.models.transfer import add_extra_inputs, plan_transfer, transfer_state
 from dosepred.models.unet import (
     DIST_IN,
     DIST_OUT,
@@ -121,7 +121,7 @@ def test_added_channels_start_at_zero_so_the_prediction_is_the_old_one(kw):
         for q in old.parameters():
             q.normal_(0, 0.3)
     new = build_model(ModelConfig(**cfg, **kw, target_distance=True)).eval()
-    state = add_distance_inputs(old.state_dict(), old.config)
+    state = add_extra_inputs(old.state_dict(), old.config, new.config)
     new.load_state_dict(new.complete_state(state))
     first = new.state_dict()["net.model.0.conv.weight"]
     assert torch.all(first[:, 9:11] == 0) and first[:, :9].abs().sum() > 0  # the two new ones
@@ -129,8 +129,8 @@ def test_added_channels_start_at_zero_so_the_prediction_is_the_old_one(kw):
     with torch.no_grad():
         want = old(ct, codes, mask)
         torch.testing.assert_close(new(ct, codes, mask, SPACING), want, rtol=1e-5, atol=1e-4)
-    with pytest.raises(ModelError, match="already reads target distances"):
-        add_distance_inputs(new.state_dict(), new.config)
+    with pytest.raises(ModelError, match="cannot drop input channels of the whole grid"):
+        add_extra_inputs(new.state_dict(), new.config, old.config)
 
 
 def test_a_distance_model_moves_onto_other_rois_keeping_its_channels():
@@ -170,7 +170,7 @@ def test_a_fine_tune_adds_them_trains_exports_and_predicts(cache, plain, tmp_pat
     t = ready(TrainConfig(data=str(cache), out=str(tmp_path / "d"), epochs=1, steps_per_epoch=1,
                           init=str(plain), target_distance=True, **TINY), log=logged.append)
     assert t.model.config.target_distance
-    assert any("gets target distance channels" in m for m in logged)
+    assert any("gets the target_distance input channels" in m for m in logged)
     ct, codes, mask = random_inputs(3)
     with torch.no_grad():
         torch.testing.assert_close(t.model.eval()(ct, codes, mask, SPACING),
@@ -199,7 +199,7 @@ def test_a_fine_tune_adds_them_trains_exports_and_predicts(cache, plain, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(grown.model.eval()(ct, codes, mask, SPACING),
                                    load_model(out)(ct, codes, mask, SPACING), rtol=1e-5, atol=1e-4)
-    with pytest.raises(ModelError, match="reads target distances but target_distance=false"):
+    with pytest.raises(ModelError, match="has the target_distance input channels but target_distance=false"):
         Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "x"), epochs=1, steps_per_epoch=1,
                             init=str(out), target_distance=False, **TINY), progress=False).fit()
     assert not (tmp_path / "x").exists()
@@ -219,30 +219,34 @@ def test_training_crops_carry_the_whole_grids_distances():
     dose = (1 + g[0] + 100 * g[1] + 10000 * g[2]).astype(np.float32)
     p = Patient("p", np.zeros(shape, np.int16), encode([ptv, g[1] > 30, g[1] < 8]), rs, SPACING,
                 np.ones(shape, bool), dose)
-    targets = [(0, 70.0)]
-    full = target_distance_volume(p.roi_codes, targets, SPACING)
+    model = build_model(ModelConfig(rois=rs.to_dicts(), channels=[4, 6], patch=(8, 16, 8),
+                                    target_distance=True, laterality=True))
+    full = model.extra_channels(p.roi_codes, p.possible_dose_mask, p.geometry, p.spacing)
+    assert full.shape == (3, *shape)
+    np.testing.assert_array_equal(full[:2], target_distance_volume(p.roi_codes, [(0, 70.0)], SPACING))
     patch = (8, 16, 8)
+    kw = dict(extra_fn=model.extra_channels, extra_fill=model.extra_fill)
     for shift in (False, True):
-        ds = CropDataset([prepare_patient(p, patch, distance_targets=targets)], rs, patch, 30, seed=2,
-                         flip_axis=1, shift=shift)
+        ds = CropDataset([prepare_patient(p, patch, **kw)], rs, patch, 30, seed=2, flip_axis=1, shift=shift)
         flips = 0
         for n in range(30):
             it = ds[n]
-            d, dist = it["dose"][0].numpy().astype(np.int64), it["distance"].numpy()
-            assert dist.shape == (2, *patch)
+            d, dist = it["dose"][0].numpy().astype(np.int64), it["extra"].numpy()
+            assert dist.shape == (3, *patch)
             seen = d > 0
             k, rest = np.divmod(d[seen] - 1, 10000)
             j, i = np.divmod(rest, 100)
             np.testing.assert_allclose(dist[:, seen], full[:, i, j, k], atol=2e-3)  # float16 storage
-            assert np.all(dist[:, ~seen] == DIST_OUT / DIST_SCALE)  # beyond the array: far
+            assert np.all(dist[:2, ~seen] == DIST_OUT / DIST_SCALE)  # beyond the array: far
+            assert np.all(dist[2, ~seen] == 0)
             flips += bool(seen.any() and (np.diff(d, axis=1)[seen[:, 1:] & seen[:, :-1]] < 0).any())
         assert 5 < flips < 25  # mirrored crops among them
-    rot = CropDataset([prepare_patient(p, patch, rotate_axis=2, distance_targets=targets)], rs, patch, 4,
+    rot = CropDataset([prepare_patient(p, patch, rotate_axis=2, **kw)], rs, patch, 4,
                       seed=2, flip_axis=1, rotate_p=1.0, rotate_axis=2)
     it = rot[0]
-    assert it["distance"].shape == (2, *patch) and it["distance"].min() >= -DIST_IN / DIST_SCALE
+    assert it["extra"].shape == (3, *patch) and it["extra"][:2].min() >= -DIST_IN / DIST_SCALE
     plain = CropDataset([prepare_patient(p, patch)], rs, patch, 2, seed=2, flip_axis=1)
-    assert "distance" not in plain[0]  # only models that read them pay for them
+    assert "extra" not in plain[0]  # only models that read them pay for them
 
 
 def test_prediction_uses_the_whole_grids_distances(cache, tmp_path):
@@ -264,7 +268,7 @@ def test_prediction_uses_the_whole_grids_distances(cache, tmp_path):
     with torch.no_grad():
         want = m(torch.from_numpy(p.ct.astype(np.float32))[None, None],
                  torch.from_numpy(p.roi_codes.astype(np.int32))[None],
-                 torch.from_numpy(p.possible_dose_mask)[None, None], distance=dist)[0, 0].numpy()
+                 torch.from_numpy(p.possible_dose_mask)[None, None], extra=dist)[0, 0].numpy()
         again = m(torch.from_numpy(p.ct.astype(np.float32))[None, None],
                   torch.from_numpy(p.roi_codes.astype(np.int32))[None],
                   torch.from_numpy(p.possible_dose_mask)[None, None], p.spacing)[0, 0].numpy()

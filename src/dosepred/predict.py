@@ -42,7 +42,6 @@ from .io.source import load_patients
 from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
-from .models.unet import target_distance_volume
 from .patient import Patient, RoiSet
 from .progress import track
 from .roi import lr_pairs, mirror_codes, to_torch
@@ -318,17 +317,18 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
         assert total is not None and count is not None
         return total, count
 
-    dist = None
-    if cfg.target_distance:  # of the whole grid, then cut like the other inputs (as in training)
-        full = target_distance_volume(patient.roi_codes, net.targets, patient.spacing)
-        dist = torch.from_numpy(np.ascontiguousarray(full[(slice(None), *box)])).to(device)[None]
-    total, count = passes(net.assemble(ct, codes, mask, distance=dist))
+    extra = None
+    if cfg.n_extra:  # of the whole grid, then cut like the other inputs (as in training)
+        full = net.extra_channels(patient.roi_codes, patient.possible_dose_mask, patient.geometry,
+                                  patient.spacing)
+        extra = torch.from_numpy(np.ascontiguousarray(full[(slice(None), *box)])).to(device)[None]
+    total, count = passes(net.assemble(ct, codes, mask, extra=extra))
     if tta:
         assert patient.geometry is not None
         ax = patient.geometry.axis_along("LR")
         codes_f = mirror_codes(codes_np, ax, lr_pairs(patient.roi_set))
         tf, cf = passes(net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2),
-                                     distance=None if dist is None else dist.flip(ax + 2)))
+                                     extra=None if extra is None else extra.flip(ax + 2)))
         total, count = total + tf.flip(ax + 2), count + cf.flip(ax + 2)
     dose = total / count * mask.float()  # every voxel is inside the unshifted pass: count >= 1
     if was_training:

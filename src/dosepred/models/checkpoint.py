@@ -334,6 +334,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             + (f", a coarse branch {mc['coarse']} under the bottom" if mc.get("coarse") else "")
             + (f", a full-resolution head of {mc['head']} channels" if mc.get("head") else "")
             + (", target distance input channels" if mc.get("target_distance") else "")
+            + (", a laterality input channel" if mc.get("laterality") else "")
             + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
             f"- ROIs (bit order): {roi_names}\n"
             + (_averaged_lines(ckpt["averaged_inputs"]) if "averaged_inputs" in ckpt else

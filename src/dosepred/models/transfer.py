@@ -90,25 +90,25 @@ class RoiTransfer:
         """The same ROI set (names, kinds, prescriptions, bit order): weights load unchanged."""
         return self.model_rois == self.data_rois
 
-    def channel_sources(self, n_distance: int = 0) -> list[int | None]:
-        """For each input channel of the new model (CT, Rx, the data's OARs, ``n_distance`` target
-        distance channels that both models have, mask): the index of the old model's channel it comes
+    def channel_sources(self, n_extra: int = 0) -> list[int | None]:
+        """For each input channel of the new model (CT, Rx, the data's OARs, ``n_extra`` channels of
+        the whole grid that both models have, mask): the index of the old model's channel it comes
         from, None for a new (zero-initialised) channel."""
         model_oars = [r["name"] for r in self.model_rois if r.get("kind", "oar") == "oar"]
         data_oars = [r["name"] for r in self.data_rois if r.get("kind", "oar") == "oar"]
         old_dist = 2 + len(model_oars)
         oars = [2 + model_oars.index(self.matched[n]) if n in self.matched else None for n in data_oars]
-        return [0, 1, *oars, *range(old_dist, old_dist + n_distance + 1)]
+        return [0, 1, *oars, *range(old_dist, old_dist + n_extra + 1)]
 
-    def to_dict(self, n_distance: int = 0) -> dict[str, Any]:
-        """The record a checkpoint keeps (``n_distance``: the model's target distance channels, for
+    def to_dict(self, n_extra: int = 0) -> dict[str, Any]:
+        """The record a checkpoint keeps (``n_extra``: the model's channels of the whole grid, for
         its ``channel_sources``)."""
         return {"format": TRANSFER_FORMAT, "version": 1, "source": self.source,
                 "model_rois": self.model_rois, "data_rois": self.data_rois, "matched": dict(self.matched),
                 "new": list(self.new), "dropped": list(self.dropped),
                 "model_targets": dict(self.model_targets), "data_targets": dict(self.data_targets),
                 "unprescribed": list(self.unprescribed), "not_oars": list(self.not_oars),
-                "channel_sources": self.channel_sources(n_distance), "notes": list(self.notes)}
+                "channel_sources": self.channel_sources(n_extra), "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoiTransfer:
@@ -239,9 +239,9 @@ def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfe
     its values (a second stage added to a one-stage model). Raises :class:`ModelError` when a
     tensor does not fit."""
     fresh = model.state_dict()
-    n_dist = model.config.n_distance
-    src = transfer.channel_sources(n_dist)
-    n_old = 3 + sum(r.get("kind", "oar") == "oar" for r in transfer.model_rois) + n_dist
+    n_extra = model.config.n_extra
+    src = transfer.channel_sources(n_extra)
+    n_old = 3 + sum(r.get("kind", "oar") == "oar" for r in transfer.model_rois) + n_extra
     n_new = len(src)
     inputs = input_keys(model.config)
     extra = sorted(set(old) - set(fresh))
@@ -275,21 +275,35 @@ def transfer_state(old: dict[str, torch.Tensor], model: torch.nn.Module, transfe
     return out
 
 
-def add_distance_inputs(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """The state dict ``state`` of a model of ``config`` (without target distance channels) with the
-    :data:`~dosepred.models.unet.N_DIST` distance channels added to every weight that reads the input
-    (:func:`input_keys`), their weights zero: the model predicts what it did until training moves
-    them. The new channels sit before the mask, where :meth:`DoseUNet.assemble` puts them."""
+def add_extra_inputs(state: dict[str, torch.Tensor], config: ModelConfig,
+                     new: ModelConfig) -> dict[str, torch.Tensor]:
+    """The state dict ``state`` of a model of ``config`` with the channels of the whole grid that
+    ``new`` (the same model with more of them: target distances, laterality) adds, in every weight
+    that reads the input (:func:`input_keys`), their weights zero: the model predicts what it did
+    until training moves them. The channels sit between the OARs and the mask, in
+    :meth:`DoseUNet.extra_channels`'s order."""
     from .unet import N_DIST
 
-    if config.target_distance:
-        raise ModelError("the model already reads target distances")
-    at = 2 + len(config.roi_set.oars)  # first distance channel: after CT, Rx and the OARs
+    def layout(c: ModelConfig) -> list[str]:
+        return ["distance"] * N_DIST * c.target_distance + ["laterality"] * c.laterality
+
+    was, now = layout(config), layout(new)
+    if any(k in was and not getattr(new, "target_distance" if k == "distance" else k) for k in was):
+        raise ModelError("a fine-tune cannot drop input channels of the whole grid")
+    at = 2 + len(config.roi_set.oars)  # the first such channel: after CT, Rx and the OARs
     out = dict(state)
     for k in input_keys(config):
         w = state[k]
-        zeros = w.new_zeros((w.shape[0], N_DIST, *w.shape[2:]))
-        out[k] = torch.cat([w[:, :at], zeros, w[:, at:]], dim=1)
+        cols = [w[:, :at]]
+        for kind in dict.fromkeys(now):  # each kind once, in order
+            n = now.count(kind)
+            if kind in was:
+                i0 = at + was.index(kind)
+                cols.append(w[:, i0:i0 + n])
+            else:
+                cols.append(w.new_zeros((w.shape[0], n, *w.shape[2:])))
+        cols.append(w[:, at + len(was):])
+        out[k] = torch.cat(cols, dim=1)
     return out
 
 
@@ -323,7 +337,7 @@ def transfer_checkpoint(ckpt: dict[str, Any], data_rois: RoiSet, where: str = "t
             counts = {n: mapped[n] for n in absent}
         keep["space"] = {**sp, "absent_rois": absent, "absent_counts": counts}
     return {"format": MODEL_FORMAT, **keep, "model_config": new_mc.to_dict(), "model": weights,
-            "roi_transfer": None if tr.identity else tr.to_dict(new_mc.n_distance)}
+            "roi_transfer": None if tr.identity else tr.to_dict(new_mc.n_extra)}
 
 
 def absent_after(absent: list[str] | tuple[str, ...] | None, transfer: RoiTransfer, new: bool = True

@@ -19,6 +19,14 @@ Input channels, assembled on the model's device from what a batch carries (see :
   an OAR lies against the targets (its overlap-volume histogram) is what decides its dose in a
   plan; the U-Net could infer distances from the target channel, but only as far as its receptive
   field and its few channels let it;
+- with ``laterality`` (issue 24): the patient-left coordinate of each voxel (LPS x, mm) relative to
+  the possible-dose mask's centroid, / 100 mm, clipped to +-3 (:func:`lateral_coordinate`). Training
+  mirrors crops left-right (and swaps Left/Right ROIs) and prediction averages a mirrored pass, so
+  without it a model cannot tell a patient's right from a mirrored left: it predicts the two sides
+  of the OpenKBP plans alike, which they are not (the right parotid's mean dose exceeds what the
+  released model predicts by about 2 Gy relative to the left's, on validation and on its own
+  training patients, docs/results.md round 21). The channel is mirrored with the rest, so a mirrored
+  view says it is one;
 - the possible-dose mask.
 
 Output: dose in Gy, ``dose_scale * softplus(raw)`` (non-negative, smooth at zero), multiplied by the
@@ -73,6 +81,8 @@ RX_SCALE = 70.0
 #: target distance channels: signed mm clipped to [-DIST_IN, DIST_OUT], divided by DIST_SCALE
 DIST_IN, DIST_OUT, DIST_SCALE = 20.0, 100.0, 50.0
 N_DIST = 2  # to the highest-prescription targets, to all prescribed targets
+#: laterality channel: patient-left mm from the mask's centroid / LAT_SCALE, clipped to +-LAT_CLIP
+LAT_SCALE, LAT_CLIP = 100.0, 3.0
 INIT_BIAS = -1.05  # softplus(-1.05) ~= 0.3
 
 
@@ -107,6 +117,8 @@ class ModelConfig:
     head: int | None = None
     # two input channels of signed distances to the targets (see the module's docstring)
     target_distance: bool = False
+    # an input channel of each voxel's patient-left coordinate (see the module's docstring)
+    laterality: bool = False
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
@@ -144,8 +156,9 @@ class ModelConfig:
         if self.head is not None and self.stages != 1:
             raise ModelError("a full-resolution head (head) is for one-stage models; a second stage "
                              "already refines the dose on the full grid")
-        if not isinstance(self.target_distance, bool):
-            raise ModelError(f"target_distance must be true or false, got {self.target_distance!r}")
+        for k in ("target_distance", "laterality"):
+            if not isinstance(getattr(self, k), bool):
+                raise ModelError(f"{k} must be true or false, got {getattr(self, k)!r}")
         if self.norm not in ("instance", "batch"):
             raise ModelError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
         self.rois = [dict(r) for r in self.rois]
@@ -172,8 +185,14 @@ class ModelConfig:
         return N_DIST if self.target_distance else 0
 
     @property
+    def n_extra(self) -> int:
+        """Input channels computed from the whole patient grid (target distances, laterality), which
+        sit between the OARs and the mask."""
+        return self.n_distance + int(self.laterality)
+
+    @property
     def in_channels(self) -> int:
-        return 3 + len(self.roi_set.oars) + self.n_distance
+        return 3 + len(self.roi_set.oars) + self.n_extra
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -184,8 +203,9 @@ class ModelConfig:
             del d["coarse"]
         if self.head is None:
             del d["head"]
-        if not self.target_distance:
-            del d["target_distance"]
+        for k in ("target_distance", "laterality"):  # older dosepreds read models without them
+            if not d[k]:
+                del d[k]
         return d
 
     @classmethod
@@ -296,12 +316,37 @@ class DoseUNet(nn.Module):
         names = {id(m): n for n, m in self.named_modules()}
         return [names[id(m)] + "." for m in self.modules() if isinstance(m, CoarseBranch)]
 
+    def extra_channels(self, codes: np.ndarray, mask: np.ndarray, geometry: Any,
+                       spacing: Sequence[float]) -> np.ndarray | None:
+        """The channels this model computes from a patient's whole grid (``n_extra``, float32, then
+        cut like the other inputs; None when it has none): the target distances
+        (:func:`target_distance_volume`) and the laterality (:func:`lateral_coordinate`, which needs
+        the grid's ``geometry``)."""
+        if not self.config.n_extra:
+            return None
+        parts = []
+        if self.config.target_distance:
+            parts.append(target_distance_volume(codes, self.targets, spacing))
+        if self.config.laterality:
+            if geometry is None:
+                raise ModelError("this model reads each voxel's left-right position (laterality) and "
+                                 "needs the patient's geometry")
+            parts.append(lateral_coordinate(geometry, np.shape(codes), mask)[None])
+        return np.concatenate(parts)
+
+    @property
+    def extra_fill(self) -> tuple[float, ...]:
+        """The value of each of :meth:`extra_channels` where a crop leaves the patient's grid: far
+        from the targets, the grid's centre left-right."""
+        return (DIST_OUT / DIST_SCALE,) * self.config.n_distance + (0.0,) * int(self.config.laterality)
+
     def assemble(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
-                 spacing: Any = None, distance: torch.Tensor | None = None) -> torch.Tensor:
-        """Input channels (B, C, *S) float32 on the tensors' device. A model with ``target_distance``
-        takes its distance channels from ``distance`` ((B, 2, *S), :func:`target_distance_volume` of
-        the whole patient cut like the other inputs: what training and prediction pass), else
-        computes them from ``codes`` as a whole grid of ``spacing`` mm per array axis ((3,) or (B, 3))."""
+                 spacing: Any = None, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Input channels (B, C, *S) float32 on the tensors' device. A model with channels of the
+        whole grid (``n_extra``) takes them from ``extra`` ((B, n_extra, *S), :meth:`extra_channels`
+        of the whole patient cut like the other inputs: what training and prediction pass); a model
+        with target distances alone may instead compute them from ``codes`` as a whole grid of
+        ``spacing`` mm per array axis ((3,) or (B, 3))."""
         if ct.dim() != 5 or ct.shape[1] != 1:
             raise ValueError(f"ct must be (B, 1, D, H, W), got {tuple(ct.shape)}")
         if codes.shape != ct.shape[:1] + ct.shape[2:]:
@@ -313,12 +358,15 @@ class DoseUNet(nn.Module):
             rx = torch.maximum(rx, decode_torch(codes, bit, torch.float32).unsqueeze(1) * (pres / RX_SCALE))
         oars = decode_torch(codes, self.oar_bits, torch.float32)
         parts = [x_ct, rx, oars]
-        if self.config.target_distance:
-            if distance is not None:
-                want = (codes.shape[0], N_DIST, *codes.shape[1:])
-                if tuple(distance.shape) != want:
-                    raise ValueError(f"distance must be {want}, got {tuple(distance.shape)}")
-                parts.append(distance.to(x_ct.device, torch.float32))
+        if self.config.n_extra:
+            if extra is not None:
+                want = (codes.shape[0], self.config.n_extra, *codes.shape[1:])
+                if tuple(extra.shape) != want:
+                    raise ValueError(f"extra channels must be {want}, got {tuple(extra.shape)}")
+                parts.append(extra.to(x_ct.device, torch.float32))
+            elif self.config.laterality:
+                raise ModelError("this model reads each voxel's left-right position (laterality): pass "
+                                 "DoseUNet.extra_channels of the whole patient as extra")
             elif spacing is None:
                 raise ModelError("this model reads distances to the targets (target_distance) and needs "
                                  "the voxel spacing")
@@ -371,8 +419,8 @@ class DoseUNet(nn.Module):
         return self
 
     def forward(self, ct: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
-                spacing: Any = None, distance: torch.Tensor | None = None) -> torch.Tensor:
-        return self.from_input(self.assemble(ct, codes, mask, spacing, distance))
+                spacing: Any = None, extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_input(self.assemble(ct, codes, mask, spacing, extra))
 
 
 def signed_distance(inside: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -421,6 +469,23 @@ def target_distance_volume(codes: np.ndarray, targets: Sequence[tuple[int, float
             inside |= ((codes >> codes.dtype.type(b)) & 1).astype(bool)
         out[j] = np.clip(signed_distance(inside, spacing), -DIST_IN, DIST_OUT) / DIST_SCALE
     return out
+
+
+def lateral_coordinate(geometry: Any, shape: Sequence[int], mask: np.ndarray | None = None) -> np.ndarray:
+    """Each voxel centre's patient-left coordinate (LPS x, mm) relative to that of the centroid of
+    ``mask`` (the grid's centre when it is None or empty), / LAT_SCALE and clipped to +-LAT_CLIP,
+    float32 of ``shape``: a grid of ``geometry`` (:class:`dosepred.geometry.Geometry`)."""
+    shape = tuple(int(n) for n in shape)
+    step = geometry.matrix[0]  # the LPS x step of each array axis (mm)
+    if mask is not None and np.any(mask):
+        centre = np.argwhere(mask).mean(axis=0)
+    else:
+        centre = (np.asarray(shape, float) - 1) / 2
+    x = np.zeros(shape, np.float64)
+    for ax in range(3):
+        r = (np.arange(shape[ax]) - centre[ax]) * step[ax]
+        x = x + r.reshape([-1 if a == ax else 1 for a in range(3)])
+    return np.clip(x / LAT_SCALE, -LAT_CLIP, LAT_CLIP).astype(np.float32)
 
 
 def target_distance_channels(codes: torch.Tensor, targets: Sequence[tuple[int, float]],

@@ -92,6 +92,11 @@ class TrainConfig(BaseModel):
                                          "(mm) to the highest-prescription targets and to all targets "
                                          "(their weights start at zero, so an --init without them "
                                          "predicts as before; none: --init's, else none).")
+    laterality: bool | None = Field(None, description="One more input channel: each voxel's patient-left "
+                                    "position (mm from the body's centre), mirrored with the crops, "
+                                    "so the model can tell the patient's right from a mirrored left "
+                                    "(its weights start at zero, so an --init without it predicts as "
+                                    "before; none: --init's, else none).")
     stages: int | None = Field(None, ge=1, le=2, description="U-Nets in the cascade: 2 adds a second "
                                "U-Net refining the first's dose (none: --init's, else 1; a one-stage "
                                "--init becomes the first stage).")

@@ -28,7 +28,7 @@ the same width (:func:`dosepred.roi.to_torch`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +38,6 @@ from scipy import ndimage
 from ..boxes import mask_box
 from ..constants import AIR_HU
 from ..errors import InputError
-from ..models.unet import DIST_OUT, DIST_SCALE, target_distance_volume
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
@@ -57,14 +56,15 @@ class PatientArrays:
     target_idx: np.ndarray  # flat indices (int32) of target voxels inside the mask
     mask_count: int
     extremes: np.ndarray | None = None  # (n, 3) row ends of the mask (:func:`mask_extremes`)
-    # (2, *S) float16 target distance channels of the whole patient, cut like the rest (models with
-    # target_distance: dosepred.models.unet.target_distance_volume); None for other models
-    distance: np.ndarray | None = None
+    # (n, *S) float16 input channels the model computes from the whole patient grid, cut like the
+    # rest (DoseUNet.extra_channels: target distances, laterality); None for models without them
+    extra: np.ndarray | None = None
+    extra_fill: tuple[float, ...] = ()  # each one's value beyond the grid
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.ct, self.dose, self.codes, self.mask, self.target_idx,
-                                      *(() if self.distance is None else (self.distance,))))
+                                      *(() if self.extra is None else (self.extra,))))
 
 
 def mask_extremes(mask: np.ndarray) -> np.ndarray:
@@ -84,11 +84,14 @@ def mask_extremes(mask: np.ndarray) -> np.ndarray:
 
 
 def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = None,
-                    distance_targets: Sequence[tuple[int, float]] | None = None) -> PatientArrays:
+                    extra_fn: Callable[..., np.ndarray | None] | None = None,
+                    extra_fill: Sequence[float] = ()) -> PatientArrays:
     """Arrays cut to the mask's bounding box plus half a patch of context (``rotate_axis`` given:
     half the patch's diagonal in the rotation plane, what a rotated window can reach).
-    ``distance_targets`` (``(bit, prescription)`` of the targets; a model with target distance
-    channels): those channels too, computed on the whole grid before the cut."""
+    ``extra_fn`` (a model with input channels of the whole grid: its
+    :meth:`~dosepred.models.unet.DoseUNet.extra_channels`, called with the patient's codes, mask,
+    geometry and spacing): those channels too, computed before the cut; ``extra_fill``: each one's
+    value beyond the grid."""
     if p.dose is None:
         raise InputError(f"patient {p.id} has no dose: training needs reference doses")
     mask = np.asarray(p.possible_dose_mask, bool)
@@ -108,13 +111,17 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
         tmask |= ((codes_c >> codes_c.dtype.type(b)) & 1).astype(bool)
     tmask &= mask_c
     ct = p.require_ct("training")
-    dist = None
-    if distance_targets is not None:
-        full = target_distance_volume(p.roi_codes, distance_targets, p.spacing)
-        dist = np.ascontiguousarray(full[(slice(None), *sl)], np.float16)
+    extra = None
+    if extra_fn is not None:
+        full = extra_fn(p.roi_codes, np.asarray(p.possible_dose_mask, bool), p.geometry, p.spacing)
+        if full is not None:
+            if len(extra_fill) != len(full):
+                raise ValueError(f"extra_fill needs {len(full)} values, got {len(extra_fill)}")
+            extra = np.ascontiguousarray(full[(slice(None), *sl)], np.float16)
     return PatientArrays(p.id, np.ascontiguousarray(ct[sl]), np.ascontiguousarray(p.dose[sl], np.float32),
                          codes_c, mask_c, tuple(p.spacing), np.flatnonzero(tmask).astype(np.int32),
-                         int(mask_c.sum()), mask_extremes(mask_c), dist)
+                         int(mask_c.sum()), mask_extremes(mask_c), extra,
+                         tuple(float(v) for v in extra_fill) if extra is not None else ())
 
 
 def _crop(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill) -> np.ndarray:
@@ -238,29 +245,29 @@ class CropDataset(torch.utils.data.Dataset):
         # jitter so the centre voxel is not always the window's exact middle
         start = [int(c) - s // 2 + int(rng.integers(-(s // 4), s // 4 + 1))
                  for c, s in zip(centre, self.patch, strict=True)]
-        ct, dose, codes, mask, dist = self._window(p, start, index)
+        ct, dose, codes, mask, extra = self._window(p, start, index)
         if self.flip_axis is not None and rng.random() < 0.5:
             ax = self.flip_axis
             ct, dose, mask = (np.flip(a, ax) for a in (ct, dose, mask))
             codes = np.flip(codes, ax)
             if self.pairs:
                 codes = swap_bits(codes, self.pairs)
-            if dist is not None:  # distances of the mirrored targets: the mirrored distances
-                dist = np.flip(dist, ax + 1)
+            if extra is not None:  # mirrored with the rest: a mirrored view's laterality says so
+                extra = np.flip(extra, ax + 1)
         item = {"ct": torch.from_numpy(np.ascontiguousarray(ct)).unsqueeze(0),
                 "dose": torch.from_numpy(np.ascontiguousarray(dose)).unsqueeze(0),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0),
                 "codes": to_torch(np.ascontiguousarray(codes)),
                 "spacing": torch.tensor(p.spacing, dtype=torch.float32)}
-        if dist is not None:
-            item["distance"] = torch.from_numpy(np.ascontiguousarray(dist, np.float32))
+        if extra is not None:
+            item["extra"] = torch.from_numpy(np.ascontiguousarray(extra, np.float32))
         return item
 
 
     def _window(self, p: PatientArrays, start: list[int], index: int) -> tuple[np.ndarray | None, ...]:
-        """CT, dose, codes, mask and target distances (None without them) of the window at ``start``,
-        rotated and shifted when enabled. Distances: linear, the far value outside the array."""
-        far = DIST_OUT / DIST_SCALE
+        """CT, dose, codes, mask and the channels of the whole grid (None without them) of the window
+        at ``start``, rotated and shifted when enabled (those channels: linear, ``extra_fill`` beyond
+        the grid)."""
         angle = 0.0
         f = np.eye(3)
         if self.rotate_p > 0 or self.shift:
@@ -293,16 +300,17 @@ class CropDataset(torch.utils.data.Dataset):
                 # so no negative dose and no overshoot at the body outline
                 mask = _warp(p.mask, inv, off, self.patch, 0, False)
                 dose = _warp(p.dose, inv, off, self.patch, 1, 0.0) * mask  # none outside the mask, as stored
-                dist = (None if p.distance is None else
-                        np.stack([_warp(d.astype(np.float32), inv, off, self.patch, 1, far)
-                                  for d in p.distance]))
+                extra = (None if p.extra is None else
+                         np.stack([_warp(e.astype(np.float32), inv, off, self.patch, 1, f)
+                                   for e, f in zip(p.extra, p.extra_fill, strict=True)]))
                 return (_warp(p.ct, inv, off, self.patch, 1, AIR_HU), dose,
-                        _warp(p.codes, inv, off, self.patch, 0, 0), mask, dist)
+                        _warp(p.codes, inv, off, self.patch, 0, 0), mask, extra)
             start = [int(round(v)) for v in t]
-        dist = (None if p.distance is None else
-                np.stack([_crop(d, start, self.patch, far) for d in p.distance]))
+        extra = (None if p.extra is None else
+                 np.stack([_crop(e, start, self.patch, f)
+                           for e, f in zip(p.extra, p.extra_fill, strict=True)]))
         return (_crop(p.ct, start, self.patch, AIR_HU), _crop(p.dose, start, self.patch, 0.0),
-                _crop(p.codes, start, self.patch, 0), _crop(p.mask, start, self.patch, False), dist)
+                _crop(p.codes, start, self.patch, 0), _crop(p.mask, start, self.patch, False), extra)
 
 
 class RankSampler(torch.utils.data.Sampler[int]):
@@ -326,6 +334,7 @@ class RankSampler(torch.utils.data.Sampler[int]):
 
 def load_arrays(patients: Iterable[Patient], patch: Sequence[int], progress: bool = True,
                 rotate_axis: int | None = None,
-                distance_targets: Sequence[tuple[int, float]] | None = None) -> list[PatientArrays]:
+                extra_fn: Callable[..., np.ndarray | None] | None = None,
+                extra_fill: Sequence[float] = ()) -> list[PatientArrays]:
     it = track(patients, description="loading patients") if progress else patients
-    return [prepare_patient(p, patch, rotate_axis, distance_targets) for p in it]
+    return [prepare_patient(p, patch, rotate_axis, extra_fn, extra_fill) for p in it]

@@ -22,7 +22,7 @@ from ..models.space import ModelSpace
 from ..models.transfer import (
     RoiTransfer,
     absent_after,
-    add_distance_inputs,
+    add_extra_inputs,
     counts_after,
     plan_transfer,
     transfer_state,
@@ -32,6 +32,8 @@ from .config import TrainConfig
 
 #: the architecture fields a fine-tune takes from its ``--init`` model unless the config sets them
 ARCH_KEYS = ("base", "levels", "res_units", "norm", "stages")
+#: input channels computed from the whole patient grid: a fine-tune keeps --init's and may add them
+EXTRA_KEYS = ("target_distance", "laterality")
 
 
 def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> None:
@@ -57,10 +59,11 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
             raise ModelError(f"--init {cfg.init} has head={init_mc.head} but head={cfg.head} was "
                              "requested")
         cfg.head = init_mc.head if cfg.head is None else cfg.head
-        if cfg.target_distance is False and init_mc.target_distance:
-            raise ModelError(f"--init {cfg.init} reads target distances but target_distance=false was "
-                             "requested")
-        cfg.target_distance = init_mc.target_distance or bool(cfg.target_distance)
+        for k in EXTRA_KEYS:  # channels of the whole grid: --init's, and may be added
+            if getattr(cfg, k) is False and getattr(init_mc, k):
+                raise ModelError(f"--init {cfg.init} has the {k} input channels but {k}=false was "
+                                 "requested")
+            setattr(cfg, k, getattr(init_mc, k) or bool(getattr(cfg, k)))
     if cfg.channels is not None:  # explicit widths decide base and levels
         widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
         grow = init_widths is not None and widths != init_widths  # checked once all is settled
@@ -85,10 +88,11 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
         setattr(cfg, k, v)
     if cfg.freeze_stage1 and cfg.stages != 2:
         raise ModelError("freeze_stage1 needs stages=2 (a one-stage model would train nothing)")
-    if cfg.freeze_stage1 and cfg.target_distance and init_ckpt is not None and not init_mc.target_distance:
-        raise ModelError(f"freeze_stage1 with target_distance added to --init {cfg.init}: the first "
-                         "stage's distance weights would stay zero; add them first, then freeze in a "
-                         "second fine-tune")
+    added = [k for k in EXTRA_KEYS if init_ckpt is not None and getattr(cfg, k) and not getattr(init_mc, k)]
+    if cfg.freeze_stage1 and added:
+        raise ModelError(f"freeze_stage1 with {' and '.join(added)} added to --init {cfg.init}: the first "
+                         "stage's weights of those channels would stay zero; add them first, then freeze "
+                         "in a second fine-tune")
     if grow:  # wider channels than --init's: grown (dosepred.models.grow) where that can be done
         problem = grow_problem(init_mc, list(widths), cfg.res_units, cfg.coarse, cfg.stages, cfg.head)
         if problem:
@@ -116,14 +120,17 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
     # the cache's ROIs onto the model's input channels (dosepred.models.transfer)
     tr = plan_transfer(mc.roi_set, roi_set, f"training cache {cfg.data}", str(cfg.init))
     state = {k: v.float() if v.is_floating_point() else v for k, v in init_ckpt["model"].items()}
-    if cfg.target_distance and not mc.target_distance:  # distance channels added: their weights zero
+    added = [k for k in EXTRA_KEYS if getattr(cfg, k) and not getattr(mc, k)]
+    if added:  # input channels of the whole grid added: their weights zero
+        what = " and ".join(f"the {k} input channels" for k in added)
         if not tr.identity:
-            raise ModelError(f"--init {cfg.init} cannot get target distance channels and move onto "
-                             "other ROIs in one fine-tune: do them in two")
-        state = add_distance_inputs(state, mc)
-        mc = ModelConfig.from_dict({**mc.to_dict(), "target_distance": True})  # what state now is
-        log(f"--init {cfg.init} gets target distance channels: their weights start at zero, so the "
-            "network predicts what --init does until training moves them")
+            raise ModelError(f"--init {cfg.init} cannot get {what} and move onto other ROIs in one "
+                             "fine-tune: do them in two")
+        new = ModelConfig.from_dict({**mc.to_dict(), **{k: True for k in added}})
+        state = add_extra_inputs(state, mc, new)
+        mc = new  # what state now is
+        log(f"--init {cfg.init} gets {what}: their weights start at zero, so the network predicts "
+            "what --init does until training moves them")
     if cfg.coarse and not mc.coarse:  # a model without the coarse branch: the branch starts at zero
         if mc.stages != cfg.stages:
             raise ModelError(f"--init {cfg.init}: add the coarse branch and the second stage in "
@@ -147,7 +154,7 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
     try:
         if not tr.identity:
             model.load_state_dict(transfer_state(state, model, tr, f"--init {cfg.init}"))
-            roi_transfer = tr.to_dict(model.config.n_distance)
+            roi_transfer = tr.to_dict(model.config.n_extra)
             transfer = tr
             log(f"--init {cfg.init} onto the ROIs of {cfg.data}: {tr.summary()}")
             for note in tr.notes:

@@ -318,7 +318,8 @@ class Trainer:
                                         res_units=cfg.res_units, norm=cfg.norm, patch=cfg.patch,
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
                                         stages=cfg.stages, channels=cfg.channels, coarse=cfg.coarse,
-                                        head=cfg.head, target_distance=bool(cfg.target_distance))
+                                        head=cfg.head, target_distance=bool(cfg.target_distance),
+                                        laterality=bool(cfg.laterality))
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         self.roi_transfer: dict[str, Any] | None = None
@@ -386,8 +387,8 @@ class Trainer:
         oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
         arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
                              rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None,
-                             distance_targets=self.model.targets if self.model_config.target_distance
-                             else None)
+                             extra_fn=self.model.extra_channels if self.model_config.n_extra else None,
+                             extra_fill=self.model.extra_fill)
         self.set_space(self.inherit_absent(recorder.space()))
         return arrays
 
@@ -573,7 +574,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            pred = self.net(ct, codes, mask, spacing, batch.get("distance"))
+            pred = self.net(ct, codes, mask, spacing, batch.get("extra"))
         total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
         if not torch.isfinite(total):
             raise TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
