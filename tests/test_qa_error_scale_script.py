@@ -46,3 +46,20 @@ def test_rates_match_the_gaussian_answer_and_shrink_with_the_error():
     assert abs(d["caught_6"] - 100 * stats.norm.sf(q - 6, scale=2.0)) < 1.0
     half = mod.detection(pat, r * 0.5, splits=20, n_cal=2000)
     assert abs(half["width"] - q) < 0.1 and half["caught_3"] > d["caught_3"] + 30
+
+
+def test_centring_each_roi_removes_its_bias_from_the_interval():
+    mod = _script()
+    rng = np.random.default_rng(3)
+    n = 40
+    pat = np.repeat(np.arange(n), 2)
+    rois = np.array(["RightParotid", "LeftParotid"] * n, dtype=object)
+    r = np.where(rois == "RightParotid", 2.0, -2.0) + rng.normal(0, 0.5, 2 * n)  # biased per ROI
+    pooled = mod.detection(pat, r, splits=100, n_cal=30)
+    centred = mod.detection(pat, r, splits=100, n_cal=30, rois=rois)
+    # pooled |r| is about 2 + |noise|: width about 2 x (2 + 0.82); centred about 2 x 1.645 x 0.5
+    assert 4.5 < pooled["width"] < 7 and 1.2 < centred["width"] < 2.4
+    assert centred["caught_3"] > 95 and pooled["caught_3"] < 80  # the left parotid's +3 Gy hides
+    assert centred["false_alarms"] < 20
+    same = mod.detection(pat, r, splits=100, n_cal=30, rois=np.array(["A"] * (2 * n), dtype=object))
+    assert same["width"] < pooled["width"] + 0.5  # one ROI: centring on its median only
