@@ -53,8 +53,6 @@ INTERNAL_CHECKS: dict[tuple[str, str], tuple[int, str]] = {
     ("dosepred/io/cache.py", "_Npz.__init__"): (
         1, "caught by read_arrays / read_voxels and re-raised as CacheError naming the patient and file"),
     ("dosepred/models/unet.py", "DoseUNet.assemble"): (3, "tensor shapes the dataset and predict build"),
-    ("dosepred/training/dataset.py", "prepare_patient"): (
-        1, "the trainer passes a model's extra_channels with that model's extra_fill"),
     ("dosepred/qa/conformal.py", "fit_family"): (1, "the family is named by dosepred's code"),
     ("dosepred/bench/bitmask.py", "CropDataset.__init__"): (1, "pipeline names are checked before"),
 }

@@ -225,7 +225,7 @@ def test_training_crops_carry_the_whole_grids_distances():
     assert full.shape == (3, *shape)
     np.testing.assert_array_equal(full[:2], target_distance_volume(p.roi_codes, [(0, 70.0)], SPACING))
     patch = (8, 16, 8)
-    kw = dict(extra_fn=model.extra_channels, extra_fill=model.extra_fill)
+    kw = dict(extra=model)
     for shift in (False, True):
         ds = CropDataset([prepare_patient(p, patch, **kw)], rs, patch, 30, seed=2, flip_axis=1, shift=shift)
         flips = 0

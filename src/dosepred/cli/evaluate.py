@@ -19,6 +19,7 @@ _PREDICTION = (f"Predicted doses as `dosepred predict --format` writes them: {pr
                + (f"; {' and '.join(_MATCHED)} doses are matched to the references by what they reference "
                   "and resampled onto their grids" if _MATCHED else "") + ".")
 
+
 def _json_file(path: Path | None) -> None:
     """Refuse a ``--json`` path that is a folder (even an empty one, which --overwrite would replace):
     it names the JSON file to write."""

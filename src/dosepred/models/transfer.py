@@ -21,9 +21,9 @@ which input channel of the new model comes from which channel of the old one:
 - **Targets** reach the network only through the prescription channel (each voxel the highest
   prescription of the targets containing it, / 70 Gy) and, in a model with target distance channels,
   the distances to the highest-prescription and to all targets, so they need no matching: the
-  data's targets and dose levels (66 / 60 / 54 Gy, or one level) replace the model's. A data target without a
-  prescription does not enter that channel (a note says so); data with no prescribed target at all
-  is an error.
+  data's targets and dose levels (66 / 60 / 54 Gy, or one level) replace the model's. A data target
+  without a prescription does not enter that channel (a note says so); data with no prescribed
+  target at all is an error.
 
 The result is recorded in every checkpoint of the run (``"roi_transfer"``: :meth:`RoiTransfer.to_dict`)
 and in an exported model. This module decides and copies weights; it reads no files.
@@ -96,9 +96,9 @@ class RoiTransfer:
         from, None for a new (zero-initialised) channel."""
         model_oars = [r["name"] for r in self.model_rois if r.get("kind", "oar") == "oar"]
         data_oars = [r["name"] for r in self.data_rois if r.get("kind", "oar") == "oar"]
-        old_dist = 2 + len(model_oars)
+        old_extra = 2 + len(model_oars)  # the old extra channels, then the mask
         oars = [2 + model_oars.index(self.matched[n]) if n in self.matched else None for n in data_oars]
-        return [0, 1, *oars, *range(old_dist, old_dist + n_extra + 1)]
+        return [0, 1, *oars, *range(old_extra, old_extra + n_extra + 1)]
 
     def to_dict(self, n_extra: int = 0) -> dict[str, Any]:
         """The record a checkpoint keeps (``n_extra``: the model's channels of the whole grid, for
@@ -282,14 +282,15 @@ def add_extra_inputs(state: dict[str, torch.Tensor], config: ModelConfig,
     that reads the input (:func:`input_keys`), their weights zero: the model predicts what it did
     until training moves them. The channels sit between the OARs and the mask, in
     :meth:`DoseUNet.extra_channels`'s order."""
-    from .unet import N_DIST
+    from .unet import EXTRA_FLAGS, N_DIST
+
+    if any(getattr(config, k) and not getattr(new, k) for k in EXTRA_FLAGS):
+        raise ModelError("a fine-tune cannot drop input channels of the whole grid")
 
     def layout(c: ModelConfig) -> list[str]:
-        return ["distance"] * N_DIST * c.target_distance + ["laterality"] * c.laterality
+        return ["target_distance"] * N_DIST * c.target_distance + ["laterality"] * c.laterality
 
     was, now = layout(config), layout(new)
-    if any(k in was and not getattr(new, "target_distance" if k == "distance" else k) for k in was):
-        raise ModelError("a fine-tune cannot drop input channels of the whole grid")
     at = 2 + len(config.roi_set.oars)  # the first such channel: after CT, Rx and the OARs
     out = dict(state)
     for k in input_keys(config):

@@ -83,6 +83,8 @@ DIST_IN, DIST_OUT, DIST_SCALE = 20.0, 100.0, 50.0
 N_DIST = 2  # to the highest-prescription targets, to all prescribed targets
 #: laterality channel: patient-left mm from the mask's centroid / LAT_SCALE, clipped to +-LAT_CLIP
 LAT_SCALE, LAT_CLIP = 100.0, 3.0
+#: the ModelConfig flags of the input channels computed from the whole patient grid, in their order
+EXTRA_FLAGS = ("target_distance", "laterality")
 INIT_BIAS = -1.05  # softplus(-1.05) ~= 0.3
 
 
@@ -156,7 +158,7 @@ class ModelConfig:
         if self.head is not None and self.stages != 1:
             raise ModelError("a full-resolution head (head) is for one-stage models; a second stage "
                              "already refines the dose on the full grid")
-        for k in ("target_distance", "laterality"):
+        for k in EXTRA_FLAGS:
             if not isinstance(getattr(self, k), bool):
                 raise ModelError(f"{k} must be true or false, got {getattr(self, k)!r}")
         if self.norm not in ("instance", "batch"):
@@ -203,7 +205,7 @@ class ModelConfig:
             del d["coarse"]
         if self.head is None:
             del d["head"]
-        for k in ("target_distance", "laterality"):  # older dosepreds read models without them
+        for k in EXTRA_FLAGS:  # older dosepreds read models without them
             if not d[k]:
                 del d[k]
         return d

@@ -28,8 +28,9 @@ the same width (:func:`dosepred.roi.to_torch`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from ..errors import InputError
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
+
+if TYPE_CHECKING:
+    from ..models.unet import DoseUNet
 
 
 @dataclass
@@ -84,14 +88,12 @@ def mask_extremes(mask: np.ndarray) -> np.ndarray:
 
 
 def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = None,
-                    extra_fn: Callable[..., np.ndarray | None] | None = None,
-                    extra_fill: Sequence[float] = ()) -> PatientArrays:
+                    extra: DoseUNet | None = None) -> PatientArrays:
     """Arrays cut to the mask's bounding box plus half a patch of context (``rotate_axis`` given:
     half the patch's diagonal in the rotation plane, what a rotated window can reach).
-    ``extra_fn`` (a model with input channels of the whole grid: its
-    :meth:`~dosepred.models.unet.DoseUNet.extra_channels`, called with the patient's codes, mask,
-    geometry and spacing): those channels too, computed before the cut; ``extra_fill``: each one's
-    value beyond the grid."""
+    ``extra`` (a model with input channels of the whole grid): those channels too
+    (:meth:`~dosepred.models.unet.DoseUNet.extra_channels`), computed before the cut, with their
+    values beyond the grid (``extra_fill``)."""
     if p.dose is None:
         raise InputError(f"patient {p.id} has no dose: training needs reference doses")
     mask = np.asarray(p.possible_dose_mask, bool)
@@ -111,17 +113,14 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
         tmask |= ((codes_c >> codes_c.dtype.type(b)) & 1).astype(bool)
     tmask &= mask_c
     ct = p.require_ct("training")
-    extra = None
-    if extra_fn is not None:
-        full = extra_fn(p.roi_codes, np.asarray(p.possible_dose_mask, bool), p.geometry, p.spacing)
+    channels, fill = None, ()
+    if extra is not None:
+        full = extra.extra_channels(p.roi_codes, mask, p.geometry, p.spacing)
         if full is not None:
-            if len(extra_fill) != len(full):
-                raise ValueError(f"extra_fill needs {len(full)} values, got {len(extra_fill)}")
-            extra = np.ascontiguousarray(full[(slice(None), *sl)], np.float16)
+            channels, fill = np.ascontiguousarray(full[(slice(None), *sl)], np.float16), extra.extra_fill
     return PatientArrays(p.id, np.ascontiguousarray(ct[sl]), np.ascontiguousarray(p.dose[sl], np.float32),
                          codes_c, mask_c, tuple(p.spacing), np.flatnonzero(tmask).astype(np.int32),
-                         int(mask_c.sum()), mask_extremes(mask_c), extra,
-                         tuple(float(v) for v in extra_fill) if extra is not None else ())
+                         int(mask_c.sum()), mask_extremes(mask_c), channels, fill)
 
 
 def _crop(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill) -> np.ndarray:
@@ -301,14 +300,14 @@ class CropDataset(torch.utils.data.Dataset):
                 mask = _warp(p.mask, inv, off, self.patch, 0, False)
                 dose = _warp(p.dose, inv, off, self.patch, 1, 0.0) * mask  # none outside the mask, as stored
                 extra = (None if p.extra is None else
-                         np.stack([_warp(e.astype(np.float32), inv, off, self.patch, 1, f)
-                                   for e, f in zip(p.extra, p.extra_fill, strict=True)]))
+                         np.stack([_warp(e.astype(np.float32), inv, off, self.patch, 1, fill)
+                                   for e, fill in zip(p.extra, p.extra_fill, strict=True)]))
                 return (_warp(p.ct, inv, off, self.patch, 1, AIR_HU), dose,
                         _warp(p.codes, inv, off, self.patch, 0, 0), mask, extra)
             start = [int(round(v)) for v in t]
         extra = (None if p.extra is None else
-                 np.stack([_crop(e, start, self.patch, f)
-                           for e, f in zip(p.extra, p.extra_fill, strict=True)]))
+                 np.stack([_crop(e, start, self.patch, fill)
+                           for e, fill in zip(p.extra, p.extra_fill, strict=True)]))
         return (_crop(p.ct, start, self.patch, AIR_HU), _crop(p.dose, start, self.patch, 0.0),
                 _crop(p.codes, start, self.patch, 0), _crop(p.mask, start, self.patch, False), extra)
 
@@ -333,8 +332,6 @@ class RankSampler(torch.utils.data.Sampler[int]):
 
 
 def load_arrays(patients: Iterable[Patient], patch: Sequence[int], progress: bool = True,
-                rotate_axis: int | None = None,
-                extra_fn: Callable[..., np.ndarray | None] | None = None,
-                extra_fill: Sequence[float] = ()) -> list[PatientArrays]:
+                rotate_axis: int | None = None, extra: DoseUNet | None = None) -> list[PatientArrays]:
     it = track(patients, description="loading patients") if progress else patients
-    return [prepare_patient(p, patch, rotate_axis, extra_fn, extra_fill) for p in it]
+    return [prepare_patient(p, patch, rotate_axis, extra) for p in it]

@@ -27,13 +27,14 @@ from ..models.transfer import (
     plan_transfer,
     transfer_state,
 )
+from ..models.unet import EXTRA_FLAGS
 from ..patient import RoiSet
 from .config import TrainConfig
 
 #: the architecture fields a fine-tune takes from its ``--init`` model unless the config sets them
 ARCH_KEYS = ("base", "levels", "res_units", "norm", "stages")
 #: input channels computed from the whole patient grid: a fine-tune keeps --init's and may add them
-EXTRA_KEYS = ("target_distance", "laterality")
+EXTRA_KEYS = EXTRA_FLAGS
 
 
 def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> None:

@@ -387,8 +387,7 @@ class Trainer:
         oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
         arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
                              rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None,
-                             extra_fn=self.model.extra_channels if self.model_config.n_extra else None,
-                             extra_fill=self.model.extra_fill)
+                             extra=self.model if self.model_config.n_extra else None)
         self.set_space(self.inherit_absent(recorder.space()))
         return arrays
 
