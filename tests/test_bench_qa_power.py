@@ -188,7 +188,7 @@ def test_cli_on_a_synthetic_cohort(tmp_path):
     want = sum(2 * len(oars & set(p.present_rois)) + len(d95 & set(p.present_rois)) + 1 for p in pats)
     assert res["degraded_plans"] == want
     assert res["largest_change_error"]["oar"] < 1e-3 and res["largest_change_error"]["cold"] < 1e-3
-    assert set(res["methods"]) == {"absolute", "signed", "normalised", "qa"}
+    assert set(res["methods"]) == {"absolute", "signed", "normalised", "centred", "qa"}
     for m in res["methods"].values():
         by = {(s["what"], s["family"], s["amount"]): s["sensitivity"] for s in m["sensitivity"]}
         for fam in ("oar_mean", "oar_nearmax"):  # the same intervals: +6 Gy is flagged whenever +3 Gy is

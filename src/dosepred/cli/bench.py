@@ -209,7 +209,7 @@ def qa_power(
     cold_gy: Annotated[str, typer.Option("--cold-gy", help="Target D95% deficits (Gy).")] = "1,2,3",
     hot_pct: Annotated[str, typer.Option("--hot-pct", help="PTV V110% excesses (% points).")] = "2,5,10",
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated subset of absolute, signed, "
-                                         "normalised, adaptive-*, qa [all available].")] = "",
+                                         "normalised, centred, adaptive-*, qa [all available].")] = "",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Split seed.")] = 0,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:

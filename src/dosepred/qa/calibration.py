@@ -13,7 +13,8 @@ Versions (:data:`CALIBRATION_VERSION`; each still read, with the meaning it had)
   tail scores, unflipped predictions;
 - 2: ``quantile_rule``, tail scores per family, later ``dvh_band``; unflipped predictions;
 - 3: ``tta`` (whether the predictions were flipped; required) and ``method_rule`` (how the methods
-  were chosen, :mod:`dosepred.qa.crossval`).
+  were chosen, :mod:`dosepred.qa.crossval`);
+- 4: the ``centred`` method (its scores, and a ``centre`` in every per-criterion statistic).
 
 :meth:`Calibration.to_json` writes a file's keys in the order and with the values they were read
 with, so a calibration read and written again is the same file; :func:`write_calibration` writes it
@@ -41,10 +42,10 @@ from .crossval import CvResults
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = "dosepred-calibration"
-#: Version 3: the file records whether its predictions were flipped (``tta``; plan QA predicts the
-#: same way) and the rule that chose the methods (``method_rule``). Versions 1 and 2 were made from
-#: unflipped predictions.
-CALIBRATION_VERSION = 3
+#: Version 4: the ``centred`` method (per-criterion centres). Version 3: the file records whether its
+#: predictions were flipped (``tta``; plan QA predicts the same way) and the rule that chose the methods
+#: (``method_rule``). Versions 1 and 2 were made from unflipped predictions.
+CALIBRATION_VERSION = 4
 
 
 class CalibrationError(DosepredError, ValueError):
@@ -259,7 +260,8 @@ def _list(x: tuple[float, ...] | None) -> list[float] | None:
 
 def _family_json(f: Family) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "n": f.n, "criterion_stats": {k: {"bias": s.bias, "scale": s.scale, "n": s.n}
+        "n": f.n, "criterion_stats": {k: {"bias": s.bias, "scale": s.scale, "n": s.n,
+                                          **({} if s.centre is None else {"centre": s.centre})}
                                       for k, s in f.criterion_stats.items()},
         "scores": {m: list(s) for m, s in f.scores.items()}}
     if f.tail_scores is not None:
@@ -271,7 +273,8 @@ def _family_json(f: Family) -> dict[str, Any]:
 def _family(r: _Reader, obj: Any, name: str) -> Family:
     """A family as :func:`_family_json` writes it, checked as :func:`~dosepred.qa.conformal.fit_family`
     makes it: ``n`` units, every method's ``n`` scores finite and sorted ascending (``absolute``: >= 0),
-    each tail's scores some of its method's (at most ``n``), finite per-criterion statistics. A hand
+    each tail's scores some of its method's (at most ``n``), finite per-criterion statistics (each with a
+    centre where the family has ``centred`` scores). A hand
     edit that breaks any of these would move the intervals silently; it is a :class:`CalibrationError`
     naming the file and the field."""
     w = f"families.{name}"
@@ -294,7 +297,12 @@ def _family(r: _Reader, obj: Any, name: str) -> Family:
         k_n = r.integer(s.get("n", 0), f"{w}.criterion_stats.{k}.n")
         if k_n < 0:
             raise r.bad(f"{w}.criterion_stats.{k}.n", f"a number of calibration units (>= 0; it is {k_n})")
-        stats[k] = CriterionStats(bias, scale, k_n)
+        centre = s.get("centre")
+        if centre is not None:
+            centre = r.number(centre, f"{w}.criterion_stats.{k}.centre")
+            if not math.isfinite(centre):  # centred intervals are shifted by it
+                raise r.bad(f"{w}.criterion_stats.{k}.centre", f"a finite number (it is {s.get('centre')})")
+        stats[k] = CriterionStats(bias, scale, k_n, centre)
     scores = {m: r.scores(v, f"{w}.scores.{m}", n, nonnegative=m == "absolute")
               for m, v in r.obj(d.get("scores", {}), f"{w}.scores").items()}
     tails = None
@@ -307,6 +315,10 @@ def _family(r: _Reader, obj: Any, name: str) -> Family:
                             f"({', '.join(scores) or 'none'})")
             tails[m] = Tails(r.tail(t.get("lower"), f"{w}.tail_scores.{m}.lower", scores[m]),
                              r.tail(t.get("upper"), f"{w}.tail_scores.{m}.upper", scores[m]))
+    no_centre = sorted(k for k, v in stats.items() if v.centre is None)
+    if "centred" in scores and no_centre:  # its intervals would silently not be centred there
+        raise r.bad(f"{w}.criterion_stats.{no_centre[0]}.centre",
+                    "a number: the family has centred scores, so every criterion needs its centre")
     method = r.text(d.get("method", "absolute"), f"{w}.method")
     if method not in METHODS or method not in scores:
         have = ", ".join(m for m in METHODS if m in scores)

@@ -13,7 +13,14 @@ of :data:`METHODS` gives the interval at coverage ``1 - alpha``:
                ``(r - b_c) / s_c``, with a per-criterion bias ``b_c`` and scale ``s_c`` shrunk
                towards the family's (:func:`criterion_stats`) and, for the calibration scores,
                computed without the unit's own patient (cross-fitting): wide for criteria whose
-               errors are large, centred where a criterion is biased.
+               errors are large, centred where a criterion is biased;
+``centred``    ``[yhat + m_c + q_lo, yhat + m_c + q_hi]`` from the signed scores ``r - m_c``, with
+               ``m_c`` the median of the criterion's residuals over the calibration patients (0 for
+               a criterion with fewer than :data:`MIN_CENTRE_UNITS` of them), cross-fitted like
+               ``normalised``: a per-criterion bias of the model (the parotids' left-right
+               asymmetry of the plans that a mirrored model cannot learn, docs/qa.md) removed before
+               one family-wide spread, without ``normalised``'s per-criterion scale and shrinkage
+               (calibration.json version 4).
 
 The conformal quantile of ``n`` scores at level ``1 - a`` (:func:`conformal_quantile`) is read
 off the sorted scores at position ``c = (n + 1)(1 - a)``: the ``conservative`` rule takes the
@@ -45,7 +52,7 @@ import numpy as np
 from ..errors import InputError
 from .families import Unit
 
-METHODS = ("absolute", "signed", "normalised")
+METHODS = ("absolute", "signed", "normalised", "centred")
 #: How the conformal quantile of ``n`` scores at level ``1 - a`` is read off the sorted scores
 #: (docs/qa.md, "Ties and small families"): ``interpolated`` (calibrations from version 2 on)
 #: interpolates between the ``f``-th and ``(f + 1)``-th smallest scores, ``f = floor((n + 1)(1 - a))``,
@@ -57,6 +64,9 @@ DEFAULT_RULE = "interpolated"
 LEGACY_RULE = "conservative"
 #: Shrinkage of the per-criterion location and scale towards the family's (pseudo-units).
 SHRINK_K = 8.0
+#: ``centred``: a criterion with fewer calibration units than this keeps centre 0 (its median would be
+#: one or two plans' residuals).
+MIN_CENTRE_UNITS = 3
 _EPS = 1e-9
 
 
@@ -154,7 +164,7 @@ def offsets(scores: np.ndarray, method: str, coverage: float, rule: str = DEFAUL
     if method == "absolute":
         q = conformal_quantile(np.abs(scores), alpha, rule)
         return -q, q
-    if method in ("signed", "normalised"):
+    if method in ("signed", "normalised", "centred"):
         return signed_offsets(scores, alpha, rule, upper_scores)
     raise InputError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
 
@@ -163,11 +173,13 @@ def offsets(scores: np.ndarray, method: str, coverage: float, rule: str = DEFAUL
 @dataclass(frozen=True)
 class CriterionStats:
     """Location and scale of one criterion's residuals, shrunk towards its family's
-    (:func:`criterion_stats`); ``n`` its calibration units."""
+    (:func:`criterion_stats`); ``n`` its calibration units; ``centre`` the median of its residuals
+    that ``centred`` removes (None in calibrations before version 4, which have no ``centred``)."""
 
     bias: float
     scale: float
     n: int
+    centre: float | None = None
 
 
 @dataclass(frozen=True)
@@ -182,9 +194,9 @@ class Tails:
 class Family:
     """A metric family fitted on calibration units (:func:`fit_family`), as ``calibration.json``
     keeps it: the sorted scores of every method (any coverage can be asked for later), the tail
-    scores (None in calibrations of version 1), the per-criterion statistics of ``normalised``
-    (key ``"ROI metric"``; ``"*"``: a criterion the calibration did not see), and, in a calibration,
-    the method plan QA uses and the criteria the units came from."""
+    scores (None in calibrations of version 1), the per-criterion statistics of ``normalised`` and
+    ``centred`` (key ``"ROI metric"``; ``"*"``: a criterion the calibration did not see), and, in a
+    calibration, the method plan QA uses and the criteria the units came from."""
 
     family: str
     n: int
@@ -200,20 +212,22 @@ def criterion_stats(units: Sequence[Unit], k: float = SHRINK_K) -> dict[str, Cri
     towards the family's spread with ``k`` pseudo-units: ``bias = n / (n + k) * mean_c``,
     ``scale = sqrt((n var_c + k var_f) / (n + k))``. They define the ``normalised`` scores
     ``(r - bias) / scale``; a criterion the calibration did not see (key ``"*"``) gets bias 0 and the
-    family's scale."""
+    family's scale. ``centre``: the median of the criterion's residuals, unshrunk (the ``centred``
+    scores ``r - centre``); 0 with fewer than :data:`MIN_CENTRE_UNITS` units and for ``"*"``."""
     r_all = np.array([u.residual for u in units], dtype=np.float64)
     var_f = float(r_all.var()) if r_all.size > 1 else 1.0
     var_f = max(var_f, 1e-6)
     by: dict[str, list[float]] = {}
     for u in units:
         by.setdefault(u.criterion, []).append(u.residual)
-    out = {"*": CriterionStats(0.0, math.sqrt(var_f), 0)}
+    out = {"*": CriterionStats(0.0, math.sqrt(var_f), 0, 0.0)}
     for key, rs in by.items():
         a = np.asarray(rs)
         n = a.size
         var_c = float(a.var()) if n > 1 else var_f
+        centre = float(np.median(a)) if n >= MIN_CENTRE_UNITS else 0.0
         out[key] = CriterionStats(float(n / (n + k) * a.mean()),
-                                  math.sqrt(max((n * var_c + k * var_f) / (n + k), 1e-6)), n)
+                                  math.sqrt(max((n * var_c + k * var_f) / (n + k), 1e-6)), n, centre)
     return out
 
 
@@ -223,12 +237,18 @@ def criterion_norm(stats: Mapping[str, CriterionStats], criterion: str) -> tuple
     return s.bias, s.scale
 
 
+def criterion_centre(stats: Mapping[str, CriterionStats], criterion: str) -> float:
+    """The ``centred`` method's centre of ``criterion`` (0 when it has none: unseen, or too few units)."""
+    s = stats.get(criterion) or stats["*"]
+    return s.centre or 0.0
+
+
 def fit_family(units: Sequence[Unit], family: str | None = None) -> Family:
     """Sorted scores of every method for one family's units, and the per-criterion statistics of the
-    ``normalised`` method. The normalised score of a unit uses statistics computed *without its
-    patient* (cross-fitting), so that it is distributed like the score of a new patient, whose
-    interval uses the statistics of all calibration patients. ``family``: the units' (all of one
-    family) when not given."""
+    ``normalised`` and ``centred`` methods. The normalised and centred scores of a unit use
+    statistics computed *without its patient* (cross-fitting), so that they are distributed like the
+    score of a new patient, whose interval uses the statistics of all calibration patients.
+    ``family``: the units' (all of one family) when not given."""
     if family is None:
         names = {u.family for u in units}
         if len(names) != 1:
@@ -243,20 +263,22 @@ def fit_family(units: Sequence[Unit], family: str | None = None) -> Family:
     for i, u in enumerate(units):
         by_patient.setdefault(u.patient, []).append(i)
     za = np.empty(len(units), dtype=np.float64)  # in the order of units, like r and the bound masks
+    zc = np.empty(len(units), dtype=np.float64)
     for pid, mine in by_patient.items():
         rest = [u for u in units if u.patient != pid]
         st = criterion_stats(rest) if rest else stats
         for i in mine:
             b, sc = criterion_norm(st, units[i].criterion)
             za[i] = (units[i].residual - b) / sc
+            zc[i] = units[i].residual - criterion_centre(st, units[i].criterion)
 
     def tails(s: np.ndarray) -> Tails:
         return Tails(tuple(np.sort(s[~ceil]).tolist()), tuple(np.sort(s[~floor]).tolist()))
 
     return Family(family, len(units), stats,
                   {"absolute": tuple(np.sort(np.abs(r)).tolist()), "signed": tuple(np.sort(r).tolist()),
-                   "normalised": tuple(np.sort(za).tolist())},
-                  {"signed": tails(r), "normalised": tails(za)})
+                   "normalised": tuple(np.sort(za).tolist()), "centred": tuple(np.sort(zc).tolist())},
+                  {"signed": tails(r), "normalised": tails(za), "centred": tails(zc)})
 
 
 def tail_scores(fam: Family, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +326,9 @@ def apply_offsets(predicted: float, criterion: str, fam: Family, method: str, lo
     if method == "normalised":
         b, s = criterion_norm(fam.criterion_stats, criterion)
         low, high = predicted + b + s * lo, predicted + b + s * hi
+    elif method == "centred":
+        c = criterion_centre(fam.criterion_stats, criterion)
+        low, high = predicted + c + lo, predicted + c + hi
     else:
         low, high = predicted + lo, predicted + hi
     return clip_to_range(low, high, fam.family)
