@@ -785,3 +785,19 @@ def test_centres_are_written_read_and_required_where_centred_scores_are(tmp_path
         (tmp_path / "calibration.json").write_text(json.dumps(bad))
         with pytest.raises(CalibrationError, match=message):
             load_calibration(tmp_path)
+
+
+def test_an_exact_tie_goes_to_the_method_listed_first():
+    """Where every centre is 0 (one criterion whose median residual is 0: PTV70 V110%, mostly 0 % in
+    plan and prediction), centred's scores are signed's; the choice must not fall to it by its name."""
+    units = [Unit(f"p{i}", "PTV70", "V110%", "v_metric", float(v), 0.0, 0.0)
+             for i, v in enumerate([0.0] * 20 + list(np.linspace(0.5, 6.0, 12)))]
+    fam = fit_family(units)
+    assert fam.criterion_stats["PTV70 V110%"].centre == 0.0
+    assert fam.scores["centred"] == fam.scores["signed"]
+    same = {"0.8": {"coverage": 80.0, "width": 2.0, "false_alarms": 10.0, "flag_margin": 1.0},
+            "0.9": {"coverage": 90.0, "width": 3.0, "false_alarms": 5.0, "flag_margin": 1.5}}
+    far = {c: {**s, "flag_margin": 3 * s["flag_margin"], "width": 3 * s["width"]} for c, s in same.items()}
+    cv = {"v_metric": {"absolute": far, "signed": same, "normalised": far, "centred": same}}
+    assert choose_methods(cv) == {"v_metric": "signed"}
+    assert choose_methods(cv, rule="total-width") == {"v_metric": "signed"}

@@ -184,9 +184,12 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
         if rule == "flagging-end" and all(flag_end(m) is None for m in METHODS):
             score = least_excess if excess else total
         best, best_w = "absolute", score("absolute")
-        others = sorted((w, m) for m in METHODS if m != "absolute" and (w := score(m)) is not None)
+        # an exact tie goes to the method listed first in METHODS: where every criterion's centre is
+        # 0 (a one-criterion family whose median residual is 0, as V110% is), centred is signed
+        others = sorted((w, METHODS.index(m), m) for m in METHODS
+                        if m != "absolute" and (w := score(m)) is not None)
         if others:
-            w, m = others[0]
+            w, _, m = others[0]
             if best_w is None or w < best_w * (1 - margin):
                 best = m
         chosen[fam] = best
