@@ -801,3 +801,64 @@ def test_an_exact_tie_goes_to_the_method_listed_first():
     cv = {"v_metric": {"absolute": far, "signed": same, "normalised": far, "centred": same}}
     assert choose_methods(cv) == {"v_metric": "signed"}
     assert choose_methods(cv, rule="total-width") == {"v_metric": "signed"}
+
+
+def test_a_criterion_is_centred_only_where_every_fit_without_one_patient_can_centre_it():
+    """Three units (one per patient) leave two without any one patient: neither the stored centre nor
+    the cross-fitted scores centre it (else its bias would count in the spread and in the shift);
+    four units leave three: both do."""
+    rng = np.random.default_rng(7)
+    units = [Unit(f"p{i}", "Larynx", "Dmean", "oar_mean", 30.0 + rng.normal(), 30.0, 1.0) for i in range(12)]
+    units += [Unit(f"p{i}", "Brainstem", "Dmean", "oar_mean", 15.0 + i, 10.0, 1.0) for i in range(3)]
+    units += [Unit(f"p{i}", "OpticChiasm", "Dmean", "oar_mean", 8.0 + i, 5.0, 1.0) for i in range(4)]
+    fam = fit_family(units)
+    assert fam.criterion_stats["Brainstem Dmean"].centre == 0.0
+    assert fam.criterion_stats["OpticChiasm Dmean"].centre == pytest.approx(4.5)  # residuals 3, 4, 5, 6
+    brainstem = [u.residual for u in units if u.roi == "Brainstem"]  # 5, 6, 7: scores uncentred
+    chiasm = [u.residual - np.median([v.residual for v in units if v.roi == "OpticChiasm" and v is not u])
+              for u in units if u.roi == "OpticChiasm"]  # -2, -2/3, 2/3, 2 of 3, 4, 5, 6
+    for x in [*brainstem, *chiasm]:
+        assert np.isclose(fam.scores["centred"], x).any(), x
+    low, high = interval(10.0, "Brainstem Dmean", fam, "centred", 0.8)
+    lo, hi = family_offsets(fam, "centred", 0.8)
+    assert (low, high) == pytest.approx((10.0 + lo, 10.0 + hi))
+
+
+def test_centred_v_metrics_keep_the_bounds_out_of_their_tails_and_clip():
+    """V-metrics with plans at 0 % (no hot spot): a unit at 0 % is no score of the upper tail of
+    centred either, and an interval centred below 0 % is clipped to the metric's range."""
+    units = []
+    for i in range(12):
+        units.append(Unit(f"p{i}", "PTV70", "V110%", "v_metric", 0.0 if i % 2 else 2.0 + i / 4, 1.0, 0.0))
+        units.append(Unit(f"p{i}", "PTV63", "V105%", "v_metric", 100.0 if i < 3 else 90.0 - i, 95.0, 0.0))
+    fam = fit_family(units)
+    at_zero = sum(u.plan <= 0 for u in units)
+    at_top = sum(u.plan >= 100 for u in units)
+    assert len(fam.tail_scores["centred"].upper) == len(units) - at_zero
+    assert len(fam.tail_scores["centred"].lower) == len(units) - at_top
+    low, high = interval(0.0, "PTV70 V110%", fam, "centred", 0.8)
+    assert 0.0 <= low <= high
+    low, high = interval(99.0, "PTV63 V105%", fam, "centred", 0.8)
+    assert low <= high <= 100.0
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c["families"]["oar_mean"]["criterion_stats"]["Larynx Dmean"].update(centre=None),
+     r"criterion_stats\.Larynx Dmean\.centre is not a finite number \(it is None\)"),
+    (lambda c: c["families"]["oar_mean"]["criterion_stats"]["*"].update(centre=1.5),
+     r"criterion_stats\.\*\.centre is not 0 \(it is 1\.5\)"),
+    (lambda c: c.update(version=3),
+     r"oar_mean\.criterion_stats\.\*\.centre is not allowed in version 3 \(centres came with version 4\)"),
+    (lambda c: [s.pop("centre") for s in c["families"]["oar_mean"]["criterion_stats"].values()] and c.update(
+        version=3), r"oar_mean\.scores\.centred is not allowed in version 3 \(the centred method came with"),
+])
+def test_centres_only_as_version_4_writes_them(tmp_path, edit, message):
+    units = _biased_units(12, seed=8)
+    (tmp_path / "model.pt").write_bytes(b"w")
+    cal = build_calibration(units, sorted({u.patient for u in units}), "openkbp-clinical",
+                            tmp_path / "model.pt", "d", None, splits=5, tta=True)
+    obj = json.loads(write_calibration(tmp_path, cal).read_text())
+    edit(obj)
+    (tmp_path / "calibration.json").write_text(json.dumps(obj))
+    with pytest.raises(CalibrationError, match=message):
+        load_calibration(tmp_path)

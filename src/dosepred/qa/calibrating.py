@@ -281,7 +281,8 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Proto
         CALIBRATION_VERSION, rule, bool(tta), DEFAULT_METHOD_RULE,
         sha256_file(ckpt) if ckpt.is_file() else None, proto.name,
         tuple(sorted({u.criterion for u in units})), str(data), tuple(ids),
-        f"per criterion: (residual - bias) / scale, shrunk to the family with k={SHRINK_K:g}",
+        f"normalised: per criterion (residual - bias) / scale, shrunk to the family with k={SHRINK_K:g}; "
+        "centred: per criterion residual - its median",
         {fam: replace(fit_family(us, fam), method=chosen.get(fam, "absolute"),
                       criteria=tuple(sorted({u.criterion for u in us})))
          for fam, us in sorted(by_fam.items())},

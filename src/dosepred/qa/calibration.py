@@ -201,7 +201,8 @@ class Calibration:
             r.texts(obj.get("criteria", []), "criteria"), r.text(obj.get("data", ""), "data"),
             r.texts(obj.get("patients", []), "patients"),
             r.text(obj.get("normalisation", ""), "normalisation"),
-            {k: _family(r, v, k) for k, v in fams.items()}, None if cv is None else _cross_validation(r, cv),
+            {k: _family(r, v, k, version) for k, v in fams.items()},
+            None if cv is None else _cross_validation(r, cv),
             None if ranges is None else TrainingRanges.from_json(ranges, source),
             _band(r, obj.get("dvh_band")))
 
@@ -270,7 +271,7 @@ def _family_json(f: Family) -> dict[str, Any]:
     return {**out, "family": f.family, "method": f.method, "criteria": list(f.criteria)}
 
 
-def _family(r: _Reader, obj: Any, name: str) -> Family:
+def _family(r: _Reader, obj: Any, name: str, version: int = CALIBRATION_VERSION) -> Family:
     """A family as :func:`_family_json` writes it, checked as :func:`~dosepred.qa.conformal.fit_family`
     makes it: ``n`` units, every method's ``n`` scores finite and sorted ascending (``absolute``: >= 0),
     each tail's scores some of its method's (at most ``n``), finite per-criterion statistics (each with a
@@ -297,11 +298,16 @@ def _family(r: _Reader, obj: Any, name: str) -> Family:
         k_n = r.integer(s.get("n", 0), f"{w}.criterion_stats.{k}.n")
         if k_n < 0:
             raise r.bad(f"{w}.criterion_stats.{k}.n", f"a number of calibration units (>= 0; it is {k_n})")
-        centre = s.get("centre")
-        if centre is not None:
-            centre = r.number(centre, f"{w}.criterion_stats.{k}.centre")
+        centre = None
+        if "centre" in s:  # version 4 on; null would not be written back
+            if version < 4:
+                raise r.bad(f"{w}.criterion_stats.{k}.centre", f"allowed in version {version} (centres came "
+                            "with version 4)")
+            centre = r.number(s["centre"], f"{w}.criterion_stats.{k}.centre")
             if not math.isfinite(centre):  # centred intervals are shifted by it
                 raise r.bad(f"{w}.criterion_stats.{k}.centre", f"a finite number (it is {s.get('centre')})")
+            if k == "*" and centre != 0:  # a criterion the calibration did not see is not moved
+                raise r.bad(f"{w}.criterion_stats.*.centre", f"0 (it is {centre})")
         stats[k] = CriterionStats(bias, scale, k_n, centre)
     scores = {m: r.scores(v, f"{w}.scores.{m}", n, nonnegative=m == "absolute")
               for m, v in r.obj(d.get("scores", {}), f"{w}.scores").items()}
@@ -315,6 +321,9 @@ def _family(r: _Reader, obj: Any, name: str) -> Family:
                             f"({', '.join(scores) or 'none'})")
             tails[m] = Tails(r.tail(t.get("lower"), f"{w}.tail_scores.{m}.lower", scores[m]),
                              r.tail(t.get("upper"), f"{w}.tail_scores.{m}.upper", scores[m]))
+    if "centred" in scores and version < 4:
+        raise r.bad(f"{w}.scores.centred", f"allowed in version {version} (the centred method came with "
+                    "version 4)")
     no_centre = sorted(k for k, v in stats.items() if v.centre is None)
     if "centred" in scores and no_centre:  # its intervals would silently not be centred there
         raise r.bad(f"{w}.criterion_stats.{no_centre[0]}.centre",

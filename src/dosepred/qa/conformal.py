@@ -16,7 +16,8 @@ of :data:`METHODS` gives the interval at coverage ``1 - alpha``:
                errors are large, centred where a criterion is biased;
 ``centred``    ``[yhat + m_c + q_lo, yhat + m_c + q_hi]`` from the signed scores ``r - m_c``, with
                ``m_c`` the median of the criterion's residuals over the calibration patients (0 for
-               a criterion with fewer than :data:`MIN_CENTRE_UNITS` of them), cross-fitted like
+               a criterion with fewer than :data:`MIN_CENTRE_UNITS` of them without any one
+               patient), cross-fitted like
                ``normalised``: a per-criterion bias of the model (the parotids' left-right
                asymmetry of the plans that a mirrored model cannot learn, docs/qa.md) removed before
                one family-wide spread, without ``normalised``'s per-criterion scale and shrinkage
@@ -44,8 +45,9 @@ interval from it. Which method a family uses is chosen by cross-validation
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,7 +67,8 @@ LEGACY_RULE = "conservative"
 #: Shrinkage of the per-criterion location and scale towards the family's (pseudo-units).
 SHRINK_K = 8.0
 #: ``centred``: a criterion with fewer calibration units than this keeps centre 0 (its median would be
-#: one or two plans' residuals).
+#: one or two plans' residuals); in a fitted family, fewer than this without any one of its patients
+#: (:func:`fit_family`).
 MIN_CENTRE_UNITS = 3
 _EPS = 1e-9
 
@@ -262,15 +265,24 @@ def fit_family(units: Sequence[Unit], family: str | None = None) -> Family:
     by_patient: dict[str, list[int]] = {}
     for i, u in enumerate(units):
         by_patient.setdefault(u.patient, []).append(i)
+    # centred: a criterion is centred only where every fit without one patient still has
+    # MIN_CENTRE_UNITS of its units, so that its calibration scores and a new patient's interval are
+    # centred alike (else a bias would count twice: in the family's spread and in the shift)
+    per: dict[str, Counter[str]] = {}
+    for u in units:
+        per.setdefault(u.criterion, Counter())[u.patient] += 1
+    centrable = {c for c, k in per.items() if k.total() - max(k.values()) >= MIN_CENTRE_UNITS}
+    stats = {c: v if c in centrable or v.centre == 0.0 else replace(v, centre=0.0) for c, v in stats.items()}
     za = np.empty(len(units), dtype=np.float64)  # in the order of units, like r and the bound masks
     zc = np.empty(len(units), dtype=np.float64)
     for pid, mine in by_patient.items():
         rest = [u for u in units if u.patient != pid]
         st = criterion_stats(rest) if rest else stats
         for i in mine:
-            b, sc = criterion_norm(st, units[i].criterion)
+            c = units[i].criterion
+            b, sc = criterion_norm(st, c)
             za[i] = (units[i].residual - b) / sc
-            zc[i] = units[i].residual - criterion_centre(st, units[i].criterion)
+            zc[i] = units[i].residual - (criterion_centre(st, c) if c in centrable else 0.0)
 
     def tails(s: np.ndarray) -> Tails:
         return Tails(tuple(np.sort(s[~ceil]).tolist()), tuple(np.sort(s[~floor]).tolist()))

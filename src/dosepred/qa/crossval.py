@@ -127,7 +127,9 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
     smaller by more than ``margin`` (5 %, against noise on 33 patients). ``absolute`` is symmetric:
     on a skewed family one of its ends misses more than its share (flags more untouched plans, e.g.
     target coverage of MAE+CDM: 8.9 % at 90 %) and the other less (flags less than it could, its
-    OAR mean doses: 2.5 %); ``signed`` and ``normalised`` miss ``alpha / 2`` at each end. A family
+    OAR mean doses: 2.5 %); ``signed``, ``normalised`` and ``centred`` miss ``alpha / 2`` at each
+    end. Of methods whose summed margins (or widths) are exactly equal, the one listed first in
+    :data:`METHODS` (``centred`` is ``signed`` where every centre is 0). A family
     where no method is eligible but some cover at least nominal - ``tolerance`` at every level (their
     false alarms, or an over-coverage, rule them out: ties at a tail can push every method's flagging
     end past its share) takes, of those, the one whose false alarms exceed the one-sided share least
