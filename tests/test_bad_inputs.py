@@ -921,6 +921,23 @@ def test_ctrl_c_in_any_command_ends_with_a_line_that_says_so(base, work, monkeyp
                   "--no-progress"), "error: interrupted (Ctrl-C)", code=130)
 
 
+def test_ctrl_c_that_a_library_replaces_with_its_own_error_is_still_a_ctrl_c(base, work, monkeypatch):
+    """A library's clean-up may raise its own error while a Ctrl-C unwinds it (torch.save's zip writer
+    does): one line and exit code 130, not "a bug in dosepred"."""
+    import dosepred.workflows
+
+    def interrupted(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("unexpected pos 76928 vs 76816")
+    monkeypatch.setattr(dosepred.workflows, "predict_folder", interrupted)
+    with unchanged(work):
+        out = fails(cli("predict", "--model", base / "run", "--data", base / "cache", "--out", work / "o",
+                        "--no-progress"), "error: interrupted (Ctrl-C)", code=130)
+    assert "bug" not in out
+
+
 def test_predict_leaves_out_an_unprescribed_target_and_other_structures(base, work):
     """A clinic's export also holds a GTV/CTV (targets without a prescription) and other structures the
     model does not use: predicted without them, a note naming them (refused as a different ROI set

@@ -45,3 +45,44 @@ def test_atomic_paths_in_an_exit_stack_are_all_or_nothing(tmp_path):
         assert list(tmp_path.glob("*.npz")) == []  # nothing in place before the block ends
     assert [n.read_bytes() for n in names] == [b"0.npz", b"1.npz", b"2.npz"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["0.npz", "1.npz", "2.npz"]
+
+
+def _interrupted_save(obj, fh):
+    """torch.save interrupted by Ctrl-C mid-write: its zip writer's exit raises its own error
+    (``RuntimeError: [enforce fail at inline_container.cc] . unexpected pos ...``) in place of it."""
+    fh.write(b"half a checkpoint")
+    try:
+        raise KeyboardInterrupt
+    finally:
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 76928 vs 76816")
+
+
+def test_save_torch_interrupted_mid_write_is_a_ctrl_c_and_leaves_the_old_file(tmp_path, monkeypatch):
+    import torch
+
+    from dosepred.fsutil import save_torch
+
+    final = tmp_path / "last.pt"
+    save_torch({"epoch": 1}, final)
+    old = final.read_bytes()
+    monkeypatch.setattr(torch, "save", _interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_torch({"epoch": 2}, final)
+    assert final.read_bytes() == old and [f.name for f in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_interrupted_follows_the_chain_of_errors():
+    from dosepred.errors import interrupted
+
+    try:
+        _interrupted_save({}, open("/dev/null", "wb"))
+    except RuntimeError as e:
+        assert interrupted(e)
+    assert not interrupted(RuntimeError("a bug"))
+    try:
+        try:
+            raise ValueError("first")
+        except ValueError:
+            raise RuntimeError("second") from None  # noqa: B904 - the chain the check must not follow
+    except RuntimeError as e:
+        assert not interrupted(e)

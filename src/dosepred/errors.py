@@ -43,3 +43,18 @@ def name_some(names: Sequence[str], limit: int = 5) -> str:
     names = list(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is, or was raised while handling, a Ctrl-C (:class:`KeyboardInterrupt`): a
+    library's clean-up may replace the interrupt with its own error (``torch.save`` interrupted
+    mid-write raises ``RuntimeError: ... unexpected pos`` from its zip writer's exit), which is the
+    user's Ctrl-C, not a bug."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        if isinstance(x, KeyboardInterrupt):
+            return True
+        seen.add(id(x))
+        x = x.__cause__ or x.__context__
+    return False

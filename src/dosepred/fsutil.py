@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DosepredError
+from .errors import DosepredError, interrupted
 
 __all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_apart", "check_output",
            "is_nonempty", "output_dir", "output_file", "output_in_place", "save_torch", "write_bytes",
@@ -327,8 +327,13 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(final, "wb") as fh:
-        torch.save(obj, fh)
+    try:
+        with atomic_file(final, "wb") as fh:
+            torch.save(obj, fh)
+    except Exception as e:
+        if interrupted(e):  # Ctrl-C mid-write: torch's zip writer replaces it on its way out
+            raise KeyboardInterrupt from None
+        raise
 
 
 def sha256_file(path: str | os.PathLike) -> str:

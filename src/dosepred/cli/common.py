@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__, progress
-from ..errors import DosepredError
+from ..errors import DosepredError, interrupted
 from ..fsutil import output_file, write_json
 from ..io import formats
 
@@ -201,6 +201,9 @@ def friendly(fn):
             _err("interrupted (Ctrl-C); outputs not finished are left as they were")
             raise typer.Exit(130) from None
         except Exception as e:  # noqa: BLE001 - reported by its kind: a user's mistake or a bug
+            if interrupted(e):  # a library's clean-up replaced the Ctrl-C with its own error
+                _err("interrupted (Ctrl-C); outputs not finished are left as they were")
+                raise typer.Exit(130) from None
             raise typer.Exit(report_error(e)) from None
 
     return wrapper
@@ -295,4 +298,7 @@ def main() -> None:
         _err("interrupted")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - outside a command (an option's callback, typer itself): the same path
+        if interrupted(e):
+            _err("interrupted")
+            sys.exit(130)
         sys.exit(report_error(e))
