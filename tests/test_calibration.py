@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calibration_versions import without_centred
 from dosepred.qa.calibrating import build_calibration
 from dosepred.qa.calibration import (
     CALIBRATION_VERSION,
@@ -301,13 +302,7 @@ def _old_versions(cal: dict) -> dict[int, dict]:
     tail scores and the DVH band."""
     out = {cal["version"]: cal}
     if cal["version"] == 4:
-        def v3_family(d: dict) -> dict:
-            d = {**d, "scores": {m: v for m, v in d["scores"].items() if m != "centred"},
-                 "tail_scores": {m: v for m, v in d["tail_scores"].items() if m != "centred"},
-                 "criterion_stats": {k: {s: x for s, x in v.items() if s != "centre"}
-                                     for k, v in d["criterion_stats"].items()}}
-            return {**d, "method": "normalised" if d["method"] == "centred" else d["method"]}
-        cal = {**cal, "version": 3, "families": {f: v3_family(d) for f, d in cal["families"].items()}}
+        cal = {**without_centred(json.loads(json.dumps(cal))), "version": 3}
         out[3] = cal
     v2 = {k: v for k, v in cal.items() if k not in ("tta", "method_rule")}
     v2["version"] = 2
