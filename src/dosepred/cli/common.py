@@ -197,11 +197,10 @@ def friendly(fn):
                 return fn(*args, **kwargs)
         except _CLI_EXITS:
             raise
-        except KeyboardInterrupt:  # typer would exit 130 without a word
-            _err("interrupted (Ctrl-C); outputs not finished are left as they were")
-            raise typer.Exit(130) from None
-        except Exception as e:  # noqa: BLE001 - reported by its kind: a user's mistake or a bug
-            if interrupted(e):  # a library's clean-up replaced the Ctrl-C with its own error
+        except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - reported by its kind
+            # Ctrl-C (typer would exit 130 without a word), also when a library's clean-up replaced it
+            # with its own error; else a user's mistake or a bug
+            if interrupted(e):
                 _err("interrupted (Ctrl-C); outputs not finished are left as they were")
                 raise typer.Exit(130) from None
             raise typer.Exit(report_error(e)) from None
@@ -294,10 +293,8 @@ def main() -> None:
         sys.exit(2)
     try:
         app()
-    except KeyboardInterrupt:
-        _err("interrupted")
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - outside a command (an option's callback, typer itself): the same path
+    except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - outside a command (an option's callback,
+        # typer itself): the same path
         if interrupted(e):
             _err("interrupted")
             sys.exit(130)

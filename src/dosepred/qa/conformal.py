@@ -272,7 +272,7 @@ def fit_family(units: Sequence[Unit], family: str | None = None) -> Family:
     for u in units:
         per.setdefault(u.criterion, Counter())[u.patient] += 1
     centrable = {c for c, k in per.items() if k.total() - max(k.values()) >= MIN_CENTRE_UNITS}
-    stats = {c: v if c in centrable or v.centre == 0.0 else replace(v, centre=0.0) for c, v in stats.items()}
+    stats = {c: v if c in centrable else replace(v, centre=0.0) for c, v in stats.items()}
     za = np.empty(len(units), dtype=np.float64)  # in the order of units, like r and the bound masks
     zc = np.empty(len(units), dtype=np.float64)
     for pid, mine in by_patient.items():
