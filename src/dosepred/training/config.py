@@ -64,6 +64,10 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of weights and crop sampling.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    cpu_bf16: bool = Field(False, description="bfloat16 autocast of the network on the CPU (losses, "
+                           "weights and validation in float32): faster steps on CPUs with AVX512-BF16 "
+                           "or AMX, many times slower without (`python -m dosepred.bench.train_step "
+                           "--variants fp32,bf16` measures it; ignored on CUDA, where --amp applies).")
     workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (none: all cores / processes).")
     init: str | None = Field(None, description="Start from these weights (run, model folder or .pt; "

@@ -155,6 +155,22 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.copy_(m)
 
 
+def cpu_has_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bfloat16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of
+    ``cpuinfo``); None where that cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -269,6 +285,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.amp = cfg.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        if cfg.cpu_bf16 and self.device.type == "cpu":
+            # bfloat16 needs no loss scaling (float32's exponent range): the scaler stays disabled
+            self.amp, self.amp_dtype = True, torch.bfloat16
 
     def setup_data(self) -> None:
         cfg = self.cfg
@@ -631,7 +650,12 @@ class Trainer:
                              "choose another --out")
         self.write_run_info()
         self.logger.open(start_epoch if self.resume else None)
-        self.log(f"training {cfg.loss} on {self.device}{' (AMP)' if self.amp else ''}: "
+        if self.amp and self.device.type == "cpu" and cpu_has_bf16() is False:
+            self.log("warning: --cpu-bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated "
+                     "there and steps may be many times slower than float32 (`python -m "
+                     "dosepred.bench.train_step --variants fp32,bf16` measures it)")
+        amp_word = " (bfloat16 autocast)" if self.amp and self.device.type == "cpu" else " (AMP)" if self.amp else ""
+        self.log(f"training {cfg.loss} on {self.device}{amp_word}: "
                  f"epochs {start_epoch + 1}"
                  f"..{cfg.epochs}, {self.steps_per_epoch} steps x batch {cfg.batch}"
                  f"{f' x {self.world} processes' if self.world > 1 else ''}, patch {list(cfg.patch)}")
