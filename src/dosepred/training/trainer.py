@@ -654,7 +654,7 @@ class Trainer:
             self.log("warning: --cpu-bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated "
                      "there and steps may be many times slower than float32 (`python -m "
                      "dosepred.bench.train_step --variants fp32,bf16` measures it)")
-        amp_word = " (bfloat16 autocast)" if self.amp and self.device.type == "cpu" else " (AMP)" if self.amp else ""
+        amp_word = "" if not self.amp else " (bfloat16 autocast)" if self.device.type == "cpu" else " (AMP)"
         self.log(f"training {cfg.loss} on {self.device}{amp_word}: "
                  f"epochs {start_epoch + 1}"
                  f"..{cfg.epochs}, {self.steps_per_epoch} steps x batch {cfg.batch}"
