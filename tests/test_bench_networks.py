@@ -49,3 +49,49 @@ def test_cli_writes_json(tmp_path):
                                  "--repeats", "1", "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["rows"][0]["channels"] == [4, 8]
+
+
+def test_each_network_in_each_precision(monkeypatch):
+    res = networks.run(("4,8",), size=16, steps=1, repeats=1, precisions=("fp32", "bf16"))
+    assert [(r["network"], r["precision"]) for r in res["rows"]] == [("4,8", "fp32"), ("4,8", "bf16")]
+    rows = {(r["network"], r["precision"]): r for r in res["rows"]}
+    assert rows["4,8", "bf16"]["parameters"] == rows["4,8", "fp32"]["parameters"]  # one network, two runs
+    assert rows["4,8", "fp32"]["time_vs_first"] == 1.0 and rows["4,8", "bf16"]["sec_per_step"] > 0
+    assert res["precisions"] == ["fp32", "bf16"]
+    for bad in (("fp16",), (), ("bf16", "bf16")):
+        with pytest.raises(ValueError, match="precisions"):
+            networks.run(("4,8",), size=16, precisions=bad)
+
+
+def test_bf16_runs_the_forward_pass_in_bfloat16(monkeypatch):
+    import torch
+
+    seen = set()
+    real = torch.nn.Conv3d.forward
+
+    def fwd(self, x):
+        y = real(self, x)
+        seen.add(y.dtype)
+        return y
+
+    monkeypatch.setattr(torch.nn.Conv3d, "forward", fwd)
+    spec = {"network": "4,8", "size": 16, "steps": 1, "warmup": 0, "device": "cpu", "threads": 1, "seed": 0}
+    assert networks.run_one({**spec, "precision": "fp32"})["precision"] == "fp32" and seen == {torch.float32}
+    seen.clear()
+    assert networks.run_one({**spec, "precision": "bf16"})["precision"] == "bf16"
+    assert torch.bfloat16 in seen
+
+
+def test_cli_precisions(tmp_path):
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    out = tmp_path / "n.json"
+    r = CliRunner().invoke(app, ["bench", "networks", "--network", "4,8", "--size", "8", "--steps", "1",
+                                 "--repeats", "1", "--precisions", "fp32,bf16", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert [x["precision"] for x in json.loads(out.read_text())["rows"]] == ["fp32", "bf16"]
+    r = CliRunner().invoke(app, ["bench", "networks", "--network", "4,8", "--size", "8",
+                                 "--precisions", "fp8"])
+    assert r.exit_code != 0 and "precisions" in r.output and "Traceback" not in r.output

@@ -15,6 +15,9 @@ residual units per level (default 0) and the channels of a full-resolution head
 (``ModelConfig.head``), e.g. ``16,32,64,128`` (the round-12 release), ``16,32,64,128+128,128,256``
 (the release with the coarse branch of round 14), ``16,32,64,128,256,512:1`` or
 ``16,64,64,128+128,128,256@4`` (the round-17 release with a head).
+With ``precisions`` (``fp32``, ``bf16``) every network is also measured under bfloat16 autocast of its
+forward pass (as ``dosepred train --cpu-bf16`` trains on a CPU, or ``--amp`` on a GPU): native on CPUs
+with AVX512-BF16 or AMX, emulated and many times slower elsewhere.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from ..errors import InputError
 from . import check_at_least, sync
 
+PRECISIONS = ("fp32", "bf16")
 #: The candidates of issue 24 (the release first).
 DEFAULT_NETWORKS = ("16,32,64,128", "16,32,64,128+128,128,256", "16,32,64,128,256,512",
                     "16,32,64,128,256,256", "16,32,96,192,384,384", "16,32,64,128,256,512:1")
@@ -104,9 +108,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_model(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+    bf16 = spec.get("precision", "fp32") == "bf16"
+
     def step() -> None:
-        pred = model(b["ct"], b["codes"], b["mask"])
-        loss = (pred - b["dose"]).abs().mean()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            pred = model(b["ct"], b["codes"], b["mask"])
+        loss = (pred.float() - b["dose"]).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -121,7 +128,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         step()
         sync(device)
         times.append(time.perf_counter() - t0)
-    res = {"network": spec["network"], "channels": widths, "coarse": coarse, "res_units": res_units,
+    res = {"network": spec["network"], "precision": spec.get("precision", "fp32"), "channels": widths,
+           "coarse": coarse, "res_units": res_units,
            "head": head,
            "parameters": sum(q.numel() for q in model.parameters()),
            "sec_per_step": float(statistics.median(times)),
@@ -144,8 +152,9 @@ def _isolated(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int = 3, warmup: int = 1,
         repeats: int = 2, device: str = "cpu", threads: int = 1, seed: int = 0,
-        log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every network ``repeats`` times in rotated order; medians and ratios to ``networks[0]``."""
+        log: Callable[[str], None] | None = None, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+    """Every network in every precision ``repeats`` times in rotated order; medians and ratios to the
+    first network in the first precision."""
     import platform
 
     import torch
@@ -158,22 +167,26 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
                              f"for network {n}")
     if not networks:
         raise InputError("no network to measure")
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in networks}
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions or len(set(precisions)) < len(precisions):
+        raise InputError(f"precisions {list(precisions)}: each of {', '.join(PRECISIONS)} at most once")
+    cands = [(n, p) for n in dict.fromkeys(networks) for p in precisions]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in cands}
     for r in range(repeats):
-        order = list(networks[r % len(networks):]) + list(networks[: r % len(networks)])
-        for n in order:
-            spec = {"network": n, "size": size, "steps": steps, "warmup": warmup, "device": device,
-                    "threads": threads, "seed": seed}
-            runs[n].append(_isolated(spec))
+        order = cands[r % len(cands):] + cands[: r % len(cands)]
+        for n, prec in order:
+            spec = {"network": n, "precision": prec, "size": size, "steps": steps, "warmup": warmup,
+                    "device": device, "threads": threads, "seed": seed}
+            runs[n, prec].append(_isolated(spec))
             if log:
-                x = runs[n][-1]
-                log(f"repeat {r + 1}/{repeats} {n}: {x['sec_per_step']:.3f} s/step, peak +"
+                x = runs[n, prec][-1]
+                log(f"repeat {r + 1}/{repeats} {n} {prec}: {x['sec_per_step']:.3f} s/step, peak +"
                     f"{x['peak_rss_delta_mb']:.0f} MB" + (f", CUDA {x['cuda_peak_mb']:.0f} MB"
                                                           if "cuda_peak_mb" in x else ""))
     rows = []
-    for n in networks:
-        rs = runs[n]
-        row = {"network": n, "channels": rs[0]["channels"], "coarse": rs[0]["coarse"],
+    for n, prec in cands:
+        rs = runs[n, prec]
+        row = {"network": n, "precision": prec, "channels": rs[0]["channels"], "coarse": rs[0]["coarse"],
                "res_units": rs[0]["res_units"], "head": rs[0]["head"],
                "parameters": rs[0]["parameters"],
                "sec_per_step": statistics.median(x["sec_per_step"] for x in rs),
@@ -191,7 +204,8 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     if device.startswith("cuda") and torch.cuda.is_available():
         m["cuda_device"] = torch.cuda.get_device_name(0)
     return {"size": size, "steps": steps, "warmup": warmup, "repeats": repeats, "device": device,
-            "threads": threads, "torch": torch.__version__, "machine": m, "rows": rows}
+            "threads": threads, "precisions": list(precisions), "torch": torch.__version__, "machine": m,
+            "rows": rows}
 
 
 def table(res: dict[str, Any]) -> Any:
@@ -201,11 +215,12 @@ def table(res: dict[str, Any]) -> Any:
     t = Table(title=f"one training step per network, {res['size']}^3 voxels, batch 1, {res['device']}, "
                     f"{res['threads']} thread(s) (median of {res['repeats']} runs of {res['steps']} steps, "
                     "each in its own process, in turns)")
-    for c in ("network (channels+coarse:res units@head)", "parameters", "s/step", "time vs first",
-              "peak GPU MB" if cuda else "peak RSS +MB", "memory vs first"):
+    for c in ("network (channels+coarse:res units@head)", "precision", "parameters", "s/step",
+              "time vs first", "peak GPU MB" if cuda else "peak RSS +MB", "memory vs first"):
         t.add_column(c, justify="left" if c.startswith("network") else "right")
     for r in res["rows"]:
-        t.add_row(r["network"], f"{r['parameters'] / 1e6:.2f} M", f"{r['sec_per_step']:.3f}",
+        t.add_row(r["network"], r.get("precision", "fp32"), f"{r['parameters'] / 1e6:.2f} M",
+                  f"{r['sec_per_step']:.3f}",
                   f"{r['time_vs_first']:.2f}x",
                   f"{r['cuda_peak_mb' if cuda else 'peak_rss_delta_mb']:.0f}", f"{r['memory_vs_first']:.2f}x")
     return t

@@ -144,12 +144,16 @@ def networks(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Runs per network, in turns.")] = 2,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda.")] = "cpu",
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads per run.")] = 1,
+    precisions: Annotated[str, typer.Option(
+        "--precisions", help="fp32 and/or bf16 (bfloat16 autocast of the forward pass, as `train "
+        "--cpu-bf16`), comma-separated: each network in each.")] = "fp32",
     overwrite: Overwrite = False,
 ) -> None:
     """Candidate U-Nets: seconds and peak memory (RSS on CPU, allocated on GPU) of one training step."""
     _check(json_out, overwrite)
     res = networks_bench.run(tuple(network) if network else DEFAULT_NETWORKS, size, steps, 1, repeats, device,
-                             threads, log=_log(None))
+                             threads, log=_log(None),
+                             precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()))
     _finish("networks", res, json_out, overwrite)
 
 
