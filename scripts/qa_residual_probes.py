@@ -40,9 +40,10 @@ def _by_criterion(units: Sequence) -> dict[str, list]:
 
 def cross_fitted_scores(units: Sequence, kind: str) -> np.ndarray:
     """Per unit, its residual minus what ``kind`` predicts of it from the other patients' units:
-    ``signed`` nothing, ``centred`` the criterion's median, ``linear`` the criterion's mean plus the
-    pooled within-criterion slope times the unit's prediction's distance from the criterion's mean
-    prediction. In the order of ``units``."""
+    ``signed`` nothing, ``centred`` the criterion's median, ``mean`` its mean, ``linear`` its mean
+    plus the pooled within-criterion slope times the unit's prediction's distance from the
+    criterion's mean prediction (``mean`` is ``linear`` without the slope: the two rows tell the
+    slope's effect from the mean's). In the order of ``units``."""
     out = np.empty(len(units))
     for pid in sorted({u.patient for u in units}):
         rest = _by_criterion([u for u in units if u.patient != pid])
@@ -63,6 +64,8 @@ def cross_fitted_scores(units: Sequence, kind: str) -> np.ndarray:
                 out[i] = u.residual
             elif kind == "centred":
                 out[i] = u.residual - np.median(r)
+            elif kind == "mean":
+                out[i] = u.residual - r.mean()
             elif kind == "linear":
                 out[i] = u.residual - (r.mean() + slope * (u.predicted - p.mean()))
             else:
@@ -126,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     units = units_of(a.model, a.predictions)
     print(f"{len(units)} {FAMILY} units, {len({u.patient for u in units})} patients")
     print("1. cross-fitted scores (leave one patient out)")
-    for kind in ("signed", "centred", "linear"):
+    for kind in ("signed", "centred", "mean", "linear"):
         print(f"   {kind:8s} {spread(cross_fitted_scores(units, kind))}")
     for c, v in sorted(_by_criterion(units).items()):
         p, r = np.array([u.predicted for u in v]), np.array([u.residual for u in v])

@@ -58,9 +58,24 @@ def test_each_network_in_each_precision(monkeypatch):
     assert rows["4,8", "bf16"]["parameters"] == rows["4,8", "fp32"]["parameters"]  # one network, two runs
     assert rows["4,8", "fp32"]["time_vs_first"] == 1.0 and rows["4,8", "bf16"]["sec_per_step"] > 0
     assert res["precisions"] == ["fp32", "bf16"]
-    for bad in (("fp16",), (), ("bf16", "bf16")):
-        with pytest.raises(ValueError, match="precisions"):
+    for bad, why in ((("fp16",), "unknown fp16"), ((), "none given"), (("bf16", "bf16"), "one given twice")):
+        with pytest.raises(ValueError, match=f"--precisions .*{why}"):
             networks.run(("4,8",), size=16, precisions=bad)
+
+
+def test_a_row_says_the_precision_its_process_ran(monkeypatch):
+    """The precision of a row is what the measuring process reports, not what was asked for."""
+    ran = []
+
+    def isolated(spec):
+        ran.append(spec["precision"])
+        return {"network": spec["network"], "precision": spec["precision"], "channels": [4, 8],
+                "coarse": None, "res_units": 0, "head": None, "parameters": 1, "sec_per_step": 1.0,
+                "peak_rss_delta_mb": 1.0}
+
+    monkeypatch.setattr(networks, "_isolated", isolated)
+    res = networks.run(("4,8",), size=16, repeats=1, precisions=("bf16", "fp32"))
+    assert ran == ["bf16", "fp32"] and [r["precision"] for r in res["rows"]] == ["bf16", "fp32"]
 
 
 def test_bf16_runs_the_forward_pass_in_bfloat16(monkeypatch):

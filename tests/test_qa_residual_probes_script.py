@@ -38,6 +38,10 @@ def test_centred_scores_are_each_residual_minus_its_roi_median_without_its_patie
         others = [v.plan - v.predicted for v in units if v.roi == u.roi and v.patient != u.patient]
         assert np.isclose(got[k], (u.plan - u.predicted) - np.median(others))
     assert np.allclose(_script().cross_fitted_scores(units, "signed"), [u.plan - u.predicted for u in units])
+    means = _script().cross_fitted_scores(units, "mean")
+    for k, u in enumerate(units):
+        others = [v.plan - v.predicted for v in units if v.roi == u.roi and v.patient != u.patient]
+        assert np.isclose(means[k], (u.plan - u.predicted) - np.mean(others))
 
 
 def test_linear_scores_remove_a_planted_slope_that_centring_leaves():
@@ -71,5 +75,5 @@ def test_without_a_slope_linear_is_no_better_than_centring():
 def test_a_criterion_with_too_few_other_patients_is_not_shifted():
     mod = _script()
     units = _units(seed=4, n=3)  # each ROI has 2 units without any one patient: fewer than MIN_UNITS
-    for kind in ("centred", "linear"):
+    for kind in ("centred", "mean", "linear"):
         assert np.allclose(mod.cross_fitted_scores(units, kind), [u.plan - u.predicted for u in units])

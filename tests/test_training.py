@@ -252,6 +252,7 @@ def _files(root: Path) -> dict[str, bytes]:
     (["--loss", "mae+dvh"], "--resume: loss was 'mae' in {last}, now 'mae+dvh'"),
     (["--data", "{other}"], "--resume: data was '{data}' in {last}, now '{other}'"),
     (["--base", "8"], "--resume: {last} was trained with a different model ({{'base': (4, 8)}})"),
+    (["--cpu-bf16"], "--resume: cpu_bf16 was False in {last}, now True"),
 ])
 def test_cli_resume_with_changed_options_is_one_line(tmp_path, flags, message):
     """``train --resume`` with a seed, batch, loss, training cache or width other than the run's would

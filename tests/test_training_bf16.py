@@ -78,6 +78,35 @@ def test_cpu_bf16_runs_the_network_in_bfloat16_and_keeps_float32_weights(cache, 
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+def test_cpu_bf16_leaves_the_loss_and_the_validation_in_float32(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: True)
+    in_loss, in_val = [], []
+    real_make_loss, real_validate = trainer_mod.make_loss, trainer_mod.validate
+
+    def make_loss(*a, **kw):
+        fn = real_make_loss(*a, **kw)
+
+        def loss(pred, *rest):
+            in_loss.append((torch.is_autocast_enabled("cpu"), pred.dtype))
+            return fn(pred, *rest)
+        return loss
+
+    convs = _forward_dtypes(monkeypatch)
+
+    def validate(*a, **kw):
+        convs.clear()
+        out = real_validate(*a, **kw)
+        in_val.append((torch.is_autocast_enabled("cpu"), set(convs)))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "make_loss", make_loss)
+    monkeypatch.setattr(trainer_mod, "validate", validate)
+    train(TrainConfig(data=str(cache), val=str(cache), out=str(tmp_path / "v"), cpu_bf16=True, device="cpu",
+                      **{**TINY, "val_every": 1}))
+    assert in_loss and all(not on and dt == torch.float32 for on, dt in in_loss)
+    assert in_val and all(not on and dts == {torch.float32} for on, dts in in_val)
+
+
 def test_without_cpu_bf16_every_convolution_stays_float32(cache, tmp_path, monkeypatch):
     calls, dtypes = _autocast_calls(monkeypatch), _forward_dtypes(monkeypatch)
     said = []

@@ -169,7 +169,9 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
         raise InputError("no network to measure")
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions or len(set(precisions)) < len(precisions):
-        raise InputError(f"precisions {list(precisions)}: each of {', '.join(PRECISIONS)} at most once")
+        why = f"unknown {', '.join(bad)}" if bad else "none given" if not precisions else "one given twice"
+        raise InputError(f"--precisions {','.join(precisions)}: {why} "
+                         f"(choose from {', '.join(PRECISIONS)}, each at most once)")
     cands = [(n, p) for n in dict.fromkeys(networks) for p in precisions]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in cands}
     for r in range(repeats):
@@ -186,8 +188,8 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     rows = []
     for n, prec in cands:
         rs = runs[n, prec]
-        row = {"network": n, "precision": prec, "channels": rs[0]["channels"], "coarse": rs[0]["coarse"],
-               "res_units": rs[0]["res_units"], "head": rs[0]["head"],
+        row = {"network": n, "precision": rs[0]["precision"], "channels": rs[0]["channels"],
+               "coarse": rs[0]["coarse"], "res_units": rs[0]["res_units"], "head": rs[0]["head"],
                "parameters": rs[0]["parameters"],
                "sec_per_step": statistics.median(x["sec_per_step"] for x in rs),
                "peak_rss_delta_mb": statistics.median(x["peak_rss_delta_mb"] for x in rs)}

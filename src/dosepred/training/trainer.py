@@ -551,8 +551,9 @@ class Trainer:
             diff = {k: (mc.get(k), v) for k, v in self.model_config.to_dict().items() if mc.get(k) != v}
             raise ModelError(f"--resume: {path} was trained with a different model ({diff})")
         old = ck.get("train_config", {})
-        for k in ("seed", "batch", "loss", "data", "freeze_steps"):
-            was = old.get(k, 0 if k == "freeze_steps" else None)  # runs from before freeze_steps: 0
+        # a resumed run continues the same computation: runs from before freeze_steps / cpu_bf16 had 0 / False
+        for k in ("seed", "batch", "loss", "data", "freeze_steps", "cpu_bf16"):
+            was = old.get(k, {"freeze_steps": 0, "cpu_bf16": False}.get(k))
             same_data = k == "data" and was and Path(was).resolve() == Path(self.cfg.data).resolve()
             if was != getattr(self.cfg, k) and not same_data:
                 raise InputError(f"--resume: {k} was {was!r} in {path}, now {getattr(self.cfg, k)!r}")
@@ -650,6 +651,8 @@ class Trainer:
                              "choose another --out")
         self.write_run_info()
         self.logger.open(start_epoch if self.resume else None)
+        if cfg.cpu_bf16 and self.device.type != "cpu":
+            self.log(f"--cpu-bf16 does not apply on {self.device} (--amp sets its mixed precision)")
         if self.amp and self.device.type == "cpu" and cpu_has_bf16() is False:
             self.log("warning: --cpu-bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated "
                      "there and steps may be many times slower than float32 (`python -m "
