@@ -81,15 +81,9 @@ def test_a_row_says_the_precision_its_process_ran(monkeypatch):
 def test_bf16_runs_the_forward_pass_in_bfloat16(monkeypatch):
     import torch
 
-    seen = set()
-    real = torch.nn.Conv3d.forward
+    from dtype_spy import conv_output_dtypes
 
-    def fwd(self, x):
-        y = real(self, x)
-        seen.add(y.dtype)
-        return y
-
-    monkeypatch.setattr(torch.nn.Conv3d, "forward", fwd)
+    seen = conv_output_dtypes(monkeypatch)
     spec = {"network": "4,8", "size": 16, "steps": 1, "warmup": 0, "device": "cpu", "threads": 1, "seed": 0}
     assert networks.run_one({**spec, "precision": "fp32"})["precision"] == "fp32" and seen == {torch.float32}
     seen.clear()

@@ -8,6 +8,7 @@ from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig, train
 from dosepred.training import trainer as trainer_mod
 from dosepred.training.trainer import cpu_has_bf16
+from dtype_spy import conv_output_dtypes
 
 TINY = dict(patch=(16, 16, 16), base=4, levels=2, res_units=1, batch=2, threads=1, loss="mae",
             epochs=1, steps_per_epoch=3, seed=2)
@@ -49,22 +50,8 @@ def _autocast_calls(monkeypatch):
     return calls
 
 
-def _forward_dtypes(monkeypatch):
-    """dtypes of every 3D convolution's output during the run (the network's own arithmetic)."""
-    seen = set()
-    real = torch.nn.Conv3d.forward
-
-    def fwd(self, x):
-        y = real(self, x)
-        seen.add(y.dtype)
-        return y
-
-    monkeypatch.setattr(torch.nn.Conv3d, "forward", fwd)
-    return seen
-
-
 def test_cpu_bf16_runs_the_network_in_bfloat16_and_keeps_float32_weights(cache, tmp_path, monkeypatch):
-    calls, dtypes = _autocast_calls(monkeypatch), _forward_dtypes(monkeypatch)
+    calls, dtypes = _autocast_calls(monkeypatch), conv_output_dtypes(monkeypatch)
     monkeypatch.setattr(trainer_mod, "cpu_has_bf16", lambda: True)
     said = []
     train(TrainConfig(data=str(cache), out=str(tmp_path / "bf16"), cpu_bf16=True, device="cpu", **TINY),
@@ -91,7 +78,7 @@ def test_cpu_bf16_leaves_the_loss_and_the_validation_in_float32(cache, tmp_path,
             return fn(pred, *rest)
         return loss
 
-    convs = _forward_dtypes(monkeypatch)
+    convs = conv_output_dtypes(monkeypatch)
 
     def validate(*a, **kw):
         convs.clear()
@@ -108,7 +95,7 @@ def test_cpu_bf16_leaves_the_loss_and_the_validation_in_float32(cache, tmp_path,
 
 
 def test_without_cpu_bf16_every_convolution_stays_float32(cache, tmp_path, monkeypatch):
-    calls, dtypes = _autocast_calls(monkeypatch), _forward_dtypes(monkeypatch)
+    calls, dtypes = _autocast_calls(monkeypatch), conv_output_dtypes(monkeypatch)
     said = []
     train(TrainConfig(data=str(cache), out=str(tmp_path / "fp32"), device="cpu", **TINY), log=said.append)
     assert calls and all(not enabled for _, _, enabled in calls)
