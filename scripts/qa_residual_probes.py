@@ -95,14 +95,16 @@ def geometry_features(data: str, keys: set[tuple[str, str]]) -> dict[tuple[str, 
         rois = [r for pid, r in keys if pid == p.id]
         if not rois:
             continue
-        feats: dict[str, dict[str, float]] = {r: {"volume cc": float(p.mask(r).sum() * p.voxel_volume_cc)}
-                                              for r in rois}
+        masks = p.masks(rois)  # each bit-mask decoded once
+        feats: dict[str, dict[str, float]] = {r: {"volume cc": float(m.sum() * p.voxel_volume_cc)}
+                                              for r, m in masks.items()}
         for t in p.roi_set.targets:
-            if t in p.missing_rois or not p.mask(t).any():
+            target = p.mask(t)
+            if t in p.missing_rois or not target.any():
                 continue
-            d = ndimage.distance_transform_edt(~p.mask(t), sampling=p.spacing)
+            d = ndimage.distance_transform_edt(~target, sampling=p.spacing)
             for r in rois:
-                dd = d[p.mask(r)]
+                dd = d[masks[r]]
                 feats[r] |= {f"{t} median mm": float(np.median(dd)),
                              f"{t} within 5 mm": float((dd <= 5).mean()),
                              f"{t} within 15 mm": float((dd <= 15).mean())}

@@ -1,21 +1,14 @@
 """scripts/experiment_bootstrap.py: which errors each score pools (the cohort's scores of an
 evaluation, recomputed by hand) and its paired change."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("experiment_bootstrap_script",
-                                                  ROOT / "scripts" / "experiment_bootstrap.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiment_bootstrap")
 
 
 def _eval(shift):

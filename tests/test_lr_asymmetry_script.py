@@ -1,21 +1,14 @@
 """scripts/lr_asymmetry.py (docs/results.md round 21): which ROIs it pairs, and its residual and
 reference asymmetries against numpy on hand-made evaluations and a synthetic cache."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _script():
-    path = ROOT / "scripts" / "lr_asymmetry.py"
-    spec = importlib.util.spec_from_file_location("lr_asymmetry_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("lr_asymmetry")
 
 
 @pytest.mark.parametrize("name, want", [

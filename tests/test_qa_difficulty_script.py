@@ -1,21 +1,14 @@
 """scripts/qa_difficulty.py --detection (docs/qa.md "Difficulty scores"): the cross-validated false
 alarms and detection rates it prints, checked on synthetic residuals whose answer is known."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from scipy import optimize, stats
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _script():
-    path = ROOT / "scripts" / "qa_difficulty.py"
-    spec = importlib.util.spec_from_file_location("qa_difficulty_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("qa_difficulty")
 
 
 def _rates(out: str) -> dict[str, tuple[float, float, float]]:

@@ -1,21 +1,14 @@
 """scripts/qa_error_scale.py (docs/qa.md "How much smaller the model's error must be"): which units it
 reads from an evaluation JSON, and its cross-validated rates against the Gaussian answer (scipy)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _script():
-    path = ROOT / "scripts" / "qa_error_scale.py"
-    spec = importlib.util.spec_from_file_location("qa_error_scale_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("qa_error_scale")
 
 
 def _roi(kind, **metrics):

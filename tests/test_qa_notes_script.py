@@ -1,7 +1,6 @@
 """scripts/qa_notes.py (docs/qa.md, "Reliability notes"): it measures QA's errors, so it must predict as
 QA does with the model's calibration, flipped or not, and take only predictions made that way."""
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -10,16 +9,14 @@ from pathlib import Path
 import pytest
 
 from calibration_versions import without_centred
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "openkbp-mae-cdm"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("qa_notes_script", ROOT / "scripts" / "qa_notes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("qa_notes")
 
 
 @pytest.fixture

@@ -1,22 +1,14 @@
 """scripts/qa_residual_probes.py (docs/qa.md "What else was tried on the error itself"): its cross-fitted
 scores against leave-one-patient-out computations written out by hand (numpy), on planted residuals."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from dosepred.qa.families import Unit
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _script():
-    path = ROOT / "scripts" / "qa_residual_probes.py"
-    spec = importlib.util.spec_from_file_location("qa_residual_probes_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("qa_residual_probes")
 
 
 def _units(slope=0.0, seed=0, n=12):
