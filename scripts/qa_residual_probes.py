@@ -178,4 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dosepred.errors import DosepredError
+
+    try:
+        main()
+    except (DosepredError, OSError) as e:  # a wrong folder or model: one line, as dosepred's commands
+        raise SystemExit(f"error: {e}") from None

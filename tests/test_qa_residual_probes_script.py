@@ -1,6 +1,8 @@
 """scripts/qa_residual_probes.py (docs/qa.md "What else was tried on the error itself"): its cross-fitted
 scores against leave-one-patient-out computations written out by hand (numpy), on planted residuals."""
 
+from pathlib import Path
+
 import numpy as np
 
 from dosepred.qa.families import Unit
@@ -69,3 +71,16 @@ def test_a_criterion_with_too_few_other_patients_is_not_shifted():
     units = _units(seed=4, n=3)  # each ROI has 2 units without any one patient: fewer than MIN_UNITS
     for kind in ("centred", "mean", "linear"):
         assert np.allclose(mod.cross_fitted_scores(units, kind), [u.plan - u.predicted for u in units])
+
+
+def test_a_missing_predictions_folder_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "qa_residual_probes.py"), "--model",
+                        str(root / "models" / "openkbp-mae-cdm"), "--data", str(tmp_path / "no-cache"),
+                        "--predictions", str(tmp_path / "no-pred")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no-" in lines[0]
