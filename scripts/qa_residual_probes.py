@@ -99,8 +99,10 @@ def geometry_features(data: str, keys: set[tuple[str, str]]) -> dict[tuple[str, 
         feats: dict[str, dict[str, float]] = {r: {"volume cc": float(m.sum() * p.voxel_volume_cc)}
                                               for r, m in masks.items()}
         for t in p.roi_set.targets:
+            if t in p.missing_rois:
+                continue
             target = p.mask(t)
-            if t in p.missing_rois or not target.any():
+            if not target.any():
                 continue
             d = ndimage.distance_transform_edt(~target, sampling=p.spacing)
             for r in rois:

@@ -1,12 +1,13 @@
 """scripts/qa_residual_probes.py (docs/qa.md "What else was tried on the error itself"): its cross-fitted
 scores against leave-one-patient-out computations written out by hand (numpy), on planted residuals."""
 
-from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 
 from dosepred.qa.families import Unit
-from script_loader import load_script
+from script_loader import SCRIPTS, load_script
 
 
 def _script():
@@ -74,13 +75,10 @@ def test_a_criterion_with_too_few_other_patients_is_not_shifted():
 
 
 def test_a_missing_predictions_folder_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "scripts" / "qa_residual_probes.py"), "--model",
-                        str(root / "models" / "openkbp-mae-cdm"), "--data", str(tmp_path / "no-cache"),
-                        "--predictions", str(tmp_path / "no-pred")], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(SCRIPTS / "qa_residual_probes.py"), "--model",
+                        str(SCRIPTS.parent / "models" / "openkbp-mae-cdm"),
+                        "--data", str(tmp_path / "no-cache"), "--predictions", str(tmp_path / "no-pred")],
+                       capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no-" in lines[0]
