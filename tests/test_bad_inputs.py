@@ -538,7 +538,8 @@ def test_released_models_record_the_rois_openkbp_training_patients_lacked():
     from dosepred.models.checkpoint import load_checkpoint
     from dosepred.models.space import ModelSpace
 
-    for m in sorted((Path(__file__).resolve().parents[1] / "models").glob("openkbp-*")):
+    models = Path(__file__).resolve().parents[1] / "models"
+    for m in sorted(f.parent for f in models.glob("openkbp-*/model.pt")):  # single models, not ensembles
         want = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible",
                 "PTV56", "PTV63"]
         for space in (load_checkpoint(m)["space"], json.loads((m / "config.json").read_text())["space"]):

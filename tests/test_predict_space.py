@@ -24,7 +24,7 @@ from dosepred.resample import grid_with_spacing, resample, resample_patient
 from dosepred.roi import lr_pairs, mirror_codes
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-RELEASED = sorted(MODELS.glob("openkbp-*"))
+RELEASED = sorted(m.parent for m in MODELS.glob("openkbp-*/model.pt"))  # single models (not ensembles)
 MAE = MODELS / "openkbp-mae"
 
 #: Other ways to store the same patient, as the letters its array axes run towards: in-plane

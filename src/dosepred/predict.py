@@ -284,11 +284,17 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
     bits swapped, mirrored back. ``options.shifts``: also average the predictions of the input
     translated by each of these offsets (voxels per array axis, border replicated; mirrored too with
     ``tta``), translated back, each voxel over the passes in which it stayed inside the array.
-    ``options.device`` ``"auto"``: the model's device."""
+    ``options.device`` ``"auto"``: the model's device. An ensemble
+    (:class:`~dosepred.models.ensemble.EnsembleModel`) predicts with each member so, and returns the
+    weighted mean of their doses."""
     from monai.inferers import sliding_window_inference
+
+    from .models.ensemble import EnsembleModel
 
     o = _options(options)
     net = model.module if hasattr(model, "module") else model
+    if isinstance(net, EnsembleModel):
+        return net.combine([predict_in_space(m, patient, o) for m in net.members])
     cfg: ModelConfig = net.config
     device = torch.device(o.device) if o.device != "auto" else next(net.parameters()).device
     amp, overlap, mode, sw_batch, tta = o.amp, o.overlap, o.mode, o.sw_batch, o.tta

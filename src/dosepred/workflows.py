@@ -374,6 +374,18 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
                           ids=ids, dose_spacing=dose_spacing, roi_map=roi_map)
 
 
+def make_ensemble(models: Sequence[PathLike], out: PathLike, weights: Sequence[float] | None = None,
+                  overwrite: bool = False) -> Path:
+    """``dosepred ensemble``: an ensemble folder at ``out`` of ``models`` (single models; ``weights``
+    default equal), written whole or not at all (:func:`~dosepred.models.ensemble.write_ensemble`); the
+    ``ensemble.json`` path."""
+    from .models.checkpoint import write_ensemble
+
+    with output_dir(out, overwrite, list(models)) as tmp:
+        write_ensemble(list(models), tmp, weights, final=out)
+    return Path(out) / "ensemble.json"
+
+
 def export_model(run: PathLike | Sequence[PathLike], out: PathLike, fp32: bool = False,
                  overwrite: bool = False, allow_mixed: bool = False) -> Path:
     """``dosepred export-model``: a small released model folder at ``out`` of one run or checkpoint,

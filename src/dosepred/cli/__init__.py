@@ -8,7 +8,7 @@ registered commands):
 - ``data.py``: ``data import-<format>``, ``data export-<format>`` (one per row of
   :mod:`dosepred.io.formats` that imports / exports), ``data inspect``, ``data synth``,
   ``data split``, ``data subset``, ``data pack``, ``data unpack``
-- ``model.py``: ``train``, ``predict``, ``export-model``, ``demo``
+- ``model.py``: ``train``, ``predict``, ``export-model``, ``ensemble``, ``demo``
 - ``evaluate.py``: ``baseline``, ``evaluate``, ``calibrate``, ``qa``
 - ``bench.py``: ``bench evaluate``, ``bench predict``, ``bench bitmask``, ``bench networks``,
   ``bench losses``, ``bench qa-power``

@@ -166,6 +166,31 @@ def export_model(
     show([f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB)"])
 
 
+@app.command("ensemble")
+@friendly
+def ensemble(
+    models: Annotated[list[Path], typer.Argument(help="Two or more models (released model folders, runs or "
+                                                      "checkpoints; single models) predicting the same ROIs "
+                                                      "in the same model space.")],
+    out: Annotated[Path, typer.Option("--out", help="Ensemble folder to write (ensemble.json naming the "
+                                      "members, README.md; no weights of its own).")],
+    weights: Annotated[str | None, typer.Option("--weights", help="Comma-separated weight per model, e.g. "
+                                                "2,1 (normalised to sum to 1; default equal).")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write an ensemble: a model folder whose dose is the weighted mean of its members' (each predicted
+    as it would be alone). `predict`, `calibrate` and `qa` take it like any model."""
+    ws = None
+    if weights is not None:
+        try:
+            ws = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise InputError(f"--weights must be comma-separated numbers, e.g. 2,1; got {weights!r}"
+                             ) from None
+    f = workflows.make_ensemble(models, out, ws, overwrite)
+    show([f"wrote {f} ({len(models)} members)"])
+
+
 @app.command("demo")
 @friendly
 def demo(

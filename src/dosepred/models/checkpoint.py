@@ -38,8 +38,10 @@ import torch
 import dosepred
 
 from ..fsutil import atomic_path, save_torch, write_text
+from .ensemble import EnsembleModel, assemble, is_ensemble, read_ensemble
+from .ensemble import write_ensemble as _write_ensemble
 from .space import ModelSpace
-from .tags import CHECKPOINT_FORMAT, MODEL_FORMAT
+from .tags import CHECKPOINT_FORMAT, ENSEMBLE_FILE, MODEL_FORMAT
 from .unet import ModelConfig, ModelError, build_model
 
 
@@ -49,11 +51,13 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        for cand in (p / "model.pt", p / "checkpoints" / "best.pt", p / "checkpoints" / "last.pt"):
+        for cand in (p / "model.pt", p / ENSEMBLE_FILE, p / "checkpoints" / "best.pt",
+                     p / "checkpoints" / "last.pt"):
             if cand.is_file():
                 return cand
-        raise FileNotFoundError(f"{p} holds no model: expected model.pt (a released model) or "
-                                "checkpoints/best.pt / checkpoints/last.pt (a training run)")
+        raise FileNotFoundError(f"{p} holds no model: expected model.pt (a released model), "
+                                f"{ENSEMBLE_FILE} (an ensemble) or checkpoints/best.pt / "
+                                "checkpoints/last.pt (a training run)")
     raise FileNotFoundError(f"model {p} does not exist (give a run folder, a model folder or a .pt file)")
 
 
@@ -156,6 +160,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     The returned dict always holds ``"space"`` (the record, the folder's config.json record, or the
     OpenKBP default; ``space["source"]`` says which) and ``"path"``."""
     path = resolve_model_path(path)
+    if is_ensemble(path):
+        spec = read_ensemble(path)
+        raise ModelError(f"{path.parent} is an ensemble of {len(spec.members)} models "
+                         f"({', '.join(m.model for m in spec.members)}): this needs a single model (give "
+                         "one of its members)")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted copy or save?)")
     try:
@@ -199,8 +208,27 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: Any = "cpu") -> torch.nn
 
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
     """A ready-to-run model (eval mode, ``model.space`` set) from a run folder, model folder or
-    checkpoint."""
+    checkpoint, or an ensemble folder (:class:`~dosepred.models.ensemble.EnsembleModel`)."""
+    if is_ensemble(resolve_model_path(path)):
+        return load_ensemble(resolve_model_path(path), device)
     return model_from_checkpoint(load_checkpoint(path), device)
+
+
+def _load_single(path: Path, device: Any) -> torch.nn.Module:
+    return model_from_checkpoint(load_checkpoint(path), device)
+
+
+def load_ensemble(path: str | os.PathLike, device: Any = "cpu") -> EnsembleModel:
+    """The ensemble at ``path`` (its folder or ``ensemble.json``), its members loaded on ``device``
+    (:func:`dosepred.models.ensemble.assemble`: every rule of an ensemble checked)."""
+    return assemble(read_ensemble(path), _load_single, device)
+
+
+def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
+                   weights: Sequence[float] | None = None, final: str | os.PathLike | None = None) -> Path:
+    """Write an ensemble folder of ``models`` (run folders, model folders or checkpoints of single
+    models; ``weights`` default equal) at ``out`` (:func:`dosepred.models.ensemble.write_ensemble`)."""
+    return _write_ensemble(models, out, resolve_model_path, _load_single, weights, final)
 
 
 #: What an average of checkpoints keeps of each input (``"averaged_inputs"``): the entries that

@@ -4,3 +4,5 @@ checkpoints too, so the tags live below both. Not the table of data formats (:mo
 
 CHECKPOINT_FORMAT = "dosepred-checkpoint"  # a training run's checkpoint (weights, optimiser, ...)
 MODEL_FORMAT = "dosepred-model"  # a released model (weights and the record needed to predict)
+ENSEMBLE_FORMAT = "dosepred-ensemble"  # an ensemble folder's ensemble.json (dosepred.models.ensemble)
+ENSEMBLE_FILE = "ensemble.json"  # the file that makes a folder an ensemble

@@ -110,7 +110,7 @@ class QAChecker:
 
     def __init__(self, model: str | os.PathLike, protocol: Any, coverage: float = 0.9,
                  device: Any = None) -> None:
-        from ..models.checkpoint import load_checkpoint, model_from_checkpoint, resolve_model_path
+        from ..models.checkpoint import load_model, resolve_model_path
         from ..predict import resolve_device
 
         if not 0 < coverage < 1:
@@ -119,8 +119,7 @@ class QAChecker:
         #: The model's calibration.json (:class:`~dosepred.qa.calibration.Calibration`)
         self.calibration = load_calibration(self.model_path)
         self._check_model_hash()
-        ckpt = load_checkpoint(self.model_path)
-        self.net = model_from_checkpoint(ckpt, resolve_device(device or "auto"))
+        self.net = load_model(self.model_path, resolve_device(device or "auto"))
         self.roi_set: RoiSet = self.net.config.roi_set
         self.protocol = load_protocol(protocol)
         #: the protocol resolved against the model's ROIs, once (plans are checked on those ROIs)

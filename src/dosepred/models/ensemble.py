@@ -1,0 +1,265 @@
+"""Ensembles: several trained models that predict one dose together, the weighted mean of theirs.
+
+An ensemble is a folder holding ``ensemble.json`` (no weights of its own) that names its member
+models (released model folders, runs or checkpoint files, each a single network), their weights and
+the SHA-256 of each member's file as the ensemble was made, next to a README and, once calibrated,
+a plan-QA ``calibration.json``::
+
+    {"format": "dosepred-ensemble", "version": 1,
+     "members": [{"model": "../openkbp-mae-cdm/model.pt", "sha256": "...", "weight": 0.5},
+                 {"model": "../openkbp-mae/model.pt", "sha256": "...", "weight": 0.5}]}
+
+A member's path is relative to the ensemble's folder (absolute paths are kept as they are), so a
+repository's ensemble of its own released models moves with it and adds no binary. Every dosepred
+command that takes a model for prediction takes an ensemble folder (``predict``, ``qa``,
+``calibrate``, ``evaluate``'s benchmarks); training (``--init``) and ``export-model`` need one
+network and say so.
+
+Why average models (docs/results.md, round 26): models trained independently make partly
+independent errors, and their mean errs less than either; fine-tunes of one start do not (their
+average changed nothing in rounds 10, 15 and 26). The released MAE and MAE+CDM models, trained
+separately since round 11, disagree enough: their mean's OAR mean-dose errors are smaller than
+either's, which is what plan QA's intervals are made of.
+
+Rules, each an error naming the ensemble file, the member and the rule: at least two members; each
+weight a positive finite number (they are normalised to sum to 1); each member a single model whose
+file still has the recorded SHA-256 (a member retrained or replaced makes the ensemble, and any
+calibration of it, another model); members predicting the same ROIs (names, kinds and prescriptions,
+in one bit order) in the same model space (axes, spacing and field-of-view ranges: one placement of
+the patient serves all). Members may differ in architecture and in their patch: each predicts the
+placed patient with its own sliding windows and test-time passes (:func:`dosepred.predict.predict_in_space`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..fsutil import sha256_file, write_text
+from .space import ModelSpace
+from .tags import ENSEMBLE_FILE, ENSEMBLE_FORMAT
+from .unet import ModelError
+
+__all__ = ["ENSEMBLE_FILE", "EnsembleModel", "EnsembleSpec", "Member", "assemble", "is_ensemble",
+           "read_ensemble", "write_ensemble"]
+#: The version :func:`write_ensemble` writes (and the only one read)
+ENSEMBLE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of an ensemble: its path as written in ``ensemble.json``, the SHA-256 of its file when
+    the ensemble was made, and its weight (as written; :attr:`EnsembleSpec.weights` normalises)."""
+
+    model: str
+    sha256: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A read ``ensemble.json``: where it is and its members."""
+
+    path: Path
+    members: tuple[Member, ...]
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        total = sum(m.weight for m in self.members)
+        return tuple(m.weight / total for m in self.members)
+
+    def member_path(self, m: Member) -> Path:
+        """A member's file, its relative path read from the ensemble's folder."""
+        p = Path(m.model)
+        return p if p.is_absolute() else self.path.parent / p
+
+
+def is_ensemble(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an ensemble: its ``ensemble.json`` or a folder holding one."""
+    p = Path(path)
+    return (p.is_dir() and (p / ENSEMBLE_FILE).is_file()) or (p.is_file() and p.name == ENSEMBLE_FILE)
+
+
+def _weight(value: Any, where: str) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ModelError(f"{where}: weight must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
+    """Read and check an ``ensemble.json`` (or the folder holding one): its format, version and members'
+    entries (not yet the member files: :func:`load_ensemble`)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ENSEMBLE_FILE
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{p}: no such ensemble file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{p}: not a readable ensemble file ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != ENSEMBLE_FORMAT:
+        raise ModelError(f"{p}: not a dosepred ensemble (its \"format\" must be {ENSEMBLE_FORMAT!r})")
+    if obj.get("version") != ENSEMBLE_VERSION:
+        raise ModelError(f"{p}: ensemble version {obj.get('version')!r} is not one this dosepred reads "
+                         f"({ENSEMBLE_VERSION})")
+    raw = obj.get("members")
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ModelError(f"{p}: \"members\" must list at least two models, got "
+                         f"{len(raw) if isinstance(raw, list) else type(raw).__name__}")
+    members = []
+    for i, m in enumerate(raw, 1):
+        where = f"{p}: member {i}"
+        if not isinstance(m, dict):
+            raise ModelError(f"{where} must be an object with \"model\", \"sha256\" and \"weight\"")
+        model, sha = m.get("model"), m.get("sha256")
+        if not isinstance(model, str) or not model:
+            raise ModelError(f"{where}: \"model\" must be the path of a model file")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ModelError(f"{where}: \"sha256\" must be the 64 hex digits of its file's SHA-256")
+        members.append(Member(model, sha, _weight(m.get("weight"), where)))
+    return EnsembleSpec(p, tuple(members))
+
+
+def _space_difference(a: ModelSpace, b: ModelSpace) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    for k in da:
+        if k != "source" and da[k] != db.get(k):
+            return f"{k} {da[k]} vs {db.get(k)}"
+    return ""
+
+
+class EnsembleModel(torch.nn.Module):
+    """Loaded members (eval mode) and their normalised weights. ``config`` is the first member's (the
+    ROIs and bit order every member shares), ``space`` their common model space. Predict with
+    :func:`dosepred.predict.predict_dose` (or ``predict_in_space``), which runs each member and
+    returns :meth:`combine` of their doses; calling the module itself is refused."""
+
+    def __init__(self, members: Sequence[torch.nn.Module], weights: Sequence[float], space: ModelSpace,
+                 path: Path | None = None) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.weights = tuple(float(w) for w in weights)
+        self.config = members[0].config
+        self.space = space
+        self.path = path
+
+    def combine(self, doses: Sequence[np.ndarray]) -> np.ndarray:
+        """The weighted mean of the members' doses (accumulated in float64, returned float32)."""
+        total = np.zeros(doses[0].shape, dtype=np.float64)
+        for w, d in zip(self.weights, doses, strict=True):
+            total += w * d
+        return total.astype(np.float32)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise ModelError("an ensemble has no single forward pass: predict with dosepred.predict_dose, "
+                         "which runs each member and averages their doses")
+
+
+def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module],
+             device: Any = "cpu") -> EnsembleModel:
+    """The ensemble of ``spec`` with its members loaded on ``device`` by ``load_one(file, device)`` (a
+    single model's loader, :func:`dosepred.models.checkpoint.load_ensemble` passes its own), after
+    checking every rule of the module docstring."""
+    nets: list[torch.nn.Module] = []
+    space: ModelSpace | None = None
+    for i, m in enumerate(spec.members, 1):
+        mp = spec.member_path(m)
+        where = f"{spec.path}: member {i} ({m.model})"
+        if is_ensemble(mp):
+            raise ModelError(f"{where} is an ensemble itself: members must be single models")
+        if not mp.is_file():
+            raise ModelError(f"{where}: no such model file"
+                             + (" (a member is a model file, e.g. NAME/model.pt)" if mp.is_dir() else ""))
+        if sha256_file(mp) != m.sha256:
+            raise ModelError(f"{where}: the file is not the one the ensemble was made with (its SHA-256 "
+                             "differs): remake the ensemble with `dosepred ensemble` (and recalibrate it)")
+        try:
+            net = load_one(mp, device)
+        except ModelError as e:  # its message starts with the file's path, which `where` names
+            msg = str(e)
+            raise ModelError(f"{where}: {msg[len(str(mp)):].lstrip(': ') if msg.startswith(str(mp)) else msg}"
+                             ) from None
+        sp = net.space
+        if nets:
+            first = nets[0].config
+            if net.config.roi_set.to_dicts() != first.roi_set.to_dicts():
+                raise ModelError(f"{where} predicts from other ROIs than member 1 "
+                                 f"({', '.join(net.config.roi_set.names)} vs "
+                                 f"{', '.join(first.roi_set.names)}, "
+                                 "with their kinds and prescriptions, in bit order): members must share them")
+            assert space is not None
+            diff = _space_difference(space, sp)
+            if diff:
+                raise ModelError(f"{where} was trained in another model space than member 1 ({diff}): "
+                                 "members must share one")
+        else:
+            space = sp
+        nets.append(net)
+    assert space is not None
+    return EnsembleModel(nets, spec.weights, space, spec.path).eval()
+
+
+def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
+                   resolve: Callable[[str | os.PathLike], Path],
+                   load_one: Callable[[Path, Any], torch.nn.Module],
+                   weights: Sequence[float] | None = None, final: str | os.PathLike | None = None) -> Path:
+    """Write an ensemble of ``models`` (model folders, runs or checkpoint files of single models, each
+    found by ``resolve`` and loaded by ``load_one``: :func:`dosepred.models.checkpoint.write_ensemble`
+    passes its own) into the folder ``out``: ``ensemble.json`` (each member's path relative to
+    ``final``, the folder's path once in place, default ``out``; its SHA-256; its weight, default
+    equal) and a README. The ensemble is loaded (every rule checked) before anything is written.
+    Returns the ``ensemble.json`` path."""
+    if len(models) < 2:
+        raise ModelError(f"an ensemble needs at least two models, got {len(models)}")
+    ws = [1.0] * len(models) if weights is None else list(weights)
+    if len(ws) != len(models):
+        raise ModelError(f"{len(ws)} weights for {len(models)} models: give one weight per model")
+    out, shown = Path(out), Path(final) if final is not None else Path(out)
+    files, members = [], []
+    for i, (m, w) in enumerate(zip(models, ws, strict=True), 1):
+        if is_ensemble(m):
+            raise ModelError(f"model {i} ({m}) is an ensemble itself: members must be single models")
+        try:
+            f = resolve(m).resolve()
+        except FileNotFoundError as e:
+            raise ModelError(f"model {i}: {e}") from None
+        if f in files:
+            raise ModelError(f"model {i} ({m}) is the file of model {files.index(f) + 1}: a model twice is "
+                             "that model weighted more; give it once, with --weights")
+        files.append(f)
+        members.append({"model": os.path.relpath(f, shown.resolve()), "sha256": sha256_file(f),
+                        "weight": _weight(w, f"model {i} ({m})")})
+    # the same members by absolute path: checked as the written file will be read
+    spec = EnsembleSpec(shown / ENSEMBLE_FILE,
+                        tuple(Member(str(f), m["sha256"], m["weight"])
+                              for f, m in zip(files, members, strict=True)))
+    try:
+        ens = assemble(spec, load_one)
+    except ModelError as e:  # nothing is written yet: name the models as given, not the file to be
+        raise ModelError(str(e).replace(f"{spec.path}: member ", "model ", 1)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ENSEMBLE_FILE
+    write_text(path, json.dumps({"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION,
+                                 "members": members}, indent=2) + "\n")
+    total = sum(m["weight"] for m in members)
+    lines = [f"# {shown.name}", "",
+             f"A dosepred ensemble: the weighted mean of the doses of {len(members)} models "
+             "(each predicted with its own sliding windows and test-time passes).", ""]
+    lines += [f"- `{m['model']}`, weight {m['weight'] / total:.3g} (SHA-256 {m['sha256'][:12]}...)"
+              for m in members]
+    lines += [f"- ROIs (bit order): {', '.join(ens.config.roi_set.names)}",
+              f"- model space: {ens.space.summary()}", "",
+              f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`; plan QA "
+              f"after `dosepred calibrate --model {shown} ...` (docs/qa.md).", ""]
+    write_text(out / "README.md", "\n".join(lines))
+    return path

@@ -1,0 +1,256 @@
+"""Ensembles (dosepred.models.ensemble, ``dosepred ensemble``): a folder naming member models whose
+doses are averaged.
+
+Every expected dose is computed independently: each member predicted alone by ``dosepred predict``
+into its own cache, then the weighted mean taken here in numpy from those files.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dosepred.cli import app
+from dosepred.io.cache import Cache, write_cache
+from dosepred.models import ModelError
+from dosepred.models.checkpoint import (
+    load_checkpoint,
+    load_ensemble,
+    load_model,
+    save_checkpoint,
+    write_ensemble,
+)
+from dosepred.models.ensemble import ENSEMBLE_FILE, EnsembleModel, read_ensemble
+from dosepred.synth import make_cohort
+from dosepred.training import TrainConfig, Trainer
+from tiny_models import TINY
+
+runner = CliRunner()
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two tiny models trained independently (seeds 1 and 2; the second with three levels) on one cache,
+    and a second cache of patients to predict."""
+    root = tmp_path_factory.mktemp("ens")
+    write_cache(make_cohort(3, seed=5, size=20), root / "train")
+    write_cache(make_cohort(2, seed=9, size=20), root / "plans")
+    for seed, levels in ((1, 2), (2, 3)):
+        cfg = TrainConfig(data=str(root / "train"), out=str(root / f"run{seed}"), epochs=1, steps_per_epoch=3,
+                          seed=seed, **{**TINY, "levels": levels})
+        Trainer(cfg, progress=False).fit()
+    return root
+
+
+def _doses(cache: Path) -> dict[str, np.ndarray]:
+    c = Cache.open(cache)
+    return {pid: c.load(pid).dose for pid in c.ids}
+
+
+def _predict(model: Path, data: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
+    r = runner.invoke(app, ["predict", "--model", str(model), "--data", str(data), "--out", str(out),
+                            "--format", "cache", "--no-progress", "--allow-missing-rois", *extra])
+    assert r.exit_code == 0, r.output
+    return _doses(out)
+
+
+@pytest.mark.parametrize("tta", ["--tta", "--no-tta"])
+def test_ensemble_predicts_the_weighted_mean_of_its_members(two_runs, tmp_path, tta):
+    root = two_runs
+    r = runner.invoke(app, ["ensemble", str(root / "run1"), str(root / "run2"), "--weights", "3,1",
+                            "--out", str(tmp_path / "ens")])
+    assert r.exit_code == 0, r.output
+    spec = json.loads((tmp_path / "ens" / ENSEMBLE_FILE).read_text())
+    assert [m["weight"] for m in spec["members"]] == [3.0, 1.0]
+    a = _predict(root / "run1", root / "plans", tmp_path / "a", tta)
+    b = _predict(root / "run2", root / "plans", tmp_path / "b", tta)
+    e = _predict(tmp_path / "ens", root / "plans", tmp_path / "e", tta)
+    assert sorted(e) == sorted(a) == ["synth_000", "synth_001"]
+    for pid in e:
+        assert not np.allclose(a[pid], b[pid], atol=1e-3)  # the members disagree: the mean is a test
+        np.testing.assert_allclose(e[pid], 0.75 * a[pid] + 0.25 * b[pid], rtol=0, atol=2e-5)
+    rec = json.loads((tmp_path / "e" / "dataset.json").read_text())["prediction"]
+    assert rec["model"] == str(tmp_path / "ens")  # the record names the ensemble and its file's hash
+    import hashlib
+
+    assert rec["model_sha256"] == hashlib.sha256((tmp_path / "ens" / ENSEMBLE_FILE).read_bytes()).hexdigest()
+
+
+def test_equal_weights_by_default_and_the_folder_moves_with_its_members(two_runs, tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(two_runs / "run1", root / "models" / "m1")
+    shutil.copytree(two_runs / "run2", root / "models" / "m2")
+    write_ensemble([root / "models" / "m1", root / "models" / "m2"], root / "models" / "ens")
+    spec = json.loads((root / "models" / "ens" / ENSEMBLE_FILE).read_text())
+    assert [m["model"] for m in spec["members"]] == ["../m1/checkpoints/best.pt", "../m2/checkpoints/best.pt"]
+    assert [m["weight"] for m in spec["members"]] == [1.0, 1.0]
+    moved = tmp_path / "elsewhere"
+    shutil.move(root, moved)
+    ens = load_model(moved / "models" / "ens")
+    assert isinstance(ens, EnsembleModel) and ens.weights == (0.5, 0.5)
+    assert ens.config.roi_set.names == load_model(moved / "models" / "m1").config.roi_set.names
+    readme = (moved / "models" / "ens" / "README.md").read_text()
+    assert "../m1/checkpoints/best.pt`, weight 0.5" in readme and "dosepred predict --model" in readme
+
+
+def test_a_member_changed_since_is_refused(two_runs, tmp_path):
+    shutil.copytree(two_runs / "run1", tmp_path / "m1")
+    write_ensemble([tmp_path / "m1", two_runs / "run2"], tmp_path / "ens")
+    ck = load_checkpoint(tmp_path / "m1")
+    ck["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    save_checkpoint(ck, tmp_path / "m1" / "checkpoints" / "best.pt")
+    with pytest.raises(ModelError, match=r"member 1 \(\.\./m1/checkpoints/best\.pt\): the file is not the "
+                                         r"one the ensemble was made with \(its SHA-256 differs\)"):
+        load_ensemble(tmp_path / "ens")
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "ens"), "--data", str(two_runs / "plans"),
+                            "--out", str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "SHA-256 differs" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def _released_like(src: Path, out: Path, **change) -> Path:
+    """``src``'s checkpoint with its model config or space record changed."""
+    ck = load_checkpoint(src)
+    for k, v in change.items():
+        if k == "rois":
+            ck["model_config"] = {**ck["model_config"], "rois": v}
+        else:
+            ck["space"] = {**ck["space"], k: v}
+    return save_checkpoint(ck, out)
+
+
+def test_members_must_share_rois_and_model_space(two_runs, tmp_path):
+    rois = load_checkpoint(two_runs / "run2")["model_config"]["rois"]
+    swapped = [rois[1], rois[0], *rois[2:]]  # the same ROIs in another bit order
+    _released_like(two_runs / "run2", tmp_path / "order.pt", rois=swapped)
+    with pytest.raises(ModelError, match=r"^model 2 .* predicts from other ROIs than member 1 .* bit order"):
+        write_ensemble([two_runs / "run1", tmp_path / "order.pt"], tmp_path / "e1")
+    assert not (tmp_path / "e1").exists()  # checked before anything is written
+    sp = load_checkpoint(two_runs / "run2")["space"]
+    _released_like(two_runs / "run2", tmp_path / "space.pt", spacing_max=[20.0, 20.0, 20.0])
+    with pytest.raises(ModelError, match=r"^model 2 .* another model space than member 1 \(spacing_max "
+                                         + r"\[.*\] vs \[20\.0, 20\.0, 20\.0\]\)"):
+        write_ensemble([two_runs / "run1", tmp_path / "space.pt"], tmp_path / "e2")
+    assert sp["spacing_max"] != [20.0, 20.0, 20.0]
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(tmp_path / "space.pt"), "--out",
+                            str(tmp_path / "e3")])
+    assert r.exit_code == 2 and "another model space" in r.output and not (tmp_path / "e3").exists()
+
+
+def _spec(tmp_path: Path, two_runs: Path, **edit) -> Path:
+    d = tmp_path / "ens"
+    if not d.exists():
+        write_ensemble([two_runs / "run1", two_runs / "run2"], d)
+    obj = json.loads((d / ENSEMBLE_FILE).read_text())
+    for k, v in edit.items():
+        if k.startswith("m0_"):
+            obj["members"][0][k[3:]] = v
+        else:
+            obj[k] = v
+    (d / ENSEMBLE_FILE).write_text(json.dumps(obj))
+    return d
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"format": "dosepred-model"}, r"not a dosepred ensemble"),
+    ({"version": 2}, r"ensemble version 2 is not one this dosepred reads"),
+    ({"members": []}, r"\"members\" must list at least two models, got 0"),
+    ({"m0_weight": 0}, r"member 1: weight must be a positive finite number, got 0"),
+    ({"m0_weight": "1"}, r"member 1: weight must be a positive finite number"),
+    ({"m0_sha256": "abc"}, r"member 1: \"sha256\" must be the 64 hex digits"),
+    ({"m0_model": "../nothing/model.pt"}, r"member 1 \(\.\./nothing/model\.pt\): no such model file"),
+])
+def test_a_malformed_ensemble_is_one_clear_error(two_runs, tmp_path, edit, message):
+    d = _spec(tmp_path, two_runs, **edit)
+    with pytest.raises(ModelError, match=message):
+        load_model(d)
+    r = runner.invoke(app, ["predict", "--model", str(d), "--data", str(two_runs / "plans"), "--out",
+                            str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "Traceback" not in r.output, r.output
+    assert str(d / ENSEMBLE_FILE) in r.output
+
+
+def test_broken_json_and_nested_ensembles(two_runs, tmp_path):
+    d = _spec(tmp_path, two_runs)
+    (d / ENSEMBLE_FILE).write_text("{not json")
+    with pytest.raises(ModelError, match=r"not a readable ensemble file"):
+        read_ensemble(d)
+    inner = tmp_path / "inner"
+    write_ensemble([two_runs / "run1", two_runs / "run2"], inner)
+    with pytest.raises(ModelError, match=r"model 2 .* is an ensemble itself: members must be single models"):
+        write_ensemble([two_runs / "run1", inner], tmp_path / "outer")
+    obj = json.loads((inner / ENSEMBLE_FILE).read_text())  # written by hand: refused when loaded
+    obj["members"][1]["model"] = "../inner"
+    (tmp_path / "outer2").mkdir()
+    (tmp_path / "outer2" / ENSEMBLE_FILE).write_text(json.dumps(obj))
+    with pytest.raises(ModelError, match=r"member 2 \(\.\./inner\) is an ensemble itself"):
+        load_model(tmp_path / "outer2")
+
+
+def test_a_model_given_twice_is_refused(two_runs, tmp_path):
+    best = two_runs / "run1" / "checkpoints" / "best.pt"
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(best), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "model 2" in r.output and "is the file of model 1" in r.output, r.output
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "1,x"], "--weights must be comma-separated numbers"),
+    (["--weights", "1"], "1 weights for 2 models"),
+    (["--weights", "1,-2"], "weight must be a positive finite number, got -2.0"),
+])
+def test_ensemble_cli_options(two_runs, tmp_path, args, message):
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(two_runs / "run2"), "--out",
+                            str(tmp_path / "e"), *args])
+    assert r.exit_code == 2 and message in r.output and r.output.count("error:") == 1, r.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_ensemble_cli_needs_two_models_and_overwrite(two_runs, tmp_path):
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "at least two models, got 1" in r.output
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(two_runs / "run2"), "--out",
+                            str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    before = (tmp_path / "e" / ENSEMBLE_FILE).read_text()
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run2"), str(two_runs / "run1"), "--out",
+                            str(tmp_path / "e")])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert (tmp_path / "e" / ENSEMBLE_FILE).read_text() == before
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run2"), str(two_runs / "run1"), "--out",
+                            str(tmp_path / "e"), "--overwrite"])
+    assert r.exit_code == 0 and (tmp_path / "e" / ENSEMBLE_FILE).read_text() != before
+
+
+def test_commands_that_need_one_network_refuse_an_ensemble(two_runs, tmp_path):
+    write_ensemble([two_runs / "run1", two_runs / "run2"], tmp_path / "ens")
+    with pytest.raises(ModelError, match=r"is an ensemble of 2 models .* this needs a single model"):
+        load_checkpoint(tmp_path / "ens")
+    r = runner.invoke(app, ["export-model", str(tmp_path / "ens"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "is an ensemble of 2 models" in r.output and not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["train", "--init", str(tmp_path / "ens"), "--data", str(two_runs / "train"),
+                            "--out", str(tmp_path / "r"), "--epochs", "1", "--steps-per-epoch", "1",
+                            "--patch", "16", "--no-progress"])
+    assert r.exit_code == 2 and "is an ensemble of 2 models" in r.output and "Traceback" not in r.output
+    with pytest.raises(ModelError, match="no single forward pass"):
+        load_model(tmp_path / "ens")(torch.zeros(1))
+
+
+def test_the_released_ensemble_names_the_released_models():
+    """models/openkbp-ensemble: the released MAE+CDM and MAE models at equal weights, their files as
+    released (loading checks every SHA-256), with a calibration for plan QA made for this ensemble file."""
+    import hashlib
+
+    d = MODELS / "openkbp-ensemble"
+    spec = read_ensemble(d)
+    assert [(m.model, m.weight) for m in spec.members] == [("../openkbp-mae-cdm/model.pt", 1.0),
+                                                          ("../openkbp-mae/model.pt", 1.0)]
+    ens = load_model(d)
+    assert isinstance(ens, EnsembleModel) and len(ens.members) == 2
+    cal = json.loads((d / "calibration.json").read_text())
+    assert cal["model_sha256"] == hashlib.sha256((d / ENSEMBLE_FILE).read_bytes()).hexdigest()
