@@ -17,6 +17,8 @@ from dosepred.demo import (
     EXAMPLE_ARCHIVE,
     EXAMPLE_DIR,
     EXAMPLE_SUMS,
+    QA_FOLDER,
+    QA_MODEL,
     RELEASED,
     DemoSettings,
     find_repository,
@@ -47,7 +49,7 @@ def test_demo_tiny(tmp_path):
     for r in [*real["results"].values(), *synth["results"].values()]:
         assert math.isfinite(r["dose_score"]) and r["dose_score"] >= 0
         assert 0 <= r["criteria_agreement"] <= 100
-    # plan QA with the released MAE+CDM model: qa.json as `dosepred qa` writes it, the plan shown
+    # plan QA with the released ensemble (MAE+CDM and MAE): qa.json as `dosepred qa` writes it, the plan shown
     qa = json.loads((tmp_path / "qa" / "qa.json").read_text())
     assert [p["id"] for p in qa["patients"]] == ["pt_201"] and real["qa"]["shown"] == "pt_201"
     assert (tmp_path / "qa" / "report.html").is_file()
@@ -57,12 +59,13 @@ def test_demo_tiny(tmp_path):
     from dosepred.qa.check import run_qa
 
     plans = list(load_patients(tmp_path / "data" / "openkbp" / "validation-pats", ids=["pt_201"]))
-    ref = run_qa(ROOT / dict(RELEASED)["MAE+CDM"], plans, "openkbp-clinical", coverage=0.9).to_json()
+    ref = run_qa(ROOT / QA_FOLDER, plans, "openkbp-clinical", coverage=0.9).to_json()
+    assert qa["model"].endswith(QA_FOLDER) and real["qa"]["model"].endswith(QA_FOLDER)
     # equal up to float32 rounding: the demo predicts in its own torch thread setting, and a convolution's
     # sums may be ordered differently with another thread count (the round-14 model: 2e-7 Gy)
     assert _close(ref["patients"], qa["patients"])
     page = (tmp_path / "report.html").read_text()
-    assert "Plan QA: pt_201's plan against MAE+CDM" in page
+    assert f"Plan QA: pt_201's plan against the achievable dose of {QA_MODEL}" in page
     assert page.index("Plan QA") < page.index("<h2>Cohort</h2>")  # the QA section on the first screens
     assert "Train your own" in page and "href='synthetic/report.html'" in page
     assert "Verdict" in page
@@ -77,7 +80,7 @@ def test_demo_tiny(tmp_path):
         con.print(x)
     text = con.export_text()
     assert "released models on 1 real OpenKBP validation patients" in text and "train your own" in text
-    assert "plan QA of the 1 plans with MAE+CDM" in text and "pt_201" in text
+    assert f"plan QA of the 1 plans with {QA_MODEL}" in text and "pt_201" in text
     assert text.index("train your own") < text.index("released models on")  # real results stay on screen
 
 

@@ -38,7 +38,7 @@ def two_runs(tmp_path_factory):
     """Two tiny models trained independently (seeds 1 and 2; the second with three levels) on one cache,
     and a second cache of patients to predict."""
     root = tmp_path_factory.mktemp("ens")
-    write_cache(make_cohort(3, seed=5, size=20), root / "train")
+    write_cache(make_cohort(6, seed=5, size=20), root / "train")  # some lack PTV56 or PTV63: QA's plans may
     write_cache(make_cohort(2, seed=9, size=20), root / "plans")
     for seed, levels in ((1, 2), (2, 3)):
         cfg = TrainConfig(data=str(root / "train"), out=str(root / f"run{seed}"), epochs=1, steps_per_epoch=3,
@@ -94,6 +94,11 @@ def test_equal_weights_by_default_and_the_folder_moves_with_its_members(two_runs
     ens = load_model(moved / "models" / "ens")
     assert isinstance(ens, EnsembleModel) and ens.weights == (0.5, 0.5)
     assert ens.config.roi_set.names == load_model(moved / "models" / "m1").config.roi_set.names
+    here = _predict(moved / "models" / "ens", two_runs / "plans", tmp_path / "p1")
+    there = _predict(two_runs / "run1", two_runs / "plans", tmp_path / "p2")
+    other = _predict(two_runs / "run2", two_runs / "plans", tmp_path / "p3")
+    for pid in here:
+        np.testing.assert_allclose(here[pid], 0.5 * there[pid] + 0.5 * other[pid], rtol=0, atol=2e-5)
     readme = (moved / "models" / "ens" / "README.md").read_text()
     assert "../m1/checkpoints/best.pt`, weight 0.5" in readme and "dosepred predict --model" in readme
 
@@ -254,3 +259,72 @@ def test_the_released_ensemble_names_the_released_models():
     assert isinstance(ens, EnsembleModel) and len(ens.members) == 2
     cal = json.loads((d / "calibration.json").read_text())
     assert cal["model_sha256"] == hashlib.sha256((d / ENSEMBLE_FILE).read_bytes()).hexdigest()
+
+
+def test_weights_near_the_float_limit_and_beyond(two_runs, tmp_path):
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(two_runs / "run2"), "--weights",
+                            "1e308,1e308", "--out", str(tmp_path / "big")])
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "big").weights == (0.5, 0.5)  # not 0 / inf
+    assert "weight 0.5 " in (tmp_path / "big" / "README.md").read_text()
+    d = _spec(tmp_path, two_runs)
+    huge = '"weight": 1' + "0" * 400
+    (d / ENSEMBLE_FILE).write_text((d / ENSEMBLE_FILE).read_text().replace('"weight": 1.0', huge, 1))
+    with pytest.raises(ModelError, match=r"member 1: weight must be a positive finite number, got 1000"):
+        read_ensemble(d)
+
+
+def test_a_member_listed_twice_by_hand_is_refused(two_runs, tmp_path):
+    d = _spec(tmp_path, two_runs)
+    obj = json.loads((d / ENSEMBLE_FILE).read_text())
+    obj["members"][1] = dict(obj["members"][0])
+    (d / ENSEMBLE_FILE).write_text(json.dumps(obj))
+    with pytest.raises(ModelError, match=r"member 2 .* is the file of member 1"):
+        load_model(d)
+
+
+def test_out_given_as_a_link_and_a_folder_with_both_files(two_runs, tmp_path):
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "deep" / "a" / "b")
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(two_runs / "run2"), "--out",
+                            str(tmp_path / "link"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert isinstance(load_model(tmp_path / "link"), EnsembleModel)  # the paths hold where the folder is
+    both = tmp_path / "both"
+    shutil.copytree(tmp_path / "link", both)
+    shutil.copy(two_runs / "run1" / "checkpoints" / "best.pt", both / "model.pt")
+    with pytest.raises(ModelError, match=r"holds both model\.pt and ensemble\.json"):
+        load_model(both)
+
+
+def test_qa_with_an_ensemble_checks_the_members_mean_and_its_own_calibration(two_runs, tmp_path):
+    """calibrate + qa on an ensemble: each plan's predicted Dmean is the Dmean of the members' mean dose
+    (each member's flipped prediction from `predict`, averaged and read over the ROI's mask here); an
+    ensemble.json changed after calibrating makes QA refuse the calibration."""
+    write_cache(make_cohort(12, seed=5, size=20), tmp_path / "plans")  # every ROI all 6 training patients had
+    write_ensemble([two_runs / "run1", two_runs / "run2"], tmp_path / "ens")
+    r = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "ens"), "--data", str(tmp_path / "plans"),
+                            "--protocol", "openkbp-clinical", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["qa", "--model", str(tmp_path / "ens"), "--plans", str(tmp_path / "plans"),
+                            "--protocol", "openkbp-clinical", "--out", str(tmp_path / "qa"), "--no-report",
+                            "--json", str(tmp_path / "qa.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    a = _predict(two_runs / "run1", tmp_path / "plans", tmp_path / "a")
+    b = _predict(two_runs / "run2", tmp_path / "plans", tmp_path / "b")
+    plans = Cache.open(tmp_path / "plans")
+    checked = 0
+    for pq in json.loads((tmp_path / "qa.json").read_text())["patients"]:
+        p = plans.load(pq["id"])
+        mean = 0.5 * a[pq["id"]] + 0.5 * b[pq["id"]]
+        for c in pq["criteria"]:
+            if c["metric"] == "Dmean" and c["predicted"] is not None:
+                assert c["predicted"] == pytest.approx(float(mean[p.mask(c["roi"])].mean()), abs=1e-3)
+                checked += 1
+    assert checked >= 12
+    spec = tmp_path / "ens" / ENSEMBLE_FILE
+    spec.write_text(spec.read_text().replace('"weight": 1.0', '"weight": 2.0', 1))
+    r = runner.invoke(app, ["qa", "--model", str(tmp_path / "ens"), "--plans", str(tmp_path / "plans"),
+                            "--protocol", "openkbp-clinical", "--out", str(tmp_path / "qa2"),
+                            "--no-progress"])
+    assert r.exit_code == 2 and "computed for another model file" in r.output, r.output

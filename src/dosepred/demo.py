@@ -7,8 +7,9 @@ are predicted by the released models ``models/openkbp-mae`` and ``models/openkbp
 same U-Net trained on the OpenKBP train split with MAE, or MAE plus the clinical DVH metric loss)
 and by a no-learning dose (:func:`dosepred.baseline.distance_falloff`), then scored against the
 clinical plans (the models predict flipped or not, as the QA calibration's predictions were made);
-``dosepred qa`` of the plans with MAE+CDM and its calibration ranks them, and the first-ranked plan
-gets a QA section in the report. Nothing here depends on the models' internals:
+``dosepred qa`` of the plans with the released ensemble of the two (``models/openkbp-ensemble``, the
+mean of their doses: plan QA's narrowest intervals) and its calibration ranks them, and the
+first-ranked plan gets a QA section in the report. Nothing here depends on the models' internals:
 bigger models in the same folders are compared the same way.
 
 Part 2, **train your own** (a miniature of the real experiment, about a minute): synthetic
@@ -63,8 +64,10 @@ from .synth import make_cohort
 LOSSES = (("MAE", "mae"), ("MAE+CDM", "mae+cdm"))
 #: The released models compared on real patients, as (label, folder in the repository).
 RELEASED = (("MAE", "models/openkbp-mae"), ("MAE+CDM", "models/openkbp-mae-cdm"))
-#: The released model whose calibration QA uses.
-QA_MODEL = "MAE+CDM"
+#: The model QA checks the plans with (its label, its folder): the released ensemble of the two
+#: models above, whose intervals are the narrowest (docs/qa.md "Which model").
+QA_MODEL = "the MAE+CDM and MAE ensemble"
+QA_FOLDER = "models/openkbp-ensemble"
 #: Label of the no-learning reference column.
 BASELINE = "no learning"
 #: Scores on OpenKBP's metrics (docs/results.md); criteria, pass rates and QA on the clinical ones.
@@ -123,7 +126,8 @@ def find_repository(root: str | os.PathLike | None = None) -> Path:
     """The repository folder holding the released models and the shipped patients: ``root``, else
     the current folder or the one this package was installed from (an editable install of a clone).
     ValueError naming what is missing where, when none has them."""
-    need = [f"{rel}/model.pt" for _, rel in RELEASED] + [EXAMPLE_DIR, EXAMPLE_ARCHIVE, EXAMPLE_SUMS]
+    need = ([f"{rel}/model.pt" for _, rel in RELEASED] + [f"{QA_FOLDER}/ensemble.json"]
+            + [EXAMPLE_DIR, EXAMPLE_ARCHIVE, EXAMPLE_SUMS])
     places = [Path(root)] if root is not None else [Path.cwd(), Path(__file__).resolve().parents[2]]
     for place in places:
         if all((place / n).exists() for n in need):
@@ -196,7 +200,7 @@ def run_demo(out: str | os.PathLike, seed: int = 0, settings: DemoSettings | Non
         return {"synthetic": synth, "report": synth["report"]}
     # the QA section right under the table: the first screens of the report are the real product
     intro = (released_html(real) + f"<h2>Plan QA: {html.escape(real['qa']['shown'])}'s plan against "
-             f"{QA_MODEL}'s achievable dose</h2>" + real["qa"]["html"])
+             f"the achievable dose of {QA_MODEL}</h2>" + real["qa"]["html"])
     n = len(real["patients"])
     report = write_report(out, real["cohorts"], real["patient_records"], real["doses"],
                           title=f"dosepred demo: released models on {n} real head-and-neck patients "
@@ -224,10 +228,10 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     cohorts: dict[str, Any] = {}
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
-    qa_dir = dict(RELEASED)[QA_MODEL]
+    qa_dir = QA_FOLDER
     chk = QAChecker(root / qa_dir, CRITERIA_PROTOCOL, s.qa_coverage)
     # every released model predicts as the QA calibration's predictions were made (flipped or not), so
-    # the QA model's doses serve QA as they are and the two models are compared alike
+    # the two models are compared alike and as QA's ensemble of them predicts
     for label, rel in RELEASED:
         t0 = time.time()
         model = load_model(root / rel)
@@ -238,7 +242,9 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     doses[BASELINE] = [distance_falloff(p, s.falloff_mm) for p in patients]
     cohorts[BASELINE], results[BASELINE] = evaluate(patients, doses[BASELINE])
 
-    checked = [chk.check(p, d) for p, d in zip(patients, doses[QA_MODEL], strict=True)]
+    t0 = time.time()
+    checked = [chk.check(p) for p in patients]  # predicted by the QA model, as `dosepred qa` does
+    say(f"plan QA ({qa_dir}): {len(patients)} plans predicted and checked in {time.time() - t0:.0f} s")
     qa_res = QAResult(coverage=chk.coverage, model=str(chk.model_path.parent), protocol=chk.protocol.name,
                       calibration_protocol=str(chk.calibration.protocol), patients=[c[0] for c in checked],
                       methods=chk.methods, warnings=chk.warnings, tta=chk.tta)

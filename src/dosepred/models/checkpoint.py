@@ -51,6 +51,9 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
+        if (p / "model.pt").is_file() and (p / ENSEMBLE_FILE).is_file():
+            raise ModelError(f"{p} holds both model.pt and {ENSEMBLE_FILE}: a model folder is one model or "
+                             "an ensemble, not both (move one of them)")
         for cand in (p / "model.pt", p / ENSEMBLE_FILE, p / "checkpoints" / "best.pt",
                      p / "checkpoints" / "last.pt"):
             if cand.is_file():

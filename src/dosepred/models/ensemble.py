@@ -9,7 +9,8 @@ a plan-QA ``calibration.json``::
      "members": [{"model": "../openkbp-mae-cdm/model.pt", "sha256": "...", "weight": 0.5},
                  {"model": "../openkbp-mae/model.pt", "sha256": "...", "weight": 0.5}]}
 
-A member's path is relative to the ensemble's folder (absolute paths are kept as they are), so a
+``dosepred ensemble`` takes model folders, runs or checkpoint files and records each as its model
+file. A member's path is relative to the ensemble's folder (absolute paths are kept as they are), so a
 repository's ensemble of its own released models moves with it and adds no binary. Every dosepred
 command that takes a model for prediction takes an ensemble folder (``predict``, ``qa``,
 ``calibrate``, ``evaluate``'s benchmarks); training (``--init``) and ``export-model`` need one
@@ -73,8 +74,8 @@ class EnsembleSpec:
 
     @property
     def weights(self) -> tuple[float, ...]:
-        total = sum(m.weight for m in self.members)
-        return tuple(m.weight / total for m in self.members)
+        """The members' weights normalised to sum to 1 (scaled by the largest first: no overflow)."""
+        return normalised([m.weight for m in self.members])
 
     def member_path(self, m: Member) -> Path:
         """A member's file, its relative path read from the ensemble's folder."""
@@ -88,11 +89,25 @@ def is_ensemble(path: str | os.PathLike) -> bool:
     return (p.is_dir() and (p / ENSEMBLE_FILE).is_file()) or (p.is_file() and p.name == ENSEMBLE_FILE)
 
 
+def normalised(weights: Sequence[float]) -> tuple[float, ...]:
+    """Positive finite ``weights`` scaled to sum to 1 (divided by the largest first, so that weights
+    near the float limit do not overflow their sum)."""
+    top = max(weights)
+    scaled = [w / top for w in weights]
+    total = sum(scaled)
+    return tuple(w / total for w in scaled)
+
+
 def _weight(value: Any, where: str) -> float:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ModelError(f"{where}: weight must be a positive finite number, got {value!r}")
-    return float(value)
+    try:
+        f = float(value) if number else math.nan
+    except OverflowError:  # an integer beyond any float
+        f = math.inf
+    if not math.isfinite(f) or f <= 0:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ModelError(f"{where}: weight must be a positive finite number, got {shown}")
+    return f
 
 
 def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
@@ -124,9 +139,10 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
         model, sha = m.get("model"), m.get("sha256")
         if not isinstance(model, str) or not model:
             raise ModelError(f"{where}: \"model\" must be the path of a model file")
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        hexdigits = isinstance(sha, str) and all(c in "0123456789abcdef" for c in sha.lower())
+        if not hexdigits or len(sha) != 64:
             raise ModelError(f"{where}: \"sha256\" must be the 64 hex digits of its file's SHA-256")
-        members.append(Member(model, sha, _weight(m.get("weight"), where)))
+        members.append(Member(model, sha.lower(), _weight(m.get("weight"), where)))
     return EnsembleSpec(p, tuple(members))
 
 
@@ -172,9 +188,14 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
     checking every rule of the module docstring."""
     nets: list[torch.nn.Module] = []
     space: ModelSpace | None = None
+    seen: list[Path] = []
     for i, m in enumerate(spec.members, 1):
         mp = spec.member_path(m)
         where = f"{spec.path}: member {i} ({m.model})"
+        if mp.exists() and mp.resolve() in seen:
+            raise ModelError(f"{where} is the file of member {seen.index(mp.resolve()) + 1}: a model twice "
+                             "is that model weighted more; list it once with the summed weight")
+        seen.append(mp.resolve())
         if is_ensemble(mp):
             raise ModelError(f"{where} is an ensemble itself: members must be single models")
         if not mp.is_file():
@@ -189,6 +210,8 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
             msg = str(e)
             raise ModelError(f"{where}: {msg[len(str(mp)):].lstrip(': ') if msg.startswith(str(mp)) else msg}"
                              ) from None
+        if sha256_file(mp) != m.sha256:  # replaced while it was read (a training writing its best.pt)
+            raise ModelError(f"{where}: the file changed while it was read; try again")
         sp = net.space
         if nets:
             first = nets[0].config
@@ -237,8 +260,9 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
             raise ModelError(f"model {i} ({m}) is the file of model {files.index(f) + 1}: a model twice is "
                              "that model weighted more; give it once, with --weights")
         files.append(f)
-        members.append({"model": os.path.relpath(f, shown.resolve()), "sha256": sha256_file(f),
-                        "weight": _weight(w, f"model {i} ({m})")})
+        # relative to the folder as it will be (its parent resolved, not a link --out is: that is replaced)
+        rel = os.path.relpath(f, shown.parent.resolve() / shown.name)
+        members.append({"model": rel, "sha256": sha256_file(f), "weight": _weight(w, f"model {i} ({m})")})
     # the same members by absolute path: checked as the written file will be read
     spec = EnsembleSpec(shown / ENSEMBLE_FILE,
                         tuple(Member(str(f), m["sha256"], m["weight"])
@@ -251,12 +275,11 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
     path = out / ENSEMBLE_FILE
     write_text(path, json.dumps({"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION,
                                  "members": members}, indent=2) + "\n")
-    total = sum(m["weight"] for m in members)
     lines = [f"# {shown.name}", "",
              f"A dosepred ensemble: the weighted mean of the doses of {len(members)} models "
              "(each predicted with its own sliding windows and test-time passes).", ""]
-    lines += [f"- `{m['model']}`, weight {m['weight'] / total:.3g} (SHA-256 {m['sha256'][:12]}...)"
-              for m in members]
+    lines += [f"- `{m['model']}`, weight {w:.3g} (SHA-256 {m['sha256'][:12]}...)"
+              for m, w in zip(members, spec.weights, strict=True)]
     lines += [f"- ROIs (bit order): {', '.join(ens.config.roi_set.names)}",
               f"- model space: {ens.space.summary()}", "",
               f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`; plan QA "
