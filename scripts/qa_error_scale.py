@@ -11,7 +11,8 @@ must be"). ``--centre-roi``: also with each ROI's residuals centred on their med
 calibrating patients (a per-ROI bias of the model removed before the interval; docs/qa.md, "Centring
 each ROI"), at several coverages, to compare at equal false alarms. Numpy only::
 
-    python scripts/qa_error_scale.py EVAL.openkbp-clinical.json [--splits 200] [--calibrate 22] [--centre-roi]
+    python scripts/qa_error_scale.py EVAL.openkbp-clinical.json [--splits 200] [--calibrate 22] \
+        [--centre-roi] [--per-roi]
 """
 
 from __future__ import annotations
@@ -48,15 +49,18 @@ def oar_mean_residuals(evaluation: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def detection(pat: np.ndarray, r: np.ndarray, splits: int = 200, n_cal: int = 22, coverage: float = 0.9,
-              seed: int = 0, rois: np.ndarray | None = None) -> dict[str, float]:
+              seed: int = 0, rois: np.ndarray | None = None, per_roi: np.ndarray | None = None
+              ) -> dict[str, float]:
     """Cross-validated false alarms and catch rates (%, means over the splits) of each excess in
     :data:`EXCESS`, and the median interval width (Gy), with ``absolute`` split-conformal intervals
     (the ``ceil((n + 1) coverage)``-th smallest calibration ``|r|``). ``rois`` (each unit's ROI):
     first centre each ROI's residuals on their median over the split's calibrating units (an ROI
-    with fewer than 3 of them stays as it is)."""
+    with fewer than 3 of them stays as it is). ``per_roi`` (each unit's ROI): also each ROI's own rates
+    under the same intervals, as ``{"by_roi": {roi: {"false_alarms", "caught_3", "caught_6"}}}``."""
     rng = np.random.default_rng(seed)
     ids = np.unique(pat)
     flagged, widths = [], []
+    by: dict[str, list[np.ndarray]] = {}
     r0 = r
     for _ in range(splits):
         cal = np.isin(pat, rng.permutation(ids)[:n_cal])
@@ -71,9 +75,20 @@ def detection(pat: np.ndarray, r: np.ndarray, splits: int = 200, n_cal: int = 22
         q = z[k - 1] if k <= z.size else math.inf
         flagged.append([np.mean(r[~cal] + e > q) for e in EXCESS])
         widths.append(2 * q)
+        if per_roi is not None:  # every checked unit of the ROI, pooled over the splits
+            for name in np.unique(per_roi):
+                sel = ~cal & (per_roi == name)
+                by.setdefault(name, []).append(np.stack([r[sel] + e > q for e in EXCESS]))
     m = 100 * np.mean(flagged, axis=0)
-    return {"false_alarms": float(m[0]), "caught_3": float(m[1]), "caught_6": float(m[2]),
-            "width": float(np.median(widths))}
+    out: dict = {"false_alarms": float(m[0]), "caught_3": float(m[1]), "caught_6": float(m[2]),
+                 "width": float(np.median(widths))}
+    if per_roi is not None:
+        out["by_roi"] = {}
+        for name, parts in sorted(by.items()):
+            rates = 100 * np.concatenate(parts, axis=1).mean(axis=1)
+            out["by_roi"][name] = dict(zip(("false_alarms", "caught_3", "caught_6"), map(float, rates),
+                                           strict=True))
+    return out
 
 
 def main() -> None:
@@ -82,6 +97,7 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=200)
     ap.add_argument("--calibrate", type=int, default=22, help="patients calibrating per split")
     ap.add_argument("--centre-roi", action="store_true", help="also centre each ROI's residuals")
+    ap.add_argument("--per-roi", action="store_true", help="also each ROI's rates under the pooled intervals")
     a = ap.parse_args()
     pat, rois, r = oar_mean_units(json.loads(a.evaluation.read_text()))
     print(f"{r.size} OAR mean-dose units of {np.unique(pat).size} patients: "
@@ -90,6 +106,12 @@ def main() -> None:
         d = detection(pat, r * f, a.splits, a.calibrate)
         print(f"residuals x {f:.2f}: false alarms {d['false_alarms']:.1f} %, +3 / +6 Gy caught "
               f"{d['caught_3']:.1f} / {d['caught_6']:.1f} %, median 90 % width {d['width']:.2f} Gy")
+    if a.per_roi:
+        d = detection(pat, r, a.splits, a.calibrate, per_roi=rois)
+        for name, v in d["by_roi"].items():
+            print(f"  {name}: mean residual {r[rois == name].mean():+.2f} Gy, pooled 90 % interval: false "
+                  f"alarms {v['false_alarms']:.1f} %, +3 / +6 Gy caught {v['caught_3']:.1f} / "
+                  f"{v['caught_6']:.1f} %")
     if a.centre_roi:
         for name in sorted(set(rois)):
             print(f"  {name}: {np.sum(rois == name)} units, mean residual {r[rois == name].mean():+.2f} Gy")

@@ -56,3 +56,31 @@ def test_centring_each_roi_removes_its_bias_from_the_interval():
     assert centred["false_alarms"] < 20
     same = mod.detection(pat, r, splits=100, n_cal=30, rois=np.array(["A"] * (2 * n), dtype=object))
     assert same["width"] < pooled["width"] + 0.5  # one ROI: centring on its median only
+
+
+def test_per_roi_rates_are_each_rois_own_counts_under_the_pooled_interval():
+    """Two ROIs, one biased high: under the pooled interval its untouched units are flagged often and
+    the other's never; the rates equal a direct count over the same splits, and their unit-weighted
+    mean is the pooled rate."""
+    mod = _script()
+    rng = np.random.default_rng(4)
+    n = 50
+    pat = np.repeat(np.arange(n), 2)
+    rois = np.array(["Right", "Left"] * n, dtype=object)
+    r = np.where(rois == "Right", 1.5, -1.5) + rng.normal(0, 1.0, 2 * n)
+    d = mod.detection(pat, r, splits=50, n_cal=30, per_roi=rois)
+    right, left = d["by_roi"]["Right"], d["by_roi"]["Left"]
+    assert right["false_alarms"] > 8 and left["false_alarms"] < 1
+    assert right["caught_3"] > left["caught_3"] + 30
+    # direct count with the same splits (the same generator and order as detection)
+    g = np.random.default_rng(0)
+    hits, total = 0, 0
+    for _ in range(50):
+        cal = np.isin(pat, g.permutation(np.unique(pat))[:30])
+        z = np.sort(np.abs(r[cal]))
+        q = z[int(np.ceil((z.size + 1) * 0.9)) - 1]
+        sel = ~cal & (rois == "Right")
+        hits, total = hits + int(np.sum(r[sel] > q)), total + int(np.sum(sel))
+    assert abs(right["false_alarms"] - 100 * hits / total) < 1e-9
+    # every split checks 20 patients, one unit of each ROI each: equal counts, so the mean is the pooled rate
+    assert abs((right["false_alarms"] + left["false_alarms"]) / 2 - d["false_alarms"]) < 1e-9
