@@ -103,7 +103,9 @@ def calibrate(
 @app.command("qa")
 @friendly
 def qa(
-    model: Annotated[Path, typer.Option("--model", help="Model folder with a calibration.json.")],
+    model: Annotated[Path, typer.Option("--model", help="Model folder with a calibration.json (of the "
+                                        "released ones, models/openkbp-ensemble catches the most: "
+                                        "docs/qa.md).")],
     plans: Annotated[Path, typer.Option("--plans", help=f"Plans with doses: {SOURCES}.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (report.html, qa.json).")],
     protocol: Protocol = "openkbp-clinical",
