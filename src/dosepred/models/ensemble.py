@@ -1,8 +1,8 @@
 """Ensembles: several trained models that predict one dose together, the weighted mean of theirs.
 
-An ensemble is a folder holding ``ensemble.json`` (no weights of its own) that names its member
-models (released model folders, runs or checkpoint files, each a single network), their weights and
-the SHA-256 of each member's file as the ensemble was made, next to a README and, once calibrated,
+An ensemble is a folder holding ``ensemble.json`` (no weights of its own) that names its members'
+model files (each a single network: a released ``model.pt`` or a run's checkpoint), their weights and
+the SHA-256 of each file as the ensemble was made, next to a README and, once calibrated,
 a plan-QA ``calibration.json``::
 
     {"format": "dosepred-ensemble", "version": 1,
@@ -13,7 +13,7 @@ a plan-QA ``calibration.json``::
 file. A member's path is relative to the ensemble's folder (absolute paths are kept as they are), so a
 repository's ensemble of its own released models moves with it and adds no binary. Every dosepred
 command that takes a model for prediction takes an ensemble folder (``predict``, ``qa``,
-``calibrate``, ``evaluate``'s benchmarks); training (``--init``) and ``export-model`` need one
+``calibrate``, ``bench qa-power``, ``bench predict``); training (``--init``) and ``export-model`` need one
 network and say so.
 
 Why average models (docs/results.md, round 26): models trained independently make partly
@@ -112,7 +112,7 @@ def _weight(value: Any, where: str) -> float:
 
 def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
     """Read and check an ``ensemble.json`` (or the folder holding one): its format, version and members'
-    entries (not yet the member files: :func:`load_ensemble`)."""
+    entries (not yet the member files: :func:`assemble`)."""
     p = Path(path)
     if p.is_dir():
         p = p / ENSEMBLE_FILE
