@@ -380,10 +380,11 @@ def make_ensemble(models: Sequence[PathLike], out: PathLike, weights: Sequence[f
     default equal), written whole or not at all (:func:`~dosepred.models.ensemble.write_ensemble`); the
     ``ensemble.json`` path."""
     from .models.checkpoint import write_ensemble
+    from .models.tags import ENSEMBLE_FILE
 
     with output_dir(out, overwrite, list(models)) as tmp:
         write_ensemble(list(models), tmp, weights, final=out)
-    return Path(out) / "ensemble.json"
+    return Path(out) / ENSEMBLE_FILE
 
 
 def export_model(run: PathLike | Sequence[PathLike], out: PathLike, fp32: bool = False,

@@ -212,9 +212,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: Any = "cpu") -> torch.nn
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
     """A ready-to-run model (eval mode, ``model.space`` set) from a run folder, model folder or
     checkpoint, or an ensemble folder (:class:`~dosepred.models.ensemble.EnsembleModel`)."""
-    if is_ensemble(resolve_model_path(path)):
-        return load_ensemble(resolve_model_path(path), device)
-    return model_from_checkpoint(load_checkpoint(path), device)
+    p = resolve_model_path(path)
+    return load_ensemble(p, device) if is_ensemble(p) else _load_single(p, device)
 
 
 def _load_single(path: Path, device: Any) -> torch.nn.Module:

@@ -160,14 +160,13 @@ class EnsembleModel(torch.nn.Module):
     :func:`dosepred.predict.predict_dose` (or ``predict_in_space``), which runs each member and
     returns :meth:`combine` of their doses; calling the module itself is refused."""
 
-    def __init__(self, members: Sequence[torch.nn.Module], weights: Sequence[float], space: ModelSpace,
-                 path: Path | None = None) -> None:
+    def __init__(self, members: Sequence[torch.nn.Module], weights: Sequence[float],
+                 space: ModelSpace) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.weights = tuple(float(w) for w in weights)
         self.config = members[0].config
         self.space = space
-        self.path = path
 
     def combine(self, doses: Sequence[np.ndarray]) -> np.ndarray:
         """The weighted mean of the members' doses (accumulated in float64, returned float32)."""
@@ -229,7 +228,7 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
             space = sp
         nets.append(net)
     assert space is not None
-    return EnsembleModel(nets, spec.weights, space, spec.path).eval()
+    return EnsembleModel(nets, spec.weights, space).eval()
 
 
 def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
