@@ -187,6 +187,53 @@ def _rp_negative(f: Path) -> None:
     edit(f / "RP.dcm", lambda ds: setattr(ds.DoseReferenceSequence[0], "TargetPrescriptionDose", "-60"))
 
 
+def _poison(path: Path, setter: Callable[[pydicom.Dataset, str], None], bad: bytes = b"abc.def") -> None:
+    """Set an integer (IS) field to ``bad``: written as a sentinel number, then its bytes replaced (pydicom
+    would not write a non-number into an IS itself)."""
+    ds = pydicom.dcmread(path)
+    setter(ds, "7777777")
+    ds.save_as(path)
+    data = path.read_bytes()
+    assert data.count(b"7777777") == 1
+    path.write_bytes(data.replace(b"7777777", bad))
+
+
+def _rs_roinumber_text(f: Path) -> None:
+    _poison(f / "RS.dcm", lambda ds, v: setattr(ds.StructureSetROISequence[1], "ROINumber", v))
+
+
+def _rs_contour_ref_text(f: Path) -> None:
+    _poison(f / "RS.dcm", lambda ds, v: setattr(ds.ROIContourSequence[1], "ReferencedROINumber", v))
+
+
+def _rs_observation_ref_text(f: Path) -> None:
+    _poison(f / "RS.dcm", lambda ds, v: setattr(ds.RTROIObservationsSequence[1], "ReferencedROINumber", v))
+
+
+def _rs_npoints_text(f: Path) -> None:
+    _poison(f / "RS.dcm", lambda ds, v: setattr(_contour(ds), "NumberOfContourPoints", v))
+
+
+def _rp_roi_ref_text(f: Path) -> None:
+    _poison(f / "RP.dcm", lambda ds, v: setattr(ds.DoseReferenceSequence[0], "ReferencedROINumber", v))
+
+
+def _rs_no_roi_sequence(f: Path) -> None:  # contours without the ROIs that name them
+    edit(f / "RS.dcm", lambda ds: delattr(ds, "StructureSetROISequence"))
+
+
+def _negative_dose(f: Path) -> None:  # a signed RTDOSE (a dose difference) with negative voxels
+    def fn(ds):
+        arr = (ds.pixel_array // 2).astype(np.int32)  # uint32 values up to 2^32 fit int32 halved
+        ds.DoseGridScaling = f"{2 * float(ds.DoseGridScaling):.10g}"
+        arr[0, 0, :4] = -1000
+        ds.PixelRepresentation = 1
+        ds.BitsAllocated = ds.BitsStored = 32
+        ds.HighBit = 31
+        ds.PixelData = arr.astype("<i4").tobytes()
+    edit(f / "RD.dcm", fn)
+
+
 def _ct_junk(f: Path) -> None:
     (f / "CT.0005.dcm").write_bytes(b"not a DICOM file, saved over a slice")
 
@@ -244,6 +291,24 @@ DICOM_ERRORS = [
      r"truncated or damaged file\? 600 bytes\)"),
     ("rtplan-rx-negative", _rp_negative,
      r"RP\.dcm: DoseReferenceSequence item 1: TargetPrescriptionDose -60"),
+    ("rtstruct-roinumber-text", _rs_roinumber_text,
+     r"patient pt_a: RTSTRUCT \S*RS\.dcm: StructureSetROISequence item 2: ROINumber is 'abc\.def', not a "
+     r"whole number"),
+    ("rtstruct-contour-ref-text", _rs_contour_ref_text,
+     r"RS\.dcm: ROIContourSequence item 2: ReferencedROINumber is 'abc\.def', not a whole number"),
+    ("rtstruct-observation-ref-text", _rs_observation_ref_text,
+     r"RS\.dcm: RTROIObservationsSequence item 2: ReferencedROINumber is 'abc\.def', not a whole number"),
+    ("rtstruct-npoints-text", _rs_npoints_text,
+     r"RS\.dcm: ROI PTV70 \(ROINumber \d+\) contour 1: NumberOfContourPoints is 'abc\.def', not a whole "
+     r"number"),
+    ("rtplan-roi-ref-text", _rp_roi_ref_text,
+     r"RP\.dcm DoseReferenceSequence item 1: ReferencedROINumber is 'abc\.def', not a whole number"),
+    ("rtstruct-no-roi-sequence", _rs_no_roi_sequence,
+     r"RS\.dcm has contours \(ROIContourSequence, ReferencedROINumber 1, 2, 3, 4\) but no "
+     r"StructureSetROISequence: its ROIs have no names"),
+    ("rtdose-negative", _negative_dose,
+     r"patient pt_a: RTDOSE \S*RD\.dcm: the dose holds negative values \(min -?\d[\d.e+-]* Gy, 4 voxels; "
+     r"PixelRepresentation 1\): a planned dose is >= 0 Gy"),
 ]
 
 
@@ -275,6 +340,46 @@ def test_contour_of_two_points_is_ignored_with_a_warning(template, tmp_path):
     assert res.exit_code == 0, text
     assert re_search(r"warning: RTSTRUCT .*RS\.dcm: 1 contour\(s\) of ROI LeftParotid have fewer than 3 "
                      r"points \(ContourData\)", text)
+
+
+def test_contours_of_an_roi_without_a_name_are_named_in_a_warning(template, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+
+    def fn(ds):
+        extra = pydicom.Dataset()
+        extra.ReferencedROINumber = 99
+        extra.ContourSequence = pydicom.Sequence([_contour(ds, "LeftParotid")])
+        ds.ROIContourSequence.append(extra)
+    edit(src / "RS.dcm", fn)
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c"), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(r"warning: RTSTRUCT \S*RS\.dcm: the contours of ReferencedROINumber 99 "
+                     r"\(ROIContourSequence\) belong to no ROI of StructureSetROISequence: they have no name "
+                     r"and are ignored", text), text
+
+
+def test_contours_beyond_the_field_of_view_are_named_in_a_warning(template, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+
+    moved: list[int] = []
+
+    def fn(ds):  # every PTV70 contour moved 40 mm to the patient's left, past the CT's last column
+        num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "PTV70")
+        rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
+        for c in rc.ContourSequence:
+            pts = [float(v) for v in c.ContourData]
+            c.ContourData = [v + 40.0 if i % 3 == 0 else v for i, v in enumerate(pts)]
+        moved.append(len(rc.ContourSequence))
+    edit(src / "RS.dcm", fn)
+    (n,) = moved
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c"), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(rf"warning: RTSTRUCT \S*RS\.dcm: {n} contour\(s\) of ROI PTV70 reach beyond the CT's "
+                     r"field of view", text), text
 
 
 def re_search(pattern: str, text: str) -> bool:

@@ -33,7 +33,7 @@ def make_patient(pid: str = "pt_a", spacing=(2.5, 2.0, 2.0), shift: float = 0.0)
     ct[body & (x > c + 8)] = -120
     ptv = (z - c) ** 2 + (y - c) ** 2 + (x - c - 3 - shift) ** 2 < 6 ** 2
     par = ((z - c) ** 2 / 16 + (y - c + 6) ** 2 / 9 + (x - c + 7) ** 2 / 9) < 1
-    ring = (np.hypot(y - c, x - c - 3) < 11) & ~ptv & (np.abs(z - c) < 8)
+    ring = (np.hypot(y - c, x - c - 3) < 10) & ~ptv & (np.abs(z - c) < 8)  # inside the body
     rs = RoiSet((Roi("LeftParotid", "oar"), Roi("PTV70", "target", 70.0), Roi("Ring", "other")))
     dose = 72 * np.exp(-((z - c) ** 2 + (y - c) ** 2 + (x - c - 3) ** 2) / (2 * 9.0 ** 2)) * body
     # axial head-first-supine arrays (slice, row, column): axis 0 to the head, 1 posterior, 2 left

@@ -224,3 +224,35 @@ def test_predictions_with_dose_outside_the_mask_are_named_in_one_warning(cohort)
     clean = evaluate_cohort(zip(pats, preds, strict=True), "openkbp")
     assert not [w for w in clean.warnings if "possible-dose mask" in w]
     assert all(p.pred_outside_pct == 0 for p in clean.patients)
+
+
+def test_reference_dose_outside_the_mask_is_not_scored():
+    """A reference read from a format whose dose covers air (the mask is the body): a prediction is 0 Gy
+    outside the mask, so the reference's dose there must not count as its error (0 Gy there for the dose
+    score and the ROIs' metrics, as OpenKBP's references are)."""
+    shape = (6, 8, 8)
+    mask = np.zeros(shape, bool)
+    mask[1:5, 2:6, 2:6] = True  # 64 voxels
+    ptv = np.zeros(shape, bool)
+    ptv[2:4, 3:5, 3:6] = True  # 12 voxels, all in the mask
+    couch = np.zeros(shape, bool)
+    couch[5, :, :] = True  # 64 voxels of a helper ROI outside the mask
+    rs = RoiSet((Roi("PTV70", "target", 70.0), Roi("Couch", "other")))
+    ref = np.full(shape, 3.0, np.float32)  # 3 Gy everywhere, air included
+    ref[ptv] = 70.0
+    p = Patient.from_masks("air", np.zeros(shape), {"PTV70": ptv, "Couch": couch}, rs, (2.0, 2.0, 2.0), mask,
+                           ref)
+    pred = np.where(mask, ref, 0).astype(np.float32)  # the plan's dose, written within the mask
+    # by hand: 384 voxels, 372 x 3 Gy + 12 x 70 Gy; outside the mask 384 - 64 voxels of 3 Gy
+    share = 100 * (384 - 64) * 3 / (372 * 3 + 12 * 70)
+    assert f"{share:.1f}" == "49.1"
+    with pytest.warns(UserWarning, match=r"patient air: 49\.1 % of the reference dose lies outside the "
+                                         r"possible-dose mask; it is not scored"):
+        r = evaluate_patient(p, pred, "openkbp")
+    assert r.dose_score == 0.0
+    d99 = next(v for v in r.metrics if (v.roi, v.metric) == ("PTV70", "D99%"))
+    assert d99.ref == pytest.approx(70.0) and d99.error == 0.0
+    # a prediction that differs inside the mask is scored as before: 1 Gy more on the 64 mask voxels,
+    # and its own dose outside the mask counts: 0.5 Gy on the 64 couch voxels adds 32 / 64 Gy
+    r2 = evaluate_patient(p, pred + np.float32(1.0) * mask + np.float32(0.5) * couch, "openkbp")
+    assert r2.dose_score == pytest.approx(1.5)

@@ -11,6 +11,7 @@ it from what they read (cache voxel lists, boxes, sparse CSVs) without a Patient
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ from ..dvh import roi_voxel_indices
 from ..errors import InputError
 from ..geometry import shear_problem
 from ..patient import Patient, RoiSet
+
+#: A warning when more of a reference's dose than this share lies outside its possible-dose mask
+MAX_REF_DOSE_OUTSIDE_MASK = 0.05
 
 
 def as_dose_array(pred: Any, shape: tuple[int, ...], pid: str = "?") -> np.ndarray:
@@ -112,11 +116,28 @@ class ScoringCase:
                 raise InputError(f"patient {self.id}: dose contains NaN/inf")
             if lo < 0:
                 raise InputError(f"patient {self.id}: dose must be >= 0 Gy, min is {lo:.4g}")
+            self._drop_dose_outside()
         for m in self.missing_rois:
             if m in self.rois:
                 raise InputError(f"patient {self.id}: ROI {m} is recorded missing but has "
                                  f"{self.rois[m].size} voxel(s)")
         object.__setattr__(self, "n_mask", int(np.count_nonzero(self.mask)))
+
+    def _drop_dose_outside(self) -> None:
+        """The reference's dose outside the possible-dose mask is not scored (0 Gy there, for the dose
+        score and the ROIs' metrics alike): a prediction is 0 Gy outside the mask, so it would count as
+        its error. OpenKBP's references are 0 Gy there; one read from another format (a dose computed
+        in air) may not be. A warning when over :data:`MAX_REF_DOSE_OUTSIDE_MASK` of its dose is."""
+        outside = ~self.mask
+        if not (outside.any() and self.ref[outside].max() > 0):
+            return
+        share = float(self.ref[outside].sum(dtype=np.float64)) / float(self.ref.sum(dtype=np.float64))
+        if share > MAX_REF_DOSE_OUTSIDE_MASK:
+            warnings.warn(f"patient {self.id}: {100 * share:.1f} % of the reference dose lies outside the "
+                          "possible-dose mask; it is not scored (0 Gy there, as every prediction; a mask "
+                          "that misses part of the patient?)", stacklevel=5)
+        object.__setattr__(self, "ref", np.where(self.mask, self.ref, np.float32(0)).astype(self.ref.dtype,
+                                                                                              copy=False))
 
     @classmethod
     def from_patient(cls, ref: Patient, pred_dose: Any, source: str | None = None) -> ScoringCase:

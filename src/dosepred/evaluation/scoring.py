@@ -394,7 +394,8 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
         raise InputError(f"patient {case.id}: the possible-dose mask is empty")
     outside_pct = _check_prediction(case)
     # The dose score's numerator is over ALL voxels: the prediction's dose outside the scored
-    # voxels (where the reference dose is zero) is added.
+    # voxels (where the reference dose is zero) is added; the reference's dose outside the mask is not
+    # (0 Gy there: ScoringCase).
     total = _abs_diff_sum(case.ref, case.pred) + case.pred_outside
     dose_score = float(total / case.n_mask)
     refd, predd, rs, idx, vox = case.ref, case.pred, case.roi_set, case.rois, case.voxel_mm3

@@ -58,6 +58,19 @@ def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.nda
     return arr
 
 
+def field_int(ds: Any, key: str, where: str) -> int:
+    """Field ``key`` of ``ds`` (an IS such as ROINumber) as an int, or an error naming ``where`` and the
+    field when it is not a whole number (a bare ``int()`` would end in a traceback)."""
+    val = getattr(ds, key, None)
+    try:
+        f = float(str(val).strip())
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (np.isfinite(f) and f.is_integer()):
+        raise DicomImportError(f"{where}: {key} is {str(val)!r}, not a whole number")
+    return int(f)
+
+
 def image_orientation(ds: Any, where: str) -> np.ndarray:
     """A checked ImageOrientationPatient: two perpendicular unit vectors."""
     iop = field_numbers(ds, "ImageOrientationPatient", where, 6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,28 @@ import numpy as np
 from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
 from ...patient import Patient, RoiSet
 from .. import roi_names as _names
-from ._common import FORMAT_NAME, uid_of, warn
+from ._common import FORMAT_NAME, DicomImportError, uid_of, warn
 from .ct import read_ct
 from .rtdose import read_dose_onto
 from .rtplan import pick_dose, planned_fractions, resolve_rois, sequential_plans
 from .rtstruct import rasterise, roi_info
 from .scan import PatientFiles, assign_ids, pair_files, scan_files
+
+#: A warning when more than this share of a target's or organ's voxels lie outside the possible-dose mask
+MAX_ROI_OUTSIDE_MASK = 0.01
+
+
+@contextmanager
+def _naming(s: PatientFiles) -> Iterator[None]:
+    """An error about one patient's files names the patient too (a folder may hold several patients'
+    files side by side under UID file names, where the path alone does not say whose they are)."""
+    try:
+        yield
+    except DicomImportError as e:
+        msg = str(e)
+        if f"patient {s.id}" in msg:
+            raise
+        raise DicomImportError(f"patient {s.id}: {msg}") from None
 
 
 def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
@@ -78,6 +95,21 @@ def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
     else:
         body = ct > BODY_HU
         meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU (no body/external contour)"
+    # as OpenKBP's, the dose outside the possible-dose mask is neither predicted nor scored (0 Gy in both,
+    # :class:`dosepred.evaluation.case.ScoringCase`): a target or organ reaching past it is named
+    beyond = {n: (int((m & ~body).sum()), int(m.sum())) for n, m in masks.items()
+              if n in roi_set and roi_set[n].kind in ("target", "oar")}
+    beyond = {n: k for n, k in beyond.items() if k[0]}
+    if beyond:
+        meta["roi_voxels_outside_mask"] = {n: k for n, (k, _) in beyond.items()}
+        many = {n: k for n, k in beyond.items() if k[0] > MAX_ROI_OUTSIDE_MASK * k[1]}
+        if many:
+            where = f"RTSTRUCT {s.rtstruct[0]}" if s.rtstruct is not None else s.series.describe()
+            warn(f"patient {s.id}: {where}: " + ", ".join(f"{n} has {k} of its {t} voxels" for n, (k, t) in
+                                                       many.items())
+                 + f" outside the possible-dose mask ({meta['possible_dose_mask']}): their dose is neither "
+                 "predicted nor scored (0 Gy in both, as OpenKBP's), so the ROI's dose metrics count them "
+                 "at 0 Gy; crop the ROI to the body, or draw the body contour around it")
     dose = None
     if s.dose is not None:
         dpath, dds, how = s.dose
@@ -110,7 +142,9 @@ class DicomFolder:
         want = None if ids is None else set(ids)
         for s in self.sources:
             if want is None or s.id in want:
-                yield _build_patient(s, self.roi_set)
+                with _naming(s):
+                    p = _build_patient(s, self.roi_set)
+                yield p
 
     def headers(self) -> dict[str, dict[str, str]]:
         """Per patient id, the UIDs that identify it (for matching predicted RTDOSE files)."""
@@ -134,8 +168,9 @@ def scan_dicom_folder(src: str | os.PathLike,
     sources = pair_files(series, structs, doses, plans, src)
     assign_ids(sources)
     for s in sources:
-        pick_dose(s)
-        resolve_rois(s, rmap)
+        with _naming(s):
+            pick_dose(s)
+            resolve_rois(s, rmap)
         if s.rtstruct is None:
             warn(f"{s.series.describe()}: no RTSTRUCT; patient {s.id} has no ROIs"
                  f"{s.series.unreadable_note()}")
@@ -144,7 +179,7 @@ def scan_dicom_folder(src: str | os.PathLike,
         import difflib
 
         seen = sorted({name for s in sources if s.rtstruct is not None
-                       for _, name, _, _ in roi_info(s.rtstruct[1])})
+                       for _, name, _, _ in roi_info(s.rtstruct[1], s.rtstruct[0])})
         hints = [f"{k!r}" + (f" (did you mean {near[0]!r}?)"
                              if (near := difflib.get_close_matches(k, seen, 1, 0.6)) else "") for k in unused]
         warn(f"ROI map {rmap.source or '(given)'}: {len(unused)} name(s) matched no ROI of any structure "

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import roi_names as _names
 from ..rx_check import FROM_ROI_MAP
-from ._common import DicomImportError, field_numbers, referenced_uids, uid_of, warn
+from ._common import DicomImportError, field_int, field_numbers, referenced_uids, uid_of, warn
 from .rtstruct import check_roi_numbers, roi_info
 from .scan import PatientFiles
 
@@ -31,7 +31,7 @@ def plan_prescriptions(ds: Any, where: str = "RTPLAN") -> tuple[dict[int, float]
             raise DicomImportError(f"{where}: DoseReferenceSequence item {k + 1}: TargetPrescriptionDose "
                                    f"{rx:g} Gy is not a prescription (expected 0 < dose <= 200 Gy)")
         if getattr(dr, "ReferencedROINumber", None) not in (None, ""):
-            n = int(dr.ReferencedROINumber)
+            n = field_int(dr, "ReferencedROINumber", item)
             by_roi[n] = max(by_roi.get(n, 0.0), rx)
         else:
             sites.append(rx)
@@ -326,7 +326,7 @@ def resolve_rois(s: PatientFiles, roi_map: _names.RoiMap) -> None:
         return
     path, ds = s.rtstruct
     check_roi_numbers(ds, path, s.series.for_uid)
-    info = roi_info(ds)
+    info = roi_info(ds, path)
     phases = _phase_prescriptions(s, info)
     plan_rx, ambiguous = _summed_prescriptions(s, phases, {n: name for n, name, _, _ in info})
     # the targets the plans prescribe: without the plans' prescription (an ambiguous sum), each needs

@@ -12,21 +12,24 @@ from typing import Any
 import numpy as np
 
 from ...geometry import Geometry
-from ._common import DicomImportError, field_numbers, warn
+from ._common import DicomImportError, field_int, field_numbers, warn
 
 
-def roi_info(ds: Any) -> list[tuple[int, str, str, float | None]]:
+def roi_info(ds: Any, path: Path | str = "RTSTRUCT") -> list[tuple[int, str, str, float | None]]:
     """(ROINumber, ROIName, RTROIInterpretedType, prescription from our observation label)."""
     types: dict[int, str] = {}
     rx: dict[int, float] = {}
-    for ob in getattr(ds, "RTROIObservationsSequence", []) or []:
-        n = int(ob.ReferencedROINumber)
+    for k, ob in enumerate(getattr(ds, "RTROIObservationsSequence", []) or []):
+        n = field_int(ob, "ReferencedROINumber", f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1}")
         types[n] = str(getattr(ob, "RTROIInterpretedType", "") or "")
         m = re.search(r"prescription\s+([\d.]+)\s*Gy", str(getattr(ob, "ROIObservationDescription", "")))
         if m:
             rx[n] = float(m.group(1))
-    return [(int(r.ROINumber), str(r.ROIName), types.get(int(r.ROINumber), ""), rx.get(int(r.ROINumber)))
-            for r in getattr(ds, "StructureSetROISequence", []) or []]
+    out = []
+    for k, r in enumerate(getattr(ds, "StructureSetROISequence", []) or []):
+        n = field_int(r, "ROINumber", f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}")
+        out.append((n, str(r.ROIName), types.get(n, ""), rx.get(n)))
+    return out
 
 
 def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
@@ -39,7 +42,7 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
         where = f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}"
         if getattr(r, "ROINumber", None) in (None, ""):
             raise DicomImportError(f"{where} ({getattr(r, 'ROIName', '?')}) lacks ROINumber")
-        n, name = int(r.ROINumber), str(getattr(r, "ROIName", "") or "").strip()
+        n, name = field_int(r, "ROINumber", where), str(getattr(r, "ROIName", "") or "").strip()
         if not name:
             raise DicomImportError(f"{where} (ROINumber {n}) has no ROIName: its contours could not be "
                                    "named; name the structure (or delete it) in the planning system")
@@ -53,7 +56,7 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
         if getattr(rc, "ReferencedROINumber", None) in (None, ""):
             raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence item {k + 1} lacks "
                                    "ReferencedROINumber")
-        n = int(rc.ReferencedROINumber)
+        n = field_int(rc, "ReferencedROINumber", f"RTSTRUCT {path}: ROIContourSequence item {k + 1}")
         if n in items:
             raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence holds two items for ROINumber {n}")
         items.add(n)
@@ -63,6 +66,16 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
         if getattr(ob, "ReferencedROINumber", None) in (None, ""):
             raise DicomImportError(f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1} lacks "
                                    "ReferencedROINumber")
+        field_int(ob, "ReferencedROINumber", f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1}")
+    orphans = sorted(contoured - set(seen))
+    if orphans and not seen:
+        raise DicomImportError(f"RTSTRUCT {path} has contours (ROIContourSequence, ReferencedROINumber "
+                               f"{', '.join(map(str, orphans))}) but no StructureSetROISequence: its ROIs "
+                               "have no names, so none can be read")
+    if orphans:
+        warn(f"RTSTRUCT {path}: the contours of ReferencedROINumber {', '.join(map(str, orphans))} "
+             "(ROIContourSequence) belong to no ROI of StructureSetROISequence: they have no name and are "
+             "ignored")
     if for_uid:
         for r in getattr(ds, "StructureSetROISequence", []) or []:
             f = str(getattr(r, "ReferencedFrameOfReferenceUID", "") or "")
@@ -73,8 +86,17 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
                     f"{for_uid}: its contours are in another frame's coordinates")
 
 
+#: Pixel centres are tested a hair away from themselves, (+1, +2^0.5) x 1e-6 of a pixel: a centre on the
+#: polygon's boundary (contours drawn through voxel centres, as mask-to-contour tools write them) then
+#: belongs to the polygon when the polygon lies on that side of it, the same whichever way the contour is
+#: wound (matplotlib decides a point on the boundary by the winding) and whichever way the CT's axes run.
+#: The rule is half-open, so a square through pixel centres keeps its true area in pixels.
+_TIE_BREAK = np.array([1.0, 2.0 ** 0.5]) * 1e-6
+
+
 def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Pixel-centre inclusion of one closed polygon given as (row, col) float vertices."""
+    """Pixel-centre inclusion of one closed polygon given as (row, col) float vertices; a centre on the
+    boundary counts by :data:`_TIE_BREAK` (the same for either winding)."""
     from matplotlib.path import Path as MPath
 
     m = np.zeros((rows, cols), dtype=bool)
@@ -85,7 +107,8 @@ def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
     if r1 < r0 or c1 < c0:
         return m
     rr, cc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
-    inside = MPath(poly_rc[:, ::-1]).contains_points(np.column_stack([cc.ravel(), rr.ravel()]))
+    pts = np.column_stack([rr.ravel(), cc.ravel()]) + _TIE_BREAK
+    inside = MPath(poly_rc[:, ::-1]).contains_points(pts[:, ::-1])
     m[r0:r1 + 1, c0:c1 + 1] = inside.reshape(rr.shape)
     return m
 
@@ -114,11 +137,13 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
               shape: tuple[int, int, int]) -> np.ndarray:
     nz, nr, nc = shape
     mask = np.zeros(shape, dtype=bool)
-    by_number = {int(r.ReferencedROINumber): r for r in getattr(ds, "ROIContourSequence", []) or []}
+    by_number = {field_int(r, "ReferencedROINumber", f"RTSTRUCT {path}: ROIContourSequence item {k + 1}"): r
+                 for k, r in enumerate(getattr(ds, "ROIContourSequence", []) or [])}
     skipped = 0
     tiny = 0
     opened = 0
     repeated = 0
+    clipped = 0
     crossed: set[int] = set()  # slices where two contours overlap without one holding the other
     for number in numbers:
         roi = by_number.get(number)
@@ -142,7 +167,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
                 raise DicomImportError(f"{where}: ContourData holds {vals.size} numbers, not a list of "
                                        "(x, y, z) triples (a multiple of 3)")
             npts = getattr(c, "NumberOfContourPoints", None)
-            if npts not in (None, "") and int(npts) != vals.size // 3:
+            if npts not in (None, "") and field_int(c, "NumberOfContourPoints", where) != vals.size // 3:
                 raise DicomImportError(f"{where}: NumberOfContourPoints is {int(npts)} but ContourData holds "
                                        f"{vals.size // 3} points")
             pts = vals.reshape(-1, 3)
@@ -160,7 +185,10 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
                 repeated += 1  # a copy of a contour: even-odd, it would cancel the one it repeats
                 continue
             vertices[kk].append(same)
-            m = _polygon_mask(idx[:, 1:], nr, nc)
+            rc = idx[:, 1:]
+            if (rc.min(axis=0) < -0.5).any() or rc[:, 0].max() > nr - 0.5 or rc[:, 1].max() > nc - 0.5:
+                clipped += 1  # the part beyond the CT's field of view cannot be drawn on its grid
+            m = _polygon_mask(rc, nr, nc)
             here = _cropped(m)
             if here is not None:
                 if any(_partly_overlap(here, other) for other in drawn.setdefault(kk, [])):
@@ -182,6 +210,10 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
         warn(f"RTSTRUCT {path}: ROI {name} has contours that partly overlap (neither inside the other) on "
              f"{len(crossed)} CT slice(s) (first at slice index {min(crossed)}); combined even-odd (XOR, "
              "PS3.3 C.8.8.6.3), their overlap is left out of the ROI")
+    if clipped:
+        warn(f"RTSTRUCT {path}: {clipped} contour(s) of ROI {name} reach beyond the CT's field of view (the "
+             "image rows and columns); the part outside it is not in the ROI, so its volume and dose "
+             "metrics are those of the part on the CT")
     if skipped:
         warn(f"RTSTRUCT {path}: {skipped} contour(s) of ROI {name} are not on a CT slice (off-plane or "
              "outside the CT); ignored")

@@ -1,0 +1,74 @@
+"""RTSTRUCT contours rasterised onto the CT (dosepred.io.dicom.rtstruct), checked against hand counts.
+
+Contours drawn through voxel centres (what mask-to-contour tools write) put voxel centres exactly on
+the polygon's boundary; whether those voxels belong must not depend on the way the contour is wound
+or on the way the CT's axes run (a silent change of an ROI's volume otherwise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_layouts import write_layout
+from dosepred.io import dicom
+from dosepred.io.dicom.rtstruct import _polygon_mask
+from test_dicom import make_patient
+
+#: make_patient's grid: voxel centres at x, y = -31, -29, ..., 31 mm (2 mm), z = 0, 2.5, ... mm
+X0, X1, Y0, Y1 = -9.0, 11.0, -7.0, 9.0  # a 20 x 16 mm rectangle, corners on voxel centres
+SLICES = range(10, 20)  # ten CT slices
+
+
+def _rectangle(z: float, reverse: bool) -> list[float]:
+    pts = [(X0, Y0), (X1, Y0), (X1, Y1), (X0, Y1)]
+    if reverse:
+        pts = pts[::-1]
+    return [v for x, y in pts for v in (x, y, z)]
+
+
+def _set_contours(rs_path, roi: str, reverse: bool) -> None:
+    ds = pydicom.dcmread(rs_path)
+    num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == roi)
+    rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
+    items = []
+    for k in SLICES:  # no ContourImageSequence: the reader places a contour by its z
+        c = pydicom.Dataset()
+        c.ContourGeometricType = "CLOSED_PLANAR"
+        c.NumberOfContourPoints = 4
+        c.ContourData = _rectangle(2.5 * k, reverse)
+        items.append(c)
+    rc.ContourSequence = pydicom.Sequence(items)
+    ds.save_as(rs_path)
+
+
+@pytest.mark.parametrize("layout", ["axial", "feet_first", "prone", "transposed"])
+def test_contours_through_voxel_centres_give_the_same_mask_either_way_round(tmp_path, layout):
+    folder = write_layout(make_patient(), tmp_path / "in", layout)
+    _set_contours(folder / "RS.dcm", "LeftParotid", reverse=False)  # counter-clockwise in x, y
+    _set_contours(folder / "RS.dcm", "Ring", reverse=True)  # clockwise
+    [p] = dicom.read_dicom_folder(folder)
+    a, b = p.mask("LeftParotid"), p.mask("Ring")
+    # by hand: 20 x 16 mm over 2 x 2 mm pixels is 10 x 8 pixel areas on each of the ten slices; a
+    # half-open rule keeps exactly that many voxel centres (boundary excluded: 9 x 7, included 11 x 9)
+    assert int(a.sum()) == int(b.sum()) == 10 * 8 * len(SLICES), (int(a.sum()), int(b.sum()))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_polygon_mask_does_not_depend_on_winding(mirror):
+    # a square through pixel centres (rows 2..7, columns 3..9) and a triangle with an edge on centres
+    square = np.array([[2, 3], [2, 9], [7, 9], [7, 3]], float)
+    tri = np.array([[1, 1], [1, 11], [10, 1]], float)
+    for poly, want in ((square, 5 * 6), (tri, None)):
+        if mirror:  # the same polygon seen through a CT whose columns run the other way
+            poly = np.column_stack([poly[:, 0], 12 - 1 - poly[:, 1]])
+        ccw = _polygon_mask(poly, 12, 12)
+        cw = _polygon_mask(poly[::-1], 12, 12)
+        assert np.array_equal(ccw, cw)
+        if want is not None:
+            assert int(ccw.sum()) == want
+    # pixel centres strictly inside or strictly outside are decided as before (no boundary involved)
+    off = np.array([[2.5, 3.5], [2.5, 8.5], [6.5, 8.5], [6.5, 3.5]])
+    m = _polygon_mask(off, 12, 12)
+    assert int(m.sum()) == 4 * 5 and m[3:7, 4:9].all()
