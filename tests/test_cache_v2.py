@@ -121,9 +121,11 @@ def test_cropped_evaluation_equals_full_grid(tmp_path, patients, version):
                       version=version)
     ids = ref.ids
     direct = evaluate_cohort(zip(patients, preds, strict=True), "openkbp-clinical")
-    # the direct evaluation is the plain full-grid numpy definition of the dose score
+    # the direct evaluation is the plain full-grid numpy definition of the dose score (the reference's
+    # dose outside the possible-dose mask, which a prediction is 0 Gy in, is not scored)
     for r, p, d in zip(direct.patients, patients, preds, strict=True):
-        want = np.abs(p.dose.astype(np.float64) - d).sum() / p.possible_dose_mask.sum()
+        ref = np.where(p.possible_dose_mask, p.dose.astype(np.float64), 0.0)
+        want = np.abs(ref - d).sum() / p.possible_dose_mask.sum()
         assert r.dose_score == pytest.approx(want, abs=1e-6)
     cropped = list(iter_cases(tmp_path / "ref", tmp_path / "pred", ids, compact=False))
     assert all(c.ref.size <= p.dose.size and c.pred_outside == 0
@@ -248,7 +250,8 @@ def test_compact_cases_score_exactly_as_boxes(tmp_path, patients):
     assert [voxel_list(c, r) for c, r in zip(cases, refs, strict=True)] == [True, False, False]
     direct = evaluate_cohort(zip(refs, preds, strict=True), "openkbp-clinical")
     for r, d, res in zip(refs, preds, direct.patients, strict=True):  # independent dose score
-        want = np.abs(r.dose.astype(np.float64) - d).sum() / r.possible_dose_mask.sum()
+        ref = np.where(r.possible_dose_mask, r.dose.astype(np.float64), 0.0)  # not scored outside the mask
+        want = np.abs(ref - d).sum() / r.possible_dose_mask.sum()
         assert res.dose_score == pytest.approx(want, abs=1e-6)
     _same(direct, evaluate_cohort(iter(cases), "openkbp-clinical"))
     # ROI voxel counts survive the voxel-list layout

@@ -15,7 +15,9 @@ no files (the pairing of sources is :mod:`dosepred.evaluation.pairing`).
 Definitions (REFERENCE.md sections 2 and 4):
 
 - **dose score** (OpenKBP): per patient ``sum over ALL voxels |ref - pred| / count(possible-dose
-  mask)`` (the numerator is not masked); cohort = mean over patients.
+  mask)`` (the numerator is not masked: a prediction's dose outside the mask counts); the reference
+  is 0 Gy outside the mask, as OpenKBP's are (a reference from another format with dose computed in
+  air is read so, :class:`~dosepred.evaluation.case.ScoringCase`); cohort = mean over patients.
 - **DVH score** (OpenKBP): mean over all (patient, ROI, metric) of ``|M_ref - M_pred|`` over the
   ``openkbp`` protocol's metrics (OAR D0.1cc, Dmean; target D99%, D95%, D1%), whatever protocol is
   evaluated; ROIs the reference patient lacks are skipped.
