@@ -202,6 +202,10 @@ def _rs_roinumber_text(f: Path) -> None:
     _poison(f / "RS.dcm", lambda ds, v: setattr(ds.StructureSetROISequence[1], "ROINumber", v))
 
 
+def _rs_roinumber_overflow(f: Path) -> None:  # an IS pydicom itself cannot convert (int() overflows)
+    _poison(f / "RS.dcm", lambda ds, v: setattr(ds.StructureSetROISequence[1], "ROINumber", v), b"1e400  ")
+
+
 def _rs_contour_ref_text(f: Path) -> None:
     _poison(f / "RS.dcm", lambda ds, v: setattr(ds.ROIContourSequence[1], "ReferencedROINumber", v))
 
@@ -294,6 +298,8 @@ DICOM_ERRORS = [
     ("rtstruct-roinumber-text", _rs_roinumber_text,
      r"patient pt_a: RTSTRUCT \S*RS\.dcm: StructureSetROISequence item 2: ROINumber is 'abc\.def', not a "
      r"whole number"),
+    ("rtstruct-roinumber-overflow", _rs_roinumber_overflow,
+     r"StructureSetROISequence item 2: ROINumber is '1e400', not a whole number"),
     ("rtstruct-contour-ref-text", _rs_contour_ref_text,
      r"RS\.dcm: ROIContourSequence item 2: ReferencedROINumber is 'abc\.def', not a whole number"),
     ("rtstruct-observation-ref-text", _rs_observation_ref_text,
@@ -308,7 +314,7 @@ DICOM_ERRORS = [
      r"StructureSetROISequence: its ROIs have no names"),
     ("rtdose-negative", _negative_dose,
      r"patient pt_a: RTDOSE \S*RD\.dcm: the dose holds negative values \(min -?\d[\d.e+-]* Gy, 4 voxels; "
-     r"PixelRepresentation 1\): a planned dose is >= 0 Gy"),
+     r"PixelRepresentation 1\): a dose is >= 0 Gy"),
 ]
 
 

@@ -42,17 +42,26 @@ def _set_contours(rs_path, roi: str, reverse: bool) -> None:
     ds.save_as(rs_path)
 
 
-@pytest.mark.parametrize("layout", ["axial", "feet_first", "prone", "transposed"])
-def test_contours_through_voxel_centres_give_the_same_mask_either_way_round(tmp_path, layout):
+@pytest.mark.parametrize("layout", ["axial", "feet_first", "prone", "transposed", "rows_flipped",
+                                    "columns_flipped"])
+def test_contours_through_voxel_centres_give_the_same_voxels_either_way_round(tmp_path, layout):
     folder = write_layout(make_patient(), tmp_path / "in", layout)
     _set_contours(folder / "RS.dcm", "LeftParotid", reverse=False)  # counter-clockwise in x, y
     _set_contours(folder / "RS.dcm", "Ring", reverse=True)  # clockwise
     [p] = dicom.read_dicom_folder(folder)
-    a, b = p.mask("LeftParotid"), p.mask("Ring")
-    # by hand: 20 x 16 mm over 2 x 2 mm pixels is 10 x 8 pixel areas on each of the ten slices; a
-    # half-open rule keeps exactly that many voxel centres (boundary excluded: 9 x 7, included 11 x 9)
-    assert int(a.sum()) == int(b.sum()) == 10 * 8 * len(SLICES), (int(a.sum()), int(b.sum()))
-    assert np.array_equal(a, b)
+    q = p.reoriented("SPL")  # make_patient's axes: slices to the head, rows posterior, columns left
+    a, b = q.mask("LeftParotid"), q.mask("Ring")
+    # by hand: 20 x 16 mm over 2 x 2 mm pixels is 10 x 8 pixel areas on each of the ten slices; the
+    # half-open rule keeps the centres on the right and anterior edges (x = -9, y = -7: the tie-break
+    # points to +x, +y in patient coordinates) and not those on the left and posterior ones, in every
+    # layout (boundary excluded would be 9 x 7, included 11 x 9)
+    x = -31.0 + 2.0 * np.arange(32)  # voxel centres along the columns (to the left)
+    y = -31.0 + 2.0 * np.arange(32)  # along the rows (posterior)
+    want = np.zeros(q.shape, bool)
+    want[list(SLICES)] = ((y >= Y0) & (y < Y1))[:, None] & ((x >= X0) & (x < X1))[None, :]
+    assert int(want.sum()) == 10 * 8 * len(SLICES)
+    assert np.array_equal(a, want), int((a ^ want).sum())
+    assert np.array_equal(b, want), int((b ^ want).sum())
 
 
 @pytest.mark.parametrize("mirror", [False, True])

@@ -58,10 +58,24 @@ def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.nda
     return arr
 
 
+def raw_field(ds: Any, key: str) -> Any:
+    """Field ``key`` of ``ds`` as pydicom reads it; None when absent; the stored text when pydicom cannot
+    convert it (an IS holding 'inf' or '1e400' makes pydicom's own int() raise on access)."""
+    if key not in ds:
+        return None
+    try:
+        return ds[key].value
+    except (ValueError, TypeError, OverflowError):
+        from pydicom.datadict import tag_for_keyword
+
+        v = ds.get_item(tag_for_keyword(key)).value
+        return v.decode("ascii", "replace").strip() if isinstance(v, bytes) else str(v)
+
+
 def field_int(ds: Any, key: str, where: str) -> int:
     """Field ``key`` of ``ds`` (an IS such as ROINumber) as an int, or an error naming ``where`` and the
     field when it is not a whole number (a bare ``int()`` would end in a traceback)."""
-    val = getattr(ds, key, None)
+    val = raw_field(ds, key)
     try:
         f = float(str(val).strip())
     except (TypeError, ValueError):

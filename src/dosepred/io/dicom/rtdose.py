@@ -103,8 +103,8 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     if dose.size and float(dose.min()) < 0:  # PixelRepresentation 1 (signed): a dose difference, not a dose
         raise DicomImportError(f"{where}: the dose holds negative values (min {float(dose.min()):.4g} Gy, "
                                f"{int((dose < 0).sum())} voxels; PixelRepresentation "
-                               f"{getattr(ds, 'PixelRepresentation', '?')}): a planned dose is >= 0 Gy in "
-                               "every voxel (a dose difference?)")
+                               f"{getattr(ds, 'PixelRepresentation', '?')}): a dose is >= 0 Gy in every "
+                               "voxel (a dose difference?)")
     if dose.size and float(dose.max()) > MAX_DOSE_GY:
         raise DicomImportError(f"{where}: maximum dose {float(dose.max()):.4g} Gy (stored values x "
                                f"DoseGridScaling {scaling}) is not a radiotherapy dose")

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import roi_names as _names
 from ..rx_check import FROM_ROI_MAP
-from ._common import DicomImportError, field_int, field_numbers, referenced_uids, uid_of, warn
+from ._common import DicomImportError, field_int, field_numbers, raw_field, referenced_uids, uid_of, warn
 from .rtstruct import check_roi_numbers, roi_info
 from .scan import PatientFiles
 
@@ -30,7 +30,7 @@ def plan_prescriptions(ds: Any, where: str = "RTPLAN") -> tuple[dict[int, float]
         if not 0 < rx <= 200:
             raise DicomImportError(f"{where}: DoseReferenceSequence item {k + 1}: TargetPrescriptionDose "
                                    f"{rx:g} Gy is not a prescription (expected 0 < dose <= 200 Gy)")
-        if getattr(dr, "ReferencedROINumber", None) not in (None, ""):
+        if raw_field(dr, "ReferencedROINumber") not in (None, ""):
             n = field_int(dr, "ReferencedROINumber", item)
             by_roi[n] = max(by_roi.get(n, 0.0), rx)
         else:

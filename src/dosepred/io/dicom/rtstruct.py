@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...geometry import Geometry
-from ._common import DicomImportError, field_int, field_numbers, warn
+from ._common import DicomImportError, field_int, field_numbers, raw_field, warn
 
 
 def roi_info(ds: Any, path: Path | str = "RTSTRUCT") -> list[tuple[int, str, str, float | None]]:
@@ -40,7 +40,7 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
     seen: dict[int, str] = {}
     for k, r in enumerate(getattr(ds, "StructureSetROISequence", []) or []):
         where = f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}"
-        if getattr(r, "ROINumber", None) in (None, ""):
+        if raw_field(r, "ROINumber") in (None, ""):
             raise DicomImportError(f"{where} ({getattr(r, 'ROIName', '?')}) lacks ROINumber")
         n, name = field_int(r, "ROINumber", where), str(getattr(r, "ROIName", "") or "").strip()
         if not name:
@@ -53,7 +53,7 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
     items: set[int] = set()
     contoured: set[int] = set()
     for k, rc in enumerate(getattr(ds, "ROIContourSequence", []) or []):
-        if getattr(rc, "ReferencedROINumber", None) in (None, ""):
+        if raw_field(rc, "ReferencedROINumber") in (None, ""):
             raise DicomImportError(f"RTSTRUCT {path}: ROIContourSequence item {k + 1} lacks "
                                    "ReferencedROINumber")
         n = field_int(rc, "ReferencedROINumber", f"RTSTRUCT {path}: ROIContourSequence item {k + 1}")
@@ -63,7 +63,7 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
         if getattr(rc, "ContourSequence", None):  # an empty placeholder ROI draws nothing
             contoured.add(n)
     for k, ob in enumerate(getattr(ds, "RTROIObservationsSequence", []) or []):
-        if getattr(ob, "ReferencedROINumber", None) in (None, ""):
+        if raw_field(ob, "ReferencedROINumber") in (None, ""):
             raise DicomImportError(f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1} lacks "
                                    "ReferencedROINumber")
         field_int(ob, "ReferencedROINumber", f"RTSTRUCT {path}: RTROIObservationsSequence item {k + 1}")
@@ -86,20 +86,36 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
                     f"{for_uid}: its contours are in another frame's coordinates")
 
 
-#: Pixel centres are tested a hair away from themselves, (+1, +2^0.5) x 1e-6 of a pixel: a centre on the
-#: polygon's boundary (contours drawn through voxel centres, as mask-to-contour tools write them) then
-#: belongs to the polygon when the polygon lies on that side of it, the same whichever way the contour is
-#: wound (matplotlib decides a point on the boundary by the winding) and whichever way the CT's axes run.
-#: The rule is half-open, so a square through pixel centres keeps its true area in pixels.
+#: Pixel centres are tested a hair away from themselves, 1e-6 of a pixel along a fixed patient direction
+#: (:func:`tie_break`; this is the fallback in (row, column)): a centre on the polygon's boundary (contours
+#: drawn through voxel centres, as mask-to-contour tools write them) then belongs to the polygon when the
+#: polygon lies on that side of it, the same whichever way the contour is wound (matplotlib decides a
+#: point on the boundary by the winding) and whichever way the CT's axes run. The rule is half-open, so a
+#: square through pixel centres keeps its true area in pixels. Vertices within :data:`_SNAP` of a pixel
+#: centre's row or column are put on it first (contour files round their coordinates).
 _TIE_BREAK = np.array([1.0, 2.0 ** 0.5]) * 1e-6
+_SNAP = 1e-3
+#: the fixed patient direction (LPS) of the tie-break, generic so that it lies in no image plane's normal
+_TIE_LPS = np.array([1.0, 2.0 ** 0.5, 3.0 ** 0.5])
 
 
-def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def tie_break(geom: Geometry) -> np.ndarray:
+    """The (row, column) offset of :data:`_TIE_BREAK`'s rule for the CT ``geom``: 1e-6 pixel along
+    :data:`_TIE_LPS` projected into the image plane (the same patient direction for every layout)."""
+    d = geom.to_index(_TIE_LPS) - geom.to_index(np.zeros(3))
+    rc = d[1:]
+    n = float(np.hypot(rc[0], rc[1]))
+    return rc / n * 1e-6 if n > 0 else _TIE_BREAK
+
+
+def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int, tie: np.ndarray = _TIE_BREAK) -> np.ndarray:
     """Pixel-centre inclusion of one closed polygon given as (row, col) float vertices; a centre on the
-    boundary counts by :data:`_TIE_BREAK` (the same for either winding)."""
+    boundary counts by ``tie`` (:func:`tie_break`: the same for either winding)."""
     from matplotlib.path import Path as MPath
 
     m = np.zeros((rows, cols), dtype=bool)
+    near = np.round(poly_rc)
+    poly_rc = np.where(np.abs(poly_rc - near) < _SNAP, near, poly_rc)
     r0 = max(int(np.floor(poly_rc[:, 0].min())), 0)
     r1 = min(int(np.ceil(poly_rc[:, 0].max())), rows - 1)
     c0 = max(int(np.floor(poly_rc[:, 1].min())), 0)
@@ -107,7 +123,7 @@ def _polygon_mask(poly_rc: np.ndarray, rows: int, cols: int) -> np.ndarray:
     if r1 < r0 or c1 < c0:
         return m
     rr, cc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
-    pts = np.column_stack([rr.ravel(), cc.ravel()]) + _TIE_BREAK
+    pts = np.column_stack([rr.ravel(), cc.ravel()]) + tie
     inside = MPath(poly_rc[:, ::-1]).contains_points(pts[:, ::-1])
     m[r0:r1 + 1, c0:c1 + 1] = inside.reshape(rr.shape)
     return m
@@ -137,6 +153,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
               shape: tuple[int, int, int]) -> np.ndarray:
     nz, nr, nc = shape
     mask = np.zeros(shape, dtype=bool)
+    tie = tie_break(geom)
     by_number = {field_int(r, "ReferencedROINumber", f"RTSTRUCT {path}: ROIContourSequence item {k + 1}"): r
                  for k, r in enumerate(getattr(ds, "ROIContourSequence", []) or [])}
     skipped = 0
@@ -166,9 +183,10 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
             if vals.size % 3:
                 raise DicomImportError(f"{where}: ContourData holds {vals.size} numbers, not a list of "
                                        "(x, y, z) triples (a multiple of 3)")
-            npts = getattr(c, "NumberOfContourPoints", None)
-            if npts not in (None, "") and field_int(c, "NumberOfContourPoints", where) != vals.size // 3:
-                raise DicomImportError(f"{where}: NumberOfContourPoints is {int(npts)} but ContourData holds "
+            npts = raw_field(c, "NumberOfContourPoints")
+            n_pts = None if npts in (None, "") else field_int(c, "NumberOfContourPoints", where)
+            if n_pts is not None and n_pts != vals.size // 3:
+                raise DicomImportError(f"{where}: NumberOfContourPoints is {n_pts} but ContourData holds "
                                        f"{vals.size // 3} points")
             pts = vals.reshape(-1, 3)
             if len(pts) < 3:
@@ -188,7 +206,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
             rc = idx[:, 1:]
             if (rc.min(axis=0) < -0.5).any() or rc[:, 0].max() > nr - 0.5 or rc[:, 1].max() > nc - 0.5:
                 clipped += 1  # the part beyond the CT's field of view cannot be drawn on its grid
-            m = _polygon_mask(rc, nr, nc)
+            m = _polygon_mask(rc, nr, nc, tie)
             here = _cropped(m)
             if here is not None:
                 if any(_partly_overlap(here, other) for other in drawn.setdefault(kk, [])):

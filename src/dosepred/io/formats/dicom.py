@@ -46,8 +46,12 @@ def write_dose(patient: Patient, dose: np.ndarray, out: Path, dose_spacing: floa
 
 
 def read_dose_on(path: Path, ref: Patient) -> np.ndarray:
-    """A predicted RTDOSE resampled onto the reference patient's grid in patient coordinates."""
-    dose, g = dicom.read_rtdose(path)
+    """A predicted RTDOSE resampled onto the reference patient's grid in patient coordinates; an error
+    reading it names the reference patient (prediction files are matched by UID, not by their path)."""
+    try:
+        dose, g = dicom.read_rtdose(path)
+    except dicom.DicomImportError as e:
+        raise dicom.DicomImportError(f"patient {ref.id}: the predicted {e}") from None
     return place_dose(dose, g, path, ref, "RTDOSE", strict=False)
 
 
