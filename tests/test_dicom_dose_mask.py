@@ -1,8 +1,8 @@
 """The possible-dose mask and the planned dose of a DICOM patient (dosepred.io.dicom.folder).
 
-A prediction is written within the possible-dose mask, so a plan's dose outside it is not scored (0
-Gy there, as OpenKBP's reference doses: a dose computed in air would otherwise count as error of any
-prediction, the plan's own RTDOSE included), and a target or organ reaching past the mask is named.
+A prediction is written within the possible-dose mask, so a plan's dose is read as 0 Gy outside it, as
+OpenKBP's reference doses are (a dose computed in air would otherwise count as error of any prediction,
+the plan's own RTDOSE included), and a target or organ reaching past the mask is named.
 Checked with the plan's own RTDOSE given as the prediction: it must score 0 on everything."""
 
 from __future__ import annotations
@@ -42,22 +42,24 @@ def _metric_errors(result) -> list[float]:
     return [abs(m["ref"] - m["pred"]) for r in pp["rois"].values() for m in r["metrics"].values()]
 
 
-def test_dose_computed_in_air_is_not_scored(tmp_path):
+def test_dose_computed_in_air_is_read_as_0_gy_there(tmp_path):
     p = make_patient()
     body = np.asarray(p.possible_dose_mask)
     air = p.dose + np.float32(2.0)  # 2 Gy everywhere, air included (a planning system's dose grid)
     folder = dicom.write_dicom(p, tmp_path / "ref", dose=air)
-    (q,) = dicom.read_dicom_folder(folder.parent)
-    assert np.array_equal(q.possible_dose_mask, body)  # the ring (an "other" ROI) past the body is not added
-    assert np.allclose(q.dose, air, atol=1e-3)  # the plan's dose as planned, air included
-    result, text = _self_evaluation(folder, tmp_path)
-    assert result["dose_score"] < 1e-6, result["dose_score"]
-    assert max(_metric_errors(result)) < 1e-6
     # by hand: the share of the planned dose outside the body
     share = 100.0 * float(air[~body].sum(dtype=np.float64)) / float(air.sum(dtype=np.float64))
     assert share > 5
-    assert (f"patient pt_a: {share:.1f} % of the reference dose lies outside the possible-dose mask; it is "
-            "not scored") in text
+    with pytest.warns(dicom.DicomWarning, match=rf"patient pt_a: {share:.1f} % of the planned dose \(RTDOSE "
+                                                r"\S*RD\.dcm\) lies outside the possible-dose mask"):
+        (q,) = dicom.read_dicom_folder(folder.parent)
+    assert np.array_equal(q.possible_dose_mask, body)
+    assert float(np.abs(q.dose[~body]).max()) == 0.0  # 0 Gy outside the mask, as a prediction is
+    assert np.allclose(q.dose[body], air[body], atol=1e-3)  # and the plan's dose inside it
+    assert abs(q.meta["dose_outside_mask_pct"] - share) < 0.01
+    result, _ = _self_evaluation(folder, tmp_path)
+    assert result["dose_score"] < 1e-6, result["dose_score"]
+    assert max(_metric_errors(result)) < 1e-6
 
 
 def test_a_target_past_the_body_contour_is_named_and_scored_as_openkbp_does(tmp_path):

@@ -23,6 +23,30 @@ from .rtplan import pick_dose, planned_fractions, resolve_rois, sequential_plans
 from .rtstruct import rasterise, roi_info
 from .scan import PatientFiles, assign_ids, pair_files, scan_files
 
+#: A warning when more of the planned dose than this share lies outside the possible-dose mask
+MAX_DOSE_OUTSIDE_MASK = 0.05
+
+
+def _within_mask(dose: np.ndarray, mask: np.ndarray, s: PatientFiles, meta: dict[str, Any]) -> np.ndarray:
+    """The planned dose as every reference dose is read (OpenKBP's convention): 0 Gy outside the
+    possible-dose mask, where no prediction has dose (a dose computed in air, or spread past the body
+    contour by resampling the dose grid, would otherwise count as error of any prediction, and evaluation,
+    plan QA and the report would each see another plan). The share set to 0 is recorded in ``meta``
+    (``dose_outside_mask_pct``); over :data:`MAX_DOSE_OUTSIDE_MASK`, a warning."""
+    total = float(dose.sum(dtype=np.float64))
+    out = np.where(mask, dose, np.float32(0)).astype(np.float32, copy=False)
+    cut = total - float(out.sum(dtype=np.float64))
+    if total > 0 and cut > 0:
+        share = cut / total
+        meta["dose_outside_mask_pct"] = round(100.0 * share, 3)
+        if share > MAX_DOSE_OUTSIDE_MASK:
+            warn(f"patient {s.id}: {100.0 * share:.1f} % of the planned dose (RTDOSE "
+                 f"{meta.get('rtdose_file', '?')}) lies outside the possible-dose mask "
+                 f"({meta.get('possible_dose_mask', 'body')}); read as 0 Gy there, where no prediction has "
+                 "dose: does the body contour miss part of the patient?")
+    return out
+
+
 #: A warning when more than this share of a target's or organ's voxels lie outside the possible-dose mask
 MAX_ROI_OUTSIDE_MASK = 0.01
 
@@ -123,6 +147,7 @@ def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
             meta["rtdose_files"] = [str(d[0].resolve()) for d in s.doses_summed]
             meta["rtdose_uids"] = [uid_of(d[1]) for d in s.doses_summed]
             meta["dose"] = "sum of the plans' RTDOSEs (RTPlanRelationship PRIOR/CONCURRENT)"
+        dose = _within_mask(dose, body, s, meta)
     return Patient.from_masks(s.id, ct, masks, roi_set, geom.spacing, body, dose, meta, geometry=geom)
 
 
