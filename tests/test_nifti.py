@@ -222,3 +222,20 @@ def test_a_folder_without_patient_folders_is_a_format_error(tmp_path):
         nifti.patient_folders(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         nifti.patient_folders(tmp_path / "nope")
+
+
+def test_a_reference_dose_in_the_air_is_read_as_0_gy_there(tmp_path):
+    """A dose file with dose outside the possible-dose mask (computed in air): read as 0 Gy there, as
+    OpenKBP's reference doses are and every prediction is; the share is recorded, a warning above 5 %."""
+    p = make_patient()
+    body = np.asarray(p.possible_dose_mask)
+    air = (p.dose + np.float32(2.0)).astype(np.float32)
+    folder = nifti.write_patient(p.with_dose(air), tmp_path / "nii")
+    share = 100.0 * float(air[~body].sum(dtype=np.float64)) / float(air.sum(dtype=np.float64))  # by hand
+    assert share > 5
+    with pytest.warns(UserWarning, match=rf"patient pt_a: {share:.1f} % of the dose in \S*dose\.nii\.gz lies "
+                                         r"outside the possible-dose mask; read as 0 Gy there"):
+        (q,) = nifti.read_nifti_folder(folder)
+    assert np.all(q.dose[~body] == 0)
+    np.testing.assert_allclose(q.dose[body], air[body], atol=1e-4)
+    assert abs(q.meta["dose_outside_mask_pct"] - share) < 0.01

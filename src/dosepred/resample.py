@@ -199,6 +199,17 @@ def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence
     return np.maximum(d, 0).astype(np.float32), inside
 
 
+def dose_within_mask(dose: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """A reference dose as it is read (OpenKBP's convention): float32, 0 Gy outside the possible-dose
+    ``mask``, where no prediction has dose. Returns ``(dose, share)``, ``share`` the fraction of the
+    dose's sum that lay outside the mask (0 when none did). The file readers record the share and warn
+    when it is large (a body contour or mask that misses part of the patient?)."""
+    total = float(np.sum(dose, dtype=np.float64))
+    out = np.where(mask, dose, np.float32(0)).astype(np.float32, copy=False)
+    cut = total - float(np.sum(out, dtype=np.float64))
+    return out, (cut / total if total > 0 and cut > 0 else 0.0)
+
+
 def grid_with_spacing(g: Geometry, shape: Sequence[int], spacing: Sequence[float]
                       ) -> tuple[Geometry, tuple[int, int, int]]:
     """A grid with the same axes and field of view as ``(g, shape)`` but another ``spacing``: the new

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
 from ...patient import Patient, RoiSet
+from ...resample import dose_within_mask
 from .. import roi_names as _names
 from ._common import FORMAT_NAME, DicomImportError, uid_of, warn
 from .ct import read_ct
@@ -33,11 +34,8 @@ def _within_mask(dose: np.ndarray, mask: np.ndarray, s: PatientFiles, meta: dict
     contour by resampling the dose grid, would otherwise count as error of any prediction, and evaluation,
     plan QA and the report would each see another plan). The share set to 0 is recorded in ``meta``
     (``dose_outside_mask_pct``); over :data:`MAX_DOSE_OUTSIDE_MASK`, a warning."""
-    total = float(dose.sum(dtype=np.float64))
-    out = np.where(mask, dose, np.float32(0)).astype(np.float32, copy=False)
-    cut = total - float(out.sum(dtype=np.float64))
-    if total > 0 and cut > 0:
-        share = cut / total
+    out, share = dose_within_mask(dose, mask)
+    if share > 0:
         meta["dose_outside_mask_pct"] = round(100.0 * share, 3)
         if share > MAX_DOSE_OUTSIDE_MASK:
             warn(f"patient {s.id}: {100.0 * share:.1f} % of the planned dose (RTDOSE "
