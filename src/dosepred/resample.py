@@ -199,15 +199,22 @@ def dose_on_grid(dose: np.ndarray, src: Geometry, dst: Geometry, shape: Sequence
     return np.maximum(d, 0).astype(np.float32), inside
 
 
+#: Readers and scoring warn when more of a reference dose than this share lies outside its possible-dose
+#: mask (read as 0 Gy there: :func:`dose_within_mask`)
+WARN_REF_DOSE_OUTSIDE_MASK = 0.05
+
+
 def dose_within_mask(dose: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """A reference dose as it is read (OpenKBP's convention): float32, 0 Gy outside the possible-dose
-    ``mask``, where no prediction has dose. Returns ``(dose, share)``, ``share`` the fraction of the
-    dose's sum that lay outside the mask (0 when none did). The file readers record the share and warn
-    when it is large (a body contour or mask that misses part of the patient?)."""
-    total = float(np.sum(dose, dtype=np.float64))
-    out = np.where(mask, dose, np.float32(0)).astype(np.float32, copy=False)
-    cut = total - float(np.sum(out, dtype=np.float64))
-    return out, (cut / total if total > 0 and cut > 0 else 0.0)
+    """A reference dose as it is read (OpenKBP's convention): 0 Gy outside the possible-dose ``mask``,
+    where no prediction has dose (its dtype kept; ``dose`` itself when nothing lies outside). Returns
+    ``(dose, share)``, ``share`` the fraction of the dose's sum that lay outside the mask (0 when none
+    did). Readers record the share and warn above :data:`WARN_REF_DOSE_OUTSIDE_MASK` (a body contour or
+    mask that misses part of the patient?)."""
+    outside = float(np.sum(dose, where=~np.asarray(mask, dtype=bool), dtype=np.float64))
+    if not outside > 0:
+        return dose, 0.0
+    share = outside / float(np.sum(dose, dtype=np.float64))
+    return np.where(mask, dose, dose.dtype.type(0)).astype(dose.dtype, copy=False), share
 
 
 def grid_with_spacing(g: Geometry, shape: Sequence[int], spacing: Sequence[float]

@@ -22,9 +22,7 @@ from ..dvh import roi_voxel_indices
 from ..errors import InputError
 from ..geometry import shear_problem
 from ..patient import Patient, RoiSet
-
-#: A warning when more of a reference's dose than this share lies outside its possible-dose mask
-MAX_REF_DOSE_OUTSIDE_MASK = 0.05
+from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 
 
 def as_dose_array(pred: Any, shape: tuple[int, ...], pid: str = "?") -> np.ndarray:
@@ -127,17 +125,14 @@ class ScoringCase:
         """The reference's dose outside the possible-dose mask is not scored (0 Gy there, for the dose
         score and the ROIs' metrics alike): a prediction is 0 Gy outside the mask, so it would count as
         its error. OpenKBP's references are 0 Gy there; one read from another format (a dose computed
-        in air) may not be. A warning when over :data:`MAX_REF_DOSE_OUTSIDE_MASK` of its dose is."""
-        outside = ~self.mask
-        if not (outside.any() and self.ref[outside].max() > 0):
-            return
-        share = float(self.ref[outside].sum(dtype=np.float64)) / float(self.ref.sum(dtype=np.float64))
-        if share > MAX_REF_DOSE_OUTSIDE_MASK:
+        in air) may not be. A warning when over :data:`~dosepred.resample.WARN_REF_DOSE_OUTSIDE_MASK` of
+        its dose is."""
+        ref, share = dose_within_mask(self.ref, self.mask)
+        if share > WARN_REF_DOSE_OUTSIDE_MASK:
             warnings.warn(f"patient {self.id}: {100 * share:.1f} % of the reference dose lies outside the "
                           "possible-dose mask; it is not scored (0 Gy there, as every prediction; a mask "
                           "that misses part of the patient?)", stacklevel=5)
-        object.__setattr__(self, "ref", np.where(self.mask, self.ref, np.float32(0)).astype(self.ref.dtype,
-                                                                                              copy=False))
+        object.__setattr__(self, "ref", ref)
 
     @classmethod
     def from_patient(cls, ref: Patient, pred_dose: Any, source: str | None = None) -> ScoringCase:

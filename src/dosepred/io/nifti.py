@@ -42,7 +42,7 @@ from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
-from ..resample import dose_within_mask
+from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from . import roi_names as _names
 
 #: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
@@ -51,8 +51,6 @@ FORMAT_NAME = "nifti"
 CT_FILE = "ct.nii.gz"
 DOSE_FILE = "dose.nii.gz"
 MASK_FILE = "possible_dose_mask.nii.gz"
-#: A warning when more of a reference dose than this share lies outside its possible-dose mask
-MAX_DOSE_OUTSIDE_MASK = 0.05
 CODES_FILE = "roi_codes.nii.gz"
 ROIS_JSON = "rois.json"
 ROI_DIR = "rois"
@@ -397,7 +395,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         dose, share = dose_within_mask(dose, pdm)
         if share > 0:
             meta["dose_outside_mask_pct"] = round(100.0 * share, 3)
-        if share > MAX_DOSE_OUTSIDE_MASK:
+        if share > WARN_REF_DOSE_OUTSIDE_MASK:
             warnings.warn(f"patient {pid}: {100.0 * share:.1f} % of the dose in {folder / DOSE_FILE} lies "
                           "outside the possible-dose mask; read as 0 Gy there, where no prediction has dose: "
                           "does the mask miss part of the patient?", stacklevel=2)

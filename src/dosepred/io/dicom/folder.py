@@ -15,7 +15,7 @@ import numpy as np
 
 from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
 from ...patient import Patient, RoiSet
-from ...resample import dose_within_mask
+from ...resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from .. import roi_names as _names
 from ._common import FORMAT_NAME, DicomImportError, uid_of, warn
 from .ct import read_ct
@@ -24,20 +24,17 @@ from .rtplan import pick_dose, planned_fractions, resolve_rois, sequential_plans
 from .rtstruct import rasterise, roi_info
 from .scan import PatientFiles, assign_ids, pair_files, scan_files
 
-#: A warning when more of the planned dose than this share lies outside the possible-dose mask
-MAX_DOSE_OUTSIDE_MASK = 0.05
-
 
 def _within_mask(dose: np.ndarray, mask: np.ndarray, s: PatientFiles, meta: dict[str, Any]) -> np.ndarray:
     """The planned dose as every reference dose is read (OpenKBP's convention): 0 Gy outside the
     possible-dose mask, where no prediction has dose (a dose computed in air, or spread past the body
     contour by resampling the dose grid, would otherwise count as error of any prediction, and evaluation,
     plan QA and the report would each see another plan). The share set to 0 is recorded in ``meta``
-    (``dose_outside_mask_pct``); over :data:`MAX_DOSE_OUTSIDE_MASK`, a warning."""
+    (``dose_outside_mask_pct``); over :data:`~dosepred.resample.WARN_REF_DOSE_OUTSIDE_MASK`, a warning."""
     out, share = dose_within_mask(dose, mask)
     if share > 0:
         meta["dose_outside_mask_pct"] = round(100.0 * share, 3)
-        if share > MAX_DOSE_OUTSIDE_MASK:
+        if share > WARN_REF_DOSE_OUTSIDE_MASK:
             warn(f"patient {s.id}: {100.0 * share:.1f} % of the planned dose (RTDOSE "
                  f"{meta.get('rtdose_file', '?')}) lies outside the possible-dose mask "
                  f"({meta.get('possible_dose_mask', 'body')}); read as 0 Gy there, where no prediction has "
