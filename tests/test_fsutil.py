@@ -1,6 +1,7 @@
 """fsutil's single-file writes: a temporary sibling renamed into place, nothing left on failure."""
 
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,14 @@ def test_interrupted_follows_the_chain_of_errors():
             raise RuntimeError("second") from None  # noqa: B904 - the chain the check must not follow
     except RuntimeError as e:
         assert not interrupted(e)
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs /sys")
+def test_output_file_in_a_read_only_folder_names_the_file_asked_for():
+    """/sys exists and refuses new files even to root: the error names the file, not its temporary
+    sibling, and comes before the caller writes anything."""
+    from dosepred.fsutil import OutputError, output_file
+
+    with pytest.raises(OutputError, match=r"^/sys/dosepred-test\.json: cannot write here \("):
+        with output_file("/sys/dosepred-test.json"):
+            raise AssertionError("the block must not run")

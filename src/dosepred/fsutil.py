@@ -180,6 +180,12 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
         raise OutputError(f"{final}: {what} is a folder; give a file name")
     created = _make_parent(final)
     tmp = _tmp_sibling(final)
+    try:  # a place the file cannot be written is said of the file asked for, not of its temporary sibling
+        tmp.touch(exist_ok=False)
+        tmp.unlink()
+    except OSError as e:
+        _unmake(created)
+        raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
     ok = False
     try:
         yield tmp
