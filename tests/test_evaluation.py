@@ -256,3 +256,31 @@ def test_reference_dose_outside_the_mask_is_not_scored():
     # and its own dose outside the mask counts: 0.5 Gy on the 64 couch voxels adds 32 / 64 Gy
     r2 = evaluate_patient(p, pred + np.float32(1.0) * mask + np.float32(0.5) * couch, "openkbp")
     assert r2.dose_score == pytest.approx(1.5)
+
+
+def test_criteria_table_keeps_two_limits_on_one_metric_apart():
+    """A protocol with a required and a desirable limit on the same ROI, metric and direction (RTOG's
+    V110% <= 20 % and UW's <= 2 %; here Dmax <= 45 / <= 15 Gy) has two rows in the criteria table, each
+    counting every patient once; they used to share one row named after the first that counted each
+    patient twice (3 patients shown as 'n = 6', the second limit's failures under the first's name)."""
+    from dosepred.protocol import Protocol
+
+    shape = (4, 6, 6)
+    mask = np.ones(shape, bool)
+    cord = np.zeros(shape, bool)
+    cord[1:3, 2:4, 2:4] = True
+    rs = RoiSet((Roi("SpinalCord", "oar"),))
+    proto = Protocol(name="two", criteria=[
+        {"roi": "SpinalCord", "metric": "Dmax", "limit": 45, "direction": "<="},
+        {"roi": "SpinalCord", "metric": "Dmax", "limit": 15, "direction": "<=", "priority": 2}])
+    pairs = []
+    for i, top in enumerate((10.0, 20.0, 50.0)):  # Dmax of the prediction: passes both, the first, none
+        ref = np.where(cord, 12.0, 1.0).astype(np.float32)
+        pred = np.where(cord, top, 1.0).astype(np.float32)
+        pairs.append((Patient.from_masks(f"p{i}", np.zeros(shape), {"SpinalCord": cord}, rs, (2.0, 2.0, 2.0),
+                                         mask, ref), pred))
+    res = evaluate_cohort(pairs, proto)
+    rows = res.criteria_table()
+    assert [(r["criterion"], r["n"], r["pred_pass"], r["ref_pass"]) for r in rows] == [
+        ("SpinalCord Dmax <= 45 Gy", 3, 2, 3), ("SpinalCord Dmax <= 15 Gy", 3, 1, 3)]
+    assert res.criteria_pass_rate == pytest.approx(100 * 3 / 6)

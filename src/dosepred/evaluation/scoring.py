@@ -259,15 +259,19 @@ class CohortResult:
                 "criteria_agreement": self.criteria_agreement}
 
     def criteria_table(self) -> list[dict[str, Any]]:
-        """Per criterion (in protocol order): patients checked, pass counts of pred and ref."""
-        rows: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        """Per criterion (in protocol order): patients checked, pass counts of pred and ref.
+
+        One row per criterion of the protocol (by its position, :attr:`CriterionResult.index`): two
+        criteria on one ROI, metric and direction with different limits (``V110% <= 20 %`` required,
+        ``<= 2 %`` desirable) are two rows, never one row that counts each patient twice."""
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for p in self.patients:
             for c in p.criteria:
                 if not c.checked:
                     continue
-                key = (c.roi, c.metric, c.direction)
+                key = (c.index,) if c.index else (c.roi, c.metric, c.direction, c.limit, c.goal)
                 r = rows.setdefault(key, {"roi": c.roi, "metric": c.metric, "criterion": c.name,
-                                          "n": 0, "pred_pass": 0, "ref_pass": 0, "agree": 0})
+                                          "index": c.index, "n": 0, "pred_pass": 0, "ref_pass": 0, "agree": 0})
                 r["n"] += 1
                 r["pred_pass"] += bool(c.pred_pass)
                 r["ref_pass"] += bool(c.ref_pass)

@@ -149,8 +149,9 @@ class ReportWriter:
 
     @staticmethod
     def _criteria_summary(cohorts: dict[str, CohortResult]) -> str:
-        tables = {n: {r["criterion"]: r for r in c.criteria_table()} for n, c in cohorts.items()}
-        crits: list[str] = []
+        # rows by the criterion's position in the protocol (two criteria may share a name)
+        tables = {n: {(r["index"], r["criterion"]): r for r in c.criteria_table()} for n, c in cohorts.items()}
+        crits: list[tuple[int, str]] = []
         for t in tables.values():
             crits += [k for k in t if k not in crits]
         if not crits:
@@ -160,7 +161,7 @@ class ReportWriter:
         rows = []
         for k in crits:
             first = next(t[k] for t in tables.values() if k in t)
-            cells = [f"<td class='l'>{esc(k)}</td>", f"<td>{first['ref_pass']}/{first['n']}</td>"]
+            cells = [f"<td class='l'>{esc(k[1])}</td>", f"<td>{first['ref_pass']}/{first['n']}</td>"]
             for t in tables.values():
                 r = t.get(k)
                 if r is None:
