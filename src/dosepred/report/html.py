@@ -150,7 +150,8 @@ class ReportWriter:
     @staticmethod
     def _criteria_summary(cohorts: dict[str, CohortResult]) -> str:
         # rows by the criterion's position in the protocol (two criteria may share a name)
-        tables = {n: {(r["index"], r["criterion"]): r for r in c.criteria_table()} for n, c in cohorts.items()}
+        tables = {n: {(r["index"], r["criterion"]): r for r in c.criteria_table()}
+                  for n, c in cohorts.items()}
         crits: list[tuple[int, str]] = []
         for t in tables.values():
             crits += [k for k in t if k not in crits]
