@@ -127,14 +127,16 @@ def test_a_prescription_of_an_roi_nobody_has_is_refused_when_bound(tmp_path):
 
 @pytest.mark.parametrize(("obj", "message"), [
     (_one(roi="SpinalCord", metric="D0.1cc", direction="<=", limit=4500),
-     r"p\.json.*criterion 1 \(SpinalCord D0\.1cc\).*a dose limit is in Gy, got 4500 Gy, over 1000 Gy: in cGy"),
+     r"p\.json.*criterion 1 \(SpinalCord D0\.1cc\).*a dose limit is in Gy, got 4500 Gy, over 200 Gy: in cGy"),
     (_one(roi="PTV70", metric="D95%", direction=">=", limit=6500, goal=6650),
-     r"criterion 1 \(PTV70 D95%\).*a dose limit is in Gy, got 6500 Gy, over 1000 Gy: in cGy"),
+     r"criterion 1 \(PTV70 D95%\).*a dose limit is in Gy, got 6500 Gy, over 200 Gy: in cGy"),
+    (_one(roi="Brainstem", metric="Dmax", direction="<=", limit=700),
+     r"criterion 1 \(Brainstem Dmax\).*a dose limit is in Gy, got 700 Gy, over 200 Gy: in cGy"),
     (_one(roi="Larynx", metric="V5000Gy", direction="<=", limit=30),
      r"criterion 1 \(Larynx V5000Gy\).*threshold of V<x>Gy is in Gy, got 5000 Gy.*in cGy\? \(V50Gy\)"),
     ({"name": "x", "prescriptions": {"PTV70": 7000},
       "criteria": [{"roi": "PTV70", "metric": "V95%", "direction": ">=", "limit": 95}]},
-     r"p\.json.*prescriptions are in Gy, got \{'PTV70': 7000\.0\}, over 1000 Gy: in cGy"),
+     r"p\.json.*prescriptions are in Gy, got \{'PTV70': 7000\.0\}, over 200 Gy: in cGy"),
 ])
 def test_a_dose_in_cgy_is_refused(tmp_path, obj, message):
     """A limit, V-threshold or prescription written in cGy loaded as Gy: SpinalCord D0.1cc <= 4500 Gy passed
@@ -143,10 +145,11 @@ def test_a_dose_in_cgy_is_refused(tmp_path, obj, message):
         load_protocol(_write(tmp_path, obj), RoiSet.openkbp())
 
 
-def test_a_dose_limit_up_to_1000_gy_and_a_percent_of_rx_limit_load(tmp_path):
+def test_a_dose_limit_up_to_200_gy_and_a_percent_of_rx_limit_load(tmp_path):
     ok = {"name": "x", "prescriptions": {"PTV70": 70},
-          "criteria": [{"roi": "SpinalCord", "metric": "Dmax", "direction": "<=", "limit": 1000},
-                       {"roi": "PTV70", "metric": "Dmax", "direction": "<=", "limit": 107, "limit_unit": "%Rx"},
-                       {"roi": "PTV70", "metric": "V1000Gy", "direction": "<=", "limit": 0}]}
+          "criteria": [{"roi": "SpinalCord", "metric": "Dmax", "direction": "<=", "limit": 200},
+                       {"roi": "PTV70", "metric": "Dmax", "direction": "<=", "limit": 107,
+                        "limit_unit": "%Rx"},
+                       {"roi": "PTV70", "metric": "V200Gy", "direction": "<=", "limit": 0}]}
     p = load_protocol(_write(tmp_path, ok), RoiSet.openkbp())
     assert p.criteria[1].limit_value(70.0) == pytest.approx(74.9)

@@ -18,6 +18,11 @@
   (:func:`dosepred.predict.crop_box`).
 - ``MAX_DOSE_GY`` (1000): no radiotherapy dose is higher; a dose above it is refused wherever one
   is read (RTDOSE, NIfTI, a scored prediction of any format): it is almost surely in cGy.
+- ``MAX_CRITERION_GY`` (200): no clinical criterion of external-beam radiotherapy limits, aims at or
+  prescribes a dose above it (head-and-neck prescriptions are 50-80 Gy, hot-spot limits about 110 %
+  of them); a protocol's dose limit or goal, ``V<x>Gy`` threshold or prescription above it is
+  refused (:mod:`dosepred.protocol.schema`): it is almost surely in cGy (a lens ``Dmax <= 700``
+  meant as 7 Gy would otherwise pass every plan).
 """
 
 from __future__ import annotations
@@ -27,5 +32,7 @@ AIR_HU = -1000
 CT_FILL_HU = -1024
 BODY_HU = -500.0
 MAX_DOSE_GY = 1000.0
+MAX_CRITERION_GY = 200.0
 
-__all__ = ["AIR_HU", "BODY_HU", "CT_FILL_HU", "HU_MAX", "HU_MIN", "HU_SCALE", "MAX_DOSE_GY"]
+__all__ = ["AIR_HU", "BODY_HU", "CT_FILL_HU", "HU_MAX", "HU_MIN", "HU_SCALE", "MAX_CRITERION_GY",
+           "MAX_DOSE_GY"]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ..constants import MAX_DOSE_GY
+from ..constants import MAX_CRITERION_GY
 from ..errors import DosepredError
 from ..io.roi_names import canonical
 from ..metrics import Metric, parse_metric
@@ -100,12 +100,13 @@ class Criterion(BaseModel):
                 raise ProtocolError(f"{self.roi} {self.metric}: {label} must be >= 0, got {v}")
         if m.is_dose and unit == "Gy":  # a limit in cGy would be met (<=) or missed (>=) by every plan
             for label, v in (("limit", self.limit), ("goal", self.goal)):
-                if v is not None and v > MAX_DOSE_GY:
-                    raise ProtocolError(f"{self.roi} {self.metric}: a dose {label} is in Gy, got {v:g} Gy, over "
-                                        f"{MAX_DOSE_GY:g} Gy: in cGy? (divide by 100)")
-        if m.kind == "V" and m.unit == "Gy" and m.value is not None and m.value > MAX_DOSE_GY:
-            raise ProtocolError(f"{self.roi} {self.metric}: the threshold of V<x>Gy is in Gy, got {m.value:g} Gy, "
-                                f"over {MAX_DOSE_GY:g} Gy: in cGy? (V{m.value / 100:g}Gy)")
+                if v is not None and v > MAX_CRITERION_GY:
+                    raise ProtocolError(f"{self.roi} {self.metric}: a dose {label} is in Gy, got {v:g} Gy, "
+                                        f"over {MAX_CRITERION_GY:g} Gy: in cGy? (divide by 100)")
+        if m.kind == "V" and m.unit == "Gy" and m.value is not None and m.value > MAX_CRITERION_GY:
+            raise ProtocolError(f"{self.roi} {self.metric}: the threshold of V<x>Gy is in Gy, got "
+                                f"{m.value:g} Gy, over {MAX_CRITERION_GY:g} Gy: in cGy? "
+                                f"(V{m.value / 100:g}Gy)")
         if not m.is_dose:  # a share of the ROI volume: a limit above 100 % is met or missed by every plan
             for label, v in (("limit", self.limit), ("goal", self.goal)):
                 if v is not None and v > 100:
@@ -222,9 +223,9 @@ class Protocol(BaseModel):
         bad = {k: x for k, x in v.items() if not (x > 0 and math.isfinite(x))}
         if bad:
             raise ProtocolError(f"prescriptions must be > 0 Gy, got {bad}")
-        high = {k: x for k, x in v.items() if x > MAX_DOSE_GY}
+        high = {k: x for k, x in v.items() if x > MAX_CRITERION_GY}
         if high:  # a prescription in cGy: every %Rx limit and V<x>% threshold would be 100 times too high
-            raise ProtocolError(f"prescriptions are in Gy, got {high}, over {MAX_DOSE_GY:g} Gy: in cGy? "
+            raise ProtocolError(f"prescriptions are in Gy, got {high}, over {MAX_CRITERION_GY:g} Gy: in cGy? "
                                 "(divide by 100)")
         return v
 
