@@ -284,3 +284,30 @@ def test_criteria_table_keeps_two_limits_on_one_metric_apart():
     assert [(r["criterion"], r["n"], r["pred_pass"], r["ref_pass"]) for r in rows] == [
         ("SpinalCord Dmax <= 45 Gy", 3, 2, 3), ("SpinalCord Dmax <= 15 Gy", 3, 1, 3)]
     assert res.criteria_pass_rate == pytest.approx(100 * 3 / 6)
+
+
+def test_dcc_of_an_roi_smaller_than_its_volume_is_named():
+    """A 2-voxel cord of 0.02 cc (1 x 1 x 10 mm voxels) at 30 and 60 Gy: D0.1cc asks for 10 voxels, so
+    the value is the ROI's minimum (30 Gy; a <= 50 Gy limit passes though a voxel gets 60 Gy) and the
+    cohort says so; the 64-voxel PTV (0.64 cc) is large enough for D0.1cc (10 voxels) and is not named."""
+    from dosepred.protocol import parse_protocol
+
+    rs = RoiSet((Roi("PTV", "target", 60.0), Roi("Cord")))
+    ptv = np.zeros((6, 6, 6), bool)
+    ptv[1:5, 1:5, 1:5] = True
+    cord = np.zeros((6, 6, 6), bool)
+    cord[0, 0, 0] = cord[0, 0, 1] = True
+    dose = np.where(ptv, 60.0, 0.0)
+    dose[0, 0, 0], dose[0, 0, 1] = 30.0, 60.0
+    p = Patient.from_masks("pt_9", np.zeros((6, 6, 6)), {"PTV": ptv, "Cord": cord}, rs, (1.0, 1.0, 10.0),
+                           np.ones((6, 6, 6), bool), dose=dose)
+    proto = parse_protocol({"name": "t", "criteria": [
+        {"roi": "Cord", "metric": "D0.1cc", "limit": 50, "direction": "<="},
+        {"roi": "PTV", "metric": "D0.1cc", "limit": 70, "direction": "<="}]})
+    res = evaluate_cohort([(p, dose)], proto)
+    (r,) = res.patients
+    assert [c.ref for c in r.criteria] == [pytest.approx(30.0), pytest.approx(60.0)]
+    assert r.small_rois == ("Cord D0.1cc (0.02 cc)",)
+    (w,) = [w for w in res.warnings if "smaller than" in w]
+    assert "pt_9 Cord D0.1cc (0.02 cc)" in w and "minimum dose" in w and "PTV" not in w
+    assert json.loads(json.dumps(res.to_json()))["warnings"] == res.warnings

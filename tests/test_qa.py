@@ -491,6 +491,34 @@ def test_qa_warns_of_a_plan_lacking_an_roi_few_training_patients_lacked(sample_d
     assert "--roi-map" in new
 
 
+def test_qa_warns_of_a_dcc_criterion_on_an_roi_smaller_than_its_volume(sample_dir, model_dir):
+    """pt_66 with its cord cut to one voxel (0.04 cc at 3.9 x 3.9 x 2.5 mm): SpinalCord D0.1cc is then
+    the voxel's dose for plan and prediction alike, not a hottest 0.1 cc; QA says so once, naming the
+    patient, ROI, metric and volume. The whole cord gets no such warning."""
+    from dosepred.io import load_patients
+    from dosepred.patient import Patient
+    from dosepred.qa import QAChecker
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    cord = p.mask("SpinalCord")
+    one = np.zeros_like(cord)
+    one[tuple(np.argwhere(cord)[0])] = True
+    masks = {n: p.mask(n) for n in p.present_rois}
+    whole = _plans_with(p, {"whole": {n: n for n in p.present_rois}})[0]
+    tiny = Patient.from_masks("tiny-cord", p.ct, {**masks, "SpinalCord": one}, p.roi_set, p.spacing,
+                              p.possible_dose_mask, p.dose, {}, p.geometry)
+    chk = QAChecker(model_dir, "openkbp-clinical", 0.9)
+    before = list(chk.warnings)
+    chk.check(whole, pred=whole.dose)
+    assert chk.warnings == before
+    pq, _, _ = chk.check(tiny, pred=tiny.dose)
+    (new,) = chk.warnings[len(before):]
+    vox_cc = float(np.prod(p.spacing)) / 1000
+    assert new.startswith(f"patient tiny-cord: SpinalCord D0.1cc ({vox_cc:.2g} cc): an ROI smaller than"), new
+    (c,) = [c for c in pq.criteria if c.roi == "SpinalCord" and c.metric == "D0.1cc"]
+    assert c.plan == pytest.approx(float(p.dose[one][0]), abs=1e-4)
+
+
 def test_qa_notes_are_the_patient_s_once_and_spare_the_model_s_own_data(validation_example, model_dir):
     """pt_201 (OpenKBP validation, 5.42 mm in-plane, outside the 2.73-5.08 mm of the training split by
     7 %) gets no note; the same plan on a grid 2 x coarser in-plane gets one grid note for the patient

@@ -104,6 +104,14 @@ def hot_voxel_count(volume_cc: float, voxel_volume_mm3: float) -> int:
     return max(1, int(round(volume_cc * 1000.0 / voxel_volume_mm3)))
 
 
+def larger_than_roi(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> bool:
+    """True for a ``D<x>cc`` metric of an ROI smaller than ``x`` cc (fewer voxels than its hot-voxel
+    count): its value is then the ROI's minimum dose (:func:`percentile_q` clips at 0; OpenKBP's
+    evaluator fails there), which says nothing of the hottest ``x`` cc the metric is meant for."""
+    return (metric.kind == "D" and metric.unit == "cc" and metric.value is not None
+            and hot_voxel_count(metric.value, voxel_volume_mm3) > n_voxels)
+
+
 def percentile_q(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> float:
     """Percentile (0-100) whose linear-interpolation value is D-metric ``metric`` of an ROI of
     ``n_voxels`` voxels. Dmax -> 100, Dmin -> 0."""

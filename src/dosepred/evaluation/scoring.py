@@ -50,7 +50,7 @@ import numpy as np
 from ..constants import MAX_DOSE_GY
 from ..dvh import roi_metrics_pair
 from ..errors import InputError, name_some
-from ..metrics import parse_metric
+from ..metrics import larger_than_roi, parse_metric
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..protocol import BoundProtocol, Protocol, bound_for, lint, load_protocol
@@ -148,6 +148,9 @@ class PatientResult:
     missing_rois: tuple[str, ...] = ()
     #: share of the predicted dose (sum of |dose|) outside the possible-dose mask, % (``predict`` writes 0)
     pred_outside_pct: float = 0.0
+    #: ``D<x>cc`` metrics of ROIs smaller than ``x`` cc ("Brainstem D0.1cc (0.02 cc)"): their values are the
+    #: ROI's minimum dose (:func:`dosepred.metrics.larger_than_roi`), named in a cohort warning
+    small_rois: tuple[str, ...] = ()
 
     @property
     def dvh_score(self) -> float:
@@ -271,7 +274,8 @@ class CohortResult:
                     continue
                 key = (c.index,) if c.index else (c.roi, c.metric, c.direction, c.limit, c.goal)
                 r = rows.setdefault(key, {"roi": c.roi, "metric": c.metric, "criterion": c.name,
-                                          "index": c.index, "n": 0, "pred_pass": 0, "ref_pass": 0, "agree": 0})
+                                          "index": c.index, "n": 0, "pred_pass": 0, "ref_pass": 0,
+                                          "agree": 0})
                 r["n"] += 1
                 r["pred_pass"] += bool(c.pred_pass)
                 r["ref_pass"] += bool(c.ref_pass)
@@ -421,6 +425,8 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
         for m, rv, pv in zip(computable, r_vals, p_vals, strict=True):
             values[(roi, m)] = MetricValue(roi, m, rs[roi].kind, rv, pv)
 
+    small = tuple(f"{roi} {m} ({len(idx[roi]) * vox / 1000:.2g} cc)" for roi, m in values
+                  if larger_than_roi(parse_metric(m), len(idx[roi]), vox))
     dvh_errors = [v.error for k, v in values.items() if k in openkbp_names]
     ptv_errors: list[float] = []
     oar_errors: list[float] = []
@@ -442,7 +448,7 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
             ref=v.ref, pred=v.pred, ref_pass=c.check(v.ref), pred_pass=c.check(v.pred),
             ref_goal=c.check(v.ref, goal=True), pred_goal=c.check(v.pred, goal=True), index=c.index))
     return PatientResult(case.id, dose_score, list(values.values()), dvh_errors, ptv_errors, oar_errors,
-                         criteria, tuple(missing), outside_pct)
+                         criteria, tuple(missing), outside_pct, small)
 
 
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol: Protocol | str = "openkbp",
@@ -479,4 +485,10 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
                 + name_some([f"{p.id} ({p.pred_outside_pct:.0f} %)" for p in off])
                 + "; made from other data (another patient's under this id, another body contour)? "
                 "dosepred predict writes no dose there")
+        small = [f"{p.id} {s}" for p in out.patients for s in p.small_rois]
+        if small:
+            out.warnings.append(
+                f"{len(small)} D<x>cc value(s) of an ROI smaller than x cc, which are the ROI's minimum "
+                "dose, not the dose of its hottest x cc (OpenKBP's evaluator stops there): "
+                + name_some(small))
     return out

@@ -333,6 +333,10 @@ class QAChecker:
             self.warnings.append(f"patient {plan.id} lacks {rarely_lacking(space, rare)}: QA compares the "
                                  f"plan with the achievable dose of a patient without {it}, and {its} "
                                  f"criteria are not checked; {rare_remedy(len(rare))}")
+        if res.small_rois:  # the plan's value and the prediction's are both the ROI's minimum dose
+            self.warnings.append(f"patient {plan.id}: {', '.join(res.small_rois)}: an ROI smaller than the "
+                                 "volume its D<x>cc asks for; the value is the ROI's minimum dose, not the "
+                                 "dose of its hottest x cc")
         computed = res.by_criterion()  # each criterion's own result, whatever the list's order
         out: list[CriterionQA] = []
         for pc in self.bound.criteria:  # all of the protocol's: the model has every ROI it names
