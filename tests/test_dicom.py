@@ -656,3 +656,21 @@ def test_two_rois_of_one_name_are_united_not_xored(exported):
     shifted[:, :, 2:] = m[:, :, :-2]
     assert (m & shifted).any()  # they overlap, so XOR and union differ
     assert np.array_equal(q.mask("PTV70"), m | shifted)
+
+
+def test_write_rtdose_dose_spacing_is_per_axis_of_the_given_patient(tmp_path):
+    """Three spacings are read along the given patient's array axes, not along the axes of the layout
+    the file is written in: an OpenKBP-layout patient (axes P, L, I; written as S, P, L) given its own
+    spacing gets its CT grid copied (the values were applied to the SPL axes: a grid of 2.0 mm along
+    left-right and 2.5 mm along z instead of 2.5 and 2.0, resampled, up to 12 Gy off at voxel centres)."""
+    p = make_patient(spacing=(2.5, 2.0, 1.6)).reoriented("PLI")
+    assert p.geometry.axis_letters() == "PLI"
+    path = dicom.write_rtdose(p, p.dose, tmp_path / "pred", dose_spacing=p.spacing)
+    d, dg = dicom.read_rtdose(path)
+    for j in range(3):  # each RTDOSE axis has the spacing of the patient axis along it
+        i = int(np.argmax(np.abs(p.geometry.direction.T @ dg.direction[:, j])))
+        assert dg.spacing[j] == pytest.approx(p.spacing[i])
+    idx = np.argwhere(np.ones(d.shape, bool))
+    src = p.geometry.to_index(dg.to_patient(idx))
+    np.testing.assert_allclose(src, np.rint(src), atol=1e-6)  # the CT's voxel centres
+    np.testing.assert_allclose(d.reshape(-1), p.dose[tuple(np.rint(src).astype(int).T)], atol=1e-6)

@@ -228,11 +228,26 @@ def spanning_grid(g: Geometry, shape: Sequence[int], spacing: Sequence[float]
             tuple(int(v) for v in n))  # type: ignore[return-value]
 
 
+def _in_export_axes(p: Patient, q: Patient, spacing: float | Sequence[float] | None
+                    ) -> float | Sequence[float] | None:
+    """``spacing`` given per array axis of ``p`` (the caller's patient), per array axis of ``q`` (``p``
+    in the export layout: its axes permuted and flipped). One value, or None, is returned as it is."""
+    if spacing is None:
+        return None
+    sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if sp.size != 3:
+        return spacing  # dose_grid checks it
+    assert p.geometry is not None and q.geometry is not None
+    cos = np.abs(p.geometry.direction.T @ q.geometry.direction)  # [i, j]: patient axis i vs export axis j
+    return tuple(float(sp[int(np.argmax(cos[:, j]))]) for j in range(3))
+
+
 def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
                  dose_spacing: float | Sequence[float] | None = None, model_name: str | None = None) -> Path:
     """Write ``dose`` (Gy, on the patient's grid) as an RTDOSE in the patient's FrameOfReference, on a
     grid of the layout :func:`write_dicom` writes, cropped to the body and at ``dose_spacing`` mm (by
-    default ``max(CT spacing, 2.5 mm)`` per axis; see :func:`dose_grid`). A path ending in ``.dcm`` is
+    default ``max(CT spacing, 2.5 mm)`` per axis; see :func:`dose_grid`; three values are per array axis
+    of ``patient``, whatever layout the file is written in). A path ending in ``.dcm`` is
     the file; otherwise ``<dir>/RD.<id>.dcm``.
 
     For a patient read from DICOM the file keeps its identity (PatientName, PatientID,
@@ -248,7 +263,7 @@ def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
     q = export_layout(patient.with_dose(d))
     assert q.dose is not None
     plane = ImagePlane.of(q)
-    arr, g = dose_grid(q, q.dose, dose_spacing)
+    arr, g = dose_grid(q, q.dose, _in_export_axes(patient, q, dose_spacing))
     g = Geometry(g.origin, plane.geometry.direction, g.spacing)  # the plane's exact direction
     if patient.meta.get("rtstruct_uid"):  # the source's structure set and its ROI numbers
         rs_uid = str(patient.meta["rtstruct_uid"])
