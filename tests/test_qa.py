@@ -584,6 +584,30 @@ def test_qa_refuses_a_plan_planned_for_other_prescriptions(sample_dir, model_dir
         run_qa(model_dir, [renamed("ptv54", "PTV56", "PTV54", 54.0)], "openkbp-clinical")
 
 
+def test_qa_refuses_a_protocol_prescribing_the_model_s_target_otherwise(sample_dir, model_dir):
+    """A copy of openkbp-clinical (name kept) with PTV70 at 66 Gy: its PTV70 V110% is the volume above
+    72.6 Gy, yet QA took it for the calibrated criterion 'PTV70 V110%' (above 77 Gy: no 'not
+    calibrated' flag, no warning) and flagged a validation plan's 56 % against the interval of the
+    model's [40.5, 43.6] %. Plans prescribed otherwise than the model are refused; so is such a
+    protocol, before any plan is read."""
+    from importlib import resources
+
+    from dosepred.protocol import ProtocolError, parse_protocol
+    from dosepred.qa import run_qa
+
+    proto = json.loads(resources.files("dosepred.protocol").joinpath("builtin/openkbp-clinical.json")
+                       .read_text())
+    proto["prescriptions"]["PTV70"] = 66.0
+    with pytest.raises(ProtocolError, match=r"protocol 'openkbp-clinical' prescribes PTV70 at 66 Gy where "
+                                            r"the model's is 70 Gy \(its D99%, D98%, D95%, V110%\)"):
+        run_qa(model_dir, sample_dir, parse_protocol(proto))
+    # the model's own prescriptions, written out: accepted as before
+    proto["prescriptions"]["PTV70"] = 70.0
+    from dosepred.qa import QAChecker
+
+    assert QAChecker(model_dir, parse_protocol(proto)).bound.prescription("PTV70") == 70.0
+
+
 def test_qa_pairs_each_criterion_with_its_own_result_whatever_their_order(sample_dir, model_dir,
                                                                           monkeypatch):
     """QAChecker.check looks each protocol criterion's evaluation result up by the criterion (its

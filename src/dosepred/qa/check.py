@@ -124,6 +124,7 @@ class QAChecker:
         self.protocol = load_protocol(protocol)
         #: the protocol resolved against the model's ROIs, once (plans are checked on those ROIs)
         self.bound = self.protocol.bind(self.roi_set, roi_owner="the model")
+        self._check_prescriptions()
         self.coverage = coverage
         self.methods = self.calibration.methods
         self.calibrated = set(self.calibration.criteria)
@@ -147,6 +148,30 @@ class QAChecker:
         if want and sha256_file(self.model_path) != want:
             raise CalibrationError(f"{self.model_path.parent / 'calibration.json'} was computed for another "
                                    "model file (sha256 differs): recalibrate with `dosepred calibrate`")
+
+    def _check_prescriptions(self) -> None:
+        """ProtocolError for a protocol that prescribes one of the model's targets otherwise than the
+        model, where a criterion depends on it (a V-metric in % of the prescription such as V110%, a
+        limit in %Rx). QA only checks plans prescribed as the model (:meth:`_other_prescriptions`);
+        such a protocol would measure them against another prescription, and its ``PTV70 V110%``
+        (the volume above 110 % of 66 Gy) would take the calibrated interval of the model's (above
+        110 % of 70 Gy): the calibration's criteria are keyed by ROI and metric only."""
+        from ..protocol import ProtocolError
+
+        wrong: dict[str, tuple[float, float, list[str]]] = {}
+        for c in self.bound.criteria:
+            mine = self.roi_set.prescription(c.roi)
+            if (c.criterion.needs_prescription and mine is not None and c.rx is not None
+                    and not math.isclose(c.rx, mine, rel_tol=0, abs_tol=1e-6)):
+                wrong.setdefault(c.roi, (c.rx, mine, []))[2].append(c.metric)
+        if wrong:
+            said = "; ".join(f"{r} at {rx:g} Gy where the model's is {m:g} Gy (its {', '.join(ms)})"
+                             for r, (rx, m, ms) in wrong.items())
+            raise ProtocolError(
+                f"protocol {self.protocol.name!r} prescribes {said}: QA checks plans prescribed as the "
+                f"model {self.model_path.parent.name} (others are refused), and these criteria, relative "
+                "to the prescription, would be measured against another one and compared with intervals "
+                "calibrated for the model's; give the protocol the model's prescriptions")
 
     def _check_protocol(self) -> None:
         families = self.calibration.families
