@@ -351,3 +351,46 @@ def test_a_prediction_cache_on_another_grid_is_refused(synthetic, tmp_path):
     (r,) = evaluate_cohort(iter_cases(synthetic["cache"], tmp_path / "same", [p.id], read_ahead=0)).patients
     want = np.abs(p.dose.astype(np.float64) - synthetic["preds"][p.id]).sum() / p.possible_dose_mask.sum()
     assert r.dose_score == pytest.approx(want, rel=1e-6)
+
+
+def test_a_prediction_csv_numbers_voxels_in_openkbp_axes_whatever_the_layout(synthetic, tmp_path):
+    """A prediction ``pt_N.csv`` numbers its voxels in OpenKBP's axis order (PLI), as every OpenKBP file
+    and OpenKBP's own tools do. The same patient in another layout (LPS, as DICOM and NIfTI patients
+    come) writes the same file, its hottest voxel at the flat index counted by hand along P, L, I, and
+    evaluation places either file by the reference's own axes: every pairing scores 0. Before, the LPS
+    patient's CSV was numbered in its own order (read as OpenKBP reads it, up to 72 Gy off)."""
+    from dosepred.geometry import Geometry
+    from dosepred.io import formats
+    from dosepred.patient import Patient
+
+    p = synthetic["pats"][sorted(synthetic["pats"])[0]]
+    assert p.geometry.axis_letters() == "PLI"
+    q = p.reoriented("LPS")
+    assert q.geometry.axis_letters() == "LPS"
+    fmt = formats.get("openkbp")
+    a = fmt.write_dose(p, p.dose, tmp_path / "pred-pli", None, None)
+    b = fmt.write_dose(q, q.dose, tmp_path / "pred-lps", None, None)
+    assert a.read_bytes() == b.read_bytes()
+    i, j, k = np.unravel_index(int(np.argmax(q.dose)), q.shape)  # along L, P, S
+    n_l, n_p, n_s = q.shape
+    at = np.ravel_multi_index((j, i, n_s - 1 - k), (n_p, n_l, n_s))  # along P, L, I
+    rows = dict(line.split(",") for line in b.read_text().splitlines()[1:])
+    assert float(rows[str(at)]) == pytest.approx(float(q.dose.max()))
+    cache.write_cache([p], tmp_path / "ref-pli")
+    cache.write_cache([q], tmp_path / "ref-lps")
+    for ref in ("ref-pli", "ref-lps"):
+        for pred in ("pred-pli", "pred-lps"):
+            (case,) = iter_cases(tmp_path / ref, tmp_path / pred, [p.id], read_ahead=0)
+            (pair,) = iter_pairs(tmp_path / ref, tmp_path / pred, [p.id], read_ahead=0)
+            for r in (evaluate_cohort([case], "openkbp"), evaluate_cohort([pair], "openkbp")):
+                assert r.patients[0].dose_score == 0.0, (ref, pred)
+    # a reference on an oblique grid has no OpenKBP axis order: one error naming the patient
+    t = np.radians(10.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    g = Geometry(q.geometry.origin, rot @ q.geometry.direction, q.geometry.spacing)
+    o = Patient(q.id, q.ct, q.roi_codes, q.roi_set, q.spacing, q.possible_dose_mask, q.dose,
+                q.missing_rois, dict(q.meta), g)
+    cache.write_cache([o], tmp_path / "ref-oblique")
+    with pytest.raises(ValueError, match=rf"patient {p.id}: an OpenKBP prediction CSV numbers its voxels "
+                                         r"in OpenKBP's axis order, which the reference's oblique grid"):
+        list(iter_cases(tmp_path / "ref-oblique", tmp_path / "pred-pli", [p.id], read_ahead=0))

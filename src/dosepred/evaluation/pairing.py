@@ -247,7 +247,7 @@ class _Predictions:
         assert f is not None
         fmt = formats.dose_file_format(f)
         if fmt is not None and fmt.read_dose_sparse is not None:
-            idx, vals = fmt.read_dose_sparse(f, shape)
+            idx, vals = fmt.read_dose_sparse(f, shape, geometry)
             keep = vals != 0
             coords = tuple(c[keep] for c in np.unravel_index(idx, shape))
             box = coords_box([coords])

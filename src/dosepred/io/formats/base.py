@@ -160,9 +160,9 @@ class Format:
     #: ``read_dose_on(path, reference)``: a predicted dose on the reference patient's grid, placed
     #: by the file's own geometry; None: read as stored (``read_dose``)
     read_dose_on: Callable[[Path, Patient], np.ndarray] | None
-    #: ``read_dose_sparse(path, shape)`` -> (flat indices, values): a predicted dose without a dense
-    #: array; None
-    read_dose_sparse: Callable[[Path, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] | None
+    #: ``read_dose_sparse(path, shape, geometry)`` -> (flat indices into the reference grid of ``shape``
+    #: and ``geometry``, values): a predicted dose without a dense array; None
+    read_dose_sparse: Callable[[Path, tuple[int, ...], Geometry | None], tuple[np.ndarray, np.ndarray]] | None
     #: ``dose_geometry(path)``: the grid a predicted dose file says it lies on (None: it says none);
     #: None: the format's dose files carry no geometry
     dose_geometry: Callable[[Path], Geometry | None] | None

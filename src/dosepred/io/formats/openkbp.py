@@ -13,7 +13,8 @@ import numpy as np
 
 from ...boxes import Box, box_shape, coords_box, local_index
 from ...dvh import codes_voxel_indices
-from ...geometry import Geometry
+from ...errors import InputError
+from ...geometry import OPENKBP_AXES, Geometry
 from ...patient import Patient, RoiSet, voxel_volume_mm3
 from .. import openkbp
 from .base import Format
@@ -51,21 +52,63 @@ def read_source(path: Path, roi_map: Any = None) -> tuple[RoiSet | None, Iterabl
 
 def write_dose(patient: Patient, dose: np.ndarray, out: Path, dose_spacing: float | None = None,
                model_name: str | None = None) -> Path:
-    """``out/<id>.csv`` (sparse, within the possible-dose mask)."""
+    """``out/<id>.csv`` (sparse, within the possible-dose mask), its voxels numbered in OpenKBP's axis
+    order (``"PLI"``, as every OpenKBP file and OpenKBP's own tools number them) whatever the
+    patient's layout: a patient read from DICOM or NIfTI is permuted and flipped first (no
+    interpolation); an oblique grid is an error (:func:`dosepred.io.openkbp.to_openkbp_axes`)."""
     path = out / f"{patient.id}.csv"
-    openkbp.write_dose_csv(path, dose, patient.possible_dose_mask)
+    q = openkbp.to_openkbp_axes(patient.with_dose(dose))
+    assert q.dose is not None
+    openkbp.write_dose_csv(path, q.dose, q.possible_dose_mask)
     return path
 
 
 def read_dose(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A prediction CSV as stored, on a grid of ``shape`` in OpenKBP's axis order."""
     return openkbp.read_dose_csv(path, grid=shape)
 
 
-def read_dose_sparse(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    idx, vals = openkbp.read_sparse(path, True, grid=shape, pid=path.stem)
+def _axes_of(pid: str, shape: tuple[int, ...], geometry: Geometry | None
+             ) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]] | None:
+    """How the reference grid's arrays map to OpenKBP's axis order, in which a prediction CSV numbers
+    its voxels; None when they already run so (or no geometry is known)."""
+    if geometry is None:
+        return None
+    if not geometry.is_axis_aligned(1e-4):
+        raise InputError(f"patient {pid}: an OpenKBP prediction CSV numbers its voxels in OpenKBP's axis "
+                         f"order, which the reference's oblique grid ({geometry.describe()}) has not; "
+                         "predict in another format (cache, nifti, dicom)")
+    perm, flips = geometry.permutation_to(OPENKBP_AXES)
+    if perm == (0, 1, 2) and not any(flips):
+        return None
+    return perm, flips
+
+
+def read_dose_sparse(path: Path, shape: tuple[int, ...], geometry: Geometry | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices into the reference grid of ``shape`` and ``geometry``, values) of a prediction
+    CSV, whose indices count in OpenKBP's axis order (:func:`write_dose`): mapped onto the
+    reference's own axes when they run otherwise (a DICOM or NIfTI reference)."""
+    axes = _axes_of(path.stem, shape, geometry)
+    stored = shape if axes is None else tuple(shape[j] for j in axes[0])
+    idx, vals = openkbp.read_sparse(path, True, grid=stored, pid=path.stem)
     assert vals is not None
     openkbp.check_dose_values(path, vals, path.stem)
+    if axes is not None:
+        at = np.unravel_index(idx, stored)  # along OpenKBP's axes
+        own: list[np.ndarray] = [np.empty(0)] * 3
+        for i, (j, flip) in enumerate(zip(*axes, strict=True)):
+            own[j] = shape[j] - 1 - at[i] if flip else at[i]
+        idx = np.ravel_multi_index(tuple(own), shape)
     return idx, vals
+
+
+def read_dose_on(path: Path, ref: Patient) -> np.ndarray:
+    """A prediction CSV on the reference patient's grid (its indices in OpenKBP's axis order)."""
+    idx, vals = read_dose_sparse(path, ref.shape, ref.geometry)
+    d = np.zeros(int(np.prod(ref.shape)), np.float32)
+    d[idx] = vals
+    return d.reshape(ref.shape)
 
 
 @dataclass
@@ -162,7 +205,7 @@ FORMAT = Format(
     read_source=read_source,
     write_patient=lambda p, folder, roi_format="labels": openkbp.write_patient(p, folder),
     write_dose=write_dose,
-    dose_suffixes=(".csv",), dose_by_id=True, read_dose=read_dose, read_dose_on=None,
+    dose_suffixes=(".csv",), dose_by_id=True, read_dose=read_dose, read_dose_on=read_dose_on,
     read_dose_sparse=read_dose_sparse, dose_geometry=None, source_bytes=source_bytes,
     read_reference_boxes=read_reference_boxes, open_doses=None, match_doses=None,
     fixed_roi_names=True,
