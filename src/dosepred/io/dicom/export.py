@@ -6,6 +6,7 @@ atomic save. The CT series and RTSTRUCT writers are in :mod:`.write`, the RTDOSE
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...fsutil import atomic_path
-from ...geometry import Geometry, GeometryError
+from ...geometry import Geometry, GeometryError, reorient
 from ...patient import Patient
 from ._common import decimal_string
 
@@ -77,15 +78,56 @@ class ExportUids:
         return _uid(self.ct_series, "slice", k)
 
 
+#: Axis order in which :func:`patient_digest` reads a patient, whatever its array layout.
+DIGEST_AXES = "LPS"
+
+
+def _grid_steps(values: Any, per_unit: int) -> list[int]:
+    """``values`` in whole steps of ``1 / per_unit`` (a power of two: the binary fractions grids are
+    made of, such as 0.125 mm, never fall on a rounding boundary, so float noise cannot flip them)."""
+    return [int(v) for v in np.rint(np.asarray(values, dtype=np.float64) * per_unit).ravel()]
+
+
+def patient_digest(p: Patient) -> str:
+    """SHA-256 (hex) of what a patient is, not where its files lie: its id, its grid (shape, spacing,
+    origin, direction; spacing and origin to 1/1024 mm, direction cosines to 2^-20) and every ROI with
+    at least one voxel (its name and its voxels), all read in the array axis order
+    :data:`DIGEST_AXES`, so the same patient in another layout (axes permuted or reversed) has the same
+    digest. ROIs are taken by name, so the bit order of the ROI set, ROIs of the set the patient has
+    no voxel of and the codes' dtype do not count. The CT (quantised by ``data pack --ct-step``), the
+    dose, the possible-dose mask and ``meta`` do not count either. About 10 ms for a 128^3 patient."""
+    g = p.geometry
+    assert g is not None
+    perm, flips = g.permutation_to(DIGEST_AXES)
+    cg = g.reoriented(perm, flips, p.shape)
+    codes = np.ascontiguousarray(reorient(p.roi_codes, perm, flips)).reshape(-1)
+    h = hashlib.sha256()
+    grid = (p.id, [p.shape[j] for j in perm], _grid_steps(cg.spacing, 1024), _grid_steps(cg.origin, 1024),
+            _grid_steps(cg.direction, 1 << 20))
+    h.update(repr(grid).encode())
+    where = np.flatnonzero(codes)  # the voxels of any ROI, in C order of the canonical layout
+    values = codes[where]
+    h.update(where.astype("<i8").tobytes())
+    present = int(np.bitwise_or.reduce(values)) if values.size else 0
+    for name in sorted(p.roi_set.names):
+        k = p.roi_set.index(name)
+        if present >> k & 1:
+            bits = (values >> values.dtype.type(k)) & values.dtype.type(1)
+            h.update(b"\0roi\0" + name.encode() + b"\0" + np.packbits(bits.astype(bool)).tobytes())
+    return h.hexdigest()
+
+
 def export_uids(p: Patient) -> ExportUids:
     """Study/FrameOfReference from ``meta`` (so a predicted RTDOSE lines up with the clinical CT),
-    else derived from the patient; the exported series are derived deterministically from the
-    patient (as given, before any reorientation) so that ``export-dicom`` and ``predict --format
-    dicom`` agree."""
-    key = (p.id, p.meta.get("source", ""), p.shape, p.spacing)
-    study = p.meta.get("study_uid") or _uid(*key, "study")
-    frame = p.meta.get("frame_of_reference_uid") or _uid(*key, "frame")
-    return ExportUids(study, frame, _uid(*key, "ct"), _uid(*key, "rs-series"), _uid(*key, "rs"))
+    else derived from the patient; the exported series are derived from the patient too. Derived
+    means from :func:`patient_digest`: the patient's id, grid and ROI voxels in one canonical axis
+    order, never the path it was read from, so that ``export-dicom`` and ``predict --format dicom``
+    agree for the same patient read from its folder, a copy of it, its cache (packed or not) or its
+    NIfTI export, in any array layout; two patients with different ROIs get different UIDs."""
+    key = patient_digest(p)
+    study = p.meta.get("study_uid") or _uid(key, "study")
+    frame = p.meta.get("frame_of_reference_uid") or _uid(key, "frame")
+    return ExportUids(study, frame, _uid(key, "ct"), _uid(key, "rs-series"), _uid(key, "rs"))
 
 
 @dataclass(frozen=True)
