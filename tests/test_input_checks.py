@@ -1,0 +1,102 @@
+"""The input checks every source's patients pass (:func:`dosepred.io.source.checked`) besides the
+prescription check: ROIs named for a side lie on that side (:mod:`dosepred.io.side_check`). Small
+volumes with hand-known centroids, and a cache read through the source."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from dosepred.geometry import Geometry
+from dosepred.io import load_patients, write_cache
+from dosepred.io.side_check import (
+    MIDLINE_MARGIN_MM,
+    LateralityWarning,
+    check_sides,
+    side_findings,
+    side_of,
+)
+from dosepred.patient import Patient, Roi, RoiSet
+
+
+# ------------------------------------------------------------------------------------ sides
+@pytest.mark.parametrize(("name", "want"), [
+    ("LeftParotid", ("Left", "parotid")), ("RightParotid", ("Right", "parotid")),
+    ("Parotid_L", ("Left", "parotid")), ("Cochlea_R", ("Right", "cochlea")),
+    ("Left_Lens", ("Left", "lens")), ("OpticNerve_Lt", ("Left", "opticnerve")),
+    ("Lips", None), ("PTV70", None), ("Larynx", None), ("Brainstem", None), ("Leftover", None),
+])
+def test_side_of_a_name(name, want):
+    assert side_of(name) == want
+
+
+# axis 1 runs towards the patient's RIGHT (x = 50 - 2.5 j): no code may assume an axis order or sense
+SIDE_GEOM = Geometry(np.array([50.0, -10.0, 10.0]),
+                     np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]), (3.0, 2.5, 2.0))
+SHAPE = (10, 40, 12)
+
+
+def _x(j: float) -> float:
+    return 50.0 - 2.5 * j
+
+
+def _sided(rois: dict[str, tuple[int, int]], pid: str = "pt_side") -> Patient:
+    """Blocks spanning axis 1 indices [a, b) per ROI, in a body spanning [4, 36) (centroid j 19.5)."""
+    body = np.zeros(SHAPE, bool)
+    body[:, 4:36] = True
+    masks = {}
+    for n, (a, b) in rois.items():
+        m = np.zeros(SHAPE, bool)
+        m[3:6, a:b, 4:8] = True
+        masks[n] = m
+    rs = RoiSet(tuple(Roi(n, "oar") for n in rois))
+    return Patient.from_masks(pid, np.zeros(SHAPE, np.int16), masks, rs, SIDE_GEOM.spacing, body, None, {},
+                              SIDE_GEOM)
+
+
+def test_parotids_on_their_sides_pass_and_swapped_ones_are_named_with_their_centroids():
+    # LeftParotid at j 6..9 (centroid 7.5: x = +31.25 mm, the patient's left), RightParotid at j 30..33
+    ok = _sided({"LeftParotid": (6, 10), "RightParotid": (30, 34)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LateralityWarning)
+        assert check_sides(ok) == []
+    swapped = _sided({"LeftParotid": (30, 34), "RightParotid": (6, 10)}, "pt_swapped")
+    with pytest.warns(LateralityWarning) as w:
+        found = check_sides(swapped, "SRC")
+    assert {f.roi for f in found} == {"LeftParotid", "RightParotid"}
+    left = next(f for f in found if f.roi == "LeftParotid")
+    assert left.x == pytest.approx(_x(31.5)) and left.midline == pytest.approx(_x(19.5))
+    assert left.other == "RightParotid" and left.other_x == pytest.approx(_x(7.5))
+    (msg,) = [str(x.message) for x in w]
+    assert msg.startswith("patient pt_swapped of SRC: ROI named for a side lies on the other")
+    assert ("LeftParotid at x = -28.8 mm, 30 mm right of the midline (x = +1.2 mm) and right of "
+            "RightParotid (x = +31.2 mm)") in msg
+    assert "RightParotid at x = +31.2 mm, 30 mm left of the midline" in msg and "--roi-map" in msg
+
+
+def test_a_lone_sided_roi_is_checked_against_the_midline_with_a_margin():
+    mid = _x(19.5)
+    # Lens_L centred at j 22.5: 7.5 mm right of the midline, within the margin; at j 25.5: 15 mm, beyond
+    assert mid - _x(22.5) < MIDLINE_MARGIN_MM < mid - _x(25.5)
+    assert side_findings(_sided({"Lens_L": (22, 24)})) == []
+    (f,) = side_findings(_sided({"Lens_L": (25, 27)}))
+    assert f.roi == "Lens_L" and f.across_midline == pytest.approx(15.0) and f.other is None
+    assert side_findings(_sided({"Lens_R": (25, 27), "Lips": (25, 27)})) == []  # its own side; no side
+
+
+def test_without_a_body_mask_the_ct_gives_the_midline():
+    p = _sided({"Lens_L": (25, 27)})
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[:, 4:36] = 40
+    q = Patient(p.id, ct, p.roi_codes, p.roi_set, None, None, None, (), {}, p.geometry)
+    assert q.possible_dose_mask.all()
+    (f,) = side_findings(q)
+    assert f.midline == pytest.approx(_x(19.5))
+
+
+def test_a_swapped_cache_warns_as_it_is_read(tmp_path):
+    write_cache([_sided({"LeftParotid": (30, 34), "RightParotid": (6, 10)}, "pt_swapped")], tmp_path / "c")
+    with pytest.warns(LateralityWarning, match=r"patient pt_swapped of .*LeftParotid at x = -28.8 mm"):
+        list(load_patients(tmp_path / "c", require_dose=False))
