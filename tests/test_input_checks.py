@@ -1,6 +1,7 @@
-"""The input checks every source's patients pass (:func:`dosepred.io.source.checked`) besides the
-prescription check: ROIs named for a side lie on that side (:mod:`dosepred.io.side_check`). Small
-volumes with hand-known centroids, and a cache read through the source."""
+"""The two input checks every source's patients pass (:func:`dosepred.io.source.checked`) besides the
+prescription check: ROIs named for a side lie on that side (:mod:`dosepred.io.side_check`), and a plan
+dose has no large high-dose volume far from every contoured target (:mod:`dosepred.io.target_dose_check`).
+Small volumes with hand-known centroids and volumes, and a cache read through the source."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dosepred.io.side_check import (
     side_findings,
     side_of,
 )
+from dosepred.io.target_dose_check import LEVEL, MAX_RATIO, TargetDoseWarning, check_target_dose, outside_dose
 from dosepred.patient import Patient, Roi, RoiSet
 
 
@@ -100,3 +102,62 @@ def test_a_swapped_cache_warns_as_it_is_read(tmp_path):
     write_cache([_sided({"LeftParotid": (30, 34), "RightParotid": (6, 10)}, "pt_swapped")], tmp_path / "c")
     with pytest.warns(LateralityWarning, match=r"patient pt_swapped of .*LeftParotid at x = -28.8 mm"):
         list(load_patients(tmp_path / "c", require_dose=False))
+
+
+# ------------------------------------------------------------------------- dose outside targets
+DOSE_SHAPE = (30, 12, 12)
+DOSE_GEOM = Geometry(np.array([0.0, 0.0, 0.0]), np.eye(3), (4.0, 3.0, 3.0))  # voxel 0.036 cc
+VOX_CC = 4 * 3 * 3 / 1000
+
+
+def _plan(block_gy: float = 56.0, contour_block: bool = False, pid: str = "pt_dose") -> Patient:
+    """PTV70 at axis-0 indices [2, 8) (6 x 8 x 8 voxels, 13.8 cc) at 70 Gy; a fall-off slab at index 8
+    (4 mm from PTV70) at 65 Gy; a block at [12, 24) (16 mm and more from PTV70; 12 x 8 x 8 voxels,
+    27.6 cc) at ``block_gy``, contoured as PTV56 or not."""
+    ptv70 = np.zeros(DOSE_SHAPE, bool)
+    ptv70[2:8, 2:10, 2:10] = True
+    block = np.zeros(DOSE_SHAPE, bool)
+    block[12:24, 2:10, 2:10] = True
+    dose = np.zeros(DOSE_SHAPE, np.float32)
+    dose[ptv70] = 70
+    dose[8, 2:10, 2:10] = 65
+    dose[block] = block_gy
+    rs = RoiSet((Roi("PTV56", "target", 56.0), Roi("PTV70", "target", 70.0)))
+    masks = {"PTV70": ptv70, **({"PTV56": block} if contour_block else {})}
+    return Patient.from_masks(pid, np.zeros(DOSE_SHAPE, np.int16), masks, rs, DOSE_GEOM.spacing, None,
+                              dose, {}, DOSE_GEOM)
+
+
+def test_a_dose_level_without_its_target_is_measured_and_warned_of():
+    o = outside_dose(_plan())
+    assert o.level_gy == pytest.approx(LEVEL * 70) and o.targets == ("PTV70",)
+    assert o.targets_cc == pytest.approx(6 * 8 * 8 * VOX_CC)
+    assert o.volume_cc == pytest.approx(12 * 8 * 8 * VOX_CC)  # the block; not the slab 4 mm from PTV70
+    assert o.ratio == pytest.approx(2.0) and o.ratio > MAX_RATIO and o.large
+    with pytest.warns(TargetDoseWarning) as w:
+        check_target_dose(_plan(), "SRC")
+    (msg,) = [str(x.message) for x in w]
+    assert msg.startswith("patient pt_dose of SRC: high dose outside the contoured targets: 28 cc farther "
+                          "than 10 mm from every contoured target (PTV70) receive >= 53.2 Gy"), msg
+    assert "2.00 x the targets' 14 cc" in msg and "not contoured or named otherwise" in msg
+    assert "--roi-map" in msg
+
+
+@pytest.mark.parametrize("plan", [_plan(contour_block=True), _plan(block_gy=50.0)], ids=["contoured", "low"])
+def test_a_dose_explained_by_its_targets_passes(plan):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TargetDoseWarning)
+        assert check_target_dose(plan) is None
+    assert outside_dose(plan).volume_cc == 0.0
+
+
+def test_no_dose_no_check():
+    p = _plan()
+    q = Patient(p.id, p.ct, p.roi_codes, p.roi_set, None, p.possible_dose_mask, None, (), {}, p.geometry)
+    assert outside_dose(q) is None and check_target_dose(q) is None
+
+
+def test_a_cache_with_a_missing_target_warns_as_it_is_read(tmp_path):
+    write_cache([_plan()], tmp_path / "c")
+    with pytest.warns(TargetDoseWarning, match=r"patient pt_dose of .*28 cc"):
+        list(load_patients(tmp_path / "c"))

@@ -28,6 +28,7 @@ from . import formats
 from .formats import FORMATS, Format
 from .rx_check import check_plan_dose
 from .side_check import check_sides
+from .target_dose_check import check_target_dose
 
 #: the names of the formats a source may be in, in the order a path is tested (:data:`formats.FORMATS`)
 KINDS = formats.names()
@@ -93,7 +94,8 @@ def checked(patients: Iterable[Patient], path: str | os.PathLike | None = None,
             fmt: Format | None = None) -> Iterator[Patient]:
     """``patients`` as they are read, each with a plan dose and prescribed targets checked by
     :func:`~dosepred.io.rx_check.check_plan_dose` (a warning, or a ``PrescriptionError`` before the
-    patient is passed on), and each ROI named for a side by
+    patient is passed on) and by :func:`~dosepred.io.target_dose_check.check_target_dose` (no large
+    high dose far from every contoured target: a warning), and each ROI named for a side by
     :func:`~dosepred.io.side_check.check_sides` (on that side: a warning): the one place every
     source's patients pass, :meth:`Source.patients` and
     ``data import-*`` (``workflows.import_patients``) alike. ``path``: the source, named when the
@@ -107,6 +109,7 @@ def checked(patients: Iterable[Patient], path: str | os.PathLike | None = None,
         else:
             where = own or (None if path is None else str(path))
         check_plan_dose(p, where, None if fmt is None else fmt.takes_roi_map)
+        check_target_dose(p, where)
         check_sides(p, where)
         yield p
 
