@@ -1,7 +1,8 @@
 """The two input checks every source's patients pass (:func:`dosepred.io.source.checked`) besides the
 prescription check: ROIs named for a side lie on that side (:mod:`dosepred.io.side_check`), and a plan
 dose has no large high-dose volume far from every contoured target (:mod:`dosepred.io.target_dose_check`).
-Small volumes with hand-known centroids and volumes, and a cache read through the source."""
+Small volumes with hand-known centroids and volumes, a cache read through the source, and plan QA's
+per-plan notes on OpenKBP sample plans with swapped parotids and with only PTV70 contoured."""
 
 from __future__ import annotations
 
@@ -161,3 +162,40 @@ def test_a_cache_with_a_missing_target_warns_as_it_is_read(tmp_path):
     write_cache([_plan()], tmp_path / "c")
     with pytest.warns(TargetDoseWarning, match=r"patient pt_dose of .*28 cc"):
         list(load_patients(tmp_path / "c"))
+
+
+# ------------------------------------------------------------------------------------ QA notes
+def test_qa_notes_a_plan_with_swapped_parotids_or_only_ptv70(sample_dir):
+    """pt_66 (three levels) as it is: no note of either kind; with its parotid names swapped: a note
+    naming both and their centroids; with only PTV70 contoured (592 cc at >= 53.2 Gy farther than
+    10 mm from it, 1.75 x its 338 cc): a note saying its flags cannot be trusted."""
+    from dosepred.qa.check import _without_input_warnings, input_notes
+    from dosepred.qa.result import NOTE_SIDE, NOTE_TARGET_DOSE
+
+    (p,) = load_patients(sample_dir, ids=["pt_66"])
+    assert input_notes(p) == []
+    m = {n: p.mask(n) for n in p.present_rois}
+
+    def plan(pid, masks):
+        return Patient.from_masks(pid, p.ct, masks, p.roi_set, p.spacing, p.possible_dose_mask, p.dose, {},
+                                  p.geometry)
+
+    swapped = plan("swapped", {**m, "LeftParotid": m["RightParotid"], "RightParotid": m["LeftParotid"]})
+    (note,) = input_notes(swapped)
+    assert note.startswith(f"{NOTE_SIDE}: "), note
+    assert ("LeftParotid at x = -60.2 mm, 58 mm right of the midline (x = -2.1 mm) and right of "
+            "RightParotid (x = +57.8 mm)") in note
+    assert "RightParotid at x = +57.8 mm" in note and "swapped" in note
+    only70 = plan("only70", {k: v for k, v in m.items() if k not in ("PTV56", "PTV63")})
+    (note,) = input_notes(only70)
+    assert note.startswith(f"{NOTE_TARGET_DOSE}: 592 cc farther than 10 mm"), note
+    assert "1.75 x the targets' 338 cc" in note and "cannot be trusted" in note
+    # QA reads its plans without these warnings: each is the plan's note (once), not also a warning
+    def read():
+        warnings.warn("x", LateralityWarning, stacklevel=1)
+        yield swapped
+        warnings.warn("y", TargetDoseWarning, stacklevel=1)
+        yield only70
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [q.id for q in _without_input_warnings(read())] == ["swapped", "only70"]

@@ -51,6 +51,8 @@ from .result import (
     FLAG_NOT_CONTOURED,
     FLAG_UNCALIBRATED,
     NOTE_GRID,
+    NOTE_SIDE,
+    NOTE_TARGET_DOSE,
     NOTE_VOLUME,
     CriterionQA,
     PatientQA,
@@ -102,6 +104,28 @@ def open_plans(src: str | os.PathLike, roi_map: Any = None) -> Iterator[Patient]
     an OpenKBP folder, a NIfTI folder or a DICOM folder of CT + RTSTRUCT + RTDOSE; ``roi_map``: the
     DICOM folder's ROI name map)."""
     yield from open_source(src, roi_map).patients(require_dose=True)
+
+
+def input_notes(plan: Patient) -> list[str]:
+    """The notes of a plan's own inputs, from the checks every source's patients pass
+    (:func:`dosepred.io.source.checked`, which warns of them as they are read): a large high dose far
+    from every contoured target (:mod:`dosepred.io.target_dose_check`: the model predicts as for a
+    plan of fewer dose levels, so the plan's flags cannot be trusted) and ROIs named for a side lying
+    on the other (:mod:`dosepred.io.side_check`)."""
+    from ..io import side_check, target_dose_check
+
+    out = []
+    o = target_dose_check.outside_dose(plan)
+    if o is not None and o.large:
+        out.append(f"{NOTE_TARGET_DOSE}: {o.described()}: a target of the plan not contoured or named "
+                   "otherwise (--roi-map)? The achievable dose is predicted for the contoured targets only, "
+                   "so this plan's flags (OAR doses above achievable above all) cannot be trusted")
+    found = side_check.side_findings(plan)
+    if found:
+        out.append(f"{NOTE_SIDE}: " + "; ".join(f.described() for f in found) + " (LPS x, + is the "
+                   "patient's left): left and right labels swapped? Their criteria are checked against the "
+                   "other side's intervals (and predicted with the names as given); correct the names")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- qa
@@ -346,6 +370,7 @@ class QAChecker:
         from ..predict import model_space, rare_remedy, rarely_lacking
 
         t0 = time.perf_counter()
+        inputs = input_notes(plan)  # on the plan as given (all its targets), before prepare drops ROIs
         plan = self.prepare(plan)
         if pred is None:
             pred = self.predict(plan)
@@ -384,7 +409,27 @@ class QAChecker:
             out.append(CriterionQA(c.roi, c.metric, float(c.ref), float(c.pred), float(low), float(high),
                                    c.limit, c.ref_pass, flags, name=c.name, family=fam, unit=c.unit,
                                    kind=kind, lower_better=lb, gain=gain))
-        return PatientQA(plan.id, out, self.notes(plan), time.perf_counter() - t0, lacking), pred, plan
+        return (PatientQA(plan.id, out, inputs + self.notes(plan), time.perf_counter() - t0, lacking),
+                pred, plan)
+
+
+def _without_input_warnings(plans: Iterable[Patient]) -> Iterator[Patient]:
+    """``plans`` read without the warnings of the input checks that QA gives as the plan's notes
+    (:func:`input_notes`: in the JSON, the report and a ``note:`` line each), so they are said once."""
+    import warnings
+
+    from ..io.side_check import LateralityWarning
+    from ..io.target_dose_check import TargetDoseWarning
+
+    it = iter(plans)
+    while True:
+        with warnings.catch_warnings():
+            for cat in (LateralityWarning, TargetDoseWarning):
+                warnings.filterwarnings("ignore", category=cat)
+            p = next(it, None)
+        if p is None:
+            return
+        yield p
 
 
 def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient], protocol: Any,
@@ -411,7 +456,7 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
     patients: list[PatientQA] = []
     refused: list[str] = []
     n = 0
-    for p in it:
+    for p in _without_input_warnings(it):
         n += 1
         why = chk.unusable(p)
         if why is not None:

@@ -14,10 +14,10 @@ Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
   without values;
 - ``criterion not calibrated`` (the family's interval is used).
 
-Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`) concern the patient and are given once per
-patient (:attr:`PatientQA.notes`). A plan's *potential improvement* (Gy) is the sum of plan -
-predicted over its OAR and hot-spot flags plus predicted - plan over its coverage flags (dose metrics
-only); the cohort summary ranks plans by it (:meth:`QAResult.summary`).
+Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DOSE`, :data:`NOTE_SIDE`)
+concern the patient and are given once per patient (:attr:`PatientQA.notes`). A plan's *potential
+improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags plus predicted - plan
+over its coverage flags (dose metrics only); the cohort summary ranks plans by it (:meth:`QAResult.summary`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ FLAG_NOT_CONTOURED = "ROI not contoured"
 #: is far outside the training range.
 NOTE_GRID = "grid far from the training data"
 NOTE_VOLUME = "ROI volume far outside the training range"
+#: Patient notes of the plan's own inputs (the checks every source's patients pass,
+#: :func:`dosepred.io.source.checked`): a large high dose far from every contoured target (a target not
+#: contoured or named otherwise: the plan is checked as planned for fewer dose levels, and its flags
+#: cannot be trusted); an ROI named for a side lying on the other (its criteria are checked against
+#: the other side's intervals).
+NOTE_TARGET_DOSE = "high dose outside the contoured targets"
+NOTE_SIDE = "ROI named for a side lies on the other"
 #: Flags that say the plan might be improved (they add to the potential improvement): every flag
 #: :func:`flags_for` gives with a gain.
 IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_OAR_BELOW)
