@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dosepred.errors import InputError
 from dosepred.io import dicom, nifti
 from dosepred.patient import Patient, Roi, RoiSet
 from test_dicom import make_patient
@@ -239,3 +240,105 @@ def test_a_reference_dose_in_the_air_is_read_as_0_gy_there(tmp_path):
     assert np.all(q.dose[~body] == 0)
     np.testing.assert_allclose(q.dose[body], air[body], atol=1e-4)
     assert abs(q.meta["dose_outside_mask_pct"] - share) < 0.01
+
+
+# ------------------------------------------------------------------ files as other tools write them
+
+def _recompress(path, gz: bool):
+    """``path`` saved again as ``.nii.gz`` or ``.nii`` (the other one removed); the new path."""
+    img = nib.load(path)
+    new = path.with_name(path.name.split(".nii")[0] + (".nii.gz" if gz else ".nii"))
+    nib.save(img, new)
+    if new != path:
+        path.unlink()
+    return new
+
+
+@pytest.mark.parametrize("fmt", ["labels", "codes"])
+def test_uncompressed_files_are_read(tmp_path, fmt):
+    """dcm2niix and plastimatch write .nii by default: dose.nii, possible_dose_mask.nii, roi_codes.nii
+    and ct.nii were ignored (the patient had no dose and a mask of the whole grid), silently."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src", fmt)
+    for name in ("ct", "dose", "possible_dose_mask", "roi_codes"):
+        if (folder / f"{name}.nii.gz").exists():
+            _recompress(folder / f"{name}.nii.gz", gz=False)
+    (q,) = nifti.read_nifti_folder(tmp_path / "src")
+    assert_same(p, q)
+    assert q.possible_dose_mask.sum() < q.possible_dose_mask.size  # the body, not the whole grid
+
+
+def test_compressed_and_uncompressed_twins_are_an_error(tmp_path):
+    folder = nifti.write_patient(make_patient(), tmp_path)
+    nib.save(nib.load(folder / "dose.nii.gz"), folder / "dose.nii")
+    with pytest.raises(nifti.NiftiFormatError, match=r"both dose.nii.gz and dose.nii"):
+        nifti.read_patient(folder)
+
+
+def test_label_files_naming_one_roi_warn(tmp_path):
+    """Parotid_L.nii.gz beside LeftParotid.nii.gz: their union, as for DICOM, but not without a word."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path)
+    (folder / "rois.json").unlink()
+    other = np.roll(p.mask("LeftParotid"), 5, axis=2).astype(np.uint8)
+    nib.save(nib.Nifti1Image(other, p.geometry.ras_affine), folder / "rois" / "Parotid_L.nii.gz")
+    with pytest.warns(UserWarning, match=r"LeftParotid.nii.gz, Parotid_L.nii.gz .* ROI 'LeftParotid'"):
+        q = nifti.read_patient(folder)
+    np.testing.assert_array_equal(q.mask("LeftParotid"), p.mask("LeftParotid") | other.astype(bool))
+
+
+@pytest.mark.parametrize("values", [(0.3, 0.7, 1.0), (1, 2, 3)])
+def test_label_file_that_is_no_binary_mask_is_refused(tmp_path, values):
+    """A mask resampled with linear interpolation (fractions) or a label map saved as one file: every
+    non-zero voxel counted as inside (the PTV grew by its partial voxels; organs merged)."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path)
+    m = p.mask("PTV70").astype(np.float32)
+    idx = np.argwhere(m)
+    for k, v in enumerate(values):
+        m[tuple(idx[k])] = v
+    nib.save(nib.Nifti1Image(m, p.geometry.ras_affine), folder / "rois" / "PTV70.nii.gz")
+    with pytest.raises(nifti.NiftiFormatError, match=r"PTV70.nii.gz is no binary mask: .* 3 different"):
+        nifti.read_patient(folder)
+
+
+@pytest.mark.parametrize("dtype,value", [(np.uint8, 255), (np.float32, np.float32(1.0000001)),
+                                         (np.int64, 7), (np.float64, 1.0)])
+def test_label_file_of_one_value_reads(tmp_path, dtype, value):
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path)
+    m = p.mask("PTV70").astype(dtype) * value
+    if dtype == np.float32:  # 1.0 beside 1.0000001: float noise, one label
+        m[tuple(np.argwhere(p.mask("PTV70"))[0])] = 1.0
+    nib.save(nib.Nifti1Image(m, p.geometry.ras_affine, dtype=m.dtype), folder / "rois" / "PTV70.nii.gz")
+    np.testing.assert_array_equal(nifti.read_patient(folder).mask("PTV70"), p.mask("PTV70"))
+
+
+def test_qform_and_sform_that_disagree_warn(tmp_path):
+    """nibabel (and dosepred) place the voxels by the sform, ITK before 5.1 by the qform."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path)
+    for f in [folder / "ct.nii.gz", folder / "dose.nii.gz", folder / "possible_dose_mask.nii.gz",
+              *sorted((folder / "rois").iterdir())]:
+        img = nib.load(f)
+        s = img.get_sform()
+        s[0, 3] += 10.0
+        img.set_sform(s, code=2)
+        nib.save(img, f)
+    with pytest.warns(UserWarning, match=r"sform \(code 2\) and qform \(code 1\) place .* up to 10 mm"):
+        q = nifti.read_patient(folder)
+    np.testing.assert_allclose(q.geometry.origin, p.geometry.origin + [-10.0, 0, 0], atol=1e-3)  # RAS x+10
+
+
+def test_sidecar_prescription_that_is_no_number(tmp_path):
+    folder = nifti.write_patient(make_patient(), tmp_path)
+    info = json.loads((folder / "rois.json").read_text())
+    for r in info["rois"]:
+        if r["name"] == "PTV70":
+            r["prescription"] = "70"
+    (folder / "rois.json").write_text(json.dumps(info))
+    with pytest.raises(nifti.NiftiFormatError, match=r"rois.json: 'rois' must be .*prescription"):
+        nifti.read_patient(folder)
+    for bad in ("70", True, float("inf")):
+        with pytest.raises(InputError, match="prescription must be"):
+            RoiSet((Roi("PTV70", "target", bad),))

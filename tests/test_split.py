@@ -152,3 +152,12 @@ def test_random_split_of_a_cache_and_of_its_nifti_export_agree(tmp_path):
     assert a["splits"] == b["splits"]
     everyone = sum(a["splits"].values(), [])
     assert sorted(everyone, key=lambda x: int(x[3:])) == [f"pt_{i}" for i in range(1, 12)]
+
+
+def test_random_split_ties_of_the_natural_order_do_not_depend_on_the_input_order():
+    """pt_01 / pt_1 (and pt_007 / pt_7) sort equal by number: they kept the source's order, so the
+    seeded shuffle put them in other splits when a source listed them otherwise."""
+    ids = [f"pt_{i}" for i in range(1, 11)] + ["pt_01", "pt_007"]
+    for seed in range(5):
+        a = split.random_split(ids, "0.5,0.5", seed=seed)
+        assert a == split.random_split(list(reversed(ids)), "0.5,0.5", seed=seed)

@@ -16,6 +16,7 @@ is what such arrays always were; ``meta["geometry"]`` then says ``"assumed"``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
@@ -71,8 +72,14 @@ class RoiSet:
             if r.prescription is not None:
                 if r.kind != "target":
                     raise InputError(f"ROI {r.name}: only targets carry a prescription (kind is {r.kind})")
-                if not r.prescription > 0:
-                    raise InputError(f"ROI {r.name}: prescription must be > 0 Gy, got {r.prescription}")
+                rx = r.prescription
+                # a number (a JSON "70" or true is none: the string compared with 0 was a TypeError)
+                if isinstance(rx, (bool, np.bool_)) or not isinstance(rx, (int, float, np.number)):
+                    raise InputError(f"ROI {r.name}: prescription must be a number of Gy, got {rx!r}")
+                if not rx > 0:
+                    raise InputError(f"ROI {r.name}: prescription must be > 0 Gy, got {rx}")
+                if not math.isfinite(rx):
+                    raise InputError(f"ROI {r.name}: prescription must be a finite number of Gy, got {rx}")
 
     # construction --------------------------------------------------------------------------
     @classmethod

@@ -98,7 +98,7 @@ def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.
                  names: str | Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
     """Seeded random split; the same ids (in any order: they are shuffled from their natural order,
     pt_2 before pt_10), fractions and seed give the same lists."""
-    ids = sorted(_unique(ids), key=_natural)
+    ids = sorted(_unique(ids), key=lambda i: (_natural(i), i))  # ties (pt_01, pt_1) by the id itself
     fr = parse_fractions(fractions)
     nm = _names(names, len(fr))
     sizes = _sizes(len(ids), fr)
@@ -142,7 +142,7 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
     if not dates:
         raise SplitError("no dates given for a temporal split")
     parsed = {pid: _parse_date(d, pid) for pid, d in dates.items()}
-    order = sorted(parsed, key=lambda pid: (parsed[pid], _natural(pid)))
+    order = sorted(parsed, key=lambda pid: (parsed[pid], _natural(pid), pid))
     fr = parse_fractions(fractions)
     nm = _names(names if names is not None or len(fr) != 2 else ("train", "test"), len(fr))
     sizes = _sizes(len(order), fr)

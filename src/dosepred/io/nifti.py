@@ -79,6 +79,7 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     if not has_transform(img):
         raise NiftiFormatError(f"{path}: qform_code and sform_code are both 0: the header does not say "
                                "where the voxels lie in the patient (set a scanner/aligned qform or sform)")
+    warn_forms_disagree(img, path)
     aff = np.asarray(img.affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
         raise NiftiFormatError(f"{path}: the affine is not a finite 4x4 matrix")
@@ -105,6 +106,16 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
         raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
 
 
+def _find(folder: Path, name: str) -> Path | None:
+    """``folder/name`` (a ``.nii.gz`` name) or its uncompressed twin ``.nii`` (dcm2niix and plastimatch
+    write ``.nii`` by default), None when neither exists; both is an error (which one is the patient's?)."""
+    gz, plain = folder / name, folder / name[: -len(".gz")]
+    if gz.is_file() and plain.is_file():
+        raise NiftiFormatError(f"{folder} holds both {gz.name} and {plain.name}: which one is the patient's? "
+                               "Remove the other")
+    return gz if gz.is_file() else plain if plain.is_file() else None
+
+
 def has_transform(img: Any) -> bool:
     """False for a NIfTI header whose qform_code and sform_code are both 0 (no patient placement:
     nibabel then makes up an affine from the voxel sizes alone)."""
@@ -115,6 +126,31 @@ def has_transform(img: Any) -> bool:
         return True
 
 
+def warn_forms_disagree(img: Any, path: Path) -> None:
+    """Warn when a header's qform and sform (both codes > 0) place the voxels differently: dosepred
+    (as nibabel and ITK from 5.1 on) uses the sform, ITK before 5.1 (3D Slicer 4.10, ITK-SNAP 3.x,
+    ANTs up to 2.3.4) the qform, so the tools would disagree on where the patient lies."""
+    h = img.header
+    try:
+        both = int(h["qform_code"]) > 0 and int(h["sform_code"]) > 0
+    except (KeyError, ValueError, TypeError):
+        return
+    if not both:
+        return
+    q, s = (np.asarray(a, dtype=np.float64) for a in (img.get_qform(), img.get_sform()))
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(s))):
+        return
+    # the qform holds a quaternion in float32: allow its rounding, not a shift or another axis
+    if _same_affine(q, s, tol_mm=0.01, rel=1e-4):
+        return
+    corners = np.array([[0, 0, 0], [n - 1 for n in img.shape[:3]]], dtype=np.float64)
+    moved = max(float(np.linalg.norm((q[:3, :3] - s[:3, :3]) @ c + q[:3, 3] - s[:3, 3])) for c in corners)
+    warnings.warn(f"{path}: its sform (code {int(h['sform_code'])}) and qform (code {int(h['qform_code'])}) "
+                  f"place the voxels up to {moved:.3g} mm apart; dosepred uses the sform (as nibabel and ITK "
+                  "5.1+), ITK before 5.1 (3D Slicer 4.10, ITK-SNAP 3.x) the qform: check which is the "
+                  "patient's and write the file with both the same", stacklevel=3)
+
+
 def file_geometry(path: str | os.PathLike) -> Geometry | None:
     """The grid a NIfTI file's header places its voxels on (LPS mm), or None when the header has
     no qform/sform."""
@@ -122,17 +158,18 @@ def file_geometry(path: str | os.PathLike) -> Geometry | None:
     _, img = _load(path, "image")
     if not has_transform(img):
         return None
+    warn_forms_disagree(img, path)
     try:
         return Geometry.from_ras_affine(np.asarray(img.affine, dtype=np.float64))
     except GeometryError as e:
         raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
 
 
-def _same_affine(a: np.ndarray, b: np.ndarray, tol_mm: float = 1e-3) -> bool:
-    """Same voxel grid to float32 precision: each axis step within 1e-5 relative and the origin
-    within ``tol_mm``."""
+def _same_affine(a: np.ndarray, b: np.ndarray, tol_mm: float = 1e-3, rel: float = 1e-5) -> bool:
+    """Same voxel grid to float32 precision: each axis step within ``rel`` (1e-5) relative and the
+    origin within ``tol_mm``."""
     scale = float(np.abs(a[:3, :3]).max())
-    return (bool(np.allclose(a[:3, :3], b[:3, :3], atol=1e-5 * scale, rtol=0))
+    return (bool(np.allclose(a[:3, :3], b[:3, :3], atol=rel * scale, rtol=0))
             and bool(np.allclose(a[:3, 3], b[:3, 3], atol=tol_mm, rtol=0)))
 
 
@@ -242,8 +279,32 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
 
 # ---------------------------------------------------------------------------------------- reading
 
+def _binary(arr: np.ndarray, path: Path, pid: str) -> np.ndarray:
+    """A label or mask file as a boolean mask (its non-zero voxels), provided its non-zero voxels hold
+    one value (1, 255 or a tool's label number; float noise such as 1.0000001 allowed): fractional
+    values (a mask resampled with linear interpolation, a probability map) or several labels (a label
+    map saved as one file) are an error, since counting every non-zero voxel inside would grow the
+    ROI by its partial voxels or make one ROI of several organs."""
+    inside = arr != 0
+    if arr.dtype == bool or not inside.any():
+        return inside
+    vals = arr[inside]
+    lo, hi = vals.min(), vals.max()
+    if lo != hi and not (float(lo) * float(hi) > 0 and abs(float(hi) - float(lo)) <= 1e-4 * abs(float(hi))):
+        uniq = np.unique(vals)
+        shown = ", ".join(f"{float(v):.4g}" for v in uniq[:6]) + (", ..." if len(uniq) > 6 else "")
+        raise NiftiFormatError(f"patient {pid}: {path} is no binary mask: its non-zero voxels hold "
+                               f"{len(uniq)} different values ({shown}); a label file holds 0 and one value. "
+                               "Threshold "
+                               "a resampled or probability mask (e.g. >= 0.5), or save each label of a label "
+                               "map as a file of its own")
+    return inside
+
+
 def is_patient_folder(path: str | os.PathLike) -> bool:
-    return (Path(path) / CT_FILE).is_file()
+    """A folder holding ``ct.nii.gz`` (or ``ct.nii``)."""
+    path = Path(path)
+    return (path / CT_FILE).is_file() or (path / CT_FILE[: -len(".gz")]).is_file()
 
 
 def patient_folders(src: str | os.PathLike) -> list[Path]:
@@ -280,13 +341,17 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
 
 #: the fields of rois.json the reader walks: (key, what it must be, the check)
 _SIDECAR_FIELDS = (
-    ("rois", "a list of objects with a 'name' each",
+    ("rois", "a list of objects with a 'name' each (and a 'prescription' in Gy, a number, for a target)",
      lambda v: isinstance(v, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str)
-                                           for d in v)),
+                                           and _number_or_none(d.get("prescription")) for d in v)),
     ("missing_rois", "a list of ROI names",
      lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
     ("meta", "a JSON object", lambda v: isinstance(v, dict)),
 )
+
+
+def _number_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _short(v: Any) -> str:
@@ -298,9 +363,9 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
     """Canonical ROIs of one patient folder (for the union RoiSet), without reading the volumes."""
     listed = {d["name"]: d for d in info.get("rois", [])}
     out: dict[str, _names.Canonical] = {}
-    if (folder / CODES_FILE).is_file():
+    if _find(folder, CODES_FILE) is not None:
         if not listed:
-            raise NiftiFormatError(f"{folder / CODES_FILE} needs {folder / ROIS_JSON} listing the ROI "
+            raise NiftiFormatError(f"{_find(folder, CODES_FILE)} needs {folder / ROIS_JSON} listing the ROI "
                                    "names in bit order")
         missing = set(info.get("missing_rois", []))
         for n, d in listed.items():
@@ -322,7 +387,9 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
 def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     info = read_sidecar(folder)
     pid = str(info.get("id") or folder.name)
-    ct_path = folder / CT_FILE
+    ct_path = _find(folder, CT_FILE)
+    if ct_path is None:
+        raise NiftiFormatError(f"{folder} holds no {CT_FILE} (nor {CT_FILE[: -len('.gz')]})")
     ct, img = _load(ct_path, "CT")
     if not np.issubdtype(ct.dtype, np.integer):
         ct = np.asarray(img.get_fdata(dtype=np.float64))
@@ -345,27 +412,28 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         return same_grid(arr, im, path)
 
     dose = None
-    if (folder / DOSE_FILE).is_file():
-        dose = read_dose(folder / DOSE_FILE)
-        same_grid(dose, _load(folder / DOSE_FILE, "dose")[1], folder / DOSE_FILE)
+    dose_path, mask_path, codes_path = (_find(folder, n) for n in (DOSE_FILE, MASK_FILE, CODES_FILE))
+    if dose_path is not None:
+        dose = read_dose(dose_path)
+        same_grid(dose, _load(dose_path, "dose")[1], dose_path)
     pdm = None
-    if (folder / MASK_FILE).is_file():
-        pdm = load_on_grid(folder / MASK_FILE, "possible-dose mask") != 0
+    if mask_path is not None:
+        pdm = _binary(load_on_grid(mask_path, "possible-dose mask"), mask_path, pid)
     masks: dict[str, np.ndarray] = {}
-    if (folder / CODES_FILE).is_file():
-        codes = load_on_grid(folder / CODES_FILE, "ROI codes")
+    if codes_path is not None:
+        codes = load_on_grid(codes_path, "ROI codes")
         if codes.dtype.kind != "u":
             if codes.dtype.kind == "i" and codes.min() >= 0:
                 codes = codes.astype(np.dtype(f"u{codes.dtype.itemsize}"))
             else:
-                raise NiftiFormatError(f"patient {pid}: {folder / CODES_FILE} must hold unsigned integers")
+                raise NiftiFormatError(f"patient {pid}: {codes_path} must hold unsigned integers")
         listed = info["rois"]
         nbits = codes.dtype.itemsize * 8
         if len(listed) < nbits and codes.size:
             extra = int(np.bitwise_or.reduce(codes, axis=None)) >> len(listed)
             if extra:
                 bits = [len(listed) + k for k in range(nbits) if extra >> k & 1]
-                raise NiftiFormatError(f"patient {pid}: {folder / CODES_FILE} sets bit(s) {bits}, but "
+                raise NiftiFormatError(f"patient {pid}: {codes_path} sets bit(s) {bits}, but "
                                        f"{folder / ROIS_JSON} lists only {len(listed)} ROIs (bits 0-"
                                        f"{len(listed) - 1}); those voxels belong to no known ROI")
         missing = set(info.get("missing_rois", []))
@@ -374,20 +442,27 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                 masks[d["name"]] = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
     elif (folder / ROI_DIR).is_dir():
         listed = {d["name"] for d in info.get("rois", [])}
+        files_of: dict[str, list[str]] = {}
         for f in sorted((folder / ROI_DIR).glob("*.nii*")):
             stem = f.name.split(".nii")[0]
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
             if c is None or c.is_body:
-                if c is not None and not (folder / MASK_FILE).is_file():  # body files: their union
-                    body = load_on_grid(f, "ROI") != 0
+                if c is not None and mask_path is None:  # body files: their union
+                    body = _binary(load_on_grid(f, "ROI"), f, pid)
                     pdm = body if pdm is None else pdm | body
                 continue
             if c.name not in roi_set:
                 raise NiftiFormatError(f"patient {pid}: label file {f} names ROI {c.name!r}, which is "
                                        f"neither listed in {folder / ROIS_JSON} nor in the ROI set "
                                        f"({', '.join(roi_set.names)})")
-            m = load_on_grid(f, "ROI") != 0
+            m = _binary(load_on_grid(f, "ROI"), f, pid)
             masks[c.name] = masks[c.name] | m if c.name in masks else m
+            files_of.setdefault(c.name, []).append(f.name)
+        for name, fs in files_of.items():
+            if len(fs) > 1:  # as the DICOM reader does for two structures of one name
+                warnings.warn(f"patient {pid}: label files {', '.join(fs)} in {folder / ROI_DIR} all name "
+                              f"ROI {name!r}; it is their union: check that they are one structure (else "
+                              "remove or rename the others)", stacklevel=2)
     meta = dict(info.get("meta", {}))
     meta.pop("affine", None)
     meta.update({"format": FORMAT_NAME, "source": str(folder.resolve())})
@@ -396,7 +471,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         if share > 0:
             meta["dose_outside_mask_pct"] = round(100.0 * share, 3)
         if share > WARN_REF_DOSE_OUTSIDE_MASK:
-            warnings.warn(f"patient {pid}: {100.0 * share:.1f} % of the dose in {folder / DOSE_FILE} lies "
+            warnings.warn(f"patient {pid}: {100.0 * share:.1f} % of the dose in {dose_path} lies "
                           "outside the possible-dose mask; read as 0 Gy there, where no prediction has dose: "
                           "does the mask miss part of the patient?", stacklevel=2)
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
