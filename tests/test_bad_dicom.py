@@ -372,12 +372,12 @@ def test_contours_beyond_the_field_of_view_are_named_in_a_warning(template, tmp_
 
     moved: list[int] = []
 
-    def fn(ds):  # every PTV70 contour moved 40 mm to the patient's left, past the CT's last column
+    def fn(ds):  # every PTV70 contour moved 40 mm to the patient's right, past the CT's first column
         num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "PTV70")
         rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
         for c in rc.ContourSequence:
             pts = [float(v) for v in c.ContourData]
-            c.ContourData = [v + 40.0 if i % 3 == 0 else v for i, v in enumerate(pts)]
+            c.ContourData = [v - 40.0 if i % 3 == 0 else v for i, v in enumerate(pts)]
         moved.append(len(rc.ContourSequence))
     edit(src / "RS.dcm", fn)
     (n,) = moved

@@ -22,20 +22,21 @@ N = 32
 
 
 def make_patient(pid: str = "pt_a", spacing=(2.5, 2.0, 2.0), shift: float = 0.0) -> Patient:
-    """32^3: body cylinder, spherical PTV70, a parotid, a ring (with a hole: the PTV) overlapping
-    the parotid, and a dose blob centred on the PTV."""
+    """32^3: body cylinder, spherical PTV70, a parotid (on the patient's left, as its name says: the
+    laterality check), a ring (with a hole: the PTV) overlapping the parotid, and a dose blob centred
+    on the PTV."""
     z, y, x = np.mgrid[0:N, 0:N, 0:N].astype(float)
     c = (N - 1) / 2
     r_xy = np.hypot(y - c, x - c)
     body = r_xy < N * 0.42
     ct = np.where(body, 40, -1000).astype(np.int16)
     ct[body & (r_xy < 3)] = 700
-    ct[body & (x > c + 8)] = -120
-    ptv = (z - c) ** 2 + (y - c) ** 2 + (x - c - 3 - shift) ** 2 < 6 ** 2
-    par = ((z - c) ** 2 / 16 + (y - c + 6) ** 2 / 9 + (x - c + 7) ** 2 / 9) < 1
-    ring = (np.hypot(y - c, x - c - 3) < 10) & ~ptv & (np.abs(z - c) < 8)  # inside the body
+    ct[body & (x < c - 8)] = -120
+    ptv = (z - c) ** 2 + (y - c) ** 2 + (x - c + 3 - shift) ** 2 < 6 ** 2
+    par = ((z - c) ** 2 / 16 + (y - c + 6) ** 2 / 9 + (x - c - 7) ** 2 / 9) < 1  # on the patient's left
+    ring = (np.hypot(y - c, x - c + 3) < 10) & ~ptv & (np.abs(z - c) < 8)  # inside the body
     rs = RoiSet((Roi("LeftParotid", "oar"), Roi("PTV70", "target", 70.0), Roi("Ring", "other")))
-    dose = 72 * np.exp(-((z - c) ** 2 + (y - c) ** 2 + (x - c - 3) ** 2) / (2 * 9.0 ** 2)) * body
+    dose = 72 * np.exp(-((z - c) ** 2 + (y - c) ** 2 + (x - c + 3) ** 2) / (2 * 9.0 ** 2)) * body
     # axial head-first-supine arrays (slice, row, column): axis 0 to the head, 1 posterior, 2 left
     origin = (-(N - 1) * spacing[2] / 2, -(N - 1) * spacing[1] / 2, 0.0)
     geom = Geometry.from_dicom(origin, (1, 0, 0, 0, 1, 0), spacing)

@@ -67,10 +67,10 @@ def test_a_target_past_the_body_contour_is_named_and_scored_as_openkbp_does(tmp_
     z, y, x = np.mgrid[0:N, 0:N, 0:N]
     c = (N - 1) / 2
     ptv = p.mask("PTV70")
-    body = np.asarray(p.possible_dose_mask) & (x < c + 6)  # the PTV (x up to c + 9) reaches past it
+    body = np.asarray(p.possible_dose_mask) & (x > c - 6)  # the PTV (x down to c - 9) reaches past it
     beyond = int((ptv & ~body).sum())
     assert beyond > 0.01 * int(ptv.sum())
-    r2 = (z - c) ** 2 + (y - c) ** 2 + (x - c - 3) ** 2
+    r2 = (z - c) ** 2 + (y - c) ** 2 + (x - c + 3) ** 2
     dose = (72 * np.exp(-r2 / (2 * 9.0 ** 2))).astype(np.float32)  # computed in air too
     masks = {n: p.mask(n) for n in ("LeftParotid", "PTV70", "Ring")}
     q = Patient.from_masks("pt_a", p.ct, masks, p.roi_set, p.spacing, body, dose, dict(p.meta),
