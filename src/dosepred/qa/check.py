@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -38,10 +39,13 @@ from ..dvh import roi_voxel_indices
 from ..errors import DosepredError, InputError
 from ..evaluation import evaluate_patient
 from ..fsutil import sha256_file
+from ..io import side_check, target_dose_check
+from ..io.side_check import LateralityWarning
 from ..io.source import open_source
+from ..io.target_dose_check import TargetDoseWarning
 from ..patient import Patient, RoiSet
 from ..progress import track
-from ..protocol import load_protocol
+from ..protocol import ProtocolError, load_protocol
 from .band import band_offsets
 from .calibration import CalibrationError, load_calibration
 from .conformal import family_offsets, interval
@@ -112,8 +116,6 @@ def input_notes(plan: Patient) -> list[str]:
     from every contoured target (:mod:`dosepred.io.target_dose_check`: the model predicts as for a
     plan of fewer dose levels, so the plan's flags cannot be trusted) and ROIs named for a side lying
     on the other (:mod:`dosepred.io.side_check`)."""
-    from ..io import side_check, target_dose_check
-
     out = []
     o = target_dose_check.outside_dose(plan)
     if o is not None and o.large:
@@ -180,8 +182,6 @@ class QAChecker:
         such a protocol would measure them against another prescription, and its ``PTV70 V110%``
         (the volume above 110 % of 66 Gy) would take the calibrated interval of the model's (above
         110 % of 70 Gy): the calibration's criteria are keyed by ROI and metric only."""
-        from ..protocol import ProtocolError
-
         wrong: dict[str, tuple[float, float, list[str]]] = {}
         for c in self.bound.criteria:
             mine = self.roi_set.prescription(c.roi)
@@ -416,11 +416,6 @@ class QAChecker:
 def _without_input_warnings(plans: Iterable[Patient]) -> Iterator[Patient]:
     """``plans`` read without the warnings of the input checks that QA gives as the plan's notes
     (:func:`input_notes`: in the JSON, the report and a ``note:`` line each), so they are said once."""
-    import warnings
-
-    from ..io.side_check import LateralityWarning
-    from ..io.target_dose_check import TargetDoseWarning
-
     it = iter(plans)
     while True:
         with warnings.catch_warnings():
