@@ -39,6 +39,32 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_a_damaged_or_cut_model_file_is_refused_not_loaded(tmp_path):
+    """A byte flipped inside a weight tensor's data loaded silently (torch does not check the zip
+    archive's CRC-32s) and moved the predicted dose by up to 56 Gy (hunt/truncated_ckpt.py); a file
+    cut short was "not a PyTorch checkpoint file; OSError: [Errno 22] Invalid argument"."""
+    cfg, state = _tiny()
+    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in state.items()}
+    save_checkpoint({"format": MODEL_FORMAT, "model_config": cfg.to_dict(), "model": state},
+                    tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    load_model(tmp_path / "ok.pt")  # the intact file loads
+    raw = torch.full_like(next(v for v in state.values() if v.numel() >= 16), 0.5).numpy().tobytes()
+    at = data.find(raw[:16])
+    assert at > 0
+    flipped = bytearray(data)
+    flipped[at + 1] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(ModelError, match=r"flipped\.pt: not a readable dosepred checkpoint \(the file is "
+                       r"corrupted: its entry \S+ fails the archive's CRC-32 check"):
+        load_model(tmp_path / "flipped.pt")
+    for frac in (0.1, 0.5, 0.99):
+        (tmp_path / "cut.pt").write_bytes(data[: int(len(data) * frac)])
+        with pytest.raises(ModelError, match=r"cut\.pt: not a readable dosepred checkpoint \(the file is "
+                           r"truncated or corrupted\)$"):
+            load_model(tmp_path / "cut.pt")
+
+
 def test_space_round_trip_and_fallbacks(tmp_path):
     cfg, state = _tiny()
     space = ModelSpace(axes="LPI", spacing_min=(1, 2, 3), spacing_max=(2, 3, 4), fov_min=(10, 20, 30),

@@ -148,6 +148,29 @@ def _load_error(e: Exception) -> str:
     return f"not a PyTorch checkpoint file; {type(e).__name__}: {first[:200]}"
 
 
+def zip_damage(path: str | os.PathLike) -> str | None:
+    """What is wrong with the data of a checkpoint's zip archive (torch's format), or None: an entry
+    whose bytes no longer match the CRC-32 the archive recorded for them (a damaged copy or disk).
+    torch's reader does not check them, so a flipped byte in a weight tensor would load silently and
+    move the predicted dose by up to tens of Gy. A zip archive's start without its end is a
+    truncated file; not a zip archive at all (a legacy checkpoint, another file): None, torch.load
+    says what it is."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):  # a zip archive's start without its end: cut short
+            with open(path, "rb") as f:
+                return "the file is truncated or corrupted" if f.read(4) == b"PK\x03\x04" else None
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError):
+        return "the file is truncated or corrupted"
+    if bad is not None:
+        return (f"the file is corrupted: its entry {bad} fails the archive's CRC-32 check (a damaged copy? "
+                "copy or download it again)")
+    return None
+
+
 def state_dict_problem(e: RuntimeError) -> str:
     """What ``load_state_dict``'s error says is wrong: its first item (a size mismatch naming the weight
     and both shapes, or the missing or unexpected keys), not its first line, which names nothing."""
@@ -170,6 +193,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
                          "one of its members)")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: the checkpoint file is empty (0 bytes; an interrupted copy or save?)")
+    damaged = zip_damage(path)
+    if damaged:
+        raise ModelError(f"{path}: not a readable dosepred checkpoint ({damaged})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
