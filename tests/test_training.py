@@ -274,6 +274,75 @@ def test_cli_resume_with_changed_options_is_one_line(tmp_path, flags, message):
     assert "Traceback" not in r.output and _files(run) == before
 
 
+@pytest.mark.parametrize("change", ["protocol", "train_split", "split_file", "loss_options"])
+def test_cli_resume_with_other_patients_or_another_protocol_is_one_line(tmp_path, change):
+    """``train --resume`` with another protocol (the CDM loss's criteria), other loss options, another
+    training split, or a split file rewritten in place with other patients continued the run on another
+    loss or other patients without a word (hunt/resume_protocol.py), though another loss or cache
+    path was refused: one error line, and the run folder as it was (protocol.json not rewritten)."""
+    import json
+
+    from tiny_models import TINY
+
+    data = tmp_path / "data"
+    write_cache(make_cohort(4, seed=1, size=20), data)
+    ids = sorted(p.stem for p in data.glob("*.npz"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"splits": {"a": ids[:2], "b": ids[2:]}}))
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), out=str(run), epochs=2, steps_per_epoch=1, stop_after=1, seed=1,
+                      train_split=f"{split}:a", protocol="openkbp", **{**TINY, "loss": "mae+cdm"}))
+    before = _files(run)
+    last = run / "checkpoints" / "last.pt"
+    flags, message = {
+        "protocol": (["--protocol", "openkbp-clinical"],
+                     f"--resume: protocol was 'openkbp' in {last}, now 'openkbp-clinical': the loss and "
+                     "the validation scores would change mid-run"),
+        "loss_options": (["--loss-opt", "cdm_tau=2"], f"--resume: loss_options was {{}} in {last}, now "
+                         "{'cdm_tau': 2}"),
+        "train_split": (["--split", f"{split}:b"],
+                        f"--resume: {last} was trained on 2 other patients than the 2 the data now gives "
+                        f"(train_split was '{split}:a', now '{split}:b')"),
+        "split_file": ([], f"--resume: {last} was trained on 2 other patients than the 2 the data now gives "
+                       f"(the ids of {data} split {split}:a are others now)"),
+    }[change]
+    if change == "split_file":  # rewritten in place: its split "a" names the other patients
+        split.write_text(json.dumps({"splits": {"a": ids[2:], "b": ids[:2]}}))
+    r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress", *flags)
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1].startswith("error: " + message), r.output
+    assert "Traceback" not in r.output and _files(run) == before
+
+
+def test_a_protocol_prescribing_a_target_otherwise_than_the_cache_is_refused(tmp_path):
+    """openkbp-clinical (PTV70 at 70 Gy) on a cache whose PTV70 is prescribed 66 Gy trained the CDM loss
+    towards PTV70 D99% >= 66.5 Gy (101 % of the cache's prescription, which the model's input says)
+    without a word (hunt/protocol_rx_mismatch.py): refused, naming the target, both prescriptions and
+    the criteria; the same protocol with the cache's prescription trains."""
+    import json
+    from dataclasses import replace
+
+    from dosepred.errors import InputError
+    from dosepred.protocol import load_protocol
+    from tiny_models import TINY
+
+    pts = make_cohort(2, seed=1, size=20)
+    rs = RoiSet(tuple(replace(r, prescription=66.0) if r.name == "PTV70" else r for r in pts[0].roi_set))
+    write_cache([Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                         dict(p.meta), p.geometry) for p in pts], tmp_path / "data")
+    common = dict(data=str(tmp_path / "data"), epochs=1, steps_per_epoch=1, seed=1,
+                  **{**TINY, "loss": "mae+cdm"})
+    with pytest.raises(InputError, match=r"^protocol 'openkbp-clinical' prescribes PTV70 at 70 Gy where the "
+                       r"cache's is 66 Gy \(its D99%, D98%, D95%, V110%\): the CDM loss"):
+        train(TrainConfig(out=str(tmp_path / "r"), protocol="openkbp-clinical", **common))
+    assert not (tmp_path / "r").exists()
+    mine = load_protocol("openkbp-clinical").model_dump(mode="json")
+    mine["prescriptions"]["PTV70"] = 66.0
+    (tmp_path / "p.json").write_text(json.dumps(mine))
+    train(TrainConfig(out=str(tmp_path / "ok"), protocol=str(tmp_path / "p.json"), **common))
+    assert (tmp_path / "ok" / "checkpoints" / "last.pt").is_file()
+
+
 def test_cli_a_loss_that_becomes_nan_stops_the_run_and_leaves_nothing(tmp_path):
     """The loss check fires when the training diverges (here --lr 1e30: the first step's update makes the
     weights ~1e30, the next loss NaN): one line naming the step and the likely cause, and no run folder
