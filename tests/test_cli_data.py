@@ -40,6 +40,8 @@ def test_synth_inspect_split(tmp_path):
                    "--ids", "val=synth_002")
     assert r.exit_code == 0
     assert json.loads((tmp_path / "i.json").read_text())["splits"]["val"] == ["synth_002"]
+    # the two patients in no list are named, not dropped without a word
+    assert "warning: 2 of the 5 patients of" in text and "in no split: synth_003, synth_004" in text
 
 
 def test_synth_extra_rois_and_errors(tmp_path):

@@ -43,6 +43,10 @@ class SplitError(DosepredError, ValueError):
     """A split file or split request is invalid."""
 
 
+class SplitWarning(UserWarning):
+    """A split request that leaves patients of the source out of every split (``--ids``)."""
+
+
 # ------------------------------------------------------------------------------------------- parsing
 
 def parse_fractions(text: str | Sequence[float]) -> list[float]:

@@ -110,6 +110,11 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
         obj = split.random_split(known, fractions or "0.7,0.15,0.15", names, seed)
     elif method == "ids":
         obj = split.ids_split(split.read_id_lists(ids or []), known)
+        listed = {i for lst in obj["splits"].values() for i in lst}
+        left = [i for i in known if i not in listed]
+        if left:  # the user's lists decide, but a patient left out of every one is said, not dropped silently
+            warnings.warn(f"{len(left)} of the {len(known)} patients of {src} are in none of the lists given "
+                          f"and so in no split: {name_some(left)}", split.SplitWarning, stacklevel=2)
     elif method == "temporal":
         if manifest is not None:
             dates = split.dates_from_manifest(manifest, date_column)
