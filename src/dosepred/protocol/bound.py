@@ -89,6 +89,25 @@ class BoundProtocol:
         """The prescription (Gy) of ``roi``: the protocol's, else the ROI set's, else None."""
         return self.protocol.prescription(roi, self.roi_set)
 
+    def prescription_conflicts(self) -> dict[str, tuple[float, float, list[str]]]:
+        """ROI -> (the protocol's prescription, the ROI set's, the metrics relying on it) for each
+        target the protocol prescribes otherwise than the set, where a criterion depends on the
+        prescription (a V-metric in % of it such as V110%, a limit in %Rx): a model trained on the
+        set, or calibrated for it, would be asked about another dose (what training and plan QA
+        refuse). Empty when none."""
+        wrong: dict[str, tuple[float, float, list[str]]] = {}
+        for c in self.criteria:
+            mine = self.roi_set.prescription(c.roi)
+            if (c.criterion.needs_prescription and mine is not None and c.rx is not None
+                    and abs(c.rx - mine) > 1e-6):
+                wrong.setdefault(c.roi, (c.rx, mine, []))[2].append(c.metric)
+        return wrong
+
+    def said_conflicts(self, owner: str) -> str:
+        """:meth:`prescription_conflicts` in words, the set's prescriptions called ``owner``'s."""
+        return "; ".join(f"{r} at {rx:g} Gy where {owner}'s is {m:g} Gy (its {', '.join(ms)})"
+                         for r, (rx, m, ms) in self.prescription_conflicts().items())
+
 
 def bind(protocol: Protocol, roi_set: RoiSet, roi_owner: str = "the dataset") -> BoundProtocol:
     """Validate ``protocol`` against ``roi_set`` (raises ProtocolError naming the criterion, as

@@ -182,15 +182,8 @@ class QAChecker:
         such a protocol would measure them against another prescription, and its ``PTV70 V110%``
         (the volume above 110 % of 66 Gy) would take the calibrated interval of the model's (above
         110 % of 70 Gy): the calibration's criteria are keyed by ROI and metric only."""
-        wrong: dict[str, tuple[float, float, list[str]]] = {}
-        for c in self.bound.criteria:
-            mine = self.roi_set.prescription(c.roi)
-            if (c.criterion.needs_prescription and mine is not None and c.rx is not None
-                    and not math.isclose(c.rx, mine, rel_tol=0, abs_tol=1e-6)):
-                wrong.setdefault(c.roi, (c.rx, mine, []))[2].append(c.metric)
-        if wrong:
-            said = "; ".join(f"{r} at {rx:g} Gy where the model's is {m:g} Gy (its {', '.join(ms)})"
-                             for r, (rx, m, ms) in wrong.items())
+        if self.bound.prescription_conflicts():
+            said = self.bound.said_conflicts("the model")
             raise ProtocolError(
                 f"protocol {self.protocol.name!r} prescribes {said}: QA checks plans prescribed as the "
                 f"model {self.model_path.parent.name} (others are refused), and these criteria, relative "

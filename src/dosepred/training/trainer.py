@@ -64,6 +64,7 @@ from ..predict import RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
+from .checks import check_protocol_prescriptions, check_resumed_data, check_resumed_protocol
 from .config import TrainConfig
 from .dataset import CropDataset, RankSampler, load_arrays
 from .init import from_init, inherit_absent, load_init_weights, resolve_architecture
@@ -389,7 +390,7 @@ class Trainer:
         proto_name = cfg.protocol or ("openkbp" if "cdm" in cfg.loss.lower() or cfg.val else None)
         if proto_name is not None:
             self.protocol = load_protocol(proto_name, self.roi_set)
-            self.check_protocol_prescriptions()
+            check_protocol_prescriptions(self.protocol, self.roi_set, self.cfg)
             if self.is_main:
                 want = set(self.train_ids)
                 present = {n for e in self.cache.info["patients"] if e["id"] in want
@@ -399,26 +400,6 @@ class Trainer:
         self.loss_fn = make_loss(cfg, self.roi_set, self.protocol)
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn.to(self.device)
-
-    def check_protocol_prescriptions(self) -> None:
-        """InputError for a protocol that prescribes one of the training cache's targets otherwise than
-        the cache, where a criterion depends on it (a limit in %Rx, a V-metric in % of the
-        prescription): the CDM loss and the validation scores would ask for the dose of another
-        prescription than the model's prescription input gives (``openkbp-clinical``'s PTV70 D99% >=
-        66.5 Gy on a cache whose PTV70 is prescribed 66 Gy)."""
-        wrong: dict[str, tuple[float, float, list[str]]] = {}
-        for c in self.protocol.bind(self.roi_set).criteria:
-            mine = self.roi_set.prescription(c.roi) if c.roi in self.roi_set else None
-            if (c.criterion.needs_prescription and mine is not None and c.rx is not None
-                    and not math.isclose(c.rx, mine, rel_tol=0, abs_tol=1e-6)):
-                wrong.setdefault(c.roi, (c.rx, mine, []))[2].append(c.metric)
-        if wrong:
-            said = "; ".join(f"{r} at {rx:g} Gy where the cache's is {m:g} Gy (its {', '.join(ms)})"
-                             for r, (rx, m, ms) in wrong.items())
-            raise InputError(f"protocol {self.protocol.name!r} prescribes {said}: the CDM loss and the "
-                             f"validation scores would ask for another dose than the model's prescription "
-                             f"input (training cache {self.cfg.data}) gives; give the protocol the cache's "
-                             "prescriptions (its \"prescriptions\", or a protocol of the clinic's own)")
 
     def load_train(self) -> list:
         """The training patients in memory, each permuted into the model's axes; records the space."""
@@ -578,8 +559,8 @@ class Trainer:
             same_data = k == "data" and was and Path(was).resolve() == Path(self.cfg.data).resolve()
             if was != getattr(self.cfg, k) and not same_data:
                 raise InputError(f"--resume: {k} was {was!r} in {path}, now {getattr(self.cfg, k)!r}")
-        self.check_resumed_data(ck, path)
-        self.check_resumed_protocol(old, path)
+        check_resumed_data(ck, path, self.space, self.cfg)
+        check_resumed_protocol(old, path, self.run, self.protocol, self.roi_set, self.cfg)
         if self.ema is not None:
             if "train_model" not in ck:
                 raise InputError(f"--resume: {path} holds no EMA (trained without ema_decay); "
@@ -597,39 +578,6 @@ class Trainer:
         self.global_step = int(ck["global_step"])
         self.best = ck.get("best")
         return int(ck["epoch"])
-
-    def check_resumed_data(self, ck: dict[str, Any], path: Path) -> None:
-        """``--resume`` trains on the patients the run trained on: the recorded fingerprint of their
-        ids (``space.patients_sha``) must be the data's now (another ``train_split``, or the cache or
-        split file rewritten in place with other patients, would mix them into the run and its space
-        record).
-        A checkpoint recorded without the fingerprint is not checked."""
-        was = ModelSpace.from_dict(ck["space"])
-        if was.patients_sha is None or was.patients_sha == self.space.patients_sha:
-            return
-        split = (ck.get("train_config") or {}).get("train_split")
-        how = (f" (train_split was {split!r}, now {self.cfg.train_split!r})" if split != self.cfg.train_split
-               else f" (the ids of {self.cfg.data}{f' split {split}' if split else ''} are others now)")
-        raise InputError(f"--resume: {path} was trained on {was.patients} other patients than the "
-                         f"{self.space.patients} the data now gives{how}; resume with the same patients "
-                         "or start a new run (--init to fine-tune it)")
-
-    def check_resumed_protocol(self, old: dict[str, Any], path: Path) -> None:
-        """``--resume`` keeps the protocol of the run (``RUN/protocol.json``, read before it is
-        rewritten): the CDM loss's criteria and the validation scores that choose best.pt."""
-        stored = self.run / "protocol.json"
-        if self.protocol is None or not stored.is_file():
-            return
-        try:
-            before = load_protocol(stored, self.roi_set).model_dump(mode="json")
-        except DosepredError:  # a damaged record: nothing to compare with
-            return
-        if before != self.protocol.model_dump(mode="json"):
-            was, now = old.get("protocol"), self.cfg.protocol
-            what = (f"protocol was {was!r} in {path}, now {now!r}" if was != now else
-                    f"the protocol {now or 'openkbp'} differs from the one the run started with ({stored})")
-            raise InputError(f"--resume: {what}: the loss and the validation scores would change mid-run; "
-                             "resume with the run's protocol or start a new run")
 
     # ---- training steps ---------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:

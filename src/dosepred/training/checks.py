@@ -1,0 +1,73 @@
+"""What ``dosepred train`` refuses of its inputs beyond the config's own validation: a protocol that
+prescribes a target of the training cache otherwise than the cache, and, with ``--resume``, beyond the
+trainer's comparison of the run's config (seed, batch, loss, loss options, data, ...), other training
+patients than the run's and another protocol than the one it started with. A resumed run continues
+the same computation; either change would mix two trainings into one run (its loss, its validation
+scores, its model-space record) without a word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import DosepredError, InputError
+from ..models.space import ModelSpace
+from ..patient import RoiSet
+from ..protocol import Protocol, load_protocol
+from .config import TrainConfig
+
+
+def check_protocol_prescriptions(protocol: Protocol, roi_set: RoiSet, cfg: TrainConfig) -> None:
+    """InputError for a protocol that prescribes one of the training cache's targets (``roi_set``)
+    otherwise than the cache, where a criterion depends on it
+    (:meth:`BoundProtocol.prescription_conflicts <dosepred.protocol.BoundProtocol.prescription_conflicts>`):
+    the CDM loss and the validation scores would ask for the dose of another prescription than the
+    model's prescription input gives (``openkbp-clinical``'s PTV70 D99% >= 66.5 Gy on a cache whose
+    PTV70 is prescribed 66 Gy)."""
+    bound = protocol.bind(roi_set)
+    if bound.prescription_conflicts():
+        said = bound.said_conflicts("the cache")
+        raise InputError(f"protocol {protocol.name!r} prescribes {said}: the CDM loss and the validation "
+                         "scores would ask for another dose than the model's prescription input (training "
+                         f"cache {cfg.data}) gives; give the protocol the cache's prescriptions (its "
+                         "\"prescriptions\", or a protocol of the clinic's own)")
+
+
+def check_resumed_data(ck: dict[str, Any], path: Path, space: ModelSpace, cfg: TrainConfig) -> None:
+    """``--resume`` trains on the patients the run trained on: the recorded fingerprint of their ids
+    (``space.patients_sha`` of checkpoint ``ck``, read from ``path``) must be the data's now
+    (``space``; another ``train_split``, or the cache or split file rewritten in place with other
+    patients, would mix them into the run and its space record). A checkpoint recorded without the
+    fingerprint is not checked."""
+    was = ModelSpace.from_dict(ck["space"])
+    if was.patients_sha is None or was.patients_sha == space.patients_sha:
+        return
+    split = (ck.get("train_config") or {}).get("train_split")
+    how = (f" (train_split was {split!r}, now {cfg.train_split!r})" if split != cfg.train_split
+           else f" (the ids of {cfg.data}{f' split {split}' if split else ''} are others now)")
+    raise InputError(f"--resume: {path} was trained on {was.patients} other patients than the "
+                     f"{space.patients} the data now gives{how}; resume with the same patients "
+                     "or start a new run (--init to fine-tune it)")
+
+
+def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol: Protocol | None,
+                           roi_set: RoiSet, cfg: TrainConfig) -> None:
+    """``--resume`` keeps the protocol of the run (``run/protocol.json``, read before it is rewritten;
+    ``old``: the checkpoint's training config): the CDM loss's criteria and the validation scores that
+    choose best.pt."""
+    stored = run / "protocol.json"
+    if protocol is None or not stored.is_file():
+        return
+    try:
+        before = load_protocol(stored, roi_set).model_dump(mode="json")
+    except DosepredError:  # a damaged record: nothing to compare with
+        return
+    if before != protocol.model_dump(mode="json"):
+        was, now = old.get("protocol"), cfg.protocol
+        what = (f"protocol was {was!r} in {path}, now {now!r}" if was != now else
+                f"the protocol {now or 'openkbp'} differs from the one the run started with ({stored})")
+        raise InputError(f"--resume: {what}: the loss and the validation scores would change mid-run; "
+                         "resume with the run's protocol or start a new run")
+
+
+__all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_protocol"]
