@@ -40,11 +40,12 @@ pair, own, ratios, fired_side, fired_dose, only70 = [], {}, [], [], [], {3: [], 
 for src in sys.argv[1:]:
     for p in patients(src):
         c = sided_centroids(p)
-        mid = midline_x(p)
         by = {(o, s): x for s, o, x in c.values()}
+        names = {(o, s): n for n, (s, o, _) in c.items()}
         for (o, s), x in by.items():
             if s == "Left" and (o, "Right") in by:
                 pair.append((x - by[(o, "Right")], p.id, o))
+            mid = midline_x(p, p.mask(names[(o, s)]))  # the body's on the ROI's own slices
             if mid is not None:
                 own.setdefault(o + " " + s, []).append(((x - mid) if s == "Left" else (mid - x), p.id))
         if side_findings(p):
@@ -58,6 +59,7 @@ for src in sys.argv[1:]:
             if "PTV70" in o.targets and lower:
                 q = outside_dose(without(p, lower))
                 only70[len(o.targets)].append((q.ratio, q.volume_cc, q.large, p.id))
+        mid = midline_x(p)  # the whole body's (each ROI is held against the body's on its own slices)
         print(p.id, src, f"midline {mid:+.1f}" if mid is not None else "no midline",
               " ".join(f"{n} {x:+.1f}" for n, (_, _, x) in c.items()),
               f"outside {o.volume_cc:.0f} cc = {o.ratio:.2f} x targets" if o else "", flush=True)

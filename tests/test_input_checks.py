@@ -199,3 +199,28 @@ def test_qa_notes_a_plan_with_swapped_parotids_or_only_ptv70(sample_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [q.id for q in _without_input_warnings(read())] == ["swapped", "only70"]
+
+
+def test_the_midline_is_the_bodys_on_the_rois_own_slices():
+    """A body whose lower slices (shoulders, an arm, a field of view cut on one side) lie off the head's
+    midline moves the whole body's centroid by up to 12 mm on OpenKBP (hunt/h1_midline_offset.py; on the
+    parotids' own slices at most 5 mm): the midline a sided ROI is held against is the body's on the
+    slices of that ROI, so a left primary's GTV crossing the midline (its centroid 1.25 mm left of the head's
+    midline, 12 mm right of the whole body's centroid) is on its side."""
+    body = np.zeros(SHAPE, bool)
+    body[:, 14:26, :6] = True  # the head: axis-2 slices 0-5, centred at j 19.5 (x = +1.25 mm)
+    body[:, 0:24, 6:] = True  # below it, a body reaching far to the patient's left (j 0 is x = +50 mm)
+    gtv = np.zeros(SHAPE, bool)
+    gtv[3:6, 17:22, 2:4] = True  # centroid j 19: x = +2.5 mm
+    rs = RoiSet((Roi("GTVp_L", "target"),))
+    p = Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"GTVp_L": gtv}, rs, SIDE_GEOM.spacing, body,
+                           None, {}, SIDE_GEOM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LateralityWarning)
+        assert check_sides(p) == []
+    # the same ROI 11.25 mm right of the head's midline is still found, against the head's midline
+    gtv[:] = False
+    gtv[3:6, 24:25, 2:4] = True  # x = -10 mm
+    (f,) = side_findings(Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"GTVp_L": gtv}, rs,
+                                            SIDE_GEOM.spacing, body, None, {}, SIDE_GEOM))
+    assert f.midline == pytest.approx(_x(19.5)) and f.across_midline == pytest.approx(11.25)

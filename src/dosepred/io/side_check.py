@@ -14,9 +14,11 @@ geometry, whatever the array's axis order or orientation):
 - a left/right pair of the same organ (both contoured): the left one's x must exceed the right one's
   (OpenKBP's 195 parotid pairs: by 93 mm at the least);
 - every sided ROI, paired or not: its centroid must not lie more than :data:`MIDLINE_MARGIN_MM` on the
-  other side of the midline, the x of the centroid of the body (the possible-dose mask; ``CT >
-  BODY_HU`` where the mask covers the whole grid; no midline test without either) (OpenKBP: every
-  parotid at least 42 mm on its own side).
+  other side of the midline, the x of the centroid of the body on the ROI's own axial slices (the
+  possible-dose mask; ``CT > BODY_HU`` where the mask covers the whole grid; no midline test without
+  either) (OpenKBP: every parotid at least 42 mm on its own side). The whole body's centroid lies up to
+  12 mm off the parotids' midpoint on OpenKBP (shoulders, a field of view cut on one side), the body's
+  on the parotids' slices at most 5 mm.
 
 A patient breaking it gets one :class:`LateralityWarning` naming the patient, the source, each such ROI,
 its centroid x, the midline's and the other side's (mm), and the likely cause. It is a warning, not an
@@ -74,7 +76,7 @@ class SideFinding:
     roi: str
     side: str
     x: float
-    #: the body centroid's x (None: no body mask or CT to take it from)
+    #: the x of the body's centroid on the ROI's slices (None: no body mask or CT to take it from)
     midline: float | None
     #: the other side's ROI of the same organ and its centroid x (None: not contoured)
     other: str | None = None
@@ -110,14 +112,26 @@ def centroid_x(p: Patient, mask: np.ndarray) -> float | None:
     return float(p.geometry.to_patient(ijk)[0])
 
 
-def midline_x(p: Patient) -> float | None:
+def midline_x(p: Patient, near: np.ndarray | None = None) -> float | None:
     """The body centroid's LPS x (mm): of the possible-dose mask, of ``CT > BODY_HU`` where the mask
-    covers the whole grid (not a body outline), None without either."""
+    covers the whole grid (not a body outline), None without either. ``near`` (an ROI's mask): of the
+    body on the axial slices that ROI lies on (the whole body where it has none there)."""
     mask = p.possible_dose_mask
     if mask is None or mask.all():
         if p.ct is None:
             return None
         mask = np.asarray(p.ct) > BODY_HU
+    mask = np.asarray(mask, bool)
+    if near is not None and near.any():
+        assert p.geometry is not None
+        k = p.geometry.axis_along("SI")
+        other = tuple(a for a in range(mask.ndim) if a != k)
+        on = np.any(near, axis=other)
+        shape = [1] * mask.ndim
+        shape[k] = -1
+        local = mask & on.reshape(shape)
+        if local.any():
+            mask = local
     return centroid_x(p, mask)
 
 
@@ -139,13 +153,12 @@ def side_findings(p: Patient) -> list[SideFinding]:
     rois = sided_centroids(p)
     if not rois:
         return []
-    mid = midline_x(p)
     by_organ: dict[tuple[str, str], tuple[str, float]] = {(o, s): (n, x) for n, (s, o, x) in rois.items()}
     found = []
     for name, (side, organ, x) in rois.items():
         other = by_organ.get((organ, "Right" if side == "Left" else "Left"))
         swapped = other is not None and ((x <= other[1]) if side == "Left" else (x >= other[1]))
-        f = SideFinding(name, side, x, mid, *(other if swapped else (None, None)))
+        f = SideFinding(name, side, x, midline_x(p, p.mask(name)), *(other if swapped else (None, None)))
         if swapped or f.across_midline > MIDLINE_MARGIN_MM:
             found.append(f)
     return found
