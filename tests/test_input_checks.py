@@ -89,6 +89,20 @@ def test_a_lone_sided_roi_is_checked_against_the_midline_with_a_margin():
     assert side_findings(_sided({"Lens_R": (25, 27), "Lips": (25, 27)})) == []  # its own side; no side
 
 
+def test_a_target_is_held_by_the_pair_rule_only():
+    """PTV_L may name a low-risk target, not a side, and a target may cross the midline: a lone PTV_L
+    15 mm right of the midline is not warned of (a Lens_L there is, above); a PTV_L right of a PTV_R is."""
+    def targets(rois):
+        p = _sided(rois)
+        rs = RoiSet(tuple(Roi(n, "target", 60.0) for n in rois))
+        return Patient.from_masks(p.id, p.ct, {n: p.mask(n) for n in rois}, rs, p.spacing,
+                                  p.possible_dose_mask, None, {}, p.geometry)
+
+    assert side_findings(targets({"PTV_L": (25, 27)})) == []
+    found = side_findings(targets({"PTV_L": (25, 27), "PTV_R": (6, 10)}))
+    assert {f.roi for f in found} == {"PTV_L", "PTV_R"}
+
+
 def test_without_a_body_mask_the_ct_gives_the_midline():
     p = _sided({"Lens_L": (25, 27)})
     ct = np.full(SHAPE, -1000, np.int16)
@@ -140,7 +154,8 @@ def test_a_dose_level_without_its_target_is_measured_and_warned_of():
     (msg,) = [str(x.message) for x in w]
     assert msg.startswith("patient pt_dose of SRC: high dose outside the contoured targets: 28 cc farther "
                           "than 10 mm from every contoured target (PTV70) receive >= 53.2 Gy"), msg
-    assert "2.00 x the targets' 14 cc" in msg and "not contoured or named otherwise" in msg
+    assert "2.00 x the targets' 14 cc" in msg
+    assert "not contoured, named otherwise or without a prescription" in msg
     assert "--roi-map" in msg
 
 
@@ -205,22 +220,22 @@ def test_the_midline_is_the_bodys_on_the_rois_own_slices():
     """A body whose lower slices (shoulders, an arm, a field of view cut on one side) lie off the head's
     midline moves the whole body's centroid by up to 12 mm on OpenKBP (hunt/h1_midline_offset.py; on the
     parotids' own slices at most 5 mm): the midline a sided ROI is held against is the body's on the
-    slices of that ROI, so a left primary's GTV crossing the midline (its centroid 1.25 mm left of the head's
-    midline, 12 mm right of the whole body's centroid) is on its side."""
+    slices of that ROI, so a left submandibular gland near the midline (its centroid 1.25 mm left of the
+    head's midline, 12 mm right of the whole body's centroid) is on its side."""
     body = np.zeros(SHAPE, bool)
     body[:, 14:26, :6] = True  # the head: axis-2 slices 0-5, centred at j 19.5 (x = +1.25 mm)
     body[:, 0:24, 6:] = True  # below it, a body reaching far to the patient's left (j 0 is x = +50 mm)
     gtv = np.zeros(SHAPE, bool)
     gtv[3:6, 17:22, 2:4] = True  # centroid j 19: x = +2.5 mm
-    rs = RoiSet((Roi("GTVp_L", "target"),))
-    p = Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"GTVp_L": gtv}, rs, SIDE_GEOM.spacing, body,
-                           None, {}, SIDE_GEOM)
+    rs = RoiSet((Roi("Glnd_Submand_L", "oar"),))
+    p = Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"Glnd_Submand_L": gtv}, rs,
+                           SIDE_GEOM.spacing, body, None, {}, SIDE_GEOM)
     with warnings.catch_warnings():
         warnings.simplefilter("error", LateralityWarning)
         assert check_sides(p) == []
     # the same ROI 11.25 mm right of the head's midline is still found, against the head's midline
     gtv[:] = False
     gtv[3:6, 24:25, 2:4] = True  # x = -10 mm
-    (f,) = side_findings(Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"GTVp_L": gtv}, rs,
+    (f,) = side_findings(Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"Glnd_Submand_L": gtv}, rs,
                                             SIDE_GEOM.spacing, body, None, {}, SIDE_GEOM))
     assert f.midline == pytest.approx(_x(19.5)) and f.across_midline == pytest.approx(11.25)

@@ -484,7 +484,9 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
                 f"{WARN_DOSE_OUTSIDE_MASK_PCT:g} % of their dose outside the reference's possible-dose mask: "
                 + name_some([f"{p.id} ({p.pred_outside_pct:.0f} %)" for p in off])
                 + "; made from other data (another patient's under this id, another body contour)? "
-                "dosepred predict writes no dose there")
+                "dosepred predict writes no dose there (a pt_N.csv of a DICOM or NIfTI patient written "
+                "by dosepred before 2026-12-07 numbered its voxels in that patient's layout, not "
+                "OpenKBP's: predict it again)")
         small = [f"{p.id} {s}" for p in out.patients for s in p.small_rois]
         if small:
             out.warnings.append(

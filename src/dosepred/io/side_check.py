@@ -13,7 +13,8 @@ geometry, whatever the array's axis order or orientation):
 
 - a left/right pair of the same organ (both contoured): the left one's x must exceed the right one's
   (OpenKBP's 195 parotid pairs: by 93 mm at the least);
-- every sided ROI, paired or not: its centroid must not lie more than :data:`MIDLINE_MARGIN_MM` on the
+- every sided ROI but a target (whose suffix may name a risk level, PTV_L, and which may cross the
+  midline by design), paired or not: its centroid must not lie more than :data:`MIDLINE_MARGIN_MM` on the
   other side of the midline, the x of the centroid of the body on the ROI's own axial slices (the
   possible-dose mask; ``CT > BODY_HU`` where the mask covers the whole grid; no midline test without
   either) (OpenKBP: every parotid at least 42 mm on its own side). The whole body's centroid lies up to
@@ -159,7 +160,10 @@ def side_findings(p: Patient) -> list[SideFinding]:
         other = by_organ.get((organ, "Right" if side == "Left" else "Left"))
         swapped = other is not None and ((x <= other[1]) if side == "Left" else (x >= other[1]))
         f = SideFinding(name, side, x, midline_x(p, p.mask(name)), *(other if swapped else (None, None)))
-        if swapped or f.across_midline > MIDLINE_MARGIN_MM:
+        # a target's side suffix may name its risk level, not its side (PTV_L: low risk), and a target
+        # may cross the midline by design: only the pair rule holds it (PTV_L left of PTV_R)
+        target = name in p.roi_set and p.roi_set[name].kind == "target"
+        if swapped or (not target and f.across_midline > MIDLINE_MARGIN_MM):
             found.append(f)
     return found
 

@@ -124,8 +124,9 @@ def check_target_dose(p: Patient, where: str | None = None) -> OutsideDose | Non
 def described(o: OutsideDose) -> str:
     """What :func:`check_target_dose` says (without the patient)."""
     return ("high dose outside the contoured targets: " + o.described() + "; likely cause: a target of the "
-            "plan not contoured or named otherwise (give its name with an ROI map, --roi-map, where the "
-            "source takes one), so the patient reads as planned for fewer dose levels than it was")
+            "plan not contoured, named otherwise or without a prescription (only prescribed targets count; "
+            "name it and give its prescription with an ROI map, --roi-map, where the source takes one), "
+            "so the patient reads as planned for fewer dose levels than it was")
 
 
 __all__ = ["LEVEL", "MARGIN_MM", "MAX_RATIO", "MIN_CC", "OutsideDose", "TargetDoseWarning",
