@@ -2,6 +2,8 @@
 --threads and --patients out of range, and plan-QA power on too few patients, are one clear error
 line (exit code 2) before any work, never a traceback nor a run that ignores them."""
 
+import inspect
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +14,7 @@ from dosepred.bench import predict as predict_bench
 from dosepred.bench import qa_degrade as qd
 from dosepred.bench.bitmask import BenchConfig
 from dosepred.cli import app
+from dosepred.cli import model as cli_model
 from dosepred.errors import InputError
 
 
@@ -92,3 +95,35 @@ def test_qa_power_refuses_fewer_than_two_calibration_patients(n):
         qd.PowerConfig(calibration_patients=n).check()
     fails(cli("bench", "qa-power", "--model", "models/openkbp-mae-cdm", "--data", "nowhere",
               "--calibration-patients", n), "--calibration-patients must be at least 2")
+
+
+def _fake_predict_result(tta: bool) -> dict:
+    return {"patient": "pt_201", "model": "m", "clinical_shape": [150, 512, 512],
+            "clinical_spacing": [3.0, 0.977, 0.977], "clinical_axes": "SPL", "model_grid_shape": [128] * 3,
+            "model_grid_spacing": [3.9, 3.9, 3.0], "model_axes": "PLS", "window_box": [], "windows": 1,
+            "tta": tta, "setup_s": 0.1, "resample_in_s": 1.0, "predict_s": 2.0, "resample_out_s": 0.5,
+            "total_s": 3.5, "repeats": 1, "threads": 1, "cpu": "cpu", "cores": 2,
+            "dose_score_clinical_grid": 2.0, "dose_score_on_openkbp_grid": 2.1,
+            "dose_score_openkbp_path": 2.2, "dosepred": "0"}
+
+
+@pytest.mark.parametrize("flag, want", [((), True), (("--tta",), True), (("--no-tta",), False)])
+def test_bench_predict_times_predict_as_it_runs_by_default(monkeypatch, flag, want):
+    # was: always timed without test-time flipping (run's tta=False, no option), while `dosepred predict`
+    # and QA flip by default: half the network passes of what the benchmark says it times
+    seen = {}
+
+    def fake(data, model, pid, repeats, threads, tta=None):
+        seen["tta"] = tta
+        return _fake_predict_result(tta)
+
+    monkeypatch.setattr(predict_bench, "run", fake)
+    r = cli("bench", "predict", *flag)
+    assert r.exit_code == 0, r.output
+    assert seen["tta"] is want
+    assert ("with test-time flipping" if want else "without test-time flipping") in r.output
+    assert inspect.signature(cli_model.predict).parameters["tta"].default is True  # predict's default
+
+
+def test_bench_predict_run_flips_by_default():
+    assert inspect.signature(predict_bench.run).parameters["tta"].default is True

@@ -243,7 +243,8 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
                 f"({mm(res['clinical_spacing'])} mm, axes {res['clinical_axes']}) -> model grid "
                 f"{'x'.join(map(str, res['model_grid_shape']))} ({mm(res['model_grid_spacing'])} mm, axes "
                 f"{res['model_axes']}), {res['windows']} window(s)",
-                f"resample in {res['resample_in_s']:.2f} s, predict {res['predict_s']:.2f} s, resample out "
+                f"resample in {res['resample_in_s']:.2f} s, predict {res['predict_s']:.2f} s "
+                f"({'with' if res.get('tta') else 'without'} test-time flipping), resample out "
                 f"{res['resample_out_s']:.2f} s: total {res['total_s']:.2f} s per patient "
                 f"({res['threads']} threads, {res['cpu']}, best of {res['repeats']})",
                 f"dose score {res['dose_score_clinical_grid']:.3f} Gy on the clinical grid, "

@@ -5,9 +5,11 @@ series has: 512 x 512 pixels of ~0.98 mm, 150 slices of 3 mm, stored (slice, row
 holds it (axes "SPL": slices I->S, rows A->P, columns R->L), centred on the patient. That patient is
 then predicted as ``dosepred predict`` does (:func:`dosepred.predict.predict_dose`): into the model's
 space (permutation, then resampling to the spacing the model was trained at), sliding-window
-inference, dose resampled back onto the 512 x 512 x 150 grid. Each stage is timed; the best of
-``repeats`` runs is kept. The prediction is scored (OpenKBP dose score) on the clinical grid
-against the resampled reference dose and, moved back onto the OpenKBP grid, against the original.
+inference, with test-time flipping as ``predict``'s default (``--tta``: twice the network passes;
+``tta=False`` times ``predict --no-tta``), dose resampled back onto the 512 x 512 x 150 grid. Each
+stage is timed; the best of ``repeats`` runs is kept. The prediction is scored (OpenKBP dose score)
+on the clinical grid against the resampled reference dose and, moved back onto the OpenKBP grid,
+against the original.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ def clinical_patient(p: Any, shape: tuple[int, int, int] = CLINICAL_SHAPE,
 
 
 def run(data: str | os.PathLike, model_path: str | os.PathLike, pid: str = "pt_66", repeats: int = 2,
-        threads: int | None = None, tta: bool = False) -> dict[str, Any]:
+        threads: int | None = None, tta: bool = True) -> dict[str, Any]:
     """Time the prediction of patient ``pid`` of OpenKBP folder ``data`` on the clinical grid: the best
     of ``repeats`` (at least 1) runs, on ``threads`` torch CPU threads (None: torch's default, all
-    cores; else at least 1)."""
+    cores; else at least 1); ``tta``: flipped as ``dosepred predict`` by default (False: ``--no-tta``)."""
     import warnings
 
     import torch

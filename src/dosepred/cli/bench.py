@@ -82,6 +82,8 @@ def predict(
         "models/openkbp-mae"),
     repeats: Annotated[int, typer.Option("--repeats", help="Timing repeats (best is kept).")] = 2,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads [all cores].")] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Predict with test-time flipping, as `dosepred "
+                                      "predict` does by default (twice the network passes).")] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Clinical-size prediction (512x512x150 CT at ~0.98x0.98x3 mm): resample in, predict, resample out."""
@@ -89,7 +91,7 @@ def predict(
     if not (data / patient).is_dir():
         raise InputError(f"--data {data} holds no patient {patient} (an OpenKBP folder of pt_* patients)")
     _check(json_out, overwrite, [data, model])
-    _finish("predict", predict_bench.run(data, model, patient, repeats, threads), json_out, overwrite)
+    _finish("predict", predict_bench.run(data, model, patient, repeats, threads, tta), json_out, overwrite)
 
 
 @bench_app.command("bitmask")
