@@ -311,6 +311,30 @@ def _maxrss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB
 
 
+def _hwm_mb() -> float | None:
+    """The process's peak resident set size since the last :func:`_reset_peak` (Linux ``VmHWM``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak RSS to its current RSS (Linux: ``5`` to ``/proc/self/clear_refs``), so
+    that a run's peak is its own also when an earlier run or the data writing peaked higher in the same
+    process (``--no-isolate``; ``ru_maxrss`` never goes down). False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _hwm_mb() is not None
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one pipeline for ``warmup + steps`` steps; timings, memory and sample sizes.
 
@@ -341,6 +365,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
+    own_peak = _reset_peak()  # else ru_maxrss: the process's lifetime peak (clean only in a fresh process)
     rss_before = _rss_now_mb()
     times: dict[str, list[float]] = {p: [] for p in _PHASES}
     sample_bytes = roi_bytes = 0.0
@@ -370,12 +395,13 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             for name, dt in zip(_PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
                 times[name].append(dt)
     del it, batch, x, pred
+    peak = (_hwm_mb() if own_peak else None) or _maxrss_mb()
     res: dict[str, Any] = {"pipeline": pipe, "rois": k, "model": model_desc, "loss": loss_desc,
                            "loss_last": float(loss.detach()), "device": str(dev),
                            "torch_threads": torch.get_num_threads(), "workers": workers,
                            "sample_bytes": sample_bytes, "sample_roi_bytes": roi_bytes,
-                           "peak_rss_mb": _maxrss_mb(), "rss_before_mb": rss_before,
-                           "peak_rss_delta_mb": max(0.0, _maxrss_mb() - rss_before)}
+                           "peak_rss_mb": peak, "rss_before_mb": rss_before,
+                           "peak_rss_delta_mb": max(0.0, peak - rss_before), "peak_rss_own": own_peak}
     res.update({name: statistics.median(v) for name, v in times.items()})
     res["steps_s"] = times["step_s"]
     if workers:
@@ -444,6 +470,9 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
                             "device": cfg.device, "workers": cfg.workers, "model": cfg.model,
                             "seed": cfg.seed, "threads": cfg.threads}
                     res = _run_isolated(spec) if cfg.isolate else run_one(spec)
+                    if not cfg.isolate and not res.get("peak_rss_own"):  # the process's peak, not the run's
+                        for m in ("peak_rss_mb", "peak_rss_delta_mb"):
+                            res.pop(m, None)
                     res["repeat"] = r
                     runs[k][pipe].append(res)
                     if log:
