@@ -133,6 +133,18 @@ def test_false_alarms_and_sensitivity_match_gaussian_residuals():
     assert res["calibration_patients"] == 80 and res["test_patients"] == 40
 
 
+@pytest.mark.parametrize("coverage, calibrating", [(0.95, 22), (0.99, 80)])
+def test_refuses_a_coverage_whose_interval_is_infinite(coverage, calibrating):
+    # was: an infinite interval (clipped to 0-100 % for V-metrics) flagged nothing, and the benchmark
+    # reported 0 % false alarms and 0 % caught at 100 % coverage, where `dosepred qa` refuses the coverage
+    crits, cases = _crits(120)
+    v = [qd.Crit(c.patient, "PTV70 V110%", "PTV70", "V110%", "v_metric", "target", True, "%", 1.0, 0.5)
+         for c in crits if c.family == "oar_mean"]
+    cfg = qd.PowerConfig(coverage=coverage, splits=2, calibration_patients=calibrating)
+    with pytest.raises(InputError, match=f"--coverage {coverage:g} needs more calibration units"):
+        qcv.cross_validate(crits + v, cases, cfg, methods=["signed"])
+
+
 def test_adaptive_candidate_narrows_heteroscedastic_intervals():
     crits, cases = _crits(150, seed=1, hetero=True)
     cfg = qd.PowerConfig(splits=20, calibration_patients=100)
@@ -177,7 +189,7 @@ def test_cli_on_a_synthetic_cohort(tmp_path):
     out = tmp_path / "p.json"
     args = ["bench", "qa-power", "--model", "models/openkbp-mae-cdm", "--data", str(tmp_path / "data"),
             "--prediction", str(tmp_path / "pred"), "--splits", "4", "--oar-gy", "3,6", "--cold-gy", "2",
-            "--hot-pct", "5"]
+            "--hot-pct", "5", "--coverage", "0.5"]  # 3 calibrating: a 90 % V110% interval is infinite
     r = CliRunner().invoke(app, [*args, "--json", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())

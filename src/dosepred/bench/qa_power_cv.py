@@ -167,6 +167,12 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
                                        ada[fam]["upper"])
                 else:
                     off[fam] = family_offsets(f, meth[fam], cfg.coverage, cfg.rule)
+                if off[fam][0] == -math.inf or off[fam][1] == math.inf:  # as QA refuses it (QAChecker)
+                    raise InputError(
+                        f"--coverage {cfg.coverage:g} needs more calibration units than the "
+                        f"{len(cal_by_fam[fam])} of family {fam} on {n_cal} calibrating patients "
+                        f"(method {m}): the interval is infinite and would flag nothing; ask for a lower "
+                        "--coverage or more --calibration-patients")
             for pid in test:
                 ivs: dict[str, tuple[float, float]] = {}
                 any_flag = False
