@@ -136,3 +136,27 @@ def test_qa_dvh_marks_every_improvement_flag_as_a_triangle(monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
     dvh_qa_uri(p, p.dose * 0.9, crits)
     assert seen == ["^" if flagged else "o" for _, _, flagged in cases.values()], seen
+
+
+def test_cohort_criteria_cells_are_coloured_by_agreement_with_the_plans(sample_dir, tmp_path):
+    """The cohort's criteria table colours a prediction's cell green only where it passes or fails the
+    criterion exactly where the plan does, patient by patient (counted here from the per-patient
+    results); before, green meant 'passes at least as often as the plans', so a prediction at 1.1 x the
+    dose passing a target criterion the plans fail on some patients showed green though it disagreed."""
+    pats = list(load_patients(sample_dir))
+    doses = [p.dose * 1.1 for p in pats]
+    res = evaluate_cohort(zip(pats, doses, strict=True), "openkbp-clinical")
+    html = write_report(tmp_path, {"x1.1": res}, pats, {"x1.1": doses}, title="t").read_text()
+    table = html[html.index("<table><tr><th class='l'>criterion</th><th>reference</th>"):]
+    table = table[: table.index("</table>")]
+    seen_red_with_more_passes = False
+    for row in res.criteria_table():
+        agree = sum(c.pred_pass == c.ref_pass for p in res.patients for c in p.criteria
+                    if c.index == row["index"] and c.checked)
+        cell = re.search(rf"<td class='l'>{re.escape(escape(row['criterion']))}</td><td>\d+/\d+</td>"
+                         r"<td class='(\w+)'>(\d+)/(\d+) \(agrees (\d+)/\d+\)</td>", table)
+        assert cell, row["criterion"]
+        assert int(cell.group(4)) == agree and int(cell.group(3)) == row["n"]
+        assert cell.group(1) == ("pass" if agree == row["n"] else "fail"), row["criterion"]
+        seen_red_with_more_passes |= cell.group(1) == "fail" and row["pred_pass"] >= row["ref_pass"]
+    assert seen_red_with_more_passes

@@ -168,10 +168,15 @@ class ReportWriter:
                 if r is None:
                     cells.append("<td class='na'>-</td>")
                     continue
-                cls = "pass" if r["pred_pass"] >= r["ref_pass"] else "fail"
-                cells.append(f"<td class='{cls}'>{r['pred_pass']}/{r['n']}</td>")
+                # coloured by agreement with the plans, patient by patient (not by the counts: 3/4
+                # passing against the plans' 1/4 may agree on none)
+                cls = "pass" if r["agree"] == r["n"] else "fail"
+                said = f"{r['pred_pass']}/{r['n']} (agrees {r['agree']}/{r['n']})"
+                cells.append(f"<td class='{cls}'>{said}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
-        return "<table>" + head + "".join(rows) + "</table>"
+        return ("<table>" + head + "".join(rows) + "</table><p class='meta'>Patients passing each criterion; "
+                "green: the prediction passes or fails it exactly where the plan does, red: not on every "
+                "patient (agrees k/n: on k of the n).</p>")
 
     @staticmethod
     def _dict_table(rows: list[dict[str, Any]]) -> str:
