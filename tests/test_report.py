@@ -160,3 +160,30 @@ def test_cohort_criteria_cells_are_coloured_by_agreement_with_the_plans(sample_d
         assert cell.group(1) == ("pass" if agree == row["n"] else "fail"), row["criterion"]
         seen_red_with_more_passes |= cell.group(1) == "fail" and row["pred_pass"] >= row["ref_pass"]
     assert seen_red_with_more_passes
+
+
+@pytest.mark.parametrize(("finite", "want"), [
+    (True, "95% band of D at each volume\n(calibrated, pointwise)"),
+    (False, "no 95% band: too few calibration\npatients for it (see the criteria table)"),
+])
+def test_qa_dvh_legend_says_a_band_only_where_one_is_drawn(monkeypatch, finite, want):
+    """At a coverage the calibration patients are too few for (qa --coverage 0.95 with 33 of them), no
+    ROI gets a band: the legend said '95% band ... (calibrated)' all the same."""
+    import matplotlib.axes
+
+    from dosepred.report.plots import dvh_qa_uri
+    from dosepred.synth import make_cohort
+
+    p = make_cohort(1, seed=0, size=20)[0]
+    levels = np.array([5.0, 50.0, 95.0])
+    band = {r: (levels, np.full(3, -1.0), np.full(3, 1.0)) if finite else None for r in p.present_rois}
+    labels: list[str] = []
+    orig = matplotlib.axes.Axes.legend
+
+    def legend(self, *a, **k):
+        labels.extend(h.get_label() for h in k.get("handles", []))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
+    dvh_qa_uri(p, p.dose * 0.9, [], band=band, coverage=0.95)
+    assert want in labels and not any("band" in x and x != want for x in labels), labels

@@ -120,6 +120,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
     assert plan.dose is not None
     rd, pdv = plan.dose.ravel(), np.asarray(pred).ravel()
     dvhs: dict[str, DVH] = {}
+    banded = 0  # ROIs drawn with a calibrated band
     first_crit = {}
     for c in criteria:
         if c.unit == "Gy" and c.roi not in first_crit:
@@ -137,6 +138,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                 dv = np.asarray(roi_metrics(pdv[idx[n]], [f"D{v:g}%" for v in levels], vox))
                 ax.fill_betweenx(levels, np.maximum(dv + lo, 0.0), np.maximum(dv + hi, 0.0), color=col[n],
                                  alpha=0.15, lw=0)
+                banded += 1
             continue
         c = first_crit.get(n)
         if c is not None and c.high == c.high and np.isfinite(c.high) and np.isfinite(c.low):
@@ -172,9 +174,13 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
         if c.limit is not None:
             ax.plot([c.limit], [yv], marker="|", color="k", ms=14, mew=2)
     cov = "" if coverage is None else f"{coverage:.0%} "
-    if band is not None:
+    if band is not None and banded:
         band_handle = plt.matplotlib.patches.Patch(
             color="k", alpha=0.15, label=f"{cov}band of D at each volume\n(calibrated, pointwise)")
+    elif band is not None:  # a calibration with bands, none of them finite at this coverage or for these ROIs
+        band_handle = plt.matplotlib.patches.Patch(
+            facecolor="none", edgecolor="none",
+            label=f"no {cov}band: too few calibration\npatients for it (see the criteria table)")
     else:
         band_handle = plt.matplotlib.patches.Patch(facecolor="k", alpha=0.15, hatch="//",
                                                    label="illustrative band: first criterion's\n"
