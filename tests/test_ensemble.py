@@ -24,7 +24,8 @@ from dosepred.models.checkpoint import (
     save_checkpoint,
     write_ensemble,
 )
-from dosepred.models.ensemble import ENSEMBLE_FILE, EnsembleModel, read_ensemble
+from dosepred.models.ensemble import ENSEMBLE_FILE, EnsembleModel, ensemble_space, read_ensemble
+from dosepred.models.space import ModelSpace
 from dosepred.synth import make_cohort
 from dosepred.training import TrainConfig, Trainer
 from tiny_models import TINY
@@ -137,14 +138,83 @@ def test_members_must_share_rois_and_model_space(two_runs, tmp_path):
         write_ensemble([two_runs / "run1", tmp_path / "order.pt"], tmp_path / "e1")
     assert not (tmp_path / "e1").exists()  # checked before anything is written
     sp = load_checkpoint(two_runs / "run2")["space"]
-    _released_like(two_runs / "run2", tmp_path / "space.pt", spacing_max=[20.0, 20.0, 20.0])
-    with pytest.raises(ModelError, match=r"^model 2 .* another model space than member 1 \(spacing_max "
-                                         + r"\[.*\] vs \[20\.0, 20\.0, 20\.0\]\)"):
+    # spacings no training patient of run1 had: no placement serves both
+    _released_like(two_runs / "run2", tmp_path / "space.pt", spacing_min=[2 * v for v in sp["spacing_max"]],
+                   spacing_max=[3 * v for v in sp["spacing_max"]])
+    lo, hi = sp["spacing_min"][0], sp["spacing_max"][0]
+    with pytest.raises(ModelError, match=rf"^model 2 .* another model space than member 1 \(spacing "
+                                         rf"{2 * hi:.4g}-{3 * hi:.4g} mm along A->P vs {lo:.4g}-{hi:.4g} "
+                                         r"mm: no spacing every member was trained on\)"):
         write_ensemble([two_runs / "run1", tmp_path / "space.pt"], tmp_path / "e2")
-    assert sp["spacing_max"] != [20.0, 20.0, 20.0]
     r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(tmp_path / "space.pt"), "--out",
                             str(tmp_path / "e3")])
     assert r.exit_code == 2 and "another model space" in r.output and not (tmp_path / "e3").exists()
+    _released_like(two_runs / "run2", tmp_path / "axes.pt", axes="LPI")
+    with pytest.raises(ModelError, match=r"^model 2 .* another model space than member 1 \(axes LPI vs PLI"):
+        write_ensemble([two_runs / "run1", tmp_path / "axes.pt"], tmp_path / "e4")
+    _released_like(two_runs / "run2", tmp_path / "fov.pt", fov_min=[500.0, 500.0, 500.0],
+                   fov_max=[600.0, 600.0, 600.0])
+    with pytest.raises(ModelError, match=r"^model 3 .* another model space than members 1-2 \(field of view"):
+        write_ensemble([two_runs / "run1", two_runs / "run2", tmp_path / "fov.pt"], tmp_path / "e5")
+
+
+def test_cross_validation_folds_make_an_ensemble_warning_as_any_fold_would(two_runs, tmp_path):
+    """Two models of one recipe trained on different patients (cross-validation folds: one placement,
+    other training statistics) make an ensemble; its space keeps what any fold would refuse or warn
+    of. Refused before: "another model space ... absent_rois ['PTV56', 'PTV63'] vs ['Larynx', ...]"."""
+    write_cache(make_cohort(6, seed=6, size=20), tmp_path / "fold")  # lacking Larynx, Mandible, PTV56, PTV63
+    Trainer(TrainConfig(data=str(tmp_path / "fold"), out=str(tmp_path / "run"), epochs=1, steps_per_epoch=3,
+                        seed=3, **TINY), progress=False).fit()
+    one, fold = (load_checkpoint(x)["space"] for x in (two_runs / "run1", tmp_path / "run"))
+    assert one["absent_rois"] == ["PTV56", "PTV63"] and one["absent_counts"] == {"PTV56": 1, "PTV63": 2}
+    assert fold["absent_rois"] == ["Larynx", "Mandible", "PTV56", "PTV63"]
+    assert fold["absent_counts"] == {"Larynx": 1, "Mandible": 1, "PTV56": 2, "PTV63": 2}
+    write_ensemble([two_runs / "run1", tmp_path / "run"], tmp_path / "ens")
+    ens = load_model(tmp_path / "ens")
+    sp = ens.space
+    assert (sp.axes, sp.spacing_min, sp.spacing_max) == (one["axes"], tuple(one["spacing_min"]),
+                                                         tuple(one["spacing_max"]))
+    assert sp.absent_rois == ("PTV56", "PTV63")  # only what every fold's patients lacked some of
+    assert dict(sp.absent_counts) == {"PTV56": 1, "PTV63": 2} and sp.absent_patients == 6
+    # plans' synth_000 lacks Larynx, which every training patient of run1 had: refused as run1 refuses it
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "ens"), "--data", str(two_runs / "plans"),
+                            "--out", str(tmp_path / "o"), "--format", "cache", "--no-progress"])
+    assert r.exit_code == 2 and "lacks Larynx, which every patient the model was trained on had" in r.output
+    e = _predict(tmp_path / "ens", two_runs / "plans", tmp_path / "e")
+    a = _predict(two_runs / "run1", two_runs / "plans", tmp_path / "a")
+    b = _predict(tmp_path / "run", two_runs / "plans", tmp_path / "b")
+    for pid in e:
+        np.testing.assert_allclose(e[pid], 0.5 * a[pid] + 0.5 * b[pid], rtol=0, atol=2e-5)
+
+
+def test_ensemble_space_intersects_ranges_and_keeps_every_members_warnings():
+    a = ModelSpace(spacing_min=(2.5, 2.5, 1.5), spacing_max=(5.0, 5.0, 3.0), fov_min=(300, 300, 200),
+                   fov_max=(600, 600, 400), masked=False, patients=100, spacing_median=(4.0, 4.0, 2.5),
+                   shape_median=(128, 128, 120), absent_rois=("SpinalCord", "Larynx", "PTV56"),
+                   absent_counts={"SpinalCord": 1, "Larynx": 40, "PTV56": 10}, patients_sha="a" * 16)
+    b = ModelSpace(spacing_min=(3.0, 3.0, 1.0), spacing_max=(6.0, 6.0, 2.5), fov_min=(350, 350, 150),
+                   fov_max=(650, 650, 380), masked=True, patients=120, spacing_median=(3.0, 3.0, 2.0),
+                   shape_median=(128, 128, 130), absent_rois=("SpinalCord", "PTV56", "Mandible"),
+                   absent_counts={"SpinalCord": 30, "PTV56": 3, "Mandible": 5}, absent_patients=150,
+                   patients_sha="b" * 16)
+    old = ModelSpace(patients=80, absent_rois=None, absent_counts=None, shape_median=None)
+    e = ensemble_space([a, b])
+    assert (e.spacing_min, e.spacing_max) == ((3.0, 3.0, 1.5), (5.0, 5.0, 2.5))
+    assert (e.fov_min, e.fov_max) == ((350, 350, 200), (600, 600, 380))
+    assert e.spacing_median == (3.5, 3.5, 2.25) and e.shape_median == (128, 128, 125)
+    assert e.masked and e.patients == 120 and e.patients_sha is None
+    assert e.absent_rois == ("SpinalCord", "PTV56")  # Larynx / Mandible: every patient of b / a had it
+    assert dict(e.absent_counts) == {"SpinalCord": 1, "PTV56": 3} and e.absent_of == 150
+    # rarely missing for a member (SpinalCord: 1 of a's 100; PTV56: 3 of b's 150) -> for the ensemble
+    # (Mandible, rarely missing for b, every patient of a had: refused without --allow-missing-rois)
+    assert set(e.rarely_absent()) == {"SpinalCord", "PTV56"}
+    assert (set(a.rarely_absent()) | set(b.rarely_absent())) - set(e.rarely_absent()) == {"Mandible"}
+    # a record made before the list was kept does not widen what may be missing; nor its missing median
+    f = ensemble_space([a, old])
+    assert f.absent_rois == a.absent_rois and dict(f.absent_counts) == dict(a.absent_counts)
+    assert f.shape_median is None and f.patients == 100
+    assert ensemble_space([old, old]).absent_rois is None
+    assert ensemble_space([a, a]) == a  # one recipe on the same patients: the record itself
 
 
 def _spec(tmp_path: Path, two_runs: Path, **edit) -> Path:

@@ -26,9 +26,16 @@ Rules, each an error naming the ensemble file, the member and the rule: at least
 weight a positive finite number (they are normalised to sum to 1); each member a single model whose
 file still has the recorded SHA-256 (a member retrained or replaced makes the ensemble, and any
 calibration of it, another model); members predicting the same ROIs (names, kinds and prescriptions,
-in one bit order) in the same model space (axes, spacing and field-of-view ranges: one placement of
-the patient serves all). Members may differ in architecture and in their patch: each predicts the
-placed patient with its own sliding windows and test-time passes (:func:`dosepred.predict.predict_in_space`).
+in one bit order) from patients placed one way: the same axes, and spacing and field-of-view ranges
+that share a value on every axis (:func:`ensemble_space`). Members may differ in architecture and in
+their patch: each predicts the placed patient with its own sliding windows and test-time passes
+(:func:`dosepred.predict.predict_in_space`).
+
+The ensemble's own model space (:func:`ensemble_space`) is where a patient is placed for all members
+and what ``predict`` and ``qa`` warn from: the ranges every member was trained in (the intersection:
+a patient inside it is inside each member's), and the training-data statistics combined so that a
+warning any member's record would give is given (cross-validation folds, trained on different
+patients, differ in them: which ROIs some training patients lacked, how many, which patients).
 """
 
 from __future__ import annotations
@@ -49,8 +56,8 @@ from .space import ModelSpace
 from .tags import ENSEMBLE_FILE, ENSEMBLE_FORMAT
 from .unet import ModelError
 
-__all__ = ["ENSEMBLE_FILE", "EnsembleModel", "EnsembleSpec", "Member", "assemble", "is_ensemble",
-           "read_ensemble", "write_ensemble"]
+__all__ = ["ENSEMBLE_FILE", "EnsembleModel", "EnsembleSpec", "Member", "assemble", "ensemble_space",
+           "is_ensemble", "read_ensemble", "write_ensemble"]
 #: The version :func:`write_ensemble` writes (and the only one read)
 ENSEMBLE_VERSION = 1
 
@@ -146,17 +153,84 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
     return EnsembleSpec(p, tuple(members))
 
 
-def _space_difference(a: ModelSpace, b: ModelSpace) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    for k in da:
-        if k != "source" and da[k] != db.get(k):
-            return f"{k} {da[k]} vs {db.get(k)}"
+def _placement_conflict(common: ModelSpace, sp: ModelSpace) -> str:
+    """Why patients placed in ``common`` (the space of the members before) cannot be given to a member
+    trained in ``sp``: other axes, or a spacing or field-of-view range sharing no value with ``common``'s
+    on some axis; "" when they can."""
+    if sp.axes != common.axes:
+        return f"axes {sp.axes} vs {common.axes}: its arrays run in other directions"
+    for what, a, b in (("spacing", (sp.spacing_min, sp.spacing_max),
+                        (common.spacing_min, common.spacing_max)),
+                       ("field of view", (sp.fov_min, sp.fov_max), (common.fov_min, common.fov_max))):
+        for j in range(3):
+            if max(a[0][j], b[0][j]) > min(a[1][j], b[1][j]):
+                return (f"{what} {a[0][j]:.4g}-{a[1][j]:.4g} mm along {common.axis_name(j)} vs "
+                        f"{b[0][j]:.4g}-{b[1][j]:.4g} mm: no {what} every member was trained on")
     return ""
+
+
+def _mean3(values: Sequence[tuple[float, float, float] | None]) -> tuple[float, float, float] | None:
+    if any(v is None for v in values):
+        return None
+    return tuple(float(np.mean([v[j] for v in values if v is not None])) for j in range(3))  # type: ignore
+
+
+def ensemble_space(spaces: Sequence[ModelSpace]) -> ModelSpace:
+    """The model space of an ensemble whose members were trained in ``spaces`` (one axis order, and
+    ranges sharing a value on every axis: :func:`assemble` checks it). Where a patient is placed:
+
+    - ``axes``: the members'; the spacing and field-of-view ranges: the intersection of theirs (a
+      patient whose spacing is inside it is placed without resampling, inside every member's range;
+      one outside any member's is resampled into it, and warned of by ``predict`` and noted by ``qa``
+      as any member would); the median spacing and array size (the resampling target): the mean;
+
+    what the members' training data were, combined so that every warning and refusal any member's
+    record would give is given:
+
+    - ``masked``: whether any member's training patients all had a possible-dose mask;
+    - ``absent_rois`` (a patient may lack them without ``--allow-missing-rois``): the ROIs every
+      member's training patients lacked some of (those of a record without the list do not narrow it;
+      None when no member has one);
+    - ``absent_counts``: per ROI of those, the fewest training patients that lacked it in any member,
+      of (``absent_patients``) the most patients any member counted: its share is at most each
+      member's, so an ROI rarely missing for one member is rarely missing for the ensemble
+      (:meth:`ModelSpace.rarely_absent`);
+    - ``patients``: the most patients any member was trained on; ``patients_sha``: theirs when every
+      member was trained on the same patients, else None (the union is not recorded)."""
+    first = spaces[0]
+    absent_lists = [s.absent_rois for s in spaces if s.absent_rois is not None]
+    absent = None if not absent_lists else tuple(n for n in absent_lists[0]
+                                                  if all(n in a for a in absent_lists))
+    counted = [(dict(s.absent_counts), s.absent_of) for s in spaces
+               if s.absent_rois is not None and s.absent_counts is not None and s.absent_of > 0]
+    counts, of = None, None
+    if absent is not None and counted:
+        counts = tuple((n, min(c[n] for c, _ in counted if n in c)) for n in absent
+                       if any(n in c for c, _ in counted))
+        of = max(k for _, k in counted)
+    patients = max(s.patients for s in spaces)
+    if of == patients and all(s.absent_patients is None for s in spaces):
+        of = None  # counted among ``patients``, as the members' are
+    sources = list(dict.fromkeys(s.source for s in spaces))
+    shas = {s.patients_sha for s in spaces}
+    return ModelSpace(
+        axes=first.axes,
+        spacing_min=tuple(np.max([s.spacing_min for s in spaces], axis=0).tolist()),
+        spacing_max=tuple(np.min([s.spacing_max for s in spaces], axis=0).tolist()),
+        fov_min=tuple(np.max([s.fov_min for s in spaces], axis=0).tolist()),
+        fov_max=tuple(np.min([s.fov_max for s in spaces], axis=0).tolist()),
+        masked=any(s.masked for s in spaces), patients=patients,
+        source=sources[0] if len(sources) == 1 else "ensemble of " + "; ".join(sources),
+        spacing_median=_mean3([s.spacing_median for s in spaces]),
+        shape_median=_mean3([s.shape_median for s in spaces]),
+        absent_rois=absent, absent_counts=counts, absent_patients=of,
+        patients_sha=shas.pop() if len(shas) == 1 else None)
 
 
 class EnsembleModel(torch.nn.Module):
     """Loaded members (eval mode) and their normalised weights. ``config`` is the first member's (the
-    ROIs and bit order every member shares), ``space`` their common model space. Predict with
+    ROIs and bit order every member shares), ``space`` their combined model space
+    (:func:`ensemble_space`). Predict with
     :func:`dosepred.predict.predict_dose` (or ``predict_in_space``), which runs each member and
     returns :meth:`combine` of their doses; calling the module itself is refused."""
 
@@ -186,7 +260,7 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
     single model's loader, :func:`dosepred.models.checkpoint.load_ensemble` passes its own), after
     checking every rule of the module docstring."""
     nets: list[torch.nn.Module] = []
-    space: ModelSpace | None = None
+    spaces: list[ModelSpace] = []
     seen: list[Path] = []
     for i, m in enumerate(spec.members, 1):
         mp = spec.member_path(m)
@@ -211,7 +285,6 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
                              ) from None
         if sha256_file(mp) != m.sha256:  # replaced while it was read (a training writing its best.pt)
             raise ModelError(f"{where}: the file changed while it was read; try again")
-        sp = net.space
         if nets:
             first = nets[0].config
             if net.config.roi_set.to_dicts() != first.roi_set.to_dicts():
@@ -219,16 +292,14 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
                                  f"({', '.join(net.config.roi_set.names)} vs "
                                  f"{', '.join(first.roi_set.names)}, "
                                  "with their kinds and prescriptions, in bit order): members must share them")
-            assert space is not None
-            diff = _space_difference(space, sp)
-            if diff:
-                raise ModelError(f"{where} was trained in another model space than member 1 ({diff}): "
-                                 "members must share one")
-        else:
-            space = sp
+            conflict = _placement_conflict(ensemble_space(spaces), net.space)
+            if conflict:
+                before = "member 1" if len(nets) == 1 else f"members 1-{len(nets)}"
+                raise ModelError(f"{where} was trained in another model space than {before} ({conflict}): "
+                                 "a patient cannot be placed for all of them at once")
+        spaces.append(net.space)
         nets.append(net)
-    assert space is not None
-    return EnsembleModel(nets, spec.weights, space).eval()
+    return EnsembleModel(nets, spec.weights, ensemble_space(spaces)).eval()
 
 
 def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
