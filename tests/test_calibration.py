@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ from calibration_versions import without_centred
 from dosepred.qa.calibrating import build_calibration
 from dosepred.qa.calibration import (
     CALIBRATION_VERSION,
+    REQUIRED_FIELDS,
     Calibration,
     CalibrationError,
+    TrainingRanges,
     load_calibration,
     write_calibration,
 )
@@ -28,6 +31,10 @@ from dosepred.qa.conformal import (
 )
 from dosepred.qa.crossval import choose_methods, cross_validate
 from dosepred.qa.families import Unit, metric_family
+
+#: training ranges for the calibrations built here (a calibration of the current version must hold them)
+RANGES = TrainingRanges(20, {"PTV70": (40.0, 1200.0), "SpinalCord": (5.0, 60.0)}, (1.5, 2.7, 2.7),
+                        (3.3, 5.1, 5.1))
 
 
 @pytest.mark.parametrize("n", [1, 5, 19, 20, 100, 333])
@@ -277,7 +284,7 @@ def test_write_and_load_calibration_atomic(tmp_path):
         load_calibration(tmp_path)
     units = _synthetic_units(20, seed=5)
     ids = sorted({u.patient for u in units})
-    cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", None, splits=5)
+    cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", RANGES, splits=5)
     stats = {"width": math.inf, "coverage": math.nan}
     results = {**cal.cross_validation.results, "oar_mean": {"absolute": {"0.9": stats}}}
     cv = dataclasses.replace(cal.cross_validation, results=results)
@@ -344,6 +351,63 @@ def test_calibration_files_of_every_version_read_and_write_back_unchanged(tmp_pa
         out = tmp_path / f"out{version}"
         out.mkdir()
         assert write_calibration(out, cal).read_text() == written
+
+
+RELEASED = sorted((Path(__file__).resolve().parents[1] / "models").glob("*/calibration.json"))
+
+
+@pytest.mark.parametrize(("edit", "field", "has"), [
+    (lambda c: c.update(criteria=[]), "criteria", "has 'criteria' []"),
+    (lambda c: c.pop("criteria"), "criteria", "has no 'criteria'"),
+    (lambda c: c.pop("model_sha256"), "model_sha256", "has no 'model_sha256'"),
+    (lambda c: c.update(model_sha256=None), "model_sha256", "has 'model_sha256' null"),
+    (lambda c: c.update(model_sha256="abc"), "model_sha256", "has 'model_sha256' \"abc\""),
+    (lambda c: c.pop("training_ranges"), "training_ranges", "has no 'training_ranges'"),
+    (lambda c: c.update(training_ranges=None), "training_ranges", "has 'training_ranges' null"),
+    (lambda c: c["training_ranges"].update(roi_volume_cc={}), "training_ranges", "has 'training_ranges' {"),
+])
+def test_a_current_calibration_must_hold_what_qa_s_checks_stand_on(tmp_path, edit, field, has):
+    """A version-4 file edited by hand or damaged so that it lacks the criteria (every 'criterion not
+    calibrated' flag went silent), the model's SHA-256 (the model-file check was skipped) or the
+    training ROI volume ranges (the volume note was dropped) is one error naming the file and the field;
+    each version 1-3 file, whose writers were not held to it, still loads without it."""
+    obj = json.loads(RELEASED[0].read_text())
+    assert obj["version"] == CALIBRATION_VERSION == 4
+    edit(obj)
+    (tmp_path / "calibration.json").write_text(json.dumps(obj))
+    path = re.escape(str(tmp_path / "calibration.json"))
+    with pytest.raises(CalibrationError, match=rf"^{path}: calibration\.json version 4 {re.escape(has)}.*; "
+                                               rf"a file of this version must hold it \(.*\): recalibrate "
+                                               r"with `dosepred calibrate`$"):
+        load_calibration(tmp_path)
+    for version, old in _old_versions(json.loads(RELEASED[0].read_text())).items():
+        if version < 4:
+            edit(old)
+            (tmp_path / "calibration.json").write_text(json.dumps(old))
+            cal = load_calibration(tmp_path)
+            assert cal.version == version
+            lacks = {"criteria": not cal.criteria, "model_sha256": len(cal.model_sha256 or "") != 64,
+                     "training_ranges": cal.training_ranges is None or not cal.training_ranges.roi_volume_cc}
+            assert set(lacks) == set(REQUIRED_FIELDS) and lacks[field]
+
+
+def test_a_calibration_lacking_a_required_field_is_never_written(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"w")
+    units = _synthetic_units(20, seed=5)
+    cal = build_calibration(units, sorted({u.patient for u in units}), "openkbp-clinical",
+                            tmp_path / "model.pt", "d", RANGES, splits=5)
+    for change in ({"criteria": ()}, {"model_sha256": None},
+                   {"training_ranges": dataclasses.replace(RANGES, roi_volume_cc={})}):
+        with pytest.raises(CalibrationError, match=f"has '{next(iter(change))}'"):
+            write_calibration(tmp_path, dataclasses.replace(cal, **change))
+        assert not (tmp_path / "calibration.json").exists()
+
+
+@pytest.mark.parametrize("path", RELEASED, ids=lambda p: p.parent.name)
+def test_the_released_calibrations_hold_every_required_field(path):
+    cal = load_calibration(path.parent)
+    assert cal.version == CALIBRATION_VERSION and len(cal.model_sha256) == 64 and cal.criteria
+    assert cal.training_ranges.roi_volume_cc
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -591,7 +655,7 @@ def test_calibration_records_its_flipping_and_old_files_mean_unflipped(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"w")
     ids = sorted({u.patient for u in units})
     for tta in (True, False):
-        cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", None, splits=5,
+        cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", RANGES, splits=5,
                                 tta=tta)
         assert cal.version == CALIBRATION_VERSION and cal.tta is tta and cal.method_rule == "flagging-end"
         written = json.loads(write_calibration(tmp_path, cal).read_text())
@@ -763,7 +827,7 @@ def test_centres_are_written_read_and_required_where_centred_scores_are(tmp_path
     units = _biased_units(12, seed=6)
     (tmp_path / "model.pt").write_bytes(b"w")
     cal = build_calibration(units, sorted({u.patient for u in units}), "openkbp-clinical",
-                            tmp_path / "model.pt", "d", None, splits=5, tta=True)
+                            tmp_path / "model.pt", "d", RANGES, splits=5, tta=True)
     path = write_calibration(tmp_path, cal)
     back = load_calibration(tmp_path).families["oar_mean"]
     assert back.criterion_stats == cal.families["oar_mean"].criterion_stats
@@ -851,7 +915,7 @@ def test_centres_only_as_version_4_writes_them(tmp_path, edit, message):
     units = _biased_units(12, seed=8)
     (tmp_path / "model.pt").write_bytes(b"w")
     cal = build_calibration(units, sorted({u.patient for u in units}), "openkbp-clinical",
-                            tmp_path / "model.pt", "d", None, splits=5, tta=True)
+                            tmp_path / "model.pt", "d", RANGES, splits=5, tta=True)
     obj = json.loads(write_calibration(tmp_path, cal).read_text())
     edit(obj)
     (tmp_path / "calibration.json").write_text(json.dumps(obj))

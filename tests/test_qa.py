@@ -400,6 +400,44 @@ def test_qa_refuses_a_calibration_computed_for_another_model_file(sample_dir, mo
                     "recalibrate with `dosepred calibrate`")
 
 
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda cal: cal.update(criteria=[]), "criteria"),
+    (lambda cal: cal.pop("model_sha256"), "model_sha256"),
+    (lambda cal: cal.update(model_sha256=None), "model_sha256"),
+    (lambda cal: cal.pop("training_ranges"), "training_ranges")])
+def test_qa_refuses_a_current_calibration_edited_to_skip_a_check(sample_dir, model_dir, tmp_path, edit,
+                                                                 field):
+    """An emptied criteria list turned every 'criterion not calibrated' flag off, a removed or null
+    model_sha256 skipped the model-file check, removed training ranges dropped the ROI volume note,
+    all without a word (reviewer's calib_edits.py): now one error naming the file and the field."""
+    d, _ = _calibrated_copy(model_dir, tmp_path, edit)
+    text = _qa_fails(d, sample_dir, tmp_path / "out")
+    assert text.startswith(f"error: {d / 'calibration.json'}: calibration.json version 4 has ")
+    assert f"{field!r}" in text and text.endswith("recalibrate with `dosepred calibrate`")
+
+
+def test_qa_with_an_older_calibration_lacking_them_says_which_checks_it_cannot_make(sample_dir, model_dir,
+                                                                                    tmp_path):
+    """A version 1-3 file lacking the criteria, the model SHA-256 and the training ranges (which only the
+    current version must hold) still checks plans, flags every criterion as not calibrated (the file
+    lists none), and warns once of the checks it cannot make."""
+    from dosepred.io import load_patients
+    from dosepred.qa import FLAG_UNCALIBRATED, run_qa
+
+    def edit(cal):
+        without_centred(cal)["version"] = 3
+        for k in ("criteria", "model_sha256", "training_ranges"):
+            cal.pop(k)
+
+    d, _ = _calibrated_copy(model_dir, tmp_path, edit)
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    res = run_qa(d, [p], "openkbp-clinical", coverage=0.9)
+    assert all(any(f.startswith(FLAG_UNCALIBRATED) for f in c.flags) for c in res.patients[0].criteria)
+    said = [w for w in res.warnings if "(version 3) records no model SHA-256" in w]
+    assert len(said) == 1 and "no criteria" in said[0] and "no training ROI volume ranges" in said[0]
+    assert "recalibrate with `dosepred calibrate`" in said[0]
+
+
 @pytest.mark.parametrize("coverage", ["0.95", "0.99"])
 def test_qa_refuses_a_coverage_its_calibration_units_cannot_give(sample_dir, model_dir, tmp_path, coverage):
     """A two-sided interval at coverage 1 - a needs its (n + 1)(1 - a/2)-th score of n: with the 33 units

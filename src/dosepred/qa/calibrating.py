@@ -255,7 +255,7 @@ def training_ranges(patients: Iterable[Patient], source: str | None = None) -> T
 
 
 def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Protocol | str, model_path: Path,
-                      data: str, ranges: TrainingRanges | None, splits: int = 200, seed: int = 0,
+                      data: str, ranges: TrainingRanges, splits: int = 200, seed: int = 0,
                       cal_fraction: float = CAL_FRACTION, rule: str = DEFAULT_RULE,
                       dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True
                       ) -> Calibration:
@@ -279,7 +279,7 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Proto
     ckpt = model_path / "model.pt" if model_path.is_dir() else model_path
     return Calibration(
         CALIBRATION_VERSION, rule, bool(tta), DEFAULT_METHOD_RULE,
-        sha256_file(ckpt) if ckpt.is_file() else None, proto.name,
+        sha256_file(ckpt), proto.name,
         tuple(sorted({u.criterion for u in units})), str(data), tuple(ids),
         f"normalised: per criterion (residual - bias) / scale, shrunk to the family with k={SHRINK_K:g}; "
         "centred: per criterion residual - its median",

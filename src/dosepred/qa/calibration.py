@@ -14,7 +14,11 @@ Versions (:data:`CALIBRATION_VERSION`; each still read, with the meaning it had)
 - 2: ``quantile_rule``, tail scores per family, later ``dvh_band``; unflipped predictions;
 - 3: ``tta`` (whether the predictions were flipped; required) and ``method_rule`` (how the methods
   were chosen, :mod:`dosepred.qa.crossval`);
-- 4: the ``centred`` method (its scores, and a ``centre`` in every per-criterion statistic).
+- 4: the ``centred`` method (its scores, and a ``centre`` in every per-criterion statistic); and
+  required, as every writer wrote them but QA's checks stand on them (:data:`REQUIRED_FIELDS`): the
+  model file's ``model_sha256``, the calibrated ``criteria`` and the ``training_ranges`` of ROI
+  volumes. A file of an earlier version lacking one still loads (QA then warns that the check it
+  feeds is not made).
 
 :meth:`Calibration.to_json` writes a file's keys in the order and with the values they were read
 with, so a calibration read and written again is the same file; :func:`write_calibration` writes it
@@ -46,6 +50,12 @@ CALIBRATION_FORMAT = "dosepred-calibration"
 #: predictions were flipped (``tta``; plan QA predicts the same way) and the rule that chose the methods
 #: (``method_rule``). Versions 1 and 2 were made from unflipped predictions.
 CALIBRATION_VERSION = 4
+#: What a file of the current version must hold, and which check of plan QA each feeds: removed or
+#: emptied by a hand edit, each switched its check off without a word (docs/qa.md)
+REQUIRED_FIELDS = {
+    "model_sha256": "the SHA-256 of the model file it was computed for: QA refuses another model file",
+    "criteria": "the criteria it calibrated: QA flags any other 'criterion not calibrated'",
+    "training_ranges": "the training patients' ROI volume ranges: QA notes a volume far outside them"}
 
 
 class CalibrationError(DosepredError, ValueError):
@@ -191,6 +201,8 @@ class Calibration:
                 raise CalibrationError(f"{source}: calibration.json version {obj.get('version')} {why} "
                                        "(true or false: whether its predictions were flipped): recalibrate "
                                        "with `dosepred calibrate`")
+        if version >= CALIBRATION_VERSION:
+            check_required(obj, source)
         fams = r.obj(obj.get("families", {}), "families")
         cv = obj.get("cross_validation")
         ranges = obj.get("training_ranges")
@@ -205,6 +217,28 @@ class Calibration:
             None if cv is None else _cross_validation(r, cv),
             None if ranges is None else TrainingRanges.from_json(ranges, source),
             _band(r, obj.get("dvh_band")))
+
+
+def check_required(obj: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """:class:`CalibrationError` naming ``source`` and the field where ``obj`` (a calibration's JSON
+    object) lacks one of :data:`REQUIRED_FIELDS` or holds it empty: a model SHA-256 of 64 hex digits,
+    a non-empty list of criteria, training ranges with ROI volumes."""
+    for key, what in REQUIRED_FIELDS.items():
+        v = obj.get(key)
+        if key == "model_sha256":
+            ok = isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v.lower())
+        elif key == "criteria":
+            ok = isinstance(v, list) and len(v) > 0
+        else:
+            vols = v.get("roi_volume_cc") if isinstance(v, dict) else None
+            ok = isinstance(vols, dict) and len(vols) > 0
+        if not ok:
+            shown = json.dumps(v)
+            has = f"has no {key!r}" if key not in obj else \
+                f"has {key!r} {shown if len(shown) <= 40 else shown[:40] + '...'}"
+            raise CalibrationError(f"{source}: calibration.json version {obj.get('version')} {has}; a file "
+                                   f"of this version must hold it ({what}): recalibrate with `dosepred "
+                                   "calibrate`")
 
 
 def load_calibration(model: str | os.PathLike) -> Calibration:
@@ -240,7 +274,10 @@ def write_calibration(model_dir: str | os.PathLike, calib: Calibration) -> Path:
     if d.is_file():
         d = d.parent
     path = d / CALIBRATION_FILE
-    write_text(path, json.dumps(_finite(calib.to_json()), indent=1) + "\n")
+    obj = _finite(calib.to_json())
+    if calib.version >= CALIBRATION_VERSION:  # never write a file that would not be read back
+        check_required(obj, path)
+    write_text(path, json.dumps(obj, indent=1) + "\n")
     return path
 
 

@@ -168,10 +168,22 @@ class QAChecker:
                 "made from unflipped predictions, so QA predicts without flipping to match it (not as "
                 "`dosepred predict` does by default); recalibrate with `dosepred calibrate` for flipped "
                 "predictions and their narrower intervals (docs/qa.md)")
+        # only a file of version 1-3 may lack these (calibration.REQUIRED_FIELDS): say what is not checked
+        lacks = [what for what, gone in (
+            ("no model SHA-256, so QA cannot check that it was computed for this model file",
+             self.calibration.model_sha256 is None),
+            ("no criteria, so every criterion is flagged as not calibrated", not self.calibrated),
+            ("no training ROI volume ranges, so no ROI volume is noted as far outside them",
+             self.calibration.training_ranges is None or not self.calibration.training_ranges.roi_volume_cc))
+            if gone]
+        if lacks:
+            self.warnings.append(f"{self.model_path.parent / 'calibration.json'} (version "
+                                 f"{self.calibration.version}) records {'; '.join(lacks)}: recalibrate with "
+                                 "`dosepred calibrate`")
 
     def _check_model_hash(self) -> None:
         want = self.calibration.model_sha256
-        if want and sha256_file(self.model_path) != want:
+        if want is not None and sha256_file(self.model_path) != want:
             raise CalibrationError(f"{self.model_path.parent / 'calibration.json'} was computed for another "
                                    "model file (sha256 differs): recalibrate with `dosepred calibrate`")
 
@@ -397,7 +409,7 @@ class QAChecker:
                                  self.methods[fam], self.coverage, self.rule)
             lb = lower_is_better(c.direction, c.metric, kind)
             flags, gain = flags_for(c.ref, c.pred, low, high, kind, lb, c.unit)
-            if self.calibrated and f"{c.roi} {c.metric}" not in self.calibrated:
+            if f"{c.roi} {c.metric}" not in self.calibrated:  # an old file listing none: none was
                 flags.append(f"{FLAG_UNCALIBRATED} (interval of the {fam} family)")
             out.append(CriterionQA(c.roi, c.metric, float(c.ref), float(c.pred), float(low), float(high),
                                    c.limit, c.ref_pass, flags, name=c.name, family=fam, unit=c.unit,
