@@ -418,6 +418,28 @@ def test_train_out_overlapping_the_training_cache_is_refused(base, work, where):
               str(cache))
 
 
+@pytest.mark.parametrize("link", ["folder", "files"])
+def test_overwrite_never_deletes_what_an_input_reaches_through_a_link(base, work, link):
+    """Found by the CLI bad-input pass: an OpenKBP source whose pt_* folder (or whose CSV files) were links
+    into --out passed the overlap check (it resolved the source, not its members); --overwrite replaced
+    --out, deleting the patients, and the import then failed reading the links it had left dangling."""
+    import shutil
+
+    shutil.copytree(base / "okbp", work / "old")
+    src = work / "src"
+    if link == "folder":
+        src.mkdir()
+        (src / "pt_1").symlink_to(work / "old" / "pt_1", target_is_directory=True)
+    else:
+        (src / "pt_1").mkdir(parents=True)
+        for f in (work / "old" / "pt_1").iterdir():
+            (src / "pt_1" / f.name).symlink_to(f)
+    with unchanged(work):
+        fails(cli("data", "import-openkbp", src, "--out", work / "old", "--overwrite"),
+              "--out holds", str(work / "old" / "pt_1"), "the input", "--overwrite would delete it")
+    ok(cli("data", "import-openkbp", src, "--out", work / "cache"))  # the links themselves are fine
+
+
 def test_predict_out_equal_to_data_is_refused(base, work):
     import shutil
 

@@ -79,6 +79,13 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         if _overlap(rp, rs):
             rel = "is" if rp == rs else ("lies inside" if rs in rp.parents else "holds")
             raise OutputError(f"{p}: {what} {rel} the input {src}; choose an output outside the inputs")
+    if overwrite and p.is_dir() and not p.is_symlink():
+        for src in inputs:  # --overwrite replaces p whole: no input may reach into it through a link
+            link = None if src is None else _link_into(Path(src), rp)
+            if link is not None:
+                raise OutputError(f"{p}: {what} holds {link.resolve()}, which the input {src} reaches "
+                                  f"through the link {link}; --overwrite would delete it: choose an output "
+                                  "outside the inputs")
     if p.is_symlink() and not overwrite:
         raise OutputError(f"{p}: {what} is a symbolic link (to {os.readlink(p)}), never replaced without "
                           f"--overwrite, which replaces the link itself; to write where it points, give "
@@ -88,6 +95,25 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
                           "it whole, or choose another path")
     return p
+
+
+def _link_into(src: Path, out: Path) -> Path | None:
+    """The first symbolic link under the folder ``src`` (followed into linked folders, each folder read
+    once) that resolves into, onto or around ``out``; None when there is none or ``src`` is no folder."""
+    if not src.is_dir():
+        return None
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(src, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in dirs + files:
+            q = Path(root, name)
+            if q.is_symlink() and _overlap(q.resolve(), out):
+                return q
+    return None
 
 
 def check_apart(path: str | os.PathLike | None, folder: str | os.PathLike | None, what: str,
