@@ -104,6 +104,33 @@ def test_ranges_and_choices_are_checked_on_construction(bad, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.parametrize("bad, needle", [
+    ({"step_gamma": -1.0}, "step_gamma: input should be greater than 0"),  # a negative lr: gradient ascent
+    ({"step_gamma": float("nan")}, "step_gamma: input should be a finite number"),
+    ({"step_gamma": float("inf")}, "step_gamma: input should be a finite number"),
+    ({"lr": float("inf")}, "lr: input should be a finite number"),
+    ({"lr": 1e300}, "lr: input should be less than or equal to"),  # overflowed AdamW's float32 step
+    ({"channels": "4,,8"}, "channels must be comma-separated integers"),
+    ({"channels": "4,8,"}, "channels must be comma-separated integers"),
+    ({"coarse": ",8,8"}, "coarse must be comma-separated integers")])
+def test_non_finite_numbers_and_blank_list_items_are_refused(bad, needle):
+    """Found by the CLI bad-input pass: --step-gamma -1 trained with a negative learning rate, nan or inf
+    failed an epoch later as a 'diverged' loss, --lr 1e300 was an internal error, and --channels 4,,8
+    dropped the blank and trained [4, 8] without a word."""
+    with pytest.raises(ValueError, match="training config") as e:
+        TrainConfig(data="d", out="o", **bad)
+    assert needle in str(e.value)
+
+
+def test_cli_lr_too_large_is_one_line_not_an_internal_error(tmp_path, cache):
+    r = cli("train", "--data", cache, "--out", tmp_path / "run", "--lr", "1e300", "--no-progress")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        "error: training config field lr: input should be less than or equal to "
+        "1000000000000000000000000000000, got 1e+300"], r.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"],
                                   ["data", "import-dicom", "--help"], ["qa", "--help"]])
 def test_help_imports_no_heavy_library(args):

@@ -52,13 +52,14 @@ class TrainConfig(BaseModel):
     batch: int = Field(2, ge=1, description="Crops per step (per process).")
     patch: tuple[int, int, int] = Field((64, 64, 64), description="Crop / sliding-window size (one "
                                                                   "size or three).")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    # finite, at most 1e30: a larger one overflows the float32 update (an internal error, not a divergence)
+    lr: float = Field(3e-4, gt=0, le=1e30, allow_inf_nan=False, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     schedule: Schedule = Field("cosine", description="Learning-rate schedule.")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
     step_every_epochs: int = Field(30, ge=1, description="Schedule step: lr x step_gamma every this many "
                                                    "epochs.")
-    step_gamma: float = Field(0.1, description="Schedule step: the factor.")
+    step_gamma: float = Field(0.1, gt=0, allow_inf_nan=False, description="Schedule step: the factor.")
     min_lr_fraction: float = Field(0.01, ge=0, le=1, description="Cosine floor, fraction of lr.")
     grad_clip: float | None = Field(1.0, ge=0, description="Gradient norm clip (0 or none: off).")
     seed: int = Field(0, ge=0, description="Seed of weights and crop sampling.")
@@ -170,7 +171,10 @@ class TrainConfig(BaseModel):
     def _channels(cls, v: Any, info: Any) -> Any:
         if isinstance(v, str):
             try:
-                return [int(c) for c in v.replace(" ", "").split(",") if c]
+                parts = v.replace(" ", "").split(",")
+                if "" in parts:  # '4,,8' or '4,8,': a blank is a slip, never dropped silently
+                    raise ValueError
+                return [int(c) for c in parts]
             except ValueError:
                 example = "16,32,64" if info.field_name == "channels" else "128,128,256"
                 raise InputError(f"{info.field_name} must be comma-separated integers such as "
