@@ -120,6 +120,30 @@ def test_file_roundtrip_and_load_split(tmp_path):
         split.load_split(bad, "train")
 
 
+def test_a_split_file_that_is_a_folder_or_lists_a_patient_twice_is_refused(tmp_path):
+    """Found by the CLI bad-input pass: `predict --split sp.json:a` with synth_000 listed twice predicted it
+    twice ('wrote 2 predicted doses', one file), and a folder given as the split file 'did not exist'."""
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"splits": {"a": ["pt_1", "pt_2", "pt_1"], "b": ["pt_3"]}}))
+    with pytest.raises(SplitError, match="split file .*s.json: split 'a' names 'pt_1' more than once"):
+        split.load_split(f, "b")
+    with pytest.raises(SplitError, match="is a folder, not a split JSON file"):
+        split.load_split(tmp_path, "a")
+
+
+def test_cli_split_with_an_empty_file_part_asks_for_file_name(tmp_path, monkeypatch):
+    """`predict --split :a` read the file as '.', which the output check then refused as an input holding
+    --out ('--out lies inside the input .')."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["predict", "--model", "m", "--data", "d", "--split", ":a", "--out", "sub"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "error: --split ':a': give FILE:NAME, or --splits FILE together with --split NAME"], r.output
+
+
 def test_parse_split_arg():
     assert split.parse_split_arg("s.json:train") == (split.Path("s.json"), "train")
     assert split.parse_split_arg("train", "s.json") == (split.Path("s.json"), "train")

@@ -256,6 +256,8 @@ def write_split(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
 def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
     """All splits of a split file: name -> ids."""
     path = Path(path)
+    if path.is_dir():
+        raise SplitError(f"split file {path} is a folder, not a split JSON file")
     if not path.is_file():
         raise SplitError(f"split file {path} does not exist")
     try:
@@ -268,6 +270,10 @@ def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
     for k, v in obj["splits"].items():
         if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
             raise SplitError(f"split file {path}: split {k!r} must be a list of patient id strings")
+        dup = sorted({i for i in v if v.count(i) > 1})
+        if dup:  # a patient listed twice is a slip: predicted, trained or kept once, never said
+            raise SplitError(f"split file {path}: split {k!r} names {', '.join(map(repr, dup))} more "
+                             "than once")
         out[k] = list(v)
     return out
 

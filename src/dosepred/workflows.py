@@ -39,7 +39,8 @@ PathLike = str | os.PathLike
 def _split_file(split: str | None) -> Path | None:
     """The file of a ``FILE:NAME`` split argument (an input); None without one (or a bare NAME, which
     the split's own parsing refuses)."""
-    return Path(split.rsplit(":", 1)[0]) if split and ":" in split else None
+    f = split.rsplit(":", 1)[0] if split and ":" in split else ""
+    return Path(f) if f else None  # ':NAME' is no file (not '.'): parse_split_arg refuses it
 
 
 def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map: PathLike | None = None,
