@@ -144,6 +144,14 @@ def test_cli_split_with_an_empty_file_part_asks_for_file_name(tmp_path, monkeypa
         "error: --split ':a': give FILE:NAME, or --splits FILE together with --split NAME"], r.output
 
 
+@pytest.mark.parametrize("text", ["0.5,,0.5", "0.5,0.5,", ",0.5,0.5", " "])
+def test_fractions_with_a_blank_item_are_refused(text):
+    """Found by the CLI bad-input pass: `data split --random --fractions 0.5,,0.5` dropped the blank and
+    wrote two splits without a word."""
+    with pytest.raises(SplitError, match="fractions must be comma-separated numbers"):
+        split.parse_fractions(text)
+
+
 def test_parse_split_arg():
     assert split.parse_split_arg("s.json:train") == (split.Path("s.json"), "train")
     assert split.parse_split_arg("train", "s.json") == (split.Path("s.json"), "train")

@@ -53,7 +53,10 @@ def parse_fractions(text: str | Sequence[float]) -> list[float]:
     """``"0.7,0.15,0.15"`` -> [0.7, 0.15, 0.15]; counts like ``"137,37"`` are returned as given."""
     if isinstance(text, str):
         try:
-            vals = [float(t) for t in text.split(",") if t.strip()]
+            parts = text.split(",")
+            if not all(t.strip() for t in parts):  # '0.5,,0.5': a blank is a slip, never dropped
+                raise ValueError
+            vals = [float(t) for t in parts]
         except ValueError:
             raise SplitError(f"fractions must be comma-separated numbers, got {text!r}") from None
     else:
