@@ -102,3 +102,20 @@ def test_an_unrecorded_loss_is_not_a_different_one_and_an_average_keeps_its_inpu
     assert "'mae+cdm'" in r.output and "'mae'" in r.output
     r = cli("export-model", tmp_path / "ab", a, "--out", tmp_path / "aba")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("predict", "--model", "models/openkbp-mae", "--format", "dicom", "--dose-spacing", "1e9"),
+     "Invalid value for '--dose-spacing'"),
+    (("baseline", "--falloff", "inf"), "falloff must be a finite length > 0 mm, got inf"),
+])
+def test_a_dose_grid_too_coarse_to_use_or_an_infinite_falloff_is_refused(tmp_path, args, said):
+    """Careless values that ran (exit 0): an RTDOSE on a 1e9 mm grid (PTV70 D99/D95 a flat 19.2 Gy
+    against the plan's 64.9 / 69.3) and a no-learning dose with the prescription everywhere."""
+    from dosepred.io import write_cache
+    from dosepred.synth import make_cohort
+
+    write_cache(make_cohort(1, seed=0, size=20), tmp_path / "c")
+    r = cli(*args, "--data", tmp_path / "c", "--out", tmp_path / "p")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert said in " ".join(r.output.split()) and not (tmp_path / "p").exists()

@@ -18,8 +18,8 @@ def distance_falloff(patient: Patient, falloff_mm: float = 15.0) -> np.ndarray:
     """Prescription levels with exponential fall-off by distance to each target (Gy, float32)."""
     from scipy.ndimage import distance_transform_edt
 
-    if not falloff_mm > 0:
-        raise InputError(f"falloff must be > 0 mm, got {falloff_mm}")
+    if not (falloff_mm > 0 and np.isfinite(falloff_mm)):  # inf: the prescription everywhere in the mask
+        raise InputError(f"falloff must be a finite length > 0 mm, got {falloff_mm}")
     dose = np.zeros(patient.shape, dtype=np.float32)
     for roi in patient.roi_set:
         if roi.kind != "target" or roi.prescription is None or roi.name in patient.missing_rois:

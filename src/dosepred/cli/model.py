@@ -128,8 +128,9 @@ def predict(
         "channels) or with a prescribed target the model does not know (left out), a warning naming them; "
         "ROIs some training patients lacked too need no flag (a note).")] = False,
     dose_spacing: Annotated[float | None, typer.Option(
-        "--dose-spacing", min=0.1, help="--format dicom: RTDOSE grid spacing in mm (default: the CT's, "
-        "at least 2.5 mm per axis).")] = None,
+        "--dose-spacing", min=0.1, max=10.0, help="--format dicom: RTDOSE grid spacing in mm, 0.1-10 "
+        "(default: the CT's, at least 2.5 mm per axis; a grid coarser than 10 mm flattens a head-and-neck "
+        "dose).")] = None,
     roi_map: RoiMapOption = None,
     overwrite: Overwrite = False, no_progress: NoProgress = False,
 ) -> None:
