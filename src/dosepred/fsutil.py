@@ -97,11 +97,9 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
     return p
 
 
-def _link_into(src: Path, out: Path) -> Path | None:
-    """The first symbolic link under the folder ``src`` (followed into linked folders, each folder read
-    once) that resolves into, onto or around ``out``; None when there is none or ``src`` is no folder."""
-    if not src.is_dir():
-        return None
+def walk_once(src: str | os.PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(src)`` following symbolic links to folders, each real folder once (no loop on a link to
+    a parent, no folder read twice through two links); ``dirs`` may be pruned or sorted in place."""
     seen: set[str] = set()
     for root, dirs, files in os.walk(src, followlinks=True):
         real = os.path.realpath(root)
@@ -109,6 +107,15 @@ def _link_into(src: Path, out: Path) -> Path | None:
             dirs[:] = []
             continue
         seen.add(real)
+        yield root, dirs, files
+
+
+def _link_into(src: Path, out: Path) -> Path | None:
+    """The first symbolic link under the folder ``src`` (followed into linked folders, each folder read
+    once) that resolves into, onto or around ``out``; None when there is none or ``src`` is no folder."""
+    if not src.is_dir():
+        return None
+    for root, dirs, files in walk_once(src):
         for name in dirs + files:
             q = Path(root, name)
             if q.is_symlink() and _overlap(q.resolve(), out):

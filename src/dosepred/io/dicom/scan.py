@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...fsutil import walk_once
 from .. import roi_names as _names
 from ._common import DicomImportError, multi_value, referenced_uids, warn
 
@@ -78,13 +79,7 @@ def files_under(src: str | os.PathLike) -> Iterator[Path]:
     """Every file under folder ``src``, recursively and following symbolic links to folders (an
     export whose ``CT/`` and ``RS/`` are links is one folder), each real folder once (no loop on a link
     to a parent); in sorted order per folder."""
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(src, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
+    for root, dirs, files in walk_once(src):
         dirs.sort()
         for f in sorted(files):
             p = Path(root) / f
