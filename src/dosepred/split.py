@@ -52,13 +52,14 @@ class SplitWarning(UserWarning):
 def parse_fractions(text: str | Sequence[float]) -> list[float]:
     """``"0.7,0.15,0.15"`` -> [0.7, 0.15, 0.15]; counts like ``"137,37"`` are returned as given."""
     if isinstance(text, str):
+        bad = SplitError(f"fractions must be comma-separated numbers, got {text!r}")
+        parts = text.split(",")
+        if not all(t.strip() for t in parts):  # '0.5,,0.5': a blank is a slip, never dropped
+            raise bad
         try:
-            parts = text.split(",")
-            if not all(t.strip() for t in parts):  # '0.5,,0.5': a blank is a slip, never dropped
-                raise ValueError
             vals = [float(t) for t in parts]
         except ValueError:
-            raise SplitError(f"fractions must be comma-separated numbers, got {text!r}") from None
+            raise bad from None
     else:
         vals = [float(v) for v in text]
     if not vals or any(v < 0 or not np.isfinite(v) for v in vals):

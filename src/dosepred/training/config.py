@@ -170,15 +170,15 @@ class TrainConfig(BaseModel):
     @classmethod
     def _channels(cls, v: Any, info: Any) -> Any:
         if isinstance(v, str):
+            example = "16,32,64" if info.field_name == "channels" else "128,128,256"
+            bad = InputError(f"{info.field_name} must be comma-separated integers such as {example}")
+            parts = v.replace(" ", "").split(",")
+            if "" in parts:  # '4,,8' or '4,8,': a blank is a slip, never dropped silently
+                raise bad
             try:
-                parts = v.replace(" ", "").split(",")
-                if "" in parts:  # '4,,8' or '4,8,': a blank is a slip, never dropped silently
-                    raise ValueError
                 return [int(c) for c in parts]
             except ValueError:
-                example = "16,32,64" if info.field_name == "channels" else "128,128,256"
-                raise InputError(f"{info.field_name} must be comma-separated integers such as "
-                                 f"{example}") from None
+                raise bad from None
         return v
 
     @field_validator("loss_options", mode="before")
