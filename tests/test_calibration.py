@@ -921,3 +921,34 @@ def test_centres_only_as_version_4_writes_them(tmp_path, edit, message):
     (tmp_path / "calibration.json").write_text(json.dumps(obj))
     with pytest.raises(CalibrationError, match=message):
         load_calibration(tmp_path)
+
+
+def test_calibrate_cli_names_its_own_remedy_for_a_patient_lacking_an_roi(tmp_path):
+    """A plan without the PTV70 every training patient had: calibrate said '--allow-missing-rois predicts
+    it all the same', a flag calibrate has not (it predicts as QA does, which checks no such plan). Now
+    one line naming the patient and what calibration can do instead; nothing written."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io.cache import write_cache
+    from dosepred.patient import Patient
+    from dosepred.synth import make_cohort
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm", model)
+    (model / "calibration.json").unlink()
+    cohort = make_cohort(12, seed=5, size=16)
+    p = cohort[0]
+    no70 = Patient.from_masks(p.id, p.ct, {n: p.mask(n) for n in p.present_rois if n != "PTV70"}, p.roi_set,
+                              p.spacing, p.possible_dose_mask, p.dose, {}, p.geometry)
+    write_cache([no70, *cohort[1:]], tmp_path / "plans")
+    r = CliRunner().invoke(app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "plans"),
+                                 "--no-progress"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"error: patient {p.id} lacks PTV70, which every patient the model was trained on" in text, text
+    assert text.count("error:") == 1  # (and the high dose left without its target is warned of)
+    assert "--allow-missing-rois" not in text and "leave the patient out of the calibration data" in text
+    assert sorted(f.name for f in model.iterdir()) == ["README.md", "config.json", "model.pt"]

@@ -102,6 +102,16 @@ def rare_remedy(n: int = 1) -> str:
             "--roi-map MAP.json` and use the cache)")
 
 
+class MissingRoisError(ModelError):
+    """A patient lacking ROIs the model needs (or with targets it does not know), refused without
+    ``allow_missing``: ``problem`` says what, without the remedy, for a command whose remedy is
+    another than ``predict``'s ``--allow-missing-rois`` (``calibrate`` has no such flag)."""
+
+    def __init__(self, problem: str, remedy: str) -> None:
+        super().__init__(f"{problem}: {remedy}")
+        self.problem = problem
+
+
 def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = False,
                absent_ok: Sequence[str] | None = None, warn: bool = True,
                space: ModelSpace | None = None) -> Patient:
@@ -172,8 +182,8 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                          f"{'are' if len(unknown_targets) > 1 else 'is'} not among the model's "
                          f"({_targets(mine)}), so the prediction would ignore "
                          f"{'them' if len(unknown_targets) > 1 else 'it'}")
-        raise ModelError(f"{who} {'; '.join(parts)}: --allow-missing-rois predicts it all the same"
-                         f"{' with empty channels for the missing ones' if need else ''}")
+        raise MissingRoisError(f"{who} {'; '.join(parts)}", "--allow-missing-rois predicts it all the same"
+                               f"{' with empty channels for the missing ones' if need else ''}")
     if warn:  # a note for the ROIs the patient's own set does not name (those it lists as not
         # contoured, as every OpenKBP or cache patient does, are the data's own record)
         rare_names = set(space.rarely_absent()) if space is not None else set()

@@ -220,9 +220,15 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
                 raise CalibrationError(f"no prediction for patient {p.id} in {predictions}")
             pred = pred_cache.load_dose(p.id)
         else:
-            from ..predict import predict_dose
+            from ..predict import MissingRoisError, predict_dose
 
-            pred = predict_dose(model, p, qa_inference(tta))  # type: ignore[arg-type]
+            try:
+                pred = predict_dose(model, p, qa_inference(tta))  # type: ignore[arg-type]
+            except MissingRoisError as e:  # predict's remedy is a flag calibrate has not, by design
+                raise CalibrationError(f"{e.problem}: calibration predicts as plan QA does, which checks no "
+                                       "such plan; leave the patient out of the calibration data (`dosepred "
+                                       "data split --ids` and `data subset`), or name its ROIs as the model "
+                                       "does (--roi-map)") from None
         if p.roi_set not in bound:
             bound[p.roi_set] = proto.bind(p.roi_set)
         us, _ = patient_units(p, pred, bound[p.roi_set])
