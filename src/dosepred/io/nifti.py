@@ -295,9 +295,8 @@ def _binary(arr: np.ndarray, path: Path, pid: str) -> np.ndarray:
         shown = ", ".join(f"{float(v):.4g}" for v in uniq[:6]) + (", ..." if len(uniq) > 6 else "")
         raise NiftiFormatError(f"patient {pid}: {path} is no binary mask: its non-zero voxels hold "
                                f"{len(uniq)} different values ({shown}); a label file holds 0 and one value. "
-                               "Threshold "
-                               "a resampled or probability mask (e.g. >= 0.5), or save each label of a label "
-                               "map as a file of its own")
+                               "Threshold a resampled or probability mask (e.g. >= 0.5), or save each "
+                               "label of a label map as a file of its own")
     return inside
 
 

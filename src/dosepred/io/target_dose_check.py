@@ -121,13 +121,18 @@ def check_target_dose(p: Patient, where: str | None = None) -> OutsideDose | Non
     return o
 
 
+#: what a large high dose far from every prescribed target most likely means (the warning's and plan
+#: QA's note's words)
+LIKELY_CAUSE = ("a target of the plan not contoured, named otherwise or without a prescription (only "
+                "prescribed targets count; name it and give its prescription with an ROI map, --roi-map, "
+                "where the source takes one)")
+
+
 def described(o: OutsideDose) -> str:
     """What :func:`check_target_dose` says (without the patient)."""
-    return ("high dose outside the contoured targets: " + o.described() + "; likely cause: a target of the "
-            "plan not contoured, named otherwise or without a prescription (only prescribed targets count; "
-            "name it and give its prescription with an ROI map, --roi-map, where the source takes one), "
-            "so the patient reads as planned for fewer dose levels than it was")
+    return (f"high dose outside the contoured targets: {o.described()}; likely cause: {LIKELY_CAUSE}, so the "
+            "patient reads as planned for fewer dose levels than it was")
 
 
-__all__ = ["LEVEL", "MARGIN_MM", "MAX_RATIO", "MIN_CC", "OutsideDose", "TargetDoseWarning",
+__all__ = ["LEVEL", "LIKELY_CAUSE", "MARGIN_MM", "MAX_RATIO", "MIN_CC", "OutsideDose", "TargetDoseWarning",
            "check_target_dose", "described", "outside_dose"]

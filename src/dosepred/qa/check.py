@@ -119,9 +119,9 @@ def input_notes(plan: Patient) -> list[str]:
     out = []
     o = target_dose_check.outside_dose(plan)
     if o is not None and o.large:
-        out.append(f"{NOTE_TARGET_DOSE}: {o.described()}: a target of the plan not contoured or named "
-                   "otherwise (--roi-map)? The achievable dose is predicted for the contoured targets only, "
-                   "so this plan's flags (OAR doses above achievable above all) cannot be trusted")
+        out.append(f"{NOTE_TARGET_DOSE}: {o.described()}: {target_dose_check.LIKELY_CAUSE}? The achievable "
+                   "dose is predicted for the prescribed targets only, so this plan's flags (OAR doses above "
+                   "achievable above all) cannot be trusted")
     found = side_check.side_findings(plan)
     if found:
         out.append(f"{NOTE_SIDE}: " + "; ".join(f.described() for f in found) + " (LPS x, + is the "
