@@ -162,6 +162,86 @@ def test_dataset_rotations_and_shifts_keep_the_mask_in_view():
         CropDataset(arrays, rs, patch, 1, rotate_p=0.5)
 
 
+
+def _angle_deg(f, spacing=SPACING, axis=HF):
+    """The rotation angle of a voxel map F = z S^-1 R S (R recovered in millimetres)."""
+    s = np.asarray(spacing, float)
+    r = f * s[:, None] / s[None, :]
+    a, b = (k for k in range(3) if k != axis)
+    return float(np.degrees(np.arctan2(r[b, a], r[a, a])))
+
+
+def test_small_rotations_are_uniform_within_the_bound():
+    rs, a = _phantom()
+    arrays = [prepare_patient(_patient(rs, a), (48, 48, 12), rotate_axis=HF)]
+    ds = CropDataset(arrays, rs, (48, 48, 12), 8, seed=3, flip_axis=LR, rotate_p=1.0, rotate_axis=HF,
+                     rotate_max=10.0, shift=True)  # the whole body in every window
+    angles = [_angle_deg(ds.draw_map(np.random.default_rng([3, 0, i, 1]), SPACING)) for i in range(300)]
+    assert max(abs(x) for x in angles) <= 10.0 + 1e-9
+    assert min(angles) < -8 and max(angles) > 8 and abs(np.mean(angles)) < 1.5  # both ways, not steps
+    # the crop is the phantom turned by that angle: the left parotid's centroid, relative to the
+    # body's, turns rigidly in millimetres (mask and codes from one map)
+    lp_bit = rs.index("LeftParotid")
+    ref = _centroid_mm(a["codes"] >> lp_bit & 1 > 0) - _centroid_mm(a["mask"])
+    for i in range(4):
+        it = ds[i]
+        ang = np.radians(_angle_deg(ds.draw_map(np.random.default_rng([3, 0, i, 1]), SPACING)))
+        m = it["mask"][0].numpy()
+        lp = (it["codes"].numpy() >> lp_bit & 1) > 0
+        if ds.flip_axis is not None and _centroid_mm(lp)[LR] < _centroid_mm(m)[LR] - 5:
+            continue  # a mirrored crop carries the parotid's bit on the other side; checked elsewhere
+        got = _centroid_mm(lp) - _centroid_mm(m)
+        want = ref.copy()
+        want[0], want[1] = (ref[0] * np.cos(ang) - ref[1] * np.sin(ang),
+                            ref[0] * np.sin(ang) + ref[1] * np.cos(ang))
+        np.testing.assert_allclose(got[:2], want[:2], atol=1.5)
+
+
+def test_scaling_grows_and_shrinks_volumes_by_the_cube_of_the_zoom():
+    rs, a = _phantom((40, 28, 20))
+    p = _patient(rs, a)
+    patch = (64, 48, 32)  # holds the mask at a zoom of 1.2
+    ds = CropDataset([prepare_patient(p, patch, reach=1 / 0.8)], rs, patch, 24, seed=5, flip=False,
+                     flip_axis=LR, shift=True, scale_p=1.0, scale_max=0.2)
+    n_mask, n_hot = int(a["mask"].sum()), int((a["dose"] > 35).sum())
+    zooms = []
+    for i in range(24):
+        f = ds.draw_map(np.random.default_rng([5, 0, i, 1]), SPACING)
+        z = float(np.cbrt(np.linalg.det(f)))
+        np.testing.assert_allclose(f, z * np.eye(3), atol=1e-12)  # isotropic, no rotation asked for
+        zooms.append(z)
+        it = ds[i]
+        m = it["mask"][0].numpy()
+        # a head z times larger holds z^3 times the voxels at the patient's spacing (analytic ratio;
+        # a map applied the wrong way round gives z^-3)
+        assert abs(m.sum() / (n_mask * z**3) - 1) < 0.05, (z, m.sum(), n_mask)
+        d = it["dose"][0].numpy()
+        assert abs((d > 35).sum() / (n_hot * z**3) - 1) < 0.08  # the dose distribution scaled with it
+        assert abs(d.max() - a["dose"].max()) < 1.0 and (d[~m] == 0).all()  # dose values kept
+    assert min(zooms) < 0.85 and max(zooms) > 1.15 and all(0.8 <= z <= 1.2 for z in zooms)
+    # the cut reaches 1/0.8 as far, so a shrunk window sees real context, not fill
+    assert all(x >= y for x, y in zip(prepare_patient(p, patch, reach=1.25).ct.shape,
+                                      prepare_patient(p, patch).ct.shape, strict=True))
+    with pytest.raises(ValueError, match="reach"):
+        prepare_patient(p, patch, reach=0.5)
+    with pytest.raises(ValueError, match="scale_max"):
+        CropDataset([prepare_patient(p, patch)], rs, patch, 1, scale_p=1.0, scale_max=0.6)
+
+
+def test_scaling_off_draws_what_it_drew_before():
+    # a run without scaling draws rotations and shifts exactly as before scaling existed
+    rs, a = _phantom()
+    arrays = [prepare_patient(_patient(rs, a), (48, 48, 12), rotate_axis=HF)]
+    ds = CropDataset(arrays, rs, (48, 48, 12), 4, seed=1, flip_axis=LR, rotate_p=0.5, rotate_axis=HF)
+    for i in range(20):
+        arng = np.random.default_rng([1, 0, i, 1])
+        f = ds.draw_map(np.random.default_rng([1, 0, i, 1]), SPACING)
+        if arng.random() < 0.5:
+            k = int(arng.integers(1, 9))
+            np.testing.assert_allclose(f, rotation_voxels(40 * k, HF, SPACING))
+        else:
+            assert f is None
+
 # ------------------------------------------------------------------------------------------ EMA
 
 def test_ema_update_matches_the_formula():
@@ -228,7 +308,9 @@ def test_ema_resume_is_exact(cache, tmp_path):
 
 
 def test_config_checks_the_new_fields():
-    for bad in (dict(rotate_p=1.5), dict(rotate_step=35), dict(ema_decay=1.0), dict(head_feet_axis=3)):
+    for bad in (dict(rotate_p=1.5), dict(rotate_step=35), dict(ema_decay=1.0), dict(head_feet_axis=3),
+                dict(rotate_max=10), dict(rotate_p=0.5, rotate_max=200), dict(scale_p=0.5),
+                dict(scale_max=0.1), dict(scale_p=0.5, scale_max=0.5), dict(scale_p=2, scale_max=0.1)):
         with pytest.raises(ValueError):
             TrainConfig(data="x", out="y", **bad).check()
 
@@ -260,3 +342,11 @@ def test_flipped_crops_keep_a_left_roi_on_the_patients_left():
             assert lj > rj, (names, i)
             flipped += bool(d[((c >> 1) & 1) > 0].mean() < d[((c >> 2) & 1) > 0].mean())
         assert 10 < flipped < 30  # about half the crops are mirrored
+
+
+def test_training_with_small_rotations_and_scaling(cache, tmp_path):
+    cfg = TrainConfig(data=str(cache), out=str(tmp_path / "r"), epochs=1, steps_per_epoch=2, rotate_p=1.0,
+                      rotate_max=10, scale_p=1.0, scale_max=0.1, shift=True, **TINY)
+    train(cfg)
+    saved = _ck(tmp_path / "r")["train_config"]
+    assert (saved["rotate_max"], saved["scale_p"], saved["scale_max"]) == (10, 1.0, 0.1)

@@ -132,6 +132,14 @@ class TrainConfig(BaseModel):
     rotate_step: float = Field(40.0, gt=0, lt=360,
         description="Rotations are k x rotate_step degrees, k = 1 .. "
                     "360/rotate_step - 1.")
+    rotate_max: float = Field(0.0, ge=0, le=180,
+        description="> 0: rotations are uniform in +-rotate_max degrees "
+                    "instead of multiples of rotate_step (needs rotate_p).")
+    scale_p: float = Field(0.0, ge=0, le=1,
+        description="Probability of scaling a crop isotropically in mm by a "
+                    "uniform factor in 1 +- scale_max (0: never).")
+    scale_max: float = Field(0.0, ge=0, lt=0.5,
+        description="Largest relative scaling (needs scale_p).")
     shift: bool = Field(False, description="Random translation keeping the possible-dose mask in the "
                                            "window where it fits.")
     ema_decay: float = Field(0.0, ge=0, lt=1,
@@ -215,6 +223,11 @@ class TrainConfig(BaseModel):
             raise InputError(f"patch sizes must be >= 1, got {list(self.patch)}")
         if not (360 / self.rotate_step).is_integer():
             raise InputError(f"rotate_step must divide 360 degrees, got {self.rotate_step}")
+        if self.rotate_max > 0 and self.rotate_p == 0:
+            raise InputError(f"rotate_max={self.rotate_max} has no effect with rotate_p=0 (set both)")
+        if (self.scale_p > 0) != (self.scale_max > 0):
+            raise InputError(f"scale_p={self.scale_p} and scale_max={self.scale_max}: scaling needs both "
+                             "above 0 (one of them 0 scales nothing)")
         if self.steps_per_epoch:
             self.check_freeze_steps(self.steps_per_epoch)
         if self.freeze_steps and not self.init:

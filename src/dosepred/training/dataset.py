@@ -14,8 +14,12 @@ voxel of the possible-dose mask.
 Augmentation valid for dose: a flip along the left-right axis with the Left/Right ROI bits swapped
 (``LeftParotid`` <-> ``RightParotid``); optionally (``rotate_p``) a rotation about the head-feet
 axis by a multiple of ``rotate_step`` degrees (40: the nine equally spaced beam angles of OpenKBP's
-plans, so a rotated plan is still a plausible plan), and (``shift``) a random translation that keeps
-the possible-dose mask in the window wherever it fits. No intensity change touches the dose. The axes
+plans, so a rotated plan is still a plausible plan) or, with ``rotate_max``, by a uniform angle in
++-``rotate_max`` degrees (a patient set up slightly rolled); optionally (``scale_p``) an isotropic
+scaling in millimetres by a uniform factor in 1 +- ``scale_max`` (a somewhat larger or smaller head,
+its dose distribution scaled with it; the voxel spacing the loss sees stays the patient's); and
+(``shift``) a random translation that keeps the possible-dose mask in the window wherever it fits.
+No intensity change touches the dose. The axes
 are parameters (``flip_axis``: left-right, ``rotate_axis``: head-feet), never assumed here; for
 today's OpenKBP arrays (axis 0 anterior->posterior, 1 right->left, 2 superior->inferior) they are 1
 and 2. The rotation and translation draws come from their own generator
@@ -88,9 +92,10 @@ def mask_extremes(mask: np.ndarray) -> np.ndarray:
 
 
 def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = None,
-                    extra: DoseUNet | None = None) -> PatientArrays:
+                    extra: DoseUNet | None = None, reach: float = 1.0) -> PatientArrays:
     """Arrays cut to the mask's bounding box plus half a patch of context (``rotate_axis`` given:
-    half the patch's diagonal in the rotation plane, what a rotated window can reach).
+    half the patch's diagonal in the rotation plane, what a rotated window can reach), times
+    ``reach`` (>= 1: a window shrunk by a scaling sees 1/zoom times as far).
     ``extra`` (a model with input channels of the whole grid): those channels too
     (:meth:`~dosepred.models.unet.DoseUNet.extra_channels`), computed before the cut, with their
     values beyond the grid (``extra_fill``)."""
@@ -104,6 +109,9 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
         plane = [a for a in range(3) if a != rotate_axis]
         half_diag = int(np.ceil(0.5 * np.hypot(*(patch[a] for a in plane)))) + 1
         margin = [half_diag if a in plane else m for a, m in enumerate(margin)]
+    if reach < 1:
+        raise InputError(f"reach must be >= 1, got {reach}")
+    margin = [int(np.ceil(m * reach)) for m in margin]
     sl = mask_box(mask, margin, empty="full")
     mask_c = np.ascontiguousarray(mask[sl])
     codes_c = np.ascontiguousarray(p.roi_codes[sl])
@@ -194,14 +202,20 @@ class CropDataset(torch.utils.data.Dataset):
     def __init__(self, patients: Sequence[PatientArrays], roi_set: RoiSet, patch: Sequence[int],
                  length: int, seed: int = 0, target_fraction: float = 2 / 3, flip_axis: int | None = 1,
                  flip: bool = True, rotate_p: float = 0.0, rotate_axis: int | None = None,
-                 rotate_step: float = 40.0, shift: bool = False) -> None:
+                 rotate_step: float = 40.0, shift: bool = False, rotate_max: float = 0.0,
+                 scale_p: float = 0.0, scale_max: float = 0.0) -> None:
         if not patients:
             raise InputError("no training patients")
         if rotate_p > 0 and rotate_axis is None:
             raise InputError("rotate_p > 0 needs rotate_axis (the head-feet axis of the arrays)")
         if rotate_p > 0 and not (0 < rotate_step < 360 and (360 / rotate_step).is_integer()):
             raise InputError(f"rotate_step must divide 360 degrees, got {rotate_step}")
+        if not 0 <= rotate_max <= 180 or not 0 <= scale_max < 0.5 or not 0 <= scale_p <= 1:
+            raise InputError(f"rotate_max must be in [0, 180], scale_max in [0, 0.5), scale_p in [0, 1]; "
+                             f"got {rotate_max}, {scale_max}, {scale_p}")
         self.rotate_p = float(rotate_p)
+        self.rotate_max = float(rotate_max)
+        self.scale_p, self.scale_max = float(scale_p), float(scale_max)
         self.rotate_axis = rotate_axis
         self.rotate_step = float(rotate_step)
         self.shift = bool(shift)
@@ -263,26 +277,38 @@ class CropDataset(torch.utils.data.Dataset):
         return item
 
 
+    def draw_map(self, arng: np.random.Generator, spacing: Sequence[float]) -> np.ndarray | None:
+        """The window's 3x3 map of voxel offsets (rotation, then scaling), or None to cut it
+        unwarped. Draws from ``arng`` in a fixed order (rotation, then scaling, each only when
+        enabled), so runs without scaling draw what they drew before it existed."""
+        f = None
+        if self.rotate_p > 0 and arng.random() < self.rotate_p:
+            if self.rotate_max > 0:
+                angle = float(arng.uniform(-self.rotate_max, self.rotate_max))
+            else:
+                angle = int(arng.integers(1, round(360 / self.rotate_step))) * self.rotate_step
+            f = rotation_voxels(angle, self.rotate_axis, spacing)
+        if self.scale_p > 0 and arng.random() < self.scale_p:
+            zoom = float(arng.uniform(1 - self.scale_max, 1 + self.scale_max))
+            f = zoom * (np.eye(3) if f is None else f)  # isotropic in mm: commutes with the spacing
+        return f
+
     def _window(self, p: PatientArrays, start: list[int], index: int) -> tuple[np.ndarray | None, ...]:
         """CT, dose, codes, mask and the channels of the whole grid (None without them) of the window
         at ``start``, rotated and shifted when enabled (those channels: linear, ``extra_fill`` beyond
         the grid)."""
-        angle = 0.0
-        f = np.eye(3)
-        if self.rotate_p > 0 or self.shift:
+        if self.rotate_p > 0 or self.shift or self.scale_p > 0:
             arng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
-            if self.rotate_p > 0 and arng.random() < self.rotate_p:
-                k = int(arng.integers(1, round(360 / self.rotate_step)))
-                angle = k * self.rotate_step
-                f = rotation_voxels(angle, self.rotate_axis, p.spacing)
+            f = self.draw_map(arng, p.spacing)
             # window frame: source point s of output voxel o is s = c_src + F^-1 (o - c_out); a mask
             # voxel m lands at o = F m - t with t = F c_src - c_out, so t in [max(Fm) - (P-1), min(Fm)]
             # keeps the whole mask in view
             size = np.asarray(self.patch, float)
             c_out = (size - 1) / 2
-            t = f @ (np.asarray(start, float) + c_out) - c_out
+            fm = np.eye(3) if f is None else f
+            t = fm @ (np.asarray(start, float) + c_out) - c_out
             if self.shift:
-                q = p.extremes.astype(float) @ f.T if p.extremes is not None else None
+                q = p.extremes.astype(float) @ fm.T if p.extremes is not None else None
                 for ax in range(3):
                     if q is None:
                         break
@@ -290,7 +316,7 @@ class CropDataset(torch.utils.data.Dataset):
                     lo_i, hi_i = int(np.ceil(lo - 1e-6)), int(np.floor(hi + 1e-6))
                     if lo_i <= hi_i:  # the mask fits along this axis: any window holding all of it
                         t[ax] = arng.integers(lo_i, hi_i + 1)
-            if angle:
+            if f is not None:
                 inv = np.linalg.inv(f)
                 off = inv @ t
                 # nearest for codes and mask: interpolating bit codes would invent ROI memberships
@@ -332,6 +358,7 @@ class RankSampler(torch.utils.data.Sampler[int]):
 
 
 def load_arrays(patients: Iterable[Patient], patch: Sequence[int], progress: bool = True,
-                rotate_axis: int | None = None, extra: DoseUNet | None = None) -> list[PatientArrays]:
+                rotate_axis: int | None = None, extra: DoseUNet | None = None,
+                reach: float = 1.0) -> list[PatientArrays]:
     it = track(patients, description="loading patients") if progress else patients
-    return [prepare_patient(p, patch, rotate_axis, extra) for p in it]
+    return [prepare_patient(p, patch, rotate_axis, extra, reach) for p in it]

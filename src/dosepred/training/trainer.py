@@ -408,7 +408,8 @@ class Trainer:
         oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
         arrays = load_arrays(oriented, self.cfg.patch, progress=self.progress,
                              rotate_axis=self.head_feet_axis(axes) if self.cfg.rotate_p > 0 else None,
-                             extra=self.model if self.model_config.n_extra else None)
+                             extra=self.model if self.model_config.n_extra else None,
+                             reach=1 / (1 - self.cfg.scale_max))
         self.set_space(self.inherit_absent(recorder.space()))
         return arrays
 
@@ -432,7 +433,8 @@ class Trainer:
                            flip=cfg.flip, rotate_p=cfg.rotate_p,
                            rotate_axis=(self.head_feet_axis(self.space.axes)
                                         if cfg.rotate_p > 0 else None),
-                           rotate_step=cfg.rotate_step, shift=cfg.shift)
+                           rotate_step=cfg.rotate_step, shift=cfg.shift, rotate_max=cfg.rotate_max,
+                           scale_p=cfg.scale_p, scale_max=cfg.scale_max)
 
     def initialize(self) -> None:
         """Everything the first epoch needs: device, data, model and optimiser, loss, the patients
