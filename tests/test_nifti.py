@@ -219,7 +219,7 @@ def test_a_folder_without_patient_folders_is_a_format_error(tmp_path):
     own error naming the folder and what it lacks; a folder that is not there is one."""
     (tmp_path / "other").mkdir()
     with pytest.raises(nifti.NiftiFormatError, match=r"other holds no NIfTI patient folders "
-                                                     r"\(sub-folders with ct\.nii\.gz\)"):
+                                                     r"\(sub-folders with ct\.nii\.gz or ct\.nii\)"):
         nifti.patient_folders(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         nifti.patient_folders(tmp_path / "nope")

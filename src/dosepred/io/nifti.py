@@ -311,14 +311,15 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
     src = Path(src)
     if src.is_file():
         raise NiftiFormatError(f"NIfTI folder {src} is a file, not a folder (give a patient folder holding "
-                               "ct.nii.gz or a folder of them)")
+                               "ct.nii.gz or ct.nii, or a folder of them)")
     if not src.is_dir():
         raise FileNotFoundError(f"NIfTI folder {src} does not exist")
     if is_patient_folder(src):
         return [src]
     folders = sorted(p for p in src.iterdir() if p.is_dir() and is_patient_folder(p))
     if not folders:
-        raise NiftiFormatError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE})")
+        raise NiftiFormatError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE} or "
+                                f"{CT_FILE[: -len('.gz')]})")
     return folders
 
 

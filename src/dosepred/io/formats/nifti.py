@@ -70,8 +70,8 @@ def read_dose_on(path: Path, ref: Patient) -> np.ndarray:
 
 FORMAT = Format(
     name=nifti.FORMAT_NAME, label="NIfTI",
-    described="a NIfTI folder (ct.nii.gz)",
-    described_short="a NIfTI folder (ct.nii.gz)",
+    described="a NIfTI folder (ct.nii.gz or ct.nii)",
+    described_short="a NIfTI folder (ct.nii.gz or ct.nii)",
     import_help="Import NIfTI patients (ct, dose, possible_dose_mask, rois/<name> or roi_codes + rois.json).",
     export_help="Write each patient as NIfTI files with the affine carrying spacing, orientation and origin.",
     dose_output="pt_N.nii.gz",
