@@ -705,3 +705,54 @@ def test_qa_report_views_say_when_the_point_is_off_the_plan(tmp_path):
         named = "the point ({}) mm".format(", ".join(f"{float(v):g}" for v in point))
         assert (heading == named) is not off, heading
         assert named in heading and ("outside" in heading) is off, heading
+
+
+def test_plans_whose_inputs_contradict_themselves_rank_after_the_others(tmp_path):
+    """Potentials 9 (a side swapped), 7 (only PTV70 contoured), 5 (a coarse grid) and 2 Gy: the two
+    whose notes say their flags cannot be trusted rank last (by potential among themselves); a grid
+    note does not move a plan. The CLI table and the report mark them and say why."""
+    from rich.console import Console
+
+    from dosepred.console import qa as qa_lines
+    from dosepred.qa.result import (
+        NOTE_GRID,
+        NOTE_SIDE,
+        NOTE_TARGET_DOSE,
+        UNTRUSTED_LEGEND,
+        CriterionQA,
+        PatientQA,
+        QAResult,
+    )
+
+    def plan(pid, gain, notes):
+        c = CriterionQA("LeftParotid", "mean", 20 + gain, 20, 15, 19, 26, True,
+                        [f"{FLAG_OAR_ABOVE}: {gain:.1f} Gy might be spared"], gain=gain)
+        return PatientQA(pid, [c], notes)
+
+    res = QAResult(0.9, "m", "openkbp-clinical", "openkbp-clinical",
+                   [plan("swapped", 9, [f"{NOTE_SIDE}: LeftParotid at x = -60 mm"]),
+                    plan("only70", 7, [f"{NOTE_TARGET_DOSE}: 592 cc farther than 10 mm"]),
+                    plan("coarse", 5, [f"{NOTE_GRID}: spacing 10.8 mm"]), plan("plain", 2, [])], {})
+    rows = res.summary()
+    assert [(r["rank"], r["id"], r["untrusted"]) for r in rows] == [
+        (1, "coarse", False), (2, "plain", False), (3, "swapped", True), (4, "only70", True)]
+    assert res.to_json()["summary"] == rows
+    con = Console(record=True, width=250)
+    for line in qa_lines(res, 0.9):
+        con.print(line)
+    text = con.export_text()
+    assert "3*" in text and "4*" in text and "1*" not in text and UNTRUSTED_LEGEND in text
+    from types import SimpleNamespace
+
+    from dosepred.qa.report import QAReportWriter
+
+    bands = SimpleNamespace(coverage=0.9, has_dvh_band=False)
+    html = QAReportWriter(tmp_path / "r", bands).finish(res).read_text()
+    assert "<td>3*</td>" in html and "<td>4*</td>" in html and "<td>1</td>" in html
+    assert html.index("id='p-plain'") < html.index("id='p-swapped'") and "contradict themselves" in html
+    # without such a plan, no mark and no legend
+    res.patients = res.patients[2:]
+    con = Console(record=True, width=250)
+    for line in qa_lines(res, 0.9):
+        con.print(line)
+    assert "*" not in con.export_text()

@@ -19,6 +19,7 @@ from .demo import QA_MODEL, TABLE_KEY, summary_rows
 from .errors import name_some
 from .io import formats
 from .qa.families import FAMILY_TITLES
+from .qa.result import UNTRUSTED_LEGEND, UNTRUSTED_MARK
 
 
 def num(x: float, nd: int = 3) -> str:
@@ -169,11 +170,14 @@ def qa(res: Any, coverage: float) -> list[Any]:
                "ranked by potential improvement",
                ("rank", "patient", "potential (Gy)", "flags", "failed limits", "flagged criteria",
                 "reliability"), ("patient", "flagged criteria", "reliability"))
-    for r in res.summary():
-        t.add_row(str(r["rank"]), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
+    rows = res.summary()
+    for r in rows:
+        rank = f"{r['rank']}{UNTRUSTED_MARK if r['untrusted'] else ''}"
+        t.add_row(rank, r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
                   ", ".join(r["flagged"]) or "-", ", ".join(r["reliability"]) or "-")
     secs = [p.seconds for p in res.patients] or [float("nan")]
-    out += [t] + qa_notes(res)
+    legend = [UNTRUSTED_LEGEND] if any(r["untrusted"] for r in rows) else []
+    out += [t, *legend, *qa_notes(res)]
     return out + [f"QA time per plan after the model is loaded (read excluded): mean "
                   f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s"]
 

@@ -20,7 +20,15 @@ from ..report.html import esc, fmt, head_html, write_html_atomic
 from ..report.plots import dvh_qa_uri
 from ..report.views import Panel, ViewRenderer, viewer_html
 from .families import FAMILY_TITLES
-from .result import FLAG_BETTER, FLAG_NOT_CONTOURED, IMPROVEMENT_FLAGS, PatientQA, QAResult
+from .result import (
+    FLAG_BETTER,
+    FLAG_NOT_CONTOURED,
+    IMPROVEMENT_FLAGS,
+    UNTRUSTED_LEGEND,
+    UNTRUSTED_MARK,
+    PatientQA,
+    QAResult,
+)
 
 
 class Bands(Protocol):
@@ -159,7 +167,7 @@ class QAReportWriter:
                      "<th>flags</th><th>failed limits</th><th class='l'>flagged criteria</th>"
                      "<th class='l'>reliability notes</th><th class='l'>not contoured</th></tr>")
         for r in summary:
-            parts.append(f"<tr><td>{r['rank']}</td>"
+            parts.append(f"<tr><td>{r['rank']}{UNTRUSTED_MARK if r['untrusted'] else ''}</td>"
                          f"<td class='l'><a href='#p-{esc(r['id'])}'>{esc(r['id'])}</a></td>"
                          f"<td>{r['potential_gy']:.1f}</td><td>{r['flags']}</td><td>{r['failed']}</td>"
                          f"<td class='l'>{esc(', '.join(r['flagged']) or '-')}</td>"
@@ -167,6 +175,8 @@ class QAReportWriter:
                          f"<td class='l'>{esc(', '.join(r['not_contoured']) or '-')}</td></tr>")
         parts.append("</table><p class='meta'>Potential improvement: sum over the flagged dose criteria of "
                      "|plan - predicted| (Gy).</p>")
+        if any(r["untrusted"] for r in summary):
+            parts.append(f"<p class='meta'>&#9888; {esc(UNTRUSTED_LEGEND)}.</p>")
         parts.append("<h2>Plans</h2>")
         for r in summary:
             pq = by_id[r["id"]]

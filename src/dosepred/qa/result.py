@@ -48,6 +48,14 @@ NOTE_VOLUME = "ROI volume far outside the training range"
 #: the other side's intervals).
 NOTE_TARGET_DOSE = "high dose outside the contoured targets"
 NOTE_SIDE = "ROI named for a side lies on the other"
+#: Notes that say the plan's flags cannot be trusted (its inputs contradict themselves): the cohort
+#: summary ranks such plans after every other, whatever their potential improvement.
+UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE)
+#: How the cohort table marks such a plan's rank, and what the mark means.
+UNTRUSTED_MARK = "*"
+UNTRUSTED_LEGEND = ("* ranked after the other plans: a note says this plan's inputs contradict themselves "
+                    f"({NOTE_TARGET_DOSE}, or an {NOTE_SIDE}), so its flags cannot be trusted until they "
+                    "are fixed")
 #: Flags that say the plan might be improved (they add to the potential improvement): every flag
 #: :func:`flags_for` gives with a gain.
 IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_OAR_BELOW)
@@ -118,6 +126,11 @@ class PatientQA:
         return float(sum(c.gain for c in self.criteria if c.unit == "Gy" and c.gain > 0))
 
     @property
+    def untrusted(self) -> bool:
+        """Whether a note says the plan's flags cannot be trusted (:data:`UNTRUSTED_NOTES`)."""
+        return any(n.startswith(UNTRUSTED_NOTES) for n in self.notes)
+
+    @property
     def improvement_flags(self) -> list[CriterionQA]:
         return [c for c in self.criteria if any(f.startswith(IMPROVEMENT_FLAGS) for f in c.flags)]
 
@@ -142,7 +155,9 @@ class QAResult:
     tta: bool | None = None
 
     def summary(self) -> list[dict[str, Any]]:
-        """Plans ranked by potential improvement (Gy), most first."""
+        """Plans ranked by potential improvement (Gy), most first; plans whose notes say their flags
+        cannot be trusted (``untrusted``, :data:`UNTRUSTED_NOTES`) after all others: a large potential
+        read from a swapped side or a target not contoured is the inputs' error, not the plan's."""
         rows = []
         for p in self.patients:
             flagged = p.improvement_flags
@@ -153,8 +168,8 @@ class QAResult:
                          "reliability": sorted({f.split(":")[0].split(" (")[0] for c in p.criteria
                                                 for f in c.flags if f.startswith(FLAG_UNCALIBRATED)}
                                                | {n.split(":")[0] for n in p.notes}),
-                         "not_contoured": list(p.not_contoured)})
-        rows.sort(key=lambda r: (-r["potential_gy"], -r["flags"], r["id"]))
+                         "not_contoured": list(p.not_contoured), "untrusted": p.untrusted})
+        rows.sort(key=lambda r: (r["untrusted"], -r["potential_gy"], -r["flags"], r["id"]))
         for i, r in enumerate(rows, 1):
             r["rank"] = i
         return rows
