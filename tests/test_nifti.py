@@ -342,3 +342,31 @@ def test_sidecar_prescription_that_is_no_number(tmp_path):
     for bad in ("70", True, float("inf")):
         with pytest.raises(InputError, match="prescription must be"):
             RoiSet((Roi("PTV70", "target", bad),))
+
+
+def test_a_label_map_saved_as_roi_codes_is_refused(tmp_path):
+    """A label map (ROI k -> value k+1) written where bit codes belong: read as bits, value 3 would be
+    ROIs 0 and 1 both. Refused, naming the file and the remedy; bit codes whose values happen to be
+    1..5 (three ROIs, the first overlapping the other two a little) still read."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path, "codes")
+    img = nib.load(folder / "roi_codes.nii.gz")
+    codes = np.asarray(img.dataobj)
+    n = len(json.loads((folder / "rois.json").read_text())["rois"])
+    labels = np.zeros(codes.shape, np.uint16)
+    for k in reversed(range(n)):  # the first ROI wins where they overlap, as a label map keeps one
+        labels[(codes >> k) & 1 > 0] = k + 1
+    assert len(np.unique(labels[labels > 0])) >= 3
+    nib.save(nib.Nifti1Image(labels, img.affine, dtype=np.uint16), folder / "roi_codes.nii.gz")
+    with pytest.raises(nifti.NiftiFormatError, match=r"roi_codes.nii.gz looks like a label map \(the values "
+                                                     r"1-\d+, one per ROI\).*rois/<name>.nii.gz"):
+        nifti.read_patient(folder)
+    # legitimate bit codes of three ROIs with values 1..5: ROI 0 overlaps ROIs 1 and 2 on a few voxels
+    few = np.zeros(codes.shape, np.uint16)
+    flat = few.reshape(-1)
+    flat[:100], flat[100:200], flat[200:300] = 1, 2, 4
+    flat[300:305], flat[305:310] = 3, 5
+    nib.save(nib.Nifti1Image(few, img.affine, dtype=np.uint16), folder / "roi_codes.nii.gz")
+    q = nifti.read_patient(folder)
+    first = json.loads((folder / "rois.json").read_text())["rois"][0]["name"]
+    assert q.mask(first).sum() == 110
