@@ -370,3 +370,25 @@ def test_a_label_map_saved_as_roi_codes_is_refused(tmp_path):
     q = nifti.read_patient(folder)
     first = json.loads((folder / "rois.json").read_text())["rois"][0]["name"]
     assert q.mask(first).sum() == 110
+
+
+def test_bit_codes_of_nested_targets_with_more_values_than_rois_read(tmp_path):
+    """dosepred's own export of a small ROI set: PTV70 mostly inside PTV56 (one voxel of margin
+    sticking out) and a cord. Its codes take the values 1..5 with about a quarter of the ROI voxels
+    in both targets, but three ROIs cannot make a label map of five values: it reads back."""
+    base = make_patient()
+    n = base.ct.shape[0]
+    z, y, x = np.mgrid[0:n, 0:n, 0:n].astype(float)
+    c = (n - 1) / 2
+    masks = {"PTV56": (z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2 < 9 ** 2,
+             "PTV70": (z - c) ** 2 + (y - c) ** 2 + (x - c - 4) ** 2 < 6 ** 2,
+             "SpinalCord": (np.hypot(y - c - 10, x - c) < 2) & (np.abs(z - c) < 12)}
+    rs = RoiSet((Roi("PTV56", "target", 56.0), Roi("PTV70", "target", 70.0), Roi("SpinalCord", "oar")))
+    p = Patient.from_masks("nested", base.ct, masks, rs, base.spacing, base.possible_dose_mask, base.dose,
+                           geometry=base.geometry)
+    nz = p.roi_codes[p.roi_codes > 0]
+    assert np.unique(nz).tolist() == [1, 2, 3, 4, 5]
+    assert np.mean((nz & (nz - 1)) > 0) >= nifti.LABEL_MAP_SHARE  # the share alone would refuse it
+    q = nifti.read_patient(nifti.write_patient(p, tmp_path, "codes"))
+    for name, m in masks.items():
+        assert q.mask(name).sum() == m.sum(), name

@@ -323,21 +323,25 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
     return folders
 
 
-#: A ``roi_codes`` volume whose non-zero values are exactly 1..K (K >= 3) and at least this share of
-#: whose ROI voxels would lie in two or more ROIs read as bits is a label map (one value per ROI), not
-#: bit codes. OpenKBP's 202 training and validation plans as bit codes: at most 8.2 % (median 1.6 %),
-#: and none has the values 1..K.
+#: A ``roi_codes`` volume whose non-zero values are exactly 1..K (K >= 3, and K no more than the ROIs
+#: the sidecar lists as present: one value per ROI) and at least this share of whose ROI voxels would
+#: lie in two or more ROIs read as bits is a label map, not bit codes. OpenKBP's 202 training and
+#: validation plans as bit codes: at most 8.2 % (median 1.6 %), and none has the values 1..K.
 LABEL_MAP_SHARE = 0.25
 
 
-def _refuse_label_map(codes: np.ndarray, path: Path, pid: str) -> None:
+def _refuse_label_map(codes: np.ndarray, path: Path, pid: str, n_rois: int) -> None:
     """Refuse a label map saved as ``roi_codes``: read as bits, label 3 would be ROIs 0 and 1 both and
-    every organ labelled with a number that is no power of two would be a mix of others."""
+    every organ labelled with a number that is no power of two would be a mix of others. ``n_rois``:
+    the ROIs the sidecar lists as present; a label map holds at most one value per ROI, so bit codes
+    with more distinct values than that (nested targets of a small ROI set) are never refused."""
     nz = codes[codes > 0]
     if nz.size == 0:
         return
     vals = np.unique(nz)
     if len(vals) < 3 or int(vals[-1]) != len(vals):  # distinct positive values up to K: exactly 1..K
+        return
+    if len(vals) > n_rois:  # more values than ROIs: not one value per ROI
         return
     share = float(np.mean((nz & (nz - nz.dtype.type(1))) != 0))  # more than one bit set
     if share >= LABEL_MAP_SHARE:
@@ -461,8 +465,8 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                 raise NiftiFormatError(f"patient {pid}: {codes_path} sets bit(s) {bits}, but "
                                        f"{folder / ROIS_JSON} lists only {len(listed)} ROIs (bits 0-"
                                        f"{len(listed) - 1}); those voxels belong to no known ROI")
-        _refuse_label_map(codes, codes_path, pid)
         missing = set(info.get("missing_rois", []))
+        _refuse_label_map(codes, codes_path, pid, sum(d["name"] not in missing for d in listed))
         for k, d in enumerate(listed):
             if d["name"] not in missing:
                 masks[d["name"]] = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
