@@ -350,3 +350,23 @@ def test_training_with_small_rotations_and_scaling(cache, tmp_path):
     train(cfg)
     saved = _ck(tmp_path / "r")["train_config"]
     assert (saved["rotate_max"], saved["scale_p"], saved["scale_max"]) == (10, 1.0, 0.1)
+
+
+def test_scaling_is_refused_for_channels_in_millimetres():
+    # a window zoomed by z shows anatomy z times larger at the patient's spacing, so its distances to
+    # the PTV are z times the whole-grid channel's: a model reading them is refused, not fed 1/z errors
+    rs, a = _phantom()
+    p = _patient(rs, a)
+    patch = (48, 48, 12)
+
+    class Extra:
+        extra_fill = (2.0,)
+
+        def extra_channels(self, codes, mask, geometry, spacing):
+            return np.ones((1, *codes.shape), np.float32)
+
+    arrays = [prepare_patient(p, patch, extra=Extra(), reach=1 / 0.9)]
+    assert arrays[0].extra is not None
+    with pytest.raises(ValueError, match="scale_p > 0 with a model reading target distances"):
+        CropDataset(arrays, rs, patch, 1, scale_p=0.5, scale_max=0.1)
+    CropDataset(arrays, rs, patch, 1, rotate_p=0.5, rotate_axis=HF, rotate_max=10)  # rigid: kept

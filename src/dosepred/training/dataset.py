@@ -213,6 +213,10 @@ class CropDataset(torch.utils.data.Dataset):
         if not 0 <= rotate_max <= 180 or not 0 <= scale_max < 0.5 or not 0 <= scale_p <= 1:
             raise InputError(f"rotate_max must be in [0, 180], scale_max in [0, 0.5), scale_p in [0, 1]; "
                              f"got {rotate_max}, {scale_max}, {scale_p}")
+        if scale_p > 0 and any(p.extra is not None for p in patients):
+            raise InputError("scale_p > 0 with a model reading target distances or laterality (mm, "
+                             "computed on the whole grid): a scaled window would carry them unscaled; "
+                             "train without scaling or without those channels")
         self.rotate_p = float(rotate_p)
         self.rotate_max = float(rotate_max)
         self.scale_p, self.scale_max = float(scale_p), float(scale_max)
