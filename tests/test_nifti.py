@@ -392,3 +392,26 @@ def test_bit_codes_of_nested_targets_with_more_values_than_rois_read(tmp_path):
     q = nifti.read_patient(nifti.write_patient(p, tmp_path, "codes"))
     for name, m in masks.items():
         assert q.mask(name).sum() == m.sum(), name
+
+
+def test_a_label_map_of_small_organs_is_refused_by_its_empty_rois(tmp_path):
+    """[PTV70, Ring, LeftParotid] labelled 1, 2, 3 with the parotid small: read as bits its label
+    would be PTV70 and Ring both (a few % of the voxels), but LeftParotid's bit (2) is never set though
+    rois.json lists it: refused, naming it."""
+    p = make_patient()
+    rs = RoiSet((Roi("PTV70", "target", 70.0), Roi("Ring", "other"), Roi("LeftParotid", "oar")))
+    masks = {n: p.mask(n) for n in rs.names}
+    assert all(m.any() for m in masks.values())
+    q = Patient.from_masks(p.id, p.ct, masks, rs, p.spacing, p.possible_dose_mask, p.dose)
+    folder = nifti.write_patient(q, tmp_path, "codes")
+    img = nib.load(folder / "roi_codes.nii.gz")
+    codes = np.asarray(img.dataobj)
+    labels = np.zeros(codes.shape, np.uint8)
+    for k in reversed(range(3)):
+        labels[(codes >> k) & 1 > 0] = k + 1
+    share = np.mean(labels[labels > 0] == 3)
+    assert share < 0.25  # the share alone would not tell
+    nib.save(nib.Nifti1Image(labels, img.affine, dtype=np.uint8), folder / "roi_codes.nii.gz")
+    with pytest.raises(nifti.NiftiFormatError, match=r"label map \(the values 1-3, one per ROI\).*LeftParotid "
+                                                     r"would be empty though rois.json lists it"):
+        nifti.read_patient(folder)

@@ -324,32 +324,39 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
 
 
 #: A ``roi_codes`` volume whose non-zero values are exactly 1..K (K >= 3, and K no more than the ROIs
-#: the sidecar lists as present: one value per ROI) and at least this share of whose ROI voxels would
-#: lie in two or more ROIs read as bits is a label map, not bit codes. OpenKBP's 202 training and
-#: validation plans as bit codes: at most 8.2 % (median 1.6 %), and none has the values 1..K.
+#: the sidecar lists as present: one value per ROI) is a label map, not bit codes, when at least this
+#: share of its ROI voxels would lie in two or more ROIs read as bits, or when a listed ROI's bit is
+#: never set (its bit is beyond K's: a label map of K ROIs leaves the bits above log2 K empty).
+#: OpenKBP's 202 training and validation plans as bit codes: at most 8.2 % (median 1.6 %), and none
+#: has the values 1..K.
 LABEL_MAP_SHARE = 0.25
 
 
-def _refuse_label_map(codes: np.ndarray, path: Path, pid: str, n_rois: int) -> None:
+def _refuse_label_map(codes: np.ndarray, path: Path, pid: str, present: dict[int, str]) -> None:
     """Refuse a label map saved as ``roi_codes``: read as bits, label 3 would be ROIs 0 and 1 both and
-    every organ labelled with a number that is no power of two would be a mix of others. ``n_rois``:
-    the ROIs the sidecar lists as present; a label map holds at most one value per ROI, so bit codes
-    with more distinct values than that (nested targets of a small ROI set) are never refused."""
+    every organ labelled with a number that is no power of two would be a mix of others. ``present``:
+    bit -> name of the ROIs the sidecar lists as present; a label map holds at most one value per ROI,
+    so bit codes with more distinct values than that (nested targets of a small ROI set) are never
+    refused."""
     nz = codes[codes > 0]
     if nz.size == 0:
         return
     vals = np.unique(nz)
-    if len(vals) < 3 or int(vals[-1]) != len(vals):  # distinct positive values up to K: exactly 1..K
-        return
-    if len(vals) > n_rois:  # more values than ROIs: not one value per ROI
+    k = len(vals)
+    if k < 3 or int(vals[-1]) != k or k > len(present):  # exactly 1..K, at most one value per ROI
         return
     share = float(np.mean((nz & (nz - nz.dtype.type(1))) != 0))  # more than one bit set
-    if share >= LABEL_MAP_SHARE:
+    empty = [name for bit, name in present.items() if bit >= k.bit_length()]  # no value sets their bit
+    if share >= LABEL_MAP_SHARE or empty:
+        why = [f"{share:.0%} of its ROI voxels would lie in two or more ROIs (OpenKBP's plans: at most 8 %)"]
+        if empty:
+            why.append(f"{', '.join(empty[:4])}{' ...' if len(empty) > 4 else ''} would be empty though "
+                       f"{ROIS_JSON} lists {'it' if len(empty) == 1 else 'them'}")
         raise NiftiFormatError(
-            f"patient {pid}: {path} looks like a label map (the values 1-{len(vals)}, one per ROI), not bit "
-            f"codes: read as bit k = ROI k, value 3 would be ROIs 0 and 1 both and {share:.0%} of its ROI "
-            f"voxels would lie in two or more ROIs (OpenKBP's plans: at most 8 %); write one label file "
-            f"per ROI ({ROI_DIR}/<name>.nii.gz) or set bit k for the k-th ROI of {ROIS_JSON}")
+            f"patient {pid}: {path} looks like a label map (the values 1-{k}, one per ROI), not bit codes: "
+            f"read as bit k = ROI k, value 3 would be ROIs 0 and 1 both, {' and '.join(why)}; write one "
+            f"label file per ROI ({ROI_DIR}/<name>.nii.gz) or set bit k for the k-th ROI of {ROIS_JSON} "
+            f"(an ROI that is not contoured goes in its missing_rois)")
 
 
 def read_sidecar(folder: Path) -> dict[str, Any]:
@@ -466,7 +473,8 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                                        f"{folder / ROIS_JSON} lists only {len(listed)} ROIs (bits 0-"
                                        f"{len(listed) - 1}); those voxels belong to no known ROI")
         missing = set(info.get("missing_rois", []))
-        _refuse_label_map(codes, codes_path, pid, sum(d["name"] not in missing for d in listed))
+        _refuse_label_map(codes, codes_path, pid,
+                          {b: d["name"] for b, d in enumerate(listed) if d["name"] not in missing})
         for k, d in enumerate(listed):
             if d["name"] not in missing:
                 masks[d["name"]] = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
