@@ -412,6 +412,6 @@ def test_a_label_map_of_small_organs_is_refused_by_its_empty_rois(tmp_path):
     share = np.mean(labels[labels > 0] == 3)
     assert share < 0.25  # the share alone would not tell
     nib.save(nib.Nifti1Image(labels, img.affine, dtype=np.uint8), folder / "roi_codes.nii.gz")
-    with pytest.raises(nifti.NiftiFormatError, match=r"label map \(the values 1-3, one per ROI\).*LeftParotid "
-                                                     r"would be empty though rois.json lists it"):
+    with pytest.raises(nifti.NiftiFormatError, match=r"label map \(the values 1-3, one per ROI\).*"
+                                                     r"LeftParotid would be empty though rois.json lists it"):
         nifti.read_patient(folder)

@@ -750,6 +750,12 @@ def test_plans_whose_inputs_contradict_themselves_rank_after_the_others(tmp_path
     html = QAReportWriter(tmp_path / "r", bands).finish(res).read_text()
     assert "<td>3*</td>" in html and "<td>4*</td>" in html and "<td>1</td>" in html
     assert html.index("id='p-plain'") < html.index("id='p-swapped'") and "contradict themselves" in html
+    assert "(rank 3*, potential 9.0 Gy)" in html
+    from dosepred.demo import qa_html
+
+    demo = qa_html({"coverage": 0.9, "ranked": rows, "model": "m", "shown": "coarse", "in_calibration": []},
+                   res.patients[2], "", "plans")
+    assert "<td>3*</td>" in demo and "contradict themselves" in demo
     # without such a plan, no mark and no legend
     res.patients = res.patients[2:]
     con = Console(record=True, width=250)

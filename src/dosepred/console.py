@@ -19,7 +19,7 @@ from .demo import QA_MODEL, TABLE_KEY, summary_rows
 from .errors import name_some
 from .io import formats
 from .qa.families import FAMILY_TITLES
-from .qa.result import UNTRUSTED_LEGEND, UNTRUSTED_MARK
+from .qa.result import UNTRUSTED_LEGEND, rank_label
 
 
 def num(x: float, nd: int = 3) -> str:
@@ -172,8 +172,7 @@ def qa(res: Any, coverage: float) -> list[Any]:
                 "reliability"), ("patient", "flagged criteria", "reliability"))
     rows = res.summary()
     for r in rows:
-        rank = f"{r['rank']}{UNTRUSTED_MARK if r['untrusted'] else ''}"
-        t.add_row(rank, r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
+        t.add_row(rank_label(r), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]), str(r["failed"]),
                   ", ".join(r["flagged"]) or "-", ", ".join(r["reliability"]) or "-")
     secs = [p.seconds for p in res.patients] or [float("nan")]
     legend = [UNTRUSTED_LEGEND] if any(r["untrusted"] for r in rows) else []
@@ -223,9 +222,10 @@ def demo(res: dict[str, Any]) -> list[Any]:
                    ("rank", "plan", "potential (Gy)", "flags", "flagged criteria"),
                    left=("plan", "flagged criteria"))
         for r in qa["ranked"]:
-            t.add_row(str(r["rank"]), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]),
+            t.add_row(rank_label(r), r["id"], f"{r['potential_gy']:.1f}", str(r["flags"]),
                       ", ".join(r["flagged"]) or "-")
-        out += [t, Text(f"{qa['shown']}'s QA is in the report; every plan's: {qa['report']}")]
+        legend = [Text(UNTRUSTED_LEGEND)] if any(r.get("untrusted") for r in qa["ranked"]) else []
+        out += [t, *legend, Text(f"{qa['shown']}'s QA is in the report; every plan's: {qa['report']}")]
     return out
 
 

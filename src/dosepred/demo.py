@@ -56,7 +56,7 @@ from .io.cache import write_cache
 from .qa.check import QAChecker
 from .qa.families import FAMILY_TITLES
 from .qa.report import QAReportWriter
-from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS, QAResult
+from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS, UNTRUSTED_LEGEND, QAResult, rank_label
 from .report import write_report
 from .synth import make_cohort
 
@@ -468,7 +468,7 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
     ``plans``: the plans' folder as the command line would name it."""
     cov = qa["coverage"]
     rows = "".join(
-        f"<tr><td>{r['rank']}</td><td class='l'>{_esc(r['id'])}</td><td>{r['potential_gy']:.1f}</td>"
+        f"<tr><td>{rank_label(r)}</td><td class='l'>{_esc(r['id'])}</td><td>{r['potential_gy']:.1f}</td>"
         f"<td>{r['flags']}</td><td>{r['failed']}</td>"
         f"<td class='l'>{_esc(', '.join(r['flagged']) or '-')}</td></tr>" for r in qa["ranked"])
     flagged = [c for c in pq.criteria if c.flags and c.plan == c.plan and
@@ -491,7 +491,9 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
             f"<th>failed limits</th><th class='l'>flagged criteria</th></tr>{rows}</table>"
             "<p class='meta'>Potential improvement: sum over the flagged dose criteria of |plan - predicted| "
             "(Gy).</p>"
-            f"<h3>{_esc(qa['shown'])}: the plan ranked first</h3>"
+            + (f"<p class='meta'>&#9888; {_esc(UNTRUSTED_LEGEND)}.</p>"
+               if any(r.get("untrusted") for r in qa["ranked"]) else "")
+            + f"<h3>{_esc(qa['shown'])}: the plan ranked first</h3>"
             + ("<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th><th>predicted "
                f"(achievable)</th><th>{cov:.0%} interval</th><th class='l'>flag</th></tr>{crit}</table>"
                if crit else "<p>No criterion of this plan is outside its interval.</p>")

@@ -25,9 +25,9 @@ from .result import (
     FLAG_NOT_CONTOURED,
     IMPROVEMENT_FLAGS,
     UNTRUSTED_LEGEND,
-    UNTRUSTED_MARK,
     PatientQA,
     QAResult,
+    rank_label,
 )
 
 
@@ -167,7 +167,7 @@ class QAReportWriter:
                      "<th>flags</th><th>failed limits</th><th class='l'>flagged criteria</th>"
                      "<th class='l'>reliability notes</th><th class='l'>not contoured</th></tr>")
         for r in summary:
-            parts.append(f"<tr><td>{r['rank']}{UNTRUSTED_MARK if r['untrusted'] else ''}</td>"
+            parts.append(f"<tr><td>{rank_label(r)}</td>"
                          f"<td class='l'><a href='#p-{esc(r['id'])}'>{esc(r['id'])}</a></td>"
                          f"<td>{r['potential_gy']:.1f}</td><td>{r['flags']}</td><td>{r['failed']}</td>"
                          f"<td class='l'>{esc(', '.join(r['flagged']) or '-')}</td>"
@@ -180,7 +180,7 @@ class QAReportWriter:
         parts.append("<h2>Plans</h2>")
         for r in summary:
             pq = by_id[r["id"]]
-            parts.append(f"<div class='patient' id='p-{esc(pq.id)}'><h3>{esc(pq.id)} (rank {r['rank']}, "
+            parts.append(f"<div class='patient' id='p-{esc(pq.id)}'><h3>{esc(pq.id)} (rank {rank_label(r)}, "
                          f"potential {r['potential_gy']:.1f} Gy)</h3>")
             parts.append(QA_KEY)
             parts.append(self._notes(pq))

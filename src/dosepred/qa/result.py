@@ -56,6 +56,11 @@ UNTRUSTED_MARK = "*"
 UNTRUSTED_LEGEND = ("* ranked after the other plans: a note says this plan's inputs contradict themselves "
                     f"({NOTE_TARGET_DOSE}, or an {NOTE_SIDE}), so its flags cannot be trusted until they "
                     "are fixed")
+
+
+def rank_label(row: dict[str, Any]) -> str:
+    """A summary row's rank as the tables show it: marked :data:`UNTRUSTED_MARK` when untrusted."""
+    return f"{row['rank']}{UNTRUSTED_MARK if row.get('untrusted') else ''}"
 #: Flags that say the plan might be improved (they add to the potential improvement): every flag
 #: :func:`flags_for` gives with a gain.
 IMPROVEMENT_FLAGS = (FLAG_OAR_ABOVE, FLAG_HOT_ABOVE, FLAG_COVERAGE_BELOW, FLAG_OAR_BELOW)
