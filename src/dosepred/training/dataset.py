@@ -2,8 +2,11 @@
 
 What it is for: feeding :mod:`dosepred.training.trainer`. Patients are loaded once (CT int16, dose
 float32, ROI codes as the cache stores them, mask bool), each cut to the bounding box of its
-possible-dose mask plus half a patch of real context on every side, so every crop centred in the
-mask sees exactly what a sliding window over the whole grid sees.
+possible-dose mask plus half a patch of real context on every side, so a crop centred on a mask
+voxel sees what a sliding window over the whole grid sees. The centre's jitter (up to a quarter
+patch) and the translation (``shift``) can take a window past that cut, where it sees fill (air,
+0 Gy, no ROI) as beyond the grid; on OpenKBP's 128^3 grids the cut is most of the grid. (Widening
+the cut would change every seed's crops, and with them the controls of earlier rounds.)
 
 Sampling is a pure function of ``(seed, epoch, index)``: the patient is ``perm(seed, epoch)[index %
 n]`` and the crop centre, flip and padding are drawn from ``default_rng([seed, epoch, index])``.
