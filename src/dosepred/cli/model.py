@@ -154,8 +154,8 @@ def export_model(
                                                    "model: their weights averaged).")],
     out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.pt, config.json, "
                                       "README.md).")],
-    fp32: Annotated[bool, typer.Option("--fp32", help="Keep fp32 weights (default fp16, half the "
-                                       "size).")] = False,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Keep every weight in fp32 (default: tensors of "
+                                       "2^18 or more elements in fp16, about half the size).")] = False,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Average several checkpoints even when "
                                               "they were trained with different losses or one is given "
                                               "twice (refused without it).")] = False,
