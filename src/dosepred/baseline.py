@@ -2,7 +2,7 @@
 
 ``distance_falloff``: each target's prescription inside it, ``Rx * exp(-d / falloff_mm)`` outside
 (d the distance to that target in mm, honouring anisotropic spacing), the maximum over targets,
-zero outside the possible-dose mask. REFERENCE.md section 7 measured it on OpenKBP validation
+zero outside the possible-dose mask. docs/results.md measures it on OpenKBP validation
 (falloff 15 mm): dose score 9.55, DVH score 4.93.
 """
 

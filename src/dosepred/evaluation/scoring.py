@@ -12,7 +12,7 @@ no files (the pairing of sources is :mod:`dosepred.evaluation.pairing`).
     c.to_json()   # {"patients", "dose_score", "dvh_score", "ptv_score", "oar_score",
                   #  "criteria_pass_rate", "per_patient", ...}
 
-Definitions (REFERENCE.md sections 2 and 4):
+Definitions (OpenKBP: Babier et al., Med Phys 48(9), 2021, and its evaluator, ababier/open-kbp):
 
 - **dose score** (OpenKBP): per patient ``sum over ALL voxels |ref - pred| / count(possible-dose
   mask)`` (the numerator is not masked: a prediction's dose outside the mask counts); the reference

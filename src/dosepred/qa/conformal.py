@@ -25,7 +25,7 @@ of :data:`METHODS` gives the interval at coverage ``1 - alpha``:
 
 The conformal quantile of ``n`` scores at level ``1 - a`` (:func:`conformal_quantile`) is read
 off the sorted scores at position ``c = (n + 1)(1 - a)``: the ``conservative`` rule takes the
-``ceil(c)``-th smallest (coverage ``>= 1 - a`` for an exchangeable new unit, REFERENCE.md, 9, but up
+``ceil(c)``-th smallest (coverage ``>= 1 - a`` for an exchangeable new unit, Lei et al., JASA 2018, but up
 to ``1 / (n + 1)`` more: 3.7 points with 26 V-metric units); the ``interpolated`` rule (the default
 since calibration.json version 2) interpolates between the ``floor(c)``-th and the next score, the
 deterministic mean of the randomised conformal threshold, which covers ``1 - a`` exactly on average.
