@@ -1,6 +1,7 @@
 """Read and write the native OpenKBP layout (sparse CSV per array, one folder per patient).
 
-Format (OpenKBP, Babier et al., Med Phys 48(9), 2021; ababier/open-kbp): each CSV has the header ``,data`` and rows ``flat_index,value``
+Format (OpenKBP, Babier et al., Med Phys 48(9), 2021; ababier/open-kbp): each CSV has the header
+``,data`` and rows ``flat_index,value``
 (value empty for masks); flat indices are C order on a 128^3 grid. ``ct.csv`` holds HU + 1024;
 dosepred stores HU (int16) and adds 1024 back on export. ``dose.csv`` uses the possible-dose mask's
 indices and may hold explicit zeros; ``voxel_dimensions.csv`` holds three floats (mm).

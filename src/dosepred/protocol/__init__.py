@@ -11,7 +11,8 @@ Built-ins (``src/dosepred/protocol/builtin/*.json``):
 
 - ``openkbp``: exactly the metrics of the OpenKBP DVH score (OARs: D0.1cc and Dmean; PTV56/63/70:
   D99%, D95%, D1%), without limits.
-- ``openkbp-clinical``: H&N criteria for a 70/63/56 Gy SIB (RTOG 0225, QUANTEC and the open-kbp-opt criteria; docs/protocols.md).
+- ``openkbp-clinical``: H&N criteria for a 70/63/56 Gy SIB (RTOG 0225, QUANTEC and the open-kbp-opt
+  criteria; docs/protocols.md).
 
 The JSON schema is documented in :mod:`dosepred.protocol.schema` and ``docs/protocols.md``.
 :func:`from_portpy` converts a PortPy ``clinical_criteria`` JSON.
