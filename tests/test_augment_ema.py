@@ -370,3 +370,27 @@ def test_scaling_is_refused_for_channels_in_millimetres():
     with pytest.raises(ValueError, match="scale_p > 0 with a model reading target distances"):
         CropDataset(arrays, rs, patch, 1, scale_p=0.5, scale_max=0.1)
     CropDataset(arrays, rs, patch, 1, rotate_p=0.5, rotate_axis=HF, rotate_max=10)  # rigid: kept
+
+
+@pytest.mark.parametrize("kw", [dict(rotate_p=1.0, rotate_max=10.0), dict(rotate_p=1.0),
+                                dict(scale_p=1.0, scale_max=0.1)])
+def test_warped_targets_keep_the_plan_s_dose_metrics(kw):
+    """A target at 70 Gy with 30 Gy right outside it (a step at its edge): every voxel of the warped
+    target still holds 70 Gy, so its D99 is the plan's (numpy percentile); dose interpolated
+    linearly blended the 30 Gy into its edge voxels (D99 about 50 Gy) and taught the loss colder
+    targets than the plans have."""
+    rs, a = _phantom((40, 28, 20))
+    ptv = (a["codes"] >> rs.index("PTV70")) & 1 > 0
+    a["dose"] = np.where(ptv, 70.0, np.where(a["mask"], 30.0, 0.0)).astype(np.float32)
+    p = _patient(rs, a)
+    patch = (64, 48, 32)
+    ds = CropDataset([prepare_patient(p, patch, rotate_axis=HF, reach=1 / 0.9)], rs, patch, 8, seed=4,
+                     flip_axis=LR, rotate_axis=HF, shift=True, **kw)
+    bit = rs.index("PTV70")
+    for i in range(8):
+        it = ds[i]
+        d, codes = it["dose"][0].numpy(), it["codes"].numpy()
+        target = d[(codes >> bit) & 1 > 0]
+        assert target.size > 0.6 * ptv.sum()  # in view (a zoom of 0.9 keeps 0.73 of it)
+        assert np.percentile(target, 1) == 70.0 and target.min() == 70.0, np.percentile(target, 1)
+        assert set(np.unique(d[it["mask"][0].numpy()])) <= {30.0, 70.0}  # no blended values anywhere
