@@ -295,3 +295,21 @@ def test_the_transfer_record_counts_the_distance_channels():
     n_oar = len(rs.oars)
     # CT, Rx, the 7 OARs, the new OAR (None), the two distance channels, the mask
     assert src == [0, 1, *range(2, 2 + n_oar), None, 2 + n_oar, 3 + n_oar, 4 + n_oar]
+
+
+def test_scaling_with_target_distances_is_refused_before_the_patients_load(cache, plain, tmp_path):
+    """Distances in mm would be unscaled in a zoomed window: one error from the trainer, before the
+    training patients are read (minutes on a real cache), not from the dataset after them."""
+    from dosepred.training import trainer as trainer_mod
+
+    read = []
+    real = trainer_mod.load_arrays
+    trainer_mod.load_arrays = lambda *a, **k: read.append(1) or real(*a, **k)
+    try:
+        with pytest.raises(ValueError, match="scale_p > 0 with a model reading target distances"):
+            Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "s"), epochs=1, steps_per_epoch=1,
+                                init=str(plain), target_distance=True, scale_p=0.5, scale_max=0.1, **TINY),
+                    progress=False).fit()
+    finally:
+        trainer_mod.load_arrays = real
+    assert read == []

@@ -199,6 +199,12 @@ def rotate_patient_arrays(arrays: dict[str, np.ndarray], angle_deg: float, axis:
     return out
 
 
+#: Why scaling and whole-grid input channels in millimetres do not go together.
+SCALED_EXTRA = ("scale_p > 0 with a model reading target distances or laterality (mm, computed on the "
+                "whole grid): a scaled window would carry them unscaled; train without scaling or without "
+                "those channels")
+
+
 class CropDataset(torch.utils.data.Dataset):
     """Crops for one epoch; ``set_epoch`` selects the epoch. Item ``i`` depends only on (seed, epoch, i)."""
 
@@ -217,9 +223,7 @@ class CropDataset(torch.utils.data.Dataset):
             raise InputError(f"rotate_max must be in [0, 180], scale_max in [0, 0.5), scale_p in [0, 1]; "
                              f"got {rotate_max}, {scale_max}, {scale_p}")
         if scale_p > 0 and any(p.extra is not None for p in patients):
-            raise InputError("scale_p > 0 with a model reading target distances or laterality (mm, "
-                             "computed on the whole grid): a scaled window would carry them unscaled; "
-                             "train without scaling or without those channels")
+            raise InputError(SCALED_EXTRA)
         self.rotate_p = float(rotate_p)
         self.rotate_max = float(rotate_max)
         self.scale_p, self.scale_max = float(scale_p), float(scale_max)

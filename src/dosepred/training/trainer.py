@@ -66,7 +66,7 @@ from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
 from .checks import check_protocol_prescriptions, check_resumed_data, check_resumed_protocol
 from .config import TrainConfig
-from .dataset import CropDataset, RankSampler, load_arrays
+from .dataset import SCALED_EXTRA, CropDataset, RankSampler, load_arrays
 from .init import from_init, inherit_absent, load_init_weights, resolve_architecture
 from .logging import VAL_KEYS, Log, RunLogger
 
@@ -403,6 +403,8 @@ class Trainer:
 
     def load_train(self) -> list:
         """The training patients in memory, each permuted into the model's axes; records the space."""
+        if self.cfg.scale_p > 0 and self.model_config.n_extra:
+            raise InputError(SCALED_EXTRA)  # before minutes of loading, as the dataset would after them
         axes = self.orientation()
         recorder = SpaceRecorder(axes)
         oriented = (recorder.add(p) for p in self.cache.patients(self.train_ids))
