@@ -311,3 +311,33 @@ def test_dcc_of_an_roi_smaller_than_its_volume_is_named():
     (w,) = [w for w in res.warnings if "smaller than" in w]
     assert "pt_9 Cord D0.1cc (0.02 cc)" in w and "minimum dose" in w and "PTV" not in w
     assert json.loads(json.dumps(res.to_json()))["warnings"] == res.warnings
+
+
+def test_a_protocol_prescribing_a_target_otherwise_than_the_reference_is_refused():
+    """A reference whose PTV70 is prescribed 66 Gy (a clinic's 66 Gy plan named PTV70, its RTPLAN or ROI
+    map saying 66 Gy) scored with openkbp-clinical, which prescribes PTV70 70 Gy: its D99% >= 95 %Rx was
+    checked against 66.5 Gy (95 % of 70) instead of 62.7 Gy (95 % of 66), and V110% counted the volume
+    above 77 Gy instead of 72.6 Gy, without a word. A uniform 64 Gy PTV (D99% = 64 Gy by hand, within the
+    plan's own 95 %) read as failing. As QA and train do, evaluate refuses it, naming both prescriptions;
+    the same plan prescribed 70 Gy, as the protocol, is scored."""
+    shape = (6, 8, 8)
+    mask = np.ones(shape, bool)
+    ptv = np.zeros(shape, bool)
+    ptv[2:4, 2:6, 2:6] = True
+    dose = np.where(ptv, 64.0, 5.0).astype(np.float32)
+    for rx, refused in ((66.0, True), (70.0, False)):
+        rs = RoiSet((Roi("PTV70", "target", rx),))
+        p = Patient.from_masks("rx66", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)
+        if refused:
+            with pytest.raises(ProtocolError, match=r"openkbp-clinical.*PTV70 at 70 Gy where the reference's "
+                                                    r"is 66 Gy \(its D99%, D98%, D95%, V110%"):
+                evaluate_cohort([(p, dose)], "openkbp-clinical")
+        else:
+            res = evaluate_cohort([(p, dose)], "openkbp-clinical")
+            d99 = next(c for c in res.patients[0].criteria if c.metric == "D99%")
+            assert d99.ref == pytest.approx(64.0) and d99.limit == pytest.approx(66.5)
+            assert d99.ref_pass is False
+    # the plain openkbp protocol has no prescription of its own: the 66 Gy reference is scored
+    rs = RoiSet((Roi("PTV70", "target", 66.0),))
+    p = Patient.from_masks("rx66", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)
+    assert evaluate_cohort([(p, dose)], "openkbp").patients[0].dose_score == 0.0

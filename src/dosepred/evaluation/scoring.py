@@ -53,7 +53,7 @@ from ..errors import InputError, name_some
 from ..metrics import larger_than_roi, parse_metric
 from ..patient import Patient, RoiSet
 from ..progress import track
-from ..protocol import BoundProtocol, Protocol, bound_for, lint, load_protocol
+from ..protocol import BoundProtocol, Protocol, ProtocolError, bound_for, lint, load_protocol
 from .case import ScoringCase, as_dose_array, check_finite, check_nonnegative, prediction_where, scorable
 
 __all__ = ["MAX_DOSE_OUTSIDE_MASK", "CohortResult", "CriterionResult", "MetricValue", "PatientResult",
@@ -451,6 +451,22 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
                          criteria, tuple(missing), outside_pct, small)
 
 
+def _refuse_other_prescriptions(bound: BoundProtocol, pid: str) -> BoundProtocol:
+    """``bound``, or a :class:`ProtocolError` when its protocol prescribes a target of the reference
+    otherwise than the reference (patient ``pid``, the first of its ROI set) where a criterion depends
+    on it (:meth:`BoundProtocol.prescription_conflicts`): ``openkbp-clinical``'s PTV70 at 70 Gy on a
+    reference whose PTV70 is prescribed 66 Gy would check its D99% against 66.5 Gy, not 62.7 Gy, and
+    count V110% above 77 Gy, the plans and the predictions alike (QA and train refuse it too)."""
+    if bound.prescription_conflicts():
+        raise ProtocolError(
+            f"protocol {bound.name!r} prescribes {bound.said_conflicts('the reference')} (patient {pid}): "
+            "these criteria, relative to the prescription, would judge the reference plans and the "
+            "predictions against another prescription than the plans'; give the protocol the reference's "
+            "prescriptions (a protocol file with its own \"prescriptions\"), or, if the reference's are "
+            "wrong, correct them (a DICOM reference: --roi-map with \"prescriptions\")")
+    return bound
+
+
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol: Protocol | str = "openkbp",
                     progress: bool = False) -> CohortResult:
     """Evaluate ``(reference patient, predicted dose)`` pairs and/or :class:`ScoringCase` objects
@@ -470,7 +486,7 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
             ref, pred = item
             case = ScoringCase.from_patient(ref, pred)
         if case.roi_set not in bound:
-            bound[case.roi_set] = proto.bind(case.roi_set)
+            bound[case.roi_set] = _refuse_other_prescriptions(proto.bind(case.roi_set), case.id)
         r = evaluate_case(case, bound[case.roi_set])
         out.patients.append(r)
         present.update(n for n in case.roi_set.names
