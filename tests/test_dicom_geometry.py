@@ -17,6 +17,7 @@ import pytest
 from dicom_layouts import LAYOUTS, in_layout, rename_rois, write_layout, write_rtplan
 from dosepred.geometry import Geometry
 from dosepred.io import cache, dicom, nifti, openkbp
+from dosepred.io.roi_names import RoiMap
 from dosepred.patient import Patient, Roi, RoiSet
 from test_dicom import make_patient
 
@@ -336,6 +337,33 @@ def test_site_prescription_goes_to_the_only_target(tmp_path):
     write_rtplan(folder, folder / "RS.dcm", {"PTV": 54.0}, by_roi=False)
     (p,) = quiet_read(folder)
     assert p.roi_set["PTV"].prescription == 54.0
+
+
+def test_site_prescription_of_a_named_target_is_not_given_to_another(tmp_path):
+    """An SIB structure set with PTV70 named for its dose and the elective PTV without one (PTV_elective,
+    RTROIInterpretedType PTV), and an RTPLAN whose one SITE-level prescription (no ReferencedROINumber,
+    as a planning system's primary reference point) is 70 Gy: that is PTV70's dose, not the elective
+    volume's. PTV_elective was imported as a 70 Gy target without a word (and an ROI map naming it PTV56
+    lost to it: "the name says 56 Gy, RTPLAN prescribes 70 Gy; using the plan's"). It now keeps no
+    prescription, with a warning naming both ROIs; a SITE dose that is no named target's still goes to
+    the only target without one."""
+    folder = dicom.write_dicom(make_patient(), tmp_path)
+    rename_rois(folder / "RS.dcm", {"Ring": "PTV_elective"}, {"PTV_elective": "PTV"})
+    write_rtplan(folder, folder / "RS.dcm", {"PTV70": 70.0}, by_roi=False)
+    with pytest.warns(dicom.DicomWarning, match=r"SITE-level prescription \(70 Gy.*PTV70.*not given to "
+                                                r"PTV_elective"):
+        (p,) = dicom.read_dicom_folder(folder)
+    assert p.roi_set["PTV70"] == Roi("PTV70", "target", 70.0)
+    assert p.roi_set["PTV_elective"] == Roi("PTV_elective", "target", None)
+    m = RoiMap.from_obj({"PTV_elective": "PTV56"})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        (p,) = dicom.read_dicom_folder(folder, m)
+    assert p.roi_set["PTV56"] == Roi("PTV56", "target", 56.0)
+    assert not [w for w in seen if "using the plan's" in str(w.message)]
+    write_rtplan(folder, folder / "RS.dcm", {"PTV70": 56.0}, by_roi=False)  # replaces RP.dcm
+    (p,) = quiet_read(folder)
+    assert p.roi_set["PTV_elective"] == Roi("PTV_elective", "target", 56.0)
 
 
 def test_plan_wins_over_the_name_with_a_warning(tmp_path):

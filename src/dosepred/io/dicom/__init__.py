@@ -41,7 +41,8 @@ ROIs and prescriptions
   then aliases); an unrecognised name takes its kind from RTROIInterpretedType (PTV/CTV/GTV ->
   target, ORGAN/AVOIDANCE -> oar, EXTERNAL -> the body); prescriptions come from the user map, else
   the RTPLAN's DoseReferenceSequence (TargetPrescriptionDose of a TARGET dose reference with a
-  ReferencedROINumber; one SITE-level prescription goes to the only target without one), else the
+  ReferencedROINumber; one SITE-level prescription goes to the only target without one, unless another
+  target is named for its dose: then it is that one's), else the
   name ("PTV70"). A plan that disagrees with the name wins, with a warning.
 - The body/external contour becomes the possible-dose mask (else CT > -500 HU;
   ``meta["possible_dose_mask"]`` says which); on export the possible-dose mask is written back as an

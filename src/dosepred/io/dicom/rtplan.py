@@ -277,13 +277,24 @@ def _several_plan_doses(s: PatientFiles, phased: dict[str, list[tuple[Path, Any,
         "summed; PREDECESSOR: replaced), or leave only the plan to use in the folder")
 
 
-def _phase_prescriptions(s: PatientFiles, info: list[tuple[int, str, str, float | None]]
-                         ) -> list[tuple[Path, dict[int, float]]]:
+def _phase_prescriptions(s: PatientFiles, info: list[tuple[int, str, str, float | None]],
+                         roi_map: _names.RoiMap) -> list[tuple[Path, dict[int, float]]]:
     """Per RTPLAN of the patient (every phase of a sum, else its one plan): its file and its target
     prescriptions by ROINumber (:func:`plan_prescriptions`; a plan's single SITE-level prescription
-    goes to the only target of the RTSTRUCT that has none from its name or label)."""
-    open_targets = [n for n, name, t, rx in info if t.upper() in _names.TARGET_TYPES and rx is None
-                    and _names.target_from_name(name) is None]
+    goes to the only target of the RTSTRUCT that has none from its name, the ROI map or our label,
+    unless it is the dose another target is named for: then it is that target's, e.g. an SIB's 70 Gy
+    beside PTV70, not the elective PTV's, which keeps none, with a warning)."""
+    open_targets: list[int] = []
+    named: dict[str, float] = {}  # target -> the prescription its name, the map or our label gives
+    for n, name, t, rx in info:
+        c = roi_map.resolve(name, t)
+        if c is None or c.is_body or t.upper() == "EXTERNAL":
+            continue
+        own = rx if rx is not None else c.prescription
+        if own is not None and (c.kind == "target" or t.upper() in _names.TARGET_TYPES):
+            named[name] = own
+        elif own is None and t.upper() in _names.TARGET_TYPES:
+            open_targets.append(n)
     out = []
     own = uid_of(s.rtstruct[1]) if s.rtstruct is not None else ""
     for pl in s.plans_summed or ([s.plan] if s.plan is not None else []):
@@ -295,7 +306,17 @@ def _phase_prescriptions(s: PatientFiles, info: list[tuple[int, str, str, float 
                  "name other ROIs there, so its per-ROI prescriptions are not used")
             rx_k = {}
         if len(sites_k) == 1 and not rx_k and len(open_targets) == 1:
-            rx_k = {open_targets[0]: sites_k[0]}
+            theirs = [name for name, v in named.items() if abs(v - sites_k[0]) < 1e-3]
+            if theirs:
+                other = next(name for n, name, _, _ in info if n == open_targets[0])
+                warn(f"RTPLAN {pl[0]}: its one SITE-level prescription ({sites_k[0]:g} Gy, "
+                     "DoseReferenceSequence without ReferencedROINumber) is that of target "
+                     f"{', '.join(theirs)} (its name, the ROI map or its label), so it is not given to "
+                     f"{other}, the only target without a prescription, which keeps none (give it one with "
+                     f'an ROI map, --roi-map MAP.json holding e.g. {{"{other}": {{"name": "{other}", '
+                     '"prescription": 56}})')
+            else:
+                rx_k = {open_targets[0]: sites_k[0]}
         out.append((pl[0], rx_k))
     return out
 
@@ -327,7 +348,7 @@ def resolve_rois(s: PatientFiles, roi_map: _names.RoiMap) -> None:
     path, ds = s.rtstruct
     check_roi_numbers(ds, path, s.series.for_uid)
     info = roi_info(ds, path)
-    phases = _phase_prescriptions(s, info)
+    phases = _phase_prescriptions(s, info, roi_map)
     plan_rx, ambiguous = _summed_prescriptions(s, phases, {n: name for n, name, _, _ in info})
     # the targets the plans prescribe: without the plans' prescription (an ambiguous sum), each needs
     # one from its name, our label or the ROI map, else nothing would tell the model its dose
