@@ -244,12 +244,25 @@ def test_union_roi_set_and_missing(tmp_path):
     ("Parotid_R", "RightParotid", None), ("Cord", "SpinalCord", None),
     ("Spinal Cord", "SpinalCord", None), ("BrainStem", "Brainstem", None), ("PTV_70", "PTV70", 70.0),
     ("PTV 70Gy", "PTV70", 70.0), ("PTV7000", "PTV70", 70.0), ("PTV_59.4", "PTV59.4", 59.4),
-    ("External", "Body", None), ("Esophagus", "Esophagus", None),
+    ("External", "Body", None), ("Esophagus", "Esophagus", None), ("PTV 7000cGy", "PTV70", 70.0),
+    ("PTV_70_Gy", "PTV70", 70.0), ("PTV_59,4", "PTV59.4", 59.4), ("PTV 50,4Gy", "PTV50.4", 50.4),
 ])
 def test_aliases(raw, want, rx):
     c = canonical(raw)
     assert (c.name, c.prescription) == (want, rx)
     assert c.kind == ("target" if rx else "other" if want == "Body" else "oar")
+
+
+@pytest.mark.parametrize("raw", ["PTV70_1", "PTV70 (1)", "PTV1_70", "PTV 1 60", "PTV70-3", "PTV_56-63"])
+def test_separate_numbers_in_a_ptv_name_are_no_prescription(raw):
+    """Two numbers in a PTV's name are not one dose: a copy (PTV70_1, RayStation's "PTV70 (1)"), a
+    numbered PTV (PTV1_70) or a cropped one (PTV70-3) were glued into one number and read as 7.01, 1.7
+    or 7.03 Gy (values over 100 as cGy), PTV_56-63 as 56.63 Gy; inside a PTV70 such a target passed the
+    plan-dose check and entered the cache with that prescription. They are now names without a dose
+    (the kind from RTROIInterpretedType, the prescription from the RTPLAN or the ROI map)."""
+    c = canonical(raw)
+    assert (c.name, c.prescription, c.matched) == (raw, None, False)
+    assert RoiMap.empty().resolve(raw, "PTV").prescription is None
 
 
 def test_unknown_names_kept():

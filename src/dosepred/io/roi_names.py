@@ -55,7 +55,9 @@ _SINGLE_J = {k.replace(" ", ""): v for k, v in _SINGLE.items()}
 _LEFT = {"l", "lt", "left", "lft", "sin", "links"}
 _RIGHT = {"r", "rt", "right", "rgt", "dex", "rechts"}
 
-_PTV = re.compile(r"^ptv\s*(\d+(?:\.\d+)?)\s*(gy|cgy)?$")
+# one number after "ptv" (spaces kept: "ptv70 1", a copy of PTV70, is no 701 cGy), then the unit
+# ("7000cGy" reads "7000c gy" once CamelCase is split)
+_PTV = re.compile(r"^ptv ?(\d+(?:\.\d+)?) ?(c ?gy|gy)?$")
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,14 @@ def _fmt_gy(v: float) -> str:
 
 def target_from_name(name: str) -> tuple[str, float] | None:
     """``(canonical name, Rx Gy)`` for PTV names carrying a dose: PTV70, PTV_70, PTV 70Gy, PTV7000,
-    PTV 7000cGy, PTV_59.4 (values above 100 are read as cGy)."""
-    s = _normalise(name).replace(" ", "")
+    PTV 7000cGy, PTV_59.4, PTV_59,4 (a decimal comma; values above 100 are read as cGy). Only one
+    number counts: PTV70_1, "PTV70 (1)", PTV1_70 or PTV_56-63 carry no dose (None)."""
+    s = _normalise(re.sub(r"(?<=\d),(?=\d)", ".", name))
     m = _PTV.match(s)
     if not m:
         return None
     v = float(m.group(1))
-    if m.group(2) == "cgy" or (m.group(2) is None and v > 100):
+    if (m.group(2) or "").replace(" ", "") == "cgy" or (m.group(2) is None and v > 100):
         v /= 100.0
     if not 0 < v <= 100:
         return None
