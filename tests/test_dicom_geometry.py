@@ -374,6 +374,39 @@ def test_plan_wins_over_the_name_with_a_warning(tmp_path):
     assert p.roi_set["PTV70"].prescription == 66.0
 
 
+def test_plan_doses_of_two_absent_rtplans_are_refused(tmp_path):
+    """A sequential boost exported as CT, RTSTRUCT and one PLAN RTDOSE per phase (50 + 20 Gy), without
+    the RTPLANs: each RTDOSE references its own plan, absent. The first by path (phase 1, 50 Gy of the
+    70) was taken as the patient's dose with only a 'several RTDOSE files match' warning. Nothing says
+    whether they add up (a boost) or one replaces the other (a re-plan): one error naming both files and
+    the ways out, as with the RTPLANs present; two doses of one plan stay a warning."""
+    p = make_patient()
+    folder = dicom.write_dicom(p, tmp_path / "pt")
+    rd = pydicom.dcmread(folder / "RD.dcm")
+    plans = [pydicom.uid.generate_uid(), pydicom.uid.generate_uid()]
+    for name, share, plan in (("RD.phase1.dcm", 50 / 70, plans[0]), ("RD.phase2.dcm", 20 / 70, plans[1])):
+        x = pydicom.dcmread(folder / "RD.dcm")
+        x.PixelData = np.rint(rd.pixel_array * share).astype(np.uint32).tobytes()
+        x.SOPInstanceUID = x.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ref = pydicom.dataset.Dataset()
+        ref.ReferencedSOPClassUID = dicom.RTPLAN_STORAGE
+        ref.ReferencedSOPInstanceUID = plan
+        x.ReferencedRTPlanSequence = [ref]
+        x.save_as(folder / name)
+    (folder / "RD.dcm").unlink()
+    with pytest.raises(dicom.DicomImportError, match=r"2 PLAN RTDOSE files of 2 different RTPLANs.*"
+                                                     r"RD\.phase1\.dcm.*RD\.phase2\.dcm.*MULTI_PLAN"):
+        quiet_read(tmp_path)
+    # the same plan twice (a recalculation beside the first): the first by path, with a warning
+    x = pydicom.dcmread(folder / "RD.phase2.dcm")
+    x.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID = plans[0]
+    x.save_as(folder / "RD.phase2.dcm")
+    with pytest.warns(dicom.DicomWarning, match="2 RTDOSE files match"):
+        (q,) = dicom.read_dicom_folder(tmp_path)
+    np.testing.assert_allclose(q.dose, p.dose * 50 / 70 * p.possible_dose_mask,
+                               atol=float(rd.DoseGridScaling) + 1e-5)  # phase 1's, rounded to its scaling
+
+
 def test_two_plans_sharing_a_frame_of_reference_each_get_their_dose(tmp_path):
     """Two CT series (a re-plan) in one FrameOfReference, each with RTSTRUCT, RTPLAN and RTDOSE: each
     RTDOSE goes to the series its RTPLAN references, not to the first match."""

@@ -58,7 +58,8 @@ CT/RTSTRUCT/RTPLAN/RTDOSE, degenerate ImageOrientationPatient, missing or irregu
 RTSTRUCT referencing CT images that are absent, ContourData that is not a list of (x, y, z) triples
 or disagrees with NumberOfContourPoints, an RTDOSE without DoseGridScaling, of DoseType ERROR (an
 uncertainty; beside a plan dose it is skipped with a warning) or with a GridFrameOffsetVector that does
-not match its frames or starts neither at 0 nor, for axial planes, at ImagePositionPatient's z.
+not match its frames or starts neither at 0 nor, for axial planes, at ImagePositionPatient's z, and
+PLAN RTDOSEs of different RTPLANs not all in the folder (how the plans relate cannot be told).
 Contours of fewer than 3 points and open contours (OPEN_PLANAR/OPEN_NONPLANAR) enclose no area: they
 are ignored with a warning naming the ROI and the count; contours of one ROI that partly overlap on a
 slice are combined even-odd with a warning; a contour repeated point for point on its slice is used

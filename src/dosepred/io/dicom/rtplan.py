@@ -203,6 +203,7 @@ def pick_dose(s: PatientFiles) -> None:
                      "one phase, not the patient's total dose, so neither its dose nor its prescriptions "
                      "are used (export every phase's RTPLAN and RTDOSE, or their sum as one RTDOSE)")
                 return
+        _refuse_doses_of_other_plans(s, plan, plan_uids)
         pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in _PARTIAL_DOSES],
                       key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
         if len(pool) > 1:
@@ -229,6 +230,32 @@ def pick_dose(s: PatientFiles) -> None:
         else:
             warn(f"{s.series.describe()}: {len(s.rtplans)} RTPLANs and no RTDOSE saying which is the "
                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
+
+
+def _refuse_doses_of_other_plans(s: PatientFiles, plan: list[tuple[Path, Any, str]],
+                                 plan_uids: dict[str, tuple[Path, Any]]) -> None:
+    """A :class:`DicomImportError` when the PLAN RTDOSEs left to choose from reference different
+    RTPLANs (ReferencedRTPlanSequence) of which the folder lacks some: the phases of a sequential boost
+    exported without their RTPLANs, or a re-plan beside its predecessor's dose. Nothing says whether
+    they add up or one replaces the other, so taking the first by path would make the patient's dose
+    (and everything compared with it) one phase's. Doses of one plan, or referencing none, are left to
+    the caller (the first by path, with a warning)."""
+    by_plan: dict[str, list[Path]] = {}
+    for d in plan:
+        refs = referenced_uids(d[1], "ReferencedRTPlanSequence")
+        if refs:
+            by_plan.setdefault(refs[0], []).append(d[0])
+    if len(by_plan) < 2 or all(u in plan_uids for u in by_plan):
+        return
+    listing = "; ".join(f"{', '.join(str(p) for p in paths)} of RTPLAN {u}"
+                        f"{'' if u in plan_uids else ' (not in the folder)'}" for u, paths in by_plan.items())
+    raise DicomImportError(
+        f"patient {s.id}: {s.series.describe()}: {sum(map(len, by_plan.values()))} PLAN RTDOSE files of "
+        f"{len(by_plan)} different RTPLANs ({listing}), and without the RTPLANs nothing says how the plans "
+        "relate: the phases of a sequential boost add up, a re-plan replaces the other, and taking one of "
+        "them as the patient's dose would be wrong by the other. Export their sum as one RTDOSE "
+        "(DoseSummationType MULTI_PLAN), or add every RTPLAN to the folder (with RTPlanRelationship PRIOR, "
+        "CONCURRENT or PREDECESSOR in the later one), or leave only the dose to use in the folder")
 
 
 def _several_plan_doses(s: PatientFiles, phased: dict[str, list[tuple[Path, Any, str]]]) -> None:
