@@ -337,6 +337,18 @@ def test_a_protocol_prescribing_a_target_otherwise_than_the_reference_is_refused
             d99 = next(c for c in res.patients[0].criteria if c.metric == "D99%")
             assert d99.ref == pytest.approx(64.0) and d99.limit == pytest.approx(66.5)
             assert d99.ref_pass is False
+    # a plan of 33 x 2.12 = 69.96 Gy is the protocol's 70 Gy level (0.06 % apart, within 0.5 %): scored at
+    # the protocol's 70 Gy (95 % = 66.5 Gy), with a warning naming both; 69.3 Gy (1 % apart) is refused
+    rs = RoiSet((Roi("PTV70", "target", 69.96),))
+    p = Patient.from_masks("rx6996", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)
+    with pytest.warns(UserWarning, match=r"PTV70 at 70 Gy where the reference's is 69.96 Gy .*one dose lev"):
+        res = evaluate_cohort([(p, dose)], "openkbp-clinical")
+    d99 = next(c for c in res.patients[0].criteria if c.metric == "D99%")
+    assert d99.ref == pytest.approx(64.0) and d99.limit == pytest.approx(66.5)
+    rs = RoiSet((Roi("PTV70", "target", 69.3),))
+    p = Patient.from_masks("rx693", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)
+    with pytest.raises(ProtocolError, match=r"PTV70 at 70 Gy where the reference's is 69.3 Gy"):
+        evaluate_cohort([(p, dose)], "openkbp-clinical")
     # the plain openkbp protocol has no prescription of its own: the 66 Gy reference is scored
     rs = RoiSet((Roi("PTV70", "target", 66.0),))
     p = Patient.from_masks("rx66", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)

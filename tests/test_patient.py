@@ -162,3 +162,14 @@ def test_spacing_is_the_geometrys():
         Patient("pt_8", p.ct, p.roi_codes, p.roi_set)
     with pytest.raises(AttributeError):
         q.spacing = (1.0, 1.0, 1.0)
+
+
+def test_same_level_is_a_fractionation_s_rounding_not_another_plan():
+    """70 Gy and 33 x 2.12 = 69.96 Gy (0.06 %), 70.2 Gy (0.29 %) are one dose level; 69.3 Gy (33 x 2.1, 1 %)
+    and 66 Gy are other plans; no prescription matches only no prescription."""
+    from dosepred.patient import same_level
+
+    assert same_level(70.0, 69.96) and same_level(69.96, 70.0) and same_level(70.0, 70.2)
+    assert same_level(56.0, 56.0) and same_level(None, None)
+    assert not same_level(70.0, 69.3) and not same_level(70.0, 66.0) and not same_level(63.0, 59.4)
+    assert not same_level(70.0, None) and not same_level(None, 70.0)

@@ -365,3 +365,43 @@ def test_input_rois_the_model_does_not_use_are_a_note_and_change_nothing(tmp_pat
     note = f"note: patient {p.id}: its ROIs Couch are not used by the model"
     assert notes == {"plain": [], "couch": [note]}
     assert np.array_equal(doses["plain"], doses["couch"]) and doses["plain"].max() > 0
+
+
+def test_a_target_prescribed_at_the_model_s_dose_level_is_predicted_as_the_model_s(tmp_path):
+    """A clinic's PTV70 of 33 x 2.12 = 69.96 Gy is the model's 70 Gy level (0.06 % apart): predicted as the
+    model's (the same dose to the bit as the patient prescribed 70 Gy), with one warning naming both;
+    before, it was refused like a 66 Gy plan. 69.3 Gy (33 x 2.1, 1 % apart) stays refused, with a remedy."""
+    import dataclasses
+
+    import numpy as np
+
+    from dosepred.io.cache import Cache
+    from dosepred.patient import Roi, RoiSet
+    from tiny_models import tiny_cache, tiny_run
+
+    run = tiny_run(tiny_cache(tmp_path, 1), tmp_path / "run")
+    p = make_cohort(1, seed=4, size=20)[0]
+    target = next(r for r in p.roi_set
+                  if r.kind == "target" and r.prescription and r.name not in p.missing_rois)
+
+    def at(rx):
+        rois = tuple(Roi(r.name, "target", rx) if r.name == target.name else r for r in p.roi_set)
+        return dataclasses.replace(p, roi_set=RoiSet(rois))
+
+    out = {}
+    for name, rx in (("own", target.prescription), ("near", target.prescription * 69.96 / 70),
+                     ("other", target.prescription * 0.99)):
+        write_cache([at(rx)], tmp_path / name)
+        out[name] = runner.invoke(app, ["predict", "--model", str(run), "--data", str(tmp_path / name),
+                                        "--out", str(tmp_path / f"pred-{name}"), "--format", "cache",
+                                        "--no-tta", "--device", "cpu", "--no-progress"])
+    assert out["own"].exit_code == 0 and out["near"].exit_code == 0, out["near"].output
+    assert f"warning: patient {p.id}: its {target.name} at " in out["near"].output
+    assert "one dose level (within 0.5%), predicted as the model's" in out["near"].output
+    assert "warning:" not in out["own"].output
+    doses = {n: Cache.open(tmp_path / f"pred-{n}").load(p.id, with_ct=False).dose for n in ("own", "near")}
+    assert np.array_equal(doses["own"], doses["near"]) and doses["own"].max() > 0
+    r = out["other"]
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"ROI {target.name} is a target (prescription" in r.output and "fine-tune a model" in r.output
+    assert not (tmp_path / "pred-other").exists()

@@ -620,6 +620,20 @@ def test_qa_refuses_a_plan_planned_for_other_prescriptions(sample_dir, model_dir
                                       r"model's \(PTV56 \(56 Gy\), PTV63 \(63 Gy\), PTV70 \(70 Gy\)\), so "
                                       r"the achievable dose would be predicted without it"):
         run_qa(model_dir, [renamed("ptv54", "PTV56", "PTV54", 54.0)], "openkbp-clinical")
+    # 33 x 2.12 = 69.96 Gy is the model's 70 Gy level (0.06 % apart): checked as the plan prescribed 70 Gy,
+    # with a warning naming both; 69.3 Gy (33 x 2.1, 1 % apart) is another plan, refused
+    near = run_qa(model_dir, [renamed("rx6996", "PTV70", "PTV70", 69.96)], "openkbp-clinical")
+    assert any(w.startswith("patient rx6996: its PTV70 at 69.96 Gy (the model's 70 Gy): one dose level")
+               for w in near.warnings), near.warnings
+    same = run_qa(model_dir, [renamed("rx70", "PTV70", "PTV70", 70.0)], "openkbp-clinical")
+
+    def rows(r):
+        return [(c.roi, c.metric, c.plan, c.predicted, c.limit) for c in r.patients[0].criteria]
+
+    assert rows(near) == rows(same) and any(m == "D99%" and lim == pytest.approx(66.5)
+                                            for _, m, _, _, lim in rows(near))
+    with pytest.raises(QAError, match=r"its PTV70 is a target \(69.3 Gy\) but the model's is a target"):
+        run_qa(model_dir, [renamed("rx693", "PTV70", "PTV70", 69.3)], "openkbp-clinical")
 
 
 def test_qa_refuses_a_protocol_prescribing_the_model_s_target_otherwise(sample_dir, model_dir):

@@ -34,6 +34,19 @@ OPENKBP_OARS = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esoph
 OPENKBP_TARGETS = ("PTV56", "PTV63", "PTV70")
 OPENKBP_RX = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
 
+#: Prescriptions closer than this fraction of the larger are one dose level: a fractionation's
+#: rounding (70 Gy and 33 x 2.12 = 69.96 Gy, 0.06 % apart; 70.2 Gy, 0.3 %), not another plan (66 Gy
+#: is 5.7 % from 70, 69.3 Gy = 33 x 2.1 is 1 %). A model or protocol of one such level takes a plan of
+#: the other as its own, with a warning (criteria relative to the prescription move by at most 0.5 %).
+SAME_LEVEL = 0.005
+
+
+def same_level(a: float | None, b: float | None) -> bool:
+    """Whether two prescriptions (Gy, None for none) are one dose level (:data:`SAME_LEVEL`)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= SAME_LEVEL * max(abs(a), abs(b))
+
 
 @dataclass(frozen=True)
 class Roi:

@@ -42,7 +42,7 @@ from .io.source import load_patients
 from .models import ModelConfig, ModelError
 from .models.checkpoint import load_model
 from .models.space import ModelSpace, into_space
-from .patient import Patient, RoiSet
+from .patient import SAME_LEVEL, Patient, RoiSet, same_level
 from .progress import track
 from .roi import lr_pairs, mirror_codes, to_torch
 
@@ -102,6 +102,16 @@ def rare_remedy(n: int = 1) -> str:
             "--roi-map MAP.json` and use the cache)")
 
 
+#: what to do with a patient planned for another prescription than a model's (predict, plan QA)
+OTHER_PLAN_REMEDY = ("the model predicts plans of its own prescriptions only; for plans of other dose levels "
+                     "fine-tune a model on them (docs/finetune.md), or, if the patient's prescription is "
+                     "wrong, correct it (an ROI map with \"prescription\", --roi-map MAP.json)")
+
+
+def _rx(v: float | None) -> str:
+    return f" (prescription {v:g} Gy)" if v is not None else " (no prescription)"
+
+
 class MissingRoisError(ModelError):
     """A patient lacking ROIs the model needs (or with targets it does not know), refused without
     ``allow_missing``: ``problem`` says what, without the remedy, for a command whose remedy is
@@ -156,12 +166,18 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                          "cannot be predicted without one (if one of its ROIs is one of them under another "
                          "name, name it as the model does with an ROI map, `--roi-map MAP.json` with the "
                          "DICOM folder)")
+    rounded = []  # a target prescribed at the model's dose level, not its dose (69.96 for 70 Gy)
     for r in mine:
         if r.name in theirs and r.name in contoured:
             o = theirs[r.name]
-            if (o.kind, o.prescription) != (r.kind, r.prescription):
-                raise ModelError(f"{who}: ROI {r.name} is a {o.kind} (prescription {o.prescription}) but the "
-                                 f"model's is a {r.kind} (prescription {r.prescription})")
+            if o.kind != r.kind or not same_level(o.prescription, r.prescription):
+                raise ModelError(f"{who}: ROI {r.name} is a {o.kind}{_rx(o.prescription)} but the model's is "
+                                 f"a {r.kind}{_rx(r.prescription)}: {OTHER_PLAN_REMEDY}")
+            if o.prescription != r.prescription:
+                rounded.append(f"{r.name} at {o.prescription:g} Gy (the model's {r.prescription:g} Gy)")
+    if rounded and warn:
+        warnings.warn(f"{who}: its {', '.join(rounded)}: one dose level (within {SAME_LEVEL:.1%}), "
+                      "predicted as the model's", stacklevel=3)
     optional = set(absent_ok) if absent_ok is not None else {n for n in lacking if n in theirs}
     need = [n for n in lacking if n not in optional]
     # a prescribed target the model does not know would be missing from its prescription input (the

@@ -463,7 +463,8 @@ def _refuse_other_prescriptions(bound: BoundProtocol, pid: str) -> BoundProtocol
             "these criteria, relative to the prescription, would judge the reference plans and the "
             "predictions against another prescription than the plans'; give the protocol the reference's "
             "prescriptions (a protocol file with its own \"prescriptions\"), or, if the reference's are "
-            "wrong, correct them (a DICOM reference: --roi-map with \"prescriptions\")")
+            "wrong, correct them (a DICOM reference: an ROI map with \"prescription\", --roi-map MAP.json)")
+    bound.warn_roundings("the reference", f"patient {pid}: ")
     return bound
 
 

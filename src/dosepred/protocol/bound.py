@@ -11,8 +11,11 @@ takes a :class:`BoundProtocol` and never looks a prescription up again.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..patient import SAME_LEVEL, same_level
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metric
@@ -94,19 +97,38 @@ class BoundProtocol:
         target the protocol prescribes otherwise than the set, where a criterion depends on the
         prescription (a V-metric in % of it such as V110%, a limit in %Rx): a model trained on the
         set, or calibrated for it, would be asked about another dose (what training and plan QA
-        refuse). Empty when none."""
-        wrong: dict[str, tuple[float, float, list[str]]] = {}
+        refuse). Empty when none. Prescriptions of one dose level (:func:`dosepred.patient.same_level`:
+        70 and 69.96 Gy) are not a conflict: :meth:`prescription_roundings` lists them."""
+        return self._differences(near=False)
+
+    def prescription_roundings(self) -> dict[str, tuple[float, float, list[str]]]:
+        """As :meth:`prescription_conflicts`, for the targets the protocol prescribes at the same dose
+        level as the set but not the same dose (70 Gy and a plan's 33 x 2.12 = 69.96 Gy): accepted, the
+        criteria judged at the protocol's prescription; what a warning names."""
+        return self._differences(near=True)
+
+    def _differences(self, near: bool) -> dict[str, tuple[float, float, list[str]]]:
+        out: dict[str, tuple[float, float, list[str]]] = {}
         for c in self.criteria:
             mine = self.roi_set.prescription(c.roi)
             if (c.criterion.needs_prescription and mine is not None and c.rx is not None
-                    and abs(c.rx - mine) > 1e-6):
-                wrong.setdefault(c.roi, (c.rx, mine, []))[2].append(c.metric)
-        return wrong
+                    and abs(c.rx - mine) > 1e-6 and same_level(c.rx, mine) == near):
+                out.setdefault(c.roi, (c.rx, mine, []))[2].append(c.metric)
+        return out
 
-    def said_conflicts(self, owner: str) -> str:
-        """:meth:`prescription_conflicts` in words, the set's prescriptions called ``owner``'s."""
+    def said_conflicts(self, owner: str, roundings: bool = False) -> str:
+        """:meth:`prescription_conflicts` (or :meth:`prescription_roundings`) in words, the set's
+        prescriptions called ``owner``'s."""
+        found = self.prescription_roundings() if roundings else self.prescription_conflicts()
         return "; ".join(f"{r} at {rx:g} Gy where {owner}'s is {m:g} Gy (its {', '.join(ms)})"
-                         for r, (rx, m, ms) in self.prescription_conflicts().items())
+                         for r, (rx, m, ms) in found.items())
+
+    def warn_roundings(self, owner: str, where: str = "") -> None:
+        """A warning naming :meth:`prescription_roundings` (none when there are none): accepted as one
+        dose level, the criteria judged at the protocol's prescriptions."""
+        if self.prescription_roundings():
+            warnings.warn(f"{where}protocol {self.name!r} prescribes {self.said_conflicts(owner, True)}: one "
+                          f"dose level (within {SAME_LEVEL:.1%}), judged at the protocol's", stacklevel=3)
 
 
 def bind(protocol: Protocol, roi_set: RoiSet, roi_owner: str = "the dataset") -> BoundProtocol:

@@ -43,7 +43,7 @@ from ..io import side_check, target_dose_check
 from ..io.side_check import LateralityWarning
 from ..io.source import open_source
 from ..io.target_dose_check import TargetDoseWarning
-from ..patient import Patient, RoiSet
+from ..patient import SAME_LEVEL, Patient, RoiSet, same_level
 from ..progress import track
 from ..protocol import ProtocolError, load_protocol
 from .band import band_offsets
@@ -201,6 +201,10 @@ class QAChecker:
                 f"model {self.model_path.parent.name} (others are refused), and these criteria, relative "
                 "to the prescription, would be measured against another one and compared with intervals "
                 "calibrated for the model's; give the protocol the model's prescriptions")
+        if self.bound.prescription_roundings():
+            self.warnings.append(f"protocol {self.protocol.name!r} prescribes "
+                                 f"{self.bound.said_conflicts('the model', roundings=True)}: one dose level "
+                                 f"(within {SAME_LEVEL:.1%}), judged at the protocol's")
 
     def _check_protocol(self) -> None:
         families = self.calibration.families
@@ -299,7 +303,7 @@ class QAChecker:
         mine = {r.name: r for r in self.roi_set}
         parts = [f"its {r.name} is a {r.kind}{rx(r)} but the model's is a {m.kind}{rx(m)}"
                  for r in plan.roi_set if r.name in have and (m := mine.get(r.name)) is not None
-                 and (r.kind, r.prescription) != (m.kind, m.prescription)]
+                 and (r.kind != m.kind or not same_level(r.prescription, m.prescription))]
         unknown = [r for r in plan.roi_set
                    if r.name in have and r.name not in mine and r.kind == "target" and r.prescription]
         if unknown:
@@ -329,6 +333,13 @@ class QAChecker:
         why = self.unusable(plan)
         if why is not None:
             raise self.refusal([why], 1)
+        mine = {r.name: r.prescription for r in self.roi_set}
+        rounded = [f"{r.name} at {r.prescription:g} Gy (the model's {mine[r.name]:g} Gy)"
+                   for r in plan.roi_set if r.name in mine and None not in (r.prescription, mine[r.name])
+                   and r.prescription != mine[r.name] and r.name not in plan.missing_rois]
+        if rounded:  # same_level (unusable refuses the others): the plan is checked at the model's level
+            self.warnings.append(f"patient {plan.id}: its {', '.join(rounded)}: one dose level (within "
+                                 f"{SAME_LEVEL:.1%}), predicted and checked as the model's")
         return to_roi_set(plan, self.roi_set)
 
     def notes(self, plan: Patient) -> list[str]:

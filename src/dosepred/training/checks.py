@@ -31,6 +31,7 @@ def check_protocol_prescriptions(protocol: Protocol, roi_set: RoiSet, cfg: Train
                          "scores would ask for another dose than the model's prescription input (training "
                          f"cache {cfg.data}) gives; give the protocol the cache's prescriptions (its "
                          "\"prescriptions\", or a protocol of the clinic's own)")
+    bound.warn_roundings("the cache", f"training cache {cfg.data}: ")
 
 
 def check_resumed_data(ck: dict[str, Any], path: Path, space: ModelSpace, cfg: TrainConfig) -> None:
