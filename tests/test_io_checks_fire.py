@@ -562,3 +562,17 @@ def test_bad_roi_map_check_fires(template, tmp_path, content, message):  # noqa:
     _fails_clean(cli("data", "import-dicom", template["dicom"], "--out", tmp_path / "out" / "c",
                      "--no-progress", "--roi-map", tmp_path / "map.json"), message, tmp_path / "out")
 
+
+
+@pytest.mark.parametrize("which", ["ref", "pred"])
+def test_a_cache_file_that_lost_its_boxes_is_named_not_read_as_version_1(caches, tmp_path, which):
+    """A version-2/3 patient file without its 'boxes' member was read as a version-1 file: its packed
+    voxel lists taken for full grids, ending in a message about array lengths that named no file
+    (reference) or 'predicted dose has shape (24, 24, 24), but the reference grid is (24, 24, 24)'
+    (prediction)."""
+    bad = _damaged(caches, which, tmp_path / "bad", boxes=None)
+    ref, pred = (bad, caches["root"] / "pred") if which == "ref" else (caches["root"] / "ref", bad)
+    msg = r"patient synth_000: \S*bad/synth_000\.npz lacks the arrays boxes"
+    _fails_clean(cli("evaluate", "--reference", ref, "--prediction", pred, "--no-progress"), msg,
+                 tmp_path / "o")
+    _fails_clean(cli("data", "export-nifti", bad, "--out", tmp_path / "out" / "n"), msg, tmp_path / "out")

@@ -232,6 +232,17 @@ def _check_members(m: dict[str, np.ndarray], bshape: tuple[int, ...], path: Path
             raise CacheError(f"{where} ROI voxel indices lie outside the data box {bshape}; damaged file")
 
 
+#: members only a version-2/3 file has besides ``boxes`` (what tells a file that lost its boxes from
+#: a version-1 file, whose full-grid arrays its voxel lists must not be taken for)
+_V2_ONLY = ("roi_index", "ct_fill", "dose_support")
+
+
+def _check_not_v2_without_boxes(names: set[str], path: Path, pid: str) -> None:
+    if "boxes" not in names and any(k in names for k in _V2_ONLY):
+        raise CacheError(f"patient {pid}: {path} lacks the arrays boxes (it holds the voxel lists of a "
+                         "version-2/3 file); damaged file")
+
+
 def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FIELDS), pid: str = "?",
                 crop: bool = False, shape: tuple[int, ...] | None = None, n_rois: int | None = None
                 ) -> tuple[dict[str, np.ndarray | None], tuple[slice, ...] | None]:
@@ -253,6 +264,7 @@ def read_arrays(path: str | os.PathLike, fields: Sequence[str] = ("ct", *EVAL_FI
     try:
         with _Npz(path) as z:
             names = set(z.files)
+            _check_not_v2_without_boxes(names, path, pid)
             if "boxes" not in names:  # version 1
                 lacking = [k for k in fields if k not in ("dose", "roi_voxels") and k not in names]
                 if lacking:
@@ -380,6 +392,7 @@ def read_voxels(path: str | os.PathLike, pid: str = "?", rois: bool = True,
     path = Path(path)
     try:
         with _Npz(path) as z:
+            _check_not_v2_without_boxes(set(z.infos), path, pid)
             if "boxes" not in z.infos:
                 return None
             want = ["boxes", "possible_dose_mask"] + (["dose"] if "dose" in z.infos else [])
