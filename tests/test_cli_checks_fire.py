@@ -1,0 +1,141 @@
+"""Input checks that no other test executed (a coverage run of the suite listed them) now fire from
+the public entry point a user meets: the CLI (typer's CliRunner) for a command line, a split file,
+a protocol JSON, a model or ensemble folder, a cache; the Python API where only a caller reaches the
+check. Each asserts exit code 2, one ``error:`` line naming the file or field, no traceback and
+nothing written (``fails``/``unchanged`` of test_bad_inputs); a warning, that it is shown and the
+result still right.
+
+Classes: data split and split files, protocols (dosepred and PortPy JSON), evaluate, predict,
+calibrate and plan QA, train, ensembles and model files, the Python API.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dosepred.io.cache import write_cache
+from dosepred.synth import make_cohort
+from test_bad_inputs import cli, fails, prediction_csv, tiny_openkbp_patient, unchanged
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """Shared inputs, never written by a test: ``okbp``, two tiny OpenKBP patients pt_1, pt_2 (PTV70,
+    SpinalCord), and ``pred``, their predictions as OpenKBP CSV files."""
+    root = tmp_path_factory.mktemp("inputs")
+    for k in (1, 2):
+        tiny_openkbp_patient(root / "okbp" / f"pt_{k}", shift=k)
+        prediction_csv(root / "pred" / f"pt_{k}.csv", {10 + k: "70", 11 + k: "60", 12 + k: "3"})
+    return root
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """The test's own folder: nothing in it may change when a command fails."""
+    w = tmp_path / "work"
+    w.mkdir()
+    return w
+
+
+@pytest.fixture(scope="module")
+def cache2(tmp_path_factory) -> Path:
+    """Two synthetic 16^3 patients (synth_000, synth_001, with study dates), never written by a test."""
+    root = tmp_path_factory.mktemp("c2")
+    write_cache(make_cohort(2, seed=5, size=16), root / "cache")
+    return root / "cache"
+
+
+# ------------------------------------------------------------------------------------- data split
+
+def split_cli(src, out, *args):
+    return cli("data", "split", src, "--out", out, *args)
+
+
+def test_split_more_fractions_than_default_names(cache2, work):
+    with unchanged(work):
+        fails(split_cli(cache2, work / "s.json", "--random", "--fractions", "0.25,0.25,0.25,0.25"),
+              "4 fractions given", "--names")
+
+
+@pytest.mark.parametrize("ids, needle", [
+    (["a=synth_000,synth_000"], "split 'a' lists a patient twice"),
+    (["=synth_000"], "empty split name in --ids"),
+])
+def test_split_bad_id_lists(cache2, work, ids, needle):
+    args = [a for i in ids for a in ("--ids", i)]
+    with unchanged(work):
+        fails(split_cli(cache2, work / "s.json", *args), needle)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"a": "synth_000"}, "split 'a' must be a list of patient ids"),
+    ({}, "no split lists given"),
+])
+def test_split_bad_id_file(cache2, work, content, needle):
+    f = work / "lists.json"
+    f.write_text(json.dumps(content))
+    with unchanged(work):
+        text = fails(split_cli(cache2, work / "s.json", "--ids", f), needle)
+    assert "lists.json" in text or needle == "no split lists given"
+
+
+@pytest.mark.parametrize("csv, needle", [
+    ("", "is not a readable CSV"),
+    ("id,date\n,20200101\n", "row 2: empty 'id'"),
+    ("id,date\nsynth_000,20200101\nsynth_001,\n", "row 3: patient synth_001 has no 'date'"),
+])
+def test_split_bad_manifest(cache2, work, csv, needle):
+    m = work / "manifest.csv"
+    m.write_text(csv)
+    with unchanged(work):
+        fails(split_cli(cache2, work / "s.json", "--temporal", "--manifest", m), "manifest.csv", needle)
+
+
+def test_split_temporal_cache_without_dates(work):
+    pats = make_cohort(2, seed=5, size=12)
+    write_cache(pats, work / "c")
+    info = json.loads((work / "c" / "dataset.json").read_text())
+    for e in info["patients"]:
+        (e.get("meta") or {}).pop("study_date", None)
+    (work / "c" / "dataset.json").write_text(json.dumps(info))
+    with unchanged(work):
+        fails(split_cli(work / "c", work / "s.json", "--temporal"), "synth_000", "study_date")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "is not valid JSON"),
+    (json.dumps({"splits": {"train": [1, 2]}}), "split 'train' must be a list of patient id strings"),
+])
+def test_subset_bad_split_file(cache2, work, content, needle):
+    f = work / "split.json"
+    f.write_text(content)
+    with unchanged(work):
+        fails(cli("data", "subset", cache2, "--split", f"{f}:train", "--out", work / "sub"),
+              "split.json", needle)
+
+
+# -------------------------------------------------------------------------------------- protocols
+
+def evaluate_with(base, work, protocol):
+    f = work / "protocol.json"
+    f.write_text(protocol if isinstance(protocol, str) else json.dumps(protocol))
+    with unchanged(work):
+        return fails(cli("evaluate", "--reference", base / "okbp", "--prediction", base / "pred",
+                         "--protocol", f, "--json", work / "r.json"), "protocol.json")
+
+
+def portpy(*criteria):
+    return {"name": "hn", "criteria": list(criteria)}
+
+
+def test_protocol_not_an_object(base, work):
+    evaluate_with(base, work, "[]")
+
+
+def test_protocol_negative_limit(base, work):
+    text = evaluate_with(base, work, {"name": "p", "criteria": [
+        {"roi": "SpinalCord", "metric": "Dmax", "limit": -1, "direction": "<="}]})
+    assert "SpinalCord Dmax: limit must be >= 0, got -1" in text
