@@ -139,3 +139,18 @@ def test_protocol_negative_limit(base, work):
     text = evaluate_with(base, work, {"name": "p", "criteria": [
         {"roi": "SpinalCord", "metric": "Dmax", "limit": -1, "direction": "<="}]})
     assert "SpinalCord Dmax: limit must be >= 0, got -1" in text
+
+
+@pytest.mark.parametrize("criterion, needle", [
+    ({"type": "dose_volume_D", "parameters": {"structure_name": "PTV70"}},
+     "PortPy criterion 1 (PTV70 dose_volume_D): needs parameters volume_perc or volume_cc"),
+    ({"type": "dose_volume_V", "parameters": {"structure_name": "SpinalCord"}},
+     "PortPy criterion 1 (SpinalCord dose_volume_V): needs parameters dose_gy or dose_perc"),
+    ({"type": "conformity", "parameters": {"structure_name": "PTV70"}},
+     "type 'conformity' is not supported"),
+    ({"type": "max_dose", "parameters": {"structure_name": "SpinalCord"},
+      "constraints": {"limit_volume_perc": 5}},
+     "PortPy criterion 1 (SpinalCord max_dose): PortPy constraint 'limit_volume_perc' is not supported"),
+])
+def test_portpy_protocol_bad_criterion(base, work, criterion, needle):
+    assert needle in evaluate_with(base, work, portpy(criterion))

@@ -240,6 +240,9 @@ def _portpy_checked(data: Any, roi_set: RoiSet | None, source: str) -> Protocol:
         raise ProtocolError(f"{source}: a PortPy protocol is a JSON object, got {type(data).__name__}")
     try:
         return _from_portpy(data, roi_set)
+    except ProtocolError as e:  # a criterion's error names the file too, as load_protocol's do
+        msg = str(e)
+        raise ProtocolError(msg if source in msg else f"{source}: {msg}") from None
     except DosepredError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. float("fifty"), a list for a dict
