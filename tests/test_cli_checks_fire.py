@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dosepred.io.cache import write_cache
@@ -154,3 +155,76 @@ def test_protocol_negative_limit(base, work):
 ])
 def test_portpy_protocol_bad_criterion(base, work, criterion, needle):
     assert needle in evaluate_with(base, work, portpy(criterion))
+
+
+# ---------------------------------------------------------------------------------------- predict
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A TINY model trained 3 steps on 3 synthetic 20^3 patients (tests/tiny_models.py)."""
+    from tiny_models import tiny_cache, tiny_run
+
+    root = tmp_path_factory.mktemp("run")
+    return tiny_run(tiny_cache(root, seed=2), root / "run")
+
+
+def edited_cache(folder: Path, n: int = 1, seed: int = 7, rois=None) -> Path:
+    """A cache of ``n`` synthetic 16^3 patients, its dataset.json ROI list passed through ``rois``."""
+    write_cache(make_cohort(n, seed=seed, size=16), folder)
+    if rois is not None:
+        info = json.loads((folder / "dataset.json").read_text())
+        info["rois"] = rois(info["rois"])
+        (folder / "dataset.json").write_text(json.dumps(info))
+    return folder
+
+
+def renamed(old: str, new: dict):
+    return lambda rois: [new if r["name"] == old else r for r in rois]
+
+
+def test_predict_cuda_without_cuda(run, work, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = edited_cache(work / "data")
+    with unchanged(work):
+        fails(cli("predict", "--model", run, "--data", data, "--out", work / "out", "--device", "cuda"),
+              "device 'cuda'", "CUDA is not available")
+
+
+def test_predict_roi_of_another_prescription(run, work):
+    data = edited_cache(work / "data", rois=renamed(
+        "PTV70", {"name": "PTV70", "kind": "target", "prescription": 66.0}))
+    with unchanged(work):
+        fails(cli("predict", "--model", run, "--data", data, "--out", work / "out"),
+              "synth_000", "ROI PTV70 is a target (prescription 66.0)", "prescription 70.0")
+
+
+def test_predict_unknown_target_warns_and_predicts(run, work):
+    data = edited_cache(work / "data", rois=renamed(
+        "PTV56", {"name": "PTV54", "kind": "target", "prescription": 54.0}))
+    r = cli("predict", "--model", run, "--data", data, "--out", work / "out", "--format", "cache",
+            "--allow-missing-rois")
+    assert r.exit_code == 0, r.output
+    assert "its target(s) PTV54" in r.output and "not the model's: predicted without them" in r.output
+    from dosepred.io.cache import Cache
+
+    (p,) = list(Cache.open(work / "out"))
+    assert p.dose is not None and np.isfinite(p.dose).all() and p.dose.max() > 0
+
+
+@pytest.mark.parametrize("fmt", ["openkbp", "cache"])
+def test_predict_empty_split(run, work, fmt):
+    data = edited_cache(work / "data")
+    f = work / "split.json"
+    f.write_text(json.dumps({"splits": {"none": [], "all": ["synth_000"]}}))
+    with unchanged(work):
+        fails(cli("predict", "--model", run, "--data", data, "--out", work / "out", "--format", fmt,
+                  "--split", f"{f}:none"), "holds no patients to predict")
+
+
+def test_predict_unknown_format(run, work):
+    data = edited_cache(work / "data")
+    with unchanged(work):
+        fails(cli("predict", "--model", run, "--data", data, "--out", work / "out", "--format", "png"),
+              "png")
