@@ -19,7 +19,7 @@ import pytest
 
 from dosepred.io.cache import write_cache
 from dosepred.synth import make_cohort
-from test_bad_inputs import cli, fails, prediction_csv, tiny_openkbp_patient, unchanged
+from test_bad_inputs import cli, fails, ok, prediction_csv, tiny_openkbp_patient, unchanged
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +228,58 @@ def test_predict_unknown_format(run, work):
     with unchanged(work):
         fails(cli("predict", "--model", run, "--data", data, "--out", work / "out", "--format", "png"),
               "png")
+
+
+# ------------------------------------------------------------------------- ensembles, model files
+
+def ensemble_of(run: Path, out: Path) -> dict:
+    """An ensemble of the run's two checkpoints written by the CLI; its ensemble.json."""
+    ok(cli("ensemble", run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt", "--out", out))
+    return json.loads((out / "ensemble.json").read_text())
+
+
+@pytest.mark.parametrize("member, needle", [
+    (1, "member 1 must be an object with \"model\", \"sha256\" and \"weight\""),
+    ({"model": "", "sha256": "0" * 64, "weight": 0.5}, "member 1: \"model\" must be the path of a model file"),
+])
+def test_predict_ensemble_bad_member_entry(run, work, member, needle):
+    spec = ensemble_of(run, work / "ens")
+    spec["members"][0] = member
+    (work / "ens" / "ensemble.json").write_text(json.dumps(spec))
+    data = edited_cache(work / "data")
+    with unchanged(work):
+        fails(cli("predict", "--model", work / "ens", "--data", data, "--out", work / "out"),
+              "ensemble.json", needle)
+
+
+def test_predict_ensemble_member_not_a_checkpoint(run, work):
+    import hashlib
+
+    spec = ensemble_of(run, work / "ens")
+    junk = work / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    spec["members"][0].update(model=str(junk), sha256=hashlib.sha256(junk.read_bytes()).hexdigest())
+    (work / "ens" / "ensemble.json").write_text(json.dumps(spec))
+    data = edited_cache(work / "data")
+    with unchanged(work):
+        text = fails(cli("predict", "--model", work / "ens", "--data", data, "--out", work / "out"),
+                     "ensemble.json: member 1", "not a readable dosepred checkpoint")
+    assert text.count(str(junk)) <= 1  # the member's path said once, not twice
+
+
+def test_ensemble_of_missing_model(run, work):
+    with unchanged(work):
+        fails(cli("ensemble", work / "nowhere.pt", run, "--out", work / "ens"), "nowhere.pt")
+
+
+def test_predict_checkpoint_without_weights(run, work):
+    import torch
+
+    from dosepred.models.tags import CHECKPOINT_FORMAT
+
+    f = work / "bare.pt"
+    torch.save({"format": CHECKPOINT_FORMAT}, f)
+    data = edited_cache(work / "data")
+    with unchanged(work):
+        fails(cli("predict", "--model", f, "--data", data, "--out", work / "out"),
+              "bare.pt", "lacks model_config or model weights")
