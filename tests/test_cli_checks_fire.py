@@ -283,3 +283,63 @@ def test_predict_checkpoint_without_weights(run, work):
     with unchanged(work):
         fails(cli("predict", "--model", f, "--data", data, "--out", work / "out"),
               "bare.pt", "lacks model_config or model weights")
+
+
+# ------------------------------------------------------------------------------------------ train
+
+def train_cli(out, *args):
+    return cli("train", "--out", out, "--no-progress", "--set", "epochs=1", "--set", "steps_per_epoch=1",
+               "--patch", "16", "--base", "4", "--levels", "2", "--res-units", "0", "--batch", "1",
+               "--threads", "1", *args)
+
+
+def test_train_resume_of_no_run(work):
+    (work / "run").mkdir()
+    with unchanged(work):
+        fails(train_cli(work / "run", "--resume"), "no training run to resume (no config.json)", "--data CACHE")
+
+
+def test_train_patch_below_one(cache2, work):
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", cache2, "--set", "patch=[0,16,16]"),
+              "patch sizes must be >= 1, got [0, 16, 16]")
+
+
+def test_train_cache_without_doses(work):
+    write_cache([p.with_dose(None) for p in make_cohort(2, seed=5, size=12)], work / "nodose")
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", work / "nodose"), "patients without dose cannot train",
+              "synth_000")
+
+
+def test_train_empty_split(cache2, work):
+    f = work / "split.json"
+    f.write_text(json.dumps({"splits": {"none": [], "all": ["synth_000", "synth_001"]}}))
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", cache2, "--split", f"{f}:none"), "holds no patients")
+
+
+def test_train_init_in_other_axes(run, cache2, work):
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", cache2, "--init", run, "--set", "orientation=RAS"),
+              "was trained in axes PLI", "orientation 'RAS'")
+
+
+def test_train_rotations_with_first_orientation_need_axis(cache2, work):
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", cache2, "--set", "orientation=first", "--set", "rotate_p=0.5"),
+              "head_feet_axis")
+
+
+@pytest.mark.parametrize("step", ["0", "7"])
+def test_train_rotate_step_not_dividing_360(cache2, work, step):
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", cache2, "--set", "rotate_p=0.5", "--set", f"rotate_step={step}"),
+              "rotate_step")
+
+
+def test_train_deprecated_flip_axis_warns_and_trains(cache2, work):
+    r = train_cli(work / "run", "--data", cache2, "--set", "flip_axis=0")
+    assert r.exit_code == 0, r.output
+    assert "flip_axis=0 is deprecated and ignored" in r.output and "axis 1" in r.output
+    assert (work / "run" / "checkpoints" / "last.pt").is_file()
