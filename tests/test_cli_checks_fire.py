@@ -343,3 +343,51 @@ def test_train_deprecated_flip_axis_warns_and_trains(cache2, work):
     assert r.exit_code == 0, r.output
     assert "flip_axis=0 is deprecated and ignored" in r.output and "axis 1" in r.output
     assert (work / "run" / "checkpoints" / "last.pt").is_file()
+
+
+# --------------------------------------------------------------------------------------- evaluate
+
+def test_evaluate_reference_with_empty_mask(base, work):
+    import shutil
+
+    shutil.copytree(base / "okbp", work / "ref")
+    (work / "ref" / "pt_1" / "possible_dose_mask.csv").write_text(",data\n")
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", work / "ref", "--prediction", base / "pred", "--json",
+                  work / "r.json"), "patient pt_1: the possible-dose mask is empty")
+
+
+def test_evaluate_no_pair_at_all_with_allow_missing(base, work):
+    prediction_csv(work / "pred" / "pt_9.csv", {11: "1"})
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", base / "okbp", "--prediction", work / "pred", "--allow-missing",
+                  "--json", work / "r.json"), "no reference patient of", "has a prediction in")
+
+
+def test_evaluate_roi_recorded_missing_with_voxels(work):
+    write_cache(make_cohort(2, seed=5, size=16), work / "ref")
+    write_cache(make_cohort(2, seed=5, size=16), work / "pred")
+    info = json.loads((work / "ref" / "dataset.json").read_text())
+    assert "SpinalCord" not in info["patients"][0]["missing_rois"]
+    info["patients"][0]["missing_rois"].append("SpinalCord")
+    (work / "ref" / "dataset.json").write_text(json.dumps(info))
+    with unchanged(work):
+        fails(cli("evaluate", "--reference", work / "ref", "--prediction", work / "pred", "--json",
+                  work / "r.json"), "patient synth_000: ROI SpinalCord is recorded missing but has")
+
+
+# ---------------------------------------------------------------------------- other command lines
+
+def test_set_without_equals(cache2, work):
+    with unchanged(work):
+        fails(train_cli(work / "run", "--data", cache2, "--set", "epochs"), "--set 'epochs': expected key=value")
+
+
+def test_bench_evaluate_missing_data(work):
+    with unchanged(work):
+        fails(cli("bench", "evaluate", "--data", work / "nowhere"), "--data", "nowhere", "does not exist")
+
+
+def test_bench_predict_missing_patient(base, work):
+    with unchanged(work):
+        fails(cli("bench", "predict", "--data", base / "okbp", "--patient", "pt_9"), "holds no patient pt_9")
