@@ -240,7 +240,8 @@ def ensemble_of(run: Path, out: Path) -> dict:
 
 @pytest.mark.parametrize("member, needle", [
     (1, "member 1 must be an object with \"model\", \"sha256\" and \"weight\""),
-    ({"model": "", "sha256": "0" * 64, "weight": 0.5}, "member 1: \"model\" must be the path of a model file"),
+    ({"model": "", "sha256": "0" * 64, "weight": 0.5},
+     "member 1: \"model\" must be the path of a model file"),
 ])
 def test_predict_ensemble_bad_member_entry(run, work, member, needle):
     spec = ensemble_of(run, work / "ens")
@@ -296,7 +297,8 @@ def train_cli(out, *args):
 def test_train_resume_of_no_run(work):
     (work / "run").mkdir()
     with unchanged(work):
-        fails(train_cli(work / "run", "--resume"), "no training run to resume (no config.json)", "--data CACHE")
+        fails(train_cli(work / "run", "--resume"), "no training run to resume (no config.json)",
+              "--data CACHE")
 
 
 def test_train_patch_below_one(cache2, work):
@@ -327,14 +329,16 @@ def test_train_init_in_other_axes(run, cache2, work):
 
 def test_train_rotations_with_first_orientation_need_axis(cache2, work):
     with unchanged(work):
-        fails(train_cli(work / "run", "--data", cache2, "--set", "orientation=first", "--set", "rotate_p=0.5"),
+        fails(train_cli(work / "run", "--data", cache2, "--set", "orientation=first",
+                        "--set", "rotate_p=0.5"),
               "head_feet_axis")
 
 
 @pytest.mark.parametrize("step", ["0", "7"])
 def test_train_rotate_step_not_dividing_360(cache2, work, step):
     with unchanged(work):
-        fails(train_cli(work / "run", "--data", cache2, "--set", "rotate_p=0.5", "--set", f"rotate_step={step}"),
+        fails(train_cli(work / "run", "--data", cache2, "--set", "rotate_p=0.5",
+                        "--set", f"rotate_step={step}"),
               "rotate_step")
 
 
@@ -380,7 +384,8 @@ def test_evaluate_roi_recorded_missing_with_voxels(work):
 
 def test_set_without_equals(cache2, work):
     with unchanged(work):
-        fails(train_cli(work / "run", "--data", cache2, "--set", "epochs"), "--set 'epochs': expected key=value")
+        fails(train_cli(work / "run", "--data", cache2, "--set", "epochs"),
+              "--set 'epochs': expected key=value")
 
 
 def test_bench_evaluate_missing_data(work):
@@ -391,3 +396,39 @@ def test_bench_evaluate_missing_data(work):
 def test_bench_predict_missing_patient(base, work):
     with unchanged(work):
         fails(cli("bench", "predict", "--data", base / "okbp", "--patient", "pt_9"), "holds no patient pt_9")
+
+
+# -------------------------------------------------------------------------------------- calibrate
+
+@pytest.fixture(scope="module")
+def calset(run, tmp_path_factory) -> Path:
+    """``cal``: 12 synthetic 12^3 patients (as many as calibration needs); ``preds``: the run's
+    predictions (as calibrate --predictions takes them) of the first 11 only."""
+    root = tmp_path_factory.mktemp("cal")
+    pats = make_cohort(12, seed=9, size=12)
+    write_cache(pats, root / "cal")
+    f = root / "split.json"
+    f.write_text(json.dumps({"splits": {"some": [p.id for p in pats[:11]]}}))
+    ok(cli("predict", "--model", run, "--data", root / "cal", "--out", root / "preds", "--format", "cache",
+           "--no-amp", "--split", f"{f}:some"))
+    return root
+
+
+def test_calibrate_predictions_lacking_a_patient(run, calset, work):
+    with unchanged(work):
+        fails(cli("calibrate", "--model", run, "--data", calset / "cal", "--predictions", calset / "preds"),
+              "no prediction for patient synth_011", str(calset / "preds"))
+    assert not (run / "checkpoints" / "calibration.json").exists()
+
+
+def test_calibrate_predictions_with_a_bad_options_record(run, calset, work):
+    import shutil
+
+    shutil.copytree(calset / "preds", work / "preds")
+    info = json.loads((work / "preds" / "dataset.json").read_text())
+    info["prediction"]["options"] = ["cpu"]
+    (work / "preds" / "dataset.json").write_text(json.dumps(info))
+    with unchanged(work):
+        fails(cli("calibrate", "--model", run, "--data", calset / "cal", "--predictions", work / "preds"),
+              "preds/dataset.json", "'options': expected an object of inference options, got list")
+    assert not (run / "checkpoints" / "calibration.json").exists()
