@@ -432,3 +432,31 @@ def test_calibrate_predictions_with_a_bad_options_record(run, calset, work):
         fails(cli("calibrate", "--model", run, "--data", calset / "cal", "--predictions", work / "preds"),
               "preds/dataset.json", "'options': expected an object of inference options, got list")
     assert not (run / "checkpoints" / "calibration.json").exists()
+
+
+# --------------------------------------------------------------------- model files edited by hand
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("absent_rois", "PTV56", "absent_rois must be a list of ROI names, got 'PTV56'"),
+    ("absent_counts", {"PTV56": -1}, "absent_counts: 'PTV56' must be a count of patients, got -1"),
+    ("spacing_min", [0.0, 1.0, 1.0], "is not 0 < min <= max"),
+    ("shape_median", [16, 16], "expected three values, got [16, 16]"),
+])
+def test_predict_checkpoint_with_a_bad_space_record(run, work, key, value, needle):
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["space"] = {**ckpt["space"], key: value}
+    torch.save(ckpt, work / "edited.pt")
+    data = edited_cache(work / "data")
+    with unchanged(work):
+        fails(cli("predict", "--model", work / "edited.pt", "--data", data, "--out", work / "out"),
+              "edited.pt: the model's space record is invalid", needle)
+
+
+def test_split_overwrite_onto_a_folder(cache2, work):
+    (work / "splits").mkdir()
+    (work / "splits" / "keep.json").write_text("{}")
+    with unchanged(work):
+        fails(split_cli(cache2, work / "splits", "--random", "--overwrite"), "splits: --out is a folder",
+              "give a file name")
