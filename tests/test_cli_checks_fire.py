@@ -197,7 +197,8 @@ def test_predict_roi_of_another_prescription(run, work):
         "PTV70", {"name": "PTV70", "kind": "target", "prescription": 66.0}))
     with unchanged(work):
         fails(cli("predict", "--model", run, "--data", data, "--out", work / "out"),
-              "synth_000", "ROI PTV70 is a target (prescription 66.0)", "prescription 70.0")
+              "synth_000", "ROI PTV70 is a target (prescription 66 Gy)", "(prescription 70 Gy)",
+              "fine-tune a model")
 
 
 def test_predict_unknown_target_warns_and_predicts(run, work):
