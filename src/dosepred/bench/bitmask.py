@@ -84,8 +84,9 @@ class BenchConfig:
                 raise InputError(f"--rois {k}: ROI counts must be 1..{_roi.MAX_ROIS}")
         if self.patch > self.size:
             raise InputError(f"--patch {self.patch} is larger than the volume --size {self.size}")
-        if self.patch % 8:
-            raise InputError(f"--patch {self.patch} must be divisible by 8 (the U-Nets down-sample 3 times)")
+        if self.patch % 8 or self.patch < 16:
+            raise InputError(f"--patch {self.patch} must be divisible by 8 and at least 16 (the U-Nets "
+                             "down-sample 3 times; their bottom needs more than one voxel)")
         check_at_least(steps=(self.steps, 1), repeats=(self.repeats, 1), patients=(self.patients, 1),
                        batch=(self.batch, 1), warmup=(self.warmup, 0), workers=(self.workers, 0),
                        threads=(self.threads, 0))

@@ -66,7 +66,7 @@ def load_case(size: int, patient_dir: Path | None, seed: int = 0) -> dict[str, A
         spacing = p.spacing
         if size != ct.shape[0]:
             if size > min(ct.shape):
-                raise InputError(f"size {size} exceeds the patient's grid {ct.shape}")
+                raise InputError(f"--sizes {size} exceeds the grid {ct.shape} of patient {p.id}")
             tgt = np.argwhere(p.prescription_map() > 0)
             centre = tgt.mean(axis=0).round().astype(int) if len(tgt) else np.array(ct.shape) // 2
             lo = [int(np.clip(c - size // 2, 0, s - size)) for c, s in zip(centre, ct.shape, strict=True)]
@@ -185,6 +185,24 @@ def _time_case(case: dict[str, Any], dev: str, names: Sequence[str], repeats: in
     return rows, step_s, model_desc
 
 
+#: The smallest volume (voxels per axis): the default U-Net down-samples 3 times and its bottom needs
+#: more than one voxel (instance norm)
+MIN_SIZE = 16
+
+
+def check_sizes(sizes: Sequence[int], unet: bool) -> None:
+    """``--sizes``: at least one, each at least :data:`MIN_SIZE`, and divisible by 8 when the U-Net
+    step is timed (its 3 down-samplings); an :class:`InputError` naming ``--sizes`` otherwise."""
+    if not sizes:
+        raise InputError("--sizes: give at least one volume size, such as 64,128")
+    for s in sizes:
+        if s < MIN_SIZE:
+            raise InputError(f"--sizes {s}: a volume size must be at least {MIN_SIZE} voxels")
+        if unet and s % 8:
+            raise InputError(f"--sizes {s}: the U-Net step needs a size divisible by 8 (it down-samples "
+                             "3 times); give another size or --no-unet")
+
+
 def run(sizes: Sequence[int] = (64, 128), repeats: int = 3, devices: Sequence[str] | None = None,
         patient_dir: Path | None = DEFAULT_PATIENT, losses: Sequence[str] | None = None,
         unet: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -203,6 +221,7 @@ def run(sizes: Sequence[int] = (64, 128), repeats: int = 3, devices: Sequence[st
     if bad:
         raise InputError(f"unknown loss case(s) {bad}; choose from {', '.join(LOSS_CASES)}")
     check_at_least(repeats=(repeats, 1))
+    check_sizes(sizes, unet)
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
@@ -266,6 +285,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {size}^3 | {dev} | U-Net training step (MAE) | {s * 1e3:.0f} | | 1 | | |")
     for r in res["rows"]:
         vs = f"{r['vs_unet_step']:.3f}" if r.get("vs_unet_step") is not None else "-"
+        vs_mae = f"{r['vs_mae']:.1f}x" if r.get("vs_mae") else "-"
         lines.append(f"| {r['size']}^3 | {r['device']} | {r['loss']} | {r['seconds'] * 1e3:.1f} | "
-                     f"{r['vs_mae']:.1f}x | {vs} | {r.get('aten_ops', '-')} | {r.get('host_syncs', '-')} |")
+                     f"{vs_mae} | {vs} | {r.get('aten_ops', '-')} | {r.get('host_syncs', '-')} |")
     return "\n".join(lines)

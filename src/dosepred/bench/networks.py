@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -79,6 +80,19 @@ def depth(text: str) -> int:
     """Resolution levels of a network, its coarse branch's included."""
     widths, _, coarse = parse_network(text)
     return len(widths) + (len(coarse) - 1 if coarse else 0)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` with a CUDA device there: an :class:`InputError` naming
+    ``--device`` otherwise (before any run starts, each in its own process)."""
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise InputError(f"--device {device!r}: choose cpu or cuda (cuda:N)")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA device is available to this torch "
+                             f"({torch.__version__}); use --device cpu")
 
 
 def _rss_now_mb() -> float:
@@ -160,11 +174,15 @@ def run(networks: Sequence[str] = DEFAULT_NETWORKS, size: int = 128, steps: int 
     import torch
 
     check_at_least(steps=(steps, 1), warmup=(warmup, 0), repeats=(repeats, 1), threads=(threads, 1))
+    check_device(device)
     for n in networks:
         parse_head(n)
         if size % 2 ** (depth(n) - 1):
             raise InputError(f"--size {size} must be divisible by 2^(levels-1) = {2 ** (depth(n) - 1)} "
                              f"for network {n}")
+        if size < 2 ** depth(n):  # instance norm needs more than one voxel at the coarsest level
+            raise InputError(f"--size {size} must be at least 2^levels = {2 ** depth(n)} for network {n} "
+                             "(its coarsest level needs more than one voxel)")
     if not networks:
         raise InputError("no network to measure")
     bad = [p for p in precisions if p not in PRECISIONS]

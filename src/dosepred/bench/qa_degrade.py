@@ -73,7 +73,7 @@ class PowerConfig:
         if any(x >= 50 for x in self.hot_pct):
             raise InputError("--hot-pct: a hot spot is at most 49 % of the target volume")
         if not self.fade_mm >= 0:
-            raise InputError(f"--fade-mm must be >= 0, got {self.fade_mm}")
+            raise InputError(f"fade_mm must be >= 0, got {self.fade_mm}")
         if not 0 < self.cold_fraction < 1:
             raise InputError(f"cold_fraction must be between 0 and 1, got {self.cold_fraction}")
 
@@ -181,8 +181,8 @@ def cold_spot(patient: Patient, roi: str, metric: str, gy: float, rx: float | No
 
     hi = float(base.max()) + 1.0
     if f(hi) > m0 - gy:
-        raise InputError(f"patient {patient.id}: no cold spot of {fraction:.0%} of {roi} lowers its {metric} "
-                         f"by {gy:g} Gy")
+        raise InputError(f"--cold-gy {gy:g}: patient {patient.id}: no cold spot of {fraction:.0%} of {roi} "
+                         f"lowers its {metric} ({m0:.2f} Gy) by {gy:g} Gy")
     a = _bisect(f, m0 - gy, hi, rising=False)
     return np.maximum(patient.dose - np.float32(a) * w, np.float32(0))
 
@@ -221,7 +221,8 @@ def hot_spot(patient: Patient, roi: str, metric: str, pct: float, rx: float | No
 
     hi = 2.0 * (float(base.max()) + (rx or 0.0)) + 1.0
     if f(hi) < v0 + pct:
-        raise InputError(f"patient {patient.id}: no hot spot raises {roi} {metric} by {pct:g} points")
+        raise InputError(f"--hot-pct {pct:g}: patient {patient.id}: no hot spot raises {roi} {metric} "
+                         f"({v0:.1f} %) by {pct:g} points")
     a = _bisect(f, v0 + pct, hi, rising=True)
     return patient.dose + np.float32(a) * w
 

@@ -35,6 +35,7 @@ from ..console import bench
 from ..errors import DosepredError, InputError
 from ..fsutil import write_json
 from . import sync as _sync
+from .networks import check_device
 from .synthetic import synthetic_batch
 
 VARIANTS = ("fp32", "channels-last", "bf16", "compile", "two-stage-frozen")
@@ -79,6 +80,7 @@ def _stepper(variant: str, size: int, device: str, base: int, levels: int, seed:
 def run(size: int = 64, steps: int = 3, repeats: int = 3, variants: tuple[str, ...] = VARIANTS,
         device: str = "cpu", base: int = 16, levels: int = 4, seed: int = 0,
         log: Any = None) -> dict[str, Any]:
+    check_device(device)  # else every variant fails alike, in torch's words
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         res = run(a.size, a.steps, a.repeats, tuple(v for v in a.variants.split(",") if v), a.device,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
     except (DosepredError, RuntimeError) as e:  # a bad option; a variant no machine here can run
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)  # as the command line's user errors
     from rich.console import Console
 
     con = Console(highlight=False)
