@@ -204,6 +204,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise ModelError(f"{path} is not a dosepred checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
     if "model_config" not in ckpt or "model" not in ckpt:
         raise ModelError(f"{path}: checkpoint lacks model_config or model weights")
+    if not isinstance(ckpt["model_config"], dict):
+        raise ModelError(f"{path}: model_config is not a mapping of fields")
+    try:  # checked here, so every reader's message names the file
+        ModelConfig.from_dict(dict(ckpt["model_config"]))
+    except ModelError as e:
+        raise ModelError(f"{path}: model_config: {e}") from None
     if not isinstance(ckpt.get("space"), dict):
         ckpt["space"] = _folder_space(path) or ModelSpace.openkbp().to_dict()
     try:

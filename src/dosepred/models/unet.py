@@ -64,6 +64,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -135,10 +136,16 @@ class ModelConfig:
             self.base, self.levels, self.channels = ch[0], len(ch), ch_none
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ModelError(f"patch must be three positive sizes, got {self.patch}")
+        for k in ("base", "levels", "res_units"):  # a checkpoint's config may hold anything
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, Integral):
+                raise ModelError(f"{k} must be a whole number, got {v!r}")
         if self.levels < 2:
             raise ModelError(f"levels must be >= 2, got {self.levels}")
         if self.base < 1:
             raise ModelError(f"base channels must be >= 1, got {self.base}")
+        if self.res_units < 0:  # MONAI would silently build plain convolutions
+            raise ModelError(f"res_units must be >= 0, got {self.res_units}")
         if self.coarse is not None:
             co = [int(c) for c in self.coarse]
             if len(co) < 2 or min(co) < 1:

@@ -148,7 +148,10 @@ def load_init_weights(model: DoseUNet, init_ckpt: dict[str, Any], cfg: TrainConf
         if not tr.identity:
             raise ModelError(f"--init {cfg.init} cannot grow its channels and move onto other ROIs in "
                              "one fine-tune: do them in two")
-        state = grow_state(state, mc, model)
+        try:
+            state = grow_state(state, mc, model)
+        except ModelError as e:
+            raise ModelError(f"--init {cfg.init}: {e}") from None
         log(f"--init {cfg.init} grown from channels {mc.widths} to {model.config.widths}: the new "
             "channels start with zero outgoing weights, so the network predicts what --init does "
             "until training moves them")
