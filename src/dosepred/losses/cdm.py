@@ -260,7 +260,7 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
     pred, ref = upcast(pred, ref)
     if codes is None:
         raise ValueError("the CDM loss needs roi_codes")
-    if spread < 0:
+    if not spread >= 0:  # NaN too
         raise InputError(f"spread must be >= 0 percent, got {spread}")
     if not tau > 0 and any(t.metric.kind == "V" for t in terms):
         raise InputError(f"tau must be > 0 Gy, got {tau}")
@@ -393,7 +393,7 @@ class CDMLoss(nn.Module):
                          ("oar_weight", oar_weight)):
             if not v >= 0:
                 raise InputError(f"cdm {label} must be >= 0, got {v}")
-        if spread < 0:
+        if not spread >= 0:  # NaN too
             raise InputError(f"cdm spread must be >= 0 percent, got {spread}")
         if not (match or constraint):
             raise InputError("the CDM loss needs match=True or constraint=True (both are off)")

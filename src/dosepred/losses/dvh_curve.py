@@ -116,6 +116,9 @@ class DVHCurveLoss(nn.Module):
             raise ValueError("the DVH-curve loss needs the dataset's roi_set")
         if not bin_width > 0 or not steepness > 0:
             raise InputError(f"dvh bin_width and steepness must be > 0, got {bin_width}, {steepness}")
+        if max_dose is not None and not max_dose > 0:  # else one bin at 0 Gy: a loss that learns nothing
+            raise InputError(f"dvh max_dose must be > 0 Gy (or none: the batch's highest dose), "
+                             f"got {max_dose}")
         names = list(rois) if rois is not None else list(roi_set.names)
         self.bits = [roi_set.index(r) for r in names]
         self.bin_width, self.steepness = float(bin_width), float(steepness)

@@ -159,6 +159,18 @@ class CombinedLoss(nn.Module):
         return f"spec={self.spec!r}"
 
 
+def check_option_type(loss: str, key: str, value: Any, default: Any) -> None:
+    """A loss option given as the wrong kind of value for its default (a number, true/false) is an
+    :class:`InputError` naming it: ``cdm_tau=nan`` reaches the loss as the text ``"nan"`` (JSON's is
+    ``NaN``), ``cdm_match=no`` as a text that would count as true."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InputError(f"loss {loss!r}: option {loss}_{key}={value!r}: expected true or false")
+    elif isinstance(default, (int, float)) and (isinstance(value, bool)
+                                                or not isinstance(value, (int, float))):
+        raise InputError(f"loss {loss!r}: option {loss}_{key}={value!r}: expected a number")
+
+
 def build_loss(spec: str, roi_set: RoiSet | None = None, protocol: Protocol | str | os.PathLike | None = None,
                **options: Any) -> CombinedLoss:
     """Build the loss of a spec such as ``"mae+cdm"`` or ``"mae+0.5*dvh"``.
@@ -189,6 +201,8 @@ def build_loss(spec: str, roi_set: RoiSet | None = None, protocol: Protocol | st
             kw["roi_set"] = roi_set
         if "protocol" in params:
             kw["protocol"] = protocol
+        for key, v in routed[t.name].items():
+            check_option_type(t.name, key, v, params[key].default if key in params else None)
         try:
             mods[t.name] = cls(**kw)
         except DosepredError:

@@ -49,7 +49,7 @@ class MAELoss(nn.Module):
     def __init__(self, dose_scale: float = DEFAULT_DOSE_SCALE) -> None:
         super().__init__()
         if not dose_scale > 0:
-            raise InputError(f"dose_scale must be > 0 Gy, got {dose_scale}")
+            raise InputError(f"{self.name} dose_scale must be > 0 Gy, got {dose_scale}")
         self.dose_scale = float(dose_scale)
 
     def forward_with_parts(self, pred, ref, roi_codes=None, mask=None, spacing=None):
