@@ -281,6 +281,16 @@ def test_predicts_as_qa_does_with_the_model_s_calibration(tmp_path, monkeypatch)
     _, _, info = qp.collect(model, tmp_path / "data", cfg, tmp_path / "pred-tta")
     assert "predicted with --tta" in info["warning"] and "without flipping" in info["warning"]
 
+    # a calibration.json that is there but damaged is its error, not "no calibration" (the benchmark
+    # assumed flipping and dropped its "qa" row without a word)
+    from dosepred.qa.calibration import CalibrationError
+
+    (model / "calibration.json").write_text('{"version": 3, "methods": ')
+    with pytest.raises(CalibrationError, match="calibration.json is not readable JSON"):
+        qp.qa_flipping(model)
+    with pytest.raises(CalibrationError, match="calibration.json"):
+        qp.run(model, tmp_path / "data", cfg, prediction=tmp_path / "pred-tta")
+
     (model / "calibration.json").unlink()
     assert qp.qa_flipping(model) is True and flips_seen() == {True}
 

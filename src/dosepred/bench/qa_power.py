@@ -55,6 +55,7 @@ import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ from ..patient import RoiSet
 from ..progress import track
 from ..protocol import BoundProtocol, load_protocol
 from ..qa.calibrating import check_made_as_qa
-from ..qa.calibration import load_calibration, qa_inference
+from ..qa.calibration import CALIBRATION_FILE, Calibration, load_calibration, qa_inference
 from .qa_degrade import Case, Crit, PowerConfig, criteria_of, degrade
 from .qa_power_cv import (
     check_enough_patients,
@@ -82,12 +83,20 @@ def qa_flipping(model: str | os.PathLike) -> bool:
     """Whether plan QA predicts with flipping for ``model``: its calibration's record
     (:attr:`dosepred.qa.calibration.Calibration.tta`), True without a calibration (``dosepred
     calibrate``'s default, as ``dosepred predict``)."""
+    calib = _calibration(model)
+    return True if calib is None else calib.tta
+
+
+def _calibration(model: str | os.PathLike) -> Calibration | None:
+    """``model``'s calibration, None when it has no calibration.json; one that is there but not readable
+    or not valid is its error (:class:`CalibrationError`), not "no calibration": the benchmark would drop
+    its "qa" row and assume flipping without a word."""
     from ..models.checkpoint import resolve_model_path
 
-    try:
-        return load_calibration(resolve_model_path(model)).tta  # a run folder: RUN/checkpoints/
-    except ValueError:  # no or no readable calibration.json
-        return True
+    ckpt = Path(resolve_model_path(model))  # a run folder: RUN/checkpoints/
+    if not (ckpt.parent / CALIBRATION_FILE).is_file():
+        return None
+    return load_calibration(ckpt)
 
 
 def _passes_words(made: PredictionRecord) -> str:
@@ -224,10 +233,8 @@ def run(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig | No
     crits, cases, info = collect(model, data, cfg, prediction, passes, progress)
     check_enough_patients(len({c.patient for c in crits}), f"--data {data}")
     t1 = time.perf_counter()
-    try:
-        qa_methods = load_calibration(resolve_model_path(model)).methods
-    except ValueError:  # no calibration.json: no "qa" row
-        qa_methods = {}
+    calib = _calibration(model)  # none: no "qa" row
+    qa_methods = {} if calib is None else calib.methods
     if methods is None and qa_methods:
         have = set.intersection(*(set(c.passes) for c in crits))
         methods = [*methods_default(have), "qa"]
