@@ -405,3 +405,30 @@ def test_a_target_prescribed_at_the_model_s_dose_level_is_predicted_as_the_model
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert f"ROI {target.name} is a target (prescription" in r.output and "fine-tune a model" in r.output
     assert not (tmp_path / "pred-other").exists()
+
+
+def test_loose_targets_are_unprescribed_targets_largely_outside_the_prescribed_ones():
+    """Hand-made masks on a 2 mm grid (0.008 cc a voxel): a CTV inside the prescribed PTV70 is no dose
+    level; an unprescribed PTV_Low half outside it (1000 voxels outside, 8 cc) is; a 62-voxel (0.5 cc)
+    unprescribed target outside is below the 1 cc floor; a prescribed target is never listed."""
+    import numpy as np
+
+    from dosepred.patient import Patient, Roi, RoiSet
+    from dosepred.predict import loose_targets
+
+    shape = (20, 20, 20)
+    m = {n: np.zeros(shape, bool) for n in ("PTV70", "CTV", "PTV_Low", "Tiny")}
+    m["PTV70"][5:15, 5:15, 5:15] = True
+    m["CTV"][7:12, 7:12, 7:12] = True
+    m["PTV_Low"][5:15, 5:15, :] = True
+    m["Tiny"].reshape(-1)[:62] = True  # 62 voxels in the first slices, all outside PTV70
+    rs = RoiSet((Roi("PTV70", "target", 70.0), Roi("CTV", "target"), Roi("PTV_Low", "target"),
+                 Roi("Tiny", "target")))
+    p = Patient.from_masks("p", np.zeros(shape), m, rs, (2.0, 2.0, 2.0), np.ones(shape, bool),
+                           np.zeros(shape, np.float32))
+    assert [(n, round(cc, 6)) for n, cc in loose_targets(p)] == [("PTV_Low", 8.0)]
+    rs2 = RoiSet((Roi("PTV70", "target", 70.0), Roi("CTV", "target"), Roi("PTV_Low", "target", 56.0),
+                  Roi("Tiny", "target")))
+    p2 = Patient.from_masks("p", np.zeros(shape), m, rs2, (2.0, 2.0, 2.0), np.ones(shape, bool),
+                            np.zeros(shape, np.float32))
+    assert loose_targets(p2) == []

@@ -755,7 +755,8 @@ def test_plans_whose_inputs_contradict_themselves_rank_after_the_others(tmp_path
     for line in qa_lines(res, 0.9):
         con.print(line)
     text = con.export_text()
-    assert "3*" in text and "4*" in text and "1*" not in text and UNTRUSTED_LEGEND in text
+    assert "3*" in text and "4*" in text and "1*" not in text
+    assert " ".join(UNTRUSTED_LEGEND.split()) in " ".join(text.split())  # however the console wraps it
     from types import SimpleNamespace
 
     from dosepred.qa.report import QAReportWriter
@@ -776,3 +777,28 @@ def test_plans_whose_inputs_contradict_themselves_rank_after_the_others(tmp_path
     for line in qa_lines(res, 0.9):
         con.print(line)
     assert "*" not in con.export_text()
+
+
+def test_a_plan_with_an_unprescribed_target_outside_the_prescribed_ones_is_untrusted(sample_dir, model_dir):
+    """pt_66 with its PTV56 named PTV_Low and no prescription (a structure set whose lower level no
+    name, plan or ROI map prescribes): the model predicted it as unplanned and QA ranked the plan by
+    the flags that follow (OARs near the elective volume "might be spared"), without a word. Now the
+    plan carries the note, in the JSON and the summary, and is ranked after a plan without it; the
+    plan as it is has no such note."""
+    import dataclasses
+
+    from dosepred.io import load_patients
+    from dosepred.patient import Roi, RoiSet
+    from dosepred.qa import run_qa
+    from dosepred.qa.result import NOTE_UNPRESCRIBED
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    rois = tuple(Roi("PTV_Low", "target") if r.name == "PTV56" else r for r in p.roi_set)
+    low = dataclasses.replace(p, id="low", roi_set=RoiSet(rois))
+    res = run_qa(model_dir, [low, p], "openkbp-clinical")
+    notes = {q.id: q.notes for q in res.patients}
+    mine = [n for n in notes["low"] if n.startswith(NOTE_UNPRESCRIBED)]
+    assert len(mine) == 1 and "PTV_Low (" in mine[0] and "no prescription" in mine[0], notes["low"]
+    assert not any(n.startswith(NOTE_UNPRESCRIBED) for n in notes["pt_66"])
+    rows = res.summary()
+    assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("low", True)]

@@ -102,6 +102,54 @@ def rare_remedy(n: int = 1) -> str:
             "--roi-map MAP.json` and use the cache)")
 
 
+#: an unprescribed target with more than this share of its volume outside the prescribed targets (and
+#: :data:`LOOSE_MIN_CC`) is likely a dose level whose prescription nobody gave (an SIB's PTV_Low), not a
+#: GTV, CTV or optimisation copy inside the prescribed ones
+LOOSE_SHARE = 0.2
+LOOSE_MIN_CC = 1.0
+
+
+def loose_targets(patient: Patient) -> list[tuple[str, float]]:
+    """(name, cc outside) of each contoured target of ``patient`` without a prescription that lies
+    largely outside its prescribed targets (:data:`LOOSE_SHARE`, :data:`LOOSE_MIN_CC`). A model sees
+    targets only through their prescriptions, so such a target is predicted as unplanned: a lower dose
+    level left out (an elective PTV_Low beside PTV70, its prescription in no name, plan or map) makes
+    the predicted dose a plan of fewer levels, its OARs spared where the plan could not spare them."""
+    rs = patient.roi_set
+    present = [r for r in rs if r.kind == "target" and r.name not in patient.missing_rois]
+    open_ = [r.name for r in present if r.prescription is None]
+    if not open_:
+        return []
+    prescribed = np.zeros(patient.shape, bool)
+    for r in present:
+        if r.prescription is not None:
+            prescribed |= patient.mask(r.name)
+    out = []
+    for name in open_:
+        m = patient.mask(name)
+        n = int(m.sum())
+        outside = int((m & ~prescribed).sum())
+        cc = outside * patient.voxel_volume_cc
+        if n and outside > LOOSE_SHARE * n and cc >= LOOSE_MIN_CC:
+            out.append((name, cc))
+    return out
+
+
+def loose_words(patient: Patient, found: list[tuple[str, float]]) -> str:
+    """:func:`loose_targets` in words (predict's warning, plan QA's note)."""
+    one = len(found) == 1
+    rx = [r.name for r in patient.roi_set if r.kind == "target" and r.prescription is not None
+          and r.name not in patient.missing_rois]
+    return (f"target{'' if one else 's'} {', '.join(f'{n} ({cc:.0f} cc outside)' for n, cc in found)} "
+            f"{'has' if one else 'have'} no prescription and lie{'s' if one else ''} largely outside the "
+            f"prescribed targets ({', '.join(rx) or 'none'}): the model sees targets only by their "
+            f"prescriptions and predicts {'it' if one else 'them'} as unplanned (a dose level left out: "
+            f"the OARs near {'it' if one else 'them'} spared more than the plan could spare them); if "
+            f"{'it is a dose level' if one else 'they are dose levels'}, give "
+            f"{'its prescription' if one else 'their prescriptions'} with an ROI map "
+            '(--roi-map MAP.json: {"NAME": {"name": "PTV56", "prescription": 56}})')
+
+
 #: what to do with a patient planned for another prescription than a model's (predict, plan QA)
 OTHER_PLAN_REMEDY = ("the model predicts plans of its own prescriptions only; for plans of other dose levels "
                      "fine-tune a model on them (docs/finetune.md), or, if the patient's prescription is "
@@ -223,6 +271,10 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
         if unknown_targets:
             warnings.warn(f"{who}: its target(s) {_targets(RoiSet(tuple(unknown_targets)))} are not the "
                           "model's: predicted without them", stacklevel=3)
+        loose = loose_targets(patient)
+        if loose:
+            warnings.warn(f"{who}: its {loose_words(patient, loose)}", stacklevel=3)
+        extra = [n for n in extra if n not in {n for n, _ in loose}]
         if extra:
             warnings.warn(f"{who}: its ROIs {', '.join(extra)} are not used by the model", RoiNote,
                           stacklevel=3)

@@ -57,6 +57,7 @@ from .result import (
     NOTE_GRID,
     NOTE_SIDE,
     NOTE_TARGET_DOSE,
+    NOTE_UNPRESCRIBED,
     NOTE_VOLUME,
     CriterionQA,
     PatientQA,
@@ -121,6 +122,12 @@ def input_notes(plan: Patient) -> list[str]:
     if o is not None and o.large:
         out.append(f"{NOTE_TARGET_DOSE}: {o.described()}: {target_dose_check.LIKELY_CAUSE}? The achievable "
                    "dose is predicted for the prescribed targets only, so this plan's flags (OAR doses above "
+                   "achievable above all) cannot be trusted")
+    from ..predict import loose_targets, loose_words  # cycle: predict imports qa's calibration
+
+    loose = loose_targets(plan)
+    if loose:
+        out.append(f"{NOTE_UNPRESCRIBED}: {loose_words(plan, loose)}, so this plan's flags (OAR doses above "
                    "achievable above all) cannot be trusted")
     found = side_check.side_findings(plan)
     if found:

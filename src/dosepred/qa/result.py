@@ -14,7 +14,8 @@ Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
   without values;
 - ``criterion not calibrated`` (the family's interval is used).
 
-Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DOSE`, :data:`NOTE_SIDE`)
+Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DOSE`, :data:`NOTE_SIDE`,
+:data:`NOTE_UNPRESCRIBED`)
 concern the patient and are given once per patient (:attr:`PatientQA.notes`). A plan's *potential
 improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags plus predicted - plan
 over its coverage flags (dose metrics only); the cohort summary ranks plans by it (:meth:`QAResult.summary`).
@@ -48,14 +49,18 @@ NOTE_VOLUME = "ROI volume far outside the training range"
 #: the other side's intervals).
 NOTE_TARGET_DOSE = "high dose outside the contoured targets"
 NOTE_SIDE = "ROI named for a side lies on the other"
+#: ... and a target without a prescription lying largely outside the prescribed ones
+#: (:func:`dosepred.predict.loose_targets`: likely a dose level whose prescription nobody gave; the
+#: model predicts it as unplanned, the plan as one of fewer dose levels).
+NOTE_UNPRESCRIBED = "target without a prescription"
 #: Notes that say the plan's flags cannot be trusted (its inputs contradict themselves): the cohort
 #: summary ranks such plans after every other, whatever their potential improvement.
-UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE)
+UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED)
 #: How the cohort table marks such a plan's rank, and what the mark means.
 UNTRUSTED_MARK = "*"
-UNTRUSTED_LEGEND = ("* ranked after the other plans: a note says this plan's inputs contradict themselves "
-                    f"({NOTE_TARGET_DOSE}, or an {NOTE_SIDE}), so its flags cannot be trusted until they "
-                    "are fixed")
+UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs contradict themselves "
+                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, or an {NOTE_SIDE}), so its flags "
+                    "cannot be trusted until they are fixed")
 
 
 def rank_label(row: dict[str, Any]) -> str:
