@@ -123,7 +123,7 @@ def input_notes(plan: Patient) -> list[str]:
         out.append(f"{NOTE_TARGET_DOSE}: {o.described()}: {target_dose_check.LIKELY_CAUSE}? The achievable "
                    "dose is predicted for the prescribed targets only, so this plan's flags (OAR doses above "
                    "achievable above all) cannot be trusted")
-    from ..predict import loose_targets, loose_words  # cycle: predict imports qa's calibration
+    from ..predict import loose_targets, loose_words  # heavy: dosepred.predict imports torch
 
     loose = loose_targets(plan)
     if loose:
