@@ -245,3 +245,27 @@ def test_dose_files_are_read_back_by_their_format(written, tmp_path):
         assert formats.dose_file_format(path) is f
         back = f.read_dose_on(path, p) if f.read_dose_on is not None else f.read_dose(path, p.shape)
         np.testing.assert_allclose(back, dose, atol=0.01, err_msg=f.name)
+
+
+def test_prediction_csv_of_a_grid_other_than_128_cubed_warns(tmp_path):
+    """A pt_N.csv records no grid and OpenKBP's tools read its flat indices on 128^3: a clinic CT's
+    prediction (here 20^3, stored as DICOM slices) numbered on its own grid was written without a word."""
+    import warnings
+
+    from dosepred.io.formats.openkbp import GridWarning
+    from dosepred.predict import write_prediction
+    from dosepred.synth import make_cohort
+
+    p = make_cohort(1, seed=0, size=20)[0].reoriented("SPL")  # as read from an axial DICOM series
+    dose = np.where(p.possible_dose_mask, 50.0, 0.0).astype(np.float32)
+    with pytest.warns(GridWarning, match=r"20x20x20 grid .*--format dicom or nifti"):
+        path = write_prediction(p, dose, tmp_path, "openkbp")
+    idx = np.loadtxt(path, delimiter=",", skiprows=1)[:, 0].astype(np.int64)
+    assert idx.max() < 20 ** 3  # numbered on the patient's grid: on OpenKBP's 128^3 these are other voxels
+    assert len(idx) == int(np.count_nonzero(p.possible_dose_mask))
+
+    big = make_cohort(1, seed=0, size=128)[0]  # OpenKBP's own grid: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridWarning)
+        big_dose = np.where(big.possible_dose_mask, 1.0, 0.0).astype(np.float32)
+        write_prediction(big, big_dose, tmp_path, "openkbp")

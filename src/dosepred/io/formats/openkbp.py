@@ -4,6 +4,7 @@ writes them)."""
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +51,30 @@ def read_source(path: Path, roi_map: Any = None) -> tuple[RoiSet | None, Iterabl
     return None, openkbp.read_folder(path)
 
 
+class GridWarning(UserWarning):
+    """A prediction CSV written on a grid other than OpenKBP's 128^3 (:func:`write_dose`)."""
+
+
 def write_dose(patient: Patient, dose: np.ndarray, out: Path, dose_spacing: float | None = None,
                model_name: str | None = None) -> Path:
     """``out/<id>.csv`` (sparse, within the possible-dose mask), its voxels numbered in OpenKBP's axis
     order (``"PLI"``, as every OpenKBP file and OpenKBP's own tools number them) whatever the
     patient's layout: a patient read from DICOM or NIfTI is permuted and flipped first (no
-    interpolation); an oblique grid is an error (:func:`dosepred.io.openkbp.to_openkbp_axes`)."""
+    interpolation); an oblique grid is an error (:func:`dosepred.io.openkbp.to_openkbp_axes`).
+
+    The file records no grid: OpenKBP's tools read every flat index on 128^3. A patient on another grid
+    (a clinic's CT) is written all the same (``evaluate`` places it on the reference's own grid), with
+    a :class:`GridWarning` naming the grid the indices count on."""
     path = out / f"{patient.id}.csv"
     q = openkbp.to_openkbp_axes(patient.with_dose(dose))
     assert q.dose is not None
+    if tuple(q.shape) != openkbp.GRID:
+        grid = "x".join(str(n) for n in q.shape)
+        warnings.warn(f"patient {patient.id}: {path.name} numbers its voxels on its own {grid} grid "
+                      "(OpenKBP's axis order), not OpenKBP's 128x128x128, and a CSV records no grid: "
+                      "OpenKBP's tools would put its dose in the wrong voxels; only dosepred evaluate "
+                      "against this patient places it. For other tools predict with --format dicom or nifti",
+                      GridWarning, stacklevel=2)
     openkbp.write_dose_csv(path, q.dose, q.possible_dose_mask)
     return path
 
