@@ -495,7 +495,11 @@ def _clinic_like(base: Path, out: Path, drop: tuple[str, ...] = (), extra_target
         masks = {r.name: p.mask(r.name) for r in rois}
         if extra_target:
             rois.append(Roi(extra_target, "target", extra_rx))
-            masks[extra_target] = p.possible_dose_mask & (p.ct > -2000)
+            if extra_rx is None:  # a GTV or CTV: inside the prescribed targets (else it would be a dose
+                # level nobody prescribed, which predict warns of: test_predict.py)
+                masks[extra_target] = np.any([p.mask(r.name) for r in rois if r.prescription], axis=0)
+            else:
+                masks[extra_target] = p.possible_dose_mask & (p.ct > -2000)
         pats.append(Patient.from_masks(p.id, p.ct, masks, RoiSet(tuple(rois)), p.spacing,
                                        p.possible_dose_mask, geometry=p.geometry))
     sets = {q.roi_set for q in pats}
