@@ -366,6 +366,25 @@ def test_site_prescription_of_a_named_target_is_not_given_to_another(tmp_path):
     assert p.roi_set["PTV_elective"] == Roi("PTV_elective", "target", 56.0)
 
 
+def test_site_prescription_of_a_named_target_s_dose_level_is_not_given_to_another(tmp_path):
+    """As above with the SITE dose a fractionation's rounding of the named one: PTV70 named for 70 Gy,
+    the RTPLAN's one SITE-level prescription 33 x 2.12 = 69.96 Gy (0.06 % apart, one dose level by
+    patient.same_level). The exact comparison (1e-3 Gy) gave the elective PTV 69.96 Gy without a word;
+    it keeps none, with the warning. A SITE dose of another level (66 Gy, 5.7 % from 70) still goes to
+    it."""
+    folder = dicom.write_dicom(make_patient(), tmp_path)
+    rename_rois(folder / "RS.dcm", {"Ring": "PTV_elective"}, {"PTV_elective": "PTV"})
+    write_rtplan(folder, folder / "RS.dcm", {"PTV70": 69.96}, fractions=33, by_roi=False)
+    with pytest.warns(dicom.DicomWarning, match=r"SITE-level prescription \(69.96 Gy.*PTV70.*not given to "
+                                                r"PTV_elective"):
+        (p,) = dicom.read_dicom_folder(folder)
+    assert p.roi_set["PTV70"] == Roi("PTV70", "target", 70.0)
+    assert p.roi_set["PTV_elective"] == Roi("PTV_elective", "target", None)
+    write_rtplan(folder, folder / "RS.dcm", {"PTV70": 66.0}, fractions=33, by_roi=False)
+    (p,) = quiet_read(folder)
+    assert p.roi_set["PTV_elective"] == Roi("PTV_elective", "target", 66.0)
+
+
 def test_plan_wins_over_the_name_with_a_warning(tmp_path):
     folder = dicom.write_dicom(make_patient(), tmp_path)
     write_rtplan(folder, folder / "RS.dcm", {"PTV70": 66.0})

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...patient import same_level
 from .. import roi_names as _names
 from ..rx_check import FROM_ROI_MAP
 from ._common import DicomImportError, field_int, field_numbers, raw_field, referenced_uids, uid_of, warn
@@ -309,8 +310,9 @@ def _phase_prescriptions(s: PatientFiles, info: list[tuple[int, str, str, float 
     """Per RTPLAN of the patient (every phase of a sum, else its one plan): its file and its target
     prescriptions by ROINumber (:func:`plan_prescriptions`; a plan's single SITE-level prescription
     goes to the only target of the RTSTRUCT that has none from its name, the ROI map or our label,
-    unless it is the dose another target is named for: then it is that target's, e.g. an SIB's 70 Gy
-    beside PTV70, not the elective PTV's, which keeps none, with a warning)."""
+    unless it is the dose level (:func:`dosepred.patient.same_level`) another target is named for:
+    then it is that target's, e.g. an SIB's 70 Gy (or 33 x 2.12 = 69.96 Gy) beside PTV70, not the
+    elective PTV's, which keeps none, with a warning)."""
     open_targets: list[int] = []
     named: dict[str, float] = {}  # target -> the prescription its name, the map or our label gives
     for n, name, t, rx in info:
@@ -333,11 +335,12 @@ def _phase_prescriptions(s: PatientFiles, info: list[tuple[int, str, str, float 
                  "name other ROIs there, so its per-ROI prescriptions are not used")
             rx_k = {}
         if len(sites_k) == 1 and not rx_k and len(open_targets) == 1:
-            theirs = [name for name, v in named.items() if abs(v - sites_k[0]) < 1e-3]
+            # one dose level, not one number: a named PTV70 and a SITE dose of 33 x 2.12 = 69.96 Gy
+            theirs = [name for name, v in named.items() if same_level(v, sites_k[0])]
             if theirs:
                 other = next(name for n, name, _, _ in info if n == open_targets[0])
                 warn(f"RTPLAN {pl[0]}: its one SITE-level prescription ({sites_k[0]:g} Gy, "
-                     "DoseReferenceSequence without ReferencedROINumber) is that of target "
+                     "DoseReferenceSequence without ReferencedROINumber) is the dose level of target "
                      f"{', '.join(theirs)} (its name, the ROI map or its label), so it is not given to "
                      f"{other}, the only target without a prescription, which keeps none (give it one with "
                      f'an ROI map, --roi-map MAP.json holding e.g. {{"{other}": {{"name": "{other}", '
