@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dosepred import Patient, Roi, RoiSet
-from dosepred.evaluation import evaluate_cohort, evaluate_patient
+from dosepred.evaluation import ScoringCase, evaluate_case, evaluate_cohort, evaluate_patient
 from dosepred.io.source import load_patients
 from dosepred.protocol import ProtocolError, load_protocol
 
@@ -353,3 +353,30 @@ def test_a_protocol_prescribing_a_target_otherwise_than_the_reference_is_refused
     rs = RoiSet((Roi("PTV70", "target", 66.0),))
     p = Patient.from_masks("rx66", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)
     assert evaluate_cohort([(p, dose)], "openkbp").patients[0].dose_score == 0.0
+
+
+def test_evaluate_patient_refuses_a_protocol_prescribing_a_target_otherwise_too():
+    """evaluate_patient and evaluate_case with a protocol by name (the documented one-patient use,
+    ``evaluate_patient(ref, pred, "openkbp-clinical")``) bound it without the cohort's check: a reference
+    whose PTV70 is prescribed 66 Gy had its D99% judged against 95 % of 70 Gy = 66.5 Gy, without a word,
+    where evaluate_cohort refuses. They refuse it too; 70 Gy is scored, 69.96 Gy with the warning."""
+    shape = (6, 8, 8)
+    mask = np.ones(shape, bool)
+    ptv = np.zeros(shape, bool)
+    ptv[2:4, 2:6, 2:6] = True
+    dose = np.where(ptv, 64.0, 5.0).astype(np.float32)
+
+    def ref(rx: float) -> Patient:
+        rs = RoiSet((Roi("PTV70", "target", rx),))
+        return Patient.from_masks("pt", np.zeros(shape), {"PTV70": ptv}, rs, (2.0, 2.0, 2.0), mask, dose)
+
+    with pytest.raises(ProtocolError, match=r"PTV70 at 70 Gy where the reference's is 66 Gy"):
+        evaluate_patient(ref(66.0), dose, "openkbp-clinical")
+    with pytest.raises(ProtocolError, match=r"PTV70 at 70 Gy where the reference's is 66 Gy"):
+        evaluate_case(ScoringCase.from_patient(ref(66.0), dose), "openkbp-clinical")
+    res = evaluate_patient(ref(70.0), dose, "openkbp-clinical")
+    d99 = next(c for c in res.criteria if c.metric == "D99%")
+    assert d99.limit == pytest.approx(66.5) and d99.ref_pass is False
+    with pytest.warns(UserWarning, match=r"69.96 Gy .*one dose level"):
+        evaluate_patient(ref(69.96), dose, "openkbp-clinical")
+    assert evaluate_patient(ref(66.0), dose, "openkbp").dose_score == 0.0

@@ -376,10 +376,18 @@ def _check_prediction(case: ScoringCase) -> float:
     return 0.0
 
 
-def _bound(protocol: Protocol | BoundProtocol | str, roi_set: RoiSet) -> BoundProtocol:
-    """``protocol`` resolved for ``roi_set``: as given when it already is (no second validation),
-    else loaded and bound (which validates)."""
-    return bound_for(protocol if isinstance(protocol, BoundProtocol) else load_protocol(protocol), roi_set)
+def _bound(protocol: Protocol | BoundProtocol | str, roi_set: RoiSet, pid: str) -> BoundProtocol:
+    """``protocol`` resolved for ``roi_set``: as given when it already is (no second validation: the
+    caller bound and checked it), else loaded and bound (which validates), a protocol prescribing a
+    target otherwise than ``roi_set`` refused as by :func:`evaluate_cohort`
+    (:func:`_refuse_other_prescriptions`, patient ``pid``)."""
+    if isinstance(protocol, BoundProtocol):
+        bound = bound_for(protocol, roi_set)
+        if bound is protocol:
+            return bound
+    else:
+        bound = bound_for(load_protocol(protocol), roi_set)
+    return _refuse_other_prescriptions(bound, pid)
 
 
 def evaluate_patient(ref: Patient, pred_dose: Any,
@@ -392,14 +400,14 @@ def evaluate_patient(ref: Patient, pred_dose: Any,
     checked against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
     """
     scorable(ref)
-    bound = _bound(protocol, ref.roi_set)
+    bound = _bound(protocol, ref.roi_set, ref.id)
     return evaluate_case(ScoringCase.from_patient(ref, pred_dose), bound)
 
 
 def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = "openkbp") -> PatientResult:
     """Evaluate one :class:`ScoringCase` (what :func:`evaluate_patient` and the fast paths of
     :mod:`dosepred.evaluation.pairing` build); ``protocol`` as for :func:`evaluate_patient`."""
-    bound = _bound(protocol, case.roi_set)
+    bound = _bound(protocol, case.roi_set, case.id)
     if case.n_mask == 0:
         raise InputError(f"patient {case.id}: the possible-dose mask is empty")
     outside_pct = _check_prediction(case)
