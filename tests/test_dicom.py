@@ -246,6 +246,10 @@ def test_union_roi_set_and_missing(tmp_path):
     ("PTV 70Gy", "PTV70", 70.0), ("PTV7000", "PTV70", 70.0), ("PTV_59.4", "PTV59.4", 59.4),
     ("External", "Body", None), ("Esophagus", "Esophagus", None), ("PTV 7000cGy", "PTV70", 70.0),
     ("PTV_70_Gy", "PTV70", 70.0), ("PTV_59,4", "PTV59.4", 59.4), ("PTV 50,4Gy", "PTV50.4", 50.4),
+    # a comma before three digits groups thousands: 7000 cGy, not 7.000 (cGy: 0.07 Gy), as before the
+    # decimal comma was read
+    ("PTV 7,000cGy", "PTV70", 70.0), ("PTV_7,000", "PTV70", 70.0), ("PTV 5,940 cGy", "PTV59.4", 59.4),
+    ("PTV_54,12", "PTV54.12", 54.12),
 ])
 def test_aliases(raw, want, rx):
     c = canonical(raw)

@@ -88,9 +88,13 @@ def _fmt_gy(v: float) -> str:
 
 def target_from_name(name: str) -> tuple[str, float] | None:
     """``(canonical name, Rx Gy)`` for PTV names carrying a dose: PTV70, PTV_70, PTV 70Gy, PTV7000,
-    PTV 7000cGy, PTV_59.4, PTV_59,4 (a decimal comma; values above 100 are read as cGy). Only one
-    number counts: PTV70_1, "PTV70 (1)", PTV1_70 or PTV_56-63 carry no dose (None)."""
-    s = _normalise(re.sub(r"(?<=\d),(?=\d)", ".", name))
+    PTV 7000cGy, PTV_59.4, PTV_59,4 (a decimal comma; PTV 7,000cGy a thousands one; values above 100
+    are read as cGy). Only one number counts: PTV70_1, "PTV70 (1)", PTV1_70 or PTV_56-63 carry no
+    dose (None)."""
+    # a comma before exactly three digits groups thousands ("PTV 7,000cGy": 70 Gy, not 0.07), any other
+    # between digits is a decimal comma
+    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", name)
+    s = _normalise(re.sub(r"(?<=\d),(?=\d)", ".", s))
     m = _PTV.match(s)
     if not m:
         return None
