@@ -738,6 +738,29 @@ def test_a_replan_uses_the_plan_that_replaces_the_other(template, tmp_path):
     assert p.roi_set["PTV70"].prescription == 20.0 and p.meta["fractions"] == 10
 
 
+def test_a_replan_whose_replaced_rtplan_is_not_exported_uses_the_new_plans_dose(template, tmp_path):
+    """A re-plan exported with both doses but only the new RTPLAN, which names the old one its
+    PREDECESSOR: the folder says which dose replaced the other, so the new plan's dose is the patient's
+    (the old one's left out with a warning). The check for PLAN doses of absent RTPLANs refused it as if
+    nothing said how they relate; without the relationship it still does."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    _boost(src, "PREDECESSOR")
+    (src / "RP1.dcm").unlink()
+    with pytest.warns(dicom.DicomWarning, match=r"RD1\.dcm is the dose of RTPLAN .*not in the folder.*"
+                                                r"RP2\.dcm replaces .*PREDECESSOR"):
+        (p,) = dicom.read_dicom_folder(src)
+    np.testing.assert_allclose(p.dose, ref.dose * 20 / 70, atol=1e-3)
+    assert p.roi_set["PTV70"].prescription == 20.0 and p.meta["fractions"] == 10
+    src2 = tmp_path / "in2"
+    shutil.copytree(template["dicom"], src2)
+    _boost(src2, None)
+    (src2 / "RP1.dcm").unlink()
+    with pytest.raises(dicom.DicomImportError, match="2 PLAN RTDOSE files of 2 different RTPLANs"):
+        dicom.read_dicom_folder(src2)
+
+
 def test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_path):
     """The remedy the refusal names: the phases' sum exported as one MULTI_PLAN RTDOSE referencing both
     plans is the patient's dose (before, a PLAN dose of one phase was taken over it), the prescriptions

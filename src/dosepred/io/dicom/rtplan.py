@@ -204,6 +204,7 @@ def pick_dose(s: PatientFiles) -> None:
                      "one phase, not the patient's total dose, so neither its dose nor its prescriptions "
                      "are used (export every phase's RTPLAN and RTDOSE, or their sum as one RTDOSE)")
                 return
+        plan = _without_replaced(plan, plan_uids, s.rtplans)
         _refuse_doses_of_other_plans(s, plan, plan_uids)
         pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in _PARTIAL_DOSES],
                       key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
@@ -231,6 +232,27 @@ def pick_dose(s: PatientFiles) -> None:
         else:
             warn(f"{s.series.describe()}: {len(s.rtplans)} RTPLANs and no RTDOSE saying which is the "
                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
+
+
+def _without_replaced(plan: list[tuple[Path, Any, str]], plan_uids: dict[str, tuple[Path, Any]],
+                      rtplans: list[tuple[Path, Any]]) -> list[tuple[Path, Any, str]]:
+    """``plan`` (PLAN RTDOSEs) without the doses of an RTPLAN not in the folder that an RTPLAN of the
+    folder names its PREDECESSOR (a re-plan exported with the replaced plan's dose but not its RTPLAN:
+    the folder says which dose replaced it), with a warning; as it is when that leaves no dose."""
+    rel = _plan_relations(rtplans)
+    replaced = {o: next(u for u in pair if u != o) for pair, kinds in rel.items() if "PREDECESSOR" in kinds
+                and not kinds & _ADDITIVE for o in pair if o not in plan_uids}
+    if not replaced:
+        return plan
+    gone = [d for d in plan if (refs := referenced_uids(d[1], "ReferencedRTPlanSequence"))
+            and refs[0] in replaced]
+    if not gone or len(gone) == len(plan):
+        return plan
+    for d in gone:
+        u = referenced_uids(d[1], "ReferencedRTPlanSequence")[0]
+        warn(f"RTDOSE {d[0]} is the dose of RTPLAN {u} (not in the folder), which RTPLAN "
+             f"{plan_uids[replaced[u]][0]} replaces (RTPlanRelationship PREDECESSOR); not used")
+    return [d for d in plan if d not in gone]
 
 
 def _refuse_doses_of_other_plans(s: PatientFiles, plan: list[tuple[Path, Any, str]],
