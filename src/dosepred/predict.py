@@ -135,8 +135,9 @@ def loose_targets(patient: Patient) -> list[tuple[str, float]]:
     return out
 
 
-def loose_words(patient: Patient, found: list[tuple[str, float]]) -> str:
-    """:func:`loose_targets` in words (predict's warning, plan QA's note)."""
+def loose_words(patient: Patient, found: list[tuple[str, float]], so: str = "") -> str:
+    """:func:`loose_targets` in words (predict's warning, plan QA's note); ``so``: what follows for the
+    caller, said before the remedy."""
     one = len(found) == 1
     rx = [r.name for r in patient.roi_set if r.kind == "target" and r.prescription is not None
           and r.name not in patient.missing_rois]
@@ -144,7 +145,7 @@ def loose_words(patient: Patient, found: list[tuple[str, float]]) -> str:
             f"{'has' if one else 'have'} no prescription and lie{'s' if one else ''} largely outside the "
             f"prescribed targets ({', '.join(rx) or 'none'}): the model sees targets only by their "
             f"prescriptions and predicts {'it' if one else 'them'} as unplanned (a dose level left out: "
-            f"the OARs near {'it' if one else 'them'} spared more than the plan could spare them); if "
+            f"the OARs near {'it' if one else 'them'} spared more than the plan could spare them){so}; if "
             f"{'it is a dose level' if one else 'they are dose levels'}, give "
             f"{'its prescription' if one else 'their prescriptions'} with an ROI map "
             '(--roi-map MAP.json: {"NAME": {"name": "PTV56", "prescription": 56}})')

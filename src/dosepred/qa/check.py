@@ -127,8 +127,8 @@ def input_notes(plan: Patient) -> list[str]:
 
     loose = loose_targets(plan)
     if loose:
-        out.append(f"{NOTE_UNPRESCRIBED}: {loose_words(plan, loose)}, so this plan's flags (OAR doses above "
-                   "achievable above all) cannot be trusted")
+        out.append(f"{NOTE_UNPRESCRIBED}: " + loose_words(plan, loose, ", so this plan's flags (OAR doses "
+                                                          "above achievable above all) cannot be trusted"))
     found = side_check.side_findings(plan)
     if found:
         out.append(f"{NOTE_SIDE}: " + "; ".join(f.described() for f in found) + " (LPS x, + is the "

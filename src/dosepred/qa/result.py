@@ -58,7 +58,8 @@ NOTE_UNPRESCRIBED = "target without a prescription"
 UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED)
 #: How the cohort table marks such a plan's rank, and what the mark means.
 UNTRUSTED_MARK = "*"
-UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs contradict themselves "
+UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs are incomplete or contradict "
+                    "themselves "
                     f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, or an {NOTE_SIDE}), so its flags "
                     "cannot be trusted until they are fixed")
 
