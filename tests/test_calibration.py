@@ -963,7 +963,7 @@ def test_calibrate_warns_of_the_patients_the_model_was_trained_on(tmp_path):
 
     from dosepred.io.cache import write_cache
     from dosepred.models.checkpoint import resolve_model_path
-    from dosepred.qa.calibrating import check_not_trained_on
+    from dosepred.qa.calibrating import check_before_predicting
     from dosepred.synth import make_cohort
     from tiny_models import tiny_run
 
@@ -972,10 +972,24 @@ def test_calibrate_warns_of_the_patients_the_model_was_trained_on(tmp_path):
     ckpt = resolve_model_path(run)
     with pytest.warns(UserWarning, match=r"its 12 patients have the ids of the ones model .* was trained on: "
                                          r"if they are those patients, the intervals .* too narrow"):
-        check_not_trained_on(ckpt, tmp_path / "train", model=run)
+        check_before_predicting(ckpt, tmp_path / "train", model=run)
     held_out = [dataclasses.replace(p, id=f"held_{i}")
                 for i, p in enumerate(make_cohort(12, seed=4, size=20))]
     write_cache(held_out, tmp_path / "other")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_not_trained_on(ckpt, tmp_path / "other", model=run)
+        check_before_predicting(ckpt, tmp_path / "other", model=run)
+    # a protocol prescribing the model's PTV70 otherwise (66 Gy) is refused before any prediction, as
+    # plan QA would refuse it with this calibration; the model's own prescription passes
+    from importlib import resources
+
+    from dosepred.protocol import parse_protocol
+    from dosepred.qa.calibration import CalibrationError
+
+    proto = json.loads(resources.files("dosepred.protocol").joinpath("builtin/openkbp-clinical.json")
+                       .read_text())
+    proto["prescriptions"]["PTV70"] = 66.0
+    with pytest.raises(CalibrationError, match=r"prescribes PTV70 at 66 Gy where the model's is 70 Gy"):
+        check_before_predicting(ckpt, tmp_path / "other", model=run, protocol=parse_protocol(proto))
+    proto["prescriptions"]["PTV70"] = 70.0
+    check_before_predicting(ckpt, tmp_path / "other", model=run, protocol=parse_protocol(proto))

@@ -305,20 +305,30 @@ def calibration_path(model: str | os.PathLike) -> Path:
     return resolve_model_path(model).parent / CALIBRATION_FILE
 
 
-def check_not_trained_on(ckpt: Path, data: str | os.PathLike, roi_map: Any = None,
-                         model: str | os.PathLike | None = None) -> None:
+def check_before_predicting(ckpt: Path, data: str | os.PathLike, roi_map: Any = None,
+                         model: str | os.PathLike | None = None, protocol: Protocol | None = None) -> None:
     """A warning when the patients of ``data`` have exactly the ids of those the model was trained on
     (its space record's ``patients_sha``, :func:`dosepred.models.space.ids_sha`): if they are the same
     patients, the intervals are made of the model's errors on its own training patients, smaller than
     on new ones (the released MAE+CDM: DVH score 1.33 on 40 of them, 1.60 on the validation split), so
     they are too narrow and QA would flag plans that are fine. A warning, not an error: the fingerprint
     holds the ids only, and other patients may carry the same ids (two clinics' pt_001 ...); a source
-    that only overlaps the training patients cannot be told from it."""
+    that only overlaps the training patients cannot be told from it. With ``protocol``, first a
+    :class:`CalibrationError` for a protocol prescribing one of the model's targets otherwise than the
+    model (:meth:`BoundProtocol.prescription_conflicts`), which plan QA refuses with this model."""
     from ..models.checkpoint import load_model  # heavy: torch
     from ..models.space import ids_sha  # heavy: dosepred.models imports torch
     from ..predict import model_space  # heavy: torch
 
-    trained = model_space(load_model(ckpt)).patients_sha
+    net = load_model(ckpt)
+    if protocol is not None:  # QA refuses such a protocol with this calibration: say so before predicting
+        bound = protocol.bind(net.config.roi_set, roi_owner="the model")
+        if bound.prescription_conflicts():
+            raise CalibrationError(
+                f"protocol {protocol.name!r} prescribes {bound.said_conflicts('the model')}: plan QA checks "
+                "plans prescribed as the model and refuses this protocol with the model, so its calibration "
+                "could not be used; give the protocol the model's prescriptions")
+    trained = model_space(net).patients_sha
     ids = open_source(data, roi_map).ids
     if trained is not None and ids and ids_sha(ids) == trained:
         warnings.warn(
@@ -347,8 +357,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     check_rule(rule)  # the options first: nothing is predicted for a calibration that cannot be made
     check_cv_options(splits, CAL_FRACTION, seed)
     ckpt = resolve_model_path(model)
-    check_not_trained_on(ckpt, data, roi_map, model)
     protocol = load_protocol(protocol)  # resolved once, here
+    check_before_predicting(ckpt, data, roi_map, model, protocol)
     band: dict[str, dict[str, list[float]]] = {}
     units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta,
                                roi_map=roi_map)
