@@ -249,7 +249,7 @@ def test_union_roi_set_and_missing(tmp_path):
     # a comma before three digits groups thousands: 7000 cGy, not 7.000 (cGy: 0.07 Gy), as before the
     # decimal comma was read
     ("PTV 7,000cGy", "PTV70", 70.0), ("PTV_7,000", "PTV70", 70.0), ("PTV 5,940 cGy", "PTV59.4", 59.4),
-    ("PTV_54,12", "PTV54.12", 54.12),
+    ("PTV_54,12", "PTV54.12", 54.12), ("PTV_8Gy", "PTV8", 8.0), ("PTV_10", "PTV10", 10.0),
 ])
 def test_aliases(raw, want, rx):
     c = canonical(raw)
@@ -257,7 +257,8 @@ def test_aliases(raw, want, rx):
     assert c.kind == ("target" if rx else "other" if want == "Body" else "oar")
 
 
-@pytest.mark.parametrize("raw", ["PTV70_1", "PTV70 (1)", "PTV1_70", "PTV 1 60", "PTV70-3", "PTV_56-63"])
+@pytest.mark.parametrize("raw", ["PTV70_1", "PTV70 (1)", "PTV1_70", "PTV 1 60", "PTV70-3", "PTV_56-63",
+                                 "PTV1", "PTV_2", "PTV 3"])
 def test_separate_numbers_in_a_ptv_name_are_no_prescription(raw):
     """Two numbers in a PTV's name are not one dose: a copy (PTV70_1, RayStation's "PTV70 (1)"), a
     numbered PTV (PTV1_70) or a cropped one (PTV70-3) were glued into one number and read as 7.01, 1.7

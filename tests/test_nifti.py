@@ -119,6 +119,29 @@ def test_clinical_label_files_without_json(tmp_path):
     np.testing.assert_array_equal(q.possible_dose_mask, p.possible_dose_mask)
 
 
+def test_numbered_ptv_label_files_carry_no_prescription(tmp_path):
+    """plastimatch / Slicer label files of a plan whose targets are numbered (PTV1, PTV2: many clinics'
+    and RTOG protocols' high- and low-dose targets) entered the cache as targets of 1 and 2 Gy, with no
+    error when no dose came with them. The number is no dose: they carry none (rois.json gives it)."""
+    p = make_patient()
+    folder = tmp_path / "case1"
+    (folder / "rois").mkdir(parents=True)
+    aff = np.diag([*p.spacing, 1.0])
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(p.mask("PTV70").astype(np.uint8), aff), folder / "rois" / "PTV1.nii.gz")
+    nib.save(nib.Nifti1Image(p.mask("Ring").astype(np.uint8), aff), folder / "rois" / "PTV_2.nii.gz")
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert [(r.name, r.prescription) for r in q.roi_set.rois] == [("PTV1", None), ("PTV_2", None)]
+    np.testing.assert_array_equal(q.mask("PTV1"), p.mask("PTV70"))
+    # the sidecar names their prescriptions
+    (folder / "rois.json").write_text(json.dumps({"rois": [
+        {"name": "PTV1", "kind": "target", "prescription": 70.0},
+        {"name": "PTV_2", "kind": "target", "prescription": 56.0}]}))
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert [(r.name, r.kind, r.prescription) for r in q.roi_set.rois] == [
+        ("PTV1", "target", 70.0), ("PTV_2", "target", 56.0)]
+
+
 def test_several_body_label_files_are_united(tmp_path):
     """Label files BODY and External (each half of the body here), without possible_dose_mask.nii.gz:
     the possible-dose mask is their union, as for two DICOM ROIs that both name the body; only the

@@ -86,11 +86,18 @@ def _fmt_gy(v: float) -> str:
     return f"{v:g}"
 
 
+#: A PTV name's number without a unit below this is the PTV's number (PTV1, PTV2, PTV3: the high-,
+#: middle- and low-dose targets of many clinics and RTOG protocols), not its dose: it was read as a
+#: prescription of 1, 2 or 3 Gy. A low dose written with its unit (PTV_8Gy) is still one.
+MIN_BARE_RX_GY = 10.0
+
+
 def target_from_name(name: str) -> tuple[str, float] | None:
     """``(canonical name, Rx Gy)`` for PTV names carrying a dose: PTV70, PTV_70, PTV 70Gy, PTV7000,
     PTV 7000cGy, PTV_59.4, PTV_59,4 (a decimal comma; PTV 7,000cGy a thousands one; values above 100
     are read as cGy). Only one number counts: PTV70_1, "PTV70 (1)", PTV1_70 or PTV_56-63 carry no
-    dose (None)."""
+    dose (None); nor does a number below :data:`MIN_BARE_RX_GY` without a unit (PTV1, PTV_2: numbered
+    PTVs)."""
     # a comma before exactly three digits groups thousands ("PTV 7,000cGy": 70 Gy, not 0.07), any other
     # between digits is a decimal comma
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", name)
@@ -99,6 +106,8 @@ def target_from_name(name: str) -> tuple[str, float] | None:
     if not m:
         return None
     v = float(m.group(1))
+    if m.group(2) is None and v < MIN_BARE_RX_GY:  # PTV1, PTV_2: a numbered PTV, not 1 or 2 Gy
+        return None
     if (m.group(2) or "").replace(" ", "") == "cgy" or (m.group(2) is None and v > 100):
         v /= 100.0
     if not 0 < v <= 100:
