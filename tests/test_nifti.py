@@ -438,3 +438,30 @@ def test_a_label_map_of_small_organs_is_refused_by_its_empty_rois(tmp_path):
     with pytest.raises(nifti.NiftiFormatError, match=r"label map \(the values 1-3, one per ROI\).*"
                                                      r"LeftParotid would be empty though rois.json lists it"):
         nifti.read_patient(folder)
+
+
+def test_a_body_label_file_that_is_an_outline_is_filled_with_a_warning(tmp_path):
+    """TotalSegmentator's skin.nii.gz (a shell two voxels thick, here of the patient's body), the only
+    body file and no possible_dose_mask.nii.gz: it was the possible-dose mask as it is, the whole inside
+    of the patient outside every prediction and score. Now its axial slices are filled (the body, voxel
+    for voxel) with a warning naming the file; a solid body file is taken as it is, without one."""
+    import warnings
+
+    from scipy import ndimage
+
+    p = make_patient()
+    body = np.asarray(p.possible_dose_mask)
+    shell = body & ~ndimage.binary_erosion(body, iterations=2)
+    assert shell.sum() < 0.6 * body.sum()
+    aff = nifti.patient_affine(p)
+    for name, m, warned in (("skin", shell, True), ("BODY", body, False)):
+        folder = nifti.write_patient(p, tmp_path / name / "nii")
+        (folder / nifti.MASK_FILE).unlink()
+        (folder / nifti.ROIS_JSON).unlink()
+        nib.save(nib.Nifti1Image(m.astype(np.uint8), aff), folder / "rois" / f"{name}.nii.gz")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            (q,) = nifti.read_nifti_folder(tmp_path / name / "nii")
+        outline = [str(w.message) for w in seen if "hold an outline" in str(w.message)]
+        assert np.array_equal(q.possible_dose_mask, body)
+        assert (len(outline) == 1 and f"{name}.nii.gz" in outline[0]) is warned, outline

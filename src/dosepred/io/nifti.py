@@ -4,7 +4,8 @@ Layout of ``<patient>/``::
 
     ct.nii.gz                     int16 HU
     dose.nii.gz                   float32 Gy (optional)
-    possible_dose_mask.nii.gz     uint8 0/1 (optional; else the union of body label files, else all ones)
+    possible_dose_mask.nii.gz     uint8 0/1 (optional; else the union of body label files, an outline
+                                  filled per axial slice, else all ones)
     rois/<name>.nii.gz            uint8 0/1, one label file per ROI      (--roi-format labels)
     roi_codes.nii.gz              bit-mask codes, bit k = ROI k          (--roi-format codes)
     rois.json                     {"rois": [{name, kind, prescription}], "missing_rois": [...],
@@ -480,6 +481,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                 masks[d["name"]] = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
     elif (folder / ROI_DIR).is_dir():
         listed = {d["name"] for d in info.get("rois", [])}
+        body_files: list[str] = []
         files_of: dict[str, list[str]] = {}
         for f in sorted((folder / ROI_DIR).glob("*.nii*")):
             stem = f.name.split(".nii")[0]
@@ -488,6 +490,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                 if c is not None and mask_path is None:  # body files: their union
                     body = _binary(load_on_grid(f, "ROI"), f, pid)
                     pdm = body if pdm is None else pdm | body
+                    body_files.append(f.name)
                 continue
             if c.name not in roi_set:
                 raise NiftiFormatError(f"patient {pid}: label file {f} names ROI {c.name!r}, which is "
@@ -496,6 +499,8 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
             m = _binary(load_on_grid(f, "ROI"), f, pid)
             masks[c.name] = masks[c.name] | m if c.name in masks else m
             files_of.setdefault(c.name, []).append(f.name)
+        if body_files and pdm is not None:
+            pdm = _filled_outline(pdm, geom, body_files, folder / ROI_DIR, pid)
         for name, fs in files_of.items():
             if len(fs) > 1:  # as the DICOM reader does for two structures of one name
                 warnings.warn(f"patient {pid}: label files {', '.join(fs)} in {folder / ROI_DIR} all name "
@@ -513,6 +518,29 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                           "outside the possible-dose mask; read as 0 Gy there, where no prediction has dose: "
                           "does the mask miss part of the patient?", stacklevel=2)
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
+
+
+#: body label files whose axial slices, each filled, hold more than this many times their voxels are an
+#: outline (TotalSegmentator's skin.nii.gz: a shell a few mm thick), not the body
+OUTLINE_FILL_RATIO = 1.5
+
+
+def _filled_outline(body: np.ndarray, geom: Geometry, files: list[str], where: Path, pid: str) -> np.ndarray:
+    """The possible-dose mask made of body label files ``files``: as it is, or, when it is an outline
+    (:data:`OUTLINE_FILL_RATIO`), its axial slices filled, with a warning: a shell taken as the body would
+    leave the whole inside of the patient out of every prediction and score, without a word."""
+    from scipy import ndimage  # heavy: scipy.ndimage, only for folders with body label files
+
+    ax = geom.axis_along("SI")
+    filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(body, ax, 0)]), 0, ax)
+    n = int(body.sum())
+    if not n or int(filled.sum()) <= OUTLINE_FILL_RATIO * n:
+        return body
+    warnings.warn(f"patient {pid}: body label file(s) {', '.join(files)} in {where} hold an outline, not "
+                  f"the body (its axial slices filled hold {filled.sum() / n:.1f} x its voxels; a skin "
+                  "segmentation?): filled slice by slice as the possible-dose mask (give a filled "
+                  f"body, or {MASK_FILE}, to use another)", stacklevel=3)
+    return filled
 
 
 def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]]:
