@@ -157,6 +157,17 @@ OTHER_PLAN_REMEDY = ("the model predicts plans of its own prescriptions only; fo
                      "wrong, correct it (an ROI map with \"prescription\", --roi-map MAP.json)")
 
 
+def rounded_levels(mine: RoiSet, patient: Patient) -> list[str]:
+    """The contoured ROIs of ``patient`` prescribed at the dose level of the model's ROI of their name
+    (ROI set ``mine``) but not at its dose (69.96 for 70 Gy), in words; the caller has refused the ROIs
+    of another level (:func:`dosepred.patient.same_level`)."""
+    theirs = patient.roi_set
+    return [f"{r.name} at {theirs[r.name].prescription:g} Gy (the model's {r.prescription:g} Gy)"
+            for r in mine if r.name in theirs and r.name not in patient.missing_rois
+            and None not in (r.prescription, theirs[r.name].prescription)
+            and theirs[r.name].prescription != r.prescription]
+
+
 def _rx(v: float | None) -> str:
     return f" (prescription {v:g} Gy)" if v is not None else " (no prescription)"
 
@@ -215,15 +226,13 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                          "cannot be predicted without one (if one of its ROIs is one of them under another "
                          "name, name it as the model does with an ROI map, `--roi-map MAP.json` with the "
                          "DICOM folder)")
-    rounded = []  # a target prescribed at the model's dose level, not its dose (69.96 for 70 Gy)
     for r in mine:
         if r.name in theirs and r.name in contoured:
             o = theirs[r.name]
             if o.kind != r.kind or not same_level(o.prescription, r.prescription):
                 raise ModelError(f"{who}: ROI {r.name} is a {o.kind}{_rx(o.prescription)} but the model's is "
                                  f"a {r.kind}{_rx(r.prescription)}: {OTHER_PLAN_REMEDY}")
-            if o.prescription != r.prescription:
-                rounded.append(f"{r.name} at {o.prescription:g} Gy (the model's {r.prescription:g} Gy)")
+    rounded = rounded_levels(mine, patient)
     if rounded and warn:
         warnings.warn(f"{who}: its {', '.join(rounded)}: one dose level (within {SAME_LEVEL:.1%}), "
                       "predicted as the model's", stacklevel=3)

@@ -123,12 +123,19 @@ class BoundProtocol:
         return "; ".join(f"{r} at {rx:g} Gy where {owner}'s is {m:g} Gy (its {', '.join(ms)})"
                          for r, (rx, m, ms) in found.items())
 
+    def said_roundings(self, owner: str) -> str:
+        """:meth:`prescription_roundings` as the warning says them ("" when there are none): accepted as
+        one dose level, the criteria judged at the protocol's prescriptions."""
+        if not self.prescription_roundings():
+            return ""
+        return (f"protocol {self.name!r} prescribes {self.said_conflicts(owner, True)}: one dose level "
+                f"(within {SAME_LEVEL:.1%}), judged at the protocol's")
+
     def warn_roundings(self, owner: str, where: str = "") -> None:
-        """A warning naming :meth:`prescription_roundings` (none when there are none): accepted as one
-        dose level, the criteria judged at the protocol's prescriptions."""
-        if self.prescription_roundings():
-            warnings.warn(f"{where}protocol {self.name!r} prescribes {self.said_conflicts(owner, True)}: one "
-                          f"dose level (within {SAME_LEVEL:.1%}), judged at the protocol's", stacklevel=3)
+        """A warning of :meth:`said_roundings` (none when there are none)."""
+        said = self.said_roundings(owner)
+        if said:
+            warnings.warn(where + said, stacklevel=3)
 
 
 def bind(protocol: Protocol, roi_set: RoiSet, roi_owner: str = "the dataset") -> BoundProtocol:

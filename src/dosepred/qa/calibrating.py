@@ -190,19 +190,19 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Protocol | Bou
 def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
                   predictions: str | os.PathLike | None = None, progress: bool = False,
                   dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True,
-                  roi_map: Any = None) -> tuple[list[Unit], list[str]]:
+                  roi_map: Any = None, net: Any = None) -> tuple[list[Unit], list[str]]:
     """Units of every patient of ``data`` (a source with plan doses; ``roi_map``: the ROI name map of a
     DICOM folder). Predictions are read from ``predictions`` (a cache written by ``dosepred predict
     --format cache`` by this model, made as plan QA predicts: with the flipping ``tta`` says, without
     translations, in full precision, :func:`check_predictions`) when given, else computed with the
     model that way (as plan QA with a calibration that records ``tta``). ``dvh_band``: a dict that
     receives ROI -> patient -> residuals of D at the :data:`~dosepred.qa.band.BAND_LEVELS` (for
-    :func:`~dosepred.qa.band.fit_band`)."""
+    :func:`~dosepred.qa.band.fit_band`); ``net``: the model loaded already (else loaded here)."""
     pred_cache = Cache.open(predictions) if predictions is not None else None
     if pred_cache is not None:
         check_predictions(pred_cache, predictions, tta, model_path)  # type: ignore[arg-type]
-    model = None
-    if pred_cache is None:
+    model = net
+    if pred_cache is None and model is None:
         from ..models.checkpoint import load_model
 
         model = load_model(model_path)
@@ -306,7 +306,7 @@ def calibration_path(model: str | os.PathLike) -> Path:
 
 
 def check_before_predicting(ckpt: Path, data: str | os.PathLike, roi_map: Any = None,
-                         model: str | os.PathLike | None = None, protocol: Protocol | None = None) -> None:
+                         model: str | os.PathLike | None = None, protocol: Protocol | None = None) -> Any:
     """A warning when the patients of ``data`` have exactly the ids of those the model was trained on
     (its space record's ``patients_sha``, :func:`dosepred.models.space.ids_sha`): if they are the same
     patients, the intervals are made of the model's errors on its own training patients, smaller than
@@ -315,7 +315,8 @@ def check_before_predicting(ckpt: Path, data: str | os.PathLike, roi_map: Any = 
     holds the ids only, and other patients may carry the same ids (two clinics' pt_001 ...); a source
     that only overlaps the training patients cannot be told from it. With ``protocol``, first a
     :class:`CalibrationError` for a protocol prescribing one of the model's targets otherwise than the
-    model (:meth:`BoundProtocol.prescription_conflicts`), which plan QA refuses with this model."""
+    model (:meth:`BoundProtocol.prescription_conflicts`), which plan QA refuses with this model. Returns
+    the loaded model (``collect_units`` predicts with it)."""
     from ..models.checkpoint import load_model  # heavy: torch
     from ..models.space import ids_sha  # heavy: dosepred.models imports torch
     from ..predict import model_space  # heavy: torch
@@ -337,6 +338,7 @@ def check_before_predicting(ckpt: Path, data: str | os.PathLike, roi_map: Any = 
             "smaller than on new ones, so they are too narrow and QA would flag plans that are fine; "
             "calibrate on patients it was not trained on (held out with `dosepred data split` and "
             "`data subset`)", stacklevel=3)
+    return net
 
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
@@ -358,10 +360,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     check_cv_options(splits, CAL_FRACTION, seed)
     ckpt = resolve_model_path(model)
     protocol = load_protocol(protocol)  # resolved once, here
-    check_before_predicting(ckpt, data, roi_map, model, protocol)
+    net = check_before_predicting(ckpt, data, roi_map, model, protocol)
     band: dict[str, dict[str, list[float]]] = {}
     units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta,
-                               roi_map=roi_map)
+                               roi_map=roi_map, net=net)
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
     if len(ids) < MIN_PATIENTS:

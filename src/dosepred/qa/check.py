@@ -208,10 +208,9 @@ class QAChecker:
                 f"model {self.model_path.parent.name} (others are refused), and these criteria, relative "
                 "to the prescription, would be measured against another one and compared with intervals "
                 "calibrated for the model's; give the protocol the model's prescriptions")
-        if self.bound.prescription_roundings():
-            self.warnings.append(f"protocol {self.protocol.name!r} prescribes "
-                                 f"{self.bound.said_conflicts('the model', roundings=True)}: one dose level "
-                                 f"(within {SAME_LEVEL:.1%}), judged at the protocol's")
+        rounded = self.bound.said_roundings("the model")
+        if rounded:
+            self.warnings.append(rounded)
 
     def _check_protocol(self) -> None:
         families = self.calibration.families
@@ -340,10 +339,9 @@ class QAChecker:
         why = self.unusable(plan)
         if why is not None:
             raise self.refusal([why], 1)
-        mine = {r.name: r.prescription for r in self.roi_set}
-        rounded = [f"{r.name} at {r.prescription:g} Gy (the model's {mine[r.name]:g} Gy)"
-                   for r in plan.roi_set if r.name in mine and None not in (r.prescription, mine[r.name])
-                   and r.prescription != mine[r.name] and r.name not in plan.missing_rois]
+        from ..predict import rounded_levels  # heavy: dosepred.predict imports torch
+
+        rounded = rounded_levels(self.roi_set, plan)
         if rounded:  # same_level (unusable refuses the others): the plan is checked at the model's level
             self.warnings.append(f"patient {plan.id}: its {', '.join(rounded)}: one dose level (within "
                                  f"{SAME_LEVEL:.1%}), predicted and checked as the model's")

@@ -244,15 +244,16 @@ def _without_replaced(plan: list[tuple[Path, Any, str]], plan_uids: dict[str, tu
                 and not kinds & _ADDITIVE for o in pair if o not in plan_uids}
     if not replaced:
         return plan
-    gone = [d for d in plan if (refs := referenced_uids(d[1], "ReferencedRTPlanSequence"))
-            and refs[0] in replaced]
+    gone = {d[0]: refs[0] for d in plan if (refs := referenced_uids(d[1], "ReferencedRTPlanSequence"))
+            and refs[0] in replaced}
     if not gone or len(gone) == len(plan):
         return plan
-    for d in gone:
-        u = referenced_uids(d[1], "ReferencedRTPlanSequence")[0]
-        warn(f"RTDOSE {d[0]} is the dose of RTPLAN {u} (not in the folder), which RTPLAN "
-             f"{plan_uids[replaced[u]][0]} replaces (RTPlanRelationship PREDECESSOR); not used")
-    return [d for d in plan if d not in gone]
+    for d in plan:
+        if d[0] in gone:
+            u = gone[d[0]]
+            warn(f"RTDOSE {d[0]} is the dose of RTPLAN {u} (not in the folder), which RTPLAN "
+                 f"{plan_uids[replaced[u]][0]} replaces (RTPlanRelationship PREDECESSOR); not used")
+    return [d for d in plan if d[0] not in gone]
 
 
 def _refuse_doses_of_other_plans(s: PatientFiles, plan: list[tuple[Path, Any, str]],
