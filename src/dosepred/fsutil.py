@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -95,6 +95,21 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
                           "it whole, or choose another path")
     return p
+
+
+def broken_links(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The symbolic links among ``paths`` whose target does not exist (an unmounted drive, a moved or
+    deleted folder): readers refuse them rather than read the folder without what they stood for."""
+    return [Path(p) for p in paths if Path(p).is_symlink() and not Path(p).exists()]
+
+
+def broken_links_text(links: Sequence[Path]) -> str:
+    """One clause naming up to three of ``links`` (:func:`broken_links`) and what to do."""
+    links = sorted(links)
+    said = "; ".join(f"{p} is a link to {os.readlink(p)}, which does not exist" for p in links[:3])
+    more = f" (and {len(links) - 3} more such links)" if len(links) > 3 else ""
+    return (f"{said}{more} (an unmounted drive, a moved or deleted folder?): fix or remove the "
+            f"link{'s' if len(links) > 1 else ''}; nothing was read")
 
 
 def walk_once(src: str | os.PathLike) -> Iterator[tuple[str, list[str], list[str]]]:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
-from ..fsutil import atomic_dir, atomic_path
+from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
 from ..geometry import Geometry, GeometryError, shear_problem
 from ..patient import Patient, RoiSet
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
@@ -302,9 +302,11 @@ def _binary(arr: np.ndarray, path: Path, pid: str) -> np.ndarray:
 
 
 def is_patient_folder(path: str | os.PathLike) -> bool:
-    """A folder holding ``ct.nii.gz`` (or ``ct.nii``)."""
+    """A folder holding ``ct.nii.gz`` (or ``ct.nii``), or a link by that name to nothing, which reading
+    the folder then refuses (:func:`_check_links`): the patient is not left out."""
     path = Path(path)
-    return (path / CT_FILE).is_file() or (path / CT_FILE[: -len(".gz")]).is_file()
+    cts = [path / CT_FILE, path / CT_FILE[: -len(".gz")]]
+    return any(p.is_file() for p in cts) or bool(broken_links(cts))
 
 
 def patient_folders(src: str | os.PathLike) -> list[Path]:
@@ -317,7 +319,11 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"NIfTI folder {src} does not exist")
     if is_patient_folder(src):
         return [src]
-    folders = sorted(p for p in src.iterdir() if p.is_dir() and is_patient_folder(p))
+    entries = list(src.iterdir())
+    broken = broken_links(entries)
+    if broken:  # a patient folder that is not there would be left out of the cohort without a word
+        raise NiftiFormatError(f"NIfTI folder {src}: {broken_links_text(broken)}")
+    folders = sorted(p for p in entries if p.is_dir() and is_patient_folder(p))
     if not folders:
         raise NiftiFormatError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE} or "
                                 f"{CT_FILE[: -len('.gz')]})")
@@ -396,8 +402,19 @@ def _short(v: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+def _check_links(folder: Path) -> None:
+    """A patient folder's files (its own and its ROI folder's) that are links to nothing: a CT, dose,
+    mask or ROI file that is not there (an ROI would read as not contoured) is refused."""
+    roi_dir = folder / ROI_DIR
+    entries = list(folder.iterdir()) + (list(roi_dir.iterdir()) if roi_dir.is_dir() else [])
+    broken = broken_links(entries)
+    if broken:
+        raise NiftiFormatError(f"NIfTI patient folder {folder}: {broken_links_text(broken)}")
+
+
 def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical]:
     """Canonical ROIs of one patient folder (for the union RoiSet), without reading the volumes."""
+    _check_links(folder)
     listed = {d["name"]: d for d in info.get("rois", [])}
     out: dict[str, _names.Canonical] = {}
     if _find(folder, CODES_FILE) is not None:
@@ -422,6 +439,7 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
 
 
 def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
+    _check_links(folder)
     info = read_sidecar(folder)
     pid = str(info.get("id") or folder.name)
     ct_path = _find(folder, CT_FILE)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DosepredError, InputError
-from ..fsutil import atomic_dir, write_text
+from ..fsutil import atomic_dir, broken_links, broken_links_text, write_text
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
 
@@ -229,6 +229,9 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
                                  "folder or a folder of them)")
     if not folder.is_dir():
         raise FileNotFoundError(f"patient folder {folder} does not exist")
+    broken = broken_links(folder.glob("*.csv"))
+    if broken:  # an array or ROI file that is not there: the ROI would read as not contoured
+        raise OpenKBPFormatError(f"patient {pid}: {broken_links_text(broken)}")
     need = [f for f in REQUIRED if (f != "dose.csv" or require_dose)]
     missing_files = [f for f in need if not (folder / f).is_file()]
     if missing_files:
@@ -344,7 +347,11 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"OpenKBP folder {src} does not exist")
     if (src / "ct.csv").is_file():
         return [src]
-    folders = sorted((p for p in src.iterdir() if p.is_dir() and p.name.startswith("pt_")), key=_pt_key)
+    entries = [p for p in src.iterdir() if p.name.startswith("pt_")]
+    broken = broken_links(entries)
+    if broken:  # a patient folder that is not there would be left out of the cohort without a word
+        raise OpenKBPFormatError(f"OpenKBP folder {src}: {broken_links_text(broken)}")
+    folders = sorted((p for p in entries if p.is_dir()), key=_pt_key)
     if not folders:
         raise OpenKBPFormatError(f"{src} holds no OpenKBP patient folders (pt_*)")
     return folders

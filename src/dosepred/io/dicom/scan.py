@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...fsutil import walk_once
+from ...fsutil import broken_links, broken_links_text, walk_once
 from .. import roi_names as _names
 from ._common import DicomImportError, multi_value, referenced_uids, warn
 
@@ -75,16 +75,19 @@ class PatientFiles:
     id: str = ""
 
 
-def files_under(src: str | os.PathLike) -> Iterator[Path]:
+def files_under(src: str | os.PathLike, broken: list[Path] | None = None) -> Iterator[Path]:
     """Every file under folder ``src``, recursively and following symbolic links to folders (an
     export whose ``CT/`` and ``RS/`` are links is one folder), each real folder once (no loop on a link
-    to a parent); in sorted order per folder."""
+    to a parent); in sorted order per folder. Links to nothing are appended to ``broken`` (when
+    given), not yielded."""
     for root, dirs, files in walk_once(src):
         dirs.sort()
         for f in sorted(files):
             p = Path(root) / f
             if p.is_file():
                 yield p
+            elif broken is not None and broken_links([p]):
+                broken.append(p)
 
 
 def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], list[tuple[Path, Any]],
@@ -94,7 +97,10 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
 
     if not src.exists():
         raise FileNotFoundError(f"DICOM folder {src} does not exist")
-    paths = [src] if src.is_file() else sorted(files_under(src))
+    broken: list[Path] = []
+    paths = [src] if src.is_file() else sorted(files_under(src, broken))
+    if broken:  # a slice, structure set or dose that is not there: the patient would be read without it
+        raise DicomImportError(f"DICOM folder {src}: {broken_links_text(broken)}")
     series: dict[str, CtSeries] = {}
     structs: list[tuple[Path, Any]] = []
     doses: list[tuple[Path, Any]] = []
