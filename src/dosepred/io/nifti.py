@@ -309,6 +309,12 @@ def is_patient_folder(path: str | os.PathLike) -> bool:
     return any(p.is_file() for p in cts) or bool(broken_links(cts))
 
 
+def _nifti_files(folder: Path) -> list[str]:
+    """The names of the NIfTI files in ``folder`` and in its ROI folder."""
+    return [f.name for d in (folder, folder / ROI_DIR) if d.is_dir() for f in d.iterdir()
+            if f.name.endswith((".nii", ".nii.gz")) and not f.name.startswith(".")]
+
+
 def patient_folders(src: str | os.PathLike) -> list[Path]:
     """``src`` itself when it holds ``ct.nii.gz``, else its sub-folders that do (sorted)."""
     src = Path(src)
@@ -324,6 +330,17 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
     if broken:  # a patient folder that is not there would be left out of the cohort without a word
         raise NiftiFormatError(f"NIfTI folder {src}: {broken_links_text(broken)}")
     folders = sorted(p for p in entries if p.is_dir() and is_patient_folder(p))
+    # a sub-folder with NIfTI files but no CT by its name (CT.nii.gz, image.nii.gz) is a patient that
+    # would be left out of the cohort without a word
+    unnamed = [p for p in entries if p.is_dir() and not p.name.startswith(".") and not is_patient_folder(p)
+               and any(_nifti_files(p))]
+    if folders and unnamed:
+        q = unnamed[0]
+        names = ", ".join(sorted(_nifti_files(q))[:3])
+        raise NiftiFormatError(f"NIfTI folder {src}: {q} holds NIfTI files ({names}) "
+                               f"but no {CT_FILE} (nor {CT_FILE[: -len('.gz')]}): name its CT so (names are "
+                               f"case-sensitive), or move the folder out"
+                               + (f" ({len(unnamed) - 1} more such folders)" if len(unnamed) > 1 else ""))
     if not folders:
         raise NiftiFormatError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE} or "
                                 f"{CT_FILE[: -len('.gz')]})")

@@ -338,7 +338,8 @@ def _pt_key(p: Path) -> tuple[int, str]:
 
 
 def patient_folders(src: str | os.PathLike) -> list[Path]:
-    """The ``pt_*`` folders under ``src`` (or ``src`` itself if it is one), in numeric order."""
+    """The ``pt_*`` folders under ``src`` (or ``src`` itself if it is one), and its other sub-folders
+    that hold one of the patient files (:data:`REQUIRED`), in numeric order."""
     src = Path(src)
     if src.is_file():
         raise OpenKBPFormatError(f"OpenKBP folder {src} is a file, not a folder (give a pt_* patient folder "
@@ -351,6 +352,10 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
     broken = broken_links(entries)
     if broken:  # a patient folder that is not there would be left out of the cohort without a word
         raise OpenKBPFormatError(f"OpenKBP folder {src}: {broken_links_text(broken)}")
+    # a patient folder named otherwise (PT_7, case3) is still one: it holds the patient's CSV files
+    # (read_patient then names any that it lacks); it was left out without a word
+    entries += [p for p in src.iterdir() if not p.name.startswith(("pt_", ".")) and p.is_dir()
+                and any((p / f).is_file() for f in REQUIRED)]
     folders = sorted((p for p in entries if p.is_dir()), key=_pt_key)
     if not folders:
         raise OpenKBPFormatError(f"{src} holds no OpenKBP patient folders (pt_*)")

@@ -1,7 +1,9 @@
-"""A source folder holding a symbolic link to nothing (an unmounted drive, a moved or deleted folder)
-is refused in one error naming the link, for every reader of folders (OpenKBP, NIfTI, DICOM): the
-patient, ROI, slice or dose it stood for was left out without a word (a cohort of 5 patients predicted
-as 3; an ROI read as not contoured; a DICOM folder read without its RTDOSE)."""
+"""Nothing of a source folder is left out without a word. A symbolic link to nothing (an unmounted
+drive, a moved or deleted folder) is refused in one error naming the link, for every reader of folders
+(OpenKBP, NIfTI, DICOM): the patient, ROI, slice or dose it stood for was left out (a cohort of 5
+patients predicted as 3; an ROI read as not contoured; a DICOM folder read without its RTDOSE). A
+patient folder named otherwise than the format expects is read (OpenKBP) or refused (NIfTI, whose CT
+file has no name the folder could be recognised by)."""
 
 from __future__ import annotations
 
@@ -72,3 +74,35 @@ def test_dicom_links_to_nothing(tmp_path, template):  # noqa: F811
         _break(work / "dcm" / name)
         _refused(cli("data", "import-dicom", work / "dcm", "--out", work / "out"), work / "dcm" / name,
                  work / "out")
+
+
+def test_openkbp_patient_folders_named_otherwise_are_read(tmp_path):
+    """A patient folder not named pt_* (PT_2, case3) holding the patient's CSV files was left out of
+    the cohort without a word; one lacking a file is named by the error of an incomplete patient."""
+    root = tmp_path / "src"
+    for name in ("pt_1", "PT_2", "case3"):
+        tiny_openkbp_patient(root / name)
+    (root / "notes").mkdir()  # no patient file: not a patient
+    (root / "notes" / "readme.txt").write_text("x")
+    ok(cli("data", "import-openkbp", root, "--out", tmp_path / "out"))
+    from dosepred.io.cache import Cache
+
+    assert sorted(Cache.open(tmp_path / "out").ids) == ["PT_2", "case3", "pt_1"]
+    (root / "case3" / "ct.csv").unlink()
+    fails(cli("data", "import-openkbp", root, "--out", tmp_path / "out2"), "case3", "ct.csv")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_nifti_patient_folder_without_a_ct_by_its_name(tmp_path, template):  # noqa: F811
+    """A cohort's patient folder whose CT is CT.nii.gz (or any other name) was left out without a word."""
+    root = tmp_path / "src"
+    shutil.copytree(template["nifti"], root / "a")
+    shutil.copytree(template["nifti"], root / "b")
+    (root / "b" / "ct.nii.gz").rename(root / "b" / "CT.nii.gz")
+    (root / "atlas-notes").mkdir()  # no NIfTI file: not a patient
+    fails(cli("data", "import-nifti", root, "--out", tmp_path / "out"), f"{root / 'b'}", "CT.nii.gz",
+          "ct.nii.gz")
+    assert not (tmp_path / "out").exists()
+    (root / "b" / "CT.nii.gz").rename(root / "b" / "ct.nii.gz")
+    shutil.rmtree(root / "a")  # the same patient id twice otherwise
+    ok(cli("data", "import-nifti", root, "--out", tmp_path / "out"))
