@@ -380,3 +380,32 @@ def test_evaluate_patient_refuses_a_protocol_prescribing_a_target_otherwise_too(
     with pytest.warns(UserWarning, match=r"69.96 Gy .*one dose level"):
         evaluate_patient(ref(69.96), dose, "openkbp-clinical")
     assert evaluate_patient(ref(66.0), dose, "openkbp").dose_score == 0.0
+
+
+def test_criteria_of_an_roi_some_patients_lack_are_named_in_a_warning():
+    """A clinic protocol's criteria on LeftParotid, contoured in 2 of 3 patients: the third patient's
+    criterion is not checked (its criteria passed read 1/1, the others' 2/2), and the cohort warning names
+    the ROI, the patient and how many criteria; an ROI no patient has is lint's warning, not named twice."""
+    from dosepred.protocol import parse_protocol
+
+    rs = RoiSet((Roi("PTV60", "target", 60.0), Roi("LeftParotid"), Roi("Esophagus")))
+    ptv = np.zeros((6, 6, 6), bool)
+    ptv[1:4, 1:4, 1:4] = True
+    par = np.zeros((6, 6, 6), bool)
+    par[4:6, 4:6, 4:6] = True
+    dose = np.where(ptv, 60.0, 20.0)
+    pats = [Patient.from_masks(pid, np.zeros((6, 6, 6)), masks, rs, (2.0, 2.0, 2.0), np.ones((6, 6, 6), bool),
+                               dose=dose)
+            for pid, masks in (("a", {"PTV60": ptv, "LeftParotid": par}), ("b", {"PTV60": ptv}),
+                               ("c", {"PTV60": ptv, "LeftParotid": par}))]
+    proto = parse_protocol({"name": "clinic", "criteria": [
+        {"roi": "PTV60", "metric": "D95%", "limit": 57, "direction": ">="},
+        {"roi": "LeftParotid", "metric": "Dmean", "limit": 26, "direction": "<="},
+        {"roi": "LeftParotid", "metric": "V30Gy", "limit": 50, "direction": "<="},
+        {"roi": "Esophagus", "metric": "Dmean", "limit": 45, "direction": "<="}]})
+    res = evaluate_cohort([(p, dose) for p in pats], proto)
+    assert [len(r.checked) for r in res.patients] == [3, 1, 3]  # b: only PTV60's, Esophagus nowhere
+    (w,) = [w for w in res.warnings if "LeftParotid" in w and "not contoured" in w]
+    assert "1 of 3" in w and "(b)" in w and "2 criteria" in w and "not checked" in w
+    assert not any("Esophagus" in w and "of 3" in w for w in res.warnings)  # lint's, said once
+    assert any("Esophagus" in w and "contoured in no patient" in w for w in res.warnings)

@@ -476,6 +476,25 @@ def _refuse_other_prescriptions(bound: BoundProtocol, pid: str) -> BoundProtocol
     return bound
 
 
+def _not_contoured(protocol: Protocol, patients: list[PatientResult], present: set[str]) -> list[str]:
+    """One warning per ROI of the protocol's criteria that some patients lack (contoured in others):
+    its criteria are not checked for them, which the criteria table shows only as a smaller count. An
+    ROI contoured in no patient is :func:`~dosepred.protocol.lint`'s warning."""
+    lacking: dict[str, list[str]] = {}
+    for p in patients:
+        have = {c.roi for c in p.criteria}
+        for roi in protocol.rois:
+            if roi in present and roi not in have:
+                lacking.setdefault(roi, []).append(p.id)
+    out = []
+    for roi, ids in lacking.items():
+        n = sum(c.roi == roi for c in protocol.criteria)
+        crit = "its criterion is" if n == 1 else f"its {n} criteria are"
+        out.append(f"{roi} is not contoured in {len(ids)} of {len(patients)} patients ({name_some(ids)}): "
+                   f"{crit} not checked for them")
+    return out
+
+
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol: Protocol | str = "openkbp",
                     progress: bool = False) -> CohortResult:
     """Evaluate ``(reference patient, predicted dose)`` pairs and/or :class:`ScoringCase` objects
@@ -502,6 +521,7 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
                        if n not in r.missing_rois and n not in case.missing_rois)
     if out.patients:
         out.warnings = lint(proto, present)
+        out.warnings += _not_contoured(proto, out.patients, present)
         off = [p for p in out.patients if p.pred_outside_pct > WARN_DOSE_OUTSIDE_MASK_PCT]
         if off:
             out.warnings.append(
