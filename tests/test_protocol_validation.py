@@ -153,3 +153,18 @@ def test_a_dose_limit_up_to_200_gy_and_a_percent_of_rx_limit_load(tmp_path):
                        {"roi": "PTV70", "metric": "V200Gy", "direction": "<=", "limit": 0}]}
     p = load_protocol(_write(tmp_path, ok), RoiSet.openkbp())
     assert p.criteria[1].limit_value(70.0) == pytest.approx(74.9)
+
+
+@pytest.mark.parametrize(("crit", "message"), [
+    ({"roi": "PTV70", "metric": "D95%", "direction": ">=", "limit": 0.95, "limit_unit": "%Rx"},
+     r"p\.json.*criterion 1 \(PTV70 D95%\).*a limit in %Rx is a percentage of the prescription \(95 for "
+     r"95 %\), got 0\.95: a fraction\? \(write 95\)"),
+    ({"roi": "PTV70", "metric": "Dmax", "direction": "<=", "limit": 110, "goal": 1.07, "limit_unit": "%Rx"},
+     r"criterion 1 \(PTV70 Dmax\).*a goal in %Rx is a percentage of the prescription \(95 for 95 %\), got "
+     r"1\.07: a fraction\? \(write 107\)"),
+])
+def test_a_percent_of_rx_limit_written_as_a_fraction_is_refused(tmp_path, crit, message):
+    """PTV70 D95% >= 0.95 %Rx (RayStation's and Eclipse scripting's relative doses are fractions) loaded as
+    D95% >= 0.665 Gy: every plan passed, without a word."""
+    with pytest.raises(ProtocolError, match=message):
+        load_protocol(_write(tmp_path, _one(**crit)), RoiSet.openkbp())

@@ -47,6 +47,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
 
 Direction = Literal[">=", "<="]
+#: A limit or goal in %Rx at most this is refused as a fraction of the prescription (0.95, 1.07: how
+#: many scripts write relative doses), which read as a percentage would be met or missed by every plan
+#: (D95% >= 0.95 %Rx is 0.67 Gy of 70 Gy); a relative limit this low means nothing in a plan check.
+MAX_FRACTION_OF_RX = 2.0
 LimitUnit = Literal["Gy", "%", "%Rx"]
 
 
@@ -103,6 +107,12 @@ class Criterion(BaseModel):
                 if v is not None and v > MAX_CRITERION_GY:
                     raise ProtocolError(f"{self.roi} {self.metric}: a dose {label} is in Gy, got {v:g} Gy, "
                                         f"over {MAX_CRITERION_GY:g} Gy: in cGy? (divide by 100)")
+        if unit == "%Rx":  # 0.95 meant as 95 %: D95% >= 0.95 %Rx would pass every plan
+            for label, v in (("limit", self.limit), ("goal", self.goal)):
+                if v is not None and 0 < v <= MAX_FRACTION_OF_RX:
+                    raise ProtocolError(f"{self.roi} {self.metric}: a {label} in %Rx is a percentage of the "
+                                        f"prescription (95 for 95 %), got {v:g}: a fraction? "
+                                        f"(write {v * 100:g})")
         if m.kind == "V" and m.unit == "Gy" and m.value is not None and m.value > MAX_CRITERION_GY:
             raise ProtocolError(f"{self.roi} {self.metric}: the threshold of V<x>Gy is in Gy, got "
                                 f"{m.value:g} Gy, over {MAX_CRITERION_GY:g} Gy: in cGy? "
