@@ -175,3 +175,21 @@ def test_a_misspelt_roi_is_an_error_however_the_protocol_is_made(tmp_path):
                                      {"roi": "Esophagus", "metric": "Dmean"}])
     assert [c.roi for c in p.bind(small).criteria] == ["SpinalCord"]
     assert {c.roi for c in load_protocol("openkbp", small).bind(small).criteria} == {"SpinalCord", "PTV70"}
+
+
+def test_a_portpy_file_naming_its_criterion_types_name_loads_as_with_type(tmp_path):
+    """PortPy's clinical_criteria files give each criterion's type as "type" or, in older PortPy versions
+    (its Lung_2Gy_30Fx.json, ClinicalCriteria.add_criterion), as "name": such a file was read as a dosepred
+    protocol and refused with some twenty problems (no 'roi', no 'metric', unknown keys) and no word of
+    PortPy."""
+    crits = [{"name": "max_dose", "parameters": {"structure_name": "SpinalCord"},
+              "constraints": {"limit_dose_gy": 45, "goal_dose_gy": 40}},
+             {"name": "dose_volume_V", "parameters": {"structure_name": "LeftParotid", "dose_gy": 30},
+              "constraints": {"limit_volume_perc": 50}}]
+    old = {"protocol_name": "HN", "pres_per_fraction_gy": 2, "num_of_fractions": 35, "criteria": crits}
+    new = dict(old, criteria=[{("type" if k == "name" else k): v for k, v in c.items()} for c in crits])
+    want = [(c.roi, c.metric, c.direction, c.limit, c.goal)
+            for c in from_portpy(new, RoiSet.openkbp()).criteria]
+    assert want == [("SpinalCord", "Dmax", "<=", 45, 40), ("LeftParotid", "V30Gy", "<=", 50, None)]
+    for p in (load_protocol(_write(tmp_path, old), RoiSet.openkbp()), from_portpy(old, RoiSet.openkbp())):
+        assert [(c.roi, c.metric, c.direction, c.limit, c.goal) for c in p.criteria] == want

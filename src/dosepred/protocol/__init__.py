@@ -116,14 +116,22 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
             raise ProtocolError(f"protocol {path} is not UTF-8 text ({e})") from None
         source = str(path)
     data = _json(text, f"protocol {source}")
-    if isinstance(data, dict) and isinstance(data.get("criteria"), list) and data["criteria"] and isinstance(
-            data["criteria"][0], dict) and "type" in data["criteria"][0] and "roi" not in data["criteria"][0]:
+    if _portpy_layout(data):
         proto = _portpy_checked(data, None, f"protocol {source}")
         proto._source = "" if s in BUILTIN else str(Path(s))
     else:
         proto = parse_protocol(data, None, source, roi_owner, None if s in BUILTIN else Path(s))
     proto._builtin = s in BUILTIN  # before validating: a set may lack any ROI of a built-in
     return proto.validate_for(roi_set, roi_owner) if roi_set is not None else proto
+
+
+def _portpy_layout(data: Any) -> bool:
+    """Whether parsed JSON is a PortPy ``clinical_criteria`` file: its first criterion has a ``type`` (or,
+    in older PortPy versions, a ``name`` beside its ``parameters``) and no ``roi``."""
+    crits = data.get("criteria") if isinstance(data, dict) else None
+    first = crits[0] if isinstance(crits, list) and crits else None
+    return isinstance(first, dict) and "roi" not in first and (
+        "type" in first or ("name" in first and "parameters" in first))
 
 
 def _json(text: str, source: str) -> Any:
@@ -209,7 +217,8 @@ def _constraint(cons: dict[str, Any], kind: str) -> tuple[float | None, float | 
 def from_portpy(data: dict[str, Any] | str | os.PathLike, roi_set: RoiSet | None = None) -> Protocol:
     """Convert a PortPy ``clinical_criteria`` JSON (dict or file) into a :class:`Protocol`.
 
-    Supported types: ``max_dose`` (Dmax), ``mean_dose`` (Dmean), ``min_dose`` (Dmin, ``>=``),
+    Supported types (a criterion's ``type``, or its ``name`` as older PortPy versions write it):
+    ``max_dose`` (Dmax), ``mean_dose`` (Dmean), ``min_dose`` (Dmin, ``>=``),
     ``dose_volume_D`` (``volume_perc`` / ``volume_cc``) and ``dose_volume_V`` (``dose_gy`` /
     ``dose_perc``, volume limits in %). PortPy's limits are upper limits, so the direction is
     ``<=`` except for ``min_dose``. ``*_perc`` doses are % of the prescription, which is
@@ -254,7 +263,7 @@ def _from_portpy(data: dict[str, Any], roi_set: RoiSet | None) -> Protocol:
     name = str(data.get("protocol_name") or data.get("name") or "portpy")
     crits: list[dict[str, Any]] = []
     for i, c in enumerate(data.get("criteria", []), 1):
-        typ = c.get("type")
+        typ = c.get("type", c.get("name"))  # "name" in older PortPy versions
         par = c.get("parameters", {})
         roi = par.get("structure_name")
         where = f"PortPy criterion {i} ({roi} {typ})"
