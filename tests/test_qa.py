@@ -802,3 +802,24 @@ def test_a_plan_with_an_unprescribed_target_outside_the_prescribed_ones_is_untru
     assert not any(n.startswith(NOTE_UNPRESCRIBED) for n in notes["pt_66"])
     rows = res.summary()
     assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("low", True)]
+
+
+def test_potential_improvement_counts_a_metric_of_two_criteria_once():
+    """A clinic protocol with a required and a desirable limit on one metric (SpinalCord D0.1cc <= 45 Gy,
+    <= 40 Gy) flags the same 6 Gy excess under both criteria: the plan's potential improvement (what ranks
+    the plans) and its flagged metrics count it once, not 12 Gy; another metric adds its own."""
+    from dosepred.qa.result import CriterionQA, PatientQA, QAResult
+
+    flags, gain = flags_for(46.0, 40.0, 35.0, 44.0, "oar", True)
+    cord = [CriterionQA("SpinalCord", "D0.1cc", 46.0, 40.0, 35.0, 44.0, lim, lim >= 46.0, list(flags),
+                        gain=gain) for lim in (45.0, 40.0)]
+    f2, g2 = flags_for(30.0, 27.0, 20.0, 29.0, "oar", True)
+    par = CriterionQA("LeftParotid", "Dmean", 30.0, 27.0, 20.0, 29.0, 26.0, False, f2, gain=g2)
+    pq = PatientQA("p", [*cord, par])
+    assert pq.potential_gy == pytest.approx(6.0 + 3.0)
+    other = PatientQA("q", [CriterionQA("LeftParotid", "Dmean", 37.0, 27.0, 20.0, 29.0, 26.0, False,
+                                        *flags_for(37.0, 27.0, 20.0, 29.0, "oar", True)[:1],
+                                        gain=10.0)])
+    (first, second) = QAResult(0.9, "m", "clinic", "clinic", [pq, other], {}, [], True).summary()
+    assert (first["id"], first["potential_gy"]) == ("q", 10.0)  # 10 Gy beats 9 Gy, not 6 + 6 + 3 = 15
+    assert second["flagged"] == ["SpinalCord D0.1cc", "LeftParotid Dmean"] and second["flags"] == 2

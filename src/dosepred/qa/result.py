@@ -18,7 +18,8 @@ Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DO
 :data:`NOTE_UNPRESCRIBED`)
 concern the patient and are given once per patient (:attr:`PatientQA.notes`). A plan's *potential
 improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags plus predicted - plan
-over its coverage flags (dose metrics only); the cohort summary ranks plans by it (:meth:`QAResult.summary`).
+over its coverage flags (dose metrics only, each ROI and metric once: two criteria on one metric flag
+one excess); the cohort summary ranks plans by it (:meth:`QAResult.summary`).
 """
 
 from __future__ import annotations
@@ -134,7 +135,18 @@ class PatientQA:
 
     @property
     def potential_gy(self) -> float:
-        return float(sum(c.gain for c in self.criteria if c.unit == "Gy" and c.gain > 0))
+        """Sum of the gains (Gy) of the flagged dose metrics, each ROI and metric once: two criteria on
+        one metric (a required and a desirable limit) flag the same excess, which is one dose to spare."""
+        flagged = self._once(c for c in self.criteria if c.unit == "Gy" and c.gain > 0)
+        return float(sum(c.gain for c in flagged))
+
+    @staticmethod
+    def _once(criteria: Any) -> list[CriterionQA]:
+        """``criteria`` with the second and later of each ROI, metric and flagging end left out."""
+        seen: dict[tuple[str, str, bool], CriterionQA] = {}
+        for c in criteria:
+            seen.setdefault((c.roi, c.metric, c.lower_better), c)
+        return list(seen.values())
 
     @property
     def untrusted(self) -> bool:
@@ -143,7 +155,9 @@ class PatientQA:
 
     @property
     def improvement_flags(self) -> list[CriterionQA]:
-        return [c for c in self.criteria if any(f.startswith(IMPROVEMENT_FLAGS) for f in c.flags)]
+        """The criteria flagged as improvable, each ROI, metric and flagging end once (as
+        :attr:`potential_gy` counts them)."""
+        return self._once(c for c in self.criteria if any(f.startswith(IMPROVEMENT_FLAGS) for f in c.flags))
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "criteria": [c.to_json() for c in self.criteria], "notes": list(self.notes),
