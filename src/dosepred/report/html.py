@@ -30,6 +30,7 @@ td.l,th.l{text-align:left} td.pass{background:#d9f2d9;color:#135c13} td.fail{bac
 td.na{color:#999} .imgs img{max-width:100%;margin:4px 0;border:1px solid #eee}
 .patient{margin-bottom:30px} .key{font-size:12px;margin:4px 0}
 .key span{display:inline-block;padding:1px 6px;margin-right:6px;border:1px solid #ccc}
+.warn{background:#fff4d6;border:1px solid #e0c060;padding:4px 10px;font-size:13px;margin:8px 0}
 """
 
 #: What the colours of the evaluation criteria tables mean.
@@ -110,6 +111,10 @@ class ReportWriter:
                  f"{len(next(iter(cohorts.values())).patients)} patients &middot; generated "
                  f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>", intro]
         parts.append("<h2>Cohort</h2>" + self._cohort_table(cohorts))
+        said = list(dict.fromkeys(w for c in cohorts.values() for w in c.warnings))
+        if said:  # what the console and the JSON warn of (values that do not mean what they seem)
+            parts.append("<div class='warn'><b>warnings</b><ul>" + "".join(f"<li>{esc(w)}</li>" for w in said)
+                         + "</ul></div>")
         parts.append("<p class='meta'>Dose score: mean |ref - pred| over all voxels / possible-dose "
                      "voxels (Gy). DVH score: mean |&Delta;| of the OpenKBP metrics (Gy). PTV / OAR "
                      "score: mean |&Delta;| of the protocol's target / OAR dose metrics (Gy). Pass rate: "
