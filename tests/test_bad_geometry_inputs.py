@@ -435,3 +435,27 @@ def test_sheared_grid_in_a_cache_is_refused(tmp_path):
     with pytest.raises(cache.CacheError, match=r"patient pt_a: its array axes 0 and 1 .* sheared grid"):
         cache.write_cache([q], tmp_path / "c2")
     assert not (tmp_path / "c2" / "dataset.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["BEAM", "FRACTION"])
+def test_evaluate_refuses_a_predicted_rtdose_of_one_beam_or_fraction(exported, tmp_path, kind):
+    """A predicted RTDOSE of DoseSummationType FRACTION (the plan's dose / 35) was scored against the
+    plan's dose as if it were the whole plan (PTV70 D95 about 2 Gy against 66 Gy, no error); it is
+    refused as an import of the same file is, naming the patient, the file and the type."""
+    (q,) = dicom.read_dicom_folder(exported)
+    pred = tmp_path / "pred" / q.id
+    pred.mkdir(parents=True)
+    rd = pydicom.dcmread(exported / "RD.dcm")
+    rd.DoseSummationType = kind
+    rd.DoseGridScaling = f"{float(rd.DoseGridScaling) / 35:.10g}"
+    rd.SOPInstanceUID = pydicom.uid.generate_uid()
+    rd.save_as(pred / "RD.part.dcm")
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps(PROTOCOL))
+    res = run(["evaluate", "--reference", str(exported.parent), "--prediction", str(tmp_path / "pred"),
+               "--protocol", str(proto), "--json", str(tmp_path / "r.json"), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output
+    assert f"patient {q.id}" in text and "RD.part.dcm" in text and f"DoseSummationType is {kind}" in text
+    assert not (tmp_path / "r.json").exists()

@@ -26,6 +26,14 @@ POS_TOL = 1e-3
 SPACING_REL = 0.01
 
 
+#: DoseSummationTypes of a part of a plan's dose (PS3.3 C.8.8.3): used as the plan dose they would
+#: make every comparison wrong by the missing fractions or beams, so they are never the patient's dose
+PARTIAL_DOSES = {"FRACTION": "one fraction's dose", "BEAM": "one beam's dose",
+                 "CONTROL_POINT": "one control point's dose", "FRACTION_SESSION": "one session's dose",
+                 "BEAM_SESSION": "one beam's dose in one session",
+                 "BRACHY_SESSION": "one brachytherapy session's dose"}
+
+
 class DicomImportError(DosepredError, ValueError):
     """A DICOM file or series cannot be converted; the message names the file or series."""
 

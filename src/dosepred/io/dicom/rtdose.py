@@ -16,6 +16,7 @@ from ...constants import MAX_DOSE_GY
 from ...geometry import Geometry
 from ...resample import dose_on_grid
 from ._common import (
+    PARTIAL_DOSES,
     POS_TOL,
     SPACING_REL,
     DicomImportError,
@@ -112,7 +113,8 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
 
 
 def read_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """Read an RTDOSE file: ``(dose Gy float32, its Geometry)`` (see :func:`rtdose_grid`)."""
+    """Read an RTDOSE file: ``(dose Gy float32, its Geometry)`` (see :func:`rtdose_grid`). A part of a
+    plan's dose (DoseSummationType FRACTION, BEAM, ...: :data:`PARTIAL_DOSES`) is an error."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -122,6 +124,11 @@ def read_rtdose(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         raise DicomImportError(f"RTDOSE {path} is not a readable DICOM file: {e}") from None
     if str(getattr(ds, "Modality", "")) != "RTDOSE":
         raise DicomImportError(f"{path}: Modality is {getattr(ds, 'Modality', '(none)')}, not RTDOSE")
+    kind = str(getattr(ds, "DoseSummationType", "") or "").upper()
+    if kind in PARTIAL_DOSES:  # as on import (never the patient's dose): not a whole plan's dose either
+        raise DicomImportError(f"RTDOSE {path}: DoseSummationType is {kind} ({PARTIAL_DOSES[kind]}), not a "
+                               "plan's dose: taken for one, it would be wrong by the missing fractions or "
+                               "beams; export the plan's dose (DoseSummationType PLAN)")
     return rtdose_grid(ds, path)
 
 

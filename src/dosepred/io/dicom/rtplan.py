@@ -11,7 +11,16 @@ from typing import Any
 from ...patient import same_level
 from .. import roi_names as _names
 from ..rx_check import FROM_ROI_MAP
-from ._common import DicomImportError, field_int, field_numbers, raw_field, referenced_uids, uid_of, warn
+from ._common import (
+    PARTIAL_DOSES,
+    DicomImportError,
+    field_int,
+    field_numbers,
+    raw_field,
+    referenced_uids,
+    uid_of,
+    warn,
+)
 from .rtstruct import check_roi_numbers, roi_info
 from .scan import PatientFiles
 
@@ -57,12 +66,6 @@ def planned_fractions(ds: Any, path: Any = "RTPLAN") -> int | None:
     return None
 
 
-#: DoseSummationTypes of a part of a plan's dose (PS3.3 C.8.8.3): used as the plan dose they would
-#: make every comparison wrong by the missing fractions or beams, so they are never the patient's dose
-_PARTIAL_DOSES = {"FRACTION": "one fraction's dose", "BEAM": "one beam's dose",
-                  "CONTROL_POINT": "one control point's dose", "FRACTION_SESSION": "one session's dose",
-                  "BEAM_SESSION": "one beam's dose in one session",
-                  "BRACHY_SESSION": "one brachytherapy session's dose"}
 
 
 #: RTPlanRelationship values (PS3.3 C.8.8.9) saying two plans are delivered one after the other or in
@@ -143,9 +146,9 @@ def pick_dose(s: PatientFiles) -> None:
         kind = _dose_kind
         plan = [d for d in s.rtdoses if kind(d) == "PLAN"]
         multi = [d for d in s.rtdoses if kind(d) == "MULTI_PLAN"]
-        partial = [d for d in s.rtdoses if kind(d) in _PARTIAL_DOSES]
+        partial = [d for d in s.rtdoses if kind(d) in PARTIAL_DOSES]
         if partial and not plan and not multi:
-            named = ", ".join(f"{d[0]} ({kind(d)}: {_PARTIAL_DOSES[kind(d)]})" for d in partial)
+            named = ", ".join(f"{d[0]} ({kind(d)}: {PARTIAL_DOSES[kind(d)]})" for d in partial)
             warn(f"{s.series.describe()}: RTDOSE {named}: part of a plan's dose, not the plan's, so not "
                  "used as the patient's dose (export the plan sum, DoseSummationType PLAN)")
         # the plans (of this CT) whose own dose is here: one entry per plan
@@ -206,7 +209,7 @@ def pick_dose(s: PatientFiles) -> None:
                 return
         plan = _without_replaced(plan, plan_uids, s.rtplans)
         _refuse_doses_of_other_plans(s, plan, plan_uids)
-        pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in _PARTIAL_DOSES],
+        pool = sorted(plan or [d for d in s.rtdoses if kind(d) not in PARTIAL_DOSES],
                       key=lambda t: (t[2] == "FrameOfReference", str(t[0])))
         if len(pool) > 1:
             warn(f"{s.series.describe()}: {len(pool)} RTDOSE files match "
