@@ -459,3 +459,41 @@ def test_evaluate_refuses_a_predicted_rtdose_of_one_beam_or_fraction(exported, t
     assert "Traceback" not in res.output
     assert f"patient {q.id}" in text and "RD.part.dcm" in text and f"DoseSummationType is {kind}" in text
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_structure_set_on_two_ct_series_joins_the_one_its_contours_are_drawn_on(exported, tmp_path):
+    """An RTSTRUCT whose RTReferencedSeriesSequence lists two CT series of the folder (the planning CT
+    and a contrast CT of one FrameOfReference): it joined one picked by the iteration order of a set of
+    UIDs, which changes with PYTHONHASHSEED, so the ROIs, the dose and the patient id they went with
+    changed from run to run, without a word. Now: the series its contours' ContourImageSequence
+    references (else the first listed), with a warning naming both."""
+    import copy
+
+    src = tmp_path / "in"
+    shutil.copytree(exported, src)
+    other = src / "contrast"
+    other.mkdir()
+    b_uid = pydicom.uid.generate_uid()
+    rs = pydicom.dcmread(src / "RS.dcm")
+    listed = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence
+    b = copy.deepcopy(listed[0])
+    b.SeriesInstanceUID = b_uid
+    images = []
+    for f in sorted(src.glob("CT.*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = b_uid, pydicom.uid.generate_uid()
+        ds.RescaleIntercept = float(ds.RescaleIntercept) + 100  # another CT: 100 HU brighter
+        ds.save_as(other / f.name)
+        im = copy.deepcopy(b.ContourImageSequence[0])
+        im.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        images.append(im)
+    b.ContourImageSequence = images
+    listed.insert(0, b)  # listed first; the contours reference the planning CT's images
+    rs.save_as(src / "RS.dcm")
+    (q,) = dicom.read_dicom_folder(exported)
+    with pytest.warns(dicom.DicomWarning, match=r"RS\.dcm references 2 CT series .*using CT series "
+                                                rf"{q.meta['series_uid']}, the one its contours"):
+        ps = dicom.read_dicom_folder(src)
+    (mine,) = [p for p in ps if p.present_rois]
+    assert mine.meta["series_uid"] == q.meta["series_uid"]
+    assert np.array_equal(mine.ct, q.ct) and np.array_equal(mine.dose, q.dose)

@@ -155,21 +155,47 @@ def _size(p: Path) -> int:
         return -1
 
 
-def _struct_refs(ds: Any) -> tuple[set[str], set[str]]:
-    """(referenced FrameOfReference UIDs, referenced CT series UIDs) of an RTSTRUCT."""
+def _struct_refs(ds: Any) -> tuple[set[str], list[str]]:
+    """(referenced FrameOfReference UIDs, referenced CT series UIDs in the order the RTSTRUCT lists
+    them) of an RTSTRUCT."""
     fors: set[str] = set()
-    sers: set[str] = set()
+    sers: dict[str, None] = {}  # ordered: which series an RTSTRUCT joins must not depend on hashing
     for fr in getattr(ds, "ReferencedFrameOfReferenceSequence", []) or []:
         if getattr(fr, "FrameOfReferenceUID", None):
             fors.add(str(fr.FrameOfReferenceUID))
         for st in getattr(fr, "RTReferencedStudySequence", []) or []:
             for se in getattr(st, "RTReferencedSeriesSequence", []) or []:
                 if getattr(se, "SeriesInstanceUID", None):
-                    sers.add(str(se.SeriesInstanceUID))
+                    sers[str(se.SeriesInstanceUID)] = None
     for roi in getattr(ds, "StructureSetROISequence", []) or []:
         if getattr(roi, "ReferencedFrameOfReferenceUID", None):
             fors.add(str(roi.ReferencedFrameOfReferenceUID))
-    return fors, sers
+    return fors, list(sers)
+
+
+def _contour_images(ds: Any) -> set[str]:
+    """SOPInstanceUIDs of the images an RTSTRUCT's contours say they are drawn on (ContourImageSequence
+    of each contour)."""
+    return {str(im.ReferencedSOPInstanceUID) for rc in getattr(ds, "ROIContourSequence", []) or []
+            for c in getattr(rc, "ContourSequence", []) or []
+            for im in getattr(c, "ContourImageSequence", []) or []
+            if getattr(im, "ReferencedSOPInstanceUID", None)}
+
+
+def _referenced_series(ds: Any, path: Path, hit: list[str], series: dict[str, CtSeries]) -> str:
+    """Of the CT series ``hit`` (present, in the order RTSTRUCT ``ds`` lists them), the one it joins: the
+    one whose images most of its contours reference, else the first listed; a warning names them when
+    there are several."""
+    if len(hit) == 1:
+        return hit[0]
+    drawn = _contour_images(ds)
+    on = {u: sum(str(getattr(h, "SOPInstanceUID", "")) in drawn for _, h in series[u].files) for u in hit}
+    uid = max(hit, key=lambda u: on[u])  # the first listed of the most referenced
+    why = ("the one its contours are drawn on (ContourImageSequence)" if on[uid] else
+           "the first it lists; its contours reference none of their images")
+    warn(f"RTSTRUCT {path} references {len(hit)} CT series ({', '.join(series[u].describe() for u in hit)}); "
+         f"using CT series {uid}, {why}")
+    return uid
 
 
 def _struct_images(ds: Any, series_uid: str) -> set[str]:
@@ -197,7 +223,7 @@ def pair_files(series: dict[str, CtSeries], structs: list[tuple[Path, Any]], dos
         fors, sers = _struct_refs(ds)
         hit = [uid for uid in sers if uid in series]
         if hit:
-            uid = hit[0]
+            uid = _referenced_series(ds, path, hit, series)
             if fors and series[uid].for_uid and series[uid].for_uid not in fors:
                 raise DicomImportError(
                     f"RTSTRUCT {path} references {series[uid].describe()} but FrameOfReference "
