@@ -693,3 +693,27 @@ def test_write_rtdose_dose_spacing_is_per_axis_of_the_given_patient(tmp_path):
     src = p.geometry.to_index(dg.to_patient(idx))
     np.testing.assert_allclose(src, np.rint(src), atol=1e-6)  # the CT's voxel centres
     np.testing.assert_allclose(d.reshape(-1), p.dose[tuple(np.rint(src).astype(int).T)], atol=1e-6)
+
+
+def test_contours_on_every_second_slice_only_are_named(exported, tmp_path):
+    """An ROI drawn on every second CT slice (the slices between never interpolated): its mask is the
+    contoured slices only, half the volume dicompyler-core reports for the same file (it counts each
+    contour as thick as the gap to the next), and nothing said so. Now a warning names the ROI and the
+    pattern; the mask itself is still what the file holds (no contours are made up)."""
+    p, folder = exported
+    src = tmp_path / "in"
+    shutil.copytree(folder, src)
+    ds = pydicom.dcmread(src / "RS.dcm")
+    num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "PTV70")
+    rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
+    zs = sorted({round(float(c.ContourData[2]), 3) for c in rc.ContourSequence})
+    keep = set(zs[::2])
+    rc.ContourSequence = [c for c in rc.ContourSequence if round(float(c.ContourData[2]), 3) in keep]
+    ds.save_as(src / "RS.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"ROI PTV70 has contours on (\d+) CT slices, no two of them "
+                                                r"adjacent"):
+        (q,) = dicom.read_dicom_folder(src)
+    drawn = [k for k in range(N) if p.mask("PTV70")[k].any()][::2]
+    want = p.mask("PTV70") & np.isin(np.arange(N), drawn)[:, None, None]
+    assert np.array_equal(q.mask("PTV70"), want)
+    read_quiet(folder)  # contours on consecutive slices: no warning

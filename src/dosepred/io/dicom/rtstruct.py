@@ -162,6 +162,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
     repeated = 0
     clipped = 0
     crossed: set[int] = set()  # slices where two contours overlap without one holding the other
+    on: set[int] = set()  # the CT slices that hold a contour of the ROI
     for number in numbers:
         roi = by_number.get(number)
         if roi is None:
@@ -203,6 +204,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
                 repeated += 1  # a copy of a contour: even-odd, it would cancel the one it repeats
                 continue
             vertices[kk].append(same)
+            on.add(kk)
             rc = idx[:, 1:]
             if (rc.min(axis=0) < -0.5).any() or rc[:, 0].max() > nr - 0.5 or rc[:, 1].max() > nc - 0.5:
                 clipped += 1  # the part beyond the CT's field of view cannot be drawn on its grid
@@ -232,6 +234,13 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
         warn(f"RTSTRUCT {path}: {clipped} contour(s) of ROI {name} reach beyond the CT's field of view (the "
              "image rows and columns); the part outside it is not in the ROI, so its volume and dose "
              "metrics are those of the part on the CT")
+    gaps = np.diff(sorted(on))
+    if len(on) >= 3 and gaps.min() > 1:  # drawn every k-th slice, never interpolated between
+        k = int(np.median(gaps))
+        warn(f"RTSTRUCT {path}: ROI {name} has contours on {len(on)} CT slices, no two of them adjacent "
+             f"(about every {k}th slice): the slices between them are not in the ROI, so its volume is about "
+             f"1/{k} of the drawn extent's (dicompyler-core counts each contour as thick as the gap to the "
+             "next); interpolate the contours onto every slice in the planning system")
     if skipped:
         warn(f"RTSTRUCT {path}: {skipped} contour(s) of ROI {name} are not on a CT slice (off-plane or "
              "outside the CT); ignored")
