@@ -717,3 +717,23 @@ def test_contours_on_every_second_slice_only_are_named(exported, tmp_path):
     want = p.mask("PTV70") & np.isin(np.arange(N), drawn)[:, None, None]
     assert np.array_equal(q.mask("PTV70"), want)
     read_quiet(folder)  # contours on consecutive slices: no warning
+
+
+def test_a_body_contour_drawn_as_a_rind_is_filled_with_a_warning(tmp_path):
+    """A clinic's only body-like ROI a skin rind (outer and inner contours): taken as it is, the
+    possible-dose mask was a shell and the whole inside of the patient lay outside every prediction and
+    score; now its axial slices are filled, with a warning (as the NIfTI reader does for skin.nii.gz)."""
+    from scipy import ndimage
+
+    p = make_patient()
+    body = p.possible_dose_mask
+    shell = np.stack([s & ~ndimage.binary_erosion(s, iterations=2) for s in body])  # axis 0: head-feet
+    rind = Patient.from_masks("pt_a", p.ct, {n: p.mask(n) for n in p.roi_set.names}, p.roi_set, p.spacing,
+                              shell, p.dose, geometry=p.geometry)
+    src = dicom.write_dicom(rind, tmp_path / "dcm")
+    with pytest.warns(dicom.DicomWarning, match="outline, not the body"):
+        (q,) = dicom.read_dicom_folder(src)
+    assert dice(q.possible_dose_mask, body) > 0.98 and q.possible_dose_mask.sum() > 1.5 * shell.sum()
+    assert "outline filled" in q.meta["possible_dose_mask"]
+    (solid,) = read_quiet(dicom.write_dicom(p, tmp_path / "solid"))  # a solid body: as it was, no warning
+    assert dice(solid.possible_dose_mask, body) > 0.98

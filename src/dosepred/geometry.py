@@ -314,3 +314,26 @@ def unreorient(arr: np.ndarray, perm: Sequence[int], flips: Sequence[bool]) -> n
     out = np.flip(arr, axis=flip_axes) if flip_axes else arr
     inv = list(np.argsort(perm)) + list(range(3, arr.ndim))
     return np.transpose(out, inv)
+
+
+#: a body mask whose axial slices, each filled, hold more than this many times its voxels is an outline
+#: (a skin rind a few mm thick: TotalSegmentator's skin.nii.gz, a clinic's "Skin" ROI), not the body
+OUTLINE_FILL_RATIO = 1.5
+
+
+def filled_outline(body: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, float] | None:
+    """``(the mask with each axial slice's holes filled, filled / original voxels)`` when ``body`` is an
+    outline (:data:`OUTLINE_FILL_RATIO`), else None (a solid or empty mask). The axial slices are those
+    across the array axis closest to head-feet in ``geometry``. Readers use it to refuse a shell as the
+    possible-dose mask, which would leave the inside of the patient out of every prediction and score."""
+    from scipy import ndimage  # heavy: scipy.ndimage, only for readers holding a body mask
+
+    body = np.asarray(body, bool)
+    n = int(body.sum())
+    if not n:
+        return None
+    ax = geometry.axis_along("SI")
+    filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(body, ax, 0)]), 0, ax)
+    ratio = float(filled.sum()) / n
+    return (filled, ratio) if ratio > OUTLINE_FILL_RATIO else None
+

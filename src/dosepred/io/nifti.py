@@ -41,7 +41,7 @@ import numpy as np
 from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
-from ..geometry import Geometry, GeometryError, shear_problem
+from ..geometry import Geometry, GeometryError, filled_outline, shear_problem
 from ..patient import Patient, RoiSet
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from . import roi_names as _names
@@ -555,24 +555,17 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
 
 
-#: body label files whose axial slices, each filled, hold more than this many times their voxels are an
-#: outline (TotalSegmentator's skin.nii.gz: a shell a few mm thick), not the body
-OUTLINE_FILL_RATIO = 1.5
-
-
 def _filled_outline(body: np.ndarray, geom: Geometry, files: list[str], where: Path, pid: str) -> np.ndarray:
     """The possible-dose mask made of body label files ``files``: as it is, or, when it is an outline
-    (:data:`OUTLINE_FILL_RATIO`), its axial slices filled, with a warning: a shell taken as the body would
-    leave the whole inside of the patient out of every prediction and score, without a word."""
-    from scipy import ndimage  # heavy: scipy.ndimage, only for folders with body label files
-
-    ax = geom.axis_along("SI")
-    filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(body, ax, 0)]), 0, ax)
-    n = int(body.sum())
-    if not n or int(filled.sum()) <= OUTLINE_FILL_RATIO * n:
+    (:func:`dosepred.geometry.filled_outline`), its axial slices filled, with a warning: a shell taken as
+    the body would leave the whole inside of the patient out of every prediction and score, without a
+    word."""
+    out = filled_outline(body, geom)
+    if out is None:
         return body
+    filled, ratio = out
     warnings.warn(f"patient {pid}: body label file(s) {', '.join(files)} in {where} hold an outline, not "
-                  f"the body (its axial slices filled hold {filled.sum() / n:.1f} x its voxels; a skin "
+                  f"the body (its axial slices filled hold {ratio:.1f} x its voxels; a skin "
                   "segmentation?): filled slice by slice as the possible-dose mask (give a filled "
                   f"body, or {MASK_FILE}, to use another)", stacklevel=3)
     return filled

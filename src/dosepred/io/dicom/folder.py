@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
+from ...geometry import filled_outline
 from ...patient import Patient, RoiSet
 from ...resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from .. import roi_names as _names
@@ -111,6 +112,15 @@ def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
             meta["fractions"] = nfx
     if body is not None and body.any():
         meta["possible_dose_mask"] = f"body contour {', '.join(s.original_names[_names.BODY])}"
+        outline = filled_outline(body, geom)
+        if outline is not None:  # a skin rind (outer and inner contours): the inside would be left out
+            body = outline[0]
+            meta["possible_dose_mask"] += ", its outline filled slice by slice"
+            where = f"RTSTRUCT {s.rtstruct[0]}" if s.rtstruct is not None else s.series.describe()
+            warn(f"patient {s.id}: {where}: the body contour {', '.join(s.original_names[_names.BODY])} is "
+                 f"an outline, not the body (its axial slices filled hold {outline[1]:.1f} x its voxels; a "
+                 "skin rind drawn with an inner contour?): filled slice by slice as the possible-dose mask "
+                 "(draw the external contour without the inner one, or name the body ROI with an ROI map)")
     else:
         body = ct > BODY_HU
         meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU (no body/external contour)"
