@@ -8,7 +8,7 @@ import pytest
 from dosepred import Patient, Roi, RoiSet
 from dosepred.evaluation import ScoringCase, evaluate_case, evaluate_cohort, evaluate_patient
 from dosepred.io.source import load_patients
-from dosepred.protocol import ProtocolError, load_protocol
+from dosepred.protocol import ProtocolError, load_protocol, parse_protocol
 
 OARS = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]
 PTVS = ["PTV56", "PTV63", "PTV70"]
@@ -409,3 +409,26 @@ def test_criteria_of_an_roi_some_patients_lack_are_named_in_a_warning():
     assert "1 of 3" in w and "(b)" in w and "2 criteria" in w and "not checked" in w
     assert not any("Esophagus" in w and "of 3" in w for w in res.warnings)  # lint's, said once
     assert any("Esophagus" in w and "contoured in no patient" in w for w in res.warnings)
+
+
+def test_a_dose_metric_exactly_at_its_limit_meets_it_in_float32():
+    """A plan whose PTV63 D99% is 59.85 Gy (OpenKBP doses have 3 decimals) meets ``D99% >= 95 %Rx`` of
+    63 Gy (59.85 Gy): the dose is float32 (59.849998...), the limit float64 (59.849999999999994), and
+    the report showed "59.85 Gy" FAIL next to ">= 59.85 Gy". Likewise a ``<= 107 %Rx`` of 70 Gy (74.9 Gy)
+    met at 74.9 Gy (float32 74.900002). A dose 1 mGy beyond the limit still misses it."""
+    sh = (12, 12, 12)
+    ptv63 = np.zeros(sh, bool)
+    ptv63[2:8, 2:8, 2:8] = True
+    rs = RoiSet.openkbp()
+    proto = {"name": "edge", "criteria": [
+        {"roi": "PTV63", "metric": "D99%", "limit": 95, "limit_unit": "%Rx", "direction": ">="},
+        {"roi": "PTV63", "metric": "Dmax", "limit": 74.9, "direction": "<="}]}
+    for level, want in ((59.85, True), (59.849, False)):
+        dose = np.zeros(sh, np.float32)
+        dose[ptv63] = level
+        dose[3, 3, 3] = 74.9 if want else 74.901
+        p = Patient.from_masks("pt_1", None, {"PTV63": ptv63}, rs, (3.0, 3.0, 3.0), dose=dose)
+        r = evaluate_patient(p, dose, parse_protocol(proto))
+        d99, dmax = r.criteria
+        assert d99.ref == pytest.approx(level, abs=1e-5) and dmax.ref == pytest.approx(dose.max(), abs=1e-5)
+        assert (d99.ref_pass, d99.pred_pass, dmax.ref_pass, dmax.pred_pass) == (want,) * 4

@@ -43,6 +43,10 @@ from ..io.roi_names import canonical
 from ..metrics import Metric, parse_metric
 from .bound import BoundProtocol, bind
 
+#: Relative tolerance of :meth:`Criterion.check`: a value within it of the limit meets the limit (a float32
+#: dose carries 6e-8 relative error, a limit in %Rx 1e-16; 1e-6 is 0.06 mGy at 60 Gy)
+CHECK_TOLERANCE = 1e-6
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..patient import RoiSet
 
@@ -171,7 +175,10 @@ class Criterion(BaseModel):
         lim = self.goal_value(rx) if goal else self.limit_value(rx)
         if lim is None or value != value:
             return None
-        return value >= lim if self.direction == ">=" else value <= lim
+        # a value at the limit meets it: doses are float32 (59.85 Gy is 59.849998...) and a %Rx limit
+        # float64 (95 % of 63 Gy is 59.849999999999994); CHECK_TOLERANCE is far below any clinical meaning
+        tol = CHECK_TOLERANCE * max(abs(lim), 1.0)
+        return value >= lim - tol if self.direction == ">=" else value <= lim + tol
 
     @property
     def name(self) -> str:
