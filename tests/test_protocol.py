@@ -193,3 +193,11 @@ def test_a_portpy_file_naming_its_criterion_types_name_loads_as_with_type(tmp_pa
     assert want == [("SpinalCord", "Dmax", "<=", 45, 40), ("LeftParotid", "V30Gy", "<=", 50, None)]
     for p in (load_protocol(_write(tmp_path, old), RoiSet.openkbp()), from_portpy(old, RoiSet.openkbp())):
         assert [(c.roi, c.metric, c.direction, c.limit, c.goal) for c in p.criteria] == want
+
+
+def test_a_resolved_limit_is_named_with_the_decimals_it_has():
+    """A %Rx limit of an uneven prescription (95 % of 33 x 2.12 = 69.96 Gy: 66.462 Gy) is named as it is
+    checked: '>= 66.46 Gy' beside a D99% of 66.461 Gy and its FAIL read as a contradiction."""
+    c = Criterion(roi="PTV70", metric="D99%", limit=95, limit_unit="%Rx", direction=">=")
+    assert c.resolved_name(69.96) == "PTV70 D99% >= 66.462 Gy"
+    assert c.resolved_name(63) == "PTV70 D99% >= 59.85 Gy" and c.resolved_name(70) == "PTV70 D99% >= 66.5 Gy"

@@ -211,3 +211,83 @@ def test_the_report_says_the_cohort_warnings(tmp_path):
     html = write_report(tmp_path, res, [p], [dose], title="t").read_text()
     for w in res.warnings:
         assert escape(w) in html, w
+
+
+def _shown_number(cell: str) -> float:
+    return float(re.match(r"\s*([-\d.]+)", cell).group(1))
+
+
+def test_a_value_near_its_limit_is_shown_on_the_side_its_verdict_says(tmp_path):
+    """A value a few mGy from its limit is shown with the decimals that keep it on the side its verdict
+    says: a PTV70 D99% of 66.496 Gy (fails '>= 66.5 Gy') was shown '66.50 Gy' in red, a Dmean of
+    26.004 Gy (fails '<= 26 Gy') '26.00 Gy' in red. Values far from the limit keep two decimals."""
+    from dosepred import Patient, RoiSet
+
+    sh = (12, 12, 12)
+    ptv, par = np.zeros(sh, bool), np.zeros(sh, bool)
+    ptv[1:6, 1:6, 1:6] = True
+    par[7:11, 7:11, 7:11] = True
+    ref = np.zeros(sh, np.float32)
+    ref[ptv], ref[par] = 68.0, 20.0
+    pred = ref.copy()
+    pred[ptv], pred[par] = 66.496, 26.004
+    p = Patient.from_masks("pt_1", np.zeros(sh, np.int16), {"PTV70": ptv, "RightParotid": par},
+                           RoiSet.openkbp(), (3.0, 3.0, 3.0), dose=ref)
+    res = evaluate_cohort([(p, pred)], "openkbp-clinical")
+    html = write_report(tmp_path, res, [p], [pred], title="t").read_text()
+    shown = 0
+    for c in res.patients[0].criteria:
+        if c.limit is None:
+            continue
+        row = re.findall(rf"<tr><td class='l'>{re.escape(escape(c.name))}</td>(.*?)</tr>", html)[-1]
+        cells = re.findall(r"<td class='(\w+)'>([^<]*)</td>", row)
+        for (cls, text), value, ok in zip(cells, (c.ref, c.pred), (c.ref_pass, c.pred_pass), strict=True):
+            v = _shown_number(text)
+            assert cls == ("pass" if ok else "fail")
+            seems = v >= c.limit if c.direction == ">=" else v <= c.limit
+            assert seems == ok, (c.name, text, ok)  # the number shown agrees with the colour
+            assert v == pytest.approx(value, abs=0.006)
+            shown += 1
+    assert shown >= 8
+    assert "66.496 Gy" in html and "26.004 Gy" in html and "68.00 Gy" in html and "20.00 Gy" in html
+
+
+def test_qa_report_shows_a_plan_value_near_its_limit_or_interval_on_its_side(tmp_path):
+    """The QA criteria table (and the demo's table of the first plan) show a plan value a few mGy
+    from its limit or from its interval's bound with the decimals that keep it on the side its
+    verdict and flag say: 66.496 Gy against '>= 66.50 Gy' FAIL was '66.50 Gy', a plan 0.03 Gy below
+    its interval flagged 'below' was shown equal to the interval's bound in the demo (one decimal)."""
+    from dosepred.demo import qa_html
+    from dosepred.qa.report import QAReportWriter
+    from dosepred.qa.result import CriterionQA, PatientQA, QAResult, flags_for
+
+    class Checker:
+        coverage = 0.9
+        has_dvh_band = False
+
+        def dvh_band(self, roi):
+            return None
+
+    crits = []
+    for roi, metric, plan, pred, low, high, limit in (("PTV70", "D99%", 66.496, 67.5, 66.5, 69.0, 66.5),
+                                                    ("PTV56", "D99%", 51.131, 54.0, 51.16, 56.0, 53.2)):
+        flags, gain = flags_for(plan, pred, low, high, "target", False)
+        crits.append(CriterionQA(roi, metric, plan, pred, low, high, limit, plan >= limit, flags,
+                                 name=f"{roi} {metric} >= {limit:g} Gy", family="target_d", unit="Gy",
+                                 kind="target", lower_better=False, gain=gain))
+    assert crits[0].flags and crits[1].flags  # both below their interval
+    res = QAResult(0.9, "m", "p", "p", [PatientQA("pt_1", crits)], {})
+    html = QAReportWriter(tmp_path, Checker()).finish(res).read_text()
+    for c in crits:
+        row = re.search(rf"<td class='l'>{re.escape(escape(c.name))}</td>.*?</tr>", html).group(0)
+        plan, _, interval, limit = re.findall(r"<td>([^<]*)</td>", row)[:4]
+        lo = float(interval.split(" - ")[0])
+        assert _shown_number(plan) < lo, row  # flagged below its interval
+        lim = float(re.search(r"([-\d.]+) Gy", limit).group(1))
+        assert (_shown_number(plan) >= lim) == c.plan_pass, row
+    demo = qa_html({"coverage": 0.9, "ranked": res.summary(), "in_calibration": [], "model": "m",
+                    "shown": "pt_1"}, res.patients[0], "", "plans")
+    for c in crits:
+        row = re.search(rf"<td class='l'>{re.escape(escape(c.name))}</td>.*?</tr>", demo).group(0)
+        plan, _, interval = re.findall(r"<td>([^<]*)</td>", row)[:3]
+        assert _shown_number(plan) < float(interval.split(" - ")[0]), row

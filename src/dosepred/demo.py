@@ -58,6 +58,7 @@ from .qa.families import FAMILY_TITLES
 from .qa.report import QAReportWriter
 from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS, UNTRUSTED_LEGEND, QAResult, rank_label
 from .report import write_report
+from .report.html import decimals_beside
 from .synth import make_cohort
 
 #: The two objectives compared after the shared warm-up, as (label, loss spec).
@@ -473,12 +474,15 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
         f"<td class='l'>{_esc(', '.join(r['flagged']) or '-')}</td></tr>" for r in qa["ranked"])
     flagged = [c for c in pq.criteria if c.flags and c.plan == c.plan and
                any(f.startswith((*IMPROVEMENT_FLAGS, FLAG_BETTER)) for f in c.flags)]
-    crit = "".join(
-        f"<tr><td class='l'>{_esc(c.name or f'{c.roi} {c.metric}')}</td>"
-        f"<td class='l'>{_esc(FAMILY_TITLES.get(c.family, c.family))}</td>"
-        f"<td>{c.plan:.1f} {_esc(c.unit)}</td><td>{c.predicted:.1f} {_esc(c.unit)}</td>"
-        f"<td>{c.low:.1f} - {c.high:.1f} {_esc(c.unit)}</td>"
-        f"<td class='l'>{_esc('; '.join(c.flags))}</td></tr>" for c in flagged)
+    def row(c: Any) -> str:
+        nd = decimals_beside(c.plan, [c.low, c.high], nd=1)  # the plan shown on its side of the interval
+        return (f"<tr><td class='l'>{_esc(c.name or f'{c.roi} {c.metric}')}</td>"
+                f"<td class='l'>{_esc(FAMILY_TITLES.get(c.family, c.family))}</td>"
+                f"<td>{c.plan:.{nd}f} {_esc(c.unit)}</td><td>{c.predicted:.{nd}f} {_esc(c.unit)}</td>"
+                f"<td>{c.low:.{nd}f} - {c.high:.{nd}f} {_esc(c.unit)}</td>"
+                f"<td class='l'>{_esc('; '.join(c.flags))}</td></tr>")
+
+    crit = "".join(row(c) for c in flagged)
     in_cal = qa["in_calibration"]
     cal_note = (f" The calibration used the validation split, {len(in_cal)} of these plans included "
                 f"({', '.join(in_cal)}): for them the intervals are not out-of-sample." if in_cal else "")

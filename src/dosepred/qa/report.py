@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..patient import Patient
-from ..report.html import esc, fmt, head_html, write_html_atomic
+from ..report.html import decimals_beside, esc, fmt, head_html, write_html_atomic
 from ..report.plots import dvh_qa_uri
 from ..report.views import Panel, ViewRenderer, viewer_html
 from .families import FAMILY_TITLES
@@ -129,12 +129,16 @@ class QAReportWriter:
             flag_html = "".join(f"<span class='flag'>{esc(f)}</span>" for f in imp + better)
             flag_html += "".join(f"<span class='flag rel'>&#9888; {esc(f)}</span>" for f in rel)
             u = esc(c.unit)
-            lim = "-" if c.limit is None else f"{'&ge;' if not c.lower_better else '&le;'} {fmt(c.limit)} {u}"
+            # decimals enough to show the plan on the side of its limit and interval that its verdict and
+            # flags say (66.496 beside >= 66.50 and FAIL, not 66.50)
+            nd = decimals_beside(c.plan, [c.limit, c.low, c.high])
+            lim = ("-" if c.limit is None else
+                   f"{'&ge;' if not c.lower_better else '&le;'} {fmt(c.limit, nd)} {u}")
             if cls == "nc":  # no values: one cell says why
                 values = "<td colspan='3' class='nc'>not contoured: not checked</td>"
             else:
-                values = (f"<td>{fmt(c.plan)} {u}</td><td>{fmt(c.predicted)} {u}</td>"
-                          f"<td>{fmt(c.low)} - {fmt(c.high)} {u}</td>")
+                values = (f"<td>{fmt(c.plan, nd)} {u}</td><td>{fmt(c.predicted, nd)} {u}</td>"
+                          f"<td>{fmt(c.low, nd)} - {fmt(c.high, nd)} {u}</td>")
             rows.append(
                 f"<tr class='{cls}'><td class='l'>{esc(c.name or f'{c.roi} {c.metric}')}</td>"
                 f"<td class='l'>{esc(FAMILY_TITLES.get(c.family, c.family))}</td>"

@@ -14,6 +14,7 @@ import numpy as np
 from ..evaluation import CohortResult, PatientResult
 from ..fsutil import write_text
 from ..patient import Patient
+from ..protocol.schema import CHECK_TOLERANCE
 from .plots import dvh_uri
 from .views import VIEW_CSS, VIEW_JS, Panel, ViewRenderer, viewer_html
 
@@ -55,6 +56,24 @@ def write_html_atomic(path: Path, parts: list[str]) -> Path:
 
 def fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None or x != x else f"{x:.{nd}f}"
+
+
+def decimals_beside(value: float, bounds: Iterable[float | None], nd: int = 2, most: int = 6) -> int:
+    """The fewest decimals (``nd`` to ``most``) at which ``value`` rounded compares with each bound
+    rounded as the unrounded numbers compare (below, equal within :data:`CHECK_TOLERANCE
+    <dosepred.protocol.schema.CHECK_TOLERANCE>`, above): a D99% of 66.496 Gy beside a limit of 66.5 Gy
+    and a FAIL is 66.496, not 66.50. NaN or None bounds are ignored."""
+    def sign(a: float, b: float, tol: float) -> int:
+        return 0 if abs(a - b) <= tol else (1 if a > b else -1)
+
+    if value is None or not np.isfinite(value):
+        return nd
+    bs = [float(b) for b in bounds if b is not None and np.isfinite(b)]
+    for k in range(nd, most + 1):
+        if all(sign(round(value, k), round(b, k), 0.0) == sign(value, b, CHECK_TOLERANCE * max(abs(b), 1.0))
+               for b in bs):
+            return k
+    return most
 
 
 def esc(s: Any) -> str:
@@ -219,11 +238,13 @@ class ReportWriter:
                 # made without one, index 0, by their position in the list)
                 by = {n: results[n].by_criterion() for n in names}
                 for i, c in enumerate(first.criteria):
-                    cells = [f"<td class='l'>{esc(c.name)}</td>", self._cell(c.ref, c.ref_pass, c.unit)]
+                    cells = [f"<td class='l'>{esc(c.name)}</td>",
+                             self._cell(c.ref, c.ref_pass, c.unit, c.limit)]
                     for n in names:
                         cc = (by[n].get(c.index) if c.index else
                               results[n].criteria[i] if i < len(results[n].criteria) else None)
-                        cells.append(self._cell(cc.pred, cc.pred_pass, cc.unit) if cc else "<td>-</td>")
+                        cells.append(self._cell(cc.pred, cc.pred_pass, cc.unit, cc.limit) if cc
+                                     else "<td>-</td>")
                     out.append("<tr>" + "".join(cells) + "</tr>")
                 out.append("</table>")
         out.append(self.images.get(pid, ""))
@@ -231,9 +252,10 @@ class ReportWriter:
         return "".join(out)
 
     @staticmethod
-    def _cell(v: float, ok: bool | None, unit: str) -> str:
+    def _cell(v: float, ok: bool | None, unit: str, limit: float | None = None) -> str:
+        """A value coloured by its verdict, with the decimals that show it on its side of ``limit``."""
         cls = "na" if ok is None else ("pass" if ok else "fail")
-        return f"<td class='{cls}'>{fmt(v)} {esc(unit)}</td>"
+        return f"<td class='{cls}'>{fmt(v, decimals_beside(v, [limit]))} {esc(unit)}</td>"
 
 
 def write_report(out_dir: str | os.PathLike, cohort_result: CohortResult | dict[str, CohortResult],
