@@ -175,3 +175,28 @@ def test_isodose_colours_are_distinct_from_each_other_and_every_roi_and_readable
     img = r.render(ax, r._to_resampled(ax.slice_axis, r.point[ax.slice_axis]))
     present = {"#" + "".join(f"{v:02x}" for v in px) for px in img.reshape(-1, 3)}
     assert set(cols) <= present
+
+
+def test_slider_runs_the_same_anatomical_way_whatever_the_array_layout():
+    """The slices of each view are ordered by their place in the patient, not by the array's: a
+    DICOM-ordered (I->S) or flipped grid had its axial slider run towards the head where an OpenKBP
+    grid's runs towards the feet (and the coronal and sagittal ones likewise), the same anatomy shown
+    in the opposite order. Now every layout runs axial towards I, coronal towards P, sagittal towards L
+    (the OpenKBP order), from the same start slice."""
+    want = {"axial": (2, -1), "coronal": (1, 1), "sagittal": (0, 1)}  # (LPS axis, sign of the steps)
+    seen = []
+    for direction in DIRECTIONS.values():
+        p = _patient(direction)
+        views = ViewRenderer(p, [Panel("plan", p.dose)], mm_per_px=1.0).views()
+        got = {}
+        for v in views:
+            pos = [float(s.split("=")[1].split()[0]) for s in v["labels"]]
+            axis, sign = want[v["name"]]
+            assert v["labels"][0][0] == "xyz"[axis]
+            assert np.all(sign * np.diff(pos) > 0), (v["name"], pos)
+            got[v["name"]] = (pos, pos[v["start"]])
+        seen.append(got)
+    for got in seen[1:]:
+        for name, (pos, start) in got.items():
+            assert abs(start - seen[0][name][1]) <= 1.1, name  # the same slice, to a resampled pixel
+            assert np.allclose(pos, seen[0][name][0], atol=1.1), name

@@ -41,6 +41,8 @@ VIEWS = (
     ("coronal", "AP", ("SI", "I"), ("LR", "L")),
     ("sagittal", "LR", ("SI", "I"), ("AP", "P")),
 )
+#: Where each view's slider runs as it moves right (OpenKBP's array order), whatever the grid's layout.
+SLIDE_TOWARDS = {"axial": "I", "coronal": "P", "sagittal": "L"}
 _LET = (("R", "L"), ("A", "P"), ("I", "S"))
 _OPP = {"R": "L", "L": "R", "A": "P", "P": "A", "I": "S", "S": "I"}
 
@@ -364,6 +366,8 @@ class ViewRenderer:
                 ix = np.array(self.point, dtype=float)
                 ix[o.slice_axis] = self._to_original(o.slice_axis, j)
                 labels.append(f"{'xyz'[axis]} = {g.to_patient(ix)[axis]:+.1f} mm")
+            if o.slice_letter != SLIDE_TOWARDS[o.name]:  # the slider runs one anatomical way for any layout
+                imgs, labels, start = imgs[::-1], labels[::-1], len(idx) - 1 - start
             out.append({"name": o.name, "letters": o.letters, "images": imgs, "labels": labels,
                         "start": start, "panel_px": self.shape[o.col_axis],
                         "img_px": self.shape[o.col_axis] * len(self.panels) + 4 * (len(self.panels) - 1)})
