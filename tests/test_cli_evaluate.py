@@ -84,3 +84,29 @@ def test_missing_predictions_are_named_in_one_short_line(tmp_path):
     assert "for 7 reference patient(s)" in lines[0]
     assert ", ".join(missing[:5]) + " and 2 more" in lines[0] and missing[5] not in lines[0]
     assert "--allow-missing" in lines[0]
+
+
+def test_criteria_table_colours_the_prediction_by_agreement_with_the_plans(sample_dir):
+    """The printed criteria table colours a prediction's count as the HTML report does: green only where
+    it passes or fails the criterion exactly where the plan does (counted here from the per-patient
+    results), red elsewhere. It coloured the count green whenever every prediction passed, so a dose 1.1 x
+    the plan's, passing a target criterion the plans fail on some patients, was printed green though it
+    disagreed with them (the report, in red, said the opposite)."""
+    from dosepred import console
+    from dosepred.evaluation import evaluate_cohort
+    from dosepred.io.source import load_patients
+
+    pats = list(load_patients(sample_dir))
+    res = evaluate_cohort(((p, p.dose * 1.1) for p in pats), "openkbp-clinical")
+    table = next(t for t in console.evaluation(res, [])
+                 if getattr(t, "title", "") == "criteria (patients passing)")
+    names, shown = list(table.columns[0].cells), list(table.columns[1].cells)
+    seen_all_pass_disagreeing = False
+    for row in res.criteria_table():
+        agree = sum(c.pred_pass == c.ref_pass for p in res.patients for c in p.criteria
+                    if c.index == row["index"] and c.checked)
+        cell = shown[names.index(row["criterion"])]
+        style = re.match(r"\[(\w+)\]", cell).group(1)
+        assert style == ("green" if agree == row["n"] else "red"), (row["criterion"], cell)
+        seen_all_pass_disagreeing |= row["pred_pass"] == row["n"] and agree < row["n"]
+    assert seen_all_pass_disagreeing

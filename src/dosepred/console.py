@@ -131,12 +131,15 @@ def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list
         ct = _table("criteria (patients passing)", ("criterion", "prediction", "reference", "agree"))
         for r in rows:
             n = r["n"]
-            worse = r["pred_pass"] < r["ref_pass"]
-            style = "green" if r["pred_pass"] == n else ("red" if worse else "yellow")
+            # as the report: by agreement with the plans patient by patient, not by the count (all passing
+            # where plans fail is no better a prediction)
+            style = "green" if r["agree"] == n else "red"
             ct.add_row(r["criterion"], f"[{style}]{r['pred_pass']}/{n}[/]", f"{r['ref_pass']}/{n}",
                        f"{r['agree']}/{n}")
-        out += [ct, f"criteria pass rate: prediction {num(res.criteria_pass_rate, 1)} %, reference "
-                    f"{num(res.reference_pass_rate, 1)} %, agreement {num(res.criteria_agreement, 1)} %"]
+        out += [ct, "green: the prediction passes or fails the criterion exactly where the plan does; red: "
+                    "not on every patient (agree)",
+                f"criteria pass rate: prediction {num(res.criteria_pass_rate, 1)} %, reference "
+                f"{num(res.reference_pass_rate, 1)} %, agreement {num(res.criteria_agreement, 1)} %"]
     if missing:
         out.append(f"not evaluated (no prediction): {len(missing)} patient(s), {name_some(missing, 10)}")
     return out
