@@ -189,3 +189,18 @@ def _close(a, b, tol=1e-4):
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=0, abs_tol=tol) or (math.isnan(a) and math.isnan(b))
     return a == b
+
+
+def test_synthetic_report_says_why_its_two_ptv_scores_differ(tmp_path):
+    """The train-your-own report shows each model's PTV Score twice, in its table (OpenKBP's metrics,
+    with the D1 hot spot) and in its cohort table (the clinical criteria's D99/D98/D95), with different
+    values under one name; the released models' report says which is which, this one did not."""
+    from dosepred.demo import CRITERIA_PROTOCOL, run_synthetic
+
+    res = run_synthetic(tmp_path, 0, DemoSettings(**TINY, root=str(ROOT)), lambda _: None, progress=False)
+    page = (tmp_path / "report.html").read_text()
+    cohort_row = r"<tr><td class='l'>MAE</td><td>\d+</td><td>[\d.]+</td><td>[\d.]+</td><td>([\d.]+)</td>"
+    shown = re.findall(cohort_row, page)
+    assert shown and f"{res['results']['MAE']['ptv_score']:.3f}" != shown[0]  # two PTV scores of MAE
+    assert f"protocol {CRITERIA_PROTOCOL}: D99/D98/D95 for targets" in page
+    assert "the PTV Score above is OpenKBP's" in page
