@@ -274,6 +274,46 @@ def test_cli_resume_with_changed_options_is_one_line(tmp_path, flags, message):
     assert "Traceback" not in r.output and _files(run) == before
 
 
+@pytest.mark.parametrize("flags, key, was, now", [
+    (["--select", "dvh"], "select", "'dose'", "'dvh'"),
+    (["--val-patients", "1"], "val_patients", "None", "1"),
+    (["--val", "{data}"], "val", "'{val}'", "'{data}'"),
+    (["--sw-overlap", "0.25"], "sw_overlap", "0.5", "0.25"),
+])
+def test_cli_resume_with_another_validation_is_one_line(tmp_path, flags, key, was, now):
+    """``train --resume`` of a run whose best.pt was chosen by validation, with another score to select
+    by, other validation patients or other windows, compared the new epochs' scores with best.pt's
+    recorded one (a DVH score of 20 against a dose score of 11: no later epoch was ever best) and kept
+    the wrong best.pt without a word: one error line naming the option, and the run folder as it was.
+    The same validation spelt another way (a relative path) resumes."""
+    from tiny_models import TINY, tiny_cache
+
+    data = tiny_cache(tmp_path / "a", 1)
+    val = tiny_cache(tmp_path / "b", 2)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), val=str(val), out=str(run), epochs=2, steps_per_epoch=1, stop_after=1,
+                      seed=1, select="dose", val_every=1, **TINY))
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["best"]["select"] == "dose"
+    before = _files(run)
+    fill = dict(data=data, val=val)
+    r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress",
+             *(f.format(**fill) for f in flags))
+    last = run / "checkpoints" / "last.pt"
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1].startswith(
+        f"error: --resume: {key} was {was.format(**fill)} in {last}, now {now.format(**fill)}: best.pt was "
+        "chosen by validation scores"), r.output
+    assert "Traceback" not in r.output and _files(run) == before
+    if key == "val":
+        cwd = os.getcwd()
+        os.chdir(val.parent)
+        try:
+            r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress", "--val", "train")
+        finally:
+            os.chdir(cwd)
+        assert r.exit_code == 0, (r.output, r.exception)
+
+
 @pytest.mark.parametrize("change", ["protocol", "train_split", "split_file", "loss_options"])
 def test_cli_resume_with_other_patients_or_another_protocol_is_one_line(tmp_path, change):
     """``train --resume`` with another protocol (the CDM loss's criteria), other loss options, another

@@ -1,9 +1,10 @@
 """What ``dosepred train`` refuses of its inputs beyond the config's own validation: a protocol that
 prescribes a target of the training cache otherwise than the cache, and, with ``--resume``, beyond the
 trainer's comparison of the run's config (seed, batch, loss, loss options, data, ...), other training
-patients than the run's and another protocol than the one it started with. A resumed run continues
-the same computation; either change would mix two trainings into one run (its loss, its validation
-scores, its model-space record) without a word."""
+patients than the run's, another protocol than the one it started with and, for a run that chose
+best.pt by validation, another validation (score, patients, windows). A resumed run continues the
+same computation; each change would mix two trainings into one run (its loss, its validation
+scores, its best.pt, its model-space record) without a word."""
 
 from __future__ import annotations
 
@@ -51,6 +52,42 @@ def check_resumed_data(ck: dict[str, Any], path: Path, space: ModelSpace, cfg: T
                      "or start a new run (--init to fine-tune it)")
 
 
+#: the training-config fields that decide a validation score: best.pt's recorded score is comparable
+#: with a resumed run's only when none of them changed
+VALIDATION_FIELDS = ("select", "val", "val_split", "val_patients", "sw_overlap", "sw_mode")
+
+
+def _same_input(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of config field ``key`` are the same: ``val`` (a path) and ``val_split``
+    (``FILE:NAME``) name the same input however the path is spelt; the others are equal."""
+    if a == b or key not in ("val", "val_split") or not (isinstance(a, str) and isinstance(b, str)):
+        return a == b
+    if key == "val_split":
+        (fa, _, na), (fb, _, nb) = a.rpartition(":"), b.rpartition(":")
+        if na != nb:
+            return False
+        a, b = fa, fb
+    return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+
+
+def check_resumed_validation(ck: dict[str, Any], path: Path, cfg: TrainConfig) -> None:
+    """``--resume`` of a run that chose best.pt by validation (``ck["best"]``) keeps what its scores
+    are: the score ``select`` minimises, the validation patients and the sliding windows. Another
+    would compare the new epochs' scores with best.pt's recorded one of another kind or other
+    patients (a DVH score against a dose score) and keep the wrong best.pt without a word."""
+    if not ck.get("best"):
+        return
+    old = ck.get("train_config") or {}
+    for k in VALIDATION_FIELDS:
+        if k not in old:  # a run from before the field: nothing to compare with
+            continue
+        was, now = old[k], getattr(cfg, k)
+        if not _same_input(k, was, now):
+            raise InputError(f"--resume: {k} was {was!r} in {path}, now {now!r}: best.pt was chosen by "
+                             "validation scores the new ones could not be compared with; resume with the "
+                             f"run's {k} or start a new run (--init to fine-tune it)")
+
+
 def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol: Protocol | None,
                            roi_set: RoiSet, cfg: TrainConfig) -> None:
     """``--resume`` keeps the protocol of the run (``run/protocol.json``, read before it is rewritten;
@@ -71,4 +108,5 @@ def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol:
                          "resume with the run's protocol or start a new run")
 
 
-__all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_protocol"]
+__all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_protocol",
+           "check_resumed_validation"]

@@ -64,6 +64,7 @@ from ..predict import RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
+from . import checks as run_checks
 from .checks import check_protocol_prescriptions, check_resumed_data, check_resumed_protocol
 from .config import TrainConfig
 from .dataset import SCALED_EXTRA, CropDataset, RankSampler, load_arrays
@@ -564,6 +565,7 @@ class Trainer:
             if was != getattr(self.cfg, k) and not same_data:
                 raise InputError(f"--resume: {k} was {was!r} in {path}, now {getattr(self.cfg, k)!r}")
         check_resumed_data(ck, path, self.space, self.cfg)
+        run_checks.check_resumed_validation(ck, path, self.cfg)
         check_resumed_protocol(old, path, self.run, self.protocol, self.roi_set, self.cfg)
         if self.ema is not None:
             if "train_model" not in ck:
