@@ -126,7 +126,7 @@ def test_half_export_keeps_small_tensors_in_full_precision(tmp_path):
     in fp32 (bit-identical to the checkpoint); the loaded model is fp32 throughout."""
     from dosepred.models.checkpoint import HALF_MIN_NUMEL
 
-    cfg = ModelConfig(base=8, levels=6, res_units=0, patch=(32, 32, 32))  # 8..256 channels: both kinds
+    cfg = ModelConfig(base=8, levels=6, res_units=0, patch=(64, 64, 64))  # 8..256 channels: both kinds
     torch.manual_seed(0)
     state = build_model(cfg).state_dict()
     ck = {"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(), "model": state}

@@ -77,3 +77,38 @@ def test_cli_prints_the_warning_as_one_line(cache, tmp_path):
     assert r.exit_code == 0, r.output
     lines = [x for x in r.output.splitlines() if "is the training cache" in x]
     assert len(lines) == 1 and lines[0].startswith("warning: validation cache")
+
+
+def test_a_patch_whose_deepest_level_is_one_voxel_is_one_error(cache, tmp_path):
+    """A crop whose deepest U-Net level is a single voxel (``--patch 8`` at 4 levels; ``--patch 32``
+    fine-tuning a released model, whose coarse branch makes 6 levels) passed every check, then ended
+    in a traceback in the first step ("internal error ... Expected more than 1 spatial element"):
+    instance normalisation cannot normalise one voxel. One error line naming the patch and the size that
+    works, nothing written; a patch whose deepest level holds two voxels along one axis trains."""
+    import torch
+
+    from dosepred.models import ModelConfig, ModelError, build_model
+
+    r = cli("train", "--data", cache, "--out", tmp_path / "r", "--patch", "8", "--levels", "4", "--base", "2",
+            "--epochs", "1", "--steps-per-epoch", "1", "--threads", "1", "--no-progress")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        "error: patch (8, 8, 8) is too small for a U-Net of 4 resolution levels: its deepest level would "
+        "hold one voxel, which instance normalisation cannot normalise; give a patch of at least 16 along "
+        "one axis"), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r").exists()
+    # a fine-tune of a model with a coarse branch (2 levels + 1 below them: a 4 patch is 1 voxel deep)
+    Trainer(TrainConfig(data=str(cache), out=str(tmp_path / "coarse"), epochs=1, steps_per_epoch=1,
+                        coarse=[4, 4], **{**TINY, "res_units": 0}), progress=False).fit()
+    r = cli("train", "--init", tmp_path / "coarse", "--data", cache, "--out", tmp_path / "ft", "--patch", "4",
+            "--epochs", "1", "--steps-per-epoch", "1", "--threads", "1", "--no-progress")
+    assert r.exit_code == 2, r.output
+    assert "error: patch (4, 4, 4) is too small for a U-Net of 3 resolution levels (2 and a coarse " \
+           "branch's 1)" in r.output and "at least 8 along one axis" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "ft").exists()
+    # two voxels at the bottom (16 x 16 x 8 at 4 levels: 2 x 2 x 1) train
+    net = build_model(ModelConfig(base=2, levels=4, res_units=0, patch=(16, 16, 8))).train()
+    net(torch.zeros(1, 1, 16, 16, 8), torch.zeros(1, 16, 16, 8, dtype=torch.int32),
+        torch.ones(1, 1, 16, 16, 8)).sum().backward()
+    with pytest.raises(ModelError, match="too small"):
+        ModelConfig(base=2, levels=4, res_units=0, patch=(8, 8, 8))

@@ -160,6 +160,13 @@ class ModelConfig:
         if bad:
             raise ModelError(f"patch {self.patch} must be divisible by 2^{self.depth - 1} = {div} "
                              f"for a U-Net of {self.depth} resolution levels")
+        if self.norm == "instance" and int(np.prod([p // div for p in self.patch])) < 2:
+            below = (f" ({self.levels} and a coarse branch's {self.depth - self.levels})"
+                     if self.coarse else "")
+            raise ModelError(f"patch {self.patch} is too small for a U-Net of {self.depth} resolution "
+                             f"levels{below}: its deepest level would hold one voxel, which instance "
+                             "normalisation cannot normalise; give a patch of at least "
+                             f"{2 * div} along one axis")
         if self.stages not in (1, 2):
             raise ModelError(f"stages must be 1 or 2, got {self.stages}")
         if self.head is not None and self.stages != 1:
