@@ -309,6 +309,41 @@ def test_far_off_patients_warn_naming_what_differs():
         assert into_space(fine, space).kind == "reoriented"
 
 
+def test_a_ct_not_in_hu_warns_at_prediction_and_training(sample_dir):
+    """pt_196 with its CT stored 1000 HU high (raw values without the rescale intercept), or a
+    patient without a body mask whose CT holds no air: predict read soft tissue as bone and air as
+    water without a word (the released MAE model's dose score of two OpenKBP validation patients 3.04
+    -> 3.54 Gy). Now into_space warns naming the body's median (numpy, on the possible-dose mask), and a
+    training run on such patients warns once naming them; the patient in HU warns of nothing."""
+    import dataclasses
+
+    from dosepred.io.openkbp import read_patient
+    from dosepred.models.space import SpaceRecorder
+
+    p = read_patient(sample_dir / "pt_196")
+    off = dataclasses.replace(p, ct=(p.ct.astype(np.int32) + 1000).astype(np.int16))
+    med = float(np.median(off.ct[::2, ::2, ::2][off.possible_dose_mask[::2, ::2, ::2]]))
+    assert 900 < med < 1100
+    space = ModelSpace.openkbp()
+    with pytest.warns(UserWarning, match=f"its CT's median inside the body \\(possible-dose mask\\) is "
+                      f"{med:.0f} HU where soft tissue is near 0 HU"):
+        into_space(off, space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        into_space(p, space)
+    # no body mask: a CT without air (its 1st percentile, numpy, above -500 HU)
+    bare = dataclasses.replace(off, possible_dose_mask=None)
+    assert np.percentile(bare.ct, 1) > -500 and bare.possible_dose_mask.all()
+    with pytest.warns(UserWarning, match="its CT holds no air"):
+        into_space(bare, space)
+    rec = SpaceRecorder()
+    for q in (p, dataclasses.replace(off, id="offset")):
+        rec.add(q)
+    with pytest.warns(UserWarning, match=r"1 of the 2 training patients have a CT that is not in HU "
+                      r"\(offset:"):
+        rec.space()
+
+
 def test_reorientation_round_trip_is_exact():
     from dosepred.synth import make_patient
 

@@ -823,3 +823,30 @@ def test_potential_improvement_counts_a_metric_of_two_criteria_once():
     (first, second) = QAResult(0.9, "m", "clinic", "clinic", [pq, other], {}, [], True).summary()
     assert (first["id"], first["potential_gy"]) == ("q", 10.0)  # 10 Gy beats 9 Gy, not 6 + 6 + 3 = 15
     assert second["flagged"] == ["SpinalCord D0.1cc", "LeftParotid Dmean"] and second["flags"] == 2
+
+
+def test_a_plan_whose_ct_is_not_in_hu_is_untrusted(sample_dir, model_dir):
+    """pt_66 with its CT stored 1000 HU high (raw values without the rescale intercept, as some
+    scanners and converters store them): the model read soft tissue as bone and air as water, its
+    prediction moved and QA ranked and flagged the plan by it without a word. Now the plan carries the
+    note (its own, not the grid's), in the JSON and the summary, and is ranked after the plan in HU,
+    which has no such note; the body's median (numpy, on the possible-dose mask) is what it names."""
+    import dataclasses
+
+    from dosepred.io import load_patients
+    from dosepred.qa import run_qa
+    from dosepred.qa.result import NOTE_CT, NOTE_GRID
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    off = dataclasses.replace(p, id="offset", ct=(p.ct.astype(np.int32) + 1000).astype(np.int16))
+    body = off.ct[::2, ::2, ::2][off.possible_dose_mask[::2, ::2, ::2]]
+    assert abs(float(np.median(p.ct[p.possible_dose_mask]))) < 100  # pt_66 in HU: soft tissue near 0
+    res = run_qa(model_dir, [off, p], "openkbp-clinical")
+    notes = {q.id: q.notes for q in res.patients}
+    mine = [n for n in notes["offset"] if n.startswith(NOTE_CT)]
+    assert len(mine) == 1 and f"median inside the body (possible-dose mask) is {np.median(body):.0f} HU" \
+        in mine[0], notes["offset"]
+    assert not any(n.startswith(NOTE_GRID) for n in notes["offset"]), notes["offset"]
+    assert not any(n.startswith(NOTE_CT) for n in notes["pt_66"]), notes["pt_66"]
+    rows = res.summary()
+    assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("offset", True)]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import box_shape, grow, mask_box
-from ..constants import CT_FILL_HU
+from ..constants import BODY_HU, CT_FILL_HU
 from ..errors import InputError
 from ..geometry import Geometry, unreorient
 from ..patient import Patient
@@ -56,6 +56,11 @@ COARSE_FACTOR = 1.5
 #: A field of view below ``FOV_FACTOR`` x the training minimum or above ``1 / FOV_FACTOR`` x the maximum
 #: is "much smaller / larger" (warned).
 FOV_FACTOR = 0.5
+
+#: A CT whose median inside the body (possible-dose mask) lies farther than this from 0 HU is not in HU
+#: (OpenKBP train and validation: -61 to 35 HU, soft tissue); one stored with an offset (raw values
+#: without the rescale intercept of -1024, or + 1000) has its soft tissue near 1000
+CT_BODY_MEDIAN_HU = 500.0
 
 #: ROIs some patients of the OpenKBP train split lack (from its 169 patients' missing ROIs: every ROI
 #: but PTV70); the record of the released models and of models saved without one
@@ -253,10 +258,38 @@ class ModelSpace:
             elif f > hi / FOV_FACTOR:
                 out.append(f"field of view {f:.0f} mm along {self.axis_name(j)} is much larger than the "
                            f"training data's {lo:.0f}-{hi:.0f} mm")
+        ct = ct_scale_problem(patient)
+        if ct:
+            out.append(ct)
         if self.masked and bool(np.all(patient.possible_dose_mask)):
             out.append("it has no possible-dose (body) mask, which every training patient had: dose is "
                        "predicted everywhere, also outside the body")
         return out
+
+
+def ct_scale_problem(p: Patient) -> str | None:
+    """What says that ``p``'s CT is not in HU, as every model reads it (air -1000, soft tissue near 0):
+    the median inside its possible-dose (body) mask farther than :data:`CT_BODY_MEDIAN_HU` from 0 HU,
+    or, without a mask, no air (the 1st percentile of the grid above ``BODY_HU``); None when neither
+    (or without a CT). A CT stored with an offset is otherwise read as a patient of water in a room of
+    water, and its dose predicted from that without a word. Every second voxel per axis is enough."""
+    if p.ct is None or not p.ct.size:
+        return None
+    ct = p.ct[::2, ::2, ::2]
+    mask = p.possible_dose_mask[::2, ::2, ::2] if p.possible_dose_mask is not None else None
+    if mask is not None and mask.any() and not mask.all():
+        med = float(np.median(ct[mask]))
+        if abs(med) > CT_BODY_MEDIAN_HU:
+            return (f"its CT's median inside the body (possible-dose mask) is {med:.0f} HU where soft tissue "
+                    "is near 0 HU (OpenKBP's patients: -61 to 35 HU): the CT is not in HU (stored with an "
+                    "offset, e.g. raw values without the rescale intercept?), and the model reads HU")
+        return None
+    low = float(np.percentile(ct, 1))
+    if low > BODY_HU:
+        return (f"its CT holds no air (99 % of its voxels above {low:.0f} HU, air is -1000 HU): the CT is "
+                "not in HU (stored with an offset, e.g. raw values without the rescale intercept?), and the "
+                "model reads HU")
+    return None
 
 
 class SpaceRecorder:
@@ -273,6 +306,7 @@ class SpaceRecorder:
         self.fovs: list[tuple[float, ...]] = []
         self.masked: list[bool] = []
         self.oblique: list[str] = []
+        self.not_hu: list[str] = []  # patients whose CT is not in HU (ct_scale_problem)
         self.rois: tuple[str, ...] = ()
         self.absent: dict[str, int] = {}  # ROI -> training patients lacking it
         self.ids: list[str] = []
@@ -283,6 +317,8 @@ class SpaceRecorder:
             self.axes = p.geometry.axis_letters()
         if not p.geometry.is_axis_aligned(1e-4):
             self.oblique.append(p.id)
+        if ct_scale_problem(p):
+            self.not_hu.append(p.id)
         q = p.reoriented(self.axes)
         self.spacings.append(tuple(q.spacing))
         self.fovs.append(tuple(n * s for n, s in zip(q.shape, q.spacing, strict=True)))
@@ -300,6 +336,14 @@ class SpaceRecorder:
         if self.oblique:
             warnings.warn(f"training patients {', '.join(self.oblique[:5])} have oblique grids: their arrays "
                           f"were permuted to the nearest axes {self.axes}, not resampled", stacklevel=2)
+        if self.not_hu:
+            some = ", ".join(self.not_hu[:5]) + (", ..." if len(self.not_hu) > 5 else "")
+            warnings.warn(f"{len(self.not_hu)} of the {len(self.ids)} training patients have a CT that is "
+                          f"not in HU ({some}: soft tissue far from 0 HU or no air; stored with an offset, "
+                          "e.g. raw values without the rescale intercept?): the model reads HU (air -1000, "
+                          "clipped to -1000..2000), so it learns from another CT than every patient given "
+                          "in HU; import the CTs in HU",
+                          stacklevel=2)
         sp, fov = np.array(self.spacings), np.array(self.fovs)
         return ModelSpace(axes=self.axes or "PLI", spacing_min=tuple(sp.min(0)), spacing_max=tuple(sp.max(0)),
                           fov_min=tuple(fov.min(0)), fov_max=tuple(fov.max(0)), masked=all(self.masked),

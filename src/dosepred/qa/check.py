@@ -54,6 +54,7 @@ from .report import QAReportWriter
 from .result import (
     FLAG_NOT_CONTOURED,
     FLAG_UNCALIBRATED,
+    NOTE_CT,
     NOTE_GRID,
     NOTE_SIDE,
     NOTE_TARGET_DOSE,
@@ -351,7 +352,9 @@ class QAChecker:
         """Reliability notes of a plan (:meth:`prepare`'d): its grid far from the model's training data (a
         spacing beyond :data:`COARSE_NOTE_FACTOR` x the coarsest training spacing; the field of view
         or body mask of :meth:`dosepred.models.space.ModelSpace.differences`), ROI volumes far outside
-        the training range (:data:`VOLUME_FACTOR`). One note per kind, each once per patient."""
+        the training range (:data:`VOLUME_FACTOR`), a CT not in HU
+        (:func:`dosepred.models.space.ct_scale_problem`). One note per kind, each once per patient."""
+        from ..models.space import ct_scale_problem
         from ..predict import model_space
 
         space = model_space(self.net)
@@ -368,10 +371,16 @@ class QAChecker:
                                       f"{lo:.3g}-{hi:.3g} mm by {(v / hi - 1) * 100:.0f} %", []).append(
                         space.axis_name(j))
             found = [f"spacing {k.format(' and '.join(axes))}" for k, axes in coarse.items()]
-            # field of view and body mask as predict warns of them (its spacing rule is looser)
-            found += [d for d in space.differences(plan, spacing, fov) if not d.startswith("spacing")]
+            # field of view and body mask as predict warns of them (its spacing rule is looser); a CT not
+            # in HU is a note of its own
+            ct = ct_scale_problem(plan)
+            found += [d for d in space.differences(plan, spacing, fov)
+                      if not d.startswith("spacing") and d != ct]
             if found:
                 out.append(f"{NOTE_GRID}: " + "; ".join(found) + f" ({GRID_EFFECT})")
+            if ct:
+                out.append(f"{NOTE_CT}: {ct}, so this plan's prediction and flags cannot be trusted; give "
+                           "the CT in HU and run again")
         ranges = self.calibration.training_ranges
         vol_ranges = ranges.roi_volume_cc if ranges is not None else {}
         for r, ix in roi_voxel_indices(plan, [n for n in plan.present_rois if n in vol_ranges]).items():

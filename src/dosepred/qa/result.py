@@ -54,14 +54,18 @@ NOTE_SIDE = "ROI named for a side lies on the other"
 #: (:func:`dosepred.predict.loose_targets`: likely a dose level whose prescription nobody gave; the
 #: model predicts it as unplanned, the plan as one of fewer dose levels).
 NOTE_UNPRESCRIBED = "target without a prescription"
+#: ... and a CT not in HU (:func:`dosepred.models.space.ct_scale_problem`: stored with an offset; the
+#: model reads HU, so the achievable dose is predicted for another anatomy than the plan's).
+NOTE_CT = "CT not in HU"
 #: Notes that say the plan's flags cannot be trusted (its inputs contradict themselves): the cohort
 #: summary ranks such plans after every other, whatever their potential improvement.
-UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED)
+UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT)
 #: How the cohort table marks such a plan's rank, and what the mark means.
 UNTRUSTED_MARK = "*"
 UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs are incomplete or contradict "
                     "themselves "
-                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, or an {NOTE_SIDE}), so its flags "
+                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, an {NOTE_SIDE}, or a {NOTE_CT}), so "
+                    "its flags "
                     "cannot be trusted until they are fixed")
 
 
