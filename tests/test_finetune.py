@@ -321,6 +321,40 @@ def test_a_mapped_run_resumes(tmp_path, clinic_cache):
     assert got["epoch"] == 2 and got["roi_transfer"]["dropped"] == ["Esophagus", "Larynx"]
 
 
+def test_a_fine_tune_resumed_with_another_init_is_one_error(tmp_path, clinic_cache):
+    """``train --resume --init OTHER`` of a fine-tune continued the run's weights (those of the first
+    --init) but recorded OTHER as its start: every later checkpoint's and the export's ``roi_transfer``
+    and the README's "fine-tuned from" named a model the run never started from, without a word. One
+    error line naming both, the run as it was; the same --init spelt another way resumes."""
+    import os
+
+    from dosepred.cli import app
+    from dosepred.training import train
+
+    first = save_released(released_model(8), tmp_path / "released.pt")
+    other = save_released(released_model(9), tmp_path / "other.pt")
+    cfg = _cfg(tmp_path, clinic_cache, first, stop_after=1)
+    train(TrainConfig(**{**cfg.model_dump(), "epochs": 2}))
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    r = CliRunner().invoke(app, ["train", "--out", str(run_dir), "--resume", "--init", str(other),
+                                 "--threads", "1", "--no-progress"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1].startswith(
+        f"error: --resume: init was '{first}' in {last}, now '{other}': the run's weights descend"), r.output
+    assert "Traceback" not in r.output and last.read_bytes() == before
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        r = CliRunner().invoke(app, ["train", "--out", str(run_dir), "--resume", "--init", "released.pt",
+                                     "--threads", "1", "--no-progress"])
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert (tmp_path / load_checkpoint(last)["roi_transfer"]["source"]).resolve() == first.resolve()
+
+
 @pytest.mark.parametrize("asked, message", [
     ({"channels": [4, 4]}, "has channels [4, 6]; level 2 of [4, 4] is narrower (4 < 6), and a network "
                            "can only grow, but channels [4, 4] were requested"),

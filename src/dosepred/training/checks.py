@@ -58,8 +58,8 @@ VALIDATION_FIELDS = ("select", "val", "val_split", "val_patients", "sw_overlap",
 
 
 def _same_input(key: str, a: Any, b: Any) -> bool:
-    """Whether two values of config field ``key`` are the same: ``val`` (a path) and ``val_split``
-    (``FILE:NAME``) name the same input however the path is spelt; the others are equal."""
+    """Whether two values of config field ``key`` are the same: ``val`` (a path, as ``init``) and
+    ``val_split`` (``FILE:NAME``) name the same input however the path is spelt; the others are equal."""
     if a == b or key not in ("val", "val_split") or not (isinstance(a, str) and isinstance(b, str)):
         return a == b
     if key == "val_split":
@@ -68,6 +68,20 @@ def _same_input(key: str, a: Any, b: Any) -> bool:
             return False
         a, b = fa, fb
     return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+
+
+def check_resumed_init(ck: dict[str, Any], path: Path, cfg: TrainConfig) -> None:
+    """``--resume`` keeps the run's ``--init``: its weights descend from the model it started from, but
+    another ``--init`` would be recorded as that start (the checkpoints' and an export's
+    ``roi_transfer``, the README's "fine-tuned from") and give the ROIs its patients lacked."""
+    old = ck.get("train_config") or {}
+    if "init" not in old:
+        return
+    was, now = old["init"], cfg.init
+    if not _same_input("val", was, now):  # a path: the same however it is spelt
+        raise InputError(f"--resume: init was {was!r} in {path}, now {now!r}: the run's weights descend "
+                         "from the model it started from, and the new one would be recorded as its start; "
+                         "resume with the run's init or start a new run")
 
 
 def check_resumed_validation(ck: dict[str, Any], path: Path, cfg: TrainConfig) -> None:
@@ -108,5 +122,5 @@ def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol:
                          "resume with the run's protocol or start a new run")
 
 
-__all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_protocol",
-           "check_resumed_validation"]
+__all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_init",
+           "check_resumed_protocol", "check_resumed_validation"]

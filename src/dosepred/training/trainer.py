@@ -566,6 +566,7 @@ class Trainer:
                 raise InputError(f"--resume: {k} was {was!r} in {path}, now {getattr(self.cfg, k)!r}")
         check_resumed_data(ck, path, self.space, self.cfg)
         run_checks.check_resumed_validation(ck, path, self.cfg)
+        run_checks.check_resumed_init(ck, path, self.cfg)
         check_resumed_protocol(old, path, self.run, self.protocol, self.roi_set, self.cfg)
         if self.ema is not None:
             if "train_model" not in ck:
