@@ -217,7 +217,10 @@ def read_id_lists(specs: Sequence[str]) -> dict[str, list[str]]:
 
     for spec in specs:
         if "=" not in spec and Path(spec).is_file():
-            text = Path(spec).read_text()
+            try:
+                text = Path(spec).read_text(encoding="utf-8-sig")  # a byte-order mark read as none
+            except UnicodeDecodeError as e:
+                raise SplitError(f"{spec}: not a split file or list of ids (UTF-8 text): {e}") from None
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError:
@@ -265,9 +268,9 @@ def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         raise SplitError(f"split file {path} does not exist")
     try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SplitError(f"split file {path} is not valid JSON: {e}") from None
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise SplitError(f"split file {path} is not valid JSON (UTF-8 text): {e}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("splits"), dict):
         raise SplitError(f"split file {path} lacks a 'splits' object ({{\"splits\": {{\"train\": [...]}}}})")
     out = {}

@@ -388,9 +388,9 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     if not js.is_file():
         return {}
     try:
-        obj = json.loads(js.read_text())
-    except json.JSONDecodeError as e:
-        raise NiftiFormatError(f"{js} is not valid JSON: {e}") from None
+        obj = json.loads(js.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise NiftiFormatError(f"{js} is not valid JSON (UTF-8 text): {e}") from None
     if not isinstance(obj, dict):
         raise NiftiFormatError(f"{js}: expected a JSON object")
     for key, what, ok in _SIDECAR_FIELDS:

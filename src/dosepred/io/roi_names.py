@@ -234,7 +234,7 @@ class RoiMap:
         if not p.is_file():
             raise FileNotFoundError(f"ROI map {p} does not exist")
         try:
-            obj = json.loads(p.read_text(encoding="utf-8"))
+            obj = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
         except UnicodeDecodeError as e:
             raise InputError(f"ROI map {p} is not UTF-8 text, not a JSON file ({e})") from None
         except json.JSONDecodeError as e:

@@ -124,7 +124,7 @@ def read_ensemble(path: str | os.PathLike) -> EnsembleSpec:
     if p.is_dir():
         p = p / ENSEMBLE_FILE
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        obj = json.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
     except FileNotFoundError:
         raise ModelError(f"{p}: no such ensemble file") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:

@@ -111,7 +111,7 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
             raise ProtocolError(f"protocol {s!r} is neither a built-in ({', '.join(BUILTIN)}) nor an "
                                 "existing JSON file")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) read as none
         except UnicodeDecodeError as e:
             raise ProtocolError(f"protocol {path} is not UTF-8 text ({e})") from None
         source = str(path)
@@ -232,7 +232,7 @@ def from_portpy(data: dict[str, Any] | str | os.PathLike, roi_set: RoiSet | None
         source = f"PortPy protocol {data}"
         path = Path(data)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) read as none
         except UnicodeDecodeError as e:
             raise ProtocolError(f"{source} is not valid JSON: {e}") from None
         data = _json(text, source)

@@ -270,7 +270,7 @@ class TrainConfig(BaseModel):
         errors name the file."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) read as none
             if path.suffix.lower() == ".toml":
                 import tomllib
 
