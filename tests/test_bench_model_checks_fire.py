@@ -338,7 +338,8 @@ def test_model_api_guards(runs):
 
 @pytest.mark.parametrize("args, needle", [
     (["--device", "nope"], "error: --device 'nope': choose cpu or cuda"),
-    (["--size", "8", "--variants", "fp32"], "error: the plain float32 step failed: ValueError"),
+    (["--size", "8", "--variants", "fp32"],
+     "error: the plain float32 step failed: ModelError: patch (8, 8, 8) is too small"),
 ])
 def test_train_step_bench_fails_in_one_line_with_exit_code_2(tmp_path, capsys, args, needle):
     # was: exit code 1 (sys.exit of the message), and --device nope failed in every variant

@@ -94,7 +94,7 @@ def run(size: int = 64, steps: int = 3, repeats: int = 3, variants: tuple[str, .
             steppers[v], compile_s[v] = _stepper(v, size, device, base, levels, seed)
             steppers[v]()  # warm-up
         except Exception as e:  # noqa: BLE001 - a variant this machine cannot run is reported, not fatal
-            failed[v] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            failed[v] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
             steppers.pop(v, None)
         if log:
             log(f"{v}: ready" if v in steppers else f"{v}: failed ({failed[v]})")
