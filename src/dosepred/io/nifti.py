@@ -191,10 +191,12 @@ def _grid_difference(a: np.ndarray, b: np.ndarray) -> str:
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(arr), affine)
+    arr = np.asarray(arr)
+    # the dtype given: nibabel refuses 64-bit integers (the ROI codes of more than 32 ROIs) without it
+    img = nib.Nifti1Image(arr, affine, dtype=arr.dtype)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
-    img.header.set_data_dtype(np.asarray(arr).dtype)
+    img.header.set_data_dtype(arr.dtype)
     # nibabel picks the format (gzip or not) from the name: the temporary file keeps the extension
     with atomic_path(path, ".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(img, tmp)
