@@ -486,3 +486,31 @@ def test_codes_of_more_than_32_rois_round_trip(tmp_path):
     assert r.roi_set == rs and not r.missing_rois
     for n in names:
         np.testing.assert_array_equal(r.mask(n), masks[n])
+
+
+@pytest.mark.parametrize("fmt", ["labels", "codes"])
+def test_an_roi_without_a_voxel_is_recorded_missing(tmp_path, fmt):
+    """An empty label file (segmentation tools write one for an organ they did not find) or a listed
+    ROI whose bit no voxel sets read as an ROI with no voxel that was not missing: `data inspect` said
+    3/3 ROIs, training counted no patient without it, and prediction gave no word for the patient
+    without it. It is now recorded missing (as the DICOM reader does), with a warning naming it."""
+    p = make_patient(spacing=(3.0, 1.5, 1.5))
+    folder = nifti.write_patient(p, tmp_path, fmt)
+    k = p.roi_set.index("LeftParotid")
+    if fmt == "labels":
+        f = folder / "rois" / "LeftParotid.nii.gz"
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), f)
+        (folder / "rois.json").unlink()  # as another tool writes the folder
+    else:
+        f = folder / "roi_codes.nii.gz"
+        img = nib.load(f)
+        codes = np.asanyarray(img.dataobj)
+        codes = codes & ~codes.dtype.type(1 << k)
+        nib.save(nib.Nifti1Image(codes, img.affine, img.header), f)
+    with pytest.warns(UserWarning, match="no voxel") as rec:
+        (q,) = nifti.read_nifti_folder(tmp_path)
+    assert any("recorded as not contoured (missing: LeftParotid)" in str(w.message) for w in rec)
+    assert q.missing_rois == ("LeftParotid",)
+    assert "LeftParotid" not in q.present_rois and "PTV70" in q.present_rois
+    np.testing.assert_array_equal(q.mask("PTV70"), p.mask("PTV70"))

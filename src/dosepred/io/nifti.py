@@ -494,6 +494,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     if mask_path is not None:
         pdm = _binary(load_on_grid(mask_path, "possible-dose mask"), mask_path, pid)
     masks: dict[str, np.ndarray] = {}
+    files_of: dict[str, list[str]] = {}
     if codes_path is not None:
         codes = load_on_grid(codes_path, "ROI codes")
         if codes.dtype.kind != "u":
@@ -519,7 +520,6 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     elif (folder / ROI_DIR).is_dir():
         listed = {d["name"] for d in info.get("rois", [])}
         body_files: list[str] = []
-        files_of: dict[str, list[str]] = {}
         for f in sorted((folder / ROI_DIR).glob("*.nii*")):
             stem = f.name.split(".nii")[0]
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
@@ -543,6 +543,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                 warnings.warn(f"patient {pid}: label files {', '.join(fs)} in {folder / ROI_DIR} all name "
                               f"ROI {name!r}; it is their union: check that they are one structure (else "
                               "remove or rename the others)", stacklevel=2)
+    _drop_empty(masks, pid, codes_path, folder / ROI_DIR, files_of)
     meta = dict(info.get("meta", {}))
     meta.pop("affine", None)
     meta.update({"format": FORMAT_NAME, "source": str(folder.resolve())})
@@ -555,6 +556,27 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                           "outside the possible-dose mask; read as 0 Gy there, where no prediction has dose: "
                           "does the mask miss part of the patient?", stacklevel=2)
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
+
+
+def _drop_empty(masks: dict[str, np.ndarray], pid: str, codes_path: Path | None, roi_dir: Path,
+                files_of: dict[str, list[str]]) -> None:
+    """Record an ROI without a voxel (an empty label file, as segmentation tools write for an organ they
+    did not find; a listed ROI whose bit no voxel of ``roi_codes`` sets) as missing, with a warning, as
+    the DICOM reader does: kept as an ROI with no voxel, it counted as contoured, so training recorded
+    no patient without it and prediction gave no word for a patient without it (the cord)."""
+    empty = [n for n, m in masks.items() if not m.any()]
+    for n in empty:
+        del masks[n]
+    if not empty:
+        return
+    if codes_path is not None:
+        what = f"no voxel of {codes_path} sets the bit of {', '.join(empty)}"
+    else:
+        files = [f for n in empty for f in files_of.get(n, [])]
+        what = (f"label file{'s' if len(files) > 1 else ''} {', '.join(files)} in {roi_dir} "
+                f"hold{'' if len(files) > 1 else 's'} no voxel")
+    warnings.warn(f"patient {pid}: {what}; {'they are' if len(empty) > 1 else 'it is'} recorded as not "
+                  f"contoured (missing: {', '.join(empty)})", stacklevel=3)
 
 
 def _filled_outline(body: np.ndarray, geom: Geometry, files: list[str], where: Path, pid: str) -> np.ndarray:
