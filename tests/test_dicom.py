@@ -737,3 +737,29 @@ def test_a_body_contour_drawn_as_a_rind_is_filled_with_a_warning(tmp_path):
     assert "outline filled" in q.meta["possible_dose_mask"]
     (solid,) = read_quiet(dicom.write_dicom(p, tmp_path / "solid"))  # a solid body: as it was, no warning
     assert dice(solid.possible_dose_mask, body) > 0.98
+
+
+def test_exported_prescription_that_differs_from_the_name_comes_back(tmp_path):
+    """A cache's target whose prescription differs from the dose its name carries (PTV70 at 66 Gy:
+    an RTPLAN's, which wins over the name on import, or an ROI map's) is exported with its label
+    "prescription 66 Gy"; importing the export took the name's 70 Gy instead, without a word
+    (DICOM -> cache -> DICOM -> cache changed the prescription). The label, the prescription the
+    exported data held, now wins over the name, with a warning naming both."""
+    p = make_patient()
+    rs = RoiSet((Roi("LeftParotid", "oar"), Roi("PTV70", "target", 66.0), Roi("Ring", "other")))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                dict(p.meta), p.geometry)
+    folder = dicom.write_dicom(p, tmp_path / "dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"PTV70.*70 Gy.*66 Gy") as rec:
+        (q,) = dicom.read_dicom_folder(folder)
+    assert q.roi_set["PTV70"] == Roi("PTV70", "target", 66.0)
+    assert "ROIObservationDescription" in q.meta["prescriptions_from"]["PTV70"]
+    assert any("using the label" in str(w.message) for w in rec)
+    # a name that agrees with its label: no word, as before
+    (r,) = read_quiet(dicom.write_dicom(make_patient(), tmp_path / "same"))
+    assert r.roi_set["PTV70"].prescription == 70.0
+    # an ROI map's prescription still wins over both
+    mp = tmp_path / "map.json"
+    mp.write_text(json.dumps({"names": {}, "prescriptions": {"PTV70": 68}}))
+    (s,) = dicom.read_dicom_folder(folder, mp)
+    assert s.roi_set["PTV70"].prescription == 68.0

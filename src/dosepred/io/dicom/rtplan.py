@@ -435,6 +435,15 @@ def resolve_rois(s: PatientFiles, roi_map: _names.RoiMap) -> None:
         elif rx is not None and c.kind in ("other", "target") and c.prescription is None:
             c = _names.Canonical(c.name, "target", rx, c.matched)
             s.prescriptions.setdefault(c.name, f"RTSTRUCT {path} ROI {name} ROIObservationDescription")
+        elif (rx is not None and c.kind == "target" and c.prescription is not None and not user_rx
+              and not roi_map.lookup(name)[0] and abs(c.prescription - rx) > 1e-6):
+            # our export's label records the prescription the exported data held (a plan's or a map's,
+            # which won over the name on its import): the name's would change it without a word
+            warn(f"ROI {name} of RTSTRUCT {path}: the name says {c.prescription:g} Gy, its label "
+                 f"(ROIObservationDescription) {rx:g} Gy; using the label, the prescription the exported "
+                 "data held (--roi-map with \"prescriptions\" sets another)")
+            c = _names.Canonical(c.name, "target", rx, c.matched)
+            s.prescriptions.setdefault(c.name, f"RTSTRUCT {path} ROI {name} ROIObservationDescription")
         if c.kind == "target" and c.prescription is not None and c.name not in s.prescriptions:
             # where the prescription came from, for the check of the plan dose against it (io.rx_check)
             s.prescriptions[c.name] = (
