@@ -257,6 +257,9 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
     temporary folder and renamed, so no half-written patient is left behind."""
     if roi_format not in ("labels", "codes"):
         raise InputError(f"roi_format must be 'labels' or 'codes', got {roi_format!r}")
+    if roi_format == "labels":
+        for name in p.present_rois:
+            _check_label_name(p.id, name)
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         aff = patient_affine(p)
@@ -278,6 +281,20 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
                 "meta": {k: v for k, v in p.meta.items() if k != "affine"}}
         (tmp / ROIS_JSON).write_text(json.dumps(info, indent=2))
     return final
+
+
+def _check_label_name(pid: str, name: str) -> None:
+    """Refuse an ROI name that cannot name its label file ``rois/<name>.nii.gz`` as it is (a slash
+    makes a folder of it; ".nii" inside it is where the reader cuts the name), before anything is
+    written: such names (DICOM names are kept as they are, "Ring 1/2") have their place in the codes
+    layout, whose ``rois.json`` keeps any name."""
+    why = ("it holds a slash" if "/" in name else
+           "it holds '.nii', where a label file's name ends" if ".nii" in name else
+           "it is no file name" if name in (".", "..") or "\0" in name else None)
+    if why:
+        raise InputError(f"patient {pid}: ROI {name!r} cannot name a label file (rois/<name>.nii.gz): {why}; "
+                         "export with --roi-format codes (roi_codes.nii.gz, names kept in rois.json), or "
+                         "rename the ROI")
 
 
 # ---------------------------------------------------------------------------------------- reading
