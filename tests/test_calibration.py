@@ -993,3 +993,29 @@ def test_calibrate_warns_of_the_patients_the_model_was_trained_on(tmp_path):
         check_before_predicting(ckpt, tmp_path / "other", model=run, protocol=parse_protocol(proto))
     proto["prescriptions"]["PTV70"] = 70.0
     check_before_predicting(ckpt, tmp_path / "other", model=run, protocol=parse_protocol(proto))
+
+
+def test_few_patients_choose_a_method_with_a_bounded_interval_at_qa_coverage(tmp_path):
+    """12 calibration patients (the fewest `calibrate` takes, docs/finetune.md's walk) and a family of
+    one unit per patient (PTV70 V110%), most plans without a hot spot: a two-sided 90 % interval of a
+    method with a tail per side (signed, normalised, centred) needs ceil((n + 1) * 0.95) <= n, so
+    n >= 19 units, which neither the 10 calibrating units of a cross-validation split nor the 12 of
+    the file have; absolute needs ceil((n + 1) * 0.9) <= n, n >= 9. The cross-validation measured
+    the unbounded intervals (clipped to 0-100 %) as covering everything with no false alarm and
+    chose signed, and `qa` at its default coverage then refused the calibration ("coverage 0.9 needs
+    more calibration units than the 12 of family v_metric")."""
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    plans = [0.0] * 11 + [2.54]
+    units = [Unit(f"p{i:02d}", "PTV70", "V110%", "v_metric", v, 0.0, 1.0) for i, v in enumerate(plans)]
+    units += [Unit(f"p{i:02d}", "SpinalCord", "D0.1cc", "oar_nearmax", 40.0 + (i % 5) - 2, 40.0, 1.0)
+              for i in range(12)]
+    ids = sorted({u.patient for u in units})
+    cal = build_calibration(units, ids, "openkbp-clinical", tmp_path / "model.pt", "d", RANGES, splits=20)
+    fam = cal.families["v_metric"]
+    assert fam.method == "absolute"
+    for cov in (0.8, 0.9):  # what QA checks before using a family (QAChecker._check_protocol)
+        lo, hi = family_offsets(fam, fam.method, cov)
+        assert math.isfinite(lo) and math.isfinite(hi), cov
+    # the measure that ruled the others out is recorded with the cross-validation
+    stats = cal.cross_validation.results["v_metric"]
+    assert stats["signed"]["0.9"]["unbounded"] == 100.0 and stats["absolute"]["0.9"]["unbounded"] == 0.0

@@ -49,7 +49,9 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
     flag margin (the distance from the prediction to the flagging end: how far a plan may be worse
     than predicted before QA flags it). Returns family -> method -> coverage -> stats (coverage and
     false alarms in %, their means over the splits; widths and margins the medians over the splits
-    of each split's mean)."""
+    of each split's mean; ``unbounded``: the % of splits whose calibrating units were too few for a
+    finite interval of the method at that coverage, an interval plan QA refuses, which the clipping
+    of a V-metric to 0-100 % would otherwise pass off as covering everything without false alarms)."""
     check_cv_options(splits, cal_fraction, seed)
     rng = np.random.default_rng(seed)
     pids = sorted({u.patient for u in units})
@@ -76,7 +78,8 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
                                    for u in tu])
                     low, high = iv[:, 0], iv[:, 1]
                     d = acc.setdefault(fam, {}).setdefault(m, {}).setdefault(
-                        f"{cov:g}", {"cov": [], "width": [], "fa": [], "margin": []})
+                        f"{cov:g}", {"cov": [], "width": [], "fa": [], "margin": [], "unbounded": []})
+                    d["unbounded"].append(float(not (math.isfinite(lo) and math.isfinite(hi))))
                     d["cov"].append(float(np.mean((y >= low) & (y <= high))))
                     d["width"].append(float(np.mean(high - low)))
                     d["fa"].append(float(np.mean(np.where(above, y > high, y < low))))
@@ -94,7 +97,8 @@ def cross_validate(units: Sequence[Unit], coverages: Sequence[float] = (0.8, 0.9
                     "width": float(np.median(w)) if np.all(np.isfinite(w)) else math.inf,
                     "width_mean": float(w.mean()), "units": n_units,
                     "false_alarms": float(np.mean(d["fa"]) * 100),
-                    "flag_margin": float(np.median(g)) if np.all(np.isfinite(g)) else math.inf}
+                    "flag_margin": float(np.median(g)) if np.all(np.isfinite(g)) else math.inf,
+                    "unbounded": float(np.mean(d["unbounded"]) * 100)}
     return out
 
 
@@ -147,7 +151,12 @@ def choose_methods(cv: CvResults, coverages: Sequence[float] = (0.8, 0.9), toler
     for fam, ms in cv.items():
         def stats_of(m: str, ms: dict[str, Any] = ms) -> list[dict[str, Any]] | None:
             stats = [ms.get(m, {}).get(f"{c:g}") for c in coverages]
-            return None if any(s is None for s in stats) else stats  # type: ignore[return-value]
+            if any(s is None for s in stats):
+                return None
+            # an interval unbounded in some split (too few units for the method's tails at that
+            # coverage) was measured as covering everything and flagging nothing: no measurement
+            # of the method, and QA refuses such an interval; not a candidate
+            return None if any(s.get("unbounded", 0) > 0 for s in stats) else stats  # type: ignore[union-attr]
 
         def total(m: str) -> float | None:
             stats = stats_of(m)
