@@ -182,3 +182,20 @@ def test_experiment_round_configs_are_valid_training_configs():
         assert (cfg.init and root.joinpath(cfg.init).exists()) or cfg.levels or cfg.channels, f
         if cfg.protocol and cfg.protocol.endswith(".json"):
             assert load_protocol(root / cfg.protocol).criteria, f
+
+
+def test_patch_flag_takes_one_size_or_three(tmp_path, cache):
+    """`train -h` says --patch is "one size or three": the flag took only one integer ('--patch
+    16,16,24': "Input should be a valid integer"), three only through --set or --config."""
+    opts = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "patch"]
+    r = cli("train", "--data", cache, "--out", tmp_path / "run", "--patch", "16,16,24", *opts,
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["patch"] == [16, 16, 24]
+    r = cli("train", "--data", cache, "--out", tmp_path / "run2", "--patch", "16", *opts, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["patch"] == [16, 16, 16]
+    for bad in ("16,16", "16,x,16", "16,,16"):
+        r = cli("train", "--data", cache, "--out", tmp_path / "run3", "--patch", bad, *opts)
+        assert r.exit_code == 2 and "patch" in r.output and "64,64,96" in r.output, (bad, r.output)
+        assert not (tmp_path / "run3").exists()

@@ -28,7 +28,7 @@ from .common import (
 )
 
 _FLAGS = {"train_split": "--split"}  # flags whose name is not the field's
-_TYPES = {"patch": int,  # one size on the command line (three in a --config file)
+_TYPES = {"patch": str,  # one size or three comma-separated on the command line (a list in a --config file)
           "channels": str,  # comma-separated on the command line (a list in a --config file)
           "coarse": str}
 

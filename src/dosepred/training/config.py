@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
                     "patient per global batch).")
     batch: int = Field(2, ge=1, description="Crops per step (per process).")
     patch: tuple[int, int, int] = Field((64, 64, 64), description="Crop / sliding-window size (one "
-                                                                  "size or three).")
+                                                                  "size or three, e.g. 64 or 64,64,96).")
     # finite, at most 1e30: a larger one overflows the float32 update (an internal error, not a divergence)
     lr: float = Field(3e-4, gt=0, le=1e30, allow_inf_nan=False, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -161,6 +161,16 @@ class TrainConfig(BaseModel):
     @field_validator("patch", mode="before")
     @classmethod
     def _patch(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the command line: "64" or "64,64,96"
+            parts = v.replace(" ", "").split(",")
+            try:
+                sizes = [int(c) for c in parts]
+            except ValueError:
+                sizes = []
+            if len(sizes) not in (1, 3):
+                raise InputError(f"patch must be one size or three comma-separated sizes such as 64 or "
+                                 f"64,64,96, got {v!r}")
+            v = sizes
         if isinstance(v, int) and not isinstance(v, bool):
             return (v,) * 3
         if isinstance(v, (list, tuple)) and len(v) == 1:
