@@ -168,3 +168,17 @@ def test_a_percent_of_rx_limit_written_as_a_fraction_is_refused(tmp_path, crit, 
     D95% >= 0.665 Gy: every plan passed, without a word."""
     with pytest.raises(ProtocolError, match=message):
         load_protocol(_write(tmp_path, _one(**crit)), RoiSet.openkbp())
+
+
+@pytest.mark.parametrize("roi, meant", [("Cord", "SpinalCord"), ("Parotid_L", "LeftParotid"),
+                                        ("Glnd_Parotid_R", "RightParotid"), ("BrainStem", "Brainstem"),
+                                        ("PTV_70", "PTV70")])
+def test_an_roi_under_a_clinical_spelling_is_named_by_the_set_s_name(tmp_path, roi, meant):
+    """A protocol written with a clinic's spelling of an ROI the dataset has under its canonical name
+    (docs/formats.md's alias table: Cord, Parotid_L, ...) named no ROI ('did you mean' only from
+    string similarity: 'Cord' and 'Parotid_L' are far from 'SpinalCord' and 'LeftParotid')."""
+    path = _write(tmp_path, {"name": "c", "criteria": [
+        {"roi": roi, "metric": "Dmax", "limit": 45, "direction": "<="}]})
+    with pytest.raises(ProtocolError, match=rf"ROI '{roi}' is not among the dataset's ROIs .*; did you mean "
+                                            rf"'{meant}'\?$"):
+        load_protocol(path, RoiSet.openkbp())

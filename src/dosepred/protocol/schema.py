@@ -285,7 +285,9 @@ class Protocol(BaseModel):
                     self._builtin or _canonical_name(c.roi)):
                 continue
             if c.roi not in roi_set:
-                near = difflib.get_close_matches(c.roi, list(roi_set.names), n=1, cutoff=0.6)
+                alias = canonical(c.roi)  # a clinical spelling of an ROI the set has: Cord, Parotid_L
+                near = [alias.name] if alias.matched and alias.name in roi_set else []
+                near = near or difflib.get_close_matches(c.roi, list(roi_set.names), n=1, cutoff=0.6)
                 near += [n for n in roi_set.names if n.lower() == c.roi.lower() and n not in near]
                 raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): ROI {c.roi!r} is not among "
                                     f"{roi_owner}'s ROIs ({', '.join(roi_set.names)})"
