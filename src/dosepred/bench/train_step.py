@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m dosepred.bench.train_step",
-                                 description=(__doc__ or "").split("\n")[0])
+                                 description=" ".join((__doc__ or "").split("\n\n")[0].split()))
     ap.add_argument("--size", type=int, default=64, help="voxels per axis [64]")
     ap.add_argument("--steps", type=int, default=3, help="steps per timed round [3]")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds, median [3]")
