@@ -780,8 +780,9 @@ def test_missing_inputs(base, work):
     lambda b, n, w: ("calibrate", "--model", b / "run", "--data", n, "--no-progress"),
     lambda b, n, w: ("qa", "--model", b / "run", "--plans", n, "--out", w / "o", "--no-progress"),
     lambda b, n, w: ("evaluate", "--reference", n, "--prediction", b / "pred", "--no-progress"),
+    lambda b, n, w: ("data", "unpack", n, "--out", w / "o", "--no-progress"),
 ], ids=["predict", "baseline", "train", "train-val", "export-nifti", "inspect", "calibrate", "qa",
-        "evaluate"])
+        "evaluate", "unpack"])
 def test_a_missing_input_folder_does_not_exist(base, work, cmd):
     """A mistyped --data says the folder does not exist (not that it is no cache or DICOM folder)."""
     nope = work / "no-such-folder"

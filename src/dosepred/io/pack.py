@@ -192,6 +192,8 @@ def unpack_cache(src: str | os.PathLike, out: str | os.PathLike, jobs: int | Non
     ``out`` and open it. ``jobs``: processes (None: one per CPU). A non-empty ``out`` is refused
     unless ``overwrite``; ``out`` may not overlap ``src``."""
     src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist")
     if not (src / DATASET_JSON).is_file():
         raise CacheError(f"{src} is not a packed cache (a folder written by `dosepred data pack`): "
                          f"{src / DATASET_JSON} is missing")
