@@ -1076,3 +1076,36 @@ def test_ctrl_c_while_the_command_line_starts_is_one_line():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
     assert r.returncode == 130, r.stderr
     assert r.stderr.strip() == "error: interrupted (Ctrl-C) while starting; nothing was done", r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_mid_output_leaves_nothing_behind(tmp_path, sig):
+    """SIGTERM (``kill``, ``timeout``, a batch system's time limit, ``docker stop``) or SIGHUP (the terminal
+    closed) while a command fills its output: Python's default ended the process at once, without a word,
+    and left the half-written temporary folder ``.OUT.tmp-XXXX`` beside --out. Now it unwinds like Ctrl-C:
+    nothing is left, one line names the signal, exit code 128 + its number. The signal is sent by the
+    command itself once the first patient is in the output (deterministic)."""
+    import signal
+
+    code = ("import os, signal, sys, time\n"
+            "import dosepred.synth as s\n"
+            "real = s.iter_cohort\n"
+            "def iter_cohort(*a, **k):\n"
+            "    for i, p in enumerate(real(*a, **k)):\n"
+            "        if i == 1:\n"
+            f"            os.kill(os.getpid(), signal.{sig})\n"
+            "            time.sleep(30)\n"
+            "        yield p\n"
+            "s.iter_cohort = iter_cohort\n"
+            f"sys.argv = ['dosepred', 'data', 'synth', '--patients', '3', '--size', '12', '--out', "
+            f"{str(tmp_path / 'out')!r}, '--no-progress']\n"
+            "from dosepred.cli import main\n"
+            "main()\n")
+    e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120,
+                       preexec_fn=lambda: signal.signal(getattr(signal, sig), signal.SIG_DFL))
+    assert r.returncode == 128 + getattr(signal, sig), (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"error: interrupted ({sig}); outputs not finished are left as they were", r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())

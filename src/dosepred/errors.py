@@ -45,6 +45,44 @@ def name_some(names: Sequence[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
+class Terminated(KeyboardInterrupt):
+    """A request to stop from outside (SIGTERM: ``kill``, ``timeout``, a batch system's time limit, a
+    container stopping; SIGHUP: the terminal closed), raised like Ctrl-C's :class:`KeyboardInterrupt` so
+    that it unwinds the same way: unfinished outputs are removed, a training run keeps its last finished
+    epoch. Without it Python ends at once and leaves the temporary siblings (``.OUT.tmp-XXXX``) behind."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum, self.name = signum, name
+
+
+def stop_on_signals() -> None:
+    """Raise :class:`Terminated` on SIGTERM and SIGHUP (where the platform has them and they are not
+    ignored: ``nohup`` stays in force). For the command line's entry point."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum, signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, stop)
+
+
+def interruption(e: BaseException) -> tuple[str, int]:
+    """What stopped a command that :func:`interrupted` says was stopped: its name for the error line
+    (``"Ctrl-C"``, ``"SIGTERM"``) and the exit code (130 for Ctrl-C, 128 + the signal's number)."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        if isinstance(x, Terminated):
+            return x.name, 128 + x.signum
+        seen.add(id(x))
+        x = x.__cause__ or x.__context__
+    return "Ctrl-C", 130
+
+
 def interrupted(e: BaseException) -> bool:
     """Whether ``e`` is, or was raised while handling, a Ctrl-C (:class:`KeyboardInterrupt`): a
     library's clean-up may replace the interrupt with its own error (``torch.save`` interrupted

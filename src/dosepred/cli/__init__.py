@@ -24,6 +24,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..errors import interruption, stop_on_signals
+
 __all__ = ["app", "main"]
 
 
@@ -37,12 +39,14 @@ def _load() -> Any:
 
 def main() -> None:
     """The ``dosepred`` entry point."""
+    stop_on_signals()  # SIGTERM/SIGHUP unwind like Ctrl-C: no temporary output is left behind
     try:
         _load()
         from .common import main as run  # startup: loaded by _load() above
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C) while starting; nothing was done", file=sys.stderr, flush=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        how, code = interruption(e)
+        print(f"error: interrupted ({how}) while starting; nothing was done", file=sys.stderr, flush=True)
+        sys.exit(code)
     run()
 
 

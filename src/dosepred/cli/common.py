@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__, progress
-from ..errors import DosepredError, interrupted
+from ..errors import DosepredError, interrupted, interruption
 from ..fsutil import output_file, write_json
 from ..io import formats
 
@@ -201,8 +201,9 @@ def friendly(fn):
             # Ctrl-C (typer would exit 130 without a word), also when a library's clean-up replaced it
             # with its own error; else a user's mistake or a bug
             if interrupted(e):
-                _err("interrupted (Ctrl-C); outputs not finished are left as they were")
-                raise typer.Exit(130) from None
+                how, code = interruption(e)
+                _err(f"interrupted ({how}); outputs not finished are left as they were")
+                raise typer.Exit(code) from None
             raise typer.Exit(report_error(e)) from None
 
     return wrapper
@@ -296,6 +297,7 @@ def main() -> None:
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - outside a command (an option's callback,
         # typer itself): the same path
         if interrupted(e):
-            _err("interrupted")
-            sys.exit(130)
+            how, code = interruption(e)
+            _err(f"interrupted ({how})")
+            sys.exit(code)
         sys.exit(report_error(e))

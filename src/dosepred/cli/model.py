@@ -10,7 +10,7 @@ import typer
 
 from .. import console as render
 from .. import workflows
-from ..errors import InputError
+from ..errors import InputError, interruption
 from ..inference import TTA_SHIFT, InferenceOptions
 from ..io import formats
 from ..training.config import TrainConfig
@@ -46,13 +46,14 @@ def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt
     con = console()
     try:
         res = workflows.train_run(out, opts, config, resume, overwrite, log=con.print)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        how, code = interruption(e)
         if (out / "checkpoints" / "last.pt").is_file():
-            error(f"interrupted (Ctrl-C): {out} keeps its last finished epoch; continue with "
+            error(f"interrupted ({how}): {out} keeps its last finished epoch; continue with "
                  f"`dosepred train --out {out} --resume`")
         else:
-            error(f"interrupted (Ctrl-C) before the first epoch ended: nothing to resume in {out}")
-        raise typer.Exit(130) from None
+            error(f"interrupted ({how}) before the first epoch ended: nothing to resume in {out}")
+        raise typer.Exit(code) from None
     best = res.get("best")
     con.print(f"done: {res['global_step']} steps in {out}" + (
         f"; best epoch {best['epoch']} ({best['select']} {best['value']:.3f})"
