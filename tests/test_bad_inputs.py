@@ -1109,3 +1109,31 @@ def test_sigterm_mid_output_leaves_nothing_behind(tmp_path, sig):
         f"error: interrupted ({sig}); outputs not finished are left as they were", r.stderr
     assert "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("old", [True, False], ids=["overwrite-old-run", "fresh"])
+def test_ctrl_c_before_the_first_epoch_leaves_out_as_it_was(base, work, monkeypatch, old):
+    """Ctrl-C (or SIGTERM) of a fresh ``train`` before its first epoch is saved: the new run has nothing to
+    resume, yet it was kept and the old run that ``--overwrite`` had set aside was deleted (a finished run,
+    hours of work, lost to a Ctrl-C seconds after a mistyped --overwrite; an --out without checkpoints left
+    behind). Now the old run is restored, a fresh --out is removed, and the line says OUT is as it was."""
+    import shutil
+
+    import dosepred.training
+
+    run = work / "run"
+    if old:
+        shutil.copytree(base / "run", run)
+
+    def interrupted(cfg, **k):  # the run's files are written, no epoch has ended
+        (Path(cfg.out) / "config.json").write_text("{}")
+        (Path(cfg.out) / "tb").mkdir()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dosepred.training, "train", interrupted)
+    with unchanged(work):
+        text = fails(cli("train", "--data", base / "cache", "--out", run, "--overwrite", "--epochs", "2",
+                         "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--no-progress"),
+                     code=130)
+    assert text.strip().splitlines()[-1] == ("error: interrupted (Ctrl-C) before the first epoch ended: "
+                                             f"nothing to resume; {run} is left as it was"), text
+    assert sorted(p.name for p in work.iterdir()) == (["run"] if old else [])

@@ -260,7 +260,9 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
     destination is as it was; on success the old content is deleted. With ``keep_on_interrupt`` a
     Ctrl-C keeps the new content (a run to resume) and drops the old; so does any other failure when
     ``keep_if(path)`` says the new content is worth more than the old (a training run with a finished
-    epoch: hours of work that ``--resume`` continues once the cause is fixed)."""
+    epoch: hours of work that ``--resume`` continues once the cause is fixed). Given ``keep_if``, a
+    Ctrl-C keeps the new content only when it says so too (a run interrupted before its first epoch
+    has nothing to resume: the old run, set aside by ``--overwrite``, is restored)."""
     final = check_output(path, overwrite, inputs, what)
     _folder_not_file(final, what)
     created = _make_parent(final)
@@ -283,10 +285,11 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
     try:
         yield final
     except KeyboardInterrupt:
-        if not keep_on_interrupt:
+        if keep_on_interrupt and (keep_if is None or keep_if(final)):
+            if aside is not None:
+                _remove(aside)
+        else:
             _rollback(final, aside, created)
-        elif aside is not None:
-            _remove(aside)
         raise
     except BaseException:
         if keep_if is not None and keep_if(final):

@@ -231,9 +231,10 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     """``dosepred train``: the run's config from (lowest first) the defaults, ``out/config.json`` when
     resuming, the ``config`` file (JSON or TOML; its nulls unset fields) and ``options`` (their non-None
     values; ``loss_options`` merged key by key), then a fresh run
-    written where ``--resume`` finds it or the run continued. A fresh run that fails before its first
-    epoch is saved restores what was there; one that fails later stays, to be continued with
-    ``--resume`` (a training run is hours of work; the log says so)."""
+    written where ``--resume`` finds it or the run continued. A fresh run that fails or is interrupted
+    before its first epoch is saved restores what was there; one that fails later stays, to be continued
+    with ``--resume`` (a training run is hours of work; the log says so). An interrupted fresh run's
+    ``KeyboardInterrupt`` carries ``run_kept`` (whether the new run stayed)."""
     from .training import TrainConfig, train
 
     out = Path(out)
@@ -270,6 +271,9 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     try:
         with output_in_place(out, overwrite, inputs, keep_if=resumable):
             return train(cfg, resume=False, log=log)
+    except KeyboardInterrupt as e:  # the command line says whether the new run stayed (to --resume)
+        e.run_kept = bool(kept and kept[-1])  # type: ignore[attr-defined]
+        raise
     except Exception:
         if kept and kept[-1]:  # an error after a finished epoch: the new run stays, to be continued
             epoch = finished_epoch(out)

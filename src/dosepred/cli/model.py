@@ -48,7 +48,11 @@ def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt
         res = workflows.train_run(out, opts, config, resume, overwrite, log=con.print)
     except KeyboardInterrupt as e:
         how, code = interruption(e)
-        if (out / "checkpoints" / "last.pt").is_file():
+        kept = getattr(e, "run_kept", None)  # a fresh run: whether it stayed (else OUT is as it was)
+        if kept is False:
+            error(f"interrupted ({how}) before the first epoch ended: nothing to resume; {out} is left as "
+                  "it was")
+        elif (out / "checkpoints" / "last.pt").is_file():
             error(f"interrupted ({how}): {out} keeps its last finished epoch; continue with "
                  f"`dosepred train --out {out} --resume`")
         else:
