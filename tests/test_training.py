@@ -408,3 +408,49 @@ def test_cli_a_loss_that_becomes_nan_stops_the_run_and_leaves_nothing(tmp_path):
     assert r.exit_code == 2, (r.output, r.exception)
     assert r.output.splitlines()[-1] == f"error: patient {f.stem}: dose contains NaN/inf (in {f})", r.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["best.pt", "epoch_2.pt", "metrics.csv"])
+def test_a_failure_between_an_epochs_files_is_resumed_whole(caches, tmp_path, monkeypatch, where):
+    """A full disk (or kill -9) while an epoch's files are written: last.pt was saved first, then best.pt,
+    epoch_K.pt and the metrics row. A failure after last.pt left a run whose last.pt said epoch 2 was done
+    (and, without validation, best) while best.pt still held epoch 1, no epoch_2.pt was ever written, or
+    metrics.csv lacked row 2: --resume then said the run was finished, and `predict --model RUN` used
+    epoch 1's weights. Now last.pt is written last (the epoch is done only when every file of it is):
+    --resume trains epoch 2 again and the run ends like an uninterrupted one."""
+    import errno
+
+    from dosepred.training import logging as run_logging
+    from dosepred.training import trainer
+    from dosepred.workflows import train_run
+
+    opts = dict(data=str(caches / "train"), loss="mae", epochs=2, steps_per_epoch=2, save_every=2, seed=3,
+                patch=16, base=4, levels=2, res_units=0, batch=1, threads=1)
+    ref = tmp_path / "ref"
+    train_run(ref, opts)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    real_save, real_append = trainer.checkpoint.save_checkpoint, run_logging.CsvLog.append
+
+    def save(st, path):
+        if Path(path).name == where and st["epoch"] == 2:
+            raise full
+        return real_save(st, path)
+
+    def append(self, row):
+        if where == "metrics.csv" and row["epoch"] == 2:
+            raise full
+        return real_append(self, row)
+
+    monkeypatch.setattr(trainer.checkpoint, "save_checkpoint", save)
+    monkeypatch.setattr(run_logging.CsvLog, "append", append)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space"):
+        train_run(run, opts)
+    monkeypatch.setattr(trainer.checkpoint, "save_checkpoint", real_save)
+    monkeypatch.setattr(run_logging.CsvLog, "append", real_append)
+    train_run(run, {}, resume=True)
+    for name in ("last.pt", "best.pt", "epoch_2.pt"):
+        assert torch.load(run / "checkpoints" / name, weights_only=True)["epoch"] == 2, name
+        a, b = _weights(ref, name), _weights(run, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]

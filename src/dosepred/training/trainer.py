@@ -230,7 +230,7 @@ class Trainer:
             on_train_epoch_end(epoch)      -> the epoch's row (mean train loss parts, lr, timing)
             on_validation_epoch(epoch, row) -> is_best: when due, validation_step() (the scores)
             |                                 and select_best(epoch, scores)
-            on_epoch_end(epoch, row, is_best)  save_checkpoint(), the row to the logger
+            on_epoch_end(epoch, row, is_best)  the row to the logger, then save_checkpoint() (last.pt last)
             should_stop(epoch)             --stop-after: leave the loop
             barrier()                      DDP: the ranks wait for each other
           on_train_end()                   progress and TensorBoard closed (also after an error)
@@ -529,18 +529,19 @@ class Trainer:
                 "world_size": self.world, "version_info": self.version, "space": self.space.to_dict()}
 
     def save_checkpoint(self, epoch: int, is_best: bool) -> None:
-        """checkpoints/last.pt (its previous content rotated to prev.pt), best.pt when ``is_best``,
-        epoch_K.pt every ``save_every`` epochs; rank 0 only, every file written atomically."""
+        """best.pt when ``is_best``, epoch_K.pt every ``save_every`` epochs, then last.pt (the old one
+        rotated to prev.pt), each atomically, rank 0 only. last.pt last: an epoch is done only once all its
+        files are, so after a failure between them (full disk, kill -9) ``--resume`` redoes the epoch."""
         if not self.is_main:
             return
         st = self.checkpoint_state(epoch)
-        checkpoint.save_rotating(st, self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt",
-                                 rotate=not self.last_damaged)
-        self.last_damaged = False
         if is_best:
             checkpoint.save_checkpoint(st, self.ckpt_dir / "best.pt")
         if self.cfg.save_every and epoch % self.cfg.save_every == 0:
             checkpoint.save_checkpoint(st, self.ckpt_dir / f"epoch_{epoch}.pt")
+        checkpoint.save_rotating(st, self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt",
+                                 rotate=not self.last_damaged)
+        self.last_damaged = False
 
     def restore_checkpoint(self) -> int:
         """``--resume``: load last.pt (or prev.pt when last.pt is unreadable), check that it belongs
@@ -741,10 +742,11 @@ class Trainer:
         return self.select_best(epoch, scores)
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any], is_best: bool) -> None:
-        """Save the checkpoints and record the row (metrics.csv, TensorBoard, the epoch line)."""
+        """Record the row (metrics.csv, TensorBoard, the epoch line), then save the checkpoints (last.pt
+        last: a failure before it has ``--resume`` redo the epoch, whose row it drops and writes anew)."""
         row["time_s"] = time.time() - self.t0
-        self.save_checkpoint(epoch, is_best)
         self.logger.epoch(row, is_best, self.global_step)
+        self.save_checkpoint(epoch, is_best)
         self.last_row = row
 
     def should_stop(self, epoch: int) -> bool:
