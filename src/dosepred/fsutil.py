@@ -41,6 +41,34 @@ class OutputError(DosepredError, ValueError):
     or its folder cannot be created)."""
 
 
+def _named(e: OSError, path: Path, tmp: Path | None = None) -> OSError:
+    """``e`` naming the output being written, not its temporary name ``tmp`` (a file, or a folder the
+    name lies in), so the error line says which output could not be written; with ``tmp`` None (a block
+    that only writes ``path``) also one that names no file (a full disk or quota met by a write says
+    only 'No space left on device')."""
+    if e.errno is None or e.filename2 is not None:
+        return e
+    name = e.filename
+    if isinstance(name, str) and tmp is not None and (name == str(tmp) or name.startswith(f"{tmp}{os.sep}")):
+        name = str(path) + name[len(str(tmp)):]
+    elif not (name is None and tmp is None):
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(name or path))
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The first ``OSError`` in the chain of ``e`` (a library's clean-up may raise its own error over a
+    failed write: torch.save's zip writer, 'unexpected pos', over a full disk's ``OSError``)."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        if isinstance(x, OSError):
+            return x
+        seen.add(id(x))
+        x = x.__cause__ or x.__context__
+    return None
+
+
 def _tmp_sibling(path: Path, tag: str = "tmp", suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}{suffix}")
 
@@ -243,6 +271,8 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
             final.rmdir()  # an empty folder in the way
         os.replace(tmp, final)
         ok = True
+    except OSError as e:
+        raise _named(e, final, tmp) from None
     finally:
         if not ok:
             tmp.unlink(missing_ok=True)
@@ -327,18 +357,22 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _swap_in(tmp, final)
         ok = True
+    except OSError as e:
+        raise _named(e, final, tmp) from None
     finally:
         if not ok:
             _remove(tmp)
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", only_writes: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` (``.NAME.tmp-XXXX`` + ``suffix``, for a library that
     writes to a file name and picks the format from its extension); the block writes it, and it
     replaces ``path`` when the block ends without error and is removed otherwise. No overwrite
     check (see :func:`output_file`). Several of them in one :class:`contextlib.ExitStack` make a
-    transaction: every file is renamed into place, or (on an error) none."""
+    transaction: every file is renamed into place, or (on an error) none. ``only_writes``: the block
+    does nothing but write the file, so an ``OSError`` naming no file (a full disk met by a library's
+    write) is said of ``path``."""
     final = Path(path)
     tmp = _tmp_sibling(final, suffix=suffix)
     ok = False
@@ -346,6 +380,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
         ok = True
+    except OSError as e:
+        named = _named(e, final, tmp)
+        raise (_named(named, final) if only_writes else named) from None
     finally:
         if not ok:
             tmp.unlink(missing_ok=True)
@@ -355,7 +392,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **kw: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; it replaces ``path`` when the block ends
     without error and is removed otherwise. No overwrite check (see :func:`output_file`)."""
-    with atomic_path(path) as tmp, open(tmp, mode, **kw) as fh:
+    with atomic_path(path, only_writes=True) as tmp, open(tmp, mode, **kw) as fh:
         yield fh
 
 
@@ -390,6 +427,9 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     except Exception as e:
         if interrupted(e):  # Ctrl-C mid-write: torch's zip writer replaces it on its way out
             raise KeyboardInterrupt from None
+        os_error = _os_error_in(e)  # a full disk mid-write: likewise (a user's problem, not a bug)
+        if os_error is not None and os_error is not e:
+            raise _named(os_error, final) from None
         raise
 
 

@@ -198,7 +198,7 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     img.set_qform(affine, code=1)
     img.header.set_data_dtype(arr.dtype)
     # nibabel picks the format (gzip or not) from the name: the temporary file keeps the extension
-    with atomic_path(path, ".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
+    with atomic_path(path, ".nii.gz" if path.name.endswith(".gz") else ".nii", only_writes=True) as tmp:
         nib.save(img, tmp)
     return path
 

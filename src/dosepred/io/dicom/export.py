@@ -196,7 +196,7 @@ def new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: str
 
 
 def save_file(ds: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, only_writes=True) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
 
 
