@@ -1137,3 +1137,36 @@ def test_ctrl_c_before_the_first_epoch_leaves_out_as_it_was(base, work, monkeypa
     assert text.strip().splitlines()[-1] == ("error: interrupted (Ctrl-C) before the first epoch ended: "
                                              f"nothing to resume; {run} is left as it was"), text
     assert sorted(p.name for p in work.iterdir()) == (["run"] if old else [])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+@pytest.mark.parametrize("how", ["resume", "fresh-into-empty", "overwrite"])
+def test_a_run_being_trained_is_not_written_by_a_second_command(base, work, how):
+    """Two trainings given one --out at once (a job submitted twice, a --resume of a run that is still
+    training): the second set the first's folder aside (it was still empty while the first loaded its
+    data) or trained into it, and both ended 'done' with one run's checkpoints and config, the other's
+    prev.pt, metrics.csv rows of both under two headers. Now a command writing a run holds a lock on
+    it (flock, gone with the process) and a second one is refused, the run untouched. The lock of the
+    first command is taken here by hand."""
+    import fcntl
+    import shutil
+
+    run = work / "run"
+    if how == "fresh-into-empty":
+        run.mkdir()  # the first command's folder before its files are written
+    else:
+        shutil.copytree(base / "run", run)
+    args = {"resume": ["--resume", "--epochs", "2"],
+            "fresh-into-empty": ["--data", base / "cache"],
+            "overwrite": ["--data", base / "cache", "--overwrite"]}[how]
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with unchanged(work):
+            fails(cli("train", "--out", run, *args, "--epochs", "2", "--patch", "16", "--base", "4",
+                      "--levels", "2", "--threads", "1", "--no-progress"),
+                  f"error: {run}: --out is being written by another dosepred command")
+    finally:
+        os.close(fd)
+    if how == "resume":  # once the other command has ended, the run resumes
+        ok(cli("train", "--out", run, "--resume", "--epochs", "2", "--threads", "1", "--no-progress"))

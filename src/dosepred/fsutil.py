@@ -15,7 +15,8 @@ Rules every writing command follows (docs/formats.md, "Outputs"):
 
 Long-running outputs that must stay in place while they are written (a training run, which
 ``--resume`` continues) use :func:`output_in_place`: the old content is set aside and restored
-when the command fails.
+when the command fails; the folder is :func:`locked` while it is written, so a second command given
+the same folder meanwhile is refused.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import IO, Any
 from .errors import DosepredError, interrupted
 
 __all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_apart", "check_output",
-           "is_nonempty", "output_dir", "output_file", "output_in_place", "save_torch", "write_bytes",
-           "write_json", "write_text"]
+           "is_nonempty", "locked", "output_dir", "output_file", "output_in_place", "save_torch",
+           "write_bytes", "write_json", "write_text"]
 
 
 class OutputError(DosepredError, ValueError):
@@ -295,25 +296,27 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
     has nothing to resume: the old run, set aside by ``--overwrite``, is restored)."""
     final = check_output(path, overwrite, inputs, what)
     _folder_not_file(final, what)
-    created = _make_parent(final)
-    aside: Path | None = None
-    existed = final.exists() or final.is_symlink()
-    if existed:
-        aside = _tmp_sibling(final, "old")
+    with locked(final, what, must_exist=False):  # not set aside while another command writes it
+        created = _make_parent(final)
+        aside: Path | None = None
+        existed = final.exists() or final.is_symlink()
+        if existed:
+            aside = _tmp_sibling(final, "old")
+            try:
+                os.replace(final, aside)
+            except OSError as e:
+                _unmake(created)
+                raise OutputError(f"{final}: cannot replace it ({e.strerror or e})") from None
         try:
-            os.replace(final, aside)
+            final.mkdir()
         except OSError as e:
+            if aside is not None:
+                os.replace(aside, final)
             _unmake(created)
-            raise OutputError(f"{final}: cannot replace it ({e.strerror or e})") from None
+            raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
     try:
-        final.mkdir()
-    except OSError as e:
-        if aside is not None:
-            os.replace(aside, final)
-        _unmake(created)
-        raise OutputError(f"{final}: cannot write here ({e.strerror or e})") from None
-    try:
-        yield final
+        with locked(final, what):  # held while the block writes it
+            yield final
     except KeyboardInterrupt:
         if keep_on_interrupt and (keep_if is None or keep_if(final)):
             if aside is not None:
@@ -330,6 +333,41 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
         raise
     if aside is not None:
         _remove(aside)
+
+
+@contextmanager
+def locked(path: str | os.PathLike, what: str = "--out", must_exist: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``path`` (``flock``, released when the block ends or the
+    process dies, so no stale lock is ever left) while the block writes it in place: a second command
+    writing the same folder at once (two trainings started with one ``--out``, a ``--resume`` of a run
+    still training) is refused with an :class:`OutputError` instead of mixing its files into the
+    other's. Nothing when ``path`` is no folder and not ``must_exist``, or where the platform or file
+    system has no such locks."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows)
+        fcntl = None
+    p = Path(path)
+    fd: int | None = None
+    if fcntl is not None and (must_exist or (p.is_dir() and not p.is_symlink())):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            fd = None  # not there or unreadable: what follows says why
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputError(f"{p}: {what} is being written by another dosepred command (a training "
+                                  f"still running there?); wait for it to end, or choose another {what}"
+                                  ) from None
+            except OSError:  # a file system without locks: go on unlocked
+                pass
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _rollback(final: Path, aside: Path | None, created: list[Path]) -> None:

@@ -21,7 +21,7 @@ from . import split, synth
 from .baseline import distance_falloff
 from .demo import run_demo
 from .errors import InputError, name_some
-from .fsutil import check_apart, check_output, output_dir, output_file, output_in_place, write_json
+from .fsutil import check_apart, check_output, locked, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
 from .io.source import check_roi_map, checked, load_patients, open_source
@@ -259,7 +259,10 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         # --resume continues the run in place (it must still not be one of the inputs); under
         # torchrun only rank 0 writes the run and owns its transaction
         check_output(out, True, inputs)
-        return train(cfg, resume=resume, log=log)
+        if os.environ.get("RANK", "0") != "0":
+            return train(cfg, resume=resume, log=log)
+        with locked(out):  # not while another command trains this run
+            return train(cfg, resume=resume, log=log)
     kept: list[bool] = []
 
     def resumable(run: Path) -> bool:
