@@ -1170,3 +1170,36 @@ def test_a_run_being_trained_is_not_written_by_a_second_command(base, work, how)
         os.close(fd)
     if how == "resume":  # once the other command has ended, the run resumes
         ok(cli("train", "--out", run, "--resume", "--epochs", "2", "--threads", "1", "--no-progress"))
+
+
+def test_a_folder_whose_name_is_not_utf8_is_written_like_any_other(base, tmp_path):
+    """A folder named in Latin-1 (an old share, a USB disk: b'Patient\\xe9'), which Python reads with
+    surrogate escapes: `train` ended in 'internal error (UnicodeEncodeError ...)' (TensorBoard takes only
+    UTF-8 names), so did `export-model` and `ensemble` (the README names the run), and any command that
+    printed the path on a terminal whose output is strict UTF-8 (PYTHONIOENCODING below, as a desktop's
+    en_US.UTF-8 locale). Now the run trains (without a TensorBoard log, said once), the README keeps the
+    name's original bytes, and the path is printed as those bytes."""
+    import shutil
+
+    bad = tmp_path / os.fsdecode(b"Patient\xe9")
+    try:
+        bad.mkdir()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "dosepred", *map(os.fsencode, args)], capture_output=True,
+                           env=e, timeout=300)
+        assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+        return r.stdout
+
+    out = run("train", "--data", base / "cache", "--out", bad / "run", "--epochs", "1", "--steps-per-epoch",
+              "1", "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--no-progress")
+    assert b"no TensorBoard log" in out and os.fsencode(bad / "run") in out
+    assert (bad / "run" / "checkpoints" / "last.pt").is_file()
+    shutil.copytree(base / "run", bad / "copy")
+    run("export-model", bad / "copy", "--out", bad / "m")
+    assert os.fsencode(bad / "m") in (bad / "m" / "README.md").read_bytes()  # "Use: dosepred predict ..."
+    run("ensemble", bad / "copy", base / "run", "--out", bad / "ens")
+    assert sorted(p.name for p in (bad / "ens").iterdir()) == ["README.md", "ensemble.json"]

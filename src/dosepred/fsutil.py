@@ -444,7 +444,9 @@ def write_bytes(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], Any
 
 
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    with atomic_file(path, "w", encoding=encoding, newline="") as fh:
+    """``text`` atomically; a path in it that is not valid UTF-8 (a folder named in Latin-1, which Python
+    reads with surrogate escapes) is written as its original bytes, not refused."""
+    with atomic_file(path, "w", encoding=encoding, errors="surrogateescape", newline="") as fh:
         fh.write(text)
 
 

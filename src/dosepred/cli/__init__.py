@@ -40,6 +40,11 @@ def _load() -> Any:
 def main() -> None:
     """The ``dosepred`` entry point."""
     stop_on_signals()  # SIGTERM/SIGHUP unwind like Ctrl-C: no temporary output is left behind
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        # a path that is not valid UTF-8 (a folder named in Latin-1) is printed, not a crash on a
+        # terminal whose stream is strict: stdout gives its original bytes, stderr escapes them
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors)
     try:
         _load()
         from .common import main as run  # startup: loaded by _load() above

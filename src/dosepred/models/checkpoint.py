@@ -389,8 +389,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
 
         roi_names = ", ".join(r["name"] for r in mc["rois"])
         space = ModelSpace.from_dict(ckpt["space"])
-        readme.write_text(
-            f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
+        write_text(
+            readme, f"# {shown.name}\n\n{description or 'A dosepred 3D U-Net dose-prediction model.'}\n\n"
             f"- architecture: {'two-stage cascade of 3D U-Nets' if mc.get('stages', 1) == 2 else '3D U-Net'}"
             f", channels {ModelConfig.from_dict(dict(mc)).widths} ({mc['levels']} levels)"
             + (f", a coarse branch {mc['coarse']} under the bottom" if mc.get("coarse") else "")

@@ -110,7 +110,12 @@ class RunLogger:
         if not self.enabled:
             return
         self.csv = CsvLog(self.run / "metrics.csv", resume_epoch)
-        self.tb = open_tensorboard(self.run / "tb")
+        try:
+            self.tb = open_tensorboard(self.run / "tb")
+        except UnicodeError:  # its file layer takes only UTF-8 names (a folder named in Latin-1)
+            self.tb = None
+            self.message(f"no TensorBoard log: TensorBoard cannot write under {self.run}, whose path is not "
+                         "valid UTF-8 (metrics.csv holds every number)")
 
     def start_progress(self, total_steps: int, done_steps: int, show: bool) -> None:
         """Per-step progress over ``total_steps`` of which ``done_steps`` are done (when ``show``)."""
