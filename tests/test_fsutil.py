@@ -156,3 +156,22 @@ def test_a_full_disk_names_the_output_not_its_temporary_name(tmp_path):
     with pytest.raises(OSError) as e, atomic_path(tmp_path / "b.npz"):
         raise OSError(errno.EIO, "Input/output error")
     assert e.value.filename is None
+
+
+def test_an_output_with_a_long_legal_name_is_written(tmp_path):
+    """An output whose name is legal (250 bytes, under the 255 most file systems take) failed with
+    'cannot write here (File name too long)': its temporary sibling '.NAME.tmp-XXXXXXXX' was 264 bytes.
+    Now the temporary name is cut to fit, and the output is written under its own name."""
+    from dosepred.fsutil import output_dir, output_file
+
+    name = "x" * 246 + "é"  # 248 bytes in UTF-8
+    with output_dir(tmp_path / name) as tmp:
+        write_json(tmp / "a.json", {"a": 1})
+    with output_file(tmp_path / (name[:-3] + ".json")) as tmp:
+        write_json(tmp, {"b": 2})
+    with atomic_path(tmp_path / (name[:-7] + ".nii.gz"), ".nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"nii")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, name[:-3] + ".json",
+                                                                 name[:-7] + ".nii.gz"])
+    assert (tmp_path / name / "a.json").is_file()

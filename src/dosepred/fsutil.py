@@ -70,8 +70,19 @@ def _os_error_in(e: BaseException) -> OSError | None:
     return None
 
 
+#: The longest file name most file systems take (bytes): a temporary sibling of a long name is shortened
+NAME_MAX = 255
+
+
 def _tmp_sibling(path: Path, tag: str = "tmp", suffix: str = "") -> Path:
-    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}{suffix}")
+    """``.NAME.tag-XXXXXXXX`` + ``suffix`` beside ``path``; NAME cut short where the whole would be longer
+    than :data:`NAME_MAX` bytes (an output whose own name is legal must not fail for its temporary's)."""
+    rest = f".{tag}-{secrets.token_hex(4)}{suffix}"
+    name = path.name
+    room = NAME_MAX - 1 - len(os.fsencode(rest))
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return path.with_name(f".{name}{rest}")
 
 
 def _remove(path: Path) -> None:
