@@ -138,3 +138,22 @@ def test_roi_metric_patient_and_arrays():
     idx = roi_voxel_indices(p)
     assert set(idx) == {"A", "T"}
     assert np.array_equal(idx["A"], np.flatnonzero(ma)) and np.array_equal(idx["T"], np.flatnonzero(mt))
+
+
+def test_v_metric_counts_a_voxel_at_the_threshold_as_read_from_a_file():
+    """Doses are read as float32: an OpenKBP dose.csv's 59.85 Gy is 59.849998 Gy, under 95 % of 63 Gy
+    (59.849999999999994 in float64). The voxel receives 95 % of the prescription and counts in V95%,
+    as the criteria checks count a value at their limit."""
+    from dosepred.dvh import roi_metrics_pair
+
+    text = ["58.0", "59.85", "60.0", "61.6"]  # as written in the file
+    d = np.array([float(np.float32(s)) for s in text])  # as read (float32), widened
+    exact = {"V95%": 75.0, "V110%": 25.0}  # 59.85 = 95 % and 61.6 = 110 % of 63 / 56 Gy count
+    for metric, rx in (("V95%", 63.0), ("V110%", 56.0)):
+        assert compute(metric, d, 1.0, rx) == exact[metric]
+        assert DVH(d, 1.0, prescription=rx).metric(metric) == exact[metric]
+        assert roi_metrics(d, [metric], 1.0, rx)[0] == exact[metric]
+        assert roi_metrics_pair(d, d[::-1], [metric], 1.0, rx) == ([exact[metric]], [exact[metric]])
+    assert compute("V45.3Gy", np.array([np.float32(45.3), 40.0]), 1.0) == 50.0
+    assert DVH(d, 1.0).volume_at_dose(59.85) == 75.0
+    assert DVH(d, 1.0).volume_at_dose(59.86) == 50.0  # the tolerance is far below 0.01 Gy

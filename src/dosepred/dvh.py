@@ -23,7 +23,17 @@ from typing import Literal
 import numpy as np
 
 from .errors import InputError
-from .metrics import Metric, MetricError, compute, parse_metric, percentile_index, percentile_q, v_threshold
+from .metrics import (
+    Metric,
+    MetricError,
+    compute,
+    parse_metric,
+    percentile_index,
+    percentile_q,
+    v_cut,
+    v_percent,
+    v_threshold,
+)
 from .patient import Patient
 
 VolumeUnit = Literal["%", "cc"]
@@ -92,10 +102,11 @@ class DVH:
         raise InputError(f"unit must be '%' or 'cc', got {unit!r}")
 
     def volume_at_dose(self, dose: float, unit: VolumeUnit = "%") -> float:
-        """Volume receiving at least ``dose`` Gy, in % of the ROI or in cc."""
+        """Volume receiving at least ``dose`` Gy (:func:`dosepred.metrics.v_cut`), in % of the ROI or
+        in cc."""
         if self.n_voxels == 0:
             return math.nan
-        n = self.n_voxels - int(np.searchsorted(self.doses, dose, side="left"))
+        n = self.n_voxels - int(np.searchsorted(self.doses, v_cut(dose), side="left"))
         if unit == "%":
             return n / self.n_voxels * 100.0
         if unit == "cc":
@@ -152,7 +163,7 @@ def roi_metrics(doses: np.ndarray, metrics: Sequence[str | Metric], voxel_volume
         if m.kind == "Dmean":
             out[i] = float(d.mean())
         elif m.kind == "V":
-            out[i] = float((d >= v_threshold(m, prescription)).mean() * 100.0)
+            out[i] = v_percent(d, v_threshold(m, prescription))
     return out
 
 
@@ -195,7 +206,7 @@ def roi_metrics_pair(ref: np.ndarray, pred: np.ndarray, metrics: Sequence[str | 
             ra[i], rb[i] = float(a.mean()), float(b.mean())
         elif m.kind == "V":
             t = v_threshold(m, prescription)
-            ra[i], rb[i] = float((a >= t).mean() * 100.0), float((b >= t).mean() * 100.0)
+            ra[i], rb[i] = v_percent(a, t), v_percent(b, t)
     pct = [(i, percentile_q(m, a.size, voxel_volume_mm3))
            for i, m in enumerate(ms) if m.kind in ("D", "Dmax", "Dmin")]
     if pct:

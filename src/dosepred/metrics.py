@@ -5,7 +5,7 @@ Grammar (case-insensitive, spaces ignored):
 - ``Dmean``, ``Dmax``, ``Dmin``                     dose statistics (Gy)
 - ``D<x>%`` e.g. ``D95%``, ``D99``                  dose received by at least x % of the ROI (Gy)
 - ``D<x>cc`` e.g. ``D0.1cc``, ``D2cc``              dose received by the hottest x cc (Gy)
-- ``V<x>Gy`` e.g. ``V30Gy``                          % of the ROI receiving at least x Gy
+- ``V<x>Gy`` e.g. ``V30Gy``                          % of the ROI receiving at least x Gy (:func:`v_cut`)
 - ``V<x>%`` e.g. ``V95%``                            % of the ROI receiving at least x % of its Rx
 
 D-metrics follow OpenKBP's evaluator exactly: ``D<x>%`` is ``np.percentile(dose_in_roi, 100 - x)``
@@ -163,6 +163,24 @@ def v_threshold(metric: Metric, prescription: float | None) -> float:
     return metric.value / 100.0 * prescription
 
 
+#: relative tolerance below a V-metric's threshold within which a dose still counts (as the criteria
+#: checks' ``CHECK_TOLERANCE`` in :mod:`dosepred.protocol.schema`): doses are float32, so a file's
+#: 59.85 Gy reads 59.849998 Gy, under 95 % of 63 Gy; 1e-6 of the dose is far below any clinical meaning
+V_TOLERANCE = 1e-6
+
+
+def v_cut(threshold: float) -> float:
+    """The dose from which a voxel counts in a V-metric of ``threshold`` Gy: the threshold less
+    :data:`V_TOLERANCE` of it, so a dose at the threshold counts whatever its float rounding."""
+    return threshold - V_TOLERANCE * max(abs(threshold), 1.0)
+
+
+def v_percent(doses: np.ndarray, threshold: float) -> float:
+    """% of ``doses`` (1-D, Gy) at or above ``threshold`` Gy (:func:`v_cut`); NaN for none."""
+    d = np.asarray(doses)
+    return float((d >= v_cut(threshold)).mean() * 100.0) if d.size else math.nan
+
+
 def compute(metric: Metric | str, doses: np.ndarray, voxel_volume_mm3: float,
             prescription: float | None = None) -> float:
     """Exact value of ``metric`` on the doses (Gy) of one ROI's voxels (a 1-D array).
@@ -176,5 +194,5 @@ def compute(metric: Metric | str, doses: np.ndarray, voxel_volume_mm3: float,
     if m.kind == "Dmean":
         return float(d.mean())
     if m.kind == "V":
-        return float((d >= v_threshold(m, prescription)).mean() * 100.0)
+        return v_percent(d, v_threshold(m, prescription))
     return float(np.percentile(d, percentile_q(m, d.size, voxel_volume_mm3)))

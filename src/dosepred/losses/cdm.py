@@ -10,7 +10,8 @@ For each criterion of a :class:`dosepred.protocol.Protocol` (ROI + metric string
   spread gradients over more voxels (the value is then no longer exact; default 0 = exact).
 - **Dmean**: the mean of the ROI's doses.
 - **V-metrics** (``V20Gy``, ``V95%``): the surrogate ``100 * mean(sigmoid((D - x) / tau))``, with
-  ``x = dosepred.metrics.v_threshold(metric, rx)`` and temperature ``tau`` (Gy).
+  ``x = dosepred.metrics.v_cut(v_threshold(metric, rx))`` (the threshold less 1e-6 of it, where the
+  exact V-metric starts counting) and temperature ``tau`` (Gy).
 
 Two terms per criterion, each multiplied by ``criterion.weight`` and by the target or OAR weight:
 
@@ -53,7 +54,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..metrics import Metric, MetricError, parse_metric, percentile_index, percentile_q, v_threshold
+from ..metrics import Metric, MetricError, parse_metric, percentile_index, percentile_q, v_cut, v_threshold
 from ..patient import RoiSet
 from ..protocol import BoundProtocol, Protocol, bound_for, load_protocol
 from ._common import DEFAULT_DOSE_SCALE, check_inputs, roi_members, upcast, voxel_volumes, zero_like_graph
@@ -149,7 +150,8 @@ def d_metric(doses: torch.Tensor, metric: Metric | str, voxel_volume_mm3: float 
 def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.Tensor:
     """Sigmoid surrogate of a V-metric: % of the ROI's voxels at or above ``threshold`` Gy.
 
-    ``100 * mean(sigmoid((D - threshold) / tau))``; tends to the exact value as ``tau -> 0``.
+    ``100 * mean(sigmoid((D - x) / tau))`` with ``x = v_cut(threshold)``; tends to the exact value
+    (:func:`dosepred.metrics.compute`) as ``tau -> 0``.
 
     Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
     uses :func:`cdm_loss`.
@@ -158,7 +160,7 @@ def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.T
         raise InputError(f"tau must be > 0 Gy, got {tau}")
     if doses.numel() == 0:
         raise ValueError("V-metric of an empty ROI")
-    return torch.sigmoid((doses - threshold) / tau).mean() * 100.0
+    return torch.sigmoid((doses - v_cut(float(threshold))) / tau).mean() * 100.0
 
 
 def roi_metrics(doses: torch.Tensor, terms: Sequence[CdmTerm], voxel_volume_mm3: float | None,
@@ -331,8 +333,9 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
         mr = mr.index_add(0, mi, ref.new_zeros(nb * k).index_add(0, seg, rs)[ms] / cnt[ms])
     for thr, (vp, vs) in v_reads.items():  # one pass over the ROI voxels per distinct threshold
         ms, mi = as_t(vs), as_t(vp)
-        sp_v = pred.new_zeros(nb * k).index_add(0, seg, torch.sigmoid((ps - thr) / tau))
-        sr_v = ref.new_zeros(nb * k).index_add(0, seg, torch.sigmoid((rs - thr) / tau))
+        cut = v_cut(thr)  # where the exact V-metric starts counting
+        sp_v = pred.new_zeros(nb * k).index_add(0, seg, torch.sigmoid((ps - cut) / tau))
+        sr_v = ref.new_zeros(nb * k).index_add(0, seg, torch.sigmoid((rs - cut) / tau))
         mp = mp.index_add(0, mi, sp_v[ms] / cnt[ms] * 100.0)
         mr = mr.index_add(0, mi, sr_v[ms] / cnt[ms] * 100.0)
 
