@@ -269,8 +269,10 @@ def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
         raise SplitError(f"split file {path} does not exist")
     try:
         obj = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise SplitError(f"split file {path} is not valid JSON (UTF-8 text): {e}") from None
+    except UnicodeDecodeError as e:
+        raise SplitError(f"split file {path} is not UTF-8 text: {e}") from None
+    except json.JSONDecodeError as e:
+        raise SplitError(f"split file {path} is not valid JSON: {e}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("splits"), dict):
         raise SplitError(f"split file {path} lacks a 'splits' object ({{\"splits\": {{\"train\": [...]}}}})")
     out = {}

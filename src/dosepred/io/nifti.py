@@ -408,8 +408,10 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
         return {}
     try:
         obj = json.loads(js.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise NiftiFormatError(f"{js} is not valid JSON (UTF-8 text): {e}") from None
+    except UnicodeDecodeError as e:
+        raise NiftiFormatError(f"{js} is not UTF-8 text: {e}") from None
+    except json.JSONDecodeError as e:
+        raise NiftiFormatError(f"{js} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise NiftiFormatError(f"{js}: expected a JSON object")
     for key, what, ok in _SIDECAR_FIELDS:
