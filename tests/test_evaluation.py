@@ -286,12 +286,9 @@ def test_criteria_table_keeps_two_limits_on_one_metric_apart():
     assert res.criteria_pass_rate == pytest.approx(100 * 3 / 6)
 
 
-def test_dcc_of_an_roi_smaller_than_its_volume_is_named():
-    """A 2-voxel cord of 0.02 cc (1 x 1 x 10 mm voxels) at 30 and 60 Gy: D0.1cc asks for 10 voxels, so
-    the value is the ROI's minimum (30 Gy; a <= 50 Gy limit passes though a voxel gets 60 Gy) and the
-    cohort says so; the 64-voxel PTV (0.64 cc) is large enough for D0.1cc (10 voxels) and is not named."""
-    from dosepred.protocol import parse_protocol
-
+def two_voxel_cord() -> tuple[Patient, np.ndarray]:
+    """A 64-voxel PTV at 60 Gy and a 2-voxel cord of 0.02 cc (1 x 1 x 10 mm voxels) at 30 and 60 Gy, and
+    that dose (also tests/test_report.py's)."""
     rs = RoiSet((Roi("PTV", "target", 60.0), Roi("Cord")))
     ptv = np.zeros((6, 6, 6), bool)
     ptv[1:5, 1:5, 1:5] = True
@@ -301,6 +298,14 @@ def test_dcc_of_an_roi_smaller_than_its_volume_is_named():
     dose[0, 0, 0], dose[0, 0, 1] = 30.0, 60.0
     p = Patient.from_masks("pt_9", np.zeros((6, 6, 6)), {"PTV": ptv, "Cord": cord}, rs, (1.0, 1.0, 10.0),
                            np.ones((6, 6, 6), bool), dose=dose)
+    return p, dose
+
+
+def test_dcc_of_an_roi_smaller_than_its_volume_is_named():
+    """A 2-voxel cord of 0.02 cc (1 x 1 x 10 mm voxels) at 30 and 60 Gy: D0.1cc asks for 10 voxels, so
+    the value is the ROI's minimum (30 Gy; a <= 50 Gy limit passes though a voxel gets 60 Gy) and the
+    cohort says so; the 64-voxel PTV (0.64 cc) is large enough for D0.1cc (10 voxels) and is not named."""
+    p, dose = two_voxel_cord()
     proto = parse_protocol({"name": "t", "criteria": [
         {"roi": "Cord", "metric": "D0.1cc", "limit": 50, "direction": "<="},
         {"roi": "PTV", "metric": "D0.1cc", "limit": 70, "direction": "<="}]})

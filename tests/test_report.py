@@ -193,18 +193,10 @@ def test_the_report_says_the_cohort_warnings(tmp_path):
     """A 2-voxel cord (0.02 cc): its D0.1cc is the cord's minimum dose (30 Gy, though a voxel gets 60 Gy),
     and a protocol criterion repeated: the console and the JSON said so; the report, which a physicist
     may read alone, showed the 30 Gy passing its 50 Gy limit without a word."""
-    from dosepred import Patient, Roi, RoiSet
     from dosepred.protocol import parse_protocol
+    from test_evaluation import two_voxel_cord
 
-    rs = RoiSet((Roi("PTV", "target", 60.0), Roi("Cord")))
-    ptv = np.zeros((6, 6, 6), bool)
-    ptv[1:5, 1:5, 1:5] = True
-    cord = np.zeros((6, 6, 6), bool)
-    cord[0, 0, 0] = cord[0, 0, 1] = True
-    dose = np.where(ptv, 60.0, 0.0)
-    dose[0, 0, 0], dose[0, 0, 1] = 30.0, 60.0
-    p = Patient.from_masks("pt_9", np.zeros((6, 6, 6)), {"PTV": ptv, "Cord": cord}, rs, (1.0, 1.0, 10.0),
-                           np.ones((6, 6, 6), bool), dose=dose)
+    p, dose = two_voxel_cord()
     crit = {"roi": "Cord", "metric": "D0.1cc", "limit": 50, "direction": "<="}
     res = evaluate_cohort([(p, dose)], parse_protocol({"name": "t", "criteria": [crit, crit]}))
     assert len(res.warnings) == 2

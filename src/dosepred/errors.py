@@ -73,14 +73,23 @@ def stop_on_signals() -> None:
 def interruption(e: BaseException) -> tuple[str, int]:
     """What stopped a command that :func:`interrupted` says was stopped: its name for the error line
     (``"Ctrl-C"``, ``"SIGTERM"``) and the exit code (130 for Ctrl-C, 128 + the signal's number)."""
+    x = in_chain(e, Terminated)
+    return (x.name, 128 + x.signum) if isinstance(x, Terminated) else ("Ctrl-C", 130)
+
+
+def in_chain(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` among ``e`` and the exceptions it was raised from or while
+    handling (``__cause__``, ``__context__``; each once): a library's clean-up may raise its own error
+    over the one that matters (torch.save's zip writer, 'unexpected pos', over a Ctrl-C or a full
+    disk's ``OSError``)."""
     seen: set[int] = set()
     x: BaseException | None = e
     while x is not None and id(x) not in seen:
-        if isinstance(x, Terminated):
-            return x.name, 128 + x.signum
+        if isinstance(x, kind):
+            return x
         seen.add(id(x))
         x = x.__cause__ or x.__context__
-    return "Ctrl-C", 130
+    return None
 
 
 def interrupted(e: BaseException) -> bool:
@@ -88,11 +97,4 @@ def interrupted(e: BaseException) -> bool:
     library's clean-up may replace the interrupt with its own error (``torch.save`` interrupted
     mid-write raises ``RuntimeError: ... unexpected pos`` from its zip writer's exit), which is the
     user's Ctrl-C, not a bug."""
-    seen: set[int] = set()
-    x: BaseException | None = e
-    while x is not None and id(x) not in seen:
-        if isinstance(x, KeyboardInterrupt):
-            return True
-        seen.add(id(x))
-        x = x.__cause__ or x.__context__
-    return False
+    return in_chain(e, KeyboardInterrupt) is not None

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DosepredError, interrupted
+from .errors import DosepredError, in_chain, interrupted
 
 __all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_apart", "check_output",
            "is_nonempty", "locked", "output_dir", "output_file", "output_in_place", "save_torch",
@@ -60,14 +60,8 @@ def _named(e: OSError, path: Path, tmp: Path | None = None) -> OSError:
 def _os_error_in(e: BaseException) -> OSError | None:
     """The first ``OSError`` in the chain of ``e`` (a library's clean-up may raise its own error over a
     failed write: torch.save's zip writer, 'unexpected pos', over a full disk's ``OSError``)."""
-    seen: set[int] = set()
-    x: BaseException | None = e
-    while x is not None and id(x) not in seen:
-        if isinstance(x, OSError):
-            return x
-        seen.add(id(x))
-        x = x.__cause__ or x.__context__
-    return None
+    x = in_chain(e, OSError)
+    return x if isinstance(x, OSError) else None
 
 
 #: The longest file name most file systems take (bytes): a temporary sibling of a long name is shortened
