@@ -850,3 +850,36 @@ def test_a_plan_whose_ct_is_not_in_hu_is_untrusted(sample_dir, model_dir):
     assert not any(n.startswith(NOTE_CT) for n in notes["pt_66"]), notes["pt_66"]
     rows = res.summary()
     assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("offset", True)]
+
+
+def test_a_plan_whose_dose_disagrees_with_its_prescriptions_is_untrusted(sample_dir, model_dir, tmp_path):
+    """pt_66 with its dose at 0.7 x (a first-phase RTDOSE of a two-phase plan, a hypofractionated re-plan
+    under the 70 Gy names): the prescription check warned on the console only, while qa.json and the
+    report listed no note and ranked the plan first as trusted, every target's coverage "below
+    achievable" by the dose that was not the plan's. Now the plan carries the note (naming each target
+    and its median dose, numpy on the hand-scaled dose), ranks after the plan as delivered, and the
+    console warning is not said a second time; the plan as delivered has no such note."""
+    import warnings
+
+    from dosepred.io import load_patients, write_cache
+    from dosepred.io.rx_check import PrescriptionWarning
+    from dosepred.qa import run_qa
+    from dosepred.qa.result import NOTE_RX
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    low = p.with_dose(np.asarray(p.dose, dtype=np.float32) * 0.7)
+    low.id = "low"
+    median70 = float(np.median(np.asarray(low.dose, dtype=np.float64)[low.mask("PTV70")]))
+    assert 0.5 * 70 < median70 < 0.8 * 70  # inconsistent, but not impossible (not an error)
+    write_cache([low, p], tmp_path / "plans")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        res = run_qa(model_dir, tmp_path / "plans", "openkbp-clinical")
+    assert not [w for w in said if issubclass(w.category, PrescriptionWarning)]
+    notes = {q.id: q.notes for q in res.patients}
+    mine = [n for n in notes["low"] if n.startswith(NOTE_RX)]
+    assert len(mine) == 1 and f"PTV70 (Rx 70 Gy): median {median70:.1f} Gy" in mine[0], notes["low"]
+    assert not any(n.startswith(NOTE_RX) for n in notes["pt_66"]), notes["pt_66"]
+    rows = res.summary()
+    assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("low", True)]
+    assert NOTE_RX in rows[1]["reliability"]

@@ -39,7 +39,8 @@ from ..dvh import roi_voxel_indices
 from ..errors import DosepredError, InputError
 from ..evaluation import evaluate_patient
 from ..fsutil import sha256_file
-from ..io import side_check, target_dose_check
+from ..io import rx_check, side_check, target_dose_check
+from ..io.rx_check import PrescriptionWarning
 from ..io.side_check import LateralityWarning
 from ..io.source import open_source
 from ..io.target_dose_check import TargetDoseWarning
@@ -56,6 +57,7 @@ from .result import (
     FLAG_UNCALIBRATED,
     NOTE_CT,
     NOTE_GRID,
+    NOTE_RX,
     NOTE_SIDE,
     NOTE_TARGET_DOSE,
     NOTE_UNPRESCRIBED,
@@ -117,8 +119,18 @@ def input_notes(plan: Patient) -> list[str]:
     (:func:`dosepred.io.source.checked`, which warns of them as they are read): a large high dose far
     from every contoured target (:mod:`dosepred.io.target_dose_check`: the model predicts as for a
     plan of fewer dose levels, so the plan's flags cannot be trusted) and ROIs named for a side lying
-    on the other (:mod:`dosepred.io.side_check`)."""
+    on the other (:mod:`dosepred.io.side_check`), and a plan dose that disagrees with its targets'
+    prescriptions (:mod:`dosepred.io.rx_check`: a phase of the plan, a plan of other prescriptions under
+    these names; the model predicts for the prescriptions, so the flags compare another plan)."""
     out = []
+    bad = [t for t in rx_check.target_doses(plan) if t.inconsistent]
+    if bad:
+        out.append(f"{NOTE_RX}: " + "; ".join(t.described() for t in bad)
+                   + f" (a target's median plan dose should lie within {rx_check.LOW:g} x its "
+                   f"prescription and {rx_check.HIGH:g} x the highest): the dose of a phase or of another "
+                   "plan, its units or the targets' prescriptions? The achievable dose is predicted for the "
+                   "prescriptions, so this plan's flags (target coverage above all) cannot be trusted; give "
+                   "the plan's whole dose or the targets' prescriptions and run again")
     o = target_dose_check.outside_dose(plan)
     if o is not None and o.large:
         out.append(f"{NOTE_TARGET_DOSE}: {o.described()}: {target_dose_check.LIKELY_CAUSE}? The achievable "
@@ -449,7 +461,7 @@ def _without_input_warnings(plans: Iterable[Patient]) -> Iterator[Patient]:
     it = iter(plans)
     while True:
         with warnings.catch_warnings():
-            for cat in (LateralityWarning, TargetDoseWarning):
+            for cat in (LateralityWarning, TargetDoseWarning, PrescriptionWarning):
                 warnings.filterwarnings("ignore", category=cat)
             p = next(it, None)
         if p is None:

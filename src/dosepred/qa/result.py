@@ -15,7 +15,7 @@ Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
 - ``criterion not calibrated`` (the family's interval is used).
 
 Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DOSE`, :data:`NOTE_SIDE`,
-:data:`NOTE_UNPRESCRIBED`)
+:data:`NOTE_UNPRESCRIBED`, :data:`NOTE_CT`, :data:`NOTE_RX`)
 concern the patient and are given once per patient (:attr:`PatientQA.notes`). A plan's *potential
 improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags plus predicted - plan
 over its coverage flags (dose metrics only, each ROI and metric once: two criteria on one metric flag
@@ -57,14 +57,20 @@ NOTE_UNPRESCRIBED = "target without a prescription"
 #: ... and a CT not in HU (:func:`dosepred.models.space.ct_scale_problem`: stored with an offset; the
 #: model reads HU, so the achievable dose is predicted for another anatomy than the plan's).
 NOTE_CT = "CT not in HU"
+#: ... and a plan dose that disagrees with its targets' prescriptions (:mod:`dosepred.io.rx_check`: a
+#: target's median dose below 0.8 x its prescription or above 1.3 x the highest; a phase of a plan, a
+#: re-plan of another prescription under these names): the plan is compared with a prediction for
+#: prescriptions it was not planned for.
+NOTE_RX = "plan dose and prescriptions disagree"
 #: Notes that say the plan's flags cannot be trusted (its inputs contradict themselves): the cohort
 #: summary ranks such plans after every other, whatever their potential improvement.
-UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT)
+UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT, NOTE_RX)
 #: How the cohort table marks such a plan's rank, and what the mark means.
 UNTRUSTED_MARK = "*"
 UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs are incomplete or contradict "
                     "themselves "
-                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, an {NOTE_SIDE}, or a {NOTE_CT}), so "
+                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, an {NOTE_SIDE}, a {NOTE_CT}, or "
+                    f"{NOTE_RX}), so "
                     "its flags "
                     "cannot be trusted until they are fixed")
 
