@@ -883,3 +883,34 @@ def test_a_plan_whose_dose_disagrees_with_its_prescriptions_is_untrusted(sample_
     rows = res.summary()
     assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("low", True)]
     assert NOTE_RX in rows[1]["reliability"]
+
+
+@pytest.mark.parametrize("coverage, said", [(0.875, "87.5%"), (0.905, "90.5%"), (0.925, "92.5%"),
+                                            (0.9, "90%")])
+def test_the_coverage_asked_for_is_the_one_the_outputs_name(tmp_path, coverage, said):
+    """--coverage 0.875 (between the 0.87 and 0.88 of docs/qa.md's tables) gave intervals at 87.5 %, which
+    qa.json said, but the console table, the report's header, its criteria tables ('88% interval') and
+    the DVH title named them rounded to a whole percent: 88 %, 0.905 as 90 %, another coverage than the
+    one the intervals hold. Every output now names the coverage asked for."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dosepred.console import qa as qa_lines
+    from dosepred.qa.report import QAReportWriter
+    from dosepred.qa.result import CriterionQA, PatientQA, QAResult
+
+    c = CriterionQA("LeftParotid", "Dmean", 20.0, 20.0, 15.0, 25.0, 26.0, True, [])
+    res = QAResult(coverage, "m", "openkbp-clinical", "openkbp-clinical", [PatientQA("p", [c])], {})
+    con = Console(record=True, width=250)
+    for line in qa_lines(res, coverage):
+        con.print(line)
+    text = con.export_text()
+    assert f"{said} intervals" in text, text
+    html = QAReportWriter(tmp_path / "r", SimpleNamespace(coverage=coverage, has_dvh_band=False)).finish(res)
+    page = html.read_text()
+    assert f"intervals at {said} coverage" in page and f"<th>{said} interval</th>" in page
+    assert f"with {said} probability" in page
+    whole = {f"{round(coverage * 100)}%", f"{int(coverage * 100)}%"} - {said}
+    assert not [w for w in whole
+                if f"{w} interval" in page or f"{w} coverage" in page or f"{w} intervals" in text]

@@ -19,7 +19,7 @@ from .demo import QA_MODEL, TABLE_KEY, summary_rows
 from .errors import name_some
 from .io import formats
 from .qa.families import FAMILY_TITLES
-from .qa.result import UNTRUSTED_LEGEND, rank_label
+from .qa.result import UNTRUSTED_LEGEND, coverage_pct, rank_label
 
 
 def num(x: float, nd: int = 3) -> str:
@@ -169,8 +169,8 @@ def calibration(cal: Any) -> Table:
 def qa(res: Any, coverage: float) -> list[Any]:
     """Plan QA: warnings, the ranked cohort summary, the time per plan."""
     out: list[Any] = [f"[bold yellow]warning:[/] {w}" for w in res.warnings]
-    t = _table(f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage:.0%} intervals, "
-               "ranked by potential improvement",
+    t = _table(f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage_pct(coverage)} "
+               "intervals, ranked by potential improvement",
                ("rank", "patient", "potential (Gy)", "flags", "failed limits", "flagged criteria",
                 "reliability"), ("patient", "flagged criteria", "reliability"))
     rows = res.summary()

@@ -27,6 +27,7 @@ from .result import (
     UNTRUSTED_LEGEND,
     PatientQA,
     QAResult,
+    coverage_pct,
     rank_label,
 )
 
@@ -83,7 +84,8 @@ class QAReportWriter:
         band = ({r: self.chk.dvh_band(r) for r in plan.present_rois} if self.chk.has_dvh_band else None)
         dvh = dvh_qa_uri(plan, pred, pq.criteria,
                          title=f"{plan.id}: DVH, plan (solid) vs prediction (dashed), "
-                               f"{self.chk.coverage:.0%} band", band=band, coverage=self.chk.coverage)
+                               f"{coverage_pct(self.chk.coverage)} band", band=band,
+                         coverage=self.chk.coverage)
         panels = [Panel("plan", plan.dose), Panel("prediction (achievable)", pred),
                   Panel("plan - prediction", plan.dose - pred, "diff")]
         point = ix = None
@@ -117,8 +119,8 @@ class QAReportWriter:
 
     def _criteria_table(self, pq: PatientQA, coverage: float) -> str:
         rows = ["<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th>"
-                f"<th>predicted</th><th>{coverage:.0%} interval</th><th>limit</th><th>plan vs limit</th>"
-                "<th class='l'>flags</th></tr>"]
+                f"<th>predicted</th><th>{coverage_pct(coverage)} interval</th><th>limit</th>"
+                "<th>plan vs limit</th><th class='l'>flags</th></tr>"]
         for c in pq.criteria:
             imp = [f for f in c.flags if f.startswith(IMPROVEMENT_FLAGS)]
             better = [f for f in c.flags if f.startswith(FLAG_BETTER)]
@@ -156,15 +158,17 @@ class QAReportWriter:
         parts = [head_html(self.title, QA_CSS), f"<h1>{esc(self.title)}</h1>",
                  f"<div class='meta'>model {esc(res.model)} &middot; protocol {esc(res.protocol)} &middot; "
                  f"calibration: protocol {esc(res.calibration_protocol)} ({esc(meth)}) &middot; intervals at "
-                 f"{res.coverage:.0%} coverage &middot; {len(res.patients)} plans &middot; generated "
+                 f"{coverage_pct(res.coverage)} coverage &middot; {len(res.patients)} plans &middot; "
+                 "generated "
                  f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
         for w in res.warnings:
             parts.append(f"<p class='meta'>&#9888; {esc(w)}</p>")
         parts.append(
             "<p>For each criterion, <b>predicted</b> is the value the model predicts as achievable for this "
             "patient and the <b>interval</b> is where a plan made like the model's training plans would lie "
-            f"with {res.coverage:.0%} probability (split-conformal calibration on patients the model did not "
-            "train on). A plan value outside the interval on the bad side is flagged: it might be improved. "
+            f"with {coverage_pct(res.coverage)} probability (split-conformal calibration on patients the "
+            "model did not train on). A plan value outside the interval on the bad side is flagged: it might "
+            "be improved. "
             "A flag is a prompt to look, not a verdict; see docs/qa.md.</p>")
         parts.append("<h2>Cohort: plans ranked by potential improvement</h2>")
         parts.append("<table><tr><th>rank</th><th class='l'>patient</th><th>potential improvement (Gy)</th>"

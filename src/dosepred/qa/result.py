@@ -75,6 +75,12 @@ UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs ar
                     "cannot be trusted until they are fixed")
 
 
+def coverage_pct(coverage: float) -> str:
+    """The coverage of the intervals as the outputs name it: the one asked for, in percent with the
+    decimals it has (0.9: ``90%``; 0.875: ``87.5%``, not a whole percent that another coverage holds)."""
+    return f"{round(coverage * 100, 4):g}%"
+
+
 def rank_label(row: dict[str, Any]) -> str:
     """A summary row's rank as the tables show it: marked :data:`UNTRUSTED_MARK` when untrusted."""
     return f"{row['rank']}{UNTRUSTED_MARK if row.get('untrusted') else ''}"

@@ -10,7 +10,7 @@ import numpy as np
 from ..dvh import DVH, roi_metrics, roi_voxel_indices
 from ..metrics import parse_metric, v_threshold
 from ..patient import Patient
-from ..qa.result import IMPROVEMENT_FLAGS
+from ..qa.result import IMPROVEMENT_FLAGS, coverage_pct
 from .views import roi_colours as rgb255
 
 LINESTYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))
@@ -173,7 +173,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                     color=colour, mec="k", ms=7, capsize=3, lw=1.2)
         if c.limit is not None:
             ax.plot([c.limit], [yv], marker="|", color="k", ms=14, mew=2)
-    cov = "" if coverage is None else f"{coverage:.0%} "
+    cov = "" if coverage is None else f"{coverage_pct(coverage)} "
     if band is not None and banded:
         band_handle = plt.matplotlib.patches.Patch(
             color="k", alpha=0.15, label=f"{cov}band of D at each volume\n(calibrated, pointwise)")
