@@ -914,3 +914,29 @@ def test_the_coverage_asked_for_is_the_one_the_outputs_name(tmp_path, coverage, 
     whole = {f"{round(coverage * 100)}%", f"{int(coverage * 100)}%"} - {said}
     assert not [w for w in whole
                 if f"{w} interval" in page or f"{w} coverage" in page or f"{w} intervals" in text]
+
+
+def test_a_target_v_metric_in_gy_above_its_prescription_is_a_hot_spot(sample_dir, model_dir, tmp_path):
+    """A clinic protocol listing PTV70 V77Gy without a limit (reported, as openkbp lists its metrics): the
+    volume above 77 Gy is V110% of a 70 Gy target, a hot spot, but QA took every target V-metric in Gy as
+    coverage (higher is better), so a plan with more of it than achievable read "plan better than
+    predicted" and one with less "target coverage below achievable". A V in Gy above the target's
+    prescription is now judged like V110%, one at or below it (V66.5Gy) like coverage; a limit's
+    direction still decides when there is one."""
+    from dosepred.qa import run_qa
+
+    proto = tmp_path / "clinic.json"
+    metrics = ("V110%", "V77Gy", "V66.5Gy")
+    proto.write_text(json.dumps({"name": "clinic", "prescriptions": {"PTV70": 70, "PTV63": 63, "PTV56": 56},
+                                 "criteria": [{"roi": "PTV70", "metric": m} for m in metrics]}))
+    res = run_qa(model_dir, sample_dir, str(proto))
+    for p in res.patients:
+        by = {c.metric: c for c in p.criteria}
+        assert by["V77Gy"].lower_better and by["V110%"].lower_better and not by["V66.5Gy"].lower_better
+        for m in ("V77Gy", "V110%"):  # above the interval: a hot spot to spare, never "better"
+            c = by[m]
+            if c.plan > c.high:
+                assert c.flags[0].startswith(FLAG_HOT_ABOVE), (p.id, m, c)
+    assert lower_is_better(None, "V77Gy", "target", 70.0)
+    assert not lower_is_better(None, "V66.5Gy", "target", 70.0)
+    assert not lower_is_better(">=", "V77Gy", "target", 70.0) and lower_is_better(None, "V30Gy", "oar", None)

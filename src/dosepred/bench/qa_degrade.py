@@ -274,8 +274,10 @@ def criteria_of(plan: Patient, pred: np.ndarray, protocol: BoundProtocol | Proto
             continue
         seen.add(key)
         kind = kinds.get(c.roi, "oar")
+        rx = plan.roi_set.prescription(c.roi) if c.roi in plan.roi_set else None
         out.append(Crit(plan.id, key, c.roi, c.metric, metric_family(c.metric, kind), kind,
-                        lower_is_better(c.direction, c.metric, kind), c.unit, float(c.ref), float(c.pred)))
+                        lower_is_better(c.direction, c.metric, kind, rx), c.unit, float(c.ref),
+                        float(c.pred)))
     return out, res
 
 

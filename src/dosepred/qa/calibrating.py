@@ -183,7 +183,8 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Protocol | Bou
         seen.add(key)
         units.append(Unit(plan.id, c.roi, c.metric, metric_family(c.metric, kinds[c.roi]),
                           float(c.ref), float(c.pred), feats[c.roi]["spread"],
-                          lower_is_better(c.direction, c.metric, kinds[c.roi])))
+                          lower_is_better(c.direction, c.metric, kinds[c.roi],
+                                          plan.roi_set.prescription(c.roi))))
     return units, res
 
 

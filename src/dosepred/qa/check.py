@@ -440,11 +440,12 @@ class QAChecker:
                     out.append(CriterionQA(pc.roi, pc.metric, math.nan, math.nan, math.nan, math.nan,
                                            pc.limit, None, [FLAG_NOT_CONTOURED],
                                            name=pc.name, family=fam, unit=pc.unit, kind=kind,
-                                           lower_better=lower_is_better(pc.direction, pc.metric, kind)))
+                                           lower_better=lower_is_better(pc.direction, pc.metric, kind,
+                                                                      self.roi_set.prescription(pc.roi))))
                 continue  # else not computable (e.g. a %Rx metric without prescription)
             low, high = interval(c.pred, f"{c.roi} {c.metric}", self.calibration.families[fam],
                                  self.methods[fam], self.coverage, self.rule)
-            lb = lower_is_better(c.direction, c.metric, kind)
+            lb = lower_is_better(c.direction, c.metric, kind, self.roi_set.prescription(c.roi))
             flags, gain = flags_for(c.ref, c.pred, low, high, kind, lb, c.unit)
             if f"{c.roi} {c.metric}" not in self.calibrated:  # an old file listing none: none was
                 flags.append(f"{FLAG_UNCALIBRATED} (interval of the {fam} family)")

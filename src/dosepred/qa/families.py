@@ -35,11 +35,11 @@ def metric_family(metric: str | Metric, kind: str) -> str:
     return "oar_mean"  # Dmean, Dmin and mid-volume D-metrics of OARs
 
 
-def lower_is_better(direction: str | None, metric: str, kind: str) -> bool:
+def lower_is_better(direction: str | None, metric: str, kind: str, prescription: float | None = None) -> bool:
     """Whether a smaller value of the metric is the better plan (plan QA flags a value above the
     interval then, below it otherwise): the criterion's direction when it has one; else OARs lower,
-    target hot-spot metrics (Dmax, D<=5%, D<x>cc, V>100%) lower, other target metrics (coverage)
-    higher."""
+    target hot-spot metrics (Dmax, D<=5%, D<x>cc, V>100%, and V<x>Gy above the target's
+    ``prescription``: PTV70 V77Gy is its V110%) lower, other target metrics (coverage) higher."""
     if direction is not None:
         return direction == "<="
     m = parse_metric(metric)
@@ -47,6 +47,8 @@ def lower_is_better(direction: str | None, metric: str, kind: str) -> bool:
         return True
     if m.kind == "Dmax" or (m.kind == "D" and (m.unit == "cc" or (m.value or 0) <= 5)):
         return True
+    if m.kind == "V" and m.unit == "Gy" and prescription:
+        return (m.value or 0) > prescription
     return m.kind == "V" and m.unit == "%" and (m.value or 0) > 100
 
 
