@@ -78,7 +78,8 @@ def test_hot_spot_raises_v110_by_the_amount_within_one_voxel():
     n = int(ptv.sum())
     for pct in (2.0, 10.0):
         new = qd.hot_spot(p, "PTV70", "V110%", pct, 70.0, fade_mm=4.0)
-        v0, v1 = ((x[ptv] >= 77.0).mean() * 100 for x in (p.dose, new))
+        # a voxel counts from the threshold less 1e-6 of it (docs/protocols.md: doses are float32)
+        v0, v1 = ((x[ptv] >= 77.0 * (1 - 1e-6)).mean() * 100 for x in (p.dose, new))
         assert pct <= v1 - v0 <= pct + 100.0 / n + 1e-9
         assert np.all(new >= p.dose)
 
