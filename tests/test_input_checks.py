@@ -30,6 +30,12 @@ from dosepred.patient import Patient, Roi, RoiSet
     ("Parotid_L", ("Left", "parotid")), ("Cochlea_R", ("Right", "cochlea")),
     ("Left_Lens", ("Left", "lens")), ("OpticNerve_Lt", ("Left", "opticnerve")),
     ("Lips", None), ("PTV70", None), ("Larynx", None), ("Brainstem", None), ("Leftover", None),
+    # prefixes other than Left/Right and a PRV's side (were None: a swapped one passed without a word)
+    ("Lt Lacrimal", ("Left", "lacrimal")), ("L_Parotid", ("Left", "parotid")),
+    ("Rt-Cochlea", ("Right", "cochlea")),
+    ("Parotid_L_PRV05", ("Left", "parotidprv05")), ("Lens_R_PRV", ("Right", "lensprv")),
+    ("OpticNrv_L_PRV3mm", ("Left", "opticnrvprv3mm")),
+    ("L1", None), ("LN_Neck_II", None), ("Larynx_PRV", None), ("Ring_5mm", None),
 ])
 def test_side_of_a_name(name, want):
     assert side_of(name) == want
@@ -239,3 +245,17 @@ def test_the_midline_is_the_bodys_on_the_rois_own_slices():
     (f,) = side_findings(Patient.from_masks("pt_mid", np.zeros(SHAPE, np.int16), {"Glnd_Submand_L": gtv}, rs,
                                             SIDE_GEOM.spacing, body, None, {}, SIDE_GEOM))
     assert f.midline == pytest.approx(_x(19.5)) and f.across_midline == pytest.approx(11.25)
+
+
+def test_a_swapped_prv_pair_and_a_prefixed_organ_are_named():
+    """TG-263 PRVs (Parotid_L_PRV05) and Lt/L-prefixed names (Lt Lacrimal) were not read as sided, so a
+    structure set with their sides swapped passed without a word."""
+    swapped = _sided({"Parotid_L_PRV05": (30, 34), "Parotid_R_PRV05": (6, 10), "Lt Lacrimal": (28, 32)},
+                     "pt_prv")
+    with pytest.warns(LateralityWarning):
+        found = check_sides(swapped, "SRC")
+    assert {f.roi for f in found} == {"Parotid_L_PRV05", "Parotid_R_PRV05", "Lt Lacrimal"}
+    ok = _sided({"Parotid_L_PRV05": (6, 10), "Parotid_R_PRV05": (30, 34), "Lt Lacrimal": (8, 12)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LateralityWarning)
+        assert check_sides(ok) == []

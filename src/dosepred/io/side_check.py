@@ -43,8 +43,10 @@ from ..patient import Patient
 MIDLINE_MARGIN_MM = 10.0
 
 _CAMEL = re.compile(r"^(Left|Right)([A-Z0-9].*)$")
-_PREFIX = re.compile(r"^(left|right)[\s_\-]+(.+)$", re.IGNORECASE)
-_SUFFIX = re.compile(r"^(.+?)[\s_\-]+(l|r|lt|rt|left|right)$", re.IGNORECASE)
+_PREFIX = re.compile(r"^(left|right|lt|rt|l|r)[\s_\-]+(.+)$", re.IGNORECASE)  # Lt Lacrimal, L_Parotid
+# Parotid_L, and a planning risk volume of it: Parotid_L_PRV, Lens_R_PRV03 (the PRV keeps its side)
+_SUFFIX = re.compile(r"^(.+?)[\s_\-]+(l|r|lt|rt|left|right)((?:[\s_\-]+prv[\s_\-]?\d*(?:mm)?)?)$",
+                     re.IGNORECASE)
 _SIDE = {"l": "Left", "lt": "Left", "left": "Left", "r": "Right", "rt": "Right", "right": "Right"}
 
 
@@ -54,15 +56,15 @@ class LateralityWarning(UserWarning):
 
 def side_of(name: str) -> tuple[str, str] | None:
     """``("Left" | "Right", organ)`` of an ROI named for a side: the canonical ``LeftParotid`` /
-    ``RightParotid`` form (and ``Left_Parotid``, ``left parotid``) or the TG-263 ``Parotid_L`` /
-    ``Parotid_R`` form; ``organ`` (lower case, without separators) pairs the two sides. None for other
-    names."""
+    ``RightParotid`` form (and ``Left_Parotid``, ``left parotid``, ``Lt Lacrimal``, ``L_Parotid``) or the
+    TG-263 ``Parotid_L`` / ``Parotid_R`` form, also of a PRV (``Parotid_L_PRV05``); ``organ`` (lower
+    case, without separators; a PRV's with its suffix) pairs the two sides. None for other names."""
     m = _CAMEL.match(name) or _PREFIX.match(name)
     if m:
-        return m.group(1).capitalize(), _organ(m.group(2))
+        return _SIDE[m.group(1).lower()], _organ(m.group(2))
     m = _SUFFIX.match(name)
     if m:
-        return _SIDE[m.group(2).lower()], _organ(m.group(1))
+        return _SIDE[m.group(2).lower()], _organ(m.group(1) + m.group(3))
     return None
 
 
