@@ -193,3 +193,17 @@ def test_random_split_ties_of_the_natural_order_do_not_depend_on_the_input_order
     for seed in range(5):
         a = split.random_split(ids, "0.5,0.5", seed=seed)
         assert a == split.random_split(list(reversed(ids)), "0.5,0.5", seed=seed)
+
+
+@pytest.mark.parametrize("fr", ["0.9,0.1", "0.8,0.1,0.1"])
+def test_a_positive_fraction_that_rounds_to_no_patient_is_refused(fr):
+    """`data split --random --fractions 0.8,0.1,0.1` of 5 patients wrote 'test 0': an empty test split
+    (and `train --val-split` of an empty split trained with no validation, best.pt = last.pt)."""
+    ids = [f"pt_{i}" for i in range(1, 6)]
+    with pytest.raises(SplitError, match="leave split\(s\) .(val|test). with no patient"):
+        split.random_split(ids, fr)
+    with pytest.raises(SplitError, match="leave split\(s\) .(val|test). with no patient"):
+        split.temporal_split({i: f"202001{k + 1:02d}" for k, i in enumerate(ids)}, fr)
+    # a fraction of 0 or a count of 0 asks for an empty split: kept
+    assert split.random_split(ids, "1,0")["splits"]["val"] == []
+    assert split.random_split(ids, "5,0")["splits"]["val"] == []

@@ -67,8 +67,9 @@ def parse_fractions(text: str | Sequence[float]) -> list[float]:
     return vals
 
 
-def _sizes(n: int, parts: Sequence[float]) -> list[int]:
-    """Split sizes for ``n`` ids: fractions summing to 1, or integer counts summing to <= n."""
+def _sizes(n: int, parts: Sequence[float], names: Sequence[str] | None = None) -> list[int]:
+    """Split sizes for ``n`` ids: fractions summing to 1, or integer counts summing to <= n; a positive
+    fraction that rounds to no patient is refused (``names``: the splits', for the message)."""
     parts = list(parts)
     if all(float(p).is_integer() for p in parts) and sum(parts) > 1:
         counts = [int(p) for p in parts]
@@ -84,6 +85,11 @@ def _sizes(n: int, parts: Sequence[float]) -> list[int]:
     order = sorted(range(len(parts)), key=lambda i: (-(raw[i] - counts[i]), i))
     for i in order[: n - sum(counts)]:
         counts[i] += 1
+    empty = [i for i, (p, k) in enumerate(zip(parts, counts, strict=True)) if p > 0 and k == 0]
+    if empty:  # a split asked for and written empty is a slip: its consumers would read no patient
+        said = ", ".join(repr(names[i]) if names else str(i + 1) for i in empty)
+        raise SplitError(f"fractions {', '.join(f'{p:g}' for p in parts)} of {n} patients leave split(s) "
+                         f"{said} with no patient; give counts (e.g. 3,1,1) or fewer splits")
     return counts
 
 
@@ -109,7 +115,7 @@ def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.
     ids = sorted(_unique(ids), key=lambda i: (_natural(i), i))  # ties (pt_01, pt_1) by the id itself
     fr = parse_fractions(fractions)
     nm = _names(names, len(fr))
-    sizes = _sizes(len(ids), fr)
+    sizes = _sizes(len(ids), fr, nm)
     if seed < 0:
         raise SplitError(f"seed must be >= 0, got {seed}")
     perm = np.random.default_rng(seed).permutation(len(ids))
@@ -153,7 +159,7 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
     order = sorted(parsed, key=lambda pid: (parsed[pid], _natural(pid), pid))
     fr = parse_fractions(fractions)
     nm = _names(names if names is not None or len(fr) != 2 else ("train", "test"), len(fr))
-    sizes = _sizes(len(order), fr)
+    sizes = _sizes(len(order), fr, nm)
     splits, start = {}, 0
     for name, k in zip(nm, sizes, strict=True):
         splits[name] = order[start:start + k]
