@@ -200,10 +200,56 @@ def test_a_positive_fraction_that_rounds_to_no_patient_is_refused(fr):
     """`data split --random --fractions 0.8,0.1,0.1` of 5 patients wrote 'test 0': an empty test split
     (and `train --val-split` of an empty split trained with no validation, best.pt = last.pt)."""
     ids = [f"pt_{i}" for i in range(1, 6)]
-    with pytest.raises(SplitError, match="leave split\(s\) .(val|test). with no patient"):
+    with pytest.raises(SplitError, match=r"leave split\(s\) .(val|test). with no patient"):
         split.random_split(ids, fr)
-    with pytest.raises(SplitError, match="leave split\(s\) .(val|test). with no patient"):
+    with pytest.raises(SplitError, match=r"leave split\(s\) .(val|test). with no patient"):
         split.temporal_split({i: f"202001{k + 1:02d}" for k, i in enumerate(ids)}, fr)
     # a fraction of 0 or a count of 0 asks for an empty split: kept
     assert split.random_split(ids, "1,0")["splits"]["val"] == []
     assert split.random_split(ids, "5,0")["splits"]["val"] == []
+
+
+def _plans_cache(path):
+    """A cache as `data import-dicom` writes two plans of one patient: PatientID HN7 with two plans
+    (ids HN7_1, HN7_2, planned 2014 and 2023), and ten patients of one plan each (2015-2022)."""
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_patient
+
+    pts = []
+    for k, (pid, mrn, date) in enumerate([("HN7_1", "HN7", "20140105"), ("HN7_2", "HN7", "20230610")]
+                                         + [(f"pt_{i}", f"MRN{i}", f"20{15 + i % 8}0{1 + i % 9}01")
+                                            for i in range(1, 11)]):
+        p = make_patient(k, size=8, pid=pid)
+        p.meta.update(patient_id=mrn, study_date=date)
+        pts.append(p)
+    write_cache(pts, path)
+    return path
+
+
+def _side(obj, pid):
+    return next(n for n, v in obj["splits"].items() if pid in v)
+
+
+def test_two_plans_of_one_patient_land_in_one_split(tmp_path):
+    """An import names two plans (or CT series) of one PatientID HN7_1 / HN7_2; `data split --random`
+    and `--temporal` ignored the PatientID, so the patient's first plan trained and its re-plan (the
+    same anatomy) tested the model: for 5 of 10 seeds the random split put them apart, and the temporal
+    split always (2014 to train, 2023 to test). Now the plans of one PatientID go together (temporal:
+    at the earliest plan's place), and `--ids` lists that part them are warned about."""
+    from dosepred import workflows
+    from dosepred.io.cache import Cache
+
+    src = _plans_cache(tmp_path / "cache")
+    for seed in range(10):
+        obj = workflows.make_split(src, tmp_path / f"r{seed}.json", "random", fractions="0.5,0.25,0.25",
+                                   seed=seed)
+        assert _side(obj, "HN7_1") == _side(obj, "HN7_2"), (seed, obj["splits"])
+        assert split.read_split(tmp_path / f"r{seed}.json") == obj["splits"]
+        assert sorted(sum(obj["splits"].values(), [])) == sorted(Cache.open(src).ids)
+    obj = workflows.make_split(src, tmp_path / "t.json", "temporal", fractions="0.75,0.25")
+    assert obj["splits"]["train"][:2] == ["HN7_1", "HN7_2"] and "HN7_2" not in obj["splits"]["test"]
+    assert obj["groups"] == [["HN7_1", "HN7_2"]] and len(obj["splits"]["test"]) == 3
+    with pytest.warns(split.SplitWarning, match="HN7: HN7_1 in 'train', HN7_2 in 'test'"):
+        workflows.make_split(src, tmp_path / "i.json", "ids",
+                             ids=["train=HN7_1,pt_1,pt_2,pt_3,pt_4,pt_5",
+                                  "test=HN7_2,pt_6,pt_7,pt_8,pt_9,pt_10"])

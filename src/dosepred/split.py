@@ -13,6 +13,9 @@ Three ways to make one:
   read from a manifest CSV (an ``id`` column and a date column) or from ``meta["study_date"]``
   (``YYYYMMDD``, as DICOM StudyDate) in the cache.
 
+``random`` and ``temporal`` keep the ids of one patient together when given ``groups`` (``data split``
+gives the source's ``patient_id``: an import names two plans of one DICOM PatientID pt_X_1, pt_X_2).
+
 Consumers (train / predict / evaluate) accept ``--split FILE:NAME`` or ``--splits FILE --split NAME``
 and call :func:`load_split` (or :func:`parse_split_arg` for the ``FILE:NAME`` form)::
 
@@ -109,22 +112,25 @@ def _names(names: str | Sequence[str] | None, k: int) -> list[str]:
 # --------------------------------------------------------------------------------------------- makers
 
 def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.15, 0.15),
-                 names: str | Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
+                 names: str | Sequence[str] | None = None, seed: int = 0,
+                 groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Seeded random split; the same ids (in any order: they are shuffled from their natural order,
-    pt_2 before pt_10), fractions and seed give the same lists."""
+    pt_2 before pt_10), fractions and seed give the same lists. ``groups`` (id -> key, e.g. the DICOM
+    PatientID of each plan: an import names two plans of one patient pt_X_1, pt_X_2) keeps the ids of
+    one key in one split: the keys are shuffled, each lands whole in the split its first id falls in
+    (sizes then miss the fractions by less than a group); without groups nothing changes."""
     ids = sorted(_unique(ids), key=lambda i: (_natural(i), i))  # ties (pt_01, pt_1) by the id itself
     fr = parse_fractions(fractions)
     nm = _names(names, len(fr))
     sizes = _sizes(len(ids), fr, nm)
     if seed < 0:
         raise SplitError(f"seed must be >= 0, got {seed}")
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    shuffled = [ids[i] for i in perm]
-    splits, start = {}, 0
-    for name, k in zip(nm, sizes, strict=True):
-        splits[name] = sorted(shuffled[start:start + k], key=_natural)
-        start += k
-    return {"splits": splits, "method": "random", "seed": int(seed), "fractions": fr}
+    units = _group(ids, groups)  # in the ids' natural order: singletons are the ids themselves
+    perm = np.random.default_rng(seed).permutation(len(units))
+    cut = _cut([units[i] for i in perm], sizes, nm)
+    splits = {name: sorted(v, key=_natural) for name, v in zip(nm, cut, strict=True)}
+    obj = {"splits": splits, "method": "random", "seed": int(seed), "fractions": fr}
+    return _grouped(obj, units)
 
 
 def ids_split(lists: Mapping[str, Sequence[str]], known_ids: Sequence[str] | None = None) -> dict[str, Any]:
@@ -146,12 +152,15 @@ def ids_split(lists: Mapping[str, Sequence[str]], known_ids: Sequence[str] | Non
 
 
 def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = (0.8, 0.2),
-                   names: str | Sequence[str] | None = None) -> dict[str, Any]:
+                   names: str | Sequence[str] | None = None,
+                   groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Earliest patients to the first split, latest to the last; ``dates`` maps id -> date.
 
     Two fractions default to the names ``train, test`` (the paper's 137 / 37 split), three to
     ``train, val, test``.
     Dates are ``YYYYMMDD`` or ISO ``YYYY-MM-DD`` (time of day ignored); ties keep id order.
+    ``groups`` (id -> key, as :func:`random_split`): the ids of one key go together, at the place of
+    the earliest of them (a patient's later re-plan never tests a model trained on its first plan).
     """
     if not dates:
         raise SplitError("no dates given for a temporal split")
@@ -160,12 +169,12 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
     fr = parse_fractions(fractions)
     nm = _names(names if names is not None or len(fr) != 2 else ("train", "test"), len(fr))
     sizes = _sizes(len(order), fr, nm)
-    splits, start = {}, 0
-    for name, k in zip(nm, sizes, strict=True):
-        splits[name] = order[start:start + k]
-        start += k
-    ranges = {n: [parsed[v[0]], parsed[v[-1]]] for n, v in splits.items() if v}
-    return {"splits": splits, "method": "temporal", "seed": None, "fractions": fr, "date_ranges": ranges}
+    units = _group(order, groups)  # a patient's plans at its earliest plan's place
+    cut = _cut(units, sizes, nm)
+    splits = dict(zip(nm, cut, strict=True))
+    ranges = {n: [min(parsed[i] for i in v), max(parsed[i] for i in v)] for n, v in splits.items() if v}
+    obj = {"splits": splits, "method": "temporal", "seed": None, "fractions": fr, "date_ranges": ranges}
+    return _grouped(obj, units)
 
 
 def dates_from_manifest(path: str | os.PathLike, date_column: str, id_column: str = "id") -> dict[str, str]:
@@ -322,6 +331,59 @@ def parse_split_arg(arg: str, splits_file: str | os.PathLike | None = None) -> t
 
 
 # -------------------------------------------------------------------------------------------- helpers
+
+def _group(ordered: Sequence[str], groups: Mapping[str, str] | None) -> list[list[str]]:
+    """``ordered`` ids as units: the ids sharing a non-empty key of ``groups`` together, each unit at
+    the place of its first id."""
+    units: list[list[str]] = []
+    at: dict[str, list[str]] = {}
+    for i in ordered:
+        key = (groups or {}).get(i) or ""
+        if key and key in at:
+            at[key].append(i)
+            continue
+        units.append([i])
+        if key:
+            at[key] = units[-1]
+    return units
+
+
+def _cut(units: Sequence[Sequence[str]], sizes: Sequence[int], names: Sequence[str]) -> list[list[str]]:
+    """Each unit whole into the split its first id falls in by ``sizes`` (of single ids: the slices)."""
+    ends = np.cumsum(sizes)
+    out: list[list[str]] = [[] for _ in sizes]
+    at = 0
+    for u in units:
+        k = int(np.searchsorted(ends, at, side="right"))
+        out[min(k, len(sizes) - 1)].extend(u)
+        at += len(u)
+    empty = [names[k] for k, (n, v) in enumerate(zip(sizes, out, strict=True)) if n > 0 and not v]
+    if empty:
+        raise SplitError(f"split(s) {', '.join(map(repr, empty))} would hold no patient once the plans of "
+                         "one patient (PatientID) are kept together; give other fractions or counts")
+    return out
+
+
+def groups_apart(splits: Mapping[str, Sequence[str]], groups: Mapping[str, str]) -> str:
+    """The keys of ``groups`` whose ids lie in more than one of ``splits``, said (empty if none)."""
+    where: dict[str, dict[str, list[str]]] = {}
+    for name, lst in splits.items():
+        for i in lst:
+            if groups.get(i):
+                where.setdefault(groups[i], {}).setdefault(name, []).append(i)
+    apart = [f"{key}: " + ", ".join(f"{' '.join(v)} in {n!r}" for n, v in by.items())
+             for key, by in sorted(where.items()) if len(by) > 1]
+    return "; ".join(apart[:5]) + (f"; and {len(apart) - 5} more" if len(apart) > 5 else "")
+
+
+def _grouped(obj: dict[str, Any], units: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``obj`` with, when some patient had several plans, what kept them together."""
+    many = [list(u) for u in units if len(u) > 1]
+    if many:
+        obj["grouped_by"] = "patient_id"
+        obj["groups"] = many
+    return obj
+
 
 def _unique(ids: Sequence[str]) -> list[str]:
     ids = [str(i) for i in ids]

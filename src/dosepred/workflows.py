@@ -107,10 +107,16 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
     check_output(out, overwrite, inputs)
     s = open_source(src)
     known = list(s.ids)
+    # the plans of one patient (one DICOM PatientID: an import names them pt_X_1, pt_X_2) go together
+    groups = {i: str(h.get("patient_id") or "") for i, h in s.headers().items()}
     if method == "random":
-        obj = split.random_split(known, fractions or "0.7,0.15,0.15", names, seed)
+        obj = split.random_split(known, fractions or "0.7,0.15,0.15", names, seed, groups)
     elif method == "ids":
         obj = split.ids_split(split.read_id_lists(ids or []), known)
+        apart = split.groups_apart(obj["splits"], groups)
+        if apart:  # the user's lists decide, but one patient's plans on two sides is leakage: said
+            warnings.warn(f"the plans of one patient (PatientID) are in different splits: {apart}",
+                          split.SplitWarning, stacklevel=2)
         listed = {i for lst in obj["splits"].values() for i in lst}
         left = [i for i in known if i not in listed]
         if left:  # the user's lists decide, but a patient left out of every one is said, not dropped silently
@@ -127,7 +133,7 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
             dates = split.dates_from_cache(src)
         else:
             raise split.SplitError(f"--temporal on a {s.kind} folder needs --manifest FILE --date-column COL")
-        obj = split.temporal_split(dates, fractions or "0.8,0.2", names)
+        obj = split.temporal_split(dates, fractions or "0.8,0.2", names, groups)
     else:
         raise split.SplitError(f"unknown split method {method!r} (random, ids or temporal)")
     obj["source"] = str(Path(src).resolve())
