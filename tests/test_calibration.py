@@ -1019,3 +1019,19 @@ def test_few_patients_choose_a_method_with_a_bounded_interval_at_qa_coverage(tmp
     # the measure that ruled the others out is recorded with the cross-validation
     stats = cal.cross_validation.results["v_metric"]
     assert stats["signed"]["0.9"]["unbounded"] == 100.0 and stats["absolute"]["0.9"]["unbounded"] == 0.0
+
+
+def test_calibrate_warns_when_its_patients_overlap_the_training_data(tmp_path):
+    """`calibrate --data clinic-cache --train-data train-cache` (the whole cache given for its calib
+    split) calibrated partly on the model's training patients without a word: the model's fingerprint
+    warns only when the two sets are equal. Now the ids shared with --train-data are named."""
+    from dosepred.io.cache import write_cache
+    from dosepred.qa.calibrating import calibrate
+    from dosepred.synth import make_patient
+
+    write_cache([make_patient(i, size=8, pid=f"pt_{i}") for i in range(1, 6)], tmp_path / "all")
+    write_cache([make_patient(i, size=8, pid=f"pt_{i}") for i in range(1, 3)], tmp_path / "train")
+    with pytest.warns(UserWarning, match=r"all: 2 of its patients have the ids of training patients of "
+                                         r"\S*train \(pt_1, pt_2\)"):
+        with pytest.raises(FileNotFoundError, match="no-model"):  # no model there: after the warning
+            calibrate(tmp_path / "no-model", tmp_path / "all", "openkbp", train_data=tmp_path / "train")

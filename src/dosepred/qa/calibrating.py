@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..dvh import roi_voxel_indices
-from ..errors import DosepredError
+from ..errors import DosepredError, name_some
 from ..evaluation import evaluate_patient
 from ..fsutil import sha256_file
 from ..inference import DOSE_OPTIONS, PredictionRecord, prediction_record
@@ -342,6 +342,24 @@ def check_before_predicting(ckpt: Path, data: str | os.PathLike, roi_map: Any = 
     return net
 
 
+def check_train_overlap(data: str | os.PathLike, train_data: str | os.PathLike | None,
+                        roi_map: Any = None) -> None:
+    """A warning when patients of ``data`` have the ids of patients of ``train_data`` (a source: the
+    model's training patients): the model's fingerprint catches only the very same set of patients,
+    not a calibration source that holds some training patients (a whole cache given for its calib
+    split, or splits made twice). A warning: other patients may carry the same ids."""
+    if train_data is None or (str(train_data).endswith(".json") and Path(train_data).is_file()):
+        return
+    fmt = detect(train_data)
+    train = set(open_source(train_data, roi_map if fmt is not None and fmt.takes_roi_map else None).ids)
+    both = [i for i in open_source(data, roi_map).ids if i in train]
+    if both:
+        warnings.warn(f"{data}: {len(both)} of its patients have the ids of training patients of "
+                      f"{train_data} ({name_some(both)}): if they are those patients, the intervals are "
+                      "made of the model's errors on its training patients, too narrow; calibrate "
+                      "on patients it was not trained on", stacklevel=3)
+
+
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
               predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
               splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE,
@@ -359,6 +377,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
 
     check_rule(rule)  # the options first: nothing is predicted for a calibration that cannot be made
     check_cv_options(splits, CAL_FRACTION, seed)
+    check_train_overlap(data, train_data, roi_map)
     ckpt = resolve_model_path(model)
     protocol = load_protocol(protocol)  # resolved once, here
     net = check_before_predicting(ckpt, data, roi_map, model, protocol)
