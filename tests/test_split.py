@@ -253,3 +253,17 @@ def test_two_plans_of_one_patient_land_in_one_split(tmp_path):
         workflows.make_split(src, tmp_path / "i.json", "ids",
                              ids=["train=HN7_1,pt_1,pt_2,pt_3,pt_4,pt_5",
                                   "test=HN7_2,pt_6,pt_7,pt_8,pt_9,pt_10"])
+
+
+def test_an_empty_split_is_refused_where_it_is_used(tmp_path):
+    """A hand-written split file whose 'val' list is empty: train --val-split trained without any
+    validation (best.pt = last.pt) and data subset said 'no patients to write to .sub0.tmp-...'."""
+    import json
+
+    from dosepred.split import SplitError, load_split
+
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"splits": {"train": ["a"], "val": []}}))
+    assert load_split(f, "train") == ["a"]
+    with pytest.raises(SplitError, match="split 'val' names no patient"):
+        load_split(f, "val")

@@ -306,14 +306,17 @@ def load_split(path: str | os.PathLike, name: str, cache_ids: Sequence[str] | No
     """The patient ids of split ``name`` in the split file ``path``.
 
     Raises :class:`SplitError` (a ValueError) naming the file when the split does not exist (listing
-    the ones that do) or, when ``cache_ids`` is given (e.g. ``Cache.open(dir).ids``), when some ids
-    of the split are not in it. Used by train / predict / evaluate for ``--splits FILE --split NAME``
-    and, through :func:`parse_split_arg`, for ``--split FILE:NAME``.
+    the ones that do), names no patient, or, when ``cache_ids`` is given (e.g.
+    ``Cache.open(dir).ids``), when some ids of the split are not in it. Used by train / predict /
+    evaluate for ``--splits FILE --split NAME`` and, through :func:`parse_split_arg`, for
+    ``--split FILE:NAME``.
     """
     splits = read_split(path)
     if name not in splits:
         raise SplitError(f"split file {path} has no split {name!r} (it has: {', '.join(splits) or 'none'})")
     ids = splits[name]
+    if not ids:  # train --val-split of an empty list trained without validation, best.pt = last.pt
+        raise SplitError(f"split file {path}: split {name!r} names no patient; give a split with patients")
     if cache_ids is not None:
         check_known({name: ids}, cache_ids, "the data", path)
     return ids
