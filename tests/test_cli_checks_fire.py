@@ -221,7 +221,7 @@ def test_predict_empty_split(run, work, fmt):
     f.write_text(json.dumps({"splits": {"none": [], "all": ["synth_000"]}}))
     with unchanged(work):
         fails(cli("predict", "--model", run, "--data", data, "--out", work / "out", "--format", fmt,
-                  "--split", f"{f}:none"), "holds no patients to predict")
+                  "--split", f"{f}:none"), "split 'none' names no patient")
 
 
 def test_predict_unknown_format(run, work):
@@ -319,7 +319,8 @@ def test_train_empty_split(cache2, work):
     f = work / "split.json"
     f.write_text(json.dumps({"splits": {"none": [], "all": ["synth_000", "synth_001"]}}))
     with unchanged(work):
-        fails(train_cli(work / "run", "--data", cache2, "--split", f"{f}:none"), "holds no patients")
+        fails(train_cli(work / "run", "--data", cache2, "--split", f"{f}:none"),
+              "split 'none' names no patient")
 
 
 def test_train_init_in_other_axes(run, cache2, work):
@@ -459,5 +460,6 @@ def test_split_overwrite_onto_a_folder(cache2, work):
     (work / "splits").mkdir()
     (work / "splits" / "keep.json").write_text("{}")
     with unchanged(work):
-        fails(split_cli(cache2, work / "splits", "--random", "--overwrite"), "splits: --out is a folder",
+        fails(split_cli(cache2, work / "splits", "--random", "--fractions", "0.5,0.5", "--overwrite"),
+              "splits: --out is a folder",
               "give a file name")
