@@ -52,3 +52,11 @@ def openkbp_truth(tmp_path_factory) -> dict:
     from handmade import write_openkbp
 
     return write_openkbp(tmp_path_factory.mktemp("okbp") / "pats")
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """The test's own folder (``tmp_path/work``): nothing in it may change when a command fails."""
+    w = tmp_path / "work"
+    w.mkdir()
+    return w

@@ -111,13 +111,6 @@ def base(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def work(tmp_path):
-    w = tmp_path / "work"
-    w.mkdir()
-    return w
-
-
 # ------------------------------------------------------------------------------- OpenKBP readers
 
 @pytest.mark.parametrize("fname, content, needle", [

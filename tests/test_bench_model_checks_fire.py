@@ -60,13 +60,6 @@ def one_error(r, *needles: str) -> str:
     return text
 
 
-@pytest.fixture
-def work(tmp_path):
-    w = tmp_path / "work"
-    w.mkdir()
-    return w
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A 3-patient 20^3 cache, a TINY run (res_units=0: it can grow) and one with a head."""

@@ -33,14 +33,6 @@ def base(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def work(tmp_path) -> Path:
-    """The test's own folder: nothing in it may change when a command fails."""
-    w = tmp_path / "work"
-    w.mkdir()
-    return w
-
-
 @pytest.fixture(scope="module")
 def cache2(tmp_path_factory) -> Path:
     """Two synthetic 16^3 patients (synth_000, synth_001, with study dates), never written by a test."""
