@@ -57,17 +57,20 @@ def check_resumed_data(ck: dict[str, Any], path: Path, space: ModelSpace, cfg: T
 VALIDATION_FIELDS = ("select", "val", "val_split", "val_patients", "sw_overlap", "sw_mode")
 
 
-def _same_input(key: str, a: Any, b: Any) -> bool:
-    """Whether two values of config field ``key`` are the same: ``val`` (a path, as ``init``) and
-    ``val_split`` (``FILE:NAME``) name the same input however the path is spelt; the others are equal."""
-    if a == b or key not in ("val", "val_split") or not (isinstance(a, str) and isinstance(b, str)):
+def _same_path(a: Any, b: Any) -> bool:
+    """Whether two config values name the same path however it is spelt (equal when not both paths)."""
+    if a == b or not (isinstance(a, str) and isinstance(b, str)):
         return a == b
-    if key == "val_split":
-        (fa, _, na), (fb, _, nb) = a.rpartition(":"), b.rpartition(":")
-        if na != nb:
-            return False
-        a, b = fa, fb
     return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+
+
+def _same_input(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of config field ``key`` are the same: ``val`` (a path) and ``val_split``
+    (``FILE:NAME``) name the same input however the path is spelt; the others are equal."""
+    if key == "val_split" and isinstance(a, str) and isinstance(b, str) and a != b:
+        (fa, _, na), (fb, _, nb) = a.rpartition(":"), b.rpartition(":")
+        return na == nb and _same_path(fa, fb)
+    return _same_path(a, b) if key == "val" else a == b
 
 
 def check_resumed_init(ck: dict[str, Any], path: Path, cfg: TrainConfig) -> None:
@@ -78,7 +81,7 @@ def check_resumed_init(ck: dict[str, Any], path: Path, cfg: TrainConfig) -> None
     if "init" not in old:
         return
     was, now = old["init"], cfg.init
-    if not _same_input("val", was, now):  # a path: the same however it is spelt
+    if not _same_path(was, now):
         raise InputError(f"--resume: init was {was!r} in {path}, now {now!r}: the run's weights descend "
                          "from the model it started from, and the new one would be recorded as its start; "
                          "resume with the run's init or start a new run")
