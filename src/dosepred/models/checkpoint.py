@@ -397,7 +397,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             + (f", a full-resolution head of {mc['head']} channels" if mc.get("head") else "")
             + (", target distance input channels" if mc.get("target_distance") else "")
             + (", a laterality input channel" if mc.get("laterality") else "")
-            + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}\n"
+            + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}"
+            + (f", dropout {mc['dropout']:g} in training" if mc.get("dropout") else "") + "\n"
             f"- ROIs (bit order): {roi_names}\n"
             + (_averaged_lines(ckpt["averaged_inputs"]) if "averaged_inputs" in ckpt else
                f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "

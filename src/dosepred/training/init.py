@@ -65,6 +65,8 @@ def resolve_architecture(cfg: TrainConfig, init_ckpt: dict[str, Any] | None) -> 
                 raise ModelError(f"--init {cfg.init} has the {k} input channels but {k}=false was "
                                  "requested")
             setattr(cfg, k, getattr(init_mc, k) or bool(getattr(cfg, k)))
+    if cfg.dropout is None:  # a training choice, no weights: --init's unless set
+        cfg.dropout = float(init_mc.dropout) if init_ckpt is not None else 0.0
     if cfg.channels is not None:  # explicit widths decide base and levels
         widths = ModelConfig(channels=cfg.channels, patch=(2 ** len(cfg.channels),) * 3).widths
         grow = init_widths is not None and widths != init_widths  # checked once all is settled

@@ -340,7 +340,7 @@ class Trainer:
                                         flip_axis=1 if cfg.flip_axis is None else cfg.flip_axis,
                                         stages=cfg.stages, channels=cfg.channels, coarse=cfg.coarse,
                                         head=cfg.head, target_distance=bool(cfg.target_distance),
-                                        laterality=bool(cfg.laterality))
+                                        laterality=bool(cfg.laterality), dropout=float(cfg.dropout or 0.0))
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config)
         self.roi_transfer: dict[str, Any] | None = None
