@@ -225,9 +225,18 @@ def test_predict_unknown_format(run, work):
 
 # ------------------------------------------------------------------------- ensembles, model files
 
-def ensemble_of(run: Path, out: Path) -> dict:
-    """An ensemble of the run's two checkpoints written by the CLI; its ensemble.json."""
-    ok(cli("ensemble", run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt", "--out", out))
+@pytest.fixture(scope="module")
+def run2(tmp_path_factory) -> Path:
+    """A second TINY model, trained on other synthetic patients (other weights than ``run``'s)."""
+    from tiny_models import tiny_cache, tiny_run
+
+    root = tmp_path_factory.mktemp("run2")
+    return tiny_run(tiny_cache(root, seed=3), root / "run")
+
+
+def ensemble_of(run: Path, run2: Path, out: Path) -> dict:
+    """An ensemble of the two runs written by the CLI; its ensemble.json."""
+    ok(cli("ensemble", run / "checkpoints" / "last.pt", run2 / "checkpoints" / "last.pt", "--out", out))
     return json.loads((out / "ensemble.json").read_text())
 
 
@@ -236,8 +245,8 @@ def ensemble_of(run: Path, out: Path) -> dict:
     ({"model": "", "sha256": "0" * 64, "weight": 0.5},
      "member 1: \"model\" must be the path of a model file"),
 ])
-def test_predict_ensemble_bad_member_entry(run, work, member, needle):
-    spec = ensemble_of(run, work / "ens")
+def test_predict_ensemble_bad_member_entry(run, run2, work, member, needle):
+    spec = ensemble_of(run, run2, work / "ens")
     spec["members"][0] = member
     (work / "ens" / "ensemble.json").write_text(json.dumps(spec))
     data = edited_cache(work / "data")
@@ -246,10 +255,10 @@ def test_predict_ensemble_bad_member_entry(run, work, member, needle):
               "ensemble.json", needle)
 
 
-def test_predict_ensemble_member_not_a_checkpoint(run, work):
+def test_predict_ensemble_member_not_a_checkpoint(run, run2, work):
     import hashlib
 
-    spec = ensemble_of(run, work / "ens")
+    spec = ensemble_of(run, run2, work / "ens")
     junk = work / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     spec["members"][0].update(model=str(junk), sha256=hashlib.sha256(junk.read_bytes()).hexdigest())

@@ -274,6 +274,25 @@ def test_a_model_given_twice_is_refused(two_runs, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_a_copy_of_a_member_is_refused(two_runs, tmp_path):
+    """Two files with one model's weights (a copy, or a run's last.pt and best.pt of its best epoch):
+    the 'ensemble' would predict as that model alone, under an ensemble's name."""
+    shutil.copytree(two_runs / "run1", tmp_path / "copy")
+    r = runner.invoke(app, ["ensemble", str(two_runs / "run1"), str(tmp_path / "copy"), "--out",
+                            str(tmp_path / "e")])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    assert "model 2" in r.output and "the same weights as model 1" in r.output, r.output
+    assert not (tmp_path / "e").exists()
+    d = _spec(tmp_path, two_runs)  # and written by hand: the second member's file is a copy of the first
+    obj = json.loads((d / ENSEMBLE_FILE).read_text())
+    dup = tmp_path / "dup.pt"
+    shutil.copy(d / obj["members"][0]["model"], dup)
+    obj["members"][1] = {**obj["members"][0], "model": str(dup)}
+    (d / ENSEMBLE_FILE).write_text(json.dumps(obj))
+    with pytest.raises(ModelError, match=r"member 2 .* has the same weights as member 1"):
+        load_model(d)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--weights", "1,x"], "--weights must be comma-separated numbers"),
     (["--weights", "1"], "1 weights for 2 models"),

@@ -25,9 +25,11 @@ either's, which is what plan QA's intervals are made of.
 Rules, each an error naming the ensemble file, the member and the rule: at least two members; each
 weight a positive finite number (they are normalised to sum to 1); each member a single model whose
 file still has the recorded SHA-256 (a member retrained or replaced makes the ensemble, and any
-calibration of it, another model); members predicting the same ROIs (names, kinds and prescriptions,
-in one bit order) from patients placed one way: the same axes, and spacing and field-of-view ranges
-that share a value on every axis (:func:`ensemble_space`). Members may differ in architecture and in
+calibration of it, another model), no two with one SHA-256 (a copy of a model, or a run's
+``last.pt`` and ``best.pt`` of the same epoch, would make an "ensemble" that predicts as one model);
+members predicting the same ROIs (names, kinds and prescriptions, in one bit order) from patients
+placed one way: the same axes, and spacing and field-of-view ranges that share a value on every axis
+(:func:`ensemble_space`). Members may differ in architecture and in
 their patch: each predicts the placed patient with its own sliding windows and test-time passes
 (:func:`dosepred.predict.predict_in_space`).
 
@@ -277,6 +279,10 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
         if sha256_file(mp) != m.sha256:
             raise ModelError(f"{where}: the file is not the one the ensemble was made with (its SHA-256 "
                              "differs): remake the ensemble with `dosepred ensemble` (and recalibrate it)")
+        twin = next((j for j, o in enumerate(spec.members[:i - 1], 1) if o.sha256 == m.sha256), None)
+        if twin is not None:
+            raise ModelError(f"{where} has the same weights as member {twin} (the same SHA-256: a copy of "
+                             "one model): the ensemble would predict as that model alone; list it once")
         try:
             net = load_one(mp, device)
         except ModelError as e:  # its message starts with the file's path, which `where` names
@@ -340,7 +346,8 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
     try:
         ens = assemble(spec, load_one)
     except ModelError as e:  # nothing is written yet: name the models as given, not the file to be
-        raise ModelError(str(e).replace(f"{spec.path}: member ", "model ", 1)) from None
+        raise ModelError(str(e).replace(f"{spec.path}: member ", "model ", 1)
+                         .replace("the same weights as member ", "the same weights as model ")) from None
     out.mkdir(parents=True, exist_ok=True)
     path = out / ENSEMBLE_FILE
     write_text(path, json.dumps({"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION,
