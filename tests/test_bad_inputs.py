@@ -1194,5 +1194,5 @@ def test_a_folder_whose_name_is_not_utf8_is_written_like_any_other(base, tmp_pat
     shutil.copytree(base / "run", bad / "copy")
     run("export-model", bad / "copy", "--out", bad / "m")
     assert os.fsencode(bad / "m") in (bad / "m" / "README.md").read_bytes()  # "Use: dosepred predict ..."
-    run("ensemble", bad / "copy", base / "run", "--out", bad / "ens")
+    run("ensemble", bad / "copy", bad / "run", "--out", bad / "ens")
     assert sorted(p.name for p in (bad / "ens").iterdir()) == ["README.md", "ensemble.json"]
