@@ -189,6 +189,44 @@ def test_qa_dvh_legend_says_a_band_only_where_one_is_drawn(monkeypatch, finite, 
     assert want in labels and not any("band" in x and x != want for x in labels), labels
 
 
+@pytest.mark.parametrize(("metrics", "want"), [
+    (["Dmean"], {"|": "limit"}),
+    (["V95%"], {"_": "limit"}),
+    (["Dmean", "V95%"], {"|": "dose limit", "_": "volume limit"}),
+])
+def test_qa_dvh_legend_shows_the_limit_ticks_drawn(monkeypatch, metrics, want):
+    """A V-metric's limit is a volume, drawn as a horizontal tick at its threshold dose; the legend
+    showed only a vertical tick ('limit'), the D-metrics' and means', whatever was drawn."""
+    import matplotlib.axes
+
+    from dosepred.qa.result import CriterionQA
+    from dosepred.report.plots import dvh_qa_uri
+    from dosepred.synth import make_cohort
+
+    p = make_cohort(1, seed=0, size=20)[0]
+    target = next(r for r in p.roi_set if r.kind == "target" and r.prescription and r.name in p.present_rois)
+    crits = [CriterionQA(target.name, m, 50.0, 50.0, 45.0, 55.0, 60.0, None, [],
+                         unit="%" if m.startswith("V") else "Gy", kind="target", lower_better=False)
+             for m in metrics]
+    drawn, legend_ticks = set(), {}
+    orig_plot, orig_legend = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.legend
+
+    def plot(self, *a, **k):
+        if k.get("marker") in ("|", "_"):
+            drawn.add(k["marker"])
+        return orig_plot(self, *a, **k)
+
+    def legend(self, *a, **k):
+        legend_ticks.update({h.get_marker(): h.get_label() for h in k.get("handles", [])
+                             if hasattr(h, "get_marker") and h.get_marker() in ("|", "_")})
+        return orig_legend(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
+    dvh_qa_uri(p, p.dose * 0.9, crits)
+    assert drawn == set(want) and legend_ticks == want, (drawn, legend_ticks)
+
+
 def test_the_report_says_the_cohort_warnings(tmp_path):
     """A 2-voxel cord (0.02 cc): its D0.1cc is the cord's minimum dose (30 Gy, though a voxel gets 60 Gy),
     and a protocol criterion repeated: the console and the JSON said so; the report, which a physicist

@@ -145,6 +145,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
             y = dp.cumulative("%")
             ax.fill_betweenx(y, dp.edges + (c.low - c.predicted), dp.edges + (c.high - c.predicted),
                              color=col[n], alpha=0.15, lw=0, hatch="//")
+    ticks: set[str] = set()  # the limit ticks drawn
     for c in criteria:
         if c.roi not in dvhs:
             continue
@@ -165,6 +166,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                         color=colour, mec="k", ms=7, capsize=3, lw=1.2)
             if c.limit is not None:
                 ax.plot([x], [c.limit], marker="_", color="k", ms=14, mew=2)
+                ticks.add("_")
             continue
         yv = _marker_volume(c.metric, dvhs[c.roi])
         if yv is None:
@@ -173,6 +175,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                     color=colour, mec="k", ms=7, capsize=3, lw=1.2)
         if c.limit is not None:
             ax.plot([c.limit], [yv], marker="|", color="k", ms=14, mew=2)
+            ticks.add("|")
     cov = "" if coverage is None else f"{coverage_pct(coverage)} "
     if band is not None and banded:
         band_handle = plt.matplotlib.patches.Patch(
@@ -190,7 +193,11 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
                band_handle,
                plt.Line2D([], [], color="w", marker="o", mec="k", mfc="grey", label="criterion (plan)"),
                plt.Line2D([], [], color="w", marker="^", mec="k", mfc="grey", label="flagged criterion"),
-               plt.Line2D([], [], color="k", marker="|", ls="", ms=12, mew=2, label="limit")]
+               # a limit's tick across its axis: dose limits (D-metrics, means) vertical, volume limits
+               # (V-metrics) horizontal; the legend shows the ones drawn
+               *[plt.Line2D([], [], color="k", marker=t, ls="", ms=12, mew=2, label=label)
+                 for t, label in (("|", "dose limit" if "_" in ticks else "limit"),
+                                  ("_", "volume limit" if "|" in ticks else "limit")) if t in ticks]]
     _dvh_axes(ax, handles, title or f"{plan.id}: cumulative DVH")
     # fixed margins (legends right of the axes): tight_layout would draw the figure once more
     fig.subplots_adjust(left=0.075, right=0.725, bottom=0.1, top=0.93)
