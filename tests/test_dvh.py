@@ -157,3 +157,34 @@ def test_v_metric_counts_a_voxel_at_the_threshold_as_read_from_a_file():
     assert compute("V45.3Gy", np.array([np.float32(45.3), 40.0]), 1.0) == 50.0
     assert DVH(d, 1.0).volume_at_dose(59.85) == 75.0
     assert DVH(d, 1.0).volume_at_dose(59.86) == 50.0  # the tolerance is far below 0.01 Gy
+
+
+def test_doses_at_bin_edges_count_from_their_edge_in_the_curves_and_rtdose_dvh_items():
+    """Doses on the 0.1 Gy grid (a plan prescribed in whole cGy, float32 as read from files): a voxel
+    at 0.3 Gy fell in the bin below 0.3 (0.3 / 0.1 = 2.9999...), so the curves and an exported RTDOSE's
+    DVH items said fewer voxels receive at least 0.3 Gy than do (and than volume_at_dose and every
+    V-metric count). Checked against integer counts of the cGy values."""
+    from dosepred.io.dicom.write_dose import dvh_sequence
+    from dosepred.synth import make_cohort
+
+    rng = np.random.default_rng(4)
+    cgy = rng.integers(0, 7000, 4000) // 10 * 10  # 0.1 Gy steps
+    doses = (cgy / 100.0).astype(np.float32)
+    d = DVH(doses, 8.0, bin_width=0.1)
+    edge_cgy = np.rint(d.edges * 100).astype(int)
+    want = np.array([(cgy >= e).sum() for e in edge_cgy])
+    np.testing.assert_array_equal(np.rint(d.cumulative("cc") / 0.008), want)
+    np.testing.assert_array_equal(np.rint(d.differential("cc") / 0.008), want[:-1] - want[1:])
+    assert want[-1] == 0 and want[-2] > 0  # the last edge is the first above the maximum
+    p = make_cohort(1, seed=2, size=20)[0]
+    name = next(n for n in p.present_rois if p.mask(n).sum() > 20)
+    mask = p.mask(name)
+    vol = np.zeros(p.shape, np.float32)
+    k = rng.integers(0, 700, int(mask.sum()))
+    vol[mask] = (k / 10.0).astype(np.float32)
+    (item,) = dvh_sequence(p, vol, {name: [1]})
+    data = np.array([float(v) for v in item.DVHData]).reshape(-1, 2)
+    counts = np.rint(data[:, 1] / p.voxel_volume_cc).astype(int)
+    assert item.DVHNumberOfBins == len(counts) and np.all(data[:, 0] == 0.1)
+    np.testing.assert_array_equal(counts, [(k >= j).sum() for j in range(len(counts))])
+    assert len(counts) == k.max() + 1  # the last bin holds the maximum

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import InputError
 from .metrics import (
+    V_TOLERANCE,
     Metric,
     MetricError,
     compute,
@@ -116,23 +117,24 @@ class DVH:
     # ------------------------------------------------------------------------------ binned curves
     @property
     def edges(self) -> np.ndarray:
-        """Bin edges (Gy) from 0 to one bin past the maximum dose."""
-        top = self.max if self.n_voxels else 0.0
-        n = int(math.floor(top / self.bin_width)) + 2
-        return np.arange(n, dtype=np.float64) * self.bin_width
+        """Bin edges (Gy) from 0 to the first edge above the maximum dose (:func:`dvh_edges`)."""
+        return dvh_edges(self.max if self.n_voxels else 0.0, self.bin_width)
 
     def differential(self, unit: VolumeUnit = "cc") -> np.ndarray:
-        """Volume per bin ``[edges[i], edges[i+1])``; length ``len(edges) - 1``."""
-        e = self.edges
-        idx = np.floor(self.doses / self.bin_width).astype(np.int64)
-        counts = np.bincount(np.clip(idx, 0, len(e) - 2), minlength=len(e) - 1).astype(np.float64)
-        return self._scale(counts, unit)
+        """Volume per bin ``[edges[i], edges[i+1])`` (a dose at an edge, whatever its float rounding,
+        in the bin it starts, as :meth:`volume_at_dose` counts it); length ``len(edges) - 1``."""
+        c = self._at_least(self.edges)
+        return self._scale((c[:-1] - c[1:]).astype(np.float64), unit)
 
     def cumulative(self, unit: VolumeUnit = "%") -> np.ndarray:
-        """Volume receiving at least ``edges[i]`` Gy; same length as :attr:`edges` (last is 0)."""
-        diff = self.differential("cc") / (self.voxel_volume_mm3 / 1000.0)
-        counts = np.concatenate([np.cumsum(diff[::-1])[::-1], [0.0]])
-        return self._scale(counts, unit)
+        """Volume receiving at least ``edges[i]`` Gy (:meth:`volume_at_dose` at each edge); same length
+        as :attr:`edges` (last is 0)."""
+        return self._scale(self._at_least(self.edges).astype(np.float64), unit)
+
+    def _at_least(self, doses: np.ndarray) -> np.ndarray:
+        """Voxels at or above each dose (:func:`dosepred.metrics.v_cut`'s tolerance)."""
+        cuts = doses - V_TOLERANCE * np.maximum(np.abs(doses), 1.0)
+        return self.n_voxels - np.searchsorted(self.doses, cuts, side="left")
 
     def _scale(self, counts: np.ndarray, unit: VolumeUnit) -> np.ndarray:
         if unit == "cc":
@@ -143,6 +145,16 @@ class DVH:
 
 
 # ---------------------------------------------------------------------------------- functions
+
+def dvh_edges(max_dose: float, bin_width: float) -> np.ndarray:
+    """Bin edges (Gy) ``0, w, 2w, ...`` up to the first edge above ``max_dose`` (beyond the
+    :func:`~dosepred.metrics.v_cut` tolerance: a maximum at an edge, 0.3 Gy of 0.1 Gy bins, has one
+    more edge above it, so the cumulative curve ends at 0)."""
+    k = int(math.floor(max_dose / bin_width))
+    while k * bin_width - V_TOLERANCE * max(k * bin_width, 1.0) <= max_dose:
+        k += 1
+    return np.arange(k + 1, dtype=np.float64) * bin_width
+
 
 def roi_metrics(doses: np.ndarray, metrics: Sequence[str | Metric], voxel_volume_mm3: float,
                 prescription: float | None = None) -> list[float]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...boxes import mask_box
+from ...dvh import DVH
 from ...errors import InputError
 from ...geometry import Geometry
 from ...patient import Patient
@@ -73,9 +74,10 @@ def dvh_sequence(p: Patient, dose: np.ndarray, numbers: dict[str, list[int]]) ->
         d = np.asarray(dose, dtype=np.float64)[p.mask(name)]
         if d.size == 0:
             continue
-        nb = int(np.floor(float(d.max()) / DVH_BIN_GY)) + 1
-        hist = np.bincount(np.minimum((d / DVH_BIN_GY).astype(np.int64), nb - 1), minlength=nb)
-        cum = hist[::-1].cumsum()[::-1] * vv  # volume receiving at least each bin's lower edge
+        # volume receiving at least each bin's lower edge, counted as every dosepred DVH counts it
+        # (a dose at an edge, whatever its float rounding, from that edge on); the last bin holds the maximum
+        cum = DVH(d, vv * 1000.0, bin_width=DVH_BIN_GY).cumulative("cc")[:-1]
+        nb = len(cum)
         item = Dataset()
         refs = []
         for n in nums:
