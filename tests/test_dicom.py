@@ -763,3 +763,28 @@ def test_exported_prescription_that_differs_from_the_name_comes_back(tmp_path):
     mp.write_text(json.dumps({"names": {}, "prescriptions": {"PTV70": 68}}))
     (s,) = dicom.read_dicom_folder(folder, mp)
     assert s.roi_set["PTV70"].prescription == 68.0
+
+
+@pytest.mark.parametrize(("ids", "want"), [
+    (["A", "B"], ["A", "B"]),
+    (["A", "A", "B"], ["A_1", "A_2", "B"]),
+    (["A", "A", "A_1"], ["A_2", "A_3", "A_1"]),  # A's second plan was named A_1, the other patient's id
+    (["A_1", "A", "A"], ["A_1", "A_2", "A_3"]),
+    (["abc", "ABC"], ["abc_1", "ABC_2"]),  # one folder on a file system that ignores case
+    (["x/1", "x_1"], ["x_1_1", "x_1_2"]),  # made safe alike
+    (["", ""], ["plans_1", "plans_2"]),  # no PatientID: the folder's name
+])
+def test_imported_patient_ids_are_unique(ids, want):
+    """Ids name the cache's files and the outputs' folders: two sources with one id wrote one over the
+    other. PatientIDs A, A and A_1 (a clinic's second plan of patient A, and another patient whose ID
+    is A_1) were imported as A_1, A_2 and A_1."""
+    from types import SimpleNamespace
+
+    from dosepred.io.dicom.scan import assign_ids
+
+    sources = [SimpleNamespace(id=None, series=SimpleNamespace(
+        first=SimpleNamespace(PatientID=i), files=[(Path("/data/plans/f.dcm"),)])) for i in ids]
+    assign_ids(sources)
+    got = [s.id for s in sources]
+    assert got == want
+    assert len({g.casefold() for g in got}) == len(got)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,13 +312,27 @@ def _safe_id(text: str) -> str:
 
 
 def assign_ids(sources: list[PatientFiles]) -> None:
+    """Each source's id: its PatientID (else its folder's name) made a safe file name; the sources
+    sharing one (several plans of a patient) numbered ``ID_1``, ``ID_2``, ... in order. Ids are unique
+    ignoring case (they name files and folders, and some file systems ignore case): a number that
+    another source's own id already is (PatientIDs ``A``, ``A`` and ``A_1``) is skipped."""
     base = []
     for s in sources:
         pid = str(getattr(s.series.first, "PatientID", "") or "")
         base.append(_safe_id(pid) if pid else _safe_id(s.series.files[0][0].parent.name))
-    for i, s in enumerate(sources):
-        same = [j for j, b in enumerate(base) if b == base[i]]
-        s.id = base[i] if len(same) == 1 else f"{base[i]}_{same.index(i) + 1}"
+    count = Counter(b.casefold() for b in base)
+    used = {b.casefold() for b in base if count[b.casefold()] == 1}
+    numbered: Counter[str] = Counter()
+    for b, s in zip(base, sources, strict=True):
+        if count[b.casefold()] == 1:
+            s.id = b
+            continue
+        while True:
+            numbered[b.casefold()] += 1
+            s.id = f"{b}_{numbered[b.casefold()]}"
+            if s.id.casefold() not in used:
+                break
+        used.add(s.id.casefold())
 
 
 def is_dicom_folder(src: str | os.PathLike, limit: int = 200) -> bool:
