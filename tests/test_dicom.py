@@ -340,6 +340,43 @@ def test_no_body_contour_uses_ct_threshold(exported):
     np.testing.assert_array_equal(q.possible_dose_mask, p.ct > -500)
 
 
+def _drop_body_contour(folder: Path) -> None:
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    num = [r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == "External"][0]
+    ds.StructureSetROISequence = [r for r in ds.StructureSetROISequence if r.ROINumber != num]
+    ds.ROIContourSequence = [r for r in ds.ROIContourSequence if r.ReferencedROINumber != num]
+    ds.RTROIObservationsSequence = [r for r in ds.RTROIObservationsSequence if r.ReferencedROINumber != num]
+    ds.save_as(folder / "RS.dcm")
+
+
+@pytest.mark.parametrize("vr, stored_pad, signed", [("US", 63536, False), ("SS", -2000, True),
+                                                    ("SS", -2000, False)])  # the last: SS on unsigned pixels
+def test_ct_pixel_padding_outside_the_scan_circle_is_air(exported, vr, stored_pad, signed):
+    """A scanner's PixelPaddingValue (0028,0120) outside the scan circle (GE: 63536 on unsigned pixels
+    with intercept -1024, or -2000) is no image: it reads as -1024 HU. Rescaled as pixels, 63536 read
+    as 62512 HU (clipped to 32767): bone to the network, and the CT > -500 HU possible-dose mask of a
+    patient without a body contour took the corners of every slice as body."""
+    p, folder = exported
+    _drop_body_contour(folder)
+    yy, xx = np.mgrid[0:N, 0:N]
+    outside = np.hypot(yy - (N - 1) / 2, xx - (N - 1) / 2) > N / 2  # the corners, beyond the scan circle
+    for f in sorted(folder.glob("CT.*.dcm")):
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+        raw = hu + 1024
+        raw[outside] = stored_pad
+        ds.PixelRepresentation = int(signed)
+        ds.RescaleIntercept = "-1024"
+        ds.PixelData = (raw.astype("<i2") if signed else (raw % 65536).astype("<u2")).tobytes()
+        ds.add_new(0x00280120, vr, stored_pad)
+        ds.save_as(f)
+    (q,) = read_quiet(folder)
+    want = p.ct.copy()
+    want[:, outside] = -1024
+    np.testing.assert_array_equal(q.ct, want)
+    np.testing.assert_array_equal(q.possible_dose_mask, p.ct > -500)
+
+
 # ------------------------------------------------------------------------------ malformed input
 
 def test_missing_slice_names_series(exported):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ...constants import CT_FILL_HU
 from ...geometry import Geometry
 from ._common import (
     POS_TOL,
@@ -94,7 +95,11 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
             raise DicomImportError(f"{desc}: {p}: pixel data is {arr.shape}, Rows/Columns say {(rows, cols)}")
         slope = _rescale(ds, "RescaleSlope", 1.0, desc, p)
         icpt = _rescale(ds, "RescaleIntercept", 0.0, desc, p)
-        ct[k] = np.clip(np.rint(arr * slope + icpt), -32768, 32767).astype(np.int16)
+        hu = arr * slope + icpt
+        pad = _padding(ds, arr, desc, p)
+        if pad is not None:
+            hu[pad] = CT_FILL_HU
+        ct[k] = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
     series.files = files
     junk = series.unreadable_near(image_like=True)
     if junk:  # a damaged first or last slice leaves no gap to find: say what may be missing
@@ -103,6 +108,33 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
              "of this CT, the CT lacks it")
     geom = Geometry.from_dicom(pos[0], iop, (dz, float(ps[0]), float(ps[1])))
     return ct, geom, [float(v) for v in pos[0]], [float(v) for v in iop]
+
+
+def _padding(ds: Any, arr: np.ndarray, desc: str, path: Path) -> np.ndarray | None:
+    """The pixels of a CT slice that are padding, not image (PixelPaddingValue (0028,0120), with
+    PixelPaddingRangeLimit (0028,0121) the range between them; stored values, as PS3.3 C.7.5.1.1.2
+    defines them), or None. Rescaled as image data, a scanner's padding outside the scan circle
+    (GE: 63536 unsigned, or -2000) reads as any HU: 63536 with intercept -1024 as 62512 HU, bone to
+    the network and body to the ``CT > BODY_HU`` possible-dose mask; padding reads as ``CT_FILL_HU``."""
+    if "PixelPaddingValue" not in ds or ds.PixelPaddingValue in (None, ""):
+        return None
+    bits = int(getattr(ds, "BitsStored", 0) or 0) or int(getattr(ds, "BitsAllocated", 16) or 16)
+    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+
+    def stored(key: str) -> int:  # as pixel_array holds it: VR US or SS of one bit pattern
+        try:
+            v = int(ds[key].value) % (1 << bits)
+        except (TypeError, ValueError):
+            raise DicomImportError(f"{desc}: {path}: {key} is {ds[key].value!r}, not a whole "
+                                   "number") from None
+        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+
+    lo = hi = stored("PixelPaddingValue")
+    if "PixelPaddingRangeLimit" in ds and ds.PixelPaddingRangeLimit not in (None, ""):
+        lim = stored("PixelPaddingRangeLimit")
+        lo, hi = min(lo, lim), max(lo, lim)
+    pad = (arr >= lo) & (arr <= hi)
+    return pad if pad.any() else None
 
 
 def _rescale(ds: Any, key: str, default: float, desc: str, path: Path) -> float:
