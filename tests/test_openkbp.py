@@ -258,6 +258,30 @@ def test_cli_bad_csv_is_one_line_and_no_cache(tmp_path, fname, content, message)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("fname, content", [
+    ("dose.csv", "10,70.5\n11,69.5\n12,3.25\n"),
+    ("ct.csv", "10,1000.0\n11,1050.0\n12,24.0\n"),
+    ("possible_dose_mask.csv", "10,\n11,\n12,\n"),
+    ("PTV70.csv", "10,\n11,\n"),
+])
+def test_a_sparse_csv_without_its_header_line_is_refused(tmp_path, fname, content):
+    """A sparse CSV written without the ',data' header (``to_csv(header=False)``): its first voxel
+    was taken for the header and silently dropped (dose.csv's 70.5 Gy read as 0 Gy, a PTV70 voxel
+    left out). Now one line naming the patient, the file and its first row."""
+    folder = _tiny_patient(tmp_path / "src" / "pt_5")
+    (folder / fname).write_text(content)
+    r = _import(tmp_path / "src", tmp_path / "out")
+    assert r.exit_code == 2, (r.output, r.exception)
+    first = content.splitlines()[0]
+    assert r.output == (f"error: patient pt_5: {folder / fname} row 1 is {first!r}, a voxel, not the header "
+                        "',data': a sparse CSV starts with the header line (without it, the first voxel "
+                        "would be dropped)\n")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "pt_7.csv").write_text("10,70.5\n11,3.25\n")  # a prediction alike
+    with pytest.raises(openkbp.OpenKBPFormatError, match=r"row 1 is '10,70\.5', a voxel, not the header"):
+        openkbp.read_dose_csv(tmp_path / "pt_7.csv")
+
+
 def test_cli_unknown_roi_file_warns_and_imports_the_rest(tmp_path):
     """An ROI file whose name is no ROI of the set: one warning line naming the patient and the file,
     the patient imported without it; an ROI file without voxels is the error line above."""

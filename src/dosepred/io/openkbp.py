@@ -123,6 +123,13 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     if df.shape[1] != 2:
         raise OpenKBPFormatError(f"patient {pid}: {path} has {df.shape[1]} columns, expected 2 "
                                  "(flat_index,value)")
+    first = str(df.columns[0]).strip()
+    if first and _is_number(first):  # no header: its first voxel was taken for the header and lost
+        with path.open("rb") as fh:
+            line = fh.readline().decode("utf-8", "replace").strip()
+        raise OpenKBPFormatError(f"patient {pid}: {path} row 1 is {line!r}, a voxel, not the header ',data': "
+                                 "a sparse CSV starts with the header line (without it, the first voxel "
+                                 "would be dropped)")
     idx_col = df.iloc[:, 0].to_numpy()
     if len(idx_col) and (np.isnan(idx_col).any() or (idx_col != np.floor(idx_col)).any()):
         bad = int(np.flatnonzero(np.isnan(idx_col) | (idx_col != np.floor(idx_col)))[0])
@@ -154,6 +161,14 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
         r = int(np.flatnonzero(np.isinf(vals))[0])
         raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {vals[r]} is not finite")
     return idx, vals
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_dose_values(path: Path, vals: np.ndarray, pid: str) -> None:
