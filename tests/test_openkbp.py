@@ -282,6 +282,33 @@ def test_a_sparse_csv_without_its_header_line_is_refused(tmp_path, fname, conten
         openkbp.read_dose_csv(tmp_path / "pt_7.csv")
 
 
+def test_a_reference_dose_csv_in_cgy_is_refused(tmp_path):
+    """A dose.csv written in cGy (7050 for 70.5 Gy): ``evaluate --reference`` of the folder, which reads
+    it as voxel lists without the prescription check, scored it as 7050 Gy without a word (a dose score
+    of thousands of Gy). Refused as an RTDOSE or NIfTI dose over 1000 Gy is, by the import, the
+    evaluation's reference reader and the patient reader alike."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    folder = _tiny_patient(tmp_path / "src" / "pt_5")
+    (folder / "dose.csv").write_text(",data\n10,7050.0\n11,6950.0\n12,325.0\n")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "pt_5.csv").write_text(",data\n10,70.5\n11,69.5\n12,3.25\n")
+    want = (f"error: patient pt_5: {folder / 'dose.csv'}: maximum dose 7050 Gy is not a radiotherapy dose "
+            "(a dose in cGy? OpenKBP doses are Gy)\n")
+    r = CliRunner().invoke(app, ["evaluate", "--reference", str(tmp_path / "src"), "--prediction",
+                                 str(tmp_path / "pred"), "--no-progress"])
+    assert (r.exit_code, r.output) == (2, want), (r.output, r.exception)
+    r = _import(tmp_path / "src", tmp_path / "out")
+    assert (r.exit_code, r.output) == (2, want), (r.output, r.exception)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(openkbp.OpenKBPFormatError, match="maximum dose 7050 Gy is not a radiotherapy dose"):
+        openkbp.read_sparse_patient(folder)
+    (folder / "dose.csv").write_text(",data\n10,1000.0\n11,69.5\n12,3.25\n")  # the highest allowed
+    assert openkbp.read_patient(folder).dose.max() == 1000.0
+
+
 def test_cli_unknown_roi_file_warns_and_imports_the_rest(tmp_path):
     """An ROI file whose name is no ROI of the set: one warning line naming the patient and the file,
     the patient imported without it; an ROI file without voxels is the error line above."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, broken_links, broken_links_text, write_text
 from ..geometry import OPENKBP_AXES, Geometry
@@ -181,6 +182,15 @@ def check_dose_values(path: Path, vals: np.ndarray, pid: str) -> None:
                                  f"row {r + 2}: {vals[r]:g} Gy); a dose must be >= 0 Gy")
 
 
+def check_plan_dose_values(path: Path, vals: np.ndarray, pid: str) -> None:
+    """A patient's ``dose.csv``: >= 0 Gy (:func:`check_dose_values`) and at most ``MAX_DOSE_GY``, as
+    an RTDOSE's or a NIfTI dose: a dose written in cGy (7000 for 70 Gy) is no dose in Gy."""
+    check_dose_values(path, vals, pid)
+    if len(vals) and float(vals.max()) > MAX_DOSE_GY:
+        raise OpenKBPFormatError(f"patient {pid}: {path}: maximum dose {float(vals.max()):.6g} Gy is not a "
+                                 "radiotherapy dose (a dose in cGy? OpenKBP doses are Gy)")
+
+
 def _check_mask_values(col: Any, path: Path, pid: str) -> None:
     """A mask or ROI file lists the voxels inside; its ``data`` value is empty (as OpenKBP writes
     it) or 1. Any other value (0: a voxel listed as inside with value 0; 2; text) is refused, naming
@@ -277,7 +287,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     if (folder / "dose.csv").is_file():
         didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
         assert dvals is not None
-        check_dose_values(folder / "dose.csv", dvals, pid)
+        check_plan_dose_values(folder / "dose.csv", dvals, pid)
         d = np.zeros(size, dtype=np.float32)
         d[didx] = dvals
         dose = d.reshape(GRID)
@@ -330,7 +340,7 @@ def read_sparse_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None
     midx, _ = read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
     didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
     assert dvals is not None
-    check_dose_values(folder / "dose.csv", dvals, pid)
+    check_plan_dose_values(folder / "dose.csv", dvals, pid)
     rois: list[tuple[int, np.ndarray]] = []
     missing: list[str] = []
     files = roi_files(folder, rs, pid)
