@@ -309,6 +309,28 @@ def test_a_reference_dose_csv_in_cgy_is_refused(tmp_path):
     assert openkbp.read_patient(folder).dose.max() == 1000.0
 
 
+def test_evaluate_checks_an_openkbp_reference_dose_against_its_prescriptions(tmp_path):
+    """An OpenKBP reference whose dose.csv holds one fraction's dose (2 Gy in PTV70): the import refuses
+    it (the prescription check every source's patients pass), but ``evaluate --reference`` read the
+    folder as voxel lists past that check and scored it without a word. Now the same one line."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    folder = _tiny_patient(tmp_path / "src" / "pt_5")
+    (folder / "dose.csv").write_text(",data\n10,2.01\n11,1.99\n12,0.09\n")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "pt_5.csv").write_text(",data\n10,70.5\n11,69.5\n12,3.25\n")
+    r = CliRunner().invoke(app, ["evaluate", "--reference", str(tmp_path / "src"), "--prediction",
+                                 str(tmp_path / "pred"), "--no-progress"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.startswith(f"error: patient pt_5 of {folder}: plan dose and prescriptions disagree: "
+                               "PTV70 (Rx 70 Gy): median 2.0 Gy = 0.03 x Rx"), r.output
+    assert len(r.output.splitlines()) == 1
+    r = _import(tmp_path / "src", tmp_path / "out")  # the import says the same
+    assert r.exit_code == 2 and "PTV70 (Rx 70 Gy): median 2.0 Gy = 0.03 x Rx" in r.output, r.output
+
+
 def test_cli_unknown_roi_file_warns_and_imports_the_rest(tmp_path):
     """An ROI file whose name is no ROI of the set: one warning line naming the patient and the file,
     the patient imported without it; an ROI file without voxels is the error line above."""

@@ -18,6 +18,7 @@ from ...errors import InputError
 from ...geometry import OPENKBP_AXES, Geometry
 from ...patient import Patient, RoiSet, voxel_volume_mm3
 from .. import openkbp
+from ..rx_check import check_plan_dose
 from .base import Format
 
 
@@ -197,8 +198,14 @@ def read_reference_boxes(path: Path, ids: Sequence[str] | None = None) -> Iterat
         nonzero = s.dose_values != 0
         rois = [(k, np.unravel_index(idx, grid)) for k, idx in s.rois]
         box = coords_box([mask, tuple(c[nonzero] for c in dose)] + [c for _, c in rois])
-        yield SparseReference(s.id, grid, s.spacing, s.roi_set, mask, dose, s.dose_values, rois,
+        ref = SparseReference(s.id, grid, s.spacing, s.roi_set, mask, dose, s.dose_values, rois,
                               s.missing_rois, dict(s.meta), box)
+        if box is not None:  # the check every source's patients pass (io.source.checked), on the box
+            m, d, c = ref._dense(box)
+            bshape = box_shape(box)
+            check_plan_dose(Patient(s.id, None, c.reshape(bshape), s.roi_set, s.spacing, m.reshape(bshape),
+                                    d.reshape(bshape), s.missing_rois, dict(s.meta)), str(f))
+        yield ref
 
 
 def source_bytes(path: Path) -> int:
