@@ -50,6 +50,35 @@ def test_round_trip_exact(tmp_path, fmt):
     assert q.geometry == p.geometry
 
 
+@pytest.mark.parametrize("unit, per_mm", [("meter", 1e-3), ("micron", 1e3)])
+def test_an_affine_in_metres_or_microns_is_read_in_millimetres(tmp_path, unit, per_mm):
+    """The NIfTI standard gives the affine in the header's spatial unit (xyzt_units), which nibabel
+    leaves as it is: a file in metres was read with 0.0025 mm voxels (every volume and cc metric off by
+    1e9, without a word). Read in millimetres now, as ITK does; a predicted dose's grid alike."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src")
+    nifti.write_dose(p, p.dose, tmp_path / "pred" / f"{p.id}.nii.gz")
+    files = sorted(folder.rglob("*.nii.gz")) + [tmp_path / "pred" / f"{p.id}.nii.gz"]
+    for f in files:
+        img = nib.load(f)
+        aff = img.affine.copy()
+        aff[:3, :] *= per_mm
+        out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
+        out.set_sform(aff, code=1)
+        out.set_qform(aff, code=1)
+        out.header.set_xyzt_units(unit)
+        nib.save(out, f)
+    info = json.loads((folder / "rois.json").read_text())
+    info.pop("geometry")  # the header alone places the voxels
+    (folder / "rois.json").write_text(json.dumps(info))
+    (q,) = nifti.read_nifti_folder(tmp_path / "src")
+    np.testing.assert_allclose(q.spacing, p.spacing, rtol=1e-5)
+    np.testing.assert_allclose(q.geometry.origin, p.geometry.origin, atol=1e-3)
+    assert q.voxel_volume_cc == pytest.approx(float(np.prod(p.spacing)) / 1000, rel=1e-5)
+    g = nifti.file_geometry(tmp_path / "pred" / f"{p.id}.nii.gz")
+    np.testing.assert_allclose(g.spacing, p.spacing, rtol=1e-5)
+
+
 def test_affine_of_dicom_patient(tmp_path):
     """A patient read from DICOM: the NIfTI affine maps voxel (k, r, c) to the DICOM position (RAS)."""
     p = make_patient()

@@ -81,7 +81,7 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
         raise NiftiFormatError(f"{path}: qform_code and sform_code are both 0: the header does not say "
                                "where the voxels lie in the patient (set a scanner/aligned qform or sform)")
     warn_forms_disagree(img, path)
-    aff = np.asarray(img.affine, dtype=np.float64)
+    aff = mm_affine(img)
     if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
         raise NiftiFormatError(f"{path}: the affine is not a finite 4x4 matrix")
     try:
@@ -105,6 +105,23 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
         return Geometry(np.asarray(origin), direction, sp)  # type: ignore[arg-type]
     except GeometryError as e:
         raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
+
+
+#: millimetres per spatial unit of a NIfTI header (``xyzt_units``; "unknown": mm, as every tool writes)
+_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+
+
+def mm_affine(img: Any) -> np.ndarray:
+    """The header's affine (nibabel's ``img.affine``) in millimetres: the NIfTI standard gives the
+    qform/sform in the header's spatial unit (``xyzt_units``), which nibabel leaves as it is; a file
+    in metres (or microns) was read with voxels of 0.001 mm (or 1000 mm) per mm. ITK converts alike."""
+    aff = np.asarray(img.affine, dtype=np.float64).copy()
+    try:
+        unit = img.header.get_xyzt_units()[0]
+    except (AttributeError, KeyError, ValueError):
+        unit = "unknown"
+    aff[:3, :] *= _MM_PER_UNIT.get(unit, 1.0)
+    return aff
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -161,7 +178,7 @@ def file_geometry(path: str | os.PathLike) -> Geometry | None:
         return None
     warn_forms_disagree(img, path)
     try:
-        return Geometry.from_ras_affine(np.asarray(img.affine, dtype=np.float64))
+        return Geometry.from_ras_affine(mm_affine(img))
     except GeometryError as e:
         raise NiftiFormatError(f"{path}: invalid affine: {e}") from None
 
@@ -487,13 +504,13 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     if not np.issubdtype(ct.dtype, np.integer):
         ct = np.asarray(img.get_fdata(dtype=np.float64))
     shape = ct.shape
-    ct_aff = np.asarray(img.affine, dtype=np.float64)
+    ct_aff = mm_affine(img)
     geom = _geometry(img, ct_path, info.get("geometry"))
 
     def same_grid(arr: np.ndarray, other: Any, path: Path) -> np.ndarray:
         if arr.shape != shape:
             raise NiftiFormatError(f"patient {pid}: {path} has shape {arr.shape}, CT {ct_path} {shape}")
-        aff = np.asarray(other.affine, dtype=np.float64)
+        aff = mm_affine(other)
         if not _same_affine(aff, ct_aff):
             raise NiftiFormatError(f"patient {pid}: {path} is not on the grid of {ct_path} "
                                    f"({_grid_difference(aff, ct_aff)}); every file of a patient must share "
