@@ -79,6 +79,27 @@ def test_an_affine_in_metres_or_microns_is_read_in_millimetres(tmp_path, unit, p
     np.testing.assert_allclose(g.spacing, p.spacing, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("ct.nii.gz", np.nan, "ct.nii.gz holds 1 NaN/inf voxel(s); a CT is a finite number of HU in every voxel"),
+    ("dose.nii.gz", -0.5, "dose.nii.gz holds negative doses (1 voxel(s), min -0.5 Gy); a dose must be "
+                          ">= 0 Gy"),
+])
+def test_a_nan_ct_or_negative_dose_voxel_names_its_file(tmp_path, name, value, message):
+    """A float CT with a NaN voxel or a dose with a negative one was refused as "patient pt_a: CT contains
+    NaN/inf" / "dose must be >= 0 Gy", naming neither the file nor how many voxels: now both."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src")
+    img = nib.load(folder / name)
+    arr = np.asanyarray(img.dataobj).astype(np.float32)
+    arr[16, 16, 16] = value
+    out = nib.Nifti1Image(arr, img.affine, img.header.copy())
+    out.header.set_data_dtype(np.float32)
+    nib.save(out, folder / name)
+    with pytest.raises(nifti.NiftiFormatError) as e:
+        nifti.read_nifti_folder(tmp_path / "src")
+    assert str(e.value) == f"patient {p.id}: {folder}/{message}"
+
+
 def test_affine_of_dicom_patient(tmp_path):
     """A patient read from DICOM: the NIfTI affine maps voxel (k, r, c) to the DICOM position (RAS)."""
     p = make_patient()

@@ -503,6 +503,10 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     ct, img = _load(ct_path, "CT")
     if not np.issubdtype(ct.dtype, np.integer):
         ct = np.asarray(img.get_fdata(dtype=np.float64))
+        bad = int(np.count_nonzero(~np.isfinite(ct)))
+        if bad:
+            raise NiftiFormatError(f"patient {pid}: {ct_path} holds {bad} NaN/inf voxel(s); a CT is a finite "
+                                   "number of HU in every voxel")
     shape = ct.shape
     ct_aff = mm_affine(img)
     geom = _geometry(img, ct_path, info.get("geometry"))
@@ -526,6 +530,10 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     if dose_path is not None:
         dose = read_dose(dose_path)
         same_grid(dose, _load(dose_path, "dose")[1], dose_path)
+        if dose.size and float(dose.min()) < 0:
+            raise NiftiFormatError(f"patient {pid}: {dose_path} holds negative doses "
+                                   f"({int((dose < 0).sum())} voxel(s), min {float(dose.min()):.4g} Gy); "
+                                   "a dose must be >= 0 Gy")
     pdm = None
     if mask_path is not None:
         pdm = _binary(load_on_grid(mask_path, "possible-dose mask"), mask_path, pid)
