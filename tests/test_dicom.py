@@ -377,6 +377,29 @@ def test_ct_pixel_padding_outside_the_scan_circle_is_air(exported, vr, stored_pa
     np.testing.assert_array_equal(q.possible_dose_mask, p.ct > -500)
 
 
+@pytest.mark.parametrize("key", ["RescaleIntercept", "RescaleSlope"])
+def test_a_ct_slice_without_the_rescale_its_series_has_is_refused(exported, key):
+    """One slice of a series stored with intercept -1024 lacking RescaleIntercept (a damaged header, a
+    slice of another export) read its raw values as HU (intercept 0): that slice 1024 HU brighter than
+    its neighbours, without a word. Now an error naming it and a slice that has the tag."""
+    p, folder = exported
+    f = folder / "CT.0006.dcm"
+    ds = pydicom.dcmread(f)
+    if key == "RescaleSlope":  # a slope absent where the others say 2: the slice would read half
+        for g in sorted(folder.glob("CT.*.dcm")):
+            d = pydicom.dcmread(g)
+            hu = d.pixel_array.astype(np.int32) - 1024
+            d.PixelData = ((hu + 1024) // 2).astype("<i2").tobytes()
+            d.RescaleSlope = "2"
+            d.save_as(g)
+        ds = pydicom.dcmread(f)
+    delattr(ds, key)
+    ds.save_as(f)
+    with pytest.raises(dicom.DicomImportError, match=rf"{f} lacks {key}, which {folder / 'CT.0001.dcm'} has "
+                       r"\(1 of 32 slices lack it\)"):
+        dicom.read_dicom_folder(folder)
+
+
 # ------------------------------------------------------------------------------ malformed input
 
 def test_missing_slice_names_series(exported):

@@ -49,6 +49,15 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
                                    f"{series.files[0][0]} has {ps.tolist()}")
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
             raise DicomImportError(f"{desc}: {p} is {ds.Rows}x{ds.Columns}, other slices {rows}x{cols}")
+    for key in ("RescaleIntercept", "RescaleSlope"):  # absent on some slices only: those read +1024 HU
+        has = [(p, getattr(ds, key, None) is not None and str(getattr(ds, key)).strip() != "")
+               for p, ds in series.files]
+        lacking = [p for p, h in has if not h]
+        if lacking and len(lacking) < len(has):
+            other = next(p for p, h in has if h)
+            raise DicomImportError(f"{desc}: {lacking[0]} lacks {key}, which {other} has "
+                                   f"({len(lacking)} of {len(has)} slices lack it): their pixels cannot be "
+                                   "read in the others' HU (a slice of another series or a damaged header?)")
     rx, cy = iop[:3], iop[3:]
     n = np.cross(rx, cy)
     pos = np.array([field_numbers(ds, "ImagePositionPatient", str(p), 3) for p, ds in series.files])
