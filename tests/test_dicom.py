@@ -848,3 +848,33 @@ def test_imported_patient_ids_are_unique(ids, want):
     got = [s.id for s in sources]
     assert got == want
     assert len({g.casefold() for g in got}) == len(got)
+
+
+def test_names_latin_1_cannot_hold_are_written_in_utf_8(tmp_path):
+    """Every exported file declared SpecificCharacterSet ISO_IR 100 (Latin-1): a name Latin-1 cannot
+    hold (Polish "Łódź", Japanese "山田", Greek) was written as "?" with only pydicom's "Failed to
+    encode" warning, so "Ślinianka L" and "腮腺 左" came back as other names, and two ROIs that differ
+    only in such letters came back as one name (united). Such files now declare ISO_IR 192 (UTF-8) and
+    the names come back as they were; a Latin-1 name keeps ISO_IR 100."""
+    p = make_patient(pid="pt_ja")
+    names = {"LeftParotid": "腮腺 左", "PTV70": "PTV70", "Ring": "Łódź Ring"}
+    rs = RoiSet(tuple(Roi(names[r.name], r.kind, r.prescription) for r in p.roi_set))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                {**p.meta, "patient_name": "山田^太郎"}, p.geometry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Failed to encode value" replacement
+        folder = dicom.write_dicom(p, tmp_path / "dcm")
+        rd = dicom.write_rtdose(p, p.dose, tmp_path / "RD.dcm", model_name="モデル")
+    for f in [folder / "RS.dcm", next(folder.glob("CT*.dcm")), rd]:
+        ds = pydicom.dcmread(f)
+        assert ds.SpecificCharacterSet == "ISO_IR 192", f
+        assert str(ds.PatientName) == "山田^太郎"
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    assert {r.ROIName for r in ds.StructureSetROISequence} >= {"腮腺 左", "Łódź Ring"}
+    (q,) = dicom.read_dicom_folder(folder)
+    assert set(q.roi_set.names) == {"腮腺 左", "PTV70", "Łódź Ring"}
+    assert np.array_equal(q.mask("腮腺 左"), p.mask("腮腺 左"))
+    # Latin-1 text keeps the Latin-1 declaration
+    (latin,) = [make_patient(pid="pt_é")]
+    ds = pydicom.dcmread(dicom.write_dicom(latin, tmp_path / "l1") / "RS.dcm")
+    assert ds.SpecificCharacterSet == "ISO_IR 100" and ds.PatientID == "pt_é"

@@ -195,7 +195,32 @@ def new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: str
     return ds
 
 
+#: Value representations whose text SpecificCharacterSet encodes (names, descriptions, labels).
+_CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "PN", "UC", "UT"})
+
+
+def _latin_1(v: Any) -> bool:
+    try:
+        str(v).encode("latin-1")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def character_set(ds: Any) -> str:
+    """``ISO_IR 100`` (Latin-1) when every name and text of ``ds`` fits Latin-1, else ``ISO_IR 192``
+    (UTF-8): written as Latin-1, "山田" or "Łódź" became "?" (pydicom's replacement characters)."""
+    for el in ds.iterall():
+        if el.VR in _CHARSET_VRS and el.value is not None:
+            v = el.value
+            vals = v if isinstance(v, Sequence) and not isinstance(v, str) else [v]
+            if not all(_latin_1(v) for v in vals):
+                return "ISO_IR 192"
+    return "ISO_IR 100"
+
+
 def save_file(ds: Any, path: Path) -> None:
+    ds.SpecificCharacterSet = character_set(ds)
     with atomic_path(path, only_writes=True) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
 
