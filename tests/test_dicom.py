@@ -13,6 +13,7 @@ import pydicom
 import pytest
 
 from dosepred import metrics
+from dosepred.errors import InputError
 from dosepred.geometry import Geometry
 from dosepred.io import dicom
 from dosepred.io.roi_names import RoiMap, canonical, union_roi_set
@@ -878,3 +879,35 @@ def test_names_latin_1_cannot_hold_are_written_in_utf_8(tmp_path):
     (latin,) = [make_patient(pid="pt_é")]
     ds = pydicom.dcmread(dicom.write_dicom(latin, tmp_path / "l1") / "RS.dcm")
     assert ds.SpecificCharacterSet == "ISO_IR 100" and ds.PatientID == "pt_é"
+
+
+@pytest.mark.parametrize("roi, pid, field", [
+    ("Parotid_L_PRV05_minus_PTV_crop_3mm_for_optimisation_only_version_2", "pt_a", "ROIName"),
+    ("Ring 1\\2", "pt_a", "ROIName"),
+    ("Ring", "HN_0001_planning_CT_2019-03-01_with_contrast_reviewed_by_dr_smith_v2", "PatientID"),
+])
+def test_names_dicom_cannot_hold_are_refused_before_writing(tmp_path, roi, pid, field):
+    """An ROI name of more than 64 characters (LO) was written with pydicom's warning naming neither
+    the ROI nor the patient (software that keeps 64 reads another name, and two names alike in their
+    first 64 characters as one); one with a backslash, DICOM's value delimiter, came back as
+    "['Ring 1', '2']". A patient id (a NIfTI folder's name) alike. Now an error naming the patient,
+    the field and the name, and nothing is written."""
+    p = make_patient(pid=pid)
+    rs = RoiSet(tuple(Roi(roi if r.name == "Ring" else r.name, r.kind, r.prescription) for r in p.roi_set))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                dict(p.meta), p.geometry)
+    bad = roi if field == "ROIName" else pid
+    with pytest.raises(InputError, match=rf"patient .*{field}.*cannot be written in DICOM") as e:
+        dicom.write_dicom(p, tmp_path / "dcm")
+    assert repr(bad) in str(e.value)
+    assert not (tmp_path / "dcm").exists() or not any((tmp_path / "dcm").iterdir())
+    if field == "PatientID":
+        with pytest.raises(InputError, match="PatientID"):
+            dicom.write_rtdose(p, p.dose, tmp_path / "RD.dcm")
+        assert not (tmp_path / "RD.dcm").exists()
+    # 64 characters are written and come back
+    ok = Patient(p.id[:64], p.ct, p.roi_codes, RoiSet(tuple(Roi(r.name.replace("\\", " ")[:64], r.kind,
+                 r.prescription) for r in rs)), p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                 dict(p.meta), p.geometry)
+    (q,) = dicom.read_dicom_folder(dicom.write_dicom(ok, tmp_path / "ok"))
+    assert set(q.roi_set.names) == set(ok.roi_set.names)

@@ -160,6 +160,31 @@ class ImagePlane:
         return self.origin + k * self.geometry.spacing[0] * self.geometry.direction[:, 0]
 
 
+#: The longest value DICOM's LO (PatientID, ROIName) and each PN component group (PatientName) hold.
+MAX_LO = 64
+
+
+def check_names(p: Patient, rois: bool = True) -> None:
+    """Refuse, before anything is written, a patient id or name and (``rois``) an ROI name that a DICOM
+    file cannot hold as it is: more than :data:`MAX_LO` characters (LO, PN; pydicom wrote it with a
+    warning naming neither, and other software cuts it, making two long names one), or a backslash,
+    DICOM's value delimiter (an ROI "Ring 1\\2" came back as "['Ring 1', '2']")."""
+    m = p.meta
+    fields = [("PatientID", str(m.get("patient_id") or p.id)),
+              ("PatientName", str(m.get("patient_name") or m.get("patient_id") or p.id))]
+    if rois:
+        fields += [("ROI name (ROIName)", n) for n in p.present_rois]
+    for what, v in fields:
+        longest = max(len(g) for g in v.split("=")) if what == "PatientName" else len(v)
+        why = ("it holds a backslash, DICOM's value delimiter" if "\\" in v else
+               f"it has {longest} characters, more than the {MAX_LO} DICOM allows" if longest > MAX_LO
+               else None)
+        if why:
+            fix = ("rename the ROI" if what.startswith("ROI") else
+                   "rename the patient (its folder or cache entry)")
+            raise InputError(f"patient {p.id}: {what} {v!r} cannot be written in DICOM: {why}; {fix}")
+
+
 def new_file(path: Path, sop_class: str, sop_uid: str, p: Patient, modality: str, u: ExportUids) -> Any:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian

@@ -16,6 +16,7 @@ from ._common import RTSTRUCT_STORAGE, decimal_string
 from .export import (
     ExportUids,
     ImagePlane,
+    check_names,
     export_layout,
     export_roi_numbers,
     export_uids,
@@ -176,6 +177,7 @@ def write_dicom(patient: Patient, out_dir: str | os.PathLike, dose: np.ndarray |
     :func:`export_layout`'s (``keep_layout``). The folder is written to a temporary sibling and
     renamed into place, replacing an earlier export of the patient whole. Returns the folder."""
 
+    check_names(patient)
     u = export_uids(patient)
     d = dose if dose is not None else patient.dose
     src = patient if d is None else patient.with_dose(np.asarray(d, dtype=np.float32))

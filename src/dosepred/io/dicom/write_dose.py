@@ -22,6 +22,7 @@ from ._common import RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE, decimal_s
 from .export import (
     ExportUids,
     ImagePlane,
+    check_names,
     export_layout,
     export_roi_numbers,
     export_uids,
@@ -261,6 +262,7 @@ def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
     d = np.asarray(dose, dtype=np.float32)
     if d.shape != patient.shape:
         raise InputError(f"patient {patient.id}: dose shape {d.shape} != CT shape {patient.shape}")
+    check_names(patient, rois=False)
     u = export_uids(patient)
     q = export_layout(patient.with_dose(d))
     assert q.dose is not None
