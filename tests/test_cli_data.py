@@ -170,3 +170,41 @@ def test_help_lists_every_format_from_the_table():
         assert all(f.described in text for f in formats.FORMATS), (group, name, text)
     fmt_help = next(p.help for p in root.commands["predict"].params if p.name == "fmt")
     assert all(f"{f.name} ({f.dose_output})" in fmt_help for f in formats.prediction_formats())
+
+
+def test_names_with_square_brackets_are_printed_as_they_are(tmp_path):
+    """The console read patient ids and ROI names as rich markup: "pt [b]7" was printed as "pt 7"
+    (bold), ROIs "Ring [i]" and "Cord [bold red]" as "Ring " and "Cord ", two ROIs "Ring [i]" and
+    "Ring [u]" alike, and a name holding "[/x]" ended the command with a traceback. They are now
+    printed as they are."""
+    from dosepred import synth
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    (p,) = list(synth.iter_cohort(1, seed=0, size=16))
+    new = {"LeftParotid": "Ring [i]", "RightParotid": "Cord [bold red]", "Larynx": "Larynx [/x]"}
+    rs = RoiSet(tuple(Roi(new.get(r.name, r.name), r.kind, r.prescription) for r in p.roi_set))
+    q = Patient("pt [b]7", p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose,
+                tuple(new.get(m, m) for m in p.missing_rois), dict(p.meta), p.geometry)
+    cache.write_cache([q], tmp_path / "c", roi_set=rs)
+    r = runner.invoke(app, ["data", "inspect", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    for name in ("pt [b]7", "Ring [i]", "Cord [bold red]", "Larynx [/x]"):
+        assert name in r.output, name
+
+
+def test_console_styles_are_styles_not_markup_text():
+    """With the console's markup off, dosepred's own colours (evaluate's criteria table, qa's warnings
+    and notes) are styled text, not "[green]...[/]" printed as it is."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dosepred import console as render
+
+    res = SimpleNamespace(warnings=["pt [b]7: a warning"], patients=[], protocol="p", summary=lambda: [])
+    con = Console(markup=False, width=200, record=True, color_system="truecolor", force_terminal=True)
+    for x in render.qa(res, 0.9):
+        con.print(x)
+    text = con.export_text(styles=False, clear=False)
+    assert "warning: pt [b]7: a warning" in text and "[/]" not in text and "[bold" not in text
+    assert "\x1b[1;33mwarning:" in con.export_text(styles=True)

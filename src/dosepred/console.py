@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from .bench.bitmask import table
 from .bench.losses import table as losses_table
@@ -20,6 +21,12 @@ from .errors import name_some
 from .io import formats
 from .qa.families import FAMILY_TITLES
 from .qa.result import UNTRUSTED_LEGEND, coverage_pct, rank_label
+
+
+def met(ok: bool) -> Text:
+    """A target's verdict: green "met" or red "not met" (styled text, not markup: the console prints
+    markup as it is, since ids and ROI names may hold square brackets)."""
+    return Text("met", style="green") if ok else Text("not met", style="red")
 
 
 def num(x: float, nd: int = 3) -> str:
@@ -121,7 +128,7 @@ def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list
         t.add_row(p.id, num(p.dose_score), num(p.dvh_score), num(p.ptv_score), num(p.oar_score),
                   "-" if not p.checked else f"{sum(bool(c.pred_pass) for c in p.checked)}/{len(p.checked)}")
     t.add_section()
-    t.add_row("[bold]cohort[/]", num(res.dose_score), num(res.dvh_score), num(res.ptv_score),
+    t.add_row(Text("cohort", style="bold"), num(res.dose_score), num(res.dvh_score), num(res.ptv_score),
               num(res.oar_score), num(res.criteria_pass_rate, 1) + " %")
     out: list[Any] = [t]
     rows = res.criteria_table()
@@ -134,7 +141,7 @@ def evaluation(res: Any, missing: list[str], show_metrics: bool = False) -> list
             # as the report: by agreement with the plans patient by patient, not by the count (all passing
             # where plans fail is no better a prediction)
             style = "green" if r["agree"] == n else "red"
-            ct.add_row(r["criterion"], f"[{style}]{r['pred_pass']}/{n}[/]", f"{r['ref_pass']}/{n}",
+            ct.add_row(r["criterion"], Text(f"{r['pred_pass']}/{n}", style=style), f"{r['ref_pass']}/{n}",
                        f"{r['agree']}/{n}")
         out += [ct, "green: the prediction passes or fails the criterion exactly where the plan does; red: "
                     "not on every patient (agree)",
@@ -168,7 +175,7 @@ def calibration(cal: Any) -> Table:
 
 def qa(res: Any, coverage: float) -> list[Any]:
     """Plan QA: warnings, the ranked cohort summary, the time per plan."""
-    out: list[Any] = [f"[bold yellow]warning:[/] {w}" for w in res.warnings]
+    out: list[Any] = [Text.assemble(("warning:", "bold yellow"), f" {w}") for w in res.warnings]
     t = _table(f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage_pct(coverage)} "
                "intervals, ranked by potential improvement",
                ("rank", "patient", "potential (Gy)", "flags", "failed limits", "flagged criteria",
@@ -184,10 +191,11 @@ def qa(res: Any, coverage: float) -> list[Any]:
                   f"{sum(secs) / len(secs):.2f} s, max {max(secs):.2f} s"]
 
 
-def qa_notes(res: Any, max_ids: int = 5) -> list[str]:
+def qa_notes(res: Any, max_ids: int = 5) -> list[Any]:
     """Plan QA: each plan's reliability notes, and per ROI the plans that lack it (their criteria are
     in the results as not contoured, not checked)."""
-    out = [f"[yellow]note:[/] {p.id}: {n}" for p in res.patients for n in p.notes]
+    out: list[Any] = [Text.assemble(("note:", "yellow"), f" {p.id}: {n}")
+                      for p in res.patients for n in p.notes]
     lacking: dict[str, list[str]] = {}
     for p in res.patients:
         for r in p.not_contoured:
@@ -267,8 +275,8 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
         out: list[Any] = [table(res), f"model: {res['model']}; loss: {res['loss']}; {m['cpu_count']} CPU "
                           f"cores, {res['torch_threads']} torch threads per run, "
                           f"{m.get('cuda_device', 'no GPU used')}; {res['seconds']:.0f} s"]
-        return out + [f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x "
-                      + ("[green]met[/]" if tg["met"] else "[red]not met[/]") for tg in res["targets"]]
+        return out + [Text.assemble(f"K={tg['rois']} {tg['pipeline']}: {tg['what']}: {tg['value']:.2f}x ",
+                                    met(tg["met"])) for tg in res["targets"]]
     if name == "train-step":
         t = _table(f"one training step, {res['size']}^3 voxels, base {res['base']}, {res['levels']} levels, "
                    f"{res['device']} (median of {res['repeats']} rounds of {res['steps']} steps, in turns)",
@@ -287,6 +295,6 @@ def bench(name: str, res: dict[str, Any]) -> list[Any]:
            f"{res['seconds']:.0f} s"]
     tg = res["target"]
     if tg["values"]:
-        out.append(f"{tg['what']}: " + ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items())
-                   + (" [green]met[/]" if tg["met"] else " [red]not met[/]"))
+        values = ", ".join(f"{k} {v:.3f}" for k, v in tg["values"].items())
+        out.append(Text.assemble(f"{tg['what']}: {values} ", met(tg["met"])))
     return out

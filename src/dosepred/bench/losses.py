@@ -261,13 +261,15 @@ def _machine() -> dict[str, Any]:
 def table(res: dict[str, Any]):
     """A rich Table of :func:`run`'s result."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="loss forward+backward time (median)")
     for col in ("size", "device", "loss", "ms", "vs MAE", "vs U-Net step", "aten ops", "syncs"):
         t.add_column(col, justify="left" if col in ("device", "loss") else "right")
     steps = {(s["size"], s["device"]): s["seconds"] for s in res["unet_steps"]}
     for (size, dev), s in steps.items():
-        t.add_row(f"{size}^3", dev, "[bold]U-Net step (MAE)[/]", f"{s * 1e3:.0f}", "", "1.00", "", "")
+        t.add_row(f"{size}^3", dev, Text("U-Net step (MAE)", style="bold"), f"{s * 1e3:.0f}", "", "1.00",
+                  "", "")
     for r in res["rows"]:
         vs = f"{r['vs_unet_step']:.3f}" if r.get("vs_unet_step") is not None else "-"
         t.add_row(f"{r['size']}^3", r["device"], r["loss"], f"{r['seconds'] * 1e3:.1f}",

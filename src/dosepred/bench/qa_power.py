@@ -334,17 +334,19 @@ def comparison_table(res: dict[str, Any]) -> Any:
 def console_lines(res: dict[str, Any]) -> list[Any]:
     """What ``dosepred bench qa-power`` prints: QA's detection table, the comparison of methods, the
     issue's targets for QA's methods, provenance."""
+    from rich.text import Text
+
     main = "qa" if "qa" in res["methods"] else next(iter(res["methods"]))
     out: list[Any] = [detection_table(res, main), comparison_table(res)]
     for tg in res["targets"][main]:
-        out.append(f"{main}: {tg['what']}: {tg['value']:.1f} (goal {tg['goal']}) "
-                   + ("[green]met[/]" if tg["met"] else "[red]not met[/]"))
+        out.append(Text.assemble(f"{main}: {tg['what']}: {tg['value']:.1f} (goal {tg['goal']}) ",
+                                 ("met", "green") if tg["met"] else ("not met", "red")))
     for name, fams in res.get("difficulty_correlation", {}).items():
         out.append(f"{name} pass: Spearman of |pass - predicted| with |plan - predicted| (and less the "
                    "criterion's mean): " + ", ".join(f"{f} {v['error']:+.2f} ({v['centred_error']:+.2f})"
                                                      for f, v in fams.items()))
     if res.get("warning"):
-        out.append(f"[yellow]warning:[/] {res['warning']}")
+        out.append(Text.assemble(("warning:", "yellow"), f" {res['warning']}"))
     err = ", ".join(f"{k} {v:.2g}" for k, v in res["largest_change_error"].items())
     m = res["machine"]
     sec = res["seconds"]

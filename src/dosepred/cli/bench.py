@@ -45,7 +45,9 @@ def _finish(name: str, res: dict, json_out: Path | None, overwrite: bool) -> Non
 
 def _log(otherwise: Any) -> Any:
     """Dim progress lines on the console while progress output is on, else ``otherwise``."""
-    return (lambda m: console().print(f"[dim]{m}[/]")) if enabled() else otherwise
+    from rich.text import Text
+
+    return (lambda m: console().print(Text(m, style="dim"))) if enabled() else otherwise
 
 
 def _check(json_out: Path | None, overwrite: bool, inputs: list[Path] | None = None) -> None:
