@@ -911,3 +911,33 @@ def test_names_dicom_cannot_hold_are_refused_before_writing(tmp_path, roi, pid, 
                  dict(p.meta), p.geometry)
     (q,) = dicom.read_dicom_folder(dicom.write_dicom(ok, tmp_path / "ok"))
     assert set(q.roi_set.names) == set(ok.roi_set.names)
+
+
+def test_names_in_nfd_are_the_names_in_nfc(tmp_path):
+    """Unicode writes "Parótida" two ways: "ó" as one character (NFC, what keyboards type) or as "o" and
+    a combining accent (NFD, what macOS file names hold). A structure set written in NFD was another
+    ROI for dosepred: an ROI map's NFC key did not name it (and said nothing, since the key named the
+    NFC patients' ROI), so those patients silently lacked LeftParotid, and two patients' "Parótida izq"
+    became two ROIs. Names and map keys are now compared and kept in NFC."""
+    import unicodedata
+
+    nfc, nfd = "Parótida izq", unicodedata.normalize("NFD", "Parótida izq")
+    assert nfc != nfd
+    for pid, name in (("pt_a", nfc), ("pt_b", nfd)):
+        folder = dicom.write_dicom(make_patient(pid=pid), tmp_path / "dcm")
+        ds = pydicom.dcmread(folder / "RS.dcm")
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        for r in ds.StructureSetROISequence:
+            r.ROIName = name if r.ROIName == "LeftParotid" else r.ROIName
+        ds.save_as(folder / "RS.dcm")
+    a, b = read_quiet(tmp_path / "dcm")
+    assert a.roi_set.names == b.roi_set.names and nfc in a.roi_set.names
+    assert nfc not in a.missing_rois and nfc not in b.missing_rois
+    mp = tmp_path / "map.json"
+    mp.write_text(json.dumps({nfc: "LeftParotid"}, ensure_ascii=False))
+    a, b = read_quiet(tmp_path / "dcm", mp)
+    for q in (a, b):
+        assert "LeftParotid" in q.roi_set.names and "LeftParotid" not in q.missing_rois, q.id
+        assert q.mask("LeftParotid").sum() == make_patient().mask("LeftParotid").sum()
+    mp.write_text(json.dumps({nfd: "LeftParotid"}, ensure_ascii=False))  # a key typed on macOS
+    assert all("LeftParotid" not in q.missing_rois for q in read_quiet(tmp_path / "dcm", mp))

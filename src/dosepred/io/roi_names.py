@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,14 @@ class Canonical:
         return self.name == BODY
 
 
+def nfc(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC: "ó" one character, as keyboards type it), so that a name
+    written decomposed ("o" and a combining accent: NFD, as macOS file names hold it) is the same name."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _normalise(name: str) -> str:
-    s = re.sub(r"([a-z])([A-Z])", r"\1 \2", name.strip())  # CamelCase -> words
+    s = re.sub(r"([a-z])([A-Z])", r"\1 \2", nfc(name).strip())  # CamelCase -> words
     s = s.lower().replace("~", " ")
     s = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", s)  # keep the dot of "59.4"
     s = re.sub(r"[_\-,/()\[\]]+", " ", s)
@@ -197,19 +204,19 @@ class RoiMap:
                     raise InputError(f"ROI map {source}: {key!r} must be an object (canonical name -> "
                                      f"{'kind' if key == 'kinds' else 'Gy'}), got {obj[key]!r}")
             items = obj["names"].items()
-            kinds.update({str(k): str(v) for k, v in (obj.get("kinds") or {}).items()})
-            rx.update({str(k): _map_rx(source, str(k), v)
+            kinds.update({nfc(str(k)): str(v) for k, v in (obj.get("kinds") or {}).items()})
+            rx.update({nfc(str(k)): _map_rx(source, str(k), v)
                        for k, v in (obj.get("prescriptions") or {}).items()})
         else:
             items = obj.items()
         for k, v in items:
             if v is None or isinstance(v, str):
-                names[str(k)] = v or None
+                names[nfc(str(k))] = nfc(v) if v else None
             elif isinstance(v, Mapping) and not structured:
                 if "name" not in v:
                     raise InputError(f"ROI map {source}: entry {k!r} lacks 'name'")
-                cn = v["name"]
-                names[str(k)] = cn
+                cn = nfc(v["name"]) if isinstance(v["name"], str) else v["name"]
+                names[nfc(str(k))] = cn
                 if cn and "kind" in v:
                     kinds[cn] = str(v["kind"])
                 if cn and v.get("prescription") is not None:
@@ -242,7 +249,9 @@ class RoiMap:
         return cls.from_obj(obj, str(p))
 
     def lookup(self, name: str) -> tuple[bool, str | None]:
-        """(found, canonical-or-None) for a clinical name: exact, then case/spacing-insensitive."""
+        """(found, canonical-or-None) for a clinical name: exact (in NFC, :func:`nfc`), then
+        case/spacing-insensitive."""
+        name = nfc(name)
         if name in self.names:
             self.used.add(name)
             return True, self.names[name]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...geometry import Geometry
+from ..roi_names import nfc
 from ._common import DicomImportError, field_int, field_numbers, raw_field, warn
 
 
@@ -28,7 +29,7 @@ def roi_info(ds: Any, path: Path | str = "RTSTRUCT") -> list[tuple[int, str, str
     out = []
     for k, r in enumerate(getattr(ds, "StructureSetROISequence", []) or []):
         n = field_int(r, "ROINumber", f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}")
-        out.append((n, str(r.ROIName), types.get(n, ""), rx.get(n)))
+        out.append((n, nfc(str(r.ROIName)), types.get(n, ""), rx.get(n)))
     return out
 
 
