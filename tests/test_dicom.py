@@ -941,3 +941,15 @@ def test_names_in_nfd_are_the_names_in_nfc(tmp_path):
         assert q.mask("LeftParotid").sum() == make_patient().mask("LeftParotid").sum()
     mp.write_text(json.dumps({nfd: "LeftParotid"}, ensure_ascii=False))  # a key typed on macOS
     assert all("LeftParotid" not in q.missing_rois for q in read_quiet(tmp_path / "dcm", mp))
+
+
+def test_an_roi_name_holding_a_backslash_is_read_as_written(exported):
+    """A backslash is DICOM's value delimiter, which some planning systems let into an ROIName all the
+    same: pydicom reads "Ring 1\\\\2" as two values, and the ROI was named "['Ring 1', '2']" (a map or a
+    protocol naming "Ring 1\\\\2" missed it). The name is now read as written."""
+    _, folder = exported
+    _rename_rois(folder / "RS.dcm", {"Ring": "Ring 1\\2"})
+    (q,) = read_quiet(folder)
+    assert "Ring 1\\2" in q.roi_set.names, q.roi_set.names
+    (r,) = read_quiet(folder, {"Ring 1\\2": "RingMapped"})
+    assert "RingMapped" in r.roi_set.names

@@ -16,6 +16,15 @@ from ..roi_names import nfc
 from ._common import DicomImportError, field_int, field_numbers, raw_field, warn
 
 
+def roi_name(value: Any) -> str:
+    """An ROIName as written (in NFC): one holding a backslash, DICOM's value delimiter that some
+    planning systems let in all the same, is read by pydicom as several values ("Ring 1\\2": "Ring 1",
+    "2"), and was named "['Ring 1', '2']"."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        value = "\\".join(str(v) for v in value)
+    return nfc(str(value if value is not None else ""))
+
+
 def roi_info(ds: Any, path: Path | str = "RTSTRUCT") -> list[tuple[int, str, str, float | None]]:
     """(ROINumber, ROIName, RTROIInterpretedType, prescription from our observation label)."""
     types: dict[int, str] = {}
@@ -29,7 +38,7 @@ def roi_info(ds: Any, path: Path | str = "RTSTRUCT") -> list[tuple[int, str, str
     out = []
     for k, r in enumerate(getattr(ds, "StructureSetROISequence", []) or []):
         n = field_int(r, "ROINumber", f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}")
-        out.append((n, nfc(str(r.ROIName)), types.get(n, ""), rx.get(n)))
+        out.append((n, roi_name(r.ROIName), types.get(n, ""), rx.get(n)))
     return out
 
 
@@ -43,7 +52,7 @@ def check_roi_numbers(ds: Any, path: Path, for_uid: str) -> None:
         where = f"RTSTRUCT {path}: StructureSetROISequence item {k + 1}"
         if raw_field(r, "ROINumber") in (None, ""):
             raise DicomImportError(f"{where} ({getattr(r, 'ROIName', '?')}) lacks ROINumber")
-        n, name = field_int(r, "ROINumber", where), str(getattr(r, "ROIName", "") or "").strip()
+        n, name = field_int(r, "ROINumber", where), roi_name(getattr(r, "ROIName", "")).strip()
         if not name:
             raise DicomImportError(f"{where} (ROINumber {n}) has no ROIName: its contours could not be "
                                    "named; name the structure (or delete it) in the planning system")
