@@ -584,3 +584,20 @@ def test_an_roi_name_that_is_no_label_file_name_is_refused_by_name(tmp_path, nam
     (q,) = nifti.read_nifti_folder(tmp_path / "codes")
     assert q.roi_set == rs
     np.testing.assert_array_equal(q.mask(name), ring)
+
+
+def test_two_folders_whose_rois_json_give_one_id_are_refused(tmp_path):
+    """A patient folder copied to start another (pt_2 from pt_1) keeps rois.json's "id": "pt_1", and
+    the id is rois.json's: both read as pt_1, `predict` wrote "2 predicted doses" as one file (one
+    written over the other) and `evaluate` scored that one file against both references, without a
+    word. Now an error naming the id, both folders and the remedy."""
+    from dosepred.io.source import open_source
+
+    src = tmp_path / "src"
+    nifti.write_patient(make_patient(pid="pt_1", spacing=(3.0, 1.5, 1.5)), src)
+    (src / "pt_1").rename(src / "pt_2")  # rois.json still says pt_1
+    nifti.write_patient(make_patient(pid="pt_1", spacing=(3.0, 1.5, 1.5), shift=1.0), src)
+    assert json.loads((src / "pt_2" / "rois.json").read_text())["id"] == "pt_1"
+    for read in (nifti.read_nifti_folder, open_source):
+        with pytest.raises(nifti.NiftiFormatError, match=r"pt_1.*pt_1.*pt_2.*rois\.json"):
+            read(src)

@@ -645,6 +645,7 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
     like a DICOM import (OpenKBP names first, then the others sorted)."""
     folders = patient_folders(src)
     infos = [read_sidecar(f) for f in folders]
+    _check_unique_ids(folders, infos)
     lists = [i.get("rois") for i in infos]
     if all(lists) and all(lst == lists[0] for lst in lists):
         roi_set = RoiSet.from_dicts(lists[0])  # type: ignore[arg-type]
@@ -656,6 +657,20 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
             yield _read_patient(f, roi_set)
 
     return roi_set, gen()
+
+
+def _check_unique_ids(folders: list[Path], infos: list[dict[str, Any]]) -> None:
+    """Refuse two patient folders of one id (``rois.json``'s ``id``, else the folder's name): a folder
+    copied to start another keeps its ``id``, and the two patients' predictions were one file."""
+    seen: dict[str, list[Path]] = {}
+    for f, i in zip(folders, infos, strict=True):
+        seen.setdefault(str(i.get("id") or f.name), []).append(f)
+    for pid, fs in seen.items():
+        if len(fs) > 1:
+            raise NiftiFormatError(f"patient id {pid!r} is given to {len(fs)} patient folders: "
+                                   f"{', '.join(str(f) for f in fs)} (the id is {ROIS_JSON}'s \"id\", "
+                                   "else the folder's name); set each folder's own id in its "
+                                   f"{ROIS_JSON}, or remove the \"id\" to use the folder's name")
 
 
 def read_nifti_folder(src: str | os.PathLike) -> list[Patient]:
