@@ -345,3 +345,24 @@ def test_cli_unknown_roi_file_warns_and_imports_the_rest(tmp_path):
     c = cache.Cache.open(tmp_path / "out")
     assert "Cochlea_L" not in c.roi_set and c.ids == ["pt_5"]
     assert c.load("pt_5").mask("PTV70").sum() == 2
+
+
+@pytest.mark.parametrize("name, why", [("dose", "dose.csv"), ("Possible_Dose_Mask", "possible_dose_mask.csv"),
+                                       ("Ring 1/2", "slash")])
+def test_an_roi_name_that_is_no_roi_file_name_is_refused_by_name(sample_dir, tmp_path, name, why):
+    """An ROI named "dose" (a clinic's isodose structure; DICOM names are kept as they are) was written
+    as dose.csv over the patient's dose, and the export said nothing (the folder's import then failed on
+    an empty dose value); on a case-insensitive disk (macOS, Windows) "Possible_Dose_Mask" alike; one
+    named "Ring 1/2" failed with "No such file or directory". Now an error naming the patient and the
+    ROI, before anything is written."""
+    from dosepred.errors import InputError
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    p = next(iter(openkbp.read_folder(sample_dir)))
+    rs = RoiSet(tuple(Roi(name if r.name == "Larynx" else r.name, r.kind, r.prescription) for r in p.roi_set))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose,
+                tuple(name if m == "Larynx" else m for m in p.missing_rois), dict(p.meta), p.geometry)
+    assert name in p.present_rois
+    with pytest.raises(InputError, match=rf"patient {p.id}: ROI '{name}'.*{why}"):
+        openkbp.write_patient(p, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

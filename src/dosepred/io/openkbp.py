@@ -440,6 +440,8 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
     p = to_openkbp_axes(p)
     if p.shape != GRID:
         raise InputError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
+    for name in p.present_rois:
+        _check_roi_file_name(p.id, name)
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         ct = p.require_ct("OpenKBP export").astype(np.int32).ravel() + CT_OFFSET
@@ -454,6 +456,19 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
         for name in p.present_rois:
             _write_sparse(tmp / f"{name}.csv", np.flatnonzero(p.mask(name).ravel()), None)
     return final
+
+
+def _check_roi_file_name(pid: str, name: str) -> None:
+    """Refuse, before anything is written, an ROI name that cannot name its file ``<name>.csv`` as it
+    is: a slash (a folder), or a patient file's name in any case ("dose" was written over dose.csv
+    without a word; "CT" is ct.csv on a case-insensitive disk)."""
+    clash = next((f for f in _ARRAY_FILES if f.lower() == f"{name}.csv".lower()), None)
+    why = ("it holds a slash" if "/" in name else
+           f"its file would be the patient's {clash}" if clash else
+           "it is no file name" if name in (".", "..") or "\0" in name else None)
+    if why:
+        raise InputError(f"patient {pid}: ROI {name!r} cannot name an OpenKBP ROI file (<name>.csv): {why}; "
+                         "rename the ROI, or export as NIfTI (--roi-format codes keeps any name) or DICOM")
 
 
 def to_openkbp_axes(p: Patient) -> Patient:
