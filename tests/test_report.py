@@ -321,3 +321,39 @@ def test_qa_report_shows_a_plan_value_near_its_limit_or_interval_on_its_side(tmp
         row = re.search(rf"<td class='l'>{re.escape(escape(c.name))}</td>.*?</tr>", demo).group(0)
         plan, _, interval = re.findall(r"<td>([^<]*)</td>", row)[:3]
         assert _shown_number(plan) < float(interval.split(" - ")[0]), row
+
+
+def test_dvh_legends_and_titles_show_names_as_they_are(monkeypatch, tmp_path):
+    """matplotlib leaves out of a legend the labels that start with an underscore (a helper structure
+    "_PTV_opt" drew an unlabelled curve) and reads text between two "$" as mathtext ("Ring $x_$" ended
+    the report with a ParseSyntaxException). Both DVH plots (evaluate's, qa's) now show the names and
+    the patient id as they are."""
+    import matplotlib.figure
+
+    from dosepred.patient import Patient, Roi, RoiSet
+    from dosepred.report.plots import dvh_qa_uri, plot_dvh
+    from dosepred.synth import make_cohort
+
+    p = make_cohort(1, seed=0, size=20)[0]
+    present = [r.name for r in p.roi_set if r.name in p.present_rois]
+    new = {present[0]: "_PTV_opt", present[1]: "Ring $x_$"}
+    rs = RoiSet(tuple(Roi(new.get(r.name, r.name), r.kind, r.prescription) for r in p.roi_set))
+    p = Patient("pt $1_$", p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose,
+                tuple(new.get(m, m) for m in p.missing_rois), dict(p.meta), p.geometry)
+    drawn: list[list[str]] = []
+    orig = matplotlib.figure.Figure.savefig
+
+    def savefig(self, *a, **k):
+        ax = self.axes[0]
+        texts = [t.get_text() for leg in ax.findobj(matplotlib.legend.Legend) for t in leg.get_texts()]
+        drawn.append([ax.get_title(), *texts])
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    plot_dvh(tmp_path / "dvh.png", p, {"model": p.dose * 0.9})
+    dvh_qa_uri(p, p.dose * 0.9, [])
+    assert len(drawn) == 2
+    for texts in drawn:
+        shown = [t.strip().replace("\\$", "$") for t in texts]
+        assert "_PTV_opt" in shown and "Ring $x_$" in shown, shown
+        assert shown[0].startswith("pt $1_$"), shown

@@ -25,6 +25,15 @@ def _plt():
     return plt
 
 
+def plain(text: str) -> str:
+    """``text`` (an ROI name, a patient id) as matplotlib is to draw it, as it is: a ``$`` escaped (a
+    pair of them is mathtext: "Ring $x_$" ended the report with a ParseSyntaxException) and a leading
+    underscore kept from the legend (which leaves out labels starting with one: "_PTV_opt" drew an
+    unlabelled curve)."""
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def roi_colours(names: list[str]) -> dict[str, tuple]:
     """The views' ROI colours (:data:`dosepred.report.views.PALETTE`) as matplotlib RGB (0-1)."""
     return {n: tuple(v / 255.0 for v in c) for n, c in rgb255(names).items()}
@@ -42,7 +51,7 @@ def _dvh_axes(ax, handles: list, title: str) -> None:  # type: ignore[no-untyped
     ax.set_ylim(0, 102)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(plain(title), fontsize=10)
 
 
 def plot_dvh(path: Path, ref: Patient, preds: dict[str, np.ndarray], bin_width: float = 0.25) -> None:
@@ -57,13 +66,13 @@ def plot_dvh(path: Path, ref: Patient, preds: dict[str, np.ndarray], bin_width: 
     rd = ref.dose.ravel()
     for n in names:
         d = DVH(rd[idx[n]], vox, bin_width)
-        ax.plot(d.edges, d.cumulative("%"), color=col[n], lw=1.6, label=n)
+        ax.plot(d.edges, d.cumulative("%"), color=col[n], lw=1.6, label=plain(n))
         for k, pd in enumerate(preds.values()):
             dp = DVH(pd.ravel()[idx[n]], vox, bin_width)
             ax.plot(dp.edges, dp.cumulative("%"), color=col[n], lw=1.3, ls=LINESTYLES[k % len(LINESTYLES)])
     # style legend: reference vs each prediction
     handles = [plt.Line2D([], [], color="k", lw=1.6, label="reference")]
-    handles += [plt.Line2D([], [], color="k", lw=1.3, ls=LINESTYLES[k % len(LINESTYLES)], label=label)
+    handles += [plt.Line2D([], [], color="k", lw=1.3, ls=LINESTYLES[k % len(LINESTYLES)], label=plain(label))
                 for k, label in enumerate(preds)]
     _dvh_axes(ax, handles, f"{ref.id}: cumulative DVH")
     fig.tight_layout()
@@ -129,7 +138,7 @@ def dvh_qa_uri(plan: Patient, pred: np.ndarray, criteria: list, title: str = "",
         d = DVH(rd[idx[n]], vox, bin_width)
         dvhs[n] = d
         dp = DVH(pdv[idx[n]], vox, bin_width)
-        ax.plot(d.edges, d.cumulative("%"), color=col[n], lw=1.6, label=n)
+        ax.plot(d.edges, d.cumulative("%"), color=col[n], lw=1.6, label=plain(n))
         ax.plot(dp.edges, dp.cumulative("%"), color=col[n], lw=1.1, ls="--")
         if band is not None:
             b = band.get(n)
