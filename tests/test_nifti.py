@@ -601,3 +601,18 @@ def test_two_folders_whose_rois_json_give_one_id_are_refused(tmp_path):
     for read in (nifti.read_nifti_folder, open_source):
         with pytest.raises(nifti.NiftiFormatError, match=r"pt_1.*pt_1.*pt_2.*rois\.json"):
             read(src)
+
+
+def test_a_rois_json_id_that_cannot_name_files_is_refused_naming_the_file(tmp_path):
+    """rois.json's "id" "../escaped" made `predict` write ../escaped.nii.gz outside its output folder
+    (left empty) and `data import-nifti` write the patient's file outside the cache; now an error naming
+    the rois.json and the id, before anything is read or written."""
+    from dosepred.io.source import open_source
+
+    src = tmp_path / "src"
+    nifti.write_patient(make_patient(pid="pt_1", spacing=(3.0, 1.5, 1.5)), src)
+    f = src / "pt_1" / "rois.json"
+    f.write_text(f.read_text().replace('"id": "pt_1"', '"id": "../escaped"'))
+    for read in (nifti.read_nifti_folder, open_source):
+        with pytest.raises(nifti.NiftiFormatError, match=r"rois\.json.*'\.\./escaped'.*slash"):
+            read(src)

@@ -173,3 +173,15 @@ def test_same_level_is_a_fractionation_s_rounding_not_another_plan():
     assert same_level(56.0, 56.0) and same_level(None, None)
     assert not same_level(70.0, 69.3) and not same_level(70.0, 66.0) and not same_level(63.0, 59.4)
     assert not same_level(70.0, None) and not same_level(None, 70.0)
+
+
+@pytest.mark.parametrize("pid", ["../escaped", "HN/001", "..", ".", ""])
+def test_an_id_that_cannot_name_files_is_refused(pid):
+    """A patient's id names its files (<id>.npz, <id>.csv, <id>.nii.gz, <id>/): an id "../escaped"
+    (a NIfTI rois.json's or a cache's "id" is free text) made `predict` write ../escaped.nii.gz beside
+    the output folder, which stayed empty, and `data import-nifti` a cache whose patient file lay
+    outside it; "HN/001" a folder of it. Now an error naming the id."""
+    from dosepred.errors import InputError
+
+    with pytest.raises(InputError, match="patient id .*cannot name"):
+        _patient(id=pid)

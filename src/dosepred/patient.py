@@ -146,6 +146,19 @@ class RoiSet:
         return _roi.code_dtype(len(self.rois))
 
 
+def id_problem(pid: str) -> str | None:
+    """Why ``pid`` cannot be a patient id, or None: an id names the patient's files and folders (a
+    cache's ``<id>.npz``, a prediction's ``<id>.csv``, an export's ``<id>/``), and one holding a slash
+    ("../escaped", "HN/001") wrote them elsewhere than the output folder."""
+    if not isinstance(pid, str) or not pid.strip():
+        return "it is empty"
+    if "/" in pid or "\0" in pid:
+        return "it holds a slash" if "/" in pid else "it holds a NUL character"
+    if pid in (".", ".."):
+        return "it is no file name"
+    return None
+
+
 @dataclass
 class Patient:
     """One patient on one voxel grid. Arrays share the same shape and the source's axis order."""
@@ -165,6 +178,10 @@ class Patient:
 
     def __post_init__(self, spacing: Sequence[float] | None) -> None:
         pid = self.id
+        why = id_problem(pid)
+        if why:
+            raise InputError(f"patient id {pid!r} cannot name the patient's files (<id>.npz, <id>.csv, "
+                             f"<id>.nii.gz, <id>/): {why}")
         codes = np.asarray(self.roi_codes)
         if self.ct is not None:
             self.ct = np.asarray(self.ct)

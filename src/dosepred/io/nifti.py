@@ -42,7 +42,7 @@ from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
 from ..geometry import Geometry, GeometryError, filled_outline, shear_problem
-from ..patient import Patient, RoiSet
+from ..patient import Patient, RoiSet, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from . import roi_names as _names
 
@@ -664,7 +664,12 @@ def _check_unique_ids(folders: list[Path], infos: list[dict[str, Any]]) -> None:
     copied to start another keeps its ``id``, and the two patients' predictions were one file."""
     seen: dict[str, list[Path]] = {}
     for f, i in zip(folders, infos, strict=True):
-        seen.setdefault(str(i.get("id") or f.name), []).append(f)
+        pid = str(i.get("id") or f.name)
+        why = id_problem(pid)
+        if why:
+            raise NiftiFormatError(f"{f / ROIS_JSON}: \"id\" {pid!r} cannot name the patient's files "
+                                   f"(<id>.nii.gz, <id>.npz, <id>/): {why}; give an id without one")
+        seen.setdefault(pid, []).append(f)
     for pid, fs in seen.items():
         if len(fs) > 1:
             raise NiftiFormatError(f"patient id {pid!r} is given to {len(fs)} patient folders: "
