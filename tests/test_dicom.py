@@ -16,7 +16,7 @@ from dosepred import metrics
 from dosepred.errors import InputError
 from dosepred.geometry import Geometry
 from dosepred.io import dicom
-from dosepred.io.roi_names import RoiMap, canonical, union_roi_set
+from dosepred.io.roi_names import Canonical, RoiMap, canonical, union_roi_set
 from dosepred.patient import Patient, Roi, RoiSet
 
 N = 32
@@ -953,3 +953,42 @@ def test_an_roi_name_holding_a_backslash_is_read_as_written(exported):
     assert "Ring 1\\2" in q.roi_set.names, q.roi_set.names
     (r,) = read_quiet(folder, {"Ring 1\\2": "RingMapped"})
     assert "RingMapped" in r.roi_set.names
+
+
+
+
+def test_suffixed_ids_never_repeat_another_patient_s(tmp_path):
+    """A PatientID with two CT series is suffixed (X -> X_1, X_2); a folder also holding PatientID "X_1"
+    had two patients "X_1": `predict` wrote "3 predicted doses" as two files (X_1's dose written over by
+    the other's) and the import ended in "patient id X_1 appears twice". Ids are now unique: the
+    suffixes skip the ids other patients have."""
+    dicom.write_dicom(make_patient(pid="X"), tmp_path / "dcm" / "a")
+    dicom.write_dicom(make_patient(pid="X", shift=2.0), tmp_path / "dcm" / "b")
+    dicom.write_dicom(make_patient(pid="X_1", shift=1.0), tmp_path / "dcm" / "c")
+    ps = dicom.read_dicom_folder(tmp_path / "dcm")
+    ids = [p.id for p in ps]
+    assert len(set(ids)) == 3, ids
+    by_pid = {}
+    for p in ps:
+        by_pid.setdefault(p.meta["patient_id"], []).append(p.id)
+    assert by_pid["X_1"] == ["X_1"] and sorted(by_pid["X"]) == ["X_2", "X_3"]
+
+
+def test_a_mapped_name_in_another_case_or_with_spaces_is_the_canonical_one():
+    """An ROI map's value was taken verbatim: "LeftParotid " (a trailing space) or "spinalcord" named an
+    ROI that is not the model's or the protocol's LeftParotid / SpinalCord, though it printed alike
+    (predict then said the patient lacked LeftParotid, and qa listed it as not contoured). A mapped
+    name that is a canonical name but for case, spaces and underscores is now that canonical name; a
+    name of its own (TG-263's "Parotid_R", "PTV_boost") is kept as written."""
+    m = RoiMap.from_obj({"Parotid Lt": "LeftParotid ", "Myelon": "spinalcord", "Hirnstamm": " BrainStem",
+                         "PTV hoch": "ptv70", "Par R": "Parotid_R", "PTV_high": "PTV_boost"})
+    got = {k: m.resolve(k, "PTV" if "PTV" in k else "ORGAN") for k in m.names}
+    assert got["Parotid Lt"].name == "LeftParotid" and got["Parotid Lt"].kind == "oar"
+    assert got["Myelon"].name == "SpinalCord"
+    assert got["Hirnstamm"].name == "Brainstem"
+    ptv = got["PTV hoch"]
+    assert (ptv.name, ptv.kind, ptv.prescription) == ("PTV70", "target", 70)
+    assert got["Par R"].name == "Parotid_R" and got["PTV_high"].name == "PTV_boost"
+    # the map's kinds and prescriptions, given by the name as the map writes it, still apply
+    m = RoiMap.from_obj({"names": {"PTV hoch": "ptv70"}, "prescriptions": {"ptv70": 66}})
+    assert m.resolve("PTV hoch", "PTV") == Canonical("PTV70", "target", 66.0, True)

@@ -269,18 +269,25 @@ class RoiMap:
         found, mapped = self.lookup(name)
         if found and mapped is None:
             return None
+        keys: list[str] = []  # the kinds and prescriptions of the map: by the name as the map writes it
         if found:
             assert mapped is not None
             c = canonical(mapped)
             typed = _kind_from_type(interpreted_type)
             kind = c.kind if c.matched else "target" if typed == "target" else "oar"
-            c = Canonical(mapped, kind, c.prescription, True)
+            # a canonical name but for case, spaces and underscores ("LeftParotid ", "spinalcord") is
+            # that name: kept as written it was another ROI than the model's and the protocol's
+            same = c.matched and _normalise(mapped).replace(" ", "") == _normalise(c.name).replace(" ", "")
+            c = Canonical(c.name if same else mapped.strip(), kind, c.prescription, True)
+            keys = [mapped, mapped.strip()]
         else:
             c = canonical(name)
             if not c.matched:
                 c = Canonical(name, _kind_from_type(interpreted_type), None, False)
-        kind = self.kinds.get(c.name, c.kind)
-        rx = self.prescriptions.get(c.name, c.prescription if kind == "target" else None)
+        keys = [c.name, *keys]
+        kind = next((self.kinds[k] for k in keys if k in self.kinds), c.kind)
+        rx = next((self.prescriptions[k] for k in keys if k in self.prescriptions),
+                  c.prescription if kind == "target" else None)
         return Canonical(c.name, kind, rx, c.matched)
 
 
