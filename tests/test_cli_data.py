@@ -181,14 +181,15 @@ def test_names_with_square_brackets_are_printed_as_they_are(tmp_path):
     from dosepred.patient import Patient, Roi, RoiSet
 
     (p,) = list(synth.iter_cohort(1, seed=0, size=16))
-    new = {"LeftParotid": "Ring [i]", "RightParotid": "Cord [bold red]", "Larynx": "Larynx [/x]"}
+    new = {"LeftParotid": "Ring [i]", "RightParotid": "Cord [bold red]", "Larynx": "Larynx [/x]",
+           "Brainstem": "Stem :brain:"}
     rs = RoiSet(tuple(Roi(new.get(r.name, r.name), r.kind, r.prescription) for r in p.roi_set))
     q = Patient("pt [b]7", p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose,
                 tuple(new.get(m, m) for m in p.missing_rois), dict(p.meta), p.geometry)
     cache.write_cache([q], tmp_path / "c", roi_set=rs)
     r = runner.invoke(app, ["data", "inspect", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
-    for name in ("pt [b]7", "Ring [i]", "Cord [bold red]", "Larynx [/x]"):
+    for name in ("pt [b]7", "Ring [i]", "Cord [bold red]", "Larynx [/x]", "Stem :brain:"):
         assert name in r.output, name
 
 

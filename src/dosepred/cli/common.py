@@ -240,14 +240,15 @@ PIPE_WIDTH = 10_000
 
 def console():
     """The commands' rich console: the terminal's width on a terminal (or ``COLUMNS``), else
-    :data:`PIPE_WIDTH`, so piped tables keep every column whole. No markup: the tables and lines hold
-    patient ids and ROI names, which may hold square brackets ("pt [b]7" was printed as "pt 7", a
-    name holding "[/x]" was a traceback)."""
+    :data:`PIPE_WIDTH`, so piped tables keep every column whole. No markup and no emoji codes: the
+    tables and lines hold patient ids and ROI names, which may hold square brackets ("pt [b]7" was
+    printed as "pt 7", a name holding "[/x]" was a traceback) or colons ("Stem :brain:" was printed
+    with an emoji)."""
     from rich.console import Console
 
     if bool(getattr(sys.stdout, "isatty", lambda: False)()) or os.environ.get("COLUMNS"):
-        return Console(highlight=False, markup=False)
-    return Console(highlight=False, markup=False, width=PIPE_WIDTH)
+        return Console(highlight=False, markup=False, emoji=False)
+    return Console(highlight=False, markup=False, emoji=False, width=PIPE_WIDTH)
 
 
 def show(items: list) -> None:  # type: ignore[type-arg]
