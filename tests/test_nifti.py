@@ -616,3 +616,34 @@ def test_a_rois_json_id_that_cannot_name_files_is_refused_naming_the_file(tmp_pa
     for read in (nifti.read_nifti_folder, open_source):
         with pytest.raises(nifti.NiftiFormatError, match=r"rois\.json.*'\.\./escaped'.*slash"):
             read(src)
+
+
+def test_label_file_names_written_decomposed_are_the_names_rois_json_lists(tmp_path):
+    """A label file named on macOS holds its name decomposed (NFD: "Parótida" as "o" + a combining
+    accent), rois.json as typed (NFC): the file was refused as an ROI rois.json does not list, though
+    the names print alike; without rois.json, two patients' "Parótida izq" (one NFC, one NFD) were two
+    ROIs, each patient missing the other. Names are now compared in NFC."""
+    import shutil
+    import unicodedata
+
+    nfc = "Parótida izq"
+    nfd = unicodedata.normalize("NFD", nfc)
+    p = make_patient(spacing=(3.0, 1.5, 1.5))
+    rs = RoiSet(tuple(Roi(nfc if r.name == "Ring" else r.name, r.kind, r.prescription) for r in p.roi_set))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                dict(p.meta), p.geometry)
+    folder = nifti.write_patient(p, tmp_path / "a", "labels")
+    (folder / "rois" / f"{nfc}.nii.gz").rename(folder / "rois" / f"{nfd}.nii.gz")
+    (q,) = nifti.read_nifti_folder(tmp_path / "a")
+    assert q.roi_set == rs
+    np.testing.assert_array_equal(q.mask(nfc), p.mask(nfc))
+    # without rois.json: one patient's file NFC, the other's NFD -> one ROI
+    both = tmp_path / "b"
+    shutil.copytree(folder, both / "pt_1")
+    shutil.copytree(folder, both / "pt_2")
+    for k in ("pt_1", "pt_2"):
+        (both / k / "rois.json").unlink()
+    (both / "pt_1" / "rois" / f"{nfd}.nii.gz").rename(both / "pt_1" / "rois" / f"{nfc}.nii.gz")
+    a, b = nifti.read_nifti_folder(both)
+    assert a.roi_set.names.count(nfc) == 1 and len(a.roi_set) == 3, a.roi_set.names
+    assert nfc in a.present_rois and nfc in b.present_rois

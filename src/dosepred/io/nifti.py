@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +467,15 @@ def _check_links(folder: Path) -> None:
         raise NiftiFormatError(f"NIfTI patient folder {folder}: {broken_links_text(broken)}")
 
 
+def _label_name(f: Path, listed: Iterable[str]) -> str:
+    """The ROI name of label file ``f``: its name before ".nii", in Unicode NFC, or the spelling of the
+    name ``rois.json`` lists that it is in NFC (a file name written on macOS is decomposed, NFD:
+    "Parótida" as "o" + a combining accent; it was refused as an ROI rois.json does not list, and
+    without rois.json two patients' "Parótida" were two ROIs)."""
+    stem = _names.nfc(f.name.split(".nii")[0])
+    return next((n for n in listed if _names.nfc(n) == stem), stem)
+
+
 def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical]:
     """Canonical ROIs of one patient folder (for the union RoiSet), without reading the volumes."""
     _check_links(folder)
@@ -482,7 +491,7 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
                 out[n] = _names.Canonical(n, d.get("kind", "oar"), d.get("prescription"))
         return out
     for f in sorted((folder / ROI_DIR).glob("*.nii*")) if (folder / ROI_DIR).is_dir() else []:
-        stem = f.name.split(".nii")[0]
+        stem = _label_name(f, listed)
         if stem in listed:
             d = listed[stem]
             out[stem] = _names.Canonical(stem, d.get("kind", "oar"), d.get("prescription"))
@@ -565,7 +574,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         listed = {d["name"] for d in info.get("rois", [])}
         body_files: list[str] = []
         for f in sorted((folder / ROI_DIR).glob("*.nii*")):
-            stem = f.name.split(".nii")[0]
+            stem = _label_name(f, listed)
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
             if c is None or c.is_body:
                 if c is not None and mask_path is None:  # body files: their union
