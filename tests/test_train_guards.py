@@ -112,3 +112,73 @@ def test_a_patch_whose_deepest_level_is_one_voxel_is_one_error(cache, tmp_path):
         torch.ones(1, 1, 16, 16, 8)).sum().backward()
     with pytest.raises(ModelError, match="too small"):
         ModelConfig(base=2, levels=4, res_units=0, patch=(8, 8, 8))
+
+
+def _protocol(tmp_path, criteria):
+    p = tmp_path / "protocol.json"
+    p.write_text(json.dumps({"name": "clinic", "prescriptions": {"PTV70": 70, "PTV63": 63, "PTV56": 56},
+                             "criteria": criteria}))
+    return p
+
+
+V_TARGETS = [{"roi": t, "metric": "V95%", "limit": 95, "direction": ">="}
+             for t in ("PTV70", "PTV63", "PTV56")]
+V_OARS = [{"roi": "SpinalCord", "metric": "V45Gy", "limit": 1, "direction": "<="},
+          {"roi": "LeftParotid", "metric": "V30Gy", "limit": 50, "direction": "<="}]
+
+
+@pytest.mark.parametrize("select, criteria, why", [
+    ("ptv", V_TARGETS + [{"roi": "SpinalCord", "metric": "D0.1cc", "limit": 45, "direction": "<="}],
+     "no dose metric (D-metric or Dmean) of a target"),
+    ("oar", [{"roi": "PTV70", "metric": "D95%", "limit": 95, "direction": ">="}] + V_OARS,
+     "no dose metric (D-metric or Dmean) of an OAR"),
+])
+def test_a_selection_score_the_validation_patients_cannot_have_is_refused(cache, tmp_path, select, criteria,
+                                                                          why):
+    """A clinic's protocol whose target (or OAR) criteria are all V-metrics gives no PTV (OAR) score:
+    validation wrote ``nan`` for it every epoch, and best.pt, chosen by ``--select ptv``, stayed the
+    first validated epoch (NaN is never lower than NaN) while the run said ``best epoch 1 (ptv nan)``.
+    Now one error line before any work, nothing written; ``--select dose`` trains."""
+    proto = _protocol(tmp_path, criteria)
+    base = ("train", "--data", cache, "--val", cache, "--protocol", proto, "--epochs", "2",
+            "--val-every", "1", "--steps-per-epoch", "1", "--patch", "16", "--base", "4", "--levels", "2",
+            "--threads", "1", "--no-progress")
+    r = cli(*base, "--out", tmp_path / "r", "--select", select)
+    assert r.exit_code == 2, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: --select {select}: ") and why in last and str(proto) in last, r.output
+    assert "Traceback" not in r.output and r.output.count("error:") == 1
+    assert not (tmp_path / "r").exists()
+    r = cli(*base, "--out", tmp_path / "ok", "--select", "dose")
+    assert r.exit_code == 0, r.output
+    import torch
+
+    best = torch.load(tmp_path / "ok" / "checkpoints" / "best.pt", weights_only=False)["best"]
+    assert best["select"] == "dose" and best["value"] == best["value"]  # a number, not NaN
+
+
+def test_a_dvh_selection_on_rois_named_otherwise_than_openkbp_is_refused(cache, tmp_path):
+    """The DVH score averages OpenKBP's metrics of the ROIs named as OpenKBP names them: on a clinic's
+    cache named otherwise (``Cord``, ``PTV66``) it was NaN every epoch and the default ``--select dvh``
+    kept the first validated epoch as best.pt. One error before any work; ``--select ptv`` trains."""
+    from dosepred.io.cache import Cache, write_cache
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    rename = {"SpinalCord": "Cord", "PTV70": "PTV66"}
+    rs = RoiSet((Roi("Cord"), Roi("PTV66", "target", 66.0)))
+    pats = [Patient.from_masks(p.id, p.ct, {rename[n]: p.mask(n) for n in rename}, rs, p.spacing,
+                               possible_dose_mask=p.possible_dose_mask, dose=p.dose * 66 / 70,
+                               geometry=p.geometry) for p in Cache.open(cache).patients()]
+    clinic = tmp_path / "clinic"
+    write_cache(pats, clinic)
+    proto = tmp_path / "p.json"
+    proto.write_text(json.dumps({"name": "clinic", "criteria": [
+        {"roi": "PTV66", "metric": "D95%", "limit": 95, "limit_unit": "%Rx", "direction": ">="}]}))
+    kw = dict(data=str(clinic), val=str(clinic), protocol=str(proto), epochs=1, steps_per_epoch=1,
+              **{**TINY, "res_units": 0})
+    with pytest.raises(InputError, match="^--select dvh: the DVH score has no value: none of OpenKBP's ROIs "
+                       r"\(Brainstem, .*\) is contoured under that name in any of the 2 validation patients"):
+        Trainer(TrainConfig(out=str(tmp_path / "r"), **kw), progress=False).fit()
+    assert not (tmp_path / "r").exists()
+    best = Trainer(TrainConfig(out=str(tmp_path / "ok"), select="ptv", **kw), progress=False).fit()["best"]
+    assert best["ptv_score"] == best["value"] and best["value"] >= 0

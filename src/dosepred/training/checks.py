@@ -125,5 +125,50 @@ def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol:
                          "resume with the run's protocol or start a new run")
 
 
+def select_value(scores: dict[str, float], select: str) -> float:
+    """The number best.pt minimises: validation score ``select`` (``dose+dvh``: their sum)."""
+    if select == "dose+dvh":
+        return scores["dose_score"] + scores["dvh_score"]
+    return scores[f"{select}_score"]
+
+
+def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_ids: list[str],
+                     cfg: TrainConfig) -> None:
+    """InputError, before any work, when the validation score ``cfg.select`` can have no value on the
+    validation patients (``val_ids`` of ``val_cache``) with ``protocol``: what it averages
+    (:func:`dosepred.evaluation.evaluate_case`) is then empty and the score NaN every epoch, and
+    best.pt would stay the first validated epoch (NaN is never lower). The PTV / OAR score averages
+    the protocol's dose metrics (D-metrics, Dmean; not V-metrics) of targets / OARs, the DVH score
+    OpenKBP's metrics of the ROIs named as OpenKBP names them; only ROIs some validation patient has
+    count, and a metric relative to the prescription only for an ROI with one."""
+    select = cfg.select
+    if select == "dose":
+        return
+    want = set(val_ids)
+    present = {n for e in val_cache.info["patients"] if e["id"] in want
+               for n in roi_set.names if n not in e.get("missing_rois", ())}
+    where = (f"any of the {len(val_ids)} validation patient{'s' if len(val_ids) != 1 else ''} of {cfg.val}"
+             + (f" (split {cfg.val_split})" if cfg.val_split else ""))
+    if select in ("dvh", "dose+dvh"):
+        names = sorted({c.roi for c in load_protocol("openkbp").criteria})
+        if present & set(names):
+            return
+        why = (f"the DVH score has no value: none of OpenKBP's ROIs ({', '.join(names)}) is contoured under "
+               f"that name in {where}")
+    else:
+        kind = "target" if select == "ptv" else "oar"
+        bound = protocol.bind(roi_set)
+        if any(c.parsed.is_dose and c.kind == kind and c.roi in present
+               and not (c.parsed.needs_prescription and bound.prescription(c.roi) is None)
+               for c in bound.criteria):
+            return
+        what = "a target" if kind == "target" else "an OAR"
+        why = (f"the {select.upper()} score has no value: protocol {cfg.protocol or protocol.name} has no "
+               f"dose metric (D-metric or Dmean) of {what} contoured in {where} (V-metrics do not count)")
+    raise InputError(f"--select {select}: {why}, so best.pt would be chosen by NaN scores; choose another "
+                     "score (--select dose)" + ("" if select in ("dvh", "dose+dvh") else
+                                                 " or give the protocol such a criterion"))
+
+
 __all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_init",
-           "check_resumed_protocol", "check_resumed_validation"]
+           "check_resumed_protocol", "check_resumed_validation", "check_selectable", "select_value"]

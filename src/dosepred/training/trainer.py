@@ -180,12 +180,6 @@ def _dist_info() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _select_value(summary: dict[str, float], select: str) -> float:
-    if select == "dose+dvh":
-        return summary["dose_score"] + summary["dvh_score"]
-    return summary[f"{select}_score"]
-
-
 def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
              progress: bool = False) -> dict[str, float]:
     """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation."""
@@ -392,6 +386,8 @@ class Trainer:
         if proto_name is not None:
             self.protocol = load_protocol(proto_name, self.roi_set)
             check_protocol_prescriptions(self.protocol, self.roi_set, self.cfg)
+            if self.val_ids:  # a score of nothing (NaN) would choose best.pt: refused before any work
+                run_checks.check_selectable(self.protocol, self.roi_set, self.val_cache, self.val_ids, cfg)
             if self.is_main:
                 want = set(self.train_ids)
                 present = {n for e in self.cache.info["patients"] if e["id"] in want
@@ -717,11 +713,13 @@ class Trainer:
 
     def selection_value(self, scores: dict[str, float]) -> float:
         """The number best.pt minimises (``cfg.select``)."""
-        return _select_value(scores, self.cfg.select)
+        return run_checks.select_value(scores, self.cfg.select)
 
     def select_best(self, epoch: int, scores: dict[str, float]) -> bool:
         """Whether ``epoch`` (validated with ``scores``) is the best so far; records it as :attr:`best`."""
         value = self.selection_value(scores)
+        if value != value:  # NaN: check_selectable refuses what would give it; never a best.pt
+            raise InputError(f"validation after epoch {epoch}: the {self.cfg.select} score is NaN ({scores})")
         if self.best is None or value < self.best["value"]:
             self.best = {"epoch": epoch, "select": self.cfg.select, "value": value, **scores}
             return True
