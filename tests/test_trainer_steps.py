@@ -132,3 +132,26 @@ def test_rotation_and_resume_fallback(tmp_path):
         warnings.simplefilter("error")
         load_resumable(last, prev)
     assert not list(last.parent.glob(".*"))  # no temporary files left
+
+
+class ScriptedPartsTrainer(Trainer):
+    """Reports scripted loss parts instead of training: a part only some steps have (a CDM loss's
+    ``cdm_target_gy`` is there only when the crop holds a target)."""
+
+    script = [{"total": 1.0, "cdm_target_gy": 4.0}, {"total": 3.0},  # epoch 1
+              {"total": 1.0, "cdm_oar_gy": 2.0}, {"total": 1.0, "cdm_oar_gy": 6.0}]  # epoch 2
+
+    def train_step(self, batch, lr):
+        return dict(self.script[self.global_step])
+
+
+def test_a_loss_part_of_some_steps_is_averaged_over_them(caches, tmp_path):
+    """metrics.csv's mean of a loss part present in some steps only was its sum over them divided by
+    every step of the epoch: a crop without a target counted as a 0 Gy target error (2.0 for 4.0)."""
+    cfg = TrainConfig(data=str(caches / "train"), out=str(tmp_path / "run"), epochs=2, steps_per_epoch=2,
+                      **TINY)
+    ScriptedPartsTrainer(cfg, progress=False).fit()
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["train_loss"]) for r in rows] == [2.0, 1.0]
+    assert float(rows[0]["train_cdm_target_gy"]) == 4.0 and rows[1]["train_cdm_target_gy"] == ""

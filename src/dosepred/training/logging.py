@@ -30,6 +30,26 @@ Log = Callable[[str], None]
 VAL_KEYS = ("dose_score", "dvh_score", "ptv_score", "oar_score", "criteria_pass_rate", "sec")
 
 
+def mean_parts(sums: dict[str, float], n: int | dict[str, int], world: int = 1) -> dict[str, float]:
+    """Per-key means of an epoch's loss-part ``sums``: over ``n`` steps, or ``n[key]`` steps for a part
+    only some steps give (a CDM loss's ``cdm_target_gy`` comes from a crop holding a target: its mean
+    is over those, not a 0 Gy error for each crop without one). With ``world`` > 1 DDP processes,
+    over all of them (every rank calls it; the ranks may have seen different parts)."""
+    keys = sorted(sums)
+    counts = n if isinstance(n, dict) else dict.fromkeys(keys, n)
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        seen: list[Any] = [None] * world
+        dist.all_gather_object(seen, keys)
+        keys = sorted(set().union(*seen))
+        t = torch.tensor([[sums.get(k, 0.0), counts.get(k, 0)] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        sums, counts = ({k: v for k, v in zip(keys, t[:, j].tolist(), strict=True)} for j in (0, 1))
+    return {k: sums[k] / max(1, counts[k]) for k in keys}
+
+
 class CsvLog:
     """metrics.csv with a header fixed by the first row; resume keeps rows up to the resumed epoch."""
 

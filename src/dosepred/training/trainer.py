@@ -69,7 +69,7 @@ from .checks import check_protocol_prescriptions, check_resumed_data, check_resu
 from .config import TrainConfig
 from .dataset import SCALED_EXTRA, CropDataset, RankSampler, load_arrays
 from .init import from_init, inherit_absent, load_init_weights, resolve_architecture
-from .logging import VAL_KEYS, Log, RunLogger
+from .logging import VAL_KEYS, Log, RunLogger, mean_parts
 
 __all__ = ["ProtocolLintWarning", "ResumeFallbackWarning", "Trainer", "ValidatesOnTrainingWarning",
            "ema_decay_at", "ema_update", "lr_at", "make_loss", "train", "validate", "version_info"]
@@ -629,17 +629,10 @@ class Trainer:
                                            num_workers=self.cfg.workers,
                                            pin_memory=self.device.type == "cuda", drop_last=False)
 
-    def reduce_means(self, sums: dict[str, float], n: int) -> dict[str, float]:
-        """Per-key means of ``sums`` over ``n`` steps, summed over all DDP ranks."""
-        keys = sorted(sums)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64)
-            dist.all_reduce(t)
-            vals, n = t[:-1].tolist(), int(t[-1].item())
-            sums = dict(zip(keys, vals, strict=True))
-        return {k: sums[k] / max(1, n) for k in keys}
+    def reduce_means(self, sums: dict[str, float], n: int | dict[str, int]) -> dict[str, float]:
+        """Per-key means of ``sums`` over ``n`` steps (``n[key]``: a part only some steps give, such as
+        a CDM loss's ``cdm_target_gy``), over all DDP ranks (:func:`.logging.mean_parts`)."""
+        return mean_parts(sums, n, self.world)
 
     # ---- the loop and its hooks -------------------------------------------------------------
     def on_train_start(self) -> int:
@@ -679,6 +672,7 @@ class Trainer:
         self.net.train()
         self.epoch = epoch
         self.epoch_sums: dict[str, float] = {}
+        self.epoch_counts: dict[str, int] = {}  # steps that gave each part
         self.epoch_steps = 0
         self.epoch_t0 = time.time()
 
@@ -688,13 +682,14 @@ class Trainer:
         self.epoch_steps += 1
         for k, v in parts.items():
             self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+            self.epoch_counts[k] = self.epoch_counts.get(k, 0) + 1
         self.logger.step(f"epoch {self.epoch} loss {self.epoch_sums['total'] / self.epoch_steps:.4f}")
 
     def on_train_epoch_end(self, epoch: int) -> dict[str, Any]:
         """The epoch's row: step, lr, mean loss parts (over all ranks), seconds per step."""
         train_time = time.time() - self.epoch_t0
         n = self.epoch_steps
-        means = self.reduce_means(self.epoch_sums, n)
+        means = self.reduce_means(self.epoch_sums, self.epoch_counts)
         row: dict[str, Any] = {"epoch": epoch, "step": self.global_step, "lr": self.lr,
                                "train_loss": means.get("total", float("nan"))}
         row.update({f"train_{k}": v for k, v in means.items() if k != "total"})
