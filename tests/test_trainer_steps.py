@@ -81,7 +81,7 @@ def test_csv_log_keeps_rows_up_to_the_resumed_epoch(tmp_path):
     log = CsvLog(path, None)
     for e in (1, 2, 3):
         log.append({"epoch": e, "loss": 1.0 / e})
-    CsvLog(path, 2).append({"epoch": 3, "loss": 9.0, "extra": 1})
+    CsvLog(path, 2).append({"epoch": 3, "loss": 9.0})
     lines = path.read_text().splitlines()
     assert lines[0] == "epoch,loss" and [x.split(",")[0] for x in lines[1:]] == ["1", "2", "3"]
     assert lines[-1] == "3,9.0"
@@ -155,3 +155,23 @@ def test_a_loss_part_of_some_steps_is_averaged_over_them(caches, tmp_path):
         rows = list(csv.DictReader(fh))
     assert [float(r["train_loss"]) for r in rows] == [2.0, 1.0]
     assert float(rows[0]["train_cdm_target_gy"]) == 4.0 and rows[1]["train_cdm_target_gy"] == ""
+
+
+def test_a_loss_part_no_earlier_epoch_gave_gets_a_column(caches, tmp_path):
+    """The header was the first row's and later keys were dropped: a CDM part absent from every step of
+    the first epoch (no crop held an OAR with a dose criterion) was never written, whatever later
+    epochs gave. Now its column is added, empty in the rows before, after the key before it."""
+    cfg = TrainConfig(data=str(caches / "train"), out=str(tmp_path / "run"), epochs=2, steps_per_epoch=2,
+                      **TINY)
+    ScriptedPartsTrainer(cfg, progress=False).fit()
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["train_cdm_oar_gy"] == "" and float(rows[1]["train_cdm_oar_gy"]) == 4.0
+    head = list(rows[0])
+    assert head.index("train_cdm_oar_gy") == head.index("train_loss") + 1  # row order: after train_loss
+    path = tmp_path / "m.csv"
+    log = CsvLog(path, None)
+    log.append({"epoch": 1, "a": 1})
+    log.append({"epoch": 2, "b": 2, "a": 3})
+    CsvLog(path, 2).append({"epoch": 3, "a": 5, "c": 6})  # resumed: kept rows, a new column
+    assert path.read_text().splitlines() == ["epoch,b,a,c", "1,,1,", "2,2,3,", "3,,5,6"]

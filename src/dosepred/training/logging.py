@@ -5,8 +5,9 @@ the trainer hands it each epoch's row (a dict: ``epoch``, ``step``, ``lr``, ``tr
 ``val_*``, timings) and never writes a record itself. A logger made with ``enabled=False`` (the
 trainer on a DDP rank other than 0) records nothing.
 
-- ``RUN/metrics.csv``: one row per epoch, the header fixed by the first row (:class:`CsvLog`);
-  ``--resume`` keeps the rows up to the resumed epoch.
+- ``RUN/metrics.csv``: one row per epoch, the header the first row's, a column added (empty in the
+  rows before) for a loss part a later epoch first gives (:class:`CsvLog`); ``--resume`` keeps the
+  rows up to the resumed epoch.
 - ``RUN/tb/``: every numeric value of the row as a TensorBoard scalar at the run's step, when
   tensorboard is installed (it is optional).
 - per-step progress: a bar on a terminal, a plain line about every 20 s in a log
@@ -50,8 +51,18 @@ def mean_parts(sums: dict[str, float], n: int | dict[str, int], world: int = 1) 
     return {k: sums[k] / max(1, counts[k]) for k in keys}
 
 
+def _merged(header: list[str], keys: list[str]) -> list[str]:
+    """``header`` with the ``keys`` it lacks, each placed after the key before it in ``keys``."""
+    out = list(header)
+    for i, k in enumerate(keys):
+        if k not in out:
+            out.insert(out.index(keys[i - 1]) + 1 if i else 0, k)
+    return out
+
+
 class CsvLog:
-    """metrics.csv with a header fixed by the first row; resume keeps rows up to the resumed epoch."""
+    """metrics.csv with the first row's header, grown by keys a later row first has (the rows before
+    are rewritten with them empty); resume keeps rows up to the resumed epoch."""
 
     def __init__(self, path: Path, resume_epoch: int | None) -> None:
         self.path = path
@@ -75,6 +86,11 @@ class CsvLog:
 
     def append(self, row: dict[str, Any]) -> None:
         new = self.header is None
+        if not new and any(k not in self.header for k in row):  # a part no earlier epoch gave: a column
+            with open(self.path, newline="") as fh:  # for it, empty in the rows before (rewritten)
+                rows = list(csv.DictReader(fh))
+            self.header = _merged(self.header, list(row))
+            self._write_all(rows)
         if new:
             self.header = list(row.keys())
         with open(self.path, "a", newline="") as fh:
