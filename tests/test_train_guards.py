@@ -182,3 +182,36 @@ def test_a_dvh_selection_on_rois_named_otherwise_than_openkbp_is_refused(cache, 
     assert not (tmp_path / "r").exists()
     best = Trainer(TrainConfig(out=str(tmp_path / "ok"), select="ptv", **kw), progress=False).fit()["best"]
     assert best["ptv_score"] == best["value"] and best["value"] >= 0
+
+
+def test_a_patient_without_any_target_is_refused_before_training(cache, tmp_path):
+    """A training patient with none of the cache's targets contoured (its PTVs under a name nobody
+    mapped) was trained on, its plan dose learnt from an empty prescription channel, while predict
+    refuses such a patient; as a validation patient it stopped the run at the first validation, epochs
+    later. Now one error line naming it before any work, nothing written."""
+    from dosepred.io.cache import Cache, write_cache
+    from dosepred.patient import Patient
+
+    pats = list(Cache.open(cache).patients())
+    p = pats[0]
+    bare = Patient.from_masks("no_ptv", p.ct, {n: p.mask(n) for n in p.present_rois
+                                               if p.roi_set[n].kind != "target"}, p.roi_set, p.spacing,
+                              possible_dose_mask=p.possible_dose_mask, dose=p.dose, geometry=p.geometry)
+    assert not any(bare.mask(t).any() for t in p.roi_set.targets)
+    messy = tmp_path / "messy"
+    write_cache([*pats, bare], messy)
+    split = tmp_path / "s.json"
+    ids = [q.id for q in pats]
+    split.write_text(json.dumps({"splits": {"train": ids, "val": ["no_ptv"]}}))
+    base = ("--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "--base", "4", "--levels", "2",
+            "--threads", "1", "--no-progress")
+    for what, args in (("training", ()), ("validation", ("--split", f"{split}:train", "--val", messy,
+                                                          "--val-split", f"{split}:val"))):
+        r = cli("train", "--data", messy, *args, "--out", tmp_path / what, *base)
+        assert r.exit_code == 2, r.output
+        last = r.output.strip().splitlines()[-1]
+        assert last.startswith(f"error: {what} cache {messy}: patient no_ptv has none of its targets "
+                               "(PTV56, PTV63, PTV70) contoured"), r.output
+        assert "Traceback" not in r.output and not (tmp_path / what).exists()
+    r = cli("train", "--data", messy, "--split", f"{split}:train", "--out", tmp_path / "ok", *base)
+    assert r.exit_code == 0, r.output

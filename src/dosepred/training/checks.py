@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import DosepredError, InputError
+from ..errors import DosepredError, InputError, name_some
 from ..models.space import ModelSpace
 from ..patient import RoiSet
 from ..protocol import Protocol, load_protocol
@@ -125,6 +125,25 @@ def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol:
                          "resume with the run's protocol or start a new run")
 
 
+def check_targets(cache: Any, ids: list[str], what: str, path: Any) -> None:
+    """InputError naming the patients of ``ids`` in ``cache`` (``what``: training / validation, read
+    from ``path``) that have none of its prescribed targets contoured: their plan dose would be learnt
+    from an empty prescription channel (their PTVs under a name nobody mapped, most often), and
+    predict refuses such a patient (:func:`dosepred.predict.match_rois`), so validation would stop the
+    run at its first validation, epochs later."""
+    targets = [r.name for r in cache.roi_set if r.kind == "target" and r.prescription]
+    want = set(ids)
+    bare = [e["id"] for e in cache.info["patients"] if e["id"] in want and "missing_rois" in e
+            and all(t in e["missing_rois"] for t in targets)]
+    if targets and bare:
+        one = len(bare) == 1
+        raise InputError(f"{what} cache {path}: patient{'' if one else 's'} {name_some(bare)} "
+                         f"{'has' if one else 'have'} none of its targets ({', '.join(targets)}) contoured, "
+                         "so the model's prescription input would be empty there; contour or name "
+                         f"{'its' if one else 'their'} targets (an ROI map with data import-dicom) or leave "
+                         f"{'it' if one else 'them'} out (a split file: --split / --val-split)")
+
+
 def select_value(scores: dict[str, float], select: str) -> float:
     """The number best.pt minimises: validation score ``select`` (``dose+dvh``: their sum)."""
     if select == "dose+dvh":
@@ -171,4 +190,5 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
 
 
 __all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_init",
-           "check_resumed_protocol", "check_resumed_validation", "check_selectable", "select_value"]
+           "check_resumed_protocol", "check_resumed_validation", "check_selectable", "check_targets",
+           "select_value"]

@@ -303,6 +303,7 @@ class Trainer:
         if no_dose:
             raise InputError(f"training cache {cfg.data}: patients without dose cannot train: "
                              f"{name_some(no_dose)}")
+        run_checks.check_targets(self.cache, ids, "training", cfg.data)
         self.train_ids = ids
         self.val_cache = None
         self.val_ids: list[str] = []
@@ -317,6 +318,7 @@ class Trainer:
                 vids = load_split(f, name, cache_ids=vc.ids)
             if cfg.val_patients:
                 vids = vids[: cfg.val_patients]
+            run_checks.check_targets(vc, vids, "validation", cfg.val)
             self.val_cache, self.val_ids = vc, vids
             both = set(vids) & want if _same_path(cfg.data, cfg.val) else set()
             if both and self.is_main:
