@@ -454,3 +454,21 @@ def test_a_failure_between_an_epochs_files_is_resumed_whole(caches, tmp_path, mo
         a, b = _weights(ref, name), _weights(run, name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]
+
+
+def test_a_validation_of_a_diverged_model_says_it_diverged(tmp_path):
+    """--lr 1e3: the first step's update leaves the loss finite but the weights huge, and validation
+    predicted 4e7 Gy; the run then stopped with the scoring's message for a prediction file, 'a dose
+    in cGy? a dose is in Gy (divide by 100)', which sends a user to their data. Now the line says the
+    training diverged, at which epoch, for which validation patient."""
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    r = _cli("train", "--data", data, "--val", data, "--patch", "16", "--base", "4", "--levels", "2",
+             "--res-units", "0", "--batch", "1", "--threads", "1", "--loss", "mae", "--epochs", "1",
+             "--steps-per-epoch", "1", "--lr", "1e3", "--out", tmp_path / "run", "--no-progress")
+    assert r.exit_code == 2, (r.output, r.exception)
+    last = r.output.splitlines()[-1]
+    assert last.startswith("error: validation after epoch 1: the model predicts ") and "cGy" not in last
+    assert "for validation patient " in last and "training diverged; lower --lr?" in last, r.output
+    assert "Traceback" not in r.output

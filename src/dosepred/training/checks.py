@@ -8,14 +8,35 @@ scores, its best.pt, its model-space record) without a word."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError, name_some
 from ..models.space import ModelSpace
 from ..patient import RoiSet
 from ..protocol import Protocol, load_protocol
 from .config import TrainConfig
+
+
+class TrainingDivergedError(DosepredError, FloatingPointError):
+    """The training diverged (a learning rate too high for the data, most often): its loss became NaN
+    or infinite (the message says at which step), or validation predicts a dose no plan gives."""
+
+
+def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) -> None:
+    """TrainingDivergedError when the dose validation predicted for patient ``pid`` (after ``epoch``)
+    is not finite or over :data:`~dosepred.constants.MAX_DOSE_GY`: the weights, not the data, are at
+    fault (the scoring's own message for such a prediction file asks whether it is in cGy)."""
+    lo, hi = (float(dose.min()), float(dose.max())) if dose.size else (0.0, 0.0)
+    if not (math.isfinite(lo) and hi <= MAX_DOSE_GY):  # NaN too
+        at = "" if epoch is None else f" after epoch {epoch}"
+        top = hi if math.isfinite(lo) else lo
+        raise TrainingDivergedError(f"validation{at}: the model predicts {top:.3g} Gy for validation patient "
+                                    f"{pid}: training diverged; lower --lr?")
 
 
 def check_protocol_prescriptions(protocol: Protocol, roi_set: RoiSet, cfg: TrainConfig) -> None:
@@ -189,6 +210,6 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
                                                  " or give the protocol such a criterion"))
 
 
-__all__ = ["check_protocol_prescriptions", "check_resumed_data", "check_resumed_init",
-           "check_resumed_protocol", "check_resumed_validation", "check_selectable", "check_targets",
-           "select_value"]
+__all__ = ["TrainingDivergedError", "check_protocol_prescriptions", "check_resumed_data",
+           "check_resumed_init", "check_resumed_protocol", "check_resumed_validation", "check_selectable",
+           "check_targets", "check_validation_dose", "select_value"]

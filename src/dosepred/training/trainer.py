@@ -50,7 +50,7 @@ import torch
 
 import dosepred
 
-from ..errors import DosepredError, InputError, name_some
+from ..errors import InputError, name_some
 from ..evaluation import evaluate_cohort  # at start: a long run never imports code edited since
 from ..fsutil import check_output, write_bytes, write_json
 from ..inference import InferenceOptions
@@ -91,11 +91,6 @@ def version_info() -> dict[str, Any]:
 
     return {"dosepred": dosepred.__version__, "git_commit": git_commit(), "torch": str(torch.__version__),
             "monai": str(monai.__version__)}
-
-
-class TrainingDivergedError(DosepredError, FloatingPointError):
-    """The training loss became NaN or infinite (a learning rate too high for the data, most often);
-    the message says at which step."""
 
 
 class ProtocolLintWarning(UserWarning):
@@ -181,8 +176,9 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
-             progress: bool = False) -> dict[str, float]:
-    """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation."""
+             progress: bool = False, epoch: int | None = None) -> dict[str, float]:
+    """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation;
+    a dose no plan gives is a TrainingDivergedError (:func:`.checks.check_validation_dose`)."""
     options = InferenceOptions(device=str(device), overlap=cfg.sw_overlap, mode=cfg.sw_mode,
                                amp=cfg.amp and device.type == "cuda", allow_missing_rois=True, tta=False)
 
@@ -191,6 +187,7 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
             with warnings.catch_warnings():  # validation patients share the cache's ROI set: predicted
                 warnings.simplefilter("ignore", RoiNote)  # whatever they lack, without a note each time
                 d = predict_dose(model, p, options)
+            run_checks.check_validation_dose(d, p.id, epoch)
             yield p, d
 
     res = evaluate_cohort(pairs(), protocol if protocol is not None else "openkbp", progress=progress)
@@ -606,7 +603,8 @@ class Trainer:
             pred = self.net(ct, codes, mask, spacing, batch.get("extra"))
         total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
         if not torch.isfinite(total):
-            raise TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; lower --lr?")
+            raise run_checks.TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; "
+                                                   "lower --lr?")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.global_step < self.cfg.freeze_steps:
@@ -706,7 +704,8 @@ class Trainer:
         """Scores of the validation patients (rank 0): whole-grid prediction with the weights
         checkpoints hold (:attr:`eval_model`), scored by :func:`validate`. Lower is better for the
         score :meth:`selection_value` picks."""
-        return validate(self.eval_model, self.val_patients, self.protocol, self.cfg, self.device)
+        return validate(self.eval_model, self.val_patients, self.protocol, self.cfg, self.device,
+                        epoch=self.epoch)
 
     def selection_value(self, scores: dict[str, float]) -> float:
         """The number best.pt minimises (``cfg.select``)."""
