@@ -472,3 +472,28 @@ def test_a_validation_of_a_diverged_model_says_it_diverged(tmp_path):
     assert last.startswith("error: validation after epoch 1: the model predicts ") and "cGy" not in last
     assert "for validation patient " in last and "training diverged; lower --lr?" in last, r.output
     assert "Traceback" not in r.output
+
+
+def test_a_divergence_in_the_saved_weights_does_not_advise_resuming(tmp_path):
+    """--lr 1e20, one step per epoch: epoch 1's step updates the weights to ~1e20 (its loss, computed
+    before, is finite), last.pt saves them, and epoch 2's first loss is NaN. The run said 'keeps its
+    finished epochs (last: 1); once the cause below is fixed, continue with --resume' and 'lower --lr?';
+    resuming with a lower --lr met the same NaN at the same step (last.pt's weights are the diverged
+    ones), as often as one tried. Now the error says so, and the run is not offered for --resume."""
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    args = ["train", "--data", data, "--patch", "16", "--base", "4", "--levels", "2", "--res-units", "0",
+            "--batch", "1", "--threads", "1", "--loss", "mae", "--epochs", "3", "--steps-per-epoch", "1",
+            "--schedule", "constant", "--out", tmp_path / "run", "--no-progress"]
+    r = _cli(*args, "--lr", "1e20")
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.splitlines()[-1] == (
+        "error: loss became nan at step 1, the first step from the weights saved after epoch 1 "
+        "(checkpoints/last.pt): they have diverged too, so --resume would meet this again; start the run "
+        "anew with a lower --lr (--overwrite)"), r.output
+    assert "--resume`" not in r.output and "Traceback" not in r.output
+    r = _cli(*args, "--lr", "1e-4", "--resume")  # what the message says: resuming fails the same way
+    assert r.exit_code == 2 and "loss became nan at step 1, the first step" in r.output, r.output
+    r = _cli(*args, "--lr", "1e-4", "--overwrite")
+    assert r.exit_code == 0, r.output

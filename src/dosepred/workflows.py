@@ -283,8 +283,8 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     except KeyboardInterrupt as e:  # the command line says whether the new run stayed (to --resume)
         e.run_kept = bool(kept and kept[-1])  # type: ignore[attr-defined]
         raise
-    except Exception:
-        if kept and kept[-1]:  # an error after a finished epoch: the new run stays, to be continued
+    except Exception as e:
+        if kept and kept[-1] and getattr(e, "resumable", True):  # after a finished epoch: the run stays
             epoch = finished_epoch(out)
             (log or print)(f"{out} keeps its finished epochs (last: {epoch}); once the cause below is fixed, "
                            f"continue with `dosepred train --out {out} --resume`")

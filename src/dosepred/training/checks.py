@@ -27,6 +27,21 @@ class TrainingDivergedError(DosepredError, FloatingPointError):
     or infinite (the message says at which step), or validation predicts a dose no plan gives."""
 
 
+def diverged(loss: float, step: int, saved_epoch: int | None) -> TrainingDivergedError:
+    """The error for a non-finite ``loss`` at optimiser ``step``. ``saved_epoch``: the step is the first
+    from the weights saved after that epoch (last.pt), which then gave the NaN themselves (the update
+    that ends an epoch is saved before any loss sees it): ``--resume``, whatever its ``--lr``, would
+    meet it again, so the error says to start anew and is marked ``resumable = False``."""
+    if saved_epoch is None:
+        return TrainingDivergedError(f"loss became {loss} at step {step}; lower --lr?")
+    e = TrainingDivergedError(f"loss became {loss} at step {step}, the first step from the weights saved "
+                              f"after epoch {saved_epoch} (checkpoints/last.pt): they have diverged too, so "
+                              "--resume would meet this again; start the run anew with a lower --lr "
+                              "(--overwrite)")
+    e.resumable = False  # type: ignore[attr-defined]
+    return e
+
+
 def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) -> None:
     """TrainingDivergedError when the dose validation predicted for patient ``pid`` (after ``epoch``)
     is not finite or over :data:`~dosepred.constants.MAX_DOSE_GY`: the weights, not the data, are at
@@ -212,4 +227,4 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
 
 __all__ = ["TrainingDivergedError", "check_protocol_prescriptions", "check_resumed_data",
            "check_resumed_init", "check_resumed_protocol", "check_resumed_validation", "check_selectable",
-           "check_targets", "check_validation_dose", "select_value"]
+           "check_targets", "check_validation_dose", "diverged", "select_value"]

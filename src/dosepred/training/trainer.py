@@ -603,8 +603,8 @@ class Trainer:
             pred = self.net(ct, codes, mask, spacing, batch.get("extra"))
         total, parts = self.loss_fn(pred.float(), dose, codes, mask, spacing)
         if not torch.isfinite(total):
-            raise run_checks.TrainingDivergedError(f"loss became {total.item()} at step {self.global_step}; "
-                                                   "lower --lr?")
+            raise run_checks.diverged(total.item(), self.global_step, self.epoch - 1 if self.global_step
+                                      and not self.epoch_steps else None)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.global_step < self.cfg.freeze_steps:
