@@ -432,3 +432,23 @@ def test_loose_targets_are_unprescribed_targets_largely_outside_the_prescribed_o
     p2 = Patient.from_masks("p", np.zeros(shape), m, rs2, (2.0, 2.0, 2.0), np.ones(shape, bool),
                             np.zeros(shape, np.float32))
     assert loose_targets(p2) == []
+
+
+def test_a_model_whose_weights_give_nan_is_named_not_the_patient(tmp_path):
+    """A run that diverged in its last step ends 'done' with weights that predict NaN (one step at
+    --lr 1e20); predict then said 'patient synth_000: dose contains NaN/inf', as for a damaged dose file
+    of that patient. Now one error line saying the model predicts NaN, nothing written."""
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--loss", "mae",
+                            "--epochs", "1", "--steps-per-epoch", "1", "--lr", "1e20", "--patch", "16",
+                            "--base", "4", "--levels", "2", "--res-units", "0", "--threads", "1",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output  # the loss checked was the step's, before its update
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "run"), "--data", str(data), "--format",
+                            "cache", "--out", str(tmp_path / "pred")])
+    assert r.exit_code == 2, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("error: the model predicts NaN or infinite doses for patient synth_"), r.output
+    assert "diverged" in last and "Traceback" not in r.output and not (tmp_path / "pred").exists()

@@ -429,6 +429,9 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
         net.train()
     out = np.zeros(patient.shape, dtype=np.float32)
     out[box] = dose[0, 0].cpu().numpy()
+    if not np.isfinite(out[box]).all():  # the weights' fault, not the patient's: say so before any writer
+        raise ModelError(f"the model predicts NaN or infinite doses for patient {patient.id}: its weights "
+                         "are not usable (from a training that diverged: train it again with a lower --lr)")
     return out
 
 
