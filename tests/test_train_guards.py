@@ -215,3 +215,28 @@ def test_a_patient_without_any_target_is_refused_before_training(cache, tmp_path
         assert "Traceback" not in r.output and not (tmp_path / what).exists()
     r = cli("train", "--data", messy, "--split", f"{split}:train", "--out", tmp_path / "ok", *base)
     assert r.exit_code == 0, r.output
+
+
+def test_a_cache_whose_targets_have_no_prescription_is_refused(cache, tmp_path):
+    """Targets reach the network only through the prescription channel: on a cache whose targets carry
+    no prescription (a clinic's PTV_High imported without an ROI map) a new model trained, and then
+    predicted, without ever seeing where the targets are, without a word (a fine-tune, --init, was
+    already refused). Now one error line naming the cache and its targets, nothing written."""
+    from dosepred.io.cache import Cache, write_cache
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    src = Cache.open(cache)
+    rs = RoiSet(tuple(Roi(r.name, r.kind) for r in src.roi_set))
+    assert not any(r.prescription for r in rs) and rs.targets
+    norx = tmp_path / "norx"
+    write_cache([Patient.from_masks(p.id, p.ct, {n: p.mask(n) for n in p.present_rois}, rs, p.spacing,
+                                    possible_dose_mask=p.possible_dose_mask, dose=p.dose, geometry=p.geometry)
+                 for p in src.patients()], norx)
+    r = cli("train", "--data", norx, "--out", tmp_path / "r", "--epochs", "1", "--steps-per-epoch", "1",
+            "--patch", "16", "--base", "4", "--levels", "2", "--threads", "1", "--no-progress")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: training cache {norx}: its targets PTV56, PTV63, PTV70 have no prescription, so the model's "
+        "prescription channel would be empty and it would not see where the targets are; give each target "
+        "its prescription (kind and Gy) with data import-dicom --roi-map"), r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r").exists()

@@ -161,13 +161,23 @@ def check_resumed_protocol(old: dict[str, Any], path: Path, run: Path, protocol:
                          "resume with the run's protocol or start a new run")
 
 
-def check_targets(cache: Any, ids: list[str], what: str, path: Any) -> None:
-    """InputError naming the patients of ``ids`` in ``cache`` (``what``: training / validation, read
-    from ``path``) that have none of its prescribed targets contoured: their plan dose would be learnt
-    from an empty prescription channel (their PTVs under a name nobody mapped, most often), and
-    predict refuses such a patient (:func:`dosepred.predict.match_rois`), so validation would stop the
-    run at its first validation, epochs later."""
+def check_targets(cache: Any, ids: list[str], what: str, path: Any, init: Any = None) -> None:
+    """InputError for a training cache without a prescribed target (targets reach the network only
+    through the prescription channel; with ``init``, a fine-tune, :mod:`dosepred.models.transfer`
+    refuses it naming the model), and naming the patients of ``ids`` in ``cache`` (``what``:
+    training / validation, read from ``path``) that have none of its prescribed targets contoured:
+    their plan dose would be learnt from an empty prescription channel (their PTVs under a name
+    nobody mapped, most often), and predict refuses such a patient
+    (:func:`dosepred.predict.match_rois`), so validation would stop the run at its first validation,
+    epochs later."""
     targets = [r.name for r in cache.roi_set if r.kind == "target" and r.prescription]
+    if not targets and what == "training" and not init:  # a fine-tune: models.transfer's rule says it
+        tg = cache.roi_set.targets
+        why = (f"its targets {', '.join(tg)} have no prescription" if tg else
+               f"it has no target among its ROIs ({', '.join(cache.roi_set.names) or 'none'})")
+        raise InputError(f"training cache {path}: {why}, so the model's prescription channel would be "
+                         "empty and it would not see where the targets are; give each target its "
+                         "prescription (kind and Gy) with data import-dicom --roi-map")
     want = set(ids)
     bare = [e["id"] for e in cache.info["patients"] if e["id"] in want and "missing_rois" in e
             and all(t in e["missing_rois"] for t in targets)]

@@ -300,7 +300,7 @@ class Trainer:
         if no_dose:
             raise InputError(f"training cache {cfg.data}: patients without dose cannot train: "
                              f"{name_some(no_dose)}")
-        run_checks.check_targets(self.cache, ids, "training", cfg.data)
+        run_checks.check_targets(self.cache, ids, "training", cfg.data, cfg.init)
         self.train_ids = ids
         self.val_cache = None
         self.val_ids: list[str] = []
