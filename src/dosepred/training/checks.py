@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError, name_some
@@ -40,6 +41,27 @@ def diverged(loss: float, step: int, saved_epoch: int | None) -> TrainingDiverge
                               "(--overwrite)")
     e.resumable = False  # type: ignore[attr-defined]
     return e
+
+
+def check_gradient(model: Any, clip: float | None, scaler: Any, loss: Any, step: int) -> None:
+    """Clip the gradient of ``model`` to norm ``clip`` (none or 0: not clipped) and refuse a non-finite
+    one (TrainingDivergedError, before the optimiser step writes it into every weight): a loss term
+    whose derivative is infinite where its value is finite (a moment power below 1 at a zero dose,
+    which the network's ReLU gives exactly) left the loss of that step finite and the next NaN, read
+    as a too high ``--lr``. Not under float16 loss scaling (``scaler`` enabled), whose overflowing
+    steps the scaler skips."""
+    params = [q for q in model.parameters() if q.grad is not None]
+    if clip:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    elif scaler.is_enabled() or not params:
+        return
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.grad) for q in params]))
+    if not scaler.is_enabled() and not torch.isfinite(norm):
+        raise TrainingDivergedError(f"the gradient became {norm.item()} at step {step} though the loss "
+                                    f"({loss.item():.6g}) is finite: a loss term without a finite "
+                                    "derivative there (moment powers below 1 at a zero dose?), or a --lr too "
+                                    "high; no step was taken on it")
 
 
 def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) -> None:
@@ -237,4 +259,5 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
 
 __all__ = ["TrainingDivergedError", "check_protocol_prescriptions", "check_resumed_data",
            "check_resumed_init", "check_resumed_protocol", "check_resumed_validation", "check_selectable",
-           "check_targets", "check_validation_dose", "diverged", "select_value"]
+           "check_gradient", "check_targets", "check_validation_dose", "diverged",
+           "select_value"]

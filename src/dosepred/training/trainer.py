@@ -610,9 +610,8 @@ class Trainer:
         if self.global_step < self.cfg.freeze_steps:
             for q in self.held:
                 q.grad = None
-        if self.cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.unscale_(self.optimizer)  # (nothing without float16 loss scaling)
+        run_checks.check_gradient(self.model, self.cfg.grad_clip, self.scaler, total, self.global_step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
