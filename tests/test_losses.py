@@ -392,3 +392,31 @@ def test_soft_dvh_of_one_roi():
     want = torch.sigmoid((d[None, :] - t[:, None]) * 0.5).mean(dim=1)
     for max_elements in (1 << 20, 7):
         torch.testing.assert_close(soft_dvh(d, t, bin_width=2.0, max_elements=max_elements), want)
+
+
+def test_moment_powers_below_one_keep_a_finite_gradient_at_zero_dose():
+    """x^p with p < 1 has an infinite derivative at x = 0: an ROI voxel the prediction gives exactly
+    0 Gy (outside the possible-dose mask, where the model predicts 0) made the whole gradient NaN
+    while the loss stayed finite, and a training step wrote NaN into every weight. The value is
+    numpy's; the gradient is finite, zero at the zero voxels and pushes the others toward the reference."""
+    from dosepred.losses.moment import moment_loss, moments
+
+    d = torch.tensor([0.0, 0.0, 10.0, 20.0, 40.0], dtype=torch.float64)
+    want = 70 * np.mean((d.numpy() / 70) ** 0.5) ** 2
+    assert 70 * float(moments(d, (0.5,), 70.0)[0]) == pytest.approx(want, rel=1e-9)
+    x = d.clone().requires_grad_()
+    moments(x, (0.5,), 70.0)[0].backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[:2] == 0).all()
+    codes = torch.zeros((1, 6, 6, 6), dtype=torch.uint8)
+    codes[0, 1:5, 1:5, 1:5] = 1
+    ref = torch.full((1, 1, 6, 6, 6), 30.0, dtype=torch.float64)
+    base = torch.full((1, 1, 6, 6, 6), 20.0, dtype=torch.float64)
+    base[0, 0, 1, 1, 1:3] = 0.0  # two ROI voxels predicted 0 Gy
+    pred = base.clone().requires_grad_()
+    loss = moment_loss(pred, ref, codes, {0: (0.5, 2.0)}, dose_scale=70.0)
+    vals = base[0, 0][codes[0].bool()].numpy() / 70
+    want = np.mean([(np.mean(vals ** p) ** (1 / p) - 30 / 70) ** 2 for p in (0.5, 2.0)])
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-9)
+    loss.backward()
+    g = pred.grad[0, 0]
+    assert torch.isfinite(g).all() and (g[1, 1, 1:3] == 0).all() and (g[2:5, 2:5, 2:5] < 0).all()

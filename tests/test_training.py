@@ -499,24 +499,30 @@ def test_a_divergence_in_the_saved_weights_does_not_advise_resuming(tmp_path):
     assert r.exit_code == 0, r.output
 
 
-def test_a_nan_gradient_of_a_finite_loss_stops_the_step_that_made_it(tmp_path):
-    """Moment powers below 1 have an infinite derivative at a zero dose, which the model predicts
-    exactly outside the possible-dose mask, where a contour may reach (the cord here): the loss was
-    finite, its gradient NaN, and the step wrote NaN into every weight. A run of one step ended 'done'
-    with a NaN last.pt (a longer one: 'loss became nan at step 1; lower --lr?'). Now the step whose
-    gradient is not finite stops the run, saying so, before any weight is written."""
+def test_a_nan_gradient_of_a_finite_loss_stops_the_step_that_made_it(caches, tmp_path):
+    """A loss term whose derivative is infinite where its value is finite (moment powers below 1 had
+    one at a zero dose, which the model predicts outside the possible-dose mask, where a contour may
+    reach; here a term 0 * sqrt|pred - pred|): the loss was finite, its gradient NaN, and the step wrote
+    NaN into every weight. A run of one step ended 'done' with a NaN last.pt (a longer one: 'loss
+    became nan at step 1; lower --lr?'). Now that step stops the run, saying so, before any weight is
+    written."""
+    from dosepred.training import Trainer
     from dosepred.training.checks import TrainingDivergedError
 
-    pats = []
-    for p in make_cohort(3, seed=1, size=20):
-        m = p.possible_dose_mask & ~p.mask("SpinalCord")
-        pats.append(Patient(p.id, p.ct, p.roi_codes, p.roi_set, p.spacing, m, p.dose * m, p.missing_rois,
-                            p.meta, p.geometry))
-    write_cache(pats, tmp_path / "c")
-    cfg = TrainConfig(data=str(tmp_path / "c"), out=str(tmp_path / "run"), loss="mae+moment",
-                      loss_options={"oar_powers": [0.5], "target_powers": [0.5]}, epochs=1, steps_per_epoch=1,
-                      patch=(16, 16, 16), base=4, levels=2, res_units=0, batch=1, threads=1, seed=1)
+    class NanGradient(Trainer):
+        def setup_loss(self):
+            super().setup_loss()
+            inner = self.loss_fn
+
+            def loss(pred, *rest):
+                total, parts = inner(pred, *rest)
+                return total + 0.0 * torch.sqrt((pred - pred.detach()).abs()).sum(), parts
+
+            self.loss_fn = loss
+
+    cfg = TrainConfig(data=str(caches / "train"), out=str(tmp_path / "run"), loss="mae", epochs=1,
+                      steps_per_epoch=1, **{**TINY, "res_units": 0, "batch": 1, "threads": 1})
     with pytest.raises(TrainingDivergedError, match=r"^the gradient became nan at step 0 though the loss "
                        r"\([0-9.]+\) is finite"):
-        train(cfg)
+        NanGradient(cfg, progress=False).fit()
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

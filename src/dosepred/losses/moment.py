@@ -38,6 +38,16 @@ OAR_POWERS = (1.0, 2.0, 10.0)
 TARGET_POWERS = (2.0, 4.0, 6.0)
 
 
+def _pow(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x ** p`` for ``x >= 0``; for ``p < 1`` its derivative at 0 (infinite) is taken as 0, so a
+    voxel of exactly 0 Gy (the model's dose outside the possible-dose mask, where a contour may
+    reach) leaves the gradient finite (it was NaN through the chain rule: 0 x inf)."""
+    if p >= 1:
+        return x.pow(p)
+    pos = x > 0
+    return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).pow(p), torch.zeros_like(x))
+
+
 def moments(doses: torch.Tensor, powers: Sequence[float], dose_scale: float = DEFAULT_DOSE_SCALE,
             eps: float = 1e-12) -> torch.Tensor:
     """Generalised means (in units of dose_scale) of one ROI's 1-D voxel doses, one per power."""
@@ -45,7 +55,7 @@ def moments(doses: torch.Tensor, powers: Sequence[float], dose_scale: float = DE
     top = x.detach().max() if x.numel() else x.new_zeros(())
     s = torch.where(top > 0, top, torch.ones_like(top))  # the ROI's highest dose (1 if none)
     zero = (top <= 0).to(x.dtype)  # an all-zero dose: M_p = 0, not eps^(1/p) (4.4 Gy for p = 10)
-    return torch.stack([s * ((x / s).pow(p).mean() + eps) ** (1.0 / p) - zero * eps ** (1.0 / p)
+    return torch.stack([s * (_pow(x / s, p).mean() + eps) ** (1.0 / p) - zero * eps ** (1.0 / p)
                         for p in powers])
 
 
@@ -79,7 +89,7 @@ def moment_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor,
     pw_all = sorted({float(q) for b in bits for q in powers_by_bit[b]})
     col = {pw: i for i, pw in enumerate(pw_all)}
     # per-segment means of x^p, one row per distinct power: (P, segments)
-    m_p = torch.stack([pred.new_zeros(nb * k).index_add(0, seg, x_p.pow(pw)) for pw in pw_all]) / n
+    m_p = torch.stack([pred.new_zeros(nb * k).index_add(0, seg, _pow(x_p, pw)) for pw in pw_all]) / n
     with torch.no_grad():
         m_r = torch.stack([ref.new_zeros(nb * k).index_add(0, seg, x_r.pow(pw)) for pw in pw_all]) / n
     # every (segment, power of its ROI) pair, read at once
