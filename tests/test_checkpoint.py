@@ -252,3 +252,26 @@ def test_cli_predict_with_weights_of_another_model_names_the_weight(tmp_path):
                         "from checkpoint, the shape in current model is torch.Size([2, 10, 3, 3, 3]). "
                         "(and 4 more))")
     assert not (tmp_path / "pred").exists()
+
+
+def test_the_model_card_names_the_split_and_the_init_it_was_trained_from(tmp_path):
+    """A fine-tune (--init, same ROIs) on the training split of a clinic cache: the README said
+    'trained with loss `mae` on `CACHE` for 1 epochs', as for a model trained from scratch on every
+    patient of the cache, validation patients included. It now names the split, the number of
+    training patients and the --init model."""
+    from dosepred.training import TrainConfig, Trainer
+    from tiny_models import TINY, tiny_cache, tiny_run
+
+    data = tiny_cache(tmp_path, 2)
+    first = tiny_run(data, tmp_path / "first")
+    split = tmp_path / "s.json"
+    split.write_text(json.dumps({"splits": {"train": ["synth_000", "synth_001"], "val": ["synth_002"]}}))
+    Trainer(TrainConfig(data=str(data), out=str(tmp_path / "ft"), init=str(first),
+                        train_split=f"{split}:train", epochs=1, steps_per_epoch=1, seed=1, **TINY),
+            progress=False).fit()
+    readme = (export_model(tmp_path / "ft", tmp_path / "m") / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("- trained with"))
+    assert line == (f"- trained with loss `mae` on `{data}` (split `{split}:train`: 2 patients), fine-tuned "
+                    f"from `{first}`, for 1 epochs (1 steps)"), readme
+    readme = (export_model(first, tmp_path / "m0") / "README.md").read_text()
+    assert f"- trained with loss `mae` on `{data}` for 1 epochs (3 steps)" in readme  # from scratch, all

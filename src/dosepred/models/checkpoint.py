@@ -401,8 +401,11 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             + (f", dropout {mc['dropout']:g} in training" if mc.get("dropout") else "") + "\n"
             f"- ROIs (bit order): {roi_names}\n"
             + (_averaged_lines(ckpt["averaged_inputs"]) if "averaged_inputs" in ckpt else
-               f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}` for "
-               f"{ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n")
+               f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}`"
+               + (f" (split `{tc['train_split']}`: {space.patients} patients)" if tc.get("train_split")
+                  else "")
+               + (f", fine-tuned from `{tc['init']}`," if tc.get("init") else "")
+               + f" for {ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n")
             + f"- model space: {space.summary()}\n"
             + ("" if "averaged_inputs" in ckpt else f"- best validation: {json.dumps(ckpt.get('best'))}\n")
             + (f"- fine-tuned from `{ckpt['roi_transfer'].get('source', '?')}` onto other ROIs: "
