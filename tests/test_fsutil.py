@@ -175,37 +175,3 @@ def test_an_output_with_a_long_legal_name_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, name[:-3] + ".json",
                                                                  name[:-7] + ".nii.gz"])
     assert (tmp_path / name / "a.json").is_file()
-
-
-@pytest.mark.parametrize("kind", ["dir", "file"])
-def test_an_output_written_by_another_command_meanwhile_is_kept(tmp_path, kind):
-    """Two commands started with one --out (absent when each started, no --overwrite): the one that
-    finished later replaced the other's complete output whole, without a word. Now it is refused and
-    the first command's output kept; with --overwrite the later one replaces it, as asked."""
-    from dosepred.fsutil import OutputError, output_dir, output_file
-
-    opener = output_dir if kind == "dir" else output_file
-    out = tmp_path / "out"
-
-    def write(tmp: Path, text: str) -> None:
-        if kind == "dir":
-            (tmp / "result.txt").write_text(text)
-        else:
-            tmp.write_text(text)
-
-    def read() -> str:
-        return (out / "result.txt").read_text() if kind == "dir" else out.read_text()
-
-    with pytest.raises(OutputError, match=r"out: --out was written by something else while this command ran"):
-        with opener(out) as tmp:
-            write(tmp, "second")
-            with opener(out) as other:  # the other command, started and finished meanwhile
-                write(other, "first")
-    assert read() == "first"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
-    with opener(out, overwrite=True) as tmp:
-        write(tmp, "third")
-    assert read() == "third"
-    with opener(tmp_path / "new") as tmp:  # nothing in the way: written as before
-        write(tmp, "x")
-    assert (tmp_path / "new").exists()

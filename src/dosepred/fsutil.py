@@ -246,22 +246,10 @@ def output_dir(path: str | os.PathLike, overwrite: bool = False,
     try:
         with atomic_dir(final) as tmp:
             yield tmp
-            if not overwrite:
-                _not_written_since(final, what)
         ok = True
     finally:
         if not ok:
             _unmake(created)
-
-
-def _not_written_since(final: Path, what: str) -> None:
-    """Refuse to replace an output that was empty or absent when the command started (checked then)
-    and holds something now: another command wrote it meanwhile, and without --overwrite it is kept."""
-    if is_nonempty(final):  # a link too
-        raise OutputError(f"{final}: {what} was written by something else while this command ran (it was "
-                          "empty or absent when the command started); it is kept and nothing of this "
-                          "command's output is written: give --overwrite to replace it, or choose another "
-                          "path")
 
 
 @contextmanager
@@ -285,8 +273,6 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
         yield tmp
         if not tmp.exists():
             raise OutputError(f"{final}: nothing was written")
-        if not overwrite:
-            _not_written_since(final, what)
         if final.is_dir() and not final.is_symlink():
             final.rmdir()  # an empty folder in the way
         os.replace(tmp, final)
