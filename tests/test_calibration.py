@@ -1035,3 +1035,31 @@ def test_calibrate_warns_when_its_patients_overlap_the_training_data(tmp_path):
                                          r"\S*train \(pt_1, pt_2\)"):
         with pytest.raises(FileNotFoundError, match="no-model"):  # no model there: after the warning
             calibrate(tmp_path / "no-model", tmp_path / "all", "openkbp", train_data=tmp_path / "train")
+
+
+def test_calibrate_cli_refuses_a_cache_of_predicted_doses_as_data(tmp_path):
+    """`calibrate --data PRED` (a prediction cache where the plans belong, --data and --predictions
+    swapped) measured the model's errors against its own doses: residuals near 0, intervals of almost
+    no width, and QA would flag nearly every plan; exit 0. Now one line naming the folder, exit 2, no
+    calibration.json."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.inference import InferenceOptions, PredictionRecord
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_cohort
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm", model)
+    (model / "calibration.json").unlink()
+    rec = PredictionRecord(InferenceOptions(), str(model), None, "plans", "0.1.0")
+    write_cache(make_cohort(12, seed=5, size=16), tmp_path / "pred", record={"prediction": rec.to_json()})
+    r = CliRunner().invoke(app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "pred"),
+                                 "--no-progress"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert text.startswith(f"error: {tmp_path / 'pred'}: its doses are predictions written by `dosepred "
+                           "predict`"), text
+    assert sorted(f.name for f in model.iterdir()) == ["README.md", "config.json", "model.pt"]

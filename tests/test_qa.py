@@ -940,3 +940,25 @@ def test_a_target_v_metric_in_gy_above_its_prescription_is_a_hot_spot(sample_dir
     assert lower_is_better(None, "V77Gy", "target", 70.0)
     assert not lower_is_better(None, "V66.5Gy", "target", 70.0)
     assert not lower_is_better(">=", "V77Gy", "target", 70.0) and lower_is_better(None, "V30Gy", "oar", None)
+
+
+@pytest.mark.parametrize("record", ["prediction", "legacy"])
+def test_qa_refuses_a_cache_of_predicted_doses_as_plans(model_dir, tmp_path, record):
+    """A prediction cache (`predict --format cache`, its dataset.json says so) given as --plans, the
+    folder one variable away from the plans in a batch script, was checked as plans: each "plan" was the
+    model's own dose, so nothing was flagged and the run exited 0. Now one line naming the folder and
+    that its doses are predictions; nothing written."""
+    from dosepred.inference import InferenceOptions, PredictionRecord
+    from dosepred.io.cache import write_cache
+    from dosepred.synth import make_cohort
+
+    cohort = make_cohort(2, seed=4, size=24)
+    pred = tmp_path / "pred"
+    if record == "prediction":
+        rec = PredictionRecord(InferenceOptions(), str(model_dir), None, "plans", "0.1.0")
+        write_cache(cohort, pred, source="dosepred predict: ...", record={"prediction": rec.to_json()})
+    else:  # a cache of an earlier dosepred: only the command string says it was predicted
+        write_cache(cohort, pred, source="dosepred predict --model M --data D --tta")
+    text = _qa_fails(model_dir, pred, tmp_path / "out")
+    assert text.startswith(f"error: {pred}: its doses are predictions written by `dosepred predict`"), text
+    assert "not plans" in text

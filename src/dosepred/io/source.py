@@ -158,6 +158,22 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
     return Source(p, f.name, reader.roi_set, reader.ids, reader)
 
 
+def plan_source(path: str | os.PathLike, roi_map: Any = None, needs: str = "this needs plan doses") -> Source:
+    """:func:`open_source` for a command that reads plan doses (``qa --plans``, ``calibrate --data``): a
+    :class:`SourceError` for a cache of predicted doses (:attr:`Source.predicted`), whose "plans" would
+    be the model's own doses (QA flags none of them; a calibration of near-zero errors flags nearly
+    every plan). ``needs``: what the command does with the plans, for the message."""
+    s = open_source(path, roi_map)
+    if s.predicted:
+        rec = s.cache.info.get("prediction") if s.cache is not None else None
+        made = (f" (model {rec.get('model')}, data {rec.get('data')})"
+                if isinstance(rec, dict) and rec.get("model") else "")
+        raise SourceError(f"{s.path}: its doses are predictions written by `dosepred predict`{made}, not "
+                          f"plans: {needs}; give the source of the plans (the one the predictions were made "
+                          "from)")
+    return s
+
+
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
                   require_dose: bool = True, roi_map: Any = None) -> Iterator[Patient]:
     """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
@@ -169,5 +185,6 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     yield from open_source(src, roi_map).patients(ids, require_dose=require_dose)
 
 
-__all__ = ["Source", "SourceError", "check_roi_map", "checked", "open_source", "load_patients", "source_kind",
+__all__ = ["Source", "SourceError", "check_roi_map", "checked", "open_source", "load_patients", "plan_source",
+           "source_kind",
            "KINDS"]

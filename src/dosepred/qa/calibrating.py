@@ -34,7 +34,7 @@ from ..fsutil import sha256_file
 from ..inference import DOSE_OPTIONS, PredictionRecord, prediction_record
 from ..io.cache import Cache
 from ..io.formats import detect
-from ..io.source import load_patients, open_source
+from ..io.source import load_patients, open_source, plan_source
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..protocol import BoundProtocol, Protocol, load_protocol
@@ -299,6 +299,10 @@ def build_calibration(units: Sequence[Unit], ids: Sequence[str], protocol: Proto
         ranges, fit_band(dvh_band) if dvh_band else None)
 
 
+#: What calibrate does with its data's plan doses (the message refusing predicted ones)
+CALIBRATION_NEEDS = "calibration measures the model's errors against the plans' doses"
+
+
 def calibration_path(model: str | os.PathLike) -> Path:
     """Where ``model``'s calibration lives: ``calibration.json`` beside its checkpoint."""
     from ..models.checkpoint import resolve_model_path
@@ -377,6 +381,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
 
     check_rule(rule)  # the options first: nothing is predicted for a calibration that cannot be made
     check_cv_options(splits, CAL_FRACTION, seed)
+    plan_source(data, roi_map, CALIBRATION_NEEDS)
     check_train_overlap(data, train_data, roi_map)
     ckpt = resolve_model_path(model)
     protocol = load_protocol(protocol)  # resolved once, here

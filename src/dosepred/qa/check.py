@@ -42,7 +42,7 @@ from ..fsutil import sha256_file
 from ..io import rx_check, side_check, target_dose_check
 from ..io.rx_check import PrescriptionWarning
 from ..io.side_check import LateralityWarning
-from ..io.source import open_source
+from ..io.source import plan_source
 from ..io.target_dose_check import TargetDoseWarning
 from ..patient import SAME_LEVEL, Patient, RoiSet, same_level
 from ..progress import track
@@ -108,10 +108,11 @@ def to_roi_set(p: Patient, roi_set: RoiSet) -> Patient:
 
 
 def open_plans(src: str | os.PathLike, roi_map: Any = None) -> Iterator[Patient]:
-    """Patients with their plan dose from any source (:func:`dosepred.io.source.open_source`: a cache,
+    """Patients with their plan dose from any source (:func:`dosepred.io.source.plan_source`: a cache,
     an OpenKBP folder, a NIfTI folder or a DICOM folder of CT + RTSTRUCT + RTDOSE; ``roi_map``: the
     DICOM folder's ROI name map)."""
-    yield from open_source(src, roi_map).patients(require_dose=True)
+    needs = "QA compares each plan's dose with the model's prediction"
+    yield from plan_source(src, roi_map, needs).patients(require_dose=True)
 
 
 def input_notes(plan: Patient) -> list[str]:
