@@ -962,3 +962,24 @@ def test_qa_refuses_a_cache_of_predicted_doses_as_plans(model_dir, tmp_path, rec
     text = _qa_fails(model_dir, pred, tmp_path / "out")
     assert text.startswith(f"error: {pred}: its doses are predictions written by `dosepred predict`"), text
     assert "not plans" in text
+
+
+def test_qa_warnings_go_to_stderr_and_into_the_json(validation_example, model_dir, tmp_path):
+    """QA's own warnings (here: a protocol the calibration was not made for) were printed on standard
+    output among the tables, not on standard error with every other `warning:`, and qa.json did not hold
+    them: a batch script keeping stderr as its log of warnings, or reading qa.json, never saw them. Now
+    each is one `warning:` line on stderr and in qa.json's `warnings`."""
+    proto = tmp_path / "other.json"
+    proto.write_text(json.dumps({"name": "other", "criteria": [
+        {"roi": "RightParotid", "metric": "D50%", "limit": 30, "direction": "<="},
+        {"roi": "PTV70", "metric": "D95%"}]}))
+    out = tmp_path / "qa"
+    r = CliRunner().invoke(app, ["qa", "--model", str(model_dir), "--plans", str(validation_example),
+                                 "--protocol", str(proto), "--out", str(out), "--no-report", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    said = "calibration computed for protocol 'openkbp-clinical', QA with 'other'"
+    assert said not in r.stdout, r.stdout
+    err = [ln for ln in r.stderr.splitlines() if said in ln]
+    assert len(err) == 1 and err[0].startswith("warning: "), r.stderr
+    data = json.loads((out / "qa.json").read_text())
+    assert [w for w in data["warnings"] if said in w] == [err[0][len("warning: "):]]

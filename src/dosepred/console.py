@@ -174,8 +174,9 @@ def calibration(cal: Any) -> Table:
 
 
 def qa(res: Any, coverage: float) -> list[Any]:
-    """Plan QA: warnings, the ranked cohort summary, the time per plan."""
-    out: list[Any] = [Text.assemble(("warning:", "bold yellow"), f" {w}") for w in res.warnings]
+    """Plan QA: the ranked cohort summary, the time per plan (its warnings are not here: ``dosepred qa``
+    says them on stderr, ``workflows.qa_plans``)."""
+    out: list[Any] = []
     t = _table(f"plan QA: {len(res.patients)} plans, protocol {res.protocol}, {coverage_pct(coverage)} "
                "intervals, ranked by potential improvement",
                ("rank", "patient", "potential (Gy)", "flags", "failed limits", "flagged criteria",

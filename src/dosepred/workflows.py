@@ -352,7 +352,9 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
              roi_map: PathLike | None = None) -> Any:
     """``dosepred qa``: :func:`dosepred.qa.check.run_qa` into a new folder ``out`` (``qa.json``,
     ``report.html``) and the JSON also to ``json_out``, all or nothing; ``roi_map``: the ROI name map
-    of a DICOM folder of plans. Returns the :class:`~dosepred.qa.result.QAResult`."""
+    of a DICOM folder of plans. The run's warnings (``QAResult.warnings``, also in ``qa.json``) are
+    Python warnings once the outputs are written (``warning:`` lines on stderr). Returns the
+    :class:`~dosepred.qa.result.QAResult`."""
     import contextlib
 
     point_mm = parse_point(point)
@@ -371,6 +373,8 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
         if json_out is not None:
             tmp_json = outputs.enter_context(output_file(json_out, overwrite, inputs, "--json"))
             write_json(tmp_json, res.to_json())
+    for w in res.warnings:  # on stderr with every other warning (and in qa.json), not among the tables
+        warnings.warn(w, stacklevel=2)
     return res
 
 

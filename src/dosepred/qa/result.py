@@ -217,13 +217,14 @@ class QAResult:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON contract (``coverage``, ``model``, ``patients``) plus ``protocol``,
-        ``calibration`` and the ranked ``summary``."""
+        ``calibration``, the ranked ``summary`` and the run's ``warnings`` (those ``dosepred qa`` says
+        on stderr)."""
         return {"coverage": self.coverage, "model": self.model,
                 "patients": [p.to_json() for p in self.patients],
                 "protocol": self.protocol,
                 "calibration": {"protocol": self.calibration_protocol, "methods": self.methods,
                                 "tta": self.tta},
-                "summary": self.summary()}
+                "summary": self.summary(), "warnings": list(self.warnings)}
 
     def write_json(self, path: str | os.PathLike) -> None:
         import json
