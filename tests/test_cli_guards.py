@@ -41,3 +41,20 @@ def test_train_set_with_a_value_of_the_wrong_type(tmp_path):
     assert "Traceback" not in r.output and not (tmp_path / "r").exists()
     r = cli("train", "--data", tmp_path / "c", "--out", tmp_path / "r", "--set", "rotate_step=35")
     assert r.exit_code == 2 and "rotate_step" in r.output and not (tmp_path / "r").exists()
+
+
+def test_an_output_named_dash_is_refused_not_written_as_a_file(tmp_path, monkeypatch):
+    """`--json -` (as many tools write to stdout) wrote a file named '-' in the working folder and said
+    `wrote -`, while the console table went to stdout: a pipeline's `| jq` read the table. Now one
+    error saying that '-' is no output path (for --json, --out alike), exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("data", "synth", "--patients", "2", "--size", "16", "--out", "c").exit_code == 0
+    assert cli("baseline", "--data", "c", "--out", "pred", "--no-progress").exit_code == 0
+    for args in (("evaluate", "--reference", "c", "--prediction", "pred", "--json", "-"),
+                 ("data", "split", "c", "--random", "--fractions", "1,1", "--out", "-"),
+                 ("baseline", "--data", "c", "--out", "-")):
+        r = cli(*args, "--no-progress") if args[0] != "data" else cli(*args)
+        flat = " ".join(r.output.split())
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert flat.startswith("error: -: ") and "standard output" in flat, flat
+        assert not (tmp_path / "-").exists()

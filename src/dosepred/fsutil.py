@@ -103,7 +103,12 @@ def _overlap(a: Path, b: Path) -> bool:
 def check_output(path: str | os.PathLike, overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Path:
     """Refuse an output that overlaps an input, or that exists, is not empty and ``overwrite`` is
-    False; return the path. Nothing is written."""
+    False; return the path. Nothing is written. ``-`` is refused: dosepred writes no output to standard
+    output (its tables and lines go there), and a file or folder named ``-`` is never what was meant."""
+    if str(path) == "-":
+        raise OutputError(f"-: {what} - would be a file or folder named '-': dosepred writes its outputs to "
+                          "files, never to standard output (the console tables go there); give a path, such "
+                          "as results.json, and read it once the command has ended")
     p = Path(path)
     rp = p.resolve()
     for src in inputs:
