@@ -110,3 +110,28 @@ def test_criteria_table_colours_the_prediction_by_agreement_with_the_plans(sampl
         assert style == ("green" if agree == row["n"] else "red"), (row["criterion"], cell)
         seen_all_pass_disagreeing |= row["pred_pass"] == row["n"] and agree < row["n"]
     assert seen_all_pass_disagreeing
+
+
+def test_a_reference_of_predicted_doses_is_said_on_stderr_and_in_the_json(caches, tmp_path):
+    """`--reference PRED_CACHE` (a cache `predict --format cache` wrote, which dataset.json records; a
+    batch script's variables swapped) scored predictions against predictions and reported them as
+    accuracy without a word. Now a warning on stderr, and in the JSON's `warnings`, that the reference
+    doses are predictions, not plans (comparing two models stays possible)."""
+    import json
+
+    from dosepred.inference import InferenceOptions, PredictionRecord
+
+    root, ref, pred = caches
+    rec = PredictionRecord(InferenceOptions(), "models/m", None, "plans", "0.1.0")
+    write_cache(ref, tmp_path / "ref-pred", record={"prediction": rec.to_json()})
+    r = runner.invoke(app, ["evaluate", "--reference", str(tmp_path / "ref-pred"), "--prediction",
+                            str(root / "pred"), "--json", str(tmp_path / "e.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    said = [ln for ln in r.stderr.splitlines() if "doses are predictions" in ln]
+    want = (f"warning: reference {tmp_path / 'ref-pred'}: its doses are predictions written by `dosepred "
+            "predict` (model models/m")
+    assert len(said) == 1 and said[0].startswith(want), r.stderr
+    assert said[0][len("warning: "):] in json.loads((tmp_path / "e.json").read_text())["warnings"]
+    r = runner.invoke(app, ["evaluate", "--reference", str(root / "ref"), "--prediction", str(root / "pred"),
+                            "--no-progress"])
+    assert r.exit_code == 0 and "doses are predictions" not in r.output, r.output

@@ -24,7 +24,7 @@ from .errors import InputError, name_some
 from .fsutil import check_apart, check_output, locked, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
-from .io.source import check_roi_map, checked, load_patients, open_source, plan_source
+from .io.source import check_roi_map, checked, load_patients, open_source, plan_source, predicted_words
 from .progress import track
 from .protocol import load_protocol, protocol_file
 from .qa.calibrating import CALIBRATION_NEEDS, MIN_PATIENTS, calibrate, calibration_path
@@ -203,8 +203,13 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
         tmp = outputs.enter_context(output_dir(report, overwrite, inputs, "--report"))
         writer = ReportWriter(tmp, title=f"dosepred evaluation: {prediction}", protocol=proto)
         it = writer.tap(it)
+    # a reference of predicted doses (predict's cache): scores of predictions against predictions, said
+    said = predicted_words(open_source(reference)) if cache.is_cache(reference) else None
     with outputs:  # all or nothing: a failure leaves --json and --report as they were
         res = ev.evaluate_cohort(it, proto, progress=True)
+        if said is not None:
+            res.warnings.insert(0, f"reference {reference}: {said}, not plans: the scores compare the "
+                                   "predictions with these predictions")
         if json_out is not None:
             with output_file(json_out, overwrite, inputs, "--json") as tmp:
                 write_json(tmp, {**res.to_json(), "missing_predictions": missing})

@@ -164,14 +164,22 @@ def plan_source(path: str | os.PathLike, roi_map: Any = None, needs: str = "this
     be the model's own doses (QA flags none of them; a calibration of near-zero errors flags nearly
     every plan). ``needs``: what the command does with the plans, for the message."""
     s = open_source(path, roi_map)
-    if s.predicted:
-        rec = s.cache.info.get("prediction") if s.cache is not None else None
-        made = (f" (model {rec.get('model')}, data {rec.get('data')})"
-                if isinstance(rec, dict) and rec.get("model") else "")
-        raise SourceError(f"{s.path}: its doses are predictions written by `dosepred predict`{made}, not "
-                          f"plans: {needs}; give the source of the plans (the one the predictions were made "
-                          "from)")
+    said = predicted_words(s)
+    if said is not None:
+        raise SourceError(f"{s.path}: {said}, not plans: {needs}; give the source of the plans (the one the "
+                          "predictions were made from)")
     return s
+
+
+def predicted_words(source: Source) -> str | None:
+    """``"its doses are predictions written by `dosepred predict` (model M, data D)"`` for a cache of
+    predicted doses (:attr:`Source.predicted`), else None."""
+    if not source.predicted:
+        return None
+    rec = source.cache.info.get("prediction") if source.cache is not None else None
+    made = (f" (model {rec.get('model')}, data {rec.get('data')})"
+            if isinstance(rec, dict) and rec.get("model") else "")
+    return f"its doses are predictions written by `dosepred predict`{made}"
 
 
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
@@ -186,5 +194,5 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
 
 
 __all__ = ["Source", "SourceError", "check_roi_map", "checked", "open_source", "load_patients", "plan_source",
-           "source_kind",
+           "predicted_words", "source_kind",
            "KINDS"]
