@@ -623,3 +623,27 @@ def test_data_subset_writes_a_split_with_the_whole_roi_set(tmp_path, synth):
     r = cli("data", "subset", tmp_path / "c", "--split", f"{split}:val", "--out", tmp_path / "v")
     assert r.exit_code == 2 and "has no split 'val'" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "v").exists()
+
+
+def test_data_subset_of_a_prediction_cache_keeps_its_prediction_record(tmp_path, synth):
+    """`data subset` of a cache `predict --format cache` wrote (the clinic cache predicted once, then cut
+    by the split as docs/finetune.md cuts the plans) dropped dataset.json's "prediction" record: the
+    calib split of the predictions was refused by `calibrate --predictions` ("do not record how they
+    were made"), and `qa --plans` took it for plans. Now the subset keeps the record as it was."""
+    from dosepred.cli import app
+    from dosepred.inference import InferenceOptions, PredictionRecord, prediction_record
+    from dosepred.io.cache import Cache
+    from dosepred.io.source import open_source
+
+    rec = PredictionRecord(InferenceOptions(device="cpu"), "models/m", "ab" * 32, "clinic", "0.1.0")
+    write_cache(synth, tmp_path / "pred", source="dosepred predict: model models/m, data clinic",
+                record={"prediction": rec.to_json()})
+    split = tmp_path / "s.json"
+    split.write_text(json.dumps({"splits": {"calib": [synth[0].id, synth[2].id], "test": [synth[1].id]}}))
+    r = CliRunner().invoke(app, ["data", "subset", str(tmp_path / "pred"), "--split", f"{split}:calib",
+                                 "--out", str(tmp_path / "sub")])
+    assert r.exit_code == 0, r.output
+    sub = Cache.open(tmp_path / "sub")
+    assert sub.ids == [synth[0].id, synth[2].id]
+    assert sub.info["prediction"] == rec.to_json() and prediction_record(sub) == rec
+    assert open_source(tmp_path / "sub").predicted

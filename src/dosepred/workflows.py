@@ -150,9 +150,15 @@ def subset_cache(src: PathLike, split: str, out: PathLike, overwrite: bool = Fal
     check_output(out, overwrite, [src, f])
     c = cache.Cache.open(src)
     ids = load_split(f, name, cache_ids=c.ids)
+    # a cache of predicted doses stays one: its "prediction" record (how they were made, what calibrate
+    # --predictions checks and qa --plans refuses) is kept; an older one's is its command string
+    made = c.info.get("prediction")
+    source = f"{Path(src).resolve()} split {split}"
+    if made is None and str(c.info.get("source", "")).startswith("dosepred predict"):
+        source = str(c.info["source"])
     with output_dir(out, overwrite, [src, f]) as tmp:
-        cache.write_cache(c.patients(ids), tmp, source=f"{Path(src).resolve()} split {split}",
-                          roi_set=c.roi_set, progress=True)
+        cache.write_cache(c.patients(ids), tmp, source=source, roi_set=c.roi_set, progress=True,
+                          record=None if made is None else {"prediction": made})
     return cache.Cache.open(out)
 
 
