@@ -135,3 +135,24 @@ def test_a_reference_of_predicted_doses_is_said_on_stderr_and_in_the_json(caches
     r = runner.invoke(app, ["evaluate", "--reference", str(root / "ref"), "--prediction", str(root / "pred"),
                             "--no-progress"])
     assert r.exit_code == 0 and "doses are predictions" not in r.output, r.output
+
+
+def test_names_with_square_brackets_are_printed_as_they_are(caches, tmp_path):
+    """The console read every printed string as rich markup: `--json 'eval[final].json'` was reported
+    as `wrote .../eval.json` (the file written was eval[final].json), a source folder `plans[v2]` was
+    titled `plans`, and a name holding `[/x]` ended in an internal error after the outputs were
+    written. Paths, patient ids and criterion names are now printed as they are."""
+    root, ref, pred = caches
+    out = tmp_path / "eval[final].json"
+    refb = tmp_path / "ref[v2]"
+    write_cache(ref, refb)
+    r = runner.invoke(app, ["evaluate", "--reference", str(refb), "--prediction", str(root / "pred"),
+                            "--json", str(out), "--no-progress"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and f"wrote {out}" in r.stdout, r.stdout
+    bad = tmp_path / "x[" / "b]"  # the path reads .../x[/b]/e.json: a closing tag to rich
+    bad.mkdir(parents=True)
+    r = runner.invoke(app, ["evaluate", "--reference", str(root / "ref"), "--prediction", str(root / "pred"),
+                            "--json", str(bad / "e.json"), "--no-progress"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0 and f"wrote {bad / 'e.json'}" in r.stdout, r.output
+    assert "[bold]" not in r.stdout and "[/]" not in r.stdout  # the cohort row's style is applied, not shown
