@@ -366,3 +366,20 @@ def test_an_roi_name_that_is_no_roi_file_name_is_refused_by_name(sample_dir, tmp
     with pytest.raises(InputError, match=rf"patient {p.id}: ROI '{name}'.*{why}"):
         openkbp.write_patient(p, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("fname, content", [
+    ("dose.csv", ",data\n10,70.5\n11,69.5\n12,3.2"),  # "12,3.25\n" cut inside its value
+    ("PTV70.csv", ",data\n10,\n1"),  # "11,\n" cut inside its index: voxel 1 would be inside the PTV
+])
+def test_a_sparse_csv_cut_inside_its_last_row_is_refused(tmp_path, fname, content):
+    """A sparse CSV cut short inside its last row (a copy interrupted, a full disk) was read whole when
+    the cut left a number: the last dose read as 3.2 Gy for 3.25 and the rows after it as 0 Gy, an ROI
+    file's last index cut to another voxel, without a word. OpenKBP's files and every CSV writer end
+    their last row with a line break: a file that does not is refused as truncated, naming it."""
+    folder = _tiny_patient(tmp_path / "pt_5")
+    (folder / fname).write_text(content)
+    with pytest.raises(openkbp.OpenKBPFormatError, match=rf"{fname.replace('.', r'.')} does not end with a "
+                                                         r"line break") as e:
+        openkbp.read_patient(folder)
+    assert "patient pt_5" in str(e.value) and "truncated" in str(e.value)

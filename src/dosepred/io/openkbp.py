@@ -144,6 +144,7 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     col = df.iloc[:, 1]
     if not with_values:
         _check_mask_values(col, path, pid)
+        _check_whole(path, len(df) + 1, pid, values=False)
         return idx, None
     if not pd.api.types.is_numeric_dtype(col.dtype):  # text (object or pandas StringDtype)
         vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
@@ -161,6 +162,7 @@ def read_sparse(path: Path, with_values: bool, grid: tuple[int, ...] = GRID,
     if np.isinf(vals).any():
         r = int(np.flatnonzero(np.isinf(vals))[0])
         raise OpenKBPFormatError(f"patient {pid}: {path} row {r + 2}: value {vals[r]} is not finite")
+    _check_whole(path, len(df) + 1, pid, values=True)
     return idx, vals
 
 
@@ -170,6 +172,29 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check_whole(path: Path, last_row: int, pid: str, values: bool) -> None:
+    """Refuse a sparse CSV cut short inside its last row (a copy interrupted, a full disk) where the cut
+    left a number, which would be read whole, the cut value or index taken for the row's: a value file
+    (dose, CT, prediction) whose last row does not end with a line break (OpenKBP's files, dosepred's
+    and every CSV writer end each row with one), an index-only file (mask, ROI) whose unterminated last
+    row lacks the comma its other rows end with (``7,`` without a line break is whole)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 256))
+        tail = fh.read()
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return
+    lines = tail.split(b"\n")
+    if not values and (lines[-1].endswith(b",") or len(lines) < 2
+                       or not lines[-2].rstrip(b"\r").endswith(b",")):
+        return
+    raise OpenKBPFormatError(f"patient {pid}: {path} does not end with a line break after its last row "
+                             f"(row {last_row}): truncated (a copy cut short)? Its last "
+                             f"{'value' if values else 'index'} cannot be trusted; copy the file again (a "
+                             "whole file ends its last row with a line break)")
 
 
 def check_dose_values(path: Path, vals: np.ndarray, pid: str) -> None:
