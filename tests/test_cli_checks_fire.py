@@ -216,6 +216,20 @@ def test_predict_empty_split(run, work, fmt):
                   "--split", f"{f}:none"), "split 'none' names no patient")
 
 
+def test_predict_split_naming_a_patient_the_data_lacks(base, run, work):
+    """`predict --split FILE:NAME` whose split names a patient the data does not hold (a split made for
+    another cache, a typo) predicted the others of an OpenKBP (or NIfTI, DICOM) folder, wrote them and
+    exited 0: the patient was missing from the outputs without a word (a cache said 'patient pt_9 is not
+    in cache'). Now one error naming the split file, the split and the patient (as `data subset` and
+    `train` refuse it), nothing written."""
+    f = work / "split.json"
+    f.write_text(json.dumps({"splits": {"a": ["pt_1", "pt_9"]}}))
+    with unchanged(work):
+        fails(cli("predict", "--model", run, "--data", base / "okbp", "--out", work / "out", "--split",
+                  f"{f}:a", "--allow-missing-rois"),
+              f"split file {f}: split 'a' names patients not in the data: pt_9")
+
+
 def test_predict_unknown_format(run, work):
     data = edited_cache(work / "data")
     with unchanged(work):

@@ -401,8 +401,8 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
     inputs = [model, data, roi_map, _split_file(split)]
     check_output(out, overwrite, inputs)
     ids = None
-    if split:
-        ids = load_split(*parse_split_arg(split))
+    if split:  # every patient it names must be in the data: one it lacks was left out without a word
+        ids = load_split(*parse_split_arg(split), cache_ids=open_source(data, roi_map).ids)
     with output_dir(out, overwrite, inputs) as tmp:
         return predict_to(model, data, tmp, fmt, options if options is not None else InferenceOptions(),
                           ids=ids, dose_spacing=dose_spacing, roi_map=roi_map)
