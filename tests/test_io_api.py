@@ -91,6 +91,15 @@ def test_source_kind_and_open_source(sources, name, kind, ids):
     assert [p.id for p in got] == ids[-1:]
 
 
+@pytest.mark.parametrize("name, ids", [("openkbp", ["pt_3"]), ("nifti", ["synth_000"]), ("dicom", ["pt_a"])])
+def test_patients_of_ids_the_source_lacks_is_an_error_in_every_format(sources, name, ids):
+    """``load_patients(src, ids=[...])`` (``dosepred.predict.predict_to(ids=...)``) with an id the source
+    does not hold gave the others of an OpenKBP, NIfTI or DICOM folder and left it out without a word
+    (a cache said so: test_cache). Now one error naming the id and the source, before any patient."""
+    with pytest.raises(SourceError, match=rf"pt_9 .*not in {name} source {sources[name]}"):
+        list(load_patients(sources[name], ids=[*ids, "pt_9"]))
+
+
 @pytest.mark.parametrize("name", ["empty", "csv-predictions", "missing"])
 def test_no_source(sources, name):
     assert source_kind(sources[name]) is None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DosepredError, InputError
+from ..errors import DosepredError, InputError, name_some
 from ..patient import Patient, RoiSet
 from . import formats
 from .formats import FORMATS, Format
@@ -66,6 +66,14 @@ class Source:
         whatever the format (a reader may refuse it earlier, naming its missing file). Each patient's
         plan dose is checked against its prescriptions (:func:`checked`), but in a cache of predicted
         doses (``predict``'s: a prediction is no plan, and a poor model's is what evaluation is for)."""
+        if ids is not None and self.cache is None:  # a folder's reader gave the others and left an id it
+            # lacks out without a word (a cache's refuses it: UnknownNameError naming the cache)
+            held = set(self.ids)
+            lacking = [i for i in ids if i not in held]
+            if lacking:
+                who = f"patients {name_some(lacking)} are" if len(lacking) > 1 else f"patient {lacking[0]} is"
+                raise SourceError(f"{who} not in {self.kind} source {self.path} (its patients: "
+                                  f"{name_some(self.ids)})")
         it = self._handle.patients(ids, require_dose=require_dose)
         for p in (it if self.predicted else checked(it, self.path, self.format)):
             if require_dose and p.dose is None:
