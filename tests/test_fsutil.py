@@ -175,3 +175,29 @@ def test_an_output_with_a_long_legal_name_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, name[:-3] + ".json",
                                                                  name[:-7] + ".nii.gz"])
     assert (tmp_path / name / "a.json").is_file()
+
+
+def test_an_output_written_by_another_command_meanwhile_is_kept_and_this_run_refused(tmp_path):
+    """Two commands given one --out at once (two nightly jobs, no --overwrite): both found it free, and
+    the one ending last replaced the other's finished output whole; both exited 0, the first one's
+    patients gone without a word. Now the one ending last, finding the output written meanwhile, is an
+    OutputError naming it, the other's output stays as written and nothing of this run is left."""
+    from dosepred.fsutil import OutputError, output_dir, output_file
+
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match=r"out: --out was written by another command while this one ran"):
+        with output_dir(out) as tmp:
+            (tmp / "pt_201.csv").write_text("mine\n")
+            out.mkdir()  # the other command's output, finished first
+            (out / "pt_66.csv").write_text("theirs\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["pt_66.csv"] and (out / "pt_66.csv").read_text() == "theirs\n"
+    js = tmp_path / "e.json"
+    with pytest.raises(OutputError, match=r"e\.json: --json was written by another command while this one"):
+        with output_file(js, what="--json") as tmp:
+            tmp.write_text("mine")
+            js.write_text("theirs")
+    assert js.read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["e.json", "out"]
+    with output_dir(out, overwrite=True) as tmp:  # --overwrite replaces it whole, as before
+        (tmp / "pt_201.csv").write_text("mine\n")
+    assert [p.name for p in out.iterdir()] == ["pt_201.csv"]

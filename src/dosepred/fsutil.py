@@ -21,6 +21,7 @@ the same folder meanwhile is refused.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -221,8 +222,24 @@ def _unmake(created: list[Path]) -> None:
             break
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing whatever is there whole."""
+def _written_meanwhile(final: Path, what: str) -> OutputError:
+    return OutputError(f"{final}: {what} was written by another command while this one ran (one output "
+                       "given to two commands at once?); it is left as that command wrote it and nothing of "
+                       "this run was written: choose another path, or --overwrite to replace it")
+
+
+def _swap_in(tmp: Path, final: Path, replace: bool = True, what: str = "--out") -> None:
+    """Move ``tmp`` to ``final``, replacing whatever is there whole; without ``replace`` (an output
+    given without --overwrite, found free or an empty folder) only onto nothing or an empty folder, in
+    one rename: a non-empty one is another command's output written meanwhile, an OutputError."""
+    if not replace:
+        try:
+            os.replace(tmp, final)  # rename(2) replaces an empty folder, refuses a non-empty one
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) or is_nonempty(final):
+                raise _written_meanwhile(final, what) from None
+            raise
+        return
     if final.is_dir() and not final.is_symlink():
         old = _tmp_sibling(final, "old")
         os.replace(final, old)
@@ -249,7 +266,7 @@ def output_dir(path: str | os.PathLike, overwrite: bool = False,
     created = _make_parent(final)
     ok = False
     try:
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, replace=overwrite, what=what) as tmp:
             yield tmp
         ok = True
     finally:
@@ -280,7 +297,23 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
             raise OutputError(f"{final}: nothing was written")
         if final.is_dir() and not final.is_symlink():
             final.rmdir()  # an empty folder in the way
-        os.replace(tmp, final)
+        if not overwrite:  # no-clobber: another command's file written meanwhile is kept, this run refused
+            if is_nonempty(final):
+                raise _written_meanwhile(final, what)
+            if final.exists():  # an empty file, free to replace (check_output)
+                final.unlink()
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise _written_meanwhile(final, what) from None
+            except OSError:  # a file system without hard links: the plain rename
+                if final.exists() or final.is_symlink():
+                    raise _written_meanwhile(final, what) from None
+                os.replace(tmp, final)
+            else:
+                tmp.unlink()
+        else:
+            os.replace(tmp, final)
         ok = True
     except OSError as e:
         raise _named(e, final, tmp) from None
@@ -389,10 +422,11 @@ def _rollback(final: Path, aside: Path | None, created: list[Path]) -> None:
 
 
 @contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, replace: bool = True, what: str = "--out") -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success it replaces ``final`` whole, on
     error it is removed (no half-written folder is left). No overwrite check: for folders a command
-    owns inside its own output (one patient's folder)."""
+    owns inside its own output (one patient's folder). Without ``replace`` it goes only where nothing
+    or an empty folder is (:func:`_swap_in`)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
@@ -403,7 +437,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     ok = False
     try:
         yield tmp
-        _swap_in(tmp, final)
+        _swap_in(tmp, final, replace, what)
         ok = True
     except OSError as e:
         raise _named(e, final, tmp) from None
