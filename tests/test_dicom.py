@@ -378,6 +378,28 @@ def test_ct_pixel_padding_outside_the_scan_circle_is_air(exported, vr, stored_pa
     np.testing.assert_array_equal(q.possible_dose_mask, p.ct > -500)
 
 
+@pytest.mark.parametrize("vr, pad", [("US", 63536), ("SS", -2000)])
+def test_a_16_bit_padding_value_pads_no_pixel_of_a_12_bit_ct(exported, vr, pad):
+    """A 12-bit CT (BitsStored 12, unsigned, intercept -1024) whose header gives a 16-bit
+    PixelPaddingValue (GE's 63536, or -2000): no stored pixel can hold it, so it pads nothing. Taken
+    modulo 2^12 it was 2096, and every bone pixel of 1072 HU read as -1024 HU (air) without a word."""
+    p, folder = exported
+    bone = np.zeros((N, N), dtype=bool)
+    bone[16, 4:28] = True
+    for f in sorted(folder.glob("CT.*.dcm")):
+        ds = pydicom.dcmread(f)
+        raw = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept) + 1024
+        raw[bone] = 2096  # 1072 HU
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = 12, 11, 0, "-1024"
+        ds.PixelData = raw.astype("<u2").tobytes()
+        ds.add_new(0x00280120, vr, pad)
+        ds.save_as(f)
+    (q,) = read_quiet(folder)
+    want = p.ct.copy()
+    want[:, bone] = 1072
+    np.testing.assert_array_equal(q.ct, want)
+
+
 @pytest.mark.parametrize("key", ["RescaleIntercept", "RescaleSlope"])
 def test_a_ct_slice_without_the_rescale_its_series_has_is_refused(exported, key):
     """One slice of a series stored with intercept -1024 lacking RescaleIntercept (a damaged header, a

@@ -127,7 +127,9 @@ def _padding(ds: Any, arr: np.ndarray, desc: str, path: Path) -> np.ndarray | No
     the network and body to the ``CT > BODY_HU`` possible-dose mask; padding reads as ``CT_FILL_HU``."""
     if "PixelPaddingValue" not in ds or ds.PixelPaddingValue in (None, ""):
         return None
-    bits = int(getattr(ds, "BitsStored", 0) or 0) or int(getattr(ds, "BitsAllocated", 16) or 16)
+    # the pixel container's width, not BitsStored: a 16-bit value (GE's 63536, -2000) on 12-bit pixels
+    # is outside their range and pads none, where taken modulo 4096 it was 2096, a bone pixel (1072 HU)
+    bits = int(getattr(ds, "BitsAllocated", 0) or 0) or int(getattr(ds, "BitsStored", 16) or 16)
     signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
 
     def stored(key: str) -> int:  # as pixel_array holds it: VR US or SS of one bit pattern
