@@ -201,3 +201,29 @@ def test_an_output_written_by_another_command_meanwhile_is_kept_and_this_run_ref
     with output_dir(out, overwrite=True) as tmp:  # --overwrite replaces it whole, as before
         (tmp / "pt_201.csv").write_text("mine\n")
     assert [p.name for p in out.iterdir()] == ["pt_201.csv"]
+
+
+def test_an_empty_out_folder_is_filled_where_rename_does_not_replace_a_folder(tmp_path, monkeypatch):
+    """--out an empty folder made beforehand (mkdir out), on a file system whose rename does not
+    replace an existing folder, even an empty one (some network and FUSE mounts, Windows: EEXIST):
+    the whole run's output was refused at the end as 'written by another command while this one ran',
+    which nothing had. The empty folder is now removed and the output put in its place."""
+    import errno
+    import os
+
+    from dosepred.fsutil import output_dir
+
+    real = os.replace
+
+    def replace(src, dst):  # such a file system: an existing folder is never replaced
+        if os.path.isdir(dst) and os.path.isdir(src):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_dir(out) as tmp:
+        (tmp / "pt_201.csv").write_text("mine\n")
+    assert [p.name for p in out.iterdir()] == ["pt_201.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -236,9 +236,21 @@ def _swap_in(tmp: Path, final: Path, replace: bool = True, what: str = "--out") 
         try:
             os.replace(tmp, final)  # rename(2) replaces an empty folder, refuses a non-empty one
         except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) or is_nonempty(final):
+            if is_nonempty(final):
                 raise _written_meanwhile(final, what) from None
-            raise
+            if not (final.is_dir() and not final.is_symlink()):
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _written_meanwhile(final, what) from None
+                raise
+            # an empty folder the file system's rename does not replace (some network and FUSE mounts,
+            # Windows): removed first; written meanwhile, it is no longer empty and stays
+            try:
+                final.rmdir()
+                os.replace(tmp, final)
+            except OSError:
+                if is_nonempty(final):
+                    raise _written_meanwhile(final, what) from None
+                raise
         return
     if final.is_dir() and not final.is_symlink():
         old = _tmp_sibling(final, "old")
