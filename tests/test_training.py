@@ -499,6 +499,27 @@ def test_a_divergence_in_the_saved_weights_does_not_advise_resuming(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_a_validation_predicting_nan_says_the_saved_weights_diverged(tmp_path):
+    """--lr 1e20 with validation: epoch 1's weights (saved in last.pt) predict NaN. predict's error for
+    such weights ('train it again with a lower --lr') stopped the run, and the run then said 'continue
+    with --resume', which would start from those weights. Now one line says the training diverged and
+    the saved weights are not usable, and --resume is not offered."""
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    r = _cli("train", "--data", data, "--val", data, "--patch", "16", "--base", "4", "--levels", "2",
+             "--res-units", "0", "--batch", "1", "--threads", "1", "--loss", "mae", "--epochs", "2",
+             "--steps-per-epoch", "1", "--schedule", "constant", "--lr", "1e20", "--val-every", "1", "--out",
+             tmp_path / "run",
+             "--no-progress")
+    assert r.exit_code == 2, (r.output, r.exception)
+    last = r.output.splitlines()[-1]
+    assert last.startswith("error: validation after epoch 1: the model predicts NaN or infinite doses for "
+                           "validation patient "), r.output
+    assert "start again (--overwrite) with a lower --lr" in last
+    assert "--resume" not in r.output and "Traceback" not in r.output
+
+
 def test_a_nan_gradient_of_a_finite_loss_stops_the_step_that_made_it(caches, tmp_path):
     """A loss term whose derivative is infinite where its value is finite (moment powers below 1 had
     one at a zero dose, which the model predicts outside the possible-dose mask, where a contour may

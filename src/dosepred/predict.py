@@ -172,6 +172,10 @@ def _rx(v: float | None) -> str:
     return f" (prescription {v:g} Gy)" if v is not None else " (no prescription)"
 
 
+class NonFiniteDoseError(ModelError):
+    """A model whose weights predict NaN or infinite doses (a training that diverged)."""
+
+
 class MissingRoisError(ModelError):
     """A patient lacking ROIs the model needs (or with targets it does not know), refused without
     ``allow_missing``: ``problem`` says what, without the remedy, for a command whose remedy is
@@ -430,8 +434,9 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
     out = np.zeros(patient.shape, dtype=np.float32)
     out[box] = dose[0, 0].cpu().numpy()
     if not np.isfinite(out[box]).all():  # the weights' fault, not the patient's: say so before any writer
-        raise ModelError(f"the model predicts NaN or infinite doses for patient {patient.id}: its weights "
-                         "are not usable (from a training that diverged: train it again with a lower --lr)")
+        raise NonFiniteDoseError(f"the model predicts NaN or infinite doses for patient {patient.id}: its "
+                                 "weights are not usable (from a training that diverged: train it again with "
+                                 "a lower --lr)")
     return out
 
 

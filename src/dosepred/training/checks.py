@@ -64,6 +64,17 @@ def check_gradient(model: Any, clip: float | None, scaler: Any, loss: Any, step:
                                     "high; no step was taken on it")
 
 
+def diverged_weights(pid: str, epoch: int | None = None) -> TrainingDivergedError:
+    """The error of a validation whose prediction is NaN or infinite: the weights of the epoch just
+    saved are, so ``--resume`` would start from them (``resumable = False``)."""
+    at = "" if epoch is None else f" after epoch {epoch}"
+    e = TrainingDivergedError(f"validation{at}: the model predicts NaN or infinite doses for validation "
+                              f"patient {pid}: training diverged, and the weights saved{at} are not usable; "
+                              "start again (--overwrite) with a lower --lr")
+    e.resumable = False  # type: ignore[attr-defined]
+    return e
+
+
 def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) -> None:
     """TrainingDivergedError when the dose validation predicted for patient ``pid`` (after ``epoch``)
     is not finite or over :data:`~dosepred.constants.MAX_DOSE_GY`: the weights, not the data, are at
@@ -259,5 +270,5 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
 
 __all__ = ["TrainingDivergedError", "check_protocol_prescriptions", "check_resumed_data",
            "check_resumed_init", "check_resumed_protocol", "check_resumed_validation", "check_selectable",
-           "check_gradient", "check_targets", "check_validation_dose", "diverged",
+           "check_gradient", "check_targets", "check_validation_dose", "diverged", "diverged_weights",
            "select_value"]
