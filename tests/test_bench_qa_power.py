@@ -365,3 +365,24 @@ def test_prediction_caches_are_checked_as_calibrate_checks_them(tmp_path):
         qp.collect(model, tmp_path / "data", cfg, tmp_path / "other")
     with pytest.raises(CalibrationError, match=other.format("the model being calibrated", model)):
         check_predictions(Cache.open(tmp_path / "other"), tmp_path / "other", tta, model)
+
+
+def test_refuses_a_calibration_made_for_another_model_file(tmp_path):
+    """A calibration.json copied beside another model (MAE+CDM's beside MAE's model.pt): `dosepred qa`
+    refuses it, and so must the benchmark, whose "qa" row and flipping are read from it (it measured
+    the methods another model's calibration chose, as "what plan QA uses", without a word)."""
+    import shutil
+
+    from dosepred.qa.calibration import CalibrationError
+
+    _cohort(tmp_path, n=3)
+    model = tmp_path / "model"
+    shutil.copytree("models/openkbp-mae", model)
+    shutil.copy("models/openkbp-mae-cdm/calibration.json", model / "calibration.json")
+    cfg = qd.PowerConfig(oar_gy=(3.0,), cold_gy=(2.0,), hot_pct=(5.0,))
+    with pytest.raises(CalibrationError, match="computed for another model file"):
+        qp.qa_flipping(model)
+    with pytest.raises(CalibrationError, match="computed for another model file"):
+        qp.run(model, tmp_path / "data", cfg, prediction=tmp_path / "pred")
+    shutil.copy("models/openkbp-mae/calibration.json", model / "calibration.json")  # its own: taken
+    assert qp.qa_flipping(model) is True

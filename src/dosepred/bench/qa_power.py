@@ -90,13 +90,16 @@ def qa_flipping(model: str | os.PathLike) -> bool:
 def _calibration(model: str | os.PathLike) -> Calibration | None:
     """``model``'s calibration, None when it has no calibration.json; one that is there but not readable
     or not valid is its error (:class:`CalibrationError`), not "no calibration": the benchmark would drop
-    its "qa" row and assume flipping without a word."""
+    its "qa" row and assume flipping without a word. One made for another model file is refused, as
+    `dosepred qa` refuses it."""
     from ..models.checkpoint import resolve_model_path
 
     ckpt = Path(resolve_model_path(model))  # a run folder: RUN/checkpoints/
     if not (ckpt.parent / CALIBRATION_FILE).is_file():
         return None
-    return load_calibration(ckpt)
+    calib = load_calibration(ckpt)
+    calib.check_model_file(ckpt)  # another model's: `dosepred qa` refuses it, so its "qa" row is no QA's
+    return calib
 
 
 def _passes_words(made: PredictionRecord) -> str:

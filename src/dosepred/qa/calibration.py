@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DosepredError
-from ..fsutil import RepeatedKeyError, loads_unique, write_text
+from ..fsutil import RepeatedKeyError, loads_unique, sha256_file, write_text
 from ..inference import InferenceOptions
 from .band import DvhBand
 from .conformal import LEGACY_RULE, METHODS, QUANTILE_RULES, CriterionStats, Family, Tails
@@ -144,6 +144,15 @@ class Calibration:
     def inference(self) -> InferenceOptions:
         """How plan QA predicts with this calibration (:func:`qa_inference` of ``tta``)."""
         return qa_inference(self.tta)
+
+    def check_model_file(self, model_file: str | os.PathLike) -> None:
+        """:class:`CalibrationError` when the calibration records a model SHA-256 and ``model_file``
+        (the checkpoint or ``ensemble.json`` it lies beside) is another file: a calibration copied
+        beside another model, or a model retrained or replaced since. Every reader of a model's
+        calibration (``qa``, ``bench qa-power``) checks it."""
+        if self.model_sha256 is not None and sha256_file(model_file) != self.model_sha256:
+            raise CalibrationError(f"{Path(model_file).parent / CALIBRATION_FILE} was computed for another "
+                                   "model file (sha256 differs): recalibrate with `dosepred calibrate`")
 
     @property
     def methods(self) -> dict[str, str]:

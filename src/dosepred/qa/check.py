@@ -38,7 +38,6 @@ import numpy as np
 from ..dvh import roi_voxel_indices
 from ..errors import DosepredError, InputError
 from ..evaluation import evaluate_patient
-from ..fsutil import sha256_file
 from ..io import rx_check, side_check, target_dose_check
 from ..io.rx_check import PrescriptionWarning
 from ..io.side_check import LateralityWarning
@@ -203,10 +202,7 @@ class QAChecker:
                                  "`dosepred calibrate`")
 
     def _check_model_hash(self) -> None:
-        want = self.calibration.model_sha256
-        if want is not None and sha256_file(self.model_path) != want:
-            raise CalibrationError(f"{self.model_path.parent / 'calibration.json'} was computed for another "
-                                   "model file (sha256 differs): recalibrate with `dosepred calibrate`")
+        self.calibration.check_model_file(self.model_path)
 
     def _check_prescriptions(self) -> None:
         """ProtocolError for a protocol that prescribes one of the model's targets otherwise than the
