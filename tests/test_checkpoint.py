@@ -93,6 +93,32 @@ def test_space_round_trip_and_fallbacks(tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
 
 
+
+def test_a_model_without_a_record_does_not_take_openkbp_s_space_for_an_unreadable_config(tmp_path):
+    """A model.pt without a space record takes its folder's config.json record; a config.json that is
+    there but cannot be read (a hand edit leaving a trailing comma) or whose "space" is not a record
+    was taken as "no record", and the model as an OpenKBP one: an "LPI" model was fed its patients
+    in "PLI" axes, spacing and field of view of another data set, without a word."""
+    cfg, state = _tiny()
+    space = ModelSpace(axes="LPI", spacing_min=(1, 2, 3), spacing_max=(2, 3, 4), fov_min=(10, 20, 30),
+                       fov_max=(40, 50, 60), masked=False, patients=3)
+    m = tmp_path / "m"
+    m.mkdir()
+    save_checkpoint({"format": MODEL_FORMAT, "model_config": cfg.to_dict(), "model": state}, m / "model.pt")
+    good = json.dumps({"format": MODEL_FORMAT, "space": space.to_dict()}, indent=2)
+    (m / "config.json").write_text(good)
+    assert load_model(m).space == space
+    broken = good.replace('"format": "dosepred-model",', '"format": "dosepred-model",,')
+    for text in (broken, json.dumps({"format": MODEL_FORMAT, "space": "LPI"}), "[1, 2]", "\xff\xfe"):
+        (m / "config.json").write_text(text)
+        with pytest.raises(ModelError, match=r"m/config\.json"):
+            load_model(m)
+    # no "space" in it (a model exported before the record) or no config.json: the documented default
+    (m / "config.json").write_text(json.dumps({"format": MODEL_FORMAT}))
+    assert load_model(m).space == ModelSpace.openkbp()
+    (m / "config.json").unlink()
+    assert load_model(m).space == ModelSpace.openkbp()
+
 def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
     from dosepred.models.checkpoint import average_checkpoints
 

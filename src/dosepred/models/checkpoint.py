@@ -122,16 +122,26 @@ def load_resumable(path: str | os.PathLike, prev: str | os.PathLike, map_locatio
 
 
 def _folder_space(path: Path) -> dict[str, Any] | None:
-    """The ``"space"`` record of a released model folder's config.json, if any."""
+    """The ``"space"`` record of a released model folder's config.json, if any (None: no config.json, or
+    one without ``"space"``). A config.json that is there but not readable, not a JSON object, or whose
+    ``"space"`` is not an object is a :class:`ModelError`: taking it for "no record" would place the
+    patients as for an OpenKBP model, whatever the model was trained on."""
     cfg = path.parent / "config.json"
     if path.name != "model.pt" or not cfg.is_file():
         return None
+    why = ("model.pt holds no space record (where the model's training data were), so it is read from "
+           "there")
     try:
-        info = json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return None
-    sp = info.get("space") if isinstance(info, dict) else None
-    return sp if isinstance(sp, dict) else None
+        info = json.loads(cfg.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{cfg} is not readable JSON ({type(e).__name__}: {e}); {why}") from None
+    if not isinstance(info, dict):
+        raise ModelError(f"{cfg} is not a JSON object; {why}")
+    sp = info.get("space")
+    if sp is not None and not isinstance(sp, dict):
+        raise ModelError(f"{cfg}: \"space\" is not a record (an object of axes, spacing and field of view "
+                         f"ranges), got {type(sp).__name__}; {why}")
+    return sp
 
 
 def _load_error(e: Exception) -> str:
