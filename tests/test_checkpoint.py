@@ -119,6 +119,32 @@ def test_a_model_without_a_record_does_not_take_openkbp_s_space_for_an_unreadabl
     (m / "config.json").unlink()
     assert load_model(m).space == ModelSpace.openkbp()
 
+
+def test_a_model_without_a_record_flipped_along_another_axis_is_not_taken_for_openkbp_s(tmp_path):
+    """A checkpoint saved before the space record (no "space" in it, none beside it) is taken to be in
+    OpenKBP's PLI space, whose left-right axis is array axis 1. One whose model_config says it was
+    flipped along axis 0 or 2 (flip_axis: the training data's left-right axis, set by hand then) was
+    trained on arrays in other axes: its patients were permuted into PLI and predicted anyway."""
+    cfg, state = _tiny()
+    for axis in (0, 2):
+        cfg.flip_axis = axis
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(), "model": state},
+                        tmp_path / "run" / "checkpoints" / "last.pt")
+        with pytest.raises(ModelError, match=rf"last\.pt has no space record.*flip_axis {axis}"):
+            load_model(tmp_path / "run")
+    cfg.flip_axis = 1  # as OpenKBP's arrays: the documented default
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(), "model": state},
+                    tmp_path / "run" / "checkpoints" / "last.pt")
+    assert load_model(tmp_path / "run").space == ModelSpace.openkbp()
+    # a record (in the checkpoint, or a model folder's config.json) says where the model is: taken
+    lpi = ModelSpace(axes="LPI", spacing_min=(1, 2, 3), spacing_max=(2, 3, 4), fov_min=(10, 20, 30),
+                     fov_max=(40, 50, 60), patients=3)
+    cfg.flip_axis = 0
+    m = tmp_path / "m"
+    save_checkpoint({"format": MODEL_FORMAT, "model_config": cfg.to_dict(), "model": state}, m / "model.pt")
+    (m / "config.json").write_text(json.dumps({"format": MODEL_FORMAT, "space": lpi.to_dict()}))
+    assert load_model(m).space == lpi
+
 def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
     from dosepred.models.checkpoint import average_checkpoints
 

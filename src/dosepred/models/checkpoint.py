@@ -144,6 +144,23 @@ def _folder_space(path: Path) -> dict[str, Any] | None:
     return sp
 
 
+def _assumed_openkbp(path: Path, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The OpenKBP space record assumed for a model saved before the record existed, unless its
+    ``model_config.flip_axis`` (the left-right array axis of its training data, set by hand then)
+    says its arrays were not OpenKBP's, whose left-right axis is 1: a :class:`ModelError`, as its
+    patients would be placed in axes it was not trained in."""
+    space = ModelSpace.openkbp()
+    axis = model_config.get("flip_axis", 1)
+    if axis != space.lr_axis:
+        raise ModelError(
+            f"{path} has no space record (where its training data were; saved before dosepred kept one) "
+            f"and its model_config has flip_axis {axis!r}: it was trained on arrays whose left-right axis "
+            f"is {axis!r}, not the OpenKBP arrays (axes {space.axes}, left-right axis {space.lr_axis}) "
+            "assumed for a model without a record; give it its training data's record as \"space\" in "
+            "a config.json beside it, named model.pt (docs/model-space.md)")
+    return space.to_dict()
+
+
 def _load_error(e: Exception) -> str:
     """What went wrong reading a checkpoint, in our words: torch's own messages may advise loading
     with ``weights_only=False``, which would run code from the file (never relayed)."""
@@ -221,7 +238,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     except ModelError as e:
         raise ModelError(f"{path}: model_config: {e}") from None
     if not isinstance(ckpt.get("space"), dict):
-        ckpt["space"] = _folder_space(path) or ModelSpace.openkbp().to_dict()
+        ckpt["space"] = _folder_space(path) or _assumed_openkbp(path, ckpt["model_config"])
     try:
         ModelSpace.from_dict(ckpt["space"])
     except (TypeError, ValueError, KeyError) as e:
