@@ -1063,3 +1063,31 @@ def test_calibrate_cli_refuses_a_cache_of_predicted_doses_as_data(tmp_path):
     assert text.startswith(f"error: {tmp_path / 'pred'}: its doses are predictions written by `dosepred "
                            "predict`"), text
     assert sorted(f.name for f in model.iterdir()) == ["README.md", "config.json", "model.pt"]
+
+
+def test_calibrate_refuses_a_model_file_replaced_while_it_was_calibrated(tmp_path, monkeypatch):
+    """`calibrate --model RUN` while RUN still trains: its best.pt is replaced between the predictions
+    and the end. The calibration recorded the SHA-256 of the new file, so `dosepred qa` took intervals
+    made of the old model's errors for the new model without a word. Now it is an error naming the
+    file, and no calibration.json is written."""
+    import shutil
+
+    from dosepred.io.cache import write_cache
+    from dosepred.qa import calibrating
+    from dosepred.synth import make_cohort
+
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae" / "model.pt", run / "best.pt")
+    write_cache(make_cohort(12, seed=5, size=16), tmp_path / "plans")
+    newer = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm" / "model.pt"
+
+    def collect(*args, **kwargs):  # the training saves a better epoch while the patients are predicted
+        shutil.copy(newer, run / "best.pt")
+        units = _synthetic_units(12, seed=1)
+        return units, sorted({u.patient for u in units})
+
+    monkeypatch.setattr(calibrating, "collect_units", collect)
+    with pytest.raises(CalibrationError, match=r"run/checkpoints/best\.pt changed while"):
+        calibrating.calibrate(tmp_path / "run", tmp_path / "plans", "openkbp-clinical", splits=5)
+    assert not (run / "calibration.json").exists()

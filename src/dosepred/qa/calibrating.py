@@ -385,6 +385,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     check_train_overlap(data, train_data, roi_map)
     ckpt = resolve_model_path(model)
     protocol = load_protocol(protocol)  # resolved once, here
+    sha = sha256_file(ckpt)  # the file the predictions are made with (checked again at the end)
     net = check_before_predicting(ckpt, data, roi_map, model, protocol)
     band: dict[str, dict[str, list[float]]] = {}
     units, ids = collect_units(model, data, protocol, predictions, progress, dvh_band=band, tta=tta,
@@ -404,4 +405,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
         ranges = training_ranges(load_patients(src, require_dose=False, roi_map=src_map), str(src))
     calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
                               dvh_band=band, tta=tta)
+    if calib.model_sha256 != sha:  # its SHA-256 would vouch for intervals of the model it replaced
+        raise CalibrationError(f"{ckpt} changed while it was calibrated (a training saving it?): the "
+                               "intervals are of the model it replaced; calibrate again once the file is "
+                               "final")
     return write_calibration(ckpt.parent, calib), calib
