@@ -145,6 +145,30 @@ def test_a_model_without_a_record_flipped_along_another_axis_is_not_taken_for_op
     (m / "config.json").write_text(json.dumps({"format": MODEL_FORMAT, "space": lpi.to_dict()}))
     assert load_model(m).space == lpi
 
+
+def test_a_model_without_a_record_does_not_take_the_space_of_another_model_s_config(tmp_path):
+    """A model.pt without a space record reads the record of the config.json beside it: one copied from
+    another model's folder (assembling a release by hand) gave this model that model's space (axes,
+    spacing) without a word. config.json repeats the model's architecture and training, so one that
+    differs from model.pt's is another model's: an error naming it."""
+    cfg, state = _tiny()
+    space = ModelSpace(axes="LPI", spacing_min=(1, 2, 3), spacing_max=(2, 3, 4), fov_min=(10, 20, 30),
+                       fov_max=(40, 50, 60), masked=False, patients=3)
+    m = tmp_path / "m"
+    mine = {"model_config": cfg.to_dict(), "train_config": {"loss": "mae", "data": "/c/train"}, "epoch": 5,
+            "global_step": 1500}
+    save_checkpoint({"format": MODEL_FORMAT, "model": state, **mine}, m / "model.pt")
+    (m / "config.json").write_text(json.dumps({"format": MODEL_FORMAT, **mine, "space": space.to_dict()}))
+    assert load_model(m).space == space  # its own config.json
+    wider = ModelConfig(base=4, levels=2, res_units=0, patch=(8, 8, 8)).to_dict()
+    for key, theirs in (("model_config", wider), ("train_config", {"loss": "mae+cdm", "data": "/c/train"}),
+                        ("global_step", 3000)):
+        (m / "config.json").write_text(json.dumps({"format": MODEL_FORMAT, **mine, key: theirs,
+                                                   "space": space.to_dict()}))
+        with pytest.raises(ModelError, match=rf"m/config\.json describes another model than model\.pt "
+                           rf"\(its {key} differs"):
+            load_model(m)
+
 def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
     from dosepred.models.checkpoint import average_checkpoints
 

@@ -121,11 +121,27 @@ def load_resumable(path: str | os.PathLike, prev: str | os.PathLike, map_locatio
         return ck, prev, True
 
 
-def _folder_space(path: Path) -> dict[str, Any] | None:
+#: What a model folder's config.json repeats of its model.pt (:func:`export_model`): one that differs is
+#: another model's (copied beside it), so is its space record
+_REPEATED = ("model_config", "train_config", "epoch", "global_step")
+
+
+def _describes(a: Any, b: Any, key: str) -> bool:
+    """Whether config.json's ``a`` and the checkpoint's ``b`` (entry ``key``) are one record."""
+    if key == "model_config":
+        try:
+            a, b = (ModelConfig.from_dict(dict(x)).to_dict() for x in (a, b))
+        except (ModelError, TypeError, ValueError):
+            return False
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _folder_space(path: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """The ``"space"`` record of a released model folder's config.json, if any (None: no config.json, or
     one without ``"space"``). A config.json that is there but not readable, not a JSON object, or whose
     ``"space"`` is not an object is a :class:`ModelError`: taking it for "no record" would place the
-    patients as for an OpenKBP model, whatever the model was trained on."""
+    patients as for an OpenKBP model, whatever the model was trained on. So is a record of a config.json
+    that describes another model than ``ckpt`` (:data:`_REPEATED`: one copied from another folder)."""
     cfg = path.parent / "config.json"
     if path.name != "model.pt" or not cfg.is_file():
         return None
@@ -141,6 +157,11 @@ def _folder_space(path: Path) -> dict[str, Any] | None:
     if sp is not None and not isinstance(sp, dict):
         raise ModelError(f"{cfg}: \"space\" is not a record (an object of axes, spacing and field of view "
                          f"ranges), got {type(sp).__name__}; {why}")
+    other = next((k for k in _REPEATED if sp is not None and k in info and k in ckpt
+                  and not _describes(info[k], ckpt[k], k)), None)
+    if other:
+        raise ModelError(f"{cfg} describes another model than {path.name} (its {other} differs: copied from "
+                         f"another model's folder?), so its space record is not this model's; {why}")
     return sp
 
 
@@ -238,7 +259,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     except ModelError as e:
         raise ModelError(f"{path}: model_config: {e}") from None
     if not isinstance(ckpt.get("space"), dict):
-        ckpt["space"] = _folder_space(path) or _assumed_openkbp(path, ckpt["model_config"])
+        ckpt["space"] = _folder_space(path, ckpt) or _assumed_openkbp(path, ckpt["model_config"])
     try:
         ModelSpace.from_dict(ckpt["space"])
     except (TypeError, ValueError, KeyError) as e:
