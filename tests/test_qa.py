@@ -983,3 +983,24 @@ def test_qa_warnings_go_to_stderr_and_into_the_json(validation_example, model_di
     assert len(err) == 1 and err[0].startswith("warning: "), r.stderr
     data = json.loads((out / "qa.json").read_text())
     assert [w for w in data["warnings"] if said in w] == [err[0][len("warning: "):]]
+
+
+def test_qa_refuses_a_model_file_replaced_while_it_was_loaded(model_dir, tmp_path, monkeypatch):
+    """QA checks the calibration's model SHA-256, then loads the model: a training saving over the
+    file in between (qa --model RUN of a run still training) had the new model checked with intervals
+    calibrated for the old one. The file is hashed again once loaded."""
+    from dosepred.models import checkpoint
+    from dosepred.qa import QAChecker
+    from dosepred.qa.calibration import CalibrationError
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    real = checkpoint.load_model
+
+    def saved_meanwhile(path, device="cpu"):  # the training saves a better epoch over it just now
+        shutil.copy(MODEL.parent / "openkbp-mae" / "model.pt", d / "model.pt")
+        return real(path, device)
+
+    monkeypatch.setattr(checkpoint, "load_model", saved_meanwhile)
+    with pytest.raises(CalibrationError, match="computed for another model file"):
+        QAChecker(d, "openkbp-clinical", device="cpu")

@@ -166,6 +166,7 @@ class QAChecker:
         self.calibration = load_calibration(self.model_path)
         self._check_model_hash()
         self.net = load_model(self.model_path, resolve_device(device or "auto"))
+        self._check_model_hash()  # again: a training may have saved over the file while it was read
         self.roi_set: RoiSet = self.net.config.roi_set
         self.protocol = load_protocol(protocol)
         #: the protocol resolved against the model's ROIs, once (plans are checked on those ROIs)
