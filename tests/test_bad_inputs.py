@@ -361,6 +361,22 @@ def test_a_folder_output_never_replaces_a_file_even_with_overwrite(base, work, c
     assert notes.read_text() == "my notes"
 
 
+_AT_A_FILE = ["synth", "import-openkbp", "export-nifti", "predict", "baseline", "train", "evaluate-report"]
+
+
+@pytest.mark.parametrize("cmd", [_FOLDER_COMMANDS[k] for k in _AT_A_FILE], ids=_AT_A_FILE)
+def test_a_folder_output_at_a_file_does_not_advise_overwrite(base, work, cmd):
+    """Without --overwrite, a folder output (`baseline --out notes.txt`) at an existing file said "give
+    --overwrite to replace it whole"; given it, the same command refused since a folder output never
+    replaces a file (docs/formats.md, "Outputs"). The first error now says what the second does."""
+    notes = work / "notes.txt"
+    notes.write_text("my notes")
+    with unchanged(work):
+        msg = fails(cli(*cmd(base, notes)), str(notes), "is a file, and this output is a folder")
+    assert "give --overwrite" not in msg
+    assert notes.read_text() == "my notes"
+
+
 @pytest.mark.parametrize("cmd", [
     lambda b, o: ("evaluate", "--reference", b / "okbp", "--prediction", b / "pred", "--json", o),
     lambda b, o: ("data", "split", b / "cache", "--random", "--out", o),

@@ -102,7 +102,8 @@ def _overlap(a: Path, b: Path) -> bool:
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False,
-                 inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Path:
+                 inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out",
+                 folder: bool = False) -> Path:
     """Refuse an output that overlaps an input, or that exists, is not empty and ``overwrite`` is
     False; return the path. Nothing is written. ``-`` is refused: dosepred writes no output to standard
     output (its tables and lines go there), and a file or folder named ``-`` is never what was meant."""
@@ -130,6 +131,8 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         raise OutputError(f"{p}: {what} is a symbolic link (to {os.readlink(p)}), never replaced without "
                           f"--overwrite, which replaces the link itself; to write where it points, give "
                           f"that path as {what}")
+    if folder:  # before the non-empty rule, whose remedy (--overwrite) would not help here
+        _folder_not_file(p, what)
     if is_nonempty(p) and not overwrite:
         kind = "folder" if p.is_dir() else "file"
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
@@ -273,8 +276,7 @@ def output_dir(path: str | os.PathLike, overwrite: bool = False,
                inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block succeeds it replaces ``path``
     whole, when it fails it is removed and ``path`` is left exactly as it was. See the module doc."""
-    final = check_output(path, overwrite, inputs, what)
-    _folder_not_file(final, what)
+    final = check_output(path, overwrite, inputs, what, folder=True)
     created = _make_parent(final)
     ok = False
     try:
@@ -349,8 +351,7 @@ def output_in_place(path: str | os.PathLike, overwrite: bool = False,
     epoch: hours of work that ``--resume`` continues once the cause is fixed). Given ``keep_if``, a
     Ctrl-C keeps the new content only when it says so too (a run interrupted before its first epoch
     has nothing to resume: the old run, set aside by ``--overwrite``, is restored)."""
-    final = check_output(path, overwrite, inputs, what)
-    _folder_not_file(final, what)
+    final = check_output(path, overwrite, inputs, what, folder=True)
     with locked(final, what, must_exist=False):  # not set aside while another command writes it
         created = _make_parent(final)
         aside: Path | None = None

@@ -49,7 +49,7 @@ def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map
     openkbp, nifti, dicom) into a new cache at ``out``; all or nothing.
     Returns the opened :class:`~dosepred.io.cache.Cache`."""
     inputs = [src, roi_map]
-    check_output(out, overwrite, inputs)
+    check_output(out, overwrite, inputs, folder=True)
     f = formats.find(kind)
     if f is None or f.read_source is None:
         raise InputError(f"unknown source kind {kind!r} ({formats.one_of(formats.importable())})")
@@ -147,7 +147,7 @@ def subset_cache(src: PathLike, split: str, out: PathLike, overwrite: bool = Fal
     a model trained on the cache reads it (``dosepred data subset``: the held-out patients that
     ``evaluate``, ``calibrate`` and ``qa`` read). Returns it opened."""
     f, name = parse_split_arg(split)
-    check_output(out, overwrite, [src, f])
+    check_output(out, overwrite, [src, f], folder=True)
     c = cache.Cache.open(src)
     ids = load_split(f, name, cache_ids=c.ids)
     # a cache of predicted doses stays one: its "prediction" record (how they were made, what calibrate
@@ -188,7 +188,7 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     inputs = [reference, prediction, roi_map, protocol_file(protocol)]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:
-            check_output(path, overwrite, inputs, what)
+            check_output(path, overwrite, inputs, what, folder=path is report)
     check_apart(json_out, report, "--json", "--report")
     pairs, missing = ev.match_predictions(reference, prediction, roi_map)
     if missing and not allow_missing:
@@ -374,7 +374,7 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
         raise FileNotFoundError(f"{plans} does not exist")
     for path in (out, json_out):  # refuse before any work
         if path is not None:
-            check_output(path, overwrite, inputs)
+            check_output(path, overwrite, inputs, folder=path is out)
     check_apart(json_out, out, "--json", "--out")
     with contextlib.ExitStack() as outputs:
         tmp = outputs.enter_context(output_dir(out, overwrite, inputs))
@@ -399,7 +399,7 @@ def predict_folder(model: PathLike, data: PathLike, out: PathLike, fmt: str = "o
     from .predict import predict_to
 
     inputs = [model, data, roi_map, _split_file(split)]
-    check_output(out, overwrite, inputs)
+    check_output(out, overwrite, inputs, folder=True)
     ids = None
     if split:  # every patient it names must be in the data: one it lacks was left out without a word
         ids = load_split(*parse_split_arg(split), cache_ids=open_source(data, roi_map).ids)
