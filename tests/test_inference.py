@@ -133,3 +133,21 @@ def test_a_malformed_record_is_one_error_naming_the_file(tmp_path, patients, rec
     with pytest.raises(PredictionRecordError) as e:
         prediction_record(c)
     assert str(tmp_path / "bad" / "dataset.json") in str(e.value) and needle in str(e.value)
+
+
+def test_docs_formats_call_of_prediction_record_runs_as_written(tmp_path, patients):
+    """docs/formats.md wrote `dosepred.inference.prediction_record(cache)` beside paths everywhere else;
+    given the cache's folder, as a reader would, it ended in AttributeError ('str' object has no
+    attribute 'info'). The page now writes the call with an opened cache; evaluated as written, it
+    reads the record."""
+    import re
+    from pathlib import Path
+
+    import dosepred
+
+    rec = PredictionRecord(OTHER, "models/m", "ab" * 32, "data/val", "0.1.0")
+    _cache(tmp_path, patients, "pred", record={"prediction": rec.to_json()})
+    doc = (Path(__file__).parents[1] / "docs" / "formats.md").read_text()
+    call = re.search(r"`(dosepred\.inference\.prediction_record\([^`]*\))`", doc).group(1)
+    where = str(tmp_path / "pred")  # `cache`, `path`: the prediction cache's folder, as a reader has it
+    assert eval(call, {"dosepred": dosepred, "Cache": Cache, "cache": where, "path": where}) == rec, call
