@@ -59,6 +59,37 @@ def test_raise_oar_adds_exactly_inside_and_fades_outside():
     assert np.all(added[(d >= 5.0) | ~p.possible_dose_mask] == 0)
 
 
+def test_an_oar_partly_outside_the_possible_dose_mask_is_raised_by_the_amount_as_scored():
+    """The evaluator reads a plan's dose outside its possible-dose mask as 0 Gy (docs/formats.md), and
+    OpenKBP's OARs reach outside it (pt_201's oesophagus: 15 % of its voxels): the +2 Gy added there
+    was never scored, the Dmean rose 1.70 Gy and `bench qa-power` on the OpenKBP validation cache, the
+    command docs/qa.md and the README quote, ended in an internal error. Each raised criterion now
+    rises by exactly the amount as the evaluator scores it, dose added only where it can be."""
+    from dosepred.protocol import load_protocol
+
+    p = _patient()
+    lar = p.mask("Larynx")
+    pdm = p.possible_dose_mask.copy()
+    pdm[5:7, 15:18, 6:10] = False  # half the larynx where no dose is possible
+    p = Patient.from_masks("pt_1", p.ct, {"PTV70": p.mask("PTV70"), "Larynx": lar}, RoiSet.openkbp(), SP,
+                           pdm, (p.dose * pdm).astype(np.float32))
+    bound = load_protocol("openkbp").bind(p.roi_set)
+    crits, _ = qd.criteria_of(p, p.dose, bound)
+    cases = qd.degrade(p, p.dose, crits, bound, qd.PowerConfig(oar_gy=(2.0,), cold_gy=(), hot_pct=()))
+
+    def scored(dose, metric):  # numpy: the larynx's voxels, 0 Gy where no dose is possible
+        v = np.sort(np.where(pdm, dose, 0.0)[lar].astype(np.float64))
+        n = max(1, round(0.1 * 1000 / np.prod(SP)))
+        return v.mean() if metric == "Dmean" else np.percentile(v, 100 - n / v.size * 100)
+
+    for metric in ("Dmean", "D0.1cc"):
+        case = next(c for c in cases if c.key == f"Larynx {metric}")
+        assert case.amount == 2.0 and abs(case.change - 2.0) < 1e-3
+        assert abs(case.values[case.key] - scored(p.dose, metric) - 2.0) < 1e-3
+    new = qd.raise_oar(p, "Larynx", 2.0, 5.0)
+    assert np.all(new[~pdm] == p.dose[~pdm])  # nothing added where the evaluator reads 0 Gy
+
+
 def test_cold_spot_lowers_d95_by_exactly_the_amount_on_the_oar_side():
     p = _patient()
     ptv = p.mask("PTV70")

@@ -3,7 +3,9 @@ known amount (:mod:`dosepred.bench.qa_power` runs the benchmark; its docstring s
 
 ``oar``   every OAR with a dose criterion gets its dose raised by X Gy inside the OAR, fading to 0
           over ``fade_mm`` outside it (a raised cosine, only where dose is possible): its Dmean (and
-          every D-metric of it) rises by exactly X (:func:`raise_oar`);
+          every D-metric of it) rises by exactly X (:func:`raise_oar`; an OAR reaching outside the
+          possible-dose mask, where the evaluator reads 0 Gy, is raised inside it by what raises each
+          criterion by exactly X, one plan per criterion);
 ``cold``  every target with the ``cold_metric`` criterion (D95%) gets a cold spot: the dose lowered
           in a ball holding ``cold_fraction`` of its volume, centred on its voxel nearest an OAR,
           fading over ``fade_mm``, as deep as needed to lower the metric by exactly X Gy
@@ -122,16 +124,34 @@ def _where_dose(patient: Patient, inside: np.ndarray) -> np.ndarray:
     return patient.possible_dose_mask | inside
 
 
-def raise_oar(patient: Patient, roi: str, gy: float, fade_mm: float) -> np.ndarray:
+def raise_oar(patient: Patient, roi: str, gy: float, fade_mm: float, metric: str | None = None,
+              rx: float | None = None) -> np.ndarray:
     """The plan dose with ``gy`` added inside ``roi`` and a raised-cosine fade over ``fade_mm`` outside
     it (only where dose is possible): every voxel of the ROI gets exactly ``gy`` more, so its Dmean and
-    every D-metric of it rise by exactly ``gy``."""
-    assert patient.dose is not None
+    every D-metric of it rise by exactly ``gy``. The evaluator reads a plan's dose outside its
+    possible-dose mask as 0 Gy, so nothing is added there; for an ROI reaching outside the mask (as
+    OpenKBP's OARs do) the ROI's voxels inside it are raised by the amount that raises ``metric``,
+    as scored, by exactly ``gy`` (found by bisection; ``gy`` itself without ``metric``)."""
+    assert patient.dose is not None and patient.possible_dose_mask is not None
     inside = patient.mask(roi)
     w = fade_weight(inside, patient.spacing, fade_mm)
     w[~_where_dose(patient, inside)] = 0.0
     w[inside] = 1.0
-    return (patient.dose + np.float32(gy) * w).astype(np.float32)
+    pdm = patient.possible_dose_mask
+    w[~pdm] = 0.0
+    dose = patient.dose.astype(np.float32)
+    if metric is None or pdm[inside].all():
+        return (dose + np.float32(gy) * w).astype(np.float32)
+    base = np.where(pdm, dose, np.float32(0))[inside]
+    w_in = w[inside]
+    before = _metric(patient, base, metric, rx)
+
+    def rise(a: float) -> float:
+        return _metric(patient, (base + np.float32(a) * w_in).astype(np.float32), metric, rx) - before
+
+    hi = 2 * gy * inside.sum() / max(int((pdm & inside).sum()), 1)  # twice what Dmean needs
+    a = _bisect(rise, gy, hi, rising=True) if rise(hi) >= gy else gy  # else: degrade names the shortfall
+    return (dose + np.float32(a) * w).astype(np.float32)
 
 
 def _metric(patient: Patient, dose_in_roi: np.ndarray, metric: str, rx: float | None) -> float:
@@ -300,15 +320,19 @@ def degrade(plan: Patient, pred: np.ndarray, crits: list[Crit], protocol: BoundP
         by_roi.setdefault(c.roi, []).append(c)
     for roi, cs in by_roi.items():
         raised = [c for c in cs if c.kind != "target" and c.lower_better and parse_metric(c.metric).is_dose]
+        rx = protocol.prescription(roi)
+        apart = raised and not plan.possible_dose_mask[plan.mask(roi)].all()  # the ROI reaches outside it
         for gy in cfg.oar_gy if raised else ():
-            vals = _values(plan, raise_oar(plan, roi, gy, cfg.fade_mm), pred, protocol)
-            for c in raised:
+            vals = {}
+            for c in raised:  # one raised plan for all, or one per criterion (raise_oar)
+                if apart or not vals:
+                    dose = raise_oar(plan, roi, gy, cfg.fade_mm, c.metric if apart else None, rx)
+                    vals = _values(plan, dose, pred, protocol)
                 change = vals[c.key] - c.plan
                 if abs(change - gy) > EXACT_TOL_GY:
                     raise RuntimeError(f"patient {plan.id}: raising {roi} by {gy:g} Gy changed {c.key} by "
                                        f"{change:.6f} Gy")
                 cases.append(Case(plan.id, "oar", roi, c.key, c.family, gy, change, vals))
-        rx = protocol.prescription(roi)
         for c in cs:
             if c.kind == "target" and c.metric == cfg.cold_metric and not c.lower_better:
                 for gy in cfg.cold_gy:
