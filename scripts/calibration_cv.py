@@ -89,7 +89,7 @@ def main() -> None:
     for spec in a.pred:
         name, path = spec.split("=", 1)
         band: dict = {}
-        units, ids = collect_units("", a.data, a.protocol, predictions=path,
+        units, ids = collect_units(None, a.data, a.protocol, predictions=path,  # no model to check
                                    dvh_band=band if a.band else None)
         allres[name] = {"patients": len(ids), "units": len(units)}
         for rule in rules:

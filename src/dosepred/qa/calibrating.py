@@ -188,7 +188,7 @@ def patient_units(plan: Patient, pred_dose: np.ndarray, protocol: Protocol | Bou
     return units, res
 
 
-def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
+def collect_units(model_path: str | os.PathLike | None, data: str | os.PathLike, protocol: Protocol | str,
                   predictions: str | os.PathLike | None = None, progress: bool = False,
                   dvh_band: dict[str, dict[str, list[float]]] | None = None, tta: bool = True,
                   roi_map: Any = None, net: Any = None) -> tuple[list[Unit], list[str]]:
@@ -198,7 +198,10 @@ def collect_units(model_path: str | os.PathLike, data: str | os.PathLike, protoc
     translations, in full precision, :func:`check_predictions`) when given, else computed with the
     model that way (as plan QA with a calibration that records ``tta``). ``dvh_band``: a dict that
     receives ROI -> patient -> residuals of D at the :data:`~dosepred.qa.band.BAND_LEVELS` (for
-    :func:`~dosepred.qa.band.fit_band`); ``net``: the model loaded already (else loaded here)."""
+    :func:`~dosepred.qa.band.fit_band`); ``net``: the model loaded already (else loaded here).
+    ``model_path`` None: no model to check ``predictions`` against (they must be given)."""
+    if model_path is None and predictions is None and net is None:
+        raise CalibrationError("no model and no predictions: give the model or a prediction cache")
     pred_cache = Cache.open(predictions) if predictions is not None else None
     if pred_cache is not None:
         check_predictions(pred_cache, predictions, tta, model_path)  # type: ignore[arg-type]
