@@ -160,17 +160,18 @@ def test_a_cache_of_dicom_patients_is_named_and_given_a_remedy_it_takes(template
 
 
 def test_the_remedy_fits_the_source(tmp_path, sample_dir):
-    """An OpenKBP patient (no ROI map possible) in cGy: the error names the units and no --roi-map."""
+    """An OpenKBP patient (no ROI map possible) in cGy: the error names the units and no --roi-map
+    (since the dose.csv range check, the reader's own error, before the prescription check)."""
     import pandas as pd
 
-    from dosepred.io.openkbp import read_patient
+    from dosepred.io.openkbp import OpenKBPFormatError, read_patient
 
     src = tmp_path / "pt"
     shutil.copytree(sorted(p for p in sample_dir.iterdir() if p.is_dir())[0], src)
     d = pd.read_csv(src / "dose.csv", index_col=0)
     d["data"] = d["data"] * 100
     d.to_csv(src / "dose.csv")
-    with pytest.raises(PrescriptionError) as e:
+    with pytest.raises((PrescriptionError, OpenKBPFormatError)) as e:
         check_plan_dose(read_patient(src))
     msg = str(e.value)
     assert "cGy" in msg and "--roi-map" not in msg and "\n" not in msg
