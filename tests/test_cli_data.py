@@ -202,10 +202,11 @@ def test_console_styles_are_styles_not_markup_text():
 
     from dosepred import console as render
 
-    res = SimpleNamespace(warnings=["pt [b]7: a warning"], patients=[], protocol="p", summary=lambda: [])
+    # (qa's warnings go to stderr as every warning does; its notes are the console's own colours)
+    res = SimpleNamespace(patients=[SimpleNamespace(id="pt [b]7", notes=["a [i]note"], not_contoured=[])])
     con = Console(markup=False, width=200, record=True, color_system="truecolor", force_terminal=True)
-    for x in render.qa(res, 0.9):
+    for x in render.qa_notes(res):
         con.print(x)
     text = con.export_text(styles=False, clear=False)
-    assert "warning: pt [b]7: a warning" in text and "[/]" not in text and "[bold" not in text
-    assert "\x1b[1;33mwarning:" in con.export_text(styles=True)
+    assert "note: pt [b]7: a [i]note" in text and "[/]" not in text and "[yellow" not in text
+    assert "\x1b[33mnote:" in con.export_text(styles=True)

@@ -7,6 +7,7 @@ file has no name the folder could be recognised by)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -51,6 +52,12 @@ def test_nifti_links_to_nothing(tmp_path, template):  # noqa: F811
     shutil.copytree(template["nifti"], root / "a")
     ok(cli("data", "import-nifti", root, "--out", tmp_path / "ok"))
     shutil.copytree(template["nifti"], root / "b")
+    info = root / "b" / "rois.json"  # the copy is another patient: its own id (one id twice is refused)
+    if info.is_file():
+        obj = json.loads(info.read_text())
+        if "id" in obj:
+            obj["id"] = f"{obj['id']}_b"
+            info.write_text(json.dumps(obj))
     cases = [root / "b"]  # a patient folder
     cases.append(root / "a" / "ct.nii.gz")  # a patient's CT: the folder would not be a patient
     rois = sorted((root / "a").glob("*/*.nii.gz"))
