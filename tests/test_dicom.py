@@ -378,6 +378,28 @@ def test_ct_pixel_padding_outside_the_scan_circle_is_air(exported, vr, stored_pa
     np.testing.assert_array_equal(q.possible_dose_mask, p.ct > -500)
 
 
+def test_ct_values_beyond_int16_are_warned_of(exported):
+    """Padding outside the scan circle that the header does not declare (65535 on unsigned pixels,
+    intercept -1024: 64511 HU) was clipped to 32767 HU without a word; now a warning names the count,
+    a value and a file (the voxels are still clipped: a CT is int16 HU)."""
+    p, folder = exported
+    corner = np.zeros((N, N), dtype=bool)
+    corner[:3, :3] = True
+    files = sorted(folder.glob("CT.*.dcm"))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        raw = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept) + 1024
+        raw[corner] = 65535
+        ds.PixelRepresentation, ds.RescaleIntercept = 0, "-1024"
+        ds.PixelData = raw.astype("<u2").tobytes()
+        ds.save_as(f)
+    want = (rf"{9 * len(files)} voxel\(s\) in {len(files)} slice\(s\) read outside -32768\.\.32767 HU "
+            r"\(e\.g\. 64511 HU in .*CT\..*\.dcm\) and were clipped")
+    with pytest.warns(dicom.DicomWarning, match=want):
+        (q,) = dicom.read_dicom_folder(folder)
+    assert np.all(q.ct[:, corner] == 32767)
+
+
 @pytest.mark.parametrize("vr, pad", [("US", 63536), ("SS", -2000)])
 def test_a_16_bit_padding_value_pads_no_pixel_of_a_12_bit_ct(exported, vr, pad):
     """A 12-bit CT (BitsStored 12, unsigned, intercept -1024) whose header gives a 16-bit

@@ -94,6 +94,7 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
         if not dz > 0:
             raise DicomImportError(f"{desc}: a single slice without SliceThickness has no slice spacing")
     ct = np.empty((len(files), rows, cols), dtype=np.int16)
+    clipped: list[tuple[Path, int, float]] = []  # slices with HU outside int16, what they held
     for k, (p, _) in enumerate(files):
         ds = pydicom.dcmread(p)
         try:
@@ -108,7 +109,16 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
         pad = _padding(ds, arr, desc, p)
         if pad is not None:
             hu[pad] = CT_FILL_HU
+        out = (hu < -32768.5) | (hu > 32767.5)
+        if out.any():
+            clipped.append((p, int(out.sum()), float(hu[out][np.argmax(np.abs(hu[out]))])))
         ct[k] = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    if clipped:  # undeclared padding (65535 unsigned) or a wrong rescale: not HU a scanner measures
+        n = sum(c for _, c, _ in clipped)
+        p0, _, v0 = clipped[0]
+        warn(f"{desc}: {n} voxel(s) in {len(clipped)} slice(s) read outside -32768..32767 HU (e.g. {v0:.6g} "
+             f"HU in {p0}) and were clipped to it: padding the file does not declare (PixelPaddingValue), "
+             "or a wrong RescaleSlope/RescaleIntercept? The CT's HU there are not what the scanner measured")
     series.files = files
     junk = series.unreadable_near(image_like=True)
     if junk:  # a damaged first or last slice leaves no gap to find: say what may be missing
