@@ -383,3 +383,17 @@ def test_a_sparse_csv_cut_inside_its_last_row_is_refused(tmp_path, fname, conten
                                                          r"line break") as e:
         openkbp.read_patient(folder)
     assert "patient pt_5" in str(e.value) and "truncated" in str(e.value)
+
+
+def test_an_unterminated_last_row_error_says_how_to_read_a_whole_file(tmp_path):
+    """A whole dose.csv from a tool that ends its last row without a line break is refused (it cannot be
+    told from a cut one); the error said only 'copy the file again', which gives the same file: it now
+    says to add the line break when the file is whole, and with one added the file is read as written."""
+    folder = _tiny_patient(tmp_path / "pt_5")
+    (folder / "dose.csv").write_text(",data\n10,70.5\n11,69.5\n12,3.25")
+    with pytest.raises(openkbp.OpenKBPFormatError, match=r"if it is whole .*add one at its end"):
+        openkbp.read_patient(folder)
+    with open(folder / "dose.csv", "a") as fh:
+        fh.write("\n")
+    dose = openkbp.read_patient(folder).dose.ravel()
+    assert dose[10] == pytest.approx(70.5) and dose[12] == pytest.approx(3.25)

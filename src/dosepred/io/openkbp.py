@@ -193,8 +193,9 @@ def _check_whole(path: Path, last_row: int, pid: str, values: bool) -> None:
         return
     raise OpenKBPFormatError(f"patient {pid}: {path} does not end with a line break after its last row "
                              f"(row {last_row}): truncated (a copy cut short)? Its last "
-                             f"{'value' if values else 'index'} cannot be trusted; copy the file again (a "
-                             "whole file ends its last row with a line break)")
+                             f"{'value' if values else 'index'} cannot be trusted; copy the file again, or, "
+                             "if it is whole (written by a tool ending its last row without a line break), "
+                             "add one at its end")
 
 
 def check_dose_values(path: Path, vals: np.ndarray, pid: str) -> None:
