@@ -227,3 +227,26 @@ def test_an_empty_out_folder_is_filled_where_rename_does_not_replace_a_folder(tm
         (tmp / "pt_201.csv").write_text("mine\n")
     assert [p.name for p in out.iterdir()] == ["pt_201.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_output_given_as_dot_is_written_into_that_folder(tmp_path, monkeypatch):
+    """``--out .`` (run inside the empty folder meant for the outputs) ended in an internal error
+    (ValueError: PosixPath('.') has an empty name, from the temporary's name); it is now the folder's
+    absolute path, written as given by that path. The root folder is refused in one line."""
+    import os
+
+    from dosepred.fsutil import OutputError, output_dir
+
+    out = tmp_path / "preds"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    with output_dir(".") as tmp:
+        (tmp / "pt_1.csv").write_text(",data\n")
+    assert os.listdir(out) == ["pt_1.csv"]
+    monkeypatch.chdir(tmp_path / "preds")
+    with output_dir("..", overwrite=True) as tmp:
+        (tmp / "x").write_text("1")
+    assert os.listdir(tmp_path) == ["x"]
+    with pytest.raises(OutputError, match="root folder"):
+        with output_dir("/", overwrite=True):
+            pass

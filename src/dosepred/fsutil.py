@@ -112,6 +112,10 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
                           "files, never to standard output (the console tables go there); give a path, such "
                           "as results.json, and read it once the command has ended")
     p = Path(path)
+    if p.name in ("", ".."):  # ".", "..", "out/..": named by its absolute path (a temporary goes beside it)
+        p = Path(os.path.abspath(p))
+        if not p.name:
+            raise OutputError(f"{path}: {what} is the root folder; give a folder inside it")
     rp = p.resolve()
     for src in inputs:
         if src is None:
