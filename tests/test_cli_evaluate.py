@@ -156,3 +156,24 @@ def test_names_with_square_brackets_are_printed_as_they_are(caches, tmp_path):
                             "--json", str(bad / "e.json"), "--no-progress"], env={"COLUMNS": "400"})
     assert r.exit_code == 0 and f"wrote {bad / 'e.json'}" in r.stdout, r.output
     assert "[bold]" not in r.stdout and "[/]" not in r.stdout  # the cohort row's style is applied, not shown
+
+
+def test_report_names_the_patients_left_out_with_allow_missing(tmp_path):
+    """--allow-missing with a prediction for 2 of 3 reference patients: the console and the JSON say
+    which patient was not evaluated; the HTML report said only "2 patients", so a reader of the report
+    took its cohort numbers for the whole reference."""
+    import json
+
+    ref = make_cohort(3, seed=5, size=16)
+    write_cache(ref, tmp_path / "ref")
+    write_cache([p.with_dose(p.dose * 0.9) for p in ref[:2]], tmp_path / "pred")
+    r = runner.invoke(app, ["evaluate", "--reference", str(tmp_path / "ref"), "--prediction",
+                            str(tmp_path / "pred"), "--allow-missing", "--no-progress",
+                            "--json", str(tmp_path / "ev.json"), "--report", str(tmp_path / "rep")],
+                      env={"COLUMNS": "160", "DOSEPRED_PROGRESS_INTERVAL": "off"})
+    assert r.exit_code == 0, r.output
+    gone = ref[2].id
+    assert json.loads((tmp_path / "ev.json").read_text())["missing_predictions"] == [gone]
+    assert f"not evaluated (no prediction): 1 patient(s), {gone}" in r.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert f"not evaluated (no prediction): 1 patient(s), {gone}" in html

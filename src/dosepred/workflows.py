@@ -10,6 +10,7 @@ user can cause are ``ValueError`` / ``OSError`` subclasses with a message naming
 
 from __future__ import annotations
 
+import html
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -220,7 +221,11 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
             with output_file(json_out, overwrite, inputs, "--json") as tmp:
                 write_json(tmp, {**res.to_json(), "missing_predictions": missing})
         if writer is not None:
-            writer.finish({"prediction": res})
+            # the report says who was left out, as the console and the JSON (missing_predictions) do
+            left_out = ("" if not missing else "<div class='warn'>" + html.escape(
+                f"not evaluated (no prediction): {len(missing)} patient(s), {name_some(missing, 10)}")
+                + "</div>")
+            writer.finish({"prediction": res}, intro=left_out)
     for w in res.warnings:
         warnings.warn(w, stacklevel=2)
     return res, missing
