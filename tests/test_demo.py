@@ -204,3 +204,23 @@ def test_synthetic_report_says_why_its_two_ptv_scores_differ(tmp_path):
     assert shown and f"{res['results']['MAE']['ptv_score']:.3f}" != shown[0]  # two PTV scores of MAE
     assert f"protocol {CRITERIA_PROTOCOL}: D99/D98/D95 for targets" in page
     assert "the PTV Score above is OpenKBP's" in page
+
+
+def test_the_demo_names_the_coverage_of_its_intervals_as_qa_does():
+    """The demo's console table and report formatted the QA coverage as a whole percent (0.875 as
+    '88%'), an interval coverage that was not computed; qa's outputs say 87.5% (coverage_pct)."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dosepred import console as render
+    from dosepred.demo import qa_html
+
+    qa = {"coverage": 0.875, "ranked": [], "model": "m", "in_calibration": [], "shown": "pt_1", "report": "r"}
+    html = qa_html(qa, SimpleNamespace(criteria=[]), "", "plans")
+    assert "87.5% coverage" in html and "88%" not in html
+    con = Console(width=300, record=True)
+    for x in render.demo({"released": {"patients": [], "results": {}, "note": "", "qa": qa}}):
+        con.print(x)
+    text = con.export_text()
+    assert "87.5% intervals" in text and "88%" not in text

@@ -230,7 +230,7 @@ def demo(res: dict[str, Any]) -> list[Any]:
     if real is not None:
         qa = real["qa"]
         t = _table(f"plan QA of the {len(qa['ranked'])} plans with {QA_MODEL} ({qa['model']}, "
-                   f"{qa['coverage']:.0%} intervals): ranked by potential improvement",
+                   f"{coverage_pct(qa['coverage'])} intervals): ranked by potential improvement",
                    ("rank", "plan", "potential (Gy)", "flags", "flagged criteria"),
                    left=("plan", "flagged criteria"))
         for r in qa["ranked"]:

@@ -56,7 +56,7 @@ from .io.cache import write_cache
 from .qa.check import QAChecker
 from .qa.families import FAMILY_TITLES
 from .qa.report import QAReportWriter
-from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS, UNTRUSTED_LEGEND, QAResult, rank_label
+from .qa.result import FLAG_BETTER, IMPROVEMENT_FLAGS, UNTRUSTED_LEGEND, QAResult, coverage_pct, rank_label
 from .report import write_report
 from .report.html import decimals_beside
 from .synth import make_cohort
@@ -257,7 +257,8 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     qa_report = writer.finish(qa_res)
     qa_res.write_json(out / "qa" / "qa.json")
     in_calib = [i for i in ids if i in set(chk.calibration.patients)]
-    say(f"plan QA ({QA_MODEL}, {chk.coverage:.0%} intervals): {shown} ranked first of {len(ids)} plans")
+    say(f"plan QA ({QA_MODEL}, {coverage_pct(chk.coverage)} intervals): {shown} ranked first of {len(ids)} "
+        "plans")
 
     qa = {"model": qa_dir, "coverage": chk.coverage, "ranked": ranked, "shown": shown,
           "report": str(qa_report), "json": str(out / "qa" / "qa.json"), "in_calibration": in_calib}
@@ -499,9 +500,9 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
                 f"({', '.join(in_cal)}): for them the intervals are not out-of-sample." if in_cal else "")
     return (f"<p><code>dosepred qa</code> checks each plan's criteria against the dose {QA_MODEL} predicts "
             "as achievable for that patient, with intervals calibrated on patients the model did not train "
-            f"on ({cov:.0%} coverage, <code>{_esc(qa['model'])}/calibration.json</code>). A plan value "
-            "outside the interval on the bad side is flagged: the plan might be improved there. A flag is a "
-            f"prompt to look, not a verdict (docs/qa.md).{_esc(cal_note)}</p>"
+            f"on ({coverage_pct(cov)} coverage, <code>{_esc(qa['model'])}/calibration.json</code>). A plan "
+            "value outside the interval on the bad side is flagged: the plan might be improved there. A flag "
+            f"is a prompt to look, not a verdict (docs/qa.md).{_esc(cal_note)}</p>"
             "<table><tr><th>rank</th><th class='l'>plan</th><th>potential improvement (Gy)</th><th>flags</th>"
             f"<th>failed limits</th><th class='l'>flagged criteria</th></tr>{rows}</table>"
             "<p class='meta'>Potential improvement: sum over the flagged dose criteria of |plan - predicted| "
@@ -510,7 +511,8 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
                if any(r.get("untrusted") for r in qa["ranked"]) else "")
             + f"<h3>{_esc(qa['shown'])}: the plan ranked first</h3>"
             + ("<table><tr><th class='l'>criterion</th><th class='l'>family</th><th>plan</th><th>predicted "
-               f"(achievable)</th><th>{cov:.0%} interval</th><th class='l'>flag</th></tr>{crit}</table>"
+               f"(achievable)</th><th>{coverage_pct(cov)} interval</th><th class='l'>flag</th></tr>"
+               f"{crit}</table>"
                if crit else "<p>No criterion of this plan is outside its interval.</p>")
             + figures
             + "<p class='meta'>Every criterion of every plan: "
