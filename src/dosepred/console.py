@@ -163,13 +163,27 @@ def calibration(cal: Any) -> Table:
                "calibrating); widths in Gy, of V-metrics in % of the ROI volume",
                ("family", "units", "method", "coverage 80 %", "width 80 % ", "coverage 90 %", "width 90 %"),
                ("method",))
+    unbounded = []
     for fam, d in cal.families.items():
         r = cv.results.get(fam, {}).get(d.method, {})
         cells = []
         for lev in ("0.8", "0.9"):
             x = r.get(lev)
-            cells += ["-", "-"] if x is None else [f"{x['coverage']:.1f}", f"{x['width']:.2f}"]
+            if x is None:
+                cells += ["-", "-"]
+                continue
+            # an interval unbounded in some splits was clipped there (V-metrics to 0-100 %) and counted as
+            # covering every held-out value: its coverage is no measurement; say so, never a plain number
+            star = "*" if x.get("unbounded", 0) > 0 else ""
+            if star:
+                unbounded.append(f"{FAMILY_TITLES.get(fam, fam)}, {d.method} at {float(lev) * 100:g} %: "
+                                 f"{x['unbounded']:.0f} %")
+            cells += [f"{x['coverage']:.1f}{star}", f"{x['width']:.2f}{star}"]
         t.add_row(FAMILY_TITLES.get(fam, fam), str(d.n), d.method, *cells)
+    if unbounded:
+        t.caption = ("* unbounded in some cross-validation splits (too few calibrating units for the method "
+                     f"at that coverage: {'; '.join(unbounded)} of the splits), counted there as covering "
+                     "everything: not a measured coverage or width; calibrate on more patients")
     return t
 
 
