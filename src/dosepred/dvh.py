@@ -24,7 +24,6 @@ import numpy as np
 
 from .errors import InputError
 from .metrics import (
-    V_TOLERANCE,
     Metric,
     MetricError,
     compute,
@@ -133,8 +132,7 @@ class DVH:
 
     def _at_least(self, doses: np.ndarray) -> np.ndarray:
         """Voxels at or above each dose (:func:`dosepred.metrics.v_cut`'s tolerance)."""
-        cuts = doses - V_TOLERANCE * np.maximum(np.abs(doses), 1.0)
-        return self.n_voxels - np.searchsorted(self.doses, cuts, side="left")
+        return self.n_voxels - np.searchsorted(self.doses, v_cut(doses), side="left")
 
     def _scale(self, counts: np.ndarray, unit: VolumeUnit) -> np.ndarray:
         if unit == "cc":
@@ -151,7 +149,7 @@ def dvh_edges(max_dose: float, bin_width: float) -> np.ndarray:
     :func:`~dosepred.metrics.v_cut` tolerance: a maximum at an edge, 0.3 Gy of 0.1 Gy bins, has one
     more edge above it, so the cumulative curve ends at 0)."""
     k = int(math.floor(max_dose / bin_width))
-    while k * bin_width - V_TOLERANCE * max(k * bin_width, 1.0) <= max_dose:
+    while v_cut(k * bin_width) <= max_dose:
         k += 1
     return np.arange(k + 1, dtype=np.float64) * bin_width
 

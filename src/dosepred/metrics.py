@@ -21,7 +21,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -169,10 +169,12 @@ def v_threshold(metric: Metric, prescription: float | None) -> float:
 V_TOLERANCE = 1e-6
 
 
-def v_cut(threshold: float) -> float:
-    """The dose from which a voxel counts in a V-metric of ``threshold`` Gy: the threshold less
-    :data:`V_TOLERANCE` of it, so a dose at the threshold counts whatever its float rounding."""
-    return threshold - V_TOLERANCE * max(abs(threshold), 1.0)
+def v_cut(threshold: Any) -> Any:
+    """The dose from which a voxel counts in a V-metric of ``threshold`` Gy (a number, or an array of
+    them: the DVH curve's edges): the threshold less :data:`V_TOLERANCE` of it, so a dose at the
+    threshold counts whatever its float rounding."""
+    cut = threshold - V_TOLERANCE * np.maximum(np.abs(threshold), 1.0)
+    return cut if isinstance(cut, np.ndarray) else float(cut)
 
 
 def v_percent(doses: np.ndarray, threshold: float) -> float:
