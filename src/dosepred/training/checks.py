@@ -8,7 +8,6 @@ scores, its best.pt, its model-space record) without a word."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +76,13 @@ def diverged_weights(pid: str, epoch: int | None = None) -> TrainingDivergedErro
 
 def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) -> None:
     """TrainingDivergedError when the dose validation predicted for patient ``pid`` (after ``epoch``)
-    is not finite or over :data:`~dosepred.constants.MAX_DOSE_GY`: the weights, not the data, are at
-    fault (the scoring's own message for such a prediction file asks whether it is in cGy)."""
-    lo, hi = (float(dose.min()), float(dose.max())) if dose.size else (0.0, 0.0)
-    if not (math.isfinite(lo) and hi <= MAX_DOSE_GY):  # NaN too
+    is over :data:`~dosepred.constants.MAX_DOSE_GY`: the weights, not the data, are at fault (the
+    scoring's own message for such a prediction file asks whether it is in cGy). A non-finite dose
+    never gets here: prediction refuses it (:func:`diverged_weights` says it for a validation)."""
+    hi = float(dose.max()) if dose.size else 0.0
+    if hi > MAX_DOSE_GY:
         at = "" if epoch is None else f" after epoch {epoch}"
-        top = hi if math.isfinite(lo) else lo
-        raise TrainingDivergedError(f"validation{at}: the model predicts {top:.3g} Gy for validation patient "
+        raise TrainingDivergedError(f"validation{at}: the model predicts {hi:.3g} Gy for validation patient "
                                     f"{pid}: training diverged; lower --lr?")
 
 
