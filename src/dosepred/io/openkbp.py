@@ -246,7 +246,31 @@ def read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
     if v.shape != (3,) or not np.all(v > 0):
         raise OpenKBPFormatError(f"patient {pid}: {path}: expected three positive voxel sizes in mm, "
                                  f"got {v.tolist()}")
-    return (float(v[0]), float(v[1]), float(v[2]))
+    spacing = (float(v[0]), float(v[1]), float(v[2]))
+    why = implausible_extent(spacing)
+    if why:
+        raise OpenKBPFormatError(f"patient {pid}: {path}: voxel sizes {v.tolist()} {why}")
+    return spacing
+
+
+#: the extent (mm) of a 128-voxel OpenKBP axis that a head-and-neck CT can have: OpenKBP's own voxel
+#: sizes (2.7-5.1 mm in-plane, 1.5-3.3 mm slices) span 190-650 mm; the same sizes in cm span 19-65 mm
+EXTENT_MM = (80.0, 1500.0)
+
+
+def implausible_extent(spacing: tuple[float, float, float]) -> str | None:
+    """Why a 128^3 grid with these voxel sizes cannot be a head-and-neck CT in mm (None if it can):
+    voxel sizes written in cm (0.39) or m would place every ROI and dose-volume metric at 1/10 or
+    1/1000 of its size (D2cc, V-metrics in cc), ones in micrometres at 1000 times."""
+    ext = [GRID[k] * s for k, s in enumerate(spacing)]
+    lo, hi = EXTENT_MM
+    if min(ext) < lo:
+        return (f"give a {min(ext):.3g} mm wide grid ({GRID[0]} voxels), smaller than a head "
+                f"(at least {lo:g} mm): voxel sizes must be in mm (OpenKBP: about 3.9, 3.9, 2.5), not cm or m")
+    if max(ext) > hi:
+        return (f"give a {max(ext):.0f} mm wide grid ({GRID[0]} voxels), wider than any CT "
+                f"(at most {hi:g} mm): voxel sizes must be in mm (OpenKBP: about 3.9, 3.9, 2.5)")
+    return None
 
 
 def roi_files(folder: Path, roi_set: RoiSet, pid: str) -> dict[str, Path]:
@@ -466,6 +490,9 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
     p = to_openkbp_axes(p)
     if p.shape != GRID:
         raise InputError(f"patient {p.id}: OpenKBP export needs a {GRID} grid, got {p.shape}")
+    why = implausible_extent(p.spacing)
+    if why:  # the files would be refused when read back
+        raise InputError(f"patient {p.id}: OpenKBP export of voxel sizes {list(p.spacing)} mm: they {why}")
     for name in p.present_rois:
         _check_roi_file_name(p.id, name)
     final = Path(out_dir) / p.id
