@@ -65,6 +65,31 @@ def test_a_damaged_or_cut_model_file_is_refused_not_loaded(tmp_path):
             load_model(tmp_path / "cut.pt")
 
 
+@pytest.mark.parametrize("version, match", [
+    (2, r"v2\.pt: written by a newer dosepred \(checkpoint version 2; this dosepred .* reads up to "
+        r"version 1\): upgrade dosepred"),
+    ("1", r"version '1' is not a positive integer"),
+    (0, r"version 0 is not a positive integer"),
+])
+def test_a_checkpoint_of_a_later_or_unknown_version_is_refused(tmp_path, version, match):
+    """A file of a later layout was read as if of this one (its records could mean something else)."""
+    cfg, state = _tiny()
+    obj = {"format": MODEL_FORMAT, "version": version, "model_config": cfg.to_dict(), "model": state}
+    save_checkpoint(obj, tmp_path / f"v{version}.pt")
+    with pytest.raises(ModelError, match=match):
+        load_model(tmp_path / f"v{version}.pt")
+
+
+@pytest.mark.parametrize("version", [1, None])
+def test_a_checkpoint_of_this_version_or_without_one_loads(tmp_path, version):
+    cfg, state = _tiny()
+    obj = {"format": MODEL_FORMAT, "model_config": cfg.to_dict(), "model": state}
+    if version is not None:
+        obj["version"] = version
+    save_checkpoint(obj, tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt").get("version", 1) == 1
+
+
 def test_space_round_trip_and_fallbacks(tmp_path):
     cfg, state = _tiny()
     space = ModelSpace(axes="LPI", spacing_min=(1, 2, 3), spacing_max=(2, 3, 4), fov_min=(10, 20, 30),

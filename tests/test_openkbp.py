@@ -122,9 +122,10 @@ def test_tiny_patient_reads(tmp_path):
     ("PTV70.csv", ",data\n", r"ROI file .*PTV70\.csv is empty"),
     ("SpinalCord.csv", ",data\n-1,\n", r"SpinalCord\.csv row 2: flat index -1 is out of range"),
     ("voxel_dimensions.csv", "3.9\n3.9\n", r"voxel_dimensions\.csv: expected three positive voxel sizes"),
-    # OpenKBP's sizes in cm / m / micrometres: every ROI volume (D2cc, V-metrics in cc) scaled by 1e-3 / 1e-9 / 1e9
-    ("voxel_dimensions.csv", "0.3906\n0.3906\n0.25\n", r"voxel sizes \[0\.3906, 0\.3906, 0\.25\] give a 32 mm wide "
-     r"grid .*smaller than a head .* must be in mm"),
+    # OpenKBP's sizes in cm / m / micrometres: every ROI volume (D2cc, V-metrics in cc) scaled by 1e-3 / 1e-9
+    # / 1e9
+    ("voxel_dimensions.csv", "0.3906\n0.3906\n0.25\n",
+     r"voxel sizes \[0\.3906, 0\.3906, 0\.25\] give a 32 mm wide grid .*smaller than a head .* in mm"),
     ("voxel_dimensions.csv", "0.003906\n0.003906\n0.0025\n", r"smaller than a head .*not cm or m"),
     ("voxel_dimensions.csv", "3906\n3906\n2500\n", r"give a 499968 mm wide grid .*wider than any CT"),
 ])
@@ -136,9 +137,11 @@ def test_bad_file_gives_one_clear_error(tmp_path, fname, content, match):
     assert "patient pt_5" in str(e.value) and str(folder) in str(e.value)
 
 
-@pytest.mark.parametrize("sizes", [(0.625, 0.625, 0.625), (11.7, 11.7, 11.7), (2.734, 5.078, 1.5), (5.078, 2.734, 3.3)])
+@pytest.mark.parametrize("sizes", [(0.625, 0.625, 0.625), (11.7, 11.7, 11.7), (2.734, 5.078, 1.5),
+                                   (5.078, 2.734, 3.3)])
 def test_plausible_voxel_sizes_read(tmp_path, sizes):
-    # the edges of the accepted extents (80-1500 mm over 128 voxels) and OpenKBP's own extremes read as written
+    # the edges of the accepted extents (80-1500 mm over 128 voxels) and OpenKBP's own extremes read as
+    # written
     folder = _tiny_patient(tmp_path / "pt_5")
     (folder / "voxel_dimensions.csv").write_text("".join(f"{s}\n" for s in sizes))
     assert openkbp.read_patient(folder).spacing == sizes
@@ -154,7 +157,8 @@ def test_sparse_reader_refuses_voxel_sizes_in_cm(tmp_path):
 
 def test_export_refuses_what_the_reader_would(tmp_path):
     p = openkbp.read_patient(_tiny_patient(tmp_path / "pt_5"))
-    small = dataclasses.replace(p, spacing=(0.39, 0.39, 0.25), geometry=Geometry.openkbp(openkbp.GRID, (0.39, 0.39, 0.25)))
+    cm = (0.39, 0.39, 0.25)
+    small = dataclasses.replace(p, spacing=cm, geometry=Geometry.openkbp(openkbp.GRID, cm))
     with pytest.raises(InputError, match="pt_5: OpenKBP export of voxel sizes .*smaller than a head"):
         openkbp.write_patient(small, tmp_path / "out")
     assert not (tmp_path / "out" / "pt_5").exists()

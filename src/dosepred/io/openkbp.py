@@ -265,8 +265,8 @@ def implausible_extent(spacing: tuple[float, float, float]) -> str | None:
     ext = [GRID[k] * s for k, s in enumerate(spacing)]
     lo, hi = EXTENT_MM
     if min(ext) < lo:
-        return (f"give a {min(ext):.3g} mm wide grid ({GRID[0]} voxels), smaller than a head "
-                f"(at least {lo:g} mm): voxel sizes must be in mm (OpenKBP: about 3.9, 3.9, 2.5), not cm or m")
+        return (f"give a {min(ext):.3g} mm wide grid ({GRID[0]} voxels), smaller than a head (at least "
+                f"{lo:g} mm): voxel sizes must be in mm (OpenKBP: about 3.9, 3.9, 2.5), not cm or m")
     if max(ext) > hi:
         return (f"give a {max(ext):.0f} mm wide grid ({GRID[0]} voxels), wider than any CT "
                 f"(at most {hi:g} mm): voxel sizes must be in mm (OpenKBP: about 3.9, 3.9, 2.5)")

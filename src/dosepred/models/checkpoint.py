@@ -41,7 +41,7 @@ from ..fsutil import atomic_path, save_torch, write_text
 from .ensemble import EnsembleModel, assemble, is_ensemble, read_ensemble
 from .ensemble import write_ensemble as _write_ensemble
 from .space import ModelSpace
-from .tags import CHECKPOINT_FORMAT, ENSEMBLE_FILE, MODEL_FORMAT
+from .tags import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ENSEMBLE_FILE, MODEL_FORMAT
 from .unet import ModelConfig, ModelError, build_model
 
 
@@ -250,6 +250,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise ModelError(f"{path}: not a readable dosepred checkpoint ({_load_error(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise ModelError(f"{path} is not a dosepred checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+    version = ckpt.get("version", 1)
+    if type(version) is not int or version < 1:
+        raise ModelError(f"{path}: the checkpoint's version {version!r} is not a positive integer (a damaged "
+                         "or hand-edited file?)")
+    if version > CHECKPOINT_VERSION:
+        raise ModelError(f"{path}: written by a newer dosepred (checkpoint version {version}; this "
+                         f"dosepred {dosepred.__version__} reads up to version {CHECKPOINT_VERSION}): "
+                         "upgrade dosepred (pip install -U dosepred) to use it")
     if "model_config" not in ckpt or "model" not in ckpt:
         raise ModelError(f"{path}: checkpoint lacks model_config or model weights")
     if not isinstance(ckpt["model_config"], dict):

@@ -57,7 +57,7 @@ from ..inference import InferenceOptions
 from ..io.cache import DATASET_JSON, Cache
 from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, checkpoint
-from ..models.checkpoint import CHECKPOINT_FORMAT, ResumeFallbackWarning, load_checkpoint
+from ..models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
 from ..models.transfer import RoiTransfer
 from ..predict import NonFiniteDoseError, RoiNote, predict_dose, resolve_device
@@ -519,7 +519,7 @@ class Trainer:
         extra = {} if self.ema is None else {"train_model": self.model.state_dict()}
         if self.roi_transfer is not None:
             extra["roi_transfer"] = self.roi_transfer
-        return {"format": CHECKPOINT_FORMAT, "version": 1,
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 "model_config": self.model_config.to_dict(), "model": self.eval_model.state_dict(), **extra,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
