@@ -811,6 +811,18 @@ def test_calibrate_says_it_needs_12_patients_before_predicting_them(base, work, 
               str(base / "okbp"), "2 patient(s) cannot calibrate intervals; at least 12 patients")
 
 
+def test_the_calibrate_api_counts_the_patients_before_predicting_them(base, work, monkeypatch):
+    """The Python API predicted every patient (minutes on a clinic's grid) before refusing too few."""
+    import dosepred.predict
+    from dosepred.qa.calibrating import CalibrationError, calibrate
+
+    def never(*a, **k):
+        raise RuntimeError("predicted a patient before counting them")
+    monkeypatch.setattr(dosepred.predict, "predict_dose", never)
+    with unchanged(work), pytest.raises(CalibrationError, match="2 patient.s. cannot calibrate intervals"):
+        calibrate(base / "run", base / "okbp", "openkbp-clinical")
+
+
 # -------------------------------------------------------------------------------------- messages
 
 def test_warnings_are_not_errors(base, work):

@@ -25,11 +25,10 @@ from .errors import InputError, name_some
 from .fsutil import check_apart, check_output, locked, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
-from .io.source import check_roi_map, checked, load_patients, open_source, plan_source, predicted_words
+from .io.source import check_roi_map, checked, load_patients, open_source, predicted_words
 from .progress import track
 from .protocol import load_protocol, protocol_file
-from .qa.calibrating import CALIBRATION_NEEDS, MIN_PATIENTS, calibrate, calibration_path
-from .qa.calibration import CalibrationError
+from .qa.calibrating import calibrate, calibration_path
 from .qa.check import run_qa
 from .report import ReportWriter
 from .split import load_split, parse_split_arg
@@ -341,11 +340,6 @@ def calibrate_model(model: PathLike, data: PathLike, protocol: Any = "openkbp-cl
     existing = calibration_path(model)
     if existing.is_file() and not overwrite:
         raise InputError(f"{existing} exists (the model's calibration); give --overwrite to replace it")
-    n = len(plan_source(data, roi_map, CALIBRATION_NEEDS))
-    if n < MIN_PATIENTS:
-        raise CalibrationError(f"{data}: {n} patient(s) cannot calibrate intervals; at least {MIN_PATIENTS} "
-                               "patients the model was not trained on are needed (a 90 % interval needs at "
-                               "least 9 calibration patients; cross-validation more)")
     return calibrate(model, data, protocol, roi_map=roi_map, **kwargs)
 
 

@@ -367,6 +367,14 @@ def check_train_overlap(data: str | os.PathLike, train_data: str | os.PathLike |
                       "on patients it was not trained on", stacklevel=3)
 
 
+def too_few_message(data: str | os.PathLike, n: int, of: int | None = None) -> str:
+    """Why ``n`` patients (of the source's ``of``, when some gave no criterion) cannot calibrate."""
+    some = f" of its {of} gave a criterion" if of is not None and of != n else ""
+    return (f"{data}: {n} patient(s){some} cannot calibrate intervals; at least {MIN_PATIENTS} patients the "
+            "model was not trained on are needed (a 90 % interval needs at least 9 calibration patients; "
+            "cross-validation more)")
+
+
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Protocol | str,
               predictions: str | os.PathLike | None = None, train_data: str | os.PathLike | None = None,
               splits: int = 200, seed: int = 0, progress: bool = False, rule: str = DEFAULT_RULE,
@@ -384,9 +392,11 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
 
     check_rule(rule)  # the options first: nothing is predicted for a calibration that cannot be made
     check_cv_options(splits, CAL_FRACTION, seed)
-    plan_source(data, roi_map, CALIBRATION_NEEDS)
+    n_source = len(plan_source(data, roi_map, CALIBRATION_NEEDS).ids)
     check_train_overlap(data, train_data, roi_map)
     ckpt = resolve_model_path(model)
+    if n_source < MIN_PATIENTS:  # before minutes of predicting, which could only end in the same refusal
+        raise CalibrationError(too_few_message(data, n_source))
     protocol = load_protocol(protocol)  # resolved once, here
     sha = sha256_file(ckpt)  # the file the predictions are made with (checked again at the end)
     net = check_before_predicting(ckpt, data, roi_map, model, protocol)
@@ -396,9 +406,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     if not units:
         raise CalibrationError(f"no criterion of the protocol could be evaluated on {data}")
     if len(ids) < MIN_PATIENTS:
-        raise CalibrationError(f"{data}: {len(ids)} patient(s) cannot calibrate intervals; at least "
-                               f"{MIN_PATIENTS} patients the model was not trained on are needed (a 90 % "
-                               "interval needs at least 9 calibration patients; cross-validation more)")
+        raise CalibrationError(too_few_message(data, len(ids), n_source))
     src = train_data if train_data is not None else data
     if str(src).endswith(".json") and Path(src).is_file():  # ranges computed before (training_ranges)
         ranges = TrainingRanges.from_json(read_json(src), src)
