@@ -120,8 +120,34 @@ def test_too_few_scores_names_the_scores_it_has_not_the_stored_n():
     chk.bound = SimpleNamespace(criteria=[SimpleNamespace(metric="Dmean", kind="oar",
                                                           criterion=SimpleNamespace(name="Larynx Dmean"))])
     chk.coverage, chk.rule, chk.warnings = 0.9, "interpolated", []
-    with pytest.raises(CalibrationError, match=r"coverage 0\.9 needs more calibration units than the 3 of "
-                                               r"family oar_mean"):
+    with pytest.raises(CalibrationError, match=r"coverage 0\.9 needs more calibration units than family "
+                                               r"oar_mean \(3 units\) has: ask for a lower --coverage "
+                                               r"\(at most 0\.75\)"):
+        chk._check_protocol()
+
+
+def test_too_few_units_names_every_family_that_falls_short():
+    """Only the first family short of units was named: lowering --coverage for it met the next refusal."""
+    from types import SimpleNamespace
+
+    from dosepred.qa.check import QAChecker
+
+    def fam(name, n):
+        scores = {"absolute": tuple(0.1 * k for k in range(n))}
+        return Family(name, n, {"*": CriterionStats(0.0, 1.0, 0)}, scores, None, "absolute", ())
+    chk = object.__new__(QAChecker)
+    fams = {"oar_mean": fam("oar_mean", 3), "oar_nearmax": fam("oar_nearmax", 7),
+            "target_dose": fam("target_dose", 400)}
+    chk.calibration = SimpleNamespace(families=fams, protocol="p")
+    chk.methods = {f: "absolute" for f in chk.calibration.families}
+    crit = [("Dmean", "oar", "Larynx Dmean"), ("D1%", "oar", "Cord D1%"), ("D95%", "target", "PTV70 D95%")]
+    chk.bound = SimpleNamespace(criteria=[SimpleNamespace(metric=m, kind=k, criterion=SimpleNamespace(name=c))
+                                          for m, k, c in crit])
+    chk.coverage, chk.rule, chk.warnings = 0.9, "interpolated", []
+    # by hand, a one-sided (absolute) score's quantile needs (n + 1) * coverage <= n: 3 units give at most
+    # 0.75, 7 at most 0.875 (the target family's 400 give 0.9)
+    with pytest.raises(CalibrationError, match=r"than families oar_mean \(3 units\), oar_nearmax \(7 units\) "
+                                               r"have: ask for a lower --coverage \(at most 0\.75\)"):
         chk._check_protocol()
 
 

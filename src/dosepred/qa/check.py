@@ -226,19 +226,28 @@ class QAChecker:
     def _check_protocol(self) -> None:
         families = self.calibration.families
         missing: dict[str, list[str]] = {}
+        short: dict[str, int] = {}  # family -> its units, too few for the coverage asked for
+
+        def bounded(fam: str, coverage: float) -> bool:  # -inf / +inf: too few units for this coverage
+            lo, hi = family_offsets(families[fam], self.methods[fam], coverage, self.rule)
+            return lo > -math.inf and hi < math.inf
+
         for c in self.bound.criteria:
             fam = metric_family(c.metric, c.kind)
             if fam not in families:
                 missing.setdefault(fam, []).append(c.criterion.name)
-            else:
-                fam_cal = families[fam]
-                meth = self.methods[fam]
-                lo, hi = family_offsets(fam_cal, meth, self.coverage, self.rule)
-                ok = lo > -math.inf and hi < math.inf  # -inf / +inf: too few units for this coverage
-                if not ok:  # the scores the interval is read off (calibration.json's n agrees)
-                    n = len(fam_cal.scores[meth])
-                    raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than "
-                                           f"the {n} of family {fam}: ask for a lower --coverage")
+            elif fam not in short and not bounded(fam, self.coverage):
+                short[fam] = len(families[fam].scores[self.methods[fam]])  # calibration.json's n agrees
+        if short:  # every family that falls short, and the highest coverage all of them can give
+            lo_cov, hi_cov = 0.0, self.coverage
+            for _ in range(40):
+                mid = (lo_cov + hi_cov) / 2
+                lo_cov, hi_cov = (mid, hi_cov) if all(bounded(f, mid) for f in short) else (lo_cov, mid)
+            most = math.floor(lo_cov * 1000) / 1000
+            fams = ", ".join(f"{f} ({n} units)" for f, n in short.items())
+            which = f"families {fams} have" if len(short) > 1 else f"family {fams} has"
+            raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than {which}: "
+                                   f"ask for a lower --coverage (at most {most:g})")
         if missing:
             fams = "; ".join(f"{f} ({', '.join(v)})" for f, v in missing.items())
             raise CalibrationError(
