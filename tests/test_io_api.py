@@ -100,6 +100,49 @@ def test_patients_of_ids_the_source_lacks_is_an_error_in_every_format(sources, n
         list(load_patients(sources[name], ids=[*ids, "pt_9"]))
 
 
+def _case_twins(tmp_path: Path, kind: str, a: str, b: str) -> Path:
+    """A source of ``kind`` whose two patients have the ids ``a`` and ``b``."""
+    import dataclasses
+    import shutil
+
+    root = tmp_path / kind
+    cohort = synth.make_cohort(2, seed=1, size=12)
+    pats = [dataclasses.replace(p, id=pid) for p, pid in zip(cohort, (a, b), strict=True)]
+    if kind == "openkbp":  # two patient folders (a case-sensitive disk holds both)
+        from test_bad_inputs import tiny_openkbp_patient
+
+        for pid in (a, b):
+            tiny_openkbp_patient(root / pid)
+    else:  # two NIfTI folders of other names whose rois.json ids clash
+        for k, p in enumerate(pats):
+            nifti.write_patient(p, tmp_path / "n")
+            shutil.move(tmp_path / "n" / p.id, root / f"case{k}")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["openkbp", "nifti"])
+@pytest.mark.parametrize("a, b", [("pt_1", "PT_1"), ("pt_Jos\u00e9", "pt_Jose\u0301")])
+def test_ids_that_differ_only_in_case_are_refused(tmp_path, kind, a, b):
+    """Two patients whose ids differ only in case (or Unicode form) were read as two and their outputs
+    written to <id>.csv / <id>.npz / <id>/: one file on macOS and Windows disks, one patient's
+    prediction written over the other's without a word."""
+    src = _case_twins(tmp_path, kind, a, b)
+    with pytest.raises(SourceError, match=r"patient ids .* differ only in case .*one on case-insensitive"):
+        open_source(src)
+    with pytest.raises(SourceError, match="differ only in case"):
+        list(load_patients(src))
+
+
+def test_a_cache_of_ids_that_differ_only_in_case_is_not_written(tmp_path):
+    import dataclasses
+
+    cohort = synth.make_cohort(2, seed=1, size=12)
+    pats = [dataclasses.replace(p, id=pid) for p, pid in zip(cohort, ("HN_001", "hn_001"), strict=True)]
+    with pytest.raises(cache.CacheError, match=r"'HN_001' and 'hn_001' differ only in case"):
+        cache.write_cache(pats, tmp_path / "c")
+    assert not (tmp_path / "c" / "dataset.json").exists()
+
+
 @pytest.mark.parametrize("name", ["empty", "csv-predictions", "missing"])
 def test_no_source(sources, name):
     assert source_kind(sources[name]) is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
@@ -157,6 +158,22 @@ def id_problem(pid: str) -> str | None:
     if pid in (".", ".."):
         return "it is no file name"
     return None
+
+
+def case_clash(ids: Iterable[str]) -> tuple[str, str] | None:
+    """Two of ``ids`` that differ only in case (``pt_1``, ``PT_1``), or None: each names files and
+    folders, which are one on case-insensitive disks (macOS, Windows), so one patient's output would
+    be written over the other's without a word."""
+    seen: dict[str, str] = {}
+    for pid in ids:
+        other = seen.setdefault(unicodedata.normalize("NFC", pid).casefold(), pid)
+        if other != pid:
+            return other, pid
+    return None
+
+
+CASE_CLASH_WHY = ("their files and folders (<id>.npz, <id>.csv, <id>/) are one on case-insensitive disks "
+                  "(macOS, Windows), where one patient's would be written over the other's")
 
 
 @dataclass

@@ -48,7 +48,7 @@ from ..boxes import mask_box
 from ..errors import DosepredError, InputError, UnknownNameError
 from ..fsutil import atomic_path, write_bytes, write_json
 from ..geometry import Geometry, GeometryError, shear_problem
-from ..patient import Patient, RoiSet
+from ..patient import CASE_CLASH_WHY, Patient, RoiSet, case_clash
 from ..progress import track
 
 DATASET_JSON = "dataset.json"
@@ -633,6 +633,10 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
                                  f"{roi_set.names if roi_set else None}")
             if p.id in seen:
                 raise CacheError(f"patient id {p.id} appears twice")
+            clash = case_clash((*seen, p.id))
+            if clash:
+                raise CacheError(f"patient ids {clash[0]!r} and {clash[1]!r} differ only in case (or Unicode "
+                                 f"form): {CASE_CLASH_WHY}")
             problem = None if p.geometry is None else shear_problem(p.geometry)
             if problem:
                 raise CacheError(f"patient {p.id}: {problem}")

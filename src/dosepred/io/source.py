@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DosepredError, InputError, name_some
-from ..patient import Patient, RoiSet
+from ..patient import CASE_CLASH_WHY, Patient, RoiSet, case_clash
 from . import formats
 from .formats import FORMATS, Format
 from .rx_check import check_plan_dose
@@ -163,6 +163,10 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
     if f is None:
         raise SourceError(f"{p} is not {_listed([t.described for t in FORMATS])}")
     reader = f.open(p, roi_map)  # a map only for a format that takes one (check_roi_map)
+    clash = case_clash(reader.ids)
+    if clash:
+        raise SourceError(f"{p}: patient ids {clash[0]!r} and {clash[1]!r} differ only in case (or Unicode "
+                          f"form): {CASE_CLASH_WHY}; give one of them another id")
     return Source(p, f.name, reader.roi_set, reader.ids, reader)
 
 
