@@ -647,3 +647,29 @@ def test_label_file_names_written_decomposed_are_the_names_rois_json_lists(tmp_p
     a, b = nifti.read_nifti_folder(both)
     assert a.roi_set.names.count(nfc) == 1 and len(a.roi_set) == 3, a.roi_set.names
     assert nfc in a.present_rois and nfc in b.present_rois
+
+
+@pytest.mark.parametrize("layout", ["labels", "codes"])
+def test_roi_names_rois_json_lists_decomposed_are_the_nfc_names(tmp_path, layout):
+    """rois.json listing "Parótida izq" decomposed (NFD: written from macOS file names, or from a
+    patient read before names were compared in NFC) beside a patient whose rois.json lists it composed
+    (NFC): the two were two ROIs printed alike, each patient missing the other's. Now one ROI."""
+    import unicodedata
+
+    nfc = "Parótida izq"
+    p = make_patient(spacing=(3.0, 1.5, 1.5))
+    for pid, form in (("pt_1", "NFC"), ("pt_2", "NFD")):
+        name = unicodedata.normalize(form, nfc)
+        rs = RoiSet(tuple(Roi(name if r.name == "Ring" else r.name, r.kind, r.prescription)
+                          for r in p.roi_set))
+        q = Patient(pid, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                    dict(p.meta), p.geometry)
+        folder = nifti.write_patient(q, tmp_path, layout)
+        listed = [d["name"] for d in json.loads((folder / "rois.json").read_text())["rois"]]
+        assert unicodedata.normalize(form, nfc) in listed  # as written: NFC in one, NFD in the other
+    a, b = nifti.read_nifti_folder(tmp_path)
+    assert [ascii(n) for n in a.roi_set.names].count(ascii(nfc)) == 1 and len(a.roi_set) == 3
+    assert a.roi_set == b.roi_set
+    for pt in (a, b):
+        assert nfc in pt.present_rois and not pt.missing_rois
+        np.testing.assert_array_equal(pt.mask(nfc), p.mask("Ring"))

@@ -434,6 +434,18 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     for key, what, ok in _SIDECAR_FIELDS:
         if key in obj and not ok(obj[key]):
             raise NiftiFormatError(f"{js}: {key!r} must be {what}, got {_short(obj[key])}")
+    # ROI names in NFC, as the label files' and DICOM's (a rois.json written from macOS file names, or
+    # from a patient read before names were compared in NFC, lists "Parótida" decomposed: that patient's
+    # ROI was another than an NFC-listing patient's, each missing the other's, though both print alike)
+    if "rois" in obj:
+        obj["rois"] = [{**d, "name": _names.nfc(d["name"])} for d in obj["rois"]]
+        names = [d["name"] for d in obj["rois"]]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise NiftiFormatError(f"{js}: 'rois' lists ROI {twice!r} twice (spelt alike: names are "
+                                   "compared in Unicode NFC); list it once")
+    if "missing_rois" in obj:
+        obj["missing_rois"] = [_names.nfc(n) for n in obj["missing_rois"]]
     return obj
 
 
