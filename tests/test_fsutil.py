@@ -229,24 +229,46 @@ def test_an_empty_out_folder_is_filled_where_rename_does_not_replace_a_folder(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_an_output_given_as_dot_is_written_into_that_folder(tmp_path, monkeypatch):
-    """``--out .`` (run inside the empty folder meant for the outputs) ended in an internal error
-    (ValueError: PosixPath('.') has an empty name, from the temporary's name); it is now the folder's
-    absolute path, written as given by that path. The root folder is refused in one line."""
+def test_an_output_given_as_dot_dot_is_written_into_that_folder(tmp_path, monkeypatch):
+    """``--out out/sub/..`` ended in an internal error (ValueError: PosixPath('..') has an empty name,
+    from the temporary's name); it is now the folder's absolute path, written as given by that path.
+    The root folder is refused in one line."""
     import os
 
     from dosepred.fsutil import OutputError, output_dir
 
     out = tmp_path / "preds"
     out.mkdir()
-    monkeypatch.chdir(out)
-    with output_dir(".") as tmp:
+    monkeypatch.chdir(tmp_path)
+    with output_dir("preds/sub/..") as tmp:
         (tmp / "pt_1.csv").write_text(",data\n")
     assert os.listdir(out) == ["pt_1.csv"]
-    monkeypatch.chdir(tmp_path / "preds")
-    with output_dir("..", overwrite=True) as tmp:
-        (tmp / "x").write_text("1")
-    assert os.listdir(tmp_path) == ["x"]
     with pytest.raises(OutputError, match="root folder"):
         with output_dir("/", overwrite=True):
             pass
+
+
+@pytest.mark.parametrize("path, overwrite", [(".", False), (".", True), ("..", True)])
+def test_a_folder_output_the_command_runs_in_is_refused(tmp_path, monkeypatch, path, overwrite):
+    """``--out .`` (run inside the empty folder meant for the outputs) or ``--out ..`` was written by
+    renaming a new folder over it (its old content renamed aside): the command said 'wrote ... to .',
+    and the shell that ran it was left in a deleted folder, where ``ls`` showed nothing and the next
+    command (``evaluate --prediction .``) failed with "No such file or directory". Now refused in one
+    line, before anything is written; the folder stays the one the command runs in."""
+    import os
+
+    from dosepred.fsutil import OutputError, output_dir, output_in_place
+
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "old.csv").write_text("kept\n")
+    if not overwrite:
+        (out / "old.csv").unlink()
+    monkeypatch.chdir(out)
+    for writer in (output_dir, output_in_place):
+        with pytest.raises(OutputError, match=r"the folder this command runs in .*cd "):
+            with writer(path, overwrite=overwrite) as tmp:
+                (Path(tmp) / "pt_1.csv").write_text(",data\n")
+        assert Path.cwd() == out.resolve() and os.path.samefile(".", out)  # not a deleted folder
+        assert sorted(os.listdir(".")) == (["old.csv"] if overwrite else [])
+    assert sorted(os.listdir(tmp_path)) == ["preds"]

@@ -137,6 +137,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
                           f"that path as {what}")
     if folder:  # before the non-empty rule, whose remedy (--overwrite) would not help here
         _folder_not_file(p, what)
+        _not_where_run(p, rp, what)
     if is_nonempty(p) and not overwrite:
         kind = "folder" if p.is_dir() else "file"
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
@@ -205,6 +206,23 @@ def _folder_not_file(path: Path, what: str) -> None:
     if path.is_file() and not path.is_symlink():
         raise OutputError(f"{path}: {what} is a file, and this output is a folder: it would replace the "
                           "file (also with --overwrite); choose a folder path")
+
+
+def _not_where_run(p: Path, rp: Path, what: str) -> None:
+    """A folder output is written beside it and renamed into place (or its old content renamed aside):
+    one that is the folder this command runs in (``--out .``), or holds it (``--out ..``), would leave
+    the shell that started it in a deleted folder, where ``ls`` shows nothing of what was written and
+    the next command fails with "No such file or directory". Refused, before anything is written."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the command already runs in a deleted folder: nothing to keep
+        return
+    if rp == cwd or rp in cwd.parents:
+        where = "is" if rp == cwd else "holds"
+        raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}): a folder output is "
+                          "written beside it and renamed into place, which would leave your shell in a "
+                          "deleted folder (ls would show nothing of what was written); run the command from "
+                          f"another folder (e.g. cd {rp.parent}) and give {what} {rp.name}")
 
 
 def _make_parent(path: Path) -> list[Path]:
