@@ -673,3 +673,29 @@ def test_roi_names_rois_json_lists_decomposed_are_the_nfc_names(tmp_path, layout
     for pt in (a, b):
         assert nfc in pt.present_rois and not pt.missing_rois
         np.testing.assert_array_equal(pt.mask(nfc), p.mask("Ring"))
+
+
+def test_ct_values_beyond_int16_are_warned_of(tmp_path):
+    """A CT kept as the scanner stored it, unsigned with scl_inter -1024 (a converted GE CT
+    whose padding outside the scan circle is 63536: 62512 HU), was clipped to 32767 HU without a word:
+    bone to the network, and, without a mask file, body to the CT > -500 HU possible-dose mask. The
+    DICOM reader warns of such voxels (and reads declared padding as air); now the NIfTI reader
+    warns too, naming the file, the count and a value."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "a")
+    img = nib.load(folder / "ct.nii.gz")
+    raw = np.asarray(img.dataobj).astype(np.int32) + 1024
+    raw[:, :3, :3] = 63536
+    new = nib.Nifti1Image(raw.astype(np.uint16), img.affine, img.header)
+    new.header.set_data_dtype(np.uint16)
+    new.header.set_slope_inter(1.0, -1024.0)
+    nib.save(new, folder / "ct.nii.gz")
+    n = 9 * p.shape[0]
+    want_msg = (rf"patient pt_a: {folder / 'ct.nii.gz'}: {n} voxel\(s\) read outside -32768\.\.32767 HU "
+                r"\(e\.g\. 62512 HU\) and were clipped")
+    with pytest.warns(UserWarning, match=want_msg):
+        (q,) = nifti.read_nifti_folder(tmp_path / "a")
+    assert np.all(q.ct[:, :3, :3] == 32767)
+    want = p.ct.copy()
+    want[:, :3, :3] = 32767
+    np.testing.assert_array_equal(q.ct, want)  # the other voxels as written: no false alarm there

@@ -528,6 +528,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         if bad:
             raise NiftiFormatError(f"patient {pid}: {ct_path} holds {bad} NaN/inf voxel(s); a CT is a finite "
                                    "number of HU in every voxel")
+    _warn_beyond_int16(ct, ct_path, pid)
     shape = ct.shape
     ct_aff = mm_affine(img)
     geom = _geometry(img, ct_path, info.get("geometry"))
@@ -621,6 +622,25 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                           "outside the possible-dose mask; read as 0 Gy there, where no prediction has dose: "
                           "does the mask miss part of the patient?", stacklevel=2)
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
+
+
+def _warn_beyond_int16(ct: np.ndarray, path: Path, pid: str) -> None:
+    """Warn of CT voxels outside -32768..32767 HU, which a patient's int16 CT clips (as the DICOM reader
+    warns): a scanner's padding outside the scan circle kept as stored (GE's 63536 on unsigned pixels
+    with scl_inter -1024, as a DICOM-to-NIfTI converter may keep it, reads 62512 HU: bone to the
+    network, and body to the ``CT > -500 HU`` possible-dose mask of a folder without one), or a wrong
+    scl_slope/scl_inter."""
+    if ct.dtype.kind in "iu" and ct.dtype.itemsize <= 2 and ct.dtype != np.uint16:
+        return  # int8, uint8, int16: within int16
+    out = (ct < -32768.5) | (ct > 32767.5)
+    n = int(np.count_nonzero(out))
+    if n:
+        v = ct[out]
+        v0 = float(v[np.argmax(np.abs(v.astype(np.float64)))])
+        warnings.warn(f"patient {pid}: {path}: {n} voxel(s) read outside -32768..32767 HU (e.g. {v0:.6g} HU) "
+                      "and were clipped to it: scanner padding outside the scan circle (no NIfTI header "
+                      "declares it), or a wrong scl_slope/scl_inter? The CT's HU there are not what the "
+                      "scanner measured (set them to -1024 HU, air)", stacklevel=3)
 
 
 def _drop_empty(masks: dict[str, np.ndarray], pid: str, codes_path: Path | None, roi_dir: Path,
