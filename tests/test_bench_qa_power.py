@@ -417,3 +417,24 @@ def test_refuses_a_calibration_made_for_another_model_file(tmp_path):
         qp.run(model, tmp_path / "data", cfg, prediction=tmp_path / "pred")
     shutil.copy("models/openkbp-mae/calibration.json", model / "calibration.json")  # its own: taken
     assert qp.qa_flipping(model) is True
+
+
+def test_refuses_predicted_doses_as_the_plans(tmp_path):
+    """--data and --prediction swapped (two caches of one cohort): the benchmark degraded the model's
+    predictions as if plans and checked them against the plans, printed its detection rates with a
+    warning about flipping and exited 0. A cache of predicted doses is refused as --data, as qa --plans
+    and calibrate --data refuse it: one error naming it, exit 2, nothing written."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    _cohort(tmp_path, n=3)
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["bench", "qa-power", "--model", "models/openkbp-mae-cdm", "--data",
+                                 str(tmp_path / "pred"), "--prediction", str(tmp_path / "data"), "--splits",
+                                 "4", "--json", str(out), "--no-progress"])
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert flat.startswith(f"error: {tmp_path / 'pred'}: its doses are predictions written by `dosepred "
+                           "predict`, not plans"), flat
+    assert flat.count("error:") == 1 and not out.exists()

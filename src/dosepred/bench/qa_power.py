@@ -63,7 +63,7 @@ import numpy as np
 from ..errors import InputError
 from ..inference import TTA_SHIFT, PredictionRecord, prediction_record
 from ..io.cache import Cache
-from ..io.source import load_patients
+from ..io.source import plan_source
 from ..patient import RoiSet
 from ..progress import track
 from ..protocol import BoundProtocol, load_protocol
@@ -183,7 +183,10 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
     crits: list[Crit] = []
     cases: list[Case] = []
 
-    it: Any = load_patients(data)
+    # a cache of predicted doses is no plans (qa --plans and calibrate --data refuse it alike): --data and
+    # --prediction swapped benchmarked QA of the predictions against the plans, exit 0
+    it: Any = plan_source(data, None, "the benchmark degrades plan doses and checks them as plan QA "
+                          "does").patients(require_dose=True)
     if progress:
         it = track(it, description="degrading plans")
     for p in it:
