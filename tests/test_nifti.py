@@ -586,6 +586,25 @@ def test_an_roi_name_that_is_no_label_file_name_is_refused_by_name(tmp_path, nam
     np.testing.assert_array_equal(q.mask(name), ring)
 
 
+def test_two_roi_names_differing_only_in_case_are_refused_as_label_files(tmp_path):
+    """ROIs "Cord" and "CORD" (a clinic's manual and automatic contours) are files rois/Cord.nii.gz and
+    rois/CORD.nii.gz, one file on a case-insensitive disk (macOS's, Windows' default): the second was
+    written over the first and read back as it, without a word. Now an error naming both and the
+    remedy, before anything is written; --roi-format codes keeps both."""
+    p = make_patient(spacing=(3.0, 1.5, 1.5))
+    rs = RoiSet((Roi("Cord", "oar"), Roi("PTV70", "target", 70.0), Roi("CORD", "oar")))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose, p.missing_rois,
+                dict(p.meta), p.geometry)
+    assert {"Cord", "CORD"} <= set(p.present_rois) and p.mask("Cord").sum() != p.mask("CORD").sum()
+    with pytest.raises(InputError, match=r"patient pt_a: ROIs 'Cord' and 'CORD' differ only in case.*"
+                                         r"--roi-format codes"):
+        nifti.write_patient(p, tmp_path / "out", "labels")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    nifti.write_patient(p, tmp_path / "codes", "codes")
+    (q,) = nifti.read_nifti_folder(tmp_path / "codes")
+    np.testing.assert_array_equal(q.mask("CORD"), p.mask("CORD"))
+
+
 def test_two_folders_whose_rois_json_give_one_id_are_refused(tmp_path):
     """A patient folder copied to start another (pt_2 from pt_1) keeps rois.json's "id": "pt_1", and
     the id is rois.json's: both read as pt_1, `predict` wrote "2 predicted doses" as one file (one

@@ -404,6 +404,25 @@ def test_an_roi_name_that_is_no_roi_file_name_is_refused_by_name(sample_dir, tmp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_two_roi_names_differing_only_in_case_are_refused(sample_dir, tmp_path):
+    """ROIs "Larynx" and "LARYNX" are files Larynx.csv and LARYNX.csv, one file on a case-insensitive
+    disk (macOS's, Windows' default): the second was written over the first and read back as it, without
+    a word (ac229d4 refused "CT" for ct.csv so, not two ROIs). Now an error naming both, before anything
+    is written."""
+    from dosepred.errors import InputError
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    p = next(iter(openkbp.read_folder(sample_dir)))
+    rs = RoiSet(tuple(Roi("LARYNX" if r.name == "Mandible" else r.name, r.kind, r.prescription)
+                      for r in p.roi_set))
+    p = Patient(p.id, p.ct, p.roi_codes, rs, p.spacing, p.possible_dose_mask, p.dose,
+                tuple("LARYNX" if m == "Mandible" else m for m in p.missing_rois), dict(p.meta), p.geometry)
+    assert {"Larynx", "LARYNX"} <= set(p.present_rois)
+    with pytest.raises(InputError, match=rf"patient {p.id}: ROIs 'Larynx' and 'LARYNX' differ only in case"):
+        openkbp.write_patient(p, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 @pytest.mark.parametrize("fname, content", [
     ("dose.csv", ",data\n10,70.5\n11,69.5\n12,3.2"),  # "12,3.25\n" cut inside its value
     ("PTV70.csv", ",data\n10,\n1"),  # "11,\n" cut inside its index: voxel 1 would be inside the PTV

@@ -277,6 +277,9 @@ def write_patient(p: Patient, out_dir: str | os.PathLike, roi_format: str = "lab
     if roi_format == "labels":
         for name in p.present_rois:
             _check_label_name(p.id, name)
+        _names.check_names_apart(p.id, p.present_rois, "label files rois/<name>.nii.gz",
+                                  "rename one, or export with --roi-format codes (names kept in "
+                                  "rois.json)")
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         aff = patient_affine(p)

@@ -26,6 +26,7 @@ from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, broken_links, broken_links_text, write_text
 from ..geometry import OPENKBP_AXES, Geometry
 from ..patient import Patient, RoiSet
+from .roi_names import check_names_apart
 
 #: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
 #: ``meta["format"]``.
@@ -495,6 +496,8 @@ def write_patient(p: Patient, out_dir: str | os.PathLike) -> Path:
         raise InputError(f"patient {p.id}: OpenKBP export of voxel sizes {list(p.spacing)} mm: they {why}")
     for name in p.present_rois:
         _check_roi_file_name(p.id, name)
+    check_names_apart(p.id, p.present_rois, "an OpenKBP ROI file (<name>.csv)",
+                      "rename one, or export as NIfTI (--roi-format codes keeps any names) or DICOM")
     final = Path(out_dir) / p.id
     with atomic_dir(final) as tmp:
         ct = p.require_ct("OpenKBP export").astype(np.int32).ravel() + CT_OFFSET

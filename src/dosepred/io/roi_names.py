@@ -81,6 +81,18 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def check_names_apart(pid: str, names: Iterable[str], what: str, fix: str) -> None:
+    """Refuse, before anything is written, two ROI names that differ only in case ("Cord" and "CORD"),
+    whose files (``what``) are one file on a case-insensitive disk (macOS's and Windows' default): one
+    ROI's file was written over the other's without a word, and read back as the other ROI."""
+    seen: dict[str, str] = {}
+    for n in names:
+        other = seen.setdefault(n.casefold(), n)
+        if other != n:
+            raise InputError(f"patient {pid}: ROIs {other!r} and {n!r} differ only in case: their files "
+                             f"({what}) are one file on a case-insensitive disk (macOS, Windows); {fix}")
+
+
 def _normalise(name: str) -> str:
     s = re.sub(r"([a-z])([A-Z])", r"\1 \2", nfc(name).strip())  # CamelCase -> words
     s = s.lower().replace("~", " ")
