@@ -48,6 +48,20 @@ def test_write_errors_leave_nothing(tmp_path, patients):
     with pytest.raises(CacheError, match="no patients"):
         cache.write_cache([], out)
 
+
+def test_ids_differing_only_in_case_are_refused(tmp_path, patients):
+    """Patients "HN1" and "hn1" (NIfTI rois.json ids, a cache's free-text ids) are files HN1.npz and
+    hn1.npz: one file on a case-insensitive disk (macOS's, Windows' default), where the second was
+    written over the first while dataset.json listed both, so both ids read one patient, without a
+    word. DICOM imports make such ids unique (2c510d5); a cache now refuses them, writing nothing."""
+    import dataclasses
+
+    a, b = (dataclasses.replace(p, id=i) for p, i in zip(patients, ("HN1", "hn1"), strict=False))
+    out = tmp_path / "c"
+    with pytest.raises(CacheError, match=r"patient ids 'HN1' and 'hn1' differ only in case.*<id>\.npz"):
+        cache.write_cache([a, b], out)
+    assert not out.exists() or list(out.iterdir()) == []
+
     def interrupted():
         yield patients[0]
         raise KeyboardInterrupt

@@ -127,9 +127,10 @@ def test_ids_that_differ_only_in_case_are_refused(tmp_path, kind, a, b):
     written to <id>.csv / <id>.npz / <id>/: one file on macOS and Windows disks, one patient's
     prediction written over the other's without a word."""
     src = _case_twins(tmp_path, kind, a, b)
-    with pytest.raises(SourceError, match=r"patient ids .* differ only in case .*one on case-insensitive"):
+    refused = (SourceError, nifti.NiftiFormatError)  # the NIfTI reader names the two folders
+    with pytest.raises(refused, match=r"patient ids .*(differ only in case|case-insensitive)"):
         open_source(src)
-    with pytest.raises(SourceError, match="differ only in case"):
+    with pytest.raises(refused, match="case-insensitive"):
         list(load_patients(src))
 
 

@@ -622,6 +622,21 @@ def test_two_folders_whose_rois_json_give_one_id_are_refused(tmp_path):
             read(src)
 
 
+def test_two_folders_whose_ids_differ_only_in_case_are_refused(tmp_path):
+    """rois.json ids "HN1" and "hn1" name files HN1.nii.gz / hn1.nii.gz (predict), HN1.npz / hn1.npz
+    (import): one file on a case-insensitive disk (macOS, Windows), the second written over the first,
+    evaluate then scoring one patient's prediction against both. DICOM imports make such ids unique
+    (2c510d5); two NIfTI folders so are an error naming both ids and folders."""
+    src = tmp_path / "src"
+    nifti.write_patient(make_patient(pid="HN1", spacing=(3.0, 1.5, 1.5)), src)
+    nifti.write_patient(make_patient(pid="hn1x", spacing=(3.0, 1.5, 1.5), shift=1.0), src)
+    info = json.loads((src / "hn1x" / "rois.json").read_text())
+    (src / "hn1x" / "rois.json").write_text(json.dumps({**info, "id": "hn1"}))
+    with pytest.raises(nifti.NiftiFormatError, match=r"patient ids 'HN1' and 'hn1'.*case-insensitive.*"
+                                                     r"HN1, .*hn1x"):
+        nifti.read_nifti_folder(src)
+
+
 def test_a_rois_json_id_that_cannot_name_files_is_refused_naming_the_file(tmp_path):
     """rois.json's "id" "../escaped" made `predict` write ../escaped.nii.gz outside its output folder
     (left empty) and `data import-nifti` write the patient's file outside the cache; now an error naming

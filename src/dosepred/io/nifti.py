@@ -706,18 +706,22 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
 def _check_unique_ids(folders: list[Path], infos: list[dict[str, Any]]) -> None:
     """Refuse two patient folders of one id (``rois.json``'s ``id``, else the folder's name): a folder
     copied to start another keeps its ``id``, and the two patients' predictions were one file."""
-    seen: dict[str, list[Path]] = {}
+    seen: dict[str, list[tuple[str, Path]]] = {}
     for f, i in zip(folders, infos, strict=True):
         pid = str(i.get("id") or f.name)
         why = id_problem(pid)
         if why:
             raise NiftiFormatError(f"{f / ROIS_JSON}: \"id\" {pid!r} cannot name the patient's files "
                                    f"(<id>.nii.gz, <id>.npz, <id>/): {why}; give an id without one")
-        seen.setdefault(pid, []).append(f)
-    for pid, fs in seen.items():
-        if len(fs) > 1:
-            raise NiftiFormatError(f"patient id {pid!r} is given to {len(fs)} patient folders: "
-                                   f"{', '.join(str(f) for f in fs)} (the id is {ROIS_JSON}'s \"id\", "
+        seen.setdefault(pid.casefold(), []).append((pid, f))  # ids name files: one ignoring case, as DICOM's
+    for both in seen.values():
+        if len(both) > 1:
+            ids = list(dict.fromkeys(pid for pid, _ in both))
+            given = (f"patient id {ids[0]!r} is given" if len(ids) == 1 else
+                     f"patient ids {' and '.join(map(repr, ids))}, one file name on a case-insensitive disk "
+                     "(macOS, Windows), are given")
+            raise NiftiFormatError(f"{given} to {len(both)} patient folders: "
+                                   f"{', '.join(str(f) for _, f in both)} (the id is {ROIS_JSON}'s \"id\", "
                                    "else the folder's name); set each folder's own id in its "
                                    f"{ROIS_JSON}, or remove the \"id\" to use the folder's name")
 
