@@ -50,6 +50,29 @@ def test_round_trip_exact(tmp_path, fmt):
     assert q.geometry == p.geometry
 
 
+@pytest.mark.parametrize("unit, per_mm", [("unknown", 1e-3), ("mm", 1e-3), ("unknown", 1e3)])
+def test_an_affine_in_metres_or_microns_whose_header_says_mm_is_refused(tmp_path, unit, per_mm):
+    """A CT whose affine is in metres (or microns) but whose header says nothing ("unknown", read as mm
+    as every tool does) or mm was read with 0.0039 mm (or 3900 mm) voxels: every volume and cc metric
+    off by 1e9, without a word. Voxel sizes no CT has are now refused naming the file and the unit."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src")
+    img = nib.load(folder / "ct.nii.gz")
+    aff = img.affine.copy()
+    aff[:3, :] *= per_mm
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
+    out.set_sform(aff, code=1)
+    out.set_qform(aff, code=1)
+    out.header.set_xyzt_units(unit)
+    nib.save(out, folder / "ct.nii.gz")
+    info = json.loads((folder / "rois.json").read_text())
+    info.pop("geometry")  # the header alone places the voxels
+    (folder / "rois.json").write_text(json.dumps(info))
+    with pytest.raises(nifti.NiftiFormatError, match=rf"ct\.nii\.gz: voxel sizes .* mm \(header unit "
+                                                     rf"'{unit}'\) are no CT's \(0\.05-50 mm\)"):
+        nifti.read_nifti_folder(tmp_path / "src")
+
+
 @pytest.mark.parametrize("unit, per_mm", [("meter", 1e-3), ("micron", 1e3)])
 def test_an_affine_in_metres_or_microns_is_read_in_millimetres(tmp_path, unit, per_mm):
     """The NIfTI standard gives the affine in the header's spatial unit (xyzt_units), which nibabel

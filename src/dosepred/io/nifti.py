@@ -91,6 +91,13 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     problem = shear_problem(g)
     if problem:
         raise NiftiFormatError(f"{path}: the affine is not a grid dosepred can measure on: {problem}")
+    lo, hi = CT_VOXEL_MM
+    if not all(lo <= v <= hi for v in g.spacing):  # mm per voxel once the header's unit is applied
+        sizes = ", ".join(f"{v:.4g}" for v in g.spacing)
+        raise NiftiFormatError(
+            f"{path}: voxel sizes {sizes} mm (header unit {_unit(img)!r}) are no CT's ({lo:g}-{hi:g} mm): "
+            "an affine in metres or microns whose header does not say so? Set xyzt_units to the affine's "
+            "unit (nibabel: img.header.set_xyzt_units('meter'))")
     if stored:
         try:
             sg = Geometry.from_dict(stored)
@@ -111,16 +118,24 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
 _MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
 
 
+#: voxel sizes (mm) a CT can have: a header in metres or microns that says "unknown" (or mm) gives
+#: 0.004 or 3900 mm voxels, which scale every cc-based metric by 1e-9 or 1e9
+CT_VOXEL_MM = (0.05, 50.0)
+
+
+def _unit(img: Any) -> str:
+    try:
+        return str(img.header.get_xyzt_units()[0])
+    except (AttributeError, KeyError, ValueError):
+        return "unknown"
+
+
 def mm_affine(img: Any) -> np.ndarray:
     """The header's affine (nibabel's ``img.affine``) in millimetres: the NIfTI standard gives the
     qform/sform in the header's spatial unit (``xyzt_units``), which nibabel leaves as it is; a file
     in metres (or microns) was read with voxels of 0.001 mm (or 1000 mm) per mm. ITK converts alike."""
     aff = np.asarray(img.affine, dtype=np.float64).copy()
-    try:
-        unit = img.header.get_xyzt_units()[0]
-    except (AttributeError, KeyError, ValueError):
-        unit = "unknown"
-    aff[:3, :] *= _MM_PER_UNIT.get(unit, 1.0)
+    aff[:3, :] *= _MM_PER_UNIT.get(_unit(img), 1.0)
     return aff
 
 
