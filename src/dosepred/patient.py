@@ -153,11 +153,16 @@ def id_problem(pid: str) -> str | None:
     ("../escaped", "HN/001") wrote them elsewhere than the output folder."""
     if not isinstance(pid, str) or not pid.strip():
         return "it is empty"
-    if "/" in pid or "\0" in pid:
-        return "it holds a slash" if "/" in pid else "it holds a NUL character"
-    if pid in (".", ".."):
-        return "it is no file name"
-    return None
+    return file_name_problem(pid)
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a file inside a folder on every disk, or None: a slash or a backslash
+    (a folder on POSIX or on Windows: the file lands elsewhere), a NUL, "." or ".."."""
+    for ch, what in (("/", "a slash"), ("\\", "a backslash"), ("\0", "a NUL character")):
+        if ch in name:
+            return f"it holds {what}"
+    return "it is no file name" if name in (".", "..") else None
 
 
 def case_clash(ids: Iterable[str]) -> tuple[str, str] | None:

@@ -42,7 +42,7 @@ from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
 from ..geometry import Geometry, GeometryError, filled_outline, shear_problem
-from ..patient import Patient, RoiSet, id_problem
+from ..patient import Patient, RoiSet, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from . import roi_names as _names
 
@@ -323,9 +323,8 @@ def _check_label_name(pid: str, name: str) -> None:
     makes a folder of it; ".nii" inside it is where the reader cuts the name), before anything is
     written: such names (DICOM names are kept as they are, "Ring 1/2") have their place in the codes
     layout, whose ``rois.json`` keeps any name."""
-    why = ("it holds a slash" if "/" in name else
-           "it holds '.nii', where a label file's name ends" if ".nii" in name else
-           "it is no file name" if name in (".", "..") or "\0" in name else None)
+    why = file_name_problem(name) or ("it holds '.nii', where a label file's name ends" if ".nii" in name
+                                      else None)
     if why:
         raise InputError(f"patient {pid}: ROI {name!r} cannot name a label file (rois/<name>.nii.gz): {why}; "
                          "export with --roi-format codes (roi_codes.nii.gz, names kept in rois.json), or "

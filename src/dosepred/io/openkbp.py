@@ -25,7 +25,7 @@ from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, broken_links, broken_links_text, write_text
 from ..geometry import OPENKBP_AXES, Geometry
-from ..patient import Patient, RoiSet
+from ..patient import Patient, RoiSet, file_name_problem
 from .roi_names import check_names_apart
 
 #: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
@@ -519,9 +519,7 @@ def _check_roi_file_name(pid: str, name: str) -> None:
     is: a slash (a folder), or a patient file's name in any case ("dose" was written over dose.csv
     without a word; "CT" is ct.csv on a case-insensitive disk)."""
     clash = next((f for f in _ARRAY_FILES if f.lower() == f"{name}.csv".lower()), None)
-    why = ("it holds a slash" if "/" in name else
-           f"its file would be the patient's {clash}" if clash else
-           "it is no file name" if name in (".", "..") or "\0" in name else None)
+    why = file_name_problem(name) or (f"its file would be the patient's {clash}" if clash else None)
     if why:
         raise InputError(f"patient {pid}: ROI {name!r} cannot name an OpenKBP ROI file (<name>.csv): {why}; "
                          "rename the ROI, or export as NIfTI (--roi-format codes keeps any name) or DICOM")
