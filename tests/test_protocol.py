@@ -201,3 +201,22 @@ def test_a_resolved_limit_is_named_with_the_decimals_it_has():
     c = Criterion(roi="PTV70", metric="D99%", limit=95, limit_unit="%Rx", direction=">=")
     assert c.resolved_name(69.96) == "PTV70 D99% >= 66.462 Gy"
     assert c.resolved_name(63) == "PTV70 D99% >= 59.85 Gy" and c.resolved_name(70) == "PTV70 D99% >= 66.5 Gy"
+
+
+def test_an_roi_name_written_decomposed_is_the_roi_readers_name(tmp_path):
+    """A protocol typed on macOS (or copied from its file names) holds "Parótida" decomposed (NFD: "o"
+    and a combining accent): every reader names ROIs composed (NFC), so its criteria met no ROI ("did
+    you mean 'Parótida'?", naming a string that prints the same) and its prescription none."""
+    nfd, nfc = "Paro\u0301tida", "Par\u00f3tida"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "clinic", "prescriptions": {"PTE\u0301": 70},
+                                "criteria": [{"roi": nfd, "metric": "Dmean", "direction": "<=", "limit": 26},
+                                             {"roi": "PTE\u0301", "metric": "D95%", "direction": ">=",
+                                              "limit": 95, "limit_unit": "%Rx"}]}))
+    rs = RoiSet((Roi(nfc, "oar"), Roi("PT\u00c9", "target", 70.0)))
+    p = load_protocol(path, rs)
+    assert [c.roi for c in p.criteria] == [nfc, "PT\u00c9"] and p.prescriptions == {"PT\u00c9": 70}
+    path.write_text(json.dumps({"name": "clinic", "prescriptions": {"PTE\u0301": 70, "PT\u00c9": 70},
+                                "criteria": [{"roi": nfd, "metric": "Dmean", "direction": "<=", "limit": 26}]}))
+    with pytest.raises(ProtocolError, match="prescriptions name one ROI twice"):
+        load_protocol(path)

@@ -33,6 +33,7 @@ This module only describes and validates; values are computed by :mod:`dosepred.
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -82,6 +83,11 @@ class Criterion(BaseModel):
         if isinstance(v, bool):  # JSON true/false would otherwise be read as 1 / 0
             raise ProtocolError(f"{info.field_name} must be a number, got {str(v).lower()}")
         return v
+
+    @field_validator("roi")
+    @classmethod
+    def _composed(cls, v: str) -> str:  # as every reader names ROIs (NFC: "ó" one character)
+        return unicodedata.normalize("NFC", v)
 
     @field_validator("metric")
     @classmethod
@@ -245,7 +251,11 @@ class Protocol(BaseModel):
         if high:  # a prescription in cGy: every %Rx limit and V<x>% threshold would be 100 times too high
             raise ProtocolError(f"prescriptions are in Gy, got {high}, over {MAX_CRITERION_GY:g} Gy: in cGy? "
                                 "(divide by 100)")
-        return v
+        nfc = {unicodedata.normalize("NFC", k): x for k, x in v.items()}  # ROI names as the criteria's
+        if len(nfc) != len(v):
+            raise ProtocolError(f"prescriptions name one ROI twice (in composed and decomposed Unicode): "
+                                f"{sorted(v)}")
+        return nfc
 
     @property
     def rois(self) -> list[str]:
