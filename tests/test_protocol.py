@@ -216,7 +216,8 @@ def test_an_roi_name_written_decomposed_is_the_roi_readers_name(tmp_path):
     rs = RoiSet((Roi(nfc, "oar"), Roi("PT\u00c9", "target", 70.0)))
     p = load_protocol(path, rs)
     assert [c.roi for c in p.criteria] == [nfc, "PT\u00c9"] and p.prescriptions == {"PT\u00c9": 70}
+    mean = {"roi": nfd, "metric": "Dmean", "direction": "<=", "limit": 26}
     path.write_text(json.dumps({"name": "clinic", "prescriptions": {"PTE\u0301": 70, "PT\u00c9": 70},
-                                "criteria": [{"roi": nfd, "metric": "Dmean", "direction": "<=", "limit": 26}]}))
+                                "criteria": [mean]}))
     with pytest.raises(ProtocolError, match="prescriptions name one ROI twice"):
         load_protocol(path)
