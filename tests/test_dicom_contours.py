@@ -81,3 +81,36 @@ def test_polygon_mask_does_not_depend_on_winding(mirror):
     off = np.array([[2.5, 3.5], [2.5, 8.5], [6.5, 8.5], [6.5, 3.5]])
     m = _polygon_mask(off, 12, 12)
     assert int(m.sum()) == 4 * 5 and m[3:7, 4:9].all()
+
+
+def test_a_contour_too_long_for_a_16_bit_length_reads(tmp_path):
+    """A contour of more than about 3000 points holds more than 65534 bytes of ContourData, more than an
+    explicit-VR DS element's 16-bit length can say: pydicom (and so write_dicom, for a body outline on a
+    0.98 mm CT) writes it as UN (PS3.5 6.2.2, CP-1066), and pydicom reads it back as raw bytes. It was
+    refused as 'ContourData holds non-numbers: [b'...']' (an error message of the whole 86 kB value),
+    so dosepred could not read the DICOM it wrote; it reads as the DS it is."""
+    folder = write_layout(make_patient(), tmp_path / "in", "axial")
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    num = next(int(r.ROINumber) for r in ds.StructureSetROISequence if r.ROIName == "LeftParotid")
+    rc = next(r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == num)
+    t = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
+    radius, z = 9.3, 2.5 * 15  # slice 15; no voxel centre (odd mm) lies within 0.1 mm of the circle
+    c = pydicom.Dataset()
+    c.ContourGeometricType = "CLOSED_PLANAR"
+    c.NumberOfContourPoints = len(t)
+    c.ContourData = [f"{v:.10f}" for a in t for v in (radius * np.cos(a), radius * np.sin(a), z)]
+    rc.ContourSequence = pydicom.Sequence([c])
+    ds.save_as(folder / "RS.dcm")
+    assert pydicom.dcmread(folder / "RS.dcm").ROIContourSequence[rc_index(ds, num)].ContourSequence[0][
+        "ContourData"].VR == "UN"  # as pydicom writes it: the case under test
+    [p] = dicom.read_dicom_folder(folder)
+    q = p.reoriented("SPL")  # make_patient's axes: slices to the head, rows posterior, columns left
+    x = -31.0 + 2.0 * np.arange(32)
+    want = np.zeros(q.shape, bool)
+    want[15] = np.hypot(x[:, None], x[None, :]) < radius
+    assert int(want[15].sum()) > 50
+    assert np.array_equal(q.mask("LeftParotid"), want), int((q.mask("LeftParotid") ^ want).sum())
+
+
+def rc_index(ds, num: int) -> int:
+    return next(k for k, r in enumerate(ds.ROIContourSequence) if int(r.ReferencedROINumber) == num)

@@ -54,11 +54,17 @@ def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.nda
     val = ds[key].value
     if val is None or val == "":
         raise DicomImportError(f"{where}: {key} is empty")
+    if isinstance(val, bytes) and ds[key].VR == "UN":
+        # a DS/IS value longer than an explicit-VR 16-bit length (65534 bytes: a contour of some 3000
+        # points) is written as UN (PS3.5 6.2.2, as pydicom and write_dicom do) and read as raw bytes:
+        # it holds the backslash-separated numbers of its dictionary VR
+        val = val.decode("ascii", "replace").strip(" \x00").split("\\")
     items = list(val) if hasattr(val, "__len__") and not isinstance(val, (str, bytes)) else [val]
     try:
         arr = np.asarray([float(v) for v in items], dtype=np.float64)
     except (TypeError, ValueError):
-        raise DicomImportError(f"{where}: {key} holds non-numbers: {items!r}") from None
+        shown = repr(items[:6])[:-1] + (f", ... ({len(items)} values)]" if len(items) > 6 else "]")
+        raise DicomImportError(f"{where}: {key} holds non-numbers: {shown[:300]}") from None
     if n is not None and arr.size != n:
         raise DicomImportError(f"{where}: {key} must hold {n} numbers, got {arr.size}: {arr.tolist()}")
     if not np.all(np.isfinite(arr)):
