@@ -1036,3 +1036,34 @@ def test_a_mapped_name_in_another_case_or_with_spaces_is_the_canonical_one():
     # the map's kinds and prescriptions, given by the name as the map writes it, still apply
     m = RoiMap.from_obj({"names": {"PTV hoch": "ptv70"}, "prescriptions": {"ptv70": 66}})
     assert m.resolve("PTV hoch", "PTV") == Canonical("PTV70", "target", 66.0, True)
+
+
+def test_a_contour_too_long_for_explicit_vr_is_written_as_numbers(tmp_path):
+    """A body outline of some 3000 points (a 0.98 mm CT: a sample patient's Body held 4210) is more
+    ContourData than an explicit-VR DS element's 16-bit length holds (65534 bytes). Written in explicit
+    VR, pydicom stored it as UN bytes: dicompyler-core read such a contour as 28859 'points' of garbage
+    and other readers may refuse it. The structure set is then written in implicit VR (the default
+    transfer syntax, 32-bit lengths): every ContourData reads as DS numbers, the mask comes back exact."""
+    n = 400
+    body = np.zeros((2, n, n), bool)
+    body[:, 10:n - 10, 10:n - 10] = True
+    for e in (9, n - 10):  # one-pixel teeth along every side: a contour of some 3000 vertices
+        body[:, e, 10:n - 10:2] = True
+        body[:, 10:n - 10:2, e] = True
+    ptv = np.zeros_like(body)
+    ptv[:, 190:210, 190:210] = True
+    spacing = (2.0, 0.9765625, 0.9765625)
+    g = Geometry.from_dicom((-195.123456789, -201.987654321, 812.3456789), (1, 0, 0, 0, 1, 0), spacing)
+    p = Patient.from_masks("pt_big", np.where(body, 40, -1000).astype(np.int16), {"PTV70": ptv},
+                           RoiSet((Roi("PTV70", "target", 70.0),)), spacing, body, None, geometry=g)
+    folder = dicom.write_dicom(p, tmp_path / "dcm")
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    longest = 0
+    for rc in ds.ROIContourSequence:
+        for c in rc.ContourSequence:
+            assert c["ContourData"].VR == "DS", c["ContourData"].VR
+            longest = max(longest, len(c.ContourData))
+    assert longest // 3 > 2500  # the case under test: a contour over the 16-bit length
+    [q] = read_quiet(folder)
+    assert np.array_equal(q.possible_dose_mask, body)
+    assert np.array_equal(q.mask("PTV70"), ptv)

@@ -84,6 +84,9 @@ def mask_contours(mask2d: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+#: The longest value an explicit-VR DS element can hold (its length is 16 bits, and even)
+MAX_EXPLICIT_LENGTH = 0xFFFE
+
 _COLORS = [(255, 0, 0), (0, 160, 0), (0, 0, 255), (255, 160, 0), (160, 0, 255), (0, 200, 200),
            (255, 0, 160), (128, 128, 0), (0, 128, 128), (200, 100, 50)]
 
@@ -131,6 +134,7 @@ def _write_rtstruct(p: Patient, folder: Path, plane: ImagePlane, u: ExportUids, 
     if EXTERNAL_NAME not in p.roi_set:
         rois.append((len(p.roi_set) + 1, EXTERNAL_NAME, "EXTERNAL", None, np.asarray(p.possible_dose_mask)))
     ssr, rcs, obs = [], [], []
+    longest = 0  # the longest ContourData, in bytes as written
     for i, (number, name, itype, rx, mask) in enumerate(rois):
         a = Dataset()
         a.ROINumber = number
@@ -150,7 +154,9 @@ def _write_rtstruct(p: Patient, folder: Path, plane: ImagePlane, u: ExportUids, 
                 c.ContourImageSequence = Seq([img_ref(int(k))])
                 c.ContourGeometricType = "CLOSED_PLANAR"
                 c.NumberOfContourPoints = len(poly)
-                c.ContourData = [decimal_string(v) for v in xyz.ravel()]
+                values = [decimal_string(v) for v in xyz.ravel()]
+                longest = max(longest, sum(len(v) + 1 for v in values) - 1)
+                c.ContourData = values
                 contours.append(c)
         if contours:
             b.ContourSequence = Seq(contours)
@@ -166,6 +172,13 @@ def _write_rtstruct(p: Patient, folder: Path, plane: ImagePlane, u: ExportUids, 
     ds.StructureSetROISequence = Seq(ssr)
     ds.ROIContourSequence = Seq(rcs)
     ds.RTROIObservationsSequence = Seq(obs)
+    if longest > MAX_EXPLICIT_LENGTH:
+        # an explicit-VR DS element says its length in 16 bits: pydicom would store this contour as UN
+        # bytes, which other readers take for garbage (dicompyler-core) or refuse; implicit VR (the
+        # default transfer syntax) has 32-bit lengths
+        from pydicom.uid import ImplicitVRLittleEndian
+
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     save_file(ds, path)
     return path
 
