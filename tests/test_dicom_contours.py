@@ -114,3 +114,35 @@ def test_a_contour_too_long_for_a_16_bit_length_reads(tmp_path):
 
 def rc_index(ds, num: int) -> int:
     return next(k for k, r in enumerate(ds.ROIContourSequence) if int(r.ReferencedROINumber) == num)
+
+
+@pytest.mark.parametrize("origin,spacing,iop", [
+    ((249.87, 123.4567, -700.1), (2.0, 1.17, 1.17), (-1, 0, 0, 0, -1, 0)),
+    ((-0.3, -299.7, 10.0), (2.5, 0.68, 0.68), (1, 0, 0, 0, 1, 0)),
+], ids=["prone-far", "axial"])
+def test_an_roi_along_the_grid_edge_is_not_said_to_reach_beyond_it(tmp_path, origin, spacing, iop):
+    """A body that fills the image to its edges (a CT cropped to the patient) and an ROI in its corner:
+    their contours run along the outer pixel edges (half a pixel beyond the outer centres, as
+    write_dicom and mask-to-contour tools draw them), which the decimal strings put a hair (1e-13
+    pixel) beyond. They were warned of as reaching beyond the CT's field of view ("the part outside
+    it is not in the ROI, so its volume and dose metrics are those of the part on the CT"), wrongly:
+    nothing lies outside. They read back exact, without a warning."""
+    import warnings
+
+    from dosepred.geometry import Geometry
+    from dosepred.patient import Patient, Roi, RoiSet
+
+    shape = (6, 50, 60)
+    g = Geometry.from_dicom(origin, iop, spacing)
+    body = np.ones(shape, bool)
+    body[:, 20:30, :3] = False
+    ptv = np.zeros(shape, bool)
+    ptv[:, 0:8, 50:60] = True
+    p = Patient.from_masks("pt_e", np.where(body, 40, -1000).astype(np.int16), {"PTV70": ptv},
+                           RoiSet((Roi("PTV70", "target", 70.0),)), spacing, body, None, geometry=g)
+    folder = dicom.write_dicom(p, tmp_path / "dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dicom.DicomWarning)
+        [q] = dicom.read_dicom_folder(folder)
+    assert np.array_equal(q.possible_dose_mask, body)
+    assert np.array_equal(q.mask("PTV70"), ptv)

@@ -216,7 +216,9 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
             vertices[kk].append(same)
             on.add(kk)
             rc = idx[:, 1:]
-            if (rc.min(axis=0) < -0.5).any() or rc[:, 0].max() > nr - 0.5 or rc[:, 1].max() > nc - 0.5:
+            # a contour along the outer pixel edges lies there up to the rounding of its decimal strings
+            edge = 0.5 + _SNAP
+            if (rc.min(axis=0) < -edge).any() or (rc.max(axis=0) > np.array([nr, nc]) - 1 + edge).any():
                 clipped += 1  # the part beyond the CT's field of view cannot be drawn on its grid
             m = _polygon_mask(rc, nr, nc, tie)
             here = _cropped(m)
