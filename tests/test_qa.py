@@ -1010,3 +1010,39 @@ def test_qa_refuses_a_model_file_replaced_while_it_was_loaded(model_dir, tmp_pat
     monkeypatch.setattr(checkpoint, "load_model", saved_meanwhile)
     with pytest.raises(CalibrationError, match="computed for another model file"):
         QAChecker(d, "openkbp-clinical", device="cpu")
+
+
+def test_a_plan_whose_dose_grid_does_not_cover_an_roi_is_untrusted(sample_dir, model_dir):
+    """pt_66 with its dose cut off at the targets' last slices (an RTDOSE computed on a box around them: DICOM
+    import reads 0 Gy outside the grid, with a console warning the cache and qa.json do not keep): the
+    oesophagus's and cord's lower parts had 0 Gy, their criteria read the covered part only ("plan better
+    than predicted") and QA said nothing. Now the plan carries a note naming each ROI cut and how many
+    of its voxels (numpy, on the hand-cut dose inside the possible-dose mask) have 0 Gy, and ranks
+    after the plan as delivered, which has no such note."""
+    from dosepred.io import load_patients
+    from dosepred.qa import run_qa
+    from dosepred.qa.result import NOTE_DOSE_GAP
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    z = np.indices(p.shape)[2]
+    targets = np.zeros(p.shape, bool)
+    for t in ("PTV56", "PTV63", "PTV70"):
+        targets |= p.mask(t)
+    edge = z[targets].max() - 3  # the grid ends at the targets' last slices: the oesophagus runs on
+    assert edge + 10 < z[p.mask("Esophagus") & p.possible_dose_mask].max()
+    dose = np.asarray(p.dose, dtype=np.float32).copy()
+    dose[z >= edge] = 0.0
+    cut = p.with_dose(dose)
+    cut.id = "cut"
+    res = run_qa(model_dir, [cut, p], "openkbp-clinical")
+    notes = {q.id: q.notes for q in res.patients}
+    mine = [n for n in notes["cut"] if n.startswith(NOTE_DOSE_GAP)]
+    assert len(mine) == 1, notes["cut"]
+    m = p.mask("Esophagus")
+    n0 = int((m & p.possible_dose_mask & (dose <= 0)).sum())
+    assert n0 > 0.05 * m.sum()
+    assert f"Esophagus: {n0} of its {int(m.sum())} voxels" in mine[0], mine[0]
+    assert not any(n.startswith(NOTE_DOSE_GAP) for n in notes["pt_66"]), notes["pt_66"]
+    rows = res.summary()
+    assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("cut", True)]
+    assert NOTE_DOSE_GAP in rows[1]["reliability"]

@@ -15,7 +15,7 @@ Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
 - ``criterion not calibrated`` (the family's interval is used).
 
 Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DOSE`, :data:`NOTE_SIDE`,
-:data:`NOTE_UNPRESCRIBED`, :data:`NOTE_CT`, :data:`NOTE_RX`)
+:data:`NOTE_UNPRESCRIBED`, :data:`NOTE_CT`, :data:`NOTE_RX`, :data:`NOTE_DOSE_GAP`)
 concern the patient and are given once per patient (:attr:`PatientQA.notes`). A plan's *potential
 improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags plus predicted - plan
 over its coverage flags (dose metrics only, each ROI and metric once: two criteria on one metric flag
@@ -62,15 +62,19 @@ NOTE_CT = "CT not in HU"
 #: re-plan of another prescription under these names): the plan is compared with a prediction for
 #: prescriptions it was not planned for.
 NOTE_RX = "plan dose and prescriptions disagree"
+#: ... and ROIs whose plan dose is missing in part (0 Gy where the prediction has dose: a dose grid that
+#: does not cover them, :func:`dosepred.qa.check.dose_gap_note`): their criteria read the plan colder
+#: than it is.
+NOTE_DOSE_GAP = "plan dose missing in ROIs"
 #: Notes that say the plan's flags cannot be trusted (its inputs contradict themselves): the cohort
 #: summary ranks such plans after every other, whatever their potential improvement.
-UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT, NOTE_RX)
+UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT, NOTE_RX, NOTE_DOSE_GAP)
 #: How the cohort table marks such a plan's rank, and what the mark means.
 UNTRUSTED_MARK = "*"
 UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs are incomplete or contradict "
                     "themselves "
-                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, an {NOTE_SIDE}, a {NOTE_CT}, or "
-                    f"{NOTE_RX}), so "
+                    f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, an {NOTE_SIDE}, a {NOTE_CT}, "
+                    f"{NOTE_RX}, or {NOTE_DOSE_GAP}), so "
                     "its flags "
                     "cannot be trusted until they are fixed")
 
