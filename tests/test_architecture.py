@@ -58,7 +58,7 @@ LAYERS: dict[str, int] = {
     # plan QA's maths and records: metric families, split-conformal intervals, the choice of method, the
     # DVH band, calibration.json (typed, versioned), the verdicts (numpy and metric definitions only)
     "dosepred.qa.families": 1, "dosepred.qa.conformal": 1, "dosepred.qa.crossval": 1, "dosepred.qa.band": 1,
-    "dosepred.qa.calibration": 1, "dosepred.qa.result": 1,
+    "dosepred.qa.calibration": 1, "dosepred.qa.result": 1, "dosepred.qa.dose_gap": 1,
     # 2: losses, networks, splits, evaluation (scoring on Patients; pairing of sources through io)
     "dosepred.losses": 2, "dosepred.models": 2, "dosepred.split": 2, "dosepred.evaluation": 2,
     # 3: prediction with a model

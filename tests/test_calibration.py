@@ -1091,3 +1091,34 @@ def test_calibrate_refuses_a_model_file_replaced_while_it_was_calibrated(tmp_pat
     with pytest.raises(CalibrationError, match=r"run/checkpoints/best\.pt changed while"):
         calibrating.calibrate(tmp_path / "run", tmp_path / "plans", "openkbp-clinical", splits=5)
     assert not (run / "calibration.json").exists()
+
+
+def test_calibration_warns_of_a_plan_whose_dose_is_missing_in_part_of_an_roi(tmp_path):
+    """A clinic's plan whose RTDOSE grid ends inside an ROI (0 Gy beyond it, as DICOM import reads it)
+    was calibrated on without a word: the dose not there counted as the model's error, widening and
+    shifting every interval QA would use. Now calibration warns, naming the patient, the ROI and how many
+    of its voxels have 0 Gy (numpy on the hand-cut dose); the plan as delivered gets no warning."""
+    import warnings
+
+    from dosepred.io.cache import write_cache
+    from dosepred.protocol import load_protocol
+    from dosepred.qa.calibrating import collect_units
+    from dosepred.synth import make_cohort
+
+    cohort = make_cohort(2, seed=4, size=24)
+    cut, whole = cohort
+    z = np.indices(cut.shape)[2]
+    dose = np.asarray(cut.dose, dtype=np.float32).copy()
+    dose[z <= 5] = 0.0  # the grid ends at slice 6: the brainstem (slices 2-5) lies beyond it
+    m = cut.mask("Brainstem")
+    assert (np.asarray(cut.dose)[m & (z <= 5)] >= 5).all()  # the plan as delivered has dose there
+    n0 = int((m & cut.possible_dose_mask & (z <= 5)).sum())
+    write_cache([cut.with_dose(dose), whole], tmp_path / "plans")
+    # predictions: the plans as delivered (a model that is right), made as plan QA predicts
+    write_cache(cohort, tmp_path / "pred", source="dosepred predict --model M --data D --tta")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        collect_units("unused", tmp_path / "plans", load_protocol("openkbp-clinical"), tmp_path / "pred")
+    gaps = [str(w.message) for w in said if "plan dose missing" in str(w.message)]
+    assert len(gaps) == 1 and gaps[0].startswith(f"patient {cut.id} of "), gaps
+    assert f"Brainstem: {n0} of its {int(m.sum())} voxels" in gaps[0], gaps[0]

@@ -52,6 +52,7 @@ from .calibration import (
 )
 from .conformal import DEFAULT_RULE, SHRINK_K, check_rule, fit_family
 from .crossval import DEFAULT_METHOD_RULE, check_cv_options, choose_methods, cross_validate
+from .dose_gap import GAP_CAUSE, dose_gaps
 from .families import Unit, lower_is_better, metric_family
 
 #: Families with at most one unit per patient are cross-validated with this many times more splits.
@@ -234,6 +235,13 @@ def collect_units(model_path: str | os.PathLike | None, data: str | os.PathLike,
                                        "such plan; leave the patient out of the calibration data (`dosepred "
                                        "data split --ids` and `data subset`), or name its ROIs as the model "
                                        "does (--roi-map)") from None
+        gaps = dose_gaps(p, pred)
+        if gaps:  # plan QA notes such a plan untrusted; here its missing dose would count as model error
+            warnings.warn(f"patient {p.id} of {data}: plan dose missing in ROIs: {'; '.join(gaps)}: "
+                          f"{GAP_CAUSE}? The calibration counts the dose that is not there as the "
+                          "model's error (intervals wider and shifted for every plan QA checks); give the "
+                          "plan's dose on a grid covering every ROI, or leave the patient out (`dosepred "
+                          "data split --ids` and `data subset`)", stacklevel=2)
         if p.roi_set not in bound:
             bound[p.roi_set] = proto.bind(p.roi_set)
         us, _ = patient_units(p, pred, bound[p.roi_set])

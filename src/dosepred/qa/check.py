@@ -49,6 +49,7 @@ from ..protocol import ProtocolError, load_protocol
 from .band import band_offsets
 from .calibration import CalibrationError, load_calibration
 from .conformal import family_offsets, interval
+from .dose_gap import GAP_CAUSE, dose_gaps
 from .families import lower_is_better, metric_family
 from .report import QAReportWriter
 from .result import (
@@ -80,13 +81,6 @@ GRID_EFFECT = ("validation plans put on such grids: target dose errors 1.5 x lar
 #: maximum x VOLUME_FACTOR (new patients of the training population fall just outside a range of 169
 #: patients quite often: 4 of the 33 OpenKBP validation patients by 2 %).
 VOLUME_FACTOR = 1.5
-#: An ROI whose plan dose is 0 Gy where the prediction gives at least GAP_GY, in at least GAP_SHARE of
-#: its voxels, gets a note (:func:`dose_gap_note`): the plan's dose does not reach there (an RTDOSE grid
-#: that does not cover the ROI reads as 0 Gy). On the 33 OpenKBP validation plans the most such voxels of
-#: one ROI are 0 % (plan 0 Gy in up to 11.5 % of a brainstem, where the prediction is below 0.2 Gy; in
-#: 4 % of a cord, below 5 Gy).
-GAP_GY = 5.0
-GAP_SHARE = 0.05
 
 
 class QAError(DosepredError, ValueError):
@@ -159,33 +153,14 @@ def input_notes(plan: Patient) -> list[str]:
 
 
 def dose_gap_note(plan: Patient, pred: np.ndarray) -> str | None:
-    """The note of a plan whose dose is missing in part of its ROIs (None when it is not): an ROI with
-    at least :data:`GAP_SHARE` of its voxels at 0 Gy in the plan where the prediction ``pred`` (on the
-    plan's grid) gives :data:`GAP_GY` or more. A dose grid that does not cover the ROI (an RTDOSE
-    computed on a box around the targets; DICOM import gives 0 Gy outside it) makes its mean and
-    near-max doses those of the part covered: "plan better than predicted" for an OAR, target coverage
-    "below achievable" by the dose not there. The note names, per ROI, how many of its voxels inside
-    the possible-dose mask have 0 Gy in the plan."""
-    dose = np.asarray(plan.dose, dtype=np.float32).ravel()
-    p = np.asarray(pred, dtype=np.float32).ravel()
-    body = None if plan.possible_dose_mask is None else np.asarray(plan.possible_dose_mask, bool).ravel()
-    found = []
-    for r, ix in roi_voxel_indices(plan).items():
-        if not ix.size:
-            continue
-        zero = dose[ix] <= 0
-        gap = zero & (p[ix] >= GAP_GY)
-        if gap.sum() < GAP_SHARE * ix.size:
-            continue
-        n = int((zero & body[ix]).sum()) if body is not None else int(zero.sum())
-        found.append(f"{r}: {n} of its {ix.size} voxels ({100 * n / ix.size:.0f} %) have 0 Gy in the plan, "
-                     f"where the prediction gives up to {float(p[ix][gap].max()):.1f} Gy")
+    """The note of a plan whose dose is missing in part of its ROIs (None when it is not,
+    :func:`dosepred.qa.dose_gap.dose_gaps`): their criteria read only the dose that is there."""
+    found = dose_gaps(plan, pred)
     if not found:
         return None
-    return (f"{NOTE_DOSE_GAP}: " + "; ".join(found) + ": a dose grid that does not cover them (the RTDOSE "
-            "computed or exported on a smaller box)? Their criteria read only the dose that is there (an "
-            "OAR better than predicted, a target's coverage below it), so this plan's flags cannot be "
-            "trusted; give the plan's dose on a grid covering every ROI and run again")
+    return (f"{NOTE_DOSE_GAP}: " + "; ".join(found) + f": {GAP_CAUSE}? Their criteria read only the "
+            "dose that is there (an OAR better than predicted, a target's coverage below it), so this plan's "
+            "flags cannot be trusted; give the plan's dose on a grid covering every ROI and run again")
 
 
 # ---------------------------------------------------------------------------------------- qa
