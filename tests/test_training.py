@@ -456,6 +456,42 @@ def test_a_failure_between_an_epochs_files_is_resumed_whole(caches, tmp_path, mo
     assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()] == ["epoch", "1", "2"]
 
 
+def test_a_resumed_run_s_tensorboard_log_holds_each_step_once(caches, tmp_path, monkeypatch):
+    """An epoch's row goes to metrics.csv and TensorBoard before its last.pt is saved; a failure (full
+    disk, kill -9, Ctrl-C) between them has --resume train that epoch again. metrics.csv dropped the
+    lost row, but TensorBoard kept it: the redone epoch's values were logged a second time at the same
+    step (a run that resumed on another thread count showed two losses per step). Now the resumed log
+    purges what was logged after the resumed checkpoint's step, as an uninterrupted run's shows."""
+    import errno
+
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from dosepred.training import trainer
+    from dosepred.workflows import train_run
+
+    opts = dict(data=str(caches / "train"), loss="mae", epochs=3, steps_per_epoch=2, seed=3, patch=16,
+                base=4, levels=2, res_units=0, batch=1, threads=1)
+    real = trainer.checkpoint.save_rotating
+
+    def save(st, path, prev, rotate=True):
+        if st["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(st, path, prev, rotate)
+
+    monkeypatch.setattr(trainer.checkpoint, "save_rotating", save)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space"):
+        train_run(run, opts)
+    monkeypatch.setattr(trainer.checkpoint, "save_rotating", real)
+    train_run(run, {}, resume=True)
+    acc = ea.EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train_loss")]
+    assert steps == [2, 4, 6], steps
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    csv_loss = [float(r.split(",")[3]) for r in rows]
+    assert [e.value for e in acc.Scalars("train_loss")] == pytest.approx(csv_loss, rel=1e-6)
+
+
 def test_a_validation_of_a_diverged_model_says_it_diverged(tmp_path):
     """--lr 1e3: the first step's update leaves the loss finite but the weights huge, and validation
     predicted 4e7 Gy; the run then stopped with the scoring's message for a prediction file, 'a dose

@@ -9,7 +9,8 @@ trainer on a DDP rank other than 0) records nothing.
   rows before) for a loss part a later epoch first gives (:class:`CsvLog`); ``--resume`` keeps the
   rows up to the resumed epoch.
 - ``RUN/tb/``: every numeric value of the row as a TensorBoard scalar at the run's step, when
-  tensorboard is installed (it is optional).
+  tensorboard is installed (it is optional); ``--resume`` hides what was logged after the resumed
+  checkpoint's step (``purge_step``), so an epoch logged but not saved is not shown twice.
 - per-step progress: a bar on a terminal, a plain line about every 20 s in a log
   (:mod:`dosepred.progress`).
 - the epoch line (:func:`epoch_line`) and any other message go to the ``log`` callable.
@@ -111,13 +112,15 @@ def epoch_line(row: dict[str, Any], is_best: bool) -> str:
     return s + ("  *best*" if is_best and validated else "")
 
 
-def open_tensorboard(folder: Path) -> Any | None:
-    """A TensorBoard ``SummaryWriter`` on ``folder``, or None when tensorboard is not installed."""
+def open_tensorboard(folder: Path, purge_step: int | None = None) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` on ``folder``, or None when tensorboard is not installed.
+    ``purge_step``: what an earlier writer logged at that step or later is hidden (a resumed run
+    logs again the epochs after its checkpoint; without it TensorBoard shows them twice)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is an optional dependency
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 class RunLogger:
@@ -140,14 +143,15 @@ class RunLogger:
         if self._log is not None and self.enabled:
             self._log(msg)
 
-    def open(self, resume_epoch: int | None) -> None:
+    def open(self, resume_epoch: int | None, resume_step: int | None = None) -> None:
         """Open ``metrics.csv`` (a new run: emptied; a resumed one: rows after ``resume_epoch``
-        dropped) and the TensorBoard writer."""
+        dropped) and the TensorBoard writer (a resumed one: what was logged after ``resume_step``,
+        the resumed checkpoint's step, hidden: an epoch logged but not saved is logged again)."""
         if not self.enabled:
             return
         self.csv = CsvLog(self.run / "metrics.csv", resume_epoch)
         try:
-            self.tb = open_tensorboard(self.run / "tb")
+            self.tb = open_tensorboard(self.run / "tb", None if resume_step is None else resume_step + 1)
         except UnicodeError:  # its file layer takes only UTF-8 names (a folder named in Latin-1)
             self.tb = None
             self.message(f"no TensorBoard log: TensorBoard cannot write under {self.run}, whose path is not "

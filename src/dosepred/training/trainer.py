@@ -653,7 +653,7 @@ class Trainer:
             raise InputError(f"{self.run} already holds a training run; use --resume to continue it or "
                              "choose another --out")
         self.write_run_info()
-        self.logger.open(start_epoch if self.resume else None)
+        self.logger.open(start_epoch if self.resume else None, self.global_step if self.resume else None)
         if cfg.cpu_bf16 and self.device.type != "cpu":
             self.log(f"--cpu-bf16 does not apply on {self.device} (--amp sets its mixed precision)")
         if self.amp and self.device.type == "cpu" and cpu_has_bf16() is False:
