@@ -116,6 +116,34 @@ def test_evaluate_refuses_a_json_inside_or_at_its_report(cohort, tmp_path, where
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
 
 
+def test_evaluate_whose_report_cannot_be_written_leaves_its_json_as_it_was(cohort, tmp_path, monkeypatch):
+    """--json was renamed into place before the report was written: a report that failed (a full disk)
+    ended the command with an error while the --json beside it was already replaced by this run's (with
+    --overwrite: a new JSON next to the old report, or a JSON of a command that failed). Now both are
+    written once all succeeded, or neither: the old pair is left as it was."""
+    import errno
+
+    wf.baseline(cohort, tmp_path / "pred")
+    js, rep = tmp_path / "e.json", tmp_path / "rep"
+    js.write_text('{"old": 1}')
+    rep.mkdir()
+    (rep / "report.html").write_text("old report")
+    before = {"json": js.read_bytes(), "report": _tree(rep)}
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wf.ReportWriter, "finish", full)
+    with pytest.raises(OSError, match="No space"):
+        wf.evaluate_sources(cohort, tmp_path / "pred", json_out=js, report=rep, overwrite=True)
+    assert {"json": js.read_bytes(), "report": _tree(rep)} == before
+    js.unlink()
+    with pytest.raises(OSError, match="No space"):
+        wf.evaluate_sources(cohort, tmp_path / "pred", json_out=tmp_path / "new.json",
+                            report=tmp_path / "new", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred", "rep"]
+
+
 def test_qa_refuses_a_json_inside_its_out(cohort, tmp_path, monkeypatch):
     """OUT is renamed into place whole when qa succeeds: a --json inside it was dropped silently."""
     from dosepred.fsutil import OutputError

@@ -216,9 +216,9 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
         if said is not None:
             res.warnings.insert(0, f"reference {reference}: {said}, not plans: the scores compare the "
                                    "predictions with these predictions")
-        if json_out is not None:
-            with output_file(json_out, overwrite, inputs, "--json") as tmp:
-                write_json(tmp, {**res.to_json(), "missing_predictions": missing})
+        if json_out is not None:  # renamed into place with the report once both are written
+            tmp_json = outputs.enter_context(output_file(json_out, overwrite, inputs, "--json"))
+            write_json(tmp_json, {**res.to_json(), "missing_predictions": missing})
         if writer is not None:
             # the report says who was left out, as the console and the JSON (missing_predictions) do
             left_out = ("" if not missing else "<div class='warn'>" + html.escape(
