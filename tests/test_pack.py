@@ -119,3 +119,42 @@ def test_cli_pack_unpack(src, tmp_path):
     assert cache.Cache.open(tmp_path / "back").ids == cache.Cache.open(src).ids
     r = cli("data", "pack", src, "--out", tmp_path / "packed", "--no-progress")  # never over an output
     assert r.exit_code == 2 and "--overwrite" in r.output and "Traceback" not in r.output
+
+
+def test_a_stop_sent_to_every_process_of_the_job_is_one_line(src, tmp_path):
+    """`data pack --jobs 2` stopped by SIGTERM sent to its whole process group (a batch system's time
+    limit, a container stopping, `kill -TERM -PGID`): the worker processes inherited the command's
+    SIGTERM handler, and one waiting for work printed a Python traceback ('Process ForkProcess-2: ...
+    dosepred.errors.Terminated: SIGTERM') under the command's error line. Now the workers leave the
+    signals to the command, which ends them: one line, exit code 143, no output left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    first = cache.Cache.open(src).ids[0]
+    script = tmp_path / "stop.py"
+    script.write_text(f"""
+import os, signal, sys, time
+from dosepred.io import pack
+real = pack._pack_one
+def slow(item):
+    if item[1] == {first!r}:
+        time.sleep(1.5)  # meanwhile the other worker packs the other patients, then waits for work
+        os.killpg(0, signal.SIGTERM)
+        time.sleep(1)
+    return real(item)
+pack._pack_one = slow
+sys.argv = ["dosepred", "data", "pack", {str(src)!r}, "--out", {str(tmp_path / "p")!r}, "--jobs", "2",
+            "--no-progress"]
+from dosepred.cli import main
+main()
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120,
+                       start_new_session=True)
+    assert r.returncode == 128 + signal.SIGTERM, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: interrupted (SIGTERM); outputs not finished are left "
+                                             "as they were"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stop.py"]

@@ -157,8 +157,23 @@ def _run(fn: Callable[[T], R], work: list[T], jobs: int | None, progress: bool, 
 
     if n == 1:
         return list(shown(fn(w) for w in work))
-    with ProcessPoolExecutor(n) as ex:
+    ex = ProcessPoolExecutor(n, initializer=_leave_signals)
+    try:
         return list(shown(ex.map(fn, work)))
+    finally:  # also after Ctrl-C: the work not started is dropped, the running ends, then the workers
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _leave_signals() -> None:
+    """A worker process ignores Ctrl-C, SIGTERM and SIGHUP: they reach every process of the job (a
+    terminal's Ctrl-C, a batch system's stop), and a worker with the command's handlers printed a
+    traceback of its own; the command itself stops and ends its workers (:func:`_run`)."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def pack_cache(src: str | os.PathLike, out: str | os.PathLike, ct_step: int = 4, dose_step: int = 1,
