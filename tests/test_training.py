@@ -492,6 +492,43 @@ def test_a_resumed_run_s_tensorboard_log_holds_each_step_once(caches, tmp_path, 
     assert [e.value for e in acc.Scalars("train_loss")] == pytest.approx(csv_loss, rel=1e-6)
 
 
+def test_a_stop_sent_to_every_process_of_a_job_with_loader_workers_is_one_line(caches, tmp_path):
+    """`train --workers 2` stopped by SIGTERM sent to its whole process group (a batch system's time
+    limit, a container stopping): torch's DataLoader workers die of a SIGTERM not sent by their parent,
+    and the command printed 'Exception ignored in ... Traceback ... RuntimeError: DataLoader worker
+    (pid N) is killed by signal: Terminated.' above its error line. Now the workers leave the signals to
+    the command, which ends them: one line, exit code 143, the finished epoch kept for --resume."""
+    import signal
+
+    out = tmp_path / "run"
+    script = tmp_path / "stop.py"
+    script.write_text(f"""
+import os, signal, sys, time
+from dosepred.training import dataset
+real = dataset.CropDataset.__getitem__
+def get(self, index):
+    if self.epoch == 2 and index == 0:
+        os.killpg(0, signal.SIGTERM)
+        time.sleep(1)
+    return real(self, index)
+dataset.CropDataset.__getitem__ = get
+sys.argv = ["dosepred", "train", "--data", {str(caches / "train")!r}, "--out", {str(out)!r},
+            "--loss", "mae", "--patch", "16", "--channels", "4,8", "--res-units", "0", "--batch", "1",
+            "--steps-per-epoch", "2", "--epochs", "3", "--threads", "1", "--workers", "2", "--no-progress"]
+from dosepred.cli import main
+main()
+""")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300,
+                       start_new_session=True)
+    assert r.returncode == 128 + signal.SIGTERM, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: interrupted (SIGTERM): {out} keeps its last finished "
+                                             f"epoch; continue with `dosepred train --out {out} --resume`"]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+
 def test_a_validation_of_a_diverged_model_says_it_diverged(tmp_path):
     """--lr 1e3: the first step's update leaves the loss finite but the weights huge, and validation
     predicted 4e7 Gy; the run then stopped with the scoring's message for a prediction file, 'a dose

@@ -16,7 +16,8 @@ no input can cause) raises ``ValueError`` / ``AssertionError`` and is therefore 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 class DosepredError(Exception):
@@ -68,6 +69,48 @@ def stop_on_signals() -> None:
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
             signal.signal(sig, stop)
+
+
+#: The signals that stop a command (:func:`stop_on_signals` and Ctrl-C's SIGINT)
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _stop_signals() -> list:
+    import signal
+
+    return [s for s in (getattr(signal, n, None) for n in STOP_SIGNALS) if s is not None]
+
+
+def leave_stops(*args: object) -> None:
+    """In a worker process a command starts (a DataLoader's ``worker_init_fn``, a process pool's
+    ``initializer``; ``args`` ignored): ignore Ctrl-C, SIGTERM and SIGHUP, then unblock them
+    (:func:`starting_workers`). They reach every process of the job (a terminal's Ctrl-C, a batch
+    system's or container's stop): a worker with the command's handlers, or torch's, printed tracebacks
+    of its own over the command's one line. The command stops and ends its workers."""
+    import signal
+
+    sigs = _stop_signals()
+    for sig in sigs:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
+@contextmanager
+def starting_workers() -> Iterator[None]:
+    """Block Ctrl-C, SIGTERM and SIGHUP while the block starts worker processes: one started meanwhile
+    keeps them pending until :func:`leave_stops` ignores them (a stop in between killed it, or raised in
+    it); the command gets its own when the block ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def interruption(e: BaseException) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..constants import HU_MAX, HU_MIN
-from ..errors import InputError, name_some
+from ..errors import InputError, leave_stops, name_some, starting_workers
 from ..fsutil import output_dir, write_bytes
 from ..patient import Patient
 from ..progress import track
@@ -157,23 +157,13 @@ def _run(fn: Callable[[T], R], work: list[T], jobs: int | None, progress: bool, 
 
     if n == 1:
         return list(shown(fn(w) for w in work))
-    ex = ProcessPoolExecutor(n, initializer=_leave_signals)
+    ex = ProcessPoolExecutor(n, initializer=leave_stops)  # a stop reaching the workers is the command's
     try:
-        return list(shown(ex.map(fn, work)))
+        with starting_workers():
+            results = ex.map(fn, work)  # starts the workers
+        return list(shown(results))
     finally:  # also after Ctrl-C: the work not started is dropped, the running ends, then the workers
         ex.shutdown(wait=True, cancel_futures=True)
-
-
-def _leave_signals() -> None:
-    """A worker process ignores Ctrl-C, SIGTERM and SIGHUP: they reach every process of the job (a
-    terminal's Ctrl-C, a batch system's stop), and a worker with the command's handlers printed a
-    traceback of its own; the command itself stops and ends its workers (:func:`_run`)."""
-    import signal
-
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
 
 
 def pack_cache(src: str | os.PathLike, out: str | os.PathLike, ct_step: int = 4, dose_step: int = 1,

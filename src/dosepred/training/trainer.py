@@ -50,7 +50,7 @@ import torch
 
 import dosepred
 
-from ..errors import InputError, name_some
+from ..errors import InputError, leave_stops, name_some, starting_workers
 from ..evaluation import evaluate_cohort  # at start: a long run never imports code edited since
 from ..fsutil import check_output, write_bytes, write_json
 from ..inference import InferenceOptions
@@ -627,9 +627,11 @@ class Trainer:
         """The batches of ``epoch`` for this rank (crops are a pure function of seed, epoch, index)."""
         self.dataset.set_epoch(epoch)
         sampler = RankSampler(self.steps_per_epoch, self.cfg.batch, self.rank, self.world, start_step)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch, sampler=sampler,
-                                           num_workers=self.cfg.workers,
-                                           pin_memory=self.device.type == "cuda", drop_last=False)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch, sampler=sampler,
+                                             num_workers=self.cfg.workers, worker_init_fn=leave_stops,
+                                             pin_memory=self.device.type == "cuda", drop_last=False)
+        with starting_workers():  # a stop reaching the workers is the trainer's (errors.leave_stops)
+            return iter(loader)
 
     def reduce_means(self, sums: dict[str, float], n: int | dict[str, int]) -> dict[str, float]:
         """Per-key means of ``sums`` over ``n`` steps (``n[key]``: a part only some steps give, such as
