@@ -529,6 +529,44 @@ main()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
 
+def test_a_full_disk_met_by_the_tensorboard_log_is_one_line_naming_it(caches, tmp_path):
+    """TensorBoard writes its events file in a thread of its own: a full disk met there printed 'Exception
+    in thread Thread-1: Traceback ... OSError' and then 'error: [Errno 28] No space left on device',
+    naming no file. Now it is one line naming the log (RUN/tb), and the finished epoch stays for
+    --resume."""
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    script = tmp_path / "full.py"
+    script.write_text(f"""
+import errno, sys
+from tensorboard.summary.writer import record_writer
+from dosepred.training import logging as run_logging
+full = []
+real_write, real_epoch = record_writer.RecordWriter.write, run_logging.RunLogger.epoch
+def write(self, data):
+    if full:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real_write(self, data)
+def epoch(self, row, is_best, step):
+    if row["epoch"] == 2:
+        full.append(1)
+    return real_epoch(self, row, is_best, step)
+record_writer.RecordWriter.write, run_logging.RunLogger.epoch = write, epoch
+sys.argv = ["dosepred", "train", "--data", {str(caches / "train")!r}, "--out", {str(out)!r},
+            "--loss", "mae", "--patch", "16", "--channels", "4,8", "--res-units", "0", "--batch", "1",
+            "--steps-per-epoch", "2", "--epochs", "3", "--threads", "1", "--no-progress"]
+from dosepred.cli import main
+main()
+""")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception in thread" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {out / 'tb'}: No space left on device"], r.stderr
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+
 def test_a_validation_of_a_diverged_model_says_it_diverged(tmp_path):
     """--lr 1e3: the first step's update leaves the loss finite but the weights huge, and validation
     predicted 4e7 Gy; the run then stopped with the scoring's message for a prediction file, 'a dose

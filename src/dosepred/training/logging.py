@@ -19,6 +19,7 @@ trainer on a DDP rank other than 0) records nothing.
 from __future__ import annotations
 
 import csv
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ class RunLogger:
         self.csv: CsvLog | None = None
         self.tb: Any | None = None
         self.bar: Any | None = None
+        self._hook: Callable[[Any], Any] | None = None  # threading.excepthook while TensorBoard writes
 
     def message(self, msg: str) -> None:
         """Pass ``msg`` to the ``log`` callable (nothing when disabled or without one)."""
@@ -152,6 +154,9 @@ class RunLogger:
         self.csv = CsvLog(self.run / "metrics.csv", resume_epoch)
         try:
             self.tb = open_tensorboard(self.run / "tb", None if resume_step is None else resume_step + 1)
+            if self.tb is not None:  # restored by close()
+                self._hook = threading.excepthook
+                threading.excepthook = _quiet_tb_thread(self._hook)
         except UnicodeError:  # its file layer takes only UTF-8 names (a folder named in Latin-1)
             self.tb = None
             self.message(f"no TensorBoard log: TensorBoard cannot write under {self.run}, whose path is not "
@@ -174,10 +179,14 @@ class RunLogger:
         if self.csv is not None:
             self.csv.append(row)
         if self.tb is not None:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
+            try:
+                for k, v in row.items():
+                    if k != "epoch" and isinstance(v, (int, float)):
+                        self.tb.add_scalar(k, v, step)
+                self.tb.flush()
+            except OSError as e:  # met by its writer thread (a full disk) and raised here: named
+                self.tb = None  # its thread has ended: closing it would only fail again
+                raise _tb_error(e, self.run / "tb") from None
         self.message(epoch_line(row, is_best))
 
     def close(self, last: dict[str, Any] | None = None) -> None:
@@ -186,5 +195,27 @@ class RunLogger:
             self.bar.close(f"loss {last['train_loss']:.4f}" if last else "")
             self.bar = None
         if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+            tb, self.tb = self.tb, None
+            try:
+                tb.close()
+            except OSError as e:  # a full disk: said, not raised over the error that may be ending the run
+                self.message(f"the TensorBoard log may lack its last values: {_tb_error(e, self.run / 'tb')}")
+        if self._hook is not None:
+            threading.excepthook, self._hook = self._hook, None
+
+
+def _tb_error(e: OSError, folder: Path) -> OSError:
+    """``e`` naming the TensorBoard log ``folder`` where it names no file."""
+    return e if e.filename is not None else OSError(e.errno, e.strerror or str(e), str(folder))
+
+
+def _quiet_tb_thread(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``threading.excepthook`` that leaves the ``OSError`` of TensorBoard's writer thread (a full disk)
+    unprinted: the writer raises it again in the trainer (:meth:`RunLogger.epoch`), which names the log;
+    anything else goes to ``hook``."""
+    def quiet(args: Any) -> Any:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return None
+        return hook(args)
+
+    return quiet
