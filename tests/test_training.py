@@ -463,6 +463,7 @@ def test_a_resumed_run_s_tensorboard_log_holds_each_step_once(caches, tmp_path, 
     step (a run that resumed on another thread count showed two losses per step). Now the resumed log
     purges what was logged after the resumed checkpoint's step, as an uninterrupted run's shows."""
     import errno
+    import time
 
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     from dosepred.training import trainer
@@ -482,6 +483,7 @@ def test_a_resumed_run_s_tensorboard_log_holds_each_step_once(caches, tmp_path, 
     with pytest.raises(OSError, match="No space"):
         train_run(run, opts)
     monkeypatch.setattr(trainer.checkpoint, "save_rotating", real)
+    time.sleep(1.1)  # events files are read in name order, named by the second they were opened in
     train_run(run, {}, resume=True)
     acc = ea.EventAccumulator(str(run / "tb"))
     acc.Reload()
