@@ -175,3 +175,39 @@ def test_a_loss_part_no_earlier_epoch_gave_gets_a_column(caches, tmp_path):
     log.append({"epoch": 2, "b": 2, "a": 3})
     CsvLog(path, 2).append({"epoch": 3, "a": 5, "c": 6})  # resumed: kept rows, a new column
     assert path.read_text().splitlines() == ["epoch,b,a,c", "1,,1,", "2,2,3,", "3,,5,6"]
+
+
+def test_a_metrics_row_cut_short_by_a_full_disk_is_not_left_and_names_the_file(tmp_path, monkeypatch):
+    """metrics.csv gets a row per epoch by appending; a full disk met mid-row left the part written (a
+    row cut short, read by --resume and by whoever plots the file) and raised 'No space left on device'
+    naming no file. Now the file is as it was before the row and the error names it."""
+    import builtins
+    import errno
+
+    from dosepred.training import logging as run_logging
+
+    path = tmp_path / "metrics.csv"
+    log = CsvLog(path, None)
+    log.append({"epoch": 1, "loss": 0.5})
+    before = path.read_bytes()
+
+    class Full:  # writes the first 5 bytes it is given, then meets a full disk
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, text):
+            self.fh.write(text[:5])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(run_logging, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    with pytest.raises(OSError, match="No space") as e:
+        log.append({"epoch": 2, "loss": 0.25})
+    assert e.value.filename == str(path)
+    assert path.read_bytes() == before

@@ -531,11 +531,12 @@ main()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
 
-def test_a_full_disk_met_by_the_tensorboard_log_is_one_line_naming_it(caches, tmp_path):
+@pytest.mark.parametrize("full_from", [1, 2])
+def test_a_full_disk_met_by_the_tensorboard_log_is_one_line_naming_it(caches, tmp_path, full_from):
     """TensorBoard writes its events file in a thread of its own: a full disk met there printed 'Exception
     in thread Thread-1: Traceback ... OSError' and then 'error: [Errno 28] No space left on device',
-    naming no file. Now it is one line naming the log (RUN/tb), and the finished epoch stays for
-    --resume."""
+    naming no file (also when the disk was full from the log's first event, written as it is opened).
+    Now it is one line naming the log (RUN/tb), and a finished epoch stays for --resume."""
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
     script = tmp_path / "full.py"
@@ -553,6 +554,8 @@ def epoch(self, row, is_best, step):
     if row["epoch"] == 2:
         full.append(1)
     return real_epoch(self, row, is_best, step)
+if {full_from} == 1:
+    full.append(1)
 record_writer.RecordWriter.write, run_logging.RunLogger.epoch = write, epoch
 sys.argv = ["dosepred", "train", "--data", {str(caches / "train")!r}, "--out", {str(out)!r},
             "--loss", "mae", "--patch", "16", "--channels", "4,8", "--res-units", "0", "--batch", "1",
@@ -566,7 +569,10 @@ main()
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr and "Exception in thread" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {out / 'tb'}: No space left on device"], r.stderr
-    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    if full_from == 1:  # no epoch finished: nothing to resume, nothing left
+        assert not out.exists()
+    else:
+        assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_a_validation_of_a_diverged_model_says_it_diverged(tmp_path):

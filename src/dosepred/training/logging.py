@@ -19,6 +19,7 @@ trainer on a DDP rank other than 0) records nothing.
 from __future__ import annotations
 
 import csv
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -95,11 +96,17 @@ class CsvLog:
             self._write_all(rows)
         if new:
             self.header = list(row.keys())
-        with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, self.header, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a", newline="") as fh:
+                w = csv.DictWriter(fh, self.header, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as e:  # a full disk: no part of the row is left, and the error names the file
+            if self.path.exists():
+                os.truncate(self.path, size)
+            raise (e if e.filename is not None else OSError(e.errno, e.strerror, str(self.path))) from None
 
 
 def epoch_line(row: dict[str, Any], is_best: bool) -> str:
@@ -152,11 +159,13 @@ class RunLogger:
         if not self.enabled:
             return
         self.csv = CsvLog(self.run / "metrics.csv", resume_epoch)
+        self._hook = threading.excepthook  # restored by close(); before its writer thread starts writing
+        threading.excepthook = _quiet_tb_thread(self._hook)
         try:
             self.tb = open_tensorboard(self.run / "tb", None if resume_step is None else resume_step + 1)
-            if self.tb is not None:  # restored by close()
-                self._hook = threading.excepthook
-                threading.excepthook = _quiet_tb_thread(self._hook)
+        except OSError as e:  # a full disk met by its first event, written as it is opened
+            threading.excepthook, self._hook = self._hook, None
+            raise _tb_error(e, self.run / "tb") from None
         except UnicodeError:  # its file layer takes only UTF-8 names (a folder named in Latin-1)
             self.tb = None
             self.message(f"no TensorBoard log: TensorBoard cannot write under {self.run}, whose path is not "
