@@ -272,3 +272,21 @@ def test_a_folder_output_the_command_runs_in_is_refused(tmp_path, monkeypatch, p
         assert Path.cwd() == out.resolve() and os.path.samefile(".", out)  # not a deleted folder
         assert sorted(os.listdir(".")) == (["old.csv"] if overwrite else [])
     assert sorted(os.listdir(tmp_path)) == ["preds"]
+
+
+def test_a_full_disk_raised_again_by_a_library_names_the_output(tmp_path):
+    """pydicom re-raises an error met while writing a data element as a new error of the same type whose
+    message holds the tag and a whole traceback, and no errno: `predict --format dicom` on a full disk
+    printed 'error: With tag (3004,0050) got exception: [Errno 28] No space left on device', then
+    'Traceback (most recent call last): ...', naming no file. The output's error is now the full disk's
+    own, naming the file."""
+    import errno
+
+    from pydicom.tag import Tag, tag_in_exception
+
+    out = tmp_path / "RD.dcm"
+    with pytest.raises(OSError) as e, atomic_path(out, only_writes=True), tag_in_exception(Tag(0x30040050)):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk's write
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out), str(e.value)
+    assert "Traceback" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -58,6 +58,20 @@ def _named(e: OSError, path: Path, tmp: Path | None = None) -> OSError:
     return OSError(e.errno, e.strerror or str(e), str(name or path))
 
 
+def _with_errno(e: OSError) -> OSError:
+    """``e``, or the error with an errno that ``e`` was raised from where a library raised it again as a
+    new ``OSError`` without one (pydicom: 'With tag (3004,0050) got exception: [Errno 28] ...' and a
+    whole traceback in the message), so that the output's error is the full disk's own line."""
+    x: BaseException | None = e
+    seen: set[int] = set()
+    while x is not None and id(x) not in seen:
+        if isinstance(x, OSError) and x.errno is not None:
+            return x
+        seen.add(id(x))
+        x = x.__cause__ or x.__context__
+    return e
+
+
 def _os_error_in(e: BaseException) -> OSError | None:
     """The first ``OSError`` in the chain of ``e`` (a library's clean-up may raise its own error over a
     failed write: torch.save's zip writer, 'unexpected pos', over a full disk's ``OSError``)."""
@@ -498,7 +512,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", only_writes: bool = F
         os.replace(tmp, final)
         ok = True
     except OSError as e:
-        named = _named(e, final, tmp)
+        named = _named(_with_errno(e), final, tmp)
         raise (_named(named, final) if only_writes else named) from None
     finally:
         if not ok:
