@@ -290,3 +290,27 @@ def test_a_full_disk_raised_again_by_a_library_names_the_output(tmp_path):
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(out), str(e.value)
     assert "Traceback" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path, overwrite", [(".", False), (".", True)])
+def test_a_file_output_given_as_the_folder_the_command_runs_in_is_refused(tmp_path, monkeypatch, path,
+                                                                         overwrite):
+    """``data split ... --out .`` (or ``--json .``) run inside an empty folder: the file output removed
+    that folder (an empty folder in the way) and wrote the file in its place, saying 'wrote .'; the
+    shell that ran it was left in a deleted folder where ``ls`` showed nothing. Now refused in one line
+    before anything is written; the folder stays the one the command runs in."""
+    import os
+
+    from dosepred.fsutil import OutputError, check_output, output_file
+
+    here = tmp_path / "split"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(OutputError, match=r"the folder this command runs in .*file name"):
+        with output_file(path, overwrite=overwrite) as tmp:
+            Path(tmp).write_text("{}\n")
+    assert here.is_dir() and os.path.samefile(".", here)  # not a deleted folder
+    assert os.listdir(".") == [] and sorted(os.listdir(tmp_path)) == ["split"]
+    # a folder written in place (train --out . --resume inside the run's folder) is not a file output
+    (here / "config.json").write_text("{}\n")
+    assert check_output(".", True).resolve() == here.resolve()

@@ -117,10 +117,12 @@ def _overlap(a: Path, b: Path) -> bool:
 
 def check_output(path: str | os.PathLike, overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out",
-                 folder: bool = False) -> Path:
+                 folder: bool = False, file: bool = False) -> Path:
     """Refuse an output that overlaps an input, or that exists, is not empty and ``overwrite`` is
-    False; return the path. Nothing is written. ``-`` is refused: dosepred writes no output to standard
-    output (its tables and lines go there), and a file or folder named ``-`` is never what was meant."""
+    False; return the path (``folder``: a folder output written beside it and renamed into place;
+    ``file``: a file output; neither: a folder written in place, a training run to resume). Nothing is
+    written. ``-`` is refused: dosepred writes no output to standard output (its tables and lines go
+    there), and a file or folder named ``-`` is never what was meant."""
     if str(path) == "-":
         raise OutputError(f"-: {what} - would be a file or folder named '-': dosepred writes its outputs to "
                           "files, never to standard output (the console tables go there); give a path, such "
@@ -152,6 +154,8 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
     if folder:  # before the non-empty rule, whose remedy (--overwrite) would not help here
         _folder_not_file(p, what)
         _not_where_run(p, rp, what)
+    elif file:
+        _file_not_where_run(p, rp, what)
     if is_nonempty(p) and not overwrite:
         kind = "folder" if p.is_dir() else "file"
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
@@ -237,6 +241,21 @@ def _not_where_run(p: Path, rp: Path, what: str) -> None:
                           "written beside it and renamed into place, which would leave your shell in a "
                           "deleted folder (ls would show nothing of what was written); run the command from "
                           f"another folder (e.g. cd {rp.parent}) and give {what} {rp.name}")
+
+
+def _file_not_where_run(p: Path, rp: Path, what: str) -> None:
+    """A file output given as the folder this command runs in (``--out .`` in an empty folder) would
+    replace that folder (an empty folder in the way is removed, :func:`output_file`), leaving the shell
+    in a deleted folder where the file is not to be seen. Refused, before anything is written."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the command already runs in a deleted folder: nothing to keep
+        return
+    if rp == cwd or rp in cwd.parents:
+        where = "is" if rp == cwd else "holds"
+        raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}), and this output is "
+                          "a file: it would replace the folder, leaving your shell in a deleted folder; give "
+                          f"{what} a file name (e.g. {what} ./result.json)")
 
 
 def _make_parent(path: Path) -> list[Path]:
@@ -329,7 +348,7 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
                 inputs: Sequence[str | os.PathLike | None] = (), what: str = "--out") -> Iterator[Path]:
     """Like :func:`output_dir` for one file: yield a temporary path beside ``path`` to write; it is
     renamed onto ``path`` when the block succeeds and removed when it fails."""
-    final = check_output(path, overwrite, inputs, what)
+    final = check_output(path, overwrite, inputs, what, file=True)
     if final.is_dir() and not final.is_symlink() and is_nonempty(final):
         raise OutputError(f"{final}: {what} is a folder; give a file name")
     created = _make_parent(final)

@@ -104,7 +104,7 @@ def make_split(src: PathLike, out: PathLike, method: str | None = None, ids: Seq
     if method is None:
         raise split.SplitError("choose exactly one of --random, --ids, --temporal")
     inputs = [src, manifest, *(f for f in ids or [] if "=" not in f and Path(f).is_file())]  # --ids files
-    check_output(out, overwrite, inputs)
+    check_output(out, overwrite, inputs, file=True)
     s = open_source(src)
     known = list(s.ids)
     # the plans of one patient (one DICOM PatientID: an import names them pt_X_1, pt_X_2) go together
@@ -188,7 +188,7 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     inputs = [reference, prediction, roi_map, protocol_file(protocol)]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:
-            check_output(path, overwrite, inputs, what, folder=path is report)
+            check_output(path, overwrite, inputs, what, folder=path is report, file=path is not report)
     check_apart(json_out, report, "--json", "--report")
     pairs, missing = ev.match_predictions(reference, prediction, roi_map)
     if missing and not allow_missing:
@@ -373,7 +373,7 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
         raise FileNotFoundError(f"{plans} does not exist")
     for path in (out, json_out):  # refuse before any work
         if path is not None:
-            check_output(path, overwrite, inputs, folder=path is out)
+            check_output(path, overwrite, inputs, folder=path is out, file=path is not out)
     check_apart(json_out, out, "--json", "--out")
     with contextlib.ExitStack() as outputs:
         tmp = outputs.enter_context(output_dir(out, overwrite, inputs))

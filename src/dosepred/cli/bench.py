@@ -52,7 +52,7 @@ def _log(otherwise: Any) -> Any:
 
 def _check(json_out: Path | None, overwrite: bool, inputs: list[Path] | None = None) -> None:
     if json_out is not None:  # refuse before any work
-        check_output(json_out, overwrite, inputs or [], "--json")
+        check_output(json_out, overwrite, inputs or [], "--json", file=True)
 
 
 @bench_app.command("evaluate")
