@@ -74,6 +74,33 @@ def test_an_affine_in_metres_or_microns_whose_header_says_mm_is_refused(tmp_path
         nifti.read_nifti_folder(tmp_path / "src")
 
 
+@pytest.mark.parametrize("header, affine_in, fix", [("meter", 1.0, "mm"), ("micron", 1.0, "mm"),
+                                                     ("unknown", 1e-3, "meter"), ("mm", 1e3, "micron")])
+def test_voxel_sizes_no_ct_has_name_the_unit_that_would_read_them(tmp_path, header, affine_in, fix):
+    """The refusal of voxel sizes no CT has told every file to set xyzt_units to 'meter': also a file
+    whose header already says 'meter' (an affine in mm under a wrong unit: the remedy is 'mm'), and one
+    in microns (3900 mm voxels, where 'meter' would make them 3.9e6 mm). It names the unit in which the
+    affine reads as a CT's voxel sizes (by hand: 2.5/2/2 mm voxels times ``affine_in``)."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src")
+    img = nib.load(folder / "ct.nii.gz")
+    aff = img.affine.copy()
+    aff[:3, :] *= affine_in
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
+    out.set_sform(aff, code=1)
+    out.set_qform(aff, code=1)
+    out.header.set_xyzt_units(header)
+    nib.save(out, folder / "ct.nii.gz")
+    info = json.loads((folder / "rois.json").read_text())
+    info.pop("geometry")
+    (folder / "rois.json").write_text(json.dumps(info))
+    with pytest.raises(nifti.NiftiFormatError) as e:
+        nifti.read_nifti_folder(tmp_path / "src")
+    assert f"(header unit '{header}')" in str(e.value)
+    assert f"set_xyzt_units('{fix}')" in str(e.value), str(e.value)
+    assert [u for u in ("mm", "meter", "micron") if f"set_xyzt_units('{u}')" in str(e.value)] == [fix]
+
+
 @pytest.mark.parametrize("unit, per_mm", [("meter", 1e-3), ("micron", 1e3)])
 def test_an_affine_in_metres_or_microns_is_read_in_millimetres(tmp_path, unit, per_mm):
     """The NIfTI standard gives the affine in the header's spatial unit (xyzt_units), which nibabel

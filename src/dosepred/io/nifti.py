@@ -94,10 +94,16 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
     lo, hi = CT_VOXEL_MM
     if not all(lo <= v <= hi for v in g.spacing):  # mm per voxel once the header's unit is applied
         sizes = ", ".join(f"{v:.4g}" for v in g.spacing)
+        unit = _unit(img)
+        raw = [v / _MM_PER_UNIT.get(unit, 1.0) for v in g.spacing]  # the affine's own numbers
+        fit = next((u for u in ("mm", "meter", "micron") if _MM_PER_UNIT[u] != _MM_PER_UNIT.get(unit, 1.0)
+                    and all(lo <= v * _MM_PER_UNIT[u] <= hi for v in raw)), None)
+        words = {"mm": "millimetres", "meter": "metres", "micron": "microns"}
+        fix = (f"an affine in {words.get(fit)} under another unit? Set xyzt_units to {fit!r} (nibabel: "
+               f"img.header.set_xyzt_units({fit!r}))" if fit else
+               "set xyzt_units to the affine's unit (nibabel: img.header.set_xyzt_units(...))")
         raise NiftiFormatError(
-            f"{path}: voxel sizes {sizes} mm (header unit {_unit(img)!r}) are no CT's ({lo:g}-{hi:g} mm): "
-            "an affine in metres or microns whose header does not say so? Set xyzt_units to the affine's "
-            "unit (nibabel: img.header.set_xyzt_units('meter'))")
+            f"{path}: voxel sizes {sizes} mm (header unit {unit!r}) are no CT's ({lo:g}-{hi:g} mm): {fix}")
     if stored:
         try:
             sg = Geometry.from_dict(stored)
