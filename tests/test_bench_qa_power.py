@@ -438,3 +438,34 @@ def test_refuses_predicted_doses_as_the_plans(tmp_path):
     assert flat.startswith(f"error: {tmp_path / 'pred'}: its doses are predictions written by `dosepred "
                            "predict`, not plans"), flat
     assert flat.count("error:") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["same", "copy"])
+def test_refuses_the_plans_as_their_predictions(tmp_path, copy):
+    """--prediction given the plans (the --data cache itself, or a copy of it): every 'prediction' was its
+    plan dose, so the benchmark printed 100 % of degraded plans caught, 0 % false alarms and every goal
+    'met' (coverage 100 % at width 0), with only a warning that the cache does not record its flipping,
+    exit 0. A 'predicted' dose equal to its plan dose, voxel for voxel (no model predicts a plan
+    exactly), is now one error naming the patient and both caches, exit 2, nothing written."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    pats = _cohort(tmp_path)
+    pred = tmp_path / "data"
+    if copy:
+        pred = tmp_path / "plans-copy"
+        shutil.copytree(tmp_path / "data", pred)
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["bench", "qa-power", "--model", "models/openkbp-mae-cdm", "--data",
+                                 str(tmp_path / "data"), "--prediction", str(pred), "--splits", "4",
+                                 "--oar-gy", "3,6", "--cold-gy", "2", "--hot-pct", "5", "--coverage", "0.5",
+                                 "--json", str(out), "--no-progress"])  # as test_cli_on_a_synthetic_cohort
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    first = sorted(p.id for p in pats)[0]
+    assert f"error: --prediction {pred}: patient {first}'s predicted dose is its plan dose in --data " \
+           f"{tmp_path / 'data'}" in flat, flat
+    assert flat.count("error:") == 1 and not out.exists()

@@ -203,6 +203,10 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
             pred = pred_cache.load_dose(p.id)
             if pred is None:
                 raise InputError(f"--prediction {prediction}: patient {p.id} has no predicted dose")
+            if np.array_equal(pred, p.dose):  # no model predicts a plan exactly: the plans given twice
+                raise InputError(f"--prediction {prediction}: patient {p.id}'s predicted dose is its plan "
+                                 f"dose in --data {data}, voxel for voxel (the plans given as their "
+                                 "predictions?); give the cache `dosepred predict --format cache` wrote")
         else:
             from ..predict import predict_dose
 
