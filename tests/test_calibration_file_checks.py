@@ -212,3 +212,22 @@ def test_qa_refuses_a_negative_report_max_before_any_work(tmp_path):
                                          r"\(0: all\), got -1"):
         run_qa(tmp_path / "no-model", tmp_path / "no-plans", "openkbp-clinical", report=tmp_path / "r",
                report_max=-1)
+
+
+def test_a_family_that_can_give_no_coverage_says_so_not_at_most_0():
+    """A signed (two-sided) interval of one unit exists at no coverage: the message asked for 'a lower
+    --coverage (at most 0)' and counted '(1 units)'."""
+    from types import SimpleNamespace
+
+    from dosepred.qa.check import QAChecker
+
+    fam = Family("oar_mean", 1, {"*": CriterionStats(0.0, 1.0, 0)}, {"signed": (0.3,)}, None, "signed", ())
+    chk = object.__new__(QAChecker)
+    chk.calibration = SimpleNamespace(families={"oar_mean": fam}, protocol="p")
+    chk.methods = {"oar_mean": "signed"}
+    chk.bound = SimpleNamespace(criteria=[SimpleNamespace(metric="Dmean", kind="oar",
+                                                          criterion=SimpleNamespace(name="Larynx Dmean"))])
+    chk.coverage, chk.rule, chk.warnings = 0.9, "interpolated", []
+    with pytest.raises(CalibrationError, match=r"than family oar_mean \(1 unit\) has: no coverage can be "
+                                               r"given: recalibrate on more patients"):
+        chk._check_protocol()

@@ -134,6 +134,29 @@ def test_ids_that_differ_only_in_case_are_refused(tmp_path, kind, a, b):
         list(load_patients(src))
 
 
+def test_an_older_cache_of_ids_that_differ_only_in_case_names_a_remedy_it_takes(tmp_path):
+    """A cache written before such ids were refused cannot be given other ids; `data subset` (which
+    reads the cache itself) leaves one out."""
+    import dataclasses
+    import json
+
+    from dosepred.workflows import subset_cache
+
+    cohort = synth.make_cohort(2, seed=1, size=12)
+    cache.write_cache([dataclasses.replace(p, id=i) for p, i in zip(cohort, ("pt_a", "pt_b"), strict=True)],
+                      tmp_path / "c")
+    info = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    (tmp_path / "c" / "pt_b.npz").rename(tmp_path / "c" / "PT_A.npz")  # as an older dosepred wrote it
+    info["patients"] = [{**e, "id": "PT_A", "file": "PT_A.npz"} if e["id"] == "pt_b" else e
+                        for e in info["patients"]]
+    (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(SourceError, match=r"'pt_a' and 'PT_A' differ only in case.*`dosepred data subset`"):
+        open_source(tmp_path / "c")
+    (tmp_path / "s.json").write_text(json.dumps({"splits": {"keep": ["pt_a"]}}))
+    subset_cache(tmp_path / "c", f"{tmp_path / 's.json'}:keep", tmp_path / "kept")
+    assert open_source(tmp_path / "kept").ids == ["pt_a"]
+
+
 def test_a_cache_of_ids_that_differ_only_in_case_is_not_written(tmp_path):
     import dataclasses
 

@@ -255,7 +255,7 @@ def read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
 
 
 #: the extent (mm) of a 128-voxel OpenKBP axis that a head-and-neck CT can have: OpenKBP's own voxel
-#: sizes (2.7-5.1 mm in-plane, 1.5-3.3 mm slices) span 190-650 mm; the same sizes in cm span 19-65 mm
+#: sizes (2.7-5.4 mm in-plane, 1.5-3.3 mm slices, train and validation) span 190-700 mm; in cm 19-70 mm
 EXTENT_MM = (80.0, 1500.0)
 
 

@@ -257,10 +257,12 @@ class QAChecker:
                 mid = (lo_cov + hi_cov) / 2
                 lo_cov, hi_cov = (mid, hi_cov) if all(bounded(f, mid) for f in short) else (lo_cov, mid)
             most = math.floor(lo_cov * 1000) / 1000
-            fams = ", ".join(f"{f} ({n} units)" for f, n in short.items())
+            fams = ", ".join(f"{f} ({n} unit{'s' if n != 1 else ''})" for f, n in short.items())
             which = f"families {fams} have" if len(short) > 1 else f"family {fams} has"
+            lower = (f"ask for a lower --coverage (at most {most:g})" if most > 0 else
+                     "no coverage can be given: recalibrate on more patients (`dosepred calibrate`)")
             raise CalibrationError(f"coverage {self.coverage:g} needs more calibration units than {which}: "
-                                   f"ask for a lower --coverage (at most {most:g})")
+                                   f"{lower}")
         if missing:
             fams = "; ".join(f"{f} ({', '.join(v)})" for f, v in missing.items())
             raise CalibrationError(
