@@ -469,3 +469,20 @@ def test_refuses_the_plans_as_their_predictions(tmp_path, copy):
     assert f"error: --prediction {pred}: patient {first}'s predicted dose is its plan dose in --data " \
            f"{tmp_path / 'data'}" in flat, flat
     assert flat.count("error:") == 1 and not out.exists()
+
+
+def test_too_few_patients_are_refused_before_any_is_predicted(tmp_path, monkeypatch):
+    """Two patients cannot be split into calibrating and checked ones: the benchmark predicted every
+    patient with the model (minutes each on a clinic's grid) before saying so."""
+    import dosepred.predict
+    from dosepred import synth
+    from dosepred.bench.qa_power import run
+    from dosepred.io.cache import write_cache
+
+    def never(*a, **k):
+        raise AssertionError("predicted a patient before counting them")
+    monkeypatch.setattr(dosepred.predict, "predict_dose", never)
+    write_cache(synth.make_cohort(2, seed=3, size=32), tmp_path / "data")
+    with pytest.raises(InputError, match=r"--data \S+data: 2 patients with plan-QA criteria; the benchmark "
+                                         r"needs at least 3"):
+        run("models/openkbp-mae-cdm", tmp_path / "data")

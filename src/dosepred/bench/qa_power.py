@@ -185,8 +185,9 @@ def collect(model: str | os.PathLike, data: str | os.PathLike, cfg: PowerConfig,
 
     # a cache of predicted doses is no plans (qa --plans and calibrate --data refuse it alike): --data and
     # --prediction swapped benchmarked QA of the predictions against the plans, exit 0
-    it: Any = plan_source(data, None, "the benchmark degrades plan doses and checks them as plan QA "
-                          "does").patients(require_dose=True)
+    source = plan_source(data, None, "the benchmark degrades plan doses and checks them as plan QA does")
+    check_enough_patients(len(source.ids), f"--data {data}")  # before predicting any (run checks again)
+    it: Any = source.patients(require_dose=True)
     if progress:
         it = track(it, description="degrading plans")
     for p in it:
