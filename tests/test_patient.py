@@ -5,6 +5,7 @@ import pytest
 
 from dosepred import Patient, Roi, RoiSet
 from dosepred import roi as roi_mod
+from dosepred.errors import InputError
 
 SHAPE = (4, 5, 6)
 
@@ -185,3 +186,15 @@ def test_an_id_that_cannot_name_files_is_refused(pid):
 
     with pytest.raises(InputError, match="patient id .*cannot name"):
         _patient(id=pid)
+
+
+def test_a_dose_in_cgy_is_refused():
+    """A dose given in cGy (a notebook's own arrays, 7000 for 70 Gy) was taken as Gy: evaluating a
+    reference built so against a prediction in Gy gave a dose score of thousands of Gy without a word,
+    while every reader and a scored prediction refuse a dose over 1000 Gy."""
+    with pytest.raises(InputError, match=r"pt_7: dose reaches 7000 Gy, over 1000 Gy: a dose in cGy"):
+        _patient(dose=np.full(SHAPE, 7000.0, np.float32))
+    assert float(_patient(dose=np.full(SHAPE, 1000.0)).dose.max()) == 1000.0  # the highest a plan may have
+    p = _patient(dose=np.full(SHAPE, 70.0))
+    with pytest.raises(InputError, match="over 1000 Gy"):
+        p.with_dose(p.dose * 100)

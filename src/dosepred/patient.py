@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import roi as _roi
+from .constants import MAX_DOSE_GY
 from .errors import InputError, UnknownNameError
 from .geometry import Geometry, reorient
 
@@ -258,6 +259,9 @@ class Patient:
                     raise InputError(f"patient {pid}: dose contains NaN/inf")
                 if lo < 0:
                     raise InputError(f"patient {pid}: dose must be >= 0 Gy, min is {lo:.4g}")
+                if hi > MAX_DOSE_GY:  # as every reader: a dose in cGy would be scored and shown as Gy
+                    raise InputError(f"patient {pid}: dose reaches {hi:.6g} Gy, over {MAX_DOSE_GY:g} Gy: "
+                                     "a dose in cGy? a dose is in Gy (divide by 100)")
             self.dose = d
         unknown = [m for m in self.missing_rois if m not in self.roi_set]
         if unknown:
