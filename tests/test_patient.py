@@ -101,6 +101,13 @@ def test_float_ct_is_rounded_to_int16():
     ((Roi(""),), "non-empty"),
     ((Roi("X", "organ"),), "ROI X: kind must be"),  # type: ignore[arg-type]
     (tuple(Roi(f"R{i}") for i in range(65)), "65 ROIs exceed"),
+    # a prescription in cGy was kept: V95% of PTV70 counted the voxels over 6650 Gy (0 %)
+    ((Roi("PTV70", "target", 7000.0),), r"ROI PTV70: prescription 7000 Gy is over 200 Gy: in cGy\?"),
+    # names, not Roi objects: was AttributeError 'str' object has no attribute 'name'
+    (("Brainstem", "PTV70"), r"RoiSet takes Roi objects .* got str 'Brainstem'"),
+    ("PTV70", "RoiSet takes a sequence of Roi, got str"),
+    ((Roi(" "),), "non-empty"),
+    ((Roi(7),), "non-empty strings, got 7"),  # type: ignore[arg-type]
 ])
 def test_roiset_validation(rois, match):
     with pytest.raises(ValueError, match=match):
@@ -198,3 +205,18 @@ def test_a_dose_in_cgy_is_refused():
     p = _patient(dose=np.full(SHAPE, 70.0))
     with pytest.raises(InputError, match="over 1000 Gy"):
         p.with_dose(p.dose * 100)
+
+
+def test_a_roiset_given_a_list_evaluates_like_one_given_a_tuple():
+    """RoiSet([Roi(...), ...]) kept the list: the set was unhashable, and evaluate_cohort, which binds
+    the protocol once per ROI set, failed with TypeError: unhashable type: 'list'."""
+    from dosepred import evaluate_cohort
+    rs = RoiSet([Roi("Cord", "oar"), Roi("PTV70", "target", 70.0)])
+    masks = {"Cord": np.zeros(SHAPE, bool), "PTV70": np.zeros(SHAPE, bool)}
+    masks["Cord"][0] = True
+    masks["PTV70"][2:] = True
+    dose = np.where(masks["PTV70"], 70.0, 10.0).astype(np.float32)
+    p = Patient.from_masks("pt_1", np.zeros(SHAPE, np.int16), masks, rs, (1, 2, 3), dose=dose)
+    r = evaluate_cohort([(p, dose + 1.0)], "openkbp")
+    assert r.dose_score == pytest.approx(1.0)
+    assert rs == RoiSet((Roi("Cord", "oar"), Roi("PTV70", "target", 70.0)))

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import roi as _roi
-from .constants import MAX_DOSE_GY
+from .constants import MAX_CRITERION_GY, MAX_DOSE_GY
 from .errors import InputError, UnknownNameError
 from .geometry import Geometry, reorient
 
@@ -73,6 +73,15 @@ class RoiSet:
     rois: tuple[Roi, ...]
 
     def __post_init__(self) -> None:
+        rois = self.rois
+        if isinstance(rois, (str, Roi)) or not isinstance(rois, Iterable):
+            raise InputError(f"a RoiSet takes a sequence of Roi, got {type(rois).__name__} {rois!r:.60}")
+        rois = tuple(rois)  # a list was kept: unhashable, so evaluate_cohort's lookup by ROI set failed
+        bad = [r for r in rois if not isinstance(r, Roi)]
+        if bad:
+            raise InputError(f"a RoiSet takes Roi objects (Roi(name, kind, prescription)), got "
+                             f"{type(bad[0]).__name__} {bad[0]!r:.60}")
+        object.__setattr__(self, "rois", rois)
         names = [r.name for r in self.rois]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -80,8 +89,8 @@ class RoiSet:
         if len(self.rois) > _roi.MAX_ROIS:
             raise InputError(f"{len(self.rois)} ROIs exceed the bit-mask limit of {_roi.MAX_ROIS}")
         for r in self.rois:
-            if not r.name:
-                raise InputError("ROI names must be non-empty")
+            if not isinstance(r.name, str) or not r.name.strip():
+                raise InputError(f"ROI names must be non-empty strings, got {r.name!r}")
             if r.kind not in ("target", "oar", "other"):
                 raise InputError(f"ROI {r.name}: kind must be target/oar/other, got {r.kind!r}")
             if r.prescription is not None:
@@ -95,6 +104,9 @@ class RoiSet:
                     raise InputError(f"ROI {r.name}: prescription must be > 0 Gy, got {rx}")
                 if not math.isfinite(rx):
                     raise InputError(f"ROI {r.name}: prescription must be a finite number of Gy, got {rx}")
+                if rx > MAX_CRITERION_GY:  # as a protocol's and an ROI map's: V95% would be of 6650 Gy
+                    raise InputError(f"ROI {r.name}: prescription {rx:g} Gy is over {MAX_CRITERION_GY:g} Gy: "
+                                     "in cGy? a prescription is in Gy (divide by 100)")
 
     # construction --------------------------------------------------------------------------
     @classmethod
