@@ -220,3 +220,15 @@ def test_a_roiset_given_a_list_evaluates_like_one_given_a_tuple():
     r = evaluate_cohort([(p, dose + 1.0)], "openkbp")
     assert r.dose_score == pytest.approx(1.0)
     assert rs == RoiSet((Roi("Cord", "oar"), Roi("PTV70", "target", 70.0)))
+
+
+@pytest.mark.parametrize("spacing", [2.5, "2.5", None])
+def test_a_patient_refuses_a_scalar_spacing_in_one_line(spacing):
+    """Patient(..., spacing=2.5) and Patient.from_masks(..., 2.5) were TypeError: 'float' object is not
+    iterable (a string of three digits was read as three spacings)."""
+    ct = np.zeros((3, 4, 5), np.int16)
+    rs = RoiSet((Roi("A", "oar"),))
+    with pytest.raises(InputError, match="patient p1: .*spacing"):
+        Patient.from_masks("p1", ct, {"A": ct > 0}, rs, spacing)
+    with pytest.raises(InputError, match="patient p1: .*spacing"):
+        Patient("p1", ct, np.zeros(ct.shape, np.uint8), rs, spacing)

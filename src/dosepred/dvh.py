@@ -34,7 +34,7 @@ from .metrics import (
     v_percent,
     v_threshold,
 )
-from .patient import Patient
+from .patient import Patient, as_spacing
 
 VolumeUnit = Literal["%", "cc"]
 
@@ -244,13 +244,14 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
             if prescription is None:
                 prescription = p.roi_set.prescription(mask)
             mask = p.mask(mask)
-        dose, spacing = p.dose, spacing or p.spacing
+        dose, spacing = p.dose, p.spacing if spacing is None else spacing
     else:
         dose = np.asarray(patient_or_dose)
         if isinstance(mask, str):
             raise InputError("an ROI name needs a Patient; pass a boolean mask with a dose array")
         if spacing is None:
             raise InputError("spacing (mm per axis) is needed to compute metrics from a dose array")
+    spacing = as_spacing(spacing)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != np.shape(dose):
         raise InputError(f"mask shape {mask.shape} != dose shape {np.shape(dose)}")

@@ -160,6 +160,22 @@ class RoiSet:
         return _roi.code_dtype(len(self.rois))
 
 
+def as_spacing(spacing: Any, where: str = "") -> tuple[float, float, float]:
+    """``spacing`` as three positive finite mm values, one per array axis; else an InputError starting
+    with ``where`` (a scalar, 2.5 for isotropic voxels, was a TypeError in a Patient and a voxel of
+    2.5 mm3 in :func:`dosepred.dvh.roi_metric`)."""
+    try:
+        if isinstance(spacing, (str, bytes)):
+            raise TypeError
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        sp = ()
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise InputError(f"{where}spacing must be three positive mm values (one per array axis), "
+                         f"got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
 def id_problem(pid: str) -> str | None:
     """Why ``pid`` cannot be a patient id, or None: an id names the patient's files and folders (a
     cache's ``<id>.npz``, a prediction's ``<id>.csv``, an export's ``<id>/``), and one holding a slash
@@ -236,9 +252,7 @@ class Patient:
         self._shape = tuple(shape)
         sp = None
         if spacing is not None:
-            sp = tuple(float(s) for s in spacing)
-            if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-                raise InputError(f"patient {pid}: spacing must be three positive mm values, got {spacing}")
+            sp = as_spacing(spacing, f"patient {pid}: ")
         elif self.geometry is None:
             raise InputError(f"patient {pid}: give the grid's geometry (or at least its spacing)")
         self.geometry = self._resolve_geometry(sp)
@@ -417,7 +431,7 @@ class Patient:
         if codes.dtype != roi_set.dtype:
             codes = codes.astype(roi_set.dtype)
         missing = tuple(n for n in roi_set.names if n not in masks)
-        return cls(id, ct, codes, roi_set, tuple(spacing), possible_dose_mask, dose, missing,  # type: ignore
+        return cls(id, ct, codes, roi_set, spacing, possible_dose_mask, dose, missing,  # type: ignore
                    dict(meta or {}), geometry)
 
 
