@@ -202,3 +202,22 @@ def test_roi_metric_refuses_a_spacing_that_is_not_three_positive_values(spacing)
     with pytest.raises(InputError, match=r"spacing must be three positive mm values .* got"):
         roi_metric(dose, mask, "D0.1cc", spacing=spacing)
 
+
+
+def test_a_metric_that_is_no_string_is_a_metric_error():
+    """roi_metric / compute / roi_metrics passed anything but a string through as a parsed metric: a
+    number (95 for D95%) was AttributeError: 'int' object has no attribute 'kind'; roi_metrics given
+    one string parsed its characters ('unknown metric 'D'')."""
+    from dosepred.metrics import MetricError
+
+    dose = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    mask = np.ones((3, 3, 3), bool)
+    for call in (lambda: roi_metric(dose, mask, 95, spacing=(1, 1, 1)),
+                 lambda: compute(95, dose.ravel(), 1.0),
+                 lambda: roi_metrics(dose.ravel(), [95], 1.0)):
+        with pytest.raises(MetricError, match="metric must be a string, got 95"):
+            call()
+    with pytest.raises(MetricError, match=r"a list of metrics, got one: D95%; give \['D95%'\]"):
+        roi_metrics(dose.ravel(), "D95%", 1.0)
+    assert roi_metrics(dose.ravel(), ["D95%", "Dmean"], 1.0) == pytest.approx(
+        [np.percentile(np.arange(27.0), 5), 13.0])

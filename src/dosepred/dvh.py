@@ -154,11 +154,19 @@ def dvh_edges(max_dose: float, bin_width: float) -> np.ndarray:
     return np.arange(k + 1, dtype=np.float64) * bin_width
 
 
+def _parse_all(metrics: Sequence[str | Metric]) -> list[Metric]:
+    """The parsed metrics of a list; one string (``"D95%"`` for ``["D95%"]``) is a MetricError, not
+    its characters parsed one by one."""
+    if isinstance(metrics, (str, Metric)):
+        raise MetricError(f"metrics must be a list of metrics, got one: {metrics!s}; give [{str(metrics)!r}]")
+    return [parse_metric(m) for m in metrics]
+
+
 def roi_metrics(doses: np.ndarray, metrics: Sequence[str | Metric], voxel_volume_mm3: float,
                 prescription: float | None = None) -> list[float]:
     """Several metrics of one ROI's voxel doses (1-D) at once: the percentile metrics share one
     ``np.percentile`` call. Values equal :func:`dosepred.metrics.compute` (NaN for an empty ROI)."""
-    ms = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
+    ms = _parse_all(metrics)
     d = np.asarray(doses, dtype=np.float64).ravel()
     if d.size == 0:
         return [math.nan] * len(ms)
@@ -201,7 +209,7 @@ def roi_metrics_pair(ref: np.ndarray, pred: np.ndarray, metrics: Sequence[str | 
                      ) -> tuple[list[float], list[float]]:
     """:func:`roi_metrics` of two dose arrays over the same ROI voxels (reference and prediction) at
     once: one ``np.percentile`` call serves every percentile metric of both. Same values."""
-    ms = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
+    ms = _parse_all(metrics)
     ref, pred = np.ravel(ref), np.ravel(pred)
     if ref.size != pred.size:
         raise ValueError(f"reference and prediction have {ref.size} and {pred.size} ROI voxels")

@@ -62,8 +62,11 @@ class Metric:
         return f"{self.kind}{v}{self.unit}"
 
 
-def parse_metric(text: str) -> Metric:
-    """Parse a metric string such as ``D95%``, ``D0.1cc``, ``Dmean``, ``V30Gy``, ``V95%``."""
+def parse_metric(text: str | Metric) -> Metric:
+    """Parse a metric string such as ``D95%``, ``D0.1cc``, ``Dmean``, ``V30Gy``, ``V95%`` (a parsed
+    :class:`Metric` is returned as it is; anything else is a :class:`MetricError`)."""
+    if isinstance(text, Metric):
+        return text
     if not isinstance(text, str):
         raise MetricError(f"metric must be a string, got {text!r}")
     return _parse_metric(text)
@@ -189,7 +192,7 @@ def compute(metric: Metric | str, doses: np.ndarray, voxel_volume_mm3: float,
 
     Returns NaN for an empty ROI. V-metrics are percentages of the ROI volume (0-100).
     """
-    m = parse_metric(metric) if isinstance(metric, str) else metric
+    m = parse_metric(metric)
     d = np.asarray(doses, dtype=np.float64).ravel()
     if d.size == 0:
         return math.nan

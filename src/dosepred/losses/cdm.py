@@ -130,7 +130,7 @@ def d_metric(doses: torch.Tensor, metric: Metric | str, voxel_volume_mm3: float 
     Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
     uses :func:`cdm_loss`.
     """
-    m = parse_metric(metric) if isinstance(metric, str) else metric
+    m = parse_metric(metric)
     if doses.dim() != 1 or doses.numel() == 0:
         raise ValueError("doses must be a non-empty 1-D tensor of ROI voxel doses, "
                          f"got shape {tuple(doses.shape)}")

@@ -22,7 +22,7 @@ NEARMAX_PCT = 5.0
 
 def metric_family(metric: str | Metric, kind: str) -> str:
     """Family of a metric of an ROI of ``kind`` (target / oar / other)."""
-    m = parse_metric(metric) if isinstance(metric, str) else metric
+    m = parse_metric(metric)
     if m.kind == "V":
         return "v_metric"
     if kind == "target":
