@@ -221,3 +221,15 @@ def test_a_metric_that_is_no_string_is_a_metric_error():
         roi_metrics(dose.ravel(), "D95%", 1.0)
     assert roi_metrics(dose.ravel(), ["D95%", "Dmean"], 1.0) == pytest.approx(
         [np.percentile(np.arange(27.0), 5), 13.0])
+
+
+def test_roi_metric_refuses_a_mask_that_is_not_binary():
+    """roi_metric(dose, mask) read a float mask's every non-zero voxel as in the ROI: the Dmean of a mask
+    resampled with linear interpolation (0.3 at its rim) took the rim voxels in without a word."""
+    dose = np.arange(64, dtype=np.float32).reshape(4, 4, 4)
+    m = np.zeros((4, 4, 4))
+    m[1:3, 1:3, 1:3] = 1.0
+    assert roi_metric(dose, m * 255, "Dmean", spacing=(1, 1, 1)) == pytest.approx(dose[m > 0].mean())
+    m[0, 0, 0] = 0.3
+    with pytest.raises(InputError, match=r"mask is no binary mask: .* 2 different values \(0.3, 1\)"):
+        roi_metric(dose, m, "Dmean", spacing=(1, 1, 1))

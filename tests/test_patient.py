@@ -232,3 +232,24 @@ def test_a_patient_refuses_a_scalar_spacing_in_one_line(spacing):
         Patient.from_masks("p1", ct, {"A": ct > 0}, rs, spacing)
     with pytest.raises(InputError, match="patient p1: .*spacing"):
         Patient("p1", ct, np.zeros(ct.shape, np.uint8), rs, spacing)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda m: np.where(m, 1.0, np.nan), "holds NaN in"),  # NaN outside the ROI: was the whole grid
+    (lambda m: m * 0.7 + np.roll(m, 1, axis=2) * 0.3, r"3 different values \(0.3, 0.7, 1\)"),  # resampled
+    (lambda m: m * 1 + np.roll(m, 1, axis=0) * 2, "different values"),  # a label map as one ROI
+])
+def test_a_mask_that_is_not_binary_is_refused(bad, match):
+    """A mask given as numbers counted every non-zero voxel: NaN (outside a resampled field of view), the
+    partial voxels of a mask resampled with linear interpolation, every label of a label map, all went
+    into the ROI without a word (the NIfTI reader refuses such a label file)."""
+    m = np.zeros(SHAPE, bool)
+    m[1:3, 1:3, 1:3] = True
+    with pytest.raises(InputError, match=r"patient pt_7: ROI Cord mask .*" + match):
+        _patient(masks={"Cord": bad(m)})
+    with pytest.raises(InputError, match=r"patient pt_7: possible-dose mask .*" + match):
+        _patient(possible_dose_mask=bad(m))
+    # 0/1 and 0/255 of any dtype, and float noise of one value, read as the boolean mask
+    for ok in (m.astype(np.uint8) * 255, m.astype(np.int64), m * 1.0, m * (1 + 1e-7 * np.arange(6))):
+        p = _patient(masks={"Cord": ok}, possible_dose_mask=ok)
+        assert np.array_equal(p.mask("Cord"), m) and np.array_equal(p.possible_dose_mask, m)

@@ -35,6 +35,7 @@ from .metrics import (
     v_threshold,
 )
 from .patient import Patient, as_spacing
+from .roi import binary_mask
 
 VolumeUnit = Literal["%", "cc"]
 
@@ -260,7 +261,7 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
         if spacing is None:
             raise InputError("spacing (mm per axis) is needed to compute metrics from a dose array")
     spacing = as_spacing(spacing)
-    mask = np.asarray(mask, dtype=bool)
+    mask = binary_mask(mask, "mask")
     if mask.shape != np.shape(dose):
         raise InputError(f"mask shape {mask.shape} != dose shape {np.shape(dose)}")
     try:

@@ -269,9 +269,8 @@ class Patient:
         self.roi_codes = codes
         if self.possible_dose_mask is None:
             self.possible_dose_mask = np.ones(shape, dtype=bool)
-        self.possible_dose_mask = np.asarray(self.possible_dose_mask)
-        if self.possible_dose_mask.dtype != bool:
-            self.possible_dose_mask = self.possible_dose_mask.astype(bool)
+        self.possible_dose_mask = _roi.binary_mask(self.possible_dose_mask,
+                                                   f"patient {pid}: possible-dose mask")
         if self.possible_dose_mask.shape != shape:
             raise InputError(f"patient {pid}: possible-dose mask shape {self.possible_dose_mask.shape}"
                              f" != {grid} shape {shape}")
@@ -426,6 +425,7 @@ class Patient:
         for n, m in masks.items():
             if np.shape(m) != shape:
                 raise InputError(f"patient {id}: ROI {n} mask shape {np.shape(m)} != CT shape {shape}")
+        masks = {n: _roi.binary_mask(m, f"patient {id}: ROI {n} mask") for n, m in masks.items()}
         ordered = [masks[n] if n in masks else np.zeros(shape, bool) for n in roi_set.names]
         codes = _roi.encode(ordered, shape=shape)
         if codes.dtype != roi_set.dtype:

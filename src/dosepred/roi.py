@@ -39,6 +39,34 @@ def code_dtype(n_rois: int) -> np.dtype:
     )
 
 
+def binary_mask(arr: Any, what: str) -> np.ndarray:
+    """``arr`` as a boolean mask (its non-zero voxels), provided its non-zero voxels hold one value (1,
+    255, a label number; float noise such as 1.0000001 allowed), as the NIfTI reader reads a label file;
+    else an InputError naming ``what`` ("patient pt_1: ROI Brainstem mask"). NaN, fractional values (a
+    mask resampled with linear interpolation, a probability map) or several labels (a label map) would
+    make every non-zero voxel count: the ROI grown by its partial voxels, or one ROI of several organs."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{what} must be a boolean or numeric array, got dtype {a.dtype}")
+    inside = a != 0
+    if not inside.any():
+        return inside
+    vals = a[inside]
+    lo, hi = vals.min(), vals.max()
+    if lo != hi and not (float(lo) * float(hi) > 0 and abs(float(hi) - float(lo)) <= 1e-4 * abs(float(hi))):
+        if a.dtype.kind == "f" and np.isnan(vals).any():
+            raise InputError(f"{what} holds NaN in {int(np.isnan(vals).sum())} voxel(s); a mask is "
+                             "True/False (or 0 and one value) in every voxel")
+        uniq = np.unique(vals)
+        shown = ", ".join(f"{float(v):.4g}" for v in uniq[:6]) + (", ..." if len(uniq) > 6 else "")
+        raise InputError(f"{what} is no binary mask: its non-zero voxels hold {len(uniq)} different values "
+                         f"({shown}); a mask holds 0 and one value. Threshold a resampled or probability "
+                         "mask (e.g. >= 0.5), or give each label of a label map as a mask of its own")
+    return inside
+
+
 def encode(masks: Sequence[np.ndarray] | np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Encode boolean masks (a sequence, or an array of shape (K, *spatial)) into one code volume.
 
