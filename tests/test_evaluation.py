@@ -181,16 +181,19 @@ def test_read_ahead_keeps_order_errors_and_closes():
     assert state["closed"] and state["made"] <= 6  # read ahead by at most depth, then closed
 
 
-def test_a_prediction_in_cgy_is_refused_in_every_format(tmp_path):
+def test_a_prediction_in_cgy_is_refused_in_every_format(tmp_path, monkeypatch):
     """A predicted dose written in cGy (OpenKBP CSV, prediction cache) was scored as Gy (a dose score of
     thousands of Gy); it is refused as the RTDOSE and NIfTI readers refuse one, naming patient and file."""
+    from dosepred import patient as patient_mod
     from dosepred.evaluation import iter_cases
     from dosepred.io import cache, openkbp
     from dosepred.synth import make_cohort
 
     (p,) = make_cohort(1, seed=3, size=16)
     cache.write_cache([p], tmp_path / "ref")
-    cache.write_cache([p.with_dose(p.dose * 100)], tmp_path / "cgy")
+    with monkeypatch.context() as m:  # a cache in cGy, as written before a Patient refused such a dose
+        m.setattr(patient_mod, "MAX_DOSE_GY", np.inf)
+        cache.write_cache([p.with_dose(p.dose * 100)], tmp_path / "cgy")
     (tmp_path / "csv").mkdir()
     openkbp.write_dose_csv(tmp_path / "csv" / f"{p.id}.csv", p.dose * 100, p.possible_dose_mask)
     assert float(p.dose.max()) * 100 > 1000
@@ -437,3 +440,4 @@ def test_a_dose_metric_exactly_at_its_limit_meets_it_in_float32():
         d99, dmax = r.criteria
         assert d99.ref == pytest.approx(level, abs=1e-5) and dmax.ref == pytest.approx(dose.max(), abs=1e-5)
         assert (d99.ref_pass, d99.pred_pass, dmax.ref_pass, dmax.pred_pass) == (want,) * 4
+
