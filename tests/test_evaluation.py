@@ -441,3 +441,24 @@ def test_a_dose_metric_exactly_at_its_limit_meets_it_in_float32():
         assert d99.ref == pytest.approx(level, abs=1e-5) and dmax.ref == pytest.approx(dose.max(), abs=1e-5)
         assert (d99.ref_pass, d99.pred_pass, dmax.ref_pass, dmax.pred_pass) == (want,) * 4
 
+
+def test_items_that_are_not_reference_dose_pairs_are_refused_in_one_line():
+    """evaluate_cohort([patient]) was TypeError 'cannot unpack non-iterable Patient object', a pair in
+    the order (dose, patient) AttributeError "'numpy.ndarray' object has no attribute 'dose'", a triple
+    'too many values to unpack'; evaluate_patient(dose, patient) the same AttributeError."""
+    from dosepred.errors import InputError
+
+    rs = RoiSet((Roi("PTV70", "target", 70.0),))
+    m = np.zeros((4, 4, 4), bool)
+    m[1:3, 1:3, 1:3] = True
+    dose = np.where(m, 70.0, 5.0).astype(np.float32)
+    p = Patient.from_masks("x", np.zeros((4, 4, 4)), {"PTV70": m}, rs, (1, 1, 1), dose=dose)
+    for items, got in (
+            ([p], "item 0 is a Patient"),
+            ([(p, dose), (dose, p)], "item 1 is a 2-item tuple of a numpy.ndarray, a Patient"),
+            ([(p, dose, "openkbp")], "item 0 is a 3-item tuple of a Patient, a numpy.ndarray, a str")):
+        with pytest.raises(InputError, match=rf"evaluate_cohort: {got}; give \(reference Patient, predicted"):
+            evaluate_cohort(items, "openkbp")
+    with pytest.raises(InputError, match="evaluate_patient: the reference must be a Patient, got a numpy"):
+        evaluate_patient(dose, p)
+    assert evaluate_cohort([[p, dose + 1]], "openkbp").dose_score == pytest.approx(1.0)  # a list pair too

@@ -399,6 +399,9 @@ def evaluate_patient(ref: Patient, pred_dose: Any,
     passes: resolved once), or a :class:`Protocol` or a name/path for :func:`load_protocol`, then
     checked against the patient's RoiSet (unknown ROI or missing prescription -> ProtocolError).
     """
+    if not isinstance(ref, Patient):  # (pred, ref) swapped was AttributeError: no attribute 'dose'
+        raise InputError(f"evaluate_patient: the reference must be a Patient, got {_what(ref)}; the call is "
+                         "evaluate_patient(reference, predicted_dose, protocol)")
     scorable(ref)
     bound = _bound(protocol, ref.roi_set, ref.id)
     return evaluate_case(ScoringCase.from_patient(ref, pred_dose), bound)
@@ -495,6 +498,29 @@ def _not_contoured(protocol: Protocol, patients: list[PatientResult], present: s
     return out
 
 
+def _what(x: Any) -> str:
+    """What ``x`` is, for a message: ``a Patient``, ``a numpy.ndarray``, ``a str``."""
+    t = type(x)
+    return "a Patient" if isinstance(x, Patient) else "a " + (
+        t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}")
+
+
+def _case_of(item: Any, i: int) -> ScoringCase:
+    """The scoring case of ``evaluate_cohort``'s item ``i``: a ScoringCase, or the case of a (reference
+    Patient, predicted dose) pair; anything else an InputError saying what it is (a bare Patient, the
+    pair's order swapped, a triple: were TypeError / AttributeError from deep inside)."""
+    if isinstance(item, ScoringCase):
+        return item
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Patient):
+        return ScoringCase.from_patient(item[0], item[1])
+    if isinstance(item, (tuple, list)):
+        got = f"a {len(item)}-item {type(item).__name__} of " + ", ".join(_what(x) for x in item[:3])
+    else:
+        got = _what(item)
+    raise InputError(f"evaluate_cohort: item {i} is {got}; give (reference Patient, predicted dose) pairs "
+                     "or ScoringCase objects")
+
+
 def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol: Protocol | str = "openkbp",
                     progress: bool = False) -> CohortResult:
     """Evaluate ``(reference patient, predicted dose)`` pairs and/or :class:`ScoringCase` objects
@@ -508,11 +534,7 @@ def evaluate_cohort(pairs: Iterable[tuple[Patient, Any] | ScoringCase], protocol
     present: set[str] = set()
     bound: dict[RoiSet, BoundProtocol] = {}  # resolved once per ROI set (one for a whole source)
     for item in it:
-        if isinstance(item, ScoringCase):
-            case = item
-        else:
-            ref, pred = item
-            case = ScoringCase.from_patient(ref, pred)
+        case = _case_of(item, len(out.patients))
         if case.roi_set not in bound:
             bound[case.roi_set] = _refuse_other_prescriptions(proto.bind(case.roi_set), case.id)
         r = evaluate_case(case, bound[case.roi_set])
