@@ -452,3 +452,22 @@ def test_a_model_whose_weights_give_nan_is_named_not_the_patient(tmp_path):
     last = r.output.strip().splitlines()[-1]
     assert last.startswith("error: the model predicts NaN or infinite doses for patient synth_"), r.output
     assert "diverged" in last and "Traceback" not in r.output and not (tmp_path / "pred").exists()
+
+
+def test_predict_dose_names_a_path_or_a_list_given_for_its_model_or_patient(tmp_path):
+    """predict_dose("models/m", p) was AttributeError: 'str' object has no attribute 'config' (predict_to
+    takes a path, predict_dose a loaded model); predict_dose(model, [p]) AttributeError 'list' object has
+    no attribute 'require_ct'."""
+    from dosepred import predict_dose
+    from dosepred.errors import InputError
+    from dosepred.models import ModelConfig, build_model
+
+    (p,) = make_cohort(1, seed=1, size=16)
+    with pytest.raises(InputError, match=r"predict_dose takes a loaded model, got the path 'models/m': "
+                                         r"predict_dose\(dosepred.load_model\(path\), patient\)"):
+        predict_dose("models/m", p)
+    with pytest.raises(InputError, match="got the path"):
+        predict_dose(tmp_path, p)
+    net = build_model(ModelConfig(rois=p.roi_set.to_dicts(), channels=[4, 6], patch=(16, 16, 16)))
+    with pytest.raises(InputError, match=r"predict_dose predicts one Patient, got list: call it per patient"):
+        predict_dose(net, [p])

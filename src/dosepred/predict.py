@@ -460,6 +460,12 @@ def predict_dose(model: torch.nn.Module, patient: Patient, options: InferenceOpt
     its field of view on the training data's median array size, ``"median"`` the training median
     spacing, or the ``"nearest"`` end of the range).
     """
+    if isinstance(model, (str, os.PathLike)):  # was AttributeError: 'str' object has no attribute 'config'
+        raise InputError(f"predict_dose takes a loaded model, got the path {str(model)!r}: "
+                         "predict_dose(dosepred.load_model(path), patient) (predict_to takes a path)")
+    if not isinstance(patient, Patient):  # a list of patients: AttributeError (no attribute 'require_ct')
+        raise InputError(f"predict_dose predicts one Patient, got {type(patient).__name__}: call it per "
+                         "patient ([predict_dose(model, p) for p in patients])")
     o = _options(options)
     patient.require_ct("prediction")  # before any work: the network's input is the CT
     net = model.module if hasattr(model, "module") else model
