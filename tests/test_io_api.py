@@ -100,6 +100,14 @@ def test_patients_of_ids_the_source_lacks_is_an_error_in_every_format(sources, n
         list(load_patients(sources[name], ids=[*ids, "pt_9"]))
 
 
+@pytest.mark.parametrize("name, pid", [("cache", "synth_001"), ("openkbp", "pt_10"), ("nifti", "synth_001")])
+def test_one_id_given_as_a_string_reads_that_patient(sources, name, pid):
+    """``load_patients(src, ids="pt_10")`` took the string's characters as ids: "patients p, t, _, 1, 0
+    are not in openkbp source" (a cache: "patient p is not in cache")."""
+    assert [p.id for p in load_patients(sources[name], ids=pid)] == [pid]
+    assert [p.id for p in open_source(sources[name]).patients(pid)] == [pid]
+
+
 def _case_twins(tmp_path: Path, kind: str, a: str, b: str) -> Path:
     """A source of ``kind`` whose two patients have the ids ``a`` and ``b``."""
     import dataclasses

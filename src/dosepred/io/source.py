@@ -66,6 +66,8 @@ class Source:
         whatever the format (a reader may refuse it earlier, naming its missing file). Each patient's
         plan dose is checked against its prescriptions (:func:`checked`), but in a cache of predicted
         doses (``predict``'s: a prediction is no plan, and a poor model's is what evaluation is for)."""
+        if isinstance(ids, str):  # one id: its characters were taken as ids ("patients p, t, _, 1, 8 ...")
+            ids = [ids]
         if ids is not None and self.cache is None:  # a folder's reader gave the others and left an id it
             # lacks out without a word (a cache's refuses it: UnknownNameError naming the cache)
             held = set(self.ids)
@@ -200,7 +202,8 @@ def predicted_words(source: Source) -> str | None:
 def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
                   require_dose: bool = True, roi_map: Any = None) -> Iterator[Patient]:
     """Patients from a cache, an OpenKBP, NIfTI or DICOM folder (the kind decided by
-    :func:`source_kind`, the patients read by :func:`open_source`; ``roi_map`` for a DICOM folder)."""
+    :func:`source_kind`, the patients read by :func:`open_source`; ``roi_map`` for a DICOM folder).
+    ``ids``: the patients to read (a list of ids, or one id), all when None."""
     if not Path(src).exists():
         raise FileNotFoundError(f"{src} does not exist")
     if source_kind(src) is None:
