@@ -253,3 +253,9 @@ def test_a_mask_that_is_not_binary_is_refused(bad, match):
     for ok in (m.astype(np.uint8) * 255, m.astype(np.int64), m * 1.0, m * (1 + 1e-7 * np.arange(6))):
         p = _patient(masks={"Cord": ok}, possible_dose_mask=ok)
         assert np.array_equal(p.mask("Cord"), m) and np.array_equal(p.possible_dose_mask, m)
+
+
+def test_an_id_that_is_no_string_is_named_so():
+    """Patient(1, ...) (a numeric id from a spreadsheet) was refused as "it is empty"."""
+    with pytest.raises(InputError, match=r"patient id 1 cannot name .*: it is not a string but int 1"):
+        _patient(id=1)

@@ -180,7 +180,9 @@ def id_problem(pid: str) -> str | None:
     """Why ``pid`` cannot be a patient id, or None: an id names the patient's files and folders (a
     cache's ``<id>.npz``, a prediction's ``<id>.csv``, an export's ``<id>/``), and one holding a slash
     ("../escaped", "HN/001") wrote them elsewhere than the output folder."""
-    if not isinstance(pid, str) or not pid.strip():
+    if not isinstance(pid, str):  # Patient(1, ...) was told "it is empty"
+        return f"it is not a string but {type(pid).__name__} {pid!r} (give str({pid!r}))"
+    if not pid.strip():
         return "it is empty"
     return file_name_problem(pid)
 
