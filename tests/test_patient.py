@@ -259,3 +259,12 @@ def test_an_id_that_is_no_string_is_named_so():
     """Patient(1, ...) (a numeric id from a spreadsheet) was refused as "it is empty"."""
     with pytest.raises(InputError, match=r"patient id 1 cannot name .*: it is not a string but int 1"):
         _patient(id=1)
+
+
+def test_one_missing_roi_given_as_a_string_is_that_roi():
+    """missing_rois="PTV56" was read character by character: "missing ROIs ['P', 'T', 'V', '5', '6'] are
+    not in the ROI set"."""
+    codes = np.zeros(SHAPE, np.uint8)
+    codes[0, 0, 0] = 1  # Cord
+    p = Patient("pt_7", np.zeros(SHAPE, np.int16), codes, _rs(), (1, 2, 3), missing_rois="PTV56")
+    assert p.missing_rois == ("PTV56",) and p.present_rois == ("Cord", "PTV70")

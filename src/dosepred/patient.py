@@ -290,6 +290,8 @@ class Patient:
                     raise InputError(f"patient {pid}: dose reaches {hi:.6g} Gy, over {MAX_DOSE_GY:g} Gy: "
                                      "a dose in cGy? a dose is in Gy (divide by 100)")
             self.dose = d
+        if isinstance(self.missing_rois, str):  # one name: its characters were taken as ROI names
+            self.missing_rois = (self.missing_rois,)
         unknown = [m for m in self.missing_rois if m not in self.roi_set]
         if unknown:
             raise InputError(f"patient {pid}: missing ROIs {unknown} are not in the ROI set")
