@@ -221,3 +221,26 @@ def test_an_roi_name_written_decomposed_is_the_roi_readers_name(tmp_path):
                                 "criteria": [mean]}))
     with pytest.raises(ProtocolError, match="prescriptions name one ROI twice"):
         load_protocol(path)
+
+
+def test_load_protocol_takes_a_bound_protocol_and_names_a_dict():
+    """evaluate_patient takes a BoundProtocol, evaluate_cohort one was OSError '[Errno 36] File name too
+    long' (its repr taken as a file name); a dict was 'neither a built-in nor an existing JSON file'."""
+    import numpy as np
+
+    from dosepred import Patient, evaluate_cohort, evaluate_patient
+
+    rs = RoiSet((Roi("PTV70", "target", 70.0),))
+    bound = load_protocol("openkbp").bind(rs)
+    assert load_protocol(bound) is bound.protocol
+    m = np.zeros((4, 4, 4), bool)
+    m[1:3, 1:3, 1:3] = True
+    dose = np.where(m, 70.0, 5.0).astype(np.float32)
+    p = Patient.from_masks("x", np.zeros((4, 4, 4)), {"PTV70": m}, rs, (1, 1, 1), dose=dose)
+    got = evaluate_cohort([(p, dose * 0.9)], bound).summary()
+    assert got == evaluate_cohort([(p, dose * 0.9)], "openkbp").summary()
+    assert got["dvh_score"] == pytest.approx(evaluate_patient(p, dose * 0.9, bound).dvh_score)
+    with pytest.raises(ProtocolError, match=r"given as a dict is parsed by dosepred.protocol.parse_protocol"):
+        load_protocol({"name": "x", "criteria": []})
+    with pytest.raises(ProtocolError, match="protocol must be a built-in name .* got int 3"):
+        load_protocol(3)

@@ -91,7 +91,8 @@ def parse_protocol(data: dict[str, Any], roi_set: RoiSet | None = None, source: 
 
 def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | None = None,
                   roi_owner: str = "the dataset") -> Protocol:
-    """Load a built-in protocol (``openkbp``, ``openkbp-clinical``) or a user JSON file.
+    """Load a built-in protocol (``openkbp``, ``openkbp-clinical``) or a user JSON file (a
+    :class:`BoundProtocol` gives its protocol).
 
     With ``roi_set`` the protocol is checked against the dataset: an ROI it does not know, or a
     criterion relative to a prescription that no one gives, raises :class:`ProtocolError` naming
@@ -99,8 +100,16 @@ def load_protocol(name_or_path: str | os.PathLike | Protocol, roi_set: RoiSet | 
     error names the protocol's file. A :class:`Protocol` passed in is returned (validated against
     ``roi_set``).
     """
+    if isinstance(name_or_path, BoundProtocol):  # str() of it was taken as a file name (OSError: too long)
+        name_or_path = name_or_path.protocol
     if isinstance(name_or_path, Protocol):
         return name_or_path.validate_for(roi_set, roi_owner) if roi_set is not None else name_or_path
+    if isinstance(name_or_path, dict):
+        raise ProtocolError("a protocol given as a dict is parsed by dosepred.protocol.parse_protocol(d); "
+                            "load_protocol takes a built-in name, a JSON file or a Protocol")
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ProtocolError(f"protocol must be a built-in name ({', '.join(BUILTIN)}), a JSON file or a "
+                            f"Protocol, got {type(name_or_path).__name__} {name_or_path!r:.60}")
     s = str(name_or_path)
     if s in BUILTIN:
         text = resources.files(__package__).joinpath("builtin", f"{s}.json").read_text()
