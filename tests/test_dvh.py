@@ -233,3 +233,18 @@ def test_roi_metric_refuses_a_mask_that_is_not_binary():
     m[0, 0, 0] = 0.3
     with pytest.raises(InputError, match=r"mask is no binary mask: .* 2 different values \(0.3, 1\)"):
         roi_metric(dose, m, "Dmean", spacing=(1, 1, 1))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(prescription=7000.0), r"prescription must be a number of Gy, 0 < Rx <= 200 \(cGy / 100\)"),
+    (dict(prescription=0.0), "0 < Rx <= 200"),
+    (dict(prescription="70"), "prescription must be a number, got '70'"),
+    (dict(voxel_volume_mm3="8"), "voxel volume must be a number, got '8'"),
+])
+def test_dvh_refuses_a_prescription_in_cgy_or_a_value_that_is_no_number(kw, match):
+    """DVH(doses, 8.0, prescription=7000) (cGy) gave V95% = 0 % (doses over 6650 Gy) without a word, and a
+    prescription of 0 V95% = 100 %; a string was TypeError: can't multiply sequence by non-int."""
+    doses = np.array([60.0, 67.0, 70.0])
+    with pytest.raises(InputError, match=match):
+        DVH(**(dict(doses=doses, voxel_volume_mm3=8.0) | kw)).metric("V95%")
+    assert DVH(doses, 8.0, prescription=70.0).metric("V95%") == pytest.approx(100 * 2 / 3)  # >= 66.5 Gy

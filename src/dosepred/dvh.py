@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from .constants import MAX_CRITERION_GY
 from .errors import InputError
 from .metrics import (
     Metric,
@@ -58,6 +59,15 @@ class DVH:
         d = np.sort(np.asarray(self.doses, dtype=np.float64).ravel())
         if d.size and not np.all(np.isfinite(d)):
             raise InputError(f"DVH {self.name}: doses contain NaN/inf")
+        for what, v in (("voxel volume", self.voxel_volume_mm3), ("bin width", self.bin_width),
+                        ("prescription", self.prescription)):
+            if v is not None and (isinstance(v, (bool, np.bool_))
+                                  or not isinstance(v, (int, float, np.number))):
+                raise InputError(f"DVH {self.name}: {what} must be a number, got {v!r}")
+        rx = self.prescription  # as an ROI's (RoiSet): one in cGy made V95% count doses over 6650 Gy
+        if rx is not None and not 0 < rx <= MAX_CRITERION_GY:
+            raise InputError(f"DVH {self.name}: prescription must be a number of Gy, 0 < Rx <= "
+                             f"{MAX_CRITERION_GY:g} (cGy / 100), got {rx!r}")
         if not self.voxel_volume_mm3 > 0:
             raise InputError(f"DVH {self.name}: voxel volume must be > 0 mm^3, got {self.voxel_volume_mm3}")
         if not self.bin_width > 0:
