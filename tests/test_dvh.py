@@ -248,3 +248,18 @@ def test_dvh_refuses_a_prescription_in_cgy_or_a_value_that_is_no_number(kw, matc
     with pytest.raises(InputError, match=match):
         DVH(**(dict(doses=doses, voxel_volume_mm3=8.0) | kw)).metric("V95%")
     assert DVH(doses, 8.0, prescription=70.0).metric("V95%") == pytest.approx(100 * 2 / 3)  # >= 66.5 Gy
+
+
+def test_a_v_percent_metric_refuses_a_prescription_in_cgy_on_plain_arrays():
+    """roi_metric(dose, mask, "V95%", spacing, prescription=7000) and compute(...) took 7000 as Gy: V95%
+    counted the voxels over 6650 Gy, 0 %, without a word."""
+    from dosepred.metrics import MetricError
+
+    dose = np.full((2, 2, 2), 70.0)
+    mask = np.ones((2, 2, 2), bool)
+    assert roi_metric(dose, mask, "V95%", spacing=(1, 1, 1), prescription=70.0) == 100.0
+    for call in (lambda: roi_metric(dose, mask, "V95%", spacing=(1, 1, 1), prescription=7000.0),
+                 lambda: compute("V95%", dose.ravel(), 1.0, 7000.0),
+                 lambda: roi_metrics(dose.ravel(), ["V95%"], 1.0, "70")):
+        with pytest.raises(MetricError, match=r"V95%: the prescription must be a number of Gy, 0 < Rx"):
+            call()

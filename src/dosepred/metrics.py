@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .constants import MAX_CRITERION_GY
 from .errors import DosepredError
 
 MetricKind = Literal["Dmean", "Dmax", "Dmin", "D", "V"]
@@ -163,6 +164,10 @@ def v_threshold(metric: Metric, prescription: float | None) -> float:
         return metric.value
     if prescription is None:
         raise MetricError(f"{metric} is relative to the prescription, but the ROI has none")
+    if isinstance(prescription, bool) or not isinstance(prescription, (int, float, np.number)) \
+            or not 0 < prescription <= MAX_CRITERION_GY:  # as an ROI's: 7000 (cGy) made V95% count 6650 Gy
+        raise MetricError(f"{metric}: the prescription must be a number of Gy, 0 < Rx <= "
+                          f"{MAX_CRITERION_GY:g} (cGy / 100), got {prescription!r}")
     return metric.value / 100.0 * prescription
 
 
