@@ -263,3 +263,19 @@ def test_a_v_percent_metric_refuses_a_prescription_in_cgy_on_plain_arrays():
                  lambda: roi_metrics(dose.ravel(), ["V95%"], 1.0, "70")):
         with pytest.raises(MetricError, match=r"V95%: the prescription must be a number of Gy, 0 < Rx"):
             call()
+
+
+def test_doses_in_cgy_are_refused_by_roi_metric_and_dvh():
+    """roi_metric(dose_in_cgy, mask, "V20Gy", spacing) counted the voxels over 20 cGy (100 % where the
+    truth in Gy is 50 %), and DVH(...) the same, without a word; a Patient and every reader refuse a dose
+    over 1000 Gy."""
+    from dosepred.metrics import MetricError
+
+    gy = np.array([10.0, 30.0, 10.0, 30.0, 10.0, 30.0, 10.0, 30.0]).reshape(2, 2, 2)
+    mask = np.ones((2, 2, 2), bool)
+    assert roi_metric(gy, mask, "V20Gy", spacing=(1, 1, 1)) == 50.0
+    with pytest.raises(MetricError, match="doses reach 3000 Gy, over 1000 Gy: a dose in cGy"):
+        roi_metric(gy * 100, mask, "V20Gy", spacing=(1, 1, 1))
+    with pytest.raises(MetricError, match="DVH PTV: doses reach 3000 Gy, over 1000 Gy"):
+        DVH(gy.ravel() * 100, 1.0, name="PTV")
+    assert DVH(np.array([1000.0]), 1.0).max == 1000.0  # the highest dose a plan may have

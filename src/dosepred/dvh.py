@@ -27,6 +27,7 @@ from .errors import InputError
 from .metrics import (
     Metric,
     MetricError,
+    check_gy,
     compute,
     parse_metric,
     percentile_index,
@@ -59,6 +60,7 @@ class DVH:
         d = np.sort(np.asarray(self.doses, dtype=np.float64).ravel())
         if d.size and not np.all(np.isfinite(d)):
             raise InputError(f"DVH {self.name}: doses contain NaN/inf")
+        check_gy(d, f"DVH {self.name}: doses")
         for what, v in (("voxel volume", self.voxel_volume_mm3), ("bin width", self.bin_width),
                         ("prescription", self.prescription)):
             if v is not None and (isinstance(v, (bool, np.bool_))

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .constants import MAX_CRITERION_GY
+from .constants import MAX_CRITERION_GY, MAX_DOSE_GY
 from .errors import DosepredError
 
 MetricKind = Literal["Dmean", "Dmax", "Dmin", "D", "V"]
@@ -191,6 +191,15 @@ def v_percent(doses: np.ndarray, threshold: float) -> float:
     return float((d >= v_cut(threshold)).mean() * 100.0) if d.size else math.nan
 
 
+def check_gy(doses: np.ndarray, what: str = "doses") -> None:
+    """Refuse doses over :data:`~dosepred.constants.MAX_DOSE_GY` (a dose in cGy, refused wherever one is
+    read): a V<x>Gy of cGy counted the voxels over x cGy, without a word."""
+    hi = float(np.max(doses)) if np.size(doses) else 0.0
+    if hi > MAX_DOSE_GY:
+        raise MetricError(f"{what} reach {hi:.6g} Gy, over {MAX_DOSE_GY:g} Gy: a dose in cGy? a dose is in "
+                          "Gy (divide by 100)")
+
+
 def compute(metric: Metric | str, doses: np.ndarray, voxel_volume_mm3: float,
             prescription: float | None = None) -> float:
     """Exact value of ``metric`` on the doses (Gy) of one ROI's voxels (a 1-D array).
@@ -201,6 +210,7 @@ def compute(metric: Metric | str, doses: np.ndarray, voxel_volume_mm3: float,
     d = np.asarray(doses, dtype=np.float64).ravel()
     if d.size == 0:
         return math.nan
+    check_gy(d)
     if m.kind == "Dmean":
         return float(d.mean())
     if m.kind == "V":
