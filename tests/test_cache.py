@@ -49,6 +49,20 @@ def test_write_errors_leave_nothing(tmp_path, patients):
         cache.write_cache([], out)
 
 
+def test_one_patient_is_written_and_a_pair_is_refused_leaving_nothing(tmp_path, patients):
+    """write_cache(patient, out) was TypeError 'Patient' object is not iterable, and a list of (patient,
+    dose) pairs AttributeError 'tuple' object has no attribute 'roi_set', after the first patient's
+    temporary file was written."""
+    c = cache.write_cache(patients[0], tmp_path / "one")
+    assert c.ids == [patients[0].id]
+    np.testing.assert_array_equal(c.load(patients[0].id).dose, patients[0].dose)
+    out = tmp_path / "c"
+    with pytest.raises(CacheError, match=r"write_cache writes Patients, got a tuple after 1 patient\(s\) "
+                                         r"\(a predicted dose: patient.with_dose\(dose\)\)"):
+        cache.write_cache([patients[0], (patients[1], patients[1].dose)], out)
+    assert list(out.iterdir()) == []
+
+
 def test_ids_differing_only_in_case_are_refused(tmp_path, patients):
     """Patients "HN1" and "hn1" (NIfTI rois.json ids, a cache's free-text ids) are files HN1.npz and
     hn1.npz: one file on a case-insensitive disk (macOS's, Windows' default), where the second was

@@ -612,6 +612,8 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
     """
     if version not in READ_VERSIONS:
         raise CacheError(f"unknown cache format version {version} (known: {READ_VERSIONS})")
+    if isinstance(patients, Patient):  # one patient: was TypeError 'Patient' object is not iterable
+        patients = [patients]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
@@ -625,6 +627,9 @@ def write_cache(patients: Iterable[Patient], out: str | os.PathLike, source: str
         it = track(patients, description="writing cache")
     with ExitStack() as staged:  # every patient file is renamed into place at its end, or none is
         for p in it:
+            if not isinstance(p, Patient):  # a (patient, dose) pair: AttributeError 'tuple' ... 'roi_set'
+                raise CacheError(f"write_cache writes Patients, got a {type(p).__name__} after {len(seen)} "
+                                 "patient(s) (a predicted dose: patient.with_dose(dose))")
             if info["rois"] is None:
                 info["rois"] = p.roi_set.to_dicts()
                 roi_set = p.roi_set
