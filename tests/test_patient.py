@@ -268,3 +268,17 @@ def test_one_missing_roi_given_as_a_string_is_that_roi():
     codes[0, 0, 0] = 1  # Cord
     p = Patient("pt_7", np.zeros(SHAPE, np.int16), codes, _rs(), (1, 2, 3), missing_rois="PTV56")
     assert p.missing_rois == ("PTV56",) and p.present_rois == ("Cord", "PTV70")
+
+
+@pytest.mark.parametrize("scale", [lambda hu: (hu + 1000) / 3000, lambda hu: hu / 1000])
+def test_a_normalised_ct_is_refused(scale):
+    """A CT given as a network's normalised input (0..1, -1..1) was rounded to int16 HU: 0 and 1 HU,
+    water everywhere, so a prediction from it was the dose of no patient, without a word."""
+    hu = np.full(SHAPE, -1000.0)
+    hu[1:3, 1:4, 1:5] = 40.0
+    hu[2, 2, 2] = 1200.0
+    with pytest.raises(InputError, match=r"pt_7: CT values lie within .* and are not whole numbers: a "
+                                         r"normalised CT\? the CT is in HU"):
+        _patient(ct=scale(hu))
+    assert _patient(ct=hu).ct[2, 2, 2] == 1200  # a float CT in HU reads as before
+    assert _patient(ct=np.zeros(SHAPE)).ct.max() == 0  # a water phantom of float zeros

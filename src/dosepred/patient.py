@@ -176,6 +176,20 @@ def as_spacing(spacing: Any, where: str = "") -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
+#: a float CT within +-this many units, not in whole numbers, is no CT in HU (air is -1000, bone > 300)
+NORMALISED_CT_RANGE = 10.0
+
+
+def _check_hu(ct: np.ndarray, pid: str) -> None:
+    """Refuse a float CT that is normalised rather than in HU (values within +-:data:`NORMALISED_CT_RANGE`,
+    not whole numbers: 0..1 or -1..1 of a network's input): rounded to int16 HU it became a volume of
+    0 and 1 HU, water everywhere, and a prediction from it a dose of no patient, without a word."""
+    if ct.size and float(ct.min()) >= -NORMALISED_CT_RANGE and float(ct.max()) <= NORMALISED_CT_RANGE \
+            and not np.array_equal(ct, np.rint(ct)):
+        raise InputError(f"patient {pid}: CT values lie within {float(ct.min()):.4g}..{float(ct.max()):.4g} "
+                         "and are not whole numbers: a normalised CT? the CT is in HU (air -1000, water 0)")
+
+
 def id_problem(pid: str) -> str | None:
     """Why ``pid`` cannot be a patient id, or None: an id names the patient's files and folders (a
     cache's ``<id>.npz``, a prediction's ``<id>.csv``, an export's ``<id>/``), and one holding a slash
@@ -242,8 +256,10 @@ class Patient:
             if self.ct.ndim != 3:
                 raise InputError(f"patient {pid}: CT must be 3-D, got shape {shape}")
             if self.ct.dtype != np.int16:
-                if np.issubdtype(self.ct.dtype, np.floating) and not np.all(np.isfinite(self.ct)):
-                    raise InputError(f"patient {pid}: CT contains NaN/inf")
+                if np.issubdtype(self.ct.dtype, np.floating):
+                    if not np.all(np.isfinite(self.ct)):
+                        raise InputError(f"patient {pid}: CT contains NaN/inf")
+                    _check_hu(self.ct, pid)
                 self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
             grid = "CT"
         else:
