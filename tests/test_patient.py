@@ -282,3 +282,10 @@ def test_a_normalised_ct_is_refused(scale):
         _patient(ct=scale(hu))
     assert _patient(ct=hu).ct[2, 2, 2] == 1200  # a float CT in HU reads as before
     assert _patient(ct=np.zeros(SHAPE)).ct.max() == 0  # a water phantom of float zeros
+
+
+def test_masks_of_one_name_is_that_roi():
+    """p.masks("PTV70") iterated the string: UnknownNameError "ROI 'P' is not in the ROI set"."""
+    p = _patient()
+    got = p.masks("PTV70")
+    assert list(got) == ["PTV70"] and np.array_equal(got["PTV70"], p.mask("PTV70"))

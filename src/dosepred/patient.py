@@ -397,8 +397,9 @@ class Patient:
         """Boolean mask of ROI ``name`` (all False when the ROI is missing)."""
         return _roi.decode(self.roi_codes, self.roi_set.index(name))
 
-    def masks(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        names = self.roi_set.names if names is None else names
+    def masks(self, names: Sequence[str] | str | None = None) -> dict[str, np.ndarray]:
+        """ROI name -> boolean mask, of ``names`` (a list, or one name) or of every ROI of the set."""
+        names = self.roi_set.names if names is None else [names] if isinstance(names, str) else names
         return {n: self.mask(n) for n in names}
 
     def prescription_map(self) -> np.ndarray:
