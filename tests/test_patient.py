@@ -289,3 +289,18 @@ def test_masks_of_one_name_is_that_roi():
     p = _patient()
     got = p.masks("PTV70")
     assert list(got) == ["PTV70"] and np.array_equal(got["PTV70"], p.mask("PTV70"))
+
+
+@pytest.mark.parametrize("items, match", [
+    ([{"name": "PTV70", "kind": "target", "rx": 70}], r"ROI 'PTV70': unknown key\(s\) 'rx'"),
+    ([{"roi": "PTV70"}], r'ROI 1: an ROI is a dict with "name"'),
+    (["Brainstem"], r"ROI 1: an ROI is a dict with \"name\" .* got 'Brainstem'"),
+])
+def test_roiset_from_dicts_names_a_key_it_does_not_know(items, match):
+    """RoiSet.from_dicts([{"name": "PTV70", "kind": "target", "rx": 70}]) (a hand-written rois.json)
+    made PTV70 a target without a prescription without a word; a dict without "name" was KeyError:
+    'name', a string TypeError: string indices must be integers."""
+    with pytest.raises(InputError, match=match):
+        RoiSet.from_dicts(items)
+    rs = RoiSet.from_dicts([{"name": "PTV70", "kind": "target", "prescription": 70}])
+    assert rs.prescription("PTV70") == 70

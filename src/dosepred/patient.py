@@ -116,7 +116,20 @@ class RoiSet:
 
     @classmethod
     def from_dicts(cls, items: Iterable[dict[str, Any]]) -> RoiSet:
-        return cls(tuple(Roi(d["name"], d.get("kind", "oar"), d.get("prescription")) for d in items))
+        """From ``[{"name", "kind", "prescription"}, ...]`` (:meth:`to_dicts`; kind defaults to oar). An
+        item that is no such dict, or holds another key, is an InputError naming it: ``{"name": "PTV70",
+        "kind": "target", "rx": 70}`` was a target without a prescription, without a word."""
+        rois = []
+        for i, d in enumerate(items, 1):
+            if not isinstance(d, dict) or "name" not in d:
+                raise InputError(f"ROI {i}: an ROI is a dict with \"name\" (and \"kind\", \"prescription\"), "
+                                 f"got {d!r:.80}")
+            other = sorted(set(d) - {"name", "kind", "prescription"})
+            if other:
+                raise InputError(f"ROI {d['name']!r}: unknown key(s) {', '.join(map(repr, other))}; an ROI "
+                                 "has \"name\", \"kind\" (target/oar/other) and \"prescription\" (Gy)")
+            rois.append(Roi(d["name"], d.get("kind", "oar"), d.get("prescription")))
+        return cls(tuple(rois))
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.rois]
