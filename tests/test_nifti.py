@@ -784,3 +784,18 @@ def test_ct_values_beyond_int16_are_warned_of(tmp_path):
     want = p.ct.copy()
     want[:, :3, :3] = 32767
     np.testing.assert_array_equal(q.ct, want)  # the other voxels as written: no false alarm there
+
+
+def test_a_rois_json_roi_with_an_unknown_key_is_refused_naming_the_file(tmp_path):
+    """A hand-written rois.json whose target says "rx": 70 (not "prescription") was read as a target
+    without a prescription, without a word."""
+    from dosepred.io.source import load_patients
+
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src")
+    info = json.loads((folder / "rois.json").read_text())
+    info["rois"][0]["rx"] = 70
+    (folder / "rois.json").write_text(json.dumps(info))
+    with pytest.raises(nifti.NiftiFormatError, match=rf"{re.escape(str(folder / 'rois.json'))}: ROI "
+                                                     r".*unknown key\(s\) 'rx'"):
+        list(load_patients(tmp_path / "src"))

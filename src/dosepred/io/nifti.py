@@ -712,7 +712,10 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
     _check_unique_ids(folders, infos)
     lists = [i.get("rois") for i in infos]
     if all(lists) and all(lst == lists[0] for lst in lists):
-        roi_set = RoiSet.from_dicts(lists[0])  # type: ignore[arg-type]
+        try:
+            roi_set = RoiSet.from_dicts(lists[0])  # type: ignore[arg-type]
+        except InputError as e:  # a hand-written rois.json: name the file
+            raise NiftiFormatError(f"{folders[0] / ROIS_JSON}: {e}") from None
     else:
         roi_set = _names.union_roi_set(_scan_rois(f, i) for f, i in zip(folders, infos, strict=True))
 
