@@ -799,3 +799,10 @@ def test_a_rois_json_roi_with_an_unknown_key_is_refused_naming_the_file(tmp_path
     with pytest.raises(nifti.NiftiFormatError, match=rf"{re.escape(str(folder / 'rois.json'))}: ROI "
                                                      r".*unknown key\(s\) 'rx'"):
         list(load_patients(tmp_path / "src"))
+    # beside a patient listing other ROIs (the ROI set is their union): the same
+    other = Patient.from_masks("pt_other", p.ct, {p.roi_set.names[0]: p.mask(p.roi_set.names[0])},
+                               RoiSet(p.roi_set.rois[:1]), p.spacing, dose=p.dose, geometry=p.geometry)
+    nifti.write_patient(other, tmp_path / "src")
+    with pytest.raises(nifti.NiftiFormatError, match=rf"{re.escape(str(folder / 'rois.json'))}: ROI "
+                                                     r".*unknown key\(s\) 'rx'"):
+        list(load_patients(tmp_path / "src"))

@@ -511,9 +511,18 @@ def _label_name(f: Path, listed: Iterable[str]) -> str:
     return next((n for n in listed if _names.nfc(n) == stem), stem)
 
 
+def _listed_roi_set(folder: Path, info: dict[str, Any]) -> RoiSet:
+    """The RoiSet ``rois.json`` lists (:meth:`RoiSet.from_dicts`), its errors naming the file."""
+    try:
+        return RoiSet.from_dicts(info.get("rois") or [])
+    except InputError as e:  # a hand-written rois.json: name the file
+        raise NiftiFormatError(f"{folder / ROIS_JSON}: {e}") from None
+
+
 def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical]:
     """Canonical ROIs of one patient folder (for the union RoiSet), without reading the volumes."""
     _check_links(folder)
+    _listed_roi_set(folder, info)  # its ROIs checked as one folder's are ("rx" for "prescription": refused)
     listed = {d["name"]: d for d in info.get("rois", [])}
     out: dict[str, _names.Canonical] = {}
     if _find(folder, CODES_FILE) is not None:
@@ -712,10 +721,7 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
     _check_unique_ids(folders, infos)
     lists = [i.get("rois") for i in infos]
     if all(lists) and all(lst == lists[0] for lst in lists):
-        try:
-            roi_set = RoiSet.from_dicts(lists[0])  # type: ignore[arg-type]
-        except InputError as e:  # a hand-written rois.json: name the file
-            raise NiftiFormatError(f"{folders[0] / ROIS_JSON}: {e}") from None
+        roi_set = _listed_roi_set(folders[0], infos[0])
     else:
         roi_set = _names.union_roi_set(_scan_rois(f, i) for f, i in zip(folders, infos, strict=True))
 
