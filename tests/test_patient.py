@@ -304,3 +304,18 @@ def test_roiset_from_dicts_names_a_key_it_does_not_know(items, match):
         RoiSet.from_dicts(items)
     rs = RoiSet.from_dicts([{"name": "PTV70", "kind": "target", "prescription": 70}])
     assert rs.prescription("PTV70") == 70
+
+
+def test_a_ct_stored_as_hu_plus_1024_is_refused(sample_dir):
+    """OpenKBP's ct.csv holds HU + 1024; read with numpy (as the OpenKBP starter code does) and given as
+    the CT it was taken as HU: air at 0 HU and tissue at ~1050 HU, so a prediction saw bone everywhere."""
+    from dosepred.io.source import load_patients
+
+    p = next(iter(load_patients(sample_dir)))
+    raw = p.ct.astype(np.int32) + 1024  # what ct.csv stores, voxel for voxel
+    assert raw.min() >= 0
+    with pytest.raises(InputError, match=rf"patient {p.id}: the CT holds no voxel below 0 HU and its tissue "
+                                         r"reads \d+ HU .*stored as HU \+ 1024"):
+        Patient(p.id, raw, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)
+    q = Patient(p.id, raw - 1024, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)
+    assert np.array_equal(q.ct, p.ct)

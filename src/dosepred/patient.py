@@ -203,6 +203,20 @@ def _check_hu(ct: np.ndarray, pid: str) -> None:
                          "and are not whole numbers: a normalised CT? the CT is in HU (air -1000, water 0)")
 
 
+def _check_offset(ct: np.ndarray, pid: str) -> None:
+    """Refuse a CT stored as HU + 1024 (OpenKBP's ct.csv as read with numpy, DICOM pixel data without its
+    RescaleIntercept): no voxel below 0 HU (no air, no fat) and its tissue about 1000 HU. Read as HU, the
+    network saw bone everywhere and predicted the dose of no patient, without a word."""
+    if not ct.size or int(ct.min()) < 0:
+        return
+    tissue = ct[ct > 0]
+    med = float(np.median(tissue)) if tissue.size else 0.0
+    if 800 <= med <= 1300:
+        raise InputError(f"patient {pid}: the CT holds no voxel below 0 HU and its tissue reads {med:.0f} HU "
+                         "(median of its non-zero voxels): stored as HU + 1024 (OpenKBP's ct.csv, DICOM "
+                         "pixels without RescaleIntercept)? give HU (subtract 1024)")
+
+
 def id_problem(pid: str) -> str | None:
     """Why ``pid`` cannot be a patient id, or None: an id names the patient's files and folders (a
     cache's ``<id>.npz``, a prediction's ``<id>.csv``, an export's ``<id>/``), and one holding a slash
@@ -274,6 +288,7 @@ class Patient:
                         raise InputError(f"patient {pid}: CT contains NaN/inf")
                     _check_hu(self.ct, pid)
                 self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
+            _check_offset(self.ct, pid)
             grid = "CT"
         else:
             shape = codes.shape
