@@ -319,3 +319,11 @@ def test_a_ct_stored_as_hu_plus_1024_is_refused(sample_dir):
         Patient(p.id, raw, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)
     q = Patient(p.id, raw - 1024, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)
     assert np.array_equal(q.ct, p.ct)
+
+
+def test_from_masks_given_a_list_says_it_takes_a_dict():
+    """Patient.from_masks(id, ct, [m1, m2], ...) was ValueError: The truth value of an array with more
+    than one element is ambiguous."""
+    m = np.zeros(SHAPE, bool)
+    with pytest.raises(InputError, match=r"patient pt_7: masks must be a dict ROI name -> mask, got list"):
+        _patient(masks=[m, m])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
 
@@ -466,6 +466,10 @@ class Patient:
                    dose: np.ndarray | None = None, meta: dict[str, Any] | None = None,
                    geometry: Geometry | None = None) -> Patient:
         """Build from a name -> mask dict; ROIs of the set absent from ``masks`` are recorded missing."""
+        if not isinstance(masks, Mapping):  # a list of masks was "truth value of an array is ambiguous"
+            raise InputError(f"patient {id}: masks must be a dict ROI name -> mask, got "
+                             f"{type(masks).__name__} (masks in the ROI set's order: "
+                             "dict(zip(roi_set.names, masks)))")
         extra = [n for n in masks if n not in roi_set]
         if extra:
             raise InputError(f"patient {id}: ROIs {extra} are not in the ROI set "
