@@ -279,3 +279,22 @@ def test_doses_in_cgy_are_refused_by_roi_metric_and_dvh():
     with pytest.raises(MetricError, match="DVH PTV: doses reach 3000 Gy, over 1000 Gy"):
         DVH(gy.ravel() * 100, 1.0, name="PTV")
     assert DVH(np.array([1000.0]), 1.0).max == 1000.0  # the highest dose a plan may have
+
+
+def test_roi_metric_of_a_patient_on_a_sheared_grid_uses_its_voxel_volume():
+    """roi_metric(patient, ...) took the spacing's product as the voxel volume: on a grid whose axes 0 and
+    1 are 60 degrees apart a voxel holds sin(60) of it, so D<x>cc counted the wrong number of voxels."""
+    from dosepred.geometry import Geometry
+
+    a = np.radians(60.0)
+    direction = np.array([[1.0, np.cos(a), 0], [0, np.sin(a), 0], [0, 0, 1.0]])
+    g = Geometry(np.zeros(3), direction, (4.0, 4.0, 4.0))
+    shape = (4, 4, 4)
+    dose = np.arange(64, dtype=np.float32).reshape(shape)
+    mask = np.ones(shape, bool)
+    rs = RoiSet((Roi("A", "oar"),))
+    p = Patient.from_masks("x", np.zeros(shape), {"A": mask}, rs, (4, 4, 4), dose=dose, geometry=g)
+    vox = 64 * np.sin(a)  # 55.4 mm3, not 64
+    n = round(1000 / vox)  # D1cc: the hottest 18 voxels (16 with 64 mm3)
+    assert n == 18
+    assert roi_metric(p, "A", "D1cc") == pytest.approx(np.percentile(np.arange(64.0), 100 - n / 64 * 100))

@@ -254,7 +254,7 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
                spacing: Sequence[float] | None = None, prescription: float | None = None) -> float:
     """Exact metric of one ROI.
 
-    ``roi_metric(patient, "PTV70", "D95%")`` uses the patient's dose, ROI, spacing and prescription;
+    ``roi_metric(patient, "PTV70", "D95%")`` uses the patient's dose, ROI, voxel volume and prescription;
     ``roi_metric(dose, mask, "D0.1cc", spacing=(4, 4, 2.5))`` works on plain arrays.
     """
     if isinstance(patient_or_dose, Patient):
@@ -265,19 +265,21 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
             if prescription is None:
                 prescription = p.roi_set.prescription(mask)
             mask = p.mask(mask)
-        dose, spacing = p.dose, p.spacing if spacing is None else spacing
+        dose = p.dose
+        # the patient's voxel volume: |det| of its grid, which the spacing's product is not on a sheared one
+        vox = p.voxel_volume_mm3 if spacing is None else float(np.prod(as_spacing(spacing)))
     else:
         dose = np.asarray(patient_or_dose)
         if isinstance(mask, str):
             raise InputError("an ROI name needs a Patient; pass a boolean mask with a dose array")
         if spacing is None:
             raise InputError("spacing (mm per axis) is needed to compute metrics from a dose array")
-    spacing = as_spacing(spacing)
+        vox = float(np.prod(as_spacing(spacing)))
     mask = binary_mask(mask, "mask")
     if mask.shape != np.shape(dose):
         raise InputError(f"mask shape {mask.shape} != dose shape {np.shape(dose)}")
     try:
-        return compute(metric, dose[mask], float(np.prod(spacing)), prescription)
+        return compute(metric, dose[mask], vox, prescription)
     except MetricError:
         raise
     except (AssertionError, TypeError) as e:  # pragma: no cover - defensive
