@@ -168,7 +168,7 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
     clash = case_clash(reader.ids)
     if clash:
         remedy = ("leave one of them out with `dosepred data subset` (a split file of the ids to keep), or "
-                  "import its source again with other ids" if f.name == "cache" else
+                  "import its source again with other ids" if f.is_cache else
                   "give one of them another id")
         raise SourceError(f"{p}: patient ids {clash[0]!r} and {clash[1]!r} differ only in case (or Unicode "
                           f"form): {CASE_CLASH_WHY}; {remedy}")
