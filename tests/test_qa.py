@@ -1046,3 +1046,18 @@ def test_a_plan_whose_dose_grid_does_not_cover_an_roi_is_untrusted(sample_dir, m
     rows = res.summary()
     assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("cut", True)]
     assert NOTE_DOSE_GAP in rows[1]["reliability"]
+
+
+def test_run_qa_of_one_patient_is_that_plan_s_qa(sample_dir, model_dir, monkeypatch):
+    """run_qa(model, patient) (one plan from a notebook) raised TypeError ('Patient' object is not
+    iterable) after loading the model; it is the QA of that one plan, as of a list holding it."""
+    from dosepred.io import load_patients
+    from dosepred.qa import check, run_qa
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    flat = np.where(p.possible_dose_mask, 30.0, 0.0).astype(np.float32)  # no model run: a known prediction
+    monkeypatch.setattr(check.QAChecker, "predict", lambda self, plan: flat)
+    one, listed = run_qa(model_dir, p, "openkbp-clinical"), run_qa(model_dir, [p], "openkbp-clinical")
+    assert [q.id for q in one.patients] == ["pt_66"]
+    assert ([(c.roi, c.metric, c.plan, c.low, c.high) for c in one.patients[0].criteria]
+            == [(c.roi, c.metric, c.plan, c.low, c.high) for c in listed.patients[0].criteria])

@@ -494,7 +494,7 @@ def _without_input_warnings(plans: Iterable[Patient]) -> Iterator[Patient]:
         yield p
 
 
-def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient], protocol: Any,
+def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Patient | Iterable[Patient], protocol: Any,
            coverage: float = 0.9, report: str | os.PathLike | None = None, progress: bool = False,
            report_max: int | None = None, point_mm: tuple[float, float, float] | None = None,
            roi_map: Any = None) -> QAResult:
@@ -509,6 +509,8 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Iterable[Patient
         raise InputError(f"--report-max (patients with images in the report) must be >= 0 (0: all), "
                          f"got {report_max!r}")
     chk = QAChecker(model, protocol, coverage)
+    if isinstance(plans, Patient):  # one plan: as a list of it (iterating a Patient was a TypeError)
+        plans = [plans]
     it: Iterable[Patient] = open_plans(plans, roi_map) if isinstance(plans, (str, os.PathLike)) else plans
     if progress:
         it = track(it, description="plan QA")
