@@ -44,6 +44,7 @@ from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
 from ..geometry import Geometry, GeometryError, filled_outline, shear_problem
 from ..patient import Patient, RoiSet, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
+from ..roi import binary_mask
 from . import roi_names as _names
 
 #: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
@@ -340,24 +341,12 @@ def _check_label_name(pid: str, name: str) -> None:
 # ---------------------------------------------------------------------------------------- reading
 
 def _binary(arr: np.ndarray, path: Path, pid: str) -> np.ndarray:
-    """A label or mask file as a boolean mask (its non-zero voxels), provided its non-zero voxels hold
-    one value (1, 255 or a tool's label number; float noise such as 1.0000001 allowed): fractional
-    values (a mask resampled with linear interpolation, a probability map) or several labels (a label
-    map saved as one file) are an error, since counting every non-zero voxel inside would grow the
-    ROI by its partial voxels or make one ROI of several organs."""
-    inside = arr != 0
-    if arr.dtype == bool or not inside.any():
-        return inside
-    vals = arr[inside]
-    lo, hi = vals.min(), vals.max()
-    if lo != hi and not (float(lo) * float(hi) > 0 and abs(float(hi) - float(lo)) <= 1e-4 * abs(float(hi))):
-        uniq = np.unique(vals)
-        shown = ", ".join(f"{float(v):.4g}" for v in uniq[:6]) + (", ..." if len(uniq) > 6 else "")
-        raise NiftiFormatError(f"patient {pid}: {path} is no binary mask: its non-zero voxels hold "
-                               f"{len(uniq)} different values ({shown}); a label file holds 0 and one value. "
-                               "Threshold a resampled or probability mask (e.g. >= 0.5), or save each "
-                               "label of a label map as a file of its own")
-    return inside
+    """A label or mask file as a boolean mask (:func:`dosepred.roi.binary_mask`'s rule: its non-zero
+    voxels hold one value), else a :class:`NiftiFormatError` naming the patient and the file."""
+    try:
+        return binary_mask(arr, f"patient {pid}: {path}")
+    except InputError as e:
+        raise NiftiFormatError(str(e)) from None
 
 
 def is_patient_folder(path: str | os.PathLike) -> bool:
