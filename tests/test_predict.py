@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -471,3 +472,32 @@ def test_predict_dose_names_a_path_or_a_list_given_for_its_model_or_patient(tmp_
     net = build_model(ModelConfig(rois=p.roi_set.to_dicts(), channels=[4, 6], patch=(16, 16, 16)))
     with pytest.raises(InputError, match=r"predict_dose predicts one Patient, got list: call it per patient"):
         predict_dose(net, [p])
+
+
+@pytest.mark.parametrize("fmt", ["cache", "openkbp"])
+def test_a_model_predicting_more_than_any_dose_is_named_not_asked_about_cgy(tmp_path, fmt):
+    """Weights that predict thousands of Gy (a training that diverged without NaN) met the writers'
+    refusal of a dose over 1000 Gy, which asks whether the patient's dose is in cGy. Now one line naming
+    the model and the dose, nothing written."""
+    import torch
+
+    from dosepred.models.checkpoint import load_checkpoint, save_checkpoint
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--loss", "mae",
+                            "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "--base", "4",
+                            "--levels", "2", "--res-units", "0", "--threads", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    last_bias = [k for k, v in ck["model"].items() if k.endswith("bias") and v.numel() == 1][-1]
+    ck["model"][last_bias] = torch.full_like(ck["model"][last_bias], 1000.0)  # every voxel far over 1000 Gy
+    ck.pop("path")
+    save_checkpoint(ck, tmp_path / "broken.pt")
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "broken.pt"), "--data", str(data),
+                            "--format", fmt, "--out", str(tmp_path / "pred"), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert re.match(r"error: model \S*broken\.pt predicts [\d.e+]+ Gy for patient synth_\S+, more than any "
+                    r"radiotherapy dose \(1000 Gy\): its weights are not usable", last), r.output
+    assert "cGy" not in r.output and not (tmp_path / "pred").exists()

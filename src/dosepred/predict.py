@@ -30,7 +30,7 @@ import torch
 
 from . import __version__
 from .boxes import mask_box
-from .constants import BODY_HU
+from .constants import BODY_HU, MAX_DOSE_GY
 from .errors import InputError
 from .fsutil import sha256_file
 from .inference import DEFAULT_TTA as DEFAULT_TTA
@@ -531,7 +531,13 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
     it = track(patients, description="predicting") if progress else patients
 
     def predict(p: Patient) -> np.ndarray:
-        return predict_dose(model, p, used)
+        dose = predict_dose(model, p, used)
+        hi = float(dose.max()) if dose.size else 0.0
+        if hi > MAX_DOSE_GY:  # the weights' fault: the writers' own refusal would ask whether it is in cGy
+            raise ModelError(f"model {model_path} predicts {hi:.3g} Gy for patient {p.id}, more than any "
+                             f"radiotherapy dose ({MAX_DOSE_GY:g} Gy): its weights are not usable (from a "
+                             "training that diverged?)")
+        return dose
 
     n = 0
     if formats.get(fmt).is_cache:  # the whole cache at once, with how it was predicted
