@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dosepred import Patient, Roi, RoiSet
+from dosepred.errors import InputError
 from dosepred.evaluation import ScoringCase, evaluate_case, evaluate_cohort, evaluate_patient
 from dosepred.io.source import load_patients
 from dosepred.protocol import ProtocolError, load_protocol, parse_protocol
@@ -462,3 +463,40 @@ def test_items_that_are_not_reference_dose_pairs_are_refused_in_one_line():
     with pytest.raises(InputError, match="evaluate_patient: the reference must be a Patient, got a numpy"):
         evaluate_patient(dose, p)
     assert evaluate_cohort([[p, dose + 1]], "openkbp").dose_score == pytest.approx(1.0)  # a list pair too
+
+
+def test_a_scoring_case_whose_reference_is_in_cgy_is_refused():
+    """A ScoringCase built by hand from a reference dose in cGy (a notebook's arrays) was scored as Gy: a
+    dose score of thousands of Gy, without a word, while a Patient, every reader and the prediction
+    check refuse a dose over 1000 Gy. The case now refuses it, naming the patient."""
+    n = 200
+    ref_gy = np.linspace(50.0, 72.0, n)
+    rs = RoiSet((Roi("PTV70", "target", 70.0),))
+    mask = np.ones(n, dtype=bool)
+    rois = {"PTV70": np.arange(n)}
+    ok = ScoringCase("pt_cgy", rs, ref_gy, ref_gy.copy(), mask, rois, 8.0)  # in Gy: accepted
+    assert ok.ref.max() == pytest.approx(72.0)
+    with pytest.raises(InputError, match=r"patient pt_cgy: .*7200 Gy, over 1000 Gy"):
+        ScoringCase("pt_cgy", rs, ref_gy * 100.0, ref_gy.copy(), mask, rois, 8.0)
+
+
+def test_a_reference_cache_in_cgy_is_refused_by_the_fast_scoring_path(tmp_path, monkeypatch):
+    """`dosepred evaluate` reads a reference cache as voxel lists (iter_cases), not as Patients: a
+    reference cache in cGy (written before a Patient refused such a dose) scored a dose score of
+    thousands of Gy and exit 0, while load_patients refuses the same file."""
+    from dosepred import patient as patient_mod
+    from dosepred.evaluation import iter_cases
+    from dosepred.io import cache
+    from dosepred.synth import make_cohort
+
+    (p,) = make_cohort(1, seed=3, size=16)
+    cache.write_cache([p], tmp_path / "pred")
+    with monkeypatch.context() as m:
+        m.setattr(patient_mod, "MAX_DOSE_GY", np.inf)
+        cache.write_cache([p.with_dose(p.dose * 100)], tmp_path / "ref")
+    assert float(p.dose.max()) * 100 > 1000
+    for compact in (True, False):
+        with pytest.raises(InputError, match=rf"patient {p.id}: the reference dose reaches [\d.]+ Gy, "
+                                             "over 1000 Gy"):
+            evaluate_cohort(iter_cases(tmp_path / "ref", tmp_path / "pred", [p.id], compact=compact,
+                                       read_ahead=0))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import MAX_DOSE_GY
 from ..dvh import roi_voxel_indices
 from ..errors import InputError
 from ..geometry import shear_problem
@@ -114,6 +115,10 @@ class ScoringCase:
                 raise InputError(f"patient {self.id}: dose contains NaN/inf")
             if lo < 0:
                 raise InputError(f"patient {self.id}: dose must be >= 0 Gy, min is {lo:.4g}")
+            if hi > MAX_DOSE_GY:  # as a Patient's: a reference in cGy (a case built by hand, a cache
+                # written before the Patient refused one) scored thousands of Gy without a word
+                raise InputError(f"patient {self.id}: the reference dose reaches {hi:.6g} Gy, over "
+                                 f"{MAX_DOSE_GY:g} Gy: a dose in cGy? a dose is in Gy (divide by 100)")
             self._drop_dose_outside()
         for m in self.missing_rois:
             if m in self.rois:
