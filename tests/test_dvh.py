@@ -298,3 +298,16 @@ def test_roi_metric_of_a_patient_on_a_sheared_grid_uses_its_voxel_volume():
     n = round(1000 / vox)  # D1cc: the hottest 18 voxels (16 with 64 mm3)
     assert n == 18
     assert roi_metric(p, "A", "D1cc") == pytest.approx(np.percentile(np.arange(64.0), 100 - n / 64 * 100))
+
+
+def test_roi_metrics_refuses_doses_in_cgy_as_roi_metric_does():
+    """roi_metrics (several metrics at once, 'values equal compute') took an ROI's doses in cGy as Gy:
+    V20Gy of 1500 / 3000 cGy voxels read 100 % (every voxel over 20 cGy), Dmean 2250 'Gy', while
+    roi_metric and compute refuse a dose over 1000 Gy."""
+    from dosepred.metrics import MetricError
+
+    gy = np.full(100, 15.0)
+    gy[:50] = 30.0
+    assert roi_metrics(gy, ["V20Gy", "Dmean"], 8.0) == pytest.approx([50.0, 22.5])
+    with pytest.raises(MetricError, match="reach 3000 Gy, over 1000 Gy"):
+        roi_metrics(gy * 100, ["V20Gy", "Dmean"], 8.0)

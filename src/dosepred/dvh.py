@@ -183,6 +183,7 @@ def roi_metrics(doses: np.ndarray, metrics: Sequence[str | Metric], voxel_volume
     d = np.asarray(doses, dtype=np.float64).ravel()
     if d.size == 0:
         return [math.nan] * len(ms)
+    check_gy(d)  # as compute: V20Gy of a dose in cGy counted the voxels over 20 cGy
     out = [math.nan] * len(ms)
     pct = [(i, percentile_q(m, d.size, voxel_volume_mm3))
            for i, m in enumerate(ms) if m.kind in ("D", "Dmax", "Dmin")]
