@@ -455,6 +455,30 @@ def test_a_model_whose_weights_give_nan_is_named_not_the_patient(tmp_path):
     assert "diverged" in last and "Traceback" not in r.output and not (tmp_path / "pred").exists()
 
 
+def test_a_model_whose_weights_give_doses_over_1000_gy_is_named_not_the_patient(tmp_path):
+    """A run trained one step at --lr 1e3 ends 'done' with weights that predict ~1e8 Gy (finite); predict
+    then said 'patient synth_000: dose reaches ... Gy: a dose in cGy? (divide by 100)' for a cache, as for
+    that patient's data, and wrote the NIfTI doses without a word. Now one line naming the model, for
+    every format, nothing written."""
+    from tiny_models import tiny_cache
+
+    data = tiny_cache(tmp_path, 1)
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--loss", "mae",
+                            "--epochs", "1", "--steps-per-epoch", "1", "--lr", "1e3", "--patch", "16",
+                            "--base", "4", "--levels", "2", "--res-units", "0", "--threads", "1",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for fmt in ("cache", "nifti"):
+        out = tmp_path / f"pred-{fmt}"
+        r = runner.invoke(app, ["predict", "--model", str(tmp_path / "run"), "--data", str(data), "--format",
+                                fmt, "--out", str(out)])
+        assert r.exit_code == 2, r.output
+        last = r.output.strip().splitlines()[-1]
+        assert last.startswith("error: the model predicts doses up to "), r.output
+        assert "over 1000 Gy" in last and "cGy" not in last and "lower --lr" in last, r.output
+        assert "Traceback" not in r.output and not out.exists()
+
+
 def test_predict_dose_names_a_path_or_a_list_given_for_its_model_or_patient(tmp_path):
     """predict_dose("models/m", p) was AttributeError: 'str' object has no attribute 'config' (predict_to
     takes a path, predict_dose a loaded model); predict_dose(model, [p]) AttributeError 'list' object has

@@ -176,6 +176,15 @@ class NonFiniteDoseError(ModelError):
     """A model whose weights predict NaN or infinite doses (a training that diverged)."""
 
 
+class OverdoseError(ModelError):
+    """A model whose weights predict doses no plan gives (over :data:`~dosepred.constants.MAX_DOSE_GY`,
+    finite: a training that diverged); ``peak``: its highest dose (Gy)."""
+
+    def __init__(self, message: str, peak: float) -> None:
+        super().__init__(message)
+        self.peak = peak
+
+
 class MissingRoisError(ModelError):
     """A patient lacking ROIs the model needs (or with targets it does not know), refused without
     ``allow_missing``: ``problem`` says what, without the remedy, for a command whose remedy is
@@ -437,6 +446,11 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
         raise NonFiniteDoseError(f"the model predicts NaN or infinite doses for patient {patient.id}: its "
                                  "weights are not usable (from a training that diverged: train it again with "
                                  "a lower --lr)")
+    peak = float(out[box].max()) if out[box].size else 0.0
+    if peak > MAX_DOSE_GY:  # the weights' fault too: the patient's cache/writer said "a dose in cGy?"
+        raise OverdoseError(f"the model predicts doses up to {peak:.4g} Gy for patient {patient.id}, over "
+                            f"{MAX_DOSE_GY:g} Gy, which no plan gives: its weights are not usable (from a "
+                            "training that diverged: train it again with a lower --lr)", peak)
     return out
 
 

@@ -81,9 +81,16 @@ def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) 
     never gets here: prediction refuses it (:func:`diverged_weights` says it for a validation)."""
     hi = float(dose.max()) if dose.size else 0.0
     if hi > MAX_DOSE_GY:
-        at = "" if epoch is None else f" after epoch {epoch}"
-        raise TrainingDivergedError(f"validation{at}: the model predicts {hi:.3g} Gy for validation patient "
-                                    f"{pid}: training diverged; lower --lr?")
+        raise validation_overdose(hi, pid, epoch)
+
+
+def validation_overdose(hi: float, pid: str, epoch: int | None = None) -> TrainingDivergedError:
+    """The error of a validation whose prediction for patient ``pid`` reaches ``hi`` Gy, over
+    :data:`~dosepred.constants.MAX_DOSE_GY` (prediction refuses such a dose:
+    :class:`dosepred.predict.OverdoseError`)."""
+    at = "" if epoch is None else f" after epoch {epoch}"
+    return TrainingDivergedError(f"validation{at}: the model predicts {hi:.3g} Gy for validation patient "
+                                 f"{pid}: training diverged; lower --lr?")
 
 
 def check_protocol_prescriptions(protocol: Protocol, roi_set: RoiSet, cfg: TrainConfig) -> None:

@@ -60,7 +60,7 @@ from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
 from ..models.transfer import RoiTransfer
-from ..predict import NonFiniteDoseError, RoiNote, predict_dose, resolve_device
+from ..predict import NonFiniteDoseError, OverdoseError, RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
@@ -190,6 +190,8 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
                     d = predict_dose(model, p, options)
                 except NonFiniteDoseError:  # the weights last.pt holds: --resume would meet them again
                     raise run_checks.diverged_weights(p.id, epoch) from None
+                except OverdoseError as e:  # finite: as check_validation_dose says it
+                    raise run_checks.validation_overdose(e.peak, p.id, epoch) from None
             run_checks.check_validation_dose(d, p.id, epoch)
             yield p, d
 
