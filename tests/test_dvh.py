@@ -311,3 +311,21 @@ def test_roi_metrics_refuses_doses_in_cgy_as_roi_metric_does():
     assert roi_metrics(gy, ["V20Gy", "Dmean"], 8.0) == pytest.approx([50.0, 22.5])
     with pytest.raises(MetricError, match="reach 3000 Gy, over 1000 Gy"):
         roi_metrics(gy * 100, ["V20Gy", "Dmean"], 8.0)
+
+
+@pytest.mark.parametrize("vox", [-8.0, 0.0, float("nan"), (4, 4, 2.5), "8"])
+def test_a_cc_metric_refuses_a_voxel_volume_that_is_no_positive_number(vox):
+    """compute / roi_metrics took the voxel volume as given: a negative one (det of an affine with a
+    flipped axis) made D0.1cc the single hottest voxel (n = max(1, round(100 / -8)) = 1) without a word;
+    0, NaN, the spacing tuple or a string were ZeroDivisionError / ValueError / TypeError tracebacks."""
+    from dosepred.metrics import MetricError
+
+    d = np.linspace(10.0, 70.0, 500)
+    n = round(100 / 8.0)  # 12 (banker's rounding of 12.5) hottest voxels of 8 mm^3: 0.1 cc
+    want = np.percentile(d, 100 - n / d.size * 100)
+    assert compute("D0.1cc", d, 8.0) == pytest.approx(want)
+    assert roi_metrics(d, ["D0.1cc"], 8.0) == pytest.approx([want])
+    for f in (lambda: compute("D0.1cc", d, vox), lambda: roi_metrics(d, ["D0.1cc", "Dmean"], vox)):
+        with pytest.raises(MetricError, match=r"D0.1cc: the voxel volume must be a positive number of mm\^3"):
+            f()
+    assert compute("Dmean", d, vox) == pytest.approx(40.0)  # no volume needed: as before

@@ -108,12 +108,29 @@ def hot_voxel_count(volume_cc: float, voxel_volume_mm3: float) -> int:
     return max(1, int(round(volume_cc * 1000.0 / voxel_volume_mm3)))
 
 
+def cc_voxel_volume(metric: Metric, voxel_volume_mm3: Any) -> float:
+    """The voxel volume a ``D<x>cc`` metric counts its hottest voxels with, as a positive finite number
+    of mm^3; else a MetricError naming the metric (a negative one, the determinant of an affine with a
+    flipped axis, made D0.1cc the single hottest voxel without a word; 0, NaN or the spacing tuple
+    were tracebacks)."""
+    try:
+        if isinstance(voxel_volume_mm3, (str, bytes, bool, np.bool_)):
+            raise TypeError
+        v = float(voxel_volume_mm3)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise MetricError(f"{metric}: the voxel volume must be a positive number of mm^3, got "
+                          f"{voxel_volume_mm3!r}")
+    return v
+
+
 def larger_than_roi(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> bool:
     """True for a ``D<x>cc`` metric of an ROI smaller than ``x`` cc (fewer voxels than its hot-voxel
     count): its value is then the ROI's minimum dose (:func:`percentile_q` clips at 0; OpenKBP's
     evaluator fails there), which says nothing of the hottest ``x`` cc the metric is meant for."""
     return (metric.kind == "D" and metric.unit == "cc" and metric.value is not None
-            and hot_voxel_count(metric.value, voxel_volume_mm3) > n_voxels)
+            and hot_voxel_count(metric.value, cc_voxel_volume(metric, voxel_volume_mm3)) > n_voxels)
 
 
 def percentile_q(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> float:
@@ -128,7 +145,7 @@ def percentile_q(metric: Metric, n_voxels: int, voxel_volume_mm3: float) -> floa
     assert metric.value is not None
     if metric.unit == "%":
         return 100.0 - metric.value
-    n = hot_voxel_count(metric.value, voxel_volume_mm3)
+    n = hot_voxel_count(metric.value, cc_voxel_volume(metric, voxel_volume_mm3))
     return max(0.0, 100.0 - n / n_voxels * 100.0)
 
 
