@@ -255,6 +255,19 @@ def test_iter_pairs_names_what_it_cannot_pair(synthetic, tmp_path):
             list(it(synthetic["nifti"], tmp_path / "no-dose", [p.id]))
 
 
+def test_one_id_given_as_a_string_is_that_patient(synthetic):
+    """iter_cases / iter_pairs / load_references(src, ..., "synth_001") took the string's characters as
+    ids: "patient s is not in cache" (load_patients reads one id so since a6a16ac)."""
+    pid = sorted(synthetic["pats"])[1]
+    for ref in ("cache", "nifti"):
+        for compact in (True, False):
+            cases = list(iter_cases(synthetic[ref], synthetic["pred-cache"], pid, compact=compact,
+                                    read_ahead=0))
+            assert [c.id for c in cases] == [pid]
+        assert [p.id for p, _ in iter_pairs(synthetic[ref], synthetic["pred-cache"], pid)] == [pid]
+        assert [p.id for p in load_references(synthetic[ref], pid)] == [pid]
+
+
 # ------------------------------------------------------------- fast-path cases == the full Patient's
 
 def _canonical(c: ScoringCase) -> dict:

@@ -341,6 +341,12 @@ def name_some(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+def _id_list(ids: Any) -> Any:
+    """``ids`` as a list when it is one id (a string), as :func:`dosepred.io.load_patients` takes it:
+    its characters were taken as ids ("patient s is not in cache")."""
+    return [ids] if isinstance(ids, str) else ids
+
+
 def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_ct: bool = False,
                     roi_map: Any = None) -> Iterable[Patient]:
     """Reference patients for evaluation from any source (:func:`dosepred.io.load_patients`).
@@ -350,7 +356,7 @@ def load_references(src: str | os.PathLike, ids: list[str] | None = None, with_c
     the biggest CSV file and the biggest cache array are skipped, and the patients carry their
     support box (:meth:`Patient.support_box`). ``roi_map``: the ROI name map of a DICOM ``src``.
     """
-    return _references(src, formats.detect(src), ids, with_ct, roi_map)
+    return _references(src, formats.detect(src), _id_list(ids), with_ct, roi_map)
 
 
 def _boxes(fmt: Format | None, roi_map: Any) -> Any:
@@ -435,7 +441,7 @@ def iter_cases(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
     Every score is the same on all three (both doses are zero outside the scored voxels).
     ``roi_map``: the ROI name map of a DICOM reference (an error for another kind of reference).
     """
-    return prefetch(_iter_cases(reference, prediction, ids, compact, roi_map), read_ahead)
+    return prefetch(_iter_cases(reference, prediction, _id_list(ids), compact, roi_map), read_ahead)
 
 
 def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids: list[str],
@@ -447,7 +453,7 @@ def iter_pairs(reference: str | os.PathLike, prediction: str | os.PathLike, ids:
     ``Patient.ct`` is None); ``meta["prediction_file"]`` names the prediction.
     ``roi_map``: the ROI name map of a DICOM reference (an error for another kind of reference).
     """
-    return prefetch(_iter_pairs(reference, prediction, ids, with_ct, roi_map), read_ahead)
+    return prefetch(_iter_pairs(reference, prediction, _id_list(ids), with_ct, roi_map), read_ahead)
 
 
 def _compact_case(ref: ReferenceBox, preds: _Predictions) -> ScoringCase | None:
