@@ -329,3 +329,15 @@ def test_a_cc_metric_refuses_a_voxel_volume_that_is_no_positive_number(vox):
         with pytest.raises(MetricError, match=r"D0.1cc: the voxel volume must be a positive number of mm\^3"):
             f()
     assert compute("Dmean", d, vox) == pytest.approx(40.0)  # no volume needed: as before
+
+
+def test_roi_voxel_indices_of_one_name_is_that_roi():
+    """roi_voxel_indices(p, "T") iterated the string (Patient.masks takes one name since 26af75e): an
+    ROI name of several characters was "ROI 'P' is not in the ROI set"."""
+    rs = RoiSet((Roi("Cord", "oar"), Roi("PTV70", "target", 70.0)))
+    shape = (4, 5, 6)
+    m = np.zeros(shape, bool)
+    m[1:3, 2:4, 1:5] = True
+    p = Patient.from_masks("p1", np.zeros(shape), {"PTV70": m}, rs, (1.0, 1.0, 1.0))
+    got = roi_voxel_indices(p, "PTV70")
+    assert list(got) == ["PTV70"] and np.array_equal(got["PTV70"], np.flatnonzero(m))

@@ -287,7 +287,7 @@ def roi_metric(patient_or_dose: Patient | np.ndarray, mask: np.ndarray | str, me
         raise ValueError(f"cannot compute {metric}: {e}") from None
 
 
-def roi_voxel_indices(patient: Patient, names: Sequence[str] | None = None,
+def roi_voxel_indices(patient: Patient, names: Sequence[str] | str | None = None,
                       box: tuple[slice, ...] | None = None) -> dict[str, np.ndarray]:
     """Flat (C order) voxel indices of each present ROI of ``patient``, decoded in one pass.
 
@@ -295,7 +295,7 @@ def roi_voxel_indices(patient: Patient, names: Sequence[str] | None = None,
     Missing ROIs (no contour) are left out. With ``box`` (slices per axis, holding every ROI voxel)
     the indices are into the C-order flattening of ``roi_codes[box]``.
     """
-    names = names if names is not None else patient.roi_set.names
+    names = patient.roi_set.names if names is None else [names] if isinstance(names, str) else names
     names = [n for n in names if n not in patient.missing_rois]
     bits = [patient.roi_set.index(n) for n in names]
     whole = box is None or all(s.start in (0, None) and s.stop in (n, None) and s.step in (1, None)
