@@ -164,3 +164,13 @@ def test_a_patient_not_in_the_cache(tmp_path, patients):
     with pytest.raises(KeyError) as ei:
         list(source.load_patients(c.root, ids=["synth_000", "pt_9"]))
     assert ei.value.args[0] == f"patient pt_9 is not in cache {c.root}"
+
+
+def test_cache_patients_of_one_id_given_as_a_string_is_that_patient(tmp_path, patients):
+    """Cache.patients("synth_001") iterated the string: "patient s is not in cache" (load_patients and
+    Source.patients read one id so since a6a16ac)."""
+    c = cache.write_cache(patients, tmp_path / "c")
+    pid = patients[1].id
+    got = list(c.patients(pid))
+    assert [p.id for p in got] == [pid]
+    np.testing.assert_array_equal(got[0].dose, patients[1].dose)

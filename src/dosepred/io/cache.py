@@ -586,7 +586,10 @@ class Cache:
         for pid in self.ids:
             yield self.load(pid, rs)
 
-    def patients(self, ids: Sequence[str] | None = None) -> Iterator[Patient]:
+    def patients(self, ids: Sequence[str] | str | None = None) -> Iterator[Patient]:
+        """The patients of ``ids`` (a list, or one id), all when None, in that order."""
+        if isinstance(ids, str):  # one id: its characters were taken as ids ("patient s is not in cache")
+            ids = [ids]
         rs = self.roi_set
         for pid in ids if ids is not None else self.ids:
             yield self.load(pid, rs)
