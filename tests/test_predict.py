@@ -522,6 +522,6 @@ def test_a_model_predicting_more_than_any_dose_is_named_not_asked_about_cgy(tmp_
                             "--format", fmt, "--out", str(tmp_path / "pred"), "--no-progress"])
     assert r.exit_code == 2, r.output
     last = r.output.strip().splitlines()[-1]
-    assert re.match(r"error: model \S*broken\.pt predicts [\d.e+]+ Gy for patient synth_\S+, more than any "
-                    r"radiotherapy dose \(1000 Gy\): its weights are not usable", last), r.output
+    assert re.match(r"error: the model predicts doses up to [\d.e+]+ Gy for patient synth_\S+, over 1000 Gy, "
+                    r"which no plan gives: its weights are not usable", last), r.output
     assert "cGy" not in r.output and not (tmp_path / "pred").exists()
