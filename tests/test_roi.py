@@ -157,3 +157,26 @@ def test_lr_pairs_of_a_roi_set_keep_kind_and_prescription():
                  Roi("Node Lt", "target", 56.0), Roi("Node Rt")))
     assert roi.lr_pairs(rs) == [(2, 3), (4, 5)]
     assert roi.lr_pairs(rs.names) == [(0, 1), (2, 3), (4, 5), (6, 7)]  # names alone: by name only
+
+
+@pytest.mark.parametrize("left, right", [
+    ("Hippocampus Lft", "Hippocampus Rgt"), ("Hippocampus_Sin", "Hippocampus_Dex"),
+    ("Parotis links", "Parotis rechts"), ("Parotida izq", "Parotida der"),
+    ("Parótida Izquierda", "Parótida Derecha"), ("Parotida_Izda", "Parotida_Dcha"),
+    ("Parotide sx", "Parotide dx"), ("PAROTIDA_IZQ", "PAROTIDA_DER"), ("Parotide gauche", "Parotide droite")])
+def test_a_flip_swaps_the_side_words_a_clinic_writes(left, right):
+    """Names kept as written (the aliases know no 'Parotida') whose side is a word the aliases read
+    (lft/rgt, sin/dex, links/rechts) or a clinic writes (izq/der, sx/dx, ...): a flip without swapping
+    them left 'Parotida izq' on the patient's right in every mirrored crop and test-time pass."""
+    assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
+    # the masks by hand: the left organ at the high end of the left-right axis (axis 0 here)
+    m = np.zeros((2, 8, 3, 3), bool)
+    m[0, 6:8] = True  # left
+    m[1, 0:3] = True  # right
+    codes = roi.encode(m, shape=m.shape[1:])
+    out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
+    # mirrored, the organ that was on the right (index 0..2) lies at 5..7 and now carries the left name
+    np.testing.assert_array_equal(out[0], m[1][::-1])
+    np.testing.assert_array_equal(out[1], m[0][::-1])
+    # a letter or word inside another word is still no side ('Dexamethasone', 'Sinus')
+    assert roi.lr_pairs(["Sinus", "Dexus", "Derma", "Izquierdo_ring"]) == []

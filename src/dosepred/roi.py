@@ -129,10 +129,19 @@ def _check_bit(k: int, bits: int) -> None:
 
 #: Name parts that make two ROIs a left/right pair (``LeftParotid`` <-> ``RightParotid``).
 _LR_PARTS = (("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"), ("Lt", "Rt"), ("_L", "_R"))
-#: Whole words (between spaces, ``_``, ``-``, brackets, ...) that name a side (``Hippocampus L``)
-_LR_WORDS = {a: b for x, y in (("L", "R"), ("l", "r"), ("Lt", "Rt"), ("LT", "RT"), ("lt", "rt"),
-                               ("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"))
-             for a, b in ((x, y), (y, x))}
+#: Words that name the patient's left and right side, in lower case, left first: English (and the
+#: ones :mod:`dosepred.io.roi_names` reads: lft/rgt, sin/dex, links/rechts), Spanish, Italian,
+#: Portuguese and French, as clinics write them after an organ (``Parotida izq``, ``Parotide sx``)
+SIDE_WORD_PAIRS = (("l", "r"), ("lt", "rt"), ("left", "right"), ("lft", "rgt"), ("sin", "dex"),
+                   ("links", "rechts"), ("izq", "der"), ("izda", "dcha"), ("izquierda", "derecha"),
+                   ("sx", "dx"), ("sinistra", "destra"), ("esq", "dir"), ("esquerda", "direita"),
+                   ("gauche", "droite"))
+#: each side word (lower case) -> "Left" / "Right"
+SIDE_WORDS = {w: side for pair in SIDE_WORD_PAIRS for w, side in zip(pair, ("Left", "Right"), strict=True)}
+#: Whole words (between spaces, ``_``, ``-``, brackets, ...) that name a side (``Hippocampus L``,
+#: ``Parotida izq``), as written in lower case, upper case or capitalised, each to the other side's
+_LR_WORDS = {f(a): f(b) for x, y in SIDE_WORD_PAIRS for a, b in ((x, y), (y, x))
+             for f in (str.lower, str.upper, str.capitalize)}
 
 
 def _side_word_swaps(name: str) -> set[str]:
@@ -144,7 +153,8 @@ def _side_word_swaps(name: str) -> set[str]:
 
 def lr_pairs(rois: Any) -> list[tuple[int, int]]:
     """Bit pairs of ROIs whose names differ only by Left/Right (also L/R, Lt/Rt as a word part, or
-    as a whole word: ``Hippocampus L`` <-> ``Hippocampus R``, ``L Carotid`` <-> ``R Carotid``).
+    as a whole word: ``Hippocampus L`` <-> ``Hippocampus R``, ``L Carotid`` <-> ``R Carotid``,
+    ``Parotida izq`` <-> ``Parotida der``: :data:`SIDE_WORD_PAIRS`).
 
     ``rois``: a :class:`~dosepred.patient.RoiSet` (anything with ``.names``) or a sequence of names in
     bit order. Mirroring a patient left-right maps ROI ``i`` onto ROI ``j`` for each pair. Of a
