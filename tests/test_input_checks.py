@@ -259,3 +259,20 @@ def test_a_swapped_prv_pair_and_a_prefixed_organ_are_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LateralityWarning)
         assert check_sides(ok) == []
+
+
+@pytest.mark.parametrize("left, right", [
+    ("Parotida izq", "Parotida der"), ("Parotide_sx", "Parotide_dx"), ("Hippocampus Sin", "Hippocampus Dex"),
+    ("Parotis links", "Parotis rechts"), ("Parótida Izquierda", "Parótida Derecha"),
+    ("IZQ Parotida", "DER Parotida")])
+def test_a_swapped_pair_named_with_a_clinic_s_side_words_is_named(left, right):
+    """Names kept as written (no alias knows 'Parotida') whose side is a word the aliases read or a
+    clinic writes (dosepred.roi.SIDE_WORD_PAIRS): swapped, they passed without a word, and qa checked
+    each against the other side's interval."""
+    assert side_findings(_sided({left: (6, 10), right: (30, 34)})) == []  # left at x = +31 mm: its side
+    found = side_findings(_sided({left: (30, 34), right: (6, 10)}))
+    assert {f.roi for f in found} == {left, right}
+    assert {f.other for f in found} == {left, right}
+    (f,) = side_findings(_sided({left: (30, 34)}))  # alone: 30 mm right of the midline
+    assert f.roi == left and f.across_midline == pytest.approx(_x(19.5) - _x(31.5))
+    assert side_of("Sinus") is None and side_of("Dexter") is None and side_of("Derma_ring") is None

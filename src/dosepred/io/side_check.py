@@ -36,6 +36,7 @@ import numpy as np
 
 from ..constants import BODY_HU
 from ..patient import Patient
+from ..roi import SIDE_WORDS
 
 #: a sided ROI's centroid this far (mm) on the other side of the body's centroid is on the wrong side
 #: (OpenKBP train + validation + sample: every parotid at least 42.3 mm on its own side; the margin
@@ -43,11 +44,12 @@ from ..patient import Patient
 MIDLINE_MARGIN_MM = 10.0
 
 _CAMEL = re.compile(r"^(Left|Right)([A-Z0-9].*)$")
-_PREFIX = re.compile(r"^(left|right|lt|rt|l|r)[\s_\-]+(.+)$", re.IGNORECASE)  # Lt Lacrimal, L_Parotid
+# the side words flips swap (dosepred.roi.SIDE_WORD_PAIRS: L, Lt, Left, Sin, izq, sx, ...), longest first
+_WORDS = "|".join(sorted(SIDE_WORDS, key=len, reverse=True))
+_PREFIX = re.compile(rf"^({_WORDS})[\s_\-]+(.+)$", re.IGNORECASE)  # Lt Lacrimal, L_Parotid
 # Parotid_L, and a planning risk volume of it: Parotid_L_PRV, Lens_R_PRV03 (the PRV keeps its side)
-_SUFFIX = re.compile(r"^(.+?)[\s_\-]+(l|r|lt|rt|left|right)((?:[\s_\-]+prv[\s_\-]?\d*(?:mm)?)?)$",
-                     re.IGNORECASE)
-_SIDE = {"l": "Left", "lt": "Left", "left": "Left", "r": "Right", "rt": "Right", "right": "Right"}
+_SUFFIX = re.compile(rf"^(.+?)[\s_\-]+({_WORDS})((?:[\s_\-]+prv[\s_\-]?\d*(?:mm)?)?)$", re.IGNORECASE)
+_SIDE = SIDE_WORDS
 
 
 class LateralityWarning(UserWarning):
@@ -57,7 +59,8 @@ class LateralityWarning(UserWarning):
 def side_of(name: str) -> tuple[str, str] | None:
     """``("Left" | "Right", organ)`` of an ROI named for a side: the canonical ``LeftParotid`` /
     ``RightParotid`` form (and ``Left_Parotid``, ``left parotid``, ``Lt Lacrimal``, ``L_Parotid``) or the
-    TG-263 ``Parotid_L`` / ``Parotid_R`` form, also of a PRV (``Parotid_L_PRV05``); ``organ`` (lower
+    TG-263 ``Parotid_L`` / ``Parotid_R`` form, also of a PRV (``Parotid_L_PRV05``), and with any side word
+    flips swap (``Parotida izq``, ``Parotide_sx``: :data:`dosepred.roi.SIDE_WORD_PAIRS`); ``organ`` (lower
     case, without separators; a PRV's with its suffix) pairs the two sides. None for other names."""
     m = _CAMEL.match(name) or _PREFIX.match(name)
     if m:
