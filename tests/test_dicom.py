@@ -1067,3 +1067,22 @@ def test_a_contour_too_long_for_explicit_vr_is_written_as_numbers(tmp_path):
     [q] = read_quiet(folder)
     assert np.array_equal(q.possible_dose_mask, body)
     assert np.array_equal(q.mask("PTV70"), ptv)
+
+
+def test_a_body_mapped_to_a_name_the_aliases_read_as_the_body_is_the_body(exported, tmp_path):
+    """{"Contorno Externo": "External"}: the map named the body by a name the aliases read as the body
+    (External, Skin, Outline, Body), which was kept as written: an ROI 'External' of kind other, and the
+    possible-dose mask taken from CT > -500 HU (couch and mask included) as for a patient without a body
+    contour, though the RTROIInterpretedType said EXTERNAL, without a word. It is now the body."""
+    p, folder = exported
+    _rename_rois(folder / "RS.dcm", {"External": "Contorno Externo"})
+    for value in ("External", "Skin", "OUTLINE"):
+        m = RoiMap.from_obj({"Contorno Externo": value})
+        assert m.resolve("Contorno Externo", "EXTERNAL").is_body, value
+        assert m.resolve("Contorno Externo", "").is_body, value
+    mp = tmp_path / "map.json"
+    mp.write_text(json.dumps({"Contorno Externo": "External"}))
+    (q,) = read_quiet(folder, mp)
+    assert "External" not in q.roi_set.names
+    assert q.meta["possible_dose_mask"] == "body contour Contorno Externo"
+    np.testing.assert_array_equal(q.possible_dose_mask, p.possible_dose_mask)

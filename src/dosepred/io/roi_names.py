@@ -277,7 +277,8 @@ class RoiMap:
     def resolve(self, name: str, interpreted_type: str = "") -> Canonical | None:
         """Canonical form of a clinical name (None: the map says to ignore it). A name the map gives
         that the aliases do not know is an organ at risk, unless the RTROIInterpretedType says a target
-        (renaming a PTV does not make it an organ); the map's ``kinds`` win."""
+        (renaming a PTV does not make it an organ); the map's ``kinds`` win. A name the aliases read as
+        the body (``External``, ``Skin``) is the body, as ``Body`` is."""
         found, mapped = self.lookup(name)
         if found and mapped is None:
             return None
@@ -285,6 +286,8 @@ class RoiMap:
         if found:
             assert mapped is not None
             c = canonical(mapped)
+            if c.is_body:  # "External", "Skin": the body (possible-dose mask) is no ROI to keep as written
+                return Canonical(BODY, "other")
             typed = _kind_from_type(interpreted_type)
             kind = c.kind if c.matched else "target" if typed == "target" else "oar"
             # a canonical name but for case, spaces and underscores ("LeftParotid ", "spinalcord") is
