@@ -806,3 +806,27 @@ def test_a_rois_json_roi_with_an_unknown_key_is_refused_naming_the_file(tmp_path
     with pytest.raises(nifti.NiftiFormatError, match=rf"{re.escape(str(folder / 'rois.json'))}: ROI "
                                                      r".*unknown key\(s\) 'rx'"):
         list(load_patients(tmp_path / "src"))
+
+
+def test_a_rois_json_roi_without_a_kind_named_for_a_target_is_that_target(tmp_path):
+    """A hand-written rois.json listing the clinic's label files by name only ({"name": "PTV_7000"}):
+    each was an organ at risk (from_dicts' default), so the 70 Gy PTV entered the patient as an OAR
+    without a prescription, without a word, though the same label file without rois.json is a 70 Gy
+    target (the aliases). A listed ROI without "kind" now takes the kind and prescription its name
+    gives; one named otherwise stays an OAR, and a kind or prescription given wins."""
+    p = make_patient()
+    folder = tmp_path / "case1"
+    (folder / "rois").mkdir(parents=True)
+    aff = np.diag([*p.spacing, 1.0])
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    for name, roi in (("PTV_7000", "PTV70"), ("Parotid_L", "LeftParotid"), ("PTV 63Gy", "Ring"),
+                      ("PTV1", "PTV70"), ("PTV_56", "Ring")):
+        nib.save(nib.Nifti1Image(p.mask(roi).astype(np.uint8), aff), folder / "rois" / f"{name}.nii.gz")
+    (folder / "rois.json").write_text(json.dumps({"rois": [
+        {"name": "PTV_7000"}, {"name": "Parotid_L"}, {"name": "PTV 63Gy", "prescription": 60},
+        {"name": "PTV1"}, {"name": "PTV_56", "kind": "oar"}]}))
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert [(r.name, r.kind, r.prescription) for r in q.roi_set.rois] == [
+        ("PTV_7000", "target", 70.0), ("Parotid_L", "oar", None), ("PTV 63Gy", "target", 60.0),
+        ("PTV1", "oar", None), ("PTV_56", "oar", None)]
+    np.testing.assert_array_equal(q.mask("PTV_7000"), p.mask("PTV70"))

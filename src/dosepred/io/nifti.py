@@ -450,7 +450,7 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     # from a patient read before names were compared in NFC, lists "Parótida" decomposed: that patient's
     # ROI was another than an NFC-listing patient's, each missing the other's, though both print alike)
     if "rois" in obj:
-        obj["rois"] = [{**d, "name": _names.nfc(d["name"])} for d in obj["rois"]]
+        obj["rois"] = [_kind_from_name({**d, "name": _names.nfc(d["name"])}) for d in obj["rois"]]
         names = [d["name"] for d in obj["rois"]]
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
@@ -459,6 +459,20 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     if "missing_rois" in obj:
         obj["missing_rois"] = [_names.nfc(n) for n in obj["missing_rois"]]
     return obj
+
+
+def _kind_from_name(d: dict[str, Any]) -> dict[str, Any]:
+    """A rois.json ROI without "kind" whose name the aliases read as a target with its dose ("PTV_7000",
+    "PTV 70Gy": as its label file reads without rois.json) is that target, its prescription the
+    name's unless given; any other takes the default kind (oar). A hand-written rois.json listing the
+    clinic's label files by name only made its PTVs organs at risk without a prescription."""
+    if "kind" in d:
+        return d
+    t = _names.target_from_name(d["name"])
+    if t is None:
+        return d
+    rx = d.get("prescription")
+    return {**d, "kind": "target", "prescription": t[1] if rx is None else rx}
 
 
 #: the fields of rois.json the reader walks: (key, what it must be, the check)
