@@ -1080,6 +1080,8 @@ def test_a_body_mapped_to_a_name_the_aliases_read_as_the_body_is_the_body(export
         m = RoiMap.from_obj({"Contorno Externo": value})
         assert m.resolve("Contorno Externo", "EXTERNAL").is_body, value
         assert m.resolve("Contorno Externo", "").is_body, value
+    kept = RoiMap.from_obj({"names": {"Piel 5mm": "Skin"}, "kinds": {"Skin": "oar"}}).resolve("Piel 5mm", "")
+    assert (kept.name, kept.kind, kept.is_body) == ("Skin", "oar", False)  # a kind given: an ROI, as before
     mp = tmp_path / "map.json"
     mp.write_text(json.dumps({"Contorno Externo": "External"}))
     (q,) = read_quiet(folder, mp)

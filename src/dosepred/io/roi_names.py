@@ -278,7 +278,8 @@ class RoiMap:
         """Canonical form of a clinical name (None: the map says to ignore it). A name the map gives
         that the aliases do not know is an organ at risk, unless the RTROIInterpretedType says a target
         (renaming a PTV does not make it an organ); the map's ``kinds`` win. A name the aliases read as
-        the body (``External``, ``Skin``) is the body, as ``Body`` is."""
+        the body (``External``, ``Skin``) is the body, as ``Body`` is, unless the map gives it a kind
+        (``"kinds": {"Skin": "oar"}``: a skin rind kept as an organ)."""
         found, mapped = self.lookup(name)
         if found and mapped is None:
             return None
@@ -286,8 +287,8 @@ class RoiMap:
         if found:
             assert mapped is not None
             c = canonical(mapped)
-            if c.is_body:  # "External", "Skin": the body (possible-dose mask) is no ROI to keep as written
-                return Canonical(BODY, "other")
+            if c.is_body and mapped not in self.kinds and mapped.strip() not in self.kinds:
+                return Canonical(BODY, "other")  # "External", "Skin": the body, no ROI to keep as written
             typed = _kind_from_type(interpreted_type)
             kind = c.kind if c.matched else "target" if typed == "target" else "oar"
             # a canonical name but for case, spaces and underscores ("LeftParotid ", "spinalcord") is
