@@ -258,10 +258,11 @@ def test_train_refuses_a_bad_architecture_before_loading(runs, work, setting, ne
 
 @pytest.mark.parametrize("loss, opt, needle", [
     ("mae", "mae_dose_scale=0", "mae dose_scale must be > 0 Gy, got 0"),
-    ("mae+cdm", "cdm_tau=0", "cdm tau must be > 0 Gy, got 0"),
-    ("mae+cdm", "cdm_spread=-1", "cdm spread must be >= 0 percent, got -1"),
-    ("mae+cdm", "cdm_spread=NaN", "cdm spread must be >= 0 percent, got nan"),  # was: accepted
-    ("mae+cdm", "cdm_oar_weight=-1", "cdm oar_weight must be >= 0, got -1"),
+    ("mae+cdm", "cdm_tau=0", "cdm tau must be a finite number > 0 Gy, got 0"),
+    ("mae+cdm", "cdm_spread=150", "cdm spread must be 0-100 percent, got 150"),  # was: accepted
+    ("mae+cdm", "cdm_spread=-1", "cdm spread must be 0-100 percent, got -1"),
+    ("mae+cdm", "cdm_spread=NaN", "cdm spread must be 0-100 percent, got nan"),  # was: accepted
+    ("mae+cdm", "cdm_oar_weight=-1", "cdm oar_weight must be a finite number >= 0, got -1"),
     ("mae+cdm", "cdm_match=false", "the CDM loss needs match=True or constraint=True"),
     ("mae+cdm", "cdm_dose_scale=-5", "cdm dose_scale must be > 0 Gy, got -5"),
     ("mae+dvh", "dvh_bin_width=0", "dvh bin_width and steepness must be > 0, got 0"),
@@ -374,7 +375,7 @@ def test_loss_api_guards():
         d_metric(d, "V20Gy")
     with pytest.raises(ValueError, match="needs the voxel volume"):
         d_metric(d, "D2cc")
-    with pytest.raises(InputError, match="tau must be > 0 Gy, got 0"):
+    with pytest.raises(InputError, match="tau must be a finite number > 0 Gy, got 0"):
         v_metric(d, 2.0, tau=0)
     with pytest.raises(ValueError, match="V-metric of an empty ROI"):
         v_metric(empty, 2.0)
@@ -386,8 +387,12 @@ def test_loss_api_guards():
     clinical = CDMLoss("openkbp-clinical", roi_set=RoiSet.openkbp()).terms
     for call, match in [
         (lambda: cdm_loss(x, x, None, None, terms), "the CDM loss needs roi_codes"),
-        (lambda: cdm_loss(x, x, codes, None, terms, spread=float("nan")), "spread must be >= 0"),
-        (lambda: cdm_loss(x, x, codes, None, clinical, tau=0), "tau must be > 0 Gy"),  # it has V110%
+        (lambda: cdm_loss(x, x, codes, None, terms, spread=float("nan")), "spread must be 0-100"),
+        # were accepted from Python (the CLI reads no 'inf'): every V-metric a flat 50 % without gradient
+        (lambda: CDMLoss(roi_set=RoiSet.openkbp(), tau=float("inf")), "tau must be a finite number > 0"),
+        (lambda: CDMLoss(roi_set=RoiSet.openkbp(), spread=float("inf")), "spread must be 0-100 percent"),
+        (lambda: cdm_loss(x, x, codes, None, clinical, tau=float("inf")), "tau must be a finite"),
+        (lambda: cdm_loss(x, x, codes, None, clinical, tau=0), "tau must be a finite number > 0"),  # has V110%
         (lambda: dvh_curve_loss(x, x, None, [0]), "the DVH-curve loss needs roi_codes"),
         (lambda: dvh_curve_loss(x, x, codes, [0], bin_width=0), "bin_width and steepness must be > 0"),
         (lambda: moment_loss(x, x, None, {0: (1.0,)}), "the moment loss needs roi_codes"),

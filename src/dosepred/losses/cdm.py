@@ -45,6 +45,7 @@ a single ROI's metric); training never calls them.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,8 +157,8 @@ def v_metric(doses: torch.Tensor, threshold: float, tau: float = 1.0) -> torch.T
     Reference implementation for one ROI, used by the tests to check :func:`cdm_loss`; training
     uses :func:`cdm_loss`.
     """
-    if not tau > 0:
-        raise InputError(f"tau must be > 0 Gy, got {tau}")
+    if not 0 < tau < math.inf:
+        raise InputError(f"tau must be a finite number > 0 Gy, got {tau}")
     if doses.numel() == 0:
         raise ValueError("V-metric of an empty ROI")
     return torch.sigmoid((doses - v_cut(float(threshold))) / tau).mean() * 100.0
@@ -262,10 +263,10 @@ def cdm_loss(pred: torch.Tensor, ref: torch.Tensor, roi_codes: torch.Tensor, spa
     pred, ref = upcast(pred, ref)
     if codes is None:
         raise ValueError("the CDM loss needs roi_codes")
-    if not spread >= 0:  # NaN too
-        raise InputError(f"spread must be >= 0 percent, got {spread}")
-    if not tau > 0 and any(t.metric.kind == "V" for t in terms):
-        raise InputError(f"tau must be > 0 Gy, got {tau}")
+    if not 0 <= spread <= 100:  # NaN and inf too: a band wider than the ROI is none
+        raise InputError(f"spread must be 0-100 percent, got {spread}")
+    if not 0 < tau < math.inf and any(t.metric.kind == "V" for t in terms):
+        raise InputError(f"tau must be a finite number > 0 Gy, got {tau}")
     nb = pred.shape[0]
     vols = voxel_volumes(sp, nb)
     bits = sorted({t.bit for t in terms})
@@ -390,14 +391,14 @@ class CDMLoss(nn.Module):
         if roi_set is None:
             raise ValueError("the CDM loss needs the dataset's roi_set")
         protocol = load_protocol("openkbp" if protocol is None else protocol)
-        if not tau > 0:
-            raise InputError(f"cdm tau must be > 0 Gy, got {tau}")
+        if not 0 < tau < math.inf:  # inf: every V-metric a flat 50 % without gradient
+            raise InputError(f"cdm tau must be a finite number > 0 Gy, got {tau}")
         for label, v in (("constraint_weight", constraint_weight), ("target_weight", target_weight),
                          ("oar_weight", oar_weight)):
-            if not v >= 0:
-                raise InputError(f"cdm {label} must be >= 0, got {v}")
-        if not spread >= 0:  # NaN too
-            raise InputError(f"cdm spread must be >= 0 percent, got {spread}")
+            if not 0 <= v < math.inf:
+                raise InputError(f"cdm {label} must be a finite number >= 0, got {v}")
+        if not 0 <= spread <= 100:  # NaN and inf too: a band wider than the ROI is none
+            raise InputError(f"cdm spread must be 0-100 percent, got {spread}")
         if not (match or constraint):
             raise InputError("the CDM loss needs match=True or constraint=True (both are off)")
         self.protocol = protocol
