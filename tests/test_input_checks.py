@@ -276,3 +276,18 @@ def test_a_swapped_pair_named_with_a_clinic_s_side_words_is_named(left, right):
     (f,) = side_findings(_sided({left: (30, 34)}))  # alone: 30 mm right of the midline
     assert f.roi == left and f.across_midline == pytest.approx(_x(19.5) - _x(31.5))
     assert side_of("Sinus") is None and side_of("Dexter") is None and side_of("Derma_ring") is None
+
+
+@pytest.mark.parametrize("left, right", [
+    ("Ojo izquierdo", "Ojo derecho"), ("Nerf optique gauche", "Nerf optique droit"),
+    ("Occhio sinistro", "Occhio destro"), ("Olho esquerdo", "Olho direito")])
+def test_a_swapped_pair_named_with_masculine_side_words_is_named(left, right):
+    """A masculine organ's side words (ojo izquierdo / derecho; French 'droit', whose 'gauche' was
+    read as a side alone): the right one was no sided ROI, so a swapped pair passed the pair rule
+    without a word, and a right eye on the left side the midline rule."""
+    assert side_findings(_sided({left: (6, 10), right: (30, 34)})) == []
+    found = side_findings(_sided({left: (30, 34), right: (6, 10)}))
+    assert {f.roi for f in found} == {left, right}
+    assert {f.other for f in found} == {left, right}
+    (f,) = side_findings(_sided({right: (6, 10)}))  # alone: on the patient's left
+    assert f.roi == right and f.side == "Right"

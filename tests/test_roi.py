@@ -180,3 +180,23 @@ def test_a_flip_swaps_the_side_words_a_clinic_writes(left, right):
     np.testing.assert_array_equal(out[1], m[0][::-1])
     # a letter or word inside another word is still no side ('Dexamethasone', 'Sinus')
     assert roi.lr_pairs(["Sinus", "Dexus", "Derma", "Izquierdo_ring"]) == []
+
+
+
+@pytest.mark.parametrize("left, right", [
+    ("Ojo izquierdo", "Ojo derecho"), ("Nervio optico izquierdo", "Nervio optico derecho"),
+    ("Nerf optique gauche", "Nerf optique droit"), ("Occhio sinistro", "Occhio destro"),
+    ("Olho esquerdo", "Olho direito"), ("NERVIO_OPTICO_IZQUIERDO", "NERVIO_OPTICO_DERECHO")])
+def test_a_flip_swaps_masculine_side_words(left, right):
+    """A Spanish, Italian, Portuguese or French organ of masculine gender takes the masculine side word
+    (ojo izquierdo / derecho, nerf optique gauche / droit): SIDE_WORD_PAIRS held only the feminine
+    forms, so such a pair was mirrored unswapped, the left name on the patient's right in every
+    mirrored crop and test-time pass."""
+    assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
+    m = np.zeros((2, 8, 3, 3), bool)
+    m[0, 6:8] = True  # left, at the high end of axis 0
+    m[1, 0:3] = True  # right
+    codes = roi.encode(m, shape=m.shape[1:])
+    out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
+    np.testing.assert_array_equal(out[0], m[1][::-1])
+    np.testing.assert_array_equal(out[1], m[0][::-1])

@@ -131,24 +131,27 @@ def _check_bit(k: int, bits: int) -> None:
 _LR_PARTS = (("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"), ("Lt", "Rt"), ("_L", "_R"))
 #: Words that name the patient's left and right side, in lower case, left first: English (and the
 #: ones :mod:`dosepred.io.roi_names` reads: lft/rgt, sin/dex, links/rechts), Spanish, Italian,
-#: Portuguese and French, as clinics write them after an organ (``Parotida izq``, ``Parotide sx``)
+#: Portuguese and French, as clinics write them after an organ (``Parotida izq``, ``Parotide sx``), in
+#: the feminine and the masculine (``Ojo izquierdo``, ``Nerf optique droit``)
 SIDE_WORD_PAIRS = (("l", "r"), ("lt", "rt"), ("left", "right"), ("lft", "rgt"), ("sin", "dex"),
                    ("links", "rechts"), ("izq", "der"), ("izda", "dcha"), ("izquierda", "derecha"),
-                   ("sx", "dx"), ("sinistra", "destra"), ("esq", "dir"), ("esquerda", "direita"),
-                   ("gauche", "droite"))
+                   ("izquierdo", "derecho"), ("sx", "dx"), ("sinistra", "destra"), ("sinistro", "destro"),
+                   ("esq", "dir"), ("esquerda", "direita"), ("esquerdo", "direito"), ("gauche", "droite"),
+                   ("gauche", "droit"))
 #: each side word (lower case) -> "Left" / "Right"
 SIDE_WORDS = {w: side for pair in SIDE_WORD_PAIRS for w, side in zip(pair, ("Left", "Right"), strict=True)}
 #: Whole words (between spaces, ``_``, ``-``, brackets, ...) that name a side (``Hippocampus L``,
 #: ``Parotida izq``), as written in lower case, upper case or capitalised, each to the other side's
-_LR_WORDS = {f(a): f(b) for x, y in SIDE_WORD_PAIRS for a, b in ((x, y), (y, x))
-             for f in (str.lower, str.upper, str.capitalize)}
+#: (French ``gauche`` to both ``droite`` and ``droit``)
+_LR_WORDS = {f(a): tuple(f(d) for x, y in SIDE_WORD_PAIRS for c, d in ((x, y), (y, x)) if c == a)
+             for x, y in SIDE_WORD_PAIRS for a in (x, y) for f in (str.lower, str.upper, str.capitalize)}
 
 
 def _side_word_swaps(name: str) -> set[str]:
     """``name`` with one of its side words swapped (``Hippocampus L`` -> ``Hippocampus R``)."""
     parts = re.split(r"([^A-Za-z0-9]+)", name)  # words, with the separators between them
-    return {"".join([*parts[:k], _LR_WORDS[w], *parts[k + 1:]])
-            for k, w in enumerate(parts) if w in _LR_WORDS}
+    return {"".join([*parts[:k], other, *parts[k + 1:]])
+            for k, w in enumerate(parts) if w in _LR_WORDS for other in _LR_WORDS[w]}
 
 
 def lr_pairs(rois: Any) -> list[tuple[int, int]]:
