@@ -200,3 +200,27 @@ def test_a_flip_swaps_masculine_side_words(left, right):
     out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
     np.testing.assert_array_equal(out[0], m[1][::-1])
     np.testing.assert_array_equal(out[1], m[0][::-1])
+
+
+@pytest.mark.parametrize("left, right", [
+    ("Parotida Izq", "Parotida Dcha"), ("Parotida_izda", "Parotida_der"), ("Ojo izq", "Ojo derecho"),
+    ("Parotide sinistra", "Parotide dx"), ("PAROTIDA IZQUIERDA", "PAROTIDA DCHA")])
+def test_a_flip_swaps_side_words_of_two_abbreviations(left, right):
+    """Spanish clinics pair the abbreviations as they come ('izq.' with 'dcha.', 'izda.' with 'der.'),
+    Italian ones a word with an abbreviation: a pair whose two side words are not one of SIDE_WORD_PAIRS
+    was mirrored unswapped, though the side check reads both sides. The one name of the other side
+    that differs by its side word alone is the pair; two such names are no guess."""
+    assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
+    assert roi.lr_pairs(["PTV70", right, "Brainstem", left]) == [(1, 3)], (left, right)
+    m = np.zeros((2, 8, 3, 3), bool)
+    m[0, 6:8] = True  # left, at the high end of axis 0
+    m[1, 0:3] = True  # right
+    codes = roi.encode(m, shape=m.shape[1:])
+    out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
+    np.testing.assert_array_equal(out[0], m[1][::-1])
+    np.testing.assert_array_equal(out[1], m[0][::-1])
+    # two names of the other side for one: no guess
+    assert roi.lr_pairs(["Ojo izq", "Ojo derecho", "Ojo dcha"]) == []
+    # each name's own partner first: izq / der and izda / dcha, not izq / dcha
+    names = ["Parotida izq", "Parotida dcha", "Parotida der", "Parotida izda"]
+    assert roi.lr_pairs(names) == [(0, 2), (1, 3)]

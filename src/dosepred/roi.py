@@ -180,7 +180,33 @@ def lr_pairs(rois: Any) -> list[tuple[int, int]]:
             j = names.index(cand) if cand in names else -1
             if j >= 0 and (j, i) not in pairs and (i, j) not in pairs:
                 pairs.append((i, j))
+    # two side words of no one pair ('Parotida izq' / 'Parotida dcha', 'Ojo izq' / 'Ojo derecho'): the
+    # one name of the other side differing by its side word alone, where each is the other's only one
+    paired = {k for pair in pairs for k in pair}
+    others = {i: _other_side_names(n, names, paired) for i, n in enumerate(names) if i not in paired}
+    for i, js in others.items():
+        if len(js) == 1 and i < js[0] and others.get(js[0]) == [i]:
+            pairs.append((i, js[0]))
     return pairs
+
+
+def _other_side_names(name: str, names: Sequence[str], paired: set[int]) -> list[int]:
+    """Indices of the names not in ``paired`` that are ``name`` with one side word replaced by any
+    word of the other side (in any of the three cases)."""
+    parts = re.split(r"([^A-Za-z0-9]+)", name)
+    out = set()
+    for k, w in enumerate(parts):
+        side = SIDE_WORDS.get(w.lower()) if w in _LR_WORDS else None
+        if side is None:
+            continue
+        for o, s in SIDE_WORDS.items():
+            if s == side:
+                continue
+            for f in (str.lower, str.upper, str.capitalize):
+                cand = "".join([*parts[:k], f(o), *parts[k + 1:]])
+                if cand in names and names.index(cand) not in paired:
+                    out.add(names.index(cand))
+    return sorted(out)
 
 
 def swap_bits(codes: np.ndarray, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
