@@ -830,3 +830,28 @@ def test_a_rois_json_roi_without_a_kind_named_for_a_target_is_that_target(tmp_pa
         ("PTV_7000", "target", 70.0), ("Parotid_L", "oar", None), ("PTV 63Gy", "target", 60.0),
         ("PTV1", "oar", None), ("PTV_56", "oar", None)]
     np.testing.assert_array_equal(q.mask("PTV_7000"), p.mask("PTV70"))
+
+
+def test_a_rois_json_roi_without_a_kind_named_for_the_body_is_the_body(tmp_path):
+    """A hand-written rois.json listing every label file by name ({"name": "External"} beside the
+    organs): External was an organ at risk (from_dicts' default) and the patient had no body, so the
+    possible-dose mask was the whole grid (air and couch included) without a word, though the same
+    label file without rois.json is the body. A body name listed without a kind is now the body (the
+    possible-dose mask, no ROI); with a kind given it stays the ROI it says ('Skin' kept as an organ)."""
+    p = make_patient()
+    body = np.asarray(p.possible_dose_mask)
+    assert 0 < body.sum() < body.size
+    folder = tmp_path / "case1"
+    (folder / "rois").mkdir(parents=True)
+    aff = np.diag([*p.spacing, 1.0])
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    for name, m in (("PTV_7000", p.mask("PTV70")), ("Parotid_L", p.mask("LeftParotid")), ("External", body),
+                    ("Skin", p.mask("Ring"))):
+        nib.save(nib.Nifti1Image(m.astype(np.uint8), aff), folder / "rois" / f"{name}.nii.gz")
+    (folder / "rois.json").write_text(json.dumps({"rois": [
+        {"name": "PTV_7000"}, {"name": "Parotid_L"}, {"name": "External"}, {"name": "Skin", "kind": "oar"}]}))
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert [(r.name, r.kind) for r in q.roi_set.rois] == [("PTV_7000", "target"), ("Parotid_L", "oar"),
+                                                          ("Skin", "oar")]
+    np.testing.assert_array_equal(q.possible_dose_mask, body)
+    np.testing.assert_array_equal(q.mask("Skin"), p.mask("Ring"))

@@ -451,6 +451,10 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     # ROI was another than an NFC-listing patient's, each missing the other's, though both print alike)
     if "rois" in obj:
         obj["rois"] = [_kind_from_name({**d, "name": _names.nfc(d["name"])}) for d in obj["rois"]]
+        if _find(folder, CODES_FILE) is None:  # label files: one of the body listed without a kind (or
+            # prescription) is the body, as unlisted; it was an OAR, the possible-dose mask the whole grid
+            obj["rois"] = [d for d in obj["rois"] if not (d.keys() == {"name"} and
+                                                          _names.canonical(d["name"]).is_body)]
         names = [d["name"] for d in obj["rois"]]
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
