@@ -155,7 +155,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         _folder_not_file(p, what)
         _not_where_run(p, rp, what)
     elif file:
-        _file_not_where_run(p, rp, what)
+        _not_where_run(p, rp, what, file=True)
     if is_nonempty(p) and not overwrite:
         kind = "folder" if p.is_dir() else "file"
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
@@ -226,36 +226,26 @@ def _folder_not_file(path: Path, what: str) -> None:
                           "file (also with --overwrite); choose a folder path")
 
 
-def _not_where_run(p: Path, rp: Path, what: str) -> None:
-    """A folder output is written beside it and renamed into place (or its old content renamed aside):
-    one that is the folder this command runs in (``--out .``), or holds it (``--out ..``), would leave
-    the shell that started it in a deleted folder, where ``ls`` shows nothing of what was written and
-    the next command fails with "No such file or directory". Refused, before anything is written."""
+def _not_where_run(p: Path, rp: Path, what: str, file: bool = False) -> None:
+    """An output that is the folder this command runs in (``--out .``), or holds it (``--out ..``):
+    a folder output is written beside it and renamed into place (or its old content renamed aside), a
+    file output replaces it (an empty folder in the way is removed, :func:`output_file`); either would
+    leave the shell that started it in a deleted folder, where ``ls`` shows nothing of what was written
+    and the next command fails with "No such file or directory". Refused, before anything is written."""
     try:
         cwd = Path.cwd().resolve()
     except OSError:  # the command already runs in a deleted folder: nothing to keep
         return
     if rp == cwd or rp in cwd.parents:
         where = "is" if rp == cwd else "holds"
+        if file:
+            raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}), and this "
+                              "output is a file: it would replace the folder, leaving your shell in a "
+                              f"deleted folder; give {what} a file name (e.g. {what} ./result.json)")
         raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}): a folder output is "
                           "written beside it and renamed into place, which would leave your shell in a "
                           "deleted folder (ls would show nothing of what was written); run the command from "
                           f"another folder (e.g. cd {rp.parent}) and give {what} {rp.name}")
-
-
-def _file_not_where_run(p: Path, rp: Path, what: str) -> None:
-    """A file output given as the folder this command runs in (``--out .`` in an empty folder) would
-    replace that folder (an empty folder in the way is removed, :func:`output_file`), leaving the shell
-    in a deleted folder where the file is not to be seen. Refused, before anything is written."""
-    try:
-        cwd = Path.cwd().resolve()
-    except OSError:  # the command already runs in a deleted folder: nothing to keep
-        return
-    if rp == cwd or rp in cwd.parents:
-        where = "is" if rp == cwd else "holds"
-        raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}), and this output is "
-                          "a file: it would replace the folder, leaving your shell in a deleted folder; give "
-                          f"{what} a file name (e.g. {what} ./result.json)")
 
 
 def _make_parent(path: Path) -> list[Path]:
