@@ -165,6 +165,18 @@ def test_an_older_cache_of_ids_that_differ_only_in_case_names_a_remedy_it_takes(
     assert open_source(tmp_path / "kept").ids == ["pt_a"]
 
 
+def test_import_openkbp_of_folders_that_differ_only_in_case_names_the_folder(tmp_path):
+    """`data import-openkbp` read the patients one by one and met the clash in the cache writer: its
+    error named neither the source folder nor what to do. Refused before any patient is read."""
+    from dosepred.errors import DosepredError
+    from dosepred.workflows import import_patients
+
+    src = _case_twins(tmp_path, "openkbp", "pt_1", "PT_1")
+    with pytest.raises(DosepredError, match=rf"^{src}: patient ids .* differ only in case.*rename one"):
+        import_patients(src, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_cache_of_ids_that_differ_only_in_case_is_not_written(tmp_path):
     import dataclasses
 
