@@ -101,6 +101,35 @@ def test_voxel_sizes_no_ct_has_name_the_unit_that_would_read_them(tmp_path, head
     assert [u for u in ("mm", "meter", "micron") if f"set_xyzt_units('{u}')" in str(e.value)] == [fix]
 
 
+def test_the_unit_remedy_names_every_file_of_the_patient_and_works(tmp_path):
+    """An exporter writing metres under 'mm' does so in every file of the patient. The refusal named
+    ct.nii.gz and told it to set xyzt_units to 'meter': done for that file alone, the next read said
+    the dose 'is not on the grid of ct.nii.gz ... every file must share the CT's affine', though the
+    affines agreed. The remedy names the patient's other files too, and done as said, it reads."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src")
+    files = sorted(folder.rglob("*.nii.gz"))
+    for f in files:
+        img = nib.load(f)
+        aff = img.affine.copy()
+        aff[:3, :] *= 1e-3
+        out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
+        out.set_sform(aff, code=1)
+        out.set_qform(aff, code=1)
+        out.header.set_xyzt_units("mm")
+        nib.save(out, f)
+    with pytest.raises(nifti.NiftiFormatError) as e:
+        nifti.read_nifti_folder(tmp_path / "src")
+    assert "set_xyzt_units('meter')" in str(e.value)
+    assert "every file of the patient" in str(e.value), str(e.value)
+    for f in files:
+        img = nib.load(f)
+        img.header.set_xyzt_units("meter")
+        nib.save(img, f)
+    (q,) = nifti.read_nifti_folder(tmp_path / "src")
+    assert np.allclose(q.spacing, p.spacing)
+
+
 @pytest.mark.parametrize("unit, per_mm", [("meter", 1e-3), ("micron", 1e3)])
 def test_an_affine_in_metres_or_microns_is_read_in_millimetres(tmp_path, unit, per_mm):
     """The NIfTI standard gives the affine in the header's spatial unit (xyzt_units), which nibabel

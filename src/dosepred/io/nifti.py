@@ -100,9 +100,10 @@ def _geometry(img: Any, path: Path, stored: dict[str, Any] | None) -> Geometry:
         fit = next((u for u in ("mm", "meter", "micron") if _MM_PER_UNIT[u] != _MM_PER_UNIT.get(unit, 1.0)
                     and all(lo <= v * _MM_PER_UNIT[u] <= hi for v in raw)), None)
         words = {"mm": "millimetres", "meter": "metres", "micron": "microns"}
-        fix = (f"an affine in {words.get(fit)} under another unit? Set xyzt_units to {fit!r} (nibabel: "
-               f"img.header.set_xyzt_units({fit!r}))" if fit else
-               "set xyzt_units to the affine's unit (nibabel: img.header.set_xyzt_units(...))")
+        fix = (f"an affine in {words.get(fit)} under another unit? Set xyzt_units to {fit!r} in every file "
+               f"of the patient (nibabel: img.header.set_xyzt_units({fit!r}))" if fit else
+               "set xyzt_units to the affine's unit in every file of the patient (nibabel: "
+               "img.header.set_xyzt_units(...))")
         raise NiftiFormatError(
             f"{path}: voxel sizes {sizes} mm (header unit {unit!r}) are no CT's ({lo:g}-{hi:g} mm): {fix}")
     if stored:
