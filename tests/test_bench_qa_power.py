@@ -177,6 +177,27 @@ def test_refuses_a_coverage_whose_interval_is_infinite(coverage, calibrating):
         qcv.cross_validate(crits + v, cases, cfg, methods=["signed"])
 
 
+@pytest.mark.parametrize("method", ["absolute", "signed"])
+def test_the_coverage_refusal_names_a_remedy_that_works(method):
+    """4 patients, 3 of them calibrating (the most the data allows): the refusal said "ask for a lower
+    --coverage or more --calibration-patients", the second impossible (3 is the most; more says "must be
+    between 2 and 3") and the first without a number (0.7 was refused as 0.9 was). It names the highest
+    coverage the units give and asks for more patients in --data; that coverage runs."""
+    import re
+
+    crits, cases = _crits(4)
+    cfg = qd.PowerConfig(coverage=0.9, splits=3, calibration_patients=3)
+    with pytest.raises(InputError) as e:
+        qcv.cross_validate(crits, cases, cfg, methods=[method])
+    said = str(e.value)
+    assert "more --calibration-patients" not in said and "more patients in --data" in said, said
+    most = float(re.search(r"at most ([0-9.]+)", said).group(1))
+    assert 0 < most < 0.9
+    res = qcv.cross_validate(crits, cases, qd.PowerConfig(coverage=most, splits=3, calibration_patients=3),
+                             methods=[method])
+    assert res["methods"][method]["families"]["oar_mean"]["units"] == 3
+
+
 def test_adaptive_candidate_narrows_heteroscedastic_intervals():
     crits, cases = _crits(150, seed=1, hetero=True)
     cfg = qd.PowerConfig(splits=20, calibration_patients=100)

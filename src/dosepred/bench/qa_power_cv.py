@@ -101,6 +101,20 @@ def methods_default(have: set[str]) -> list[str]:
     return [*METHODS, *(m for m, need in ADAPTIVE.items() if set(need) <= have)]
 
 
+def _coverage_remedy(fam_offsets: Any, coverage: float, n_cal: int, n: int) -> str:
+    """What to do when ``coverage`` gives an infinite interval: the highest coverage these units give
+    (bisected, as qa's refusal names it), and more calibrating patients only where the data has them."""
+    lo, hi = 0.0, coverage
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        a, b = fam_offsets(mid)
+        lo, hi = (mid, hi) if a > -math.inf and b < math.inf else (lo, mid)
+    most = math.floor(lo * 1000) / 1000
+    more = (f"more --calibration-patients (up to {n - 1})" if n_cal < n - 1 else
+            f"more patients in --data (all but one of its {n} calibrate already)")
+    return (f"ask for a lower --coverage (at most {most:g}) or {more}" if most > 0 else f"give {more}")
+
+
 def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfig,
                    methods: Sequence[str] | None = None, qa_methods: dict[str, str] | None = None
                    ) -> dict[str, Any]:
@@ -163,16 +177,19 @@ def cross_validate(crits: Sequence[Crit], cases: Sequence[Case], cfg: PowerConfi
             for fam, f in fits.items():
                 if m in ADAPTIVE:
                     ada[fam] = _adaptive_fit(cal_by_fam[fam], ADAPTIVE[m])
-                    off[fam] = offsets(ada[fam]["lower"], "normalised", cfg.coverage, cfg.rule,
-                                       ada[fam]["upper"])
+
+                    def fam_offsets(cov: float, fa: dict[str, Any] = ada[fam]) -> tuple[float, float]:
+                        return offsets(fa["lower"], "normalised", cov, cfg.rule, fa["upper"])
                 else:
-                    off[fam] = family_offsets(f, meth[fam], cfg.coverage, cfg.rule)
+                    def fam_offsets(cov: float, f: Any = f, how: str = meth[fam]) -> tuple[float, float]:
+                        return family_offsets(f, how, cov, cfg.rule)
+                off[fam] = fam_offsets(cfg.coverage)
                 if off[fam][0] == -math.inf or off[fam][1] == math.inf:  # as QA refuses it (QAChecker)
                     raise InputError(
                         f"--coverage {cfg.coverage:g} needs more calibration units than the "
                         f"{len(cal_by_fam[fam])} of family {fam} on {n_cal} calibrating patients "
-                        f"(method {m}): the interval is infinite and would flag nothing; ask for a lower "
-                        "--coverage or more --calibration-patients")
+                        f"(method {m}): the interval is infinite and would flag nothing; "
+                        f"{_coverage_remedy(fam_offsets, cfg.coverage, n_cal, len(pids))}")
             for pid in test:
                 ivs: dict[str, tuple[float, float]] = {}
                 any_flag = False
