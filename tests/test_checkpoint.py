@@ -80,6 +80,19 @@ def test_a_checkpoint_of_a_later_or_unknown_version_is_refused(tmp_path, version
         load_model(tmp_path / f"v{version}.pt")
 
 
+def test_a_newer_checkpoint_names_no_package_index_install(tmp_path):
+    """The refusal told to run `pip install -U dosepred`: dosepred installs from its repository (README:
+    `pip install -e .`), and that command fetches whatever a package index holds under the name, or
+    nothing. The remedy names the install from a checkout."""
+    cfg, state = _tiny()
+    obj = {"format": MODEL_FORMAT, "version": 2, "model_config": cfg.to_dict(), "model": state}
+    save_checkpoint(obj, tmp_path / "v2.pt")
+    with pytest.raises(ModelError) as e:
+        load_model(tmp_path / "v2.pt")
+    assert "pip install -U dosepred" not in str(e.value)
+    assert "pip install -e ." in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("version", [1, None])
 def test_a_checkpoint_of_this_version_or_without_one_loads(tmp_path, version):
     cfg, state = _tiny()

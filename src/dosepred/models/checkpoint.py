@@ -257,7 +257,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if version > CHECKPOINT_VERSION:
         raise ModelError(f"{path}: written by a newer dosepred (checkpoint version {version}; this "
                          f"dosepred {dosepred.__version__} reads up to version {CHECKPOINT_VERSION}): "
-                         "upgrade dosepred (pip install -U dosepred) to use it")
+                         "upgrade dosepred to use it (in its checkout: git pull, then pip install -e .)")
     if "model_config" not in ckpt or "model" not in ckpt:
         raise ModelError(f"{path}: checkpoint lacks model_config or model weights")
     if not isinstance(ckpt["model_config"], dict):
