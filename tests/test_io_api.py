@@ -158,7 +158,7 @@ def test_an_older_cache_of_ids_that_differ_only_in_case_names_a_remedy_it_takes(
     info["patients"] = [{**e, "id": "PT_A", "file": "PT_A.npz"} if e["id"] == "pt_b" else e
                         for e in info["patients"]]
     (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
-    with pytest.raises(SourceError, match=r"'pt_a' and 'PT_A' differ only in case.*`dosepred data subset`"):
+    with pytest.raises(SourceError, match=r"'pt_a' and 'PT_A' differ only in case.*`dosepred data subset "):
         open_source(tmp_path / "c")
     (tmp_path / "s.json").write_text(json.dumps({"splits": {"keep": ["pt_a"]}}))
     subset_cache(tmp_path / "c", f"{tmp_path / 's.json'}:keep", tmp_path / "kept")
@@ -175,6 +175,36 @@ def test_import_openkbp_of_folders_that_differ_only_in_case_names_the_folder(tmp
     with pytest.raises(DosepredError, match=rf"^{src}: patient ids .* differ only in case.*rename one"):
         import_patients(src, tmp_path / "c")
     assert not (tmp_path / "c").exists()
+
+
+def test_the_case_clash_remedy_of_a_cache_says_how_to_write_its_split_file(tmp_path):
+    """The refusal asked for `data subset` with "a split file of the ids to keep"; the way to write one,
+    `data split CACHE --ids ...`, opens the same cache and meets the same refusal. The message gives the
+    file's layout (written by hand), and a file so written leaves the other patient out."""
+    import dataclasses
+    import json
+    import re
+
+    from dosepred.split import SplitError
+    from dosepred.workflows import make_split, subset_cache
+
+    cohort = synth.make_cohort(2, seed=1, size=12)
+    cache.write_cache([dataclasses.replace(p, id=i) for p, i in zip(cohort, ("pt_a", "pt_b"), strict=True)],
+                      tmp_path / "c")
+    info = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    (tmp_path / "c" / "pt_b.npz").rename(tmp_path / "c" / "PT_A.npz")
+    info["patients"] = [{**e, "id": "PT_A", "file": "PT_A.npz"} if e["id"] == "pt_b" else e
+                        for e in info["patients"]]
+    (tmp_path / "c" / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises((SourceError, SplitError), match="differ only in case"):
+        make_split(tmp_path / "c", tmp_path / "s.json", method="ids", ids=["keep=pt_a"])
+    with pytest.raises(SourceError) as e:
+        open_source(tmp_path / "c")
+    layout = re.search(r"(\{\"splits\": \{\"keep\": \[.*?\]\}\})", str(e.value))
+    assert layout, str(e.value)
+    (tmp_path / "s.json").write_text(layout.group(1).replace("...", '"pt_a"'))
+    subset_cache(tmp_path / "c", f"{tmp_path / 's.json'}:keep", tmp_path / "kept")
+    assert open_source(tmp_path / "kept").ids == ["pt_a"]
 
 
 def test_a_cache_of_ids_that_differ_only_in_case_is_not_written(tmp_path):

@@ -167,8 +167,9 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
     reader = f.open(p, roi_map)  # a map only for a format that takes one (check_roi_map)
     clash = case_clash(reader.ids)
     if clash:
-        remedy = ("leave one of them out with `dosepred data subset` (a split file of the ids to keep), or "
-                  "import its source again with other ids" if f.is_cache else
+        remedy = (f"leave one of them out with `dosepred data subset {p} --split FILE:keep --out NEW`, FILE "
+                  'a JSON file {"splits": {"keep": [...]}} listing the ids to keep, written by hand (`data '
+                  'split` reads no such cache), or import its source again with other ids' if f.is_cache else
                   "give one of them another id")
         raise SourceError(f"{p}: patient ids {clash[0]!r} and {clash[1]!r} differ only in case (or Unicode "
                           f"form): {CASE_CLASH_WHY}; {remedy}")
