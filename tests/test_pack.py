@@ -158,3 +158,24 @@ main()
     assert r.stderr.strip().splitlines() == ["error: interrupted (SIGTERM); outputs not finished are left "
                                              "as they were"], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stop.py"]
+
+
+@pytest.mark.parametrize("command", ["pack", "unpack"])
+def test_an_out_that_is_the_folder_run_in_names_the_option_to_give(src, tmp_path, monkeypatch, command):
+    """`data pack --out .` in the empty folder meant for it was refused with the remedy "give the packed
+    copy here" (and a link as --out: "give that path as the packed copy"), naming no option; every other
+    command names --out, which the remedy is to be given as."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+
+    packed = tmp_path / "packed"
+    pack_cache(src, packed, ct_step=8, jobs=1)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    r = CliRunner().invoke(app, ["data", command, str(src if command == "pack" else packed), "--out", ".",
+                                 "--jobs", "1", "--no-progress"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "and give --out here" in r.output, r.output
+    assert list(here.iterdir()) == []

@@ -183,7 +183,7 @@ def pack_cache(src: str | os.PathLike, out: str | os.PathLike, ct_step: int = 4,
     names = [_packed_name(e) for e in entries]
     if len(set(names)) != len(names):
         raise CacheError(f"{src}: two patient files share a name stem; they cannot be packed side by side")
-    with output_dir(out, overwrite, [src], "the packed copy") as tmp:
+    with output_dir(out, overwrite, [src]) as tmp:
         work = [(cache, e["id"], tmp / name, ct_step, dose_step)
                 for e, name in zip(entries, names, strict=True)]
         sizes = _run(_pack_one, work, jobs, progress, "packing")
@@ -207,7 +207,7 @@ def unpack_cache(src: str | os.PathLike, out: str | os.PathLike, jobs: int | Non
     lacking = [_packed_name(e) for e in entries if not (src / _packed_name(e)).is_file()]
     if lacking:
         raise CacheError(f"{src} is not a packed cache: it lacks {name_some(lacking)}")
-    with output_dir(out, overwrite, [src], "the unpacked cache") as tmp:
+    with output_dir(out, overwrite, [src]) as tmp:
         work = [(src / _packed_name(e), tmp / e["file"]) for e in entries]
         _run(_unpack_one, work, jobs, progress, "unpacking")
         write_bytes(tmp / DATASET_JSON, (src / DATASET_JSON).read_bytes())
