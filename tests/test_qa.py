@@ -392,6 +392,19 @@ def _qa_fails(model, plans, out, *extra):
     return " ".join(r.output.split())
 
 
+def test_qa_json_output_errors_name_json_not_out(sample_dir, model_dir, tmp_path):
+    """`qa --json F` checked F as "--out": an existing F was "F: --out exists and is a non-empty file",
+    and a link "give that path as --out", which would send the QA folder there. They name --json."""
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    said = _qa_fails(model_dir, sample_dir, tmp_path / "o", "--json", str(old))
+    assert "--json exists and is a non-empty file" in said and "--out exists" not in said, said
+    (tmp_path / "lnk.json").symlink_to(old)
+    said = _qa_fails(model_dir, sample_dir, tmp_path / "o", "--json", str(tmp_path / "lnk.json"))
+    assert "give that path as --json" in said, said
+    assert old.read_text() == "{}"
+
+
 def test_qa_refuses_a_calibration_computed_for_another_model_file(sample_dir, model_dir, tmp_path):
     """Intervals calibrated on another model's errors would be checked against this model's predictions:
     the calibration records the model file's sha256, and QA refuses a file of another one."""

@@ -371,9 +371,9 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
     inputs = [model, plans, roi_map, protocol_file(protocol)]
     if isinstance(plans, (str, os.PathLike)) and not Path(plans).exists():
         raise FileNotFoundError(f"{plans} does not exist")
-    for path in (out, json_out):  # refuse before any work
+    for path, what in ((out, "--out"), (json_out, "--json")):  # refuse before any work
         if path is not None:
-            check_output(path, overwrite, inputs, folder=path is out, file=path is not out)
+            check_output(path, overwrite, inputs, what, folder=path is out, file=path is not out)
     check_apart(json_out, out, "--json", "--out")
     with contextlib.ExitStack() as outputs:
         tmp = outputs.enter_context(output_dir(out, overwrite, inputs))
