@@ -82,6 +82,27 @@ def test_ensemble_predicts_the_weighted_mean_of_its_members(two_runs, tmp_path, 
     assert rec["model_sha256"] == hashlib.sha256((tmp_path / "ens" / ENSEMBLE_FILE).read_bytes()).hexdigest()
 
 
+def test_a_diverged_member_is_named(two_runs, tmp_path):
+    """An ensemble one of whose members predicts doses no plan gives was refused as "the model predicts
+    doses up to ... Gy ...: train it again with a lower --lr", naming neither the ensemble nor which of
+    its members; the error names the member's file."""
+    root = two_runs
+    ck = load_checkpoint(root / "run2")
+    bias = [k for k in ck["model"] if k.endswith("bias")][-1]
+    ck["model"][bias] = ck["model"][bias] + 1e7  # the last layer's bias: every voxel's dose 1e7 Gy up
+    save_checkpoint(ck, tmp_path / "diverged.pt")
+    r = runner.invoke(app, ["ensemble", str(root / "run1"), str(tmp_path / "diverged.pt"), "--out",
+                            str(tmp_path / "ens")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "ens"), "--data", str(root / "plans"),
+                            "--out", str(tmp_path / "e"), "--format", "cache", "--no-progress",
+                            "--allow-missing-rois"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    said = " ".join(r.output.split())
+    assert "member 2 (" in said and "diverged.pt" in said and "over 1000 Gy" in said, said
+    assert not (tmp_path / "e").exists()
+
+
 def test_equal_weights_by_default_and_the_folder_moves_with_its_members(two_runs, tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(two_runs / "run1", root / "models" / "m1")

@@ -395,7 +395,15 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
     o = _options(options)
     net = model.module if hasattr(model, "module") else model
     if isinstance(net, EnsembleModel):
-        return net.combine([predict_in_space(m, patient, o) for m in net.members])
+        doses = []
+        for label, m in zip(net.labels, net.members, strict=True):
+            try:
+                doses.append(predict_in_space(m, patient, o))
+            except OverdoseError as e:  # "the model predicts ...": say which member's weights
+                raise OverdoseError(f"{label}: {e}", e.peak) from None
+            except NonFiniteDoseError as e:
+                raise NonFiniteDoseError(f"{label}: {e}") from None
+        return net.combine(doses)
     cfg: ModelConfig = net.config
     device = torch.device(o.device) if o.device != "auto" else next(net.parameters()).device
     amp, overlap, mode, sw_batch, tta = o.amp, o.overlap, o.mode, o.sw_batch, o.tta

@@ -237,12 +237,15 @@ class EnsembleModel(torch.nn.Module):
     returns :meth:`combine` of their doses; calling the module itself is refused."""
 
     def __init__(self, members: Sequence[torch.nn.Module], weights: Sequence[float],
-                 space: ModelSpace) -> None:
+                 space: ModelSpace, labels: Sequence[str] | None = None) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.weights = tuple(float(w) for w in weights)
         self.config = members[0].config
         self.space = space
+        #: how errors name each member ("ENSEMBLE: member 2 (../run/model.pt)")
+        self.labels = tuple(labels) if labels is not None else tuple(f"member {i}"
+                                                                      for i in range(1, len(members) + 1))
 
     def combine(self, doses: Sequence[np.ndarray]) -> np.ndarray:
         """The weighted mean of the members' doses (accumulated in float64, returned float32)."""
@@ -305,7 +308,8 @@ def assemble(spec: EnsembleSpec, load_one: Callable[[Path, Any], torch.nn.Module
                                  "a patient cannot be placed for all of them at once")
         spaces.append(net.space)
         nets.append(net)
-    return EnsembleModel(nets, spec.weights, ensemble_space(spaces)).eval()
+    labels = [f"{spec.path}: member {i} ({m.model})" for i, m in enumerate(spec.members, 1)]
+    return EnsembleModel(nets, spec.weights, ensemble_space(spaces), labels).eval()
 
 
 def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
