@@ -327,3 +327,21 @@ def test_from_masks_given_a_list_says_it_takes_a_dict():
     m = np.zeros(SHAPE, bool)
     with pytest.raises(InputError, match=r"patient pt_7: masks must be a dict ROI name -> mask, got list"):
         _patient(masks=[m, m])
+
+
+def test_a_ct_with_scanner_air_stored_as_hu_plus_1024_is_refused(sample_dir):
+    """DICOM pixels read without their RescaleIntercept hold the air around the head as it was measured
+    (about -1000 HU: 24 +- noise stored, not 0 as in OpenKBP's ct.csv). Air is most of a CT's voxels, so
+    the median of the non-zero voxels was air's ~27, not tissue's ~1000, and such a CT was taken as HU
+    without a word. The tissue is read above the air."""
+    from dosepred.io.source import load_patients
+
+    p = next(iter(load_patients(sample_dir)))
+    hu = p.ct.astype(np.int32)
+    air = hu <= -1000
+    hu[air] = np.random.default_rng(0).normal(-1000, 15, int(air.sum())).round().astype(np.int32)
+    raw = np.clip(hu + 1024, 0, None)  # unsigned pixels, the rescale intercept -1024 not applied
+    assert np.median(raw[raw > 0]) < 100 and air.mean() > 0.5  # air is most of the non-zero voxels
+    with pytest.raises(InputError, match=rf"patient {p.id}: the CT holds no voxel below 0 HU and its tissue "
+                                         r"reads \d+ HU .*stored as HU \+ 1024"):
+        Patient(p.id, raw, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)

@@ -209,11 +209,13 @@ def _check_offset(ct: np.ndarray, pid: str) -> None:
     network saw bone everywhere and predicted the dose of no patient, without a word."""
     if not ct.size or int(ct.min()) < 0:
         return
-    tissue = ct[ct > 0]
+    # above the air (~24 stored as HU + 1024 where a scanner measured it, 0 where OpenKBP padded it):
+    # air is most of a CT's voxels, and the median of all non-zero ones was air's
+    tissue = ct[ct > 500]
     med = float(np.median(tissue)) if tissue.size else 0.0
     if 800 <= med <= 1300:
         raise InputError(f"patient {pid}: the CT holds no voxel below 0 HU and its tissue reads {med:.0f} HU "
-                         "(median of its non-zero voxels): stored as HU + 1024 (OpenKBP's ct.csv, DICOM "
+                         "(median of its voxels above 500): stored as HU + 1024 (OpenKBP's ct.csv, DICOM "
                          "pixels without RescaleIntercept)? give HU (subtract 1024)")
 
 
