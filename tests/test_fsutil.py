@@ -314,3 +314,20 @@ def test_a_file_output_given_as_the_folder_the_command_runs_in_is_refused(tmp_pa
     # a folder written in place (train --out . --resume inside the run's folder) is not a file output
     (here / "config.json").write_text("{}\n")
     assert check_output(".", True).resolve() == here.resolve()
+
+
+def test_a_file_output_given_as_a_non_empty_folder_names_the_remedy_that_works(tmp_path):
+    """`data split --out results` (a folder holding files): the up-front check said "exists and is a
+    non-empty folder; give --overwrite to replace it whole", and with --overwrite the command said
+    "--out is a folder; give a file name" (a file output never replaces a folder). The first refusal
+    says so already, with or without --overwrite; the folder is left as it was."""
+    from dosepred.fsutil import OutputError, check_output
+
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "a.txt").write_text("kept")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError) as e:
+            check_output(d, overwrite, (), "--out", file=True)
+        assert "give --overwrite" not in str(e.value) and "give a file name" in str(e.value), str(e.value)
+    assert (d / "a.txt").read_text() == "kept"

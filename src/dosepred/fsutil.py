@@ -156,6 +156,9 @@ def check_output(path: str | os.PathLike, overwrite: bool = False,
         _not_where_run(p, rp, what)
     elif file:
         _not_where_run(p, rp, what, file=True)
+        if p.is_dir() and not p.is_symlink() and is_nonempty(p):  # --overwrite would not help
+            raise OutputError(f"{p}: {what} is a folder holding files, and this output is a file, which "
+                              "never replaces a folder (also with --overwrite); give a file name")
     if is_nonempty(p) and not overwrite:
         kind = "folder" if p.is_dir() else "file"
         raise OutputError(f"{p}: {what} exists and is a non-empty {kind}; give --overwrite to replace "
