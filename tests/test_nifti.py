@@ -51,24 +51,29 @@ def test_round_trip_exact(tmp_path, fmt):
     assert q.geometry == p.geometry
 
 
-@pytest.mark.parametrize("unit, per_mm", [("unknown", 1e-3), ("mm", 1e-3), ("unknown", 1e3)])
-def test_an_affine_in_metres_or_microns_whose_header_says_mm_is_refused(tmp_path, unit, per_mm):
-    """A CT whose affine is in metres (or microns) but whose header says nothing ("unknown", read as mm
-    as every tool does) or mm was read with 0.0039 mm (or 3900 mm) voxels: every volume and cc metric
-    off by 1e9, without a word. Voxel sizes no CT has are now refused naming the file and the unit."""
-    p = make_patient()
-    folder = nifti.write_patient(p, tmp_path / "src")
+def _scaled_affine(tmp_path, scale: float, unit: str) -> None:
+    """A NIfTI patient under ``tmp_path/src`` whose CT affine is scaled by ``scale`` under the header
+    unit ``unit``, without rois.json's geometry (the header alone places the voxels)."""
+    folder = nifti.write_patient(make_patient(), tmp_path / "src")
     img = nib.load(folder / "ct.nii.gz")
     aff = img.affine.copy()
-    aff[:3, :] *= per_mm
+    aff[:3, :] *= scale
     out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
     out.set_sform(aff, code=1)
     out.set_qform(aff, code=1)
     out.header.set_xyzt_units(unit)
     nib.save(out, folder / "ct.nii.gz")
     info = json.loads((folder / "rois.json").read_text())
-    info.pop("geometry")  # the header alone places the voxels
+    info.pop("geometry")
     (folder / "rois.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("unit, per_mm", [("unknown", 1e-3), ("mm", 1e-3), ("unknown", 1e3)])
+def test_an_affine_in_metres_or_microns_whose_header_says_mm_is_refused(tmp_path, unit, per_mm):
+    """A CT whose affine is in metres (or microns) but whose header says nothing ("unknown", read as mm
+    as every tool does) or mm was read with 0.0039 mm (or 3900 mm) voxels: every volume and cc metric
+    off by 1e9, without a word. Voxel sizes no CT has are now refused naming the file and the unit."""
+    _scaled_affine(tmp_path, per_mm, unit)
     with pytest.raises(nifti.NiftiFormatError, match=rf"ct\.nii\.gz: voxel sizes .* mm \(header unit "
                                                      rf"'{unit}'\) are no CT's \(0\.05-50 mm\)"):
         nifti.read_nifti_folder(tmp_path / "src")
@@ -81,19 +86,7 @@ def test_voxel_sizes_no_ct_has_name_the_unit_that_would_read_them(tmp_path, head
     whose header already says 'meter' (an affine in mm under a wrong unit: the remedy is 'mm'), and one
     in microns (3900 mm voxels, where 'meter' would make them 3.9e6 mm). It names the unit in which the
     affine reads as a CT's voxel sizes (by hand: 2.5/2/2 mm voxels times ``affine_in``)."""
-    p = make_patient()
-    folder = nifti.write_patient(p, tmp_path / "src")
-    img = nib.load(folder / "ct.nii.gz")
-    aff = img.affine.copy()
-    aff[:3, :] *= affine_in
-    out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
-    out.set_sform(aff, code=1)
-    out.set_qform(aff, code=1)
-    out.header.set_xyzt_units(header)
-    nib.save(out, folder / "ct.nii.gz")
-    info = json.loads((folder / "rois.json").read_text())
-    info.pop("geometry")
-    (folder / "rois.json").write_text(json.dumps(info))
+    _scaled_affine(tmp_path, affine_in, header)
     with pytest.raises(nifti.NiftiFormatError) as e:
         nifti.read_nifti_folder(tmp_path / "src")
     assert f"(header unit '{header}')" in str(e.value)

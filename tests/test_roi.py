@@ -183,6 +183,17 @@ def test_a_flip_swaps_the_side_words_a_clinic_writes(left, right):
 
 
 
+def _assert_mirror_swaps(left: str, right: str) -> None:
+    """Mirroring a left mask (high end of axis 0) and a right one (low end) swaps the two names' masks."""
+    m = np.zeros((2, 8, 3, 3), bool)
+    m[0, 6:8] = True  # left, at the high end of axis 0
+    m[1, 0:3] = True  # right
+    codes = roi.encode(m, shape=m.shape[1:])
+    out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
+    np.testing.assert_array_equal(out[0], m[1][::-1])
+    np.testing.assert_array_equal(out[1], m[0][::-1])
+
+
 @pytest.mark.parametrize("left, right", [
     ("Ojo izquierdo", "Ojo derecho"), ("Nervio optico izquierdo", "Nervio optico derecho"),
     ("Nerf optique gauche", "Nerf optique droit"), ("Occhio sinistro", "Occhio destro"),
@@ -193,13 +204,7 @@ def test_a_flip_swaps_masculine_side_words(left, right):
     forms, so such a pair was mirrored unswapped, the left name on the patient's right in every
     mirrored crop and test-time pass."""
     assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
-    m = np.zeros((2, 8, 3, 3), bool)
-    m[0, 6:8] = True  # left, at the high end of axis 0
-    m[1, 0:3] = True  # right
-    codes = roi.encode(m, shape=m.shape[1:])
-    out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
-    np.testing.assert_array_equal(out[0], m[1][::-1])
-    np.testing.assert_array_equal(out[1], m[0][::-1])
+    _assert_mirror_swaps(left, right)
 
 
 @pytest.mark.parametrize("left, right", [
@@ -212,13 +217,7 @@ def test_a_flip_swaps_side_words_of_two_abbreviations(left, right):
     that differs by its side word alone is the pair; two such names are no guess."""
     assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
     assert roi.lr_pairs(["PTV70", right, "Brainstem", left]) == [(1, 3)], (left, right)
-    m = np.zeros((2, 8, 3, 3), bool)
-    m[0, 6:8] = True  # left, at the high end of axis 0
-    m[1, 0:3] = True  # right
-    codes = roi.encode(m, shape=m.shape[1:])
-    out = roi.decode_all(roi.mirror_codes(codes, 0, roi.lr_pairs([left, right])), 2)
-    np.testing.assert_array_equal(out[0], m[1][::-1])
-    np.testing.assert_array_equal(out[1], m[0][::-1])
+    _assert_mirror_swaps(left, right)
     # two names of the other side for one: no guess
     assert roi.lr_pairs(["Ojo izq", "Ojo derecho", "Ojo dcha"]) == []
     # each name's own partner first: izq / der and izda / dcha, not izq / dcha
