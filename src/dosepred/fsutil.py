@@ -245,10 +245,11 @@ def _not_where_run(p: Path, rp: Path, what: str, file: bool = False) -> None:
             raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}), and this "
                               "output is a file: it would replace the folder, leaving your shell in a "
                               f"deleted folder; give {what} a file name (e.g. {what} ./result.json)")
-        raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}): a folder output is "
-                          "written beside it and renamed into place, which would leave your shell in a "
-                          "deleted folder (ls would show nothing of what was written); run the command from "
-                          f"another folder (e.g. cd {rp.parent}) and give {what} {rp.name}")
+        raise OutputError(f"{p}: {what} {where} the folder this command runs in ({cwd}): a folder output "
+                          "replaces it whole (written beside it and renamed into place, or the old one set "
+                          "aside), which would leave your shell in a deleted folder (ls would show nothing "
+                          f"of what was written); run the command from another folder (e.g. cd {rp.parent}) "
+                          f"and give {what} {rp.name}")
 
 
 def _make_parent(path: Path) -> list[Path]:
