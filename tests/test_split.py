@@ -267,3 +267,16 @@ def test_an_empty_split_is_refused_where_it_is_used(tmp_path):
     assert load_split(f, "train") == ["a"]
     with pytest.raises(SplitError, match="split 'val' names no patient"):
         load_split(f, "val")
+
+
+def test_a_temporal_split_of_patients_all_of_one_date_is_refused():
+    """DICOM StudyDates an anonymiser set to one date (19000101 for all): `data split --temporal` cut
+    the cohort by patient id alone and recorded it as a temporal split, without a word. Refused now;
+    ties at a cut (patients of one day) and a single split stay as they were."""
+    dates = {f"pt_{i}": "19000101" for i in range(1, 11)}
+    with pytest.raises(SplitError, match="all 10 patients have the same date 19000101"):
+        split.temporal_split(dates, "0.8,0.2")
+    assert split.temporal_split(dates, "1")["splits"] == {"train": sorted(dates, key=lambda i: int(i[3:]))}
+    dates["pt_10"] = "19000102"
+    s = split.temporal_split(dates, "0.5,0.5")["splits"]
+    assert s["test"] == ["pt_6", "pt_7", "pt_8", "pt_9", "pt_10"]

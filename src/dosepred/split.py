@@ -158,7 +158,8 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
 
     Two fractions default to the names ``train, test`` (the paper's 137 / 37 split), three to
     ``train, val, test``.
-    Dates are ``YYYYMMDD`` or ISO ``YYYY-MM-DD`` (time of day ignored); ties keep id order.
+    Dates are ``YYYYMMDD`` or ISO ``YYYY-MM-DD`` (time of day ignored); ties keep id order, but one date
+    for all patients (an anonymiser's) is refused: the cut would be by id alone.
     ``groups`` (id -> key, as :func:`random_split`): the ids of one key go together, at the place of
     the earliest of them (a patient's later re-plan never tests a model trained on its first plan).
     """
@@ -169,6 +170,11 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
     fr = parse_fractions(fractions)
     nm = _names(names if names is not None or len(fr) != 2 else ("train", "test"), len(fr))
     sizes = _sizes(len(order), fr, nm)
+    one = set(parsed.values())
+    if len(one) == 1 and sum(k > 0 for k in sizes) > 1:  # the cut would be by id alone, not by time
+        raise SplitError(f"all {len(parsed)} patients have the same date {one.pop()}: a temporal split would "
+                         "order them by id only (dates replaced by an anonymiser?); give --manifest FILE "
+                         "--date-column COL with the real dates, or split with --random")
     units = _group(order, groups)  # a patient's plans at its earliest plan's place
     cut = _cut(units, sizes, nm)
     splits = dict(zip(nm, cut, strict=True))
