@@ -280,3 +280,15 @@ def test_a_temporal_split_of_patients_all_of_one_date_is_refused():
     dates["pt_10"] = "19000102"
     s = split.temporal_split(dates, "0.5,0.5")["splits"]
     assert s["test"] == ["pt_6", "pt_7", "pt_8", "pt_9", "pt_10"]
+
+
+@pytest.mark.parametrize("bad", ["202001151", "2020-01-155", "2019-12-3112"])
+def test_a_date_with_a_digit_too_many_is_refused_not_cut_to_eight(bad):
+    """A manifest date with a digit too many ('202001151', a typo) was read as its first eight digits
+    (2020-01-15) and the patient placed by that date without a word; refused now. DICOM DT's time
+    after YYYYMMDD, an ISO time and a number's '.0' are read as before."""
+    with pytest.raises(SplitError, match=f"pt_9: date '{bad}' is not YYYYMMDD or YYYY-MM-DD"):
+        split.temporal_split({"pt_9": bad}, "1")
+    for ok in ("20200115103000.5", "2020011510", "20200115+0100", "2020-01-15T10:30", "2020-01-15 10:30",
+               "20200115.0"):
+        assert split.temporal_split({"pt_9": ok}, "1")["date_ranges"]["train"] == ["20200115"] * 2

@@ -423,10 +423,20 @@ def _natural(pid: str) -> tuple:
 
 def _parse_date(d: str, pid: str) -> str:
     """Normalise to ``YYYYMMDD`` (sortable)."""
+    import re
+
     s = str(d).strip()
-    digits = s.replace("-", "").replace("/", "").replace(".", "")[:8] if len(s) >= 8 else s
-    if len(digits) != 8 or not digits.isdigit():
+    m = re.fullmatch(r"(\d{4})([-/.]?)(\d{2})\2(\d{2})(.*)", s)
+    rest = m.group(5) if m else ""
+    # after the day: a time (ISO 'T'/' ', a zone) or, after YYYYMMDD, DICOM DT's HHMMSS.ffffff&ZZXX
+    # (or '.0', a number's); a digit more ('202001151', '2020-01-155') is no date, never read as its
+    # first eight digits
+    dt = r"\.0+|\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?([+-]\d{4})?"
+    time = rest[:1] in ("", "T", " ", "Z", "+", "-") or (
+        m is not None and not m.group(2) and re.fullmatch(dt, rest) is not None)
+    if m is None or not time:
         raise SplitError(f"patient {pid}: date {d!r} is not YYYYMMDD or YYYY-MM-DD")
+    digits = m.group(1) + m.group(3) + m.group(4)
     import datetime
 
     try:  # the calendar, not only the ranges: 2020-02-30 or 2021-02-29 is no date
