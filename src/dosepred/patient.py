@@ -245,10 +245,16 @@ def case_clash(ids: Iterable[str]) -> tuple[str, str] | None:
     be written over the other's without a word."""
     seen: dict[str, str] = {}
     for pid in ids:
-        other = seen.setdefault(unicodedata.normalize("NFC", pid).casefold(), pid)
+        other = seen.setdefault(file_key(pid), pid)
         if other != pid:
             return other, pid
     return None
+
+
+def file_key(name: str) -> str:
+    """``name`` as a case-insensitive, Unicode-normalising disk compares file names (macOS's and
+    Windows' default): two names of one key are one file there."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 CASE_CLASH_WHY = ("their files and folders (<id>.npz, <id>.csv, <id>/) are one on case-insensitive disks "

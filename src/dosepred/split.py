@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -416,15 +417,11 @@ def check_known(splits: Mapping[str, Sequence[str]], known: Sequence[str], what:
 
 
 def _natural(pid: str) -> tuple:
-    import re
-
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", pid))
 
 
 def _parse_date(d: str, pid: str) -> str:
     """Normalise to ``YYYYMMDD`` (sortable)."""
-    import re
-
     s = str(d).strip()
     m = re.fullmatch(r"(\d{4})([-/.]?)(\d{2})\2(\d{2})(.*)", s)
     rest = m.group(5) if m else ""

@@ -23,6 +23,7 @@ from ..qa.conformal import (
     criterion_stats,
     family_offsets,
     fit_family,
+    highest_coverage,
     offsets,
 )
 from ..qa.families import FAMILIES
@@ -104,12 +105,11 @@ def methods_default(have: set[str]) -> list[str]:
 def _coverage_remedy(fam_offsets: Any, coverage: float, n_cal: int, n: int) -> str:
     """What to do when ``coverage`` gives an infinite interval: the highest coverage these units give
     (bisected, as qa's refusal names it), and more calibrating patients only where the data has them."""
-    lo, hi = 0.0, coverage
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        a, b = fam_offsets(mid)
-        lo, hi = (mid, hi) if a > -math.inf and b < math.inf else (lo, mid)
-    most = math.floor(lo * 1000) / 1000
+    def bounded(cov: float) -> bool:
+        a, b = fam_offsets(cov)
+        return a > -math.inf and b < math.inf
+
+    most = highest_coverage(bounded, coverage)
     more = (f"more --calibration-patients (up to {n - 1})" if n_cal < n - 1 else
             f"more patients in --data (all but one of its {n} calibrate already)")
     return (f"ask for a lower --coverage (at most {most:g}) or {more}" if most > 0 else f"give {more}")

@@ -42,7 +42,7 @@ from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
 from ..geometry import Geometry, GeometryError, filled_outline, shear_problem
-from ..patient import Patient, RoiSet, file_name_problem, id_problem
+from ..patient import Patient, RoiSet, file_key, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from ..roi import binary_mask
 from . import roi_names as _names
@@ -750,7 +750,7 @@ def _check_unique_ids(folders: list[Path], infos: list[dict[str, Any]]) -> None:
         if why:
             raise NiftiFormatError(f"{f / ROIS_JSON}: \"id\" {pid!r} cannot name the patient's files "
                                    f"(<id>.nii.gz, <id>.npz, <id>/): {why}; give an id without one")
-        seen.setdefault(pid.casefold(), []).append((pid, f))  # ids name files: one ignoring case, as DICOM's
+        seen.setdefault(file_key(pid), []).append((pid, f))  # ids name files: one ignoring case, as DICOM's
     for both in seen.values():
         if len(both) > 1:
             ids = list(dict.fromkeys(pid for pid, _ in both))

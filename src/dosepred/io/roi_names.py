@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Roi, RoiSet
+from ..patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Roi, RoiSet, case_clash
 
 #: Canonical name of the body / external outline (used as the possible-dose mask, not as an ROI).
 BODY = "Body"
@@ -85,12 +85,10 @@ def check_names_apart(pid: str, names: Iterable[str], what: str, fix: str) -> No
     """Refuse, before anything is written, two ROI names that differ only in case ("Cord" and "CORD"),
     whose files (``what``) are one file on a case-insensitive disk (macOS's and Windows' default): one
     ROI's file was written over the other's without a word, and read back as the other ROI."""
-    seen: dict[str, str] = {}
-    for n in names:
-        other = seen.setdefault(n.casefold(), n)
-        if other != n:
-            raise InputError(f"patient {pid}: ROIs {other!r} and {n!r} differ only in case: their files "
-                             f"({what}) are one file on a case-insensitive disk (macOS, Windows); {fix}")
+    clash = case_clash(names)
+    if clash:
+        raise InputError(f"patient {pid}: ROIs {clash[0]!r} and {clash[1]!r} differ only in case: their "
+                         f"files ({what}) are one file on a case-insensitive disk (macOS, Windows); {fix}")
 
 
 def _normalise(name: str) -> str:

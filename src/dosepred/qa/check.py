@@ -48,7 +48,7 @@ from ..progress import track
 from ..protocol import ProtocolError, load_protocol
 from .band import band_offsets
 from .calibration import CalibrationError, load_calibration
-from .conformal import family_offsets, interval
+from .conformal import family_offsets, highest_coverage, interval
 from .dose_gap import GAP_CAUSE, dose_gaps
 from .families import lower_is_better, metric_family
 from .report import QAReportWriter
@@ -252,11 +252,7 @@ class QAChecker:
             elif fam not in short and not bounded(fam, self.coverage):
                 short[fam] = len(families[fam].scores[self.methods[fam]])  # calibration.json's n agrees
         if short:  # every family that falls short, and the highest coverage all of them can give
-            lo_cov, hi_cov = 0.0, self.coverage
-            for _ in range(40):
-                mid = (lo_cov + hi_cov) / 2
-                lo_cov, hi_cov = (mid, hi_cov) if all(bounded(f, mid) for f in short) else (lo_cov, mid)
-            most = math.floor(lo_cov * 1000) / 1000
+            most = highest_coverage(lambda cov: all(bounded(f, cov) for f in short), self.coverage)
             fams = ", ".join(f"{f} ({n} unit{'s' if n != 1 else ''})" for f, n in short.items())
             which = f"families {fams} have" if len(short) > 1 else f"family {fams} has"
             lower = (f"ask for a lower --coverage (at most {most:g})" if most > 0 else

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -320,6 +320,17 @@ def family_offsets(fam: Family, method: str, coverage: float, rule: str = DEFAUL
     """:func:`offsets` of a fitted family, with its tail scores where it has them (version 2 on)."""
     lower, upper = tail_scores(fam, method)
     return offsets(lower, method, coverage, rule, upper)
+
+
+def highest_coverage(bounded: Callable[[float], bool], below: float) -> float:
+    """The highest coverage under ``below`` (rounded down to 0.001) at which ``bounded(coverage)`` holds
+    (an interval finite at both ends), by bisection: finiteness changes once as coverage grows, from
+    every unit's quantile within the scores to one past the last; 0 when none is."""
+    lo, hi = 0.0, below
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if bounded(mid) else (lo, mid)
+    return math.floor(lo * 1000) / 1000
 
 
 def interval(predicted: float, criterion: str, fam: Family, method: str, coverage: float,

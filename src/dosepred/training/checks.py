@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..constants import MAX_DOSE_GY
 from ..errors import DosepredError, InputError, name_some
 from ..models.space import ModelSpace
 from ..patient import RoiSet
@@ -74,20 +72,11 @@ def diverged_weights(pid: str, epoch: int | None = None) -> TrainingDivergedErro
     return e
 
 
-def check_validation_dose(dose: np.ndarray, pid: str, epoch: int | None = None) -> None:
-    """TrainingDivergedError when the dose validation predicted for patient ``pid`` (after ``epoch``)
-    is over :data:`~dosepred.constants.MAX_DOSE_GY`: the weights, not the data, are at fault (the
-    scoring's own message for such a prediction file asks whether it is in cGy). A non-finite dose
-    never gets here: prediction refuses it (:func:`diverged_weights` says it for a validation)."""
-    hi = float(dose.max()) if dose.size else 0.0
-    if hi > MAX_DOSE_GY:
-        raise validation_overdose(hi, pid, epoch)
-
-
 def validation_overdose(hi: float, pid: str, epoch: int | None = None) -> TrainingDivergedError:
     """The error of a validation whose prediction for patient ``pid`` reaches ``hi`` Gy, over
     :data:`~dosepred.constants.MAX_DOSE_GY` (prediction refuses such a dose:
-    :class:`dosepred.predict.OverdoseError`)."""
+    :class:`dosepred.predict.OverdoseError`): the weights, not the data, are at fault (the scoring's
+    own message for such a prediction file asks whether it is in cGy)."""
     at = "" if epoch is None else f" after epoch {epoch}"
     return TrainingDivergedError(f"validation{at}: the model predicts {hi:.3g} Gy for validation patient "
                                  f"{pid}: training diverged; lower --lr?")
@@ -276,5 +265,5 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
 
 __all__ = ["TrainingDivergedError", "check_protocol_prescriptions", "check_resumed_data",
            "check_resumed_init", "check_resumed_protocol", "check_resumed_validation", "check_selectable",
-           "check_gradient", "check_targets", "check_validation_dose", "diverged", "diverged_weights",
-           "select_value"]
+           "check_gradient", "check_targets", "diverged", "diverged_weights",
+           "select_value", "validation_overdose"]

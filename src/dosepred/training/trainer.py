@@ -178,7 +178,7 @@ def _dist_info() -> tuple[int, int, int]:
 def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainConfig, device,
              progress: bool = False, epoch: int | None = None) -> dict[str, float]:
     """Whole-grid sliding-window prediction of the validation patients, scored by dosepred.evaluation;
-    a dose no plan gives is a TrainingDivergedError (:func:`.checks.check_validation_dose`)."""
+    a dose no plan gives is a TrainingDivergedError (:func:`.checks.validation_overdose`)."""
     options = InferenceOptions(device=str(device), overlap=cfg.sw_overlap, mode=cfg.sw_mode,
                                amp=cfg.amp and device.type == "cuda", allow_missing_rois=True, tta=False)
 
@@ -190,9 +190,8 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
                     d = predict_dose(model, p, options)
                 except NonFiniteDoseError:  # the weights last.pt holds: --resume would meet them again
                     raise run_checks.diverged_weights(p.id, epoch) from None
-                except OverdoseError as e:  # finite: as check_validation_dose says it
+                except OverdoseError as e:  # finite, over any dose: the weights, not the data
                     raise run_checks.validation_overdose(e.peak, p.id, epoch) from None
-            run_checks.check_validation_dose(d, p.id, epoch)
             yield p, d
 
     res = evaluate_cohort(pairs(), protocol if protocol is not None else "openkbp", progress=progress)
