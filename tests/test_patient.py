@@ -278,7 +278,8 @@ def test_a_normalised_ct_is_refused(scale):
     hu[1:3, 1:4, 1:5] = 40.0
     hu[2, 2, 2] = 1200.0
     with pytest.raises(InputError, match=r"pt_7: CT values lie within .* and are not whole numbers: a "
-                                         r"normalised CT\? the CT is in HU"):
+                                         r"normalised or scaled CT \(0..1, HU/100, HU/1000\)\? the CT "
+                                         r"is in HU"):
         _patient(ct=scale(hu))
     assert _patient(ct=hu).ct[2, 2, 2] == 1200  # a float CT in HU reads as before
     assert _patient(ct=np.zeros(SHAPE)).ct.max() == 0  # a water phantom of float zeros
@@ -345,3 +346,46 @@ def test_a_ct_with_scanner_air_stored_as_hu_plus_1024_is_refused(sample_dir):
     with pytest.raises(InputError, match=rf"patient {p.id}: the CT holds no voxel below 0 HU and its tissue "
                                          r"reads \d+ HU .*stored as HU \+ 1024"):
         Patient(p.id, raw, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)
+
+
+def test_a_ct_in_hu_over_100_is_refused():
+    """A CT given in HU/100 (-10..30, a scaled network input) spanned beyond the +-10 of a normalised one
+    and was rounded to int16 HU: -10..30 HU, water everywhere, without a word."""
+    hu = np.full(SHAPE, -1000.0)
+    hu[1:3, 1:4, 1:5] = 40.0
+    hu[2, 2, 2] = 1200.0
+    assert (hu / 100).max() > NORMALISED  # beyond the +-10 of a normalised CT
+    with pytest.raises(InputError, match=r"pt_7: CT values lie within -10..12 and are not whole numbers"):
+        _patient(ct=hu / 100)
+    assert _patient(ct=np.full(SHAPE, 40.6)).ct.max() == 41  # a constant float CT is a placeholder
+
+
+NORMALISED = 10.0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float64])
+def test_a_ct_stored_as_hu_plus_32768_is_refused(sample_dir, dtype):
+    """Unsigned 16-bit pixels holding HU + 32768 were clipped to int16 on the way in: 32767 HU in every
+    voxel above the air's 31768, bone everywhere, and a prediction from it the dose of no patient."""
+    from dosepred.io.source import load_patients
+
+    p = next(iter(load_patients(sample_dir)))
+    raw = (p.ct.astype(np.int32) + 32768).astype(dtype)
+    with pytest.raises(InputError, match=rf"patient {p.id}: the CT holds no voxel below 0 HU and its tissue "
+                                         r"reads 3\d{4} HU .*stored as HU \+ 32768"):
+        Patient(p.id, raw, p.roi_codes, p.roi_set, p.spacing, p.possible_dose_mask, p.dose)
+
+
+def test_an_8_bit_ct_image_is_refused():
+    """A CT saved as an 8-bit image (grey levels 0..255 of a window) was read as 0..255 HU: no air, no
+    bone, water and muscle everywhere, without a word."""
+    img = np.zeros(SHAPE, np.uint8)
+    img[1:3, 1:4, 1:5] = 128
+    img[2, 2, 2] = 255
+    with pytest.raises(InputError, match=r"pt_7: the CT holds no voxel below 0 HU and none above 255 "
+                                         r"\(values 0..255: no air, no fat\): an 8-bit image"):
+        _patient(ct=img)
+    with pytest.raises(InputError, match=r"pt_7: the CT holds no voxel below 0 HU \(values 0..2000: no air, "
+                                         r"no fat\): not in HU\?"):
+        _patient(ct=np.where(img == 255, 2000, np.where(img == 128, 600, 0)).astype(np.int16))
+    assert _patient(ct=img.astype(np.int16) - 1000).ct.min() == -1000  # with air it is a CT

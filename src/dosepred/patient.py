@@ -189,34 +189,51 @@ def as_spacing(spacing: Any, where: str = "") -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-#: a float CT within +-this many units, not in whole numbers, is no CT in HU (air is -1000, bone > 300)
-NORMALISED_CT_RANGE = 10.0
+#: a float CT spanning fewer units than this, not in whole numbers, is no CT in HU (air -1000, bone > 300)
+SCALED_CT_SPAN = 100.0
 
 
 def _check_hu(ct: np.ndarray, pid: str) -> None:
-    """Refuse a float CT that is normalised rather than in HU (values within +-:data:`NORMALISED_CT_RANGE`,
-    not whole numbers: 0..1 or -1..1 of a network's input): rounded to int16 HU it became a volume of
-    0 and 1 HU, water everywhere, and a prediction from it a dose of no patient, without a word."""
-    if ct.size and float(ct.min()) >= -NORMALISED_CT_RANGE and float(ct.max()) <= NORMALISED_CT_RANGE \
-            and not np.array_equal(ct, np.rint(ct)):
-        raise InputError(f"patient {pid}: CT values lie within {float(ct.min()):.4g}..{float(ct.max()):.4g} "
-                         "and are not whole numbers: a normalised CT? the CT is in HU (air -1000, water 0)")
+    """Refuse a float CT that is normalised or scaled rather than in HU (spanning fewer than
+    :data:`SCALED_CT_SPAN` units, not whole numbers: 0..1 or -1..1 of a network's input, HU/100 of
+    -10..30, HU/1000): rounded to int16 HU it became a volume of a few HU, water everywhere, and a
+    prediction from it a dose of no patient, without a word."""
+    lo, hi = float(ct.min()), float(ct.max())
+    if ct.size and 0 < hi - lo < SCALED_CT_SPAN and not np.array_equal(ct, np.rint(ct)):
+        raise InputError(f"patient {pid}: CT values lie within {lo:.4g}..{hi:.4g} and are not whole "
+                         "numbers: a normalised or scaled CT (0..1, HU/100, HU/1000)? the CT is in HU "
+                         "(air -1000, water 0)")
 
 
 def _check_offset(ct: np.ndarray, pid: str) -> None:
-    """Refuse a CT stored as HU + 1024 (OpenKBP's ct.csv as read with numpy, DICOM pixel data without its
-    RescaleIntercept): no voxel below 0 HU (no air, no fat) and its tissue about 1000 HU. Read as HU, the
-    network saw bone everywhere and predicted the dose of no patient, without a word."""
-    if not ct.size or int(ct.min()) < 0:
+    """Refuse a CT without a voxel below 0 HU (no air, no fat, which every head-and-neck CT holds):
+    stored as HU + 1024 (OpenKBP's ct.csv as read with numpy, DICOM pixels without their
+    RescaleIntercept), as HU + 32768 (unsigned 16-bit pixels) or as an 8-bit image of grey levels. Read
+    as HU, the network saw bone (or water) everywhere and predicted the dose of no patient, without a
+    word. Checked before the int16 cast, which clipped HU + 32768 to 32767 everywhere. A constant CT
+    (a placeholder) passes."""
+    if not ct.size:
+        return
+    lo, hi = float(ct.min()), float(ct.max())
+    if lo < 0 or lo == hi:
         return
     # above the air (~24 stored as HU + 1024 where a scanner measured it, 0 where OpenKBP padded it):
     # air is most of a CT's voxels, and the median of all non-zero ones was air's
     tissue = ct[ct > 500]
     med = float(np.median(tissue)) if tissue.size else 0.0
+    head = f"patient {pid}: the CT holds no voxel below 0 HU"
+    span = f" (values {lo:.6g}..{hi:.6g}: no air, no fat)"
     if 800 <= med <= 1300:
-        raise InputError(f"patient {pid}: the CT holds no voxel below 0 HU and its tissue reads {med:.0f} HU "
-                         "(median of its voxels above 500): stored as HU + 1024 (OpenKBP's ct.csv, DICOM "
-                         "pixels without RescaleIntercept)? give HU (subtract 1024)")
+        raise InputError(f"{head} and its tissue reads {med:.0f} HU (median of its voxels above 500): "
+                         "stored as HU + 1024 (OpenKBP's ct.csv, DICOM pixels without RescaleIntercept)? "
+                         "give HU (subtract 1024)")
+    if 31000 <= med <= 34500:
+        raise InputError(f"{head} and its tissue reads {med:.0f} HU (median of its voxels above 500): "
+                         "stored as HU + 32768 (unsigned 16-bit pixels)? give HU (subtract 32768)")
+    if hi <= 255:
+        raise InputError(f"{head} and none above 255{span}: an 8-bit image of grey levels (a window), not "
+                         "HU? give the CT in HU (air -1000, water 0)")
+    raise InputError(f"{head}{span}: not in HU? give the CT in HU (air -1000, water 0)")
 
 
 def id_problem(pid: str) -> str | None:
@@ -295,8 +312,9 @@ class Patient:
                     if not np.all(np.isfinite(self.ct)):
                         raise InputError(f"patient {pid}: CT contains NaN/inf")
                     _check_hu(self.ct, pid)
-                self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
             _check_offset(self.ct, pid)
+            if self.ct.dtype != np.int16:
+                self.ct = np.clip(np.rint(self.ct), -32768, 32767).astype(np.int16)
             grid = "CT"
         else:
             shape = codes.shape
