@@ -258,6 +258,34 @@ def test_aliases(raw, want, rx):
     assert c.kind == ("target" if rx else "other" if want == "Body" else "oar")
 
 
+@pytest.mark.parametrize("raw,want", [
+    ("Parotis li", "LeftParotid"), ("Parotis_re.", "RightParotid"), ("Glandula parotis links", "LeftParotid"),
+    ("Parotide G", "LeftParotid"), ("Parotide D", "RightParotid"), ("Parotide gauche", "LeftParotid"),
+    ("Parótida Izq", "LeftParotid"), ("PAROTIDA_DER", "RightParotid"), ("Parotide sx", "LeftParotid"),
+    ("Rückenmark", "SpinalCord"), ("Myelon", "SpinalCord"), ("Médula espinal", "SpinalCord"),
+    ("Moelle épinière", "SpinalCord"), ("Midollo_spinale", "SpinalCord"), ("Hirnstamm", "Brainstem"),
+    ("Tronc cérébral", "Brainstem"), ("Tronco encefalico", "Brainstem"), ("Ösophagus", "Esophagus"),
+    ("Speiseröhre", "Esophagus"), ("Esófago", "Esophagus"), ("Kehlkopf", "Larynx"), ("Laringe", "Larynx"),
+    ("Unterkiefer", "Mandible"), ("Mandíbula", "Mandible"), ("Nerf optique D", "RightOpticNerve"),
+    ("Ojo derecho", "RightEye"), ("Sehnerv li", "LeftOpticNerve"), ("Mundhöhle", "OralCavity"),
+])
+def test_aliases_of_other_languages(raw, want):
+    """German, French, Spanish, Italian and Portuguese names of the model's organs with the side words the
+    flips read (li / re, G / D, izq / der, sx / dx) were unmatched: kept as written, so a German clinic's
+    'Parotis li' was no LeftParotid, and the model predicted each such patient without its parotids (a
+    warning asked for an ROI map)."""
+    c = canonical(raw)
+    assert (c.name, c.kind, c.matched) == (want, "oar", True), raw
+
+
+@pytest.mark.parametrize("raw", ["D", "Der", "Li", "Parotis", "Parotide X", "Moelle PRV5", "G Tube"])
+def test_side_words_alone_or_with_no_organ_are_unmatched(raw):
+    """A side word counts only beside a sided organ: a bare 'D' or 'Der', a parotid without a side, a
+    PRV or an unknown organ stay as written."""
+    c = canonical(raw)
+    assert (c.name, c.matched) == (raw, False), raw
+
+
 @pytest.mark.parametrize("raw", ["PTV70_1", "PTV70 (1)", "PTV1_70", "PTV 1 60", "PTV70-3", "PTV_56-63",
                                  "PTV1", "PTV_2", "PTV 3"])
 def test_separate_numbers_in_a_ptv_name_are_no_prescription(raw):

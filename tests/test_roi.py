@@ -183,6 +183,18 @@ def test_a_flip_swaps_the_side_words_a_clinic_writes(left, right):
 
 
 
+@pytest.mark.parametrize("left, right", [
+    ("Parotis li", "Parotis re"), ("Nerf optique G", "Nerf optique D"), ("Cochlea_Li", "Cochlea_Re"),
+    ("PAROTIDE G", "PAROTIDE D")])
+def test_a_flip_swaps_german_and_french_abbreviations(left, right):
+    """German 'li' / 're' and French 'G' / 'D' after an organ were no side words: such a pair kept as
+    written (an ROI the aliases do not know, or a model trained on such names) was mirrored without
+    swapping its names, the left name on the patient's right in every mirrored crop and test-time pass."""
+    assert roi.lr_pairs(["PTV70", left, "Brainstem", right]) == [(1, 3)], (left, right)
+    _assert_mirror_swaps(left, right)
+    assert roi.lr_pairs(["Gland", "Dland", "Relief", "Lift"]) == []  # letters inside words are no side
+
+
 def _assert_mirror_swaps(left: str, right: str) -> None:
     """Mirroring a left mask (high end of axis 0) and a right one (low end) swaps the two names' masks."""
     m = np.zeros((2, 8, 3, 3), bool)

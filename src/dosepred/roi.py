@@ -129,15 +129,15 @@ def _check_bit(k: int, bits: int) -> None:
 
 #: Name parts that make two ROIs a left/right pair (``LeftParotid`` <-> ``RightParotid``).
 _LR_PARTS = (("Left", "Right"), ("left", "right"), ("LEFT", "RIGHT"), ("Lt", "Rt"), ("_L", "_R"))
-#: Words that name the patient's left and right side, in lower case, left first: English (and the
-#: ones :mod:`dosepred.io.roi_names` reads: lft/rgt, sin/dex, links/rechts), Spanish, Italian,
-#: Portuguese and French, as clinics write them after an organ (``Parotida izq``, ``Parotide sx``), in
-#: the feminine and the masculine (``Ojo izquierdo``, ``Nerf optique droit``)
+#: Words that name the patient's left and right side, in lower case, left first: English, Latin, German,
+#: Spanish, Italian, Portuguese and French, as clinics write them after an organ (``Parotida izq``,
+#: ``Parotide sx``, ``Parotis li``, ``Parotide G``), in the feminine and the masculine (``Ojo
+#: izquierdo``, ``Nerf optique droit``); :mod:`dosepred.io.roi_names` reads the same words
 SIDE_WORD_PAIRS = (("l", "r"), ("lt", "rt"), ("left", "right"), ("lft", "rgt"), ("sin", "dex"),
                    ("links", "rechts"), ("izq", "der"), ("izda", "dcha"), ("izquierda", "derecha"),
                    ("izquierdo", "derecho"), ("sx", "dx"), ("sinistra", "destra"), ("sinistro", "destro"),
                    ("esq", "dir"), ("esquerda", "direita"), ("esquerdo", "direito"), ("gauche", "droite"),
-                   ("gauche", "droit"))
+                   ("gauche", "droit"), ("li", "re"), ("g", "d"))
 #: each side word (lower case) -> "Left" / "Right"
 SIDE_WORDS = {w: side for pair in SIDE_WORD_PAIRS for w, side in zip(pair, ("Left", "Right"), strict=True)}
 #: Whole words (between spaces, ``_``, ``-``, brackets, ...) that name a side (``Hippocampus L``,

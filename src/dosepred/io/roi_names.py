@@ -23,38 +23,81 @@ from typing import Any
 
 from ..errors import InputError
 from ..patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Roi, RoiSet, case_clash
+from ..roi import SIDE_WORDS
 
 #: Canonical name of the body / external outline (used as the possible-dose mask, not as an ROI).
 BODY = "Body"
 
-# organ (side-less) -> canonical stem; sided organs get "Left"/"Right" prepended.
+
+def _plain(s: str) -> str:
+    """``s`` without accents (``"parótida"`` -> ``"parotida"``, ``"rückenmark"`` -> ``"ruckenmark"``)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
+
+
+# organ (side-less) -> canonical stem; sided organs get "Left"/"Right" prepended. English (TG-263), then
+# German, French, Spanish, Italian and Portuguese, as written without accents (they are ignored)
 _SIDED = {
     "parotid": "Parotid", "parotid gland": "Parotid", "glnd parotid": "Parotid",
+    "parotis": "Parotid", "glandula parotis": "Parotid", "parotide": "Parotid", "glande parotide": "Parotid",
+    "ghiandola parotide": "Parotid", "parotida": "Parotid", "glandula parotida": "Parotid",
     "submandibular": "Submandibular", "submand": "Submandibular", "glnd submand": "Submandibular",
-    "submandibular gland": "Submandibular",
-    "cochlea": "Cochlea", "eye": "Eye", "globe": "Eye", "lens": "Lens",
+    "submandibular gland": "Submandibular", "glandula submandibularis": "Submandibular",
+    "submandibularis": "Submandibular", "glande sous maxillaire": "Submandibular",
+    "sous maxillaire": "Submandibular", "submaxilar": "Submandibular", "glandula submaxilar": "Submandibular",
+    "submandibulaire": "Submandibular", "sottomandibolare": "Submandibular",
+    "ghiandola sottomandibolare": "Submandibular",
+    "cochlea": "Cochlea", "cochlee": "Cochlea", "coclea": "Cochlea", "coclea interna": "Cochlea",
+    "eye": "Eye", "globe": "Eye", "auge": "Eye", "bulbus": "Eye", "oeil": "Eye", "ojo": "Eye",
+    "occhio": "Eye", "olho": "Eye", "globo ocular": "Eye", "globo oculare": "Eye",
+    "lens": "Lens", "linse": "Lens", "cristallin": "Lens", "cristalino": "Lens", "cristallino": "Lens",
     "optic nerve": "OpticNerve", "opticnrv": "OpticNerve", "opticnerve": "OpticNerve",
+    "sehnerv": "OpticNerve", "nervus opticus": "OpticNerve", "nerf optique": "OpticNerve",
+    "nervio optico": "OpticNerve", "nervo ottico": "OpticNerve", "nervo optico": "OpticNerve",
     "brachial plexus": "BrachialPlexus", "brachialplex": "BrachialPlexus",
+    "plexus brachialis": "BrachialPlexus", "plexus brachial": "BrachialPlexus",
+    "plexo braquial": "BrachialPlexus", "plesso brachiale": "BrachialPlexus",
     "lung": "Lung", "kidney": "Kidney", "femur": "Femur",
 }
 # side-less organs -> canonical name
 _SINGLE: dict[str, str] = {
     "brainstem": "Brainstem", "brain stem": "Brainstem",
+    "hirnstamm": "Brainstem", "truncus cerebri": "Brainstem", "tronc cerebral": "Brainstem",
+    "tronco cerebral": "Brainstem", "tronco encefalico": "Brainstem", "tronco dell encefalo": "Brainstem",
     "spinalcord": "SpinalCord", "spinal cord": "SpinalCord", "cord": "SpinalCord",
+    "myelon": "SpinalCord", "ruckenmark": "SpinalCord", "rueckenmark": "SpinalCord",
+    "medulla spinalis": "SpinalCord", "moelle": "SpinalCord", "moelle epiniere": "SpinalCord",
+    "medula": "SpinalCord", "medula espinal": "SpinalCord", "medula espinhal": "SpinalCord",
+    "midollo": "SpinalCord", "midollo spinale": "SpinalCord",
     "esophagus": "Esophagus", "oesophagus": "Esophagus", "esoph": "Esophagus",
-    "larynx": "Larynx", "larynx glottic": "Larynx",
+    "osophagus": "Esophagus", "speiserohre": "Esophagus", "speiseroehre": "Esophagus",
+    "oesophage": "Esophagus", "esofago": "Esophagus",
+    "larynx": "Larynx", "larynx glottic": "Larynx", "kehlkopf": "Larynx", "laringe": "Larynx",
     "mandible": "Mandible", "bone mandible": "Mandible", "jaw": "Mandible",
+    "unterkiefer": "Mandible", "mandibula": "Mandible", "mandibule": "Mandible", "mandibola": "Mandible",
     "oral cavity": "OralCavity", "cavity oral": "OralCavity", "oralcavity": "OralCavity",
+    "mundhohle": "OralCavity", "mundhoehle": "OralCavity", "cavite buccale": "OralCavity",
+    "cavite orale": "OralCavity", "cavidad oral": "OralCavity", "cavita orale": "OralCavity",
+    "cavidade oral": "OralCavity",
     "chiasm": "Chiasm", "optic chiasm": "Chiasm", "opticchiasm": "Chiasm",
-    "brain": "Brain", "pharynx": "Pharynx", "lips": "Lips", "thyroid": "Thyroid",
+    "chiasma": "Chiasm", "chiasma opticum": "Chiasm", "chiasma optique": "Chiasm", "quiasma": "Chiasm",
+    "quiasma optico": "Chiasm", "chiasma ottico": "Chiasm",
+    "brain": "Brain", "gehirn": "Brain", "cerveau": "Brain", "cerebro": "Brain", "cervello": "Brain",
+    "encefalo": "Brain",
+    "pharynx": "Pharynx", "rachen": "Pharynx", "faringe": "Pharynx",
+    "lips": "Lips", "lippen": "Lips", "levres": "Lips", "labios": "Lips", "labbra": "Lips",
+    "thyroid": "Thyroid", "schilddruse": "Thyroid", "schilddruese": "Thyroid", "thyroide": "Thyroid",
+    "tiroides": "Thyroid", "tiroide": "Thyroid", "tireoide": "Thyroid",
     "body": BODY, "external": BODY, "skin": BODY, "outline": BODY, "body contour": BODY,
-    "ext": BODY,
+    "ext": BODY, "aussenkontur": BODY, "korper": BODY, "koerper": BODY, "contour externe": BODY,
+    "contorno externo": BODY, "contorno esterno": BODY,
 }
 # spelling-insensitive lookups: words glued together ("spinal cord" == "spinalcord")
 _SIDED_J = {k.replace(" ", ""): v for k, v in _SIDED.items()}
 _SINGLE_J = {k.replace(" ", ""): v for k, v in _SINGLE.items()}
-_LEFT = {"l", "lt", "left", "lft", "sin", "links"}
-_RIGHT = {"r", "rt", "right", "rgt", "dex", "rechts"}
+# the side words the flips and the side check read (dosepred.roi.SIDE_WORDS: L, Lt, Left, sin, links,
+# izq, sx, gauche, ...), without accents
+_LEFT = {_plain(w) for w, side in SIDE_WORDS.items() if side == "Left"}
+_RIGHT = {_plain(w) for w, side in SIDE_WORDS.items() if side == "Right"}
 
 # one number after "ptv" (spaces kept: "ptv70 1", a copy of PTV70, is no 701 cGy), then the unit
 # ("7000cGy" reads "7000c gy" once CamelCase is split)
@@ -141,7 +184,7 @@ def canonical(name: str) -> Canonical:
     t = target_from_name(name)
     if t:
         return Canonical(t[0], "target", t[1])
-    s = _normalise(name)
+    s = _plain(_normalise(name))
     words = s.split(" ")
     side = None
     rest = []
