@@ -206,12 +206,12 @@ def _check_hu(ct: np.ndarray, pid: str) -> None:
 
 
 def _check_offset(ct: np.ndarray, pid: str) -> None:
-    """Refuse a CT without a voxel below 0 HU (no air, no fat, which every head-and-neck CT holds):
-    stored as HU + 1024 (OpenKBP's ct.csv as read with numpy, DICOM pixels without their
+    """Refuse a CT without a voxel below 0 HU (no air, no fat, which every head-and-neck CT holds) that
+    is stored as HU + 1024 (OpenKBP's ct.csv as read with numpy, DICOM pixels without their
     RescaleIntercept), as HU + 32768 (unsigned 16-bit pixels) or as an 8-bit image of grey levels. Read
     as HU, the network saw bone (or water) everywhere and predicted the dose of no patient, without a
     word. Checked before the int16 cast, which clipped HU + 32768 to 32767 everywhere. A constant CT
-    (a placeholder) passes."""
+    (a placeholder) and other CTs without air (a phantom of water and bone) pass."""
     if not ct.size:
         return
     lo, hi = float(ct.min()), float(ct.max())
@@ -233,7 +233,6 @@ def _check_offset(ct: np.ndarray, pid: str) -> None:
     if hi <= 255:
         raise InputError(f"{head} and none above 255{span}: an 8-bit image of grey levels (a window), not "
                          "HU? give the CT in HU (air -1000, water 0)")
-    raise InputError(f"{head}{span}: not in HU? give the CT in HU (air -1000, water 0)")
 
 
 def id_problem(pid: str) -> str | None:
