@@ -585,7 +585,7 @@ def test_a_body_label_file_that_is_an_outline_is_filled_with_a_warning(tmp_path)
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             (q,) = nifti.read_nifti_folder(tmp_path / name / "nii")
-        outline = [str(w.message) for w in seen if "hold an outline" in str(w.message)]
+        outline = [str(w.message) for w in seen if "holds an outline" in str(w.message)]
         assert np.array_equal(q.possible_dose_mask, body)
         assert (len(outline) == 1 and f"{name}.nii.gz" in outline[0]) is warned, outline
 
@@ -733,7 +733,7 @@ def test_label_file_names_written_decomposed_are_the_names_rois_json_lists(tmp_p
     import shutil
     import unicodedata
 
-    nfc = "Parótida izq"
+    nfc = "Lésion bord"  # no alias (the aliases read "Parótida izq" as LeftParotid)
     nfd = unicodedata.normalize("NFD", nfc)
     p = make_patient(spacing=(3.0, 1.5, 1.5))
     rs = RoiSet(tuple(Roi(nfc if r.name == "Ring" else r.name, r.kind, r.prescription) for r in p.roi_set))
@@ -877,3 +877,49 @@ def test_a_rois_json_roi_without_a_kind_named_for_the_body_is_the_body(tmp_path)
                                                           ("Skin", "oar")]
     np.testing.assert_array_equal(q.possible_dose_mask, body)
     np.testing.assert_array_equal(q.mask("Skin"), p.mask("Ring"))
+
+
+def test_a_codes_folder_listing_the_body_reads_it_as_the_body(tmp_path):
+    """roi_codes.nii.gz with rois.json listing {"name": "External"} by name alone (a hand-made bit-mask
+    folder): External was an organ at risk and the patient had no body, so the possible-dose mask was
+    the whole grid. The listed body is now the possible-dose mask, as in a folder of label files; the
+    other ROIs keep their bits."""
+    p = make_patient()
+    body = np.asarray(p.possible_dose_mask)
+    assert 0 < body.sum() < body.size
+    folder = tmp_path / "case1"
+    folder.mkdir()
+    aff = np.diag([*p.spacing, 1.0])
+    nib.save(nib.Nifti1Image(p.ct, aff), folder / "ct.nii.gz")
+    codes = (p.mask("PTV70").astype(np.uint8) | body.astype(np.uint8) << 1
+             | p.mask("LeftParotid").astype(np.uint8) << 2)
+    nib.save(nib.Nifti1Image(codes, aff), folder / "roi_codes.nii.gz")
+    (folder / "rois.json").write_text(json.dumps({"rois": [
+        {"name": "PTV70", "kind": "target", "prescription": 70}, {"name": "External"},
+        {"name": "LeftParotid", "kind": "oar"}]}))
+    (q,) = nifti.read_nifti_folder(tmp_path)
+    assert [r.name for r in q.roi_set.rois] == ["PTV70", "LeftParotid"] and q.missing_rois == ()
+    np.testing.assert_array_equal(q.possible_dose_mask, body)
+    np.testing.assert_array_equal(q.mask("PTV70"), p.mask("PTV70"))
+    np.testing.assert_array_equal(q.mask("LeftParotid"), p.mask("LeftParotid"))
+
+
+@pytest.mark.parametrize("roi_format", ["labels", "codes"])
+def test_without_a_mask_or_body_the_body_is_the_ct_above_minus_500(tmp_path, roi_format):
+    """A NIfTI patient without possible_dose_mask.nii.gz or a body ROI (organs segmented, no body) had
+    the whole grid as its possible-dose mask: the released models predicted 0 Gy in PTV70 (D95) with
+    118 Gy hot spots for such a validation patient, and evaluation scored the air around it. The body
+    is now CT > -500 HU, as for a DICOM patient without a body contour, and the meta says so."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "nii", roi_format=roi_format)
+    (folder / nifti.MASK_FILE).unlink()
+    (q,) = nifti.read_nifti_folder(tmp_path / "nii")
+    from scipy import ndimage
+
+    ax = p.geometry.axis_along("SI")  # axial slices, their holes filled (airways are body)
+    slices = np.moveaxis(p.ct > -500, ax, 0)
+    want = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in slices]), 0, ax)
+    assert 0 < want.sum() < want.size
+    np.testing.assert_array_equal(q.possible_dose_mask, want)
+    assert q.meta["possible_dose_mask"] == ("CT > -500 HU, holes filled (no possible_dose_mask.nii.gz nor "
+                                            "body ROI)")

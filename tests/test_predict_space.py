@@ -357,3 +357,31 @@ def test_reorientation_round_trip_is_exact():
         dose = np.random.default_rng(0).random(p.shape).astype(np.float32)
         assert np.array_equal(placed.back(dose), reorient(dose, *p.geometry.permutation_to(letters))
                               * q.possible_dose_mask)
+
+
+def test_a_patient_without_a_body_mask_is_predicted_in_the_ct_body(model, patient, reference_prediction):
+    """A patient without a possible-dose mask (a Patient built in Python, a NIfTI folder of organs only)
+    had the whole grid as its mask, which the released models, trained with body masks, read as a body
+    filling the field of view: PTV70 D95 of 0.01 Gy and 118 Gy hot spots on a validation patient, with
+    only a warning that dose was "predicted everywhere". Its body is now CT > -500 HU, as for a DICOM
+    patient without a body contour, with a note; the dose is close to the one with the patient's mask."""
+    import dataclasses
+
+    from dosepred.predict import RoiNote, predict_dose
+
+    bare = dataclasses.replace(patient, possible_dose_mask=None)
+    assert bare.possible_dose_mask.all()
+    with pytest.warns(RoiNote, match=r"patient pt_196 has no possible-dose \(body\) mask: its body is taken "
+                                     r"as CT > -500 HU"):
+        dose = predict_dose(model, bare, InferenceOptions(tta=False))
+    from scipy import ndimage
+
+    assert patient.geometry.axis_letters()[2] in "SI"  # OpenKBP: axial slices across the last axis
+    body = np.stack([ndimage.binary_fill_holes(patient.ct[..., k] > -500)
+                     for k in range(patient.shape[2])], -1)
+    np.testing.assert_array_equal(dose[~body], 0)
+    assert (dose[body & (patient.ct <= -500)] > 0).mean() > 0.9  # the airways: body, dose predicted
+    ref_score, ref_dvh = scores(patient, reference_prediction)
+    got_score, got_dvh = scores(patient, dose)
+    assert got_score < 1.1 * ref_score and got_dvh < 1.1 * ref_dvh, (got_score, ref_score, got_dvh, ref_dvh)
+    assert abs(float(np.percentile(dose[patient.mask("PTV70")], 5)) - 70) < 5  # PTV70 D95 near 70 Gy

@@ -13,7 +13,8 @@
   from ``AIR_HU`` because caches and predictions written so far carry it (a cache's CT box is
   the box of voxels that differ from the corner value);
 - ``BODY_HU`` (-500): the body threshold. Without a body/external contour the possible-dose mask
-  of a DICOM patient is ``CT > BODY_HU`` (:mod:`dosepred.io.dicom`), and prediction crops a
+  of a DICOM or NIfTI patient, and of a patient predicted without one, is ``CT > BODY_HU`` with
+  each axial slice's holes filled (:func:`dosepred.geometry.body_from_ct`), and prediction crops a
   patient without a possible-dose mask to the box of ``CT > BODY_HU``
   (:func:`dosepred.predict.crop_box`).
 - ``MAX_DOSE_GY`` (1000): no radiotherapy dose is higher; a dose above it is refused wherever one

@@ -321,6 +321,22 @@ def unreorient(arr: np.ndarray, perm: Sequence[int], flips: Sequence[bool]) -> n
 OUTLINE_FILL_RATIO = 1.5
 
 
+def body_from_ct(ct: np.ndarray, geometry: Geometry, threshold: float = -500.0) -> np.ndarray:
+    """The body of a patient without a body contour: ``ct > threshold`` (HU; ``BODY_HU``) with each axial
+    slice's holes filled (across the array axis closest to head-feet in ``geometry``), so that the air
+    inside the patient (airways, oral cavity, sinuses) is body, as in a drawn body contour and OpenKBP's
+    possible-dose masks. Unfilled, a target reaching into the airway (oropharynx, larynx) lay partly
+    outside the possible-dose mask: 0 Gy there in every prediction (PTV70 D95 0 Gy on a validation
+    patient) and in the reference as read."""
+    from scipy import ndimage  # heavy: scipy.ndimage, only for patients without a body
+
+    body = np.asarray(ct) > threshold
+    if not body.any():
+        return body
+    ax = geometry.axis_along("SI")
+    return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(body, ax, 0)]), 0, ax)
+
+
 def filled_outline(body: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, float] | None:
     """``(the mask with each axial slice's holes filled, filled / original voxels)`` when ``body`` is an
     outline (:data:`OUTLINE_FILL_RATIO`), else None (a solid or empty mask). The axial slices are those

@@ -4,8 +4,9 @@ Layout of ``<patient>/``::
 
     ct.nii.gz                     int16 HU
     dose.nii.gz                   float32 Gy (optional)
-    possible_dose_mask.nii.gz     uint8 0/1 (optional; else the union of body label files, an outline
-                                  filled per axial slice, else all ones)
+    possible_dose_mask.nii.gz     uint8 0/1 (optional; else the union of body label files or of body
+                                  bits, an outline filled per axial slice, else CT > -500 HU with each
+                                  axial slice's holes filled, as DICOM)
     rois/<name>.nii.gz            uint8 0/1, one label file per ROI      (--roi-format labels)
     roi_codes.nii.gz              bit-mask codes, bit k = ROI k          (--roi-format codes)
     rois.json                     {"rois": [{name, kind, prescription}], "missing_rois": [...],
@@ -38,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import MAX_DOSE_GY
+from ..constants import BODY_HU, MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
-from ..geometry import Geometry, GeometryError, filled_outline, shear_problem
+from ..geometry import Geometry, GeometryError, body_from_ct, filled_outline, shear_problem
 from ..patient import Patient, RoiSet, file_key, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from ..roi import binary_mask
@@ -454,8 +455,7 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
         obj["rois"] = [_kind_from_name({**d, "name": _names.nfc(d["name"])}) for d in obj["rois"]]
         if _find(folder, CODES_FILE) is None:  # label files: one of the body listed without a kind (or
             # prescription) is the body, as unlisted; it was an OAR, the possible-dose mask the whole grid
-            obj["rois"] = [d for d in obj["rois"] if not (d.keys() == {"name"} and
-                                                          _names.canonical(d["name"]).is_body)]
+            obj["rois"] = [d for d in obj["rois"] if not _listed_body(d)]
         names = [d["name"] for d in obj["rois"]]
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
@@ -464,6 +464,13 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     if "missing_rois" in obj:
         obj["missing_rois"] = [_names.nfc(n) for n in obj["missing_rois"]]
     return obj
+
+
+def _listed_body(d: dict[str, Any]) -> bool:
+    """A ``rois.json`` ROI listed by name alone (no kind, no prescription) that the aliases read as the
+    body (``Body``, ``External``, ``Skin``): the possible-dose mask, as its label file unlisted or a DICOM
+    body contour, not an organ at risk."""
+    return d.keys() == {"name"} and _names.canonical(d["name"]).is_body
 
 
 def _kind_from_name(d: dict[str, Any]) -> dict[str, Any]:
@@ -522,7 +529,7 @@ def _label_name(f: Path, listed: Iterable[str]) -> str:
 def _listed_roi_set(folder: Path, info: dict[str, Any]) -> RoiSet:
     """The RoiSet ``rois.json`` lists (:meth:`RoiSet.from_dicts`), its errors naming the file."""
     try:
-        return RoiSet.from_dicts(info.get("rois") or [])
+        return RoiSet.from_dicts([d for d in info.get("rois") or [] if not _listed_body(d)])
     except InputError as e:  # a hand-written rois.json: name the file
         raise NiftiFormatError(f"{folder / ROIS_JSON}: {e}") from None
 
@@ -539,7 +546,7 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
                                    "names in bit order")
         missing = set(info.get("missing_rois", []))
         for n, d in listed.items():
-            if n not in missing:
+            if n not in missing and not _listed_body(d):
                 out[n] = _names.Canonical(n, d.get("kind", "oar"), d.get("prescription"))
         return out
     for f in sorted((folder / ROI_DIR).glob("*.nii*")) if (folder / ROI_DIR).is_dir() else []:
@@ -601,6 +608,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         pdm = _binary(load_on_grid(mask_path, "possible-dose mask"), mask_path, pid)
     masks: dict[str, np.ndarray] = {}
     files_of: dict[str, list[str]] = {}
+    body_files: list[str] = []  # the body's label files or bits: the possible-dose mask without one
     if codes_path is not None:
         codes = load_on_grid(codes_path, "ROI codes")
         if codes.dtype.kind != "u":
@@ -621,11 +629,17 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         _refuse_label_map(codes, codes_path, pid,
                           {b: d["name"] for b, d in enumerate(listed) if d["name"] not in missing})
         for k, d in enumerate(listed):
-            if d["name"] not in missing:
-                masks[d["name"]] = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
+            if d["name"] in missing:
+                continue
+            m = ((codes >> codes.dtype.type(k)) & codes.dtype.type(1)).astype(bool)
+            if _listed_body(d):  # the body, not an organ at risk (its bit was an OAR, the mask all ones)
+                if mask_path is None and m.any():
+                    pdm = m if pdm is None else pdm | m
+                    body_files.append(f"{codes_path.name} bit {k} ({d['name']})")
+                continue
+            masks[d["name"]] = m
     elif (folder / ROI_DIR).is_dir():
         listed = {d["name"] for d in info.get("rois", [])}
-        body_files: list[str] = []
         for f in sorted((folder / ROI_DIR).glob("*.nii*")):
             stem = _label_name(f, listed)
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
@@ -642,17 +656,20 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
             m = _binary(load_on_grid(f, "ROI"), f, pid)
             masks[c.name] = masks[c.name] | m if c.name in masks else m
             files_of.setdefault(c.name, []).append(f.name)
-        if body_files and pdm is not None:
-            pdm = _filled_outline(pdm, geom, body_files, folder / ROI_DIR, pid)
         for name, fs in files_of.items():
             if len(fs) > 1:  # as the DICOM reader does for two structures of one name
                 warnings.warn(f"patient {pid}: label files {', '.join(fs)} in {folder / ROI_DIR} all name "
                               f"ROI {name!r}; it is their union: check that they are one structure (else "
                               "remove or rename the others)", stacklevel=2)
+    if body_files and pdm is not None:
+        pdm = _filled_outline(pdm, geom, body_files, folder / ROI_DIR if codes_path is None else folder, pid)
     _drop_empty(masks, pid, codes_path, folder / ROI_DIR, files_of)
     meta = dict(info.get("meta", {}))
     meta.pop("affine", None)
     meta.update({"format": FORMAT_NAME, "source": str(folder.resolve())})
+    if pdm is None:  # as DICOM without a body contour (the whole grid was the body: PTV70 predicted 0 Gy)
+        pdm = body_from_ct(ct, geom, BODY_HU)
+        meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU, holes filled (no {MASK_FILE} nor body ROI)"
     if dose is not None and pdm is not None:  # a reference dose is 0 Gy outside its mask, as OpenKBP's
         dose, share = dose_within_mask(dose, pdm)
         if share > 0:
@@ -713,7 +730,7 @@ def _filled_outline(body: np.ndarray, geom: Geometry, files: list[str], where: P
     if out is None:
         return body
     filled, ratio = out
-    warnings.warn(f"patient {pid}: body label file(s) {', '.join(files)} in {where} hold an outline, not "
+    warnings.warn(f"patient {pid}: the body ({', '.join(files)}) in {where} holds an outline, not "
                   f"the body (its axial slices filled hold {ratio:.1f} x its voxels; a skin "
                   "segmentation?): filled slice by slice as the possible-dose mask (give a filled "
                   f"body, or {MASK_FILE}, to use another)", stacklevel=3)
