@@ -512,7 +512,9 @@ class Cache:
             raise CacheError(f"{root} is not a dosepred cache: {js} is missing "
                              "(create one with `dosepred data import-openkbp` or `data synth`)")
         try:
-            info = json.loads(js.read_text())
+            info = json.loads(js.read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
+        except UnicodeDecodeError as e:  # saved by an editor in UTF-16 or a Windows code page
+            raise CacheError(f"{js} is not UTF-8 text ({e}); save it as UTF-8") from None
         except json.JSONDecodeError as e:
             raise CacheError(f"{js} is not valid JSON: {e}") from None
         if not isinstance(info, dict):
