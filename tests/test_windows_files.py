@@ -5,13 +5,16 @@ line naming the file, never read wrongly or ended in a traceback."""
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 
 import pytest
 
 from dosepred import synth
+from dosepred.errors import InputError
 from dosepred.io import cache
 from dosepred.io.cache import CacheError
+from dosepred.training.logging import CsvLog
 
 
 def _utf16(text: str) -> bytes:
@@ -31,3 +34,32 @@ def test_cache_dataset_json_saved_by_notepad(tmp_path):
         js.write_bytes(raw)
         with pytest.raises(CacheError, match=r"dataset.json is not UTF-8 text .*save it as UTF-8"):
             cache.Cache.open(c.root)
+
+
+def _metrics(path, edit):
+    log = CsvLog(path, None)
+    for e in (1, 2, 3):
+        log.append({"epoch": e, "train_loss": 1.0 / e, "lr": 0.001})
+    path.write_bytes(edit(path.read_text(encoding="utf-8")))
+    return path
+
+
+def test_resume_after_metrics_csv_was_saved_by_excel(tmp_path):
+    """`train --resume` after metrics.csv was opened and saved in Excel ended in a traceback: a byte-order
+    mark ("CSV UTF-8") or ';' separators (a European locale) gave KeyError 'epoch', UTF-16 a
+    UnicodeDecodeError, a trailing empty row ValueError. A byte-order mark and empty rows are read as
+    none; anything else is one InputError naming the file, which is left as it was."""
+    path = _metrics(tmp_path / "bom.csv", lambda t: codecs.BOM_UTF8 + (t + ",,\r\n").encode())
+    CsvLog(path, 2).append({"epoch": 3, "train_loss": 0.5, "lr": 0.001})
+    with open(path, newline="", encoding="utf-8") as fh:  # read back as written: no mark, rows 1, 2, new 3
+        rows = list(csv.reader(fh))
+    assert rows == [["epoch", "train_loss", "lr"], ["1", "1.0", "0.001"], ["2", "0.5", "0.001"],
+                    ["3", "0.5", "0.001"]]
+    for name, edit in [("semi", lambda t: t.replace(",", ";").replace(".", ",").encode()),
+                       ("utf16", _utf16), ("text", lambda t: t.replace("\n2,", "\nzwei,").encode())]:
+        path = _metrics(tmp_path / f"{name}.csv", edit)
+        before = path.read_bytes()
+        with pytest.raises(InputError, match=rf"{name}.csv: not a metrics.csv as dosepred writes it .*"
+                                              "move it aside"):
+            CsvLog(path, 2)
+        assert path.read_bytes() == before

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..fsutil import atomic_file
 from ..progress import steps
 
@@ -63,6 +64,28 @@ def _merged(header: list[str], keys: list[str]) -> list[str]:
     return out
 
 
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.csv to resume (a byte-order mark read as none, rows of empty cells
+    skipped); an :class:`InputError` naming it when it is not as written, e.g. saved by Excel with ';'
+    separators or as UTF-16 (a KeyError 'epoch' or UnicodeDecodeError before)."""
+    why = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.DictReader(fh) if any(v not in ("", None) for v in r.values())]
+    except UnicodeDecodeError:
+        rows, why = [], "not UTF-8 text"
+    except csv.Error as e:
+        rows, why = [], str(e)
+    for i, r in enumerate(rows, start=2):
+        if why is None and not str(r.get("epoch") or "").strip().isdigit():
+            why = (f"no 'epoch' column (header {','.join(map(str, r))[:60]!r})" if "epoch" not in r
+                   else f"row {i}: epoch {r['epoch']!r} is not a number")
+    if why is not None:
+        raise InputError(f"{path}: not a metrics.csv as dosepred writes it ({why}; saved by Excel?): "
+                         "restore it, or move it aside and --resume starts a new one")
+    return rows
+
+
 class CsvLog:
     """metrics.csv with the first row's header, grown by keys a later row first has (the rows before
     are rewritten with them empty); resume keeps rows up to the resumed epoch."""
@@ -71,8 +94,7 @@ class CsvLog:
         self.path = path
         self.header: list[str] | None = None
         if resume_epoch is not None and path.is_file():
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
+            rows = _read_rows(path)
             if rows:
                 self.header = list(rows[0].keys())
                 keep = [r for r in rows if int(r["epoch"]) <= resume_epoch]
