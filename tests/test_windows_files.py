@@ -10,10 +10,11 @@ import json
 
 import pytest
 
-from dosepred import synth
+from dosepred import split, synth
 from dosepred.errors import InputError
 from dosepred.io import cache
 from dosepred.io.cache import CacheError
+from dosepred.split import SplitError
 from dosepred.training.logging import CsvLog
 
 
@@ -63,3 +64,40 @@ def test_resume_after_metrics_csv_was_saved_by_excel(tmp_path):
                                               "move it aside"):
             CsvLog(path, 2)
         assert path.read_bytes() == before
+
+
+MANIFEST = {"pt_1": "2020-01-15", "pt_2": "2019-12-31", "pt_10": "20200301"}
+
+
+@pytest.mark.parametrize("name, encode", [
+    ("bom_crlf", lambda rows: codecs.BOM_UTF8 + "\r\n".join(",".join(r) for r in rows).encode() + b"\r\n"),
+    ("europe", lambda rows: "\r\n".join(";".join(r) for r in rows).encode("cp1252") + b"\r\n;;\r\n;;\r\n"),
+    ("utf16_tabs", lambda rows: _utf16("\r\n".join("\t".join(r) for r in rows) + "\r\n")),
+    ("quoted", lambda rows: "\n".join(",".join(f'"{c}"' for c in r) + "," for r in rows).encode()),
+])
+def test_manifest_as_excel_saves_it(tmp_path, name, encode):
+    """A `data split --temporal --manifest` CSV as Excel saves it was refused: ';' separated (a
+    European locale: "no column 'id' (columns: id;date)"), UTF-16 ("Unicode text", tabs), a header
+    'ID ' / ' Date', a cell ' pt_1 ' ("names patients not in the data"), rows of empty cells at the end
+    ("row 5: empty 'id'"). Each is read as the dates written."""
+    rows = [["ID ", " Date"]] + [[f" {k} ", v] for k, v in MANIFEST.items()]
+    path = tmp_path / f"{name}.csv"
+    path.write_bytes(encode(rows))
+    assert split.dates_from_manifest(path, "date") == MANIFEST
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("id;date\npt_1;15.01.2020\n", r"row 2, column 'date': patient pt_1: date '15.01.2020' .*yyyy-mm-dd"),
+    ("id,date\npt_1,2020-01-15\npt_2,1/15/2020\n", r"row 3, column 'date': .*'1/15/2020' .*yyyy-mm-dd"),
+    ("id,date\npt_1,2020-01-15,x\n", "row 2 has 3 cells, its header 2 columns"),
+    ("id,Date,DATE\npt_1,2020-01-15,2020-01-15\n", "more than one column 'date'"),
+    ("id,note,date\npt_1,Par\u00f3tida,2020-01-15\n", r"not UTF-8 text .*save it as 'CSV UTF-8'"),
+])
+def test_manifest_refusals_name_the_file_and_the_row(tmp_path, text, needle):
+    """A date in a locale's form (15.01.2020, 1/15/2020: the day and month of 01.02.2020 cannot be told
+    apart) was refused naming the patient only, not the manifest, its row or what to do; a cell past the
+    header shifted the columns (the first taken for pandas' index)."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(text.encode("cp1252"))
+    with pytest.raises(SplitError, match=rf"manifest {path} .*{needle}"):
+        split.dates_from_manifest(path, "date")

@@ -185,27 +185,59 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
 
 
 def dates_from_manifest(path: str | os.PathLike, date_column: str, id_column: str = "id") -> dict[str, str]:
-    """id -> date from a CSV manifest with an ``id`` column and ``date_column``."""
-    import pandas as pd
+    """id -> date from a CSV manifest with an ``id`` column and ``date_column``, as Excel saves one:
+    UTF-8 (a byte-order mark read as none) or UTF-16 with its mark, separated by ',', ';' (a European
+    locale) or tabs (the header line's most frequent), column names matched whatever their case and
+    the spaces around them, cells stripped, rows of empty cells skipped. A date that is not
+    ``YYYYMMDD`` / ``YYYY-MM-DD`` is refused naming the file and row (``15.01.2020``, ``1/15/2020``:
+    a locale's form, whose day and month cannot be told apart in general)."""
+    import csv
+    import io
 
     path = Path(path)
     if not path.is_file():
         raise SplitError(f"manifest {path} does not exist")
+    raw = path.read_bytes()
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as e:
+        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SplitError(f"manifest {path} is not UTF-8 text ({e}); save it as 'CSV UTF-8'") from None
+    sep = max(",;\t", key=text.split("\n", 1)[0].count)  # ',' on a tie (a header of one column)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
+    except csv.Error as e:
         raise SplitError(f"manifest {path} is not a readable CSV: {e}") from None
+    if not rows:
+        raise SplitError(f"manifest {path} is not a readable CSV: it is empty (expected a header line naming "
+                         f"the {id_column!r} and {date_column!r} columns, then a row per patient)")
+    header = [h.strip() for h in rows[0]]
+    cols = []
     for col in (id_column, date_column):
-        if col not in df.columns:
-            raise SplitError(f"manifest {path} has no column {col!r} (columns: {', '.join(df.columns)})")
+        same = [k for k, h in enumerate(header) if h.casefold() == col.strip().casefold()]
+        if len(same) != 1:
+            raise SplitError(f"manifest {path} has {'no' if not same else 'more than one'} column {col!r} "
+                             f"(columns: {', '.join(header)})")
+        cols.append(same[0])
     out: dict[str, str] = {}
-    for row, (pid, d) in enumerate(zip(df[id_column], df[date_column], strict=True), start=2):
+    for row, cells in enumerate(rows[1:], start=2):
+        cells = [c.strip() for c in cells]
+        if any(cells[len(header):]):  # a cell past the header's: columns shifted, never guessed
+            raise SplitError(f"manifest {path} row {row} has {len(cells)} cells, its header {len(header)} "
+                             "columns: name the extra column in the header, or clear its cells")
+        if not any(cells):  # an empty line, or a row of empty cells (Excel writes ',,' for one)
+            continue
+        pid, d = (cells[k] if k < len(cells) else "" for k in cols)
         if not pid:
             raise SplitError(f"manifest {path} row {row}: empty {id_column!r}")
         if pid in out:
             raise SplitError(f"manifest {path} row {row}: patient {pid} appears twice")
         if not d:
             raise SplitError(f"manifest {path} row {row}: patient {pid} has no {date_column!r}")
+        try:
+            _parse_date(d, pid)
+        except SplitError as e:
+            raise SplitError(f"manifest {path} row {row}, column {date_column!r}: {e}; format the column as "
+                             "yyyy-mm-dd (in Excel: Format Cells, Custom) and save again") from None
         out[pid] = d
     return out
 
