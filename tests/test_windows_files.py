@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from dosepred import split, synth
 from dosepred.errors import InputError
 from dosepred.io import cache
 from dosepred.io.cache import CacheError
+from dosepred.qa.calibration import CalibrationError, load_calibration
 from dosepred.split import SplitError
 from dosepred.training.logging import CsvLog
 
@@ -101,3 +103,16 @@ def test_manifest_refusals_name_the_file_and_the_row(tmp_path, text, needle):
     path.write_bytes(text.encode("cp1252"))
     with pytest.raises(SplitError, match=rf"manifest {path} .*{needle}"):
         split.dates_from_manifest(path, "date")
+
+
+def test_calibration_json_saved_by_notepad(tmp_path):
+    """A calibration.json hand-edited in Notepad (a byte-order mark, CRLF line ends) was refused ("is not
+    readable JSON: Unexpected UTF-8 BOM"), where every other JSON file dosepred reads takes the mark;
+    it is read as the file without it. UTF-16 stays one error naming the file."""
+    released = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm" / "calibration.json"
+    text = released.read_text(encoding="utf-8")
+    (tmp_path / "calibration.json").write_bytes(codecs.BOM_UTF8 + text.replace("\n", "\r\n").encode())
+    assert load_calibration(tmp_path).to_json() == load_calibration(released.parent).to_json()
+    (tmp_path / "calibration.json").write_bytes(_utf16(text))
+    with pytest.raises(CalibrationError, match=r"calibration\.json is not readable JSON"):
+        load_calibration(tmp_path)

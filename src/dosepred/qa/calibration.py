@@ -268,7 +268,7 @@ def read_json(path: str | os.PathLike) -> Any:
     an object repeats a key (JSON keeps the last silently: a hand edit that added a second ``"n"`` or
     ``"scores"`` would be read without a word)."""
     try:
-        return loads_unique(Path(path).read_text(encoding="utf-8"))
+        return loads_unique(Path(path).read_text(encoding="utf-8-sig"))  # a byte-order mark read as none
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CalibrationError(f"{path} is not readable JSON: {e}") from None
     except RepeatedKeyError as e:
