@@ -13,7 +13,7 @@ import pytest
 
 from dosepred import split, synth
 from dosepred.errors import InputError
-from dosepred.io import cache
+from dosepred.io import cache, openkbp
 from dosepred.io.cache import CacheError
 from dosepred.qa.calibration import CalibrationError, load_calibration
 from dosepred.split import SplitError
@@ -116,3 +116,16 @@ def test_calibration_json_saved_by_notepad(tmp_path):
     (tmp_path / "calibration.json").write_bytes(_utf16(text))
     with pytest.raises(CalibrationError, match=r"calibration\.json is not readable JSON"):
         load_calibration(tmp_path)
+
+
+def test_openkbp_voxel_dimensions_saved_by_excel(tmp_path):
+    """voxel_dimensions.csv saved by Excel as "CSV UTF-8" (a byte-order mark, CRLF) was refused ("could
+    not convert string '\\ufeff3.9' to float64"), though the sparse CSVs beside it are read with one; it
+    is read as the three sizes written. A decimal comma (a European locale's '3,9') stays an error."""
+    path = tmp_path / "voxel_dimensions.csv"
+    path.write_bytes(codecs.BOM_UTF8 + b"3.90625\r\n3.90625\r\n2.5\r\n")
+    assert openkbp.read_spacing(path, "pt_1") == (3.90625, 3.90625, 2.5)
+    path.write_bytes(codecs.BOM_UTF8 + b"3,90625\r\n3,90625\r\n2,5\r\n")
+    with pytest.raises(openkbp.OpenKBPFormatError, match=r"pt_1: .*voxel_dimensions.csv: expected three"):
+        openkbp.read_spacing(path, "pt_1")
+

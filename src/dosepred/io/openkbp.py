@@ -241,7 +241,7 @@ def read_spacing(path: Path, pid: str) -> tuple[float, float, float]:
     if not path.is_file():
         raise OpenKBPFormatError(f"patient {pid}: {path} is missing (expected three voxel sizes in mm)")
     try:
-        v = np.loadtxt(path, dtype=np.float64, ndmin=1)
+        v = np.loadtxt(path, dtype=np.float64, ndmin=1, encoding="utf-8-sig")  # a byte-order mark: none
     except ValueError as e:
         raise OpenKBPFormatError(f"patient {pid}: {path}: expected three voxel sizes in mm ({e})") from None
     if v.shape != (3,) or not np.all(v > 0):
