@@ -7,8 +7,10 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dosepred import split, synth
@@ -129,3 +131,19 @@ def test_openkbp_voxel_dimensions_saved_by_excel(tmp_path):
     with pytest.raises(openkbp.OpenKBPFormatError, match=r"pt_1: .*voxel_dimensions.csv: expected three"):
         openkbp.read_spacing(path, "pt_1")
 
+
+def test_openkbp_roi_file_with_an_upper_case_extension_is_read(openkbp_truth, tmp_path):
+    """An OpenKBP ROI file named PTV70.CSV (Windows ignores the case of names; older tools write them
+    upper case) was skipped without a word: the patient read as lacking its PTV70, no warning. It is read
+    as PTV70.csv, its voxels those written."""
+    src = openkbp_truth["root"] / "pt_3"
+    folder = tmp_path / "pt_3"
+    shutil.copytree(src, folder)
+    (folder / "PTV70.csv").rename(folder / "PTV70.CSV")
+    p = openkbp.read_patient(folder)
+    assert "PTV70" not in p.missing_rois
+    want = np.sort(openkbp_truth["truth"]["pt_3"]["PTV70"])
+    np.testing.assert_array_equal(np.flatnonzero(p.mask("PTV70")), want)
+    sparse = openkbp.read_sparse_patient(folder)  # what evaluate --reference reads
+    assert "PTV70" not in sparse.missing_rois
+    np.testing.assert_array_equal(np.sort(dict(sparse.rois)[p.roi_set.index("PTV70")]), want)

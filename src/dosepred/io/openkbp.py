@@ -277,9 +277,10 @@ def implausible_extent(spacing: tuple[float, float, float]) -> str | None:
 def roi_files(folder: Path, roi_set: RoiSet, pid: str) -> dict[str, Path]:
     """ROI name -> its file in an OpenKBP patient folder (the CSV files other than the array files),
     in file-name order; a CSV file named after no ROI of ``roi_set`` is ignored with an
-    :class:`UnknownRoiWarning` naming it (every reader of a patient folder warns alike)."""
+    :class:`UnknownRoiWarning` naming it (every reader of a patient folder warns alike). ``.CSV`` is a
+    CSV file too (as on Windows, whose names ignore case): ``PTV70.CSV`` was skipped without a word."""
     out: dict[str, Path] = {}
-    for f in sorted(folder.glob("*.csv")):
+    for f in _csv_files(folder):
         if f.name in _ARRAY_FILES:
             continue
         if f.stem not in roi_set:
@@ -288,6 +289,11 @@ def roi_files(folder: Path, roi_set: RoiSet, pid: str) -> dict[str, Path]:
             continue
         out[f.stem] = f
     return out
+
+
+def _csv_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` named ``*.csv`` in any case, in name order."""
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() == ".csv")
 
 
 def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
@@ -305,7 +311,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
                                  "folder or a folder of them)")
     if not folder.is_dir():
         raise FileNotFoundError(f"patient folder {folder} does not exist")
-    broken = broken_links(folder.glob("*.csv"))
+    broken = broken_links(_csv_files(folder))
     if broken:  # an array or ROI file that is not there: the ROI would read as not contoured
         raise OpenKBPFormatError(f"patient {pid}: {broken_links_text(broken)}")
     need = [f for f in REQUIRED if (f != "dose.csv" or require_dose)]
