@@ -147,3 +147,22 @@ def test_openkbp_roi_file_with_an_upper_case_extension_is_read(openkbp_truth, tm
     sparse = openkbp.read_sparse_patient(folder)  # what evaluate --reference reads
     assert "PTV70" not in sparse.missing_rois
     np.testing.assert_array_equal(np.sort(dict(sparse.rois)[p.roi_set.index("PTV70")]), want)
+
+
+@pytest.mark.parametrize("sidecar", [True, False])
+def test_nifti_label_file_with_an_upper_case_extension_is_read(tmp_path, sidecar):
+    """A NIfTI label file rois/PTV70.NII.GZ (Windows ignores the case of names) was skipped without a
+    word, with rois.json or without: the patient read as lacking its PTV70. It is read as PTV70.nii.gz,
+    its voxels those of the file (nibabel)."""
+    import nibabel as nib
+
+    from dosepred.io import nifti
+
+    folder = nifti.write_patient(synth.make_patient(3, size=16), tmp_path / "src")
+    label = folder / "rois" / "PTV70.NII.GZ"
+    (folder / "rois" / "PTV70.nii.gz").rename(label)
+    if not sidecar:
+        (folder / "rois.json").unlink()
+    (q,) = nifti.read_nifti_folder(tmp_path / "src")
+    assert "PTV70" not in q.missing_rois
+    assert int(q.mask("PTV70").sum()) == int(np.asarray(nib.load(label).dataobj).sum()) > 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -522,8 +523,15 @@ def _label_name(f: Path, listed: Iterable[str]) -> str:
     name ``rois.json`` lists that it is in NFC (a file name written on macOS is decomposed, NFD:
     "Parótida" as "o" + a combining accent; it was refused as an ROI rois.json does not list, and
     without rois.json two patients' "Parótida" were two ROIs)."""
-    stem = _names.nfc(f.name.split(".nii")[0])
+    stem = _names.nfc(re.split(r"\.nii", f.name, maxsplit=1, flags=re.IGNORECASE)[0])
     return next((n for n in listed if _names.nfc(n) == stem), stem)
+
+
+def _label_files(folder: Path) -> list[Path]:
+    """The label files ``rois/*.nii*`` of a patient folder, in name order; ``.NII.GZ`` is one too (as on
+    Windows, whose names ignore case: ``PTV70.NII.GZ`` was skipped without a word)."""
+    d = folder / ROI_DIR
+    return sorted(f for f in d.iterdir() if ".nii" in f.name.lower()) if d.is_dir() else []
 
 
 def _listed_roi_set(folder: Path, info: dict[str, Any]) -> RoiSet:
@@ -549,7 +557,7 @@ def _scan_rois(folder: Path, info: dict[str, Any]) -> dict[str, _names.Canonical
             if n not in missing and not _listed_body(d):
                 out[n] = _names.Canonical(n, d.get("kind", "oar"), d.get("prescription"))
         return out
-    for f in sorted((folder / ROI_DIR).glob("*.nii*")) if (folder / ROI_DIR).is_dir() else []:
+    for f in _label_files(folder):
         stem = _label_name(f, listed)
         if stem in listed:
             d = listed[stem]
@@ -640,7 +648,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
             masks[d["name"]] = m
     elif (folder / ROI_DIR).is_dir():
         listed = {d["name"] for d in info.get("rois", [])}
-        for f in sorted((folder / ROI_DIR).glob("*.nii*")):
+        for f in _label_files(folder):
             stem = _label_name(f, listed)
             c = _names.Canonical(stem, "oar") if stem in listed else _names.RoiMap.empty().resolve(stem)
             if c is None or c.is_body:
