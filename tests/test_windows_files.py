@@ -166,3 +166,18 @@ def test_nifti_label_file_with_an_upper_case_extension_is_read(tmp_path, sidecar
     (q,) = nifti.read_nifti_folder(tmp_path / "src")
     assert "PTV70" not in q.missing_rois
     assert int(q.mask("PTV70").sum()) == int(np.asarray(nib.load(label).dataobj).sum()) > 0
+
+
+def test_openkbp_patient_folder_in_upper_case_is_not_left_out(openkbp_truth, tmp_path):
+    """A patient folder copied by a DOS or Windows tool (PT_3 holding CT.CSV, DOSE.CSV, ...) beside pt_10
+    was left out of the cohort without a word: import-openkbp wrote 1 patient of 2. It is now an error
+    naming the folder, the files it lacks and those it holds in upper case."""
+    root = tmp_path / "pats"
+    shutil.copytree(openkbp_truth["root"] / "pt_10", root / "pt_10")
+    (root / "PT_3").mkdir()
+    for f in (openkbp_truth["root"] / "pt_3").iterdir():
+        shutil.copy(f, root / "PT_3" / f.name.upper())
+    assert [p.name for p in openkbp.patient_folders(root)] == ["PT_3", "pt_10"]
+    with pytest.raises(openkbp.OpenKBPFormatError, match=r"patient PT_3: .*PT_3 lacks ct.csv, dose.csv, "
+                                                         r".* \(it holds CT.CSV, DOSE.CSV, .*case-sensitive"):
+        list(openkbp.read_folder(root))

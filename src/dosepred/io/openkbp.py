@@ -296,6 +296,14 @@ def _csv_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.suffix.lower() == ".csv")
 
 
+def _lacks(folder: Path, pid: str, names: list[str]) -> OpenKBPFormatError:
+    """The error of a patient folder lacking the files ``names``, naming those it holds in another case
+    (CT.CSV: copied from Windows or a DOS tool; the names are case-sensitive)."""
+    other = sorted(f.name for f in folder.iterdir() if f.name.lower() in names)
+    hint = f" (it holds {', '.join(other)}: the names are case-sensitive, rename them)" if other else ""
+    return OpenKBPFormatError(f"patient {pid}: {folder} lacks {', '.join(names)}{hint}")
+
+
 def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
                  require_dose: bool = True) -> Patient:
     """Read one OpenKBP patient folder (``.../pt_N``).
@@ -317,7 +325,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     need = [f for f in REQUIRED if (f != "dose.csv" or require_dose)]
     missing_files = [f for f in need if not (folder / f).is_file()]
     if missing_files:
-        raise OpenKBPFormatError(f"patient {pid}: {folder} lacks {', '.join(missing_files)}")
+        raise _lacks(folder, pid, missing_files)
     spacing = read_spacing(folder / "voxel_dimensions.csv", pid)
     size = int(np.prod(GRID))
 
@@ -392,7 +400,7 @@ def read_sparse_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None
     rs = roi_set or RoiSet.openkbp()
     for req in ("dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"):
         if not (folder / req).is_file():
-            raise OpenKBPFormatError(f"patient {pid}: {folder} lacks {req}")
+            raise _lacks(folder, pid, [req])
     spacing = read_spacing(folder / "voxel_dimensions.csv", pid)
     midx, _ = read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
     didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
@@ -435,9 +443,10 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
     if broken:  # a patient folder that is not there would be left out of the cohort without a word
         raise OpenKBPFormatError(f"OpenKBP folder {src}: {broken_links_text(broken)}")
     # a patient folder named otherwise (PT_7, case3) is still one: it holds the patient's CSV files
-    # (read_patient then names any that it lacks); it was left out without a word
+    # (read_patient then names any that it lacks); it was left out without a word, as was one whose
+    # files are named in upper case (PT_7/CT.CSV, copied by a DOS or Windows tool)
     entries += [p for p in src.iterdir() if not p.name.startswith(("pt_", ".")) and p.is_dir()
-                and any((p / f).is_file() for f in REQUIRED)]
+                and any(f.name.lower() in REQUIRED for f in p.iterdir())]
     folders = sorted((p for p in entries if p.is_dir()), key=_pt_key)
     if not folders:
         raise OpenKBPFormatError(f"{src} holds no OpenKBP patient folders (pt_*)")
