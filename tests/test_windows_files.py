@@ -181,3 +181,17 @@ def test_openkbp_patient_folder_in_upper_case_is_not_left_out(openkbp_truth, tmp
     with pytest.raises(openkbp.OpenKBPFormatError, match=r"patient PT_3: .*PT_3 lacks ct.csv, dose.csv, "
                                                          r".* \(it holds CT.CSV, DOSE.CSV, .*case-sensitive"):
         list(openkbp.read_folder(root))
+
+
+def test_nifti_patient_folder_in_upper_case_is_not_left_out(tmp_path):
+    """A NIfTI patient folder whose files a DOS or Windows tool named in upper case (CT.NII.GZ, ...) beside
+    others was left out of the cohort without a word, its files not counted as NIfTI files; it is the
+    error a folder with NIfTI files but no ct.nii.gz is, naming it."""
+    from dosepred.io import nifti
+
+    nifti.write_patient(synth.make_patient(1, size=16), tmp_path / "src")
+    upper = nifti.write_patient(synth.make_patient(2, size=16), tmp_path / "src")
+    for f in upper.iterdir():
+        f.rename(f.with_name(f.name.upper()))
+    with pytest.raises(nifti.NiftiFormatError, match=r"synth_2 holds NIfTI files \(CT.NII.GZ, .*no ct.nii"):
+        nifti.patient_folders(tmp_path / "src")

@@ -361,9 +361,9 @@ def is_patient_folder(path: str | os.PathLike) -> bool:
 
 
 def _nifti_files(folder: Path) -> list[str]:
-    """The names of the NIfTI files in ``folder`` and in its ROI folder."""
+    """The names of the NIfTI files (``.nii``, ``.nii.gz`` in any case) in ``folder`` and its ROI folder."""
     return [f.name for d in (folder, folder / ROI_DIR) if d.is_dir() for f in d.iterdir()
-            if f.name.endswith((".nii", ".nii.gz")) and not f.name.startswith(".")]
+            if f.name.lower().endswith((".nii", ".nii.gz")) and not f.name.startswith(".")]
 
 
 def patient_folders(src: str | os.PathLike) -> list[Path]:
