@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -679,6 +680,29 @@ def test_a_boost_phase_without_the_others_dose_is_not_the_patients_dose(template
                                                 r"with RTPLAN .*RP2\.dcm .* not used"):
         (p,) = dicom.read_dicom_folder(src)
     assert p.dose is None and p.roi_set["PTV70"].prescription == 70.0
+
+
+def test_a_plan_without_dose_that_nothing_relates_to_the_used_one_is_named(template, tmp_path):
+    """RP1 with its RTDOSE beside RP2 (no dose, no RTPlanRelationship): RP1's dose (50/70 of the plan)
+    and its 50 Gy are used, consistent with each other, so no check notices if RP2 is the boost; RP2
+    was left out without a word. A re-plan's predecessor (related) is not named."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _boost(src, None, phase2_dose=False)
+    with pytest.warns(dicom.DicomWarning, match=r"RTPLAN .*RP2\.dcm has no plan dose in the folder and "
+                                                r"nothing says how it relates to RTPLAN .*RP1\.dcm "
+                                                r"\(RTPlanRelationship\), whose RTDOSE .*RD1\.dcm"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.roi_set["PTV70"].prescription == 50.0 and p.dose is not None
+    src2 = tmp_path / "in2"
+    shutil.copytree(template["dicom"], src2)
+    _boost(src2, "PREDECESSOR")
+    (src2 / "RD1.dcm").unlink()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        (p,) = dicom.read_dicom_folder(src2)
+    assert p.roi_set["PTV70"].prescription == 20.0
+    assert not [w for w in seen if "nothing says how it relates" in str(w.message)]
 
 
 def test_a_boost_phase_beside_a_dose_that_references_no_plan_names_that_dose(template, tmp_path):

@@ -225,6 +225,7 @@ def pick_dose(s: PatientFiles) -> None:
         group = _additive_group(s)
         if ref:
             s.plan = ref[0]
+            _warn_of_unrelated_plans(s)
         elif wanted:  # the dose is another plan's: the folder's plan(s) would lend it a wrong Rx
             warn(f"RTDOSE {s.dose[0]} references RTPLAN {', '.join(wanted)}, which is not among the "
                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
@@ -235,6 +236,22 @@ def pick_dose(s: PatientFiles) -> None:
         else:
             warn(f"{s.series.describe()}: {len(s.rtplans)} RTPLANs and no RTDOSE saying which is the "
                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
+
+
+def _warn_of_unrelated_plans(s: PatientFiles) -> None:
+    """A warning naming the RTPLANs of ``s`` other than the one whose dose is used (``s.plan``) that
+    no RTPlanRelationship links to it and that have no dose here: a boost phase exported without its
+    dose and without the relationship would leave the patient's dose and prescriptions one phase's
+    (consistent with each other, so nothing else notices), and a trial plan is better left out."""
+    used = uid_of(s.plan[1])
+    rel = _plan_relations(s.rtplans)
+    loose = [str(p) for p, ds in s.rtplans if uid_of(ds) != used and frozenset((used, uid_of(ds))) not in rel]
+    if loose:
+        warn(f"{s.series.describe()}: RTPLAN {', '.join(loose)} has no plan dose in the folder and nothing "
+             f"says how it relates to RTPLAN {s.plan[0]} (RTPlanRelationship), whose RTDOSE {s.dose[0]} and "
+             "prescriptions are used: were it a phase of the same treatment (a boost), they would be one "
+             "phase's (export every phase's RTDOSE with RTPlanRelationship PRIOR in the later RTPLAN, or "
+             "their sum as one RTDOSE); else leave it out of the folder")
 
 
 def _without_replaced(plan: list[tuple[Path, Any, str]], plan_uids: dict[str, tuple[Path, Any]],
