@@ -734,6 +734,28 @@ def test_a_plan_without_a_positive_number_of_fractions_records_none(template, tm
     assert "fractions" not in p.meta and p.dose is not None
 
 
+def test_a_plan_of_several_fraction_groups_records_no_number_of_fractions(template, tmp_path):
+    """An RTPLAN of two fraction groups (25 + 5 fractions) was recorded as 25 fractions, its first
+    group's; whether the groups share sessions is not told, so none is recorded, with a warning."""
+    from pydicom.dataset import Dataset
+
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    rp = next(src.glob("RP*.dcm"))
+
+    def two_groups(ds):
+        ds.FractionGroupSequence[0].NumberOfFractionsPlanned = 25
+        g = Dataset()
+        g.FractionGroupNumber = 2
+        g.NumberOfFractionsPlanned = 5
+        ds.FractionGroupSequence.append(g)
+    edit(rp, two_groups)
+    with pytest.warns(dicom.DicomWarning, match=rf"RTPLAN .*{rp.name}: 2 fraction groups "
+                                                r"\(FractionGroupSequence\) of 25 \+ 5 fractions"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert "fractions" not in p.meta and p.dose is not None and p.roi_set["PTV70"].prescription == 70.0
+
+
 def test_a_boost_phase_whose_prior_plan_is_not_in_the_folder_is_not_the_patients_dose(template, tmp_path):
     """Only the boost (RP2, 20 Gy in 10 fractions, naming RP1 PRIOR) and its RTDOSE are in the folder:
     its dose is one phase, not the patient's, whether or not the earlier plan was exported; no dose

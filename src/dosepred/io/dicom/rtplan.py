@@ -49,8 +49,11 @@ def plan_prescriptions(ds: Any, where: str = "RTPLAN") -> tuple[dict[int, float]
 
 
 def planned_fractions(ds: Any, path: Any = "RTPLAN") -> int | None:
-    """The plan's NumberOfFractionsPlanned (its first fraction group that has one); None without one,
-    and for a value that is no positive whole number (a warning naming ``path``: not recorded)."""
+    """The plan's NumberOfFractionsPlanned (of its one fraction group that has one); None without one,
+    for a value that is no positive whole number, and for several fraction groups (a warning naming
+    ``path``: not recorded; whether their fractions share sessions is not told, as for concurrent
+    plans)."""
+    counts = []
     for fg in getattr(ds, "FractionGroupSequence", []) or []:
         n = getattr(fg, "NumberOfFractionsPlanned", None)
         if n not in (None, ""):
@@ -62,8 +65,13 @@ def planned_fractions(ds: Any, path: Any = "RTPLAN") -> int | None:
                 warn(f"RTPLAN {path}: NumberOfFractionsPlanned {str(n).strip()!r} is not a positive whole "
                      "number; the plan's number of fractions is not recorded")
                 return None
-            return int(k)
-    return None
+            counts.append(int(k))
+    if len(counts) > 1:  # the first group's was recorded: 25 for a plan of 25 + 5 fractions
+        warn(f"RTPLAN {path}: {len(counts)} fraction groups (FractionGroupSequence) of "
+             f"{' + '.join(map(str, counts))} fractions, and whether they are delivered one after the other "
+             "or in the same sessions is not told; the plan's number of fractions is not recorded")
+        return None
+    return counts[0] if counts else None
 
 
 
