@@ -593,6 +593,49 @@ def test_evaluate_rtdose_without_scaling(template, tmp_path):
     assert "Traceback" not in res.output and not (tmp_path / "e.json").exists()
 
 
+def _dvh_only(src: Path, name: str) -> Path:
+    """A copy of ``src``'s RTDOSE as an RTDOSE of DVHs only (no dose image: PS3.3 A.18.3 makes it
+    optional), of the same plan, as file ``name``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(src / "RD.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    for key in ("PixelData", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored",
+                "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
+                "FrameIncrementPointer", "GridFrameOffsetVector", "DoseGridScaling", "ImagePositionPatient",
+                "ImageOrientationPatient", "PixelSpacing"):
+        if key in ds:
+            delattr(ds, key)
+    dvh = Dataset()
+    dvh.DVHType, dvh.DoseUnits, dvh.DoseType, dvh.DVHDoseScaling = "CUMULATIVE", "GY", "PHYSICAL", 1
+    dvh.DVHVolumeUnits, dvh.DVHNumberOfBins, dvh.DVHData = "CM3", 1, [70, 10]
+    ds.DVHSequence = Sequence([dvh])
+    ds.save_as(src / name)
+    return src / name
+
+
+def test_an_rtdose_of_dvhs_only_is_no_dose_grid(template, tmp_path):
+    """An RTDOSE holding DVHs and no dose image (valid DICOM) beside the plan's dose grid, its file
+    sorted first: the import was refused ('lacks DoseGridScaling ... the stored integers are no doses');
+    it is now left out with a warning and the grid is the dose (as pydicom reads it). Alone it leaves
+    the patient without dose; read_rtdose (evaluate) says it holds no dose grid."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    rd = pydicom.dcmread(src / "RD.dcm")
+    want = rd.pixel_array * float(rd.DoseGridScaling)
+    dvh = _dvh_only(src, "DVH.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"RTDOSE .*DVH\.dcm: no dose grid .*not used"):
+        (p,) = dicom.read_dicom_folder(src)
+    np.testing.assert_allclose(p.dose[p.possible_dose_mask], want[p.possible_dose_mask], atol=1e-5)
+    (src / "RD.dcm").unlink()
+    with pytest.warns(dicom.DicomWarning, match=r"RTDOSE .*DVH\.dcm: no dose grid .*not used"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.dose is None
+    with pytest.raises(dicom.DicomImportError, match=r"DVH\.dcm holds no dose grid \(no PixelData: DVHs"):
+        dicom.read_rtdose(dvh)
+
+
 # --------------------------------------------------------------------------- sequential boost
 
 def _boost(src: Path, relation: str | None, phase2_dose: bool = True, rx1: dict[str, float] | None = None,

@@ -44,6 +44,9 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     if dtype == "EFFECTIVE":
         warn(f"{where}: DoseType is EFFECTIVE (a biologically weighted dose, e.g. a proton plan's RBE dose); "
              "its values are used as Gy")
+    if "PixelData" not in ds:  # PS3.3 A.18.3: the dose image is optional, an RTDOSE may hold DVHs alone
+        raise DicomImportError(f"{where} holds no dose grid (no PixelData"
+                               f"{': DVHs only' if 'DVHSequence' in ds else ''})")
     if "DoseGridScaling" not in ds or ds.DoseGridScaling in (None, ""):
         raise DicomImportError(f"{where} lacks DoseGridScaling (the Gy per stored value); without it the "
                                "stored integers are no doses")

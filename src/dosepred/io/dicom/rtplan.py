@@ -150,6 +150,11 @@ def pick_dose(s: PatientFiles) -> None:
         warn(f"{s.series.describe()}: RTDOSE {', '.join(str(d[0]) for d in errors)}: DoseType ERROR (a "
              "dose's uncertainty, not a dose); not used")
         s.rtdoses = [d for d in s.rtdoses if not _is_error_grid(d)]
+    gridless = [d for d in s.rtdoses if "Rows" not in d[1]]
+    if gridless:  # an RTDOSE of DVHs only (the dose image is optional, PS3.3 A.18.3): no candidate either
+        warn(f"{s.series.describe()}: RTDOSE {', '.join(str(d[0]) for d in gridless)}: no dose grid (no "
+             "Rows/Columns: DVHs only?); not used")
+        s.rtdoses = [d for d in s.rtdoses if "Rows" in d[1]]
     if s.rtdoses:
         kind = _dose_kind
         plan = [d for d in s.rtdoses if kind(d) == "PLAN"]
