@@ -902,6 +902,32 @@ def test_a_multi_plan_sum_without_all_its_plans_takes_no_plan_s_prescription(tem
     assert p.roi_set["PTV70"].prescription == 70.0 and "fractions" not in p.meta
 
 
+@pytest.mark.parametrize("listed", ["RP1.dcm", "RP2.dcm"])
+def test_a_multi_plan_sum_referencing_one_of_its_plans_takes_no_plan_s_prescription(template, tmp_path,
+                                                                                   listed):
+    """A MULTI_PLAN sum (50 + 20 Gy, both RTPLANs in the folder) whose ReferencedRTPlanSequence lists only
+    one of them: a MULTI_PLAN dose sums two or more plans, so that plan is a part. Its prescription was
+    the sum's (PTV70 at 50 Gy or 20 Gy for a dose of 70 Gy, and its 25 or 10 fractions); now none is
+    taken from the RTPLANs (a warning), the name gives 70 Gy."""
+    from pydicom.sequence import Sequence
+
+    src = tmp_path / "in"
+    test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_path)
+    keep = pydicom.dcmread(src / listed).SOPInstanceUID
+
+    def one(ds):
+        ds.ReferencedRTPlanSequence = Sequence([r for r in ds.ReferencedRTPlanSequence
+                                                if r.ReferencedSOPInstanceUID == keep])
+    edit(src / "RD_sum.dcm", one)
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    with pytest.warns(dicom.DicomWarning, match=rf"RD_sum\.dcm \(MULTI_PLAN\) references one RTPLAN "
+                                                rf"\(.*{listed}\), not every plan it sums"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.meta["rtdose_file"].endswith("RD_sum.dcm")
+    np.testing.assert_allclose(p.dose, ref.dose, atol=1e-4)
+    assert p.roi_set["PTV70"].prescription == 70.0 and "fractions" not in p.meta
+
+
 def _two_target_boost(template: dict[str, Path], src: Path, high: str, low: str) -> None:
     """A sequential boost whose phases prescribe different targets, as planning systems export it: the
     template's PTV70 renamed ``high`` and its ring ``low`` (both RTROIInterpretedType PTV, no

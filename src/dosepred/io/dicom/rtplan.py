@@ -176,22 +176,22 @@ def pick_dose(s: PatientFiles) -> None:
                 warn(f"{s.series.describe()}: {len(pool)} MULTI_PLAN RTDOSE files match "
                      f"({', '.join(str(p) for p, _, _ in pool)}); using {pool[0][0]}")
             s.dose = pool[0]
-            refs = referenced_uids(pool[0][1], "ReferencedRTPlanSequence")
+            refs = list(dict.fromkeys(referenced_uids(pool[0][1], "ReferencedRTPlanSequence")))
             summed = [plan_uids[u] for u in refs if u in plan_uids]
             absent = [u for u in refs if u not in plan_uids]
-            if absent or (not refs and s.rtplans):  # the plans here are not all the sum's: their
-                # prescriptions and fractions would be a part's (a boost's 20 Gy for a 70 Gy sum)
+            if absent or (len(refs) < 2 and s.rtplans):  # the plans here are not all the sum's: their
+                # prescriptions and fractions would be a part's (a boost's 20 Gy for a 70 Gy sum); a
+                # MULTI_PLAN dose sums two or more plans (PS3.3 C.8.8.3), so one referenced is one part
                 why = (f"sums {len(refs)} RTPLANs, {len(absent)} of them not in the folder "
-                       f"({', '.join(absent)})" if absent else "does not say which RTPLANs it sums")
+                       f"({', '.join(absent)})" if absent else
+                       f"references one RTPLAN ({plan_uids[refs[0]][0]}), not every plan it sums (two or "
+                       "more)" if refs else
+                       "does not say which RTPLANs it sums")
                 warn(f"RTDOSE {pool[0][0]} (MULTI_PLAN) {why}: the folder's RTPLANs do not give the sum's "
                      "prescriptions and fractions, so none is used; prescriptions from the ROI names")
                 return
-            if len(summed) > 1:
-                s.plans_summed = summed
-            elif summed:
-                s.plan = summed[0]
-            if s.plans_summed:
-                s.plan = s.plans_summed[0]
+            if summed:  # every plan it sums (two or more), each in the folder
+                s.plans_summed, s.plan = summed, summed[0]
             return
         if len(phased) > 1:
             _several_plan_doses(s, phased)
