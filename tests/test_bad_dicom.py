@@ -90,6 +90,10 @@ def _relative_units(f: Path) -> None:
     edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseUnits", "RELATIVE"))
 
 
+def _cgy_units(f: Path) -> None:  # no DICOM value (GY, RELATIVE): the refusal called it a relative dose
+    edit(f / "RD.dcm", lambda ds: setattr(ds, "DoseUnits", "CGY"))
+
+
 def _rd_other_frame(f: Path) -> None:
     edit(f / "RD.dcm", lambda ds: setattr(ds, "FrameOfReferenceUID", pydicom.uid.generate_uid()))
 
@@ -260,7 +264,9 @@ DICOM_ERRORS = [
     ("rtdose-offsets-short", _short_offsets, r"RD\.dcm: GridFrameOffsetVector has 31 values for 32 frames"),
     ("rtdose-offsets-irregular", _irregular_offsets, r"RD\.dcm: GridFrameOffsetVector is not a regular"),
     ("rtdose-degenerate-iop", _rd_degenerate_iop, r"RD\.dcm: degenerate ImageOrientationPatient"),
-    ("rtdose-relative", _relative_units, r"RD\.dcm: DoseUnits is RELATIVE"),
+    ("rtdose-relative", _relative_units, r"RD\.dcm: DoseUnits is RELATIVE, not GY \(a relative dose"),
+    ("rtdose-cgy", _cgy_units, r"RD\.dcm: DoseUnits is CGY, not GY \(DICOM's DoseUnits are GY or RELATIVE; "
+                               r"read as Gy, a dose in cGy would be 100 x too high\)"),
     ("rtdose-other-frame", _rd_other_frame,
      r"RTDOSE .*RD\.dcm has FrameOfReference .*, but the referenced RT(PLAN|STRUCT) lies on CT series"),
     ("ct-degenerate-iop", _ct_degenerate_iop, r"CT\.0001\.dcm: degenerate ImageOrientationPatient"),

@@ -37,7 +37,9 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     where = f"RTDOSE {path}"
     units = str(getattr(ds, "DoseUnits", "GY") or "GY").upper()
     if units != "GY":
-        raise DicomImportError(f"{where}: DoseUnits is {units}, not GY (a relative dose has no Gy values)")
+        why = ("a relative dose has no Gy values" if units == "RELATIVE" else "DICOM's DoseUnits are GY or "
+               "RELATIVE; read as Gy, a dose in cGy would be 100 x too high")
+        raise DicomImportError(f"{where}: DoseUnits is {units}, not GY ({why})")
     dtype = str(getattr(ds, "DoseType", "") or "").upper()
     if dtype == "ERROR":  # PS3.3 C.8.8.3: the dose's uncertainty, not a dose
         raise DicomImportError(f"{where}: DoseType is ERROR: the grid holds a dose's uncertainty, not a dose")
