@@ -1106,3 +1106,22 @@ def test_a_lone_ct_image_is_no_patient(template, tmp_path):
     assert re_search(r"error: no CT image series found under \S*CT\.0005\.dcm .*a file: give the folder "
                      r"that holds the CT series", text), text
     assert not (tmp_path / "c2" / "dataset.json").exists()
+
+
+@pytest.mark.parametrize("how", ["MULTI_PLAN", "PRIOR"])
+def test_a_third_plan_beside_a_sum_that_nothing_relates_to_it_is_named(template, tmp_path, how):
+    """A sum of two plans (a MULTI_PLAN RTDOSE of both, or their PLAN doses with RTPlanRelationship
+    PRIOR) beside a third RTPLAN without dose or relationship: the sum is used and the third plan was
+    left out without a word; a warning now names it (as beside one plan's dose)."""
+    src = tmp_path / "in"
+    if how == "MULTI_PLAN":
+        test_a_multi_plan_sum_beside_the_phases_is_the_patients_dose(template, tmp_path)
+    else:
+        shutil.copytree(template["dicom"], src)
+        _boost(src, "PRIOR")
+    write_rtplan(src, src / "RS.dcm", {"PTV70": 10.0}, fractions=5, name="RP3.dcm")
+    with pytest.warns(dicom.DicomWarning, match=r"RTPLAN .*RP3\.dcm has no plan dose in the folder and "
+                                                r"nothing says how it relates to RTPLAN "
+                                                r".*RP1\.dcm \+ .*RP2\.dcm"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.roi_set["PTV70"].prescription == 70.0

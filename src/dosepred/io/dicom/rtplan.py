@@ -143,7 +143,14 @@ def _dose_kind(d: tuple[Path, Any, str]) -> str:
 def pick_dose(s: PatientFiles) -> None:
     """Choose the source's RTDOSE and RTPLAN: a PLAN sum (referenced, then first by path), or the sum
     of the plan doses of a sequential boost whose RTPLANs say they add up; several plans with their own
-    doses and nothing saying how they relate are an error (see docs/formats.md)."""
+    doses and nothing saying how they relate are an error (see docs/formats.md). Another RTPLAN left
+    out without anything saying how it relates to the plans used is named in a warning."""
+    _pick_dose(s)
+    if s.dose is not None and s.plan is not None:
+        _warn_of_unrelated_plans(s)
+
+
+def _pick_dose(s: PatientFiles) -> None:
     plan_uids = {uid_of(ds): (p, ds) for p, ds in s.rtplans}
     errors = [d for d in s.rtdoses if _is_error_grid(d)]
     if errors:  # an uncertainty grid beside the plan dose is no candidate for the patient's dose
@@ -238,7 +245,6 @@ def pick_dose(s: PatientFiles) -> None:
         group = _additive_group(s)
         if ref:
             s.plan = ref[0]
-            _warn_of_unrelated_plans(s)
         elif wanted:  # the dose is another plan's: the folder's plan(s) would lend it a wrong Rx
             warn(f"RTDOSE {s.dose[0]} references RTPLAN {', '.join(wanted)}, which is not among the "
                  f"patient's ({', '.join(str(p) for p, _ in s.rtplans)}); prescriptions from names only")
@@ -252,19 +258,29 @@ def pick_dose(s: PatientFiles) -> None:
 
 
 def _warn_of_unrelated_plans(s: PatientFiles) -> None:
-    """A warning naming the RTPLANs of ``s`` other than the one whose dose is used (``s.plan``) that
-    no RTPlanRelationship links to it and that have no dose here: a boost phase exported without its
-    dose and without the relationship would leave the patient's dose and prescriptions one phase's
-    (consistent with each other, so nothing else notices), and a trial plan is better left out."""
-    used = uid_of(s.plan[1])
-    rel = _plan_relations(s.rtplans)
-    loose = [str(p) for p, ds in s.rtplans if uid_of(ds) != used and frozenset((used, uid_of(ds))) not in rel]
+    """A warning naming the RTPLANs of ``s`` other than those whose dose is used (``s.plan``, or every
+    plan of ``s.plans_summed``) that no RTPlanRelationship links to one of them: a boost phase exported
+    without its dose and without the relationship would leave the patient's dose and prescriptions
+    one phase's (consistent with each other, so nothing else notices), and a trial plan is better
+    left out."""
+    used = s.plans_summed or [s.plan]
+    linked = {uid_of(ds) for _, ds in used}
+    grown = True
+    while grown:  # linked through any chain of relationships (a re-plan of a re-plan)
+        grown = False
+        for pair in _plan_relations(s.rtplans):
+            if pair & linked and not pair <= linked:
+                linked |= pair
+                grown = True
+    loose = [str(p) for p, ds in s.rtplans if uid_of(ds) not in linked]
     if loose:
+        doses = s.doses_summed or [s.dose]
         warn(f"{s.series.describe()}: RTPLAN {', '.join(loose)} has no plan dose in the folder and nothing "
-             f"says how it relates to RTPLAN {s.plan[0]} (RTPlanRelationship), whose RTDOSE {s.dose[0]} and "
-             "prescriptions are used: were it a phase of the same treatment (a boost), they would be one "
-             "phase's (export every phase's RTDOSE with RTPlanRelationship PRIOR in the later RTPLAN, or "
-             "their sum as one RTDOSE); else leave it out of the folder")
+             f"says how it relates to RTPLAN {' + '.join(str(p) for p, _ in used)} (RTPlanRelationship), "
+             f"whose RTDOSE {' + '.join(str(d[0]) for d in doses)} and prescriptions are used: were it a "
+             "phase of the same treatment (a boost), they would miss its dose (export every phase's RTDOSE "
+             "with RTPlanRelationship PRIOR in the later RTPLAN, or their sum as one RTDOSE); else leave it "
+             "out of the folder")
 
 
 def _without_replaced(plan: list[tuple[Path, Any, str]], plan_uids: dict[str, tuple[Path, Any]],
