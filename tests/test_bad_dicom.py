@@ -767,6 +767,22 @@ def test_a_boost_phase_beside_a_dose_that_references_no_plan_names_that_dose(tem
     assert p.dose is None
 
 
+def test_boost_phases_doses_that_reference_no_plan_are_not_the_patients_dose(template, tmp_path):
+    """RP1 and RP2 say they add up (PRIOR), and their PLAN doses reference no RTPLAN: the first by path,
+    RD1 (phase 1, 51.2 Gy max of the 71.7 Gy sum), was the patient's dose, with the name's 70 Gy (the
+    prescription check only warns at 0.64 x). Which dose is which phase cannot be told: none is used, a
+    warning names both; the prescriptions add up (50 + 20 Gy), as for phases without doses."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _boost(src, "PRIOR")
+    for name in ("RD1.dcm", "RD2.dcm"):
+        edit(src / name, lambda ds: delattr(ds, "ReferencedRTPlanSequence"))
+    with pytest.warns(dicom.DicomWarning, match=r"RTDOSE .*RD1\.dcm, .*RD2\.dcm: 2 plan doses referencing no "
+                                                r"RTPLAN of the folder, .*which dose is which phase cannot"):
+        (p,) = dicom.read_dicom_folder(src)
+    assert p.dose is None and p.roi_set["PTV70"].prescription == 70.0
+
+
 @pytest.mark.parametrize("fractions", ["0", "-5", "2.5"])
 def test_a_plan_without_a_positive_number_of_fractions_records_none(template, tmp_path, fractions):
     """NumberOfFractionsPlanned 0, -5 or 2.5 was recorded as the patient's fractions without a word."""

@@ -217,6 +217,16 @@ def _pick_dose(s: PatientFiles) -> None:
             s.plans_summed = group
             s.plan = group[0]
             return
+        loose = per_plan.get("", [])
+        if group and not phased and len(loose) > 1:  # the phases' doses, which is whose not told
+            warn(f"RTDOSE {', '.join(str(d[0]) for d in loose)}: {len(loose)} plan doses referencing no "
+                 f"RTPLAN of the folder, whose RTPLAN {' + '.join(str(p) for p, _ in group)} add up "
+                 "(RTPlanRelationship PRIOR/CONCURRENT): which dose is which phase cannot be told, and one "
+                 "phase is not the patient's total dose, so none is used (export every phase's "
+                 "RTDOSE referencing its RTPLAN, or their sum as one RTDOSE)")
+            s.plans_summed = group
+            s.plan = group[0]
+            return
         if phased:  # one plan's dose, the plan adding up with one not in the folder: one phase as well
             u = next(iter(phased))
             away = sorted({o for pair, kinds in _plan_relations(s.rtplans).items() if u in pair
