@@ -72,6 +72,24 @@ def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.nda
     return arr
 
 
+def pixel_error(ds: Any, e: Exception) -> str:
+    """Why the pixel data of ``ds`` could not be decoded, in one line: pydicom's message spans several
+    lines; a compressed transfer syntax without an installed decoder (JPEG Lossless, as PACS export
+    them, needs pylibjpeg-libjpeg or gdcm) is named with the remedy."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        from pydicom.pixels import get_decoder
+
+        dec = get_decoder(ts) if ts is not None and ts.is_compressed else None
+        needs = [] if dec is None or dec.is_available else list(dec.missing_dependencies)
+    except (ImportError, NotImplementedError, ValueError):  # a transfer syntax pydicom has no decoder for
+        needs = []
+    if needs:
+        return (f"it is compressed ({ts.name}, transfer syntax {ts}) and no decoder for it is installed: "
+                f"install one ({'; '.join(needs)}), or export the images uncompressed")
+    return " ".join(str(e).split())
+
+
 def raw_field(ds: Any, key: str) -> Any:
     """Field ``key`` of ``ds`` as pydicom reads it; None when absent; the stored text when pydicom cannot
     convert it (an IS holding 'inf' or '1e400' makes pydicom's own int() raise on access)."""

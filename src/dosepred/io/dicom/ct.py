@@ -17,6 +17,7 @@ from ._common import (
     DicomImportError,
     field_numbers,
     image_orientation,
+    pixel_error,
     pixel_spacing,
     round_mm,
     warn,
@@ -100,7 +101,7 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
         try:
             arr = ds.pixel_array.astype(np.float64)
         except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad pixel data
-            raise DicomImportError(f"{desc}: cannot decode pixel data of {p}: {e}") from None
+            raise DicomImportError(f"{desc}: cannot decode pixel data of {p}: {pixel_error(ds, e)}") from None
         if arr.shape != (rows, cols):
             raise DicomImportError(f"{desc}: {p}: pixel data is {arr.shape}, Rows/Columns say {(rows, cols)}")
         slope = _rescale(ds, "RescaleSlope", 1.0, desc, p)

@@ -22,6 +22,7 @@ from ._common import (
     DicomImportError,
     field_numbers,
     image_orientation,
+    pixel_error,
     pixel_spacing,
     referenced_uids,
     round_mm,
@@ -61,7 +62,7 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad pixel data
-        raise DicomImportError(f"{where}: cannot decode pixel data: {e}") from None
+        raise DicomImportError(f"{where}: cannot decode pixel data: {pixel_error(ds, e)}") from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
