@@ -4,11 +4,16 @@ naming the file."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
+import pydicom
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGLosslessSV1
+from pydicom.uid import JPEGLosslessSV1, generate_uid
 
+from dosepred.io import dicom
 from test_bad_dicom import edit, flat, re_search, run, template  # noqa: F401 - template is a fixture
 
 
@@ -41,3 +46,103 @@ def test_a_ct_whose_compression_no_decoder_reads_is_refused_in_one_line(template
                          r"install one \(.*pylibjpeg-libjpeg.*\), or "
                          r"export the images uncompressed", flat(lines[0])), lines[0]
     assert not (out / "dataset.json").exists()
+
+
+def _enhanced_ct(folder: Path, series_uid: str | None = None) -> pydicom.Dataset:
+    """The CT slices of ``folder`` as one enhanced CT image (Enhanced CT Image Storage: positions,
+    orientation, spacing and rescale in the functional groups, none at the top level), written beside
+    them as CT_enhanced.dcm."""
+    files = sorted(folder.glob("CT.*.dcm"))
+    slices = [pydicom.dcmread(f) for f in files]
+    e = pydicom.dcmread(files[0])
+    e.SOPClassUID = e.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    e.SOPInstanceUID = e.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    if series_uid is not None:
+        e.SeriesInstanceUID = series_uid
+    e.NumberOfFrames = len(slices)
+    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                "RescaleIntercept", "RescaleSlope"):
+        delattr(e, key)
+    shared, orient, measures, rescale = (Dataset() for _ in range(4))
+    orient.ImageOrientationPatient = slices[0].ImageOrientationPatient
+    measures.PixelSpacing = slices[0].PixelSpacing
+    measures.SliceThickness = slices[0].SliceThickness
+    rescale.RescaleIntercept, rescale.RescaleSlope = slices[0].RescaleIntercept, slices[0].RescaleSlope
+    shared.PlaneOrientationSequence = [orient]
+    shared.PixelMeasuresSequence = [measures]
+    shared.PixelValueTransformationSequence = [rescale]
+    e.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for ds in slices:
+        fg, pos = Dataset(), Dataset()
+        pos.ImagePositionPatient = ds.ImagePositionPatient
+        fg.PlanePositionSequence = [pos]
+        frames.append(fg)
+    e.PerFrameFunctionalGroupsSequence = frames
+    e.PixelData = b"".join(ds.PixelData for ds in slices)
+    e.save_as(folder / "CT_enhanced.dcm")
+    return e
+
+
+def test_an_enhanced_ct_beside_the_planning_ct_is_named_and_ignored(template, tmp_path):  # noqa: F811
+    """A scanner's enhanced (multi-frame) CT of 32 frames beside the planning CT was ignored as 'the only
+    image of CT series ..., one slice is no planning CT': it is no slice. Now the warning says what it
+    is; the planning CT is read as before."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    _enhanced_ct(src, generate_uid())
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(r"warning: \S*CT_enhanced\.dcm: an enhanced \(multi-frame\) CT image, 32 frames in one "
+                     r"file, which dosepred does not read \(it reads CT series of one image per slice, CT "
+                     r"Image Storage\); ignored", text), text
+    assert "one slice is no planning CT" not in text
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    info = json.loads((out / "dataset.json").read_text())
+    assert [q["id"] for q in info["patients"]] == [ref.id]
+
+
+def test_an_enhanced_planning_ct_is_refused_in_one_line(template, tmp_path):  # noqa: F811
+    """The planning CT exported as one enhanced CT image, the structure set drawn on its frames: refused
+    with 'lacks ImageOrientationPatient' (the field lies in the functional groups), a missing field of
+    a damaged slice; alone, with 'the only image of CT series ...: one slice is no planning CT' and 'no
+    CT image series found'. Now one line saying what the file is and how to export it."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    e = _enhanced_ct(src)
+    frame_of = {pydicom.dcmread(f).SOPInstanceUID: k + 1 for k, f in enumerate(sorted(src.glob("CT.*.dcm")))}
+    for f in src.glob("CT.*.dcm"):
+        f.unlink()
+
+    def on_frames(ds):  # the contours reference the enhanced image's frames, as PS3.3 C.8.8.5 allows
+        for fr in ds.ReferencedFrameOfReferenceSequence:
+            for st in fr.RTReferencedStudySequence:
+                for se in st.RTReferencedSeriesSequence:
+                    se.ContourImageSequence = se.ContourImageSequence[:1]
+                    se.ContourImageSequence[0].ReferencedSOPInstanceUID = e.SOPInstanceUID
+        for rc in ds.ROIContourSequence:
+            for c in rc.ContourSequence:
+                for im in c.ContourImageSequence:
+                    im.ReferencedFrameNumber = frame_of[im.ReferencedSOPInstanceUID]
+                    im.ReferencedSOPInstanceUID = e.SOPInstanceUID
+    edit(src / "RS.dcm", on_frames)
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert re_search(r"^error: \S*CT_enhanced\.dcm: an enhanced \(multi-frame\) CT image, 32 frames in one "
+                     r"file, which dosepred does not read .*; an RTSTRUCT is drawn on it: export the "
+                     r"planning CT as one image per slice$", lines[0]), lines[0]
+    assert not (out / "dataset.json").exists()
+    (src / "RS.dcm").unlink()
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert re_search(r"error: no CT image series found under \S+ \(looked at \d+ files\); 1 "
+                     r"enhanced "
+                     r"\(multi-frame\) CT file\(s\) were not read: export the CT as one image per slice",
+                     text), text

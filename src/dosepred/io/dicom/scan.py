@@ -107,6 +107,7 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
     doses: list[tuple[Path, Any]] = []
     plans: list[tuple[Path, Any]] = []
     unreadable: list[tuple[Path, str]] = []
+    multiframe: list[tuple[Path, Any]] = []
     for p in paths:
         if p.name.startswith("."):
             continue
@@ -121,6 +122,10 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
         if mod == "CT" and "LOCALIZER" in [str(v).upper()
                                            for v in multi_value(getattr(ds, "ImageType", None))]:
             warn(f"{p}: a localizer (scout, ImageType LOCALIZER), not a slice of a planning CT; ignored")
+            continue
+        if mod == "CT" and _frames(ds) > 1 and "ImagePositionPatient" not in ds:  # an enhanced CT: its
+            # frames' positions lie in functional groups, which are not read
+            multiframe.append((p, ds))
             continue
         if mod == "CT":
             uid = str(getattr(ds, "SeriesInstanceUID", ""))
@@ -138,15 +143,33 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
     # instead of its folder) is no planning CT: not a one-slice patient (a referenced one stays, and
     # the structure set's missing images are named)
     referenced = {u for _, ds in structs for u in _struct_refs(ds)[1]}
+    for p, ds in multiframe:  # not a one-slice series: say what it is, and refuse it where it is the CT
+        what = (f"{p}: an enhanced (multi-frame) CT image, {_frames(ds)} frames in one file, which dosepred "
+                "does not read (it reads CT series of one image per slice, CT Image Storage)")
+        if str(getattr(ds, "SeriesInstanceUID", "")) in referenced:
+            raise DicomImportError(f"{what}; an RTSTRUCT is drawn on it: export the planning CT as one image "
+                                   "per slice")
+        warn(f"{what}; ignored")
     for uid in [u for u, s in series.items() if len(s.files) == 1 and u not in referenced]:
         warn(f"{series.pop(uid).files[0][0]}: the only image of CT series {uid}, which no RTSTRUCT "
              "references: one slice is no planning CT; ignored")
     if not series:
         hint = ": a file: give the folder that holds the CT series" if src.is_file() else ""
+        if multiframe:
+            hint += (f"; {len(multiframe)} enhanced (multi-frame) CT file(s) were not read: export the CT as "
+                     "one image per slice")
         raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files){hint}")
     for s in series.values():
         s.unreadable = unreadable
     return series, structs, doses, plans
+
+
+def _frames(ds: Any) -> int:
+    """NumberOfFrames of an image (1 when absent or not a number)."""
+    try:
+        return int(str(getattr(ds, "NumberOfFrames", 1) or 1).strip())
+    except ValueError:
+        return 1
 
 
 def _size(p: Path) -> int:
