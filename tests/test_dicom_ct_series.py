@@ -146,3 +146,36 @@ def test_an_enhanced_planning_ct_is_refused_in_one_line(template, tmp_path):  # 
                      r"enhanced "
                      r"\(multi-frame\) CT file\(s\) were not read: export the CT as one image per slice",
                      text), text
+
+
+def test_a_structure_set_whose_ct_series_is_absent_warns_when_read_on_another_of_its_frame(
+        template, tmp_path):  # noqa: F811
+    """A 4D-CT export: the structure set was drawn on the average CT, whose series is not in the folder,
+    and a phase (another series, other images, the same FrameOfReference) is. The contours were read on
+    the phase without a word (the frame matched); now a warning names the series the RTSTRUCT references
+    and the one it is read on."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    drawn_on = pydicom.dcmread(src / "CT.0001.dcm").SeriesInstanceUID
+    phase = generate_uid()
+
+    def to_phase(ds):
+        ds.SeriesInstanceUID = phase
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesDescription = "CT 4D 50%"
+    for f in sorted(src.glob("CT.*.dcm")):
+        edit(f, to_phase)
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 0, text
+    assert re_search(rf"warning: RTSTRUCT \S*RS\.dcm references CT series {drawn_on}, which is not under "
+                     rf"\S+, and is read on CT series {phase} \(32 files in \S+\), which shares its "
+                     r"FrameOfReference [\d.]+: its contours were drawn on other images of that frame \(a "
+                     r"4D-CT phase or average, another reconstruction\?\); export the CT series it "
+                     r"references", text), text
+    (ref,) = dicom.read_dicom_folder(template["dicom"])
+    (p,) = dicom.read_dicom_folder(src)
+    assert p.meta["series_uid"] == phase
+    for name in ref.roi_set.names:  # the same slice positions: the contours land as drawn
+        assert (p.mask(name) == ref.mask(name)).all()

@@ -261,8 +261,16 @@ def pair_files(series: dict[str, CtSeries], structs: list[tuple[Path, Any]], dos
                     f"{' and CT series ' + ', '.join(sorted(sers)) if sers else ''}, which no CT series "
                     f"under {src} has ({known})")
             uid = cands[0]
+            # the series it names is not here: another of its frame (a 4D-CT phase beside the average it
+            # was drawn on, another reconstruction) holds other images of the patient
+            absent = f"references CT series {', '.join(sers)}, which is not under {src}, and " if sers else ""
             if len(cands) > 1:
-                warn(f"RTSTRUCT {path} matches several CT series by FrameOfReference; using {uid}")
+                warn(f"RTSTRUCT {path} {absent}matches several CT series by FrameOfReference; using {uid}")
+            elif absent:
+                warn(f"RTSTRUCT {path} {absent}is read on {series[uid].describe()}, which shares its "
+                     f"FrameOfReference {series[uid].for_uid}: its contours were drawn on other images of "
+                     "that frame (a 4D-CT phase or average, another reconstruction?); export the CT series "
+                     "it references")
         s = sources[uid]
         if s.rtstruct is not None:
             why = ("the one the RTPLAN/RTDOSE references" if str(getattr(s.rtstruct[1], "SOPInstanceUID", ""))
