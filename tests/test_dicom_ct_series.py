@@ -179,3 +179,32 @@ def test_a_structure_set_whose_ct_series_is_absent_warns_when_read_on_another_of
     assert p.meta["series_uid"] == phase
     for name in ref.roi_set.names:  # the same slice positions: the contours land as drawn
         assert (p.mask(name) == ref.mask(name)).all()
+
+
+def test_predict_names_a_ct_series_without_a_structure_set_as_such(template, tmp_path):  # noqa: F811
+    """A diagnostic CT (or a CBCT) exported beside the planning CT: a second patient pt_a_1 without ROIs.
+    predict refused the folder with 'patient pt_a_1 has none of the model's targets ... (if they are
+    there under other names, name them ... with an ROI map)', sending the user to ROI names; now the one
+    error line says it is a CT series without an RTSTRUCT and to leave it out. Nothing is written."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    diag, frame = generate_uid(), generate_uid()
+
+    def to_diagnostic(ds):
+        ds.SeriesInstanceUID, ds.FrameOfReferenceUID = diag, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (src / "diag").mkdir()
+    for f in sorted(src.glob("CT.*.dcm")):
+        shutil.copy(f, src / "diag" / f.name)
+        edit(src / "diag" / f.name, to_diagnostic)
+    model = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae"
+    out = tmp_path / "pred"
+    res = run(["predict", "--model", str(model), "--data", str(src), "--out", str(out), "--device", "cpu",
+               "--no-tta", "--allow-missing-rois", "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert "Traceback" not in res.output
+    assert re_search(rf"error: patient pt_a_\d is CT series {diag} without an RTSTRUCT, so without ROIs \(a "
+                     r"diagnostic CT, a CBCT or another scan beside the planning CT\?\): it cannot be "
+                     r"predicted; leave its files out of the folder", text), text
+    assert not out.exists() or not any(out.iterdir())

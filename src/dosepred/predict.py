@@ -226,6 +226,11 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
     contoured = {n for n in theirs.names if n not in patient.missing_rois}
     lacking = [n for n in mine.names if n not in contoured]
     targets = [r.name for r in mine if r.kind == "target"]
+    if not contoured and patient.meta.get("series_uid") and not patient.meta.get("rtstruct_file"):
+        # a DICOM folder's CT series that no structure set is drawn on: not a patient to predict
+        raise ModelError(f"{who} is CT series {patient.meta['series_uid']} without an RTSTRUCT, so without "
+                         "ROIs (a diagnostic CT, a CBCT or another scan beside the planning CT?): it cannot "
+                         "be predicted; leave its files out of the folder")
     if len(lacking) == len(mine):
         what = f"none of the model's targets ({_targets(mine)})" if targets else \
             f"none of the model's ROIs ({', '.join(mine.names)})"
