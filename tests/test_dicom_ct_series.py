@@ -208,3 +208,32 @@ def test_predict_names_a_ct_series_without_a_structure_set_as_such(template, tmp
                      r"diagnostic CT, a CBCT or another scan beside the planning CT\?\): it cannot be "
                      r"predicted; leave its files out of the folder", text), text
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_ct_of_two_slice_spacings_is_not_only_one_missing_slice(template, tmp_path):  # noqa: F811
+    """A series reconstructed at 2.5 mm, then at 5 mm (every second slice of the tail absent, the structure
+    set listing the images it holds): refused as '1 slice(s) missing between CT.0021.dcm and CT.0023.dcm',
+    so the user looks for one lost file; the error now also counts the 5 irregular gaps and names the
+    change of spacing."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    for k, f in enumerate(sorted(src.glob("CT.*.dcm"))):
+        if k > 20 and k % 2:
+            f.unlink()
+    have = {pydicom.dcmread(f).SOPInstanceUID for f in src.glob("CT.*.dcm")}
+
+    def listed(ds):
+        study = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+        se = study.RTReferencedSeriesSequence[0]
+        se.ContourImageSequence = [x for x in se.ContourImageSequence if x.ReferencedSOPInstanceUID in have]
+    edit(src / "RS.dcm", listed)
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert re_search(r"error: patient pt_a: CT series \S+ \(26 files in \S+\): 1 slice\(s\) missing "
+                     r"between CT\.0021\.dcm \(position 50\.00 mm\) and CT\.0023\.dcm \(55\.00 mm\): gap "
+                     r"5\.00 mm, slice spacing 2\.50 mm; 5 irregular gaps in all \(up to 5\.00 mm\): if no "
+                     r"file is missing, the series changes its slice spacing \(reconstructed at two "
+                     r"spacings\?\)", text), text
+    assert not (out / "dataset.json").exists()

@@ -79,10 +79,15 @@ def read_ct(series: CtSeries) -> tuple[np.ndarray, Geometry, list[float], list[f
             i = int(bad[0])
             ratio = d[i] / dz
             if abs(ratio - round(ratio)) < 0.05:
+                # many wide gaps: a series of two slice spacings (2.5 mm, 5 mm below the neck), no lost file
+                more = "" if len(bad) == 1 else (
+                    f"; {len(bad)} irregular gaps in all (up to {d[bad].max():.2f} mm): if no file is "
+                    "missing, the series changes its slice spacing (reconstructed at two spacings?), which "
+                    "no regular grid holds")
                 raise DicomImportError(
                     f"{desc}: {int(round(ratio)) - 1} slice(s) missing between {files[i][0].name} "
                     f"(position {s[i]:.2f} mm) and {files[i + 1][0].name} ({s[i + 1]:.2f} mm): gap "
-                    f"{d[i]:.2f} mm, slice spacing {dz:.2f} mm{series.unreadable_note()}")
+                    f"{d[i]:.2f} mm, slice spacing {dz:.2f} mm{more}{series.unreadable_note()}")
             raise DicomImportError(f"{desc}: inconsistent slice spacing: {d.min():.3f} to {d.max():.3f} mm "
                                    f"(first irregular gap after {files[i][0].name})")
         inplane = (pos - pos[0]) - np.outer(s - s[0], n)
