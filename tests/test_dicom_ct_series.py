@@ -237,3 +237,26 @@ def test_a_ct_of_two_slice_spacings_is_not_only_one_missing_slice(template, tmp_
                      r"file is missing, the series changes its slice spacing \(reconstructed at two "
                      r"spacings\?\)", text), text
     assert not (out / "dataset.json").exists()
+
+
+def test_dicom_data_sets_without_the_file_preamble_are_named(template, tmp_path):  # noqa: F811
+    """An export whose files hold the data sets without the 128-byte preamble and 'DICM' prefix of a DICOM
+    file (PS3.10; some older planning systems and scripts write them so): pydicom refuses every file as
+    'not a DICOM file', and the error was 'no CT image series found under ... (looked at 35 files)',
+    naming none. Now it names the files and why they are not read."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        ds.preamble = None
+        ds.save_as(f, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert (src / "CT.0001.dcm").read_bytes()[128:132] != b"DICM"
+    out = tmp_path / "cache"
+    res = run(["data", "import-dicom", str(src), "--out", str(out), "--no-progress"])
+    text = flat(res.output)
+    assert res.exit_code == 2, text
+    assert re_search(r"error: no CT image series found under \S+ \(looked at 35 files\); 35 file\(s\) are "
+                     r"not readable DICOM: \S*CT\.0001\.dcm \(CT data without the DICOM file preamble, "
+                     r"'DICM' \(PS3\.10\): export it as a DICOM file\)", text), text
+    assert not (out / "dataset.json").exists()

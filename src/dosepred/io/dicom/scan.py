@@ -37,10 +37,7 @@ class CtSeries:
         """``"; N file(s) ... are not readable DICOM: a (why), ..."`` for the unreadable files beside this
         series' files (empty when there are none)."""
         near = self.unreadable_near()
-        if not near:
-            return ""
-        listed = ", ".join(f"{p} ({why})" for p, why in near[:5]) + (" ..." if len(near) > 5 else "")
-        return f"; beside it, {len(near)} file(s) are not readable DICOM: {listed}"
+        return f"; beside it, {unreadable_text(near)}" if near else ""
 
     @property
     def first(self) -> Any:
@@ -53,6 +50,12 @@ class CtSeries:
     def describe(self) -> str:
         folders = sorted({str(p.parent) for p, _ in self.files})
         return f"CT series {self.uid} ({len(self.files)} files in {', '.join(folders)})"
+
+
+def unreadable_text(files: list[tuple[Path, str]]) -> str:
+    """``"N file(s) are not readable DICOM: a (why), ..."`` (the first five named)."""
+    listed = ", ".join(f"{p} ({why})" for p, why in files[:5]) + (" ..." if len(files) > 5 else "")
+    return f"{len(files)} file(s) are not readable DICOM: {listed}"
 
 
 @dataclass
@@ -114,7 +117,7 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as e:
-            why = ("empty, 0 bytes" if _size(p) == 0 else "not a DICOM file"
+            why = ("empty, 0 bytes" if _size(p) == 0 else _not_part10(p)
                    if isinstance(e, InvalidDicomError) else f"unreadable: {type(e).__name__}")
             unreadable.append((p, why))
             continue
@@ -158,10 +161,28 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
         if multiframe:
             hint += (f"; {len(multiframe)} enhanced (multi-frame) CT file(s) were not read: export the CT as "
                      "one image per slice")
+        if unreadable:  # a whole export without the file preamble reads as no DICOM at all
+            hint += f"; {unreadable_text(unreadable)}"
         raise DicomImportError(f"no CT image series found under {src} (looked at {len(paths)} files){hint}")
     for s in series.values():
         s.unreadable = unreadable
     return series, structs, doses, plans
+
+
+def _not_part10(p: Path) -> str:
+    """Why a file pydicom refuses as no DICOM file is not read: a data set without the 128-byte preamble
+    and 'DICM' prefix of a DICOM file (PS3.10; some older planning systems and scripts write them) is
+    named as such, with its Modality."""
+    import pydicom
+
+    try:  # values over 1 KB are not loaded: the bytes of an archive or a video read as lengths
+        ds = pydicom.dcmread(p, force=True, stop_before_pixels=True, defer_size="1 KB")
+        mod = str(getattr(ds, "Modality", "") or "")
+    except Exception:  # noqa: BLE001 - a forced read of arbitrary bytes fails in many ways
+        mod = ""
+    if not mod.strip() or not mod.isascii() or not mod.replace("_", "").isalnum():
+        return "not a DICOM file"
+    return f"{mod} data without the DICOM file preamble, 'DICM' (PS3.10): export it as a DICOM file"
 
 
 def _frames(ds: Any) -> int:
