@@ -37,7 +37,7 @@ from .geometry import body_from_ct
 from .inference import DEFAULT_TTA as DEFAULT_TTA
 from .inference import TTA_SHIFT as TTA_SHIFT
 from .inference import InferenceOptions, PredictionRecord
-from .io import formats
+from .io import formats, rx_check
 from .io.cache import CacheError, write_cache
 from .io.source import load_patients
 from .models import ModelConfig, ModelError
@@ -171,6 +171,34 @@ def rounded_levels(mine: RoiSet, patient: Patient) -> list[str]:
 
 def _rx(v: float | None) -> str:
     return f" (prescription {v:g} Gy)" if v is not None else " (no prescription)"
+
+
+class OffRxWarning(UserWarning):
+    """A predicted dose that does not deliver the patient's prescriptions (:func:`implausible_targets`):
+    the patient is unlike those the model was trained on."""
+
+
+def implausible_targets(patient: Patient, dose: np.ndarray) -> list[rx_check.TargetDose]:
+    """The prescribed targets of ``patient`` (in the model's ROI set) whose median predicted ``dose`` is
+    below :data:`~dosepred.io.rx_check.LOW` x their prescription or above
+    :data:`~dosepred.io.rx_check.HIGH` x the highest: the rule a plan's dose meets
+    (:mod:`dosepred.io.rx_check`). The released MAE and MAE+CDM models' predictions of the 33 OpenKBP
+    validation patients lie within 0.95-1.22 x; a target far smaller than any the model trained on (PTV70 of
+    1.5 cc, the smallest of the OpenKBP train split 42 cc) gets 0.75 x."""
+    return [t for t in rx_check.target_doses(patient.with_dose(dose)) if t.inconsistent]
+
+
+def implausible_words(patient: Patient, bad: Sequence[rx_check.TargetDose]) -> str:
+    """:func:`implausible_targets` in words (predict's warning)."""
+    listed = "; ".join(f"{t.name} (Rx {t.prescription:g} Gy): median {t.median:.1f} Gy = {t.ratio:.2f} x Rx"
+                       + (f" = {t.ratio_highest:.2f} x the highest Rx" if t.ratio_highest > rx_check.HIGH
+                          else "") for t in bad)
+    return (f"patient {patient.id}: the predicted dose does not deliver its prescriptions: {listed} (a "
+            f"target's median dose lies within {rx_check.LOW:g} x its prescription and {rx_check.HIGH:g} x "
+            "the highest in every plan, and in the released models' predictions of the OpenKBP validation "
+            "patients, 0.95-1.22 x): the patient is unlike those the model was trained on (a target far "
+            "smaller or larger than theirs, another site), or the model is trained too little, so this dose "
+            "is no plan of its prescriptions")
 
 
 class NonFiniteDoseError(ModelError):
@@ -497,7 +525,9 @@ def predict_dose(model: torch.nn.Module, patient: Patient, options: InferenceOpt
     The patient is brought into the model's space (:func:`dosepred.models.space.into_space`: axes
     permuted/flipped into the model's, resampled when its grid is oblique or a spacing is outside the
     training range; a warning when it is far from the training data), predicted there
-    (:func:`predict_in_space`) and the dose brought back onto its grid in patient coordinates.
+    (:func:`predict_in_space`) and the dose brought back onto its grid in patient coordinates. A dose
+    that does not deliver the patient's prescriptions gets an :class:`OffRxWarning`
+    (:func:`implausible_targets`).
     ``space`` overrides the model's record; ``warn=False`` raises no note or warning.
 
     ``options`` (:class:`~dosepred.inference.InferenceOptions`, default :data:`DEFAULT_OPTIONS`):
@@ -524,8 +554,11 @@ def predict_dose(model: torch.nn.Module, patient: Patient, options: InferenceOpt
         patient = with_ct_body(patient, warn)
     patient = match_rois(net.config, patient, o.allow_missing_rois, sp.absent_rois, warn=warn, space=sp)
     placed = into_space(patient, sp, warn=warn, spacing_policy=o.spacing_policy)
-    dose = predict_in_space(net, placed.patient, o)
-    return placed.back(dose)
+    dose = placed.back(predict_in_space(net, placed.patient, o))
+    bad = implausible_targets(patient, dose) if warn else []
+    if bad:
+        warnings.warn(implausible_words(patient, bad), OffRxWarning, stacklevel=2)
+    return dose
 
 
 def write_prediction(patient: Patient, dose: np.ndarray, out: str | os.PathLike,

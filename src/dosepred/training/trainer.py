@@ -60,7 +60,7 @@ from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ResumeFallbackWarning, load_checkpoint
 from ..models.space import ModelSpace, SpaceRecorder
 from ..models.transfer import RoiTransfer
-from ..predict import NonFiniteDoseError, OverdoseError, RoiNote, predict_dose, resolve_device
+from ..predict import NonFiniteDoseError, OffRxWarning, OverdoseError, RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
 from ..split import load_split, parse_split_arg
@@ -186,6 +186,7 @@ def validate(model: torch.nn.Module, patients: list, protocol: Any, cfg: TrainCo
         for p in patients:
             with warnings.catch_warnings():  # validation patients share the cache's ROI set: predicted
                 warnings.simplefilter("ignore", RoiNote)  # whatever they lack, without a note each time
+                warnings.simplefilter("ignore", OffRxWarning)  # nor of the doses of a model still learning
                 try:
                     d = predict_dose(model, p, options)
                 except NonFiniteDoseError:  # the weights last.pt holds: --resume would meet them again
