@@ -669,7 +669,8 @@ def test_predict_refuses_a_target_the_model_does_not_know(base, work):
     src = _clinic_like(base, work / "src", extra_target="PTV66")
     with unchanged(work):
         fails(cli("predict", "--model", base / "run", "--data", src, "--out", work / "o", "--no-progress"),
-              "its target PTV66 (66 Gy) is not among the model's", "would ignore it", "--allow-missing-rois")
+              "patient synth_000: its target PTV66 (66 Gy) is not among the model's", "would ignore it",
+              "--allow-missing-rois")
 
 
 # ---------------------------------------------------------------------------- OS errors, empty files

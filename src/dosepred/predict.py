@@ -303,7 +303,8 @@ def match_rois(config: ModelConfig, patient: Patient, allow_missing: bool = Fals
                          f"{'are' if len(unknown_targets) > 1 else 'is'} not among the model's "
                          f"({_targets(mine)}), so the prediction would ignore "
                          f"{'them' if len(unknown_targets) > 1 else 'it'}")
-        raise MissingRoisError(f"{who} {'; '.join(parts)}", "--allow-missing-rois predicts it all the same"
+        raise MissingRoisError(f"{who}{'' if need else ':'} {'; '.join(parts)}",  # "patient X: its target"
+                               "--allow-missing-rois predicts it all the same"
                                f"{' with empty channels for the missing ones' if need else ''}")
     if warn:  # a note for the ROIs the patient's own set does not name (those it lists as not
         # contoured, as every OpenKBP or cache patient does, are the data's own record)
