@@ -389,3 +389,29 @@ def test_the_model_card_names_the_split_and_the_init_it_was_trained_from(tmp_pat
                     f"from `{first}`, for 1 epochs (1 steps)"), readme
     readme = (export_model(first, tmp_path / "m0") / "README.md").read_text()
     assert f"- trained with loss `mae` on `{data}` for 1 epochs (3 steps)" in readme  # from scratch, all
+
+
+def _strict_json(text):
+    """``json.loads`` as strict parsers read JSON: ``NaN`` / ``Infinity`` are errors."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_exported_config_json_is_standard_json_when_a_validation_score_is_nan(tmp_path):
+    """A run validated on protocol openkbp (no limits: criteria_pass_rate NaN, as every released model's
+    ``best`` holds) exported a config.json holding ``"criteria_pass_rate": NaN``, which JavaScript's
+    JSON.parse and other strict parsers refuse (the whole file unreadable). NaN and infinities are now
+    null in config.json and the model card; the model still loads (config.json matches model.pt)."""
+    cfg, state = _tiny()
+    best = {"epoch": 5, "select": "dvh", "value": 1.84, "dvh_score": 1.84, "criteria_pass_rate": float("nan"),
+            "ptv_score": float("inf")}
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(), "model": state, "best": best,
+                     "epoch": 5, "global_step": 10}, tmp_path / "run" / "checkpoints" / "last.pt")
+    out = export_model(tmp_path / "run", tmp_path / "m")
+    info = _strict_json((out / "config.json").read_text())
+    assert info["best"] == {**best, "criteria_pass_rate": None, "ptv_score": None}
+    line = next(x for x in (out / "README.md").read_text().splitlines() if x.startswith("- best validation"))
+    assert _strict_json(line.split(": ", 1)[1])["criteria_pass_rate"] is None
+    load_model(out)

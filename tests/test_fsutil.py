@@ -331,3 +331,15 @@ def test_a_file_output_given_as_a_non_empty_folder_names_the_remedy_that_works(t
             check_output(d, overwrite, (), "--out", file=True)
         assert "give --overwrite" not in str(e.value) and "give a file name" in str(e.value), str(e.value)
     assert (d / "a.txt").read_text() == "kept"
+
+
+def test_write_json_writes_standard_json_without_nan_or_infinity(tmp_path):
+    """json.dumps writes NaN and infinities as the tokens NaN / Infinity, which strict JSON parsers refuse
+    (a bench --json file whose median of nothing is NaN); write_json writes them as null."""
+    import json
+
+    nan, inf = float("nan"), float("inf")
+    write_json(tmp_path / "x.json", {"a": nan, "b": [1.5, -inf, {"c": inf}], "d": (2, "NaN"), "e": None})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN," not in text and "Infinity" not in text, text
+    assert json.loads(text) == {"a": None, "b": [1.5, None, {"c": None}], "d": [2, "NaN"], "e": None}

@@ -34,8 +34,8 @@ from typing import IO, Any
 from .errors import DosepredError, in_chain, interrupted
 
 __all__ = ["OutputError", "atomic_dir", "atomic_file", "atomic_path", "check_apart", "check_output",
-           "is_nonempty", "locked", "output_dir", "output_file", "output_in_place", "save_torch",
-           "write_bytes", "write_json", "write_text"]
+           "is_nonempty", "json_dumps", "json_safe", "locked", "output_dir", "output_file",
+           "output_in_place", "save_torch", "write_bytes", "write_json", "write_text"]
 
 
 class OutputError(DosepredError, ValueError):
@@ -557,8 +557,27 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> N
 
 
 def write_json(path: str | os.PathLike, obj: Any, default: Callable[[Any], Any] | None = None) -> None:
-    """``obj`` as indented JSON, atomically."""
-    write_bytes(path, json.dumps(obj, indent=2, default=default).encode())
+    """``obj`` as indented JSON, atomically; a NaN or infinite number is written as null
+    (:func:`json_safe`)."""
+    write_bytes(path, json_dumps(obj, indent=2, default=default).encode())
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in dicts, lists and tuples) replaced by None: standard
+    JSON has no such number, and ``json.dumps`` writes them as ``NaN`` / ``Infinity``, tokens that
+    strict parsers (JavaScript's ``JSON.parse``, most JSON libraries) refuse, failing the whole file."""
+    if isinstance(obj, float):
+        return obj if obj - obj == 0 else None  # NaN and +-inf give NaN
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(obj)``: standard JSON (no ``NaN``, no ``Infinity``)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

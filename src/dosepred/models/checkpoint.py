@@ -37,7 +37,7 @@ import torch
 
 import dosepred
 
-from ..fsutil import atomic_path, save_torch, write_text
+from ..fsutil import atomic_path, json_dumps, save_torch, write_json, write_text
 from .ensemble import EnsembleModel, assemble, is_ensemble, read_ensemble
 from .ensemble import write_ensemble as _write_ensemble
 from .space import ModelSpace
@@ -133,7 +133,8 @@ def _describes(a: Any, b: Any, key: str) -> bool:
             a, b = (ModelConfig.from_dict(dict(x)).to_dict() for x in (a, b))
         except (ModelError, TypeError, ValueError):
             return False
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    # as config.json writes them (json_dumps: a NaN or infinite number as null)
+    return json_dumps(a, sort_keys=True, default=str) == json_dumps(b, sort_keys=True, default=str)
 
 
 def _folder_space(path: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
@@ -435,7 +436,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
               if "averaged" in ckpt else str(ckpt["path"]))
     info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": source,
             "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
-    write_text(out / "config.json", json.dumps(info, indent=2, default=str))
+    write_json(out / "config.json", info, default=str)
     readme = out / "README.md"
     shown = Path(final) if final is not None else out
     if not readme.exists():
@@ -463,7 +464,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
                + (f", fine-tuned from `{tc['init']}`," if tc.get("init") else "")
                + f" for {ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n")
             + f"- model space: {space.summary()}\n"
-            + ("" if "averaged_inputs" in ckpt else f"- best validation: {json.dumps(ckpt.get('best'))}\n")
+            + ("" if "averaged_inputs" in ckpt else f"- best validation: {json_dumps(ckpt.get('best'))}\n")
             + (f"- fine-tuned from `{ckpt['roi_transfer'].get('source', '?')}` onto other ROIs: "
                f"{RoiTransfer.from_dict(ckpt['roi_transfer']).summary()}\n"
                if ckpt.get("roi_transfer") else "")
@@ -478,7 +479,7 @@ def _averaged_lines(inputs: Sequence[dict[str, Any]]) -> str:
         loss, data, epoch, steps = ("?" if r.get(k) is None else r[k]
                                     for k in ("loss", "data", "epoch", "global_step"))
         return (f"  - `{r['path']}`: trained with loss `{loss}` on `{data}` for {epoch} epochs "
-                f"({steps} steps); best validation: {json.dumps(r.get('best'))}\n")
+                f"({steps} steps); best validation: {json_dumps(r.get('best'))}\n")
 
     return (f"- the uniform average of the weights of {len(inputs)} checkpoints (the average itself was "
             "neither trained nor validated; its architecture and model space are theirs):\n"
