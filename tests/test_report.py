@@ -357,3 +357,39 @@ def test_dvh_legends_and_titles_show_names_as_they_are(monkeypatch, tmp_path):
         shown = [t.strip().replace("\\$", "$") for t in texts]
         assert "_PTV_opt" in shown and "Ring $x_$" in shown, shown
         assert shown[0].startswith("pt $1_$"), shown
+
+
+def test_the_reports_say_when_they_were_made_with_the_utc_offset(tmp_path, monkeypatch):
+    """evaluate's and qa's reports said 'generated 2026-12-07 17:27', local time without a zone: a report
+    kept by a clinic, or made on a server in UTC and read in Delhi, did not say when it was made. They now
+    give the offset from UTC (here +05:30), and the time is the UTC time plus that offset."""
+    import time
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from dosepred.protocol import parse_protocol
+    from dosepred.qa.report import QAReportWriter
+    from dosepred.qa.result import QAResult
+    from test_evaluation import two_voxel_cord
+
+    class Checker:
+        coverage, has_dvh_band = 0.9, False
+
+    monkeypatch.setenv("TZ", "IST-5:30")  # POSIX: 5 h 30 min east of UTC
+    time.tzset()
+    try:
+        p, dose = two_voxel_cord()
+        res = evaluate_cohort([(p, dose)], parse_protocol({"name": "t", "criteria": [
+            {"roi": "Cord", "metric": "Dmean", "limit": 50, "direction": "<="}]}))
+        before = datetime.now(UTC)
+        qa = QAResult(0.9, "m", "p", "p", [], {})
+        pages = [write_report(tmp_path / "e", res, [p], [dose], title="t").read_text(),
+                 QAReportWriter(tmp_path / "q", Checker()).finish(qa).read_text()]
+        after = datetime.now(UTC)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    for page in pages:
+        when = re.search(r"generated (\d{4}-\d\d-\d\d \d\d:\d\d) UTC\+05:30 by dosepred", page)
+        assert when, re.search(r"generated [^<]*", page).group(0)
+        t = datetime.strptime(when.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=timezone(timedelta(hours=5.5)))
+        assert before.replace(second=0, microsecond=0) <= t <= after

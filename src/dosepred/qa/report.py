@@ -9,14 +9,13 @@ plan - prediction (:mod:`dosepred.report.views`; the page's parts: :mod:`dosepre
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from ..patient import Patient
-from ..report.html import decimals_beside, esc, fmt, head_html, write_html_atomic
+from ..report.html import decimals_beside, esc, fmt, generated, head_html, write_html_atomic
 from ..report.plots import dvh_qa_uri
 from ..report.views import Panel, ViewRenderer, viewer_html
 from .families import FAMILY_TITLES
@@ -160,7 +159,7 @@ class QAReportWriter:
                  f"calibration: protocol {esc(res.calibration_protocol)} ({esc(meth)}) &middot; intervals at "
                  f"{coverage_pct(res.coverage)} coverage &middot; {len(res.patients)} plans &middot; "
                  "generated "
-                 f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>"]
+                 f"{generated()} by dosepred</div>"]
         for w in res.warnings:
             parts.append(f"<p class='meta'>&#9888; {esc(w)}</p>")
         parts.append(

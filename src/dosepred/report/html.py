@@ -49,6 +49,15 @@ def head_html(title: str, extra_css: str = "") -> str:
             f"<style>{CSS}{VIEW_CSS}{extra_css}</style><script>{VIEW_JS}</script></head><body>")
 
 
+def generated() -> str:
+    """When a report is written, for its "generated" line: local time with its offset from UTC
+    (``2026-12-07 18:27 UTC+01:00``), so a report read in another time zone, or after a clock change,
+    says when it was made."""
+    t = datetime.now().astimezone()
+    off = t.strftime("%z")
+    return f"{t:%Y-%m-%d %H:%M} UTC{off[:3]}:{off[3:5]}"
+
+
 def write_html_atomic(path: Path, parts: list[str]) -> Path:
     write_text(path, "\n".join(parts))
     return path
@@ -128,7 +137,7 @@ class ReportWriter:
                  f"<h1>{esc(self.title)}</h1>",
                  f"<div class='meta'>protocol {esc(next(iter(cohorts.values())).protocol)} &middot; "
                  f"{len(next(iter(cohorts.values())).patients)} patients &middot; generated "
-                 f"{datetime.now():%Y-%m-%d %H:%M} by dosepred</div>", intro]
+                 f"{generated()} by dosepred</div>", intro]
         parts.append("<h2>Cohort</h2>" + self._cohort_table(cohorts))
         said = list(dict.fromkeys(w for c in cohorts.values() for w in c.warnings))
         if said:  # what the console and the JSON warn of (values that do not mean what they seem)
