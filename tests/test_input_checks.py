@@ -291,3 +291,30 @@ def test_a_swapped_pair_named_with_masculine_side_words_is_named(left, right):
     assert {f.other for f in found} == {left, right}
     (f,) = side_findings(_sided({right: (6, 10)}))  # alone: on the patient's left
     assert f.roi == right and f.side == "Right"
+
+
+def test_evaluate_s_json_and_report_say_the_input_checks_warnings(tmp_path):
+    """evaluate printed a reader's warning (a high dose far from every target: a target not contoured, the
+    PTV Score and criteria read without it) on the console only: the JSON's "warnings" and the report,
+    which a physicist may read alone, listed the protocol's warnings and not this one. Both now hold it,
+    and the console says it once."""
+    import json
+    from html import escape
+
+    from dosepred.io.openkbp import write_dose_csv
+    from dosepred.workflows import evaluate_sources
+
+    p = _plan()
+    write_cache([p], tmp_path / "ref")
+    (tmp_path / "pred").mkdir()
+    write_dose_csv(tmp_path / "pred" / "pt_dose.csv", p.dose * 0.98, np.ones(p.shape, bool))
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, *a, **k: shown.append(str(m))
+        evaluate_sources(tmp_path / "ref", tmp_path / "pred", "openkbp", json_out=tmp_path / "e.json",
+                         report=tmp_path / "rep")
+    said = [m for m in shown if m.startswith("patient pt_dose of ")]
+    assert len(said) == 1 and "28 cc" in said[0], shown
+    assert said[0] in json.loads((tmp_path / "e.json").read_text())["warnings"]
+    assert f"<li>{escape(said[0])}</li>" in (tmp_path / "rep" / "report.html").read_text()

@@ -10,10 +10,11 @@ user can cause are ``ValueError`` / ``OSError`` subclasses with a message naming
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +184,6 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     evaluate``); optionally the JSON of all results and a self-contained HTML report. ``roi_map``:
     the ROI name map of a DICOM reference (an error for another kind). Returns the
     :class:`~dosepred.evaluation.CohortResult` and the reference ids that had no prediction."""
-    import contextlib
-
     inputs = [reference, prediction, roi_map, protocol_file(protocol)]
     for path, what in ((json_out, "--json"), (report, "--report")):  # refuse before any work
         if path is not None:
@@ -211,8 +210,12 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
         it = writer.tap(it)
     # a reference of predicted doses (predict's cache): scores of predictions against predictions, said
     said = predicted_words(open_source(reference)) if cache.is_cache(reference) else None
+    read: list[str] = []  # the warnings of the readers' input checks (sides swapped, dose outside targets)
     with outputs:  # all or nothing: a failure leaves --json and --report as they were
-        res = ev.evaluate_cohort(it, proto, progress=True)
+        with recording_warnings(read):
+            res = ev.evaluate_cohort(it, proto, progress=True)
+        # the JSON and the report, which a physicist may read alone, say what the console said
+        res.warnings[:0] = [w for w in dict.fromkeys(read) if w not in res.warnings]
         if said is not None:
             res.warnings.insert(0, f"reference {reference}: {said}, not plans: the scores compare the "
                                    "predictions with these predictions")
@@ -226,8 +229,29 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
                 + "</div>")
             writer.finish({"prediction": res}, intro=left_out)
     for w in res.warnings:
-        warnings.warn(w, stacklevel=2)
+        if w not in read:  # those were said as they came
+            warnings.warn(w, stacklevel=2)
     return res, missing
+
+
+#: Warnings the console leaves unsaid (a library's deprecations), nor recorded by :func:`recording_warnings`.
+QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
+
+
+@contextlib.contextmanager
+def recording_warnings(said: list[str]) -> Iterator[None]:
+    """Show warnings as before, and append to ``said`` the message of each shown in the block (from any
+    thread: evaluation reads ahead in one), notes (``prefix`` "note") and :data:`QUIET_WARNINGS` aside."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def record(message: Any, category: type[Warning], *args: Any, **kw: Any) -> None:
+            if not issubclass(category, QUIET_WARNINGS) and getattr(category, "prefix", "warning") != "note":
+                said.append(str(message))
+            show(message, category, *args, **kw)
+
+        warnings.showwarning = record
+        yield
 
 
 def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
