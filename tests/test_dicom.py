@@ -156,6 +156,25 @@ def test_write_rtdose_lines_up_with_export(exported, tmp_path):
     assert dicom.write_rtdose(p, pred, tmp_path / "x.dcm") == tmp_path / "x.dcm"
 
 
+@pytest.mark.parametrize(("model", "want"), [
+    ("models/openkbp-mae", "dosepred predicted dose (model models/openkbp-mae)"),
+    ("/work/exp/runs/r7-mae-cdm/checkpoints/best.pt",
+     "dosepred predicted dose (model r7-mae-cdm/checkpoints/best.pt)"),
+    ("m/clinicA-hn-mae-cdm-2026-11-retrained-v3", "dosepred: clinicA-hn-mae-cdm-2026-11-retrained-v3"),
+    ("hn-" + "x" * 60 + "-v3", "dosepred: ..." + "x" * 48 + "-v3"),
+])
+def test_a_predicted_rtdose_names_its_model_within_dicom_s_64_characters(exported, tmp_path, model, want):
+    """The RTDOSE's SeriesDescription (what a TPS lists) was "dosepred predicted dose (model NAME)" cut to
+    64 characters, NAME the --model path's last part: a model folder named past 33 characters lost its
+    end ('...-retrained-v3' and '...-retrained-v4' read alike, without the closing parenthesis) and a
+    checkpoint was 'model best.pt' whichever run it came from. It now shows the end of the path that
+    fits, or the name cut at its start; the whole path is in ImageComments."""
+    p, _ = exported
+    rd = pydicom.dcmread(dicom.write_rtdose(p, p.dose, tmp_path / "rd.dcm", model_name=model))
+    assert rd.SeriesDescription == want and len(want) <= 64
+    assert rd.ImageComments == f"dosepred predicted dose, model {model}"
+
+
 def test_coarse_rtdose_is_zero_beyond_one_of_its_steps_from_the_body(exported, tmp_path):
     """A prediction (0 Gy outside the body) on the default coarser RTDOSE grid (2.5 mm from 2 mm): the
     zeros near the body are filled before resampling so its edge reads back its own dose, but no

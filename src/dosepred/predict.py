@@ -647,7 +647,7 @@ def predict_to(model_path: str | os.PathLike, src: str | os.PathLike, out: str |
         return len(done)
     for p in it:
         path = write_prediction(p, predict(p), out, fmt, dose_spacing=dose_spacing,
-                                model_name=Path(model_path).name)
+                                model_name=str(model_path))
         n += 1
         if on_patient is not None:
             on_patient(p, path)

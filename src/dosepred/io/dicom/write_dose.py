@@ -20,6 +20,7 @@ from ...patient import Patient
 from ...resample import extend_dose, resample
 from ._common import RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE, decimal_string
 from .export import (
+    MAX_LO,
     ExportUids,
     ImagePlane,
     check_names,
@@ -103,8 +104,9 @@ def dvh_sequence(p: Patient, dose: np.ndarray, numbers: dict[str, list[int]]) ->
 
 def write_dose_file(p: Patient, dose: np.ndarray, g: Geometry, path: Path, u: ExportUids,
                     plane_iop: list[str], rs_uid: str | None, plan_uid: str | None = None,
-                    description: str = "", dvhs: list[Any] | None = None) -> Path:
-    """An RTDOSE of ``dose`` (Gy) on grid ``g`` (DICOM-ready axes, frames along axis 0)."""
+                    description: str = "", dvhs: list[Any] | None = None, comments: str = "") -> Path:
+    """An RTDOSE of ``dose`` (Gy) on grid ``g`` (DICOM-ready axes, frames along axis 0); ``description``
+    (its SeriesDescription) at most :data:`MAX_LO` characters, ``comments`` its ImageComments."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as Seq
     from pydicom.tag import Tag
@@ -121,7 +123,10 @@ def write_dose_file(p: Patient, dose: np.ndarray, g: Geometry, path: Path, u: Ex
     ds.SeriesNumber = 3
     ds.InstanceNumber = 1
     if description:
-        ds.SeriesDescription = description[:64]
+        assert len(description) <= MAX_LO, description
+        ds.SeriesDescription = description
+    if comments:
+        ds.ImageComments = comments
     set_image_plane(ds, ImagePlane(g, g.origin, plane_iop), dose.shape, p)
     ds.ImagePositionPatient = [decimal_string(v) for v in g.origin]
     ds.NumberOfFrames = dose.shape[0]
@@ -275,7 +280,23 @@ def write_rtdose(patient: Patient, dose: np.ndarray, out: str | os.PathLike, *,
     else:  # the structure set write_dicom writes for this patient
         rs_uid, numbers = u.rs, export_roi_numbers(q)
     plan_uid = patient.meta.get("rtplan_uid")
-    desc = f"dosepred predicted dose (model {model_name or 'unnamed'})"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_dose_file(q, arr, g, path, u, plane.iop, rs_uid, plan_uid, desc,
-                           dvh_sequence(q, q.dose, numbers))
+    if model_name:  # a path of a folder named in Latin-1 (surrogate escapes) has no text to encode
+        model_name = model_name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    comments = f"dosepred predicted dose, model {model_name}" if model_name else ""
+    return write_dose_file(q, arr, g, path, u, plane.iop, rs_uid, plan_uid,
+                           prediction_description(model_name), dvh_sequence(q, q.dose, numbers), comments)
+
+
+def prediction_description(model_name: str | None) -> str:
+    """A predicted RTDOSE's SeriesDescription (at most :data:`MAX_LO` characters, as DICOM's LO holds):
+    "dosepred predicted dose (model NAME)" with as much of the end of the model's path as fits (its name
+    at least), else "dosepred: NAME", a name too long even for that cut at its start ("...": its end,
+    a version, tells models apart). The whole path is in ImageComments."""
+    parts = [x for x in (model_name or "unnamed").replace("\\", "/").split("/") if x]
+    for k in range(len(parts)):
+        desc = f"dosepred predicted dose (model {'/'.join(parts[k:])})"
+        if len(desc) <= MAX_LO:
+            return desc
+    desc = f"dosepred: {parts[-1]}"
+    return desc if len(desc) <= MAX_LO else f"dosepred: ...{parts[-1][len(desc) - MAX_LO + 3:]}"
