@@ -89,6 +89,21 @@ def test_evaluate_sources_reports_missing_predictions(cohort, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["missing_predictions"] == missing
 
 
+def test_evaluate_s_json_and_report_name_what_was_scored_against_what(cohort, tmp_path):
+    """evaluate's JSON held the scores and no word of the predictions or plans scored (two models' JSON
+    files differed by their file names alone), and its report named the predictions (in its title) but
+    not the reference plans. Both now name the two folders as given."""
+    from html import escape
+
+    pred = tmp_path / "pred & <co>"
+    wf.baseline(cohort, pred)
+    wf.evaluate_sources(cohort, pred, "openkbp", json_out=tmp_path / "e.json", report=tmp_path / "rep")
+    j = json.loads((tmp_path / "e.json").read_text())
+    assert (j["reference"], j["prediction"]) == (str(cohort), str(pred))
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"reference plans {escape(str(cohort))} &middot; predictions {escape(str(pred))}" in page
+
+
 def test_parse_point():
     assert wf.parse_point("1,-2.5,3e1") == (1.0, -2.5, 30.0) and wf.parse_point(None) is None
     for bad in ("1,2", "a,b,c", "1,2,3,4"):

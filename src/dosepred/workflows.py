@@ -221,13 +221,17 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
                                    "predictions with these predictions")
         if json_out is not None:  # renamed into place with the report once both are written
             tmp_json = outputs.enter_context(output_file(json_out, overwrite, inputs, "--json"))
-            write_json(tmp_json, {**res.to_json(), "missing_predictions": missing})
+            # what was scored against what, as the report says it
+            write_json(tmp_json, {"reference": str(reference), "prediction": str(prediction), **res.to_json(),
+                                  "missing_predictions": missing})
         if writer is not None:
             # the report says who was left out, as the console and the JSON (missing_predictions) do
             left_out = ("" if not missing else "<div class='warn'>" + html.escape(
                 f"not evaluated (no prediction): {len(missing)} patient(s), {name_some(missing, 10)}")
                 + "</div>")
-            writer.finish({"prediction": res}, intro=left_out)
+            scored = (f"<div class='meta'>reference plans {html.escape(str(reference))} &middot; predictions "
+                      f"{html.escape(str(prediction))}</div>")
+            writer.finish({"prediction": res}, intro=scored + left_out)
     for w in res.warnings:
         if w not in read:  # those were said as they came
             warnings.warn(w, stacklevel=2)
