@@ -2,6 +2,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1074,3 +1075,31 @@ def test_run_qa_of_one_patient_is_that_plan_s_qa(sample_dir, model_dir, monkeypa
     assert [q.id for q in one.patients] == ["pt_66"]
     assert ([(c.roi, c.metric, c.plan, c.low, c.high) for c in one.patients[0].criteria]
             == [(c.roi, c.metric, c.plan, c.low, c.high) for c in listed.patients[0].criteria])
+
+
+def test_qa_json_and_report_say_a_reader_s_warning_about_a_plan(sample_dir, model_dir, tmp_path):
+    """A warning said while a plan is read (the DICOM reader's: an ROI with voxels beyond the body, whose
+    dose there counts as 0 Gy in its metrics) was on stderr only: qa.json's "warnings" and the report,
+    which may be read alone, listed QA's own warnings and not it. Both now hold it; it is said once."""
+    from html import escape
+
+    from dosepred.io import load_patients
+    from dosepred.io.dicom import DicomWarning
+    from dosepred.qa import run_qa
+
+    said = ("patient pt_66: RTSTRUCT RS.dcm: SpinalCord has 40 of its 900 voxels outside the possible-dose "
+            "mask")
+
+    def plans():
+        p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+        warnings.warn(said, DicomWarning, stacklevel=1)
+        yield p
+
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, *a, **k: shown.append(str(m))
+        res = run_qa(model_dir, plans(), "openkbp-clinical", coverage=0.9, report=tmp_path / "rep")
+    assert shown.count(said) == 1
+    assert said in res.to_json()["warnings"] and said in res.shown
+    assert escape(said) in (tmp_path / "rep" / "report.html").read_text()

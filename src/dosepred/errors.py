@@ -16,8 +16,10 @@ no input can cause) raises ``ValueError`` / ``AssertionError`` and is therefore 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 
 class DosepredError(Exception):
@@ -141,3 +143,23 @@ def interrupted(e: BaseException) -> bool:
     mid-write raises ``RuntimeError: ... unexpected pos`` from its zip writer's exit), which is the
     user's Ctrl-C, not a bug."""
     return in_chain(e, KeyboardInterrupt) is not None
+
+
+#: Warnings the console leaves unsaid (a library's deprecations), nor recorded by :func:`recording_warnings`.
+QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
+
+
+@contextmanager
+def recording_warnings(said: list[str]) -> Iterator[None]:
+    """Show warnings as before, and append to ``said`` the message of each shown in the block (from any
+    thread: evaluation reads ahead in one), notes (``prefix`` "note") and :data:`QUIET_WARNINGS` aside."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def record(message: Any, category: type[Warning], *args: Any, **kw: Any) -> None:
+            if not issubclass(category, QUIET_WARNINGS) and getattr(category, "prefix", "warning") != "note":
+                said.append(str(message))
+            show(message, category, *args, **kw)
+
+        warnings.showwarning = record
+        yield

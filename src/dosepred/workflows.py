@@ -14,7 +14,7 @@ import contextlib
 import html
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from . import evaluation as ev
 from . import split, synth
 from .baseline import distance_falloff
 from .demo import run_demo
-from .errors import InputError, name_some
+from .errors import InputError, name_some, recording_warnings
 from .fsutil import check_apart, check_output, locked, output_dir, output_file, output_in_place, write_json
 from .inference import InferenceOptions
 from .io import cache, formats, openkbp
@@ -238,26 +238,6 @@ def evaluate_sources(reference: PathLike, prediction: PathLike, protocol: Any = 
     return res, missing
 
 
-#: Warnings the console leaves unsaid (a library's deprecations), nor recorded by :func:`recording_warnings`.
-QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
-
-
-@contextlib.contextmanager
-def recording_warnings(said: list[str]) -> Iterator[None]:
-    """Show warnings as before, and append to ``said`` the message of each shown in the block (from any
-    thread: evaluation reads ahead in one), notes (``prefix`` "note") and :data:`QUIET_WARNINGS` aside."""
-    with warnings.catch_warnings():
-        show = warnings.showwarning
-
-        def record(message: Any, category: type[Warning], *args: Any, **kw: Any) -> None:
-            if not issubclass(category, QUIET_WARNINGS) and getattr(category, "prefix", "warning") != "note":
-                said.append(str(message))
-            show(message, category, *args, **kw)
-
-        warnings.showwarning = record
-        yield
-
-
 def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
     """``key=value`` strings -> dict, values parsed as JSON when possible (numbers, true/false, null,
     lists), else kept as strings."""
@@ -412,7 +392,8 @@ def qa_plans(model: PathLike, plans: PathLike, out: PathLike, protocol: Any = "o
             tmp_json = outputs.enter_context(output_file(json_out, overwrite, inputs, "--json"))
             write_json(tmp_json, res.to_json())
     for w in res.warnings:  # on stderr with every other warning (and in qa.json), not among the tables
-        warnings.warn(w, stacklevel=2)
+        if w not in res.shown:
+            warnings.warn(w, stacklevel=2)
     return res
 
 

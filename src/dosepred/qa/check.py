@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..dvh import roi_voxel_indices
-from ..errors import DosepredError, InputError
+from ..errors import DosepredError, InputError, recording_warnings
 from ..evaluation import evaluate_patient
 from ..io import rx_check, side_check, target_dose_check
 from ..io.rx_check import PrescriptionWarning
@@ -516,23 +516,27 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Patient | Iterab
     patients: list[PatientQA] = []
     refused: list[str] = []
     n = 0
-    for p in _without_input_warnings(it):
-        n += 1
-        why = chk.unusable(p)
-        if why is not None:
-            refused.append(why)
-        if refused:
-            continue  # nothing will be written: read the rest only to name every plan QA cannot check
-        pq, pred, checked = chk.check(p)
-        patients.append(pq)
-        if writer is not None:
-            writer.add(checked, pred, pq)
+    read: list[str] = []  # warnings said as plans are read (a DICOM ROI beyond the body: its dose at 0 Gy)
+    with recording_warnings(read):
+        for p in _without_input_warnings(it):
+            n += 1
+            why = chk.unusable(p)
+            if why is not None:
+                refused.append(why)
+            if refused:
+                continue  # nothing will be written: read the rest only to name every plan QA cannot check
+            pq, pred, checked = chk.check(p)
+            patients.append(pq)
+            if writer is not None:
+                writer.add(checked, pred, pq)
     if refused:
         raise chk.refusal(refused, n)
     if not patients:
         raise InputError(f"no plans found in {plans}")
+    # the JSON and the report, which may be read alone, say what the console said
+    read = [w for w in dict.fromkeys(read) if w not in chk.warnings]
     res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calibration.protocol),
-                   patients, chk.methods, chk.warnings, chk.tta)
+                   patients, chk.methods, read + chk.warnings, chk.tta, shown=read)
     if writer is not None:
         writer.finish(res)
     return res

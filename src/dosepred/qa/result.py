@@ -198,6 +198,8 @@ class QAResult:
     warnings: list[str] = field(default_factory=list)
     #: Whether the predictions were flipped (the calibration's record; None: not said)
     tta: bool | None = None
+    #: Those of :attr:`warnings` already said as they came (while the plans were read): not said again
+    shown: list[str] = field(default_factory=list)
 
     def summary(self) -> list[dict[str, Any]]:
         """Plans ranked by potential improvement (Gy), most first; plans whose notes say their flags
