@@ -210,15 +210,27 @@ class Family:
     criteria: tuple[str, ...] = ()
 
 
+def _mean_var(a: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) variance of ``a`` from exactly rounded sums (``math.fsum``): the same
+    for the same values in any order. numpy's pairwise sums differ in the last bits with the order,
+    which split the point mass of the ``normalised`` scores (``fit_family``: the units at residual 0
+    of every patient left out get one score in exact arithmetic) into values a few ulps apart, so that
+    the tie rule of :func:`signed_offsets` held or not with the order of the patients."""
+    mean = math.fsum(a.tolist()) / a.size
+    return mean, math.fsum(((a - mean) ** 2).tolist()) / a.size
+
+
 def criterion_stats(units: Sequence[Unit], k: float = SHRINK_K) -> dict[str, CriterionStats]:
     """Per criterion ``"ROI metric"``: ``bias`` and ``scale`` of its residuals, shrunk towards 0 and
     towards the family's spread with ``k`` pseudo-units: ``bias = n / (n + k) * mean_c``,
     ``scale = sqrt((n var_c + k var_f) / (n + k))``. They define the ``normalised`` scores
     ``(r - bias) / scale``; a criterion the calibration did not see (key ``"*"``) gets bias 0 and the
     family's scale. ``centre``: the median of the criterion's residuals, unshrunk (the ``centred``
-    scores ``r - centre``); 0 with fewer than :data:`MIN_CENTRE_UNITS` units and for ``"*"``."""
+    scores ``r - centre``); 0 with fewer than :data:`MIN_CENTRE_UNITS` units and for ``"*"``.
+    Means and variances are exactly rounded sums (:func:`_mean_var`), a function of the residuals
+    alone, not of their order."""
     r_all = np.array([u.residual for u in units], dtype=np.float64)
-    var_f = float(r_all.var()) if r_all.size > 1 else 1.0
+    var_f = _mean_var(r_all)[1] if r_all.size > 1 else 1.0
     var_f = max(var_f, 1e-6)
     by: dict[str, list[float]] = {}
     for u in units:
@@ -227,9 +239,10 @@ def criterion_stats(units: Sequence[Unit], k: float = SHRINK_K) -> dict[str, Cri
     for key, rs in by.items():
         a = np.asarray(rs)
         n = a.size
-        var_c = float(a.var()) if n > 1 else var_f
+        mean_c, var_c = _mean_var(a)
+        var_c = var_c if n > 1 else var_f
         centre = float(np.median(a)) if n >= MIN_CENTRE_UNITS else 0.0
-        out[key] = CriterionStats(float(n / (n + k) * a.mean()),
+        out[key] = CriterionStats(float(n / (n + k) * mean_c),
                                   math.sqrt(max((n * var_c + k * var_f) / (n + k), 1e-6)), n, centre)
     return out
 
