@@ -394,3 +394,17 @@ def test_warped_targets_keep_the_plan_s_dose_metrics(kw):
         assert target.size > 0.6 * ptv.sum()  # in view (a zoom of 0.9 keeps 0.73 of it)
         assert np.percentile(target, 1) == 70.0 and target.min() == 70.0, np.percentile(target, 1)
         assert set(np.unique(d[it["mask"][0].numpy()])) <= {30.0, 70.0}  # no blended values anywhere
+
+
+def test_crops_of_a_seed_do_not_depend_on_the_order_of_the_patients():
+    # a cache (or split file) listing the same patients in another order trained another model with
+    # the same seed: index -> patient went through the list's order (3 steps: weights 5e-4 apart)
+    rs, a = _phantom()
+    patch = (16, 16, 8)
+    pts = [_patient(rs, {**a, "dose": a["dose"] * (1 + k / 10)}, f"pt_{k}") for k in (2, 10, 1)]
+    arrays = [prepare_patient(p, patch) for p in pts]
+    one = CropDataset(arrays, rs, patch, 9, seed=4, flip_axis=LR)
+    other = CropDataset(arrays[::-1], rs, patch, 9, seed=4, flip_axis=LR)
+    assert [p.id for p in one.patients] == ["pt_1", "pt_2", "pt_10"]  # natural order, as data split's
+    for i in range(9):
+        assert all(torch.equal(one[i][k], other[i][k]) for k in ("ct", "dose", "codes", "mask"))

@@ -120,7 +120,7 @@ def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.
     PatientID of each plan: an import names two plans of one patient pt_X_1, pt_X_2) keeps the ids of
     one key in one split: the keys are shuffled, each lands whole in the split its first id falls in
     (sizes then miss the fractions by less than a group); without groups nothing changes."""
-    ids = sorted(_unique(ids), key=lambda i: (_natural(i), i))  # ties (pt_01, pt_1) by the id itself
+    ids = sorted(_unique(ids), key=lambda i: (natural_key(i), i))  # ties (pt_01, pt_1) by the id itself
     fr = parse_fractions(fractions)
     nm = _names(names, len(fr))
     sizes = _sizes(len(ids), fr, nm)
@@ -129,7 +129,7 @@ def random_split(ids: Sequence[str], fractions: str | Sequence[float] = (0.7, 0.
     units = _group(ids, groups)  # in the ids' natural order: singletons are the ids themselves
     perm = np.random.default_rng(seed).permutation(len(units))
     cut = _cut([units[i] for i in perm], sizes, nm)
-    splits = {name: sorted(v, key=_natural) for name, v in zip(nm, cut, strict=True)}
+    splits = {name: sorted(v, key=natural_key) for name, v in zip(nm, cut, strict=True)}
     obj = {"splits": splits, "method": "random", "seed": int(seed), "fractions": fr}
     return _grouped(obj, units)
 
@@ -167,7 +167,7 @@ def temporal_split(dates: Mapping[str, str], fractions: str | Sequence[float] = 
     if not dates:
         raise SplitError("no dates given for a temporal split")
     parsed = {pid: _parse_date(d, pid) for pid, d in dates.items()}
-    order = sorted(parsed, key=lambda pid: (parsed[pid], _natural(pid), pid))
+    order = sorted(parsed, key=lambda pid: (parsed[pid], natural_key(pid), pid))
     fr = parse_fractions(fractions)
     nm = _names(names if names is not None or len(fr) != 2 else ("train", "test"), len(fr))
     sizes = _sizes(len(order), fr, nm)
@@ -448,7 +448,8 @@ def check_known(splits: Mapping[str, Sequence[str]], known: Sequence[str], what:
                              f"{name_some(bad)}")
 
 
-def _natural(pid: str) -> tuple:
+def natural_key(pid: str) -> tuple:
+    """Sort key of an id in natural order (pt_2 before pt_10): random splits and training crops."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", pid))
 
 

@@ -9,10 +9,12 @@ patch) and the translation (``shift``) can take a window past that cut, where it
 the cut would change every seed's crops, and with them the controls of earlier rounds.)
 
 Sampling is a pure function of ``(seed, epoch, index)``: the patient is ``perm(seed, epoch)[index %
-n]`` and the crop centre, flip and padding are drawn from ``default_rng([seed, epoch, index])``.
-Resuming, changing the number of workers or splitting over DDP ranks therefore gives the same
-crops. ``target_fraction`` of the crops are centred on a random target voxel, the rest on a random
-voxel of the possible-dose mask.
+n]`` of the patients in their ids' natural order (pt_2 before pt_10, however the cache or split
+file lists them) and the crop centre, flip and padding are drawn from
+``default_rng([seed, epoch, index])``. Resuming, changing the number of workers, splitting over DDP
+ranks or listing the patients in another order therefore gives the same crops. ``target_fraction``
+of the crops are centred on a random target voxel, the rest on a random voxel of the possible-dose
+mask.
 
 Augmentation valid for dose: a flip along the left-right axis with the Left/Right ROI bits swapped
 (``LeftParotid`` <-> ``RightParotid``); optionally (``rotate_p``) a rotation about the head-feet
@@ -49,6 +51,7 @@ from ..errors import InputError
 from ..patient import Patient, RoiSet
 from ..progress import track
 from ..roi import lr_pairs, swap_bits, to_torch
+from ..split import natural_key
 
 if TYPE_CHECKING:
     from ..models.unet import DoseUNet
@@ -206,7 +209,8 @@ SCALED_EXTRA = ("scale_p > 0 with a model reading target distances or laterality
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Crops for one epoch; ``set_epoch`` selects the epoch. Item ``i`` depends only on (seed, epoch, i)."""
+    """Crops for one epoch; ``set_epoch`` selects the epoch. Item ``i`` depends only on (seed, epoch, i)
+    and the patients (not their order)."""
 
     def __init__(self, patients: Sequence[PatientArrays], roi_set: RoiSet, patch: Sequence[int],
                  length: int, seed: int = 0, target_fraction: float = 2 / 3, flip_axis: int | None = 1,
@@ -230,7 +234,9 @@ class CropDataset(torch.utils.data.Dataset):
         self.rotate_axis = rotate_axis
         self.rotate_step = float(rotate_step)
         self.shift = bool(shift)
-        self.patients = list(patients)
+        # in the ids' natural order: one seed draws the same crops of the same patients however the
+        # cache or split file lists them (its order picked which patient each index drew)
+        self.patients = sorted(patients, key=lambda p: (natural_key(p.id), p.id))
         self.patch = tuple(int(p) for p in patch)
         self.length = int(length)
         self.seed = int(seed)
