@@ -256,6 +256,21 @@ def _ct_truncated(f: Path) -> None:
     (f / "CT.0005.dcm").write_bytes(data[:600])
 
 
+def _cut_at_item(path: Path, where: float) -> None:
+    """``path`` cut where a copy interrupted between two sequence items leaves it: at the item start
+    nearest before ``where`` (a fraction of its size)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:data.rfind(b"\xfe\xff\x00\xe0", 0, int(len(data) * where))])
+
+
+def _rs_truncated(f: Path) -> None:
+    _cut_at_item(f / "RS.dcm", 2 / 3)
+
+
+def _rp_truncated(f: Path) -> None:
+    _cut_at_item(f / "RP.dcm", 1.0)
+
+
 DICOM_ERRORS = [
     ("rtdose-no-scaling", _no_scaling, r"RD\.dcm lacks DoseGridScaling"),
     ("rtdose-zero-scaling", _zero_scaling, r"RD\.dcm: DoseGridScaling must be > 0"),
@@ -300,6 +315,13 @@ DICOM_ERRORS = [
      r"DICOM: \S*CT\.0005\.dcm \(empty, 0 bytes\)"),
     ("ct-slice-truncated", _ct_truncated, r"CT file \S*CT\.0005\.dcm has no SeriesInstanceUID \(a "
      r"truncated or damaged file\? 600 bytes\)"),
+    ("rtstruct-truncated", _rs_truncated,  # was read as a structure set of its first ROIs' contours
+     r"RTSTRUCT file \S*RS\.dcm is truncated \(\d+ bytes\): its element \(3006,0039\) ROIContourSequence "
+     r"declares \d+ bytes, the file holds \d+ of them, so what follows is missing \(a file still being "
+     r"copied"),
+    ("rtplan-truncated", _rp_truncated,
+     r"RTPLAN file \S*RP\.dcm is truncated \(\d+ bytes\): its element \(300[0-9A-F],[0-9A-F]{4}\) \w+ "
+     r"declares"),
     ("rtplan-rx-negative", _rp_negative,
      r"RP\.dcm: DoseReferenceSequence item 1: TargetPrescriptionDose -60"),
     ("rtstruct-roinumber-text", _rs_roinumber_text,

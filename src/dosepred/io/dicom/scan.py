@@ -121,7 +121,15 @@ def scan_files(src: Path) -> tuple[dict[str, CtSeries], list[tuple[Path, Any]], 
                    if isinstance(e, InvalidDicomError) else f"unreadable: {type(e).__name__}")
             unreadable.append((p, why))
             continue
+        short = _truncated(ds)
         mod = str(getattr(ds, "Modality", ""))
+        if short is not None and mod in ("CT", "RTSTRUCT", "RTPLAN", "RTDOSE"):  # pydicom reads it silently
+            raise DicomImportError(f"{mod} file {p} is truncated ({_size(p)} bytes): {short}, so what "
+                                   "follows is missing (a file still being copied, an interrupted "
+                                   "transfer?); copy it again")
+        if short is not None:  # a file of no kind read here, or one cut before its Modality
+            unreadable.append((p, f"truncated, {_size(p)} bytes"))
+            continue
         if mod == "CT" and "LOCALIZER" in [str(v).upper()
                                            for v in multi_value(getattr(ds, "ImageType", None))]:
             warn(f"{p}: a localizer (scout, ImageType LOCALIZER), not a slice of a planning CT; ignored")
@@ -198,6 +206,25 @@ def _size(p: Path) -> int:
         return p.stat().st_size
     except OSError:
         return -1
+
+
+def _truncated(ds: Any) -> str | None:
+    """Why the file ``ds`` was just read from (nothing of it accessed yet) ends before its data do, or
+    None: its last element declares more bytes than the file holds. pydicom reads such an element short
+    without a word, and a sequence in it ends at its last whole item: a structure set cut while being
+    copied would lose its last ROIs, contours or body outline, a plan its last prescriptions."""
+    tags = list(ds.keys())
+    if not tags:
+        return None
+    raw = ds.get_item(max(tags))
+    value, length = getattr(raw, "value", None), getattr(raw, "length", None)
+    if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF and len(value) < length:
+        from pydicom.datadict import keyword_for_tag
+
+        name = keyword_for_tag(raw.tag)  # "" for a private tag
+        return f"its element {raw.tag}{f' {name}' if name else ''} declares {length} bytes, the file holds " \
+               f"{len(value)} of them"
+    return None
 
 
 def _struct_refs(ds: Any) -> tuple[set[str], list[str]]:
