@@ -414,6 +414,22 @@ def test_uncompressed_files_are_read(tmp_path, fmt):
     assert q.possible_dose_mask.sum() < q.possible_dose_mask.size  # the body, not the whole grid
 
 
+@pytest.mark.parametrize("fmt", ["labels", "codes"])
+def test_hidden_files_of_a_macos_copy_are_not_rois(tmp_path, fmt):
+    """A folder copied from a Mac onto a share holds an AppleDouble ``._NAME`` beside each file (no
+    image: a 4-byte magic and Finder data); ``rois/._LeftParotid.nii.gz`` was read as a label file and
+    the import refused ('cannot read ROI ...: not a gzip file')."""
+    p = make_patient()
+    folder = nifti.write_patient(p, tmp_path / "src", fmt)
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)
+    (folder / "rois").mkdir(exist_ok=True)
+    for name in ("._ct.nii.gz", "rois/._LeftParotid.nii.gz", "rois/._PTV70.nii", ".DS_Store",
+                 "rois/.DS_Store"):
+        (folder / name).write_bytes(apple_double)
+    (q,) = nifti.read_nifti_folder(tmp_path / "src")
+    assert_same(p, q)
+
+
 def test_compressed_and_uncompressed_twins_are_an_error(tmp_path):
     folder = nifti.write_patient(make_patient(), tmp_path)
     nib.save(nib.load(folder / "dose.nii.gz"), folder / "dose.nii")

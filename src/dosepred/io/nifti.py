@@ -529,9 +529,12 @@ def _label_name(f: Path, listed: Iterable[str]) -> str:
 
 def _label_files(folder: Path) -> list[Path]:
     """The label files ``rois/*.nii*`` of a patient folder, in name order; ``.NII.GZ`` is one too (as on
-    Windows, whose names ignore case: ``PTV70.NII.GZ`` was skipped without a word)."""
+    Windows, whose names ignore case: ``PTV70.NII.GZ`` was skipped without a word); hidden files are none
+    (a macOS copy's AppleDouble ``._Brainstem.nii.gz`` holds no image, and was refused as an unreadable
+    ROI)."""
     d = folder / ROI_DIR
-    return sorted(f for f in d.iterdir() if ".nii" in f.name.lower()) if d.is_dir() else []
+    return sorted(f for f in d.iterdir() if ".nii" in f.name.lower() and not f.name.startswith(".")) \
+        if d.is_dir() else []
 
 
 def _listed_roi_set(folder: Path, info: dict[str, Any]) -> RoiSet:

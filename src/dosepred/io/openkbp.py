@@ -281,7 +281,7 @@ def roi_files(folder: Path, roi_set: RoiSet, pid: str) -> dict[str, Path]:
     CSV file too (as on Windows, whose names ignore case): ``PTV70.CSV`` was skipped without a word."""
     out: dict[str, Path] = {}
     for f in _csv_files(folder):
-        if f.name in _ARRAY_FILES:
+        if f.name in _ARRAY_FILES or f.name.startswith("."):  # a macOS copy's AppleDouble ._Brainstem.csv
             continue
         if f.stem not in roi_set:
             warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored",
