@@ -100,6 +100,30 @@ def test_output_file_in_a_read_only_folder_names_the_file_asked_for():
             raise AssertionError("the block must not run")
 
 
+def test_a_write_on_a_read_only_file_system_names_the_file_not_its_temporary(monkeypatch):
+    """On a read-only mount removing the temporary file that was never made fails too (EROFS, not
+    ENOENT); that error replaced the write's own and named the temporary: ``train --resume`` of a run on
+    a read-only share said 'error: RUN/.config.json.tmp-d547: Read-only file system'. /sys refuses the
+    file; Path.unlink raises as on such a mount."""
+    import errno
+
+    from dosepred.fsutil import OutputError, output_file
+
+    def unlink(self, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError) as e:
+        write_json("/sys/dosepred-test.json", {"a": 1})
+    assert e.value.filename == "/sys/dosepred-test.json", e.value
+    with pytest.raises(OSError) as e, atomic_file("/sys/dosepred-test.csv", "w") as fh:
+        fh.write("a")
+    assert e.value.filename == "/sys/dosepred-test.csv", e.value
+    with pytest.raises(OutputError, match=r"^/sys/dosepred-test\.json: cannot write here \("):
+        with output_file("/sys/dosepred-test.json"):
+            raise AssertionError("the block must not run")
+
+
 def _full_disk_save(obj, fh):
     """torch.save meeting a full disk: its zip writer's exit raises its own error over the OSError."""
     import errno

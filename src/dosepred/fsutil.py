@@ -101,6 +101,16 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _discard(tmp: Path) -> None:
+    """Remove the temporary file ``tmp`` of a failed write, if there is one; a read-only file system
+    refuses even to remove nothing (EROFS), which must not replace the error that says why the write
+    failed (it named the temporary, ``RUN/.config.json.tmp-1a2b: Read-only file system``)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def is_nonempty(path: str | os.PathLike) -> bool:
     """True for a file with content, a folder with any entry, or a link (never silently replaced)."""
     p = Path(path)
@@ -382,7 +392,7 @@ def output_file(path: str | os.PathLike, overwrite: bool = False,
         raise _named(e, final, tmp) from None
     finally:
         if not ok:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             _unmake(created)
 
 
@@ -529,7 +539,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", only_writes: bool = F
         raise (_named(named, final) if only_writes else named) from None
     finally:
         if not ok:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
 
 @contextmanager
