@@ -741,6 +741,37 @@ def test_a_rois_json_id_that_cannot_name_files_is_refused_naming_the_file(tmp_pa
             read(src)
 
 
+def test_a_folder_name_too_long_for_the_patients_files_is_refused_before_anything_is_written(tmp_path):
+    """A patient folder named in 252 bytes (a legal name, up to 255) is the patient's id, and its cache
+    file <id>.npz (256 bytes) cannot be: `data import-nifti` wrote the other patients, then failed
+    naming two temporary files ('OUT.tmp-1a2b/.ppp.tmp-3c4d -> OUT.tmp-1a2b/ppp.npz: File name too
+    long'). Now one line naming the folder and the rule, before anything is written; 248 bytes (the
+    longest name whose <id>.nii.gz fits) is imported."""
+    from typer.testing import CliRunner
+
+    from dosepred.cli import app
+    from dosepred.io.cache import Cache
+
+    src = tmp_path / "src"
+    for n, name in enumerate(("a", "é" * 124)):  # 248 bytes in UTF-8
+        nifti.write_patient(make_patient(pid=name, shift=2.0 * n), src)
+        f = src / name / "rois.json"
+        f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "id"}))
+    res = CliRunner().invoke(app, ["data", "import-nifti", str(src), "--out", str(tmp_path / "c"),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert sorted(Cache.open(tmp_path / "c").ids) == ["a", "é" * 124]
+    (src / ("é" * 124)).rename(src / ("é" * 126))  # 252 bytes
+    res = CliRunner().invoke(app, ["data", "import-nifti", str(src), "--out", str(tmp_path / "c2"),
+                                   "--no-progress"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, text
+    assert re.search(r"error: \S*/é{126}: the folder's name, the id, cannot name the patient's files "
+                     r"\(<id>\.nii\.gz, <id>\.npz, <id>/\): it is 252 bytes long, and the files named after "
+                     r"it \(é{12}\.\.\.\.nii\.gz\) would have names longer than the 255 bytes", text), text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "src"]
+
+
 def test_label_file_names_written_decomposed_are_the_names_rois_json_lists(tmp_path):
     """A label file named on macOS holds its name decomposed (NFD: "Parótida" as "o" + a combining
     accent), rois.json as typed (NFC): the file was refused as an ROI rois.json does not list, though

@@ -183,7 +183,8 @@ def test_same_level_is_a_fractionation_s_rounding_not_another_plan():
     assert not same_level(70.0, None) and not same_level(None, 70.0)
 
 
-@pytest.mark.parametrize("pid", ["../escaped", "HN/001", "..", ".", "", "..\\escaped", "HN\\001"])
+@pytest.mark.parametrize("pid", ["../escaped", "HN/001", "..", ".", "", "..\\escaped", "HN\\001",
+                                 "p" * 249])  # 249 + len(".nii.gz") > 255 bytes, a file name's most
 def test_an_id_that_cannot_name_files_is_refused(pid):
     """A patient's id names its files (<id>.npz, <id>.csv, <id>.nii.gz, <id>/): an id "../escaped"
     (a NIfTI rois.json's or a cache's "id" is free text) made `predict` write ../escaped.nii.gz beside

@@ -27,6 +27,7 @@ import numpy as np
 from . import roi as _roi
 from .constants import MAX_CRITERION_GY, MAX_DOSE_GY
 from .errors import InputError, UnknownNameError
+from .fsutil import NAME_MAX
 from .geometry import Geometry, reorient
 
 RoiKind = Literal["target", "oar", "other"]
@@ -246,13 +247,26 @@ def id_problem(pid: str) -> str | None:
     return file_name_problem(pid)
 
 
+#: The longest ending of a file named after a patient or an ROI (a prediction's ``<id>.nii.gz``)
+LONGEST_SUFFIX = ".nii.gz"
+
+
 def file_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a file inside a folder on every disk, or None: a slash or a backslash
-    (a folder on POSIX or on Windows: the file lands elsewhere), a NUL, "." or ".."."""
+    (a folder on POSIX or on Windows: the file lands elsewhere), a NUL, "." or "..", or so long that
+    its files' names (``name`` + :data:`LONGEST_SUFFIX`) pass the :data:`~dosepred.fsutil.NAME_MAX`
+    bytes file systems take (a NIfTI folder's name of 252 bytes failed when its cache file was renamed
+    into place, naming temporary files)."""
     for ch, what in (("/", "a slash"), ("\\", "a backslash"), ("\0", "a NUL character")):
         if ch in name:
             return f"it holds {what}"
-    return "it is no file name" if name in (".", "..") else None
+    if name in (".", ".."):
+        return "it is no file name"
+    n = len(name.encode("utf-8", "surrogateescape"))
+    if n + len(LONGEST_SUFFIX) > NAME_MAX:
+        return (f"it is {n} bytes long, and the files named after it ({name[:12]}...{LONGEST_SUFFIX}) would "
+                f"have names longer than the {NAME_MAX} bytes file systems take; give a shorter one")
+    return None
 
 
 def case_clash(ids: Iterable[str]) -> tuple[str, str] | None:

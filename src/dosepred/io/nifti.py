@@ -775,9 +775,10 @@ def _check_unique_ids(folders: list[Path], infos: list[dict[str, Any]]) -> None:
     for f, i in zip(folders, infos, strict=True):
         pid = str(i.get("id") or f.name)
         why = id_problem(pid)
-        if why:
-            raise NiftiFormatError(f"{f / ROIS_JSON}: \"id\" {pid!r} cannot name the patient's files "
-                                   f"(<id>.nii.gz, <id>.npz, <id>/): {why}; give an id without one")
+        if why:  # the id rois.json gives, or the folder's name
+            said = f"{f / ROIS_JSON}: \"id\" {pid!r}" if i.get("id") else f"{f}: the folder's name, the id,"
+            raise NiftiFormatError(f"{said} cannot name the patient's files (<id>.nii.gz, <id>.npz, <id>/): "
+                                   f"{why}; give another id (rois.json's \"id\")")
         seen.setdefault(file_key(pid), []).append((pid, f))  # ids name files: one ignoring case, as DICOM's
     for both in seen.values():
         if len(both) > 1:
