@@ -112,6 +112,19 @@ def test_a_prediction_folder_with_a_cache_and_csv_files_is_ambiguous(cc, tmp_pat
         _score(cc["root"] / "ref", mixed, p.id)
 
 
+def test_the_reference_given_as_its_own_prediction_is_refused(cc, tmp_path):
+    """--prediction the reference cache itself, under another spelling (a link, an absolute path):
+    each patient's plan dose was scored against itself, dose score 0.00, exit 0, without a word."""
+    ref = cc["root"] / "ref"
+    (tmp_path / "link").symlink_to(ref)
+    res = _evaluate_cli(ref, tmp_path / "link")
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, text
+    assert f"error: prediction folder {tmp_path / 'link'} is the reference {ref}: each patient's " \
+           "\"prediction\" would be its own plan dose and every score 0" in text, text
+    assert _evaluate_cli(ref, cc["root"] / "pred").exit_code == 0
+
+
 # ------------------------------------------------------------------- 3. a damaged reference cache
 
 @pytest.mark.parametrize("compact", [True, False])

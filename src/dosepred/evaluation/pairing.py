@@ -288,6 +288,10 @@ def match_predictions(reference: str | os.PathLike, prediction: str | os.PathLik
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
     preds = _Predictions(reference, prediction, roi_map)
     if preds.store is not None:
+        if pred.resolve() == Path(reference).resolve():  # one folder, however spelt (a link, ../x)
+            raise InputError(f"prediction folder {pred} is the reference {reference}: each patient's "
+                             "\"prediction\" would be its own plan dose and every score 0; give the folder "
+                             "the predictions were written to (dosepred predict --out)")
         have = set(preds.store.ids)
         known = set(ids)
         _warn_unused(pred, reference, [i for i in preds.store.ids if i not in known],
