@@ -43,11 +43,12 @@ import numpy as np
 from ..constants import BODY_HU, MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
-from ..geometry import Geometry, GeometryError, body_from_ct, filled_outline, shear_problem
+from ..geometry import Geometry, GeometryError, body_from_ct, shear_problem
 from ..patient import Patient, RoiSet, file_key, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from ..roi import binary_mask
 from . import roi_names as _names
+from .nifti_checks import drop_empty, filled_body, warn_beyond_int16
 
 #: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
 #: ``meta["format"]``.
@@ -586,7 +587,7 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
         if bad:
             raise NiftiFormatError(f"patient {pid}: {ct_path} holds {bad} NaN/inf voxel(s); a CT is a finite "
                                    "number of HU in every voxel")
-    _warn_beyond_int16(ct, ct_path, pid)
+    warn_beyond_int16(ct, ct_path, pid)
     shape = ct.shape
     ct_aff = mm_affine(img)
     geom = _geometry(img, ct_path, info.get("geometry"))
@@ -673,8 +674,8 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                               f"ROI {name!r}; it is their union: check that they are one structure (else "
                               "remove or rename the others)", stacklevel=2)
     if body_files and pdm is not None:
-        pdm = _filled_outline(pdm, geom, body_files, folder / ROI_DIR if codes_path is None else folder, pid)
-    _drop_empty(masks, pid, codes_path, folder / ROI_DIR, files_of)
+        pdm = filled_body(pdm, geom, body_files, folder / ROI_DIR if codes_path is None else folder, pid)
+    drop_empty(masks, pid, codes_path, folder / ROI_DIR, files_of)
     meta = dict(info.get("meta", {}))
     meta.pop("affine", None)
     meta.update({"format": FORMAT_NAME, "source": str(folder.resolve())})
@@ -690,62 +691,6 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
                           "outside the possible-dose mask; read as 0 Gy there, where no prediction has dose: "
                           "does the mask miss part of the patient?", stacklevel=2)
     return Patient.from_masks(pid, ct, masks, roi_set, geom.spacing, pdm, dose, meta, geometry=geom)
-
-
-def _warn_beyond_int16(ct: np.ndarray, path: Path, pid: str) -> None:
-    """Warn of CT voxels outside -32768..32767 HU, which a patient's int16 CT clips (as the DICOM reader
-    warns): a scanner's padding outside the scan circle kept as stored (GE's 63536 on unsigned pixels
-    with scl_inter -1024, as a DICOM-to-NIfTI converter may keep it, reads 62512 HU: bone to the
-    network, and body to the ``CT > -500 HU`` possible-dose mask of a folder without one), or a wrong
-    scl_slope/scl_inter."""
-    if ct.dtype.kind in "iu" and ct.dtype.itemsize <= 2 and ct.dtype != np.uint16:
-        return  # int8, uint8, int16: within int16
-    out = (ct < -32768.5) | (ct > 32767.5)
-    n = int(np.count_nonzero(out))
-    if n:
-        v = ct[out]
-        v0 = float(v[np.argmax(np.abs(v.astype(np.float64)))])
-        warnings.warn(f"patient {pid}: {path}: {n} voxel(s) read outside -32768..32767 HU (e.g. {v0:.6g} HU) "
-                      "and were clipped to it: scanner padding outside the scan circle (no NIfTI header "
-                      "declares it), or a wrong scl_slope/scl_inter? The CT's HU there are not what the "
-                      "scanner measured (set them to -1024 HU, air)", stacklevel=3)
-
-
-def _drop_empty(masks: dict[str, np.ndarray], pid: str, codes_path: Path | None, roi_dir: Path,
-                files_of: dict[str, list[str]]) -> None:
-    """Record an ROI without a voxel (an empty label file, as segmentation tools write for an organ they
-    did not find; a listed ROI whose bit no voxel of ``roi_codes`` sets) as missing, with a warning, as
-    the DICOM reader does: kept as an ROI with no voxel, it counted as contoured, so training recorded
-    no patient without it and prediction gave no word for a patient without it (the cord)."""
-    empty = [n for n, m in masks.items() if not m.any()]
-    for n in empty:
-        del masks[n]
-    if not empty:
-        return
-    if codes_path is not None:
-        what = f"no voxel of {codes_path} sets the bit of {', '.join(empty)}"
-    else:
-        files = [f for n in empty for f in files_of.get(n, [])]
-        what = (f"label file{'s' if len(files) > 1 else ''} {', '.join(files)} in {roi_dir} "
-                f"hold{'' if len(files) > 1 else 's'} no voxel")
-    warnings.warn(f"patient {pid}: {what}; {'they are' if len(empty) > 1 else 'it is'} recorded as not "
-                  f"contoured (missing: {', '.join(empty)})", stacklevel=3)
-
-
-def _filled_outline(body: np.ndarray, geom: Geometry, files: list[str], where: Path, pid: str) -> np.ndarray:
-    """The possible-dose mask made of body label files ``files``: as it is, or, when it is an outline
-    (:func:`dosepred.geometry.filled_outline`), its axial slices filled, with a warning: a shell taken as
-    the body would leave the whole inside of the patient out of every prediction and score, without a
-    word."""
-    out = filled_outline(body, geom)
-    if out is None:
-        return body
-    filled, ratio = out
-    warnings.warn(f"patient {pid}: the body ({', '.join(files)}) in {where} holds an outline, not "
-                  f"the body (its axial slices filled hold {ratio:.1f} x its voxels; a skin "
-                  "segmentation?): filled slice by slice as the possible-dose mask (give a filled "
-                  f"body, or {MASK_FILE}, to use another)", stacklevel=3)
-    return filled
 
 
 def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]]:
