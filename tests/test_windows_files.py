@@ -195,3 +195,21 @@ def test_nifti_patient_folder_in_upper_case_is_not_left_out(tmp_path):
         f.rename(f.with_name(f.name.upper()))
     with pytest.raises(nifti.NiftiFormatError, match=r"synth_2 holds NIfTI files \(CT.NII.GZ, .*no ct.nii"):
         nifti.patient_folders(tmp_path / "src")
+
+
+@pytest.mark.parametrize("name", ["dose.nii.gz", "possible_dose_mask.nii.gz", "rois.json"])
+def test_nifti_patient_file_in_another_case_is_refused(tmp_path, name):
+    """A NIfTI patient's dose, mask or rois.json named in another case (DOSE.NII.GZ from a Windows tool)
+    beside its ct.nii.gz was ignored without a word: import-nifti wrote the patient without its dose, or
+    with the body of its CT (CT > -500 HU) for the mask it was given. It is an error naming the file."""
+    from dosepred.io import nifti
+
+    folder = nifti.write_patient(synth.make_patient(1, size=16), tmp_path / "src")
+    assert (folder / name).is_file()
+    upper = name.upper() if name != "possible_dose_mask.nii.gz" else "Possible_Dose_Mask.nii.gz"
+    (folder / name).rename(folder / upper)
+    if (folder / name).exists():  # a case-insensitive disk reads it by its name: nothing to refuse
+        pytest.skip("case-insensitive file system")
+    with pytest.raises(nifti.NiftiFormatError, match=rf"synth_1 holds {upper}, not {name}: names are "
+                                                     rf"case-sensitive.*rename it {name}"):
+        list(nifti.iter_nifti_folder(tmp_path / "src")[1])

@@ -435,7 +435,25 @@ def _refuse_label_map(codes: np.ndarray, path: Path, pid: str, present: dict[int
             f"(an ROI that is not contoured goes in its missing_rois)")
 
 
+#: The names a NIfTI patient folder's files are read by (a ``.nii.gz`` name also as ``.nii``)
+_FOLDER_NAMES = (*(n for f in (CT_FILE, DOSE_FILE, MASK_FILE, CODES_FILE) for n in (f, f[: -len(".gz")])),
+                 ROIS_JSON, ROI_DIR)
+
+
+def _check_name_case(folder: Path) -> None:
+    """Refuse a patient folder holding one of its files named in another case (``DOSE.NII.GZ``,
+    ``Possible_Dose_Mask.nii.gz``, ``ROIS.JSON``: a DOS or Windows tool's names) where the name itself
+    is not there: names are case-sensitive, so it was ignored without a word (the patient read without
+    its dose; without its mask, whose place the body of the CT took)."""
+    for f in folder.iterdir() if folder.is_dir() else []:
+        name = next((n for n in _FOLDER_NAMES if f.name != n and f.name.lower() == n), None)
+        if name is not None and not (folder / name).exists():  # a case-insensitive disk finds it
+            raise NiftiFormatError(f"{folder} holds {f.name}, not {name}: names are case-sensitive, so it "
+                                   f"would be ignored; rename it {name}")
+
+
 def read_sidecar(folder: Path) -> dict[str, Any]:
+    _check_name_case(folder)
     js = folder / ROIS_JSON
     if not js.is_file():
         return {}
