@@ -278,6 +278,18 @@ def test_a_swapped_pair_named_with_a_clinic_s_side_words_is_named(left, right):
     assert side_of("Sinus") is None and side_of("Dexter") is None and side_of("Derma_ring") is None
 
 
+@pytest.mark.parametrize("name", ["Re-irradiation", "G-tube", "Li_Ring", "D Ring"])
+def test_a_short_side_word_before_a_name_is_no_side(name):
+    """German li/re and French G/D name a side after an organ (Parotis li, Parotide G); before a name they
+    begin a word: 'Re-irradiation' (a previous course's volume) on the patient's left was taken as a right
+    ROI 30 mm on the wrong side of the midline (a LateralityWarning, and qa's side note on the plan)."""
+    assert side_of(name) is None
+    for block in ((6, 10), (30, 34)):  # on the patient's left, then right
+        assert side_findings(_sided({name: block})) == []
+    assert side_of("Parotis li") == ("Left", "parotis") and side_of("Parotide_D") == ("Right", "parotide")
+    assert side_of("Lt Lacrimal") == ("Left", "lacrimal") and side_of("IZQ Parotida") == ("Left", "parotida")
+
+
 @pytest.mark.parametrize("left, right", [
     ("Ojo izquierdo", "Ojo derecho"), ("Nerf optique gauche", "Nerf optique droit"),
     ("Occhio sinistro", "Occhio destro"), ("Olho esquerdo", "Olho direito")])

@@ -46,7 +46,12 @@ MIDLINE_MARGIN_MM = 10.0
 _CAMEL = re.compile(r"^(Left|Right)([A-Z0-9].*)$")
 # the side words flips swap (dosepred.roi.SIDE_WORD_PAIRS: L, Lt, Left, Sin, izq, sx, ...), longest first
 _WORDS = "|".join(sorted(SIDE_WORDS, key=len, reverse=True))
-_PREFIX = re.compile(rf"^({_WORDS})[\s_\-]+(.+)$", re.IGNORECASE)  # Lt Lacrimal, L_Parotid
+#: side words clinics write after an organ only (German li/re, French G/D: Parotis li, Parotide G); before a
+#: name they are no side but the start of a word (Re-irradiation, G-tube: taken as sided, such a volume on
+#: the patient's left was named as a right ROI on the wrong side)
+_SUFFIX_ONLY = frozenset({"li", "re", "g", "d"})
+_PREFIX_WORDS = "|".join(sorted(set(SIDE_WORDS) - _SUFFIX_ONLY, key=len, reverse=True))
+_PREFIX = re.compile(rf"^({_PREFIX_WORDS})[\s_\-]+(.+)$", re.IGNORECASE)  # Lt Lacrimal, L_Parotid
 # Parotid_L, and a planning risk volume of it: Parotid_L_PRV, Lens_R_PRV03 (the PRV keeps its side)
 _SUFFIX = re.compile(rf"^(.+?)[\s_\-]+({_WORDS})((?:[\s_\-]+prv[\s_\-]?\d*(?:mm)?)?)$", re.IGNORECASE)
 _SIDE = SIDE_WORDS
