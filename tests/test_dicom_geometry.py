@@ -499,6 +499,32 @@ def test_evaluate_rtdose_predictions_against_dicom_and_cache_references(tmp_path
     assert 0 < json.loads((tmp_path / "e3.json").read_text())["dose_score"] < 1.0
 
 
+def test_a_dicom_reference_given_as_its_own_prediction_is_refused(tmp_path):
+    """--prediction the DICOM reference folder itself (or a link to it, or its parent): each patient's plan
+    RTDOSE was matched as its prediction and scored against itself, dose score 0.00, exit 0, without a
+    word. A match that is a reference plan dose is refused; a predicted RTDOSE beside it still pairs."""
+    import json
+
+    proto = tmp_path / "proto.json"
+    proto.write_text(json.dumps(PROTOCOL))
+    ref = dicom.write_dicom(make_patient(), tmp_path / "ref")
+    (q,) = quiet_read(ref)
+    (tmp_path / "link").symlink_to(tmp_path / "ref")
+    for pred in (tmp_path / "ref", tmp_path / "link", tmp_path):
+        res = _cli(["evaluate", "--reference", str(tmp_path / "ref"), "--prediction", str(pred),
+                    "--no-progress", "--protocol", str(proto)])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, text
+        assert "error: patient pt_a: the RTDOSE matched as its prediction" in text, text
+        assert "is the plan dose of reference patient pt_a" in text, text
+    pred = tmp_path / "pred"
+    dicom.write_rtdose(q, q.dose * 0.9, pred / q.id, dose_spacing=q.spacing, model_name="m")
+    res = _cli(["evaluate", "--reference", str(tmp_path / "ref"), "--prediction", str(pred),
+                "--json", str(tmp_path / "e.json"), "--no-progress", "--protocol", str(proto)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["dose_score"] > 0.1
+
+
 def test_evaluate_rtdose_predictions_of_openkbp_patients(tmp_path, sample):
     """What `predict --format dicom` writes for an OpenKBP folder is found (PatientID) and placed
     back on the OpenKBP grid exactly."""

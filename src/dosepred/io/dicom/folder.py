@@ -176,15 +176,17 @@ class DicomFolder:
                     p = _build_patient(s, self.roi_set)
                 yield p
 
-    def headers(self) -> dict[str, dict[str, str]]:
-        """Per patient id, the UIDs that identify it (for matching predicted RTDOSE files)."""
+    def headers(self) -> dict[str, dict[str, Any]]:
+        """Per patient id, the UIDs that identify it (for matching predicted RTDOSE files), and its plan
+        dose's RTDOSE files (``rtdose_files``: never its prediction)."""
         out = {}
         for s in self.sources:
             first = s.series.first
             rs = str(getattr(s.rtstruct[1], "SOPInstanceUID", "")) if s.rtstruct else ""
             out[s.id] = {"patient_id": str(getattr(first, "PatientID", "")),
                          "frame_of_reference_uid": s.series.for_uid, "rtstruct_uid": rs,
-                         "rtplan_uid": str(getattr(s.plan[1], "SOPInstanceUID", "")) if s.plan else ""}
+                         "rtplan_uid": str(getattr(s.plan[1], "SOPInstanceUID", "")) if s.plan else "",
+                         "rtdose_files": [str(d[0]) for d in s.doses_summed or ([s.dose] if s.dose else [])]}
         return out
 
 

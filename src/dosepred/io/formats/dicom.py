@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
 from ...patient import Patient, RoiSet
 from .. import dicom
 from .base import Format, place_dose
@@ -66,8 +67,15 @@ def match_doses(folder: Path, headers: Callable[[], dict[str, dict[str, Any]]]) 
     if not doses:
         return {}
     out: dict[str, Path] = {}
-    for pid, meta in headers().items():
+    heads = headers()
+    plans = {Path(f).resolve(): pid for pid, meta in heads.items() for f in meta.get("rtdose_files", ())}
+    for pid, meta in heads.items():
         f = dicom.match_rtdose(pid, meta, doses)
+        if f is not None and f.resolve() in plans:  # the prediction folder is (or holds) the reference
+            raise InputError(f"patient {pid}: the RTDOSE matched as its prediction, {f}, is the plan dose of "
+                             f"reference patient {plans[f.resolve()]}: each \"prediction\" would be a plan "
+                             "dose (its own: every score 0); give the folder the predictions were written to "
+                             "(dosepred predict --out), not the reference's")
         if f is not None:
             out[pid] = f
     return out
