@@ -183,6 +183,32 @@ def test_openkbp_patient_folder_in_upper_case_is_not_left_out(openkbp_truth, tmp
         list(openkbp.read_folder(root))
 
 
+def test_openkbp_upper_case_folder_renamed_as_told_keeps_its_rois(openkbp_truth, tmp_path):
+    """The remedy of the error above, done as it said (the four array files renamed), read the patient
+    without the ROIs in upper case (BRAINSTEM.CSV: a warning 'not a known ROI; ignored' and the ROI
+    missing). The error now names each ROI file's name, as does the warning."""
+    folder = tmp_path / "pats" / "PT_3"
+    folder.mkdir(parents=True)
+    for f in (openkbp_truth["root"] / "pt_3").iterdir():
+        shutil.copy(f, folder / f.name.upper())
+    with pytest.raises(openkbp.OpenKBPFormatError) as e:
+        openkbp.read_patient(folder)
+    said = str(e.value)
+    assert "BRAINSTEM.CSV -> Brainstem.csv" in said and "PTV70.CSV ->" not in said, said
+    for name in openkbp.REQUIRED:
+        (folder / name.upper()).rename(folder / name)
+    told = r"BRAINSTEM.CSV is not a known ROI .*ignored \(the names are case-sensitive: rename it Brainstem"
+    with pytest.warns(openkbp.UnknownRoiWarning, match=told):
+        openkbp.read_patient(folder)
+    for told in said.split("ROI files: ")[1].rstrip(")").split(", "):
+        old, new = told.split(" -> ")
+        (folder / old).rename(folder / new)
+    ref = openkbp.read_patient(openkbp_truth["root"] / "pt_3")
+    p = openkbp.read_patient(folder)
+    assert p.missing_rois == ref.missing_rois
+    assert all(np.array_equal(p.mask(n), ref.mask(n)) for n in p.roi_set.names)
+
+
 def test_nifti_patient_folder_in_upper_case_is_not_left_out(tmp_path):
     """A NIfTI patient folder whose files a DOS or Windows tool named in upper case (CT.NII.GZ, ...) beside
     others was left out of the cohort without a word, its files not counted as NIfTI files; it is the

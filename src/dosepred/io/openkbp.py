@@ -284,7 +284,9 @@ def roi_files(folder: Path, roi_set: RoiSet, pid: str) -> dict[str, Path]:
         if f.name in _ARRAY_FILES or f.name.startswith("."):  # a macOS copy's AppleDouble ._Brainstem.csv
             continue
         if f.stem not in roi_set:
-            warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored",
+            same = [n for n in roi_set.names if n.casefold() == f.stem.casefold()]  # BRAINSTEM.CSV
+            fix = f" (the names are case-sensitive: rename it {same[0]}.csv)" if same else ""
+            warnings.warn(f"patient {pid}: {f} is not a known ROI ({', '.join(roi_set.names)}); ignored{fix}",
                           UnknownRoiWarning, stacklevel=3)
             continue
         out[f.stem] = f
@@ -296,11 +298,22 @@ def _csv_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.suffix.lower() == ".csv")
 
 
-def _lacks(folder: Path, pid: str, names: list[str]) -> OpenKBPFormatError:
+def _case_renames(folder: Path, roi_set: RoiSet) -> list[str]:
+    """``BRAINSTEM.CSV -> Brainstem.csv`` for each ROI file of ``folder`` named after an ROI of
+    ``roi_set`` in another case (which is no ROI file: the names are case-sensitive)."""
+    names = {n.casefold(): n for n in roi_set.names}
+    return [f"{f.name} -> {names[f.stem.casefold()]}.csv" for f in _csv_files(folder)
+            if f.stem not in roi_set and f.stem.casefold() in names]
+
+
+def _lacks(folder: Path, pid: str, names: list[str], roi_set: RoiSet) -> OpenKBPFormatError:
     """The error of a patient folder lacking the files ``names``, naming those it holds in another case
-    (CT.CSV: copied from Windows or a DOS tool; the names are case-sensitive)."""
+    (CT.CSV: copied from Windows or a DOS tool; the names are case-sensitive), and its ROI files so
+    named (BRAINSTEM.CSV, which would be ignored once the others are renamed)."""
     other = sorted(f.name for f in folder.iterdir() if f.name.lower() in names)
-    hint = f" (it holds {', '.join(other)}: the names are case-sensitive, rename them)" if other else ""
+    rois = _case_renames(folder, roi_set)
+    also = f", and the ROI files: {', '.join(rois)}" if rois else ""
+    hint = f" (it holds {', '.join(other)}: the names are case-sensitive, rename them{also})" if other else ""
     return OpenKBPFormatError(f"patient {pid}: {folder} lacks {', '.join(names)}{hint}")
 
 
@@ -325,7 +338,7 @@ def read_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None,
     need = [f for f in REQUIRED if (f != "dose.csv" or require_dose)]
     missing_files = [f for f in need if not (folder / f).is_file()]
     if missing_files:
-        raise _lacks(folder, pid, missing_files)
+        raise _lacks(folder, pid, missing_files, roi_set)
     spacing = read_spacing(folder / "voxel_dimensions.csv", pid)
     size = int(np.prod(GRID))
 
@@ -400,7 +413,7 @@ def read_sparse_patient(folder: str | os.PathLike, roi_set: RoiSet | None = None
     rs = roi_set or RoiSet.openkbp()
     for req in ("dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv"):
         if not (folder / req).is_file():
-            raise _lacks(folder, pid, [req])
+            raise _lacks(folder, pid, [req], rs)
     spacing = read_spacing(folder / "voxel_dimensions.csv", pid)
     midx, _ = read_sparse(folder / "possible_dose_mask.csv", False, pid=pid)
     didx, dvals = read_sparse(folder / "dose.csv", True, pid=pid)
