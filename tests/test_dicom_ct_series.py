@@ -45,6 +45,9 @@ def test_a_ct_whose_compression_no_decoder_reads_is_refused_in_one_line(template
                          r"1\.2\.840\.10008\.1\.2\.4\.70\) and no decoder for it is installed: "
                          r"install one \(.*pylibjpeg-libjpeg.*\), or "
                          r"export the images uncompressed", flat(lines[0])), lines[0]
+        # commands pip runs as told: PyPI's "gdcm" is another project (1.1); gdcm>=3.0.10 is python-gdcm
+        assert "pip install pylibjpeg pylibjpeg-libjpeg" in flat(lines[0]), lines[0]
+        assert "pip install python-gdcm" in flat(lines[0]) and "gdcm>=" not in lines[0], lines[0]
     assert not (out / "dataset.json").exists()
 
 

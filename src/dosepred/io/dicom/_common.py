@@ -4,6 +4,7 @@ field). Private to the package: other modules use the names :mod:`dosepred.io.di
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -86,8 +87,25 @@ def pixel_error(ds: Any, e: Exception) -> str:
         needs = []
     if needs:
         return (f"it is compressed ({ts.name}, transfer syntax {ts}) and no decoder for it is installed: "
-                f"install one ({'; '.join(needs)}), or export the images uncompressed")
+                f"install one ({', or '.join(_pip_commands(needs))}), or export the images uncompressed")
     return " ".join(str(e).split())
+
+
+#: PyPI names of the packages pydicom's decoder plugins name otherwise: PyPI's "gdcm" is another project
+#: (1.1, 2020), which ``pip install "gdcm>=3.0.10"`` refuses and ``pip install gdcm`` installs in vain
+PIP_NAMES = {"gdcm": "python-gdcm"}
+
+
+def _pip_commands(needs: list[str]) -> list[str]:
+    """``pip install ...`` for each of pydicom's missing decoder plugins ('pylibjpeg - requires
+    pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1'), the packages by their PyPI names."""
+    out = []
+    for need in needs:
+        reqs = need.split(" - requires ", 1)[-1].split(" and ")
+        names = [re.split(r"[<>=!~;\s]", r.strip(), maxsplit=1)[0] for r in reqs]
+        names = [PIP_NAMES.get(n, n) for n in names if n and n != "numpy"]  # numpy: dosepred's own
+        out.append(f"pip install {' '.join(names)}")
+    return out
 
 
 def raw_field(ds: Any, key: str) -> Any:
