@@ -281,7 +281,8 @@ DICOM_ERRORS = [
     ("rtdose-degenerate-iop", _rd_degenerate_iop, r"RD\.dcm: degenerate ImageOrientationPatient"),
     ("rtdose-relative", _relative_units, r"RD\.dcm: DoseUnits is RELATIVE, not GY \(a relative dose"),
     ("rtdose-cgy", _cgy_units, r"RD\.dcm: DoseUnits is CGY, not GY \(DICOM's DoseUnits are GY or RELATIVE; "
-                               r"read as Gy, a dose in cGy would be 100 x too high\)"),
+                               r"read as Gy, a dose in cGy would be 100 x too high\): export the dose "
+                               r"in Gy, or, for a dose in cGy, set DoseUnits to GY and divide"),
     ("rtdose-other-frame", _rd_other_frame,
      r"RTDOSE .*RD\.dcm has FrameOfReference .*, but the referenced RT(PLAN|STRUCT) lies on CT series"),
     ("ct-degenerate-iop", _ct_degenerate_iop, r"CT\.0001\.dcm: degenerate ImageOrientationPatient"),
@@ -1163,3 +1164,29 @@ def test_a_third_plan_beside_a_sum_that_nothing_relates_to_it_is_named(template,
                                                 r".*RP1\.dcm \+ .*RP2\.dcm"):
         (p,) = dicom.read_dicom_folder(src)
     assert p.roi_set["PTV70"].prescription == 70.0
+
+
+def test_an_rtdose_in_cgy_reads_as_its_refusal_says(template, tmp_path):
+    """An RTDOSE in cGy (DoseUnits CGY) was refused with no way out; the likely edit, DoseUnits GY alone,
+    reads 100 x the dose (refused as no radiotherapy dose). Done as the refusal now says, the dose is read
+    as the Gy of the export before it was put in cGy."""
+    src = tmp_path / "in"
+    shutil.copytree(template["dicom"], src)
+    rd = src / "RD.dcm"
+    gy = pydicom.dcmread(rd)
+    want = gy.pixel_array.astype(np.float64) * float(gy.DoseGridScaling)  # Gy, by pydicom alone
+
+    def to_cgy(ds):
+        ds.DoseUnits, ds.DoseGridScaling = "CGY", float(ds.DoseGridScaling) * 100
+    edit(rd, to_cgy)
+    res = run(["data", "import-dicom", str(src), "--out", str(tmp_path / "c1"), "--no-progress"])
+    assert res.exit_code == 2 and "set DoseUnits to GY and divide DoseGridScaling by 100" in flat(res.output)
+
+    def as_told(ds):
+        ds.DoseUnits, ds.DoseGridScaling = "GY", float(ds.DoseGridScaling) / 100
+    edit(rd, as_told)
+    got = pydicom.dcmread(rd)
+    assert np.allclose(got.pixel_array * float(got.DoseGridScaling), want)
+    (p,) = dicom.read_dicom_folder(src)
+    assert abs(float(p.dose.max()) - want.max()) < 0.01 * want.max()
+

@@ -40,7 +40,9 @@ def rtdose_grid(ds: Any, path: str | os.PathLike) -> tuple[np.ndarray, Geometry]
     if units != "GY":
         why = ("a relative dose has no Gy values" if units == "RELATIVE" else "DICOM's DoseUnits are GY or "
                "RELATIVE; read as Gy, a dose in cGy would be 100 x too high")
-        raise DicomImportError(f"{where}: DoseUnits is {units}, not GY ({why})")
+        fix = "" if units == "RELATIVE" else (": export the dose in Gy, or, for a dose in cGy, set DoseUnits "
+                                              "to GY and divide DoseGridScaling by 100")
+        raise DicomImportError(f"{where}: DoseUnits is {units}, not GY ({why}){fix}")
     dtype = str(getattr(ds, "DoseType", "") or "").upper()
     if dtype == "ERROR":  # PS3.3 C.8.8.3: the dose's uncertainty, not a dose
         raise DicomImportError(f"{where}: DoseType is ERROR: the grid holds a dose's uncertainty, not a dose")
