@@ -390,8 +390,9 @@ def patient_folders(src: str | os.PathLike) -> list[Path]:
         q = unnamed[0]
         names = ", ".join(sorted(_nifti_files(q))[:3])
         raise NiftiFormatError(f"NIfTI folder {src}: {q} holds NIfTI files ({names}) "
-                               f"but no {CT_FILE} (nor {CT_FILE[: -len('.gz')]}): name its CT so (names are "
-                               f"case-sensitive), or move the folder out"
+                               f"but no {CT_FILE} (nor {CT_FILE[: -len('.gz')]}): name its CT so, and its "
+                               f"other files as dosepred names them ({DOSE_FILE}, {MASK_FILE}, {ROIS_JSON}: "
+                               f"names are case-sensitive), or move the folder out"
                                + (f" ({len(unnamed) - 1} more such folders)" if len(unnamed) > 1 else ""))
     if not folders:
         raise NiftiFormatError(f"{src} holds no NIfTI patient folders (sub-folders with {CT_FILE} or "
