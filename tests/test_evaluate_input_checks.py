@@ -125,6 +125,25 @@ def test_the_reference_given_as_its_own_prediction_is_refused(cc, tmp_path):
     assert _evaluate_cli(ref, cc["root"] / "pred").exit_code == 0
 
 
+def test_a_dicom_reference_given_as_its_own_prediction_is_refused(cc, tmp_path):
+    """--prediction the DICOM reference folder (or one patient's folder in it): its RTDOSE, matched by
+    what it references, was each patient's "prediction": dose score 0.000, every metric +0.00, exit 0."""
+    from dosepred.io.dicom import read_dicom_folder, write_dicom, write_rtdose
+
+    ref = tmp_path / "dicom"
+    write_dicom(cc["p"], ref / cc["p"].id)
+    for pred in (ref, ref / cc["p"].id):
+        res = _evaluate_cli(ref, pred)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, text
+        assert f"error: patient {cc['p'].id}: the RTDOSE matched as its prediction" in text, text
+        assert f"is the plan dose of reference patient {cc['p'].id}" in text, text
+    (p,) = read_dicom_folder(ref / cc["p"].id)
+    write_rtdose(p, p.dose * 0.9, tmp_path / "pred")  # a prediction of it, in a folder of its own
+    res = _evaluate_cli(ref, tmp_path / "pred")
+    assert res.exit_code == 0, res.output
+
+
 # ------------------------------------------------------------------- 3. a damaged reference cache
 
 @pytest.mark.parametrize("compact", [True, False])
