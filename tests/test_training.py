@@ -209,6 +209,24 @@ def test_a_run_that_fails_after_a_finished_epoch_is_kept_for_resume(caches, tmp_
     assert (run / "checkpoints" / "last.pt").read_bytes() == before and not any("--resume" in s for s in said)
 
 
+def test_val_patients_takes_the_first_ids_in_natural_order_not_the_caches_order(tmp_path):
+    """--val-patients N validated on the first N entries of the cache's dataset.json: a cache written
+    in another order (pt_10, pt_2, pt_9, pt_1) validated on pt_10 and pt_2, another cohort than the same
+    patients' cache in order (pt_1, pt_2), and best.pt could differ. Now: the first N in natural order."""
+    from dataclasses import replace
+
+    from dosepred.training import Trainer
+
+    ids = ["pt_10", "pt_2", "pt_9", "pt_1"]
+    cohort = [replace(p, id=i) for p, i in zip(make_cohort(4, seed=1, size=20), ids, strict=True)]
+    write_cache(cohort, tmp_path / "val")
+    write_cache(cohort[:2], tmp_path / "train")
+    t = Trainer(TrainConfig(data=str(tmp_path / "train"), val=str(tmp_path / "val"), val_patients=2,
+                            out=str(tmp_path / "run"), **TINY), progress=False)
+    t.setup_data()
+    assert t.val_ids == ["pt_1", "pt_2"]
+
+
 def test_a_continued_training_does_not_count_its_patients_twice():
     """The ROI-absence counts a model carries (what prediction's 'N of the model's M training patients
     lacked it' says) are over distinct patients: a fine-tune on the --init's own patients (a training

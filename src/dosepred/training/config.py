@@ -152,6 +152,7 @@ class TrainConfig(BaseModel):
                     "checkpoints' model is the average, train_model the raw "
                     "weights; decay min(ema_decay, (1+n)/(10+n)) at step n.")
     val_patients: int | None = Field(None, ge=1, description="Validate on the first N validation patients "
+                                                       "in the ids' natural order: pt_2 before pt_10 "
                                                        "(none: all).")
     val_every: int = Field(5, ge=1, description="Validate every N epochs (and after the last).")
     select: Select = Field("dvh", description="Validation score that picks best.pt (lower is better).")

@@ -63,7 +63,7 @@ from ..models.transfer import RoiTransfer
 from ..predict import NonFiniteDoseError, OffRxWarning, OverdoseError, RoiNote, predict_dose, resolve_device
 from ..progress import mode
 from ..protocol import lint, load_protocol
-from ..split import load_split, parse_split_arg
+from ..split import load_split, natural_key, parse_split_arg
 from . import checks as run_checks
 from .checks import check_protocol_prescriptions, check_resumed_data, check_resumed_protocol
 from .config import TrainConfig
@@ -319,7 +319,7 @@ class Trainer:
                 f, name = parse_split_arg(cfg.val_split)
                 vids = load_split(f, name, cache_ids=vc.ids)
             if cfg.val_patients:
-                vids = vids[: cfg.val_patients]
+                vids = sorted(vids, key=lambda i: (natural_key(i), i))[: cfg.val_patients]  # not the cache's
             run_checks.check_targets(vc, vids, "validation", cfg.val)
             self.val_cache, self.val_ids = vc, vids
             both = set(vids) & want if _same_path(cfg.data, cfg.val) else set()
