@@ -292,6 +292,42 @@ def test_cli_resume_with_changed_options_is_one_line(tmp_path, flags, message):
     assert "Traceback" not in r.output and _files(run) == before
 
 
+def test_cli_resume_from_another_folder_finds_the_runs_inputs(tmp_path, monkeypatch):
+    """A run started with relative paths (--data syn) recorded them so in config.json: --resume from
+    another folder ended 'error: syn does not exist', not saying the path came from the run's config.
+    The inputs are now recorded absolute (the run resumes from anywhere); a run recorded relative says
+    where the path came from."""
+    import json
+
+    from tiny_models import tiny_cache
+
+    tiny_cache(tmp_path / "a", 1)
+    (tmp_path / "a" / "s.json").write_text(json.dumps({"splits": {"x": ["synth_000", "synth_001"]}}))
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    tiny = ["--patch", "16", "--base", "4", "--levels", "2", "--res-units", "0", "--batch", "1"]
+    r = _cli("train", "--data", "train", "--val", "train", "--split", "s.json:x", "--out", "run", "--epochs",
+             "2", "--stop-after", "1", "--steps-per-epoch", "1", "--threads", "1", "--no-progress", *tiny)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "a" / "run" / "config.json").read_text())
+    want = str(tmp_path / "a" / "train")
+    assert (cfg["data"], cfg["val"], cfg["train_split"]) == (want, want, f"{tmp_path / 'a' / 's.json'}:x")
+    monkeypatch.chdir(tmp_path / "b")
+    r = _cli("train", "--out", "../a/run", "--resume", "--threads", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+    # a run recorded before: its relative paths are named as the config's
+    cfg["data"] = "train"
+    (tmp_path / "a" / "run" / "config.json").write_text(json.dumps(cfg))
+    r = _cli("train", "--out", "../a/run", "--resume", "--epochs", "3", "--threads", "1", "--no-progress")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.splitlines()[-1] == (
+        "error: ../a/run/config.json: data 'train' does not exist here (a path relative to the folder the "
+        "run was started in): resume from there or give --data again"), r.output
+    r = _cli("train", "--out", "../a/run", "--resume", "--epochs", "3", "--data", "../a/train",
+             "--threads", "1", "--no-progress")
+    assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("flags, key, was, now", [
     (["--select", "dvh"], "select", "'dose'", "'dvh'"),
     (["--val-patients", "1"], "val_patients", "None", "1"),

@@ -44,6 +44,25 @@ def _split_file(split: str | None) -> Path | None:
     return Path(f) if f else None  # ':NAME' is no file (not '.'): parse_split_arg refuses it
 
 
+#: the training-config fields that name inputs by a path, and their flags
+_FLAGS = {"data": "data", "val": "val", "init": "init", "protocol": "protocol", "train_split": "split",
+          "val_split": "val-split"}
+
+
+def _absolute_inputs(fields: dict[str, Any]) -> dict[str, Any]:
+    """Training-config ``fields`` with their input paths absolute (a protocol's built-in name and a
+    split's NAME kept): the run's config.json names the inputs wherever ``--resume`` is run from."""
+    d = dict(fields)
+    for k in _FLAGS:
+        v = d.get(k)
+        if not isinstance(v, str) or not v or (k == "protocol" and protocol_file(v) is None):
+            continue
+        f, _, name = v.rpartition(":") if k.endswith("split") else (v, "", "")
+        if f:
+            d[k] = os.path.abspath(f) + (f":{name}" if k.endswith("split") else "")
+    return d
+
+
 def import_patients(src: PathLike, out: PathLike, kind: str = "openkbp", roi_map: PathLike | None = None,
                     overwrite: bool = False) -> Any:
     """Read a source of ``kind`` (a format of :mod:`dosepred.io.formats` with a ``read_source``:
@@ -269,9 +288,15 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     out = Path(out)
     stored = out / "config.json"
     base = TrainConfig.load(stored) if resume and stored.is_file() else TrainConfig()
+    was = base.to_dict()
     if config is not None:  # a file's null unsets a field; flags not given (None) leave it
-        base = base.merged(TrainConfig.read_file(config), keep_none=True)
-    cfg = base.merged({**options, "out": str(out)})
+        base = base.merged(_absolute_inputs(TrainConfig.read_file(config)), keep_none=True)
+    cfg = base.merged({**_absolute_inputs(options), "out": str(out)})
+    for k, v in _absolute_inputs(was).items():  # a run started before its inputs were made absolute
+        if resume and v != was[k] and getattr(cfg, k) == was[k] and not Path(
+                v.rpartition(":")[0] if k.endswith("split") else v).exists():
+            raise InputError(f"{stored}: {k} {was[k]!r} does not exist here (a path relative to the folder "
+                             f"the run was started in): resume from there or give --{_FLAGS[k]} again")
     if not cfg.data:
         raise InputError(f"{out}: no training run to resume (no config.json); give --data CACHE to start "
                          "one" if resume else "give --data CACHE (or --resume an existing run)")
