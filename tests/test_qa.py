@@ -101,6 +101,7 @@ def test_qa_json_contract(qa_run, sample_dir):
 
     out, data, output = qa_run
     assert data["coverage"] == 0.9 and isinstance(data["model"], str)
+    assert data["plans"] == str(sample_dir)  # the plans checked (not named before, as evaluate's JSON does)
     assert json.loads((out / "rep" / "qa.json").read_text()) == data
     pats = {p.id: p for p in load_patients(sample_dir)}
     assert sorted(p["id"] for p in data["patients"]) == sorted(pats)

@@ -248,7 +248,7 @@ def run_released(out: Path, s: DemoSettings, say: Callable[[str], None]) -> dict
     say(f"plan QA ({qa_dir}): {len(patients)} plans predicted and checked in {time.time() - t0:.0f} s")
     qa_res = QAResult(coverage=chk.coverage, model=str(chk.model_path.parent), protocol=chk.protocol.name,
                       calibration_protocol=str(chk.calibration.protocol), patients=[c[0] for c in checked],
-                      methods=chk.methods, warnings=chk.warnings, tta=chk.tta)
+                      methods=chk.methods, warnings=chk.warnings, tta=chk.tta, plans=str(folder))
     ranked = qa_res.summary()
     shown = ranked[0]["id"]
     writer = QAReportWriter(out / "qa", chk, max_patients=1)

@@ -505,6 +505,7 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Patient | Iterab
         raise InputError(f"--report-max (patients with images in the report) must be >= 0 (0: all), "
                          f"got {report_max!r}")
     chk = QAChecker(model, protocol, coverage)
+    source = str(plans) if isinstance(plans, (str, os.PathLike)) else None  # named in qa.json
     if isinstance(plans, Patient):  # one plan: as a list of it (iterating a Patient was a TypeError)
         plans = [plans]
     it: Iterable[Patient] = open_plans(plans, roi_map) if isinstance(plans, (str, os.PathLike)) else plans
@@ -536,7 +537,7 @@ def run_qa(model: str | os.PathLike, plans: str | os.PathLike | Patient | Iterab
     # the JSON and the report, which may be read alone, say what the console said
     read = [w for w in dict.fromkeys(read) if w not in chk.warnings]
     res = QAResult(coverage, str(chk.model_path.parent), chk.protocol.name, str(chk.calibration.protocol),
-                   patients, chk.methods, read + chk.warnings, chk.tta, shown=read)
+                   patients, chk.methods, read + chk.warnings, chk.tta, shown=read, plans=source)
     if writer is not None:
         writer.finish(res)
     return res

@@ -200,6 +200,8 @@ class QAResult:
     tta: bool | None = None
     #: Those of :attr:`warnings` already said as they came (while the plans were read): not said again
     shown: list[str] = field(default_factory=list)
+    #: The plans checked, as given (a folder or file; None: patients given in memory)
+    plans: str | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Plans ranked by potential improvement (Gy), most first; plans whose notes say their flags
@@ -222,10 +224,10 @@ class QAResult:
         return rows
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON contract (``coverage``, ``model``, ``patients``) plus ``protocol``,
-        ``calibration``, the ranked ``summary`` and the run's ``warnings`` (those ``dosepred qa`` says
-        on stderr)."""
-        return {"coverage": self.coverage, "model": self.model,
+        """The JSON contract (``coverage``, ``model``, ``patients``) plus ``plans`` (what was checked),
+        ``protocol``, ``calibration``, the ranked ``summary`` and the run's ``warnings`` (those
+        ``dosepred qa`` says on stderr)."""
+        return {"coverage": self.coverage, "model": self.model, "plans": self.plans,
                 "patients": [p.to_json() for p in self.patients],
                 "protocol": self.protocol,
                 "calibration": {"protocol": self.calibration_protocol, "methods": self.methods,
