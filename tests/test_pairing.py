@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dosepred import synth
+from dosepred.errors import InputError
 from dosepred.evaluation import (
     ScoringCase,
     evaluate_cohort,
@@ -82,6 +83,31 @@ def test_find_and_read_prediction(okbp, tmp_path):
     (tmp_path / "pt_3.dose").write_text("")
     with pytest.raises(ValueError, match="unknown prediction format"):
         read_prediction(tmp_path / "pt_3.dose", GRID)
+
+
+def test_a_prediction_file_with_an_upper_case_ending_is_the_patients(okbp, tmp_path):
+    """pt_3.CSV beside pt_10.csv (the OpenKBP reader reads *.CSV files) was no prediction of pt_3:
+    'ignored 1 prediction(s) with no reference patient (pt_3.CSV)', then 'no prediction for pt_3'.
+    It is now pt_3's (read as written); two names differing only in case are refused, naming both."""
+    import warnings
+
+    up = tmp_path / "up"
+    up.mkdir()
+    (up / "pt_3.CSV").write_bytes((okbp["csv"] / "pt_3.csv").read_bytes())
+    (up / "pt_10.csv").write_bytes((okbp["csv"] / "pt_10.csv").read_bytes())
+    (up / "PT_10.csv").write_bytes(b"")  # another id (ids are case-sensitive): ignored, as before
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        found, missing = match_predictions(okbp["ref"], up)
+    assert found == [("pt_3", up / "pt_3.CSV"), ("pt_10", up / "pt_10.csv")] and missing == []
+    assert [str(w.message) for w in said] == [
+        f"prediction folder {up}: ignored 1 prediction(s) with no reference patient in {okbp['ref']} "
+        "(PT_10.csv)"]
+    np.testing.assert_array_equal(read_prediction(found[0][1], GRID), okbp["truth"]["pt_3"]["pred"])
+    (up / "pt_3.Csv").write_bytes(b"")
+    with pytest.raises(InputError, match=r"^patient pt_3: 2 prediction files in .* differ only in case "
+                                         r"\(pt_3.CSV, pt_3.Csv\); keep one$"):
+        find_prediction(up, "pt_3")
 
 
 @pytest.mark.parametrize("with_ct", [False, True])

@@ -59,13 +59,23 @@ PREDICTION_READERS = {s: f.read_dose for f in formats.FORMATS if f.read_dose is 
 
 
 def find_prediction(pred_dir: str | os.PathLike, pid: str) -> Path | None:
-    """The prediction file of patient ``pid`` in ``pred_dir`` (``pt_N.csv``, ``pt_N.nii.gz``), or None."""
+    """The prediction file of patient ``pid`` in ``pred_dir`` (``pt_N.csv``, ``pt_N.nii.gz``; the
+    ending in any case, ``pt_N.CSV``, as the readers read it, where no file has it as written), or None."""
     d = Path(pred_dir)
     for pat in PREDICTION_PATTERNS:
         f = d / pat.format(id=pid)
         if f.is_file():
             return f
-    return None
+    names = {pat.format(id=pid).lower(): pat.format(id=pid) for pat in PREDICTION_PATTERNS}
+    try:
+        found = sorted(f for f in d.iterdir() if f.name.lower() in names
+                       and f.name.startswith(pid) and f.is_file())
+    except OSError:
+        return None
+    if len(found) > 1:
+        raise InputError(f"patient {pid}: {len(found)} prediction files in {d} differ only in case "
+                         f"({', '.join(f.name for f in found)}); keep one")
+    return found[0] if found else None
 
 
 def read_prediction(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
