@@ -235,6 +235,28 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path):
         average_checkpoints([paths[0], tmp_path / "other.pt"])
 
 
+def test_the_use_lines_of_a_model_card_quote_a_path_with_spaces(tmp_path):
+    """The 'Use:' line of the README export-model and ensemble write showed the model folder as is:
+    `dosepred predict --model /x/my models/m ...` copied into a shell gives --model '/x/my' and a
+    stray argument. The paths are shell-quoted now: split by a shell they give the folder back."""
+    import re
+    import shlex
+
+    from dosepred.models.checkpoint import write_ensemble
+
+    cfg, state = _tiny()
+    for i in (1, 2):
+        torch.manual_seed(i)
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(),
+                         "model": build_model(cfg).state_dict()}, tmp_path / f"c{i}.pt")
+    m = export_model(tmp_path / "c1.pt", tmp_path / "my models" / "m 1", half=False)
+    write_ensemble([tmp_path / "c1.pt", tmp_path / "c2.pt"], tmp_path / "my models" / "ens")
+    for folder in (m, tmp_path / "my models" / "ens"):
+        readme = (folder / "README.md").read_text()
+        uses = re.findall(r"`(dosepred (?:predict|calibrate) --model [^`]*)`", readme)
+        assert uses and all(shlex.split(u)[3] == str(folder) for u in uses), uses
+
+
 def test_half_export_keeps_small_tensors_in_full_precision(tmp_path):
     """``export_model(half=True)``: tensors of at least HALF_MIN_NUMEL elements stored in fp16, smaller ones
     in fp32 (bit-identical to the checkpoint); the loaded model is fp32 throughout."""

@@ -206,6 +206,24 @@ def test_synthetic_report_says_why_its_two_ptv_scores_differ(tmp_path):
     assert "the PTV Score above is OpenKBP's" in page
 
 
+def test_the_demos_qa_command_quotes_paths_with_spaces():
+    """The demo's example `dosepred qa` command showed the model and plans folders as is: a demo run
+    under '/home/me/my demo' gave a command that breaks when copied. They are shell-quoted now."""
+    import html as h
+    import re
+    import shlex
+    from types import SimpleNamespace
+
+    from dosepred.demo import qa_html
+
+    qa = {"coverage": 0.9, "ranked": [], "model": "models/the ensemble", "in_calibration": [],
+          "shown": "pt_1", "report": "r"}
+    page = qa_html(qa, SimpleNamespace(criteria=[]), "", "/home/me/my demo/data/openkbp")
+    cmd = shlex.split(h.unescape(re.search(r"<code>(dosepred qa [^<]*)</code>", page).group(1)))
+    assert cmd[cmd.index("--model") + 1] == "models/the ensemble"
+    assert cmd[cmd.index("--plans") + 1] == "/home/me/my demo/data/openkbp"
+
+
 def test_the_demo_names_the_coverage_of_its_intervals_as_qa_does():
     """The demo's console table and report formatted the QA coverage as a whole percent (0.875 as
     '88%'), an interval coverage that was not computed; qa's outputs say 87.5% (coverage_pct)."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import html
 import itertools
 import os
+import shlex
 import shutil
 import tarfile
 import time
@@ -518,8 +519,9 @@ def qa_html(qa: dict[str, Any], pq: Any, figures: str, plans: str) -> str:
             + "<p class='meta'>Every criterion of every plan: "
               f"<a href='qa/report.html#p-{_esc(qa['shown'])}'>qa/report.html</a> "
               "(and <code>qa/qa.json</code>); the same from the command line: "
-              f"<code>dosepred qa --model {_esc(qa['model'])} --plans {_esc(plans)} --protocol "
-              f"{CRITERIA_PROTOCOL} --out qa-out --coverage {cov:g}</code>.</p>")
+              f"<code>dosepred qa --model {_esc(shlex.quote(qa['model']))} --plans "
+              f"{_esc(shlex.quote(plans))} --protocol {CRITERIA_PROTOCOL} --out qa-out --coverage "
+              f"{cov:g}</code>.</p>")
 
 
 def synthetic_html(synth: dict[str, Any], out: Path) -> str:

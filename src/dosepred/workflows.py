@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import shlex
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -335,7 +336,7 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         if kept and kept[-1] and getattr(e, "resumable", True):  # after a finished epoch: the run stays
             epoch = finished_epoch(out)
             (log or print)(f"{out} keeps its finished epochs (last: {epoch}); once the cause below is fixed, "
-                           f"continue with `dosepred train --out {out} --resume`")
+                           f"continue with `dosepred train --out {shlex.quote(str(out))} --resume`")
         raise
 
 

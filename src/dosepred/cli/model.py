@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,7 +55,7 @@ def _train(out: Path, config: Path | None = None, resume: bool = False, loss_opt
                   "it was")
         elif (out / "checkpoints" / "last.pt").is_file():
             error(f"interrupted ({how}): {out} keeps its last finished epoch; continue with "
-                 f"`dosepred train --out {out} --resume`")
+                 f"`dosepred train --out {shlex.quote(str(out))} --resume`")
         else:
             error(f"interrupted ({how}) before the first epoch ended: nothing to resume in {out}")
         raise typer.Exit(code) from None

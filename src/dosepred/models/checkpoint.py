@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -469,7 +470,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
                f"{RoiTransfer.from_dict(ckpt['roi_transfer']).summary()}\n"
                if ckpt.get("roi_transfer") else "")
             + "\n"
-            f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`\n")
+            f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data <cache or OpenKBP folder> "
+            "--out DIR`\n")
     return out
 
 

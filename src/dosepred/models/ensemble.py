@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,7 +364,8 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
               for m, w in zip(members, spec.weights, strict=True)]
     lines += [f"- ROIs (bit order): {', '.join(ens.config.roi_set.names)}",
               f"- model space: {ens.space.summary()}", "",
-              f"Use: `dosepred predict --model {shown} --data <cache or OpenKBP folder> --out DIR`; plan QA "
-              f"after `dosepred calibrate --model {shown} ...` (docs/qa.md).", ""]
+              f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data <cache or OpenKBP folder> "
+              f"--out DIR`; plan QA after `dosepred calibrate --model {shlex.quote(str(shown))} ...` "
+              "(docs/qa.md).", ""]
     write_text(out / "README.md", "\n".join(lines))
     return path
