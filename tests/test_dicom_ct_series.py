@@ -263,3 +263,16 @@ def test_dicom_data_sets_without_the_file_preamble_are_named(template, tmp_path)
                      r"not readable DICOM: \S*CT\.0001\.dcm \(CT data without the DICOM file preamble, "
                      r"'DICM' \(PS3\.10\): export it as a DICOM file\)", text), text
     assert not (out / "dataset.json").exists()
+    # predict's and evaluate's format detection said only 'IN is neither a dosepred cache, ... nor a
+    # DICOM folder': they name the files as the import does
+    model = Path(__file__).resolve().parents[1] / "models" / "openkbp-mae-cdm"
+    for args in (["predict", "--model", str(model), "--data", str(src), "--out", str(tmp_path / "p")],
+                 ["evaluate", "--reference", str(src), "--prediction", str(tmp_path)]):
+        res = run([*args, "--no-progress"])
+        text = flat(res.output)
+        assert res.exit_code == 2 and "Traceback" not in text, text
+        assert re_search(r"error: \S+ is (neither|not) a dosepred cache .* nor a DICOM folder( \(CT series "
+                         r"\+ RTSTRUCT\))?; 35 file\(s\) are not readable DICOM: \S*CT\.0001\.dcm \(CT data "
+                         r"without the DICOM file preamble, 'DICM' \(PS3\.10\): export it as a DICOM file\)",
+                         text), text
+    assert not (tmp_path / "p").exists()

@@ -24,7 +24,7 @@ NAMES = {f.name for f in FORMATS}
 #: fields that are a capability: a callable, or None where the format lacks it
 CAPABILITIES = ("detect_late", "read_source", "write_patient", "write_dose", "read_dose", "read_dose_on",
                 "read_dose_sparse", "dose_geometry", "source_bytes", "read_reference_boxes", "open_doses",
-                "match_doses")
+                "match_doses", "near_miss")
 
 
 def test_every_row_is_complete_or_explicitly_none():

@@ -144,6 +144,13 @@ def check_roi_map(path: str | os.PathLike, fmt: Format | None, roi_map: Any) -> 
                           "out the map)")
 
 
+def _near_misses(p: Path) -> str:
+    """``"; ..."``: what the formats' ``near_miss`` say of a path none of them takes (DICOM data without
+    the file preamble, named as ``data import-dicom`` names it), or ``""``."""
+    said = [s for f in FORMATS if f.near_miss is not None for s in [f.near_miss(p)] if s]
+    return "".join(f"; {s}" for s in said)
+
+
 def _listed(described: list[str]) -> str:
     return ", ".join(described[:-1]) + " nor " + described[-1]
 
@@ -163,7 +170,7 @@ def open_source(path: str | os.PathLike, roi_map: Any = None) -> Source:
         raise SourceError(f"{p} is a file, not a folder: give "
                           f"{_listed([t.described for t in FORMATS]).replace(' nor ', ' or ')}")
     if f is None:
-        raise SourceError(f"{p} is not {_listed([t.described for t in FORMATS])}")
+        raise SourceError(f"{p} is not {_listed([t.described for t in FORMATS])}{_near_misses(p)}")
     reader = f.open(p, roi_map)  # a map only for a format that takes one (check_roi_map)
     clash = case_clash(reader.ids)
     if clash:
@@ -208,7 +215,8 @@ def load_patients(src: str | os.PathLike, ids: Sequence[str] | None = None,
     if not Path(src).exists():
         raise FileNotFoundError(f"{src} does not exist")
     if source_kind(src) is None:
-        raise SourceError(f"{src} is neither {_listed([t.described_short for t in FORMATS])}")
+        raise SourceError(f"{src} is neither {_listed([t.described_short for t in FORMATS])}"
+                          f"{_near_misses(Path(src))}")
     yield from open_source(src, roi_map).patients(ids, require_dose=require_dose)
 
 

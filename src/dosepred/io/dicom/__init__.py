@@ -100,7 +100,7 @@ from .export import EXPORT_AXES, export_layout
 from .folder import DicomFolder, iter_dicom_folder, read_dicom_folder, scan_dicom_folder
 from .rtdose import RtDoseInfo, dose_on_grid, match_rtdose, read_rtdose, rtdose_grid, scan_rtdoses
 from .rtplan import plan_prescriptions
-from .scan import files_under, is_dicom_folder
+from .scan import files_under, headerless_files, is_dicom_folder
 from .write import EXTERNAL_NAME, STUDY_COMPONENT, mask_contours, write_dicom
 from .write_dose import DOSE_SPACING, DVH_BIN_GY, dose_grid, dose_scaling, spanning_grid, write_rtdose
 
@@ -108,7 +108,7 @@ __all__ = [
     "CT_STORAGE", "DOSE_SPACING", "DVH_BIN_GY", "EXPORT_AXES", "EXTERNAL_NAME", "FORMAT_NAME", "POS_TOL",
     "RTDOSE_STORAGE", "RTPLAN_STORAGE", "RTSTRUCT_STORAGE", "SPACING_REL", "STUDY_COMPONENT", "DicomFolder",
     "DicomImportError", "DicomWarning", "RtDoseInfo", "dose_grid", "dose_on_grid", "dose_scaling",
-    "export_layout", "files_under", "is_dicom_folder", "iter_dicom_folder", "mask_contours", "match_rtdose",
-    "plan_prescriptions", "read_dicom_folder", "read_rtdose", "rtdose_grid", "scan_dicom_folder",
-    "scan_rtdoses", "spanning_grid", "write_dicom", "write_rtdose",
+    "export_layout", "files_under", "headerless_files", "is_dicom_folder", "iter_dicom_folder",
+    "mask_contours", "match_rtdose", "plan_prescriptions", "read_dicom_folder", "read_rtdose", "rtdose_grid",
+    "scan_dicom_folder", "scan_rtdoses", "spanning_grid", "write_dicom", "write_rtdose",
 ]

@@ -5,6 +5,7 @@ docs/formats.md); patient ids. Reads no pixels and decides no doses or prescript
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections import Counter
@@ -412,6 +413,26 @@ def assign_ids(sources: list[PatientFiles]) -> None:
             if s.id.casefold() not in used:
                 break
         used.add(s.id.casefold())
+
+
+def headerless_files(src: str | os.PathLike, limit: int = 200) -> str | None:
+    """``"N file(s) are not readable DICOM: a (CT data without the DICOM file preamble ...)"`` for the
+    files among the first ``limit`` under ``src`` that are DICOM data without the preamble (what
+    ``data import-dicom`` says of them), None when there are none: a folder :func:`is_dicom_folder`
+    does not take, said when no format takes it."""
+    src = Path(src)
+    files = [src] if src.is_file() else files_under(src) if src.is_dir() else []
+    found = []
+    for p in itertools.islice((f for f in files if not f.name.startswith(".")), limit):
+        try:
+            with open(p, "rb") as fh:
+                part10 = fh.read(132)[128:132] == b"DICM"
+        except OSError:
+            continue
+        why = "" if part10 else _not_part10(p)
+        if why.endswith("export it as a DICOM file"):
+            found.append((p, why))
+    return unreadable_text(found) if found else None
 
 
 def is_dicom_folder(src: str | os.PathLike, limit: int = 200) -> bool:

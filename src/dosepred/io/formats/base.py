@@ -180,6 +180,10 @@ class Format:
     #: they reference (``headers()``: the references' :meth:`Reader.headers`); ``{}`` when ``folder``
     #: holds none. Such doses are placed by their own geometry (``read_dose_on``) on whole grids. None
     match_doses: Callable[[Path, Callable[[], dict[str, dict[str, Any]]]], dict[str, Path]] | None
+    #: ``near_miss(path)``: why a path ``detect`` does not take is still not of this format, said when
+    #: no format is ("...: N file(s) are not readable DICOM: ... without the DICOM file preamble");
+    #: None when nothing there is near it. None: no such check
+    near_miss: Callable[[Path], str | None] | None
     #: a dosepred cache: ``Source.cache`` is the opened :class:`~dosepred.io.cache.Cache`, and
     #: ``predict`` writes it whole with its record
     is_cache: bool = False

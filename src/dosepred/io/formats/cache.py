@@ -201,6 +201,6 @@ FORMAT = Format(
     write_dose=None,  # predict writes a cache whole (predict_to), with how it was predicted
     dose_suffixes=(), dose_by_id=False, read_dose=None, read_dose_on=None, read_dose_sparse=None,
     dose_geometry=None, source_bytes=None,
-    read_reference_boxes=read_reference_boxes, open_doses=CacheDoses, match_doses=None,
+    read_reference_boxes=read_reference_boxes, open_doses=CacheDoses, match_doses=None, near_miss=None,
     is_cache=True,
 )

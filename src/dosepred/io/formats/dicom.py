@@ -103,4 +103,5 @@ FORMAT = Format(
     takes_roi_map=True,
     takes_dose_spacing=True,
     lists_imported=True,
+    near_miss=dicom.headerless_files,
 )

@@ -84,6 +84,6 @@ FORMAT = Format(
     write_dose=write_dose,
     dose_suffixes=(".nii.gz", ".nii"), dose_by_id=True, read_dose=read_dose, read_dose_on=read_dose_on,
     read_dose_sparse=None, dose_geometry=nifti.file_geometry, source_bytes=None,
-    read_reference_boxes=None, open_doses=None, match_doses=None,
+    read_reference_boxes=None, open_doses=None, match_doses=None, near_miss=None,
     roi_layouts=(("labels", "rois/<name>.nii.gz"), ("codes", "roi_codes.nii.gz + rois.json")),
 )

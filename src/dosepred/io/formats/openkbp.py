@@ -237,6 +237,6 @@ FORMAT = Format(
     write_dose=write_dose,
     dose_suffixes=(".csv",), dose_by_id=True, read_dose=read_dose, read_dose_on=read_dose_on,
     read_dose_sparse=read_dose_sparse, dose_geometry=None, source_bytes=source_bytes,
-    read_reference_boxes=read_reference_boxes, open_doses=None, match_doses=None,
+    read_reference_boxes=read_reference_boxes, open_doses=None, match_doses=None, near_miss=None,
     fixed_roi_names=True,
 )
