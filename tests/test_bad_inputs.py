@@ -534,17 +534,20 @@ def test_evaluate_a_reference_lacking_an_roi_the_protocol_names(base, work):
     """A clinic's patients without an Esophagus contour (their ROI sets do not name it): the built-in
     protocol, and a protocol file naming the canonical 'Esophagus', evaluate the rest with a warning;
     a name that is no ROI of the data nor a canonical one ('Esophagos') is still an error."""
+    import shutil
+
     ref = _with_dose(base, work / "ref", ("Esophagus",))
-    out = ok(cli("evaluate", "--reference", ref, "--prediction", ref, "--no-progress"))
+    pred = shutil.copytree(ref, work / "pred")  # the plans as predictions (the reference itself is refused)
+    out = ok(cli("evaluate", "--reference", ref, "--prediction", pred, "--no-progress"))
     assert "warning: protocol 'openkbp'" in out and "Esophagus" in out
     crit = [{"roi": "Esophagus", "metric": "Dmean", "limit": 30, "direction": "<="},
             {"roi": "PTV70", "metric": "D95%", "limit": 60, "direction": ">="}]
-    out = ok(cli("evaluate", "--reference", ref, "--prediction", ref, "--protocol",
+    out = ok(cli("evaluate", "--reference", ref, "--prediction", pred, "--protocol",
                  _protocol(work / "p.json", crit), "--no-progress"))
     assert "contoured in no patient (Esophagus)" in out
     crit[0]["roi"] = "Esophagos"
     q = _protocol(work / "q.json", crit)
-    fails(cli("evaluate", "--reference", ref, "--prediction", ref, "--protocol", q, "--no-progress"),
+    fails(cli("evaluate", "--reference", ref, "--prediction", pred, "--protocol", q, "--no-progress"),
           "q.json", "ROI 'Esophagos' is not among the dataset's ROIs")
 
 
