@@ -48,14 +48,14 @@ from ..patient import Patient, RoiSet, file_key, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from ..roi import binary_mask
 from . import roi_names as _names
-from .nifti_checks import drop_empty, filled_body, warn_beyond_int16
+from .nifti_checks import MASK_FILE, drop_empty, filled_body, warn_beyond_int16
 
 #: The format's name: its row in :mod:`dosepred.io.formats` is named so, and the reader records it in
 #: ``meta["format"]``.
 FORMAT_NAME = "nifti"
 CT_FILE = "ct.nii.gz"
 DOSE_FILE = "dose.nii.gz"
-MASK_FILE = "possible_dose_mask.nii.gz"
+# MASK_FILE, "possible_dose_mask.nii.gz": defined in .nifti_checks, whose messages name it
 CODES_FILE = "roi_codes.nii.gz"
 ROIS_JSON = "rois.json"
 ROI_DIR = "rois"
