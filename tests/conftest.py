@@ -11,6 +11,24 @@ import pytest
 
 os.environ.setdefault("DOSEPRED_NO_PROGRESS", "1")
 
+#: At most this many pytest-xdist workers for ``-n auto`` (pyproject's addopts): each holds torch and
+#: its own module fixtures, so more than a few cost memory without saving much time.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most :data:`MAX_WORKERS` (2 on CI's 2 cores)."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # each worker gets its share of the cores: N workers each with all cores' threads oversubscribe them
+    import torch
+
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SAMPLE = SHARED / "data" / "openkbp" / "sample" / "train-pats"
