@@ -170,6 +170,27 @@ def test_a_percent_of_rx_limit_written_as_a_fraction_is_refused(tmp_path, crit, 
         load_protocol(_write(tmp_path, _one(**crit)), RoiSet.openkbp())
 
 
+@pytest.mark.parametrize(("crit", "message"), [
+    ({"roi": "PTV70", "metric": "D95%", "direction": ">=", "limit": 0.95},
+     r"p\.json.*criterion 1 \(PTV70 D95%\).*a dose limit of 0\.95 Gy with '>=' is met by every plan: a "
+     r"fraction of the prescription\? \(write 95 with \"limit_unit\": \"%Rx\"\)"),
+    ({"roi": "PTV56", "metric": "Dmin", "direction": ">=", "limit": 50, "goal": 1.0},
+     r"criterion 1 \(PTV56 Dmin\).*a dose goal of 1 Gy with '>='"),
+])
+def test_a_lower_dose_limit_written_as_a_fraction_is_refused(tmp_path, crit, message):
+    """PTV70 D95% >= 0.95 without limit_unit (a fraction of the prescription, in Gy by default) passed every
+    plan, the 33 validation references and a no-learning dose alike (33/33), without a word."""
+    with pytest.raises(ProtocolError, match=message):
+        load_protocol(_write(tmp_path, _one(**crit)), RoiSet.openkbp())
+
+
+def test_a_small_upper_dose_limit_in_gy_loads(tmp_path):
+    """An upper limit of a few Gy is clinical (a pacemaker's Dmax <= 2 Gy): only '>=' is refused."""
+    p = load_protocol(_write(tmp_path, _one(roi="Larynx", metric="Dmax", direction="<=", limit=2)),
+                      RoiSet.openkbp())
+    assert p.criteria[0].limit_value() == 2.0
+
+
 @pytest.mark.parametrize("roi, meant", [("Cord", "SpinalCord"), ("Parotid_L", "LeftParotid"),
                                         ("Glnd_Parotid_R", "RightParotid"), ("BrainStem", "Brainstem"),
                                         ("PTV_70", "PTV70")])

@@ -123,6 +123,13 @@ class Criterion(BaseModel):
                     raise ProtocolError(f"{self.roi} {self.metric}: a {label} in %Rx is a percentage of the "
                                         f"prescription (95 for 95 %), got {v:g}: a fraction? "
                                         f"(write {v * 100:g})")
+        if m.is_dose and unit == "Gy" and self.direction == ">=":
+            # D95% >= 0.95 (limit_unit left out: 0.95 Gy) is met by every plan, as 0.95 %Rx would be
+            for label, v in (("limit", self.limit), ("goal", self.goal)):
+                if v is not None and 0 < v <= MAX_FRACTION_OF_RX:
+                    raise ProtocolError(f"{self.roi} {self.metric}: a dose {label} of {v:g} Gy with '>=' is "
+                                        f"met by every plan: a fraction of the prescription? (write "
+                                        f"{v * 100:g} with \"limit_unit\": \"%Rx\")")
         if m.kind == "V" and m.unit == "Gy" and m.value is not None and m.value > MAX_CRITERION_GY:
             raise ProtocolError(f"{self.roi} {self.metric}: the threshold of V<x>Gy is in Gy, got "
                                 f"{m.value:g} Gy, over {MAX_CRITERION_GY:g} Gy: in cGy? "
