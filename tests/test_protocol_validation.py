@@ -184,6 +184,27 @@ def test_a_lower_dose_limit_written_as_a_fraction_is_refused(tmp_path, crit, mes
         load_protocol(_write(tmp_path, _one(**crit)), RoiSet.openkbp())
 
 
+@pytest.mark.parametrize(("crit", "message"), [
+    ({"roi": "PTV70", "metric": "V95%", "direction": ">=", "limit": 0.98},
+     r"p\.json.*criterion 1 \(PTV70 V95%\).*a V-metric limit is a percentage of the ROI volume \(98 for 98 "
+     r"%\), got 0\.98 with '>=', met by almost every plan: a fraction\? \(write 98\)"),
+    ({"roi": "PTV56", "metric": "V53.2Gy", "direction": ">=", "goal": 0.99},
+     r"criterion 1 \(PTV56 V53\.2Gy\).*a V-metric goal .* got 0\.99 with '>='"),
+])
+def test_a_lower_volume_limit_written_as_a_fraction_is_refused(tmp_path, crit, message):
+    """PTV70 V95% >= 0.98 (98 % of the volume written as a fraction) was V95% >= 0.98 %: every plan passed,
+    the 33 validation references and a no-learning dose alike (33/33), without a word."""
+    with pytest.raises(ProtocolError, match=message):
+        load_protocol(_write(tmp_path, _one(**crit)), RoiSet.openkbp())
+
+
+def test_a_small_upper_volume_limit_loads(tmp_path):
+    """PTV70 V110% <= 1 % is a hot-spot criterion: only '>=' is refused."""
+    p = load_protocol(_write(tmp_path, _one(roi="PTV70", metric="V110%", direction="<=", limit=1)),
+                      RoiSet.openkbp())
+    assert p.criteria[0].limit_value(70.0) == 1.0
+
+
 def test_a_small_upper_dose_limit_in_gy_loads(tmp_path):
     """An upper limit of a few Gy is clinical (a pacemaker's Dmax <= 2 Gy): only '>=' is refused."""
     p = load_protocol(_write(tmp_path, _one(roi="Larynx", metric="Dmax", direction="<=", limit=2)),

@@ -139,6 +139,10 @@ class Criterion(BaseModel):
                 if v is not None and v > 100:
                     raise ProtocolError(f"{self.roi} {self.metric}: a V-metric {label} is a percentage of "
                                         f"the ROI volume (0-100 %), got {v:g}")
+                if v is not None and 0 < v <= 1 and self.direction == ">=":  # V95% >= 0.98: every plan passes
+                    raise ProtocolError(f"{self.roi} {self.metric}: a V-metric {label} is a percentage of "
+                                        f"the ROI volume (98 for 98 %), got {v:g} with '>=', met by almost "
+                                        f"every plan: a fraction? (write {v * 100:g})")
         if self.limit is not None and self.goal is not None:
             # the goal is the stricter aim, in the limit's unit: a looser one is met whenever the limit
             # is, so it would say nothing (most likely the two were swapped)
