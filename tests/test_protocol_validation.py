@@ -212,6 +212,21 @@ def test_a_small_upper_dose_limit_in_gy_loads(tmp_path):
     assert p.criteria[0].limit_value() == 2.0
 
 
+@pytest.mark.parametrize("roi", ["Body", "External", "Skin"])
+def test_a_criterion_on_the_body_is_refused(tmp_path, roi):
+    """The body contour is the possible-dose mask, never an ROI: Body Dmax <= 77 Gy was left out of every
+    patient's criteria (lint: 'contoured in no patient', though every patient has one) and External named
+    no reason."""
+    path = _write(tmp_path, {"name": "b", "criteria": [
+        {"roi": roi, "metric": "Dmax", "limit": 77, "direction": "<="},
+        {"roi": "SpinalCord", "metric": "Dmax", "limit": 45, "direction": "<="}]})
+    with pytest.raises(ProtocolError, match=rf"p\.json: protocol 'b', criterion 1 \({roi} Dmax <= 77 Gy\): "
+                                            rf"ROI '{roi}' is the body contour, which dosepred reads as the "
+                                            "possible-dose mask, not as an ROI: no criterion on it is "
+                                            "checked"):
+        load_protocol(path, RoiSet.openkbp())
+
+
 @pytest.mark.parametrize("roi, meant", [("Cord", "SpinalCord"), ("Parotid_L", "LeftParotid"),
                                         ("Glnd_Parotid_R", "RightParotid"), ("BrainStem", "Brainstem"),
                                         ("PTV_70", "PTV70")])

@@ -302,6 +302,10 @@ class Protocol(BaseModel):
         import difflib
 
         for i, c in enumerate(self.criteria, 1):
+            if c.roi not in roi_set and canonical(c.roi).is_body:  # never an ROI: never checked
+                raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): ROI {c.roi!r} is the body "
+                                    "contour, which dosepred reads as the possible-dose mask, not as an ROI: "
+                                    "no criterion on it is checked; remove it")
             if c.roi not in roi_set and roi_owner == "the dataset" and (
                     self._builtin or _canonical_name(c.roi)):
                 continue
