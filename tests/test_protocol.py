@@ -140,6 +140,22 @@ def test_from_portpy(tmp_path):
     assert load_protocol(_write(tmp_path, data)).criteria == p.criteria
 
 
+def test_a_portpy_criterion_mixing_gy_and_percent_of_rx_is_refused(tmp_path):
+    """A PortPy min_dose with limit_dose_gy 66.5 and goal_dose_perc 97 took the last key's unit for both:
+    PTV70 Dmin >= 46.55 Gy (66.5 %Rx of 70 Gy), and goal_dose_gy 74 beside limit_dose_perc 110 a 51.8 Gy
+    goal, without a word."""
+    data = {"protocol_name": "HN", "pres_per_fraction_gy": 2, "num_of_fractions": 35,
+            "prescriptions": ["PTV70"],
+            "criteria": [{"type": "min_dose", "parameters": {"structure_name": "PTV70"},
+                          "constraints": {"limit_dose_gy": 66.5, "goal_dose_perc": 97}}]}
+    path = _write(tmp_path, data, "pp.json")
+    with pytest.raises(ProtocolError, match=r"pp\.json.*PortPy criterion 1 \(PTV70 min_dose\): PortPy "
+                                            r"constraints 'limit_dose_gy', 'goal_dose_perc' mix a dose in Gy "
+                                            "and one in % of the prescription; give the limit and goal in "
+                                            "one unit"):
+        load_protocol(path, RoiSet.openkbp())
+
+
 def test_a_boolean_prescription_is_refused(tmp_path):
     path = _write(tmp_path, {"name": "x", "prescriptions": {"PTV70": True}, "criteria": [
         {"roi": "PTV70", "metric": "D95%"}]})

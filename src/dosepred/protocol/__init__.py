@@ -215,6 +215,10 @@ def _constraint(cons: dict[str, Any], kind: str) -> tuple[float | None, float | 
                     u = {"volume_perc": "%"}.get(rest)
                 if u is None:
                     raise ProtocolError(f"PortPy constraint {key!r} is not supported")
+                if unit is not None and u != unit:  # a criterion has one unit: 66.5 Gy was read as 66.5 %Rx
+                    raise ProtocolError(f"PortPy constraints {', '.join(map(repr, cons))} mix a dose in Gy "
+                                        "and one in % of the prescription; give the limit and goal in one "
+                                        "unit")
                 unit = u
                 if prefix == "limit_":
                     limit = float(v)
