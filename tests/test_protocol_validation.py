@@ -205,6 +205,18 @@ def test_a_small_upper_volume_limit_loads(tmp_path):
     assert p.criteria[0].limit_value(70.0) == 1.0
 
 
+def test_a_v_percent_threshold_no_plan_reaches_is_refused(tmp_path):
+    """PTV70 V1070% <= 2 % (V107% with a digit too many) counted the voxels over 749 Gy: 0 % in every plan,
+    so every plan passed, without a word (V<x>Gy over 200 Gy was already refused)."""
+    path = _write(tmp_path, _one(roi="PTV70", metric="V1070%", direction="<=", limit=2))
+    with pytest.raises(ProtocolError, match=r"p\.json: protocol 'x', criterion 1 \(PTV70 V1070% <= 2 %\): "
+                                            r"the threshold of V1070% is 749 Gy \(1070 % of PTV70's 70 Gy\), "
+                                            "over 200 Gy: no plan reaches it"):
+        load_protocol(path, RoiSet.openkbp())
+    assert load_protocol(_write(tmp_path, _one(roi="PTV70", metric="V285%", direction="<=", limit=2)),
+                         RoiSet.openkbp())  # 199.5 Gy
+
+
 def test_a_small_upper_dose_limit_in_gy_loads(tmp_path):
     """An upper limit of a few Gy is clinical (a pacemaker's Dmax <= 2 Gy): only '>=' is refused."""
     p = load_protocol(_write(tmp_path, _one(roi="Larynx", metric="Dmax", direction="<=", limit=2)),

@@ -321,6 +321,12 @@ class Protocol(BaseModel):
                 raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): needs the prescription of "
                                     f"{c.roi}, which is neither in the protocol's 'prescriptions' nor in "
                                     f"{roi_owner}")
+            m, rx = c.parsed, self.prescription(c.roi, roi_set)
+            if m.needs_prescription and rx is not None and m.value is not None \
+                    and m.value / 100 * rx > MAX_CRITERION_GY:  # as V<x>Gy's: no plan reaches it
+                raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): the threshold of {c.metric} is "
+                                    f"{m.value / 100 * rx:g} Gy ({m.value:g} % of {c.roi}'s {rx:g} Gy), over "
+                                    f"{MAX_CRITERION_GY:g} Gy: no plan reaches it (a typo? V107% is 107 %)")
         used = set(self.rois)
         for roi in self.prescriptions:
             # a prescription is for an ROI of the criteria or of the set (its highest sets the CDM loss's
