@@ -217,6 +217,15 @@ def test_a_v_percent_threshold_no_plan_reaches_is_refused(tmp_path):
                          RoiSet.openkbp())  # 199.5 Gy
 
 
+def test_a_percent_of_rx_limit_over_200_gy_is_refused(tmp_path):
+    """PTV70 Dmax <= 1070 %Rx (107 with a digit too many) was Dmax <= 749 Gy: every plan passed, without a
+    word (a limit in Gy over 200 Gy was already refused)."""
+    path = _write(tmp_path, _one(roi="PTV70", metric="Dmax", direction="<=", limit=1070, limit_unit="%Rx"))
+    with pytest.raises(ProtocolError, match=r"p\.json: protocol 'x', criterion 1 \(PTV70 Dmax <= 1070 %Rx\): "
+                                            r"the limit is 749 Gy \(1070 % of PTV70's 70 Gy\), over 200 Gy"):
+        load_protocol(path, RoiSet.openkbp())
+
+
 def test_a_small_upper_dose_limit_in_gy_loads(tmp_path):
     """An upper limit of a few Gy is clinical (a pacemaker's Dmax <= 2 Gy): only '>=' is refused."""
     p = load_protocol(_write(tmp_path, _one(roi="Larynx", metric="Dmax", direction="<=", limit=2)),

@@ -322,6 +322,13 @@ class Protocol(BaseModel):
                                     f"{c.roi}, which is neither in the protocol's 'prescriptions' nor in "
                                     f"{roi_owner}")
             m, rx = c.parsed, self.prescription(c.roi, roi_set)
+            for label, v in (("limit", c.limit), ("goal", c.goal)):
+                if c.limit_unit == "%Rx" and rx is not None and v is not None \
+                        and v / 100 * rx > MAX_CRITERION_GY:  # as a limit in Gy's
+                    raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): the {label} is "
+                                        f"{v / 100 * rx:g} Gy ({v:g} % of {c.roi}'s {rx:g} Gy), over "
+                                        f"{MAX_CRITERION_GY:g} Gy: met (<=) or missed (>=) by every plan (a "
+                                        "typo? 107 %Rx is 107 %)")
             if m.needs_prescription and rx is not None and m.value is not None \
                     and m.value / 100 * rx > MAX_CRITERION_GY:  # as V<x>Gy's: no plan reaches it
                 raise ProtocolError(f"{self.where}, criterion {i} ({c.name}): the threshold of {c.metric} is "
