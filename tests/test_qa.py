@@ -906,6 +906,40 @@ def test_a_plan_whose_dose_disagrees_with_its_prescriptions_is_untrusted(sample_
     assert NOTE_RX in rows[1]["reliability"]
 
 
+def test_a_plan_normalised_hotter_than_any_calibration_plan_is_untrusted(sample_dir, model_dir):
+    """pt_66 normalised to a PTV70 D95% of 77 Gy (a plan prescribed 77 Gy under the 70 Gy names, or
+    normalised hot): its PTV70 median is 1.14 x Rx, beyond every OpenKBP train and validation plan
+    (at most 1.06 x) but within the 1.3 x of the prescription check, so QA ranked it first as trusted
+    (31.0 Gy potential: cord, parotids, larynx and mandible "above achievable" by 4.5-8.6 Gy, the plan's
+    scaling) and said nothing. Now the plan carries the prescription note naming PTV70's median (numpy)
+    and ranks after the plan as delivered, which has no such note; a plan at 1.06 x (the calibration's
+    hottest) has none."""
+    from dosepred.io import load_patients
+    from dosepred.qa import run_qa
+    from dosepred.qa.check import input_notes
+    from dosepred.qa.result import NOTE_RX
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    dose = np.asarray(p.dose, dtype=np.float64)
+    in70 = dose[p.mask("PTV70")]
+    hot = p.with_dose((dose * 77.0 / np.percentile(in70, 5)).astype(np.float32))
+    hot.id = "hot"
+    median70 = float(np.median(np.asarray(hot.dose, dtype=np.float64)[p.mask("PTV70")]))
+    assert 1.1 * 70 < median70 < 1.3 * 70  # within the prescription check's rule: no warning when read
+    res = run_qa(model_dir, [hot, p], "openkbp-clinical")
+    notes = {q.id: q.notes for q in res.patients}
+    mine = [n for n in notes["hot"] if n.startswith(NOTE_RX)]
+    assert len(mine) == 1, notes["hot"]
+    assert f"PTV70 (Rx 70 Gy): median {median70:.1f} Gy = {median70 / 70:.2f} x the highest Rx" in mine[0]
+    assert "above 1.1 x" in mine[0] and "cannot be trusted" in mine[0]
+    assert not any(n.startswith(NOTE_RX) for n in notes["pt_66"]), notes["pt_66"]
+    rows = res.summary()
+    assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("hot", True)]
+    assert NOTE_RX in rows[1]["reliability"]
+    warm = p.with_dose((dose * 1.06 * 70 / np.median(in70)).astype(np.float32))
+    assert not input_notes(warm)
+
+
 @pytest.mark.parametrize("coverage, said", [(0.875, "87.5%"), (0.905, "90.5%"), (0.925, "92.5%"),
                                             (0.9, "90%")])
 def test_the_coverage_asked_for_is_the_one_the_outputs_name(tmp_path, coverage, said):

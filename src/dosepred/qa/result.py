@@ -59,7 +59,8 @@ NOTE_UNPRESCRIBED = "target without a prescription"
 NOTE_CT = "CT not in HU"
 #: ... and a plan dose that disagrees with its targets' prescriptions (:mod:`dosepred.io.rx_check`: a
 #: target's median dose below 0.8 x its prescription or above 1.3 x the highest; a phase of a plan, a
-#: re-plan of another prescription under these names): the plan is compared with a prediction for
+#: re-plan of another prescription under these names; in QA also above :data:`dosepred.qa.check.QA_HIGH`
+#: x the highest, beyond the calibration's plans): the plan is compared with a prediction for
 #: prescriptions it was not planned for.
 NOTE_RX = "plan dose and prescriptions disagree"
 #: ... and ROIs whose plan dose is missing in part (0 Gy where the prediction has dose: a dose grid that
