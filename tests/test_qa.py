@@ -940,6 +940,47 @@ def test_a_plan_normalised_hotter_than_any_calibration_plan_is_untrusted(sample_
     assert not input_notes(warm)
 
 
+def test_a_plan_whose_achievable_dose_misses_its_prescriptions_is_untrusted(sample_dir, model_dir):
+    """pt_66 with a PTV70 of 1.4 cc (a small boost; the training's smallest is 42 cc) and no high dose
+    beyond 10 mm of its targets: the model predicts PTV70 about 0.3 x its 70 Gy, no plan of its
+    prescriptions (predict warns, OffRxWarning), yet QA ranked the plan first as trusted with only the
+    volume note (the ensemble: 79.4 Gy potential, LeftParotid "35.5 Gy might be spared", every target
+    "better than predicted"). Now it carries a note naming PTV70 and its predicted median (numpy on the
+    prediction QA made) and ranks after the plan as delivered, which has no such note."""
+    from scipy import ndimage
+
+    from dosepred.io import load_patients
+    from dosepred.patient import Patient
+    from dosepred.qa import run_qa
+    from dosepred.qa.check import QAChecker
+    from dosepred.qa.result import NOTE_OFF_RX
+
+    p = next(iter(load_patients(sample_dir, ids=["pt_66"])))
+    dose = np.asarray(p.dose, dtype=np.float32)
+    m70 = p.mask("PTV70")
+    centre = np.argwhere(m70 & (dose >= np.median(dose[m70]))).mean(0)
+    mm = np.sqrt(sum(((np.indices(p.shape)[i] - centre[i]) * p.spacing[i]) ** 2 for i in range(3)))
+    masks = {n: p.mask(n) for n in p.present_rois}
+    masks["PTV70"] = m70 & (mm <= 7.0)
+    assert 1.0 < masks["PTV70"].sum() * p.voxel_volume_cc < 2.0
+    targets = masks["PTV70"] | masks["PTV63"] | masks["PTV56"]
+    far = ndimage.distance_transform_edt(~targets, sampling=p.spacing) > 10
+    small = Patient.from_masks("small", p.ct, masks, p.roi_set, p.spacing, p.possible_dose_mask,
+                               np.where(far, np.minimum(dose, 50.0), dose), dict(p.meta), p.geometry)
+    res = run_qa(model_dir, [small, p], "openkbp-clinical")
+    notes = {q.id: q.notes for q in res.patients}
+    mine = [n for n in notes["small"] if n.startswith(NOTE_OFF_RX)]
+    assert len(mine) == 1, notes["small"]
+    _, pred, checked = QAChecker(model_dir, "openkbp-clinical").check(small)
+    median70 = float(np.median(pred[checked.mask("PTV70")].astype(np.float64)))
+    assert median70 < 0.8 * 70
+    assert f"PTV70 (Rx 70 Gy): predicted median {median70:.1f} Gy = {median70 / 70:.2f} x Rx" in mine[0]
+    assert not any(n.startswith(NOTE_OFF_RX) for n in notes["pt_66"]), notes["pt_66"]
+    rows = res.summary()
+    assert [(r["id"], r["untrusted"]) for r in rows] == [("pt_66", False), ("small", True)]
+    assert NOTE_OFF_RX in rows[1]["reliability"]
+
+
 @pytest.mark.parametrize("coverage, said", [(0.875, "87.5%"), (0.905, "90.5%"), (0.925, "92.5%"),
                                             (0.9, "90%")])
 def test_the_coverage_asked_for_is_the_one_the_outputs_name(tmp_path, coverage, said):

@@ -58,6 +58,7 @@ from .result import (
     NOTE_CT,
     NOTE_DOSE_GAP,
     NOTE_GRID,
+    NOTE_OFF_RX,
     NOTE_RX,
     NOTE_SIDE,
     NOTE_TARGET_DOSE,
@@ -181,6 +182,26 @@ def dose_gap_note(plan: Patient, pred: np.ndarray) -> str | None:
     return (f"{NOTE_DOSE_GAP}: " + "; ".join(found) + f": {GAP_CAUSE}? Their criteria read only the "
             "dose that is there (an OAR better than predicted, a target's coverage below it), so this plan's "
             "flags cannot be trusted; give the plan's dose on a grid covering every ROI and run again")
+
+
+def off_rx_note(plan: Patient, pred: np.ndarray) -> str | None:
+    """The note of a plan whose predicted dose does not deliver its prescriptions (None when it does,
+    :func:`dosepred.predict.implausible_targets`, the rule a plan dose meets; ``predict`` warns of the
+    same): the achievable dose it is compared with is no plan of them."""
+    from ..predict import implausible_targets  # heavy: dosepred.predict imports torch
+
+    bad = implausible_targets(plan, pred)
+    if not bad:
+        return None
+    listed = "; ".join(f"{t.name} (Rx {t.prescription:g} Gy): predicted median {t.median:.1f} Gy = "
+                       f"{t.ratio:.2f} x Rx" + (f" = {t.ratio_highest:.2f} x the highest Rx"
+                                                if t.ratio_highest > rx_check.HIGH else "") for t in bad)
+    return (f"{NOTE_OFF_RX}: {listed} (every plan, and the released models' predictions of the OpenKBP "
+            f"validation patients, give a target {rx_check.LOW:g} x its prescription to {rx_check.HIGH:g} x "
+            "the highest): "
+            "the plan is unlike those the model was trained on (a target far smaller or larger than theirs, "
+            "another site), so the dose it is compared with is no plan of its prescriptions and this plan's "
+            "flags cannot be trusted; this model cannot check it")
 
 
 # ---------------------------------------------------------------------------------------- qa
@@ -491,7 +512,8 @@ class QAChecker:
                                    c.limit, c.ref_pass, flags, name=c.name, family=fam, unit=c.unit,
                                    kind=kind, lower_better=lb, gain=gain))
         gap = dose_gap_note(plan, pred)
-        notes = inputs + ([gap] if gap else []) + self.notes(plan)
+        off = off_rx_note(plan, pred)
+        notes = inputs + [n for n in (gap, off) if n] + self.notes(plan)
         return (PatientQA(plan.id, out, notes, time.perf_counter() - t0, lacking),
                 pred, plan)
 

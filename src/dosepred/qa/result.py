@@ -15,7 +15,8 @@ Flags of a criterion (:func:`flags_for`, :data:`FLAG_*`):
 - ``criterion not calibrated`` (the family's interval is used).
 
 Reliability notes (:data:`NOTE_GRID`, :data:`NOTE_VOLUME`, :data:`NOTE_TARGET_DOSE`, :data:`NOTE_SIDE`,
-:data:`NOTE_UNPRESCRIBED`, :data:`NOTE_CT`, :data:`NOTE_RX`, :data:`NOTE_DOSE_GAP`)
+:data:`NOTE_UNPRESCRIBED`, :data:`NOTE_CT`, :data:`NOTE_RX`, :data:`NOTE_DOSE_GAP`,
+:data:`NOTE_OFF_RX`)
 concern the patient and are given once per patient (:attr:`PatientQA.notes`). A plan's *potential
 improvement* (Gy) is the sum of plan - predicted over its OAR and hot-spot flags plus predicted - plan
 over its coverage flags (dose metrics only, each ROI and metric once: two criteria on one metric flag
@@ -67,16 +68,21 @@ NOTE_RX = "plan dose and prescriptions disagree"
 #: does not cover them, :func:`dosepred.qa.check.dose_gap_note`): their criteria read the plan colder
 #: than it is.
 NOTE_DOSE_GAP = "plan dose missing in ROIs"
+#: ... and a predicted (achievable) dose that does not deliver the plan's prescriptions
+#: (:func:`dosepred.predict.implausible_targets`, ``predict``'s OffRxWarning: a target far smaller or larger
+#: than any the model trained on): the plan is compared with a dose that is no plan of its prescriptions.
+NOTE_OFF_RX = "achievable dose does not deliver the prescriptions"
 #: Notes that say the plan's flags cannot be trusted (its inputs contradict themselves): the cohort
 #: summary ranks such plans after every other, whatever their potential improvement.
-UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT, NOTE_RX, NOTE_DOSE_GAP)
+UNTRUSTED_NOTES = (NOTE_TARGET_DOSE, NOTE_SIDE, NOTE_UNPRESCRIBED, NOTE_CT, NOTE_RX, NOTE_DOSE_GAP,
+                   NOTE_OFF_RX)
 #: How the cohort table marks such a plan's rank, and what the mark means.
 UNTRUSTED_MARK = "*"
 UNTRUSTED_LEGEND = ("* ranked after the others: a note says the plan's inputs are incomplete or contradict "
                     "themselves "
                     f"({NOTE_TARGET_DOSE}, a {NOTE_UNPRESCRIBED}, an {NOTE_SIDE}, a {NOTE_CT}, "
-                    f"{NOTE_RX}, or {NOTE_DOSE_GAP}), so "
-                    "its flags "
+                    f"{NOTE_RX}, or {NOTE_DOSE_GAP}), or that the plan is unlike the model's "
+                    f"({NOTE_OFF_RX}), so its flags "
                     "cannot be trusted until they are fixed")
 
 
