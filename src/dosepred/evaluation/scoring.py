@@ -19,8 +19,10 @@ Definitions (OpenKBP: Babier et al., Med Phys 48(9), 2021, and its evaluator, ab
   is 0 Gy outside the mask, as OpenKBP's are (a reference from another format with dose computed in
   air is read so, :class:`~dosepred.evaluation.case.ScoringCase`); cohort = mean over patients.
 - **DVH score** (OpenKBP): mean over all (patient, ROI, metric) of ``|M_ref - M_pred|`` over the
-  ``openkbp`` protocol's metrics (OAR D0.1cc, Dmean; target D99%, D95%, D1%), whatever protocol is
-  evaluated; ROIs the reference patient lacks are skipped.
+  ``openkbp`` protocol's metrics by kind (OAR D0.1cc, Dmean; target D99%, D95%, D1%) of every OAR and
+  target of the reference's ROI set (a clinic's PTV66 and its own OARs too; ROIs of kind ``other`` are
+  not scored; :func:`dvh_metrics`), whatever protocol is evaluated; ROIs the reference patient lacks
+  are skipped.
 - **PTV score** / **OAR score**: the same mean over the *evaluated protocol's* dose metrics (Gy)
   of target / OAR ROIs (V-metrics, in %, are left out).
 - **criteria**: each criterion with a limit is checked on the prediction and on the reference;
@@ -141,7 +143,7 @@ class PatientResult:
     id: str
     dose_score: float
     metrics: list[MetricValue]
-    dvh_errors: list[float]  # |ref - pred| of the openkbp metrics
+    dvh_errors: list[float]  # |ref - pred| of the DVH score's metrics (dvh_metrics)
     ptv_errors: list[float]  # |ref - pred| of the protocol's target dose metrics
     oar_errors: list[float]  # |ref - pred| of the protocol's OAR dose metrics
     criteria: list[CriterionResult]
@@ -320,10 +322,25 @@ def _openkbp() -> Protocol:
     return _OPENKBP
 
 
-def _needed(protocol: Protocol) -> dict[str, list[str]]:
-    """ROI -> metric strings to compute: the openkbp metrics plus the protocol's, deduplicated."""
-    out: dict[str, list[str]] = {}
-    for c in list(_openkbp().criteria) + list(protocol.criteria):
+def dvh_metrics(roi_set: RoiSet) -> dict[str, list[str]]:
+    """ROI -> the DVH score's metrics: OpenKBP's by kind (the ``openkbp`` protocol's metrics of its OARs,
+    D0.1cc and Dmean, and of its targets, D99%, D95%, D1%) for every OAR and target of ``roi_set``, so a
+    clinic's PTV66 counts as PTV70 does (by name only, its targets were left out); on OpenKBP's ROI set
+    exactly the ``openkbp`` protocol's."""
+    kinds = RoiSet.openkbp()
+    by_kind: dict[str, list[str]] = {}
+    for c in _openkbp().criteria:
+        ms = by_kind.setdefault(kinds[c.roi].kind, [])
+        if c.metric not in ms:
+            ms.append(c.metric)
+    return {r.name: by_kind[r.kind] for r in roi_set if r.kind in by_kind}
+
+
+def _needed(protocol: Protocol, roi_set: RoiSet) -> dict[str, list[str]]:
+    """ROI -> metric strings to compute: the DVH score's (:func:`dvh_metrics`) plus the protocol's,
+    deduplicated."""
+    out: dict[str, list[str]] = {n: list(ms) for n, ms in dvh_metrics(roi_set).items()}
+    for c in protocol.criteria:
         ms = out.setdefault(c.roi, [])
         if c.metric not in ms:
             ms.append(c.metric)
@@ -421,15 +438,15 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
     dose_score = float(total / case.n_mask)
     refd, predd, rs, idx, vox = case.ref, case.pred, case.roi_set, case.rois, case.voxel_mm3
 
-    needed = _needed(bound.protocol)
-    openkbp_names = {(c.roi, c.metric) for c in _openkbp().criteria}
+    needed = _needed(bound.protocol, rs)
+    dvh_names = {(roi, m) for roi, ms in dvh_metrics(rs).items() for m in ms}
     values: dict[tuple[str, str], MetricValue] = {}
     missing: list[str] = []
     for roi, ms in needed.items():
         if roi not in idx:
             if roi in rs:
                 missing.append(roi)
-            continue  # openkbp ROIs absent from a non-OpenKBP RoiSet are simply not evaluated
+            continue  # a protocol's ROIs absent from the RoiSet are not evaluated
         rx = bound.prescription(roi)
         computable = [m for m in ms if not (parse_metric(m).needs_prescription and rx is None)]
         r_vals, p_vals = roi_metrics_pair(refd[idx[roi]], predd[idx[roi]], computable, vox, rx)
@@ -438,7 +455,7 @@ def evaluate_case(case: ScoringCase, protocol: Protocol | BoundProtocol | str = 
 
     small = tuple(f"{roi} {m} ({len(idx[roi]) * vox / 1000:.2g} cc)" for roi, m in values
                   if larger_than_roi(parse_metric(m), len(idx[roi]), vox))
-    dvh_errors = [v.error for k, v in values.items() if k in openkbp_names]
+    dvh_errors = [v.error for k, v in values.items() if k in dvh_names]
     ptv_errors: list[float] = []
     oar_errors: list[float] = []
     seen: set[tuple[str, str]] = set()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import DosepredError, InputError, name_some
+from ..evaluation.scoring import dvh_metrics
 from ..models.space import ModelSpace
 from ..patient import RoiSet
 from ..protocol import Protocol, load_protocol
@@ -232,7 +233,8 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
     (:func:`dosepred.evaluation.evaluate_case`) is then empty and the score NaN every epoch, and
     best.pt would stay the first validated epoch (NaN is never lower). The PTV / OAR score averages
     the protocol's dose metrics (D-metrics, Dmean; not V-metrics) of targets / OARs, the DVH score
-    OpenKBP's metrics of the ROIs named as OpenKBP names them; only ROIs some validation patient has
+    OpenKBP's metrics of every OAR and target (:func:`dosepred.evaluation.scoring.dvh_metrics`); only
+    ROIs some validation patient has
     count, and a metric relative to the prescription only for an ROI with one."""
     select = cfg.select
     if select == "dose":
@@ -243,11 +245,9 @@ def check_selectable(protocol: Protocol, roi_set: RoiSet, val_cache: Any, val_id
     where = (f"any of the {len(val_ids)} validation patient{'s' if len(val_ids) != 1 else ''} of {cfg.val}"
              + (f" (split {cfg.val_split})" if cfg.val_split else ""))
     if select in ("dvh", "dose+dvh"):
-        names = sorted({c.roi for c in load_protocol("openkbp").criteria})
-        if present & set(names):
+        if present & set(dvh_metrics(roi_set)):
             return
-        why = (f"the DVH score has no value: none of OpenKBP's ROIs ({', '.join(names)}) is contoured under "
-               f"that name in {where}")
+        why = f"the DVH score has no value: no OAR or target of the ROI set is contoured in {where}"
     else:
         kind = "target" if select == "ptv" else "oar"
         bound = protocol.bind(roi_set)
