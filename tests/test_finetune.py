@@ -647,3 +647,38 @@ def test_data_subset_of_a_prediction_cache_keeps_its_prediction_record(tmp_path,
     assert sub.ids == [synth[0].id, synth[2].id]
     assert sub.info["prediction"] == rec.to_json() and prediction_record(sub) == rec
     assert open_source(tmp_path / "sub").predicted
+
+
+def test_a_fine_tune_on_voxels_far_from_the_init_models_is_warned_of(tmp_path, synth):
+    """A clinic's CT imported at its own 1-1.5 mm under a released model of OpenKBP's 2.7-5.1 mm voxels:
+    training keeps the patients' voxels, so the model's convolutions start on anatomy of another size
+    than they learnt, without a word (OpenKBP validation pt_208 as the clinic, released MAE+CDM mapped
+    and not trained: validation dose score 8.61 Gy at 1.5 x 2 x 1.5 mm, 4.15 on its own grid). One
+    warning naming both spacings; none at the --init model's own spacing."""
+    from dosepred.resample import grid_with_spacing, resample_patient
+    from dosepred.training.init import InitSpacingWarning
+
+    released = released_model(4)
+    sp = synth[0].spacing  # (16, 16, 12) mm: the --init model "learnt" there
+    space = ModelSpace(axes="PLI", spacing_min=sp, spacing_max=sp, spacing_median=sp, patients=4)
+    ck = save_checkpoint({"format": MODEL_FORMAT, "model_config": released.config.to_dict(),
+                          "model": released.state_dict(), "space": space.to_dict()}, tmp_path / "r.pt")
+    fine = []
+    for p in synth:
+        g, shape = grid_with_spacing(p.geometry, p.shape, np.asarray(p.spacing) / 2)
+        fine.append(clinic_patient(resample_patient(p, g, shape)))
+    assert fine[0].shape == (32, 32, 32)
+    write_cache(fine, tmp_path / "fine")
+    write_cache([clinic_patient(p) for p in synth], tmp_path / "same")
+    with pytest.warns(InitSpacingWarning) as got:
+        ready(_cfg(tmp_path / "a", tmp_path / "fine", ck)).load_train()
+    (w,) = [str(w.message) for w in got if w.category is InitSpacingWarning]
+    assert f"--init {ck} learnt on voxels of 16-16 x 16-16 x 12-12 mm" in w
+    assert "the training patients' are 8 x 8 x 6 mm (median), up to 2.0x off" in w and "(16 x 16 x 12 mm" in w
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InitSpacingWarning)
+        t = ready(_cfg(tmp_path / "b", tmp_path / "same", ck))
+        t.load_train()
+    assert t.space.spacing_median == sp

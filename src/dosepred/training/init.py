@@ -12,13 +12,14 @@ lack what the ``--init`` model's training patients lacked (:func:`inherit_absent
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from ..models import DoseUNet, ModelConfig, ModelError
 from ..models.checkpoint import state_dict_problem
 from ..models.grow import grow_problem, grow_state
-from ..models.space import ModelSpace
+from ..models.space import COARSE_FACTOR, ModelSpace
 from ..models.transfer import (
     RoiTransfer,
     absent_after,
@@ -194,13 +195,45 @@ def same_patients(init: ModelSpace, space: ModelSpace, was: dict[str, int], own:
     return rem == 0 and k >= 1 and set(was) == set(own) and all(was[n] == k * own[n] for n in own)
 
 
+class InitSpacingWarning(UserWarning):
+    """The training patients' voxels are far from those the ``--init`` model learnt at."""
+
+
+def warn_init_spacing(space: ModelSpace, init_ckpt: dict[str, Any], init: str) -> ModelSpace:
+    """``space`` (the fine-tune's training patients'), with an :class:`InitSpacingWarning` when their
+    median voxel size along some axis is more than ``COARSE_FACTOR`` times finer or coarser than the
+    ``--init`` model's recorded range: training keeps the patients' voxels (:class:`SpaceRecorder`), so
+    the model's convolutions start on anatomy of another size in voxels than they learnt (a clinic's
+    1 mm CT under a model of OpenKBP's 4 mm grid), and the fine-tuned model records the new spacing."""
+    was = ModelSpace.from_dict(init_ckpt["space"])
+    if was.source != "recorded" or space.spacing_median is None:
+        return space
+    med = space.spacing_median
+    far = [max(lo / m, m / hi) for m, lo, hi in zip(med, was.spacing_min, was.spacing_max, strict=True)]
+    if max(far) <= COARSE_FACTOR:
+        return space
+    mm = " x ".join(f"{v:.3g}" for v in med)
+    rng = " x ".join(f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(was.spacing_min, was.spacing_max, strict=True))
+    want = " x ".join(f"{v:.3g}" for v in was.spacing_median or was.spacing_max)
+    warnings.warn(f"--init {init} learnt on voxels of {rng} mm (axes {was.axes}); the training patients' are "
+                  f"{mm} mm (median), up to {max(far):.1f}x off: training keeps their voxels, so its "
+                  "convolutions start on anatomy of another size than they learnt, and the fine-tuned "
+                  "model records their spacing; resample the patients to about the --init model's "
+                  f"spacing ({want} mm, dosepred.resample.resample_patient) before training on them",
+                  InitSpacingWarning, stacklevel=2)
+    return space
+
+
 def inherit_absent(space: ModelSpace, init_ckpt: dict[str, Any], transfer: RoiTransfer | None,
-                   roi_set: RoiSet) -> ModelSpace:
+                   roi_set: RoiSet, init: str | None = None) -> ModelSpace:
     """A fine-tune's ``space`` that also lets patients lack what the ``--init`` model's training
     patients lacked (its ``absent_rois``, in ``roi_set``'s names when the ROIs were mapped by
     ``transfer``), so a handful of clinic patients who all had an organ do not make it required at
     prediction; the counts are over both models' training patients, unless they are the same
-    patients (:func:`same_patients`)."""
+    patients (:func:`same_patients`). ``init`` (the ``--init`` as given): first
+    :func:`warn_init_spacing`."""
+    if init is not None:
+        space = warn_init_spacing(space, init_ckpt, init)
     if space.absent_rois is None:
         return space
     init = ModelSpace.from_dict(init_ckpt["space"])
@@ -224,5 +257,5 @@ def inherit_absent(space: ModelSpace, init_ckpt: dict[str, Any], transfer: RoiTr
     return dataclasses.replace(space, absent_rois=absent, absent_counts=counts, absent_patients=of)
 
 
-__all__ = ["ARCH_KEYS", "from_init", "inherit_absent", "load_init_weights", "resolve_architecture",
-           "same_patients"]
+__all__ = ["ARCH_KEYS", "InitSpacingWarning", "from_init", "inherit_absent", "load_init_weights",
+           "resolve_architecture", "same_patients", "warn_init_spacing"]

@@ -418,10 +418,10 @@ class Trainer:
 
     def inherit_absent(self, space: ModelSpace) -> ModelSpace:
         """A fine-tune's space also lets patients lack what the ``--init`` model's training patients
-        lacked (:func:`.init.inherit_absent`)."""
+        lacked (:func:`.init.inherit_absent`); a warning when its voxels are far from --init's."""
         if self.init_ckpt is None:
             return space
-        return inherit_absent(space, self.init_ckpt, self.init_transfer, self.roi_set)
+        return inherit_absent(space, self.init_ckpt, self.init_transfer, self.roi_set, self.cfg.init)
 
     def load_val(self) -> list:
         """The validation patients (read by rank 0 only, which validates)."""
