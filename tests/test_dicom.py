@@ -1136,3 +1136,28 @@ def test_a_body_mapped_to_a_name_the_aliases_read_as_the_body_is_the_body(export
     assert "External" not in q.roi_set.names
     assert q.meta["possible_dose_mask"] == "body contour Contorno Externo"
     np.testing.assert_array_equal(q.possible_dose_mask, p.possible_dose_mask)
+
+
+def test_an_unrecognised_name_contoured_only_where_a_known_organ_is_not_is_warned_of(tmp_path):
+    """A clinic's left parotid under a name no alias knows (``Parotid_Lt_old``) in one patient: imported
+    as another ROI, with LeftParotid absent for that patient, without a word, so a fine-tune learnt
+    its dose as for a patient without a left parotid (found on OpenKBP validation patients exported as
+    DICOM, one's Parotid_R renamed Parotid_Rt_old). One warning naming the ROI, the patient, the organ
+    and the map that fixes it; with that map, none, and the parotid is the patient's LeftParotid."""
+    a, b = make_patient("pt_a"), make_patient("pt_b")
+    src = tmp_path / "src"
+    dicom.write_dicom(a, src / "pt_a")
+    fb = dicom.write_dicom(b, src / "pt_b")
+    _rename_rois(fb / "RS.dcm", {"LeftParotid": "Parotid_Lt_old"})
+    with pytest.warns(dicom.DicomWarning) as got:
+        pats = {p.id: p for p in dicom.read_dicom_folder(src)}
+    (w,) = [str(x.message) for x in got if "Parotid_Lt_old" in str(x.message)]
+    assert w.startswith("ROI 'Parotid_Lt_old' (patients pt_b) is contoured only in patients without "
+                        "LeftParotid: ") and '{"names": {"Parotid_Lt_old": "LeftParotid"}}' in w
+    assert "LeftParotid" in pats["pt_b"].missing_rois
+    mp = tmp_path / "map.json"
+    mp.write_text(json.dumps({"names": {"Parotid_Lt_old": "LeftParotid"}}))
+    fixed = {p.id: p for p in read_quiet(src, mp)}
+    assert fixed["pt_b"].roi_set.names == ("LeftParotid", "PTV70", "Ring")
+    np.testing.assert_array_equal(fixed["pt_b"].mask("LeftParotid"), b.mask("LeftParotid"))
+    assert read_quiet(src / "pt_a")[0].missing_rois == ()  # an ROI of one patient alone: no warning

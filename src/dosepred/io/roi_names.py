@@ -379,6 +379,39 @@ def _kind_from_type(interpreted_type: str) -> str:
 
 # --------------------------------------------------------------------------------- ROI set union
 
+def _words(name: str) -> set[str]:
+    """The words of an ROI name of four letters or more, lower case (``RightParotid``: right, parotid)."""
+    return {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name) if len(w) >= 4}
+
+
+def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
+    """One line for each ROI kept under an unrecognised name (no alias matched it, no ROI map named it)
+    that is contoured only in patients lacking a recognised OAR or target sharing a word of its name
+    (``Parotid_Rt_old`` only where ``RightParotid`` is not): likely that organ under another name, which
+    the import would otherwise keep as another ROI and that organ as absent for those patients, so
+    a model trains on or predicts them as patients without it. ``per_patient``: id -> canonical name ->
+    :class:`Canonical` (the patient's ROIs)."""
+    info: dict[str, Canonical] = {}
+    for rois in per_patient.values():
+        for n, c in rois.items():
+            info.setdefault(n, c)
+    out = []
+    for u, cu in info.items():
+        if cu.matched or cu.is_body:
+            continue
+        having = [pid for pid, rois in per_patient.items() if u in rois]
+        near = [r for r, cr in info.items() if cr.matched and cr.kind in ("oar", "target")
+                and _words(u) & _words(r) and not any(r in per_patient[pid] for pid in having)]
+        if near:
+            ids = ", ".join(having[:3]) + (", ..." if len(having) > 3 else "")
+            alt = " or ".join(near)
+            hint = json.dumps({"names": {u: near[0]}})
+            out.append(f"ROI {u!r} (patients {ids}) is contoured only in patients without {alt}: if it is "
+                       f"{near[0]} under another name, map it with --roi-map ({hint}); as it is, {alt} is "
+                       "absent for them, and a model trains on or predicts them as patients without it")
+    return out
+
+
 def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]]) -> RoiSet:
     """RoiSet of one import: the union of canonical names, OpenKBP names first (in OpenKBP bit
     order) when present, then the others sorted case-insensitively. Conflicting kinds/prescriptions

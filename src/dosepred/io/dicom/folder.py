@@ -217,6 +217,8 @@ def scan_dicom_folder(src: str | os.PathLike,
         warn(f"ROI map {rmap.source or '(given)'}: {len(unused)} name(s) matched no ROI of any structure "
              f"set in {src}: {', '.join(hints)}")
     roi_set = _names.union_roi_set(s.canon for s in sources)
+    for line in _names.lookalikes({s.id: s.canon for s in sources}):
+        warn(line)
     return DicomFolder(src, roi_set, sources)
 
 
