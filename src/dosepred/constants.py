@@ -14,9 +14,9 @@
   the box of voxels that differ from the corner value);
 - ``BODY_HU`` (-500): the body threshold. Without a body/external contour the possible-dose mask
   of a DICOM or NIfTI patient, and of a patient predicted without one, is ``CT > BODY_HU`` with
-  each axial slice's holes filled (:func:`dosepred.geometry.body_from_ct`), and prediction crops a
-  patient without a possible-dose mask to the box of ``CT > BODY_HU``
-  (:func:`dosepred.predict.crop_box`).
+  devices (couch, headrest) removed and each axial slice's holes filled
+  (:func:`dosepred.geometry.ct_body`), and prediction crops a patient without a possible-dose mask
+  to the box of ``CT > BODY_HU`` (:func:`dosepred.predict.crop_box`).
 - ``MAX_DOSE_GY`` (1000): no radiotherapy dose is higher; a dose above it is refused wherever one
   is read (RTDOSE, NIfTI, a scored prediction of any format): it is almost surely in cGy.
 - ``MAX_CRITERION_GY`` (200): no clinical criterion of external-beam radiotherapy limits, aims at or

@@ -33,7 +33,7 @@ from .boxes import mask_box
 from .constants import BODY_HU, MAX_DOSE_GY
 from .errors import InputError
 from .fsutil import sha256_file
-from .geometry import body_from_ct
+from .geometry import ct_body
 from .inference import DEFAULT_TTA as DEFAULT_TTA
 from .inference import TTA_SHIFT as TTA_SHIFT
 from .inference import InferenceOptions, PredictionRecord
@@ -498,23 +498,24 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
 
 
 def with_ct_body(patient: Patient, warn: bool = True) -> Patient:
-    """``patient`` with the body of its CT (:func:`dosepred.geometry.body_from_ct`: above ``BODY_HU``,
-    -500 HU, each axial slice's holes filled) as its possible-dose mask when it has none (the mask is
-    the whole grid), as a DICOM patient without a body contour gets; else ``patient`` itself. A model
+    """``patient`` with the body of its CT (:func:`dosepred.geometry.ct_body`: above ``BODY_HU``, -500 HU,
+    devices removed, each axial slice's holes filled) as its possible-dose mask when it has none (the mask
+    is the whole grid), as a DICOM patient without a body contour gets; else ``patient`` itself. A model
     trained with body masks read a mask of the whole grid as a body filling the field of view: for an
     OpenKBP patient it predicted PTV70 a D95 of 0.01 Gy and 118 Gy hot spots, with no more than a warning
     that dose was "predicted everywhere". A CT without air or without tissue is left as it is (the model
     space names a CT that is not in HU)."""
     if not bool(np.all(patient.possible_dose_mask)) or patient.ct is None or patient.geometry is None:
         return patient
-    body = body_from_ct(patient.ct, patient.geometry, BODY_HU)
+    body, removed = ct_body(patient.ct, patient.geometry, BODY_HU)
     if not body.any() or body.all():
         return patient
     if warn:
         warnings.warn(f"patient {patient.id} has no possible-dose (body) mask: its body is taken as CT > "
                       f"{BODY_HU:g} HU (each axial slice's holes filled), as for a DICOM patient without a "
                       "body contour, and its dose predicted there (give its body for its own: a "
-                      "body/external ROI, possible_dose_mask.nii.gz)", RoiNote, stacklevel=3)
+                      "body/external ROI, possible_dose_mask.nii.gz)" + (f"; {removed}" if removed else ""),
+                      RoiNote, stacklevel=3)
     return Patient(patient.id, patient.ct, patient.roi_codes, patient.roi_set, None, body, patient.dose,
                    patient.missing_rois, dict(patient.meta), patient.geometry)
 

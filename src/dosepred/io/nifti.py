@@ -43,7 +43,7 @@ import numpy as np
 from ..constants import BODY_HU, MAX_DOSE_GY
 from ..errors import DosepredError, InputError
 from ..fsutil import atomic_dir, atomic_path, broken_links, broken_links_text
-from ..geometry import Geometry, GeometryError, body_from_ct, shear_problem
+from ..geometry import Geometry, GeometryError, ct_body, shear_problem
 from ..patient import Patient, RoiSet, file_key, file_name_problem, id_problem
 from ..resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from ..roi import binary_mask
@@ -699,8 +699,9 @@ def _read_patient(folder: Path, roi_set: RoiSet) -> Patient:
     meta.pop("affine", None)
     meta.update({"format": FORMAT_NAME, "source": str(folder.resolve())})
     if pdm is None:  # as DICOM without a body contour (the whole grid was the body: PTV70 predicted 0 Gy)
-        pdm = body_from_ct(ct, geom, BODY_HU)
-        meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU, holes filled (no {MASK_FILE} nor body ROI)"
+        pdm, removed = ct_body(ct, geom, BODY_HU)
+        meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU, holes filled (no {MASK_FILE} nor body ROI)" + \
+            (f"; {removed}" if removed else "")
     if dose is not None and pdm is not None:  # a reference dose is 0 Gy outside its mask, as OpenKBP's
         dose, share = dose_within_mask(dose, pdm)
         if share > 0:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...constants import BODY_HU  # possible-dose mask from CT when there is no body contour
-from ...geometry import body_from_ct, filled_outline
+from ...geometry import ct_body, filled_outline
 from ...patient import Patient, RoiSet
 from ...resample import WARN_REF_DOSE_OUTSIDE_MASK, dose_within_mask
 from .. import roi_names as _names
@@ -122,8 +122,9 @@ def _build_patient(s: PatientFiles, roi_set: RoiSet) -> Patient:
                  "skin rind drawn with an inner contour?): filled slice by slice as the possible-dose mask "
                  "(draw the external contour without the inner one, or name the body ROI with an ROI map)")
     else:
-        body = body_from_ct(ct, geom, BODY_HU)  # the airways inside: body, as a drawn contour holds them
-        meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU, holes filled (no body/external contour)"
+        body, removed = ct_body(ct, geom, BODY_HU)  # the airways inside: body, as a drawn contour holds them
+        meta["possible_dose_mask"] = f"CT > {BODY_HU:g} HU, holes filled (no body/external contour)" + \
+            (f"; {removed}" if removed else "")
     # as OpenKBP's, the dose outside the possible-dose mask is neither predicted nor scored (0 Gy in both,
     # :class:`dosepred.evaluation.case.ScoringCase`): a target or organ reaching past it is named
     beyond = {n: (int((m & ~body).sum()), int(m.sum())) for n, m in masks.items()
