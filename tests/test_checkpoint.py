@@ -257,6 +257,30 @@ def test_the_use_lines_of_a_model_card_quote_a_path_with_spaces(tmp_path):
         assert uses and all(shlex.split(u)[3] == str(folder) for u in uses), uses
 
 
+def test_the_use_lines_of_a_model_card_name_every_source_predict_reads(tmp_path):
+    """The 'Use:' line of the README export-model and ensemble write (and of the released models'
+    cards) said `--data <cache or OpenKBP folder>`, while `predict --data` reads NIfTI and DICOM
+    folders too (4 formats, the card named 2). It now names each format as the help texts do."""
+    from pathlib import Path
+
+    from dosepred.io import formats
+    from dosepred.models.checkpoint import write_ensemble
+
+    cfg, _ = _tiny()
+    for i in (1, 2):
+        torch.manual_seed(i)
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": cfg.to_dict(),
+                         "model": build_model(cfg).state_dict()}, tmp_path / f"c{i}.pt")
+    m = export_model(tmp_path / "c1.pt", tmp_path / "m", half=False)
+    write_ensemble([tmp_path / "c1.pt", tmp_path / "c2.pt"], tmp_path / "ens")
+    released = sorted((Path(__file__).parents[1] / "models").glob("openkbp-*/README.md"))
+    assert len(released) >= 5
+    for readme in [m / "README.md", tmp_path / "ens" / "README.md", *released]:
+        text = " ".join(readme.read_text().split())  # the released cards wrap their lines
+        assert "--data PATIENTS" in text and "cache or OpenKBP folder" not in text, readme
+        assert all(f.described in text for f in formats.FORMATS), readme
+
+
 def test_half_export_keeps_small_tensors_in_full_precision(tmp_path):
     """``export_model(half=True)``: tensors of at least HALF_MIN_NUMEL elements stored in fp16, smaller ones
     in fp32 (bit-identical to the checkpoint); the loaded model is fp32 throughout."""

@@ -39,6 +39,7 @@ import torch
 import dosepred
 
 from ..fsutil import atomic_path, json_dumps, save_torch, write_json, write_text
+from ..io import formats
 from .ensemble import EnsembleModel, assemble, is_ensemble, read_ensemble
 from .ensemble import write_ensemble as _write_ensemble
 from .space import ModelSpace
@@ -470,8 +471,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
                f"{RoiTransfer.from_dict(ckpt['roi_transfer']).summary()}\n"
                if ckpt.get("roi_transfer") else "")
             + "\n"
-            f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data <cache or OpenKBP folder> "
-            "--out DIR`\n")
+            f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data PATIENTS --out DIR` "
+            f"(PATIENTS: {formats.described()})\n")
     return out
 
 

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from ..fsutil import sha256_file, write_text
+from ..io import formats
 from .space import ModelSpace
 from .tags import ENSEMBLE_FILE, ENSEMBLE_FORMAT
 from .unet import ModelError
@@ -364,8 +365,8 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
               for m, w in zip(members, spec.weights, strict=True)]
     lines += [f"- ROIs (bit order): {', '.join(ens.config.roi_set.names)}",
               f"- model space: {ens.space.summary()}", "",
-              f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data <cache or OpenKBP folder> "
-              f"--out DIR`; plan QA after `dosepred calibrate --model {shlex.quote(str(shown))} ...` "
-              "(docs/qa.md).", ""]
+              f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data PATIENTS --out DIR` "
+              f"(PATIENTS: {formats.described()}); plan QA after `dosepred calibrate --model "
+              f"{shlex.quote(str(shown))} ...` (docs/qa.md).", ""]
     write_text(out / "README.md", "\n".join(lines))
     return path
