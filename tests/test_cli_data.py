@@ -210,3 +210,38 @@ def test_console_styles_are_styles_not_markup_text():
     text = con.export_text(styles=False, clear=False)
     assert "note: pt [b]7: a [i]note" in text and "[/]" not in text and "[yellow" not in text
     assert "\x1b[33mnote:" in con.export_text(styles=True)
+
+
+def test_split_help_states_the_defaults_it_applies(tmp_path):
+    """`data split --help` gave no default for --fractions or --names, while --random split 0.7/0.15/0.15
+    into train/val/test and --temporal 0.8/0.2 into train/test: a user could not tell from the help
+    what a split without --fractions would be. The help states both; each is the one applied."""
+    import re
+
+    help_text = " ".join(runner.invoke(app, ["data", "split", "--help"]).output.split())
+    shown = dict(re.findall(r"--(random|temporal) ([0-9.,]+\d)", help_text))
+    assert shown == {"random": "0.7,0.15,0.15", "temporal": "0.8,0.2"}, help_text
+    assert "train,val,test" in help_text and "train,test" in help_text
+    out = tmp_path / "syn"
+    r, text = _run("data", "synth", "--patients", 20, "--out", out, "--size", 16, "--no-progress")
+    assert r.exit_code == 0, text
+    for how, names in (("random", ["train", "val", "test"]), ("temporal", ["train", "test"])):
+        r, text = _run("data", "split", out, "--out", tmp_path / f"{how}.json", f"--{how}")
+        assert r.exit_code == 0, text
+        s = json.loads((tmp_path / f"{how}.json").read_text())
+        assert s["fractions"] == [float(x) for x in shown[how].split(",")] and list(s["splits"]) == names
+        assert [len(v) for v in s["splits"].values()] == [round(20 * float(x)) for x in shown[how].split(",")]
+
+
+def test_every_patients_option_names_every_source_it_reads():
+    """`bench qa-power --data` said '(a cache or OpenKBP folder)' while it opens its patients as `qa`
+    does (io.source.plan_source: NIfTI and DICOM folders too); the other patients options name every
+    format (cli.common.SOURCES). Also: `predict --device` takes cuda:N, `--model` an ensemble folder."""
+    from dosepred.io import formats
+
+    for cmd in (["bench", "qa-power"], ["predict"], ["calibrate"], ["qa"], ["evaluate"], ["baseline"]):
+        text = " ".join(runner.invoke(app, [*cmd, "--help"]).output.split())
+        assert "cache or OpenKBP folder" not in text, cmd
+        assert all(f.described in text for f in formats.FORMATS), cmd
+    text = " ".join(runner.invoke(app, ["predict", "--help"]).output.split())
+    assert "cuda:N" in text and "ensemble folder" in text

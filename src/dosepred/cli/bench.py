@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..fsutil import check_output
 from ..progress import enabled
 from ..protocol import protocol_file
-from .common import NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
+from .common import SOURCES, NoProgress, Overwrite, bench_app, console, friendly, show, write_json_out
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")]
 Example = Annotated[Path | None, typer.Option("--data", help="OpenKBP folder of pt_* patients [the example "
@@ -197,7 +197,7 @@ def qa_power(
     model: Annotated[Path, typer.Option("--model", help="Model (its calibration.json names the methods QA "
                                         "uses; predicts when --prediction is not given).")],
     data: Annotated[Path, typer.Option("--data", help="Patients with plan doses the model was not trained "
-                                       "on (a cache or OpenKBP folder), e.g. the validation split.")],
+                                       f"on, e.g. the validation split: {SOURCES}.")],
     json_out: JsonOut = None,
     prediction: Annotated[Path | None, typer.Option("--prediction", help="Cache of their predictions "
                                                     "(dosepred predict --format cache: flipped as QA "

@@ -130,8 +130,11 @@ def split(
         "--ids", help="User lists: name=pt_1,pt_2 (repeatable) or a JSON/text file.")] = None,
     temporal: Annotated[bool, typer.Option("--temporal", help="Earliest dates to the first split.")] = False,
     fractions: Annotated[str | None, typer.Option(
-        "--fractions", help="Fractions or counts, e.g. 0.7,0.15,0.15 or 137,37.")] = None,
-    names: Annotated[str | None, typer.Option("--names", help="Split names, e.g. train,val,test.")] = None,
+        "--fractions", help="Fractions or counts, e.g. 0.7,0.15,0.15 or 137,37 "
+                     "[--random 0.7,0.15,0.15; --temporal 0.8,0.2].")] = None,
+    names: Annotated[str | None, typer.Option(
+        "--names", help="Split names, e.g. train,val,test [the first of train,val,test, one per fraction; "
+                        "two --temporal fractions: train,test].")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of --random.")] = 0,
     manifest: Annotated[Path | None, typer.Option("--manifest", help="CSV: an id and a date column.")] = None,
     date_column: Annotated[str, typer.Option("--date-column", help="Date column of --manifest.")] = "date",

@@ -74,7 +74,8 @@ def evaluate(
 @app.command("calibrate")
 @friendly
 def calibrate(
-    model: Annotated[Path, typer.Option("--model", help="Model folder (released model or run folder).")],
+    model: Annotated[Path, typer.Option("--model", help="Model folder (released model, ensemble or run "
+                                        "folder).")],
     data: Annotated[Path, typer.Option("--data", help="Patients with plan doses that the model was NOT "
                                        f"trained on: {SOURCES}.")],
     protocol: Protocol = "openkbp-clinical",
@@ -83,9 +84,10 @@ def calibrate(
                                                      "(`dosepred predict --format cache --no-amp`: "
                                                      "flipped, full precision, no --tta-shift); else "
                                                      "they are computed.")] = None,
-    train_data: Annotated[Path | None, typer.Option("--train-data", help="The training patients, for the "
-                                                    "ranges of ROI volumes and spacings behind the QA "
-                                                    "reliability flags (default: DATA).")] = None,
+    train_data: Annotated[Path | None, typer.Option("--train-data", help="The training patients (a source, "
+                                                    "or a JSON of their ranges written before: docs/qa.md), "
+                                                    "for the ranges of ROI volumes and spacings behind the "
+                                                    "QA reliability flags (default: DATA).")] = None,
     splits: Annotated[int, typer.Option("--splits", help="Random patient splits of the "
                                         "cross-validation.")] = 200,
     rule: Annotated[str, typer.Option("--quantile-rule", help="interpolated (nominal coverage, "

@@ -111,11 +111,12 @@ app.command("train")(friendly(_train))
 @app.command("predict")
 @friendly
 def predict(
-    model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder or checkpoint.")],
+    model: Annotated[Path, typer.Option("--model", help="Run folder, released model folder, ensemble "
+                                        "folder (`dosepred ensemble`) or checkpoint.")],
     data: Annotated[Path, typer.Option("--data", help=f"Patients: {SOURCES}.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     fmt: Annotated[str, typer.Option("--format", help=f"{prediction_help()}.")] = "openkbp",
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
     split: Annotated[str | None, typer.Option("--split", help="FILE:NAME: predict only these ids.")] = None,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Average with the prediction of the patient "
                                       "mirrored along its left-right axis (Left/Right ROIs swapped): a "
