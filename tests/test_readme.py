@@ -47,3 +47,20 @@ def test_quick_start_shows_the_demo_report_small():
         assert f.is_file(), f"README Quick start shows {img}, missing from {ROOT}"
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size < 200_000
     assert "real head-and-neck patients" in text and "`qa`" in text  # what the demo shows, first
+
+
+def test_the_fresh_clone_examples_read_only_what_the_repository_ships():
+    """models/README.md's 'Use (from a fresh clone)' read `../shared/data/openkbp/sample/train-pats`,
+    outside the repository (absent from a fresh clone: 'does not exist'), and training patients the
+    models had seen. The copyable commands of README.md and models/README.md read only data and models
+    that ship in the repository (examples/: validation pt_201)."""
+    for doc in ("README.md", "models/README.md"):
+        text = (ROOT / doc).read_text()
+        blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+        if doc == "models/README.md":
+            blocks = blocks[:1]  # the 'Use' block; the next one records how the models were made
+        for block in blocks:
+            for path in re.findall(r"--(?:data|reference|plans|model) (\S+)", block):
+                assert not path.startswith(("../", "/")), f"{doc} reads {path}, outside a fresh clone"
+                if path.startswith(("examples/", "models/")):
+                    assert (ROOT / path).exists(), f"{doc} reads {path}, missing from {ROOT}"
