@@ -925,6 +925,9 @@ def test_exported_prescription_that_differs_from_the_name_comes_back(tmp_path):
     (["abc", "ABC"], ["abc_1", "ABC_2"]),  # one folder on a file system that ignores case
     (["x/1", "x_1"], ["x_1_1", "x_1_2"]),  # made safe alike
     (["", ""], ["plans_1", "plans_2"]),  # no PatientID: the folder's name
+    # Windows' device names (with any ending) are no file there: given a '_'; clinic ids are kept
+    (["CON", "nul.1", "lpt\u00b9", "HN:001?", "COM10", "M\u00fcller-01.2"],
+     ["CON_", "nul_.1", "lpt\u00b9_", "HN_001", "COM10", "M\u00fcller-01.2"]),
 ])
 def test_imported_patient_ids_are_unique(ids, want):
     """Ids name the cache's files and the outputs' folders: two sources with one id wrote one over the

@@ -385,7 +385,9 @@ def test_cli_unknown_roi_file_warns_and_imports_the_rest(tmp_path):
 
 
 @pytest.mark.parametrize("name, why", [("dose", "dose.csv"), ("Possible_Dose_Mask", "possible_dose_mask.csv"),
-                                       ("Ring 1/2", "slash"), ("Ring 1\\2", "backslash")])
+                                       ("Ring 1/2", "slash"), ("Ring 1\\2", "backslash"),
+                                       ("PTV>60", "'>', which no file name on Windows"),
+                                       ("AUX", "device name on Windows"), ("Lens R.", "ends in '.'")])
 def test_an_roi_name_that_is_no_roi_file_name_is_refused_by_name(sample_dir, tmp_path, name, why):
     """An ROI named "dose" (a clinic's isodose structure; DICOM names are kept as they are) was written
     as dose.csv over the patient's dose, and the export said nothing (the folder's import then failed on

@@ -1,5 +1,7 @@
 """Patient / RoiSet: validation messages name the patient or ROI; masks, Rx map and copies."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -194,6 +196,31 @@ def test_an_id_that_cannot_name_files_is_refused(pid):
 
     with pytest.raises(InputError, match="patient id .*cannot name"):
         _patient(id=pid)
+
+
+@pytest.mark.parametrize("pid, why", [
+    ("HN:001", "':', which no file name on Windows or macOS"), ("pt?7", "'?', which no file name on Windows"),
+    *((f"a{c}b", f"{c!r}, which no file name on Windows") for c in '*"<>|\t\n'),
+    ("CON", "'CON' is a device name on Windows"), ("nul.1", "'nul' is a device name"),
+    ("Com1", "'Com1' is a device"), ("LPT9.nii", "'LPT9' is a device"), ("aux .x", "'aux' is a device"),
+    ("pt_7.", "ends in '.', which Windows drops from a file or folder name ('pt_7' would be meant)"),
+    ("pt_7 ", "ends in ' '"),
+])
+def test_an_id_that_cannot_name_files_on_windows_or_macos_is_refused(pid, why):
+    """Outputs are shared with Windows and macOS colleagues: an id "HN:001", "CON" or "pt_7." was taken
+    (a cache HN:001.npz, CON.npz, a folder pt_7.), whose files cannot be copied there (':' '*' '?' '"' '<'
+    '>' '|' and control characters are no part of a Windows name, ':' none of macOS' Finder; CON, PRN,
+    AUX, NUL, COM0-9, LPT0-9 are devices whatever the ending; a trailing '.' or ' ' is dropped, so
+    "pt_7." is "pt_7"). Now an error naming the id and the rule; clinic ids stay accepted."""
+    with pytest.raises(InputError, match=f"patient id {re.escape(repr(pid))} cannot name .*: .*"
+                                         + re.escape(why)):
+        _patient(id=pid)
+
+
+@pytest.mark.parametrize("pid", ["12345", "HN-001", "pt.1.2", "M\u00fcller_01", "\u5c71\u7530", "CONTOUR",
+                                 "COM10", "nul_", "Pt 7", "_con", "x" * 248])
+def test_clinic_ids_are_accepted(pid):
+    assert _patient(id=pid).id == pid
 
 
 def test_a_dose_in_cgy_is_refused():

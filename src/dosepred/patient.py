@@ -251,17 +251,39 @@ def id_problem(pid: str) -> str | None:
 LONGEST_SUFFIX = ".nii.gz"
 
 
+#: Characters no Windows file name holds (':' is also the folder separator of macOS' Finder)
+WINDOWS_BAD_CHARS = '<>:"|?*'
+
+#: Names Windows keeps for devices, with any ending (``CON.npz``, ``nul.nii.gz`` are the device, not a file)
+WINDOWS_DEVICES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                             *(f"{d}{k}" for d in ("COM", "LPT") for k in "0123456789\u00b9\u00b2\u00b3")])
+
+
 def file_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a file inside a folder on every disk, or None: a slash or a backslash
     (a folder on POSIX or on Windows: the file lands elsewhere), a NUL, "." or "..", or so long that
     its files' names (``name`` + :data:`LONGEST_SUFFIX`) pass the :data:`~dosepred.fsutil.NAME_MAX`
     bytes file systems take (a NIfTI folder's name of 252 bytes failed when its cache file was renamed
-    into place, naming temporary files)."""
+    into place, naming temporary files). Outputs are shared with Windows and macOS, so also a name that
+    cannot exist there: one of :data:`WINDOWS_BAD_CHARS` or a control character, a device name of
+    :data:`WINDOWS_DEVICES` (``CON``, ``nul.1``), or a name ending in '.' or ' ' (Windows drops them:
+    the folder ``pt_1.`` is ``pt_1``). Digits, dashes, underscores, dots inside and accents are fine."""
     for ch, what in (("/", "a slash"), ("\\", "a backslash"), ("\0", "a NUL character")):
         if ch in name:
             return f"it holds {what}"
     if name in (".", ".."):
         return "it is no file name"
+    bad = next((c for c in name if c in WINDOWS_BAD_CHARS or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        where = "Windows or macOS" if bad == ":" else "Windows"
+        return f"it holds {bad!r}, which no file name on {where} may hold"
+    stem = name.split(".")[0].rstrip(" ")
+    if stem.upper() in WINDOWS_DEVICES:
+        return (f"{stem!r} is a device name on Windows (CON, PRN, AUX, NUL, COM0-9, LPT0-9), which no file "
+                "there may be named, whatever its ending")
+    if name.endswith((".", " ")):
+        return (f"it ends in {name[-1]!r}, which Windows drops from a file or folder name "
+                f"({name.rstrip('. ')!r} would be meant)")
     n = len(name.encode("utf-8", "surrogateescape"))
     if n + len(LONGEST_SUFFIX) > NAME_MAX:
         return (f"it is {n} bytes long, and the files named after it ({name[:12]}...{LONGEST_SUFFIX}) would "

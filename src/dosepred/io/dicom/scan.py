@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...fsutil import broken_links, broken_links_text, walk_once
+from ...patient import WINDOWS_DEVICES
 from .. import roi_names as _names
 from ._common import DicomImportError, multi_value, referenced_uids, warn
 
@@ -387,7 +388,13 @@ def pair_files(series: dict[str, CtSeries], structs: list[tuple[Path, Any]], dos
 
 
 def _safe_id(text: str) -> str:
+    """``text`` as a file name on every disk: runs of other characters than letters, digits, '.', '-'
+    and '_' made '_', no '.' or '_' at either end, a Windows device name (``CON``, ``nul.1``) given a
+    '_' (``CON_``, ``nul_.1``), which no file there may be named."""
     s = re.sub(r"[^\w.-]+", "_", text.strip()).strip("._")
+    stem, dot, rest = s.partition(".")
+    if stem.upper() in WINDOWS_DEVICES:
+        s = f"{stem}_{dot}{rest}"
     return s or "patient"
 
 
