@@ -293,11 +293,15 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
     if config is not None:  # a file's null unsets a field; flags not given (None) leave it
         base = base.merged(_absolute_inputs(TrainConfig.read_file(config)), keep_none=True)
     cfg = base.merged({**_absolute_inputs(options), "out": str(out)})
-    for k, v in _absolute_inputs(was).items():  # a run started before its inputs were made absolute
-        if resume and v != was[k] and getattr(cfg, k) == was[k] and not Path(
-                v.rpartition(":")[0] if k.endswith("split") else v).exists():
-            raise InputError(f"{stored}: {k} {was[k]!r} does not exist here (a path relative to the folder "
-                             f"the run was started in): resume from there or give --{_FLAGS[k]} again")
+    for k in _FLAGS:  # an input the run's config names (relative: before inputs were made absolute) not here
+        v = _absolute_inputs(was)[k]
+        f = v.rpartition(":")[0] if k.endswith("split") and v else v
+        if resume and f and (v != was[k] or os.path.isabs(f)) and getattr(cfg, k) == was[k] and not Path(
+                f).exists():
+            where = ("a path relative to the folder the run was started in): resume from there or"
+                     if v != was[k] else "the run was made on another machine, or its data moved?):")
+            raise InputError(f"{stored}: {k} {was[k]!r} does not exist here ({where} give --{_FLAGS[k]} "
+                             "again")
     if not cfg.data:
         raise InputError(f"{out}: no training run to resume (no config.json); give --data CACHE to start "
                          "one" if resume else "give --data CACHE (or --resume an existing run)")

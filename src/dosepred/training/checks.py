@@ -122,6 +122,21 @@ def check_resumed_data(ck: dict[str, Any], path: Path, space: ModelSpace, cfg: T
 VALIDATION_FIELDS = ("select", "val", "val_split", "val_patients", "sw_overlap", "sw_mode")
 
 
+def same_data(was: Any, now: str, run: Path) -> bool:
+    """Whether ``--resume``'s training cache ``now`` is the run's, recorded as ``was``: the same path
+    however it is spelt, or the same cache at another path (a run and its data copied to another
+    machine, a disk mounted elsewhere): its ``dataset.json`` byte for byte the run's record of it
+    (``run/dataset.json``, which holds every patient's id, grid and ROIs)."""
+    if not was or not now:
+        return False
+    if Path(was).resolve() == Path(now).resolve():
+        return True
+    try:
+        return (run / "dataset.json").read_bytes() == (Path(now) / "dataset.json").read_bytes()
+    except OSError:  # no record (a run from before it) or no cache there: not shown to be the same
+        return False
+
+
 def _same_path(a: Any, b: Any) -> bool:
     """Whether two config values name the same path however it is spelt (equal when not both paths)."""
     if a == b or not (isinstance(a, str) and isinstance(b, str)):

@@ -562,7 +562,7 @@ class Trainer:
         # a resumed run continues the same computation: runs from before freeze_steps / cpu_bf16 had 0 / False
         for k in ("seed", "batch", "loss", "loss_options", "data", "freeze_steps", "cpu_bf16"):
             was = old.get(k, {"freeze_steps": 0, "cpu_bf16": False, "loss_options": {}}.get(k))
-            same_data = k == "data" and was and Path(was).resolve() == Path(self.cfg.data).resolve()
+            same_data = k == "data" and run_checks.same_data(was, self.cfg.data, self.run)
             if was != getattr(self.cfg, k) and not same_data:
                 raise InputError(f"--resume: {k} was {was!r} in {path}, now {getattr(self.cfg, k)!r}")
         check_resumed_data(ck, path, self.space, self.cfg)
