@@ -455,3 +455,24 @@ def test_an_unterminated_last_row_error_says_how_to_read_a_whole_file(tmp_path):
         fh.write("\n")
     dose = openkbp.read_patient(folder).dose.ravel()
     assert dose[10] == pytest.approx(70.5) and dose[12] == pytest.approx(3.25)
+
+
+@pytest.mark.parametrize("name, why", [("pt_1:a", "it holds ':'"), ("pt_1.", "it ends in '.'"),
+                                       ("pt_CON", None)])
+def test_a_patient_folder_whose_name_windows_refuses_is_named(sample_dir, tmp_path, name, why):
+    """An OpenKBP patient folder pt_1: or pt_1. (made on Linux) was imported as pt_1:a.npz / pt_1..npz,
+    files a Windows or macOS colleague cannot copy; refused by the patient's id alone, it named no
+    folder. Now one error naming the folder and the rule, before anything is written; pt_CON is a
+    name like any other (only CON itself is Windows' device)."""
+    from dosepred.workflows import import_patients
+
+    src = tmp_path / "src"
+    shutil.copytree(openkbp.patient_folders(sample_dir)[0], src / name)
+    if why is None:
+        import_patients(src, tmp_path / "out")
+        assert cache.Cache.open(tmp_path / "out").ids == [name]
+        return
+    with pytest.raises(openkbp.OpenKBPFormatError, match=rf"{re.escape(str(src / name))}: the folder's name, "
+                                                         rf"the patient id, cannot name .*{re.escape(why)}"):
+        import_patients(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

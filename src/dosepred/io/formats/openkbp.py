@@ -16,7 +16,7 @@ from ...boxes import Box, box_shape, coords_box, local_index
 from ...dvh import codes_voxel_indices
 from ...errors import InputError
 from ...geometry import OPENKBP_AXES, Geometry
-from ...patient import CASE_CLASH_WHY, Patient, RoiSet, case_clash, voxel_volume_mm3
+from ...patient import CASE_CLASH_WHY, Patient, RoiSet, case_clash, id_problem, voxel_volume_mm3
 from .. import openkbp
 from ..rx_check import check_plan_dose
 from .base import Format
@@ -51,7 +51,14 @@ def detect(p: Path) -> bool:
 def read_source(path: Path, roi_map: Any = None) -> tuple[RoiSet | None, Iterable[Patient]]:
     # the ids are the folders' names: a clash is named here, before any patient is read (the cache
     # writer would meet it patient by patient, naming neither the source nor the remedy)
-    clash = case_clash(f.name for f in openkbp.patient_folders(path))
+    folders = openkbp.patient_folders(path)
+    for f in folders:  # named as the folder, as NIfTI's: Patient would name the id alone
+        why = id_problem(f.name)
+        if why:
+            raise openkbp.OpenKBPFormatError(f"{f}: the folder's name, the patient id, cannot name the "
+                                             "patient's files (<id>.npz, <id>.csv, <id>.nii.gz, <id>/): "
+                                             f"{why}; rename the folder")
+    clash = case_clash(f.name for f in folders)
     if clash:
         raise openkbp.OpenKBPFormatError(f"{path}: patient ids {clash[0]!r} and {clash[1]!r} differ only in "
                                          f"case (or Unicode form): {CASE_CLASH_WHY}; rename one of the "
