@@ -1226,7 +1226,8 @@ def test_a_folder_whose_name_is_not_utf8_is_written_like_any_other(base, tmp_pat
     assert b"no TensorBoard log" in out and os.fsencode(bad / "run") in out
     assert (bad / "run" / "checkpoints" / "last.pt").is_file()
     shutil.copytree(base / "run", bad / "copy")
-    run("export-model", bad / "copy", "--out", bad / "m")
-    assert os.fsencode(bad / "m") in (bad / "m" / "README.md").read_bytes()  # "Use: dosepred predict ..."
+    m = bad / os.fsdecode(b"m\xe9")
+    run("export-model", bad / "copy", "--out", m)
+    assert b"--model 'm\xe9' " in (m / "README.md").read_bytes()  # "Use: dosepred predict ..." (its name)
     run("ensemble", bad / "copy", bad / "run", "--out", bad / "ens")
     assert sorted(p.name for p in (bad / "ens").iterdir()) == ["README.md", "ensemble.json"]

@@ -2,7 +2,10 @@
 
 import json
 import os
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +17,7 @@ from dosepred.models.checkpoint import (
     load_checkpoint,
     load_model,
     save_checkpoint,
+    shared_path,
 )
 from dosepred.models.space import ModelSpace
 
@@ -254,7 +258,8 @@ def test_the_use_lines_of_a_model_card_quote_a_path_with_spaces(tmp_path):
     for folder in (m, tmp_path / "my models" / "ens"):
         readme = (folder / "README.md").read_text()
         uses = re.findall(r"`(dosepred (?:predict|calibrate) --model [^`]*)`", readme)
-        assert uses and all(shlex.split(u)[3] == str(folder) for u in uses), uses
+        # the folder's name: the folders above it are the machine's that wrote it (a user's home)
+        assert uses and all(shlex.split(u)[3] == folder.name for u in uses), uses
 
 
 def test_the_use_lines_of_a_model_card_name_every_source_predict_reads(tmp_path):
@@ -431,10 +436,53 @@ def test_the_model_card_names_the_split_and_the_init_it_was_trained_from(tmp_pat
             progress=False).fit()
     readme = (export_model(tmp_path / "ft", tmp_path / "m") / "README.md").read_text()
     line = next(x for x in readme.splitlines() if x.startswith("- trained with"))
-    assert line == (f"- trained with loss `mae` on `{data}` (split `{split}:train`: 2 patients), fine-tuned "
-                    f"from `{first}`, for 1 epochs (1 steps)"), readme
+    assert line == ("- trained with loss `mae` on `train` (split `s.json:train`: 2 patients), fine-tuned "
+                    "from `first`, for 1 epochs (1 steps)"), readme
     readme = (export_model(first, tmp_path / "m0") / "README.md").read_text()
-    assert f"- trained with loss `mae` on `{data}` for 1 epochs (3 steps)" in readme  # from scratch, all
+    assert "- trained with loss `mae` on `train` for 1 epochs (3 steps)" in readme  # from scratch, all
+
+
+def test_an_exported_model_names_no_folder_of_the_machine_that_trained_it(tmp_path):
+    """A released model folder is copied to other machines: its config.json, README.md and model.pt
+    named the training machine's folders (data, validation, --init, split and protocol files, the run
+    and its checkpoint: /home/alice/clinic/..., 11 places for this fine-tune), which say who trained it
+    and where patients' data lie, and mean nothing elsewhere. They are recorded by name
+    (``train``, ``s.json:train``, ``ft/checkpoints/best.pt``); the model predicts from its new place, and
+    its run keeps the full paths that --resume compares."""
+    import shutil
+
+    from dosepred.io.cache import Cache
+    from dosepred.predict import predict_dose
+    from dosepred.training import TrainConfig, Trainer
+    from tiny_models import TINY, tiny_cache, tiny_run
+
+    home = tmp_path / "home" / "alice"
+    data = tiny_cache(home, 2)
+    first = tiny_run(data, home / "first")
+    split, proto = home / "s.json", home / "p.json"
+    split.write_text(json.dumps({"splits": {"train": ["synth_000", "synth_001"], "val": ["synth_002"]}}))
+    shutil.copy(Path(__file__).resolve().parents[1] / "src/dosepred/protocol/builtin/openkbp.json", proto)
+    Trainer(TrainConfig(data=str(data), val=str(data), out=str(home / "ft"), init=str(first),
+                        protocol=str(proto), train_split=f"{split}:train", val_split=f"{split}:val", epochs=1,
+                        steps_per_epoch=1, seed=1, **TINY), progress=False).fit()
+    assert str(home) in (home / "ft" / "config.json").read_text()  # the run's own record: --resume's
+    export_model(home / "ft", tmp_path / "m")
+    files = {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()}
+    with zipfile.ZipFile(tmp_path / "m" / "model.pt") as z:  # torch's pickle: its strings as written
+        files["model.pt"] = b"".join(z.read(n) for n in z.namelist() if n.endswith(".pkl"))
+    for name, text in files.items():
+        assert b"alice" not in text and str(tmp_path).encode() not in text, name
+    tc = json.loads(files["config.json"])["train_config"]
+    assert (tc["data"], tc["val"], tc["init"], tc["protocol"], tc["train_split"], tc["out"]) == (
+        "train", "train", "first", "p.json", "s.json:train", "ft")
+    assert json.loads(files["config.json"])["source"] == "ft/checkpoints/best.pt"
+    assert shared_path("models/openkbp-mae/model.pt") == "openkbp-mae/model.pt"
+    assert shared_path("openkbp-clinical") == "openkbp-clinical"  # a built-in protocol's name
+    moved = shutil.copytree(tmp_path / "m", tmp_path / "bob" / "m")
+    shutil.rmtree(home)
+    p = next(iter(Cache.open(tiny_cache(tmp_path / "bob", 2))))
+    want = predict_dose(load_model(tmp_path / "m"), p)
+    np.testing.assert_array_equal(predict_dose(load_model(moved), p), want)
 
 
 def _strict_json(text):

@@ -329,6 +329,43 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
 ONE_TRAINING = ("train_config", "epoch", "global_step", "best")
 
 
+#: The training-config fields that name an input, or the run, by its path on the machine that trained
+PATH_FIELDS = ("data", "out", "val", "init", "protocol", "train_split", "val_split")
+
+
+def shared_path(path: Any, split: bool = False) -> Any:
+    """What a released model records of ``path`` on the machine that made it: the name alone
+    (``/home/alice/clinic/train`` -> ``train``; a split's ``FILE:NAME`` -> ``s.json:NAME``; a built-in
+    protocol name stays), a checkpoint with its run or model folder (``r1/checkpoints/best.pt``,
+    ``openkbp-mae/model.pt``). The folders above name a user and where patients' data is stored, and
+    mean nothing on the machine the model is copied to (the patients are ``space``'s count and
+    fingerprint). Anything else is returned as it is."""
+    if not isinstance(path, str) or not path:
+        return path
+    f, sep, name = path.rpartition(":") if split and ":" in path else (path, "", "")
+    parts = Path(os.path.abspath(f)).parts  # ".", "..": the folder's own name
+    keep = 3 if parts[-2:-1] == ("checkpoints",) else 2 if parts[-1:] == ("model.pt",) else 1
+    return "/".join(parts[-keep:]) + sep + name
+
+
+def _shared_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """An export's entries (:func:`export_model`) with the paths of the machine that made it
+    :func:`shared_path`'s; a run's own checkpoints keep them (``--resume`` compares them)."""
+    out = dict(meta)
+    if isinstance(out.get("train_config"), dict):
+        out["train_config"] = {k: shared_path(v, k.endswith("split")) if k in PATH_FIELDS else v
+                               for k, v in out["train_config"].items()}
+    if isinstance(out.get("roi_transfer"), dict):
+        tr = out["roi_transfer"]
+        out["roi_transfer"] = {**tr, "source": shared_path(tr.get("source"))}
+    if "averaged" in out:
+        out["averaged"] = [shared_path(str(p)) for p in out["averaged"]]
+    if "averaged_inputs" in out:
+        out["averaged_inputs"] = [{**r, "path": shared_path(str(r.get("path"))),
+                                   "data": shared_path(r.get("data"))} for r in out["averaged_inputs"]]
+    return out
+
+
 def _input_record(c: dict[str, Any]) -> dict[str, Any]:
     """One averaged checkpoint as its export lists it: path, loss, data, epoch, steps, best score."""
     tc = c.get("train_config") or {}
@@ -431,19 +468,20 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     weights = {k: (v.half() if half and v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL else v)
                .contiguous() for k, v in ckpt["model"].items()}
     keys = (*ONE_TRAINING, "version", "space", "averaged", "averaged_inputs", "roi_transfer")
-    meta = {k: ckpt[k] for k in keys if k in ckpt}
+    meta = _shared_record({k: ckpt[k] for k in keys if k in ckpt})
     obj = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "model": weights, **meta}
     save_checkpoint(obj, out / "model.pt")
-    source = (f"the average of {len(ckpt['averaged'])} checkpoints: {', '.join(map(str, ckpt['averaged']))}"
-              if "averaged" in ckpt else str(ckpt["path"]))
+    source = (f"the average of {len(meta['averaged'])} checkpoints: {', '.join(meta['averaged'])}"
+              if "averaged" in meta else shared_path(str(ckpt["path"])))
     info = {"format": MODEL_FORMAT, "model_config": ckpt["model_config"], "source": source,
             "dosepred_version": dosepred.__version__, **{k: v for k, v in meta.items()}}
     write_json(out / "config.json", info, default=str)
     readme = out / "README.md"
     shown = Path(final) if final is not None else out
+    shown = Path(shown.name) if shown.is_absolute() else shown  # where it was written: no user's folders
     if not readme.exists():
         mc = ckpt["model_config"]
-        tc = ckpt.get("train_config", {}) or {}
+        tc = meta.get("train_config", {}) or {}
         from .transfer import RoiTransfer
 
         roi_names = ", ".join(r["name"] for r in mc["rois"])
@@ -459,7 +497,7 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             + f", {mc['res_units']} residual units, {mc['norm']} norm, patch {mc['patch']}"
             + (f", dropout {mc['dropout']:g} in training" if mc.get("dropout") else "") + "\n"
             f"- ROIs (bit order): {roi_names}\n"
-            + (_averaged_lines(ckpt["averaged_inputs"]) if "averaged_inputs" in ckpt else
+            + (_averaged_lines(meta["averaged_inputs"]) if "averaged_inputs" in ckpt else
                f"- trained with loss `{tc.get('loss', '?')}` on `{tc.get('data', '?')}`"
                + (f" (split `{tc['train_split']}`: {space.patients} patients)" if tc.get("train_split")
                   else "")
@@ -467,8 +505,8 @@ def export_model(src: str | os.PathLike | Sequence[str | os.PathLike], out: str 
                + f" for {ckpt.get('epoch', '?')} epochs ({ckpt.get('global_step', '?')} steps)\n")
             + f"- model space: {space.summary()}\n"
             + ("" if "averaged_inputs" in ckpt else f"- best validation: {json_dumps(ckpt.get('best'))}\n")
-            + (f"- fine-tuned from `{ckpt['roi_transfer'].get('source', '?')}` onto other ROIs: "
-               f"{RoiTransfer.from_dict(ckpt['roi_transfer']).summary()}\n"
+            + (f"- fine-tuned from `{meta['roi_transfer'].get('source', '?')}` onto other ROIs: "
+               f"{RoiTransfer.from_dict(meta['roi_transfer']).summary()}\n"
                if ckpt.get("roi_transfer") else "")
             + "\n"
             f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data PATIENTS --out DIR` "

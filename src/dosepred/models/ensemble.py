@@ -358,6 +358,7 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
     path = out / ENSEMBLE_FILE
     write_text(path, json.dumps({"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION,
                                  "members": members}, indent=2) + "\n")
+    use = shlex.quote(shown.name if shown.is_absolute() else str(shown))  # no user's folders: it is shared
     lines = [f"# {shown.name}", "",
              f"A dosepred ensemble: the weighted mean of the doses of {len(members)} models "
              "(each predicted with its own sliding windows and test-time passes).", ""]
@@ -365,8 +366,8 @@ def write_ensemble(models: Sequence[str | os.PathLike], out: str | os.PathLike,
               for m, w in zip(members, spec.weights, strict=True)]
     lines += [f"- ROIs (bit order): {', '.join(ens.config.roi_set.names)}",
               f"- model space: {ens.space.summary()}", "",
-              f"Use: `dosepred predict --model {shlex.quote(str(shown))} --data PATIENTS --out DIR` "
+              f"Use: `dosepred predict --model {use} --data PATIENTS --out DIR` "
               f"(PATIENTS: {formats.described()}); plan QA after `dosepred calibrate --model "
-              f"{shlex.quote(str(shown))} ...` (docs/qa.md).", ""]
+              f"{use} ...` (docs/qa.md).", ""]
     write_text(out / "README.md", "\n".join(lines))
     return path
