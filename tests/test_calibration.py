@@ -1093,6 +1093,36 @@ def test_calibrate_refuses_a_model_file_replaced_while_it_was_calibrated(tmp_pat
     assert not (run / "calibration.json").exists()
 
 
+def test_a_calibration_names_no_folder_of_the_machine_that_made_it(tmp_path, monkeypatch):
+    """calibration.json lies in the model folder, which is shared: it recorded the calibration data and
+    the training data by their full paths (the released models: "/work/exp/cache/val", a clinic's
+    "/home/alice/clinic/..."), which say who made it and where patients' data lie, and mean nothing on
+    another machine. They are now recorded by name (the patients are its ids and ranges)."""
+    import shutil
+
+    from dosepred.io.cache import write_cache
+    from dosepred.qa import calibrating
+    from dosepred.synth import make_cohort
+
+    home = tmp_path / "home" / "alice"
+    run = home / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "models" / "openkbp-mae" / "model.pt", run / "best.pt")
+    write_cache(make_cohort(12, seed=5, size=16), home / "plans")
+    write_cache([dataclasses.replace(p, id=f"t{i}") for i, p in enumerate(make_cohort(3, seed=6, size=16))],
+                home / "train")
+    units = _synthetic_units(12, seed=1)
+    ids = sorted({u.patient for u in units})
+    monkeypatch.setattr(calibrating, "collect_units", lambda *a, **k: (units, ids))
+    path, _ = calibrating.calibrate(home / "run", home / "plans", "openkbp-clinical", splits=5,
+                                    train_data=home / "train")
+    text = path.read_text()
+    assert "alice" not in text and str(tmp_path) not in text
+    written = json.loads(text)
+    assert (written["data"], written["training_ranges"]["source"]) == ("plans", "train")
+    assert load_calibration(run).data == "plans"
+
+
 def test_calibration_warns_of_a_plan_whose_dose_is_missing_in_part_of_an_roi(tmp_path):
     """A clinic's plan whose RTDOSE grid ends inside an ROI (0 Gy beyond it, as DICOM import reads it)
     was calibrated on without a word: the dose not there counted as the model's error, widening and

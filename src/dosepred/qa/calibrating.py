@@ -396,7 +396,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     the same way;
     ``predictions`` must have been made that way (:func:`check_predictions`). ``roi_map``: the ROI name
     map of a DICOM ``data`` (and of ``train_data`` when that is a DICOM folder too)."""
-    from ..models.checkpoint import resolve_model_path
+    from ..models.checkpoint import resolve_model_path, shared_path
 
     check_rule(rule)  # the options first: nothing is predicted for a calibration that cannot be made
     check_cv_options(splits, CAL_FRACTION, seed)
@@ -421,9 +421,11 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, protocol: Proto
     else:
         fmt = detect(src)  # the training data's ROI map: only where that format takes one
         src_map = roi_map if train_data is None or (fmt is not None and fmt.takes_roi_map) else None
-        ranges = training_ranges(load_patients(src, require_dose=False, roi_map=src_map), str(src))
-    calib = build_calibration(units, ids, protocol, ckpt, str(data), ranges, splits, seed, rule=rule,
-                              dvh_band=band, tta=tta)
+        ranges = training_ranges(load_patients(src, require_dose=False, roi_map=src_map),
+                                 shared_path(str(src)))
+    # the model folder is shared: its data named by name, not the folders of the machine that calibrated
+    calib = build_calibration(units, ids, protocol, ckpt, shared_path(str(data)), ranges, splits, seed,
+                              rule=rule, dvh_band=band, tta=tta)
     if calib.model_sha256 != sha:  # its SHA-256 would vouch for intervals of the model it replaced
         raise CalibrationError(f"{ckpt} changed while it was calibrated (a training saving it?): the "
                                "intervals are of the model it replaced; calibrate again once the file is "
