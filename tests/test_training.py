@@ -726,17 +726,18 @@ def test_cli_resume_of_a_run_and_data_copied_to_another_machine(tmp_path):
     """A run and its training cache copied to another machine (or a disk mounted elsewhere) could not be
     resumed: config.json and last.pt name the data by the first machine's path, and --data at the new
     one was refused ("--resume: data was '/home/alice/...' in last.pt, now '/data/bob/...'"), though the
-    cache was the same. It resumes when the cache's dataset.json is byte for byte the run's record of
-    it; another cache is refused as before, and without --data the recorded path is named as the
-    config's."""
+    cache was the same, and so was --val of a run that chose best.pt by validation. It resumes when each
+    cache's dataset.json is byte for byte the run's record of it; another cache is refused as before, and
+    without --data / --val the recorded path is named as the config's."""
     import shutil
 
     from tiny_models import TINY, tiny_cache
 
-    data = tiny_cache(tmp_path / "alice", 1)
+    data, val = tiny_cache(tmp_path / "alice", 1), tiny_cache(tmp_path / "alice" / "v", 3)
     run = tmp_path / "alice" / "run"
-    train(TrainConfig(data=str(data), out=str(run), epochs=3, steps_per_epoch=1, stop_after=1, seed=1,
-                      **TINY))
+    train(TrainConfig(data=str(data), val=str(val), out=str(run), epochs=3, steps_per_epoch=1, stop_after=1,
+                      seed=1, select="dose", val_every=1, **TINY))
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["best"]["select"] == "dose"
     shutil.copytree(tmp_path / "alice", tmp_path / "bob")
     shutil.rmtree(tmp_path / "alice")
     moved, other = tmp_path / "bob" / "run", tiny_cache(tmp_path / "other", 2)
@@ -745,9 +746,14 @@ def test_cli_resume_of_a_run_and_data_copied_to_another_machine(tmp_path):
     assert r.output.splitlines()[-1] == (
         f"error: {moved / 'config.json'}: data {str(data)!r} does not exist here (the run was made on "
         "another machine, or its data moved?): give --data again"), r.output
-    r = _cli("train", "--out", moved, "--resume", "--data", other, "--threads", "1", "--no-progress")
+    r = _cli("train", "--out", moved, "--resume", "--data", other, "--val", tmp_path / "bob" / "v" / "train",
+             "--threads", "1", "--no-progress")
     assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("error: --resume: data was "), r.output
-    r = _cli("train", "--out", moved, "--resume", "--data", tmp_path / "bob" / "train", "--threads", "1",
-             "--no-progress")
+    new = ["--data", tmp_path / "bob" / "train", "--threads", "1", "--no-progress"]
+    r = _cli("train", "--out", moved, "--resume", *new)
+    assert r.exit_code == 2 and r.output.splitlines()[-1].endswith("give --val again"), r.output
+    r = _cli("train", "--out", moved, "--resume", *new, "--val", other)  # best.pt's scores: of other patients
+    assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("error: --resume: val was "), r.output
+    r = _cli("train", "--out", moved, "--resume", *new, "--val", tmp_path / "bob" / "v" / "train")
     assert r.exit_code == 0, r.output
     assert torch.load(moved / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import DosepredError, InputError, name_some
 from ..evaluation.scoring import dvh_metrics
+from ..fsutil import write_bytes
 from ..models.space import ModelSpace
 from ..patient import RoiSet
 from ..protocol import Protocol, load_protocol
@@ -122,17 +123,29 @@ def check_resumed_data(ck: dict[str, Any], path: Path, space: ModelSpace, cfg: T
 VALIDATION_FIELDS = ("select", "val", "val_split", "val_patients", "sw_overlap", "sw_mode")
 
 
-def same_data(was: Any, now: str, run: Path) -> bool:
-    """Whether ``--resume``'s training cache ``now`` is the run's, recorded as ``was``: the same path
-    however it is spelt, or the same cache at another path (a run and its data copied to another
-    machine, a disk mounted elsewhere): its ``dataset.json`` byte for byte the run's record of it
-    (``run/dataset.json``, which holds every patient's id, grid and ROIs)."""
+#: The run's record of its validation cache's dataset.json (its training cache's: ``dataset.json``)
+VAL_RECORD = "val_dataset.json"
+
+
+def record_data(run: Path, cfg: TrainConfig) -> None:
+    """Copy the ``dataset.json`` of the training cache (and of the validation cache, :data:`VAL_RECORD`)
+    into the run: what ``--resume`` knows them by at another path (:func:`same_data`)."""
+    write_bytes(run / "dataset.json", (Path(cfg.data) / "dataset.json").read_bytes())
+    if cfg.val and (Path(cfg.val) / "dataset.json").is_file():
+        write_bytes(run / VAL_RECORD, (Path(cfg.val) / "dataset.json").read_bytes())
+
+
+def same_data(was: Any, now: str, run: Path, record: str = "dataset.json") -> bool:
+    """Whether ``--resume``'s training cache ``now`` (validation cache: ``record`` :data:`VAL_RECORD`) is
+    the run's, recorded as ``was``: the same path however it is spelt, or the same cache at another path
+    (a run and its data copied to another machine, a disk mounted elsewhere): its ``dataset.json`` byte
+    for byte the run's record of it (``run/record``, which holds every patient's id, grid and ROIs)."""
     if not was or not now:
         return False
     if Path(was).resolve() == Path(now).resolve():
         return True
     try:
-        return (run / "dataset.json").read_bytes() == (Path(now) / "dataset.json").read_bytes()
+        return (run / record).read_bytes() == (Path(now) / "dataset.json").read_bytes()
     except OSError:  # no record (a run from before it) or no cache there: not shown to be the same
         return False
 
@@ -179,7 +192,8 @@ def check_resumed_validation(ck: dict[str, Any], path: Path, cfg: TrainConfig) -
         if k not in old:  # a run from before the field: nothing to compare with
             continue
         was, now = old[k], getattr(cfg, k)
-        if not _same_input(k, was, now):
+        moved = k == "val" and same_data(was, now, path.parent.parent, VAL_RECORD)  # run/checkpoints/last.pt
+        if not (_same_input(k, was, now) or moved):
             raise InputError(f"--resume: {k} was {was!r} in {path}, now {now!r}: best.pt was chosen by "
                              "validation scores the new ones could not be compared with; resume with the "
                              f"run's {k} or start a new run (--init to fine-tune it)")

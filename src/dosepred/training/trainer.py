@@ -3,7 +3,7 @@
 Run folder (written by rank 0 only)::
 
     RUN/config.json          resolved TrainConfig
-    RUN/dataset.json         copy of the training cache's dataset.json
+    RUN/dataset.json         copy of the training cache's dataset.json (val_dataset.json: the --val one's)
     RUN/protocol.json        the protocol used by the loss and validation scores
     RUN/version.json         dosepred version, git commit, torch/monai versions
     RUN/metrics.csv          one row per epoch (train loss parts, lr, validation scores, timing)
@@ -52,9 +52,9 @@ import dosepred
 
 from ..errors import InputError, leave_stops, name_some, starting_workers
 from ..evaluation import evaluate_cohort  # at start: a long run never imports code edited since
-from ..fsutil import check_output, write_bytes, write_json
+from ..fsutil import check_output, write_json
 from ..inference import InferenceOptions
-from ..io.cache import DATASET_JSON, Cache
+from ..io.cache import Cache
 from ..losses import build_loss
 from ..models import ModelConfig, ModelError, build_model, checkpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ResumeFallbackWarning, load_checkpoint
@@ -465,7 +465,7 @@ class Trainer:
             return
         self.run.mkdir(parents=True, exist_ok=True)
         write_json(self.run / "config.json", self.cfg.to_dict())
-        write_bytes(self.run / "dataset.json", (Path(self.cfg.data) / DATASET_JSON).read_bytes())
+        run_checks.record_data(self.run, self.cfg)  # dataset.json, val_dataset.json: --resume's record
         if self.protocol is not None:
             write_json(self.run / "protocol.json", self.protocol.model_dump(mode="json"))
         write_json(self.run / "version.json", version_info())
