@@ -182,3 +182,29 @@ def test_export_writes_contour_data_without_a_ds_object_per_number(tmp_path, mon
     rr, cc = np.nonzero(inside)
     assert col.min() == cc.min() - 0.5 and col.max() == cc.max() + 0.5
     assert row.min() == rr.min() - 0.5 and row.max() == rr.max() + 0.5
+
+
+def test_import_reads_contour_data_without_a_ds_object_per_number(tmp_path, monkeypatch):
+    """The reader took each contour's ContourData as pydicom converts it, a validated DS object per number:
+    the 1 million numbers of 60 ROIs on a 512 x 512 x 160 CT were most of its import (20.5 s user and
+    896 MB for a 256 x 256 x 64 one, 12.6 s and 427 MB now). The numbers are now read from the bytes the
+    file holds; the ROIs are the voxels exported."""
+    import pydicom.valuerep
+
+    p = make_patient().with_dose(None)
+    folder = dicom.write_dicom(p, tmp_path / "out")
+    ds = pydicom.dcmread(folder / "RS.dcm")
+    assert sum(len(c.ContourData) for r in ds.ROIContourSequence for c in r.ContourSequence) > 10_000
+    made = []
+    real = pydicom.valuerep.DSfloat.__init__
+
+    def spy(self, *a, **k):
+        made.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(pydicom.valuerep.DSfloat, "__init__", spy)
+    [q] = dicom.read_dicom_folder(folder)
+    monkeypatch.undo()
+    assert len(made) < 1000, len(made)  # the CT's positions and spacings
+    for name in p.roi_set.names:
+        assert np.array_equal(q.mask(name), p.mask(name)), name

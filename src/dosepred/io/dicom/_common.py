@@ -52,7 +52,11 @@ def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.nda
     ``where`` (the file) and the field."""
     if key not in ds:
         raise DicomImportError(f"{where} lacks {key}")
-    val = ds[key].value
+    fast = _raw_numbers(ds, key)
+    if fast is not None:
+        val = fast
+    else:
+        val = ds[key].value
     if val is None or val == "":
         raise DicomImportError(f"{where}: {key} is empty")
     if isinstance(val, bytes) and ds[key].VR == "UN":
@@ -71,6 +75,22 @@ def field_numbers(ds: Any, key: str, where: str, n: int | None = None) -> np.nda
     if not np.all(np.isfinite(arr)):
         raise DicomImportError(f"{where}: {key} holds NaN/inf: {arr.tolist()}")
     return arr
+
+
+def _raw_numbers(ds: Any, key: str) -> list[str] | None:
+    """The values of DS field ``key`` that pydicom has not converted yet, split from the bytes the file
+    holds; None when it has, or the field is no DS. pydicom makes a validated DS object of each number:
+    the 1 million contour numbers of 60 ROIs on a 512 x 512 x 160 CT took most of its import."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(key)
+    elem = ds.get_item(tag) if tag is not None else None
+    if elem is None or not getattr(elem, "is_raw", False) or not isinstance(elem.value, bytes):
+        return None
+    if elem.VR not in (None, "DS", "UN") or dictionary_VR(tag) != "DS":
+        return None
+    text = elem.value.decode("ascii", "replace").strip(" \x00")
+    return text.split("\\") if text else None
 
 
 def pixel_error(ds: Any, e: Exception) -> str:

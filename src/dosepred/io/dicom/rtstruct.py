@@ -188,7 +188,7 @@ def rasterise(ds: Any, path: Path, numbers: Sequence[int], name: str, geom: Geom
                 opened += 1
                 continue
             where = f"RTSTRUCT {path}: ROI {name} (ROINumber {number}) contour {j + 1}"
-            if "ContourData" not in c or c.ContourData in (None, ""):
+            if "ContourData" not in c or not c.get_item("ContourData").value:  # not converted (field_numbers)
                 raise DicomImportError(f"{where} has no ContourData")
             vals = field_numbers(c, "ContourData", where)
             if vals.size % 3:
