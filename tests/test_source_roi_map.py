@@ -222,3 +222,25 @@ def test_a_malformed_roi_map_is_one_error_before_anything_is_read(clinic, tmp_pa
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert " ".join(r.output.split()) == f"error: ROI map {m}: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cohort_whose_rois_do_not_fit_one_bit_mask_is_named_with_the_remedy():
+    """Two clinic patients of 40 ROIs each, 30 of them per-patient optimisation structures, hold 70
+    different ROIs: more than a bit-mask volume holds. The import said only '70 ROIs exceed the bit-mask
+    limit of 64' (no folder, no patient, no remedy); it now names the folder, the patient with the most,
+    the ROIs only some patients have and the ROI map that drops them."""
+    from dosepred.errors import InputError
+    from dosepred.io.roi_names import Canonical, union_roi_set
+
+    common = {f"OAR{k}": Canonical(f"OAR{k}", "oar") for k in range(10)}
+    per = [{**common, **{f"opt{k}_p{i}": Canonical(f"opt{k}_p{i}", "other") for k in range(30)}}
+           for i in range(2)]
+    assert len({n for p in per for n in p}) == 70
+    with pytest.raises(InputError) as e:
+        union_roi_set(per, ["pt_a", "pt_b"], "/data/clinic")
+    msg = str(e.value)
+    assert msg.startswith("/data/clinic: the 2 patient(s) hold 70 different ROIs"), msg
+    assert "patient pt_a: 40" in msg and "opt0_p0" in msg and "(60 in all)" in msg, msg
+    assert '--roi-map MAP.json holding {"NAME": null' in msg, msg
+    assert "\n" not in msg
+    assert len(union_roi_set(per[:1], ["pt_a"], "/data/clinic")) == 40  # one patient fits

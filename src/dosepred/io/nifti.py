@@ -724,7 +724,8 @@ def iter_nifti_folder(src: str | os.PathLike) -> tuple[RoiSet, Iterator[Patient]
     if all(lists) and all(lst == lists[0] for lst in lists):
         roi_set = _listed_roi_set(folders[0], infos[0])
     else:
-        roi_set = _names.union_roi_set(_scan_rois(f, i) for f, i in zip(folders, infos, strict=True))
+        roi_set = _names.union_roi_set([_scan_rois(f, i) for f, i in zip(folders, infos, strict=True)],
+                                       [f.name for f in folders], src)
 
     def gen() -> Iterator[Patient]:
         for f in folders:

@@ -16,14 +16,14 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ..patient import OPENKBP_OARS, OPENKBP_RX, OPENKBP_TARGETS, Roi, RoiSet, case_clash
-from ..roi import SIDE_WORDS
+from ..roi import MAX_ROIS, SIDE_WORDS
 
 #: Canonical name of the body / external outline (used as the possible-dose mask, not as an ROI).
 BODY = "Body"
@@ -412,10 +412,13 @@ def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
     return out
 
 
-def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]]) -> RoiSet:
+def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]], ids: Sequence[str] = (),
+                  src: Any = None) -> RoiSet:
     """RoiSet of one import: the union of canonical names, OpenKBP names first (in OpenKBP bit
     order) when present, then the others sorted case-insensitively. Conflicting kinds/prescriptions
-    of one name across patients are an error."""
+    of one name across patients are an error, and so is a union of more ROIs than one bit-mask volume
+    holds, naming ``src`` and the patients (``ids``, in the order of ``per_patient``)."""
+    per_patient = list(per_patient)
     seen: dict[str, Canonical] = {}
     for rois in per_patient:
         for name, c in rois.items():
@@ -427,6 +430,8 @@ def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]]) -> RoiSet:
                                  f"({prev.kind} {prev.prescription} vs {c.kind} {c.prescription}); "
                                  "fix it with --roi-map")
             seen[name] = c
+    if len(seen) > MAX_ROIS:
+        raise InputError(_too_many_rois(per_patient, list(ids), src, seen))
     openkbp = [n for n in (*OPENKBP_OARS, *OPENKBP_TARGETS) if n in seen]
     others = sorted((n for n in seen if n not in openkbp), key=lambda n: (n.lower(), n))
     rois = []
@@ -437,3 +442,21 @@ def union_roi_set(per_patient: Iterable[Mapping[str, Canonical]]) -> RoiSet:
             rx = OPENKBP_RX[n]
         rois.append(Roi(n, c.kind, rx))  # type: ignore[arg-type]
     return RoiSet(tuple(rois))
+
+
+def _too_many_rois(per_patient: list[Mapping[str, Canonical]], ids: list[str], src: Any,
+                   seen: Mapping[str, Canonical]) -> str:
+    """The error of a union of more than :data:`MAX_ROIS` ROIs: which patients hold how many, and the ROIs
+    that only some of them have (per-patient optimisation structures, the usual cause)."""
+    counts = [sum(1 for c in rois.values() if not c.is_body) for rois in per_patient]
+    names = ids if len(ids) == len(per_patient) else [f"#{k + 1}" for k in range(len(per_patient))]
+    most = max(range(len(counts)), key=counts.__getitem__)
+    some = sorted(n for n in seen if sum(n in rois for rois in per_patient) < len(per_patient))
+    shown = ", ".join(some[:8]) + (f", ... ({len(some)} in all)" if len(some) > 8 else "")
+    where = f"{src}: " if src is not None else ""
+    return (f"{where}the {len(per_patient)} patient(s) hold {len(seen)} different ROIs (names after the ROI "
+            f"map and aliases, the body left out), more than the {MAX_ROIS} one bit-mask volume holds "
+            f"(patient {names[most]}: {counts[most]})"
+            + (f"; in some patients only: {shown}" if some else "")
+            + '. Drop the ROIs not needed (rings, optimisation structures) with an ROI map, '
+            '--roi-map MAP.json holding {"NAME": null, ...}, or import the patients in groups')

@@ -217,7 +217,7 @@ def scan_dicom_folder(src: str | os.PathLike,
                              if (near := difflib.get_close_matches(k, seen, 1, 0.6)) else "") for k in unused]
         warn(f"ROI map {rmap.source or '(given)'}: {len(unused)} name(s) matched no ROI of any structure "
              f"set in {src}: {', '.join(hints)}")
-    roi_set = _names.union_roi_set(s.canon for s in sources)
+    roi_set = _names.union_roi_set([s.canon for s in sources], [s.id for s in sources], src)
     for line in _names.lookalikes({s.id: s.canon for s in sources}):
         warn(line)
     return DicomFolder(src, roi_set, sources)
