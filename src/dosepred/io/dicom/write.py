@@ -140,17 +140,20 @@ def _write_rtstruct(p: Patient, folder: Path, plane: ImagePlane, u: ExportUids, 
     fr.RTReferencedStudySequence = Seq([st])
     ds.ReferencedFrameOfReferenceSequence = Seq([fr])
 
-    rois: list[tuple[int, str, str, float | None, np.ndarray]] = []
+    # each ROI's mask is decoded when its contours are drawn: held all at once, 60 ROIs of a 512 x 512 x 160
+    # CT were 2.5 GB (the body: None, the possible-dose mask)
+    rois: list[tuple[int, str, str, float | None, str | None]] = []
     for k, r in enumerate(p.roi_set):
         if r.name in p.missing_rois:
             continue
         itype = {"target": "PTV", "oar": "ORGAN"}.get(r.kind, "")
-        rois.append((k + 1, r.name, itype, r.prescription, p.mask(r.name)))
+        rois.append((k + 1, r.name, itype, r.prescription, r.name))
     if EXTERNAL_NAME not in p.roi_set:
-        rois.append((len(p.roi_set) + 1, EXTERNAL_NAME, "EXTERNAL", None, np.asarray(p.possible_dose_mask)))
+        rois.append((len(p.roi_set) + 1, EXTERNAL_NAME, "EXTERNAL", None, None))
     ssr, rcs, obs = [], [], []
     longest = 0  # the longest ContourData, in bytes as written
-    for i, (number, name, itype, rx, mask) in enumerate(rois):
+    for i, (number, name, itype, rx, roi) in enumerate(rois):
+        mask = p.mask(roi) if roi is not None else np.asarray(p.possible_dose_mask)
         a = Dataset()
         a.ROINumber = number
         a.ReferencedFrameOfReferenceUID = u.frame
