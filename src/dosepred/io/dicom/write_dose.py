@@ -69,11 +69,12 @@ def dvh_sequence(p: Patient, dose: np.ndarray, numbers: dict[str, list[int]]) ->
 
     items = []
     vv = p.voxel_volume_cc
+    dose = np.asarray(dose)
     for name in p.present_rois:
         nums = numbers.get(name)
         if not nums:
             continue
-        d = np.asarray(dose, dtype=np.float64)[p.mask(name)]
+        d = dose[p.mask(name)].astype(np.float64)  # the ROI's voxels only: not the grid once per ROI
         if d.size == 0:
             continue
         # volume receiving at least each bin's lower edge, counted as every dosepred DVH counts it
