@@ -19,7 +19,7 @@ def test_parse_network():
 
 
 def test_run_measures_each_network_in_its_own_process():
-    res = networks.run(("4,8", "4,8,16", "4,8:1", "4,8+8,8"), size=16, steps=1, repeats=2)
+    res = networks.run(("4,8", "4,8,16", "4,8:1", "4,8+8,8"), size=16, steps=1, repeats=1)
     rows = {r["network"]: r for r in res["rows"]}
     # parameters counted independently: a 3D conv has k^3 * cin * cout weights + cout biases
     assert rows["4,8"]["parameters"] < rows["4,8,16"]["parameters"]
