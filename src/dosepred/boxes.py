@@ -81,23 +81,6 @@ def local_index(coords: tuple[np.ndarray, ...], box: Box) -> np.ndarray:
     return np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, box, strict=True)), box_shape(box))
 
 
-def cut(arr: np.ndarray, box: Box, fill) -> np.ndarray:
-    """``arr[box]`` for a box that may reach beyond the array (negative starts, stops past the end):
-    ``fill`` where it does. The box's last axes are the array's last ones (a leading channel axis is
-    kept whole)."""
-    lead = arr.ndim - len(box)
-    out = np.full(arr.shape[:lead] + box_shape(box), fill, dtype=arr.dtype)
-    src, dst = [], []
-    for s, dim in zip(box, arr.shape[lead:], strict=True):
-        lo, hi = max(s.start, 0), min(s.stop, dim)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s.start, hi - s.start))
-    out[(Ellipsis, *dst)] = arr[(Ellipsis, *src)]
-    return out
-
-
 def embed(a: np.ndarray, box: Box, outer: Box) -> np.ndarray:
     """``a`` (the values on ``box``) on the larger ``outer`` box, zero elsewhere (``a`` itself when the
     boxes are equal)."""

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .boxes import box_shape, cut, mask_box, union
-from .constants import AIR_HU, BODY_HU, MAX_DOSE_GY
+from .boxes import mask_box
+from .constants import BODY_HU, MAX_DOSE_GY
 from .errors import InputError
 from .fsutil import sha256_file
 from .geometry import ct_body
@@ -357,53 +357,25 @@ def model_space(model: torch.nn.Module) -> ModelSpace:
     return sp if isinstance(sp, ModelSpace) else ModelSpace.openkbp()
 
 
-def crop_box(patient: Patient, patch: tuple[int, ...], overlap: float = 0.5,
-             mirrored_along: int | None = None) -> tuple[slice, ...]:
+def crop_box(patient: Patient, patch: tuple[int, ...]) -> tuple[slice, ...]:
     """Where sliding windows run: the box of the possible-dose mask (or, for a patient without one,
-    of its CT above ``BODY_HU``, -500 HU), with a margin of patch/8 where that takes no more windows
-    (of ``overlap``) than the body alone, grown about its centre to at least the patch size. Placed
-    by the body, not by the grid: the box may reach beyond the array (air there,
-    :func:`predict_in_space`), so a patient framed with more or less air around it sees the same
-    windows (they were placed by the grid: OpenKBP validation patient pt_203 with 24 more voxels of
-    air on each side in-plane changed by 1.9 Gy on average inside its body, 16 Gy at most). Only
-    where the body reaches an end of the array (cut by the scan's ends) does the box stop there, and
-    grow to the other side: the window sees the real slices beyond the cut, no air. Dose outside it
-    is zero. ``mirrored_along``: the box of the patient mirrored along that axis, in ``patient``'s
-    own indices (centring an odd number of voxels has no mirror-symmetric rounding; ``--tta``'s
-    mirrored pass is the mirrored patient's own)."""
+    of its CT above ``BODY_HU``, -500 HU), with a margin of patch/8 and grown to at least the patch
+    size (within the array). Dose outside it is zero. An OpenKBP array (128^3, the released models' patch) is
+    never cropped; a clinical CT with a wide field of view loses its empty surroundings, and with
+    them most of the windows."""
     mask = np.asarray(patient.possible_dose_mask)
     region = mask if not mask.all() else patient.require_ct("the prediction's crop") > BODY_HU
-    m = mirrored_along
-    if m is None:
-        return _window_box(region, patch, overlap)
-    n = region.shape[m]
-    return tuple(slice(n - b.stop, n - b.start) if a == m else b
-                 for a, b in enumerate(_window_box(np.flip(region, m), patch, overlap)))
-
-
-def _window_box(region: np.ndarray, patch: tuple[int, ...], overlap: float) -> tuple[slice, ...]:
-    """:func:`crop_box` of the voxels of ``region``."""
     patch = tuple(int(p) for p in patch[:3])
-    box = mask_box(region, empty="none")
-    if box is None:  # an empty region: the whole array
-        return tuple(slice(0, n) for n in region.shape)
+    box = mask_box(region, [p // 8 for p in patch], empty="full")  # an empty region: the whole array
     sl = []
-    for b, n, p in zip(box, region.shape, patch, strict=True):
-        cut_lo, cut_hi = b.start == 0, b.stop == n  # the body reaches that end of the array
-        if cut_lo and cut_hi:  # cut at both ends: the whole array (padded by the windows if short)
-            sl.append(slice(0, n))
-            continue
-        body = b.stop - b.start
-        stride = max(1, int(p * (1 - overlap)))  # as MONAI's sliding windows step
-
-        def windows(w: int, p: int = p, stride: int = stride) -> int:
-            return 1 if w <= p else -(-(w - p) // stride) + 1
-
-        width = max(p, body + (0 if cut_lo else p // 8) + (0 if cut_hi else p // 8))
-        if windows(width) > windows(body):  # the margin would cost windows: as many as the body needs
-            width = max(body, p + (windows(body) - 1) * stride)
-        lo = 0 if cut_lo else n - width if cut_hi else b.start - (width - body) // 2
-        sl.append(slice(lo, lo + width))
+    for b, n, p in zip(box, patient.shape, patch, strict=True):
+        lo, hi = b.start, b.stop
+        if n <= p:
+            lo, hi = 0, n
+        elif hi - lo < p:
+            lo = max(0, min(lo - (p - (hi - lo)) // 2, n - p))
+            hi = lo + p
+        sl.append(slice(lo, hi))
     return tuple(sl)
 
 
@@ -472,8 +444,12 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
     amp, overlap, mode, sw_batch, tta = o.amp, o.overlap, o.mode, o.sw_batch, o.tta
     was_training = net.training
     net.eval()
-    box = crop_box(patient, cfg.patch, overlap)  # may reach beyond the array: air, no ROI, no dose there
-    ct_full = patient.require_ct("prediction")
+    box = crop_box(patient, cfg.patch)
+    mask_np = np.ascontiguousarray(patient.possible_dose_mask[box])
+    codes_np = np.ascontiguousarray(patient.roi_codes[box])
+    ct = torch.from_numpy(np.ascontiguousarray(patient.require_ct("prediction")[box])).to(device)[None, None]
+    codes = to_torch(codes_np, device)[None]
+    mask = torch.from_numpy(mask_np).to(device)[None, None]
     roi = tuple(cfg.patch)
 
     def windows(x: torch.Tensor) -> torch.Tensor:
@@ -491,52 +467,29 @@ def predict_in_space(model: torch.nn.Module, patient: Patient,
         assert total is not None and count is not None
         return total, count
 
-    full = None
+    extra = None
     if cfg.n_extra:  # of the whole grid, then cut like the other inputs (as in training)
         full = net.extra_channels(patient.roi_codes, patient.possible_dose_mask, patient.geometry,
                                   patient.spacing)
-    ax = None
-    runs = [(box, None)]
-    if tta:  # the mirrored patient, in its own windows, mirrored back
+        extra = torch.from_numpy(np.ascontiguousarray(full[(slice(None), *box)])).to(device)[None]
+    total, count = passes(net.assemble(ct, codes, mask, extra=extra))
+    if tta:
         assert patient.geometry is not None
         ax = patient.geometry.axis_along("LR")
-        runs.append((crop_box(patient, cfg.patch, overlap, mirrored_along=ax), ax))
-    outer = union(box, runs[-1][0])
-    assert outer is not None
-    total = torch.zeros((1, 1, *box_shape(outer)), device=device)
-    count = torch.zeros_like(total)
-    for b, flip in runs:
-        codes_np = cut(patient.roi_codes, b, 0)
-        if flip is not None:
-            codes_np = mirror_codes(codes_np, flip, lr_pairs(patient.roi_set))
-        x = [torch.from_numpy(cut(ct_full, b, AIR_HU)).to(device)[None, None],
-             torch.from_numpy(cut(patient.possible_dose_mask, b, False)).to(device)[None, None]]
-        if full is not None:
-            cuts = [cut(e, b, f) for e, f in zip(full, net.extra_fill, strict=True)]
-            x.append(torch.from_numpy(np.stack(cuts).astype(np.float32)).to(device)[None])
-        if flip is not None:
-            x = [t.flip(flip + 2) for t in x]
-        t, c = passes(net.assemble(x[0], to_torch(np.ascontiguousarray(codes_np), device)[None], x[1],
-                                   extra=x[2] if full is not None else None))
-        if flip is not None:
-            t, c = t.flip(flip + 2), c.flip(flip + 2)
-        at = (slice(None), slice(None), *(slice(i.start - u.start, i.stop - u.start)
-                                          for i, u in zip(b, outer, strict=True)))
-        total[at] += t
-        count[at] += c
-    mask = torch.from_numpy(cut(patient.possible_dose_mask, outer, False)).to(device)[None, None]
-    dose = total / count.clamp(min=1) * mask.float()  # every voxel of the body is in every run's box
+        codes_f = mirror_codes(codes_np, ax, lr_pairs(patient.roi_set))
+        tf, cf = passes(net.assemble(ct.flip(ax + 2), to_torch(codes_f, device)[None], mask.flip(ax + 2),
+                                     extra=None if extra is None else extra.flip(ax + 2)))
+        total, count = total + tf.flip(ax + 2), count + cf.flip(ax + 2)
+    dose = total / count * mask.float()  # every voxel is inside the unshifted pass: count >= 1
     if was_training:
         net.train()
-    inside = tuple(slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(outer, patient.shape, strict=True))
     out = np.zeros(patient.shape, dtype=np.float32)
-    out[inside] = dose[0, 0].cpu().numpy()[tuple(slice(i.start - b.start, i.stop - b.start)
-                                                 for i, b in zip(inside, outer, strict=True))]
-    if not np.isfinite(out[inside]).all():  # the weights' fault, not the patient's: say so before any writer
+    out[box] = dose[0, 0].cpu().numpy()
+    if not np.isfinite(out[box]).all():  # the weights' fault, not the patient's: say so before any writer
         raise NonFiniteDoseError(f"the model predicts NaN or infinite doses for patient {patient.id}: its "
                                  "weights are not usable (from a training that diverged: train it again with "
                                  "a lower --lr)")
-    peak = float(out[inside].max()) if out[inside].size else 0.0
+    peak = float(out[box].max()) if out[box].size else 0.0
     if peak > MAX_DOSE_GY:  # the weights' fault too: the patient's cache/writer said "a dose in cGy?"
         raise OverdoseError(f"the model predicts doses up to {peak:.4g} Gy for patient {patient.id}, over "
                             f"{MAX_DOSE_GY:g} Gy, which no plan gives: its weights are not usable (from a "

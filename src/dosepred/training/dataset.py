@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..boxes import cut, mask_box
+from ..boxes import mask_box
 from ..constants import AIR_HU
 from ..errors import InputError
 from ..patient import Patient, RoiSet
@@ -139,7 +139,16 @@ def prepare_patient(p: Patient, patch: Sequence[int], rotate_axis: int | None = 
 
 def _crop(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill) -> np.ndarray:
     """arr[start:start+size] with ``fill`` where the window leaves the array."""
-    return cut(arr, tuple(slice(int(s), int(s) + int(n)) for s, n in zip(start, size, strict=True)), fill)
+    out = np.full(tuple(size), fill, dtype=arr.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, arr.shape, strict=True):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
 
 
 def rotation_voxels(angle_deg: float, axis: int, spacing: Sequence[float]) -> np.ndarray:
