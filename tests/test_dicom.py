@@ -1164,3 +1164,19 @@ def test_an_unrecognised_name_contoured_only_where_a_known_organ_is_not_is_warne
     assert fixed["pt_b"].roi_set.names == ("LeftParotid", "PTV70", "Ring")
     np.testing.assert_array_equal(fixed["pt_b"].mask("LeftParotid"), b.mask("LeftParotid"))
     assert read_quiet(src / "pt_a")[0].missing_rois == ()  # an ROI of one patient alone: no warning
+
+
+def test_a_name_sharing_only_a_side_word_with_an_organ_is_no_lookalike(tmp_path):
+    """``Humerus_Left`` in the one patient without LeftParotid was warned of as possibly LeftParotid
+    ('map it with --roi-map {"Humerus_Left": "LeftParotid"}'): the two share only the word "left", which
+    names a side, not an organ (import-dicom of synthetic patients, one's LeftParotid renamed so)."""
+    a, b = make_patient("pt_a"), make_patient("pt_b")
+    src = tmp_path / "src"
+    dicom.write_dicom(a, src / "pt_a")
+    fb = dicom.write_dicom(b, src / "pt_b")
+    _rename_rois(fb / "RS.dcm", {"LeftParotid": "Humerus_Left"})
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        pats = {p.id: p for p in dicom.read_dicom_folder(src)}
+    assert [str(x.message) for x in got if "Humerus_Left" in str(x.message)] == []
+    assert "LeftParotid" in pats["pt_b"].missing_rois and "Humerus_Left" in pats["pt_b"].roi_set.names

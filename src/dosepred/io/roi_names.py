@@ -380,8 +380,10 @@ def _kind_from_type(interpreted_type: str) -> str:
 # --------------------------------------------------------------------------------- ROI set union
 
 def _words(name: str) -> set[str]:
-    """The words of an ROI name of four letters or more, lower case (``RightParotid``: right, parotid)."""
-    return {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name) if len(w) >= 4}
+    """The words of an ROI name of four letters or more, lower case, but those naming a side
+    (``RightParotid``: parotid; ``Humerus_Left``: humerus): a side word alone names no organ."""
+    return {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
+            if len(w) >= 4 and w.lower() not in SIDE_WORDS}
 
 
 def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
