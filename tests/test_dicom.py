@@ -1180,3 +1180,18 @@ def test_a_name_sharing_only_a_side_word_with_an_organ_is_no_lookalike(tmp_path)
         pats = {p.id: p for p in dicom.read_dicom_folder(src)}
     assert [str(x.message) for x in got if "Humerus_Left" in str(x.message)] == []
     assert "LeftParotid" in pats["pt_b"].missing_rois and "Humerus_Left" in pats["pt_b"].roi_set.names
+
+
+def test_a_lookalike_of_the_other_side_is_not_offered_as_that_organ(tmp_path):
+    """``Parotid_Rt_old`` in the one patient without LeftParotid was offered as LeftParotid ('map it with
+    --roi-map {"Parotid_Rt_old": "LeftParotid"}'): a map that puts a contour named right into the left
+    parotid's channel. An organ of the other side than the name says is no lookalike of it."""
+    a, b = make_patient("pt_a"), make_patient("pt_b")
+    src = tmp_path / "src"
+    dicom.write_dicom(a, src / "pt_a")
+    fb = dicom.write_dicom(b, src / "pt_b")
+    _rename_rois(fb / "RS.dcm", {"LeftParotid": "Parotid_Rt_old"})
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        dicom.read_dicom_folder(src)
+    assert [str(x.message) for x in got if "Parotid_Rt_old" in str(x.message)] == []

@@ -386,6 +386,12 @@ def _words(name: str) -> set[str]:
             if len(w) >= 4 and w.lower() not in SIDE_WORDS}
 
 
+def _sides(name: str) -> set[str]:
+    """The sides (``Left``, ``Right``) the words of an ROI name say (``Parotid_Rt_old``: Right)."""
+    return {SIDE_WORDS[w.lower()] for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
+            if w.lower() in SIDE_WORDS}
+
+
 def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
     """One line for each ROI kept under an unrecognised name (no alias matched it, no ROI map named it)
     that is contoured only in patients lacking a recognised OAR or target sharing a word of its name
@@ -403,7 +409,8 @@ def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
             continue
         having = [pid for pid, rois in per_patient.items() if u in rois]
         near = [r for r, cr in info.items() if cr.matched and cr.kind in ("oar", "target")
-                and _words(u) & _words(r) and not any(r in per_patient[pid] for pid in having)]
+                and _words(u) & _words(r) and not any(r in per_patient[pid] for pid in having)
+                and not (_sides(u) and _sides(r) and not _sides(u) & _sides(r))]  # not the other side's
         if near:
             ids = ", ".join(having[:3]) + (", ..." if len(having) > 3 else "")
             alt = " or ".join(near)
