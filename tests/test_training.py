@@ -757,3 +757,25 @@ def test_cli_resume_of_a_run_and_data_copied_to_another_machine(tmp_path):
     r = _cli("train", "--out", moved, "--resume", *new, "--val", tmp_path / "bob" / "v" / "train")
     assert r.exit_code == 0, r.output
     assert torch.load(moved / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_cli_resume_of_a_fine_tune_whose_init_moved_names_the_remedy_that_works(tmp_path):
+    """A fine-tune whose --init model was moved was told to 'give --init again' (22a9732), and with --init
+    at the new path was then refused ('--resume: init was ... now ...'): --resume loads the --init model
+    and keeps it by its path. The message now says to put it back there (a link will do), which resumes."""
+    from tiny_models import TINY, tiny_cache
+
+    data = tiny_cache(tmp_path / "d", 1)
+    first, run = tmp_path / "first", tmp_path / "ft"
+    train(TrainConfig(data=str(data), out=str(first), epochs=1, steps_per_epoch=1, **TINY))
+    train(TrainConfig(data=str(data), out=str(run), init=str(first), epochs=2, steps_per_epoch=1,
+                      stop_after=1, **TINY))
+    first.rename(tmp_path / "moved")
+    r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress")
+    assert r.exit_code == 2 and r.output.splitlines()[-1] == (
+        f"error: {run / 'config.json'}: init {str(first)!r} does not exist here (the run was made on another "
+        "machine, or its data moved?): a resumed run loads it and keeps it by this path, so put it back "
+        "there (a symbolic link will do)"), r.output
+    first.symlink_to(tmp_path / "moved")
+    r = _cli("train", "--out", run, "--resume", "--threads", "1", "--no-progress")
+    assert r.exit_code == 0, r.output

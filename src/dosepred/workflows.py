@@ -48,6 +48,9 @@ def _split_file(split: str | None) -> Path | None:
 #: the training-config fields that name inputs by a path, and their flags
 _FLAGS = {"data": "data", "val": "val", "init": "init", "protocol": "protocol", "train_split": "split",
           "val_split": "val-split"}
+#: those --resume refuses at another path (:func:`dosepred.training.checks.check_resumed_init`, a split
+#: file of validation scores): giving the flag again does not help
+_KEPT_BY_PATH = ("init", "val_split")
 
 
 def _absolute_inputs(fields: dict[str, Any]) -> dict[str, Any]:
@@ -298,10 +301,13 @@ def train_run(out: PathLike, options: dict[str, Any], config: PathLike | None = 
         f = v.rpartition(":")[0] if k.endswith("split") and v else v
         if resume and f and (v != was[k] or os.path.isabs(f)) and getattr(cfg, k) == was[k] and not Path(
                 f).exists():
-            where = ("a path relative to the folder the run was started in): resume from there or"
-                     if v != was[k] else "the run was made on another machine, or its data moved?):")
-            raise InputError(f"{stored}: {k} {was[k]!r} does not exist here ({where} give --{_FLAGS[k]} "
-                             "again")
+            again = f"give --{_FLAGS[k]} again" if k not in _KEPT_BY_PATH else ""
+            why = ("a path relative to the folder the run was started in): resume from there"
+                   + (f" or {again}" if again else "") if v != was[k] else
+                   "the run was made on another machine, or its data moved?): " + (again or (
+                       "a resumed run loads it and keeps it by this path, so put it back there (a symbolic "
+                       "link will do)")))
+            raise InputError(f"{stored}: {k} {was[k]!r} does not exist here ({why}")
     if not cfg.data:
         raise InputError(f"{out}: no training run to resume (no config.json); give --data CACHE to start "
                          "one" if resume else "give --data CACHE (or --resume an existing run)")
