@@ -379,17 +379,18 @@ def _kind_from_type(interpreted_type: str) -> str:
 
 # --------------------------------------------------------------------------------- ROI set union
 
+_TOKEN = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")  # the words of a name: RightParotid, Parotid_Rt_old
+
+
 def _words(name: str) -> set[str]:
     """The words of an ROI name of four letters or more, lower case, but those naming a side
     (``RightParotid``: parotid; ``Humerus_Left``: humerus): a side word alone names no organ."""
-    return {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
-            if len(w) >= 4 and w.lower() not in SIDE_WORDS}
+    return {w.lower() for w in _TOKEN.findall(name) if len(w) >= 4 and w.lower() not in SIDE_WORDS}
 
 
 def _sides(name: str) -> set[str]:
     """The sides (``Left``, ``Right``) the words of an ROI name say (``Parotid_Rt_old``: Right)."""
-    return {SIDE_WORDS[w.lower()] for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
-            if w.lower() in SIDE_WORDS}
+    return {SIDE_WORDS[w.lower()] for w in _TOKEN.findall(name) if w.lower() in SIDE_WORDS}
 
 
 def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
@@ -403,14 +404,16 @@ def lookalikes(per_patient: Mapping[str, Mapping[str, Canonical]]) -> list[str]:
     for rois in per_patient.values():
         for n, c in rois.items():
             info.setdefault(n, c)
+    words = {n: _words(n) for n in info}
+    sides = {n: _sides(n) for n in info}
     out = []
     for u, cu in info.items():
         if cu.matched or cu.is_body:
             continue
         having = [pid for pid, rois in per_patient.items() if u in rois]
         near = [r for r, cr in info.items() if cr.matched and cr.kind in ("oar", "target")
-                and _words(u) & _words(r) and not any(r in per_patient[pid] for pid in having)
-                and not (_sides(u) and _sides(r) and not _sides(u) & _sides(r))]  # not the other side's
+                and words[u] & words[r] and not any(r in per_patient[pid] for pid in having)
+                and not (sides[u] and sides[r] and not sides[u] & sides[r])]  # not the other side's
         if near:
             ids = ", ".join(having[:3]) + (", ..." if len(having) > 3 else "")
             alt = " or ".join(near)
