@@ -360,7 +360,8 @@ def _fine(mask: np.ndarray, f: tuple[int, ...], shape: tuple[int, ...]) -> np.nd
 
 
 def _filled(mask: np.ndarray, ax: int) -> np.ndarray:
-    from scipy import ndimage
+    """``mask`` with each axial slice's holes filled (slices across ``ax``)."""
+    from scipy import ndimage  # heavy: scipy.ndimage, only for bodies taken from the CT or checked
 
     return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, ax, 0)]), 0, ax)
 
@@ -447,14 +448,11 @@ def filled_outline(body: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, fl
     outline (:data:`OUTLINE_FILL_RATIO`), else None (a solid or empty mask). The axial slices are those
     across the array axis closest to head-feet in ``geometry``. Readers use it to refuse a shell as the
     possible-dose mask, which would leave the inside of the patient out of every prediction and score."""
-    from scipy import ndimage  # heavy: scipy.ndimage, only for readers holding a body mask
-
     body = np.asarray(body, bool)
     n = int(body.sum())
     if not n:
         return None
-    ax = geometry.axis_along("SI")
-    filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(body, ax, 0)]), 0, ax)
+    filled = _filled(body, geometry.axis_along("SI"))
     ratio = float(filled.sum()) / n
     return (filled, ratio) if ratio > OUTLINE_FILL_RATIO else None
 
